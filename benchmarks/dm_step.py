@@ -1,0 +1,100 @@
+"""Seconds per DM step (median after compile), peak memory and achieved GFLOP/s.
+
+The reference configuration of REFERENCE-DM-DSA.md: 10 classes of 3x28x28, 256
+real images per class, DSA 'color_crop_cutout_flip_scale_rotate' on, ConvNet-3
+width 128 instance norm, IPC 10 and 50. The PyTorch reference takes 2.89 / 2.66 s
+per step as shipped and 1.54 / 2.15 s with a tuned allocator on the 2-core
+development CPU (BASELINES.md).
+
+Each configuration runs in its own subprocess (so peak RSS is its own), and
+prints one JSON line. Usage:
+
+  python benchmarks/dm_step.py                      # IPC 10 and 50, default flags
+  python benchmarks/dm_step.py --ipc 10 --steps 10 --xla-flags "--xla_cpu_use_onednn=true"
+  python benchmarks/dm_step.py --kde                # KDE-weighted DM (batch scope)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+
+def _child(args) -> None:
+  import resource
+  import time
+
+  import jax
+  import numpy as np
+
+  from jaxdd import augment, distill, models
+
+  rng = np.random.default_rng(0)
+  per_class = args.real_per_class + 44
+  labels = np.repeat(np.arange(10), per_class)
+  images = rng.normal(size=(len(labels), 28, 28, 3)).astype(np.float32)
+  emb = rng.normal(size=(len(labels), 128)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  real = distill.real_data(images, labels, num_classes=10, embeddings=emb if args.kde else None)
+  aug = augment.dsa("color_crop_cutout_flip_scale_rotate") if not args.no_dsa else None
+  d = distill.dm(num_classes=10, ipc=args.ipc, model=models.ConvNet(10, width=args.width),
+                 augment=aug, real_per_class=args.real_per_class,
+                 kde_config=distill.KDEConfig() if args.kde else None)
+  state = d.init(jax.random.key(0), real)
+  t0 = time.perf_counter()
+  compiled = d.step.lower(state, real).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  times = []
+  for i in range(args.warmup + args.steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, real)
+    jax.block_until_ready(state.syn.images)
+    if i >= args.warmup:
+      times.append(time.perf_counter() - t0)
+  med = float(np.median(times))
+  print(json.dumps({
+      "bench": "dm_step", "ipc": args.ipc, "real_per_class": args.real_per_class,
+      "width": args.width, "dsa": not args.no_dsa, "kde": args.kde,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 2),
+      "step_s_median": round(med, 3), "step_s_min": round(min(times), 3),
+      "step_s_max": round(max(times), 3), "n": len(times),
+      "xla_gflop_per_step": round(flops / 1e9, 1), "gflops_per_s": round(flops / 1e9 / med, 1),
+      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+      "loss": float(metrics["loss"]), "devices": jax.device_count(),
+      "backend": jax.default_backend()}), flush=True)
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--ipc", type=int, nargs="*", default=[10, 50])
+  p.add_argument("--steps", type=int, default=8)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--real-per-class", type=int, default=256)
+  p.add_argument("--width", type=int, default=128)
+  p.add_argument("--no-dsa", action="store_true")
+  p.add_argument("--kde", action="store_true")
+  p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
+  p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.child:
+    args.ipc = args.ipc[0]
+    _child(args)
+    return
+  for ipc in args.ipc:
+    env = dict(os.environ)
+    if args.xla_flags is not None:
+      env["XLA_FLAGS"] = args.xla_flags
+    cmd = [sys.executable, __file__, "--child", "--ipc", str(ipc), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--real-per-class", str(args.real_per_class),
+           "--width", str(args.width)] + (["--no-dsa"] if args.no_dsa else []) + (
+               ["--kde"] if args.kde else [])
+    subprocess.run(cmd, env=env, check=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,174 @@
+"""The SynSet artifact: arrays in a safe format, JSON metadata, sha256 manifest.
+
+Layout of an artifact directory::
+
+    synset/
+      arrays.npz      images (n, H, W, C) float32 (normalised space), labels (n,) int32,
+                      mean (C,), std (C,)  -- numpy .npz, never pickled
+      meta.json       dataset + ratio + seed, preprocessing, IPC, method, weights
+                      config, architecture spec, evaluation protocol, code version
+      manifest.json   {"files": {"arrays.npz": "<sha256>", "meta.json": "<sha256>"}}
+
+The directory is written under a temporary name and renamed into place, so a
+reader never sees half an artifact. :func:`load` re-hashes every file and
+refuses a tampered or truncated one.
+
+Example:
+  >>> import numpy as np, tempfile, os
+  >>> from jaxdd import synset
+  >>> from jaxdd.structs import SynSet
+  >>> s = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1], np.int32))
+  >>> d = os.path.join(tempfile.mkdtemp(), "syn")
+  >>> synset.save(d, s, {"ipc": 1}, mean=[0.5] * 3, std=[0.25] * 3)
+  >>> loaded, meta = synset.load(d)
+  >>> meta["ipc"], loaded.images.shape
+  (1, (2, 4, 4, 3))
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from jaxdd.structs import SynSet
+
+FORMAT_VERSION = 1
+_FILES = ("arrays.npz", "meta.json")
+
+
+def sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes ``data`` to ``path`` through a temporary file and ``os.replace``."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+  atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+                            + "\n").encode())
+
+
+def _json_default(o):
+  if isinstance(o, np.generic):
+    return o.item()
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[float],
+         std: Sequence[float]) -> str:
+  """Saves a SynSet artifact atomically (see the module docstring).
+
+  Args:
+    path: the artifact directory to create (replaced if it exists).
+    syn: the synthetic set (images in the normalised space).
+    meta: JSON-able metadata (dataset, ratio, seed, ipc, method, ...).
+    mean, std: the per-channel normalisation, so that the set can be
+      de-normalised and the test set normalised the same way.
+
+  Returns:
+    ``path``.
+  """
+  images = np.asarray(syn.images, np.float32)
+  labels = np.asarray(syn.labels, np.int32)
+  mean = np.asarray(mean, np.float32).reshape(-1)
+  std = np.asarray(std, np.float32).reshape(-1)
+  if images.ndim != 4 or labels.shape != (images.shape[0],):
+    raise ValueError(f"SynSet images must be (n, H, W, C) with n labels, got {images.shape} "
+                     f"and {labels.shape}")
+  if mean.shape != (images.shape[-1],) or std.shape != (images.shape[-1],):
+    raise ValueError(f"mean/std need one value per channel ({images.shape[-1]}), "
+                     f"got {mean.shape} and {std.shape}")
+  if not np.isfinite(images).all():
+    raise ValueError("SynSet images contain NaN or Inf; refusing to save a broken artifact")
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-synset-")
+  try:
+    with open(os.path.join(tmp, "arrays.npz"), "wb") as f:
+      np.savez(f, images=images, labels=labels, mean=mean, std=std)
+    full_meta = dict(meta)
+    full_meta.update(format_version=FORMAT_VERSION, num_images=int(images.shape[0]),
+                     image_shape=list(images.shape[1:]), mean=mean.tolist(), std=std.tolist())
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+      json.dump(full_meta, f, indent=2, sort_keys=True, default=_json_default)
+    manifest = {"files": {name: sha256_file(os.path.join(tmp, name)) for name in _FILES}}
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+      json.dump(manifest, f, indent=2, sort_keys=True)
+    if os.path.exists(path):
+      old = path + ".old"
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(path, old)
+      os.replace(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return path
+
+
+def load(path: str) -> tuple[SynSet, dict]:
+  """Loads and verifies a SynSet artifact.
+
+  Returns:
+    ``(syn, meta)``; ``meta`` includes ``mean`` and ``std``.
+
+  Raises:
+    FileNotFoundError: the directory or one of its files is missing.
+    ValueError: a file does not match the manifest (tampered or truncated),
+      or the arrays are malformed.
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no SynSet artifact at {path!r}; pass the directory written by "
+                            "`jaxdd distill` (it holds arrays.npz, meta.json, manifest.json)")
+  manifest_path = os.path.join(path, "manifest.json")
+  if not os.path.exists(manifest_path):
+    raise FileNotFoundError(f"{manifest_path} is missing; the artifact is incomplete, re-create it")
+  try:
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+    expected = manifest["files"]
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ValueError(f"{manifest_path} is corrupted ({e}); re-create the artifact") from e
+  for name in _FILES:
+    file = os.path.join(path, name)
+    if not os.path.exists(file):
+      raise FileNotFoundError(f"{file} is missing; the artifact is incomplete, re-create it")
+    digest = sha256_file(file)
+    if digest != expected.get(name):
+      raise ValueError(f"{file} does not match its sha256 in manifest.json (expected "
+                       f"{expected.get(name)}, got {digest}): the artifact was modified or "
+                       "truncated; refusing to load it")
+  with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as data:
+    images, labels = data["images"], data["labels"]
+    mean, std = data["mean"], data["std"]
+  with open(os.path.join(path, "meta.json")) as f:
+    meta = json.load(f)
+  meta["mean"], meta["std"] = mean.tolist(), std.tolist()
+  return SynSet(images, labels), meta
