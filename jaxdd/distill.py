@@ -320,7 +320,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     (loss, weights), grad = jax.value_and_grad(loss_fn, has_aux=True)(state.syn.images, key, real)
     updates, opt_state = tx.update(grad, state.opt_state, state.syn.images)
     images = optax.apply_updates(state.syn.images, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grad),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grad),
                "max_weight": jnp.max(weights)}
     return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
                         state.key), metrics
