@@ -1,0 +1,454 @@
+"""End-to-end runs: biased data -> SupCon surrogate -> KDE weights -> DM -> SynSet -> evaluation.
+
+A run lives in a directory::
+
+    <workdir>/
+      config.json          the resolved RunConfig + code version + config hash
+      checkpoints/<step>/  orbax checkpoints of the distillation state
+      metrics.jsonl        one JSON object per logged step (loss, grad norm, ...)
+      synset/              the SynSet artifact (see jaxdd.synset)
+      eval.json            per-group accuracies, stamped with protocol/model/seeds
+      weights.json         diagnostics of the KDE weights (KDE runs)
+      plots/synset.png, plots/weights.png
+
+Every file is written atomically. A killed run started again with the same
+config resumes from its last checkpoint; because the step key is
+``fold_in(key, step)``, it ends with exactly the result of an uninterrupted run.
+
+Presets (SPEC §5): ``paper`` (published hyperparameters, for an accelerator),
+``cpu`` (one DM vs DM+KDE comparison in minutes on 2 CPU cores) and ``smoke``
+(seconds, for tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd import augment as augment_lib
+from jaxdd import contrastive, data, diagnostics, distill, evaluate, models, synset
+from jaxdd.structs import Batch, SynSet
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Everything that determines a run. Field names are the CLI's flag names."""
+  preset: str = "paper"
+  dataset: str = "cmnist"
+  conflict_ratio: float = 0.05
+  severity: int | None = None
+  source: str | None = None
+  seed: int = 0
+  ipc: int = 50
+  weighting: str = "kde"  # 'none' (vanilla DM) or 'kde' (Cui et al. reweighting)
+  kde_variance: float = 0.1
+  kde_temperature: float = 1.0
+  kde_normalize: str = "power"
+  kde_scope: str = "batch"
+  iterations: int = 20000
+  real_per_class: int = 256
+  lr_img: float = 1.0
+  momentum: float = 0.5
+  init: str = "real"
+  dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+  width: int = 128
+  depth: int = 3
+  surrogate_preset: str = "paper"
+  eval_protocol: str = "dm"
+  eval_model: str = "convnet"
+  num_eval_models: int = 5
+  log_every: int = 10
+  checkpoint_every: int = 500
+
+  def replace(self, **changes) -> "RunConfig":
+    unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+    if unknown:
+      raise ValueError(f"unknown RunConfig fields {sorted(unknown)}; valid: "
+                       f"{sorted(f.name for f in dataclasses.fields(self))}")
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def digest(self) -> str:
+    """Hash of every field that changes the result (not logging/checkpoint cadence)."""
+    d = self.to_dict()
+    d.pop("log_every"), d.pop("checkpoint_every")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, RunConfig] = {
+    # DM's published settings (REFERENCE-DM-DSA.md §3) with the reweighting on.
+    "paper": RunConfig(),
+    # One DM vs DM+KDE comparison on the embedded CMNIST in minutes on 2 cores:
+    # narrower/shallower random nets, 64 real images per class, 300 steps,
+    # IPC 10, the 'cpu' evaluation protocol and the 'cpu' surrogate.
+    "cpu": RunConfig(preset="cpu", ipc=10, iterations=300, real_per_class=64, width=32,
+                     surrogate_preset="cpu", eval_protocol="cpu", num_eval_models=5,
+                     checkpoint_every=100),
+    # Seconds: for tests and the CI.
+    "smoke": RunConfig(preset="smoke", ipc=2, iterations=4, real_per_class=8, width=8, depth=2,
+                       surrogate_preset="smoke", eval_protocol="smoke", eval_model="convnet",
+                       num_eval_models=2, log_every=1, checkpoint_every=2),
+}
+
+
+def get_config(preset: str = "cpu", **overrides) -> RunConfig:
+  """A preset with some fields overridden (None values are ignored)."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  return PRESETS[preset].replace(**overrides)
+
+
+def validate(config: RunConfig) -> None:
+  """Cheap checks before any work is done, with messages that name the fix."""
+  if config.weighting not in ("none", "kde"):
+    raise ValueError(f"weighting must be 'none' or 'kde', got {config.weighting!r}")
+  if config.iterations < 1:
+    raise ValueError(f"iterations must be >= 1, got {config.iterations}")
+  if config.ipc < 1:
+    raise ValueError(f"ipc must be >= 1, got {config.ipc}")
+  if config.checkpoint_every < 1 or config.log_every < 1:
+    raise ValueError("checkpoint_every and log_every must be >= 1")
+  distill._check_kde(distill.KDEConfig(config.kde_variance, config.kde_temperature,
+                                       config.kde_normalize, config.kde_scope))
+  evaluate.get_protocol(config.eval_protocol)
+  models.get(config.eval_model, num_classes=2)
+
+
+def code_version() -> str:
+  """The package version plus the git commit when run from a checkout."""
+  from importlib import metadata
+  try:
+    version = metadata.version("jaxdd")
+  except metadata.PackageNotFoundError:
+    version = "unknown"
+  head = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".git", "HEAD")
+  try:
+    with open(head) as f:
+      ref = f.read().strip()
+    if ref.startswith("ref: "):
+      with open(os.path.join(os.path.dirname(head), ref[5:])) as f:
+        ref = f.read().strip()
+    return f"{version}+g{ref[:10]}"
+  except OSError:
+    return version
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class RunData:
+  """The three splits, normalised, plus the raw [0, 1] training images."""
+
+  def __init__(self, config: RunConfig):
+    kw = dict(conflict_ratio=config.conflict_ratio, severity=config.severity, seed=config.seed,
+              source=config.source)
+    self.train = data.load(config.dataset, split="train", **kw)
+    self.valid = data.load(config.dataset, split="valid", **kw)
+    self.test = data.load(config.dataset, split="test", **kw)
+    self.num_classes = self.train.num_classes
+    self.mean, self.std = data.channel_stats(self.train.images)
+
+  def normalized(self, ds) -> np.ndarray:
+    return np.asarray(data.normalize(ds.images, self.mean, self.std))
+
+  def batch(self, ds) -> Batch:
+    return Batch(jnp.asarray(self.normalized(ds)), jnp.asarray(ds.labels), jnp.asarray(ds.bias),
+                 jnp.asarray(ds.aligned))
+
+
+def surrogate_embeddings(config: RunConfig, run_data: RunData, key: jax.Array,
+                         progress: bool = True) -> np.ndarray:
+  """Trains (or loads from the cache) the SupCon surrogate; returns (N, 128) embeddings."""
+  cfg = contrastive.SurrogateConfig.preset(config.surrogate_preset)
+  train = run_data.train
+  art = contrastive.load_or_train(key, dict(train.meta), train.images, train.labels, config=cfg,
+                                  progress=progress)
+  return np.asarray(art.embeddings)
+
+
+# ---------------------------------------------------------------------------- distillation
+
+
+def _checkpointer(workdir: str):
+  import orbax.checkpoint as ocp
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
+
+
+def _state_tree(state: distill.DistillState) -> dict:
+  return {"images": np.asarray(state.syn.images), "labels": np.asarray(state.syn.labels),
+          "opt": [np.asarray(x) for x in jax.tree.leaves(state.opt_state)],
+          "step": np.asarray(state.step), "key": np.asarray(jax.random.key_data(state.key))}
+
+
+def _restore_state(tree: dict, template: distill.DistillState) -> distill.DistillState:
+  opt = jax.tree.unflatten(jax.tree.structure(template.opt_state),
+                           [jnp.asarray(x) for x in tree["opt"]])
+  return distill.DistillState(SynSet(jnp.asarray(tree["images"]), jnp.asarray(tree["labels"])), opt,
+                              jnp.asarray(tree["step"]),
+                              jax.random.wrap_key_data(jnp.asarray(tree["key"])))
+
+
+def _read_metrics(path: str, upto: int) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        row = json.loads(line)
+        if row.get("step", 0) <= upto:
+          rows.append(row)
+  return rows
+
+
+def _write_metrics(path: str, rows: list[dict]) -> None:
+  synset.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def distill_run(config: RunConfig, workdir: str, run_data: RunData,
+                embeddings: np.ndarray | None, key: jax.Array, *, progress: bool = True,
+                stop_after: int | None = None) -> SynSet:
+  """The distillation loop with checkpoints every ``checkpoint_every`` steps and resume.
+
+  ``stop_after`` (for tests of resumption) stops early after that many steps,
+  as a kill would, leaving the checkpoints behind.
+  """
+  from tqdm.auto import tqdm
+  import orbax.checkpoint as ocp
+
+  nc = run_data.num_classes
+  kde_config = None
+  log_density = None
+  if config.weighting == "kde":
+    kde_config = distill.KDEConfig(config.kde_variance, config.kde_temperature,
+                                   config.kde_normalize, config.kde_scope)
+    if config.kde_scope == "class":
+      log_density = distill.class_log_density(embeddings, run_data.train.labels, num_classes=nc,
+                                              variance=config.kde_variance)
+  real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
+                           num_classes=nc,
+                           embeddings=embeddings if config.kde_scope == "batch" else None,
+                           log_density=log_density)
+  aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
+  d = distill.dm(num_classes=nc, ipc=config.ipc,
+                 model=models.ConvNet(nc, depth=config.depth, width=config.width), augment=aug,
+                 real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
+                 init=config.init, kde_config=kde_config)
+  state = d.init(key, real)
+  mngr = _checkpointer(workdir)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  start = 0
+  latest = mngr.latest_step()
+  if latest is not None:
+    tree = mngr.restore(latest, args=ocp.args.StandardRestore(_state_tree(state)))
+    state = _restore_state(tree, state)
+    start = int(state.step)
+  rows = _read_metrics(metrics_path, start)
+  end = config.iterations if stop_after is None else min(config.iterations, start + stop_after)
+  bar = tqdm(range(start, end), initial=start, total=config.iterations, disable=not progress,
+             desc=f"DM{'+KDE' if kde_config else ''} ipc={config.ipc}", unit="step")
+  t0 = time.perf_counter()
+  for it in bar:
+    state, m = d.step(state, real)
+    step = it + 1
+    if step % config.log_every == 0 or step == config.iterations:
+      loss = float(m["loss"])
+      if not np.isfinite(loss):
+        raise FloatingPointError(f"the DM loss became {loss} at step {step}; lower lr_img "
+                                 f"(now {config.lr_img}) or check the data normalisation")
+      rows.append({"step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
+                   "max_weight": float(m["max_weight"]), "time_s": time.perf_counter() - t0})
+      bar.set_postfix(loss=f"{loss / nc:.4f}")
+    if step % config.checkpoint_every == 0 or step == config.iterations:
+      mngr.save(step, args=ocp.args.StandardSave(_state_tree(state)))
+      mngr.wait_until_finished()
+      _write_metrics(metrics_path, rows)
+  mngr.close()
+  return SynSet(np.asarray(state.syn.images), np.asarray(state.syn.labels))
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def plot_synset(syn: SynSet, mean, std, path: str, *, class_names=None, max_per_class: int = 10,
+                title: str = "") -> str:
+  """PNG grid of the synthetic images, one row per class (de-normalised, clipped)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  images = np.clip(np.asarray(data.denormalize(syn.images, mean, std)), 0, 1)
+  labels = np.asarray(syn.labels)
+  classes = np.unique(labels)
+  cols = min(max_per_class, max(int((labels == c).sum()) for c in classes))
+  fig, axes = plt.subplots(len(classes), cols, figsize=(cols * 0.8, len(classes) * 0.8),
+                           squeeze=False)
+  for r, c in enumerate(classes):
+    rows = np.flatnonzero(labels == c)[:cols]
+    for j in range(cols):
+      ax = axes[r, j]
+      ax.axis("off")
+      if j < len(rows):
+        img = images[rows[j]]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+    if class_names is not None:
+      axes[r, 0].set_title(str(class_names[c]), fontsize=6, loc="left")
+  if title:
+    fig.suptitle(title, fontsize=8)
+  return _save_fig(fig, path)
+
+
+def _save_fig(fig, path: str) -> str:
+  import io
+  import matplotlib.pyplot as plt
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  synset.atomic_write_bytes(path, buf.getvalue())
+  return path
+
+
+def plot_accuracy_bars(results: dict[str, dict], path: str, *, title: str = "") -> str:
+  """Bars of overall / aligned / conflicting / worst-group accuracy per method."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  metrics = ["overall", "aligned", "conflicting", "worst_group"]
+  names = list(results)
+  fig, ax = plt.subplots(figsize=(6, 3))
+  width = 0.8 / max(len(names), 1)
+  for i, name in enumerate(names):
+    means = [100 * results[name]["mean"][m] for m in metrics]
+    stds = [100 * results[name]["std"][m] for m in metrics]
+    ax.bar(np.arange(len(metrics)) + i * width, means, width, yerr=stds, label=name, capsize=2)
+  ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, metrics)
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.legend(fontsize=7)
+  if title:
+    ax.set_title(title, fontsize=8)
+  return _save_fig(fig, path)
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def _summary(result: evaluate.EvalResult) -> dict:
+  d = result.to_dict()
+  metrics = ("overall", "aligned", "conflicting", "worst_group")
+  return {"mean": {m: float(result.mean(m)) for m in metrics},
+          "std": {m: float(result.std(m)) for m in metrics}, "result": d}
+
+
+def run(config: RunConfig, workdir: str, *, progress: bool = True,
+        stop_after: int | None = None) -> dict:
+  """One full run (see the module docstring). Returns the evaluation summary.
+
+  Example:
+    >>> from jaxdd import pipeline
+    >>> cfg = pipeline.get_config("smoke", weighting="kde")      # doctest: +SKIP
+    >>> summary = pipeline.run(cfg, "runs/smoke-kde")            # doctest: +SKIP
+    >>> summary["mean"]["conflicting"]                           # doctest: +SKIP
+  """
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      previous = json.load(f)
+    if previous.get("digest") != config.digest():
+      raise ValueError(f"{workdir} holds a run with a different config (digest "
+                       f"{previous.get('digest')} vs {config.digest()}); use another --workdir "
+                       "or delete it to start over")
+  synset.atomic_write_json(config_path, {"config": config.to_dict(), "digest": config.digest(),
+                                         "code_version": code_version()})
+  key = jax.random.key(config.seed)
+  k_sur, k_init, k_eval, k_diag = jax.random.split(key, 4)
+  run_data = RunData(config)
+  embeddings = None
+  if config.weighting == "kde":
+    embeddings = surrogate_embeddings(config, run_data, k_sur, progress=progress)
+    w = diagnostics.batch_scope_weights(
+        k_diag, embeddings, run_data.train.labels, batch_size=config.real_per_class,
+        variance=config.kde_variance, temperature=config.kde_temperature,
+        normalize=config.kde_normalize, num_classes=run_data.num_classes)
+    report = diagnostics.weight_report(w, run_data.train.labels, run_data.train.aligned,
+                                       num_classes=run_data.num_classes)
+    synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)
+    diagnostics.plot_weight_histogram(w, run_data.train.aligned,
+                                      os.path.join(workdir, "plots", "weights.png"),
+                                      title=f"KDE weights, {config.dataset} {config.conflict_ratio}")
+  syn = distill_run(config, workdir, run_data, embeddings, k_init, progress=progress,
+                    stop_after=stop_after)
+  if stop_after is not None and not os.path.exists(os.path.join(workdir, "checkpoints",
+                                                                str(config.iterations))):
+    return {"stopped_at": stop_after}
+  meta = {"dataset": dict(run_data.train.meta), "config": config.to_dict(),
+          "method": "dm+kde" if config.weighting == "kde" else "dm", "ipc": config.ipc,
+          "preprocessing": "per-channel normalisation with the training set's mean/std",
+          "distill_model": models.spec_of(models.ConvNet(run_data.num_classes, depth=config.depth,
+                                                         width=config.width)),
+          "eval_protocol": config.eval_protocol, "code_version": code_version(),
+          "class_names": list(run_data.train.class_names)}
+  synset.save(os.path.join(workdir, "synset"), syn, meta, mean=run_data.mean, std=run_data.std)
+  plot_synset(syn, run_data.mean, run_data.std, os.path.join(workdir, "plots", "synset.png"),
+              class_names=run_data.train.class_names,
+              title=f"{meta['method']} {config.dataset} ratio={config.conflict_ratio} ipc={config.ipc}")
+  model = models.get(config.eval_model, num_classes=run_data.num_classes)
+  result = evaluate.evaluate(k_eval, SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
+                             run_data.batch(run_data.test), model=model,
+                             protocol=config.eval_protocol, num_models=config.num_eval_models)
+  result = dataclasses.replace(result, method=meta["method"])
+  summary = _summary(result)
+  summary.update(method=meta["method"], config=config.to_dict(), digest=config.digest())
+  synset.atomic_write_json(os.path.join(workdir, "eval.json"), summary)
+  if progress:
+    print(result.format_table())
+  return summary
+
+
+def reproduce(config: RunConfig, workdir: str, *, progress: bool = True) -> dict:
+  """Vanilla DM and DM+KDE with otherwise identical settings, side by side."""
+  results = {}
+  for weighting in ("none", "kde"):
+    cfg = config.replace(weighting=weighting)
+    name = "dm" if weighting == "none" else "dm+kde"
+    results[name] = run(cfg, os.path.join(workdir, name.replace("+", "_")), progress=progress)
+  table = format_comparison(results, config)
+  synset.atomic_write_json(os.path.join(workdir, "comparison.json"),
+                           {k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()})
+  synset.atomic_write_bytes(os.path.join(workdir, "comparison.md"), (table + "\n").encode())
+  plot_accuracy_bars(results, os.path.join(workdir, "plots", "accuracy.png"),
+                     title=f"{config.dataset} conflict={config.conflict_ratio} ipc={config.ipc} "
+                           f"preset={config.preset}")
+  if progress:
+    print(table)
+  return results
+
+
+def format_comparison(results: dict[str, dict], config: RunConfig) -> str:
+  lines = [f"{config.dataset}, conflict ratio {config.conflict_ratio}, IPC {config.ipc}, "
+           f"preset {config.preset}, seed {config.seed}, eval protocol {config.eval_protocol}, "
+           f"{config.num_eval_models} models",
+           "",
+           "| method | overall | bias-aligned | bias-conflicting | worst group |",
+           "|---|---|---|---|---|"]
+  for name, r in results.items():
+    cells = [f"{100 * r['mean'][m]:.1f} ± {100 * r['std'][m]:.1f}"
+             for m in ("overall", "aligned", "conflicting", "worst_group")]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
