@@ -95,7 +95,7 @@ PRESETS: dict[str, RunConfig] = {
                      checkpoint_every=100),
     # Seconds: for tests and the CI.
     "smoke": RunConfig(preset="smoke", ipc=2, iterations=4, real_per_class=8, width=8, depth=2,
-                       surrogate_preset="smoke", eval_protocol="smoke", eval_model="convnet",
+                       surrogate_preset="smoke", eval_protocol="smoke", eval_model="convnet-d2-w8",
                        num_eval_models=2, log_every=1, checkpoint_every=2),
 }
 

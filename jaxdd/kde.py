@@ -1,0 +1,832 @@
+"""Gaussian kernel density over embeddings, and the inverse-density weights.
+
+Data contract:
+
+* Embeddings are float arrays ``(n, d)`` (the method feeds L2-normalised SupCon
+  projections, SPEC §3, but nothing here assumes unit norm). Computation runs in
+  float32 (float64 when the input is float64 and x64 is enabled).
+* The kernel is ``K(z, z') = exp(-||z - z'||^2 / (2 v))`` with ``v`` the kernel
+  variance, exactly SPEC §3's definition: it carries **no normalising constant**
+  ``c = (2 pi v)^(-d/2)``. With ``power`` normalisation the constant cancels
+  (``w ∝ (c f)^(-1/T) ∝ f^(-1/T)``). With ``softmax`` it would not cancel: it
+  would rescale ``1/f`` and so act like a different temperature
+  (``softmax((1/(c f))/T) = softmax((1/f)/(c T))``), which is why the density
+  is pinned to the unnormalised mean kernel value; ``T`` is calibrated against
+  that. To compare with a normalised KDE such as
+  ``sklearn.neighbors.KernelDensity(bandwidth=sqrt(v))``, subtract
+  ``(d / 2) log(2 pi v)`` from ours (i.e. theirs = ours + log c).
+* :func:`log_density` returns ``log f(z_q) = log mean_j K(z_q, s_j)``: the log of
+  the *mean* kernel value over the (unmasked) support, so for a query that is
+  also in the support (self included) ``log f <= 0`` and ``f >= 1/n``.
+* :func:`weights` returns ``(n,)`` float weights that sum to 1 within every
+  group that has at least one unmasked row; masked rows get weight exactly 0.
+  Weights are never NaN or Inf for finite embeddings and any ``v > 0``, ``T > 0``.
+
+Blocked evaluation (STYLE.md §1 neural-tangents, §3 item 7). The pairwise log
+kernel is written for one query block against one support block. Query blocks
+are tiled with ``lax.map``; support blocks are folded in with a ``lax.scan``
+carrying a streaming log-sum-exp (running max ``m`` and the sum of
+``exp(log k - m)``, rescaled whenever ``m`` grows). Live memory is therefore
+O(block_size x support_block_size) per device for the kernel tile, plus the
+O((q + n) d) inputs; never O(q x n). Passing ``support_block_size=n`` gives the
+O(block x n) variant (one tile row per query block), which can be faster on CPU
+for moderate ``n`` at the price of memory.
+
+Squared distances use ``|x|^2 + |y|^2 - 2 x.y^T`` so the O(q n d) work is one
+matrix multiply (BLAS / MXU speed), instead of materialising the ``(q, n, d)``
+differences. The expansion suffers from cancellation for nearby points: the
+result can come out slightly *negative* for (near-)duplicates, which would give
+a kernel value above 1 (``log k > 0``) and break ``log f <= 0``. It is therefore
+clamped at 0. To shrink the cancellation error itself, queries and support are
+first centred on the (unmasked) support mean (distances are translation
+invariant), and the matmul is asked for ``Precision.HIGHEST`` (on GPU/TPU the
+default would use TF32/bf16 passes, whose error is amplified by ``1/(2v)``).
+The remaining error is about ``eps_f32 * |z - mean|^2 / (2 v)`` in ``log k``,
+e.g. ~1e-4 for unit vectors at ``v = 1e-3`` and ~0.05 at ``v = 1e-6``. The self
+pair is exact: when the queries *are* the support (the same array object passed
+twice to :func:`log_density`, and always in :func:`weights`) the diagonal
+distance is set to exactly 0, so ``K(z_i, z_i) = 1`` at any variance. Exact
+duplicates stored at different rows still see the rounding noise; at tiny
+variances their relative weights are therefore noisy (but finite and
+normalised).
+
+Sharding. :func:`log_density_sharded` splits the query axis over a mesh axis
+with ``jax.shard_map``; each device runs the same blocked kernel on its query
+rows against a replicated support, so no cross-device communication is needed
+and the result is sharded like the queries. :func:`log_density` takes that
+path by itself when the queries arrive split over a mesh axis (a concrete
+array with such a ``NamedSharding``, or a tracer whose type carries an
+Explicit-axis sharding).
+
+Weights (SPEC §3). With ``f_i`` the mean kernel value over the group of ``i``
+(self included) and temperature ``T``:
+
+* ``normalize='softmax'``: ``w = softmax((1/f) / T)`` within the group (the
+  paper's "normalized inverse with normalization temperature").
+* ``normalize='power'``: ``w = f^(-1/T) / sum f^(-1/T) = softmax(-log f / T)``.
+
+Both are computed from ``log f``, see :func:`weights_from_log_density` for the
+overflow-free formulation of the softmax case.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+__all__ = [
+    "log_density",
+    "log_density_sharded",
+    "weights",
+    "weights_from_log_density",
+]
+
+Normalize = Literal["softmax", "power"]
+_NORMALIZE = ("softmax", "power")
+
+
+# --------------------------------------------------------------------------
+# Validation helpers (run only on concrete values: inside jit they are skipped)
+# --------------------------------------------------------------------------
+
+def _is_traced(x) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _host(fn, *args):
+  """Evaluates ``fn(*args)`` on concrete arrays now and fetches the result.
+
+  ``ensure_compile_time_eval`` keeps the reduction eager even when called
+  while a ``jax.jit`` is tracing (on closed-over constants), where it would
+  otherwise be staged into the program and turn into a tracer.
+  """
+  with jax.ensure_compile_time_eval():
+    return jax.device_get(fn(*args))
+
+
+def _check_positive(name: str, value, fix: str) -> None:
+  """Raises ValueError unless a concrete ``value`` is a finite number > 0."""
+  if _is_traced(value):
+    return
+  arr = np.asarray(jax.device_get(value))
+  if arr.ndim != 0:
+    raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
+  v = float(arr)
+  if not np.isfinite(v) or v <= 0:
+    raise ValueError(f"{name} must be a finite number > 0, got {v}; {fix}")
+
+
+def _check_finite(name: str, x: jax.Array, fix: str) -> None:
+  """Raises ValueError if a concrete array contains NaN or Inf."""
+  if _is_traced(x):
+    return
+  # Reduce on device and fetch one flag per kind: no full host copy.
+  has_nan, has_inf = _host(
+      lambda a: (jnp.any(jnp.isnan(a)), jnp.any(jnp.isinf(a))), x)
+  if has_nan:
+    raise ValueError(f"{name} contain NaN; {fix}")
+  if has_inf:
+    raise ValueError(f"{name} contain Inf; {fix}")
+
+
+def _check_block(name: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+      or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+  return int(value)
+
+
+def _check_normalize(normalize: str) -> None:
+  if normalize not in _NORMALIZE:
+    raise ValueError(
+        f"unknown normalize={normalize!r}; use one of {_NORMALIZE}")
+
+
+def _float_dtype(x: jax.Array):
+  """Computation dtype: at least float32 (bf16/f16 inputs are upcast).
+
+  Chosen by width rather than ``jnp.promote_types``, which refuses
+  bf16 -> f32 under ``jax_numpy_dtype_promotion='strict'``.
+  """
+  return x.dtype if jnp.dtype(x.dtype).itemsize >= 4 else jnp.dtype(
+      jnp.float32)
+
+
+def _as_rows(name: str, x) -> jax.Array:
+  x = jnp.asarray(x)
+  if x.ndim != 2:
+    raise ValueError(
+        f"{name} must have shape (n, d), got {x.shape}; reshape to 2-D")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"{name} must be floating point, got {x.dtype}")
+  return x.astype(_float_dtype(x))
+
+
+def _as_mask(name: str, mask, n: int) -> jax.Array:
+  mask = jnp.asarray(mask)
+  if mask.shape != (n,):
+    raise ValueError(
+        f"{name} must have shape ({n},) to match the rows, got {mask.shape}")
+  if mask.dtype != jnp.bool_:
+    raise ValueError(f"{name} must be boolean, got {mask.dtype}; "
+                     "pass e.g. `mask.astype(bool)`")
+  return mask
+
+
+def _as_groups(groups, num_groups, n: int) -> tuple[jax.Array, int]:
+  """Checks group labels; infers ``num_groups`` when the labels are concrete."""
+  groups = jnp.asarray(groups)
+  if groups.shape != (n,):
+    raise ValueError(
+        f"groups must have shape ({n},) to match the rows, got {groups.shape}")
+  if not jnp.issubdtype(groups.dtype, jnp.integer):
+    raise ValueError(f"groups must be integer labels, got {groups.dtype}")
+  if num_groups is None:
+    if _is_traced(groups):
+      raise ValueError(
+          "num_groups is required when groups are traced (inside jit); pass "
+          "num_groups=<number of classes> as a static int")
+    num_groups = int(_host(jnp.max, groups)) + 1 if n else 1
+  if isinstance(num_groups, bool) or not isinstance(
+      num_groups, (int, np.integer)) or num_groups < 1:
+    raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
+  if not _is_traced(groups) and n:
+    lo, hi = _host(lambda g: (jnp.min(g), jnp.max(g)), groups)
+    if lo < 0 or hi >= num_groups:
+      raise ValueError(
+          f"group labels must lie in [0, {num_groups}), got [{lo}, {hi}]; "
+          "relabel them or raise num_groups")
+  return groups.astype(jnp.int32), int(num_groups)
+
+
+# --------------------------------------------------------------------------
+# The blocked kernel
+# --------------------------------------------------------------------------
+
+def _pad_rows(x: jax.Array, rows: int, value=0) -> jax.Array:
+  pad = rows - x.shape[0]
+  if pad == 0:
+    return x
+  widths = [(0, pad)] + [(0, 0)] * (x.ndim - 1)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def _blocked_log_sum_kernel(
+    queries: jax.Array,
+    support: jax.Array,
+    support_valid: jax.Array,
+    inv_two_var: jax.Array,
+    query_groups: jax.Array | None,
+    support_groups: jax.Array | None,
+    *,
+    block_q: int,
+    block_n: int,
+    self_pairs: bool = False,
+    row_offset: jax.Array | int = 0,
+) -> jax.Array:
+  """``log sum_j K(x_i, y_j)`` over valid (and same-group) ``j``, blocked.
+
+  Shapes: queries (q, d), support (n, d), support_valid (n,) bool, groups (q,)
+  and (n,) int32 or None. Returns (q,); -inf where no support entry counts.
+  Inputs are assumed already centred. Memory per step: one (bq, bn) tile.
+  ``self_pairs=True`` declares queries and support to be the same rows, so the
+  diagonal distance is set to exactly 0 instead of the expansion's rounding
+  noise (which is ~eps/(2v) in log k: 0.05 at v = 1e-6); ``row_offset`` is
+  the global index of the first query row (non-zero on a shard).
+  """
+  q, d = queries.shape
+  n = support.shape[0]
+  dtype = queries.dtype
+  bq = min(block_q, q)
+  bn = min(block_n, n)
+  nq = -(-q // bq)
+  nn = -(-n // bn)
+
+  # Ragged sizes: pad queries with zeros (rows are dropped at the end) and the
+  # support with invalid rows (masked to -inf inside the tile).
+  xq = _pad_rows(queries, nq * bq).reshape(nq, bq, d)
+  ys = _pad_rows(support, nn * bn).reshape(nn, bn, d)
+  vs = _pad_rows(support_valid, nn * bn, False).reshape(nn, bn)
+  grouped = query_groups is not None
+  if grouped:
+    gq = _pad_rows(query_groups, nq * bq, -1).reshape(nq, bq)
+    gs = _pad_rows(support_groups, nn * bn, -1).reshape(nn, bn)
+  else:
+    # Dummy per-block scalars keep one code path for the scan/map carries.
+    gq = jnp.zeros((nq, bq), jnp.int32)
+    gs = jnp.zeros((nn, bn), jnp.int32)
+  yy = jnp.sum(ys * ys, axis=-1)  # (nn, bn), computed once for all queries
+
+  def query_block(args):
+    xb, gqb, qi = args
+    xxb = jnp.sum(xb * xb, axis=-1)  # (bq,)
+    rows = row_offset + qi * bq + jnp.arange(bq)
+
+    def support_step(carry, sblock):
+      m, s = carry
+      yb, yyb, vb, gsb, sj = sblock
+      xy = lax.dot_general(
+          xb, yb, (((1,), (1,)), ((), ())),
+          precision=lax.Precision.HIGHEST)
+      # Clamp: cancellation can make the expansion slightly negative for
+      # near-duplicates; a negative distance would mean K > 1.
+      d2 = jnp.maximum(xxb[:, None] + yyb[None, :] - 2 * xy, 0)
+      if self_pairs:
+        cols = sj * bn + jnp.arange(bn)
+        d2 = jnp.where(rows[:, None] == cols[None, :], 0, d2)
+      logk = -d2 * inv_two_var
+      keep = vb[None, :]
+      if grouped:
+        keep = keep & (gqb[:, None] == gsb[None, :])
+      logk = jnp.where(keep, logk, -jnp.inf)
+      # Streaming log-sum-exp. While nothing counted yet, m = -inf; use a
+      # finite shift then so that exp(-inf - (-inf)) = NaN never happens.
+      m_new = jnp.maximum(m, jnp.max(logk, axis=1))
+      shift = jnp.where(jnp.isfinite(m_new), m_new, 0)
+      s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(logk - shift[:, None]),
+                                           axis=1)
+      return (m_new, s), None
+
+    init = (jnp.full((bq,), -jnp.inf, dtype), jnp.zeros((bq,), dtype))
+    (m, s), _ = lax.scan(support_step, init,
+                         (ys, yy, vs, gs, jnp.arange(nn)))
+    # s = 0 and m = -inf when no support entry counted: log(0) + -inf = -inf.
+    return jnp.log(s) + jnp.where(jnp.isfinite(m), m, -jnp.inf)
+
+  out = lax.map(query_block, (xq, gq, jnp.arange(nq)))
+  return out.reshape(nq * bq)[:q]
+
+
+def _centre(queries, support, support_valid):
+  """Shifts both sets by the mean of the valid support rows.
+
+  Distances are translation invariant; centring shrinks |x|^2 and with it the
+  float cancellation error of |x|^2 + |y|^2 - 2 x.y.
+  """
+  w = support_valid.astype(support.dtype)
+  count = jnp.maximum(jnp.sum(w), 1)
+  centre = jnp.sum(support * w[:, None], axis=0) / count
+  return queries - centre[None, :], support - centre[None, :]
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("block_q", "block_n", "self_pairs"))
+def _log_density_core(queries, support, support_valid, variance, *, block_q,
+                      block_n, self_pairs):
+  queries, support = _centre(queries, support, support_valid)
+  inv_two_var = (0.5 / variance).astype(queries.dtype)
+  lse = _blocked_log_sum_kernel(queries, support, support_valid, inv_two_var,
+                                None, None, block_q=block_q, block_n=block_n,
+                                self_pairs=self_pairs)
+  count = jnp.sum(support_valid.astype(queries.dtype))
+  return lse - jnp.log(count)
+
+
+def _prepare_log_density(queries, support, variance, block_size,
+                         support_block_size, support_mask):
+  queries = _as_rows("queries", queries)
+  support = _as_rows("support", support)
+  if queries.shape[1] != support.shape[1]:
+    raise ValueError(
+        f"queries and support must have the same feature dimension, got "
+        f"{queries.shape[1]} and {support.shape[1]}")
+  if support.shape[0] == 0:
+    raise ValueError("support is empty; the density needs at least one point")
+  # The wider of the two (float32, or float64 under x64).
+  dtype = max(queries.dtype, support.dtype, key=lambda t: t.itemsize)
+  queries, support = queries.astype(dtype), support.astype(dtype)
+  _check_finite("queries", queries, "check the surrogate embeddings")
+  _check_finite("support", support, "check the surrogate embeddings")
+  _check_positive("variance", variance, "pass kernel_variance > 0 (e.g. 0.1)")
+  block_q = _check_block("block_size", block_size)
+  block_n = _check_block(
+      "support_block_size",
+      block_q if support_block_size is None else support_block_size)
+  if support_mask is None:
+    support_valid = jnp.ones((support.shape[0],), jnp.bool_)
+  else:
+    support_valid = _as_mask("support_mask", support_mask, support.shape[0])
+    if not _is_traced(support_valid) and not bool(
+        _host(jnp.any, support_valid)):
+      raise ValueError("support_mask excludes every support row; the density "
+                       "of an empty set is undefined")
+  variance = jnp.asarray(variance, dtype)
+  return queries, support, support_valid, variance, block_q, block_n
+
+
+def _row_sharding_axis(x):
+  """(mesh, axis name) if ``x``'s rows are split over one mesh axis, else None.
+
+  Reads the concrete sharding of an array, or the sharding-in-types of a
+  tracer under an Explicit mesh.
+  """
+  sharding = getattr(x, "sharding", None) if not _is_traced(x) else None
+  if sharding is None:
+    try:
+      sharding = jax.typeof(x).sharding
+    except Exception:  # pylint: disable=broad-except
+      return None
+  if not isinstance(sharding, NamedSharding) or not len(sharding.spec):
+    return None
+  axis = sharding.spec[0]
+  if isinstance(axis, tuple):
+    axis = axis[0] if len(axis) == 1 else None
+  if not isinstance(axis, str) or sharding.mesh.shape[axis] == 1:
+    return None
+  return sharding.mesh, axis
+
+
+def log_density(
+    queries: jax.Array,
+    support: jax.Array,
+    *,
+    variance: float | jax.Array,
+    block_size: int = 1024,
+    support_block_size: int | None = None,
+    support_mask: jax.Array | None = None,
+) -> jax.Array:
+  """Log of the mean Gaussian kernel value of each query over the support.
+
+  ``log f(x_i) = log( (1/n') sum_j K(x_i, y_j) )`` with
+  ``K(x, y) = exp(-||x - y||^2 / (2 variance))`` (no normalising constant) and
+  ``n'`` the number of unmasked support rows. Evaluated blockwise with a
+  streaming log-sum-exp, so memory is O(block_size x support_block_size), never
+  O(q x n); any ``q``, ``n`` work (ragged blocks are padded internally).
+
+  Works eagerly (the core is jitted and cached per shape and block size;
+  ``variance`` is a traced argument, so sweeping it does not recompile) and
+  inside ``jax.jit``/``jax.vmap`` (input checks are skipped for traced values).
+  Passing the same array object as ``queries`` and ``support`` marks the
+  self-included density: the self-distance is then exactly 0. Queries that
+  arrive split over a mesh axis go through :func:`log_density_sharded`.
+
+  Args:
+    queries: (q, d) float points to evaluate.
+    support: (n, d) float points that define the density.
+    variance: kernel variance ``v > 0`` (SPEC's ``kernel_variance``); the
+      bandwidth is ``sqrt(v)``.
+    block_size: rows of queries per tile.
+    support_block_size: rows of support per tile; defaults to ``block_size``.
+      ``n`` gives the O(block x n) variant.
+    support_mask: optional (n,) bool; False rows are ignored (neither in the
+      sum nor in the count ``n'``). Lets callers pass per-class groups stored
+      in rectangular padded arrays.
+
+  Returns:
+    (q,) log-densities (float32 for float32 input). Finite whenever at least
+    one support row is unmasked and ``variance`` is not absurdly small.
+
+  Raises:
+    ValueError: wrong ranks or feature sizes, NaN/Inf inputs, ``variance <= 0``,
+      bad block sizes, a malformed or all-False ``support_mask``.
+
+  Example:
+    >>> z = jax.random.normal(jax.random.key(0), (100, 16))
+    >>> z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
+    >>> log_density(z, z, variance=0.1).shape
+    (100,)
+  """
+  axis = _row_sharding_axis(queries)
+  if axis is not None:
+    # Queries split over a mesh axis: run the shard_map path over that axis
+    # (no gather; and Explicit axes would reject the blocking reshape).
+    return log_density_sharded(
+        queries, support, variance=variance, mesh=axis[0], axis_name=axis[1],
+        block_size=block_size, support_block_size=support_block_size,
+        support_mask=support_mask)
+  # Passing the very same array as queries and support (the self-included
+  # density) lets the kernel use the exact 0 self-distance.
+  self_pairs = queries is support
+  (queries, support, support_valid, variance, block_q,
+   block_n) = _prepare_log_density(queries, support, variance, block_size,
+                                   support_block_size, support_mask)
+  if queries.shape[0] == 0:
+    return jnp.zeros((0,), queries.dtype)
+  return _log_density_core(queries, support, support_valid, variance,
+                           block_q=block_q, block_n=block_n,
+                           self_pairs=self_pairs)
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_fn(mesh: Mesh, axis_name: str, block_q: int, block_n: int,
+                self_pairs: bool):
+  """Builds (once per mesh/axis/blocks) the jitted shard_map'ed kernel."""
+
+  def local(queries, support, support_valid, variance):
+    # Runs per device on its query rows; the support is replicated, so the
+    # centring mean and the count are identical on every device.
+    queries, support = _centre(queries, support, support_valid)
+    inv_two_var = (0.5 / variance).astype(queries.dtype)
+    offset = lax.axis_index(axis_name) * queries.shape[0]
+    lse = _blocked_log_sum_kernel(queries, support, support_valid,
+                                  inv_two_var, None, None, block_q=block_q,
+                                  block_n=block_n, self_pairs=self_pairs,
+                                  row_offset=offset)
+    return lse - jnp.log(jnp.sum(support_valid.astype(queries.dtype)))
+
+  # check_vma=False: the scan carry starts replicated (constants) and becomes
+  # device-varying after the first support block; the per-device computation
+  # needs no collectives, so the varying-axes check buys nothing here.
+  mapped = jax.shard_map(local, mesh=mesh,
+                         in_specs=(P(axis_name), P(), P(), P()),
+                         out_specs=P(axis_name), check_vma=False)
+
+  # Explicit axes (the jax.make_mesh default) are moved with jax.reshard;
+  # Auto axes reject reshard and take a sharding constraint instead.
+  explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
+  split = NamedSharding(mesh, P(axis_name))
+  rep = NamedSharding(mesh, P())
+
+  def lay_out(x, sharding):
+    if explicit:
+      return jax.reshard(x, sharding)
+    return lax.with_sharding_constraint(x, sharding)
+
+  def run(queries, support, support_valid, variance):
+    # Lay the inputs out as the shard_map expects (a no-op when they already
+    # are).
+    q = queries.shape[0]
+    ndev = mesh.shape[axis_name]
+    q_pad = max(-(-q // ndev), 1) * ndev
+    if q_pad != q:
+      # Ragged q: pad to a multiple of the axis size (padding rows are
+      # dropped below). Explicit axes cannot hold an uneven shard, so the
+      # padding happens on a replicated copy.
+      queries = _pad_rows(lay_out(queries, rep), q_pad)
+    queries = lay_out(queries, split)
+    support, support_valid, variance = (
+        lay_out(a, rep) for a in (support, support_valid, variance))
+    out = mapped(queries, support, support_valid, variance)
+    if q_pad != q:
+      # An uneven slice cannot stay sharded on an Explicit axis: return the
+      # (small, (q,)) result replicated instead.
+      out = lay_out(out, rep)[:q]
+    return out
+
+  return jax.jit(run)
+
+
+def log_density_sharded(
+    queries: jax.Array,
+    support: jax.Array,
+    *,
+    variance: float | jax.Array,
+    mesh: Mesh,
+    axis_name: str = "data",
+    block_size: int = 1024,
+    support_block_size: int | None = None,
+    support_mask: jax.Array | None = None,
+) -> jax.Array:
+  """:func:`log_density` with the query axis split over a mesh axis.
+
+  Each device evaluates its share of query rows against the full (replicated)
+  support with the same blocked kernel; there is no communication. ``q`` need
+  not divide the axis size (queries are padded, the padding is dropped).
+
+  Args:
+    queries: (q, d) float queries (any sharding; resharded over ``axis_name``).
+    support: (n, d) float support (replicated on every device).
+    variance: kernel variance ``v > 0``.
+    mesh: a ``jax.sharding.Mesh`` containing ``axis_name``.
+    axis_name: mesh axis that splits the queries.
+    block_size: query rows per tile (per device).
+    support_block_size: support rows per tile; defaults to ``block_size``.
+    support_mask: optional (n,) bool, False rows ignored.
+
+  Returns:
+    (q,) log-densities, equal to :func:`log_density` up to float rounding;
+    sharded over ``axis_name`` when ``q`` is a multiple of its size,
+    replicated otherwise (an uneven shard cannot be expressed on Explicit
+    mesh axes).
+
+  Raises:
+    ValueError: as :func:`log_density`, or if ``axis_name`` is not in ``mesh``.
+
+  Example:
+    >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    >>> z = jax.random.normal(jax.random.key(0), (100, 16))
+    >>> log_density_sharded(z, z, variance=0.1, mesh=mesh).shape
+    (100,)
+  """
+  if axis_name not in mesh.shape:
+    raise ValueError(f"axis_name={axis_name!r} is not an axis of the mesh "
+                     f"(axes: {tuple(mesh.shape)})")
+  self_pairs = queries is support
+  (queries, support, support_valid, variance, block_q,
+   block_n) = _prepare_log_density(queries, support, variance, block_size,
+                                   support_block_size, support_mask)
+  if queries.shape[0] == 0:
+    return jnp.zeros((0,), queries.dtype)
+  return _sharded_fn(mesh, axis_name, block_q, block_n, self_pairs)(
+      queries, support, support_valid, variance)
+
+
+# --------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------
+
+def _log1mexp(x: jax.Array) -> jax.Array:
+  """``log(1 - exp(x))`` for ``x <= 0``, accurate at both ends (Maechler 2012).
+
+  Returns -inf at x = 0.
+  """
+  return jnp.where(x > -np.log(2.0), jnp.log(-jnp.expm1(x)),
+                   jnp.log1p(-jnp.exp(x)))
+
+
+@functools.partial(jax.jit, static_argnames=("normalize", "num_groups"))
+def _weights_core(log_f, temperature, groups, mask, *, normalize, num_groups):
+  dtype = log_f.dtype
+  neg_inf = jnp.array(-jnp.inf, dtype)
+  log_t = jnp.log(temperature.astype(dtype))
+
+  def group_max(x):
+    # Masked rows hold -inf, so they never win a group max.
+    if groups is None:
+      return jnp.broadcast_to(jnp.max(x), x.shape)
+    return jax.ops.segment_max(x, groups, num_segments=num_groups)[groups]
+
+  if normalize == "power":
+    # w ∝ f^(-1/T) = exp(-log f / T): a plain softmax of logits -log f / T.
+    logits = jnp.where(mask, -log_f / temperature.astype(dtype), neg_inf)
+    top = group_max(logits)
+    # Entries equal to the group max get exactly 0 (this also covers a +inf
+    # max, where logits - top would be inf - inf = NaN).
+    shifted = jnp.where(logits == top, 0, logits - top)
+  else:
+    # w = softmax(a), a_i = exp(u_i) / T with u_i = -log f_i. a_i can overflow
+    # float32 (u ~ 1e6 for an isolated point at a tiny variance), but softmax
+    # only needs a_i - max_g a = -exp(M - log T) * (1 - exp(u_i - M)), with
+    # M = max_g u. In log space:
+    #   a_i - a_max = -exp( (M - log T) + log(1 - exp(u_i - M)) ),
+    # which is <= 0, exactly 0 for the group maximum, and at worst -inf (weight
+    # 0, the correct limit) when the exponent overflows. No inf - inf, no NaN,
+    # for any finite log f and T > 0.
+    u = jnp.where(mask, -log_f, neg_inf)
+    top = group_max(u)
+    delta = jnp.where(u == top, 0, u - top)  # <= 0; -inf for masked rows
+    log_gap = (top - log_t) + _log1mexp(jnp.minimum(delta, 0))
+    shifted = jnp.where(delta == 0, 0, -jnp.exp(log_gap))
+  shifted = jnp.where(mask, shifted, neg_inf)
+  e = jnp.exp(shifted)  # each group's top element contributes exactly 1
+  if groups is None:
+    denom = jnp.sum(e)
+  else:
+    denom = jax.ops.segment_sum(e, groups, num_segments=num_groups)[groups]
+  return jnp.where(mask, e / jnp.maximum(denom, 1), 0)
+
+
+def _prepare_weight_args(n, temperature, normalize, groups, num_groups, mask,
+                         dtype):
+  _check_normalize(normalize)
+  _check_positive("temperature", temperature, "pass temperature > 0")
+  if groups is not None:
+    groups, num_groups = _as_groups(groups, num_groups, n)
+  elif num_groups is not None and num_groups != 1:
+    raise ValueError(f"num_groups={num_groups} given without groups; pass "
+                     "groups=<labels> or drop num_groups")
+  if mask is None:
+    mask = jnp.ones((n,), jnp.bool_)
+  else:
+    mask = _as_mask("mask", mask, n)
+  temperature = jnp.asarray(temperature, dtype)
+  return temperature, groups, (num_groups if groups is not None else None), \
+      mask
+
+
+def _check_singletons(groups, num_groups, mask) -> None:
+  if _is_traced(mask) or (groups is not None and _is_traced(groups)):
+    return
+  m = np.asarray(jax.device_get(mask))
+  g = np.zeros(m.shape, np.int64) if groups is None else np.asarray(
+      jax.device_get(groups))
+  counts = np.bincount(g[m], minlength=num_groups or 1)
+  single = np.flatnonzero(counts == 1)
+  if single.size:
+    raise ValueError(
+        f"group(s) {single.tolist()} have a single sample: its density is "
+        "just K(z, z) = 1 and its weight trivially 1. Use more samples per "
+        "class/batch, or pass validate=False to accept weight 1.0")
+
+
+def weights_from_log_density(
+    log_f: jax.Array,
+    *,
+    temperature: float | jax.Array = 1.0,
+    normalize: Normalize = "softmax",
+    groups: jax.Array | None = None,
+    num_groups: int | None = None,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+  """Normalised inverse-density weights from precomputed log-densities.
+
+  For callers that already hold ``log f`` (the per-class ``scope='class'``
+  precomputation, or :func:`log_density` on padded class arrays).
+
+  ``softmax``: ``w = softmax((1/f) / T)`` per group, evaluated without forming
+  ``1/f`` (which overflows float32 for isolated points at small variances):
+  the softmax only needs differences to the group maximum, and
+  ``exp(u_i)/T - exp(M)/T = -exp(M - log T + log(1 - exp(u_i - M)))`` with
+  ``u = -log f``, ``M = max u``, which is finite or -inf (weight 0) for every
+  finite input. ``power``: ``w = f^(-1/T) / sum f^(-1/T) = softmax(-log f / T)``.
+
+  Args:
+    log_f: (n,) log-densities.
+    temperature: ``T > 0``.
+    normalize: ``'softmax'`` or ``'power'``.
+    groups: optional (n,) int labels in ``[0, num_groups)``; weights sum to 1
+      within each group. None means one group.
+    num_groups: number of groups; must be given (static int) under jit,
+      inferred as ``max(groups) + 1`` for concrete labels.
+    mask: optional (n,) bool; False rows get weight 0 and do not take part in
+      any normalisation.
+
+  Returns:
+    (n,) weights, >= 0, summing to 1 over the unmasked rows of every non-empty
+    group. Ties share equally; if some ``exp(...)`` overflows, the densest-
+    inverse row(s) take all the weight (the exact limit in float arithmetic).
+
+  Raises:
+    ValueError: NaN in ``log_f``, wrong shapes, ``temperature <= 0``, unknown
+      ``normalize``, labels outside ``[0, num_groups)``.
+
+  Example:
+    >>> weights_from_log_density(jnp.log(jnp.array([0.5, 0.25, 0.25])),
+    ...                          normalize="power")  # ∝ 1/f
+    Array([0.2, 0.4, 0.4], dtype=float32)
+  """
+  log_f = jnp.asarray(log_f)
+  if log_f.ndim != 1:
+    raise ValueError(f"log_f must have shape (n,), got {log_f.shape}")
+  if not jnp.issubdtype(log_f.dtype, jnp.floating):
+    raise ValueError(f"log_f must be floating point, got {log_f.dtype}")
+  log_f = log_f.astype(_float_dtype(log_f))
+  if not _is_traced(log_f) and bool(
+      _host(lambda a: jnp.any(jnp.isnan(a)), log_f)):
+    raise ValueError("log_f contains NaN; check the embeddings and variance")
+  n = log_f.shape[0]
+  temperature, groups, num_groups, mask = _prepare_weight_args(
+      n, temperature, normalize, groups, num_groups, mask, log_f.dtype)
+  if n == 0:
+    return jnp.zeros((0,), log_f.dtype)
+  return _weights_core(log_f, temperature, groups, mask, normalize=normalize,
+                       num_groups=num_groups)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("num_groups", "block_q", "block_n"))
+def _group_log_density_core(embeddings, variance, groups, mask, *, num_groups,
+                            block_q, block_n):
+  w = mask.astype(embeddings.dtype)
+  if groups is None:
+    emb, _ = _centre(embeddings, embeddings, mask)
+  else:
+    # Only same-group pairs are ever compared, so each group may be shifted by
+    # its own mean: tighter than one global centre for the cancellation error.
+    sums = jax.ops.segment_sum(embeddings * w[:, None], groups,
+                               num_segments=num_groups)
+    counts = jax.ops.segment_sum(w, groups, num_segments=num_groups)
+    means = sums / jnp.maximum(counts, 1)[:, None]
+    emb = embeddings - means[groups]
+  inv_two_var = (0.5 / variance).astype(emb.dtype)
+  lse = _blocked_log_sum_kernel(emb, emb, mask, inv_two_var, groups, groups,
+                                block_q=block_q, block_n=block_n,
+                                self_pairs=True)
+  if groups is None:
+    count = jnp.sum(w)
+  else:
+    count = jax.ops.segment_sum(w, groups, num_segments=num_groups)[groups]
+  # Masked rows (or rows of an empty group) get a harmless 0; they are dropped
+  # by the mask in the normalisation anyway.
+  return jnp.where(mask, lse - jnp.log(jnp.maximum(count, 1)), 0)
+
+
+def weights(
+    embeddings: jax.Array,
+    *,
+    variance: float | jax.Array,
+    temperature: float | jax.Array = 1.0,
+    normalize: Normalize = "softmax",
+    groups: jax.Array | None = None,
+    num_groups: int | None = None,
+    mask: jax.Array | None = None,
+    block_size: int = 1024,
+    validate: bool = False,
+) -> jax.Array:
+  """Bias-aware sample weights: normalised inverse KDE density per group.
+
+  ``f_i = mean_j K(z_i, z_j)`` over the unmasked rows ``j`` of the group of
+  ``i`` (self included, SPEC §3), then ``w = N_T(1/f)`` within the group, see
+  :func:`weights_from_log_density`. Rare (isolated) samples get large weights,
+  dense clusters small ones.
+
+  The density is evaluated with the blocked kernel over all ``n x n`` pairs
+  with a same-group mask, i.e. O(n^2 d) work: right for one sampled batch
+  (``scope='batch'``, n ~ 256 per class, or a few classes at once). For
+  ``scope='class'`` on large classes, call :func:`log_density` per class (with
+  ``support_mask`` for padded arrays) and then :func:`weights_from_log_density`.
+
+  A group with a single (unmasked) sample has ``f = 1`` and gets weight 1.0.
+  That is well defined but carries no information; ``validate=True`` rejects
+  it instead.
+
+  The weights are meant to be used as constants (the method never
+  differentiates through them); gradients through the masked/overflow
+  branches are not guaranteed finite, so wrap the result in
+  ``jax.lax.stop_gradient`` if it sits inside a differentiated function.
+
+  Args:
+    embeddings: (n, d) float embeddings.
+    variance: kernel variance ``v > 0``.
+    temperature: normalisation temperature ``T > 0``.
+    normalize: ``'softmax'`` or ``'power'``.
+    groups: optional (n,) int labels in ``[0, num_groups)`` (e.g. class
+      labels); None means one group.
+    num_groups: static number of groups; required under jit when ``groups``
+      is given, otherwise inferred.
+    mask: optional (n,) bool; False rows (padding) get weight 0 and are left
+      out of every density and normalisation.
+    block_size: tile size of the blocked kernel.
+    validate: also raise ``ValueError`` for groups with exactly one unmasked
+      sample (checked on concrete inputs only). Basic checks (NaN, shapes,
+      ranges) always run on concrete inputs.
+
+  Returns:
+    (n,) float weights; each non-empty group sums to 1, masked rows are 0.
+    Never NaN or Inf.
+
+  Raises:
+    ValueError: NaN/Inf embeddings ("check the surrogate"), wrong shapes or
+      lengths, ``variance <= 0``, ``temperature <= 0``, unknown
+      ``normalize``, bad labels, or (``validate=True``) singleton groups.
+
+  Example:
+    >>> z = jax.random.normal(jax.random.key(0), (8, 4))
+    >>> w = weights(z, variance=0.1, groups=jnp.array([0, 0, 0, 0, 1, 1, 1, 1]))
+    >>> w.shape
+    (8,)
+  """
+  embeddings = _as_rows("embeddings", embeddings)
+  n = embeddings.shape[0]
+  _check_finite("embeddings", embeddings,
+                "check the surrogate (a diverged SupCon run gives NaN)")
+  _check_positive("variance", variance, "pass kernel_variance > 0 (e.g. 0.1)")
+  block = _check_block("block_size", block_size)
+  dtype = embeddings.dtype
+  temperature, groups, num_groups, mask = _prepare_weight_args(
+      n, temperature, normalize, groups, num_groups, mask, dtype)
+  if validate:
+    _check_singletons(groups, num_groups, mask)
+  if n == 0:
+    return jnp.zeros((0,), dtype)
+  variance = jnp.asarray(variance, dtype)
+  log_f = _group_log_density_core(embeddings, variance, groups, mask,
+                                  num_groups=num_groups, block_q=block,
+                                  block_n=block)
+  return _weights_core(log_f, temperature, groups, mask, normalize=normalize,
+                       num_groups=num_groups)

@@ -1,0 +1,456 @@
+"""Tests for jaxdd.kde against naive float64 numpy references.
+
+Tolerances (float32 computation, NT-style table): the squared-distance
+expansion loses about ``eps_f32 * (|x|^2 + |y|^2)`` to cancellation, which the
+kernel divides by ``2v``; the self term is exact (diagonal pinned to 0), so the
+self-included densities meet 1e-4 at every variance tested. A query far from all
+support points has ``|log f|`` in the hundreds at ``v = 1e-3``, where one
+float32 ulp is already 3e-5, so the tolerance also has a relative part of a few
+ulps: ``atol = 1e-4``, ``rtol = 4 * eps_f32``.
+"""
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from jaxdd import kde
+
+F32_EPS = float(np.finfo(np.float32).eps)
+ATOL = 1e-4
+RTOL = 4 * F32_EPS
+
+
+@pytest.fixture(autouse=True)
+def _strict_numpy():
+  # Catches silent (n,) vs (n, 1) broadcasting and implicit dtype mixes.
+  with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
+    yield
+
+
+# ---------------------------------------------------------------------------
+# float64 references
+# ---------------------------------------------------------------------------
+
+def _unit(rng, n, d):
+  x = rng.standard_normal((n, d))
+  return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _ref_log_density(queries, support, variance, support_mask=None):
+  """Naive O(q n d) float64: log mean_j exp(-|x - y_j|^2 / (2 v))."""
+  q = np.asarray(queries, np.float64)
+  s = np.asarray(support, np.float64)
+  if support_mask is not None:
+    s = s[np.asarray(support_mask)]
+  d2 = ((q[:, None, :] - s[None, :, :]) ** 2).sum(-1)
+  logk = -d2 / (2 * variance)
+  m = logk.max(axis=1, keepdims=True)
+  return m[:, 0] + np.log(np.exp(logk - m).sum(axis=1)) - np.log(s.shape[0])
+
+
+def _ref_weights(x, variance, temperature, normalize, groups=None):
+  """f_i = mean K over the group; softmax((1/f)/T) or f^(-1/T)/sum, float64."""
+  x = np.asarray(x, np.float64)
+  groups = np.zeros(len(x), int) if groups is None else np.asarray(groups)
+  w = np.zeros(len(x))
+  for g in np.unique(groups):
+    idx = np.flatnonzero(groups == g)
+    d2 = ((x[idx, None, :] - x[None, idx, :]) ** 2).sum(-1)
+    f = np.exp(-d2 / (2 * variance)).mean(axis=1)
+    if normalize == "softmax":
+      a = (1.0 / f) / temperature
+      e = np.exp(a - a.max())
+    else:
+      e = f ** (-1.0 / temperature)
+    w[idx] = e / e.sum()
+  return w
+
+
+# ---------------------------------------------------------------------------
+# log_density
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variance", [1e-3, 1e-2, 0.1, 1.0])
+def test_log_density_matches_numpy_ragged_blocks(variance):
+  rng = np.random.default_rng(0)
+  support = _unit(rng, 53, 8)
+  queries = _unit(rng, 37, 8)
+  # block 16 divides neither 37 nor 53; a different support block exercises
+  # the streaming log-sum-exp over 8 support blocks.
+  for bq, bn in [(16, None), (16, 7)]:
+    got = kde.log_density(queries, support, variance=variance, block_size=bq,
+                          support_block_size=bn)
+    assert got.shape == (37,) and got.dtype == jnp.float32
+    np.testing.assert_allclose(
+        got, _ref_log_density(queries, support, variance), rtol=RTOL,
+        atol=ATOL)
+  # Self-included density (the weights' case): same object as both inputs.
+  got = kde.log_density(support, support, variance=variance, block_size=16)
+  ref = _ref_log_density(support, support, variance)
+  assert np.max(np.abs(np.asarray(got) - ref)) < 1e-4
+  assert np.all(np.asarray(got) <= 0)  # K <= 1 thanks to the clamp
+
+
+def test_log_density_single_block_and_duplicates():
+  # Exact duplicates: the expansion would give tiny negative distances; the
+  # clamp keeps log k <= 0, so log f of n duplicates is exactly 0.
+  x = np.tile(_unit(np.random.default_rng(1), 1, 16), (20, 1))
+  got = kde.log_density(x, x.copy(), variance=1e-6)
+  np.testing.assert_allclose(got, np.zeros(20), atol=1e-6)
+
+
+def test_log_density_support_mask_equals_unpadded():
+  rng = np.random.default_rng(2)
+  support = _unit(rng, 29, 8)
+  queries = _unit(rng, 11, 8)
+  # Padding rows close to the queries would change the result if counted.
+  padded = np.concatenate([support, queries[:5], np.zeros((6, 8), np.float32)])
+  mask = np.arange(len(padded)) < 29
+  for v in [0.01, 0.1]:
+    want = kde.log_density(queries, support, variance=v, block_size=8)
+    got = kde.log_density(queries, padded, variance=v, block_size=8,
+                          support_mask=jnp.asarray(mask))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(
+        got, _ref_log_density(queries, padded, v, mask), rtol=RTOL, atol=ATOL)
+
+
+def test_log_density_far_queries_finite():
+  # A query 100 units away at a small variance: log f ~ -5e6, still finite.
+  rng = np.random.default_rng(3)
+  support = _unit(rng, 10, 4)
+  far = np.full((1, 4), 100.0, np.float32)
+  got = np.asarray(kde.log_density(far, support, variance=1e-3))
+  ref = _ref_log_density(far, support, 1e-3)
+  assert np.isfinite(got).all()
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+def test_sharded_equals_single_device(axis_type):
+  assert jax.device_count() == 8
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+  rng = np.random.default_rng(4)
+  support = jnp.asarray(_unit(rng, 45, 8))
+  for q in (48, 37):  # a multiple of 8 and a ragged count
+    queries = jnp.asarray(_unit(rng, q, 8))
+    want = kde.log_density(queries, support, variance=0.05, block_size=4)
+    got = kde.log_density_sharded(queries, support, variance=0.05, mesh=mesh,
+                                  block_size=4)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    if q == 48:
+      assert got.sharding.spec == P("data")
+      assert len(got.addressable_shards) == 8
+    # log_density itself follows queries that arrive sharded over the mesh.
+    if q == 48:
+      sharded = jax.device_put(queries, NamedSharding(mesh, P("data")))
+      got2 = kde.log_density(sharded, support, variance=0.05, block_size=4)
+      np.testing.assert_allclose(got2, want, atol=1e-5)
+      if axis_type == AxisType.Explicit:
+        # Under jit the sharding is part of the tracer's type.
+        got3 = jax.jit(functools.partial(kde.log_density, block_size=4))(
+            sharded, support, variance=0.05)
+        np.testing.assert_allclose(got3, want, atol=1e-5)
+        assert got3.sharding.spec == P("data")
+  # Self-included, sharded: the exact-zero diagonal must use global indices.
+  want = kde.log_density(support, support, variance=1e-3, block_size=4)
+  got = kde.log_density_sharded(support, support, variance=1e-3, mesh=mesh,
+                                block_size=4)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_sharded_under_jit_matches():
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  rng = np.random.default_rng(5)
+  queries = jnp.asarray(_unit(rng, 24, 8))
+  support = jnp.asarray(_unit(rng, 13, 8))
+  f = jax.jit(functools.partial(kde.log_density_sharded, mesh=mesh,
+                                block_size=2))
+  got = f(queries, support, variance=0.1)
+  np.testing.assert_allclose(
+      got, _ref_log_density(queries, support, 0.1), rtol=RTOL, atol=ATOL)
+
+
+# ---------------------------------------------------------------------------
+# weights
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("normalize", ["softmax", "power"])
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_weights_match_numpy(normalize, temperature):
+  rng = np.random.default_rng(6)
+  x = _unit(rng, 30, 6)
+  groups = np.array([0] * 12 + [2] * 11 + [1] * 7)
+  rng.shuffle(groups)
+  for v in [0.05, 0.5]:
+    got = kde.weights(x, variance=v, temperature=temperature,
+                      normalize=normalize, groups=jnp.asarray(groups),
+                      block_size=8)
+    want = _ref_weights(x, v, temperature, normalize, groups)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-7)
+    sums = np.bincount(groups, weights=np.asarray(got, np.float64))
+    np.testing.assert_allclose(sums, np.ones(3), atol=1e-6)
+  # No groups: one group over everything.
+  got = kde.weights(x, variance=0.1, temperature=temperature,
+                    normalize=normalize)
+  np.testing.assert_allclose(
+      got, _ref_weights(x, 0.1, temperature, normalize), rtol=2e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "power"])
+def test_weights_from_log_density_matches_numpy(normalize):
+  rng = np.random.default_rng(7)
+  log_f = np.log(rng.uniform(0.01, 1.0, size=20))
+  groups = np.repeat(np.arange(4), 5)
+  for t in [0.1, 1.0, 10.0]:
+    got = kde.weights_from_log_density(
+        jnp.asarray(log_f, jnp.float32), temperature=t, normalize=normalize,
+        groups=jnp.asarray(groups), num_groups=4)
+    want = np.zeros(20)
+    for g in range(4):
+      lf = log_f[groups == g]
+      if normalize == "softmax":
+        a = np.exp(-lf) / t
+        e = np.exp(a - a.max())
+      else:
+        e = np.exp(lf) ** (-1.0 / t)
+      want[groups == g] = e / e.sum()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_softmax_overflowing_inverse_density_is_exact():
+  # exp(-log f) = exp(89..90) overflows float32, but with T = 1e38 the softmax
+  # logits a = exp(u)/T are 4.5..12.2, a perfectly ordinary softmax.
+  u = np.array([89.0, 89.5, 90.0, 88.0])
+  t = 1e38
+  a = np.exp(u) / t
+  want = np.exp(a - a.max()) / np.exp(a - a.max()).sum()
+  got = kde.weights_from_log_density(jnp.asarray(-u, jnp.float32),
+                                     temperature=t)
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_weights_extreme_log_densities_finite():
+  # log f ~ -1e6 (isolated point at a tiny variance): 1/f is exp(1e6).
+  log_f = jnp.asarray([-1e6, -1e4, -3.0, 0.0, -1e6 + 1], jnp.float32)
+  for normalize in ["softmax", "power"]:
+    for t in [1e-3, 1.0, 1e3]:
+      w = np.asarray(kde.weights_from_log_density(log_f, temperature=t,
+                                                  normalize=normalize))
+      assert np.isfinite(w).all() and (w >= 0).all()
+      np.testing.assert_allclose(w.sum(), 1.0, atol=1e-6)
+      assert w[0] == w.max()  # the rarest point dominates
+  # -inf (zero density) and ties are handled without NaN as well.
+  w = kde.weights_from_log_density(
+      jnp.asarray([-jnp.inf, -jnp.inf, -1.0], jnp.float32), normalize="power")
+  np.testing.assert_allclose(w, [0.5, 0.5, 0.0])
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "power"])
+def test_isolated_points_get_top_weights(normalize):
+  rng = np.random.default_rng(8)
+  centre = _unit(rng, 1, 16)
+  dense = centre + 1e-3 * rng.standard_normal((50, 16)).astype(np.float32)
+  far = _unit(rng, 3, 16) * 3.0
+  x = np.concatenate([dense[:20], far, dense[20:]])  # far rows are 20, 21, 22
+  w = np.asarray(kde.weights(x, variance=0.1, normalize=normalize))
+  assert set(np.argsort(w)[-3:]) == {20, 21, 22}
+  assert w[20:23].min() > 10 * np.delete(w, [20, 21, 22]).max()
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "power"])
+def test_weights_finite_in_degenerate_cases(normalize):
+  rng = np.random.default_rng(9)
+  base = _unit(rng, 20, 8)
+  dupes = np.concatenate([base[:10], base[:10]])  # every row twice
+  isolated = np.concatenate(
+      [base, np.full((1, 8), 100.0, np.float32)])  # one point 100 units away
+  for x in (base, dupes, isolated):
+    for v in (1e-6, 0.1):
+      for t in (1e-2, 1.0):
+        w = np.asarray(kde.weights(x, variance=v, temperature=t,
+                                   normalize=normalize))
+        assert np.isfinite(w).all()
+        np.testing.assert_allclose(w.sum(), 1.0, atol=1e-5)
+  # At v = 1e-6 every point is alone in its kernel: f = 1/n exactly, uniform.
+  w = kde.weights(base, variance=1e-6, normalize=normalize)
+  np.testing.assert_allclose(w, np.full(20, 1 / 20), rtol=1e-5)
+  # (Duplicated pairs at distinct indices are not exactly uniform at v = 1e-6:
+  # their float32 distance is rounding noise ~1e-7, i.e. ~0.05 in log k. Only
+  # finiteness and normalisation are promised there, checked above.)
+  # The isolated point has f = 1/21 like the others at v=0.1 only if they are
+  # also isolated; here it must get the (shared) top weight.
+  w = np.asarray(kde.weights(isolated, variance=0.1, normalize=normalize))
+  assert w[-1] == w.max()
+
+
+def test_weights_mask_excludes_rows():
+  rng = np.random.default_rng(10)
+  x = _unit(rng, 18, 6)
+  groups = np.array([0, 1] * 9)
+  mask = np.ones(18, bool)
+  mask[[3, 4, 11]] = False
+  for normalize in ["softmax", "power"]:
+    got = np.asarray(kde.weights(
+        x, variance=0.2, normalize=normalize, groups=jnp.asarray(groups),
+        num_groups=3, mask=jnp.asarray(mask)))
+    want = np.asarray(kde.weights(
+        x[mask], variance=0.2, normalize=normalize,
+        groups=jnp.asarray(groups[mask]), num_groups=3))
+    assert (got[~mask] == 0).all()
+    np.testing.assert_allclose(got[mask], want, rtol=1e-5, atol=1e-8)
+
+
+def test_singleton_group_weight_one_and_validate():
+  x = _unit(np.random.default_rng(11), 5, 4)
+  groups = jnp.asarray([0, 0, 1, 0, 2])
+  w = kde.weights(x, variance=0.1, groups=groups)
+  np.testing.assert_allclose(np.asarray(w)[[2, 4]], [1.0, 1.0])
+  np.testing.assert_allclose(np.asarray(w)[[0, 1, 3]].sum(), 1.0, rtol=1e-6)
+  with pytest.raises(ValueError, match=r"group\(s\) \[1, 2\].*single sample"):
+    kde.weights(x, variance=0.1, groups=groups, validate=True)
+  # Masking one of a pair leaves a singleton too.
+  with pytest.raises(ValueError, match="single sample"):
+    kde.weights(x[:2], variance=0.1, mask=jnp.asarray([True, False]),
+                validate=True)
+
+
+def test_weights_vmap_over_classes_matches_loop():
+  rng = np.random.default_rng(12)
+  x = rng.standard_normal((3, 10, 5)).astype(np.float32)
+  f = jax.vmap(functools.partial(kde.weights, variance=0.3, temperature=0.7))
+  got = f(jnp.asarray(x))
+  for c in range(3):
+    np.testing.assert_allclose(got[c], kde.weights(x[c], variance=0.3,
+                                                   temperature=0.7),
+                               rtol=1e-5, atol=1e-8)
+
+
+def test_class_scope_on_padded_classes_matches_per_class_weights():
+  # scope='class': classes stored as a rectangular (C, max_count, d) array
+  # with counts; densities via vmapped log_density + support_mask, then
+  # weights_from_log_density with the same mask.
+  rng = np.random.default_rng(16)
+  counts = [7, 4, 9]
+  z = np.zeros((3, 9, 5), np.float32)
+  for c, k in enumerate(counts):
+    z[c, :k] = _unit(rng, k, 5)
+  mask = np.arange(9)[None, :] < np.asarray(counts)[:, None]
+
+  def per_class(zc, mc):
+    log_f = kde.log_density(zc, zc, variance=0.2, block_size=4,
+                            support_mask=mc)
+    return kde.weights_from_log_density(log_f, temperature=0.5, mask=mc)
+
+  got = jax.jit(jax.vmap(per_class))(jnp.asarray(z), jnp.asarray(mask))
+  for c, k in enumerate(counts):
+    np.testing.assert_allclose(
+        got[c, :k], _ref_weights(z[c, :k], 0.2, 0.5, "softmax"), rtol=2e-4)
+    assert (np.asarray(got[c, k:]) == 0).all()
+
+
+def test_jit_traces_once():
+  rng = np.random.default_rng(13)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(x, groups, v, t):
+    w = kde.weights(x, variance=v, temperature=t, groups=groups, num_groups=2,
+                    normalize="power")
+    return w, kde.log_density(x, x, variance=v, block_size=4)
+
+  g = jnp.asarray([0, 1] * 6)
+  for v, t in [(0.1, 1.0), (0.3, 0.5), (1.0, 2.0)]:
+    x = jnp.asarray(_unit(rng, 12, 4))
+    w, lf = step(x, g, v, t)
+    np.testing.assert_allclose(
+        w, _ref_weights(x, v, t, "power", np.asarray(g)), rtol=2e-4)
+    np.testing.assert_allclose(lf, _ref_log_density(x, x, v), atol=ATOL)
+  # The eager path caches its compiled core too: a new variance (a traced
+  # argument) reuses the executable.
+  x = jnp.asarray(_unit(rng, 9, 4))
+  kde.log_density(x, x, variance=0.1, block_size=5)
+  size = kde._log_density_core._cache_size()  # pylint: disable=protected-access
+  kde.log_density(x, x, variance=0.7, block_size=5)
+  assert kde._log_density_core._cache_size() == size  # pylint: disable=protected-access
+
+
+def test_bfloat16_inputs_are_upcast():
+  x = _unit(np.random.default_rng(14), 12, 4)
+  xb = jnp.asarray(x, jnp.bfloat16)
+  got = kde.log_density(xb, xb, variance=0.1)
+  assert got.dtype == jnp.float32
+  ref = _ref_log_density(np.asarray(xb, np.float32), np.asarray(xb, np.float32),
+                         0.1)
+  np.testing.assert_allclose(got, ref, atol=ATOL)
+
+
+# ---------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------
+
+def test_bad_inputs_raise():
+  x = jnp.asarray(_unit(np.random.default_rng(15), 6, 3))
+  nan = x.at[2, 1].set(jnp.nan)
+  inf = x.at[0, 0].set(jnp.inf)
+  cases = [
+      (lambda: kde.weights(nan, variance=0.1), "NaN; check the surrogate"),
+      (lambda: kde.weights(inf, variance=0.1), "Inf"),
+      (lambda: kde.log_density(nan, x, variance=0.1), "NaN"),
+      (lambda: kde.log_density(x, nan, variance=0.1), "NaN"),
+      (lambda: kde.log_density(x, x[:, :2], variance=0.1), "feature dim"),
+      (lambda: kde.log_density(x[0], x, variance=0.1), r"shape \(n, d\)"),
+      (lambda: kde.log_density(x, x[:0], variance=0.1), "empty"),
+      (lambda: kde.log_density(x, x, variance=0.0), "variance"),
+      (lambda: kde.log_density(x, x, variance=-1.0), "variance"),
+      (lambda: kde.log_density(x, x, variance=float("nan")), "variance"),
+      (lambda: kde.weights(x, variance=-0.1), "variance"),
+      (lambda: kde.log_density(x, x, variance=0.1, block_size=0),
+       "block_size"),
+      (lambda: kde.log_density(x, x, variance=0.1, support_block_size=2.5),
+       "support_block_size"),
+      (lambda: kde.log_density(x, x, variance=0.1,
+                               support_mask=jnp.ones(5, bool)), r"\(6,\)"),
+      (lambda: kde.log_density(x, x, variance=0.1,
+                               support_mask=jnp.ones(6, jnp.int32)),
+       "boolean"),
+      (lambda: kde.log_density(x, x, variance=0.1,
+                               support_mask=jnp.zeros(6, bool)),
+       "excludes every support row"),
+      (lambda: kde.weights(x, variance=0.1, temperature=0.0), "temperature"),
+      (lambda: kde.weights(x, variance=0.1, normalize="inverse"),
+       "unknown normalize"),
+      (lambda: kde.weights(x, variance=0.1, groups=jnp.zeros(5, jnp.int32)),
+       r"groups must have shape \(6,\)"),
+      (lambda: kde.weights(x, variance=0.1, groups=jnp.zeros(6)),
+       "integer"),
+      (lambda: kde.weights(x, variance=0.1, groups=jnp.arange(6),
+                           num_groups=3), r"\[0, 3\)"),
+      (lambda: kde.weights(x, variance=0.1, groups=-jnp.arange(6)),
+       "lie in"),
+      (lambda: kde.weights(x, variance=0.1, num_groups=2),
+       "without groups"),
+      (lambda: kde.weights(x, variance=0.1, mask=jnp.ones(7, bool)),
+       r"mask must have shape \(6,\)"),
+      (lambda: kde.weights_from_log_density(jnp.asarray([0.0, jnp.nan])),
+       "NaN"),
+      (lambda: kde.weights_from_log_density(jnp.zeros((2, 2))), r"\(n,\)"),
+      (lambda: kde.weights_from_log_density(jnp.zeros(3), temperature=-1.0),
+       "temperature"),
+      (lambda: kde.weights_from_log_density(jnp.zeros(3), normalize="max"),
+       "unknown normalize"),
+      (lambda: kde.log_density_sharded(
+          x, x, variance=0.1, mesh=jax.make_mesh((8,), ("data",)),
+          axis_name="batch"), "not an axis"),
+      (lambda: jax.jit(lambda e, g: kde.weights(e, variance=0.1, groups=g))(
+          x, jnp.zeros(6, jnp.int32)), "num_groups is required"),
+  ]
+  for fn, match in cases:
+    with pytest.raises(ValueError, match=match):
+      fn()
