@@ -1,0 +1,73 @@
+"""jaxdd: bias-aware dataset distillation in JAX/Flax.
+
+The curated public API. Submodules are imported on first use, so
+``import jaxdd`` stays cheap; every name below is also reachable through its
+module (``jaxdd.distill.dm`` is ``jaxdd.dm``).
+
+Example:
+  >>> import jaxdd
+  >>> sorted(jaxdd.PRESETS)
+  ['cpu', 'paper', 'smoke']
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> (module, attribute)
+_API = {
+    # data
+    "load": ("jaxdd.data", "load"),
+    "from_arrays": ("jaxdd.data", "from_arrays"),
+    "BiasedDataset": ("jaxdd.data", "BiasedDataset"),
+    "normalize": ("jaxdd.data", "normalize"),
+    "channel_stats": ("jaxdd.data", "channel_stats"),
+    # containers
+    "SynSet": ("jaxdd.structs", "SynSet"),
+    "Batch": ("jaxdd.structs", "Batch"),
+    # models and augmentation
+    "ConvNet": ("jaxdd.models", "ConvNet"),
+    "get_model": ("jaxdd.models", "get"),
+    "dsa": ("jaxdd.augment", "dsa"),
+    # KDE and surrogate
+    "log_density": ("jaxdd.kde", "log_density"),
+    "kde_weights": ("jaxdd.kde", "weights"),
+    "supcon_loss": ("jaxdd.contrastive", "supcon_loss"),
+    "SurrogateConfig": ("jaxdd.contrastive", "SurrogateConfig"),
+    "train_surrogate": ("jaxdd.contrastive", "train_surrogate"),
+    "embed": ("jaxdd.contrastive", "embed"),
+    # distillation
+    "dm_loss": ("jaxdd.matching", "dm_loss"),
+    "dm": ("jaxdd.distill", "dm"),
+    "Distiller": ("jaxdd.distill", "Distiller"),
+    "KDEConfig": ("jaxdd.distill", "KDEConfig"),
+    "real_data": ("jaxdd.distill", "real_data"),
+    # evaluation
+    "train_fresh": ("jaxdd.evaluate", "train_fresh"),
+    "evaluate": ("jaxdd.evaluate", "evaluate"),
+    "get_protocol": ("jaxdd.evaluate", "get_protocol"),
+    # artifacts and runs
+    "save_synset": ("jaxdd.synset", "save"),
+    "load_synset": ("jaxdd.synset", "load"),
+    "RunConfig": ("jaxdd.pipeline", "RunConfig"),
+    "PRESETS": ("jaxdd.pipeline", "PRESETS"),
+    "run": ("jaxdd.pipeline", "run"),
+    "reproduce": ("jaxdd.pipeline", "reproduce"),
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+  if name in _API:
+    module, attr = _API[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'jaxdd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_API))

@@ -1,0 +1,34 @@
+"""API conventions, enforced on every public name (STYLE.md §3 item 11)."""
+import inspect
+
+import jaxdd
+
+# functions whose first argument is a PRNG key
+KEYED = {"train_fresh", "evaluate", "train_surrogate", "dm_loss"}
+
+
+def test_every_public_name_resolves_and_is_documented():
+  for name in jaxdd.__all__:
+    obj = getattr(jaxdd, name)
+    assert obj.__doc__ and obj.__doc__.strip(), f"jaxdd.{name} has no docstring"
+
+
+def test_key_first_and_options_keyword_only():
+  for name in jaxdd.__all__:
+    obj = getattr(jaxdd, name)
+    if not inspect.isfunction(obj):
+      continue
+    params = list(inspect.signature(obj).parameters.values())
+    if name in KEYED:
+      assert params[0].name == "key", f"jaxdd.{name}: first argument must be `key`"
+    for i, p in enumerate(params):
+      assert p.name != "rng", f"jaxdd.{name}: use `key`, not `rng`"
+      # the subject (first argument, e.g. dsa's strategy string) may have a default
+      if i > 0 and p.default is not inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD:
+        raise AssertionError(f"jaxdd.{name}: option {p.name!r} must be keyword-only")
+
+
+def test_unknown_attribute():
+  import pytest
+  with pytest.raises(AttributeError):
+    jaxdd.nope
