@@ -46,7 +46,7 @@ _API = {
     "real_data": ("jaxdd.distill", "real_data"),
     # evaluation
     "train_fresh": ("jaxdd.evaluate", "train_fresh"),
-    "evaluate": ("jaxdd.evaluate", "evaluate"),
+    "evaluate_synset": ("jaxdd.evaluate", "evaluate"),
     "get_protocol": ("jaxdd.evaluate", "get_protocol"),
     # artifacts and runs
     "save_synset": ("jaxdd.synset", "save"),
@@ -59,8 +59,17 @@ _API = {
 
 __all__ = sorted(_API)
 
+# Submodules are attributes too; a submodule name always means the module
+# (``jaxdd.evaluate`` is the module, its ``evaluate`` function is
+# ``jaxdd.evaluate_synset``), whatever has been imported before.
+_SUBMODULES = ("augment", "baselines", "cli", "contrastive", "data", "debias", "diagnostics",
+               "distill", "evaluate", "kde", "matching", "models", "parallel", "pipeline",
+               "structs", "synset")
+
 
 def __getattr__(name: str) -> Any:
+  if name in _SUBMODULES:
+    return importlib.import_module(f"jaxdd.{name}")
   if name in _API:
     module, attr = _API[name]
     value = getattr(importlib.import_module(module), attr)
@@ -70,4 +79,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-  return sorted(set(globals()) | set(_API))
+  return sorted(set(globals()) | set(_API) | set(_SUBMODULES))

@@ -4,7 +4,7 @@ import inspect
 import jaxdd
 
 # functions whose first argument is a PRNG key
-KEYED = {"train_fresh", "evaluate", "train_surrogate", "dm_loss"}
+KEYED = {"train_fresh", "evaluate_synset", "train_surrogate", "dm_loss"}
 
 
 def test_every_public_name_resolves_and_is_documented():
@@ -32,3 +32,10 @@ def test_unknown_attribute():
   import pytest
   with pytest.raises(AttributeError):
     jaxdd.nope
+
+
+def test_submodule_names_are_modules():
+  import types
+  from jaxdd import evaluate  # must be the module, not the function
+  assert isinstance(evaluate, types.ModuleType) and callable(evaluate.evaluate)
+  assert jaxdd.evaluate_synset is evaluate.evaluate
