@@ -1,0 +1,472 @@
+"""Diagnostics of the bias-aware weights: do bias-conflicting samples get more weight?
+
+The method works only if the normalised inverse KDE density puts *more* weight
+on bias-conflicting samples than on bias-aligned ones (PAPER-PROTOCOLS.md §2.1:
+"samples in low-density regions get higher weights"). This module measures
+that with the ground-truth ``aligned`` flags that the method itself never reads.
+
+Data contract:
+  * ``weights``: (N,) finite, non-negative floats (any scale; the KDE weights
+    of ``jaxdd.kde`` sum to 1 per class).
+  * ``labels``: (N,) integers in ``[0, num_classes)``.
+  * ``aligned``: (N,) bool, True for bias-aligned samples, False for
+    bias-conflicting ones.
+  * ``embeddings``: (N, d) finite floats (the surrogate's projections).
+  * Reports are plain dicts of Python scalars; a quantity that is undefined
+    (e.g. an AUROC for a class without conflicting samples) is ``None`` so the
+    dict is valid JSON as is.
+
+Two scopes of weights (SPEC §3):
+  * :func:`class_scope_weights`: the KDE over the whole class, once.
+  * :func:`batch_scope_weights`: the paper's default, the KDE inside each
+    sampled real batch of one class (as DM samples its real batches), averaged
+    over many batches per sample.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd import kde
+
+__all__ = [
+    "auroc",
+    "weight_report",
+    "plot_weight_histogram",
+    "class_scope_weights",
+    "batch_scope_weights",
+    "batch_plan",
+]
+
+
+def _np_rng(key: jax.Array) -> np.random.Generator:
+  """A numpy Generator derived from a typed jax key (same key, same stream)."""
+  return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+
+def auroc(scores: Any, positive: Any) -> float | None:
+  """Area under the ROC curve of ``scores`` ranking positives above negatives.
+
+  The Mann-Whitney U statistic divided by ``n_pos * n_neg``: the probability
+  that a random positive scores higher than a random negative, ties counted
+  1/2. Computed from average ranks in O(n log n).
+
+  Args:
+    scores: (N,) finite floats.
+    positive: (N,) bool.
+
+  Returns:
+    AUROC in [0, 1], or None when either class is empty (undefined).
+
+  Example:
+    >>> auroc([3., 2., 1., 2.], [True, True, False, False])  # (1 + 1 + 1 + 0.5) / 4
+    0.875
+  """
+  scores = np.asarray(scores, np.float64)
+  positive = np.asarray(positive, bool)
+  if scores.shape != positive.shape or scores.ndim != 1:
+    raise ValueError(f"scores and positive must be 1-D of equal length, got {scores.shape} and "
+                     f"{positive.shape}")
+  n_pos = int(positive.sum())
+  n_neg = positive.size - n_pos
+  if n_pos == 0 or n_neg == 0:
+    return None
+  # Average 1-based ranks: tied values share the mean of the ranks they span.
+  _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+  avg_rank = np.cumsum(counts) - (counts - 1) / 2.0
+  ranks = avg_rank[inverse]
+  u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+  return float(u / (n_pos * n_neg))
+
+
+def _group_stats(w: np.ndarray, conflicting: np.ndarray) -> dict[str, Any]:
+  n = int(w.size)
+  n_conf = int(conflicting.sum())
+  n_al = n - n_conf
+  mean_c = float(w[conflicting].mean()) if n_conf else None
+  mean_a = float(w[~conflicting].mean()) if n_al else None
+  total = float(w.sum())
+  return {
+      "n": n,
+      "n_conflicting": n_conf,
+      "n_aligned": n_al,
+      "mean_weight_conflicting": mean_c,
+      "mean_weight_aligned": mean_a,
+      # Scale-free summary: how many times more weight a conflicting sample
+      # gets than an aligned one, on average (1.0 = no reweighting effect).
+      "weight_ratio": (mean_c / mean_a) if (mean_c is not None and mean_a) else None,
+      # Fraction of the total weight on conflicting samples: before (every
+      # sample weight 1, i.e. the conflict ratio) and after reweighting.
+      "conflicting_fraction_uniform": (n_conf / n) if n else None,
+      "conflicting_fraction_weighted": (float(w[conflicting].sum()) / total) if total > 0 else None,
+      "auroc": auroc(w, conflicting),
+  }
+
+
+def weight_report(weights: Any, labels: Any, aligned: Any, *, num_classes: int) -> dict[str, Any]:
+  """Summary of how sample weights split between bias-aligned and -conflicting samples.
+
+  For all samples (``overall``) and for every class (``per_class``):
+  ``n``, ``n_conflicting``, ``n_aligned``, ``mean_weight_conflicting``,
+  ``mean_weight_aligned``, ``weight_ratio`` (their quotient),
+  ``conflicting_fraction_uniform`` (share of total weight on conflicting
+  samples with uniform weights, i.e. the conflict ratio),
+  ``conflicting_fraction_weighted`` (the same share under ``weights``), and
+  ``auroc`` (probability that a random conflicting sample outweighs a random
+  aligned one, ties 1/2; see :func:`auroc`). The overall numbers use the
+  weights as given: with the KDE's per-class normalisation (each class sums to
+  1) every class counts equally, as it does in the DM loss.
+
+  Undefined entries (an empty group) are None.
+
+  Args:
+    weights: (N,) non-negative finite weights.
+    labels: (N,) integer labels in ``[0, num_classes)``.
+    aligned: (N,) bool, True = bias-aligned.
+    num_classes: number of classes (classes without samples get ``n = 0``).
+
+  Returns:
+    ``{'overall': stats, 'per_class': [stats + {'class': c}, ...]}``.
+
+  Example:
+    >>> r = weight_report([1., 1., 3., 3.], [0, 0, 0, 0], [True, True, False, False], num_classes=1)
+    >>> r['overall']['conflicting_fraction_weighted'], r['overall']['auroc']
+    (0.75, 1.0)
+  """
+  w = np.asarray(weights, np.float64)
+  labels = np.asarray(labels)
+  aligned = np.asarray(aligned)
+  if w.ndim != 1:
+    raise ValueError(f"weights must have shape (N,), got {w.shape}")
+  if labels.shape != w.shape or aligned.shape != w.shape:
+    raise ValueError(f"weights, labels and aligned must have the same length, got {w.shape}, "
+                     f"{labels.shape}, {aligned.shape}")
+  if aligned.dtype != bool:
+    raise ValueError(f"aligned must be boolean, got {aligned.dtype}; pass aligned.astype(bool)")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got {labels.dtype}")
+  if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 1):
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}); got [{labels.min()}, {labels.max()}]")
+  if not np.all(np.isfinite(w)):
+    raise ValueError("weights contain NaN or Inf; check the embeddings and the KDE settings")
+  if np.any(w < 0):
+    raise ValueError("weights must be non-negative")
+  conflicting = ~aligned
+  per_class = []
+  for c in range(int(num_classes)):
+    sel = labels == c
+    per_class.append({"class": c, **_group_stats(w[sel], conflicting[sel])})
+  return {"overall": _group_stats(w, conflicting), "per_class": per_class}
+
+
+# ---------------------------------------------------------------------------
+# Plot
+# ---------------------------------------------------------------------------
+
+
+def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike, *,
+                          title: str = "sample weights") -> str:
+  """Save a PNG histogram of the weights of aligned vs conflicting samples.
+
+  Log-spaced bins on a log-scale x axis (weights span orders of magnitude);
+  each group's histogram is normalised to its own size (fraction of the group
+  per bin), since the aligned group is 20-200 times larger. Exact zeros (a
+  softmax that underflowed) cannot sit on a log axis; their count is given in
+  the legend. Written to a temporary file and renamed, so ``path`` is either
+  the old file or the complete new one.
+
+  Args:
+    weights: (N,) non-negative finite weights.
+    aligned: (N,) bool, True = bias-aligned.
+    path: output ``.png`` path (parent directories are created).
+    title: plot title.
+
+  Returns:
+    ``path`` as a string.
+
+  Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), 'w.png')
+    >>> plot_weight_histogram([0.1, 0.2, 0.9], [True, True, False], path) == path
+    True
+  """
+  import matplotlib
+  matplotlib.use("Agg", force=False)
+  import matplotlib.pyplot as plt
+  import matplotlib.ticker
+
+  w = np.asarray(weights, np.float64)
+  aligned = np.asarray(aligned)
+  if w.ndim != 1 or aligned.shape != w.shape:
+    raise ValueError(f"weights and aligned must be 1-D of equal length, got {w.shape}, {aligned.shape}")
+  if aligned.dtype != bool:
+    raise ValueError(f"aligned must be boolean, got {aligned.dtype}")
+  if not np.all(np.isfinite(w)) or np.any(w < 0):
+    raise ValueError("weights must be finite and non-negative")
+  path = os.fspath(path)
+  positive = w[w > 0]
+  if positive.size:
+    lo, hi = positive.min(), positive.max()
+    if hi <= lo:
+      lo, hi = lo / 1.5, hi * 1.5
+    bins = np.geomspace(lo, hi, 41)
+  else:
+    bins = np.geomspace(1e-3, 1.0, 41)
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  try:
+    for name, sel, colour in (("aligned", aligned, "tab:blue"), ("conflicting", ~aligned, "tab:red")):
+      g = w[sel]
+      if g.size == 0:
+        continue
+      gp = g[g > 0]
+      zeros = g.size - gp.size
+      label = f"{name} (n={g.size}, mean={g.mean():.3g}" + (f", {zeros} zeros)" if zeros else ")")
+      ax.hist(gp, bins=bins, weights=np.full(gp.size, 1.0 / g.size), histtype="stepfilled",
+              alpha=0.45, color=colour, label=label)
+    ax.set_xscale("log")
+    # Minor-tick labels of a log axis spanning < 1 decade collide; keep majors only.
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("weight (log scale)")
+    ax.set_ylabel("fraction of group")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=parent)
+    os.close(fd)
+    try:
+      fig.savefig(tmp, format="png", dpi=100)
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+  finally:
+    plt.close(fig)
+  return path
+
+
+# ---------------------------------------------------------------------------
+# Weights at the two scopes
+# ---------------------------------------------------------------------------
+
+
+def _check_embeddings(embeddings: Any, labels: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  emb = np.asarray(embeddings)
+  labels = np.asarray(labels)
+  if emb.ndim != 2:
+    raise ValueError(f"embeddings must be (N, d), got shape {emb.shape}")
+  if labels.shape != (emb.shape[0],):
+    raise ValueError(f"labels must have shape ({emb.shape[0]},) to match embeddings, got {labels.shape}")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got {labels.dtype}")
+  if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 1):
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}); got [{labels.min()}, {labels.max()}]")
+  if not np.all(np.isfinite(emb)):
+    raise ValueError("embeddings contain NaN or Inf; check the surrogate (a diverged run gives NaN)")
+  return emb.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
+
+
+def class_scope_weights(embeddings: Any, labels: Any, *, variance: float, temperature: float = 1.0,
+                        normalize: str = "softmax", num_classes: int,
+                        block_size: int = 1024) -> np.ndarray:
+  """KDE weights with the density of each sample taken over its whole class.
+
+  ``f_i = mean_{j in class(i)} K(z_i, z_j)`` (self included), then
+  ``w = N_T(1/f)`` normalised to sum to 1 within each class
+  (``jaxdd.kde.log_density`` per class, blocked, then
+  ``jaxdd.kde.weights_from_log_density``).
+
+  Args:
+    embeddings: (N, d) embeddings.
+    labels: (N,) labels in ``[0, num_classes)``.
+    variance: kernel variance > 0.
+    temperature: normalisation temperature > 0.
+    normalize: ``softmax`` or ``power`` (see ``jaxdd.kde``).
+    num_classes: number of classes.
+    block_size: KDE tile size.
+
+  Returns:
+    (N,) float32 numpy weights; every non-empty class sums to 1.
+
+  Example:
+    >>> import numpy as np
+    >>> z = np.eye(4, dtype=np.float32)[[0, 0, 0, 1]]
+    >>> w = class_scope_weights(z, np.zeros(4, int), variance=0.1, normalize='power', num_classes=1)
+    >>> bool(w[3] > w[0])
+    True
+  """
+  emb, labels = _check_embeddings(embeddings, labels, num_classes)
+  log_f = np.zeros(labels.shape, np.float32)
+  for c in range(int(num_classes)):
+    idx = np.flatnonzero(labels == c)
+    if idx.size == 0:
+      continue
+    zc = jnp.asarray(emb[idx])
+    log_f[idx] = np.asarray(kde.log_density(zc, zc, variance=variance, block_size=block_size))
+  w = kde.weights_from_log_density(jnp.asarray(log_f), temperature=temperature, normalize=normalize,
+                                   groups=jnp.asarray(labels), num_groups=int(num_classes))
+  return np.asarray(w)
+
+
+def batch_plan(key: jax.Array, labels: Any, *, batch_size: int, num_classes: int,
+               num_rounds: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per-class real batches, the way DM samples them, covering every sample each round.
+
+  Per round and class: a random permutation of the class cut into
+  ``ceil(N_c / batch_size)`` batches of ``batch_size``; the last one is the
+  permutation's *last* ``batch_size`` entries (it overlaps the previous batch
+  rather than being short). Every batch is thus a uniformly random
+  ``batch_size``-subset of the class, as ``randperm(N_c)[:batch_size]`` in DM,
+  and every sample is in at least one batch per round. A class with
+  ``N_c < batch_size`` gives one batch holding the whole class, padded with
+  masked rows (DM's ``randperm(N_c)[:n]`` returns the whole class, too).
+
+  Args:
+    key: typed PRNG key.
+    labels: (N,) labels in ``[0, num_classes)``.
+    batch_size: real samples per class batch (DM: 256).
+    num_classes: number of classes.
+    num_rounds: number of passes over every class.
+
+  Returns:
+    ``(index, mask)``: (num_batches, batch_size) int32 row indices into the
+    data and the matching bool validity mask (padding rows index 0).
+
+  Example:
+    >>> import jax, numpy as np
+    >>> idx, m = batch_plan(jax.random.key(0), np.array([0] * 5 + [1] * 2), batch_size=4,
+    ...                     num_classes=2, num_rounds=1)
+    >>> idx.shape, m.sum(1).tolist()
+    ((3, 4), [4, 4, 2])
+  """
+  labels = np.asarray(labels)
+  if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 2):
+    raise ValueError(f"batch_size must be an integer >= 2 (a density needs neighbours), got {batch_size!r}")
+  if not (isinstance(num_rounds, (int, np.integer)) and num_rounds >= 1):
+    raise ValueError(f"num_rounds must be an integer >= 1, got {num_rounds!r}")
+  rng = _np_rng(key)
+  members = [np.flatnonzero(labels == c) for c in range(int(num_classes))]
+  rows, masks = [], []
+  for _ in range(int(num_rounds)):
+    for idx in members:
+      n_c = idx.size
+      if n_c == 0:
+        continue
+      perm = idx[rng.permutation(n_c)]
+      if n_c <= batch_size:
+        row = np.zeros(batch_size, np.int64)
+        row[:n_c] = perm
+        mask = np.arange(batch_size) < n_c
+        rows.append(row)
+        masks.append(mask)
+        continue
+      num = -(-n_c // batch_size)
+      for b in range(num):
+        start = min(b * batch_size, n_c - batch_size)
+        rows.append(perm[start:start + batch_size])
+        masks.append(np.ones(batch_size, bool))
+  if not rows:
+    return np.zeros((0, batch_size), np.int32), np.zeros((0, batch_size), bool)
+  return np.stack(rows).astype(np.int32), np.stack(masks)
+
+
+# Batches per vmapped KDE call in batch_scope_weights.
+_CHUNK_BATCHES = 256
+
+
+@functools.lru_cache(maxsize=16)
+def _batched_weights_fn(normalize: str):
+  def one(emb, mask, variance, temperature):
+    return kde.weights(emb, variance=variance, temperature=temperature, normalize=normalize,
+                       mask=mask)
+
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
+
+
+def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_size: int = 256,
+                        variance: float, temperature: float = 1.0, normalize: str = "softmax",
+                        num_classes: int, num_rounds: int = 20) -> np.ndarray:
+  """KDE weights computed inside sampled per-class batches (the paper's scope).
+
+  DM draws, every iteration, ``batch_size`` real images per class and (with
+  the reweighting) estimates the density only inside that batch (facts box
+  (a) of PAPER-PROTOCOLS.md). A sample's weight therefore depends on the batch
+  it lands in. To summarise it with one number per sample we draw
+  ``num_rounds`` rounds of batches with :func:`batch_plan`, compute the
+  in-batch weights (summing to 1 over each batch) with ``jaxdd.kde.weights``,
+  average each sample's weight over the batches it appeared in, and
+  renormalise so that each class sums to 1, as :func:`class_scope_weights`.
+
+  Args:
+    key: typed PRNG key (batch sampling).
+    embeddings: (N, d) embeddings.
+    labels: (N,) labels in ``[0, num_classes)``.
+    batch_size: real samples per class batch (DM default 256).
+    variance: kernel variance > 0.
+    temperature: normalisation temperature > 0.
+    normalize: ``softmax`` or ``power``.
+    num_classes: number of classes.
+    num_rounds: passes over every class; each sample is averaged over at
+      least ``num_rounds`` batches.
+
+  Returns:
+    (N,) float32 numpy weights, each non-empty class summing to 1.
+
+  Example:
+    >>> import jax, numpy as np
+    >>> z = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    >>> w = batch_scope_weights(jax.random.key(0), z, np.repeat([0, 1], 10), batch_size=4,
+    ...                         variance=1.0, num_classes=2, num_rounds=2)
+    >>> np.allclose([w[:10].sum(), w[10:].sum()], 1.0)
+    True
+  """
+  emb, labels = _check_embeddings(embeddings, labels, num_classes)
+  if normalize not in ("softmax", "power"):
+    raise ValueError(f"normalize must be 'softmax' or 'power', got {normalize!r}")
+  for name, v in (("variance", variance), ("temperature", temperature)):
+    if not (np.isfinite(v) and v > 0):
+      raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+  index, mask = batch_plan(key, labels, batch_size=batch_size, num_classes=num_classes,
+                           num_rounds=num_rounds)
+  n = labels.shape[0]
+  if index.shape[0] == 0:
+    return np.zeros((n,), np.float32)
+  fn = _batched_weights_fn(normalize)
+  # Fixed-size chunks of batches: bounded memory (chunk x batch_size x d) and a
+  # single compilation; the last chunk is padded with fully masked batches.
+  num_batches = index.shape[0]
+  chunk = min(_CHUNK_BATCHES, num_batches)
+  pad = -num_batches % chunk
+  index_p = np.concatenate([index, np.zeros((pad, batch_size), index.dtype)])
+  mask_p = np.concatenate([mask, np.zeros((pad, batch_size), bool)])
+  emb_dev = jnp.asarray(emb)
+  parts = []
+  for s in range(0, index_p.shape[0], chunk):
+    parts.append(np.asarray(fn(emb_dev[jnp.asarray(index_p[s:s + chunk])], jnp.asarray(mask_p[s:s + chunk]),
+                               jnp.float32(variance), jnp.float32(temperature))))
+  w_batches = np.concatenate(parts)[:num_batches].astype(np.float64)
+  sums = np.zeros(n, np.float64)
+  counts = np.zeros(n, np.float64)
+  np.add.at(sums, index[mask], w_batches[mask])
+  np.add.at(counts, index[mask], 1.0)
+  avg = sums / np.maximum(counts, 1.0)
+  class_total = np.bincount(labels, weights=avg, minlength=int(num_classes))
+  out = avg / np.where(class_total > 0, class_total, 1.0)[labels]
+  return out.astype(np.float32)
