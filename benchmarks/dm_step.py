@@ -41,7 +41,8 @@ def _child(args) -> None:
   aug = augment.dsa("color_crop_cutout_flip_scale_rotate") if not args.no_dsa else None
   d = distill.dm(num_classes=10, ipc=args.ipc, model=models.ConvNet(10, width=args.width),
                  augment=aug, real_per_class=args.real_per_class,
-                 kde_config=distill.KDEConfig() if args.kde else None)
+                 kde_config=distill.KDEConfig() if args.kde else None,
+                 real_chunk=args.real_chunk)
   state = d.init(jax.random.key(0), real)
   t0 = time.perf_counter()
   compiled = d.step.lower(state, real).compile()
@@ -59,7 +60,7 @@ def _child(args) -> None:
   med = float(np.median(times))
   print(json.dumps({
       "bench": "dm_step", "ipc": args.ipc, "real_per_class": args.real_per_class,
-      "width": args.width, "dsa": not args.no_dsa, "kde": args.kde,
+      "width": args.width, "dsa": not args.no_dsa, "kde": args.kde, "real_chunk": args.real_chunk,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 2),
       "step_s_median": round(med, 3), "step_s_min": round(min(times), 3),
       "step_s_max": round(max(times), 3), "n": len(times),
@@ -78,6 +79,8 @@ def main(argv=None) -> None:
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--no-dsa", action="store_true")
   p.add_argument("--kde", action="store_true")
+  p.add_argument("--real-chunk", type=int, default=None,
+                 help="embed the real images this many at a time (distill.dm real_chunk)")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -92,6 +95,7 @@ def main(argv=None) -> None:
     cmd = [sys.executable, __file__, "--child", "--ipc", str(ipc), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--real-per-class", str(args.real_per_class),
            "--width", str(args.width)] + (["--no-dsa"] if args.no_dsa else []) + (
+               ["--real-chunk", str(args.real_chunk)] if args.real_chunk else []) + (
                ["--kde"] if args.kde else [])
     subprocess.run(cmd, env=env, check=True)
 

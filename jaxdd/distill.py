@@ -226,7 +226,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        syn_tx: optax.GradientTransformation | None = None,
        init: Literal["real", "noise"] = "real", kde_config: KDEConfig | None = None,
        mesh: Mesh | None = None, class_axis: str | None = None, batch_axis: str | None = None,
-       jit: bool = True) -> Distiller:
+       real_chunk: int | None = None, jit: bool = True) -> Distiller:
   """Distribution matching (Zhao & Bilen 2023), optionally KDE-reweighted (Cui et al. 2024).
 
   Args:
@@ -246,6 +246,10 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       (C, B, ...) is sharded with ``P(class_axis, batch_axis)`` and XLA
       partitions the step accordingly (results equal the single-device step up
       to float reassociation).
+    real_chunk: embed the (gradient-free) real images this many at a time
+      inside the step, which keeps activations in cache on CPU; ignored (all
+      at once) for BatchNorm models, whose statistics mix the whole batch as
+      in the reference, and when a mesh is given.
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
   Returns:
@@ -311,8 +315,9 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
         feats, _ = model.apply(variables, x, return_features=True)
       return feats
 
+    chunk = None if ("batch_stats" in variables or mesh is not None) else real_chunk
     loss = matching.dm_loss(k_aug, syn_batch, real_batch, embed_fn=embed, augment=augment,
-                            weights=weights)
+                            weights=weights, real_chunk=chunk)
     return loss, weights
 
   def step_fn(state: DistillState, real: RealData):

@@ -76,3 +76,15 @@ def test_bad_shapes():
   with pytest.raises(ValueError, match="weights must have shape"):
     matching.dm_loss(jax.random.key(0), jnp.zeros((2, 1, 2, 2, 1)), jnp.zeros((2, 4, 2, 2, 1)),
                      embed_fn=embed, weights=jnp.ones((2, 3)))
+
+
+def test_chunked_real_embedding_equals_one_call():
+  rng = np.random.default_rng(1)
+  w = jnp.asarray(rng.normal(size=(3 * 3 * 2, 5)), jnp.float32)
+  real = jnp.asarray(rng.normal(size=(3, 6, 3, 3, 2)), jnp.float32)
+  syn = jnp.asarray(rng.normal(size=(3, 2, 3, 3, 2)), jnp.float32)
+  key = jax.random.key(0)
+  full = matching.dm_loss(key, syn, real, embed_fn=_net(w))
+  for chunk in (1, 4, 6, 7, 100):  # 4 and 7 are rounded down to divisors of 18
+    got = matching.dm_loss(key, syn, real, embed_fn=_net(w), real_chunk=chunk)
+    np.testing.assert_allclose(got, full, rtol=1e-5)
