@@ -56,6 +56,7 @@ Architectures are also named by spec strings (:func:`get`, :func:`spec_of`):
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Callable, Literal, Mapping
@@ -63,6 +64,7 @@ from typing import Any, Callable, Literal, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Norm = Literal["instance", "batch", "layer", "group", "none"]
 Pooling = Literal["avg", "max", "none"]
@@ -79,6 +81,98 @@ def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
   return init
 
 
+# XLA:CPU workaround: convolution weight gradients inside loops
+# ---------------------------------------------------------------------------
+# On XLA:CPU a convolution's weight gradient inside a while loop (our
+# lax.scan over steps) is not rewritten into the Eigen-friendly form and runs
+# through a naive emitter: measured 40-150x slower than outside a loop
+# (jax-ml/jax#12868; jax 0.10.2). We therefore give NHWC/HWIO convolutions a
+# custom VJP: the weight gradient is kh*kw strided slices of the padded input
+# contracted with the output gradient (plain matmuls), the input gradient a
+# forward convolution of the dilated output gradient with the flipped kernel;
+# the forward pass is lax's own. On other backends nothing is changed.
+
+_NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _nhwc_conv(x, w, strides, padding, precision):
+  return lax.conv_general_dilated(x, w, strides, padding,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+
+
+def _nhwc_conv_fwd(x, w, strides, padding, precision):
+  return _nhwc_conv(x, w, strides, padding, precision), (x, w)
+
+
+def _nhwc_conv_bwd(strides, padding, precision, res, g):
+  x, w = res
+  kh, kw = w.shape[:2]
+  sh, sw = strides
+  n, h, wd, _ = x.shape
+  ho, wo = g.shape[1], g.shape[2]
+  # Input gradient as a *forward* convolution (also slow in loops when left to
+  # lax's transpose rule, by 5x measured): dilate g by the stride and pad it so
+  # that a stride-1 VALID convolution with the flipped, io-swapped kernel
+  # returns exactly x's shape. Negative padding crops.
+  rest_h = (h + padding[0][0] + padding[0][1] - kh) - (ho - 1) * sh
+  rest_w = (wd + padding[1][0] + padding[1][1] - kw) - (wo - 1) * sw
+  g_dil = lax.pad(g, jnp.zeros((), g.dtype),
+                  ((0, 0, 0), (kh - 1 - padding[0][0], kh - 1 - padding[0][1] + rest_h, sh - 1),
+                   (kw - 1 - padding[1][0], kw - 1 - padding[1][1] + rest_w, sw - 1), (0, 0, 0)))
+  w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)
+  dx = lax.conv_general_dilated(g_dil, w_t, (1, 1), ((0, 0), (0, 0)),
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+  # Weight gradient: dW[i, j] = sum_{n,h,w} xp[n, i + sh*h, j + sw*w, :]^T g[n, h, w, :].
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  dw = jnp.stack([jnp.stack([
+      jnp.einsum("nhwc,nhwo->co",
+                 lax.slice(xp, (0, i, j, 0),
+                           (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
+                           (1, sh, sw, 1)), g, precision=precision)
+      for j in range(kw)]) for i in range(kh)])
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_nhwc_conv.defvjp(_nhwc_conv_fwd, _nhwc_conv_bwd)
+
+
+def _all_ones(d) -> bool:
+  return d is None or all(int(v) == 1 for v in d)
+
+
+def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """Drop-in ``lax.conv_general_dilated`` whose gradient is fast inside loops on CPU.
+
+  Same values and gradients as ``lax.conv_general_dilated``; for 2-D NHWC/HWIO
+  convolutions with explicit padding, no dilation and one feature group, the
+  weight gradient is computed with matmuls (see the comment above). Anything
+  else is passed to ``lax.conv_general_dilated`` unchanged. Suitable as
+  ``flax.linen.Conv(conv_general_dilated=loop_safe_conv)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loop_safe_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1)), (1, 1),
+    ...                ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")).shape
+    (1, 4, 4, 1)
+  """
+  dn = dimension_numbers
+  if dn is not None and not hasattr(dn, "lhs_spec"):
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn)
+  simple = (lhs.ndim == 4 and not kwargs and not isinstance(padding, str)
+            and _all_ones(lhs_dilation) and _all_ones(rhs_dilation) and feature_group_count == 1
+            and dn is not None and (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec))
+            == _NHWC_SPECS)
+  if not simple:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                    feature_group_count=feature_group_count, precision=precision,
+                                    **kwargs)
+  return _nhwc_conv(lhs, rhs, tuple(int(s) for s in window_strides),
+                    tuple((int(a), int(b)) for a, b in padding), precision)
+
+
 class TorchConv(nn.Module):
   """``nn.Conv`` with PyTorch's default initialisation."""
   features: int
@@ -93,9 +187,12 @@ class TorchConv(nn.Module):
     pad = self.padding
     if isinstance(pad, int):
       pad = ((pad, pad), (pad, pad))
+    # On CPU, route through loop_safe_conv so that training inside lax.scan
+    # (evaluation, surrogate) does not hit XLA:CPU's slow in-loop gradient path.
+    conv = loop_safe_conv if jax.default_backend() == "cpu" else None
     return nn.Conv(self.features, self.kernel_size, strides=self.strides, padding=pad,
                    use_bias=self.use_bias, kernel_init=torch_uniform(fan_in),
-                   bias_init=torch_uniform(fan_in))(x)
+                   bias_init=torch_uniform(fan_in), conv_general_dilated=conv)(x)
 
 
 class TorchDense(nn.Module):

@@ -1,0 +1,165 @@
+"""Wall time and peak memory of evaluation: N models in one program vs one by one.
+
+Trains and tests ``--num-models`` ConvNet-3 (width 128, instance norm) networks
+on a random CMNIST-shaped synthetic set (10 classes x IPC images of 28x28x3)
+under an evaluation protocol (``dm``: 1000 epochs + DSA; ``cpu``: the reduced
+one), then predicts a ``--test-size`` test set. Modes:
+
+* ``vmap``: :func:`jaxdd.evaluate.train_models` with ``parallel="vmap"``, all
+  networks batched in one program.
+* ``map``: the same program with ``parallel="map"`` (``lax.map`` over the
+  networks inside one program; the default on CPU, where XLA runs the grouped
+  convolutions of a vmapped ConvNet slowly).
+* ``sequential``: one compiled single-network trainer called once per model
+  (the same keys), as the PyTorch reference loops.
+
+Each (ipc, protocol, mode) runs in its own subprocess, so ``ru_maxrss`` is that
+configuration's peak; it prints one JSON line with compile and run seconds,
+the per-model cost, and the peak RSS. A final line per (ipc, protocol) gives
+the speed-ups relative to ``sequential``. The reference PyTorch evaluation
+(REFERENCE-DM-DSA.md) trains its networks one after another.
+
+Usage:
+
+  python benchmarks/evaluate.py                               # ipc 10 and 50, dm and cpu
+  python benchmarks/evaluate.py --ipc 10 --protocol cpu --modes map sequential
+  python benchmarks/evaluate.py --epochs 2 --width 8 --test-size 256   # a quick check
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+
+def _child(args) -> None:
+  import importlib
+  import resource
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxdd import models
+
+  ev = importlib.import_module("jaxdd.evaluate")  # the module, not jaxdd.evaluate()
+
+  protocol = ev.get_protocol(args.protocol)
+  if args.epochs is not None:
+    protocol = protocol.replace(epochs=args.epochs)
+  rng = np.random.default_rng(0)
+  n = 10 * args.ipc
+  images = jnp.asarray(rng.normal(size=(n, 28, 28, 3)), jnp.float32)
+  labels = jnp.asarray(np.repeat(np.arange(10), args.ipc), jnp.int32)
+  test_images = jnp.asarray(rng.normal(size=(args.test_size, 28, 28, 3)), jnp.float32)
+  model = models.ConvNet(num_classes=10, width=args.width)
+  task = ev.standard_task(model)
+  key = jax.random.key(0)
+  keys = jax.random.split(key, args.num_models)
+  lr = jnp.asarray([protocol.lr], jnp.float32)
+  block = min(protocol.test_batch_size, args.test_size)
+
+  t0 = time.perf_counter()
+  if args.mode == "sequential":
+    train = ev._train_single(task, protocol).lower(keys[0], lr[0], images, labels).compile()
+    predict = ev._predict_program(task, block, "map")
+  else:
+    train = ev._train_many_program(task, protocol, args.mode).lower(
+        keys, lr, images, labels).compile()
+    predict = ev._predict_program(task, block, args.mode)
+  compile_train_s = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  if args.mode == "sequential":
+    outs = []
+    for k in keys:
+      params, state, metrics = train(k, lr[0], images, labels)
+      jax.block_until_ready(params)
+      outs.append((params, state))
+    params, state = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+  else:
+    params, state, metrics = train(keys, lr, images, labels)
+    params, state = jax.tree.map(lambda a: a[0], (params, state))
+    jax.block_until_ready(params)
+  train_s = time.perf_counter() - t0
+
+  # Prediction: first call includes its compile; time a second call too.
+  t0 = time.perf_counter()
+  preds = predict(params, state, test_images)
+  jax.block_until_ready(preds)
+  test_first_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  jax.block_until_ready(predict(params, state, test_images))
+  test_s = time.perf_counter() - t0
+
+  print(json.dumps({
+      "bench": "evaluate", "mode": args.mode, "ipc": args.ipc, "num_train": n,
+      "protocol": protocol.name, "epochs_trained": protocol.num_epochs,
+      "augment": protocol.augment, "num_models": args.num_models, "width": args.width,
+      "test_size": args.test_size, "compile_train_s": round(compile_train_s, 3),
+      "train_s": round(train_s, 3), "train_s_per_model": round(train_s / args.num_models, 3),
+      "test_first_call_s": round(test_first_s, 3), "test_s": round(test_s, 3),
+      "total_s": round(compile_train_s + train_s + test_first_s, 3),
+      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      "backend": jax.default_backend(), "devices": jax.device_count(),
+      "jax": jax.__version__,
+  }), flush=True)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
+  p.add_argument("--protocol", nargs="+", default=["dm", "cpu"])
+  p.add_argument("--modes", nargs="+", default=["vmap", "map", "sequential"],
+                 choices=["vmap", "map", "sequential"])
+  p.add_argument("--num-models", type=int, default=5)
+  p.add_argument("--epochs", type=int, default=None,
+                 help="override the protocol's epochs (the stamp shows the change)")
+  p.add_argument("--width", type=int, default=128)
+  p.add_argument("--test-size", type=int, default=10000)
+  p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--mode", default="map", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.child:
+    args.ipc, args.protocol = args.ipc[0], args.protocol[0]
+    _child(args)
+    return
+
+  here = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here),
+                                                     env.get("PYTHONPATH")]))
+  for ipc in args.ipc:
+    for proto in args.protocol:
+      results = {}
+      for mode in args.modes:
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode,
+               "--ipc", str(ipc), "--protocol", proto, "--num-models", str(args.num_models),
+               "--width", str(args.width), "--test-size", str(args.test_size)]
+        if args.epochs is not None:
+          cmd += ["--epochs", str(args.epochs)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+          print(json.dumps({"bench": "evaluate", "mode": mode, "ipc": ipc, "protocol": proto,
+                            "error": out.stderr.strip().splitlines()[-1:]}), flush=True)
+          continue
+        line = out.stdout.strip().splitlines()[-1]
+        print(line, flush=True)
+        results[mode] = json.loads(line)
+      if "sequential" in results:
+        seq = results["sequential"]
+        summary = {"bench": "evaluate.speedup", "ipc": ipc, "protocol": proto,
+                   "num_models": args.num_models}
+        for mode, r in results.items():
+          if mode != "sequential":
+            summary[f"{mode}_train_speedup"] = round(seq["train_s"] / r["train_s"], 3)
+            summary[f"{mode}_total_speedup"] = round(seq["total_s"] / r["total_s"], 3)
+            summary[f"{mode}_peak_rss_ratio"] = round(r["peak_rss_mib"] / seq["peak_rss_mib"], 3)
+        print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,317 @@
+"""Tests for jaxdd.evaluate: metrics, protocols, the scan trainer, selection."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxdd import models
+from jaxdd.evaluate import (PROTOCOLS, DSA_STRATEGY, EvalResult, Protocol, StepBatch, TrainTask,
+                            _train_single, evaluate, get_protocol, group_accuracies, loop_safe_conv,
+                            split_validation, train_fresh, train_models)
+from jaxdd.structs import Batch, SynSet
+
+COLOURS = np.array([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]], np.float32)
+TINY = models.ConvNet(num_classes=3, depth=1, width=4)
+# 12 steps of 5 images: enough for a colour-separable set.
+FAST = Protocol("fast-test", epochs=11, batch_size=5, lr=0.05)
+
+
+def separable(key, per_class=4, size=8):
+  """Constant-colour images (plus a little noise), one colour per class."""
+  labels = np.repeat(np.arange(3), per_class)
+  noise = 0.05 * np.asarray(jax.random.normal(key, (len(labels), size, size, 3)))
+  images = COLOURS[labels][:, None, None, :] + noise
+  return jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
+
+
+# --------------------------------------------------------------------- metrics
+
+def naive_groups(preds, labels, bias, nc, nb):
+  table = np.full((nc, nb), np.nan)
+  counts = np.zeros((nc, nb), int)
+  for c in range(nc):
+    for b in range(nb):
+      m = (labels == c) & (bias == b)
+      counts[c, b] = m.sum()
+      if m.any():
+        table[c, b] = (preds[m] == labels[m]).mean()
+  return table, counts
+
+
+def test_group_accuracies_hand_computed():
+  # class x bias groups: (0,0): 2 samples, 1 right; (0,1): 1, right;
+  # (1,1): 3, 3 right; (1,0): 2, 0 right. aligned <=> bias == label.
+  labels = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+  bias = np.array([0, 0, 1, 1, 1, 1, 0, 0])
+  preds = np.array([0, 1, 0, 1, 1, 1, 0, 0])
+  r = group_accuracies(preds, labels, bias, 2, 2)
+  assert float(r.overall) == pytest.approx(5 / 8)
+  assert float(r.aligned) == pytest.approx(4 / 5)   # (0,0) 1/2 + (1,1) 3/3
+  assert float(r.conflicting) == pytest.approx(1 / 3)  # (0,1) 1/1 + (1,0) 0/2
+  assert float(r.worst_group) == pytest.approx(0.0)
+  np.testing.assert_allclose(np.asarray(r.table), [[0.5, 1.0], [0.0, 1.0]])
+  np.testing.assert_array_equal(np.asarray(r.counts), [[2, 1], [2, 3]])
+
+
+def test_group_accuracies_random_vs_naive_and_empty_groups():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 4, 200)
+  bias = rng.integers(0, 3, 200)
+  bias[labels == 3] = 0  # groups (3, 1) and (3, 2) are empty
+  preds = np.where(rng.random(200) < 0.6, labels, rng.integers(0, 4, 200))
+  aligned = rng.random(200) < 0.3
+  r = jax.jit(group_accuracies, static_argnums=(3, 4))(preds, labels, bias, 4, 3, aligned)
+  table, counts = naive_groups(preds, labels, bias, 4, 3)
+  np.testing.assert_allclose(np.asarray(r.table), table, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(r.counts), counts)
+  assert float(r.worst_group) == pytest.approx(np.nanmin(table))
+  assert float(r.aligned) == pytest.approx((preds == labels)[aligned].mean())
+  assert float(r.conflicting) == pytest.approx((preds == labels)[~aligned].mean())
+  # An empty subset is NaN, not 0.
+  r2 = group_accuracies(np.array([0, 1]), np.array([0, 1]), np.array([0, 1]), 2, 2)
+  assert np.isnan(float(r2.conflicting)) and float(r2.aligned) == 1.0
+
+
+# ------------------------------------------------------------------- protocols
+
+def test_protocol_registry_and_stamp_fields():
+  dm = get_protocol("dm")
+  assert (dm.epochs, dm.num_epochs, dm.decay_epoch) == (1000, 1001, 501)
+  assert (dm.lr, dm.momentum, dm.weight_decay, dm.batch_size) == (0.01, 0.9, 5e-4, 256)
+  assert dm.augment == DSA_STRATEGY == "color_crop_cutout_flip_scale_rotate"
+  assert get_protocol("dsa").augment == DSA_STRATEGY
+  dc = get_protocol("dc")
+  assert (dc.num_epochs, dc.decay_epoch, dc.augment) == (301, 151, None)
+  assert set(PROTOCOLS) == {"dm", "dsa", "dc", "cpu", "smoke"}
+  assert dm.standard and not dm.replace(epochs=5).standard
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    dm.epochs = 3
+  with pytest.raises(ValueError, match="unknown evaluation protocol"):
+    get_protocol("dm21")
+  with pytest.raises(ValueError, match="epochs"):
+    Protocol("bad", epochs=-1)
+
+
+# ---------------------------------------------------------------- the trainer
+
+def test_separable_set_reaches_full_train_accuracy(getkey):
+  images, labels = separable(getkey())
+  variables, metrics = train_fresh(getkey(), SynSet(images, labels), model=TINY, protocol=FAST)
+  assert metrics.acc.shape == (FAST.num_epochs,)
+  assert float(metrics.acc[-1]) == 1.0
+  assert float(metrics.loss[-1]) < float(metrics.loss[0])
+  logits = TINY.apply(variables, images)
+  np.testing.assert_array_equal(np.asarray(logits.argmax(-1)), np.asarray(labels))
+
+
+@pytest.mark.parametrize("parallel", ["vmap", "map"])
+def test_many_models_equal_one_by_one(getkey, parallel):
+  images, labels = separable(getkey())
+  syn = SynSet(images, labels)
+  key = getkey()
+  stacked, metrics = train_models(key, syn, model=TINY, protocol=FAST, num_models=3,
+                                  parallel=parallel)
+  assert metrics.acc.shape == (1, 3, FAST.num_epochs)
+  for i, k in enumerate(jax.random.split(key, 3)):
+    single, m = train_fresh(k, syn, model=TINY, protocol=FAST)
+    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(stacked)):
+      np.testing.assert_allclose(np.asarray(b[0, i]), np.asarray(a), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(metrics.loss[0, i]), np.asarray(m.loss), rtol=1e-4)
+
+
+def _toy_task():
+  """y = w * x + b with squared error; logs every step's rows in the state."""
+  def init(key, images, labels):
+    del key, images
+    del labels
+    return {"w": jnp.float32(0.5), "b": jnp.float32(-0.2)}, {"log": -jnp.ones((64, 3), jnp.int32)}
+
+  def loss(params, state, batch: StepBatch):
+    x = batch.images[:, 0, 0, 0]
+    err = params["w"] * x + params["b"] - batch.labels.astype(jnp.float32)
+    row = jnp.full((3,), -1, jnp.int32).at[:batch.index.shape[0]].set(batch.index)
+    state = {**state, "log": state["log"].at[batch.step].set(row)}
+    return 0.5 * jnp.mean(err ** 2), (state, jnp.zeros((x.shape[0], 2)))
+
+  def predict(params, state, images):
+    return jnp.zeros((images.shape[0], 2))
+
+  return TrainTask("toy", init, loss, predict)
+
+
+TOY = _toy_task()
+
+
+def test_sgd_schedule_momentum_reset_and_partial_batches_match_numpy(getkey):
+  # 7 samples, batch 3: batches of 3, 3 and a true partial batch of 1 per epoch.
+  # epochs=4 -> 5 epochs trained, lr x0.1 and momentum reset from epoch 4 on.
+  proto = Protocol("toy", epochs=4, batch_size=3, lr=0.1, momentum=0.9, weight_decay=0.01)
+  xs = np.array([0.3, -1.0, 2.0, 0.7, 1.5, -0.4, 0.1], np.float32)
+  ts = np.array([1, 0, 3, 1, 2, 0, 1], np.int32)
+  images = jnp.asarray(xs)[:, None, None, None]
+  params, state, metrics = _train_single(TOY, proto)(getkey(), jnp.float32(proto.lr), images,
+                                                     jnp.asarray(ts))
+  log = np.asarray(state["log"])[:15]  # 5 epochs x 3 steps
+  # Every epoch visits each sample exactly once; the last batch has 1 row.
+  for ep in range(5):
+    rows = log[3 * ep:3 * ep + 3]
+    assert (rows[2, 1:] == -1).all() and (rows[:2] >= 0).all()
+    assert sorted(rows[rows >= 0].tolist()) == list(range(7))
+  # Hand-written torch-style SGD on exactly those batches.
+  w, b, buf = 0.5, -0.2, np.zeros(2)
+  losses = []
+  for ep in range(5):
+    if ep == proto.decay_epoch + 1:
+      buf = np.zeros(2)  # the reference re-creates the optimiser
+    lr = proto.lr * (0.1 if ep > proto.decay_epoch else 1.0)
+    total = 0.0
+    for rows in log[3 * ep:3 * ep + 3]:
+      idx = rows[rows >= 0]
+      err = w * xs[idx] + b - ts[idx]
+      total += 0.5 * np.mean(err ** 2) * len(idx)
+      g = np.array([np.mean(err * xs[idx]), np.mean(err)])
+      d = g + proto.weight_decay * np.array([w, b])
+      buf = proto.momentum * buf + d
+      w, b = np.array([w, b]) - lr * buf
+    losses.append(total / 7)
+  np.testing.assert_allclose([float(params["w"]), float(params["b"])], [w, b], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(metrics.loss), losses, rtol=1e-5)
+  # Without the reset the trajectory differs (so the check above is not vacuous).
+  p2, _, _ = _train_single(TOY, proto.replace(reset_momentum=False))(
+      getkey(), jnp.float32(proto.lr), images, jnp.asarray(ts))
+  assert abs(float(p2["w"]) - w) > 1e-4
+
+
+def test_batchnorm_model_updates_running_stats(getkey):
+  images, labels = separable(getkey())
+  model = models.ConvNet(num_classes=3, depth=1, width=4, norm="batch")
+  proto = FAST.replace(epochs=1)
+  variables, _ = train_fresh(getkey(), SynSet(images, labels), model=model, protocol=proto)
+  init = model.init(getkey(), images[:1])
+  assert set(variables) == {"params", "batch_stats"}
+  moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(variables["batch_stats"]),
+                                                 jax.tree.leaves(init["batch_stats"]))]
+  assert all(moved)
+
+
+def test_dsa_protocol_trains_and_changes_the_trajectory(getkey):
+  images, labels = separable(getkey())
+  key = getkey()
+  # Same key, same data: only the (non-siamese, per-sample) augmentation differs.
+  # crop_flip keeps the compile small; the full strategy is the same code path.
+  _, m0 = train_fresh(key, SynSet(images, labels), model=TINY, protocol=FAST)
+  _, m1 = train_fresh(key, SynSet(images, labels), model=TINY,
+                      protocol=FAST.replace(augment="crop_flip"))
+  assert np.isfinite(np.asarray(m1.loss)).all()
+  assert not np.allclose(np.asarray(m0.loss), np.asarray(m1.loss))
+  assert float(m1.acc[-1]) > 0.9  # still learns the colours
+
+
+# ------------------------------------------------------- evaluation and stamps
+
+def test_evaluate_stamps_protocol_model_and_seed(getkey):
+  images, labels = separable(getkey())
+  timages, tlabels = separable(getkey(), per_class=5)
+  bias = (np.arange(15) % 3).astype(np.int32)
+  key = getkey()
+  r = evaluate(key, SynSet(images, labels), Batch(timages, tlabels, bias=bias), model=TINY,
+               protocol=FAST, num_models=3)
+  assert isinstance(r, EvalResult)
+  d = json.loads(json.dumps(r.to_dict()))
+  assert d["protocol"] == json.loads(json.dumps(FAST.to_dict()))
+  assert d["protocol"]["num_epochs"] == 12 and d["protocol"]["standard"] is False
+  assert d["model"] == "convnet-d1-w4-instancenorm-avgpool"
+  assert d["method"] == "train_fresh" and d["num_models"] == 3
+  assert d["key_data"] == np.asarray(jax.random.key_data(key)).ravel().tolist()
+  assert d["selection"] == "none" and d["lrs"] == [0.05]
+  assert len(d["per_model"]["overall"]) == 3
+  assert d["summary"]["overall"]["mean"] == pytest.approx(float(np.mean(r.overall)))
+  # The colour-separable test set is solved; groups (class x bias) all non-empty.
+  assert r.mean("overall") == 1.0 and r.mean("worst_group") == 1.0
+  np.testing.assert_array_equal(r.group_counts,
+                                naive_groups(np.zeros(15), np.asarray(tlabels), bias, 3, 3)[1])
+  table = r.format_table()
+  assert "fast-test (modified)" in table and "worst group" in table and "conflicting" in table
+
+
+def test_lr_selected_on_validation_never_on_test(getkey):
+  images, labels = separable(getkey())
+  vimages, vlabels = separable(getkey(), per_class=3)
+  timages, tlabels = separable(getkey(), per_class=3)
+  # A test set whose labels are shifted: the well-trained networks score 0 on
+  # it, the untrained (lr ~ 0) ones do better, so test-based selection would
+  # pick the wrong lr.
+  shifted = (tlabels + 1) % 3
+  good, bad = 0.05, 1e-7
+  r = evaluate(getkey(), SynSet(images, labels), Batch(timages, shifted), model=TINY,
+               protocol=FAST, num_models=2, lrs=[bad, good], valid=Batch(vimages, vlabels))
+  assert r.selected_lr == good and r.selection == "valid"
+  assert r.valid_scores.shape == (2, 2)
+  assert r.valid_scores[1].mean() == 1.0 > r.valid_scores[0].mean()
+  assert r.mean("overall") == 0.0  # test numbers reported for the chosen lr
+  with pytest.raises(ValueError, match="never selects on the test set"):
+    evaluate(getkey(), SynSet(images, labels), Batch(timages, tlabels), model=TINY,
+             protocol=FAST, lrs=[bad, good])
+
+
+def test_split_validation_is_stratified_disjoint_and_deterministic(getkey):
+  images = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1)
+  labels = np.repeat(np.arange(4), 10)
+  bias = np.arange(40) % 2
+  key = getkey()
+  tr, va = split_validation(key, Batch(images, labels, bias=bias), fraction=0.2)
+  assert np.bincount(va.labels).tolist() == [2, 2, 2, 2]
+  rows_tr, rows_va = tr.images[:, 0, 0, 0].astype(int), va.images[:, 0, 0, 0].astype(int)
+  assert not set(rows_tr) & set(rows_va) and len(rows_tr) + len(rows_va) == 40
+  np.testing.assert_array_equal(va.bias, rows_va % 2)
+  tr2, va2 = split_validation(key, Batch(images, labels, bias=bias), fraction=0.2)
+  np.testing.assert_array_equal(va2.images, va.images)
+  with pytest.raises(ValueError, match="fraction"):
+    split_validation(key, Batch(images, labels), fraction=1.5)
+
+
+def test_bad_inputs_raise_clear_errors(getkey):
+  images, labels = separable(getkey())
+  syn = SynSet(images, labels)
+  with pytest.raises(ValueError, match="NaN"):
+    train_fresh(getkey(), SynSet(images.at[0, 0, 0, 0].set(jnp.nan), labels), model=TINY,
+                protocol=FAST)
+  with pytest.raises(ValueError, match="typed key"):
+    train_fresh(jax.random.PRNGKey(0), syn, model=TINY, protocol=FAST)
+  with pytest.raises(ValueError, match="share H, W, C"):
+    evaluate(getkey(), syn, Batch(jnp.zeros((3, 6, 6, 3)), jnp.array([0, 1, 2])), model=TINY,
+             protocol=FAST)
+  with pytest.raises(ValueError, match="parallel"):
+    train_models(getkey(), syn, model=TINY, protocol=FAST, parallel="pmap")
+  with pytest.raises(ValueError, match=r"\[0, 3\)"):
+    train_fresh(getkey(), SynSet(images, labels + 1), model=TINY, protocol=FAST)
+
+
+# ------------------------------------------------------- the CPU conv workaround
+
+def test_loop_safe_conv_matches_lax_values_and_gradients(getkey):
+  x = jax.random.normal(getkey(), (2, 7, 8, 3))
+  cases = [(3, 1, ((1, 1), (1, 1))), (3, 2, ((0, 0), (0, 0))), (5, 2, ((1, 2), (3, 1))),
+           (1, 1, ((0, 0), (0, 0)))]
+  for k, s, pad in cases:
+    w = jax.random.normal(getkey(), (k, k, 3, 4))
+
+    def f(conv, x, w, s=s, pad=pad):
+      y = conv(x, w, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return jnp.sum(jnp.sin(y)), y
+
+    g_lax = jax.jit(jax.value_and_grad(lambda x, w: f(lax.conv_general_dilated, x, w),
+                                       (0, 1), has_aux=True))
+    g_safe = jax.jit(jax.value_and_grad(lambda x, w: f(loop_safe_conv, x, w),
+                                        (0, 1), has_aux=True))
+    (_, y0), g0 = g_lax(x, w)
+    (_, y1), g1 = g_safe(x, w)
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g0, g1):
+      np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
