@@ -7,6 +7,7 @@ Subcommands:
   reproduce   vanilla DM and DM+KDE side by side (the main job)
   evaluate    train fresh networks on a saved SynSet and report per-group accuracy
   report      print the tables of finished runs
+  diagnose    train/load the SupCon surrogate and report how the KDE weights find the bias
 
 Every long loop shows a progress bar; every output file is written atomically.
 Examples:
@@ -16,6 +17,7 @@ Examples:
   jaxdd distill --preset paper --ipc 50 --weighting kde --workdir runs/paper-kde
   jaxdd evaluate runs/cmnist-5pct/dm_kde/synset --protocol cpu --num-models 5
   jaxdd report runs/cmnist-5pct
+  jaxdd diagnose --dataset cmnist --conflict-ratio 0.05 --preset cpu --out runs/diag
 """
 from __future__ import annotations
 
@@ -173,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default=None, help="write the result JSON here")
   p.set_defaults(fn=cmd_evaluate)
 
+  sub.add_parser("diagnose", add_help=False,
+                 help="KDE weight diagnostics (see `jaxdd diagnose --help`)")
+
   p = sub.add_parser("report", help="print the tables of finished runs under a directory")
   p.add_argument("path")
   p.set_defaults(fn=cmd_report)
@@ -180,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["diagnose"]:  # its own parser (jaxdd.diagnose)
+    from jaxdd import diagnose
+    try:
+      diagnose.main(argv[1:])
+    except (ValueError, FileNotFoundError) as e:
+      print(f"jaxdd diagnose: error: {e}", file=sys.stderr)
+      return 2
+    return 0
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
