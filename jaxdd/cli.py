@@ -5,6 +5,7 @@ Subcommands:
   data        build a biased dataset split and print its card (or prepare TFDS builders)
   distill     one run: surrogate -> KDE weights -> DM -> SynSet -> evaluation
   reproduce   vanilla DM and DM+KDE side by side (the main job)
+  baselines   random / herding / k-center / LfF / DFA / full set under the same protocol
   evaluate    train fresh networks on a saved SynSet and report per-group accuracy
   report      print the tables of finished runs
   diagnose    train/load the SupCon surrogate and report how the KDE weights find the bias
@@ -82,8 +83,19 @@ def cmd_distill(args) -> int:
 def cmd_reproduce(args) -> int:
   from jaxdd import pipeline
   cfg = _config(args)
-  pipeline.reproduce(cfg, args.workdir)
+  which = tuple(args.with_baselines.split(",")) if args.with_baselines else ()
+  pipeline.reproduce(cfg, args.workdir, with_baselines=which)
   print(f"run directory: {args.workdir} (comparison.md, plots/accuracy.png)")
+  return 0
+
+
+def cmd_baselines(args) -> int:
+  from jaxdd import pipeline
+  cfg = _config(args)
+  which = tuple(args.which.split(",")) if args.which else pipeline.BASELINES
+  results = pipeline.run_baselines(cfg, args.workdir, which=which,
+                                   vanilla_synset=args.vanilla_synset)
+  print(pipeline.format_comparison(results, cfg))
   return 0
 
 
@@ -161,7 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("reproduce", help="vanilla DM vs DM+KDE, same settings (the main job)")
   _add_run_flags(p)
+  p.add_argument("--with-baselines", default=None,
+                 help="also run these baselines, e.g. random,herding,kcenter,lff,dfa,full")
   p.set_defaults(fn=cmd_reproduce)
+
+  p = sub.add_parser("baselines", help="random / herding / k-center / LfF / DFA / full-set "
+                                       "baselines under the same protocol")
+  _add_run_flags(p)
+  p.add_argument("--which", default=None,
+                 help="comma-separated subset of random,herding,kcenter,lff,dfa,full (default all)")
+  p.add_argument("--vanilla-synset", default=None,
+                 help="SynSet of a vanilla DM run (needed by lff/dfa)")
+  p.set_defaults(fn=cmd_baselines)
 
   p = sub.add_parser("evaluate", help="evaluate a saved SynSet on its dataset's test split")
   p.add_argument("synset", help="SynSet artifact directory")

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import augment as augment_lib
-from jaxdd import contrastive, data, diagnostics, distill, evaluate, models, synset
+from jaxdd import baselines, contrastive, data, debias, diagnostics, distill, evaluate, models, synset
 from jaxdd.structs import Batch, SynSet
 
 
@@ -421,13 +421,22 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
   return summary
 
 
-def reproduce(config: RunConfig, workdir: str, *, progress: bool = True) -> dict:
-  """Vanilla DM and DM+KDE with otherwise identical settings, side by side."""
+def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
+              with_baselines: tuple[str, ...] = ()) -> dict:
+  """Vanilla DM and DM+KDE with otherwise identical settings, side by side.
+
+  ``with_baselines`` (names from :data:`BASELINES`) adds those rows, under the
+  same evaluation protocol; LfF/DFA train on the vanilla DM SynSet.
+  """
   results = {}
   for weighting in ("none", "kde"):
     cfg = config.replace(weighting=weighting)
     name = "dm" if weighting == "none" else "dm+kde"
     results[name] = run(cfg, os.path.join(workdir, name.replace("+", "_")), progress=progress)
+  if with_baselines:
+    results.update(run_baselines(config.replace(weighting="none"), os.path.join(workdir, "baselines"),
+                                 which=tuple(with_baselines), progress=progress,
+                                 vanilla_synset=os.path.join(workdir, "dm", "synset")))
   table = format_comparison(results, config)
   synset.atomic_write_json(os.path.join(workdir, "comparison.json"),
                            {k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()})
@@ -438,6 +447,84 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True) -> dict
   if progress:
     print(table)
   return results
+
+
+BASELINES = ("random", "herding", "kcenter", "lff", "dfa", "full")
+
+
+def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = BASELINES,
+                  vanilla_synset: str | None = None, full_epochs: int = 10,
+                  progress: bool = True) -> dict:
+  """The obvious alternatives under the same evaluation protocol and model.
+
+  * ``random``: ``ipc`` random real images per class;
+  * ``herding`` / ``kcenter``: selection on the SupCon surrogate's embeddings;
+  * ``lff`` / ``dfa``: post-distillation debiasing (LfF, DFA) trained on the
+    *vanilla* DM SynSet at ``vanilla_synset`` (PAPER-PROTOCOLS.md §5.1);
+  * ``full``: the whole biased training set (upper reference), with the
+    protocol's epochs capped at ``full_epochs`` because every epoch is a pass
+    over all training images.
+
+  Results are written to ``<workdir>/baselines.json`` and returned.
+  """
+  unknown = set(which) - set(BASELINES)
+  if unknown:
+    raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+  if {"lff", "dfa"} & set(which) and vanilla_synset is None:
+    raise ValueError("lff/dfa train on a vanilla DM SynSet: pass vanilla_synset (the synset/ "
+                     "directory of a --weighting none run)")
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  run_data = RunData(config)
+  train, nc = run_data.train, run_data.num_classes
+  x = run_data.normalized(train)
+  test = run_data.batch(run_data.test)
+  model = models.get(config.eval_model, num_classes=nc)
+  protocol = evaluate.get_protocol(config.eval_protocol)
+  key = jax.random.key(config.seed)
+  k_sur, k_sel, k_eval = jax.random.split(key, 3)
+  embeddings = None
+  if {"herding", "kcenter"} & set(which):
+    embeddings = surrogate_embeddings(config, run_data, jax.random.split(key, 4)[0], progress)
+  results = {}
+  for name in which:
+    if name in ("random", "herding", "kcenter"):
+      if name == "random":
+        rows = baselines.random_subset_indices(k_sel, train.labels, ipc=config.ipc)
+      elif name == "herding":
+        rows = baselines.herding(embeddings, train.labels, ipc=config.ipc)
+      else:
+        rows = baselines.k_center(embeddings, train.labels, ipc=config.ipc)
+      syn = baselines.take(x, train.labels, rows)
+      conflicting = float((~train.aligned[np.asarray(rows)]).mean())
+      res = evaluate.evaluate(k_eval, syn, test, model=model, protocol=protocol,
+                              num_models=config.num_eval_models)
+      extra = {"selected_conflicting_fraction": conflicting}
+    elif name in ("lff", "dfa"):
+      syn, _ = synset.load(vanilla_synset)
+      syn = SynSet(jnp.asarray(data.normalize(data.denormalize(syn.images, *_stats(vanilla_synset)),
+                                              run_data.mean, run_data.std)), jnp.asarray(syn.labels))
+      res = debias.evaluate_debiased(k_eval, syn, test, method=name, model=model,
+                                     protocol=protocol, num_models=config.num_eval_models)
+      extra = {"trained_on": os.path.relpath(vanilla_synset, workdir)}
+    else:  # full
+      syn = baselines.full_dataset(x, train.labels)
+      prot = protocol.replace(epochs=min(protocol.epochs, full_epochs))
+      res = evaluate.evaluate(k_eval, syn, test, model=model, protocol=prot,
+                              num_models=min(config.num_eval_models, 2))
+      extra = {"epochs": prot.epochs}
+    summary = _summary(res)
+    summary.update(extra)
+    results[name] = summary
+    if progress:
+      print(f"{name}: " + ", ".join(f"{m} {100 * v:.1f}" for m, v in summary["mean"].items()))
+    synset.atomic_write_json(os.path.join(workdir, "baselines.json"), results)
+  return results
+
+
+def _stats(synset_dir: str):
+  meta = synset.load(synset_dir)[1]
+  return meta["mean"], meta["std"]
 
 
 def format_comparison(results: dict[str, dict], config: RunConfig) -> str:

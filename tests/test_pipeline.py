@@ -70,3 +70,20 @@ def test_cli_kde_run_evaluate_and_report(tmp_path, capsys):
   # bad input: a clear error and exit code 2, nothing written
   assert cli.main(["evaluate", str(tmp_path / "missing")]) == 2
   assert "no SynSet artifact" in capsys.readouterr().err
+
+
+def test_baselines_under_the_same_protocol(tmp_path):
+  cfg = _cfg(iterations=1)
+  pipeline.run(cfg, str(tmp_path / "dm"), progress=False)
+  res = pipeline.run_baselines(cfg, str(tmp_path / "b"), which=("random", "kcenter", "lff"),
+                               vanilla_synset=str(tmp_path / "dm" / "synset"), progress=False)
+  assert set(res) == {"random", "kcenter", "lff"}
+  for r in res.values():
+    assert r["result"]["protocol"]["name"] == "smoke"
+    assert all(0.0 <= v <= 1.0 for v in r["mean"].values())
+  assert res["lff"]["result"]["method"] == "lff"
+  assert 0.0 <= res["random"]["selected_conflicting_fraction"] <= 1.0
+  saved = json.load(open(tmp_path / "b" / "baselines.json"))
+  assert saved["random"]["mean"] == res["random"]["mean"]
+  with pytest.raises(ValueError, match="vanilla_synset"):
+    pipeline.run_baselines(cfg, str(tmp_path / "c"), which=("dfa",))
