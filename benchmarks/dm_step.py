@@ -10,7 +10,7 @@ Each configuration runs in its own subprocess (so peak RSS is its own), and
 prints one JSON line. Usage:
 
   python benchmarks/dm_step.py                      # IPC 10 and 50, default flags
-  python benchmarks/dm_step.py --ipc 10 --steps 10 --xla-flags "--xla_cpu_use_onednn=true"
+  python benchmarks/dm_step.py --ipc 10 --steps 10 --xla-flags=--xla_cpu_use_onednn=true
   python benchmarks/dm_step.py --kde                # KDE-weighted DM (batch scope)
 """
 from __future__ import annotations

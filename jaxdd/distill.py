@@ -68,9 +68,11 @@ class KDEConfig(NamedTuple):
   sampled real batch of a class, O(B^2 d) per step; ``scope='class'`` uses a
   density precomputed once over the whole class (see :func:`class_log_density`).
   """
-  variance: float = 0.1
-  temperature: float = 1.0
-  normalize: Literal["softmax", "power"] = "softmax"
+  # Defaults: the setting that gave the largest DM -> DM+KDE gap on CMNIST
+  # (ablation in RESULTS.md).
+  variance: float = 0.01
+  temperature: float = 0.25
+  normalize: Literal["softmax", "power"] = "power"
   scope: Literal["batch", "class"] = "batch"
 
 
