@@ -42,7 +42,7 @@ def _child(args) -> None:
   d = distill.dm(num_classes=10, ipc=args.ipc, model=models.ConvNet(10, width=args.width),
                  augment=aug, real_per_class=args.real_per_class,
                  kde_config=distill.KDEConfig() if args.kde else None,
-                 real_chunk=args.real_chunk)
+                 real_chunk=args.real_chunk or None)
   state = d.init(jax.random.key(0), real)
   t0 = time.perf_counter()
   compiled = d.step.lower(state, real).compile()
@@ -79,8 +79,9 @@ def main(argv=None) -> None:
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--no-dsa", action="store_true")
   p.add_argument("--kde", action="store_true")
-  p.add_argument("--real-chunk", type=int, default=None,
-                 help="embed the real images this many at a time (distill.dm real_chunk)")
+  p.add_argument("--real-chunk", type=int, default=256,
+                 help="embed the real images this many at a time (distill.dm real_chunk; "
+                      "0 = all at once). Default 256, the library default")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -95,7 +96,7 @@ def main(argv=None) -> None:
     cmd = [sys.executable, __file__, "--child", "--ipc", str(ipc), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--real-per-class", str(args.real_per_class),
            "--width", str(args.width)] + (["--no-dsa"] if args.no_dsa else []) + (
-               ["--real-chunk", str(args.real_chunk)] if args.real_chunk else []) + (
+               ["--real-chunk", str(args.real_chunk)]) + (
                ["--kde"] if args.kde else [])
     subprocess.run(cmd, env=env, check=True)
 

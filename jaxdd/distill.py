@@ -228,7 +228,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        syn_tx: optax.GradientTransformation | None = None,
        init: Literal["real", "noise"] = "real", kde_config: KDEConfig | None = None,
        mesh: Mesh | None = None, class_axis: str | None = None, batch_axis: str | None = None,
-       real_chunk: int | None = None, jit: bool = True) -> Distiller:
+       real_chunk: int | None = 256, jit: bool = True) -> Distiller:
   """Distribution matching (Zhao & Bilen 2023), optionally KDE-reweighted (Cui et al. 2024).
 
   Args:
