@@ -65,9 +65,7 @@ def cmd_data(args) -> int:
                  severity=args.severity, seed=args.seed, source=args.source)
   print(ds.describe())
   if args.save_card:
-    from jaxdd.synset import atomic_write_json
-    atomic_write_json(args.save_card, ds.card.to_dict() if hasattr(ds.card, "to_dict") else
-                      json.loads(ds.card.to_json()))
+    ds.card.save(args.save_card)
     print(f"card written to {args.save_card}")
   return 0
 

@@ -145,6 +145,11 @@ def code_version() -> str:
     return version
 
 
+def run_keys(config: RunConfig) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """(surrogate, distillation init, evaluation, diagnostics) keys of a run's seed."""
+  return tuple(jax.random.split(jax.random.key(config.seed), 4))
+
+
 # ---------------------------------------------------------------------------- data
 
 
@@ -378,8 +383,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
                        "or delete it to start over")
   synset.atomic_write_json(config_path, {"config": config.to_dict(), "digest": config.digest(),
                                          "code_version": code_version()})
-  key = jax.random.key(config.seed)
-  k_sur, k_init, k_eval, k_diag = jax.random.split(key, 4)
+  k_sur, k_init, k_eval, k_diag = run_keys(config)
   run_data = RunData(config)
   embeddings = None
   if config.weighting == "kde":
@@ -483,11 +487,11 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   test = run_data.batch(run_data.test)
   model = models.get(config.eval_model, num_classes=nc)
   protocol = evaluate.get_protocol(config.eval_protocol)
-  key = jax.random.key(config.seed)
-  k_sur, k_sel, k_eval = jax.random.split(key, 3)
+  k_sur = run_keys(config)[0]  # the same (cached) surrogate as run()
+  _, k_sel, k_eval = jax.random.split(jax.random.key(config.seed), 3)
   embeddings = None
   if {"herding", "kcenter"} & set(which):
-    embeddings = surrogate_embeddings(config, run_data, jax.random.split(key, 4)[0], progress)
+    embeddings = surrogate_embeddings(config, run_data, k_sur, progress)
   results = {}
   for name in which:
     if name in ("random", "herding", "kcenter"):
@@ -503,9 +507,11 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
                               num_models=config.num_eval_models)
       extra = {"selected_conflicting_fraction": conflicting}
     elif name in ("lff", "dfa"):
-      syn, _ = synset.load(vanilla_synset)
-      syn = SynSet(jnp.asarray(data.normalize(data.denormalize(syn.images, *_stats(vanilla_synset)),
-                                              run_data.mean, run_data.std)), jnp.asarray(syn.labels))
+      syn, meta = synset.load(vanilla_synset)
+      # re-express the SynSet in this run's normalisation (a no-op for the same dataset)
+      images = data.normalize(data.denormalize(syn.images, meta["mean"], meta["std"]),
+                              run_data.mean, run_data.std)
+      syn = SynSet(jnp.asarray(images), jnp.asarray(syn.labels))
       res = debias.evaluate_debiased(k_eval, syn, test, method=name, model=model,
                                      protocol=protocol, num_models=config.num_eval_models)
       extra = {"trained_on": os.path.relpath(vanilla_synset, workdir)}
@@ -522,11 +528,6 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
       print(f"{name}: " + ", ".join(f"{m} {100 * v:.1f}" for m, v in summary["mean"].items()))
     synset.atomic_write_json(os.path.join(workdir, "baselines.json"), results)
   return results
-
-
-def _stats(synset_dir: str):
-  meta = synset.load(synset_dir)[1]
-  return meta["mean"], meta["std"]
 
 
 def format_comparison(results: dict[str, dict], config: RunConfig) -> str:

@@ -91,7 +91,7 @@ def prepare_tfds(name: str, **kwargs):
     The ``"<builder>/<config>"`` string for ``tfds.data_source``.
 
   Example:
-    >>> prepare_tfds("cmnist", conflict_ratio=0.05, data_dir="/tmp/tfds")  # doctest: +SKIP
+    >>> prepare_tfds("cmnist", conflict_ratio=0.05, data_dir="tfds_data")  # doctest: +SKIP
     'jaxdd_cmnist/ratio0.05_severity4_seed0'
   """
   from jaxdd.data import tfds_builders

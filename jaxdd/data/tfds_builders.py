@@ -225,8 +225,8 @@ def prepare(name: str, *, conflict_ratio: float, severity: int | None = None, se
     The same errors as ``load`` (bad arguments, missing source).
 
   Example:
-    >>> ref = prepare("cmnist", conflict_ratio=0.05, data_dir="/tmp/tfds")   # doctest: +SKIP
-    >>> ds = tfds.data_source(ref, data_dir="/tmp/tfds", split="train")       # doctest: +SKIP
+    >>> ref = prepare("cmnist", conflict_ratio=0.05, data_dir="tfds_data")   # doctest: +SKIP
+    >>> ds = tfds.data_source(ref, data_dir="tfds_data", split="train")       # doctest: +SKIP
   """
   if name not in BUILDERS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}.")
@@ -275,7 +275,7 @@ def read(ref: str, *, split: str, data_dir: str | os.PathLike | None = None
 
   Example:
     >>> arrays = read("jaxdd_cmnist/ratio0.05_severity4_seed0", split="test",
-    ...               data_dir="/tmp/tfds")                                   # doctest: +SKIP
+    ...               data_dir="tfds_data")                                   # doctest: +SKIP
   """
   kwargs = {} if data_dir is None else {"data_dir": os.fspath(data_dir)}
   src = tfds.data_source(ref, split=split, download=False, try_gcs=False, **kwargs)
