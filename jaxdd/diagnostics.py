@@ -114,6 +114,16 @@ def _group_stats(w: np.ndarray, conflicting: np.ndarray) -> dict[str, Any]:
   }
 
 
+def _check_labels(labels: np.ndarray, num_classes) -> None:
+  """Integer labels in [0, num_classes) with a positive int ``num_classes``."""
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got {labels.dtype}")
+  if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 1):
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}); got [{labels.min()}, {labels.max()}]")
+
+
 def weight_report(weights: Any, labels: Any, aligned: Any, *, num_classes: int) -> dict[str, Any]:
   """Summary of how sample weights split between bias-aligned and -conflicting samples.
 
@@ -154,12 +164,7 @@ def weight_report(weights: Any, labels: Any, aligned: Any, *, num_classes: int) 
                      f"{labels.shape}, {aligned.shape}")
   if aligned.dtype != bool:
     raise ValueError(f"aligned must be boolean, got {aligned.dtype}; pass aligned.astype(bool)")
-  if not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be integers, got {labels.dtype}")
-  if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 1):
-    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"labels must lie in [0, {num_classes}); got [{labels.min()}, {labels.max()}]")
+  _check_labels(labels, num_classes)
   if not np.all(np.isfinite(w)):
     raise ValueError("weights contain NaN or Inf; check the embeddings and the KDE settings")
   if np.any(w < 0):
@@ -272,12 +277,7 @@ def _check_embeddings(embeddings: Any, labels: Any, num_classes: int) -> tuple[n
     raise ValueError(f"embeddings must be (N, d), got shape {emb.shape}")
   if labels.shape != (emb.shape[0],):
     raise ValueError(f"labels must have shape ({emb.shape[0]},) to match embeddings, got {labels.shape}")
-  if not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be integers, got {labels.dtype}")
-  if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 1):
-    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"labels must lie in [0, {num_classes}); got [{labels.min()}, {labels.max()}]")
+  _check_labels(labels, num_classes)
   if not np.all(np.isfinite(emb)):
     raise ValueError("embeddings contain NaN or Inf; check the surrogate (a diverged run gives NaN)")
   return emb.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
