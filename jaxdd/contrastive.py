@@ -56,6 +56,7 @@ from flax import traverse_util
 from tqdm.auto import tqdm
 
 from jaxdd import models
+from jaxdd.synset import sha256_file
 
 __all__ = [
     "supcon_loss",
@@ -807,14 +808,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> str:
   return os.path.join(base, "surrogates")
 
 
-def _sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def _data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
   # Hash the arrays themselves too, so a changed preprocessing (e.g. normalised
   # vs [0, 1] images) under the same dataset meta never reuses a stale entry.
@@ -868,7 +861,7 @@ def _load_entry(entry: str, spec: dict, config: SurrogateConfig, image_shape: tu
     path = os.path.join(entry, name)
     if name not in files or not os.path.exists(path):
       raise ValueError(f"cache entry {entry} lacks {name}")
-    if _sha256_file(path) != files[name]:
+    if sha256_file(path) != files[name]:
       raise ValueError(f"sha256 mismatch for {path}: the file was modified or corrupted")
   with np.load(os.path.join(entry, "params.npz"), allow_pickle=False) as z:
     flat = {tuple(k.split("/")): np.asarray(z[k]) for k in z.files}
@@ -959,7 +952,7 @@ def load_or_train(key: jax.Array, dataset_meta: dict, images: Any, labels: Any, 
     _save_npz(os.path.join(tmp, "embeddings.npz"), {"projection": emb})
     meta = {
         "spec": spec,
-        "sha256": {name: _sha256_file(os.path.join(tmp, name))
+        "sha256": {name: sha256_file(os.path.join(tmp, name))
                    for name in ("params.npz", "embeddings.npz")},
         "history": history,
         "jax_version": jax.__version__,

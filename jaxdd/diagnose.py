@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Sequence
 
@@ -31,6 +30,7 @@ import jax
 import numpy as np
 
 from jaxdd import contrastive, data, diagnostics, distill
+from jaxdd.synset import atomic_write_bytes
 
 DEFAULT_VARIANCES = (0.01, 0.1, 1.0)
 _KDE = distill.KDEConfig()
@@ -97,18 +97,8 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(_json_safe(obj), f, indent=2, sort_keys=True, allow_nan=False)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  text = json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+  atomic_write_bytes(path, text.encode())
 
 
 def compute_weights(key: jax.Array, embeddings: np.ndarray, labels: np.ndarray, *, scope: str,

@@ -25,8 +25,8 @@ Two scopes of weights (SPEC §3):
 from __future__ import annotations
 
 import functools
+import io
 import os
-import tempfile
 from typing import Any
 
 import jax
@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import kde
+from jaxdd.synset import atomic_write_bytes
 
 __all__ = [
     "auroc",
@@ -249,17 +250,9 @@ def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike, *
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=parent)
-    os.close(fd)
-    try:
-      fig.savefig(tmp, format="png", dpi=100)
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(os.fspath(path), buf.getvalue())
   finally:
     plt.close(fig)
   return path
