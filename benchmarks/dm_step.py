@@ -42,7 +42,7 @@ def _child(args) -> None:
   d = distill.dm(num_classes=10, ipc=args.ipc, model=models.ConvNet(10, width=args.width),
                  augment=aug, real_per_class=args.real_per_class,
                  kde_config=distill.KDEConfig() if args.kde else None,
-                 real_chunk=args.real_chunk or None)
+                 real_chunk=args.real_chunk or None, syn_chunk=args.syn_chunk or None)
   state = d.init(jax.random.key(0), real)
   t0 = time.perf_counter()
   compiled = d.step.lower(state, real).compile()
@@ -61,6 +61,7 @@ def _child(args) -> None:
   print(json.dumps({
       "bench": "dm_step", "ipc": args.ipc, "real_per_class": args.real_per_class,
       "width": args.width, "dsa": not args.no_dsa, "kde": args.kde, "real_chunk": args.real_chunk,
+      "syn_chunk": args.syn_chunk,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 2),
       "step_s_median": round(med, 3), "step_s_min": round(min(times), 3),
       "step_s_max": round(max(times), 3), "n": len(times),
@@ -79,9 +80,12 @@ def main(argv=None) -> None:
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--no-dsa", action="store_true")
   p.add_argument("--kde", action="store_true")
-  p.add_argument("--real-chunk", type=int, default=256,
+  p.add_argument("--real-chunk", type=int, default=64,
                  help="embed the real images this many at a time (distill.dm real_chunk; "
-                      "0 = all at once). Default 256, the library default")
+                      "0 = all at once). Default 64, the library's CPU default")
+  p.add_argument("--syn-chunk", type=int, default=10,
+                 help="the same for the synthetic images (distill.dm syn_chunk). Default 10, "
+                      "the library's CPU default")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -96,7 +100,7 @@ def main(argv=None) -> None:
     cmd = [sys.executable, __file__, "--child", "--ipc", str(ipc), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--real-per-class", str(args.real_per_class),
            "--width", str(args.width)] + (["--no-dsa"] if args.no_dsa else []) + (
-               ["--real-chunk", str(args.real_chunk)]) + (
+               ["--real-chunk", str(args.real_chunk), "--syn-chunk", str(args.syn_chunk)]) + (
                ["--kde"] if args.kde else [])
     subprocess.run(cmd, env=env, check=True)
 

@@ -60,16 +60,16 @@ def _child(args) -> None:
   key = jax.random.key(0)
   keys = jax.random.split(key, args.num_models)
   lr = jnp.asarray([protocol.lr], jnp.float32)
-  block = min(protocol.test_batch_size, args.test_size)
 
   t0 = time.perf_counter()
   if args.mode == "sequential":
     train = ev._train_single(task, protocol).lower(keys[0], lr[0], images, labels).compile()
-    predict = ev._predict_program(task, block, "map")
+    predict = ev._predict_program(task, ev.predict_block(protocol, args.test_size, "map"), "map")
   else:
     train = ev._train_many_program(task, protocol, args.mode).lower(
         keys, lr, images, labels).compile()
-    predict = ev._predict_program(task, block, args.mode)
+    predict = ev._predict_program(task, ev.predict_block(protocol, args.test_size, args.mode),
+                                  args.mode)
   compile_train_s = time.perf_counter() - t0
 
   t0 = time.perf_counter()

@@ -38,7 +38,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import kde, matching, parallel
-from jaxdd.models import ConvNet
+from jaxdd.models import ConvNet, loop_safe_convs
 from jaxdd.structs import SynSet
 
 
@@ -222,13 +222,24 @@ def _check_kde(config: KDEConfig | None) -> None:
     raise ValueError(f"scope must be 'batch' or 'class', got {config.scope!r}")
 
 
+def _chunk(value, auto: int | None, name: str) -> int | None:
+  if value == "auto":
+    return auto
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name} must be a positive int, 'auto' or None (all at once), got {value!r}")
+  return value
+
+
 def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
        real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
        syn_tx: optax.GradientTransformation | None = None,
        init: Literal["real", "noise"] = "real", kde_config: KDEConfig | None = None,
        mesh: Mesh | None = None, class_axis: str | None = None, batch_axis: str | None = None,
-       real_chunk: int | None = 256, jit: bool = True) -> Distiller:
+       real_chunk: int | Literal["auto"] | None = "auto",
+       syn_chunk: int | Literal["auto"] | None = "auto", jit: bool = True) -> Distiller:
   """Distribution matching (Zhao & Bilen 2023), optionally KDE-reweighted (Cui et al. 2024).
 
   Args:
@@ -251,7 +262,14 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     real_chunk: embed the (gradient-free) real images this many at a time
       inside the step, which keeps activations in cache on CPU; ignored (all
       at once) for BatchNorm models, whose statistics mix the whole batch as
-      in the reference, and when a mesh is given.
+      in the reference, and when a mesh is given. ``"auto"``: 32 on CPU, all
+      at once elsewhere. ``None``: all at once.
+    syn_chunk: the same for the synthetic images, whose forward and backward
+      then run chunk by chunk (plain ``nn.Conv`` layers are routed through
+      :func:`jaxdd.models.loop_safe_convs` for that). ``"auto"``: 10 on CPU,
+      all at once elsewhere. Chunking never changes the loss beyond float
+      rounding. Measured on the 2-core CPU at the reference configuration
+      (benchmarks/dm_step.py, RESULTS.md §4).
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
   Returns:
@@ -265,6 +283,9 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
   _check_kde(kde_config)
   model = ConvNet(num_classes) if model is None else model
+  cpu = jax.default_backend() == "cpu"
+  real_chunk = _chunk(real_chunk, 32 if cpu else None, "real_chunk")
+  syn_chunk = _chunk(syn_chunk, 10 if cpu else None, "syn_chunk")
   tx = optax.sgd(lr, momentum=momentum) if syn_tx is None else syn_tx
   real_spec = P(class_axis, batch_axis)
   syn_spec = P(class_axis)
@@ -317,9 +338,12 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
         feats, _ = model.apply(variables, x, return_features=True)
       return feats
 
-    chunk = None if ("batch_stats" in variables or mesh is not None) else real_chunk
-    loss = matching.dm_loss(k_aug, syn_batch, real_batch, embed_fn=embed, augment=augment,
-                            weights=weights, real_chunk=chunk)
+    per_sample = "batch_stats" not in variables and mesh is None
+    with loop_safe_convs():
+      loss = matching.dm_loss(k_aug, syn_batch, real_batch, embed_fn=embed, augment=augment,
+                              weights=weights, real_chunk=real_chunk if per_sample else None,
+                              syn_chunk=syn_chunk if per_sample else None,
+                              map_classes=mesh is None)
     return loss, weights
 
   def step_fn(state: DistillState, real: RealData):

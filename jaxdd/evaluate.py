@@ -59,7 +59,6 @@ networks run on the test set.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -70,9 +69,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
-from jaxdd.models import loop_safe_conv
+from jaxdd.models import loop_safe_conv, loop_safe_convs  # noqa: F401  (loop_safe_conv re-exported)
 from jaxdd.structs import Batch, SynSet
 
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -281,34 +279,6 @@ def group_accuracies(preds: jax.Array, labels: jax.Array, bias: jax.Array, num_c
       counts=counts.reshape(num_classes, num_bias).astype(jnp.int32))
 
 
-# The XLA:CPU loop workaround (loop_safe_conv) lives in jaxdd.models, whose
-# TorchConv uses it on CPU; foreign flax models are routed through it below.
-
-
-def _loop_safe_interceptor(next_fun, args, kwargs, context):
-  module = context.module
-  if (context.method_name == "__call__" and isinstance(module, nn.Conv)
-      and module.conv_general_dilated is None and module.conv_general_dilated_cls is None):
-    # Linen modules are frozen; the field is swapped for this call only (tracing
-    # is single-threaded) and restored, so the user's module is unchanged.
-    object.__setattr__(module, "conv_general_dilated", loop_safe_conv)
-    try:
-      return next_fun(*args, **kwargs)
-    finally:
-      object.__setattr__(module, "conv_general_dilated", None)
-  return next_fun(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def _loop_safe_convs():
-  """While tracing, route ``nn.Conv`` modules through :func:`loop_safe_conv` on CPU."""
-  if jax.default_backend() != "cpu":
-    yield
-    return
-  with nn.intercept_methods(_loop_safe_interceptor):
-    yield
-
-
 # ---------------------------------------------------------------------------
 # Training tasks and the scan-compiled trainer
 # ---------------------------------------------------------------------------
@@ -340,11 +310,19 @@ class TrainTask(NamedTuple):
   accuracy. ``predict(params, state, images) -> logits`` in eval mode.
   ``name`` stamps results. Build tasks with cached factories so that equal
   arguments give the same object (the compile cache is keyed on it).
+
+  ``per_sample=True`` declares that ``loss`` is the mean of independent
+  per-sample terms and leaves ``state`` unchanged whenever ``state`` is empty
+  (no batch statistics, no stochastic layers): the trainer may then compute a
+  step's gradient micro-batch by micro-batch and average (on CPU, where
+  small activations stay in cache: about 1.5x faster per step measured for
+  ConvNet-3). The result is the same up to float reassociation.
   """
   name: str
   init: Callable[..., Any]
   loss: Callable[..., Any]
   predict: Callable[..., Any]
+  per_sample: bool = False
 
 
 class TrainMetrics(NamedTuple):
@@ -466,7 +444,24 @@ def standard_task(model: nn.Module) -> TrainTask:
   def predict(params, state, images):
     return model.apply({"params": params, **state}, images, train=False)
 
-  return TrainTask("train_fresh", init, loss, predict)
+  return TrainTask("train_fresh", init, loss, predict, per_sample=True)
+
+
+# Micro-batch size on CPU of per-sample tasks (see TrainTask.per_sample) and of
+# prediction; measured on ConvNet-3 w128, one training step on 256 images:
+# 0.81 s whole, 0.57 s (16), 0.54 s (32), 0.60 s (64), 0.70 s (128).
+CPU_MICRO_BATCH = 32
+
+
+def micro_batch_size(batch: int, target: int) -> int:
+  """The divisor of ``batch`` closest to ``target`` (ties: the larger).
+
+  Example:
+    >>> micro_batch_size(256, 32), micro_batch_size(100, 32), micro_batch_size(7, 32)
+    (32, 25, 7)
+  """
+  divisors = [d for d in range(1, batch + 1) if batch % d == 0]
+  return min(divisors, key=lambda d: (abs(d - target), -d))
 
 
 def _sgd_update(params, grads, buf, lr, momentum: float, weight_decay: float):
@@ -492,7 +487,7 @@ def _augment_fn(strategy: str | None):
 def _train(key: jax.Array, lr: jax.Array, images: jax.Array, labels: jax.Array, *,
            task: TrainTask, protocol: Protocol):
   """One network, the whole protocol, as nested ``lax.scan`` s (traceable)."""
-  with _loop_safe_convs():
+  with loop_safe_convs():
     return _train_traced(key, lr, images, labels, task=task, protocol=protocol)
 
 
@@ -508,6 +503,30 @@ def _train_traced(key, lr, images, labels, *, task: TrainTask, protocol: Protoco
   params, state = task.init(k_init, images, labels)
   buf = jax.tree.map(jnp.zeros_like, params)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+  micro = (CPU_MICRO_BATCH if task.per_sample and not jax.tree.leaves(state)
+           and jax.default_backend() == "cpu" else None)
+
+  def batch_grad(params, state, batch: StepBatch):
+    b = batch.images.shape[0]
+    # Batches under 4 micro-batches gain nothing measurable (IPC 10: 100 images).
+    m = micro_batch_size(b, micro) if micro and b >= 4 * micro else b
+    if m == b:
+      return grad_fn(params, state, batch)
+    k = b // m
+    split = lambda a: a.reshape((k, m) + a.shape[1:])
+
+    def body(acc, xs):
+      x, y, idx, c = xs
+      part = StepBatch(x, y, idx, jax.random.fold_in(batch.key, c), batch.step, batch.progress)
+      (l, (_, logits)), g = grad_fn(params, state, part)
+      return jax.tree.map(jnp.add, acc, g), (l, logits)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (losses, logits) = jax.lax.scan(
+        body, zeros, (split(batch.images), split(batch.labels), split(batch.index), jnp.arange(k)))
+    # Equal micro-batches: the batch mean is the mean of the micro means.
+    grads = jax.tree.map(lambda g: g / k, grads)
+    return (losses.mean(), (state, logits.reshape((b,) + logits.shape[2:]))), grads
 
   def one_step(params, state, buf, lr_ep, idx, ep, j):
     k_a, k_s = jax.random.split(jax.random.fold_in(jax.random.fold_in(k_step, ep), j))
@@ -516,7 +535,7 @@ def _train_traced(key, lr, images, labels, *, task: TrainTask, protocol: Protoco
       x = aug(k_a, x)
     step = ep * steps_per_epoch + j
     batch = StepBatch(x, y, idx, k_s, step, step / total_steps)
-    (loss, (state, logits)), grads = grad_fn(params, state, batch)
+    (loss, (state, logits)), grads = batch_grad(params, state, batch)
     params, buf = _sgd_update(params, grads, buf, lr_ep, protocol.momentum,
                               protocol.weight_decay)
     correct = (jnp.argmax(logits, -1) == hard_labels(y)).sum()
@@ -612,6 +631,22 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str):
 
 
 @functools.lru_cache(maxsize=32)
+def predict_block(protocol: Protocol, n: int, parallel: str) -> int:
+  """Images per prediction block: the protocol's ``test_batch_size`` (at most ``n``),
+  and at most :data:`CPU_MICRO_BATCH` for one-network-at-a-time prediction on CPU,
+  where small blocks keep activations in cache (predictions are per-sample in eval
+  mode, so the block never changes them).
+
+  Example:
+    >>> predict_block(Protocol("p", epochs=1), 100, "vmap")
+    100
+  """
+  block = min(protocol.test_batch_size, n)
+  if parallel == "map" and jax.default_backend() == "cpu":
+    block = min(block, CPU_MICRO_BATCH)
+  return block
+
+
 def _predict_program(task: TrainTask, block: int, parallel: str):
   """Jitted blocked prediction for stacked networks: (M, ...) -> (M, n) classes."""
   def one_model(params, state, blocks):
@@ -1089,7 +1124,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
   if valid is not None:
     flat = jax.tree.map(lambda a: a.reshape((num_lrs * num_models,) + a.shape[2:]),
                         (params, state))
-    block = min(protocol.test_batch_size, valid.images.shape[0])
+    block = predict_block(protocol, valid.images.shape[0], parallel)
     preds = _predict_program(task, block, parallel)(*flat, valid.images)
     scores = getattr(_metrics_for(preds, valid, num_classes, num_bias), select_on)
     valid_scores = np.asarray(scores).reshape(num_lrs, num_models)
@@ -1100,7 +1135,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
     sel = int(np.argmax(valid_scores.mean(axis=1)))
   # Only the selected networks ever see the test set.
   chosen = _slice_tree((params, state), sel)
-  block = min(protocol.test_batch_size, test.images.shape[0])
+  block = predict_block(protocol, test.images.shape[0], parallel)
   preds = _predict_program(task, block, parallel)(*chosen, test.images)
   acc = jax.device_get(_metrics_for(preds, test, num_classes, num_bias))
   metrics = jax.device_get(_slice_tree(metrics, sel))

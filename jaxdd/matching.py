@@ -49,7 +49,8 @@ def _flat_apply(fn: EmbedFn, x: jax.Array, chunk: int | None = None) -> jax.Arra
 
 
 def mean_embeddings(embed_fn: EmbedFn, real: jax.Array, syn: jax.Array, weights: jax.Array,
-                    *, real_chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+                    *, real_chunk: int | None = None,
+                    syn_chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Per-class weighted real mean and plain synthetic mean of the embeddings.
 
   Args:
@@ -59,19 +60,24 @@ def mean_embeddings(embed_fn: EmbedFn, real: jax.Array, syn: jax.Array, weights:
     weights: (C, B) non-negative weights, each row summing to one.
     real_chunk: embed the real images this many at a time (None: all at once).
       Only valid for networks without batch statistics.
+    syn_chunk: the same for the synthetic images (forward and backward run
+      chunk by chunk inside a scan). On CPU only worth it for networks whose
+      convolutions are loop-safe (``jaxdd.models.TorchConv``), see
+      ``jaxdd.models.loop_safe_conv``.
 
   Returns:
     ``(real_mean, syn_mean)``, each (C, d). ``real_mean`` is gradient-free.
   """
   real_feats = jax.lax.stop_gradient(_flat_apply(embed_fn, real, real_chunk))
-  syn_feats = _flat_apply(embed_fn, syn)
+  syn_feats = _flat_apply(embed_fn, syn, syn_chunk)
   real_mean = jnp.einsum("cb,cbd->cd", weights.astype(real_feats.dtype), real_feats)
   return real_mean, syn_feats.mean(axis=1)
 
 
 def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedFn,
             augment: AugmentFn | None = None, weights: jax.Array | None = None,
-            real_chunk: int | None = None) -> jax.Array:
+            real_chunk: int | None = None, syn_chunk: int | None = None,
+            map_classes: bool = True) -> jax.Array:
   """Weighted distribution-matching loss, summed over classes.
 
   Args:
@@ -84,6 +90,12 @@ def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedF
       key, or None for no augmentation.
     weights: (C, B) per-sample weights (rows sum to one), or None for the
       uniform mean (unweighted DM).
+    real_chunk, syn_chunk: embed the real / synthetic images this many at a
+      time (see :func:`mean_embeddings`); the loss is the same.
+    map_classes: augment class by class with ``lax.map`` (default: only the
+      DSA family each class draws is computed) or with ``vmap`` (False: a
+      batched ``lax.switch`` computes every family and selects, several times
+      the work, but it partitions over a class-sharded mesh). Same result.
 
   Returns:
     The scalar loss sum_c ||weighted real mean - synthetic mean||^2.
@@ -106,7 +118,14 @@ def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedF
     raise ValueError(f"weights must have shape {(num_classes, batch)}, got {weights.shape}")
   if augment is not None:
     class_keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_classes))
-    real = jax.vmap(augment)(class_keys, real)
-    syn = jax.vmap(augment)(class_keys, syn)
-  real_mean, syn_mean = mean_embeddings(embed_fn, real, syn, weights, real_chunk=real_chunk)
+    if map_classes:
+      # Each class draws its own DSA family; under vmap, lax.switch would run
+      # (and differentiate) every family for every class and then select.
+      real = jax.lax.map(lambda args: augment(*args), (class_keys, real))
+      syn = jax.lax.map(lambda args: augment(*args), (class_keys, syn))
+    else:
+      real = jax.vmap(augment)(class_keys, real)
+      syn = jax.vmap(augment)(class_keys, syn)
+  real_mean, syn_mean = mean_embeddings(embed_fn, real, syn, weights, real_chunk=real_chunk,
+                                        syn_chunk=syn_chunk)
   return jnp.sum((real_mean - syn_mean) ** 2)

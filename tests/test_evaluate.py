@@ -188,6 +188,26 @@ def test_sgd_schedule_momentum_reset_and_partial_batches_match_numpy(getkey):
   assert abs(float(p2["w"]) - w) > 1e-4
 
 
+def test_micro_batched_gradients_equal_whole_batch_training(getkey, monkeypatch):
+  # Per-sample tasks on CPU split each batch into micro-batches and average their
+  # gradients; the trajectory must equal whole-batch training (float tolerance).
+  from jaxdd import evaluate as ev
+  monkeypatch.setattr(ev, "CPU_MICRO_BATCH", 2)
+  images, labels = separable(getkey(), per_class=6)  # 18 images, batches of 8, 8, 2
+  proto = Protocol("micro-test", epochs=3, batch_size=8, lr=0.05)
+  base = ev.standard_task(TINY)
+  whole = TrainTask("micro-whole", base.init, base.loss, base.predict, per_sample=False)
+  micro = TrainTask("micro-split", base.init, base.loss, base.predict, per_sample=True)
+  key = getkey()
+  p0, _, m0 = _train_single(whole, proto)(key, jnp.float32(proto.lr), images, labels)
+  p1, _, m1 = _train_single(micro, proto)(key, jnp.float32(proto.lr), images, labels)
+  for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(m1.loss, m0.loss, rtol=1e-5)
+  np.testing.assert_array_equal(m1.acc, m0.acc)
+  assert ev.micro_batch_size(8, 2) == 2 and ev.micro_batch_size(18, 4) == 3
+
+
 def test_batchnorm_model_updates_running_stats(getkey):
   images, labels = separable(getkey())
   model = models.ConvNet(num_classes=3, depth=1, width=4, norm="batch")
@@ -295,12 +315,13 @@ def test_bad_inputs_raise_clear_errors(getkey):
 
 # ------------------------------------------------------- the CPU conv workaround
 
-def test_loop_safe_conv_matches_lax_values_and_gradients(getkey):
-  x = jax.random.normal(getkey(), (2, 7, 8, 3))
+@pytest.mark.parametrize("channels", [3, 12])  # matmul + col2im input gradient / conv one
+def test_loop_safe_conv_matches_lax_values_and_gradients(getkey, channels):
+  x = jax.random.normal(getkey(), (2, 7, 8, channels))
   cases = [(3, 1, ((1, 1), (1, 1))), (3, 2, ((0, 0), (0, 0))), (5, 2, ((1, 2), (3, 1))),
-           (1, 1, ((0, 0), (0, 0)))]
+           (1, 1, ((0, 0), (0, 0))), (3, 1, ((2, 0), (0, 3))), (3, 1, ((3, 3), (3, 3)))]
   for k, s, pad in cases:
-    w = jax.random.normal(getkey(), (k, k, 3, 4))
+    w = jax.random.normal(getkey(), (k, k, channels, 4))
 
     def f(conv, x, w, s=s, pad=pad):
       y = conv(x, w, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))

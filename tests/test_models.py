@@ -193,6 +193,29 @@ def test_instance_norm_matches_numpy(getkey):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_instance_norm_gradients_match_autodiff_of_the_formula(getkey):
+  # The hand-written VJP against jax autodiff of the textbook formula.
+  x = jax.random.normal(getkey(), (3, 5, 6, 4)) * 2.0 + 0.5
+  scale = jax.random.normal(getkey(), (4,))
+  bias = jax.random.normal(getkey(), (4,))
+  probe = jax.random.normal(getkey(), x.shape)
+
+  def naive(x, scale, bias):
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=(1, 2), keepdims=True)
+    return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+  want = jax.grad(lambda *a: jnp.sum(jnp.sin(naive(*a)) * probe), (0, 1, 2))(x, scale, bias)
+  got = jax.grad(lambda *a: jnp.sum(jnp.sin(models.instance_norm(*a, 1e-5)) * probe),
+                 (0, 1, 2))(x, scale, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+  # Gradient w.r.t. x of a per-map-invariant loss is orthogonal to constants:
+  # shifting a map does not change the normalised output.
+  dx = jax.grad(lambda x: jnp.sum(models.instance_norm(x, scale, bias, 1e-5) ** 2))(x)
+  np.testing.assert_allclose(dx.sum(axis=(1, 2)), 0.0, atol=1e-4)
+
+
 def test_batchnorm_train_mode_updates_stats(getkey):
   net = models.ConvNet(num_classes=3, depth=1, width=4, norm="batch")
   x = jax.random.normal(getkey(), (4, 8, 8, 3)) + 2.0
