@@ -170,6 +170,11 @@ def test_bad_inputs():
     _distiller(kde_config=distill.KDEConfig(variance=0.0))
   with pytest.raises(ValueError, match="temperature"):
     _distiller(kde_config=distill.KDEConfig(temperature=-1.0))
+  for bad in (0, -3, 2.5, "all", True):
+    with pytest.raises(ValueError, match="real_chunk must be"):
+      _distiller(real_chunk=bad)
+    with pytest.raises(ValueError, match="syn_chunk must be"):
+      _distiller(syn_chunk=bad)
   with pytest.raises(ValueError, match="embeddings"):
     real = distill.real_data(x, y, num_classes=3)
     d = _distiller(kde_config=distill.KDEConfig())

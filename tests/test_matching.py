@@ -88,3 +88,36 @@ def test_chunked_real_embedding_equals_one_call():
   for chunk in (1, 4, 6, 7, 100):  # 4 and 7 are rounded down to divisors of 18
     got = matching.dm_loss(key, syn, real, embed_fn=_net(w), real_chunk=chunk)
     np.testing.assert_allclose(got, full, rtol=1e-5)
+
+
+def test_chunked_synthetic_embedding_equals_one_call_values_and_gradients():
+  rng = np.random.default_rng(2)
+  w = jnp.asarray(rng.normal(size=(3 * 3 * 2, 5)), jnp.float32)
+  real = jnp.asarray(rng.normal(size=(3, 6, 3, 3, 2)), jnp.float32)
+  syn = jnp.asarray(rng.normal(size=(3, 4, 3, 3, 2)), jnp.float32)
+  key = jax.random.key(0)
+  loss = lambda s, **kw: matching.dm_loss(key, s, real, embed_fn=_net(w), **kw)
+  full, g_full = jax.value_and_grad(loss)(syn)
+  for chunk in (1, 3, 4, 5, 100):  # 5 is rounded down to a divisor of 12
+    got, g = jax.value_and_grad(lambda s: loss(s, syn_chunk=chunk, real_chunk=chunk))(syn)
+    np.testing.assert_allclose(got, full, rtol=1e-5)
+    np.testing.assert_allclose(g, g_full, rtol=1e-5, atol=1e-6)
+
+
+def test_per_class_map_equals_vmap_of_the_augmentation():
+  # lax.map over classes (one DSA family per class actually computed) and vmap
+  # (every family computed, then selected) give the same loss and gradient.
+  from jaxdd import augment
+  rng = np.random.default_rng(3)
+  w = jnp.asarray(rng.normal(size=(8 * 8 * 3, 4)), jnp.float32)
+  real = jnp.asarray(rng.normal(size=(4, 6, 8, 8, 3)), jnp.float32)
+  syn = jnp.asarray(rng.normal(size=(4, 2, 8, 8, 3)), jnp.float32)
+  aug = augment.dsa("color_crop_cutout_flip_scale_rotate")
+  for seed in range(3):
+    key = jax.random.key(seed)
+    loss = lambda s, m: matching.dm_loss(key, s, real, embed_fn=_net(w), augment=aug,
+                                         map_classes=m)
+    a, ga = jax.value_and_grad(loss)(syn, True)
+    b, gb = jax.value_and_grad(loss)(syn, False)
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-5)
