@@ -16,7 +16,6 @@ weights (C, B). Images are in the normalised space.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
@@ -34,15 +33,15 @@ def _flat_apply(fn: EmbedFn, x: jax.Array, chunk: int | None = None) -> jax.Arra
   With ``chunk``, the images go through ``fn`` ``chunk`` at a time inside a
   ``lax.map``: the same result for per-sample networks, with activations small
   enough to stay in cache (about 2x faster for the gradient-free real side on
-  the 2-core CPU; see benchmarks/dm_step.py). ``chunk`` is rounded down to a
-  divisor of C*B.
+  the 2-core CPU; see benchmarks/dm_step.py). ``chunk`` is rounded down to the
+  largest divisor of C*B not above it.
   """
   c, b = x.shape[:2]
   flat = x.reshape((c * b,) + x.shape[2:])
   if chunk is None or chunk >= c * b:
     feats = fn(flat)
   else:
-    chunk = math.gcd(c * b, chunk)
+    chunk = max(d for d in range(1, chunk + 1) if (c * b) % d == 0)
     feats = jax.lax.map(fn, flat.reshape((c * b // chunk, chunk) + flat.shape[1:]))
     feats = feats.reshape((c * b,) + feats.shape[2:])
   return feats.reshape((c, b) + feats.shape[1:])

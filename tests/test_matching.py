@@ -78,28 +78,18 @@ def test_bad_shapes():
                      embed_fn=embed, weights=jnp.ones((2, 3)))
 
 
-def test_chunked_real_embedding_equals_one_call():
-  rng = np.random.default_rng(1)
-  w = jnp.asarray(rng.normal(size=(3 * 3 * 2, 5)), jnp.float32)
-  real = jnp.asarray(rng.normal(size=(3, 6, 3, 3, 2)), jnp.float32)
-  syn = jnp.asarray(rng.normal(size=(3, 2, 3, 3, 2)), jnp.float32)
-  key = jax.random.key(0)
-  full = matching.dm_loss(key, syn, real, embed_fn=_net(w))
-  for chunk in (1, 4, 6, 7, 100):  # 4 and 7 are rounded down to divisors of 18
-    got = matching.dm_loss(key, syn, real, embed_fn=_net(w), real_chunk=chunk)
-    np.testing.assert_allclose(got, full, rtol=1e-5)
-
-
-def test_chunked_synthetic_embedding_equals_one_call_values_and_gradients():
+def test_chunked_embeddings_equal_one_call_values_and_gradients():
   rng = np.random.default_rng(2)
   w = jnp.asarray(rng.normal(size=(3 * 3 * 2, 5)), jnp.float32)
-  real = jnp.asarray(rng.normal(size=(3, 6, 3, 3, 2)), jnp.float32)
-  syn = jnp.asarray(rng.normal(size=(3, 4, 3, 3, 2)), jnp.float32)
+  real = jnp.asarray(rng.normal(size=(3, 6, 3, 3, 2)), jnp.float32)  # 18 real images
+  syn = jnp.asarray(rng.normal(size=(3, 4, 3, 3, 2)), jnp.float32)   # 12 synthetic images
   key = jax.random.key(0)
   loss = lambda s, **kw: matching.dm_loss(key, s, real, embed_fn=_net(w), **kw)
   full, g_full = jax.value_and_grad(loss)(syn)
-  for chunk in (1, 3, 4, 5, 100):  # 5 is rounded down to a divisor of 12
-    got, g = jax.value_and_grad(lambda s: loss(s, syn_chunk=chunk, real_chunk=chunk))(syn)
+  # 4, 5 and 7 are rounded down to the largest divisors of 18 / 12 not above them.
+  for chunks in [dict(real_chunk=c) for c in (1, 4, 6, 7, 100)] + [
+      dict(syn_chunk=c) for c in (1, 3, 5, 100)] + [dict(real_chunk=4, syn_chunk=5)]:
+    got, g = jax.value_and_grad(lambda s: loss(s, **chunks))(syn)
     np.testing.assert_allclose(got, full, rtol=1e-5)
     np.testing.assert_allclose(g, g_full, rtol=1e-5, atol=1e-6)
 
