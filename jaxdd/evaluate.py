@@ -630,7 +630,6 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str):
   return jax.jit(many)
 
 
-@functools.lru_cache(maxsize=32)
 def predict_block(protocol: Protocol, n: int, parallel: str) -> int:
   """Images per prediction block: the protocol's ``test_batch_size`` (at most ``n``),
   and at most :data:`CPU_MICRO_BATCH` for one-network-at-a-time prediction on CPU,
@@ -647,6 +646,7 @@ def predict_block(protocol: Protocol, n: int, parallel: str) -> int:
   return block
 
 
+@functools.lru_cache(maxsize=32)
 def _predict_program(task: TrainTask, block: int, parallel: str):
   """Jitted blocked prediction for stacked networks: (M, ...) -> (M, n) classes."""
   def one_model(params, state, blocks):

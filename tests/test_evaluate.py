@@ -206,6 +206,11 @@ def test_micro_batched_gradients_equal_whole_batch_training(getkey, monkeypatch)
   np.testing.assert_allclose(m1.loss, m0.loss, rtol=1e-5)
   np.testing.assert_array_equal(m1.acc, m0.acc)
   assert ev.micro_batch_size(8, 2) == 2 and ev.micro_batch_size(18, 4) == 3
+  # Compiled programs are cached per (task, protocol/block, mode), never rebuilt per call.
+  assert ev._predict_program(base, 4, "map") is ev._predict_program(base, 4, "map")
+  assert _train_single(micro, proto) is _train_single(micro, proto)
+  assert ev.predict_block(proto, 1000, "map") == ev.CPU_MICRO_BATCH  # CPU, one network at a time
+  assert ev.predict_block(proto, 7, "vmap") == 7
 
 
 def test_batchnorm_model_updates_running_stats(getkey):
