@@ -492,6 +492,43 @@ def _train(key: jax.Array, lr: jax.Array, images: jax.Array, labels: jax.Array, 
 
 
 def _train_traced(key, lr, images, labels, *, task: TrainTask, protocol: Protocol):
+  k_init, k_shuffle, k_step = jax.random.split(key, 3)
+  params, state = task.init(k_init, images, labels)
+  return _fit(params, state, images, labels, lr, k_shuffle, k_step, task=task, protocol=protocol)
+
+
+def fit(key: jax.Array, params, state: dict, images: jax.Array, labels: jax.Array, *,
+        task: TrainTask, protocol: Protocol, lr: jax.Array | float | None = None):
+  """Trains given ``params`` for the whole ``protocol`` (traceable; one scan over epochs).
+
+  The trainer of :func:`train_fresh` without the initialisation: evaluation
+  trains fresh networks with it, and gradient matching
+  (:func:`jaxdd.distill.gm`) trains its network on the synthetic set between
+  image updates with it (plain SGD: ``Protocol(momentum=0, weight_decay=0,
+  decay_at=None)``). Call it under jit; on CPU its convolutions are routed
+  through :func:`loop_safe_conv`.
+
+  Args:
+    key: typed key for the per-epoch shuffles and the per-step augmentation.
+    params, state: the network's ``params`` and other collections (see
+      :func:`split_variables`).
+    images, labels: the training set.
+    task: the :class:`TrainTask` (e.g. :func:`standard_task`).
+    protocol: the schedule (``protocol.num_epochs`` epochs of SGD).
+    lr: initial learning rate (default ``protocol.lr``); may be traced.
+
+  Returns:
+    ``(params, state, metrics)`` with per-epoch :class:`TrainMetrics`.
+  """
+  k_shuffle, k_step = jax.random.split(key)
+  lr = protocol.lr if lr is None else lr
+  with loop_safe_convs():
+    return _fit(params, state, images, labels, lr, k_shuffle, k_step, task=task,
+                protocol=protocol)
+
+
+def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTask,
+         protocol: Protocol):
   n = images.shape[0]
   bs = protocol.batch_size
   num_full, rest = divmod(n, bs)
@@ -499,8 +536,6 @@ def _train_traced(key, lr, images, labels, *, task: TrainTask, protocol: Protoco
   total_steps = steps_per_epoch * protocol.num_epochs
   aug = _augment_fn(protocol.augment)
   decay = protocol.decay_epoch
-  k_init, k_shuffle, k_step = jax.random.split(key, 3)
-  params, state = task.init(k_init, images, labels)
   buf = jax.tree.map(jnp.zeros_like, params)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
   micro = (CPU_MICRO_BATCH if task.per_sample and not jax.tree.leaves(state)
@@ -512,21 +547,32 @@ def _train_traced(key, lr, images, labels, *, task: TrainTask, protocol: Protoco
     m = micro_batch_size(b, micro) if micro and b >= 4 * micro else b
     if m == b:
       return grad_fn(params, state, batch)
-    k = b // m
-    split = lambda a: a.reshape((k, m) + a.shape[1:])
+    if 2 * m < micro:
+      # No divisor near the target (e.g. 244 = 4 x 61): chunks of `micro` plus
+      # one remainder chunk, rather than dozens of tiny ones.
+      m = micro
+    k, r = divmod(b, m)
 
-    def body(acc, xs):
-      x, y, idx, c = xs
-      part = StepBatch(x, y, idx, jax.random.fold_in(batch.key, c), batch.step, batch.progress)
-      (l, (_, logits)), g = grad_fn(params, state, part)
+    def part(lo, size, c):
+      sl = lambda a: jax.lax.dynamic_slice_in_dim(a, lo, size)
+      return StepBatch(sl(batch.images), sl(batch.labels), sl(batch.index),
+                       jax.random.fold_in(batch.key, c), batch.step, batch.progress)
+
+    def body(acc, c):
+      (l, (_, logits)), g = grad_fn(params, state, part(c * m, m, c))
       return jax.tree.map(jnp.add, acc, g), (l, logits)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, (losses, logits) = jax.lax.scan(
-        body, zeros, (split(batch.images), split(batch.labels), split(batch.index), jnp.arange(k)))
-    # Equal micro-batches: the batch mean is the mean of the micro means.
-    grads = jax.tree.map(lambda g: g / k, grads)
-    return (losses.mean(), (state, logits.reshape((b,) + logits.shape[2:]))), grads
+    grads, (losses, logits) = jax.lax.scan(body, zeros, jnp.arange(k))
+    logits = logits.reshape((k * m,) + logits.shape[2:])
+    # The batch mean is the size-weighted mean of the chunk means.
+    grads = jax.tree.map(lambda g: g * (m / b), grads)
+    loss = losses.sum() * (m / b)
+    if r:
+      (l, (_, lr_logits)), g = grad_fn(params, state, part(k * m, r, k))
+      grads = jax.tree.map(lambda a, gi: a + gi * (r / b), grads, g)
+      loss, logits = loss + l * (r / b), jnp.concatenate([logits, lr_logits])
+    return (loss, (state, logits)), grads
 
   def one_step(params, state, buf, lr_ep, idx, ep, j):
     k_a, k_s = jax.random.split(jax.random.fold_in(jax.random.fold_in(k_step, ep), j))

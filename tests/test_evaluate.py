@@ -188,13 +188,18 @@ def test_sgd_schedule_momentum_reset_and_partial_batches_match_numpy(getkey):
   assert abs(float(p2["w"]) - w) > 1e-4
 
 
-def test_micro_batched_gradients_equal_whole_batch_training(getkey, monkeypatch):
+@pytest.mark.parametrize("micro,per_class,batch", [
+    (2, 6, 8),    # 18 images, batches of 8, 8, 2: equal micro-batches of 2
+    (6, 9, 26),   # 27 images, batches of 26, 1: no divisor of 26 near 6 -> 4 x 6 + 2
+])
+def test_micro_batched_gradients_equal_whole_batch_training(getkey, monkeypatch, micro,
+                                                            per_class, batch):
   # Per-sample tasks on CPU split each batch into micro-batches and average their
   # gradients; the trajectory must equal whole-batch training (float tolerance).
   from jaxdd import evaluate as ev
-  monkeypatch.setattr(ev, "CPU_MICRO_BATCH", 2)
-  images, labels = separable(getkey(), per_class=6)  # 18 images, batches of 8, 8, 2
-  proto = Protocol("micro-test", epochs=3, batch_size=8, lr=0.05)
+  monkeypatch.setattr(ev, "CPU_MICRO_BATCH", micro)
+  images, labels = separable(getkey(), per_class=per_class)
+  proto = Protocol(f"micro-test-{micro}", epochs=3, batch_size=batch, lr=0.05)
   base = ev.standard_task(TINY)
   whole = TrainTask("micro-whole", base.init, base.loss, base.predict, per_sample=False)
   micro = TrainTask("micro-split", base.init, base.loss, base.predict, per_sample=True)
