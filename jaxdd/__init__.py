@@ -40,7 +40,12 @@ _API = {
     "embed": ("jaxdd.contrastive", "embed"),
     # distillation
     "dm_loss": ("jaxdd.matching", "dm_loss"),
+    "gm_loss": ("jaxdd.matching", "gm_loss"),
+    "gradient_distance": ("jaxdd.matching", "gradient_distance"),
     "dm": ("jaxdd.distill", "dm"),
+    # gradient matching; DSA distillation is jaxdd.distill.dsa (jaxdd.dsa is the augmentation)
+    "gm": ("jaxdd.distill", "gm"),
+    "dc": ("jaxdd.distill", "dc"),
     "Distiller": ("jaxdd.distill", "Distiller"),
     "KDEConfig": ("jaxdd.distill", "KDEConfig"),
     "real_data": ("jaxdd.distill", "real_data"),

@@ -1,6 +1,7 @@
 """Distillation methods as optax-style pairs of pure functions.
 
-``dm(...)`` returns a :class:`Distiller` ``(init, step)``:
+``dm(...)`` (distribution matching), ``dsa(...)`` and ``dc(...)`` (gradient
+matching, see :func:`gm`) return a :class:`Distiller` ``(init, step)``. For DM:
 
 * ``init(key, real)`` -> :class:`DistillState` with the synthetic set (initialised
   from real images of each class, or from noise) and the image optimiser state.
@@ -37,7 +38,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxdd import kde, matching, parallel
+from jaxdd import augment as augment_lib
+from jaxdd import evaluate, kde, matching, parallel
 from jaxdd.models import ConvNet, loop_safe_convs
 from jaxdd.structs import SynSet
 
@@ -360,3 +362,213 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     return Distiller(init_fn, step_fn)
   # init runs once and checks sizes on the host, so only the step is compiled.
   return Distiller(init_fn, jax.jit(step_fn, donate_argnums=0))
+
+
+# ---------------------------------------------------------------------------
+# Gradient matching: DC and DSA
+# ---------------------------------------------------------------------------
+
+# (outer_loop, inner_loop) per IPC, from the DC/DSA reference code's get_loops.
+GM_LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20),
+                                        40: (40, 15), 50: (50, 10)}
+# Real images per class fed through a BatchNorm network before each matching
+# round to refresh its running statistics (the reference's BNSizePC).
+BN_REAL_PER_CLASS = 16
+
+
+def gm_loops(ipc: int, outer_loop: int | None = None,
+             inner_loop: int | None = None) -> tuple[int, int]:
+  """``(outer_loop, inner_loop)``: the given values, else the reference's for ``ipc``.
+
+  Example:
+    >>> gm_loops(10), gm_loops(7, outer_loop=5, inner_loop=20)
+    ((10, 50), (5, 20))
+  """
+  default = GM_LOOPS.get(ipc)
+  if default is None and (outer_loop is None or inner_loop is None):
+    raise ValueError(f"ipc={ipc} has no reference loop counts (defined for IPC "
+                     f"{sorted(GM_LOOPS)}); pass outer_loop= and inner_loop=")
+  outer = default[0] if outer_loop is None else outer_loop
+  inner = default[1] if inner_loop is None else inner_loop
+  for name, v in (("outer_loop", outer), ("inner_loop", inner)):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+  return outer, inner
+
+
+def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
+       strategy: str | None = None, outer_loop: int | None = None,
+       inner_loop: int | None = None, real_per_class: int = 256, lr: float = 0.1,
+       momentum: float = 0.5, syn_tx: optax.GradientTransformation | None = None,
+       lr_net: float = 0.01, net_batch_size: int = 256, init: Literal["real", "noise"] = "real",
+       kde_config: KDEConfig | None = None, mesh: Mesh | None = None,
+       class_axis: str | None = None, batch_axis: str | None = None,
+       real_chunk: int | Literal["auto"] | None = "auto", jit: bool = True) -> Distiller:
+  """Gradient matching (DC / DSA), optionally KDE-reweighted (Cui et al. 2024).
+
+  One ``step`` is one outer iteration of the reference's ``main.py``, compiled
+  as ONE program: a freshly initialised network, then ``outer_loop`` rounds
+  (a ``lax.scan``) of
+
+  1. sample ``real_per_class`` real images per class and their weights
+     (uniform, or KDE as in :func:`dm`);
+  2. one image-optimiser update on :func:`jaxdd.matching.gm_loss` summed over
+     classes (siamese DSA with one draw per class when ``strategy`` is set);
+  3. except after the last round: train the network ``inner_loop`` epochs on
+     the current synthetic set with plain SGD(``lr_net``), batches of
+     ``net_batch_size``, non-siamese DSA with ``strategy`` (none for DC) —
+     with :func:`jaxdd.evaluate.fit`, the trainer of the evaluation.
+
+  Networks with batch statistics (``norm="batch"``) get the reference's
+  treatment: before each round, ``BN_REAL_PER_CLASS`` real images per class
+  update the running statistics, and the matching uses them (eval mode).
+
+  Args:
+    num_classes, ipc: classes and synthetic images per class.
+    model: the network (default ``ConvNet(num_classes)``), freshly initialised
+      at every step.
+    strategy: DSA strategy string (e.g. ``"color_crop_cutout_flip_scale_rotate"``)
+      or None (DC: no augmentation).
+    outer_loop, inner_loop: rounds per step and network epochs per round
+      (default: the reference's per IPC, :data:`GM_LOOPS`).
+    real_per_class: real images per class and round (reference: 256).
+    lr, momentum: SGD on the synthetic images (reference: 0.1, 0.5); the
+      optimiser state persists across steps.
+    syn_tx: optional optax transformation replacing SGD(lr, momentum).
+    lr_net: the network's SGD learning rate in the inner loop (0.01).
+    net_batch_size: the inner loop's batch size (256).
+    init: 'real' or 'noise' (see :func:`dm`).
+    kde_config: None for vanilla DC/DSA, else the KDE weighting.
+    mesh, class_axis, batch_axis: as in :func:`dm`.
+    real_chunk: compute the real gradient this many images at a time
+      (``"auto"``: 32 on CPU, all at once elsewhere; None: all at once);
+      the same value up to float rounding.
+    jit: return a jitted ``step`` (default) or the raw pure function.
+
+  Returns:
+    A :class:`Distiller`. The step's metrics: ``loss`` (the class-summed
+    matching loss, mean over rounds), ``loss_first``/``loss_last`` (first and
+    last round), ``grad_norm`` (last round), ``max_weight``.
+  """
+  if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+    raise ValueError(f"ipc must be an int >= 1, got {ipc!r}")
+  if real_per_class < 1:
+    raise ValueError(f"real_per_class must be >= 1, got {real_per_class}")
+  if init not in ("real", "noise"):
+    raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
+  if not lr_net > 0:
+    raise ValueError(f"lr_net must be > 0, got {lr_net}")
+  if isinstance(net_batch_size, bool) or not isinstance(net_batch_size, int) or net_batch_size < 1:
+    raise ValueError(f"net_batch_size must be a positive int, got {net_batch_size!r}")
+  _check_kde(kde_config)
+  outer, inner = gm_loops(ipc, outer_loop, inner_loop)
+  model = ConvNet(num_classes) if model is None else model
+  cpu = jax.default_backend() == "cpu"
+  real_chunk = _chunk(real_chunk, 32 if cpu else None, "real_chunk")
+  aug = augment_lib.dsa(strategy) if strategy else None
+  inner_protocol = evaluate.Protocol("gm-inner", epochs=inner - 1, lr=lr_net, momentum=0.0,
+                                     weight_decay=0.0, batch_size=net_batch_size, decay_at=None,
+                                     augment=strategy or None)
+  task = evaluate.standard_task(model)
+  # init and the image optimiser are DM's.
+  base = dm(num_classes=num_classes, ipc=ipc, model=model, real_per_class=real_per_class, lr=lr,
+            momentum=momentum, syn_tx=syn_tx, init=init, kde_config=kde_config, mesh=mesh,
+            class_axis=class_axis, batch_axis=batch_axis, jit=False)
+  tx = optax.sgd(lr, momentum=momentum) if syn_tx is None else syn_tx
+  real_spec = P(class_axis, batch_axis)
+  syn_spec = P(class_axis)
+  syn_labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ipc)
+
+  def match(syn_images, params, net_state, key, real: RealData):
+    k_real, k_aug, k_bn = jax.random.split(key, 3)
+    if jax.tree.leaves(net_state):  # BatchNorm: refresh running stats, then match in eval mode
+      bn_rows, _ = sample_per_class(k_bn, real.index, BN_REAL_PER_CLASS)
+      _, net_state = evaluate.apply_train(model, params, net_state,
+                                          real.images[bn_rows.reshape(-1)], k_bn)
+    rows, mask = sample_per_class(k_real, real.index, real_per_class)
+    weights = batch_weights(real, rows, mask, kde_config)
+    real_batch = parallel.constrain(real.images[rows], mesh, real_spec)
+
+    def loss_fn(images):
+      syn_batch = parallel.constrain(
+          images.reshape((num_classes, ipc) + images.shape[1:]), mesh, syn_spec)
+      logits_fn = lambda p, x: model.apply({"params": p, **net_state}, x, train=False)
+      return matching.gm_loss(k_aug, syn_batch, real_batch, params=params, logits_fn=logits_fn,
+                              augment=aug, weights=weights,
+                              real_chunk=real_chunk if not jax.tree.leaves(net_state)
+                              and mesh is None else None,
+                              map_classes=mesh is None)
+
+    loss, grad = jax.value_and_grad(loss_fn)(syn_images)
+    return loss, grad, weights, net_state
+
+  def step_fn(state: DistillState, real: RealData):
+    key = jax.random.fold_in(state.key, state.step)
+    k_net, k_rounds = jax.random.split(key)
+    shape = (1,) + state.syn.images.shape[1:]
+    params, net_state = evaluate.split_variables(
+        model.init(k_net, jnp.zeros(shape, state.syn.images.dtype), train=False))
+
+    def round_fn(carry, r):
+      images, opt_state, params, net_state = carry
+      k_match, k_train = jax.random.split(jax.random.fold_in(k_rounds, r))
+      loss, grad, weights, net_state = match(images, params, net_state, k_match, real)
+      updates, opt_state = tx.update(grad, opt_state, images)
+      images = optax.apply_updates(images, updates)
+
+      def train(args):
+        p, s = args
+        p, s, _ = evaluate.fit(k_train, p, s, jax.lax.stop_gradient(images), syn_labels,
+                               task=task, protocol=inner_protocol)
+        return p, s
+
+      # The reference does not train the network after the last image update.
+      params, net_state = jax.lax.cond(r < outer - 1, train, lambda a: a, (params, net_state))
+      out = (loss, optax.tree.norm(grad), jnp.max(weights))
+      return (images, opt_state, params, net_state), out
+
+    with loop_safe_convs():
+      (images, opt_state, _, _), (losses, grad_norms, max_w) = jax.lax.scan(
+          round_fn, (state.syn.images, state.opt_state, params, net_state), jnp.arange(outer))
+    metrics = {"loss": losses.mean(), "loss_first": losses[0], "loss_last": losses[-1],
+               "grad_norm": grad_norms[-1], "max_weight": jnp.max(max_w)}
+    return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
+                        state.key), metrics
+
+  if not jit:
+    return Distiller(base.init, step_fn)
+  return Distiller(base.init, jax.jit(step_fn, donate_argnums=0))
+
+
+def dsa(*, strategy: str = "color_crop_cutout_flip_scale_rotate", init: Literal["real", "noise"] = "real",
+        **kwargs) -> Distiller:
+  """DSA (Zhao & Bilen 2021): gradient matching with siamese augmentation.
+
+  :func:`gm` with a DSA ``strategy`` (default the reference's
+  ``color_crop_cutout_flip_scale_rotate``) and real initialisation (the
+  reference's DSA command). All other arguments are :func:`gm`'s.
+
+  Example:
+    >>> import jax, numpy as np
+    >>> from jaxdd import distill, models
+    >>> x = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
+    >>> real = distill.real_data(x, np.repeat(np.arange(2), 20), num_classes=2)
+    >>> d = distill.dsa(num_classes=2, ipc=2, model=models.ConvNet(2, depth=1, width=8),
+    ...                 outer_loop=2, inner_loop=1, real_per_class=8, strategy="crop_flip")
+    >>> state, metrics = d.step(d.init(jax.random.key(0), real), real)
+    >>> state.syn.images.shape, int(state.step)
+    ((4, 8, 8, 3), 1)
+  """
+  return gm(strategy=strategy, init=init, **kwargs)
+
+
+def dc(*, init: Literal["real", "noise"] = "noise", **kwargs) -> Distiller:
+  """DC (Zhao et al. 2021): gradient matching without augmentation.
+
+  :func:`gm` with ``strategy=None`` and, as the reference's default, noise
+  initialisation. All other arguments are :func:`gm`'s.
+  """
+  if kwargs.get("strategy"):
+    raise ValueError("dc() uses no augmentation; for a DSA strategy call dsa(strategy=...)")
+  kwargs.pop("strategy", None)
+  return gm(strategy=None, init=init, **kwargs)

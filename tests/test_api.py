@@ -4,7 +4,7 @@ import inspect
 import jaxdd
 
 # functions whose first argument is a PRNG key
-KEYED = {"train_fresh", "evaluate_synset", "train_surrogate", "dm_loss"}
+KEYED = {"train_fresh", "evaluate_synset", "train_surrogate", "dm_loss", "gm_loss"}
 
 
 def test_every_public_name_resolves_and_is_documented():
