@@ -1,4 +1,4 @@
-"""End-to-end runs: biased data -> SupCon surrogate -> KDE weights -> DM -> SynSet -> evaluation.
+"""End-to-end runs: biased data -> SupCon surrogate -> KDE weights -> DM / DSA / DC -> SynSet -> evaluation.
 
 A run lives in a directory::
 
@@ -47,7 +47,8 @@ class RunConfig:
   source: str | None = None
   seed: int = 0
   ipc: int = 50
-  weighting: str = "kde"  # 'none' (vanilla DM) or 'kde' (Cui et al. reweighting)
+  method: str = "dm"  # 'dm' (distribution matching), 'dsa' or 'dc' (gradient matching)
+  weighting: str = "kde"  # 'none' (vanilla method) or 'kde' (Cui et al. reweighting)
   # Chosen by the CMNIST ablation in RESULTS.md (largest DM -> DM+KDE gap).
   kde_variance: float = 0.01
   kde_temperature: float = 0.25
@@ -57,6 +58,11 @@ class RunConfig:
   real_per_class: int = 256
   lr_img: float = 1.0
   momentum: float = 0.5
+  # Gradient matching only (dsa, dc): the network's SGD lr in the inner loop and
+  # the loop counts (None: the reference's per IPC, distill.GM_LOOPS).
+  lr_net: float = 0.01
+  outer_loop: int | None = None
+  inner_loop: int | None = None
   init: str = "real"
   dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
   width: int = 128
@@ -102,18 +108,53 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
+METHODS = ("dm", "dsa", "dc")
+
+# What a preset changes for the gradient-matching methods. 'paper': the DC/DSA
+# reference's settings (1000 outer iterations, lr_img 0.1; DC starts from noise
+# as the reference's default, DSA from real images as its README command).
+# 'cpu': width-32 networks and 64 real images per class like DM's cpu preset,
+# 20 outer iterations (200 image updates at IPC 10).
+METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {"dsa": dict(iterations=1000, lr_img=0.1, eval_protocol="dsa", checkpoint_every=50),
+              "dc": dict(iterations=1000, lr_img=0.1, init="noise", eval_protocol="dc",
+                         checkpoint_every=50)},
+    "cpu": {"dsa": dict(iterations=20, lr_img=0.1, log_every=1, checkpoint_every=5),
+            "dc": dict(iterations=20, lr_img=0.1, init="noise", log_every=1,
+                       checkpoint_every=5)},
+    "smoke": {"dsa": dict(iterations=2, lr_img=0.1, outer_loop=2, inner_loop=2,
+                          checkpoint_every=1),
+              "dc": dict(iterations=2, lr_img=0.1, outer_loop=2, inner_loop=2,
+                         checkpoint_every=1)},
+}
+
+
 def get_config(preset: str = "cpu", **overrides) -> RunConfig:
-  """A preset with some fields overridden (None values are ignored)."""
+  """A preset for a method, with some fields overridden (None values are ignored).
+
+  ``method`` (default ``"dm"``) selects the preset's settings for that method
+  (:data:`METHOD_PRESETS`); every other override wins over both.
+  """
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
   overrides = {k: v for k, v in overrides.items() if v is not None}
-  return PRESETS[preset].replace(**overrides)
+  method = overrides.get("method", PRESETS[preset].method)
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+  base = PRESETS[preset].replace(method=method, **METHOD_PRESETS[preset].get(method, {}))
+  return base.replace(**overrides)
 
 
 def validate(config: RunConfig) -> None:
   """Cheap checks before any work is done, with messages that name the fix."""
+  if config.method not in METHODS:
+    raise ValueError(f"unknown method {config.method!r}; use one of {', '.join(METHODS)}")
   if config.weighting not in ("none", "kde"):
     raise ValueError(f"weighting must be 'none' or 'kde', got {config.weighting!r}")
+  if config.method != "dm":
+    distill.gm_loops(config.ipc, config.outer_loop, config.inner_loop)
+    if not config.lr_net > 0:
+      raise ValueError(f"lr_net must be > 0, got {config.lr_net}")
   if config.iterations < 1:
     raise ValueError(f"iterations must be >= 1, got {config.iterations}")
   if config.ipc < 1:
@@ -225,6 +266,26 @@ def _write_metrics(path: str, rows: list[dict]) -> None:
   synset.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
+def method_name(config: RunConfig) -> str:
+  """``dm``, ``dsa`` or ``dc``, with ``+kde`` for the reweighted variant."""
+  return config.method + ("+kde" if config.weighting == "kde" else "")
+
+
+def make_distiller(config: RunConfig, num_classes: int,
+                   kde_config: distill.KDEConfig | None) -> distill.Distiller:
+  """The :class:`~jaxdd.distill.Distiller` of ``config.method`` with the run's settings."""
+  common = dict(num_classes=num_classes, ipc=config.ipc,
+                model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
+                real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
+                init=config.init, kde_config=kde_config)
+  if config.method == "dm":
+    aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
+    return distill.dm(augment=aug, **common)
+  strategy = config.dsa_strategy if config.method == "dsa" else None
+  return distill.gm(strategy=strategy or None, outer_loop=config.outer_loop,
+                    inner_loop=config.inner_loop, lr_net=config.lr_net, **common)
+
+
 def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                 embeddings: np.ndarray | None, key: jax.Array, *, progress: bool = True,
                 stop_after: int | None = None) -> SynSet:
@@ -249,11 +310,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                            num_classes=nc,
                            embeddings=embeddings if config.kde_scope == "batch" else None,
                            log_density=log_density)
-  aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
-  d = distill.dm(num_classes=nc, ipc=config.ipc,
-                 model=models.ConvNet(nc, depth=config.depth, width=config.width), augment=aug,
-                 real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
-                 init=config.init, kde_config=kde_config)
+  d = make_distiller(config, nc, kde_config)
   state = d.init(key, real)
   mngr = _checkpointer(workdir)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -266,7 +323,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   rows = _read_metrics(metrics_path, start)
   end = config.iterations if stop_after is None else min(config.iterations, start + stop_after)
   bar = tqdm(range(start, end), initial=start, total=config.iterations, disable=not progress,
-             desc=f"DM{'+KDE' if kde_config else ''} ipc={config.ipc}", unit="step")
+             desc=f"{method_name(config).upper()} ipc={config.ipc}", unit="step")
   t0 = time.perf_counter()
   for it in bar:
     state, m = d.step(state, real)
@@ -274,7 +331,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
     if step % config.log_every == 0 or step == config.iterations:
       loss = float(m["loss"])
       if not np.isfinite(loss):
-        raise FloatingPointError(f"the DM loss became {loss} at step {step}; lower lr_img "
+        raise FloatingPointError(f"the {config.method.upper()} loss became {loss} at step {step}; lower lr_img "
                                  f"(now {config.lr_img}) or check the data normalisation")
       rows.append({"step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
                    "max_weight": float(m["max_weight"]), "time_s": time.perf_counter() - t0})
@@ -404,7 +461,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
                                                                 str(config.iterations))):
     return {"stopped_at": stop_after}
   meta = {"dataset": dict(run_data.train.meta), "config": config.to_dict(),
-          "method": "dm+kde" if config.weighting == "kde" else "dm", "ipc": config.ipc,
+          "method": method_name(config), "ipc": config.ipc,
           "preprocessing": "per-channel normalisation with the training set's mean/std",
           "distill_model": models.spec_of(models.ConvNet(run_data.num_classes, depth=config.depth,
                                                          width=config.width)),
@@ -429,20 +486,21 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
 
 def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
               with_baselines: tuple[str, ...] = ()) -> dict:
-  """Vanilla DM and DM+KDE with otherwise identical settings, side by side.
+  """The vanilla method and its KDE-reweighted variant (``config.method``: DM, DSA
+  or DC) with otherwise identical settings, side by side.
 
   ``with_baselines`` (names from :data:`BASELINES`) adds those rows, under the
-  same evaluation protocol; LfF/DFA train on the vanilla DM SynSet.
+  same evaluation protocol; LfF/DFA train on the vanilla method's SynSet.
   """
   results = {}
   for weighting in ("none", "kde"):
     cfg = config.replace(weighting=weighting)
-    name = "dm" if weighting == "none" else "dm+kde"
+    name = method_name(cfg)
     results[name] = run(cfg, os.path.join(workdir, name.replace("+", "_")), progress=progress)
   if with_baselines:
     results.update(run_baselines(config.replace(weighting="none"), os.path.join(workdir, "baselines"),
                                  which=tuple(with_baselines), progress=progress,
-                                 vanilla_synset=os.path.join(workdir, "dm", "synset")))
+                                 vanilla_synset=os.path.join(workdir, config.method, "synset")))
   table = format_comparison(results, config)
   synset.atomic_write_json(os.path.join(workdir, "comparison.json"),
                            {k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()})

@@ -87,3 +87,37 @@ def test_baselines_under_the_same_protocol(tmp_path):
   assert saved["random"]["mean"] == res["random"]["mean"]
   with pytest.raises(ValueError, match="vanilla_synset"):
     pipeline.run_baselines(cfg, str(tmp_path / "c"), which=("dfa",))
+
+
+def test_gradient_matching_run_resumes_and_is_recorded(tmp_path):
+  cfg = _cfg(method="dsa")
+  assert (cfg.method, cfg.lr_img, cfg.outer_loop, cfg.inner_loop) == ("dsa", 0.1, 2, 2)
+  full = pipeline.run(cfg, str(tmp_path / "full"), progress=False)
+  assert pipeline.run(cfg, str(tmp_path / "resumed"), progress=False, stop_after=1) == {
+      "stopped_at": 1}
+  resumed = pipeline.run(cfg, str(tmp_path / "resumed"), progress=False)
+  a, meta = synset.load(str(tmp_path / "full" / "synset"))
+  b, _ = synset.load(str(tmp_path / "resumed" / "synset"))
+  np.testing.assert_array_equal(a.images, b.images)
+  assert resumed["mean"] == full["mean"]
+  assert meta["method"] == "dsa" and meta["config"]["method"] == "dsa"
+  saved = json.load(open(tmp_path / "full" / "config.json"))["config"]
+  assert saved["method"] == "dsa" and saved["lr_net"] == 0.01
+
+
+def test_method_flag_and_its_errors(tmp_path, capsys):
+  assert pipeline.get_config("paper", method="dsa").iterations == 1000
+  assert pipeline.get_config("paper", method="dc").init == "noise"
+  assert pipeline.get_config("cpu", method="dsa", lr_img=0.5).lr_img == 0.5  # user flag wins
+  with pytest.raises(ValueError, match="unknown method"):
+    pipeline.get_config("smoke", method="mtt")
+  with pytest.raises(ValueError, match="outer_loop"):
+    pipeline.validate(pipeline.get_config("smoke", method="dc", ipc=7, outer_loop=None,
+                                          inner_loop=None).replace(outer_loop=None))
+  assert cli.main(["distill", "--preset", "smoke", "--workdir", str(tmp_path / "x"),
+                   "--method", "mtt"]) == 2
+  assert "unknown method" in capsys.readouterr().err
+  work = str(tmp_path / "dc")
+  assert cli.main(["distill", "--preset", "smoke", "--method", "dc", "--weighting", "kde",
+                   "--iterations", "1", "--workdir", work]) == 0
+  assert json.load(open(os.path.join(work, "eval.json")))["method"] == "dc+kde"
