@@ -64,7 +64,7 @@ class RealData(NamedTuple):
 
 
 class KDEConfig(NamedTuple):
-  """How real samples are weighted (SPEC §3).
+  """How real samples are weighted (Cui et al. 2024; docs/protocols.md §1).
 
   ``scope='batch'`` (the paper's default) estimates the density inside each
   sampled real batch of a class, O(B^2 d) per step; ``scope='class'`` uses a

@@ -3,10 +3,10 @@
 Data contract:
 
 * Embeddings are float arrays ``(n, d)`` (the method feeds L2-normalised SupCon
-  projections, SPEC §3, but nothing here assumes unit norm). Computation runs in
+  projections, docs/protocols.md §1, but nothing here assumes unit norm). Computation runs in
   float32 (float64 when the input is float64 and x64 is enabled).
 * The kernel is ``K(z, z') = exp(-||z - z'||^2 / (2 v))`` with ``v`` the kernel
-  variance, exactly SPEC §3's definition: it carries **no normalising constant**
+  variance, exactly the definition of docs/protocols.md §1: it carries **no normalising constant**
   ``c = (2 pi v)^(-d/2)``. With ``power`` normalisation the constant cancels
   (``w ∝ (c f)^(-1/T) ∝ f^(-1/T)``). With ``softmax`` it would not cancel: it
   would rescale ``1/f`` and so act like a different temperature
@@ -22,7 +22,7 @@ Data contract:
   group that has at least one unmasked row; masked rows get weight exactly 0.
   Weights are never NaN or Inf for finite embeddings and any ``v > 0``, ``T > 0``.
 
-Blocked evaluation (STYLE.md §1 neural-tangents, §3 item 7). The pairwise log
+Blocked evaluation. The pairwise log
 kernel is written for one query block against one support block. Query blocks
 are tiled with ``lax.map``; support blocks are folded in with a ``lax.scan``
 carrying a streaming log-sum-exp (running max ``m`` and the sum of
@@ -58,7 +58,7 @@ path by itself when the queries arrive split over a mesh axis (a concrete
 array with such a ``NamedSharding``, or a tracer whose type carries an
 Explicit-axis sharding).
 
-Weights (SPEC §3). With ``f_i`` the mean kernel value over the group of ``i``
+Weights (docs/protocols.md §1). With ``f_i`` the mean kernel value over the group of ``i``
 (self included) and temperature ``T``:
 
 * ``normalize='softmax'``: ``w = softmax((1/f) / T)`` within the group (the
@@ -408,7 +408,7 @@ def log_density(
   Args:
     queries: (q, d) float points to evaluate.
     support: (n, d) float points that define the density.
-    variance: kernel variance ``v > 0`` (SPEC's ``kernel_variance``); the
+    variance: kernel variance ``v > 0`` (the method's kernel variance); the
       bandwidth is ``sqrt(v)``.
     block_size: rows of queries per tile.
     support_block_size: rows of support per tile; defaults to ``block_size``.
@@ -761,7 +761,7 @@ def weights(
   """Bias-aware sample weights: normalised inverse KDE density per group.
 
   ``f_i = mean_j K(z_i, z_j)`` over the unmasked rows ``j`` of the group of
-  ``i`` (self included, SPEC §3), then ``w = N_T(1/f)`` within the group, see
+  ``i`` (self included, docs/protocols.md §1), then ``w = N_T(1/f)`` within the group, see
   :func:`weights_from_log_density`. Rare (isolated) samples get large weights,
   dense clusters small ones.
 

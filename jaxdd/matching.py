@@ -88,7 +88,7 @@ def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedF
 
   Args:
     key: augmentation key; class ``c`` uses ``fold_in(key, c)`` for BOTH its
-      real and synthetic batch (siamese DSA, REFERENCE §4).
+      real and synthetic batch (siamese DSA, as the reference code).
     syn: (C, ipc, H, W, ch) synthetic images (the variable being learned).
     real: (C, B, H, W, ch) real images.
     embed_fn: images -> embeddings, e.g. a random ConvNet's features.

@@ -5,11 +5,11 @@ return_features=True)`` returns ``(features, logits)``, where ``features`` is th
 flattened input of the final linear classifier (the reference's ``embed``).
 
 Initialisation copies PyTorch's defaults, because the DM embedding of a *random*
-network depends on it (REFERENCE-DM-DSA.md §2, §8): every conv/linear weight and
+network depends on it (reference ``networks.py``): every conv/linear weight and
 bias is drawn from U(-1/sqrt(fan_in), +1/sqrt(fan_in)); norm scales start at 1,
 offsets at 0.
 
-The 3x28x28 decision (REFERENCE-DM-DSA.md §2). The reference ConvNet pads the
+The 3x28x28 decision (docs/protocols.md §6). The reference ConvNet pads the
 first conv by 3 for 1-channel input (so MNIST maps are 32x32 -> 2048 features)
 and by 1 otherwise, but sizes its classifier as if every 28-pixel image were
 32x32, which breaks on Colored MNIST (1152 features vs 2048 expected). We keep
@@ -22,7 +22,7 @@ Features are flattened in (H, W, C) order rather than PyTorch's (C, H, W); the
 two differ by a fixed permutation, which changes neither the DM loss (a sum of
 squares) nor the distribution of a randomly initialised classifier.
 
-Cross-architecture zoo (REFERENCE-DM-DSA.md §6, eval pool 'M'): :class:`MLP`,
+Cross-architecture zoo (the reference's evaluation pool 'M'): :class:`MLP`,
 :class:`LeNet`, :class:`AlexNet`, :class:`VGG11` and :class:`ResNet18` follow
 the layer lists of the reference ``networks.py`` (VICO-UoE/DatasetCondensation).
 Where the reference hard-codes a classifier size that only fits 1x28x28 and
