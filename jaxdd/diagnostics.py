@@ -183,9 +183,9 @@ def weight_report(weights: Any, labels: Any, aligned: Any, *, num_classes: int) 
 # ---------------------------------------------------------------------------
 
 
-def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike, *,
-                          title: str = "sample weights") -> str:
-  """Save a PNG histogram of the weights of aligned vs conflicting samples.
+def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike | None = None, *,
+                          title: str = "sample weights"):
+  """Histogram of the weights of aligned vs conflicting samples (a Figure; PNG if ``path``).
 
   Log-spaced bins on a log-scale x axis (weights span orders of magnitude);
   each group's histogram is normalised to its own size (fraction of the group
@@ -197,22 +197,23 @@ def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike, *
   Args:
     weights: (N,) non-negative finite weights.
     aligned: (N,) bool, True = bias-aligned.
-    path: output ``.png`` path (parent directories are created).
+    path: optional output ``.png`` path (parent directories are created).
     title: plot title.
 
   Returns:
-    ``path`` as a string.
+    The :class:`matplotlib.figure.Figure` (the global matplotlib backend is
+    left alone; Jupyter displays the figure).
 
   Example:
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), 'w.png')
-    >>> plot_weight_histogram([0.1, 0.2, 0.9], [True, True, False], path) == path
-    True
+    >>> fig = plot_weight_histogram([0.1, 0.2, 0.9], [True, True, False], path)
+    >>> os.path.exists(path), len(fig.axes)
+    (True, 1)
   """
-  import matplotlib
-  matplotlib.use("Agg", force=False)
-  import matplotlib.pyplot as plt
   import matplotlib.ticker
+
+  from jaxdd import plots
 
   w = np.asarray(weights, np.float64)
   aligned = np.asarray(aligned)
@@ -222,7 +223,6 @@ def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike, *
     raise ValueError(f"aligned must be boolean, got {aligned.dtype}")
   if not np.all(np.isfinite(w)) or np.any(w < 0):
     raise ValueError("weights must be finite and non-negative")
-  path = os.fspath(path)
   positive = w[w > 0]
   if positive.size:
     lo, hi = positive.min(), positive.max()
@@ -231,31 +231,26 @@ def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike, *
     bins = np.geomspace(lo, hi, 41)
   else:
     bins = np.geomspace(1e-3, 1.0, 41)
-  fig, ax = plt.subplots(figsize=(6.4, 4.0))
-  try:
-    for name, sel, colour in (("aligned", aligned, "tab:blue"), ("conflicting", ~aligned, "tab:red")):
-      g = w[sel]
-      if g.size == 0:
-        continue
-      gp = g[g > 0]
-      zeros = g.size - gp.size
-      label = f"{name} (n={g.size}, mean={g.mean():.3g}" + (f", {zeros} zeros)" if zeros else ")")
-      ax.hist(gp, bins=bins, weights=np.full(gp.size, 1.0 / g.size), histtype="stepfilled",
-              alpha=0.45, color=colour, label=label)
-    ax.set_xscale("log")
-    # Minor-tick labels of a log axis spanning < 1 decade collide; keep majors only.
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("weight (log scale)")
-    ax.set_ylabel("fraction of group")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(os.fspath(path), buf.getvalue())
-  finally:
-    plt.close(fig)
-  return path
+  fig = plots.new_figure(figsize=(6.4, 4.0))
+  ax = fig.subplots()
+  for name, sel, colour in (("aligned", aligned, "tab:blue"), ("conflicting", ~aligned, "tab:red")):
+    g = w[sel]
+    if g.size == 0:
+      continue
+    gp = g[g > 0]
+    zeros = g.size - gp.size
+    label = f"{name} (n={g.size}, mean={g.mean():.3g}" + (f", {zeros} zeros)" if zeros else ")")
+    ax.hist(gp, bins=bins, weights=np.full(gp.size, 1.0 / g.size), histtype="stepfilled",
+            alpha=0.45, color=colour, label=label)
+  ax.set_xscale("log")
+  # Minor-tick labels of a log axis spanning < 1 decade collide; keep majors only.
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  ax.set_xlabel("weight (log scale)")
+  ax.set_ylabel("fraction of group")
+  ax.set_title(title)
+  ax.legend()
+  fig.tight_layout()
+  return plots.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------

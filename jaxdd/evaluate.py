@@ -1032,6 +1032,56 @@ class EvalResult:
       lines.append(f"{c:<6}" + "".join(cells))
     return "\n".join(lines)
 
+  def group_means(self) -> np.ndarray:
+    """(classes, bias values) accuracy averaged over models; NaN where the test set has no sample."""
+    if not self.group_table.size:
+      return np.zeros(self.group_counts.shape)
+    return np.nanmean(np.where(self.group_counts[None] > 0, self.group_table, np.nan), axis=0)
+
+  def to_dataframe(self):
+    """Per-metric mean/std (in %) as a ``pandas.DataFrame`` (needs pandas).
+
+    Rows are ``overall``, ``aligned``, ``conflicting``, ``worst_group``; the
+    ``method`` and ``protocol`` columns make frames of several results
+    concatenable.
+    """
+    try:
+      import pandas as pd  # noqa: PLC0415  (optional)
+    except ImportError as e:
+      raise ImportError("EvalResult.to_dataframe needs pandas (pip install pandas); "
+                        "to_dict() and format_table() work without it") from e
+    return pd.DataFrame(
+        {"mean %": [100 * self.mean(m) for m in METRICS],
+         "std %": [100 * self.std(m) for m in METRICS],
+         "method": self.method, "protocol": self.protocol.name, "model": self.model_spec},
+        index=list(METRICS))
+
+  def _repr_html_(self) -> str:
+    """Notebook view: the summary metrics and the per-(class x bias) table."""
+    import html  # noqa: PLC0415
+
+    p = self.protocol
+    head = html.escape(f"{self.method} | {self.model_spec} | protocol {p.name} "
+                       f"({p.num_epochs} epochs) | {self.num_models} models | "
+                       f"train {self.num_train} / test {self.num_test}")
+    rows = "".join(
+        f"<tr><td>{m.replace('_', ' ')}</td><td>{100 * self.mean(m):.2f}</td>"
+        f"<td>{100 * self.std(m):.2f}</td></tr>" if math.isfinite(self.mean(m)) else
+        f"<tr><td>{m.replace('_', ' ')}</td><td>n/a</td><td>n/a</td></tr>" for m in METRICS)
+    table = self.group_means()
+    nb = self.group_counts.shape[1]
+    cells = []
+    for c in range(self.group_counts.shape[0]):
+      tds = "".join("<td>-</td>" if self.group_counts[c, b] == 0 else
+                    f"<td>{100 * table[c, b]:.1f} [{int(self.group_counts[c, b])}]</td>"
+                    for b in range(nb))
+      cells.append(f"<tr><th>{c}</th>{tds}</tr>")
+    return (f"<div><p>{head}</p><table><tr><th>metric</th><th>mean %</th><th>std %</th></tr>"
+            f"{rows}</table><p>per-group accuracy % (rows: class, columns: bias value) "
+            f"[test count]</p><table><tr><th>class</th>"
+            + "".join(f"<th>{b}</th>" for b in range(nb)) + "</tr>" + "".join(cells)
+            + "</table></div>")
+
 
 # ---------------------------------------------------------------------------
 # Validation split and evaluation

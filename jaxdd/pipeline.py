@@ -290,19 +290,22 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
 # ---------------------------------------------------------------------------- plots
 
 
-def plot_synset(syn: SynSet, mean, std, path: str, *, class_names=None, max_per_class: int = 10,
-                title: str = "") -> str:
-  """PNG grid of the synthetic images, one row per class (de-normalised, clipped)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def plot_synset(syn: SynSet, mean, std, path: str | None = None, *, class_names=None,
+                max_per_class: int = 10, title: str = ""):
+  """Grid of the synthetic images, one row per class (de-normalised, clipped).
+
+  Works for any labelled image set in the normalised space (e.g. real samples).
+  Returns the :class:`matplotlib.figure.Figure` and writes a PNG when ``path``
+  is given; the global matplotlib backend is left alone.
+  """
+  from jaxdd import plots
 
   images = np.clip(np.asarray(data.denormalize(syn.images, mean, std)), 0, 1)
   labels = np.asarray(syn.labels)
   classes = np.unique(labels)
   cols = min(max_per_class, max(int((labels == c).sum()) for c in classes))
-  fig, axes = plt.subplots(len(classes), cols, figsize=(cols * 0.8, len(classes) * 0.8),
-                           squeeze=False)
+  fig = plots.new_figure(figsize=(cols * 0.8, len(classes) * 0.8))
+  axes = fig.subplots(len(classes), cols, squeeze=False)
   for r, c in enumerate(classes):
     rows = np.flatnonzero(labels == c)[:cols]
     for j in range(cols):
@@ -315,28 +318,21 @@ def plot_synset(syn: SynSet, mean, std, path: str, *, class_names=None, max_per_
       axes[r, 0].set_title(str(class_names[c]), fontsize=6, loc="left")
   if title:
     fig.suptitle(title, fontsize=8)
-  return _save_fig(fig, path)
+  return plots.save_figure(fig, path)
 
 
-def _save_fig(fig, path: str) -> str:
-  import io
-  import matplotlib.pyplot as plt
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-  plt.close(fig)
-  synset.atomic_write_bytes(path, buf.getvalue())
-  return path
+def plot_accuracy_bars(results: dict[str, dict], path: str | None = None, *, title: str = ""):
+  """Bars of overall / aligned / conflicting / worst-group accuracy per method.
 
-
-def plot_accuracy_bars(results: dict[str, dict], path: str, *, title: str = "") -> str:
-  """Bars of overall / aligned / conflicting / worst-group accuracy per method."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  ``results`` maps a method name to a summary (``{"mean": {...}, "std": {...}}``,
+  as returned by :func:`run`). Returns the Figure; writes a PNG when ``path`` is given.
+  """
+  from jaxdd import plots
 
   metrics = ["overall", "aligned", "conflicting", "worst_group"]
   names = list(results)
-  fig, ax = plt.subplots(figsize=(6, 3))
+  fig = plots.new_figure(figsize=(6, 3))
+  ax = fig.subplots()
   width = 0.8 / max(len(names), 1)
   for i, name in enumerate(names):
     means = [100 * results[name]["mean"][m] for m in metrics]
@@ -348,7 +344,7 @@ def plot_accuracy_bars(results: dict[str, dict], path: str, *, title: str = "") 
   ax.legend(fontsize=7)
   if title:
     ax.set_title(title, fontsize=8)
-  return _save_fig(fig, path)
+  return plots.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- runs
