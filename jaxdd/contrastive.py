@@ -53,7 +53,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
-from tqdm.auto import tqdm
 
 from jaxdd import models
 from jaxdd.synset import sha256_file
@@ -680,8 +679,9 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
   y_dev = jnp.asarray(labels)
   history: dict[str, Any] = {"loss": [], "epoch_seconds": [], "steps_per_epoch": steps,
                              "dropped_per_epoch": n - steps * config.batch_size, "loop": loop}
-  bar = tqdm(range(config.epochs), desc="surrogate", unit="epoch", disable=not progress)
-  for epoch in bar:
+  from jaxdd import progress as progress_lib  # noqa: PLC0415
+  bar = progress_lib.bar(config.epochs, "surrogate (SupCon)", unit="epoch", disable=not progress)
+  for epoch in range(config.epochs):
     t0 = time.perf_counter()
     epoch_arr = jnp.asarray(epoch, jnp.int32)
     if loop == "scan":
@@ -700,6 +700,8 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
                                f"(now {config.learning_rate}) or raise the temperature")
     history["loss"].append(mean_loss)
     bar.set_postfix(loss=f"{mean_loss:.4f}")
+    bar.update(1)
+  bar.close()
   return {"params": state.params, **state.model_state}, history
 
 
