@@ -103,6 +103,18 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
+#: RunConfig field -> its allowed values (the CLI's ``choices``; checked by :func:`validate`).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "weighting": ("none", "kde"),
+    "kde_normalize": ("softmax", "power"),
+    "kde_scope": ("batch", "class"),
+    "init": ("real", "noise"),
+    "surrogate_preset": ("paper", "cpu", "smoke"),
+    "eval_protocol": tuple(evaluate.PROTOCOLS),
+    "dataset": tuple(sorted(data.DATASETS)) if hasattr(data, "DATASETS") else (),
+}
+
+
 def get_config(preset: str = "cpu", **overrides) -> RunConfig:
   """A preset with some fields overridden (None values are ignored)."""
   if preset not in PRESETS:
@@ -113,6 +125,10 @@ def get_config(preset: str = "cpu", **overrides) -> RunConfig:
 
 def validate(config: RunConfig) -> None:
   """Cheap checks before any work is done, with messages that name the fix."""
+  for name, allowed in CHOICES.items():
+    value = getattr(config, name, None)
+    if allowed and value is not None and value not in allowed:
+      raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
   if config.weighting not in ("none", "kde"):
     raise ValueError(f"weighting must be 'none' or 'kde', got {config.weighting!r}")
   if config.iterations < 1:

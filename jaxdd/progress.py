@@ -200,4 +200,3 @@ def setup_logging(quiet: bool = False) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s jaxdd: %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler._jaxdd = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
-  logger.propagate = False

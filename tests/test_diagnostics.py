@@ -239,7 +239,7 @@ def test_diagnose_cli_on_embedded_cmnist(tmp_path):
 
   diagnose = _load_diagnose()
   argv = ["--dataset", "cmnist", "--conflict-ratio", "0.05", "--preset", "smoke", "--epochs", "1",
-          "--no-sweep", "--num-rounds", "2", "--quiet", "--out", str(tmp_path / "diag")]
+          "--no-sweep", "--num-rounds", "2", "--quiet", "--workdir", str(tmp_path / "diag")]
   report = diagnose.main(argv)
   with open(tmp_path / "diag" / "report.json") as f:
     on_disk = json.load(f)
