@@ -32,6 +32,8 @@ import os
 import sys
 from typing import Sequence
 
+from jaxdd import progress
+
 
 def enable_compile_cache(path: str | None = None, *, min_compile_time_secs: float = 1.0) -> str:
   """Turns on JAX's persistent compilation cache (the CLI does this unless told not to).
@@ -326,12 +328,14 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   return parser
 
 
-def _setup(quiet: bool, no_compile_cache: bool) -> None:
-  from jaxdd import progress
+def _setup(quiet: bool, no_compile_cache: bool) -> bool:
+  """Logging, --quiet and the compilation cache; returns the previous quiet state."""
+  was_quiet = progress.is_quiet()
   progress.setup_logging(quiet)
   if not no_compile_cache and os.environ.get("JAXDD_COMPILE_CACHE", "1").lower() not in (
       "0", "false", "no", "off"):
     enable_compile_cache()
+  return was_quiet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -339,21 +343,25 @@ def main(argv: Sequence[str] | None = None) -> int:
   if argv[:1] == ["diagnose"]:  # its own parser (jaxdd.diagnose)
     from jaxdd import diagnose
     args = diagnose.build_parser().parse_args(argv[1:])
-    _setup(args.quiet, args.no_compile_cache)
+    was_quiet = _setup(args.quiet, args.no_compile_cache)
     try:
       diagnose.main(argv[1:])
     except (ValueError, FileNotFoundError) as e:
       print(f"jaxdd diagnose: error: {e}", file=sys.stderr)
       return 2
+    finally:
+      progress.set_quiet(was_quiet)
     return 0
   parser = build_parser(_preset_in(argv))
   args = parser.parse_args(argv)
-  _setup(args.quiet, args.no_compile_cache)
+  was_quiet = _setup(args.quiet, args.no_compile_cache)
   try:
     return args.fn(args)
   except (ValueError, FileNotFoundError) as e:
     print(f"jaxdd {args.command}: error: {e}", file=sys.stderr)
     return 2
+  finally:
+    progress.set_quiet(was_quiet)  # main() called from Python leaves no global state behind
 
 
 if __name__ == "__main__":
