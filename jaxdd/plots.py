@@ -30,8 +30,25 @@ def new_figure(**kwargs: Any):
   Returns:
     The figure; it is garbage-collected like any object (no ``plt.close``).
   """
-  from matplotlib.figure import Figure
-  return Figure(**kwargs)
+  return _figure_class()(**kwargs)
+
+
+_FIGURE_CLASS = None
+
+
+def _figure_class():
+  """A Figure subclass that renders itself in Jupyter (``_repr_png_``) even when
+  no matplotlib backend was set up there (we never import ``pyplot``)."""
+  global _FIGURE_CLASS
+  if _FIGURE_CLASS is None:
+    from matplotlib.figure import Figure
+
+    class JaxddFigure(Figure):
+      def _repr_png_(self) -> bytes:
+        return png_bytes(self)
+
+    _FIGURE_CLASS = JaxddFigure
+  return _FIGURE_CLASS
 
 
 def png_bytes(fig, *, dpi: int = 100) -> bytes:
