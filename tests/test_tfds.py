@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
+tfds = pytest.importorskip("tensorflow_datasets")
 
 from jaxdd import data
 from jaxdd.data import tfds_builders as tb
