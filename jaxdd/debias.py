@@ -1,6 +1,6 @@
 """Post-distillation debiasing baselines: LfF and DFA trained on a SynSet.
 
-Cui et al. (PAPER-PROTOCOLS.md §5.1) compare their reweighted distillation
+Cui et al. (docs/protocols.md) compare their reweighted distillation
 with "a state-of-the-art debiasing method applied on the same synthetic set":
 the evaluation networks are trained on a *vanilla* distilled set with a
 debiasing method that needs no bias labels. This module provides two such

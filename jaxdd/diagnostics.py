@@ -1,7 +1,7 @@
 """Diagnostics of the bias-aware weights: do bias-conflicting samples get more weight?
 
 The method works only if the normalised inverse KDE density puts *more* weight
-on bias-conflicting samples than on bias-aligned ones (PAPER-PROTOCOLS.md §2.1:
+on bias-conflicting samples than on bias-aligned ones (docs/protocols.md:
 "samples in low-density regions get higher weights"). This module measures
 that with the ground-truth ``aligned`` flags that the method itself never reads.
 
@@ -16,7 +16,7 @@ Data contract:
     (e.g. an AUROC for a class without conflicting samples) is ``None`` so the
     dict is valid JSON as is.
 
-Two scopes of weights (SPEC §3):
+Two scopes of weights (docs/protocols.md):
   * :func:`class_scope_weights`: the KDE over the whole class, once.
   * :func:`batch_scope_weights`: the paper's default, the KDE inside each
     sampled real batch of one class (as DM samples its real batches), averaged
@@ -395,7 +395,7 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
 
   DM draws, every iteration, ``batch_size`` real images per class and (with
   the reweighting) estimates the density only inside that batch (facts box
-  (a) of PAPER-PROTOCOLS.md). A sample's weight therefore depends on the batch
+  (a) of docs/protocols.md). A sample's weight therefore depends on the batch
   it lands in. To summarise it with one number per sample we draw
   ``num_rounds`` rounds of batches with :func:`batch_plan`, compute the
   in-batch weights (summing to 1 over each batch) with ``jaxdd.kde.weights``,

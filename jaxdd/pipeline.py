@@ -15,7 +15,7 @@ Every file is written atomically. A killed run started again with the same
 config resumes from its last checkpoint; because the step key is
 ``fold_in(key, step)``, it ends with exactly the result of an uninterrupted run.
 
-Presets (SPEC §5): ``paper`` (published hyperparameters, for an accelerator),
+Presets (docs/protocols.md): ``paper`` (published hyperparameters, for an accelerator),
 ``cpu`` (one DM vs DM+KDE comparison in minutes on 2 CPU cores) and ``smoke``
 (seconds, for tests).
 """
@@ -87,7 +87,7 @@ class RunConfig:
 
 
 PRESETS: dict[str, RunConfig] = {
-    # DM's published settings (REFERENCE-DM-DSA.md §3) with the reweighting on.
+    # DM's published settings (docs/protocols.md) with the reweighting on.
     "paper": RunConfig(),
     # One DM vs DM+KDE comparison on the embedded CMNIST in minutes on 2 cores:
     # width-32 random nets, 64 real images per class, 300 steps at lr_img 10
@@ -556,7 +556,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   * ``random``: ``ipc`` random real images per class;
   * ``herding`` / ``kcenter``: selection on the SupCon surrogate's embeddings;
   * ``lff`` / ``dfa``: post-distillation debiasing (LfF, DFA) trained on the
-    *vanilla* DM SynSet at ``vanilla_synset`` (PAPER-PROTOCOLS.md §5.1);
+    *vanilla* DM SynSet at ``vanilla_synset`` (docs/protocols.md);
   * ``full``: the whole biased training set (upper reference), with the
     protocol's epochs capped at ``full_epochs`` because every epoch is a pass
     over all training images.

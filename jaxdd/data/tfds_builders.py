@@ -22,7 +22,7 @@ combination is created by :func:`prepare`. Once prepared, every config loads
 with ``tfds.data_source("jaxdd_cmnist/<config>", data_dir=..., split=...)``
 (TFDS reads unregistered configs from the files).
 
-Requirements (ENV.md §2): ``tensorflow-datasets``, ``array-record`` and
+Requirements (the `tfds` extra): ``tensorflow-datasets``, ``array-record`` and
 ``importlib_resources``; no TensorFlow.
 """
 from __future__ import annotations
