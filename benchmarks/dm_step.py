@@ -1,10 +1,10 @@
 """Seconds per DM step (median after compile), peak memory and achieved GFLOP/s.
 
-The reference configuration of REFERENCE-DM-DSA.md: 10 classes of 3x28x28, 256
+The reference configuration of docs/protocols.md: 10 classes of 3x28x28, 256
 real images per class, DSA 'color_crop_cutout_flip_scale_rotate' on, ConvNet-3
 width 128 instance norm, IPC 10 and 50. The PyTorch reference takes 2.89 / 2.66 s
 per step as shipped and 1.54 / 2.15 s with a tuned allocator on the 2-core
-development CPU (BASELINES.md).
+development CPU (RESULTS.md).
 
 Each configuration runs in its own subprocess (so peak RSS is its own), and
 prints one JSON line. Usage:

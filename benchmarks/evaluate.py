@@ -17,7 +17,7 @@ Each (ipc, protocol, mode) runs in its own subprocess, so ``ru_maxrss`` is that
 configuration's peak; it prints one JSON line with compile and run seconds,
 the per-model cost, and the peak RSS. A final line per (ipc, protocol) gives
 the speed-ups relative to ``sequential``. The reference PyTorch evaluation
-(REFERENCE-DM-DSA.md) trains its networks one after another.
+(docs/protocols.md) trains its networks one after another.
 
 Usage:
 

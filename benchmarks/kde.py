@@ -6,7 +6,7 @@ Measures, on N x d unit-sphere embeddings (the data set shared with
 * ``kde.log_density``: ``jaxdd.kde.log_density(x, x, variance=v)`` over a
   whole class (default N = 6,000 and 60,000, d = 128, v = 0.1): the
   ``scope='class'`` precomputation. Blocked with a streaming log-sum-exp, so
-  memory is O(block x support_block) (BASELINES.md / ENV.md §5 give numpy
+  memory is O(block x support_block) (numpy
   0.20 s / 31 s and a 2000-row ``lax.map`` 30 s at N = 60,000 for reference).
 * ``kde.weights_batch``: ``jaxdd.kde.weights`` on one sampled batch
   (default 256 x 128, ``scope='batch'``), jitted, and ``kde.weights_classes``:

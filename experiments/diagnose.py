@@ -2,7 +2,7 @@
 
 Same as ``jaxdd diagnose``; kept here as the experiment entry point:
 
-  python experiments/diagnose.py --dataset cmnist --conflict-ratio 0.05 --preset cpu --out runs/diag
+  python experiments/diagnose.py --dataset cmnist --conflict-ratio 0.05 --preset cpu --workdir runs/diag
 
 The implementation lives in :mod:`jaxdd.diagnose` so that the installed
 ``jaxdd`` command can run it too.

@@ -1,12 +1,12 @@
 """Differentiable Siamese Augmentation (DSA) as pure functions on NHWC batches.
 
 Data contract: ``images`` is a float (N, H, W, C) batch, usually in the
-*normalised* space of the dataset (REFERENCE-DM-DSA.md §1), so "fill with 0"
+*normalised* space of the dataset (docs/protocols.md), so "fill with 0"
 means "fill with the mean colour". Outputs have the input's shape and dtype and
 are never clipped, so ops can be chained. Every op is differentiable with
 respect to ``images``; the augmentation parameters are not differentiated.
 
-Two kinds of function (the dm-pix pattern, STYLE.md §1):
+Two kinds of function (the dm-pix pattern):
 
 - deterministic ops take the parameter explicitly:
   :func:`brightness_with`, :func:`saturation_with`, :func:`contrast_with`,
@@ -20,7 +20,7 @@ Two kinds of function (the dm-pix pattern, STYLE.md §1):
 
 Because the parameters do not depend on the batch size, **the same key gives
 the same transform** to a real batch of 256 and a synthetic batch of 10: this is
-DSA's siamese mode (REFERENCE-DM-DSA.md §4), without the reference's
+DSA's siamese mode (docs/protocols.md), without the reference's
 wall-clock seeds and ``latestseed`` counter. For per-image parameters (the
 reference's non-siamese mode, used when training networks) vmap over per-image
 keys: ``jax.vmap(lambda k, x: op(k, x[None])[0])(jax.random.split(key, n),
@@ -72,7 +72,7 @@ DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
 class DSAParams(NamedTuple):
-  """The reference's ``ParamDiffAug`` defaults (REFERENCE-DM-DSA.md §4).
+  """The reference's ``ParamDiffAug`` defaults (docs/protocols.md).
 
   Attributes:
     prob_flip: probability of a horizontal flip.

@@ -10,15 +10,18 @@ Subcommands:
   report      print the tables of finished runs
   diagnose    train/load the SupCon surrogate and report how the KDE weights find the bias
 
-Every long loop shows a progress bar; every output file is written atomically.
+Every long phase reports progress (a bar on a terminal, periodic log lines with rate and ETA
+otherwise; --quiet turns both off); every output file is written atomically; a refused command
+writes nothing. XLA programs are cached on disk under $JAXDD_CACHE/xla (default
+~/.cache/jaxdd/xla; --no-compile-cache or JAXDD_COMPILE_CACHE=0 turns it off).
 Examples:
 
   jaxdd data cmnist --conflict-ratio 0.05
   jaxdd reproduce --preset cpu --workdir runs/cmnist-5pct
   jaxdd distill --preset paper --ipc 50 --weighting kde --workdir runs/paper-kde
-  jaxdd evaluate runs/cmnist-5pct/dm_kde/synset --protocol cpu --num-models 5
+  jaxdd evaluate runs/cmnist-5pct/dm_kde/synset          # protocol and model of the artifact
   jaxdd report runs/cmnist-5pct
-  jaxdd diagnose --dataset cmnist --conflict-ratio 0.05 --preset cpu --out runs/diag
+  jaxdd diagnose --dataset cmnist --conflict-ratio 0.05 --preset cpu --workdir runs/diag
 """
 from __future__ import annotations
 
@@ -29,22 +32,78 @@ import os
 import sys
 from typing import Sequence
 
+from jaxdd import progress
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
-  from jaxdd.pipeline import PRESETS, RunConfig
+
+def enable_compile_cache(path: str | None = None, *, min_compile_time_secs: float = 1.0) -> str:
+  """Turns on JAX's persistent compilation cache (the CLI does this unless told not to).
+
+  Args:
+    path: cache folder (default ``$JAXDD_CACHE/xla``, i.e. ``~/.cache/jaxdd/xla``).
+    min_compile_time_secs: only programs that took at least this long to
+      compile are stored.
+
+  Returns:
+    The folder used.
+  """
+  import jax
+  if path is None:
+    root = os.environ.get("JAXDD_CACHE") or os.path.join("~", ".cache", "jaxdd")
+    path = os.path.join(os.path.expanduser(root), "xla")
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
+  return path
+
+
+def _help_default(value) -> str:
+  return "none" if value is None else str(value)
+
+
+def _add_common_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--quiet", action="store_true", help="no progress bars or progress log lines")
+  p.add_argument("--no-compile-cache", action="store_true",
+                 help="do not use JAX's persistent compilation cache ($JAXDD_CACHE/xla)")
+
+
+def _add_run_flags(p: argparse.ArgumentParser, preset: str, *,
+                   exclude: tuple[str, ...] = ()) -> None:
+  from jaxdd.pipeline import CHOICES, PRESETS, RunConfig
   p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                  help="scale: paper (published settings, accelerator), cpu (minutes on 2 cores), "
-                      "smoke (seconds). Default: cpu")
-  p.add_argument("--workdir", required=True, help="run directory (created; resumed if it exists)")
+                      "smoke (seconds). Default: cpu. The defaults shown below are this "
+                      f"preset's ({preset}); pass --preset before --help to see another's")
+  p.add_argument("--workdir", default=None,
+                 help="run directory (created; resumed if it exists); required unless --print-config")
+  p.add_argument("--print-config", action="store_true",
+                 help="print the resolved config as JSON and exit (nothing is run or written)")
+  defaults = PRESETS[preset]
   for f in dataclasses.fields(RunConfig):
-    if f.name == "preset":
+    if f.name == "preset" or f.name in exclude:
       continue
     flag = "--" + f.name.replace("_", "-")
-    typ = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], None)
-    if typ is None:  # Optional fields
-      typ = int if f.name == "severity" else str
-    p.add_argument(flag, dest=f.name, type=typ, default=None,
-                   help=f"override the preset's {f.name} (paper default: {f.default})")
+    default = getattr(defaults, f.name)
+    kind = str(f.type)
+    if "int" in kind and "str" not in kind:
+      typ = int
+    elif "float" in kind:
+      typ = float
+    else:
+      typ = str
+    choices = CHOICES.get(f.name) or None
+    p.add_argument(flag, dest=f.name, type=typ, default=None, choices=choices,
+                   metavar=None if choices else f.name.upper(),
+                   help=f"default ({preset} preset): {_help_default(default)}")
+
+
+def _preset_in(argv: Sequence[str]) -> str:
+  """The --preset value in argv (for the help text), else the default."""
+  from jaxdd.pipeline import PRESETS
+  for i, a in enumerate(argv):
+    value = argv[i + 1] if a == "--preset" and i + 1 < len(argv) else (
+        a.split("=", 1)[1] if a.startswith("--preset=") else None)
+    if value in PRESETS:
+      return value
+  return "cpu"
 
 
 def _config(args):
@@ -54,9 +113,22 @@ def _config(args):
   return get_config(args.preset, **overrides)
 
 
+def _need_workdir(args) -> None:
+  if not args.workdir:
+    raise ValueError("--workdir is required (the run directory)")
+
+
+def _print_config(cfg) -> int:
+  print(json.dumps({"config": cfg.to_dict(), "digest": cfg.digest()}, indent=2, sort_keys=True))
+  return 0
+
+
 def cmd_data(args) -> int:
   from jaxdd import data
   if args.tfds_dir:
+    import importlib.util
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+      raise ValueError("--tfds-dir needs TensorFlow Datasets: pip install 'jaxdd[tfds]'")
     path = data.prepare_tfds(args.name, data_dir=args.tfds_dir, conflict_ratio=args.conflict_ratio,
                              severity=args.severity, seed=args.seed)
     print(f"prepared TFDS builder for {args.name} in {args.tfds_dir}: {path}")
@@ -73,7 +145,11 @@ def cmd_data(args) -> int:
 def cmd_distill(args) -> int:
   from jaxdd import pipeline
   cfg = _config(args)
-  pipeline.run(cfg, args.workdir)
+  if args.print_config:
+    pipeline.validate(cfg)
+    return _print_config(cfg)
+  _need_workdir(args)
+  pipeline.run(cfg, args.workdir, progress=not args.quiet)
   print(f"run directory: {args.workdir}")
   return 0
 
@@ -81,8 +157,15 @@ def cmd_distill(args) -> int:
 def cmd_reproduce(args) -> int:
   from jaxdd import pipeline
   cfg = _config(args)
+  if args.print_config:
+    pipeline.validate(cfg)
+    return _print_config(cfg)
+  _need_workdir(args)
   which = tuple(args.with_baselines.split(",")) if args.with_baselines else ()
-  pipeline.reproduce(cfg, args.workdir, with_baselines=which)
+  unknown = set(which) - set(pipeline.BASELINES)
+  if unknown:
+    raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {pipeline.BASELINES}")
+  pipeline.reproduce(cfg, args.workdir, with_baselines=which, progress=not args.quiet)
   print(f"run directory: {args.workdir} (comparison.md, plots/accuracy.png)")
   return 0
 
@@ -90,9 +173,21 @@ def cmd_reproduce(args) -> int:
 def cmd_baselines(args) -> int:
   from jaxdd import pipeline
   cfg = _config(args)
-  which = tuple(args.which.split(",")) if args.which else pipeline.BASELINES
+  if args.print_config:
+    pipeline.validate(cfg)
+    return _print_config(cfg)
+  _need_workdir(args)
+  if args.which:
+    which = tuple(w.strip() for w in args.which.split(",") if w.strip())
+    if {"lff", "dfa"} & set(which) and args.vanilla_synset is None:
+      raise ValueError("lff and dfa train on a vanilla DM SynSet: pass --vanilla-synset DIR, the "
+                       "synset/ directory of a vanilla run (e.g. runs/x/dm/synset from `jaxdd "
+                       "reproduce`, or `jaxdd distill --weighting none --workdir D` gives D/synset)")
+  else:  # everything that needs no other run, plus lff/dfa when a vanilla SynSet is given
+    which = tuple(b for b in pipeline.BASELINES
+                  if args.vanilla_synset is not None or b not in ("lff", "dfa"))
   results = pipeline.run_baselines(cfg, args.workdir, which=which,
-                                   vanilla_synset=args.vanilla_synset)
+                                   vanilla_synset=args.vanilla_synset, progress=not args.quiet)
   print(pipeline.format_comparison(results, cfg))
   return 0
 
@@ -106,19 +201,25 @@ def cmd_evaluate(args) -> int:
 
   syn, meta = synset.load(args.synset)
   ds_meta = meta.get("dataset", {})
+  run_cfg = meta.get("config", {})
   name = args.dataset or ds_meta.get("name")
   if name is None:
     raise ValueError("the artifact does not name its dataset; pass --dataset and --conflict-ratio")
   ratio = args.conflict_ratio if args.conflict_ratio is not None else ds_meta.get("ratio")
+  # The protocol, model and number of networks recorded in the artifact, unless overridden.
+  protocol = args.protocol or meta.get("eval_protocol") or run_cfg.get("eval_protocol") or "dm"
+  model_spec = args.model or run_cfg.get("eval_model") or "convnet"
+  num_models = args.num_models or run_cfg.get("num_eval_models") or 5
+  evaluate.get_protocol(protocol)
   test = data.load(name, split="test", conflict_ratio=ratio, severity=ds_meta.get("severity"),
                    seed=ds_meta.get("seed", 0), source=args.source)
   images = data.normalize(test.images, meta["mean"], meta["std"])
   batch = Batch(jnp.asarray(images), jnp.asarray(test.labels), jnp.asarray(test.bias),
                 jnp.asarray(test.aligned))
-  model = models.get(args.model, num_classes=test.num_classes)
+  model = models.get(model_spec, num_classes=test.num_classes)
   result = evaluate.evaluate(jax.random.key(args.seed), syn._replace(
       images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels)), batch, model=model,
-      protocol=args.protocol, num_models=args.num_models)
+      protocol=protocol, num_models=num_models, progress=not args.quiet)
   print(result.format_table())
   if args.out:
     synset.atomic_write_json(args.out, result.to_dict())
@@ -148,52 +249,74 @@ def cmd_report(args) -> int:
   return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _version() -> str:
+  from jaxdd import __version__
+  return __version__
+
+
+def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
+  """The ``jaxdd`` parser; ``preset`` chooses whose defaults the help text shows."""
+  from jaxdd import evaluate
+  from jaxdd.data import biased
   parser = argparse.ArgumentParser(prog="jaxdd", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--version", action="version", version=f"jaxdd {_version()}")
   sub = parser.add_subparsers(dest="command", required=True)
 
   p = sub.add_parser("data", help="build a biased dataset split and print its card")
-  p.add_argument("name", help="cmnist, bg_fmnist, cifar10c, cifar10c_type1, bffhq, cmnist_dd, ccifar10_dd")
+  p.add_argument("name", choices=sorted(biased.DATASETS), metavar="name",
+                 help="one of: " + ", ".join(sorted(biased.DATASETS)))
   p.add_argument("--split", default="train", choices=["train", "valid", "test"])
   p.add_argument("--conflict-ratio", type=float, required=True,
                  help="fraction of bias-conflicting samples (the ALIGNED fraction for *_dd sets)")
-  p.add_argument("--severity", type=int, default=None)
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--severity", type=int, default=None, help="default: the dataset's")
+  p.add_argument("--seed", type=int, default=0, help="default: 0")
   p.add_argument("--source", default=None, help="IDX directory, .npz file, image folder or 'tfds'")
   p.add_argument("--save-card", default=None, help="write the dataset card as JSON here")
-  p.add_argument("--tfds-dir", default=None, help="prepare the TFDS (array_record) builder here")
+  p.add_argument("--tfds-dir", default=None,
+                 help="prepare the TFDS (array_record) builder here (needs jaxdd[tfds])")
+  _add_common_flags(p)
   p.set_defaults(fn=cmd_data)
 
   p = sub.add_parser("distill", help="one run: surrogate, KDE weights, DM, SynSet, evaluation")
-  _add_run_flags(p)
+  _add_run_flags(p, preset)
+  _add_common_flags(p)
   p.set_defaults(fn=cmd_distill)
 
   p = sub.add_parser("reproduce", help="vanilla DM vs DM+KDE, same settings (the main job)")
-  _add_run_flags(p)
+  # reproduce runs both weightings itself: --weighting would be ignored, so it is not accepted
+  _add_run_flags(p, preset, exclude=("weighting",))
   p.add_argument("--with-baselines", default=None,
                  help="also run these baselines, e.g. random,herding,kcenter,lff,dfa,full")
+  _add_common_flags(p)
   p.set_defaults(fn=cmd_reproduce)
 
   p = sub.add_parser("baselines", help="random / herding / k-center / LfF / DFA / full-set "
                                        "baselines under the same protocol")
-  _add_run_flags(p)
+  _add_run_flags(p, preset, exclude=("weighting",))
   p.add_argument("--which", default=None,
-                 help="comma-separated subset of random,herding,kcenter,lff,dfa,full (default all)")
+                 help="comma-separated subset of random,herding,kcenter,lff,dfa,full (default: "
+                      "random,herding,kcenter,full, plus lff,dfa when --vanilla-synset is given)")
   p.add_argument("--vanilla-synset", default=None,
-                 help="SynSet of a vanilla DM run (needed by lff/dfa)")
+                 help="synset/ directory of a vanilla DM run (lff and dfa train on it)")
+  _add_common_flags(p)
   p.set_defaults(fn=cmd_baselines)
 
   p = sub.add_parser("evaluate", help="evaluate a saved SynSet on its dataset's test split")
   p.add_argument("synset", help="SynSet artifact directory")
-  p.add_argument("--protocol", default="dm", help="dm, dsa, dc, cpu or smoke (default dm)")
-  p.add_argument("--model", default="convnet", help="architecture spec, e.g. convnet, resnet18")
-  p.add_argument("--num-models", type=int, default=5)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--dataset", default=None)
-  p.add_argument("--conflict-ratio", type=float, default=None)
-  p.add_argument("--source", default=None)
+  p.add_argument("--protocol", default=None, choices=tuple(evaluate.PROTOCOLS),
+                 help="default: the protocol recorded in the artifact")
+  p.add_argument("--model", default=None,
+                 help="architecture spec, e.g. convnet, resnet18 (default: the artifact's)")
+  p.add_argument("--num-models", type=int, default=None,
+                 help="networks to train (default: the artifact's run setting, else 5)")
+  p.add_argument("--seed", type=int, default=0, help="default: 0")
+  p.add_argument("--dataset", default=None, choices=sorted(biased.DATASETS),
+                 help="default: the artifact's")
+  p.add_argument("--conflict-ratio", type=float, default=None, help="default: the artifact's")
+  p.add_argument("--source", default=None, help="default: the dataset's offline default")
   p.add_argument("--out", default=None, help="write the result JSON here")
+  _add_common_flags(p)
   p.set_defaults(fn=cmd_evaluate)
 
   sub.add_parser("diagnose", add_help=False,
@@ -201,27 +324,44 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("report", help="print the tables of finished runs under a directory")
   p.add_argument("path")
-  p.set_defaults(fn=cmd_report)
+  p.set_defaults(fn=cmd_report, quiet=False, no_compile_cache=True)
   return parser
+
+
+def _setup(quiet: bool, no_compile_cache: bool) -> bool:
+  """Logging, --quiet and the compilation cache; returns the previous quiet state."""
+  was_quiet = progress.is_quiet()
+  progress.setup_logging(quiet)
+  if not no_compile_cache and os.environ.get("JAXDD_COMPILE_CACHE", "1").lower() not in (
+      "0", "false", "no", "off"):
+    enable_compile_cache()
+  return was_quiet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv[:1] == ["diagnose"]:  # its own parser (jaxdd.diagnose)
     from jaxdd import diagnose
+    args = diagnose.build_parser().parse_args(argv[1:])
+    was_quiet = _setup(args.quiet, args.no_compile_cache)
     try:
       diagnose.main(argv[1:])
     except (ValueError, FileNotFoundError) as e:
       print(f"jaxdd diagnose: error: {e}", file=sys.stderr)
       return 2
+    finally:
+      progress.set_quiet(was_quiet)
     return 0
-  parser = build_parser()
+  parser = build_parser(_preset_in(argv))
   args = parser.parse_args(argv)
+  was_quiet = _setup(args.quiet, args.no_compile_cache)
   try:
     return args.fn(args)
   except (ValueError, FileNotFoundError) as e:
     print(f"jaxdd {args.command}: error: {e}", file=sys.stderr)
     return 2
+  finally:
+    progress.set_quiet(was_quiet)  # main() called from Python leaves no global state behind
 
 
 if __name__ == "__main__":

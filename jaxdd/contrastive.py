@@ -2,7 +2,7 @@
 
 The bias-aware reweighting of Cui et al. (ICML 2024) estimates a kernel density
 over the embeddings of a SupCon model trained on the *biased* training set
-(PAPER-PROTOCOLS.md, facts box (a) and §2.3 Step A). Bias-aligned samples of a
+(docs/protocols.md). Bias-aligned samples of a
 class share the easy bias feature (digit colour, background colour), so they
 form a dense cluster; the few bias-conflicting samples sit apart and get a low
 density, hence a large normalised inverse-density weight.
@@ -53,7 +53,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
-from tqdm.auto import tqdm
 
 from jaxdd import models
 from jaxdd.synset import sha256_file
@@ -95,7 +94,7 @@ def supcon_loss(embeddings: jax.Array, labels: jax.Array, *, temperature: float 
 
     L_i = -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) )
 
-  where ``P(i)`` are the other views with the same label (PAPER-PROTOCOLS.md
+  where ``P(i)`` are the other views with the same label (docs/protocols.md
   §2.3 Step A, ``HobbitLong/SupContrast`` ``losses.py``). The loss is the mean
   of ``L_i`` over the anchors that have at least one positive.
 
@@ -236,7 +235,7 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 class SurrogateConfig:
   """Everything that defines a surrogate run (hashable, so it can key caches).
 
-  Defaults are the ``paper`` preset: PAPER-PROTOCOLS.md §2.3 Step A / §7 row 1
+  Defaults are the ``paper`` preset: docs/protocols.md
   (ConvNet-3 width 128, instance norm, projection 128, t = 0.07, 20 epochs,
   batch 256, SGD lr 0.05 momentum 0.9 weight decay 1e-4, cosine schedule,
   random-resized-crop scale 0.5-1, no flip for digits).
@@ -383,7 +382,7 @@ def random_resized_crop(key: jax.Array, images: jax.Array, *, scale: tuple[float
 
   There is deliberately no colour jitter or grayscale: they would erase the
   colour/background bias that the density estimate must see
-  (PAPER-PROTOCOLS.md §2.3 Step A, §7 row 1).
+  (docs/protocols.md).
 
   Per-image parameters (not one draw per call as in the siamese DSA ops of
   ``jaxdd.augment``): contrastive views should differ image by image.
@@ -680,8 +679,9 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
   y_dev = jnp.asarray(labels)
   history: dict[str, Any] = {"loss": [], "epoch_seconds": [], "steps_per_epoch": steps,
                              "dropped_per_epoch": n - steps * config.batch_size, "loop": loop}
-  bar = tqdm(range(config.epochs), desc="surrogate", unit="epoch", disable=not progress)
-  for epoch in bar:
+  from jaxdd import progress as progress_lib  # noqa: PLC0415
+  bar = progress_lib.bar(config.epochs, "surrogate (SupCon)", unit="epoch", disable=not progress)
+  for epoch in range(config.epochs):
     t0 = time.perf_counter()
     epoch_arr = jnp.asarray(epoch, jnp.int32)
     if loop == "scan":
@@ -700,6 +700,8 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
                                f"(now {config.learning_rate}) or raise the temperature")
     history["loss"].append(mean_loss)
     bar.set_postfix(loss=f"{mean_loss:.4f}")
+    bar.update(1)
+  bar.close()
   return {"params": state.params, **state.model_state}, history
 
 

@@ -1,6 +1,6 @@
 """Post-distillation debiasing baselines: LfF and DFA trained on a SynSet.
 
-Cui et al. (PAPER-PROTOCOLS.md §5.1) compare their reweighted distillation
+Cui et al. (docs/protocols.md) compare their reweighted distillation
 with "a state-of-the-art debiasing method applied on the same synthetic set":
 the evaluation networks are trained on a *vanilla* distilled set with a
 debiasing method that needs no bias labels. This module provides two such
@@ -429,7 +429,8 @@ def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str =
                       model: nn.Module, protocol: str | Protocol = "dm", num_models: int = 5,
                       lrs: Sequence[float] | None = None, valid: Batch | None = None,
                       select_on: str = "overall", num_bias: int | None = None,
-                      parallel: str = "auto", **hparams) -> EvalResult:
+                      parallel: str = "auto", progress: bool = False,
+                      **hparams) -> EvalResult:
   """Trains ``num_models`` debiased networks on ``syn`` with LfF or DFA and tests them.
 
   Same protocol, programs and metrics as :func:`jaxdd.evaluate.evaluate`; the
@@ -448,6 +449,7 @@ def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str =
     select_on: validation metric for selection.
     num_bias: number of bias values (default ``max(bias) + 1``).
     parallel: ``"auto"``, ``"vmap"`` or ``"map"``.
+    progress: report training progress (see :func:`jaxdd.evaluate.evaluate`).
     **hparams: the method's hyper-parameters (see :func:`lff_task`,
       :func:`dfa_task`).
 
@@ -470,4 +472,4 @@ def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str =
   _hard_labels_only(syn, model)
   return evaluate_task(key, syn, test, task=task, model=model, protocol=protocol,
                        num_models=num_models, lrs=lrs, valid=valid, select_on=select_on,
-                       num_bias=num_bias, parallel=parallel, hparams=full)
+                       num_bias=num_bias, parallel=parallel, hparams=full, progress=progress)

@@ -3,11 +3,15 @@
 Loads a biased training set, trains (or loads from the cache) the SupCon
 surrogate, computes the KDE weights at the default settings and over a sweep
 (kernel variance x temperature x normalisation x scope), prints a table and
-writes ``report.json`` and histogram PNGs into ``--out``.
+writes ``report.json`` and histogram PNGs into ``--workdir``. The flags are
+named as in ``jaxdd distill`` (``--kde-variance``, ``--kde-temperature``,
+``--kde-normalize``, ``--kde-scope``, ``--workdir``); the old names
+(``--variance``, ``--temperature``, ``--normalize``, ``--scope``, ``--out``) are
+accepted as deprecated aliases.
 
 COMMAND (embedded CMNIST 5 %, CPU preset; a few minutes on 2 CPU cores):
 
-  python experiments/diagnose.py --dataset cmnist --conflict-ratio 0.05 --preset cpu --out runs/diag
+  jaxdd diagnose --dataset cmnist --conflict-ratio 0.05 --preset cpu --workdir runs/diag
 
 Outputs (all written atomically):
   report.json            settings, surrogate history, default report, sweep rows
@@ -64,13 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--space", default="projection", choices=("projection", "encoder"),
                  help="embedding space for the KDE (the paper: projection)")
   # The defaults are the library's (distill.KDEConfig), chosen by the ablation in RESULTS.md.
-  p.add_argument("--variance", type=float, default=_KDE.variance, help="default kernel variance")
-  p.add_argument("--temperature", type=float, default=_KDE.temperature,
-                 help="default normalisation temperature")
-  p.add_argument("--normalize", default=_KDE.normalize, choices=("softmax", "power"),
-                 help="default normalisation of the inverse density")
-  p.add_argument("--scope", default="batch", choices=("batch", "class"),
-                 help="density inside sampled per-class batches (paper) or over the whole class")
+  p.add_argument("--kde-variance", dest="kde_variance", type=float,
+                 default=_KDE.variance, help=f"kernel variance (default {_KDE.variance})")
+  p.add_argument("--kde-temperature", dest="kde_temperature", type=float,
+                 default=_KDE.temperature,
+                 help=f"normalisation temperature (default {_KDE.temperature})")
+  p.add_argument("--kde-normalize", dest="kde_normalize", default=_KDE.normalize,
+                 choices=("softmax", "power"),
+                 help=f"normalisation of the inverse density (default {_KDE.normalize})")
+  p.add_argument("--kde-scope", dest="kde_scope", default="batch",
+                 choices=("batch", "class"),
+                 help="density inside sampled per-class batches (paper; default) or over the "
+                      "whole class")
   p.add_argument("--batch-size", type=int, default=256, help="real samples per class batch (DM: 256)")
   p.add_argument("--num-rounds", type=int, default=20, help="batch-scope rounds per sample")
   p.add_argument("--sweep-variances", type=_floats, default=DEFAULT_VARIANCES,
@@ -79,8 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                  help="comma-separated temperatures for the sweep")
   p.add_argument("--no-sweep", action="store_true", help="only the default settings")
   p.add_argument("--no-cache", action="store_true", help="do not read or write the surrogate cache")
-  p.add_argument("--out", default="runs/diag", help="output directory")
-  p.add_argument("--quiet", action="store_true", help="no progress bars")
+  p.add_argument("--workdir", dest="workdir", default="runs/diag",
+                 help="output directory (default runs/diag)")
+  p.add_argument("--quiet", action="store_true", help="no progress bars or progress log lines")
+  p.add_argument("--no-compile-cache", action="store_true",
+                 help="(jaxdd CLI) do not use JAX's persistent compilation cache")
+  # Deprecated spellings (before the flags were named as in `jaxdd distill`): they still
+  # parse, hidden from --help.
+  for old, dest, typ in (("--variance", "kde_variance", float), ("--temperature", "kde_temperature", float),
+                         ("--normalize", "kde_normalize", str), ("--scope", "kde_scope", str),
+                         ("--out", "workdir", str)):
+    p.add_argument(old, dest=dest, type=typ, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
   return p
 
 
@@ -159,21 +177,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     emb = np.asarray(contrastive.embed(art.params, ds.images, config=cfg, space="encoder"))
 
   common = dict(num_classes=num_classes, batch_size=args.batch_size, num_rounds=args.num_rounds)
-  default = dict(scope=args.scope, variance=args.variance, temperature=args.temperature,
-                 normalize=args.normalize)
+  default = dict(scope=args.kde_scope, variance=args.kde_variance,
+                 temperature=args.kde_temperature, normalize=args.kde_normalize)
   t0 = time.perf_counter()
   w = compute_weights(k_diag, emb, ds.labels, **default, **common)
   default_report = diagnostics.weight_report(w, ds.labels, ds.aligned, num_classes=num_classes)
-  os.makedirs(args.out, exist_ok=True)
-  title = (f"{args.dataset} {args.conflict_ratio:g}: {args.scope} scope, {args.normalize}, "
-           f"v={args.variance:g}, T={args.temperature:g}")
-  diagnostics.plot_weight_histogram(w, ds.aligned, os.path.join(args.out, "weights_default.png"),
+  os.makedirs(args.workdir, exist_ok=True)
+  title = (f"{args.dataset} {args.conflict_ratio:g}: {args.kde_scope} scope, {args.kde_normalize}, "
+           f"v={args.kde_variance:g}, T={args.kde_temperature:g}")
+  diagnostics.plot_weight_histogram(w, ds.aligned, os.path.join(args.workdir, "weights_default.png"),
                                     title=title)
-  other_scope = "class" if args.scope == "batch" else "batch"
+  other_scope = "class" if args.kde_scope == "batch" else "batch"
   w_other = compute_weights(k_diag, emb, ds.labels, **{**default, "scope": other_scope}, **common)
   diagnostics.plot_weight_histogram(w_other, ds.aligned,
-                                    os.path.join(args.out, f"weights_{other_scope}_scope.png"),
-                                    title=title.replace(f"{args.scope} scope", f"{other_scope} scope"))
+                                    os.path.join(args.workdir, f"weights_{other_scope}_scope.png"),
+                                    title=title.replace(f"{args.kde_scope} scope", f"{other_scope} scope"))
 
   rows = []
   if not args.no_sweep:
@@ -212,8 +230,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
       "seconds": {"surrogate": surrogate_seconds, "weights": weights_seconds,
                   "total": time.perf_counter() - t_start},
   }
-  _write_json(os.path.join(args.out, "report.json"), report)
-  print(f"wrote {os.path.join(args.out, 'report.json')} ({report['seconds']['total']:.1f} s)")
+  _write_json(os.path.join(args.workdir, "report.json"), report)
+  print(f"wrote {os.path.join(args.workdir, 'report.json')} ({report['seconds']['total']:.1f} s)")
   return report
 
 

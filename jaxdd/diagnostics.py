@@ -1,7 +1,7 @@
 """Diagnostics of the bias-aware weights: do bias-conflicting samples get more weight?
 
 The method works only if the normalised inverse KDE density puts *more* weight
-on bias-conflicting samples than on bias-aligned ones (PAPER-PROTOCOLS.md §2.1:
+on bias-conflicting samples than on bias-aligned ones (docs/protocols.md:
 "samples in low-density regions get higher weights"). This module measures
 that with the ground-truth ``aligned`` flags that the method itself never reads.
 
@@ -16,7 +16,7 @@ Data contract:
     (e.g. an AUROC for a class without conflicting samples) is ``None`` so the
     dict is valid JSON as is.
 
-Two scopes of weights (SPEC §3):
+Two scopes of weights (docs/protocols.md):
   * :func:`class_scope_weights`: the KDE over the whole class, once.
   * :func:`batch_scope_weights`: the paper's default, the KDE inside each
     sampled real batch of one class (as DM samples its real batches), averaged
@@ -183,9 +183,9 @@ def weight_report(weights: Any, labels: Any, aligned: Any, *, num_classes: int) 
 # ---------------------------------------------------------------------------
 
 
-def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike, *,
-                          title: str = "sample weights") -> str:
-  """Save a PNG histogram of the weights of aligned vs conflicting samples.
+def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike | None = None, *,
+                          title: str = "sample weights"):
+  """Histogram of the weights of aligned vs conflicting samples (a Figure; PNG if ``path``).
 
   Log-spaced bins on a log-scale x axis (weights span orders of magnitude);
   each group's histogram is normalised to its own size (fraction of the group
@@ -197,22 +197,23 @@ def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike, *
   Args:
     weights: (N,) non-negative finite weights.
     aligned: (N,) bool, True = bias-aligned.
-    path: output ``.png`` path (parent directories are created).
+    path: optional output ``.png`` path (parent directories are created).
     title: plot title.
 
   Returns:
-    ``path`` as a string.
+    The :class:`matplotlib.figure.Figure` (the global matplotlib backend is
+    left alone; Jupyter displays the figure).
 
   Example:
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), 'w.png')
-    >>> plot_weight_histogram([0.1, 0.2, 0.9], [True, True, False], path) == path
-    True
+    >>> fig = plot_weight_histogram([0.1, 0.2, 0.9], [True, True, False], path)
+    >>> os.path.exists(path), len(fig.axes)
+    (True, 1)
   """
-  import matplotlib
-  matplotlib.use("Agg", force=False)
-  import matplotlib.pyplot as plt
   import matplotlib.ticker
+
+  from jaxdd import plots
 
   w = np.asarray(weights, np.float64)
   aligned = np.asarray(aligned)
@@ -222,7 +223,6 @@ def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike, *
     raise ValueError(f"aligned must be boolean, got {aligned.dtype}")
   if not np.all(np.isfinite(w)) or np.any(w < 0):
     raise ValueError("weights must be finite and non-negative")
-  path = os.fspath(path)
   positive = w[w > 0]
   if positive.size:
     lo, hi = positive.min(), positive.max()
@@ -231,31 +231,26 @@ def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike, *
     bins = np.geomspace(lo, hi, 41)
   else:
     bins = np.geomspace(1e-3, 1.0, 41)
-  fig, ax = plt.subplots(figsize=(6.4, 4.0))
-  try:
-    for name, sel, colour in (("aligned", aligned, "tab:blue"), ("conflicting", ~aligned, "tab:red")):
-      g = w[sel]
-      if g.size == 0:
-        continue
-      gp = g[g > 0]
-      zeros = g.size - gp.size
-      label = f"{name} (n={g.size}, mean={g.mean():.3g}" + (f", {zeros} zeros)" if zeros else ")")
-      ax.hist(gp, bins=bins, weights=np.full(gp.size, 1.0 / g.size), histtype="stepfilled",
-              alpha=0.45, color=colour, label=label)
-    ax.set_xscale("log")
-    # Minor-tick labels of a log axis spanning < 1 decade collide; keep majors only.
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("weight (log scale)")
-    ax.set_ylabel("fraction of group")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(os.fspath(path), buf.getvalue())
-  finally:
-    plt.close(fig)
-  return path
+  fig = plots.new_figure(figsize=(6.4, 4.0))
+  ax = fig.subplots()
+  for name, sel, colour in (("aligned", aligned, "tab:blue"), ("conflicting", ~aligned, "tab:red")):
+    g = w[sel]
+    if g.size == 0:
+      continue
+    gp = g[g > 0]
+    zeros = g.size - gp.size
+    label = f"{name} (n={g.size}, mean={g.mean():.3g}" + (f", {zeros} zeros)" if zeros else ")")
+    ax.hist(gp, bins=bins, weights=np.full(gp.size, 1.0 / g.size), histtype="stepfilled",
+            alpha=0.45, color=colour, label=label)
+  ax.set_xscale("log")
+  # Minor-tick labels of a log axis spanning < 1 decade collide; keep majors only.
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  ax.set_xlabel("weight (log scale)")
+  ax.set_ylabel("fraction of group")
+  ax.set_title(title)
+  ax.legend()
+  fig.tight_layout()
+  return plots.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -400,7 +395,7 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
 
   DM draws, every iteration, ``batch_size`` real images per class and (with
   the reweighting) estimates the density only inside that batch (facts box
-  (a) of PAPER-PROTOCOLS.md). A sample's weight therefore depends on the batch
+  (a) of docs/protocols.md). A sample's weight therefore depends on the batch
   it lands in. To summarise it with one number per sample we draw
   ``num_rounds`` rounds of batches with :func:`batch_plan`, compute the
   in-batch weights (summing to 1 over each batch) with ``jaxdd.kde.weights``,

@@ -8,8 +8,8 @@ whose optional ``bias`` (int, the bias attribute) and ``aligned`` (bool) fields
 are used only to *measure* per-group accuracy. Accuracies are fractions in
 [0, 1]; :meth:`EvalResult.format_table` prints percentages.
 
-The protocol is the reference's ``evaluate_synset`` (REFERENCE-DM-DSA.md §6,
-PAPER-PROTOCOLS.md §4.5), frozen in a named :class:`Protocol`:
+The protocol is the reference's ``evaluate_synset`` (docs/protocols.md,
+docs/protocols.md), frozen in a named :class:`Protocol`:
 
 * SGD, momentum 0.9, weight decay 5e-4, lr 0.01, batch 256, cross-entropy.
   Weight decay is PyTorch's *coupled* form (``grad + wd * param``) on every
@@ -485,16 +485,33 @@ def _augment_fn(strategy: str | None):
 
 
 def _train(key: jax.Array, lr: jax.Array, images: jax.Array, labels: jax.Array, *,
-           task: TrainTask, protocol: Protocol):
-  """One network, the whole protocol, as nested ``lax.scan`` s (traceable)."""
+           task: TrainTask, protocol: Protocol, report: bool = False):
+  """One network, the whole protocol, as nested ``lax.scan`` s (traceable).
+
+  ``report`` adds a host callback at the end of every epoch (progress only;
+  the numbers are unchanged, see :func:`train_models`).
+  """
   with loop_safe_convs():
-    return _train_traced(key, lr, images, labels, task=task, protocol=protocol)
+    return _train_traced(key, lr, images, labels, task=task, protocol=protocol, report=report)
 
 
-def _train_traced(key, lr, images, labels, *, task: TrainTask, protocol: Protocol):
+def _train_traced(key, lr, images, labels, *, task: TrainTask, protocol: Protocol,
+                  report: bool = False):
   k_init, k_shuffle, k_step = jax.random.split(key, 3)
   params, state = task.init(k_init, images, labels)
-  return _fit(params, state, images, labels, lr, k_shuffle, k_step, task=task, protocol=protocol)
+  return _fit(params, state, images, labels, lr, k_shuffle, k_step, task=task, protocol=protocol,
+              on_epoch=_epoch_done if report else None)
+
+
+# The progress counter the running evaluation reports to (set by _train_many).
+_EPOCH_SINK: list = []
+
+
+def _epoch_done(loss) -> None:
+  """Host side of the per-epoch callback: one trained epoch of one network."""
+  del loss
+  for sink in _EPOCH_SINK[-1:]:
+    sink.update(1)
 
 
 def fit(key: jax.Array, params, state: dict, images: jax.Array, labels: jax.Array, *,
@@ -528,7 +545,7 @@ def fit(key: jax.Array, params, state: dict, images: jax.Array, labels: jax.Arra
 
 
 def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTask,
-         protocol: Protocol):
+         protocol: Protocol, on_epoch=None):
   n = images.shape[0]
   bs = protocol.batch_size
   num_full, rest = divmod(n, bs)
@@ -615,6 +632,8 @@ def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTas
       params, state, buf, l, k = one_step(params, state, buf, lr_ep, perm[num_full * bs:], ep,
                                           num_full)
       loss_sum, correct = loss_sum + l, correct + k
+    if on_epoch is not None:  # progress only: reads the epoch's loss, changes nothing
+      jax.debug.callback(on_epoch, loss_sum)
     return (params, state, buf), TrainMetrics(loss_sum / n, correct / n)
 
   (params, state, _), metrics = jax.lax.scan(
@@ -652,7 +671,7 @@ def _train_single(task: TrainTask, protocol: Protocol):
 
 
 @functools.lru_cache(maxsize=32)
-def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str):
+def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, report: bool = False):
   """Jitted trainer of a (lrs x models) grid in one program.
 
   ``vmap``: all networks advance together (batched matmuls; convolutions
@@ -661,7 +680,7 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str):
   convolutions 2-4x slower than the same work as separate convolutions, so on
   CPU ``map`` is the faster of the two; accelerators batch well.
   """
-  single = functools.partial(_train, task=task, protocol=protocol)
+  single = functools.partial(_train, task=task, protocol=protocol, report=report)
 
   def many(keys, lrs, images, labels):
     num_lrs, num_models = lrs.shape[0], keys.shape[0]
@@ -852,10 +871,28 @@ def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str 
   return {"params": params, **state}, metrics
 
 
-def _train_many(key, images, labels, *, task, protocol, num_models, lrs, parallel):
-  many = _train_many_program(task, protocol, resolve_parallel(parallel))
+def _train_many(key, images, labels, *, task, protocol, num_models, lrs, parallel,
+                progress: bool = False):
+  from jaxdd import progress as progress_lib  # noqa: PLC0415
+  progress = progress and not progress_lib.is_quiet()
+  many = _train_many_program(task, protocol, resolve_parallel(parallel), progress)
   keys = jax.random.split(key, num_models)
-  return many(keys, jnp.asarray(lrs, jnp.float32), images, labels)
+  if not progress:
+    return many(keys, jnp.asarray(lrs, jnp.float32), images, labels)
+  # Every network reports each trained epoch (a host callback in the compiled
+  # program); the bar counts network-epochs.
+  bar = progress_lib.bar(len(lrs) * num_models * protocol.num_epochs,
+                         f"evaluate {task.name} ({protocol.name}, {len(lrs) * num_models} "
+                         f"networks x {protocol.num_epochs} epochs)", unit="epoch")
+  _EPOCH_SINK.append(bar)
+  try:
+    out = many(keys, jnp.asarray(lrs, jnp.float32), images, labels)
+    jax.block_until_ready(out)
+    jax.effects_barrier()
+  finally:
+    _EPOCH_SINK.remove(bar)
+    bar.close()
+  return out
 
 
 def _check_lrs(lrs, protocol) -> tuple[float, ...]:
@@ -870,7 +907,7 @@ def _check_lrs(lrs, protocol) -> tuple[float, ...]:
 def train_models(key: jax.Array, syn: SynSet, *, model: nn.Module,
                  protocol: str | Protocol = "dm", num_models: int = 5,
                  lrs: Sequence[float] | None = None,
-                 parallel: str = "auto") -> tuple[dict, TrainMetrics]:
+                 parallel: str = "auto", progress: bool = False) -> tuple[dict, TrainMetrics]:
   """Trains ``len(lrs) x num_models`` networks in one compiled program.
 
   Args:
@@ -886,6 +923,9 @@ def train_models(key: jax.Array, syn: SynSet, *, model: nn.Module,
       the program; faster on CPU, where XLA runs the grouped convolutions of
       a vmapped ConvNet slowly, and lighter on memory) or ``"auto"`` (``map``
       on CPU, else ``vmap``). Results agree up to float rounding.
+    progress: report every trained epoch of every network (a tqdm bar or
+      periodic log lines, see :mod:`jaxdd.progress`); the results are
+      bit-identical with and without it.
 
   Returns:
     ``(variables, metrics)`` whose leaves have leading axes ``(len(lrs),
@@ -908,7 +948,8 @@ def train_models(key: jax.Array, syn: SynSet, *, model: nn.Module,
   images, labels = _check_syn(syn, getattr(model, "num_classes", None))
   params, state, metrics = _train_many(key, images, labels, task=standard_task(model),
                                        protocol=protocol, num_models=num_models,
-                                       lrs=_check_lrs(lrs, protocol), parallel=parallel)
+                                       lrs=_check_lrs(lrs, protocol), parallel=parallel,
+                                       progress=progress)
   return {"params": params, **state}, metrics
 
 
@@ -1032,6 +1073,56 @@ class EvalResult:
       lines.append(f"{c:<6}" + "".join(cells))
     return "\n".join(lines)
 
+  def group_means(self) -> np.ndarray:
+    """(classes, bias values) accuracy averaged over models; NaN where the test set has no sample."""
+    if not self.group_table.size:
+      return np.zeros(self.group_counts.shape)
+    return np.nanmean(np.where(self.group_counts[None] > 0, self.group_table, np.nan), axis=0)
+
+  def to_dataframe(self):
+    """Per-metric mean/std (in %) as a ``pandas.DataFrame`` (needs pandas).
+
+    Rows are ``overall``, ``aligned``, ``conflicting``, ``worst_group``; the
+    ``method`` and ``protocol`` columns make frames of several results
+    concatenable.
+    """
+    try:
+      import pandas as pd  # noqa: PLC0415  (optional)
+    except ImportError as e:
+      raise ImportError("EvalResult.to_dataframe needs pandas (pip install pandas); "
+                        "to_dict() and format_table() work without it") from e
+    return pd.DataFrame(
+        {"mean %": [100 * self.mean(m) for m in METRICS],
+         "std %": [100 * self.std(m) for m in METRICS],
+         "method": self.method, "protocol": self.protocol.name, "model": self.model_spec},
+        index=list(METRICS))
+
+  def _repr_html_(self) -> str:
+    """Notebook view: the summary metrics and the per-(class x bias) table."""
+    import html  # noqa: PLC0415
+
+    p = self.protocol
+    head = html.escape(f"{self.method} | {self.model_spec} | protocol {p.name} "
+                       f"({p.num_epochs} epochs) | {self.num_models} models | "
+                       f"train {self.num_train} / test {self.num_test}")
+    rows = "".join(
+        f"<tr><td>{m.replace('_', ' ')}</td><td>{100 * self.mean(m):.2f}</td>"
+        f"<td>{100 * self.std(m):.2f}</td></tr>" if math.isfinite(self.mean(m)) else
+        f"<tr><td>{m.replace('_', ' ')}</td><td>n/a</td><td>n/a</td></tr>" for m in METRICS)
+    table = self.group_means()
+    nb = self.group_counts.shape[1]
+    cells = []
+    for c in range(self.group_counts.shape[0]):
+      tds = "".join("<td>-</td>" if self.group_counts[c, b] == 0 else
+                    f"<td>{100 * table[c, b]:.1f} [{int(self.group_counts[c, b])}]</td>"
+                    for b in range(nb))
+      cells.append(f"<tr><th>{c}</th>{tds}</tr>")
+    return (f"<div><p>{head}</p><table><tr><th>metric</th><th>mean %</th><th>std %</th></tr>"
+            f"{rows}</table><p>per-group accuracy % (rows: class, columns: bias value) "
+            f"[test count]</p><table><tr><th>class</th>"
+            + "".join(f"<th>{b}</th>" for b in range(nb)) + "</tr>" + "".join(cells)
+            + "</table></div>")
+
 
 # ---------------------------------------------------------------------------
 # Validation split and evaluation
@@ -1120,7 +1211,8 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
                   protocol: str | Protocol, num_models: int = 5,
                   lrs: Sequence[float] | None = None, valid: Batch | None = None,
                   select_on: str = "overall", num_bias: int | None = None,
-                  parallel: str = "auto", hparams: dict | None = None) -> EvalResult:
+                  parallel: str = "auto", hparams: dict | None = None,
+                  progress: bool = False) -> EvalResult:
   """:func:`evaluate` for any :class:`TrainTask` (used by :mod:`jaxdd.debias`).
 
   Args:
@@ -1129,6 +1221,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
     task: the training method (e.g. :func:`standard_task`,
       :func:`jaxdd.debias.lff_task`).
     hparams: the method's hyper-parameters, stamped on the result.
+    progress: as :func:`evaluate`.
 
   Returns:
     An :class:`EvalResult` with ``method = task.name``.
@@ -1163,7 +1256,8 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
 
   parallel = resolve_parallel(parallel)
   params, state, metrics = _train_many(key, images, labels, task=task, protocol=protocol,
-                                       num_models=num_models, lrs=lrs, parallel=parallel)
+                                       num_models=num_models, lrs=lrs, parallel=parallel,
+                                       progress=progress)
   num_lrs = len(lrs)
   valid_scores = None
   sel = 0
@@ -1203,7 +1297,7 @@ def evaluate(key: jax.Array, syn: SynSet, test: Batch, *, model: nn.Module,
              protocol: str | Protocol = "dm", num_models: int = 5,
              lrs: Sequence[float] | None = None, valid: Batch | None = None,
              select_on: str = "overall", num_bias: int | None = None,
-             parallel: str = "auto") -> EvalResult:
+             parallel: str = "auto", progress: bool = False) -> EvalResult:
   """Trains ``num_models`` fresh networks on ``syn`` (one program) and tests them.
 
   With an lr grid, every (lr, model) pair trains in the same program; the lr
@@ -1226,6 +1320,8 @@ def evaluate(key: jax.Array, syn: SynSet, test: Batch, *, model: nn.Module,
       ``aligned``, ``conflicting`` or ``worst_group``.
     num_bias: number of bias values (default ``max(bias) + 1``).
     parallel: ``"auto"``, ``"vmap"`` or ``"map"``; see :func:`train_models`.
+    progress: report training progress per network and epoch (tqdm bar or log
+      lines; see :func:`train_models`). Results are identical either way.
 
   Returns:
     An :class:`EvalResult` (``.mean()``, ``.std()``, ``.to_dict()``,
@@ -1244,4 +1340,5 @@ def evaluate(key: jax.Array, syn: SynSet, test: Batch, *, model: nn.Module,
   """
   return evaluate_task(key, syn, test, task=standard_task(model), model=model,
                        protocol=protocol, num_models=num_models, lrs=lrs, valid=valid,
-                       select_on=select_on, num_bias=num_bias, parallel=parallel)
+                       select_on=select_on, num_bias=num_bias, parallel=parallel,
+                       progress=progress)

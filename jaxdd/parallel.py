@@ -5,7 +5,7 @@ jaxdd never calls ``pmap`` and never branches on ``device_count()``: the
 distillation step is written for one device and partitioned by XLA (GSPMD) from
 sharding constraints on its batch axes. These helpers build meshes with *Auto*
 axis types (``jax.make_mesh`` defaults to Explicit in jax 0.10, which refuses
-the contractions of a backward pass; ENV.md §4) and place host arrays on a mesh
+the contractions of a backward pass) and place host arrays on a mesh
 in a way that also works when the mesh has devices of other processes.
 
 Going from one GPU to a pod:

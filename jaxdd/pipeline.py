@@ -15,7 +15,7 @@ Every file is written atomically. A killed run started again with the same
 config resumes from its last checkpoint; because the step key is
 ``fold_in(key, step)``, it ends with exactly the result of an uninterrupted run.
 
-Presets (SPEC §5): ``paper`` (published hyperparameters, for an accelerator),
+Presets (docs/protocols.md): ``paper`` (published hyperparameters, for an accelerator),
 ``cpu`` (one DM vs DM+KDE comparison in minutes on 2 CPU cores) and ``smoke``
 (seconds, for tests).
 """
@@ -34,6 +34,7 @@ import numpy as np
 
 from jaxdd import augment as augment_lib
 from jaxdd import baselines, contrastive, data, debias, diagnostics, distill, evaluate, models, synset
+from jaxdd import progress as progress_lib
 from jaxdd.structs import Batch, SynSet
 
 
@@ -92,7 +93,7 @@ class RunConfig:
 
 
 PRESETS: dict[str, RunConfig] = {
-    # DM's published settings (REFERENCE-DM-DSA.md §3) with the reweighting on.
+    # DM's published settings (docs/protocols.md) with the reweighting on.
     "paper": RunConfig(),
     # One DM vs DM+KDE comparison on the embedded CMNIST in minutes on 2 cores:
     # width-32 random nets, 64 real images per class, 300 steps at lr_img 10
@@ -108,7 +109,19 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
-METHODS = ("dm", "dsa", "dc")
+#: RunConfig field -> its allowed values (the CLI's ``choices``; checked by :func:`validate`).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": ("dm", "dsa", "dc"),
+    "weighting": ("none", "kde"),
+    "kde_normalize": ("softmax", "power"),
+    "kde_scope": ("batch", "class"),
+    "init": ("real", "noise"),
+    "surrogate_preset": ("paper", "cpu", "smoke"),
+    "eval_protocol": tuple(evaluate.PROTOCOLS),
+    "dataset": tuple(sorted(data.DATASETS)) if hasattr(data, "DATASETS") else (),
+}
+
+METHODS = CHOICES["method"]
 
 # What a preset changes for the gradient-matching methods. 'paper': the DC/DSA
 # reference's settings (1000 outer iterations, lr_img 0.1; DC starts from noise
@@ -147,8 +160,10 @@ def get_config(preset: str = "cpu", **overrides) -> RunConfig:
 
 def validate(config: RunConfig) -> None:
   """Cheap checks before any work is done, with messages that name the fix."""
-  if config.method not in METHODS:
-    raise ValueError(f"unknown method {config.method!r}; use one of {', '.join(METHODS)}")
+  for name, allowed in CHOICES.items():
+    value = getattr(config, name, None)
+    if allowed and value is not None and value not in allowed:
+      raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
   if config.weighting not in ("none", "kde"):
     raise ValueError(f"weighting must be 'none' or 'kde', got {config.weighting!r}")
   if config.method != "dm":
@@ -165,6 +180,30 @@ def validate(config: RunConfig) -> None:
                                        config.kde_normalize, config.kde_scope))
   evaluate.get_protocol(config.eval_protocol)
   models.get(config.eval_model, num_classes=2)
+  from jaxdd.data import biased  # noqa: PLC0415
+  if config.dataset not in biased.DATASETS:
+    raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {sorted(biased.DATASETS)}")
+  spec = biased.DATASETS[config.dataset]
+  biased._check_ratio(spec, config.conflict_ratio)
+  biased._check_severity(spec, config.severity)
+  for name in ("real_per_class", "width", "depth", "num_eval_models"):
+    if getattr(config, name) < 1:
+      raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+  if config.lr_img <= 0 or not np.isfinite(config.lr_img):
+    raise ValueError(f"lr_img must be a positive number, got {config.lr_img}")
+  contrastive.SurrogateConfig.preset(config.surrogate_preset)
+
+
+def _check_workdir(config: RunConfig, workdir: str) -> None:
+  """Refuses a workdir that holds a run with another config (reads only)."""
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      previous = json.load(f)
+    if previous.get("digest") != config.digest():
+      raise ValueError(f"{workdir} holds a run with a different config (digest "
+                       f"{previous.get('digest')} vs {config.digest()}); use another --workdir "
+                       "or delete it to start over")
 
 
 def code_version() -> str:
@@ -249,16 +288,21 @@ def _restore_state(tree: dict, template: distill.DistillState) -> distill.Distil
 
 
 def _read_metrics(path: str, upto: int) -> list[dict]:
+  """Rows of ``metrics.jsonl`` up to step ``upto``; a line torn by a kill is skipped."""
   if not os.path.exists(path):
     return []
   rows = []
   with open(path) as f:
     for line in f:
       line = line.strip()
-      if line:
+      if not line:
+        continue
+      try:
         row = json.loads(line)
-        if row.get("step", 0) <= upto:
-          rows.append(row)
+      except json.JSONDecodeError:
+        continue  # the last line of a killed run may be incomplete
+      if row.get("step", 0) <= upto:
+        rows.append(row)
   return rows
 
 
@@ -286,6 +330,50 @@ def make_distiller(config: RunConfig, num_classes: int,
                     inner_loop=config.inner_loop, lr_net=config.lr_net, **common)
 
 
+class MetricsLog:
+  """``metrics.jsonl``, appended one complete line per logged step.
+
+  Each row is written with a single ``write`` on an ``O_APPEND`` descriptor
+  and flushed, so a killed run leaves every finished line on disk (at most the
+  line being written can be torn; :func:`_read_metrics` skips it). Opening a
+  log for a run resumed at step ``start`` first rewrites the file atomically
+  without the rows after ``start`` (they belong to steps that will be redone).
+  Optionally mirrors the scalars to TensorBoard (``<workdir>/tensorboard``)
+  when ``tensorboardX`` is installed; silently skipped otherwise.
+  """
+
+  def __init__(self, workdir: str, start: int, *, tensorboard: bool = True):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.rows = _read_metrics(self.path, start)
+    _write_metrics(self.path, self.rows)
+    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+    self._tb = None
+    if tensorboard:
+      try:
+        import tensorboardX  # noqa: PLC0415  (optional)
+      except ImportError:
+        tensorboardX = None
+      if tensorboardX is not None:
+        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                              purge_step=start + 1)
+
+  def append(self, row: dict) -> None:
+    self.rows.append(row)
+    os.write(self._fd, (json.dumps(row) + "\n").encode())
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, row["step"])
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
 def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                 embeddings: np.ndarray | None, key: jax.Array, *, progress: bool = True,
                 stop_after: int | None = None) -> SynSet:
@@ -294,8 +382,9 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   ``stop_after`` (for tests of resumption) stops early after that many steps,
   as a kill would, leaving the checkpoints behind.
   """
-  from tqdm.auto import tqdm
   import orbax.checkpoint as ocp
+
+  from jaxdd import progress as progress_lib
 
   nc = run_data.num_classes
   kde_config = None
@@ -313,53 +402,62 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   d = make_distiller(config, nc, kde_config)
   state = d.init(key, real)
   mngr = _checkpointer(workdir)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = 0
   latest = mngr.latest_step()
   if latest is not None:
     tree = mngr.restore(latest, args=ocp.args.StandardRestore(_state_tree(state)))
     state = _restore_state(tree, state)
     start = int(state.step)
-  rows = _read_metrics(metrics_path, start)
+  log = MetricsLog(workdir, start)
   end = config.iterations if stop_after is None else min(config.iterations, start + stop_after)
-  bar = tqdm(range(start, end), initial=start, total=config.iterations, disable=not progress,
-             desc=f"{method_name(config).upper()} ipc={config.ipc}", unit="step")
+  bar = progress_lib.bar(config.iterations, f"{method_name(config).upper()} ipc={config.ipc}",
+                         unit="step", initial=start, disable=not progress)
   t0 = time.perf_counter()
-  for it in bar:
-    state, m = d.step(state, real)
-    step = it + 1
-    if step % config.log_every == 0 or step == config.iterations:
-      loss = float(m["loss"])
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"the {config.method.upper()} loss became {loss} at step {step}; lower lr_img "
-                                 f"(now {config.lr_img}) or check the data normalisation")
-      rows.append({"step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
-                   "max_weight": float(m["max_weight"]), "time_s": time.perf_counter() - t0})
-      bar.set_postfix(loss=f"{loss / nc:.4f}")
-    if step % config.checkpoint_every == 0 or step == config.iterations:
-      mngr.save(step, args=ocp.args.StandardSave(_state_tree(state)))
-      mngr.wait_until_finished()
-      _write_metrics(metrics_path, rows)
-  mngr.close()
+  try:
+    for it in range(start, end):
+      state, m = d.step(state, real)
+      step = it + 1
+      if step % config.log_every == 0 or step == config.iterations:
+        # "loss" is the matching loss averaged over classes (the reference's
+        # printed loss_avg), the number the progress bar shows.
+        loss = float(m["loss"]) / nc
+        if not np.isfinite(loss):
+          raise FloatingPointError(f"the {config.method.upper()} loss became {loss} at step {step}; "
+                                   f"lower lr_img "
+                                   f"(now {config.lr_img}) or check the data normalisation")
+        log.append({"step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
+                    "max_weight": float(m["max_weight"]), "time_s": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{loss:.4f}")
+      bar.update(1)
+      if step % config.checkpoint_every == 0 or step == config.iterations:
+        mngr.save(step, args=ocp.args.StandardSave(_state_tree(state)))
+        mngr.wait_until_finished()
+  finally:
+    bar.close()
+    log.close()
+    mngr.close()
   return SynSet(np.asarray(state.syn.images), np.asarray(state.syn.labels))
 
 
 # ---------------------------------------------------------------------------- plots
 
 
-def plot_synset(syn: SynSet, mean, std, path: str, *, class_names=None, max_per_class: int = 10,
-                title: str = "") -> str:
-  """PNG grid of the synthetic images, one row per class (de-normalised, clipped)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def plot_synset(syn: SynSet, mean, std, path: str | None = None, *, class_names=None,
+                max_per_class: int = 10, title: str = ""):
+  """Grid of the synthetic images, one row per class (de-normalised, clipped).
+
+  Works for any labelled image set in the normalised space (e.g. real samples).
+  Returns the :class:`matplotlib.figure.Figure` and writes a PNG when ``path``
+  is given; the global matplotlib backend is left alone.
+  """
+  from jaxdd import plots
 
   images = np.clip(np.asarray(data.denormalize(syn.images, mean, std)), 0, 1)
   labels = np.asarray(syn.labels)
   classes = np.unique(labels)
   cols = min(max_per_class, max(int((labels == c).sum()) for c in classes))
-  fig, axes = plt.subplots(len(classes), cols, figsize=(cols * 0.8, len(classes) * 0.8),
-                           squeeze=False)
+  fig = plots.new_figure(figsize=(cols * 0.8, len(classes) * 0.8))
+  axes = fig.subplots(len(classes), cols, squeeze=False)
   for r, c in enumerate(classes):
     rows = np.flatnonzero(labels == c)[:cols]
     for j in range(cols):
@@ -372,28 +470,21 @@ def plot_synset(syn: SynSet, mean, std, path: str, *, class_names=None, max_per_
       axes[r, 0].set_title(str(class_names[c]), fontsize=6, loc="left")
   if title:
     fig.suptitle(title, fontsize=8)
-  return _save_fig(fig, path)
+  return plots.save_figure(fig, path)
 
 
-def _save_fig(fig, path: str) -> str:
-  import io
-  import matplotlib.pyplot as plt
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-  plt.close(fig)
-  synset.atomic_write_bytes(path, buf.getvalue())
-  return path
+def plot_accuracy_bars(results: dict[str, dict], path: str | None = None, *, title: str = ""):
+  """Bars of overall / aligned / conflicting / worst-group accuracy per method.
 
-
-def plot_accuracy_bars(results: dict[str, dict], path: str, *, title: str = "") -> str:
-  """Bars of overall / aligned / conflicting / worst-group accuracy per method."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  ``results`` maps a method name to a summary (``{"mean": {...}, "std": {...}}``,
+  as returned by :func:`run`). Returns the Figure; writes a PNG when ``path`` is given.
+  """
+  from jaxdd import plots
 
   metrics = ["overall", "aligned", "conflicting", "worst_group"]
   names = list(results)
-  fig, ax = plt.subplots(figsize=(6, 3))
+  fig = plots.new_figure(figsize=(6, 3))
+  ax = fig.subplots()
   width = 0.8 / max(len(names), 1)
   for i, name in enumerate(names):
     means = [100 * results[name]["mean"][m] for m in metrics]
@@ -405,7 +496,7 @@ def plot_accuracy_bars(results: dict[str, dict], path: str, *, title: str = "") 
   ax.legend(fontsize=7)
   if title:
     ax.set_title(title, fontsize=8)
-  return _save_fig(fig, path)
+  return plots.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- runs
@@ -429,19 +520,16 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
     >>> summary["mean"]["conflicting"]                           # doctest: +SKIP
   """
   validate(config)
+  _check_workdir(config, workdir)
+  # Data errors (bad ratio, missing source) surface before anything is written.
+  progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
+                           config.conflict_ratio)
+  run_data = RunData(config)
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, "config.json")
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      previous = json.load(f)
-    if previous.get("digest") != config.digest():
-      raise ValueError(f"{workdir} holds a run with a different config (digest "
-                       f"{previous.get('digest')} vs {config.digest()}); use another --workdir "
-                       "or delete it to start over")
   synset.atomic_write_json(config_path, {"config": config.to_dict(), "digest": config.digest(),
                                          "code_version": code_version()})
   k_sur, k_init, k_eval, k_diag = run_keys(config)
-  run_data = RunData(config)
   embeddings = None
   if config.weighting == "kde":
     embeddings = surrogate_embeddings(config, run_data, k_sur, progress=progress)
@@ -474,7 +562,8 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
   model = models.get(config.eval_model, num_classes=run_data.num_classes)
   result = evaluate.evaluate(k_eval, SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
                              run_data.batch(run_data.test), model=model,
-                             protocol=config.eval_protocol, num_models=config.num_eval_models)
+                             protocol=config.eval_protocol, num_models=config.num_eval_models,
+                             progress=progress)
   result = dataclasses.replace(result, method=meta["method"])
   summary = _summary(result)
   summary.update(method=meta["method"], config=config.to_dict(), digest=config.digest())
@@ -524,7 +613,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   * ``random``: ``ipc`` random real images per class;
   * ``herding`` / ``kcenter``: selection on the SupCon surrogate's embeddings;
   * ``lff`` / ``dfa``: post-distillation debiasing (LfF, DFA) trained on the
-    *vanilla* DM SynSet at ``vanilla_synset`` (PAPER-PROTOCOLS.md §5.1);
+    *vanilla* DM SynSet at ``vanilla_synset`` (docs/protocols.md);
   * ``full``: the whole biased training set (upper reference), with the
     protocol's epochs capped at ``full_epochs`` because every epoch is a pass
     over all training images.
@@ -537,9 +626,11 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   if {"lff", "dfa"} & set(which) and vanilla_synset is None:
     raise ValueError("lff/dfa train on a vanilla DM SynSet: pass vanilla_synset (the synset/ "
                      "directory of a --weighting none run)")
+  if {"lff", "dfa"} & set(which):
+    synset.load(vanilla_synset)  # a missing/incomplete artifact fails here, before any work
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
   run_data = RunData(config)
+  os.makedirs(workdir, exist_ok=True)
   train, nc = run_data.train, run_data.num_classes
   x = run_data.normalized(train)
   test = run_data.batch(run_data.test)
@@ -551,7 +642,8 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   if {"herding", "kcenter"} & set(which):
     embeddings = surrogate_embeddings(config, run_data, k_sur, progress)
   results = {}
-  for name in which:
+  for i, name in enumerate(which):
+    progress_lib.logger.info("baseline %d/%d: %s", i + 1, len(which), name)
     if name in ("random", "herding", "kcenter"):
       if name == "random":
         rows = baselines.random_subset_indices(k_sel, train.labels, ipc=config.ipc)
@@ -562,7 +654,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
       syn = baselines.take(x, train.labels, rows)
       conflicting = float((~train.aligned[np.asarray(rows)]).mean())
       res = evaluate.evaluate(k_eval, syn, test, model=model, protocol=protocol,
-                              num_models=config.num_eval_models)
+                              num_models=config.num_eval_models, progress=progress)
       extra = {"selected_conflicting_fraction": conflicting}
     elif name in ("lff", "dfa"):
       syn, meta = synset.load(vanilla_synset)
@@ -571,13 +663,14 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
                               run_data.mean, run_data.std)
       syn = SynSet(jnp.asarray(images), jnp.asarray(syn.labels))
       res = debias.evaluate_debiased(k_eval, syn, test, method=name, model=model,
-                                     protocol=protocol, num_models=config.num_eval_models)
+                                     protocol=protocol, num_models=config.num_eval_models,
+                                     progress=progress)
       extra = {"trained_on": os.path.relpath(vanilla_synset, workdir)}
     else:  # full
       syn = baselines.full_dataset(x, train.labels)
       prot = protocol.replace(epochs=min(protocol.epochs, full_epochs))
       res = evaluate.evaluate(k_eval, syn, test, model=model, protocol=prot,
-                              num_models=min(config.num_eval_models, 2))
+                              num_models=min(config.num_eval_models, 2), progress=progress)
       extra = {"epochs": prot.epochs}
     summary = _summary(res)
     summary.update(extra)

@@ -6,7 +6,7 @@ They are ``NamedTuple``s so that they are pytrees, can cross ``jax.jit`` and
 Data contract: images are NHWC float32. Real images leave the dataset builders in
 [0, 1]; distillation and evaluation work in the *normalised* space
 (``(x - mean) / std`` per channel, see :func:`jaxdd.data.normalize`), exactly as
-the PyTorch reference does (REFERENCE-DM-DSA.md §1).
+the PyTorch reference does (docs/protocols.md).
 """
 from __future__ import annotations
 

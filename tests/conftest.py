@@ -1,7 +1,7 @@
 """Test configuration: 8 simulated CPU devices, no network, small caches.
 
 XLA_FLAGS must be set before jax is imported anywhere, which is why this sits at
-the top of conftest (ENV.md §4).
+the top of conftest (XLA reads it once, when the CPU backend starts).
 """
 import os
 
@@ -9,6 +9,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Never let TFDS reach the network in tests.
 os.environ.setdefault("TFDS_DISABLE_DOWNLOAD", "1")
+# CLI tests must not point this process's XLA compilation cache at a test folder.
+os.environ.setdefault("JAXDD_COMPILE_CACHE", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

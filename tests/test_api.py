@@ -1,4 +1,4 @@
-"""API conventions, enforced on every public name (STYLE.md §3 item 11)."""
+"""API conventions, enforced on every public name."""
 import inspect
 
 import jaxdd

@@ -1,6 +1,6 @@
 """Tests for jaxdd.data: bias protocols, splits, determinism, card, helpers.
 
-References used: hand constants from PAPER-PROTOCOLS.md (§3.2 conflict table,
+References used: hand constants from docs/protocols.md (§3.2 conflict table,
 §3.3 CIFAR table, §6.2 Biased-DD aligned counts), a naive per-sample loop of
 LfF's make_attr_labels, and pixel-level properties that must hold.
 """
@@ -19,7 +19,7 @@ from jaxdd.structs import Batch
 # Real MNIST train-set class sizes (torchvision/TFDS mnist), a published fact.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
-# PAPER-PROTOCOLS.md §3.2 palette table.
+# docs/protocols.md palette table.
 PALETTE_TABLE = np.array([
     [0.9837, 0.3125, 0.1686], [0.9905, 0.9156, 0.3515], [0.6730, 0.4611, 0.5798],
     [0.7833, 0.8316, 0.6013], [0.0880, 0.7780, 0.9818], [0.3214, 0.9611, 0.4464],

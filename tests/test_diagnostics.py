@@ -102,8 +102,17 @@ def test_plot_weight_histogram_writes_png(tmp_path):
   w = np.concatenate([rng.uniform(1e-4, 1e-3, 90), rng.uniform(1e-2, 1e-1, 10), [0.0]])
   aligned = np.arange(101) < 90
   path = tmp_path / "sub" / "w.png"
-  out = D.plot_weight_histogram(w, aligned, path, title="test")
-  assert out == str(path)
+  import matplotlib
+  backend = matplotlib.get_backend()
+  fig = D.plot_weight_histogram(w, aligned, path, title="test")
+  assert matplotlib.get_backend() == backend  # the global backend is left alone
+  ax, = fig.axes
+  assert ax.get_title() == "test" and ax.get_xscale() == "log"
+  # the legend carries each group's size and mean (the zero weight is counted, not drawn)
+  labels = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert labels[0].startswith(f"aligned (n=90, mean={w[:90].mean():.3g}")
+  assert labels[1] == f"conflicting (n=11, mean={w[90:].mean():.3g}, 1 zeros)"
+  assert D.plot_weight_histogram(w, aligned).axes  # no path: nothing written
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert sorted(os.listdir(path.parent)) == ["w.png"]  # no temp file left behind
@@ -230,7 +239,7 @@ def test_diagnose_cli_on_embedded_cmnist(tmp_path):
 
   diagnose = _load_diagnose()
   argv = ["--dataset", "cmnist", "--conflict-ratio", "0.05", "--preset", "smoke", "--epochs", "1",
-          "--no-sweep", "--num-rounds", "2", "--quiet", "--out", str(tmp_path / "diag")]
+          "--no-sweep", "--num-rounds", "2", "--quiet", "--workdir", str(tmp_path / "diag")]
   report = diagnose.main(argv)
   with open(tmp_path / "diag" / "report.json") as f:
     on_disk = json.load(f)

@@ -114,9 +114,10 @@ def test_method_flag_and_its_errors(tmp_path, capsys):
   with pytest.raises(ValueError, match="outer_loop"):
     pipeline.validate(pipeline.get_config("smoke", method="dc", ipc=7, outer_loop=None,
                                           inner_loop=None).replace(outer_loop=None))
-  assert cli.main(["distill", "--preset", "smoke", "--workdir", str(tmp_path / "x"),
-                   "--method", "mtt"]) == 2
-  assert "unknown method" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exc:  # argparse: --method has choices
+    cli.main(["distill", "--preset", "smoke", "--workdir", str(tmp_path / "x"), "--method", "mtt"])
+  assert exc.value.code == 2 and "invalid choice: 'mtt'" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "x")
   work = str(tmp_path / "dc")
   assert cli.main(["distill", "--preset", "smoke", "--method", "dc", "--weighting", "kde",
                    "--iterations", "1", "--workdir", work]) == 0

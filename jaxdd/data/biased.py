@@ -6,7 +6,7 @@ are NHWC ``float32`` in [0, 1] (3 channels), ``labels`` and ``bias`` are (N,)
 Samples keep the order of their source split. Same arguments (and same source
 bytes) give byte-identical arrays.
 
-Protocols (PAPER-PROTOCOLS.md §3, §6):
+Protocols (docs/protocols.md):
 
 * **Bias assignment** (:func:`make_attr_labels`, LfF ``make_attr_labels``):
   per class ``c`` with ``N_c`` samples, the fraction ``a`` (aligned ratio)
@@ -96,7 +96,7 @@ __all__ = [
 BUILDER_VERSION = "1"
 
 # LfF's colors.th (alinlab/LfF data/resource/colors.th, shape (10, 3, 1, 1)),
-# decoded to RGB in [0, 1]; values as tabulated in PAPER-PROTOCOLS.md §3.2.
+# decoded to RGB in [0, 1]; values as tabulated in docs/protocols.md
 PALETTE = np.array([
     [0.9837, 0.3125, 0.1686],
     [0.9905, 0.9156, 0.3515],
@@ -125,7 +125,7 @@ FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", 
                          "shirt", "sneaker", "bag", "ankle_boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
-# LfF corruption lists (PAPER-PROTOCOLS.md §3.3); must equal jaxdd.data.corruptions.TYPE0/1.
+# LfF corruption lists (docs/protocols.md); must equal jaxdd.data.corruptions.TYPE0/1.
 CORRUPTIONS_TYPE0 = ("snow", "frost", "fog", "brightness", "contrast", "spatter", "elastic",
                      "jpeg", "pixelate", "saturate")
 CORRUPTIONS_TYPE1 = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise",
@@ -508,7 +508,7 @@ def colorize_background(key: jax.Array, images, colors, *, std: float,
 
   Foreground pixels keep their grey intensity on all three channels (RGB input
   keeps its colours; its background is where all channels are 0), following
-  ReBias' background colouring with LfF's palette (PAPER-PROTOCOLS.md §3.5).
+  ReBias' background colouring with LfF's palette (docs/protocols.md).
 
   Args:
     key: typed PRNG key for the colour noise.

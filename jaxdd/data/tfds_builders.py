@@ -22,7 +22,7 @@ combination is created by :func:`prepare`. Once prepared, every config loads
 with ``tfds.data_source("jaxdd_cmnist/<config>", data_dir=..., split=...)``
 (TFDS reads unregistered configs from the files).
 
-Requirements (ENV.md §2): ``tensorflow-datasets``, ``array-record`` and
+Requirements (the `tfds` extra): ``tensorflow-datasets``, ``array-record`` and
 ``importlib_resources``; no TensorFlow.
 """
 from __future__ import annotations
@@ -255,7 +255,18 @@ def prepare(name: str, *, conflict_ratio: float, severity: int | None = None, se
       image_shape=tuple(int(s) for s in first.images.shape[1:]), source=src,
       description=f"{name} from {src.id} (sha256 {src.checksum()[:16]}...)")
   kwargs = {} if data_dir is None else {"data_dir": os.fspath(data_dir)}
-  builder = BUILDERS[name](config=cfg, file_format="array_record", **kwargs)
+  registered = {c.name: c for c in BUILDERS[name].BUILDER_CONFIGS}
+  if cfg.name in registered and tag is None:
+    # A published config (default source): TFDS refuses a custom config that
+    # reuses a registered name, so build the registered one by name. Its
+    # declared image shape must match the data (it always does for the
+    # offline defaults; the check in _generate_examples guards it anyway).
+    if tuple(registered[cfg.name].image_shape) != cfg.image_shape:
+      raise ValueError(f"the registered config {cfg.name} declares images "
+                       f"{registered[cfg.name].image_shape}, the data are {cfg.image_shape}")
+    builder = BUILDERS[name](config=cfg.name, file_format="array_record", **kwargs)
+  else:
+    builder = BUILDERS[name](config=cfg, file_format="array_record", **kwargs)
   builder.download_and_prepare()
   return f"{builder.name}/{cfg.name}"
 
