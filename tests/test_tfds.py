@@ -33,7 +33,8 @@ def test_round_trip_equals_load(tmp_path):
   # Plain tfds.data_source works too (the config is read from the files).
   source = tfds.data_source(ref, data_dir=tmp_path / "tfds", split="test", download=False)
   first = source[0]
-  assert set(first) == {"image", "label", "bias", "aligned"}
+  assert set(first) == {"image", "image_float", "label", "bias", "aligned"}
+  assert first["image"].dtype == np.uint8 and first["image"].shape == (8, 8, 3)
   assert len(source) == 40
   builder = tfds.builder(ref, data_dir=tmp_path / "tfds")
   assert builder.info.features["bias"].names == list(data.COLOUR_NAMES)
@@ -58,6 +59,60 @@ def test_round_trip_bffhq_folder(tmp_path):
     ds = data.load("bffhq", split=split, conflict_ratio=0.005, source=root, image_size=8)
     assert len(ds) == n and arrays["image"].tobytes() == ds.images.tobytes()
     np.testing.assert_array_equal(arrays["bias"], ds.bias)
+    # Folder images are uint8 to begin with: the stored uint8 image is the
+    # source's own pixels (read independently of load), not just a rendering.
+    raw, _, _ = data.ImageFolderSource(root).read_split(split, 0.005, 8)
+    np.testing.assert_array_equal(arrays["image_uint8"], raw)
+
+
+def _reference_uint8(images):
+  # Independent of tb.to_uint8: Python's round() (half to even) per value, in float64.
+  flat = [min(255, max(0, round(float(v) * 255))) for v in np.asarray(images).ravel()]
+  return np.asarray(flat, np.uint8).reshape(np.shape(images))
+
+
+def test_uint8_image_feature_and_exact_float(tmp_path):
+  src = tiny_source(seed=1, n_train=60, n_test=20, shape=(6, 6))
+  kw = dict(conflict_ratio=0.2, severity=3, seed=2, source=src)
+  ref = tb.prepare("cmnist", data_dir=tmp_path / "tfds", **kw)
+  builder = tfds.builder(ref, data_dir=tmp_path / "tfds")
+  features = builder.info.features
+  assert isinstance(features["image"], tfds.features.Image)
+  assert features["image"].np_dtype == np.uint8 and features["image"].shape == (6, 6, 3)
+  assert isinstance(features["image_float"], tfds.features.Tensor)
+  assert features["image_float"].np_dtype == np.float32
+  assert str(builder.info.version) == "1.1.0" and "1.1.0" in builder.RELEASE_NOTES
+  # TFDS' image tooling (show_examples, as_dataframe) finds exactly one Image feature.
+  from tensorflow_datasets.core.visualization import image_visualizer
+  assert image_visualizer.ImageGridVisualizer().match(builder.info)
+  for split in ("train", "test"):
+    ds = data.load("cmnist", split=split, **kw)
+    # plain TFDS, no jaxdd reader: uint8 image, exact float, labels/bias/aligned
+    rows = tfds.data_source(ref, data_dir=tmp_path / "tfds", split=split, download=False)
+    rows = [rows[i] for i in range(len(rows))]
+    u8 = np.stack([r["image"] for r in rows])
+    exact = np.stack([r["image_float"] for r in rows])
+    assert u8.dtype == np.uint8 and exact.dtype == np.float32
+    np.testing.assert_array_equal(u8, _reference_uint8(ds.images))
+    assert exact.tobytes() == ds.images.tobytes()
+    # the float data are not k/255, so the exact feature is needed
+    assert not np.array_equal(u8.astype(np.float32) / 255, ds.images)
+    np.testing.assert_array_equal([int(r["label"]) for r in rows], ds.labels)
+    np.testing.assert_array_equal([int(r["bias"]) for r in rows], ds.bias)
+    np.testing.assert_array_equal([bool(r["aligned"]) for r in rows], ds.aligned)
+    # jaxdd's reader returns the exact floats and the same uint8
+    arrays = tb.read(ref, split=split, data_dir=tmp_path / "tfds")
+    assert arrays["image"].dtype == np.float32 and arrays["image"].tobytes() == ds.images.tobytes()
+    np.testing.assert_array_equal(arrays["image_uint8"], u8)
+    # and so does TfdsSource (it reads image_float, not the uint8 rendering)
+    x, _ = data.TfdsSource(ref, data_dir=tmp_path / "tfds").pool(split)
+    assert x.dtype == np.float32 and x.tobytes() == ds.images.tobytes()
+
+
+def test_to_uint8_rounds_half_to_even_and_clips():
+  x = np.array([0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, -0.1, 1.2], np.float64)
+  np.testing.assert_array_equal(tb.to_uint8(x), _reference_uint8(x))
+  assert tb.to_uint8(x).tolist() == [0, 0, 2, 128, 255, 0, 255]
 
 
 def test_tfds_prepared_data_as_a_source(tmp_path):

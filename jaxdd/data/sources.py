@@ -632,7 +632,10 @@ class TfdsSource(Source):
   """A TFDS dataset that is already prepared on this machine. Never downloads.
 
   Reads ``image``/``label`` features of the ``train`` and ``test`` splits via
-  ``tfds.data_source`` (array_record/parquet, no TensorFlow). A dataset
+  ``tfds.data_source`` (array_record/parquet, no TensorFlow). Where the
+  dataset also has an exact float32 ``<image_key>_float`` feature (jaxdd's own
+  TFDS datasets, see :mod:`jaxdd.data.tfds_builders`), that one is read
+  instead of the uint8 rendering. A dataset
   prepared in the default ``tfrecord`` format is read through TensorFlow if it
   is installed, and refused with instructions otherwise.
 
@@ -668,6 +671,21 @@ class TfdsSource(Source):
         f"source=TfdsSource('{self.name}', data_dir=...). Or pass source=ArraySource(...)/an .npz "
         f"with x_train,y_train,x_test,y_test.")
 
+  def _exact_image_key(self, features) -> str:
+    """``image_key``, or its exact float32 companion ``<image_key>_float`` if present.
+
+    jaxdd's own TFDS datasets (:mod:`jaxdd.data.tfds_builders`) store a uint8
+    ``image`` for TFDS tooling and the exact float32 image as ``image_float``;
+    reading the latter gives the same arrays as :func:`jaxdd.data.load`.
+    """
+    exact = f"{self.image_key}_float"
+    try:
+      feature = features[exact]
+    except (KeyError, TypeError):
+      return self.image_key
+    dtype = getattr(feature, "np_dtype", None)  # (.dtype would import TensorFlow)
+    return exact if dtype is not None and np.dtype(dtype) == np.float32 else self.image_key
+
   def _load_all(self) -> dict:
     if self._arrays is not None:
       return self._arrays
@@ -684,6 +702,7 @@ class TfdsSource(Source):
       raise FileNotFoundError(
           f"TFDS dataset {self.name!r} is not prepared in {builder.data_dir}; {self._howto()}")
     fmt = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+    image_key = self._exact_image_key(builder.info.features)
     out = {}
     for part in ("train", "test"):
       if part not in builder.info.splits:
@@ -695,7 +714,7 @@ class TfdsSource(Source):
         for start in range(0, n, 1024):
           idx = list(range(start, min(n, start + 1024)))
           batch = src.__getitems__(idx) if hasattr(src, "__getitems__") else [src[i] for i in idx]
-          xs.extend(np.asarray(b[self.image_key]) for b in batch)
+          xs.extend(np.asarray(b[image_key]) for b in batch)
           ys.extend(int(b[self.label_key]) for b in batch)
         x, y = np.stack(xs), np.asarray(ys, np.int64)
       else:
@@ -704,7 +723,7 @@ class TfdsSource(Source):
               f"TFDS dataset {self.name!r} is prepared as {fmt}, which needs TensorFlow to read; "
               f"pip install tensorflow-cpu, or re-prepare it with file_format='array_record'.")
         ds = tfds.as_numpy(builder.as_dataset(split=part, batch_size=-1))
-        x, y = np.asarray(ds[self.image_key]), np.asarray(ds[self.label_key], np.int64)
+        x, y = np.asarray(ds[image_key]), np.asarray(ds[self.label_key], np.int64)
       if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
       out[part] = (validate_images(x, what=f"tfds {self.name} {part} images"),

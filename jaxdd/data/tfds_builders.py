@@ -6,12 +6,19 @@ Data contract: each builder ``jaxdd_<name>`` (``jaxdd_cmnist``,
 ``train``, ``valid`` and ``test`` of :func:`jaxdd.data.load` with the same
 arguments, in the same order (``disable_shuffling=True``), as examples::
 
-  {"image": float32 (H, W, 3) in [0, 1], "label": int64 ClassLabel,
-   "bias": int64 ClassLabel, "aligned": bool}
+  {"image": uint8 (H, W, 3) tfds.features.Image (PNG),
+   "image_float": float32 (H, W, 3) in [0, 1] (exactly load()'s image),
+   "label": int64 ClassLabel, "bias": int64 ClassLabel, "aligned": bool}
 
-Images are stored as float32 tensors, so reading them back gives exactly the
-arrays of ``load`` (no PNG/uint8 round trip). Builders generate from ``load``
-and never download anything (no URLs, ``try_download_gcs`` forced off).
+``image`` is :func:`to_uint8` of ``load``'s image (``rint(x * 255)`` in
+float64, clipped to 0..255), so ``tfds.show_examples``, ``tfds.as_dataframe``
+and other TFDS tooling that looks for an ``Image`` feature work. ``load``'s
+images are not multiples of 1/255 (colour noise, corruptions), so the exact
+float32 image is kept beside it as ``image_float``: :func:`read` and
+:class:`jaxdd.data.TfdsSource` return it, bit-identical to ``load``. Builders
+generate from ``load`` and never download anything (no URLs,
+``try_download_gcs`` forced off). PNG encoding uses Pillow (TFDS' own encoder
+would need TensorFlow).
 
 Configs are named ``ratio<r>_severity<s>_seed<k>`` (``severitynone`` for
 bffhq), plus ``_valid<f>`` when ``valid_fraction`` is not 0.1, ``_size<n>``
@@ -28,8 +35,9 @@ Requirements (the `tfds` extra): ``tensorflow-datasets``, ``array-record`` and
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -37,9 +45,17 @@ import tensorflow_datasets as tfds
 from jaxdd.data import biased
 from jaxdd.data.biased import DATASETS, load, resolve_source
 
-__all__ = ["BiasedConfig", "BUILDERS", "config_name", "prepare", "read"]
+__all__ = ["BiasedConfig", "BUILDERS", "EXACT_IMAGE_KEY", "config_name", "prepare", "read",
+           "to_uint8"]
 
-_VERSION = "1.0.0"
+_VERSION = "1.1.0"
+_RELEASE_NOTES = {
+    "1.0.0": "Initial release (image: float32 Tensor).",
+    "1.1.0": "image is a uint8 tfds.features.Image (PNG, rint(x * 255)) so TFDS tooling works; "
+             "the exact float32 image of jaxdd.data.load moves to image_float.",
+}
+#: The feature holding the exact float32 image (``image`` is its uint8 rendering).
+EXACT_IMAGE_KEY = "image_float"
 _DEFAULT_SHAPES = {"mnist": (28, 28, 3), "fashion_mnist": (28, 28, 3), "cifar10": (32, 32, 3)}
 
 
@@ -118,12 +134,38 @@ def _default_configs(name: str) -> list[BiasedConfig]:
           for r in ratios]
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """The uint8 rendering stored as the ``image`` feature.
+
+  Args:
+    images: float images in [0, 1] (any shape).
+
+  Returns:
+    ``clip(rint(images * 255), 0, 255)`` as uint8, computed in float64 (round
+    half to even).
+
+  Example:
+    >>> to_uint8(np.array([0.0, 0.5, 1.0], np.float32)).tolist()
+    [0, 128, 255]
+  """
+  x = np.asarray(images, dtype=np.float64)
+  return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _png(image_u8: np.ndarray) -> bytes:
+  from PIL import Image  # pillow is a core dependency
+
+  buf = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(image_u8)).save(buf, format="PNG")
+  return buf.getvalue()
+
+
 class _JaxddBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared implementation; subclasses set ``DATASET``."""
 
   DATASET = ""
   VERSION = tfds.core.Version(_VERSION)
-  RELEASE_NOTES = {_VERSION: "Initial release."}
+  RELEASE_NOTES = _RELEASE_NOTES
 
   def _info(self) -> tfds.core.DatasetInfo:
     spec = DATASETS[self.DATASET]
@@ -133,7 +175,10 @@ class _JaxddBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         description=(f"jaxdd biased dataset {self.DATASET!r} ({spec.ratio_semantics}); "
                      "generated offline by jaxdd.data.load."),
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=tuple(cfg.image_shape), dtype=np.float32),
+            "image": tfds.features.Image(shape=tuple(cfg.image_shape), dtype=np.uint8,
+                                         encoding_format="png"),
+            EXACT_IMAGE_KEY: tfds.features.Tensor(shape=tuple(cfg.image_shape),
+                                                  dtype=np.float32),
             "label": tfds.features.ClassLabel(names=list(spec.class_names)),
             "bias": tfds.features.ClassLabel(names=list(spec.bias_names)),
             "aligned": tfds.features.Tensor(shape=(), dtype=np.bool_),
@@ -170,8 +215,10 @@ class _JaxddBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           f"{tuple(self.builder_config.image_shape)}; use jaxdd.data.tfds_builders.prepare(), "
           "which sets the shape from the data.")
     self.info.metadata[split] = biased._jsonable(dict(ds.meta))
+    images_u8 = to_uint8(ds.images)
     for i in range(len(ds)):
-      yield i, {"image": ds.images[i], "label": int(ds.labels[i]), "bias": int(ds.bias[i]),
+      yield i, {"image": _png(images_u8[i]), EXACT_IMAGE_KEY: ds.images[i],
+                "label": int(ds.labels[i]), "bias": int(ds.bias[i]),
                 "aligned": bool(ds.aligned[i])}
 
   def download_and_prepare(self, *, download_dir=None, download_config=None, file_format=None,
@@ -281,8 +328,12 @@ def read(ref: str, *, split: str, data_dir: str | os.PathLike | None = None
     data_dir: the TFDS data directory used by ``prepare``.
 
   Returns:
-    ``{"image": (N, H, W, 3) float32, "label": (N,) int64, "bias": (N,) int64,
-    "aligned": (N,) bool}``.
+    ``{"image": (N, H, W, 3) float32, "image_uint8": (N, H, W, 3) uint8,
+    "label": (N,) int64, "bias": (N,) int64, "aligned": (N,) bool}``;
+    ``image`` is the exact ``image_float`` feature (byte-identical to
+    :func:`jaxdd.data.load`), ``image_uint8`` the decoded ``image`` feature.
+    A dataset written by version 1.0.0 (float32 ``image``, no
+    ``image_float``) gives its ``image`` and ``image_uint8 = to_uint8(image)``.
 
   Example:
     >>> arrays = read("jaxdd_cmnist/ratio0.05_severity4_seed0", split="test",
@@ -292,5 +343,15 @@ def read(ref: str, *, split: str, data_dir: str | os.PathLike | None = None
   src = tfds.data_source(ref, split=split, download=False, try_gcs=False, **kwargs)
   n = len(src)
   rows = src.__getitems__(list(range(n))) if hasattr(src, "__getitems__") else [src[i] for i in range(n)]
-  keys: Sequence[str] = ("image", "label", "bias", "aligned")
-  return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in keys}
+  out = {k: np.stack([np.asarray(r[k]) for r in rows])
+         for k in ("image", "label", "bias", "aligned")}
+  if n and EXACT_IMAGE_KEY in rows[0]:
+    out["image_uint8"] = out["image"]
+    out["image"] = np.stack([np.asarray(r[EXACT_IMAGE_KEY]) for r in rows])
+  elif out["image"].dtype == np.float32:  # version 1.0.0: the float image was "image"
+    out["image_uint8"] = to_uint8(out["image"])
+  else:
+    raise ValueError(f"{ref} has a uint8 image but no {EXACT_IMAGE_KEY!r} feature, so the exact "
+                     f"float images of jaxdd.data.load cannot be recovered; re-prepare it with "
+                     f"jaxdd.data.prepare_tfds (jaxdd >= TFDS version {_VERSION}).")
+  return {k: out[k] for k in ("image", "image_uint8", "label", "bias", "aligned")}
