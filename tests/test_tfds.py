@@ -1,6 +1,8 @@
 """Tests for the jaxdd TFDS builders (array_record, no TensorFlow, no download)."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -115,13 +117,22 @@ def test_to_uint8_rounds_half_to_even_and_clips():
   assert tb.to_uint8(x).tolist() == [0, 0, 2, 128, 255, 0, 255]
 
 
-def test_tfds_prepared_data_as_a_source(tmp_path):
+def test_tfds_prepared_data_as_a_source(tmp_path, caplog, monkeypatch):
   # A prepared jaxdd dataset has "image"/"label" features, so TfdsSource can read it:
   # this exercises the offline TFDS reading path end to end.
   src = tiny_source(shape=(8, 8))
   ref = tb.prepare("cmnist_dd", conflict_ratio=1.0, source=src, data_dir=tmp_path / "tfds")
   tsrc = data.TfdsSource(ref, data_dir=tmp_path / "tfds")
-  x, y = tsrc.pool("train")
+  # Reading reports progress for big splits (threshold lowered to 50 here: the
+  # prepared train split has 90 images, its test split 40, which stays silent).
+  from jaxdd import progress
+  from jaxdd.data import sources
+  monkeypatch.setitem(sources.PROGRESS_MIN_IMAGES, "tfds", 50)
+  monkeypatch.setattr(progress, "interactive", lambda: False)
+  with caplog.at_level(logging.INFO, logger="jaxdd"):
+    x, y = tsrc.pool("train")
+  lines = [r.getMessage() for r in caplog.records if r.name == "jaxdd"]
+  assert len(lines) == 1 and lines[0].startswith(f"tfds:{ref} train: reading: 90/90 img (100%)")
   ds = data.load("cmnist_dd", split="train", conflict_ratio=1.0, source=src)
   np.testing.assert_array_equal(x, ds.images)
   np.testing.assert_array_equal(y, ds.labels)

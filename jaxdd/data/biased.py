@@ -462,7 +462,7 @@ def _noisy_colours(key, base: np.ndarray, std) -> np.ndarray:
 
 
 def colorize_foreground(key: jax.Array, images, colors, *, std: float,
-                        palette=None) -> np.ndarray:
+                        palette=None, progress=None) -> np.ndarray:
   """Colours the stroke of grey images (LfF Colored MNIST).
 
   ``out = clip(colour + eps, 0, 1) * intensity`` per channel, one
@@ -474,6 +474,10 @@ def colorize_foreground(key: jax.Array, images, colors, *, std: float,
     colors: (N,) palette indices, or (N, 3) RGB in [0, 1].
     std: colour-noise standard deviation (LfF severity 4: 0.005).
     palette: (K, 3) RGB table for index colours; default LfF's :data:`PALETTE`.
+    progress: report images done (per block of 4,096): None = only for 20,000
+      images or more, True/False, or an open :func:`jaxdd.progress.bar` to add
+      to (see :func:`jaxdd.data.sources.open_progress`). The result is the same
+      either way; :func:`jaxdd.progress.set_quiet` silences it.
 
   Returns:
     (N, H, W, 3) ``float32`` in [0, 1].
@@ -495,15 +499,21 @@ def colorize_foreground(key: jax.Array, images, colors, *, std: float,
   # Blocks of images keep the temporaries cache-sized, and one 2-D pass per
   # channel is several times faster than broadcasting over a size-3 last axis;
   # the products are bit-identical either way.
-  for s in range(0, n, _BLOCK):
-    g = _to_float(flat[s:s + _BLOCK])
-    for ch in range(3):
-      np.multiply(g, colour[s:s + _BLOCK, ch:ch + 1], out=out[s:s + _BLOCK, :, ch])
+  bar, owned = _sources.open_progress(progress, n, "colorize_foreground", kind="colour")
+  try:
+    for s in range(0, n, _BLOCK):
+      g = _to_float(flat[s:s + _BLOCK])
+      for ch in range(3):
+        np.multiply(g, colour[s:s + _BLOCK, ch:ch + 1], out=out[s:s + _BLOCK, :, ch])
+      bar.update(len(g))
+  finally:
+    if owned:
+      bar.close()
   return out.reshape(n, h, w, 3)
 
 
 def colorize_background(key: jax.Array, images, colors, *, std: float,
-                        palette=None) -> np.ndarray:
+                        palette=None, progress=None) -> np.ndarray:
   """Fills the background (pixels exactly 0) with a noisy palette colour.
 
   Foreground pixels keep their grey intensity on all three channels (RGB input
@@ -516,6 +526,10 @@ def colorize_background(key: jax.Array, images, colors, *, std: float,
     colors: (N,) palette indices, or (N, 3) RGB in [0, 1].
     std: colour-noise standard deviation.
     palette: (K, 3) RGB table; default :data:`PALETTE`.
+    progress: report images done (per block of 4,096): None = only for 20,000
+      images or more, True/False, or an open :func:`jaxdd.progress.bar` to add
+      to (see :func:`jaxdd.data.sources.open_progress`). The result is the same
+      either way; :func:`jaxdd.progress.set_quiet` silences it.
 
   Returns:
     (N, H, W, 3) ``float32`` in [0, 1].
@@ -535,13 +549,19 @@ def colorize_background(key: jax.Array, images, colors, *, std: float,
   # out = fg + mask * colour is exact: fg is 0 wherever mask is 1, and mask
   # adds 0 elsewhere. Image blocks + one 2-D pass per channel (see
   # colorize_foreground for why).
-  for s in range(0, n, _BLOCK):
-    f = _to_float(flat[s:s + _BLOCK])
-    mask = np.all(f == 0, axis=-1).astype(np.float32)  # background pixels
-    for ch in range(3):
-      o = out[s:s + _BLOCK, :, ch]
-      np.multiply(mask, colour[s:s + _BLOCK, ch:ch + 1], out=o)
-      o += f[:, :, ch if c == 3 else 0]
+  bar, owned = _sources.open_progress(progress, n, "colorize_background", kind="colour")
+  try:
+    for s in range(0, n, _BLOCK):
+      f = _to_float(flat[s:s + _BLOCK])
+      mask = np.all(f == 0, axis=-1).astype(np.float32)  # background pixels
+      for ch in range(3):
+        o = out[s:s + _BLOCK, :, ch]
+        np.multiply(mask, colour[s:s + _BLOCK, ch:ch + 1], out=o)
+        o += f[:, :, ch if c == 3 else 0]
+      bar.update(len(f))
+  finally:
+    if owned:
+      bar.close()
   return out.reshape(n, h, w, 3)
 
 
@@ -561,7 +581,7 @@ def _corruption_names(corruption_type) -> tuple[str, ...]:
 
 
 def corrupt_by_attribute(key: jax.Array, images, attrs, *, corruption_type="type0",
-                         severity: int) -> np.ndarray:
+                         severity: int, progress=None) -> np.ndarray:
   """Applies corruption ``names[attrs[i]]`` to image ``i`` (LfF Corrupted CIFAR-10).
 
   Images of bias ``k`` are corrupted together with key ``fold_in(key, k)``
@@ -576,6 +596,10 @@ def corrupt_by_attribute(key: jax.Array, images, attrs, *, corruption_type="type
     corruption_type: ``"type0"``, ``"type1"`` or an explicit list of names.
     severity: Hendrycks corruption level 1..5, passed straight to
       ``corrupt`` (the dataset builders use LfF's level = severity + 1).
+    progress: report images done (per chunk of 512): None = only for 2,000
+      images or more, True/False, or an open :func:`jaxdd.progress.bar` to add
+      to (see :func:`jaxdd.data.sources.open_progress`). The result is the same
+      either way; :func:`jaxdd.progress.set_quiet` silences it.
 
   Returns:
     (N, H, W, 3) ``float32`` in [0, 1].
@@ -599,16 +623,23 @@ def corrupt_by_attribute(key: jax.Array, images, attrs, *, corruption_type="type
     raise ValueError(f"severity (corruption level) must be an integer in 1..5, got {severity!r}.")
   key = _as_key(key)
   out = np.empty_like(f)
-  for k in np.unique(a):
-    idx = np.flatnonzero(a == k)
-    if names[k] == "original":
-      out[idx] = f[idx]
-      continue
-    y = np.asarray(corruptions.corrupt(jax.random.fold_in(key, int(k)), f[idx], names[k],
-                                       severity=int(severity)), np.float32)
-    if y.shape != f[idx].shape:
-      raise ValueError(f"corruption {names[k]!r} returned shape {y.shape}, expected {f[idx].shape}.")
-    out[idx] = np.clip(y, 0.0, 1.0)
+  bar, owned = _sources.open_progress(progress, len(f), "corrupt_by_attribute", kind="corrupt")
+  try:
+    for k in np.unique(a):
+      idx = np.flatnonzero(a == k)
+      if names[k] == "original":
+        out[idx] = f[idx]
+        bar.update(len(idx))
+        continue
+      y = np.asarray(corruptions.corrupt(jax.random.fold_in(key, int(k)), f[idx], names[k],
+                                         severity=int(severity), progress=bar), np.float32)
+      if y.shape != f[idx].shape:
+        raise ValueError(f"corruption {names[k]!r} returned shape {y.shape}, expected "
+                         f"{f[idx].shape}.")
+      out[idx] = np.clip(y, 0.0, 1.0)
+  finally:
+    if owned:
+      bar.close()
   return out
 
 
@@ -850,30 +881,42 @@ def _check_min_rule(spec: DatasetSpec, labels: np.ndarray, aligned_ratio: float,
       f"bias-conflicting sample; {fix}, or use a bigger source ({_bigger_source_hint(spec)}).")
 
 
-def _inject(spec: DatasetSpec, key, images, attrs, severity) -> tuple[np.ndarray, dict]:
-  if spec.injector == "foreground":
+def _inject(spec: DatasetSpec, key, images, attrs, severity, *, split: str,
+            progress=None) -> tuple[np.ndarray, dict]:
+  n = len(images)
+  if spec.injector in ("foreground", "background"):
     std = spec.colour_std(severity)
-    return colorize_foreground(key, images, attrs, std=std), {"noise_std": std}
-  if spec.injector == "background":
-    std = spec.colour_std(severity)
-    return colorize_background(key, images, attrs, std=std), {"noise_std": std}
+    fn = colorize_foreground if spec.injector == "foreground" else colorize_background
+    bar, owned = _sources.open_progress(progress, n, f"{spec.name} {split}: colouring",
+                                        kind="colour")
+    try:
+      return fn(key, images, attrs, std=std, progress=bar), {"noise_std": std}
+    finally:
+      if owned:
+        bar.close()
   if spec.injector == "corruption":
     level = severity + 1  # LfF's offset: severity s is applied at protocol level s + 1
-    out = corrupt_by_attribute(key, images, attrs, corruption_type=spec.corruption_type,
-                               severity=level)
+    bar, owned = _sources.open_progress(progress, n, f"{spec.name} {split}: corrupting",
+                                        kind="corrupt")
+    try:
+      out = corrupt_by_attribute(key, images, attrs, corruption_type=spec.corruption_type,
+                                 severity=level, progress=bar)
+    finally:
+      if owned:
+        bar.close()
     return out, {"corruption_level": level, "corruption_type": spec.corruption_type}
   raise AssertionError(spec.injector)
 
 
 def _compose(spec: DatasetSpec, images, labels, *, split: str, ratio: float, severity,
-             seed: int, meta: Mapping[str, Any]) -> BiasedDataset:
+             seed: int, meta: Mapping[str, Any], progress=None) -> BiasedDataset:
   """Assigns bias to ``(images, labels)`` as split ``split`` and injects it."""
   aligned_ratio = spec.aligned_ratio(split, ratio)
   attrs = make_attr_labels(labels, aligned_ratio=aligned_ratio, num_bias=len(spec.bias_names))
   if split != "valid":
     _check_min_rule(spec, labels, aligned_ratio, split)
   key = jax.random.fold_in(jax.random.key(seed), _SPLIT_ID[split])
-  x, extra = _inject(spec, key, images, attrs, severity)
+  x, extra = _inject(spec, key, images, attrs, severity, split=split, progress=progress)
   full = {**meta, **extra, "split_aligned_ratio": aligned_ratio}
   return _make_dataset(spec, x, labels, attrs, full)
 
@@ -885,7 +928,7 @@ def _base_meta(spec: DatasetSpec, split, ratio, severity, seed, **extra) -> dict
 
 
 def from_arrays(name: str, images, labels, *, conflict_ratio: float, severity: int | None = None,
-                seed: int = 0, split: str = "train") -> BiasedDataset:
+                seed: int = 0, split: str = "train", progress=None) -> BiasedDataset:
   """Applies dataset ``name``'s bias protocol to arrays you pass in.
 
   The arrays are the whole split: no valid hold-out. ``split`` picks the
@@ -901,6 +944,7 @@ def from_arrays(name: str, images, labels, *, conflict_ratio: float, severity: i
     severity: as in :func:`load`; None = the dataset's default.
     seed: noise seed.
     split: ``train``, ``valid`` or ``test``.
+    progress: as in :func:`load`.
 
   Returns:
     A :class:`BiasedDataset`.
@@ -922,7 +966,8 @@ def from_arrays(name: str, images, labels, *, conflict_ratio: float, severity: i
   y = validate_labels(labels, n=len(x), num_classes=len(spec.class_names))
   meta = _base_meta(spec, split, ratio, sev, seed, source="arrays",
                     source_sha256=array_sha256(x, y))
-  return _compose(spec, x, y, split=split, ratio=ratio, severity=sev, seed=seed, meta=meta)
+  return _compose(spec, x, y, split=split, ratio=ratio, severity=sev, seed=seed, meta=meta,
+                  progress=progress)
 
 
 def resolve_source(name: str, source=None) -> Source:
@@ -1002,11 +1047,11 @@ def _split_pool(labels: np.ndarray, split: str, valid_fraction: float) -> np.nda
 
 
 def _build_from_source(spec, src: Source, *, split, ratio, severity, seed, valid_fraction,
-                       image_size, checksum) -> BiasedDataset:
+                       image_size, checksum, progress=None) -> BiasedDataset:
   meta = _base_meta(spec, split, ratio, severity, seed, source=src.id, source_sha256=checksum)
   if spec.injector == "folder":
     meta.update(image_size=image_size, split_aligned_ratio=None)
-    x, y, b = src.read_split(split, ratio, image_size)
+    x, y, b = src.read_split(split, ratio, image_size, progress=progress)
     if y.max() >= len(spec.class_names) or b.max() >= len(spec.bias_names):
       raise ValueError(f"{src.root}: target/bias values must be 0 or 1 for bffhq.")
     return _make_dataset(spec, _to_float(x), y, b, meta)
@@ -1020,12 +1065,13 @@ def _build_from_source(spec, src: Source, *, split, ratio, severity, seed, valid
       raise ValueError(f"the {split} split of {src.id} is empty; use a larger valid_fraction "
                        "or a bigger source.")
     x, y = x[idx], y[idx]
-  return _compose(spec, x, y, split=split, ratio=ratio, severity=severity, seed=seed, meta=meta)
+  return _compose(spec, x, y, split=split, ratio=ratio, severity=severity, seed=seed, meta=meta,
+                  progress=progress)
 
 
 def load(name: str, *, split: str, conflict_ratio: float, severity: int | None = None,
          seed: int = 0, source=None, valid_fraction: float = 0.1, image_size: int | None = None,
-         cache: bool = True) -> BiasedDataset:
+         cache: bool = True, progress: bool | None = None) -> BiasedDataset:
   """Builds (or loads from the cache) a biased dataset split.
 
   Args:
@@ -1046,6 +1092,14 @@ def load(name: str, *, split: str, conflict_ratio: float, severity: int | None =
       ``valid`` split (0 keeps the whole pool for ``train``).
     image_size: output side for ``bffhq`` (default 64); must be None otherwise.
     cache: read/write the on-disk cache (``$JAXDD_CACHE``).
+    progress: report the slow per-image steps of a build (colouring,
+      corrupting, reading image files) with :func:`jaxdd.progress.bar` (a
+      tqdm bar on a terminal/in a notebook, else periodic ``jaxdd`` log
+      lines). None (default) = only where a step has many images (20,000 to
+      colour, 2,000 to corrupt or read from files; see
+      :data:`jaxdd.data.sources.PROGRESS_MIN_IMAGES`); True/False = always/
+      never. Cache hits build nothing and show nothing. The arrays are
+      identical either way; :func:`jaxdd.progress.set_quiet` silences it.
 
   Returns:
     A :class:`BiasedDataset`.
@@ -1068,6 +1122,8 @@ def load(name: str, *, split: str, conflict_ratio: float, severity: int | None =
   vf = _real(valid_fraction, "valid_fraction")
   if not 0.0 <= vf < 1.0:
     raise ValueError(f"valid_fraction must lie in [0, 1), got {vf}.")
+  if progress is not None and not isinstance(progress, (bool, np.bool_)):
+    raise TypeError(f"progress must be None (auto), True or False, got {progress!r}.")
   if spec.injector == "folder":
     vf = None  # bffhq uses the folder's own valid/
     if image_size is None:
@@ -1099,7 +1155,8 @@ def load(name: str, *, split: str, conflict_ratio: float, severity: int | None =
                          {"status": "hit", "path": str(_cache.cache_dir() / f"{key}.npz")})
       return ds
   ds = _build_from_source(spec, src, split=split, ratio=ratio, severity=sev, seed=seed,
-                          valid_fraction=vf, image_size=image_size, checksum=checksum)
+                          valid_fraction=vf, image_size=image_size, checksum=checksum,
+                          progress=progress)
   info = {"status": "off"}
   if cache:
     path = _cache.save_entry(

@@ -89,6 +89,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from jaxdd.data.sources import open_progress
+
 __all__ = ["TYPE0", "TYPE1", "CORRUPTIONS", "corrupt", "rgb_to_hsv", "hsv_to_rgb"]
 
 TYPE0: tuple[str, ...] = ("snow", "frost", "fog", "brightness", "contrast",
@@ -897,7 +899,8 @@ def _check_key(key) -> list[int]:
   return np.asarray(jax.random.key_data(key)).ravel().tolist()
 
 
-def corrupt(key: jax.Array, images, name: str, *, severity: int) -> np.ndarray:
+def corrupt(key: jax.Array, images, name: str, *, severity: int,
+            progress=None) -> np.ndarray:
   """Apply one Corrupted CIFAR-10 corruption to a batch of images.
 
   Args:
@@ -909,6 +912,10 @@ def corrupt(key: jax.Array, images, name: str, *, severity: int) -> np.ndarray:
     name: one of ``TYPE0 + TYPE1`` (see ``CORRUPTIONS``).
     severity: Hendrycks & Dietterich level, an int in 1..5. The LfF builder
       passes its folder severity + 1.
+    progress: report images done per internal chunk:  None = only for 2,000
+      images or more, True/False, or an open :func:`jaxdd.progress.bar` to
+      add to (see :func:`jaxdd.data.sources.open_progress`). It never changes
+      the result; :func:`jaxdd.progress.set_quiet` silences it.
 
   Returns:
     (N, H, W, 3) float32 array in [0, 1]. "original" returns the input
@@ -941,10 +948,16 @@ def corrupt(key: jax.Array, images, name: str, *, severity: int) -> np.ndarray:
     return out
   rngs = np.random.default_rng(seed).spawn(n)
   impl = _IMPLS[name]
-  for start in range(0, n, _CHUNK):
-    stop = min(start + _CHUNK, n)
-    y = impl(x[start:stop], rngs[start:stop], severity)
-    out[start:stop] = np.clip(y, 0.0, 1.0)
+  bar, owned = open_progress(progress, n, f"corrupt {name}", kind="corrupt")
+  try:
+    for start in range(0, n, _CHUNK):
+      stop = min(start + _CHUNK, n)
+      y = impl(x[start:stop], rngs[start:stop], severity)
+      out[start:stop] = np.clip(y, 0.0, 1.0)
+      bar.update(stop - start)
+  finally:
+    if owned:
+      bar.close()
   return out
 
 
