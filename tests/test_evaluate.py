@@ -346,3 +346,21 @@ def test_loop_safe_conv_matches_lax_values_and_gradients(getkey, channels):
     np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
     for a, b in zip(g0, g1):
       np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [3, 12])
+def test_loop_safe_conv_second_order_matches_lax(getkey, channels):
+  # Gradient matching differentiates the weight gradient w.r.t. the input
+  # (reverse over reverse through the custom VJP).
+  x = jax.random.normal(getkey(), (2, 6, 6, channels))
+  w = jax.random.normal(getkey(), (3, 3, channels, 4))
+  v = jax.random.normal(getkey(), w.shape)
+
+  def outer(conv):
+    def inner(x, w):
+      return jnp.sum(jnp.tanh(conv(x, w, (1, 1), ((1, 1), (1, 1)),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+    return jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(inner, 1)(x, w) * v)))
+
+  np.testing.assert_allclose(outer(loop_safe_conv)(x), outer(lax.conv_general_dilated)(x),
+                             rtol=1e-4, atol=1e-4)
