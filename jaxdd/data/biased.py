@@ -596,7 +596,7 @@ def corrupt_by_attribute(key: jax.Array, images, attrs, *, corruption_type="type
     corruption_type: ``"type0"``, ``"type1"`` or an explicit list of names.
     severity: Hendrycks corruption level 1..5, passed straight to
       ``corrupt`` (the dataset builders use LfF's level = severity + 1).
-    progress: report images done (per chunk of 512): None = only for 2,000
+    progress: report images done (per chunk of 512): None = only for 5,000
       images or more, True/False, or an open :func:`jaxdd.progress.bar` to add
       to (see :func:`jaxdd.data.sources.open_progress`). The result is the same
       either way; :func:`jaxdd.progress.set_quiet` silences it.
@@ -1096,7 +1096,7 @@ def load(name: str, *, split: str, conflict_ratio: float, severity: int | None =
       corrupting, reading image files) with :func:`jaxdd.progress.bar` (a
       tqdm bar on a terminal/in a notebook, else periodic ``jaxdd`` log
       lines). None (default) = only where a step has many images (20,000 to
-      colour, 2,000 to corrupt or read from files; see
+      colour, 5,000 to corrupt or read from files; see
       :data:`jaxdd.data.sources.PROGRESS_MIN_IMAGES`); True/False = always/
       never. Cache hits build nothing and show nothing. The arrays are
       identical either way; :func:`jaxdd.progress.set_quiet` silences it.

@@ -912,7 +912,7 @@ def corrupt(key: jax.Array, images, name: str, *, severity: int,
     name: one of ``TYPE0 + TYPE1`` (see ``CORRUPTIONS``).
     severity: Hendrycks & Dietterich level, an int in 1..5. The LfF builder
       passes its folder severity + 1.
-    progress: report images done per internal chunk:  None = only for 2,000
+    progress: report images done per internal chunk: None = only for 5,000
       images or more, True/False, or an open :func:`jaxdd.progress.bar` to
       add to (see :func:`jaxdd.data.sources.open_progress`). It never changes
       the result; :func:`jaxdd.progress.set_quiet` silences it.
