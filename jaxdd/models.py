@@ -188,14 +188,20 @@ def _conv_weight_grad(x, g, w_shape, strides, padding, precision):
   n = x.shape[0]
   ho, wo = g.shape[1], g.shape[2]
   # Weight gradient: dW[i, j] = sum_{n,h,w} xp[n, i + sh*h, j + sw*w, :]^T g[n, h, w, :].
+  # The long contraction is split into two halves contracted as a batch and
+  # summed: XLA:CPU then keeps both cores busy (ConvNet layer 2, 100 images:
+  # 37.7 -> 31.5 ms per weight gradient inside a scan).
+  parts = 2 if n % 2 == 0 else 1
+  gs = g.reshape(parts, -1, g.shape[-1])
   xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  dw = jnp.stack([jnp.stack([
-      jnp.einsum("nhwc,nhwo->co",
-                 lax.slice(xp, (0, i, j, 0),
-                           (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
-                           (1, sh, sw, 1)), g, precision=precision)
-      for j in range(kw)]) for i in range(kh)])
-  return dw
+
+  def tap(i, j):
+    xs = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
+                   (1, sh, sw, 1))
+    return jnp.einsum("bkc,bko->bco", xs.reshape(parts, -1, xs.shape[-1]), gs,
+                      precision=precision).sum(0)
+
+  return jnp.stack([jnp.stack([tap(i, j) for j in range(kw)]) for i in range(kh)])
 
 
 _nhwc_conv.defvjp(_nhwc_conv_fwd, _nhwc_conv_bwd)
