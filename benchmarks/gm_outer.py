@@ -24,6 +24,7 @@ Each configuration runs in its own subprocess and prints one JSON line:
   python benchmarks/gm_outer.py                       # DSA, IPC 10, 3 timed iterations
   python benchmarks/gm_outer.py --method dc --iters 2
   python benchmarks/gm_outer.py --kde                  # KDE-weighted (batch scope)
+  python benchmarks/gm_outer.py --no-tune-malloc       # glibc's allocator as shipped
 """
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ def _child(args) -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import augment, distill, evaluate, matching, models
+  from jaxdd import augment, cli, distill, evaluate, matching, models
 
+  malloc_tuned = cli.tune_allocator() if args.tune_malloc else False
   nc, ipc, b = 10, args.ipc, args.real_per_class
   outer, inner = distill.gm_loops(ipc, args.outer_loop, args.inner_loop)
   strategy = STRATEGY if args.method == "dsa" else None
@@ -131,6 +133,7 @@ def _child(args) -> None:
       "bench": "gm_outer", "method": args.method, "ipc": ipc, "outer_loop": outer,
       "inner_loop": inner, "real_per_class": b, "width": args.width, "kde": args.kde,
       "real_chunk": args.real_chunk, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "malloc_tuned": malloc_tuned,
       "compile_s": round(compile_s, 1),
       "outer_s_median": round(step_s, 2), "outer_s_all": [round(t, 2) for t in step_times],
       "match_round_s": round(match_s, 3), "inner_loop_s": round(train_s, 3),
@@ -160,6 +163,9 @@ def main(argv=None) -> None:
   p.add_argument("--kde", action="store_true")
   p.add_argument("--real-chunk", default="auto",
                  help="real gradient this many images at a time (0: all at once)")
+  p.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false",
+                 help="leave glibc's allocator as shipped (default: cli.tune_allocator(), as the "
+                      "jaxdd CLI does; compare with the allocator-tuned PyTorch reference)")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -176,6 +182,7 @@ def main(argv=None) -> None:
   cmd += ["--outer-loop", str(args.outer_loop)] if args.outer_loop else []
   cmd += ["--inner-loop", str(args.inner_loop)] if args.inner_loop else []
   cmd += ["--kde"] if args.kde else []
+  cmd += [] if args.tune_malloc else ["--no-tune-malloc"]
   subprocess.run(cmd, env=env, check=True)
 
 
