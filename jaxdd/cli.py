@@ -353,16 +353,22 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   return parser
 
 
-def _setup(quiet: bool, no_compile_cache: bool) -> bool:
-  """Logging, --quiet and the compilation cache; returns the previous quiet state."""
-  was_quiet = progress.is_quiet()
+def _setup(quiet: bool, no_compile_cache: bool) -> tuple[bool, bool]:
+  """Logging, --quiet and the compilation cache; returns the previous logging state."""
+  was = (progress.is_quiet(), progress.logger.propagate)
   progress.setup_logging(quiet)
   off = ("0", "false", "no", "off")
   if not no_compile_cache and os.environ.get("JAXDD_COMPILE_CACHE", "1").lower() not in off:
     enable_compile_cache()
   if os.environ.get("JAXDD_TUNE_MALLOC", "1").lower() not in off:
     tune_allocator()
-  return was_quiet
+  return was
+
+
+def _restore(was: tuple[bool, bool]) -> None:
+  """main() called from Python leaves no global logging state behind."""
+  progress.set_quiet(was[0])
+  progress.logger.propagate = was[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -370,25 +376,25 @@ def main(argv: Sequence[str] | None = None) -> int:
   if argv[:1] == ["diagnose"]:  # its own parser (jaxdd.diagnose)
     from jaxdd import diagnose
     args = diagnose.build_parser().parse_args(argv[1:])
-    was_quiet = _setup(args.quiet, args.no_compile_cache)
+    was = _setup(args.quiet, args.no_compile_cache)
     try:
       diagnose.main(argv[1:])
     except (ValueError, FileNotFoundError) as e:
       print(f"jaxdd diagnose: error: {e}", file=sys.stderr)
       return 2
     finally:
-      progress.set_quiet(was_quiet)
+      _restore(was)
     return 0
   parser = build_parser(_preset_in(argv))
   args = parser.parse_args(argv)
-  was_quiet = _setup(args.quiet, args.no_compile_cache)
+  was = _setup(args.quiet, args.no_compile_cache)
   try:
     return args.fn(args)
   except (ValueError, FileNotFoundError) as e:
     print(f"jaxdd {args.command}: error: {e}", file=sys.stderr)
     return 2
   finally:
-    progress.set_quiet(was_quiet)  # main() called from Python leaves no global state behind
+    _restore(was)
 
 
 if __name__ == "__main__":

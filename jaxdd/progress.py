@@ -200,3 +200,6 @@ def setup_logging(quiet: bool = False) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s jaxdd: %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler._jaxdd = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
+  # Our handler prints the lines; a root handler some library installed (orbax
+  # and absl configure one) would print each line a second time.
+  logger.propagate = False

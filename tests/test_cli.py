@@ -161,3 +161,15 @@ def test_tune_allocator_keeps_freed_memory_in_the_process():
                                         text=True, check=True).stdout)
   assert run("0") > 100   # at least 100 page faults (4 KiB pages: ~12,000; huge pages: fewer)
   assert run("1") < 10
+
+
+def test_cli_log_lines_are_printed_once_even_with_a_root_handler():
+  # Libraries (orbax/absl) may configure the root logger; the CLI's own handler
+  # must not be doubled by propagation (seen: every progress line twice).
+  code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+          "from jaxdd import cli, progress\n"
+          "was = cli._setup(False, True); progress.logger.info('hello-line'); cli._restore(was)\n"
+          "assert progress.logger.propagate\n")
+  err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True, env=dict(os.environ, JAX_PLATFORMS="cpu")).stderr
+  assert err.count("hello-line") == 1, err
