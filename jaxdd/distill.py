@@ -224,6 +224,41 @@ def _check_kde(config: KDEConfig | None) -> None:
     raise ValueError(f"scope must be 'batch' or 'class', got {config.scope!r}")
 
 
+def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransformation,
+                mesh: Mesh | None) -> Callable[..., DistillState]:
+  """The ``init`` of every distiller: the synthetic set (from real images or noise, or a
+  warm start) and the image optimiser's state, placed on ``mesh``."""
+
+  def init_fn(key: jax.Array, real: RealData, syn: SynSet | None = None) -> DistillState:
+    # Runs once, eagerly, on host copies (replicated data is complete in every
+    # process), then places the state on the mesh: works for multi-process meshes.
+    k_init, k_run = jax.random.split(key)
+    if syn is None:
+      counts = _host(real.index.counts)
+      if counts.min() < ipc:
+        small = int(np.argmin(counts))
+        raise ValueError(f"ipc={ipc} is larger than class {small}, which has {counts[small]} "
+                         "real images; lower ipc or use a larger source")
+      host_images = _host(real.images)
+      labels = np.repeat(np.arange(num_classes, dtype=np.int32), ipc)
+      if init == "real":
+        index = ClassIndex(_host(real.index.indices), counts)
+        rows, _ = sample_per_class(k_init, jax.tree.map(jnp.asarray, index), ipc)
+        images = host_images[np.asarray(rows).reshape(-1)]
+      else:
+        images = np.asarray(jax.random.normal(k_init, (num_classes * ipc,) + host_images.shape[1:]))
+      syn = SynSet(np.asarray(images, np.float32), labels)
+    else:
+      syn = SynSet(np.asarray(_host(syn.images), np.float32), np.asarray(_host(syn.labels), np.int32))
+      if syn.images.shape[0] != num_classes * ipc:
+        raise ValueError(f"warm-start SynSet has {syn.images.shape[0]} images, expected "
+                         f"num_classes * ipc = {num_classes * ipc}")
+    opt_state = tx.init(jnp.asarray(syn.images))
+    state = DistillState(syn, jax.tree.map(np.asarray, opt_state), np.zeros((), np.int32), k_run)
+    return parallel.put(state, mesh)
+  return init_fn
+
+
 def _chunk(value, auto: int | None, name: str) -> int | None:
   if value == "auto":
     return auto
@@ -292,33 +327,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   real_spec = P(class_axis, batch_axis)
   syn_spec = P(class_axis)
 
-  def init_fn(key: jax.Array, real: RealData, syn: SynSet | None = None) -> DistillState:
-    # Runs once, eagerly, on host copies (replicated data is complete in every
-    # process), then places the state on the mesh: works for multi-process meshes.
-    k_init, k_run = jax.random.split(key)
-    if syn is None:
-      counts = _host(real.index.counts)
-      if counts.min() < ipc:
-        small = int(np.argmin(counts))
-        raise ValueError(f"ipc={ipc} is larger than class {small}, which has {counts[small]} "
-                         "real images; lower ipc or use a larger source")
-      host_images = _host(real.images)
-      labels = np.repeat(np.arange(num_classes, dtype=np.int32), ipc)
-      if init == "real":
-        index = ClassIndex(_host(real.index.indices), counts)
-        rows, _ = sample_per_class(k_init, jax.tree.map(jnp.asarray, index), ipc)
-        images = host_images[np.asarray(rows).reshape(-1)]
-      else:
-        images = np.asarray(jax.random.normal(k_init, (num_classes * ipc,) + host_images.shape[1:]))
-      syn = SynSet(np.asarray(images, np.float32), labels)
-    else:
-      syn = SynSet(np.asarray(_host(syn.images), np.float32), np.asarray(_host(syn.labels), np.int32))
-      if syn.images.shape[0] != num_classes * ipc:
-        raise ValueError(f"warm-start SynSet has {syn.images.shape[0]} images, expected "
-                         f"num_classes * ipc = {num_classes * ipc}")
-    opt_state = tx.init(jnp.asarray(syn.images))
-    state = DistillState(syn, jax.tree.map(np.asarray, opt_state), np.zeros((), np.int32), k_run)
-    return parallel.put(state, mesh)
+  init_fn = _state_init(num_classes, ipc, init, tx, mesh)
 
   def loss_fn(syn_images, key, real: RealData):
     k_model, k_real, k_aug = jax.random.split(key, 3)
@@ -470,11 +479,8 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
                                      weight_decay=0.0, batch_size=net_batch_size, decay_at=None,
                                      augment=strategy or None)
   task = evaluate.standard_task(model)
-  # init and the image optimiser are DM's.
-  base = dm(num_classes=num_classes, ipc=ipc, model=model, real_per_class=real_per_class, lr=lr,
-            momentum=momentum, syn_tx=syn_tx, init=init, kde_config=kde_config, mesh=mesh,
-            class_axis=class_axis, batch_axis=batch_axis, jit=False)
   tx = optax.sgd(lr, momentum=momentum) if syn_tx is None else syn_tx
+  init_fn = _state_init(num_classes, ipc, init, tx, mesh)
   real_spec = P(class_axis, batch_axis)
   syn_spec = P(class_axis)
   syn_labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ipc)
@@ -536,8 +542,8 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
                         state.key), metrics
 
   if not jit:
-    return Distiller(base.init, step_fn)
-  return Distiller(base.init, jax.jit(step_fn, donate_argnums=0))
+    return Distiller(init_fn, step_fn)
+  return Distiller(init_fn, jax.jit(step_fn, donate_argnums=0))
 
 
 def dsa(*, strategy: str = "color_crop_cutout_flip_scale_rotate", init: Literal["real", "noise"] = "real",
