@@ -495,14 +495,16 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     weights = batch_weights(real, rows, mask, kde_config)
     real_batch = parallel.constrain(real.images[rows], mesh, real_spec)
 
+    # Chunking the real gradient needs per-sample networks (no batch statistics).
+    per_sample = not jax.tree.leaves(net_state) and mesh is None
+
     def loss_fn(images):
       syn_batch = parallel.constrain(
           images.reshape((num_classes, ipc) + images.shape[1:]), mesh, syn_spec)
       logits_fn = lambda p, x: model.apply({"params": p, **net_state}, x, train=False)
       return matching.gm_loss(k_aug, syn_batch, real_batch, params=params, logits_fn=logits_fn,
                               augment=aug, weights=weights,
-                              real_chunk=real_chunk if not jax.tree.leaves(net_state)
-                              and mesh is None else None,
+                              real_chunk=real_chunk if per_sample else None,
                               map_classes=mesh is None)
 
     loss, grad = jax.value_and_grad(loss_fn)(syn_images)
