@@ -32,6 +32,26 @@ EmbedFn = Callable[[jax.Array], jax.Array]
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+def _check_stacks(name: str, syn: jax.Array, real: jax.Array,
+                  weights: jax.Array | None) -> jax.Array:
+  """Checks (C, ipc, ...) / (C, B, ...) stacks; returns the (C, B) weights (uniform if None)."""
+  if real.ndim != 5 or syn.ndim != 5:
+    raise ValueError(f"{name} expects (C, B, H, W, ch) stacks, got real {real.shape} and syn {syn.shape}")
+  if real.shape[0] != syn.shape[0] or real.shape[2:] != syn.shape[2:]:
+    raise ValueError(f"real {real.shape} and syn {syn.shape} disagree on classes or image shape")
+  num_classes, batch = real.shape[:2]
+  if weights is None:
+    return jnp.full((num_classes, batch), 1.0 / batch, real.dtype)
+  if weights.shape != (num_classes, batch):
+    raise ValueError(f"weights must have shape {(num_classes, batch)}, got {weights.shape}")
+  return weights
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+  """The largest divisor of ``n`` not above ``at_most`` (chunk sizes)."""
+  return max(d for d in range(1, min(at_most, n) + 1) if n % d == 0)
+
+
 def _flat_apply(fn: EmbedFn, x: jax.Array, chunk: int | None = None) -> jax.Array:
   """Embeds a (C, B, ...) stack as (C*B, ...) images, in one call or in chunks.
 
@@ -48,7 +68,7 @@ def _flat_apply(fn: EmbedFn, x: jax.Array, chunk: int | None = None) -> jax.Arra
   if chunk is None or chunk >= c * b:
     feats = fn(flat)
   else:
-    chunk = max(d for d in range(1, chunk + 1) if (c * b) % d == 0)
+    chunk = _largest_divisor(c * b, chunk)
     feats = jax.lax.map(fn, flat.reshape((c * b // chunk, chunk) + flat.shape[1:]))
     feats = feats.reshape((c * b,) + feats.shape[2:])
   return feats.reshape((c, b) + feats.shape[1:])
@@ -113,15 +133,8 @@ def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedF
     >>> float(dm_loss(jax.random.key(0), syn, real, embed_fn=embed))
     8.0
   """
-  if real.ndim != 5 or syn.ndim != 5:
-    raise ValueError(f"dm_loss expects (C, B, H, W, ch) stacks, got real {real.shape} and syn {syn.shape}")
-  if real.shape[0] != syn.shape[0] or real.shape[2:] != syn.shape[2:]:
-    raise ValueError(f"real {real.shape} and syn {syn.shape} disagree on classes or image shape")
-  num_classes, batch = real.shape[:2]
-  if weights is None:
-    weights = jnp.full((num_classes, batch), 1.0 / batch, real.dtype)
-  elif weights.shape != (num_classes, batch):
-    raise ValueError(f"weights must have shape {(num_classes, batch)}, got {weights.shape}")
+  weights = _check_stacks("dm_loss", syn, real, weights)
+  num_classes = real.shape[0]
   if augment is not None:
     class_keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_classes))
     if map_classes:
@@ -200,7 +213,7 @@ def _class_ce_grad(logits_fn: LogitsFn, params, images: jax.Array, label: jax.Ar
   n = images.shape[0]
   if chunk is None or chunk >= n:
     return jax.grad(weighted_ce)(params, images, weights)
-  chunk = max(d for d in range(1, chunk + 1) if n % d == 0)
+  chunk = _largest_divisor(n, chunk)
   xs = images.reshape((n // chunk, chunk) + images.shape[1:])
   ws = weights.reshape(n // chunk, chunk)
 
@@ -256,15 +269,8 @@ def gm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, params, logits_f
     >>> bool(same < 1e-5), bool(fewer > 0.1)   # identical images match exactly
     (True, True)
   """
-  if real.ndim != 5 or syn.ndim != 5:
-    raise ValueError(f"gm_loss expects (C, B, H, W, ch) stacks, got real {real.shape} and syn {syn.shape}")
-  if real.shape[0] != syn.shape[0] or real.shape[2:] != syn.shape[2:]:
-    raise ValueError(f"real {real.shape} and syn {syn.shape} disagree on classes or image shape")
-  num_classes, batch = real.shape[:2]
-  if weights is None:
-    weights = jnp.full((num_classes, batch), 1.0 / batch, real.dtype)
-  elif weights.shape != (num_classes, batch):
-    raise ValueError(f"weights must have shape {(num_classes, batch)}, got {weights.shape}")
+  weights = _check_stacks("gm_loss", syn, real, weights)
+  num_classes = real.shape[0]
   classes = jnp.arange(num_classes)
   class_keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(classes)
 
