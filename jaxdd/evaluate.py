@@ -8,8 +8,8 @@ whose optional ``bias`` (int, the bias attribute) and ``aligned`` (bool) fields
 are used only to *measure* per-group accuracy. Accuracies are fractions in
 [0, 1]; :meth:`EvalResult.format_table` prints percentages.
 
-The protocol is the reference's ``evaluate_synset`` (docs/protocols.md,
-docs/protocols.md), frozen in a named :class:`Protocol`:
+The protocol is the reference's ``evaluate_synset`` (docs/protocols.md §2),
+frozen in a named :class:`Protocol`:
 
 * SGD, momentum 0.9, weight decay 5e-4, lr 0.01, batch 256, cross-entropy.
   Weight decay is PyTorch's *coupled* form (``grad + wd * param``) on every

@@ -165,8 +165,6 @@ def validate(config: RunConfig) -> None:
     value = getattr(config, name, None)
     if allowed and value is not None and value not in allowed:
       raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-  if config.weighting not in ("none", "kde"):
-    raise ValueError(f"weighting must be 'none' or 'kde', got {config.weighting!r}")
   if config.method != "dm":
     distill.gm_loops(config.ipc, config.outer_loop, config.inner_loop)
     if not config.lr_net > 0:
