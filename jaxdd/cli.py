@@ -195,6 +195,53 @@ def cmd_reproduce(args) -> int:
   return 0
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+  try:
+    seeds = tuple(int(s) for s in text.split(",") if s.strip())
+  except ValueError:
+    raise ValueError(f"--seeds takes comma-separated integers such as 0,1,2; got {text!r}") from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f"--seeds needs distinct integers such as 0,1,2; got {text!r}")
+  return seeds
+
+
+def cmd_tune(args) -> int:
+  from jaxdd import pipeline, study
+  cfg = _config(args)
+  if args.print_config:
+    pipeline.validate(cfg)
+    return _print_config(cfg)
+  _need_workdir(args)
+  pipeline.validate(cfg)
+  study.tune(cfg, args.workdir, seeds=_seeds(args.seeds), protocol=args.sweep_protocol,
+             num_models=args.sweep_models, progress=not args.quiet)
+  print(f"selection: {os.path.join(args.workdir, 'selection.md')}")
+  return 0
+
+
+def cmd_final(args) -> int:
+  from jaxdd import pipeline, study
+  cfg = _config(args)
+  if args.print_config:
+    pipeline.validate(cfg)
+    return _print_config(cfg)
+  _need_workdir(args)
+  pipeline.validate(cfg)
+  path = args.selection or os.path.join(args.workdir, "selection.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: run `jaxdd tune --workdir {args.workdir} ...` "
+                            "first, or pass --selection PATH of a finished tune")
+  with open(path) as f:
+    selection = json.load(f)
+  settings = study.settings_from_selection(selection, cfg)
+  study.final(cfg, args.workdir, settings=settings, seeds=_seeds(args.seeds),
+              protocol=args.protocol, num_models=cfg.num_eval_models,
+              with_random=not args.no_random, full_models=args.full_models,
+              progress=not args.quiet)
+  print(f"table: {os.path.join(args.workdir, 'table.md')}")
+  return 0
+
+
 def cmd_baselines(args) -> int:
   from jaxdd import pipeline
   cfg = _config(args)
@@ -315,6 +362,32 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
                  help="also run these baselines, e.g. random,herding,kcenter,lff,dfa,full")
   _add_common_flags(p)
   p.set_defaults(fn=cmd_reproduce)
+
+  p = sub.add_parser("tune", help="choose the weighting knobs and lr_img on VALIDATION data "
+                                  "(a grid over seeds; writes selection.md)")
+  _add_run_flags(p, preset, exclude=("weighting",))
+  p.add_argument("--seeds", default="0,1", help="distillation seeds of the sweep (default: 0,1)")
+  p.add_argument("--sweep-protocol", default="cpu", choices=tuple(evaluate.PROTOCOLS),
+                 help="evaluation protocol of the sweep (default: cpu)")
+  p.add_argument("--sweep-models", type=int, default=3,
+                 help="evaluation networks per SynSet in the sweep (default: 3)")
+  _add_common_flags(p)
+  p.set_defaults(fn=cmd_tune)
+
+  p = sub.add_parser("final", help="the result table: the settings chosen by `tune`, the literal "
+                                   "paper setting and baselines, each evaluated once on test")
+  _add_run_flags(p, preset, exclude=("weighting",))
+  p.add_argument("--selection", default=None,
+                 help="selection.json of a finished `jaxdd tune` (default: WORKDIR/selection.json)")
+  p.add_argument("--seeds", default="0,1,2", help="distillation seeds (default: 0,1,2)")
+  p.add_argument("--protocol", default="cpu300", choices=tuple(evaluate.PROTOCOLS),
+                 help="evaluation protocol of the table (default: cpu300, 301 epochs)")
+  p.add_argument("--no-random", action="store_true", help="skip the random-real-subset row")
+  p.add_argument("--full-models", type=int, default=3,
+                 help="networks trained on the full biased training set, first seed only "
+                      "(default: 3; 0 skips the row)")
+  _add_common_flags(p)
+  p.set_defaults(fn=cmd_final)
 
   p = sub.add_parser("baselines", help="random / herding / k-center / LfF / DFA / full-set "
                                        "baselines under the same protocol")

@@ -43,6 +43,8 @@ __all__ = [
     "class_scope_weights",
     "batch_scope_weights",
     "batch_plan",
+    "aligned_bias_values",
+    "bias_score",
 ]
 
 
@@ -458,3 +460,144 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
   class_total = np.bincount(labels, weights=avg, minlength=int(num_classes))
   out = avg / np.where(class_total > 0, class_total, 1.0)[labels]
   return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Bias score of a synthetic set
+# ---------------------------------------------------------------------------
+
+#: How the bias-attribute classifier of :func:`bias_score` is trained: the
+#: reference's SGD recipe without augmentation (DSA's colour jitter would
+#: erase a colour bias), 10 epochs over the training set.
+BIAS_CLASSIFIER_PROTOCOL = dict(name="bias-attribute", epochs=9, augment=None)
+
+
+def aligned_bias_values(labels: Any, bias: Any, aligned: Any, *, num_classes: int) -> np.ndarray:
+  """The bias value that is aligned with each class: (num_classes,) ints.
+
+  It is the most frequent bias value among the class's bias-aligned training
+  samples (for CMNIST, colour ``c`` for digit ``c``).
+
+  Example:
+    >>> aligned_bias_values([0, 0, 1, 1], [3, 3, 5, 2], [True, True, True, False], num_classes=2)
+    array([3, 5])
+  """
+  labels, bias, aligned = np.asarray(labels), np.asarray(bias), np.asarray(aligned, bool)
+  if not (labels.shape == bias.shape == aligned.shape and labels.ndim == 1):
+    raise ValueError(f"labels, bias and aligned must be (N,) arrays of one length, got "
+                     f"{labels.shape}, {bias.shape}, {aligned.shape}")
+  _check_labels(labels, num_classes)
+  out = np.zeros(num_classes, np.int64)
+  for c in range(num_classes):
+    values = bias[(labels == c) & aligned]
+    if values.size == 0:
+      raise ValueError(f"class {c} has no bias-aligned training sample, so its aligned bias "
+                       "value is unknown; pass a training set with bias-aligned samples per class")
+    out[c] = np.bincount(values).argmax()
+  return out
+
+
+def _balanced_rows(key: jax.Array, labels: np.ndarray, bias: np.ndarray) -> np.ndarray:
+  """Row indices that visit every non-empty (class, bias) cell equally often.
+
+  ``len(labels)`` rows in total (with replacement inside small cells).
+  """
+  rng = _np_rng(key)
+  cells = [np.flatnonzero((labels == c) & (bias == b))
+           for c in np.unique(labels) for b in np.unique(bias)]
+  cells = [c for c in cells if c.size]
+  per_cell = -(-len(labels) // len(cells))
+  rows = np.concatenate([rng.choice(c, per_cell, replace=c.size < per_cell) for c in cells])
+  return rng.permutation(rows)[:len(labels)]
+
+
+def bias_score(key: jax.Array, syn_images: Any, syn_labels: Any, train_images: Any,
+               train_labels: Any, train_bias: Any, train_aligned: Any, *, num_classes: int,
+               valid: tuple[Any, Any] | None = None, width: int = 32,
+               num_models: int = 1) -> dict[str, Any]:
+  """Fraction of a synthetic set's images that carry their class's aligned bias.
+
+  A bias-attribute classifier (ConvNet-3 of ``width``, trained on the
+  training images with their *bias* labels — the digit colour for CMNIST, the
+  background colour for BG-FMNIST, the corruption for corruption-biased data)
+  predicts the bias attribute of every synthetic image; an image is counted as
+  bias-aligned when the prediction is the bias value aligned with its class
+  (:func:`aligned_bias_values`). Compare ``aligned_fraction`` with
+  ``train_aligned_fraction`` (0.95 for a 5 % bias-conflicting set): a larger
+  value means distillation amplified the bias, a smaller one that it was
+  mitigated.
+
+  Args:
+    key: typed PRNG key (classifier init and batch order).
+    syn_images: (M, H, W, C) synthetic images, normalised like the training images.
+    syn_labels: (M,) their classes (hard labels).
+    train_images, train_labels, train_bias, train_aligned: the biased training set.
+    num_classes: number of classes.
+    valid: optional ``(images, labels, bias)`` of held-out data; the
+      classifier's accuracy on it, overall and on its bias-conflicting samples
+      (where the class does not give the answer away), is reported as
+      ``classifier_valid_accuracy``.
+    width: the classifier's width.
+    num_models: classifiers trained; predictions are a majority vote.
+
+  Returns:
+    A JSON-ready dict: ``aligned_fraction``, ``per_class`` (aligned fraction
+    per class), ``train_aligned_fraction``, ``classifier_valid_accuracy``
+    (None without ``valid``), ``num_synthetic`` and the classifier recipe.
+  """
+  from jaxdd import evaluate, models  # noqa: PLC0415  (evaluate imports this module's peers)
+  from jaxdd.structs import SynSet  # noqa: PLC0415
+
+  syn_images = np.asarray(syn_images, np.float32)
+  syn_labels = np.asarray(syn_labels)
+  train_images = np.asarray(train_images, np.float32)
+  if syn_images.ndim != 4 or train_images.ndim != 4 or syn_images.shape[1:] != train_images.shape[1:]:
+    raise ValueError(f"syn_images and train_images must be (N, H, W, C) with equal image shapes, "
+                     f"got {syn_images.shape} and {train_images.shape}")
+  if syn_labels.shape != (len(syn_images),):
+    raise ValueError(f"syn_labels must be (M,) hard labels with M = {len(syn_images)}, "
+                     f"got {syn_labels.shape}")
+  _check_labels(syn_labels, num_classes)
+  if not np.isfinite(syn_images).all():
+    raise ValueError("syn_images contain NaN or inf; the SynSet is corrupted")
+  bias = np.asarray(train_bias)
+  aligned_values = aligned_bias_values(train_labels, bias, train_aligned, num_classes=num_classes)
+  num_bias = int(bias.max()) + 1
+  protocol = evaluate.Protocol(**BIAS_CLASSIFIER_PROTOCOL)
+  model = models.ConvNet(num_bias, width=width)
+  # Trained on a group-balanced resample (every non-empty (class, bias value)
+  # cell equally often), so that the class -- which predicts the bias value 95 %
+  # of the time in the raw data -- is no shortcut for the classifier.
+  k_rows, k_train = jax.random.split(key)
+  rows = _balanced_rows(k_rows, np.asarray(train_labels), bias)
+  variables, _ = evaluate.train_models(
+      k_train, SynSet(jnp.asarray(train_images[rows]), jnp.asarray(bias[rows])),
+      model=model, protocol=protocol, num_models=num_models)
+  task = evaluate.standard_task(model)
+  params, state = evaluate.split_variables(jax.tree.map(lambda a: a[0], variables))
+
+  def predict(images):
+    block = evaluate.predict_block(protocol, len(images), "map")
+    votes = evaluate._predict_program(task, block, "map")(params, state, jnp.asarray(images))
+    votes = np.asarray(votes)  # (num_models, n)
+    counts = np.stack([(votes == b).sum(0) for b in range(num_bias)], -1)
+    return counts.argmax(-1)
+
+  pred = predict(syn_images)
+  is_aligned = pred == aligned_values[syn_labels]
+  per_class = [float(is_aligned[syn_labels == c].mean()) if (syn_labels == c).any() else None
+               for c in range(num_classes)]
+  valid_acc = None
+  if valid is not None:
+    v_images, v_labels, v_bias = (np.asarray(valid[0], np.float32), np.asarray(valid[1]),
+                                  np.asarray(valid[2]))
+    hit = predict(v_images) == v_bias
+    conflicting = v_bias != aligned_values[v_labels]
+    valid_acc = {"all": float(hit.mean()),
+                 "conflicting": float(hit[conflicting].mean()) if conflicting.any() else None,
+                 "num_conflicting": int(conflicting.sum())}
+  return {"aligned_fraction": float(is_aligned.mean()), "per_class": per_class,
+          "train_aligned_fraction": float(np.asarray(train_aligned, bool).mean()),
+          "classifier_valid_accuracy": valid_acc, "num_synthetic": int(len(syn_images)),
+          "classifier": {"model": f"convnet-d3-w{width}", "num_models": num_models,
+                         "protocol": protocol.to_dict()}}

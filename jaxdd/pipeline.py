@@ -91,6 +91,17 @@ class RunConfig:
     d.pop("log_every"), d.pop("checkpoint_every")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+  def distill_digest(self) -> str:
+    """Hash of the fields that change the SynSet (not how it is evaluated)."""
+    d = self.to_dict()
+    for name in ("log_every", "checkpoint_every", "preset") + EVAL_FIELDS:
+      d.pop(name)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: RunConfig fields that only change how a SynSet is evaluated.
+EVAL_FIELDS = ("eval_protocol", "eval_model", "num_eval_models")
+
 
 PRESETS: dict[str, RunConfig] = {
     # DM's published settings (docs/protocols.md) with the reweighting on.
@@ -508,27 +519,44 @@ def _summary(result: evaluate.EvalResult) -> dict:
           "std": {m: float(result.std(m)) for m in metrics}, "result": d}
 
 
-def run(config: RunConfig, workdir: str, *, progress: bool = True,
-        stop_after: int | None = None) -> dict:
-  """One full run (see the module docstring). Returns the evaluation summary.
+def _check_distill_workdir(config: RunConfig, workdir: str) -> None:
+  """Refuses a workdir whose distillation settings differ (evaluation settings may)."""
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      previous = json.load(f)
+    if previous.get("digest") == config.digest():
+      return  # the same run (also written before distill digests existed)
+    if previous.get("distill_digest") != config.distill_digest():
+      raise ValueError(f"{workdir} holds a distillation with other settings (digest "
+                       f"{previous.get('distill_digest')} vs {config.distill_digest()}); use "
+                       "another --workdir or delete it to start over")
 
-  Example:
-    >>> from jaxdd import pipeline
-    >>> cfg = pipeline.get_config("smoke", weighting="kde")      # doctest: +SKIP
-    >>> summary = pipeline.run(cfg, "runs/smoke-kde")            # doctest: +SKIP
-    >>> summary["mean"]["conflicting"]                           # doctest: +SKIP
+
+def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None = None,
+                  progress: bool = True, stop_after: int | None = None) -> SynSet | None:
+  """Surrogate, KDE weights and distillation of one run: writes ``synset/``.
+
+  A finished ``synset/`` in ``workdir`` is loaded instead of recomputed, so
+  several evaluations (validation sweeps, the final test) share one
+  distillation. Returns None when ``stop_after`` stopped the run early.
   """
   validate(config)
-  _check_workdir(config, workdir)
-  # Data errors (bad ratio, missing source) surface before anything is written.
-  progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
-                           config.conflict_ratio)
-  run_data = RunData(config)
+  _check_distill_workdir(config, workdir)
+  syn_dir = os.path.join(workdir, "synset")
+  if os.path.exists(os.path.join(syn_dir, "manifest.json")):
+    syn, _ = synset.load(syn_dir)
+    return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
+  if run_data is None:
+    progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
+                             config.conflict_ratio)
+    run_data = RunData(config)
   os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, "config.json")
-  synset.atomic_write_json(config_path, {"config": config.to_dict(), "digest": config.digest(),
-                                         "code_version": code_version()})
-  k_sur, k_init, k_eval, k_diag = run_keys(config)
+  synset.atomic_write_json(os.path.join(workdir, "config.json"),
+                           {"config": config.to_dict(), "digest": config.digest(),
+                            "distill_digest": config.distill_digest(),
+                            "code_version": code_version()})
+  k_sur, k_init, _, k_diag = run_keys(config)
   embeddings = None
   if config.weighting == "kde":
     embeddings = surrogate_embeddings(config, run_data, k_sur, progress=progress)
@@ -546,7 +574,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
                     stop_after=stop_after)
   if stop_after is not None and not os.path.exists(os.path.join(workdir, "checkpoints",
                                                                 str(config.iterations))):
-    return {"stopped_at": stop_after}
+    return None
   meta = {"dataset": dict(run_data.train.meta), "config": config.to_dict(),
           "method": method_name(config), "ipc": config.ipc,
           "preprocessing": "per-channel normalisation with the training set's mean/std",
@@ -554,18 +582,42 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
                                                          width=config.width)),
           "eval_protocol": config.eval_protocol, "code_version": code_version(),
           "class_names": list(run_data.train.class_names)}
-  synset.save(os.path.join(workdir, "synset"), syn, meta, mean=run_data.mean, std=run_data.std)
+  synset.save(syn_dir, syn, meta, mean=run_data.mean, std=run_data.std)
   plot_synset(syn, run_data.mean, run_data.std, os.path.join(workdir, "plots", "synset.png"),
               class_names=run_data.train.class_names,
               title=f"{meta['method']} {config.dataset} ratio={config.conflict_ratio} ipc={config.ipc}")
+  return syn
+
+
+def run(config: RunConfig, workdir: str, *, progress: bool = True,
+        stop_after: int | None = None) -> dict:
+  """One full run (see the module docstring). Returns the evaluation summary.
+
+  Example:
+    >>> from jaxdd import pipeline
+    >>> cfg = pipeline.get_config("smoke", weighting="kde")      # doctest: +SKIP
+    >>> summary = pipeline.run(cfg, "runs/smoke-kde")            # doctest: +SKIP
+    >>> summary["mean"]["conflicting"]                           # doctest: +SKIP
+  """
+  validate(config)
+  _check_workdir(config, workdir)
+  # Data errors (bad ratio, missing source) surface before anything is written.
+  progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
+                           config.conflict_ratio)
+  run_data = RunData(config)
+  syn = distill_stage(config, workdir, run_data=run_data, progress=progress,
+                      stop_after=stop_after)
+  if syn is None:
+    return {"stopped_at": stop_after}
+  k_eval = run_keys(config)[2]
   model = models.get(config.eval_model, num_classes=run_data.num_classes)
   result = evaluate.evaluate(k_eval, SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
                              run_data.batch(run_data.test), model=model,
                              protocol=config.eval_protocol, num_models=config.num_eval_models,
                              progress=progress)
-  result = dataclasses.replace(result, method=meta["method"])
+  result = dataclasses.replace(result, method=method_name(config))
   summary = _summary(result)
-  summary.update(method=meta["method"], config=config.to_dict(), digest=config.digest())
+  summary.update(method=method_name(config), config=config.to_dict(), digest=config.digest())
   synset.atomic_write_json(os.path.join(workdir, "eval.json"), summary)
   if progress:
     print(result.format_table())

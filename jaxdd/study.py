@@ -1,0 +1,485 @@
+"""Results the way a paper's must be obtained: choices on validation data, several
+distillation seeds, one test evaluation per reported setting.
+
+Two stages, each resumable (every finished piece is a file that is reused):
+
+* :func:`tune` distils every candidate setting (weighting knobs, ``lr_img``;
+  the vanilla method's ``lr_img`` too) at a few seeds, evaluates each SynSet on
+  the **validation** split of the same biased data with a short protocol, and
+  applies a pre-registered rule (:func:`select`) to pick one setting per
+  method. The test split is never loaded.
+* :func:`final` distils the chosen settings (plus the pre-registered literal
+  reading of the paper, plus baselines) at more seeds and evaluates each once
+  on the **test** split with a long protocol; the same networks are scored on
+  the validation split too, which confirms the choice under the long protocol.
+  It adds the bias score of every SynSet (:func:`jaxdd.diagnostics.bias_score`)
+  and writes ``table.json`` / ``table.md``.
+
+The selection criterion is the accuracy on the validation split's
+**bias-conflicting** samples, which reads the validation split's bias labels
+as the debiasing literature does (LfF, DFA select on a bias-annotated
+validation set). Overall validation accuracy would reward the bias: the
+validation split has the training split's 95 % aligned samples.
+
+A study directory::
+
+    <root>/runs/<setting>-s<seed>-<digest>/   one distillation (config.json, synset/, ...)
+        eval-valid-<protocol>.json          validation metrics (tune)
+        eval-test-<protocol>.json           test metrics + validation scores (final)
+        bias_score.json
+    <root>/selection.json, selection.md     (tune)
+    <root>/table.json, table.md             (final)
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd import baselines, diagnostics, evaluate, models, pipeline, synset
+from jaxdd import progress as progress_lib
+from jaxdd.structs import SynSet
+
+__all__ = ["Setting", "knob_grid", "literal_setting", "tune", "select", "final", "format_table"]
+
+#: Knobs a weighting setting may change (RunConfig fields).
+KNOBS = ("weighting", "kde_normalize", "kde_variance", "kde_temperature", "kde_scope", "lr_img")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """A named set of RunConfig overrides (the weighting knobs and ``lr_img``)."""
+  overrides: tuple[tuple[str, Any], ...]
+
+  @classmethod
+  def of(cls, **overrides) -> "Setting":
+    unknown = set(overrides) - set(KNOBS)
+    if unknown:
+      raise ValueError(f"a Setting changes only {KNOBS}; got {sorted(unknown)}")
+    return cls(tuple(sorted(overrides.items())))
+
+  def apply(self, base: pipeline.RunConfig) -> pipeline.RunConfig:
+    return base.replace(**dict(self.overrides))
+
+  def name(self, base: pipeline.RunConfig) -> str:
+    """E.g. ``dm lr=10`` or ``dm+kde power v=0.01 T=0.25 lr=10``."""
+    c = self.apply(base)
+    name = f"{pipeline.method_name(c)}"
+    if c.weighting == "kde":
+      name += f" {c.kde_normalize} v={c.kde_variance:g} T={c.kde_temperature:g}"
+      if c.kde_scope != "batch":
+        name += f" {c.kde_scope}"
+    return name + f" lr={c.lr_img:g}"
+
+  def to_dict(self) -> dict[str, Any]:
+    return dict(self.overrides)
+
+
+def knob_grid(base: pipeline.RunConfig) -> list[Setting]:
+  """The pre-registered candidates of :func:`tune` around ``base``.
+
+  Vanilla: ``lr_img`` in {0.3, 1, 3} x base. KDE: ``power`` weights with
+  v in {0.01, 0.1, 1} x T in {0.1, 0.25, 1} at the base lr_img; ``softmax``
+  with v = 0.01, T = 1; and the base weighting at lr_img 0.3x and 3x.
+  """
+  lr = base.lr_img
+  grid = [Setting.of(weighting="none", lr_img=round(f * lr, 6)) for f in (0.3, 1.0, 3.0)]
+  grid += [Setting.of(weighting="kde", kde_normalize="power", kde_variance=v, kde_temperature=t,
+                      lr_img=lr) for v in (0.01, 0.1, 1.0) for t in (0.1, 0.25, 1.0)]
+  grid.append(Setting.of(weighting="kde", kde_normalize="softmax", kde_variance=0.01,
+                         kde_temperature=1.0, lr_img=lr))
+  for f in (0.3, 3.0):
+    grid.append(Setting.of(weighting="kde", kde_normalize=base.kde_normalize,
+                           kde_variance=base.kde_variance, kde_temperature=base.kde_temperature,
+                           lr_img=round(f * lr, 6)))
+  return list(dict.fromkeys(grid))
+
+
+def literal_setting(base: pipeline.RunConfig) -> Setting:
+  """The paper read literally: w = normalised 1/f (``power`` with T = 1), v = 0.01."""
+  return Setting.of(weighting="kde", kde_normalize="power", kde_variance=0.01,
+                    kde_temperature=1.0, lr_img=base.lr_img)
+
+
+def default_setting(base: pipeline.RunConfig, weighting: str) -> Setting:
+  """The library default for ``weighting`` (the incumbent :func:`select` keeps on a tie)."""
+  if weighting == "none":
+    return Setting.of(weighting="none", lr_img=base.lr_img)
+  return Setting.of(weighting="kde", kde_normalize=base.kde_normalize,
+                    kde_variance=base.kde_variance, kde_temperature=base.kde_temperature,
+                    lr_img=base.lr_img)
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def run_dir(root: str, config: pipeline.RunConfig) -> str:
+  slug = pipeline.method_name(config).replace("+", "_")
+  return os.path.join(root, "runs", f"{slug}-s{config.seed}-{config.distill_digest()[:10]}")
+
+
+def _load_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _conflicting_select(batch) -> str:
+  """``conflicting`` when the batch has bias-conflicting samples, else ``overall``."""
+  return "conflicting" if batch.aligned is not None and not np.asarray(batch.aligned).all() \
+      else "overall"
+
+
+def evaluate_cached(config: pipeline.RunConfig, workdir: str, run_data: pipeline.RunData,
+                    syn: SynSet, *, split: str, protocol: evaluate.Protocol, num_models: int,
+                    progress: bool = False) -> dict:
+  """Evaluates ``syn`` once on ``split`` (``valid`` or ``test``); reuses the file after.
+
+  ``test`` also scores the same networks on the validation split
+  (``valid_scores``: bias-conflicting accuracy per network).
+  """
+  path = os.path.join(workdir, f"eval-{split}-{protocol.name}.json")
+  cached = _load_json(path)
+  if cached is not None and cached["result"]["num_models"] == num_models:
+    return cached
+  model = models.get(config.eval_model, num_classes=run_data.num_classes)
+  syn = SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels))
+  k_eval = pipeline.run_keys(config)[2]
+  valid = run_data.batch(run_data.valid)
+  if split == "valid":
+    result = evaluate.evaluate(k_eval, syn, valid, model=model, protocol=protocol,
+                               num_models=num_models, progress=progress)
+  elif split == "test":
+    result = evaluate.evaluate(k_eval, syn, run_data.batch(run_data.test), model=model,
+                               protocol=protocol, num_models=num_models, valid=valid,
+                               select_on=_conflicting_select(valid), progress=progress)
+  else:
+    raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+  summary = pipeline._summary(result)
+  summary.update(split=split, method=pipeline.method_name(config), config=config.to_dict())
+  synset.atomic_write_json(path, summary)
+  return summary
+
+
+def bias_score_cached(config: pipeline.RunConfig, workdir: str, run_data: pipeline.RunData,
+                      syn: SynSet) -> dict:
+  """:func:`jaxdd.diagnostics.bias_score` of ``syn``, written to ``bias_score.json``."""
+  path = os.path.join(workdir, "bias_score.json")
+  cached = _load_json(path)
+  if cached is not None:
+    return cached
+  train, valid = run_data.train, run_data.valid
+  report = diagnostics.bias_score(
+      jax.random.fold_in(pipeline.run_keys(config)[3], 1), syn.images, syn.labels,
+      run_data.normalized(train), train.labels, train.bias, train.aligned,
+      num_classes=run_data.num_classes,
+      valid=(run_data.normalized(valid), valid.labels, valid.bias))
+  synset.atomic_write_json(path, report)
+  return report
+
+
+def _per_model(summary: dict, metric: str) -> np.ndarray:
+  return np.asarray(summary["result"]["per_model"][metric], float)
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+def criterion_noise(p: float, n: int) -> float:
+  """Binomial standard error of an accuracy ``p`` measured on ``n`` samples."""
+  return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
+
+
+def select(scores: dict[str, np.ndarray], incumbent: str, num_samples: int) -> dict[str, Any]:
+  """The pre-registered selection rule of :func:`tune`.
+
+  Args:
+    scores: setting name -> (seeds, networks) validation criterion values of
+      one method (e.g. all ``dm+kde`` candidates).
+    incumbent: the library default among them.
+    num_samples: validation samples behind each seed's criterion (e.g. the
+      bias-conflicting validation images), summed over seeds by this function.
+
+  The candidate with the best mean replaces the incumbent only if it is better
+  on **every** seed and by more than twice the standard error of the
+  difference (binomial noise of the criterion on ``num_samples`` images per
+  seed); otherwise the incumbent stays. Returns ``{"chosen", "best", "margin",
+  "noise", "wins_every_seed", "reason"}``.
+  """
+  if incumbent not in scores:
+    raise ValueError(f"the incumbent {incumbent!r} is not among the candidates {sorted(scores)}")
+  means = {k: float(np.mean(v)) for k, v in scores.items()}
+  best = max(means, key=lambda k: (means[k], k == incumbent))
+  n = num_samples * np.asarray(scores[incumbent]).shape[0]
+  noise = math.hypot(criterion_noise(means[best], n), criterion_noise(means[incumbent], n))
+  margin = means[best] - means[incumbent]
+  per_seed_best = np.asarray(scores[best]).mean(-1)
+  per_seed_inc = np.asarray(scores[incumbent]).mean(-1)
+  every = bool(np.all(per_seed_best > per_seed_inc))
+  if best == incumbent:
+    chosen, reason = incumbent, "the incumbent has the best validation criterion"
+  elif every and margin > 2 * noise:
+    chosen, reason = best, (f"better on every seed and by {100 * margin:.1f} points > "
+                            f"2 x noise ({100 * 2 * noise:.1f})")
+  else:
+    chosen, reason = incumbent, (f"{best} is ahead by {100 * margin:.1f} points, "
+                                 + ("not on every seed" if not every else
+                                    f"within 2 x noise ({100 * 2 * noise:.1f})")
+                                 + "; the incumbent stays")
+  return {"chosen": chosen, "best": best, "incumbent": incumbent, "margin": margin,
+          "noise": noise, "wins_every_seed": every, "reason": reason}
+
+
+def _distilled(config, root, run_data, progress) -> tuple[str, SynSet]:
+  workdir = run_dir(root, config)
+  syn = pipeline.distill_stage(config, workdir, run_data=run_data, progress=progress)
+  return workdir, syn
+
+
+def tune(base: pipeline.RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
+         candidates: Sequence[Setting] | None = None, protocol: str | evaluate.Protocol = "cpu",
+         num_models: int = 3, progress: bool = True) -> dict:
+  """Distils every candidate at every seed and selects on validation data only.
+
+  Writes ``<root>/selection.json`` (every candidate's per-seed, per-network
+  criterion, the noise and the decision per method) and ``selection.md``.
+  Returns the selection dict; ``["chosen"]`` maps ``none``/``kde`` to the
+  chosen :class:`Setting`'s overrides.
+  """
+  protocol = evaluate.get_protocol(protocol)
+  candidates = list(candidates if candidates is not None else knob_grid(base))
+  if not candidates or not seeds:
+    raise ValueError("tune needs at least one candidate and one seed")
+  incumbents = {w: default_setting(base, w) for w in ("none", "kde")}
+  for w, s in incumbents.items():
+    if any(c.apply(base).weighting == w for c in candidates) and s not in candidates:
+      candidates.append(s)
+  rows: dict[str, dict[str, Any]] = {}
+  num_conflicting = 0
+  for seed in seeds:
+    seed_base = base.replace(seed=seed)
+    run_data = pipeline.RunData(seed_base)
+    num_conflicting += int((~np.asarray(run_data.valid.aligned)).sum())
+    for i, cand in enumerate(candidates):
+      config = cand.apply(seed_base)
+      name = cand.name(base)
+      progress_lib.logger.info("tune seed %d candidate %d/%d: %s", seed, i + 1, len(candidates),
+                               name)
+      workdir, syn = _distilled(config, root, run_data, progress)
+      s = evaluate_cached(config, workdir, run_data, syn, split="valid", protocol=protocol,
+                          num_models=num_models)
+      row = rows.setdefault(name, {"setting": cand.to_dict(), "weighting": config.weighting,
+                                   "seeds": [], "criterion": [], "overall": [],
+                                   "worst_group": [], "runs": []})
+      row["seeds"].append(seed)
+      row["criterion"].append(_per_model(s, "conflicting").tolist())
+      row["overall"].append(_per_model(s, "overall").tolist())
+      row["worst_group"].append(_per_model(s, "worst_group").tolist())
+      row["runs"].append(os.path.relpath(workdir, root))
+  per_seed = num_conflicting // len(seeds)
+  decisions = {}
+  for w, inc in incumbents.items():
+    scores = {k: np.asarray(r["criterion"]) for k, r in rows.items() if r["weighting"] == w}
+    if scores:
+      decisions[w] = select(scores, inc.name(base), per_seed)
+  chosen = {w: rows[d["chosen"]]["setting"] for w, d in decisions.items()}
+  out = {"base": base.to_dict(), "protocol": protocol.to_dict(), "num_models": num_models,
+         "seeds": list(seeds), "criterion": "accuracy on the validation split's bias-conflicting "
+                                            "samples",
+         "valid_conflicting_per_seed": per_seed, "candidates": rows, "decisions": decisions,
+         "chosen": chosen}
+  synset.atomic_write_json(os.path.join(root, "selection.json"), out)
+  synset.atomic_write_bytes(os.path.join(root, "selection.md"),
+                            (format_selection(out) + "\n").encode())
+  if progress:
+    print(format_selection(out))
+  return out
+
+
+def format_selection(sel: dict) -> str:
+  """The selection table (validation numbers only) and the decisions, as markdown."""
+  p = sel["protocol"]
+  lines = [f"Validation criterion: {sel['criterion']} ({sel['valid_conflicting_per_seed']} per "
+           f"seed); protocol {p['name']} ({p['num_epochs']} epochs), {sel['num_models']} networks "
+           f"per SynSet, seeds {sel['seeds']}. Mean ± std over seeds of each seed's mean over its "
+           "networks, in %.",
+           "",
+           "| setting | valid conflicting | per seed | valid overall | valid worst group |",
+           "|---|---|---|---|---|"]
+  for name, r in sorted(sel["candidates"].items(),
+                        key=lambda kv: (kv[1]["weighting"], -np.mean(kv[1]["criterion"]))):
+    crit = np.asarray(r["criterion"]).mean(-1)
+    cells = [_pm(np.asarray(r[m]).mean(-1)) for m in ("criterion", "overall", "worst_group")]
+    mark = " **(chosen)**" if any(d["chosen"] == name for d in sel["decisions"].values()) else ""
+    lines.append(f"| {name}{mark} | {cells[0]} | {' / '.join(f'{100 * c:.1f}' for c in crit)} "
+                 f"| {cells[1]} | {cells[2]} |")
+  lines.append("")
+  for w, d in sel["decisions"].items():
+    lines.append(f"- {'vanilla' if w == 'none' else 'KDE'}: {d['chosen']} — {d['reason']}.")
+  return "\n".join(lines)
+
+
+def _pm(values) -> str:
+  values = np.asarray(values, float)
+  return f"{100 * values.mean():.1f} ± {100 * values.std():.1f}"
+
+
+# ---------------------------------------------------------------------------- final table
+
+
+def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
+          seeds: Sequence[int] = (0, 1, 2), protocol: str | evaluate.Protocol = "cpu300",
+          num_models: int = 5, with_random: bool = True, full_models: int = 3,
+          progress: bool = True) -> dict:
+  """Distils (or reuses) each named setting at each seed and evaluates it once on test.
+
+  Args:
+    base: the preset config (dataset, ratio, IPC, method, ...).
+    root: the study directory (shared with :func:`tune`, so its SynSets are reused).
+    settings: row name -> :class:`Setting`; the row named ``vanilla`` is the
+      reference of the paired differences.
+    seeds: distillation seeds (each also draws the dataset's colour noise).
+    protocol: the evaluation protocol of the table.
+    num_models: evaluation networks per SynSet.
+    with_random: add the random-real-subset row (same IPC, per seed).
+    full_models: networks for the full-training-set row (first seed only,
+      trained for as many SGD steps as the protocol gives a SynSet); 0 skips it.
+
+  Writes ``table.json`` and ``table.md`` under ``root``; returns the table dict.
+  """
+  protocol = evaluate.get_protocol(protocol)
+  rows: dict[str, dict[str, Any]] = {}
+
+  def add(name, seed, summary, score, extra=None):
+    row = rows.setdefault(name, {"seeds": [], "per_seed": {m: [] for m in evaluate.METRICS},
+                                 "valid_conflicting": [], "bias_aligned_fraction": [],
+                                 "per_model": []})
+    row["seeds"].append(seed)
+    for m in evaluate.METRICS:
+      row["per_seed"][m].append(float(np.mean(_per_model(summary, m))))
+    row["per_model"].append({m: _per_model(summary, m).tolist() for m in evaluate.METRICS})
+    vs = summary["result"].get("valid_scores")
+    row["valid_conflicting"].append(None if vs is None else float(np.mean(vs)))
+    row["bias_aligned_fraction"].append(None if score is None else score["aligned_fraction"])
+    if extra:
+      row.update(extra)
+
+  train_fraction = None
+  for seed in seeds:
+    seed_base = base.replace(seed=seed)
+    run_data = pipeline.RunData(seed_base)
+    train_fraction = float(np.asarray(run_data.train.aligned).mean())
+    for name, setting in settings.items():
+      config = setting.apply(seed_base)
+      progress_lib.logger.info("final seed %d: %s", seed, name)
+      workdir, syn = _distilled(config, root, run_data, progress)
+      summary = evaluate_cached(config, workdir, run_data, syn, split="test", protocol=protocol,
+                                num_models=num_models, progress=progress)
+      score = bias_score_cached(config, workdir, run_data, syn)
+      add(name, seed, summary, score, {"setting": setting.to_dict()})
+    if with_random:
+      workdir = os.path.join(root, "runs", f"random-s{seed}-ipc{base.ipc}")
+      os.makedirs(workdir, exist_ok=True)
+      k_sel = jax.random.split(jax.random.key(seed), 3)[1]  # as pipeline.run_baselines
+      train = run_data.train
+      idx = baselines.random_subset_indices(k_sel, train.labels, ipc=base.ipc)
+      syn = baselines.take(run_data.normalized(train), train.labels, idx)
+      config = seed_base.replace(weighting="none")
+      summary = evaluate_cached(config, workdir, run_data, syn, split="test", protocol=protocol,
+                                num_models=num_models, progress=progress)
+      score = bias_score_cached(config, workdir, run_data, syn)
+      add("random real subset", seed, summary, score)
+    if full_models and seed == seeds[0]:
+      train = run_data.train
+      steps = protocol.num_epochs * -(-base.ipc * run_data.num_classes // protocol.batch_size)
+      epochs = max(1, round(steps / -(-len(train.labels) // protocol.batch_size)))
+      full_protocol = protocol.replace(name=f"{protocol.name}-full", epochs=epochs - 1)
+      workdir = os.path.join(root, "runs", f"full-s{seed}")
+      os.makedirs(workdir, exist_ok=True)
+      syn = baselines.full_dataset(run_data.normalized(train), train.labels)
+      summary = evaluate_cached(seed_base.replace(weighting="none"), workdir, run_data, syn,
+                                split="test", protocol=full_protocol, num_models=full_models,
+                                progress=progress)
+      add("full biased training set", seed, summary, None,
+          {"epochs": full_protocol.num_epochs, "train_aligned_fraction": train_fraction})
+  out = {"base": base.to_dict(), "protocol": protocol.to_dict(), "num_models": num_models,
+         "seeds": list(seeds), "train_aligned_fraction": train_fraction, "rows": rows,
+         "paired": _paired(rows)}
+  synset.atomic_write_json(os.path.join(root, "table.json"), out)
+  synset.atomic_write_bytes(os.path.join(root, "table.md"), (format_table(out) + "\n").encode())
+  if progress:
+    print(format_table(out))
+  return out
+
+
+def _paired(rows: dict) -> dict:
+  """Per-seed differences of every row against the ``vanilla`` row (same seeds)."""
+  if "vanilla" not in rows:
+    return {}
+  ref = rows["vanilla"]
+  out = {}
+  for name, row in rows.items():
+    if name == "vanilla" or row["seeds"] != ref["seeds"]:
+      continue
+    out[name] = {m: (np.asarray(row["per_seed"][m]) - np.asarray(ref["per_seed"][m])).tolist()
+                 for m in evaluate.METRICS}
+  return out
+
+
+def format_table(table: dict) -> str:
+  """The final table as markdown (accuracies and the bias score, in %)."""
+  b, p = table["base"], table["protocol"]
+  lines = [f"{b['dataset']}, conflict ratio {b['conflict_ratio']}, IPC {b['ipc']}, preset "
+           f"{b['preset']}, method {b['method']}; test split, protocol {p['name']} "
+           f"({p['num_epochs']} epochs), {table['num_models']} networks per SynSet, seeds "
+           f"{table['seeds']}. Mean ± std over seeds of each seed's mean over its networks "
+           "(rows with one seed: over networks). Bias-aligned fraction of the training set: "
+           f"{100 * table['train_aligned_fraction']:.1f} %.",
+           "",
+           "| row | overall | bias-aligned | bias-conflicting | worst group | "
+           "bias score (aligned %) | valid conflicting |",
+           "|---|---|---|---|---|---|---|"]
+  for name, r in table["rows"].items():
+    if len(r["seeds"]) > 1:
+      cells = [_pm(r["per_seed"][m]) for m in evaluate.METRICS]
+    else:
+      cells = [_pm(r["per_model"][0][m]) for m in evaluate.METRICS]
+    score = [s for s in r["bias_aligned_fraction"] if s is not None]
+    valid = [s for s in r["valid_conflicting"] if s is not None]
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pm(score) if score else '–'} | "
+                 f"{_pm(valid) if valid else '–'} |")
+  if table["paired"]:
+    lines += ["", "Paired differences against `vanilla` (same seeds), mean ± std over seeds, "
+              "in points:", "", "| row | overall | bias-aligned | bias-conflicting | worst group |",
+              "|---|---|---|---|---|"]
+    for name, d in table["paired"].items():
+      lines.append(f"| {name} − vanilla | "
+                   + " | ".join(f"{100 * np.mean(d[m]):+.1f} ± {100 * np.std(d[m]):.1f}"
+                                for m in evaluate.METRICS) + " |")
+  return "\n".join(lines)
+
+
+def settings_from_selection(selection: dict, base: pipeline.RunConfig) -> dict[str, Setting]:
+  """The rows of :func:`final` from a :func:`tune` result: the chosen vanilla and
+  KDE settings, plus the library default and the literal reading when they differ."""
+  chosen = {w: Setting.of(**s) for w, s in selection["chosen"].items()}
+  out = {}
+  if "none" in chosen:
+    out["vanilla"] = chosen["none"]
+  if "kde" in chosen:
+    out["kde (selected on valid)"] = chosen["kde"]
+  default = default_setting(base, "kde")
+  if default not in out.values():
+    out["kde (library default)"] = default
+  literal = literal_setting(base)
+  if literal not in out.values():
+    out["kde literal (power, T = 1)"] = literal
+  return out
