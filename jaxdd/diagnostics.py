@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import io
 import os
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,8 @@ __all__ = [
     "batch_scope_weights",
     "batch_plan",
     "aligned_bias_values",
+    "BiasClassifier",
+    "train_bias_classifier",
     "bias_score",
 ]
 
@@ -468,8 +470,11 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
 
 #: How the bias-attribute classifier of :func:`bias_score` is trained: the
 #: reference's SGD recipe without augmentation (DSA's colour jitter would
-#: erase a colour bias), 10 epochs over the training set.
+#: erase a colour bias); the epochs are set by :func:`train_bias_classifier`.
 BIAS_CLASSIFIER_PROTOCOL = dict(name="bias-attribute", epochs=9, augment=None)
+#: Default training budget of the bias classifier, in SGD steps of 256 images
+#: (10 epochs of the embedded CMNIST's 3,600 images).
+BIAS_CLASSIFIER_STEPS = 150
 
 
 def aligned_bias_values(labels: Any, bias: Any, aligned: Any, *, num_classes: int) -> np.ndarray:
@@ -511,16 +516,111 @@ def _balanced_rows(key: jax.Array, labels: np.ndarray, bias: np.ndarray) -> np.n
   return rng.permutation(rows)[:len(labels)]
 
 
-def bias_score(key: jax.Array, syn_images: Any, syn_labels: Any, train_images: Any,
-               train_labels: Any, train_bias: Any, train_aligned: Any, *, num_classes: int,
-               valid: tuple[Any, Any] | None = None, width: int = 32,
-               num_models: int = 1) -> dict[str, Any]:
+class BiasClassifier(NamedTuple):
+  """A trained bias-attribute classifier (see :func:`train_bias_classifier`).
+
+  Attributes:
+    predict: (n, H, W, C) images -> (n,) predicted bias values (numpy).
+    aligned_values: (num_classes,) the bias value aligned with each class.
+    num_classes: number of classes.
+    train_aligned_fraction: bias-aligned fraction of its training set.
+    valid_accuracy: accuracy on held-out data (``all``, ``conflicting``), or None.
+    recipe: how it was trained (JSON-ready).
+  """
+  predict: Callable[[np.ndarray], np.ndarray]
+  aligned_values: np.ndarray
+  num_classes: int
+  train_aligned_fraction: float
+  valid_accuracy: dict | None
+  recipe: dict
+
+
+def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, train_bias: Any,
+                          train_aligned: Any, *, num_classes: int,
+                          valid: tuple[Any, Any, Any] | None = None, width: int = 32,
+                          epochs: int | None = None, num_models: int = 1) -> BiasClassifier:
+  """Trains the classifier of the bias attribute that :func:`bias_score` uses.
+
+  A ConvNet-3 of ``width`` learns the training images' *bias* labels (the
+  digit colour for CMNIST, the background colour for BG-FMNIST, the
+  corruption for corruption-biased data) on a group-balanced resample: every
+  non-empty (class, bias value) cell is drawn equally often, so the class,
+  which gives the bias value away 95 % of the time in the raw data, is no
+  shortcut. SGD as the evaluation protocols, no augmentation (DSA's colour
+  jitter would erase a colour bias).
+
+  Args:
+    key: typed PRNG key (resampling, init, batch order).
+    train_images, train_labels, train_bias, train_aligned: the biased training
+      set, images normalised as the synthetic images will be.
+    num_classes: number of classes.
+    valid: optional ``(images, labels, bias)`` of held-out data; the accuracy
+      on it, overall and on its bias-conflicting samples (where the class does
+      not give the answer away), is kept as ``valid_accuracy``.
+    width: the classifier's width.
+    epochs: training epochs; default: enough for
+      :data:`BIAS_CLASSIFIER_STEPS` SGD steps of 256 images, at least 1.
+    num_models: classifiers trained; predictions are a majority vote.
+
+  Returns:
+    A :class:`BiasClassifier`; train it once per training set and score any
+    number of synthetic sets with it.
+  """
+  from jaxdd import evaluate, models  # noqa: PLC0415  (evaluate imports this module's peers)
+  from jaxdd.structs import SynSet  # noqa: PLC0415
+
+  train_images = np.asarray(train_images, np.float32)
+  if train_images.ndim != 4:
+    raise ValueError(f"train_images must be (N, H, W, C), got {train_images.shape}")
+  if epochs is None:
+    epochs = max(1, -(-BIAS_CLASSIFIER_STEPS * 256 // len(train_images)))
+  if not isinstance(epochs, int) or epochs < 1:
+    raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+  bias = np.asarray(train_bias)
+  labels = np.asarray(train_labels)
+  aligned_values = aligned_bias_values(labels, bias, train_aligned, num_classes=num_classes)
+  num_bias = int(bias.max()) + 1
+  protocol = evaluate.Protocol(**{**BIAS_CLASSIFIER_PROTOCOL, "epochs": epochs - 1})
+  model = models.ConvNet(num_bias, width=width)
+  k_rows, k_train = jax.random.split(key)
+  rows = _balanced_rows(k_rows, labels, bias)
+  variables, _ = evaluate.train_models(
+      k_train, SynSet(jnp.asarray(train_images[rows]), jnp.asarray(bias[rows])),
+      model=model, protocol=protocol, num_models=num_models)
+  task = evaluate.standard_task(model)
+  params, state = evaluate.split_variables(jax.tree.map(lambda a: a[0], variables))
+
+  def predict(images) -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1:] != train_images.shape[1:]:
+      raise ValueError(f"images must be (n,) + {train_images.shape[1:]} like the classifier's "
+                       f"training images, got {images.shape}")
+    block = evaluate.predict_block(protocol, len(images), "map")
+    votes = np.asarray(evaluate._predict_program(task, block, "map")(params, state,
+                                                                      jnp.asarray(images)))
+    counts = np.stack([(votes == b).sum(0) for b in range(num_bias)], -1)
+    return counts.argmax(-1)
+
+  valid_acc = None
+  if valid is not None:
+    v_labels, v_bias = np.asarray(valid[1]), np.asarray(valid[2])
+    hit = predict(valid[0]) == v_bias
+    conflicting = v_bias != aligned_values[v_labels]
+    valid_acc = {"all": float(hit.mean()),
+                 "conflicting": float(hit[conflicting].mean()) if conflicting.any() else None,
+                 "num_conflicting": int(conflicting.sum())}
+  return BiasClassifier(predict, aligned_values, num_classes,
+                        float(np.asarray(train_aligned, bool).mean()), valid_acc,
+                        {"model": f"convnet-d3-w{width}", "num_models": num_models,
+                         "training": "group-balanced resample of the training set",
+                         "protocol": protocol.to_dict()})
+
+
+def bias_score(classifier: BiasClassifier, syn_images: Any, syn_labels: Any) -> dict[str, Any]:
   """Fraction of a synthetic set's images that carry their class's aligned bias.
 
-  A bias-attribute classifier (ConvNet-3 of ``width``, trained on the
-  training images with their *bias* labels — the digit colour for CMNIST, the
-  background colour for BG-FMNIST, the corruption for corruption-biased data)
-  predicts the bias attribute of every synthetic image; an image is counted as
+  The bias-attribute ``classifier`` (:func:`train_bias_classifier`) predicts
+  the bias attribute of every synthetic image; an image counts as
   bias-aligned when the prediction is the bias value aligned with its class
   (:func:`aligned_bias_values`). Compare ``aligned_fraction`` with
   ``train_aligned_fraction`` (0.95 for a 5 % bias-conflicting set): a larger
@@ -528,76 +628,29 @@ def bias_score(key: jax.Array, syn_images: Any, syn_labels: Any, train_images: A
   mitigated.
 
   Args:
-    key: typed PRNG key (classifier init and batch order).
-    syn_images: (M, H, W, C) synthetic images, normalised like the training images.
+    classifier: a trained :class:`BiasClassifier`.
+    syn_images: (M, H, W, C) synthetic images, normalised like the classifier's
+      training images.
     syn_labels: (M,) their classes (hard labels).
-    train_images, train_labels, train_bias, train_aligned: the biased training set.
-    num_classes: number of classes.
-    valid: optional ``(images, labels, bias)`` of held-out data; the
-      classifier's accuracy on it, overall and on its bias-conflicting samples
-      (where the class does not give the answer away), is reported as
-      ``classifier_valid_accuracy``.
-    width: the classifier's width.
-    num_models: classifiers trained; predictions are a majority vote.
 
   Returns:
     A JSON-ready dict: ``aligned_fraction``, ``per_class`` (aligned fraction
-    per class), ``train_aligned_fraction``, ``classifier_valid_accuracy``
-    (None without ``valid``), ``num_synthetic`` and the classifier recipe.
+    per class, None for a class without images), ``train_aligned_fraction``,
+    ``classifier_valid_accuracy``, ``num_synthetic`` and the classifier recipe.
   """
-  from jaxdd import evaluate, models  # noqa: PLC0415  (evaluate imports this module's peers)
-  from jaxdd.structs import SynSet  # noqa: PLC0415
-
   syn_images = np.asarray(syn_images, np.float32)
   syn_labels = np.asarray(syn_labels)
-  train_images = np.asarray(train_images, np.float32)
-  if syn_images.ndim != 4 or train_images.ndim != 4 or syn_images.shape[1:] != train_images.shape[1:]:
-    raise ValueError(f"syn_images and train_images must be (N, H, W, C) with equal image shapes, "
-                     f"got {syn_images.shape} and {train_images.shape}")
   if syn_labels.shape != (len(syn_images),):
     raise ValueError(f"syn_labels must be (M,) hard labels with M = {len(syn_images)}, "
                      f"got {syn_labels.shape}")
-  _check_labels(syn_labels, num_classes)
+  _check_labels(syn_labels, classifier.num_classes)
   if not np.isfinite(syn_images).all():
     raise ValueError("syn_images contain NaN or inf; the SynSet is corrupted")
-  bias = np.asarray(train_bias)
-  aligned_values = aligned_bias_values(train_labels, bias, train_aligned, num_classes=num_classes)
-  num_bias = int(bias.max()) + 1
-  protocol = evaluate.Protocol(**BIAS_CLASSIFIER_PROTOCOL)
-  model = models.ConvNet(num_bias, width=width)
-  # Trained on a group-balanced resample (every non-empty (class, bias value)
-  # cell equally often), so that the class -- which predicts the bias value 95 %
-  # of the time in the raw data -- is no shortcut for the classifier.
-  k_rows, k_train = jax.random.split(key)
-  rows = _balanced_rows(k_rows, np.asarray(train_labels), bias)
-  variables, _ = evaluate.train_models(
-      k_train, SynSet(jnp.asarray(train_images[rows]), jnp.asarray(bias[rows])),
-      model=model, protocol=protocol, num_models=num_models)
-  task = evaluate.standard_task(model)
-  params, state = evaluate.split_variables(jax.tree.map(lambda a: a[0], variables))
-
-  def predict(images):
-    block = evaluate.predict_block(protocol, len(images), "map")
-    votes = evaluate._predict_program(task, block, "map")(params, state, jnp.asarray(images))
-    votes = np.asarray(votes)  # (num_models, n)
-    counts = np.stack([(votes == b).sum(0) for b in range(num_bias)], -1)
-    return counts.argmax(-1)
-
-  pred = predict(syn_images)
-  is_aligned = pred == aligned_values[syn_labels]
+  pred = classifier.predict(syn_images)
+  is_aligned = pred == classifier.aligned_values[syn_labels]
   per_class = [float(is_aligned[syn_labels == c].mean()) if (syn_labels == c).any() else None
-               for c in range(num_classes)]
-  valid_acc = None
-  if valid is not None:
-    v_images, v_labels, v_bias = (np.asarray(valid[0], np.float32), np.asarray(valid[1]),
-                                  np.asarray(valid[2]))
-    hit = predict(v_images) == v_bias
-    conflicting = v_bias != aligned_values[v_labels]
-    valid_acc = {"all": float(hit.mean()),
-                 "conflicting": float(hit[conflicting].mean()) if conflicting.any() else None,
-                 "num_conflicting": int(conflicting.sum())}
+               for c in range(classifier.num_classes)]
   return {"aligned_fraction": float(is_aligned.mean()), "per_class": per_class,
-          "train_aligned_fraction": float(np.asarray(train_aligned, bool).mean()),
-          "classifier_valid_accuracy": valid_acc, "num_synthetic": int(len(syn_images)),
-          "classifier": {"model": f"convnet-d3-w{width}", "num_models": num_models,
-                         "protocol": protocol.to_dict()}}
+          "train_aligned_fraction": classifier.train_aligned_fraction,
+          "classifier_valid_accuracy": classifier.valid_accuracy,
+          "num_synthetic": int(len(syn_images)), "classifier": classifier.recipe}

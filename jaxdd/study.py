@@ -119,6 +119,9 @@ def default_setting(base: pipeline.RunConfig, weighting: str) -> Setting:
 
 # ---------------------------------------------------------------------------- pieces
 
+#: The bias-attribute classifier per preset (default: ConvNet-3 width 32, 10 epochs).
+BIAS_CLASSIFIER: dict[str, dict[str, int]] = {"smoke": dict(width=8, epochs=2)}
+
 
 def run_dir(root: str, config: pipeline.RunConfig) -> str:
   slug = pipeline.method_name(config).replace("+", "_")
@@ -170,18 +173,24 @@ def evaluate_cached(config: pipeline.RunConfig, workdir: str, run_data: pipeline
 
 
 def bias_score_cached(config: pipeline.RunConfig, workdir: str, run_data: pipeline.RunData,
-                      syn: SynSet) -> dict:
-  """:func:`jaxdd.diagnostics.bias_score` of ``syn``, written to ``bias_score.json``."""
+                      syn: SynSet, classifiers: dict) -> dict:
+  """:func:`jaxdd.diagnostics.bias_score` of ``syn``, written to ``bias_score.json``.
+
+  The bias-attribute classifier is trained once per training set (the seed)
+  and kept in ``classifiers``.
+  """
   path = os.path.join(workdir, "bias_score.json")
   cached = _load_json(path)
   if cached is not None:
     return cached
-  train, valid = run_data.train, run_data.valid
-  report = diagnostics.bias_score(
-      jax.random.fold_in(pipeline.run_keys(config)[3], 1), syn.images, syn.labels,
-      run_data.normalized(train), train.labels, train.bias, train.aligned,
-      num_classes=run_data.num_classes,
-      valid=(run_data.normalized(valid), valid.labels, valid.bias))
+  if config.seed not in classifiers:
+    train, valid = run_data.train, run_data.valid
+    classifiers[config.seed] = diagnostics.train_bias_classifier(
+        jax.random.fold_in(pipeline.run_keys(config)[3], 1), run_data.normalized(train),
+        train.labels, train.bias, train.aligned, num_classes=run_data.num_classes,
+        valid=(run_data.normalized(valid), valid.labels, valid.bias),
+        **BIAS_CLASSIFIER.get(config.preset, {}))
+  report = diagnostics.bias_score(classifiers[config.seed], syn.images, syn.labels)
   synset.atomic_write_json(path, report)
   return report
 
@@ -309,8 +318,8 @@ def format_selection(sel: dict) -> str:
   p = sel["protocol"]
   lines = [f"Validation criterion: {sel['criterion']} ({sel['valid_conflicting_per_seed']} per "
            f"seed); protocol {p['name']} ({p['num_epochs']} epochs), {sel['num_models']} networks "
-           f"per SynSet, seeds {sel['seeds']}. Mean ± std over seeds of each seed's mean over its "
-           "networks, in %.",
+           f"per SynSet, seeds {sel['seeds']}. Mean ± sample std over seeds of each seed's mean over "
+           "its networks, in %.",
            "",
            "| setting | valid conflicting | per seed | valid overall | valid worst group |",
            "|---|---|---|---|---|"]
@@ -327,9 +336,12 @@ def format_selection(sel: dict) -> str:
   return "\n".join(lines)
 
 
-def _pm(values) -> str:
+def _pm(values, ddof: int = 1) -> str:
+  """``mean ± std`` in %; sample std (ddof 1) over seeds, ddof 0 over networks (the
+  reference's convention for evaluation networks)."""
   values = np.asarray(values, float)
-  return f"{100 * values.mean():.1f} ± {100 * values.std():.1f}"
+  std = values.std(ddof=ddof) if values.size > ddof else 0.0
+  return f"{100 * values.mean():.1f} ± {100 * std:.1f}"
 
 
 # ---------------------------------------------------------------------------- final table
@@ -373,6 +385,7 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
       row.update(extra)
 
   train_fraction = None
+  classifiers: dict = {}
   for seed in seeds:
     seed_base = base.replace(seed=seed)
     run_data = pipeline.RunData(seed_base)
@@ -383,7 +396,7 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
       workdir, syn = _distilled(config, root, run_data, progress)
       summary = evaluate_cached(config, workdir, run_data, syn, split="test", protocol=protocol,
                                 num_models=num_models, progress=progress)
-      score = bias_score_cached(config, workdir, run_data, syn)
+      score = bias_score_cached(config, workdir, run_data, syn, classifiers)
       add(name, seed, summary, score, {"setting": setting.to_dict()})
     if with_random:
       workdir = os.path.join(root, "runs", f"random-s{seed}-ipc{base.ipc}")
@@ -395,7 +408,7 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
       config = seed_base.replace(weighting="none")
       summary = evaluate_cached(config, workdir, run_data, syn, split="test", protocol=protocol,
                                 num_models=num_models, progress=progress)
-      score = bias_score_cached(config, workdir, run_data, syn)
+      score = bias_score_cached(config, workdir, run_data, syn, classifiers)
       add("random real subset", seed, summary, score)
     if full_models and seed == seeds[0]:
       train = run_data.train
@@ -440,8 +453,8 @@ def format_table(table: dict) -> str:
   lines = [f"{b['dataset']}, conflict ratio {b['conflict_ratio']}, IPC {b['ipc']}, preset "
            f"{b['preset']}, method {b['method']}; test split, protocol {p['name']} "
            f"({p['num_epochs']} epochs), {table['num_models']} networks per SynSet, seeds "
-           f"{table['seeds']}. Mean ± std over seeds of each seed's mean over its networks "
-           "(rows with one seed: over networks). Bias-aligned fraction of the training set: "
+           f"{table['seeds']}. Mean ± sample std over seeds of each seed's mean over its networks "
+           "(rows with one seed: mean ± std over its networks). Bias-aligned fraction of the training set: "
            f"{100 * table['train_aligned_fraction']:.1f} %.",
            "",
            "| row | overall | bias-aligned | bias-conflicting | worst group | "
@@ -451,7 +464,7 @@ def format_table(table: dict) -> str:
     if len(r["seeds"]) > 1:
       cells = [_pm(r["per_seed"][m]) for m in evaluate.METRICS]
     else:
-      cells = [_pm(r["per_model"][0][m]) for m in evaluate.METRICS]
+      cells = [_pm(r["per_model"][0][m], ddof=0) for m in evaluate.METRICS]
     score = [s for s in r["bias_aligned_fraction"] if s is not None]
     valid = [s for s in r["valid_conflicting"] if s is not None]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pm(score) if score else '–'} | "
@@ -462,7 +475,7 @@ def format_table(table: dict) -> str:
               "|---|---|---|---|---|"]
     for name, d in table["paired"].items():
       lines.append(f"| {name} − vanilla | "
-                   + " | ".join(f"{100 * np.mean(d[m]):+.1f} ± {100 * np.std(d[m]):.1f}"
+                   + " | ".join(f"{100 * np.mean(d[m]):+.1f} ± {100 * np.std(d[m], ddof=1 if len(d[m]) > 1 else 0):.1f}"
                                 for m in evaluate.METRICS) + " |")
   return "\n".join(lines)
 

@@ -30,3 +30,44 @@ def test_mean_std_over_seeds_and_paired_difference(tmp_path):
   assert "| paired difference dsa+kde − dsa | +20.0 ± 14.1 |" in text
   with pytest.raises(FileNotFoundError, match="comparison.json"):
     seed_table.load([str(tmp_path / "missing")])
+
+
+_SPEC_RT = importlib.util.spec_from_file_location(
+    "results_tables",
+    os.path.join(os.path.dirname(__file__), "..", "experiments", "results_tables.py"))
+results_tables = importlib.util.module_from_spec(_SPEC_RT)
+_SPEC_RT.loader.exec_module(results_tables)
+
+
+def _table():
+  per_seed = {"overall": [0.2, 0.4], "aligned": [1.0, 1.0], "conflicting": [0.1, 0.3],
+              "worst_group": [0.0, 0.0]}
+  row = {"seeds": [0, 1], "per_seed": per_seed, "per_model": [], "valid_conflicting": [0.2, 0.2],
+         "bias_aligned_fraction": [0.9, 1.0]}
+  return {"base": {"dataset": "cmnist", "conflict_ratio": 0.05, "ipc": 10, "preset": "cpu",
+                   "method": "dm"},
+          "protocol": {"name": "cpu300", "num_epochs": 301}, "num_models": 5, "seeds": [0, 1],
+          "train_aligned_fraction": 0.95, "rows": {"vanilla": row}, "paired": {}}
+
+
+def test_results_tables_regenerates_the_marked_blocks(tmp_path):
+  (tmp_path / "results" / "x").mkdir(parents=True)
+  (tmp_path / "results" / "x" / "table.json").write_text(json.dumps(_table()))
+  (tmp_path / "README.md").write_text("intro\n<!-- summary:x -->\nold\n<!-- /summary:x -->\nend\n")
+  (tmp_path / "RESULTS.md").write_text("<!-- table:x -->\n<!-- /table:x -->\n")
+  assert results_tables.main(["--check", "--root", str(tmp_path)]) == 1
+  assert results_tables.main(["--root", str(tmp_path)]) == 0
+  assert results_tables.main(["--check", "--root", str(tmp_path)]) == 0
+  readme = (tmp_path / "README.md").read_text()
+  # overall 20, 40 -> 30.0 ± 14.1 (sample std over seeds); bias score 90, 100 -> 95.0 ± 7.1
+  assert "| vanilla | 30.0 ± 14.1 | 20.0 ± 14.1 | 0.0 ± 0.0 | 95.0 ± 7.1 |" in readme
+  assert readme.startswith("intro\n") and readme.endswith("end\n") and "old" not in readme
+  assert "| *training set* | | | | 95.0 |" in readme
+  assert "cpu300 (301 epochs)" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_results_tables_names_the_missing_file(tmp_path):
+  (tmp_path / "README.md").write_text("<!-- table:nope -->\n<!-- /table:nope -->\n")
+  (tmp_path / "RESULTS.md").write_text("")
+  with pytest.raises(FileNotFoundError, match="grid.py --cells nope"):
+    results_tables.main(["--root", str(tmp_path)])

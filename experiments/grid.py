@@ -1,0 +1,107 @@
+"""The result grid at CPU scale, one command: selection on validation, then the test table.
+
+    python experiments/grid.py --cells a,b --root runs/grid            # run (resumable)
+    python experiments/grid.py --cells a,b --root runs/grid --publish  # copy tables to results/
+
+Cells (the `cpu` preset, offline data; docs/protocols.md §7):
+
+  a  CMNIST 5 %, IPC 10, DM vs DM+KDE: `jaxdd tune` on validation (seeds 0, 1), then the
+     final table over seeds 0, 1, 2 with 5 networks, `cpu300` protocol.
+  b  BG-FMNIST 5 % (full Fashion-MNIST), IPC 10, DM vs DM+KDE with the settings cell a chose
+     (no test split was read to choose them), 3 seeds x 3 networks.
+  d50, d1, d2  CMNIST 5 % at IPC 50; CMNIST 1 % and 2 % at IPC 10 (cell a's settings).
+  e-cmnist, e-bgfmnist  DSA vs DSA+KDE on CMNIST 5 % / BG-FMNIST 5 % (cell a's weighting
+     knobs; DSA's own lr_img).
+
+Every cell writes `<root>/<cell>/table.json` and `table.md`; `--publish` copies those (and
+the selection) to `results/<cell>/`, which README.md and RESULTS.md are generated from
+(`experiments/results_tables.py`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+from jaxdd import cli, pipeline, study
+
+CELLS = {
+    "a": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, ipc=10), tune=True,
+              seeds=(0, 1, 2), num_models=5),
+    "b": dict(overrides=dict(dataset="bg_fmnist", conflict_ratio=0.05, ipc=10), from_cell="a",
+              seeds=(0, 1, 2), num_models=3),
+    "d50": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, ipc=50), from_cell="a",
+                seeds=(0, 1, 2), num_models=3),
+    "d1": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.01, ipc=10), from_cell="a",
+               seeds=(0, 1, 2), num_models=3),
+    "d2": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.02, ipc=10), from_cell="a",
+               seeds=(0, 1, 2), num_models=3),
+    "e-cmnist": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, ipc=10, method="dsa"),
+                     from_cell="a", knobs_only=True, seeds=(0, 1, 2), num_models=3),
+    "e-bgfmnist": dict(overrides=dict(dataset="bg_fmnist", conflict_ratio=0.05, ipc=10,
+                                      method="dsa"),
+                       from_cell="a", knobs_only=True, seeds=(0, 1, 2), num_models=3),
+}
+
+
+def cell_settings(cell: dict, base: pipeline.RunConfig, root: str) -> dict[str, study.Setting]:
+  """The table rows of a cell: its own tune's choice, or the choice of ``from_cell``."""
+  source = cell.get("from_cell")
+  path = os.path.join(root, source if source else "", "selection.json")
+  with open(path) as f:
+    selection = json.load(f)
+  if cell.get("knobs_only"):  # another method: its own lr_img, the weighting knobs of the source
+    selection = dict(selection, chosen={w: {k: v for k, v in s.items() if k != "lr_img"}
+                                        | {"lr_img": base.lr_img}
+                                        for w, s in selection["chosen"].items()})
+  return study.settings_from_selection(selection, base)
+
+
+def run_cell(name: str, root: str, *, progress: bool) -> dict:
+  cell = CELLS[name]
+  base = pipeline.get_config("cpu", **cell["overrides"])
+  workdir = os.path.join(root, name)
+  if cell.get("tune"):
+    if not os.path.exists(os.path.join(workdir, "selection.json")):
+      study.tune(base, workdir, seeds=(0, 1), progress=progress)
+    settings = cell_settings(dict(cell, from_cell=name), base, root)
+  else:
+    settings = cell_settings(cell, base, root)
+  return study.final(base, workdir, settings=settings, seeds=cell["seeds"], protocol="cpu300",
+                     num_models=cell["num_models"], progress=progress)
+
+
+def publish(name: str, root: str, dest: str = "results") -> None:
+  os.makedirs(os.path.join(dest, name), exist_ok=True)
+  for f in ("table.json", "table.md", "selection.json", "selection.md"):
+    src = os.path.join(root, name, f)
+    if os.path.exists(src):
+      shutil.copyfile(src, os.path.join(dest, name, f))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--cells", default="a", help=f"comma-separated, from {sorted(CELLS)}")
+  parser.add_argument("--root", default="runs/grid")
+  parser.add_argument("--publish", action="store_true",
+                      help="copy finished tables to results/<cell>/ instead of running")
+  parser.add_argument("--quiet", action="store_true")
+  args = parser.parse_args(argv)
+  names = [c.strip() for c in args.cells.split(",") if c.strip()]
+  unknown = set(names) - set(CELLS)
+  if unknown:
+    parser.error(f"unknown cells {sorted(unknown)}; choose from {sorted(CELLS)}")
+  cli.tune_allocator()
+  for name in names:
+    if args.publish:
+      publish(name, args.root)
+    else:
+      run_cell(name, args.root, progress=not args.quiet)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

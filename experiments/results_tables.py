@@ -1,0 +1,89 @@
+"""README.md and RESULTS.md tables generated from the published result files.
+
+    python experiments/results_tables.py           # rewrite the marked blocks
+    python experiments/results_tables.py --check   # exit 1 if a block differs (a test runs this)
+
+A block is delimited by ``<!-- table:CELL -->`` and ``<!-- /table:CELL -->`` (the full
+table of ``results/CELL/table.json``) or ``<!-- summary:CELL -->`` /
+``<!-- /summary:CELL -->`` (the short README form: the main rows and columns). The tables
+are rendered by :func:`jaxdd.study.format_table`, so the text and the files cannot drift.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+from jaxdd import study, synset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ("README.md", "RESULTS.md")
+_BLOCK = re.compile(r"(<!-- (table|summary):([\w-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
+
+
+def _pm(values, ddof: int = 1) -> str:
+  v = np.asarray([x for x in values if x is not None], float)
+  if not v.size:
+    return "–"
+  return f"{100 * v.mean():.1f} ± {100 * (v.std(ddof=ddof) if v.size > ddof else 0.0):.1f}"
+
+
+def summary(table: dict) -> str:
+  """The README form: overall, conflicting, worst group and bias score per row."""
+  lines = ["| row | overall | bias-conflicting | worst group | bias score (aligned %) |",
+           "|---|---|---|---|---|"]
+  for name, r in table["rows"].items():
+    if len(r["seeds"]) > 1:
+      cells = [_pm(r["per_seed"][m]) for m in ("overall", "conflicting", "worst_group")]
+    else:
+      cells = [_pm(r["per_model"][0][m], ddof=0) for m in ("overall", "conflicting", "worst_group")]
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pm(r['bias_aligned_fraction'])} |")
+  lines.append(f"| *training set* | | | | {100 * table['train_aligned_fraction']:.1f} |")
+  return "\n".join(lines)
+
+
+def render(kind: str, cell: str, results: str) -> str:
+  path = os.path.join(results, cell, "table.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: run `python experiments/grid.py --cells {cell}` "
+                            "and `--publish` first")
+  with open(path) as f:
+    table = json.load(f)
+  return (study.format_table(table) if kind == "table" else summary(table)) + "\n"
+
+
+def update(text: str, results: str) -> str:
+  return _BLOCK.sub(lambda m: m.group(1) + render(m.group(2), m.group(3), results) + m.group(5),
+                    text)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
+  parser.add_argument("--root", default=ROOT, help="repository root")
+  args = parser.parse_args(argv)
+  results = os.path.join(args.root, "results")
+  stale = []
+  for doc in DOCS:
+    path = os.path.join(args.root, doc)
+    with open(path) as f:
+      text = f.read()
+    new = update(text, results)
+    if new != text:
+      stale.append(doc)
+      if not args.check:
+        synset.atomic_write_bytes(path, new.encode())
+  if args.check and stale:
+    print(f"out of date with results/: {', '.join(stale)}; run python experiments/results_tables.py",
+          file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,175 @@
+"""Validation-only selection, the final table and the bias score (jaxdd.study, diagnostics)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdd import cli, data, diagnostics, pipeline, study
+
+
+# ---------------------------------------------------------------------------- bias score
+
+
+def test_aligned_bias_values_is_the_majority_bias_of_aligned_samples():
+  labels = np.array([0, 0, 0, 1, 1, 2])
+  bias = np.array([4, 4, 1, 2, 7, 0])
+  aligned = np.array([True, True, False, True, False, True])
+  np.testing.assert_array_equal(
+      diagnostics.aligned_bias_values(labels, bias, aligned, num_classes=3), [4, 2, 0])
+  with pytest.raises(ValueError, match="class 1 has no bias-aligned"):
+    diagnostics.aligned_bias_values(labels, bias, aligned & (labels != 1), num_classes=3)
+
+
+def _coloured(rng, labels, bias):
+  """8x8 images: a random grey pattern (class-independent) tinted by the bias value."""
+  tints = np.array([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0]], np.float32)
+  shape = rng.uniform(0.3, 1.0, (len(labels), 8, 8, 1)).astype(np.float32)
+  return shape * tints[bias][:, None, None, :]
+
+
+def test_bias_score_counts_the_synthetic_images_that_carry_the_aligned_bias(getkey):
+  rng = np.random.default_rng(0)
+  n = 1500
+  labels = rng.integers(0, 3, n)
+  aligned = rng.uniform(size=n) < 0.9
+  bias = np.where(aligned, labels, (labels + rng.integers(1, 3, n)) % 3)
+  images = _coloured(rng, labels, bias)
+  # A "synthetic set" whose bias values are known: 7 of 12 aligned.
+  syn_labels = np.repeat(np.arange(3), 4)
+  syn_aligned = np.array([1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0], bool)
+  syn_bias = np.where(syn_aligned, syn_labels, (syn_labels + 1) % 3)
+  syn = _coloured(rng, syn_labels, syn_bias)
+  v_labels = rng.integers(0, 3, 60)
+  v_bias = rng.integers(0, 3, 60)
+  clf = diagnostics.train_bias_classifier(
+      getkey(), images, labels, bias, aligned, num_classes=3, width=8, epochs=30,
+      valid=(_coloured(rng, v_labels, v_bias), v_labels, v_bias))
+  report = diagnostics.bias_score(clf, syn, syn_labels)
+  assert report["classifier_valid_accuracy"]["all"] == 1.0
+  assert report["aligned_fraction"] == pytest.approx(7 / 12)
+  assert report["per_class"] == pytest.approx([3 / 4, 2 / 4, 2 / 4])
+  assert report["train_aligned_fraction"] == pytest.approx(aligned.mean())
+  json.dumps(report)
+
+
+def test_bias_score_rejects_bad_input(getkey):
+  x = np.zeros((4, 8, 8, 3), np.float32)
+  labels, bias, aligned = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), np.ones(4, bool)
+  with pytest.raises(ValueError, match="epochs"):
+    diagnostics.train_bias_classifier(getkey(), x, labels, bias, aligned, num_classes=2, epochs=0)
+  clf = diagnostics.train_bias_classifier(getkey(), x, labels, bias, aligned, num_classes=2,
+                                          width=4, epochs=1)
+  with pytest.raises(ValueError, match="like the classifier's"):
+    diagnostics.bias_score(clf, x[:, :4], labels)
+  with pytest.raises(ValueError, match="NaN"):
+    diagnostics.bias_score(clf, x + np.nan, labels)
+  with pytest.raises(ValueError, match="labels must lie"):
+    diagnostics.bias_score(clf, x, labels + 5)
+
+
+# ---------------------------------------------------------------------------- selection rule
+
+
+def test_select_keeps_the_incumbent_unless_a_candidate_wins_clearly_on_every_seed():
+  inc = np.array([[0.50, 0.52], [0.48, 0.50]])  # 2 seeds x 2 networks
+  # 3 points ahead on 20 samples per seed: well within the binomial noise
+  close = study.select({"inc": inc, "other": inc + 0.03}, "inc", 20)
+  assert close["chosen"] == "inc" and close["best"] == "other"
+  assert close["noise"] == pytest.approx(np.hypot(np.sqrt(0.53 * 0.47 / 40),
+                                                  np.sqrt(0.50 * 0.50 / 40)))
+  # 30 points ahead on every seed: switches
+  clear = study.select({"inc": inc, "other": inc + 0.30}, "inc", 20)
+  assert clear["chosen"] == "other" and clear["wins_every_seed"]
+  # ahead on average, but behind on one seed: stays
+  mixed = study.select({"inc": inc, "other": inc + np.array([[0.7], [-0.05]])}, "inc", 20)
+  assert mixed["chosen"] == "inc" and not mixed["wins_every_seed"]
+  # a tie goes to the incumbent
+  assert study.select({"a": inc, "inc": inc}, "inc", 20)["chosen"] == "inc"
+  with pytest.raises(ValueError, match="incumbent"):
+    study.select({"a": inc}, "inc", 20)
+
+
+def test_knob_grid_holds_the_incumbents_and_the_literal_reading():
+  base = pipeline.get_config("cpu")
+  grid = study.knob_grid(base)
+  assert len(grid) == len(set(grid))
+  assert study.default_setting(base, "none") in grid
+  assert study.default_setting(base, "kde") in grid
+  assert study.literal_setting(base) in grid
+  assert {s.apply(base).weighting for s in grid} == {"none", "kde"}
+  with pytest.raises(ValueError, match="changes only"):
+    study.Setting.of(ipc=3)
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def test_tune_never_reads_the_test_split_and_final_reuses_its_synsets(tmp_path, monkeypatch):
+  base = pipeline.get_config("smoke", iterations=2)
+  root = str(tmp_path / "study")
+  candidates = [study.Setting.of(weighting="none", lr_img=1.0),
+                study.Setting.of(weighting="kde", kde_normalize="power", kde_variance=0.01,
+                                 kde_temperature=0.25, lr_img=1.0)]
+  real_load = data.load
+  loads = []
+
+  def guarded(name, *, split, **kw):
+    loads.append(split)
+    if split == "test":
+      raise AssertionError("tune read the test split")
+    return real_load(name, split=split, **kw)
+
+  monkeypatch.setattr(data, "load", guarded)
+  calls = []
+  real_distill = pipeline.distill_run
+  monkeypatch.setattr(pipeline, "distill_run",
+                      lambda config, *a, **k: calls.append(config) or real_distill(config, *a, **k))
+  sel = study.tune(base, root, seeds=(0, 1), candidates=candidates, protocol="smoke",
+                   num_models=2, progress=False)
+  assert "valid" in loads and "test" not in loads
+  assert len(calls) == 4  # 2 candidates x 2 seeds
+  saved = json.load(open(os.path.join(root, "selection.json")))
+  assert saved["chosen"] == sel["chosen"]
+  assert set(saved["decisions"]) == {"none", "kde"}
+  for row in saved["candidates"].values():
+    assert np.asarray(row["criterion"]).shape == (2, 2)
+  assert "Validation criterion" in open(os.path.join(root, "selection.md")).read()
+
+  monkeypatch.setattr(data, "load", real_load)
+  settings = {"vanilla": candidates[0], "kde": candidates[1]}
+  table = study.final(base, root, settings=settings, seeds=(0, 1), protocol="smoke",
+                      num_models=2, full_models=1, progress=False)
+  assert len(calls) == 4  # the tune's SynSets were reused, nothing distilled again
+  rows = table["rows"]
+  assert list(rows) == ["vanilla", "kde", "random real subset", "full biased training set"]
+  # each table cell is the mean over networks of the run's own eval file
+  run = os.path.join(root, sel and saved["candidates"]["dm lr=1"]["runs"][1])
+  ev = json.load(open(os.path.join(run, "eval-test-smoke.json")))
+  assert rows["vanilla"]["per_seed"]["overall"][1] == pytest.approx(
+      np.mean(ev["result"]["per_model"]["overall"]))
+  assert np.asarray(ev["result"]["valid_scores"]).shape == (1, 2)
+  paired = np.asarray(table["paired"]["kde"]["conflicting"])
+  np.testing.assert_allclose(paired, np.subtract(rows["kde"]["per_seed"]["conflicting"],
+                                                 rows["vanilla"]["per_seed"]["conflicting"]))
+  for name in ("vanilla", "kde", "random real subset"):
+    assert all(0.0 <= s <= 1.0 for s in rows[name]["bias_aligned_fraction"])
+  assert rows["full biased training set"]["seeds"] == [0]
+  md = open(os.path.join(root, "table.md")).read()
+  assert "bias score" in md and "kde − vanilla" in md
+
+
+def test_cli_final_needs_a_selection_and_sane_seeds(tmp_path, capsys):
+  rc = cli.main(["final", "--preset", "smoke", "--workdir", str(tmp_path / "s")])
+  assert rc == 2 and "jaxdd tune" in capsys.readouterr().err
+  rc = cli.main(["tune", "--preset", "smoke", "--workdir", str(tmp_path / "s"), "--seeds", "0,x"])
+  assert rc == 2 and "comma-separated integers" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "s")
+
+
+def test_distill_digest_ignores_evaluation_fields():
+  a = pipeline.get_config("smoke")
+  assert a.distill_digest() == a.replace(eval_protocol="cpu", num_eval_models=3).distill_digest()
+  assert a.distill_digest() != a.replace(lr_img=2.0).distill_digest()
+  assert a.digest() != a.replace(eval_protocol="cpu").digest()
