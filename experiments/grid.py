@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 
-from jaxdd import cli, pipeline, study
+from jaxdd import cli, pipeline, progress, study
 
 CELLS = {
     "a": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, ipc=10), tune=True,
@@ -95,6 +95,7 @@ def main(argv=None) -> int:
   if unknown:
     parser.error(f"unknown cells {sorted(unknown)}; choose from {sorted(CELLS)}")
   cli.tune_allocator()
+  progress.setup_logging(args.quiet)
   for name in names:
     if args.publish:
       publish(name, args.root)
