@@ -4,9 +4,10 @@
     python experiments/results_tables.py --check   # exit 1 if a block differs (a test runs this)
 
 A block is delimited by ``<!-- table:CELL -->`` and ``<!-- /table:CELL -->`` (the full
-table of ``results/CELL/table.json``) or ``<!-- summary:CELL -->`` /
-``<!-- /summary:CELL -->`` (the short README form: the main rows and columns). The tables
-are rendered by :func:`jaxdd.study.format_table`, so the text and the files cannot drift.
+table of ``results/CELL/table.json``), ``<!-- summary:CELL -->`` /
+``<!-- /summary:CELL -->`` (the short README form: the main rows and columns) or
+``<!-- selection:CELL -->`` (the validation selection of ``results/CELL/selection.json``).
+The tables are rendered by :mod:`jaxdd.study`, so the text and the files cannot drift.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from jaxdd import study, synset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ("README.md", "RESULTS.md")
-_BLOCK = re.compile(r"(<!-- (table|summary):([\w-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
+_BLOCK = re.compile(r"(<!-- (table|summary|selection):([\w-]+) -->\n)(.*?)(<!-- /\2:\3 -->)",
+                    re.S)
 
 
 def _pm(values, ddof: int = 1) -> str:
@@ -47,12 +49,14 @@ def summary(table: dict) -> str:
 
 
 def render(kind: str, cell: str, results: str) -> str:
-  path = os.path.join(results, cell, "table.json")
+  path = os.path.join(results, cell, "selection.json" if kind == "selection" else "table.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run `python experiments/grid.py --cells {cell}` "
                             "and `--publish` first")
   with open(path) as f:
     table = json.load(f)
+  if kind == "selection":
+    return study.format_selection(table) + "\n"
   return (study.format_table(table) if kind == "table" else summary(table)) + "\n"
 
 

@@ -71,3 +71,8 @@ def test_results_tables_names_the_missing_file(tmp_path):
   (tmp_path / "RESULTS.md").write_text("")
   with pytest.raises(FileNotFoundError, match="grid.py --cells nope"):
     results_tables.main(["--root", str(tmp_path)])
+
+
+def test_readme_and_results_tables_match_the_published_result_files():
+  """README.md and RESULTS.md show exactly what results/*/table.json hold."""
+  assert results_tables.main(["--check"]) == 0
