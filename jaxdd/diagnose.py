@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from jaxdd import data, diagnostics, distill, surrogate
-from jaxdd.synset import atomic_write_bytes
+from jaxdd._src.io import atomic_write_bytes
 
 DEFAULT_VARIANCES = (0.01, 0.1, 1.0)
 _KDE = distill.KDEConfig()

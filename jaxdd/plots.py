@@ -65,6 +65,6 @@ def save_figure(fig, path: str | os.PathLike | None, *, dpi: int = 100):
     ``fig``, so plot functions can ``return save_figure(fig, path)``.
   """
   if path is not None:
-    from jaxdd.synset import atomic_write_bytes
+    from jaxdd._src.io import atomic_write_bytes
     atomic_write_bytes(os.fspath(path), png_bytes(fig, dpi=dpi))
   return fig

@@ -43,8 +43,6 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -57,8 +55,9 @@ import optax
 from flax import traverse_util
 
 from jaxdd import models
+from jaxdd._src import io as _io
+from jaxdd._src.io import sha256_file
 from jaxdd.augment import random_resized_crop, two_views  # re-exported: part of this API
-from jaxdd.synset import sha256_file
 
 __all__ = [
     "supcon_loss",
@@ -692,19 +691,15 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> str:
   """
   if cache_dir is not None:
     return os.fspath(cache_dir)
-  base = os.environ.get("JAXDD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxdd")
-  return os.path.join(base, "surrogates")
+  return os.fspath(_io.cache_root("surrogates"))
 
 
 def _data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
   # Hash the arrays themselves too, so a changed preprocessing (e.g. normalised
   # vs [0, 1] images) under the same dataset meta never reuses a stale entry.
-  h = hashlib.sha256()
-  for a in (images, labels):
-    a = np.ascontiguousarray(a)
-    h.update(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
-  return h.hexdigest()
+  # No separator in the per-array header: the digest format of existing cache
+  # entries (changing it would orphan them without a CACHE_VERSION bump).
+  return _io.array_sha256(images, labels, sep="")
 
 
 def _cache_spec(key: jax.Array, dataset_meta: dict, config: SurrogateConfig, images: np.ndarray,
@@ -832,9 +827,9 @@ def load_or_train(key: jax.Array, dataset_meta: dict, images: Any, labels: Any, 
                                       loop=loop)
   emb = np.asarray(embed(params, images, config=config))
 
-  os.makedirs(root, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
-  try:
+  # Written under a temporary name and renamed into place; an existing entry
+  # (invalid, or one a concurrent run just wrote) is moved aside first.
+  with _io.atomic_directory(entry, prefix=".tmp-") as tmp:
     flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
     _save_npz(os.path.join(tmp, "params.npz"), {k: np.asarray(v) for k, v in flat.items()})
     _save_npz(os.path.join(tmp, "embeddings.npz"), {"projection": emb})
@@ -848,14 +843,4 @@ def load_or_train(key: jax.Array, dataset_meta: dict, images: Any, labels: Any, 
     }
     with open(os.path.join(tmp, "meta.json"), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
-    if os.path.isdir(entry):
-      # An invalid entry (or one a concurrent run just wrote): move it aside
-      # first so the rename below is atomic.
-      trash = tempfile.mkdtemp(prefix=".old-", dir=root)
-      os.replace(entry, os.path.join(trash, "entry"))
-      shutil.rmtree(trash, ignore_errors=True)
-    os.replace(tmp, entry)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return SurrogateArtifact(params, emb, history, entry, False)

@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdd._src import io as _io
 from jaxdd.data import cache as _cache
 from jaxdd.data import sources as _sources
 from jaxdd.data.sources import (ArraySource, IdxSource, ImageFolderSource, MnistCsvSource,
@@ -648,18 +649,6 @@ def corrupt_by_attribute(key: jax.Array, images, attrs, *, corruption_type="type
 # ----------------------------------------------------------------------------
 
 
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, np.generic):
-    return x.item()
-  return x
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class DatasetCard:
   """Counts per class x bias plus the dataset's metadata.
@@ -700,7 +689,7 @@ class DatasetCard:
         "bias_names": list(self.bias_names),
         "aligned": int(self.aligned_per_class.sum()),
         "conflicting": int(self.conflicting_per_class.sum()),
-        "meta": _jsonable(dict(self.meta)),
+        "meta": _io.jsonable(dict(self.meta)),
     }
 
   @classmethod
@@ -724,7 +713,7 @@ class DatasetCard:
     """
     path = Path(path)
     text = self.to_json().encode()
-    _cache.atomic_write_bytes(path, lambda f: f.write(text))
+    _io.atomic_write_bytes(path, text, durable=False)
     return path
 
   def describe(self) -> str:

@@ -46,6 +46,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxdd._src import io as _io
+
 __all__ = [
     "ArraySource",
     "DEBIAN_FASHION_MNIST_DIR",
@@ -76,26 +78,9 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # ----------------------------------------------------------------------------
 
 
-def array_sha256(*arrays: np.ndarray) -> str:
-  """sha256 over dtype, shape and C-order bytes of each array.
-
-  Args:
-    *arrays: numpy arrays (anything ``np.asarray`` accepts).
-
-  Returns:
-    The hex digest. Two arrays hash equal iff they have the same dtype, shape
-    and bytes, so a reinterpretation (e.g. uint8 vs int8) is a different hash.
-
-  Example:
-    >>> array_sha256(np.zeros(3, np.uint8)) == array_sha256(np.zeros(3, np.uint8))
-    True
-  """
-  h = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(np.asarray(a))
-    h.update(f"{a.dtype.str}|{a.shape}|".encode())
-    h.update(memoryview(a).cast("B"))
-  return h.hexdigest()
+# array_sha256 (public here) is the package's one array digest, owned by
+# jaxdd._src.io; it keys the dataset cache.
+array_sha256 = _io.array_sha256
 
 
 #: Auto progress (``progress=None``): a bar once a build step has at least this
@@ -240,15 +225,6 @@ def validate_labels(labels, *, n: int | None = None, what: str = "labels",
   return y
 
 
-def _file_sha256(path: Path, h=None):
-  own = h is None
-  h = hashlib.sha256() if own else h
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest() if own else h
-
-
 # In-process memo of file checksums keyed by (path, size, mtime), so asking for
 # the checksum of a 30 MB source twice costs nothing the second time.
 _CHECKSUM_MEMO: dict = {}
@@ -264,7 +240,7 @@ def _files_checksum(paths: Sequence[Path], names: Sequence[str]) -> str:
   for p, name in zip(paths, names):
     # The relative name is hashed too, so renaming files changes the checksum.
     h.update(f"{name}|{p.stat().st_size}|".encode())
-    _file_sha256(p, h)
+    _io.sha256_file(p, into=h)
   digest = h.hexdigest()
   with _MEMO_LOCK:
     _CHECKSUM_MEMO[stamp] = digest

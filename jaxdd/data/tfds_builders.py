@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxdd._src import io as _io
 from jaxdd.data import biased
 from jaxdd.data.biased import DATASETS, load, resolve_source
 
@@ -214,7 +215,7 @@ class _JaxddBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           f"images are {ds.images.shape[1:]} but the config declares "
           f"{tuple(self.builder_config.image_shape)}; use jaxdd.data.tfds_builders.prepare(), "
           "which sets the shape from the data.")
-    self.info.metadata[split] = biased._jsonable(dict(ds.meta))
+    self.info.metadata[split] = _io.jsonable(dict(ds.meta))
     images_u8 = to_uint8(ds.images)
     for i in range(len(ds)):
       yield i, {"image": _png(images_u8[i]), EXACT_IMAGE_KEY: ds.images[i],
