@@ -65,6 +65,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdd._src import checks
+
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 """``fn(key, images) -> images``: a random augmentation with parameters drawn
 from ``key``."""
@@ -104,12 +106,9 @@ class DSAParams(NamedTuple):
 
 
 def _check_images(images: jax.Array, name: str) -> None:
-  if getattr(images, "ndim", None) != 4:
-    raise ValueError(f"{name} expects an NHWC batch (N, H, W, C), got shape "
-                     f"{getattr(images, 'shape', None)}; add a batch axis with images[None]")
-  if not jnp.issubdtype(images.dtype, jnp.floating):
-    raise ValueError(f"{name} expects float images, got dtype {images.dtype}; "
-                     "convert with images.astype(jnp.float32)")
+  # Shape and dtype only: the ops run under jit, and never look at the values.
+  checks.check_images(images, name, finite=False, shape_fix="add a batch axis with images[None]",
+                      float_fix="convert with images.astype(jnp.float32)")
 
 
 def _check_number(value, name: str, lo: float, hi: float, *, lo_open: bool = False,
@@ -1007,8 +1006,9 @@ def random_resized_crop(key: jax.Array, images: jax.Array, *, scale: tuple[float
     >>> random_resized_crop(jax.random.key(0), x).shape
     (4, 8, 8, 3)
   """
-  if images.ndim != 4:
-    raise ValueError(f"images must be NHWC, got shape {images.shape}")
+  # Any dtype: the crop computes in float32.
+  checks.check_images(images, "random_resized_crop", floating=False, finite=False,
+                      shape_fix="add a batch axis with images[None]")
   n, height, width = images.shape[:3]
   k_area, k_ratio, k_y, k_x, k_flip = jax.random.split(key, 5)
   area = jax.random.uniform(k_area, (n,), minval=scale[0], maxval=scale[1])

@@ -315,8 +315,8 @@ def _task(method: str, model: nn.Module, hparams: dict) -> tuple[TrainTask, dict
   return factory(model, **full), full
 
 
-def _hard_labels_only(syn: SynSet, model) -> tuple[jax.Array, jax.Array]:
-  images, labels = _check_syn(syn, _num_classes(model))
+def _hard_labels_only(syn: SynSet, model, who: str) -> tuple[jax.Array, jax.Array]:
+  images, labels = _check_syn(syn, _num_classes(model), who)
   if labels.ndim != 1:
     raise ValueError("LfF/DFA track a loss per (sample, class) and need integer labels; "
                      "pass hard labels (argmax of the soft ones)")
@@ -327,7 +327,7 @@ def _train_method(method, key, syn, model, protocol, lr, hparams):
   _check_key(key)
   protocol = get_protocol(protocol)
   task, _ = _task(method, model, hparams)
-  images, labels = _hard_labels_only(syn, model)
+  images, labels = _hard_labels_only(syn, model, f"train_{method}")
   lr = protocol.lr if lr is None else lr
   params, state, metrics = _train_single(task, protocol)(key, jnp.float32(lr), images, labels)
   return params, state, metrics
@@ -469,7 +469,7 @@ def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str =
     'lff'
   """
   task, full = _task(method, model, hparams)
-  _hard_labels_only(syn, model)
+  _hard_labels_only(syn, model, "evaluate_debiased")
   return evaluate_task(key, syn, test, task=task, model=model, protocol=protocol,
                        num_models=num_models, lrs=lrs, valid=valid, select_on=select_on,
                        num_bias=num_bias, parallel=parallel, hparams=full, progress=progress)

@@ -39,6 +39,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import augment as augment_lib
+from jaxdd._src import checks
 from jaxdd import evaluate, kde, matching, parallel
 from jaxdd.models import ConvNet, loop_safe_convs
 from jaxdd.structs import SynSet
@@ -132,10 +133,8 @@ def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=
     A :class:`RealData`.
   """
   images = np.asarray(images, np.float32)
-  if images.ndim != 4:
-    raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
-  if not np.isfinite(images).all():
-    raise ValueError("images contain NaN or Inf; check the dataset and its normalisation")
+  checks.check_images(images, "real_data",
+                      finite_fix="check the dataset and its normalisation")
   labels = np.asarray(labels)
   if len(labels) != len(images):
     raise ValueError(f"{len(images)} images but {len(labels)} labels")

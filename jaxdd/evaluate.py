@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdd._src import checks
 from jaxdd.models import loop_safe_conv, loop_safe_convs  # noqa: F401  (loop_safe_conv re-exported)
 from jaxdd.structs import Batch, SynSet
 
@@ -746,21 +747,16 @@ def _check_key(key) -> None:
                      f"got {getattr(key, 'dtype', type(key))} {getattr(key, 'shape', '')}")
 
 
-def _check_images(name: str, images, finite: bool = True) -> jax.Array:
+def _check_images(who: str, name: str, images, finite: bool = True) -> jax.Array:
   images = jnp.asarray(images)
-  if images.ndim != 4 or images.shape[0] < 1:
-    raise ValueError(f"{name} must be NHWC images of shape (n >= 1, H, W, C), got {images.shape}")
-  if not jnp.issubdtype(images.dtype, jnp.floating):
-    raise ValueError(f"{name} must be float (normalised) images, got dtype {images.dtype}; "
-                     "convert with jaxdd.data.normalize")
-  if finite and not bool(jnp.isfinite(images).all()):
-    raise ValueError(f"{name} contains NaN or Inf; fix the data (or the distillation run) "
-                     "before evaluating")
+  checks.check_images(images, who, what=name, finite=finite, min_count=1,
+                      float_fix="pass normalised float images (jaxdd.data.normalize)",
+                      finite_fix="fix the data (or the distillation run) before evaluating")
   return images.astype(jnp.float32)
 
 
-def _check_syn(syn: SynSet, num_classes: int | None) -> tuple[jax.Array, jax.Array]:
-  images = _check_images("syn.images", syn.images)
+def _check_syn(syn: SynSet, num_classes: int | None, who: str) -> tuple[jax.Array, jax.Array]:
+  images = _check_images(who, "syn.images", syn.images)
   labels = jnp.asarray(syn.labels)
   if labels.shape[:1] != images.shape[:1] or labels.ndim not in (1, 2):
     raise ValueError(f"syn.labels must have shape (n,) or (n, classes) with n = "
@@ -779,8 +775,8 @@ def _check_syn(syn: SynSet, num_classes: int | None) -> tuple[jax.Array, jax.Arr
   return images, labels
 
 
-def _check_batch(name: str, batch: Batch, like: jax.Array, num_classes: int) -> Batch:
-  images = _check_images(f"{name}.images", batch.images)
+def _check_batch(name: str, batch: Batch, like: jax.Array, num_classes: int, who: str) -> Batch:
+  images = _check_images(who, f"{name}.images", batch.images)
   if images.shape[1:] != like.shape[1:]:
     raise ValueError(f"{name} images are {images.shape[1:]} but the training images are "
                      f"{like.shape[1:]}; both must share H, W, C")
@@ -867,7 +863,7 @@ def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str 
   """
   _check_key(key)
   protocol = get_protocol(protocol)
-  images, labels = _check_syn(syn, getattr(model, "num_classes", None))
+  images, labels = _check_syn(syn, getattr(model, "num_classes", None), "train_fresh")
   lr = protocol.lr if lr is None else lr
   single = _train_single(standard_task(model), protocol)
   params, state, metrics = single(key, jnp.float32(lr), images, labels)
@@ -948,7 +944,7 @@ def train_models(key: jax.Array, syn: SynSet, *, model: nn.Module,
   protocol = get_protocol(protocol)
   if not isinstance(num_models, int) or num_models < 1:
     raise ValueError(f"num_models must be a positive int, got {num_models!r}")
-  images, labels = _check_syn(syn, getattr(model, "num_classes", None))
+  images, labels = _check_syn(syn, getattr(model, "num_classes", None), "train_models")
   params, state, metrics = _train_many(key, images, labels, task=standard_task(model),
                                        protocol=protocol, num_models=num_models,
                                        lrs=_check_lrs(lrs, protocol), parallel=parallel,
@@ -1249,11 +1245,11 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
   if len(lrs) > 1 and valid is None:
     raise ValueError("an lr grid needs valid= (a validation Batch, e.g. from split_validation): "
                      "jaxdd never selects on the test set")
-  images, labels = _check_syn(syn, getattr(model, "num_classes", None))
+  images, labels = _check_syn(syn, getattr(model, "num_classes", None), "evaluate")
   num_classes = _num_classes(model, labels)
-  test = _check_batch("test", test, images, num_classes)
+  test = _check_batch("test", test, images, num_classes, "evaluate")
   if valid is not None:
-    valid = _check_batch("valid", valid, images, num_classes)
+    valid = _check_batch("valid", valid, images, num_classes, "evaluate")
     if select_on != "overall" and valid.bias is None and valid.aligned is None:
       raise ValueError(f"select_on={select_on!r} needs valid.bias or valid.aligned")
 

@@ -67,6 +67,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdd._src import checks
+
 Norm = Literal["instance", "batch", "layer", "group", "none"]
 Pooling = Literal["avg", "max", "none"]
 
@@ -423,8 +425,7 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False):
-    if x.ndim != 4:
-      raise ValueError(f"ConvNet expects NHWC images, got shape {x.shape}")
+    _check_images(x, "ConvNet")
     for d in range(self.depth):
       # The reference pads the first conv by 3 for 1-channel input (28 -> 32).
       padding = 3 if (d == 0 and x.shape[-1] == 1) else 1
@@ -445,8 +446,9 @@ class ConvNet(nn.Module):
 
 
 def _check_images(x: jax.Array, name: str) -> None:
-  if x.ndim != 4:
-    raise ValueError(f"{name} expects NHWC images (N, H, W, C), got shape {x.shape}")
+  # Shape only (inside init/apply the input is usually traced).
+  checks.check_images(x, name, floating=False, finite=False,
+                      shape_fix="add a batch axis with x[None] or move the channels last")
 
 
 def _max_pool2(x: jax.Array, name: str, *, ceil: bool = False) -> jax.Array:

@@ -55,7 +55,9 @@ import optax
 from flax import traverse_util
 
 from jaxdd import models
+from jaxdd._src import checks
 from jaxdd._src import io as _io
+from jaxdd._src.checks import is_traced
 from jaxdd._src.io import sha256_file
 from jaxdd.augment import random_resized_crop, two_views  # re-exported: part of this API
 
@@ -76,11 +78,6 @@ __all__ = [
 # Bump when the cache layout or the training semantics change, so that stale
 # entries are never reused.
 CACHE_VERSION = 2  # 2: ConvNet's instance norm is models.InstanceNorm
-
-
-def _is_concrete(x: Any) -> bool:
-  """True when ``x`` holds values (not a tracer under jit/grad/vmap)."""
-  return not isinstance(x, jax.core.Tracer)
 
 
 # ---------------------------------------------------------------------------
@@ -136,9 +133,9 @@ def supcon_loss(embeddings: jax.Array, labels: jax.Array, *, temperature: float 
                      f"got {labels.shape}")
   if embeddings.shape[0] < 2:
     raise ValueError("supcon_loss needs at least 2 embeddings (an anchor and a positive)")
-  if _is_concrete(embeddings) and not bool(jnp.all(jnp.isfinite(embeddings))):
+  if not is_traced(embeddings) and not bool(jnp.all(jnp.isfinite(embeddings))):
     raise ValueError("embeddings contain NaN or Inf; check the inputs and the learning rate")
-  if _is_concrete(labels):
+  if not is_traced(labels):
     _, label_counts = np.unique(np.asarray(labels), return_counts=True)
     if label_counts.max() < 2:
       raise ValueError("no label occurs twice in the batch, so no anchor has a positive; "
@@ -375,22 +372,17 @@ def make_optimizer(config: SurrogateConfig, steps_per_epoch: int) -> optax.Gradi
                      optax.sgd(lr, momentum=config.momentum))
 
 
-def _validate_data(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+def _validate_data(images: Any, labels: Any, who: str) -> tuple[np.ndarray, np.ndarray]:
   images = np.asarray(images)
   labels = np.asarray(labels)
-  if images.ndim != 4:
-    raise ValueError(f"images must be NHWC (N, H, W, C), got shape {images.shape}")
+  checks.check_images(images, who, float_fix="convert with images.astype(np.float32) / 255",
+                      finite_fix="clean the dataset before training the surrogate")
   if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
     raise ValueError(f"labels must have shape ({images.shape[0]},) to match images, got {labels.shape}")
   if not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
   if labels.size and labels.min() < 0:
     raise ValueError("labels must be >= 0")
-  if not np.issubdtype(images.dtype, np.floating):
-    raise ValueError(f"images must be float (NHWC in [0, 1]), got dtype {images.dtype}; "
-                     "convert with images.astype(np.float32) / 255")
-  if not np.all(np.isfinite(images)):
-    raise ValueError("images contain NaN or Inf; clean the dataset before training the surrogate")
   return images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
 
 
@@ -537,7 +529,7 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
     1
   """
   loop = _resolve_loop(loop)
-  images, labels = _validate_data(images, labels)
+  images, labels = _validate_data(images, labels, "train_surrogate")
   n = images.shape[0]
   if config.batch_size > n:
     raise ValueError(f"batch_size {config.batch_size} is larger than the dataset ({n} images); "
@@ -640,13 +632,11 @@ def embed(params: dict, images: Any, *, config: SurrogateConfig, block_size: int
     raise ValueError(f"space must be 'projection' or 'encoder', got {space!r}")
   if not (isinstance(block_size, int) and block_size >= 1):
     raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
-  if isinstance(images, jax.Array) and not _is_concrete(images):
+  if is_traced(images):
     raise ValueError("embed is a host-level function; call it outside jit")
   images = np.asarray(images)
-  if images.ndim != 4:
-    raise ValueError(f"images must be NHWC (N, H, W, C), got shape {images.shape}")
-  if not np.all(np.isfinite(images)):
-    raise ValueError("images contain NaN or Inf; clean them before embedding")
+  checks.check_images(images, "embed", floating=False,
+                      finite_fix="clean them before embedding (as before training)")
   n = images.shape[0]
   bs = min(block_size, max(n, 1))
   num_blocks = -(-n // bs)
@@ -806,7 +796,7 @@ def load_or_train(key: jax.Array, dataset_meta: dict, images: Any, labels: Any, 
     >>> art.embeddings.shape
     (64, 32)
   """
-  images, labels = _validate_data(images, labels)
+  images, labels = _validate_data(images, labels, "load_or_train")
   spec = _cache_spec(key, dataset_meta, config, images, labels)
   if not use_cache:
     params, history = train_surrogate(key, images, labels, config=config, progress=progress,

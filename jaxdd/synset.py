@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxdd._src import checks
 from jaxdd._src import io as _io
 from jaxdd.structs import SynSet
 
@@ -63,14 +64,14 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
   labels = np.asarray(syn.labels, np.int32)
   mean = np.asarray(mean, np.float32).reshape(-1)
   std = np.asarray(std, np.float32).reshape(-1)
-  if images.ndim != 4 or labels.shape != (images.shape[0],):
-    raise ValueError(f"SynSet images must be (n, H, W, C) with n labels, got {images.shape} "
-                     f"and {labels.shape}")
+  checks.check_images(images, "synset.save", what="syn.images",
+                      finite_fix="refusing to save a broken artifact")
+  if labels.shape != (images.shape[0],):
+    raise ValueError(f"synset.save: syn.labels must have shape ({images.shape[0]},) to match "
+                     f"syn.images {images.shape}, got {labels.shape}")
   if mean.shape != (images.shape[-1],) or std.shape != (images.shape[-1],):
     raise ValueError(f"mean/std need one value per channel ({images.shape[-1]}), "
                      f"got {mean.shape} and {std.shape}")
-  if not np.isfinite(images).all():
-    raise ValueError("SynSet images contain NaN or Inf; refusing to save a broken artifact")
   with _io.atomic_directory(path, prefix=".tmp-synset-") as tmp:
     with open(os.path.join(tmp, "arrays.npz"), "wb") as f:
       np.savez(f, images=images, labels=labels, mean=mean, std=std)
