@@ -83,6 +83,8 @@ __all__ = [
     "DatasetCard",
     "LFF_COLOUR_STD",
     "PALETTE",
+    "check_ratio",
+    "check_severity",
     "colorize_background",
     "colorize_foreground",
     "corrupt_by_attribute",
@@ -256,7 +258,30 @@ def _real(x, what: str) -> float:
   return x
 
 
-def _check_ratio(spec: DatasetSpec, ratio) -> float:
+def check_ratio(spec: DatasetSpec, ratio) -> float:
+  """Validates a dataset's ratio argument under its protocol's semantics.
+
+  For the LfF sets ``ratio`` is the bias-conflicting fraction, in (0, 1); for
+  the Biased-DD sets (``cmnist_dd``, ``ccifar10_dd``) it is the bias-aligned
+  fraction, in [0, 1] (see the module docstring).
+
+  Args:
+    spec: the dataset's entry of :data:`DATASETS`.
+    ratio: the ``conflict_ratio`` argument of :func:`load`.
+
+  Returns:
+    The ratio as a float.
+
+  Raises:
+    ValueError: not a finite number, or outside the protocol's range (the
+      message gives valid examples).
+
+  Example:
+    >>> check_ratio(DATASETS["cmnist"], 0.05)
+    0.05
+    >>> check_ratio(DATASETS["cmnist_dd"], 1)
+    1.0
+  """
   r = _real(ratio, "conflict_ratio")
   if spec.semantics == "biased_dd":
     if not 0.0 <= r <= 1.0:
@@ -270,7 +295,26 @@ def _check_ratio(spec: DatasetSpec, ratio) -> float:
   return r
 
 
-def _check_severity(spec: DatasetSpec, severity) -> int | None:
+def check_severity(spec: DatasetSpec, severity) -> int | None:
+  """Validates a dataset's severity argument; None means the dataset's default.
+
+  Args:
+    spec: the dataset's entry of :data:`DATASETS`.
+    severity: the ``severity`` argument of :func:`load` (an integer, or None).
+
+  Returns:
+    The severity, or None for a dataset without one (``bffhq``).
+
+  Raises:
+    ValueError: not one of the dataset's severities, or a severity given to a
+      dataset that has none.
+
+  Example:
+    >>> check_severity(DATASETS["cmnist"], None)
+    4
+    >>> check_severity(DATASETS["bffhq"], None) is None
+    True
+  """
   if not spec.severities:
     if severity is not None:
       raise ValueError(f"{spec.name} has no severity; pass severity=None.")
@@ -285,6 +329,11 @@ def _check_severity(spec: DatasetSpec, severity) -> int | None:
         f"{spec.name}: severity must be one of {list(spec.severities)} (default "
         f"{spec.default_severity}), got {s}.")
   return s
+
+
+# Old private names, still used by jaxdd.pipeline; removed in the next release.
+_check_ratio = check_ratio
+_check_severity = check_severity
 
 
 def _check_seed(seed) -> int:
@@ -948,8 +997,8 @@ def from_arrays(name: str, images, labels, *, conflict_ratio: float, severity: i
   if spec.injector == "folder":
     raise ValueError("bffhq is read from an image folder; use load('bffhq', source=<root>).")
   split = _check_split(split)
-  ratio = _check_ratio(spec, conflict_ratio)
-  sev = _check_severity(spec, severity)
+  ratio = check_ratio(spec, conflict_ratio)
+  sev = check_severity(spec, severity)
   seed = _check_seed(seed)
   x = validate_images(images)
   y = validate_labels(labels, n=len(x), num_classes=len(spec.class_names))
@@ -1105,8 +1154,8 @@ def load(name: str, *, split: str, conflict_ratio: float, severity: int | None =
   """
   spec = _spec(name)
   split = _check_split(split)
-  ratio = _check_ratio(spec, conflict_ratio)
-  sev = _check_severity(spec, severity)
+  ratio = check_ratio(spec, conflict_ratio)
+  sev = check_severity(spec, severity)
   seed = _check_seed(seed)
   vf = _real(valid_fraction, "valid_fraction")
   if not 0.0 <= vf < 1.0:

@@ -105,8 +105,8 @@ def config_name(name: str, *, conflict_ratio: float, severity: int | None = None
     'ratio0.05_severity4_seed0'
   """
   spec = DATASETS[name]
-  sev = biased._check_severity(spec, severity)
-  ratio = biased._check_ratio(spec, conflict_ratio)
+  sev = biased.check_severity(spec, severity)
+  ratio = biased.check_ratio(spec, conflict_ratio)
   parts = [f"ratio{ratio!r}", f"severity{'none' if sev is None else sev}", f"seed{int(seed)}"]
   if spec.injector != "folder" and float(valid_fraction) != 0.1:
     parts.append(f"valid{float(valid_fraction)!r}")
@@ -279,7 +279,7 @@ def prepare(name: str, *, conflict_ratio: float, severity: int | None = None, se
   if name not in BUILDERS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}.")
   spec = DATASETS[name]
-  sev = biased._check_severity(spec, severity)
+  sev = biased.check_severity(spec, severity)
   src = resolve_source(name, source)
   tag = None
   if source is not None:
