@@ -356,8 +356,8 @@ def train_lff(key: jax.Array, syn: SynSet, *, model: nn.Module,
     >>> from jaxdd import models
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
     >>> v, m = train_lff(jax.random.key(0), syn, model=models.ConvNet(num_classes=2, width=4),
-    ...                  protocol="smoke")
-    >>> sorted(v)
+    ...                  protocol="smoke")  # doctest: +SKIP
+    >>> sorted(v)  # doctest: +SKIP
     ['biased', 'debiased']
   """
   params, state, metrics = _train_method("lff", key, syn, model, protocol, lr, hparams)
@@ -389,8 +389,8 @@ def train_dfa(key: jax.Array, syn: SynSet, *, model: nn.Module,
     >>> from jaxdd import models
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
     >>> v, m = train_dfa(jax.random.key(0), syn, model=models.ConvNet(num_classes=2, width=4),
-    ...                  protocol="smoke")
-    >>> sorted(v)
+    ...                  protocol="smoke")  # doctest: +SKIP
+    >>> sorted(v)  # doctest: +SKIP
     ['bias', 'head_b', 'head_i', 'intrinsic']
   """
   params, state, metrics = _train_method("dfa", key, syn, model, protocol, lr, hparams)
@@ -415,8 +415,8 @@ def dfa_predict(model: nn.Module, variables: dict, images: jax.Array) -> jax.Arr
     >>> from jaxdd import models
     >>> m = models.ConvNet(num_classes=2, width=4)
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
-    >>> v, _ = train_dfa(jax.random.key(0), syn, model=m, protocol="smoke")
-    >>> dfa_predict(m, v, syn.images).shape
+    >>> v, _ = train_dfa(jax.random.key(0), syn, model=m, protocol="smoke")  # doctest: +SKIP
+    >>> dfa_predict(m, v, syn.images).shape  # doctest: +SKIP
     (4, 2)
   """
   z_i, _ = model.apply(variables["intrinsic"], images, return_features=True)
@@ -464,8 +464,8 @@ def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str =
     >>> test = Batch(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 1, 0, 1]), bias=jnp.array([0, 1, 1, 0]))
     >>> r = evaluate_debiased(jax.random.key(0), syn, test, method="lff",
     ...                       model=models.ConvNet(num_classes=2, width=4), protocol="smoke",
-    ...                       num_models=2)
-    >>> r.method
+    ...                       num_models=2)  # doctest: +SKIP
+    >>> r.method  # doctest: +SKIP
     'lff'
   """
   task, full = _task(method, model, hparams)

@@ -856,9 +856,9 @@ def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str 
     >>> from jaxdd import models
     >>> from jaxdd.structs import SynSet
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
-    >>> v, m = train_fresh(jax.random.key(0), syn,
+    >>> v, m = train_fresh(jax.random.key(0), syn,  # doctest: +SKIP
     ...                    model=models.ConvNet(num_classes=2, width=4), protocol="smoke")
-    >>> m.loss.shape
+    >>> m.loss.shape  # doctest: +SKIP
     (4,)
   """
   _check_key(key)
@@ -936,8 +936,8 @@ def train_models(key: jax.Array, syn: SynSet, *, model: nn.Module,
     >>> from jaxdd.structs import SynSet
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
     >>> v, m = train_models(jax.random.key(0), syn, model=models.ConvNet(num_classes=2, width=4),
-    ...                     protocol="smoke", num_models=3, lrs=[0.01, 0.1])
-    >>> m.acc.shape
+    ...                     protocol="smoke", num_models=3, lrs=[0.01, 0.1])  # doctest: +SKIP
+    >>> m.acc.shape  # doctest: +SKIP
     (2, 3, 4)
   """
   _check_key(key)
@@ -1232,7 +1232,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
     >>> test = Batch(jnp.zeros((2, 8, 8, 3)), jnp.array([0, 1]))
     >>> evaluate_task(jax.random.key(0), syn, test, task=standard_task(m), model=m,
-    ...               protocol="smoke", num_models=1).method
+    ...               protocol="smoke", num_models=1).method  # doctest: +SKIP
     'train_fresh'
   """
   _check_key(key)
@@ -1333,8 +1333,8 @@ def evaluate(key: jax.Array, syn: SynSet, test: Batch, *, model: nn.Module,
     >>> test = Batch(jnp.zeros((6, 8, 8, 3)), jnp.array([0, 1, 0, 1, 0, 1]),
     ...              bias=jnp.array([0, 1, 1, 0, 0, 1]))
     >>> r = evaluate(jax.random.key(0), syn, test, model=models.ConvNet(num_classes=2, width=4),
-    ...              protocol="smoke", num_models=2)
-    >>> r.overall.shape
+    ...              protocol="smoke", num_models=2)  # doctest: +SKIP
+    >>> r.overall.shape  # doctest: +SKIP
     (2,)
   """
   return evaluate_task(key, syn, test, task=standard_task(model), model=model,

@@ -9,8 +9,9 @@ Example:
   >>> from jaxdd import plots
   >>> fig = plots.new_figure(figsize=(2, 2))
   >>> ax = fig.subplots()
-  >>> type(fig).__name__
-  'Figure'
+  >>> from matplotlib.figure import Figure
+  >>> isinstance(fig, Figure)
+  True
 """
 from __future__ import annotations
 

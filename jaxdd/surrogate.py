@@ -524,8 +524,9 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
     >>> x = np.random.rand(64, 8, 8, 3).astype(np.float32)
     >>> y = np.repeat(np.arange(4), 16)
     >>> cfg = SurrogateConfig.preset('smoke', batch_size=32, epochs=1)
-    >>> params, hist = train_surrogate(jax.random.key(0), x, y, config=cfg, progress=False)
-    >>> len(hist['loss'])
+    >>> params, hist = train_surrogate(jax.random.key(0), x, y, config=cfg,
+    ...                                progress=False)  # doctest: +SKIP
+    >>> len(hist['loss'])  # doctest: +SKIP
     1
   """
   loop = _resolve_loop(loop)
@@ -792,8 +793,9 @@ def load_or_train(key: jax.Array, dataset_meta: dict, images: Any, labels: Any, 
     >>> import jax, numpy as np
     >>> x = np.random.rand(64, 8, 8, 3).astype(np.float32); y = np.repeat(np.arange(4), 16)
     >>> cfg = SurrogateConfig.preset('smoke', batch_size=32, epochs=1)
-    >>> art = load_or_train(jax.random.key(0), {'name': 'toy'}, x, y, config=cfg, progress=False)
-    >>> art.embeddings.shape
+    >>> art = load_or_train(jax.random.key(0), {'name': 'toy'}, x, y, config=cfg,
+    ...                     progress=False)  # doctest: +SKIP
+    >>> art.embeddings.shape  # doctest: +SKIP
     (64, 32)
   """
   images, labels = _validate_data(images, labels, "load_or_train")

@@ -19,7 +19,8 @@ Example:
   >>> from jaxdd.structs import SynSet
   >>> s = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1], np.int32))
   >>> d = os.path.join(tempfile.mkdtemp(), "syn")
-  >>> synset.save(d, s, {"ipc": 1}, mean=[0.5] * 3, std=[0.25] * 3)
+  >>> synset.save(d, s, {"ipc": 1}, mean=[0.5] * 3, std=[0.25] * 3) == d
+  True
   >>> loaded, meta = synset.load(d)
   >>> meta["ipc"], loaded.images.shape
   (1, (2, 4, 4, 3))
