@@ -304,8 +304,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       then run chunk by chunk (plain ``nn.Conv`` layers are routed through
       :func:`jaxdd.models.loop_safe_convs` for that). ``"auto"``: 10 on CPU,
       all at once elsewhere. Chunking never changes the loss beyond float
-      rounding. Measured on the 2-core CPU at the reference configuration
-      (benchmarks/dm_step.py, RESULTS.md §4).
+      rounding. Timings at the reference configuration: RESULTS.md §4
+      "One DM step" (benchmarks/dm_step.py).
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
   Returns:

