@@ -34,10 +34,10 @@ _API = {
     # KDE and surrogate
     "log_density": ("jaxdd.kde", "log_density"),
     "kde_weights": ("jaxdd.kde", "weights"),
-    "supcon_loss": ("jaxdd.contrastive", "supcon_loss"),
-    "SurrogateConfig": ("jaxdd.contrastive", "SurrogateConfig"),
-    "train_surrogate": ("jaxdd.contrastive", "train_surrogate"),
-    "embed": ("jaxdd.contrastive", "embed"),
+    "supcon_loss": ("jaxdd.surrogate", "supcon_loss"),
+    "SurrogateConfig": ("jaxdd.surrogate", "SurrogateConfig"),
+    "train_surrogate": ("jaxdd.surrogate", "train_surrogate"),
+    "embed": ("jaxdd.surrogate", "embed"),
     # distillation
     "dm_loss": ("jaxdd.matching", "dm_loss"),
     "gm_loss": ("jaxdd.matching", "gm_loss"),
@@ -67,9 +67,10 @@ __all__ = sorted(_API)
 # Submodules are attributes too; a submodule name always means the module
 # (``jaxdd.evaluate`` is the module, its ``evaluate`` function is
 # ``jaxdd.evaluate_synset``), whatever has been imported before.
+# ("contrastive" is the deprecated alias of "surrogate", removed in the next release.)
 _SUBMODULES = ("augment", "baselines", "cli", "contrastive", "data", "debias", "diagnostics",
                "distill", "evaluate", "kde", "matching", "models", "parallel", "pipeline",
-               "structs", "synset")
+               "structs", "surrogate", "synset")
 
 
 def __getattr__(name: str) -> Any:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdd._src import checks
 from jaxdd.structs import SynSet
 
 
@@ -257,7 +258,6 @@ def full_dataset(images, labels) -> SynSet:
     [0, 1, 1]
   """
   images = np.asarray(images)
-  if images.ndim != 4:
-    raise ValueError(f"images must be NHWC (n, H, W, C), got shape {images.shape}")
+  checks.check_images(images, "full_dataset", floating=False, finite=False)
   labels = _labels(labels, images.shape[0])
   return take(images, labels, np.argsort(labels, kind="stable"))

@@ -315,8 +315,8 @@ def _task(method: str, model: nn.Module, hparams: dict) -> tuple[TrainTask, dict
   return factory(model, **full), full
 
 
-def _hard_labels_only(syn: SynSet, model) -> tuple[jax.Array, jax.Array]:
-  images, labels = _check_syn(syn, _num_classes(model))
+def _hard_labels_only(syn: SynSet, model, who: str) -> tuple[jax.Array, jax.Array]:
+  images, labels = _check_syn(syn, _num_classes(model), who)
   if labels.ndim != 1:
     raise ValueError("LfF/DFA track a loss per (sample, class) and need integer labels; "
                      "pass hard labels (argmax of the soft ones)")
@@ -327,7 +327,7 @@ def _train_method(method, key, syn, model, protocol, lr, hparams):
   _check_key(key)
   protocol = get_protocol(protocol)
   task, _ = _task(method, model, hparams)
-  images, labels = _hard_labels_only(syn, model)
+  images, labels = _hard_labels_only(syn, model, f"train_{method}")
   lr = protocol.lr if lr is None else lr
   params, state, metrics = _train_single(task, protocol)(key, jnp.float32(lr), images, labels)
   return params, state, metrics
@@ -356,8 +356,8 @@ def train_lff(key: jax.Array, syn: SynSet, *, model: nn.Module,
     >>> from jaxdd import models
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
     >>> v, m = train_lff(jax.random.key(0), syn, model=models.ConvNet(num_classes=2, width=4),
-    ...                  protocol="smoke")
-    >>> sorted(v)
+    ...                  protocol="smoke")  # doctest: +SKIP
+    >>> sorted(v)  # doctest: +SKIP
     ['biased', 'debiased']
   """
   params, state, metrics = _train_method("lff", key, syn, model, protocol, lr, hparams)
@@ -389,8 +389,8 @@ def train_dfa(key: jax.Array, syn: SynSet, *, model: nn.Module,
     >>> from jaxdd import models
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
     >>> v, m = train_dfa(jax.random.key(0), syn, model=models.ConvNet(num_classes=2, width=4),
-    ...                  protocol="smoke")
-    >>> sorted(v)
+    ...                  protocol="smoke")  # doctest: +SKIP
+    >>> sorted(v)  # doctest: +SKIP
     ['bias', 'head_b', 'head_i', 'intrinsic']
   """
   params, state, metrics = _train_method("dfa", key, syn, model, protocol, lr, hparams)
@@ -415,8 +415,8 @@ def dfa_predict(model: nn.Module, variables: dict, images: jax.Array) -> jax.Arr
     >>> from jaxdd import models
     >>> m = models.ConvNet(num_classes=2, width=4)
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
-    >>> v, _ = train_dfa(jax.random.key(0), syn, model=m, protocol="smoke")
-    >>> dfa_predict(m, v, syn.images).shape
+    >>> v, _ = train_dfa(jax.random.key(0), syn, model=m, protocol="smoke")  # doctest: +SKIP
+    >>> dfa_predict(m, v, syn.images).shape  # doctest: +SKIP
     (4, 2)
   """
   z_i, _ = model.apply(variables["intrinsic"], images, return_features=True)
@@ -464,12 +464,12 @@ def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str =
     >>> test = Batch(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 1, 0, 1]), bias=jnp.array([0, 1, 1, 0]))
     >>> r = evaluate_debiased(jax.random.key(0), syn, test, method="lff",
     ...                       model=models.ConvNet(num_classes=2, width=4), protocol="smoke",
-    ...                       num_models=2)
-    >>> r.method
+    ...                       num_models=2)  # doctest: +SKIP
+    >>> r.method  # doctest: +SKIP
     'lff'
   """
   task, full = _task(method, model, hparams)
-  _hard_labels_only(syn, model)
+  _hard_labels_only(syn, model, "evaluate_debiased")
   return evaluate_task(key, syn, test, task=task, model=model, protocol=protocol,
                        num_models=num_models, lrs=lrs, valid=valid, select_on=select_on,
                        num_bias=num_bias, parallel=parallel, hparams=full, progress=progress)

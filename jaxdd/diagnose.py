@@ -33,8 +33,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jaxdd import contrastive, data, diagnostics, distill
-from jaxdd.synset import atomic_write_bytes
+from jaxdd import data, diagnostics, distill, surrogate
+from jaxdd._src.io import atomic_write_bytes
 
 DEFAULT_VARIANCES = (0.01, 0.1, 1.0)
 _KDE = distill.KDEConfig()
@@ -159,14 +159,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  severity=args.severity, seed=args.seed)
   num_classes = ds.num_classes
   overrides = {} if args.epochs is None else {"epochs": args.epochs}
-  cfg = contrastive.SurrogateConfig.preset(args.preset, **overrides)
+  cfg = surrogate.SurrogateConfig.preset(args.preset, **overrides)
   key = jax.random.key(args.seed)
   k_sur, k_diag = jax.random.split(key)
 
   print(f"{args.dataset} train: {len(ds)} images, {int((~ds.aligned).sum())} conflicting "
         f"({args.conflict_ratio:g}); surrogate preset {args.preset!r}: {cfg}", flush=True)
   t0 = time.perf_counter()
-  art = contrastive.load_or_train(k_sur, dict(ds.meta), ds.images, ds.labels, config=cfg,
+  art = surrogate.load_or_train(k_sur, dict(ds.meta), ds.images, ds.labels, config=cfg,
                                   use_cache=not args.no_cache, progress=not args.quiet)
   surrogate_seconds = time.perf_counter() - t0
   print(f"surrogate: {'loaded from cache' if art.from_cache else 'trained'} in "
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   if args.space == "projection":
     emb = np.asarray(art.embeddings)
   else:
-    emb = np.asarray(contrastive.embed(art.params, ds.images, config=cfg, space="encoder"))
+    emb = np.asarray(surrogate.embed(art.params, ds.images, config=cfg, space="encoder"))
 
   common = dict(num_classes=num_classes, batch_size=args.batch_size, num_rounds=args.num_rounds)
   default = dict(scope=args.kde_scope, variance=args.kde_variance,

@@ -39,6 +39,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import augment as augment_lib
+from jaxdd._src import checks
 from jaxdd import evaluate, kde, matching, parallel
 from jaxdd.models import ConvNet, loop_safe_convs
 from jaxdd.structs import SynSet
@@ -132,10 +133,8 @@ def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=
     A :class:`RealData`.
   """
   images = np.asarray(images, np.float32)
-  if images.ndim != 4:
-    raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
-  if not np.isfinite(images).all():
-    raise ValueError("images contain NaN or Inf; check the dataset and its normalisation")
+  checks.check_images(images, "real_data",
+                      finite_fix="check the dataset and its normalisation")
   labels = np.asarray(labels)
   if len(labels) != len(images):
     raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -305,8 +304,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       then run chunk by chunk (plain ``nn.Conv`` layers are routed through
       :func:`jaxdd.models.loop_safe_convs` for that). ``"auto"``: 10 on CPU,
       all at once elsewhere. Chunking never changes the loss beyond float
-      rounding. Measured on the 2-core CPU at the reference configuration
-      (benchmarks/dm_step.py, RESULTS.md §4).
+      rounding. Timings at the reference configuration: RESULTS.md §4
+      "One DM step" (benchmarks/dm_step.py).
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
   Returns:
@@ -563,8 +562,8 @@ def dsa(*, strategy: str = "color_crop_cutout_flip_scale_rotate", init: Literal[
     >>> real = distill.real_data(x, np.repeat(np.arange(2), 20), num_classes=2)
     >>> d = distill.dsa(num_classes=2, ipc=2, model=models.ConvNet(2, depth=1, width=8),
     ...                 outer_loop=2, inner_loop=1, real_per_class=8, strategy="crop_flip")
-    >>> state, metrics = d.step(d.init(jax.random.key(0), real), real)
-    >>> state.syn.images.shape, int(state.step)
+    >>> state, metrics = d.step(d.init(jax.random.key(0), real), real)  # doctest: +SKIP
+    >>> state.syn.images.shape, int(state.step)  # doctest: +SKIP
     ((4, 8, 8, 3), 1)
   """
   return gm(strategy=strategy, init=init, **kwargs)

@@ -41,13 +41,14 @@ nested scan over the batches of an epoch); :func:`evaluate` runs it for
 ``num_models`` keys and an optional learning-rate grid in **one** XLA
 program, either ``vmap`` ped (all networks batched: accelerators) or under a
 ``lax.map`` (one after another inside the program: CPU, where XLA runs the
-grouped convolutions of vmapped ConvNets 2-4x slower than separate ones);
+grouped convolutions of vmapped ConvNets slower than separate ones; see
+RESULTS.md §4 "Evaluation");
 ``parallel="auto"`` picks by backend. Compiled programs are cached per
 (training task, protocol, parallel mode) with ``functools.lru_cache``
 (big_vision's ``get_eval_fn`` pattern); ``jax.jit`` adds the per-shape cache.
 
 On CPU, convolution gradients inside a loop hit a slow XLA:CPU path
-(jax-ml/jax#12868; measured 40-250x slower than outside a loop); while the
+(jax-ml/jax#12868; timings in RESULTS.md §4 "Evaluation"); while the
 trainer is traced, ``flax.linen.Conv`` layers are routed through
 :func:`loop_safe_conv`, which computes the same values and gradients with
 fast kernels.
@@ -70,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdd._src import checks
 from jaxdd.models import loop_safe_conv, loop_safe_convs  # noqa: F401  (loop_safe_conv re-exported)
 from jaxdd.structs import Batch, SynSet
 
@@ -164,14 +166,12 @@ class Protocol:
 
 # 'cpu': 1000 -> 40 epochs (41 trained), with the reference's optimiser,
 # schedule and DSA, sized for a 2-core CPU: 5 ConvNet-3 (width 128) networks on
-# a 10-class IPC-10 set (one 100-image step per epoch) train in about 1 min
-# (measured 0.27 s per epoch per network with DSA, lightly loaded machine),
-# and testing them on a 10,000-image test set adds about 40 s (a forward pass
-# over 10k 28x28 images is ~0.8 TFLOP per network). It is a different,
-# shorter recipe: its numbers are stamped 'cpu' and are not comparable with
-# 'dm' numbers. 'cpu300' (301 epochs, otherwise the reference's recipe) is the
-# long CPU protocol of the result tables (jaxdd.study.final). 'smoke' is for
-# tests and CI.
+# a 10-class IPC-10 set (one 100-image step per epoch) train and are tested on
+# a 10,000-image test set in minutes (timings: RESULTS.md §4 "Evaluation").
+# It is a different, shorter recipe: its numbers are stamped 'cpu' and are not
+# comparable with 'dm' numbers. 'cpu300' (301 epochs, otherwise the
+# reference's recipe) is the long CPU protocol of the result tables
+# (jaxdd.study.final). 'smoke' is for tests and CI.
 PROTOCOLS: dict[str, Protocol] = {
     "dm": Protocol("dm", epochs=1000, augment=DSA_STRATEGY),
     "dsa": Protocol("dsa", epochs=1000, augment=DSA_STRATEGY),
@@ -317,9 +317,9 @@ class TrainTask(NamedTuple):
   ``per_sample=True`` declares that ``loss`` is the mean of independent
   per-sample terms and leaves ``state`` unchanged whenever ``state`` is empty
   (no batch statistics, no stochastic layers): the trainer may then compute a
-  step's gradient micro-batch by micro-batch and average (on CPU, where
-  small activations stay in cache: about 1.5x faster per step measured for
-  ConvNet-3). The result is the same up to float reassociation.
+  step's gradient micro-batch by micro-batch and average (faster on CPU,
+  where small activations stay in cache; see RESULTS.md §4 "Evaluation").
+  The result is the same up to float reassociation.
   """
   name: str
   init: Callable[..., Any]
@@ -451,8 +451,9 @@ def standard_task(model: nn.Module) -> TrainTask:
 
 
 # Micro-batch size on CPU of per-sample tasks (see TrainTask.per_sample) and of
-# prediction; measured on ConvNet-3 w128, one training step on 256 images:
-# 0.81 s whole, 0.57 s (16), 0.54 s (32), 0.60 s (64), 0.70 s (128).
+# prediction, chosen by timing one ConvNet-3 (width 128) training step on 256
+# images with micro-batches of 16, 32, 64 and 128 (whole batch vs 32:
+# RESULTS.md §4 "Evaluation").
 CPU_MICRO_BATCH = 32
 
 
@@ -680,8 +681,9 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, repo
   ``vmap``: all networks advance together (batched matmuls; convolutions
   become grouped convolutions). ``map``: a ``lax.map`` over the flattened grid
   inside the same program, one network at a time. XLA:CPU runs grouped
-  convolutions 2-4x slower than the same work as separate convolutions, so on
-  CPU ``map`` is the faster of the two; accelerators batch well.
+  convolutions slower than the same work as separate convolutions (RESULTS.md
+  §4 "Evaluation"), so on CPU ``map`` is the faster of the two; accelerators
+  batch well.
   """
   single = functools.partial(_train, task=task, protocol=protocol, report=report)
 
@@ -746,21 +748,16 @@ def _check_key(key) -> None:
                      f"got {getattr(key, 'dtype', type(key))} {getattr(key, 'shape', '')}")
 
 
-def _check_images(name: str, images, finite: bool = True) -> jax.Array:
+def _check_images(who: str, name: str, images, finite: bool = True) -> jax.Array:
   images = jnp.asarray(images)
-  if images.ndim != 4 or images.shape[0] < 1:
-    raise ValueError(f"{name} must be NHWC images of shape (n >= 1, H, W, C), got {images.shape}")
-  if not jnp.issubdtype(images.dtype, jnp.floating):
-    raise ValueError(f"{name} must be float (normalised) images, got dtype {images.dtype}; "
-                     "convert with jaxdd.data.normalize")
-  if finite and not bool(jnp.isfinite(images).all()):
-    raise ValueError(f"{name} contains NaN or Inf; fix the data (or the distillation run) "
-                     "before evaluating")
+  checks.check_images(images, who, what=name, finite=finite, min_count=1,
+                      float_fix="pass normalised float images (jaxdd.data.normalize)",
+                      finite_fix="fix the data (or the distillation run) before evaluating")
   return images.astype(jnp.float32)
 
 
-def _check_syn(syn: SynSet, num_classes: int | None) -> tuple[jax.Array, jax.Array]:
-  images = _check_images("syn.images", syn.images)
+def _check_syn(syn: SynSet, num_classes: int | None, who: str) -> tuple[jax.Array, jax.Array]:
+  images = _check_images(who, "syn.images", syn.images)
   labels = jnp.asarray(syn.labels)
   if labels.shape[:1] != images.shape[:1] or labels.ndim not in (1, 2):
     raise ValueError(f"syn.labels must have shape (n,) or (n, classes) with n = "
@@ -779,8 +776,8 @@ def _check_syn(syn: SynSet, num_classes: int | None) -> tuple[jax.Array, jax.Arr
   return images, labels
 
 
-def _check_batch(name: str, batch: Batch, like: jax.Array, num_classes: int) -> Batch:
-  images = _check_images(f"{name}.images", batch.images)
+def _check_batch(name: str, batch: Batch, like: jax.Array, num_classes: int, who: str) -> Batch:
+  images = _check_images(who, f"{name}.images", batch.images)
   if images.shape[1:] != like.shape[1:]:
     raise ValueError(f"{name} images are {images.shape[1:]} but the training images are "
                      f"{like.shape[1:]}; both must share H, W, C")
@@ -860,14 +857,14 @@ def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str 
     >>> from jaxdd import models
     >>> from jaxdd.structs import SynSet
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
-    >>> v, m = train_fresh(jax.random.key(0), syn,
+    >>> v, m = train_fresh(jax.random.key(0), syn,  # doctest: +SKIP
     ...                    model=models.ConvNet(num_classes=2, width=4), protocol="smoke")
-    >>> m.loss.shape
+    >>> m.loss.shape  # doctest: +SKIP
     (4,)
   """
   _check_key(key)
   protocol = get_protocol(protocol)
-  images, labels = _check_syn(syn, getattr(model, "num_classes", None))
+  images, labels = _check_syn(syn, getattr(model, "num_classes", None), "train_fresh")
   lr = protocol.lr if lr is None else lr
   single = _train_single(standard_task(model), protocol)
   params, state, metrics = single(key, jnp.float32(lr), images, labels)
@@ -940,15 +937,15 @@ def train_models(key: jax.Array, syn: SynSet, *, model: nn.Module,
     >>> from jaxdd.structs import SynSet
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
     >>> v, m = train_models(jax.random.key(0), syn, model=models.ConvNet(num_classes=2, width=4),
-    ...                     protocol="smoke", num_models=3, lrs=[0.01, 0.1])
-    >>> m.acc.shape
+    ...                     protocol="smoke", num_models=3, lrs=[0.01, 0.1])  # doctest: +SKIP
+    >>> m.acc.shape  # doctest: +SKIP
     (2, 3, 4)
   """
   _check_key(key)
   protocol = get_protocol(protocol)
   if not isinstance(num_models, int) or num_models < 1:
     raise ValueError(f"num_models must be a positive int, got {num_models!r}")
-  images, labels = _check_syn(syn, getattr(model, "num_classes", None))
+  images, labels = _check_syn(syn, getattr(model, "num_classes", None), "train_models")
   params, state, metrics = _train_many(key, images, labels, task=standard_task(model),
                                        protocol=protocol, num_models=num_models,
                                        lrs=_check_lrs(lrs, protocol), parallel=parallel,
@@ -1236,7 +1233,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
     >>> test = Batch(jnp.zeros((2, 8, 8, 3)), jnp.array([0, 1]))
     >>> evaluate_task(jax.random.key(0), syn, test, task=standard_task(m), model=m,
-    ...               protocol="smoke", num_models=1).method
+    ...               protocol="smoke", num_models=1).method  # doctest: +SKIP
     'train_fresh'
   """
   _check_key(key)
@@ -1249,11 +1246,11 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
   if len(lrs) > 1 and valid is None:
     raise ValueError("an lr grid needs valid= (a validation Batch, e.g. from split_validation): "
                      "jaxdd never selects on the test set")
-  images, labels = _check_syn(syn, getattr(model, "num_classes", None))
+  images, labels = _check_syn(syn, getattr(model, "num_classes", None), "evaluate")
   num_classes = _num_classes(model, labels)
-  test = _check_batch("test", test, images, num_classes)
+  test = _check_batch("test", test, images, num_classes, "evaluate")
   if valid is not None:
-    valid = _check_batch("valid", valid, images, num_classes)
+    valid = _check_batch("valid", valid, images, num_classes, "evaluate")
     if select_on != "overall" and valid.bias is None and valid.aligned is None:
       raise ValueError(f"select_on={select_on!r} needs valid.bias or valid.aligned")
 
@@ -1337,8 +1334,8 @@ def evaluate(key: jax.Array, syn: SynSet, test: Batch, *, model: nn.Module,
     >>> test = Batch(jnp.zeros((6, 8, 8, 3)), jnp.array([0, 1, 0, 1, 0, 1]),
     ...              bias=jnp.array([0, 1, 1, 0, 0, 1]))
     >>> r = evaluate(jax.random.key(0), syn, test, model=models.ConvNet(num_classes=2, width=4),
-    ...              protocol="smoke", num_models=2)
-    >>> r.overall.shape
+    ...              protocol="smoke", num_models=2)  # doctest: +SKIP
+    >>> r.overall.shape  # doctest: +SKIP
     (2,)
   """
   return evaluate_task(key, syn, test, task=standard_task(model), model=model,

@@ -79,6 +79,8 @@ import numpy as np
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdd._src.checks import is_traced
+
 __all__ = [
     "log_density",
     "log_density_sharded",
@@ -94,10 +96,6 @@ _NORMALIZE = ("softmax", "power")
 # Validation helpers (run only on concrete values: inside jit they are skipped)
 # --------------------------------------------------------------------------
 
-def _is_traced(x) -> bool:
-  return isinstance(x, jax.core.Tracer)
-
-
 def _host(fn, *args):
   """Evaluates ``fn(*args)`` on concrete arrays now and fetches the result.
 
@@ -111,7 +109,7 @@ def _host(fn, *args):
 
 def _check_positive(name: str, value, fix: str) -> None:
   """Raises ValueError unless a concrete ``value`` is a finite number > 0."""
-  if _is_traced(value):
+  if is_traced(value):
     return
   arr = np.asarray(jax.device_get(value))
   if arr.ndim != 0:
@@ -123,7 +121,7 @@ def _check_positive(name: str, value, fix: str) -> None:
 
 def _check_finite(name: str, x: jax.Array, fix: str) -> None:
   """Raises ValueError if a concrete array contains NaN or Inf."""
-  if _is_traced(x):
+  if is_traced(x):
     return
   # Reduce on device and fetch one flag per kind: no full host copy.
   has_nan, has_inf = _host(
@@ -187,7 +185,7 @@ def _as_groups(groups, num_groups, n: int) -> tuple[jax.Array, int]:
   if not jnp.issubdtype(groups.dtype, jnp.integer):
     raise ValueError(f"groups must be integer labels, got {groups.dtype}")
   if num_groups is None:
-    if _is_traced(groups):
+    if is_traced(groups):
       raise ValueError(
           "num_groups is required when groups are traced (inside jit); pass "
           "num_groups=<number of classes> as a static int")
@@ -195,7 +193,7 @@ def _as_groups(groups, num_groups, n: int) -> tuple[jax.Array, int]:
   if isinstance(num_groups, bool) or not isinstance(
       num_groups, (int, np.integer)) or num_groups < 1:
     raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
-  if not _is_traced(groups) and n:
+  if not is_traced(groups) and n:
     lo, hi = _host(lambda g: (jnp.min(g), jnp.max(g)), groups)
     if lo < 0 or hi >= num_groups:
       raise ValueError(
@@ -351,7 +349,7 @@ def _prepare_log_density(queries, support, variance, block_size,
     support_valid = jnp.ones((support.shape[0],), jnp.bool_)
   else:
     support_valid = _as_mask("support_mask", support_mask, support.shape[0])
-    if not _is_traced(support_valid) and not bool(
+    if not is_traced(support_valid) and not bool(
         _host(jnp.any, support_valid)):
       raise ValueError("support_mask excludes every support row; the density "
                        "of an empty set is undefined")
@@ -365,7 +363,7 @@ def _row_sharding_axis(x):
   Reads the concrete sharding of an array, or the sharding-in-types of a
   tracer under an Explicit mesh.
   """
-  sharding = getattr(x, "sharding", None) if not _is_traced(x) else None
+  sharding = getattr(x, "sharding", None) if not is_traced(x) else None
   if sharding is None:
     try:
       sharding = jax.typeof(x).sharding
@@ -640,7 +638,7 @@ def _prepare_weight_args(n, temperature, normalize, groups, num_groups, mask,
 
 
 def _check_singletons(groups, num_groups, mask) -> None:
-  if _is_traced(mask) or (groups is not None and _is_traced(groups)):
+  if is_traced(mask) or (groups is not None and is_traced(groups)):
     return
   m = np.asarray(jax.device_get(mask))
   g = np.zeros(m.shape, np.int64) if groups is None else np.asarray(
@@ -706,7 +704,7 @@ def weights_from_log_density(
   if not jnp.issubdtype(log_f.dtype, jnp.floating):
     raise ValueError(f"log_f must be floating point, got {log_f.dtype}")
   log_f = log_f.astype(_float_dtype(log_f))
-  if not _is_traced(log_f) and bool(
+  if not is_traced(log_f) and bool(
       _host(lambda a: jnp.any(jnp.isnan(a)), log_f)):
     raise ValueError("log_f contains NaN; check the embeddings and variance")
   n = log_f.shape[0]

@@ -67,6 +67,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdd._src import checks
+
 Norm = Literal["instance", "batch", "layer", "group", "none"]
 Pooling = Literal["avg", "max", "none"]
 
@@ -86,12 +88,12 @@ def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
 # ---------------------------------------------------------------------------
 # On XLA:CPU a convolution's weight gradient inside a while loop (our
 # lax.scan over steps) is not rewritten into the Eigen-friendly form and runs
-# through a naive emitter: measured 40-150x slower than outside a loop
-# (jax-ml/jax#12868; jax 0.10.2). We therefore give NHWC/HWIO convolutions a
-# custom VJP: the weight gradient is kh*kw strided slices of the padded input
-# contracted with the output gradient (plain matmuls), the input gradient a
-# forward convolution of the dilated output gradient with the flipped kernel;
-# the forward pass is lax's own. On other backends nothing is changed.
+# through a naive emitter, far slower than outside a loop (jax-ml/jax#12868;
+# jax 0.10.2; timings in RESULTS.md §4 "Evaluation"). We therefore give
+# NHWC/HWIO convolutions a custom VJP: the weight gradient is kh*kw strided
+# slices of the padded input contracted with the output gradient (plain
+# matmuls), the input gradient a forward convolution of the dilated output
+# gradient with the flipped kernel; the forward pass is lax's own. On other backends nothing is changed.
 
 _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -116,9 +118,9 @@ def _patches(x, kh: int, kw: int, padding):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _nhwc_conv(x, w, strides, padding, precision):
   if _few_channels(x.shape, strides, padding):
-    # XLA:CPU runs a convolution with 1-3 input channels at ~20 GFLOP/s (the
-    # first ConvNet layer: 29 ms for 100 28x28 images); as one matmul over
-    # im2col patches it is memory-bound and several times faster.
+    # XLA:CPU runs a convolution with 1-3 input channels far below its matmul
+    # speed; as one matmul over im2col patches it is memory-bound and several
+    # times faster (RESULTS.md §4 "One gradient-matching outer iteration").
     kh, kw = w.shape[:2]
     cols = _patches(x, kh, kw, padding)
     out = jnp.dot(cols.reshape(-1, cols.shape[-1]), w.reshape(-1, w.shape[-1]),
@@ -148,10 +150,9 @@ def _nhwc_conv_bwd(strides, padding, precision, res, g):
 
 def _conv_input_grad_col2im(g, w, x_shape, padding, precision):
   # Stride 1, few input channels (the first layer, 1 or 3): XLA:CPU runs a
-  # convolution with 3 output channels at a few GFLOP/s, so take dx as one
-  # matmul into patch space, g @ W^T, then col2im (the kh*kw shifted patch
-  # slices summed). Measured on ConvNet layer 1: 500 images at once 260 -> 83 ms,
-  # in chunks of 10 69 -> 42 ms.
+  # convolution with 3 output channels slowly, so take dx as one matmul into
+  # patch space, g @ W^T, then col2im (the kh*kw shifted patch slices summed);
+  # timings in RESULTS.md §4 "One DM step".
   kh, kw, c = w.shape[:3]
   n, h, wd, _ = x_shape
   ho, wo = g.shape[1], g.shape[2]
@@ -169,7 +170,7 @@ def _conv_input_grad(g, w, x_shape, strides, padding, precision):
   _, h, wd, _ = x_shape
   ho, wo = g.shape[1], g.shape[2]
   # Input gradient as a *forward* convolution (also slow in loops when left to
-  # lax's transpose rule, by 5x measured): dilate g by the stride and pad it so
+  # lax's transpose rule): dilate g by the stride and pad it so
   # that a stride-1 VALID convolution with the flipped, io-swapped kernel
   # returns exactly x's shape. Negative padding crops.
   rest_h = (h + padding[0][0] + padding[0][1] - kh) - (ho - 1) * sh
@@ -189,8 +190,8 @@ def _conv_weight_grad(x, g, w_shape, strides, padding, precision):
   ho, wo = g.shape[1], g.shape[2]
   # Weight gradient: dW[i, j] = sum_{n,h,w} xp[n, i + sh*h, j + sw*w, :]^T g[n, h, w, :].
   # The long contraction is split into two halves contracted as a batch and
-  # summed: XLA:CPU then keeps both cores busy (ConvNet layer 2, 100 images:
-  # 37.7 -> 31.5 ms per weight gradient inside a scan).
+  # summed: XLA:CPU then keeps both cores busy (RESULTS.md §4 "One
+  # gradient-matching outer iteration").
   parts = 2 if n % 2 == 0 else 1
   gs = g.reshape(parts, -1, g.shape[-1])
   xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
@@ -318,9 +319,8 @@ class TorchDense(nn.Module):
 # ---------------------------------------------------------------------------
 # Instance norm with a hand-written VJP: two passes forward (mean, centred
 # variance), a fused pair of per-map reductions and one elementwise pass
-# backward. Measured against flax's GroupNorm(C, C) in ConvNet-3 on the 2-core
-# CPU: real forward of 2,560 images 1.30 -> 1.24 s, forward + backward of 500
-# synthetic images 0.90 -> 0.83 s. Same values up to float rounding
+# backward; faster than flax's GroupNorm(C, C) in ConvNet-3 on CPU (RESULTS.md
+# §4 "One DM step"). Same values up to float rounding
 # (tests/test_models.py).
 
 
@@ -423,8 +423,7 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False):
-    if x.ndim != 4:
-      raise ValueError(f"ConvNet expects NHWC images, got shape {x.shape}")
+    _check_images(x, "ConvNet")
     for d in range(self.depth):
       # The reference pads the first conv by 3 for 1-channel input (28 -> 32).
       padding = 3 if (d == 0 and x.shape[-1] == 1) else 1
@@ -445,8 +444,9 @@ class ConvNet(nn.Module):
 
 
 def _check_images(x: jax.Array, name: str) -> None:
-  if x.ndim != 4:
-    raise ValueError(f"{name} expects NHWC images (N, H, W, C), got shape {x.shape}")
+  # Shape only (inside init/apply the input is usually traced).
+  checks.check_images(x, name, floating=False, finite=False,
+                      shape_fix="add a batch axis with x[None] or move the channels last")
 
 
 def _max_pool2(x: jax.Array, name: str, *, ceil: bool = False) -> jax.Array:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import augment as augment_lib
-from jaxdd import baselines, contrastive, data, debias, diagnostics, distill, evaluate, models, synset
+from jaxdd import baselines, data, debias, diagnostics, distill, evaluate, models, surrogate, synset
 from jaxdd import progress as progress_lib
 from jaxdd.structs import Batch, SynSet
 
@@ -201,7 +201,7 @@ def validate(config: RunConfig) -> None:
       raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
   if config.lr_img <= 0 or not np.isfinite(config.lr_img):
     raise ValueError(f"lr_img must be a positive number, got {config.lr_img}")
-  contrastive.SurrogateConfig.preset(config.surrogate_preset)
+  surrogate.SurrogateConfig.preset(config.surrogate_preset)
 
 
 def _check_workdir(config: RunConfig, workdir: str) -> None:
@@ -281,14 +281,14 @@ CPU_SURROGATE_IMAGES = 3600
 def surrogate_embeddings(config: RunConfig, run_data: RunData, key: jax.Array,
                          progress: bool = True) -> np.ndarray:
   """Trains (or loads from the cache) the SupCon surrogate; returns (N, 128) embeddings."""
-  cfg = contrastive.SurrogateConfig.preset(config.surrogate_preset)
+  cfg = surrogate.SurrogateConfig.preset(config.surrogate_preset)
   train = run_data.train
   if config.surrogate_preset == "cpu":
     # The cpu budget is 15 epochs of the embedded CMNIST (3,600 images); a
     # larger training set (e.g. Fashion-MNIST's 54,000) gets as many SGD steps.
     cfg = dataclasses.replace(cfg, epochs=max(1, round(cfg.epochs * CPU_SURROGATE_IMAGES
                                                        / len(train.labels))))
-  art = contrastive.load_or_train(key, dict(train.meta), train.images, train.labels, config=cfg,
+  art = surrogate.load_or_train(key, dict(train.meta), train.images, train.labels, config=cfg,
                                   progress=progress)
   return np.asarray(art.embeddings)
 

@@ -9,8 +9,9 @@ Example:
   >>> from jaxdd import plots
   >>> fig = plots.new_figure(figsize=(2, 2))
   >>> ax = fig.subplots()
-  >>> type(fig).__name__
-  'Figure'
+  >>> from matplotlib.figure import Figure
+  >>> isinstance(fig, Figure)
+  True
 """
 from __future__ import annotations
 
@@ -65,6 +66,6 @@ def save_figure(fig, path: str | os.PathLike | None, *, dpi: int = 100):
     ``fig``, so plot functions can ``return save_figure(fig, path)``.
   """
   if path is not None:
-    from jaxdd.synset import atomic_write_bytes
+    from jaxdd._src.io import atomic_write_bytes
     atomic_write_bytes(os.fspath(path), png_bytes(fig, dpi=dpi))
   return fig

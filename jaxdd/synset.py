@@ -19,64 +19,32 @@ Example:
   >>> from jaxdd.structs import SynSet
   >>> s = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1], np.int32))
   >>> d = os.path.join(tempfile.mkdtemp(), "syn")
-  >>> synset.save(d, s, {"ipc": 1}, mean=[0.5] * 3, std=[0.25] * 3)
+  >>> synset.save(d, s, {"ipc": 1}, mean=[0.5] * 3, std=[0.25] * 3) == d
+  True
   >>> loaded, meta = synset.load(d)
   >>> meta["ipc"], loaded.images.shape
   (1, (2, 4, 4, 3))
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxdd._src import checks
+from jaxdd._src import io as _io
 from jaxdd.structs import SynSet
 
 FORMAT_VERSION = 1
 _FILES = ("arrays.npz", "meta.json")
 
-
-def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  """Writes ``data`` to ``path`` through a temporary file and ``os.replace``."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-  atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
-                            + "\n").encode())
-
-
-def _json_default(o):
-  if isinstance(o, np.generic):
-    return o.item()
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+# The package's atomic writes and file digest (owned by jaxdd._src.io), public
+# under these names because run drivers and tests use them.
+sha256_file = _io.sha256_file
+atomic_write_bytes = _io.atomic_write_bytes
+atomic_write_json = _io.atomic_write_json
 
 
 def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[float],
@@ -97,39 +65,25 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
   labels = np.asarray(syn.labels, np.int32)
   mean = np.asarray(mean, np.float32).reshape(-1)
   std = np.asarray(std, np.float32).reshape(-1)
-  if images.ndim != 4 or labels.shape != (images.shape[0],):
-    raise ValueError(f"SynSet images must be (n, H, W, C) with n labels, got {images.shape} "
-                     f"and {labels.shape}")
+  checks.check_images(images, "synset.save", what="syn.images",
+                      finite_fix="refusing to save a broken artifact")
+  if labels.shape != (images.shape[0],):
+    raise ValueError(f"synset.save: syn.labels must have shape ({images.shape[0]},) to match "
+                     f"syn.images {images.shape}, got {labels.shape}")
   if mean.shape != (images.shape[-1],) or std.shape != (images.shape[-1],):
     raise ValueError(f"mean/std need one value per channel ({images.shape[-1]}), "
                      f"got {mean.shape} and {std.shape}")
-  if not np.isfinite(images).all():
-    raise ValueError("SynSet images contain NaN or Inf; refusing to save a broken artifact")
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-synset-")
-  try:
+  with _io.atomic_directory(path, prefix=".tmp-synset-") as tmp:
     with open(os.path.join(tmp, "arrays.npz"), "wb") as f:
       np.savez(f, images=images, labels=labels, mean=mean, std=std)
     full_meta = dict(meta)
     full_meta.update(format_version=FORMAT_VERSION, num_images=int(images.shape[0]),
                      image_shape=list(images.shape[1:]), mean=mean.tolist(), std=std.tolist())
     with open(os.path.join(tmp, "meta.json"), "w") as f:
-      json.dump(full_meta, f, indent=2, sort_keys=True, default=_json_default)
+      json.dump(full_meta, f, indent=2, sort_keys=True, default=_io.json_default)
     manifest = {"files": {name: sha256_file(os.path.join(tmp, name)) for name in _FILES}}
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
       json.dump(manifest, f, indent=2, sort_keys=True)
-    if os.path.exists(path):
-      old = path + ".old"
-      shutil.rmtree(old, ignore_errors=True)
-      os.replace(path, old)
-      os.replace(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return path
 
 

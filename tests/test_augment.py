@@ -1,6 +1,7 @@
 """Tests for jaxdd.augment (DSA): exact maths of every deterministic op against
 numpy, parameter ranges of the random ops, the siamese property, per-sample
-mode, gradients, jit consistency, strategy parsing and single tracing.
+mode, gradients, jit consistency, strategy parsing and single tracing; and the
+per-image random-resized crops of the SupCon surrogate against a numpy loop.
 """
 from __future__ import annotations
 
@@ -434,3 +435,72 @@ def test_dsa_params_defaults_are_the_reference():
   assert A.DSAParams() == (0.5, 1.2, 15.0, 0.125, 0.5, 1.0, 2.0, 0.5)
   assert A.DSAParams()._fields == ("prob_flip", "ratio_scale", "ratio_rotate", "ratio_crop_pad",
                                    "ratio_cutout", "brightness", "saturation", "contrast")
+
+
+# ---------------------------------------------------------------------------
+# Per-image random-resized crops (the SupCon surrogate's views)
+# ---------------------------------------------------------------------------
+
+
+def test_crop_resize_matches_numpy_loop(getkey):
+  img = np.asarray(jax.random.uniform(getkey(), (7, 9, 3)))
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    h, w = rng.uniform(2.0, 7.0), rng.uniform(2.0, 9.0)
+    y0, x0 = rng.uniform(0, 7 - h), rng.uniform(0, 9 - w)
+    for flip in (False, True):
+      got = A._crop_resize(jnp.asarray(img), jnp.float32(y0), jnp.float32(x0), jnp.float32(h),
+                           jnp.float32(w), jnp.asarray(flip))
+      np.testing.assert_allclose(got, bilinear_reference(img, y0, x0, h, w, flip), atol=2e-5)
+
+
+def test_full_crop_is_identity_and_flip_mirrors(getkey):
+  x = jax.random.uniform(getkey(), (32, 6, 6, 3))
+  same = A.random_resized_crop(getkey(), x, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+  np.testing.assert_allclose(same, x, atol=1e-6)
+  flipped = np.asarray(A.random_resized_crop(getkey(), x, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                             flip=True))
+  mirror = np.asarray(x)[:, :, ::-1]
+  is_same = np.all(np.isclose(flipped, np.asarray(x), atol=1e-6), axis=(1, 2, 3))
+  is_mirror = np.all(np.isclose(flipped, mirror, atol=1e-6), axis=(1, 2, 3))
+  assert np.all(is_same | is_mirror)
+  assert is_same.any() and is_mirror.any()  # P(all 32 equal) = 2^-31
+
+
+def test_crop_params_are_per_image_and_outputs_convex(getkey):
+  img = jax.random.uniform(getkey(), (1, 8, 8, 3))
+  x = jnp.repeat(img, 16, axis=0)
+  out = np.asarray(A.random_resized_crop(getkey(), x))
+  flat = out.reshape(16, -1)
+  assert len({tuple(np.round(r, 5)) for r in flat}) == 16  # 16 different crops
+  # Bilinear resampling is a convex combination of input pixels, per channel.
+  for ch in range(3):
+    assert out[..., ch].min() >= float(img[..., ch].min()) - 1e-6
+    assert out[..., ch].max() <= float(img[..., ch].max()) + 1e-6
+
+
+def test_two_views_independent_and_deterministic(getkey):
+  x = jax.random.uniform(getkey(), (5, 8, 8, 3))
+  key = getkey()
+  v = np.asarray(A.two_views(key, x))
+  assert v.shape == (10, 8, 8, 3)
+  # Independent keys: view 1 and view 2 of every image differ.
+  assert all(not np.allclose(v[i], v[5 + i]) for i in range(5))
+  np.testing.assert_array_equal(v, np.asarray(A.two_views(key, x)))
+
+
+def bilinear_reference(img, y0, x0, h, w, flip):
+  """Pixel-by-pixel crop + bilinear resize with clamped, pixel-centre coordinates."""
+  height, width, _ = img.shape
+  out = np.zeros_like(img, dtype=np.float64)
+  for i in range(height):
+    for j in range(width):
+      jj = width - 1 - j if flip else j
+      sy = min(max(y0 + (i + 0.5) * h / height - 0.5, 0.0), height - 1.0)
+      sx = min(max(x0 + (jj + 0.5) * w / width - 0.5, 0.0), width - 1.0)
+      ylo, xlo = int(math.floor(sy)), int(math.floor(sx))
+      yhi, xhi = min(ylo + 1, height - 1), min(xlo + 1, width - 1)
+      fy, fx = sy - ylo, sx - xlo
+      out[i, j] = ((1 - fy) * (1 - fx) * img[ylo, xlo] + (1 - fy) * fx * img[ylo, xhi]
+                   + fy * (1 - fx) * img[yhi, xlo] + fy * fx * img[yhi, xhi])
+  return out

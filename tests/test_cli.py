@@ -42,7 +42,7 @@ def test_help_shows_the_selected_presets_defaults_and_choices(capsys):
     out = " ".join(capsys.readouterr().out.split())
     cfg = pipeline.PRESETS[preset]
     assert f"--iterations ITERATIONS default ({preset} preset): {cfg.iterations}" in out
-    assert f"--eval-protocol {{dm,dsa,dc,cpu,smoke}} default ({preset} preset): " \
+    assert f"--eval-protocol {{dm,dsa,dc,cpu,cpu300,smoke}} default ({preset} preset): " \
            f"{cfg.eval_protocol}" in out
     assert "paper default" not in out
   for flag, choices in (("--weighting", "{none,kde}"), ("--kde-normalize", "{softmax,power}"),

@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdd._src import io as _io
 from jaxdd.data import cache as _cache
 from jaxdd.data import sources as _sources
 from jaxdd.data.sources import (ArraySource, IdxSource, ImageFolderSource, MnistCsvSource,
@@ -82,6 +83,8 @@ __all__ = [
     "DatasetCard",
     "LFF_COLOUR_STD",
     "PALETTE",
+    "check_ratio",
+    "check_severity",
     "colorize_background",
     "colorize_foreground",
     "corrupt_by_attribute",
@@ -255,7 +258,30 @@ def _real(x, what: str) -> float:
   return x
 
 
-def _check_ratio(spec: DatasetSpec, ratio) -> float:
+def check_ratio(spec: DatasetSpec, ratio) -> float:
+  """Validates a dataset's ratio argument under its protocol's semantics.
+
+  For the LfF sets ``ratio`` is the bias-conflicting fraction, in (0, 1); for
+  the Biased-DD sets (``cmnist_dd``, ``ccifar10_dd``) it is the bias-aligned
+  fraction, in [0, 1] (see the module docstring).
+
+  Args:
+    spec: the dataset's entry of :data:`DATASETS`.
+    ratio: the ``conflict_ratio`` argument of :func:`load`.
+
+  Returns:
+    The ratio as a float.
+
+  Raises:
+    ValueError: not a finite number, or outside the protocol's range (the
+      message gives valid examples).
+
+  Example:
+    >>> check_ratio(DATASETS["cmnist"], 0.05)
+    0.05
+    >>> check_ratio(DATASETS["cmnist_dd"], 1)
+    1.0
+  """
   r = _real(ratio, "conflict_ratio")
   if spec.semantics == "biased_dd":
     if not 0.0 <= r <= 1.0:
@@ -269,7 +295,26 @@ def _check_ratio(spec: DatasetSpec, ratio) -> float:
   return r
 
 
-def _check_severity(spec: DatasetSpec, severity) -> int | None:
+def check_severity(spec: DatasetSpec, severity) -> int | None:
+  """Validates a dataset's severity argument; None means the dataset's default.
+
+  Args:
+    spec: the dataset's entry of :data:`DATASETS`.
+    severity: the ``severity`` argument of :func:`load` (an integer, or None).
+
+  Returns:
+    The severity, or None for a dataset without one (``bffhq``).
+
+  Raises:
+    ValueError: not one of the dataset's severities, or a severity given to a
+      dataset that has none.
+
+  Example:
+    >>> check_severity(DATASETS["cmnist"], None)
+    4
+    >>> check_severity(DATASETS["bffhq"], None) is None
+    True
+  """
   if not spec.severities:
     if severity is not None:
       raise ValueError(f"{spec.name} has no severity; pass severity=None.")
@@ -284,6 +329,11 @@ def _check_severity(spec: DatasetSpec, severity) -> int | None:
         f"{spec.name}: severity must be one of {list(spec.severities)} (default "
         f"{spec.default_severity}), got {s}.")
   return s
+
+
+# Old private names, still used by jaxdd.pipeline; removed in the next release.
+_check_ratio = check_ratio
+_check_severity = check_severity
 
 
 def _check_seed(seed) -> int:
@@ -455,8 +505,8 @@ def _noisy_colours(key, base: np.ndarray, std) -> np.ndarray:
   if std < 0:
     raise ValueError(f"std must be >= 0, got {std}.")
   # A numpy Generator seeded from the key's bits (common brief): jax.random.normal
-  # would compile once per distinct N (~0.3-1 s each), numpy draws 60k x 3 in
-  # under a millisecond; same key -> same noise either way.
+  # would compile once per distinct N, numpy draws 60k x 3 without compiling;
+  # same key -> same noise either way.
   eps = _numpy_rng(key).standard_normal(base.shape, dtype=np.float32)
   return np.clip(base + np.float32(std) * eps, 0.0, 1.0).astype(np.float32)
 
@@ -648,18 +698,6 @@ def corrupt_by_attribute(key: jax.Array, images, attrs, *, corruption_type="type
 # ----------------------------------------------------------------------------
 
 
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, np.generic):
-    return x.item()
-  return x
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class DatasetCard:
   """Counts per class x bias plus the dataset's metadata.
@@ -700,7 +738,7 @@ class DatasetCard:
         "bias_names": list(self.bias_names),
         "aligned": int(self.aligned_per_class.sum()),
         "conflicting": int(self.conflicting_per_class.sum()),
-        "meta": _jsonable(dict(self.meta)),
+        "meta": _io.jsonable(dict(self.meta)),
     }
 
   @classmethod
@@ -724,7 +762,7 @@ class DatasetCard:
     """
     path = Path(path)
     text = self.to_json().encode()
-    _cache.atomic_write_bytes(path, lambda f: f.write(text))
+    _io.atomic_write_bytes(path, text, durable=False)
     return path
 
   def describe(self) -> str:
@@ -959,8 +997,8 @@ def from_arrays(name: str, images, labels, *, conflict_ratio: float, severity: i
   if spec.injector == "folder":
     raise ValueError("bffhq is read from an image folder; use load('bffhq', source=<root>).")
   split = _check_split(split)
-  ratio = _check_ratio(spec, conflict_ratio)
-  sev = _check_severity(spec, severity)
+  ratio = check_ratio(spec, conflict_ratio)
+  sev = check_severity(spec, severity)
   seed = _check_seed(seed)
   x = validate_images(images)
   y = validate_labels(labels, n=len(x), num_classes=len(spec.class_names))
@@ -1116,8 +1154,8 @@ def load(name: str, *, split: str, conflict_ratio: float, severity: int | None =
   """
   spec = _spec(name)
   split = _check_split(split)
-  ratio = _check_ratio(spec, conflict_ratio)
-  sev = _check_severity(spec, severity)
+  ratio = check_ratio(spec, conflict_ratio)
+  sev = check_severity(spec, severity)
   seed = _check_seed(seed)
   vf = _real(valid_fraction, "valid_fraction")
   if not 0.0 <= vf < 1.0:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 
+from jaxdd._src import io as _io
 from jaxdd.data.sources import array_sha256
 
 __all__ = ["cache_dir", "cache_key", "load_entry", "save_entry", "atomic_write_bytes"]
@@ -42,8 +41,7 @@ def cache_dir() -> Path:
     >>> cache_dir().name
     'datasets'
   """
-  root = os.environ.get("JAXDD_CACHE") or os.path.join("~", ".cache", "jaxdd")
-  return Path(root).expanduser() / "datasets"
+  return _io.cache_root("datasets")
 
 
 def cache_key(args: Mapping[str, Any]) -> str:
@@ -63,8 +61,12 @@ def cache_key(args: Mapping[str, Any]) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def atomic_write_bytes(path: Path, write_fn) -> None:
+def atomic_write_bytes(path: Path, write_fn: Callable[[BinaryIO], Any]) -> None:
   """Writes a file atomically: ``write_fn(fileobj)`` into a temp file, then rename.
+
+  :func:`jaxdd._src.io.atomic_write_bytes` without ``fsync``: a file torn by a
+  power loss fails the sha256 check on load and is rebuilt, so durability is
+  not needed for correctness (and fsync of a 500 MB entry costs seconds).
 
   Args:
     path: destination.
@@ -73,24 +75,7 @@ def atomic_write_bytes(path: Path, write_fn) -> None:
   Example:
     >>> atomic_write_bytes(Path("x.bin"), lambda f: f.write(b"hi"))   # doctest: +SKIP
   """
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    # mkstemp creates 0600 files; give the result ordinary permissions.
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "wb") as f:
-      write_fn(f)
-    # No fsync: a file torn by a power loss fails the sha256 check on load and
-    # is rebuilt, so durability is not needed for correctness (and fsync of a
-    # 500 MB entry costs seconds).
-    os.replace(tmp, path)
-  except BaseException:
-    # Never leave a partial temp file behind (e.g. disk full, KeyboardInterrupt).
-    try:
-      os.unlink(tmp)
-    except FileNotFoundError:
-      pass
-    raise
+  _io.atomic_write_bytes(path, write_fn, durable=False)
 
 
 def _paths(key: str) -> tuple[Path, Path]:

@@ -89,6 +89,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from jaxdd._src import checks
 from jaxdd.data.sources import open_progress
 
 __all__ = ["TYPE0", "TYPE1", "CORRUPTIONS", "corrupt", "rgb_to_hsv", "hsv_to_rgb"]
@@ -865,24 +866,25 @@ _IMPLS: dict[str, Callable] = {
 def _check_images(images) -> np.ndarray:
   """Validate and convert to float64 in [0, 1] (a fresh copy)."""
   arr = np.asarray(images)
-  if arr.ndim != 4 or arr.shape[-1] != 3:
-    raise ValueError(
-        f"images must have shape (N, H, W, 3) (NHWC, RGB), got {arr.shape}; "
-        "add a batch axis with images[None] or convert grey images to RGB")
+  # Shape from the shared check; the value contract (uint8, or float in [0, 1]
+  # up to rounding, returned as float64) is this module's own.
+  checks.check_images(arr, "corrupt", channels=(3,), floating=False, finite=False,
+                      shape_fix="add a batch axis with images[None] or convert grey images "
+                                "to RGB")
   if arr.shape[1] < _MIN_SIDE or arr.shape[2] < _MIN_SIDE:
-    raise ValueError(f"images must be at least {_MIN_SIDE}x{_MIN_SIDE}, got "
+    raise ValueError(f"corrupt: images must be at least {_MIN_SIDE}x{_MIN_SIDE}, got "
                      f"{arr.shape[1]}x{arr.shape[2]}")
   if arr.dtype == np.uint8:
     return arr.astype(np.float64) / 255.0
   if not np.issubdtype(arr.dtype, np.floating):
-    raise ValueError(f"images must be float in [0, 1] or uint8, got dtype "
+    raise ValueError(f"corrupt: images must be float in [0, 1] or uint8, got dtype "
                      f"{arr.dtype}; convert with images.astype(np.float32)")
   x = arr.astype(np.float64)
   if not np.all(np.isfinite(x)):
-    raise ValueError("images contain NaN or inf; clean the input first")
+    raise ValueError("corrupt: images contain NaN or inf; clean the input first")
   if x.size and (x.min() < -1e-6 or x.max() > 1.0 + 1e-6):
     raise ValueError(
-        f"float images must lie in [0, 1], got range [{x.min()}, {x.max()}]; "
+        f"corrupt: float images must lie in [0, 1], got range [{x.min()}, {x.max()}]; "
         "pass uint8 images or divide by 255")
   return np.clip(x, 0.0, 1.0)
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdd._src import checks
 from jaxdd.structs import Batch
 
 __all__ = ["as_batch", "channel_stats", "denormalize", "normalize"]
@@ -101,8 +102,8 @@ def channel_stats(images, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]
   """
   x = getattr(images, "images", images)
   x = np.asarray(x)
-  if x.ndim != 4 or x.shape[0] == 0:
-    raise ValueError(f"images must be a non-empty (N, H, W, C) array, got shape {x.shape}.")
+  # Finiteness is checked below, chunk by chunk, on the float64 copies the sums use.
+  checks.check_images(x, "channel_stats", floating=False, finite=False, min_count=1)
   c = x.shape[-1]
   s1 = np.zeros(c, np.float64)
   s2 = np.zeros(c, np.float64)

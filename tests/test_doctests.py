@@ -1,0 +1,47 @@
+"""Every docstring example of the jaxdd package runs and prints what it shows.
+
+One test per module, with ``doctest`` (``ELLIPSIS | NORMALIZE_WHITESPACE``), so
+``python -m pytest -q tests`` stays the one test command. Examples that would
+be slow (training runs, downloads) are marked ``# doctest: +SKIP`` in place.
+"""
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import jaxdd
+
+# jaxdd.__main__ runs the command line when imported.
+_NOT_IMPORTABLE = {"jaxdd.__main__"}
+# Modules that need an optional extra (setup.cfg [options.extras_require]).
+_EXTRAS = {"jaxdd.data.tfds_builders": "tensorflow_datasets"}
+# Modules whose examples compile many small programs (eager init/apply of every model).
+_SLOW = {"jaxdd.augment", "jaxdd.models", "jaxdd.surrogate"}
+
+
+def _module_names() -> list[str]:
+  names = ["jaxdd"] + sorted(m.name for m in pkgutil.walk_packages(jaxdd.__path__, "jaxdd."))
+  return [n for n in names if n not in _NOT_IMPORTABLE]
+
+
+def _params():
+  return [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in _module_names()]
+
+
+def test_every_module_is_collected():
+  names = _module_names()
+  assert {"jaxdd", "jaxdd._src.io", "jaxdd.surrogate", "jaxdd.data.biased"} <= set(names)
+
+
+@pytest.mark.parametrize("name", _params())
+def test_docstring_examples(name, tmp_path, monkeypatch):
+  if name in _EXTRAS:
+    pytest.importorskip(_EXTRAS[name])
+  module = importlib.import_module(name)
+  monkeypatch.chdir(tmp_path)  # an example that writes a relative path writes here
+  report: list[str] = []
+  runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+  for test in doctest.DocTestFinder().find(module, name):
+    runner.run(test, out=report.append)
+  assert runner.failures == 0, "".join(report)
