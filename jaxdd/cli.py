@@ -47,9 +47,10 @@ def enable_compile_cache(path: str | None = None, *, min_compile_time_secs: floa
     The folder used.
   """
   import jax
+
+  from jaxdd._src.io import cache_root
   if path is None:
-    root = os.environ.get("JAXDD_CACHE") or os.path.join("~", ".cache", "jaxdd")
-    path = os.path.join(os.path.expanduser(root), "xla")
+    path = str(cache_root("xla"))
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
   return path

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import kde
+from jaxdd._src.checks import check_images
 from jaxdd.synset import atomic_write_bytes
 
 __all__ = [
@@ -569,9 +570,9 @@ def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, 
   from jaxdd import evaluate, models  # noqa: PLC0415  (evaluate imports this module's peers)
   from jaxdd.structs import SynSet  # noqa: PLC0415
 
+  check_images(train_images, "train_bias_classifier", what="train_images", floating=False,
+               min_count=1)
   train_images = np.asarray(train_images, np.float32)
-  if train_images.ndim != 4:
-    raise ValueError(f"train_images must be (N, H, W, C), got {train_images.shape}")
   if epochs is None:
     epochs = max(1, -(-BIAS_CLASSIFIER_STEPS * 256 // len(train_images)))
   if not isinstance(epochs, int) or epochs < 1:
@@ -591,10 +592,11 @@ def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, 
   params, state = evaluate.split_variables(jax.tree.map(lambda a: a[0], variables))
 
   def predict(images) -> np.ndarray:
+    check_images(images, "bias_score", floating=False, finite_fix="the SynSet is corrupted")
     images = np.asarray(images, np.float32)
-    if images.ndim != 4 or images.shape[1:] != train_images.shape[1:]:
-      raise ValueError(f"images must be (n,) + {train_images.shape[1:]} like the classifier's "
-                       f"training images, got {images.shape}")
+    if images.shape[1:] != train_images.shape[1:]:
+      raise ValueError(f"bias_score: images must be (n,) + {train_images.shape[1:]} like the "
+                       f"classifier's training images, got {images.shape}")
     block = evaluate.predict_block(protocol, len(images), "map")
     votes = np.asarray(evaluate._predict_program(task, block, "map")(params, state,
                                                                       jnp.asarray(images)))
@@ -644,8 +646,6 @@ def bias_score(classifier: BiasClassifier, syn_images: Any, syn_labels: Any) -> 
     raise ValueError(f"syn_labels must be (M,) hard labels with M = {len(syn_images)}, "
                      f"got {syn_labels.shape}")
   _check_labels(syn_labels, classifier.num_classes)
-  if not np.isfinite(syn_images).all():
-    raise ValueError("syn_images contain NaN or inf; the SynSet is corrupted")
   pred = classifier.predict(syn_images)
   is_aligned = pred == classifier.aligned_values[syn_labels]
   per_class = [float(is_aligned[syn_labels == c].mean()) if (syn_labels == c).any() else None
