@@ -644,6 +644,21 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
   return summary
 
 
+#: The bias-attribute classifier of the bias score per preset (default:
+#: ConvNet-3 width 32 for :data:`jaxdd.diagnostics.BIAS_CLASSIFIER_STEPS` steps).
+BIAS_CLASSIFIER: dict[str, dict[str, int]] = {"smoke": dict(width=8, epochs=2)}
+
+
+def bias_classifier(config: RunConfig, run_data: RunData) -> diagnostics.BiasClassifier:
+  """The bias-attribute classifier of a run's training set (for the bias score)."""
+  train, valid = run_data.train, run_data.valid
+  return diagnostics.train_bias_classifier(
+      jax.random.fold_in(run_keys(config)[3], 1), run_data.normalized(train), train.labels,
+      train.bias, train.aligned, num_classes=run_data.num_classes,
+      valid=(run_data.normalized(valid), valid.labels, valid.bias),
+      **BIAS_CLASSIFIER.get(config.preset, {}))
+
+
 def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
               with_baselines: tuple[str, ...] = ()) -> dict:
   """The vanilla method and its KDE-reweighted variant (``config.method``: DM, DSA
@@ -661,9 +676,19 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
     results.update(run_baselines(config.replace(weighting="none"), os.path.join(workdir, "baselines"),
                                  which=tuple(with_baselines), progress=progress,
                                  vanilla_synset=os.path.join(workdir, config.method, "synset")))
-  table = format_comparison(results, config)
+  # The bias score of each SynSet: what fraction of its images carry their
+  # class's aligned bias (the training set's fraction is in the table header).
+  run_data = RunData(config)
+  classifier = bias_classifier(config, run_data)
+  for weighting in ("none", "kde"):
+    name = method_name(config.replace(weighting=weighting))
+    syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"))
+    results[name]["bias_score"] = diagnostics.bias_score(classifier, syn.images, syn.labels)
+  table = format_comparison(results, config,
+                            train_aligned_fraction=classifier.train_aligned_fraction)
   synset.atomic_write_json(os.path.join(workdir, "comparison.json"),
-                           {k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()})
+                           {k: {"mean": v["mean"], "std": v["std"],
+                                "bias_score": v.get("bias_score")} for k, v in results.items()})
   synset.atomic_write_bytes(os.path.join(workdir, "comparison.md"), (table + "\n").encode())
   plot_accuracy_bars(results, os.path.join(workdir, "plots", "accuracy.png"),
                      title=f"{config.dataset} conflict={config.conflict_ratio} ipc={config.ipc} "
@@ -752,15 +777,27 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   return results
 
 
-def format_comparison(results: dict[str, dict], config: RunConfig) -> str:
-  lines = [f"{config.dataset}, conflict ratio {config.conflict_ratio}, IPC {config.ipc}, "
-           f"preset {config.preset}, seed {config.seed}, eval protocol {config.eval_protocol}, "
-           f"{config.num_eval_models} models",
-           "",
-           "| method | overall | bias-aligned | bias-conflicting | worst group |",
-           "|---|---|---|---|---|"]
+def format_comparison(results: dict[str, dict], config: RunConfig, *,
+                      train_aligned_fraction: float | None = None) -> str:
+  """The markdown table of ``comparison.md``; accuracies are mean ± std over networks.
+
+  The bias score column is the % of a SynSet's images that a bias-attribute
+  classifier finds carrying their class's aligned bias
+  (:func:`jaxdd.diagnostics.bias_score`); "–" where none was computed.
+  """
+  head = (f"{config.dataset}, conflict ratio {config.conflict_ratio}, IPC {config.ipc}, "
+          f"preset {config.preset}, seed {config.seed}, eval protocol {config.eval_protocol}, "
+          f"{config.num_eval_models} models")
+  if train_aligned_fraction is not None:
+    head += f"; {100 * train_aligned_fraction:.1f} % of the training images are bias-aligned"
+  lines = [head, "",
+           "| method | overall | bias-aligned | bias-conflicting | worst group | "
+           "bias score (aligned %) |",
+           "|---|---|---|---|---|---|"]
   for name, r in results.items():
     cells = [f"{100 * r['mean'][m]:.1f} ± {100 * r['std'][m]:.1f}"
              for m in ("overall", "aligned", "conflicting", "worst_group")]
+    score = r.get("bias_score")
+    cells.append("–" if score is None else f"{100 * score['aligned_fraction']:.1f}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -119,8 +119,6 @@ def default_setting(base: pipeline.RunConfig, weighting: str) -> Setting:
 
 # ---------------------------------------------------------------------------- pieces
 
-#: The bias-attribute classifier per preset (default: ConvNet-3 width 32, 10 epochs).
-BIAS_CLASSIFIER: dict[str, dict[str, int]] = {"smoke": dict(width=8, epochs=2)}
 
 
 def run_dir(root: str, config: pipeline.RunConfig) -> str:
@@ -184,12 +182,7 @@ def bias_score_cached(config: pipeline.RunConfig, workdir: str, run_data: pipeli
   if cached is not None:
     return cached
   if config.seed not in classifiers:
-    train, valid = run_data.train, run_data.valid
-    classifiers[config.seed] = diagnostics.train_bias_classifier(
-        jax.random.fold_in(pipeline.run_keys(config)[3], 1), run_data.normalized(train),
-        train.labels, train.bias, train.aligned, num_classes=run_data.num_classes,
-        valid=(run_data.normalized(valid), valid.labels, valid.bias),
-        **BIAS_CLASSIFIER.get(config.preset, {}))
+    classifiers[config.seed] = pipeline.bias_classifier(config, run_data)
   report = diagnostics.bias_score(classifiers[config.seed], syn.images, syn.labels)
   synset.atomic_write_json(path, report)
   return report

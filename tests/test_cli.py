@@ -112,7 +112,7 @@ def test_baselines_default_needs_no_vanilla_synset(tmp_path, monkeypatch):
     seen.update(which=which, vanilla=vanilla_synset)
     return {}
   monkeypatch.setattr(pipeline, "run_baselines", fake)
-  monkeypatch.setattr(pipeline, "format_comparison", lambda r, c: "")
+  monkeypatch.setattr(pipeline, "format_comparison", lambda r, c, **k: "")
   assert cli.main(["baselines", "--preset", "smoke", "--workdir", str(tmp_path / "b")]) == 0
   assert seen == {"which": ("random", "herding", "kcenter", "full"), "vanilla": None}
   assert cli.main(["baselines", "--preset", "smoke", "--workdir", str(tmp_path / "b"),

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxdd import cli, pipeline, synset
+from jaxdd import cli, diagnostics, pipeline, synset
 
 
 def _cfg(**kw):
@@ -122,3 +122,22 @@ def test_method_flag_and_its_errors(tmp_path, capsys):
   assert cli.main(["distill", "--preset", "smoke", "--method", "dc", "--weighting", "kde",
                    "--iterations", "1", "--workdir", work]) == 0
   assert json.load(open(os.path.join(work, "eval.json")))["method"] == "dc+kde"
+
+
+def test_reproduce_writes_the_comparison_with_bias_scores(tmp_path):
+  cfg = _cfg(iterations=2)
+  work = str(tmp_path / "rep")
+  results = pipeline.reproduce(cfg, work, progress=False)
+  assert set(results) == {"dm", "dm+kde"}
+  table = open(os.path.join(work, "comparison.md")).read()
+  assert "bias score (aligned %)" in table and "95.0 % of the training images" in table
+  # the column is the bias score of each saved SynSet under the run's classifier
+  classifier = pipeline.bias_classifier(cfg, pipeline.RunData(cfg))
+  for name in ("dm", "dm+kde"):
+    syn, _ = synset.load(os.path.join(work, name.replace("+", "_"), "synset"))
+    expected = diagnostics.bias_score(classifier, syn.images, syn.labels)["aligned_fraction"]
+    assert results[name]["bias_score"]["aligned_fraction"] == expected
+    assert f"| {100 * expected:.1f} |" in [l for l in table.splitlines()
+                                           if l.startswith(f"| {name} |")][0]
+  saved = json.load(open(os.path.join(work, "comparison.json")))
+  assert saved["dm"]["bias_score"]["aligned_fraction"] == results["dm"]["bias_score"]["aligned_fraction"]
