@@ -144,6 +144,18 @@ def _need_workdir(args) -> None:
     raise ValueError("--workdir is required (the run directory)")
 
 
+def _resolved(args):
+  """The validated run config of a command, or None after ``--print-config`` printed it."""
+  from jaxdd import pipeline
+  cfg = _config(args)
+  pipeline.validate(cfg)
+  if args.print_config:
+    _print_config(cfg)
+    return None
+  _need_workdir(args)
+  return cfg
+
+
 def _print_config(cfg) -> int:
   print(json.dumps({"config": cfg.to_dict(), "digest": cfg.digest()}, indent=2, sort_keys=True))
   return 0
@@ -170,11 +182,9 @@ def cmd_data(args) -> int:
 
 def cmd_distill(args) -> int:
   from jaxdd import pipeline
-  cfg = _config(args)
-  if args.print_config:
-    pipeline.validate(cfg)
-    return _print_config(cfg)
-  _need_workdir(args)
+  cfg = _resolved(args)
+  if cfg is None:
+    return 0
   pipeline.run(cfg, args.workdir, progress=not args.quiet)
   print(f"run directory: {args.workdir}")
   return 0
@@ -182,11 +192,9 @@ def cmd_distill(args) -> int:
 
 def cmd_reproduce(args) -> int:
   from jaxdd import pipeline
-  cfg = _config(args)
-  if args.print_config:
-    pipeline.validate(cfg)
-    return _print_config(cfg)
-  _need_workdir(args)
+  cfg = _resolved(args)
+  if cfg is None:
+    return 0
   which = tuple(args.with_baselines.split(",")) if args.with_baselines else ()
   unknown = set(which) - set(pipeline.BASELINES)
   if unknown:
@@ -207,13 +215,10 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def cmd_tune(args) -> int:
-  from jaxdd import pipeline, study
-  cfg = _config(args)
-  if args.print_config:
-    pipeline.validate(cfg)
-    return _print_config(cfg)
-  _need_workdir(args)
-  pipeline.validate(cfg)
+  from jaxdd import study
+  cfg = _resolved(args)
+  if cfg is None:
+    return 0
   study.tune(cfg, args.workdir, seeds=_seeds(args.seeds), protocol=args.sweep_protocol,
              num_models=args.sweep_models, progress=not args.quiet)
   print(f"selection: {os.path.join(args.workdir, 'selection.md')}")
@@ -221,13 +226,10 @@ def cmd_tune(args) -> int:
 
 
 def cmd_final(args) -> int:
-  from jaxdd import pipeline, study
-  cfg = _config(args)
-  if args.print_config:
-    pipeline.validate(cfg)
-    return _print_config(cfg)
-  _need_workdir(args)
-  pipeline.validate(cfg)
+  from jaxdd import study
+  cfg = _resolved(args)
+  if cfg is None:
+    return 0
   path = args.selection or os.path.join(args.workdir, "selection.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run `jaxdd tune --workdir {args.workdir} ...` "
@@ -245,11 +247,9 @@ def cmd_final(args) -> int:
 
 def cmd_baselines(args) -> int:
   from jaxdd import pipeline
-  cfg = _config(args)
-  if args.print_config:
-    pipeline.validate(cfg)
-    return _print_config(cfg)
-  _need_workdir(args)
+  cfg = _resolved(args)
+  if cfg is None:
+    return 0
   if args.which:
     which = tuple(w.strip() for w in args.which.split(",") if w.strip())
     if {"lff", "dfa"} & set(which) and args.vanilla_synset is None:
