@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--epochs", type=int, default=None, help="override the preset's surrogate epochs")
   p.add_argument("--space", default="projection", choices=("projection", "encoder"),
                  help="embedding space for the KDE (the paper: projection)")
-  # The defaults are the library's (distill.KDEConfig), chosen by the ablation in RESULTS.md.
+  # The defaults are the library's (distill.KDEConfig), kept by the validation selection
+  # (RESULTS.md §1).
   p.add_argument("--kde-variance", dest="kde_variance", type=float,
                  default=_KDE.variance, help=f"kernel variance (default {_KDE.variance})")
   p.add_argument("--kde-temperature", dest="kde_temperature", type=float,

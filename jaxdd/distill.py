@@ -71,8 +71,8 @@ class KDEConfig(NamedTuple):
   sampled real batch of a class, O(B^2 d) per step; ``scope='class'`` uses a
   density precomputed once over the whole class (see :func:`class_log_density`).
   """
-  # Defaults: the setting that gave the largest DM -> DM+KDE gap on CMNIST
-  # (ablation in RESULTS.md).
+  # Defaults: kept by the validation-only selection on CMNIST 5 %
+  # (`jaxdd tune`, docs/protocols.md §7, RESULTS.md §1).
   variance: float = 0.01
   temperature: float = 0.25
   normalize: Literal["softmax", "power"] = "power"

@@ -50,7 +50,7 @@ class RunConfig:
   ipc: int = 50
   method: str = "dm"  # 'dm' (distribution matching), 'dsa' or 'dc' (gradient matching)
   weighting: str = "kde"  # 'none' (vanilla method) or 'kde' (Cui et al. reweighting)
-  # Chosen by the CMNIST ablation in RESULTS.md (largest DM -> DM+KDE gap).
+  # Kept by the validation-only selection (jaxdd tune; RESULTS.md §1).
   kde_variance: float = 0.01
   kde_temperature: float = 0.25
   kde_normalize: str = "power"
