@@ -49,10 +49,10 @@ _API = {
     "Distiller": ("jaxdd.distill", "Distiller"),
     "KDEConfig": ("jaxdd.distill", "KDEConfig"),
     "real_data": ("jaxdd.distill", "real_data"),
-    # evaluation
-    "train_fresh": ("jaxdd.evaluate", "train_fresh"),
-    "evaluate_synset": ("jaxdd.evaluate", "evaluate"),
-    "get_protocol": ("jaxdd.evaluate", "get_protocol"),
+    # evaluation: protocols, the trainer, the entry point
+    "get_protocol": ("jaxdd.protocols", "get_protocol"),
+    "train_fresh": ("jaxdd.train", "train_fresh"),
+    "evaluate_synset": ("jaxdd.evaluate", "evaluate_synset"),
     # artifacts and runs
     "save_synset": ("jaxdd.synset", "save"),
     "load_synset": ("jaxdd.synset", "load"),
@@ -65,12 +65,15 @@ _API = {
 __all__ = sorted(_API)
 
 # Submodules are attributes too; a submodule name always means the module
-# (``jaxdd.evaluate`` is the module, its ``evaluate`` function is
-# ``jaxdd.evaluate_synset``), whatever has been imported before.
+# (``jaxdd.evaluate`` is the module, its main function ``evaluate_synset``,
+# also named ``evaluate``, is ``jaxdd.evaluate_synset``), whatever has been
+# imported before. Evaluation is split by concern: ``protocols`` (the recipes),
+# ``train`` (the one trainer), ``metrics`` (group accuracies), ``results``
+# (EvalResult) and ``evaluate`` (the entry points; re-exports the others).
 # ("contrastive" is the deprecated alias of "surrogate", removed in the next release.)
 _SUBMODULES = ("augment", "baselines", "cli", "contrastive", "data", "debias", "diagnostics",
-               "distill", "evaluate", "kde", "matching", "models", "parallel", "pipeline",
-               "structs", "surrogate", "synset")
+               "distill", "evaluate", "kde", "matching", "metrics", "models", "parallel",
+               "pipeline", "protocols", "results", "structs", "surrogate", "synset", "train")
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,7 @@ Every results table should answer "does distillation beat the obvious?"
   started from the sample nearest the class mean (a deterministic start; the
   greedy 2-approximation holds from any start).
 * :func:`full_dataset`: the whole (biased) training set as a SynSet, the
-  upper reference; :func:`jaxdd.evaluate.evaluate` scans over its many steps
+  upper reference; :func:`jaxdd.evaluate.evaluate_synset` scans over its many steps
   per epoch inside one compiled program.
 
 Data contract. ``images`` are NHWC float32 (normalised space, as for the
@@ -239,7 +239,7 @@ def full_dataset(images, labels) -> SynSet:
   """The whole training set as a SynSet (the upper reference).
 
   Rows are stably sorted by class, so the class-major layout holds, but class
-  sizes differ (no fixed ipc). Train it with :func:`jaxdd.evaluate.evaluate`
+  sizes differ (no fixed ipc). Train it with :func:`jaxdd.evaluate.evaluate_synset`
   like any synthetic set; each epoch is a ``lax.scan`` over ``n // 256`` full
   batches plus the partial one, so N >> batch costs no Python loop. Its
   protocol is usually ``"cpu"`` or a ``Protocol`` with fewer epochs, because

@@ -4,9 +4,9 @@ Cui et al. (docs/protocols.md) compare their reweighted distillation
 with "a state-of-the-art debiasing method applied on the same synthetic set":
 the evaluation networks are trained on a *vanilla* distilled set with a
 debiasing method that needs no bias labels. This module provides two such
-methods, trained under the same :class:`~jaxdd.evaluate.Protocol` as every
+methods, trained under the same :class:`~jaxdd.protocols.Protocol` as every
 other number (SGD, schedule, DSA augmentation, epochs), compiled as one
-``lax.scan`` like :func:`jaxdd.evaluate.train_fresh`, and evaluated with the
+``lax.scan`` like :func:`jaxdd.train.train_fresh`, and evaluated with the
 same per-group metrics:
 
 * **LfF** (Nam et al., "Learning from Failure", NeurIPS 2020; alinlab/LfF). A
@@ -58,9 +58,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdd.evaluate import (EvalResult, Protocol, StepBatch, TrainMetrics, TrainTask, apply_train,
-                            cross_entropy, evaluate_task, get_protocol, split_variables,
-                            _check_key, _check_syn, _train_single)
+from jaxdd._src.checks import check_key as _check_key
+from jaxdd._src.checks import check_syn as _check_syn
+from jaxdd.evaluate import evaluate_task
+from jaxdd.protocols import Protocol, get_protocol
+from jaxdd.results import EvalResult
+from jaxdd.train import (StepBatch, TrainMetrics, TrainTask, _train_single, apply_train,
+                         cross_entropy, split_variables)
 from jaxdd.models import TorchDense
 from jaxdd.structs import Batch, SynSet
 
@@ -169,7 +173,7 @@ def _update_emas(state, index, loss_b, loss_d, alpha):
 
 @functools.lru_cache(maxsize=32)
 def lff_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7) -> TrainTask:
-  """The LfF training method as a :class:`~jaxdd.evaluate.TrainTask` (cached).
+  """The LfF training method as a :class:`~jaxdd.train.TrainTask` (cached).
 
   Args:
     model: evaluation architecture (both networks use it).
@@ -217,7 +221,7 @@ def lff_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7) -> TrainT
 def dfa_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7,
              lambda_dis_align: float = 10.0, lambda_swap_align: float = 10.0,
              lambda_swap: float = 1.0, swap_start: float = 0.2) -> TrainTask:
-  """The DFA training method as a :class:`~jaxdd.evaluate.TrainTask` (cached).
+  """The DFA training method as a :class:`~jaxdd.train.TrainTask` (cached).
 
   Args:
     model: evaluation architecture; its ``return_features`` output is the
@@ -342,7 +346,7 @@ def train_lff(key: jax.Array, syn: SynSet, *, model: nn.Module,
     key: typed PRNG key.
     syn: training set with integer labels (e.g. a vanilla distilled set).
     model: evaluation architecture.
-    protocol: protocol name or :class:`~jaxdd.evaluate.Protocol`.
+    protocol: protocol name or :class:`~jaxdd.protocols.Protocol`.
     lr: override of ``protocol.lr``.
     **hparams: ``q`` (0.7), ``ema_alpha`` (0.7).
 
@@ -374,7 +378,7 @@ def train_dfa(key: jax.Array, syn: SynSet, *, model: nn.Module,
     key: typed PRNG key.
     syn: training set with integer labels.
     model: evaluation architecture (the encoders).
-    protocol: protocol name or :class:`~jaxdd.evaluate.Protocol`.
+    protocol: protocol name or :class:`~jaxdd.protocols.Protocol`.
     lr: override of ``protocol.lr``.
     **hparams: ``q``, ``ema_alpha``, ``lambda_dis_align``,
       ``lambda_swap_align``, ``lambda_swap``, ``swap_start`` (see
@@ -433,7 +437,7 @@ def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str =
                       **hparams) -> EvalResult:
   """Trains ``num_models`` debiased networks on ``syn`` with LfF or DFA and tests them.
 
-  Same protocol, programs and metrics as :func:`jaxdd.evaluate.evaluate`; the
+  Same protocol, programs and metrics as :func:`jaxdd.evaluate.evaluate_synset`; the
   result is stamped with ``method`` and the method's full hyper-parameters.
 
   Args:
@@ -449,12 +453,12 @@ def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str =
     select_on: validation metric for selection.
     num_bias: number of bias values (default ``max(bias) + 1``).
     parallel: ``"auto"``, ``"vmap"`` or ``"map"``.
-    progress: report training progress (see :func:`jaxdd.evaluate.evaluate`).
+    progress: report training progress (see :func:`jaxdd.evaluate.evaluate_synset`).
     **hparams: the method's hyper-parameters (see :func:`lff_task`,
       :func:`dfa_task`).
 
   Returns:
-    An :class:`~jaxdd.evaluate.EvalResult` with ``method`` = ``"lff"`` /
+    An :class:`~jaxdd.results.EvalResult` with ``method`` = ``"lff"`` /
     ``"dfa"``.
 
   Example:

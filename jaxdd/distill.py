@@ -40,7 +40,9 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import augment as augment_lib
 from jaxdd._src import checks
-from jaxdd import evaluate, kde, matching, parallel
+from jaxdd import kde, matching, parallel
+from jaxdd import train as train_lib
+from jaxdd.protocols import Protocol
 from jaxdd.models import ConvNet, loop_safe_convs
 from jaxdd.structs import SynSet
 
@@ -425,7 +427,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   3. except after the last round: train the network ``inner_loop`` epochs on
      the current synthetic set with plain SGD(``lr_net``), batches of
      ``net_batch_size``, non-siamese DSA with ``strategy`` (none for DC) —
-     with :func:`jaxdd.evaluate.fit`, the trainer of the evaluation.
+     with :func:`jaxdd.train.fit`, the trainer of the evaluation.
 
   Networks with batch statistics (``norm="batch"``) get the reference's
   treatment: before each round, ``BN_REAL_PER_CLASS`` real images per class
@@ -474,10 +476,10 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   cpu = jax.default_backend() == "cpu"
   real_chunk = _chunk(real_chunk, 32 if cpu else None, "real_chunk")
   aug = augment_lib.dsa(strategy) if strategy else None
-  inner_protocol = evaluate.Protocol("gm-inner", epochs=inner - 1, lr=lr_net, momentum=0.0,
-                                     weight_decay=0.0, batch_size=net_batch_size, decay_at=None,
-                                     augment=strategy or None)
-  task = evaluate.standard_task(model)
+  inner_protocol = Protocol("gm-inner", epochs=inner - 1, lr=lr_net, momentum=0.0,
+                            weight_decay=0.0, batch_size=net_batch_size, decay_at=None,
+                            augment=strategy or None)
+  task = train_lib.standard_task(model)
   tx = optax.sgd(lr, momentum=momentum) if syn_tx is None else syn_tx
   init_fn = _state_init(num_classes, ipc, init, tx, mesh)
   real_spec = P(class_axis, batch_axis)
@@ -488,8 +490,8 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     k_real, k_aug, k_bn = jax.random.split(key, 3)
     if jax.tree.leaves(net_state):  # BatchNorm: refresh running stats, then match in eval mode
       bn_rows, _ = sample_per_class(k_bn, real.index, BN_REAL_PER_CLASS)
-      _, net_state = evaluate.apply_train(model, params, net_state,
-                                          real.images[bn_rows.reshape(-1)], k_bn)
+      _, net_state = train_lib.apply_train(model, params, net_state,
+                                           real.images[bn_rows.reshape(-1)], k_bn)
     rows, mask = sample_per_class(k_real, real.index, real_per_class)
     weights = batch_weights(real, rows, mask, kde_config)
     real_batch = parallel.constrain(real.images[rows], mesh, real_spec)
@@ -513,7 +515,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     key = jax.random.fold_in(state.key, state.step)
     k_net, k_rounds = jax.random.split(key)
     shape = (1,) + state.syn.images.shape[1:]
-    params, net_state = evaluate.split_variables(
+    params, net_state = train_lib.split_variables(
         model.init(k_net, jnp.zeros(shape, state.syn.images.dtype), train=False))
 
     def round_fn(carry, r):
@@ -525,8 +527,8 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
 
       def train(args):
         p, s = args
-        p, s, _ = evaluate.fit(k_train, p, s, jax.lax.stop_gradient(images), syn_labels,
-                               task=task, protocol=inner_protocol)
+        p, s, _ = train_lib.fit(k_train, p, s, jax.lax.stop_gradient(images), syn_labels,
+                                task=task, protocol=inner_protocol)
         return p, s
 
       # The reference does not train the network after the last image update.

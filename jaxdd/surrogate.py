@@ -60,6 +60,7 @@ from jaxdd._src import io as _io
 from jaxdd._src.checks import is_traced
 from jaxdd._src.io import sha256_file
 from jaxdd.augment import random_resized_crop, two_views  # re-exported: part of this API
+from jaxdd.train import torch_sgd
 
 __all__ = [
     "supcon_loss",
@@ -349,7 +350,8 @@ def make_optimizer(config: SurrogateConfig, steps_per_epoch: int) -> optax.Gradi
 
   Weight decay is added to the gradient *before* momentum, as
   ``torch.optim.SGD(weight_decay=...)`` (used by ``HobbitLong/SupContrast``)
-  does; it applies to every parameter, biases and norm scales included.
+  does; it applies to every parameter, biases and norm scales included. The
+  update is the trainer's :func:`jaxdd.train.torch_sgd`.
 
   Args:
     config: the surrogate config (learning_rate, momentum, weight_decay,
@@ -367,8 +369,7 @@ def make_optimizer(config: SurrogateConfig, steps_per_epoch: int) -> optax.Gradi
     lr = optax.cosine_decay_schedule(config.learning_rate, decay_steps=total)
   else:
     lr = config.learning_rate
-  return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                     optax.sgd(lr, momentum=config.momentum))
+  return torch_sgd(lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def _validate_data(images: Any, labels: Any, who: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,6 @@
-"""Argument checks shared by jaxdd: the NHWC image-batch check and the tracer test.
+"""Argument checks shared by jaxdd: the NHWC image-batch check, the tracer test,
+and the input checks of training and evaluation (:mod:`jaxdd.train`,
+:mod:`jaxdd.evaluate`, :mod:`jaxdd.debias`).
 
 :func:`check_images` is the one check of an NHWC image batch (rank, batch
 size, channels, float dtype, finite values). Callers pass the name of the
@@ -12,11 +14,14 @@ allowed) are checked by :func:`jaxdd.data.sources.validate_images`.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxdd.structs import Batch, SynSet
 
 
 def is_traced(x: Any) -> bool:
@@ -83,3 +88,86 @@ def check_images(images: Any, who: str, *, what: str = "images", floating: bool 
       ok = bool(np.isfinite(images).all())
     if not ok:
       raise ValueError(f"{who}: {what} contain NaN or Inf; {finite_fix}")
+
+
+# Training and evaluation inputs (keys, training sets, test batches, lr grids).
+
+def check_key(key) -> None:
+  """Raises ``ValueError`` unless ``key`` is one typed key (``jax.random.key(seed)``)."""
+  if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+          and key.shape == ()):
+    raise ValueError("key must be a single typed key from jax.random.key(seed); "
+                     f"got {getattr(key, 'dtype', type(key))} {getattr(key, 'shape', '')}")
+
+
+def check_train_images(who: str, name: str, images, finite: bool = True) -> jax.Array:
+  """Checked training/test images (NHWC, float, finite) as a float32 array."""
+  images = jnp.asarray(images)
+  check_images(images, who, what=name, finite=finite, min_count=1,
+               float_fix="pass normalised float images (jaxdd.data.normalize)",
+               finite_fix="fix the data (or the distillation run) before evaluating")
+  return images.astype(jnp.float32)
+
+
+def check_syn(syn: SynSet, num_classes: int | None, who: str) -> tuple[jax.Array, jax.Array]:
+  """Checked ``(images float32, labels)`` of a training set: integer (n,) labels
+  (int32) or soft (n, classes) labels (float32)."""
+  images = check_train_images(who, "syn.images", syn.images)
+  labels = jnp.asarray(syn.labels)
+  if labels.shape[:1] != images.shape[:1] or labels.ndim not in (1, 2):
+    raise ValueError(f"syn.labels must have shape (n,) or (n, classes) with n = "
+                     f"{images.shape[0]}, got {labels.shape}")
+  if labels.ndim == 1:
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise ValueError(f"integer syn.labels expected, got dtype {labels.dtype}")
+    if num_classes is not None and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+      raise ValueError(f"syn.labels must lie in [0, {num_classes}); got range "
+                       f"[{int(labels.min())}, {int(labels.max())}]")
+    labels = labels.astype(jnp.int32)
+  else:
+    if num_classes is not None and labels.shape[1] != num_classes:
+      raise ValueError(f"soft syn.labels must have {num_classes} columns, got {labels.shape[1]}")
+    labels = labels.astype(jnp.float32)
+  return images, labels
+
+
+def check_batch(name: str, batch: Batch, like: jax.Array, num_classes: int, who: str) -> Batch:
+  """A checked test/validation Batch shaped like the training images ``like``."""
+  images = check_train_images(who, f"{name}.images", batch.images)
+  if images.shape[1:] != like.shape[1:]:
+    raise ValueError(f"{name} images are {images.shape[1:]} but the training images are "
+                     f"{like.shape[1:]}; both must share H, W, C")
+  labels = np.asarray(batch.labels)
+  if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"{name}.labels must be integer of shape ({images.shape[0]},), got "
+                     f"{labels.dtype} {labels.shape}")
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"{name}.labels must lie in [0, {num_classes})")
+  bias = None if batch.bias is None else np.asarray(batch.bias)
+  if bias is not None and (bias.shape != labels.shape or not np.issubdtype(bias.dtype, np.integer)
+                           or bias.min() < 0):
+    raise ValueError(f"{name}.bias must be non-negative integers of shape {labels.shape}")
+  aligned = None if batch.aligned is None else np.asarray(batch.aligned)
+  if aligned is not None and aligned.shape != labels.shape:
+    raise ValueError(f"{name}.aligned must have shape {labels.shape}, got {aligned.shape}")
+  return Batch(images, labels, bias, aligned)
+
+
+def infer_num_classes(model, syn_labels) -> int:
+  """``model.num_classes``, else the soft-label width, else ``max(labels) + 1``."""
+  n = getattr(model, "num_classes", None)
+  if isinstance(n, int):
+    return n
+  if syn_labels.ndim == 2:
+    return int(syn_labels.shape[1])
+  return int(np.asarray(syn_labels).max()) + 1
+
+
+def check_lrs(lrs, protocol) -> tuple[float, ...]:
+  """A learning-rate grid as a tuple of positive finite floats (default ``(protocol.lr,)``)."""
+  if lrs is None:
+    return (float(protocol.lr),)
+  lrs = tuple(float(v) for v in np.atleast_1d(np.asarray(lrs, np.float64)))
+  if not lrs or not all(v > 0 and math.isfinite(v) for v in lrs):
+    raise ValueError(f"lrs must be a non-empty sequence of positive finite floats, got {lrs}")
+  return lrs

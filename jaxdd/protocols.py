@@ -1,0 +1,165 @@
+"""Evaluation protocols: the frozen recipes every reported number is stamped with.
+
+A :class:`Protocol` fixes the optimiser, schedule, batch size and augmentation
+of the networks trained on a synthetic set; :data:`PROTOCOLS` names the
+standard ones and :func:`get_protocol` looks them up. The trainer that runs a
+protocol is :mod:`jaxdd.train`. The recipe is the reference's
+``evaluate_synset`` (docs/protocols.md §2):
+
+* SGD, momentum 0.9, weight decay 5e-4, lr 0.01, batch 256, cross-entropy.
+  Weight decay is PyTorch's *coupled* form (``grad + wd * param``) on every
+  parameter, biases and norm affines included, as ``torch.optim.SGD`` does;
+  the update is optax's (:func:`jaxdd.train.torch_sgd`).
+* The reference loops ``for ep in range(Epoch + 1)``, i.e. it trains
+  **Epoch + 1 epochs**; we copy that (:attr:`Protocol.num_epochs`).
+* After epoch ``Epoch // 2 + 1`` the lr is multiplied by 0.1 and the reference
+  builds a *new* ``torch.optim.SGD``, which throws the momentum buffers away.
+  We do exactly that: the optimiser state is re-initialised at the start of
+  epoch ``Epoch // 2 + 2`` (the first step after a reset is ``buf = d_p``,
+  which is torch's first-step rule).
+* Each epoch visits a fresh random permutation (``fold_in(key, epoch)``) in
+  batches of 256 and, like ``DataLoader(shuffle=True, drop_last=False)``,
+  keeps the last partial batch. Shapes are static, so the partial batch gets
+  its own compiled step of its true (static) size ``n % 256`` instead of being
+  padded and masked: the math is a real partial batch (batch-norm statistics
+  included), and an IPC-10 set (100 images) costs one 100-image step per epoch
+  rather than a padded 256-image one.
+* DSA augmentation in every training batch when the protocol names a strategy,
+  in the reference's evaluation mode (non-siamese: one family per batch,
+  per-sample parameters; :func:`jaxdd.augment.dsa` with ``siamese=False``).
+* Prediction in eval mode (batch-norm running averages), no augmentation, in
+  blocks of ``test_batch_size`` inside a compiled ``lax.map``. Predictions do
+  not depend on the block size (every supported norm is per-sample in eval
+  mode).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """A frozen evaluation recipe. Every number jaxdd reports is stamped with one.
+
+  Attributes:
+    name: registry name (``"dm"``, ``"dsa"``, ``"dc"``, ``"cpu"``, ``"smoke"``).
+    epochs: the reference's ``Epoch``; training runs ``epochs + 1`` epochs.
+    lr: initial learning rate.
+    momentum: SGD momentum.
+    weight_decay: coupled (PyTorch-style) weight decay on every parameter.
+    batch_size: training batch size; the last partial batch is kept.
+    decay_at: ``"half"`` (after epoch ``epochs // 2 + 1``, the reference), an
+      int epoch index after which to decay, or ``None`` (no decay).
+    lr_decay_factor: the lr multiplier at the decay (0.1).
+    reset_momentum: zero the momentum buffers at the decay, as the reference's
+      optimizer re-creation does.
+    augment: DSA strategy string (non-siamese, per-sample parameters), or
+      ``None`` for no augmentation.
+    test_batch_size: block size for testing (no effect on the numbers).
+  """
+  name: str
+  epochs: int
+  lr: float = 0.01
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  batch_size: int = 256
+  decay_at: str | int | None = "half"
+  lr_decay_factor: float = 0.1
+  reset_momentum: bool = True
+  augment: str | None = None
+  test_batch_size: int = 256
+
+  def __post_init__(self):
+    if not isinstance(self.epochs, int) or self.epochs < 0:
+      raise ValueError(f"Protocol.epochs must be an int >= 0, got {self.epochs!r}")
+    for field in ("batch_size", "test_batch_size"):
+      v = getattr(self, field)
+      if not isinstance(v, int) or v < 1:
+        raise ValueError(f"Protocol.{field} must be a positive int, got {v!r}")
+    if not (self.lr > 0 and math.isfinite(self.lr)):
+      raise ValueError(f"Protocol.lr must be positive and finite, got {self.lr!r}")
+    if not 0 <= self.momentum < 1:
+      raise ValueError(f"Protocol.momentum must be in [0, 1), got {self.momentum!r}")
+    if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+      raise ValueError(f"Protocol.weight_decay must be >= 0, got {self.weight_decay!r}")
+    if not (self.decay_at is None or self.decay_at == "half"
+            or (isinstance(self.decay_at, int) and self.decay_at >= 0)):
+      raise ValueError(f"Protocol.decay_at must be 'half', an epoch index >= 0 or None, "
+                       f"got {self.decay_at!r}")
+    if self.augment is not None and (not isinstance(self.augment, str) or not self.augment):
+      raise ValueError(f"Protocol.augment must be a DSA strategy string such as "
+                       f"{DSA_STRATEGY!r} or None, got {self.augment!r}")
+
+  @property
+  def num_epochs(self) -> int:
+    """Epochs actually trained: ``epochs + 1`` (the reference's ``range(Epoch+1)``)."""
+    return self.epochs + 1
+
+  @property
+  def decay_epoch(self) -> int | None:
+    """Index of the epoch *after* which the lr decays (``None``: never)."""
+    if self.decay_at == "half":
+      return self.epochs // 2 + 1
+    return self.decay_at
+
+  @property
+  def standard(self) -> bool:
+    """True when this equals the registry entry of the same name (not modified)."""
+    return PROTOCOLS.get(self.name) == self
+
+  def replace(self, **changes) -> Protocol:
+    """A copy with some fields changed (the stamp then shows ``standard: False``)."""
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    """All fields plus the derived ``num_epochs``, ``decay_epoch`` and ``standard``."""
+    d = dataclasses.asdict(self)
+    d.update(num_epochs=self.num_epochs, decay_epoch=self.decay_epoch, standard=self.standard)
+    return d
+
+
+# 'cpu': 1000 -> 40 epochs (41 trained), with the reference's optimiser,
+# schedule and DSA, sized for a 2-core CPU: 5 ConvNet-3 (width 128) networks on
+# a 10-class IPC-10 set (one 100-image step per epoch) train and are tested on
+# a 10,000-image test set in minutes (timings: RESULTS.md §4 "Evaluation").
+# It is a different, shorter recipe: its numbers are stamped 'cpu' and are not
+# comparable with 'dm' numbers. 'cpu300' (301 epochs, otherwise the
+# reference's recipe) is the long CPU protocol of the result tables
+# (jaxdd.study.final). 'smoke' is for tests and CI.
+PROTOCOLS: dict[str, Protocol] = {
+    "dm": Protocol("dm", epochs=1000, augment=DSA_STRATEGY),
+    "dsa": Protocol("dsa", epochs=1000, augment=DSA_STRATEGY),
+    "dc": Protocol("dc", epochs=300, augment=None),
+    "cpu": Protocol("cpu", epochs=40, augment=DSA_STRATEGY),
+    "cpu300": Protocol("cpu300", epochs=300, augment=DSA_STRATEGY),
+    "smoke": Protocol("smoke", epochs=3, augment=None),
+}
+
+
+def get_protocol(name: str | Protocol) -> Protocol:
+  """Looks a protocol up by name (a :class:`Protocol` is returned unchanged).
+
+  Args:
+    name: one of ``PROTOCOLS`` (``"dm"``, ``"dsa"``, ``"dc"``, ``"cpu"``,
+      ``"smoke"``), or a Protocol.
+
+  Returns:
+    The frozen :class:`Protocol`.
+
+  Raises:
+    ValueError: unknown name (the message lists the known ones).
+
+  Example:
+    >>> get_protocol("dm").num_epochs
+    1001
+  """
+  if isinstance(name, Protocol):
+    return name
+  if name not in PROTOCOLS:
+    raise ValueError(f"unknown evaluation protocol {name!r}; use one of {sorted(PROTOCOLS)} "
+                     "or build a Protocol(...)")
+  return PROTOCOLS[name]

@@ -1,0 +1,207 @@
+"""Evaluation results: :class:`EvalResult` and its serialisation.
+
+An :class:`EvalResult` holds the per-network test accuracies of one
+evaluation, stamped with how they were produced (protocol, model spec, keys,
+learning-rate selection); :meth:`EvalResult.to_dict` is JSON-serialisable,
+:meth:`EvalResult.format_table` prints percentages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxdd.metrics import METRICS
+from jaxdd.protocols import Protocol
+
+
+def model_spec(model) -> str:
+  """The architecture spec string stamped on results.
+
+  Args:
+    model: a Flax module.
+
+  Returns:
+    :func:`jaxdd.models.spec_of` of it, or its class name for modules that
+    function does not know.
+
+  Example:
+    >>> from jaxdd import models
+    >>> model_spec(models.ConvNet(num_classes=10, width=64))
+    'convnet-d3-w64-instancenorm-avgpool'
+  """
+  from jaxdd import models  # noqa: PLC0415
+  try:
+    return models.spec_of(model)
+  except (ValueError, AttributeError):
+    return type(model).__name__
+
+
+def _json_float(x) -> float | None:
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def _json_array(a) -> Any:
+  a = np.asarray(a)
+  if a.dtype.kind == "f":
+    return [_json_array(v) for v in a] if a.ndim else _json_float(a)
+  return a.tolist()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EvalResult:
+  """Test accuracies of freshly trained networks, stamped with how they were made.
+
+  Per-model arrays have shape (num_models,); ``group_table`` is (num_models,
+  classes, bias values) and ``group_counts`` (classes, bias values). Means and
+  standard deviations (numpy's ``std``, ddof 0, as the reference) are over the
+  models. Accuracies are fractions.
+  """
+  protocol: Protocol
+  model_spec: str
+  method: str
+  num_models: int
+  key_data: tuple[int, ...]
+  lrs: tuple[float, ...]
+  selected_lr: float
+  selection: str
+  select_on: str | None
+  valid_scores: np.ndarray | None  # (len(lrs), num_models) on the validation batch
+  overall: np.ndarray
+  aligned: np.ndarray
+  conflicting: np.ndarray
+  worst_group: np.ndarray
+  group_table: np.ndarray
+  group_counts: np.ndarray
+  train_loss: np.ndarray  # (num_models, num_epochs) at the selected lr
+  train_acc: np.ndarray
+  num_train: int
+  num_test: int
+  num_valid: int
+  parallel: str = "vmap"
+  hparams: dict = dataclasses.field(default_factory=dict)
+
+  def mean(self, metric: str = "overall") -> float:
+    """Mean over models of ``metric`` (one of ``overall``, ``aligned``,
+    ``conflicting``, ``worst_group``)."""
+    return float(np.mean(getattr(self, metric)))
+
+  def std(self, metric: str = "overall") -> float:
+    """Standard deviation (ddof 0) over models of ``metric``."""
+    return float(np.std(getattr(self, metric)))
+
+  def stamp(self) -> dict[str, Any]:
+    """How the numbers were produced (protocol fields, model, seeds, method)."""
+    return {
+        "protocol": self.protocol.to_dict(), "model": self.model_spec, "method": self.method,
+        "num_models": self.num_models, "key_data": list(self.key_data), "lrs": list(self.lrs),
+        "selected_lr": self.selected_lr, "selection": self.selection,
+        "select_on": self.select_on, "num_train": self.num_train, "num_test": self.num_test,
+        "num_valid": self.num_valid, "parallel": self.parallel, "hparams": dict(self.hparams),
+        "jax_version": jax.__version__,
+    }
+
+  def to_dict(self) -> dict[str, Any]:
+    """A JSON-serialisable dict: the stamp, mean/std per metric and per-model
+    arrays (non-finite values, e.g. an empty subset, become ``None``), so
+    ``json.dumps(result.to_dict())`` always works.
+    """
+    d = self.stamp()
+    d["summary"] = {m: {"mean": _json_float(self.mean(m)), "std": _json_float(self.std(m))}
+                    for m in METRICS}
+    d["per_model"] = {m: _json_array(getattr(self, m)) for m in METRICS}
+    d["group_table"] = _json_array(self.group_table)
+    d["group_counts"] = _json_array(self.group_counts)
+    d["valid_scores"] = None if self.valid_scores is None else _json_array(self.valid_scores)
+    d["train_loss_final"] = _json_array(self.train_loss[:, -1])
+    d["train_acc_final"] = _json_array(self.train_acc[:, -1])
+    return d
+
+  def format_table(self) -> str:
+    """A human-readable summary plus the per-(class x bias) accuracy table
+    (mean over models, in %, with test counts)."""
+    p = self.protocol
+    lines = [
+        f"protocol {p.name}{'' if p.standard else ' (modified)'}: {p.num_epochs} epochs, "
+        f"lr {self.selected_lr:g} (x{p.lr_decay_factor:g} after epoch {p.decay_epoch}), "
+        f"batch {p.batch_size}, augment {p.augment or 'none'}",
+        f"model {self.model_spec} | method {self.method} | {self.num_models} models | "
+        f"train {self.num_train} / test {self.num_test}"
+        + (f" | lr chosen on valid ({self.select_on}) from {list(self.lrs)}"
+           if self.selection == "valid" else ""),
+    ]
+    if self.hparams:
+      lines.append("hyper-parameters: " + ", ".join(f"{k}={v:g}" if isinstance(v, float)
+                                                    else f"{k}={v}"
+                                                    for k, v in self.hparams.items()))
+    lines.append(f"{'metric':<14}{'mean %':>9}{'std %':>8}")
+    for m in METRICS:
+      mean, std = self.mean(m), self.std(m)
+      val = "     n/a" if not math.isfinite(mean) else f"{100 * mean:9.2f}{100 * std:8.2f}"
+      lines.append(f"{m.replace('_', ' '):<14}{val}")
+    table = np.nanmean(np.where(self.group_counts[None] > 0, self.group_table, np.nan), axis=0) \
+        if self.group_table.size else self.group_table
+    nb = self.group_counts.shape[1]
+    lines.append("per-group accuracy % (rows: class, columns: bias value) [test count]")
+    lines.append("class " + "".join(f"{b:>13}" for b in range(nb)))
+    for c in range(self.group_counts.shape[0]):
+      cells = []
+      for b in range(nb):
+        n = int(self.group_counts[c, b])
+        cells.append(f"{'-':>13}" if n == 0 else f"{100 * table[c, b]:6.1f} [{n:>4}]".rjust(13))
+      lines.append(f"{c:<6}" + "".join(cells))
+    return "\n".join(lines)
+
+  def group_means(self) -> np.ndarray:
+    """(classes, bias values) accuracy averaged over models; NaN where the test set has no sample."""
+    if not self.group_table.size:
+      return np.zeros(self.group_counts.shape)
+    return np.nanmean(np.where(self.group_counts[None] > 0, self.group_table, np.nan), axis=0)
+
+  def to_dataframe(self):
+    """Per-metric mean/std (in %) as a ``pandas.DataFrame`` (needs pandas).
+
+    Rows are ``overall``, ``aligned``, ``conflicting``, ``worst_group``; the
+    ``method`` and ``protocol`` columns make frames of several results
+    concatenable.
+    """
+    try:
+      import pandas as pd  # noqa: PLC0415  (optional)
+    except ImportError as e:
+      raise ImportError("EvalResult.to_dataframe needs pandas (pip install pandas); "
+                        "to_dict() and format_table() work without it") from e
+    return pd.DataFrame(
+        {"mean %": [100 * self.mean(m) for m in METRICS],
+         "std %": [100 * self.std(m) for m in METRICS],
+         "method": self.method, "protocol": self.protocol.name, "model": self.model_spec},
+        index=list(METRICS))
+
+  def _repr_html_(self) -> str:
+    """Notebook view: the summary metrics and the per-(class x bias) table."""
+    import html  # noqa: PLC0415
+
+    p = self.protocol
+    head = html.escape(f"{self.method} | {self.model_spec} | protocol {p.name} "
+                       f"({p.num_epochs} epochs) | {self.num_models} models | "
+                       f"train {self.num_train} / test {self.num_test}")
+    rows = "".join(
+        f"<tr><td>{m.replace('_', ' ')}</td><td>{100 * self.mean(m):.2f}</td>"
+        f"<td>{100 * self.std(m):.2f}</td></tr>" if math.isfinite(self.mean(m)) else
+        f"<tr><td>{m.replace('_', ' ')}</td><td>n/a</td><td>n/a</td></tr>" for m in METRICS)
+    table = self.group_means()
+    nb = self.group_counts.shape[1]
+    cells = []
+    for c in range(self.group_counts.shape[0]):
+      tds = "".join("<td>-</td>" if self.group_counts[c, b] == 0 else
+                    f"<td>{100 * table[c, b]:.1f} [{int(self.group_counts[c, b])}]</td>"
+                    for b in range(nb))
+      cells.append(f"<tr><th>{c}</th>{tds}</tr>")
+    return (f"<div><p>{head}</p><table><tr><th>metric</th><th>mean %</th><th>std %</th></tr>"
+            f"{rows}</table><p>per-group accuracy % (rows: class, columns: bias value) "
+            f"[test count]</p><table><tr><th>class</th>"
+            + "".join(f"<th>{b}</th>" for b in range(nb)) + "</tr>" + "".join(cells)
+            + "</table></div>")

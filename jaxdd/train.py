@@ -1,0 +1,633 @@
+"""Training: tasks, the scan-compiled trainer and its compiled programs.
+
+The one trainer of jaxdd: evaluation (:mod:`jaxdd.evaluate`, :mod:`jaxdd.debias`)
+trains fresh networks with it, and gradient matching (:func:`jaxdd.distill.gm`)
+trains its inner network with :func:`fit`. A :class:`TrainTask` says what is
+trained (:func:`standard_task`: cross-entropy), a
+:class:`~jaxdd.protocols.Protocol` how (the reference's ``evaluate_synset``
+recipe, spelled out in :mod:`jaxdd.protocols`). The SGD update is optax's
+(:func:`torch_sgd`); a partial last batch gets its own compiled step of its
+true static size; the optimiser state is re-initialised at the lr decay.
+
+The whole training run of one network is one ``lax.scan`` over epochs (and a
+nested scan over the batches of an epoch); :func:`train_models` runs it for
+``num_models`` keys and an optional learning-rate grid in **one** XLA
+program, either ``vmap`` ped (all networks batched: accelerators) or under a
+``lax.map`` (one after another inside the program: CPU, where XLA runs the
+grouped convolutions of vmapped ConvNets slower than separate ones; see
+RESULTS.md §4 "Evaluation"); ``parallel="auto"`` picks by backend. Compiled
+programs are cached per (training task, protocol, parallel mode) with
+``functools.lru_cache`` (big_vision's ``get_eval_fn`` pattern); ``jax.jit``
+adds the per-shape cache.
+
+On CPU, convolution gradients inside a loop hit a slow XLA:CPU path
+(jax-ml/jax#12868; timings in RESULTS.md §4 "Evaluation"); while the
+trainer is traced, ``flax.linen.Conv`` layers are routed through
+:func:`~jaxdd.models.loop_safe_conv`, which computes the same values and
+gradients with fast kernels.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdd._src import checks
+from jaxdd.models import loop_safe_convs
+from jaxdd.protocols import Protocol, get_protocol
+from jaxdd.structs import SynSet
+
+
+class StepBatch(NamedTuple):
+  """What a training task's loss sees at one step.
+
+  ``images`` are already augmented; ``index`` are the rows of the training set
+  (per-sample state such as LfF's loss EMA); ``key`` is this step's key;
+  ``step`` the global step counter (0-based, traced); ``progress`` =
+  ``step / total_steps`` in [0, 1) (for warm-ups defined as a fraction of
+  training, e.g. DFA's feature swap).
+  """
+  images: jax.Array
+  labels: jax.Array
+  index: jax.Array
+  key: jax.Array
+  step: jax.Array
+  progress: jax.Array
+
+
+class TrainTask(NamedTuple):
+  """A training method pluggable into the evaluation trainer.
+
+  ``init(key, images, labels) -> (params, state)``: ``params`` get SGD,
+  ``state`` (batch-norm statistics, per-sample EMAs, ...) is carried along.
+  ``loss(params, state, batch: StepBatch) -> (mean_loss, (new_state,
+  logits))``: differentiated w.r.t. ``params``; ``logits`` measure train
+  accuracy. ``predict(params, state, images) -> logits`` in eval mode.
+  ``name`` stamps results. Build tasks with cached factories so that equal
+  arguments give the same object (the compile cache is keyed on it).
+
+  ``per_sample=True`` declares that ``loss`` is the mean of independent
+  per-sample terms and leaves ``state`` unchanged whenever ``state`` is empty
+  (no batch statistics, no stochastic layers): the trainer may then compute a
+  step's gradient micro-batch by micro-batch and average (faster on CPU,
+  where small activations stay in cache; see RESULTS.md §4 "Evaluation").
+  The result is the same up to float reassociation.
+  """
+  name: str
+  init: Callable[..., Any]
+  loss: Callable[..., Any]
+  predict: Callable[..., Any]
+  per_sample: bool = False
+
+
+class TrainMetrics(NamedTuple):
+  """Per-epoch training loss and accuracy, shape (..., protocol.num_epochs)."""
+  loss: jax.Array
+  acc: jax.Array
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-sample cross-entropy; ``labels`` integer (n,) or soft (n, classes).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> round(float(cross_entropy(jnp.zeros((1, 2)), jnp.array([1]))[0]), 4)
+    0.6931
+  """
+  if labels.ndim == logits.ndim:
+    return optax.softmax_cross_entropy(logits, labels)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def hard_labels(labels: jax.Array) -> jax.Array:
+  """Integer labels of integer (n,) or soft (n, classes) labels.
+
+  Args:
+    labels: (n,) integers or (n, classes) soft labels.
+
+  Returns:
+    (n,) integer labels (the argmax of soft labels).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> hard_labels(jnp.array([[0.2, 0.8]])).tolist()
+    [1]
+  """
+  return jnp.argmax(labels, axis=-1) if labels.ndim == 2 else labels
+
+
+def split_variables(variables) -> tuple[Any, dict]:
+  """Splits flax ``variables`` into ``(params, other collections)``.
+
+  Args:
+    variables: a flax variables dict with a ``"params"`` entry.
+
+  Returns:
+    ``(variables["params"], {every other collection})``.
+
+  Example:
+    >>> split_variables({"params": 1, "batch_stats": 2})
+    (1, {'batch_stats': 2})
+  """
+  variables = dict(variables)
+  params = variables.pop("params")
+  return params, variables
+
+
+def apply_train(model: nn.Module, params, state: dict, x: jax.Array, key: jax.Array,
+                **kwargs) -> tuple[Any, dict]:
+  """Applies ``model`` in training mode; returns ``(output, new_state)``.
+
+  Collections in ``state`` (e.g. ``batch_stats``) are made mutable, so
+  batch-norm models update their running statistics; a dropout rng is passed
+  (models without dropout ignore it).
+
+  Args:
+    model: a Flax module with a ``train`` keyword.
+    params: its ``params`` collection.
+    state: its other collections (may be empty).
+    x: input batch.
+    key: rng for stochastic layers.
+    **kwargs: forwarded to ``model.apply`` (e.g. ``return_features=True``).
+
+  Returns:
+    ``(output, new_state)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdd import models
+    >>> m = models.ConvNet(num_classes=2, width=4, norm="batch")
+    >>> p, s = split_variables(m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+    >>> out, s2 = apply_train(m, p, s, jnp.ones((2, 8, 8, 3)), jax.random.key(1))
+    >>> sorted(s2)
+    ['batch_stats']
+  """
+  variables = {"params": params, **state}
+  mutable = sorted(state)
+  if mutable:
+    out, updates = model.apply(variables, x, train=True, mutable=mutable,
+                               rngs={"dropout": key}, **kwargs)
+    return out, {**state, **dict(updates)}
+  return model.apply(variables, x, train=True, rngs={"dropout": key}, **kwargs), state
+
+
+@functools.lru_cache(maxsize=64)
+def standard_task(model: nn.Module) -> TrainTask:
+  """Plain cross-entropy training of ``model`` (the reference's evaluation).
+
+  Args:
+    model: any Flax module mapping NHWC images to logits with a ``train``
+      keyword (every model in :mod:`jaxdd.models`).
+
+  Returns:
+    The cached :class:`TrainTask` (the same object for equal models).
+
+  Example:
+    >>> from jaxdd import models
+    >>> standard_task(models.ConvNet(num_classes=2)) is standard_task(models.ConvNet(num_classes=2))
+    True
+  """
+
+  def init(key, images, labels):
+    del labels
+    return split_variables(model.init(key, images[:1], train=False))
+
+  def loss(params, state, batch: StepBatch):
+    logits, state = apply_train(model, params, state, batch.images, batch.key)
+    return cross_entropy(logits, batch.labels).mean(), (state, logits)
+
+  def predict(params, state, images):
+    return model.apply({"params": params, **state}, images, train=False)
+
+  return TrainTask("train_fresh", init, loss, predict, per_sample=True)
+
+
+# Micro-batch size on CPU of per-sample tasks (see TrainTask.per_sample) and of
+# prediction, chosen by timing one ConvNet-3 (width 128) training step on 256
+# images with micro-batches of 16, 32, 64 and 128 (whole batch vs 32:
+# RESULTS.md §4 "Evaluation").
+CPU_MICRO_BATCH = 32
+
+
+def micro_batch_size(batch: int, target: int) -> int:
+  """The divisor of ``batch`` closest to ``target`` (ties: the larger).
+
+  Example:
+    >>> micro_batch_size(256, 32), micro_batch_size(100, 32), micro_batch_size(7, 32)
+    (32, 25, 7)
+  """
+  divisors = [d for d in range(1, batch + 1) if batch % d == 0]
+  return min(divisors, key=lambda d: (abs(d - target), -d))
+
+
+
+def torch_sgd(learning_rate, *, momentum: float, weight_decay: float
+              ) -> optax.GradientTransformation:
+  """``torch.optim.SGD`` (dampening 0, no Nesterov) with coupled weight decay, in optax.
+
+  ``d = g + weight_decay * p; buf = momentum * buf + d; p = p - lr * buf``:
+  ``optax.add_decayed_weights`` before ``optax.sgd``. A fresh state (zero
+  ``buf``) is torch's fresh optimiser, whose first step sets ``buf = d``. The
+  state does not depend on ``learning_rate``, which may be a traced value or
+  an optax schedule. The trainer (:func:`fit`) and the surrogate
+  (:func:`jaxdd.surrogate.make_optimizer`) build their updates with it.
+
+  Args:
+    learning_rate: the lr (a float, a traced scalar or an optax schedule).
+    momentum: momentum factor (0 allowed: ``buf = d``).
+    weight_decay: coupled weight decay on every parameter.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> tx = torch_sgd(0.25, momentum=0.9, weight_decay=0.5)
+    >>> p = jnp.array([2.0])
+    >>> u, s = tx.update(jnp.array([1.0]), tx.init(p), p)  # d = 1 + 0.5 * 2 = 2 = buf
+    >>> optax.apply_updates(p, u).tolist()  # 2 - 0.25 * 2
+    [1.5]
+  """
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(learning_rate, momentum=momentum))
+
+
+@functools.lru_cache(maxsize=16)
+def _augment_fn(strategy: str | None):
+  if strategy is None or strategy.lower() in ("none", ""):
+    return None
+  from jaxdd import augment  # noqa: PLC0415  (optional until a protocol asks for DSA)
+  return augment.dsa(strategy, siamese=False)
+
+
+def _train(key: jax.Array, lr: jax.Array, images: jax.Array, labels: jax.Array, *,
+           task: TrainTask, protocol: Protocol, report: bool = False):
+  """One network, the whole protocol, as nested ``lax.scan`` s (traceable).
+
+  ``report`` adds a host callback at the end of every epoch (progress only;
+  the numbers are unchanged, see :func:`train_models`).
+  """
+  with loop_safe_convs():
+    return _train_traced(key, lr, images, labels, task=task, protocol=protocol, report=report)
+
+
+def _train_traced(key, lr, images, labels, *, task: TrainTask, protocol: Protocol,
+                  report: bool = False):
+  k_init, k_shuffle, k_step = jax.random.split(key, 3)
+  params, state = task.init(k_init, images, labels)
+  return _fit(params, state, images, labels, lr, k_shuffle, k_step, task=task, protocol=protocol,
+              on_epoch=_epoch_done if report else None)
+
+
+# The progress counter the running evaluation reports to (set by _train_many).
+_EPOCH_SINK: list = []
+
+
+def _epoch_done(loss) -> None:
+  """Host side of the per-epoch callback: one trained epoch of one network."""
+  del loss
+  for sink in _EPOCH_SINK[-1:]:
+    sink.update(1)
+
+
+def fit(key: jax.Array, params, state: dict, images: jax.Array, labels: jax.Array, *,
+        task: TrainTask, protocol: Protocol, lr: jax.Array | float | None = None):
+  """Trains given ``params`` for the whole ``protocol`` (traceable; one scan over epochs).
+
+  The trainer of :func:`train_fresh` without the initialisation: evaluation
+  trains fresh networks with it, and gradient matching
+  (:func:`jaxdd.distill.gm`) trains its network on the synthetic set between
+  image updates with it (plain SGD: ``Protocol(momentum=0, weight_decay=0,
+  decay_at=None)``). Call it under jit; on CPU its convolutions are routed
+  through :func:`loop_safe_conv`.
+
+  Args:
+    key: typed key for the per-epoch shuffles and the per-step augmentation.
+    params, state: the network's ``params`` and other collections (see
+      :func:`split_variables`).
+    images, labels: the training set.
+    task: the :class:`TrainTask` (e.g. :func:`standard_task`).
+    protocol: the schedule (``protocol.num_epochs`` epochs of SGD).
+    lr: initial learning rate (default ``protocol.lr``); may be traced.
+
+  Returns:
+    ``(params, state, metrics)`` with per-epoch :class:`TrainMetrics`.
+  """
+  k_shuffle, k_step = jax.random.split(key)
+  lr = protocol.lr if lr is None else lr
+  with loop_safe_convs():
+    return _fit(params, state, images, labels, lr, k_shuffle, k_step, task=task,
+                protocol=protocol)
+
+
+def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTask,
+         protocol: Protocol, on_epoch=None):
+  n = images.shape[0]
+  bs = protocol.batch_size
+  num_full, rest = divmod(n, bs)
+  steps_per_epoch = num_full + (rest > 0)
+  total_steps = steps_per_epoch * protocol.num_epochs
+  aug = _augment_fn(protocol.augment)
+  decay = protocol.decay_epoch
+
+  def optimizer(lr_ep):
+    return torch_sgd(lr_ep, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+
+  # The optimiser state (momentum buffers) does not depend on the lr.
+  opt_state = optimizer(lr).init(params)
+  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+  micro = (CPU_MICRO_BATCH if task.per_sample and not jax.tree.leaves(state)
+           and jax.default_backend() == "cpu" else None)
+
+  def batch_grad(params, state, batch: StepBatch):
+    b = batch.images.shape[0]
+    # Batches under 4 micro-batches gain nothing measurable (IPC 10: 100 images).
+    m = micro_batch_size(b, micro) if micro and b >= 4 * micro else b
+    if m == b:
+      return grad_fn(params, state, batch)
+    if 2 * m < micro:
+      # No divisor near the target (e.g. 244 = 4 x 61): chunks of `micro` plus
+      # one remainder chunk, rather than dozens of tiny ones.
+      m = micro
+    k, r = divmod(b, m)
+
+    def part(lo, size, c):
+      sl = lambda a: jax.lax.dynamic_slice_in_dim(a, lo, size)
+      return StepBatch(sl(batch.images), sl(batch.labels), sl(batch.index),
+                       jax.random.fold_in(batch.key, c), batch.step, batch.progress)
+
+    def body(acc, c):
+      (l, (_, logits)), g = grad_fn(params, state, part(c * m, m, c))
+      return jax.tree.map(jnp.add, acc, g), (l, logits)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (losses, logits) = jax.lax.scan(body, zeros, jnp.arange(k))
+    logits = logits.reshape((k * m,) + logits.shape[2:])
+    # The batch mean is the size-weighted mean of the chunk means.
+    grads = jax.tree.map(lambda g: g * (m / b), grads)
+    loss = losses.sum() * (m / b)
+    if r:
+      (l, (_, lr_logits)), g = grad_fn(params, state, part(k * m, r, k))
+      grads = jax.tree.map(lambda a, gi: a + gi * (r / b), grads, g)
+      loss, logits = loss + l * (r / b), jnp.concatenate([logits, lr_logits])
+    return (loss, (state, logits)), grads
+
+  def one_step(params, state, opt_state, lr_ep, idx, ep, j):
+    k_a, k_s = jax.random.split(jax.random.fold_in(jax.random.fold_in(k_step, ep), j))
+    x, y = images[idx], labels[idx]
+    if aug is not None:
+      x = aug(k_a, x)
+    step = ep * steps_per_epoch + j
+    batch = StepBatch(x, y, idx, k_s, step, step / total_steps)
+    (loss, (state, logits)), grads = batch_grad(params, state, batch)
+    updates, opt_state = optimizer(lr_ep).update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    correct = (jnp.argmax(logits, -1) == hard_labels(y)).sum()
+    # Sums weighted by the batch size, as the reference's epoch() averages.
+    return params, state, opt_state, loss * idx.shape[0], correct.astype(jnp.float32)
+
+  def epoch(carry, ep):
+    params, state, opt_state = carry
+    if decay is not None:
+      lr_ep = jnp.where(ep > decay, lr * protocol.lr_decay_factor, lr)
+      if protocol.reset_momentum:
+        # The reference re-creates its optimiser after epoch `decay`; so is
+        # the optax state re-initialised (zero momentum buffers).
+        fresh = ep == decay + 1
+        opt_state = jax.tree.map(lambda new, old: jnp.where(fresh, new, old),
+                                 optimizer(lr_ep).init(params), opt_state)
+    else:
+      lr_ep = lr
+    perm = jax.random.permutation(jax.random.fold_in(k_shuffle, ep), n)
+    loss_sum = jnp.zeros((), jnp.float32)
+    correct = jnp.zeros((), jnp.float32)
+    if num_full:
+      def body(c, xs):
+        j, idx = xs
+        p, s, b, ls, cs = c
+        p, s, b, l, k = one_step(p, s, b, lr_ep, idx, ep, j)
+        return (p, s, b, ls + l, cs + k), None
+      (params, state, opt_state, loss_sum, correct), _ = jax.lax.scan(
+          body, (params, state, opt_state, loss_sum, correct),
+          (jnp.arange(num_full), perm[:num_full * bs].reshape(num_full, bs)))
+    if rest:
+      # The DataLoader's last partial batch, at its true static size.
+      params, state, opt_state, l, k = one_step(params, state, opt_state, lr_ep,
+                                                perm[num_full * bs:], ep, num_full)
+      loss_sum, correct = loss_sum + l, correct + k
+    if on_epoch is not None:  # progress only: reads the epoch's loss, changes nothing
+      jax.debug.callback(on_epoch, loss_sum)
+    return (params, state, opt_state), TrainMetrics(loss_sum / n, correct / n)
+
+  (params, state, _), metrics = jax.lax.scan(
+      epoch, (params, state, opt_state), jnp.arange(protocol.num_epochs))
+  return params, state, metrics
+
+
+PARALLEL = ("auto", "vmap", "map")
+
+
+def resolve_parallel(parallel: str) -> str:
+  """``"auto"`` -> ``"map"`` on CPU, ``"vmap"`` elsewhere (see :func:`train_models`).
+
+  Args:
+    parallel: ``"auto"``, ``"vmap"`` or ``"map"``.
+
+  Returns:
+    ``"vmap"`` or ``"map"``.
+
+  Example:
+    >>> resolve_parallel("vmap")
+    'vmap'
+  """
+  if parallel not in PARALLEL:
+    raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
+  if parallel == "auto":
+    return "map" if jax.default_backend() == "cpu" else "vmap"
+  return parallel
+
+
+@functools.lru_cache(maxsize=32)
+def _train_single(task: TrainTask, protocol: Protocol):
+  """Jitted trainer of one network: (key, lr, images, labels) -> (params, state, metrics)."""
+  return jax.jit(functools.partial(_train, task=task, protocol=protocol))
+
+
+@functools.lru_cache(maxsize=32)
+def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, report: bool = False):
+  """Jitted trainer of a (lrs x models) grid in one program.
+
+  ``vmap``: all networks advance together (batched matmuls; convolutions
+  become grouped convolutions). ``map``: a ``lax.map`` over the flattened grid
+  inside the same program, one network at a time. XLA:CPU runs grouped
+  convolutions slower than the same work as separate convolutions (RESULTS.md
+  §4 "Evaluation"), so on CPU ``map`` is the faster of the two; accelerators
+  batch well.
+  """
+  single = functools.partial(_train, task=task, protocol=protocol, report=report)
+
+  def many(keys, lrs, images, labels):
+    num_lrs, num_models = lrs.shape[0], keys.shape[0]
+    if parallel == "vmap":
+      return jax.vmap(jax.vmap(single, in_axes=(0, None, None, None)),
+                      in_axes=(None, 0, None, None))(keys, lrs, images, labels)
+    flat_keys = keys[jnp.tile(jnp.arange(num_models), num_lrs)]
+    flat_lrs = jnp.repeat(lrs, num_models)
+    out = jax.lax.map(lambda kl: single(kl[0], kl[1], images, labels), (flat_keys, flat_lrs))
+    return jax.tree.map(lambda a: a.reshape((num_lrs, num_models) + a.shape[1:]), out)
+
+  return jax.jit(many)
+
+
+def predict_block(protocol: Protocol, n: int, parallel: str) -> int:
+  """Images per prediction block: the protocol's ``test_batch_size`` (at most ``n``),
+  and at most :data:`CPU_MICRO_BATCH` for one-network-at-a-time prediction on CPU,
+  where small blocks keep activations in cache (predictions are per-sample in eval
+  mode, so the block never changes them).
+
+  Example:
+    >>> predict_block(Protocol("p", epochs=1), 100, "vmap")
+    100
+  """
+  block = min(protocol.test_batch_size, n)
+  if parallel == "map" and jax.default_backend() == "cpu":
+    block = min(block, CPU_MICRO_BATCH)
+  return block
+
+
+@functools.lru_cache(maxsize=32)
+def _predict_program(task: TrainTask, block: int, parallel: str):
+  """Jitted blocked prediction for stacked networks: (M, ...) -> (M, n) classes."""
+  def one_model(params, state, blocks):
+    def one_block(xb):
+      return jnp.argmax(task.predict(params, state, xb), -1).astype(jnp.int32)
+    return jax.lax.map(one_block, blocks).reshape(-1)  # (blocks * block,)
+
+  def run(params, state, images):
+    n = images.shape[0]
+    num_blocks = -(-n // block)
+    x = jnp.pad(images, ((0, num_blocks * block - n),) + ((0, 0),) * (images.ndim - 1))
+    x = x.reshape((num_blocks, block) + images.shape[1:])
+    if parallel == "vmap":
+      preds = jax.vmap(one_model, in_axes=(0, 0, None))(params, state, x)
+    else:
+      preds = jax.lax.map(lambda ps: one_model(ps[0], ps[1], x), (params, state))
+    return preds[:, :n]
+  return jax.jit(run)
+
+
+def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str | Protocol = "dm",
+                lr: float | None = None) -> tuple[dict, TrainMetrics]:
+  """Trains one freshly initialised ``model`` on ``syn`` under ``protocol``.
+
+  The whole run is a single compiled ``lax.scan`` (see the module docstring
+  for the exact schedule). Model ``i`` of :func:`jaxdd.evaluate.evaluate_synset` with key ``k`` is
+  ``train_fresh(jax.random.split(k, num_models)[i], ...)``.
+
+  Args:
+    key: typed PRNG key (init, per-epoch shuffles, augmentation).
+    syn: the training set (any size; also a whole dataset).
+    model: a Flax module (e.g. from :func:`jaxdd.models.get`).
+    protocol: protocol name or :class:`Protocol`.
+    lr: override of ``protocol.lr``.
+
+  Returns:
+    ``(variables, metrics)``: flax variables (``{"params": ..., maybe
+    "batch_stats": ...}``) usable with ``model.apply(variables, x)``, and
+    per-epoch :class:`TrainMetrics` of shape (num_epochs,).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdd import models
+    >>> from jaxdd.structs import SynSet
+    >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
+    >>> v, m = train_fresh(jax.random.key(0), syn,  # doctest: +SKIP
+    ...                    model=models.ConvNet(num_classes=2, width=4), protocol="smoke")
+    >>> m.loss.shape  # doctest: +SKIP
+    (4,)
+  """
+  checks.check_key(key)
+  protocol = get_protocol(protocol)
+  images, labels = checks.check_syn(syn, getattr(model, "num_classes", None), "train_fresh")
+  lr = protocol.lr if lr is None else lr
+  single = _train_single(standard_task(model), protocol)
+  params, state, metrics = single(key, jnp.float32(lr), images, labels)
+  return {"params": params, **state}, metrics
+
+
+def _train_many(key, images, labels, *, task, protocol, num_models, lrs, parallel,
+                progress: bool = False):
+  from jaxdd import progress as progress_lib  # noqa: PLC0415
+  progress = progress and not progress_lib.is_quiet()
+  many = _train_many_program(task, protocol, resolve_parallel(parallel), progress)
+  keys = jax.random.split(key, num_models)
+  if not progress:
+    return many(keys, jnp.asarray(lrs, jnp.float32), images, labels)
+  # Every network reports each trained epoch (a host callback in the compiled
+  # program); the bar counts network-epochs.
+  bar = progress_lib.bar(len(lrs) * num_models * protocol.num_epochs,
+                         f"evaluate {task.name} ({protocol.name}, {len(lrs) * num_models} "
+                         f"networks x {protocol.num_epochs} epochs)", unit="epoch")
+  _EPOCH_SINK.append(bar)
+  try:
+    out = many(keys, jnp.asarray(lrs, jnp.float32), images, labels)
+    jax.block_until_ready(out)
+    jax.effects_barrier()
+  finally:
+    _EPOCH_SINK.remove(bar)
+    bar.close()
+  return out
+
+
+
+def train_models(key: jax.Array, syn: SynSet, *, model: nn.Module,
+                 protocol: str | Protocol = "dm", num_models: int = 5,
+                 lrs: Sequence[float] | None = None,
+                 parallel: str = "auto", progress: bool = False) -> tuple[dict, TrainMetrics]:
+  """Trains ``len(lrs) x num_models`` networks in one compiled program.
+
+  Args:
+    key: typed PRNG key; model ``i`` uses ``jax.random.split(key,
+      num_models)[i]`` (the same keys for every lr, so an lr grid is paired).
+    syn: the training set.
+    model: a Flax module.
+    protocol: protocol name or :class:`Protocol`.
+    num_models: networks per lr.
+    lrs: learning-rate grid (default ``(protocol.lr,)``).
+    parallel: how the networks share the program: ``"vmap"`` (batched, the
+      fast choice on GPU/TPU), ``"map"`` (``lax.map``: one after another inside
+      the program; faster on CPU, where XLA runs the grouped convolutions of
+      a vmapped ConvNet slowly, and lighter on memory) or ``"auto"`` (``map``
+      on CPU, else ``vmap``). Results agree up to float rounding.
+    progress: report every trained epoch of every network (a tqdm bar or
+      periodic log lines, see :mod:`jaxdd.progress`); the results are
+      bit-identical with and without it.
+
+  Returns:
+    ``(variables, metrics)`` whose leaves have leading axes ``(len(lrs),
+    num_models)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdd import models
+    >>> from jaxdd.structs import SynSet
+    >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
+    >>> v, m = train_models(jax.random.key(0), syn, model=models.ConvNet(num_classes=2, width=4),
+    ...                     protocol="smoke", num_models=3, lrs=[0.01, 0.1])  # doctest: +SKIP
+    >>> m.acc.shape  # doctest: +SKIP
+    (2, 3, 4)
+  """
+  checks.check_key(key)
+  protocol = get_protocol(protocol)
+  if not isinstance(num_models, int) or num_models < 1:
+    raise ValueError(f"num_models must be a positive int, got {num_models!r}")
+  images, labels = checks.check_syn(syn, getattr(model, "num_classes", None), "train_models")
+  params, state, metrics = _train_many(key, images, labels, task=standard_task(model),
+                                       protocol=protocol, num_models=num_models,
+                                       lrs=checks.check_lrs(lrs, protocol), parallel=parallel,
+                                       progress=progress)
+  return {"params": params, **state}, metrics
