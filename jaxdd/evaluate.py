@@ -32,15 +32,12 @@ of :mod:`jaxdd.protocols`, :mod:`jaxdd.metrics`, :mod:`jaxdd.train` and
 """
 from __future__ import annotations
 
-import sys
-import types
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxdd import train as _train_module
 from jaxdd._src import checks
 from jaxdd.metrics import METRICS, GroupAccuracies, group_accuracies  # noqa: F401  (re-exported)
 from jaxdd.metrics import metrics_for as _metrics_for
@@ -50,7 +47,8 @@ from jaxdd.results import EvalResult, model_spec  # noqa: F401  (re-exported)
 from jaxdd.results import _json_array, _json_float  # noqa: F401  (re-exported)
 from jaxdd.structs import Batch, SynSet
 # The trainer and its programs (re-exported: evaluate.fit, evaluate.train_models, ...).
-from jaxdd.train import (PARALLEL, StepBatch, TrainMetrics, TrainTask,  # noqa: F401
+# CPU_MICRO_BATCH is a copy: tune the trainer's through jaxdd.train.CPU_MICRO_BATCH.
+from jaxdd.train import (CPU_MICRO_BATCH, PARALLEL, StepBatch, TrainMetrics, TrainTask,  # noqa: F401
                          _augment_fn, _epoch_done, _EPOCH_SINK, _fit, _predict_program, _train,
                          _train_many, _train_many_program, _train_single, _train_traced,
                          apply_train, cross_entropy, fit, hard_labels, micro_batch_size,
@@ -66,24 +64,6 @@ _check_lrs = checks.check_lrs
 _num_classes = checks.infer_num_classes
 
 
-class _EvaluateModule(types.ModuleType):
-  """This module's type: ``CPU_MICRO_BATCH`` reads and writes the trainer's.
-
-  The micro-batch size is a tunable of :mod:`jaxdd.train`; setting
-  ``jaxdd.evaluate.CPU_MICRO_BATCH`` (as code written before the split, and
-  tests, do) must keep changing what the trainer uses.
-  """
-
-  @property
-  def CPU_MICRO_BATCH(self) -> int:  # noqa: N802  (a module constant)
-    return _train_module.CPU_MICRO_BATCH
-
-  @CPU_MICRO_BATCH.setter
-  def CPU_MICRO_BATCH(self, value: int) -> None:  # noqa: N802
-    _train_module.CPU_MICRO_BATCH = value
-
-
-sys.modules[__name__].__class__ = _EvaluateModule
 
 
 def split_validation(key: jax.Array, batch: Batch, *, fraction: float) -> tuple[Batch, Batch]:

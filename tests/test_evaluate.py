@@ -197,7 +197,8 @@ def test_micro_batched_gradients_equal_whole_batch_training(getkey, monkeypatch,
   # Per-sample tasks on CPU split each batch into micro-batches and average their
   # gradients; the trajectory must equal whole-batch training (float tolerance).
   from jaxdd import evaluate as ev
-  monkeypatch.setattr(ev, "CPU_MICRO_BATCH", micro)
+  from jaxdd import train as tr
+  monkeypatch.setattr(tr, "CPU_MICRO_BATCH", micro)
   images, labels = separable(getkey(), per_class=per_class)
   proto = Protocol(f"micro-test-{micro}", epochs=3, batch_size=batch, lr=0.05)
   base = ev.standard_task(TINY)
@@ -214,7 +215,7 @@ def test_micro_batched_gradients_equal_whole_batch_training(getkey, monkeypatch,
   # Compiled programs are cached per (task, protocol/block, mode), never rebuilt per call.
   assert ev._predict_program(base, 4, "map") is ev._predict_program(base, 4, "map")
   assert _train_single(micro, proto) is _train_single(micro, proto)
-  assert ev.predict_block(proto, 1000, "map") == ev.CPU_MICRO_BATCH  # CPU, one network at a time
+  assert ev.predict_block(proto, 1000, "map") == tr.CPU_MICRO_BATCH  # CPU, one network at a time
   assert ev.predict_block(proto, 7, "vmap") == 7
 
 
