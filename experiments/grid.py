@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 
-from jaxdd import cli, pipeline, progress, study
+from jaxdd import cli, pipeline, progress, study, synset
 
 CELLS = {
     "a": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, ipc=10), tune=True,
@@ -74,11 +74,15 @@ def run_cell(name: str, root: str, *, progress: bool) -> dict:
 
 
 def publish(name: str, root: str, dest: str = "results") -> None:
+  """Copies a cell's JSON results to ``dest/<cell>/`` and renders their .md beside them."""
   os.makedirs(os.path.join(dest, name), exist_ok=True)
-  for f in ("table.json", "table.md", "selection.json", "selection.md"):
-    src = os.path.join(root, name, f)
+  for f, fmt in (("table", study.format_table), ("selection", study.format_selection)):
+    src = os.path.join(root, name, f + ".json")
     if os.path.exists(src):
-      shutil.copyfile(src, os.path.join(dest, name, f))
+      shutil.copyfile(src, os.path.join(dest, name, f + ".json"))
+      with open(src) as fh:
+        text = fmt(json.load(fh)) + "\n"
+      synset.atomic_write_bytes(os.path.join(dest, name, f + ".md"), text.encode())
 
 
 def main(argv=None) -> int:

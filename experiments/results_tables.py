@@ -35,16 +35,19 @@ def _pm(values, ddof: int = 1) -> str:
 
 
 def summary(table: dict) -> str:
-  """The README form: overall, conflicting, worst group and bias score per row."""
-  lines = ["| row | overall | bias-conflicting | worst group | bias score (aligned %) |",
-           "|---|---|---|---|---|"]
-  for name, r in table["rows"].items():
+  """The README form: the four accuracies and the bias score per row (no validation column)."""
+  metrics = ("overall", "aligned", "conflicting", "worst_group")
+  lines = ["| row | overall | bias-aligned | bias-conflicting | worst group | "
+           "bias score (aligned %) |",
+           "|---|---|---|---|---|---|"]
+  for name in study.row_order(table["rows"]):
+    r = table["rows"][name]
     if len(r["seeds"]) > 1:
-      cells = [_pm(r["per_seed"][m]) for m in ("overall", "conflicting", "worst_group")]
+      cells = [_pm(r["per_seed"][m]) for m in metrics]
     else:
-      cells = [_pm(r["per_model"][0][m], ddof=0) for m in ("overall", "conflicting", "worst_group")]
+      cells = [_pm(r["per_model"][0][m], ddof=0) for m in metrics]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pm(r['bias_aligned_fraction'])} |")
-  lines.append(f"| *training set* | | | | {100 * table['train_aligned_fraction']:.1f} |")
+  lines.append(f"| *the training set itself* | | | | | {100 * table['train_aligned_fraction']:.1f} |")
   return "\n".join(lines)
 
 

@@ -440,6 +440,17 @@ def _paired(rows: dict) -> dict:
   return out
 
 
+#: The order of the table's rows (JSON files keep their keys sorted).
+ROW_ORDER = ("vanilla", "kde (selected on valid)", "kde (library default)",
+             "kde literal (power, T = 1)", "random real subset", "full biased training set")
+
+
+def row_order(rows) -> list[str]:
+  """Row names in :data:`ROW_ORDER`, others after them in their given order."""
+  known = [n for n in ROW_ORDER if n in rows]
+  return known + [n for n in rows if n not in ROW_ORDER]
+
+
 def format_table(table: dict) -> str:
   """The final table as markdown (accuracies and the bias score, in %)."""
   b, p = table["base"], table["protocol"]
@@ -453,7 +464,8 @@ def format_table(table: dict) -> str:
            "| row | overall | bias-aligned | bias-conflicting | worst group | "
            "bias score (aligned %) | valid conflicting |",
            "|---|---|---|---|---|---|---|"]
-  for name, r in table["rows"].items():
+  for name in row_order(table["rows"]):
+    r = table["rows"][name]
     if len(r["seeds"]) > 1:
       cells = [_pm(r["per_seed"][m]) for m in evaluate.METRICS]
     else:
@@ -466,7 +478,8 @@ def format_table(table: dict) -> str:
     lines += ["", "Paired differences against `vanilla` (same seeds), mean ± std over seeds, "
               "in points:", "", "| row | overall | bias-aligned | bias-conflicting | worst group |",
               "|---|---|---|---|---|"]
-    for name, d in table["paired"].items():
+    for name in row_order(table["paired"]):
+      d = table["paired"][name]
       lines.append(f"| {name} − vanilla | "
                    + " | ".join(f"{100 * np.mean(d[m]):+.1f} ± {100 * np.std(d[m], ddof=1 if len(d[m]) > 1 else 0):.1f}"
                                 for m in evaluate.METRICS) + " |")
