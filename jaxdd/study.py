@@ -218,6 +218,9 @@ def select(scores: dict[str, np.ndarray], incumbent: str, num_samples: int) -> d
   """
   if incumbent not in scores:
     raise ValueError(f"the incumbent {incumbent!r} is not among the candidates {sorted(scores)}")
+  if not all(np.isfinite(np.asarray(v, float)).all() for v in scores.values()):
+    raise ValueError("a validation criterion is NaN: the validation split has no "
+                     "bias-conflicting samples; use a larger valid_fraction or another dataset")
   means = {k: float(np.mean(v)) for k, v in scores.items()}
   best = max(means, key=lambda k: (means[k], k == incumbent))
   n = num_samples * np.asarray(scores[incumbent]).shape[0]

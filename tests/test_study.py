@@ -89,6 +89,8 @@ def test_select_keeps_the_incumbent_unless_a_candidate_wins_clearly_on_every_see
   assert study.select({"a": inc, "inc": inc}, "inc", 20)["chosen"] == "inc"
   with pytest.raises(ValueError, match="incumbent"):
     study.select({"a": inc}, "inc", 20)
+  with pytest.raises(ValueError, match="no bias-conflicting"):
+    study.select({"inc": inc * np.nan}, "inc", 20)
 
 
 def test_knob_grid_holds_the_incumbents_and_the_literal_reading():
