@@ -17,38 +17,12 @@ import os
 import re
 import sys
 
-import numpy as np
-
 from jaxdd import study, synset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ("README.md", "RESULTS.md")
 _BLOCK = re.compile(r"(<!-- (table|summary|selection):([\w-]+) -->\n)(.*?)(<!-- /\2:\3 -->)",
                     re.S)
-
-
-def _pm(values, ddof: int = 1) -> str:
-  v = np.asarray([x for x in values if x is not None], float)
-  if not v.size:
-    return "–"
-  return f"{100 * v.mean():.1f} ± {100 * (v.std(ddof=ddof) if v.size > ddof else 0.0):.1f}"
-
-
-def summary(table: dict) -> str:
-  """The README form: the four accuracies and the bias score per row (no validation column)."""
-  metrics = ("overall", "aligned", "conflicting", "worst_group")
-  lines = ["| row | overall | bias-aligned | bias-conflicting | worst group | "
-           "bias score (aligned %) |",
-           "|---|---|---|---|---|---|"]
-  for name in study.row_order(table["rows"]):
-    r = table["rows"][name]
-    if len(r["seeds"]) > 1:
-      cells = [_pm(r["per_seed"][m]) for m in metrics]
-    else:
-      cells = [_pm(r["per_model"][0][m], ddof=0) for m in metrics]
-    lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pm(r['bias_aligned_fraction'])} |")
-  lines.append(f"| *the training set itself* | | | | | {100 * table['train_aligned_fraction']:.1f} |")
-  return "\n".join(lines)
 
 
 def render(kind: str, cell: str, results: str) -> str:
@@ -60,7 +34,7 @@ def render(kind: str, cell: str, results: str) -> str:
     table = json.load(f)
   if kind == "selection":
     return study.format_selection(table) + "\n"
-  return (study.format_table(table) if kind == "table" else summary(table)) + "\n"
+  return (study.format_table(table) if kind == "table" else study.format_summary(table)) + "\n"
 
 
 def update(text: str, results: str) -> str:

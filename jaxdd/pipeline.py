@@ -235,6 +235,11 @@ def code_version() -> str:
     return version
 
 
+def baseline_keys(config: RunConfig) -> tuple[jax.Array, jax.Array]:
+  """(subset selection, evaluation) keys of the baselines of a run's seed."""
+  return tuple(jax.random.split(jax.random.key(config.seed), 3)[1:])
+
+
 def run_keys(config: RunConfig) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """(surrogate, distillation init, evaluation, diagnostics) keys of a run's seed."""
   return tuple(jax.random.split(jax.random.key(config.seed), 4))
@@ -733,7 +738,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   model = models.get(config.eval_model, num_classes=nc)
   protocol = evaluate.get_protocol(config.eval_protocol)
   k_sur = run_keys(config)[0]  # the same (cached) surrogate as run()
-  _, k_sel, k_eval = jax.random.split(jax.random.key(config.seed), 3)
+  k_sel, k_eval = baseline_keys(config)
   embeddings = None
   if {"herding", "kcenter"} & set(which):
     embeddings = surrogate_embeddings(config, run_data, k_sur, progress)

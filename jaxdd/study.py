@@ -47,7 +47,8 @@ from jaxdd import baselines, diagnostics, evaluate, models, pipeline, synset
 from jaxdd import progress as progress_lib
 from jaxdd.structs import SynSet
 
-__all__ = ["Setting", "knob_grid", "literal_setting", "tune", "select", "final", "format_table"]
+__all__ = ["Setting", "knob_grid", "literal_setting", "tune", "select", "final", "format_table",
+           "format_summary", "format_selection"]
 
 #: Knobs a weighting setting may change (RunConfig fields).
 KNOBS = ("weighting", "kde_normalize", "kde_variance", "kde_temperature", "kde_scope", "lr_img")
@@ -333,9 +334,11 @@ def format_selection(sel: dict) -> str:
 
 
 def _pm(values, ddof: int = 1) -> str:
-  """``mean ± std`` in %; sample std (ddof 1) over seeds, ddof 0 over networks (the
-  reference's convention for evaluation networks)."""
-  values = np.asarray(values, float)
+  """``mean ± std`` in % of the values that are not None ("–" if none are); sample std
+  (ddof 1) over seeds, ddof 0 over networks (the reference's convention for networks)."""
+  values = np.asarray([v for v in values if v is not None], float)
+  if not values.size:
+    return "–"
   std = values.std(ddof=ddof) if values.size > ddof else 0.0
   return f"{100 * values.mean():.1f} ± {100 * std:.1f}"
 
@@ -397,7 +400,7 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
     if with_random:
       workdir = os.path.join(root, "runs", f"random-s{seed}-ipc{base.ipc}")
       os.makedirs(workdir, exist_ok=True)
-      k_sel = jax.random.split(jax.random.key(seed), 3)[1]  # as pipeline.run_baselines
+      k_sel = pipeline.baseline_keys(seed_base)[0]  # the subset `jaxdd baselines` draws
       train = run_data.train
       idx = baselines.random_subset_indices(k_sel, train.labels, ipc=base.ipc)
       syn = baselines.take(run_data.normalized(train), train.labels, idx)
@@ -454,6 +457,26 @@ def row_order(rows) -> list[str]:
   return known + [n for n in rows if n not in ROW_ORDER]
 
 
+def _accuracy_cells(row: dict) -> list[str]:
+  """The four test accuracies of a table row: over seeds, or over networks for one seed."""
+  if len(row["seeds"]) > 1:
+    return [_pm(row["per_seed"][m]) for m in evaluate.METRICS]
+  return [_pm(row["per_model"][0][m], ddof=0) for m in evaluate.METRICS]
+
+
+def format_summary(table: dict) -> str:
+  """The README form of :func:`format_table`: accuracies and the bias score, no validation."""
+  lines = ["| row | overall | bias-aligned | bias-conflicting | worst group | "
+           "bias score (aligned %) |",
+           "|---|---|---|---|---|---|"]
+  for name in row_order(table["rows"]):
+    r = table["rows"][name]
+    cells = _accuracy_cells(r) + [_pm(r["bias_aligned_fraction"])]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append(f"| *the training set itself* | | | | | {100 * table['train_aligned_fraction']:.1f} |")
+  return "\n".join(lines)
+
+
 def format_table(table: dict) -> str:
   """The final table as markdown (accuracies and the bias score, in %)."""
   b, p = table["base"], table["protocol"]
@@ -469,14 +492,8 @@ def format_table(table: dict) -> str:
            "|---|---|---|---|---|---|---|"]
   for name in row_order(table["rows"]):
     r = table["rows"][name]
-    if len(r["seeds"]) > 1:
-      cells = [_pm(r["per_seed"][m]) for m in evaluate.METRICS]
-    else:
-      cells = [_pm(r["per_model"][0][m], ddof=0) for m in evaluate.METRICS]
-    score = [s for s in r["bias_aligned_fraction"] if s is not None]
-    valid = [s for s in r["valid_conflicting"] if s is not None]
-    lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pm(score) if score else '–'} | "
-                 f"{_pm(valid) if valid else '–'} |")
+    cells = _accuracy_cells(r) + [_pm(r["bias_aligned_fraction"]), _pm(r["valid_conflicting"])]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
   if table["paired"]:
     lines += ["", "Paired differences against `vanilla` (same seeds), mean ± std over seeds, "
               "in points:", "", "| row | overall | bias-aligned | bias-conflicting | worst group |",

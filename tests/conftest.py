@@ -35,3 +35,19 @@ def getkey():
     return jax.random.fold_in(base, counter[0])
 
   return next_key
+
+
+@pytest.fixture
+def bffhq_folder(tmp_path):
+  """A 6-image BFFHQ folder (DFA layout, 12x12 PNGs named <i>_<target>_<bias>) at tmp_path/bffhq."""
+  import numpy as np
+  from PIL import Image
+  root = tmp_path / "bffhq"
+  rng = np.random.default_rng(0)
+  specs = [("0.5pct/align", 0, 0), ("0.5pct/align", 1, 1), ("0.5pct/conflict", 0, 1),
+           ("valid", 1, 0), ("test", 0, 1), ("test", 1, 1)]
+  for i, (d, t, b) in enumerate(specs):
+    (root / d).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
+        root / d / f"{i:03d}_{t}_{b}.png")
+  return root

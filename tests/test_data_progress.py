@@ -117,16 +117,8 @@ def test_corruption_progress_counts_every_chunk_and_changes_nothing(caplog, monk
   assert parsed(caplog) == [("cifar10c test: corrupting", c, n) for c in counts + [n]]
 
 
-def test_folder_progress_counts_files(caplog, tmp_path, log_every_update):
-  from PIL import Image
-  root = tmp_path / "bffhq"
-  rng = np.random.default_rng(0)
-  specs = [("0.5pct/align", 0, 0), ("0.5pct/align", 1, 1), ("0.5pct/conflict", 0, 1),
-           ("valid", 1, 0), ("test", 0, 1), ("test", 1, 1)]
-  for i, (d, t, b) in enumerate(specs):
-    (root / d).mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
-        root / d / f"{i:03d}_{t}_{b}.png")
+def test_folder_progress_counts_files(caplog, tmp_path, log_every_update, bffhq_folder):
+  root = bffhq_folder
   kw = dict(conflict_ratio=0.005, source=root, image_size=8, cache=False)
   with caplog.at_level(logging.INFO, logger="jaxdd"):
     plain = data.load("bffhq", split="train", progress=False, **kw)
