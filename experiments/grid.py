@@ -9,6 +9,11 @@ Cells (the `cpu` preset, offline data; docs/protocols.md §7):
      final table over seeds 0, 1, 2 with 5 networks, `cpu300` protocol.
   b  BG-FMNIST 5 % (full Fashion-MNIST), IPC 10, DM vs DM+KDE with the settings cell a chose
      (no test split was read to choose them), 3 seeds x 3 networks.
+  c  Corruption bias: corrupted_fmnist 5 % (full Fashion-MNIST with LfF's Type0 corruptions
+     as the bias attribute; not CIFAR-10-C), IPC 10, DM vs DM+KDE, cell a's settings,
+     3 seeds x 3 networks.
+  c-cifar10c  The same on CIFAR-10-C (`cifar10c`, Type0), for users who have CIFAR-10:
+     `--cifar10 PATH` (an .npz with x_train, y_train, x_test, y_test).
   d50, d1, d2  CMNIST 5 % at IPC 50; CMNIST 1 % and 2 % at IPC 10 (cell a's settings).
   e-cmnist, e-bgfmnist  DSA vs DSA+KDE on CMNIST 5 % / BG-FMNIST 5 % (cell a's weighting
      knobs; DSA's own lr_img).
@@ -32,6 +37,10 @@ CELLS = {
               seeds=(0, 1, 2), num_models=5),
     "b": dict(overrides=dict(dataset="bg_fmnist", conflict_ratio=0.05, ipc=10), from_cell="a",
               seeds=(0, 1, 2), num_models=3),
+    "c": dict(overrides=dict(dataset="corrupted_fmnist", conflict_ratio=0.05, ipc=10),
+              from_cell="a", seeds=(0, 1, 2), num_models=3),
+    "c-cifar10c": dict(overrides=dict(dataset="cifar10c", conflict_ratio=0.05, ipc=10),
+                       from_cell="a", needs_cifar10=True, seeds=(0, 1, 2), num_models=3),
     "d50": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, ipc=50), from_cell="a",
                 seeds=(0, 1, 2), num_models=3),
     "d1": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.01, ipc=10), from_cell="a",
@@ -59,9 +68,15 @@ def cell_settings(cell: dict, base: pipeline.RunConfig, root: str) -> dict[str, 
   return study.settings_from_selection(selection, base)
 
 
-def run_cell(name: str, root: str, *, progress: bool) -> dict:
+def run_cell(name: str, root: str, *, progress: bool, cifar10: str | None = None) -> dict:
   cell = CELLS[name]
-  base = pipeline.get_config("cpu", **cell["overrides"])
+  overrides = dict(cell["overrides"])
+  if cell.get("needs_cifar10"):
+    if cifar10 is None:
+      raise ValueError(f"cell {name} needs CIFAR-10, which has no offline source here: pass "
+                       "--cifar10 PATH (an .npz with x_train, y_train, x_test, y_test)")
+    overrides["source"] = os.path.abspath(cifar10)
+  base = pipeline.get_config("cpu", **overrides)
   workdir = os.path.join(root, name)
   if cell.get("tune"):
     if not os.path.exists(os.path.join(workdir, "selection.json")):
@@ -92,19 +107,25 @@ def main(argv=None) -> int:
   parser.add_argument("--root", default="runs/grid")
   parser.add_argument("--publish", action="store_true",
                       help="copy finished tables to results/<cell>/ instead of running")
+  parser.add_argument("--cifar10", default=None, metavar="PATH",
+                      help="CIFAR-10 .npz (x_train, y_train, x_test, y_test) for cell c-cifar10c")
   parser.add_argument("--quiet", action="store_true")
   args = parser.parse_args(argv)
   names = [c.strip() for c in args.cells.split(",") if c.strip()]
   unknown = set(names) - set(CELLS)
   if unknown:
     parser.error(f"unknown cells {sorted(unknown)}; choose from {sorted(CELLS)}")
+  if args.cifar10 is not None and not os.path.isfile(args.cifar10):
+    parser.error(f"--cifar10 {args.cifar10}: no such file")
+  if not args.publish and args.cifar10 is None and any(CELLS[n].get("needs_cifar10") for n in names):
+    parser.error("cell c-cifar10c needs --cifar10 PATH (CIFAR-10 has no offline source here)")
   cli.tune_allocator()
   progress.setup_logging(args.quiet)
   for name in names:
     if args.publish:
       publish(name, args.root)
     else:
-      run_cell(name, args.root, progress=not args.quiet)
+      run_cell(name, args.root, progress=not args.quiet, cifar10=args.cifar10)
   return 0
 
 

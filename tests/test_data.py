@@ -394,6 +394,34 @@ def test_ccifar10_dd_test_is_all_conflicting(tiny_cifar):
   assert not ds.aligned.any() and len(ds) == 50
 
 
+def test_corrupted_fmnist_is_the_corruption_protocol_on_grey_fashion_mnist():
+  spec = data.DATASETS["corrupted_fmnist"]
+  assert spec.class_names[0] == "t-shirt/top" and spec.bias_names == biased.CORRUPTIONS_TYPE0
+  assert data.DATASETS["corrupted_fmnist_type1"].bias_names == biased.CORRUPTIONS_TYPE1
+  assert biased.resolve_source("corrupted_fmnist").id == "idx:fashion-mnist"
+  rng = np.random.default_rng(3)
+  xtr = rng.integers(0, 256, (200, 28, 28), dtype=np.uint8)  # grey, no channel axis
+  ytr = np.repeat(np.arange(10), 20)
+  src = data.ArraySource(xtr, ytr, xtr[:50], ytr[::4])
+  ds = data.load("corrupted_fmnist", split="train", conflict_ratio=0.1, source=src,
+                 valid_fraction=0.0, cache=False)
+  assert ds.images.shape == (200, 28, 28, 3)
+  assert ds.card.conflicting_per_class.tolist() == lff_conflicts_per_class(ytr, 0.9)
+  assert ds.meta["corruption_level"] == 5 and ds.meta["corruption_type"] == "type0"
+  grey = np.repeat(xtr[..., None].astype(np.float32) / 255, 3, axis=-1)
+  key = jax.random.fold_in(jax.random.key(0), 0)  # seed 0, split train
+  for k, name in enumerate(corruptions.TYPE0):
+    sel = ds.bias == k
+    want = np.clip(corruptions.corrupt(jax.random.fold_in(key, k), grey[sel], name, severity=5),
+                   0, 1)
+    np.testing.assert_array_equal(ds.images[sel], want)
+  # Type1's last corruption is "original": those images stay the grey digits.
+  t1 = data.load("corrupted_fmnist_type1", split="test", conflict_ratio=0.05, source=src,
+                 cache=False)
+  sel = t1.bias == 9
+  np.testing.assert_array_equal(t1.images[sel], grey[:50][sel])
+
+
 def test_corrupt_by_attribute_on_mnist_like_arrays(getkey):
   x = np.random.default_rng(0).integers(0, 256, (10, 12, 12), dtype=np.uint8)
   out = data.corrupt_by_attribute(getkey(), x, np.arange(10), corruption_type="type1", severity=3)

@@ -25,10 +25,14 @@ Protocols (docs/protocols.md):
   ``ccifar10_dd``): bias k = corruption k of LfF's Type0/Type1 list, applied
   by :mod:`jaxdd.data.corruptions`; severity s in 1..4 is applied at
   Hendrycks level s + 1 (LfF's offset); default 4 (level 5).
+  ``corrupted_fmnist`` (Type0) and ``corrupted_fmnist_type1`` apply the same
+  protocol to grey Fashion-MNIST (replicated to 3 channels): a corruption-biased
+  set that needs no CIFAR-10. They are not CIFAR-10-C and are never reported as it.
 * **BFFHQ**: read from an image folder (:class:`~jaxdd.data.sources.ImageFolderSource`);
   target age (young/old), bias gender (female/male).
 
-Ratio semantics: for ``cmnist``, ``bg_fmnist``, ``cifar10c*`` and ``bffhq``
+Ratio semantics: for ``cmnist``, ``bg_fmnist``, ``cifar10c*``, ``corrupted_fmnist*``
+and ``bffhq``
 ``conflict_ratio`` is the fraction of bias-conflicting training samples, in
 (0, 1) (LfF). For the Biased-DD sets ``cmnist_dd`` and ``ccifar10_dd`` the
 same argument is the **aligned** fraction, in [0, 1] (0.1 = uniform, 0 =
@@ -216,10 +220,10 @@ def _colour_spec(name, base, injector, semantics, classes, tfds_name):
                      0.1 if semantics == "lff" else 0.0, None, classes, COLOUR_NAMES, tfds_name)
 
 
-def _corrupt_spec(name, semantics, ctype):
+def _corrupt_spec(name, semantics, ctype, base="cifar10", classes=CIFAR10_CLASSES):
   names = CORRUPTIONS_TYPE0 if ctype == "type0" else CORRUPTIONS_TYPE1
-  return DatasetSpec(name, "cifar10", "corruption", semantics, (1, 2, 3, 4), 4,
-                     0.1 if semantics == "lff" else 0.0, ctype, CIFAR10_CLASSES, names, "cifar10")
+  return DatasetSpec(name, base, "corruption", semantics, (1, 2, 3, 4), 4,
+                     0.1 if semantics == "lff" else 0.0, ctype, classes, names, base)
 
 
 #: Registry of dataset names.
@@ -230,6 +234,12 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10c": _corrupt_spec("cifar10c", "lff", "type0"),
     "cifar10c_type0": _corrupt_spec("cifar10c_type0", "lff", "type0"),
     "cifar10c_type1": _corrupt_spec("cifar10c_type1", "lff", "type1"),
+    # Not CIFAR-10-C: the same corruption protocol on grey Fashion-MNIST (replicated to
+    # 3 channels), so corruption bias can be studied offline.
+    "corrupted_fmnist": _corrupt_spec("corrupted_fmnist", "lff", "type0", "fashion_mnist",
+                                      FASHION_MNIST_CLASSES),
+    "corrupted_fmnist_type1": _corrupt_spec("corrupted_fmnist_type1", "lff", "type1",
+                                            "fashion_mnist", FASHION_MNIST_CLASSES),
     "bffhq": DatasetSpec("bffhq", "bffhq", "folder", "folder", (), None, None, None,
                          BFFHQ_CLASSES, BFFHQ_BIAS, None),
     "cmnist_dd": _colour_spec("cmnist_dd", "mnist", "foreground", "biased_dd", MNIST_CLASSES,
