@@ -306,13 +306,9 @@ def class_scope_weights(embeddings: Any, labels: Any, *, variance: float, temper
     True
   """
   emb, labels = _check_embeddings(embeddings, labels, num_classes)
-  log_f = np.zeros(labels.shape, np.float32)
-  for c in range(int(num_classes)):
-    idx = np.flatnonzero(labels == c)
-    if idx.size == 0:
-      continue
-    zc = jnp.asarray(emb[idx])
-    log_f[idx] = np.asarray(kde.log_density(zc, zc, variance=variance, block_size=block_size))
+  kde.KDEConfig(variance, temperature, normalize, "class")  # validates the knobs
+  log_f = kde.class_log_density(emb, labels, num_classes=num_classes, variance=variance,
+                                block_size=block_size)
   w = kde.weights_from_log_density(jnp.asarray(log_f), temperature=temperature, normalize=normalize,
                                    groups=jnp.asarray(labels), num_groups=int(num_classes))
   return np.asarray(w)
@@ -431,11 +427,7 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
     True
   """
   emb, labels = _check_embeddings(embeddings, labels, num_classes)
-  if normalize not in ("softmax", "power"):
-    raise ValueError(f"normalize must be 'softmax' or 'power', got {normalize!r}")
-  for name, v in (("variance", variance), ("temperature", temperature)):
-    if not (np.isfinite(v) and v > 0):
-      raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+  kde.KDEConfig(variance, temperature, normalize)  # validates the knobs
   index, mask = batch_plan(key, labels, batch_size=batch_size, num_classes=num_classes,
                            num_rounds=num_rounds)
   n = labels.shape[0]

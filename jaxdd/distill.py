@@ -66,19 +66,8 @@ class RealData(NamedTuple):
   log_density: jax.Array | None = None
 
 
-class KDEConfig(NamedTuple):
-  """How real samples are weighted (Cui et al. 2024; docs/protocols.md §1).
-
-  ``scope='batch'`` (the paper's default) estimates the density inside each
-  sampled real batch of a class, O(B^2 d) per step; ``scope='class'`` uses a
-  density precomputed once over the whole class (see :func:`class_log_density`).
-  """
-  # Defaults: kept by the validation-only selection on CMNIST 5 %
-  # (`jaxdd tune`, docs/protocols.md §7, RESULTS.md §1).
-  variance: float = 0.01
-  temperature: float = 0.25
-  normalize: Literal["softmax", "power"] = "power"
-  scope: Literal["batch", "class"] = "batch"
+#: The KDE weighting's settings; owned and validated by :mod:`jaxdd.kde`.
+KDEConfig = kde.KDEConfig
 
 
 class DistillState(NamedTuple):
@@ -153,20 +142,8 @@ def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=
   return parallel.put(data, mesh)
 
 
-def class_log_density(embeddings, labels, *, num_classes: int, variance: float,
-                      block_size: int = 1024) -> np.ndarray:
-  """Log density of every sample within its own class (KDE scope 'class').
-
-  Blocked, so memory stays O(block x class size).
-  """
-  embeddings = jnp.asarray(embeddings, jnp.float32)
-  labels = np.asarray(labels)
-  out = np.zeros(len(labels), np.float32)
-  for c in range(num_classes):
-    rows = np.flatnonzero(labels == c)
-    z = embeddings[rows]
-    out[rows] = np.asarray(kde.log_density(z, z, variance=variance, block_size=block_size))
-  return out
+#: Log density of every sample within its class (scope 'class'); see :mod:`jaxdd.kde`.
+class_log_density = kde.class_log_density
 
 
 def sample_per_class(key: jax.Array, index: ClassIndex, n: int) -> tuple[jax.Array, jax.Array]:
@@ -213,16 +190,9 @@ def batch_weights(real: RealData, rows: jax.Array, mask: jax.Array,
 
 
 def _check_kde(config: KDEConfig | None) -> None:
-  if config is None:
-    return
-  if not config.variance > 0:
-    raise ValueError(f"kernel variance must be > 0, got {config.variance}")
-  if not config.temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {config.temperature}")
-  if config.normalize not in ("softmax", "power"):
-    raise ValueError(f"normalize must be 'softmax' or 'power', got {config.normalize!r}")
-  if config.scope not in ("batch", "class"):
-    raise ValueError(f"scope must be 'batch' or 'class', got {config.scope!r}")
+  """A KDEConfig validated itself when it was built; only its type is checked here."""
+  if config is not None and not isinstance(config, KDEConfig):
+    raise ValueError(f"kde_config must be a jaxdd.kde.KDEConfig or None, got {config!r}")
 
 
 def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransformation,

@@ -70,7 +70,10 @@ overflow-free formulation of the softmax case.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
+import numbers
 from typing import Literal
 
 import jax
@@ -82,6 +85,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxdd._src.checks import is_traced
 
 __all__ = [
+    "KDEConfig",
+    "class_log_density",
     "log_density",
     "log_density_sharded",
     "weights",
@@ -90,6 +95,58 @@ __all__ = [
 
 Normalize = Literal["softmax", "power"]
 _NORMALIZE = ("softmax", "power")
+SCOPES = ("batch", "class")
+
+
+@dataclasses.dataclass(frozen=True)
+class KDEConfig:
+  """How real samples are weighted (Cui et al. 2024; docs/protocols.md §1).
+
+  Validated when it is built, in Python, so the traced code that uses it
+  (``distill``'s steps) needs no checks of its own.
+
+  Attributes:
+    variance: kernel variance ``v > 0``.
+    temperature: normalisation temperature ``T > 0``.
+    normalize: ``'power'`` (``w ∝ f^(-1/T)``) or ``'softmax'`` (``softmax((1/f)/T)``).
+    scope: ``'batch'`` (the paper's: the density inside each sampled real
+      batch of a class, O(B^2 d) per step) or ``'class'`` (a density
+      precomputed once over the whole class, :func:`class_log_density`).
+
+  The defaults were kept by the validation-only selection on CMNIST 5 %
+  (``jaxdd tune``, docs/protocols.md §7).
+
+  Example:
+    >>> KDEConfig(temperature=1.0).normalize
+    'power'
+    >>> KDEConfig(variance=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: KDEConfig.variance (the kernel variance) must be a finite number > 0, e.g. 0.01; got 0.0
+  """
+  variance: float = 0.01
+  temperature: float = 0.25
+  normalize: Normalize = "power"
+  scope: Literal["batch", "class"] = "batch"
+
+  def __post_init__(self):
+    for name, what, example in (("variance", "the kernel variance", 0.01),
+                                ("temperature", "the normalisation temperature", 0.25)):
+      v = getattr(self, name)
+      if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
+          or v <= 0):
+        raise ValueError(f"KDEConfig.{name} ({what}) must be a finite number > 0, e.g. "
+                         f"{example}; got {v!r}")
+      object.__setattr__(self, name, float(v))
+    if self.normalize not in _NORMALIZE:
+      raise ValueError(f"KDEConfig.normalize must be one of {list(_NORMALIZE)}, "
+                       f"got {self.normalize!r}")
+    if self.scope not in SCOPES:
+      raise ValueError(f"KDEConfig.scope must be one of {list(SCOPES)}, got {self.scope!r}")
+
+  def replace(self, **changes) -> "KDEConfig":
+    """A validated copy with some fields changed."""
+    return dataclasses.replace(self, **changes)
 
 
 # --------------------------------------------------------------------------
@@ -828,3 +885,42 @@ def weights(
                                   block_n=block)
   return _weights_core(log_f, temperature, groups, mask, normalize=normalize,
                        num_groups=num_groups)
+
+
+def class_log_density(embeddings, labels, *, num_classes: int, variance: float,
+                      block_size: int = 1024) -> np.ndarray:
+  """Log density of every sample within its own class (KDE scope ``'class'``).
+
+  One blocked :func:`log_density` per class (host loop), so memory stays
+  O(block x class size) and classes may have any sizes. Empty classes are
+  skipped.
+
+  Args:
+    embeddings: (N, d) embeddings.
+    labels: (N,) ints in ``[0, num_classes)``.
+    num_classes: number of classes.
+    variance: kernel variance > 0.
+    block_size: tile size of the blocked kernel.
+
+  Returns:
+    (N,) float32 numpy ``log f`` (self included, so ``<= 0``).
+
+  Example:
+    >>> z = np.eye(3, dtype=np.float32)[[0, 0, 1, 2]]
+    >>> class_log_density(z, np.array([0, 0, 0, 1]), num_classes=2, variance=0.1).round(3)
+    array([-0.405, -0.405, -1.099,  0.   ], dtype=float32)
+  """
+  labels = np.asarray(labels)
+  embeddings = np.asarray(embeddings)
+  if labels.ndim != 1 or embeddings.ndim != 2 or len(labels) != len(embeddings):
+    raise ValueError(f"embeddings must be (N, d) and labels (N,), got {embeddings.shape} and "
+                     f"{labels.shape}")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+  out = np.zeros(labels.shape, np.float32)
+  for c in range(int(num_classes)):
+    rows = np.flatnonzero(labels == c)
+    if rows.size:
+      z = jnp.asarray(embeddings[rows], jnp.float32)
+      out[rows] = np.asarray(log_density(z, z, variance=variance, block_size=block_size))
+  return out

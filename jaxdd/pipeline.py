@@ -34,13 +34,27 @@ import numpy as np
 
 from jaxdd import augment as augment_lib
 from jaxdd import baselines, data, debias, diagnostics, distill, evaluate, models, surrogate, synset
+from jaxdd import kde as kde_lib
+from jaxdd import presets as presets_lib
 from jaxdd import progress as progress_lib
 from jaxdd.structs import Batch, SynSet
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """Everything that determines a run. Field names are the CLI's flag names."""
+  """Everything that determines a run. Field names are the CLI's flag names.
+
+  A RunConfig validates itself when it is built (:func:`validate`), so a bad
+  value fails at the boundary (the CLI, :func:`get_config`, ``replace``) with a
+  message that names the fix, before anything is computed or written.
+
+  The fields are flat, because they are the CLI's flags and the keys of every
+  saved ``config.json`` (whose digests name run directories). Each stage's own
+  config is a view built from them: :attr:`kde` (:class:`jaxdd.kde.KDEConfig`),
+  :attr:`surrogate` (:class:`jaxdd.surrogate.SurrogateConfig`) and
+  :attr:`protocol` (:class:`jaxdd.protocols.Protocol`). Presets live in
+  :mod:`jaxdd.presets`.
+  """
   preset: str = "paper"
   dataset: str = "cmnist"
   conflict_ratio: float = 0.05
@@ -75,6 +89,27 @@ class RunConfig:
   log_every: int = 10
   checkpoint_every: int = 500
 
+  def __post_init__(self):
+    validate(self)
+
+  @property
+  def kde(self) -> "kde_lib.KDEConfig | None":
+    """The KDE weighting of this run (None for the vanilla method)."""
+    if self.weighting != "kde":
+      return None
+    return kde_lib.KDEConfig(self.kde_variance, self.kde_temperature, self.kde_normalize,
+                             self.kde_scope)
+
+  @property
+  def surrogate(self) -> surrogate.SurrogateConfig:
+    """The SupCon surrogate's config (its preset; a step budget is resolved per dataset)."""
+    return surrogate.SurrogateConfig.preset(self.surrogate_preset)
+
+  @property
+  def protocol(self) -> evaluate.Protocol:
+    """The evaluation protocol of this run."""
+    return evaluate.get_protocol(self.eval_protocol)
+
   def replace(self, **changes) -> "RunConfig":
     unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
     if unknown:
@@ -103,23 +138,6 @@ class RunConfig:
 EVAL_FIELDS = ("eval_protocol", "eval_model", "num_eval_models")
 
 
-PRESETS: dict[str, RunConfig] = {
-    # DM's published settings (docs/protocols.md) with the reweighting on.
-    "paper": RunConfig(),
-    # One DM vs DM+KDE comparison on the embedded CMNIST in minutes on 2 cores:
-    # width-32 random nets, 64 real images per class, 300 steps at lr_img 10
-    # (300 steps at the reference's lr 1 barely move real-initialised images,
-    # see RESULTS.md), IPC 10, the 'cpu' evaluation protocol and surrogate.
-    "cpu": RunConfig(preset="cpu", ipc=10, iterations=300, real_per_class=64, width=32, lr_img=10.0,
-                     surrogate_preset="cpu", eval_protocol="cpu", num_eval_models=5,
-                     checkpoint_every=100),
-    # Seconds: for tests and the CI.
-    "smoke": RunConfig(preset="smoke", ipc=2, iterations=4, real_per_class=8, width=8, depth=2,
-                       surrogate_preset="smoke", eval_protocol="smoke", eval_model="convnet-d2-w8",
-                       num_eval_models=2, log_every=1, checkpoint_every=2),
-}
-
-
 #: RunConfig field -> its allowed values (the CLI's ``choices``; checked by :func:`validate`).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": ("dm", "dsa", "dc"),
@@ -127,31 +145,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kde_normalize": ("softmax", "power"),
     "kde_scope": ("batch", "class"),
     "init": ("real", "noise"),
-    "surrogate_preset": ("paper", "cpu", "smoke"),
+    "surrogate_preset": tuple(presets_lib.SURROGATE),
     "eval_protocol": tuple(evaluate.PROTOCOLS),
     "dataset": tuple(sorted(data.DATASETS)) if hasattr(data, "DATASETS") else (),
 }
 
 METHODS = CHOICES["method"]
 
-# What a preset changes for the gradient-matching methods. 'paper': the DC/DSA
-# reference's settings (1000 outer iterations, lr_img 0.1; DC starts from noise
-# as the reference's default, DSA from real images as its README command).
-# 'cpu': width-32 networks and 64 real images per class like DM's cpu preset,
-# 10 outer iterations (100 image updates and 90 x 50 network epochs at IPC 10;
-# about 4 min on the 2-core CPU).
-METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {"dsa": dict(iterations=1000, lr_img=0.1, eval_protocol="dsa", checkpoint_every=50),
-              "dc": dict(iterations=1000, lr_img=0.1, init="noise", eval_protocol="dc",
-                         checkpoint_every=50)},
-    "cpu": {"dsa": dict(iterations=10, lr_img=0.1, log_every=1, checkpoint_every=2),
-            "dc": dict(iterations=10, lr_img=0.1, init="noise", log_every=1,
-                       checkpoint_every=2)},
-    "smoke": {"dsa": dict(iterations=2, lr_img=0.1, outer_loop=2, inner_loop=2,
-                          checkpoint_every=1),
-              "dc": dict(iterations=2, lr_img=0.1, outer_loop=2, inner_loop=2,
-                         checkpoint_every=1)},
-}
+#: What a preset changes for the gradient-matching methods (:data:`jaxdd.presets.METHOD`).
+METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = presets_lib.METHOD
 
 
 def get_config(preset: str = "cpu", **overrides) -> RunConfig:
@@ -171,7 +173,7 @@ def get_config(preset: str = "cpu", **overrides) -> RunConfig:
 
 
 def validate(config: RunConfig) -> None:
-  """Cheap checks before any work is done, with messages that name the fix."""
+  """Cheap checks with messages that name the fix; every RunConfig runs them when built."""
   for name, allowed in CHOICES.items():
     value = getattr(config, name, None)
     if allowed and value is not None and value not in allowed:
@@ -186,22 +188,26 @@ def validate(config: RunConfig) -> None:
     raise ValueError(f"ipc must be >= 1, got {config.ipc}")
   if config.checkpoint_every < 1 or config.log_every < 1:
     raise ValueError("checkpoint_every and log_every must be >= 1")
-  distill._check_kde(distill.KDEConfig(config.kde_variance, config.kde_temperature,
-                                       config.kde_normalize, config.kde_scope))
+  kde_lib.KDEConfig(config.kde_variance, config.kde_temperature, config.kde_normalize,
+                    config.kde_scope)
   evaluate.get_protocol(config.eval_protocol)
   models.get(config.eval_model, num_classes=2)
   from jaxdd.data import biased  # noqa: PLC0415
   if config.dataset not in biased.DATASETS:
     raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {sorted(biased.DATASETS)}")
   spec = biased.DATASETS[config.dataset]
-  biased._check_ratio(spec, config.conflict_ratio)
-  biased._check_severity(spec, config.severity)
+  biased.check_ratio(spec, config.conflict_ratio)
+  biased.check_severity(spec, config.severity)
   for name in ("real_per_class", "width", "depth", "num_eval_models"):
     if getattr(config, name) < 1:
       raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
   if config.lr_img <= 0 or not np.isfinite(config.lr_img):
     raise ValueError(f"lr_img must be a positive number, got {config.lr_img}")
-  surrogate.SurrogateConfig.preset(config.surrogate_preset)
+
+
+#: RunConfig presets (:data:`jaxdd.presets.RUN`): ``paper``, ``cpu``, ``smoke``.
+PRESETS: dict[str, RunConfig] = {name: RunConfig(preset=name, **fields)
+                                 for name, fields in presets_lib.RUN.items()}
 
 
 def _check_workdir(config: RunConfig, workdir: str) -> None:
@@ -279,20 +285,11 @@ class RunData:
                  jnp.asarray(ds.aligned))
 
 
-#: Training-set size for which the ``cpu`` surrogate preset's epochs are meant.
-CPU_SURROGATE_IMAGES = 3600
-
-
 def surrogate_embeddings(config: RunConfig, run_data: RunData, key: jax.Array,
                          progress: bool = True) -> np.ndarray:
   """Trains (or loads from the cache) the SupCon surrogate; returns (N, 128) embeddings."""
-  cfg = surrogate.SurrogateConfig.preset(config.surrogate_preset)
+  cfg = config.surrogate  # a step budget (the cpu preset) is resolved for the data size
   train = run_data.train
-  if config.surrogate_preset == "cpu":
-    # The cpu budget is 15 epochs of the embedded CMNIST (3,600 images); a
-    # larger training set (e.g. Fashion-MNIST's 54,000) gets as many SGD steps.
-    cfg = dataclasses.replace(cfg, epochs=max(1, round(cfg.epochs * CPU_SURROGATE_IMAGES
-                                                       / len(train.labels))))
   art = surrogate.load_or_train(key, dict(train.meta), train.images, train.labels, config=cfg,
                                   progress=progress)
   return np.asarray(art.embeddings)
@@ -425,8 +422,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   kde_config = None
   log_density = None
   if config.weighting == "kde":
-    kde_config = distill.KDEConfig(config.kde_variance, config.kde_temperature,
-                                   config.kde_normalize, config.kde_scope)
+    kde_config = config.kde
     if config.kde_scope == "class":
       log_density = distill.class_log_density(embeddings, run_data.train.labels, num_classes=nc,
                                               variance=config.kde_variance)

@@ -38,7 +38,8 @@ import dataclasses
 import math
 from typing import Any
 
-DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+from jaxdd import presets
+from jaxdd.presets import DSA_STRATEGY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,22 +123,12 @@ class Protocol:
     return d
 
 
-# 'cpu': 1000 -> 40 epochs (41 trained), with the reference's optimiser,
-# schedule and DSA, sized for a 2-core CPU: 5 ConvNet-3 (width 128) networks on
-# a 10-class IPC-10 set (one 100-image step per epoch) train and are tested on
-# a 10,000-image test set in minutes (timings: RESULTS.md §4 "Evaluation").
-# It is a different, shorter recipe: its numbers are stamped 'cpu' and are not
-# comparable with 'dm' numbers. 'cpu300' (301 epochs, otherwise the
-# reference's recipe) is the long CPU protocol of the result tables
-# (jaxdd.study.final). 'smoke' is for tests and CI.
-PROTOCOLS: dict[str, Protocol] = {
-    "dm": Protocol("dm", epochs=1000, augment=DSA_STRATEGY),
-    "dsa": Protocol("dsa", epochs=1000, augment=DSA_STRATEGY),
-    "dc": Protocol("dc", epochs=300, augment=None),
-    "cpu": Protocol("cpu", epochs=40, augment=DSA_STRATEGY),
-    "cpu300": Protocol("cpu300", epochs=300, augment=DSA_STRATEGY),
-    "smoke": Protocol("smoke", epochs=3, augment=None),
-}
+#: The named protocols, built from :data:`jaxdd.presets.PROTOCOL` (the one
+#: registry of presets): the reference's 'dm', 'dsa', 'dc'; 'cpu' (41 epochs)
+#: and 'cpu300' (301 epochs) for a 2-core CPU, stamped as such and not
+#: comparable with 'dm' numbers; 'smoke' for tests.
+PROTOCOLS: dict[str, Protocol] = {name: Protocol(name, **fields)
+                                  for name, fields in presets.PROTOCOL.items()}
 
 
 def get_protocol(name: str | Protocol) -> Protocol:

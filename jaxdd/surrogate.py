@@ -247,6 +247,9 @@ class SurrogateConfig:
     width, depth, norm, pooling, proj_dim: the :class:`Surrogate` architecture.
     temperature: SupCon temperature.
     epochs: passes over the training set.
+    steps: a budget of SGD steps instead of epochs (None: use ``epochs``).
+      :meth:`for_size` turns it into ``max(1, round(steps / steps_per_epoch))``
+      epochs for a training set, so one preset fits datasets of any size.
     batch_size: images per step (each gives two views, so 2x embeddings).
     learning_rate, momentum, weight_decay: SGD with decoupled-as-in-PyTorch
       L2 weight decay (added to the gradient before momentum).
@@ -270,12 +273,15 @@ class SurrogateConfig:
   crop_scale: tuple[float, float] = (0.5, 1.0)
   crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
   flip: bool = False
+  steps: int | None = None
 
   def __post_init__(self):
     for name in ("width", "depth", "proj_dim", "epochs", "batch_size"):
       v = getattr(self, name)
       if not (isinstance(v, int) and v >= 1):
         raise ValueError(f"SurrogateConfig.{name} must be an integer >= 1, got {v!r}")
+    if self.steps is not None and not (isinstance(self.steps, int) and self.steps >= 1):
+      raise ValueError(f"SurrogateConfig.steps must be an integer >= 1 or None, got {self.steps!r}")
     if not (math.isfinite(self.temperature) and self.temperature > 0):
       raise ValueError(f"SurrogateConfig.temperature must be > 0, got {self.temperature!r}")
     if not self.learning_rate > 0:
@@ -294,17 +300,18 @@ class SurrogateConfig:
 
   @classmethod
   def preset(cls, name: str, **overrides: Any) -> "SurrogateConfig":
-    """A named scale: ``paper`` (defaults), ``cpu`` or ``smoke``.
+    """A named scale from :data:`jaxdd.presets.SURROGATE`.
 
     * ``paper``: the published-scale settings above; for an accelerator.
-    * ``cpu``: ConvNet-3 width 32, 15 epochs, batch 256. Trains on the
-      embedded CMNIST (3,600 images of 28x28x3, 14 steps an epoch) in
-      minutes on a 2-core CPU (timings: RESULTS.md §1 and §3).
+    * ``cpu``: ConvNet-3 width 32, batch 256, a budget of 210 SGD steps:
+      15 epochs of the embedded CMNIST (3,600 images of 28x28x3, 14 steps an
+      epoch), 1 epoch of Fashion-MNIST; minutes on a 2-core CPU.
     * ``smoke``: width 8, depth 2, projection 32, 2 epochs, batch 64; seconds.
 
     Args:
       name: preset name.
-      **overrides: fields to change after applying the preset.
+      **overrides: fields to change after applying the preset; an explicit
+        ``epochs`` replaces the preset's step budget.
 
     Returns:
       A ``SurrogateConfig``.
@@ -313,14 +320,27 @@ class SurrogateConfig:
       >>> SurrogateConfig.preset('cpu', epochs=5).width
       32
     """
-    presets = {
-        "paper": {},
-        "cpu": dict(width=32, epochs=15),
-        "smoke": dict(width=8, depth=2, proj_dim=32, epochs=2, batch_size=64),
-    }
-    if name not in presets:
-      raise ValueError(f"unknown surrogate preset {name!r}; use one of {sorted(presets)}")
-    return cls(**{**presets[name], **overrides})
+    from jaxdd import presets  # noqa: PLC0415
+    if name not in presets.SURROGATE:
+      raise ValueError(f"unknown surrogate preset {name!r}; use one of {sorted(presets.SURROGATE)}")
+    fields = dict(presets.SURROGATE[name])
+    if "epochs" in overrides and "steps" not in overrides:
+      fields.pop("steps", None)
+    return cls(**{**fields, **overrides})
+
+  def for_size(self, num_examples: int) -> "SurrogateConfig":
+    """This config for a training set of ``num_examples`` images: a step budget
+    becomes epochs (at least one); a config without one is returned unchanged.
+
+    Example:
+      >>> cfg = SurrogateConfig.preset('cpu')
+      >>> cfg.for_size(3600).epochs, cfg.for_size(54000).epochs, cfg.for_size(54000).steps
+      (15, 1, None)
+    """
+    if self.steps is None:
+      return self
+    per_epoch = max(1, int(num_examples) // self.batch_size)
+    return dataclasses.replace(self, epochs=max(1, round(self.steps / per_epoch)), steps=None)
 
   def model(self) -> Surrogate:
     """The :class:`Surrogate` module this config describes."""
@@ -328,8 +348,9 @@ class SurrogateConfig:
                      pooling=self.pooling, proj_dim=self.proj_dim)
 
   def to_dict(self) -> dict[str, Any]:
-    """JSON-ready dict of every field (tuples become lists)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+    """JSON-ready dict of every field (tuples become lists; ``steps`` only when set)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+            if not (k == "steps" and v is None)}
 
 
 # ---------------------------------------------------------------------------
@@ -530,6 +551,7 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
   loop = _resolve_loop(loop)
   images, labels = _validate_data(images, labels, "train_surrogate")
   n = images.shape[0]
+  config = config.for_size(n)
   if config.batch_size > n:
     raise ValueError(f"batch_size {config.batch_size} is larger than the dataset ({n} images); "
                      f"lower SurrogateConfig.batch_size to at most {n}")
@@ -797,6 +819,7 @@ def load_or_train(key: jax.Array, dataset_meta: dict, images: Any, labels: Any, 
     (64, 32)
   """
   images, labels = _validate_data(images, labels, "load_or_train")
+  config = config.for_size(images.shape[0])  # the cache key holds the epochs trained
   spec = _cache_spec(key, dataset_meta, config, images, labels)
   if not use_cache:
     params, history = train_surrogate(key, images, labels, config=config, progress=progress,

@@ -1,0 +1,90 @@
+"""Every named preset of jaxdd, in one registry (plain data, no logic).
+
+A preset is a named set of field values. The classes that own the fields
+build their registries from the tables here, so a new scale or recipe is added
+in one place:
+
+* :data:`RUN`: :class:`jaxdd.pipeline.RunConfig` presets (``pipeline.PRESETS``),
+  the scale of a whole run;
+* :data:`METHOD`: what a run preset changes for the gradient-matching methods
+  (``pipeline.METHOD_PRESETS``);
+* :data:`SURROGATE`: :class:`jaxdd.surrogate.SurrogateConfig` presets;
+* :data:`PROTOCOL`: evaluation recipes (:data:`jaxdd.protocols.PROTOCOLS`).
+
+The run presets name a surrogate preset and an evaluation protocol by key, so
+the three scales line up: ``paper`` (the published settings, for an
+accelerator), ``cpu`` (minutes on a 2-core CPU) and ``smoke`` (seconds; tests
+and CI). docs/protocols.md §3 explains each.
+
+Example:
+  >>> from jaxdd import presets
+  >>> sorted(presets.RUN) == sorted(presets.SURROGATE)
+  True
+  >>> presets.RUN["cpu"]["eval_protocol"] in presets.PROTOCOL
+  True
+"""
+from __future__ import annotations
+
+from typing import Any
+
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+#: RunConfig presets: field -> value, on top of RunConfig's defaults (which are
+#: DM's published settings with the reweighting on, i.e. the ``paper`` preset).
+RUN: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # One DM vs DM+KDE comparison on the embedded CMNIST in minutes on 2 cores:
+    # width-32 random nets, 64 real images per class, 300 steps at lr_img 10
+    # (300 steps at the reference's lr 1 barely move real-initialised images,
+    # see RESULTS.md), IPC 10, the 'cpu' evaluation protocol and surrogate.
+    "cpu": dict(ipc=10, iterations=300, real_per_class=64, width=32, lr_img=10.0,
+                surrogate_preset="cpu", eval_protocol="cpu", num_eval_models=5,
+                checkpoint_every=100),
+    # Seconds: for tests and the CI.
+    "smoke": dict(ipc=2, iterations=4, real_per_class=8, width=8, depth=2,
+                  surrogate_preset="smoke", eval_protocol="smoke", eval_model="convnet-d2-w8",
+                  num_eval_models=2, log_every=1, checkpoint_every=2),
+}
+
+#: What a run preset changes for the gradient-matching methods. 'paper': the
+#: DC/DSA reference's settings (1000 outer iterations, lr_img 0.1; DC starts from
+#: noise as the reference's default, DSA from real images as its README command).
+#: 'cpu': width-32 networks and 64 real images per class like DM's cpu preset,
+#: 10 outer iterations (100 image updates and 90 x 50 network epochs at IPC 10).
+METHOD: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {"dsa": dict(iterations=1000, lr_img=0.1, eval_protocol="dsa", checkpoint_every=50),
+              "dc": dict(iterations=1000, lr_img=0.1, init="noise", eval_protocol="dc",
+                         checkpoint_every=50)},
+    "cpu": {"dsa": dict(iterations=10, lr_img=0.1, log_every=1, checkpoint_every=2),
+            "dc": dict(iterations=10, lr_img=0.1, init="noise", log_every=1,
+                       checkpoint_every=2)},
+    "smoke": {"dsa": dict(iterations=2, lr_img=0.1, outer_loop=2, inner_loop=2,
+                          checkpoint_every=1),
+              "dc": dict(iterations=2, lr_img=0.1, outer_loop=2, inner_loop=2,
+                         checkpoint_every=1)},
+}
+
+#: SurrogateConfig presets on top of its defaults (the ``paper`` settings).
+#: 'cpu': ConvNet-3 width 32 for a budget of 210 SGD steps, i.e. 15 epochs of the
+#: embedded CMNIST (3,600 images, 14 steps of 256 an epoch) and 1 epoch of
+#: Fashion-MNIST's 54,000. 'smoke': width 8, depth 2, projection 32, 2 epochs.
+SURROGATE: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu": dict(width=32, steps=210),
+    "smoke": dict(width=8, depth=2, proj_dim=32, epochs=2, batch_size=64),
+}
+
+#: Evaluation protocols: name -> Protocol fields (jaxdd.protocols.Protocol).
+#: 'dm'/'dsa'/'dc' are the reference's recipes. 'cpu' (40 epochs, 41 trained)
+#: keeps the reference's optimiser, schedule and DSA, sized for a 2-core CPU;
+#: its numbers are stamped 'cpu' and are not comparable with 'dm' numbers.
+#: 'cpu300' (301 epochs) is the long CPU protocol of the result tables
+#: (jaxdd.study.final). 'smoke' is for tests and CI.
+PROTOCOL: dict[str, dict[str, Any]] = {
+    "dm": dict(epochs=1000, augment=DSA_STRATEGY),
+    "dsa": dict(epochs=1000, augment=DSA_STRATEGY),
+    "dc": dict(epochs=300, augment=None),
+    "cpu": dict(epochs=40, augment=DSA_STRATEGY),
+    "cpu300": dict(epochs=300, augment=DSA_STRATEGY),
+    "smoke": dict(epochs=3, augment=None),
+}

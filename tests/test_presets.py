@@ -1,0 +1,66 @@
+"""One registry of presets (jaxdd.presets) and configs that validate themselves."""
+import dataclasses
+
+import pytest
+
+from jaxdd import kde, pipeline, presets, protocols, surrogate
+
+
+def test_every_registry_is_built_from_the_presets_module():
+  for name, fields in presets.RUN.items():
+    cfg = pipeline.PRESETS[name]
+    assert cfg.preset == name
+    assert all(getattr(cfg, k) == v for k, v in fields.items())
+    # The three scales line up: a run preset names an existing surrogate and protocol.
+    assert cfg.surrogate_preset in presets.SURROGATE and cfg.eval_protocol in presets.PROTOCOL
+  assert pipeline.METHOD_PRESETS is presets.METHOD
+  assert set(protocols.PROTOCOLS) == set(presets.PROTOCOL)
+  assert protocols.PROTOCOLS["cpu300"].num_epochs == 301
+  assert surrogate.SurrogateConfig.preset("smoke").width == presets.SURROGATE["smoke"]["width"]
+
+
+def test_run_config_validates_itself_when_built():
+  with pytest.raises(ValueError, match="ipc must be >= 1"):
+    pipeline.RunConfig(ipc=0)
+  with pytest.raises(ValueError, match="KDEConfig.temperature"):
+    pipeline.get_config("smoke", kde_temperature=0.0)
+  with pytest.raises(ValueError, match="conflict_ratio"):
+    pipeline.PRESETS["cpu"].replace(conflict_ratio=1.5)
+  with pytest.raises(ValueError, match="surrogate_preset must be one of"):
+    pipeline.get_config("cpu", surrogate_preset="huge")
+
+
+def test_run_config_views_of_each_stage():
+  cfg = pipeline.get_config("cpu", kde_temperature=1.0, kde_scope="class")
+  assert cfg.kde == kde.KDEConfig(0.01, 1.0, "power", "class")
+  assert cfg.replace(weighting="none").kde is None
+  assert cfg.protocol is protocols.PROTOCOLS["cpu"]
+  assert cfg.surrogate == surrogate.SurrogateConfig.preset("cpu")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(variance=-1.0), "variance"), (dict(variance=float("nan")), "variance"),
+    (dict(temperature=0), "temperature"), (dict(variance=True), "variance"),
+    (dict(normalize="l1"), "normalize must be one of"), (dict(scope="all"), "scope must be one of"),
+])
+def test_kde_config_rejects_bad_knobs(bad, match):
+  with pytest.raises(ValueError, match=match):
+    kde.KDEConfig(**bad)
+  with pytest.raises(ValueError, match=match):
+    kde.KDEConfig().replace(**bad)
+
+
+def test_surrogate_step_budget_becomes_epochs_per_dataset_size():
+  cfg = surrogate.SurrogateConfig.preset("cpu")
+  assert cfg.steps == 210
+  # 3,600 images at batch 256: 14 steps an epoch -> 15 epochs; 54,000: 210 steps -> 1 epoch.
+  assert cfg.for_size(3600).epochs == 15 and cfg.for_size(54000).epochs == 1
+  assert cfg.for_size(100 * 256).epochs == 2  # round(210 / 100)
+  assert cfg.for_size(10 ** 7).epochs == 1    # never 0
+  resolved = cfg.for_size(3600)
+  assert resolved.steps is None and "steps" not in resolved.to_dict()
+  assert resolved.for_size(54000) is resolved  # an epoch count is left alone
+  # An explicit epochs replaces the preset's budget.
+  assert surrogate.SurrogateConfig.preset("cpu", epochs=5).for_size(54000).epochs == 5
+  with pytest.raises(ValueError, match="steps"):
+    dataclasses.replace(cfg, steps=0)
