@@ -161,6 +161,168 @@ def _print_config(cfg) -> int:
   return 0
 
 
+# ---------------------------------------------------------------------------- diagnose
+
+DIAGNOSE_VARIANCES = (0.01, 0.1, 1.0)
+DIAGNOSE_TEMPERATURES = (0.1, 0.25, 1.0, 10.0)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+  import math
+  try:
+    vals = tuple(float(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+  if not vals or any(not (math.isfinite(v) and v > 0) for v in vals):
+    raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+  return vals
+
+
+def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
+  """The flags of ``jaxdd diagnose``; the KDE flags are named as in ``jaxdd distill``."""
+  from jaxdd import data, kde, presets
+  default = kde.KDEConfig()  # the library's defaults, kept by the validation selection
+  p.add_argument("--dataset", default="cmnist", choices=sorted(data.DATASETS), metavar="DATASET",
+                 help="dataset name (jaxdd.data.load), default cmnist")
+  p.add_argument("--conflict-ratio", type=float, default=0.05,
+                 help="fraction of bias-conflicting training samples, e.g. 0.05")
+  p.add_argument("--severity", type=int, default=None, help="bias severity (default: dataset's)")
+  p.add_argument("--seed", type=int, default=0, help="data and surrogate seed")
+  p.add_argument("--preset", default="cpu", choices=tuple(presets.SURROGATE),
+                 help="surrogate scale (SurrogateConfig.preset)")
+  p.add_argument("--epochs", type=int, default=None, help="override the preset's surrogate epochs")
+  p.add_argument("--space", default="projection", choices=("projection", "encoder"),
+                 help="embedding space for the KDE (the paper: projection)")
+  p.add_argument("--kde-variance", dest="kde_variance", type=float, default=default.variance,
+                 help=f"kernel variance (default {default.variance})")
+  p.add_argument("--kde-temperature", dest="kde_temperature", type=float,
+                 default=default.temperature,
+                 help=f"normalisation temperature (default {default.temperature})")
+  p.add_argument("--kde-normalize", dest="kde_normalize", default=default.normalize,
+                 choices=("softmax", "power"),
+                 help=f"normalisation of the inverse density (default {default.normalize})")
+  p.add_argument("--kde-scope", dest="kde_scope", default=default.scope, choices=kde.SCOPES,
+                 help="density inside sampled per-class batches (paper; default) or over the "
+                      "whole class")
+  p.add_argument("--batch-size", type=int, default=256, help="real samples per class batch (DM: 256)")
+  p.add_argument("--num-rounds", type=int, default=20, help="batch-scope rounds per sample")
+  p.add_argument("--sweep-variances", type=_floats, default=DIAGNOSE_VARIANCES,
+                 help="comma-separated kernel variances for the sweep")
+  p.add_argument("--sweep-temperatures", type=_floats, default=DIAGNOSE_TEMPERATURES,
+                 help="comma-separated temperatures for the sweep")
+  p.add_argument("--no-sweep", action="store_true", help="only the default settings")
+  p.add_argument("--no-cache", action="store_true", help="do not read or write the surrogate cache")
+  p.add_argument("--workdir", dest="workdir", default="runs/diag",
+                 help="output directory (default runs/diag)")
+  _add_common_flags(p)
+  # Deprecated spellings (before the flags were named as in `jaxdd distill`): they still
+  # parse, hidden from --help.
+  for old, dest, typ in (("--variance", "kde_variance", float),
+                         ("--temperature", "kde_temperature", float),
+                         ("--normalize", "kde_normalize", str), ("--scope", "kde_scope", str),
+                         ("--out", "workdir", str)):
+    p.add_argument(old, dest=dest, type=typ, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _format_weight_rows(rows) -> str:
+  def fmt(v, spec=".3f"):
+    return "-" if v is None else format(v, spec)
+  head = (f"{'scope':>5} {'norm':>7} {'var':>6} {'T':>6} | {'AUROC':>6} {'w_conf/w_al':>11} "
+          f"{'frac before':>11} {'frac after':>10}")
+  lines = [head, "-" * len(head)]
+  for r in rows:
+    o = r["report"]["overall"]
+    lines.append(f"{r['scope']:>5} {r['normalize']:>7} {r['variance']:>6g} {r['temperature']:>6g} | "
+                 f"{fmt(o['auroc']):>6} {fmt(o['weight_ratio'], '.3g'):>11} "
+                 f"{fmt(o['conflicting_fraction_uniform']):>11} "
+                 f"{fmt(o['conflicting_fraction_weighted']):>10}")
+  return "\n".join(lines)
+
+
+def diagnose_report(args) -> dict:
+  """``jaxdd diagnose``: surrogate, KDE weights at the given settings and a sweep.
+
+  Prints the tables and writes ``report.json``, ``weights_default.png`` and
+  the other scope's histogram into ``args.workdir`` (atomically); returns the
+  report. The ground-truth ``aligned`` flags are used only for measuring.
+  """
+  import time
+
+  import jax
+  import numpy as np
+
+  from jaxdd import data, diagnostics, kde, surrogate
+  from jaxdd._src import io as io_lib
+  t_start = time.perf_counter()
+  default = kde.KDEConfig(args.kde_variance, args.kde_temperature, args.kde_normalize,
+                          args.kde_scope)
+  ds = data.load(args.dataset, split="train", conflict_ratio=args.conflict_ratio,
+                 severity=args.severity, seed=args.seed)
+  overrides = {} if args.epochs is None else {"epochs": args.epochs}
+  cfg = surrogate.SurrogateConfig.preset(args.preset, **overrides).for_size(len(ds))
+  k_sur, k_diag = jax.random.split(jax.random.key(args.seed))
+  print(f"{args.dataset} train: {len(ds)} images, {int((~ds.aligned).sum())} conflicting "
+        f"({args.conflict_ratio:g}); surrogate preset {args.preset!r}: {cfg}", flush=True)
+  t0 = time.perf_counter()
+  art = surrogate.load_or_train(k_sur, dict(ds.meta), ds.images, ds.labels, config=cfg,
+                                use_cache=not args.no_cache, progress=not args.quiet)
+  surrogate_seconds = time.perf_counter() - t0
+  print(f"surrogate: {'loaded from cache' if art.from_cache else 'trained'} in "
+        f"{surrogate_seconds:.1f} s ({art.path})", flush=True)
+  emb = (np.asarray(art.embeddings) if args.space == "projection" else
+         np.asarray(surrogate.embed(art.params, ds.images, config=cfg, space="encoder")))
+  common = dict(num_classes=ds.num_classes, batch_size=args.batch_size,
+                num_rounds=args.num_rounds)
+  t0 = time.perf_counter()
+  w = diagnostics.kde_weights(k_diag, emb, ds.labels, default, **common)
+  default_report = diagnostics.weight_report(w, ds.labels, ds.aligned,
+                                             num_classes=ds.num_classes)
+  os.makedirs(args.workdir, exist_ok=True)
+  title = (f"{args.dataset} {args.conflict_ratio:g}: {default.scope} scope, {default.normalize}, "
+           f"v={default.variance:g}, T={default.temperature:g}")
+  diagnostics.plot_weight_histogram(w, ds.aligned, os.path.join(args.workdir, "weights_default.png"),
+                                    title=title)
+  other = default.replace(scope="class" if default.scope == "batch" else "batch")
+  w_other = diagnostics.kde_weights(k_diag, emb, ds.labels, other, **common)
+  diagnostics.plot_weight_histogram(
+      w_other, ds.aligned, os.path.join(args.workdir, f"weights_{other.scope}_scope.png"),
+      title=title.replace(f"{default.scope} scope", f"{other.scope} scope"))
+  rows = [] if args.no_sweep else diagnostics.weight_sweep(
+      k_diag, emb, ds.labels, ds.aligned, variances=args.sweep_variances,
+      temperatures=args.sweep_temperatures, **common)
+  weights_seconds = time.perf_counter() - t0
+
+  settings = dict(scope=default.scope, variance=default.variance,
+                  temperature=default.temperature, normalize=default.normalize)
+  print("\ndefault settings:")
+  print(_format_weight_rows([dict(**settings, report=default_report)]))
+  if rows:
+    print("\nsweep (overall numbers):")
+    print(_format_weight_rows(rows))
+  report = {
+      "args": vars(args),
+      "dataset": dict(ds.meta),
+      "space": args.space,
+      "surrogate": {"config": cfg.to_dict(), "history": art.history, "from_cache": art.from_cache,
+                    "cache_path": art.path, "seconds": surrogate_seconds},
+      "default": {**settings, "batch_size": args.batch_size, "num_rounds": args.num_rounds,
+                  "report": default_report},
+      "sweep": rows,
+      "seconds": {"surrogate": surrogate_seconds, "weights": weights_seconds,
+                  "total": time.perf_counter() - t_start},
+  }
+  path = os.path.join(args.workdir, "report.json")
+  text = json.dumps(io_lib.jsonable(report, nan_to_none=True), indent=2, sort_keys=True, allow_nan=False) + "\n"
+  io_lib.atomic_write_bytes(path, text.encode())
+  print(f"wrote {path} ({report['seconds']['total']:.1f} s)")
+  return report
+
+
+def cmd_diagnose(args) -> int:
+  diagnose_report(args)
+  return 0
+
+
 def cmd_data(args) -> int:
   from jaxdd import data
   if args.tfds_dir:
@@ -418,8 +580,10 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   _add_common_flags(p)
   p.set_defaults(fn=cmd_evaluate)
 
-  sub.add_parser("diagnose", add_help=False,
-                 help="KDE weight diagnostics (see `jaxdd diagnose --help`)")
+  p = sub.add_parser("diagnose", help="train/load the SupCon surrogate and report how the KDE "
+                                       "weights find the bias (AUROC, weight fractions, histograms)")
+  add_diagnose_flags(p)
+  p.set_defaults(fn=cmd_diagnose)
 
   p = sub.add_parser("report", help="print the tables of finished runs under a directory")
   p.add_argument("path")
@@ -447,18 +611,6 @@ def _restore(was: tuple[bool, bool]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv[:1] == ["diagnose"]:  # its own parser (jaxdd.diagnose)
-    from jaxdd import diagnose
-    args = diagnose.build_parser().parse_args(argv[1:])
-    was = _setup(args.quiet, args.no_compile_cache)
-    try:
-      diagnose.main(argv[1:])
-    except (ValueError, FileNotFoundError) as e:
-      print(f"jaxdd diagnose: error: {e}", file=sys.stderr)
-      return 2
-    finally:
-      _restore(was)
-    return 0
   parser = build_parser(_preset_in(argv))
   args = parser.parse_args(argv)
   was = _setup(args.quiet, args.no_compile_cache)

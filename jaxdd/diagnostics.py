@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import io
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -312,6 +312,51 @@ def class_scope_weights(embeddings: Any, labels: Any, *, variance: float, temper
   w = kde.weights_from_log_density(jnp.asarray(log_f), temperature=temperature, normalize=normalize,
                                    groups=jnp.asarray(labels), num_groups=int(num_classes))
   return np.asarray(w)
+
+
+def kde_weights(key: jax.Array, embeddings: Any, labels: Any, config: kde.KDEConfig, *,
+                num_classes: int, batch_size: int = 256, num_rounds: int = 20) -> np.ndarray:
+  """Per-sample weights at one :class:`jaxdd.kde.KDEConfig`, in its scope.
+
+  ``scope='batch'``: :func:`batch_scope_weights` (in-batch weights averaged
+  over sampled batches); ``scope='class'``: :func:`class_scope_weights`.
+
+  Example:
+    >>> z = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    >>> w = kde_weights(jax.random.key(0), z, np.repeat([0, 1], 10), kde.KDEConfig(scope='class'),
+    ...                 num_classes=2)
+    >>> np.allclose([w[:10].sum(), w[10:].sum()], 1.0)
+    True
+  """
+  knobs = dict(variance=config.variance, temperature=config.temperature,
+               normalize=config.normalize, num_classes=num_classes)
+  if config.scope == "class":
+    return class_scope_weights(embeddings, labels, **knobs)
+  return batch_scope_weights(key, embeddings, labels, batch_size=batch_size,
+                             num_rounds=num_rounds, **knobs)
+
+
+def weight_sweep(key: jax.Array, embeddings: Any, labels: Any, aligned: Any, *, num_classes: int,
+                 variances: Sequence[float], temperatures: Sequence[float],
+                 batch_size: int = 256, num_rounds: int = 20) -> list[dict]:
+  """:func:`weight_report` over scope x normalisation x variance x temperature.
+
+  Returns:
+    One dict per setting: ``scope``, ``normalize``, ``variance``,
+    ``temperature`` and ``report``.
+  """
+  rows = []
+  for scope in kde.SCOPES:
+    for normalize in ("power", "softmax"):
+      for variance in variances:
+        for temperature in temperatures:
+          cfg = kde.KDEConfig(variance, temperature, normalize, scope)
+          w = kde_weights(key, embeddings, labels, cfg, num_classes=num_classes,
+                          batch_size=batch_size, num_rounds=num_rounds)
+          rows.append(dict(scope=scope, normalize=normalize, variance=variance,
+                           temperature=temperature,
+                           report=weight_report(w, labels, aligned, num_classes=num_classes)))
+  return rows
 
 
 def batch_plan(key: jax.Array, labels: Any, *, batch_size: int, num_classes: int,

@@ -1,6 +1,7 @@
 """The command line: flags, defaults shown in --help, --print-config, --version, refusals.
 
 Every refused command must exit with status 2 and write nothing."""
+import argparse
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxdd import __version__, cli, diagnose, pipeline, synset
+from jaxdd import __version__, cli, pipeline, synset
 from jaxdd.structs import SynSet
 
 
@@ -94,12 +95,14 @@ def test_refused_diagnose_evaluate_and_data_write_nothing(tmp_path, capsys):
 
 
 def test_diagnose_uses_the_distill_flag_names_and_keeps_the_old_ones():
-  p = diagnose.build_parser()
-  new = p.parse_args(["--kde-variance", "0.1", "--kde-temperature", "2", "--kde-normalize",
-                      "softmax", "--kde-scope", "class", "--workdir", "w"])
-  old = p.parse_args(["--variance", "0.1", "--temperature", "2", "--normalize", "softmax",
-                      "--scope", "class", "--out", "w"])
-  assert vars(new) == vars(old)
+  top = cli.build_parser()
+  new = top.parse_args(["diagnose", "--kde-variance", "0.1", "--kde-temperature", "2",
+                        "--kde-normalize", "softmax", "--kde-scope", "class", "--workdir", "w"])
+  old = top.parse_args(["diagnose", "--variance", "0.1", "--temperature", "2", "--normalize",
+                        "softmax", "--scope", "class", "--out", "w"])
+  assert vars(new) == vars(old) and new.fn is cli.cmd_diagnose
+  p = argparse.ArgumentParser()
+  cli.add_diagnose_flags(p)
   assert (new.kde_variance, new.kde_temperature, new.kde_normalize, new.kde_scope,
           new.workdir) == (0.1, 2.0, "softmax", "class", "w")
   assert "--variance" not in p.format_help() and "--kde-variance" in p.format_help()

@@ -258,3 +258,27 @@ def test_diagnose_cli_on_embedded_cmnist(tmp_path):
   again = diagnose.main(argv)
   assert again["surrogate"]["from_cache"] is True
   assert again["default"]["report"]["overall"] == pytest.approx(o)
+
+
+def test_kde_weights_dispatches_on_scope_and_the_sweep_covers_the_grid():
+  from jaxdd import kde
+  rng = np.random.default_rng(1)
+  z = rng.normal(size=(40, 3)).astype(np.float32)
+  y = np.repeat([0, 1], 20)
+  aligned = np.arange(40) % 10 != 0
+  key = jax.random.key(3)
+  cfg = kde.KDEConfig(0.5, 1.0, "softmax", "batch")
+  np.testing.assert_array_equal(
+      D.kde_weights(key, z, y, cfg, num_classes=2, batch_size=8, num_rounds=2),
+      D.batch_scope_weights(key, z, y, batch_size=8, variance=0.5, temperature=1.0,
+                                      normalize="softmax", num_classes=2, num_rounds=2))
+  np.testing.assert_array_equal(
+      D.kde_weights(key, z, y, cfg.replace(scope="class"), num_classes=2),
+      D.class_scope_weights(z, y, variance=0.5, temperature=1.0, normalize="softmax",
+                                      num_classes=2))
+  rows = D.weight_sweep(key, z, y, aligned, num_classes=2, variances=(0.1, 1.0),
+                                  temperatures=(0.5,), batch_size=8, num_rounds=1)
+  assert len(rows) == 2 * 2 * 2 * 1
+  assert {(r["scope"], r["normalize"], r["variance"]) for r in rows} == {
+      (s, n, v) for s in ("batch", "class") for n in ("power", "softmax") for v in (0.1, 1.0)}
+  assert all(r["report"]["overall"]["n"] == 40 for r in rows)

@@ -252,20 +252,25 @@ def json_default(o: Any) -> Any:
   raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def jsonable(x: Any) -> Any:
+def jsonable(x: Any, *, nan_to_none: bool = False) -> Any:
   """A copy of ``x`` with plain-JSON types: dict keys become str, tuples lists,
   numpy scalars and arrays numbers and lists; anything else is kept as is.
+  ``nan_to_none`` also turns NaN and infinities into None (strict JSON).
 
   Example:
     >>> jsonable({1: (np.float32(0.5), np.arange(2))})
     {'1': [0.5, [0, 1]]}
+    >>> jsonable([float("nan"), 1.0], nan_to_none=True)
+    [None, 1.0]
   """
   if isinstance(x, dict):
-    return {str(k): jsonable(v) for k, v in x.items()}
+    return {str(k): jsonable(v, nan_to_none=nan_to_none) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [jsonable(v) for v in x]
+    return [jsonable(v, nan_to_none=nan_to_none) for v in x]
   if isinstance(x, np.ndarray):
-    return x.tolist()
+    return jsonable(x.tolist(), nan_to_none=nan_to_none) if nan_to_none else x.tolist()
   if isinstance(x, np.generic):
-    return x.item()
+    x = x.item()
+  if nan_to_none and isinstance(x, float) and not np.isfinite(x):
+    return None
   return x
