@@ -47,7 +47,7 @@ _API = {
     "gm": ("jaxdd.distill", "gm"),
     "dc": ("jaxdd.distill", "dc"),
     "Distiller": ("jaxdd.distill", "Distiller"),
-    "KDEConfig": ("jaxdd.distill", "KDEConfig"),
+    "KDEConfig": ("jaxdd.kde", "KDEConfig"),
     "real_data": ("jaxdd.distill", "real_data"),
     # evaluation: protocols, the trainer, the entry point
     "get_protocol": ("jaxdd.protocols", "get_protocol"),
