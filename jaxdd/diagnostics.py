@@ -634,9 +634,8 @@ def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, 
     if images.shape[1:] != train_images.shape[1:]:
       raise ValueError(f"bias_score: images must be (n,) + {train_images.shape[1:]} like the "
                        f"classifier's training images, got {images.shape}")
-    block = evaluate.predict_block(protocol, len(images), "map")
-    votes = np.asarray(evaluate._predict_program(task, block, "map")(params, state,
-                                                                      jnp.asarray(images)))
+    votes = np.asarray(evaluate.predict(task, params, state, images, protocol=protocol,
+                                        parallel="map"))
     counts = np.stack([(votes == b).sum(0) for b in range(num_bias)], -1)
     return counts.argmax(-1)
 

@@ -65,6 +65,31 @@ _num_classes = checks.infer_num_classes
 
 
 
+def predict(task: TrainTask, params, state, images, *, protocol: Protocol,
+            parallel: str = "auto") -> jax.Array:
+  """Predicted classes of ``M`` stacked networks: (M, n) int32.
+
+  The networks are the leading axis of ``params``/``state`` (as
+  :func:`train_models` returns them); prediction runs in eval mode, in compiled
+  blocks sized by ``protocol`` (:func:`predict_block`), which never change the
+  result.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdd import models
+    >>> task = standard_task(models.get("convnet-d2-w8", num_classes=3))
+    >>> syn = SynSet(jnp.zeros((6, 8, 8, 3)), jnp.arange(6) % 3)
+    >>> v, _ = train_models(jax.random.key(0), syn, model=models.get("convnet-d2-w8", num_classes=3),
+    ...                     protocol=get_protocol("smoke"), num_models=2)
+    >>> params, state = split_variables(jax.tree.map(lambda a: a[0], v))  # the first lr
+    >>> predict(task, params, state, jnp.zeros((5, 8, 8, 3)), protocol=get_protocol("smoke")).shape
+    (2, 5)
+  """
+  parallel = resolve_parallel(parallel)
+  images = jax.numpy.asarray(images)
+  block = predict_block(protocol, images.shape[0], parallel)
+  return _predict_program(task, block, parallel)(params, state, images)
+
 
 def split_validation(key: jax.Array, batch: Batch, *, fraction: float) -> tuple[Batch, Batch]:
   """Carves a class-stratified validation split out of training data.
@@ -178,8 +203,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
   if valid is not None:
     flat = jax.tree.map(lambda a: a.reshape((num_lrs * num_models,) + a.shape[2:]),
                         (params, state))
-    block = predict_block(protocol, valid.images.shape[0], parallel)
-    preds = _predict_program(task, block, parallel)(*flat, valid.images)
+    preds = predict(task, *flat, valid.images, protocol=protocol, parallel=parallel)
     scores = getattr(_metrics_for(preds, valid, num_classes, num_bias), select_on)
     valid_scores = np.asarray(scores).reshape(num_lrs, num_models)
     if not np.isfinite(valid_scores).all():
@@ -189,8 +213,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
     sel = int(np.argmax(valid_scores.mean(axis=1)))
   # Only the selected networks ever see the test set.
   chosen = _slice_tree((params, state), sel)
-  block = predict_block(protocol, test.images.shape[0], parallel)
-  preds = _predict_program(task, block, parallel)(*chosen, test.images)
+  preds = predict(task, *chosen, test.images, protocol=protocol, parallel=parallel)
   acc = jax.device_get(_metrics_for(preds, test, num_classes, num_bias))
   metrics = jax.device_get(_slice_tree(metrics, sel))
   return EvalResult(

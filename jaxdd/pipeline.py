@@ -533,13 +533,6 @@ def plot_accuracy_bars(results: dict[str, dict], path: str | None = None, *, tit
 # ---------------------------------------------------------------------------- runs
 
 
-def _summary(result: evaluate.EvalResult) -> dict:
-  d = result.to_dict()
-  metrics = ("overall", "aligned", "conflicting", "worst_group")
-  return {"mean": {m: float(result.mean(m)) for m in metrics},
-          "std": {m: float(result.std(m)) for m in metrics}, "result": d}
-
-
 def _check_distill_workdir(config: RunConfig, workdir: str) -> None:
   """Refuses a workdir whose distillation settings differ (evaluation settings may)."""
   config_path = os.path.join(workdir, "config.json")
@@ -637,7 +630,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
                              protocol=config.eval_protocol, num_models=config.num_eval_models,
                              progress=progress)
   result = dataclasses.replace(result, method=method_name(config))
-  summary = _summary(result)
+  summary = result.summary()
   summary.update(method=method_name(config), config=config.to_dict(), digest=config.digest())
   synset.atomic_write_json(os.path.join(workdir, "eval.json"), summary)
   if progress:
@@ -769,7 +762,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
       res = evaluate.evaluate(k_eval, syn, test, model=model, protocol=prot,
                               num_models=min(config.num_eval_models, 2), progress=progress)
       extra = {"epochs": prot.epochs}
-    summary = _summary(res)
+    summary = res.summary()
     summary.update(extra)
     results[name] = summary
     if progress:

@@ -94,6 +94,13 @@ class EvalResult:
     """Standard deviation (ddof 0) over models of ``metric``."""
     return float(np.std(getattr(self, metric)))
 
+  def summary(self) -> dict[str, Any]:
+    """``{"mean": {metric: ...}, "std": {metric: ...}, "result": to_dict()}`` over
+    the four group metrics: the form run directories store (``eval.json``)."""
+    metrics = ("overall", "aligned", "conflicting", "worst_group")
+    return {"mean": {m: self.mean(m) for m in metrics},
+            "std": {m: self.std(m) for m in metrics}, "result": self.to_dict()}
+
   def stamp(self) -> dict[str, Any]:
     """How the numbers were produced (protocol fields, model, seeds, method)."""
     return {

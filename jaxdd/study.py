@@ -165,7 +165,7 @@ def evaluate_cached(config: pipeline.RunConfig, workdir: str, run_data: pipeline
                                select_on=_conflicting_select(valid), progress=progress)
   else:
     raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-  summary = pipeline._summary(result)
+  summary = result.summary()
   summary.update(split=split, method=pipeline.method_name(config), config=config.to_dict())
   synset.atomic_write_json(path, summary)
   return summary
