@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd._src import checks
+from jaxdd._src import rng as rng_lib
 from jaxdd.structs import SynSet
 
 
@@ -146,7 +147,7 @@ def random_subset_indices(key: jax.Array, labels, *, ipc: int,
   labels = _labels(labels)
   ipc = _check_ipc(ipc)
   nc = _classes(labels, num_classes)
-  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
+  rng = rng_lib.numpy_rng(key)
   return np.concatenate([rng.choice(_class_rows(labels, c, ipc), ipc, replace=False)
                          for c in range(nc)])
 

@@ -25,7 +25,6 @@ Two scopes of weights (docs/protocols.md):
 from __future__ import annotations
 
 import functools
-import io
 import os
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -34,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import kde
+from jaxdd._src import rng as rng_lib
 from jaxdd._src.checks import check_images
-from jaxdd.synset import atomic_write_bytes
 
 __all__ = [
     "auroc",
@@ -53,7 +52,7 @@ __all__ = [
 
 def _np_rng(key: jax.Array) -> np.random.Generator:
   """A numpy Generator derived from a typed jax key (same key, same stream)."""
-  return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  return rng_lib.numpy_rng(key)
 
 
 # ---------------------------------------------------------------------------

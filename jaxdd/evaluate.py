@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from jaxdd._src import checks
+from jaxdd._src import rng as rng_lib
 from jaxdd.metrics import METRICS, GroupAccuracies, group_accuracies  # noqa: F401  (re-exported)
 from jaxdd.metrics import metrics_for as _metrics_for
 from jaxdd.models import loop_safe_conv, loop_safe_convs  # noqa: F401  (re-exported)
@@ -120,7 +121,7 @@ def split_validation(key: jax.Array, batch: Batch, *, fraction: float) -> tuple[
   labels = np.asarray(batch.labels)
   if labels.ndim != 1 or len(labels) != len(batch.images):
     raise ValueError(f"batch.labels must be (n,) with n = {len(batch.images)}, got {labels.shape}")
-  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
+  rng = rng_lib.numpy_rng(key)
   valid_rows = []
   for c in np.unique(labels):
     rows = rng.permutation(np.flatnonzero(labels == c))

@@ -33,13 +33,11 @@ A study directory::
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import os
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -74,6 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd._src import io as _io
+from jaxdd._src import rng as _rng
 from jaxdd.data import cache as _cache
 from jaxdd.data import sources as _sources
 from jaxdd.data.sources import (ArraySource, IdxSource, ImageFolderSource, MnistCsvSource,
@@ -374,7 +375,7 @@ def _as_key(key) -> jax.Array:
 
 def _numpy_rng(key) -> np.random.Generator:
   """numpy Generator derived from a jax key (same key -> same stream)."""
-  return np.random.default_rng(np.asarray(jax.random.key_data(_as_key(key))).tolist())
+  return _rng.numpy_rng(_as_key(key))
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:

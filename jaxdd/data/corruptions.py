@@ -90,6 +90,7 @@ from PIL import Image
 from scipy import ndimage
 
 from jaxdd._src import checks
+from jaxdd._src import rng as _rng
 from jaxdd.data.sources import open_progress
 
 __all__ = ["TYPE0", "TYPE1", "CORRUPTIONS", "corrupt", "rgb_to_hsv", "hsv_to_rgb"]
@@ -898,7 +899,7 @@ def _check_key(key) -> list[int]:
   if key.shape != ():
     raise ValueError(f"key must be a single key (shape ()), got shape "
                      f"{key.shape}; pass keys[i] instead of a batch of keys")
-  return np.asarray(jax.random.key_data(key)).ravel().tolist()
+  return _rng.key_words(key)
 
 
 def corrupt(key: jax.Array, images, name: str, *, severity: int,
