@@ -76,3 +76,21 @@ def test_results_tables_names_the_missing_file(tmp_path):
 def test_readme_and_results_tables_match_the_published_result_files():
   """README.md and RESULTS.md show exactly what results/*/table.json hold."""
   assert results_tables.main(["--check"]) == 0
+
+
+def test_grid_cifar10c_cell_needs_cifar10_and_runs_nothing_without_it(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location(
+      "grid", os.path.join(os.path.dirname(__file__), "..", "experiments", "grid.py"))
+  grid = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(grid)
+  with pytest.raises(SystemExit) as exc:
+    grid.main(["--cells", "c-cifar10c", "--root", str(tmp_path / "g")])
+  assert exc.value.code == 2 and "--cifar10 PATH" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    grid.main(["--cells", "c-cifar10c", "--cifar10", str(tmp_path / "none.npz"),
+               "--root", str(tmp_path / "g")])
+  assert "no such file" in capsys.readouterr().err
+  assert not (tmp_path / "g").exists()
+  # The offline corruption cell is a corruption-biased Fashion-MNIST, named as such.
+  assert grid.CELLS["c"]["overrides"]["dataset"] == "corrupted_fmnist"
+  assert grid.CELLS["c-cifar10c"]["overrides"]["dataset"] == "cifar10c"
