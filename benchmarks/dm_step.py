@@ -12,6 +12,7 @@ prints one JSON line. Usage:
   python benchmarks/dm_step.py                      # IPC 10 and 50, default flags
   python benchmarks/dm_step.py --ipc 10 --steps 10 --xla-flags=--xla_cpu_use_onednn=true
   python benchmarks/dm_step.py --kde                # KDE-weighted DM (batch scope)
+  python benchmarks/dm_step.py --policy accelerator # the accelerator layout (jaxdd.policy)
 """
 from __future__ import annotations
 
@@ -28,13 +29,20 @@ def _chunk_arg(value: str):
 
 
 def _child(args) -> None:
+  """The measured process: everything under the pinned jaxdd.policy (``--policy``)."""
+  from jaxdd import policy
+  with policy.use(args.policy):
+    _measure(args)
+
+
+def _measure(args) -> None:
   import resource
   import time
 
   import jax
   import numpy as np
 
-  from jaxdd import augment, distill, models
+  from jaxdd import augment, distill, models, policy
 
   rng = np.random.default_rng(0)
   per_class = args.real_per_class + 44
@@ -76,7 +84,7 @@ def _child(args) -> None:
   print(json.dumps({
       "bench": "dm_step", "ipc": args.ipc, "real_per_class": args.real_per_class,
       "width": args.width, "dsa": not args.no_dsa, "kde": args.kde, "real_chunk": args.real_chunk,
-      "syn_chunk": args.syn_chunk,
+      "syn_chunk": args.syn_chunk, "policy": policy.current().name,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 2),
       "step_s_median": round(med, 3), "step_s_min": round(min(times), 3),
       "step_s_max": round(max(times), 3), "n": len(times),
@@ -98,10 +106,12 @@ def main(argv=None) -> None:
   p.add_argument("--kde", action="store_true")
   p.add_argument("--real-chunk", default="auto",
                  help="embed the real images this many at a time (distill.dm real_chunk; "
-                      "0 = all at once). Default 'auto', the library default (32 on CPU)")
+                      "0 = all at once). Default 'auto', the policy's (32 on CPU)")
   p.add_argument("--syn-chunk", default="auto",
                  help="the same for the synthetic images (distill.dm syn_chunk). Default "
-                      "'auto' (10 on CPU)")
+                      "'auto', the policy's (10 on CPU)")
+  p.add_argument("--policy", choices=["auto", "cpu", "accelerator"], default="auto",
+                 help="pin this jaxdd.policy layout (default: by backend)")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -117,7 +127,7 @@ def main(argv=None) -> None:
            "--warmup", str(args.warmup), "--real-per-class", str(args.real_per_class),
            "--width", str(args.width)] + (["--no-dsa"] if args.no_dsa else []) + (
                ["--real-chunk", str(args.real_chunk), "--syn-chunk", str(args.syn_chunk)]) + (
-               ["--kde"] if args.kde else [])
+               ["--kde"] if args.kde else []) + ["--policy", args.policy]
     subprocess.run(cmd, env=env, check=True)
 
 

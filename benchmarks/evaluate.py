@@ -24,6 +24,7 @@ Usage:
   python benchmarks/evaluate.py                               # ipc 10 and 50, dm and cpu
   python benchmarks/evaluate.py --ipc 10 --protocol cpu --modes map sequential
   python benchmarks/evaluate.py --epochs 2 --width 8 --test-size 256   # a quick check
+  python benchmarks/evaluate.py --policy accelerator          # pin a jaxdd.policy layout
 """
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ import sys
 
 
 def _child(args) -> None:
+  """The measured process: everything under the pinned jaxdd.policy (``--policy``)."""
+  from jaxdd import policy
+  with policy.use(args.policy):
+    _measure(args)
+
+
+def _measure(args) -> None:
   import importlib
   import resource
   import time
@@ -43,7 +51,7 @@ def _child(args) -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import models
+  from jaxdd import models, policy
 
   ev = importlib.import_module("jaxdd.evaluate")  # the module, not jaxdd.evaluate()
 
@@ -99,7 +107,8 @@ def _child(args) -> None:
       "bench": "evaluate", "mode": args.mode, "ipc": args.ipc, "num_train": n,
       "protocol": protocol.name, "epochs_trained": protocol.num_epochs,
       "augment": protocol.augment, "num_models": args.num_models, "width": args.width,
-      "test_size": args.test_size, "compile_train_s": round(compile_train_s, 3),
+      "test_size": args.test_size, "policy": policy.current().name,
+      "compile_train_s": round(compile_train_s, 3),
       "train_s": round(train_s, 3), "train_s_per_model": round(train_s / args.num_models, 3),
       "test_first_call_s": round(test_first_s, 3), "test_s": round(test_s, 3),
       "total_s": round(compile_train_s + train_s + test_first_s, 3),
@@ -120,6 +129,8 @@ def main() -> None:
                  help="override the protocol's epochs (the stamp shows the change)")
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--test-size", type=int, default=10000)
+  p.add_argument("--policy", choices=["auto", "cpu", "accelerator"], default="auto",
+                 help="pin this jaxdd.policy layout (default: by backend)")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--mode", default="map", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -138,7 +149,8 @@ def main() -> None:
       for mode in args.modes:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode,
                "--ipc", str(ipc), "--protocol", proto, "--num-models", str(args.num_models),
-               "--width", str(args.width), "--test-size", str(args.test_size)]
+               "--width", str(args.width), "--test-size", str(args.test_size),
+               "--policy", args.policy]
         if args.epochs is not None:
           cmd += ["--epochs", str(args.epochs)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -152,7 +164,7 @@ def main() -> None:
       if "sequential" in results:
         seq = results["sequential"]
         summary = {"bench": "evaluate.speedup", "ipc": ipc, "protocol": proto,
-                   "num_models": args.num_models}
+                   "num_models": args.num_models, "policy": seq.get("policy")}
         for mode, r in results.items():
           if mode != "sequential":
             summary[f"{mode}_train_speedup"] = round(seq["train_s"] / r["train_s"], 3)

@@ -25,6 +25,7 @@ Each configuration runs in its own subprocess and prints one JSON line:
   python benchmarks/gm_outer.py --method dc --iters 2
   python benchmarks/gm_outer.py --kde                  # KDE-weighted (batch scope)
   python benchmarks/gm_outer.py --no-tune-malloc       # glibc's allocator as shipped
+  python benchmarks/gm_outer.py --policy accelerator   # pin a jaxdd.policy layout
 """
 from __future__ import annotations
 
@@ -51,6 +52,13 @@ def _median_time(fn, n: int, warmup: int = 1) -> tuple[float, list[float]]:
 
 
 def _child(args) -> None:
+  """The measured process: everything under the pinned jaxdd.policy (``--policy``)."""
+  from jaxdd import policy
+  with policy.use(args.policy):
+    _measure(args)
+
+
+def _measure(args) -> None:
   import resource
   import time
 
@@ -58,7 +66,7 @@ def _child(args) -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import augment, cli, distill, evaluate, matching, models
+  from jaxdd import augment, cli, distill, evaluate, matching, models, policy
 
   malloc_tuned = cli.tune_allocator() if args.tune_malloc else False
   nc, ipc, b = 10, args.ipc, args.real_per_class
@@ -105,7 +113,8 @@ def _child(args) -> None:
   aug = augment.dsa(strategy) if strategy else None
   real_b = jnp.asarray(images.reshape(nc, per_class, 28, 28, 3)[:, :b])
   syn_b = real_b[:, :ipc]
-  chunk = 32 if jax.default_backend() == "cpu" else None
+  chunk = (policy.current().real_chunk if args.real_chunk == "auto"
+           else (int(args.real_chunk) or None))
   logits_fn = lambda p, x: net.apply({"params": p}, x)
 
   @jax.jit
@@ -132,7 +141,8 @@ def _child(args) -> None:
   print(json.dumps({
       "bench": "gm_outer", "method": args.method, "ipc": ipc, "outer_loop": outer,
       "inner_loop": inner, "real_per_class": b, "width": args.width, "kde": args.kde,
-      "real_chunk": args.real_chunk, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "real_chunk": args.real_chunk, "policy": policy.current().name,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "malloc_tuned": malloc_tuned,
       "compile_s": round(compile_s, 1),
       "outer_s_median": round(step_s, 2), "outer_s_all": [round(t, 2) for t in step_times],
@@ -166,6 +176,8 @@ def main(argv=None) -> None:
   p.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false",
                  help="leave glibc's allocator as shipped (default: cli.tune_allocator(), as the "
                       "jaxdd CLI does; compare with the allocator-tuned PyTorch reference)")
+  p.add_argument("--policy", choices=["auto", "cpu", "accelerator"], default="auto",
+                 help="pin this jaxdd.policy layout (default: by backend)")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -183,6 +195,7 @@ def main(argv=None) -> None:
   cmd += ["--inner-loop", str(args.inner_loop)] if args.inner_loop else []
   cmd += ["--kde"] if args.kde else []
   cmd += [] if args.tune_malloc else ["--no-tune-malloc"]
+  cmd += ["--policy", args.policy]
   subprocess.run(cmd, env=env, check=True)
 
 

@@ -70,10 +70,12 @@ __all__ = sorted(_API)
 # imported before. Evaluation is split by concern: ``protocols`` (the recipes),
 # ``train`` (the one trainer), ``metrics`` (group accuracies), ``results``
 # (EvalResult) and ``evaluate`` (the entry points; re-exports the others).
+# ``policy`` holds the CPU/accelerator layout choices (jaxdd.policy.use pins one).
 # ("contrastive" is the deprecated alias of "surrogate", removed in the next release.)
 _SUBMODULES = ("augment", "baselines", "cli", "contrastive", "data", "debias", "diagnostics",
                "distill", "evaluate", "kde", "matching", "metrics", "models", "parallel",
-               "pipeline", "protocols", "results", "structs", "surrogate", "synset", "train")
+               "pipeline", "policy", "protocols", "results", "structs", "surrogate", "synset",
+               "train")
 
 
 def __getattr__(name: str) -> Any:

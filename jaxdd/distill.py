@@ -40,7 +40,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import augment as augment_lib
 from jaxdd._src import checks
-from jaxdd import kde, matching, parallel
+from jaxdd import kde, matching, parallel, policy
 from jaxdd import train as train_lib
 from jaxdd.protocols import Protocol
 from jaxdd.models import ConvNet, loop_safe_convs
@@ -270,18 +270,20 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     real_chunk: embed the (gradient-free) real images this many at a time
       inside the step, which keeps activations in cache on CPU; ignored (all
       at once) for BatchNorm models, whose statistics mix the whole batch as
-      in the reference, and when a mesh is given. ``"auto"``: 32 on CPU, all
-      at once elsewhere. ``None``: all at once.
+      in the reference, and when a mesh is given. ``"auto"``: the active
+      :mod:`jaxdd.policy`'s ``real_chunk`` (32 on CPU, all at once on
+      accelerators). ``None``: all at once.
     syn_chunk: the same for the synthetic images, whose forward and backward
       then run chunk by chunk (plain ``nn.Conv`` layers are routed through
-      :func:`jaxdd.models.loop_safe_convs` for that). ``"auto"``: 10 on CPU,
-      all at once elsewhere. Chunking never changes the loss beyond float
-      rounding. Timings at the reference configuration: RESULTS.md §4
-      "One DM step" (benchmarks/dm_step.py).
+      :func:`jaxdd.models.loop_safe_convs` for that). ``"auto"``: the policy's
+      ``syn_chunk`` (10 on CPU, all at once on accelerators). Chunking never
+      changes the loss beyond float rounding. Timings at the reference
+      configuration: RESULTS.md §4 "One DM step" (benchmarks/dm_step.py).
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
   Returns:
-    A :class:`Distiller` ``(init, step)``.
+    A :class:`Distiller` ``(init, step)``. The step is traced under the policy
+    that was active when ``dm`` was called (:func:`jaxdd.policy.current`).
   """
   if ipc < 1:
     raise ValueError(f"ipc must be >= 1, got {ipc}")
@@ -291,9 +293,9 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
   _check_kde(kde_config)
   model = ConvNet(num_classes) if model is None else model
-  cpu = jax.default_backend() == "cpu"
-  real_chunk = _chunk(real_chunk, 32 if cpu else None, "real_chunk")
-  syn_chunk = _chunk(syn_chunk, 10 if cpu else None, "syn_chunk")
+  pol = policy.current()
+  real_chunk = _chunk(real_chunk, pol.real_chunk, "real_chunk")
+  syn_chunk = _chunk(syn_chunk, pol.syn_chunk, "syn_chunk")
   tx = optax.sgd(lr, momentum=momentum) if syn_tx is None else syn_tx
   real_spec = P(class_axis, batch_axis)
   syn_spec = P(class_axis)
@@ -338,6 +340,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
                         state.key), metrics
 
+  step_fn = policy.pinned(pol, step_fn)
   if not jit:
     return Distiller(init_fn, step_fn)
   # init runs once and checks sizes on the host, so only the step is compiled.
@@ -421,9 +424,11 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     kde_config: None for vanilla DC/DSA, else the KDE weighting.
     mesh, class_axis, batch_axis: as in :func:`dm`.
     real_chunk: compute the real gradient this many images at a time
-      (``"auto"``: 32 on CPU, all at once elsewhere; None: all at once);
-      the same value up to float rounding.
-    jit: return a jitted ``step`` (default) or the raw pure function.
+      (``"auto"``: the active :mod:`jaxdd.policy`'s ``real_chunk``, 32 on CPU
+      and all at once on accelerators; None: all at once); the same value up
+      to float rounding.
+    jit: return a jitted ``step`` (default) or the raw pure function. The step
+      is traced under the policy that was active when ``gm`` was called.
 
   Returns:
     A :class:`Distiller`. The step's metrics: ``loss`` (the class-summed
@@ -443,8 +448,8 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   _check_kde(kde_config)
   outer, inner = gm_loops(ipc, outer_loop, inner_loop)
   model = ConvNet(num_classes) if model is None else model
-  cpu = jax.default_backend() == "cpu"
-  real_chunk = _chunk(real_chunk, 32 if cpu else None, "real_chunk")
+  pol = policy.current()
+  real_chunk = _chunk(real_chunk, pol.real_chunk, "real_chunk")
   aug = augment_lib.dsa(strategy) if strategy else None
   inner_protocol = Protocol("gm-inner", epochs=inner - 1, lr=lr_net, momentum=0.0,
                             weight_decay=0.0, batch_size=net_batch_size, decay_at=None,
@@ -514,6 +519,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
                         state.key), metrics
 
+  step_fn = policy.pinned(pol, step_fn)
   if not jit:
     return Distiller(init_fn, step_fn)
   return Distiller(init_fn, jax.jit(step_fn, donate_argnums=0))

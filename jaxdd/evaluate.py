@@ -48,7 +48,7 @@ from jaxdd.results import EvalResult, model_spec  # noqa: F401  (re-exported)
 from jaxdd.results import _json_array, _json_float  # noqa: F401  (re-exported)
 from jaxdd.structs import Batch, SynSet
 # The trainer and its programs (re-exported: evaluate.fit, evaluate.train_models, ...).
-# CPU_MICRO_BATCH is a copy: tune the trainer's through jaxdd.train.CPU_MICRO_BATCH.
+# CPU_MICRO_BATCH is the cpu policy's micro-batch; to try another, pin a policy (jaxdd.policy.use).
 from jaxdd.train import (CPU_MICRO_BATCH, PARALLEL, StepBatch, TrainMetrics, TrainTask,  # noqa: F401
                          _augment_fn, _epoch_done, _EPOCH_SINK, _fit, _predict_program, _train,
                          _train_many, _train_many_program, _train_single, _train_traced,

@@ -56,7 +56,6 @@ Architectures are also named by spec strings (:func:`get`, :func:`spec_of`):
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import re
@@ -67,7 +66,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdd import policy
 from jaxdd._src import checks
+# The XLA:CPU convolution kernels live in jaxdd._src.cpu_kernels; re-exported here.
+from jaxdd._src.cpu_kernels import loop_safe_conv, loop_safe_convs  # noqa: F401
 
 Norm = Literal["instance", "batch", "layer", "group", "none"]
 Pooling = Literal["avg", "max", "none"]
@@ -84,204 +86,6 @@ def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
   return init
 
 
-# XLA:CPU workaround: convolution weight gradients inside loops
-# ---------------------------------------------------------------------------
-# On XLA:CPU a convolution's weight gradient inside a while loop (our
-# lax.scan over steps) is not rewritten into the Eigen-friendly form and runs
-# through a naive emitter, far slower than outside a loop (jax-ml/jax#12868;
-# jax 0.10.2; timings in RESULTS.md §4 "Evaluation"). We therefore give
-# NHWC/HWIO convolutions a custom VJP: the weight gradient is kh*kw strided
-# slices of the padded input contracted with the output gradient (plain
-# matmuls), the input gradient a forward convolution of the dilated output
-# gradient with the flipped kernel; the forward pass is lax's own. On other backends nothing is changed.
-
-_NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-
-
-_FEW_CHANNELS = 8  # input-gradient as matmul + col2im up to this many input channels
-
-
-def _few_channels(x_shape, strides, padding) -> bool:
-  """Stride 1, non-negative padding and at most _FEW_CHANNELS input channels."""
-  return (tuple(strides) == (1, 1) and x_shape[3] <= _FEW_CHANNELS
-          and min(min(p) for p in padding) >= 0)
-
-
-def _patches(x, kh: int, kw: int, padding):
-  """im2col of a stride-1 conv: (N, Ho, Wo, kh*kw*C), ordered (i, j, c) like an HWIO kernel."""
-  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-  return jnp.concatenate([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
-                         axis=-1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _nhwc_conv(x, w, strides, padding, precision):
-  if _few_channels(x.shape, strides, padding):
-    # XLA:CPU runs a convolution with 1-3 input channels far below its matmul
-    # speed; as one matmul over im2col patches it is memory-bound and several
-    # times faster (RESULTS.md §4 "One gradient-matching outer iteration").
-    kh, kw = w.shape[:2]
-    cols = _patches(x, kh, kw, padding)
-    out = jnp.dot(cols.reshape(-1, cols.shape[-1]), w.reshape(-1, w.shape[-1]),
-                  precision=precision)
-    return out.reshape(cols.shape[:3] + (w.shape[-1],))
-  return lax.conv_general_dilated(x, w, strides, padding,
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
-
-
-def _nhwc_conv_fwd(x, w, strides, padding, precision):
-  return _nhwc_conv(x, w, strides, padding, precision), (x, w)
-
-
-def _nhwc_conv_bwd(strides, padding, precision, res, g):
-  x, w = res
-  if _few_channels(x.shape, strides, padding):
-    dx = _conv_input_grad_col2im(g, w, x.shape, padding, precision)
-    # The weight gradient as one (kh*kw*C, N*Ho*Wo) @ (N*Ho*Wo, O) matmul.
-    cols = _patches(x, w.shape[0], w.shape[1], padding)
-    dw = jnp.dot(cols.reshape(-1, cols.shape[-1]).T, g.reshape(-1, g.shape[-1]),
-                 precision=precision).reshape(w.shape)
-  else:
-    dx = _conv_input_grad(g, w, x.shape, strides, padding, precision)
-    dw = _conv_weight_grad(x, g, w.shape, strides, padding, precision)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-def _conv_input_grad_col2im(g, w, x_shape, padding, precision):
-  # Stride 1, few input channels (the first layer, 1 or 3): XLA:CPU runs a
-  # convolution with 3 output channels slowly, so take dx as one matmul into
-  # patch space, g @ W^T, then col2im (the kh*kw shifted patch slices summed);
-  # timings in RESULTS.md §4 "One DM step".
-  kh, kw, c = w.shape[:3]
-  n, h, wd, _ = x_shape
-  ho, wo = g.shape[1], g.shape[2]
-  cols = jnp.dot(g.reshape(-1, g.shape[3]), w.reshape(kh * kw * c, -1).T, precision=precision)
-  cols = cols.reshape(n, ho, wo, kh, kw, c)
-  hp, wp = h + padding[0][0] + padding[0][1], wd + padding[1][0] + padding[1][1]
-  dxp = sum(jnp.pad(cols[:, :, :, i, j, :], ((0, 0), (i, hp - ho - i), (j, wp - wo - j), (0, 0)))
-            for i in range(kh) for j in range(kw))
-  return dxp[:, padding[0][0]:padding[0][0] + h, padding[1][0]:padding[1][0] + wd, :]
-
-
-def _conv_input_grad(g, w, x_shape, strides, padding, precision):
-  kh, kw = w.shape[:2]
-  sh, sw = strides
-  _, h, wd, _ = x_shape
-  ho, wo = g.shape[1], g.shape[2]
-  # Input gradient as a *forward* convolution (also slow in loops when left to
-  # lax's transpose rule): dilate g by the stride and pad it so
-  # that a stride-1 VALID convolution with the flipped, io-swapped kernel
-  # returns exactly x's shape. Negative padding crops.
-  rest_h = (h + padding[0][0] + padding[0][1] - kh) - (ho - 1) * sh
-  rest_w = (wd + padding[1][0] + padding[1][1] - kw) - (wo - 1) * sw
-  g_dil = lax.pad(g, jnp.zeros((), g.dtype),
-                  ((0, 0, 0), (kh - 1 - padding[0][0], kh - 1 - padding[0][1] + rest_h, sh - 1),
-                   (kw - 1 - padding[1][0], kw - 1 - padding[1][1] + rest_w, sw - 1), (0, 0, 0)))
-  w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)
-  return lax.conv_general_dilated(g_dil, w_t, (1, 1), ((0, 0), (0, 0)),
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
-
-
-def _conv_weight_grad(x, g, w_shape, strides, padding, precision):
-  kh, kw = w_shape[:2]
-  sh, sw = strides
-  n = x.shape[0]
-  ho, wo = g.shape[1], g.shape[2]
-  # Weight gradient: dW[i, j] = sum_{n,h,w} xp[n, i + sh*h, j + sw*w, :]^T g[n, h, w, :].
-  # The long contraction is split into two halves contracted as a batch and
-  # summed: XLA:CPU then keeps both cores busy (RESULTS.md §4 "One
-  # gradient-matching outer iteration").
-  parts = 2 if n % 2 == 0 else 1
-  gs = g.reshape(parts, -1, g.shape[-1])
-  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-
-  def tap(i, j):
-    xs = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
-                   (1, sh, sw, 1))
-    return jnp.einsum("bkc,bko->bco", xs.reshape(parts, -1, xs.shape[-1]), gs,
-                      precision=precision).sum(0)
-
-  return jnp.stack([jnp.stack([tap(i, j) for j in range(kw)]) for i in range(kh)])
-
-
-_nhwc_conv.defvjp(_nhwc_conv_fwd, _nhwc_conv_bwd)
-
-
-def _all_ones(d) -> bool:
-  return d is None or all(int(v) == 1 for v in d)
-
-
-def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                   dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """Drop-in ``lax.conv_general_dilated`` whose gradient is fast inside loops on CPU.
-
-  Same values and gradients as ``lax.conv_general_dilated``; for 2-D NHWC/HWIO
-  convolutions with explicit padding, no dilation and one feature group, the
-  weight gradient is computed with matmuls (see the comment above). Anything
-  else is passed to ``lax.conv_general_dilated`` unchanged. Suitable as
-  ``flax.linen.Conv(conv_general_dilated=loop_safe_conv)``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> loop_safe_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1)), (1, 1),
-    ...                ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")).shape
-    (1, 4, 4, 1)
-  """
-  dn = dimension_numbers
-  if dn is not None and not hasattr(dn, "lhs_spec"):
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn)
-  simple = (lhs.ndim == 4 and not kwargs and not isinstance(padding, str)
-            and _all_ones(lhs_dilation) and _all_ones(rhs_dilation) and feature_group_count == 1
-            and dn is not None and (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec))
-            == _NHWC_SPECS)
-  if not simple:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                    feature_group_count=feature_group_count, precision=precision,
-                                    **kwargs)
-  return _nhwc_conv(lhs, rhs, tuple(int(s) for s in window_strides),
-                    tuple((int(a), int(b)) for a, b in padding), precision)
-
-
-def _loop_safe_interceptor(next_fun, args, kwargs, context):
-  module = context.module
-  if (context.method_name == "__call__" and isinstance(module, nn.Conv)
-      and module.conv_general_dilated is None and module.conv_general_dilated_cls is None):
-    # Linen modules are frozen; the field is swapped for this call only (tracing
-    # is single-threaded) and restored, so the user's module is unchanged.
-    object.__setattr__(module, "conv_general_dilated", loop_safe_conv)
-    try:
-      return next_fun(*args, **kwargs)
-    finally:
-      object.__setattr__(module, "conv_general_dilated", None)
-  return next_fun(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def loop_safe_convs():
-  """While tracing, route every plain ``nn.Conv`` through :func:`loop_safe_conv` on CPU.
-
-  For foreign Flax models differentiated inside loops (``lax.scan``/``lax.map``):
-  jaxdd's own models already use :func:`loop_safe_conv` on CPU. Elsewhere (GPU,
-  TPU) this does nothing.
-
-  Example:
-    >>> import flax.linen as nn, jax, jax.numpy as jnp
-    >>> conv = nn.Conv(2, (3, 3))
-    >>> v = conv.init(jax.random.key(0), jnp.ones((1, 4, 4, 1)))
-    >>> with loop_safe_convs():
-    ...   y = jax.jit(lambda v, x: conv.apply(v, x))(v, jnp.ones((1, 4, 4, 1)))
-    >>> y.shape
-    (1, 4, 4, 2)
-  """
-  if jax.default_backend() != "cpu":
-    yield
-    return
-  with nn.intercept_methods(_loop_safe_interceptor):
-    yield
-
-
 class TorchConv(nn.Module):
   """``nn.Conv`` with PyTorch's default initialisation."""
   features: int
@@ -296,9 +100,10 @@ class TorchConv(nn.Module):
     pad = self.padding
     if isinstance(pad, int):
       pad = ((pad, pad), (pad, pad))
-    # On CPU, route through loop_safe_conv so that training inside lax.scan
-    # (evaluation, surrogate) does not hit XLA:CPU's slow in-loop gradient path.
-    conv = loop_safe_conv if jax.default_backend() == "cpu" else None
+    # On CPU (policy conv="loop_safe"), route through loop_safe_conv so that
+    # training inside lax.scan (evaluation, surrogate) does not hit XLA:CPU's
+    # slow in-loop gradient path.
+    conv = loop_safe_conv if policy.current().conv == "loop_safe" else None
     return nn.Conv(self.features, self.kernel_size, strides=self.strides, padding=pad,
                    use_bias=self.use_bias, kernel_init=torch_uniform(fan_in),
                    bias_init=torch_uniform(fan_in), conv_general_dilated=conv)(x)

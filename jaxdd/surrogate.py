@@ -54,7 +54,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jaxdd import models
+from jaxdd import models, policy
 from jaxdd._src import checks
 from jaxdd._src import io as _io
 from jaxdd._src.checks import is_traced
@@ -421,9 +421,8 @@ class _TrainFns(NamedTuple):
   step: Callable  # (state, k_aug_epoch, i, idx, images, labels) -> (state, loss)
 
 
-@functools.lru_cache(maxsize=8)
 def _make_train_fns(config: SurrogateConfig, num_examples: int) -> _TrainFns:
-  """The jitted training programs for one (config, dataset size).
+  """The jitted training programs for one (config, dataset size) under the active policy.
 
   Every epoch draws a permutation from ``fold_in(key_shuffle, epoch)`` and cuts
   it into ``num_examples // batch_size`` full batches; the last
@@ -436,8 +435,14 @@ def _make_train_fns(config: SurrogateConfig, num_examples: int) -> _TrainFns:
   ``epoch`` is a whole epoch as one program (``lax.scan`` over its steps);
   ``batches`` + ``step`` run the steps from the host, one program call each.
 
-  Cached per (config, num_examples), so repeated runs reuse the compilation.
+  Cached per (config, num_examples, :func:`jaxdd.policy.current`), so repeated
+  runs reuse the compilation; the programs are traced under that policy.
   """
+  return _train_fns(config, num_examples, policy.current())
+
+
+@functools.lru_cache(maxsize=8)
+def _train_fns(config: SurrogateConfig, num_examples: int, pol: policy.Policy) -> _TrainFns:
   model = config.model()
   batch_size = config.batch_size
   steps = num_examples // batch_size
@@ -489,7 +494,8 @@ def _make_train_fns(config: SurrogateConfig, num_examples: int) -> _TrainFns:
     count_trace("step")
     return step_fn(state, k_aug, i, idx, images, labels)
 
-  return _TrainFns(tx, jax.jit(epoch_fn), jax.jit(batches_fn), jax.jit(host_step))
+  return _TrainFns(tx, jax.jit(policy.pinned(pol, epoch_fn)), jax.jit(batches_fn),
+                   jax.jit(policy.pinned(pol, host_step)))
 
 
 def _resolve_loop(loop: str) -> str:
@@ -498,9 +504,9 @@ def _resolve_loop(loop: str) -> str:
   if loop == "auto":
     # XLA:CPU runs the *backward* convolutions far slower inside a while loop
     # (lax.scan) than as top-level ops (jax-ml/jax#12868; RESULTS.md §4
-    # "Evaluation"). On CPU we therefore drive the steps from the host;
-    # accelerators get the single-program epoch.
-    return "step" if jax.default_backend() == "cpu" else "scan"
+    # "Evaluation"). The cpu policy therefore drives the steps from the host;
+    # the accelerator policy runs the single-program epoch.
+    return policy.current().train_loop
   return loop
 
 
@@ -514,8 +520,9 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
   gives the same params. ``loop='scan'`` compiles each epoch into one program
   (``lax.scan`` over its steps); ``loop='step'`` calls one compiled step per
   batch from the host (same arithmetic; results agree to float rounding).
-  ``auto`` picks ``step`` on CPU, where XLA runs backward convolutions inside a
-  ``lax.scan`` far slower, and ``scan`` on accelerators. A tqdm bar runs over
+  ``auto`` takes the active :mod:`jaxdd.policy`'s ``train_loop``: ``step`` on
+  CPU, where XLA runs backward convolutions inside a ``lax.scan`` far slower,
+  and ``scan`` on accelerators. A tqdm bar runs over
   epochs. Training stops with ``FloatingPointError`` on a non-finite loss.
 
   Speed: RESULTS.md §1 and §3 give the training time of the ``cpu`` preset

@@ -15,16 +15,18 @@ nested scan over the batches of an epoch); :func:`train_models` runs it for
 program, either ``vmap`` ped (all networks batched: accelerators) or under a
 ``lax.map`` (one after another inside the program: CPU, where XLA runs the
 grouped convolutions of vmapped ConvNets slower than separate ones; see
-RESULTS.md §4 "Evaluation"); ``parallel="auto"`` picks by backend. Compiled
-programs are cached per (training task, protocol, parallel mode) with
-``functools.lru_cache`` (big_vision's ``get_eval_fn`` pattern); ``jax.jit``
-adds the per-shape cache.
+RESULTS.md §4 "Evaluation"); ``parallel="auto"`` takes the active
+:mod:`jaxdd.policy`'s choice. Compiled programs are cached per (training task,
+protocol, parallel mode, policy) with ``functools.lru_cache`` (big_vision's
+``get_eval_fn`` pattern) and traced under that policy; ``jax.jit`` adds the
+per-shape cache.
 
 On CPU, convolution gradients inside a loop hit a slow XLA:CPU path
 (jax-ml/jax#12868; timings in RESULTS.md §4 "Evaluation"); while the
-trainer is traced, ``flax.linen.Conv`` layers are routed through
-:func:`~jaxdd.models.loop_safe_conv`, which computes the same values and
-gradients with fast kernels.
+trainer is traced under the ``cpu`` policy, ``flax.linen.Conv`` layers are
+routed through :func:`~jaxdd.models.loop_safe_conv`, which computes the same
+values and gradients with fast kernels, and per-sample tasks train on
+micro-batches (:data:`CPU_MICRO_BATCH`).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdd import policy
 from jaxdd._src import checks
 from jaxdd.models import loop_safe_convs
 from jaxdd.protocols import Protocol, get_protocol
@@ -207,10 +210,11 @@ def standard_task(model: nn.Module) -> TrainTask:
 
 
 # Micro-batch size on CPU of per-sample tasks (see TrainTask.per_sample) and of
-# prediction, chosen by timing one ConvNet-3 (width 128) training step on 256
-# images with micro-batches of 16, 32, 64 and 128 (whole batch vs 32:
-# RESULTS.md §4 "Evaluation").
-CPU_MICRO_BATCH = 32
+# prediction: the cpu policy's (jaxdd.policy.POLICIES["cpu"].micro_batch, chosen
+# by timing; RESULTS.md §4 "Evaluation"). The trainer reads the active policy;
+# to try another size, pin one with
+# policy.use(dataclasses.replace(policy.POLICIES["cpu"], name=..., micro_batch=...)).
+CPU_MICRO_BATCH = policy.POLICIES["cpu"].micro_batch
 
 
 def micro_batch_size(batch: int, target: int) -> int:
@@ -340,8 +344,7 @@ def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTas
   # The optimiser state (momentum buffers) does not depend on the lr.
   opt_state = optimizer(lr).init(params)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-  micro = (CPU_MICRO_BATCH if task.per_sample and not jax.tree.leaves(state)
-           and jax.default_backend() == "cpu" else None)
+  micro = policy.current().micro_batch if task.per_sample and not jax.tree.leaves(state) else None
 
   def batch_grad(params, state, batch: StepBatch):
     b = batch.images.shape[0]
@@ -432,7 +435,8 @@ PARALLEL = ("auto", "vmap", "map")
 
 
 def resolve_parallel(parallel: str) -> str:
-  """``"auto"`` -> ``"map"`` on CPU, ``"vmap"`` elsewhere (see :func:`train_models`).
+  """``"auto"`` -> the active policy's (:mod:`jaxdd.policy`): ``"map"`` on CPU,
+  ``"vmap"`` elsewhere (see :func:`train_models`).
 
   Args:
     parallel: ``"auto"``, ``"vmap"`` or ``"map"``.
@@ -447,19 +451,25 @@ def resolve_parallel(parallel: str) -> str:
   if parallel not in PARALLEL:
     raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
   if parallel == "auto":
-    return "map" if jax.default_backend() == "cpu" else "vmap"
+    return policy.current().parallel
   return parallel
 
 
-@functools.lru_cache(maxsize=32)
 def _train_single(task: TrainTask, protocol: Protocol):
-  """Jitted trainer of one network: (key, lr, images, labels) -> (params, state, metrics)."""
-  return jax.jit(functools.partial(_train, task=task, protocol=protocol))
+  """Jitted trainer of one network: (key, lr, images, labels) -> (params, state, metrics).
+
+  Cached per (task, protocol, active policy) and traced under that policy.
+  """
+  return _train_single_program(task, protocol, policy.current())
 
 
 @functools.lru_cache(maxsize=32)
+def _train_single_program(task: TrainTask, protocol: Protocol, pol: policy.Policy):
+  return jax.jit(policy.pinned(pol, functools.partial(_train, task=task, protocol=protocol)))
+
+
 def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, report: bool = False):
-  """Jitted trainer of a (lrs x models) grid in one program.
+  """Jitted trainer of a (lrs x models) grid in one program (cached per active policy too).
 
   ``vmap``: all networks advance together (batched matmuls; convolutions
   become grouped convolutions). ``map``: a ``lax.map`` over the flattened grid
@@ -468,6 +478,12 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, repo
   §4 "Evaluation"), so on CPU ``map`` is the faster of the two; accelerators
   batch well.
   """
+  return _train_many_cached(task, protocol, parallel, report, policy.current())
+
+
+@functools.lru_cache(maxsize=32)
+def _train_many_cached(task: TrainTask, protocol: Protocol, parallel: str, report: bool,
+                       pol: policy.Policy):
   single = functools.partial(_train, task=task, protocol=protocol, report=report)
 
   def many(keys, lrs, images, labels):
@@ -480,28 +496,37 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, repo
     out = jax.lax.map(lambda kl: single(kl[0], kl[1], images, labels), (flat_keys, flat_lrs))
     return jax.tree.map(lambda a: a.reshape((num_lrs, num_models) + a.shape[1:]), out)
 
-  return jax.jit(many)
+  return jax.jit(policy.pinned(pol, many))
 
 
 def predict_block(protocol: Protocol, n: int, parallel: str) -> int:
   """Images per prediction block: the protocol's ``test_batch_size`` (at most ``n``),
-  and at most :data:`CPU_MICRO_BATCH` for one-network-at-a-time prediction on CPU,
-  where small blocks keep activations in cache (predictions are per-sample in eval
-  mode, so the block never changes them).
+  and for one-network-at-a-time prediction (``"map"``) at most the active policy's
+  ``predict_block`` (:data:`CPU_MICRO_BATCH` on CPU, where small blocks keep
+  activations in cache; predictions are per-sample in eval mode, so the block
+  never changes them).
 
   Example:
     >>> predict_block(Protocol("p", epochs=1), 100, "vmap")
     100
   """
   block = min(protocol.test_batch_size, n)
-  if parallel == "map" and jax.default_backend() == "cpu":
-    block = min(block, CPU_MICRO_BATCH)
+  cap = policy.current().predict_block
+  if parallel == "map" and cap is not None:
+    block = min(block, cap)
   return block
 
 
-@functools.lru_cache(maxsize=32)
 def _predict_program(task: TrainTask, block: int, parallel: str):
-  """Jitted blocked prediction for stacked networks: (M, ...) -> (M, n) classes."""
+  """Jitted blocked prediction for stacked networks: (M, ...) -> (M, n) classes.
+
+  Cached per (task, block, parallel, active policy) and traced under that policy.
+  """
+  return _predict_cached(task, block, parallel, policy.current())
+
+
+@functools.lru_cache(maxsize=32)
+def _predict_cached(task: TrainTask, block: int, parallel: str, pol: policy.Policy):
   def one_model(params, state, blocks):
     def one_block(xb):
       return jnp.argmax(task.predict(params, state, xb), -1).astype(jnp.int32)
@@ -517,7 +542,7 @@ def _predict_program(task: TrainTask, block: int, parallel: str):
     else:
       preds = jax.lax.map(lambda ps: one_model(ps[0], ps[1], x), (params, state))
     return preds[:, :n]
-  return jax.jit(run)
+  return jax.jit(policy.pinned(pol, run))
 
 
 def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str | Protocol = "dm",

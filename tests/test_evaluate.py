@@ -192,29 +192,35 @@ def test_sgd_schedule_momentum_reset_and_partial_batches_match_numpy(getkey):
     (2, 6, 8),    # 18 images, batches of 8, 8, 2: equal micro-batches of 2
     (6, 9, 26),   # 27 images, batches of 26, 1: no divisor of 26 near 6 -> 4 x 6 + 2
 ])
-def test_micro_batched_gradients_equal_whole_batch_training(getkey, monkeypatch, micro,
-                                                            per_class, batch):
+def test_micro_batched_gradients_equal_whole_batch_training(getkey, micro, per_class, batch):
   # Per-sample tasks on CPU split each batch into micro-batches and average their
   # gradients; the trajectory must equal whole-batch training (float tolerance).
+  # A cpu policy with a small micro-batch is pinned so that tiny batches split.
   from jaxdd import evaluate as ev
+  from jaxdd import policy
   from jaxdd import train as tr
-  monkeypatch.setattr(tr, "CPU_MICRO_BATCH", micro)
+  small = dataclasses.replace(policy.POLICIES["cpu"], name=f"cpu-micro-{micro}", micro_batch=micro)
   images, labels = separable(getkey(), per_class=per_class)
   proto = Protocol(f"micro-test-{micro}", epochs=3, batch_size=batch, lr=0.05)
   base = ev.standard_task(TINY)
   whole = TrainTask("micro-whole", base.init, base.loss, base.predict, per_sample=False)
-  micro = TrainTask("micro-split", base.init, base.loss, base.predict, per_sample=True)
+  split = TrainTask("micro-split", base.init, base.loss, base.predict, per_sample=True)
   key = getkey()
-  p0, _, m0 = _train_single(whole, proto)(key, jnp.float32(proto.lr), images, labels)
-  p1, _, m1 = _train_single(micro, proto)(key, jnp.float32(proto.lr), images, labels)
+  with policy.use(small):
+    p0, _, m0 = _train_single(whole, proto)(key, jnp.float32(proto.lr), images, labels)
+    p1, _, m1 = _train_single(split, proto)(key, jnp.float32(proto.lr), images, labels)
+    # Compiled programs are cached per (task, protocol/block, mode, policy), never rebuilt per call.
+    assert ev._predict_program(base, 4, "map") is ev._predict_program(base, 4, "map")
+    assert _train_single(split, proto) is _train_single(split, proto)
+    assert ev.predict_block(proto, 1000, "map") == small.predict_block == tr.CPU_MICRO_BATCH
+    pinned_program = _train_single(split, proto)
+  # Another policy is another program (it may lay the work out differently).
+  assert _train_single(split, proto) is not pinned_program
   for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(m1.loss, m0.loss, rtol=1e-5)
   np.testing.assert_array_equal(m1.acc, m0.acc)
   assert ev.micro_batch_size(8, 2) == 2 and ev.micro_batch_size(18, 4) == 3
-  # Compiled programs are cached per (task, protocol/block, mode), never rebuilt per call.
-  assert ev._predict_program(base, 4, "map") is ev._predict_program(base, 4, "map")
-  assert _train_single(micro, proto) is _train_single(micro, proto)
   assert ev.predict_block(proto, 1000, "map") == tr.CPU_MICRO_BATCH  # CPU, one network at a time
   assert ev.predict_block(proto, 7, "vmap") == 7
 

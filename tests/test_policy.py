@@ -1,0 +1,175 @@
+"""jaxdd.policy: the CPU/accelerator layout choices, decided once and pinnable.
+
+Every site that used to test ``jax.default_backend()`` reads the active
+policy; pinning the accelerator policy on CPU must change the layout and not
+the results (float tolerance), which is what makes pinning safe.
+"""
+import dataclasses
+import importlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdd import distill, matching, models, policy, surrogate, train
+from jaxdd.structs import Batch, SynSet
+
+evaluate_lib = importlib.import_module("jaxdd.evaluate")
+
+CPU, ACC = policy.POLICIES["cpu"], policy.POLICIES["accelerator"]
+# The cpu layout at sizes that bite on tiny shapes (micro-batches, blocks and chunks all split).
+CPU_TINY = dataclasses.replace(CPU, name="cpu-tiny", micro_batch=2, predict_block=4,
+                               real_chunk=4, syn_chunk=1)
+TINY = models.ConvNet(num_classes=3, depth=1, width=4)
+
+
+def test_auto_is_the_cpu_policy_here_and_names_resolve():
+  assert jax.default_backend() == "cpu"
+  assert policy.resolve("auto") == policy.resolve() == CPU
+  assert policy.current() is policy.resolve("auto")
+  assert policy.resolve("accelerator") is ACC and policy.resolve(CPU_TINY) is CPU_TINY
+  assert (CPU.conv, CPU.parallel, CPU.train_loop) == ("loop_safe", "map", "step")
+  assert (CPU.micro_batch, CPU.predict_block, CPU.real_chunk, CPU.syn_chunk) == (32, 32, 32, 10)
+  assert (ACC.conv, ACC.parallel, ACC.train_loop) == ("xla", "vmap", "scan")
+  assert (ACC.micro_batch, ACC.predict_block, ACC.real_chunk, ACC.syn_chunk) == (None,) * 4
+  assert train.CPU_MICRO_BATCH == CPU.micro_batch
+  assert hash(CPU) != hash(ACC)  # usable as a cache key
+
+
+def test_use_pins_nests_and_restores_also_on_errors():
+  with policy.use("accelerator") as p:
+    assert p is ACC and policy.current() is ACC
+    with policy.use(CPU_TINY):
+      assert policy.current() is CPU_TINY
+    assert policy.current() is ACC
+  assert policy.current() is CPU
+  with pytest.raises(RuntimeError, match="boom"):
+    with policy.use("accelerator"):
+      raise RuntimeError("boom")
+  assert policy.current() is CPU
+  with pytest.raises(ValueError):
+    with policy.use("gpu"):  # a bad name pins nothing
+      pass
+  assert policy.current() is CPU
+  f = policy.pinned("accelerator", lambda: policy.current().name)
+  assert f() == "accelerator" and policy.current() is CPU
+
+
+@pytest.mark.parametrize("bad", ["gpu", "", None, 3])
+def test_unknown_policies_name_the_choices(bad):
+  with pytest.raises(ValueError, match=r"use 'auto', one of \['accelerator', 'cpu'\]"):
+    policy.resolve(bad)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("conv", "fast", r"Policy.conv must be one of \('loop_safe', 'xla'\), got 'fast'"),
+    ("parallel", "pmap", r"Policy.parallel must be one of \('map', 'vmap'\)"),
+    ("train_loop", "while", r"Policy.train_loop must be one of \('step', 'scan'\)"),
+    ("micro_batch", 0, "Policy.micro_batch must be a positive int or None, got 0"),
+    ("predict_block", 2.5, "Policy.predict_block must be a positive int or None"),
+    ("real_chunk", True, "Policy.real_chunk must be a positive int or None, got True"),
+    ("syn_chunk", -1, "Policy.syn_chunk must be a positive int or None"),
+    ("name", "", "Policy.name must be a non-empty string"),
+])
+def test_bad_fields_are_rejected_with_the_allowed_values(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    dataclasses.replace(CPU, **{field: value})
+
+
+def test_parallel_loop_and_blocks_follow_the_policy_and_explicit_arguments_win():
+  assert train.resolve_parallel("auto") == "map"
+  assert surrogate._resolve_loop("auto") == "step"
+  proto = train.Protocol("p", epochs=1)
+  assert train.predict_block(proto, 1000, "map") == 32
+  with policy.use("accelerator"):
+    assert train.resolve_parallel("auto") == "vmap"
+    assert train.resolve_parallel("map") == "map"
+    assert surrogate._resolve_loop("auto") == "scan"
+    assert surrogate._resolve_loop("step") == "step"
+    assert train.predict_block(proto, 1000, "map") == min(proto.test_batch_size, 1000)
+
+
+def _custom_vjps(fn, *args) -> int:
+  # A fresh function each call: jax caches traces per function, whatever the policy.
+  return str(jax.make_jaxpr(lambda *a: fn(*a))(*args)).count("custom_vjp_call")
+
+
+def test_conv_kernels_follow_the_policy():
+  x = jnp.ones((2, 6, 6, 3))
+  conv = models.TorchConv(4)
+  v = conv.init(jax.random.key(0), x)
+  plain = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)))  # explicit padding: the fast path
+  pv = plain.init(jax.random.key(0), x)
+
+  def loss(v, x):
+    return conv.apply(v, x).sum()
+
+  def loss_plain(v, x):
+    with models.loop_safe_convs():
+      return plain.apply(v, x).sum()
+
+  assert _custom_vjps(loss, v, x) == 1 and _custom_vjps(loss_plain, pv, x) == 1
+  with policy.use("accelerator"):
+    assert _custom_vjps(loss, v, x) == 0 and _custom_vjps(loss_plain, pv, x) == 0
+    y_xla = conv.apply(v, x)
+  np.testing.assert_allclose(conv.apply(v, x), y_xla, rtol=1e-5, atol=1e-6)
+
+
+def _toy(per_class=8, size=8):
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), per_class)
+  colours = rng.uniform(-1, 1, size=(3, 3))
+  images = colours[labels][:, None, None, :] + 0.3 * rng.normal(size=(len(labels), size, size, 3))
+  return images.astype(np.float32), labels
+
+
+def _dm_step(pol, spy):
+  x, y = _toy()
+  real = distill.real_data(x, y, num_classes=3)
+  with policy.use(pol):
+    d = distill.dm(num_classes=3, ipc=2, model=models.ConvNet(3, depth=1, width=8),
+                   real_per_class=8, augment=None)
+  # The step is traced outside the block: a Distiller keeps the policy it was built under.
+  state, metrics = d.step(d.init(jax.random.key(0), real), real)
+  return spy.pop(), np.asarray(state.syn.images), float(metrics["loss"])
+
+
+def test_dm_chunks_follow_the_policy_and_results_agree(monkeypatch):
+  seen = []
+
+  def spy(*args, **kwargs):
+    seen.append((kwargs["real_chunk"], kwargs["syn_chunk"], policy.current().name))
+    return dm_loss(*args, **kwargs)
+
+  dm_loss = matching.dm_loss
+  monkeypatch.setattr(matching, "dm_loss", spy)
+  chunks_acc, images_acc, loss_acc = _dm_step("accelerator", seen)
+  chunks_cpu, images_cpu, loss_cpu = _dm_step(CPU_TINY, seen)
+  assert chunks_acc == (None, None, "accelerator") and chunks_cpu == (4, 1, "cpu-tiny")
+  np.testing.assert_allclose(loss_cpu, loss_acc, rtol=1e-5)
+  np.testing.assert_allclose(images_cpu, images_acc, rtol=1e-5, atol=1e-6)
+  real = distill.real_data(*_toy(), num_classes=3)
+  with policy.use("accelerator"):  # explicit arguments win over the policy
+    d = distill.dm(num_classes=3, ipc=2, model=TINY, real_per_class=8, augment=None,
+                   real_chunk=3, syn_chunk=2)
+  d.step.lower(d.init(jax.random.key(0), real), real)  # tracing is enough
+  assert seen.pop() == (3, 2, "accelerator")
+
+
+def test_evaluation_agrees_under_both_policies():
+  x, y = _toy(per_class=4)
+  syn = SynSet(jnp.asarray(x), jnp.asarray(y))
+  tx, ty = _toy(per_class=6, size=8)
+  test = Batch(jnp.asarray(tx[::-1]), jnp.asarray(ty[::-1]))
+  proto = train.Protocol("policy-test", epochs=3, batch_size=8, lr=0.05, test_batch_size=16)
+  results = {}
+  for pol in ("accelerator", CPU_TINY):
+    with policy.use(pol):
+      results[policy.resolve(pol).name] = evaluate_lib.evaluate_synset(
+          jax.random.key(1), syn, test, model=TINY, protocol=proto, num_models=2)
+  acc, cpu = results["accelerator"], results["cpu-tiny"]
+  assert (acc.parallel, cpu.parallel) == ("vmap", "map")
+  np.testing.assert_allclose(cpu.train_loss, acc.train_loss, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(cpu.overall, acc.overall)
