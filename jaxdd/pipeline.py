@@ -22,6 +22,7 @@ Presets (docs/protocols.md): ``paper`` (published hyperparameters, for an accele
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ import numpy as np
 from jaxdd import augment as augment_lib
 from jaxdd import baselines, data, debias, diagnostics, distill, evaluate, models, surrogate, synset
 from jaxdd import kde as kde_lib
+from jaxdd import policy as policy_lib
 from jaxdd import presets as presets_lib
 from jaxdd import progress as progress_lib
 from jaxdd.structs import Batch, SynSet
@@ -88,6 +90,9 @@ class RunConfig:
   num_eval_models: int = 5
   log_every: int = 10
   checkpoint_every: int = 500
+  # How the work is laid out (jaxdd.policy): 'auto' follows the backend; 'cpu' or
+  # 'accelerator' pins a layout (same results up to float rounding).
+  policy: str = "auto"
 
   def __post_init__(self):
     validate(self)
@@ -120,16 +125,21 @@ class RunConfig:
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
-  def digest(self) -> str:
-    """Hash of every field that changes the result (not logging/checkpoint cadence)."""
+  def _hashed(self) -> dict[str, Any]:
     d = self.to_dict()
     d.pop("log_every"), d.pop("checkpoint_every")
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    if d["policy"] == "auto":  # the default layout; digests from before the field stay valid
+      d.pop("policy")
+    return d
+
+  def digest(self) -> str:
+    """Hash of every field that changes the result (not logging/checkpoint cadence)."""
+    return hashlib.sha256(json.dumps(self._hashed(), sort_keys=True).encode()).hexdigest()[:16]
 
   def distill_digest(self) -> str:
     """Hash of the fields that change the SynSet (not how it is evaluated)."""
-    d = self.to_dict()
-    for name in ("log_every", "checkpoint_every", "preset") + EVAL_FIELDS:
+    d = self._hashed()
+    for name in ("preset",) + EVAL_FIELDS:
       d.pop(name)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -148,12 +158,22 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "surrogate_preset": tuple(presets_lib.SURROGATE),
     "eval_protocol": tuple(evaluate.PROTOCOLS),
     "dataset": tuple(sorted(data.DATASETS)) if hasattr(data, "DATASETS") else (),
+    "policy": ("auto",) + tuple(policy_lib.POLICIES),
 }
 
 METHODS = CHOICES["method"]
 
 #: What a preset changes for the gradient-matching methods (:data:`jaxdd.presets.METHOD`).
 METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = presets_lib.METHOD
+
+
+def under_policy(fn):
+  """Runs ``fn(config, ...)`` with ``config.policy`` pinned (:func:`jaxdd.policy.use`)."""
+  @functools.wraps(fn)
+  def wrapped(config, *args, **kwargs):
+    with policy_lib.use(config.policy):
+      return fn(config, *args, **kwargs)
+  return wrapped
 
 
 def get_config(preset: str = "cpu", **overrides) -> RunConfig:
@@ -547,6 +567,7 @@ def _check_distill_workdir(config: RunConfig, workdir: str) -> None:
                        "another --workdir or delete it to start over")
 
 
+@under_policy
 def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None = None,
                   progress: bool = True, stop_after: int | None = None) -> SynSet | None:
   """Surrogate, KDE weights and distillation of one run: writes ``synset/``.
@@ -603,6 +624,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
   return syn
 
 
+@under_policy
 def run(config: RunConfig, workdir: str, *, progress: bool = True,
         stop_after: int | None = None) -> dict:
   """One full run (see the module docstring). Returns the evaluation summary.
@@ -653,6 +675,7 @@ def bias_classifier(config: RunConfig, run_data: RunData) -> diagnostics.BiasCla
       **BIAS_CLASSIFIER.get(config.preset, {}))
 
 
+@under_policy
 def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
               with_baselines: tuple[str, ...] = ()) -> dict:
   """The vanilla method and its KDE-reweighted variant (``config.method``: DM, DSA
@@ -695,6 +718,7 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
 BASELINES = ("random", "herding", "kcenter", "lff", "dfa", "full")
 
 
+@under_policy
 def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = BASELINES,
                   vanilla_synset: str | None = None, full_epochs: int = 10,
                   progress: bool = True) -> dict:

@@ -248,6 +248,7 @@ def _distilled(config, root, run_data, progress) -> tuple[str, SynSet]:
   return workdir, syn
 
 
+@pipeline.under_policy
 def tune(base: pipeline.RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
          candidates: Sequence[Setting] | None = None, protocol: str | evaluate.Protocol = "cpu",
          num_models: int = 3, progress: bool = True) -> dict:
@@ -344,6 +345,7 @@ def _pm(values, ddof: int = 1) -> str:
 # ---------------------------------------------------------------------------- final table
 
 
+@pipeline.under_policy
 def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
           seeds: Sequence[int] = (0, 1, 2), protocol: str | evaluate.Protocol = "cpu300",
           num_models: int = 5, with_random: bool = True, full_models: int = 3,

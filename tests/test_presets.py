@@ -64,3 +64,25 @@ def test_surrogate_step_budget_becomes_epochs_per_dataset_size():
   assert surrogate.SurrogateConfig.preset("cpu", epochs=5).for_size(54000).epochs == 5
   with pytest.raises(ValueError, match="steps"):
     dataclasses.replace(cfg, steps=0)
+
+
+def test_run_config_carries_the_policy_and_the_pipeline_pins_it(monkeypatch, tmp_path):
+  from jaxdd import cli, policy
+  cfg = pipeline.get_config("smoke", policy="accelerator")
+  # 'auto' is the default layout and leaves digests as they were before the field existed.
+  assert pipeline.get_config("smoke").digest() != cfg.digest()
+  with pytest.raises(ValueError, match="policy must be one of"):
+    pipeline.get_config("smoke", policy="tpu-pod")
+  seen = []
+
+  def fake_distill_run(config, *args, **kwargs):
+    seen.append(policy.current().name)
+    raise RuntimeError("stop here")
+
+  monkeypatch.setattr(pipeline, "distill_run", fake_distill_run)
+  monkeypatch.setattr(pipeline, "surrogate_embeddings", lambda *a, **k: None)
+  with pytest.raises(RuntimeError, match="stop here"):
+    pipeline.distill_stage(cfg.replace(weighting="none"), str(tmp_path / "w"), progress=False)
+  assert seen == ["accelerator"] and policy.current().name == "cpu"  # restored after
+  args = cli.build_parser("smoke").parse_args(["distill", "--policy", "cpu", "--workdir", "w"])
+  assert cli._config(args).policy == "cpu"
