@@ -379,6 +379,8 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
     row["per_model"].append({m: _per_model(summary, m).tolist() for m in evaluate.METRICS})
     vs = summary["result"].get("valid_scores")
     row["valid_conflicting"].append(None if vs is None else float(np.mean(vs)))
+    # 'overall' when the validation split has no bias-conflicting image (e.g. CMNIST 1 %).
+    row["valid_metric"] = summary["result"].get("select_on") or "conflicting"
     row["bias_aligned_fraction"].append(None if score is None else score["aligned_fraction"])
     if extra:
       row.update(extra)
@@ -477,6 +479,12 @@ def format_summary(table: dict) -> str:
   return "\n".join(lines)
 
 
+def _valid_metric(table: dict) -> str:
+  """What the validation column measured: ``conflicting``, or ``overall`` when no row could."""
+  metrics = {r.get("valid_metric", "conflicting") for r in table["rows"].values()}
+  return "conflicting" if metrics == {"conflicting"} else "overall"
+
+
 def format_table(table: dict) -> str:
   """The final table as markdown (accuracies and the bias score, in %)."""
   b, p = table["base"], table["protocol"]
@@ -488,12 +496,15 @@ def format_table(table: dict) -> str:
            f"{100 * table['train_aligned_fraction']:.1f} %.",
            "",
            "| row | overall | bias-aligned | bias-conflicting | worst group | "
-           "bias score (aligned %) | valid conflicting |",
+           f"bias score (aligned %) | valid {_valid_metric(table)} |",
            "|---|---|---|---|---|---|---|"]
   for name in row_order(table["rows"]):
     r = table["rows"][name]
     cells = _accuracy_cells(r) + [_pm(r["bias_aligned_fraction"]), _pm(r["valid_conflicting"])]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  if _valid_metric(table) != "conflicting":
+    lines += ["", "The validation split holds no bias-conflicting image at this ratio, so the last "
+              "column is overall validation accuracy (all of it bias-aligned)."]
   if table["paired"]:
     lines += ["", "Paired differences against `vanilla` (same seeds), mean ± std over seeds, "
               "in points:", "", "| row | overall | bias-aligned | bias-conflicting | worst group |",

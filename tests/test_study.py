@@ -175,3 +175,15 @@ def test_distill_digest_ignores_evaluation_fields():
   assert a.distill_digest() == a.replace(eval_protocol="cpu", num_eval_models=3).distill_digest()
   assert a.distill_digest() != a.replace(lr_img=2.0).distill_digest()
   assert a.digest() != a.replace(eval_protocol="cpu").digest()
+
+
+def test_table_names_what_the_validation_column_measured():
+  row = {"per_seed": {m: [0.5, 0.6] for m in ("overall", "aligned", "conflicting", "worst_group")},
+         "valid_conflicting": [0.99], "bias_aligned_fraction": [0.9], "seeds": [0, 1]}
+  table = {"base": pipeline.get_config("smoke").to_dict(), "num_models": 1, "seeds": [0],
+           "protocol": study.evaluate.get_protocol("smoke").to_dict(),
+           "train_aligned_fraction": 0.99, "rows": {"vanilla": dict(row)}, "paired": {}}
+  assert "| valid conflicting |" in study.format_table(table)  # tables written before the field
+  table["rows"]["vanilla"]["valid_metric"] = "overall"  # e.g. CMNIST 1 %: no conflicting valid image
+  md = study.format_table(table)
+  assert "| valid overall |" in md and "holds no bias-conflicting image" in md
