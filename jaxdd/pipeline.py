@@ -36,6 +36,7 @@ import numpy as np
 from jaxdd import augment as augment_lib
 from jaxdd import baselines, data, debias, diagnostics, distill, evaluate, models, surrogate, synset
 from jaxdd import kde as kde_lib
+from jaxdd import plots as plots_lib
 from jaxdd import policy as policy_lib
 from jaxdd import presets as presets_lib
 from jaxdd import progress as progress_lib
@@ -493,61 +494,9 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
 # ---------------------------------------------------------------------------- plots
 
 
-def plot_synset(syn: SynSet, mean, std, path: str | None = None, *, class_names=None,
-                max_per_class: int = 10, title: str = ""):
-  """Grid of the synthetic images, one row per class (de-normalised, clipped).
-
-  Works for any labelled image set in the normalised space (e.g. real samples).
-  Returns the :class:`matplotlib.figure.Figure` and writes a PNG when ``path``
-  is given; the global matplotlib backend is left alone.
-  """
-  from jaxdd import plots
-
-  images = np.clip(np.asarray(data.denormalize(syn.images, mean, std)), 0, 1)
-  labels = np.asarray(syn.labels)
-  classes = np.unique(labels)
-  cols = min(max_per_class, max(int((labels == c).sum()) for c in classes))
-  fig = plots.new_figure(figsize=(cols * 0.8, len(classes) * 0.8))
-  axes = fig.subplots(len(classes), cols, squeeze=False)
-  for r, c in enumerate(classes):
-    rows = np.flatnonzero(labels == c)[:cols]
-    for j in range(cols):
-      ax = axes[r, j]
-      ax.axis("off")
-      if j < len(rows):
-        img = images[rows[j]]
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
-    if class_names is not None:
-      axes[r, 0].set_title(str(class_names[c]), fontsize=6, loc="left")
-  if title:
-    fig.suptitle(title, fontsize=8)
-  return plots.save_figure(fig, path)
-
-
-def plot_accuracy_bars(results: dict[str, dict], path: str | None = None, *, title: str = ""):
-  """Bars of overall / aligned / conflicting / worst-group accuracy per method.
-
-  ``results`` maps a method name to a summary (``{"mean": {...}, "std": {...}}``,
-  as returned by :func:`run`). Returns the Figure; writes a PNG when ``path`` is given.
-  """
-  from jaxdd import plots
-
-  metrics = ["overall", "aligned", "conflicting", "worst_group"]
-  names = list(results)
-  fig = plots.new_figure(figsize=(6, 3))
-  ax = fig.subplots()
-  width = 0.8 / max(len(names), 1)
-  for i, name in enumerate(names):
-    means = [100 * results[name]["mean"][m] for m in metrics]
-    stds = [100 * results[name]["std"][m] for m in metrics]
-    ax.bar(np.arange(len(metrics)) + i * width, means, width, yerr=stds, label=name, capsize=2)
-  ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, metrics)
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_ylim(0, 100)
-  ax.legend(fontsize=7)
-  if title:
-    ax.set_title(title, fontsize=8)
-  return plots.save_figure(fig, path)
+#: Plots of a run (they live in :mod:`jaxdd.plots`; these names are kept).
+plot_synset = plots_lib.plot_synset
+plot_accuracy_bars = plots_lib.plot_accuracy_bars
 
 
 # ---------------------------------------------------------------------------- runs
