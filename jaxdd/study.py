@@ -387,10 +387,20 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
 
   train_fraction = None
   classifiers: dict = {}
+  reference: dict[str, list] = {"bias_aligned_fraction": [], "true_aligned_fraction": []}
   for seed in seeds:
     seed_base = base.replace(seed=seed)
     run_data = pipeline.RunData(seed_base)
     train_fraction = float(np.asarray(run_data.train.aligned).mean())
+    # The bias score's yardstick: the same classifier on held-out real images (the
+    # validation split, composed like the training set), whose true share is known.
+    valid = run_data.valid
+    workdir = os.path.join(root, "runs", f"valid-reference-s{seed}")
+    os.makedirs(workdir, exist_ok=True)
+    score = bias_score_cached(seed_base, workdir, run_data,
+                              SynSet(run_data.normalized(valid), valid.labels), classifiers)
+    reference["bias_aligned_fraction"].append(score["aligned_fraction"])
+    reference["true_aligned_fraction"].append(float(np.asarray(valid.aligned).mean()))
     for name, setting in settings.items():
       config = setting.apply(seed_base)
       progress_lib.logger.info("final seed %d: %s", seed, name)
@@ -425,7 +435,8 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
       add("full biased training set", seed, summary, None,
           {"epochs": full_protocol.num_epochs, "train_aligned_fraction": train_fraction})
   out = {"base": base.to_dict(), "protocol": protocol.to_dict(), "num_models": num_models,
-         "seeds": list(seeds), "train_aligned_fraction": train_fraction, "rows": rows,
+         "seeds": list(seeds), "train_aligned_fraction": train_fraction,
+         "reference": reference, "rows": rows,
          "paired": _paired(rows)}
   synset.atomic_write_json(os.path.join(root, "table.json"), out)
   synset.atomic_write_bytes(os.path.join(root, "table.md"), (format_table(out) + "\n").encode())
@@ -475,8 +486,21 @@ def format_summary(table: dict) -> str:
     r = table["rows"][name]
     cells = _accuracy_cells(r) + [_pm(r["bias_aligned_fraction"])]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  lines.append(f"| *the training set itself* | | | | | {100 * table['train_aligned_fraction']:.1f} |")
+  lines += _reference_rows(table, 6)
   return "\n".join(lines)
+
+
+def _reference_rows(table: dict, columns: int) -> list[str]:
+  """The bias score's yardsticks: the training set's true aligned share and, when
+  measured, what the classifier reads on held-out real images of known share."""
+  pad = " |" * (columns - 2)
+  rows = [f"| *the training set itself (true share)* |{pad} {100 * table['train_aligned_fraction']:.1f} |"]
+  ref = table.get("reference")
+  if ref:
+    true = 100 * float(np.mean(ref["true_aligned_fraction"]))
+    rows.append(f"| *held-out real images ({true:.1f} % aligned), as the classifier reads them* |"
+                f"{pad} {_pm(ref['bias_aligned_fraction'])} |")
+  return rows
 
 
 def _valid_metric(table: dict) -> str:
@@ -502,6 +526,7 @@ def format_table(table: dict) -> str:
     r = table["rows"][name]
     cells = _accuracy_cells(r) + [_pm(r["bias_aligned_fraction"]), _pm(r["valid_conflicting"])]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += [row + " |" for row in _reference_rows(table, 6)]
   if _valid_metric(table) != "conflicting":
     lines += ["", "The validation split holds no bias-conflicting image at this ratio, so the last "
               "column is overall validation accuracy (all of it bias-aligned)."]

@@ -62,7 +62,7 @@ def test_results_tables_regenerates_the_marked_blocks(tmp_path):
   # overall 20, 40 -> 30.0 ± 14.1 (sample std over seeds); bias score 90, 100 -> 95.0 ± 7.1
   assert "| vanilla | 30.0 ± 14.1 | 100.0 ± 0.0 | 20.0 ± 14.1 | 0.0 ± 0.0 | 95.0 ± 7.1 |" in readme
   assert readme.startswith("intro\n") and readme.endswith("end\n") and "old" not in readme
-  assert "| *the training set itself* | | | | | 95.0 |" in readme
+  assert "| *the training set itself (true share)* | | | | | 95.0 |" in readme
   assert "cpu300 (301 epochs)" in (tmp_path / "RESULTS.md").read_text()
 
 

@@ -160,6 +160,9 @@ def test_tune_never_reads_the_test_split_and_final_reuses_its_synsets(tmp_path, 
   assert rows["full biased training set"]["seeds"] == [0]
   md = open(os.path.join(root, "table.md")).read()
   assert "bias score" in md and "kde − vanilla" in md
+  ref = table["reference"]  # the classifier on the held-out valid images, per seed
+  assert len(ref["bias_aligned_fraction"]) == 2 and all(0 <= f <= 1 for f in ref["bias_aligned_fraction"])
+  assert "as the classifier reads them" in md
 
 
 def test_cli_final_needs_a_selection_and_sane_seeds(tmp_path, capsys):
@@ -187,3 +190,8 @@ def test_table_names_what_the_validation_column_measured():
   table["rows"]["vanilla"]["valid_metric"] = "overall"  # e.g. CMNIST 1 %: no conflicting valid image
   md = study.format_table(table)
   assert "| valid overall |" in md and "holds no bias-conflicting image" in md
+  # The bias score's yardstick: held-out real images of known share, read by the classifier.
+  table["reference"] = {"bias_aligned_fraction": [0.70, 0.80], "true_aligned_fraction": [0.95, 0.95]}
+  assert ("| *held-out real images (95.0 % aligned), as the classifier reads them* | | | | | "
+          "75.0 ± 7.1 | |") in study.format_table(table)
+  assert "as the classifier reads them* | | | | | 75.0 ± 7.1 |" in study.format_summary(table)
