@@ -650,8 +650,17 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
     name = method_name(config.replace(weighting=weighting))
     syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"))
     results[name]["bias_score"] = diagnostics.bias_score(classifier, syn.images, syn.labels)
+  # The score's yardstick: the classifier on held-out real images of known composition.
+  valid = run_data.valid
+  reference = {"true_aligned_fraction": float(np.asarray(valid.aligned).mean()),
+               "bias_aligned_fraction": diagnostics.bias_score(
+                   classifier, run_data.normalized(valid), valid.labels)["aligned_fraction"]}
   table = format_comparison(results, config,
-                            train_aligned_fraction=classifier.train_aligned_fraction)
+                            train_aligned_fraction=classifier.train_aligned_fraction,
+                            reference=reference)
+  for name in results:
+    if results[name].get("bias_score") is not None:
+      results[name]["bias_score"]["reference"] = reference
   synset.atomic_write_json(os.path.join(workdir, "comparison.json"),
                            {k: {"mean": v["mean"], "std": v["std"],
                                 "bias_score": v.get("bias_score")} for k, v in results.items()})
@@ -745,18 +754,25 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
 
 
 def format_comparison(results: dict[str, dict], config: RunConfig, *,
-                      train_aligned_fraction: float | None = None) -> str:
+                      train_aligned_fraction: float | None = None,
+                      reference: dict | None = None) -> str:
   """The markdown table of ``comparison.md``; accuracies are mean ± std over networks.
 
   The bias score column is the % of a SynSet's images that a bias-attribute
   classifier finds carrying their class's aligned bias
   (:func:`jaxdd.diagnostics.bias_score`); "–" where none was computed.
+  ``reference`` (``true_aligned_fraction``, ``bias_aligned_fraction``): what the
+  classifier reads on held-out real images of known composition, the score's yardstick.
   """
   head = (f"{config.dataset}, conflict ratio {config.conflict_ratio}, IPC {config.ipc}, "
           f"preset {config.preset}, seed {config.seed}, eval protocol {config.eval_protocol}, "
           f"{config.num_eval_models} models")
   if train_aligned_fraction is not None:
     head += f"; {100 * train_aligned_fraction:.1f} % of the training images are bias-aligned"
+  if reference is not None:
+    head += (f"; the bias classifier reads held-out real images "
+             f"({100 * reference['true_aligned_fraction']:.1f} % aligned) as "
+             f"{100 * reference['bias_aligned_fraction']:.1f} % aligned")
   lines = [head, "",
            "| method | overall | bias-aligned | bias-conflicting | worst group | "
            "bias score (aligned %) |",

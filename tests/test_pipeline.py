@@ -141,3 +141,7 @@ def test_reproduce_writes_the_comparison_with_bias_scores(tmp_path):
                                            if l.startswith(f"| {name} |")][0]
   saved = json.load(open(os.path.join(work, "comparison.json")))
   assert saved["dm"]["bias_score"]["aligned_fraction"] == results["dm"]["bias_score"]["aligned_fraction"]
+  # the yardstick: the same classifier on the held-out valid images (95 % aligned)
+  ref = saved["dm"]["bias_score"]["reference"]
+  assert ref["true_aligned_fraction"] == pytest.approx(0.95, abs=0.01)
+  assert f"reads held-out real images ({100 * ref['true_aligned_fraction']:.1f} % aligned)" in table
