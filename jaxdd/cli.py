@@ -300,7 +300,7 @@ def diagnose_report(args) -> dict:
     print("\nsweep (overall numbers):")
     print(_format_weight_rows(rows))
   report = {
-      "args": vars(args),
+      "args": {k: v for k, v in vars(args).items() if not callable(v)},  # not the handler
       "dataset": dict(ds.meta),
       "space": args.space,
       "surrogate": {"config": cfg.to_dict(), "history": art.history, "from_cache": art.from_cache,

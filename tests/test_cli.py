@@ -176,3 +176,12 @@ def test_cli_log_lines_are_printed_once_even_with_a_root_handler():
   err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        check=True, env=dict(os.environ, JAX_PLATFORMS="cpu")).stderr
   assert err.count("hello-line") == 1, err
+
+
+def test_diagnose_runs_as_a_subcommand_and_writes_its_report(tmp_path):
+  work = tmp_path / "diag"
+  assert cli.main(["diagnose", "--preset", "smoke", "--epochs", "1", "--no-sweep", "--num-rounds",
+                   "1", "--quiet", "--workdir", str(work)]) == 0
+  report = json.load(open(work / "report.json"))
+  assert report["args"]["kde_variance"] == 0.01 and "fn" not in report["args"]
+  assert report["default"]["report"]["overall"]["n"] == 3600
