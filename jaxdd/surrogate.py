@@ -54,7 +54,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jaxdd import models, policy
+from jaxdd import models, policy, presets
 from jaxdd._src import checks
 from jaxdd._src import io as _io
 from jaxdd._src.checks import is_traced
@@ -320,7 +320,6 @@ class SurrogateConfig:
       >>> SurrogateConfig.preset('cpu', epochs=5).width
       32
     """
-    from jaxdd import presets  # noqa: PLC0415
     if name not in presets.SURROGATE:
       raise ValueError(f"unknown surrogate preset {name!r}; use one of {sorted(presets.SURROGATE)}")
     fields = dict(presets.SURROGATE[name])
