@@ -56,8 +56,8 @@ _API = {
     # artifacts and runs
     "save_synset": ("jaxdd.synset", "save"),
     "load_synset": ("jaxdd.synset", "load"),
-    "RunConfig": ("jaxdd.pipeline", "RunConfig"),
-    "PRESETS": ("jaxdd.pipeline", "PRESETS"),
+    "RunConfig": ("jaxdd.config", "RunConfig"),
+    "PRESETS": ("jaxdd.config", "PRESETS"),
     "run": ("jaxdd.pipeline", "run"),
     "reproduce": ("jaxdd.pipeline", "reproduce"),
 }

@@ -25,7 +25,6 @@ Two scopes of weights (docs/protocols.md):
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import kde
+from jaxdd.plots import plot_weight_histogram  # the plot lives with the other plots
 from jaxdd._src import rng as rng_lib
 from jaxdd._src.checks import check_images
 
@@ -48,11 +48,6 @@ __all__ = [
     "train_bias_classifier",
     "bias_score",
 ]
-
-
-def _np_rng(key: jax.Array) -> np.random.Generator:
-  """A numpy Generator derived from a typed jax key (same key, same stream)."""
-  return rng_lib.numpy_rng(key)
 
 
 # ---------------------------------------------------------------------------
@@ -180,81 +175,6 @@ def weight_report(weights: Any, labels: Any, aligned: Any, *, num_classes: int) 
     sel = labels == c
     per_class.append({"class": c, **_group_stats(w[sel], conflicting[sel])})
   return {"overall": _group_stats(w, conflicting), "per_class": per_class}
-
-
-# ---------------------------------------------------------------------------
-# Plot
-# ---------------------------------------------------------------------------
-
-
-def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike | None = None, *,
-                          title: str = "sample weights"):
-  """Histogram of the weights of aligned vs conflicting samples (a Figure; PNG if ``path``).
-
-  Log-spaced bins on a log-scale x axis (weights span orders of magnitude);
-  each group's histogram is normalised to its own size (fraction of the group
-  per bin), since the aligned group is 20-200 times larger. Exact zeros (a
-  softmax that underflowed) cannot sit on a log axis; their count is given in
-  the legend. Written to a temporary file and renamed, so ``path`` is either
-  the old file or the complete new one.
-
-  Args:
-    weights: (N,) non-negative finite weights.
-    aligned: (N,) bool, True = bias-aligned.
-    path: optional output ``.png`` path (parent directories are created).
-    title: plot title.
-
-  Returns:
-    The :class:`matplotlib.figure.Figure` (the global matplotlib backend is
-    left alone; Jupyter displays the figure).
-
-  Example:
-    >>> import os, tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), 'w.png')
-    >>> fig = plot_weight_histogram([0.1, 0.2, 0.9], [True, True, False], path)
-    >>> os.path.exists(path), len(fig.axes)
-    (True, 1)
-  """
-  import matplotlib.ticker
-
-  from jaxdd import plots
-
-  w = np.asarray(weights, np.float64)
-  aligned = np.asarray(aligned)
-  if w.ndim != 1 or aligned.shape != w.shape:
-    raise ValueError(f"weights and aligned must be 1-D of equal length, got {w.shape}, {aligned.shape}")
-  if aligned.dtype != bool:
-    raise ValueError(f"aligned must be boolean, got {aligned.dtype}")
-  if not np.all(np.isfinite(w)) or np.any(w < 0):
-    raise ValueError("weights must be finite and non-negative")
-  positive = w[w > 0]
-  if positive.size:
-    lo, hi = positive.min(), positive.max()
-    if hi <= lo:
-      lo, hi = lo / 1.5, hi * 1.5
-    bins = np.geomspace(lo, hi, 41)
-  else:
-    bins = np.geomspace(1e-3, 1.0, 41)
-  fig = plots.new_figure(figsize=(6.4, 4.0))
-  ax = fig.subplots()
-  for name, sel, colour in (("aligned", aligned, "tab:blue"), ("conflicting", ~aligned, "tab:red")):
-    g = w[sel]
-    if g.size == 0:
-      continue
-    gp = g[g > 0]
-    zeros = g.size - gp.size
-    label = f"{name} (n={g.size}, mean={g.mean():.3g}" + (f", {zeros} zeros)" if zeros else ")")
-    ax.hist(gp, bins=bins, weights=np.full(gp.size, 1.0 / g.size), histtype="stepfilled",
-            alpha=0.45, color=colour, label=label)
-  ax.set_xscale("log")
-  # Minor-tick labels of a log axis spanning < 1 decade collide; keep majors only.
-  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-  ax.set_xlabel("weight (log scale)")
-  ax.set_ylabel("fraction of group")
-  ax.set_title(title)
-  ax.legend()
-  fig.tight_layout()
-  return plots.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -394,7 +314,7 @@ def batch_plan(key: jax.Array, labels: Any, *, batch_size: int, num_classes: int
     raise ValueError(f"batch_size must be an integer >= 2 (a density needs neighbours), got {batch_size!r}")
   if not (isinstance(num_rounds, (int, np.integer)) and num_rounds >= 1):
     raise ValueError(f"num_rounds must be an integer >= 1, got {num_rounds!r}")
-  rng = _np_rng(key)
+  rng = rng_lib.numpy_rng(key)
   members = [np.flatnonzero(labels == c) for c in range(int(num_classes))]
   rows, masks = [], []
   for _ in range(int(num_rounds)):
@@ -544,7 +464,7 @@ def _balanced_rows(key: jax.Array, labels: np.ndarray, bias: np.ndarray) -> np.n
 
   ``len(labels)`` rows in total (with replacement inside small cells).
   """
-  rng = _np_rng(key)
+  rng = rng_lib.numpy_rng(key)
   cells = [np.flatnonzero((labels == c) & (bias == b))
            for c in np.unique(labels) for b in np.unique(bias)]
   cells = [c for c in cells if c.size]

@@ -449,8 +449,8 @@ def test_crop_resize_matches_numpy_loop(getkey):
     h, w = rng.uniform(2.0, 7.0), rng.uniform(2.0, 9.0)
     y0, x0 = rng.uniform(0, 7 - h), rng.uniform(0, 9 - w)
     for flip in (False, True):
-      got = A._crop_resize(jnp.asarray(img), jnp.float32(y0), jnp.float32(x0), jnp.float32(h),
-                           jnp.float32(w), jnp.asarray(flip))
+      got = A.views._crop_resize(jnp.asarray(img), jnp.float32(y0), jnp.float32(x0), jnp.float32(h),
+                                 jnp.float32(w), jnp.asarray(flip))
       np.testing.assert_allclose(got, bilinear_reference(img, y0, x0, h, w, flip), atol=2e-5)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxdd import data, progress
-from jaxdd.data import biased, corruptions, sources
+from jaxdd.data import biased, corruptions, injectors, sources
 
 LINE = re.compile(r"^(?P<desc>.+): (?P<n>\d+)/(?P<total>\d+) img \(\d+%\), ")
 
@@ -47,7 +47,7 @@ def assert_same(a, b):
 
 @pytest.mark.parametrize("name", ["cmnist", "bg_fmnist"])
 def test_colouring_progress_lines_and_identical_arrays(caplog, monkeypatch, log_every_update, name):
-  monkeypatch.setattr(biased, "_BLOCK", 64)  # several blocks on a tiny split
+  monkeypatch.setattr(injectors, "_BLOCK", 64)  # several blocks on a tiny split
   src = grey_source()
   kw = dict(split="train", conflict_ratio=0.1, severity=2, seed=3, source=src, cache=False)
   with caplog.at_level(logging.INFO, logger="jaxdd"):

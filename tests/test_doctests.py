@@ -17,7 +17,9 @@ _NOT_IMPORTABLE = {"jaxdd.__main__"}
 # Modules that need an optional extra (setup.cfg [options.extras_require]).
 _EXTRAS = {"jaxdd.data.tfds_builders": "tensorflow_datasets"}
 # Modules whose examples compile many small programs (eager init/apply of every model).
-_SLOW = {"jaxdd.augment", "jaxdd.models", "jaxdd.surrogate"}
+_SLOW = {"jaxdd.augment.families", "jaxdd.augment.ops", "jaxdd.augment.strategy",
+         "jaxdd.augment.views", "jaxdd.models", "jaxdd.surrogate.model",
+         "jaxdd.surrogate.training", "jaxdd.surrogate.cache", "jaxdd.surrogate.loss"}
 
 
 def _module_names() -> list[str]:

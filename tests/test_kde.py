@@ -20,6 +20,7 @@ import pytest
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdd import kde
+from jaxdd._src import kde_kernel
 
 F32_EPS = float(np.finfo(np.float32).eps)
 ATOL = 1e-4
@@ -376,9 +377,9 @@ def test_jit_traces_once():
   # argument) reuses the executable.
   x = jnp.asarray(_unit(rng, 9, 4))
   kde.log_density(x, x, variance=0.1, block_size=5)
-  size = kde._log_density_core._cache_size()  # pylint: disable=protected-access
+  size = kde_kernel.log_density_core._cache_size()
   kde.log_density(x, x, variance=0.7, block_size=5)
-  assert kde._log_density_core._cache_size() == size  # pylint: disable=protected-access
+  assert kde_kernel.log_density_core._cache_size() == size
 
 
 def test_bfloat16_inputs_are_upcast():

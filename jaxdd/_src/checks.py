@@ -171,3 +171,81 @@ def check_lrs(lrs, protocol) -> tuple[float, ...]:
   if not lrs or not all(v > 0 and math.isfinite(v) for v in lrs):
     raise ValueError(f"lrs must be a non-empty sequence of positive finite floats, got {lrs}")
   return lrs
+
+
+# ---------------------------------------------------------------------------
+# Array checks of the KDE boundary (concrete values only; inside jit they are skipped)
+# ---------------------------------------------------------------------------
+
+def host_eval(fn, *args):
+  """Evaluates ``fn(*args)`` on concrete arrays now and fetches the result.
+
+  ``ensure_compile_time_eval`` keeps the reduction eager even when called
+  while a ``jax.jit`` is tracing (on closed-over constants), where it would
+  otherwise be staged into the program and turn into a tracer.
+  """
+  with jax.ensure_compile_time_eval():
+    return jax.device_get(fn(*args))
+
+
+def check_positive_scalar(name: str, value, fix: str) -> None:
+  """Raises ValueError unless a concrete ``value`` is a finite number > 0."""
+  if is_traced(value):
+    return
+  arr = np.asarray(jax.device_get(value))
+  if arr.ndim != 0:
+    raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
+  v = float(arr)
+  if not np.isfinite(v) or v <= 0:
+    raise ValueError(f"{name} must be a finite number > 0, got {v}; {fix}")
+
+
+def check_finite(name: str, x: jax.Array, fix: str) -> None:
+  """Raises ValueError if a concrete array contains NaN or Inf."""
+  if is_traced(x):
+    return
+  # Reduce on device and fetch one flag per kind: no full host copy.
+  has_nan, has_inf = host_eval(
+      lambda a: (jnp.any(jnp.isnan(a)), jnp.any(jnp.isinf(a))), x)
+  if has_nan:
+    raise ValueError(f"{name} contain NaN; {fix}")
+  if has_inf:
+    raise ValueError(f"{name} contain Inf; {fix}")
+
+
+def check_positive_int(name: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+      or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+  return int(value)
+
+
+def compute_dtype(x: jax.Array):
+  """Computation dtype: at least float32 (bf16/f16 inputs are upcast).
+
+  Chosen by width rather than ``jnp.promote_types``, which refuses
+  bf16 -> f32 under ``jax_numpy_dtype_promotion='strict'``.
+  """
+  return x.dtype if jnp.dtype(x.dtype).itemsize >= 4 else jnp.dtype(
+      jnp.float32)
+
+
+def as_rows(name: str, x) -> jax.Array:
+  x = jnp.asarray(x)
+  if x.ndim != 2:
+    raise ValueError(
+        f"{name} must have shape (n, d), got {x.shape}; reshape to 2-D")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"{name} must be floating point, got {x.dtype}")
+  return x.astype(compute_dtype(x))
+
+
+def as_mask(name: str, mask, n: int) -> jax.Array:
+  mask = jnp.asarray(mask)
+  if mask.shape != (n,):
+    raise ValueError(
+        f"{name} must have shape ({n},) to match the rows, got {mask.shape}")
+  if mask.dtype != jnp.bool_:
+    raise ValueError(f"{name} must be boolean, got {mask.dtype}; "
+                     "pass e.g. `mask.astype(bool)`")
+  return mask

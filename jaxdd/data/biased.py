@@ -58,25 +58,28 @@ Randomness: ``seed`` -> ``jax.random.key(seed)``, folded with the split id
 (train 0, valid 1, test 2); colour noise is drawn from a numpy Generator seeded
 with the key's bits (``np.random.default_rng(key_data(key))``), and
 corruptions get ``fold_in(key, bias)``.
+
+This module holds the registry, the argument checks and the building; the bias assignment
+and the injectors are :mod:`jaxdd.data.injectors`, the container and its card
+:mod:`jaxdd.data.card` (all re-exported here).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import numbers
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxdd._src import io as _io
-from jaxdd._src import rng as _rng
 from jaxdd.data import cache as _cache
 from jaxdd.data import sources as _sources
+from jaxdd.data.card import BiasedDataset, DatasetCard, _counts
+from jaxdd.data.injectors import (PALETTE, _classes_without_conflict, _real, _to_float,
+                                  colorize_background, colorize_foreground, corrupt_by_attribute,
+                                  make_attr_labels, smallest_conflict_ratio)
 from jaxdd.data.sources import (ArraySource, IdxSource, ImageFolderSource, MnistCsvSource,
                                 Source, TfdsSource, array_sha256, validate_images,
                                 validate_labels)
@@ -103,22 +106,6 @@ __all__ = [
 #: Builder version, part of every cache key and of ``meta``.
 BUILDER_VERSION = "1"
 
-# LfF's colors.th (alinlab/LfF data/resource/colors.th, shape (10, 3, 1, 1)),
-# decoded to RGB in [0, 1]; values as tabulated in docs/protocols.md
-PALETTE = np.array([
-    [0.9837, 0.3125, 0.1686],
-    [0.9905, 0.9156, 0.3515],
-    [0.6730, 0.4611, 0.5798],
-    [0.7833, 0.8316, 0.6013],
-    [0.0880, 0.7780, 0.9818],
-    [0.3214, 0.9611, 0.4464],
-    [0.0246, 0.2357, 0.7587],
-    [0.5552, 0.1016, 0.7618],
-    [0.2077, 0.3929, 0.0187],
-    [0.8337, 0.2024, 0.2669],
-], dtype=np.float32)
-PALETTE.setflags(write=False)
-
 #: Human names of the palette colours (approximate hues of the table above).
 COLOUR_NAMES = ("red", "yellow", "mauve", "sage", "sky_blue", "green", "blue", "purple",
                 "olive", "crimson")
@@ -144,7 +131,6 @@ BFFHQ_BIAS = ("female", "male")
 
 SPLITS = ("train", "valid", "test")
 _SPLIT_ID = {"train": 0, "valid": 1, "test": 2}
-_BLOCK = 4096  # images per block in the colourisers (temporaries stay cache-sized)
 
 _CIFAR_HOWTO = (
     "CIFAR-10 has no offline source on this machine. Pass source=ArraySource(x_train, y_train, "
@@ -260,15 +246,6 @@ def _spec(name: str) -> DatasetSpec:
 # ----------------------------------------------------------------------------
 
 
-def _real(x, what: str) -> float:
-  if isinstance(x, bool) or not isinstance(x, numbers.Real):
-    raise ValueError(f"{what} must be a number, got {x!r}.")
-  x = float(x)
-  if not math.isfinite(x):
-    raise ValueError(f"{what} must be finite, got {x}.")
-  return x
-
-
 def check_ratio(spec: DatasetSpec, ratio) -> float:
   """Validates a dataset's ratio argument under its protocol's semantics.
 
@@ -342,11 +319,6 @@ def check_severity(spec: DatasetSpec, severity) -> int | None:
   return s
 
 
-# Old private names, still used by jaxdd.pipeline; removed in the next release.
-_check_ratio = check_ratio
-_check_severity = check_severity
-
-
 def _check_seed(seed) -> int:
   if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
     raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
@@ -357,523 +329,6 @@ def _check_split(split) -> str:
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
   return split
-
-
-def _as_key(key) -> jax.Array:
-  """Accepts a typed key (preferred) or a legacy uint32[2] key."""
-  if isinstance(key, (jax.Array, np.ndarray)):
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-      if key.shape != ():
-        raise ValueError(f"key must be a single key (shape ()), got shape {key.shape}.")
-      return key
-    if key.dtype == np.uint32 and key.shape == (2,):
-      return jax.random.wrap_key_data(jnp.asarray(key))
-  raise ValueError(
-      f"key must be a typed PRNG key (jax.random.key(seed)), got {type(key).__name__}; "
-      "pass key=jax.random.key(0).")
-
-
-def _numpy_rng(key) -> np.random.Generator:
-  """numpy Generator derived from a jax key (same key -> same stream)."""
-  return _rng.numpy_rng(_as_key(key))
-
-
-def _to_float(x: np.ndarray) -> np.ndarray:
-  if x.dtype == np.uint8:
-    # Divide (not multiply by 1/255) to match torchvision's ToTensor bit for bit.
-    return np.divide(x, np.float32(255.0), dtype=np.float32)
-  return x.astype(np.float32, copy=False)
-
-
-# ----------------------------------------------------------------------------
-# Bias assignment.
-# ----------------------------------------------------------------------------
-
-
-def _class_bias_counts(n: int, c: int, aligned_ratio: float, num_bias: int) -> np.ndarray:
-  """Per-bias counts of one class under LfF's milestone rounding."""
-  # Same float64 expression as LfF: a * eye + (1 - a) / (K - 1) * (1 - eye).
-  row = np.full(num_bias, (1.0 - aligned_ratio) / (num_bias - 1), np.float64)
-  row[c] = aligned_ratio
-  milestones = np.round(n * np.cumsum(row)).astype(np.int64)
-  # LfF assigns sample j the first bias whose milestone exceeds j; the final
-  # milestone is N_c up to float error, pinned here so every sample is covered.
-  milestones = np.minimum(milestones, n)
-  milestones[-1] = n
-  return np.diff(np.concatenate([[0], milestones]))
-
-
-def make_attr_labels(labels, *, aligned_ratio: float, num_bias: int = 10) -> np.ndarray:
-  """LfF's deterministic bias assignment (``make_attr_labels``).
-
-  For every class ``c`` (``N_c`` samples), the ratios are ``aligned_ratio``
-  for bias ``c`` and ``(1 - aligned_ratio) / (num_bias - 1)`` for every other
-  bias; milestones ``round(N_c * cumsum(ratios))`` cut the class's samples,
-  in dataset index order, into consecutive blocks with bias 0, 1, 2, ...
-
-  Args:
-    labels: (N,) integer class labels in [0, num_bias).
-    aligned_ratio: fraction of each class that gets its own bias, in [0, 1]
-      (LfF passes ``1 - conflict_ratio`` for training sets, 0.1 for the
-      unbiased test set).
-    num_bias: number of bias values (10 for the colour/corruption palettes).
-
-  Returns:
-    (N,) ``int32`` bias labels.
-
-  Raises:
-    ValueError: bad labels or a ratio outside [0, 1].
-
-  Example:
-    >>> y = np.repeat(np.arange(10), 6000)
-    >>> b = make_attr_labels(y, aligned_ratio=1 - 0.05)
-    >>> int((b != y).sum())
-    3000
-  """
-  if isinstance(num_bias, bool) or not isinstance(num_bias, numbers.Integral) or num_bias < 2:
-    raise ValueError(f"num_bias must be an integer >= 2, got {num_bias!r}.")
-  y = validate_labels(labels, num_classes=num_bias)
-  a = _real(aligned_ratio, "aligned_ratio")
-  if not 0.0 <= a <= 1.0:
-    raise ValueError(f"aligned_ratio must lie in [0, 1], got {a}.")
-  attrs = np.zeros(y.shape, np.int32)
-  for c in np.unique(y):
-    idx = np.flatnonzero(y == c)  # dataset index order, as LfF
-    counts = _class_bias_counts(len(idx), int(c), a, num_bias)
-    attrs[idx] = np.repeat(np.arange(num_bias, dtype=np.int32), counts)
-  return attrs
-
-
-def _classes_without_conflict(class_counts: Mapping[int, int], aligned_ratio: float,
-                              num_bias: int) -> list[int]:
-  bad = []
-  for c, n in class_counts.items():
-    if n > 0 and n - _class_bias_counts(n, c, aligned_ratio, num_bias)[c] < 1:
-      bad.append(c)
-  return bad
-
-
-def smallest_conflict_ratio(labels, *, num_bias: int = 10) -> float:
-  """Smallest conflict ratio giving every class >= 1 bias-conflicting sample.
-
-  Uses LfF's rounding on the class sizes of ``labels`` (bisection, then
-  rounded *up* to 3 significant digits and re-checked).
-
-  Args:
-    labels: (N,) class labels of the split to be biased.
-    num_bias: number of bias values.
-
-  Returns:
-    The ratio as a float in (0, 1].
-
-  Example:
-    >>> smallest_conflict_ratio(np.repeat(np.arange(10), 360))
-    0.00251
-  """
-  y = validate_labels(labels, num_classes=num_bias)
-  counts = {int(c): int((y == c).sum()) for c in np.unique(y)}
-
-  def ok(rho: float) -> bool:
-    return not _classes_without_conflict(counts, 1.0 - rho, num_bias)
-
-  lo, hi = 0.0, 1.0
-  for _ in range(60):
-    mid = 0.5 * (lo + hi)
-    lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-  exp = math.floor(math.log10(hi))
-  step = 10.0 ** (exp - 2)
-  r = math.ceil(hi / step - 1e-9) * step
-  while not ok(r) and r < 1.0:  # rounding can be non-monotone near the edge
-    r += step
-  return float(f"{min(r, 1.0):.3g}")
-
-
-# ----------------------------------------------------------------------------
-# Bias injectors (work on any user arrays).
-# ----------------------------------------------------------------------------
-
-
-def _colour_table(colors, n: int, palette) -> np.ndarray:
-  c = np.asarray(colors)
-  if c.ndim == 1:
-    pal = PALETTE if palette is None else np.asarray(palette, np.float32)
-    if pal.ndim != 2 or pal.shape[1] != 3:
-      raise ValueError(f"palette must be (num_colours, 3) RGB in [0, 1], got shape {pal.shape}.")
-    idx = validate_labels(c, n=n, what="colors", num_classes=len(pal))
-    return pal[idx]
-  if c.ndim == 2 and c.shape == (n, 3):
-    c = c.astype(np.float32)
-    if not np.all(np.isfinite(c)) or c.min() < 0 or c.max() > 1:
-      raise ValueError("RGB colors must be finite and lie in [0, 1].")
-    return c
-  raise ValueError(
-      f"colors must be (N,) palette indices or (N, 3) RGB values for N={n} images, got shape "
-      f"{c.shape}.")
-
-
-def _noisy_colours(key, base: np.ndarray, std) -> np.ndarray:
-  std = _real(std, "std")
-  if std < 0:
-    raise ValueError(f"std must be >= 0, got {std}.")
-  # A numpy Generator seeded from the key's bits (common brief): jax.random.normal
-  # would compile once per distinct N, numpy draws 60k x 3 without compiling;
-  # same key -> same noise either way.
-  eps = _numpy_rng(key).standard_normal(base.shape, dtype=np.float32)
-  return np.clip(base + np.float32(std) * eps, 0.0, 1.0).astype(np.float32)
-
-
-def colorize_foreground(key: jax.Array, images, colors, *, std: float,
-                        palette=None, progress=None) -> np.ndarray:
-  """Colours the stroke of grey images (LfF Colored MNIST).
-
-  ``out = clip(colour + eps, 0, 1) * intensity`` per channel, one
-  ``eps ~ N(0, std^2 I_3)`` per image; black stays black.
-
-  Args:
-    key: typed PRNG key for the colour noise.
-    images: (N, H, W) or (N, H, W, 1), uint8 0..255 or float [0, 1].
-    colors: (N,) palette indices, or (N, 3) RGB in [0, 1].
-    std: colour-noise standard deviation (LfF severity 4: 0.005).
-    palette: (K, 3) RGB table for index colours; default LfF's :data:`PALETTE`.
-    progress: report images done (per block of 4,096): None = only for 20,000
-      images or more, True/False, or an open :func:`jaxdd.progress.bar` to add
-      to (see :func:`jaxdd.data.sources.open_progress`). The result is the same
-      either way; :func:`jaxdd.progress.set_quiet` silences it.
-
-  Returns:
-    (N, H, W, 3) ``float32`` in [0, 1].
-
-  Raises:
-    ValueError: RGB input (pass one channel), bad shapes, ranges or std.
-
-  Example:
-    >>> x = colorize_foreground(jax.random.key(0), np.full((2, 4, 4), 255, np.uint8),
-    ...                         np.array([0, 1]), std=0.0)
-    >>> np.allclose(x[0, 0, 0], PALETTE[0])
-    True
-  """
-  x = validate_images(images, channels=(1,))
-  colour = _noisy_colours(key, _colour_table(colors, len(x), palette), std)
-  n, h, w = x.shape[:3]
-  flat = x.reshape(n, h * w)
-  out = np.empty((n, h * w, 3), np.float32)
-  # Blocks of images keep the temporaries cache-sized, and one 2-D pass per
-  # channel is several times faster than broadcasting over a size-3 last axis;
-  # the products are bit-identical either way.
-  bar, owned = _sources.open_progress(progress, n, "colorize_foreground", kind="colour")
-  try:
-    for s in range(0, n, _BLOCK):
-      g = _to_float(flat[s:s + _BLOCK])
-      for ch in range(3):
-        np.multiply(g, colour[s:s + _BLOCK, ch:ch + 1], out=out[s:s + _BLOCK, :, ch])
-      bar.update(len(g))
-  finally:
-    if owned:
-      bar.close()
-  return out.reshape(n, h, w, 3)
-
-
-def colorize_background(key: jax.Array, images, colors, *, std: float,
-                        palette=None, progress=None) -> np.ndarray:
-  """Fills the background (pixels exactly 0) with a noisy palette colour.
-
-  Foreground pixels keep their grey intensity on all three channels (RGB input
-  keeps its colours; its background is where all channels are 0), following
-  ReBias' background colouring with LfF's palette (docs/protocols.md).
-
-  Args:
-    key: typed PRNG key for the colour noise.
-    images: (N, H, W), (N, H, W, 1) or (N, H, W, 3); uint8 or float [0, 1].
-    colors: (N,) palette indices, or (N, 3) RGB in [0, 1].
-    std: colour-noise standard deviation.
-    palette: (K, 3) RGB table; default :data:`PALETTE`.
-    progress: report images done (per block of 4,096): None = only for 20,000
-      images or more, True/False, or an open :func:`jaxdd.progress.bar` to add
-      to (see :func:`jaxdd.data.sources.open_progress`). The result is the same
-      either way; :func:`jaxdd.progress.set_quiet` silences it.
-
-  Returns:
-    (N, H, W, 3) ``float32`` in [0, 1].
-
-  Example:
-    >>> x = np.zeros((1, 4, 4), np.uint8); x[0, 1, 1] = 255
-    >>> y = colorize_background(jax.random.key(0), x, np.array([4]), std=0.0)
-    >>> bool(np.allclose(y[0, 0, 0], PALETTE[4])), y[0, 1, 1].tolist()
-    (True, [1.0, 1.0, 1.0])
-  """
-  x = validate_images(images, channels=(1, 3))
-  colour = _noisy_colours(key, _colour_table(colors, len(x), palette), std)
-  n, h, w = x.shape[:3]
-  c = x.shape[3] if x.ndim == 4 else 1
-  flat = x.reshape(n, h * w, c)
-  out = np.empty((n, h * w, 3), np.float32)
-  # out = fg + mask * colour is exact: fg is 0 wherever mask is 1, and mask
-  # adds 0 elsewhere. Image blocks + one 2-D pass per channel (see
-  # colorize_foreground for why).
-  bar, owned = _sources.open_progress(progress, n, "colorize_background", kind="colour")
-  try:
-    for s in range(0, n, _BLOCK):
-      f = _to_float(flat[s:s + _BLOCK])
-      mask = np.all(f == 0, axis=-1).astype(np.float32)  # background pixels
-      for ch in range(3):
-        o = out[s:s + _BLOCK, :, ch]
-        np.multiply(mask, colour[s:s + _BLOCK, ch:ch + 1], out=o)
-        o += f[:, :, ch if c == 3 else 0]
-      bar.update(len(f))
-  finally:
-    if owned:
-      bar.close()
-  return out.reshape(n, h, w, 3)
-
-
-def _corruption_names(corruption_type) -> tuple[str, ...]:
-  from jaxdd.data import corruptions  # lazy: heavy module, only needed here
-
-  if isinstance(corruption_type, str):
-    table = {"type0": corruptions.TYPE0, "type1": corruptions.TYPE1}
-    if corruption_type not in table:
-      raise ValueError(f"corruption_type must be 'type0', 'type1' or a list of names, got "
-                       f"{corruption_type!r}.")
-    return tuple(table[corruption_type])
-  names = tuple(corruption_type)
-  if not names or not all(isinstance(n, str) for n in names):
-    raise ValueError("corruption_type must be 'type0', 'type1' or a non-empty list of names.")
-  return names
-
-
-def corrupt_by_attribute(key: jax.Array, images, attrs, *, corruption_type="type0",
-                         severity: int, progress=None) -> np.ndarray:
-  """Applies corruption ``names[attrs[i]]`` to image ``i`` (LfF Corrupted CIFAR-10).
-
-  Images of bias ``k`` are corrupted together with key ``fold_in(key, k)``
-  by :func:`jaxdd.data.corruptions.corrupt`; ``original`` (Type1's last entry)
-  is the identity.
-
-  Args:
-    key: typed PRNG key.
-    images: (N, H, W, 3) (or one-channel, replicated to 3), uint8 0..255 or
-      float [0, 1].
-    attrs: (N,) bias indices into the corruption list.
-    corruption_type: ``"type0"``, ``"type1"`` or an explicit list of names.
-    severity: Hendrycks corruption level 1..5, passed straight to
-      ``corrupt`` (the dataset builders use LfF's level = severity + 1).
-    progress: report images done (per chunk of 512): None = only for 5,000
-      images or more, True/False, or an open :func:`jaxdd.progress.bar` to add
-      to (see :func:`jaxdd.data.sources.open_progress`). The result is the same
-      either way; :func:`jaxdd.progress.set_quiet` silences it.
-
-  Returns:
-    (N, H, W, 3) ``float32`` in [0, 1].
-
-  Example:
-    >>> x = np.random.default_rng(0).random((20, 32, 32, 3), dtype=np.float32)
-    >>> y = corrupt_by_attribute(jax.random.key(0), x, np.arange(20) % 10,
-    ...                          severity=5)                   # doctest: +SKIP
-  """
-  from jaxdd.data import corruptions
-
-  names = _corruption_names(corruption_type)
-  x = validate_images(images, channels=(1, 3))
-  f = _to_float(x)
-  if f.ndim == 3:
-    f = f[..., None]
-  if f.shape[-1] == 1:
-    f = np.repeat(f, 3, axis=-1)
-  a = validate_labels(attrs, n=len(f), what="attrs", num_classes=len(names))
-  if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or not 1 <= severity <= 5:
-    raise ValueError(f"severity (corruption level) must be an integer in 1..5, got {severity!r}.")
-  key = _as_key(key)
-  out = np.empty_like(f)
-  bar, owned = _sources.open_progress(progress, len(f), "corrupt_by_attribute", kind="corrupt")
-  try:
-    for k in np.unique(a):
-      idx = np.flatnonzero(a == k)
-      if names[k] == "original":
-        out[idx] = f[idx]
-        bar.update(len(idx))
-        continue
-      y = np.asarray(corruptions.corrupt(jax.random.fold_in(key, int(k)), f[idx], names[k],
-                                         severity=int(severity), progress=bar), np.float32)
-      if y.shape != f[idx].shape:
-        raise ValueError(f"corruption {names[k]!r} returned shape {y.shape}, expected "
-                         f"{f[idx].shape}.")
-      out[idx] = np.clip(y, 0.0, 1.0)
-  finally:
-    if owned:
-      bar.close()
-  return out
-
-
-# ----------------------------------------------------------------------------
-# Dataset card and container.
-# ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class DatasetCard:
-  """Counts per class x bias plus the dataset's metadata.
-
-  Attributes:
-    counts: (num_classes, num_bias) ``int64`` sample counts.
-    class_names: target names.
-    bias_names: bias-attribute names.
-    meta: the dataset's ``meta`` dict (name, split, ratio, ...).
-
-  Example:
-    >>> print(ds.card)                       # doctest: +SKIP
-    >>> ds.card.save("card.json")            # doctest: +SKIP
-  """
-  counts: np.ndarray
-  class_names: tuple[str, ...]
-  bias_names: tuple[str, ...]
-  meta: Mapping[str, Any]
-
-  @property
-  def aligned_per_class(self) -> np.ndarray:
-    """(num_classes,) counts with bias == label."""
-    k = min(self.counts.shape)
-    out = np.zeros(self.counts.shape[0], np.int64)
-    out[:k] = np.diagonal(self.counts)[:k]
-    return out
-
-  @property
-  def conflicting_per_class(self) -> np.ndarray:
-    """(num_classes,) counts with bias != label."""
-    return self.counts.sum(1) - self.aligned_per_class
-
-  def to_dict(self) -> dict:
-    """JSON-ready dict (inverse of :meth:`from_dict`)."""
-    return {
-        "counts": self.counts.tolist(),
-        "class_names": list(self.class_names),
-        "bias_names": list(self.bias_names),
-        "aligned": int(self.aligned_per_class.sum()),
-        "conflicting": int(self.conflicting_per_class.sum()),
-        "meta": _io.jsonable(dict(self.meta)),
-    }
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "DatasetCard":
-    """Rebuilds a card from :meth:`to_dict` output."""
-    return cls(np.asarray(d["counts"], np.int64), tuple(d["class_names"]),
-               tuple(d["bias_names"]), dict(d["meta"]))
-
-  def to_json(self) -> str:
-    """The card as a JSON string."""
-    return json.dumps(self.to_dict(), indent=1, sort_keys=True)
-
-  def save(self, path: str | os.PathLike) -> Path:
-    """Writes the card as JSON, atomically.
-
-    Args:
-      path: destination file.
-
-    Returns:
-      The path written.
-    """
-    path = Path(path)
-    text = self.to_json().encode()
-    _io.atomic_write_bytes(path, text, durable=False)
-    return path
-
-  def describe(self) -> str:
-    """A printable table of counts with totals and the protocol settings."""
-    m = self.meta
-    n = int(self.counts.sum())
-    al = int(self.aligned_per_class.sum())
-    lines = [f"Dataset card: {m.get('name')} [{m.get('split')}]"]
-    if m.get("ratio") is not None:
-      lines.append(f"  ratio {m['ratio']:g} = {m.get('ratio_semantics')}")
-    if m.get("split_aligned_ratio") is not None:
-      lines.append(f"  this split: make_attr_labels(aligned_ratio={m['split_aligned_ratio']:g})")
-    sev = []
-    if m.get("severity") is not None:
-      sev.append(f"severity {m['severity']}")
-    if m.get("noise_std") is not None:
-      sev.append(f"colour-noise std {m['noise_std']:g}")
-    if m.get("corruption_level") is not None:
-      sev.append(f"{m.get('corruption_type')} corruption level {m['corruption_level']}")
-    sev.append(f"seed {m.get('seed')}")
-    lines.append("  " + ", ".join(sev))
-    lines.append(f"  source {m.get('source')} (sha256 {str(m.get('source_sha256'))[:16]}...)")
-    shape = "x".join(map(str, m.get("image_shape", [])))
-    lines.append(
-        f"  {n} images {shape} float32 in [0, 1]: {al} aligned ({100.0 * al / max(n, 1):.2f} %), "
-        f"{n - al} conflicting ({100.0 * (n - al) / max(n, 1):.2f} %)")
-    lines.append("")
-    cw = max(6, len(str(int(self.counts.max(initial=0)))) + 1)
-    nw = max(len(c) for c in self.class_names + ("class", "total"))
-    head = f"  {'class':<{nw}}" + "".join(f"{'b' + str(j):>{cw}}" for j in range(len(self.bias_names)))
-    head += f"{'total':>8}{'aligned':>9}{'conflict':>9}"
-    lines.append(head)
-    for i, cname in enumerate(self.class_names):
-      row = f"  {cname:<{nw}}" + "".join(f"{int(v):>{cw}}" for v in self.counts[i])
-      row += (f"{int(self.counts[i].sum()):>8}{int(self.aligned_per_class[i]):>9}"
-              f"{int(self.conflicting_per_class[i]):>9}")
-      lines.append(row)
-    tot = f"  {'total':<{nw}}" + "".join(f"{int(v):>{cw}}" for v in self.counts.sum(0))
-    tot += f"{n:>8}{al:>9}{n - al:>9}"
-    lines.append(tot)
-    lines.append("  bias: " + ", ".join(f"b{j}={b}" for j, b in enumerate(self.bias_names)))
-    return "\n".join(lines)
-
-  def __str__(self) -> str:
-    return self.describe()
-
-
-def _counts(labels: np.ndarray, bias: np.ndarray, k: int, b: int) -> np.ndarray:
-  return np.bincount(labels.astype(np.int64) * b + bias, minlength=k * b).reshape(k, b)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class BiasedDataset:
-  """A biased dataset split with its bias annotations and card.
-
-  Attributes:
-    images: (N, H, W, 3) ``float32`` in [0, 1].
-    labels: (N,) ``int32`` targets.
-    bias: (N,) ``int32`` bias attributes.
-    aligned: (N,) ``bool``, ``bias == labels``.
-    class_names: target names.
-    bias_names: bias names.
-    card: :class:`DatasetCard` (counts per class x bias).
-    meta: name, split, ratio, semantics, severity, seed, source, checksums...
-    cache_info: where the arrays came from (``status``: ``built``, ``hit``,
-      ``rebuilt`` after a corrupt entry, or ``off``; ``path``). Not part of
-      ``meta``, so ``meta`` is identical for cached and fresh builds.
-
-  Example:
-    >>> ds = load("cmnist", split="train", conflict_ratio=0.05)   # doctest: +SKIP
-    >>> print(ds)                                                 # doctest: +SKIP
-  """
-  images: np.ndarray
-  labels: np.ndarray
-  bias: np.ndarray
-  aligned: np.ndarray
-  class_names: tuple[str, ...]
-  bias_names: tuple[str, ...]
-  card: DatasetCard
-  meta: Mapping[str, Any]
-  cache_info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-  def __len__(self) -> int:
-    return int(self.labels.shape[0])
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  def describe(self) -> str:
-    """The dataset card as text."""
-    return self.card.describe()
-
-  def __str__(self) -> str:
-    return self.describe()
-
-  def __repr__(self) -> str:
-    m = self.meta
-    return (f"BiasedDataset({m.get('name')!r}, split={m.get('split')!r}, n={len(self)}, "
-            f"ratio={m.get('ratio')}, conflicting={int((~self.aligned).sum())})")
 
 
 def _make_dataset(spec: DatasetSpec, images, labels, bias, meta) -> BiasedDataset:

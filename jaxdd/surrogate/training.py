@@ -1,0 +1,344 @@
+"""Training the surrogate (SGD + momentum, cosine schedule) and blocked inference."""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxdd import policy
+from jaxdd._src import checks
+from jaxdd._src.checks import is_traced
+from jaxdd.augment import two_views
+from jaxdd.train import torch_sgd
+from jaxdd.surrogate.loss import supcon_loss
+from jaxdd.surrogate.model import SurrogateConfig, _l2_normalize
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+
+class TrainState(NamedTuple):
+  """Carry of the compiled epoch: variables, optimiser state, global step."""
+  params: Any
+  model_state: Any  # non-trainable collections (``batch_stats``) or {}
+  opt_state: Any
+  step: jax.Array
+
+
+def make_optimizer(config: SurrogateConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD with momentum, L2 weight decay and the configured learning-rate schedule.
+
+  Weight decay is added to the gradient *before* momentum, as
+  ``torch.optim.SGD(weight_decay=...)`` (used by ``HobbitLong/SupContrast``)
+  does; it applies to every parameter, biases and norm scales included. The
+  update is the trainer's :func:`jaxdd.train.torch_sgd`.
+
+  Args:
+    config: the surrogate config (learning_rate, momentum, weight_decay,
+      schedule, epochs).
+    steps_per_epoch: optimiser steps per epoch (sets the cosine horizon).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> tx = make_optimizer(SurrogateConfig.preset('smoke'), steps_per_epoch=10)
+  """
+  total = max(config.epochs * steps_per_epoch, 1)
+  if config.schedule == "cosine":
+    lr = optax.cosine_decay_schedule(config.learning_rate, decay_steps=total)
+  else:
+    lr = config.learning_rate
+  return torch_sgd(lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _validate_data(images: Any, labels: Any, who: str) -> tuple[np.ndarray, np.ndarray]:
+  images = np.asarray(images)
+  labels = np.asarray(labels)
+  checks.check_images(images, who, float_fix="convert with images.astype(np.float32) / 255",
+                      finite_fix="clean the dataset before training the surrogate")
+  if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+    raise ValueError(f"labels must have shape ({images.shape[0]},) to match images, got {labels.shape}")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+  if labels.size and labels.min() < 0:
+    raise ValueError("labels must be >= 0")
+  return images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
+
+
+# Number of times each cached program was traced, keyed by (kind, config,
+# num_examples); a test checks that a whole training run traces each once.
+_TRACES: dict[tuple[str, SurrogateConfig, int], int] = {}
+
+LOOPS = ("auto", "scan", "step")
+
+
+class _TrainFns(NamedTuple):
+  tx: optax.GradientTransformation
+  epoch: Callable  # (state, key, epoch, images, labels) -> (state, losses[steps])
+  batches: Callable  # (key, epoch) -> (k_aug_epoch, batches[steps, batch_size])
+  step: Callable  # (state, k_aug_epoch, i, idx, images, labels) -> (state, loss)
+
+
+def _make_train_fns(config: SurrogateConfig, num_examples: int) -> _TrainFns:
+  """The jitted training programs for one (config, dataset size) under the active policy.
+
+  Every epoch draws a permutation from ``fold_in(key_shuffle, epoch)`` and cuts
+  it into ``num_examples // batch_size`` full batches; the last
+  ``num_examples % batch_size`` samples of the permutation are dropped (a fresh
+  permutation every epoch means every sample is still seen in expectation, and
+  a fixed batch shape means one compilation and no padded rows inside the
+  contrastive denominator).
+
+  Two drivers share the same step body, hence the same arithmetic:
+  ``epoch`` is a whole epoch as one program (``lax.scan`` over its steps);
+  ``batches`` + ``step`` run the steps from the host, one program call each.
+
+  Cached per (config, num_examples, :func:`jaxdd.policy.current`), so repeated
+  runs reuse the compilation; the programs are traced under that policy.
+  """
+  return _train_fns(config, num_examples, policy.current())
+
+
+@functools.lru_cache(maxsize=8)
+def _train_fns(config: SurrogateConfig, num_examples: int, pol: policy.Policy) -> _TrainFns:
+  model = config.model()
+  batch_size = config.batch_size
+  steps = num_examples // batch_size
+  tx = make_optimizer(config, steps)
+
+  def count_trace(kind: str) -> None:
+    # Python side effect: runs only while tracing.
+    k = (kind, config, num_examples)
+    _TRACES[k] = _TRACES.get(k, 0) + 1
+
+  def loss_fn(params, model_state, views, view_labels):
+    variables = {"params": params, **model_state}
+    if model_state:  # batch norm: update running statistics (static structure).
+      z, new_state = model.apply(variables, views, train=True, mutable=list(model_state))
+    else:
+      z, new_state = model.apply(variables, views, train=True), model_state
+    return supcon_loss(z, view_labels, temperature=config.temperature), new_state
+
+  def batches_fn(key: jax.Array, epoch: jax.Array):
+    k_shuffle, k_aug = jax.random.split(key)
+    perm = jax.random.permutation(jax.random.fold_in(k_shuffle, epoch), num_examples)
+    return jax.random.fold_in(k_aug, epoch), perm[: steps * batch_size].reshape(steps, batch_size)
+
+  def step_fn(state: TrainState, k_aug: jax.Array, i: jax.Array, idx: jax.Array,
+              images: jax.Array, labels: jax.Array):
+    x = images[idx]
+    y = labels[idx]
+    views = two_views(jax.random.fold_in(k_aug, i), x, scale=config.crop_scale,
+                      ratio=config.crop_ratio, flip=config.flip)
+    view_labels = jnp.concatenate([y, y])
+    (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, views, view_labels)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, new_model_state, opt_state, state.step + 1), loss
+
+  def epoch_fn(state: TrainState, key: jax.Array, epoch: jax.Array, images: jax.Array,
+               labels: jax.Array):
+    count_trace("epoch")
+    k_aug, batches = batches_fn(key, epoch)
+
+    def body(state, xs):
+      i, idx = xs
+      return step_fn(state, k_aug, i, idx, images, labels)
+
+    return jax.lax.scan(body, state, (jnp.arange(steps), batches))
+
+  def host_step(state, k_aug, i, idx, images, labels):
+    count_trace("step")
+    return step_fn(state, k_aug, i, idx, images, labels)
+
+  return _TrainFns(tx, jax.jit(policy.pinned(pol, epoch_fn)), jax.jit(batches_fn),
+                   jax.jit(policy.pinned(pol, host_step)))
+
+
+def _resolve_loop(loop: str) -> str:
+  if loop not in LOOPS:
+    raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+  if loop == "auto":
+    # XLA:CPU runs the *backward* convolutions far slower inside a while loop
+    # (lax.scan) than as top-level ops (jax-ml/jax#12868; RESULTS.md §4
+    # "Evaluation"). The cpu policy therefore drives the steps from the host;
+    # the accelerator policy runs the single-program epoch.
+    return policy.current().train_loop
+  return loop
+
+
+def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: SurrogateConfig,
+                    progress: bool = True, loop: str = "auto") -> tuple[dict, dict]:
+  """Train the SupCon surrogate on a (biased) training set.
+
+  The dataset is put on device once. Each epoch shuffles with
+  ``fold_in(key_shuffle, epoch)``, drops the last partial batch and augments
+  step ``i`` with ``fold_in(fold_in(key_aug, epoch), i)``, so the same key
+  gives the same params. ``loop='scan'`` compiles each epoch into one program
+  (``lax.scan`` over its steps); ``loop='step'`` calls one compiled step per
+  batch from the host (same arithmetic; results agree to float rounding).
+  ``auto`` takes the active :mod:`jaxdd.policy`'s ``train_loop``: ``step`` on
+  CPU, where XLA runs backward convolutions inside a ``lax.scan`` far slower,
+  and ``scan`` on accelerators. A tqdm bar runs over
+  epochs. Training stops with ``FloatingPointError`` on a non-finite loss.
+
+  Speed: RESULTS.md §1 and §3 give the training time of the ``cpu`` preset
+  on the embedded CMNIST (3,600 x 28x28x3, 14 steps of 256 images an epoch).
+
+  Args:
+    key: typed PRNG key (split into init / shuffle / augmentation keys).
+    images: (N, H, W, C) float images (numpy or jax), finite.
+    labels: (N,) integer labels; every present class needs >= 2 samples.
+    config: a :class:`SurrogateConfig`.
+    progress: show a tqdm bar over epochs.
+    loop: ``auto``, ``scan`` or ``step`` (see above).
+
+  Returns:
+    ``(params, history)``: the flax variables dict, and a dict with
+    ``loss`` (per-epoch mean loss, list), ``epoch_seconds`` (list),
+    ``steps_per_epoch``, ``dropped_per_epoch`` and ``loop``.
+
+  Raises:
+    ValueError: bad shapes, NaN images, batch larger than the dataset, a class
+      with a single sample, an unknown ``loop``.
+
+  Example:
+    >>> import jax, numpy as np
+    >>> x = np.random.rand(64, 8, 8, 3).astype(np.float32)
+    >>> y = np.repeat(np.arange(4), 16)
+    >>> cfg = SurrogateConfig.preset('smoke', batch_size=32, epochs=1)
+    >>> params, hist = train_surrogate(jax.random.key(0), x, y, config=cfg,
+    ...                                progress=False)  # doctest: +SKIP
+    >>> len(hist['loss'])  # doctest: +SKIP
+    1
+  """
+  loop = _resolve_loop(loop)
+  images, labels = _validate_data(images, labels, "train_surrogate")
+  n = images.shape[0]
+  config = config.for_size(n)
+  if config.batch_size > n:
+    raise ValueError(f"batch_size {config.batch_size} is larger than the dataset ({n} images); "
+                     f"lower SurrogateConfig.batch_size to at most {n}")
+  counts = np.bincount(labels)
+  singletons = np.flatnonzero(counts == 1)
+  if singletons.size:
+    raise ValueError(f"class(es) {singletons.tolist()} have a single sample; SupCon needs >= 2 samples "
+                     "per class to form same-class positives. Drop those classes or add samples.")
+  if np.count_nonzero(counts) < 2:
+    raise ValueError("the training set has a single class; SupCon needs >= 2 classes to have negatives")
+
+  model = config.model()
+  k_init, k_train = jax.random.split(key)
+  variables = model.init(k_init, jnp.zeros((1,) + images.shape[1:], jnp.float32))
+  variables = dict(variables)
+  params = variables.pop("params")
+  model_state = variables
+  steps = n // config.batch_size
+  fns = _make_train_fns(config, n)
+  state = TrainState(params, model_state, fns.tx.init(params), jnp.zeros((), jnp.int32))
+
+  x_dev = jnp.asarray(images)
+  y_dev = jnp.asarray(labels)
+  history: dict[str, Any] = {"loss": [], "epoch_seconds": [], "steps_per_epoch": steps,
+                             "dropped_per_epoch": n - steps * config.batch_size, "loop": loop}
+  from jaxdd import progress as progress_lib  # noqa: PLC0415
+  bar = progress_lib.bar(config.epochs, "surrogate (SupCon)", unit="epoch", disable=not progress)
+  for epoch in range(config.epochs):
+    t0 = time.perf_counter()
+    epoch_arr = jnp.asarray(epoch, jnp.int32)
+    if loop == "scan":
+      state, losses = fns.epoch(state, k_train, epoch_arr, x_dev, y_dev)
+    else:
+      k_aug, batches = fns.batches(k_train, epoch_arr)
+      losses = []
+      for i in range(steps):
+        state, loss = fns.step(state, k_aug, jnp.asarray(i, jnp.int32), batches[i], x_dev, y_dev)
+        losses.append(loss)
+      losses = jnp.stack(losses)
+    mean_loss = float(jnp.mean(losses))  # blocks until the epoch is done
+    history["epoch_seconds"].append(time.perf_counter() - t0)
+    if not math.isfinite(mean_loss):
+      raise FloatingPointError(f"non-finite SupCon loss at epoch {epoch}; lower the learning rate "
+                               f"(now {config.learning_rate}) or raise the temperature")
+    history["loss"].append(mean_loss)
+    bar.set_postfix(loss=f"{mean_loss:.4f}")
+    bar.update(1)
+  bar.close()
+  return {"params": state.params, **state.model_state}, history
+
+
+# ---------------------------------------------------------------------------
+# Inference
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _embed_fn(config: SurrogateConfig, space: str, block_size: int):
+  model = config.model()
+
+  def one_block(variables, x):
+    feats, z = model.apply(variables, x, train=False, return_features=True)
+    return z if space == "projection" else _l2_normalize(feats)
+
+  def run(variables, blocks):
+    return jax.lax.map(lambda xb: one_block(variables, xb), blocks)
+
+  return jax.jit(run)
+
+
+def embed(params: dict, images: Any, *, config: SurrogateConfig, block_size: int = 1024,
+          space: str = "projection") -> jax.Array:
+  """Embeddings of ``images`` under a trained surrogate, computed block by block.
+
+  Images are padded to a multiple of ``block_size`` and mapped with
+  ``lax.map`` inside one jitted program, so peak memory is one block's
+  activations.
+
+  Args:
+    params: flax variables dict from :func:`train_surrogate`.
+    images: (N, H, W, C) float images, preprocessed as for training.
+    config: the config the params were trained with.
+    block_size: images per block.
+    space: ``projection`` (the L2-normalised SupCon projection, the KDE space of
+      the paper) or ``encoder`` (the L2-normalised pre-head ConvNet feature; an
+      ablation).
+
+  Returns:
+    (N, proj_dim) for ``projection`` or (N, d) for ``encoder``; unit-norm rows.
+
+  Example:
+    >>> import jax, numpy as np
+    >>> cfg = SurrogateConfig.preset('smoke')
+    >>> v = cfg.model().init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+    >>> embed(v, np.zeros((5, 8, 8, 3), np.float32), config=cfg).shape
+    (5, 32)
+  """
+  if space not in ("projection", "encoder"):
+    raise ValueError(f"space must be 'projection' or 'encoder', got {space!r}")
+  if not (isinstance(block_size, int) and block_size >= 1):
+    raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
+  if is_traced(images):
+    raise ValueError("embed is a host-level function; call it outside jit")
+  images = np.asarray(images)
+  checks.check_images(images, "embed", floating=False,
+                      finite_fix="clean them before embedding (as before training)")
+  n = images.shape[0]
+  bs = min(block_size, max(n, 1))
+  num_blocks = -(-n // bs)
+  pad = num_blocks * bs - n
+  x = jnp.asarray(images, jnp.float32)
+  if pad:
+    x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)], axis=0)
+  blocks = x.reshape((num_blocks, bs) + x.shape[1:])
+  out = _embed_fn(config, space, bs)(params, blocks)
+  return out.reshape((num_blocks * bs, out.shape[-1]))[:n]
