@@ -13,6 +13,7 @@ prints one JSON line. Usage:
   python benchmarks/dm_step.py --ipc 10 --steps 10 --xla-flags=--xla_cpu_use_onednn=true
   python benchmarks/dm_step.py --kde                # KDE-weighted DM (batch scope)
   python benchmarks/dm_step.py --policy accelerator # the accelerator layout (jaxdd.policy)
+  python benchmarks/dm_step.py --real-dtype bfloat16 # the real-image forward in bfloat16
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def _measure(args) -> None:
   d = distill.dm(num_classes=10, ipc=args.ipc, model=models.ConvNet(10, width=args.width),
                  augment=aug, real_per_class=args.real_per_class,
                  kde_config=distill.KDEConfig() if args.kde else None,
-                 real_chunk=_chunk_arg(args.real_chunk), syn_chunk=_chunk_arg(args.syn_chunk))
+                 real_chunk=_chunk_arg(args.real_chunk), syn_chunk=_chunk_arg(args.syn_chunk),
+                 real_dtype=None if args.real_dtype == "float32" else args.real_dtype)
   state = d.init(jax.random.key(0), real)
   t0 = time.perf_counter()
   compiled = d.step.lower(state, real).compile()
@@ -84,7 +86,7 @@ def _measure(args) -> None:
   print(json.dumps({
       "bench": "dm_step", "ipc": args.ipc, "real_per_class": args.real_per_class,
       "width": args.width, "dsa": not args.no_dsa, "kde": args.kde, "real_chunk": args.real_chunk,
-      "syn_chunk": args.syn_chunk, "policy": policy.current().name,
+      "syn_chunk": args.syn_chunk, "real_dtype": args.real_dtype, "policy": policy.current().name,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 2),
       "step_s_median": round(med, 3), "step_s_min": round(min(times), 3),
       "step_s_max": round(max(times), 3), "n": len(times),
@@ -112,6 +114,8 @@ def main(argv=None) -> None:
                       "'auto', the policy's (10 on CPU)")
   p.add_argument("--policy", choices=["auto", "cpu", "accelerator"], default="auto",
                  help="pin this jaxdd.policy layout (default: by backend)")
+  p.add_argument("--real-dtype", choices=["float32", "bfloat16"], default="float32",
+                 help="dtype of the real-image forward (distill.dm real_dtype)")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -127,7 +131,8 @@ def main(argv=None) -> None:
            "--warmup", str(args.warmup), "--real-per-class", str(args.real_per_class),
            "--width", str(args.width)] + (["--no-dsa"] if args.no_dsa else []) + (
                ["--real-chunk", str(args.real_chunk), "--syn-chunk", str(args.syn_chunk)]) + (
-               ["--kde"] if args.kde else []) + ["--policy", args.policy]
+               ["--kde"] if args.kde else []) + ["--policy", args.policy,
+                                                 "--real-dtype", args.real_dtype]
     subprocess.run(cmd, env=env, check=True)
 
 

@@ -29,6 +29,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Literal, NamedTuple
 
 import flax.linen as nn
@@ -240,6 +241,20 @@ def _chunk(value, auto: int | None, name: str) -> int | None:
   return value
 
 
+def _floating_dtype(value, name: str):
+  """None, or ``value`` as a floating numpy dtype (``"bfloat16"``, ``jnp.float16``, ...)."""
+  if value is None:
+    return None
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{name} must be a floating dtype such as 'bfloat16' or 'float32' (or None "
+                     f"for the synthetic images' dtype), got {value!r}")
+  return dtype
+
+
 def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
        real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
@@ -247,7 +262,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        init: Literal["real", "noise"] = "real", kde_config: KDEConfig | None = None,
        mesh: Mesh | None = None, class_axis: str | None = None, batch_axis: str | None = None,
        real_chunk: int | Literal["auto"] | None = "auto",
-       syn_chunk: int | Literal["auto"] | None = "auto", jit: bool = True) -> Distiller:
+       syn_chunk: int | Literal["auto"] | None = "auto", real_dtype: Any = None,
+       jit: bool = True) -> Distiller:
   """Distribution matching (Zhao & Bilen 2023), optionally KDE-reweighted (Cui et al. 2024).
 
   Args:
@@ -279,6 +295,11 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       ``syn_chunk`` (10 on CPU, all at once on accelerators). Chunking never
       changes the loss beyond float rounding. Timings at the reference
       configuration: RESULTS.md §4 "One DM step" (benchmarks/dm_step.py).
+    real_dtype: run the gradient-free real-image forward in this floating dtype
+      (e.g. ``"bfloat16"``): the network's parameters and the real images are
+      cast to it, the features back to float32. None (default): the synthetic
+      images' dtype, i.e. exactly the reference's computation. Off by default:
+      on the development CPU it is not faster (RESULTS.md §4 "bf16 real path").
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
   Returns:
@@ -292,6 +313,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   if init not in ("real", "noise"):
     raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
   _check_kde(kde_config)
+  real_dtype = _floating_dtype(real_dtype, "real_dtype")
   model = ConvNet(num_classes) if model is None else model
   pol = policy.current()
   real_chunk = _chunk(real_chunk, pol.real_chunk, "real_chunk")
@@ -313,21 +335,29 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     variables = model.init(k_model, jnp.zeros(shape, syn_images.dtype))
     variables = jax.lax.stop_gradient(variables)  # the network is frozen
 
-    def embed(x):
+    def embed_with(v, x):
       # BatchNorm models use the statistics of the batch (train mode), as the reference.
-      if "batch_stats" in variables:
-        (feats, _), _ = model.apply(variables, x, train=True, return_features=True,
+      if "batch_stats" in v:
+        (feats, _), _ = model.apply(v, x, train=True, return_features=True,
                                     mutable=["batch_stats"])
       else:
-        feats, _ = model.apply(variables, x, return_features=True)
+        feats, _ = model.apply(v, x, return_features=True)
       return feats
+
+    embed = functools.partial(embed_with, variables)
+    embed_real = None
+    if real_dtype is not None:
+      cast = jax.tree.map(
+          lambda a: a.astype(real_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+          variables)
+      embed_real = lambda x: embed_with(cast, x.astype(real_dtype)).astype(jnp.float32)
 
     per_sample = "batch_stats" not in variables and mesh is None
     with loop_safe_convs():
       loss = matching.dm_loss(k_aug, syn_batch, real_batch, embed_fn=embed, augment=augment,
                               weights=weights, real_chunk=real_chunk if per_sample else None,
                               syn_chunk=syn_chunk if per_sample else None,
-                              map_classes=mesh is None)
+                              map_classes=mesh is None, real_embed_fn=embed_real)
     return loss, weights
 
   def step_fn(state: DistillState, real: RealData):

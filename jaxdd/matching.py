@@ -75,8 +75,8 @@ def _flat_apply(fn: EmbedFn, x: jax.Array, chunk: int | None = None) -> jax.Arra
 
 
 def mean_embeddings(embed_fn: EmbedFn, real: jax.Array, syn: jax.Array, weights: jax.Array,
-                    *, real_chunk: int | None = None,
-                    syn_chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+                    *, real_chunk: int | None = None, syn_chunk: int | None = None,
+                    real_embed_fn: EmbedFn | None = None) -> tuple[jax.Array, jax.Array]:
   """Per-class weighted real mean and plain synthetic mean of the embeddings.
 
   Args:
@@ -90,12 +90,17 @@ def mean_embeddings(embed_fn: EmbedFn, real: jax.Array, syn: jax.Array, weights:
       chunk by chunk inside a scan). On CPU only worth it for networks whose
       convolutions are loop-safe (``jaxdd.models.TorchConv``), see
       ``jaxdd.models.loop_safe_conv``.
+    real_embed_fn: embeds the real images instead of ``embed_fn`` (the same
+      network run differently, e.g. in bfloat16: :func:`jaxdd.distill.dm`'s
+      ``real_dtype``). Its features are cast to the synthetic features' dtype.
 
   Returns:
     ``(real_mean, syn_mean)``, each (C, d). ``real_mean`` is gradient-free.
   """
-  real_feats = jax.lax.stop_gradient(_flat_apply(embed_fn, real, real_chunk))
+  real_fn = embed_fn if real_embed_fn is None else real_embed_fn
+  real_feats = jax.lax.stop_gradient(_flat_apply(real_fn, real, real_chunk))
   syn_feats = _flat_apply(embed_fn, syn, syn_chunk)
+  real_feats = real_feats.astype(syn_feats.dtype)
   real_mean = jnp.einsum("cb,cbd->cd", weights.astype(real_feats.dtype), real_feats)
   return real_mean, syn_feats.mean(axis=1)
 
@@ -103,7 +108,7 @@ def mean_embeddings(embed_fn: EmbedFn, real: jax.Array, syn: jax.Array, weights:
 def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedFn,
             augment: AugmentFn | None = None, weights: jax.Array | None = None,
             real_chunk: int | None = None, syn_chunk: int | None = None,
-            map_classes: bool = True) -> jax.Array:
+            map_classes: bool = True, real_embed_fn: EmbedFn | None = None) -> jax.Array:
   """Weighted distribution-matching loss, summed over classes.
 
   Args:
@@ -122,6 +127,8 @@ def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedF
       DSA family each class draws is computed) or with ``vmap`` (False: a
       batched ``lax.switch`` computes every family and selects, several times
       the work, but it partitions over a class-sharded mesh). Same result.
+    real_embed_fn: optional embedding of the real images in place of
+      ``embed_fn`` (see :func:`mean_embeddings`).
 
   Returns:
     The scalar loss sum_c ||weighted real mean - synthetic mean||^2.
@@ -146,7 +153,7 @@ def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedF
       real = jax.vmap(augment)(class_keys, real)
       syn = jax.vmap(augment)(class_keys, syn)
   real_mean, syn_mean = mean_embeddings(embed_fn, real, syn, weights, real_chunk=real_chunk,
-                                        syn_chunk=syn_chunk)
+                                        syn_chunk=syn_chunk, real_embed_fn=real_embed_fn)
   return jnp.sum((real_mean - syn_mean) ** 2)
 
 

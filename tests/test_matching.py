@@ -111,3 +111,19 @@ def test_per_class_map_equals_vmap_of_the_augmentation():
     b, gb = jax.value_and_grad(loss)(syn, False)
     np.testing.assert_allclose(a, b, rtol=1e-5)
     np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-5)
+
+
+def test_real_embed_fn_embeds_only_the_real_images():
+  flat = lambda x: x.reshape(x.shape[0], -1)
+  real = jnp.arange(2 * 3 * 2 * 2 * 1, dtype=jnp.float32).reshape(2, 3, 2, 2, 1)
+  syn = jnp.ones((2, 1, 2, 2, 1))
+  w = jnp.full((2, 3), 1 / 3)
+  real_mean, syn_mean = matching.mean_embeddings(flat, real, syn, w,
+                                                 real_embed_fn=lambda x: 2 * flat(x))
+  np.testing.assert_allclose(real_mean, 2 * np.asarray(real).reshape(2, 3, 4).mean(1))
+  np.testing.assert_allclose(syn_mean, np.ones((2, 4)))
+  # the loss uses it too: ||2 * mean(real) - 1||^2 summed over classes
+  expect = ((2 * np.asarray(real).reshape(2, 3, 4).mean(1) - 1) ** 2).sum()
+  got = matching.dm_loss(jax.random.key(0), syn, real, embed_fn=flat,
+                         real_embed_fn=lambda x: 2 * flat(x))
+  np.testing.assert_allclose(float(got), expect, rtol=1e-6)
