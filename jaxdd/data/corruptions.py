@@ -91,7 +91,7 @@ from scipy import ndimage
 
 from jaxdd._src import checks
 from jaxdd._src import rng as _rng
-from jaxdd.data.sources import open_progress
+from jaxdd.data.support import open_progress
 
 __all__ = ["TYPE0", "TYPE1", "CORRUPTIONS", "corrupt", "rgb_to_hsv", "hsv_to_rgb"]
 

@@ -31,22 +31,20 @@ the message; nothing here writes to disk.
 """
 from __future__ import annotations
 
-import collections
 import gzip
-import hashlib
 import importlib.resources
 import importlib.util
 import io
 import os
-import re
-import threading
 import zlib
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from jaxdd._src import io as _io
+from jaxdd.data.folders import ImageFolderSource
+from jaxdd.data.support import (PROGRESS_MIN_IMAGES, Source, _check_part, _files_checksum,
+                                _memo_pool, array_sha256, open_progress, validate_images,
+                                validate_labels)
 
 __all__ = [
     "ArraySource",
@@ -54,9 +52,11 @@ __all__ = [
     "IdxSource",
     "ImageFolderSource",
     "MnistCsvSource",
+    "PROGRESS_MIN_IMAGES",
     "Source",
     "TfdsSource",
     "array_sha256",
+    "open_progress",
     "validate_images",
     "validate_labels",
 ]
@@ -70,233 +70,6 @@ _FMNIST_HINT = (
     "pass source=<a directory of Fashion-MNIST IDX files> (train-images-idx3-ubyte[.gz], "
     "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])")
 
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-# ----------------------------------------------------------------------------
-# Validation and hashing helpers (shared with biased.py).
-# ----------------------------------------------------------------------------
-
-
-# array_sha256 (public here) is the package's one array digest, owned by
-# jaxdd._src.io; it keys the dataset cache.
-array_sha256 = _io.array_sha256
-
-
-#: Auto progress (``progress=None``): a bar once a build step has at least this
-#: many images, i.e. roughly once it takes a second or more on a 2-core CPU:
-#: colouring shows a bar for full-size MNIST / Fashion-MNIST only; corrupting
-#: (much slower per image) for CIFAR-10-sized splits.
-PROGRESS_MIN_IMAGES = {"colour": 20_000, "corrupt": 5_000, "files": 5_000, "tfds": 20_000}
-
-
-def open_progress(progress, total: int, desc: str, *, kind: str, unit: str = "img"):
-  """A :func:`jaxdd.progress.bar` for a dataset-building loop, per the ``progress`` argument.
-
-  Progress only counts work; it never changes a number that is built.
-
-  Args:
-    progress: None (auto: on when ``total >= PROGRESS_MIN_IMAGES[kind]``),
-      True (always), False (never), or an open bar (anything with
-      ``update(k)``) to report to, e.g. from an outer loop.
-    total: number of images the loop will process.
-    desc: what is being built, e.g. ``"bg_fmnist train: colouring"``.
-    kind: key of :data:`PROGRESS_MIN_IMAGES`.
-    unit: unit name.
-
-  Returns:
-    ``(bar, owned)``: call ``bar.update(k)`` after k images, and
-    ``bar.close()`` at the end if ``owned`` (a bar passed in is not closed).
-    :func:`jaxdd.progress.set_quiet` silences it.
-
-  Raises:
-    TypeError: ``progress`` is none of the above.
-
-  Example:
-    >>> bar, owned = open_progress(False, 10, "demo", kind="colour")
-    >>> bar.update(10); owned
-    True
-  """
-  from jaxdd import progress as progress_lib  # noqa: PLC0415 - light, stdlib only
-
-  if progress is not None and not isinstance(progress, (bool, np.bool_)):
-    if callable(getattr(progress, "update", None)):
-      return progress, False
-    raise TypeError(f"progress must be None (auto), True, False or a progress bar with "
-                    f"update(k), got {type(progress).__name__}.")
-  show = total >= PROGRESS_MIN_IMAGES[kind] if progress is None else bool(progress)
-  return progress_lib.bar(int(total), desc, unit=unit, disable=not show), True
-
-
-def validate_images(images, *, what: str = "images",
-                    channels: Sequence[int] = (1, 3)) -> np.ndarray:
-  """Checks an image batch and returns it as a numpy array (dtype kept).
-
-  Args:
-    images: (N, H, W) or (N, H, W, C) array, ``uint8`` (0..255) or floating
-      point in [0, 1].
-    what: name used in error messages.
-    channels: allowed channel counts for 4-D input.
-
-  Returns:
-    The images as ``np.ndarray`` (``uint8`` or ``float32``), same shape.
-
-  Raises:
-    ValueError: wrong rank/channels, empty batch, unsupported dtype, NaN/Inf or
-      values outside [0, 1] for float input.
-
-  Example:
-    >>> validate_images(np.zeros((2, 28, 28), np.uint8)).shape
-    (2, 28, 28)
-  """
-  x = np.asarray(images)
-  if x.ndim not in (3, 4):
-    raise ValueError(
-        f"{what} must be (N, H, W) or (N, H, W, C) (NHWC), got shape {x.shape}; "
-        "add a leading batch axis or move channels last.")
-  if x.ndim == 4 and x.shape[-1] not in tuple(channels):
-    raise ValueError(
-        f"{what} must have {' or '.join(map(str, channels))} channels last (NHWC), "
-        f"got shape {x.shape}; transpose NCHW input with x.transpose(0, 2, 3, 1).")
-  if x.shape[0] == 0 or 0 in x.shape[1:3]:
-    raise ValueError(f"{what} is empty (shape {x.shape}); pass at least one image.")
-  if x.dtype == np.uint8:
-    return x
-  if np.issubdtype(x.dtype, np.floating):
-    x = x.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(x)):
-      raise ValueError(f"{what} contains NaN or Inf; clean the data first.")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-      raise ValueError(
-          f"float {what} must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; pass uint8 "
-          "0..255 or divide by 255.")
-    return x
-  if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
-    lo, hi = int(x.min()), int(x.max())
-    if lo < 0 or hi > 255:
-      raise ValueError(
-          f"integer {what} must be in 0..255, got range [{lo}, {hi}]; rescale to uint8 or "
-          "to float in [0, 1].")
-    return x.astype(np.uint8)
-  raise ValueError(f"{what} has unsupported dtype {x.dtype}; use uint8 or float32.")
-
-
-def validate_labels(labels, *, n: int | None = None, what: str = "labels",
-                    num_classes: int | None = None) -> np.ndarray:
-  """Checks a label vector and returns it as ``int64``.
-
-  Args:
-    labels: (N,) integer labels.
-    n: expected length (the number of images), or None.
-    what: name used in error messages.
-    num_classes: if given, labels must lie in [0, num_classes).
-
-  Returns:
-    The labels as an ``int64`` numpy array.
-
-  Raises:
-    ValueError: wrong shape/length, non-integer values, or out-of-range labels.
-
-  Example:
-    >>> validate_labels([0, 1, 2]).dtype
-    dtype('int64')
-  """
-  y = np.asarray(labels)
-  if y.ndim != 1:
-    raise ValueError(f"{what} must be 1-D (N,), got shape {y.shape}; use labels.reshape(-1).")
-  if n is not None and y.shape[0] != n:
-    raise ValueError(f"{what} has {y.shape[0]} entries but there are {n} images; they must match.")
-  if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer)
-                                 or np.issubdtype(y.dtype, np.floating)):
-    raise ValueError(f"{what} must be integers, got dtype {y.dtype}.")
-  if np.issubdtype(y.dtype, np.floating):
-    if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-      raise ValueError(f"{what} must be whole numbers (got non-integer or NaN values).")
-  y = y.astype(np.int64)
-  if y.size and y.min() < 0:
-    raise ValueError(f"{what} must be >= 0, got {int(y.min())}.")
-  if num_classes is not None and y.size and y.max() >= num_classes:
-    raise ValueError(
-        f"{what} must lie in [0, {num_classes}), got {int(y.max())}; this dataset has "
-        f"{num_classes} classes.")
-  return y
-
-
-# In-process memo of file checksums keyed by (path, size, mtime), so asking for
-# the checksum of a 30 MB source twice costs nothing the second time.
-_CHECKSUM_MEMO: dict = {}
-_MEMO_LOCK = threading.Lock()
-
-
-def _files_checksum(paths: Sequence[Path], names: Sequence[str]) -> str:
-  stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
-  with _MEMO_LOCK:
-    if stamp in _CHECKSUM_MEMO:
-      return _CHECKSUM_MEMO[stamp]
-  h = hashlib.sha256()
-  for p, name in zip(paths, names):
-    # The relative name is hashed too, so renaming files changes the checksum.
-    h.update(f"{name}|{p.stat().st_size}|".encode())
-    _io.sha256_file(p, into=h)
-  digest = h.hexdigest()
-  with _MEMO_LOCK:
-    _CHECKSUM_MEMO[stamp] = digest
-  return digest
-
-
-# Small in-process cache of decoded pools: building train then test from the
-# same source parses it once. Keyed by checksum, so a changed file is re-read.
-_POOL_MEMO: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
-_POOL_MEMO_SIZE = 4
-
-
-def _memo_pool(key: tuple, fn):
-  with _MEMO_LOCK:
-    if key in _POOL_MEMO:
-      _POOL_MEMO.move_to_end(key)
-      return _POOL_MEMO[key]
-  value = fn()
-  with _MEMO_LOCK:
-    _POOL_MEMO[key] = value
-    while len(_POOL_MEMO) > _POOL_MEMO_SIZE:
-      _POOL_MEMO.popitem(last=False)
-  return value
-
-
-# ----------------------------------------------------------------------------
-# Source base class.
-# ----------------------------------------------------------------------------
-
-
-class Source:
-  """Base class: a named, checksummed provider of ``train``/``test`` pools.
-
-  Subclasses implement :meth:`pool` and :meth:`checksum` and set ``kind``.
-  """
-
-  kind: str = "source"
-
-  @property
-  def id(self) -> str:
-    """Short human-readable identifier (no absolute paths)."""
-    return self.kind
-
-  def checksum(self) -> str:
-    """sha256 hex digest of the source's content."""
-    raise NotImplementedError
-
-  def pool(self, part: str) -> tuple[np.ndarray, np.ndarray]:
-    """Returns ``(images, labels)`` of the ``"train"`` or ``"test"`` pool."""
-    raise NotImplementedError
-
-  def __repr__(self) -> str:
-    return f"{type(self).__name__}({self.id!r})"
-
-
-def _check_part(part: str) -> None:
-  if part not in ("train", "test"):
-    raise ValueError(f"pool must be 'train' or 'test', got {part!r}.")
 
 
 # ----------------------------------------------------------------------------
@@ -769,163 +542,3 @@ class TfdsSource(Source):
     if part not in arrays:
       raise ValueError(f"TFDS dataset {self.name!r} has no {part!r} split.")
     return arrays[part]
-
-
-# ----------------------------------------------------------------------------
-# Image folders (BFFHQ, DFA layout).
-# ----------------------------------------------------------------------------
-
-_NAME_RE = re.compile(r"_(\d+)_(\d+)$")
-
-
-def ratio_dir_name(conflict_ratio: float) -> str:
-  """DFA's folder name for a conflict ratio: 0.005 -> ``"0.5pct"``.
-
-  Args:
-    conflict_ratio: fraction in (0, 1).
-
-  Returns:
-    The folder name (percent, shortest form, then ``pct``).
-
-  Example:
-    >>> ratio_dir_name(0.005), ratio_dir_name(0.05)
-    ('0.5pct', '5pct')
-  """
-  return f"{round(conflict_ratio * 100, 10):g}pct"
-
-
-class ImageFolderSource(Source):
-  """A BFFHQ-style image folder (the DFA / SelecMix release layout).
-
-  Accepted layout (``<pct>`` is the conflict ratio in percent, e.g. ``0.5pct``)::
-
-    <root>/<pct>/align/[<class>/]<idx>_<target>_<bias>.png      train, aligned
-    <root>/<pct>/conflict/[<class>/]<idx>_<target>_<bias>.png   train, conflicting
-    <root>/valid/[<sub>/]<idx>_<target>_<bias>.png              validation (as released)
-    <root>/test/[<sub>/]<idx>_<target>_<bias>.png               test (conflicting kept)
-
-  ``<root>/train/<pct>/...`` is accepted as well. Target and bias are the
-  last two underscore-separated integers of the file stem (BFFHQ: target =
-  age 0 young / 1 old, bias = gender 0 female / 1 male). Files are read in
-  sorted relative-path order, converted to RGB and resized to
-  ``image_size`` x ``image_size`` with PIL bilinear resampling. Extensions:
-  png, jpg, jpeg, bmp, webp.
-
-  Args:
-    root: the dataset root folder.
-
-  Example:
-    >>> src = ImageFolderSource("data/bffhq")                   # doctest: +SKIP
-    >>> ds = jaxdd.data.load("bffhq", split="train", conflict_ratio=0.005,
-    ...                      source=src)                        # doctest: +SKIP
-  """
-
-  kind = "folder"
-
-  def __init__(self, root: str | os.PathLike):
-    self.root = Path(root).expanduser()
-
-  @property
-  def id(self) -> str:
-    return f"{self.kind}:{self.root.name}"
-
-  def _all_files(self) -> list[Path]:
-    if not self.root.is_dir():
-      raise FileNotFoundError(
-          f"image folder {self.root} does not exist; pass the BFFHQ root holding "
-          "<pct>/{align,conflict}/, valid/ and test/ (DFA release layout).")
-    return sorted(p for p in self.root.rglob("*")
-                  if p.is_file() and p.suffix.lower() in _IMAGE_EXTS)
-
-  def checksum(self) -> str:
-    files = self._all_files()
-    if not files:
-      raise FileNotFoundError(f"image folder {self.root} contains no images ({', '.join(_IMAGE_EXTS)}).")
-    return _files_checksum(files, [p.relative_to(self.root).as_posix() for p in files])
-
-  def split_dirs(self, split: str, conflict_ratio: float) -> list[tuple[Path, str | None]]:
-    """Folders (and the group they must belong to) that make up a split."""
-    if split == "train":
-      pct = ratio_dir_name(conflict_ratio)
-      for base in (self.root / pct, self.root / "train" / pct):
-        if base.is_dir():
-          dirs = [(base / "align", "align"), (base / "conflict", "conflict")]
-          missing = [str(d) for d, _ in dirs if not d.is_dir()]
-          if missing:
-            raise FileNotFoundError(f"{base} lacks {missing}; expected align/ and conflict/ subfolders.")
-          return dirs
-      have = sorted(p.name for p in list(self.root.glob("*pct")) + list(self.root.glob("train/*pct")))
-      raise FileNotFoundError(
-          f"{self.root} has no {pct}/ folder for conflict_ratio={conflict_ratio} (found: "
-          f"{have or 'none'}); pass the conflict ratio of a folder that exists.")
-    d = self.root / split
-    if not d.is_dir():
-      raise FileNotFoundError(f"{self.root} has no {split}/ folder; the DFA layout needs one.")
-    return [(d, None)]
-
-  def read_split(self, split: str, conflict_ratio: float, image_size: int, *,
-                 progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reads a split: ``(images uint8 (N, S, S, 3), targets, biases)``.
-
-    Args:
-      split: ``train``, ``valid`` or ``test`` (test keeps conflicting only).
-      conflict_ratio: selects the ``<pct>`` train folder.
-      image_size: output side length in pixels.
-      progress: report files read (see :func:`open_progress`; None = only for
-        5,000 files or more).
-
-    Returns:
-      ``(images, labels, bias)`` numpy arrays, in sorted relative-path order.
-
-    Raises:
-      FileNotFoundError: missing folders or no images.
-      ValueError: unparsable names, unreadable images, or an aligned/conflict
-        folder holding a sample of the other group.
-    """
-    files, groups = [], []
-    for d, group in self.split_dirs(split, conflict_ratio):
-      fs = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_EXTS)
-      files.extend(fs)
-      groups.extend([group] * len(fs))
-    if not files:
-      raise FileNotFoundError(f"no images found for split {split!r} under {self.root}.")
-    bar, owned = open_progress(progress, len(files), f"{self.id} {split}: reading", kind="files")
-    try:
-      xs, ys, bs = self._read_files(files, groups, split, image_size, bar)
-    finally:
-      if owned:
-        bar.close()
-    if not xs:
-      raise ValueError(f"split {split!r} under {self.root} has no bias-conflicting images.")
-    return np.stack(xs), np.asarray(ys, np.int64), np.asarray(bs, np.int64)
-
-  @staticmethod
-  def _read_files(files, groups, split, image_size, bar):
-    from PIL import Image  # pillow is a core dependency; imported lazily for start-up time
-
-    xs, ys, bs = [], [], []
-    for p, group in zip(files, groups):
-      bar.update(1)  # counts files opened (the test split skips aligned ones)
-      m = _NAME_RE.search(p.stem)
-      if m is None:
-        raise ValueError(
-            f"cannot parse target/bias from {p.name}; names must end in _<target>_<bias> "
-            "(e.g. 00042_0_1.png).")
-      t, b = int(m.group(1)), int(m.group(2))
-      if group == "align" and t != b:
-        raise ValueError(f"{p} is in align/ but target {t} != bias {b}; move it to conflict/.")
-      if group == "conflict" and t == b:
-        raise ValueError(f"{p} is in conflict/ but target == bias == {t}; move it to align/.")
-      if split == "test" and t == b:
-        continue  # the DFA/SelecMix protocol evaluates on bias-conflicting test images only
-      try:
-        with Image.open(p) as im:
-          im = im.convert("RGB")
-          if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
-          xs.append(np.asarray(im, dtype=np.uint8))
-      except Exception as e:  # PIL raises several types for broken files
-        raise ValueError(f"cannot read image {p} ({type(e).__name__}: {e}); replace the file.") from e
-      ys.append(t)
-      bs.append(b)
-    return xs, ys, bs
