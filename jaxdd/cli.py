@@ -93,7 +93,7 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_run_flags(p: argparse.ArgumentParser, preset: str, *,
                    exclude: tuple[str, ...] = ()) -> None:
-  from jaxdd.pipeline import CHOICES, PRESETS, RunConfig
+  from jaxdd.config import CHOICES, PRESETS, RunConfig
   p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                  help="scale: paper (published settings, accelerator), cpu (minutes on 2 cores), "
                       "smoke (seconds). Default: cpu. The defaults shown below are this "
@@ -123,7 +123,7 @@ def _add_run_flags(p: argparse.ArgumentParser, preset: str, *,
 
 def _preset_in(argv: Sequence[str]) -> str:
   """The --preset value in argv (for the help text), else the default."""
-  from jaxdd.pipeline import PRESETS
+  from jaxdd.config import PRESETS
   for i, a in enumerate(argv):
     value = argv[i + 1] if a == "--preset" and i + 1 < len(argv) else (
         a.split("=", 1)[1] if a.startswith("--preset=") else None)
@@ -133,7 +133,7 @@ def _preset_in(argv: Sequence[str]) -> str:
 
 
 def _config(args):
-  from jaxdd.pipeline import RunConfig, get_config
+  from jaxdd.config import RunConfig, get_config
   overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
                if f.name != "preset" and getattr(args, f.name, None) is not None}
   return get_config(args.preset, **overrides)

@@ -4,10 +4,10 @@ A preset is a named set of field values. The classes that own the fields
 build their registries from the tables here, so a new scale or recipe is added
 in one place:
 
-* :data:`RUN`: :class:`jaxdd.pipeline.RunConfig` presets (``pipeline.PRESETS``),
+* :data:`RUN`: :class:`jaxdd.config.RunConfig` presets (``config.PRESETS``),
   the scale of a whole run;
 * :data:`METHOD`: what a run preset changes for the gradient-matching methods
-  (``pipeline.METHOD_PRESETS``);
+  (``config.METHOD_PRESETS``);
 * :data:`SURROGATE`: :class:`jaxdd.surrogate.SurrogateConfig` presets;
 * :data:`PROTOCOL`: evaluation recipes (:data:`jaxdd.protocols.PROTOCOLS`).
 
