@@ -299,7 +299,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       (e.g. ``"bfloat16"``): the network's parameters and the real images are
       cast to it, the features back to float32. None (default): the synthetic
       images' dtype, i.e. exactly the reference's computation. Off by default:
-      on the development CPU it is not faster (RESULTS.md §4 "bf16 real path").
+      on the development CPU bfloat16 is slower (RESULTS.md §4 "bf16 real path for DM").
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
   Returns:
