@@ -125,8 +125,7 @@ class KDEConfig:
 
 
 # --------------------------------------------------------------------------
-# Validation of kde's own arguments (concrete values only: inside jit they are skipped;
-# the generic array checks are jaxdd._src.checks')
+# Checks of kde's own arguments (on concrete values only: inside jit they are skipped).
 # --------------------------------------------------------------------------
 
 def _check_normalize(normalize: str) -> None:

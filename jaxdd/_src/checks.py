@@ -1,6 +1,7 @@
 """Argument checks shared by jaxdd: the NHWC image-batch check, the tracer test,
-and the input checks of training and evaluation (:mod:`jaxdd.train`,
-:mod:`jaxdd.evaluate`, :mod:`jaxdd.debias`).
+the input checks of training and evaluation (:mod:`jaxdd.train`,
+:mod:`jaxdd.evaluate`, :mod:`jaxdd.debias`), and the array checks of the KDE
+boundary (:mod:`jaxdd.kde`: rows, masks, positive scalars and block sizes, finite values).
 
 :func:`check_images` is the one check of an NHWC image batch (rank, batch
 size, channels, float dtype, finite values). Callers pass the name of the
@@ -10,7 +11,7 @@ tracers: under ``jit``/``grad``/``vmap`` the shape and dtype are still
 checked, the values are not (:func:`is_traced`).
 
 Data-layer inputs with a different contract (uint8 or [0, 1] floats, rank 3
-allowed) are checked by :func:`jaxdd.data.sources.validate_images`.
+allowed) are checked by :func:`jaxdd.data.support.validate_images`.
 """
 from __future__ import annotations
 

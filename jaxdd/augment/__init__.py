@@ -55,6 +55,11 @@ Conventions shared with PyTorch (the reference runs ``F.affine_grid`` and
 ``align_corners=False``; the 2x3 matrix ``theta`` maps normalised OUTPUT
 coordinates (x along W, y along H, both in [-1, 1]) to normalised INPUT
 sampling coordinates, so a scale factor > 1 shrinks the content.
+
+Submodules, one job each (every public name is re-exported here): :mod:`~jaxdd.augment.ops`
+(the deterministic ops), :mod:`~jaxdd.augment.families` (the random DSA families and
+:class:`DSAParams`), :mod:`~jaxdd.augment.strategy` (combinators, strategy strings,
+:func:`dsa`), :mod:`~jaxdd.augment.views` (the surrogate's per-image crops).
 """
 
 from jaxdd.augment.families import (DEFAULT_STRATEGY, FAMILIES, AugmentFn, DSAParams, brightness,
