@@ -1,0 +1,163 @@
+"""Where an evaluation training step spends its time: the parts of one step, timed alone.
+
+One step of evaluation training (``jaxdd.train.fit``) on a batch of B images of
+28x28x3 (B = 100 at IPC 10, 256 at IPC 50) is: DSA augmentation (per-image
+parameters, one family per batch), the forward and backward pass of ConvNet-3
+(width 128, instance norm, avg-pool) and the SGD update. This script times, each
+inside a ``lax.scan`` of ``--iters`` iterations (the way the trainer runs them;
+XLA:CPU compiles convolutions inside loops differently, see
+``jaxdd._src.cpu_kernels``), under the active :mod:`jaxdd.policy`:
+
+* ``step``: the whole trainer (``train.fit`` for ``--iters`` epochs of one batch);
+* ``augment``, ``forward``, ``forward+backward`` (no augmentation, no update);
+* per layer: the conv forward, its input gradient and its weight gradient, and
+  norm + relu + pool forward and backward (``jax.vjp``), plus the classifier.
+
+Each part's GFLOP is counted analytically (2 x MACs of the convolutions and the
+classifier; norm/pool work is memory-bound and reported as time only), and its
+GFLOP/s is set against the machine's fp32 matmul rate, measured here on a 2048^2
+``jnp.dot``. One JSON line per part; ``--table`` also prints a markdown table.
+
+Usage::
+
+  python benchmarks/eval_profile.py --batch 100 --table     # IPC 10
+  python benchmarks/eval_profile.py --batch 256 --table     # IPC 50's batch
+  python benchmarks/eval_profile.py --batch 8 --width 16 --iters 2 --table   # a quick check
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+
+def _timer(repeats: int):
+  def timed(fn, *args):
+    import jax
+    jax.block_until_ready(fn(*args))  # compile
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+  return timed
+
+
+def _looped(fn, iters: int):
+  """jit of a scan that calls ``fn(x, *rest)`` ``iters`` times, each call depending on the last.
+
+  The carry feeds a negligible multiple of the previous output back into ``x``,
+  so XLA cannot hoist the call out of the loop.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  def run(x, *rest):
+    def body(c, _):
+      out = fn(c, *rest)
+      leaves = jax.tree.leaves(out)
+      s = sum(jnp.sum(l.astype(jnp.float32)) for l in leaves)
+      return c + (1e-30 * s).astype(c.dtype), None
+    return jax.lax.scan(body, x, None, length=iters)[0]
+  return jax.jit(run)
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--batch", type=int, default=100)
+  p.add_argument("--width", type=int, default=128)
+  p.add_argument("--iters", type=int, default=10, help="scan length per timing")
+  p.add_argument("--repeats", type=int, default=3, help="timings per part (median)")
+  p.add_argument("--table", action="store_true")
+  args = p.parse_args(argv)
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxdd import augment, models, policy, protocols, train
+  from jaxdd.models import loop_safe_conv, loop_safe_convs
+
+  timed = _timer(args.repeats)
+  b, w, it = args.batch, args.width, args.iters
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(b, 28, 28, 3)), jnp.float32)
+  y = jnp.asarray(np.arange(b) % 10, jnp.int32)
+  model = models.ConvNet(10, width=w)
+  task = train.standard_task(model)
+  params, state = task.init(jax.random.key(0), x, y)
+
+  a = jnp.asarray(rng.normal(size=(2048, 2048)), jnp.float32)
+  t = timed(jax.jit(lambda m: m @ m), a)
+  peak = 2 * 2048 ** 3 / t / 1e9
+  rows = []
+
+  def emit(part, seconds, gflop=None):
+    row = {"bench": "eval_profile", "part": part, "batch": b, "width": w,
+           "s_per_iter": round(seconds / it, 5), "policy": policy.current().name}
+    if gflop:
+      row.update(gflop=round(gflop, 3), gflops_per_s=round(gflop / (seconds / it), 1))
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+  # Layer shapes of ConvNet-3 on 28x28x3: 28 -> 14 -> 7 -> 3 after each pool.
+  sizes, cins = (28, 14, 7), (3, w, w)
+  conv_gflop = [2 * b * s * s * 9 * ci * w / 1e9 for s, ci in zip(sizes, cins)]
+  dense_gflop = 2 * b * (3 * 3 * w) * 10 / 1e9
+  fwd_gflop = sum(conv_gflop) + dense_gflop
+  # backward: weight gradients of every layer, input gradients of all but the first conv
+  bwd_gflop = sum(conv_gflop) + sum(conv_gflop[1:]) + 2 * dense_gflop
+
+  with policy.use(policy.current()):
+    proto = protocols.get_protocol("dm").replace(epochs=it - 1, batch_size=b)
+    fit = jax.jit(lambda k, xx: train.fit(k, params, state, xx, y, task=task, protocol=proto)[0])
+    emit("step (train.fit: augment + forward + backward + SGD)",
+         timed(fit, jax.random.key(1), x), fwd_gflop + bwd_gflop)
+
+    aug = augment.dsa(protocols.DSA_STRATEGY, siamese=False)
+    emit("augment (DSA, per-image parameters)",
+         timed(_looped(lambda xx: aug(jax.random.key(2), xx), it), x))
+
+    def loss(pp, xx):
+      with loop_safe_convs():
+        logits = model.apply({"params": pp, **state}, xx, train=True)
+      return train.cross_entropy(logits, y).mean()
+    emit("forward", timed(_looped(lambda xx, pp: loss(pp, xx), it), x, params), fwd_gflop)
+    emit("forward + backward", timed(_looped(lambda xx, pp: jax.grad(loss)(pp, xx), it), x, params),
+         fwd_gflop + bwd_gflop)
+
+    pad = ((1, 1), (1, 1))
+    conv = lambda xx, ww: loop_safe_conv(xx, ww, (1, 1), pad,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    for i, (s, ci) in enumerate(zip(sizes, cins)):
+      xi = jnp.asarray(rng.normal(size=(b, s, s, ci)), jnp.float32)
+      wi = jnp.asarray(rng.normal(size=(3, 3, ci, w)) * 0.05, jnp.float32)
+      g = jnp.asarray(rng.normal(size=(b, s, s, w)), jnp.float32)
+      emit(f"conv{i + 1} forward ({s}x{s}, {ci}->{w})",
+           timed(_looped(conv, it), xi, wi), conv_gflop[i])
+      if i:
+        emit(f"conv{i + 1} input gradient",
+             timed(_looped(lambda xx, ww, gg: jax.vjp(lambda q: conv(q, ww), xx)[1](gg)[0], it),
+                   xi, wi, g), conv_gflop[i])
+      emit(f"conv{i + 1} weight gradient",
+           timed(_looped(lambda gg, xx, ww: jax.vjp(lambda q: conv(xx, q), ww)[1](gg)[0], it),
+                 g, xi, wi), conv_gflop[i])
+      scale, bias = jnp.ones((w,)), jnp.zeros((w,))
+      nrp = lambda h: models.pool(jax.nn.relu(models.instance_norm(h, scale, bias)), "avg")
+      emit(f"norm + relu + pool {i + 1}, forward and backward ({s}x{s}x{w})",
+           timed(_looped(lambda gg: jax.vjp(nrp, gg)[1](nrp(gg))[0], it), g))
+
+  if args.table:
+    total = rows[0]["s_per_iter"]
+    print(f"\nbatch {b}, width {w}; fp32 matmul rate here: {peak:.0f} GFLOP/s\n")
+    print("| part | ms / step | share of the step | GFLOP | GFLOP/s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+      print(f"| {r['part']} | {1e3 * r['s_per_iter']:.1f} | {r['s_per_iter'] / total:.0%} | "
+            f"{r.get('gflop', '')} | {r.get('gflops_per_s', '')} |")
+
+
+if __name__ == "__main__":
+  main()
