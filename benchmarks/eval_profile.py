@@ -45,22 +45,24 @@ def _timer(repeats: int):
   return timed
 
 
-def _looped(fn, iters: int):
+def _looped(fn, iters: int, *, with_index: bool = False):
   """jit of a scan that calls ``fn(x, *rest)`` ``iters`` times, each call depending on the last.
 
   The carry feeds a negligible multiple of the previous output back into ``x``,
-  so XLA cannot hoist the call out of the loop.
+  so XLA cannot hoist the call out of the loop: ``fn``'s result must depend on
+  its first argument. ``with_index`` passes the iteration number as the second
+  argument (e.g. to fold a fresh key per iteration).
   """
   import jax
   import jax.numpy as jnp
 
   def run(x, *rest):
-    def body(c, _):
-      out = fn(c, *rest)
+    def body(c, i):
+      out = fn(c, i, *rest) if with_index else fn(c, *rest)
       leaves = jax.tree.leaves(out)
       s = sum(jnp.sum(l.astype(jnp.float32)) for l in leaves)
       return c + (1e-30 * s).astype(c.dtype), None
-    return jax.lax.scan(body, x, None, length=iters)[0]
+    return jax.lax.scan(body, x, jnp.arange(iters))[0]
   return jax.jit(run)
 
 
@@ -102,6 +104,8 @@ def main(argv=None) -> None:
     rows.append(row)
     print(json.dumps(row), flush=True)
 
+  # The parts are timed alone, so they add up to more than the step (no fusion across them;
+  # "forward + backward" here is one full batch, the trainer's step uses micro-batches).
   # Layer shapes of ConvNet-3 on 28x28x3: 28 -> 14 -> 7 -> 3 after each pool.
   sizes, cins = (28, 14, 7), (3, w, w)
   conv_gflop = [2 * b * s * s * 9 * ci * w / 1e9 for s, ci in zip(sizes, cins)]
@@ -117,8 +121,9 @@ def main(argv=None) -> None:
          timed(fit, jax.random.key(1), x), fwd_gflop + bwd_gflop)
 
     aug = augment.dsa(protocols.DSA_STRATEGY, siamese=False)
-    emit("augment (DSA, per-image parameters)",
-         timed(_looped(lambda xx: aug(jax.random.key(2), xx), it), x))
+    emit("augment (DSA, per-image parameters, a fresh family draw per step)",
+         timed(_looped(lambda xx, i: aug(jax.random.fold_in(jax.random.key(2), i), xx), it,
+                       with_index=True), x))
 
     def loss(pp, xx):
       with loop_safe_convs():
@@ -137,10 +142,10 @@ def main(argv=None) -> None:
       g = jnp.asarray(rng.normal(size=(b, s, s, w)), jnp.float32)
       emit(f"conv{i + 1} forward ({s}x{s}, {ci}->{w})",
            timed(_looped(conv, it), xi, wi), conv_gflop[i])
-      if i:
+      if i:  # the input gradient is linear in the output gradient: loop over gg
         emit(f"conv{i + 1} input gradient",
-             timed(_looped(lambda xx, ww, gg: jax.vjp(lambda q: conv(q, ww), xx)[1](gg)[0], it),
-                   xi, wi, g), conv_gflop[i])
+             timed(_looped(lambda gg, xx, ww: jax.vjp(lambda q: conv(q, ww), xx)[1](gg)[0], it),
+                   g, xi, wi), conv_gflop[i])
       emit(f"conv{i + 1} weight gradient",
            timed(_looped(lambda gg, xx, ww: jax.vjp(lambda q: conv(xx, q), ww)[1](gg)[0], it),
                  g, xi, wi), conv_gflop[i])
