@@ -114,45 +114,44 @@ def main(argv=None) -> None:
   # backward: weight gradients of every layer, input gradients of all but the first conv
   bwd_gflop = sum(conv_gflop) + sum(conv_gflop[1:]) + 2 * dense_gflop
 
-  with policy.use(policy.current()):
-    proto = protocols.get_protocol("dm").replace(epochs=it - 1, batch_size=b)
-    fit = jax.jit(lambda k, xx: train.fit(k, params, state, xx, y, task=task, protocol=proto)[0])
-    emit("step (train.fit: augment + forward + backward + SGD)",
-         timed(fit, jax.random.key(1), x), fwd_gflop + bwd_gflop)
+  proto = protocols.get_protocol("dm").replace(epochs=it - 1, batch_size=b)
+  fit = jax.jit(lambda k, xx: train.fit(k, params, state, xx, y, task=task, protocol=proto)[0])
+  emit("step (train.fit: augment + forward + backward + SGD)",
+       timed(fit, jax.random.key(1), x), fwd_gflop + bwd_gflop)
 
-    aug = augment.dsa(protocols.DSA_STRATEGY, siamese=False)
-    emit("augment (DSA, per-image parameters, a fresh family draw per step)",
-         timed(_looped(lambda xx, i: aug(jax.random.fold_in(jax.random.key(2), i), xx), it,
-                       with_index=True), x))
+  aug = augment.dsa(protocols.DSA_STRATEGY, siamese=False)
+  emit("augment (DSA, per-image parameters, a fresh family draw per step)",
+       timed(_looped(lambda xx, i: aug(jax.random.fold_in(jax.random.key(2), i), xx), it,
+                     with_index=True), x))
 
-    def loss(pp, xx):
-      with loop_safe_convs():
-        logits = model.apply({"params": pp, **state}, xx, train=True)
-      return train.cross_entropy(logits, y).mean()
-    emit("forward", timed(_looped(lambda xx, pp: loss(pp, xx), it), x, params), fwd_gflop)
-    emit("forward + backward", timed(_looped(lambda xx, pp: jax.grad(loss)(pp, xx), it), x, params),
-         fwd_gflop + bwd_gflop)
+  def loss(pp, xx):
+    with loop_safe_convs():
+      logits = model.apply({"params": pp, **state}, xx, train=True)
+    return train.cross_entropy(logits, y).mean()
+  emit("forward", timed(_looped(lambda xx, pp: loss(pp, xx), it), x, params), fwd_gflop)
+  emit("forward + backward", timed(_looped(lambda xx, pp: jax.grad(loss)(pp, xx), it), x, params),
+       fwd_gflop + bwd_gflop)
 
-    pad = ((1, 1), (1, 1))
-    conv = lambda xx, ww: loop_safe_conv(xx, ww, (1, 1), pad,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    for i, (s, ci) in enumerate(zip(sizes, cins)):
-      xi = jnp.asarray(rng.normal(size=(b, s, s, ci)), jnp.float32)
-      wi = jnp.asarray(rng.normal(size=(3, 3, ci, w)) * 0.05, jnp.float32)
-      g = jnp.asarray(rng.normal(size=(b, s, s, w)), jnp.float32)
-      emit(f"conv{i + 1} forward ({s}x{s}, {ci}->{w})",
-           timed(_looped(conv, it), xi, wi), conv_gflop[i])
-      if i:  # the input gradient is linear in the output gradient: loop over gg
-        emit(f"conv{i + 1} input gradient",
-             timed(_looped(lambda gg, xx, ww: jax.vjp(lambda q: conv(q, ww), xx)[1](gg)[0], it),
-                   g, xi, wi), conv_gflop[i])
-      emit(f"conv{i + 1} weight gradient",
-           timed(_looped(lambda gg, xx, ww: jax.vjp(lambda q: conv(xx, q), ww)[1](gg)[0], it),
+  pad = ((1, 1), (1, 1))
+  conv = lambda xx, ww: loop_safe_conv(xx, ww, (1, 1), pad,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for i, (s, ci) in enumerate(zip(sizes, cins)):
+    xi = jnp.asarray(rng.normal(size=(b, s, s, ci)), jnp.float32)
+    wi = jnp.asarray(rng.normal(size=(3, 3, ci, w)) * 0.05, jnp.float32)
+    g = jnp.asarray(rng.normal(size=(b, s, s, w)), jnp.float32)
+    emit(f"conv{i + 1} forward ({s}x{s}, {ci}->{w})",
+         timed(_looped(conv, it), xi, wi), conv_gflop[i])
+    if i:  # the input gradient is linear in the output gradient: loop over gg
+      emit(f"conv{i + 1} input gradient",
+           timed(_looped(lambda gg, xx, ww: jax.vjp(lambda q: conv(q, ww), xx)[1](gg)[0], it),
                  g, xi, wi), conv_gflop[i])
-      scale, bias = jnp.ones((w,)), jnp.zeros((w,))
-      nrp = lambda h: models.pool(jax.nn.relu(models.instance_norm(h, scale, bias)), "avg")
-      emit(f"norm + relu + pool {i + 1}, forward and backward ({s}x{s}x{w})",
-           timed(_looped(lambda gg: jax.vjp(nrp, gg)[1](nrp(gg))[0], it), g))
+    emit(f"conv{i + 1} weight gradient",
+         timed(_looped(lambda gg, xx, ww: jax.vjp(lambda q: conv(xx, q), ww)[1](gg)[0], it),
+               g, xi, wi), conv_gflop[i])
+    scale, bias = jnp.ones((w,)), jnp.zeros((w,))
+    nrp = lambda h: models.pool(jax.nn.relu(models.instance_norm(h, scale, bias)), "avg")
+    emit(f"norm + relu + pool {i + 1}, forward and backward ({s}x{s}x{w})",
+         timed(_looped(lambda gg: jax.vjp(nrp, gg)[1](nrp(gg))[0], it), g))
 
   if args.table:
     total = rows[0]["s_per_iter"]

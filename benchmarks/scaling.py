@@ -27,7 +27,7 @@ Usage::
   python benchmarks/scaling.py --out scaling.jsonl                  # all sweeps
   python benchmarks/scaling.py --out scaling.jsonl --sweeps kde
   python benchmarks/scaling.py --out scaling.jsonl --report results/scaling
-  python benchmarks/scaling.py --out quick.jsonl --quick --report /tmp/quick   # seconds
+  python benchmarks/scaling.py --out quick.jsonl --quick --report quick        # seconds
 """
 from __future__ import annotations
 
@@ -224,8 +224,8 @@ def report(rows: list[dict], out_dir: str, source: str) -> str:
                                    if r["mode"] == m] for m in EVAL_MODES}, "peak RSS (MiB)",
           logx=False)
   text = "\n\n".join(parts) + "\n"
-  with open(os.path.join(out_dir, "scaling.md"), "w") as f:
-    f.write(text)
+  from jaxdd._src.io import atomic_write_bytes
+  atomic_write_bytes(os.path.join(out_dir, "scaling.md"), text.encode())
   return text
 
 
