@@ -159,10 +159,13 @@ def _instance_norm_fwd(x, scale, bias, epsilon):
 def _instance_norm_bwd(epsilon, res, g):
   x, mean, rstd, scale = res
   x_hat = (x - mean) * rstd
-  g_hat = g * scale
-  dx = rstd * (g_hat - jnp.mean(g_hat, axis=(1, 2), keepdims=True)
-               - x_hat * jnp.mean(g_hat * x_hat, axis=(1, 2), keepdims=True))
-  return dx, jnp.sum(g * x_hat, axis=(0, 1, 2)), jnp.sum(g, axis=(0, 1, 2))
+  # Per-map sums of g and g * x_hat, read once: the scale and bias gradients
+  # are their sums over the batch, so no extra pass over the maps.
+  m = x.shape[1] * x.shape[2]
+  s_g = jnp.sum(g, axis=(1, 2), keepdims=True)
+  s_gx = jnp.sum(g * x_hat, axis=(1, 2), keepdims=True)
+  dx = (rstd * scale) * (g - s_g / m - x_hat * (s_gx / m))
+  return dx, jnp.sum(s_gx, axis=(0, 1, 2)), jnp.sum(s_g, axis=(0, 1, 2))
 
 
 instance_norm.defvjp(_instance_norm_fwd, _instance_norm_bwd)

@@ -31,12 +31,16 @@ from jaxdd import policy
 # lax.scan over steps) is not rewritten into the Eigen-friendly form and runs
 # through a naive emitter, far slower than outside a loop (jax-ml/jax#12868;
 # jax 0.10.2; timings in RESULTS.md §4 "Evaluation"). We therefore give
-# NHWC/HWIO convolutions a custom VJP: the weight gradient is kh*kw strided
-# slices of the padded input contracted with the output gradient (plain
-# matmuls), the input gradient a forward convolution of the dilated output
-# gradient with the flipped kernel; the forward pass is lax's own (or one
-# im2col matmul for few input channels). Used only under a policy with
-# conv="loop_safe" (the cpu policy); accelerators keep lax's convolutions.
+# NHWC/HWIO convolutions a custom VJP: the weight gradient is kh matmuls of
+# strided slices of the channels-first padded input with the output gradient
+# (one im2col matmul for few input channels), the input gradient a forward
+# convolution of the dilated output gradient with the flipped kernel (a matmul
+# and col2im for few input channels); the forward pass is lax's own. Used only
+# under a policy with conv="loop_safe" (the cpu policy); accelerators keep
+# lax's convolutions.
+# (With jax 0.10.2 the naive in-loop path is still there: one ConvNet-3
+# training step on 100 images took 8.5 s with lax's gradients against 0.13 s
+# with these, measured in session 7.)
 
 _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -60,15 +64,11 @@ def _patches(x, kh: int, kw: int, padding):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _nhwc_conv(x, w, strides, padding, precision):
-  if _few_channels(x.shape, strides, padding):
-    # XLA:CPU runs a convolution with 1-3 input channels far below its matmul
-    # speed; as one matmul over im2col patches it is memory-bound and several
-    # times faster (RESULTS.md §4 "One gradient-matching outer iteration").
-    kh, kw = w.shape[:2]
-    cols = _patches(x, kh, kw, padding)
-    out = jnp.dot(cols.reshape(-1, cols.shape[-1]), w.reshape(-1, w.shape[-1]),
-                  precision=precision)
-    return out.reshape(cols.shape[:3] + (w.shape[-1],))
+  # The forward pass is lax's own at every channel count; XLA:CPU runs it fast
+  # inside loops. (The first layer's 3-channel forward used to be one im2col
+  # matmul; XLA fuses the bias add that follows into that matmul and the pair
+  # took 15 ms for 100 28x28 images, against 2 ms for lax's convolution with the
+  # same bias add: RESULTS.md §4 "Where an evaluation step spends its time".)
   return lax.conv_general_dilated(x, w, strides, padding,
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 
@@ -127,25 +127,26 @@ def _conv_input_grad(g, w, x_shape, strides, padding, precision):
 
 
 def _conv_weight_grad(x, g, w_shape, strides, padding, precision):
-  kh, kw = w_shape[:2]
+  kh, kw, c, o = w_shape
   sh, sw = strides
-  n = x.shape[0]
   ho, wo = g.shape[1], g.shape[2]
   # Weight gradient: dW[i, j] = sum_{n,h,w} xp[n, i + sh*h, j + sw*w, :]^T g[n, h, w, :].
-  # The long contraction is split into two halves contracted as a batch and
-  # summed: XLA:CPU then keeps both cores busy (RESULTS.md §4 "One
-  # gradient-matching outer iteration").
-  parts = 2 if n % 2 == 0 else 1
-  gs = g.reshape(parts, -1, g.shape[-1])
-  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  # x goes channels-first (C, N, H, W) once, so that each kernel row i is one
+  # (kw*C, K) @ (K, O) matmul whose long contraction K = N*Ho*Wo runs along
+  # contiguous memory on both sides: Eigen reaches 1.4-1.7x the speed of kh*kw
+  # per-tap products over NHWC slices, whose left operand is read transposed
+  # (RESULTS.md §4 "Where an evaluation step spends its time").
+  xt = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)), ((0, 0), (0, 0), padding[0], padding[1]))
+  g2 = g.reshape(-1, o)
 
-  def tap(i, j):
-    xs = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
-                   (1, sh, sw, 1))
-    return jnp.einsum("bkc,bko->bco", xs.reshape(parts, -1, xs.shape[-1]), gs,
-                      precision=precision).sum(0)
+  def row(i):
+    taps = [lax.slice(xt, (0, 0, i, j), (c, xt.shape[1], i + sh * (ho - 1) + 1,
+                                           j + sw * (wo - 1) + 1), (1, 1, sh, sw))
+            for j in range(kw)]
+    cols = jnp.concatenate(taps, axis=0).reshape(kw * c, -1)
+    return jnp.dot(cols, g2, precision=precision).reshape(kw, c, o)
 
-  return jnp.stack([jnp.stack([tap(i, j) for j in range(kw)]) for i in range(kh)])
+  return jnp.stack([row(i) for i in range(kh)])
 
 
 _nhwc_conv.defvjp(_nhwc_conv_fwd, _nhwc_conv_bwd)
