@@ -13,6 +13,13 @@ XLA:CPU compiles convolutions inside loops differently, see
 * per layer: the conv forward, its input gradient and its weight gradient, and
   norm + relu + pool forward and backward (``jax.vjp``), plus the classifier.
 
+Parts timed alone miss what XLA does to the whole step (fusions across parts,
+independent ops running at the same time on the two cores), so ``--trace``
+also records the whole step with ``jax.profiler`` and prints the time of every
+compiled op of the step, named by the model scope it comes from (e.g.
+``TorchConv_1`` under ``transpose(...)`` is the second conv's backward); the
+op times can add up to more than the step where ops overlap.
+
 Each part's GFLOP is counted analytically (2 x MACs of the convolutions and the
 classifier; norm/pool work is memory-bound and reported as time only), and its
 GFLOP/s is set against the machine's fp32 matmul rate, measured here on a 2048^2
@@ -23,11 +30,13 @@ Usage::
   python benchmarks/eval_profile.py --batch 100 --table     # IPC 10
   python benchmarks/eval_profile.py --batch 256 --table     # IPC 50's batch
   python benchmarks/eval_profile.py --batch 8 --width 16 --iters 2 --table   # a quick check
+  python benchmarks/eval_profile.py --batch 100 --trace runs/trace --top 25  # ops of the step
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -66,6 +75,93 @@ def _looped(fn, iters: int, *, with_index: bool = False):
   return jax.jit(run)
 
 
+_FUSED_KINDS = ("convolution", "dot", "reduce", "reduce-window", "select", "pad", "transpose",
+                "concatenate")
+
+
+def _hlo_index(hlo_text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+  """Instruction name -> its line, and computation name -> the opcodes of its body."""
+  import re
+  lines, bodies, current = {}, {}, None
+  for line in hlo_text.splitlines():
+    header = re.match(r"(?:ENTRY )?%([\w.\-]+) .*\{$", line)
+    if header:
+      current = header.group(1)
+      bodies[current] = []
+      continue
+    if line.startswith("}"):
+      current = None
+      continue
+    m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*?\s([a-z][\w\-]*)\(", line)
+    if m:
+      lines.setdefault(m.group(1), line)
+      if current is not None:
+        bodies[current].append(m.group(2))
+  return lines, bodies
+
+
+def op_table(events: list[dict], hlo_text: str, iters: int) -> list[dict]:
+  """Milliseconds per step of each compiled op, from a profiler trace of ``iters`` steps.
+
+  ``events`` are Chrome-trace events (``ph == "X"``, ``dur`` in microseconds);
+  only events named after an instruction of ``hlo_text`` (the compiled
+  program's HLO) count. Each row: the op, ms per step, ``scope`` (the op's
+  source location in the model, after the last ``closed_call/``), ``backward``
+  (whether it comes from a transpose, i.e. the backward pass), the main
+  opcodes inside a fusion, and the output shape. Sorted by time, largest first.
+  """
+  import re
+  lines, bodies = _hlo_index(hlo_text)
+  total: dict[str, float] = {}
+  for e in events:
+    if e.get("ph") == "X" and e.get("name") in lines:
+      total[e["name"]] = total.get(e["name"], 0.0) + float(e.get("dur", 0.0))
+  rows = []
+  for name, us in total.items():
+    line = lines[name]
+    meta = re.search(r'op_name="([^"]+)"', line)
+    op_name = meta.group(1) if meta else ""
+    called = re.search(r"calls=%([\w.\-]+)", line)
+    body = bodies.get(called.group(1), []) if called else []
+    shape = re.match(r"\s*(?:ROOT )?%[\w.\-]+ = (\S+)", line).group(1).split("{")[0]
+    rows.append({"op": name, "ms_per_step": us / 1e3 / iters,
+                 "scope": op_name.split("closed_call/")[-1], "backward": "transpose(" in op_name,
+                 "contains": [k for k in _FUSED_KINDS if k in body], "shape": shape})
+  return sorted(rows, key=lambda r: -r["ms_per_step"])
+
+
+def scope_summary(rows: list[dict]) -> list[dict]:
+  """Op time per (model module, forward/backward), e.g. ``TorchConv_1`` backward."""
+  import re
+  groups: dict[tuple[str, str], float] = {}
+  for r in rows:
+    m = re.findall(r"((?:Torch|Instance)?[A-Z][A-Za-z]*_\d+)", r["scope"])
+    key = (m[0] if m else "(other)", "backward" if r["backward"] else "forward")
+    groups[key] = groups.get(key, 0.0) + r["ms_per_step"]
+  return [{"module": k[0], "pass": k[1], "ms_per_step": v}
+          for k, v in sorted(groups.items(), key=lambda kv: -kv[1])]
+
+
+def _trace_step(fit, args, iters: int, trace_dir: str) -> tuple[list[dict], float]:
+  """Runs the compiled ``fit`` once under the profiler; returns ``op_table`` and the wall ms."""
+  import glob
+  import gzip
+  import jax
+  jax.block_until_ready(fit(*args))
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fit(*args))
+    wall = time.perf_counter() - t0
+  found = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True), key=os.path.getmtime)
+  if not found:
+    raise FileNotFoundError(f"the profiler wrote no *.trace.json.gz under {trace_dir}")
+  with gzip.open(found[-1]) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  hlo = fit.lower(*args).compile().as_text()
+  return op_table(events, hlo, iters), 1e3 * wall / iters
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--batch", type=int, default=100)
@@ -73,6 +169,10 @@ def main(argv=None) -> None:
   p.add_argument("--iters", type=int, default=10, help="scan length per timing")
   p.add_argument("--repeats", type=int, default=3, help="timings per part (median)")
   p.add_argument("--table", action="store_true")
+  p.add_argument("--trace", metavar="DIR", default=None,
+                 help="also profile the whole step (jax.profiler trace written to DIR) and print "
+                      "its ops, largest first")
+  p.add_argument("--top", type=int, default=25, help="ops printed by --trace")
   args = p.parse_args(argv)
 
   import jax
@@ -118,6 +218,19 @@ def main(argv=None) -> None:
   fit = jax.jit(lambda k, xx: train.fit(k, params, state, xx, y, task=task, protocol=proto)[0])
   emit("step (train.fit: augment + forward + backward + SGD)",
        timed(fit, jax.random.key(1), x), fwd_gflop + bwd_gflop)
+  if args.trace:
+    ops, wall_ms = _trace_step(fit, (jax.random.key(1), x), it, args.trace)
+    print(f"\nthe step's ops under the profiler (one run of {it} steps, {wall_ms:.1f} ms per step "
+          f"wall; op times sum to {sum(o['ms_per_step'] for o in ops):.1f} ms: ops overlap)\n")
+    print("| op | ms / step | pass | scope | contains | shape |")
+    print("|---|---|---|---|---|---|")
+    for o in ops[:args.top]:
+      print(f"| {o['op']} | {o['ms_per_step']:.2f} | {'bwd' if o['backward'] else 'fwd'} | "
+            f"{o['scope']} | {', '.join(o['contains'])} | {o['shape']} |")
+    print("\n| module | pass | ms / step |\n|---|---|---|")
+    for g in scope_summary(ops):
+      print(f"| {g['module']} | {g['pass']} | {g['ms_per_step']:.1f} |")
+    print(flush=True)
 
   aug = augment.dsa(protocols.DSA_STRATEGY, siamese=False)
   emit("augment (DSA, per-image parameters, a fresh family draw per step)",

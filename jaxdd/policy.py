@@ -94,13 +94,16 @@ class Policy:
         raise ValueError(f"Policy.{field} must be a positive int or None, got {value!r}")
 
 
-# Micro-batches (and prediction blocks) of 32 on CPU were chosen by timing one
-# ConvNet-3 (width 128) training step on 256 images with micro-batches of 16,
-# 32, 64 and 128; chunks of 32 real / 10 synthetic images by timing the DM and
-# gradient-matching steps (RESULTS.md §4 "Evaluation", "One DM step", "One
+# Micro-batches of 10 on CPU were chosen by timing ConvNet-3 (width 128)
+# training steps on 100 and 256 images with micro-batches of 5 to 32 and whole
+# batches, all compiled in one process and timed alternately (100 images: 125
+# ms whole, 107 ms in 20s, 100 ms in 10s; the activations of a few images stay
+# in cache). Prediction blocks of 32, and chunks of 32 real /
+# 10 synthetic images by timing the DM and gradient-matching steps (RESULTS.md
+# §4 "Where an evaluation step spends its time", "One DM step", "One
 # gradient-matching outer iteration").
 POLICIES: dict[str, Policy] = {
-    "cpu": Policy("cpu", conv="loop_safe", parallel="map", train_loop="step", micro_batch=32,
+    "cpu": Policy("cpu", conv="loop_safe", parallel="map", train_loop="step", micro_batch=10,
                   predict_block=32, real_chunk=32, syn_chunk=10),
     "accelerator": Policy("accelerator", conv="xla", parallel="vmap", train_loop="scan",
                           micro_batch=None, predict_block=None, real_chunk=None, syn_chunk=None),

@@ -348,7 +348,7 @@ def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTas
 
   def batch_grad(params, state, batch: StepBatch):
     b = batch.images.shape[0]
-    # Batches under 4 micro-batches gain nothing measurable (IPC 10: 100 images).
+    # Batches under 4 micro-batches are trained whole.
     m = micro_batch_size(b, micro) if micro and b >= 4 * micro else b
     if m == b:
       return grad_fn(params, state, batch)
@@ -502,7 +502,7 @@ def _train_many_cached(task: TrainTask, protocol: Protocol, parallel: str, repor
 def predict_block(protocol: Protocol, n: int, parallel: str) -> int:
   """Images per prediction block: the protocol's ``test_batch_size`` (at most ``n``),
   and for one-network-at-a-time prediction (``"map"``) at most the active policy's
-  ``predict_block`` (:data:`CPU_MICRO_BATCH` on CPU, where small blocks keep
+  ``predict_block`` (32 on CPU, where small blocks keep
   activations in cache; predictions are per-sample in eval mode, so the block
   never changes them).
 

@@ -45,3 +45,56 @@ def test_out_is_required_unless_measuring_a_kde_child(capsys):
     scaling.main(["--sweeps", "kde"])
   assert exit_info.value.code == 2
   assert "--out is required" in capsys.readouterr().err
+
+
+# ------------------------------------------------ eval_profile.py's op table (no timing)
+
+_EP_SPEC = importlib.util.spec_from_file_location(
+    "eval_profile", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "eval_profile.py"))
+eval_profile = importlib.util.module_from_spec(_EP_SPEC)
+_EP_SPEC.loader.exec_module(eval_profile)
+
+_HLO = """HloModule jit_fit
+
+%fused_computation.3 (param_0: f32[4,8,8,16], param_1: f32[3,3,16,16]) -> f32[4,8,8,16] {
+  %param_0 = f32[4,8,8,16]{3,2,1,0} parameter(0)
+  %param_1 = f32[3,3,16,16]{3,2,1,0} parameter(1)
+  ROOT %conv.1 = f32[4,8,8,16]{3,2,1,0} convolution(%param_0, %param_1), window={size=3x3}
+}
+
+%fused_computation.7 (param_0.2: f32[4,8,8,16]) -> f32[4,16] {
+  %param_0.2 = f32[4,8,8,16]{3,2,1,0} parameter(0)
+  %c = f32[] constant(0)
+  ROOT %reduce.2 = f32[4,16]{1,0} reduce(%param_0.2, %c), dimensions={1,2}, to_apply=%add
+}
+
+ENTRY %main (p: f32[4,8,8,16]) -> f32[4,16] {
+  %ynn_fusion.3 = f32[4,8,8,16]{3,2,1,0} fusion(%p, %w), kind=kCustom, \
+calls=%fused_computation.3, metadata={op_name="jit(f)/while/body/closed_call/\
+transpose(jvp(ConvNet))/TorchConv_1/Conv_0/conv_general_dilated"}
+  ROOT %ynn_fusion.7 = f32[4,16]{1,0} fusion(%ynn_fusion.3), kind=kCustom, \
+calls=%fused_computation.7, metadata={op_name="jit(f)/while/body/closed_call/\
+jvp(ConvNet)/InstanceNorm_0/reduce_sum"}
+}
+"""
+
+
+def test_op_table_sums_each_op_over_the_steps_and_names_its_scope():
+  events = [{"ph": "X", "name": "ynn_fusion.3", "dur": 3000.0},
+            {"ph": "X", "name": "ynn_fusion.3", "dur": 5000.0},
+            {"ph": "X", "name": "ynn_fusion.7", "dur": 1000.0},
+            {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 99999.0},  # not an HLO op
+            {"ph": "i", "name": "ynn_fusion.7"}]  # not a complete event
+  rows = eval_profile.op_table(events, _HLO, iters=2)
+  assert [r["op"] for r in rows] == ["ynn_fusion.3", "ynn_fusion.7"]
+  conv, red = rows
+  assert conv["ms_per_step"] == pytest.approx(4.0)  # (3 + 5) ms over 2 steps
+  assert red["ms_per_step"] == pytest.approx(0.5)
+  assert conv["backward"] and not red["backward"]
+  assert conv["scope"] == "transpose(jvp(ConvNet))/TorchConv_1/Conv_0/conv_general_dilated"
+  assert conv["contains"] == ["convolution"] and red["contains"] == ["reduce"]
+  assert conv["shape"] == "f32[4,8,8,16]" and red["shape"] == "f32[4,16]"
+  summary = eval_profile.scope_summary(rows)
+  assert summary == [
+      {"module": "TorchConv_1", "pass": "backward", "ms_per_step": pytest.approx(4.0)},
+      {"module": "InstanceNorm_0", "pass": "forward", "ms_per_step": pytest.approx(0.5)}]

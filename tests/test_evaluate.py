@@ -198,7 +198,6 @@ def test_micro_batched_gradients_equal_whole_batch_training(getkey, micro, per_c
   # A cpu policy with a small micro-batch is pinned so that tiny batches split.
   from jaxdd import evaluate as ev
   from jaxdd import policy
-  from jaxdd import train as tr
   small = dataclasses.replace(policy.POLICIES["cpu"], name=f"cpu-micro-{micro}", micro_batch=micro)
   images, labels = separable(getkey(), per_class=per_class)
   proto = Protocol(f"micro-test-{micro}", epochs=3, batch_size=batch, lr=0.05)
@@ -212,7 +211,7 @@ def test_micro_batched_gradients_equal_whole_batch_training(getkey, micro, per_c
     # Compiled programs are cached per (task, protocol/block, mode, policy), never rebuilt per call.
     assert ev._predict_program(base, 4, "map") is ev._predict_program(base, 4, "map")
     assert _train_single(split, proto) is _train_single(split, proto)
-    assert ev.predict_block(proto, 1000, "map") == small.predict_block == tr.CPU_MICRO_BATCH
+    assert ev.predict_block(proto, 1000, "map") == small.predict_block
     pinned_program = _train_single(split, proto)
   # Another policy is another program (it may lay the work out differently).
   assert _train_single(split, proto) is not pinned_program
@@ -221,7 +220,8 @@ def test_micro_batched_gradients_equal_whole_batch_training(getkey, micro, per_c
   np.testing.assert_allclose(m1.loss, m0.loss, rtol=1e-5)
   np.testing.assert_array_equal(m1.acc, m0.acc)
   assert ev.micro_batch_size(8, 2) == 2 and ev.micro_batch_size(18, 4) == 3
-  assert ev.predict_block(proto, 1000, "map") == tr.CPU_MICRO_BATCH  # CPU, one network at a time
+  # CPU, one network at a time: the cpu policy's block
+  assert ev.predict_block(proto, 1000, "map") == policy.POLICIES["cpu"].predict_block
   assert ev.predict_block(proto, 7, "vmap") == 7
 
 

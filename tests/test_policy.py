@@ -31,7 +31,7 @@ def test_auto_is_the_cpu_policy_here_and_names_resolve():
   assert policy.current() is policy.resolve("auto")
   assert policy.resolve("accelerator") is ACC and policy.resolve(CPU_TINY) is CPU_TINY
   assert (CPU.conv, CPU.parallel, CPU.train_loop) == ("loop_safe", "map", "step")
-  assert (CPU.micro_batch, CPU.predict_block, CPU.real_chunk, CPU.syn_chunk) == (32, 32, 32, 10)
+  assert (CPU.micro_batch, CPU.predict_block, CPU.real_chunk, CPU.syn_chunk) == (10, 32, 32, 10)
   assert (ACC.conv, ACC.parallel, ACC.train_loop) == ("xla", "vmap", "scan")
   assert (ACC.micro_batch, ACC.predict_block, ACC.real_chunk, ACC.syn_chunk) == (None,) * 4
   assert train.CPU_MICRO_BATCH == CPU.micro_batch
