@@ -198,15 +198,21 @@ def method_name(config: RunConfig) -> str:
 
 
 def make_distiller(config: RunConfig, num_classes: int,
-                   kde_config: distill.KDEConfig | None) -> distill.Distiller:
-  """The :class:`~jaxdd.distill.Distiller` of ``config.method`` with the run's settings."""
+                   kde_config: distill.KDEConfig | None, *,
+                   real_dtype: str | None = None) -> distill.Distiller:
+  """The :class:`~jaxdd.distill.Distiller` of ``config.method`` with the run's settings.
+
+  ``real_dtype`` is DM's (:func:`jaxdd.distill.dm`); other methods refuse it.
+  """
   common = dict(num_classes=num_classes, ipc=config.ipc,
                 model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
                 real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
                 init=config.init, kde_config=kde_config)
   if config.method == "dm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
-    return distill.dm(augment=aug, **common)
+    return distill.dm(augment=aug, real_dtype=real_dtype, **common)
+  if real_dtype is not None:
+    raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
   strategy = config.dsa_strategy if config.method == "dsa" else None
   return distill.gm(strategy=strategy or None, outer_loop=config.outer_loop,
                     inner_loop=config.inner_loop, lr_net=config.lr_net, **common)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxdd import cli, diagnostics, pipeline, synset
+from jaxdd import cli, diagnostics, distill, pipeline, synset
 
 
 def _cfg(**kw):
@@ -145,3 +145,14 @@ def test_reproduce_writes_the_comparison_with_bias_scores(tmp_path):
   ref = saved["dm"]["bias_score"]["reference"]
   assert ref["true_aligned_fraction"] == pytest.approx(0.95, abs=0.01)
   assert f"reads held-out real images ({100 * ref['true_aligned_fraction']:.1f} % aligned)" in table
+
+
+def test_make_distiller_passes_real_dtype_to_dm_only():
+  dm_cfg = pipeline.get_config("smoke")
+  assert isinstance(pipeline.make_distiller(dm_cfg, 10, None, real_dtype="bfloat16"),
+                    distill.Distiller)
+  with pytest.raises(ValueError, match="real_dtype is a DM option"):
+    pipeline.make_distiller(pipeline.get_config("smoke", method="dsa"), 10, None,
+                            real_dtype="bfloat16")
+  with pytest.raises(ValueError, match="real_dtype"):  # distill.dm's own check
+    pipeline.make_distiller(dm_cfg, 10, None, real_dtype="int8")

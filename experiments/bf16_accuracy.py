@@ -1,0 +1,123 @@
+"""Does DM's bf16 real-image forward change the distilled set's accuracy? (issue 13)
+
+``jaxdd.distill.dm(real_dtype="bfloat16")`` runs the gradient-free forward of the
+real images in bfloat16. It stays off by default because it is slower on the
+2-core CPU (RESULTS.md §4 "bf16 real path for DM"); this script measures the
+other half of the decision: the accuracy of the distilled sets, float32 vs
+bfloat16, everything else equal (the same seeds, keys and data).
+
+CMNIST 5 % bias-conflicting, IPC 10, the ``cpu`` preset (width-32 networks, 64
+real images per class, 300 DM steps), vanilla DM and DM + KDE (the preset's
+weighting), seeds 0, 1, 2; each set evaluated once on the test split with the
+``cpu300`` protocol and 3 networks. Resumable: every finished distillation and
+evaluation is kept under ``--root`` and reused.
+
+    python experiments/bf16_accuracy.py --root runs/bf16 --out results/bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+from jaxdd import cli, distill, evaluate, pipeline, progress, study, synset
+from jaxdd.structs import SynSet
+
+DTYPES = ("float32", "bfloat16")
+METRICS = ("overall", "aligned", "conflicting")
+
+
+def distilled(config: pipeline.RunConfig, run_data: pipeline.RunData, embeddings, dtype: str,
+              workdir: str) -> SynSet:
+  """The run's SynSet, distilled with the real-image forward in ``dtype`` (cached on disk)."""
+  path = os.path.join(workdir, "synset")
+  if os.path.isdir(path):
+    return synset.load(path)[0]
+  nc = run_data.num_classes
+  real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
+                           num_classes=nc,
+                           embeddings=embeddings if config.weighting == "kde" else None)
+  d = pipeline.make_distiller(config, nc, config.kde,
+                              real_dtype=None if dtype == "float32" else dtype)
+  state = d.init(pipeline.run_keys(config)[1], real)
+  for _ in range(config.iterations):
+    state, _ = d.step(state, real)
+  syn = SynSet(np.asarray(state.syn.images), np.asarray(state.syn.labels))
+  os.makedirs(workdir, exist_ok=True)
+  synset.save(path, syn, {"real_dtype": dtype, "config": config.to_dict()},
+              mean=run_data.mean, std=run_data.std)
+  return syn
+
+
+def table(results: dict) -> str:
+  """Mean ± std over seeds per row, then bf16 − float32 paired over seeds, in points."""
+  lines = ["| method | real forward | " + " | ".join(METRICS) + " |",
+           "|---|---|" + "---|" * len(METRICS)]
+  for w in ("none", "kde"):
+    for dt in DTYPES:
+      cells = []
+      for m in METRICS:
+        v = 100 * np.array([results[w][dt][s][m] for s in sorted(results[w][dt])])
+        cells.append(f"{v.mean():.1f} ± {v.std(ddof=1):.1f}")
+      lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | {dt} | " + " | ".join(cells) + " |")
+  lines += ["", "| method | bfloat16 − float32 (paired, points) | " + " | ".join(METRICS) + " |",
+            "|---|---|" + "---|" * len(METRICS)]
+  for w in ("none", "kde"):
+    seeds = sorted(results[w]["float32"])
+    cells = []
+    for m in METRICS:
+      d = 100 * np.array([results[w]["bfloat16"][s][m] - results[w]["float32"][s][m]
+                          for s in seeds])
+      cells.append(f"{d.mean():+.1f} ± {d.std(ddof=1):.1f}")
+    lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | mean ± std over seeds "
+                 f"{', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--root", default="runs/bf16")
+  p.add_argument("--out", default=None, help="write table.md and table.json here")
+  p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  p.add_argument("--num-models", type=int, default=3)
+  args = p.parse_args(argv)
+  if len(args.seeds) < 2:
+    p.error("--seeds: give at least 2 seeds (the table reports a std over seeds)")
+  cli.tune_allocator()
+  progress.setup_logging(False)
+  proto = evaluate.get_protocol("cpu300")
+  results: dict = {w: {dt: {} for dt in DTYPES} for w in ("none", "kde")}
+  for seed in args.seeds:
+    base = pipeline.get_config("cpu", dataset="cmnist", conflict_ratio=0.05, ipc=10, seed=seed)
+    run_data = pipeline.RunData(base)
+    embeddings = pipeline.surrogate_embeddings(base, run_data, pipeline.run_keys(base)[0])
+    for w in ("none", "kde"):
+      config = base.replace(weighting=w)
+      for dt in DTYPES:
+        workdir = os.path.join(args.root, f"{w}-{dt}-s{seed}")
+        syn = distilled(config, run_data, embeddings, dt, workdir)
+        summary = study.evaluate_cached(config, workdir, run_data, syn, split="test",
+                                        protocol=proto, num_models=args.num_models)
+        results[w][dt][seed] = summary["mean"]
+        print(json.dumps({"weighting": w, "real_dtype": dt, "seed": seed, **summary["mean"]}),
+              flush=True)
+  text = table(results)
+  print(text)
+  if args.out:
+    os.makedirs(args.out, exist_ok=True)
+    head = (f"CMNIST 5 %, IPC 10, `cpu` preset, test split, protocol cpu300, {args.num_models} "
+            f"networks per set; seeds {args.seeds}. Mean ± sample std over seeds of each seed's "
+            f"mean over its networks (jax {jax.__version__}).\n\n")
+    synset.atomic_write_bytes(os.path.join(args.out, "table.md"), (head + text + "\n").encode())
+    synset.atomic_write_json(os.path.join(args.out, "table.json"),
+                             {w: {dt: {str(s): v for s, v in r.items()} for dt, r in rr.items()}
+                              for w, rr in results.items()})
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
