@@ -96,12 +96,12 @@ class Policy:
 
 # Micro-batches of 10 on CPU were chosen by timing ConvNet-3 (width 128)
 # training steps on 100 and 256 images with micro-batches of 5 to 32 and whole
-# batches, all compiled in one process and timed alternately (100 images: 125
-# ms whole, 107 ms in 20s, 100 ms in 10s; the activations of a few images stay
-# in cache). Prediction blocks of 32, and chunks of 32 real /
-# 10 synthetic images by timing the DM and gradient-matching steps (RESULTS.md
-# §4 "Where an evaluation step spends its time", "One DM step", "One
-# gradient-matching outer iteration").
+# batches, all compiled in one process and timed alternately (100 images: 125 ms
+# whole, 107 ms in 20s, 100 ms in 10s; our reading: the maps of a few images
+# stay in cache). Prediction blocks of 32, and chunks of 32 real / 10 synthetic
+# images, by timing the DM and gradient-matching steps (RESULTS.md §4 "Where an
+# evaluation step spends its time", "One DM step", "One gradient-matching outer
+# iteration").
 POLICIES: dict[str, Policy] = {
     "cpu": Policy("cpu", conv="loop_safe", parallel="map", train_loop="step", micro_batch=10,
                   predict_block=32, real_chunk=32, syn_chunk=10),
