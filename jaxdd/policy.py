@@ -135,7 +135,7 @@ def resolve(policy: PolicyLike = "auto") -> Policy:
 
   Example:
     >>> resolve("cpu").micro_batch
-    32
+    10
   """
   if isinstance(policy, Policy):
     return policy
