@@ -1,4 +1,4 @@
-"""experiments/seed_table.py: statistics over distillation seeds."""
+"""experiments/: seed_table.py's statistics over distillation seeds, bf16_accuracy.py's table."""
 import importlib.util
 import json
 import os
@@ -94,3 +94,23 @@ def test_grid_cifar10c_cell_needs_cifar10_and_runs_nothing_without_it(tmp_path, 
   # The offline corruption cell is a corruption-biased Fashion-MNIST, named as such.
   assert grid.CELLS["c"]["overrides"]["dataset"] == "corrupted_fmnist"
   assert grid.CELLS["c-cifar10c"]["overrides"]["dataset"] == "cifar10c"
+
+
+def test_bf16_accuracy_table_means_over_seeds_and_pairs_the_dtypes():
+  spec = importlib.util.spec_from_file_location(
+      "bf16_accuracy", os.path.join(os.path.dirname(__file__), "..", "experiments",
+                                    "bf16_accuracy.py"))
+  bf16 = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bf16)
+  acc = lambda o, a, c: {"overall": o, "aligned": a, "conflicting": c}
+  results = {
+      "none": {"float32": {0: acc(0.20, 1.0, 0.10), 1: acc(0.30, 1.0, 0.20)},
+               "bfloat16": {0: acc(0.21, 1.0, 0.10), 1: acc(0.33, 1.0, 0.20)}},
+      "kde": {"float32": {0: acc(0.70, 0.9, 0.60), 1: acc(0.80, 0.9, 0.80)},
+              "bfloat16": {0: acc(0.70, 0.9, 0.60), 1: acc(0.80, 0.9, 0.80)}}}
+  text = bf16.table(results)
+  # float32 DM overall: mean 25.0, sample std of (20, 30) = 7.1
+  assert "| DM | float32 | 25.0 ± 7.1 | 100.0 ± 0.0 | 15.0 ± 7.1 |" in text
+  # paired bf16 - fp32, DM overall: differences (+1, +3) points -> +2.0 ± 1.4
+  assert "| DM | mean ± std over seeds 0, 1 | +2.0 ± 1.4 | +0.0 ± 0.0 | +0.0 ± 0.0 |" in text
+  assert "| DM + KDE | mean ± std over seeds 0, 1 | +0.0 ± 0.0 | +0.0 ± 0.0 | +0.0 ± 0.0 |" in text
