@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import time
 
@@ -81,7 +82,6 @@ _FUSED_KINDS = ("convolution", "dot", "reduce", "reduce-window", "select", "pad"
 
 def _hlo_index(hlo_text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
   """Instruction name -> its line, and computation name -> the opcodes of its body."""
-  import re
   lines, bodies, current = {}, {}, None
   for line in hlo_text.splitlines():
     header = re.match(r"(?:ENTRY )?%([\w.\-]+) .*\{$", line)
@@ -110,7 +110,6 @@ def op_table(events: list[dict], hlo_text: str, iters: int) -> list[dict]:
   (whether it comes from a transpose, i.e. the backward pass), the main
   opcodes inside a fusion, and the output shape. Sorted by time, largest first.
   """
-  import re
   lines, bodies = _hlo_index(hlo_text)
   total: dict[str, float] = {}
   for e in events:
@@ -132,10 +131,9 @@ def op_table(events: list[dict], hlo_text: str, iters: int) -> list[dict]:
 
 def scope_summary(rows: list[dict]) -> list[dict]:
   """Op time per (model module, forward/backward), e.g. ``TorchConv_1`` backward."""
-  import re
   groups: dict[tuple[str, str], float] = {}
   for r in rows:
-    m = re.findall(r"((?:Torch|Instance)?[A-Z][A-Za-z]*_\d+)", r["scope"])
+    m = re.findall(r"([A-Z][A-Za-z]*_\d+)", r["scope"])
     key = (m[0] if m else "(other)", "backward" if r["backward"] else "forward")
     groups[key] = groups.get(key, 0.0) + r["ms_per_step"]
   return [{"module": k[0], "pass": k[1], "ms_per_step": v}
