@@ -24,7 +24,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxdd import cli, distill, evaluate, pipeline, progress, study, synset
+from jaxdd import cli, evaluate, pipeline, progress, study, synset
 from jaxdd.structs import SynSet
 
 DTYPES = ("float32", "bfloat16")
@@ -33,21 +33,17 @@ METRICS = ("overall", "aligned", "conflicting")
 
 def distilled(config: pipeline.RunConfig, run_data: pipeline.RunData, embeddings, dtype: str,
               workdir: str) -> SynSet:
-  """The run's SynSet, distilled with the real-image forward in ``dtype`` (cached on disk)."""
+  """The run's SynSet, distilled with the real-image forward in ``dtype`` (cached on disk).
+
+  The pipeline's own loop (:func:`jaxdd.pipeline.distill_run`: checkpoints, resume,
+  the NaN check) with only the real-image dtype changed.
+  """
   path = os.path.join(workdir, "synset")
   if os.path.isdir(path):
     return synset.load(path)[0]
-  nc = run_data.num_classes
-  real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
-                           num_classes=nc,
-                           embeddings=embeddings if config.weighting == "kde" else None)
-  d = pipeline.make_distiller(config, nc, config.kde,
-                              real_dtype=None if dtype == "float32" else dtype)
-  state = d.init(pipeline.run_keys(config)[1], real)
-  for _ in range(config.iterations):
-    state, _ = d.step(state, real)
-  syn = SynSet(np.asarray(state.syn.images), np.asarray(state.syn.labels))
   os.makedirs(workdir, exist_ok=True)
+  syn = pipeline.distill_run(config, workdir, run_data, embeddings, pipeline.run_keys(config)[1],
+                             progress=False, real_dtype=None if dtype == "float32" else dtype)
   synset.save(path, syn, {"real_dtype": dtype, "config": config.to_dict()},
               mean=run_data.mean, std=run_data.std)
   return syn

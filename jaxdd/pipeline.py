@@ -264,11 +264,12 @@ class MetricsLog:
 
 def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                 embeddings: np.ndarray | None, key: jax.Array, *, progress: bool = True,
-                stop_after: int | None = None) -> SynSet:
+                stop_after: int | None = None, real_dtype: str | None = None) -> SynSet:
   """The distillation loop with checkpoints every ``checkpoint_every`` steps and resume.
 
   ``stop_after`` (for tests of resumption) stops early after that many steps,
-  as a kill would, leaving the checkpoints behind.
+  as a kill would, leaving the checkpoints behind. ``real_dtype`` is DM's
+  (:func:`make_distiller`; ``experiments/bf16_accuracy.py`` compares it).
   """
   import orbax.checkpoint as ocp
 
@@ -286,7 +287,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                            num_classes=nc,
                            embeddings=embeddings if config.kde_scope == "batch" else None,
                            log_density=log_density)
-  d = make_distiller(config, nc, kde_config)
+  d = make_distiller(config, nc, kde_config, real_dtype=real_dtype)
   state = d.init(key, real)
   mngr = _checkpointer(workdir)
   start = 0
