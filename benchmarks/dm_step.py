@@ -14,6 +14,7 @@ prints one JSON line. Usage:
   python benchmarks/dm_step.py --kde                # KDE-weighted DM (batch scope)
   python benchmarks/dm_step.py --policy accelerator # the accelerator layout (jaxdd.policy)
   python benchmarks/dm_step.py --real-dtype bfloat16 # the real-image forward in bfloat16
+  python benchmarks/dm_step.py --forward-conv xla   # the real forward without Winograd
 """
 from __future__ import annotations
 
@@ -31,8 +32,14 @@ def _chunk_arg(value: str):
 
 def _child(args) -> None:
   """The measured process: everything under the pinned jaxdd.policy (``--policy``)."""
+  import dataclasses
+
   from jaxdd import policy
-  with policy.use(args.policy):
+  pol = policy.resolve(args.policy)
+  if args.forward_conv != "policy":
+    pol = dataclasses.replace(pol, name=f"{pol.name}+{args.forward_conv}",
+                              forward_conv=args.forward_conv)
+  with policy.use(pol):
     _measure(args)
 
 
@@ -87,6 +94,7 @@ def _measure(args) -> None:
       "bench": "dm_step", "ipc": args.ipc, "real_per_class": args.real_per_class,
       "width": args.width, "dsa": not args.no_dsa, "kde": args.kde, "real_chunk": args.real_chunk,
       "syn_chunk": args.syn_chunk, "real_dtype": args.real_dtype, "policy": policy.current().name,
+      "forward_conv": policy.current().forward_conv,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 2),
       "step_s_median": round(med, 3), "step_s_min": round(min(times), 3),
       "step_s_max": round(max(times), 3), "n": len(times),
@@ -116,6 +124,9 @@ def main(argv=None) -> None:
                  help="pin this jaxdd.policy layout (default: by backend)")
   p.add_argument("--real-dtype", choices=["float32", "bfloat16"], default="float32",
                  help="dtype of the real-image forward (distill.dm real_dtype)")
+  p.add_argument("--forward-conv", choices=["policy", "winograd", "xla"], default="policy",
+                 help="the real-image forward's convolutions (jaxdd.policy forward_conv; "
+                      "default: the policy's, winograd on CPU)")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -132,7 +143,8 @@ def main(argv=None) -> None:
            "--width", str(args.width)] + (["--no-dsa"] if args.no_dsa else []) + (
                ["--real-chunk", str(args.real_chunk), "--syn-chunk", str(args.syn_chunk)]) + (
                ["--kde"] if args.kde else []) + ["--policy", args.policy,
-                                                 "--real-dtype", args.real_dtype]
+                                                 "--real-dtype", args.real_dtype,
+                                                 "--forward-conv", args.forward_conv]
     subprocess.run(cmd, env=env, check=True)
 
 

@@ -46,7 +46,7 @@ from typing import Callable, Iterator, Literal, Union
 import jax
 
 _CHOICES = {"conv": ("loop_safe", "xla"), "parallel": ("map", "vmap"),
-            "train_loop": ("step", "scan")}
+            "train_loop": ("step", "scan"), "forward_conv": ("winograd", "xla")}
 _SIZES = ("micro_batch", "predict_block", "real_chunk", "syn_chunk")
 
 
@@ -71,6 +71,12 @@ class Policy:
       after another (``parallel="map"``); None: the protocol's test batch size.
     real_chunk, syn_chunk: the default ``real_chunk`` (DM and gradient
       matching) and ``syn_chunk`` (DM) of :mod:`jaxdd.distill`; None: all at once.
+    forward_conv: the convolutions of gradient-free forwards (DM's real
+      images): ``"winograd"`` runs the 3x3 ones with >= 16 input channels on
+      even-sized maps as Winograd F(2x2, 3x3) (:mod:`jaxdd._src.winograd`;
+      2.25x fewer multiplies, the same values up to float rounding; needs
+      ``conv="loop_safe"``, whose kernels it goes through); ``"xla"`` leaves
+      them to the ``conv`` choice.
   """
   name: str
   conv: Literal["loop_safe", "xla"]
@@ -80,6 +86,7 @@ class Policy:
   predict_block: int | None
   real_chunk: int | None
   syn_chunk: int | None
+  forward_conv: Literal["winograd", "xla"] = "xla"
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -92,6 +99,9 @@ class Policy:
       value = getattr(self, field)
       if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"Policy.{field} must be a positive int or None, got {value!r}")
+    if self.forward_conv == "winograd" and self.conv != "loop_safe":
+      raise ValueError("Policy.forward_conv='winograd' goes through the loop_safe kernels; "
+                       "set conv='loop_safe' or forward_conv='xla'")
 
 
 # Micro-batches of 10 on CPU were chosen by timing ConvNet-3 (width 128)
@@ -104,7 +114,7 @@ class Policy:
 # iteration").
 POLICIES: dict[str, Policy] = {
     "cpu": Policy("cpu", conv="loop_safe", parallel="map", train_loop="step", micro_batch=10,
-                  predict_block=32, real_chunk=32, syn_chunk=10),
+                  predict_block=32, real_chunk=32, syn_chunk=10, forward_conv="winograd"),
     "accelerator": Policy("accelerator", conv="xla", parallel="vmap", train_loop="scan",
                           micro_batch=None, predict_block=None, real_chunk=None, syn_chunk=None),
 }

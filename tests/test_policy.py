@@ -32,6 +32,7 @@ def test_auto_is_the_cpu_policy_here_and_names_resolve():
   assert policy.resolve("accelerator") is ACC and policy.resolve(CPU_TINY) is CPU_TINY
   assert (CPU.conv, CPU.parallel, CPU.train_loop) == ("loop_safe", "map", "step")
   assert (CPU.micro_batch, CPU.predict_block, CPU.real_chunk, CPU.syn_chunk) == (10, 32, 32, 10)
+  assert (CPU.forward_conv, ACC.forward_conv) == ("winograd", "xla")
   assert (ACC.conv, ACC.parallel, ACC.train_loop) == ("xla", "vmap", "scan")
   assert (ACC.micro_batch, ACC.predict_block, ACC.real_chunk, ACC.syn_chunk) == (None,) * 4
   assert train.CPU_MICRO_BATCH == CPU.micro_batch
@@ -72,10 +73,17 @@ def test_unknown_policies_name_the_choices(bad):
     ("real_chunk", True, "Policy.real_chunk must be a positive int or None, got True"),
     ("syn_chunk", -1, "Policy.syn_chunk must be a positive int or None"),
     ("name", "", "Policy.name must be a non-empty string"),
+    ("forward_conv", "fft", r"Policy.forward_conv must be one of \('winograd', 'xla'\)"),
 ])
 def test_bad_fields_are_rejected_with_the_allowed_values(field, value, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(CPU, **{field: value})
+
+
+def test_winograd_forwards_need_the_loop_safe_kernels():
+  with pytest.raises(ValueError, match="forward_conv='winograd' goes through the loop_safe"):
+    dataclasses.replace(CPU, conv="xla")
+  assert dataclasses.replace(ACC, forward_conv="xla").forward_conv == "xla"
 
 
 def test_parallel_loop_and_blocks_follow_the_policy_and_explicit_arguments_win():

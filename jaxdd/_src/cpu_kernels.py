@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxdd import policy
+from jaxdd._src import winograd
 
 # On XLA:CPU a convolution's weight gradient inside a while loop (our
 # lax.scan over steps) is not rewritten into the Eigen-friendly form and runs
@@ -163,8 +164,11 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
   Same values and gradients as ``lax.conv_general_dilated``; for 2-D NHWC/HWIO
   convolutions with explicit padding, no dilation and one feature group, the
   weight gradient is computed with matmuls (see the comment above). Anything
-  else is passed to ``lax.conv_general_dilated`` unchanged. Suitable as
-  ``flax.linen.Conv(conv_general_dilated=loop_safe_conv)``.
+  else is passed to ``lax.conv_general_dilated`` unchanged. While tracing
+  inside :func:`jaxdd._src.winograd.convs` (gradient-free forwards under a
+  policy with ``forward_conv="winograd"``), eligible 3x3 convolutions run as
+  Winograd F(2x2, 3x3) instead: the same values up to float rounding. Suitable
+  as ``flax.linen.Conv(conv_general_dilated=loop_safe_conv)``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -184,8 +188,11 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision,
                                     **kwargs)
-  return _nhwc_conv(lhs, rhs, tuple(int(s) for s in window_strides),
-                    tuple((int(a), int(b)) for a, b in padding), precision)
+  strides = tuple(int(s) for s in window_strides)
+  padding = tuple((int(a), int(b)) for a, b in padding)
+  if winograd.active() and winograd.applies(lhs.shape, rhs.shape, strides, padding, lhs.dtype):
+    return winograd.conv3x3(lhs, rhs, precision)
+  return _nhwc_conv(lhs, rhs, strides, padding, precision)
 
 
 def _loop_safe_interceptor(next_fun, args, kwargs, context):
