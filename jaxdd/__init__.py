@@ -68,14 +68,14 @@ __all__ = sorted(_API)
 # (``jaxdd.evaluate`` is the module, its main function ``evaluate_synset``,
 # also named ``evaluate``, is ``jaxdd.evaluate_synset``), whatever has been
 # imported before. Evaluation is split by concern: ``protocols`` (the recipes),
-# ``train`` (the one trainer), ``metrics`` (group accuracies), ``results``
+# ``tasks`` (what is trained), ``train`` (the one trainer), ``metrics`` (group accuracies), ``results``
 # (EvalResult) and ``evaluate`` (the entry points; re-exports the others).
 # ``policy`` holds the CPU/accelerator layout choices (jaxdd.policy.use pins one).
 # ("contrastive" is the deprecated alias of "surrogate", removed in the next release.)
 _SUBMODULES = ("augment", "baselines", "cli", "contrastive", "data", "debias", "diagnostics",
-               "distill", "evaluate", "kde", "matching", "metrics", "models", "parallel",
-               "pipeline", "policy", "protocols", "results", "structs", "surrogate", "synset",
-               "train")
+               "distill", "evaluate", "kde", "layers", "matching", "metrics", "models",
+               "parallel", "pipeline", "policy", "protocols", "results", "structs", "surrogate",
+               "synset", "tasks", "train")
 
 
 def __getattr__(name: str) -> Any:

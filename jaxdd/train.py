@@ -1,9 +1,10 @@
-"""Training: tasks, the scan-compiled trainer and its compiled programs.
+"""Training: the scan-compiled trainer and its compiled programs.
 
 The one trainer of jaxdd: evaluation (:mod:`jaxdd.evaluate`, :mod:`jaxdd.debias`)
 trains fresh networks with it, and gradient matching (:func:`jaxdd.distill.gm`)
-trains its inner network with :func:`fit`. A :class:`TrainTask` says what is
-trained (:func:`standard_task`: cross-entropy), a
+trains its inner network with :func:`fit`. A :class:`~jaxdd.tasks.TrainTask`
+(:mod:`jaxdd.tasks`, re-exported here) says what is
+trained (:func:`~jaxdd.tasks.standard_task`: cross-entropy), a
 :class:`~jaxdd.protocols.Protocol` how (the reference's ``evaluate_synset``
 recipe, spelled out in :mod:`jaxdd.protocols`). The SGD update is optax's
 (:func:`torch_sgd`); a partial last batch gets its own compiled step of its
@@ -31,7 +32,7 @@ micro-batches (:data:`CPU_MICRO_BATCH`).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -43,170 +44,9 @@ from jaxdd._src import checks
 from jaxdd.models import loop_safe_convs
 from jaxdd.protocols import Protocol, get_protocol
 from jaxdd.structs import SynSet
-
-
-class StepBatch(NamedTuple):
-  """What a training task's loss sees at one step.
-
-  ``images`` are already augmented; ``index`` are the rows of the training set
-  (per-sample state such as LfF's loss EMA); ``key`` is this step's key;
-  ``step`` the global step counter (0-based, traced); ``progress`` =
-  ``step / total_steps`` in [0, 1) (for warm-ups defined as a fraction of
-  training, e.g. DFA's feature swap).
-  """
-  images: jax.Array
-  labels: jax.Array
-  index: jax.Array
-  key: jax.Array
-  step: jax.Array
-  progress: jax.Array
-
-
-class TrainTask(NamedTuple):
-  """A training method pluggable into the evaluation trainer.
-
-  ``init(key, images, labels) -> (params, state)``: ``params`` get SGD,
-  ``state`` (batch-norm statistics, per-sample EMAs, ...) is carried along.
-  ``loss(params, state, batch: StepBatch) -> (mean_loss, (new_state,
-  logits))``: differentiated w.r.t. ``params``; ``logits`` measure train
-  accuracy. ``predict(params, state, images) -> logits`` in eval mode.
-  ``name`` stamps results. Build tasks with cached factories so that equal
-  arguments give the same object (the compile cache is keyed on it).
-
-  ``per_sample=True`` declares that ``loss`` is the mean of independent
-  per-sample terms and leaves ``state`` unchanged whenever ``state`` is empty
-  (no batch statistics, no stochastic layers): the trainer may then compute a
-  step's gradient micro-batch by micro-batch and average (faster on CPU,
-  where small activations stay in cache; see RESULTS.md §4 "Evaluation").
-  The result is the same up to float reassociation.
-  """
-  name: str
-  init: Callable[..., Any]
-  loss: Callable[..., Any]
-  predict: Callable[..., Any]
-  per_sample: bool = False
-
-
-class TrainMetrics(NamedTuple):
-  """Per-epoch training loss and accuracy, shape (..., protocol.num_epochs)."""
-  loss: jax.Array
-  acc: jax.Array
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-sample cross-entropy; ``labels`` integer (n,) or soft (n, classes).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> round(float(cross_entropy(jnp.zeros((1, 2)), jnp.array([1]))[0]), 4)
-    0.6931
-  """
-  if labels.ndim == logits.ndim:
-    return optax.softmax_cross_entropy(logits, labels)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def hard_labels(labels: jax.Array) -> jax.Array:
-  """Integer labels of integer (n,) or soft (n, classes) labels.
-
-  Args:
-    labels: (n,) integers or (n, classes) soft labels.
-
-  Returns:
-    (n,) integer labels (the argmax of soft labels).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> hard_labels(jnp.array([[0.2, 0.8]])).tolist()
-    [1]
-  """
-  return jnp.argmax(labels, axis=-1) if labels.ndim == 2 else labels
-
-
-def split_variables(variables) -> tuple[Any, dict]:
-  """Splits flax ``variables`` into ``(params, other collections)``.
-
-  Args:
-    variables: a flax variables dict with a ``"params"`` entry.
-
-  Returns:
-    ``(variables["params"], {every other collection})``.
-
-  Example:
-    >>> split_variables({"params": 1, "batch_stats": 2})
-    (1, {'batch_stats': 2})
-  """
-  variables = dict(variables)
-  params = variables.pop("params")
-  return params, variables
-
-
-def apply_train(model: nn.Module, params, state: dict, x: jax.Array, key: jax.Array,
-                **kwargs) -> tuple[Any, dict]:
-  """Applies ``model`` in training mode; returns ``(output, new_state)``.
-
-  Collections in ``state`` (e.g. ``batch_stats``) are made mutable, so
-  batch-norm models update their running statistics; a dropout rng is passed
-  (models without dropout ignore it).
-
-  Args:
-    model: a Flax module with a ``train`` keyword.
-    params: its ``params`` collection.
-    state: its other collections (may be empty).
-    x: input batch.
-    key: rng for stochastic layers.
-    **kwargs: forwarded to ``model.apply`` (e.g. ``return_features=True``).
-
-  Returns:
-    ``(output, new_state)``.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from jaxdd import models
-    >>> m = models.ConvNet(num_classes=2, width=4, norm="batch")
-    >>> p, s = split_variables(m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
-    >>> out, s2 = apply_train(m, p, s, jnp.ones((2, 8, 8, 3)), jax.random.key(1))
-    >>> sorted(s2)
-    ['batch_stats']
-  """
-  variables = {"params": params, **state}
-  mutable = sorted(state)
-  if mutable:
-    out, updates = model.apply(variables, x, train=True, mutable=mutable,
-                               rngs={"dropout": key}, **kwargs)
-    return out, {**state, **dict(updates)}
-  return model.apply(variables, x, train=True, rngs={"dropout": key}, **kwargs), state
-
-
-@functools.lru_cache(maxsize=64)
-def standard_task(model: nn.Module) -> TrainTask:
-  """Plain cross-entropy training of ``model`` (the reference's evaluation).
-
-  Args:
-    model: any Flax module mapping NHWC images to logits with a ``train``
-      keyword (every model in :mod:`jaxdd.models`).
-
-  Returns:
-    The cached :class:`TrainTask` (the same object for equal models).
-
-  Example:
-    >>> from jaxdd import models
-    >>> standard_task(models.ConvNet(num_classes=2)) is standard_task(models.ConvNet(num_classes=2))
-    True
-  """
-
-  def init(key, images, labels):
-    del labels
-    return split_variables(model.init(key, images[:1], train=False))
-
-  def loss(params, state, batch: StepBatch):
-    logits, state = apply_train(model, params, state, batch.images, batch.key)
-    return cross_entropy(logits, batch.labels).mean(), (state, logits)
-
-  def predict(params, state, images):
-    return model.apply({"params": params, **state}, images, train=False)
-
-  return TrainTask("train_fresh", init, loss, predict, per_sample=True)
+# The training tasks (jaxdd.tasks), re-exported: jaxdd.train.TrainTask, ... keep working.
+from jaxdd.tasks import (StepBatch, TrainMetrics, TrainTask, apply_train,  # noqa: F401
+                         cross_entropy, hard_labels, split_variables, standard_task)
 
 
 # Micro-batch size on CPU of per-sample tasks (see TrainTask.per_sample) and of
