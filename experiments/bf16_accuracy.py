@@ -22,7 +22,6 @@ import os
 import sys
 
 import jax
-import numpy as np
 
 from jaxdd import cli, evaluate, pipeline, progress, study, synset
 from jaxdd.structs import SynSet
@@ -57,8 +56,7 @@ def table(results: dict) -> str:
     for dt in DTYPES:
       cells = []
       for m in METRICS:
-        v = 100 * np.array([results[w][dt][s][m] for s in sorted(results[w][dt])])
-        cells.append(f"{v.mean():.1f} ± {v.std(ddof=1):.1f}")
+        cells.append(study.format_pm([results[w][dt][s][m] for s in sorted(results[w][dt])]))
       lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | {dt} | " + " | ".join(cells) + " |")
   lines += ["", "| method | bfloat16 − float32 (paired, points) | " + " | ".join(METRICS) + " |",
             "|---|---|" + "---|" * len(METRICS)]
@@ -66,9 +64,8 @@ def table(results: dict) -> str:
     seeds = sorted(results[w]["float32"])
     cells = []
     for m in METRICS:
-      d = 100 * np.array([results[w]["bfloat16"][s][m] - results[w]["float32"][s][m]
-                          for s in seeds])
-      cells.append(f"{d.mean():+.1f} ± {d.std(ddof=1):.1f}")
+      cells.append(study.format_pm([results[w]["bfloat16"][s][m] - results[w]["float32"][s][m]
+                                    for s in seeds], signed=True))
     lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | mean ± std over seeds "
                  f"{', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -332,14 +332,28 @@ def format_selection(sel: dict) -> str:
   return "\n".join(lines)
 
 
-def _pm(values, ddof: int = 1) -> str:
-  """``mean ± std`` in % of the values that are not None ("–" if none are); sample std
-  (ddof 1) over seeds, ddof 0 over networks (the reference's convention for networks)."""
+def format_pm(values, *, ddof: int = 1, scale: float = 100.0, signed: bool = False) -> str:
+  """``"mean ± std"`` of the values that are not None, times ``scale``, one decimal.
+
+  The one formatter of every results table (study tables, experiments/). ``ddof`` 1
+  is the sample std over seeds, 0 the reference's convention over networks; a
+  single value gets ± 0.0; no values give "–". ``signed`` prints the mean's sign
+  (paired differences).
+
+  Example:
+    >>> format_pm([0.5, 0.7]), format_pm([0.02, -0.04], signed=True), format_pm([None])
+    ('60.0 ± 14.1', '-1.0 ± 4.2', '–')
+  """
   values = np.asarray([v for v in values if v is not None], float)
   if not values.size:
     return "–"
   std = values.std(ddof=ddof) if values.size > ddof else 0.0
-  return f"{100 * values.mean():.1f} ± {100 * std:.1f}"
+  mean = f"{scale * values.mean():+.1f}" if signed else f"{scale * values.mean():.1f}"
+  return f"{mean} ± {scale * std:.1f}"
+
+
+def _pm(values, ddof: int = 1) -> str:
+  return format_pm(values, ddof=ddof)
 
 
 # ---------------------------------------------------------------------------- final table
@@ -537,8 +551,7 @@ def format_table(table: dict) -> str:
     for name in row_order(table["paired"]):
       d = table["paired"][name]
       lines.append(f"| {name} − vanilla | "
-                   + " | ".join(f"{100 * np.mean(d[m]):+.1f} ± {100 * np.std(d[m], ddof=1 if len(d[m]) > 1 else 0):.1f}"
-                                for m in evaluate.METRICS) + " |")
+                   + " | ".join(format_pm(d[m], signed=True) for m in evaluate.METRICS) + " |")
   return "\n".join(lines)
 
 
