@@ -12,8 +12,9 @@ The library reads :func:`current` wherever it lays work out: the convolution
 kernels of :class:`jaxdd.models.TorchConv` and
 :func:`jaxdd.models.loop_safe_convs`, the trainer's micro-batches and
 ``parallel="auto"`` (:mod:`jaxdd.train`), the prediction blocks, the
-surrogate's ``loop="auto"``, and the default ``real_chunk``/``syn_chunk`` of
-:func:`jaxdd.distill.dm` and :func:`jaxdd.distill.gm`. Explicit arguments
+surrogate's ``loop="auto"``, the default ``real_chunk``/``syn_chunk`` of
+:func:`jaxdd.distill.dm` and :func:`jaxdd.distill.gm`, and the convolutions of
+DM's gradient-free real-image forward (``forward_conv``: Winograd on CPU). Explicit arguments
 always win (``dm(real_chunk=None)``, ``train_surrogate(loop="scan")``,
 ``evaluate_synset(parallel="vmap")``). By default the policy follows
 ``jax.default_backend()``; :func:`use` pins another one for a block, e.g. to
