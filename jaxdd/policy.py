@@ -73,7 +73,7 @@ class Policy:
     real_chunk, syn_chunk: the default ``real_chunk`` (DM and gradient
       matching) and ``syn_chunk`` (DM) of :mod:`jaxdd.distill`; None: all at once.
     forward_conv: the convolutions of gradient-free forwards (DM's real
-      images): ``"winograd"`` runs the 3x3 ones with >= 16 input channels on
+      images): ``"winograd"`` runs the 3x3 ones with >= 96 channels on
       even-sized maps as Winograd F(2x2, 3x3) (:mod:`jaxdd._src.winograd`;
       2.25x fewer multiplies, the same values up to float rounding; needs
       ``conv="loop_safe"``, whose kernels it goes through); ``"xla"`` leaves

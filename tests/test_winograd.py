@@ -89,6 +89,9 @@ def test_gradients_match_lax():
     ((2, 14, 14, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), jnp.float32, True),
     ((2, 7, 7, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), jnp.float32, False),  # odd
     ((2, 28, 28, 3), (3, 3, 3, 128), (1, 1), ((1, 1), (1, 1)), jnp.float32, False),  # thin
+    ((2, 14, 14, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), jnp.float32, False),  # thin
+    ((2, 14, 14, 128), (3, 3, 128, 32), (1, 1), ((1, 1), (1, 1)), jnp.float32, False),
+    ((2, 14, 14, 96), (3, 3, 96, 96), (1, 1), ((1, 1), (1, 1)), jnp.float32, True),
     ((2, 14, 14, 128), (3, 3, 128, 128), (2, 2), ((1, 1), (1, 1)), jnp.float32, False),
     ((2, 14, 14, 128), (3, 3, 128, 128), (1, 1), ((0, 0), (0, 0)), jnp.float32, False),
     ((2, 14, 14, 128), (5, 5, 128, 128), (1, 1), ((1, 1), (1, 1)), jnp.float32, False),
@@ -117,14 +120,14 @@ def _calls(monkeypatch):
 
 def test_loop_safe_conv_uses_it_only_inside_the_context(monkeypatch):
   calls = _calls(monkeypatch)
-  x, k = _data(2, 4, 4, 16, 3)
+  x, k = _data(2, 4, 4, 96, 96)
   args = ((1, 1), ((1, 1), (1, 1)))
   plain = loop_safe_conv(jnp.asarray(x), jnp.asarray(k), *args, dimension_numbers=NHWC)
   assert calls == [] and not winograd.active()
   with winograd.convs():
     assert winograd.active()
     fast = loop_safe_conv(jnp.asarray(x), jnp.asarray(k), *args, dimension_numbers=NHWC)
-  assert calls == [(2, 4, 4, 16)] and not winograd.active()
+  assert calls == [(2, 4, 4, 96)] and not winograd.active()
   np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5)
 
 
@@ -136,9 +139,13 @@ def _toy(per_class=6, size=8):
 
 
 def _dm(pol):
+  return _dm_width(pol, 96)
+
+
+def _dm_width(pol, width):
   real = _toy()
   with policy.use(pol):
-    d = distill.dm(num_classes=2, ipc=1, model=models.ConvNet(2, depth=2, width=16),
+    d = distill.dm(num_classes=2, ipc=1, model=models.ConvNet(2, depth=2, width=width),
                    real_per_class=6, augment=None)
   state, metrics = d.step(d.init(jax.random.key(0), real), real)
   return np.asarray(state.syn.images), float(metrics["loss"])
@@ -149,12 +156,14 @@ def test_dm_runs_only_its_real_forward_as_winograd(monkeypatch):
   cpu = policy.POLICIES["cpu"]
   assert cpu.forward_conv == "winograd"
   images_w, loss_w = _dm(cpu)
-  # Layer 2 (16 channels on 4x4 maps) of the real images only: the synthetic
+  # Layer 2 (96 channels on 4x4 maps) of the real images only: the synthetic
   # images, which are differentiated, keep the loop_safe kernels.
-  assert calls and all(s[1:] == (4, 4, 16) for s in calls)
+  assert calls and all(s[1:] == (4, 4, 96) for s in calls)
   assert sum(s[0] for s in calls) == 12  # the 2 x 6 real images, chunked or not
   calls.clear()
   images_x, loss_x = _dm(dataclasses.replace(cpu, name="cpu-xla-forward", forward_conv="xla"))
+  assert calls == []
+  _dm_width(cpu, 32)  # the cpu run preset's width: too thin, lax's convolutions
   assert calls == []
   np.testing.assert_allclose(loss_w, loss_x, rtol=1e-5)
   np.testing.assert_allclose(images_w, images_x, rtol=1e-5, atol=1e-6)

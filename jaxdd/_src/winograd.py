@@ -13,12 +13,14 @@ elementwise transforms. The matrices (in the correlation form CNNs use):
   G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
 
-Where it pays (2-core CPU, measured in RESULTS.md §4 "One DM step"): the DM
+Where it pays (2-core CPU, measured in RESULTS.md §4, session 8): the DM
 step's real-image forward, whose second 128-channel convolution on 14x14 maps
-is most of the step's arithmetic. With few input channels the matmuls are too
-thin to gain, and odd map sizes waste a padded row and column of tiles (the
-7x7 layer measured slower), so :func:`applies` admits only >= 16 input channels
-and even heights and widths. Values equal ``lax.conv_general_dilated``'s up to
+is most of the step's arithmetic. With fewer channels the 16 matmuls are too
+thin to gain (a 14x14 convolution alone: 0.86x lax's time at 128 channels,
+0.92x at 96, 1.23x at 64, 1.5x at 32), and odd map sizes waste a padded row and
+column of tiles (the 7x7 layer measured slower), so :func:`applies` admits only
+>= 96 input and output channels and even heights and widths. (The ``cpu`` run
+preset's width-32 networks therefore keep lax's convolutions.) Values equal ``lax.conv_general_dilated``'s up to
 float rounding (the transforms add and halve, so the error is a few ulps of the
 largest term; tests/test_winograd.py). It is differentiable (all of it is
 slicing, adds and matmuls), but jaxdd uses it only where no gradient is taken.
@@ -35,7 +37,7 @@ from typing import Iterator
 import jax
 import jax.numpy as jnp
 
-_MIN_CHANNELS = 16
+_MIN_CHANNELS = 96  # input and output channels (see the module docstring)
 # Images per transform block: the transformed tiles of 16 images with 128
 # channels (6.4 MB) stay in cache. In DM's real forward (chunks of 32) blocks of
 # 16 beat one block of 32 (598 vs 629 ms) and blocks of 8 (733 ms) per 2,560
@@ -62,9 +64,10 @@ def active() -> bool:
 
 
 def applies(x_shape, w_shape, strides, padding, dtype) -> bool:
-  """A float32 3x3 stride-1 convolution padded by 1, >= 16 input channels, even H and W."""
+  """A float32 3x3 stride-1 convolution padded by 1, >= 96 channels in and out, even H and W."""
   return (tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
-          and tuple(map(tuple, padding)) == ((1, 1), (1, 1)) and x_shape[3] >= _MIN_CHANNELS
+          and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+          and min(x_shape[3], w_shape[3]) >= _MIN_CHANNELS
           and x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0 and dtype == jnp.float32)
 
 
