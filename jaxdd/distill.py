@@ -308,8 +308,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       cast to it, the features back to float32. None (default): the synthetic
       images' dtype, i.e. the reference's computation. Off by default:
       on the development CPU bfloat16 is slower (RESULTS.md §4 "bf16 real path for DM").
-      Under a policy with ``forward_conv="winograd"`` (the ``cpu`` policy) the
-      real forward's eligible 3x3 convolutions of jaxdd's models run as
+      Under a policy with ``forward_conv="winograd"`` (the ``cpu`` policy) and
+      without a mesh, the real forward's eligible 3x3 convolutions run as
       Winograd F(2x2, 3x3): the same values up to float rounding, 2.25x fewer
       multiplies (:mod:`jaxdd.policy`; RESULTS.md §4, session 8).
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
@@ -363,7 +363,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
           lambda a: a.astype(real_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
           variables)
       embed_real = lambda x: embed_with(cast, x.astype(real_dtype)).astype(jnp.float32)
-    if pol.forward_conv == "winograd":  # no gradient flows through the real side
+    if pol.forward_conv == "winograd" and mesh is None:  # no gradient flows through the real side
       embed_real = _winograd_forward(embed if embed_real is None else embed_real)
 
     per_sample = "batch_stats" not in variables and mesh is None

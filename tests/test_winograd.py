@@ -142,11 +142,11 @@ def _dm(pol):
   return _dm_width(pol, 96)
 
 
-def _dm_width(pol, width):
+def _dm_width(pol, width, **kwargs):
   real = _toy()
   with policy.use(pol):
     d = distill.dm(num_classes=2, ipc=1, model=models.ConvNet(2, depth=2, width=width),
-                   real_per_class=6, augment=None)
+                   real_per_class=6, augment=None, **kwargs)
   state, metrics = d.step(d.init(jax.random.key(0), real), real)
   return np.asarray(state.syn.images), float(metrics["loss"])
 
@@ -164,6 +164,10 @@ def test_dm_runs_only_its_real_forward_as_winograd(monkeypatch):
   images_x, loss_x = _dm(dataclasses.replace(cpu, name="cpu-xla-forward", forward_conv="xla"))
   assert calls == []
   _dm_width(cpu, 32)  # the cpu run preset's width: too thin, lax's convolutions
+  assert calls == []
+  # Sharded steps keep lax's convolutions (no blocks cut across a sharded batch).
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("c",))
+  _dm_width(cpu, 96, mesh=mesh, class_axis="c")
   assert calls == []
   np.testing.assert_allclose(loss_w, loss_x, rtol=1e-5)
   np.testing.assert_allclose(images_w, images_x, rtol=1e-5, atol=1e-6)

@@ -38,10 +38,11 @@ import jax
 import jax.numpy as jnp
 
 _MIN_CHANNELS = 96  # input and output channels (see the module docstring)
-# Images per transform block: the transformed tiles of 16 images with 128
-# channels (6.4 MB) stay in cache. In DM's real forward (chunks of 32) blocks of
-# 16 beat one block of 32 (598 vs 629 ms) and blocks of 8 (733 ms) per 2,560
-# images (RESULTS.md §4 "One DM step").
+# Images per transform block (a lax.map over blocks, plus one remainder block).
+# In DM's real forward (chunks of 32) blocks of 16 beat one block of 32 (598 vs
+# 629 ms per 2,560 images) and blocks of 8 (733 ms); our reading: the
+# transformed tiles of 16 images with 128 channels (6.4 MB) stay in cache
+# (RESULTS.md §4, session 8).
 _BLOCK = 16
 
 # Inside convs() (a trace-time flag: tracing is single-threaded).
@@ -115,9 +116,14 @@ def conv3x3(x: jax.Array, w: jax.Array, precision=None) -> jax.Array:
   n, h, wd, c = x.shape
   if h % 2 or wd % 2 or w.shape[:2] != (3, 3):
     raise ValueError(f"conv3x3 needs even H and W and a 3x3 kernel, got x {x.shape}, w {w.shape}")
-  if n > _BLOCK:
-    return jnp.concatenate([_conv3x3(x[i:i + _BLOCK], w, precision) for i in range(0, n, _BLOCK)])
-  return _conv3x3(x, w, precision)
+  if n <= _BLOCK:
+    return _conv3x3(x, w, precision)
+  full = n - n % _BLOCK
+  blocks = x[:full].reshape((full // _BLOCK, _BLOCK) + x.shape[1:])
+  out = jax.lax.map(lambda b: _conv3x3(b, w, precision), blocks).reshape((full, h, wd, -1))
+  if full < n:
+    out = jnp.concatenate([out, _conv3x3(x[full:], w, precision)])
+  return out
 
 
 def _conv3x3(x, w, precision):
