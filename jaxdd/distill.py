@@ -255,14 +255,6 @@ def _floating_dtype(value, name: str):
   return dtype
 
 
-def _winograd_forward(fn):
-  """``fn`` traced inside :func:`jaxdd._src.winograd.convs` (the policy's forward_conv)."""
-  def wrapped(x):
-    with winograd.convs():
-      return fn(x)
-  return wrapped
-
-
 def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
        real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
@@ -364,7 +356,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
           variables)
       embed_real = lambda x: embed_with(cast, x.astype(real_dtype)).astype(jnp.float32)
     if pol.forward_conv == "winograd" and mesh is None:  # no gradient flows through the real side
-      embed_real = _winograd_forward(embed if embed_real is None else embed_real)
+      embed_real = winograd.traced_inside(embed if embed_real is None else embed_real)
 
     per_sample = "batch_stats" not in variables and mesh is None
     with loop_safe_convs():

@@ -25,7 +25,8 @@ float rounding (the transforms add and halve, so the error is a few ulps of the
 largest term; tests/test_winograd.py). It is differentiable (all of it is
 slicing, adds and matmuls), but jaxdd uses it only where no gradient is taken.
 
-Used while tracing inside :func:`convs`, by
+Used while tracing inside :func:`convs` (or a function wrapped by
+:func:`traced_inside`), by
 :func:`jaxdd._src.cpu_kernels.loop_safe_conv`, when the active
 :mod:`jaxdd.policy` says ``forward_conv="winograd"`` (the ``cpu`` policy).
 """
@@ -57,6 +58,14 @@ def convs() -> Iterator[None]:
     yield
   finally:
     _ACTIVE.pop()
+
+
+def traced_inside(fn):
+  """``fn`` whose calls are traced inside :func:`convs` (a gradient-free forward)."""
+  def wrapped(*args, **kwargs):
+    with convs():
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def active() -> bool:
