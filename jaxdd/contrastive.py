@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from jaxdd.surrogate import (CACHE_VERSION, LOOPS, Surrogate, SurrogateArtifact, SurrogateConfig,
                              TrainState, cache_root, embed, load_or_train, make_optimizer,
-                             random_resized_crop, supcon_loss, train_surrogate, two_views)
+                             random_resized_crop, supcon_loss, supcon_task, train_surrogate,
+                             two_views)
 
 __all__ = [
     "CACHE_VERSION",
@@ -30,6 +31,7 @@ __all__ = [
     "make_optimizer",
     "random_resized_crop",
     "supcon_loss",
+    "supcon_task",
     "train_surrogate",
     "two_views",
 ]

@@ -11,8 +11,8 @@ built-in ones, ``"cpu"`` and ``"accelerator"``.
 The library reads :func:`current` wherever it lays work out: the convolution
 kernels of :class:`jaxdd.models.TorchConv` and
 :func:`jaxdd.models.loop_safe_convs`, the trainer's micro-batches and
-``parallel="auto"`` (:mod:`jaxdd.train`), the prediction blocks, the
-surrogate's ``loop="auto"``, the default ``real_chunk``/``syn_chunk`` of
+``parallel="auto"`` (:mod:`jaxdd.train`), the prediction blocks, ``loop="auto"`` of
+:func:`jaxdd.train.fit_epochs` (the surrogate's trainer), the default ``real_chunk``/``syn_chunk`` of
 :func:`jaxdd.distill.dm` and :func:`jaxdd.distill.gm`, and the convolutions of
 DM's gradient-free real-image forward (``forward_conv``: Winograd on CPU). Explicit arguments
 always win (``dm(real_chunk=None)``, ``train_surrogate(loop="scan")``,
@@ -64,8 +64,9 @@ class Policy:
       to ``lax.conv_general_dilated``.
     parallel: how ``parallel="auto"`` trains several networks in one program:
       ``"map"`` (one after another) or ``"vmap"`` (batched).
-    train_loop: the surrogate's ``loop="auto"``: ``"step"`` (one compiled step
-      per batch, driven from the host) or ``"scan"`` (one program per epoch).
+    train_loop: ``loop="auto"`` of :func:`jaxdd.train.fit_epochs` (the
+      surrogate's trainer): ``"step"`` (one compiled step per batch, driven
+      from the host) or ``"scan"`` (one program per epoch).
     micro_batch: the trainer splits the batches of per-sample tasks into
       micro-batches of about this size (None: whole batches).
     predict_block: the largest prediction block when networks predict one

@@ -24,6 +24,12 @@ protocol is :mod:`jaxdd.train`. The recipe is the reference's
   padded and masked: the math is a real partial batch (batch-norm statistics
   included), and an IPC-10 set (100 images) costs one 100-image step per epoch
   rather than a padded 256-image one.
+* Other recipes set two more fields: ``schedule="cosine"`` (the lr decays to 0
+  along a per-step cosine, ``optax.cosine_decay_schedule``) and
+  ``drop_last=True`` (every epoch drops the permutation's last
+  ``n % batch_size`` samples: one batch shape, no small last batch). The
+  surrogate's SupCon recipe (:meth:`jaxdd.surrogate.SurrogateConfig.protocol`)
+  uses both; the evaluation protocols use neither.
 * DSA augmentation in every training batch when the protocol names a strategy,
   in the reference's evaluation mode (non-siamese: one family per batch,
   per-sample parameters; :func:`jaxdd.augment.dsa` with ``siamese=False``).
@@ -42,6 +48,10 @@ from jaxdd import presets
 from jaxdd.presets import DSA_STRATEGY
 
 
+#: The lr schedules of a :class:`Protocol`.
+SCHEDULES = ("step", "cosine")
+
+
 @dataclasses.dataclass(frozen=True)
 class Protocol:
   """A frozen evaluation recipe. Every number jaxdd reports is stamped with one.
@@ -52,7 +62,8 @@ class Protocol:
     lr: initial learning rate.
     momentum: SGD momentum.
     weight_decay: coupled (PyTorch-style) weight decay on every parameter.
-    batch_size: training batch size; the last partial batch is kept.
+    batch_size: training batch size; the last partial batch is kept unless
+      ``drop_last``.
     decay_at: ``"half"`` (after epoch ``epochs // 2 + 1``, the reference), an
       int epoch index after which to decay, or ``None`` (no decay).
     lr_decay_factor: the lr multiplier at the decay (0.1).
@@ -61,6 +72,11 @@ class Protocol:
     augment: DSA strategy string (non-siamese, per-sample parameters), or
       ``None`` for no augmentation.
     test_batch_size: block size for testing (no effect on the numbers).
+    schedule: ``"step"`` (the lr is constant apart from the ``decay_at``
+      step) or ``"cosine"`` (per step from ``lr`` down to 0 over all
+      ``num_epochs`` epochs; needs ``decay_at=None``).
+    drop_last: drop each epoch's last partial batch (``DataLoader(drop_last=True)``);
+      needs at least ``batch_size`` training samples.
   """
   name: str
   epochs: int
@@ -73,6 +89,8 @@ class Protocol:
   reset_momentum: bool = True
   augment: str | None = None
   test_batch_size: int = 256
+  schedule: str = "step"
+  drop_last: bool = False
 
   def __post_init__(self):
     if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -94,6 +112,13 @@ class Protocol:
     if self.augment is not None and (not isinstance(self.augment, str) or not self.augment):
       raise ValueError(f"Protocol.augment must be a DSA strategy string such as "
                        f"{DSA_STRATEGY!r} or None, got {self.augment!r}")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"Protocol.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+    if self.schedule == "cosine" and self.decay_at is not None:
+      raise ValueError("Protocol.schedule='cosine' decays the lr by itself; set decay_at=None "
+                       f"(got decay_at={self.decay_at!r})")
+    if not isinstance(self.drop_last, bool):
+      raise ValueError(f"Protocol.drop_last must be True or False, got {self.drop_last!r}")
 
   @property
   def num_epochs(self) -> int:

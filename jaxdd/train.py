@@ -1,17 +1,24 @@
-"""Training: the scan-compiled trainer and its compiled programs.
+"""Training: the one trainer of jaxdd and its compiled programs.
 
-The one trainer of jaxdd: evaluation (:mod:`jaxdd.evaluate`, :mod:`jaxdd.debias`)
-trains fresh networks with it, and gradient matching (:func:`jaxdd.distill.gm`)
-trains its inner network with :func:`fit`. A :class:`~jaxdd.tasks.TrainTask`
-(:mod:`jaxdd.tasks`, re-exported here) says what is
-trained (:func:`~jaxdd.tasks.standard_task`: cross-entropy), a
-:class:`~jaxdd.protocols.Protocol` how (the reference's ``evaluate_synset``
-recipe, spelled out in :mod:`jaxdd.protocols`). The SGD update is optax's
-(:func:`torch_sgd`); a partial last batch gets its own compiled step of its
-true static size; the optimiser state is re-initialised at the lr decay.
+Evaluation (:mod:`jaxdd.evaluate`, :mod:`jaxdd.debias`) trains fresh networks
+with it, gradient matching (:func:`jaxdd.distill.gm`) trains its inner network
+with :func:`fit`, and the SupCon surrogate (:func:`jaxdd.surrogate.train_surrogate`)
+trains with :func:`fit_epochs`. A :class:`~jaxdd.tasks.TrainTask`
+(:mod:`jaxdd.tasks`, re-exported here) says what is trained
+(:func:`~jaxdd.tasks.standard_task`: cross-entropy; the surrogate's SupCon
+task), a :class:`~jaxdd.protocols.Protocol` how (the reference's
+``evaluate_synset`` recipe, spelled out in :mod:`jaxdd.protocols`; the
+surrogate's cosine recipe). The SGD update is optax's (:func:`torch_sgd`); a
+partial last batch gets its own compiled step of its true static size (or is
+dropped: ``Protocol.drop_last``); the optimiser state is re-initialised at the
+lr decay. Step ``j`` of epoch ``e`` draws from ``fold_in(fold_in(k_step, e),
+j)``: split into augmentation and task keys when the protocol augments, the
+task's key as is otherwise.
 
-The whole training run of one network is one ``lax.scan`` over epochs (and a
-nested scan over the batches of an epoch); :func:`train_models` runs it for
+:func:`fit` runs the whole training of one network as one ``lax.scan`` over
+epochs (and a nested scan over the batches of an epoch); :func:`fit_epochs`
+runs the same steps from the host, one compiled program per epoch or per step.
+:func:`train_models` runs ``fit`` for
 ``num_models`` keys and an optional learning-rate grid in **one** XLA
 program, either ``vmap`` ped (all networks batched: accelerators) or under a
 ``lax.map`` (one after another inside the program: CPU, where XLA runs the
@@ -32,7 +39,7 @@ micro-batches (:data:`CPU_MICRO_BATCH`).
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -168,11 +175,31 @@ def fit(key: jax.Array, params, state: dict, images: jax.Array, labels: jax.Arra
                 protocol=protocol)
 
 
-def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTask,
-         protocol: Protocol, on_epoch=None):
-  n = images.shape[0]
+class _Run(NamedTuple):
+  """The pieces of one protocol's training run on ``n`` images (traceable functions).
+
+  :func:`fit` strings them into one scan over epochs; :func:`fit_epochs` calls
+  them from the host, one compiled program per epoch or per step. Both do the
+  same arithmetic in the same order.
+  """
+  num_full: int  # full batches per epoch
+  rest: int  # size of the last partial batch (0 with drop_last)
+  seen: int  # samples trained per epoch (the metrics' denominator)
+  init_opt: Callable  # (params, lr) -> opt_state
+  epoch_start: Callable  # (params, opt_state, lr, ep) -> (lr_ep, opt_state)
+  batches: Callable  # (k_shuffle, ep) -> (full batches (num_full, bs), last batch or None)
+  step: Callable  # (params, state, opt_state, lr_ep, idx, ep, j, images, labels, k_step)
+  #                 -> (params, state, opt_state, batch loss * batch size, correct)
+
+
+def _run(task: TrainTask, protocol: Protocol, n: int) -> _Run:
   bs = protocol.batch_size
   num_full, rest = divmod(n, bs)
+  if protocol.drop_last:
+    if not num_full:
+      raise ValueError(f"protocol {protocol.name!r} drops the last partial batch, so it needs at "
+                       f"least batch_size={bs} training samples; got {n}. Lower the batch size.")
+    rest = 0
   steps_per_epoch = num_full + (rest > 0)
   total_steps = steps_per_epoch * protocol.num_epochs
   aug = _augment_fn(protocol.augment)
@@ -181,12 +208,30 @@ def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTas
   def optimizer(lr_ep):
     return torch_sgd(lr_ep, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
 
-  # The optimiser state (momentum buffers) does not depend on the lr.
-  opt_state = optimizer(lr).init(params)
+  def init_opt(params, lr):
+    # The optimiser state (momentum buffers) does not depend on the lr.
+    return optimizer(lr).init(params)
+
+  def epoch_start(params, opt_state, lr, ep):
+    if decay is None:
+      return lr, opt_state
+    lr_ep = jnp.where(ep > decay, lr * protocol.lr_decay_factor, lr)
+    if protocol.reset_momentum:
+      # The reference re-creates its optimiser after epoch `decay`; so is
+      # the optax state re-initialised (zero momentum buffers).
+      fresh = ep == decay + 1
+      opt_state = jax.tree.map(lambda new, old: jnp.where(fresh, new, old),
+                               optimizer(lr_ep).init(params), opt_state)
+    return lr_ep, opt_state
+
+  def batches(k_shuffle, ep):
+    perm = jax.random.permutation(jax.random.fold_in(k_shuffle, ep), n)
+    return perm[:num_full * bs].reshape(num_full, bs), (perm[num_full * bs:] if rest else None)
+
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-  micro = policy.current().micro_batch if task.per_sample and not jax.tree.leaves(state) else None
 
   def batch_grad(params, state, batch: StepBatch):
+    micro = policy.current().micro_batch if task.per_sample and not jax.tree.leaves(state) else None
     b = batch.images.shape[0]
     # Batches under 4 micro-batches are trained whole.
     m = micro_batch_size(b, micro) if micro and b >= 4 * micro else b
@@ -219,56 +264,194 @@ def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTas
       loss, logits = loss + l * (r / b), jnp.concatenate([logits, lr_logits])
     return (loss, (state, logits)), grads
 
-  def one_step(params, state, opt_state, lr_ep, idx, ep, j):
-    k_a, k_s = jax.random.split(jax.random.fold_in(jax.random.fold_in(k_step, ep), j))
+  def step(params, state, opt_state, lr_ep, idx, ep, j, images, labels, k_step):
+    k = jax.random.fold_in(jax.random.fold_in(k_step, ep), j)
+    if aug is not None:
+      k_a, k_s = jax.random.split(k)
+    else:  # nothing else draws from it: the task gets the step key itself
+      k_s = k
     x, y = images[idx], labels[idx]
     if aug is not None:
       x = aug(k_a, x)
-    step = ep * steps_per_epoch + j
-    batch = StepBatch(x, y, idx, k_s, step, step / total_steps)
+    step_count = ep * steps_per_epoch + j
+    batch = StepBatch(x, y, idx, k_s, step_count, step_count / total_steps)
     (loss, (state, logits)), grads = batch_grad(params, state, batch)
+    if protocol.schedule == "cosine":
+      lr_ep = optax.cosine_decay_schedule(lr_ep, decay_steps=total_steps)(step_count)
     updates, opt_state = optimizer(lr_ep).update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    correct = (jnp.argmax(logits, -1) == hard_labels(y)).sum()
+    if logits is None:  # a task without a classifier (e.g. the SupCon surrogate)
+      correct = jnp.zeros((), jnp.float32)
+    else:
+      correct = (jnp.argmax(logits, -1) == hard_labels(y)).sum().astype(jnp.float32)
     # Sums weighted by the batch size, as the reference's epoch() averages.
-    return params, state, opt_state, loss * idx.shape[0], correct.astype(jnp.float32)
+    return params, state, opt_state, loss * idx.shape[0], correct
+
+  return _Run(num_full, rest, num_full * bs + rest, init_opt, epoch_start, batches, step)
+
+
+def _epoch(run: _Run, carry, ep, lr, images, labels, k_shuffle, k_step, on_epoch=None):
+  """One epoch: a scan over its full batches, then the partial one (traceable)."""
+  params, state, opt_state = carry
+  lr_ep, opt_state = run.epoch_start(params, opt_state, lr, ep)
+  full, last = run.batches(k_shuffle, ep)
+  loss_sum = jnp.zeros((), jnp.float32)
+  correct = jnp.zeros((), jnp.float32)
+  if run.num_full:
+    def body(c, xs):
+      j, idx = xs
+      p, s, b, ls, cs = c
+      p, s, b, l, k = run.step(p, s, b, lr_ep, idx, ep, j, images, labels, k_step)
+      return (p, s, b, ls + l, cs + k), None
+    (params, state, opt_state, loss_sum, correct), _ = jax.lax.scan(
+        body, (params, state, opt_state, loss_sum, correct), (jnp.arange(run.num_full), full))
+  if last is not None:
+    # The DataLoader's last partial batch, at its true static size.
+    params, state, opt_state, l, k = run.step(params, state, opt_state, lr_ep, last, ep,
+                                              run.num_full, images, labels, k_step)
+    loss_sum, correct = loss_sum + l, correct + k
+  if on_epoch is not None:  # progress only: reads the epoch's loss, changes nothing
+    jax.debug.callback(on_epoch, loss_sum)
+  return (params, state, opt_state), TrainMetrics(loss_sum / run.seen, correct / run.seen)
+
+
+def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTask,
+         protocol: Protocol, on_epoch=None):
+  run = _run(task, protocol, images.shape[0])
+  opt_state = run.init_opt(params, lr)
 
   def epoch(carry, ep):
-    params, state, opt_state = carry
-    if decay is not None:
-      lr_ep = jnp.where(ep > decay, lr * protocol.lr_decay_factor, lr)
-      if protocol.reset_momentum:
-        # The reference re-creates its optimiser after epoch `decay`; so is
-        # the optax state re-initialised (zero momentum buffers).
-        fresh = ep == decay + 1
-        opt_state = jax.tree.map(lambda new, old: jnp.where(fresh, new, old),
-                                 optimizer(lr_ep).init(params), opt_state)
-    else:
-      lr_ep = lr
-    perm = jax.random.permutation(jax.random.fold_in(k_shuffle, ep), n)
-    loss_sum = jnp.zeros((), jnp.float32)
-    correct = jnp.zeros((), jnp.float32)
-    if num_full:
-      def body(c, xs):
-        j, idx = xs
-        p, s, b, ls, cs = c
-        p, s, b, l, k = one_step(p, s, b, lr_ep, idx, ep, j)
-        return (p, s, b, ls + l, cs + k), None
-      (params, state, opt_state, loss_sum, correct), _ = jax.lax.scan(
-          body, (params, state, opt_state, loss_sum, correct),
-          (jnp.arange(num_full), perm[:num_full * bs].reshape(num_full, bs)))
-    if rest:
-      # The DataLoader's last partial batch, at its true static size.
-      params, state, opt_state, l, k = one_step(params, state, opt_state, lr_ep,
-                                                perm[num_full * bs:], ep, num_full)
-      loss_sum, correct = loss_sum + l, correct + k
-    if on_epoch is not None:  # progress only: reads the epoch's loss, changes nothing
-      jax.debug.callback(on_epoch, loss_sum)
-    return (params, state, opt_state), TrainMetrics(loss_sum / n, correct / n)
+    return _epoch(run, carry, ep, lr, images, labels, k_shuffle, k_step, on_epoch)
 
   (params, state, _), metrics = jax.lax.scan(
       epoch, (params, state, opt_state), jnp.arange(protocol.num_epochs))
   return params, state, metrics
+
+
+LOOPS = ("auto", "scan", "step")
+
+# Number of times each host-driven program was traced, keyed by (kind, task,
+# number of samples); a test checks that a training run traces each once.
+_HOST_TRACES: dict[tuple[str, TrainTask, int], int] = {}
+
+
+class _HostPrograms(NamedTuple):
+  start: Callable  # (params, opt_state, lr, ep, k_shuffle) -> (lr_ep, opt_state, full, last)
+  step: Callable  # run.step, jitted
+  epoch: Callable  # (carry, ep, lr, images, labels, k_shuffle, k_step) -> (carry, metrics)
+
+
+@functools.lru_cache(maxsize=16)
+def _host_programs(task: TrainTask, protocol: Protocol, n: int, pol: policy.Policy
+                   ) -> tuple[_Run, _HostPrograms]:
+  run = _run(task, protocol, n)
+
+  def counted(kind, fn):
+    def traced(*args):
+      key = (kind, task, n)  # Python side effect: runs only while tracing
+      _HOST_TRACES[key] = _HOST_TRACES.get(key, 0) + 1
+      with loop_safe_convs():
+        return fn(*args)
+    return jax.jit(policy.pinned(pol, traced))
+
+  def start(params, opt_state, lr, ep, k_shuffle):
+    lr_ep, opt_state = run.epoch_start(params, opt_state, lr, ep)
+    return (lr_ep, opt_state) + run.batches(k_shuffle, ep)
+
+  def epoch(carry, ep, lr, images, labels, k_shuffle, k_step):
+    return _epoch(run, carry, ep, lr, images, labels, k_shuffle, k_step)
+
+  return run, _HostPrograms(counted("start", start), counted("step", run.step),
+                            counted("epoch", epoch))
+
+
+def resolve_loop(loop: str) -> str:
+  """``"auto"`` -> the active policy's ``train_loop`` (:mod:`jaxdd.policy`):
+  ``"step"`` on CPU, ``"scan"`` elsewhere (see :func:`fit_epochs`).
+
+  Example:
+    >>> resolve_loop("scan")
+    'scan'
+  """
+  if loop not in LOOPS:
+    raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+  if loop == "auto":
+    # XLA:CPU runs the *backward* convolutions far slower inside a while loop
+    # (lax.scan) than as top-level ops (jax-ml/jax#12868; RESULTS.md §4
+    # "Evaluation"). The cpu policy therefore drives the steps from the host;
+    # the accelerator policy runs the single-program epoch.
+    return policy.current().train_loop
+  return loop
+
+
+def fit_epochs(key: jax.Array, params, state: dict, images: jax.Array, labels: jax.Array, *,
+               task: TrainTask, protocol: Protocol, lr: float | None = None,
+               loop: str = "auto") -> Iterator[tuple[Any, dict, TrainMetrics]]:
+  """:func:`fit` driven from the host, one epoch at a time (a generator).
+
+  The same training run as ``fit`` with the same ``key`` (the same shuffles,
+  step keys, schedule and updates), but each epoch returns to Python, so a
+  caller can show progress, check the loss or stop early. ``loop="scan"``
+  runs each epoch as one compiled program (``lax.scan`` over its steps);
+  ``loop="step"`` calls one compiled step per batch (XLA:CPU runs the backward
+  convolutions of a scan far slower than top-level ones, jax-ml/jax#12868);
+  ``"auto"`` takes the active :mod:`jaxdd.policy`'s ``train_loop``. The
+  compiled programs are cached per (task, protocol, number of samples,
+  policy). The surrogate (:func:`jaxdd.surrogate.train_surrogate`) trains
+  with it.
+
+  Args:
+    key: typed key for the per-epoch shuffles and the per-step keys.
+    params, state: the network's ``params`` and other collections.
+    images, labels: the training set (put on device once).
+    task: the :class:`TrainTask`; its ``loss`` may return ``None`` logits
+      (no accuracy is measured then).
+    protocol: the schedule (``protocol.num_epochs`` epochs).
+    lr: initial learning rate (default ``protocol.lr``).
+    loop: ``"auto"``, ``"scan"`` or ``"step"``.
+
+  Yields:
+    ``(params, state, metrics)`` after every epoch; ``metrics`` is that
+    epoch's :class:`TrainMetrics` (scalars).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdd import models
+    >>> net = models.ConvNet(num_classes=2, width=4, depth=1)
+    >>> task = standard_task(net)
+    >>> x, y = jnp.zeros((6, 8, 8, 3)), jnp.array([0, 1] * 3)
+    >>> params, state = task.init(jax.random.key(0), x, y)
+    >>> prot = Protocol("p", epochs=1, batch_size=4, drop_last=True)
+    >>> history = [m for _, _, m in fit_epochs(jax.random.key(1), params, state, x, y,
+    ...                                        task=task, protocol=prot, loop="step")]
+    >>> len(history), history[0].loss.shape  # num_epochs = epochs + 1
+    (2, ())
+  """
+  checks.check_key(key)
+  loop = resolve_loop(loop)
+  run, programs = _host_programs(task, protocol, int(images.shape[0]), policy.current())
+  k_shuffle, k_step = jax.random.split(key)
+  lr = jnp.asarray(protocol.lr if lr is None else lr, jnp.float32)
+  opt_state = run.init_opt(params, lr)
+  for ep in range(protocol.num_epochs):
+    ep = jnp.asarray(ep, jnp.int32)
+    if loop == "scan":
+      (params, state, opt_state), metrics = programs.epoch(
+          (params, state, opt_state), ep, lr, images, labels, k_shuffle, k_step)
+    else:
+      lr_ep, opt_state, full, last = programs.start(params, opt_state, lr, ep, k_shuffle)
+      loss_sum = jnp.zeros((), jnp.float32)
+      correct = jnp.zeros((), jnp.float32)
+      batches = [(j, full[j]) for j in range(run.num_full)]
+      if last is not None:
+        batches.append((run.num_full, last))
+      for j, idx in batches:
+        params, state, opt_state, l, k = programs.step(
+            params, state, opt_state, lr_ep, idx, ep, jnp.asarray(j, jnp.int32), images, labels,
+            k_step)
+        loss_sum, correct = loss_sum + l, correct + k
+      metrics = TrainMetrics(loss_sum / run.seen, correct / run.seen)
+    yield params, state, metrics
 
 
 PARALLEL = ("auto", "vmap", "map")

@@ -88,14 +88,14 @@ def test_winograd_forwards_need_the_loop_safe_kernels():
 
 def test_parallel_loop_and_blocks_follow_the_policy_and_explicit_arguments_win():
   assert train.resolve_parallel("auto") == "map"
-  assert surrogate.training._resolve_loop("auto") == "step"
+  assert train.resolve_loop("auto") == "step"
   proto = train.Protocol("p", epochs=1)
   assert train.predict_block(proto, 1000, "map") == 32
   with policy.use("accelerator"):
     assert train.resolve_parallel("auto") == "vmap"
     assert train.resolve_parallel("map") == "map"
-    assert surrogate.training._resolve_loop("auto") == "scan"
-    assert surrogate.training._resolve_loop("step") == "step"
+    assert train.resolve_loop("auto") == "scan"
+    assert train.resolve_loop("step") == "step"
     assert train.predict_block(proto, 1000, "map") == min(proto.test_batch_size, 1000)
 
 

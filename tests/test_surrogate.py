@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxdd import surrogate as S
+from jaxdd import train
 
 
 # ---------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def test_training_lowers_loss_deterministically_one_trace(toy, trained):
   again, history2 = S.train_surrogate(jax.random.key(0), x, y, config=CFG, progress=False)
   jax.tree.map(np.testing.assert_array_equal, params, again)
   assert history2["loss"] == history["loss"]
-  assert S.training._TRACES[("step", CFG, 96)] == 1  # the CPU default drives steps from the host
+  assert train._HOST_TRACES[("step", S.training.supcon_task(CFG), 96)] == 1  # the CPU default drives steps from the host
 
 
 def test_scan_and_step_loops_agree(toy, trained):
@@ -229,7 +230,7 @@ def test_scan_and_step_loops_agree(toy, trained):
   assert history_scan["loop"] == "scan"
   np.testing.assert_allclose(history_scan["loss"], history["loss"], rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), scanned, params)
-  assert S.training._TRACES[("epoch", CFG, 96)] == 1
+  assert train._HOST_TRACES[("epoch", S.training.supcon_task(CFG), 96)] == 1
 
 
 def test_training_drops_last_partial_batch(toy):

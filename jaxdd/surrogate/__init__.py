@@ -27,9 +27,11 @@ The pieces (one submodule each: ``loss``, ``model``, ``training``, ``cache``):
   * :func:`~jaxdd.augment.random_resized_crop` and
     :func:`~jaxdd.augment.two_views`: the augmentation (they live in
     :mod:`jaxdd.augment` and are re-exported here).
-  * :func:`train_surrogate`: SGD + momentum, cosine schedule; one compiled
-    program per epoch (``lax.scan`` over its steps) on accelerators, one
-    compiled step per batch driven from the host on CPU, where XLA runs
+  * :func:`train_surrogate`: :func:`supcon_task` trained by jaxdd's one
+    trainer (:func:`jaxdd.train.fit_epochs`) under
+    :meth:`SurrogateConfig.protocol` (SGD + momentum, cosine schedule, last
+    partial batch dropped); one compiled program per epoch on accelerators,
+    one compiled step per batch driven from the host on CPU, where XLA runs
     backward convolutions inside a scan far slower (jax-ml/jax#12868).
   * :func:`embed`: blocked inference.
   * :func:`load_or_train`: a verified on-disk cache of params + embeddings.
@@ -40,7 +42,8 @@ from jaxdd.augment import random_resized_crop, two_views  # re-exported: part of
 from jaxdd.surrogate.cache import CACHE_VERSION, SurrogateArtifact, cache_root, load_or_train
 from jaxdd.surrogate.loss import supcon_loss
 from jaxdd.surrogate.model import Surrogate, SurrogateConfig
-from jaxdd.surrogate.training import LOOPS, TrainState, embed, make_optimizer, train_surrogate
+from jaxdd.surrogate.training import (LOOPS, TrainState, embed, make_optimizer, supcon_task,
+                                     train_surrogate)
 
 __all__ = [
     "supcon_loss",
@@ -50,6 +53,7 @@ __all__ = [
     "random_resized_crop",
     "two_views",
     "make_optimizer",
+    "supcon_task",
     "train_surrogate",
     "embed",
     "cache_root",

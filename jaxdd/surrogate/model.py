@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdd import models, presets
+from jaxdd.protocols import Protocol
 
 
 # ---------------------------------------------------------------------------
@@ -179,6 +180,26 @@ class SurrogateConfig:
       return self
     per_epoch = max(1, int(num_examples) // self.batch_size)
     return dataclasses.replace(self, epochs=max(1, round(self.steps / per_epoch)), steps=None)
+
+  def protocol(self) -> Protocol:
+    """The training recipe as a :class:`~jaxdd.protocols.Protocol` for jaxdd's trainer:
+    ``epochs`` epochs of SGD (momentum, coupled weight decay) with the cosine
+    (to 0 over all steps) or constant lr, every epoch's last partial batch
+    dropped. Call :meth:`for_size` first when the config has a step budget.
+
+    Example:
+      >>> p = SurrogateConfig.preset('smoke').protocol()
+      >>> p.num_epochs, p.schedule, p.drop_last, p.augment
+      (2, 'cosine', True, None)
+    """
+    if self.steps is not None:
+      raise ValueError("this config has a step budget (steps=...); turn it into epochs for a "
+                       "training set with config.for_size(num_examples) first")
+    # Protocol.epochs is the reference's `Epoch`: it trains epochs + 1 epochs.
+    return Protocol("surrogate", epochs=self.epochs - 1, lr=self.learning_rate,
+                    momentum=self.momentum, weight_decay=self.weight_decay,
+                    batch_size=self.batch_size, decay_at=None,
+                    schedule="cosine" if self.schedule == "cosine" else "step", drop_last=True)
 
   def model(self) -> Surrogate:
     """The :class:`Surrogate` module this config describes."""

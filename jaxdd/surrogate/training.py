@@ -1,17 +1,17 @@
-"""Training the surrogate (SGD + momentum, cosine schedule) and blocked inference."""
+"""Training the surrogate (SupCon on jaxdd's one trainer) and blocked inference."""
 from __future__ import annotations
 
 import functools
 import math
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdd import policy
+from jaxdd import train
 from jaxdd._src import checks
 from jaxdd._src.checks import is_traced
 from jaxdd.augment import two_views
@@ -26,7 +26,9 @@ from jaxdd.surrogate.model import SurrogateConfig, _l2_normalize
 
 
 class TrainState(NamedTuple):
-  """Carry of the compiled epoch: variables, optimiser state, global step."""
+  """The carry of the surrogate's former own training loop (params, collections,
+  optimiser state, step). Kept for one release; training now goes through
+  :func:`jaxdd.train.fit_epochs` and no longer uses it."""
   params: Any
   model_state: Any  # non-trainable collections (``batch_stats``) or {}
   opt_state: Any
@@ -34,12 +36,15 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(config: SurrogateConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD with momentum, L2 weight decay and the configured learning-rate schedule.
+  """The surrogate's optimiser as one optax transformation: SGD with momentum,
+  L2 weight decay and the configured learning-rate schedule.
 
   Weight decay is added to the gradient *before* momentum, as
   ``torch.optim.SGD(weight_decay=...)`` (used by ``HobbitLong/SupContrast``)
   does; it applies to every parameter, biases and norm scales included. The
-  update is the trainer's :func:`jaxdd.train.torch_sgd`.
+  update is the trainer's :func:`jaxdd.train.torch_sgd`. Training itself runs
+  the same update through :func:`jaxdd.train.fit_epochs` with
+  :meth:`SurrogateConfig.protocol`, which evaluates the cosine per step.
 
   Args:
     config: the surrogate config (learning_rate, momentum, weight_decay,
@@ -74,129 +79,74 @@ def _validate_data(images: Any, labels: Any, who: str) -> tuple[np.ndarray, np.n
   return images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
 
 
-# Number of times each cached program was traced, keyed by (kind, config,
-# num_examples); a test checks that a whole training run traces each once.
-_TRACES: dict[tuple[str, SurrogateConfig, int], int] = {}
-
-LOOPS = ("auto", "scan", "step")
+LOOPS = train.LOOPS
 
 
-class _TrainFns(NamedTuple):
-  tx: optax.GradientTransformation
-  epoch: Callable  # (state, key, epoch, images, labels) -> (state, losses[steps])
-  batches: Callable  # (key, epoch) -> (k_aug_epoch, batches[steps, batch_size])
-  step: Callable  # (state, k_aug_epoch, i, idx, images, labels) -> (state, loss)
+@functools.lru_cache(maxsize=16)
+def supcon_task(config: SurrogateConfig) -> train.TrainTask:
+  """The surrogate's SupCon training as a :class:`~jaxdd.tasks.TrainTask` (cached per config).
 
+  ``loss`` draws two random-resized-crop views of every image of the batch
+  from the step key (:func:`~jaxdd.augment.two_views`), embeds both in train
+  mode (batch-norm statistics update when ``norm='batch'``) and returns the
+  SupCon loss of the ``2B`` views with their repeated labels; it has no
+  logits (``None``). ``predict`` returns the L2-normalised projections.
 
-def _make_train_fns(config: SurrogateConfig, num_examples: int) -> _TrainFns:
-  """The jitted training programs for one (config, dataset size) under the active policy.
-
-  Every epoch draws a permutation from ``fold_in(key_shuffle, epoch)`` and cuts
-  it into ``num_examples // batch_size`` full batches; the last
-  ``num_examples % batch_size`` samples of the permutation are dropped (a fresh
-  permutation every epoch means every sample is still seen in expectation, and
-  a fixed batch shape means one compilation and no padded rows inside the
-  contrastive denominator).
-
-  Two drivers share the same step body, hence the same arithmetic:
-  ``epoch`` is a whole epoch as one program (``lax.scan`` over its steps);
-  ``batches`` + ``step`` run the steps from the host, one program call each.
-
-  Cached per (config, num_examples, :func:`jaxdd.policy.current`), so repeated
-  runs reuse the compilation; the programs are traced under that policy.
+  Example:
+    >>> task = supcon_task(SurrogateConfig.preset('smoke'))
+    >>> task.name, task.per_sample
+    ('supcon', False)
   """
-  return _train_fns(config, num_examples, policy.current())
-
-
-@functools.lru_cache(maxsize=8)
-def _train_fns(config: SurrogateConfig, num_examples: int, pol: policy.Policy) -> _TrainFns:
   model = config.model()
-  batch_size = config.batch_size
-  steps = num_examples // batch_size
-  tx = make_optimizer(config, steps)
 
-  def count_trace(kind: str) -> None:
-    # Python side effect: runs only while tracing.
-    k = (kind, config, num_examples)
-    _TRACES[k] = _TRACES.get(k, 0) + 1
+  def init(key, images, labels):
+    del labels
+    variables = dict(model.init(key, jnp.zeros((1,) + images.shape[1:], jnp.float32)))
+    params = variables.pop("params")
+    return params, variables
 
-  def loss_fn(params, model_state, views, view_labels):
-    variables = {"params": params, **model_state}
-    if model_state:  # batch norm: update running statistics (static structure).
-      z, new_state = model.apply(variables, views, train=True, mutable=list(model_state))
-    else:
-      z, new_state = model.apply(variables, views, train=True), model_state
-    return supcon_loss(z, view_labels, temperature=config.temperature), new_state
-
-  def batches_fn(key: jax.Array, epoch: jax.Array):
-    k_shuffle, k_aug = jax.random.split(key)
-    perm = jax.random.permutation(jax.random.fold_in(k_shuffle, epoch), num_examples)
-    return jax.random.fold_in(k_aug, epoch), perm[: steps * batch_size].reshape(steps, batch_size)
-
-  def step_fn(state: TrainState, k_aug: jax.Array, i: jax.Array, idx: jax.Array,
-              images: jax.Array, labels: jax.Array):
-    x = images[idx]
-    y = labels[idx]
-    views = two_views(jax.random.fold_in(k_aug, i), x, scale=config.crop_scale,
+  def loss(params, state, batch):
+    views = two_views(batch.key, batch.images, scale=config.crop_scale,
                       ratio=config.crop_ratio, flip=config.flip)
-    view_labels = jnp.concatenate([y, y])
-    (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.model_state, views, view_labels)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return TrainState(params, new_model_state, opt_state, state.step + 1), loss
+    view_labels = jnp.concatenate([batch.labels, batch.labels])
+    variables = {"params": params, **state}
+    if state:  # batch norm: update running statistics (static structure).
+      z, new_state = model.apply(variables, views, train=True, mutable=list(state))
+    else:
+      z, new_state = model.apply(variables, views, train=True), state
+    return supcon_loss(z, view_labels, temperature=config.temperature), (new_state, None)
 
-  def epoch_fn(state: TrainState, key: jax.Array, epoch: jax.Array, images: jax.Array,
-               labels: jax.Array):
-    count_trace("epoch")
-    k_aug, batches = batches_fn(key, epoch)
+  def predict(params, state, images):
+    return model.apply({"params": params, **state}, images, train=False)
 
-    def body(state, xs):
-      i, idx = xs
-      return step_fn(state, k_aug, i, idx, images, labels)
-
-    return jax.lax.scan(body, state, (jnp.arange(steps), batches))
-
-  def host_step(state, k_aug, i, idx, images, labels):
-    count_trace("step")
-    return step_fn(state, k_aug, i, idx, images, labels)
-
-  return _TrainFns(tx, jax.jit(policy.pinned(pol, epoch_fn)), jax.jit(batches_fn),
-                   jax.jit(policy.pinned(pol, host_step)))
-
-
-def _resolve_loop(loop: str) -> str:
-  if loop not in LOOPS:
-    raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
-  if loop == "auto":
-    # XLA:CPU runs the *backward* convolutions far slower inside a while loop
-    # (lax.scan) than as top-level ops (jax-ml/jax#12868; RESULTS.md §4
-    # "Evaluation"). The cpu policy therefore drives the steps from the host;
-    # the accelerator policy runs the single-program epoch.
-    return policy.current().train_loop
-  return loop
+  return train.TrainTask("supcon", init, loss, predict, per_sample=False)
 
 
 def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: SurrogateConfig,
                     progress: bool = True, loop: str = "auto") -> tuple[dict, dict]:
   """Train the SupCon surrogate on a (biased) training set.
 
-  The dataset is put on device once. Each epoch shuffles with
-  ``fold_in(key_shuffle, epoch)``, drops the last partial batch and augments
-  step ``i`` with ``fold_in(fold_in(key_aug, epoch), i)``, so the same key
-  gives the same params. ``loop='scan'`` compiles each epoch into one program
+  The training run is jaxdd's one trainer (:func:`jaxdd.train.fit_epochs`)
+  with :func:`supcon_task` and the config's recipe
+  (:meth:`SurrogateConfig.protocol`: SGD + momentum with coupled weight decay,
+  the cosine or constant lr, and every epoch's last partial batch dropped, so
+  that one batch shape compiles once and no small batch enters the
+  contrastive denominator). The dataset is put on device once. Each epoch
+  shuffles with ``fold_in(key_shuffle, epoch)`` and step ``i`` draws its two
+  views from ``fold_in(fold_in(key_step, epoch), i)``, so the same key gives
+  the same params. ``loop='scan'`` compiles each epoch into one program
   (``lax.scan`` over its steps); ``loop='step'`` calls one compiled step per
   batch from the host (same arithmetic; results agree to float rounding).
   ``auto`` takes the active :mod:`jaxdd.policy`'s ``train_loop``: ``step`` on
   CPU, where XLA runs backward convolutions inside a ``lax.scan`` far slower,
-  and ``scan`` on accelerators. A tqdm bar runs over
-  epochs. Training stops with ``FloatingPointError`` on a non-finite loss.
+  and ``scan`` on accelerators. A tqdm bar runs over epochs. Training stops
+  with ``FloatingPointError`` on a non-finite loss.
 
   Speed: RESULTS.md §1 and §3 give the training time of the ``cpu`` preset
   on the embedded CMNIST (3,600 x 28x28x3, 14 steps of 256 images an epoch).
 
   Args:
-    key: typed PRNG key (split into init / shuffle / augmentation keys).
+    key: typed PRNG key (split into init / shuffle / step keys).
     images: (N, H, W, C) float images (numpy or jax), finite.
     labels: (N,) integer labels; every present class needs >= 2 samples.
     config: a :class:`SurrogateConfig`.
@@ -222,7 +172,7 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
     >>> len(hist['loss'])  # doctest: +SKIP
     1
   """
-  loop = _resolve_loop(loop)
+  loop = train.resolve_loop(loop)
   images, labels = _validate_data(images, labels, "train_surrogate")
   n = images.shape[0]
   config = config.for_size(n)
@@ -237,35 +187,19 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
   if np.count_nonzero(counts) < 2:
     raise ValueError("the training set has a single class; SupCon needs >= 2 classes to have negatives")
 
-  model = config.model()
+  task = supcon_task(config)
   k_init, k_train = jax.random.split(key)
-  variables = model.init(k_init, jnp.zeros((1,) + images.shape[1:], jnp.float32))
-  variables = dict(variables)
-  params = variables.pop("params")
-  model_state = variables
+  params, model_state = task.init(k_init, images, labels)
   steps = n // config.batch_size
-  fns = _make_train_fns(config, n)
-  state = TrainState(params, model_state, fns.tx.init(params), jnp.zeros((), jnp.int32))
-
-  x_dev = jnp.asarray(images)
-  y_dev = jnp.asarray(labels)
   history: dict[str, Any] = {"loss": [], "epoch_seconds": [], "steps_per_epoch": steps,
                              "dropped_per_epoch": n - steps * config.batch_size, "loop": loop}
   from jaxdd import progress as progress_lib  # noqa: PLC0415
   bar = progress_lib.bar(config.epochs, "surrogate (SupCon)", unit="epoch", disable=not progress)
-  for epoch in range(config.epochs):
-    t0 = time.perf_counter()
-    epoch_arr = jnp.asarray(epoch, jnp.int32)
-    if loop == "scan":
-      state, losses = fns.epoch(state, k_train, epoch_arr, x_dev, y_dev)
-    else:
-      k_aug, batches = fns.batches(k_train, epoch_arr)
-      losses = []
-      for i in range(steps):
-        state, loss = fns.step(state, k_aug, jnp.asarray(i, jnp.int32), batches[i], x_dev, y_dev)
-        losses.append(loss)
-      losses = jnp.stack(losses)
-    mean_loss = float(jnp.mean(losses))  # blocks until the epoch is done
+  epochs = train.fit_epochs(k_train, params, model_state, jnp.asarray(images), jnp.asarray(labels),
+                            task=task, protocol=config.protocol(), loop=loop)
+  t0 = time.perf_counter()
+  for epoch, (params, model_state, metrics) in enumerate(epochs):
+    mean_loss = float(metrics.loss)  # blocks until the epoch is done
     history["epoch_seconds"].append(time.perf_counter() - t0)
     if not math.isfinite(mean_loss):
       raise FloatingPointError(f"non-finite SupCon loss at epoch {epoch}; lower the learning rate "
@@ -273,8 +207,9 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
     history["loss"].append(mean_loss)
     bar.set_postfix(loss=f"{mean_loss:.4f}")
     bar.update(1)
+    t0 = time.perf_counter()
   bar.close()
-  return {"params": state.params, **state.model_state}, history
+  return {"params": params, **model_state}, history
 
 
 # ---------------------------------------------------------------------------
