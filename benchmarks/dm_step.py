@@ -15,6 +15,11 @@ prints one JSON line. Usage:
   python benchmarks/dm_step.py --policy accelerator # the accelerator layout (jaxdd.policy)
   python benchmarks/dm_step.py --real-dtype bfloat16 # the real-image forward in bfloat16
   python benchmarks/dm_step.py --forward-conv xla   # the real forward without Winograd
+  python benchmarks/dm_step.py --no-tune-malloc     # glibc's allocator as shipped
+
+Like the ``jaxdd`` CLI, the measured process keeps freed memory
+(:func:`jaxdd.cli.tune_allocator`, the setting of the allocator-tuned PyTorch
+reference) unless ``--no-tune-malloc``.
 """
 from __future__ import annotations
 
@@ -50,8 +55,9 @@ def _measure(args) -> None:
   import jax
   import numpy as np
 
-  from jaxdd import augment, distill, models, policy
+  from jaxdd import augment, cli, distill, models, policy
 
+  malloc_tuned = cli.tune_allocator() if args.tune_malloc else False
   rng = np.random.default_rng(0)
   per_class = args.real_per_class + 44
   labels = np.repeat(np.arange(10), per_class)
@@ -94,7 +100,7 @@ def _measure(args) -> None:
       "bench": "dm_step", "ipc": args.ipc, "real_per_class": args.real_per_class,
       "width": args.width, "dsa": not args.no_dsa, "kde": args.kde, "real_chunk": args.real_chunk,
       "syn_chunk": args.syn_chunk, "real_dtype": args.real_dtype, "policy": policy.current().name,
-      "forward_conv": policy.current().forward_conv,
+      "forward_conv": policy.current().forward_conv, "malloc_tuned": malloc_tuned,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 2),
       "step_s_median": round(med, 3), "step_s_min": round(min(times), 3),
       "step_s_max": round(max(times), 3), "n": len(times),
@@ -127,6 +133,9 @@ def main(argv=None) -> None:
   p.add_argument("--forward-conv", choices=["policy", "winograd", "xla"], default="policy",
                  help="the real-image forward's convolutions (jaxdd.policy forward_conv; "
                       "default: the policy's, winograd on CPU)")
+  p.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false",
+                 help="leave glibc's allocator as shipped (default: cli.tune_allocator(), as the "
+                      "jaxdd CLI does; compare with the allocator-tuned PyTorch reference)")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -144,7 +153,8 @@ def main(argv=None) -> None:
                ["--real-chunk", str(args.real_chunk), "--syn-chunk", str(args.syn_chunk)]) + (
                ["--kde"] if args.kde else []) + ["--policy", args.policy,
                                                  "--real-dtype", args.real_dtype,
-                                                 "--forward-conv", args.forward_conv]
+                                                 "--forward-conv", args.forward_conv] + (
+               [] if args.tune_malloc else ["--no-tune-malloc"])
     subprocess.run(cmd, env=env, check=True)
 
 

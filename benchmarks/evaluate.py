@@ -25,6 +25,11 @@ Usage:
   python benchmarks/evaluate.py --ipc 10 --protocol cpu --modes map sequential
   python benchmarks/evaluate.py --epochs 2 --width 8 --test-size 256   # a quick check
   python benchmarks/evaluate.py --policy accelerator          # pin a jaxdd.policy layout
+  python benchmarks/evaluate.py --no-tune-malloc              # glibc's allocator as shipped
+
+Like the ``jaxdd`` CLI, the measured process keeps freed memory
+(:func:`jaxdd.cli.tune_allocator`, the setting of the allocator-tuned PyTorch
+reference) unless ``--no-tune-malloc``.
 """
 from __future__ import annotations
 
@@ -51,8 +56,9 @@ def _measure(args) -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import models, policy
+  from jaxdd import cli, models, policy
 
+  malloc_tuned = cli.tune_allocator() if args.tune_malloc else False
   ev = importlib.import_module("jaxdd.evaluate")  # the module, not jaxdd.evaluate()
 
   protocol = ev.get_protocol(args.protocol)
@@ -107,7 +113,7 @@ def _measure(args) -> None:
       "bench": "evaluate", "mode": args.mode, "ipc": args.ipc, "num_train": n,
       "protocol": protocol.name, "epochs_trained": protocol.num_epochs,
       "augment": protocol.augment, "num_models": args.num_models, "width": args.width,
-      "test_size": args.test_size, "policy": policy.current().name,
+      "test_size": args.test_size, "policy": policy.current().name, "malloc_tuned": malloc_tuned,
       "compile_train_s": round(compile_train_s, 3),
       "train_s": round(train_s, 3), "train_s_per_model": round(train_s / args.num_models, 3),
       "test_first_call_s": round(test_first_s, 3), "test_s": round(test_s, 3),
@@ -131,6 +137,9 @@ def main() -> None:
   p.add_argument("--test-size", type=int, default=10000)
   p.add_argument("--policy", choices=["auto", "cpu", "accelerator"], default="auto",
                  help="pin this jaxdd.policy layout (default: by backend)")
+  p.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false",
+                 help="leave glibc's allocator as shipped (default: cli.tune_allocator(), as the "
+                      "jaxdd CLI does; compare with the allocator-tuned PyTorch reference)")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--mode", default="map", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -153,6 +162,7 @@ def main() -> None:
                "--policy", args.policy]
         if args.epochs is not None:
           cmd += ["--epochs", str(args.epochs)]
+        cmd += [] if args.tune_malloc else ["--no-tune-malloc"]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode != 0:
           print(json.dumps({"bench": "evaluate", "mode": mode, "ipc": ipc, "protocol": proto,
