@@ -61,8 +61,7 @@ def tune_allocator() -> bool:
 
   XLA:CPU allocates its large buffers with ``malloc``; glibc serves them with
   ``mmap`` and unmaps them on ``free``, so every compiled call faults its
-  buffers in again (a 40 MB elementwise op: 15 ms, 2.6 ms without the faults,
-  on the 2-core development CPU). The same setting as the environment variables
+  buffers in again (RESULTS.md §4 "Keeping freed memory"). The same setting as the environment variables
   ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` (the "tuned" PyTorch
   reference), applied at run time with ``mallopt``. The CLI calls it unless
   ``JAXDD_TUNE_MALLOC=0``; the price is a resident size that stays at its peak.

@@ -108,9 +108,8 @@ class Policy:
 
 # Micro-batches of 10 on CPU were chosen by timing ConvNet-3 (width 128)
 # training steps on 100 and 256 images with micro-batches of 5 to 32 and whole
-# batches, all compiled in one process and timed alternately (100 images: 125 ms
-# whole, 107 ms in 20s, 100 ms in 10s; our reading: the maps of a few images
-# stay in cache). Prediction blocks of 32, and chunks of 32 real / 10 synthetic
+# batches, all compiled in one process and timed alternately (RESULTS.md §4,
+# session 7's table; our reading: the maps of a few images stay in cache). Prediction blocks of 32, and chunks of 32 real / 10 synthetic
 # images, by timing the DM and gradient-matching steps (RESULTS.md §4 "Where an
 # evaluation step spends its time", "One DM step", "One gradient-matching outer
 # iteration").

@@ -39,9 +39,8 @@ from jaxdd._src import winograd
 # and col2im for few input channels); the forward pass is lax's own. Used only
 # under a policy with conv="loop_safe" (the cpu policy); accelerators keep
 # lax's convolutions.
-# (With jax 0.10.2 the naive in-loop path is still there: one ConvNet-3
-# training step on 100 images took 8.5 s with lax's gradients against 0.13 s
-# with these, measured in session 7.)
+# (With jax 0.10.2 the naive in-loop path is still there: RESULTS.md §4,
+# session 7, "lax's own convolution gradients inside the loop".)
 
 _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -67,9 +66,9 @@ def _patches(x, kh: int, kw: int, padding):
 def _nhwc_conv(x, w, strides, padding, precision):
   # The forward pass is lax's own at every channel count; XLA:CPU runs it fast
   # inside loops. (The first layer's 3-channel forward used to be one im2col
-  # matmul; XLA fuses the bias add that follows into that matmul and the pair
-  # took 15 ms for 100 28x28 images, against 2 ms for lax's convolution with the
-  # same bias add: RESULTS.md §4 "Where an evaluation step spends its time".)
+  # matmul; XLA fuses the bias add that follows into that matmul, and the pair
+  # ran several times slower than lax's convolution with the same bias add:
+  # RESULTS.md §4 "Where an evaluation step spends its time".)
   return lax.conv_general_dilated(x, w, strides, padding,
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 

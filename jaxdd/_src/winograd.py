@@ -16,8 +16,8 @@ elementwise transforms. The matrices (in the correlation form CNNs use):
 Where it pays (2-core CPU, measured in RESULTS.md §4, session 8): the DM
 step's real-image forward, whose second 128-channel convolution on 14x14 maps
 is most of the step's arithmetic. With fewer channels the 16 matmuls are too
-thin to gain (a 14x14 convolution alone: 0.86x lax's time at 128 channels,
-0.92x at 96, 1.23x at 64, 1.5x at 32), and odd map sizes waste a padded row and
+thin to gain (a 14x14 convolution alone, timed at 16 to 128 channels: faster
+than lax only from 96 channels), and odd map sizes waste a padded row and
 column of tiles (the 7x7 layer measured slower), so :func:`applies` admits only
 >= 96 input and output channels and even heights and widths. (The ``cpu`` run
 preset's width-32 networks therefore keep lax's convolutions.) Values equal ``lax.conv_general_dilated``'s up to
@@ -40,10 +40,9 @@ import jax.numpy as jnp
 
 _MIN_CHANNELS = 96  # input and output channels (see the module docstring)
 # Images per transform block (a lax.map over blocks, plus one remainder block).
-# In DM's real forward (chunks of 32) blocks of 16 beat one block of 32 (598 vs
-# 629 ms per 2,560 images) and blocks of 8 (733 ms); our reading: the
-# transformed tiles of 16 images with 128 channels (6.4 MB) stay in cache
-# (RESULTS.md §4, session 8).
+# In DM's real forward (chunks of 32) blocks of 16 beat one block of 32 and
+# blocks of 8; our reading: the transformed tiles of 16 images with 128
+# channels (6.4 MB) stay in cache (RESULTS.md §4, session 8).
 _BLOCK = 16
 
 # Inside convs() (a trace-time flag: tracing is single-threaded).
