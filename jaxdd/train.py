@@ -254,14 +254,17 @@ def _run(task: TrainTask, protocol: Protocol, n: int) -> _Run:
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     grads, (losses, logits) = jax.lax.scan(body, zeros, jnp.arange(k))
-    logits = logits.reshape((k * m,) + logits.shape[2:])
+    if logits is not None:  # None: a task without a classifier
+      logits = logits.reshape((k * m,) + logits.shape[2:])
     # The batch mean is the size-weighted mean of the chunk means.
     grads = jax.tree.map(lambda g: g * (m / b), grads)
     loss = losses.sum() * (m / b)
     if r:
       (l, (_, lr_logits)), g = grad_fn(params, state, part(k * m, r, k))
       grads = jax.tree.map(lambda a, gi: a + gi * (r / b), grads, g)
-      loss, logits = loss + l * (r / b), jnp.concatenate([logits, lr_logits])
+      loss = loss + l * (r / b)
+      if logits is not None:
+        logits = jnp.concatenate([logits, lr_logits])
     return (loss, (state, logits)), grads
 
   def step(params, state, opt_state, lr_ep, idx, ep, j, images, labels, k_step):

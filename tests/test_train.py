@@ -245,3 +245,25 @@ def test_protocol_schedule_and_drop_last_are_validated():
         protocol=Protocol("p", epochs=1, batch_size=4, drop_last=True))
   with pytest.raises(ValueError, match="loop"):
     train.resolve_loop("while")
+
+
+def test_micro_batched_task_without_logits(getkey):
+  # A stateless per-sample task without logits, trained in micro-batches on CPU
+  # (45 images: 5 chunks of 9, and 46: 4 chunks of 10 plus 6): the gradient is
+  # still the batch mean (constant here, so SGD is closed-form).
+  def init(key, images, labels):
+    return {"w": jnp.ones((2,), jnp.float32)}, {}
+
+  def loss(params, state, batch: StepBatch):
+    return jnp.sum(params["w"]) * jnp.mean(batch.images), (state, None)
+
+  task = TrainTask("linear-per-sample", init, loss, lambda p, s, x: x, per_sample=True)
+  for n in (45, 46):
+    images = jnp.full((n, 1), 3.0, jnp.float32)
+    params, state = task.init(None, images, None)
+    proto = Protocol("p", epochs=1, lr=0.1, momentum=0.0, weight_decay=0.0, batch_size=n,
+                     decay_at=None)
+    p, _, m = fit(getkey(), params, state, images, jnp.zeros((n,), jnp.int32), task=task,
+                  protocol=proto)
+    np.testing.assert_allclose(np.asarray(p["w"]), 1.0 - 2 * 0.1 * 3.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(m.loss), [2 * 3.0, 2 * 0.7 * 3.0], rtol=1e-5)
