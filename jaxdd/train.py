@@ -376,15 +376,18 @@ def resolve_loop(loop: str) -> str:
     >>> resolve_loop("scan")
     'scan'
   """
-  if loop not in LOOPS:
-    raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
-  if loop == "auto":
-    # XLA:CPU runs the *backward* convolutions far slower inside a while loop
-    # (lax.scan) than as top-level ops (jax-ml/jax#12868; RESULTS.md §4
-    # "Evaluation"). The cpu policy therefore drives the steps from the host;
-    # the accelerator policy runs the single-program epoch.
-    return policy.current().train_loop
-  return loop
+  # XLA:CPU runs the *backward* convolutions far slower inside a while loop
+  # (lax.scan) than as top-level ops (jax-ml/jax#12868; RESULTS.md §4
+  # "Evaluation"). The cpu policy therefore drives the steps from the host;
+  # the accelerator policy runs the single-program epoch.
+  return _auto_by_policy("loop", loop, LOOPS, "train_loop")
+
+
+def _auto_by_policy(name: str, value: str, choices: tuple[str, ...], field: str) -> str:
+  """``value`` checked against ``choices``; ``"auto"`` -> the active policy's ``field``."""
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+  return getattr(policy.current(), field) if value == "auto" else value
 
 
 def fit_epochs(key: jax.Array, params, state: dict, images: jax.Array, labels: jax.Array, *,
@@ -474,11 +477,7 @@ def resolve_parallel(parallel: str) -> str:
     >>> resolve_parallel("vmap")
     'vmap'
   """
-  if parallel not in PARALLEL:
-    raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
-  if parallel == "auto":
-    return policy.current().parallel
-  return parallel
+  return _auto_by_policy("parallel", parallel, PARALLEL, "parallel")
 
 
 def _train_single(task: TrainTask, protocol: Protocol):
