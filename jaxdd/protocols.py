@@ -54,7 +54,8 @@ SCHEDULES = ("step", "cosine")
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-  """A frozen evaluation recipe. Every number jaxdd reports is stamped with one.
+  """A frozen training recipe: the evaluation protocols (every number jaxdd reports is
+  stamped with one) and the surrogate's (:meth:`jaxdd.surrogate.SurrogateConfig.protocol`).
 
   Attributes:
     name: registry name (``"dm"``, ``"dsa"``, ``"dc"``, ``"cpu"``, ``"smoke"``).
