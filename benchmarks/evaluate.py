@@ -26,6 +26,7 @@ Usage:
   python benchmarks/evaluate.py --epochs 2 --width 8 --test-size 256   # a quick check
   python benchmarks/evaluate.py --policy accelerator          # pin a jaxdd.policy layout
   python benchmarks/evaluate.py --no-tune-malloc              # glibc's allocator as shipped
+  python benchmarks/evaluate.py --train-conv xla --micro-batch 10   # override policy fields
 
 Like the ``jaxdd`` CLI, the measured process keeps freed memory
 (:func:`jaxdd.cli.tune_allocator`, the setting of the allocator-tuned PyTorch
@@ -43,7 +44,11 @@ import sys
 def _child(args) -> None:
   """The measured process: everything under the pinned jaxdd.policy (``--policy``)."""
   from jaxdd import policy
-  with policy.use(args.policy):
+  changes = {} if args.train_conv == "policy" else {"train_conv": args.train_conv}
+  if args.micro_batch is not None:
+    changes["micro_batch"] = args.micro_batch or None
+  pol = policy.variant(args.policy, **changes)
+  with policy.use(pol):
     _measure(args)
 
 
@@ -113,7 +118,9 @@ def _measure(args) -> None:
       "bench": "evaluate", "mode": args.mode, "ipc": args.ipc, "num_train": n,
       "protocol": protocol.name, "epochs_trained": protocol.num_epochs,
       "augment": protocol.augment, "num_models": args.num_models, "width": args.width,
-      "test_size": args.test_size, "policy": policy.current().name, "malloc_tuned": malloc_tuned,
+      "test_size": args.test_size, "policy": policy.current().name,
+      "train_conv": policy.current().train_conv, "micro_batch": policy.current().micro_batch,
+      "malloc_tuned": malloc_tuned,
       "compile_train_s": round(compile_train_s, 3),
       "train_s": round(train_s, 3), "train_s_per_model": round(train_s / args.num_models, 3),
       "test_first_call_s": round(test_first_s, 3), "test_s": round(test_s, 3),
@@ -137,6 +144,12 @@ def main() -> None:
   p.add_argument("--test-size", type=int, default=10000)
   p.add_argument("--policy", choices=["auto", "cpu", "accelerator"], default="auto",
                  help="pin this jaxdd.policy layout (default: by backend)")
+  p.add_argument("--train-conv", choices=["policy", "winograd", "xla"], default="policy",
+                 help="the trained networks' convolutions (jaxdd.policy train_conv; default: "
+                      "the policy's)")
+  p.add_argument("--micro-batch", type=int, default=None,
+                 help="the trainer's micro-batch target (jaxdd.policy micro_batch; 0: whole "
+                      "batches; default: the policy's)")
   p.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false",
                  help="leave glibc's allocator as shipped (default: cli.tune_allocator(), as the "
                       "jaxdd CLI does; compare with the allocator-tuned PyTorch reference)")
@@ -159,7 +172,9 @@ def main() -> None:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode,
                "--ipc", str(ipc), "--protocol", proto, "--num-models", str(args.num_models),
                "--width", str(args.width), "--test-size", str(args.test_size),
-               "--policy", args.policy]
+               "--policy", args.policy, "--train-conv", args.train_conv]
+        if args.micro_batch is not None:
+          cmd += ["--micro-batch", str(args.micro_batch)]
         if args.epochs is not None:
           cmd += ["--epochs", str(args.epochs)]
         cmd += [] if args.tune_malloc else ["--no-tune-malloc"]

@@ -54,7 +54,8 @@ def _median_time(fn, n: int, warmup: int = 1) -> tuple[float, list[float]]:
 def _child(args) -> None:
   """The measured process: everything under the pinned jaxdd.policy (``--policy``)."""
   from jaxdd import policy
-  with policy.use(args.policy):
+  changes = {} if args.train_conv == "policy" else {"train_conv": args.train_conv}
+  with policy.use(policy.variant(args.policy, **changes)):
     _measure(args)
 
 
@@ -178,6 +179,8 @@ def main(argv=None) -> None:
                       "jaxdd CLI does; compare with the allocator-tuned PyTorch reference)")
   p.add_argument("--policy", choices=["auto", "cpu", "accelerator"], default="auto",
                  help="pin this jaxdd.policy layout (default: by backend)")
+  p.add_argument("--train-conv", choices=["policy", "winograd", "xla"], default="policy",
+                 help="the networks' convolutions (jaxdd.policy train_conv; default: the policy's)")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -195,7 +198,7 @@ def main(argv=None) -> None:
   cmd += ["--inner-loop", str(args.inner_loop)] if args.inner_loop else []
   cmd += ["--kde"] if args.kde else []
   cmd += [] if args.tune_malloc else ["--no-tune-malloc"]
-  cmd += ["--policy", args.policy]
+  cmd += ["--policy", args.policy, "--train-conv", args.train_conv]
   subprocess.run(cmd, env=env, check=True)
 
 

@@ -13,8 +13,9 @@ kernels of :class:`jaxdd.models.TorchConv` and
 :func:`jaxdd.models.loop_safe_convs`, the trainer's micro-batches and
 ``parallel="auto"`` (:mod:`jaxdd.train`), the prediction blocks, ``loop="auto"`` of
 :func:`jaxdd.train.fit_epochs` (the surrogate's trainer), the default ``real_chunk``/``syn_chunk`` of
-:func:`jaxdd.distill.dm` and :func:`jaxdd.distill.gm`, and the convolutions of
-DM's gradient-free real-image forward (``forward_conv``: Winograd on CPU). Explicit arguments
+:func:`jaxdd.distill.dm` and :func:`jaxdd.distill.gm`, and where convolutions run as
+Winograd (on CPU: gradient-free forwards, ``forward_conv``, and the networks the
+trainer trains, ``train_conv``). Explicit arguments
 always win (``dm(real_chunk=None)``, ``train_surrogate(loop="scan")``,
 ``evaluate_synset(parallel="vmap")``). By default the policy follows
 ``jax.default_backend()``; :func:`use` pins another one for a block, e.g. to
@@ -47,7 +48,8 @@ from typing import Callable, Iterator, Literal, Union
 import jax
 
 _CHOICES = {"conv": ("loop_safe", "xla"), "parallel": ("map", "vmap"),
-            "train_loop": ("step", "scan"), "forward_conv": ("winograd", "xla")}
+            "train_loop": ("step", "scan"), "forward_conv": ("winograd", "xla"),
+            "train_conv": ("winograd", "xla")}
 _SIZES = ("micro_batch", "predict_block", "real_chunk", "syn_chunk")
 
 
@@ -74,11 +76,17 @@ class Policy:
     real_chunk, syn_chunk: the default ``real_chunk`` (DM and gradient
       matching) and ``syn_chunk`` (DM) of :mod:`jaxdd.distill`; None: all at once.
     forward_conv: the convolutions of gradient-free forwards (DM's real
-      images): ``"winograd"`` runs the 3x3 ones with >= 96 channels on
-      even-sized maps as Winograd F(2x2, 3x3) (:mod:`jaxdd._src.winograd`;
-      2.25x fewer multiplies, the same values up to float rounding; needs
-      ``conv="loop_safe"``, whose kernels it goes through); ``"xla"`` leaves
-      them to the ``conv`` choice.
+      images, prediction): ``"winograd"`` runs the 3x3 ones with >= 96
+      channels on even-sized maps as Winograd F(2x2, 3x3)
+      (:mod:`jaxdd._src.winograd`; 2.25x fewer multiplies, the same values up
+      to float rounding; needs ``conv="loop_safe"``, whose kernels it goes
+      through); ``"xla"`` leaves them to the ``conv`` choice.
+    train_conv: the same for the networks :mod:`jaxdd.train` trains
+      (evaluation, the inner loop of gradient matching, the surrogate):
+      ``"winograd"`` with hand-written gradients that stay in the transform
+      domain (the weight and input gradients also take 2.25x fewer
+      multiplies). The ``cpu`` run preset's width-32 networks are too thin
+      for either (lax's convolutions).
   """
   name: str
   conv: Literal["loop_safe", "xla"]
@@ -89,6 +97,7 @@ class Policy:
   real_chunk: int | None
   syn_chunk: int | None
   forward_conv: Literal["winograd", "xla"] = "xla"
+  train_conv: Literal["winograd", "xla"] = "xla"
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -101,21 +110,26 @@ class Policy:
       value = getattr(self, field)
       if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"Policy.{field} must be a positive int or None, got {value!r}")
-    if self.forward_conv == "winograd" and self.conv != "loop_safe":
-      raise ValueError("Policy.forward_conv='winograd' goes through the loop_safe kernels; "
-                       "set conv='loop_safe' or forward_conv='xla'")
+    for field in ("forward_conv", "train_conv"):
+      if getattr(self, field) == "winograd" and self.conv != "loop_safe":
+        raise ValueError(f"Policy.{field}='winograd' goes through the loop_safe kernels; "
+                         f"set conv='loop_safe' or {field}='xla'")
 
 
-# Micro-batches of 10 on CPU were chosen by timing ConvNet-3 (width 128)
-# training steps on 100 and 256 images with micro-batches of 5 to 32 and whole
-# batches, all compiled in one process and timed alternately (RESULTS.md §4,
-# session 7's table; our reading: the maps of a few images stay in cache). Prediction blocks of 32, and chunks of 32 real / 10 synthetic
+# Micro-batches of about 12 on CPU (10 of a batch of 100, 16 of 256, 12 and a
+# remainder of 4 for 244) were chosen by timing ConvNet-3 (width 128) training
+# steps with micro-batches of 5 to 32 and whole batches, all compiled in one
+# process and timed alternately (RESULTS.md §4, sessions 7 and 10; our reading:
+# the maps of a few images stay in cache; with Winograd convolutions, 16 of 256
+# beat 8). Prediction blocks of 32, and chunks of 32 real / 10 synthetic
 # images, by timing the DM and gradient-matching steps (RESULTS.md §4 "Where an
 # evaluation step spends its time", "One DM step", "One gradient-matching outer
-# iteration").
+# iteration"). Winograd for gradient-free forwards and trained networks: RESULTS.md
+# §4, sessions 8 and 10.
 POLICIES: dict[str, Policy] = {
-    "cpu": Policy("cpu", conv="loop_safe", parallel="map", train_loop="step", micro_batch=10,
-                  predict_block=32, real_chunk=32, syn_chunk=10, forward_conv="winograd"),
+    "cpu": Policy("cpu", conv="loop_safe", parallel="map", train_loop="step", micro_batch=12,
+                  predict_block=32, real_chunk=32, syn_chunk=10, forward_conv="winograd",
+                  train_conv="winograd"),
     "accelerator": Policy("accelerator", conv="xla", parallel="vmap", train_loop="scan",
                           micro_batch=None, predict_block=None, real_chunk=None, syn_chunk=None),
 }
@@ -146,7 +160,7 @@ def resolve(policy: PolicyLike = "auto") -> Policy:
 
   Example:
     >>> resolve("cpu").micro_batch
-    10
+    12
   """
   if isinstance(policy, Policy):
     return policy
@@ -156,6 +170,35 @@ def resolve(policy: PolicyLike = "auto") -> Policy:
     return POLICIES[policy]
   raise ValueError(f"unknown policy {policy!r}; use 'auto', one of {sorted(POLICIES)} or a "
                    "jaxdd.policy.Policy (e.g. dataclasses.replace(POLICIES['cpu'], ...))")
+
+
+def variant(policy: PolicyLike = "auto", **changes) -> Policy:
+  """``policy`` with some fields changed, named after the changes (a cache key of its own).
+
+  Args:
+    policy: anything :func:`resolve` takes.
+    **changes: :class:`Policy` fields and their new values.
+
+  Returns:
+    The resolved policy itself when ``changes`` is empty, else a new one named
+    ``"<name>+<field>=<value>..."``.
+
+  Raises:
+    ValueError: an unknown field, or a value the fields' checks refuse.
+
+  Example:
+    >>> variant("cpu", train_conv="xla", micro_batch=16).name
+    'cpu+train_conv=xla+micro_batch=16'
+  """
+  base = resolve(policy)
+  if not changes:
+    return base
+  fields = [f.name for f in dataclasses.fields(Policy) if f.name != "name"]
+  unknown = sorted(set(changes) - set(fields))
+  if unknown:
+    raise ValueError(f"not a Policy field to change: {unknown}; the fields: {fields}")
+  label = "+".join(f"{k}={v}" for k, v in changes.items())
+  return dataclasses.replace(base, name=f"{base.name}+{label}", **changes)
 
 
 def current() -> Policy:

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdd import policy
-from jaxdd._src import checks
+from jaxdd._src import checks, winograd
 from jaxdd.models import loop_safe_convs
 from jaxdd.protocols import Protocol, get_protocol
 from jaxdd.structs import SynSet
@@ -231,6 +231,12 @@ def _run(task: TrainTask, protocol: Protocol, n: int) -> _Run:
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
 
   def batch_grad(params, state, batch: StepBatch):
+    # The trained network's eligible convolutions as Winograd where the policy
+    # says so (train_conv; jaxdd._src.winograd).
+    with winograd.convs(policy.current().train_conv == "winograd"):
+      return _batch_grad(params, state, batch)
+
+  def _batch_grad(params, state, batch: StepBatch):
     micro = policy.current().micro_batch if task.per_sample and not jax.tree.leaves(state) else None
     b = batch.images.shape[0]
     # Batches under 4 micro-batches are trained whole.
@@ -554,7 +560,8 @@ def _predict_program(task: TrainTask, block: int, parallel: str):
 def _predict_cached(task: TrainTask, block: int, parallel: str, pol: policy.Policy):
   def one_model(params, state, blocks):
     def one_block(xb):
-      return jnp.argmax(task.predict(params, state, xb), -1).astype(jnp.int32)
+      with winograd.convs(pol.forward_conv == "winograd"):  # a gradient-free forward
+        return jnp.argmax(task.predict(params, state, xb), -1).astype(jnp.int32)
     return jax.lax.map(one_block, blocks).reshape(-1)  # (blocks * block,)
 
   def run(params, state, images):

@@ -31,8 +31,9 @@ def test_auto_is_the_cpu_policy_here_and_names_resolve():
   assert policy.current() is policy.resolve("auto")
   assert policy.resolve("accelerator") is ACC and policy.resolve(CPU_TINY) is CPU_TINY
   assert (CPU.conv, CPU.parallel, CPU.train_loop) == ("loop_safe", "map", "step")
-  assert (CPU.micro_batch, CPU.predict_block, CPU.real_chunk, CPU.syn_chunk) == (10, 32, 32, 10)
+  assert (CPU.micro_batch, CPU.predict_block, CPU.real_chunk, CPU.syn_chunk) == (12, 32, 32, 10)
   assert (CPU.forward_conv, ACC.forward_conv) == ("winograd", "xla")
+  assert (CPU.train_conv, ACC.train_conv) == ("winograd", "xla")
   assert (ACC.conv, ACC.parallel, ACC.train_loop) == ("xla", "vmap", "scan")
   assert (ACC.micro_batch, ACC.predict_block, ACC.real_chunk, ACC.syn_chunk) == (None,) * 4
   assert train.CPU_MICRO_BATCH == CPU.micro_batch
@@ -74,6 +75,7 @@ def test_unknown_policies_name_the_choices(bad):
     ("syn_chunk", -1, "Policy.syn_chunk must be a positive int or None"),
     ("name", "", "Policy.name must be a non-empty string"),
     ("forward_conv", "fft", r"Policy.forward_conv must be one of \('winograd', 'xla'\)"),
+    ("train_conv", "fft", r"Policy.train_conv must be one of \('winograd', 'xla'\)"),
 ])
 def test_bad_fields_are_rejected_with_the_allowed_values(field, value, match):
   with pytest.raises(ValueError, match=match):
@@ -83,7 +85,20 @@ def test_bad_fields_are_rejected_with_the_allowed_values(field, value, match):
 def test_winograd_forwards_need_the_loop_safe_kernels():
   with pytest.raises(ValueError, match="forward_conv='winograd' goes through the loop_safe"):
     dataclasses.replace(CPU, conv="xla")
+  with pytest.raises(ValueError, match="train_conv='winograd' goes through the loop_safe"):
+    dataclasses.replace(CPU, conv="xla", forward_conv="xla")
   assert dataclasses.replace(ACC, forward_conv="xla").forward_conv == "xla"
+
+
+def test_variant_renames_and_checks_the_changes():
+  v = policy.variant("cpu", train_conv="xla", micro_batch=16)
+  assert (v.name, v.train_conv, v.micro_batch, v.conv) == (
+      "cpu+train_conv=xla+micro_batch=16", "xla", 16, CPU.conv)
+  assert policy.variant("accelerator") is ACC
+  with pytest.raises(ValueError, match=r"not a Policy field to change: \['speed'\]"):
+    policy.variant("cpu", speed=2)
+  with pytest.raises(ValueError, match="Policy.micro_batch must be a positive int"):
+    policy.variant("cpu", micro_batch=0)
 
 
 def test_parallel_loop_and_blocks_follow_the_policy_and_explicit_arguments_win():

@@ -171,3 +171,104 @@ def test_dm_runs_only_its_real_forward_as_winograd(monkeypatch):
   assert calls == []
   np.testing.assert_allclose(loss_w, loss_x, rtol=1e-5)
   np.testing.assert_allclose(images_w, images_x, rtol=1e-5, atol=1e-6)
+
+
+# --- The hand-written gradients (policy train_conv="winograd") ---
+
+
+def _numpy_conv_grads(x, w, g):
+  """dL/dx and dL/dw of sum(conv(x, w) * g) for the 1-padded 3x3 correlation, float64 loops."""
+  x, w, g = (np.asarray(a, np.float64) for a in (x, w, g))
+  n, h, wd, _ = x.shape
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  dxp = np.zeros_like(xp)
+  dw = np.zeros_like(w)
+  for i in range(3):
+    for j in range(3):
+      dw[i, j] = np.einsum("nhwc,nhwo->co", xp[:, i:i + h, j:j + wd, :], g)
+      dxp[:, i:i + h, j:j + wd, :] += np.einsum("nhwo,co->nhwc", g, w[i, j])
+  return dxp[:, 1:-1, 1:-1, :], dw
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2, 3, 2), (2, 6, 4, 5, 7), (3, 8, 8, 16, 4)])
+def test_hand_written_gradients_equal_naive_ones(shape):
+  x, k = _data(*shape)
+  g = np.random.default_rng(1).normal(size=shape[:3] + (shape[4],)).astype(np.float32)
+  conv = lambda a, b: winograd.conv3x3(a, b, "highest")
+  y, dx, dw = jax.jit(lambda a, b, c: (conv(a, b),) + jax.vjp(conv, a, b)[1](c))(
+      jnp.asarray(x), jnp.asarray(k), jnp.asarray(g))
+  rx, rw = _numpy_conv_grads(x, k, g)
+  np.testing.assert_allclose(y, _numpy_conv(x, k), atol=2e-5 * np.abs(_numpy_conv(x, k)).max())
+  np.testing.assert_allclose(dx, rx, rtol=0, atol=2e-5 * np.abs(rx).max())
+  np.testing.assert_allclose(dw, rw, rtol=0, atol=2e-5 * np.abs(rw).max())
+
+
+def test_the_transposed_transforms_are_adjoints():
+  # <T(a), b> == <a, T^T(b)> for the kernel, input and output transforms.
+  rng = np.random.default_rng(2)
+  r = lambda *s: jnp.asarray(rng.normal(size=s))
+  n, th, tw, c = 2, 3, 2, 4
+
+  def check(fwd, bwd, a, b):
+    np.testing.assert_allclose(jnp.vdot(fwd(a), b), jnp.vdot(a, bwd(b)), rtol=1e-5)
+
+  check(winograd.kernel_transform, winograd.kernel_transform_t, r(3, 3, c, 5), r(16, c, 5))
+  check(winograd._tiles, lambda v: winograd._tiles_t(v, n, th, tw),
+        r(n, 2 * th, 2 * tw, c), r(16, n * th * tw, c))
+  check(lambda m: winograd._untile(m, n, th, tw), winograd._untile_t,
+        r(16, n * th * tw, c), r(n, 2 * th, 2 * tw, c))
+
+
+def test_second_order_gradients_match_lax():
+  # Gradient matching differentiates a gradient: d/dx of |dL/dw|^2.
+  x, k = _data(2, 4, 6, 8, 3)
+  x, k = jnp.asarray(x), jnp.asarray(k)
+
+  def lax_conv(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC,
+                                        precision="highest")
+
+  def matching(conv):
+    inner = jax.grad(lambda k, x: jnp.sum(jnp.tanh(conv(x, k))))
+    return jax.grad(lambda x: jnp.sum(inner(k, x) ** 2))
+
+  got = jax.jit(matching(lambda a, b: winograd.conv3x3(a, b, "highest")))(x)
+  ref = jax.jit(matching(lax_conv))(x)
+  np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def _fit_and_predict(pol, x, y, task, params, state):
+  from jaxdd import evaluate, protocols, train
+  proto = protocols.Protocol("t", epochs=3, batch_size=4, lr=0.01, augment=None)
+  stack = lambda tree: jax.tree.map(lambda a: a[None], tree)
+  with policy.use(pol):
+    trained, trained_state, _ = train.fit(jax.random.key(1), params, state, x, y, task=task,
+                                          protocol=proto)
+    preds = evaluate.predict(task, stack(trained), stack(trained_state), x, protocol=proto)
+  return trained, preds
+
+
+def test_the_trainer_and_prediction_follow_the_policy(monkeypatch):
+  calls = _calls(monkeypatch)
+  from jaxdd import train
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(8, 8, 8, 3)), jnp.float32)
+  y = jnp.asarray(np.arange(8) % 2, jnp.int32)
+  task = train.standard_task(models.ConvNet(2, depth=2, width=96))
+  params, state = task.init(jax.random.key(0), x, y)
+  cpu = policy.POLICIES["cpu"]
+  assert cpu.train_conv == "winograd"
+  out = {}
+  for conv in ("xla", "winograd"):
+    calls.clear()
+    out[conv] = _fit_and_predict(policy.variant(cpu, train_conv=conv, forward_conv=conv),
+                                 x, y, task, params, state)
+    # Layer 2 (96 channels on 4x4 maps) of the batches of 4 and of the prediction block of 8.
+    assert sorted(set(calls)) == ([] if conv == "xla" else [(4, 4, 4, 96), (8, 4, 4, 96)])
+  trained_x, preds_x = out["xla"]
+  trained_w, preds_w = out["winograd"]
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), trained_x, params)
+  assert max(jax.tree.leaves(moved)) > 1e-3  # the networks trained
+  for a, b in zip(jax.tree.leaves(trained_w), jax.tree.leaves(trained_x)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 + 1e-4 * float(jnp.abs(b).max()))
+  np.testing.assert_array_equal(preds_w, preds_x)

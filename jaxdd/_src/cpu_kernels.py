@@ -164,9 +164,12 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
   convolutions with explicit padding, no dilation and one feature group, the
   weight gradient is computed with matmuls (see the comment above). Anything
   else is passed to ``lax.conv_general_dilated`` unchanged. While tracing
-  inside :func:`jaxdd._src.winograd.convs` (gradient-free forwards under a
-  policy with ``forward_conv="winograd"``), eligible 3x3 convolutions run as
-  Winograd F(2x2, 3x3) instead: the same values up to float rounding. Suitable
+  inside :func:`jaxdd._src.winograd.convs`, eligible 3x3 convolutions
+  (:func:`jaxdd._src.winograd.applies`) run as Winograd F(2x2, 3x3) instead,
+  with its own gradients: the same values up to float rounding. jaxdd opens
+  that context where the policy says so: ``forward_conv="winograd"`` for
+  gradient-free forwards (DM's real images, prediction), ``train_conv="winograd"``
+  for the networks the trainer trains. Suitable
   as ``flax.linen.Conv(conv_general_dilated=loop_safe_conv)``.
 
   Example:
