@@ -122,7 +122,7 @@ def conv3x3(x: jax.Array, w: jax.Array, precision=None) -> jax.Array:
   """``lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)))`` for NHWC x, HWIO w.
 
   Differentiable with hand-written gradients that stay in the transform
-  domain (see :func:`_conv3x3_bwd`), so a training step gains the 2.25x fewer
+  domain (see the module docstring), so a training step gains the 2.25x fewer
   multiplies in its two gradient products too.
 
   Args:
@@ -170,8 +170,8 @@ def _block(x, w, precision):
 
 
 def _conv3x3_fwd(x, w, precision):
-  # Differentiated (evaluation training, DM's synthetic images, gradient
-  # matching): the caller's micro-batches are the blocks. The tiles are kept
+  # Differentiated (the networks jaxdd.train trains under train_conv): the
+  # trainer's micro-batches are the blocks. The tiles are kept
   # channels-first, (16, I, tiles), for the weight gradient's contraction over
   # tiles; the barriers keep XLA from fusing the transforms into the matmuls
   # (RESULTS.md §4, session 10).
