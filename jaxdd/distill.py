@@ -462,7 +462,10 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     real_chunk: compute the real gradient this many images at a time
       (``"auto"``: the active :mod:`jaxdd.policy`'s ``real_chunk``, 32 on CPU
       and all at once on accelerators; None: all at once); the same value up
-      to float rounding.
+      to float rounding. Under a policy with ``train_conv="winograd"`` (the
+      ``cpu`` policy) and without a mesh, the real gradient's eligible 3x3
+      convolutions run as Winograd F(2x2, 3x3) (:mod:`jaxdd.policy`; RESULTS.md
+      §4, session 10); the synthetic side keeps the loop-safe kernels.
     jit: return a jitted ``step`` (default) or the raw pure function. The step
       is traced under the policy that was active when ``gm`` was called.
 
@@ -514,10 +517,15 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       syn_batch = parallel.constrain(
           images.reshape((num_classes, ipc) + images.shape[1:]), mesh, syn_spec)
       logits_fn = lambda p, x: model.apply({"params": p, **net_state}, x, train=False)
+      # The real images' weight gradient (first order) as Winograd where the
+      # policy says so (train_conv); the synthetic side, differentiated twice,
+      # keeps the loop-safe kernels (RESULTS.md §4, session 10).
+      real_logits_fn = (winograd.traced_inside(logits_fn)
+                        if pol.train_conv == "winograd" and mesh is None else None)
       return matching.gm_loss(k_aug, syn_batch, real_batch, params=params, logits_fn=logits_fn,
                               augment=aug, weights=weights,
                               real_chunk=real_chunk if per_sample else None,
-                              map_classes=mesh is None)
+                              map_classes=mesh is None, real_logits_fn=real_logits_fn)
 
     loss, grad = jax.value_and_grad(loss_fn)(syn_images)
     return loss, grad, weights, net_state

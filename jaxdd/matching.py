@@ -234,7 +234,7 @@ def _class_ce_grad(logits_fn: LogitsFn, params, images: jax.Array, label: jax.Ar
 def gm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, params, logits_fn: LogitsFn,
             augment: AugmentFn | None = None, weights: jax.Array | None = None,
             real_chunk: int | None = None, map_classes: bool = True,
-            eps: float = 1e-6) -> jax.Array:
+            eps: float = 1e-6, real_logits_fn: LogitsFn | None = None) -> jax.Array:
   """Weighted gradient-matching loss (DC / DSA), summed over classes.
 
   For class ``c`` with siamese augmentation ``A_c`` (one draw per class,
@@ -262,6 +262,9 @@ def gm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, params, logits_f
     map_classes: classes one after another with ``lax.map`` (default) or
       batched with ``vmap`` (for a class-sharded mesh); the same result.
     eps: see :func:`gradient_distance`.
+    real_logits_fn: computes the real gradient's logits in place of
+      ``logits_fn`` (the same network, e.g. traced with other convolution
+      kernels); None: ``logits_fn``.
 
   Returns:
     The scalar loss.
@@ -284,7 +287,8 @@ def gm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, params, logits_f
   def real_grad(k, x, w, c):
     if augment is not None:
       x = augment(k, x)
-    return jax.lax.stop_gradient(_class_ce_grad(logits_fn, params, x, c, w, real_chunk))
+    fn = logits_fn if real_logits_fn is None else real_logits_fn
+    return jax.lax.stop_gradient(_class_ce_grad(fn, params, x, c, w, real_chunk))
 
   def syn_distance(k, s, g_real, c):
     if augment is not None:

@@ -82,7 +82,8 @@ class Policy:
       to float rounding; needs ``conv="loop_safe"``, whose kernels it goes
       through); ``"xla"`` leaves them to the ``conv`` choice.
     train_conv: the same for the networks :mod:`jaxdd.train` trains
-      (evaluation, the inner loop of gradient matching, the surrogate):
+      (evaluation, the inner loop of gradient matching, the surrogate) and
+      the real images' weight gradient of gradient matching:
       ``"winograd"`` with hand-written gradients that stay in the transform
       domain (the weight and input gradients also take 2.25x fewer
       multiplies). The ``cpu`` run preset's width-32 networks are too thin

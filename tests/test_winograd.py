@@ -272,3 +272,44 @@ def test_the_trainer_and_prediction_follow_the_policy(monkeypatch):
   for a, b in zip(jax.tree.leaves(trained_w), jax.tree.leaves(trained_x)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 + 1e-4 * float(jnp.abs(b).max()))
   np.testing.assert_array_equal(preds_w, preds_x)
+
+
+def _gm_step(pol, width=96):
+  real = _toy(per_class=8)
+  with policy.use(pol):
+    d = distill.dc(num_classes=2, ipc=1, model=models.ConvNet(2, depth=2, width=width),
+                   real_per_class=8, outer_loop=1, inner_loop=1, real_chunk=4)
+    state, metrics = d.step(d.init(jax.random.key(0), real), real)
+  return np.asarray(state.syn.images), float(metrics["loss"])
+
+
+def test_gradient_matching_runs_its_real_gradient_as_winograd(monkeypatch):
+  calls = _calls(monkeypatch)
+  cpu = policy.POLICIES["cpu"]
+  images_w, loss_w = _gm_step(cpu)
+  # Layer 2 of the real chunks of 4 (the synthetic side, differentiated twice,
+  # keeps the loop-safe kernels; the inner loop's network trains on 2 images, too
+  # few for micro-batches, but still through the trainer: one batch of 2).
+  assert sorted(set(calls)) == [(2, 4, 4, 96), (4, 4, 4, 96)]
+  calls.clear()
+  images_x, loss_x = _gm_step(policy.variant(cpu, train_conv="xla"))
+  assert calls == []
+  np.testing.assert_allclose(loss_w, loss_x, rtol=1e-4)
+  np.testing.assert_allclose(images_w, images_x, rtol=1e-4, atol=1e-5)
+
+
+def test_gm_loss_takes_the_real_gradient_from_real_logits_fn():
+  from jaxdd import matching
+  logits_fn = lambda p, x: x.reshape(x.shape[0], -1) @ p["w"]
+  params = {"w": jnp.asarray(np.random.default_rng(4).normal(size=(4, 2)), jnp.float32)}
+  real = jax.random.normal(jax.random.key(0), (2, 6, 2, 2, 1))
+  syn = real[:, :2] * 0.5
+  loss = lambda **kw: float(matching.gm_loss(jax.random.key(1), syn, real, params=params,
+                                             logits_fn=logits_fn, **kw))
+  assert loss(real_logits_fn=logits_fn) == loss()
+  # Doubling the real side's logits changes its gradient, and the loss; the
+  # same doubling on both sides is another loss again.
+  doubled = lambda p, x: 2.0 * logits_fn(p, x)
+  assert abs(loss(real_logits_fn=doubled) - loss()) > 1e-3
+  both = float(matching.gm_loss(jax.random.key(1), syn, real, params=params, logits_fn=doubled))
+  assert abs(loss(real_logits_fn=doubled) - both) > 1e-3
