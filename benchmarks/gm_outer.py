@@ -68,6 +68,7 @@ def _measure(args) -> None:
   import numpy as np
 
   from jaxdd import augment, cli, distill, evaluate, matching, models, policy
+  from jaxdd._src import winograd
 
   malloc_tuned = cli.tune_allocator() if args.tune_malloc else False
   nc, ipc, b = 10, args.ipc, args.real_per_class
@@ -117,13 +118,16 @@ def _measure(args) -> None:
   chunk = (policy.current().real_chunk if args.real_chunk == "auto"
            else (int(args.real_chunk) or None))
   logits_fn = lambda p, x: net.apply({"params": p}, x)
+  # As distill.gm: the real gradient through the Winograd kernels under train_conv.
+  real_logits_fn = (winograd.traced_inside(logits_fn)
+                    if policy.current().train_conv == "winograd" else None)
 
   @jax.jit
   def match(s, key):
     with models.loop_safe_convs():
       return jax.value_and_grad(lambda s: matching.gm_loss(
           key, s, real_b, params=params, logits_fn=logits_fn, augment=aug,
-          real_chunk=chunk))(s)
+          real_chunk=chunk, real_logits_fn=real_logits_fn))(s)
 
   protocol = evaluate.Protocol("gm-inner", epochs=inner - 1, lr=0.01, momentum=0.0,
                                weight_decay=0.0, decay_at=None, augment=strategy)
