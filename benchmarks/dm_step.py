@@ -15,7 +15,6 @@ prints one JSON line. Usage:
   python benchmarks/dm_step.py --policy accelerator # the accelerator layout (jaxdd.policy)
   python benchmarks/dm_step.py --real-dtype bfloat16 # the real-image forward in bfloat16
   python benchmarks/dm_step.py --forward-conv xla   # the real forward without Winograd
-  python benchmarks/dm_step.py --train-conv winograd # the synthetic side as Winograd too
   python benchmarks/dm_step.py --no-tune-malloc     # glibc's allocator as shipped
 
 Like the ``jaxdd`` CLI, the measured process keeps freed memory
@@ -39,8 +38,8 @@ def _chunk_arg(value: str):
 def _child(args) -> None:
   """The measured process: everything under the pinned jaxdd.policy (``--policy``)."""
   from jaxdd import policy
-  pol = policy.variant(args.policy, **{f: getattr(args, f) for f in ("forward_conv", "train_conv")
-                                       if getattr(args, f) != "policy"})
+  changes = {} if args.forward_conv == "policy" else {"forward_conv": args.forward_conv}
+  pol = policy.variant(args.policy, **changes)
   with policy.use(pol):
     _measure(args)
 
@@ -97,8 +96,7 @@ def _measure(args) -> None:
       "bench": "dm_step", "ipc": args.ipc, "real_per_class": args.real_per_class,
       "width": args.width, "dsa": not args.no_dsa, "kde": args.kde, "real_chunk": args.real_chunk,
       "syn_chunk": args.syn_chunk, "real_dtype": args.real_dtype, "policy": policy.current().name,
-      "forward_conv": policy.current().forward_conv, "train_conv": policy.current().train_conv,
-      "malloc_tuned": malloc_tuned,
+      "forward_conv": policy.current().forward_conv, "malloc_tuned": malloc_tuned,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 2),
       "step_s_median": round(med, 3), "step_s_min": round(min(times), 3),
       "step_s_max": round(max(times), 3), "n": len(times),
@@ -131,9 +129,6 @@ def main(argv=None) -> None:
   p.add_argument("--forward-conv", choices=["policy", "winograd", "xla"], default="policy",
                  help="the real-image forward's convolutions (jaxdd.policy forward_conv; "
                       "default: the policy's, winograd on CPU)")
-  p.add_argument("--train-conv", choices=["policy", "winograd", "xla"], default="policy",
-                 help="the synthetic side's convolutions (jaxdd.policy train_conv; default: "
-                      "the policy's)")
   p.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false",
                  help="leave glibc's allocator as shipped (default: cli.tune_allocator(), as the "
                       "jaxdd CLI does; compare with the allocator-tuned PyTorch reference)")
@@ -154,8 +149,7 @@ def main(argv=None) -> None:
                ["--real-chunk", str(args.real_chunk), "--syn-chunk", str(args.syn_chunk)]) + (
                ["--kde"] if args.kde else []) + ["--policy", args.policy,
                                                  "--real-dtype", args.real_dtype,
-                                                 "--forward-conv", args.forward_conv,
-                                                 "--train-conv", args.train_conv] + (
+                                                 "--forward-conv", args.forward_conv] + (
                [] if args.tune_malloc else ["--no-tune-malloc"])
     subprocess.run(cmd, env=env, check=True)
 
