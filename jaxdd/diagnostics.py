@@ -355,7 +355,8 @@ def _batched_weights_fn(normalize: str):
 
 def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_size: int = 256,
                         variance: float, temperature: float = 1.0, normalize: str = "softmax",
-                        num_classes: int, num_rounds: int = 20) -> np.ndarray:
+                        num_classes: int, num_rounds: int = 20,
+                        return_ess: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
   """KDE weights computed inside sampled per-class batches (the paper's scope).
 
   DM draws, every iteration, ``batch_size`` real images per class and (with
@@ -378,9 +379,12 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
     num_classes: number of classes.
     num_rounds: passes over every class; each sample is averaged over at
       least ``num_rounds`` batches.
+    return_ess: also return each class's mean effective sample size of its
+      in-batch weights, ``1 / sum_b w_b^2`` averaged over its batches.
 
   Returns:
-    (N,) float32 numpy weights, each non-empty class summing to 1.
+    (N,) float32 numpy weights, each non-empty class summing to 1; with
+    ``return_ess`` also a (num_classes,) array (NaN for an empty class).
 
   Example:
     >>> import jax, numpy as np
@@ -396,7 +400,8 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
                            num_rounds=num_rounds)
   n = labels.shape[0]
   if index.shape[0] == 0:
-    return np.zeros((n,), np.float32)
+    empty = np.zeros((n,), np.float32)
+    return (empty, np.full(int(num_classes), np.nan)) if return_ess else empty
   fn = _batched_weights_fn(normalize)
   # Fixed-size chunks of batches: bounded memory (chunk x batch_size x d) and a
   # single compilation; the last chunk is padded with fully masked batches.
@@ -417,8 +422,94 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
   np.add.at(counts, index[mask], 1.0)
   avg = sums / np.maximum(counts, 1.0)
   class_total = np.bincount(labels, weights=avg, minlength=int(num_classes))
-  out = avg / np.where(class_total > 0, class_total, 1.0)[labels]
-  return out.astype(np.float32)
+  out = (avg / np.where(class_total > 0, class_total, 1.0)[labels]).astype(np.float32)
+  if not return_ess:
+    return out
+  return out, _mean_batch_ess(w_batches, mask, labels[index[:, 0]], int(num_classes))
+
+
+def _mean_batch_ess(w_batches: np.ndarray, mask: np.ndarray, batch_class: np.ndarray,
+                    num_classes: int) -> np.ndarray:
+  """Per class, the mean over its batches of ``(sum w)^2 / sum w^2`` (NaN: no batch)."""
+  w = np.where(mask, w_batches, 0.0)
+  total = w.sum(axis=1)
+  sq = (w ** 2).sum(axis=1)
+  ess = np.where(sq > 0, total ** 2 / np.where(sq > 0, sq, 1.0), 0.0)
+  out = np.full(num_classes, np.nan)
+  for c in range(num_classes):
+    sel = batch_class == c
+    if sel.any():
+      out[c] = float(ess[sel].mean())
+  return out
+
+
+def batch_ess(key: jax.Array, weights: Any, labels: Any, *, batch_size: int, num_classes: int,
+              num_rounds: int = 20) -> np.ndarray:
+  """Mean effective sample size of uniformly drawn batches under fixed per-sample weights.
+
+  For whole-class weights (KDE scope 'class', the oracle) used inside a uniform
+  batch of ``batch_size`` per class (renormalised within the batch, as the DM
+  loss does): per class, the mean over :func:`batch_plan` batches of
+  ``(sum_b w)^2 / sum_b w^2``. ``batch_size`` means every image counts equally;
+  1 means one image carries all the weight.
+
+  Example:
+    >>> import jax, numpy as np
+    >>> ess = batch_ess(jax.random.key(0), np.ones(8) / 4, np.repeat([0, 1], 4), batch_size=4,
+    ...                 num_classes=2)
+    >>> ess.tolist()
+    [4.0, 4.0]
+  """
+  w = np.asarray(weights, np.float64)
+  labels = np.asarray(labels)
+  _check_labels(labels, num_classes)
+  index, mask = batch_plan(key, labels, batch_size=batch_size, num_classes=num_classes,
+                           num_rounds=num_rounds)
+  if index.shape[0] == 0:
+    return np.full(int(num_classes), np.nan)
+  return _mean_batch_ess(w[index], mask, labels[index[:, 0]], int(num_classes))
+
+
+def group_report(weights: Any, labels: Any, bias: Any, *, num_classes: int) -> list[dict[str, Any]]:
+  """Per class: how the weight splits over the bias groups, and its effective sample size.
+
+  Uses the TRUE bias labels (a diagnostic, never an input of the method).
+
+  Returns:
+    One dict per class: ``class``, ``n``, ``ess`` (``(sum w)^2 / sum w^2`` over
+    the whole class: the number of equally weighted images the weights are
+    worth), ``shares`` (bias value -> that group's share of the class's
+    weight), ``counts`` (bias value -> group size), ``balanced_share`` (1 /
+    number of groups present: every group equal), ``min_share`` / ``max_share``.
+
+  Example:
+    >>> r = group_report([0.25, 0.25, 0.5], [0, 0, 0], [0, 0, 1], num_classes=1)
+    >>> r[0]["shares"], r[0]["balanced_share"], round(r[0]["ess"], 3)
+    ({0: 0.5, 1: 0.5}, 0.5, 2.667)
+  """
+  w = np.asarray(weights, np.float64)
+  labels = np.asarray(labels)
+  bias = np.asarray(bias)
+  _check_labels(labels, num_classes)
+  if not (w.shape == labels.shape == bias.shape):
+    raise ValueError(f"weights, labels and bias must have the same length, got {w.shape}, "
+                     f"{labels.shape}, {bias.shape}")
+  out = []
+  for c in range(int(num_classes)):
+    sel = labels == c
+    wc, bc = w[sel], bias[sel]
+    total = wc.sum()
+    sq = (wc ** 2).sum()
+    values, counts = np.unique(bc, return_counts=True)
+    shares = {int(v): (float(wc[bc == v].sum() / total) if total > 0 else None) for v in values}
+    present = [x for x in shares.values() if x is not None]
+    out.append({"class": c, "n": int(sel.sum()),
+                "ess": float(total ** 2 / sq) if sq > 0 else None,
+                "shares": shares, "counts": {int(v): int(n) for v, n in zip(values, counts)},
+                "balanced_share": (1.0 / len(values)) if len(values) else None,
+                "min_share": min(present) if present else None,
+                "max_share": max(present) if present else None})
+  return out
 
 
 # ---------------------------------------------------------------------------

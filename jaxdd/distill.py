@@ -190,16 +190,114 @@ def batch_weights(real: RealData, rows: jax.Array, mask: jax.Array,
   raise ValueError(f"unknown KDE scope {config.scope!r}; use 'batch' or 'class'")
 
 
+#: How a step draws its real batch: 'uniform' (the reference: ``real_per_class``
+#: rows per class without replacement, weighted by ``kde_config`` inside the loss)
+#: or 'weighted' (importance sampling: rows drawn with replacement in proportion to
+#: the whole-class weights, then a plain mean).
+REAL_SAMPLING = ("uniform", "weighted")
+#: Where the synthetic images start: copies of random real images ('real'),
+#: copies of real images drawn in proportion to their whole-class weights
+#: ('weighted'), or standard normal noise ('noise').
+INITS = ("real", "weighted", "noise")
+
+
+def class_weights(real: RealData, config: KDEConfig) -> jax.Array:
+  """(C, M) weights of every row of each class over the WHOLE class (padding gets 0).
+
+  From ``real.log_density`` (the per-class density of :func:`class_log_density`),
+  normalised with ``config``'s temperature and normalisation, whatever its
+  scope: this is the distribution that ``init='weighted'`` and
+  ``real_sampling='weighted'`` draw from. Each row sums to 1.
+  """
+  if real.log_density is None:
+    raise ValueError("weighted initialisation or sampling needs the whole-class log densities: "
+                     "pass log_density= to real_data (see class_log_density)")
+  valid = jnp.arange(real.index.indices.shape[1])[None, :] < real.index.counts[:, None]
+  log_f = jnp.asarray(real.log_density)[real.index.indices]
+  return jax.vmap(lambda lf, m: kde.weights_from_log_density(
+      lf, temperature=config.temperature, normalize=config.normalize, mask=m))(log_f, valid)
+
+
+def sample_weighted(key: jax.Array, real: RealData, n: int,
+                    config: KDEConfig) -> tuple[jax.Array, jax.Array]:
+  """Draws ``n`` rows per class WITH replacement, row i of class c with probability w_ci.
+
+  ``w`` is :func:`class_weights`. The plain mean of such a batch is an unbiased
+  estimate of the whole-class weighted mean (what uniform sampling plus weights
+  estimates too), with far lower variance when the weights are concentrated on a
+  few rows (the effective sample size of a uniform batch is ``1 / sum w_b^2``).
+
+  Returns:
+    ``(rows, mask)`` like :func:`sample_per_class` (the mask is all True).
+  """
+  w = class_weights(real, config)
+  logits = jnp.where(w > 0, jnp.log(jnp.maximum(w, 1e-38)), -jnp.inf)
+  keys = jax.random.split(key, w.shape[0])
+  cols = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, shape=(n,)))(keys, logits)
+  rows = jnp.take_along_axis(real.index.indices, cols, axis=1)
+  return rows, jnp.ones(rows.shape, bool)
+
+
+def real_batch(key: jax.Array, real: RealData, n: int, config: KDEConfig | None,
+               sampling: str = "uniform") -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The real batch of one matching: ``(rows, mask, weights)``, each (C, n).
+
+  ``sampling='uniform'``: :func:`sample_per_class` and :func:`batch_weights`
+  (the reference's sampling, KDE-weighted when ``config`` is given).
+  ``sampling='weighted'``: :func:`sample_weighted` and uniform weights.
+  """
+  if sampling == "weighted":
+    rows, mask = sample_weighted(key, real, n, config)
+    return rows, mask, batch_weights(real, rows, mask, None)
+  rows, mask = sample_per_class(key, real.index, n)
+  return rows, mask, batch_weights(real, rows, mask, config)
+
+
+def _check_sampling(init: str, sampling: str, config: KDEConfig | None) -> None:
+  if init not in INITS:
+    raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
+  if sampling not in REAL_SAMPLING:
+    raise ValueError(f"real_sampling must be one of {list(REAL_SAMPLING)}, got {sampling!r}")
+  if config is None and (init == "weighted" or sampling == "weighted"):
+    raise ValueError("init='weighted' and real_sampling='weighted' draw real images in "
+                     "proportion to their weights: pass kde_config= (a weighting)")
+
+
 def _check_kde(config: KDEConfig | None) -> None:
   """A KDEConfig validated itself when it was built; only its type is checked here."""
   if config is not None and not isinstance(config, KDEConfig):
     raise ValueError(f"kde_config must be a jaxdd.kde.KDEConfig or None, got {config!r}")
 
 
+def weighted_init_rows(key: jax.Array, real: RealData, ipc: int,
+                       config: KDEConfig) -> np.ndarray:
+  """(C, ipc) distinct rows per class, drawn without replacement in proportion to weight.
+
+  Successive sampling ∝ :func:`class_weights` (Gumbel top-k: the ``ipc`` largest
+  ``log w + Gumbel`` of each class), so an image with twice the weight is about
+  twice as likely to be chosen, and no image is chosen twice. Rows of zero
+  weight are chosen only when a class has fewer than ``ipc`` rows of positive
+  weight. Host-side (runs once, in ``init``).
+  """
+  host = RealData(jnp.zeros((1,)), jax.tree.map(lambda a: jnp.asarray(_host(a)), real.index),
+                  None, None if real.log_density is None else jnp.asarray(_host(real.log_density)))
+  w = np.asarray(class_weights(host, config), np.float64)
+  gumbel = np.asarray(jax.random.gumbel(key, w.shape), np.float64)
+  counts = np.asarray(host.index.counts)
+  valid = np.arange(w.shape[1])[None, :] < counts[:, None]
+  with np.errstate(divide="ignore"):
+    score = np.where(w > 0, np.log(w) + gumbel, -1e30 + gumbel)
+  score = np.where(valid, score, -np.inf)
+  order = np.argsort(-score, axis=1, kind="stable")[:, :ipc]
+  return np.take_along_axis(np.asarray(host.index.indices), order, axis=1)
+
+
 def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransformation,
-                mesh: Mesh | None) -> Callable[..., DistillState]:
-  """The ``init`` of every distiller: the synthetic set (from real images or noise, or a
-  warm start) and the image optimiser's state, placed on ``mesh``."""
+                mesh: Mesh | None, kde_config: KDEConfig | None = None
+                ) -> Callable[..., DistillState]:
+  """The ``init`` of every distiller: the synthetic set (from real images, real images
+  drawn in proportion to their weights, or noise; or a warm start) and the image
+  optimiser's state, placed on ``mesh``."""
 
   def init_fn(key: jax.Array, real: RealData, syn: SynSet | None = None) -> DistillState:
     # Runs once, eagerly, on host copies (replicated data is complete in every
@@ -217,6 +315,8 @@ def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransfo
         index = ClassIndex(_host(real.index.indices), counts)
         rows, _ = sample_per_class(k_init, jax.tree.map(jnp.asarray, index), ipc)
         images = host_images[np.asarray(rows).reshape(-1)]
+      elif init == "weighted":
+        images = host_images[weighted_init_rows(k_init, real, ipc, kde_config).reshape(-1)]
       else:
         images = np.asarray(jax.random.normal(k_init, (num_classes * ipc,) + host_images.shape[1:]))
       syn = SynSet(np.asarray(images, np.float32), labels)
@@ -259,7 +359,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
        real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
        syn_tx: optax.GradientTransformation | None = None,
-       init: Literal["real", "noise"] = "real", kde_config: KDEConfig | None = None,
+       init: Literal["real", "weighted", "noise"] = "real", kde_config: KDEConfig | None = None,
+       real_sampling: Literal["uniform", "weighted"] = "uniform",
        mesh: Mesh | None = None, class_axis: str | None = None, batch_axis: str | None = None,
        real_chunk: int | Literal["auto"] | None = "auto",
        syn_chunk: int | Literal["auto"] | None = "auto", real_dtype: Any = None,
@@ -276,9 +377,17 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     real_per_class: real images sampled per class and step (reference: 256).
     lr, momentum: SGD on the synthetic images (reference: 1.0, 0.5).
     syn_tx: optional optax transformation replacing SGD(lr, momentum).
-    init: 'real' (copy ``ipc`` random real images of each class) or 'noise'
-      (standard normal, i.e. noise in the normalised space).
+    init: 'real' (copy ``ipc`` random real images of each class), 'weighted'
+      (copy ``ipc`` real images of each class drawn without replacement in
+      proportion to their whole-class weights, :func:`weighted_init_rows`;
+      needs ``kde_config`` and ``real.log_density``) or 'noise' (standard
+      normal, i.e. noise in the normalised space).
     kde_config: None for vanilla DM, else the KDE weighting (:class:`KDEConfig`).
+    real_sampling: 'uniform' (the reference's batch, weighted by ``kde_config``
+      inside the loss) or 'weighted' (importance sampling: rows drawn with
+      replacement in proportion to the whole-class weights and matched with a
+      plain mean, :func:`sample_weighted`; the same expected target with a far
+      lower variance; needs ``kde_config`` and ``real.log_density``).
     mesh, class_axis, batch_axis: optional mesh; the sampled real batch
       (C, B, ...) is sharded with ``P(class_axis, batch_axis)`` and XLA
       partitions the step accordingly (results equal the single-device step up
@@ -314,9 +423,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     raise ValueError(f"ipc must be >= 1, got {ipc}")
   if real_per_class < 1:
     raise ValueError(f"real_per_class must be >= 1, got {real_per_class}")
-  if init not in ("real", "noise"):
-    raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
   _check_kde(kde_config)
+  _check_sampling(init, real_sampling, kde_config)
   real_dtype = _floating_dtype(real_dtype, "real_dtype")
   model = ConvNet(num_classes) if model is None else model
   pol = policy.current()
@@ -326,13 +434,12 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   real_spec = P(class_axis, batch_axis)
   syn_spec = P(class_axis)
 
-  init_fn = _state_init(num_classes, ipc, init, tx, mesh)
+  init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config)
 
   def loss_fn(syn_images, key, real: RealData):
     k_model, k_real, k_aug = jax.random.split(key, 3)
-    rows, mask = sample_per_class(k_real, real.index, real_per_class)
-    weights = batch_weights(real, rows, mask, kde_config)
-    real_batch = parallel.constrain(real.images[rows], mesh, real_spec)
+    rows, mask, weights = real_batch(k_real, real, real_per_class, kde_config, real_sampling)
+    real_images = parallel.constrain(real.images[rows], mesh, real_spec)
     syn_batch = parallel.constrain(
         syn_images.reshape((num_classes, ipc) + syn_images.shape[1:]), mesh, syn_spec)
     shape = (1,) + syn_images.shape[1:]
@@ -360,7 +467,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
 
     per_sample = "batch_stats" not in variables and mesh is None
     with loop_safe_convs():
-      loss = matching.dm_loss(k_aug, syn_batch, real_batch, embed_fn=embed, augment=augment,
+      loss = matching.dm_loss(k_aug, syn_batch, real_images, embed_fn=embed, augment=augment,
                               weights=weights, real_chunk=real_chunk if per_sample else None,
                               syn_chunk=syn_chunk if per_sample else None,
                               map_classes=mesh is None, real_embed_fn=embed_real)
@@ -419,8 +526,10 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        strategy: str | None = None, outer_loop: int | None = None,
        inner_loop: int | None = None, real_per_class: int = 256, lr: float = 0.1,
        momentum: float = 0.5, syn_tx: optax.GradientTransformation | None = None,
-       lr_net: float = 0.01, net_batch_size: int = 256, init: Literal["real", "noise"] = "real",
-       kde_config: KDEConfig | None = None, mesh: Mesh | None = None,
+       lr_net: float = 0.01, net_batch_size: int = 256,
+       init: Literal["real", "weighted", "noise"] = "real",
+       kde_config: KDEConfig | None = None,
+       real_sampling: Literal["uniform", "weighted"] = "uniform", mesh: Mesh | None = None,
        class_axis: str | None = None, batch_axis: str | None = None,
        real_chunk: int | Literal["auto"] | None = "auto", jit: bool = True) -> Distiller:
   """Gradient matching (DC / DSA), optionally KDE-reweighted (Cui et al. 2024).
@@ -456,8 +565,9 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     syn_tx: optional optax transformation replacing SGD(lr, momentum).
     lr_net: the network's SGD learning rate in the inner loop (0.01).
     net_batch_size: the inner loop's batch size (256).
-    init: 'real' or 'noise' (see :func:`dm`).
+    init: 'real', 'weighted' or 'noise' (see :func:`dm`).
     kde_config: None for vanilla DC/DSA, else the KDE weighting.
+    real_sampling: 'uniform' or 'weighted' (see :func:`dm`).
     mesh, class_axis, batch_axis: as in :func:`dm`.
     real_chunk: compute the real gradient this many images at a time
       (``"auto"``: the active :mod:`jaxdd.policy`'s ``real_chunk``, 32 on CPU
@@ -478,13 +588,12 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     raise ValueError(f"ipc must be an int >= 1, got {ipc!r}")
   if real_per_class < 1:
     raise ValueError(f"real_per_class must be >= 1, got {real_per_class}")
-  if init not in ("real", "noise"):
-    raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
   if not lr_net > 0:
     raise ValueError(f"lr_net must be > 0, got {lr_net}")
   if isinstance(net_batch_size, bool) or not isinstance(net_batch_size, int) or net_batch_size < 1:
     raise ValueError(f"net_batch_size must be a positive int, got {net_batch_size!r}")
   _check_kde(kde_config)
+  _check_sampling(init, real_sampling, kde_config)
   outer, inner = gm_loops(ipc, outer_loop, inner_loop)
   model = ConvNet(num_classes) if model is None else model
   pol = policy.current()
@@ -495,7 +604,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
                             augment=strategy or None)
   task = train_lib.standard_task(model)
   tx = optax.sgd(lr, momentum=momentum) if syn_tx is None else syn_tx
-  init_fn = _state_init(num_classes, ipc, init, tx, mesh)
+  init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config)
   real_spec = P(class_axis, batch_axis)
   syn_spec = P(class_axis)
   syn_labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ipc)
@@ -506,9 +615,8 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       bn_rows, _ = sample_per_class(k_bn, real.index, BN_REAL_PER_CLASS)
       _, net_state = train_lib.apply_train(model, params, net_state,
                                            real.images[bn_rows.reshape(-1)], k_bn)
-    rows, mask = sample_per_class(k_real, real.index, real_per_class)
-    weights = batch_weights(real, rows, mask, kde_config)
-    real_batch = parallel.constrain(real.images[rows], mesh, real_spec)
+    rows, mask, weights = real_batch(k_real, real, real_per_class, kde_config, real_sampling)
+    real_images = parallel.constrain(real.images[rows], mesh, real_spec)
 
     # Chunking the real gradient needs per-sample networks (no batch statistics).
     per_sample = not jax.tree.leaves(net_state) and mesh is None
@@ -522,7 +630,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       # keeps the loop-safe kernels (RESULTS.md §4, session 10).
       real_logits_fn = (winograd.traced_inside(logits_fn)
                         if pol.train_conv == "winograd" and mesh is None else None)
-      return matching.gm_loss(k_aug, syn_batch, real_batch, params=params, logits_fn=logits_fn,
+      return matching.gm_loss(k_aug, syn_batch, real_images, params=params, logits_fn=logits_fn,
                               augment=aug, weights=weights,
                               real_chunk=real_chunk if per_sample else None,
                               map_classes=mesh is None, real_logits_fn=real_logits_fn)
@@ -569,7 +677,8 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   return Distiller(init_fn, jax.jit(step_fn, donate_argnums=0))
 
 
-def dsa(*, strategy: str = "color_crop_cutout_flip_scale_rotate", init: Literal["real", "noise"] = "real",
+def dsa(*, strategy: str = "color_crop_cutout_flip_scale_rotate",
+        init: Literal["real", "weighted", "noise"] = "real",
         **kwargs) -> Distiller:
   """DSA (Zhao & Bilen 2021): gradient matching with siamese augmentation.
 
@@ -591,7 +700,7 @@ def dsa(*, strategy: str = "color_crop_cutout_flip_scale_rotate", init: Literal[
   return gm(strategy=strategy, init=init, **kwargs)
 
 
-def dc(*, init: Literal["real", "noise"] = "noise", **kwargs) -> Distiller:
+def dc(*, init: Literal["real", "weighted", "noise"] = "noise", **kwargs) -> Distiller:
   """DC (Zhao et al. 2021): gradient matching without augmentation.
 
   :func:`gm` with ``strategy=None`` and, as the reference's default, noise

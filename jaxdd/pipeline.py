@@ -34,6 +34,7 @@ import numpy as np
 from jaxdd import augment as augment_lib
 from jaxdd import config as config_lib
 from jaxdd import baselines, data, debias, diagnostics, distill, evaluate, models, surrogate, synset
+from jaxdd import kde as kde_lib
 from jaxdd import plots as plots_lib
 from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
@@ -193,8 +194,45 @@ def _write_metrics(path: str, rows: list[dict]) -> None:
 
 
 def method_name(config: RunConfig) -> str:
-  """``dm``, ``dsa`` or ``dc``, with ``+kde`` for the reweighted variant."""
-  return config.method + ("+kde" if config.weighting == "kde" else "")
+  """``dm``, ``dsa`` or ``dc``, with ``+kde`` (or ``+oracle``) for the reweighted variant."""
+  return config.method + ("" if config.weighting == "none" else f"+{config.weighting}")
+
+
+def oracle_log_density(labels, bias, *, num_classes: int) -> np.ndarray:
+  """log of each sample's (class, bias) group share of its class: the oracle's "density".
+
+  With power normalisation at T = 1 the weights are ``1 / group size``,
+  normalised: every bias group present in a class gets the same total weight
+  (group-balanced reweighting, which needs the TRUE bias labels).
+  """
+  labels = np.asarray(labels)
+  bias = np.asarray(bias)
+  out = np.zeros(labels.shape, np.float64)
+  for c in range(num_classes):
+    sel = labels == c
+    if not sel.any():
+      continue
+    values, inverse, counts = np.unique(bias[sel], return_inverse=True, return_counts=True)
+    out[sel] = np.log(counts[inverse] / sel.sum())
+  return out.astype(np.float32)
+
+
+def run_log_density(config: RunConfig, run_data: RunData,
+                    embeddings: np.ndarray | None) -> np.ndarray | None:
+  """The whole-class log densities a run needs, or None.
+
+  KDE runs need them for scope 'class' and for weighted initialisation or
+  sampling (which draw in proportion to whole-class weights); oracle runs
+  always (the group shares of :func:`oracle_log_density`).
+  """
+  train, nc = run_data.train, run_data.num_classes
+  if config.weighting == "oracle":
+    return oracle_log_density(train.labels, train.bias, num_classes=nc)
+  if config.weighting == "kde" and (config.kde_scope == "class" or config.init == "weighted"
+                                    or config.real_sampling == "weighted"):
+    return np.asarray(distill.class_log_density(embeddings, train.labels, num_classes=nc,
+                                                variance=config.kde_variance))
+  return None
 
 
 def make_distiller(config: RunConfig, num_classes: int,
@@ -207,7 +245,7 @@ def make_distiller(config: RunConfig, num_classes: int,
   common = dict(num_classes=num_classes, ipc=config.ipc,
                 model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
                 real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
-                init=config.init, kde_config=kde_config)
+                init=config.init, kde_config=kde_config, real_sampling=config.real_sampling)
   if config.method == "dm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.dm(augment=aug, real_dtype=real_dtype, **common)
@@ -262,30 +300,35 @@ class MetricsLog:
       self._tb = None
 
 
+def track_every(config: RunConfig) -> int:
+  """Steps between two bias scores of the synthetic set: 10 % of the iterations."""
+  return max(1, config.iterations // 10)
+
+
 def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                 embeddings: np.ndarray | None, key: jax.Array, *, progress: bool = True,
-                stop_after: int | None = None, real_dtype: str | None = None) -> SynSet:
+                stop_after: int | None = None, real_dtype: str | None = None,
+                classifier: diagnostics.BiasClassifier | None = None) -> SynSet:
   """The distillation loop with checkpoints every ``checkpoint_every`` steps and resume.
 
   ``stop_after`` (for tests of resumption) stops early after that many steps,
   as a kill would, leaving the checkpoints behind. ``real_dtype`` is DM's
   (:func:`make_distiller`; ``experiments/bf16_accuracy.py`` compares it).
+  With a bias ``classifier``, the synthetic set's bias score (the fraction of
+  its images in their class's aligned bias, :func:`jaxdd.diagnostics.bias_score`)
+  is logged to ``metrics.jsonl`` at step 0 and every :func:`track_every` steps.
   """
   import orbax.checkpoint as ocp
 
   from jaxdd import progress as progress_lib
 
   nc = run_data.num_classes
-  kde_config = None
-  log_density = None
-  if config.weighting == "kde":
-    kde_config = config.kde
-    if config.kde_scope == "class":
-      log_density = distill.class_log_density(embeddings, run_data.train.labels, num_classes=nc,
-                                              variance=config.kde_variance)
+  kde_config = config.kde
+  log_density = run_log_density(config, run_data, embeddings)
   real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
                            num_classes=nc,
-                           embeddings=embeddings if config.kde_scope == "batch" else None,
+                           embeddings=(embeddings if config.weighting == "kde"
+                                       and config.kde_scope == "batch" else None),
                            log_density=log_density)
   d = make_distiller(config, nc, kde_config, real_dtype=real_dtype)
   state = d.init(key, real)
@@ -297,6 +340,16 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
     state = _restore_state(tree, state)
     start = int(state.step)
   log = MetricsLog(workdir, start)
+  every = track_every(config)
+
+  def track(step):
+    if classifier is not None and (step % every == 0 or step == config.iterations):
+      score = diagnostics.bias_score(classifier, np.asarray(state.syn.images),
+                                     np.asarray(state.syn.labels))
+      log.append({"step": step, "bias_aligned_fraction": score["aligned_fraction"]})
+
+  if start == 0:
+    track(0)
   end = config.iterations if stop_after is None else min(config.iterations, start + stop_after)
   bar = progress_lib.bar(config.iterations, f"{method_name(config).upper()} ipc={config.ipc}",
                          unit="step", initial=start, disable=not progress)
@@ -317,6 +370,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                     "max_weight": float(m["max_weight"]), "time_s": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{loss:.4f}")
       bar.update(1)
+      track(step)
       if step % config.checkpoint_every == 0 or step == config.iterations:
         mngr.save(step, args=ocp.args.StandardSave(_state_tree(state)))
         mngr.wait_until_finished()
@@ -336,6 +390,56 @@ plot_accuracy_bars = plots_lib.plot_accuracy_bars
 
 
 # ---------------------------------------------------------------------------- runs
+
+
+def weight_diagnostics(config: RunConfig, run_data: RunData, embeddings: np.ndarray | None,
+                       key: jax.Array, *, workdir: str | None = None) -> dict:
+  """What ``weights.json`` holds: how a run's real-image weights fall on the bias groups.
+
+  The per-sample weights are the ones the run actually uses: in-batch KDE
+  weights averaged over sampled batches (scope 'batch' with uniform sampling,
+  the paper's), else the whole-class weights (scope 'class', weighted
+  initialisation or sampling, the oracle); uniform weights for a vanilla run.
+  ``weight_report`` (aligned vs conflicting), ``groups`` (per class: the share
+  of each bias group against the balanced share, and the whole-class effective
+  sample size) and ``batch_ess`` (per class, the effective sample size of one
+  sampled real batch of ``real_per_class``) use the TRUE bias labels: they are
+  diagnostics, never inputs. Writes ``plots/weights.png`` when ``workdir`` is given.
+  """
+  train, nc = run_data.train, run_data.num_classes
+  n_per = config.real_per_class
+  log_density = run_log_density(config, run_data, embeddings)
+  if config.weighting == "kde" and log_density is None:  # scope 'batch', uniform sampling
+    w, ess = diagnostics.batch_scope_weights(
+        key, embeddings, train.labels, batch_size=n_per, variance=config.kde_variance,
+        temperature=config.kde_temperature, normalize=config.kde_normalize, num_classes=nc,
+        return_ess=True)
+  else:
+    if log_density is None:  # vanilla: every image of a class weighs the same
+      w = (1.0 / np.bincount(train.labels, minlength=nc)[train.labels]).astype(np.float32)
+    else:
+      kcfg = config.kde
+      w = np.zeros(len(train.labels), np.float32)
+      for c in range(nc):
+        sel = np.asarray(train.labels) == c
+        w[sel] = np.asarray(kde_lib.weights_from_log_density(
+            jnp.asarray(log_density[sel]), temperature=kcfg.temperature,
+            normalize=kcfg.normalize))
+    if config.real_sampling == "weighted":  # i.i.d. draws with a plain mean
+      ess = np.full(nc, float(n_per))
+    else:
+      ess = diagnostics.batch_ess(key, w, train.labels, batch_size=n_per, num_classes=nc)
+  report = diagnostics.weight_report(w, train.labels, train.aligned, num_classes=nc)
+  report["groups"] = diagnostics.group_report(w, train.labels, train.bias, num_classes=nc)
+  report["batch_ess"] = [None if not np.isfinite(e) else float(e) for e in ess]
+  report["weighting"] = {"weighting": config.weighting, "scope": config.kde_scope,
+                         "init": config.init, "real_sampling": config.real_sampling,
+                         "real_per_class": n_per}
+  if workdir is not None and config.weighting != "none":
+    diagnostics.plot_weight_histogram(
+        w, train.aligned, os.path.join(workdir, "plots", "weights.png"),
+        title=f"{config.weighting} weights, {config.dataset} {config.conflict_ratio}")
+  return report
 
 
 def _check_distill_workdir(config: RunConfig, workdir: str) -> None:
@@ -380,18 +484,16 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
   embeddings = None
   if config.weighting == "kde":
     embeddings = surrogate_embeddings(config, run_data, k_sur, progress=progress)
-    w = diagnostics.batch_scope_weights(
-        k_diag, embeddings, run_data.train.labels, batch_size=config.real_per_class,
-        variance=config.kde_variance, temperature=config.kde_temperature,
-        normalize=config.kde_normalize, num_classes=run_data.num_classes)
-    report = diagnostics.weight_report(w, run_data.train.labels, run_data.train.aligned,
-                                       num_classes=run_data.num_classes)
-    synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)
-    diagnostics.plot_weight_histogram(w, run_data.train.aligned,
-                                      os.path.join(workdir, "plots", "weights.png"),
-                                      title=f"KDE weights, {config.dataset} {config.conflict_ratio}")
+  report = weight_diagnostics(config, run_data, embeddings, k_diag, workdir=workdir)
+  synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)
+  classifier = bias_classifier(config, run_data)
   syn = distill_run(config, workdir, run_data, embeddings, k_init, progress=progress,
-                    stop_after=stop_after)
+                    stop_after=stop_after, classifier=classifier)
+  report["bias_trajectory"] = [
+      {"step": r["step"], "bias_aligned_fraction": r["bias_aligned_fraction"]}
+      for r in _read_metrics(os.path.join(workdir, "metrics.jsonl"), config.iterations)
+      if "bias_aligned_fraction" in r]
+  synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)
   if stop_after is not None and not os.path.exists(os.path.join(workdir, "checkpoints",
                                                                 str(config.iterations))):
     return None

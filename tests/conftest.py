@@ -1,11 +1,20 @@
 """Test configuration: 8 simulated CPU devices, no network, small caches.
 
 XLA_FLAGS must be set before jax is imported anywhere, which is why this sits at
-the top of conftest (XLA reads it once, when the CPU backend starts).
+the top of conftest (XLA reads it once, when the CPU backend starts). Flags the
+caller already set (e.g. ``--xla_cpu_max_isa=AVX2``, which CI uses to run the
+numeric tests on a second instruction set) are kept; the device count is added.
+
+``JAXDD_TOLERANCE_AUDIT=<file>`` records, for every ``np.testing.assert_allclose``
+call, how much of its tolerance the comparison used (``max |got - want| / (atol +
+rtol |want|)``, so 1.0 fails) as ``path:line ratio`` lines: the comparisons near 1
+are the ones another CPU's float rounding could break.
 """
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Never let TFDS reach the network in tests.
 os.environ.setdefault("TFDS_DISABLE_DOWNLOAD", "1")
@@ -14,6 +23,35 @@ os.environ.setdefault("JAXDD_COMPILE_CACHE", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+
+def _audit_tolerances(path: str) -> None:
+  import inspect
+
+  import numpy as np
+  original = np.testing.assert_allclose
+
+  def audited(actual, desired, rtol=1e-7, atol=0, *args, **kwargs):
+    try:
+      a = np.asarray(actual, np.float64)
+      d = np.asarray(desired, np.float64)
+      a, d = np.broadcast_arrays(a, d)
+      finite = np.isfinite(a) & np.isfinite(d)
+      used = np.abs(a - d)[finite] / (atol + rtol * np.abs(d)[finite] + 1e-300)
+      ratio = float(used.max()) if used.size else 0.0
+      frame = inspect.stack()[1]
+      where = f"{os.path.relpath(frame.filename)}:{frame.lineno}"
+      with open(path, "a") as f:
+        f.write(f"{where} {ratio:.4g} rtol={rtol:g} atol={atol:g}\n")
+    except Exception:  # noqa: BLE001  (the audit never changes a test's outcome)
+      pass
+    return original(actual, desired, rtol, atol, *args, **kwargs)
+
+  np.testing.assert_allclose = audited
+
+
+if os.environ.get("JAXDD_TOLERANCE_AUDIT"):
+  _audit_tolerances(os.environ["JAXDD_TOLERANCE_AUDIT"])
 
 
 @pytest.fixture(autouse=True)

@@ -178,6 +178,7 @@ def test_cli_log_lines_are_printed_once_even_with_a_root_handler():
   assert err.count("hello-line") == 1, err
 
 
+@pytest.mark.slow
 def test_diagnose_runs_as_a_subcommand_and_writes_its_report(tmp_path):
   work = tmp_path / "diag"
   assert cli.main(["diagnose", "--preset", "smoke", "--epochs", "1", "--no-sweep", "--num-rounds",

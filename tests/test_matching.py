@@ -90,8 +90,9 @@ def test_chunked_embeddings_equal_one_call_values_and_gradients():
   for chunks in [dict(real_chunk=c) for c in (1, 4, 6, 7, 100)] + [
       dict(syn_chunk=c) for c in (1, 3, 5, 100)] + [dict(real_chunk=4, syn_chunk=5)]:
     got, g = jax.value_and_grad(lambda s: loss(s, **chunks))(syn)
+    # Chunks change the summation order: errors scale with the largest gradient entry.
     np.testing.assert_allclose(got, full, rtol=1e-5)
-    np.testing.assert_allclose(g, g_full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g, g_full, rtol=1e-5, atol=1e-5 * float(np.abs(g_full).max()))
 
 
 def test_per_class_map_equals_vmap_of_the_augmentation():
@@ -110,7 +111,7 @@ def test_per_class_map_equals_vmap_of_the_augmentation():
     a, ga = jax.value_and_grad(loss)(syn, True)
     b, gb = jax.value_and_grad(loss)(syn, False)
     np.testing.assert_allclose(a, b, rtol=1e-5)
-    np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-5 * float(np.abs(gb).max()))
 
 
 def test_real_embed_fn_embeds_only_the_real_images():
@@ -120,7 +121,8 @@ def test_real_embed_fn_embeds_only_the_real_images():
   w = jnp.full((2, 3), 1 / 3)
   real_mean, syn_mean = matching.mean_embeddings(flat, real, syn, w,
                                                  real_embed_fn=lambda x: 2 * flat(x))
-  np.testing.assert_allclose(real_mean, 2 * np.asarray(real).reshape(2, 3, 4).mean(1))
+  # A weighted mean with the inexact weight 1/3: a few float32 ulps.
+  np.testing.assert_allclose(real_mean, 2 * np.asarray(real).reshape(2, 3, 4).mean(1), rtol=1e-6)
   np.testing.assert_allclose(syn_mean, np.ones((2, 4)))
   # the loss uses it too: ||2 * mean(real) - 1||^2 summed over classes
   expect = ((2 * np.asarray(real).reshape(2, 3, 4).mean(1) - 1) ** 2).sum()

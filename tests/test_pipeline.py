@@ -14,6 +14,7 @@ def _cfg(**kw):
   return pipeline.get_config("smoke", **base)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   cfg = _cfg()
   full = pipeline.run(cfg, str(tmp_path / "full"), progress=False)
@@ -38,6 +39,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   assert os.path.getsize(tmp_path / "full" / "plots" / "synset.png") > 1000
 
 
+@pytest.mark.slow
 def test_a_different_config_refuses_the_workdir(tmp_path):
   pipeline.run(_cfg(iterations=2), str(tmp_path / "r"), progress=False, stop_after=1)
   with pytest.raises(ValueError, match="different config"):
@@ -54,6 +56,7 @@ def test_bad_config_is_rejected_before_any_work(tmp_path):
   assert not os.path.exists(tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_cli_kde_run_evaluate_and_report(tmp_path, capsys):
   work = str(tmp_path / "kde")
   rc = cli.main(["distill", "--preset", "smoke", "--workdir", work, "--weighting", "kde",
@@ -72,6 +75,7 @@ def test_cli_kde_run_evaluate_and_report(tmp_path, capsys):
   assert "no SynSet artifact" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_baselines_under_the_same_protocol(tmp_path):
   cfg = _cfg(iterations=1)
   pipeline.run(cfg, str(tmp_path / "dm"), progress=False)
@@ -89,6 +93,7 @@ def test_baselines_under_the_same_protocol(tmp_path):
     pipeline.run_baselines(cfg, str(tmp_path / "c"), which=("dfa",))
 
 
+@pytest.mark.slow
 def test_gradient_matching_run_resumes_and_is_recorded(tmp_path):
   cfg = _cfg(method="dsa")
   assert (cfg.method, cfg.lr_img, cfg.outer_loop, cfg.inner_loop) == ("dsa", 0.1, 2, 2)
@@ -105,6 +110,7 @@ def test_gradient_matching_run_resumes_and_is_recorded(tmp_path):
   assert saved["method"] == "dsa" and saved["lr_net"] == 0.01
 
 
+@pytest.mark.slow
 def test_method_flag_and_its_errors(tmp_path, capsys):
   assert pipeline.get_config("paper", method="dsa").iterations == 1000
   assert pipeline.get_config("paper", method="dc").init == "noise"
@@ -124,6 +130,7 @@ def test_method_flag_and_its_errors(tmp_path, capsys):
   assert json.load(open(os.path.join(work, "eval.json")))["method"] == "dc+kde"
 
 
+@pytest.mark.slow
 def test_reproduce_writes_the_comparison_with_bias_scores(tmp_path):
   cfg = _cfg(iterations=2)
   work = str(tmp_path / "rep")

@@ -108,6 +108,7 @@ def test_knob_grid_holds_the_incumbents_and_the_literal_reading():
 # ---------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_tune_never_reads_the_test_split_and_final_reuses_its_synsets(tmp_path, monkeypatch):
   base = pipeline.get_config("smoke", iterations=2)
   root = str(tmp_path / "study")

