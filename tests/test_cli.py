@@ -46,7 +46,8 @@ def test_help_shows_the_selected_presets_defaults_and_choices(capsys):
     assert f"--eval-protocol {{dm,dsa,dc,cpu,cpu300,smoke}} default ({preset} preset): " \
            f"{cfg.eval_protocol}" in out
     assert "paper default" not in out
-  for flag, choices in (("--weighting", "{none,kde}"), ("--kde-normalize", "{softmax,power}"),
+  for flag, choices in (("--weighting", "{none,kde,oracle}"),
+                        ("--kde-normalize", "{softmax,power}"),
                         ("--kde-scope", "{batch,class}")):
     with pytest.raises(SystemExit):
       cli.main(["distill", "--help"])
