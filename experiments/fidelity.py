@@ -5,7 +5,8 @@ run directory holds the SynSet, ``weights.json`` with the weight diagnostics and
 score over the course of distillation, and ``metrics.jsonl``), then train the preset's
 evaluation networks on the SynSet and score them on the **validation** split (what any
 choice between arms may use) and on the **test** split (reported once, never used to
-choose). Arms that need the true bias labels are marked as such.
+choose), with one set of evaluation networks. Arms that need the true bias labels are marked as
+such.
 
   python experiments/fidelity.py --preset proxy --ipc 50 --seeds 0,1,2 \\
       --workdir runs/fidelity-ipc50 [--arms vanilla,kde,...] [--dataset cmnist]
@@ -47,6 +48,7 @@ ARMS: dict[str, tuple[dict, str, bool]] = {
     "oracle": (dict(weighting="oracle"), "oracle group-balanced weights", True),
     "oracle_init_is": (dict(weighting="oracle", init="weighted", real_sampling="weighted"),
                        "oracle weights, init ∝ weight + importance-sampled batches", True),
+    "fairdd": (dict(weighting="fairdd"), "FairDD synchronized matching", True),
     "unbiased": (dict(weighting="none", conflict_ratio=0.9),
                  "vanilla DM on unbiased data (10 % aligned): DM's ceiling", False),
 }
@@ -67,14 +69,15 @@ def run_arm(config: pipeline.RunConfig, workdir: str, progress: bool) -> dict:
   model = models.get(config.eval_model, num_classes=run_data.num_classes)
   syn = SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels))
   out = {"config": config.to_dict(), "distill_s": t_distill}
-  for split in ("valid", "test"):
-    t1 = time.perf_counter()
-    ds = run_data.valid if split == "valid" else run_data.test
-    res = evaluate.evaluate(k_eval, syn, run_data.batch(ds), model=model,
-                            protocol=config.eval_protocol, num_models=config.num_eval_models,
-                            progress=progress)
-    out[split] = {m: res.mean(m) for m in METRICS}
-    out[f"eval_{split}_s"] = time.perf_counter() - t1
+  t1 = time.perf_counter()
+  # One set of networks, scored on validation (conflicting accuracy, for choices) and on test.
+  res = evaluate.evaluate(k_eval, syn, run_data.batch(run_data.test), model=model,
+                          protocol=config.eval_protocol, num_models=config.num_eval_models,
+                          valid=run_data.batch(run_data.valid), select_on="conflicting",
+                          progress=progress)
+  out["valid"] = {"conflicting": float(np.mean(res.valid_scores))}
+  out["test"] = {m: res.mean(m) for m in METRICS}
+  out["eval_s"] = time.perf_counter() - t1
   with open(os.path.join(workdir, "weights.json")) as f:
     w = json.load(f)
   traj = w.get("bias_trajectory", [])
@@ -100,7 +103,8 @@ def table(rows: dict[str, list[dict]]) -> str:
             f"{study.format_pm([r['bias_end'] for r in results])}")
     share = (f"{np.mean([r['min_share'] for r in results]):.3f} / "
              f"{np.mean([r['max_share'] for r in results]):.3f}")
-    secs = np.median([r["distill_s"] + r["eval_valid_s"] + r["eval_test_s"] for r in results])
+    secs = np.median([r["distill_s"] + r.get("eval_s", r.get("eval_valid_s", 0) +
+                                                   r.get("eval_test_s", 0)) for r in results])
     lines.append(f"| {label} | {'yes' if ARMS[arm][2] else 'no'} | {pm('valid', 'conflicting')} | "
                  f"{pm('test', 'overall')} | {pm('test', 'aligned')} | "
                  f"{pm('test', 'conflicting')} | {pm('test', 'worst_group')} | {bias} | "
@@ -121,6 +125,8 @@ def main(argv=None) -> int:
   p.add_argument("--arms", default=",".join(ARMS))
   p.add_argument("--workdir", required=True)
   p.add_argument("--quiet", action="store_true")
+  p.add_argument("--table-only", action="store_true",
+                 help="only tabulate the finished arm/seed runs in --workdir (runs nothing)")
   args = p.parse_args(argv)
   arms = [a for a in args.arms.split(",") if a]
   unknown = [a for a in arms if a not in ARMS]
@@ -135,6 +141,9 @@ def main(argv=None) -> int:
   configs = {(a, s): base.replace(seed=s, **ARMS[a][0]) for s in seeds for a in arms}
   rows: dict[str, list[dict]] = {a: [] for a in arms}
   for (arm, seed), cfg in configs.items():
+    done = os.path.exists(os.path.join(args.workdir, arm, f"s{seed}", "result.json"))
+    if args.table_only and not done:
+      continue
     print(f"[fidelity] {arm} seed {seed}", flush=True)
     rows[arm].append(
         run_arm(cfg, os.path.join(args.workdir, arm, f"s{seed}"), progress=not args.quiet))

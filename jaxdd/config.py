@@ -47,8 +47,9 @@ class RunConfig:
   seed: int = 0
   ipc: int = 50
   method: str = "dm"  # 'dm' (distribution matching), 'dsa' or 'dc' (gradient matching)
-  # 'none' (vanilla method), 'kde' (Cui et al. reweighting) or 'oracle' (group-balanced
-  # weights from the TRUE bias labels: a reference row, a ceiling for any reweighting).
+  # 'none' (vanilla method), 'kde' (Cui et al. reweighting), or reference rows that use the
+  # TRUE bias labels: 'oracle' (group-balanced weights, a ceiling for any reweighting) and
+  # 'fairdd' (FairDD's synchronized matching, DM only).
   weighting: str = "kde"
   # Kept by the validation-only selection (jaxdd tune; RESULTS.md §1).
   kde_variance: float = 0.01
@@ -146,7 +147,7 @@ EVAL_FIELDS = ("eval_protocol", "eval_model", "num_eval_models")
 #: RunConfig field -> its allowed values (the CLI's ``choices``; checked by :func:`validate`).
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": ("dm", "dsa", "dc"),
-    "weighting": ("none", "kde", "oracle"),
+    "weighting": ("none", "kde", "oracle", "fairdd"),
     "kde_normalize": ("softmax", "power"),
     "kde_scope": ("batch", "class"),
     "init": distill.INITS,
@@ -192,9 +193,13 @@ def validate(config: RunConfig) -> None:
   if config.iterations < 0:
     raise ValueError(f"iterations must be >= 0 (0: the initial images, not distilled), got "
                      f"{config.iterations}")
-  if config.weighting == "none" and "weighted" in (config.init, config.real_sampling):
+  if config.weighting in ("none", "fairdd") and "weighted" in (config.init,
+                                                                config.real_sampling):
     raise ValueError("init='weighted' and real_sampling='weighted' draw real images in proportion "
                      "to their weights; use them with --weighting kde or oracle")
+  if config.weighting == "fairdd" and config.method != "dm":
+    raise ValueError("--weighting fairdd (FairDD's synchronized matching) is implemented for "
+                     "distribution matching only; use --method dm")
   if config.ipc < 1:
     raise ValueError(f"ipc must be >= 1, got {config.ipc}")
   if config.checkpoint_every < 1 or config.log_every < 1:

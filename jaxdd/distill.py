@@ -65,6 +65,7 @@ class RealData(NamedTuple):
   index: ClassIndex
   embeddings: jax.Array | None = None
   log_density: jax.Array | None = None
+  groups: jax.Array | None = None  # (N,) bias labels, for FairDD's group matching only
 
 
 #: The KDE weighting's settings; owned and validated by :mod:`jaxdd.kde`.
@@ -110,7 +111,7 @@ def class_index(labels: np.ndarray, num_classes: int) -> ClassIndex:
 
 
 def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=None,
-              mesh: Mesh | None = None) -> RealData:
+              groups=None, mesh: Mesh | None = None) -> RealData:
   """Puts a labelled image set (and optional surrogate outputs) on device.
 
   Args:
@@ -119,6 +120,9 @@ def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=
     num_classes: number of classes.
     embeddings: optional (N, d) surrogate embeddings (KDE scope 'batch').
     log_density: optional (N,) per-class log densities (KDE scope 'class').
+    groups: optional (N,) integer bias labels, used only by FairDD's group
+      matching (``dm(group_matching=<number of bias values>)``), which needs the
+      true bias labels.
     mesh: optional mesh; the arrays are replicated over it.
 
   Returns:
@@ -130,16 +134,21 @@ def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=
   labels = np.asarray(labels)
   if len(labels) != len(images):
     raise ValueError(f"{len(images)} images but {len(labels)} labels")
-  for name, arr in (("embeddings", embeddings), ("log_density", log_density)):
+  for name, arr in (("embeddings", embeddings), ("log_density", log_density),
+                    ("groups", groups)):
     if arr is not None:
       arr = np.asarray(arr)
       if len(arr) != len(images):
         raise ValueError(f"{name} has {len(arr)} rows for {len(images)} images")
       if not np.isfinite(arr).all():
         raise ValueError(f"{name} contain NaN or Inf; recompute them (check the surrogate)")
+  if groups is not None and (np.asarray(groups).min() < 0
+                             or not np.issubdtype(np.asarray(groups).dtype, np.integer)):
+    raise ValueError("groups must be non-negative integer bias labels")
   data = RealData(images, class_index(labels, num_classes),
                   None if embeddings is None else np.asarray(embeddings, np.float32),
-                  None if log_density is None else np.asarray(log_density, np.float32))
+                  None if log_density is None else np.asarray(log_density, np.float32),
+                  None if groups is None else np.asarray(groups, np.int32))
   return parallel.put(data, mesh)
 
 
@@ -361,6 +370,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        syn_tx: optax.GradientTransformation | None = None,
        init: Literal["real", "weighted", "noise"] = "real", kde_config: KDEConfig | None = None,
        real_sampling: Literal["uniform", "weighted"] = "uniform",
+       group_matching: int | None = None,
        mesh: Mesh | None = None, class_axis: str | None = None, batch_axis: str | None = None,
        real_chunk: int | Literal["auto"] | None = "auto",
        syn_chunk: int | Literal["auto"] | None = "auto", real_dtype: Any = None,
@@ -388,6 +398,12 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       replacement in proportion to the whole-class weights and matched with a
       plain mean, :func:`sample_weighted`; the same expected target with a far
       lower variance; needs ``kde_config`` and ``real.log_density``).
+    group_matching: None, or the number of bias values: FairDD's synchronized
+      matching (Zhou et al. 2025), the synthetic mean of a class matched to the
+      mean of every bias group in the class's real batch
+      (:func:`jaxdd.matching.group_balanced_weights`). Uses the TRUE bias labels
+      (``real.groups``); a reference method, not a reweighting; excludes
+      ``kde_config``.
     mesh, class_axis, batch_axis: optional mesh; the sampled real batch
       (C, B, ...) is sharded with ``P(class_axis, batch_axis)`` and XLA
       partitions the step accordingly (results equal the single-device step up
@@ -425,6 +441,13 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     raise ValueError(f"real_per_class must be >= 1, got {real_per_class}")
   _check_kde(kde_config)
   _check_sampling(init, real_sampling, kde_config)
+  if group_matching is not None:
+    if isinstance(group_matching, bool) or not isinstance(group_matching, int) \
+        or group_matching < 1:
+      raise ValueError(f"group_matching must be None or the number of bias values (an int >= 1), "
+                       f"got {group_matching!r}")
+    if kde_config is not None:
+      raise ValueError("group_matching (FairDD) replaces the weighting: pass kde_config=None")
   real_dtype = _floating_dtype(real_dtype, "real_dtype")
   model = ConvNet(num_classes) if model is None else model
   pol = policy.current()
@@ -439,6 +462,12 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   def loss_fn(syn_images, key, real: RealData):
     k_model, k_real, k_aug = jax.random.split(key, 3)
     rows, mask, weights = real_batch(k_real, real, real_per_class, kde_config, real_sampling)
+    class_scale = None
+    if group_matching is not None:
+      if real.groups is None:
+        raise ValueError("group_matching needs the bias labels: pass groups= to real_data")
+      weights, class_scale = matching.group_balanced_weights(real.groups[rows], mask,
+                                                             group_matching)
     real_images = parallel.constrain(real.images[rows], mesh, real_spec)
     syn_batch = parallel.constrain(
         syn_images.reshape((num_classes, ipc) + syn_images.shape[1:]), mesh, syn_spec)
@@ -470,7 +499,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       loss = matching.dm_loss(k_aug, syn_batch, real_images, embed_fn=embed, augment=augment,
                               weights=weights, real_chunk=real_chunk if per_sample else None,
                               syn_chunk=syn_chunk if per_sample else None,
-                              map_classes=mesh is None, real_embed_fn=embed_real)
+                              map_classes=mesh is None, real_embed_fn=embed_real,
+                              class_scale=class_scale)
     return loss, weights
 
   def step_fn(state: DistillState, real: RealData):

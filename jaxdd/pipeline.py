@@ -33,7 +33,8 @@ import numpy as np
 
 from jaxdd import augment as augment_lib
 from jaxdd import config as config_lib
-from jaxdd import baselines, data, debias, diagnostics, distill, evaluate, models, surrogate, synset
+from jaxdd import (baselines, data, debias, diagnostics, distill, evaluate, matching, models,
+                   surrogate, synset)
 from jaxdd import kde as kde_lib
 from jaxdd import plots as plots_lib
 from jaxdd import policy as policy_lib
@@ -235,12 +236,20 @@ def run_log_density(config: RunConfig, run_data: RunData,
   return None
 
 
+def num_bias_values(ds) -> int:
+  """Number of bias values of a dataset split (FairDD's groups)."""
+  return int(np.asarray(ds.bias).max()) + 1
+
+
 def make_distiller(config: RunConfig, num_classes: int,
                    kde_config: distill.KDEConfig | None, *,
-                   real_dtype: str | None = None) -> distill.Distiller:
+                   real_dtype: str | None = None, num_bias: int | None = None
+                   ) -> distill.Distiller:
   """The :class:`~jaxdd.distill.Distiller` of ``config.method`` with the run's settings.
 
   ``real_dtype`` is DM's (:func:`jaxdd.distill.dm`); other methods refuse it.
+  ``num_bias``: the number of bias values, for ``weighting='fairdd'`` (DM's
+  ``group_matching``).
   """
   common = dict(num_classes=num_classes, ipc=config.ipc,
                 model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
@@ -248,7 +257,9 @@ def make_distiller(config: RunConfig, num_classes: int,
                 init=config.init, kde_config=kde_config, real_sampling=config.real_sampling)
   if config.method == "dm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
-    return distill.dm(augment=aug, real_dtype=real_dtype, **common)
+    return distill.dm(augment=aug, real_dtype=real_dtype,
+                      group_matching=num_bias if config.weighting == "fairdd" else None,
+                      **common)
   if real_dtype is not None:
     raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
   strategy = config.dsa_strategy if config.method == "dsa" else None
@@ -325,12 +336,15 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   nc = run_data.num_classes
   kde_config = config.kde
   log_density = run_log_density(config, run_data, embeddings)
+  fairdd = config.weighting == "fairdd"
   real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
                            num_classes=nc,
                            embeddings=(embeddings if config.weighting == "kde"
                                        and config.kde_scope == "batch" else None),
-                           log_density=log_density)
-  d = make_distiller(config, nc, kde_config, real_dtype=real_dtype)
+                           log_density=log_density,
+                           groups=run_data.train.bias if fairdd else None)
+  d = make_distiller(config, nc, kde_config, real_dtype=real_dtype,
+                     num_bias=num_bias_values(run_data.train) if fairdd else None)
   state = d.init(key, real)
   mngr = _checkpointer(workdir)
   start = 0
@@ -392,6 +406,33 @@ plot_accuracy_bars = plots_lib.plot_accuracy_bars
 # ---------------------------------------------------------------------------- runs
 
 
+def _fairdd_batch_weights(key, labels, bias, batch_size: int, num_classes: int,
+                          num_rounds: int = 20) -> tuple[np.ndarray, np.ndarray]:
+  """FairDD's in-batch group-balanced weights, averaged per sample over sampled batches.
+
+  Returns (N,) weights (each class summing to 1) and each class's mean in-batch ESS.
+  """
+  labels, bias = np.asarray(labels), np.asarray(bias)
+  index, mask = diagnostics.batch_plan(key, labels, batch_size=batch_size,
+                                       num_classes=num_classes, num_rounds=num_rounds)
+  w_b, _ = matching.group_balanced_weights(jnp.asarray(bias[index]), jnp.asarray(mask),
+                                           int(bias.max()) + 1)
+  w_b = np.asarray(w_b, np.float64)
+  sums = np.zeros(len(labels))
+  counts = np.zeros(len(labels))
+  np.add.at(sums, index[mask], w_b[mask])
+  np.add.at(counts, index[mask], 1.0)
+  avg = sums / np.maximum(counts, 1.0)
+  total = np.bincount(labels, weights=avg, minlength=num_classes)
+  w = (avg / np.where(total > 0, total, 1.0)[labels]).astype(np.float32)
+  sq = (w_b ** 2).sum(axis=1)
+  ess_b = np.where(sq > 0, w_b.sum(axis=1) ** 2 / np.where(sq > 0, sq, 1.0), 0.0)
+  cls = labels[index[:, 0]]
+  ess = np.array([ess_b[cls == c].mean() if (cls == c).any() else np.nan
+                  for c in range(num_classes)])
+  return w, ess
+
+
 def weight_diagnostics(config: RunConfig, run_data: RunData, embeddings: np.ndarray | None,
                        key: jax.Array, *, workdir: str | None = None) -> dict:
   """What ``weights.json`` holds: how a run's real-image weights fall on the bias groups.
@@ -414,6 +455,8 @@ def weight_diagnostics(config: RunConfig, run_data: RunData, embeddings: np.ndar
         key, embeddings, train.labels, batch_size=n_per, variance=config.kde_variance,
         temperature=config.kde_temperature, normalize=config.kde_normalize, num_classes=nc,
         return_ess=True)
+  elif config.weighting == "fairdd":  # group-balanced inside each sampled batch
+    w, ess = _fairdd_batch_weights(key, train.labels, train.bias, n_per, nc)
   else:
     if log_density is None:  # vanilla: every image of a class weighs the same
       w = (1.0 / np.bincount(train.labels, minlength=nc)[train.labels]).astype(np.float32)

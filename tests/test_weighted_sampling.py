@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import diagnostics, distill, models, pipeline
+from jaxdd import diagnostics, distill, matching, models, pipeline
 from jaxdd.kde import KDEConfig
 
 
@@ -190,6 +190,13 @@ def test_smoke_run_selection_alone_and_diagnostics(tmp_path):
     for share in g["shares"].values():
       assert share == pytest.approx(g["balanced_share"], rel=1e-4)
   assert [r["step"] for r in report["bias_trajectory"]] == [0]
+  # FairDD (bias labels) runs end to end and reports its in-batch group balance.
+  cfg_f = pipeline.get_config("smoke", weighting="fairdd")
+  pipeline.distill_stage(cfg_f, str(tmp_path / "f"), progress=False)
+  with open(tmp_path / "f" / "weights.json") as f:
+    rep_f = json.load(f)
+  assert rep_f["weighting"]["weighting"] == "fairdd"
+  assert all(1.0 <= e <= cfg_f.real_per_class for e in rep_f["batch_ess"])
   # A distilled run logs the bias score at 0 and every 10 % of the iterations.
   cfg2 = pipeline.get_config("smoke", weighting="none")
   pipeline.distill_stage(cfg2, str(tmp_path / "v"), progress=False)
@@ -197,3 +204,51 @@ def test_smoke_run_selection_alone_and_diagnostics(tmp_path):
     traj = json.load(f)["bias_trajectory"]
   assert [r["step"] for r in traj] == list(range(cfg2.iterations + 1))
   assert all(0.0 <= r["bias_aligned_fraction"] <= 1.0 for r in traj)
+
+
+def test_fairdd_gradient_equals_matching_every_group_mean():
+  # FairDD: sum_g ||m_g - s||^2 over the groups present in each class's batch, with an
+  # identity embedding so the reference is plain numpy-style jax without any weights.
+  rng = np.random.default_rng(5)
+  real = jnp.asarray(rng.normal(size=(2, 6, 2, 2, 1)), jnp.float32)
+  syn = jnp.asarray(rng.normal(size=(2, 2, 2, 2, 1)), jnp.float32)
+  groups = jnp.array([[0, 0, 0, 1, 1, 2], [1, 1, 1, 1, 1, 0]])
+  mask = jnp.array([[True] * 6, [True] * 5 + [False]])  # class 1's group 0 is masked out
+  flat = lambda x: x.reshape(x.shape[0], -1)
+
+  def fairdd_ref(s):
+    total = 0.0
+    for c in range(2):
+      s_mean = flat(s[c]).mean(0)
+      for g in range(3):
+        sel = np.asarray((groups[c] == g) & mask[c])
+        if sel.any():
+          total = total + jnp.sum((flat(real[c])[sel].mean(0) - s_mean) ** 2)
+    return total
+
+  w, scale = matching.group_balanced_weights(groups, mask, 3)
+  np.testing.assert_array_equal(np.asarray(scale), [3.0, 1.0])
+  ours = lambda s: matching.dm_loss(jax.random.key(0), s, real, embed_fn=flat, weights=w,
+                                    class_scale=scale)
+  g_ref = jax.grad(fairdd_ref)(syn)
+  g = jax.grad(ours)(syn)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6 * float(np.abs(g_ref).max()))
+  # The value differs only by the spread of the group means, which no synthetic image changes.
+  shift = jnp.ones_like(syn)
+  np.testing.assert_allclose(float(ours(syn + shift) - ours(syn)),
+                             float(fairdd_ref(syn + shift) - fairdd_ref(syn)), rtol=1e-5)
+
+
+def test_fairdd_options_are_checked():
+  with pytest.raises(ValueError, match="replaces the weighting"):
+    distill.dm(num_classes=2, ipc=1, kde_config=KDEConfig(), group_matching=3)
+  with pytest.raises(ValueError, match="number of bias values"):
+    distill.dm(num_classes=2, ipc=1, group_matching=True)
+  with pytest.raises(ValueError, match="distribution matching only"):
+    pipeline.get_config("smoke", weighting="fairdd", method="dsa")
+  x = np.zeros((4, 4, 4, 1), np.float32)
+  real = distill.real_data(x, np.array([0, 0, 1, 1]), num_classes=2)
+  d = distill.dm(num_classes=2, ipc=1, model=models.ConvNet(2, depth=1, width=4),
+                 real_per_class=2, augment=None, group_matching=2, jit=False)
+  with pytest.raises(ValueError, match="pass groups= to real_data"):
+    d.step(d.init(jax.random.key(0), real), real)
