@@ -639,6 +639,12 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
   table = format_comparison(results, config,
                             train_aligned_fraction=classifier.train_aligned_fraction,
                             reference=reference)
+  drift = format_weight_summary({
+      method_name(config.replace(weighting=w)): os.path.join(
+          workdir, method_name(config.replace(weighting=w)).replace("+", "_"), "weights.json")
+      for w in ("none", "kde")})
+  if drift:
+    table += "\n\n" + drift
   for name in results:
     if results[name].get("bias_score") is not None:
       results[name]["bias_score"]["reference"] = reference
@@ -732,6 +738,38 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
       print(f"{name}: " + ", ".join(f"{m} {100 * v:.1f}" for m, v in summary["mean"].items()))
     synset.atomic_write_json(os.path.join(workdir, "baselines.json"), results)
   return results
+
+
+def format_weight_summary(weight_files: dict[str, str]) -> str:
+  """The second table of ``comparison.md``: how each run weighted the real images and how
+  its synthetic set's bias score moved (from each run's ``weights.json``; "" if none).
+
+  Columns: the mean over classes of one sampled real batch's effective sample size, the
+  smallest and largest share of a class's weight on one bias group (balanced: 1 / groups),
+  and the synthetic set's bias score at the start, the middle and the end of distillation.
+  """
+  lines = []
+  for name, path in weight_files.items():
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      w = json.load(f)
+    ess = [e for e in w.get("batch_ess", []) if e is not None]
+    groups = w.get("groups", [])
+    traj = w.get("bias_trajectory", [])
+    fmt = lambda r: f"{100 * r['bias_aligned_fraction']:.1f} (step {r['step']})"
+    moved = " → ".join(fmt(r) for r in ([traj[0], traj[len(traj) // 2], traj[-1]]
+                                         if len(traj) > 2 else traj)) or "–"
+    share = ("–" if not groups else
+             f"{np.mean([g['min_share'] for g in groups]):.3f} / "
+             f"{np.mean([g['max_share'] for g in groups]):.3f} "
+             f"(balanced {np.mean([g['balanced_share'] for g in groups]):.3f})")
+    lines.append(f"| {name} | {np.mean(ess):.1f} | {share} | {moved} |" if ess else
+                 f"| {name} | – | {share} | {moved} |")
+  if not lines:
+    return ""
+  return "\n".join(["| method | real batch ESS | bias-group share of a class, min / max | "
+                    "bias score (aligned %) over distillation |", "|---|---|---|---|"] + lines)
 
 
 def format_comparison(results: dict[str, dict], config: RunConfig, *,

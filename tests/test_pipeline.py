@@ -146,6 +146,9 @@ def test_reproduce_writes_the_comparison_with_bias_scores(tmp_path):
     assert results[name]["bias_score"]["aligned_fraction"] == expected
     assert f"| {100 * expected:.1f} |" in [l for l in table.splitlines()
                                            if l.startswith(f"| {name} |")][0]
+    # the second table: the bias score over distillation ends at the SynSet's own score
+    drift = [l for l in table.splitlines() if l.startswith(f"| {name} |")][1]
+    assert drift.endswith(f"{100 * expected:.1f} (step {cfg.iterations}) |")
   saved = json.load(open(os.path.join(work, "comparison.json")))
   assert saved["dm"]["bias_score"]["aligned_fraction"] == results["dm"]["bias_score"]["aligned_fraction"]
   # the yardstick: the same classifier on the held-out valid images (95 % aligned)
