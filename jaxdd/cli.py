@@ -477,6 +477,7 @@ def cmd_evaluate(args) -> int:
   batch = Batch(jnp.asarray(images), jnp.asarray(test.labels), jnp.asarray(test.bias),
                 jnp.asarray(test.aligned))
   model = models.get(model_spec, num_classes=test.num_classes)
+  models.check_fits(model, tuple(syn.images.shape[1:]))
   result = evaluate.evaluate(jax.random.key(args.seed), syn._replace(
       images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels)), batch, model=model,
       protocol=protocol, num_models=num_models, progress=not args.quiet)

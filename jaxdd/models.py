@@ -476,3 +476,40 @@ def param_count(params: Any) -> int:
   if isinstance(params, Mapping) and "params" in params:
     params = params["params"]
   return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
+
+
+def check_fits(model: nn.Module, image_shape: tuple[int, ...]) -> None:
+  """Refuses a model whose layers reduce ``image_shape`` to nothing.
+
+  A ConvNet of depth 5 halves a 28x28 image five times (28, 14, 7, 3, 1, 0): its
+  features are empty and it would train to a constant (10 % accuracy) without a
+  word. Checked by shape inference only (``jax.eval_shape``: no compute): any
+  parameter with a zero-sized dimension means the input was pooled away.
+
+  Args:
+    model: any Flax module of this package.
+    image_shape: (H, W, C) of one image.
+
+  Raises:
+    ValueError: the message names the model, the image size and the fix.
+
+  Example:
+    >>> check_fits(ConvNet(10, depth=4), (28, 28, 3))
+    >>> check_fits(ConvNet(10, depth=5), (28, 28, 3))
+    Traceback (most recent call last):
+    ...
+    ValueError: model convnet-d5-w128-instancenorm-avgpool pools a 28x28 image down to nothing (an empty feature map); use a shallower network (e.g. depth <= 4 for 28x28 images)
+  """
+  h, w = int(image_shape[0]), int(image_shape[1])
+  x = jax.ShapeDtypeStruct((1,) + tuple(int(s) for s in image_shape), jnp.float32)
+  try:
+    shapes = jax.eval_shape(lambda v: model.init(jax.random.key(0), v), x)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"model {spec_of(model)} does not accept {h}x{w} images: {e}") from e
+  if any(0 in leaf.shape for leaf in jax.tree.leaves(shapes)):
+    fix = "use a shallower network"
+    if isinstance(model, ConvNet):
+      max_depth = max(0, int(math.floor(math.log2(min(h, w)))))
+      fix += f" (e.g. depth <= {max_depth} for {h}x{w} images)"
+    raise ValueError(f"model {spec_of(model)} pools a {h}x{w} image down to nothing (an empty "
+                     f"feature map); {fix}")

@@ -52,6 +52,15 @@ CHOICES = config_lib.CHOICES
 EVAL_FIELDS = config_lib.EVAL_FIELDS
 
 
+def check_models(config: RunConfig, run_data: "RunData") -> None:
+  """Refuses, before any work, networks that pool the dataset's images away
+  (the distillation ConvNet and the evaluation model; :func:`jaxdd.models.check_fits`)."""
+  shape = tuple(run_data.train.images.shape[1:])
+  nc = run_data.num_classes
+  models.check_fits(models.ConvNet(nc, depth=config.depth, width=config.width), shape)
+  models.check_fits(models.get(config.eval_model, num_classes=nc), shape)
+
+
 def under_policy(fn):
   """Runs ``fn(config, ...)`` with ``config.policy`` pinned (:func:`jaxdd.policy.use`)."""
   @functools.wraps(fn)
@@ -518,6 +527,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
     progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
                              config.conflict_ratio)
     run_data = RunData(config)
+  check_models(config, run_data)
   os.makedirs(workdir, exist_ok=True)
   synset.atomic_write_json(os.path.join(workdir, "config.json"),
                            {"config": config.to_dict(), "digest": config.digest(),
@@ -571,6 +581,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
   progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
                            config.conflict_ratio)
   run_data = RunData(config)
+  check_models(config, run_data)
   syn = distill_stage(config, workdir, run_data=run_data, progress=progress,
                       stop_after=stop_after)
   if syn is None:
@@ -689,6 +700,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     synset.load(vanilla_synset)  # a missing/incomplete artifact fails here, before any work
   validate(config)
   run_data = RunData(config)
+  check_models(config, run_data)
   os.makedirs(workdir, exist_ok=True)
   train, nc = run_data.train, run_data.num_classes
   x = run_data.normalized(train)

@@ -392,3 +392,18 @@ def test_spec_of_and_get_errors():
     models.spec_of(models.ConvNet(num_classes=10, norm="weird"))
   with pytest.raises(ValueError, match="num_classes"):
     models.get("mlp", num_classes=0)
+
+
+def test_models_that_pool_the_image_away_are_refused(tmp_path):
+  # 28 -> 14 -> 7 -> 3 -> 1 -> 0: depth 5 leaves no feature map on MNIST-sized images.
+  models.check_fits(models.ConvNet(10, depth=4, width=8), (28, 28, 3))
+  models.check_fits(models.ConvNet(10, depth=5, width=8), (32, 32, 3))
+  for spec, size in (("convnet-d5-w8", 28), ("convnet-d6-w8", 28), ("convnet-d6-w8", 32)):
+    with pytest.raises(ValueError, match=f"pools a {size}x{size} image down to nothing"):
+      models.check_fits(models.get(spec, num_classes=10), (size, size, 3))
+  # From the command line: refused with one line, before anything is written.
+  from jaxdd import cli
+  work = tmp_path / "deep"
+  for argv in (["--depth", "5"], ["--eval-model", "convnet-d6-w8"]):
+    assert cli.main(["distill", "--preset", "smoke", "--workdir", str(work), "--quiet"] + argv) == 2
+    assert not work.exists()
