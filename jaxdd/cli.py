@@ -87,6 +87,8 @@ def _help_default(value) -> str:
 
 def _add_common_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--quiet", action="store_true", help="no progress bars or progress log lines")
+  p.add_argument("--debug", action="store_true",
+                 help="show the full traceback of an error instead of one line")
   p.add_argument("--no-compile-cache", action="store_true",
                  help="do not use JAX's persistent compilation cache ($JAXDD_CACHE/xla)")
 
@@ -337,6 +339,8 @@ def build_fetch_parser() -> argparse.ArgumentParser:
   p.add_argument("--index-url", default=None,
                  help="simple index URL (default: $PIP_INDEX_URL or https://pypi.org/simple)")
   p.add_argument("--force", action="store_true", help="fetch again even if verified files exist")
+  p.add_argument("--debug", action="store_true",
+                 help="show the full traceback of an error instead of one line")
   return p
 
 
@@ -637,23 +641,103 @@ def _restore(was: tuple[bool, bool]) -> None:
   progress.logger.propagate = was[1]
 
 
+def _check_cache_root() -> None:
+  """$JAXDD_CACHE must be a writable directory (or creatable): checked before any work."""
+  from jaxdd._src.io import cache_root
+  root = cache_root()
+  probe = root
+  while not probe.exists() and probe.parent != probe:
+    probe = probe.parent
+  if not probe.is_dir():
+    raise NotADirectoryError(20, "the jaxdd cache ($JAXDD_CACHE) is not a directory", str(probe))
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise PermissionError(13, "the jaxdd cache ($JAXDD_CACHE) is not writable", str(probe))
+
+
+def _os_error_line(e: OSError) -> str:
+  """One line for a file-system fault: what failed, on which path, and what to do."""
+  what = e.strerror or str(e)
+  path = e.filename if e.filename is not None else ""
+  if isinstance(e, (FileExistsError, NotADirectoryError)):
+    fix = "a file is in the way where a directory is needed: use another path or remove it"
+  elif isinstance(e, PermissionError):
+    fix = "the path is not writable: use another --workdir / JAXDD_CACHE, or fix its permissions"
+  elif getattr(e, "errno", None) == 28:  # ENOSPC
+    fix = "free some disk space and rerun the same command to resume"
+  else:
+    fix = "check the path (--workdir, JAXDD_CACHE) and rerun the same command to resume"
+  return f"{what}: {path}; {fix}" if path else f"{what}; {fix}"
+
+
+def _report(command: str, args, fn) -> int:
+  """Runs a subcommand; every failure becomes one line on stderr and an exit status.
+
+  2: a refused input (bad value, missing data). 1: a fault while working (file system, a
+  non-finite loss). 130: Ctrl-C (a distillation saves its step first). A closed output
+  pipe ends quietly. ``--debug`` shows the traceback instead.
+  """
+  from jaxdd import pipeline
+  debug = getattr(args, "debug", False)
+  try:
+    return fn(args)
+  except pipeline.Interrupted as e:
+    if debug:
+      raise
+    print(f"jaxdd {command}: interrupted at step {e.step} (checkpoint saved); rerun the same "
+          "command to resume", file=sys.stderr)
+    return 130
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    print(f"jaxdd {command}: interrupted; finished stages are kept, rerun the same command to "
+          "resume", file=sys.stderr)
+    return 130
+  except BrokenPipeError:
+    # The reader went away (e.g. `| head`): stop writing, without a traceback.
+    try:
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+      pass
+    return 1
+  except (ValueError, FileNotFoundError) as e:
+    if debug:
+      raise
+    print(f"jaxdd {command}: error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:
+    if debug:
+      raise
+    print(f"jaxdd {command}: error: {_os_error_line(e)}", file=sys.stderr)
+    return 1
+  except FloatingPointError as e:
+    if debug:
+      raise
+    print(f"jaxdd {command}: error: {e}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv[:2] == ["data", "fetch"]:
     args = build_fetch_parser().parse_args(argv[2:])
-    try:
-      return cmd_fetch(args)
-    except (ValueError, FileNotFoundError) as e:
-      print(f"jaxdd data fetch: error: {e}", file=sys.stderr)
-      return 1 if isinstance(e, FileNotFoundError) else 2
+
+    def fetch_fn(a):
+      try:
+        return cmd_fetch(a)
+      except FileNotFoundError as e:  # the index or archive cannot be reached: a fault
+        print(f"jaxdd data fetch: error: {e}", file=sys.stderr)
+        return 1
+    return _report("data fetch", args, fetch_fn)
   parser = build_parser(_preset_in(argv))
   args = parser.parse_args(argv)
   was = _setup(args.quiet, args.no_compile_cache)
+
+  def checked(a):
+    _check_cache_root()
+    return a.fn(a)
   try:
-    return args.fn(args)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"jaxdd {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    return _report(args.command, args, checked)
   finally:
     _restore(was)
 

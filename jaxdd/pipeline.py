@@ -21,10 +21,13 @@ Presets (docs/protocols.md): ``paper`` (published hyperparameters, for an accele
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -320,6 +323,29 @@ class MetricsLog:
       self._tb = None
 
 
+def _restore_newest(mngr, state: distill.DistillState,
+                    workdir: str) -> tuple[distill.DistillState, int]:
+  """The newest checkpoint that restores (an unreadable one is skipped, and said so)."""
+  import orbax.checkpoint as ocp
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for i, step in enumerate(steps):
+    try:
+      tree = mngr.restore(step, args=ocp.args.StandardRestore(_state_tree(state)))
+      restored = _restore_state(tree, state)
+      if int(restored.step) != step:
+        raise ValueError(f"it holds step {int(restored.step)}")
+    except Exception as e:  # noqa: BLE001  (any damage: fall back to an older checkpoint)
+      older = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "starting over"
+      progress_lib.logger.warning("%s: checkpoint %d cannot be restored (%s: %s); %s", workdir,
+                                  step, type(e).__name__, str(e).splitlines()[0][:200] if str(e)
+                                  else "", older)
+      continue
+    if i:
+      progress_lib.logger.warning("%s: resumed from the older checkpoint %d", workdir, step)
+    return restored, step
+  return state, 0
+
+
 def track_every(config: RunConfig) -> int:
   """Steps between two bias scores of the synthetic set: 10 % of the iterations."""
   return max(1, config.iterations // 10)
@@ -357,11 +383,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   state = d.init(key, real)
   mngr = _checkpointer(workdir)
   start = 0
-  latest = mngr.latest_step()
-  if latest is not None:
-    tree = mngr.restore(latest, args=ocp.args.StandardRestore(_state_tree(state)))
-    state = _restore_state(tree, state)
-    start = int(state.step)
+  state, start = _restore_newest(mngr, state, workdir)
   log = MetricsLog(workdir, start)
   every = track_every(config)
 
@@ -377,31 +399,76 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   bar = progress_lib.bar(config.iterations, f"{method_name(config).upper()} ipc={config.ipc}",
                          unit="step", initial=start, disable=not progress)
   t0 = time.perf_counter()
+  if start > 0:
+    progress_lib.logger.info("%s: resuming from step %d of %d", workdir, start, config.iterations)
   try:
-    for it in range(start, end):
-      state, m = d.step(state, real)
-      step = it + 1
-      if step % config.log_every == 0 or step == config.iterations:
-        # "loss" is the matching loss averaged over classes (the reference's
-        # printed loss_avg), the number the progress bar shows.
-        loss = float(m["loss"]) / nc
-        if not np.isfinite(loss):
-          raise FloatingPointError(f"the {config.method.upper()} loss became {loss} at step {step}; "
-                                   f"lower lr_img "
-                                   f"(now {config.lr_img}) or check the data normalisation")
-        log.append({"step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
-                    "max_weight": float(m["max_weight"]), "time_s": time.perf_counter() - t0})
-        bar.set_postfix(loss=f"{loss:.4f}")
-      bar.update(1)
-      track(step)
-      if step % config.checkpoint_every == 0 or step == config.iterations:
-        mngr.save(step, args=ocp.args.StandardSave(_state_tree(state)))
-        mngr.wait_until_finished()
+    with _deferred_interrupt() as interrupted:
+      for it in range(start, end):
+        state, m = d.step(state, real)
+        step = it + 1
+        _log_and_checkpoint(config, step, m, nc, log, bar, t0, track, mngr, state)
+        if interrupted():  # checked after the step's work: the signal may arrive during it
+          if mngr.latest_step() != step:
+            mngr.save(step, args=ocp.args.StandardSave(_state_tree(state)), force=True)
+            mngr.wait_until_finished()
+          raise Interrupted(step)
   finally:
     bar.close()
     log.close()
     mngr.close()
   return SynSet(np.asarray(state.syn.images), np.asarray(state.syn.labels))
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during distillation, after the step in flight finished and was checkpointed."""
+
+  def __init__(self, step: int):
+    super().__init__(f"interrupted at step {step}")
+    self.step = step
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+  """The first Ctrl-C (SIGINT) only sets a flag the loop checks after each step; a
+  second one interrupts at once. Outside the main thread nothing is changed."""
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda: False
+    return
+  hit = []
+
+  def handler(signum, frame):
+    if hit:
+      raise KeyboardInterrupt
+    hit.append(signum)
+    progress_lib.logger.warning("interrupt: finishing the current step and saving a checkpoint "
+                                "(Ctrl-C again to stop at once)")
+
+  previous = signal.signal(signal.SIGINT, handler)
+  try:
+    yield lambda: bool(hit)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def _log_and_checkpoint(config, step, m, nc, log, bar, t0, track, mngr, state) -> None:
+  """After step ``step``: the metrics line, the bar, the bias score, a checkpoint when due."""
+  import orbax.checkpoint as ocp
+  if step % config.log_every == 0 or step == config.iterations:
+    # "loss" is the matching loss averaged over classes (the reference's
+    # printed loss_avg), the number the progress bar shows.
+    loss = float(m["loss"]) / nc
+    if not np.isfinite(loss):
+      raise FloatingPointError(f"the {config.method.upper()} loss became {loss} at step {step}; "
+                               f"lower lr_img (now {config.lr_img}) or check the data "
+                               "normalisation")
+    log.append({"step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
+                "max_weight": float(m["max_weight"]), "time_s": time.perf_counter() - t0})
+    bar.set_postfix(loss=f"{loss:.4f}")
+  bar.update(1)
+  track(step)
+  if step % config.checkpoint_every == 0 or step == config.iterations:
+    mngr.save(step, args=ocp.args.StandardSave(_state_tree(state)))
+    mngr.wait_until_finished()
 
 
 # ---------------------------------------------------------------------------- plots

@@ -191,12 +191,28 @@ def track(iterable: Iterable, desc: str = "", *, total: int | None = None, unit:
     b.close()
 
 
+class _StderrHandler(logging.StreamHandler):
+  """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced,
+  e.g. by a notebook or a test's capture, after the handler was installed)."""
+
+  def __init__(self):
+    super().__init__(sys.stderr)
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    pass
+
+
 def setup_logging(quiet: bool = False) -> None:
   """For the CLI: ``jaxdd`` log lines to stderr with a timestamp; ``quiet`` silences progress."""
   set_quiet(quiet)
   logger.setLevel(logging.WARNING if quiet else logging.INFO)
   if not any(getattr(h, "_jaxdd", False) for h in logger.handlers):
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s jaxdd: %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler._jaxdd = True  # type: ignore[attr-defined]
     logger.addHandler(handler)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -119,9 +120,17 @@ def load(path: str) -> tuple[SynSet, dict]:
       raise ValueError(f"{file} does not match its sha256 in manifest.json (expected "
                        f"{expected.get(name)}, got {digest}): the artifact was modified or "
                        "truncated; refusing to load it")
-  with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as data:
-    images, labels = data["images"], data["labels"]
-    mean, std = data["mean"], data["std"]
+  arrays_path = os.path.join(path, "arrays.npz")
+  try:
+    with np.load(arrays_path, allow_pickle=False) as data:
+      missing = [k for k in ("images", "labels", "mean", "std") if k not in data.files]
+      if missing:
+        raise ValueError(f"{arrays_path} lacks the array(s) {', '.join(missing)} (it holds "
+                         f"{', '.join(data.files) or 'nothing'}); it is not a SynSet, re-create it")
+      images, labels = data["images"], data["labels"]
+      mean, std = data["mean"], data["std"]
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{arrays_path} is not a readable .npz ({e}); re-create the artifact") from e
   with open(os.path.join(path, "meta.json")) as f:
     meta = json.load(f)
   meta["mean"], meta["std"] = mean.tolist(), std.tolist()

@@ -1,0 +1,154 @@
+"""Faults and bad input end in one clear line, an exit status, and nothing lost.
+
+Exit statuses: 2 refused input, 1 a fault while working, 130 Ctrl-C.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdd import cli, distill, pipeline, synset
+
+
+def _one_line(err: str) -> str:
+  lines = [l for l in err.strip().splitlines() if l.startswith("jaxdd ")]
+  assert len(lines) == 1, err
+  assert "Traceback" not in err
+  return lines[0]
+
+
+def test_workdir_that_is_a_file(tmp_path, capsys):
+  f = tmp_path / "afile"
+  f.write_text("keep me")
+  assert cli.main(["distill", "--preset", "smoke", "--workdir", str(f), "--quiet"]) == 1
+  line = _one_line(capsys.readouterr().err)
+  assert str(f) in line and "use another path" in line
+  assert f.read_text() == "keep me"
+
+
+def test_cache_that_is_a_file_is_refused_before_work(tmp_path, capsys, monkeypatch):
+  f = tmp_path / "cachefile"
+  f.write_text("")
+  monkeypatch.setenv("JAXDD_CACHE", str(f))
+  work = tmp_path / "w"
+  assert cli.main(["distill", "--preset", "smoke", "--workdir", str(work), "--quiet"]) == 1
+  line = _one_line(capsys.readouterr().err)
+  assert "JAXDD_CACHE" in line and str(f) in line
+  assert not work.exists()
+
+
+def test_unwritable_path_names_the_fix(tmp_path, capsys, monkeypatch):
+  # Root ignores file permissions, so the fault is injected where the run first writes.
+  def deny(*a, **k):
+    raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro" / "config.json"))
+  monkeypatch.setattr(synset, "atomic_write_json", deny)
+  assert cli.main(["distill", "--preset", "smoke", "--workdir", str(tmp_path / "ro"),
+                   "--quiet"]) == 1
+  line = _one_line(capsys.readouterr().err)
+  assert "Permission denied" in line and "not writable" in line
+
+
+def test_debug_shows_the_traceback(tmp_path):
+  f = tmp_path / "afile"
+  f.write_text("")
+  with pytest.raises(FileExistsError):
+    cli.main(["distill", "--preset", "smoke", "--workdir", str(f), "--quiet", "--debug"])
+
+
+def test_broken_pipe_and_interrupt_outside_distillation(capsys):
+  def pipe(_):
+    raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+  assert cli._report("report", None, pipe) == 1
+  assert "Traceback" not in capsys.readouterr().err
+
+  def ctrl_c(_):
+    raise KeyboardInterrupt
+  assert cli._report("evaluate", None, ctrl_c) == 130
+  assert "rerun the same command" in _one_line(capsys.readouterr().err)
+
+
+def test_synset_without_labels_is_one_line(tmp_path, capsys):
+  syn = distill.SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1]))
+  path = str(tmp_path / "syn")
+  synset.save(path, syn, {"config": {}}, mean=np.zeros(3), std=np.ones(3))
+  # An attacker (or a bug) rewrites the arrays without labels and fixes up the manifest.
+  arrays = os.path.join(path, "arrays.npz")
+  np.savez(arrays, images=np.zeros((2, 4, 4, 3), np.float32), mean=np.zeros(3), std=np.ones(3))
+  with open(os.path.join(path, "manifest.json")) as f:
+    manifest = json.load(f)
+  manifest["files"]["arrays.npz"] = synset.sha256_file(arrays)
+  with open(os.path.join(path, "manifest.json"), "w") as f:
+    json.dump(manifest, f)
+  with pytest.raises(ValueError, match="lacks the array.s. labels"):
+    synset.load(path)
+  assert cli.main(["evaluate", path, "--quiet"]) == 2
+  assert "lacks the array(s) labels" in _one_line(capsys.readouterr().err)
+
+
+class _InterruptingDistiller:
+  """Wraps a Distiller: sends SIGINT to this process during step ``at``."""
+
+  def __init__(self, inner, at):
+    self.inner, self.at, self.calls = inner, at, 0
+
+  def init(self, *a, **k):
+    return self.inner.init(*a, **k)
+
+  def step(self, state, real):
+    self.calls += 1
+    out = self.inner.step(state, real)
+    if self.calls == self.at:
+      os.kill(os.getpid(), signal.SIGINT)
+    return out
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_step_and_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
+                                                                       capsys):
+  cfg = pipeline.get_config("smoke", weighting="none", iterations=6, checkpoint_every=100)
+  want = pipeline.distill_stage(cfg, str(tmp_path / "straight"), progress=False)
+  real_make = pipeline.make_distiller
+  monkeypatch.setattr(pipeline, "make_distiller",
+                      lambda *a, **k: _InterruptingDistiller(real_make(*a, **k), at=3))
+  work = str(tmp_path / "cut")
+  with pytest.raises(pipeline.Interrupted) as e:
+    pipeline.distill_stage(cfg, work, progress=False)
+  assert e.value.step == 3
+  assert os.listdir(os.path.join(work, "checkpoints")) == ["3"]
+  assert not os.path.exists(os.path.join(work, "synset"))
+  # From the command line: exit 130 and the line that says how to resume.
+  monkeypatch.setattr(pipeline, "make_distiller",
+                      lambda *a, **k: _InterruptingDistiller(real_make(*a, **k), at=1))
+  assert cli.main(["distill", "--preset", "smoke", "--weighting", "none", "--iterations", "6",
+                   "--checkpoint-every", "100", "--workdir", work, "--quiet"]) == 130
+  line = _one_line(capsys.readouterr().err)
+  assert "interrupted at step 4" in line and "rerun the same command to resume" in line
+  monkeypatch.setattr(pipeline, "make_distiller", real_make)
+  got = pipeline.distill_stage(cfg, work, progress=False)
+  np.testing.assert_array_equal(np.asarray(got.images), np.asarray(want.images))
+
+
+@pytest.mark.slow
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+  cfg = pipeline.get_config("smoke", weighting="none", iterations=6, checkpoint_every=2)
+  want = pipeline.distill_stage(cfg, str(tmp_path / "straight"), progress=False)
+  work = str(tmp_path / "cut")
+  assert pipeline.distill_stage(cfg, work, progress=False, stop_after=4) is None
+  steps = sorted(os.listdir(os.path.join(work, "checkpoints")), key=int)
+  assert steps == ["2", "4"]
+  # Damage every file of the newest checkpoint.
+  for root, _, files in os.walk(os.path.join(work, "checkpoints", "4")):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"\x00garbage")
+  with caplog.at_level("WARNING", logger="jaxdd"):
+    got = pipeline.distill_stage(cfg, work, progress=False)
+  assert "checkpoint 4 cannot be restored" in caplog.text
+  assert "resumed from the older checkpoint 2" in caplog.text
+  np.testing.assert_array_equal(np.asarray(got.images), np.asarray(want.images))
