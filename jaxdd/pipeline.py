@@ -526,7 +526,8 @@ def weight_diagnostics(config: RunConfig, run_data: RunData, embeddings: np.ndar
   train, nc = run_data.train, run_data.num_classes
   n_per = config.real_per_class
   log_density = run_log_density(config, run_data, embeddings)
-  if config.weighting == "kde" and log_density is None:  # scope 'batch', uniform sampling
+  if (config.weighting == "kde" and config.kde_scope == "batch"
+      and config.real_sampling == "uniform"):  # the loss weighs inside each sampled batch
     w, ess = diagnostics.batch_scope_weights(
         key, embeddings, train.labels, batch_size=n_per, variance=config.kde_variance,
         temperature=config.kde_temperature, normalize=config.kde_normalize, num_classes=nc,
