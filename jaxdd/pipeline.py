@@ -64,6 +64,82 @@ def check_models(config: RunConfig, run_data: "RunData") -> None:
   models.check_fits(models.get(config.eval_model, num_classes=nc), shape)
 
 
+_HELD_LOCKS: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds ``<workdir>/.lock`` (the holder's pid and host) for as long as a run writes there.
+
+  A second process that wants the same workdir is refused with one line naming the
+  holder; a lock left by a process that no longer exists on this host is taken over.
+  Re-entrant within a process (a run locks its directory around distillation and
+  evaluation alike).
+  """
+  import socket
+  path = os.path.abspath(os.path.join(workdir, ".lock"))
+  if _HELD_LOCKS.get(path):
+    _HELD_LOCKS[path] += 1
+    try:
+      yield
+    finally:
+      _HELD_LOCKS[path] -= 1
+    return
+  created = not os.path.exists(workdir)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  host = socket.gethostname()
+  me = json.dumps({"pid": os.getpid(), "host": host})
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      try:
+        with open(path) as f:
+          holder = json.load(f)
+      except (OSError, ValueError):
+        holder = {}
+      pid, where = holder.get("pid"), holder.get("host")
+      alive = True
+      if where == host and isinstance(pid, int):
+        try:
+          os.kill(pid, 0)
+        except ProcessLookupError:
+          alive = False
+        except PermissionError:
+          alive = True
+      if alive:
+        raise ValueError(f"{workdir} is in use by process {pid} on {where} (lock file {path}); "
+                         "wait for that run to finish, use another --workdir, or delete the "
+                         "lock file if that process is gone")
+      progress_lib.logger.warning("%s: taking over the lock of process %s, which has exited",
+                                  workdir, pid)
+      os.remove(path)
+      continue
+    with os.fdopen(fd, "w") as f:
+      f.write(me)
+    break
+  _HELD_LOCKS[path] = 1
+  try:
+    yield
+  finally:
+    _HELD_LOCKS.pop(path, None)
+    try:
+      os.remove(path)
+      if created and not os.listdir(workdir):  # a refused run leaves no empty directory
+        os.rmdir(workdir)
+    except OSError:
+      pass
+
+
+def locked(fn):
+  """Runs ``fn(config, workdir, ...)`` holding :func:`workdir_lock` on ``workdir``."""
+  @functools.wraps(fn)
+  def wrapped(config, workdir, *args, **kwargs):
+    with workdir_lock(workdir):
+      return fn(config, workdir, *args, **kwargs)
+  return wrapped
+
+
 def under_policy(fn):
   """Runs ``fn(config, ...)`` with ``config.policy`` pinned (:func:`jaxdd.policy.use`)."""
   @functools.wraps(fn)
@@ -577,6 +653,7 @@ def _check_distill_workdir(config: RunConfig, workdir: str) -> None:
 
 
 @under_policy
+@locked
 def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None = None,
                   progress: bool = True, stop_after: int | None = None) -> SynSet | None:
   """Surrogate, KDE weights and distillation of one run: writes ``synset/``.
@@ -633,6 +710,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
 
 
 @under_policy
+@locked
 def run(config: RunConfig, workdir: str, *, progress: bool = True,
         stop_after: int | None = None) -> dict:
   """One full run (see the module docstring). Returns the evaluation summary.
@@ -685,6 +763,7 @@ def bias_classifier(config: RunConfig, run_data: RunData) -> diagnostics.BiasCla
 
 
 @under_policy
+@locked
 def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
               with_baselines: tuple[str, ...] = ()) -> dict:
   """The vanilla method and its KDE-reweighted variant (``config.method``: DM, DSA
@@ -743,6 +822,7 @@ BASELINES = ("random", "herding", "kcenter", "lff", "dfa", "full")
 
 
 @under_policy
+@locked
 def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = BASELINES,
                   vanilla_synset: str | None = None, full_epochs: int = 10,
                   progress: bool = True) -> dict:

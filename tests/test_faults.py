@@ -152,3 +152,39 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
   assert "checkpoint 4 cannot be restored" in caplog.text
   assert "resumed from the older checkpoint 2" in caplog.text
   np.testing.assert_array_equal(np.asarray(got.images), np.asarray(want.images))
+
+
+def test_a_second_run_in_the_same_workdir_is_refused(tmp_path, capsys):
+  import socket
+  work = tmp_path / "busy"
+  work.mkdir()
+  # A live holder: this test process itself, as another run would record it.
+  (work / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+  assert cli.main(["distill", "--preset", "smoke", "--workdir", str(work), "--quiet"]) == 2
+  line = _one_line(capsys.readouterr().err)
+  assert f"is in use by process {os.getppid()}" in line and ".lock" in line
+  assert sorted(os.listdir(work)) == [".lock"]
+
+
+def test_a_stale_lock_is_taken_over_and_released(tmp_path):
+  import socket
+  import subprocess
+  import sys
+  work = tmp_path / "stale"
+  work.mkdir()
+  gone = subprocess.Popen([sys.executable, "-c", "pass"])
+  gone.wait()
+  (work / ".lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+  with pipeline.workdir_lock(str(work)):
+    with open(work / ".lock") as f:
+      assert json.load(f)["pid"] == os.getpid()
+    with pipeline.workdir_lock(str(work)):  # re-entrant in one process
+      pass
+    assert (work / ".lock").exists()
+  assert not (work / ".lock").exists()
+  # A refused run in a new directory leaves no directory behind.
+  fresh = tmp_path / "fresh"
+  with pytest.raises(RuntimeError):
+    with pipeline.workdir_lock(str(fresh)):
+      raise RuntimeError("refused")
+  assert not fresh.exists()
