@@ -101,6 +101,9 @@ def table(rows: dict[str, list[dict]]) -> str:
     pm = lambda split, m: study.format_pm([r[split][m] for r in results])
     bias = (f"{study.format_pm([r['bias_start'] for r in results])} → "
             f"{study.format_pm([r['bias_end'] for r in results])}")
+    not_distilled = all(r["config"]["iterations"] == 0 for r in results)
+    ess = ("– (not distilled)" if not_distilled else
+           f"{np.mean([r['batch_ess'] for r in results]):.1f}")
     share = (f"{np.mean([r['min_share'] for r in results]):.3f} / "
              f"{np.mean([r['max_share'] for r in results]):.3f}")
     secs = np.median([r["distill_s"] + r.get("eval_s", r.get("eval_valid_s", 0) +
@@ -108,7 +111,7 @@ def table(rows: dict[str, list[dict]]) -> str:
     lines.append(f"| {label} | {'yes' if ARMS[arm][2] else 'no'} | {pm('valid', 'conflicting')} | "
                  f"{pm('test', 'overall')} | {pm('test', 'aligned')} | "
                  f"{pm('test', 'conflicting')} | {pm('test', 'worst_group')} | {bias} | "
-                 f"{np.mean([r['batch_ess'] for r in results]):.1f} | {share} | {secs:.0f} |")
+                 f"{ess} | {share} | {secs:.0f} |")
   return "\n".join(lines)
 
 
@@ -120,6 +123,7 @@ def main(argv=None) -> int:
   p.add_argument("--conflict-ratio", type=float, default=0.05)
   p.add_argument("--ipc", type=int, default=None)
   p.add_argument("--iterations", type=int, default=None)
+  p.add_argument("--lr-img", type=float, default=None)
   p.add_argument("--method", default="dm")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--arms", default=",".join(ARMS))
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
   seeds = [int(s) for s in args.seeds.split(",")]
   base = pipeline.get_config(args.preset, dataset=args.dataset, method=args.method,
                              conflict_ratio=args.conflict_ratio, ipc=args.ipc,
-                             iterations=args.iterations)
+                             iterations=args.iterations, lr_img=args.lr_img)
   # Seed-major: an interrupted queue still has every arm at the first seeds.
   configs = {(a, s): base.replace(seed=s, **ARMS[a][0]) for s in seeds for a in arms}
   rows: dict[str, list[dict]] = {a: [] for a in arms}
