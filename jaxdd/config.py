@@ -197,6 +197,11 @@ def validate(config: RunConfig) -> None:
                                                                 config.real_sampling):
     raise ValueError("init='weighted' and real_sampling='weighted' draw real images in proportion "
                      "to their weights; use them with --weighting kde or oracle")
+  if (config.weighting == "kde" and config.kde_scope == "batch"
+      and config.real_sampling == "uniform" and config.real_per_class < 2):
+    raise ValueError(f"KDE scope 'batch' estimates densities inside each real batch, which needs "
+                     f"real_per_class >= 2 (got {config.real_per_class}); raise it or use "
+                     "--kde-scope class")
   if config.weighting == "fairdd" and config.method != "dm":
     raise ValueError("--weighting fairdd (FairDD's synchronized matching) is implemented for "
                      "distribution matching only; use --method dm")

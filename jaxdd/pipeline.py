@@ -56,12 +56,19 @@ EVAL_FIELDS = config_lib.EVAL_FIELDS
 
 
 def check_models(config: RunConfig, run_data: "RunData") -> None:
-  """Refuses, before any work, networks that pool the dataset's images away
-  (the distillation ConvNet and the evaluation model; :func:`jaxdd.models.check_fits`)."""
+  """What a run needs of its data, checked before any work or file: networks that do not
+  pool the images away (:func:`jaxdd.models.check_fits`) and ``ipc`` real images in
+  every class (for the initialisation)."""
   shape = tuple(run_data.train.images.shape[1:])
   nc = run_data.num_classes
   models.check_fits(models.ConvNet(nc, depth=config.depth, width=config.width), shape)
   models.check_fits(models.get(config.eval_model, num_classes=nc), shape)
+  counts = np.bincount(np.asarray(run_data.train.labels), minlength=nc)
+  if config.init != "noise" and counts.min() < config.ipc:
+    c = int(np.argmin(counts))
+    raise ValueError(f"ipc={config.ipc} is larger than class {c}, which has {counts[c]} real "
+                     f"training images; lower --ipc (at most {counts.min()}) or use a larger "
+                     "source")
 
 
 _HELD_LOCKS: dict[str, int] = {}
@@ -712,7 +719,8 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
 @under_policy
 @locked
 def run(config: RunConfig, workdir: str, *, progress: bool = True,
-        stop_after: int | None = None) -> dict:
+        stop_after: int | None = None, reevaluate: bool = False,
+        show: bool | None = None) -> dict:
   """One full run (see the module docstring). Returns the evaluation summary.
 
   Example:
@@ -721,13 +729,22 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
     >>> summary = pipeline.run(cfg, "runs/smoke-kde")            # doctest: +SKIP
     >>> summary["mean"]["conflicting"]                           # doctest: +SKIP
   """
+  show = progress if show is None else show
   validate(config)
   _check_workdir(config, workdir)
+  stored = _stored_eval(config, workdir)
+  if stored is not None and not reevaluate and stop_after is None:
+    progress_lib.logger.info("%s: this run is complete; showing its stored results "
+                             "(--reevaluate evaluates it again)", workdir)
+    if show:
+      print(f"{workdir}: complete (stored in eval.json)\n" + format_stored(stored))
+    return stored
   # Data errors (bad ratio, missing source) surface before anything is written.
   progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
                            config.conflict_ratio)
   run_data = RunData(config)
   check_models(config, run_data)
+  run_data.test  # a bad test split is found now, not after the distillation  # noqa: B018
   syn = distill_stage(config, workdir, run_data=run_data, progress=progress,
                       stop_after=stop_after)
   if syn is None:
@@ -742,9 +759,30 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
   summary = result.summary()
   summary.update(method=method_name(config), config=config.to_dict(), digest=config.digest())
   synset.atomic_write_json(os.path.join(workdir, "eval.json"), summary)
-  if progress:
+  if show:
     print(result.format_table())
   return summary
+
+
+def _stored_eval(config: RunConfig, workdir: str) -> dict | None:
+  """The ``eval.json`` of a finished run with this exact config, else None."""
+  path = os.path.join(workdir, "eval.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return stored if stored.get("digest") == config.digest() else None
+
+
+def format_stored(summary: dict) -> str:
+  """Mean ± std over networks of a stored ``eval.json``, one metric per line."""
+  lines = [f"method {summary.get('method', '?')}"]
+  for m, v in summary["mean"].items():
+    lines.append(f"{m.replace('_', ' '):<14}{100 * v:9.2f}{100 * summary['std'][m]:8.2f}")
+  return "\n".join(lines)
 
 
 #: The bias-attribute classifier of the bias score per preset (default:
@@ -765,7 +803,8 @@ def bias_classifier(config: RunConfig, run_data: RunData) -> diagnostics.BiasCla
 @under_policy
 @locked
 def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
-              with_baselines: tuple[str, ...] = ()) -> dict:
+              with_baselines: tuple[str, ...] = (), show: bool | None = None,
+              reevaluate: bool = False) -> dict:
   """The vanilla method and its KDE-reweighted variant (``config.method``: DM, DSA
   or DC) with otherwise identical settings, side by side.
 
@@ -776,7 +815,8 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
   for weighting in ("none", "kde"):
     cfg = config.replace(weighting=weighting)
     name = method_name(cfg)
-    results[name] = run(cfg, os.path.join(workdir, name.replace("+", "_")), progress=progress)
+    results[name] = run(cfg, os.path.join(workdir, name.replace("+", "_")), progress=progress,
+                        show=show, reevaluate=reevaluate)
   if with_baselines:
     results.update(run_baselines(config.replace(weighting="none"), os.path.join(workdir, "baselines"),
                                  which=tuple(with_baselines), progress=progress,
@@ -813,7 +853,7 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
   plot_accuracy_bars(results, os.path.join(workdir, "plots", "accuracy.png"),
                      title=f"{config.dataset} conflict={config.conflict_ratio} ipc={config.ipc} "
                            f"preset={config.preset}")
-  if progress:
+  if progress if show is None else show:
     print(table)
   return results
 

@@ -251,7 +251,7 @@ def _distilled(config, root, run_data, progress) -> tuple[str, SynSet]:
 @pipeline.under_policy
 def tune(base: pipeline.RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
          candidates: Sequence[Setting] | None = None, protocol: str | evaluate.Protocol = "cpu",
-         num_models: int = 3, progress: bool = True) -> dict:
+         num_models: int = 3, progress: bool = True, show: bool | None = None) -> dict:
   """Distils every candidate at every seed and selects on validation data only.
 
   Writes ``<root>/selection.json`` (every candidate's per-seed, per-network
@@ -304,7 +304,7 @@ def tune(base: pipeline.RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
   synset.atomic_write_json(os.path.join(root, "selection.json"), out)
   synset.atomic_write_bytes(os.path.join(root, "selection.md"),
                             (format_selection(out) + "\n").encode())
-  if progress:
+  if progress if show is None else show:
     print(format_selection(out))
   return out
 
@@ -363,7 +363,7 @@ def _pm(values, ddof: int = 1) -> str:
 def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
           seeds: Sequence[int] = (0, 1, 2), protocol: str | evaluate.Protocol = "cpu300",
           num_models: int = 5, with_random: bool = True, full_models: int = 3,
-          progress: bool = True) -> dict:
+          progress: bool = True, show: bool | None = None) -> dict:
   """Distils (or reuses) each named setting at each seed and evaluates it once on test.
 
   Args:
@@ -454,7 +454,7 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
          "paired": _paired(rows)}
   synset.atomic_write_json(os.path.join(root, "table.json"), out)
   synset.atomic_write_bytes(os.path.join(root, "table.md"), (format_table(out) + "\n").encode())
-  if progress:
+  if progress if show is None else show:
     print(format_table(out))
   return out
 

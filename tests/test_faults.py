@@ -188,3 +188,32 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path):
     with pipeline.workdir_lock(str(fresh)):
       raise RuntimeError("refused")
   assert not fresh.exists()
+
+
+@pytest.mark.slow
+def test_finished_run_shows_its_results_and_quiet_keeps_them(tmp_path, capsys, monkeypatch):
+  work = str(tmp_path / "done")
+  argv = ["distill", "--preset", "smoke", "--weighting", "none", "--workdir", work, "--quiet"]
+  assert cli.main(argv) == 0
+  first = capsys.readouterr().out
+  assert "overall" in first  # --quiet hides progress, not the results
+  stored = json.load(open(os.path.join(work, "eval.json")))
+  calls = []
+  monkeypatch.setattr(pipeline.evaluate, "evaluate",
+                      lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "complete (stored in eval.json)" in out and calls == []
+  assert f"{100 * stored['mean']['overall']:9.2f}" in out
+  monkeypatch.undo()
+  assert cli.main(argv + ["--reevaluate"]) == 0
+  assert json.load(open(os.path.join(work, "eval.json")))["mean"] == stored["mean"]
+
+
+def test_refused_values_write_nothing(tmp_path, capsys):
+  for argv in (["--ipc", "400"], ["--weighting", "kde", "--real-per-class", "1"]):
+    work = tmp_path / "refused"
+    assert cli.main(["distill", "--preset", "smoke", "--workdir", str(work), "--quiet"]
+                    + argv) == 2
+    assert "error:" in _one_line(capsys.readouterr().err)
+    assert not work.exists()
