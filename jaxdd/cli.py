@@ -479,16 +479,25 @@ def cmd_evaluate(args) -> int:
   model_spec = args.model or run_cfg.get("eval_model") or "convnet"
   num_models = args.num_models or run_cfg.get("num_eval_models") or 5
   evaluate.get_protocol(protocol)
+  source = args.source if args.source is not None else run_cfg.get("source")
   test = data.load(name, split="test", conflict_ratio=ratio, severity=ds_meta.get("severity"),
-                   seed=ds_meta.get("seed", 0), source=args.source)
+                   seed=ds_meta.get("seed", 0), source=source)
   images = data.normalize(test.images, meta["mean"], meta["std"])
   batch = Batch(jnp.asarray(images), jnp.asarray(test.labels), jnp.asarray(test.bias),
                 jnp.asarray(test.aligned))
   model = models.get(model_spec, num_classes=test.num_classes)
   models.check_fits(model, tuple(syn.images.shape[1:]))
-  result = evaluate.evaluate(jax.random.key(args.seed), syn._replace(
+  from jaxdd import pipeline
+  if args.seed is not None:
+    key = jax.random.key(args.seed)
+  elif "seed" in run_cfg:  # the run's own evaluation key: the run's numbers, exactly
+    key = pipeline.seed_keys(int(run_cfg["seed"]))[2]
+  else:
+    key = jax.random.key(0)
+  result = evaluate.evaluate(key, syn._replace(
       images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels)), batch, model=model,
       protocol=protocol, num_models=num_models, progress=not args.quiet)
+  result = dataclasses.replace(result, method=meta.get("method") or result.method)
   print(result.format_table())
   if args.out:
     synset.atomic_write_json(args.out, result.to_dict())
@@ -611,11 +620,14 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
                  help="architecture spec, e.g. convnet, resnet18 (default: the artifact's)")
   p.add_argument("--num-models", type=int, default=None,
                  help="networks to train (default: the artifact's run setting, else 5)")
-  p.add_argument("--seed", type=int, default=0, help="default: 0")
+  p.add_argument("--seed", type=int, default=None,
+                 help="evaluation seed (default: the run's own evaluation key, so a run's "
+                      "SynSet reproduces the run's numbers exactly)")
   p.add_argument("--dataset", default=None, choices=sorted(biased.DATASETS),
                  help="default: the artifact's")
   p.add_argument("--conflict-ratio", type=float, default=None, help="default: the artifact's")
-  p.add_argument("--source", default=None, help="default: the dataset's offline default")
+  p.add_argument("--source", default=None,
+                 help="default: the artifact's run source, else the dataset's offline default")
   p.add_argument("--out", default=None, help="write the result JSON here")
   _add_common_flags(p)
   p.set_defaults(fn=cmd_evaluate)

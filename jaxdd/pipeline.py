@@ -195,7 +195,12 @@ def baseline_keys(config: RunConfig) -> tuple[jax.Array, jax.Array]:
 
 def run_keys(config: RunConfig) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """(surrogate, distillation init, evaluation, diagnostics) keys of a run's seed."""
-  return tuple(jax.random.split(jax.random.key(config.seed), 4))
+  return seed_keys(config.seed)
+
+
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """:func:`run_keys` of a run whose seed is ``seed``."""
+  return tuple(jax.random.split(jax.random.key(seed), 4))
 
 
 # ---------------------------------------------------------------------------- data

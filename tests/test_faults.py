@@ -217,3 +217,19 @@ def test_refused_values_write_nothing(tmp_path, capsys):
                     + argv) == 2
     assert "error:" in _one_line(capsys.readouterr().err)
     assert not work.exists()
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_runs_synset_reproduces_the_run(tmp_path, capsys):
+  work = str(tmp_path / "run")
+  assert cli.main(["distill", "--preset", "smoke", "--weighting", "kde", "--seed", "3",
+                   "--workdir", work, "--quiet"]) == 0
+  capsys.readouterr()
+  out = str(tmp_path / "again.json")
+  assert cli.main(["evaluate", os.path.join(work, "synset"), "--out", out, "--quiet"]) == 0
+  assert "method dm+kde" in capsys.readouterr().out
+  stored = json.load(open(os.path.join(work, "eval.json")))
+  again = json.load(open(out))
+  for m in ("overall", "aligned", "conflicting", "worst_group"):
+    assert again["summary"][m]["mean"] == stored["mean"][m], m
+  assert again["method"] == "dm+kde"
