@@ -154,14 +154,36 @@ def _resolved(args):
   cfg = _config(args)
   pipeline.validate(cfg)
   if args.print_config:
-    _print_config(cfg)
+    _print_config(cfg, args)
     return None
   _need_workdir(args)
   return cfg
 
 
-def _print_config(cfg) -> int:
-  print(json.dumps({"config": cfg.to_dict(), "digest": cfg.digest()}, indent=2, sort_keys=True))
+def _print_config(cfg, args=None) -> int:
+  """What the subcommand would run, resolved: the run(s) and the subcommand's own settings."""
+  from jaxdd import pipeline
+  command = getattr(args, "command", "distill")
+  one = lambda c: {"config": c.to_dict(), "digest": c.digest()}
+  if command == "reproduce":
+    out = {"runs": {pipeline.method_name(cfg.replace(weighting=w)): one(cfg.replace(weighting=w))
+                    for w in ("none", "kde")},
+           "with_baselines": args.with_baselines}
+  elif command == "tune":
+    from jaxdd import study
+    out = {"base": one(cfg), "seeds": list(_seeds(args.seeds)),
+           "sweep_protocol": args.sweep_protocol, "sweep_models": args.sweep_models,
+           "candidates": [s.name(cfg) for s in study.knob_grid(cfg)]}
+  elif command == "final":
+    out = {"base": one(cfg), "seeds": list(_seeds(args.seeds)), "protocol": args.protocol,
+           "selection": args.selection or os.path.join(args.workdir or "<workdir>",
+                                                       "selection.json"),
+           "with_random": not args.no_random, "full_models": args.full_models}
+  elif command == "baselines":
+    out = {**one(cfg), "which": args.which, "vanilla_synset": args.vanilla_synset}
+  else:
+    out = one(cfg)
+  print(json.dumps({"command": command, **out}, indent=2, sort_keys=True, default=str))
   return 0
 
 

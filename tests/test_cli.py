@@ -33,7 +33,19 @@ def test_version_and_print_config(tmp_path, capsys):
   assert not work.exists()
   # reproduce and baselines print theirs too, without a workdir
   assert cli.main(["reproduce", "--print-config"]) == 0
-  assert json.loads(capsys.readouterr().out)["config"] == pipeline.get_config("cpu").to_dict()
+  rep = json.loads(capsys.readouterr().out)
+  assert rep["command"] == "reproduce"
+  assert rep["runs"]["dm"]["config"] == pipeline.get_config("cpu", weighting="none").to_dict()
+  assert rep["runs"]["dm+kde"]["config"] == pipeline.get_config("cpu").to_dict()
+  # each subcommand prints its own resolved settings
+  assert cli.main(["tune", "--preset", "smoke", "--seeds", "0,1", "--print-config"]) == 0
+  tune = json.loads(capsys.readouterr().out)
+  assert tune["command"] == "tune" and tune["seeds"] == [0, 1] and tune["candidates"]
+  assert cli.main(["final", "--preset", "smoke", "--print-config"]) == 0
+  assert json.loads(capsys.readouterr().out)["command"] == "final"
+  assert cli.main(["baselines", "--preset", "smoke", "--print-config"]) == 0
+  base = json.loads(capsys.readouterr().out)
+  assert base["command"] == "baselines" and base["config"] == pipeline.get_config("smoke").to_dict()
 
 
 def test_help_shows_the_selected_presets_defaults_and_choices(capsys):
