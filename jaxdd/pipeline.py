@@ -881,7 +881,9 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     protocol's epochs capped at ``full_epochs`` because every epoch is a pass
     over all training images.
 
-  Results are written to ``<workdir>/baselines.json`` and returned.
+  Results are written to ``<workdir>/baselines.json`` and returned. A
+  ``baselines.json`` already there is added to when it was made with the same
+  settings (config digest, weighting aside) and refused otherwise, before any work.
   """
   unknown = set(which) - set(BASELINES)
   if unknown:
@@ -892,6 +894,17 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   if {"lff", "dfa"} & set(which):
     synset.load(vanilla_synset)  # a missing/incomplete artifact fails here, before any work
   validate(config)
+  digest = config.replace(weighting="none", init="real", real_sampling="uniform").digest()
+  path = os.path.join(workdir, "baselines.json")
+  results = {}
+  if os.path.exists(path):  # kept and added to, but only for the same settings
+    with open(path) as f:
+      results = json.load(f)
+    other = sorted(n for n, r in results.items() if r.get("digest") != digest)
+    if other:
+      raise ValueError(f"{path} holds baselines made with other settings ({', '.join(other)}; "
+                       f"config digest {digest} now); use another --workdir, or delete "
+                       "baselines.json to replace them")
   run_data = RunData(config)
   check_models(config, run_data)
   os.makedirs(workdir, exist_ok=True)
@@ -905,7 +918,6 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   embeddings = None
   if {"herding", "kcenter"} & set(which):
     embeddings = surrogate_embeddings(config, run_data, k_sur, progress)
-  results = {}
   for i, name in enumerate(which):
     progress_lib.logger.info("baseline %d/%d: %s", i + 1, len(which), name)
     if name in ("random", "herding", "kcenter"):
@@ -938,6 +950,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
       extra = {"epochs": prot.epochs}
     summary = res.summary()
     summary.update(extra)
+    summary["digest"] = digest
     results[name] = summary
     if progress:
       print(f"{name}: " + ", ".join(f"{m} {100 * v:.1f}" for m, v in summary["mean"].items()))

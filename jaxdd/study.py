@@ -359,6 +359,24 @@ def _pm(values, ddof: int = 1) -> str:
 # ---------------------------------------------------------------------------- final table
 
 
+def _refuse_other_table(root: str, identity: dict) -> None:
+  """A ``table.json`` made with other settings is never overwritten (checked before work)."""
+  path = os.path.join(root, "table.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (OSError, ValueError):
+    stored = {}
+  differ = [k for k, v in identity.items()
+            if json.loads(json.dumps(stored.get(k))) != json.loads(json.dumps(v))]
+  if differ:
+    raise ValueError(f"{path} holds a table made with other settings ({', '.join(differ)} "
+                     "differ); use another --workdir, or delete table.json and table.md to "
+                     "replace it")
+
+
 @pipeline.under_policy
 def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
           seeds: Sequence[int] = (0, 1, 2), protocol: str | evaluate.Protocol = "cpu300",
@@ -381,6 +399,10 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
   Writes ``table.json`` and ``table.md`` under ``root``; returns the table dict.
   """
   protocol = evaluate.get_protocol(protocol)
+  identity = {"base": base.to_dict(), "protocol": protocol.to_dict(), "num_models": num_models,
+              "seeds": list(seeds),
+              "settings": {k: [list(kv) for kv in v.overrides] for k, v in settings.items()}}
+  _refuse_other_table(root, identity)
   rows: dict[str, dict[str, Any]] = {}
 
   def add(name, seed, summary, score, extra=None):
@@ -448,8 +470,7 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
                                 progress=progress)
       add("full biased training set", seed, summary, None,
           {"epochs": full_protocol.num_epochs, "train_aligned_fraction": train_fraction})
-  out = {"base": base.to_dict(), "protocol": protocol.to_dict(), "num_models": num_models,
-         "seeds": list(seeds), "train_aligned_fraction": train_fraction,
+  out = {**identity, "train_aligned_fraction": train_fraction,
          "reference": reference, "rows": rows,
          "paired": _paired(rows)}
   synset.atomic_write_json(os.path.join(root, "table.json"), out)

@@ -233,3 +233,34 @@ def test_evaluate_on_a_runs_synset_reproduces_the_run(tmp_path, capsys):
   for m in ("overall", "aligned", "conflicting", "worst_group"):
     assert again["summary"][m]["mean"] == stored["mean"][m], m
   assert again["method"] == "dm+kde"
+
+
+def test_results_of_other_settings_are_never_overwritten(tmp_path):
+  from jaxdd import study
+  work = tmp_path / "b"
+  work.mkdir()
+  other = {"random": {"mean": {"overall": 0.5}, "digest": "someoneelse"}}
+  (work / "baselines.json").write_text(json.dumps(other))
+  cfg = pipeline.get_config("smoke")
+  with pytest.raises(ValueError, match="holds baselines made with other settings"):
+    pipeline.run_baselines(cfg, str(work), which=("random",), progress=False)
+  assert json.loads((work / "baselines.json").read_text()) == other
+  root = tmp_path / "study"
+  root.mkdir()
+  table = {"base": cfg.replace(ipc=3).to_dict(), "rows": {}}
+  (root / "table.json").write_text(json.dumps(table))
+  (root / "table.md").write_text("kept")
+  with pytest.raises(ValueError, match=r"holds a table made with other settings \(base"):
+    study.final(cfg, str(root), settings={}, seeds=(0,), progress=False)
+  assert (root / "table.md").read_text() == "kept"
+
+
+@pytest.mark.slow
+def test_baselines_accumulate_for_the_same_settings(tmp_path):
+  cfg = pipeline.get_config("smoke", weighting="none")
+  work = str(tmp_path / "b")
+  pipeline.run_baselines(cfg, work, which=("random",), progress=False)
+  both = pipeline.run_baselines(cfg.replace(weighting="kde"), work, which=("full",),
+                                progress=False)
+  assert set(both) == {"random", "full"}
+  assert set(json.load(open(os.path.join(work, "baselines.json")))) == {"random", "full"}
