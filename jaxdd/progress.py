@@ -77,7 +77,10 @@ def _fmt_seconds(s: float) -> str:
 class LogBar:
   """A tqdm-like counter that logs plain lines (rate and ETA) instead of redrawing.
 
-  Thread-safe (evaluation reports epochs from XLA's callback thread).
+  The rate and ETA are measured from the first completed unit on, so the
+  compilation that the first unit pays for does not inflate the ETA; before
+  that the line says "first unit (compiling)". Thread-safe (evaluation reports
+  epochs from XLA's callback thread).
   """
 
   def __init__(self, total: int | None, desc: str = "", unit: str = "it", *, initial: int = 0,
@@ -89,23 +92,30 @@ class LogBar:
     self.postfix: dict[str, Any] = {}
     self._log = log or logger
     self._t0 = self._last = time.perf_counter()
+    self._t_first: float | None = None  # when the first unit finished
+    self._n_first = initial
     self._lock = threading.Lock()
     self._closed = False
 
   def line(self) -> str:
     """The current status line."""
-    elapsed = max(time.perf_counter() - self._t0, 1e-9)
-    done = self.n - self._start
-    rate = done / elapsed
+    now = time.perf_counter()
+    elapsed = max(now - self._t0, 1e-9)
     parts = [f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "") + f" {self.unit}"]
     if self.total:
       parts[0] += f" ({100 * self.n / self.total:.0f}%)"
-    parts.append(f"{rate:.3g} {self.unit}/s" if rate >= 0.1 or not done
-                 else f"{1 / rate:.3g} s/{self.unit}")
-    if self.total and done and self.n < self.total:
-      parts.append(f"ETA {_fmt_seconds((self.total - self.n) / rate)}")
-    else:
+    done = self.n - self._n_first
+    if self._t_first is None or done <= 0 or now <= self._t_first:
+      if self.n == self._start:
+        parts.append("first unit (compiling)")
       parts.append(f"elapsed {_fmt_seconds(elapsed)}")
+    else:
+      rate = done / (now - self._t_first)
+      parts.append(f"{rate:.3g} {self.unit}/s" if rate >= 0.1 else f"{1 / rate:.3g} s/{self.unit}")
+      if self.total and self.n < self.total:
+        parts.append(f"ETA {_fmt_seconds((self.total - self.n) / rate)}")
+      else:
+        parts.append(f"elapsed {_fmt_seconds(elapsed)}")
     parts += [f"{k}={v}" for k, v in self.postfix.items()]
     return ", ".join(parts)
 
@@ -113,6 +123,8 @@ class LogBar:
     with self._lock:
       self.n += k
       now = time.perf_counter()
+      if self._t_first is None:  # the rate counts from here: compilation is behind us
+        self._t_first, self._n_first = now, self.n
       if now - self._last >= self.interval and not self._closed:
         self._last = now
         self._log.info(self.line())

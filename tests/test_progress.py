@@ -66,14 +66,16 @@ def test_log_bar_lines_have_rate_and_eta(caplog, monkeypatch):
   with caplog.at_level(logging.INFO, logger="jaxdd"):
     b = progress.bar(10, "distill", unit="step", initial=2, interval=5)
     assert isinstance(b, progress.LogBar)
-    for _ in range(4):  # 4 steps in 8 s: 0.5 step/s, 4 of 10 left -> ETA 8 s
-      clock[0] += 2.0
+    for dt in (20.0, 2.0, 2.0, 2.0):  # the first step compiles (20 s), then 2 s a step
+      clock[0] += dt
       b.update(1)
     b.set_postfix(loss="0.5")
     b.close()
   lines = [r.getMessage() for r in caplog.records]
-  # one periodic line after 6 s (3 steps at 0.5 step/s, 5 left: ETA 10 s), one at close
-  assert lines == ["distill: 5/10 step (50%), 0.5 step/s, ETA 10s",
+  # The rate counts from the first finished step, so compilation does not enter the ETA:
+  # 3 steps in 6 s after it, 0.5 step/s, 4 of 10 left -> ETA 8 s (not 4 steps in 26 s).
+  assert lines == ["distill: 3/10 step (30%), elapsed 20s",
+                   "distill: 6/10 step (60%), 0.5 step/s, ETA 8s",
                    "distill: 6/10 step (60%), 0.5 step/s, ETA 8s, loss=0.5"]
   assert all("\r" not in line for line in lines)
   # quiet: nothing
