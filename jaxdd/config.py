@@ -51,7 +51,7 @@ class RunConfig:
   # TRUE bias labels: 'oracle' (group-balanced weights, a ceiling for any reweighting) and
   # 'fairdd' (FairDD's synchronized matching, DM only).
   weighting: str = "kde"
-  # Kept by the validation-only selection (jaxdd tune; RESULTS.md §1).
+  # Kept by the validation-only selection (jaxdd tune; RESULTS.md, "Headline").
   kde_variance: float = 0.01
   kde_temperature: float = 0.25
   kde_normalize: str = "power"

@@ -419,16 +419,16 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       :func:`jaxdd.models.loop_safe_convs` for that). ``"auto"``: the policy's
       ``syn_chunk`` (10 on CPU, all at once on accelerators). Chunking never
       changes the loss beyond float rounding. Timings at the reference
-      configuration: RESULTS.md §4 "One DM step" (benchmarks/dm_step.py).
+      configuration: RESULTS.md, "One DM step" (benchmarks/dm_step.py).
     real_dtype: run the gradient-free real-image forward in this floating dtype
       (e.g. ``"bfloat16"``): the network's parameters and the real images are
       cast to it, the features back to float32. None (default): the synthetic
       images' dtype, i.e. the reference's computation. Off by default:
-      on the development CPU bfloat16 is slower (RESULTS.md §4 "bf16 real path for DM").
+      on the development CPU bfloat16 is slower (RESULTS.md, "bf16 real path for DM").
       Under a policy with ``forward_conv="winograd"`` (the ``cpu`` policy) and
       without a mesh, the real forward's eligible 3x3 convolutions run as
       Winograd F(2x2, 3x3): the same values up to float rounding, 2.25x fewer
-      multiplies (:mod:`jaxdd.policy`; RESULTS.md §4, session 8).
+      multiplies (:mod:`jaxdd.policy`; RESULTS.md, "One DM step").
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
   Returns:
@@ -604,8 +604,8 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       and all at once on accelerators; None: all at once); the same value up
       to float rounding. Under a policy with ``train_conv="winograd"`` (the
       ``cpu`` policy) and without a mesh, the real gradient's eligible 3x3
-      convolutions run as Winograd F(2x2, 3x3) (:mod:`jaxdd.policy`; RESULTS.md
-      §4, session 10); the synthetic side keeps the loop-safe kernels.
+      convolutions run as Winograd F(2x2, 3x3) (:mod:`jaxdd.policy`; RESULTS.md,
+      "One gradient-matching outer iteration"); the synthetic side keeps the loop-safe kernels.
     jit: return a jitted ``step`` (default) or the raw pure function. The step
       is traced under the policy that was active when ``gm`` was called.
 
@@ -657,7 +657,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       logits_fn = lambda p, x: model.apply({"params": p, **net_state}, x, train=False)
       # The real images' weight gradient (first order) as Winograd where the
       # policy says so (train_conv); the synthetic side, differentiated twice,
-      # keeps the loop-safe kernels (RESULTS.md §4, session 10).
+      # keeps the loop-safe kernels (RESULTS.md, "One gradient-matching outer iteration").
       real_logits_fn = (winograd.traced_inside(logits_fn)
                         if pol.train_conv == "winograd" and mesh is None else None)
       return matching.gm_loss(k_aug, syn_batch, real_images, params=params, logits_fn=logits_fn,

@@ -77,8 +77,8 @@ class TorchDense(nn.Module):
 # ---------------------------------------------------------------------------
 # Instance norm with a hand-written VJP: two passes forward (mean, centred
 # variance), a fused pair of per-map reductions and one elementwise pass
-# backward; faster than flax's GroupNorm(C, C) in ConvNet-3 on CPU (RESULTS.md
-# §4 "One DM step"). Same values up to float rounding
+# backward; faster than flax's GroupNorm(C, C) in ConvNet-3 on CPU (RESULTS.md,
+# "One DM step"). Same values up to float rounding
 # (tests/test_models.py).
 
 

@@ -4,7 +4,7 @@ jaxdd computes the same numbers on every backend but lays the work out
 differently on XLA:CPU and on accelerators (GPU, TPU), because XLA:CPU is slow
 at some programs accelerators run well: backward convolutions inside loops
 (jax-ml/jax#12868), grouped convolutions of vmapped networks, large
-activations that fall out of cache (timings in RESULTS.md §4). A
+activations that fall out of cache (timings in RESULTS.md, "Speed on CPU"). A
 :class:`Policy` holds all of those choices; :data:`POLICIES` has the two
 built-in ones, ``"cpu"`` and ``"accelerator"``.
 
@@ -120,13 +120,13 @@ class Policy:
 # Micro-batches of about 12 on CPU (10 of a batch of 100, 16 of 256, 12 and a
 # remainder of 4 for 244) were chosen by timing ConvNet-3 (width 128) training
 # steps with micro-batches of 5 to 32 and whole batches, all compiled in one
-# process and timed alternately (RESULTS.md §4, sessions 7 and 10; our reading:
+# process and timed alternately (RESULTS.md, "Evaluation side by side with the PyTorch reference"; our reading:
 # the maps of a few images stay in cache; with Winograd convolutions, 16 of 256
 # beat 8). Prediction blocks of 32, and chunks of 32 real / 10 synthetic
-# images, by timing the DM and gradient-matching steps (RESULTS.md §4 "Where an
+# images, by timing the DM and gradient-matching steps (RESULTS.md, "Where an
 # evaluation step spends its time", "One DM step", "One gradient-matching outer
-# iteration"). Winograd for gradient-free forwards and trained networks: RESULTS.md
-# §4, sessions 8 and 10.
+# iteration"). Winograd for gradient-free forwards and trained networks: RESULTS.md,
+# "One DM step" and "Evaluation side by side with the PyTorch reference".
 POLICIES: dict[str, Policy] = {
     "cpu": Policy("cpu", conv="loop_safe", parallel="map", train_loop="step", micro_batch=12,
                   predict_block=32, real_chunk=32, syn_chunk=10, forward_conv="winograd",

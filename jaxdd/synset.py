@@ -11,7 +11,7 @@ Layout of an artifact directory::
 
 The directory is written under a temporary name and renamed into place, so a
 reader never sees half an artifact. :func:`load` re-hashes every file and
-refuses a tampered or truncated one.
+detects a corrupted or truncated one (a checksum, not a signature).
 
 Example:
   >>> import numpy as np, tempfile, os
@@ -96,7 +96,7 @@ def load(path: str) -> tuple[SynSet, dict]:
 
   Raises:
     FileNotFoundError: the directory or one of its files is missing.
-    ValueError: a file does not match the manifest (tampered or truncated),
+    ValueError: a file does not match the manifest (corrupted or truncated),
       or the arrays are malformed.
   """
   if not os.path.isdir(path):

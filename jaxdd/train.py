@@ -23,14 +23,14 @@ runs the same steps from the host, one compiled program per epoch or per step.
 program, either ``vmap`` ped (all networks batched: accelerators) or under a
 ``lax.map`` (one after another inside the program: CPU, where XLA runs the
 grouped convolutions of vmapped ConvNets slower than separate ones; see
-RESULTS.md §4 "Evaluation"); ``parallel="auto"`` takes the active
+RESULTS.md, "Evaluation: many networks in one program"); ``parallel="auto"`` takes the active
 :mod:`jaxdd.policy`'s choice. Compiled programs are cached per (training task,
 protocol, parallel mode, policy) with ``functools.lru_cache`` (big_vision's
 ``get_eval_fn`` pattern) and traced under that policy; ``jax.jit`` adds the
 per-shape cache.
 
 On CPU, convolution gradients inside a loop hit a slow XLA:CPU path
-(jax-ml/jax#12868; timings in RESULTS.md §4 "Evaluation"); while the
+(jax-ml/jax#12868; timings in RESULTS.md, "Convolution gradients inside loops"); while the
 trainer is traced under the ``cpu`` policy, ``flax.linen.Conv`` layers are
 routed through :func:`~jaxdd.models.loop_safe_conv`, which computes the same
 values and gradients with fast kernels, and per-sample tasks train on
@@ -58,7 +58,7 @@ from jaxdd.tasks import (StepBatch, TrainMetrics, TrainTask, apply_train,  # noq
 
 # Micro-batch size on CPU of per-sample tasks (see TrainTask.per_sample) and of
 # prediction: the cpu policy's (jaxdd.policy.POLICIES["cpu"].micro_batch, chosen
-# by timing; RESULTS.md §4 "Evaluation"). The trainer reads the active policy;
+# by timing; RESULTS.md, "Evaluation side by side with the PyTorch reference"). The trainer reads the active policy;
 # to try another size, pin one with
 # policy.use(dataclasses.replace(policy.POLICIES["cpu"], name=..., micro_batch=...)).
 CPU_MICRO_BATCH = policy.POLICIES["cpu"].micro_batch
@@ -383,8 +383,8 @@ def resolve_loop(loop: str) -> str:
     'scan'
   """
   # XLA:CPU runs the *backward* convolutions far slower inside a while loop
-  # (lax.scan) than as top-level ops (jax-ml/jax#12868; RESULTS.md §4
-  # "Evaluation"). The cpu policy therefore drives the steps from the host;
+  # (lax.scan) than as top-level ops (jax-ml/jax#12868; RESULTS.md,
+  # "Convolution gradients inside loops"). The cpu policy therefore drives the steps from the host;
   # the accelerator policy runs the single-program epoch.
   return _auto_by_policy("loop", loop, LOOPS, "train_loop")
 
@@ -505,8 +505,8 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, repo
   ``vmap``: all networks advance together (batched matmuls; convolutions
   become grouped convolutions). ``map``: a ``lax.map`` over the flattened grid
   inside the same program, one network at a time. XLA:CPU runs grouped
-  convolutions slower than the same work as separate convolutions (RESULTS.md
-  §4 "Evaluation"), so on CPU ``map`` is the faster of the two; accelerators
+  convolutions slower than the same work as separate convolutions (RESULTS.md,
+  "Evaluation: many networks in one program"), so on CPU ``map`` is the faster of the two; accelerators
   batch well.
   """
   return _train_many_cached(task, protocol, parallel, report, policy.current())
