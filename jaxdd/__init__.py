@@ -71,8 +71,7 @@ __all__ = sorted(_API)
 # ``tasks`` (what is trained), ``train`` (the one trainer), ``metrics`` (group accuracies), ``results``
 # (EvalResult) and ``evaluate`` (the entry points; re-exports the others).
 # ``policy`` holds the CPU/accelerator layout choices (jaxdd.policy.use pins one).
-# ("contrastive" is the deprecated alias of "surrogate", removed in the next release.)
-_SUBMODULES = ("augment", "baselines", "cli", "contrastive", "data", "debias", "diagnostics",
+_SUBMODULES = ("augment", "baselines", "cli", "data", "debias", "diagnostics",
                "distill", "evaluate", "kde", "layers", "matching", "metrics", "models",
                "parallel", "pipeline", "policy", "protocols", "results", "structs", "surrogate",
                "synset", "tasks", "train")

@@ -1,5 +1,5 @@
-"""Tests for jaxdd.surrogate: SupCon loss, surrogate training, embed, cache, and the
-deprecated jaxdd.contrastive alias. (The crop augmentation is tested in test_augment.py.)"""
+"""Tests for jaxdd.surrogate: SupCon loss, surrogate training, embed, cache. (The crop
+augmentation is tested in test_augment.py.)"""
 from __future__ import annotations
 
 import dataclasses
@@ -343,15 +343,8 @@ def test_cache_roundtrip_tamper_and_keying(toy, trained, tmp_path):
   assert os.path.dirname(explicit.path) == str(tmp_path / "c")
 
 
-# ---------------------------------------------------------------------------
-# Deprecated alias
-# ---------------------------------------------------------------------------
-
-
-def test_contrastive_alias_reexports_the_same_objects():
-  from jaxdd import contrastive
-  for name in contrastive.__all__:
-    assert getattr(contrastive, name) is getattr(S, name), name
-  assert set(S.__all__) <= set(contrastive.__all__)
+def test_package_exports_the_surrogate():
   import jaxdd
+  with pytest.raises(ImportError):  # the deprecated alias is gone
+    from jaxdd import contrastive  # noqa: F401
   assert jaxdd.train_surrogate is S.train_surrogate and jaxdd.surrogate is S
