@@ -527,9 +527,27 @@ def cmd_evaluate(args) -> int:
   return 0
 
 
+#: RunConfig fields that ``jaxdd baselines`` does not use (it neither distils nor weighs).
+BASELINES_IGNORE = ("weighting", "kde_variance", "kde_temperature", "kde_normalize", "kde_scope",
+                    "iterations", "real_per_class", "lr_img", "momentum", "lr_net", "outer_loop",
+                    "inner_loop", "init", "real_sampling", "dsa_strategy", "width", "depth",
+                    "method", "log_every", "checkpoint_every")
+
+
 def cmd_report(args) -> int:
+  if not os.path.exists(args.path):
+    raise FileNotFoundError(f"{args.path} does not exist; pass a run directory or a folder of "
+                            "runs")
   found = False
   for root, _, files in sorted(os.walk(args.path)):
+    if "baselines.json" in files:
+      with open(os.path.join(root, "baselines.json")) as f:
+        for name, ev in json.load(f).items():
+          m = ev["mean"]
+          print(f"{root}: baseline {name}: overall {100 * m['overall']:.1f}, aligned "
+                f"{100 * m['aligned']:.1f}, conflicting {100 * m['conflicting']:.1f}, worst "
+                f"group {100 * m['worst_group']:.1f}")
+      found = True
     if "comparison.md" in files:
       print(open(os.path.join(root, "comparison.md")).read())
       found = True
@@ -625,7 +643,9 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
 
   p = sub.add_parser("baselines", help="random / herding / k-center / LfF / DFA / full-set "
                                        "baselines under the same protocol")
-  _add_run_flags(p, preset, exclude=("weighting",))
+  # Baselines neither distil nor weigh: flags of those stages would be ignored, so they are
+  # not accepted (argparse refuses them with exit status 2).
+  _add_run_flags(p, preset, exclude=BASELINES_IGNORE)
   p.add_argument("--which", default=None,
                  help="comma-separated subset of random,herding,kcenter,lff,dfa,full (default: "
                       "random,herding,kcenter,full, plus lff,dfa when --vanilla-synset is given)")

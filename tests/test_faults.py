@@ -264,3 +264,20 @@ def test_baselines_accumulate_for_the_same_settings(tmp_path):
                                 progress=False)
   assert set(both) == {"random", "full"}
   assert set(json.load(open(os.path.join(work, "baselines.json")))) == {"random", "full"}
+
+
+def test_report_and_baselines_refuse_what_they_cannot_use(tmp_path, capsys):
+  assert cli.main(["report", str(tmp_path / "nowhere")]) == 2
+  assert "does not exist" in _one_line(capsys.readouterr().err)
+  with pytest.raises(SystemExit) as e:  # baselines neither distil nor weigh
+    cli.main(["baselines", "--preset", "smoke", "--iterations", "5", "--workdir",
+              str(tmp_path / "b")])
+  assert e.value.code == 2 and "unrecognized arguments: --iterations" in capsys.readouterr().err
+  assert not (tmp_path / "b").exists()
+  # report shows stored baselines too
+  d = tmp_path / "runs" / "b"
+  d.mkdir(parents=True)
+  mean = {"overall": 0.5, "aligned": 0.9, "conflicting": 0.4, "worst_group": 0.1}
+  (d / "baselines.json").write_text(json.dumps({"random": {"mean": mean, "digest": "x"}}))
+  assert cli.main(["report", str(tmp_path / "runs")]) == 0
+  assert "baseline random: overall 50.0, aligned 90.0, conflicting 40.0" in capsys.readouterr().out
