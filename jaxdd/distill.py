@@ -340,6 +340,51 @@ def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransfo
   return init_fn
 
 
+class _KDEKnobs(NamedTuple):
+  """A :class:`KDEConfig` whose variance and temperature may be traced (runtime) values."""
+  variance: Any
+  temperature: Any
+  normalize: str
+  scope: str
+
+
+def _runtime_knobs(lr: float, kde_config: KDEConfig | None) -> dict[str, np.ndarray]:
+  """The values a compiled step takes as arguments instead of constants."""
+  return {"lr": np.float32(lr),
+          "variance": np.float32(1.0 if kde_config is None else kde_config.variance),
+          "temperature": np.float32(1.0 if kde_config is None else kde_config.temperature)}
+
+
+# Compiled steps by their static settings: distillers that differ only in runtime knobs
+# (lr_img, KDE variance and temperature) reuse one program (jaxdd tune's candidates).
+_PROGRAMS: dict[tuple, Callable] = {}
+
+
+def _shared_program(static: tuple, step_fn: Callable) -> Callable:
+  try:
+    hash(static)
+  except TypeError:  # an unhashable setting (e.g. a custom augment object): no sharing
+    return jax.jit(step_fn, donate_argnums=0)
+  if static not in _PROGRAMS:
+    if len(_PROGRAMS) >= 32:
+      _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    _PROGRAMS[static] = jax.jit(step_fn, donate_argnums=0)
+  return _PROGRAMS[static]
+
+
+class _BoundStep:
+  """``step(state, real)``: a shared jitted program called with this distiller's knobs."""
+
+  def __init__(self, program: Callable, hp: dict):
+    self._program, self._hp = program, hp
+
+  def __call__(self, state, real):
+    return self._program(state, real, self._hp)
+
+  def lower(self, state, real):
+    return self._program.lower(state, real, self._hp)
+
+
 def _chunk(value, auto: int | None, name: str) -> int | None:
   if value == "auto":
     return auto
@@ -453,15 +498,21 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   pol = policy.current()
   real_chunk = _chunk(real_chunk, pol.real_chunk, "real_chunk")
   syn_chunk = _chunk(syn_chunk, pol.syn_chunk, "syn_chunk")
-  tx = optax.sgd(lr, momentum=momentum) if syn_tx is None else syn_tx
+  # SGD's learning rate is applied at run time (hp["lr"]), so candidates that differ only in
+  # lr_img (or the KDE variance / temperature) share one compiled program. sgd(1.0) keeps the
+  # optimiser state of sgd(lr) and its updates are exactly -trace; times lr gives sgd(lr)'s.
+  tx = optax.sgd(1.0, momentum=momentum) if syn_tx is None else syn_tx
   real_spec = P(class_axis, batch_axis)
   syn_spec = P(class_axis)
+  hp = _runtime_knobs(lr if syn_tx is None else 1.0, kde_config)
 
   init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config)
+  knobs_of = lambda h: None if kde_config is None else _KDEKnobs(
+      h["variance"], h["temperature"], kde_config.normalize, kde_config.scope)
 
-  def loss_fn(syn_images, key, real: RealData):
+  def loss_fn(syn_images, key, real: RealData, h):
     k_model, k_real, k_aug = jax.random.split(key, 3)
-    rows, mask, weights = real_batch(k_real, real, real_per_class, kde_config, real_sampling)
+    rows, mask, weights = real_batch(k_real, real, real_per_class, knobs_of(h), real_sampling)
     class_scale = None
     if group_matching is not None:
       if real.groups is None:
@@ -503,10 +554,13 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
                               class_scale=class_scale)
     return loss, weights
 
-  def step_fn(state: DistillState, real: RealData):
+  def step_fn(state: DistillState, real: RealData, h):
     key = jax.random.fold_in(state.key, state.step)
-    (loss, weights), grad = jax.value_and_grad(loss_fn, has_aux=True)(state.syn.images, key, real)
+    (loss, weights), grad = jax.value_and_grad(loss_fn, has_aux=True)(state.syn.images, key,
+                                                                       real, h)
     updates, opt_state = tx.update(grad, state.opt_state, state.syn.images)
+    if syn_tx is None:
+      updates = jax.tree.map(lambda u: u * h["lr"].astype(u.dtype), updates)
     images = optax.apply_updates(state.syn.images, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grad),
                "max_weight": jnp.max(weights)}
@@ -515,9 +569,16 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
 
   step_fn = policy.pinned(pol, step_fn)
   if not jit:
-    return Distiller(init_fn, step_fn)
-  # init runs once and checks sizes on the host, so only the step is compiled.
-  return Distiller(init_fn, jax.jit(step_fn, donate_argnums=0))
+    def raw_step(state: DistillState, real: RealData):
+      return step_fn(state, real, hp)
+    return Distiller(init_fn, raw_step)
+  # init runs once and checks sizes on the host, so only the step is compiled; the program
+  # is shared by every dm() with the same static settings (runtime knobs aside).
+  static = ("dm", num_classes, ipc, model, augment, real_per_class, momentum, syn_tx,
+            None if kde_config is None else (kde_config.normalize, kde_config.scope),
+            real_sampling, group_matching, mesh, class_axis, batch_axis, real_chunk, syn_chunk,
+            None if real_dtype is None else str(real_dtype), pol)
+  return Distiller(init_fn, _BoundStep(_shared_program(static, step_fn), hp))
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import distill, kde, models
+from jaxdd import augment, distill, kde, models
 
 
 def _toy(num_classes=3, per_class=12, size=8, seed=0):
@@ -202,3 +202,32 @@ def test_real_dtype_float32_is_the_default_step_and_bfloat16_stays_close():
   for bad in ("int32", "nope", np.bool_):
     with pytest.raises(ValueError, match="real_dtype must be a floating dtype"):
       _distiller(real_dtype=bad)
+
+
+def test_runtime_knobs_share_one_compiled_program():
+  # lr_img and the KDE variance / temperature are arguments of the compiled step, so tune's
+  # candidates that differ only in them reuse one program, with their own values.
+  x, y = _toy()
+  z = np.random.default_rng(1).normal(size=(len(x), 4)).astype(np.float32)
+  real = distill.real_data(x, y, num_classes=3, embeddings=z)
+  model = models.ConvNet(3, depth=1, width=4)
+  make = lambda lr, v, t, **kw: distill.dm(
+      num_classes=3, ipc=2, model=model, real_per_class=6, augment=augment.dsa("crop_flip"),
+      lr=lr, kde_config=distill.KDEConfig(variance=v, temperature=t), **kw)
+  a, b = make(1.0, 0.01, 0.25), make(3.0, 0.1, 1.0)
+  assert a.step._program is b.step._program
+  sa, sb = a.init(jax.random.key(0), real), b.init(jax.random.key(0), real)
+  for _ in range(2):
+    sa, ma = a.step(sa, real)
+    sb, mb = b.step(sb, real)
+  assert a.step._program._cache_size() == 1
+  assert not np.allclose(np.asarray(sa.syn.images), np.asarray(sb.syn.images))
+  # Each equals its own distiller traced with the knobs as constants.
+  ref = make(3.0, 0.1, 1.0, jit=False)
+  sr = ref.init(jax.random.key(0), real)
+  step = jax.jit(ref.step)
+  for _ in range(2):
+    sr, mr = step(sr, real)
+  np.testing.assert_allclose(np.asarray(sb.syn.images), np.asarray(sr.syn.images), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(float(mb["max_weight"]), float(mr["max_weight"]), rtol=1e-5)

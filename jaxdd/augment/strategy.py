@@ -3,6 +3,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 from jax import lax
 
@@ -197,6 +199,7 @@ def family(name: str, *, params: DSAParams = DSAParams()) -> AugmentFn:
   return fns[name]
 
 
+@functools.lru_cache(maxsize=64)
 def dsa(strategy: str = DEFAULT_STRATEGY, *, siamese: bool = True,
         params: DSAParams = DSAParams(), mode: str = "one") -> AugmentFn:
   """The DSA augmentation of a reference strategy string.
@@ -225,7 +228,8 @@ def dsa(strategy: str = DEFAULT_STRATEGY, *, siamese: bool = True,
     mode: ``"one"`` (pick one family per call) or ``"all"``.
 
   Returns:
-    A jittable ``fn(key, images) -> images``.
+    A jittable ``fn(key, images) -> images``; the same arguments give the same function
+    object (cached), so distillers built from the same strategy can share programs.
 
   Raises:
     ValueError: unknown family, bad mode or out-of-range parameters.
