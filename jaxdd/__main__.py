@@ -1,6 +1,4 @@
 """``python -m jaxdd`` runs the command line."""
-import sys
+from jaxdd.cli import entry
 
-from jaxdd.cli import main
-
-sys.exit(main())
+entry()

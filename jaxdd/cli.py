@@ -804,5 +804,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     _restore(was)
 
 
+def entry() -> None:
+  """The ``jaxdd`` console script: :func:`main`, then the process exits with its status.
+
+  After Ctrl-C (status 130) the process ends at once (``os._exit``) once the output is
+  flushed: every file was written atomically and the checkpoint is on disk, and XLA's
+  worker threads are not torn down by the interpreter's shutdown half-way through work.
+  """
+  rc = main()
+  if rc == 130:
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except (OSError, ValueError):
+        pass
+    os._exit(130)
+  sys.exit(rc)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

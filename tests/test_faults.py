@@ -281,3 +281,29 @@ def test_report_and_baselines_refuse_what_they_cannot_use(tmp_path, capsys):
   (d / "baselines.json").write_text(json.dumps({"random": {"mean": mean, "digest": "x"}}))
   assert cli.main(["report", str(tmp_path / "runs")]) == 0
   assert "baseline random: overall 50.0, aligned 90.0, conflicting 40.0" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ctrl_c_from_the_shell_exits_130_with_one_line(tmp_path):
+  import subprocess
+  import sys
+  import time
+  work = tmp_path / "run"
+  env = dict(os.environ, JAXDD_LOG_INTERVAL="1")
+  p = subprocess.Popen([sys.executable, "-m", "jaxdd", "distill", "--preset", "smoke",
+                        "--weighting", "none", "--iterations", "100000", "--checkpoint-every",
+                        "1000000", "--workdir", str(work)], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, env=env)
+  metrics = work / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and p.poll() is None:
+    if metrics.exists() and '"loss"' in metrics.read_text():
+      break
+    time.sleep(0.5)
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 130, err[-2000:]
+  assert "Traceback" not in err
+  lines = [l for l in err.splitlines() if l.startswith("jaxdd distill:")]
+  assert len(lines) == 1 and "rerun the same command to resume" in lines[0]
+  assert len(os.listdir(work / "checkpoints")) == 1
