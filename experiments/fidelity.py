@@ -115,12 +115,17 @@ def table(rows: dict[str, list[dict]]) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+def data_parser(doc: str) -> argparse.ArgumentParser:
+  """A parser with the flags that pick the run preset and the data (shared by experiments)."""
+  p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--preset", default="proxy")
   p.add_argument("--dataset", default="cmnist")
   p.add_argument("--conflict-ratio", type=float, default=0.05)
+  return p
+
+
+def main(argv=None) -> int:
+  p = data_parser(__doc__)
   p.add_argument("--ipc", type=int, default=None)
   p.add_argument("--iterations", type=int, default=None)
   p.add_argument("--lr-img", type=float, default=None)

@@ -14,13 +14,16 @@ against the balanced 0.1, AUROC).
 """
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 
 import jax
 import numpy as np
 
-from jaxdd import diagnostics, kde, pipeline, synset
+from jaxdd import diagnostics, pipeline, synset
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fidelity  # noqa: E402  (the sibling experiment's shared flags)
 
 
 def nn_sq_distance(emb: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
@@ -55,11 +58,7 @@ def kmeans(key: jax.Array, z: np.ndarray, k: int, iters: int = 30) -> np.ndarray
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--preset", default="proxy")
-  p.add_argument("--dataset", default="cmnist")
-  p.add_argument("--conflict-ratio", type=float, default=0.05)
+  p = fidelity.data_parser(__doc__)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--variances", default="0.003,0.01,0.03,0.1")
   p.add_argument("--temperatures", default="0.1,0.25,0.5,1")

@@ -114,3 +114,38 @@ def test_bf16_accuracy_table_means_over_seeds_and_pairs_the_dtypes():
   # paired bf16 - fp32, DM overall: differences (+1, +3) points -> +2.0 ± 1.4
   assert "| DM | mean ± std over seeds 0, 1 | +2.0 ± 1.4 | +0.0 ± 0.0 | +0.0 ± 0.0 |" in text
   assert "| DM + KDE | mean ± std over seeds 0, 1 | +0.0 ± 0.0 | +0.0 ± 0.0 | +0.0 ± 0.0 |" in text
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(os.path.dirname(__file__), "..", "experiments", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_fidelity_table_is_mean_and_sample_std_over_seeds():
+  fidelity = _load("fidelity")
+  res = lambda c, it: {"valid": {"conflicting": c}, "config": {"iterations": it},
+                       "test": {"overall": c, "aligned": 0.9, "conflicting": c,
+                                "worst_group": 0.0},
+                       "bias_start": 0.95, "bias_end": 0.5, "batch_ess": 4.0, "min_share": 0.02,
+                       "max_share": 0.3, "distill_s": 10.0, "eval_s": 5.0}
+  md = fidelity.table({"kde": [res(0.8, 600), res(0.9, 600)],
+                       "selection": [res(0.7, 0), res(0.7, 0)]})
+  kde_row = [l for l in md.splitlines() if l.startswith("| DM + KDE (paper")][0]
+  # 80, 90 -> 85.0 ± 7.1 (sample std over seeds)
+  assert "| no | 85.0 ± 7.1 | 85.0 ± 7.1 | 90.0 ± 0.0 |" in kde_row
+  assert "| 4.0 | 0.020 / 0.300 | 15 |" in kde_row
+  sel_row = [l for l in md.splitlines() if l.startswith("| selection alone")][0]
+  assert "– (not distilled)" in sel_row
+  assert fidelity.ARMS["oracle"][2] and not fidelity.ARMS["kde"][2]  # bias labels marked
+
+
+def test_weight_quality_nearest_neighbour_distance_by_hand():
+  import numpy as np
+  weight_quality = _load("weight_quality")
+  emb = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [10.0, 0.0], [10.0, 2.0]], np.float32)
+  labels = np.array([0, 0, 0, 1, 1])
+  # class 0: NN squared distances 1, 1, 4; class 1: 4, 4 -> median of [1, 1, 4, 4, 4] = 4
+  assert weight_quality.nn_sq_distance(emb, labels, 2) == 4.0
