@@ -307,3 +307,16 @@ def test_ctrl_c_from_the_shell_exits_130_with_one_line(tmp_path):
   lines = [l for l in err.splitlines() if l.startswith("jaxdd distill:")]
   assert len(lines) == 1 and "rerun the same command to resume" in lines[0]
   assert len(os.listdir(work / "checkpoints")) == 1
+
+
+def test_a_missing_test_split_is_found_before_any_work(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  src = tmp_path / "train_only.npz"
+  np.savez(src, x_train=rng.integers(0, 256, (600, 28, 28), dtype=np.uint8),
+           y_train=np.repeat(np.arange(10), 60))
+  work = tmp_path / "run"
+  assert cli.main(["distill", "--preset", "smoke", "--source", str(src), "--workdir", str(work),
+                   "--quiet"]) == 2
+  line = _one_line(capsys.readouterr().err)
+  assert "test" in line
+  assert not work.exists()
