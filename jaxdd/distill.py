@@ -232,9 +232,10 @@ def sample_weighted(key: jax.Array, real: RealData, n: int,
   """Draws ``n`` rows per class WITH replacement, row i of class c with probability w_ci.
 
   ``w`` is :func:`class_weights`. The plain mean of such a batch is an unbiased
-  estimate of the whole-class weighted mean (what uniform sampling plus weights
-  estimates too), with far lower variance when the weights are concentrated on a
-  few rows (the effective sample size of a uniform batch is ``1 / sum w_b^2``).
+  estimate of the whole-class weighted mean (which a uniform batch re-weighted by
+  the same ``w`` only approximates, as a ratio estimate), with far lower variance
+  when the weights are concentrated on a few rows (the effective sample size of a
+  uniform batch is ``(sum w_b)^2 / sum w_b^2``).
 
   Returns:
     ``(rows, mask)`` like :func:`sample_per_class` (the mask is all True).

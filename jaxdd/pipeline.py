@@ -64,7 +64,7 @@ def check_models(config: RunConfig, run_data: "RunData") -> None:
   models.check_fits(models.ConvNet(nc, depth=config.depth, width=config.width), shape)
   models.check_fits(models.get(config.eval_model, num_classes=nc), shape)
   counts = np.bincount(np.asarray(run_data.train.labels), minlength=nc)
-  if config.init != "noise" and counts.min() < config.ipc:
+  if counts.min() < config.ipc:  # distill's init refuses it too, but only after files exist
     c = int(np.argmin(counts))
     raise ValueError(f"ipc={config.ipc} is larger than class {c}, which has {counts[c]} real "
                      f"training images; lower --ipc (at most {counts.min()}) or use a larger "
