@@ -425,10 +425,10 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
   out = (avg / np.where(class_total > 0, class_total, 1.0)[labels]).astype(np.float32)
   if not return_ess:
     return out
-  return out, _mean_batch_ess(w_batches, mask, labels[index[:, 0]], int(num_classes))
+  return out, mean_batch_ess(w_batches, mask, labels[index[:, 0]], int(num_classes))
 
 
-def _mean_batch_ess(w_batches: np.ndarray, mask: np.ndarray, batch_class: np.ndarray,
+def mean_batch_ess(w_batches: np.ndarray, mask: np.ndarray, batch_class: np.ndarray,
                     num_classes: int) -> np.ndarray:
   """Per class, the mean over its batches of ``(sum w)^2 / sum w^2`` (NaN: no batch)."""
   w = np.where(mask, w_batches, 0.0)
@@ -467,7 +467,7 @@ def batch_ess(key: jax.Array, weights: Any, labels: Any, *, batch_size: int, num
                            num_rounds=num_rounds)
   if index.shape[0] == 0:
     return np.full(int(num_classes), np.nan)
-  return _mean_batch_ess(w[index], mask, labels[index[:, 0]], int(num_classes))
+  return mean_batch_ess(w[index], mask, labels[index[:, 0]], int(num_classes))
 
 
 def group_report(weights: Any, labels: Any, bias: Any, *, num_classes: int) -> list[dict[str, Any]]:

@@ -589,12 +589,7 @@ def _fairdd_batch_weights(key, labels, bias, batch_size: int, num_classes: int,
   avg = sums / np.maximum(counts, 1.0)
   total = np.bincount(labels, weights=avg, minlength=num_classes)
   w = (avg / np.where(total > 0, total, 1.0)[labels]).astype(np.float32)
-  sq = (w_b ** 2).sum(axis=1)
-  ess_b = np.where(sq > 0, w_b.sum(axis=1) ** 2 / np.where(sq > 0, sq, 1.0), 0.0)
-  cls = labels[index[:, 0]]
-  ess = np.array([ess_b[cls == c].mean() if (cls == c).any() else np.nan
-                  for c in range(num_classes)])
-  return w, ess
+  return w, diagnostics.mean_batch_ess(w_b, mask, labels[index[:, 0]], num_classes)
 
 
 def weight_diagnostics(config: RunConfig, run_data: RunData, embeddings: np.ndarray | None,
