@@ -766,7 +766,12 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   step_fn = policy.pinned(pol, step_fn)
   if not jit:
     return Distiller(init_fn, step_fn)
-  return Distiller(init_fn, jax.jit(step_fn, donate_argnums=0))
+  # Shared by every gm() with the same settings (a resumed run, tune's candidates that
+  # differ only in what the step does not see), as dm()'s programs are.
+  static = ("gm", num_classes, ipc, model, strategy, outer, inner, real_per_class, lr, momentum,
+            syn_tx, lr_net, net_batch_size, kde_config, real_sampling, mesh, class_axis,
+            batch_axis, real_chunk, pol)
+  return Distiller(init_fn, _shared_program(static, step_fn))
 
 
 def dsa(*, strategy: str = "color_crop_cutout_flip_scale_rotate",

@@ -90,8 +90,9 @@ def test_gradient_distance_matches_reference_rows_on_a_convnet():
   x = jax.random.normal(jax.random.key(0), (5, 8, 8, 3))
   params = model.init(jax.random.key(1), x)["params"]
   ce = lambda p, xs, y: evaluate.cross_entropy(model.apply({"params": p}, xs), y).mean()
-  g1 = jax.grad(ce)(params, x, jnp.array([0, 1, 2, 3, 0]))
-  g2 = jax.grad(ce)(params, x[::-1] * 0.5, jnp.array([1, 1, 2, 3, 3]))
+  grad = jax.jit(jax.grad(ce))  # one program for both gradients
+  g1 = grad(params, x, jnp.array([0, 1, 2, 3, 0]))
+  g2 = grad(params, x[::-1] * 0.5, jnp.array([1, 1, 2, 3, 3]))
   got = float(matching.gradient_distance(g1, g2))
   want = sum(np_row_distance(to_torch_layout(np.asarray(a, np.float64)),
                              to_torch_layout(np.asarray(b, np.float64)))
@@ -303,12 +304,19 @@ def test_step_traces_once_and_is_deterministic():
   for _ in range(3):
     state, metrics = step(state, real)
   assert int(state.step) == 3 and np.isfinite(float(metrics["loss"]))
-  d = _gm(strategy="crop_flip")
-  s1, s2 = d.init(jax.random.key(5), real), d.init(jax.random.key(5), real)
+  # the same program again (still one trace) from two equal starts: equal results
+  s1, s2 = raw.init(jax.random.key(5), real), raw.init(jax.random.key(5), real)
   for _ in range(2):
-    s1, _ = d.step(s1, real)
-    s2, _ = d.step(s2, real)
+    s1, _ = step(s1, real)
+    s2, _ = step(s2, real)
   np.testing.assert_array_equal(s1.syn.images, s2.syn.images)
+
+
+def test_distillers_with_the_same_settings_share_one_program():
+  a = _gm(strategy="crop_flip", lr=0.3)
+  b = _gm(strategy="crop_flip", lr=0.3)
+  c = _gm(strategy="crop_flip", lr=0.2)
+  assert a.step is b.step and a.step is not c.step
 
 
 def test_batchnorm_network_runs_with_running_statistics():

@@ -81,6 +81,7 @@ def test_run_config_carries_the_policy_and_the_pipeline_pins_it(monkeypatch, tmp
 
   monkeypatch.setattr(pipeline, "distill_run", fake_distill_run)
   monkeypatch.setattr(pipeline, "surrogate_embeddings", lambda *a, **k: None)
+  monkeypatch.setattr(pipeline, "bias_classifier", lambda *a, **k: None)  # not under test
   with pytest.raises(RuntimeError, match="stop here"):
     pipeline.distill_stage(cfg.replace(weighting="none"), str(tmp_path / "w"), progress=False)
   assert seen == ["accelerator"] and policy.current().name == "cpu"  # restored after
