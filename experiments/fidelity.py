@@ -134,6 +134,10 @@ def main(argv=None) -> int:
   p.add_argument("--iterations", type=int, default=None)
   p.add_argument("--lr-img", type=float, default=None)
   p.add_argument("--method", default="dm")
+  p.add_argument("--kde-variance", type=float, default=None,
+                 help="the KDE bandwidth of every KDE arm (default: the preset's)")
+  p.add_argument("--kde-temperature", type=float, default=None,
+                 help="the KDE normalisation temperature of every KDE arm (default: the preset's)")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--arms", default=",".join(ARMS))
   p.add_argument("--workdir", required=True)
@@ -149,7 +153,9 @@ def main(argv=None) -> int:
   seeds = [int(s) for s in args.seeds.split(",")]
   base = pipeline.get_config(args.preset, dataset=args.dataset, method=args.method,
                              conflict_ratio=args.conflict_ratio, ipc=args.ipc,
-                             iterations=args.iterations, lr_img=args.lr_img)
+                             iterations=args.iterations, lr_img=args.lr_img,
+                             kde_variance=args.kde_variance,
+                             kde_temperature=args.kde_temperature)
   # Seed-major: an interrupted queue still has every arm at the first seeds.
   configs = {(a, s): base.replace(seed=s, **ARMS[a][0]) for s in seeds for a in arms}
   rows: dict[str, list[dict]] = {a: [] for a in arms}

@@ -43,6 +43,8 @@ __all__ = [
     "class_scope_weights",
     "batch_scope_weights",
     "batch_plan",
+    "per_sample_mean",
+    "mean_batch_ess",
     "aligned_bias_values",
     "BiasClassifier",
     "train_bias_classifier",
@@ -416,16 +418,28 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
     parts.append(np.asarray(fn(emb_dev[jnp.asarray(index_p[s:s + chunk])], jnp.asarray(mask_p[s:s + chunk]),
                                jnp.float32(variance), jnp.float32(temperature))))
   w_batches = np.concatenate(parts)[:num_batches].astype(np.float64)
-  sums = np.zeros(n, np.float64)
-  counts = np.zeros(n, np.float64)
-  np.add.at(sums, index[mask], w_batches[mask])
-  np.add.at(counts, index[mask], 1.0)
-  avg = sums / np.maximum(counts, 1.0)
-  class_total = np.bincount(labels, weights=avg, minlength=int(num_classes))
-  out = (avg / np.where(class_total > 0, class_total, 1.0)[labels]).astype(np.float32)
+  out = per_sample_mean(w_batches, index, mask, labels, int(num_classes))
   if not return_ess:
     return out
   return out, mean_batch_ess(w_batches, mask, labels[index[:, 0]], int(num_classes))
+
+
+def per_sample_mean(w_batches: np.ndarray, index: np.ndarray, mask: np.ndarray,
+                    labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Each sample's in-batch weight averaged over the batches it was drawn in.
+
+  ``w_batches``, ``index``, ``mask``: (B, n) in-batch weights, rows and validity
+  of sampled batches (:func:`batch_plan`). The averages are renormalised so that
+  each non-empty class sums to 1; a sample never drawn gets 0. Returns (N,) float32.
+  """
+  labels = np.asarray(labels)
+  sums = np.zeros(labels.shape[0], np.float64)
+  counts = np.zeros(labels.shape[0], np.float64)
+  np.add.at(sums, index[mask], np.asarray(w_batches, np.float64)[mask])
+  np.add.at(counts, index[mask], 1.0)
+  avg = sums / np.maximum(counts, 1.0)
+  class_total = np.bincount(labels, weights=avg, minlength=num_classes)
+  return (avg / np.where(class_total > 0, class_total, 1.0)[labels]).astype(np.float32)
 
 
 def mean_batch_ess(w_batches: np.ndarray, mask: np.ndarray, batch_class: np.ndarray,

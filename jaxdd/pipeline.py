@@ -582,13 +582,7 @@ def _fairdd_batch_weights(key, labels, bias, batch_size: int, num_classes: int,
   w_b, _ = matching.group_balanced_weights(jnp.asarray(bias[index]), jnp.asarray(mask),
                                            int(bias.max()) + 1)
   w_b = np.asarray(w_b, np.float64)
-  sums = np.zeros(len(labels))
-  counts = np.zeros(len(labels))
-  np.add.at(sums, index[mask], w_b[mask])
-  np.add.at(counts, index[mask], 1.0)
-  avg = sums / np.maximum(counts, 1.0)
-  total = np.bincount(labels, weights=avg, minlength=num_classes)
-  w = (avg / np.where(total > 0, total, 1.0)[labels]).astype(np.float32)
+  w = diagnostics.per_sample_mean(w_b, index, mask, labels, num_classes)
   return w, diagnostics.mean_batch_ess(w_b, mask, labels[index[:, 0]], num_classes)
 
 

@@ -183,6 +183,16 @@ def test_batch_scope_matches_numpy_average_over_the_plan():
   np.testing.assert_allclose(w, ref, rtol=2e-4, atol=1e-7)
 
 
+def test_per_sample_mean_hand_constants():
+  # Two batches of class 0 (rows 0-2), one of class 1 (rows 3-4); row 2 is never drawn.
+  index = np.array([[0, 1], [0, 1], [3, 4]])
+  mask = np.array([[True, True], [True, True], [True, False]])
+  w_b = np.array([[0.25, 0.75], [0.75, 0.25], [1.0, 9.0]])  # the masked 9.0 must not count
+  w = D.per_sample_mean(w_b, index, mask, np.array([0, 0, 0, 1, 1]), 2)
+  # class 0: rows 0 and 1 average 0.5 each, row 2 gets 0; class 1: row 3 alone.
+  np.testing.assert_allclose(w, [0.5, 0.5, 0.0, 1.0, 0.0])
+
+
 def test_isolated_conflicting_points_get_more_weight():
   # Per class: a tight aligned cluster plus a few far-away "conflicting" points;
   # both scopes must rank the conflicting points on top (AUROC 1).
