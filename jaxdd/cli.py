@@ -529,6 +529,7 @@ def cmd_evaluate(args) -> int:
 
 #: RunConfig fields that ``jaxdd baselines`` does not use (it neither distils nor weighs).
 BASELINES_IGNORE = ("weighting", "kde_variance", "kde_temperature", "kde_normalize", "kde_scope",
+                    "kde_floor",
                     "iterations", "real_per_class", "lr_img", "momentum", "lr_net", "outer_loop",
                     "inner_loop", "init", "real_sampling", "dsa_strategy", "width", "depth",
                     "method", "log_every", "checkpoint_every")

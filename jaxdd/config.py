@@ -56,6 +56,9 @@ class RunConfig:
   kde_temperature: float = 0.25
   kde_normalize: str = "power"
   kde_scope: str = "batch"
+  # Raise each class's whole-class densities to at least this quantile (0: none, the
+  # paper's); acts on init='weighted', real_sampling='weighted' and scope 'class'.
+  kde_floor: float = 0.0
   iterations: int = 20000
   real_per_class: int = 256
   lr_img: float = 1.0
@@ -97,7 +100,7 @@ class RunConfig:
     if self.weighting != "kde":
       return None
     return kde_lib.KDEConfig(self.kde_variance, self.kde_temperature, self.kde_normalize,
-                             self.kde_scope)
+                             self.kde_scope, self.kde_floor)
 
   @property
   def surrogate(self) -> surrogate.SurrogateConfig:
@@ -124,8 +127,9 @@ class RunConfig:
     d.pop("log_every"), d.pop("checkpoint_every")
     if d["policy"] == "auto":  # the default layout; digests from before the field stay valid
       d.pop("policy")
-    if d["real_sampling"] == "uniform":  # the same: older runs keep their digests
-      d.pop("real_sampling")
+    for name, default in (("real_sampling", "uniform"), ("kde_floor", 0.0)):
+      if d[name] == default:  # the same: runs from before the field keep their digests
+        d.pop(name)
     return d
 
   def digest(self) -> str:
@@ -210,7 +214,14 @@ def validate(config: RunConfig) -> None:
   if config.checkpoint_every < 1 or config.log_every < 1:
     raise ValueError("checkpoint_every and log_every must be >= 1")
   kde_lib.KDEConfig(config.kde_variance, config.kde_temperature, config.kde_normalize,
-                    config.kde_scope)
+                    config.kde_scope, config.kde_floor)
+  if config.kde_floor and config.weighting != "kde":
+    raise ValueError("--kde-floor shapes the KDE weights; use it with --weighting kde (or leave "
+                     "it at 0)")
+  if (config.kde_floor and config.kde_scope == "batch" and config.init != "weighted"
+      and config.real_sampling != "weighted"):
+    raise ValueError("--kde-floor acts on whole-class densities, which this run does not use; add "
+                     "--init weighted, --real-sampling weighted or --kde-scope class")
   evaluate.get_protocol(config.eval_protocol)
   models.get(config.eval_model, num_classes=2)
   from jaxdd.data import biased  # noqa: PLC0415

@@ -62,6 +62,7 @@ from jaxdd._src.checks import is_traced
 __all__ = [
     "KDEConfig",
     "class_log_density",
+    "floor_log_density",
     "log_density",
     "log_density_sharded",
     "weights",
@@ -87,6 +88,13 @@ class KDEConfig:
     scope: ``'batch'`` (the paper's: the density inside each sampled real
       batch of a class, O(B^2 d) per step) or ``'class'`` (a density
       precomputed once over the whole class, :func:`class_log_density`).
+    floor: a quantile in ``[0, 1)``: each class's whole-class densities are
+      raised to at least their ``floor`` quantile (:func:`floor_log_density`),
+      so the rarest ``floor`` share of a class weigh the same instead of a
+      handful of outliers taking most of the weight. 0 (the paper's) leaves
+      them as they are. It acts wherever whole-class densities are used
+      (scope ``'class'``, ``init='weighted'``, ``real_sampling='weighted'``),
+      not on the in-batch densities of scope ``'batch'``.
 
   The defaults were kept by the validation-only selection on CMNIST 5 %
   (``jaxdd tune``, docs/protocols.md §7).
@@ -103,6 +111,7 @@ class KDEConfig:
   temperature: float = 0.25
   normalize: Normalize = "power"
   scope: Literal["batch", "class"] = "batch"
+  floor: float = 0.0
 
   def __post_init__(self):
     for name, what, example in (("variance", "the kernel variance", 0.01),
@@ -118,6 +127,8 @@ class KDEConfig:
                        f"got {self.normalize!r}")
     if self.scope not in SCOPES:
       raise ValueError(f"KDEConfig.scope must be one of {list(SCOPES)}, got {self.scope!r}")
+    check_floor(self.floor, "KDEConfig.floor")
+    object.__setattr__(self, "floor", float(self.floor))
 
   def replace(self, **changes) -> "KDEConfig":
     """A validated copy with some fields changed."""
@@ -127,6 +138,14 @@ class KDEConfig:
 # --------------------------------------------------------------------------
 # Checks of kde's own arguments (on concrete values only: inside jit they are skipped).
 # --------------------------------------------------------------------------
+
+def check_floor(floor, name: str = "floor") -> None:
+  """A density floor must be a quantile in [0, 1)."""
+  if (isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not math.isfinite(floor)
+      or not 0.0 <= floor < 1.0):
+    raise ValueError(f"{name} (the density floor, a quantile) must be a number in [0, 1), "
+                     f"e.g. 0.05, or 0 for none; got {floor!r}")
+
 
 def _check_normalize(normalize: str) -> None:
   if normalize not in _NORMALIZE:
@@ -532,7 +551,7 @@ def weights(
 
 
 def class_log_density(embeddings, labels, *, num_classes: int, variance: float,
-                      block_size: int = 1024) -> np.ndarray:
+                      floor: float = 0.0, block_size: int = 1024) -> np.ndarray:
   """Log density of every sample within its own class (KDE scope ``'class'``).
 
   One blocked :func:`log_density` per class (host loop), so memory stays
@@ -544,6 +563,8 @@ def class_log_density(embeddings, labels, *, num_classes: int, variance: float,
     labels: (N,) ints in ``[0, num_classes)``.
     num_classes: number of classes.
     variance: kernel variance > 0.
+    floor: a quantile in [0, 1); each class's densities are raised to at
+      least that quantile (:func:`floor_log_density`; 0: none).
     block_size: tile size of the blocked kernel.
 
   Returns:
@@ -561,10 +582,51 @@ def class_log_density(embeddings, labels, *, num_classes: int, variance: float,
                      f"{labels.shape}")
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+  check_floor(floor)
   out = np.zeros(labels.shape, np.float32)
   for c in range(int(num_classes)):
     rows = np.flatnonzero(labels == c)
     if rows.size:
       z = jnp.asarray(embeddings[rows], jnp.float32)
       out[rows] = np.asarray(log_density(z, z, variance=variance, block_size=block_size))
-  return out
+  return floor_log_density(out, labels, floor, num_classes=num_classes) if floor else out
+
+
+def floor_log_density(log_f, labels, floor: float, *, num_classes: int) -> np.ndarray:
+  """Raise each class's log densities to at least their ``floor`` quantile.
+
+  Inverse-density weights are steep (``f^(-1/T)``, ``f^-4`` at the default
+  T = 0.25): within a rare group, and within the common one, most of the
+  weight goes to its few most isolated samples, so the weighted target is
+  made of outliers. Flooring the density at a class quantile gives the
+  rarest ``floor`` share of the class (about ``floor * n`` samples) equal
+  weight and leaves the order of everything above it unchanged. A label-free
+  setting chosen on validation data (RESULTS.md, "Paper-scale fidelity").
+
+  Args:
+    log_f: (N,) log densities (e.g. from :func:`class_log_density`).
+    labels: (N,) ints in ``[0, num_classes)``; quantiles are per class.
+    floor: quantile in [0, 1) (numpy's default linear interpolation); 0
+      returns ``log_f`` unchanged.
+    num_classes: number of classes.
+
+  Returns:
+    (N,) float32 numpy log densities.
+
+  Example:
+    >>> floor_log_density(np.log([0.1, 0.2, 0.3, 0.4, 0.5]), np.zeros(5, int), 0.25,
+    ...                   num_classes=1).round(3)
+    array([-1.609, -1.609, -1.204, -0.916, -0.693], dtype=float32)
+  """
+  check_floor(floor)
+  log_f = np.asarray(log_f, np.float64)
+  labels = np.asarray(labels)
+  if log_f.shape != labels.shape or log_f.ndim != 1:
+    raise ValueError(f"log_f and labels must both be (N,), got {log_f.shape} and {labels.shape}")
+  out = log_f.copy()
+  if floor:
+    for c in range(int(num_classes)):
+      rows = labels == c
+      if rows.any():
+        out[rows] = np.maximum(log_f[rows], np.quantile(log_f[rows], floor))
+  return out.astype(np.float32)

@@ -332,7 +332,8 @@ def run_log_density(config: RunConfig, run_data: RunData,
   if config.weighting == "kde" and (config.kde_scope == "class" or config.init == "weighted"
                                     or config.real_sampling == "weighted"):
     return np.asarray(distill.class_log_density(embeddings, train.labels, num_classes=nc,
-                                                variance=config.kde_variance))
+                                                variance=config.kde_variance,
+                                                floor=config.kde_floor))
   return None
 
 
@@ -630,6 +631,7 @@ def weight_diagnostics(config: RunConfig, run_data: RunData, embeddings: np.ndar
   report["groups"] = diagnostics.group_report(w, train.labels, train.bias, num_classes=nc)
   report["batch_ess"] = [None if not np.isfinite(e) else float(e) for e in ess]
   report["weighting"] = {"weighting": config.weighting, "scope": config.kde_scope,
+                         "floor": config.kde_floor,
                          "init": config.init, "real_sampling": config.real_sampling,
                          "real_per_class": n_per}
   if workdir is not None and config.weighting != "none":

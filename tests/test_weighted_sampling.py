@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import diagnostics, distill, matching, models, pipeline
+from jaxdd import diagnostics, distill, kde, matching, models, pipeline
 from jaxdd.kde import KDEConfig
 
 
@@ -139,8 +139,68 @@ def test_weighted_options_need_a_weighting():
 
 def test_defaults_keep_their_digests():
   cfg = pipeline.get_config("smoke")
-  assert "real_sampling" not in cfg._hashed()
+  assert "real_sampling" not in cfg._hashed() and "kde_floor" not in cfg._hashed()
   assert "real_sampling" in cfg.replace(real_sampling="weighted", weighting="kde")._hashed()
+  floored = cfg.replace(weighting="kde", init="weighted", kde_floor=0.05)
+  assert floored._hashed()["kde_floor"] == 0.05
+  assert floored.digest() != floored.replace(kde_floor=0.0).digest()
+
+
+def _np_quantile(values, q):
+  """The linear-interpolation quantile written out: position q (n - 1) in the sorted values."""
+  v = np.sort(np.asarray(values, np.float64))
+  pos = q * (len(v) - 1)
+  lo = int(np.floor(pos))
+  hi = min(lo + 1, len(v) - 1)
+  return v[lo] + (pos - lo) * (v[hi] - v[lo])
+
+
+def test_density_floor_raises_each_class_to_its_quantile():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, size=200)
+  log_f = rng.normal(size=200) * 3 - 5
+  out = kde.floor_log_density(log_f, labels, 0.1, num_classes=3)
+  for c in range(3):
+    rows = labels == c
+    floor = _np_quantile(log_f[rows], 0.1)
+    np.testing.assert_allclose(out[rows], np.maximum(log_f[rows], floor), rtol=1e-6)
+  np.testing.assert_array_equal(kde.floor_log_density(log_f, labels, 0.0, num_classes=3),
+                                log_f.astype(np.float32))
+  # The weights: the rarest tenth of each class weigh the same (the largest weight), the
+  # rest keep their f^(-1/T) ratios.
+  w = _np_weights(out[labels == 0], 0.25)
+  lf0 = log_f[labels == 0]
+  rare = lf0 <= _np_quantile(lf0, 0.1)
+  assert rare.sum() >= 1 and np.allclose(w[rare], w.max(), rtol=1e-5)
+  common = ~rare
+  i, j = np.flatnonzero(common)[:2]
+  np.testing.assert_allclose(w[i] / w[j], np.exp(-(lf0[i] - lf0[j]) / 0.25), rtol=1e-4)
+  for bad in (-0.1, 1.0, float("nan"), True):
+    with pytest.raises(ValueError, match="density floor"):
+      kde.floor_log_density(log_f, labels, bad, num_classes=3)
+  with pytest.raises(ValueError, match="KDEConfig.floor"):
+    KDEConfig(floor=1.5)
+
+
+def test_class_log_density_takes_the_floor():
+  rng = np.random.default_rng(1)
+  z = rng.normal(size=(40, 3)).astype(np.float32)
+  labels = np.repeat([0, 1], 20)
+  plain = kde.class_log_density(z, labels, num_classes=2, variance=0.5)
+  floored = kde.class_log_density(z, labels, num_classes=2, variance=0.5, floor=0.2)
+  np.testing.assert_array_equal(floored, kde.floor_log_density(plain, labels, 0.2, num_classes=2))
+  assert (floored >= plain).all() and (floored > plain).sum() >= 2
+
+
+def test_density_floor_options_are_checked():
+  with pytest.raises(ValueError, match="use it with --weighting kde"):
+    pipeline.get_config("smoke", weighting="oracle", init="weighted", kde_floor=0.05)
+  with pytest.raises(ValueError, match="does not use"):
+    pipeline.get_config("smoke", weighting="kde", kde_floor=0.05)
+  with pytest.raises(ValueError, match="density floor"):
+    pipeline.get_config("smoke", weighting="kde", init="weighted", kde_floor=1.0)
+  cfg = pipeline.get_config("smoke", weighting="kde", init="weighted", kde_floor=0.05)
+  assert cfg.kde.floor == 0.05
 
 
 def test_oracle_log_density_balances_the_groups():
@@ -204,6 +264,17 @@ def test_smoke_run_selection_alone_and_diagnostics(tmp_path):
     traj = json.load(f)["bias_trajectory"]
   assert [r["step"] for r in traj] == list(range(cfg2.iterations + 1))
   assert all(0.0 <= r["bias_aligned_fraction"] <= 1.0 for r in traj)
+  # The density floor reaches the run's whole-class densities and its weights.json.
+  cfg_k = pipeline.get_config("smoke", weighting="kde", init="weighted", kde_floor=0.5,
+                              iterations=0)
+  pipeline.distill_stage(cfg_k, str(tmp_path / "k"), progress=False)
+  with open(tmp_path / "k" / "weights.json") as f:
+    assert json.load(f)["weighting"]["floor"] == 0.5
+  emb = pipeline.surrogate_embeddings(cfg_k, run_data, pipeline.run_keys(cfg_k)[0], progress=False)
+  plain = pipeline.run_log_density(cfg_k.replace(kde_floor=0.0), run_data, emb)
+  np.testing.assert_array_equal(
+      pipeline.run_log_density(cfg_k, run_data, emb),
+      kde.floor_log_density(plain, run_data.train.labels, 0.5, num_classes=run_data.num_classes))
 
 
 def test_fairdd_gradient_equals_matching_every_group_mean():
