@@ -43,6 +43,14 @@ ARMS: dict[str, tuple[dict, str, bool]] = {
                "DM + KDE, batches importance-sampled ∝ weight", False),
     "kde_init_is": (dict(weighting="kde", init="weighted", real_sampling="weighted"),
                     "DM + KDE, init ∝ weight + importance-sampled batches", False),
+    "kde_floor_init": (dict(weighting="kde", init="weighted", kde_floor=0.05),
+                       "DM + KDE, density floor, init ∝ weight", False),
+    "kde_floor_init_is": (dict(weighting="kde", init="weighted", real_sampling="weighted",
+                               kde_floor=0.05),
+                          "DM + KDE, density floor, init ∝ weight + importance-sampled batches",
+                          False),
+    "kde_floor_selection": (dict(weighting="kde", init="weighted", kde_floor=0.05, iterations=0),
+                            "selection alone with the density floor, not distilled", False),
     "selection": (dict(weighting="kde", init="weighted", iterations=0),
                   "selection alone: real images drawn ∝ KDE weight, not distilled", False),
     "kde_class_init": (dict(weighting="kde", kde_scope="class", init="weighted"),
@@ -138,6 +146,8 @@ def main(argv=None) -> int:
                  help="the KDE bandwidth of every KDE arm (default: the preset's)")
   p.add_argument("--kde-temperature", type=float, default=None,
                  help="the KDE normalisation temperature of every KDE arm (default: the preset's)")
+  p.add_argument("--kde-floor", type=float, default=None,
+                 help="the density floor (a quantile) of the arms that have one (default 0.05)")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--arms", default=",".join(ARMS))
   p.add_argument("--workdir", required=True)
@@ -157,7 +167,13 @@ def main(argv=None) -> int:
                              kde_variance=args.kde_variance,
                              kde_temperature=args.kde_temperature)
   # Seed-major: an interrupted queue still has every arm at the first seeds.
-  configs = {(a, s): base.replace(seed=s, **ARMS[a][0]) for s in seeds for a in arms}
+  def arm_config(arm: str, seed: int) -> pipeline.RunConfig:
+    fields = dict(ARMS[arm][0])
+    if "kde_floor" in fields and args.kde_floor is not None:
+      fields["kde_floor"] = args.kde_floor
+    return base.replace(seed=seed, **fields)
+
+  configs = {(a, s): arm_config(a, s) for s in seeds for a in arms}
   rows: dict[str, list[dict]] = {a: [] for a in arms}
   for (arm, seed), cfg in configs.items():
     done = os.path.exists(os.path.join(args.workdir, arm, f"s{seed}", "result.json"))

@@ -49,7 +49,8 @@ __all__ = ["Setting", "knob_grid", "literal_setting", "tune", "select", "final",
            "format_summary", "format_selection"]
 
 #: Knobs a weighting setting may change (RunConfig fields).
-KNOBS = ("weighting", "kde_normalize", "kde_variance", "kde_temperature", "kde_scope", "lr_img")
+KNOBS = ("weighting", "kde_normalize", "kde_variance", "kde_temperature", "kde_scope", "kde_floor",
+         "init", "real_sampling", "lr_img")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +76,12 @@ class Setting:
       name += f" {c.kde_normalize} v={c.kde_variance:g} T={c.kde_temperature:g}"
       if c.kde_scope != "batch":
         name += f" {c.kde_scope}"
+      if c.kde_floor:
+        name += f" floor={c.kde_floor:g}"
+    if c.init != base.init:
+      name += f" init={c.init}"
+    if c.real_sampling != base.real_sampling:
+      name += f" sampling={c.real_sampling}"
     return name + f" lr={c.lr_img:g}"
 
   def to_dict(self) -> dict[str, Any]:
@@ -86,7 +93,10 @@ def knob_grid(base: pipeline.RunConfig) -> list[Setting]:
 
   Vanilla: ``lr_img`` in {0.3, 1, 3} x base. KDE: ``power`` weights with
   v in {0.01, 0.1, 1} x T in {0.1, 0.25, 1} at the base lr_img; ``softmax``
-  with v = 0.01, T = 1; and the base weighting at lr_img 0.3x and 3x.
+  with v = 0.01, T = 1; and the base weighting at lr_img 0.3x and 3x. Where the
+  synthetic images start and how real batches are drawn: the base weighting with
+  ``init='weighted'``, and with ``init='weighted'``, ``real_sampling='weighted'``
+  and a density floor in {0, 0.02, 0.05, 0.1} (RESULTS.md, "Paper-scale fidelity").
   """
   lr = base.lr_img
   grid = [Setting.of(weighting="none", lr_img=round(f * lr, 6)) for f in (0.3, 1.0, 3.0)]
@@ -98,6 +108,12 @@ def knob_grid(base: pipeline.RunConfig) -> list[Setting]:
     grid.append(Setting.of(weighting="kde", kde_normalize=base.kde_normalize,
                            kde_variance=base.kde_variance, kde_temperature=base.kde_temperature,
                            lr_img=round(f * lr, 6)))
+  incumbent = dict(weighting="kde", kde_normalize=base.kde_normalize,
+                   kde_variance=base.kde_variance, kde_temperature=base.kde_temperature,
+                   lr_img=lr)
+  grid.append(Setting.of(**incumbent, init="weighted"))
+  grid += [Setting.of(**incumbent, init="weighted", real_sampling="weighted", kde_floor=q)
+           for q in (0.0, 0.02, 0.05, 0.1)]
   return list(dict.fromkeys(grid))
 
 
