@@ -99,15 +99,35 @@ def run_arm(config: pipeline.RunConfig, workdir: str, progress: bool) -> dict:
   out["class_ess"] = float(np.mean([g["ess"] for g in w["groups"] if g["ess"]]))
   out["min_share"] = float(np.mean([g["min_share"] for g in w["groups"]]))
   out["max_share"] = float(np.mean([g["max_share"] for g in w["groups"]]))
+  out.update(within_group_ess(w["groups"]))
   synset.atomic_write_json(path, out)
   return out
+
+
+def within_group_ess(groups: list[dict]) -> dict:
+  """Mean over classes of the in-group ESS fraction of the largest (aligned) group and of the others.
+
+  Uses the true bias labels (a diagnostic). Empty for runs from before ``group_ess`` existed.
+  """
+  if not groups or "group_ess" not in groups[0]:
+    return {}
+  major, minor = [], []
+  for g in groups:
+    biggest = max(g["counts"], key=lambda v: g["counts"][v])
+    ess = {k: e for k, e in g["group_ess"].items() if e is not None}
+    if biggest in ess:
+      major.append(ess[biggest])
+    minor += [e for k, e in ess.items() if k != biggest]
+  return {"ess_in_aligned": float(np.mean(major)) if major else None,
+          "ess_in_conflicting": float(np.mean(minor)) if minor else None}
 
 
 def table(rows: dict[str, list[dict]]) -> str:
   lines = ["| arm | bias labels | valid conflicting | test overall | test aligned | "
            "test conflicting | test worst group | in aligned colour, start → end | "
-           "batch ESS | group share min / max | distill + eval s |",
-           "|---" * 11 + "|"]
+           "batch ESS | group share min / max | in-group ESS / size, aligned · conflicting | "
+           "distill + eval s |",
+           "|---" * 12 + "|"]
   for arm, results in rows.items():
     label = ARMS[arm][1]
     pm = lambda split, m: study.format_pm([r[split][m] for r in results])
@@ -118,12 +138,15 @@ def table(rows: dict[str, list[dict]]) -> str:
            f"{np.mean([r['batch_ess'] for r in results]):.1f}")
     share = (f"{np.mean([r['min_share'] for r in results]):.3f} / "
              f"{np.mean([r['max_share'] for r in results]):.3f}")
+    in_group = [(r.get("ess_in_aligned"), r.get("ess_in_conflicting")) for r in results]
+    in_group = ("–" if any(a is None or b is None for a, b in in_group) else
+                f"{np.mean([a for a, _ in in_group]):.3f} · {np.mean([b for _, b in in_group]):.2f}")
     secs = np.median([r["distill_s"] + r.get("eval_s", r.get("eval_valid_s", 0) +
                                                    r.get("eval_test_s", 0)) for r in results])
     lines.append(f"| {label} | {'yes' if ARMS[arm][2] else 'no'} | {pm('valid', 'conflicting')} | "
                  f"{pm('test', 'overall')} | {pm('test', 'aligned')} | "
                  f"{pm('test', 'conflicting')} | {pm('test', 'worst_group')} | {bias} | "
-                 f"{ess} | {share} | {secs:.0f} |")
+                 f"{ess} | {share} | {in_group} | {secs:.0f} |")
   return "\n".join(lines)
 
 

@@ -494,12 +494,15 @@ def group_report(weights: Any, labels: Any, bias: Any, *, num_classes: int) -> l
     the whole class: the number of equally weighted images the weights are
     worth), ``shares`` (bias value -> that group's share of the class's
     weight), ``counts`` (bias value -> group size), ``balanced_share`` (1 /
-    number of groups present: every group equal), ``min_share`` / ``max_share``.
+    number of groups present: every group equal), ``min_share`` / ``max_share``,
+    and ``group_ess`` (bias value -> the effective sample size of the weights
+    inside that group as a fraction of its size: 1 when the group's images
+    weigh the same, near 0 when a few of them carry the group's weight).
 
   Example:
     >>> r = group_report([0.25, 0.25, 0.5], [0, 0, 0], [0, 0, 1], num_classes=1)
-    >>> r[0]["shares"], r[0]["balanced_share"], round(r[0]["ess"], 3)
-    ({0: 0.5, 1: 0.5}, 0.5, 2.667)
+    >>> r[0]["shares"], r[0]["balanced_share"], round(r[0]["ess"], 3), r[0]["group_ess"]
+    ({0: 0.5, 1: 0.5}, 0.5, 2.667, {0: 1.0, 1: 1.0})
   """
   w = np.asarray(weights, np.float64)
   labels = np.asarray(labels)
@@ -517,12 +520,18 @@ def group_report(weights: Any, labels: Any, bias: Any, *, num_classes: int) -> l
     values, counts = np.unique(bc, return_counts=True)
     shares = {int(v): (float(wc[bc == v].sum() / total) if total > 0 else None) for v in values}
     present = [x for x in shares.values() if x is not None]
+    group_ess = {}
+    for v, n in zip(values, counts):
+      wg = wc[bc == v]
+      sq_g = (wg ** 2).sum()
+      group_ess[int(v)] = float(wg.sum() ** 2 / sq_g / n) if sq_g > 0 else None
     out.append({"class": c, "n": int(sel.sum()),
                 "ess": float(total ** 2 / sq) if sq > 0 else None,
                 "shares": shares, "counts": {int(v): int(n) for v, n in zip(values, counts)},
                 "balanced_share": (1.0 / len(values)) if len(values) else None,
                 "min_share": min(present) if present else None,
-                "max_share": max(present) if present else None})
+                "max_share": max(present) if present else None,
+                "group_ess": group_ess})
   return out
 
 

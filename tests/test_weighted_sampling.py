@@ -225,6 +225,8 @@ def test_group_report_and_batch_ess_by_hand():
   assert r["shares"] == {0: 0.75, 1: 0.25}
   assert r["ess"] == pytest.approx(1 / (0.25 + 0.0625 + 0.0625))
   assert r["counts"] == {0: 2, 1: 2} and r["balanced_share"] == 0.5
+  # inside group 0: (0.75)^2 / (0.25 + 0.0625) = 1.8 of 2 images; group 1: one image of 2
+  assert r["group_ess"] == {0: pytest.approx(0.9), 1: pytest.approx(0.5)}
   # Batches of the whole class: ESS is the whole class's.
   ess = diagnostics.batch_ess(jax.random.key(0), w, np.zeros(4, int), batch_size=4,
                               num_classes=1)
