@@ -103,7 +103,7 @@ def test_knob_grid_holds_the_incumbents_and_the_literal_reading():
   assert {s.apply(base).weighting for s in grid} == {"none", "kde"}
   assert len({s.name(base) for s in grid}) == len(grid)  # selection rows are keyed by name
   floored = [s.apply(base) for s in grid if s.apply(base).kde_floor > 0]
-  assert sorted(c.kde_floor for c in floored) == [0.02, 0.05, 0.1]
+  assert sorted(c.kde_floor for c in floored) == [0.01, 0.02, 0.05, 0.1]
   assert all(c.init == c.real_sampling == "weighted" for c in floored)
   with pytest.raises(ValueError, match="changes only"):
     study.Setting.of(ipc=3)
