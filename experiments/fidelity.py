@@ -61,11 +61,47 @@ ARMS: dict[str, tuple[dict, str, bool]] = {
     "oracle_init_is": (dict(weighting="oracle", init="weighted", real_sampling="weighted"),
                        "oracle weights, init ∝ weight + importance-sampled batches", True),
     "fairdd": (dict(weighting="fairdd"), "FairDD synchronized matching", True),
+    # Diagnostic hybrids of the KDE weights and the true colours (see HYBRIDS).
+    "hybrid_shares_init_is": (dict(weighting="oracle", init="weighted", real_sampling="weighted"),
+                              "hybrid: every colour the same share, KDE weights inside it; init ∝ "
+                              "weight + importance-sampled batches", True),
+    "hybrid_flat_init_is": (dict(weighting="oracle", init="weighted", real_sampling="weighted"),
+                            "hybrid: each colour the share KDE gives it, equal weights inside it; "
+                            "init ∝ weight + importance-sampled batches", True),
     "unbiased": (dict(weighting="none", conflict_ratio=0.9),
                  "vanilla DM on unbiased data (10 % aligned): DM's ceiling", False),
 }
 
 METRICS = ("overall", "aligned", "conflicting", "worst_group")
+
+#: Arms whose whole-class weights mix the KDE weights (power, the preset's v and T) with the
+#: true colours, to split what the KDE weights cost: 'shares' keeps the KDE weights' order
+#: inside each (class, colour) group but gives every group the same total; 'flat' keeps each
+#: group's KDE total but spreads it evenly over the group's images.
+HYBRIDS = {"hybrid_shares_init_is": "shares", "hybrid_flat_init_is": "flat"}
+
+
+def hybrid_log_density(mode: str, config: pipeline.RunConfig, run_data: pipeline.RunData
+                       ) -> np.ndarray:
+  """A "log density" whose power weights at T = 1 (the oracle's form) are the hybrid's weights."""
+  from jaxdd import diagnostics  # noqa: PLC0415
+  train, nc = run_data.train, run_data.num_classes
+  kde_cfg = config.replace(weighting="kde", init="real", real_sampling="uniform")
+  emb = pipeline.surrogate_embeddings(kde_cfg, run_data, pipeline.run_keys(kde_cfg)[0],
+                                      progress=False)
+  labels, bias = np.asarray(train.labels), np.asarray(train.bias)
+  w = diagnostics.class_scope_weights(emb, labels, variance=kde_cfg.kde_variance,
+                                      temperature=kde_cfg.kde_temperature, normalize="power",
+                                      num_classes=nc).astype(np.float64)
+  out = np.zeros(len(labels))
+  for c in range(nc):
+    rows = labels == c
+    g, wc = bias[rows], w[rows] / w[rows].sum()
+    share = np.bincount(g, weights=wc, minlength=g.max() + 1)
+    size = np.bincount(g, minlength=g.max() + 1)
+    new = wc / share[g] / (size > 0).sum() if mode == "shares" else share[g] / size[g]
+    out[rows] = -np.log(np.maximum(new, 1e-300))
+  return out.astype(np.float32)
 
 
 def run_arm(config: pipeline.RunConfig, workdir: str, progress: bool) -> dict:
@@ -203,8 +239,14 @@ def main(argv=None) -> int:
     if args.table_only and not done:
       continue
     print(f"[fidelity] {arm} seed {seed}", flush=True)
-    rows[arm].append(
-        run_arm(cfg, os.path.join(args.workdir, arm, f"s{seed}"), progress=not args.quiet))
+    plain = pipeline.run_log_density
+    if arm in HYBRIDS:  # the run (and its weights.json) see the hybrid weights
+      pipeline.run_log_density = lambda c, rd, e, mode=HYBRIDS[arm]: hybrid_log_density(mode, c, rd)
+    try:
+      rows[arm].append(
+          run_arm(cfg, os.path.join(args.workdir, arm, f"s{seed}"), progress=not args.quiet))
+    finally:
+      pipeline.run_log_density = plain
     md = table({a: r for a, r in rows.items() if r})
     synset.atomic_write_bytes(os.path.join(args.workdir, "table.md"), (md + "\n").encode())
     synset.atomic_write_json(os.path.join(args.workdir, "table.json"), rows)
