@@ -100,7 +100,7 @@ class RunConfig:
     if self.weighting != "kde":
       return None
     return kde_lib.KDEConfig(self.kde_variance, self.kde_temperature, self.kde_normalize,
-                             self.kde_scope, self.kde_floor)
+                             self.kde_scope)
 
   @property
   def surrogate(self) -> surrogate.SurrogateConfig:
@@ -214,7 +214,8 @@ def validate(config: RunConfig) -> None:
   if config.checkpoint_every < 1 or config.log_every < 1:
     raise ValueError("checkpoint_every and log_every must be >= 1")
   kde_lib.KDEConfig(config.kde_variance, config.kde_temperature, config.kde_normalize,
-                    config.kde_scope, config.kde_floor)
+                    config.kde_scope)
+  kde_lib.check_floor(config.kde_floor, "kde_floor")
   if config.kde_floor and config.weighting != "kde":
     raise ValueError("--kde-floor shapes the KDE weights; use it with --weighting kde (or leave "
                      "it at 0)")

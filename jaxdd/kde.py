@@ -88,13 +88,6 @@ class KDEConfig:
     scope: ``'batch'`` (the paper's: the density inside each sampled real
       batch of a class, O(B^2 d) per step) or ``'class'`` (a density
       precomputed once over the whole class, :func:`class_log_density`).
-    floor: a quantile in ``[0, 1)``: each class's whole-class densities are
-      raised to at least their ``floor`` quantile (:func:`floor_log_density`),
-      so the rarest ``floor`` share of a class weigh the same instead of a
-      handful of outliers taking most of the weight. 0 (the paper's) leaves
-      them as they are. It acts wherever whole-class densities are used
-      (scope ``'class'``, ``init='weighted'``, ``real_sampling='weighted'``),
-      not on the in-batch densities of scope ``'batch'``.
 
   The defaults were kept by the validation-only selection on CMNIST 5 %
   (``jaxdd tune``, docs/protocols.md §7).
@@ -111,7 +104,6 @@ class KDEConfig:
   temperature: float = 0.25
   normalize: Normalize = "power"
   scope: Literal["batch", "class"] = "batch"
-  floor: float = 0.0
 
   def __post_init__(self):
     for name, what, example in (("variance", "the kernel variance", 0.01),
@@ -127,8 +119,6 @@ class KDEConfig:
                        f"got {self.normalize!r}")
     if self.scope not in SCOPES:
       raise ValueError(f"KDEConfig.scope must be one of {list(SCOPES)}, got {self.scope!r}")
-    check_floor(self.floor, "KDEConfig.floor")
-    object.__setattr__(self, "floor", float(self.floor))
 
   def replace(self, **changes) -> "KDEConfig":
     """A validated copy with some fields changed."""
@@ -564,7 +554,10 @@ def class_log_density(embeddings, labels, *, num_classes: int, variance: float,
     num_classes: number of classes.
     variance: kernel variance > 0.
     floor: a quantile in [0, 1); each class's densities are raised to at
-      least that quantile (:func:`floor_log_density`; 0: none).
+      least that quantile (:func:`floor_log_density`; 0: none, the paper's).
+      The density floor is part of the whole-class estimate, so everything
+      that draws on these densities (``init='weighted'``,
+      ``real_sampling='weighted'``, scope ``'class'``) sees it.
     block_size: tile size of the blocked kernel.
 
   Returns:
