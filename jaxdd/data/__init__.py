@@ -17,7 +17,8 @@ Quick start (all offline)::
 
 Your own arrays: :func:`from_arrays` or ``source=ArraySource(...)``; the bias
 injectors (:func:`make_attr_labels`, :func:`colorize_foreground`,
-:func:`colorize_background`, :func:`corrupt_by_attribute`) are public too.
+:func:`colorize_background`, :func:`corrupt_by_attribute`, and FairDD's
+:func:`fairdd_attr_labels` / :func:`colorize_binary_foreground`) are public too.
 TFDS: :func:`prepare_tfds` writes array_record builders readable with
 ``tfds.data_source`` (no TensorFlow); see :mod:`jaxdd.data.tfds_builders`.
 """
@@ -28,6 +29,7 @@ from jaxdd.data.biased import (BIASED_DD_COLOUR_STD, COLOUR_NAMES, DATASETS, LFF
                                colorize_foreground, corrupt_by_attribute, from_arrays, load,
                                make_attr_labels, resolve_source, smallest_conflict_ratio)
 from jaxdd.data.cache import cache_dir
+from jaxdd.data.injectors import FAIRDD_PALETTE, colorize_binary_foreground, fairdd_attr_labels
 from jaxdd.data.ops import as_batch, channel_stats, denormalize, normalize
 from jaxdd.data.sources import (DEBIAN_FASHION_MNIST_DIR, ArraySource, IdxSource,
                                 ImageFolderSource, MnistCsvSource, Source, TfdsSource)
@@ -40,6 +42,7 @@ __all__ = [
     "DATASETS",
     "DEBIAN_FASHION_MNIST_DIR",
     "DatasetCard",
+    "FAIRDD_PALETTE",
     "IdxSource",
     "ImageFolderSource",
     "LFF_COLOUR_STD",
@@ -52,9 +55,11 @@ __all__ = [
     "cache_dir",
     "channel_stats",
     "colorize_background",
+    "colorize_binary_foreground",
     "colorize_foreground",
     "corrupt_by_attribute",
     "denormalize",
+    "fairdd_attr_labels",
     "from_arrays",
     "load",
     "make_attr_labels",

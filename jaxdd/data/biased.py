@@ -28,6 +28,17 @@ Protocols (docs/protocols.md):
   ``corrupted_fmnist`` (Type0) and ``corrupted_fmnist_type1`` apply the same
   protocol to grey Fashion-MNIST (replicated to 3 channels): a corruption-biased
   set that needs no CIFAR-10. They are not CIFAR-10-C and are never reported as it.
+* **FairDD's C-MNIST-FG** (``cmnist_fg``; FairDD appendix E, built as its
+  ``data_handler/colour_mnist.py`` does): digits padded 28 -> 32 (4 zero rows at
+  the top, 4 zero columns at the left), binarised at 128 and drawn in one of
+  ReBias' 10 colours on black, no colour noise. Bias assignment
+  (:func:`~jaxdd.data.injectors.fairdd_attr_labels`): per class, after a
+  shuffle, ``int(N_c * (1 - ratio))`` samples get the class colour and the
+  rest are cut into chunks of ``ceil(rest / 9)`` for the other colours in a
+  shuffled order. ``conflict_ratio`` is the conflicting fraction (FairDD's
+  ``rho = 1 - ratio``; FairDD's table uses 0.1); the test split has
+  ``rho = 0.1``. FairDD normalises with mean = std = 0.5; jaxdd's runs use the
+  training set's per-channel statistics, as for every dataset.
 * **BFFHQ**: read from an image folder (:class:`~jaxdd.data.sources.ImageFolderSource`);
   target age (young/old), bias gender (female/male).
 
@@ -80,6 +91,7 @@ from jaxdd.data import sources as _sources
 from jaxdd.data.card import BiasedDataset, DatasetCard, _counts
 from jaxdd.data.injectors import (PALETTE, _classes_without_conflict, _real, _to_float,
                                   colorize_background, colorize_foreground, corrupt_by_attribute,
+                                  colorize_binary_foreground, fairdd_attr_labels,
                                   make_attr_labels, smallest_conflict_ratio)
 from jaxdd.data.sources import (ArraySource, IdxSource, ImageFolderSource, MnistCsvSource,
                                 Source, TfdsSource, array_sha256, validate_images,
@@ -110,6 +122,10 @@ BUILDER_VERSION = "1"
 #: Human names of the palette colours (approximate hues of the table above).
 COLOUR_NAMES = ("red", "yellow", "mauve", "sage", "sky_blue", "green", "blue", "purple",
                 "olive", "crimson")
+
+#: Names of ReBias' / FairDD's 10 colours (``cmnist_fg``), in palette order.
+FAIRDD_COLOUR_NAMES = ("red", "orange", "yellow", "light_yellow", "green", "cyan", "blue",
+                       "violet", "magenta", "white")
 
 #: Colour-noise std by LfF severity 1..5 (colored_mnist_protocol.py).
 LFF_COLOUR_STD = (0.05, 0.02, 0.01, 0.005, 0.002)
@@ -233,6 +249,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "cmnist_dd": _colour_spec("cmnist_dd", "mnist", "foreground", "biased_dd", MNIST_CLASSES,
                               "mnist"),
     "ccifar10_dd": _corrupt_spec("ccifar10_dd", "biased_dd", "type0"),
+    "cmnist_fg": DatasetSpec("cmnist_fg", "mnist", "fairdd_foreground", "lff", (), None, 0.1,
+                             None, MNIST_CLASSES, FAIRDD_COLOUR_NAMES, "mnist"),
 }
 
 
@@ -400,6 +418,9 @@ def _inject(spec: DatasetSpec, key, images, attrs, severity, *, split: str,
     finally:
       if owned:
         bar.close()
+  if spec.injector == "fairdd_foreground":
+    return colorize_binary_foreground(images, attrs), {"padding": "4 rows top, 4 columns left",
+                                                       "threshold": 128}
   if spec.injector == "corruption":
     level = severity + 1  # LfF's offset: severity s is applied at protocol level s + 1
     bar, owned = _sources.open_progress(progress, n, f"{spec.name} {split}: corrupting",
@@ -418,10 +439,14 @@ def _compose(spec: DatasetSpec, images, labels, *, split: str, ratio: float, sev
              seed: int, meta: Mapping[str, Any], progress=None) -> BiasedDataset:
   """Assigns bias to ``(images, labels)`` as split ``split`` and injects it."""
   aligned_ratio = spec.aligned_ratio(split, ratio)
-  attrs = make_attr_labels(labels, aligned_ratio=aligned_ratio, num_bias=len(spec.bias_names))
-  if split != "valid":
-    _check_min_rule(spec, labels, aligned_ratio, split)
   key = jax.random.fold_in(jax.random.key(seed), _SPLIT_ID[split])
+  if spec.injector == "fairdd_foreground":  # FairDD's shuffled assignment (no minimum rule)
+    attrs = fairdd_attr_labels(jax.random.fold_in(key, 1), labels, aligned_ratio=aligned_ratio,
+                               num_bias=len(spec.bias_names))
+  else:
+    attrs = make_attr_labels(labels, aligned_ratio=aligned_ratio, num_bias=len(spec.bias_names))
+    if split != "valid":
+      _check_min_rule(spec, labels, aligned_ratio, split)
   x, extra = _inject(spec, key, images, attrs, severity, split=split, progress=progress)
   full = {**meta, **extra, "split_aligned_ratio": aligned_ratio}
   return _make_dataset(spec, x, labels, attrs, full)

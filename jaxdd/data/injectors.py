@@ -33,6 +33,14 @@ PALETTE = np.array([
 ], dtype=np.float32)
 PALETTE.setflags(write=False)
 
+# The 10-colour map of ReBias' Biased-MNIST as FairDD uses it for C-MNIST-FG
+# (clovaai/rebias and zqhang/FairDD, data_handler/colour_mnist.py: COLOUR_MAP in 0..255).
+FAIRDD_PALETTE = np.array([
+    [255, 0, 0], [255, 128, 0], [255, 255, 0], [255, 255, 128], [0, 255, 0],
+    [0, 255, 255], [0, 0, 255], [128, 0, 255], [255, 0, 255], [255, 255, 255],
+], dtype=np.float32) / np.float32(255.0)
+FAIRDD_PALETTE.setflags(write=False)
+
 
 
 def _real(x, what: str) -> float:
@@ -180,6 +188,90 @@ def smallest_conflict_ratio(labels, *, num_bias: int = 10) -> float:
 # ----------------------------------------------------------------------------
 # Bias injectors (work on any user arrays).
 # ----------------------------------------------------------------------------
+
+
+def fairdd_attr_labels(key, labels, *, aligned_ratio: float, num_bias: int = 10) -> np.ndarray:
+  """FairDD's (ReBias') bias assignment for C-MNIST-FG, with a jax key for the shuffles.
+
+  For every class ``c`` of ``N_c`` samples: the class's samples are shuffled;
+  the first ``int(N_c * aligned_ratio)`` get bias ``c``; the rest are cut into
+  consecutive chunks of ``ceil(rest / (num_bias - 1))`` that go to the other
+  biases ``c+1, ..., c+num_bias-1`` (mod ``num_bias``) in a shuffled order, so
+  the last of them may get fewer samples (or none). FairDD's ``rho`` is
+  ``aligned_ratio`` (0.9 for training, 0.1 for its unbiased test set).
+
+  Args:
+    key: typed PRNG key (the shuffles).
+    labels: (N,) integer class labels in [0, num_bias).
+    aligned_ratio: in [0, 1].
+    num_bias: number of bias values.
+
+  Returns:
+    (N,) ``int32`` bias labels.
+
+  Example:
+    >>> b = fairdd_attr_labels(jax.random.key(0), np.repeat(np.arange(10), 100),
+    ...                        aligned_ratio=0.9)
+    >>> int((b[:100] == 0).sum()), int((b != np.repeat(np.arange(10), 100)).sum())
+    (90, 100)
+  """
+  if isinstance(num_bias, bool) or not isinstance(num_bias, numbers.Integral) or num_bias < 2:
+    raise ValueError(f"num_bias must be an integer >= 2, got {num_bias!r}.")
+  y = validate_labels(labels, num_classes=num_bias)
+  a = _real(aligned_ratio, "aligned_ratio")
+  if not 0.0 <= a <= 1.0:
+    raise ValueError(f"aligned_ratio must lie in [0, 1], got {a}.")
+  rng = _numpy_rng(key)
+  attrs = np.zeros(y.shape, np.int32)
+  for c in range(num_bias):
+    idx = np.flatnonzero(y == c)
+    if not idx.size:
+      continue
+    idx = idx[rng.permutation(idx.size)]
+    n_aligned = int(idx.size * a)
+    attrs[idx[:n_aligned]] = c
+    rest = idx[n_aligned:]
+    if rest.size:
+      chunk = math.ceil(rest.size / (num_bias - 1))
+      others = (c + 1 + np.arange(num_bias - 1)) % num_bias
+      others = others[rng.permutation(num_bias - 1)]
+      for j, start in enumerate(range(0, rest.size, chunk)):
+        attrs[rest[start:start + chunk]] = others[j]
+  return attrs
+
+
+def colorize_binary_foreground(images, colors, *, palette=None, pad: int = 4) -> np.ndarray:
+  """FairDD's C-MNIST-FG images: binarised strokes in the bias colour on black, padded.
+
+  Each grey image is first padded with ``pad`` rows of zeros at the top and
+  ``pad`` columns at the left (28x28 -> 32x32, as FairDD pads); pixels >= 128
+  (of 255) take the colour, the others are black. No colour noise.
+
+  Args:
+    images: (N, H, W) or (N, H, W, 1), uint8 0..255 or float [0, 1].
+    colors: (N,) palette indices, or (N, 3) RGB in [0, 1].
+    palette: (K, 3) RGB table for index colours; default :data:`FAIRDD_PALETTE`.
+    pad: zero rows/columns added at the top and left.
+
+  Returns:
+    (N, H + pad, W + pad, 3) ``float32`` in [0, 1].
+
+  Example:
+    >>> x = colorize_binary_foreground(np.array([[[0, 127], [128, 255]]], np.uint8), [1], pad=1)
+    >>> x.shape, float(x[0, 0].max()), x[0, 1, 1].tolist(), x[0, 2, 1].tolist()
+    ((1, 3, 3, 3), 0.0, [0.0, 0.0, 0.0], [1.0, 0.501960813999176, 0.0])
+  """
+  x = validate_images(images, channels=(1,))
+  if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or pad < 0:
+    raise ValueError(f"pad must be an integer >= 0, got {pad!r}.")
+  colour = _colour_table(colors, len(x), FAIRDD_PALETTE if palette is None else palette)
+  n, h, w = x.shape[:3]
+  grey = x.reshape(n, h, w)
+  # >= 128 on the 0..255 scale; float input is read back to that scale first.
+  on = grey >= 128 if grey.dtype == np.uint8 else np.rint(_to_float(grey) * 255.0) >= 128
+  out = np.zeros((n, h + pad, w + pad, 3), np.float32)
+  out[:, pad:, pad:, :] = on[..., None] * colour[:, None, None, :]
+  return out
 
 
 def _colour_table(colors, n: int, palette) -> np.ndarray:
