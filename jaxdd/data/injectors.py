@@ -100,6 +100,17 @@ def _class_bias_counts(n: int, c: int, aligned_ratio: float, num_bias: int) -> n
   return np.diff(np.concatenate([[0], milestones]))
 
 
+def _check_assignment_args(labels, aligned_ratio, num_bias) -> tuple[np.ndarray, float]:
+  """Validated (labels, aligned_ratio) of a bias assignment."""
+  if isinstance(num_bias, bool) or not isinstance(num_bias, numbers.Integral) or num_bias < 2:
+    raise ValueError(f"num_bias must be an integer >= 2, got {num_bias!r}.")
+  y = validate_labels(labels, num_classes=num_bias)
+  a = _real(aligned_ratio, "aligned_ratio")
+  if not 0.0 <= a <= 1.0:
+    raise ValueError(f"aligned_ratio must lie in [0, 1], got {a}.")
+  return y, a
+
+
 def make_attr_labels(labels, *, aligned_ratio: float, num_bias: int = 10) -> np.ndarray:
   """LfF's deterministic bias assignment (``make_attr_labels``).
 
@@ -127,12 +138,7 @@ def make_attr_labels(labels, *, aligned_ratio: float, num_bias: int = 10) -> np.
     >>> int((b != y).sum())
     3000
   """
-  if isinstance(num_bias, bool) or not isinstance(num_bias, numbers.Integral) or num_bias < 2:
-    raise ValueError(f"num_bias must be an integer >= 2, got {num_bias!r}.")
-  y = validate_labels(labels, num_classes=num_bias)
-  a = _real(aligned_ratio, "aligned_ratio")
-  if not 0.0 <= a <= 1.0:
-    raise ValueError(f"aligned_ratio must lie in [0, 1], got {a}.")
+  y, a = _check_assignment_args(labels, aligned_ratio, num_bias)
   attrs = np.zeros(y.shape, np.int32)
   for c in np.unique(y):
     idx = np.flatnonzero(y == c)  # dataset index order, as LfF
@@ -215,12 +221,7 @@ def fairdd_attr_labels(key, labels, *, aligned_ratio: float, num_bias: int = 10)
     >>> int((b[:100] == 0).sum()), int((b != np.repeat(np.arange(10), 100)).sum())
     (90, 100)
   """
-  if isinstance(num_bias, bool) or not isinstance(num_bias, numbers.Integral) or num_bias < 2:
-    raise ValueError(f"num_bias must be an integer >= 2, got {num_bias!r}.")
-  y = validate_labels(labels, num_classes=num_bias)
-  a = _real(aligned_ratio, "aligned_ratio")
-  if not 0.0 <= a <= 1.0:
-    raise ValueError(f"aligned_ratio must lie in [0, 1], got {a}.")
+  y, a = _check_assignment_args(labels, aligned_ratio, num_bias)
   rng = _numpy_rng(key)
   attrs = np.zeros(y.shape, np.int32)
   for c in range(num_bias):
