@@ -131,12 +131,23 @@ def test_fidelity_table_is_mean_and_sample_std_over_seeds():
                                 "worst_group": 0.0},
                        "bias_start": 0.95, "bias_end": 0.5, "batch_ess": 4.0, "min_share": 0.02,
                        "max_share": 0.3, "distill_s": 10.0, "eval_s": 5.0}
-  md = fidelity.table({"kde": [res(0.8, 600), res(0.9, 600)],
+  with_ess = lambda r, a, c: {**r, "ess_in_aligned": a, "ess_in_conflicting": c}
+  md = fidelity.table({"kde": [with_ess(res(0.8, 600), 0.001, 0.2),
+                               with_ess(res(0.9, 600), 0.003, 0.4)],
                        "selection": [res(0.7, 0), res(0.7, 0)]})
   kde_row = [l for l in md.splitlines() if l.startswith("| DM + KDE (paper")][0]
   # 80, 90 -> 85.0 ± 7.1 (sample std over seeds)
   assert "| no | 85.0 ± 7.1 | 85.0 ± 7.1 | 90.0 ± 0.0 |" in kde_row
-  assert "| 4.0 | 0.020 / 0.300 | 15 |" in kde_row
+  assert "| 4.0 | 0.020 / 0.300 | 0.002 · 0.30 | 15 |" in kde_row
+  sel_row = [l for l in md.splitlines() if l.startswith("| selection alone")][0]
+  assert "| – | 15 |" in sel_row  # results from before the in-group ESS existed
+  # the in-group ESS of the largest (aligned) group and the mean over the others, per class
+  groups = [{"counts": {"0": 8, "1": 2, "2": 2}, "group_ess": {"0": 0.1, "1": 0.5, "2": 1.0}},
+            {"counts": {"0": 2, "1": 9}, "group_ess": {"0": 0.7, "1": 0.3}}]
+  got = fidelity.within_group_ess(groups)
+  assert got["ess_in_aligned"] == pytest.approx((0.1 + 0.3) / 2)
+  assert got["ess_in_conflicting"] == pytest.approx((0.5 + 1.0 + 0.7) / 3)
+  assert fidelity.within_group_ess([{"counts": {"0": 1}}]) == {}
   sel_row = [l for l in md.splitlines() if l.startswith("| selection alone")][0]
   assert "– (not distilled)" in sel_row
   assert fidelity.ARMS["oracle"][2] and not fidelity.ARMS["kde"][2]  # bias labels marked
