@@ -104,11 +104,32 @@ def hybrid_log_density(mode: str, config: pipeline.RunConfig, run_data: pipeline
   return out.astype(np.float32)
 
 
-def run_arm(config: pipeline.RunConfig, workdir: str, progress: bool) -> dict:
+def refresh_diagnostics(result: dict, path: str) -> dict:
+  """Adds the in-group ESS to a result written before it existed, from the run's saved config.
+
+  The weight diagnostics are recomputed with :func:`jaxdd.pipeline.weight_diagnostics`
+  (the same key and code as a new run); nothing is distilled or evaluated again.
+  """
+  config = pipeline.RunConfig(**result["config"])
+  run_data = pipeline.RunData(config)
+  keys = pipeline.run_keys(config)
+  emb = (pipeline.surrogate_embeddings(config, run_data, keys[0], progress=False)
+         if config.weighting == "kde" else None)
+  report = pipeline.weight_diagnostics(config, run_data, emb, keys[3])
+  result = {**result, **within_group_ess(report["groups"]), "ess_recomputed": True}
+  synset.atomic_write_json(path, result)
+  return result
+
+
+def run_arm(config: pipeline.RunConfig, workdir: str, progress: bool,
+            refresh: bool = False) -> dict:
   path = os.path.join(workdir, "result.json")
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f)
+      result = json.load(f)
+    if refresh and result.get("ess_in_aligned") is None:
+      result = refresh_diagnostics(result, path)
+    return result
   t0 = time.perf_counter()
   run_data = pipeline.RunData(config)
   syn = pipeline.distill_stage(config, workdir, run_data=run_data, progress=progress)
@@ -213,6 +234,9 @@ def main(argv=None) -> int:
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--table-only", action="store_true",
                  help="only tabulate the finished arm/seed runs in --workdir (runs nothing)")
+  p.add_argument("--refresh-diagnostics", action="store_true",
+                 help="add the in-group ESS to finished runs written before it existed "
+                      "(recomputed from each run's saved config; nothing is distilled again)")
   args = p.parse_args(argv)
   arms = [a for a in args.arms.split(",") if a]
   unknown = [a for a in arms if a not in ARMS]
@@ -244,7 +268,8 @@ def main(argv=None) -> int:
       pipeline.run_log_density = lambda c, rd, e, mode=HYBRIDS[arm]: hybrid_log_density(mode, c, rd)
     try:
       rows[arm].append(
-          run_arm(cfg, os.path.join(args.workdir, arm, f"s{seed}"), progress=not args.quiet))
+          run_arm(cfg, os.path.join(args.workdir, arm, f"s{seed}"), progress=not args.quiet,
+                  refresh=args.refresh_diagnostics))
     finally:
       pipeline.run_log_density = plain
     md = table({a: r for a, r in rows.items() if r})

@@ -517,14 +517,14 @@ def group_report(weights: Any, labels: Any, bias: Any, *, num_classes: int) -> l
     wc, bc = w[sel], bias[sel]
     total = wc.sum()
     sq = (wc ** 2).sum()
-    values, counts = np.unique(bc, return_counts=True)
-    shares = {int(v): (float(wc[bc == v].sum() / total) if total > 0 else None) for v in values}
+    values, inverse, counts = np.unique(bc, return_inverse=True, return_counts=True)
+    sum_g = np.bincount(inverse, weights=wc, minlength=len(values))
+    sq_g = np.bincount(inverse, weights=wc ** 2, minlength=len(values))
+    shares = {int(v): (float(sum_g[i] / total) if total > 0 else None)
+              for i, v in enumerate(values)}
     present = [x for x in shares.values() if x is not None]
-    group_ess = {}
-    for v, n in zip(values, counts):
-      wg = wc[bc == v]
-      sq_g = (wg ** 2).sum()
-      group_ess[int(v)] = float(wg.sum() ** 2 / sq_g / n) if sq_g > 0 else None
+    group_ess = {int(v): (float(sum_g[i] ** 2 / sq_g[i] / counts[i]) if sq_g[i] > 0 else None)
+                 for i, v in enumerate(values)}
     out.append({"class": c, "n": int(sel.sum()),
                 "ess": float(total ** 2 / sq) if sq > 0 else None,
                 "shares": shares, "counts": {int(v): int(n) for v, n in zip(values, counts)},

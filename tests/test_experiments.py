@@ -160,3 +160,23 @@ def test_weight_quality_nearest_neighbour_distance_by_hand():
   labels = np.array([0, 0, 0, 1, 1])
   # class 0: NN squared distances 1, 1, 4; class 1: 4, 4 -> median of [1, 1, 4, 4, 4] = 4
   assert weight_quality.nn_sq_distance(emb, labels, 2) == 4.0
+
+
+def test_refresh_diagnostics_adds_the_in_group_ess_once(tmp_path, monkeypatch):
+  fidelity = _load("fidelity")
+  from jaxdd import pipeline
+  cfg = pipeline.get_config("smoke", weighting="none")
+  groups = [{"counts": {"0": 3, "1": 1}, "group_ess": {"0": 0.5, "1": 1.0}}]
+  calls = []
+  monkeypatch.setattr(pipeline, "RunData", lambda c: "data")
+  monkeypatch.setattr(pipeline, "weight_diagnostics",
+                      lambda c, rd, emb, key: calls.append((c, rd, emb)) or {"groups": groups})
+  work = tmp_path / "arm" / "s0"
+  work.mkdir(parents=True)
+  (work / "result.json").write_text(json.dumps({"config": cfg.to_dict(), "test": {}}))
+  out = fidelity.run_arm(cfg, str(work), progress=False, refresh=True)
+  assert out["ess_in_aligned"] == 0.5 and out["ess_in_conflicting"] == 1.0
+  assert out["ess_recomputed"] and calls == [(cfg, "data", None)]  # vanilla: no embeddings
+  assert json.loads((work / "result.json").read_text())["ess_in_aligned"] == 0.5
+  fidelity.run_arm(cfg, str(work), progress=False, refresh=True)  # already there: not again
+  assert len(calls) == 1
