@@ -12,6 +12,9 @@ Subcommands:
   evaluate    train fresh networks on a saved SynSet and report per-group accuracy
   report      print the tables of finished runs
   diagnose    train/load the SupCon surrogate and report how the KDE weights find the bias
+  keys        `jaxdd keys new NAME`: an ed25519 key pair for signing SynSets
+  sign        sign a SynSet (or every SynSet of a run) with a private key
+  verify      check SynSet signatures against trusted public keys
 
 Every long phase reports progress (a bar on a terminal, periodic log lines with rate and ETA
 otherwise; --quiet turns both off); every output file is written atomically; a refused command
@@ -93,6 +96,13 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
                  help="show the full traceback of an error instead of one line")
   p.add_argument("--no-compile-cache", action="store_true",
                  help="do not use JAX's persistent compilation cache ($JAXDD_CACHE/xla)")
+
+
+def _add_trust_flag(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--trust", default=None,
+                 help="trusted public keys (.pub files or folders, comma-separated): an unsigned "
+                      "SynSet or one signed by another key is refused (default: "
+                      "$JAXDD_TRUSTED_KEYS; unset: load and report the signature status)")
 
 
 def _add_run_flags(p: argparse.ArgumentParser, preset: str, *,
@@ -477,7 +487,8 @@ def cmd_baselines(args) -> int:
     which = tuple(b for b in pipeline.BASELINES
                   if args.vanilla_synset is not None or b not in ("lff", "dfa"))
   results = pipeline.run_baselines(cfg, args.workdir, which=which,
-                                   vanilla_synset=args.vanilla_synset, progress=not args.quiet)
+                                   vanilla_synset=args.vanilla_synset, progress=not args.quiet,
+                                   trust=args.trust)
   print(pipeline.format_comparison(results, cfg))
   return 0
 
@@ -489,7 +500,8 @@ def cmd_evaluate(args) -> int:
   from jaxdd import data, evaluate, models, synset
   from jaxdd.structs import Batch
 
-  syn, meta = synset.load(args.synset)
+  syn, meta = synset.load(args.synset, trust=args.trust)
+  print(_signature_line(meta))
   ds_meta = meta.get("dataset", {})
   run_cfg = meta.get("config", {})
   name = args.dataset or ds_meta.get("name")
@@ -533,6 +545,60 @@ BASELINES_IGNORE = ("weighting", "kde_variance", "kde_temperature", "kde_normali
                     "iterations", "real_per_class", "lr_img", "momentum", "lr_net", "outer_loop",
                     "inner_loop", "init", "real_sampling", "dsa_strategy", "width", "depth",
                     "method", "log_every", "checkpoint_every")
+
+
+def _signature_line(meta: dict) -> str:
+  from jaxdd.security import signing
+  return signing.SignatureStatus(**meta["signature"]).line()
+
+
+def _passphrase(var: str | None) -> bytes | None:
+  if var is None:
+    return None
+  value = os.environ.get(var)
+  if not value:
+    raise ValueError(f"--passphrase-env names ${var}, which is unset or empty; export the "
+                     "passphrase in it")
+  return value.encode()
+
+
+def cmd_keys(args) -> int:
+  from jaxdd.security import signing
+  private, public, kid = signing.new_keys(args.name, passphrase=_passphrase(args.passphrase_env))
+  print(f"key {kid}\n  private: {private} (keep it secret; mode 0600)\n  public:  {public} "
+        f"(give it to whoever should trust your SynSets: --trust {public})")
+  return 0
+
+
+def cmd_sign(args) -> int:
+  from jaxdd import synset
+  from jaxdd.security import signing
+  key = signing.load_private_key(args.key, passphrase=_passphrase(args.passphrase_env))
+  paths = signing.find_synsets(args.path)
+  for path in paths:  # every artifact is verified first: a damaged one stops before any signing
+    synset.load(path, trust=False)
+  for path in paths:
+    record = signing.sign_synset(path, key)
+    print(f"signed {path} (key {record['key_id']})")
+  return 0
+
+
+def cmd_verify(args) -> int:
+  from jaxdd import synset
+  from jaxdd.security import signing
+  trust = signing.trusted_keys(args.trust)
+  if trust is None:
+    raise ValueError("verify needs a trust anchor: pass --trust KEY.pub (or a folder of them) or "
+                     f"set {signing.TRUST_ENV}")
+  failed = 0
+  for path in signing.find_synsets(args.path):
+    try:
+      _, meta = synset.load(path, trust=trust)
+      print(f"{path}: {_signature_line(meta)}")
+    except (ValueError, FileNotFoundError) as e:
+      print(f"{path}: REFUSED: {e}")
+      failed += 1
+  return 1 if failed else 0
 
 
 def cmd_report(args) -> int:
@@ -652,6 +718,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
                       "random,herding,kcenter,full, plus lff,dfa when --vanilla-synset is given)")
   p.add_argument("--vanilla-synset", default=None,
                  help="synset/ directory of a vanilla DM run (lff and dfa train on it)")
+  _add_trust_flag(p)
   _add_common_flags(p)
   p.set_defaults(fn=cmd_baselines)
 
@@ -672,8 +739,32 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   p.add_argument("--source", default=None,
                  help="default: the artifact's run source, else the dataset's offline default")
   p.add_argument("--out", default=None, help="write the result JSON here")
+  _add_trust_flag(p)
   _add_common_flags(p)
   p.set_defaults(fn=cmd_evaluate)
+
+  p = sub.add_parser("keys", help="`jaxdd keys new NAME`: an ed25519 key pair to sign SynSets")
+  p.add_argument("action", choices=["new"])
+  p.add_argument("name", help="path stem: writes NAME.key (private) and NAME.pub (public)")
+  p.add_argument("--passphrase-env", default=None,
+                 help="encrypt the private key with the passphrase in this environment variable")
+  _add_common_flags(p)
+  p.set_defaults(fn=cmd_keys)
+
+  p = sub.add_parser("sign", help="sign a SynSet (or every SynSet of a run / work directory)")
+  p.add_argument("path", help="a SynSet artifact, a run directory or a work directory of runs")
+  p.add_argument("--key", required=True, help="the private key (NAME.key from `jaxdd keys new`)")
+  p.add_argument("--passphrase-env", default=None,
+                 help="environment variable holding the private key's passphrase")
+  _add_common_flags(p)
+  p.set_defaults(fn=cmd_sign)
+
+  p = sub.add_parser("verify", help="check the signatures of a SynSet (or of every SynSet below "
+                                    "a directory) against trusted public keys")
+  p.add_argument("path")
+  _add_trust_flag(p)
+  _add_common_flags(p)
+  p.set_defaults(fn=cmd_verify)
 
   p = sub.add_parser("diagnose", help="train/load the SupCon surrogate and report how the KDE "
                                        "weights find the bias (AUROC, weight fractions, histograms)")
@@ -763,7 +854,7 @@ def _report(command: str, args, fn) -> int:
     except OSError:
       pass
     return 1
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, ImportError) as e:
     if debug:
       raise
     print(f"jaxdd {command}: error: {e}", file=sys.stderr)

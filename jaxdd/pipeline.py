@@ -669,7 +669,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
   _check_distill_workdir(config, workdir)
   syn_dir = os.path.join(workdir, "synset")
   if os.path.exists(os.path.join(syn_dir, "manifest.json")):
-    syn, _ = synset.load(syn_dir)
+    syn, _ = synset.load(syn_dir, trust=False)  # the run's own artifact
     return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
   if run_data is None:
     progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
@@ -816,14 +816,15 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
   if with_baselines:
     results.update(run_baselines(config.replace(weighting="none"), os.path.join(workdir, "baselines"),
                                  which=tuple(with_baselines), progress=progress,
-                                 vanilla_synset=os.path.join(workdir, config.method, "synset")))
+                                 vanilla_synset=os.path.join(workdir, config.method, "synset"),
+                                 trust=False))  # this command's own vanilla SynSet
   # The bias score of each SynSet: what fraction of its images carry their
   # class's aligned bias (the training set's fraction is in the table header).
   run_data = RunData(config)
   classifier = bias_classifier(config, run_data)
   for weighting in ("none", "kde"):
     name = method_name(config.replace(weighting=weighting))
-    syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"))
+    syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"), trust=False)
     results[name]["bias_score"] = diagnostics.bias_score(classifier, syn.images, syn.labels)
   # The score's yardstick: the classifier on held-out real images of known composition.
   valid = run_data.valid
@@ -861,7 +862,7 @@ BASELINES = ("random", "herding", "kcenter", "lff", "dfa", "full")
 @locked
 def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = BASELINES,
                   vanilla_synset: str | None = None, full_epochs: int = 10,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, trust=None) -> dict:
   """The obvious alternatives under the same evaluation protocol and model.
 
   * ``random``: ``ipc`` random real images per class;
@@ -871,6 +872,9 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   * ``full``: the whole biased training set (upper reference), with the
     protocol's epochs capped at ``full_epochs`` because every epoch is a pass
     over all training images.
+
+  ``trust`` is the signature policy of ``vanilla_synset`` (see
+  :func:`jaxdd.synset.load`: None reads ``$JAXDD_TRUSTED_KEYS``).
 
   Results are written to ``<workdir>/baselines.json`` and returned. A
   ``baselines.json`` already there is added to when it was made with the same
@@ -883,7 +887,8 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     raise ValueError("lff/dfa train on a vanilla DM SynSet: pass vanilla_synset (the synset/ "
                      "directory of a --weighting none run)")
   if {"lff", "dfa"} & set(which):
-    synset.load(vanilla_synset)  # a missing/incomplete artifact fails here, before any work
+    # a missing, incomplete or (under a trust anchor) unsigned artifact fails here, before any work
+    synset.load(vanilla_synset, trust=trust)
   validate(config)
   digest = config.replace(weighting="none", init="real", real_sampling="uniform").digest()
   path = os.path.join(workdir, "baselines.json")
@@ -924,7 +929,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
                               num_models=config.num_eval_models, progress=progress)
       extra = {"selected_conflicting_fraction": conflicting}
     elif name in ("lff", "dfa"):
-      syn, meta = synset.load(vanilla_synset)
+      syn, meta = synset.load(vanilla_synset, trust=trust)
       # re-express the SynSet in this run's normalisation (a no-op for the same dataset)
       images = data.normalize(data.denormalize(syn.images, meta["mean"], meta["std"]),
                               run_data.mean, run_data.std)

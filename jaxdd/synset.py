@@ -8,10 +8,13 @@ Layout of an artifact directory::
       meta.json       dataset + ratio + seed, preprocessing, IPC, method, weights
                       config, architecture spec, evaluation protocol, code version
       manifest.json   {"files": {"arrays.npz": "<sha256>", "meta.json": "<sha256>"}}
+      signature.json  optional: an ed25519 signature over manifest.json
+                      (``jaxdd sign``; :mod:`jaxdd.security.signing`)
 
 The directory is written under a temporary name and renamed into place, so a
 reader never sees half an artifact. :func:`load` re-hashes every file and
-detects a corrupted or truncated one (a checksum, not a signature).
+detects a corrupted or truncated one (a checksum); the signature, checked
+against trusted public keys, detects an attacker who rewrote the manifest too.
 
 Example:
   >>> import numpy as np, tempfile, os
@@ -27,6 +30,8 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import zipfile
@@ -88,41 +93,68 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
   return path
 
 
-def load(path: str) -> tuple[SynSet, dict]:
-  """Loads and verifies a SynSet artifact.
+def load(path: str, *, trust=None) -> tuple[SynSet, dict]:
+  """Loads and verifies a SynSet artifact (checksums, and the signature policy).
+
+  Every file is hashed and compared with ``manifest.json``; the arrays are
+  parsed from the very bytes that were hashed. The signature
+  (:mod:`jaxdd.security.signing`) is checked against the trust anchors.
+
+  Args:
+    path: the artifact directory.
+    trust: the trusted public keys: ``.pub`` paths or folders (a list, or one
+      string separated by ``os.pathsep`` or commas); None reads
+      ``$JAXDD_TRUSTED_KEYS`` (no anchor when unset: the artifact loads and its
+      signature status is reported); False skips the signature check (a run
+      re-reading the artifact it wrote itself).
 
   Returns:
-    ``(syn, meta)``; ``meta`` includes ``mean`` and ``std``.
+    ``(syn, meta)``; ``meta`` includes ``mean`` and ``std``, and ``signature``
+    (the :class:`~jaxdd.security.signing.SignatureStatus` as a dict) unless
+    ``trust`` is False.
 
   Raises:
     FileNotFoundError: the directory or one of its files is missing.
     ValueError: a file does not match the manifest (corrupted or truncated),
       or the arrays are malformed.
+    jaxdd.security.signing.SignatureError: the signature does not verify, or
+      trust anchors are configured and the artifact is unsigned or signed by
+      an untrusted key.
   """
+  from jaxdd.security import signing  # noqa: PLC0415
   if not os.path.isdir(path):
     raise FileNotFoundError(f"no SynSet artifact at {path!r}; pass the directory written by "
                             "`jaxdd distill` (it holds arrays.npz, meta.json, manifest.json)")
   manifest_path = os.path.join(path, "manifest.json")
   if not os.path.exists(manifest_path):
     raise FileNotFoundError(f"{manifest_path} is missing; the artifact is incomplete, re-create it")
+  with open(manifest_path, "rb") as f:
+    manifest_bytes = f.read()
   try:
-    with open(manifest_path) as f:
-      manifest = json.load(f)
-    expected = manifest["files"]
-  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    expected = json.loads(manifest_bytes)["files"]
+    if not isinstance(expected, dict):
+      raise TypeError(f"'files' is a {type(expected).__name__}, not a mapping")
+  except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
     raise ValueError(f"{manifest_path} is corrupted ({e}); re-create the artifact") from e
+  status = None
+  if trust is not False:
+    anchors = signing.trusted_keys(trust) if not _is_key_list(trust) else list(trust)
+    status = signing.check(path, manifest_bytes, anchors)
+  contents = {}
   for name in _FILES:
     file = os.path.join(path, name)
     if not os.path.exists(file):
       raise FileNotFoundError(f"{file} is missing; the artifact is incomplete, re-create it")
-    digest = sha256_file(file)
+    with open(file, "rb") as f:
+      contents[name] = f.read()
+    digest = hashlib.sha256(contents[name]).hexdigest()
     if digest != expected.get(name):
       raise ValueError(f"{file} does not match its sha256 in manifest.json (expected "
                        f"{expected.get(name)}, got {digest}): the artifact was modified or "
                        "truncated; refusing to load it")
   arrays_path = os.path.join(path, "arrays.npz")
   try:
-    with np.load(arrays_path, allow_pickle=False) as data:
+    with np.load(io.BytesIO(contents["arrays.npz"]), allow_pickle=False) as data:
       missing = [k for k in ("images", "labels", "mean", "std") if k not in data.files]
       if missing:
         raise ValueError(f"{arrays_path} lacks the array(s) {', '.join(missing)} (it holds "
@@ -131,7 +163,14 @@ def load(path: str) -> tuple[SynSet, dict]:
       mean, std = data["mean"], data["std"]
   except (OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"{arrays_path} is not a readable .npz ({e}); re-create the artifact") from e
-  with open(os.path.join(path, "meta.json")) as f:
-    meta = json.load(f)
+  meta = json.loads(contents["meta.json"])
   meta["mean"], meta["std"] = mean.tolist(), std.tolist()
+  if status is not None:
+    meta["signature"] = status.to_dict()
   return SynSet(images, labels), meta
+
+
+def _is_key_list(trust) -> bool:
+  from jaxdd.security import signing  # noqa: PLC0415
+  return (isinstance(trust, (list, tuple)) and bool(trust)
+          and all(isinstance(k, signing.PublicKey) for k in trust))

@@ -124,7 +124,7 @@ def test_diagnose_uses_the_distill_flag_names_and_keeps_the_old_ones():
 def test_baselines_default_needs_no_vanilla_synset(tmp_path, monkeypatch):
   seen = {}
 
-  def fake(cfg, workdir, *, which, vanilla_synset, progress):
+  def fake(cfg, workdir, *, which, vanilla_synset, progress, trust=None):
     seen.update(which=which, vanilla=vanilla_synset)
     return {}
   monkeypatch.setattr(pipeline, "run_baselines", fake)
