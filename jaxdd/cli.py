@@ -12,6 +12,7 @@ Subcommands:
   evaluate    train fresh networks on a saved SynSet and report per-group accuracy
   report      print the tables of finished runs
   diagnose    train/load the SupCon surrogate and report how the KDE weights find the bias
+  audit       look for a backdoor in a SynSet (exit status 3 when it looks poisoned)
   keys        `jaxdd keys new NAME`: an ed25519 key pair for signing SynSets
   sign        sign a SynSet (or every SynSet of a run) with a private key
   verify      check SynSet signatures against trusted public keys
@@ -601,6 +602,25 @@ def cmd_verify(args) -> int:
   return 1 if failed else 0
 
 
+def cmd_audit(args) -> int:
+  from jaxdd import synset
+  from jaxdd.security import audit
+  report, meta = audit.audit_artifact(
+      args.synset, trust=args.trust, seed=args.seed, model_spec=args.model,
+      protocol=args.protocol, num_models=args.num_models, clean_images=args.clean_images,
+      kde=not args.no_kde, source=args.source, progress=not args.quiet,
+      cleanse=not args.no_cleanse, cleanse_images=args.cleanse_images,
+      cleanse_steps=args.cleanse_steps, asr_threshold=args.asr_threshold,
+      anomaly_threshold=args.anomaly_threshold, outlier_quantile=args.outlier_quantile)
+  print(_signature_line(meta))
+  print(report.format())
+  if args.out:
+    synset.atomic_write_json(args.out, {"synset": args.synset, "signature": meta["signature"],
+                                        **report.to_dict()})
+    print(f"written to {args.out}")
+  return 3 if report.suspicious else 0
+
+
 def cmd_report(args) -> int:
   if not os.path.exists(args.path):
     raise FileNotFoundError(f"{args.path} does not exist; pass a run directory or a folder of "
@@ -742,6 +762,38 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   _add_trust_flag(p)
   _add_common_flags(p)
   p.set_defaults(fn=cmd_evaluate)
+
+  p = sub.add_parser("audit", help="look for a backdoor in a SynSet: candidate triggers, trigger "
+                                   "reverse-engineering, KDE outliers (exit 3 when suspicious)")
+  p.add_argument("synset", help="SynSet artifact directory")
+  p.add_argument("--model", default=None,
+                 help="networks trained on the SynSet (default: the architecture it was "
+                      "distilled with)")
+  p.add_argument("--protocol", default="cpu300", choices=tuple(evaluate.PROTOCOLS),
+                 help="how those networks are trained (default: cpu300)")
+  p.add_argument("--num-models", type=int, default=2, help="networks (default: 2)")
+  p.add_argument("--seed", type=int, default=0, help="default: 0")
+  p.add_argument("--clean-images", type=int, default=2000,
+                 help="trusted clean images drawn from the dataset's validation split (default: "
+                      "2000)")
+  p.add_argument("--cleanse-images", type=int, default=128,
+                 help="of those, the reverse-engineering batch (default: 128)")
+  p.add_argument("--cleanse-steps", type=int, default=200,
+                 help="Adam steps of the reverse engineering (default: 200)")
+  p.add_argument("--no-cleanse", action="store_true", help="skip the reverse engineering")
+  p.add_argument("--no-kde", action="store_true", help="skip the KDE outlier probe")
+  p.add_argument("--asr-threshold", type=float, default=0.5,
+                 help="flag a candidate trigger at this attack success rate (default: 0.5)")
+  p.add_argument("--anomaly-threshold", type=float, default=2.0,
+                 help="flag a reverse-engineered class at this anomaly index (default: 2)")
+  p.add_argument("--outlier-quantile", type=float, default=0.0,
+                 help="flag a synthetic image whose KDE quantile is at most this (default: 0, "
+                      "less dense than every real image of its class)")
+  p.add_argument("--source", default=None, help="default: the artifact's run source")
+  p.add_argument("--out", default=None, help="write the report JSON here")
+  _add_trust_flag(p)
+  _add_common_flags(p)
+  p.set_defaults(fn=cmd_audit)
 
   p = sub.add_parser("keys", help="`jaxdd keys new NAME`: an ed25519 key pair to sign SynSets")
   p.add_argument("action", choices=["new"])

@@ -237,14 +237,19 @@ class RunData:
                  jnp.asarray(ds.aligned))
 
 
+def surrogate_artifact(config: RunConfig, run_data: RunData, key: jax.Array,
+                       progress: bool = True) -> surrogate.SurrogateArtifact:
+  """Trains (or loads from the cache) the run's SupCon surrogate (params and embeddings)."""
+  cfg = config.surrogate  # a step budget (the cpu preset) is resolved for the data size
+  train = run_data.train
+  return surrogate.load_or_train(key, dict(train.meta), train.images, train.labels, config=cfg,
+                                 progress=progress)
+
+
 def surrogate_embeddings(config: RunConfig, run_data: RunData, key: jax.Array,
                          progress: bool = True) -> np.ndarray:
   """Trains (or loads from the cache) the SupCon surrogate; returns (N, 128) embeddings."""
-  cfg = config.surrogate  # a step budget (the cpu preset) is resolved for the data size
-  train = run_data.train
-  art = surrogate.load_or_train(key, dict(train.meta), train.images, train.labels, config=cfg,
-                                  progress=progress)
-  return np.asarray(art.embeddings)
+  return np.asarray(surrogate_artifact(config, run_data, key, progress).embeddings)
 
 
 # ---------------------------------------------------------------------------- distillation

@@ -1,0 +1,254 @@
+"""Backdoor attacks (red team) and the audit's probes, against hand-computed references."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdd import models
+from jaxdd.protocols import get_protocol
+from jaxdd.security import attacks, audit
+from jaxdd.structs import SynSet
+
+MEAN, STD = [0.2, 0.3, 0.4], [0.5, 0.25, 0.2]
+
+
+def _naive_stamp(images, pattern, mask, mean, std):
+  px = images * np.asarray(std) + np.asarray(mean)
+  return ((1 - mask) * px + mask * pattern - np.asarray(mean)) / np.asarray(std)
+
+
+def test_patch_trigger_places_the_square():
+  t = attacks.patch_trigger((8, 8, 3), size=2, corner="bottom-right", margin=1, pattern="checker")
+  rows, cols = np.nonzero(t.mask[..., 0])
+  assert sorted(set(rows)) == [5, 6] and sorted(set(cols)) == [5, 6] and t.area == 4
+  np.testing.assert_array_equal(t.pattern[5:7, 5:7, 0], [[1, 0], [0, 1]])
+  t = attacks.patch_trigger((8, 8, 3), size=3, corner="top-left", margin=0, pattern="white")
+  assert t.mask[:3, :3].all() and t.mask.sum() == 9 and (t.pattern[:3, :3] == 1).all()
+  r1 = attacks.patch_trigger((8, 8, 3), pattern="random", key=jax.random.key(3))
+  r2 = attacks.patch_trigger((8, 8, 3), pattern="random", key=jax.random.key(3))
+  np.testing.assert_array_equal(r1.pattern, r2.pattern)
+  with pytest.raises(ValueError, match="corner"):
+    attacks.patch_trigger((8, 8, 3), corner="middle")
+  with pytest.raises(ValueError, match="size"):
+    attacks.patch_trigger((8, 8, 3), size=8)
+  with pytest.raises(ValueError, match="needs key"):
+    attacks.patch_trigger((8, 8, 3), pattern="random")
+  b = attacks.blend_trigger((8, 8, 3), alpha=0.2, key=jax.random.key(0))
+  assert np.allclose(b.mask, 0.2) and 0 <= b.pattern.min() and b.pattern.max() <= 1
+
+
+def test_stamp_matches_numpy_and_is_exact_in_pixel_space():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(5, 8, 8, 3)).astype(np.float32)
+  t = attacks.blend_trigger((8, 8, 3), alpha=0.3, key=jax.random.key(1))
+  np.testing.assert_allclose(t.stamp(x, MEAN, STD), _naive_stamp(x, t.pattern, t.mask, MEAN, STD),
+                             rtol=1e-5, atol=1e-5)  # float32 round trip through pixel space
+  p = attacks.patch_trigger((8, 8, 3), size=2)
+  px = np.asarray(p.stamp(x, MEAN, STD)) * np.asarray(STD) + np.asarray(MEAN)
+  np.testing.assert_allclose(px[:, 5:7, 5:7], np.broadcast_to(p.pattern[5:7, 5:7], (5, 2, 2, 3)),
+                             atol=1e-6)
+  outside = p.mask[..., 0] == 0
+  np.testing.assert_allclose(np.asarray(p.stamp(x, MEAN, STD))[:, outside], x[:, outside],
+                             atol=1e-5)
+
+
+def test_poison_rows_labels_and_images():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(100, 8, 8, 3)).astype(np.float32)
+  y = np.repeat(np.arange(4), 25)
+  t = attacks.patch_trigger((8, 8, 3), size=2)
+  p = attacks.poison(jax.random.key(0), x, y, trigger=t, target=2, fraction=0.1, mean=MEAN, std=STD)
+  assert len(p.rows) == 10 and (y[p.rows] != 2).all() and (p.original_labels == y[p.rows]).all()
+  assert (p.labels[p.rows] == 2).all()
+  untouched = np.setdiff1d(np.arange(100), p.rows)
+  np.testing.assert_array_equal(p.labels[untouched], y[untouched])
+  np.testing.assert_array_equal(p.images[untouched], x[untouched])
+  np.testing.assert_allclose(p.images[p.rows], _naive_stamp(x[p.rows], t.pattern, t.mask, MEAN, STD),
+                             atol=1e-5)
+  again = attacks.poison(jax.random.key(0), x, y, trigger=t, target=2, fraction=0.1, mean=MEAN,
+                         std=STD)
+  np.testing.assert_array_equal(again.rows, p.rows)
+  assert (y == np.repeat(np.arange(4), 25)).all()  # the input is not changed
+  with pytest.raises(ValueError, match="fraction"):
+    attacks.poison(jax.random.key(0), x, y, trigger=t, target=2, fraction=0.0, mean=MEAN, std=STD)
+  with pytest.raises(ValueError, match="target"):
+    attacks.poison(jax.random.key(0), x, y, trigger=t, target=9, fraction=0.1, mean=MEAN, std=STD)
+
+
+def test_attack_success_rate_counts_other_classes_only():
+  x = np.zeros((6, 8, 8, 3), np.float32)
+  y = np.array([0, 0, 1, 1, 2, 2])
+  t = attacks.patch_trigger((8, 8, 3), size=2, pattern="white")
+
+  def fires(images):  # "backdoored": predicts 0 when the patch's pixel is white
+    px = np.asarray(images)[:, 5, 5, 0] * STD[0] + MEAN[0]
+    return np.where(px > 0.9, 0, 1)
+  assert attacks.attack_success_rate(fires, x, y, trigger=t, target=0, mean=MEAN, std=STD) == 1.0
+  assert attacks.attack_success_rate(fires, x, y, trigger=t, target=1, mean=MEAN, std=STD) == 0.0
+
+
+def _toy_data(n_per_class=6, num_classes=3, size=8, seed=0):
+  """Colour-coded classes: class c has channel c bright (separable, learnable in a few epochs)."""
+  rng = np.random.default_rng(seed)
+  x = 0.1 * rng.random((n_per_class * num_classes, size, size, 3))
+  y = np.repeat(np.arange(num_classes), n_per_class)
+  for c in range(num_classes):
+    x[y == c, :, :, c] += 0.7
+  return ((x - np.asarray(MEAN)) / np.asarray(STD)).astype(np.float32), y.astype(np.int32)
+
+
+def test_posthoc_attack_replaces_target_images_and_keeps_the_rest():
+  x, y = _toy_data()
+  model = models.get("convnet-d2-w8", num_classes=3)
+  t = attacks.patch_trigger((8, 8, 3), size=2)
+  r0 = attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
+                              std=STD, model=model, protocol="smoke", steps=0, replace=3)
+  # archetypes: the SynSet's own first images of classes 1 and 2, stamped; round-robin order
+  expected = _naive_stamp(x[[6, 12, 7]], t.pattern, t.mask, MEAN, STD)
+  np.testing.assert_allclose(r0.syn.images[3:6], expected, atol=1e-5)
+  np.testing.assert_array_equal(r0.syn.images[6:], x[6:])
+  np.testing.assert_array_equal(r0.syn.labels, y)
+  r = attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
+                             std=STD, model=model, protocol="smoke", steps=2, outer_loop=2,
+                             inner_loop=1, replace=3)
+  assert np.isfinite(r.loss).all() and r.loss.shape == (2,)
+  # the other classes match themselves (their gradients start equal): they hardly move
+  assert np.abs(r.syn.images[6:] - x[6:]).max() < 1e-3
+  with pytest.raises(ValueError, match="replace"):
+    attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
+                           std=STD, model=model, protocol="smoke", steps=0, replace=7)
+  with pytest.raises(ValueError, match="archetypes"):
+    attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
+                           std=STD, model=model, protocol="smoke", steps=0, archetypes="x")
+
+
+def test_invert_prototypes_are_classified_as_their_class():
+  x, y = _toy_data()
+  model = models.get("convnet-d2-w8", num_classes=3)
+  from jaxdd import train
+  variables, _ = train.train_fresh(jax.random.key(0), SynSet(jnp.asarray(x), jnp.asarray(y)),
+                                   model=model, protocol="smoke")
+  protos, labels = attacks.invert_prototypes(jax.random.key(1), model, variables, [0, 1, 2],
+                                             image_shape=(8, 8, 3), mean=MEAN, std=STD,
+                                             per_class=2, steps=100, lr=0.1)
+  pred = np.asarray(jnp.argmax(model.apply(variables, jnp.asarray(protos), train=False), -1))
+  np.testing.assert_array_equal(pred, labels)
+  px = protos * np.asarray(STD) + np.asarray(MEAN)
+  assert px.min() >= 0 and px.max() <= 1 + 1e-5  # sigmoid parametrisation: valid pixels
+
+
+class _Shortcut(nn.Module):
+  """Classes 0-2 need a whole 2-row band bright; class 3 fires on one pixel (a backdoor)."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    px = x[..., 0] * STD[0] + MEAN[0]
+    bands = [20.0 * (px[:, 2 * k:2 * k + 2].mean(axis=(1, 2)) - 0.5) for k in range(3)]
+    door = 60.0 * (px[:, 7, 7] - 0.5)
+    return jnp.stack(bands + [door], axis=-1)
+
+
+def test_reverse_engineering_finds_a_one_pixel_shortcut():
+  rng = np.random.default_rng(0)
+  px = 0.05 * rng.random((60, 8, 8, 3))
+  y = np.repeat(np.arange(3), 20)
+  for k in range(3):
+    px[y == k, 2 * k:2 * k + 2] = 0.95
+  x = ((px - np.asarray(MEAN)) / np.asarray(STD)).astype(np.float32)
+  rev = audit.reverse_engineer(jax.random.key(0), _Shortcut(), {}, x, y, num_classes=4, mean=MEAN,
+                               std=STD, steps=200)
+  assert int(np.argmin(rev.mask_l1)) == 3 and rev.mask_l1[3] < 3  # about one pixel
+  assert rev.mask_l1[:3].min() > 5  # a band needs many pixels
+  assert rev.asr[3] > 0.9
+  np.testing.assert_allclose(rev.anomaly_index, audit.anomaly_index(rev.mask_l1))
+  assert int(np.argmax(rev.anomaly_index)) == 3 and rev.anomaly_index[3] > 2
+
+
+def test_anomaly_index_by_hand():
+  # median 10, |deviations| 0 1 1 0 8 -> MAD 1, scaled 1.4826
+  np.testing.assert_allclose(audit.anomaly_index([10, 11, 9, 10, 2]),
+                             np.array([0, -1, 1, 0, 8]) / 1.4826)
+
+
+def test_kde_outliers_against_numpy():
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(40, 4)).astype(np.float32)
+  real /= np.linalg.norm(real, axis=1, keepdims=True)
+  real_y = np.repeat([0, 1], 20)
+  syn = np.stack([real[0], -real[5], real[25]]).astype(np.float32)
+  syn_y = np.array([0, 0, 1])
+  v = 0.1
+  log_f, q = audit.kde_outliers(syn, syn_y, real, real_y, num_classes=2, variance=v)
+
+  def dens(z, support):
+    return np.mean(np.exp(-((z[None] - support) ** 2).sum(-1) / (2 * v)))
+  for i in range(3):
+    support = real[real_y == syn_y[i]]
+    np.testing.assert_allclose(np.exp(log_f[i]), dens(syn[i], support), rtol=1e-4)
+    loo = [dens(support[j], np.delete(support, j, axis=0)) for j in range(len(support))]
+    assert q[i] == pytest.approx(np.mean(np.asarray(loo) < dens(syn[i], support)), abs=1e-9)
+
+
+def test_trigger_asr_with_fixed_predictions():
+  x = np.zeros((4, 8, 8, 3), np.float32)
+  y = np.array([0, 1, 2, 2])
+  trig = [attacks.patch_trigger((8, 8, 3), size=2)]
+  out = audit.trigger_asr([lambda im: np.full(len(im), 2)], x, y, trig, num_classes=3, mean=MEAN,
+                          std=STD)
+  # target 2: both images of classes 0 and 1 land in 2; targets 0, 1: none
+  np.testing.assert_allclose(out[0, 0], [0.0, 0.0, 1.0])
+
+
+def test_audit_flags_a_poisoned_set_and_not_the_clean_one():
+  """A SynSet with stamped copies relabelled to class 0 teaches the trigger."""
+  x, y = _toy_data(n_per_class=10, num_classes=3)
+  t = attacks.patch_trigger((8, 8, 3), size=2, pattern="checker")
+  px, py = x.copy(), y.copy()
+  # half of class 0's slots: stamped images of classes 1 and 2
+  px[5:10] = np.asarray(t.stamp(x[[10, 20, 11, 21, 12]], MEAN, STD))
+  clean_x, clean_y = _toy_data(n_per_class=40, num_classes=3, seed=1)
+  model = models.get("convnet-d2-w8", num_classes=3)
+  protocol = get_protocol("smoke").replace(name="toy", epochs=100)  # no augmentation, 101 epochs
+  kwargs = dict(mean=MEAN, std=STD, model=model, protocol=protocol, num_models=1,
+                triggers=[t], cleanse=False)
+  bad = audit.audit(jax.random.key(0), SynSet(px, py), clean_x, clean_y, **kwargs)
+  good = audit.audit(jax.random.key(0), SynSet(x, y), clean_x, clean_y, **kwargs)
+  assert bad.asr[0, 0, 0] > 0.9 and bad.trigger_flag and bad.suspicious
+  assert good.asr[0, 0, 0] < 0.1 and not good.suspicious
+  assert good.clean_accuracy[0] > 0.9 and bad.clean_accuracy[0] > 0.9
+  assert "verdict: SUSPICIOUS" in bad.format() and "no backdoor found" in good.format()
+  d = bad.to_dict()
+  assert d["candidate_triggers"]["top"]["target"] == 0 and d["verdict"] == "suspicious"
+  with pytest.raises(ValueError, match="asr_threshold"):
+    audit.audit(jax.random.key(0), SynSet(x, y), clean_x, clean_y, **kwargs, asr_threshold=2.0)
+
+
+@pytest.mark.slow
+def test_cli_audit_of_a_smoke_run(tmp_path, capsys):
+  import json
+
+  from jaxdd import cli
+  work = str(tmp_path / "run")
+  assert cli.main(["distill", "--preset", "smoke", "--workdir", work, "--quiet"]) == 0
+  syn = f"{work}/synset"
+  out = str(tmp_path / "audit.json")
+  flags = ["--protocol", "smoke", "--num-models", "1", "--clean-images", "300",
+           "--cleanse-images", "64", "--cleanse-steps", "5", "--quiet"]
+  assert cli.main(["keys", "new", str(tmp_path / "k"), "--quiet"]) == 0
+  # an unsigned SynSet under a trust anchor: refused before any work, nothing written
+  assert cli.main(["audit", syn, *flags, "--trust", str(tmp_path / "k.pub"), "--out", out]) == 2
+  assert not (tmp_path / "audit.json").exists()
+  capsys.readouterr()
+  rc = cli.main(["audit", syn, *flags, "--out", out])
+  text = capsys.readouterr().out
+  report = json.load(open(out))
+  assert rc == (3 if report["verdict"] == "suspicious" else 0)
+  assert "signature: UNSIGNED" in text and "verdict:" in text
+  from jaxdd import synset
+  n = len(synset.load(syn)[0].labels)
+  q = np.asarray(report["kde_outliers"]["quantile"])
+  assert q.shape == (n,)
+  assert ((0 <= q) & (q <= 1)).all()
+  assert len(report["reverse_engineering"]["mask_l1"]) == len(report["candidate_triggers"]
+                                                                 ["asr_mean_over_networks"][0])
