@@ -1,0 +1,151 @@
+"""MTT's student unroll: exact gradients (remat) and TESLA's constant-memory approximation."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxdd import models, mtt
+
+HIGHEST = jax.default_matmul_precision("highest")
+
+
+def _setup(n=8, size=6, num_classes=3, seed=0, model=None):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(n, size, size, 3)), jnp.float32)
+  y = jnp.asarray(np.arange(n) % num_classes, jnp.int32)
+  model = model or models.get("convnet-d1-w4", num_classes=num_classes)
+  params = model.init(jax.random.key(seed), x[:1])["params"]
+  start, unravel = mtt.flatten(params)
+  target = start + 0.05 * jnp.asarray(rng.normal(size=start.shape), jnp.float32)
+
+  def apply_fn(p, im):
+    return model.apply({"params": p}, im, train=True)
+  return x, y, start, target, apply_fn, unravel
+
+
+def _reference_cut(images, labels, syn_lr, start, target, key, *, apply_fn, unravel, syn_steps,
+                   batch_syn):
+  """TESLA's gradient by construction: the exact unroll with theta_i cut from earlier steps."""
+  k_idx, k_aug = jax.random.split(key)
+  idx = mtt.student_batches(k_idx, images.shape[0], syn_steps, batch_syn)
+  theta, total = start, jnp.zeros_like(start)
+  for i in range(syn_steps):
+    th = jax.lax.stop_gradient(theta)  # theta_i's value, without its dependence on X_<i
+
+    def ce(p, i=i):
+      logits = apply_fn(unravel(p), images[idx[i]])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels[idx[i]]).mean()
+    g = jax.grad(ce)(th)
+    total = total + g
+    theta = th - syn_lr * g
+  theta = start - syn_lr * total  # theta_N = theta_0 - lr * sum_i g_i(theta_i, X_i)
+  del k_aug
+  return jnp.sum((theta - target) ** 2) / jnp.sum((start - target) ** 2)
+
+
+def _grads(fn, x, lr):
+  return jax.jit(jax.grad(fn, argnums=(0, 1)))(x, lr)
+
+
+def test_student_batches_cover_the_set_before_repeating():
+  idx = np.asarray(mtt.student_batches(jax.random.key(1), 10, syn_steps=7, batch_syn=5))
+  assert idx.shape == (7, 5)
+  for p in range(3):  # each pair of chunks is one permutation of the 10 rows
+    assert sorted(idx[2 * p:2 * p + 2].ravel()) == list(range(10))
+  with pytest.raises(ValueError, match="batch_syn"):
+    mtt.student_batches(jax.random.key(1), 10, syn_steps=2, batch_syn=11)
+
+
+def test_exact_gradient_matches_the_unrolled_reference_and_finite_differences():
+  x, y, start, target, apply_fn, unravel = _setup()
+  kw = dict(apply_fn=apply_fn, unravel=unravel, syn_steps=4, batch_syn=4)
+  key = jax.random.key(3)
+  with HIGHEST:
+    f = lambda im, lr, remat: mtt.trajectory_loss(im, y, lr, start, target, key, remat=remat, **kw)
+    gx, glr = _grads(functools.partial(f, remat=True), x, 0.1)
+    rx, rlr = _grads(functools.partial(f, remat=False), x, 0.1)
+    # remat recomputes the same float32 operations: agreement to rounding
+    np.testing.assert_allclose(gx, rx, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(glr, rlr, rtol=1e-4)
+    # directional finite differences (central, float32: eps 1e-2 keeps the rounding error
+    # ~1e-5 of a loss of order 1, far below the 2 % tolerance)
+    v = jax.random.normal(jax.random.key(9), x.shape)
+    v = v / jnp.linalg.norm(v)
+    loss = jax.jit(functools.partial(f, remat=True))
+    eps = 1e-2
+    fd = (loss(x + eps * v, 0.1) - loss(x - eps * v, 0.1)) / (2 * eps)
+    np.testing.assert_allclose(float(jnp.vdot(gx, v)), float(fd), rtol=2e-2, atol=1e-5)
+    fd_lr = (loss(x, 0.1 + 1e-3) - loss(x, 0.1 - 1e-3)) / 2e-3
+    np.testing.assert_allclose(float(glr), float(fd_lr), rtol=2e-2, atol=1e-5)
+
+
+def test_tesla_equals_exact_for_one_step():
+  x, y, start, target, apply_fn, unravel = _setup()
+  kw = dict(apply_fn=apply_fn, unravel=unravel, syn_steps=1)
+  key = jax.random.key(4)
+  with HIGHEST:
+    ex = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, **kw), x, 0.2)
+    te = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, mode="tesla",
+                                                   **kw), x, 0.2)
+    lx = mtt.trajectory_loss(x, y, 0.2, start, target, key, **kw)
+    lt = mtt.trajectory_loss(x, y, 0.2, start, target, key, mode="tesla", **kw)
+  np.testing.assert_allclose(lt, lx, rtol=1e-6)
+  np.testing.assert_allclose(te[0], ex[0], rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(te[1], ex[1], rtol=1e-4)
+
+
+def test_tesla_is_the_exact_gradient_with_later_dependence_cut():
+  x, y, start, target, apply_fn, unravel = _setup(n=9)
+  kw = dict(apply_fn=apply_fn, unravel=unravel, syn_steps=5, batch_syn=3)
+  key = jax.random.key(5)
+  with HIGHEST:
+    te = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, mode="tesla",
+                                                   **kw), x, 0.1)
+    ref = _grads(lambda im, lr: _reference_cut(im, y, lr, start, target, key, **kw), x, 0.1)
+    ex = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, **kw), x, 0.1)
+  np.testing.assert_allclose(te[0], ref[0], rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(te[1], ref[1], rtol=1e-4)
+  # ... which is an approximation: the exact gradient differs for several steps
+  assert float(jnp.abs(te[0] - ex[0]).max()) > 1e-3 * float(jnp.abs(ex[0]).max())
+
+
+def test_augmentation_keys_are_shared_by_both_passes():
+  from jaxdd import augment
+  x, y, start, target, apply_fn, unravel = _setup()
+  aug = augment.dsa("flip_scale", siamese=False)
+  kw = dict(apply_fn=apply_fn, unravel=unravel, syn_steps=1, augment=aug)
+  key = jax.random.key(6)
+  with HIGHEST:
+    ex = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, **kw), x, 0.2)
+    te = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, mode="tesla",
+                                                   **kw), x, 0.2)
+  np.testing.assert_allclose(te[0], ex[0], rtol=1e-4, atol=1e-7)
+
+
+def test_tesla_memory_does_not_grow_with_the_unroll():
+  """Compiled temporary memory: TESLA's stays flat in syn_steps; exact (remat) keeps one
+  parameter vector per step, so it grows."""
+  x, y, start, target, apply_fn, unravel = _setup(n=4, size=8)
+
+  def temp(mode, steps):
+    f = jax.jit(jax.grad(lambda im: mtt.trajectory_loss(
+        im, y, 0.1, start, target, jax.random.key(0), apply_fn=apply_fn, unravel=unravel,
+        syn_steps=steps, mode=mode)))
+    return f.lower(x).compile().memory_analysis().temp_size_in_bytes
+  tesla = [temp("tesla", s) for s in (8, 64)]
+  exact = [temp("exact", s) for s in (8, 64)]
+  assert tesla[1] <= 1.1 * tesla[0] + 4096, tesla
+  assert exact[1] - exact[0] >= 0.5 * 56 * start.size * 4, (exact, start.size)
+
+
+def test_bad_arguments():
+  x, y, start, target, apply_fn, unravel = _setup()
+  with pytest.raises(ValueError, match="mode"):
+    mtt.trajectory_loss(x, y, 0.1, start, target, jax.random.key(0), apply_fn=apply_fn,
+                        unravel=unravel, syn_steps=2, mode="fast")
+  with pytest.raises(ValueError, match="syn_steps"):
+    mtt.trajectory_loss(x, y, 0.1, start, target, jax.random.key(0), apply_fn=apply_fn,
+                        unravel=unravel, syn_steps=0)
