@@ -143,10 +143,28 @@ def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
   return result
 
 
+def rescore_kde(args, result: dict) -> dict:
+  """Recomputes the KDE probe of a finished cell with the current code (the rest is kept)."""
+  syn_dir = os.path.join(args.workdir, result["dataset"], f"s{result['seed']}", result["variant"],
+                         "synset")
+  syn, meta = synset.load(syn_dir, trust=False)
+  scores = audit.kde_probe(syn, meta, audit.run_config_of(meta))
+  a = result["audit"]
+  flagged = scores.outliers(audit.OUTLIER_Z)
+  a["kde_outliers"] = {"quantile": scores.quantile.tolist(), "margin": scores.margin.tolist(),
+                       "robust_z": scores.robust_z.tolist(), "threshold": audit.OUTLIER_Z,
+                       "images": flagged.tolist(), "flag": bool(flagged.size)}
+  suspicious = (a["candidate_triggers"]["flag"] or a["reverse_engineering"]["flag"]
+                or a["kde_outliers"]["flag"])
+  a["verdict"] = "suspicious" if suspicious else "no backdoor found"
+  result["kde_rescored_at"] = pipeline.code_version()
+  return result
+
+
 def table(results: list[dict]) -> str:
   head = ("| dataset | SynSet | seeds | victim clean accuracy (test) | attack success rate (test) | "
           "candidate-trigger flag | reverse-engineering flag (max anomaly index) | "
-          "KDE outliers per SynSet (flag) | audit verdict: suspicious | signature check "
+          "KDE outliers per SynSet (SynSets flagged) | audit verdict: suspicious | signature check "
           "(author's key) |\n|---|---|---|---|---|---|---|---|---|---|")
   rows = [head]
   groups: dict[tuple, list[dict]] = {}
@@ -186,6 +204,8 @@ def main(argv=None) -> int:
   p.add_argument("--victim-models", type=int, default=3)
   p.add_argument("--workdir", required=True)
   p.add_argument("--quiet", action="store_true")
+  p.add_argument("--rescore-kde", action="store_true",
+                 help="recompute the KDE probe of finished cells with the current code")
   args = p.parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)
   key_stem = {who: os.path.join(args.workdir, "keys", who) for who in ("author", "attacker")}
@@ -199,7 +219,12 @@ def main(argv=None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
       for variant in args.variants.split(","):
         print(f"[backdoor] {dataset} seed {seed} {variant}", file=sys.stderr, flush=True)
-        results.append(run_cell(args, dataset, seed, variant, keys))
+        result = run_cell(args, dataset, seed, variant, keys)
+        if args.rescore_kde:
+          result = rescore_kde(args, result)
+          synset.atomic_write_json(os.path.join(args.workdir, dataset, f"s{seed}", variant,
+                                                "result.json"), result)
+        results.append(result)
   text = table(results)
   synset.atomic_write_json(os.path.join(args.workdir, "table.json"), results)
   synset.atomic_write_bytes(os.path.join(args.workdir, "table.md"), text.encode())

@@ -611,7 +611,7 @@ def cmd_audit(args) -> int:
       kde=not args.no_kde, source=args.source, progress=not args.quiet,
       cleanse=not args.no_cleanse, cleanse_images=args.cleanse_images,
       cleanse_steps=args.cleanse_steps, asr_threshold=args.asr_threshold,
-      anomaly_threshold=args.anomaly_threshold, outlier_quantile=args.outlier_quantile)
+      anomaly_threshold=args.anomaly_threshold, outlier_z=args.outlier_z)
   print(_signature_line(meta))
   print(report.format())
   if args.out:
@@ -786,9 +786,9 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
                  help="flag a candidate trigger at this attack success rate (default: 0.5)")
   p.add_argument("--anomaly-threshold", type=float, default=2.0,
                  help="flag a reverse-engineered class at this anomaly index (default: 2)")
-  p.add_argument("--outlier-quantile", type=float, default=0.0,
-                 help="flag a synthetic image whose KDE quantile is at most this (default: 0, "
-                      "less dense than every real image of its class)")
+  p.add_argument("--outlier-z", type=float, default=3.5,
+                 help="flag a synthetic image closer to another class's real images whose KDE "
+                      "margin is this many robust sds below the SynSet's median (default: 3.5)")
   p.add_argument("--source", default=None, help="default: the artifact's run source")
   p.add_argument("--out", default=None, help="write the report JSON here")
   _add_trust_flag(p)

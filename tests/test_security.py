@@ -179,23 +179,40 @@ def test_anomaly_index_by_hand():
                              np.array([0, -1, 1, 0, 8]) / 1.4826)
 
 
-def test_kde_outliers_against_numpy():
+def test_kde_scores_against_numpy():
   rng = np.random.default_rng(0)
   real = rng.normal(size=(40, 4)).astype(np.float32)
   real /= np.linalg.norm(real, axis=1, keepdims=True)
   real_y = np.repeat([0, 1], 20)
-  syn = np.stack([real[0], -real[5], real[25]]).astype(np.float32)
-  syn_y = np.array([0, 0, 1])
+  syn = np.stack([real[0], -real[5], real[25], real[3]]).astype(np.float32)
+  syn_y = np.array([0, 0, 1, 1])  # the last one: a class-0 image labelled 1
   v = 0.1
-  log_f, q = audit.kde_outliers(syn, syn_y, real, real_y, num_classes=2, variance=v)
+  sc = audit.kde_scores(syn, syn_y, real, real_y, num_classes=2, variance=v)
 
   def dens(z, support):
     return np.mean(np.exp(-((z[None] - support) ** 2).sum(-1) / (2 * v)))
-  for i in range(3):
+  for i in range(4):
+    for c in range(2):
+      np.testing.assert_allclose(np.exp(sc.log_density[i, c]), dens(syn[i], real[real_y == c]),
+                                 rtol=1e-4)
     support = real[real_y == syn_y[i]]
-    np.testing.assert_allclose(np.exp(log_f[i]), dens(syn[i], support), rtol=1e-4)
     loo = [dens(support[j], np.delete(support, j, axis=0)) for j in range(len(support))]
-    assert q[i] == pytest.approx(np.mean(np.asarray(loo) < dens(syn[i], support)), abs=1e-9)
+    assert sc.quantile[i] == pytest.approx(np.mean(np.asarray(loo) < dens(syn[i], support)),
+                                           abs=1e-9)
+  own = sc.log_density[np.arange(4), syn_y]
+  np.testing.assert_allclose(sc.margin, own - sc.log_density[np.arange(4), 1 - syn_y], rtol=1e-6)
+  assert sc.margin[3] < 0  # closer to the class it came from
+  np.testing.assert_allclose(sc.robust_z, audit.anomaly_index(sc.margin))
+
+
+def test_kde_flag_needs_a_negative_margin_far_below_the_set():
+  margin = np.array([3.0, 2.5, 3.5, 2.0, 3.0, -1.0, -20.0])
+  sc = audit.KDEScores(np.zeros((7, 2)), np.zeros(7), margin, audit.anomaly_index(margin))
+  # median 2.5; |deviations| 0.5 0 1 0.5 0.5 3.5 22.5 -> MAD 0.5, robust sd 0.7413;
+  # z(-1) = 3.5 / 0.7413 = 4.72, z(-20) = 30.4; z(2.0) = 0.67 (and its margin is positive)
+  np.testing.assert_array_equal(sc.outliers(3.5), [5, 6])
+  np.testing.assert_array_equal(sc.outliers(5.0), [6])
+  assert sc.outliers(0.5).tolist() == [5, 6]  # positive margins are never flagged
 
 
 def test_trigger_asr_with_fixed_predictions():

@@ -15,13 +15,18 @@ Three probes, each with a threshold, and a verdict that is their union:
    that needs a much smaller mask than the others has a shortcut, i.e. a
    backdoor: the anomaly index of class t is ``(median - L1_t) / (1.4826 MAD)``
    over classes, flagged above 2 (Neural Cleanse's threshold).
-3. **KDE outliers** (:func:`kde_outliers`): every synthetic image is embedded
+3. **KDE outliers** (:func:`kde_scores`): every synthetic image is embedded
    by the run's SupCon surrogate (trained on the real data) and scored under
-   the kernel density of its class's real embeddings; its score is the
-   fraction of the class's real images (leave-one-out) that are less dense.
-   An image less dense than every real image of its label (quantile 0, the
-   default threshold) looks injected; an archetype of another class
-   relabelled to the target is exactly such an image.
+   the kernel density of each class's real embeddings. Its *margin* is the
+   log density under its own label minus the largest under another class: an
+   archetype of another class relabelled to the target sits in that other
+   class's cluster, with a large negative margin. Distilled images of a
+   debiased set are atypical too, so the margin is judged against the
+   SynSet's own images: an image is flagged when its margin is negative and
+   at least ``outlier_z`` (default 3.5, Iglewicz and Hoaglin's cut) robust
+   standard deviations (1.4826 MAD) below the SynSet's median margin. The
+   quantile of the image's own-class density among the class's real images
+   (leave-one-out) is reported as well.
 
 The clean images are the dataset's validation split (a trusted clean set);
 the test split is never read.
@@ -44,7 +49,7 @@ from jaxdd.structs import SynSet
 #: Defaults of the verdict's thresholds (RESULTS.md, "Backdoors", measured them).
 ASR_THRESHOLD = 0.5
 ANOMALY_THRESHOLD = 2.0
-OUTLIER_QUANTILE = 0.0
+OUTLIER_Z = 3.5
 
 
 def candidate_triggers(image_shape: Sequence[int]) -> list[attacks.Trigger]:
@@ -178,40 +183,55 @@ def reverse_engineer(key: jax.Array, model: nn.Module, variables, images, labels
   return Reversed(l1, asr, anomaly_index(l1), masks, patterns)
 
 
-def kde_outliers(syn_embeddings, syn_labels, real_embeddings, real_labels, *, num_classes: int,
-                 variance: float) -> tuple[np.ndarray, np.ndarray]:
-  """Each synthetic image's density under its class's real embeddings, as a quantile.
+@dataclasses.dataclass(frozen=True)
+class KDEScores:
+  """The KDE probe's numbers per synthetic image (see the module docstring)."""
+  log_density: np.ndarray  # (n, num_classes): under each class's real embeddings
+  quantile: np.ndarray     # (n,) own-class density among the class's real images (leave-one-out)
+  margin: np.ndarray       # (n,) own-class log density minus the largest other-class one
+  robust_z: np.ndarray     # (n,) (median margin - margin) / (1.4826 MAD) over the SynSet
 
-  Returns:
-    ``(log_density, quantile)``: the synthetic images' log densities (the
-    Gaussian kernel mean over the class's real embeddings, :func:`jaxdd.kde.log_density`)
-    and the fraction of the class's real images whose leave-one-out density is
-    lower (0: less dense than every real image of its label).
+  def outliers(self, outlier_z: float) -> np.ndarray:
+    return np.flatnonzero((self.margin < 0) & (self.robust_z >= outlier_z))
+
+
+def kde_scores(syn_embeddings, syn_labels, real_embeddings, real_labels, *, num_classes: int,
+               variance: float) -> KDEScores:
+  """Each synthetic image's density under every class's real embeddings, margin and quantile.
+
+  ``log_density[i, c]`` is the log of the mean Gaussian kernel between image i's
+  embedding and class c's real embeddings (:func:`jaxdd.kde.log_density`).
+  ``quantile[i]`` is the fraction of the real images of i's label whose
+  leave-one-out density is lower than i's (0: less dense than all of them).
   """
   from jaxdd import kde  # noqa: PLC0415
   syn_embeddings = np.asarray(syn_embeddings, np.float32)
   real_embeddings = np.asarray(real_embeddings, np.float32)
   syn_labels, real_labels = np.asarray(syn_labels), np.asarray(real_labels)
-  log_f = np.zeros(len(syn_labels), np.float32)
-  quantile = np.zeros(len(syn_labels), np.float64)
+  n = len(syn_labels)
+  log_f = np.zeros((n, num_classes), np.float32)
+  quantile = np.zeros(n, np.float64)
+  queries = jnp.asarray(syn_embeddings)
   for cls in range(num_classes):
-    rows = np.flatnonzero(syn_labels == cls)
     support = real_embeddings[real_labels == cls]
-    if not rows.size:
-      continue
     if len(support) < 2:
-      raise ValueError(f"class {cls} has {len(support)} real images; the KDE score needs >= 2")
+      raise ValueError(f"class {cls} has {len(support)} real images; the KDE probe needs >= 2")
     z = jnp.asarray(support)
-    log_f[rows] = np.asarray(kde.log_density(jnp.asarray(syn_embeddings[rows]), z,
-                                             variance=variance))
-    n = len(support)
-    # leave-one-out densities of the real images: remove the self term K(x, x) = 1
-    self_f = np.exp(np.asarray(kde.log_density(z, z, variance=variance), np.float64))
-    loo = np.maximum(n * self_f - 1.0, 0.0) / (n - 1)
-    with np.errstate(divide="ignore"):
-      loo_log = np.sort(np.log(loo))
-    quantile[rows] = np.searchsorted(loo_log, log_f[rows].astype(np.float64), side="left") / n
-  return log_f, quantile
+    log_f[:, cls] = np.asarray(kde.log_density(queries, z, variance=variance))
+    rows = np.flatnonzero(syn_labels == cls)
+    if rows.size:
+      m = len(support)
+      # leave-one-out densities of the real images: remove the self term K(x, x) = 1
+      self_f = np.exp(np.asarray(kde.log_density(z, z, variance=variance), np.float64))
+      loo = np.maximum(m * self_f - 1.0, 0.0) / (m - 1)
+      with np.errstate(divide="ignore"):
+        loo_log = np.sort(np.log(loo))
+      quantile[rows] = np.searchsorted(loo_log, log_f[rows, cls].astype(np.float64),
+                                       side="left") / m
+  own = log_f[np.arange(n), syn_labels]
+  others = np.where(np.eye(num_classes, dtype=bool)[syn_labels], -np.inf, log_f).max(axis=1)
+  margin = (own - others).astype(np.float64)
+  return KDEScores(log_f, quantile, margin, anomaly_index(margin))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,11 +241,11 @@ class AuditReport:
   triggers: list[str]
   asr: np.ndarray                  # (M, triggers, classes)
   reversed: Reversed | None
-  kde_quantile: np.ndarray | None  # (n_syn,)
+  kde: KDEScores | None
   syn_labels: np.ndarray
   asr_threshold: float
   anomaly_threshold: float
-  outlier_quantile: float
+  outlier_z: float
 
   @property
   def top_trigger(self) -> tuple[str, int, float]:
@@ -244,9 +264,9 @@ class AuditReport:
 
   @property
   def outliers(self) -> np.ndarray:
-    if self.kde_quantile is None:
+    if self.kde is None:
       return np.zeros((0,), np.int64)
-    return np.flatnonzero(self.kde_quantile <= self.outlier_quantile)
+    return self.kde.outliers(self.outlier_z)
 
   @property
   def kde_flag(self) -> bool:
@@ -271,11 +291,13 @@ class AuditReport:
                    f"({r.mask_l1[t]:.1f} px, ASR {100 * r.asr[t]:.0f} %), anomaly index "
                    f"{r.anomaly_index[t]:.2f}; flag at >= {self.anomaly_threshold:g}: "
                    f"{'FLAGGED' if self.cleanse_flag else 'no'}")
-    if self.kde_quantile is not None:
+    if self.kde is not None:
       out = self.outliers
-      shown = ", ".join(f"{i} (class {self.syn_labels[i]})" for i in out[:20])
-      lines.append(f"KDE outliers (at most {100 * self.outlier_quantile:g} % of their class's "
-                   f"real images less dense): {out.size} of {len(self.kde_quantile)}"
+      shown = ", ".join(f"{i} (class {self.syn_labels[i]}, margin {self.kde.margin[i]:.1f})"
+                        for i in out[:20])
+      lines.append(f"KDE outliers (closer to another class's real images, >= {self.outlier_z:g} "
+                   f"robust sds below the set's median margin {np.median(self.kde.margin):.1f}): "
+                   f"{out.size} of {len(self.kde.margin)}"
                    + (f": images {shown}{' ...' if out.size > 20 else ''}" if out.size else "")
                    + f"; {'FLAGGED' if self.kde_flag else 'no'}")
     lines.append(f"verdict: {'SUSPICIOUS' if self.suspicious else 'no backdoor found'} "
@@ -296,15 +318,17 @@ class AuditReport:
                                     "anomaly_index": r.anomaly_index.tolist(),
                                     "threshold": self.anomaly_threshold,
                                     "flag": self.cleanse_flag}
-    if self.kde_quantile is not None:
-      out["kde_outliers"] = {"quantile": self.kde_quantile.tolist(),
-                             "threshold": self.outlier_quantile,
+    if self.kde is not None:
+      out["kde_outliers"] = {"quantile": self.kde.quantile.tolist(),
+                             "margin": self.kde.margin.tolist(),
+                             "robust_z": self.kde.robust_z.tolist(),
+                             "threshold": self.outlier_z,
                              "images": self.outliers.tolist(), "flag": self.kde_flag}
     return out
 
 
 def _check_settings(*, num_models, cleanse_images, cleanse_steps, asr_threshold,
-                    anomaly_threshold, outlier_quantile) -> None:
+                    anomaly_threshold, outlier_z) -> None:
   for name, v in (("num_models", num_models), ("cleanse_images", cleanse_images),
                   ("cleanse_steps", cleanse_steps)):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -313,17 +337,17 @@ def _check_settings(*, num_models, cleanse_images, cleanse_steps, asr_threshold,
     raise ValueError(f"asr_threshold must be in (0, 1], got {asr_threshold!r}")
   if not anomaly_threshold > 0:
     raise ValueError(f"anomaly_threshold must be > 0, got {anomaly_threshold!r}")
-  if not 0 <= outlier_quantile < 1:
-    raise ValueError(f"outlier_quantile must be in [0, 1), got {outlier_quantile!r}")
+  if not outlier_z > 0:
+    raise ValueError(f"outlier_z must be > 0, got {outlier_z!r}")
 
 
 def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
           model: nn.Module, protocol="cpu300", num_models: int = 2,
           triggers: Sequence[attacks.Trigger] | None = None, cleanse: bool = True,
           cleanse_images: int = 128, cleanse_steps: int = 200, l1_weight: float = 1e-3,
-          kde_quantile=None, asr_threshold: float = ASR_THRESHOLD,
+          kde: KDEScores | None = None, asr_threshold: float = ASR_THRESHOLD,
           anomaly_threshold: float = ANOMALY_THRESHOLD,
-          outlier_quantile: float = OUTLIER_QUANTILE) -> AuditReport:
+          outlier_z: float = OUTLIER_Z) -> AuditReport:
   """Runs the probes on ``syn`` (see the module docstring).
 
   Args:
@@ -336,14 +360,14 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
     model, protocol, num_models: the networks trained on ``syn``
       (:func:`jaxdd.train.train_models`).
     triggers: candidate triggers (default :func:`candidate_triggers`).
-    kde_quantile: the per-image KDE quantiles of :func:`kde_outliers`, or
-      None to skip that probe.
+    kde: the KDE probe's :class:`KDEScores` (:func:`kde_scores`), or None to
+      skip that probe.
   """
   from jaxdd import train as train_lib  # noqa: PLC0415
   checks.check_key(key)
   _check_settings(num_models=num_models, cleanse_images=cleanse_images,
                   cleanse_steps=cleanse_steps, asr_threshold=asr_threshold,
-                  anomaly_threshold=anomaly_threshold, outlier_quantile=outlier_quantile)
+                  anomaly_threshold=anomaly_threshold, outlier_z=outlier_z)
   clean_images = np.asarray(clean_images, np.float32)
   clean_labels = np.asarray(clean_labels)
   num_classes = int(getattr(model, "num_classes"))
@@ -369,8 +393,7 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
                            num_classes=num_classes, mean=mean, std=std, steps=cleanse_steps,
                            l1_weight=l1_weight, held_out=(held_x, held_y))
   return AuditReport(acc, [t.name for t in triggers], asr, rev,
-                     None if kde_quantile is None else np.asarray(kde_quantile),
-                     np.asarray(syn.labels), asr_threshold, anomaly_threshold, outlier_quantile)
+                     kde, np.asarray(syn.labels), asr_threshold, anomaly_threshold, outlier_z)
 
 
 def run_config_of(meta: dict):
@@ -381,6 +404,18 @@ def run_config_of(meta: dict):
     return None
   names = {f.name for f in dataclasses.fields(RunConfig)}
   return RunConfig(**{k: v for k, v in recorded.items() if k in names})
+
+
+def kde_probe(syn: SynSet, meta: dict, config, *, progress: bool = False) -> KDEScores:
+  """:func:`kde_scores` of a SynSet under its run's surrogate (trained, or read from the cache)."""
+  from jaxdd import data, pipeline, surrogate  # noqa: PLC0415
+  run_data = pipeline.RunData(config)
+  art = pipeline.surrogate_artifact(config, run_data, pipeline.seed_keys(config.seed)[0],
+                                    progress=progress)
+  pixels = data.denormalize(np.asarray(syn.images), meta["mean"], meta["std"])
+  syn_z = surrogate.embed(art.params, np.asarray(pixels, np.float32), config=config.surrogate)
+  return kde_scores(syn_z, syn.labels, art.embeddings, run_data.train.labels,
+                    num_classes=run_data.num_classes, variance=config.kde_variance)
 
 
 def audit_artifact(path: str, *, trust=None, seed: int = 0, model_spec: str | None = None,
@@ -398,11 +433,11 @@ def audit_artifact(path: str, *, trust=None, seed: int = 0, model_spec: str | No
   Returns:
     ``(report, meta)``; ``meta`` is the artifact's, with its signature status.
   """
-  from jaxdd import data, models, pipeline, surrogate  # noqa: PLC0415
+  from jaxdd import data, models  # noqa: PLC0415
   from jaxdd import synset as synset_lib  # noqa: PLC0415
   _check_settings(num_models=num_models, **{k: kwargs.get(k, v) for k, v in (
       ("cleanse_images", 128), ("cleanse_steps", 200), ("asr_threshold", ASR_THRESHOLD),
-      ("anomaly_threshold", ANOMALY_THRESHOLD), ("outlier_quantile", OUTLIER_QUANTILE))})
+      ("anomaly_threshold", ANOMALY_THRESHOLD), ("outlier_z", OUTLIER_Z))})
   if isinstance(clean_images, bool) or not isinstance(clean_images, int) or clean_images < 1:
     raise ValueError(f"clean_images must be a positive int, got {clean_images!r}")
   syn, meta = synset_lib.load(path, trust=trust)
@@ -421,19 +456,13 @@ def audit_artifact(path: str, *, trust=None, seed: int = 0, model_spec: str | No
   spec = model_spec or meta.get("distill_model") or (config.eval_model if config else "convnet")
   model = models.get(spec, num_classes=valid.num_classes)
   models.check_fits(model, tuple(np.asarray(syn.images).shape[1:]))
-  quantile = None
+  scores = None
   if kde:
     if config is None:
       raise ValueError(f"{path} records no run config, so its surrogate cannot be rebuilt; "
                        "pass kde=False (--no-kde)")
-    run_data = pipeline.RunData(config)
-    art = pipeline.surrogate_artifact(config, run_data, pipeline.seed_keys(config.seed)[0],
-                                      progress=progress)
-    pixels = data.denormalize(np.asarray(syn.images), meta["mean"], meta["std"])
-    syn_z = surrogate.embed(art.params, np.asarray(pixels, np.float32), config=config.surrogate)
-    _, quantile = kde_outliers(syn_z, syn.labels, art.embeddings, run_data.train.labels,
-                               num_classes=valid.num_classes, variance=config.kde_variance)
+    scores = kde_probe(syn, meta, config, progress=progress)
   report = audit(jax.random.key(seed), syn, images, labels, mean=meta["mean"], std=meta["std"],
-                 model=model, protocol=protocol, num_models=num_models, kde_quantile=quantile,
+                 model=model, protocol=protocol, num_models=num_models, kde=scores,
                  **kwargs)
   return report, meta
