@@ -38,7 +38,7 @@ values must be compared (the tests do); leave the default for speed.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -184,3 +184,211 @@ def trajectory_loss(images: jax.Array, labels: jax.Array, syn_lr: jax.Array, sta
     return theta - syn_lr * grad_fn(theta, images[i], labels[i], k), None
   theta_n, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, start, (idx, keys))
   return _ratio(theta_n, start, target)
+
+
+# ---------------------------------------------------------------------------
+# Expert trajectories
+# ---------------------------------------------------------------------------
+
+
+def expert_protocol(*, lr: float = 0.01, batch_size: int = 256,
+                    augment: str | None = "color_crop_cutout_flip_scale_rotate"):
+  """One epoch of MTT's expert training (``buffer.py``): plain SGD, no momentum or decay."""
+  from jaxdd.protocols import Protocol  # noqa: PLC0415
+  return Protocol("mtt-expert", epochs=0, lr=lr, momentum=0.0, weight_decay=0.0,
+                  batch_size=batch_size, decay_at=None, augment=augment)
+
+
+def weighted_epoch_rows(key: jax.Array, weights, n: int) -> jax.Array:
+  """``n`` row numbers drawn with replacement in proportion to ``weights`` (one epoch).
+
+  The KDE-weighted expert sampler: an epoch keeps its ``n`` samples (so its
+  number of steps, and the meaning of ``expert_epochs`` and
+  ``max_start_epoch``), but rare images are drawn more often.
+  """
+  w = jnp.asarray(weights, jnp.float32)
+  return jax.random.choice(key, w.shape[0], (n,), replace=True, p=w / w.sum()).astype(jnp.int32)
+
+
+def train_experts(key: jax.Array, images, labels, *, model, num_experts: int = 1,
+                  epochs: int = 10, lr: float = 0.01, batch_size: int = 256,
+                  augment: str | None = "color_crop_cutout_flip_scale_rotate", weights=None,
+                  progress: bool = False) -> np.ndarray:
+  """Expert trajectories: the flat parameters at init and after every epoch.
+
+  Each expert is a fresh ``model`` trained on ``(images, labels)`` by jaxdd's
+  trainer (:func:`jaxdd.train.fit_epochs`, one epoch per call) under
+  :func:`expert_protocol`. With ``weights`` (e.g. the KDE weights of the real
+  images), every epoch draws its ``len(images)`` samples with replacement in
+  proportion to them (:func:`weighted_epoch_rows`); without, an epoch is one
+  pass over a fresh permutation.
+
+  Returns:
+    (num_experts, epochs + 1, P) float32: expert e's parameters before
+    training (index 0) and after each epoch (:func:`flatten` order).
+  """
+  from jaxdd import progress as progress_lib  # noqa: PLC0415
+  from jaxdd import train as train_lib  # noqa: PLC0415
+  from jaxdd._src import checks  # noqa: PLC0415
+  checks.check_key(key)
+  for name, v in (("num_experts", num_experts), ("epochs", epochs)):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{name} must be a positive int, got {v!r}")
+  images = jnp.asarray(images, jnp.float32)
+  labels = jnp.asarray(labels, jnp.int32)
+  n = int(images.shape[0])
+  if weights is not None:
+    weights = np.asarray(weights, np.float64)
+    if weights.shape != (n,) or not np.isfinite(weights).all() or weights.min() < 0 \
+        or weights.sum() <= 0:
+      raise ValueError(f"weights must be ({n},) finite, non-negative, not all zero")
+  task = train_lib.standard_task(model)
+  protocol = expert_protocol(lr=lr, batch_size=batch_size, augment=augment)
+  out = []
+  bar = progress_lib.bar(num_experts * epochs, "expert trajectories", unit="epoch") \
+      if progress and not progress_lib.is_quiet() else None
+  try:
+    for e in range(num_experts):
+      k_init, k_run = jax.random.split(jax.random.fold_in(key, e))
+      params, state = task.init(k_init, images[:1], labels[:1])
+      if jax.tree.leaves(state):
+        raise ValueError("trajectory matching needs a model without batch statistics (e.g. "
+                         "instance norm, the ConvNet default); this one carries "
+                         f"{sorted(state)}")
+      snaps = [np.asarray(flatten(params)[0])]
+      for ep in range(epochs):
+        k_sample, k_epoch = jax.random.split(jax.random.fold_in(k_run, ep))
+        if weights is None:
+          x, y = images, labels
+        else:
+          rows = weighted_epoch_rows(k_sample, weights, n)
+          x, y = images[rows], labels[rows]
+        params, state, _ = next(iter(train_lib.fit_epochs(k_epoch, params, state, x, y,
+                                                          task=task, protocol=protocol)))
+        snaps.append(np.asarray(flatten(params)[0]))
+        if bar is not None:
+          bar.update(1)
+      out.append(np.stack(snaps))
+  finally:
+    if bar is not None:
+      bar.close()
+  return np.stack(out).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# The distiller
+# ---------------------------------------------------------------------------
+
+
+class MTTState(NamedTuple):
+  """The synthetic set, MTT's learned student learning rate, the optimiser state, step, key."""
+  syn: Any
+  syn_lr: jax.Array
+  opt_state: Any
+  step: jax.Array
+  key: jax.Array
+
+
+class MTTDistiller(NamedTuple):
+  init: Callable[..., MTTState]
+  step: Callable[[MTTState, jax.Array], tuple[MTTState, dict]]
+
+
+def distiller(*, num_classes: int, ipc: int, model, num_epochs: int, expert_epochs: int = 2,
+              max_start_epoch: int = 20, syn_steps: int = 20, batch_syn: int | None = None,
+              lr_img: float = 100.0, lr_lr: float = 1e-5, lr_teacher: float = 0.01,
+              strategy: str | None = "color_crop_cutout_flip_scale_rotate",
+              mode: str = "exact") -> MTTDistiller:
+  """MTT (Cazenavette et al. 2022) as an ``(init, step)`` pair over a buffer of experts.
+
+  ``init(key, images, labels)`` draws ``ipc`` real images per class (MTT's
+  ``pix_init=real``) and sets ``syn_lr = lr_teacher``. ``step(state, buffer)``
+  is one compiled program: pick an expert and a start epoch
+  ``t ~ U{0..max_start_epoch-1}``, run :func:`trajectory_loss` from
+  ``buffer[e, t]`` towards ``buffer[e, t + expert_epochs]`` and update the
+  images (SGD(lr_img, momentum 0.5)) and ``syn_lr`` (SGD(lr_lr, momentum 0.5)).
+
+  Args:
+    num_classes, ipc: the synthetic set's shape.
+    model: the student/expert network (no batch statistics).
+    num_epochs: epochs recorded in the buffer (its second axis is
+      ``num_epochs + 1``); ``max_start_epoch + expert_epochs`` must not exceed it.
+    expert_epochs, max_start_epoch, syn_steps, batch_syn: MTT's M, T+, N and
+      student batch (default: the whole set).
+    lr_img, lr_lr, lr_teacher: image and learning-rate step sizes, the
+      initial ``syn_lr``.
+    strategy: DSA strategy of the student steps (per-image parameters) or None.
+    mode: ``"exact"`` or ``"tesla"`` (:func:`trajectory_loss`).
+  """
+  from jaxdd import augment as augment_lib  # noqa: PLC0415
+  from jaxdd.structs import SynSet  # noqa: PLC0415
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  for name, v in (("ipc", ipc), ("expert_epochs", expert_epochs),
+                  ("max_start_epoch", max_start_epoch), ("syn_steps", syn_steps)):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{name} must be a positive int, got {v!r}")
+  if max_start_epoch + expert_epochs > num_epochs:
+    raise ValueError(f"max_start_epoch + expert_epochs = {max_start_epoch + expert_epochs} "
+                     f"exceeds the {num_epochs} epochs the experts recorded; lower them or "
+                     "train longer experts")
+  n_syn = num_classes * ipc
+  if batch_syn is not None and not 1 <= batch_syn <= n_syn:
+    raise ValueError(f"batch_syn must be in [1, {n_syn}], got {batch_syn!r}")
+  aug = augment_lib.dsa(strategy, siamese=False) if strategy else None
+  template = {}
+
+  def apply_fn(p, x):
+    return model.apply({"params": p}, x, train=True)
+
+  def unravel(flat):
+    return template["unravel"](flat)
+
+  tx_img = optax.sgd(lr_img, momentum=0.5)
+  tx_lr = optax.sgd(lr_lr, momentum=0.5)
+
+  def init(key: jax.Array, images, labels) -> MTTState:
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels)
+    k_pick, k_net, k_run = jax.random.split(key, 3)
+    rows = []
+    for c in range(num_classes):
+      idx = np.flatnonzero(labels == c)
+      if len(idx) < ipc:
+        raise ValueError(f"ipc={ipc} is larger than class {c}, which has {len(idx)} real images")
+      pick = np.asarray(jax.random.permutation(jax.random.fold_in(k_pick, c), len(idx)))[:ipc]
+      rows.append(idx[pick])
+    params = model.init(k_net, jnp.asarray(images[:1]))["params"]
+    template["unravel"] = flatten(params)[1]
+    syn = SynSet(jnp.asarray(images[np.concatenate(rows)]),
+                 jnp.asarray(np.repeat(np.arange(num_classes), ipc), jnp.int32))
+    syn_lr = jnp.asarray(lr_teacher, jnp.float32)
+    return MTTState(syn, syn_lr, (tx_img.init(syn.images), tx_lr.init(syn_lr)),
+                    jnp.zeros((), jnp.int32), k_run)
+
+  @jax.jit
+  def step(state: MTTState, buffer: jax.Array) -> tuple[MTTState, dict]:
+    if buffer.shape[1] != num_epochs + 1:
+      raise ValueError(f"the buffer records {buffer.shape[1] - 1} epochs, the distiller was "
+                       f"built for {num_epochs}")
+    key = jax.random.fold_in(state.key, state.step)
+    k_e, k_t, k_loss = jax.random.split(key, 3)
+    e = jax.random.randint(k_e, (), 0, buffer.shape[0])
+    t = jax.random.randint(k_t, (), 0, max_start_epoch)
+    start, target = buffer[e, t], buffer[e, t + expert_epochs]
+
+    def loss_fn(images, syn_lr):
+      return trajectory_loss(images, state.syn.labels, syn_lr, start, target, k_loss,
+                             apply_fn=apply_fn, unravel=unravel, syn_steps=syn_steps,
+                             batch_syn=batch_syn, augment=aug, mode=mode)
+    loss, (g_img, g_lr) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.syn.images,
+                                                                      state.syn_lr)
+    opt_img, opt_lr = state.opt_state
+    u_img, opt_img = tx_img.update(g_img, opt_img, state.syn.images)
+    u_lr, opt_lr = tx_lr.update(g_lr, opt_lr, state.syn_lr)
+    syn = state.syn._replace(images=optax.apply_updates(state.syn.images, u_img))
+    syn_lr = optax.apply_updates(state.syn_lr, u_lr)
+    metrics = {"loss": loss, "syn_lr": syn_lr, "start_epoch": t, "expert": e}
+    return MTTState(syn, syn_lr, (opt_img, opt_lr), state.step + 1, state.key), metrics
+
+  return MTTDistiller(init, step)

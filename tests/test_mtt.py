@@ -149,3 +149,76 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="syn_steps"):
     mtt.trajectory_loss(x, y, 0.1, start, target, jax.random.key(0), apply_fn=apply_fn,
                         unravel=unravel, syn_steps=0)
+
+
+def _toy(n_per_class=12, num_classes=3, size=8, seed=0):
+  rng = np.random.default_rng(seed)
+  x = 0.3 * rng.normal(size=(n_per_class * num_classes, size, size, 3))
+  y = np.repeat(np.arange(num_classes), n_per_class)
+  for c in range(num_classes):
+    x[y == c, :, :, c] += 1.0
+  return x.astype(np.float32), y.astype(np.int32)
+
+
+def test_weighted_epoch_rows_follow_the_weights():
+  w = np.array([0.0, 1.0, 3.0, 0.0, 4.0])
+  rows = np.asarray(mtt.weighted_epoch_rows(jax.random.key(0), w, 40000))
+  assert rows.shape == (40000,) and not np.isin(rows, [0, 3]).any()
+  freq = np.bincount(rows, minlength=5) / 40000
+  # binomial sd at p = 0.5, n = 40000 is 0.0025: 0.015 is 6 sd
+  np.testing.assert_allclose(freq, w / w.sum(), atol=0.015)
+
+
+def test_experts_record_init_and_every_epoch():
+  x, y = _toy()
+  model = models.get("convnet-d1-w4", num_classes=3)
+  buf = mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=2, epochs=3,
+                          lr=0.05, batch_size=12, augment=None)
+  p0 = model.init(jax.random.split(jax.random.fold_in(jax.random.key(0), 0))[0],
+                  jnp.asarray(x[:1]))["params"]
+  assert buf.shape == (2, 4, mtt.flatten(p0)[0].size)
+  np.testing.assert_array_equal(buf[0, 0], np.asarray(mtt.flatten(p0)[0]))
+  assert (np.linalg.norm(np.diff(buf, axis=1), axis=-1) > 0).all()  # every epoch moved
+  again = mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=2, epochs=3,
+                            lr=0.05, batch_size=12, augment=None)
+  np.testing.assert_array_equal(again, buf)  # same key, same trajectories
+  w = np.where(y == 0, 1.0, 0.0)  # only class 0 is ever drawn: a different trajectory
+  only0 = mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=1, epochs=1,
+                            lr=0.05, batch_size=12, augment=None, weights=w)
+  assert not np.allclose(only0[0, 1], buf[0, 1])
+  with pytest.raises(ValueError, match="weights"):
+    mtt.train_experts(jax.random.key(0), x, y, model=model, weights=np.zeros(len(y)))
+  with pytest.raises(ValueError, match="batch statistics"):
+    mtt.train_experts(jax.random.key(0), x, y, model=models.get("convnet-d1-w4-batchnorm",
+                                                                 num_classes=3), epochs=1)
+
+
+@pytest.mark.parametrize("mode", ["exact", "tesla"])
+def test_distiller_lowers_the_loss_with_one_trace(mode):
+  import chex
+  chex.clear_trace_counter()  # the other mode's test traced the same function
+  x, y = _toy()
+  model = models.get("convnet-d1-w4", num_classes=3)
+  buf = jnp.asarray(mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=1,
+                                      epochs=3, lr=0.05, batch_size=12, augment=None))
+  d = mtt.distiller(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2,
+                    max_start_epoch=1, syn_steps=4, lr_img=30.0, lr_lr=1e-5, lr_teacher=0.05,
+                    strategy=None, mode=mode)
+  state = d.init(jax.random.key(1), x, y)
+  step = jax.jit(chex.assert_max_traces(d.step.__wrapped__, n=1))
+  losses = []
+  for _ in range(12):
+    state, m = step(state, buf)
+    losses.append(float(m["loss"]))
+  assert np.isfinite(losses).all() and int(state.step) == 12
+  assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
+  assert state.syn.images.shape == (6, 8, 8, 3)
+
+
+def test_distiller_refuses_a_too_short_buffer():
+  model = models.get("convnet-d1-w4", num_classes=3)
+  with pytest.raises(ValueError, match="exceeds"):
+    mtt.distiller(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2,
+                  max_start_epoch=2)
+  with pytest.raises(ValueError, match="batch_syn"):
+    mtt.distiller(num_classes=3, ipc=2, model=model, num_epochs=30, batch_syn=7)
