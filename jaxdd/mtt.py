@@ -392,3 +392,90 @@ def distiller(*, num_classes: int, ipc: int, model, num_epochs: int, expert_epoc
     return MTTState(syn, syn_lr, (opt_img, opt_lr), state.step + 1, state.key), metrics
 
   return MTTDistiller(init, step)
+
+
+# ---------------------------------------------------------------------------
+# The buffer artifact
+# ---------------------------------------------------------------------------
+
+BUFFER_FORMAT = 1
+_BUFFER_FILES = ("trajectories.npz", "meta.json")
+
+
+def buffer_spec(*, data: dict, model: str, weighting: dict, trainer: dict, seed: int) -> dict:
+  """What determines a buffer: the data, the network, the weighting, the trainer, the seed.
+
+  ``data`` describes the real training set (e.g. the dataset card's meta with
+  its checksums, and the normalisation); ``weighting`` is ``{"kind": "none"}``
+  or the KDE settings and the surrogate's digest; ``trainer`` the expert
+  settings (epochs, lr, batch size, augmentation, number of experts).
+  """
+  from jaxdd._src import io as io_lib  # noqa: PLC0415
+  spec = {"data": data, "model": model, "weighting": weighting, "trainer": trainer,
+          "seed": int(seed)}
+  return io_lib.jsonable(spec)
+
+
+def spec_digest(spec: dict) -> str:
+  import hashlib  # noqa: PLC0415
+  import json  # noqa: PLC0415
+  return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def save_buffer(path: str, trajectories, spec: dict) -> str:
+  """Writes a buffer artifact atomically: ``trajectories.npz``, ``meta.json``, ``manifest.json``."""
+  import json  # noqa: PLC0415
+  import os  # noqa: PLC0415
+
+  from jaxdd._src import io as io_lib  # noqa: PLC0415
+  traj = np.asarray(trajectories, np.float32)
+  if traj.ndim != 3 or not np.isfinite(traj).all():
+    raise ValueError(f"trajectories must be a finite (experts, epochs + 1, params) array, got "
+                     f"{traj.shape}")
+  with io_lib.atomic_directory(path, prefix=".tmp-buffer-") as tmp:
+    with open(os.path.join(tmp, "trajectories.npz"), "wb") as f:
+      np.savez(f, trajectories=traj)
+    meta = {"format_version": BUFFER_FORMAT, "spec": spec, "digest": spec_digest(spec),
+            "shape": list(traj.shape)}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+    manifest = {"files": {n: io_lib.sha256_file(os.path.join(tmp, n)) for n in _BUFFER_FILES}}
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+      json.dump(manifest, f, indent=2, sort_keys=True)
+  return path
+
+
+def load_buffer(path: str, spec: dict | None = None) -> tuple[np.ndarray, dict]:
+  """Reads and verifies a buffer; with ``spec``, refuses one made under other settings.
+
+  Raises:
+    FileNotFoundError: no buffer there.
+    ValueError: a file does not match the manifest, or the buffer's spec differs
+      from ``spec`` (the message names the parts that differ).
+  """
+  import json  # noqa: PLC0415
+  import os  # noqa: PLC0415
+
+  from jaxdd._src import io as io_lib  # noqa: PLC0415
+  manifest_path = os.path.join(path, "manifest.json")
+  if not os.path.isfile(manifest_path):
+    raise FileNotFoundError(f"no expert buffer at {path} (manifest.json missing); build one with "
+                            "jaxdd.mtt.train_experts and save_buffer")
+  with open(manifest_path) as f:
+    expected = json.load(f).get("files", {})
+  for name in _BUFFER_FILES:
+    file = os.path.join(path, name)
+    if not os.path.isfile(file) or io_lib.sha256_file(file) != expected.get(name):
+      raise ValueError(f"{file} is missing or does not match its sha256 in manifest.json; the "
+                       "buffer is damaged, rebuild it")
+  with open(os.path.join(path, "meta.json")) as f:
+    meta = json.load(f)
+  if spec is not None and meta.get("digest") != spec_digest(spec):
+    differ = sorted(k for k in set(spec) | set(meta.get("spec", {}))
+                    if spec.get(k) != meta.get("spec", {}).get(k))
+    raise ValueError(f"the buffer at {path} was made with other settings ({', '.join(differ)} "
+                     "differ) than this run asks for; use a buffer directory of its own or "
+                     "rebuild it")
+  with np.load(os.path.join(path, "trajectories.npz"), allow_pickle=False) as d:
+    traj = d["trajectories"]
+  return traj, meta

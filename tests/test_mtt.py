@@ -222,3 +222,22 @@ def test_distiller_refuses_a_too_short_buffer():
                   max_start_epoch=2)
   with pytest.raises(ValueError, match="batch_syn"):
     mtt.distiller(num_classes=3, ipc=2, model=model, num_epochs=30, batch_syn=7)
+
+
+def test_buffer_round_trip_and_refusals(tmp_path):
+  traj = np.random.default_rng(0).normal(size=(2, 4, 7)).astype(np.float32)
+  spec = mtt.buffer_spec(data={"name": "cmnist", "source_sha256": "ab"}, model="convnet-d1-w4",
+                         weighting={"kind": "none"}, trainer={"epochs": 3, "lr": 0.01}, seed=0)
+  path = mtt.save_buffer(str(tmp_path / "buf"), traj, spec)
+  got, meta = mtt.load_buffer(path, spec)
+  np.testing.assert_array_equal(got, traj)
+  assert meta["digest"] == mtt.spec_digest(spec) and meta["shape"] == [2, 4, 7]
+  kde = dict(spec, weighting={"kind": "kde", "variance": 0.01, "surrogate": "cd"})
+  with pytest.raises(ValueError, match="weighting differ"):
+    mtt.load_buffer(path, kde)
+  with open(tmp_path / "buf" / "trajectories.npz", "ab") as f:
+    f.write(b"x")
+  with pytest.raises(ValueError, match="damaged"):
+    mtt.load_buffer(path)
+  with pytest.raises(FileNotFoundError, match="no expert buffer"):
+    mtt.load_buffer(str(tmp_path / "none"))
