@@ -763,6 +763,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   _add_common_flags(p)
   p.set_defaults(fn=cmd_evaluate)
 
+  from jaxdd.security import audit
   p = sub.add_parser("audit", help="look for a backdoor in a SynSet: candidate triggers, trigger "
                                    "reverse-engineering, KDE outliers (exit 3 when suspicious)")
   p.add_argument("synset", help="SynSet artifact directory")
@@ -782,13 +783,16 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
                  help="Adam steps of the reverse engineering (default: 200)")
   p.add_argument("--no-cleanse", action="store_true", help="skip the reverse engineering")
   p.add_argument("--no-kde", action="store_true", help="skip the KDE outlier probe")
-  p.add_argument("--asr-threshold", type=float, default=0.5,
-                 help="flag a candidate trigger at this attack success rate (default: 0.5)")
-  p.add_argument("--anomaly-threshold", type=float, default=2.0,
-                 help="flag a reverse-engineered class at this anomaly index (default: 2)")
-  p.add_argument("--outlier-z", type=float, default=3.5,
+  p.add_argument("--asr-threshold", type=float, default=audit.ASR_THRESHOLD,
+                 help="flag a candidate trigger at this attack success rate (default: "
+                      f"{audit.ASR_THRESHOLD:g})")
+  p.add_argument("--anomaly-threshold", type=float, default=audit.ANOMALY_THRESHOLD,
+                 help="flag a reverse-engineered class at this anomaly index (default: "
+                      f"{audit.ANOMALY_THRESHOLD:g})")
+  p.add_argument("--outlier-z", type=float, default=audit.OUTLIER_Z,
                  help="flag a synthetic image closer to another class's real images whose KDE "
-                      "margin is this many robust sds below the SynSet's median (default: 3.5)")
+                      "margin is this many robust sds below the SynSet's median (default: "
+                      f"{audit.OUTLIER_Z:g})")
   p.add_argument("--source", default=None, help="default: the artifact's run source")
   p.add_argument("--out", default=None, help="write the report JSON here")
   _add_trust_flag(p)
