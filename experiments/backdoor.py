@@ -133,7 +133,8 @@ def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
             **victim(cfg, syn_dir, target=args.target, protocol=args.victim_protocol,
                      num_models=args.victim_models, seed=seed)}
   t1 = time.time()
-  report, _ = audit.audit_artifact(syn_dir, trust=False, seed=seed, progress=not args.quiet)
+  report, _ = audit.audit_artifact(syn_dir, trust=False, seed=seed, progress=not args.quiet,
+                                   model_spec=args.audit_model)
   result.update(audit=report.to_dict(), audit_s=time.time() - t1,
                 signature=signature_check(syn_dir, keys["author_pub"]),
                 target=args.target, trigger=trigger_for((28, 28, 3)).name,
@@ -204,6 +205,9 @@ def main(argv=None) -> int:
   p.add_argument("--victim-models", type=int, default=3)
   p.add_argument("--workdir", required=True)
   p.add_argument("--quiet", action="store_true")
+  p.add_argument("--audit-model", default=None,
+                 help="architecture the audit trains (default: the audit's, the run's "
+                      "evaluation architecture)")
   p.add_argument("--rescore-kde", action="store_true",
                  help="recompute the KDE probe of finished cells with the current code")
   args = p.parse_args(argv)
