@@ -152,9 +152,11 @@ def rescore_kde(args, result: dict) -> dict:
   scores = audit.kde_probe(syn, meta, audit.run_config_of(meta))
   a = result["audit"]
   flagged = scores.outliers(audit.OUTLIER_Z)
+  crowded = scores.crowded_classes(syn.labels, audit.OUTLIER_Z, audit.OUTLIER_CLASS_COUNT)
   a["kde_outliers"] = {"quantile": scores.quantile.tolist(), "margin": scores.margin.tolist(),
                        "robust_z": scores.robust_z.tolist(), "threshold": audit.OUTLIER_Z,
-                       "images": flagged.tolist(), "flag": bool(flagged.size)}
+                       "images": flagged.tolist(), "class_count": audit.OUTLIER_CLASS_COUNT,
+                       "flag": bool(crowded.size)}
   suspicious = (a["candidate_triggers"]["flag"] or a["reverse_engineering"]["flag"]
                 or a["kde_outliers"]["flag"])
   a["verdict"] = "suspicious" if suspicious else "no backdoor found"

@@ -213,6 +213,11 @@ def test_kde_flag_needs_a_negative_margin_far_below_the_set():
   np.testing.assert_array_equal(sc.outliers(3.5), [5, 6])
   np.testing.assert_array_equal(sc.outliers(5.0), [6])
   assert sc.outliers(0.5).tolist() == [5, 6]  # positive margins are never flagged
+  # the SynSet flag: a class holding at least `count` outliers
+  labels = np.array([0, 0, 1, 1, 2, 2, 2])
+  assert sc.crowded_classes(labels, 3.5, 2).tolist() == [2]
+  assert sc.crowded_classes(labels, 5.0, 2).tolist() == []
+  assert sc.crowded_classes(np.array([0, 0, 1, 1, 2, 1, 2]), 3.5, 2).tolist() == []
 
 
 def test_trigger_asr_with_fixed_predictions():

@@ -24,7 +24,10 @@ Three probes, each with a threshold, and a verdict that is their union:
    debiased set are atypical too, so the margin is judged against the
    SynSet's own images: an image is flagged when its margin is negative and
    at least ``outlier_z`` (default 3.5, Iglewicz and Hoaglin's cut) robust
-   standard deviations (1.4826 MAD) below the SynSet's median margin. The
+   standard deviations (1.4826 MAD) below the SynSet's median margin, and the
+   SynSet is flagged when one class holds at least
+   :data:`OUTLIER_CLASS_COUNT` (2) such images: a single atypical distilled
+   image is common, an injection needs several in its target class. The
    quantile of the image's own-class density among the class's real images
    (leave-one-out) is reported as well.
 
@@ -50,6 +53,8 @@ from jaxdd.structs import SynSet
 ASR_THRESHOLD = 0.5
 ANOMALY_THRESHOLD = 2.0
 OUTLIER_Z = 3.5
+#: The KDE probe flags a SynSet when one class holds at least this many outlier images.
+OUTLIER_CLASS_COUNT = 2
 
 
 def candidate_triggers(image_shape: Sequence[int]) -> list[attacks.Trigger]:
@@ -194,6 +199,12 @@ class KDEScores:
   def outliers(self, outlier_z: float) -> np.ndarray:
     return np.flatnonzero((self.margin < 0) & (self.robust_z >= outlier_z))
 
+  def crowded_classes(self, labels, outlier_z: float, count: int) -> np.ndarray:
+    """Classes holding at least ``count`` outlier images (an injection needs several)."""
+    per_class = np.bincount(np.asarray(labels)[self.outliers(outlier_z)],
+                            minlength=int(np.max(labels)) + 1)
+    return np.flatnonzero(per_class >= count)
+
 
 def kde_scores(syn_embeddings, syn_labels, real_embeddings, real_labels, *, num_classes: int,
                variance: float) -> KDEScores:
@@ -271,7 +282,8 @@ class AuditReport:
 
   @property
   def kde_flag(self) -> bool:
-    return self.outliers.size > 0
+    return self.kde is not None and self.kde.crowded_classes(
+        self.syn_labels, self.outlier_z, OUTLIER_CLASS_COUNT).size > 0
 
   @property
   def suspicious(self) -> bool:
@@ -301,7 +313,8 @@ class AuditReport:
                    f"robust sds below the set's median margin {np.median(self.kde.margin):.1f}): "
                    f"{out.size} of {len(self.kde.margin)}"
                    + (f": images {shown}{' ...' if out.size > 20 else ''}" if out.size else "")
-                   + f"; {'FLAGGED' if self.kde_flag else 'no'}")
+                   + f"; flag when one class holds >= {OUTLIER_CLASS_COUNT}: "
+                   + f"{'FLAGGED' if self.kde_flag else 'no'}")
     lines.append(f"verdict: {'SUSPICIOUS' if self.suspicious else 'no backdoor found'} "
                  "(by the probes above; a clean verdict is no proof)")
     return "\n".join(lines)
@@ -325,7 +338,8 @@ class AuditReport:
                              "margin": self.kde.margin.tolist(),
                              "robust_z": self.kde.robust_z.tolist(),
                              "threshold": self.outlier_z,
-                             "images": self.outliers.tolist(), "flag": self.kde_flag}
+                             "images": self.outliers.tolist(),
+                             "class_count": OUTLIER_CLASS_COUNT, "flag": self.kde_flag}
     return out
 
 
