@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import data, models, pipeline, synset, train
+from jaxdd import data, evaluate, models, pipeline, synset, train
 from jaxdd.security import attacks, audit, signing
 from jaxdd.structs import SynSet
 
@@ -78,16 +78,16 @@ def victim(cfg, syn_dir: str, *, target: int, protocol: str, num_models: int, se
       jnp.asarray(syn.images), jnp.asarray(syn.labels)), model=model, protocol=protocol,
       num_models=num_models)
   t = trigger_for(x.shape[1:])
-  acc, asr = [], []
-  for m in range(num_models):
-    net = jax.tree.map(lambda a, m=m: a[0, m], variables)
-    predict = jax.jit(lambda im, net=net: jnp.argmax(model.apply(net, im, train=False), -1))
-    pred = np.concatenate([np.asarray(predict(x[i:i + 1000])) for i in range(0, len(x), 1000)])
-    acc.append(float(np.mean(pred == y)))
-    asr.append(attacks.attack_success_rate(
-        lambda im: np.concatenate([np.asarray(predict(im[i:i + 1000]))
-                                   for i in range(0, len(im), 1000)]),
-        x, y, trigger=t, target=target, mean=meta["mean"], std=meta["std"]))
+  # all networks' predictions in compiled blocks (jaxdd.evaluate.predict)
+  params, state = train.split_variables(jax.tree.map(lambda a: a[0], variables))
+  task, prot = train.standard_task(model), evaluate.get_protocol(protocol)
+
+  def predict(im):
+    return np.asarray(evaluate.predict(task, params, state, jnp.asarray(im), protocol=prot))
+  acc = np.mean(predict(x) == y[None], axis=1).tolist()
+  other = y != target
+  stamped = t.stamp(x[other], meta["mean"], meta["std"])
+  asr = np.mean(predict(stamped) == target, axis=1).tolist()
   return {"clean_accuracy": acc, "asr": asr}
 
 

@@ -224,8 +224,8 @@ def test_trigger_asr_with_fixed_predictions():
   x = np.zeros((4, 8, 8, 3), np.float32)
   y = np.array([0, 1, 2, 2])
   trig = [attacks.patch_trigger((8, 8, 3), size=2)]
-  out = audit.trigger_asr([lambda im: np.full(len(im), 2)], x, y, trig, num_classes=3, mean=MEAN,
-                          std=STD)
+  out = audit.trigger_asr(lambda im: np.full((1, len(im)), 2), x, y, trig, num_classes=3,
+                          mean=MEAN, std=STD)
   # target 2: both images of classes 0 and 1 land in 2; targets 0, 1: none
   np.testing.assert_allclose(out[0, 0], [0.0, 0.0, 1.0])
 

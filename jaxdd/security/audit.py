@@ -75,20 +75,21 @@ def _predict_fn(model: nn.Module, variables):
   return predict
 
 
-def trigger_asr(predicts, images, labels, triggers, *, num_classes: int, mean, std) -> np.ndarray:
+def trigger_asr(predict, images, labels, triggers, *, num_classes: int, mean, std) -> np.ndarray:
   """ASR of every (network, trigger, target): (M, len(triggers), num_classes).
 
-  ``predicts``: functions mapping normalised images to classes (one per network).
+  ``predict`` maps normalised images (n, ...) to the classes the M networks
+  predict, (M, n) (e.g. :func:`jaxdd.evaluate.predict` on stacked networks).
   """
   labels = np.asarray(labels)
-  out = np.zeros((len(predicts), len(triggers), num_classes))
+  out = None
   for j, trig in enumerate(triggers):
-    stamped = trig.stamp(images, mean, std)
-    for m, predict in enumerate(predicts):
-      pred = np.asarray(predict(stamped))
-      for t in range(num_classes):
-        other = labels != t
-        out[m, j, t] = np.mean(pred[other] == t) if other.any() else 0.0
+    pred = np.asarray(predict(trig.stamp(images, mean, std)))
+    if out is None:
+      out = np.zeros((pred.shape[0], len(triggers), num_classes))
+    for t in range(num_classes):
+      other = labels != t
+      out[:, j, t] = np.mean(pred[:, other] == t, axis=1) if other.any() else 0.0
   return out
 
 
@@ -379,7 +380,9 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
     kde: the KDE probe's :class:`KDEScores` (:func:`kde_scores`), or None to
       skip that probe.
   """
+  from jaxdd import evaluate as eval_lib  # noqa: PLC0415
   from jaxdd import train as train_lib  # noqa: PLC0415
+  from jaxdd.protocols import get_protocol  # noqa: PLC0415
   checks.check_key(key)
   _check_settings(num_models=num_models, cleanse_images=cleanse_images,
                   cleanse_steps=cleanse_steps, asr_threshold=asr_threshold,
@@ -396,16 +399,22 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
   labels = jnp.asarray(np.asarray(syn.labels, np.int32))
   variables, _ = train_lib.train_models(k_train, SynSet(images, labels), model=model,
                                         protocol=protocol, num_models=num_models)
-  nets = [jax.tree.map(lambda a, m=m: a[0, m], variables) for m in range(num_models)]
-  predicts = [_predict_fn(model, v) for v in nets]
+  # every network's predictions in compiled blocks, one program for all of them
+  stacked = jax.tree.map(lambda a: a[0], variables)  # the one learning rate
+  params, state = train_lib.split_variables(stacked)
+  task, prot = train_lib.standard_task(model), get_protocol(protocol)
+
+  def predict(x):
+    return np.asarray(eval_lib.predict(task, params, state, jnp.asarray(x), protocol=prot))
   split = cleanse_images if cleanse else 0
   held_x, held_y = clean_images[split:], clean_labels[split:]
-  acc = np.array([float(np.mean(np.asarray(p(jnp.asarray(held_x))) == held_y)) for p in predicts])
+  acc = np.mean(predict(held_x) == held_y[None], axis=1)
   triggers = list(candidate_triggers(clean_images.shape[1:]) if triggers is None else triggers)
-  asr = trigger_asr(predicts, held_x, held_y, triggers, num_classes=num_classes, mean=mean, std=std)
+  asr = trigger_asr(predict, held_x, held_y, triggers, num_classes=num_classes, mean=mean, std=std)
   rev = None
   if cleanse:
-    rev = reverse_engineer(k_nc, model, nets[0], clean_images[:split], clean_labels[:split],
+    first = jax.tree.map(lambda a: a[0], stacked)  # Neural Cleanse inspects one network
+    rev = reverse_engineer(k_nc, model, first, clean_images[:split], clean_labels[:split],
                            num_classes=num_classes, mean=mean, std=std, steps=cleanse_steps,
                            l1_weight=l1_weight, held_out=(held_x, held_y))
   return AuditReport(acc, [t.name for t in triggers], asr, rev,
