@@ -1,0 +1,52 @@
+"""Distillation methods as optax-style pairs of pure functions.
+
+``dm(...)`` (distribution matching), ``dsa(...)`` and ``dc(...)`` (gradient
+matching, see :func:`gm`) and ``mtt(...)`` (trajectory matching) return a
+:class:`Distiller` ``(init, step)``. One module per method, the shared pieces
+in one place:
+
+* :mod:`jaxdd.distill.core`: :class:`RealData`, real-batch sampling and
+  weights, the synthetic set's initialisation, :class:`Distiller`;
+* :mod:`jaxdd.distill.distribution`: :func:`dm`;
+* :mod:`jaxdd.distill.gradient`: :func:`gm`, :func:`dsa`, :func:`dc`;
+* :mod:`jaxdd.distill.trajectory`: :func:`mtt` (over expert trajectories
+  from :mod:`jaxdd.mtt`).
+
+For DM:
+
+* ``init(key, real)`` -> :class:`DistillState` with the synthetic set (initialised
+  from real images of each class, or from noise) and the image optimiser state.
+* ``step(state, real)`` -> ``(state, metrics)``: ONE compiled XLA program that
+  samples a real batch per class from the device-resident dataset, draws a fresh
+  random ConvNet, applies one siamese DSA draw per class, computes the KDE weights
+  of the sampled batch from its surrogate embeddings, evaluates the weighted DM
+  loss and updates the synthetic images with SGD-momentum (optax).
+
+The step key is ``fold_in(state.key, state.step)`` (big_vision): the step returns
+no keys, and a resumed run replays exactly the same randomness.
+
+Example:
+  >>> import jax, numpy as np
+  >>> from jaxdd import distill, models
+  >>> x = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
+  >>> y = np.repeat(np.arange(2), 20)
+  >>> real = distill.real_data(x, y, num_classes=2)
+  >>> d = distill.dm(num_classes=2, ipc=2, model=models.ConvNet(2, depth=1, width=8),
+  ...                real_per_class=8, augment=None)
+  >>> state = d.init(jax.random.key(0), real)
+  >>> state, metrics = d.step(state, real)
+  >>> state.syn.images.shape
+  (4, 8, 8, 3)
+"""
+from jaxdd.distill.core import (INITS, REAL_SAMPLING, ClassIndex, Distiller, DistillState,
+                                KDEConfig, RealData, batch_weights, class_index,
+                                class_log_density, class_weights, real_batch, real_data,
+                                sample_per_class, sample_weighted, weighted_init_rows)
+from jaxdd.distill.distribution import dm
+from jaxdd.distill.gradient import BN_REAL_PER_CLASS, GM_LOOPS, dc, dsa, gm, gm_loops
+
+__all__ = ["BN_REAL_PER_CLASS", "ClassIndex", "DistillState", "Distiller", "GM_LOOPS", "INITS",
+           "KDEConfig", "REAL_SAMPLING", "RealData", "batch_weights", "class_index",
+           "class_log_density", "class_weights", "dc", "dm", "dsa", "gm", "gm_loops",
+           "real_batch", "real_data", "sample_per_class", "sample_weighted",
+           "weighted_init_rows"]

@@ -1,0 +1,386 @@
+"""Shared pieces of every distiller: the device-resident real data, sampling, weights, init.
+
+:class:`RealData` (the real training set as a step consumes it), the real-batch
+samplers (:func:`sample_per_class`, :func:`sample_weighted`, :func:`real_batch`)
+and their weights (:func:`batch_weights`, :func:`class_weights`), the synthetic
+set's initialisation (:func:`weighted_init_rows` and the ``init`` every method
+shares), the :class:`Distiller` pair and the cache of compiled steps that
+distillers with the same static settings share. The methods live in
+:mod:`jaxdd.distill.distribution` (DM), :mod:`jaxdd.distill.gradient` (DC/DSA)
+and :mod:`jaxdd.distill.trajectory` (MTT); :mod:`jaxdd.distill` re-exports them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxdd import kde, parallel
+from jaxdd._src import checks
+from jaxdd.structs import SynSet
+
+class ClassIndex(NamedTuple):
+  """Rectangular per-class index: ``indices[c, :counts[c]]`` are class c's rows."""
+  indices: jax.Array  # (C, M) int32, padded with 0
+  counts: jax.Array  # (C,) int32
+
+
+class RealData(NamedTuple):
+  """The real training set, resident on device, as the step consumes it.
+
+  ``embeddings`` are the surrogate's (N, d) projections (KDE scope 'batch');
+  ``log_density`` the per-sample log density precomputed over each whole class
+  (KDE scope 'class'). Either may be None when unused.
+  """
+  images: jax.Array
+  index: ClassIndex
+  embeddings: jax.Array | None = None
+  log_density: jax.Array | None = None
+  groups: jax.Array | None = None  # (N,) bias labels, for FairDD's group matching only
+
+
+#: The KDE weighting's settings; owned and validated by :mod:`jaxdd.kde`.
+KDEConfig = kde.KDEConfig
+
+
+class DistillState(NamedTuple):
+  syn: SynSet
+  opt_state: Any
+  step: jax.Array
+  key: jax.Array
+
+
+class Distiller(NamedTuple):
+  init: Callable[..., DistillState]
+  step: Callable[[DistillState, RealData], tuple[DistillState, dict]]
+
+
+def _host(x) -> np.ndarray:
+  """Host copy of a (possibly multi-process, replicated) array."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_shards[0].data)
+  return np.asarray(x)
+
+
+def class_index(labels: np.ndarray, num_classes: int) -> ClassIndex:
+  """Builds the padded per-class index of ``labels`` (host side, numpy)."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+  rows = [np.flatnonzero(labels == c) for c in range(num_classes)]
+  counts = np.array([len(r) for r in rows], np.int32)
+  if (counts == 0).any():
+    raise ValueError(f"classes {np.flatnonzero(counts == 0).tolist()} have no samples; "
+                     "every class needs at least one real image")
+  width = int(counts.max())
+  indices = np.zeros((num_classes, width), np.int32)
+  for c, r in enumerate(rows):
+    indices[c, :len(r)] = r
+  return ClassIndex(indices, counts)
+
+
+def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=None,
+              groups=None, mesh: Mesh | None = None) -> RealData:
+  """Puts a labelled image set (and optional surrogate outputs) on device.
+
+  Args:
+    images: (N, H, W, ch) float32, normalised.
+    labels: (N,) integer labels in [0, num_classes).
+    num_classes: number of classes.
+    embeddings: optional (N, d) surrogate embeddings (KDE scope 'batch').
+    log_density: optional (N,) per-class log densities (KDE scope 'class').
+    groups: optional (N,) integer bias labels, used only by FairDD's group
+      matching (``dm(group_matching=<number of bias values>)``), which needs the
+      true bias labels.
+    mesh: optional mesh; the arrays are replicated over it.
+
+  Returns:
+    A :class:`RealData`.
+  """
+  images = np.asarray(images, np.float32)
+  checks.check_images(images, "real_data",
+                      finite_fix="check the dataset and its normalisation")
+  labels = np.asarray(labels)
+  if len(labels) != len(images):
+    raise ValueError(f"{len(images)} images but {len(labels)} labels")
+  for name, arr in (("embeddings", embeddings), ("log_density", log_density),
+                    ("groups", groups)):
+    if arr is not None:
+      arr = np.asarray(arr)
+      if len(arr) != len(images):
+        raise ValueError(f"{name} has {len(arr)} rows for {len(images)} images")
+      if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contain NaN or Inf; recompute them (check the surrogate)")
+  if groups is not None and (np.asarray(groups).min() < 0
+                             or not np.issubdtype(np.asarray(groups).dtype, np.integer)):
+    raise ValueError("groups must be non-negative integer bias labels")
+  data = RealData(images, class_index(labels, num_classes),
+                  None if embeddings is None else np.asarray(embeddings, np.float32),
+                  None if log_density is None else np.asarray(log_density, np.float32),
+                  None if groups is None else np.asarray(groups, np.int32))
+  return parallel.put(data, mesh)
+
+
+#: Log density of every sample within its class (scope 'class'); see :mod:`jaxdd.kde`.
+class_log_density = kde.class_log_density
+
+
+def sample_per_class(key: jax.Array, index: ClassIndex, n: int) -> tuple[jax.Array, jax.Array]:
+  """Draws ``n`` rows per class without replacement (jittable).
+
+  Like the reference (a fresh permutation per call, first ``n`` kept); a class
+  with fewer than ``n`` rows gives all of them and the rest is masked out.
+
+  Returns:
+    ``(rows, mask)``: (C, n) dataset row numbers and (C, n) validity mask.
+  """
+  num_classes, width = index.indices.shape
+  valid = jnp.arange(width)[None, :] < index.counts[:, None]
+  scores = jax.random.uniform(key, (num_classes, width))
+  scores = jnp.where(valid, scores, 2.0)  # padding sorts last
+  order = jnp.argsort(scores, axis=1)[:, :n]
+  if n > width:  # every class is smaller than n: pad with masked duplicates
+    order = jnp.pad(order, ((0, 0), (0, n - width)))
+  rows = jnp.take_along_axis(index.indices, order, axis=1)
+  mask = jnp.arange(n)[None, :] < jnp.minimum(index.counts, n)[:, None]
+  return rows, mask
+
+
+def batch_weights(real: RealData, rows: jax.Array, mask: jax.Array,
+                  config: KDEConfig | None) -> jax.Array:
+  """(C, B) weights of a sampled batch: uniform over valid rows, or KDE-based."""
+  if config is None:
+    uniform = mask.astype(jnp.float32)
+    return uniform / uniform.sum(axis=1, keepdims=True)
+  if config.scope == "batch":
+    if real.embeddings is None:
+      raise ValueError("KDE scope 'batch' needs surrogate embeddings: pass embeddings= to real_data")
+    emb = real.embeddings[rows]
+    return jax.vmap(lambda e, m: kde.weights(e, variance=config.variance, temperature=config.temperature,
+                                             normalize=config.normalize, mask=m))(emb, mask)
+  if config.scope == "class":
+    if real.log_density is None:
+      raise ValueError("KDE scope 'class' needs per-class log densities: pass log_density= to "
+                       "real_data (see class_log_density)")
+    log_f = real.log_density[rows]
+    return jax.vmap(lambda lf, m: kde.weights_from_log_density(
+        lf, temperature=config.temperature, normalize=config.normalize, mask=m))(log_f, mask)
+  raise ValueError(f"unknown KDE scope {config.scope!r}; use 'batch' or 'class'")
+
+
+#: How a step draws its real batch: 'uniform' (the reference: ``real_per_class``
+#: rows per class without replacement, weighted by ``kde_config`` inside the loss)
+#: or 'weighted' (importance sampling: rows drawn with replacement in proportion to
+#: the whole-class weights, then a plain mean).
+REAL_SAMPLING = ("uniform", "weighted")
+#: Where the synthetic images start: copies of random real images ('real'),
+#: copies of real images drawn in proportion to their whole-class weights
+#: ('weighted'), or standard normal noise ('noise').
+INITS = ("real", "weighted", "noise")
+
+
+def class_weights(real: RealData, config: KDEConfig) -> jax.Array:
+  """(C, M) weights of every row of each class over the WHOLE class (padding gets 0).
+
+  From ``real.log_density`` (the per-class density of :func:`class_log_density`),
+  normalised with ``config``'s temperature and normalisation, whatever its
+  scope: this is the distribution that ``init='weighted'`` and
+  ``real_sampling='weighted'`` draw from. Each row sums to 1.
+  """
+  if real.log_density is None:
+    raise ValueError("weighted initialisation or sampling needs the whole-class log densities: "
+                     "pass log_density= to real_data (see class_log_density)")
+  valid = jnp.arange(real.index.indices.shape[1])[None, :] < real.index.counts[:, None]
+  log_f = jnp.asarray(real.log_density)[real.index.indices]
+  return jax.vmap(lambda lf, m: kde.weights_from_log_density(
+      lf, temperature=config.temperature, normalize=config.normalize, mask=m))(log_f, valid)
+
+
+def sample_weighted(key: jax.Array, real: RealData, n: int,
+                    config: KDEConfig) -> tuple[jax.Array, jax.Array]:
+  """Draws ``n`` rows per class WITH replacement, row i of class c with probability w_ci.
+
+  ``w`` is :func:`class_weights`. The plain mean of such a batch is an unbiased
+  estimate of the whole-class weighted mean (which a uniform batch re-weighted by
+  the same ``w`` only approximates, as a ratio estimate), with far lower variance
+  when the weights are concentrated on a few rows (the effective sample size of a
+  uniform batch is ``(sum w_b)^2 / sum w_b^2``).
+
+  Returns:
+    ``(rows, mask)`` like :func:`sample_per_class` (the mask is all True).
+  """
+  w = class_weights(real, config)
+  logits = jnp.where(w > 0, jnp.log(jnp.maximum(w, 1e-38)), -jnp.inf)
+  keys = jax.random.split(key, w.shape[0])
+  cols = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, shape=(n,)))(keys, logits)
+  rows = jnp.take_along_axis(real.index.indices, cols, axis=1)
+  return rows, jnp.ones(rows.shape, bool)
+
+
+def real_batch(key: jax.Array, real: RealData, n: int, config: KDEConfig | None,
+               sampling: str = "uniform") -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The real batch of one matching: ``(rows, mask, weights)``, each (C, n).
+
+  ``sampling='uniform'``: :func:`sample_per_class` and :func:`batch_weights`
+  (the reference's sampling, KDE-weighted when ``config`` is given).
+  ``sampling='weighted'``: :func:`sample_weighted` and uniform weights.
+  """
+  if sampling == "weighted":
+    rows, mask = sample_weighted(key, real, n, config)
+    return rows, mask, batch_weights(real, rows, mask, None)
+  rows, mask = sample_per_class(key, real.index, n)
+  return rows, mask, batch_weights(real, rows, mask, config)
+
+
+def _check_sampling(init: str, sampling: str, config: KDEConfig | None) -> None:
+  if init not in INITS:
+    raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
+  if sampling not in REAL_SAMPLING:
+    raise ValueError(f"real_sampling must be one of {list(REAL_SAMPLING)}, got {sampling!r}")
+  if config is None and (init == "weighted" or sampling == "weighted"):
+    raise ValueError("init='weighted' and real_sampling='weighted' draw real images in "
+                     "proportion to their weights: pass kde_config= (a weighting)")
+
+
+def _check_kde(config: KDEConfig | None) -> None:
+  """A KDEConfig validated itself when it was built; only its type is checked here."""
+  if config is not None and not isinstance(config, KDEConfig):
+    raise ValueError(f"kde_config must be a jaxdd.kde.KDEConfig or None, got {config!r}")
+
+
+def weighted_init_rows(key: jax.Array, real: RealData, ipc: int,
+                       config: KDEConfig) -> np.ndarray:
+  """(C, ipc) distinct rows per class, drawn without replacement in proportion to weight.
+
+  Successive sampling ∝ :func:`class_weights` (Gumbel top-k: the ``ipc`` largest
+  ``log w + Gumbel`` of each class), so an image with twice the weight is about
+  twice as likely to be chosen, and no image is chosen twice. Rows of zero
+  weight are chosen only when a class has fewer than ``ipc`` rows of positive
+  weight. Host-side (runs once, in ``init``).
+  """
+  host = RealData(jnp.zeros((1,)), jax.tree.map(lambda a: jnp.asarray(_host(a)), real.index),
+                  None, None if real.log_density is None else jnp.asarray(_host(real.log_density)))
+  w = np.asarray(class_weights(host, config), np.float64)
+  gumbel = np.asarray(jax.random.gumbel(key, w.shape), np.float64)
+  counts = np.asarray(host.index.counts)
+  valid = np.arange(w.shape[1])[None, :] < counts[:, None]
+  with np.errstate(divide="ignore"):
+    score = np.where(w > 0, np.log(w) + gumbel, -1e30 + gumbel)
+  score = np.where(valid, score, -np.inf)
+  order = np.argsort(-score, axis=1, kind="stable")[:, :ipc]
+  return np.take_along_axis(np.asarray(host.index.indices), order, axis=1)
+
+
+def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransformation,
+                mesh: Mesh | None, kde_config: KDEConfig | None = None
+                ) -> Callable[..., DistillState]:
+  """The ``init`` of every distiller: the synthetic set (from real images, real images
+  drawn in proportion to their weights, or noise; or a warm start) and the image
+  optimiser's state, placed on ``mesh``."""
+
+  def init_fn(key: jax.Array, real: RealData, syn: SynSet | None = None) -> DistillState:
+    # Runs once, eagerly, on host copies (replicated data is complete in every
+    # process), then places the state on the mesh: works for multi-process meshes.
+    k_init, k_run = jax.random.split(key)
+    if syn is None:
+      counts = _host(real.index.counts)
+      if counts.min() < ipc:
+        small = int(np.argmin(counts))
+        raise ValueError(f"ipc={ipc} is larger than class {small}, which has {counts[small]} "
+                         "real images; lower ipc or use a larger source")
+      host_images = _host(real.images)
+      labels = np.repeat(np.arange(num_classes, dtype=np.int32), ipc)
+      if init == "real":
+        index = ClassIndex(_host(real.index.indices), counts)
+        rows, _ = sample_per_class(k_init, jax.tree.map(jnp.asarray, index), ipc)
+        images = host_images[np.asarray(rows).reshape(-1)]
+      elif init == "weighted":
+        images = host_images[weighted_init_rows(k_init, real, ipc, kde_config).reshape(-1)]
+      else:
+        images = np.asarray(jax.random.normal(k_init, (num_classes * ipc,) + host_images.shape[1:]))
+      syn = SynSet(np.asarray(images, np.float32), labels)
+    else:
+      syn = SynSet(np.asarray(_host(syn.images), np.float32), np.asarray(_host(syn.labels), np.int32))
+      if syn.images.shape[0] != num_classes * ipc:
+        raise ValueError(f"warm-start SynSet has {syn.images.shape[0]} images, expected "
+                         f"num_classes * ipc = {num_classes * ipc}")
+    opt_state = tx.init(jnp.asarray(syn.images))
+    state = DistillState(syn, jax.tree.map(np.asarray, opt_state), np.zeros((), np.int32), k_run)
+    return parallel.put(state, mesh)
+  return init_fn
+
+
+class _KDEKnobs(NamedTuple):
+  """A :class:`KDEConfig` whose variance and temperature may be traced (runtime) values."""
+  variance: Any
+  temperature: Any
+  normalize: str
+  scope: str
+
+
+def _runtime_knobs(lr: float, kde_config: KDEConfig | None) -> dict[str, np.ndarray]:
+  """The values a compiled step takes as arguments instead of constants."""
+  return {"lr": np.float32(lr),
+          "variance": np.float32(1.0 if kde_config is None else kde_config.variance),
+          "temperature": np.float32(1.0 if kde_config is None else kde_config.temperature)}
+
+
+# Compiled steps by their static settings: distillers that differ only in runtime knobs
+# (lr_img, KDE variance and temperature) reuse one program (jaxdd tune's candidates).
+_PROGRAMS: dict[tuple, Callable] = {}
+
+
+def _shared_program(static: tuple, step_fn: Callable) -> Callable:
+  try:
+    hash(static)
+  except TypeError:  # an unhashable setting (e.g. a custom augment object): no sharing
+    return jax.jit(step_fn, donate_argnums=0)
+  if static not in _PROGRAMS:
+    if len(_PROGRAMS) >= 32:
+      _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    _PROGRAMS[static] = jax.jit(step_fn, donate_argnums=0)
+  return _PROGRAMS[static]
+
+
+class _BoundStep:
+  """``step(state, real)``: a shared jitted program called with this distiller's knobs."""
+
+  def __init__(self, program: Callable, hp: dict):
+    self._program, self._hp = program, hp
+
+  def __call__(self, state, real):
+    return self._program(state, real, self._hp)
+
+  def lower(self, state, real):
+    return self._program.lower(state, real, self._hp)
+
+
+def _chunk(value, auto: int | None, name: str) -> int | None:
+  if value == "auto":
+    return auto
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name} must be a positive int, 'auto' or None (all at once), got {value!r}")
+  return value
+
+
+def _floating_dtype(value, name: str):
+  """None, or ``value`` as a floating numpy dtype (``"bfloat16"``, ``jnp.float16``, ...)."""
+  if value is None:
+    return None
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{name} must be a floating dtype such as 'bfloat16' or 'float32' (or None "
+                     f"for the synthetic images' dtype), got {value!r}")
+  return dtype
+
