@@ -1,6 +1,6 @@
 """Seconds per MTT step and compiled peak memory against syn_steps, exact vs TESLA gradients.
 
-One step of :func:`jaxdd.mtt.distiller` (pick an expert and a start epoch, ``syn_steps``
+One step of :func:`jaxdd.distill.mtt` (pick an expert and a start epoch, ``syn_steps``
 student SGD steps on the whole synthetic set, the parameter-distance loss, its gradient with
 respect to the images and the student learning rate, the two SGD-momentum updates), compiled
 as one program. Setting: 10 classes of 28x28x3, IPC 10 (100 synthetic images, every student
@@ -31,14 +31,14 @@ def one(mode: str, syn_steps: int, width: int, iters: int, memory_only: bool = F
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import models, mtt
+  from jaxdd import distill, models, mtt
   model = models.get(f"convnet-d3-w{width}", num_classes=10)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(200, 28, 28, 3)).astype(np.float32)
   y = np.repeat(np.arange(10), 20)
-  d = mtt.distiller(num_classes=10, ipc=10, model=model, num_epochs=5, expert_epochs=2,
-                    max_start_epoch=3, syn_steps=syn_steps, mode=mode)
-  state = d.init(jax.random.key(0), x, y)
+  d = distill.mtt(num_classes=10, ipc=10, model=model, num_epochs=5, expert_epochs=2,
+                  max_start_epoch=3, syn_steps=syn_steps, mode=mode)
+  state = d.init(jax.random.key(0), distill.real_data(x, y, num_classes=10))
   p = mtt.flatten(model.init(jax.random.key(1), jnp.asarray(x[:1]))["params"])[0]
   buf = jnp.asarray(p[None, None] + 0.01 * rng.normal(size=(2, 6, p.size)), jnp.float32)
   t0 = time.perf_counter()

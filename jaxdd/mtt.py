@@ -1,4 +1,7 @@
-"""Trajectory matching (MTT; Cazenavette et al., CVPR 2022) -- the student unroll and its gradients.
+"""Trajectory matching (MTT; Cazenavette et al., CVPR 2022): the student unroll, experts, buffers.
+
+The distiller itself is :func:`jaxdd.distill.mtt` (an ``(init, step)`` pair like
+:func:`jaxdd.distill.dm`); this module holds what it is built from.
 
 MTT distils by matching training trajectories: a student starts from an expert's
 parameters at epoch t, takes ``syn_steps`` SGD steps on the synthetic set with a
@@ -38,7 +41,7 @@ values must be compared (the tests do); leave the default for speed.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -210,18 +213,64 @@ def weighted_epoch_rows(key: jax.Array, weights, n: int) -> jax.Array:
   return jax.random.choice(key, w.shape[0], (n,), replace=True, p=w / w.sum()).astype(jnp.int32)
 
 
+#: How per-image weights enter expert training: 'sample' (each epoch draws its
+#: samples with replacement in proportion to the weights) or 'loss' (every epoch
+#: is a plain pass; each batch's cross-entropy is the weighted mean).
+EXPERT_WEIGHTINGS = ("sample", "loss")
+
+
+@functools.lru_cache(maxsize=32)
+def weighted_ce_task(model):
+  """Cross-entropy training where batch ``b`` contributes ``sum w_i CE_i / sum w_i``.
+
+  The weights ride in the task's state as ``{"sample_weight": (N,)}``, indexed
+  by the training-set rows of each batch (:class:`jaxdd.tasks.StepBatch`), so
+  the trainer needs no new argument. For networks without batch statistics
+  (trajectory matching's experts).
+  """
+  from jaxdd import tasks  # noqa: PLC0415
+
+  def init(key, images, labels):
+    del labels
+    params, state = tasks.split_variables(model.init(key, images[:1], train=False))
+    if jax.tree.leaves(state):
+      raise ValueError("weighted cross-entropy experts need a model without batch statistics; "
+                       f"this one carries {sorted(state)}")
+    return params, {}
+
+  def loss(params, state, batch):
+    logits = model.apply({"params": params}, batch.images, train=True,
+                         rngs={"dropout": batch.key})
+    w = state["sample_weight"][batch.index]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
+    return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-30), (state, logits)
+
+  def predict(params, state, images):
+    del state
+    return model.apply({"params": params}, images, train=False)
+
+  return tasks.TrainTask("weighted_ce", init, loss, predict, per_sample=False)
+
+
 def train_experts(key: jax.Array, images, labels, *, model, num_experts: int = 1,
                   epochs: int = 10, lr: float = 0.01, batch_size: int = 256,
                   augment: str | None = "color_crop_cutout_flip_scale_rotate", weights=None,
+                  weighting: str = "sample", first: int = 0,
                   progress: bool = False) -> np.ndarray:
   """Expert trajectories: the flat parameters at init and after every epoch.
 
   Each expert is a fresh ``model`` trained on ``(images, labels)`` by jaxdd's
   trainer (:func:`jaxdd.train.fit_epochs`, one epoch per call) under
-  :func:`expert_protocol`. With ``weights`` (e.g. the KDE weights of the real
-  images), every epoch draws its ``len(images)`` samples with replacement in
-  proportion to them (:func:`weighted_epoch_rows`); without, an epoch is one
-  pass over a fresh permutation.
+  :func:`expert_protocol`. Without ``weights`` an epoch is one pass over a
+  fresh permutation. With ``weights`` (e.g. the KDE weights of the real
+  images) and ``weighting='sample'``, every epoch draws its ``len(images)``
+  samples with replacement in proportion to them (:func:`weighted_epoch_rows`);
+  with ``weighting='loss'``, every epoch is a plain pass and each batch's loss
+  is the weighted mean cross-entropy (:func:`weighted_ce_task`).
+
+  Expert ``e`` is trained with the key ``fold_in(key, e)``; ``first`` numbers
+  the experts from there, so experts ``0..k-1`` and then ``k..n-1`` (a resumed
+  build, :func:`build_buffer`) equal experts ``0..n-1`` in one call.
 
   Returns:
     (num_experts, epochs + 1, P) float32: expert e's parameters before
@@ -234,6 +283,10 @@ def train_experts(key: jax.Array, images, labels, *, model, num_experts: int = 1
   for name, v in (("num_experts", num_experts), ("epochs", epochs)):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
       raise ValueError(f"{name} must be a positive int, got {v!r}")
+  if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+    raise ValueError(f"first must be a non-negative int, got {first!r}")
+  if weighting not in EXPERT_WEIGHTINGS:
+    raise ValueError(f"weighting must be one of {list(EXPERT_WEIGHTINGS)}, got {weighting!r}")
   images = jnp.asarray(images, jnp.float32)
   labels = jnp.asarray(labels, jnp.int32)
   n = int(images.shape[0])
@@ -242,23 +295,26 @@ def train_experts(key: jax.Array, images, labels, *, model, num_experts: int = 1
     if weights.shape != (n,) or not np.isfinite(weights).all() or weights.min() < 0 \
         or weights.sum() <= 0:
       raise ValueError(f"weights must be ({n},) finite, non-negative, not all zero")
-  task = train_lib.standard_task(model)
+  by_loss = weights is not None and weighting == "loss"
+  task = weighted_ce_task(model) if by_loss else train_lib.standard_task(model)
   protocol = expert_protocol(lr=lr, batch_size=batch_size, augment=augment)
   out = []
   bar = progress_lib.bar(num_experts * epochs, "expert trajectories", unit="epoch") \
       if progress and not progress_lib.is_quiet() else None
   try:
-    for e in range(num_experts):
+    for e in range(first, first + num_experts):
       k_init, k_run = jax.random.split(jax.random.fold_in(key, e))
       params, state = task.init(k_init, images[:1], labels[:1])
       if jax.tree.leaves(state):
         raise ValueError("trajectory matching needs a model without batch statistics (e.g. "
                          "instance norm, the ConvNet default); this one carries "
                          f"{sorted(state)}")
+      if by_loss:
+        state = {"sample_weight": jnp.asarray(weights / weights.mean(), jnp.float32)}
       snaps = [np.asarray(flatten(params)[0])]
       for ep in range(epochs):
         k_sample, k_epoch = jax.random.split(jax.random.fold_in(k_run, ep))
-        if weights is None:
+        if weights is None or by_loss:
           x, y = images, labels
         else:
           rows = weighted_epoch_rows(k_sample, weights, n)
@@ -273,125 +329,6 @@ def train_experts(key: jax.Array, images, labels, *, model, num_experts: int = 1
     if bar is not None:
       bar.close()
   return np.stack(out).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------
-# The distiller
-# ---------------------------------------------------------------------------
-
-
-class MTTState(NamedTuple):
-  """The synthetic set, MTT's learned student learning rate, the optimiser state, step, key."""
-  syn: Any
-  syn_lr: jax.Array
-  opt_state: Any
-  step: jax.Array
-  key: jax.Array
-
-
-class MTTDistiller(NamedTuple):
-  init: Callable[..., MTTState]
-  step: Callable[[MTTState, jax.Array], tuple[MTTState, dict]]
-
-
-def distiller(*, num_classes: int, ipc: int, model, num_epochs: int, expert_epochs: int = 2,
-              max_start_epoch: int = 20, syn_steps: int = 20, batch_syn: int | None = None,
-              lr_img: float = 100.0, lr_lr: float = 1e-5, lr_teacher: float = 0.01,
-              strategy: str | None = "color_crop_cutout_flip_scale_rotate",
-              mode: str = "exact") -> MTTDistiller:
-  """MTT (Cazenavette et al. 2022) as an ``(init, step)`` pair over a buffer of experts.
-
-  ``init(key, images, labels)`` draws ``ipc`` real images per class (MTT's
-  ``pix_init=real``) and sets ``syn_lr = lr_teacher``. ``step(state, buffer)``
-  is one compiled program: pick an expert and a start epoch
-  ``t ~ U{0..max_start_epoch-1}``, run :func:`trajectory_loss` from
-  ``buffer[e, t]`` towards ``buffer[e, t + expert_epochs]`` and update the
-  images (SGD(lr_img, momentum 0.5)) and ``syn_lr`` (SGD(lr_lr, momentum 0.5)).
-
-  Args:
-    num_classes, ipc: the synthetic set's shape.
-    model: the student/expert network (no batch statistics).
-    num_epochs: epochs recorded in the buffer (its second axis is
-      ``num_epochs + 1``); ``max_start_epoch + expert_epochs`` must not exceed it.
-    expert_epochs, max_start_epoch, syn_steps, batch_syn: MTT's M, T+, N and
-      student batch (default: the whole set).
-    lr_img, lr_lr, lr_teacher: image and learning-rate step sizes, the
-      initial ``syn_lr``.
-    strategy: DSA strategy of the student steps (per-image parameters) or None.
-    mode: ``"exact"`` or ``"tesla"`` (:func:`trajectory_loss`).
-  """
-  from jaxdd import augment as augment_lib  # noqa: PLC0415
-  from jaxdd.structs import SynSet  # noqa: PLC0415
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-  for name, v in (("ipc", ipc), ("expert_epochs", expert_epochs),
-                  ("max_start_epoch", max_start_epoch), ("syn_steps", syn_steps)):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-      raise ValueError(f"{name} must be a positive int, got {v!r}")
-  if max_start_epoch + expert_epochs > num_epochs:
-    raise ValueError(f"max_start_epoch + expert_epochs = {max_start_epoch + expert_epochs} "
-                     f"exceeds the {num_epochs} epochs the experts recorded; lower them or "
-                     "train longer experts")
-  n_syn = num_classes * ipc
-  if batch_syn is not None and not 1 <= batch_syn <= n_syn:
-    raise ValueError(f"batch_syn must be in [1, {n_syn}], got {batch_syn!r}")
-  aug = augment_lib.dsa(strategy, siamese=False) if strategy else None
-  template = {}
-
-  def apply_fn(p, x):
-    return model.apply({"params": p}, x, train=True)
-
-  def unravel(flat):
-    return template["unravel"](flat)
-
-  tx_img = optax.sgd(lr_img, momentum=0.5)
-  tx_lr = optax.sgd(lr_lr, momentum=0.5)
-
-  def init(key: jax.Array, images, labels) -> MTTState:
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels)
-    k_pick, k_net, k_run = jax.random.split(key, 3)
-    rows = []
-    for c in range(num_classes):
-      idx = np.flatnonzero(labels == c)
-      if len(idx) < ipc:
-        raise ValueError(f"ipc={ipc} is larger than class {c}, which has {len(idx)} real images")
-      pick = np.asarray(jax.random.permutation(jax.random.fold_in(k_pick, c), len(idx)))[:ipc]
-      rows.append(idx[pick])
-    params = model.init(k_net, jnp.asarray(images[:1]))["params"]
-    template["unravel"] = flatten(params)[1]
-    syn = SynSet(jnp.asarray(images[np.concatenate(rows)]),
-                 jnp.asarray(np.repeat(np.arange(num_classes), ipc), jnp.int32))
-    syn_lr = jnp.asarray(lr_teacher, jnp.float32)
-    return MTTState(syn, syn_lr, (tx_img.init(syn.images), tx_lr.init(syn_lr)),
-                    jnp.zeros((), jnp.int32), k_run)
-
-  @jax.jit
-  def step(state: MTTState, buffer: jax.Array) -> tuple[MTTState, dict]:
-    if buffer.shape[1] != num_epochs + 1:
-      raise ValueError(f"the buffer records {buffer.shape[1] - 1} epochs, the distiller was "
-                       f"built for {num_epochs}")
-    key = jax.random.fold_in(state.key, state.step)
-    k_e, k_t, k_loss = jax.random.split(key, 3)
-    e = jax.random.randint(k_e, (), 0, buffer.shape[0])
-    t = jax.random.randint(k_t, (), 0, max_start_epoch)
-    start, target = buffer[e, t], buffer[e, t + expert_epochs]
-
-    def loss_fn(images, syn_lr):
-      return trajectory_loss(images, state.syn.labels, syn_lr, start, target, k_loss,
-                             apply_fn=apply_fn, unravel=unravel, syn_steps=syn_steps,
-                             batch_syn=batch_syn, augment=aug, mode=mode)
-    loss, (g_img, g_lr) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.syn.images,
-                                                                      state.syn_lr)
-    opt_img, opt_lr = state.opt_state
-    u_img, opt_img = tx_img.update(g_img, opt_img, state.syn.images)
-    u_lr, opt_lr = tx_lr.update(g_lr, opt_lr, state.syn_lr)
-    syn = state.syn._replace(images=optax.apply_updates(state.syn.images, u_img))
-    syn_lr = optax.apply_updates(state.syn_lr, u_lr)
-    metrics = {"loss": loss, "syn_lr": syn_lr, "start_epoch": t, "expert": e}
-    return MTTState(syn, syn_lr, (opt_img, opt_lr), state.step + 1, state.key), metrics
-
-  return MTTDistiller(init, step)
 
 
 # ---------------------------------------------------------------------------
@@ -479,3 +416,67 @@ def load_buffer(path: str, spec: dict | None = None) -> tuple[np.ndarray, dict]:
   with np.load(os.path.join(path, "trajectories.npz"), allow_pickle=False) as d:
     traj = d["trajectories"]
   return traj, meta
+
+
+def build_buffer(path: str, spec: dict, key: jax.Array, images, labels, *, model,
+                 num_experts: int, epochs: int, lr: float = 0.01, batch_size: int = 256,
+                 augment: str | None = "color_crop_cutout_flip_scale_rotate", weights=None,
+                 weighting: str = "sample", progress: bool = False) -> tuple[np.ndarray, dict]:
+  """The buffer at ``path`` for ``spec``: loaded when it is there, else built, resumably.
+
+  The experts are trained one at a time (:func:`train_experts` with ``first``)
+  and each finished one is written atomically into ``<path>.partial/``, so a
+  killed build resumes at the next expert and gives the same buffer as an
+  uninterrupted one. When all are done the artifact is written
+  (:func:`save_buffer`) and the partial folder removed. A partial folder left
+  by other settings is discarded.
+
+  Returns:
+    ``(trajectories, meta)`` as :func:`load_buffer`.
+
+  Raises:
+    ValueError: ``path`` holds a buffer made with other settings (nothing is
+      overwritten; the message names what differs).
+  """
+  import json  # noqa: PLC0415
+  import os  # noqa: PLC0415
+  import shutil  # noqa: PLC0415
+
+  from jaxdd._src import io as io_lib  # noqa: PLC0415
+  try:
+    return load_buffer(path, spec)
+  except FileNotFoundError:
+    pass
+  partial = os.path.normpath(path) + ".partial"
+  digest = spec_digest(spec)
+  marker = os.path.join(partial, "spec.json")
+  if os.path.isdir(partial):
+    try:
+      with open(marker) as f:
+        same = json.load(f).get("digest") == digest
+    except (OSError, ValueError):
+      same = False
+    if not same:
+      shutil.rmtree(partial)
+  os.makedirs(partial, exist_ok=True)
+  io_lib.atomic_write_bytes(marker, json.dumps({"digest": digest, "spec": spec},
+                                               sort_keys=True).encode())
+  experts = []
+  for e in range(num_experts):
+    file = os.path.join(partial, f"expert-{e:04d}.npy")
+    if os.path.exists(file):
+      try:
+        experts.append(np.load(file, allow_pickle=False))
+        if experts[-1].shape[0] != epochs + 1 or not np.isfinite(experts[-1]).all():
+          raise ValueError("wrong shape or values")
+        continue
+      except (OSError, ValueError):
+        experts = experts[:e]  # unreadable: train it again
+    traj = train_experts(key, images, labels, model=model, num_experts=1, epochs=epochs, lr=lr,
+                         batch_size=batch_size, augment=augment, weights=weights,
+                         weighting=weighting, first=e, progress=progress)[0]
+    io_lib.atomic_write_bytes(file, lambda f, t=traj: np.save(f, t, allow_pickle=False))
+    experts.append(traj)
+  save_buffer(path, np.stack(experts), spec)
+  shutil.rmtree(partial, ignore_errors=True)
+  return load_buffer(path, spec)

@@ -1,4 +1,4 @@
-"""End-to-end runs: biased data -> SupCon surrogate -> KDE weights -> DM / DSA / DC -> SynSet -> evaluation.
+"""End-to-end runs: biased data -> SupCon surrogate -> KDE weights -> DM / DSA / DC / MTT -> SynSet -> evaluation.
 
 A run lives in a directory::
 
@@ -39,6 +39,7 @@ from jaxdd import config as config_lib
 from jaxdd import (baselines, data, debias, diagnostics, distill, evaluate, matching, models,
                    surrogate, synset)
 from jaxdd import kde as kde_lib
+from jaxdd import mtt as mtt_lib
 from jaxdd import plots as plots_lib
 from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
@@ -263,17 +264,24 @@ def _checkpointer(workdir: str):
 
 
 def _state_tree(state: distill.DistillState) -> dict:
-  return {"images": np.asarray(state.syn.images), "labels": np.asarray(state.syn.labels),
+  tree = {"images": np.asarray(state.syn.images), "labels": np.asarray(state.syn.labels),
           "opt": [np.asarray(x) for x in jax.tree.leaves(state.opt_state)],
           "step": np.asarray(state.step), "key": np.asarray(jax.random.key_data(state.key))}
+  if jax.tree.leaves(state.extra):  # what a method learns besides the images (MTT's syn_lr)
+    tree["extra"] = [np.asarray(x) for x in jax.tree.leaves(state.extra)]
+  return tree
 
 
 def _restore_state(tree: dict, template: distill.DistillState) -> distill.DistillState:
   opt = jax.tree.unflatten(jax.tree.structure(template.opt_state),
                            [jnp.asarray(x) for x in tree["opt"]])
+  extra = template.extra
+  if "extra" in tree:
+    extra = jax.tree.unflatten(jax.tree.structure(template.extra),
+                               [jnp.asarray(x) for x in tree["extra"]])
   return distill.DistillState(SynSet(jnp.asarray(tree["images"]), jnp.asarray(tree["labels"])), opt,
                               jnp.asarray(tree["step"]),
-                              jax.random.wrap_key_data(jnp.asarray(tree["key"])))
+                              jax.random.wrap_key_data(jnp.asarray(tree["key"])), extra)
 
 
 def _read_metrics(path: str, upto: int) -> list[dict]:
@@ -361,6 +369,17 @@ def make_distiller(config: RunConfig, num_classes: int,
                 model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
                 real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
                 init=config.init, kde_config=kde_config, real_sampling=config.real_sampling)
+  if config.method == "mtt":
+    if real_dtype is not None:
+      raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
+    return distill.mtt(num_classes=num_classes, ipc=config.ipc,
+                       num_epochs=expert_run_epochs(config),
+                       model=common["model"], expert_epochs=config.expert_epochs,
+                       max_start_epoch=config.max_start_epoch, syn_steps=config.syn_steps,
+                       batch_syn=config.batch_syn, lr_img=config.lr_img, lr_lr=config.lr_lr,
+                       lr_teacher=config.lr_teacher, momentum=config.momentum,
+                       strategy=config.dsa_strategy or None, mode=config.mtt_mode,
+                       init=config.init, kde_config=kde_config)
   if config.method == "dm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.dm(augment=aug, real_dtype=real_dtype,
@@ -371,6 +390,151 @@ def make_distiller(config: RunConfig, num_classes: int,
   strategy = config.dsa_strategy if config.method == "dsa" else None
   return distill.gm(strategy=strategy or None, outer_loop=config.outer_loop,
                     inner_loop=config.inner_loop, lr_net=config.lr_net, **common)
+
+
+# ---------------------------------------------------------------------------- expert buffers
+
+
+def expert_run_epochs(config: RunConfig) -> int:
+  """Epochs each expert records: ``max_start_epoch + expert_epochs``, the only ones MTT reads."""
+  return config.max_start_epoch + config.expert_epochs
+
+
+def whole_class_weights(config: RunConfig, labels, log_density: np.ndarray | None,
+                        num_classes: int) -> np.ndarray:
+  """(N,) per-image weights over whole classes, each class summing to 1.
+
+  From the whole-class log densities (:func:`run_log_density`) under the
+  run's temperature and normalisation; uniform within each class when
+  ``log_density`` is None (the vanilla method).
+  """
+  labels = np.asarray(labels)
+  if log_density is None:
+    return (1.0 / np.bincount(labels, minlength=num_classes)[labels]).astype(np.float32)
+  kcfg = config.kde
+  w = np.zeros(len(labels), np.float32)
+  for c in range(num_classes):
+    sel = labels == c
+    w[sel] = np.asarray(kde_lib.weights_from_log_density(
+        jnp.asarray(log_density[sel]), temperature=kcfg.temperature, normalize=kcfg.normalize))
+  return w
+
+
+def expert_weights(config: RunConfig, run_data: RunData,
+                   log_density: np.ndarray | None) -> np.ndarray | None:
+  """The real images' weights in expert training, or None (vanilla: uniform experts).
+
+  Image i of class c weighs ``n_c * w_i`` with ``w`` the whole-class weights
+  (:func:`whole_class_weights`): every class keeps its share of an epoch and,
+  inside a class, rare images count more.
+  """
+  if config.weighting == "none":
+    return None
+  labels = np.asarray(run_data.train.labels)
+  counts = np.bincount(labels, minlength=run_data.num_classes)
+  w = whole_class_weights(config, labels, log_density, run_data.num_classes)
+  return (w * counts[labels]).astype(np.float64)
+
+
+def expert_spec(config: RunConfig, run_data: RunData, weights: np.ndarray | None) -> dict:
+  """What determines a run's expert buffer (:func:`jaxdd.mtt.buffer_spec`).
+
+  The data (the dataset card's meta and the normalisation), the network, the
+  weighting (its settings and the sha256 of the per-image weights, which pins
+  the surrogate and the KDE), the trainer and the seed. Two runs that differ only
+  in distillation settings (lr_img, syn_steps, the gradient mode, ...) share a
+  buffer.
+  """
+  import hashlib  # noqa: PLC0415
+  train, nc = run_data.train, run_data.num_classes
+  data_desc = {"dataset": dict(train.meta), "mean": np.asarray(run_data.mean).tolist(),
+               "std": np.asarray(run_data.std).tolist()}
+  if weights is None:
+    weighting = {"kind": "none"}
+  else:
+    weighting = {"kind": config.weighting, "by": config.expert_weighting,
+                 "kde_variance": config.kde_variance, "kde_temperature": config.kde_temperature,
+                 "kde_normalize": config.kde_normalize, "kde_floor": config.kde_floor,
+                 "surrogate_preset": config.surrogate_preset,
+                 "weights_sha256": hashlib.sha256(
+                     np.ascontiguousarray(weights, np.float64).tobytes()).hexdigest()}
+  trainer = {"num_experts": config.num_experts, "epochs": expert_run_epochs(config),
+             "lr": config.expert_lr, "batch_size": EXPERT_BATCH,
+             "augment": config.dsa_strategy or None}
+  model = models.spec_of(models.ConvNet(nc, depth=config.depth, width=config.width))
+  return mtt_lib.buffer_spec(data=data_desc, model=model, weighting=weighting, trainer=trainer,
+                         seed=config.seed)
+
+
+#: Batch size of expert training (MTT's buffer.py).
+EXPERT_BATCH = 256
+
+
+def default_buffer_dir(spec: dict) -> str:
+  """``$JAXDD_CACHE/buffers/<spec digest>``: runs with the same experts share them."""
+  from jaxdd._src.io import cache_root  # noqa: PLC0415
+  return str(cache_root("buffers", mtt_lib.spec_digest(spec)[:16]))
+
+
+def expert_buffer(config: RunConfig, run_data: RunData, log_density: np.ndarray | None,
+                  key: jax.Array, *, buffer_dir: str | None = None,
+                  progress: bool = True) -> tuple[np.ndarray, dict, str]:
+  """The run's expert trajectories: reused when a buffer with its spec exists, else built.
+
+  ``buffer_dir`` (default :func:`default_buffer_dir`) holds the artifact; a
+  build resumes expert by expert (:func:`jaxdd.mtt.build_buffer`), and a
+  folder holding a buffer of other settings is refused, never overwritten.
+
+  Returns:
+    ``(trajectories, meta, path)``.
+  """
+  weights = expert_weights(config, run_data, log_density)
+  spec = expert_spec(config, run_data, weights)
+  path = buffer_dir or default_buffer_dir(spec)
+  train, nc = run_data.train, run_data.num_classes
+  if os.path.exists(os.path.join(path, "manifest.json")):
+    progress_lib.logger.info("expert buffer: reusing %s", path)
+  else:
+    progress_lib.logger.info("expert buffer: training %d experts for %d epochs into %s",
+                             config.num_experts, expert_run_epochs(config), path)
+  traj, meta = mtt_lib.build_buffer(
+      path, spec, key, run_data.normalized(train), train.labels,
+      model=models.ConvNet(nc, depth=config.depth, width=config.width),
+      num_experts=config.num_experts, epochs=expert_run_epochs(config), lr=config.expert_lr,
+      batch_size=EXPERT_BATCH, augment=config.dsa_strategy or None, weights=weights,
+      weighting=config.expert_weighting, progress=progress)
+  return traj, meta, path
+
+
+@under_policy
+def build_expert_buffer(config: RunConfig, *, buffer_dir: str | None = None,
+                        progress: bool = True) -> tuple[str, tuple[int, ...]]:
+  """The expert buffer of a trajectory-matching run, alone (``jaxdd buffers``).
+
+  Loads the data, trains (or loads) the surrogate when the run is KDE-weighted,
+  and builds or reuses the buffer :func:`distill_stage` would use.
+
+  Returns:
+    ``(path, shape)`` of the buffer: (experts, epochs + 1, parameters).
+  """
+  validate(config)
+  if config.method != "mtt":
+    raise ValueError(f"expert buffers belong to trajectory matching; this run's method is "
+                     f"{config.method!r}: use --method mtt")
+  run_data = RunData(config)
+  check_models(config, run_data)
+  embeddings = None
+  if config.weighting == "kde":
+    embeddings = surrogate_embeddings(config, run_data, run_keys(config)[0], progress=progress)
+  log_density = run_log_density(config, run_data, embeddings)
+  traj, _, path = expert_buffer(config, run_data, log_density, expert_key(config),
+                                buffer_dir=buffer_dir, progress=progress)
+  return path, tuple(traj.shape)
+
+
+def expert_key(config: RunConfig) -> jax.Array:
+  """The key of a run's expert trajectories (independent of its distillation's)."""
+  return jax.random.fold_in(run_keys(config)[1], 1)
 
 
 class MetricsLog:
@@ -448,7 +612,8 @@ def track_every(config: RunConfig) -> int:
 def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                 embeddings: np.ndarray | None, key: jax.Array, *, progress: bool = True,
                 stop_after: int | None = None, real_dtype: str | None = None,
-                classifier: diagnostics.BiasClassifier | None = None) -> SynSet:
+                classifier: diagnostics.BiasClassifier | None = None,
+                buffer_dir: str | None = None) -> SynSet:
   """The distillation loop with checkpoints every ``checkpoint_every`` steps and resume.
 
   ``stop_after`` (for tests of resumption) stops early after that many steps,
@@ -457,6 +622,8 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   With a bias ``classifier``, the synthetic set's bias score (the fraction of
   its images in their class's aligned bias, :func:`jaxdd.diagnostics.bias_score`)
   is logged to ``metrics.jsonl`` at step 0 and every :func:`track_every` steps.
+  Trajectory matching first gets its expert buffer (:func:`expert_buffer`, in
+  ``buffer_dir``) and steps over it instead of the real data.
   """
   import orbax.checkpoint as ocp
 
@@ -474,6 +641,11 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                            groups=run_data.train.bias if fairdd else None)
   d = make_distiller(config, nc, kde_config, real_dtype=real_dtype,
                      num_bias=num_bias_values(run_data.train) if fairdd else None)
+  step_data = real
+  if config.method == "mtt":
+    traj, _, _ = expert_buffer(config, run_data, log_density, expert_key(config),
+                               buffer_dir=buffer_dir, progress=progress)
+    step_data = jnp.asarray(traj)
   state = d.init(key, real)
   mngr = _checkpointer(workdir)
   start = 0
@@ -498,7 +670,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   try:
     with _deferred_interrupt() as interrupted:
       for it in range(start, end):
-        state, m = d.step(state, real)
+        state, m = d.step(state, step_data)
         step = it + 1
         _log_and_checkpoint(config, step, m, nc, log, bar, t0, track, mngr, state)
         if interrupted():  # checked after the step's work: the signal may arrive during it
@@ -549,14 +721,18 @@ def _log_and_checkpoint(config, step, m, nc, log, bar, t0, track, mngr, state) -
   import orbax.checkpoint as ocp
   if step % config.log_every == 0 or step == config.iterations:
     # "loss" is the matching loss averaged over classes (the reference's
-    # printed loss_avg), the number the progress bar shows.
-    loss = float(m["loss"]) / nc
+    # printed loss_avg), the number the progress bar shows; trajectory matching's
+    # loss is one normalised parameter distance for the whole set.
+    loss = float(m["loss"]) / (1 if config.method == "mtt" else nc)
     if not np.isfinite(loss):
       raise FloatingPointError(f"the {config.method.upper()} loss became {loss} at step {step}; "
                                f"lower lr_img (now {config.lr_img}) or check the data "
                                "normalisation")
-    log.append({"step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
-                "max_weight": float(m["max_weight"]), "time_s": time.perf_counter() - t0})
+    row = {"step": step, "loss": loss, "grad_norm": float(m["grad_norm"])}
+    for name in ("max_weight", "syn_lr", "start_epoch"):
+      if name in m:
+        row[name] = float(m[name])
+    log.append({**row, "time_s": time.perf_counter() - t0})
     bar.set_postfix(loss=f"{loss:.4f}")
   bar.update(1)
   track(step)
@@ -618,17 +794,11 @@ def weight_diagnostics(config: RunConfig, run_data: RunData, embeddings: np.ndar
   elif config.weighting == "fairdd":  # group-balanced inside each sampled batch
     w, ess = _fairdd_batch_weights(key, train.labels, train.bias, n_per, nc)
   else:
-    if log_density is None:  # vanilla: every image of a class weighs the same
-      w = (1.0 / np.bincount(train.labels, minlength=nc)[train.labels]).astype(np.float32)
-    else:
-      kcfg = config.kde
-      w = np.zeros(len(train.labels), np.float32)
-      for c in range(nc):
-        sel = np.asarray(train.labels) == c
-        w[sel] = np.asarray(kde_lib.weights_from_log_density(
-            jnp.asarray(log_density[sel]), temperature=kcfg.temperature,
-            normalize=kcfg.normalize))
-    if config.real_sampling == "weighted":  # i.i.d. draws with a plain mean
+    # vanilla: every image of a class weighs the same
+    w = whole_class_weights(config, train.labels, log_density, nc)
+    if config.method == "mtt":  # no real batch: the weights act on the experts' epochs
+      ess = np.full(nc, np.nan)
+    elif config.real_sampling == "weighted":  # i.i.d. draws with a plain mean
       ess = np.full(nc, float(n_per))
     else:
       ess = diagnostics.batch_ess(key, w, train.labels, batch_size=n_per, num_classes=nc)
@@ -663,12 +833,15 @@ def _check_distill_workdir(config: RunConfig, workdir: str) -> None:
 @under_policy
 @locked
 def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None = None,
-                  progress: bool = True, stop_after: int | None = None) -> SynSet | None:
+                  progress: bool = True, stop_after: int | None = None,
+                  buffer_dir: str | None = None) -> SynSet | None:
   """Surrogate, KDE weights and distillation of one run: writes ``synset/``.
 
   A finished ``synset/`` in ``workdir`` is loaded instead of recomputed, so
   several evaluations (validation sweeps, the final test) share one
   distillation. Returns None when ``stop_after`` stopped the run early.
+  ``buffer_dir``: trajectory matching's expert buffer (default: the cache,
+  :func:`default_buffer_dir`).
   """
   validate(config)
   _check_distill_workdir(config, workdir)
@@ -694,7 +867,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
   synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)
   classifier = bias_classifier(config, run_data)
   syn = distill_run(config, workdir, run_data, embeddings, k_init, progress=progress,
-                    stop_after=stop_after, classifier=classifier)
+                    stop_after=stop_after, classifier=classifier, buffer_dir=buffer_dir)
   report["bias_trajectory"] = [
       {"step": r["step"], "bias_aligned_fraction": r["bias_aligned_fraction"]}
       for r in _read_metrics(os.path.join(workdir, "metrics.jsonl"), config.iterations)
@@ -710,6 +883,13 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
                                                          width=config.width)),
           "eval_protocol": config.eval_protocol, "code_version": code_version(),
           "class_names": list(run_data.train.class_names)}
+  if config.method == "mtt":  # the learned student lr and the experts the set was matched to
+    rows = _read_metrics(os.path.join(workdir, "metrics.jsonl"), config.iterations)
+    lrs = [r["syn_lr"] for r in rows if "syn_lr" in r]
+    meta["syn_lr"] = lrs[-1] if lrs else config.lr_teacher
+    log_density = run_log_density(config, run_data, embeddings)
+    meta["expert_buffer"] = mtt_lib.spec_digest(
+        expert_spec(config, run_data, expert_weights(config, run_data, log_density)))
   synset.save(syn_dir, syn, meta, mean=run_data.mean, std=run_data.std)
   plot_synset(syn, run_data.mean, run_data.std, os.path.join(workdir, "plots", "synset.png"),
               class_names=run_data.train.class_names,
@@ -721,7 +901,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
 @locked
 def run(config: RunConfig, workdir: str, *, progress: bool = True,
         stop_after: int | None = None, reevaluate: bool = False,
-        show: bool | None = None) -> dict:
+        show: bool | None = None, buffer_dir: str | None = None) -> dict:
   """One full run (see the module docstring). Returns the evaluation summary.
 
   Example:
@@ -747,7 +927,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
   check_models(config, run_data)
   run_data.test  # a bad test split is found now, not after the distillation  # noqa: B018
   syn = distill_stage(config, workdir, run_data=run_data, progress=progress,
-                      stop_after=stop_after)
+                      stop_after=stop_after, buffer_dir=buffer_dir)
   if syn is None:
     return {"stopped_at": stop_after}
   k_eval = run_keys(config)[2]

@@ -50,7 +50,7 @@ __all__ = ["Setting", "knob_grid", "literal_setting", "tune", "select", "final",
 
 #: Knobs a weighting setting may change (RunConfig fields).
 KNOBS = ("weighting", "kde_normalize", "kde_variance", "kde_temperature", "kde_scope", "kde_floor",
-         "init", "real_sampling", "lr_img")
+         "init", "real_sampling", "lr_img", "expert_weighting")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +82,8 @@ class Setting:
       name += f" init={c.init}"
     if c.real_sampling != base.real_sampling:
       name += f" sampling={c.real_sampling}"
+    if c.expert_weighting != base.expert_weighting and c.weighting != "none":
+      name += f" experts={c.expert_weighting}"
     return name + f" lr={c.lr_img:g}"
 
   def to_dict(self) -> dict[str, Any]:
@@ -99,6 +101,8 @@ def knob_grid(base: pipeline.RunConfig) -> list[Setting]:
   and a density floor in {0, 0.01, 0.02, 0.05, 0.1} (RESULTS.md, "Paper-scale fidelity"; the
   best floor tracks the share of bias-conflicting images, which a user does not know).
   """
+  if base.method == "mtt":
+    return _mtt_grid(base)
   lr = base.lr_img
   grid = [Setting.of(weighting="none", lr_img=round(f * lr, 6)) for f in (0.3, 1.0, 3.0)]
   grid += [Setting.of(weighting="kde", kde_normalize="power", kde_variance=v, kde_temperature=t,
@@ -115,6 +119,28 @@ def knob_grid(base: pipeline.RunConfig) -> list[Setting]:
   grid.append(Setting.of(**incumbent, init="weighted"))
   grid += [Setting.of(**incumbent, init="weighted", real_sampling="weighted", kde_floor=q)
            for q in (0.0, 0.01, 0.02, 0.05, 0.1)]
+  return list(dict.fromkeys(grid))
+
+
+def _mtt_grid(base: pipeline.RunConfig) -> list[Setting]:
+  """Trajectory matching's candidates: its weighting acts on the experts (each KDE candidate
+  trains its own buffer), so the grid is smaller than DM's.
+
+  Vanilla: ``lr_img`` in {0.1, 1, 10} x base (MTT's coarse 10^n grid). KDE over whole
+  classes: ``power`` weights with v in {0.01, 0.1} x T in {0.25, 1}; the base weighting at
+  lr_img 0.1x and 10x, with weighted cross-entropy instead of the weighted sampler, with
+  ``init='weighted'``, and with a density floor in {0.02, 0.05}.
+  """
+  lr = base.lr_img
+  grid = [Setting.of(weighting="none", lr_img=round(f * lr, 6)) for f in (0.1, 1.0, 10.0)]
+  grid += [Setting.of(weighting="kde", kde_normalize="power", kde_variance=v,
+                      kde_temperature=t, lr_img=lr) for v in (0.01, 0.1) for t in (0.25, 1.0)]
+  incumbent = dict(weighting="kde", kde_normalize=base.kde_normalize,
+                   kde_variance=base.kde_variance, kde_temperature=base.kde_temperature)
+  grid += [Setting.of(**incumbent, lr_img=round(f * lr, 6)) for f in (0.1, 1.0, 10.0)]
+  grid.append(Setting.of(**incumbent, lr_img=lr, expert_weighting="loss"))
+  grid.append(Setting.of(**incumbent, lr_img=lr, init="weighted"))
+  grid += [Setting.of(**incumbent, lr_img=lr, kde_floor=q) for q in (0.02, 0.05)]
   return list(dict.fromkeys(grid))
 
 

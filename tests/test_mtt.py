@@ -1,5 +1,7 @@
 """MTT's student unroll: exact gradients (remat) and TESLA's constant-memory approximation."""
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdd import models, mtt
+from jaxdd import distill, models, mtt
 
 HIGHEST = jax.default_matmul_precision("highest")
 
@@ -201,11 +203,11 @@ def test_distiller_lowers_the_loss_with_one_trace(mode):
   model = models.get("convnet-d1-w4", num_classes=3)
   buf = jnp.asarray(mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=1,
                                       epochs=3, lr=0.05, batch_size=12, augment=None))
-  d = mtt.distiller(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2,
-                    max_start_epoch=1, syn_steps=4, lr_img=30.0, lr_lr=1e-5, lr_teacher=0.05,
-                    strategy=None, mode=mode)
-  state = d.init(jax.random.key(1), x, y)
-  step = jax.jit(chex.assert_max_traces(d.step.__wrapped__, n=1))
+  d = distill.mtt(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2,
+                  max_start_epoch=1, syn_steps=4, lr_img=30.0, lr_lr=1e-5, lr_teacher=0.05,
+                  strategy=None, mode=mode, jit=False)
+  state = d.init(jax.random.key(1), distill.real_data(x, y, num_classes=3))
+  step = jax.jit(chex.assert_max_traces(d.step, n=1))
   losses = []
   for _ in range(12):
     state, m = step(state, buf)
@@ -218,10 +220,10 @@ def test_distiller_lowers_the_loss_with_one_trace(mode):
 def test_distiller_refuses_a_too_short_buffer():
   model = models.get("convnet-d1-w4", num_classes=3)
   with pytest.raises(ValueError, match="exceeds"):
-    mtt.distiller(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2,
-                  max_start_epoch=2)
+    distill.mtt(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2,
+                max_start_epoch=2)
   with pytest.raises(ValueError, match="batch_syn"):
-    mtt.distiller(num_classes=3, ipc=2, model=model, num_epochs=30, batch_syn=7)
+    distill.mtt(num_classes=3, ipc=2, model=model, num_epochs=30, batch_syn=7)
 
 
 def test_buffer_round_trip_and_refusals(tmp_path):
@@ -241,3 +243,100 @@ def test_buffer_round_trip_and_refusals(tmp_path):
     mtt.load_buffer(path)
   with pytest.raises(FileNotFoundError, match="no expert buffer"):
     mtt.load_buffer(str(tmp_path / "none"))
+
+
+def test_weighted_cross_entropy_experts():
+  x, y = _toy()
+  model = models.get("convnet-d1-w4", num_classes=3)
+  kw = dict(model=model, num_experts=1, epochs=2, lr=0.05, batch_size=12, augment=None)
+  plain = mtt.train_experts(jax.random.key(0), x, y, **kw)
+  # Equal weights: every batch's weighted mean is its plain mean (float rounding apart).
+  equal = mtt.train_experts(jax.random.key(0), x, y, weights=np.full(len(y), 2.0),
+                            weighting="loss", **kw)
+  np.testing.assert_allclose(equal, plain, rtol=1e-5, atol=1e-6)
+  # Zero weight on classes 1 and 2: only class 0's loss moves the network (the sampler
+  # would draw only class 0; the loss weighting passes over every image).
+  w = np.where(y == 0, 1.0, 0.0)
+  by_loss = mtt.train_experts(jax.random.key(0), x, y, weights=w, weighting="loss", **kw)
+  assert not np.allclose(by_loss[0, 1], plain[0, 1])
+  task = mtt.weighted_ce_task(model)
+  params, _ = task.init(jax.random.key(0), jnp.asarray(x[:1]), None)
+  from jaxdd.tasks import StepBatch
+  batch = StepBatch(jnp.asarray(x[:6]), jnp.asarray(y[:6]), jnp.arange(6), jax.random.key(1),
+                    jnp.int32(0), jnp.float32(0))
+  logits = model.apply({"params": params}, jnp.asarray(x[:6]), train=True)
+  ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y[:6])))
+  wb = np.arange(1.0, 7.0)
+  loss, _ = task.loss(params, {"sample_weight": jnp.asarray(wb, jnp.float32)}, batch)
+  np.testing.assert_allclose(float(loss), (wb * ce).sum() / wb.sum(), rtol=1e-5)
+  with pytest.raises(ValueError, match="weighting"):
+    mtt.train_experts(jax.random.key(0), x, y, weighting="ce", **kw)
+
+
+def test_mtt_step_is_one_sgd_step_on_the_trajectory_loss():
+  x, y = _toy()
+  model = models.get("convnet-d1-w4", num_classes=3)
+  buf = jnp.asarray(mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=2,
+                                      epochs=3, lr=0.05, batch_size=12, augment=None))
+  kw = dict(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2, max_start_epoch=1,
+            syn_steps=3, lr_lr=1e-3, lr_teacher=0.05, strategy=None, mode="exact")
+  d = distill.mtt(lr_img=30.0, jit=False, **kw)
+  real = distill.real_data(x, y, num_classes=3)
+  state = d.init(jax.random.key(1), real)
+  assert float(state.extra["syn_lr"]) == np.float32(0.05)
+  with HIGHEST:
+    new, m = jax.jit(d.step)(state, buf)
+    key = jax.random.fold_in(state.key, 0)
+    k_e, _, k_loss = jax.random.split(key, 3)
+    e = int(jax.random.randint(k_e, (), 0, 2))
+    assert int(m["expert"]) == e and int(m["start_epoch"]) == 0
+    unravel = mtt.flatten(model.init(jax.random.key(0), jnp.asarray(x[:1]))["params"])[1]
+    apply_fn = lambda p, im: model.apply({"params": p}, im, train=True)
+    loss_fn = functools.partial(mtt.trajectory_loss, apply_fn=apply_fn, unravel=unravel,
+                                syn_steps=3, augment=None, mode="exact")
+    loss, (g_x, g_lr) = jax.jit(jax.value_and_grad(
+        lambda im, lr: loss_fn(im, state.syn.labels, lr, buf[e, 0], buf[e, 2], k_loss),
+        argnums=(0, 1)))(state.syn.images, state.extra["syn_lr"])
+  # SGD with momentum from a zero buffer: the first update is -lr * grad.
+  scale = float(jnp.max(jnp.abs(state.syn.images)))
+  np.testing.assert_allclose(np.asarray(new.syn.images),
+                             np.asarray(state.syn.images - 30.0 * g_x),
+                             atol=1e-5 * max(scale, 30.0 * float(jnp.max(jnp.abs(g_x)))))
+  np.testing.assert_allclose(float(new.extra["syn_lr"]), 0.05 - 1e-3 * float(g_lr), rtol=1e-5)
+  np.testing.assert_allclose(float(m["loss"]), float(loss), rtol=1e-5)
+  # lr_img and lr_lr are runtime values: another lr_img reuses the compiled program.
+  d1, d2 = distill.mtt(lr_img=30.0, **kw), distill.mtt(lr_img=300.0, **kw)
+  assert d1.step._program is d2.step._program
+  with pytest.raises(ValueError, match="expert buffer has shape"):
+    d1.step(state, buf[:, :3])
+
+
+def test_a_resumed_buffer_build_equals_one_build(tmp_path):
+  x, y = _toy()
+  model = models.get("convnet-d1-w4", num_classes=3)
+  kw = dict(model=model, epochs=2, lr=0.05, batch_size=12, augment=None)
+  spec = mtt.buffer_spec(data={"name": "toy"}, model="convnet-d1-w4", weighting={"kind": "none"},
+                         trainer={"experts": 3}, seed=0)
+  whole = mtt.train_experts(jax.random.key(0), x, y, num_experts=3, **kw)
+  # A build killed after its first expert left expert-0000.npy in the partial folder.
+  path = str(tmp_path / "buf")
+  first = mtt.train_experts(jax.random.key(0), x, y, num_experts=1, first=0, **kw)[0]
+  os.makedirs(path + ".partial")
+  with open(os.path.join(path + ".partial", "spec.json"), "w") as f:
+    json.dump({"digest": mtt.spec_digest(spec)}, f)
+  np.save(os.path.join(path + ".partial", "expert-0000.npy"), first + 1.0)  # marks reuse
+  traj, meta = mtt.build_buffer(path, spec, jax.random.key(0), x, y, num_experts=3, **kw)
+  np.testing.assert_array_equal(traj[0], first + 1.0)  # the finished expert was not retrained
+  np.testing.assert_array_equal(traj[1:], whole[1:])
+  assert not os.path.exists(path + ".partial") and meta["shape"] == list(whole.shape)
+  # Built: loaded as is; other settings: refused, the buffer left alone.
+  again, _ = mtt.build_buffer(path, spec, jax.random.key(5), x, y, num_experts=3, **kw)
+  np.testing.assert_array_equal(again, traj)
+  with pytest.raises(ValueError, match="other settings"):
+    mtt.build_buffer(path, dict(spec, seed=1), jax.random.key(0), x, y, num_experts=3, **kw)
+  # A partial folder of other settings is discarded, not mixed in.
+  other = str(tmp_path / "other")
+  os.makedirs(other + ".partial")
+  np.save(os.path.join(other + ".partial", "expert-0000.npy"), first + 1.0)
+  traj2, _ = mtt.build_buffer(other, spec, jax.random.key(0), x, y, num_experts=3, **kw)
+  np.testing.assert_array_equal(traj2, whole)

@@ -48,15 +48,26 @@ KDEConfig = kde.KDEConfig
 
 
 class DistillState(NamedTuple):
+  """A distiller's state: the synthetic set, the optimiser state, the step, the run key.
+
+  ``extra`` holds what a method learns besides the images (MTT's student
+  learning rate ``{"syn_lr": ...}``); None for DM and gradient matching.
+  """
   syn: SynSet
   opt_state: Any
   step: jax.Array
   key: jax.Array
+  extra: Any = None
 
 
 class Distiller(NamedTuple):
+  """``init(key, real, syn=None) -> state`` and ``step(state, data) -> (state, metrics)``.
+
+  ``data`` is the :class:`RealData` for distribution and gradient matching,
+  the expert trajectories (:mod:`jaxdd.mtt`) for trajectory matching.
+  """
   init: Callable[..., DistillState]
-  step: Callable[[DistillState, RealData], tuple[DistillState, dict]]
+  step: Callable[[DistillState, Any], tuple[DistillState, dict]]
 
 
 def _host(x) -> np.ndarray:

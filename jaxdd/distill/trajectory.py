@@ -1,0 +1,166 @@
+"""Trajectory matching (MTT; Cazenavette et al., CVPR 2022) as a :class:`Distiller`.
+
+The student unroll, its two gradient modes (exact, TESLA), the expert
+trajectories and their buffer artifact live in :mod:`jaxdd.mtt`; this module
+turns them into the ``(init, step)`` pair every jaxdd method has, so the
+pipeline, the CLI and ``jaxdd tune`` drive MTT as they drive DM.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from jaxdd import augment as augment_lib
+from jaxdd import mtt as mtt_lib
+from jaxdd import parallel, policy
+from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _BoundStep,
+                                _check_kde, _shared_program, _state_init)
+from jaxdd.models import ConvNet
+
+
+def _positive_int(name: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None = None,
+        expert_epochs: int = 2, max_start_epoch: int = 20, syn_steps: int = 20,
+        batch_syn: int | None = None, lr_img: float = 100.0, lr_lr: float = 1e-5,
+        lr_teacher: float = 0.01, momentum: float = 0.5,
+        strategy: str | None = "color_crop_cutout_flip_scale_rotate",
+        mode: Literal["exact", "tesla"] = "exact",
+        init: Literal["real", "weighted", "noise"] = "real",
+        kde_config: KDEConfig | None = None, jit: bool = True) -> Distiller:
+  """MTT over a buffer of expert trajectories, optionally with TESLA's gradients.
+
+  ``init(key, real, syn=None)`` starts the synthetic set as :func:`dm` does
+  (``init``: random real images of each class as MTT's ``pix_init=real``,
+  real images drawn in proportion to their whole-class weights, or noise; or a
+  warm-start SynSet) and the student learning rate ``syn_lr`` at
+  ``lr_teacher`` (kept in ``state.extra["syn_lr"]``).
+
+  ``step(state, trajectories)`` is one compiled program: pick an expert ``e``
+  and a start epoch ``t ~ U{0..max_start_epoch-1}``, run
+  :func:`jaxdd.mtt.trajectory_loss` from ``trajectories[e, t]`` towards
+  ``trajectories[e, t + expert_epochs]`` and update the images
+  (SGD(``lr_img``, ``momentum``)) and ``syn_lr`` (SGD(``lr_lr``, ``momentum``)).
+  ``lr_img`` and ``lr_lr`` are runtime values: distillers that differ only in
+  them share one compiled program. The bias-aware part of MTT lives in the
+  experts (:func:`jaxdd.mtt.train_experts` with KDE weights), since the
+  matching itself sees no real image.
+
+  Args:
+    num_classes, ipc: the synthetic set's shape.
+    num_epochs: epochs the experts recorded (the buffer's second axis is
+      ``num_epochs + 1``); ``max_start_epoch + expert_epochs`` must not exceed it.
+    model: the student/expert network, without batch statistics (default
+      ``ConvNet(num_classes)``: depth 3, width 128, instance norm).
+    expert_epochs, max_start_epoch, syn_steps, batch_syn: MTT's M, T+, N and
+      the student batch (default: the whole set).
+    lr_img, lr_lr, lr_teacher, momentum: the image step size, the student
+      learning rate's step size, its initial value, and both SGDs' momentum
+      (MTT: 0.5).
+    strategy: DSA strategy of the student steps (per-image parameters) or None.
+    mode: ``"exact"`` or ``"tesla"`` (:func:`jaxdd.mtt.trajectory_loss`).
+    init: 'real', 'weighted' (needs ``kde_config`` and ``real.log_density``) or
+      'noise'.
+    kde_config: the weighting that ``init='weighted'`` draws with; the
+      matching itself does not use it.
+    jit: return a jitted ``step`` (default) or the raw pure function.
+
+  Returns:
+    A :class:`Distiller`. The step's metrics: ``loss`` (the normalised
+    parameter distance), ``grad_norm`` (of the images' gradient), ``syn_lr``,
+    ``start_epoch``, ``expert``.
+  """
+  if mode not in mtt_lib.MODES:
+    raise ValueError(f"mode must be one of {list(mtt_lib.MODES)}, got {mode!r}")
+  for name, v in (("ipc", ipc), ("num_epochs", num_epochs), ("expert_epochs", expert_epochs),
+                  ("max_start_epoch", max_start_epoch), ("syn_steps", syn_steps)):
+    _positive_int(name, v)
+  if max_start_epoch + expert_epochs > num_epochs:
+    raise ValueError(f"max_start_epoch + expert_epochs = {max_start_epoch + expert_epochs} "
+                     f"exceeds the {num_epochs} epochs the experts recorded; lower them or "
+                     "train longer experts")
+  n_syn = num_classes * ipc
+  if batch_syn is not None and (isinstance(batch_syn, bool) or not isinstance(batch_syn, int)
+                                or not 1 <= batch_syn <= n_syn):
+    raise ValueError(f"batch_syn must be an int in [1, {n_syn}] (the synthetic set's size) or "
+                     f"None, got {batch_syn!r}")
+  for name, v in (("lr_img", lr_img), ("lr_lr", lr_lr), ("lr_teacher", lr_teacher)):
+    if not (np.isfinite(v) and v > 0):
+      raise ValueError(f"{name} must be a positive number, got {v!r}")
+  _check_kde(kde_config)
+  if init not in ("real", "weighted", "noise"):
+    raise ValueError(f"init must be 'real', 'weighted' or 'noise', got {init!r}")
+  if init == "weighted" and kde_config is None:
+    raise ValueError("init='weighted' draws real images in proportion to their weights: pass "
+                     "kde_config= (a weighting)")
+  model = ConvNet(num_classes) if model is None else model
+  pol = policy.current()
+  aug = augment_lib.dsa(strategy, siamese=False) if strategy else None
+  # Both learning rates are applied at run time (hp), as dm() does with lr_img.
+  tx_img = optax.sgd(1.0, momentum=momentum)
+  tx_lr = optax.sgd(1.0, momentum=momentum)
+  hp = {"lr_img": np.float32(lr_img), "lr_lr": np.float32(lr_lr)}
+  images_init = _state_init(num_classes, ipc, init, tx_img, None, kde_config)
+
+  def init_fn(key: jax.Array, real: RealData, syn=None) -> DistillState:
+    state = images_init(key, real, syn)
+    syn_lr = np.float32(lr_teacher)
+    opt_lr = jax.tree.map(np.asarray, tx_lr.init(jnp.asarray(syn_lr)))
+    return parallel.put(state._replace(opt_state=(state.opt_state, opt_lr),
+                                       extra={"syn_lr": syn_lr}), None)
+
+  def unravel_of(images: jax.Array):
+    """The parameter layout of ``model`` on these images (shapes only: nothing is computed)."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images[:1])["params"])
+    flat, unravel = ravel_pytree(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes))
+    return flat.shape[0], unravel
+
+  def apply_fn(p, x):
+    return model.apply({"params": p}, x, train=True)
+
+  def step_fn(state: DistillState, trajectories: jax.Array, h):
+    size, unravel = unravel_of(state.syn.images)
+    if trajectories.ndim != 3 or trajectories.shape[1] != num_epochs + 1 \
+        or trajectories.shape[2] != size:
+      raise ValueError(f"the expert buffer has shape {tuple(trajectories.shape)}; this distiller "
+                       f"needs (experts, {num_epochs + 1}, {size}): {num_epochs} recorded epochs "
+                       f"of a network with {size} parameters")
+    key = jax.random.fold_in(state.key, state.step)
+    k_e, k_t, k_loss = jax.random.split(key, 3)
+    e = jax.random.randint(k_e, (), 0, trajectories.shape[0])
+    t = jax.random.randint(k_t, (), 0, max_start_epoch)
+    start = jax.lax.dynamic_index_in_dim(trajectories[e], t, keepdims=False)
+    target = jax.lax.dynamic_index_in_dim(trajectories[e], t + expert_epochs, keepdims=False)
+    syn_lr = state.extra["syn_lr"]
+
+    def loss_fn(images, lr):
+      return mtt_lib.trajectory_loss(images, state.syn.labels, lr, start, target, k_loss,
+                                     apply_fn=apply_fn, unravel=unravel, syn_steps=syn_steps,
+                                     batch_syn=batch_syn, augment=aug, mode=mode)
+
+    loss, (g_img, g_lr) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.syn.images, syn_lr)
+    opt_img, opt_lr = state.opt_state
+    u_img, opt_img = tx_img.update(g_img, opt_img, state.syn.images)
+    u_lr, opt_lr = tx_lr.update(g_lr, opt_lr, syn_lr)
+    images = state.syn.images + h["lr_img"] * u_img
+    syn_lr = syn_lr + h["lr_lr"] * u_lr
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(g_img), "syn_lr": syn_lr,
+               "start_epoch": t, "expert": e}
+    return DistillState(state.syn._replace(images=images), (opt_img, opt_lr), state.step + 1,
+                        state.key, {"syn_lr": syn_lr}), metrics
+
+  step_fn = policy.pinned(pol, step_fn)
+  if not jit:
+    return Distiller(init_fn, lambda state, trajectories: step_fn(state, trajectories, hp))
+  static = ("mtt", num_classes, ipc, num_epochs, model, expert_epochs, max_start_epoch,
+            syn_steps, batch_syn, momentum, strategy, mode, pol)
+  return Distiller(init_fn, _BoundStep(_shared_program(static, step_fn), hp))
