@@ -17,6 +17,11 @@ Cells (the `cpu` preset, offline data; docs/protocols.md §7):
   d50, d1, d2  CMNIST 5 % at IPC 50; CMNIST 1 % and 2 % at IPC 10 (cell a's settings).
   e-cmnist, e-bgfmnist  DSA vs DSA+KDE on CMNIST 5 % / BG-FMNIST 5 % (cell a's weighting
      knobs; DSA's own lr_img).
+  f-cmnist  Trajectory matching (MTT, the `cpu` preset's TESLA settings) with uniform vs
+     KDE-weighted experts on CMNIST 5 %, IPC 10: its own selection on validation (seed 0)
+     of lr_img in {1000, 10000} for each, at cell a's weighting knobs over whole classes;
+     then 3 seeds x 3 networks.
+  f-bgfmnist  The same on BG-FMNIST 5 % with the settings f-cmnist chose.
 
 Every cell writes `<root>/<cell>/table.json` and `table.md`; `--publish` copies those (and
 the selection) to `results/<cell>/`, which README.md and RESULTS.md are generated from
@@ -52,7 +57,21 @@ CELLS = {
     "e-bgfmnist": dict(overrides=dict(dataset="bg_fmnist", conflict_ratio=0.05, ipc=10,
                                       method="dsa"),
                        from_cell="a", knobs_only=True, seeds=(0, 1, 2), num_models=3),
+    "f-cmnist": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, ipc=10, method="mtt"),
+                     tune=True, tune_seeds=(0,), lr_grid=(1000.0, 10000.0), seeds=(0, 1, 2),
+                     num_models=3),
+    "f-bgfmnist": dict(overrides=dict(dataset="bg_fmnist", conflict_ratio=0.05, ipc=10,
+                                      method="mtt"),
+                       from_cell="f-cmnist", seeds=(0, 1, 2), num_models=3),
 }
+
+
+def lr_candidates(base: pipeline.RunConfig, lrs) -> list[study.Setting]:
+  """Uniform and KDE-weighted runs at each ``lr_img`` (the weighting knobs: the preset's)."""
+  kde = dict(weighting="kde", kde_normalize=base.kde_normalize, kde_variance=base.kde_variance,
+             kde_temperature=base.kde_temperature)
+  return [study.Setting.of(weighting="none", lr_img=lr) for lr in lrs] + \
+         [study.Setting.of(**kde, lr_img=lr) for lr in lrs]
 
 
 def cell_settings(cell: dict, base: pipeline.RunConfig, root: str) -> dict[str, study.Setting]:
@@ -80,7 +99,9 @@ def run_cell(name: str, root: str, *, progress: bool, cifar10: str | None = None
   workdir = os.path.join(root, name)
   if cell.get("tune"):
     if not os.path.exists(os.path.join(workdir, "selection.json")):
-      study.tune(base, workdir, seeds=(0, 1), progress=progress)
+      candidates = lr_candidates(base, cell["lr_grid"]) if "lr_grid" in cell else None
+      study.tune(base, workdir, seeds=cell.get("tune_seeds", (0, 1)), candidates=candidates,
+                 progress=progress)
     settings = cell_settings(dict(cell, from_cell=name), base, root)
   else:
     settings = cell_settings(cell, base, root)

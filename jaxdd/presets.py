@@ -65,7 +65,7 @@ RUN: dict[str, dict[str, Any]] = {
 #: 10 epochs and 200 iterations, sized for minutes on 2 cores (RESULTS.md, "Trajectory
 #: matching").
 MTT_CPU: dict[str, Any] = dict(iterations=200, mtt_mode="tesla", syn_steps=10, expert_epochs=2,
-                               max_start_epoch=8, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.01,
+                               max_start_epoch=8, lr_img=1000.0, lr_lr=1e-5, lr_teacher=0.01,
                                num_experts=5, expert_lr=0.01, kde_scope="class",
                                checkpoint_every=50)
 

@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from jaxdd import pipeline, study
+
 _SPEC = importlib.util.spec_from_file_location(
     "seed_table", os.path.join(os.path.dirname(__file__), "..", "experiments", "seed_table.py"))
 seed_table = importlib.util.module_from_spec(_SPEC)
@@ -94,6 +96,14 @@ def test_grid_cifar10c_cell_needs_cifar10_and_runs_nothing_without_it(tmp_path, 
   # The offline corruption cell is a corruption-biased Fashion-MNIST, named as such.
   assert grid.CELLS["c"]["overrides"]["dataset"] == "corrupted_fmnist"
   assert grid.CELLS["c-cifar10c"]["overrides"]["dataset"] == "cifar10c"
+  # Every cell is a valid config; the trajectory-matching cell's own candidates are valid runs
+  # and hold both incumbents that its selection compares against.
+  for cell in grid.CELLS.values():
+    pipeline.get_config("cpu", **cell["overrides"])
+  base = pipeline.get_config("cpu", **grid.CELLS["f-cmnist"]["overrides"])
+  cands = grid.lr_candidates(base, grid.CELLS["f-cmnist"]["lr_grid"])
+  assert [c.apply(base).weighting for c in cands] == ["none", "none", "kde", "kde"]
+  assert study.default_setting(base, "none") in cands and study.default_setting(base, "kde") in cands
 
 
 def test_bf16_accuracy_table_means_over_seeds_and_pairs_the_dtypes():
