@@ -83,8 +83,10 @@ def test_buffers_command_refuses_other_methods_and_prints_its_config(capsys, tmp
 
 @pytest.mark.slow
 def test_mtt_from_the_cli_builds_reuses_and_refuses_buffers(tmp_path, capsys):
+  # Vanilla experts keep the test free of surrogate training; the KDE-weighted path differs
+  # only in the weights handed to the expert trainer (tests above and in test_mtt.py).
   buf = str(tmp_path / "experts")
-  common = ["--preset", "smoke", "--weighting", "kde", "--buffer-dir", buf, "--quiet"]
+  common = ["--preset", "smoke", "--weighting", "none", "--buffer-dir", buf, "--quiet"]
   assert cli.main(["buffers", *common]) == 0
   assert "expert buffer:" in capsys.readouterr().out
   with open(os.path.join(buf, "manifest.json")) as f:
@@ -100,15 +102,15 @@ def test_mtt_from_the_cli_builds_reuses_and_refuses_buffers(tmp_path, capsys):
   syn, meta = synset.load(os.path.join(work, "synset"), trust=False)
   with open(os.path.join(buf, "meta.json")) as f:
     assert meta["expert_buffer"] == json.load(f)["digest"]
-  assert np.isfinite(meta["syn_lr"]) and meta["method"] == "mtt+kde"
+  assert np.isfinite(meta["syn_lr"]) and meta["method"] == "mtt"
   rows = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
   assert [r["step"] for r in rows if "syn_lr" in r] == [1, 2, 3, 4]
   assert os.path.exists(os.path.join(work, "eval.json"))
-  # Vanilla experts are other experts: that folder is refused, nothing is written.
+  # Experts of other settings are refused in that folder, and nothing is written.
   capsys.readouterr()
-  assert cli.main(["buffers", "--preset", "smoke", "--weighting", "none", "--buffer-dir", buf,
-                   "--quiet"]) == 2
+  assert cli.main(["buffers", *common, "--num-experts", "2"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "other settings" in err[0] and "weighting" in err[0]
+  assert len(err) == 1 and "other settings" in err[0] and "trainer" in err[0]
   with open(os.path.join(buf, "manifest.json")) as f:
     assert f.read() == manifest
+  assert not os.path.exists(buf + ".partial")

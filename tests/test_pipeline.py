@@ -118,13 +118,13 @@ def test_method_flag_and_its_errors(tmp_path, capsys):
   assert pipeline.get_config("paper", method="dc").init == "noise"
   assert pipeline.get_config("cpu", method="dsa", lr_img=0.5).lr_img == 0.5  # user flag wins
   with pytest.raises(ValueError, match="unknown method"):
-    pipeline.get_config("smoke", method="mtt")
+    pipeline.get_config("smoke", method="mcmc")
   with pytest.raises(ValueError, match="outer_loop"):
     pipeline.validate(pipeline.get_config("smoke", method="dc", ipc=7, outer_loop=None,
                                           inner_loop=None).replace(outer_loop=None))
   with pytest.raises(SystemExit) as exc:  # argparse: --method has choices
-    cli.main(["distill", "--preset", "smoke", "--workdir", str(tmp_path / "x"), "--method", "mtt"])
-  assert exc.value.code == 2 and "invalid choice: 'mtt'" in capsys.readouterr().err
+    cli.main(["distill", "--preset", "smoke", "--workdir", str(tmp_path / "x"), "--method", "mcmc"])
+  assert exc.value.code == 2 and "invalid choice: 'mcmc'" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "x")
   work = str(tmp_path / "dc")
   assert cli.main(["distill", "--preset", "smoke", "--method", "dc", "--weighting", "kde",
