@@ -46,7 +46,9 @@ class RunConfig:
   source: str | None = None
   seed: int = 0
   ipc: int = 50
-  method: str = "dm"  # 'dm' (distribution matching), 'dsa' or 'dc' (gradient matching)
+  # 'dm' (distribution matching), 'dsa' or 'dc' (gradient matching), 'mtt' (trajectory
+  # matching) or 'cfm' (curriculum frequency matching)
+  method: str = "dm"
   # 'none' (vanilla method), 'kde' (Cui et al. reweighting), or reference rows that use the
   # TRUE bias labels: 'oracle' (group-balanced weights, a ceiling for any reweighting) and
   # 'fairdd' (FairDD's synchronized matching, DM only).
@@ -84,6 +86,14 @@ class RunConfig:
   num_experts: int = 10
   expert_lr: float = 0.01
   expert_weighting: str = "sample"
+  # Curriculum frequency matching only (cfm; jaxdd.distill.cfm): the filter of the channel
+  # covariance ('high': (cov + beta I)^-1, 'low': cov), beta and its schedule over the
+  # iterations (down to 1e-3 beta), and whether each norm is divided by the real side's
+  # ('real', a departure from UniDD that keeps the scale as beta falls) or not ('none').
+  cfm_filter: str = "high"
+  cfm_beta: float = 0.1
+  cfm_schedule: str = "cos"
+  cfm_normalize: str = "real"
   # Where the synthetic images start: 'real' (random real images), 'weighted' (real images
   # drawn in proportion to their whole-class weights) or 'noise'.
   init: str = "real"
@@ -149,6 +159,9 @@ class RunConfig:
     if d["method"] != "mtt":  # fields other methods ignore (and older runs never had)
       for name in MTT_FIELDS:
         d.pop(name)
+    if d["method"] != "cfm":
+      for name in CFM_FIELDS:
+        d.pop(name)
     return d
 
   def digest(self) -> str:
@@ -167,13 +180,19 @@ class RunConfig:
 MTT_FIELDS = ("mtt_mode", "syn_steps", "batch_syn", "expert_epochs", "max_start_epoch",
               "lr_teacher", "lr_lr", "num_experts", "expert_lr", "expert_weighting")
 
+#: RunConfig fields that only curriculum frequency matching reads.
+CFM_FIELDS = ("cfm_filter", "cfm_beta", "cfm_schedule", "cfm_normalize")
+
 #: RunConfig fields that only change how a SynSet is evaluated.
 EVAL_FIELDS = ("eval_protocol", "eval_model", "num_eval_models")
 
 
 #: RunConfig field -> its allowed values (the CLI's ``choices``; checked by :func:`validate`).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": ("dm", "dsa", "dc", "mtt"),
+    "method": ("dm", "dsa", "dc", "mtt", "cfm"),
+    "cfm_filter": ("high", "low"),
+    "cfm_schedule": ("constant", "cos", "linear"),
+    "cfm_normalize": ("real", "none"),
     "mtt_mode": ("exact", "tesla"),
     "expert_weighting": ("sample", "loss"),
     "weighting": ("none", "kde", "oracle", "fairdd"),
@@ -233,6 +252,11 @@ def validate(config: RunConfig) -> None:
                      "--kde-scope class")
   if config.method == "mtt":
     _validate_mtt(config)
+  if config.method == "cfm" and not (np.isfinite(config.cfm_beta) and config.cfm_beta > 0):
+    raise ValueError(f"cfm_beta must be a positive number, got {config.cfm_beta}")
+  if config.method == "cfm" and config.real_per_class < 2:
+    raise ValueError("frequency matching estimates a covariance per real batch: "
+                     f"real_per_class must be >= 2, got {config.real_per_class}")
   if config.weighting == "fairdd" and config.method != "dm":
     raise ValueError("--weighting fairdd (FairDD's synchronized matching) is implemented for "
                      "distribution matching only; use --method dm")

@@ -343,3 +343,188 @@ def gm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, params, logits_f
     g_real = jax.vmap(real_grad)(class_keys, real, weights, classes)
     dists = jax.vmap(syn_distance)(class_keys, syn, g_real, classes)
   return jnp.sum(dists)
+
+
+# ---------------------------------------------------------------------------
+# Curriculum frequency matching (CFM; UniDD, Bo et al., ICLR 2026)
+# ---------------------------------------------------------------------------
+
+#: CFM's filters of a channel covariance: 'high' (F = (cov + beta I)^-1, high-frequency
+#: matching) and 'low' (F = cov).
+CFM_FILTERS = ("high", "low")
+#: Schedules of beta over the iterations: constant, or from beta down to 0 along a cosine
+#: (UniDD's ``--cos``, there over IPC slots) or a line.
+CFM_SCHEDULES = ("constant", "cos", "linear")
+
+
+def conv_inputs(apply_fn: Callable[[jax.Array], object], x: jax.Array) -> list[jax.Array]:
+  """The input of every convolution with a kernel larger than 1x1 while ``apply_fn(x)`` runs.
+
+  UniDD hooks the inputs of the teacher's convolutions, skipping the 1x1
+  downsampling projections of residual networks; this records the same with a
+  Flax method interceptor, so any Flax model built from ``nn.Conv`` works
+  (jaxdd's ConvNet: the image, then each pooled block output).
+
+  Returns:
+    One (B, H, W, C) array per convolution, in call order.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdd import models
+    >>> net = models.ConvNet(num_classes=2, depth=2, width=4)
+    >>> v = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    >>> [f.shape for f in conv_inputs(lambda x: net.apply(v, x), jnp.ones((2, 8, 8, 3)))]
+    [(2, 8, 8, 3), (2, 4, 4, 4)]
+  """
+  import flax.linen as nn  # noqa: PLC0415
+  seen: list[jax.Array] = []
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if (context.method_name == "__call__" and isinstance(module, nn.Conv)
+        and tuple(module.kernel_size) != (1, 1)):
+      seen.append(args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    apply_fn(x)
+  return seen
+
+
+def channel_stats(feats: jax.Array, weights: jax.Array | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
+  """The (weighted) per-channel mean and channel covariance of a feature map.
+
+  Every spatial position of every image is a sample, as UniDD's
+  ``cov(correction=0)`` over ``B*H*W`` columns. Image ``b`` carries weight
+  ``w_b`` (its positions share it), so with KDE weights
+
+      mu = sum_b w_b mean_p f_bp,   cov = sum_b w_b mean_p (f_bp - mu)(f_bp - mu)^T,
+
+  and uniform weights give the plain statistics.
+
+  Args:
+    feats: (B, H, W, C).
+    weights: (B,) non-negative, summing to one; None for uniform.
+
+  Returns:
+    ``(mu, cov)``: (C,) and (C, C), in float32.
+  """
+  b = feats.shape[0]
+  f = feats.reshape(b, -1, feats.shape[-1]).astype(jnp.float32)
+  w = jnp.full((b,), 1.0 / b, jnp.float32) if weights is None else weights.astype(jnp.float32)
+  hi = jax.lax.Precision.HIGHEST  # TF32 on GPUs would swamp small eigenvalues
+  mu = jnp.einsum("b,bc->c", w, f.mean(axis=1), precision=hi)
+  d = f - mu
+  cov = jnp.einsum("b,bpc,bpd->cd", w / f.shape[1], d, d, precision=hi)
+  return mu, cov
+
+
+def frequency_filter(cov: jax.Array, beta, kind: str = "high") -> jax.Array:
+  """F(cov): ``(cov + beta I)^-1`` (``'high'``, by a Cholesky solve) or ``cov`` (``'low'``)."""
+  if kind == "low":
+    return cov
+  if kind != "high":
+    raise ValueError(f"filter must be one of {list(CFM_FILTERS)}, got {kind!r}")
+  c = cov.shape[0]
+  factor = jax.scipy.linalg.cho_factor(cov + beta * jnp.eye(c, dtype=cov.dtype))
+  return jax.scipy.linalg.cho_solve(factor, jnp.eye(c, dtype=cov.dtype))
+
+
+def cfm_layer_loss(real: tuple[jax.Array, jax.Array], syn: tuple[jax.Array, jax.Array], beta,
+                   *, kind: str = "high", normalize: bool = True) -> jax.Array:
+  """UniDD's per-layer term ``||F_r - F_s||_F + ||F_r mu_r - F_s mu_s||_2``.
+
+  ``real`` and ``syn`` are ``(mu, cov)`` pairs (:func:`channel_stats`). With
+  ``normalize`` each norm is divided by the real side's (``||F_r||_F`` and
+  ``||F_r mu_r||``): with the high-frequency filter both scale like ``1 / beta``
+  as beta goes to 0, so a schedule towards 0 would otherwise blow the loss up by
+  orders of magnitude. This departs from UniDD, whose loss is unnormalised.
+  The norms are ``optax.safe_norm``, whose gradient stays finite at 0.
+  """
+  mu_r, cov_r = real
+  mu_s, cov_s = syn
+  f_r = jax.lax.stop_gradient(frequency_filter(cov_r, beta, kind))
+  f_s = frequency_filter(cov_s, beta, kind)
+  hi = jax.lax.Precision.HIGHEST
+  v_r = jnp.dot(f_r, mu_r, precision=hi)
+  v_s = jnp.dot(f_s, mu_s, precision=hi)
+  cov_term = optax.safe_norm(f_r - f_s, 1e-12)
+  mean_term = optax.safe_norm(v_r - v_s, 1e-12)
+  if normalize:
+    cov_term = cov_term / jnp.maximum(jnp.linalg.norm(f_r), 1e-12)
+    mean_term = mean_term / jnp.maximum(jnp.linalg.norm(v_r), 1e-12)
+  return cov_term + mean_term
+
+
+def cfm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *,
+             features_fn: Callable[[jax.Array], list[jax.Array]], beta,
+             augment: AugmentFn | None = None, weights: jax.Array | None = None,
+             kind: str = "high", normalize: bool = True) -> jax.Array:
+  """Curriculum frequency matching, class by class, optionally KDE-weighted.
+
+  For each class ``c`` and each hooked layer ``l`` (``features_fn``, e.g.
+  :func:`conv_inputs` of a network), :func:`cfm_layer_loss` between the
+  (weighted) statistics of the real batch and those of the synthetic images;
+  summed over layers and classes. Augmentation is siamese per class as in
+  :func:`dm_loss`. The real side carries no gradient.
+
+  Args:
+    key: augmentation key (class ``c`` uses ``fold_in(key, c)`` for both sides).
+    syn: (C, ipc, H, W, ch) synthetic images.
+    real: (C, B, H, W, ch) real images.
+    features_fn: images (n, H, W, ch) -> list of (n, h, w, k) feature maps.
+    beta: the filter's ridge (a scalar, traced or not).
+    augment: ``f(key, images)`` or None.
+    weights: (C, B) per-image weights (rows sum to one) or None (uniform).
+    kind: ``'high'`` or ``'low'`` (:func:`frequency_filter`).
+    normalize: see :func:`cfm_layer_loss`.
+
+  Returns:
+    The scalar loss.
+  """
+  if kind not in CFM_FILTERS:
+    raise ValueError(f"filter must be one of {list(CFM_FILTERS)}, got {kind!r}")
+  weights = _check_stacks("cfm_loss", syn, real, weights)
+  num_classes = real.shape[0]
+  if augment is not None:
+    class_keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_classes))
+    real = jax.lax.map(lambda args: augment(*args), (class_keys, real))
+    syn = jax.lax.map(lambda args: augment(*args), (class_keys, syn))
+
+  def one_class(args):
+    r, s, w = args
+    real_feats = [jax.lax.stop_gradient(f) for f in features_fn(r)]
+    syn_feats = features_fn(s)
+    total = jnp.zeros((), jnp.float32)
+    for fr, fs in zip(real_feats, syn_feats):
+      total = total + cfm_layer_loss(channel_stats(fr, w), channel_stats(fs), beta, kind=kind,
+                                     normalize=normalize)
+    return total
+
+  return jnp.sum(jax.lax.map(one_class, (real, syn, weights)))
+
+
+def cfm_beta(beta: float, step, total: int, schedule: str = "cos", floor: float = 1e-3):
+  """beta at ``step`` of ``total``: constant, or from ``beta`` down to ``floor * beta``.
+
+  ``'cos'``: ``beta (floor + (1 - floor) (1 + cos(pi t / total)) / 2)`` (UniDD's
+  ``--cos`` curriculum, there over IPC slots, here over iterations);
+  ``'linear'``: the same along a line. The floor keeps ``cov + beta I`` well
+  conditioned in float32 when a channel has no variance (a dead ReLU), where
+  UniDD's schedule would reach 0.
+
+  Example:
+    >>> [round(float(cfm_beta(0.1, t, 4, floor=0.0)), 4) for t in range(5)]
+    [0.1, 0.0854, 0.05, 0.0146, 0.0]
+  """
+  if schedule == "constant":
+    return jnp.asarray(beta, jnp.float32)
+  frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(total, 1), 0.0, 1.0)
+  if schedule == "cos":
+    shape = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+  elif schedule == "linear":
+    shape = 1.0 - frac
+  else:
+    raise ValueError(f"schedule must be one of {list(CFM_SCHEDULES)}, got {schedule!r}")
+  return beta * (floor + (1.0 - floor) * shape)

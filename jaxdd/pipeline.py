@@ -1,4 +1,4 @@
-"""End-to-end runs: biased data -> SupCon surrogate -> KDE weights -> DM / DSA / DC / MTT -> SynSet -> evaluation.
+"""End-to-end runs: biased data -> SupCon surrogate -> KDE weights -> DM / CFM / DSA / DC / MTT -> SynSet -> evaluation.
 
 A run lives in a directory::
 
@@ -380,6 +380,13 @@ def make_distiller(config: RunConfig, num_classes: int,
                        lr_teacher=config.lr_teacher, momentum=config.momentum,
                        strategy=config.dsa_strategy or None, mode=config.mtt_mode,
                        init=config.init, kde_config=kde_config)
+  if config.method == "cfm":
+    if real_dtype is not None:
+      raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
+    aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
+    return distill.cfm(iterations=max(config.iterations, 1), augment=aug, beta=config.cfm_beta,
+                       schedule=config.cfm_schedule, filter=config.cfm_filter,
+                       normalize=config.cfm_normalize == "real", **common)
   if config.method == "dm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.dm(augment=aug, real_dtype=real_dtype,
@@ -729,7 +736,7 @@ def _log_and_checkpoint(config, step, m, nc, log, bar, t0, track, mngr, state) -
                                f"lower lr_img (now {config.lr_img}) or check the data "
                                "normalisation")
     row = {"step": step, "loss": loss, "grad_norm": float(m["grad_norm"])}
-    for name in ("max_weight", "syn_lr", "start_epoch"):
+    for name in ("max_weight", "syn_lr", "start_epoch", "beta"):
       if name in m:
         row[name] = float(m[name])
     log.append({**row, "time_s": time.perf_counter() - t0})

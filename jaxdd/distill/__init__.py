@@ -1,13 +1,15 @@
 """Distillation methods as optax-style pairs of pure functions.
 
-``dm(...)`` (distribution matching), ``dsa(...)`` and ``dc(...)`` (gradient
-matching, see :func:`gm`) and ``mtt(...)`` (trajectory matching) return a
+``dm(...)`` (distribution matching), ``cfm(...)`` (frequency matching),
+``dsa(...)`` and ``dc(...)`` (gradient matching, see :func:`gm`) and ``mtt(...)``
+(trajectory matching) return a
 :class:`Distiller` ``(init, step)``. One module per method, the shared pieces
 in one place:
 
 * :mod:`jaxdd.distill.core`: :class:`RealData`, real-batch sampling and
   weights, the synthetic set's initialisation, :class:`Distiller`;
 * :mod:`jaxdd.distill.distribution`: :func:`dm`;
+* :mod:`jaxdd.distill.frequency`: :func:`cfm` (curriculum frequency matching);
 * :mod:`jaxdd.distill.gradient`: :func:`gm`, :func:`dsa`, :func:`dc`;
 * :mod:`jaxdd.distill.trajectory`: :func:`mtt` (over expert trajectories
   from :mod:`jaxdd.mtt`).
@@ -43,11 +45,12 @@ from jaxdd.distill.core import (INITS, REAL_SAMPLING, ClassIndex, Distiller, Dis
                                 class_log_density, class_weights, real_batch, real_data,
                                 sample_per_class, sample_weighted, weighted_init_rows)
 from jaxdd.distill.distribution import dm
+from jaxdd.distill.frequency import cfm
 from jaxdd.distill.gradient import BN_REAL_PER_CLASS, GM_LOOPS, dc, dsa, gm, gm_loops
 from jaxdd.distill.trajectory import mtt
 
 __all__ = ["BN_REAL_PER_CLASS", "ClassIndex", "DistillState", "Distiller", "GM_LOOPS", "INITS",
            "KDEConfig", "REAL_SAMPLING", "RealData", "batch_weights", "class_index",
-           "class_log_density", "class_weights", "dc", "dm", "dsa", "gm", "gm_loops", "mtt",
+           "cfm", "class_log_density", "class_weights", "dc", "dm", "dsa", "gm", "gm_loops", "mtt",
            "real_batch", "real_data", "sample_per_class", "sample_weighted",
            "weighted_init_rows"]
