@@ -10,7 +10,8 @@ Subcommands:
   tune        choose the weighting knobs and lr_img on validation data (never reads test)
   final       the result table: tune's choice, the literal setting and baselines, each tested once
   baselines   random / herding / k-center / LfF / DFA / full set under the same protocol
-  evaluate    train fresh networks on a saved SynSet and report per-group accuracy
+  evaluate    train fresh networks on a saved SynSet and report per-group accuracy (--elf: ELF)
+  cross-arch  the cross-architecture matrix of a SynSet, plainly and with ELF
   report      print the tables of finished runs
   diagnose    train/load the SupCon surrogate and report how the KDE weights find the bias
   audit       look for a backdoor in a SynSet (exit status 3 when it looks poisoned)
@@ -99,6 +100,16 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
                  help="show the full traceback of an error instead of one line")
   p.add_argument("--no-compile-cache", action="store_true",
                  help="do not use JAX's persistent compilation cache ($JAXDD_CACHE/xla)")
+
+
+def _add_elf_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--elf", action="store_true",
+                 help="ELF evaluation track: also learn from a feature model trained on the REAL "
+                      "training set (its numbers are not comparable with a plain evaluation)")
+  p.add_argument("--feature-model", default="convnet-d3-w128",
+                 help="ELF's feature model (default convnet-d3-w128; ELF uses width 512)")
+  p.add_argument("--feature-protocol", default="cpu",
+                 help="the feature model's training protocol (default: cpu)")
 
 
 def _add_trust_flag(p: argparse.ArgumentParser) -> None:
@@ -525,47 +536,130 @@ def cmd_baselines(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-  import jax
   import jax.numpy as jnp
 
-  from jaxdd import data, evaluate, models, synset
-  from jaxdd.structs import Batch
+  from jaxdd import evaluate, models, synset
 
   syn, meta = synset.load(args.synset, trust=args.trust)
   print(_signature_line(meta))
+  run_cfg = meta.get("config", {})
+  # The protocol, model and number of networks recorded in the artifact, unless overridden.
+  protocol = args.protocol or meta.get("eval_protocol") or run_cfg.get("eval_protocol") or "dm"
+  model_spec = args.model or run_cfg.get("eval_model") or "convnet"
+  num_models = args.num_models or run_cfg.get("num_eval_models") or 5
+  evaluate.get_protocol(protocol)
+  test = _artifact_split(args, meta, "test")
+  batch = _normalized_batch(test, meta)
+  model = models.get(model_spec, num_classes=test.num_classes)
+  models.check_fits(model, tuple(syn.images.shape[1:]))
+  key = _artifact_eval_key(args, run_cfg)
+  syn = syn._replace(images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels))
+  if args.elf:
+    from jaxdd import elf
+    features = _elf_features(args, meta, syn, test.num_classes, key)
+    result = elf.evaluate_elf(key, syn, batch, model=model, features=features,
+                              protocol=protocol, num_models=num_models, progress=not args.quiet)
+    print("track: ELF (a feature model trained on the REAL training set; not comparable with "
+          "a plain evaluation)")
+  else:
+    result = evaluate.evaluate(key, syn, batch, model=model, protocol=protocol,
+                               num_models=num_models, progress=not args.quiet)
+  result = dataclasses.replace(result, method=(meta.get("method") or result.method)
+                               + ("+elf" if args.elf else ""))
+  print(result.format_table())
+  if args.out:
+    synset.atomic_write_json(args.out, result.to_dict())
+    print(f"written to {args.out}")
+  return 0
+
+
+def _artifact_split(args, meta: dict, split: str):
+  """A split of the dataset a SynSet artifact was distilled from (overridable by flags)."""
+  from jaxdd import data
   ds_meta = meta.get("dataset", {})
   run_cfg = meta.get("config", {})
   name = args.dataset or ds_meta.get("name")
   if name is None:
     raise ValueError("the artifact does not name its dataset; pass --dataset and --conflict-ratio")
   ratio = args.conflict_ratio if args.conflict_ratio is not None else ds_meta.get("ratio")
-  # The protocol, model and number of networks recorded in the artifact, unless overridden.
-  protocol = args.protocol or meta.get("eval_protocol") or run_cfg.get("eval_protocol") or "dm"
-  model_spec = args.model or run_cfg.get("eval_model") or "convnet"
-  num_models = args.num_models or run_cfg.get("num_eval_models") or 5
-  evaluate.get_protocol(protocol)
   source = args.source if args.source is not None else run_cfg.get("source")
-  test = data.load(name, split="test", conflict_ratio=ratio, severity=ds_meta.get("severity"),
+  return data.load(name, split=split, conflict_ratio=ratio, severity=ds_meta.get("severity"),
                    seed=ds_meta.get("seed", 0), source=source)
-  images = data.normalize(test.images, meta["mean"], meta["std"])
-  batch = Batch(jnp.asarray(images), jnp.asarray(test.labels), jnp.asarray(test.bias),
-                jnp.asarray(test.aligned))
-  model = models.get(model_spec, num_classes=test.num_classes)
-  models.check_fits(model, tuple(syn.images.shape[1:]))
+
+
+def _normalized_batch(ds, meta: dict):
+  import jax.numpy as jnp
+
+  from jaxdd import data
+  from jaxdd.structs import Batch
+  images = data.normalize(ds.images, meta["mean"], meta["std"])
+  return Batch(jnp.asarray(images), jnp.asarray(ds.labels), jnp.asarray(ds.bias),
+               jnp.asarray(ds.aligned))
+
+
+def _artifact_eval_key(args, run_cfg: dict):
+  import jax
+
   from jaxdd import pipeline
   if args.seed is not None:
-    key = jax.random.key(args.seed)
-  elif "seed" in run_cfg:  # the run's own evaluation key: the run's numbers, exactly
-    key = pipeline.seed_keys(int(run_cfg["seed"]))[2]
-  else:
-    key = jax.random.key(0)
-  result = evaluate.evaluate(key, syn._replace(
-      images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels)), batch, model=model,
-      protocol=protocol, num_models=num_models, progress=not args.quiet)
-  result = dataclasses.replace(result, method=meta.get("method") or result.method)
-  print(result.format_table())
+    return jax.random.key(args.seed)
+  if "seed" in run_cfg:  # the run's own evaluation key: the run's numbers, exactly
+    return pipeline.seed_keys(int(run_cfg["seed"]))[2]
+  return jax.random.key(0)
+
+
+def _elf_features(args, meta: dict, syn, num_classes: int, key):
+  """ELF's feature model, trained on the artifact's REAL training split, and its features
+  of the synthetic images."""
+  import jax
+
+  from jaxdd import elf, evaluate, models
+  evaluate.get_protocol(args.feature_protocol)
+  fm = models.get(args.feature_model, num_classes=num_classes)
+  models.check_fits(fm, tuple(syn.images.shape[1:]))
+  train = _artifact_split(args, meta, "train")
+  real = _normalized_batch(train, meta)
+  progress.logger.info("ELF: training the feature model %s on %d real images (%s protocol)",
+                       args.feature_model, len(train.labels), args.feature_protocol)
+  variables = elf.train_feature_model(jax.random.fold_in(key, 0xE1F), real.images, real.labels,
+                                      model=fm, protocol=args.feature_protocol)
+  return elf.distillation_features(fm, variables, syn.images)
+
+
+def cmd_cross_arch(args) -> int:
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxdd import elf, evaluate, models, synset
+  specs = [s.strip() for s in args.models.split(",") if s.strip()]
+  if not specs:
+    raise ValueError("--models needs at least one model spec, e.g. convnet,convnet-d4,resnet18,mlp")
+  syn, meta = synset.load(args.synset, trust=args.trust)
+  print(_signature_line(meta))
+  for spec in specs:  # every spec checked before any training
+    models.check_fits(models.get(spec, num_classes=int(np.max(syn.labels)) + 1),
+                      tuple(syn.images.shape[1:]))
+  evaluate.get_protocol(args.protocol)
+  test = _artifact_split(args, meta, "test")
+  key = _artifact_eval_key(args, meta.get("config", {}))
+  syn = syn._replace(images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels))
+  features = _elf_features(args, meta, syn, test.num_classes, key) if args.elf else None
+  matrix = elf.cross_architecture(key, syn, _normalized_batch(test, meta), model_specs=specs,
+                                  num_classes=test.num_classes, protocol=args.protocol,
+                                  num_models=args.num_models, features=features,
+                                  progress=not args.quiet)
+  print(f"{meta.get('method', '?')} SynSet, protocol {args.protocol}, {args.num_models} networks "
+        "per cell" + (f"; ELF feature model {args.feature_model} ({args.feature_protocol}) trained "
+                      "on the real training set" if args.elf else ""))
+  print(elf.format_matrix(matrix))
   if args.out:
-    synset.atomic_write_json(args.out, result.to_dict())
+    synset.atomic_write_json(args.out, {
+        "synset": os.path.abspath(args.synset), "protocol": args.protocol,
+        "num_models": args.num_models, "elf": bool(args.elf),
+        "feature_model": args.feature_model if args.elf else None,
+        "feature_protocol": args.feature_protocol if args.elf else None,
+        "matrix": {k: {kind: (None if v is None else {"mean": v["mean"], "std": v["std"]})
+                       for kind, v in row.items()} for k, row in matrix.items()}})
     print(f"written to {args.out}")
   return 0
 
@@ -798,9 +892,32 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   p.add_argument("--source", default=None,
                  help="default: the artifact's run source, else the dataset's offline default")
   p.add_argument("--out", default=None, help="write the result JSON here")
+  _add_elf_flags(p)
   _add_trust_flag(p)
   _add_common_flags(p)
   p.set_defaults(fn=cmd_evaluate)
+
+  p = sub.add_parser("cross-arch", help="train several architectures on a SynSet, plainly and "
+                                        "with ELF: the cross-architecture matrix")
+  p.add_argument("synset", help="SynSet artifact directory")
+  p.add_argument("--models", default="convnet,convnet-d4,resnet18,mlp",
+                 help="comma-separated architecture specs (default: convnet,convnet-d4,"
+                      "resnet18,mlp)")
+  p.add_argument("--protocol", default="cpu", choices=tuple(evaluate.PROTOCOLS),
+                 help="evaluation protocol of every cell (default: cpu)")
+  p.add_argument("--num-models", type=int, default=3, help="networks per cell (default: 3)")
+  p.add_argument("--seed", type=int, default=None,
+                 help="evaluation seed (default: the run's own evaluation key)")
+  p.add_argument("--dataset", default=None, choices=sorted(biased.DATASETS),
+                 help="default: the artifact's")
+  p.add_argument("--conflict-ratio", type=float, default=None, help="default: the artifact's")
+  p.add_argument("--source", default=None,
+                 help="default: the artifact's run source, else the dataset's offline default")
+  p.add_argument("--out", default=None, help="write the matrix JSON here")
+  _add_elf_flags(p)
+  _add_trust_flag(p)
+  _add_common_flags(p)
+  p.set_defaults(fn=cmd_cross_arch)
 
   from jaxdd.security import audit
   p = sub.add_parser("audit", help="look for a backdoor in a SynSet: candidate triggers, trigger "
