@@ -22,6 +22,10 @@ Cells (the `cpu` preset, offline data; docs/protocols.md §7):
      of lr_img in {1000, 10000} for each, at cell a's weighting knobs over whole classes;
      then 3 seeds x 3 networks.
   f-bgfmnist  The same on BG-FMNIST 5 % with the settings f-cmnist chose.
+  g-cmnist, g-bgfmnist  Curriculum frequency matching (CFM) with uniform vs KDE-weighted real
+     statistics, like f-cmnist / f-bgfmnist (lr_img in {3, 10, 30}).
+  h-cmnistdd-<aligned>  Biased-DD's CMNIST-DD at each of its aligned ratios (0, 0.1, 0.5, 0.8,
+     0.95, 1) with its 0 %-aligned test split: DM vs DM+KDE, cell a's settings.
   a-unbiased, f-unbiased  DM and MTT (vanilla rows, the settings cells a and f-cmnist chose)
      on unbiased CMNIST (10 % aligned), IPC 10: MTT's claim that it beats DM, at this budget.
 
@@ -77,6 +81,21 @@ CELLS = {
                                       method="mtt"),
                        from_cell="f-cmnist", seeds=(0, 1, 2), num_models=3, rows=("vanilla",)),
 }
+# Curriculum frequency matching (CFM) vs CFM with KDE-weighted real statistics: its own
+# selection of lr_img on validation (seed 0) at cell a's weighting knobs.
+CELLS["g-cmnist"] = dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, ipc=10,
+                                        method="cfm"),
+                         tune=True, tune_seeds=(0,), lr_grid=(3.0, 10.0, 30.0), seeds=(0, 1, 2),
+                         num_models=3, rows=MTT_ROWS)
+CELLS["g-bgfmnist"] = dict(overrides=dict(dataset="bg_fmnist", conflict_ratio=0.05, ipc=10,
+                                          method="cfm"),
+                           from_cell="g-cmnist", seeds=(0, 1, 2), num_models=3, rows=MTT_ROWS)
+# Biased-DD's CMNIST-DD (Lu et al.): its aligned ratios (0 = anti-biased, 0.1 = uniform,
+# 1 = fully biased) and its 0 %-aligned test split; DM vs DM+KDE with cell a's settings.
+for _aligned in (0.0, 0.1, 0.5, 0.8, 0.95, 1.0):
+  CELLS[f"h-cmnistdd-{_aligned:g}"] = dict(
+      overrides=dict(dataset="cmnist_dd", conflict_ratio=_aligned, ipc=10), from_cell="a",
+      seeds=(0, 1, 2), num_models=3, rows=("vanilla", "kde (selected on valid)"))
 
 
 def lr_candidates(base: pipeline.RunConfig, lrs) -> list[study.Setting]:
