@@ -121,11 +121,11 @@ def test_conv_inputs_skip_one_by_one_projections_and_gradients_are_finite():
   net = models.ConvNet(2, depth=2, width=4)
   nv = net.init(jax.random.key(1), x)
   real = jnp.asarray(np.random.default_rng(4).normal(size=(2, 8, 5, 5, 3)), jnp.float32)
+  grad = jax.jit(jax.grad(lambda s, beta: matching.cfm_loss(
+      jax.random.key(0), s, real,
+      features_fn=lambda y: matching.conv_inputs(lambda z: net.apply(nv, z), y), beta=beta)))
   for beta in (1e-4, 0.1):
-    g = jax.grad(lambda s: matching.cfm_loss(
-        jax.random.key(0), s, real,
-        features_fn=lambda y: matching.conv_inputs(lambda z: net.apply(nv, z), y),
-        beta=beta))(x.reshape(2, 1, 5, 5, 3))
+    g = grad(x.reshape(2, 1, 5, 5, 3), jnp.float32(beta))
     assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0
 
 
@@ -154,17 +154,11 @@ def test_cfm_distiller_one_trace_lower_loss_and_shared_program():
     losses.append(float(m["loss"]))
   assert np.isfinite(losses).all() and int(state.step) == 8
   assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses
-  # lr and beta are runtime values; a curriculum moves beta down to its floor
+  # lr and beta are runtime values (the curriculum's betas: a slow CLI test and cfm_beta's
+  # example)
   a = distill.cfm(**kw)
   b = distill.cfm(**{**kw, "lr": 1.0, "beta": 0.5})
   assert a.step._program is b.step._program
-  cos = distill.cfm(**{**kw, "schedule": "cos"})
-  s = cos.init(jax.random.key(0), real)
-  betas = []
-  for _ in range(3):
-    s, m = cos.step(s, real)
-    betas.append(float(m["beta"]))
-  assert betas[0] == pytest.approx(0.1) and betas[0] > betas[1] > betas[2] > 0
   # KDE weights: the weighted statistics run and stay finite
   emb = np.random.default_rng(1).normal(size=(len(y), 4)).astype(np.float32)
   kreal = distill.real_data(x, y, num_classes=2, embeddings=emb)
