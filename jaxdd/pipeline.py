@@ -9,6 +9,7 @@ A run lives in a directory::
       synset/              the SynSet artifact (see jaxdd.synset)
       eval.json            per-group accuracies, stamped with protocol/model/seeds
       weights.json         diagnostics of the KDE weights (KDE runs)
+      buffer.json          trajectory matching: the expert buffer used (path, digest)
       plots/synset.png, plots/weights.png
 
 Every file is written atomically. A killed run started again with the same
@@ -650,8 +651,11 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                      num_bias=num_bias_values(run_data.train) if fairdd else None)
   step_data = real
   if config.method == "mtt":
-    traj, _, _ = expert_buffer(config, run_data, log_density, expert_key(config),
-                               buffer_dir=buffer_dir, progress=progress)
+    traj, buffer_meta, path = expert_buffer(config, run_data, log_density, expert_key(config),
+                                            buffer_dir=buffer_dir, progress=progress)
+    synset.atomic_write_json(os.path.join(workdir, "buffer.json"),
+                             {"path": os.path.abspath(path), "digest": buffer_meta["digest"],
+                              "shape": buffer_meta["shape"]})
     step_data = jnp.asarray(traj)
   state = d.init(key, real)
   mngr = _checkpointer(workdir)
@@ -894,9 +898,8 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
     rows = _read_metrics(os.path.join(workdir, "metrics.jsonl"), config.iterations)
     lrs = [r["syn_lr"] for r in rows if "syn_lr" in r]
     meta["syn_lr"] = lrs[-1] if lrs else config.lr_teacher
-    log_density = run_log_density(config, run_data, embeddings)
-    meta["expert_buffer"] = mtt_lib.spec_digest(
-        expert_spec(config, run_data, expert_weights(config, run_data, log_density)))
+    with open(os.path.join(workdir, "buffer.json")) as f:
+      meta["expert_buffer"] = json.load(f)["digest"]
   synset.save(syn_dir, syn, meta, mean=run_data.mean, std=run_data.std)
   plot_synset(syn, run_data.mean, run_data.std, os.path.join(workdir, "plots", "synset.png"),
               class_names=run_data.train.class_names,
