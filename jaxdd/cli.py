@@ -102,6 +102,24 @@ def _add_common_flags(p: argparse.ArgumentParser) -> None:
                  help="do not use JAX's persistent compilation cache ($JAXDD_CACHE/xla)")
 
 
+def _add_artifact_data_flags(p: argparse.ArgumentParser, *, out: str) -> None:
+  """The flags of commands that train on a SynSet artifact: where its evaluation data and
+  key come from (its own, unless overridden), the output, ELF, trust and the common ones."""
+  from jaxdd.data import biased
+  p.add_argument("--seed", type=int, default=None,
+                 help="evaluation seed (default: the run's own evaluation key, so a run's "
+                      "SynSet reproduces the run's numbers exactly)")
+  p.add_argument("--dataset", default=None, choices=sorted(biased.DATASETS),
+                 help="default: the artifact's")
+  p.add_argument("--conflict-ratio", type=float, default=None, help="default: the artifact's")
+  p.add_argument("--source", default=None,
+                 help="default: the artifact's run source, else the dataset's offline default")
+  p.add_argument("--out", default=None, help=out)
+  _add_elf_flags(p)
+  _add_trust_flag(p)
+  _add_common_flags(p)
+
+
 def _add_elf_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--elf", action="store_true",
                  help="ELF evaluation track: also learn from a feature model trained on the REAL "
@@ -883,18 +901,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
                  help="architecture spec, e.g. convnet, resnet18 (default: the artifact's)")
   p.add_argument("--num-models", type=int, default=None,
                  help="networks to train (default: the artifact's run setting, else 5)")
-  p.add_argument("--seed", type=int, default=None,
-                 help="evaluation seed (default: the run's own evaluation key, so a run's "
-                      "SynSet reproduces the run's numbers exactly)")
-  p.add_argument("--dataset", default=None, choices=sorted(biased.DATASETS),
-                 help="default: the artifact's")
-  p.add_argument("--conflict-ratio", type=float, default=None, help="default: the artifact's")
-  p.add_argument("--source", default=None,
-                 help="default: the artifact's run source, else the dataset's offline default")
-  p.add_argument("--out", default=None, help="write the result JSON here")
-  _add_elf_flags(p)
-  _add_trust_flag(p)
-  _add_common_flags(p)
+  _add_artifact_data_flags(p, out="write the result JSON here")
   p.set_defaults(fn=cmd_evaluate)
 
   p = sub.add_parser("cross-arch", help="train several architectures on a SynSet, plainly and "
@@ -906,17 +913,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   p.add_argument("--protocol", default="cpu", choices=tuple(evaluate.PROTOCOLS),
                  help="evaluation protocol of every cell (default: cpu)")
   p.add_argument("--num-models", type=int, default=3, help="networks per cell (default: 3)")
-  p.add_argument("--seed", type=int, default=None,
-                 help="evaluation seed (default: the run's own evaluation key)")
-  p.add_argument("--dataset", default=None, choices=sorted(biased.DATASETS),
-                 help="default: the artifact's")
-  p.add_argument("--conflict-ratio", type=float, default=None, help="default: the artifact's")
-  p.add_argument("--source", default=None,
-                 help="default: the artifact's run source, else the dataset's offline default")
-  p.add_argument("--out", default=None, help="write the matrix JSON here")
-  _add_elf_flags(p)
-  _add_trust_flag(p)
-  _add_common_flags(p)
+  _add_artifact_data_flags(p, out="write the matrix JSON here")
   p.set_defaults(fn=cmd_cross_arch)
 
   from jaxdd.security import audit

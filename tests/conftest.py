@@ -89,3 +89,22 @@ def bffhq_folder(tmp_path):
     Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
         root / d / f"{i:03d}_{t}_{b}.png")
   return root
+
+
+@pytest.fixture
+def run_one_trace():
+  """``run(step, state, data, n) -> (state, losses)``: ``n`` steps of a raw (unjitted) step
+  under jit, asserting that it is traced once, and the ``loss`` of each step."""
+  import chex
+  import numpy as np
+
+  def run(step, state, data, n):
+    chex.clear_trace_counter()  # another test may have traced the same function
+    jitted = jax.jit(chex.assert_max_traces(step, n=1))
+    losses = []
+    for _ in range(n):
+      state, m = jitted(state, data)
+      losses.append(float(m["loss"]))
+    assert np.isfinite(losses).all() and int(state.step) == n
+    return state, losses
+  return run

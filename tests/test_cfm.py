@@ -136,8 +136,7 @@ def _toy(num_classes=2, per_class=12, size=8, seed=0):
   return x, y
 
 
-def test_cfm_distiller_one_trace_lower_loss_and_shared_program():
-  import chex
+def test_cfm_distiller_one_trace_lower_loss_and_shared_program(run_one_trace):
   x, y = _toy()
   real = distill.real_data(x, y, num_classes=2)
   model = models.ConvNet(2, depth=2, width=8)
@@ -145,14 +144,7 @@ def test_cfm_distiller_one_trace_lower_loss_and_shared_program():
   kw = dict(num_classes=2, ipc=2, iterations=8, model=model, real_per_class=8, lr=0.3,
             schedule="constant", beta=0.1)
   d = distill.cfm(variables=variables, jit=False, **kw)
-  state = d.init(jax.random.key(0), real)
-  chex.clear_trace_counter()
-  step = jax.jit(chex.assert_max_traces(d.step, n=1))
-  losses = []
-  for _ in range(8):
-    state, m = step(state, real)
-    losses.append(float(m["loss"]))
-  assert np.isfinite(losses).all() and int(state.step) == 8
+  state, losses = run_one_trace(d.step, d.init(jax.random.key(0), real), real, 8)
   assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses
   # lr and beta are runtime values (the curriculum's betas: a slow CLI test and cfm_beta's
   # example)
