@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
@@ -28,7 +29,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        mesh: Mesh | None = None, class_axis: str | None = None, batch_axis: str | None = None,
        real_chunk: int | Literal["auto"] | None = "auto",
        syn_chunk: int | Literal["auto"] | None = "auto", real_dtype: Any = None,
-       jit: bool = True) -> Distiller:
+       num_runs: int | None = None, run_knobs: Sequence[dict] | None = None,
+       common_random_numbers: bool = False, jit: bool = True) -> Distiller:
   """Distribution matching (Zhao & Bilen 2023), optionally KDE-reweighted (Cui et al. 2024).
 
   Args:
@@ -83,6 +85,18 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       without a mesh, the real forward's eligible 3x3 convolutions run as
       Winograd F(2x2, 3x3): the same values up to float rounding, 2.25x fewer
       multiplies (:mod:`jaxdd.policy`; RESULTS.md, "One DM step").
+    num_runs: None (one run) or N: N distillations in ONE compiled step
+      (:func:`many_runs`): the state's arrays get a leading run axis and the
+      metrics are per run.
+    run_knobs: with ``num_runs``, one dict per run overriding the runtime knobs
+      ``lr``, ``variance`` and ``temperature`` (e.g. the candidates of a sweep);
+      None: every run uses this call's values.
+    common_random_numbers: with ``num_runs``, False (default): each run draws
+      its own network, batches and augmentation (keys split from the init key,
+      as N seeds); True: all runs share them (the init key and every draw),
+      so runs that differ only in their knobs are a paired comparison, and the
+      shared work (the network, the real batch and its forward pass) is done
+      once for all runs.
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
   Returns:
@@ -177,6 +191,13 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
                         state.key), metrics
 
   step_fn = policy.pinned(pol, step_fn)
+  if num_runs is not None:
+    if mesh is not None:
+      raise ValueError("num_runs runs on one device; drop mesh= (or num_runs=)")
+    return many_runs(init_fn, step_fn, hp, num_runs=num_runs, run_knobs=run_knobs,
+                     common_random_numbers=common_random_numbers, jit=jit)
+  if run_knobs is not None or common_random_numbers:
+    raise ValueError("run_knobs and common_random_numbers need num_runs=N")
   if not jit:
     def raw_step(state: DistillState, real: RealData):
       return step_fn(state, real, hp)
@@ -188,3 +209,54 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
             real_sampling, group_matching, mesh, class_axis, batch_axis, real_chunk, syn_chunk,
             None if real_dtype is None else str(real_dtype), pol)
   return Distiller(init_fn, _BoundStep(_shared_program(static, step_fn), hp))
+
+
+#: The runtime knobs a run of :func:`many_runs` may override.
+RUN_KNOBS = ("lr", "variance", "temperature")
+
+
+def many_runs(init_fn: Callable, step_fn: Callable, hp: dict, *, num_runs: int,
+              run_knobs: Sequence[dict] | None = None, common_random_numbers: bool = False,
+              jit: bool = True) -> Distiller:
+  """N distillations of one method in one program: ``step_fn`` vmapped over runs.
+
+  ``init(key, real)`` builds the stacked state: with independent runs, run i
+  starts from ``init_fn(jax.random.split(key, N)[i], real)``; with common random
+  numbers every run starts from ``init_fn(key, real)`` and the key and step
+  stay shared (unbatched), so every draw inside the step (the network, the real
+  batch, the augmentation) is the same for all runs and is computed once; only
+  what depends on a run's images or knobs is batched. ``step(state, real)``
+  returns the stacked state and per-run metrics. Run i equals the single run
+  with its key and knobs, up to float rounding (tests/test_distill.py).
+  """
+  if isinstance(num_runs, bool) or not isinstance(num_runs, int) or num_runs < 1:
+    raise ValueError(f"num_runs must be a positive int, got {num_runs!r}")
+  knobs = [dict() for _ in range(num_runs)] if run_knobs is None else [dict(k) for k in run_knobs]
+  if len(knobs) != num_runs:
+    raise ValueError(f"run_knobs has {len(knobs)} entries for num_runs={num_runs}")
+  for k in knobs:
+    unknown = set(k) - set(RUN_KNOBS)
+    if unknown:
+      raise ValueError(f"run_knobs may set {list(RUN_KNOBS)}, got {sorted(unknown)}")
+  stacked_hp = {name: np.asarray([k.get(name, hp[name]) for k in knobs], np.float32)
+                for name in RUN_KNOBS}
+  shared = common_random_numbers
+  # Which parts of the state carry a run axis: all of them, or (shared draws) the images
+  # and the optimiser state only.
+  axes = DistillState(0, 0, None if shared else 0, None if shared else 0, None)
+
+  def init(key: jax.Array, real: RealData) -> DistillState:
+    if shared:
+      one = init_fn(key, real)
+      tile = lambda a: jnp.broadcast_to(a, (num_runs,) + jnp.shape(a))
+      return one._replace(syn=jax.tree.map(tile, one.syn),
+                          opt_state=jax.tree.map(tile, one.opt_state))
+    states = [init_fn(k, real) for k in jax.random.split(key, num_runs)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+  def many_step(state: DistillState, real: RealData, h):
+    return jax.vmap(step_fn, in_axes=(axes, None, 0), out_axes=(axes, 0))(state, real, h)
+
+  if not jit:
+    return Distiller(init, lambda state, real: many_step(state, real, stacked_hp))
+  return Distiller(init, _BoundStep(jax.jit(many_step, donate_argnums=0), stacked_hp))
