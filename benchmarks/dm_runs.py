@@ -2,8 +2,9 @@
 
 The ``cpu`` preset's DM step (10 classes of 3x28x28, IPC 10, 64 real images per class,
 DSA, ConvNet-3 width 32, KDE weights in the batch) on random data, for N = 1, 3, 10,
-with independent draws per run (N seeds) and with common random numbers (one network,
-real batch and augmentation shared by the runs, e.g. the candidates of a sweep). Prints
+with independent draws per run (N seeds; batched with vmap, or one after another inside
+the program with lax.map) and with common random numbers (one network, real batch and
+augmentation shared by the runs, e.g. the candidates of a sweep). Prints
 one JSON line per point: the median step time, and its ratio to N single-run steps
 measured in the same process (below 1: the N-run program is faster than running the
 runs one after another).
@@ -60,11 +61,12 @@ def main(argv=None) -> int:
   print(json.dumps({"num_runs": 1, "mode": "single", "step_s_median": round(t1, 4),
                     "backend": jax.default_backend()}), flush=True)
   for n in (int(v) for v in args.runs.split(",")):
-    for common in (False, True):
+    for mode in ("independent-vmap", "independent-map", "common"):
       knobs = [dict(lr=10.0 * (1 + i)) for i in range(n)]
-      d = distill.dm(num_runs=n, run_knobs=knobs, common_random_numbers=common, **kw)
+      d = distill.dm(num_runs=n, run_knobs=knobs, common_random_numbers=mode == "common",
+                     run_parallel="map" if mode == "independent-map" else "vmap", **kw)
       tn, first = _median_step(d, d.init(jax.random.key(0), real), real, args.steps)
-      print(json.dumps({"num_runs": n, "mode": "common" if common else "independent",
+      print(json.dumps({"num_runs": n, "mode": mode,
                         "step_s_median": round(tn, 4), "first_step_s": round(first, 2),
                         "vs_n_single_runs": round(tn / (n * t1), 3),
                         "backend": jax.default_backend()}), flush=True)

@@ -233,8 +233,8 @@ def test_runtime_knobs_share_one_compiled_program():
   np.testing.assert_allclose(float(mb["max_weight"]), float(mr["max_weight"]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("common", [False, True])
-def test_n_runs_in_one_program_equal_separate_runs(common):
+@pytest.mark.parametrize("common,parallel", [(False, "vmap"), (False, "map"), (True, "vmap")])
+def test_n_runs_in_one_program_equal_separate_runs(common, parallel):
   rng = np.random.default_rng(0)
   y = np.repeat(np.arange(3), 12)
   x = (rng.normal(size=(36, 8, 8, 3)) + y[:, None, None, None]).astype(np.float32)
@@ -245,7 +245,7 @@ def test_n_runs_in_one_program_equal_separate_runs(common):
   base = distill.KDEConfig(variance=0.5)
   knobs = [dict(lr=1.0), dict(lr=3.0, temperature=0.5)]
   d = distill.dm(num_runs=2, run_knobs=knobs, common_random_numbers=common, kde_config=base,
-                 **kw)
+                 run_parallel=parallel, **kw)
   state = d.init(jax.random.key(0), real)
   assert state.syn.images.shape == (2, 6, 8, 8, 3)
   assert state.key.shape == (() if common else (2,))

@@ -30,7 +30,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        real_chunk: int | Literal["auto"] | None = "auto",
        syn_chunk: int | Literal["auto"] | None = "auto", real_dtype: Any = None,
        num_runs: int | None = None, run_knobs: Sequence[dict] | None = None,
-       common_random_numbers: bool = False, jit: bool = True) -> Distiller:
+       common_random_numbers: bool = False,
+       run_parallel: Literal["auto", "vmap", "map"] = "auto", jit: bool = True) -> Distiller:
   """Distribution matching (Zhao & Bilen 2023), optionally KDE-reweighted (Cui et al. 2024).
 
   Args:
@@ -97,6 +98,11 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       so runs that differ only in their knobs are a paired comparison, and the
       shared work (the network, the real batch and its forward pass) is done
       once for all runs.
+    run_parallel: with independent runs, ``"vmap"`` (batched: the runs'
+      random networks become grouped convolutions) or ``"map"`` (one after
+      another inside the program); ``"auto"``: the policy's ``parallel`` (map on
+      CPU, where the grouped convolutions are slower: RESULTS.md, "N runs in one
+      program"). Shared draws always use vmap, which computes them once.
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
   Returns:
@@ -195,7 +201,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     if mesh is not None:
       raise ValueError("num_runs runs on one device; drop mesh= (or num_runs=)")
     return many_runs(init_fn, step_fn, hp, num_runs=num_runs, run_knobs=run_knobs,
-                     common_random_numbers=common_random_numbers, jit=jit)
+                     common_random_numbers=common_random_numbers,
+                     parallel=pol.parallel if run_parallel == "auto" else run_parallel, jit=jit)
   if run_knobs is not None or common_random_numbers:
     raise ValueError("run_knobs and common_random_numbers need num_runs=N")
   if not jit:
@@ -217,7 +224,7 @@ RUN_KNOBS = ("lr", "variance", "temperature")
 
 def many_runs(init_fn: Callable, step_fn: Callable, hp: dict, *, num_runs: int,
               run_knobs: Sequence[dict] | None = None, common_random_numbers: bool = False,
-              jit: bool = True) -> Distiller:
+              parallel: str = "vmap", jit: bool = True) -> Distiller:
   """N distillations of one method in one program: ``step_fn`` vmapped over runs.
 
   ``init(key, real)`` builds the stacked state: with independent runs, run i
@@ -226,9 +233,13 @@ def many_runs(init_fn: Callable, step_fn: Callable, hp: dict, *, num_runs: int,
   stay shared (unbatched), so every draw inside the step (the network, the real
   batch, the augmentation) is the same for all runs and is computed once; only
   what depends on a run's images or knobs is batched. ``step(state, real)``
-  returns the stacked state and per-run metrics. Run i equals the single run
-  with its key and knobs, up to float rounding (tests/test_distill.py).
+  returns the stacked state and per-run metrics. Independent runs are batched
+  (``parallel="vmap"``) or run one after another inside the program (``"map"``).
+  Run i equals the single run with its key and knobs, up to float rounding
+  (tests/test_distill.py).
   """
+  if parallel not in ("vmap", "map"):
+    raise ValueError(f"run_parallel must be 'auto', 'vmap' or 'map', got {parallel!r}")
   if isinstance(num_runs, bool) or not isinstance(num_runs, int) or num_runs < 1:
     raise ValueError(f"num_runs must be a positive int, got {num_runs!r}")
   knobs = [dict() for _ in range(num_runs)] if run_knobs is None else [dict(k) for k in run_knobs]
@@ -255,6 +266,8 @@ def many_runs(init_fn: Callable, step_fn: Callable, hp: dict, *, num_runs: int,
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
   def many_step(state: DistillState, real: RealData, h):
+    if parallel == "map" and not shared:
+      return jax.lax.map(lambda args: step_fn(args[0], real, args[1]), (state, h))
     return jax.vmap(step_fn, in_axes=(axes, None, 0), out_axes=(axes, 0))(state, real, h)
 
   if not jit:
