@@ -101,7 +101,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     run_parallel: with independent runs, ``"vmap"`` (batched: the runs'
       random networks become grouped convolutions) or ``"map"`` (one after
       another inside the program); ``"auto"``: the policy's ``parallel`` (map on
-      CPU, where the grouped convolutions are slower: RESULTS.md, "N runs in one
+      CPU, where the grouped convolutions are slower: RESULTS.md, "N DM runs in one
       program"). Shared draws always use vmap, which computes them once.
     jit: return jitted ``init``/``step`` (default) or the raw pure functions.
 
