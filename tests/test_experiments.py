@@ -190,3 +190,28 @@ def test_refresh_diagnostics_adds_the_in_group_ess_once(tmp_path, monkeypatch):
   assert json.loads((work / "result.json").read_text())["ess_in_aligned"] == 0.5
   fidelity.run_arm(cfg, str(work), progress=False, refresh=True)  # already there: not again
   assert len(calls) == 1
+
+
+def test_cross_arch_summary_means_over_seeds_and_skips_missing_elf():
+  spec = importlib.util.spec_from_file_location(
+      "cross_arch", os.path.join(os.path.dirname(__file__), "..", "experiments", "cross_arch.py"))
+  cross_arch = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cross_arch)
+
+  def cell(acc):
+    return {"mean": {"overall": acc, "conflicting": acc / 2, "worst_group": 0.0}, "std": {}}
+  results = {"vanilla": {0: {"mlp": {"plain": cell(0.2), "elf": None}},
+                         1: {"mlp": {"plain": cell(0.4), "elf": None}}},
+             "kde": {0: {"mlp": {"plain": cell(0.5), "elf": cell(0.6)}},
+                     1: {"mlp": {"plain": cell(0.7), "elf": cell(0.8)}}}}
+  s = cross_arch.summarize(results)
+  assert s["seeds"] == [0, 1]
+  assert "elf" not in s["table"]["vanilla"]["mlp"]
+  got = s["table"]["kde"]["mlp"]["elf"]["overall"]
+  assert got["mean"] == pytest.approx(70.0) and got["std"] == pytest.approx(14.1421, rel=1e-4)
+  text = cross_arch.format_summary(s)
+  assert "| kde | mlp | elf | 70.0 ± 14.1 | 35.0 ± 7.1 | 0.0 ± 0.0 |" in text
+  with pytest.raises(ValueError, match="unknown cell"):
+    cross_arch.measure("nope", "runs", rows=["vanilla"], model_specs=["mlp"], protocol="cpu",
+                       num_models=1, feature_model="convnet", feature_protocol="cpu",
+                       with_elf=False, show_progress=False)

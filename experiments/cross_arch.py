@@ -1,0 +1,173 @@
+"""The cross-architecture matrix of a grid cell's SynSets, plainly and with ELF, over its seeds.
+
+For every seed of a finished cell (``experiments/grid.py``) and each chosen row (by default
+the vanilla and the KDE row), the row's SynSet is trained on each architecture under one
+protocol, plainly and with ELF's feature model (a ConvNet trained on that seed's REAL training
+split: a separate track, see docs/protocols.md §11). The per-group test accuracies are
+averaged over seeds. Each (row, seed) result is stored in
+``<root>/<cell>/cross-arch/<row>-s<seed>.json``, so an interrupted run resumes.
+
+  python experiments/cross_arch.py --cell a --root runs/grid
+  python experiments/cross_arch.py --cell a --root runs/grid --publish   # results/cross-arch/
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+
+from jaxdd import elf, evaluate, models, pipeline, progress, study, synset
+
+COLUMNS = ("overall", "conflicting", "worst_group")
+
+
+def _grid():
+  spec = importlib.util.spec_from_file_location(
+      "grid", os.path.join(os.path.dirname(os.path.abspath(__file__)), "grid.py"))
+  grid = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(grid)
+  return grid
+
+
+def _slug(row: str) -> str:
+  return "".join(c if c.isalnum() else "-" for c in row).strip("-")
+
+
+def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_models: int,
+            feature_model: str, feature_protocol: str, with_elf: bool,
+            show_progress: bool) -> dict:
+  """``{row: {seed: matrix}}`` for the cell's seeds (each matrix: :func:`jaxdd.elf.cross_architecture`)."""
+  grid = _grid()
+  if cell not in grid.CELLS:
+    raise ValueError(f"unknown cell {cell!r}; choose from {sorted(grid.CELLS)}")
+  spec = grid.CELLS[cell]
+  base = pipeline.get_config("cpu", **spec["overrides"])
+  settings = grid.cell_settings(spec, base, root)
+  unknown = set(rows) - set(settings)
+  if unknown:
+    raise ValueError(f"rows {sorted(unknown)} are not rows of cell {cell} ({sorted(settings)})")
+  for s in model_specs:
+    models.get(s, num_classes=2)
+  evaluate.get_protocol(protocol)
+  out_dir = os.path.join(root, cell, "cross-arch")
+  os.makedirs(out_dir, exist_ok=True)
+  results: dict = {}
+  for seed in spec["seeds"]:
+    run_data = None
+    features_of = {}
+    for row in rows:
+      path = os.path.join(out_dir, f"{_slug(row)}-s{seed}.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          results.setdefault(row, {})[seed] = json.load(f)["matrix"]
+        continue
+      config = settings[row].apply(base.replace(seed=seed))
+      syn_dir = os.path.join(study.run_dir(os.path.join(root, cell), config), "synset")
+      if not os.path.exists(os.path.join(syn_dir, "manifest.json")):
+        raise FileNotFoundError(f"{syn_dir} not found: run `python experiments/grid.py --cells "
+                                f"{cell} --root {root}` first")
+      syn, _ = synset.load(syn_dir, trust=False)
+      if run_data is None:
+        run_data = pipeline.RunData(base.replace(seed=seed))
+      key = pipeline.run_keys(config)[2]
+      features = None
+      if with_elf:
+        fm = models.get(feature_model, num_classes=run_data.num_classes)
+        if "variables" not in features_of:  # one feature model per seed
+          progress.logger.info("seed %d: training the ELF feature model %s", seed, feature_model)
+          features_of["variables"] = elf.train_feature_model(
+              pipeline.run_keys(base.replace(seed=seed))[0], run_data.normalized(run_data.train),
+              run_data.train.labels, model=fm, protocol=feature_protocol)
+        features = elf.distillation_features(fm, features_of["variables"], syn.images)
+      matrix = elf.cross_architecture(key, syn, run_data.batch(run_data.test),
+                                      model_specs=model_specs, num_classes=run_data.num_classes,
+                                      protocol=protocol, num_models=num_models,
+                                      features=features, progress=show_progress)
+      matrix = {m: {k: (None if v is None else {"mean": v["mean"], "std": v["std"]})
+                    for k, v in r.items()} for m, r in matrix.items()}
+      synset.atomic_write_json(path, {"cell": cell, "row": row, "seed": seed,
+                                      "protocol": protocol, "num_models": num_models,
+                                      "feature_model": feature_model if with_elf else None,
+                                      "feature_protocol": feature_protocol if with_elf else None,
+                                      "matrix": matrix})
+      results.setdefault(row, {})[seed] = matrix
+  return results
+
+
+def summarize(results: dict) -> dict:
+  """Mean and sample std over seeds of each (row, model, training) cell's mean accuracy."""
+  table = {}
+  for row, by_seed in results.items():
+    seeds = sorted(by_seed)
+    for spec in by_seed[seeds[0]]:
+      for kind in ("plain", "elf"):
+        vals = [by_seed[s][spec][kind] for s in seeds]
+        if any(v is None for v in vals):
+          continue
+        cell = {}
+        for c in COLUMNS:
+          a = np.array([100 * v["mean"][c] for v in vals], float)
+          cell[c] = {"mean": float(np.mean(a)),
+                     "std": float(np.std(a, ddof=1)) if len(a) > 1 else 0.0}
+        table.setdefault(row, {}).setdefault(spec, {})[kind] = cell
+  return {"seeds": sorted({s for r in results.values() for s in r}), "table": table}
+
+
+def format_summary(summary: dict) -> str:
+  lines = [f"Mean ± sample std over seeds {summary['seeds']} of each seed's mean over its "
+           "networks, test accuracy in %.", "",
+           "| SynSet | model | training | " + " | ".join(COLUMNS) + " |",
+           "|---" * (len(COLUMNS) + 3) + "|"]
+  for row, by_model in summary["table"].items():
+    for spec, by_kind in by_model.items():
+      for kind, cell in by_kind.items():
+        cells = [f"{cell[c]['mean']:.1f} ± {cell[c]['std']:.1f}" for c in COLUMNS]
+        lines.append(f"| {row} | {spec} | {kind} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--cell", required=True, help="a finished grid cell, e.g. a")
+  p.add_argument("--root", default="runs/grid")
+  p.add_argument("--rows", default="vanilla,kde (selected on valid)",
+                 help="comma-separated rows of the cell's table")
+  p.add_argument("--models", default="convnet,convnet-d4,resnet18,mlp")
+  p.add_argument("--protocol", default="cpu")
+  p.add_argument("--num-models", type=int, default=2)
+  p.add_argument("--feature-model", default="convnet-d3-w128")
+  p.add_argument("--feature-protocol", default="cpu")
+  p.add_argument("--no-elf", action="store_true", help="the plain column only")
+  p.add_argument("--publish", action="store_true",
+                 help="write results/cross-arch/<cell>.json and .md from the stored results")
+  p.add_argument("--quiet", action="store_true")
+  args = p.parse_args(argv)
+  progress.setup_logging(args.quiet)
+  rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+  specs = [m.strip() for m in args.models.split(",") if m.strip()]
+  results = measure(args.cell, args.root, rows=rows, model_specs=specs, protocol=args.protocol,
+                    num_models=args.num_models, feature_model=args.feature_model,
+                    feature_protocol=args.feature_protocol, with_elf=not args.no_elf,
+                    show_progress=not args.quiet)
+  summary = summarize(results)
+  print(format_summary(summary))
+  if args.publish:
+    dest = os.path.join("results", "cross-arch")
+    os.makedirs(dest, exist_ok=True)
+    synset.atomic_write_json(os.path.join(dest, f"{args.cell}.json"),
+                             {"cell": args.cell, "models": specs, "protocol": args.protocol,
+                              "num_models": args.num_models, "elf": not args.no_elf,
+                              "feature_model": args.feature_model,
+                              "feature_protocol": args.feature_protocol, **summary})
+    synset.atomic_write_bytes(os.path.join(dest, f"{args.cell}.md"),
+                              (format_summary(summary) + "\n").encode())
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
