@@ -358,14 +358,18 @@ def num_bias_values(ds) -> int:
 
 def make_distiller(config: RunConfig, num_classes: int,
                    kde_config: distill.KDEConfig | None, *,
-                   real_dtype: str | None = None, num_bias: int | None = None
-                   ) -> distill.Distiller:
+                   real_dtype: str | None = None, num_bias: int | None = None,
+                   **runs) -> distill.Distiller:
   """The :class:`~jaxdd.distill.Distiller` of ``config.method`` with the run's settings.
 
   ``real_dtype`` is DM's (:func:`jaxdd.distill.dm`); other methods refuse it.
   ``num_bias``: the number of bias values, for ``weighting='fairdd'`` (DM's
-  ``group_matching``).
+  ``group_matching``). ``runs``: DM's ``num_runs``, ``run_knobs`` and
+  ``common_random_numbers`` (:func:`distill_group`).
   """
+  if runs and config.method != "dm":
+    raise ValueError(f"several runs in one program are a DM option; method {config.method!r} "
+                     "has none")
   common = dict(num_classes=num_classes, ipc=config.ipc,
                 model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
                 real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
@@ -392,7 +396,7 @@ def make_distiller(config: RunConfig, num_classes: int,
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.dm(augment=aug, real_dtype=real_dtype,
                       group_matching=num_bias if config.weighting == "fairdd" else None,
-                      **common)
+                      **common, **runs)
   if real_dtype is not None:
     raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
   strategy = config.dsa_strategy if config.method == "dsa" else None
@@ -864,29 +868,47 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
     progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
                              config.conflict_ratio)
     run_data = RunData(config)
+  embeddings, report, classifier = _start_run(config, workdir, run_data, progress)
+  syn = distill_run(config, workdir, run_data, embeddings, run_keys(config)[1],
+                    progress=progress, stop_after=stop_after, classifier=classifier,
+                    buffer_dir=buffer_dir)
+  if stop_after is not None and not os.path.exists(os.path.join(workdir, "checkpoints",
+                                                                str(config.iterations))):
+    _record_bias_trajectory(config, workdir, report)
+    return None
+  return _finish_run(config, workdir, run_data, syn, report)
+
+
+def _start_run(config: RunConfig, workdir: str, run_data: RunData, progress: bool):
+  """A run's directory before distilling: config.json, the surrogate's embeddings (KDE runs),
+  weights.json. Returns ``(embeddings, report, bias classifier)``."""
   check_models(config, run_data)
   os.makedirs(workdir, exist_ok=True)
   synset.atomic_write_json(os.path.join(workdir, "config.json"),
                            {"config": config.to_dict(), "digest": config.digest(),
                             "distill_digest": config.distill_digest(),
                             "code_version": code_version()})
-  k_sur, k_init, _, k_diag = run_keys(config)
+  k_sur, _, _, k_diag = run_keys(config)
   embeddings = None
   if config.weighting == "kde":
     embeddings = surrogate_embeddings(config, run_data, k_sur, progress=progress)
   report = weight_diagnostics(config, run_data, embeddings, k_diag, workdir=workdir)
   synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)
-  classifier = bias_classifier(config, run_data)
-  syn = distill_run(config, workdir, run_data, embeddings, k_init, progress=progress,
-                    stop_after=stop_after, classifier=classifier, buffer_dir=buffer_dir)
+  return embeddings, report, bias_classifier(config, run_data)
+
+
+def _record_bias_trajectory(config: RunConfig, workdir: str, report: dict) -> None:
   report["bias_trajectory"] = [
       {"step": r["step"], "bias_aligned_fraction": r["bias_aligned_fraction"]}
       for r in _read_metrics(os.path.join(workdir, "metrics.jsonl"), config.iterations)
       if "bias_aligned_fraction" in r]
   synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)
-  if stop_after is not None and not os.path.exists(os.path.join(workdir, "checkpoints",
-                                                                str(config.iterations))):
-    return None
+
+
+def _finish_run(config: RunConfig, workdir: str, run_data: RunData, syn: SynSet,
+                report: dict) -> SynSet:
+  """A distilled run's artifacts: the bias trajectory in weights.json, the SynSet, its plot."""
+  _record_bias_trajectory(config, workdir, report)
   meta = {"dataset": dict(run_data.train.meta), "config": config.to_dict(),
           "method": method_name(config), "ipc": config.ipc,
           "preprocessing": "per-channel normalisation with the training set's mean/std",
@@ -900,11 +922,143 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
     meta["syn_lr"] = lrs[-1] if lrs else config.lr_teacher
     with open(os.path.join(workdir, "buffer.json")) as f:
       meta["expert_buffer"] = json.load(f)["digest"]
-  synset.save(syn_dir, syn, meta, mean=run_data.mean, std=run_data.std)
+  synset.save(os.path.join(workdir, "synset"), syn, meta, mean=run_data.mean, std=run_data.std)
   plot_synset(syn, run_data.mean, run_data.std, os.path.join(workdir, "plots", "synset.png"),
               class_names=run_data.train.class_names,
               title=f"{meta['method']} {config.dataset} ratio={config.conflict_ratio} ipc={config.ipc}")
   return syn
+
+
+# ---------------------------------------------------------------------------- run groups
+
+#: RunConfig fields in which the runs of one group may differ: the N-run DM step's runtime
+#: knobs (:func:`jaxdd.distill.many_runs`).
+GROUP_KNOBS = ("lr_img", "kde_variance", "kde_temperature")
+
+
+def groupable(config: RunConfig) -> bool:
+  """Whether a run can join a group: DM, vanilla or KDE weights computed inside the batch
+  (whole-class densities depend on the kernel variance, which would make the real data differ)."""
+  return (config.method == "dm" and config.weighting in ("none", "kde")
+          and not (config.weighting == "kde" and (config.kde_scope == "class"
+                                                  or config.init == "weighted"
+                                                  or config.real_sampling == "weighted")))
+
+
+def group_key(config: RunConfig) -> str:
+  """Runs with the same key differ only in :data:`GROUP_KNOBS` (and cadence)."""
+  d = config._hashed()
+  for name in GROUP_KNOBS:
+    d.pop(name)
+  return json.dumps(d, sort_keys=True)
+
+
+def _fresh(workdir: str) -> bool:
+  """No SynSet and no checkpoint yet: a group may start this run from step 0."""
+  return (not os.path.exists(os.path.join(workdir, "synset", "manifest.json"))
+          and not os.path.isdir(os.path.join(workdir, "checkpoints")))
+
+
+def distill_group(configs, workdirs, *, run_data: RunData | None = None,
+                  progress: bool = True) -> list[SynSet]:
+  """Distils runs that differ only in runtime knobs in ONE program (``jaxdd tune``'s candidates).
+
+  The runs share their seed, so each separate run would draw the same networks, real
+  batches and augmentations: the N-run step with common random numbers
+  (:func:`jaxdd.distill.dm` with ``num_runs``) computes those once and gives each run
+  what its own :func:`distill_stage` would, up to float rounding. Each run's directory
+  is written as :func:`distill_stage` writes it (config, weights, metrics, checkpoints,
+  SynSet, plot), so a killed group resumes run by run through :func:`distill_stage`.
+
+  Raises:
+    ValueError: the runs are not one group (:func:`groupable`, :func:`group_key`) or a
+      directory already holds a SynSet or checkpoints.
+  """
+  configs, workdirs = list(configs), list(workdirs)
+  if len(configs) != len(workdirs) or not configs:
+    raise ValueError("distill_group needs one workdir per config")
+  if not all(groupable(c) for c in configs) or len({group_key(c) for c in configs}) != 1:
+    raise ValueError("these runs differ in more than lr_img and the KDE variance and "
+                     "temperature (or use whole-class densities); distil them one by one")
+  for c, w in zip(configs, workdirs):
+    validate(c)
+    _check_distill_workdir(c, w)
+    if not _fresh(w):
+      raise ValueError(f"{w} already holds a SynSet or checkpoints; distill_stage resumes it")
+  with policy_lib.use(configs[0].policy):
+    return _distill_group(configs, workdirs, run_data, progress)
+
+
+def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
+  import orbax.checkpoint as ocp
+  base = configs[0]
+  if run_data is None:
+    run_data = RunData(base)
+  with contextlib.ExitStack() as stack:
+    for w in workdirs:
+      os.makedirs(w, exist_ok=True)
+      stack.enter_context(workdir_lock(w))
+    heads = [_start_run(c, w, run_data, progress) for c, w in zip(configs, workdirs)]
+    embeddings, _, classifier = heads[0]
+    nc = run_data.num_classes
+    real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
+                             num_classes=nc,
+                             embeddings=embeddings if base.weighting == "kde" else None)
+    knobs = [{"lr": c.lr_img, "variance": c.kde_variance, "temperature": c.kde_temperature}
+             for c in configs]
+    d = make_distiller(base, nc, base.kde, num_runs=len(configs), run_knobs=knobs,
+                       common_random_numbers=True)
+    state = d.init(run_keys(base)[1], real)
+    logs = [MetricsLog(w, 0) for w in workdirs]
+    mngrs = [_checkpointer(w) for w in workdirs]
+    every = track_every(base)
+
+    def one(i):
+      return distill.DistillState(
+          SynSet(state.syn.images[i], state.syn.labels[i]),
+          jax.tree.map(lambda a: a[i], state.opt_state), state.step, state.key)
+
+    def track(step):
+      if classifier is not None and (step % every == 0 or step == base.iterations):
+        for i, log in enumerate(logs):
+          score = diagnostics.bias_score(classifier, np.asarray(state.syn.images[i]),
+                                         np.asarray(state.syn.labels[i]))
+          log.append({"step": step, "bias_aligned_fraction": score["aligned_fraction"]})
+
+    track(0)
+    bar = progress_lib.bar(base.iterations, f"DM x{len(configs)} ipc={base.ipc}", unit="step",
+                           disable=not progress)
+    t0 = time.perf_counter()
+    try:
+      for it in range(base.iterations):
+        state, m = d.step(state, real)
+        step = it + 1
+        if step % base.log_every == 0 or step == base.iterations:
+          for i, (c, log) in enumerate(zip(configs, logs)):
+            loss = float(m["loss"][i]) / nc
+            if not np.isfinite(loss):
+              raise FloatingPointError(f"the DM loss of {workdirs[i]} became {loss} at step "
+                                       f"{step}; lower lr_img (now {c.lr_img})")
+            log.append({"step": step, "loss": loss, "grad_norm": float(m["grad_norm"][i]),
+                        "max_weight": float(m["max_weight"][i]),
+                        "time_s": time.perf_counter() - t0})
+        bar.update(1)
+        track(step)
+        if step % base.checkpoint_every == 0 or step == base.iterations:
+          for i, mngr in enumerate(mngrs):
+            mngr.save(step, args=ocp.args.StandardSave(_state_tree(one(i))))
+            mngr.wait_until_finished()
+    finally:
+      bar.close()
+      for log in logs:
+        log.close()
+      for mngr in mngrs:
+        mngr.close()
+    out = []
+    for i, (c, w) in enumerate(zip(configs, workdirs)):
+      syn = SynSet(np.asarray(state.syn.images[i]), np.asarray(state.syn.labels[i]))
+      out.append(_finish_run(c, w, run_data, syn, heads[i][1]))
+  return out
 
 
 @under_policy

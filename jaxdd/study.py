@@ -291,6 +291,33 @@ def _distilled(config, root, run_data, progress) -> tuple[str, SynSet]:
   return workdir, syn
 
 
+def distil_groups(configs, root: str, run_data: pipeline.RunData, *,
+                  progress: bool = True) -> int:
+  """Distils, in one program per group, the runs that differ only in runtime knobs.
+
+  Candidates of a seed that have not started yet and share everything but ``lr_img``
+  and the KDE variance and temperature (:func:`jaxdd.pipeline.group_key`) run as one
+  group (:func:`jaxdd.pipeline.distill_group`); the others are left to
+  :func:`jaxdd.pipeline.distill_stage`, which then finds each group's SynSets.
+  Returns the number of runs distilled in groups.
+  """
+  groups: dict[str, dict[str, pipeline.RunConfig]] = {}
+  for config in configs:
+    workdir = run_dir(root, config)
+    if pipeline.groupable(config) and pipeline._fresh(workdir):
+      groups.setdefault(pipeline.group_key(config), {})[workdir] = config
+  done = 0
+  for members in groups.values():
+    if len(members) < 2:
+      continue
+    progress_lib.logger.info("distilling %d runs that differ only in lr_img and the KDE knobs "
+                             "in one program", len(members))
+    pipeline.distill_group(list(members.values()), list(members), run_data=run_data,
+                           progress=progress)
+    done += len(members)
+  return done
+
+
 @pipeline.under_policy
 def tune(base: pipeline.RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
          candidates: Sequence[Setting] | None = None, protocol: str | evaluate.Protocol = "cpu",
@@ -316,6 +343,8 @@ def tune(base: pipeline.RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
     seed_base = base.replace(seed=seed)
     run_data = pipeline.RunData(seed_base)
     num_conflicting += int((~np.asarray(run_data.valid.aligned)).sum())
+    distil_groups([cand.apply(seed_base) for cand in candidates], root, run_data,
+                  progress=progress)
     for i, cand in enumerate(candidates):
       config = cand.apply(seed_base)
       name = cand.name(base)

@@ -168,3 +168,44 @@ def test_make_distiller_passes_real_dtype_to_dm_only():
                             real_dtype="bfloat16")
   with pytest.raises(ValueError, match="real_dtype"):  # distill.dm's own check
     pipeline.make_distiller(dm_cfg, 10, None, real_dtype="int8")
+
+
+@pytest.mark.slow
+def test_a_group_of_runs_equals_the_runs_one_by_one(tmp_path):
+  from jaxdd import study
+  base = pipeline.get_config("smoke", weighting="kde", iterations=3, checkpoint_every=2)
+  configs = [base, base.replace(lr_img=3.0, kde_temperature=0.5)]
+  assert len({pipeline.group_key(c) for c in configs}) == 1
+  assert not pipeline.groupable(base.replace(kde_scope="class"))
+  grouped = [str(tmp_path / "g" / f"r{i}") for i in range(2)]
+  run_data = pipeline.RunData(base)
+  syns = pipeline.distill_group(configs, grouped, run_data=run_data, progress=False)
+  for i, c in enumerate(configs):
+    alone = pipeline.distill_stage(c, str(tmp_path / f"alone{i}"), run_data=run_data,
+                                   progress=False)
+    scale = float(np.abs(alone.images).max())
+    np.testing.assert_allclose(syns[i].images, alone.images, atol=1e-5 * scale)
+    # the directory is a run's own: the same files, metrics rows and checkpoints
+    assert sorted(os.listdir(grouped[i])) == sorted(os.listdir(tmp_path / f"alone{i}"))
+    rows = [json.loads(line) for line in open(os.path.join(grouped[i], "metrics.jsonl"))]
+    ref = [json.loads(line) for line in open(tmp_path / f"alone{i}" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [r["step"] for r in ref]
+    np.testing.assert_allclose([r["loss"] for r in rows if "loss" in r],
+                               [r["loss"] for r in ref if "loss" in r], rtol=1e-4)
+    assert sorted(os.listdir(os.path.join(grouped[i], "checkpoints"))) == ["2", "3"]
+    # distill_stage finds the group's SynSet instead of distilling again
+    again = pipeline.distill_stage(c, grouped[i], run_data=run_data, progress=False)
+    np.testing.assert_array_equal(again.images, syns[i].images)
+  with pytest.raises(ValueError, match="already holds"):
+    pipeline.distill_group(configs, grouped, run_data=run_data, progress=False)
+  with pytest.raises(ValueError, match="differ in more"):
+    pipeline.distill_group([base, base.replace(ipc=3)], [str(tmp_path / "x"), str(tmp_path / "y")],
+                           run_data=run_data, progress=False)
+  # tune's grouping takes fresh, groupable runs only, and never a group of one
+  root = str(tmp_path / "study")
+  for c, w in zip(configs, grouped):  # as if tune had distilled them: not fresh
+    os.makedirs(os.path.dirname(study.run_dir(root, c)), exist_ok=True)
+    os.symlink(w, study.run_dir(root, c))
+  assert study.distil_groups(configs + [base.replace(kde_scope="class"),
+                                        base.replace(ipc=3)], root, run_data,
+                             progress=False) == 0
