@@ -112,6 +112,10 @@ class RunConfig:
   # How the work is laid out (jaxdd.policy): 'auto' follows the backend; 'cpu' or
   # 'accelerator' pins a layout (same results up to float rounding).
   policy: str = "auto"
+  # Devices the distillation step is sharded over ('1', 'all' or a count): a mesh of a class
+  # axis and a real-batch axis (jaxdd.pipeline.device_mesh); the same numbers as one device
+  # up to float rounding, so it is not part of the digests.
+  devices: str = "1"
 
   def __post_init__(self):
     validate(self)
@@ -153,6 +157,7 @@ class RunConfig:
     d.pop("log_every"), d.pop("checkpoint_every")
     if d["policy"] == "auto":  # the default layout; digests from before the field stay valid
       d.pop("policy")
+    d.pop("devices")  # layout only
     for name, default in (("real_sampling", "uniform"), ("kde_floor", 0.0)):
       if d[name] == default:  # the same: runs from before the field keep their digests
         d.pop(name)
@@ -250,6 +255,11 @@ def validate(config: RunConfig) -> None:
     raise ValueError(f"KDE scope 'batch' estimates densities inside each real batch, which needs "
                      f"real_per_class >= 2 (got {config.real_per_class}); raise it or use "
                      "--kde-scope class")
+  if config.devices != "all" and not (config.devices.isdigit() and int(config.devices) >= 1):
+    raise ValueError(f"devices must be 'all' or a positive count, got {config.devices!r}")
+  if config.devices != "1" and config.method in ("mtt", "cfm"):
+    raise ValueError(f"--devices shards DM and gradient matching; method {config.method!r} "
+                     "runs on one device (use --devices 1)")
   if config.method == "mtt":
     _validate_mtt(config)
   if config.method == "cfm" and not (np.isfinite(config.cfm_beta) and config.cfm_beta > 0):

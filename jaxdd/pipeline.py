@@ -356,6 +356,29 @@ def num_bias_values(ds) -> int:
   return int(np.asarray(ds.bias).max()) + 1
 
 
+def device_mesh(config: RunConfig, num_classes: int):
+  """The mesh of ``config.devices`` (None for one device): classes x real batch.
+
+  The class axis takes the largest divisor of the device count that divides the
+  class count, the real-batch axis the rest, which must divide ``real_per_class``.
+  """
+  from jaxdd import parallel  # noqa: PLC0415
+  available = len(jax.devices())
+  n = available if config.devices == "all" else int(config.devices)
+  if n == 1:
+    return None
+  if n > available:
+    raise ValueError(f"--devices {n}: only {available} devices are visible; lower it or use "
+                     "--devices all")
+  cls = max(d for d in range(1, n + 1) if n % d == 0 and num_classes % d == 0)
+  real = n // cls
+  if config.real_per_class % real:
+    raise ValueError(f"--devices {n} splits into {cls} class x {real} real-batch shards, and "
+                     f"real_per_class={config.real_per_class} is not a multiple of {real}; "
+                     "change one of them")
+  return parallel.make_mesh({"cls": cls, "real": real}, devices=jax.devices()[:n])
+
+
 def make_distiller(config: RunConfig, num_classes: int,
                    kde_config: distill.KDEConfig | None, *,
                    real_dtype: str | None = None, num_bias: int | None = None,
@@ -374,6 +397,8 @@ def make_distiller(config: RunConfig, num_classes: int,
                 model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
                 real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
                 init=config.init, kde_config=kde_config, real_sampling=config.real_sampling)
+  mesh = device_mesh(config, num_classes)
+  sharded = {} if mesh is None else dict(mesh=mesh, class_axis="cls", batch_axis="real")
   if config.method == "mtt":
     if real_dtype is not None:
       raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
@@ -396,12 +421,12 @@ def make_distiller(config: RunConfig, num_classes: int,
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.dm(augment=aug, real_dtype=real_dtype,
                       group_matching=num_bias if config.weighting == "fairdd" else None,
-                      **common, **runs)
+                      **common, **runs, **sharded)
   if real_dtype is not None:
     raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
   strategy = config.dsa_strategy if config.method == "dsa" else None
   return distill.gm(strategy=strategy or None, outer_loop=config.outer_loop,
-                    inner_loop=config.inner_loop, lr_net=config.lr_net, **common)
+                    inner_loop=config.inner_loop, lr_net=config.lr_net, **common, **sharded)
 
 
 # ---------------------------------------------------------------------------- expert buffers
@@ -650,7 +675,8 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                            embeddings=(embeddings if config.weighting == "kde"
                                        and config.kde_scope == "batch" else None),
                            log_density=log_density,
-                           groups=run_data.train.bias if fairdd else None)
+                           groups=run_data.train.bias if fairdd else None,
+                           mesh=device_mesh(config, nc))
   d = make_distiller(config, nc, kde_config, real_dtype=real_dtype,
                      num_bias=num_bias_values(run_data.train) if fairdd else None)
   step_data = real
@@ -939,7 +965,7 @@ GROUP_KNOBS = ("lr_img", "kde_variance", "kde_temperature")
 def groupable(config: RunConfig) -> bool:
   """Whether a run can join a group: DM, vanilla or KDE weights computed inside the batch
   (whole-class densities depend on the kernel variance, which would make the real data differ)."""
-  return (config.method == "dm" and config.weighting in ("none", "kde")
+  return (config.method == "dm" and config.weighting in ("none", "kde") and config.devices == "1"
           and not (config.weighting == "kde" and (config.kde_scope == "class"
                                                   or config.init == "weighted"
                                                   or config.real_sampling == "weighted")))

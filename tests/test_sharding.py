@@ -44,3 +44,25 @@ def test_sharded_equals_single_device(axes, class_axis, batch_axis, num_classes,
 def test_make_mesh_checks_size():
   with pytest.raises(ValueError, match="needs 6 devices"):
     parallel.make_mesh({"a": 3, "b": 2})
+
+
+@pytest.mark.slow
+def test_devices_flag_shards_a_run_with_the_same_numbers(tmp_path):
+  from jaxdd import pipeline
+  assert jax.device_count() == 8
+  cfg = pipeline.get_config("smoke", weighting="none", iterations=3)
+  mesh = pipeline.device_mesh(cfg.replace(devices="8"), 10)
+  assert dict(mesh.shape) == {"cls": 2, "real": 4}
+  assert pipeline.device_mesh(cfg.replace(devices="all"), 10).size == 8
+  assert pipeline.device_mesh(cfg, 10) is None
+  assert cfg.replace(devices="8").digest() == cfg.digest()  # layout only
+  with pytest.raises(ValueError, match="only 8 devices"):
+    pipeline.device_mesh(cfg.replace(devices="16"), 10)
+  with pytest.raises(ValueError, match="multiple of 4"):
+    pipeline.device_mesh(cfg.replace(devices="8", real_per_class=6), 10)
+  with pytest.raises(ValueError, match="devices must be"):
+    cfg.replace(devices="two")
+  one = pipeline.distill_stage(cfg, str(tmp_path / "one"), progress=False)
+  eight = pipeline.distill_stage(cfg.replace(devices="8"), str(tmp_path / "eight"), progress=False)
+  scale = float(np.abs(one.images).max())
+  np.testing.assert_allclose(eight.images, one.images, atol=1e-4 * scale)
