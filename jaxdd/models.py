@@ -155,8 +155,9 @@ class LeNet(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> net = LeNet(num_classes=10)
-    >>> params = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    >>> net.apply(params, jnp.zeros((2, 32, 32, 3))).shape
+    >>> x = jnp.zeros((2, 32, 32, 3))
+    >>> params = jax.eval_shape(net.init, jax.random.key(0), x)  # shapes only: nothing runs
+    >>> jax.eval_shape(net.apply, params, x).shape
     (2, 10)
   """
   num_classes: int
@@ -195,8 +196,9 @@ class AlexNet(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> net = AlexNet(num_classes=10)
-    >>> params = net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    >>> feats, logits = net.apply(params, jnp.zeros((2, 28, 28, 1)), return_features=True)
+    >>> x = jnp.zeros((2, 28, 28, 1))
+    >>> params = jax.eval_shape(net.init, jax.random.key(0), x)  # shapes only: nothing runs
+    >>> feats, logits = jax.eval_shape(lambda p: net.apply(p, x, return_features=True), params)
     >>> feats.shape
     (2, 3072)
   """
@@ -234,8 +236,9 @@ class VGG11(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> net = VGG11(num_classes=10)
-    >>> params = net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)))
-    >>> net.apply(params, jnp.zeros((1, 28, 28, 3))).shape
+    >>> x = jnp.zeros((1, 28, 28, 3))
+    >>> params = jax.eval_shape(net.init, jax.random.key(0), x)  # shapes only: nothing runs
+    >>> jax.eval_shape(net.apply, params, x).shape
     (1, 10)
   """
   num_classes: int
@@ -292,8 +295,9 @@ class ResNet18(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> net = ResNet18(num_classes=10)
-    >>> params = net.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-    >>> net.apply(params, jnp.zeros((1, 16, 16, 3))).shape
+    >>> x = jnp.zeros((1, 16, 16, 3))
+    >>> params = jax.eval_shape(net.init, jax.random.key(0), x)  # shapes only: nothing runs
+    >>> jax.eval_shape(net.apply, params, x).shape
     (1, 10)
   """
   num_classes: int
