@@ -57,6 +57,8 @@ def main() -> None:
   p.add_argument("--normalize", default="softmax", choices=["softmax", "power"])
   p.add_argument("--batch-calls", type=int, default=20,
                  help="calls per timed run of the (ms-scale) batch path")
+  p.add_argument("--matmul", default="highest", choices=["highest", "default", "bfloat16"],
+                 help="precision of the cross term (kde.log_density's matmul)")
   p.add_argument("--sharded", action="store_true",
                  help="use log_density_sharded over all local devices")
   p.add_argument("--xla-flags", default=None,
@@ -77,7 +79,7 @@ def main() -> None:
 
   meta = {"d": args.d, "variance": args.variance, "block": args.block,
           "support_block": args.support_block or args.block,
-          "sharded": args.sharded, "jax": jax.__version__,
+          "sharded": args.sharded, "matmul": args.matmul, "jax": jax.__version__,
           "backend": jax.default_backend(), "devices": jax.device_count(),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
@@ -89,7 +91,8 @@ def main() -> None:
 
   def run_density(x):
     return density(x, x, variance=args.variance, block_size=args.block,
-                   support_block_size=args.support_block).block_until_ready()
+                   support_block_size=args.support_block,
+                   matmul=args.matmul).block_until_ready()
 
   if args.check_n:
     xc = unit_sphere(args.check_n, args.d, args.seed)

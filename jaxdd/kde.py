@@ -235,6 +235,7 @@ def log_density(
     block_size: int = 1024,
     support_block_size: int | None = None,
     support_mask: jax.Array | None = None,
+    matmul: str = "highest",
 ) -> jax.Array:
   """Log of the mean Gaussian kernel value of each query over the support.
 
@@ -262,6 +263,13 @@ def log_density(
     support_mask: optional (n,) bool; False rows are ignored (neither in the
       sum nor in the count ``n'``). Lets callers pass per-class groups stored
       in rectangular padded arrays.
+    matmul: precision of the cross term ``x . y``, the kernel's matmul:
+      ``"highest"`` (float32, the default), ``"default"`` (the backend's: TF32
+      on recent NVIDIA GPUs) or ``"bfloat16"`` (inputs rounded to bfloat16,
+      float32 accumulation). With points of norm at most ``r`` after
+      centring, the log-density error of ``"bfloat16"`` is at most about
+      ``2^-7 r^2 / (2 v)`` (tests/test_kde.py); RESULTS.md, "KDE", gives the
+      accuracy/time trade-off.
 
   Returns:
     (q,) log-densities (float32 for float32 input). Finite whenever at least
@@ -284,18 +292,20 @@ def log_density(
     return log_density_sharded(
         queries, support, variance=variance, mesh=axis[0], axis_name=axis[1],
         block_size=block_size, support_block_size=support_block_size,
-        support_mask=support_mask)
+        support_mask=support_mask, matmul=matmul)
   # Passing the very same array as queries and support (the self-included
   # density) lets the kernel use the exact 0 self-distance.
   self_pairs = queries is support
   (queries, support, support_valid, variance, block_q,
    block_n) = _prepare_log_density(queries, support, variance, block_size,
                                    support_block_size, support_mask)
+  if matmul not in kde_kernel.MATMULS:
+    raise ValueError(f"matmul must be one of {list(kde_kernel.MATMULS)}, got {matmul!r}")
   if queries.shape[0] == 0:
     return jnp.zeros((0,), queries.dtype)
   return kde_kernel.log_density_core(queries, support, support_valid, variance,
                            block_q=block_q, block_n=block_n,
-                           self_pairs=self_pairs)
+                           self_pairs=self_pairs, matmul=matmul)
 
 
 def log_density_sharded(
@@ -308,6 +318,7 @@ def log_density_sharded(
     block_size: int = 1024,
     support_block_size: int | None = None,
     support_mask: jax.Array | None = None,
+    matmul: str = "highest",
 ) -> jax.Array:
   """:func:`log_density` with the query axis split over a mesh axis.
 
@@ -324,6 +335,7 @@ def log_density_sharded(
     block_size: query rows per tile (per device).
     support_block_size: support rows per tile; defaults to ``block_size``.
     support_mask: optional (n,) bool, False rows ignored.
+    matmul: the cross term's precision, as :func:`log_density`.
 
   Returns:
     (q,) log-densities, equal to :func:`log_density` up to float rounding;
@@ -347,10 +359,12 @@ def log_density_sharded(
   (queries, support, support_valid, variance, block_q,
    block_n) = _prepare_log_density(queries, support, variance, block_size,
                                    support_block_size, support_mask)
+  if matmul not in kde_kernel.MATMULS:
+    raise ValueError(f"matmul must be one of {list(kde_kernel.MATMULS)}, got {matmul!r}")
   if queries.shape[0] == 0:
     return jnp.zeros((0,), queries.dtype)
-  return kde_kernel.sharded_log_density_fn(mesh, axis_name, block_q, block_n, self_pairs)(
-      queries, support, support_valid, variance)
+  return kde_kernel.sharded_log_density_fn(mesh, axis_name, block_q, block_n, self_pairs,
+                                           matmul)(queries, support, support_valid, variance)
 
 
 # --------------------------------------------------------------------------

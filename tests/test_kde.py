@@ -468,3 +468,25 @@ def test_bad_inputs_raise():
   for fn, match in cases:
     with pytest.raises(ValueError, match=match):
       fn()
+
+
+@pytest.mark.parametrize("matmul", ["default", "bfloat16"])
+def test_lower_precision_cross_term_stays_within_its_bound(matmul):
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(300, 32))
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  v = 0.1
+  d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+  ref = np.log(np.mean(np.exp(-d2 / (2 * v)), axis=1))  # float64
+  xj = jnp.asarray(x, jnp.float32)
+  got = np.asarray(kde.log_density(xj, xj, variance=v, block_size=128, matmul=matmul))
+  # bfloat16 rounds each input to 8 bits: |x.y| errs by at most about 2^-8 |x||y|, the squared
+  # distance by twice that, the log-kernel by that over 2v; the rows are centred first, so
+  # |x| <= max centred norm. 'default' on CPU is float32: the float32 tolerance applies.
+  xc = x - x.mean(axis=0)
+  r2 = float((np.linalg.norm(xc, axis=1) ** 2).max())
+  bound = (2 * 2.0 ** -8 * r2 / (2 * v)) if matmul == "bfloat16" else 0.0
+  f32 = 8 * np.finfo(np.float32).eps * (2 * r2) / (2 * v) + 1e-5 * np.abs(ref).max()
+  assert np.abs(got - ref).max() <= bound + f32
+  with pytest.raises(ValueError, match="matmul"):
+    kde.log_density(xj, xj, variance=v, matmul="fp8")

@@ -59,6 +59,7 @@ def blocked_log_sum(
     block_n: int,
     self_pairs: bool = False,
     row_offset: jax.Array | int = 0,
+    matmul: str = "highest",
 ) -> jax.Array:
   """``log sum_j K(x_i, y_j)`` over valid (and same-group) ``j``, blocked.
 
@@ -68,7 +69,9 @@ def blocked_log_sum(
   ``self_pairs=True`` declares queries and support to be the same rows, so the
   diagonal distance is set to exactly 0 instead of the expansion's rounding
   noise (which is ~eps/(2v) in log k: 0.05 at v = 1e-6); ``row_offset`` is
-  the global index of the first query row (non-zero on a shard).
+  the global index of the first query row (non-zero on a shard). ``matmul``
+  is the cross term's precision (:data:`MATMULS`); the squared norms and the
+  log-sum-exp stay in the input dtype.
   """
   q, d = queries.shape
   n = support.shape[0]
@@ -92,6 +95,7 @@ def blocked_log_sum(
     gq = jnp.zeros((nq, bq), jnp.int32)
     gs = jnp.zeros((nn, bn), jnp.int32)
   yy = jnp.sum(ys * ys, axis=-1)  # (nn, bn), computed once for all queries
+  cross = cross_term(matmul, dtype)
 
   def query_block(args):
     xb, gqb, qi = args
@@ -101,9 +105,7 @@ def blocked_log_sum(
     def support_step(carry, sblock):
       m, s = carry
       yb, yyb, vb, gsb, sj = sblock
-      xy = lax.dot_general(
-          xb, yb, (((1,), (1,)), ((), ())),
-          precision=lax.Precision.HIGHEST)
+      xy = cross(xb, yb)
       # Clamp: cancellation can make the expansion slightly negative for
       # near-duplicates; a negative distance would mean K > 1.
       d2 = jnp.maximum(xxb[:, None] + yyb[None, :] - 2 * xy, 0)
@@ -133,6 +135,25 @@ def blocked_log_sum(
   return out.reshape(nq * bq)[:q]
 
 
+#: Precisions of the cross term x . y: 'highest' (full float32), 'default' (the backend's
+#: default: TF32 on recent NVIDIA GPUs, float32 on CPU), 'bfloat16' (inputs rounded to
+#: bfloat16, products accumulated in float32).
+MATMULS = ("highest", "default", "bfloat16")
+
+
+def cross_term(matmul: str, dtype):
+  """``f(xb, yb) -> xb @ yb.T`` at the precision ``matmul`` names, in ``dtype``."""
+  dims = (((1,), (1,)), ((), ()))
+  if matmul == "highest":
+    return lambda a, b: lax.dot_general(a, b, dims, precision=lax.Precision.HIGHEST)
+  if matmul == "default":
+    return lambda a, b: lax.dot_general(a, b, dims, precision=lax.Precision.DEFAULT)
+  if matmul == "bfloat16":
+    return lambda a, b: lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), dims,
+                                        preferred_element_type=dtype)
+  raise ValueError(f"matmul must be one of {list(MATMULS)}, got {matmul!r}")
+
+
 def centre(queries, support, support_valid):
   """Shifts both sets by the mean of the valid support rows.
 
@@ -146,21 +167,21 @@ def centre(queries, support, support_valid):
 
 
 @functools.partial(jax.jit,
-                   static_argnames=("block_q", "block_n", "self_pairs"))
+                   static_argnames=("block_q", "block_n", "self_pairs", "matmul"))
 def log_density_core(queries, support, support_valid, variance, *, block_q,
-                      block_n, self_pairs):
+                      block_n, self_pairs, matmul="highest"):
   queries, support = centre(queries, support, support_valid)
   inv_two_var = (0.5 / variance).astype(queries.dtype)
   lse = blocked_log_sum(queries, support, support_valid, inv_two_var,
                                 None, None, block_q=block_q, block_n=block_n,
-                                self_pairs=self_pairs)
+                                self_pairs=self_pairs, matmul=matmul)
   count = jnp.sum(support_valid.astype(queries.dtype))
   return lse - jnp.log(count)
 
 
 @functools.lru_cache(maxsize=32)
 def sharded_log_density_fn(mesh: Mesh, axis_name: str, block_q: int, block_n: int,
-                self_pairs: bool):
+                self_pairs: bool, matmul: str = "highest"):
   """Builds (once per mesh/axis/blocks) the jitted shard_map'ed kernel."""
 
   def local(queries, support, support_valid, variance):
@@ -172,7 +193,7 @@ def sharded_log_density_fn(mesh: Mesh, axis_name: str, block_q: int, block_n: in
     lse = blocked_log_sum(queries, support, support_valid,
                                   inv_two_var, None, None, block_q=block_q,
                                   block_n=block_n, self_pairs=self_pairs,
-                                  row_offset=offset)
+                                  row_offset=offset, matmul=matmul)
     return lse - jnp.log(jnp.sum(support_valid.astype(queries.dtype)))
 
   # check_vma=False: the scan carry starts replicated (constants) and becomes

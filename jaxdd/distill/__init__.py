@@ -48,9 +48,10 @@ from jaxdd.distill.distribution import dm
 from jaxdd.distill.frequency import cfm
 from jaxdd.distill.gradient import BN_REAL_PER_CLASS, GM_LOOPS, dc, dsa, gm, gm_loops
 from jaxdd.distill.trajectory import mtt
+from jaxdd.structs import SynSet  # the artifact a distiller's state holds
 
 __all__ = ["BN_REAL_PER_CLASS", "ClassIndex", "DistillState", "Distiller", "GM_LOOPS", "INITS",
-           "KDEConfig", "REAL_SAMPLING", "RealData", "batch_weights", "class_index",
+           "KDEConfig", "REAL_SAMPLING", "RealData", "SynSet", "batch_weights", "class_index",
            "cfm", "class_log_density", "class_weights", "dc", "dm", "dsa", "gm", "gm_loops", "mtt",
            "real_batch", "real_data", "sample_per_class", "sample_weighted",
            "weighted_init_rows"]
