@@ -33,7 +33,7 @@ thread-local: do not call :func:`use` from several threads at once.
 Example:
   >>> from jaxdd import policy
   >>> policy.resolve("cpu").parallel, policy.resolve("accelerator").parallel
-  ('map', 'vmap')
+  ('map', 'map')
   >>> with policy.use("accelerator"):
   ...   policy.current().train_loop
   'scan'
@@ -131,7 +131,11 @@ POLICIES: dict[str, Policy] = {
     "cpu": Policy("cpu", conv="loop_safe", parallel="map", train_loop="step", micro_batch=12,
                   predict_block=32, real_chunk=32, syn_chunk=10, forward_conv="winograd",
                   train_conv="winograd"),
-    "accelerator": Policy("accelerator", conv="xla", parallel="vmap", train_loop="scan",
+    # parallel="map" on accelerators too: on one H100 (jax 0.11.2, CUDA 13), 5 evaluation
+    # networks vmapped in one program ran at 0.91x (IPC 10) and 0.70x (IPC 50) the speed of
+    # the same networks one after another (RESULTS.md, "Speed on GPU"): vmap over conv
+    # weights lowers to grouped convolutions, a slow path there as on CPU.
+    "accelerator": Policy("accelerator", conv="xla", parallel="map", train_loop="scan",
                           micro_batch=None, predict_block=None, real_chunk=None, syn_chunk=None),
 }
 

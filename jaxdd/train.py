@@ -20,11 +20,11 @@ epochs (and a nested scan over the batches of an epoch); :func:`fit_epochs`
 runs the same steps from the host, one compiled program per epoch or per step.
 :func:`train_models` runs ``fit`` for
 ``num_models`` keys and an optional learning-rate grid in **one** XLA
-program, either ``vmap`` ped (all networks batched: accelerators) or under a
-``lax.map`` (one after another inside the program: CPU, where XLA runs the
-grouped convolutions of vmapped ConvNets slower than separate ones; see
-RESULTS.md, "Evaluation: many networks in one program"); ``parallel="auto"`` takes the active
-:mod:`jaxdd.policy`'s choice. Compiled programs are cached per (training task,
+program, either ``vmap`` ped (all networks batched) or under a ``lax.map``
+(one after another inside the program: the default on CPU and on GPUs, where
+XLA runs the grouped convolutions of vmapped ConvNets slower than separate
+ones; see RESULTS.md, "Evaluation: many networks in one program" and "Speed on
+GPU"); ``parallel="auto"`` takes the active :mod:`jaxdd.policy`'s choice. Compiled programs are cached per (training task,
 protocol, parallel mode, policy) with ``functools.lru_cache`` (big_vision's
 ``get_eval_fn`` pattern) and traced under that policy; ``jax.jit`` adds the
 per-shape cache.
