@@ -198,6 +198,9 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
 
   step_fn = policy.pinned(pol, step_fn)
   if num_runs is not None:
+    if syn_tx is not None and any("lr" in k for k in (run_knobs or ())):
+      raise ValueError("run_knobs' lr scales dm's own SGD; with syn_tx the step size is the "
+                       "transformation's: drop lr from run_knobs")
     if mesh is not None:
       raise ValueError("num_runs runs on one device; drop mesh= (or num_runs=)")
     return many_runs(init_fn, step_fn, hp, num_runs=num_runs, run_knobs=run_knobs,
