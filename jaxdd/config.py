@@ -300,10 +300,9 @@ def validate(config: RunConfig) -> None:
 
 
 def _validate_mtt(config: RunConfig) -> None:
+  from jaxdd._src import checks  # noqa: PLC0415
   for name in ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts"):
-    v = getattr(config, name)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-      raise ValueError(f"{name} must be a positive int, got {v!r}")
+    checks.check_positive_int(name, getattr(config, name))
   if config.batch_syn is not None and config.batch_syn < 1:
     raise ValueError(f"batch_syn must be >= 1 or None (the whole set), got {config.batch_syn}")
   for name in ("lr_teacher", "lr_lr", "expert_lr"):

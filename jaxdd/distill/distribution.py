@@ -12,7 +12,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import matching, parallel, policy
-from jaxdd._src import winograd
+from jaxdd._src import checks, winograd
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _BoundStep,
                                 _check_kde, _check_sampling, _chunk, _floating_dtype, _KDEKnobs,
                                 _runtime_knobs, _shared_program, _state_init, real_batch)
@@ -243,8 +243,7 @@ def many_runs(init_fn: Callable, step_fn: Callable, hp: dict, *, num_runs: int,
   """
   if parallel not in ("vmap", "map"):
     raise ValueError(f"run_parallel must be 'auto', 'vmap' or 'map', got {parallel!r}")
-  if isinstance(num_runs, bool) or not isinstance(num_runs, int) or num_runs < 1:
-    raise ValueError(f"num_runs must be a positive int, got {num_runs!r}")
+  checks.check_positive_int("num_runs", num_runs)
   knobs = [dict() for _ in range(num_runs)] if run_knobs is None else [dict(k) for k in run_knobs]
   if len(knobs) != num_runs:
     raise ValueError(f"run_knobs has {len(knobs)} entries for num_runs={num_runs}")

@@ -19,14 +19,10 @@ from jax.flatten_util import ravel_pytree
 from jaxdd import augment as augment_lib
 from jaxdd import mtt as mtt_lib
 from jaxdd import parallel, policy
+from jaxdd._src import checks
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _BoundStep,
                                 _check_kde, _shared_program, _state_init)
 from jaxdd.models import ConvNet
-
-
-def _positive_int(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None = None,
@@ -83,7 +79,7 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
     raise ValueError(f"mode must be one of {list(mtt_lib.MODES)}, got {mode!r}")
   for name, v in (("ipc", ipc), ("num_epochs", num_epochs), ("expert_epochs", expert_epochs),
                   ("max_start_epoch", max_start_epoch), ("syn_steps", syn_steps)):
-    _positive_int(name, v)
+    checks.check_positive_int(name, v)
   if max_start_epoch + expert_epochs > num_epochs:
     raise ValueError(f"max_start_epoch + expert_epochs = {max_start_epoch + expert_epochs} "
                      f"exceeds the {num_epochs} epochs the experts recorded; lower them or "
