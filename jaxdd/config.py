@@ -116,6 +116,10 @@ class RunConfig:
   # axis and a real-batch axis (jaxdd.pipeline.device_mesh); the same numbers as one device
   # up to float rounding, so it is not part of the digests.
   devices: str = "1"
+  # Distillation steps per host round trip ('auto': the policy's, 1 on CPU; or a count):
+  # jaxdd.distill.multi_step runs them in one program, checkpoints and the bias score at
+  # chunk ends. The same numbers up to float rounding, so it is not part of the digests.
+  steps_per_call: str = "auto"
 
   def __post_init__(self):
     validate(self)
@@ -157,7 +161,7 @@ class RunConfig:
     d.pop("log_every"), d.pop("checkpoint_every")
     if d["policy"] == "auto":  # the default layout; digests from before the field stay valid
       d.pop("policy")
-    d.pop("devices")  # layout only
+    d.pop("devices"), d.pop("steps_per_call")  # layout only
     for name, default in (("real_sampling", "uniform"), ("kde_floor", 0.0)):
       if d[name] == default:  # the same: runs from before the field keep their digests
         d.pop(name)
@@ -257,6 +261,10 @@ def validate(config: RunConfig) -> None:
                      "--kde-scope class")
   if config.devices != "all" and not (config.devices.isdigit() and int(config.devices) >= 1):
     raise ValueError(f"devices must be 'all' or a positive count, got {config.devices!r}")
+  if config.steps_per_call != "auto" and not (config.steps_per_call.isdigit()
+                                              and int(config.steps_per_call) >= 1):
+    raise ValueError("steps_per_call must be 'auto' or a positive count, got "
+                     f"{config.steps_per_call!r}")
   if config.devices != "1" and config.method in ("mtt", "cfm"):
     raise ValueError(f"--devices shards DM and gradient matching; method {config.method!r} "
                      "runs on one device (use --devices 1)")

@@ -662,7 +662,6 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   Trajectory matching first gets its expert buffer (:func:`expert_buffer`, in
   ``buffer_dir``) and steps over it instead of the real data.
   """
-  import orbax.checkpoint as ocp
 
   from jaxdd import progress as progress_lib
 
@@ -708,22 +707,90 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   t0 = time.perf_counter()
   if start > 0:
     progress_lib.logger.info("%s: resuming from step %d of %d", workdir, start, config.iterations)
+  def after(it, n, st, row):
+    nonlocal state
+    state = st
+    loss = _log_chunk(config, nc, it, n, row, log, t0)
+    if loss is not None:
+      bar.set_postfix(loss=f"{loss:.4f}")
+    bar.update(n)
+    step = it + n
+    track(step)
+    if step % config.checkpoint_every == 0 or step == config.iterations:
+      _save(mngr, step, state)
+
+  def save(step):
+    if mngr.latest_step() != step:
+      _save(mngr, step, state, force=True)
+
   try:
-    with _deferred_interrupt() as interrupted:
-      for it in range(start, end):
-        state, m = d.step(state, step_data)
-        step = it + 1
-        _log_and_checkpoint(config, step, m, nc, log, bar, t0, track, mngr, state)
-        if interrupted():  # checked after the step's work: the signal may arrive during it
-          if mngr.latest_step() != step:
-            mngr.save(step, args=ocp.args.StandardSave(_state_tree(state)), force=True)
-            mngr.wait_until_finished()
-          raise Interrupted(step)
+    _drive(d, state, step_data, start, end, steps_per_call(config),
+           stops=(config.checkpoint_every, every if classifier is not None else 0),
+           after=after, save=save)
   finally:
     bar.close()
     log.close()
     mngr.close()
   return SynSet(np.asarray(state.syn.images), np.asarray(state.syn.labels))
+
+
+def steps_per_call(config: RunConfig) -> int:
+  """Distillation steps per host round trip: ``config.steps_per_call``, or the active
+  policy's (:class:`jaxdd.policy.Policy`) when it is ``"auto"``."""
+  if config.steps_per_call == "auto":
+    return policy_lib.current().steps_per_call
+  return int(config.steps_per_call)
+
+
+def _chunks(start: int, end: int, k: int, stops) -> list[tuple[int, int]]:
+  """``(first step, length)`` of at most ``k`` steps covering [start, end), every chunk ending
+  at the next multiple of each nonzero ``stops`` entry (checkpoints, bias scores) or before."""
+  out, it = [], start
+  while it < end:
+    nxt = min([end, it + k] + [(it // s + 1) * s for s in stops if s])
+    out.append((it, nxt - it))
+    it = nxt
+  return out
+
+
+def _drive(d: distill.Distiller, state, data, start: int, end: int, k: int, *, stops,
+           after, save) -> None:
+  """Steps ``d`` from ``start`` to ``end``, ``k`` steps per host round trip.
+
+  After each chunk of ``n`` steps from step ``it``, ``after(it, n, state, row)`` gets the
+  new state and ``row(j)``, the metrics of the chunk's j-th step (host values fetched
+  once per chunk, and only if asked for). The first Ctrl-C is deferred to the end of the
+  chunk in flight, then ``save(step)`` runs and :class:`Interrupted` is raised.
+  """
+  multi = distill.multi_step(d, k) if k > 1 else None
+  with _deferred_interrupt() as interrupted:
+    for it, n in _chunks(start, end, k, stops):
+      if multi is None:
+        state, m = d.step(state, data)
+        row = lambda j, m=m: m  # noqa: E731 (one step: its metrics, fetched when read)
+      else:
+        state, stacked = multi(state, data, n)
+        row = _lazy_rows(stacked)
+      after(it, n, state, row)
+      if interrupted():  # checked after the chunk's work: the signal may arrive during it
+        save(it + n)
+        raise Interrupted(it + n)
+
+
+def _lazy_rows(stacked):
+  host = []
+
+  def row(j):
+    if not host:
+      host.append(jax.device_get(stacked))
+    return jax.tree.map(lambda a: a[j], host[0])
+  return row
+
+
+def _save(mngr, step: int, state, *, force: bool = False) -> None:
+  import orbax.checkpoint as ocp
+  mngr.save(step, args=ocp.args.StandardSave(_state_tree(state)), force=force)
+  mngr.wait_until_finished()
 
 
 class Interrupted(KeyboardInterrupt):
@@ -757,29 +824,34 @@ def _deferred_interrupt():
     signal.signal(signal.SIGINT, previous)
 
 
-def _log_and_checkpoint(config, step, m, nc, log, bar, t0, track, mngr, state) -> None:
-  """After step ``step``: the metrics line, the bar, the bias score, a checkpoint when due."""
-  import orbax.checkpoint as ocp
-  if step % config.log_every == 0 or step == config.iterations:
-    # "loss" is the matching loss averaged over classes (the reference's
-    # printed loss_avg), the number the progress bar shows; trajectory matching's
-    # loss is one normalised parameter distance for the whole set.
+def _log_chunk(config, nc: int, it: int, n: int, row, log, t0: float,
+               pick=lambda m: m, name: str | None = None) -> float | None:
+  """Appends the metrics lines of steps ``it+1 .. it+n`` that fall on ``log_every`` (or
+  the last step) and returns the last logged loss (None if none).
+
+  ``row(j)`` is the chunk's j-th step's metrics; ``pick`` selects one run's from them
+  (a column of an N-run group, whose directory ``name`` the error message gives).
+  """
+  loss = None
+  for step in range(it + 1, it + n + 1):
+    if step % config.log_every and step != config.iterations:
+      continue
+    m = pick(row(step - it - 1))
+    # "loss" is the matching loss averaged over classes (the reference's printed
+    # loss_avg), the number the progress bar shows; trajectory matching's loss is one
+    # normalised parameter distance for the whole set.
     loss = float(m["loss"]) / (1 if config.method == "mtt" else nc)
     if not np.isfinite(loss):
-      raise FloatingPointError(f"the {config.method.upper()} loss became {loss} at step {step}; "
+      raise FloatingPointError(f"the {config.method.upper()} loss"
+                               f"{' of ' + name if name else ''} became {loss} at step {step}; "
                                f"lower lr_img (now {config.lr_img}) or check the data "
                                "normalisation")
-    row = {"step": step, "loss": loss, "grad_norm": float(m["grad_norm"])}
-    for name in ("max_weight", "syn_lr", "start_epoch", "beta"):
-      if name in m:
-        row[name] = float(m[name])
-    log.append({**row, "time_s": time.perf_counter() - t0})
-    bar.set_postfix(loss=f"{loss:.4f}")
-  bar.update(1)
-  track(step)
-  if step % config.checkpoint_every == 0 or step == config.iterations:
-    mngr.save(step, args=ocp.args.StandardSave(_state_tree(state)))
-    mngr.wait_until_finished()
+    out = {"step": step, "loss": loss, "grad_norm": float(m["grad_norm"])}
+    for key in ("max_weight", "syn_lr", "start_epoch", "beta"):
+      if key in m:
+        out[key] = float(m[key])
+    log.append({**out, "time_s": time.perf_counter() - t0})
+  return loss
 
 
 # ---------------------------------------------------------------------------- plots
@@ -1016,7 +1088,6 @@ def distill_group(configs, workdirs, *, run_data: RunData | None = None,
 
 
 def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
-  import orbax.checkpoint as ocp
   base = configs[0]
   if run_data is None:
     run_data = RunData(base)
@@ -1055,25 +1126,29 @@ def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
     bar = progress_lib.bar(base.iterations, f"DM x{len(configs)} ipc={base.ipc}", unit="step",
                            disable=not progress)
     t0 = time.perf_counter()
+
+    def after(it, n, st, row):
+      nonlocal state
+      state = st
+      for i, (c, log) in enumerate(zip(configs, logs)):
+        _log_chunk(c, nc, it, n, row, log, t0, pick=lambda m, i=i: jax.tree.map(
+            lambda a: a[i], m), name=workdirs[i])
+      bar.update(n)
+      step = it + n
+      track(step)
+      if step % base.checkpoint_every == 0 or step == base.iterations:
+        for i, mngr in enumerate(mngrs):
+          _save(mngr, step, one(i))
+
+    def save(step):
+      for i, mngr in enumerate(mngrs):
+        if mngr.latest_step() != step:
+          _save(mngr, step, one(i), force=True)
+
     try:
-      for it in range(base.iterations):
-        state, m = d.step(state, real)
-        step = it + 1
-        if step % base.log_every == 0 or step == base.iterations:
-          for i, (c, log) in enumerate(zip(configs, logs)):
-            loss = float(m["loss"][i]) / nc
-            if not np.isfinite(loss):
-              raise FloatingPointError(f"the DM loss of {workdirs[i]} became {loss} at step "
-                                       f"{step}; lower lr_img (now {c.lr_img})")
-            log.append({"step": step, "loss": loss, "grad_norm": float(m["grad_norm"][i]),
-                        "max_weight": float(m["max_weight"][i]),
-                        "time_s": time.perf_counter() - t0})
-        bar.update(1)
-        track(step)
-        if step % base.checkpoint_every == 0 or step == base.iterations:
-          for i, mngr in enumerate(mngrs):
-            mngr.save(step, args=ocp.args.StandardSave(_state_tree(one(i))))
-            mngr.wait_until_finished()
+      _drive(d, state, real, 0, base.iterations, steps_per_call(base),
+             stops=(base.checkpoint_every, every if classifier is not None else 0),
+             after=after, save=save)
     finally:
       bar.close()
       for log in logs:

@@ -99,6 +99,7 @@ class Policy:
   syn_chunk: int | None
   forward_conv: Literal["winograd", "xla"] = "xla"
   train_conv: Literal["winograd", "xla"] = "xla"
+  steps_per_call: int = 1
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -111,6 +112,9 @@ class Policy:
       value = getattr(self, field)
       if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"Policy.{field} must be a positive int or None, got {value!r}")
+    if (isinstance(self.steps_per_call, bool) or not isinstance(self.steps_per_call, int)
+        or self.steps_per_call < 1):
+      raise ValueError(f"Policy.steps_per_call must be a positive int, got {self.steps_per_call!r}")
     for field in ("forward_conv", "train_conv"):
       if getattr(self, field) == "winograd" and self.conv != "loop_safe":
         raise ValueError(f"Policy.{field}='winograd' goes through the loop_safe kernels; "
@@ -135,8 +139,14 @@ POLICIES: dict[str, Policy] = {
     # networks vmapped in one program ran at 0.91x (IPC 10) and 0.70x (IPC 50) the speed of
     # the same networks one after another (RESULTS.md, "Speed on GPU"): vmap over conv
     # weights lowers to grouped convolutions, a slow path there as on CPU.
+    # steps_per_call: on the 2-core CPU the pipeline's host work is within the noise of
+    # a 6 ms step at one step per call (RESULTS.md, "Host overhead per step"), so 1 there.
+    # On one H100 the paper preset's 20,000 DM steps took about twice the benchmark's
+    # 5 ms per step; 20 steps per call cut the host round trips 20-fold. This default has
+    # not been timed on a GPU yet (RESULTS.md says so); override with --steps-per-call.
     "accelerator": Policy("accelerator", conv="xla", parallel="map", train_loop="scan",
-                          micro_batch=None, predict_block=None, real_chunk=None, syn_chunk=None),
+                          micro_batch=None, predict_block=None, real_chunk=None, syn_chunk=None,
+                          steps_per_call=20),
 }
 
 PolicyLike = Union[str, Policy]

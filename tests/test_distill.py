@@ -273,3 +273,38 @@ def test_n_runs_in_one_program_equal_separate_runs(common, parallel):
     distill.dm(num_runs=1, run_knobs=[dict(momentum=0.9)], **kw)
   with pytest.raises(ValueError, match="need num_runs"):
     distill.dm(run_knobs=knobs, **kw)
+
+
+def test_multi_step_runs_n_steps_in_one_program():
+  # n steps in one while loop equal n calls of the step (float rounding: the loop body
+  # is compiled on its own), the metrics stacked with zeros past n, one program for every n.
+  x, y = _toy()
+  z = np.random.default_rng(1).normal(size=(len(x), 4)).astype(np.float32)
+  real = distill.real_data(x, y, num_classes=3, embeddings=z)
+  d = distill.dm(num_classes=3, ipc=2, model=models.ConvNet(3, depth=1, width=4),
+                 real_per_class=6, augment=augment.dsa("crop_flip"), lr=3.0,
+                 kde_config=distill.KDEConfig())
+  state = d.init(jax.random.key(0), real)
+  losses = []
+  for _ in range(5):
+    state, m = d.step(state, real)
+    losses.append(float(m["loss"]))
+  run = distill.multi_step(d, 4)
+  s, m3 = run(d.init(jax.random.key(0), real), real, 3)
+  s, m2 = run(s, real, 2)
+  assert int(s.step) == 5 and m3["loss"].shape == (4,)
+  scale = float(np.abs(np.asarray(state.syn.images)).max())
+  np.testing.assert_allclose(np.asarray(s.syn.images), np.asarray(state.syn.images),
+                             atol=1e-5 * scale)
+  np.testing.assert_allclose(np.concatenate([m3["loss"][:3], m2["loss"][:2]]), losses, rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(m3["loss"][3:]), 0.0)
+  assert np.asarray(m2["loss"][2:]).tolist() == [0.0, 0.0]
+  program = distill.core._MULTI[(d.step._program, 4)]
+  assert program._cache_size() == 1  # n is a runtime value
+  distill.multi_step(d, 4)  # another wrapper of the same step reuses the program
+  assert distill.core._MULTI[(d.step._program, 4)] is program
+  for bad in (0, 5, 2.0, True):
+    with pytest.raises(ValueError, match=r"n must be an int in \[1, 4\]"):
+      run(s, real, bad)
+  with pytest.raises(ValueError, match="k must be a positive int"):
+    distill.multi_step(d, 0)

@@ -209,3 +209,37 @@ def test_a_group_of_runs_equals_the_runs_one_by_one(tmp_path):
   assert study.distil_groups(configs + [base.replace(kde_scope="class"),
                                         base.replace(ipc=3)], root, run_data,
                              progress=False) == 0
+
+
+def test_chunks_end_at_checkpoints_and_bias_scores():
+  assert pipeline._chunks(0, 10, 4, (5, 0)) == [(0, 4), (4, 1), (5, 4), (9, 1)]
+  assert pipeline._chunks(3, 9, 1, (2,)) == [(i, 1) for i in range(3, 9)]
+  assert pipeline._chunks(0, 6, 50, (500, 2)) == [(0, 2), (2, 2), (4, 2)]
+  with pytest.raises(ValueError, match="steps_per_call must be 'auto' or a positive count"):
+    _cfg(steps_per_call="0")
+  assert pipeline.steps_per_call(_cfg()) == 1  # the cpu policy's
+  # not part of the digests: a run may resume with another value
+  assert _cfg(steps_per_call="7").digest() == _cfg().digest()
+
+
+@pytest.mark.slow
+def test_several_steps_per_call_give_the_run_of_one_step_per_call(tmp_path):
+  # 40 steps: bias scores every 4, checkpoints every 10 -> chunks of 3, 1, 2, 2, 1, 3, ...
+  cfg = _cfg(iterations=40, checkpoint_every=10, log_every=3)
+  one = pipeline.distill_stage(cfg, str(tmp_path / "one"), progress=False)
+  many = pipeline.distill_stage(cfg.replace(steps_per_call="3"), str(tmp_path / "many"),
+                                progress=False)
+  scale = float(np.abs(one.images).max())
+  np.testing.assert_allclose(many.images, one.images, atol=1e-5 * scale)
+  rows = {w: [json.loads(line) for line in open(tmp_path / w / "metrics.jsonl")]
+          for w in ("one", "many")}
+  assert [r["step"] for r in rows["many"]] == [r["step"] for r in rows["one"]]
+  assert [r["step"] for r in rows["many"] if "loss" in r] == list(range(3, 40, 3)) + [40]
+  np.testing.assert_allclose([r["loss"] for r in rows["many"] if "loss" in r],
+                             [r["loss"] for r in rows["one"] if "loss" in r], rtol=1e-4)
+  assert sorted(os.listdir(tmp_path / "many" / "checkpoints"), key=int) == ["30", "40"]
+  # a run stopped mid-way resumes under the other setting to the same result
+  pipeline.distill_stage(cfg.replace(steps_per_call="4"), str(tmp_path / "cut"), progress=False,
+                         stop_after=13)
+  resumed = pipeline.distill_stage(cfg, str(tmp_path / "cut"), progress=False)
+  np.testing.assert_allclose(resumed.images, one.images, atol=1e-5 * scale)

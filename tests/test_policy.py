@@ -38,6 +38,9 @@ def test_auto_is_the_cpu_policy_here_and_names_resolve():
   assert (ACC.conv, ACC.parallel, ACC.train_loop) == ("xla", "map", "scan")
   assert (ACC.micro_batch, ACC.predict_block, ACC.real_chunk, ACC.syn_chunk) == (None,) * 4
   assert train.CPU_MICRO_BATCH == CPU.micro_batch
+  assert (CPU.steps_per_call, ACC.steps_per_call) == (1, 20)
+  with pytest.raises(ValueError, match="steps_per_call must be a positive int"):
+    policy.variant("cpu", steps_per_call=0)
   assert hash(CPU) != hash(ACC)  # usable as a cache key
 
 

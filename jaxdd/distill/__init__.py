@@ -42,7 +42,7 @@ Example:
 """
 from jaxdd.distill.core import (INITS, REAL_SAMPLING, ClassIndex, Distiller, DistillState,
                                 KDEConfig, RealData, batch_weights, class_index,
-                                class_log_density, class_weights, real_batch, real_data,
+                                class_log_density, class_weights, multi_step, real_batch, real_data,
                                 sample_per_class, sample_weighted, weighted_init_rows)
 from jaxdd.distill.distribution import dm
 from jaxdd.distill.frequency import cfm
@@ -53,5 +53,6 @@ from jaxdd.structs import SynSet  # the artifact a distiller's state holds
 __all__ = ["BN_REAL_PER_CLASS", "ClassIndex", "DistillState", "Distiller", "GM_LOOPS", "INITS",
            "KDEConfig", "REAL_SAMPLING", "RealData", "SynSet", "batch_weights", "class_index",
            "cfm", "class_log_density", "class_weights", "dc", "dm", "dsa", "gm", "gm_loops", "mtt",
+           "multi_step",
            "real_batch", "real_data", "sample_per_class", "sample_weighted",
            "weighted_init_rows"]

@@ -395,3 +395,86 @@ def _floating_dtype(value, name: str):
                      f"for the synthetic images' dtype), got {value!r}")
   return dtype
 
+
+
+# ---------------------------------------------------------------------------- several steps per call
+
+# Compiled multi-step programs by (shared step program or step function, k).
+_MULTI: dict[tuple, Callable] = {}
+
+
+def _multi_program(call: Callable, k: int) -> Callable:
+  """``program(state, data, n, hp)``: ``n <= k`` calls of ``call`` in one while loop."""
+
+  def run(state, data, n, hp):
+    shapes = jax.eval_shape(lambda s: call(s, data, hp)[1], state)
+    rows = jax.tree.map(lambda a: jnp.zeros((k,) + a.shape, a.dtype), shapes)
+
+    def body(i, carry):
+      s, r = carry
+      s, m = call(s, data, hp)
+      return s, jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, i, 0),
+                             r, m)
+
+    return jax.lax.fori_loop(0, n, body, (state, rows))
+
+  return jax.jit(run, donate_argnums=0)
+
+
+def multi_step(d: Distiller, k: int) -> Callable:
+  """Up to ``k`` steps of ``d`` in one compiled program: one host round trip per call.
+
+  Returns ``run(state, data, n) -> (state, metrics)`` for ``1 <= n <= k``: ``n``
+  steps of ``d.step`` in a ``lax.fori_loop`` (``n`` is a runtime value, so every
+  ``n`` shares one program), the metrics stacked over a leading axis of length
+  ``k`` whose first ``n`` rows are the steps' metrics (the rest zeros). The
+  states equal ``n`` calls of ``d.step`` up to float rounding (XLA compiles the
+  loop body on its own). Worth it where a step is short against the host's
+  per-call work (small steps on an accelerator); the pipeline's
+  ``steps_per_call`` drives it, with checkpoints and progress at chunk
+  boundaries.
+
+  Example:
+    >>> import jax, numpy as np
+    >>> from jaxdd import distill, models
+    >>> x = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
+    >>> real = distill.real_data(x, np.repeat(np.arange(2), 20), num_classes=2)
+    >>> d = distill.dm(num_classes=2, ipc=2, model=models.ConvNet(2, depth=1, width=8),
+    ...                real_per_class=8, augment=None)
+    >>> run = distill.multi_step(d, 4)
+    >>> state, metrics = run(d.init(jax.random.key(0), real), real, 3)
+    >>> int(state.step), metrics["loss"].shape
+    (3, (4,))
+  """
+  k = checks.check_positive_int("k", k)
+  step = d.step
+  if isinstance(step, _BoundStep):
+    source, hp = step._program, step._hp
+
+    def call(s, x, h):
+      return source(s, x, h)
+  else:
+    source, hp = step, None
+
+    def call(s, x, h):
+      return step(s, x)
+  try:
+    cache_key = (source, k)
+    hash(cache_key)
+  except TypeError:
+    cache_key = None
+  if cache_key is None:
+    program = _multi_program(call, k)
+  else:
+    if cache_key not in _MULTI:
+      if len(_MULTI) >= 32:
+        _MULTI.pop(next(iter(_MULTI)))
+      _MULTI[cache_key] = _multi_program(call, k)
+    program = _MULTI[cache_key]
+
+  def run(state, data, n: int):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= k:
+      raise ValueError(f"n must be an int in [1, {k}], got {n!r}")
+    return program(state, data, np.int32(n), hp)
+
+  return run
