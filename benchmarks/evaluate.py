@@ -13,6 +13,12 @@ one), then predicts a ``--test-size`` test set. Modes:
 * ``sequential``: one compiled single-network trainer called once per model
   (the same keys), as the PyTorch reference loops.
 
+A mode may name the convolution layout after a ``+`` (``vmap+im2col``,
+``vmap+xla``, ``map+loop_safe``): the :mod:`jaxdd.policy` ``conv`` field for that
+mode only (``im2col``: patches @ kernel, so vmapped networks run batched matmuls
+instead of grouped convolutions; with ``im2col`` or ``xla`` the Winograd
+kernels, which go through ``loop_safe``, are off).
+
 Each (ipc, protocol, mode) runs in its own subprocess, so ``ru_maxrss`` is that
 configuration's peak; it prints one JSON line with compile and run seconds,
 the per-model cost, and the peak RSS. A final line per (ipc, protocol) gives
@@ -27,6 +33,7 @@ Usage:
   python benchmarks/evaluate.py --policy accelerator          # pin a jaxdd.policy layout
   python benchmarks/evaluate.py --no-tune-malloc              # glibc's allocator as shipped
   python benchmarks/evaluate.py --train-conv xla --micro-batch 10   # override policy fields
+  python benchmarks/evaluate.py --ipc 10 --protocol cpu --modes vmap+im2col vmap map sequential
 
 Like the ``jaxdd`` CLI, the measured process keeps freed memory
 (:func:`jaxdd.cli.tune_allocator`, the setting of the allocator-tuned PyTorch
@@ -45,6 +52,10 @@ def _child(args) -> None:
   """The measured process: everything under the pinned jaxdd.policy (``--policy``)."""
   from jaxdd import policy
   changes = {} if args.train_conv == "policy" else {"train_conv": args.train_conv}
+  if args.conv != "policy":
+    changes["conv"] = args.conv
+    if args.conv != "loop_safe":
+      changes.update(forward_conv="xla", train_conv="xla")
   if args.micro_batch is not None:
     changes["micro_batch"] = args.micro_batch or None
   pol = policy.variant(args.policy, **changes)
@@ -119,7 +130,8 @@ def _measure(args) -> None:
       "protocol": protocol.name, "epochs_trained": protocol.num_epochs,
       "augment": protocol.augment, "num_models": args.num_models, "width": args.width,
       "test_size": args.test_size, "policy": policy.current().name,
-      "train_conv": policy.current().train_conv, "micro_batch": policy.current().micro_batch,
+      "conv": policy.current().conv, "train_conv": policy.current().train_conv,
+      "micro_batch": policy.current().micro_batch,
       "malloc_tuned": malloc_tuned,
       "compile_train_s": round(compile_train_s, 3),
       "train_s": round(train_s, 3), "train_s_per_model": round(train_s / args.num_models, 3),
@@ -136,7 +148,8 @@ def main() -> None:
   p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
   p.add_argument("--protocol", nargs="+", default=["dm", "cpu"])
   p.add_argument("--modes", nargs="+", default=["vmap", "map", "sequential"],
-                 choices=["vmap", "map", "sequential"])
+                 choices=[m + c for m in ("vmap", "map", "sequential")
+                          for c in ("", "+loop_safe", "+xla", "+im2col")])
   p.add_argument("--num-models", type=int, default=5)
   p.add_argument("--epochs", type=int, default=None,
                  help="override the protocol's epochs (the stamp shows the change)")
@@ -155,6 +168,7 @@ def main() -> None:
                       "jaxdd CLI does; compare with the allocator-tuned PyTorch reference)")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--mode", default="map", help=argparse.SUPPRESS)
+  p.add_argument("--conv", default="policy", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.child:
     args.ipc, args.protocol = args.ipc[0], args.protocol[0]
@@ -169,7 +183,9 @@ def main() -> None:
     for proto in args.protocol:
       results = {}
       for mode in args.modes:
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode,
+        base_mode, _, conv = mode.partition("+")
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", base_mode,
+               "--conv", conv or "policy",
                "--ipc", str(ipc), "--protocol", proto, "--num-models", str(args.num_models),
                "--width", str(args.width), "--test-size", str(args.test_size),
                "--policy", args.policy, "--train-conv", args.train_conv]

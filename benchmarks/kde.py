@@ -22,6 +22,9 @@ Usage::
   python benchmarks/kde.py --n 2000 --repeats 3         # quick check
   python benchmarks/kde.py --n 60000 --block 2048 --support-block 2048
   python benchmarks/kde.py --xla-flags=--xla_cpu_use_onednn=true
+  python benchmarks/kde.py --n 600000 --queries 12000 --batch 0 --check-n 0
+                                                        # N = 600k's memory,
+                                                        # 2 % of its time
   python benchmarks/kde.py --sharded                    # split queries over
                                                         # all local devices
 
@@ -59,6 +62,10 @@ def main() -> None:
                  help="calls per timed run of the (ms-scale) batch path")
   p.add_argument("--matmul", default="highest", choices=["highest", "default", "bfloat16"],
                  help="precision of the cross term (kde.log_density's matmul)")
+  p.add_argument("--queries", type=int, default=None,
+                 help="evaluate only the first Q points against all N (time ~ Q N; the "
+                      "memory of the full N x N run, which the blocked kernel keeps "
+                      "O(block^2) + the inputs; default: all N)")
   p.add_argument("--sharded", action="store_true",
                  help="use log_density_sharded over all local devices")
   p.add_argument("--xla-flags", default=None,
@@ -89,8 +96,9 @@ def main() -> None:
   else:
     density = kde.log_density
 
-  def run_density(x):
-    return density(x, x, variance=args.variance, block_size=args.block,
+  def run_density(x, queries=None):
+    return density(x if queries is None else queries, x, variance=args.variance,
+                   block_size=args.block,
                    support_block_size=args.support_block,
                    matmul=args.matmul).block_until_ready()
 
@@ -102,11 +110,14 @@ def main() -> None:
 
   for n in sizes:
     x = jnp.asarray(unit_sphere(n, args.d, args.seed))
-    res = time_runs(lambda: run_density(x), args.repeats, args.warmup)
-    gflops = 2.0 * n * n * args.d / res["median_s"] / 1e9
-    emit({"bench": "kde.log_density", "n": n, **meta, **res,
-          "matmul_gflops": round(gflops, 1)})
-    del x
+    q = None if args.queries is None else x[:min(args.queries, n)]
+    res = time_runs(lambda: run_density(x, q), args.repeats, args.warmup)
+    nq = n if q is None else q.shape[0]
+    gflops = 2.0 * nq * n * args.d / res["median_s"] / 1e9
+    emit({"bench": "kde.log_density", "n": n, "queries": nq, **meta, **res,
+          "matmul_gflops": round(gflops, 1),
+          "full_n_estimate_s": round(res["median_s"] * n / nq, 1)})
+    x = q = None  # free before the next size
 
   if args.batch:
     weights = jax.jit(functools.partial(

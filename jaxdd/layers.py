@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdd import policy
 from jaxdd._src import checks
-from jaxdd._src.cpu_kernels import loop_safe_conv
+from jaxdd._src.cpu_kernels import policy_conv
 
 Norm = Literal["instance", "batch", "layer", "group", "none"]
 Pooling = Literal["avg", "max", "none"]
@@ -55,8 +54,8 @@ class TorchConv(nn.Module):
       pad = ((pad, pad), (pad, pad))
     # On CPU (policy conv="loop_safe"), route through loop_safe_conv so that
     # training inside lax.scan (evaluation, surrogate) does not hit XLA:CPU's
-    # slow in-loop gradient path.
-    conv = loop_safe_conv if policy.current().conv == "loop_safe" else None
+    # slow in-loop gradient path; conv="im2col" computes it as a patch matmul.
+    conv = policy_conv()
     return nn.Conv(self.features, self.kernel_size, strides=self.strides, padding=pad,
                    use_bias=self.use_bias, kernel_init=torch_uniform(fan_in),
                    bias_init=torch_uniform(fan_in), conv_general_dilated=conv)(x)

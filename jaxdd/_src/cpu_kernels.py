@@ -27,6 +27,7 @@ from jax import lax
 
 from jaxdd import policy
 from jaxdd._src import winograd
+from jaxdd._src.im2col import im2col_conv
 
 # On XLA:CPU a convolution's weight gradient inside a while loop (our
 # lax.scan over steps) is not rewritten into the Eigen-friendly form and runs
@@ -197,13 +198,18 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
   return _nhwc_conv(lhs, rhs, strides, padding, precision)
 
 
+def policy_conv():
+  """The convolution the current policy's ``conv`` names (None: lax's own)."""
+  return {"loop_safe": loop_safe_conv, "im2col": im2col_conv}.get(policy.current().conv)
+
+
 def _loop_safe_interceptor(next_fun, args, kwargs, context):
   module = context.module
   if (context.method_name == "__call__" and isinstance(module, nn.Conv)
       and module.conv_general_dilated is None and module.conv_general_dilated_cls is None):
     # Linen modules are frozen; the field is swapped for this call only (tracing
     # is single-threaded) and restored, so the user's module is unchanged.
-    object.__setattr__(module, "conv_general_dilated", loop_safe_conv)
+    object.__setattr__(module, "conv_general_dilated", policy_conv())
     try:
       return next_fun(*args, **kwargs)
     finally:
@@ -217,7 +223,8 @@ def loop_safe_convs():
 
   For foreign Flax models differentiated inside loops (``lax.scan``/``lax.map``):
   jaxdd's own models already use :func:`loop_safe_conv` on CPU. Active when the
-  current :mod:`jaxdd.policy` has ``conv="loop_safe"`` (the ``cpu`` policy);
+  current :mod:`jaxdd.policy` has ``conv="loop_safe"`` (the ``cpu`` policy), or
+  through :func:`jaxdd.models.im2col_conv` under ``conv="im2col"``;
   otherwise (the ``accelerator`` policy: GPU, TPU) this does nothing.
 
   Example:
@@ -229,7 +236,7 @@ def loop_safe_convs():
     >>> y.shape
     (1, 4, 4, 2)
   """
-  if policy.current().conv != "loop_safe":
+  if policy_conv() is None:
     yield
     return
   with nn.intercept_methods(_loop_safe_interceptor):
