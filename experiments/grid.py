@@ -22,6 +22,9 @@ Cells (the `cpu` preset, offline data; docs/protocols.md §7):
      of lr_img in {1000, 10000} for each, at cell a's weighting knobs over whole classes;
      then 3 seeds x 3 networks.
   f-bgfmnist  The same on BG-FMNIST 5 % with the settings f-cmnist chose.
+  f-cmnist-t  MTT's own KDE temperature: f-cmnist's KDE experts at T in {0.25, 0.5, 1, 2}
+     (power weights f^(-1/T), v = 0.01, lr_img 1000) selected on validation (seed 0), then
+     3 seeds x 3 networks (f-cmnist took DM's T = 0.25 from cell a).
   g-cmnist, g-bgfmnist  Curriculum frequency matching (CFM) with uniform vs KDE-weighted real
      statistics, like f-cmnist / f-bgfmnist (lr_img in {3, 10, 30}).
   h-cmnistdd-<aligned>  Biased-DD's CMNIST-DD at each of its aligned ratios (0, 0.1, 0.5, 0.8,
@@ -73,6 +76,10 @@ CELLS = {
     "f-bgfmnist": dict(overrides=dict(dataset="bg_fmnist", conflict_ratio=0.05, ipc=10,
                                       method="mtt"),
                        from_cell="f-cmnist", seeds=(0, 1, 2), num_models=3, rows=MTT_ROWS),
+    "f-cmnist-t": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, ipc=10,
+                                      method="mtt"),
+                       tune=True, tune_seeds=(0,), temperature_grid=(0.25, 0.5, 1.0, 2.0),
+                       seeds=(0, 1, 2), num_models=3, rows=MTT_ROWS),
     # Unbiased data (10 % aligned: colours independent of the digit): does MTT beat DM at
     # the same IPC, as MTT claims, at this budget? Vanilla rows only.
     "a-unbiased": dict(overrides=dict(dataset="cmnist", conflict_ratio=0.9, ipc=10),
@@ -106,6 +113,14 @@ def lr_candidates(base: pipeline.RunConfig, lrs) -> list[study.Setting]:
          [study.Setting.of(**kde, lr_img=lr) for lr in lrs]
 
 
+def temperature_candidates(base: pipeline.RunConfig, temperatures) -> list[study.Setting]:
+  """The uniform run and KDE-weighted runs at each temperature (lr_img and the other
+  weighting knobs: the preset's)."""
+  kde = dict(weighting="kde", kde_normalize=base.kde_normalize, kde_variance=base.kde_variance)
+  return [study.Setting.of(weighting="none", lr_img=base.lr_img)] + \
+         [study.Setting.of(**kde, kde_temperature=t, lr_img=base.lr_img) for t in temperatures]
+
+
 def cell_settings(cell: dict, base: pipeline.RunConfig, root: str) -> dict[str, study.Setting]:
   """The table rows of a cell: its own tune's choice, or the choice of ``from_cell``."""
   source = cell.get("from_cell")
@@ -134,7 +149,9 @@ def run_cell(name: str, root: str, *, progress: bool, cifar10: str | None = None
   workdir = os.path.join(root, name)
   if cell.get("tune"):
     if not os.path.exists(os.path.join(workdir, "selection.json")):
-      candidates = lr_candidates(base, cell["lr_grid"]) if "lr_grid" in cell else None
+      candidates = (lr_candidates(base, cell["lr_grid"]) if "lr_grid" in cell else
+                    temperature_candidates(base, cell["temperature_grid"])
+                    if "temperature_grid" in cell else None)
       study.tune(base, workdir, seeds=cell.get("tune_seeds", (0, 1)), candidates=candidates,
                  progress=progress)
     settings = cell_settings(dict(cell, from_cell=name), base, root)
