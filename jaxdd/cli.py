@@ -446,14 +446,42 @@ def cmd_data(args) -> int:
   return 0
 
 
+def _distributed(args) -> str:
+  """Joins a multi-process run (``--coordinator``) and returns this process's run directory.
+
+  ``jax.distributed.initialize`` must run before JAX starts a backend; on CPU the
+  collectives go through gloo. Process 0 writes ``--workdir``; process i > 0 keeps
+  its own copy (checkpoints, metrics, SynSet, evaluation) in ``<workdir>/.process-<i>``,
+  so every process resumes from its own files.
+  """
+  n, i = args.num_processes, args.process_id
+  if n is None or i is None:
+    raise ValueError("--coordinator needs --num-processes N and --process-id I (0 .. N-1)")
+  if n < 1 or not 0 <= i < n:
+    raise ValueError(f"--process-id {i} must lie in [0, --num-processes {n}); number the "
+                     "processes 0 .. N-1")
+  import jax
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(args.coordinator, num_processes=n, process_id=i)
+  return args.workdir if i == 0 else os.path.join(args.workdir, f".process-{i}")
+
+
 def cmd_distill(args) -> int:
   from jaxdd import pipeline
+  if args.coordinator is None and (args.num_processes is not None
+                                   or args.process_id is not None):
+    raise ValueError("--num-processes and --process-id belong to a multi-process run; add "
+                     "--coordinator HOST:PORT (process 0's address)")
   cfg = _resolved(args)
   if cfg is None:
     return 0
-  pipeline.run(cfg, args.workdir, progress=not args.quiet, show=True,
+  workdir = args.workdir
+  if args.coordinator is not None:
+    workdir = _distributed(args)
+  primary = workdir == args.workdir
+  pipeline.run(cfg, workdir, progress=not args.quiet and primary, show=primary,
                reevaluate=args.reevaluate, buffer_dir=args.buffer_dir)
-  print(f"run directory: {args.workdir}")
+  print(f"run directory: {workdir}")
   return 0
 
 
@@ -833,6 +861,15 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   p.add_argument("--reevaluate", action="store_true",
                  help="evaluate a finished run again (default: show its stored results)")
   _add_buffer_dir_flag(p)
+  g = p.add_argument_group("several processes (hosts)",
+                           "one command per process, the same flags except --process-id; "
+                           "with --devices all the mesh spans every process's devices")
+  g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                 help="process 0's address (jax.distributed.initialize)")
+  g.add_argument("--num-processes", type=int, default=None, metavar="N")
+  g.add_argument("--process-id", type=int, default=None, metavar="I",
+                 help="0 .. N-1; process 0 writes --workdir, process I its "
+                      "<workdir>/.process-I")
   _add_common_flags(p)
   p.set_defaults(fn=cmd_distill)
 

@@ -72,6 +72,24 @@ def put(x: Any, mesh: Mesh | None, spec: P = P()) -> Any:
   return jax.tree.map(one, x)
 
 
+def host(x: Any) -> Any:
+  """A host (numpy) copy of an array or pytree, also when it spans several processes.
+
+  A replicated array is read from a local shard; an array sharded over devices of
+  other processes is gathered (``multihost_utils.process_allgather``, a collective:
+  every process must call this at the same point). Anything else is ``np.asarray``.
+  """
+  def one(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      if a.is_fully_replicated:
+        return np.asarray(a.addressable_shards[0].data)
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+
+  return jax.tree.map(one, x)
+
+
 def constrain(x: jax.Array, mesh: Mesh | None, spec: P) -> jax.Array:
   """``with_sharding_constraint`` that is a no-op without a mesh."""
   if mesh is None:

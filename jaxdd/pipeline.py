@@ -259,17 +259,28 @@ def surrogate_embeddings(config: RunConfig, run_data: RunData, key: jax.Array,
 
 def _checkpointer(workdir: str):
   import orbax.checkpoint as ocp
+  extra = {}
+  root = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if jax.process_count() > 1:  # each process checkpoints its own host copy, in its own workdir
+    i = jax.process_index()
+    os.makedirs(root, exist_ok=True)  # orbax creates it only when every process takes part
+    extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+        primary_host=i, active_processes={i}, barrier_sync_key_prefix=f"jaxdd-process-{i}")
+    extra["create"] = False
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
+      root,
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
+                                           **extra))
 
 
 def _state_tree(state: distill.DistillState) -> dict:
-  tree = {"images": np.asarray(state.syn.images), "labels": np.asarray(state.syn.labels),
-          "opt": [np.asarray(x) for x in jax.tree.leaves(state.opt_state)],
-          "step": np.asarray(state.step), "key": np.asarray(jax.random.key_data(state.key))}
+  from jaxdd import parallel  # noqa: PLC0415
+  h = parallel.host  # gathers arrays sharded over several processes
+  tree = {"images": h(state.syn.images), "labels": h(state.syn.labels),
+          "opt": [h(x) for x in jax.tree.leaves(state.opt_state)],
+          "step": h(state.step), "key": h(jax.random.key_data(state.key))}
   if jax.tree.leaves(state.extra):  # what a method learns besides the images (MTT's syn_lr)
-    tree["extra"] = [np.asarray(x) for x in jax.tree.leaves(state.extra)]
+    tree["extra"] = [h(x) for x in jax.tree.leaves(state.extra)]
   return tree
 
 
@@ -370,6 +381,9 @@ def device_mesh(config: RunConfig, num_classes: int):
   if n > available:
     raise ValueError(f"--devices {n}: only {available} devices are visible; lower it or use "
                      "--devices all")
+  if jax.process_count() > 1 and n != available:
+    raise ValueError(f"--devices {n}: across {jax.process_count()} processes the mesh takes "
+                     f"every process's devices; use --devices all ({available})")
   cls = max(d for d in range(1, n + 1) if n % d == 0 and num_classes % d == 0)
   real = n // cls
   if config.real_per_class % real:
@@ -618,11 +632,12 @@ class MetricsLog:
       self._tb = None
 
 
-def _restore_newest(mngr, state: distill.DistillState,
-                    workdir: str) -> tuple[distill.DistillState, int]:
-  """The newest checkpoint that restores (an unreadable one is skipped, and said so)."""
+def _restore_newest(mngr, state: distill.DistillState, workdir: str,
+                    upto: int | None = None) -> tuple[distill.DistillState, int]:
+  """The newest checkpoint (of step <= ``upto``) that restores (an unreadable one is
+  skipped, and said so); ``(state, 0)`` when there is none."""
   import orbax.checkpoint as ocp
-  steps = sorted(mngr.all_steps(), reverse=True)
+  steps = sorted((s for s in mngr.all_steps() if upto is None or s <= upto), reverse=True)
   for i, step in enumerate(steps):
     try:
       tree = mngr.restore(step, args=ocp.args.StandardRestore(_state_tree(state)))
@@ -663,11 +678,13 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   ``buffer_dir``) and steps over it instead of the real data.
   """
 
+  from jaxdd import parallel
   from jaxdd import progress as progress_lib
 
   nc = run_data.num_classes
   kde_config = config.kde
   log_density = run_log_density(config, run_data, embeddings)
+  mesh = device_mesh(config, nc)
   fairdd = config.weighting == "fairdd"
   real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
                            num_classes=nc,
@@ -675,7 +692,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                                        and config.kde_scope == "batch" else None),
                            log_density=log_density,
                            groups=run_data.train.bias if fairdd else None,
-                           mesh=device_mesh(config, nc))
+                           mesh=mesh)
   d = make_distiller(config, nc, kde_config, real_dtype=real_dtype,
                      num_bias=num_bias_values(run_data.train) if fairdd else None)
   step_data = real
@@ -686,17 +703,28 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
                              {"path": os.path.abspath(path), "digest": buffer_meta["digest"],
                               "shape": buffer_meta["shape"]})
     step_data = jnp.asarray(traj)
-  state = d.init(key, real)
+  fresh = d.init(key, real)
   mngr = _checkpointer(workdir)
-  start = 0
-  state, start = _restore_newest(mngr, state, workdir)
+  state, start = _restore_newest(mngr, fresh, workdir)
+  if jax.process_count() > 1:
+    # Every process keeps its own checkpoints; all resume from the newest step they share.
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    common = int(np.min(multihost_utils.process_allgather(np.int32(start))))
+    if common != start:
+      state, start = _restore_newest(mngr, fresh, workdir, upto=common)
+    if start != common:
+      raise ValueError(f"{workdir}: this process has no checkpoint of step {common}, where "
+                       "the other processes resume; delete the checkpoints of every process "
+                       "to start over")
+  if start and mesh is not None:
+    state = parallel.put(state, mesh)  # restored on the host: back onto the mesh
   log = MetricsLog(workdir, start)
   every = track_every(config)
 
   def track(step):
     if classifier is not None and (step % every == 0 or step == config.iterations):
-      score = diagnostics.bias_score(classifier, np.asarray(state.syn.images),
-                                     np.asarray(state.syn.labels))
+      score = diagnostics.bias_score(classifier, parallel.host(state.syn.images),
+                                     parallel.host(state.syn.labels))
       log.append({"step": step, "bias_aligned_fraction": score["aligned_fraction"]})
 
   if start == 0:
@@ -731,7 +759,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
     bar.close()
     log.close()
     mngr.close()
-  return SynSet(np.asarray(state.syn.images), np.asarray(state.syn.labels))
+  return SynSet(parallel.host(state.syn.images), parallel.host(state.syn.labels))
 
 
 def steps_per_call(config: RunConfig) -> int:
@@ -782,7 +810,8 @@ def _lazy_rows(stacked):
 
   def row(j):
     if not host:
-      host.append(jax.device_get(stacked))
+      from jaxdd import parallel  # noqa: PLC0415
+      host.append(parallel.host(stacked))
     return jax.tree.map(lambda a: a[j], host[0])
   return row
 
