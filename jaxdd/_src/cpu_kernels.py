@@ -27,7 +27,7 @@ from jax import lax
 
 from jaxdd import policy
 from jaxdd._src import winograd
-from jaxdd._src.im2col import im2col_conv
+from jaxdd._src.im2col import im2col_conv, patches
 
 # On XLA:CPU a convolution's weight gradient inside a while loop (our
 # lax.scan over steps) is not rewritten into the Eigen-friendly form and runs
@@ -55,14 +55,6 @@ def _few_channels(x_shape, strides, padding) -> bool:
           and min(min(p) for p in padding) >= 0)
 
 
-def _patches(x, kh: int, kw: int, padding):
-  """im2col of a stride-1 conv: (N, Ho, Wo, kh*kw*C), ordered (i, j, c) like an HWIO kernel."""
-  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-  return jnp.concatenate([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
-                         axis=-1)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _nhwc_conv(x, w, strides, padding, precision):
   # The forward pass is lax's own at every channel count; XLA:CPU runs it fast
@@ -83,7 +75,7 @@ def _nhwc_conv_bwd(strides, padding, precision, res, g):
   if _few_channels(x.shape, strides, padding):
     dx = _conv_input_grad_col2im(g, w, x.shape, padding, precision)
     # The weight gradient as one (kh*kw*C, N*Ho*Wo) @ (N*Ho*Wo, O) matmul.
-    cols = _patches(x, w.shape[0], w.shape[1], padding)
+    cols = patches(x, w.shape[0], w.shape[1], (1, 1), padding)
     dw = jnp.dot(cols.reshape(-1, cols.shape[-1]).T, g.reshape(-1, g.shape[-1]),
                  precision=precision).reshape(w.shape)
   else:
