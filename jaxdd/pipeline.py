@@ -1266,13 +1266,22 @@ BIAS_CLASSIFIER: dict[str, dict[str, int]] = {"smoke": dict(width=8, epochs=2)}
 
 
 def bias_classifier(config: RunConfig, run_data: RunData) -> diagnostics.BiasClassifier:
-  """The bias-attribute classifier of a run's training set (for the bias score)."""
-  train, valid = run_data.train, run_data.valid
-  return diagnostics.train_bias_classifier(
-      jax.random.fold_in(run_keys(config)[3], 1), run_data.normalized(train), train.labels,
-      train.bias, train.aligned, num_classes=run_data.num_classes,
-      valid=(run_data.normalized(valid), valid.labels, valid.bias),
-      **BIAS_CLASSIFIER.get(config.preset, {}))
+  """The bias-attribute classifier of a run's training set (for the bias score).
+
+  It depends on the data, the seed and the preset only, so the runs that share a
+  :class:`RunData` (a sweep's candidates, the rows of a table) train it once: it is
+  kept on the ``run_data`` object per (seed, preset).
+  """
+  cache = run_data.__dict__.setdefault("_bias_classifiers", {})
+  key = (config.seed, config.preset)
+  if key not in cache:
+    train, valid = run_data.train, run_data.valid
+    cache[key] = diagnostics.train_bias_classifier(
+        jax.random.fold_in(run_keys(config)[3], 1), run_data.normalized(train), train.labels,
+        train.bias, train.aligned, num_classes=run_data.num_classes,
+        valid=(run_data.normalized(valid), valid.labels, valid.bias),
+        **BIAS_CLASSIFIER.get(config.preset, {}))
+  return cache[key]
 
 
 @under_policy

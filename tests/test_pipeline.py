@@ -226,9 +226,10 @@ def test_chunks_end_at_checkpoints_and_bias_scores():
 def test_several_steps_per_call_give_the_run_of_one_step_per_call(tmp_path):
   # 40 steps: bias scores every 4, checkpoints every 10 -> chunks of 3, 1, 2, 2, 1, 3, ...
   cfg = _cfg(iterations=40, checkpoint_every=10, log_every=3)
-  one = pipeline.distill_stage(cfg, str(tmp_path / "one"), progress=False)
+  run_data = pipeline.RunData(cfg)
+  one = pipeline.distill_stage(cfg, str(tmp_path / "one"), run_data=run_data, progress=False)
   many = pipeline.distill_stage(cfg.replace(steps_per_call="3"), str(tmp_path / "many"),
-                                progress=False)
+                                run_data=run_data, progress=False)
   scale = float(np.abs(one.images).max())
   np.testing.assert_allclose(many.images, one.images, atol=1e-5 * scale)
   rows = {w: [json.loads(line) for line in open(tmp_path / w / "metrics.jsonl")]
@@ -239,7 +240,7 @@ def test_several_steps_per_call_give_the_run_of_one_step_per_call(tmp_path):
                              [r["loss"] for r in rows["one"] if "loss" in r], rtol=1e-4)
   assert sorted(os.listdir(tmp_path / "many" / "checkpoints"), key=int) == ["30", "40"]
   # a run stopped mid-way resumes under the other setting to the same result
-  pipeline.distill_stage(cfg.replace(steps_per_call="4"), str(tmp_path / "cut"), progress=False,
-                         stop_after=13)
-  resumed = pipeline.distill_stage(cfg, str(tmp_path / "cut"), progress=False)
+  pipeline.distill_stage(cfg.replace(steps_per_call="4"), str(tmp_path / "cut"),
+                         run_data=run_data, progress=False, stop_after=13)
+  resumed = pipeline.distill_stage(cfg, str(tmp_path / "cut"), run_data=run_data, progress=False)
   np.testing.assert_allclose(resumed.images, one.images, atol=1e-5 * scale)
