@@ -677,7 +677,6 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   Trajectory matching first gets its expert buffer (:func:`expert_buffer`, in
   ``buffer_dir``) and steps over it instead of the real data.
   """
-
   from jaxdd import parallel
   from jaxdd import progress as progress_lib
 
@@ -735,6 +734,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: RunData,
   t0 = time.perf_counter()
   if start > 0:
     progress_lib.logger.info("%s: resuming from step %d of %d", workdir, start, config.iterations)
+
   def after(it, n, st, row):
     nonlocal state
     state = st
