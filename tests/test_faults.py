@@ -142,6 +142,17 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
   assert pipeline.distill_stage(cfg, work, progress=False, stop_after=4) is None
   steps = sorted(os.listdir(os.path.join(work, "checkpoints")), key=int)
   assert steps == ["2", "4"]
+  # What processes that disagree on their newest checkpoint resume from: the newest <= upto.
+  d = pipeline.make_distiller(cfg, 10, None)
+  run_data = pipeline.RunData(cfg)
+  fresh = d.init(jax.random.key(0), distill.real_data(
+      run_data.normalized(run_data.train), run_data.train.labels, num_classes=10))
+  mngr = pipeline._checkpointer(work)
+  try:
+    assert pipeline._restore_newest(mngr, fresh, work, upto=3)[1] == 2
+    assert pipeline._restore_newest(mngr, fresh, work, upto=1)[1] == 0
+  finally:
+    mngr.close()
   # Damage every file of the newest checkpoint.
   for root, _, files in os.walk(os.path.join(work, "checkpoints", "4")):
     for name in files:
