@@ -1,7 +1,8 @@
 """The cross-architecture matrix of a grid cell's SynSets, plainly and with ELF, over its seeds.
 
-For every seed of a finished cell (``experiments/grid.py``) and each chosen row (by default
-the vanilla and the KDE row), the row's SynSet is trained on each architecture under one
+For every seed of a grid cell (``experiments/grid.py``) and each chosen row (by default
+the vanilla and the KDE row), the row's SynSet (distilled here if the cell has not produced it
+yet, in the run directory the grid uses) is trained on each architecture under one
 protocol, plainly and with ELF's feature model (a ConvNet trained on that seed's REAL training
 split: a separate track, see docs/protocols.md §11). The per-group test accuracies are
 averaged over seeds. Each (row, seed) result is stored in
@@ -46,7 +47,9 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
     raise ValueError(f"unknown cell {cell!r}; choose from {sorted(grid.CELLS)}")
   spec = grid.CELLS[cell]
   base = pipeline.get_config("cpu", **spec["overrides"])
-  settings = grid.cell_settings(spec, base, root)
+  # A cell that tunes reads its own selection (under <root>/<cell>/), like grid.run_cell.
+  settings = grid.cell_settings(spec if spec.get("from_cell") else dict(spec, from_cell=cell),
+                                base, root)
   unknown = set(rows) - set(settings)
   if unknown:
     raise ValueError(f"rows {sorted(unknown)} are not rows of cell {cell} ({sorted(settings)})")
@@ -66,13 +69,17 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
           results.setdefault(row, {})[seed] = json.load(f)["matrix"]
         continue
       config = settings[row].apply(base.replace(seed=seed))
-      syn_dir = os.path.join(study.run_dir(os.path.join(root, cell), config), "synset")
-      if not os.path.exists(os.path.join(syn_dir, "manifest.json")):
-        raise FileNotFoundError(f"{syn_dir} not found: run `python experiments/grid.py --cells "
-                                f"{cell} --root {root}` first")
-      syn, _ = synset.load(syn_dir, trust=False)
       if run_data is None:
         run_data = pipeline.RunData(base.replace(seed=seed))
+      # The cell's own SynSet (same run directory as the grid's), distilled here when the
+      # cell has not been run yet; the grid reuses it later.
+      workdir = study.run_dir(os.path.join(root, cell), config)
+      syn_dir = os.path.join(workdir, "synset")
+      if os.path.exists(os.path.join(syn_dir, "manifest.json")):
+        syn, _ = synset.load(syn_dir, trust=False)
+      else:
+        progress.logger.info("seed %d: distilling the %s SynSet of cell %s", seed, row, cell)
+        syn = pipeline.distill_stage(config, workdir, run_data=run_data, progress=show_progress)
       key = pipeline.run_keys(config)[2]
       features = None
       if with_elf:
@@ -133,7 +140,7 @@ def format_summary(summary: dict) -> str:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--cell", required=True, help="a finished grid cell, e.g. a")
+  p.add_argument("--cell", required=True, help="a grid cell, e.g. a (its selection must exist)")
   p.add_argument("--root", default="runs/grid")
   p.add_argument("--rows", default="vanilla,kde (selected on valid)",
                  help="comma-separated rows of the cell's table")

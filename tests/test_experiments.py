@@ -215,3 +215,19 @@ def test_cross_arch_summary_means_over_seeds_and_skips_missing_elf():
     cross_arch.measure("nope", "runs", rows=["vanilla"], model_specs=["mlp"], protocol="cpu",
                        num_models=1, feature_model="convnet", feature_protocol="cpu",
                        with_elf=False, show_progress=False)
+
+
+def test_cross_arch_reads_a_tuned_cells_own_selection(tmp_path):
+  # Cell a tunes: its rows come from <root>/a/selection.json (as grid.run_cell reads them),
+  # not from <root>/selection.json. A row the selection lacks is refused before any work.
+  spec = importlib.util.spec_from_file_location(
+      "cross_arch", os.path.join(os.path.dirname(__file__), "..", "experiments", "cross_arch.py"))
+  cross_arch = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cross_arch)
+  (tmp_path / "a").mkdir()
+  published = os.path.join(os.path.dirname(__file__), "..", "results", "a", "selection.json")
+  (tmp_path / "a" / "selection.json").write_text(open(published).read())
+  with pytest.raises(ValueError, match=r"not rows of cell a \(\[.*'vanilla'"):
+    cross_arch.measure("a", str(tmp_path), rows=["vanilla", "no such row"], model_specs=["mlp"],
+                       protocol="cpu", num_models=1, feature_model="convnet",
+                       feature_protocol="cpu", with_elf=False, show_progress=False)
