@@ -1,4 +1,4 @@
-"""Test configuration: 8 simulated CPU devices, no network, small caches.
+"""Test configuration: 8 simulated CPU devices, no network, small caches, quick compiles.
 
 XLA_FLAGS must be set before jax is imported anywhere, which is why this sits at
 the top of conftest (XLA reads it once, when the CPU backend starts). Flags the
@@ -14,12 +14,36 @@ import os
 
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+  _flags = (_flags + " --xla_force_host_platform_device_count=8").strip()
+# Tests run tiny programs, so their time is mostly XLA compiling them, and most of that is
+# LLVM's optimisation of the generated CPU code. Level 0 keeps XLA's own (HLO) passes, fusions
+# included, and only skips LLVM's, so the programs compute the same thing with other
+# instruction choices: the same class of difference as another CPU's instruction set, which
+# every float tolerance here must absorb anyway. It compiles about 40 % faster.
+# JAXDD_TEST_XLA_OPT=default keeps XLA's default (CI runs the numeric tests that way, under
+# AVX2, so the default code generation is tested too).
+if (os.environ.get("JAXDD_TEST_XLA_OPT", "0") != "default"
+    and "xla_backend_optimization_level" not in _flags):
+  _flags += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = _flags
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Never let TFDS reach the network in tests.
 os.environ.setdefault("TFDS_DISABLE_DOWNLOAD", "1")
 # CLI tests must not point this process's XLA compilation cache at a test folder.
 os.environ.setdefault("JAXDD_COMPILE_CACHE", "0")
+# Instead, one persistent XLA compilation cache for the whole session, in a fresh temporary
+# folder: the pytest process creates it before the xdist workers start, and the workers and
+# the CLI subprocesses of the end-to-end tests inherit it. Many tests compile the same
+# smoke-preset programs (surrogate, distillation step, evaluation), and compiling is most of
+# a short run. Programs are keyed by their HLO, the XLA flags and the jax version, so a hit
+# is the program a miss would compile. JAXDD_TEST_XLA_CACHE=0 turns it off.
+_OWN_XLA_CACHE = None
+if ("JAX_COMPILATION_CACHE_DIR" not in os.environ
+    and os.environ.get("JAXDD_TEST_XLA_CACHE", "1").lower() not in ("0", "false", "no", "off")):
+  import tempfile
+  _OWN_XLA_CACHE = tempfile.mkdtemp(prefix="jaxdd-test-xla-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_XLA_CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -108,3 +132,10 @@ def run_one_trace():
     assert np.isfinite(losses).all() and int(state.step) == n
     return state, losses
   return run
+
+
+def pytest_unconfigure(config):
+  """Removes the session's compilation cache (only the process that created it)."""
+  if _OWN_XLA_CACHE is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
+    import shutil
+    shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
