@@ -405,18 +405,21 @@ def format_selection(sel: dict) -> str:
 
 
 def format_pm(values, *, ddof: int = 1, scale: float = 100.0, signed: bool = False) -> str:
-  """``"mean ± std"`` of the values that are not None, times ``scale``, one decimal.
+  """``"mean ± std"`` of the values that are not None or NaN, times ``scale``, one decimal.
 
   The one formatter of every results table (study tables, experiments/). ``ddof`` 1
   is the sample std over seeds, 0 the reference's convention over networks; a
-  single value gets ± 0.0; no values give "–". ``signed`` prints the mean's sign
-  (paired differences).
+  single value gets ± 0.0; no values give "–". NaN is an accuracy over an empty
+  group (bias-aligned accuracy on a test split without aligned images), so it
+  counts as no value. ``signed`` prints the mean's sign (paired differences).
 
   Example:
     >>> format_pm([0.5, 0.7]), format_pm([0.02, -0.04], signed=True), format_pm([None])
     ('60.0 ± 14.1', '-1.0 ± 4.2', '–')
+    >>> format_pm([float("nan"), float("nan")])
+    '–'
   """
-  values = np.asarray([v for v in values if v is not None], float)
+  values = np.asarray([v for v in values if v is not None and not np.isnan(v)], float)
   if not values.size:
     return "–"
   std = values.std(ddof=ddof) if values.size > ddof else 0.0
@@ -634,6 +637,10 @@ def format_table(table: dict) -> str:
     cells = _accuracy_cells(r) + [_pm(r["bias_aligned_fraction"]), _pm(r["valid_conflicting"])]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines += [row + " |" for row in _reference_rows(table, 6)]
+  if all(np.isnan(np.asarray(r["per_seed"]["aligned"], float)).all()
+         for r in table["rows"].values()):
+    lines += ["", "The test split holds no bias-aligned image, so bias-aligned accuracy is "
+              "undefined (–)."]
   if _valid_metric(table) != "conflicting":
     lines += ["", "The validation split holds no bias-conflicting image at this ratio, so the last "
               "column is overall validation accuracy (all of it bias-aligned)."]

@@ -200,3 +200,23 @@ def test_table_names_what_the_validation_column_measured():
   assert ("| *held-out real images (95.0 % aligned), as the classifier reads them* | | | | | "
           "75.0 ± 7.1 | |") in study.format_table(table)
   assert "as the classifier reads them* | | | | | 75.0 ± 7.1 |" in study.format_summary(table)
+
+
+def test_table_shows_a_dash_where_the_test_split_has_no_aligned_image():
+  # Biased-DD's 0 %-aligned test split: bias-aligned accuracy is NaN (an empty group).
+  nan = float("nan")
+  per_seed = {"overall": [0.2, 0.4], "aligned": [nan, nan], "conflicting": [0.2, 0.4],
+              "worst_group": [0.0, 0.0]}
+  row = {"per_seed": per_seed, "valid_conflicting": [0.3, 0.3],
+         "bias_aligned_fraction": [0.9, 0.9], "seeds": [0, 1]}
+  table = {"base": pipeline.get_config("smoke").to_dict(), "num_models": 1, "seeds": [0, 1],
+           "protocol": study.evaluate.get_protocol("smoke").to_dict(),
+           "train_aligned_fraction": 0.95, "rows": {"vanilla": row},
+           "paired": {"kde": {m: [nan, nan] if m == "aligned" else [0.1, 0.1]
+                              for m in per_seed}}}
+  md = study.format_table(table)
+  assert "| vanilla | 30.0 ± 14.1 | – | 30.0 ± 14.1 | 0.0 ± 0.0 |" in md
+  assert "| kde − vanilla | +10.0 ± 0.0 | – | +10.0 ± 0.0 |" in md
+  assert "nan" not in md and "holds no bias-aligned image" in md
+  table["rows"]["vanilla"] = dict(row, per_seed=dict(per_seed, aligned=[0.9, 1.0]))
+  assert "holds no bias-aligned image" not in study.format_table(table)
