@@ -622,7 +622,9 @@ def _valid_metric(table: dict) -> str:
 def format_table(table: dict) -> str:
   """The final table as markdown (accuracies and the bias score, in %)."""
   b, p = table["base"], table["protocol"]
-  lines = [f"{b['dataset']}, conflict ratio {b['conflict_ratio']}, IPC {b['ipc']}, preset "
+  # Biased-DD's sets read the ratio argument as the bias-aligned fraction (jaxdd.data).
+  ratio = "aligned fraction" if b["dataset"].endswith("_dd") else "conflict ratio"
+  lines = [f"{b['dataset']}, {ratio} {b['conflict_ratio']}, IPC {b['ipc']}, preset "
            f"{b['preset']}, method {b['method']}; test split, protocol {p['name']} "
            f"({p['num_epochs']} epochs), {table['num_models']} networks per SynSet, seeds "
            f"{table['seeds']}. Mean ± sample std over seeds of each seed's mean over its networks "

@@ -218,5 +218,8 @@ def test_table_shows_a_dash_where_the_test_split_has_no_aligned_image():
   assert "| vanilla | 30.0 ± 14.1 | – | 30.0 ± 14.1 | 0.0 ± 0.0 |" in md
   assert "| kde − vanilla | +10.0 ± 0.0 | – | +10.0 ± 0.0 |" in md
   assert "nan" not in md and "holds no bias-aligned image" in md
+  assert md.startswith("cmnist, conflict ratio")
+  table["base"] = dict(table["base"], dataset="cmnist_dd", conflict_ratio=0.95)
+  assert study.format_table(table).startswith("cmnist_dd, aligned fraction 0.95,")
   table["rows"]["vanilla"] = dict(row, per_seed=dict(per_seed, aligned=[0.9, 1.0]))
   assert "holds no bias-aligned image" not in study.format_table(table)
