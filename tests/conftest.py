@@ -21,8 +21,9 @@ if "xla_force_host_platform_device_count" not in _flags:
 # instruction choices: the same class of difference as another CPU's instruction set, which
 # every float tolerance here must absorb anyway. Measured on a 2-core CPU: the fast suite's
 # wall time fell by 28 %. JAXDD_TEST_XLA_OPT=default keeps XLA's default: CI runs the slow
-# end-to-end runs that way (they spend their time computing, which level 0 slows down) and
-# the numeric tests once more under AVX2, so the default code generation is tested too.
+# end-to-end runs that way (level 0 did not make them faster: they spend their time
+# computing) and the numeric tests once more under AVX2, so the default code generation is
+# tested too.
 if (os.environ.get("JAXDD_TEST_XLA_OPT", "0") != "default"
     and "xla_backend_optimization_level" not in _flags):
   _flags += " --xla_backend_optimization_level=0"
