@@ -639,8 +639,8 @@ def format_table(table: dict) -> str:
     cells = _accuracy_cells(r) + [_pm(r["bias_aligned_fraction"]), _pm(r["valid_conflicting"])]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines += [row + " |" for row in _reference_rows(table, 6)]
-  if all(np.isnan(np.asarray(r["per_seed"]["aligned"], float)).all()
-         for r in table["rows"].values()):
+  if table["rows"] and all(np.isnan(np.asarray(r["per_seed"]["aligned"], float)).all()
+                           for r in table["rows"].values()):
     lines += ["", "The test split holds no bias-aligned image, so bias-aligned accuracy is "
               "undefined (–)."]
   if _valid_metric(table) != "conflicting":
