@@ -40,7 +40,7 @@ def _slug(row: str) -> str:
 
 def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_models: int,
             feature_model: str, feature_protocol: str, with_elf: bool,
-            show_progress: bool) -> dict:
+            show_progress: bool, seeds=None) -> dict:
   """``{row: {seed: matrix}}`` for the cell's seeds (each matrix: :func:`jaxdd.elf.cross_architecture`)."""
   grid = _grid()
   if cell not in grid.CELLS:
@@ -59,7 +59,12 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
   out_dir = os.path.join(root, cell, "cross-arch")
   os.makedirs(out_dir, exist_ok=True)
   results: dict = {}
-  for seed in spec["seeds"]:
+  if seeds is None:
+    seeds = spec["seeds"]
+  elif not set(seeds) <= set(spec["seeds"]):
+    raise ValueError(f"seeds {sorted(set(seeds) - set(spec['seeds']))} are not seeds of cell "
+                     f"{cell} ({list(spec['seeds'])})")
+  for seed in seeds:
     run_data = None
     features_of = {}
     for row in rows:
@@ -150,6 +155,8 @@ def main(argv=None) -> int:
   p.add_argument("--feature-model", default="convnet-d3-w128")
   p.add_argument("--feature-protocol", default="cpu")
   p.add_argument("--no-elf", action="store_true", help="the plain column only")
+  p.add_argument("--seeds", default=None,
+                 help="comma-separated subset of the cell's seeds (default: all of them)")
   p.add_argument("--publish", action="store_true",
                  help="write results/cross-arch/<cell>.json and .md from the stored results")
   p.add_argument("--quiet", action="store_true")
@@ -160,7 +167,8 @@ def main(argv=None) -> int:
   results = measure(args.cell, args.root, rows=rows, model_specs=specs, protocol=args.protocol,
                     num_models=args.num_models, feature_model=args.feature_model,
                     feature_protocol=args.feature_protocol, with_elf=not args.no_elf,
-                    show_progress=not args.quiet)
+                    show_progress=not args.quiet,
+                    seeds=None if args.seeds is None else [int(x) for x in args.seeds.split(",")])
   summary = summarize(results)
   print(format_summary(summary))
   if args.publish:

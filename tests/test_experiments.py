@@ -231,3 +231,7 @@ def test_cross_arch_reads_a_tuned_cells_own_selection(tmp_path):
     cross_arch.measure("a", str(tmp_path), rows=["vanilla", "no such row"], model_specs=["mlp"],
                        protocol="cpu", num_models=1, feature_model="convnet",
                        feature_protocol="cpu", with_elf=False, show_progress=False)
+  with pytest.raises(ValueError, match=r"seeds \[7\] are not seeds of cell a"):
+    cross_arch.measure("a", str(tmp_path), rows=["vanilla"], model_specs=["mlp"],
+                       protocol="cpu", num_models=1, feature_model="convnet",
+                       feature_protocol="cpu", with_elf=False, show_progress=False, seeds=[7])
