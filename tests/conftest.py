@@ -33,7 +33,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TFDS_DISABLE_DOWNLOAD", "1")
 # CLI tests must not point this process's XLA compilation cache at a test folder.
 os.environ.setdefault("JAXDD_COMPILE_CACHE", "0")
-# Instead, one persistent XLA compilation cache for the whole session, in a fresh temporary
+# Instead, one persistent XLA compilation cache for the whole test run, in a fresh temporary
 # folder: the pytest process creates it before the xdist workers start, and the workers and
 # the CLI subprocesses of the end-to-end tests inherit it. Many tests compile the same
 # smoke-preset programs (surrogate, distillation step, evaluation), and compiling is most of
@@ -137,7 +137,7 @@ def run_one_trace():
 
 
 def pytest_unconfigure(config):
-  """Removes the session's compilation cache (only the process that created it)."""
+  """Removes the test run's compilation cache (only the process that created it)."""
   if _OWN_XLA_CACHE is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
     import shutil
     shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
