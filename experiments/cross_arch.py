@@ -47,23 +47,21 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
     raise ValueError(f"unknown cell {cell!r}; choose from {sorted(grid.CELLS)}")
   spec = grid.CELLS[cell]
   base = pipeline.get_config("cpu", **spec["overrides"])
-  # A cell that tunes reads its own selection (under <root>/<cell>/), like grid.run_cell.
-  settings = grid.cell_settings(spec if spec.get("from_cell") else dict(spec, from_cell=cell),
-                                base, root)
+  settings = grid.settings_of(cell, base, root)
   unknown = set(rows) - set(settings)
   if unknown:
     raise ValueError(f"rows {sorted(unknown)} are not rows of cell {cell} ({sorted(settings)})")
+  if seeds is None:
+    seeds = spec["seeds"]
+  elif not set(seeds) <= set(spec["seeds"]):
+    raise ValueError(f"seeds {sorted(set(seeds) - set(spec['seeds']))} are not seeds of cell "
+                     f"{cell} ({list(spec['seeds'])})")
   for s in model_specs:
     models.get(s, num_classes=2)
   evaluate.get_protocol(protocol)
   out_dir = os.path.join(root, cell, "cross-arch")
   os.makedirs(out_dir, exist_ok=True)
   results: dict = {}
-  if seeds is None:
-    seeds = spec["seeds"]
-  elif not set(seeds) <= set(spec["seeds"]):
-    raise ValueError(f"seeds {sorted(set(seeds) - set(spec['seeds']))} are not seeds of cell "
-                     f"{cell} ({list(spec['seeds'])})")
   for seed in seeds:
     run_data = None
     features_of = {}
@@ -161,6 +159,10 @@ def main(argv=None) -> int:
                  help="write results/cross-arch/<cell>.json and .md from the stored results")
   p.add_argument("--quiet", action="store_true")
   args = p.parse_args(argv)
+  try:
+    seeds = None if args.seeds is None else [int(x) for x in args.seeds.split(",")]
+  except ValueError:
+    p.error(f"--seeds {args.seeds!r}: comma-separated integers, e.g. 0,1")
   progress.setup_logging(args.quiet)
   rows = [r.strip() for r in args.rows.split(",") if r.strip()]
   specs = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
                     num_models=args.num_models, feature_model=args.feature_model,
                     feature_protocol=args.feature_protocol, with_elf=not args.no_elf,
                     show_progress=not args.quiet,
-                    seeds=None if args.seeds is None else [int(x) for x in args.seeds.split(",")])
+                    seeds=seeds)
   summary = summarize(results)
   print(format_summary(summary))
   if args.publish:

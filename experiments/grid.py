@@ -137,6 +137,12 @@ def cell_settings(cell: dict, base: pipeline.RunConfig, root: str) -> dict[str, 
   return settings
 
 
+def settings_of(name: str, base: pipeline.RunConfig, root: str) -> dict[str, study.Setting]:
+  """The rows of cell ``name``: from its own selection if it tunes, else from its source's."""
+  cell = CELLS[name]
+  return cell_settings(cell if cell.get("from_cell") else dict(cell, from_cell=name), base, root)
+
+
 def run_cell(name: str, root: str, *, progress: bool, cifar10: str | None = None) -> dict:
   cell = CELLS[name]
   overrides = dict(cell["overrides"])
@@ -147,16 +153,13 @@ def run_cell(name: str, root: str, *, progress: bool, cifar10: str | None = None
     overrides["source"] = os.path.abspath(cifar10)
   base = pipeline.get_config("cpu", **overrides)
   workdir = os.path.join(root, name)
-  if cell.get("tune"):
-    if not os.path.exists(os.path.join(workdir, "selection.json")):
-      candidates = (lr_candidates(base, cell["lr_grid"]) if "lr_grid" in cell else
-                    temperature_candidates(base, cell["temperature_grid"])
-                    if "temperature_grid" in cell else None)
-      study.tune(base, workdir, seeds=cell.get("tune_seeds", (0, 1)), candidates=candidates,
-                 progress=progress)
-    settings = cell_settings(dict(cell, from_cell=name), base, root)
-  else:
-    settings = cell_settings(cell, base, root)
+  if cell.get("tune") and not os.path.exists(os.path.join(workdir, "selection.json")):
+    candidates = (lr_candidates(base, cell["lr_grid"]) if "lr_grid" in cell else
+                  temperature_candidates(base, cell["temperature_grid"])
+                  if "temperature_grid" in cell else None)
+    study.tune(base, workdir, seeds=cell.get("tune_seeds", (0, 1)), candidates=candidates,
+               progress=progress)
+  settings = settings_of(name, base, root)
   return study.final(base, workdir, settings=settings, seeds=cell["seeds"], protocol="cpu300",
                      num_models=cell["num_models"], progress=progress,
                      full_models=cell.get("full_models", 3))

@@ -192,11 +192,16 @@ def test_refresh_diagnostics_adds_the_in_group_ess_once(tmp_path, monkeypatch):
   assert len(calls) == 1
 
 
-def test_cross_arch_summary_means_over_seeds_and_skips_missing_elf():
+def _cross_arch():
   spec = importlib.util.spec_from_file_location(
       "cross_arch", os.path.join(os.path.dirname(__file__), "..", "experiments", "cross_arch.py"))
-  cross_arch = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cross_arch)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_cross_arch_summary_means_over_seeds_and_skips_missing_elf():
+  cross_arch = _cross_arch()
 
   def cell(acc):
     return {"mean": {"overall": acc, "conflicting": acc / 2, "worst_group": 0.0}, "std": {}}
@@ -220,10 +225,7 @@ def test_cross_arch_summary_means_over_seeds_and_skips_missing_elf():
 def test_cross_arch_reads_a_tuned_cells_own_selection(tmp_path):
   # Cell a tunes: its rows come from <root>/a/selection.json (as grid.run_cell reads them),
   # not from <root>/selection.json. A row the selection lacks is refused before any work.
-  spec = importlib.util.spec_from_file_location(
-      "cross_arch", os.path.join(os.path.dirname(__file__), "..", "experiments", "cross_arch.py"))
-  cross_arch = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cross_arch)
+  cross_arch = _cross_arch()
   (tmp_path / "a").mkdir()
   published = os.path.join(os.path.dirname(__file__), "..", "results", "a", "selection.json")
   (tmp_path / "a" / "selection.json").write_text(open(published).read())
