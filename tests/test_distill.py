@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import augment, distill, kde, models
+from jaxdd import augment, distill, models
 
 
 def _toy(num_classes=3, per_class=12, size=8, seed=0):

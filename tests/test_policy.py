@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import distill, matching, models, policy, surrogate, train
+from jaxdd import distill, matching, models, policy, train
 from jaxdd.structs import Batch, SynSet
 
 evaluate_lib = importlib.import_module("jaxdd.evaluate")
