@@ -6,7 +6,9 @@ yet, in the run directory the grid uses) is trained on each architecture under o
 protocol, plainly and with ELF's feature model (a ConvNet trained on that seed's REAL training
 split: a separate track, see docs/protocols.md §11). The per-group test accuracies are
 averaged over seeds. Each (row, seed) result is stored in
-``<root>/<cell>/cross-arch/<row>-s<seed>.json``, so an interrupted run resumes.
+``<root>/<cell>/cross-arch/<row>-s<seed>.json`` and each seed's trained feature model in
+``<root>/<cell>/cross-arch/feature-<model>-<protocol>-s<seed>.msgpack`` (flax's msgpack, no
+pickle), so an interrupted run resumes without training either again.
 
   python experiments/cross_arch.py --cell a --root runs/grid
   python experiments/cross_arch.py --cell a --root runs/grid --publish   # results/cross-arch/
@@ -19,7 +21,9 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
+from flax import serialization
 
 from jaxdd import elf, evaluate, models, pipeline, progress, study, synset
 
@@ -36,6 +40,21 @@ def _grid():
 
 def _slug(row: str) -> str:
   return "".join(c if c.isalnum() else "-" for c in row).strip("-")
+
+
+def feature_variables(path: str, train):
+  """The feature model's variables stored at ``path``, else ``train()``'s, stored there
+  (written atomically; a file that does not parse is trained again)."""
+  if os.path.exists(path):
+    try:
+      with open(path, "rb") as f:
+        return serialization.msgpack_restore(f.read())
+    except (OSError, ValueError) as e:
+      progress.logger.warning("%s: unreadable (%s); training the feature model again", path, e)
+  variables = train()
+  synset.atomic_write_bytes(path, serialization.msgpack_serialize(
+      jax.tree.map(np.asarray, variables)))
+  return variables
 
 
 def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_models: int,
@@ -88,10 +107,18 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
       if with_elf:
         fm = models.get(feature_model, num_classes=run_data.num_classes)
         if "variables" not in features_of:  # one feature model per seed
-          progress.logger.info("seed %d: training the ELF feature model %s", seed, feature_model)
-          features_of["variables"] = elf.train_feature_model(
-              pipeline.run_keys(base.replace(seed=seed))[0], run_data.normalized(run_data.train),
-              run_data.train.labels, model=fm, protocol=feature_protocol)
+
+          def train_it():
+            progress.logger.info("seed %d: training the ELF feature model %s", seed,
+                                 feature_model)
+            return elf.train_feature_model(
+                pipeline.run_keys(base.replace(seed=seed))[0],
+                run_data.normalized(run_data.train), run_data.train.labels, model=fm,
+                protocol=feature_protocol)
+
+          features_of["variables"] = feature_variables(
+              os.path.join(out_dir, f"feature-{_slug(feature_model)}-{_slug(feature_protocol)}"
+                                    f"-s{seed}.msgpack"), train_it)
         features = elf.distillation_features(fm, features_of["variables"], syn.images)
       matrix = elf.cross_architecture(key, syn, run_data.batch(run_data.test),
                                       model_specs=model_specs, num_classes=run_data.num_classes,

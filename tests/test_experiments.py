@@ -3,9 +3,11 @@ import importlib.util
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
-from jaxdd import pipeline, study
+from jaxdd import models, pipeline, study
 
 _SPEC = importlib.util.spec_from_file_location(
     "seed_table", os.path.join(os.path.dirname(__file__), "..", "experiments", "seed_table.py"))
@@ -237,3 +239,27 @@ def test_cross_arch_reads_a_tuned_cells_own_selection(tmp_path):
     cross_arch.measure("a", str(tmp_path), rows=["vanilla"], model_specs=["mlp"],
                        protocol="cpu", num_models=1, feature_model="convnet",
                        feature_protocol="cpu", with_elf=False, show_progress=False, seeds=[7])
+
+
+def test_cross_arch_feature_model_is_stored_and_reused(tmp_path):
+  # The feature model is trained once per seed and read back from its msgpack file on resume;
+  # the restored variables give the same features. A file that does not parse is retrained.
+  cross_arch = _cross_arch()
+  model = models.get("convnet-d1-w4", num_classes=3)
+  x = jax.random.normal(jax.random.key(1), (5, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  calls = []
+
+  def train():
+    calls.append(1)
+    return variables
+  path = str(tmp_path / "feature-s0.msgpack")
+  first = cross_arch.feature_variables(path, train)
+  again = cross_arch.feature_variables(path, train)
+  assert len(calls) == 1
+  np.testing.assert_array_equal(model.apply(again, x, train=False),
+                                model.apply(first, x, train=False))
+  with open(path, "wb") as f:
+    f.write(b"\x93 not msgpack")
+  cross_arch.feature_variables(path, train)
+  assert len(calls) == 2
