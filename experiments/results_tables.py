@@ -6,12 +6,15 @@
 A block is delimited by ``<!-- table:CELL -->`` and ``<!-- /table:CELL -->`` (the full
 table of ``results/CELL/table.json``), ``<!-- summary:CELL -->`` /
 ``<!-- /summary:CELL -->`` (the short README form: the main rows and columns) or
-``<!-- selection:CELL -->`` (the validation selection of ``results/CELL/selection.json``).
+``<!-- selection:CELL -->`` (the validation selection of ``results/CELL/selection.json``) or
+``<!-- crossarch:CELL -->`` (the cross-architecture matrix of ``results/cross-arch/CELL.json``,
+rendered by ``experiments/cross_arch.py``).
 The tables are rendered by :mod:`jaxdd.study`, so the text and the files cannot drift.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -21,11 +24,26 @@ from jaxdd import study, synset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ("README.md", "RESULTS.md")
-_BLOCK = re.compile(r"(<!-- (table|summary|selection):([\w-]+) -->\n)(.*?)(<!-- /\2:\3 -->)",
-                    re.S)
+_BLOCK = re.compile(
+    r"(<!-- (table|summary|selection|crossarch):([\w-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
+
+
+def _cross_arch():
+  spec = importlib.util.spec_from_file_location(
+      "cross_arch", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cross_arch.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def render(kind: str, cell: str, results: str) -> str:
+  if kind == "crossarch":
+    path = os.path.join(results, "cross-arch", f"{cell}.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: run `python experiments/cross_arch.py --cell "
+                              f"{cell} --publish` first")
+    with open(path) as f:
+      return _cross_arch().format_summary(json.load(f)) + "\n"
   path = os.path.join(results, cell, "selection.json" if kind == "selection" else "table.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run `python experiments/grid.py --cells {cell}` "
