@@ -8,7 +8,8 @@ table of ``results/CELL/table.json``), ``<!-- summary:CELL -->`` /
 ``<!-- /summary:CELL -->`` (the short README form: the main rows and columns) or
 ``<!-- selection:CELL -->`` (the validation selection of ``results/CELL/selection.json``) or
 ``<!-- crossarch:CELL -->`` (the cross-architecture matrix of ``results/cross-arch/CELL.json``,
-rendered by ``experiments/cross_arch.py``).
+rendered by ``experiments/cross_arch.py``) or ``<!-- series:PREFIX -->`` (one line per published
+cell ``PREFIX-<ratio>``, in ratio order: :func:`jaxdd.study.format_series`).
 The tables are rendered by :mod:`jaxdd.study`, so the text and the files cannot drift.
 """
 from __future__ import annotations
@@ -24,8 +25,10 @@ from jaxdd import study, synset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ("README.md", "RESULTS.md")
+_KINDS = "table|summary|selection|crossarch|series"
 _BLOCK = re.compile(
-    r"(<!-- (table|summary|selection|crossarch):([\w-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
+    rf"(<!-- ({_KINDS}):([\w.-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
+_OPENER = re.compile(rf"^<!-- ({_KINDS}):(\S*) -->$", re.M)  # a marker on its own line
 
 
 def _cross_arch():
@@ -44,6 +47,17 @@ def render(kind: str, cell: str, results: str) -> str:
                               f"{cell} --publish` first")
     with open(path) as f:
       return _cross_arch().format_summary(json.load(f)) + "\n"
+  if kind == "series":
+    tables = []
+    for name in sorted(os.listdir(results)):
+      path = os.path.join(results, name, "table.json")
+      if name.startswith(cell + "-") and os.path.exists(path):
+        with open(path) as f:
+          tables.append(json.load(f))
+    if not tables:
+      raise FileNotFoundError(f"no results/{cell}-*/table.json: run and --publish a cell of "
+                              f"the series `python experiments/grid.py --cells {cell}-<ratio>`")
+    return study.format_series(tables) + "\n"
   path = os.path.join(results, cell, "selection.json" if kind == "selection" else "table.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run `python experiments/grid.py --cells {cell}` "
@@ -56,6 +70,19 @@ def render(kind: str, cell: str, results: str) -> str:
 
 
 def update(text: str, results: str) -> str:
+  """``text`` with every marked block rendered again.
+
+  Raises:
+    ValueError: an opening marker on its own line that does not start a block (no matching closing marker
+      on a later line, or a name outside ``[A-Za-z0-9_.-]``), which would otherwise be left
+      silently stale.
+  """
+  blocks = {m.start(1) for m in _BLOCK.finditer(text)}
+  for m in _OPENER.finditer(text):
+    if m.start() not in blocks:
+      line = text.count("\n", 0, m.start()) + 1
+      raise ValueError(f"line {line}: {m.group(0)} opens no block; close it with "
+                       f"<!-- /{m.group(1)}:{m.group(2)} --> on a later line")
   return _BLOCK.sub(lambda m: m.group(1) + render(m.group(2), m.group(3), results) + m.group(5),
                     text)
 
@@ -72,7 +99,10 @@ def main(argv=None) -> int:
     path = os.path.join(args.root, doc)
     with open(path) as f:
       text = f.read()
-    new = update(text, results)
+    try:
+      new = update(text, results)
+    except ValueError as e:
+      raise ValueError(f"{doc}: {e}") from None
     if new != text:
       stale.append(doc)
       if not args.check:

@@ -580,11 +580,16 @@ def row_order(rows) -> list[str]:
   return known + [n for n in rows if n not in ROW_ORDER]
 
 
-def _accuracy_cells(row: dict) -> list[str]:
-  """The four test accuracies of a table row: over seeds, or over networks for one seed."""
+def _metric_cell(row: dict, metric: str) -> str:
+  """A test accuracy of a table row: over seeds, or over networks for one seed."""
   if len(row["seeds"]) > 1:
-    return [_pm(row["per_seed"][m]) for m in evaluate.METRICS]
-  return [_pm(row["per_model"][0][m], ddof=0) for m in evaluate.METRICS]
+    return _pm(row["per_seed"][metric])
+  return _pm(row["per_model"][0][metric], ddof=0)
+
+
+def _accuracy_cells(row: dict) -> list[str]:
+  """The four test accuracies of a table row (:func:`_metric_cell`)."""
+  return [_metric_cell(row, m) for m in evaluate.METRICS]
 
 
 def format_summary(table: dict) -> str:
@@ -654,6 +659,52 @@ def format_table(table: dict) -> str:
       d = table["paired"][name]
       lines.append(f"| {name} − vanilla | "
                    + " | ".join(format_pm(d[m], signed=True) for m in evaluate.METRICS) + " |")
+  return "\n".join(lines)
+
+
+def format_series(tables, *, metric: str = "conflicting") -> str:
+  """Final tables of one setting at several ratios (e.g. Biased-DD's CMNIST-DD at each aligned
+  fraction), one line per table in ratio order: each row's test ``metric`` (as
+  :func:`format_table` gives it), the paired difference of every other row from ``vanilla``
+  and the bias score, in %.
+
+  Example:
+    >>> row = lambda acc, score: {"seeds": [0, 1], "per_seed": {"conflicting": acc},
+    ...                           "bias_aligned_fraction": score}
+    >>> t = {"base": {"dataset": "cmnist_dd", "conflict_ratio": 0.5}, "seeds": [0, 1],
+    ...      "rows": {"vanilla": row([0.2, 0.4], [0.9, 0.9]),
+    ...               "kde": row([0.6, 0.6], [0.3, 0.5])},
+    ...      "paired": {"kde": {"conflicting": [0.4, 0.2]}}}
+    >>> print(format_series([t]))
+    | aligned fraction | seeds | vanilla | kde | kde − vanilla | bias score: vanilla | bias score: kde |
+    |---|---|---|---|---|---|---|
+    | 0.5 | 2 | 30.0 ± 14.1 | 60.0 ± 0.0 | +30.0 ± 14.1 | 90.0 ± 0.0 | 40.0 ± 14.1 |
+  """
+  tables = sorted(tables, key=lambda t: t["base"]["conflict_ratio"])
+  if not tables:
+    return ""
+  names = row_order({n: None for t in tables for n in t["rows"]})
+  others = [n for n in names if n != "vanilla" and any(n in t["paired"] for t in tables)]
+  scored = [n for n in names if any(n in t["rows"] and any(
+      v is not None for v in t["rows"][n].get("bias_aligned_fraction", [None])) for t in tables)]
+  ratio = ("aligned fraction" if tables[0]["base"]["dataset"].endswith("_dd")
+           else "conflict ratio")
+  head = ([ratio, "seeds"] + names + [f"{n} − vanilla" for n in others]
+          + [f"bias score: {n}" for n in scored])
+  lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for t in tables:
+    rows, paired = t["rows"], t["paired"]
+    cells = [f"{t['base']['conflict_ratio']:g}", str(len(t["seeds"]))]
+    cells += [_metric_cell(rows[n], metric) if n in rows else "" for n in names]
+    cells += [format_pm(paired[n][metric], signed=True) if n in paired else "" for n in others]
+    cells += [format_pm(rows[n].get("bias_aligned_fraction", [])) if n in rows else ""
+              for n in scored]
+    lines.append("| " + " | ".join(cells) + " |")
+  single = [n for n in names if any(n in t["rows"] and len(t["rows"][n]["seeds"]) == 1
+                                     and len(t["seeds"]) > 1 for t in tables)]
+  if single:
+    lines += ["", f"Mean ± sample std over seeds; {', '.join(single)}: one seed, mean ± std over "
+              "its networks."]
   return "\n".join(lines)
 
 

@@ -295,3 +295,44 @@ def test_results_tables_renders_a_published_cross_arch_matrix(tmp_path):
   (tmp_path / "RESULTS.md").write_text("<!-- crossarch:y -->\n<!-- /crossarch:y -->\n")
   with pytest.raises(FileNotFoundError, match="cross_arch.py --cell y --publish"):
     results_tables.main(["--root", str(tmp_path)])
+
+
+def test_results_tables_renders_a_series_in_ratio_order(tmp_path):
+  # One line per published cell x-<ratio>, sorted by the ratio (not by the folder name);
+  # "full" has one seed, so its cell is over networks and a note says so.
+  for ratio, shift in ((0.5, 0.0), (0.05, 0.1)):
+    t = _table()
+    t["base"] = dict(t["base"], conflict_ratio=ratio)
+    t["rows"]["vanilla"]["per_seed"]["conflicting"] = [0.1 + shift, 0.3 + shift]
+    t["rows"]["full"] = {"seeds": [0], "per_seed": {}, "bias_aligned_fraction": [None],
+                         "per_model": [{"conflicting": [0.5, 0.7]}]}
+    (tmp_path / "results" / f"x-{ratio:g}").mkdir(parents=True)
+    (tmp_path / "results" / f"x-{ratio:g}" / "table.json").write_text(json.dumps(t))
+  (tmp_path / "results" / "y-0.1").mkdir()  # another series: not included
+  (tmp_path / "README.md").write_text("")
+  (tmp_path / "RESULTS.md").write_text("<!-- series:x -->\n<!-- /series:x -->\n")
+  assert results_tables.main(["--root", str(tmp_path)]) == 0
+  lines = (tmp_path / "RESULTS.md").read_text().splitlines()
+  assert lines[1] == "| conflict ratio | seeds | vanilla | full | bias score: vanilla |"
+  # conflicting 20, 40 -> 30.0 ± 14.1; full over its networks (ddof 0): 60.0 ± 10.0
+  assert lines[3] == "| 0.05 | 2 | 30.0 ± 14.1 | 60.0 ± 10.0 | 95.0 ± 7.1 |"
+  assert lines[4] == "| 0.5 | 2 | 20.0 ± 14.1 | 60.0 ± 10.0 | 95.0 ± 7.1 |"
+  assert "full: one seed, mean ± std over its networks" in lines[6]
+  (tmp_path / "RESULTS.md").write_text("<!-- series:z -->\n<!-- /series:z -->\n")
+  with pytest.raises(FileNotFoundError, match="z-<ratio>"):
+    results_tables.main(["--root", str(tmp_path)])
+
+
+def test_results_tables_renders_dotted_cell_names_and_refuses_an_unclosed_marker(tmp_path):
+  # Cells like h-cmnistdd-0.95 carry a dot; a marker the pattern cannot read must fail loudly
+  # (it was once skipped, leaving its block empty while --check passed).
+  (tmp_path / "results" / "x-0.95").mkdir(parents=True)
+  (tmp_path / "results" / "x-0.95" / "table.json").write_text(json.dumps(_table()))
+  (tmp_path / "README.md").write_text("prose may name `<!-- table:CELL -->` inline\n")
+  (tmp_path / "RESULTS.md").write_text("<!-- table:x-0.95 -->\n<!-- /table:x-0.95 -->\n")
+  assert results_tables.main(["--check", "--root", str(tmp_path)]) == 1
+  assert results_tables.main(["--root", str(tmp_path)]) == 0
+  assert "| vanilla | 30.0 ± 14.1 |" in (tmp_path / "RESULTS.md").read_text()
+  (tmp_path / "RESULTS.md").write_text("a\n<!-- table:x-0.95 -->\n<!-- /table:x-0.9 -->\n")
+  with pytest.raises(ValueError, match=r"RESULTS.md: line 2: <!-- table:x-0.95 --> opens no"):
+    results_tables.main(["--check", "--root", str(tmp_path)])
