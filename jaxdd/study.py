@@ -46,7 +46,7 @@ from jaxdd import progress as progress_lib
 from jaxdd.structs import SynSet
 
 __all__ = ["Setting", "knob_grid", "literal_setting", "tune", "select", "final", "format_table",
-           "format_summary", "format_selection"]
+           "format_summary", "format_series", "format_selection"]
 
 #: Knobs a weighting setting may change (RunConfig fields).
 KNOBS = ("weighting", "kde_normalize", "kde_variance", "kde_temperature", "kde_scope", "kde_floor",
