@@ -27,9 +27,6 @@ from flax import serialization
 
 from jaxdd import elf, evaluate, models, pipeline, progress, study, synset
 
-COLUMNS = ("overall", "aligned", "conflicting", "worst_group")
-
-
 def _grid():
   spec = importlib.util.spec_from_file_location(
       "grid", os.path.join(os.path.dirname(os.path.abspath(__file__)), "grid.py"))
@@ -135,77 +132,6 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
   return results
 
 
-def _mean_std(values) -> dict:
-  a = np.asarray(values, float)
-  return {"mean": float(np.mean(a)), "std": float(np.std(a, ddof=1)) if len(a) > 1 else 0.0}
-
-
-def summarize(results: dict) -> dict:
-  """Mean and sample std over seeds of each (row, model, training) cell's mean accuracy, and
-  each later row's paired difference from the first row (the reference, e.g. vanilla) over the
-  seeds both have: whether debiasing transfers to each architecture."""
-  table, paired = {}, {}
-  rows = list(results)
-  for row, by_seed in results.items():
-    seeds = sorted(by_seed)
-    for spec in by_seed[seeds[0]]:
-      for kind in ("plain", "elf"):
-        vals = [by_seed[s][spec][kind] for s in seeds]
-        if any(v is None for v in vals):
-          continue
-        table.setdefault(row, {}).setdefault(spec, {})[kind] = {
-            c: _mean_std([100 * v["mean"][c] for v in vals]) for c in COLUMNS}
-        if row == rows[0]:
-          continue
-        ref = results[rows[0]]
-        common = [s for s in seeds
-                  if ref.get(s, {}).get(spec, {}).get(kind) is not None]
-        if common:
-          paired.setdefault(row, {}).setdefault(spec, {})[kind] = {
-              c: _mean_std([100 * (by_seed[s][spec][kind]["mean"][c]
-                                   - ref[s][spec][kind]["mean"][c]) for s in common])
-              | {"n": len(common)} for c in COLUMNS}
-  return {"seeds": sorted({s for r in results.values() for s in r}), "reference": rows[0],
-          "table": table, "paired": paired}
-
-
-def _pm(cell: dict, sign: bool = False) -> str:
-  return f"{cell['mean']:{'+' if sign else ''}.1f} ± {cell['std']:.1f}"
-
-
-def format_summary(summary: dict) -> str:
-  """Markdown tables of :func:`summarize` (or of a published file, which adds the settings)."""
-  lines = []
-  if "protocol" in summary:
-    elf_text = (f"; ELF's feature model {summary['feature_model']} trained on each seed's real "
-                f"training split under `{summary['feature_protocol']}`" if summary.get("elf")
-                else "")
-    lines += [f"Cell {summary['cell']}'s SynSets, each trained on every architecture under "
-              f"`{summary['protocol']}`, {summary['num_models']} networks per (SynSet, "
-              f"architecture, training){elf_text}.", ""]
-  lines += [f"Mean ± sample std over seeds {summary['seeds']} of each seed's mean over its "
-            "networks, test accuracy in %.", "",
-           "| SynSet | model | training | " + " | ".join(COLUMNS) + " |",
-           "|---" * (len(COLUMNS) + 3) + "|"]
-  for row, by_model in summary["table"].items():
-    for spec, by_kind in by_model.items():
-      for kind, cell in by_kind.items():
-        lines.append(f"| {row} | {spec} | {kind} | "
-                     + " | ".join(_pm(cell[c]) for c in COLUMNS) + " |")
-  if summary.get("paired"):
-    ref = summary["reference"]
-    lines += ["", f"Paired differences against `{ref}` (same seed, same networks' key), mean ± "
-              "sample std over seeds, in points:", "",
-              "| SynSet | model | training | " + " | ".join(COLUMNS) + " |",
-              "|---" * (len(COLUMNS) + 3) + "|"]
-    for row, by_model in summary["paired"].items():
-      for spec, by_kind in by_model.items():
-        for kind, cell in by_kind.items():
-          lines.append(f"| {row} − {ref} | {spec} | {kind} | "
-                       + " | ".join(_pm(cell[c], sign=True) for c in COLUMNS) + " |")
-  return "\n".join(lines)
-
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -237,18 +163,18 @@ def main(argv=None) -> int:
                     feature_protocol=args.feature_protocol, with_elf=not args.no_elf,
                     show_progress=not args.quiet,
                     seeds=seeds)
-  summary = summarize(results)
-  print(format_summary(summary))
+  summary = elf.summarize_seeds(results)
+  print(elf.format_seeds(summary))
   if args.publish:
     dest = os.path.join("results", "cross-arch")
     os.makedirs(dest, exist_ok=True)
-    synset.atomic_write_json(os.path.join(dest, f"{args.cell}.json"),
-                             {"cell": args.cell, "models": specs, "protocol": args.protocol,
-                              "num_models": args.num_models, "elf": not args.no_elf,
-                              "feature_model": args.feature_model,
-                              "feature_protocol": args.feature_protocol, **summary})
+    published = {"cell": args.cell, "models": specs, "protocol": args.protocol,
+                 "num_models": args.num_models, "elf": not args.no_elf,
+                 "feature_model": args.feature_model, "feature_protocol": args.feature_protocol,
+                 **summary}
+    synset.atomic_write_json(os.path.join(dest, f"{args.cell}.json"), published)
     synset.atomic_write_bytes(os.path.join(dest, f"{args.cell}.md"),
-                              (format_summary(summary) + "\n").encode())
+                              (elf.format_seeds(published) + "\n").encode())
   return 0
 
 

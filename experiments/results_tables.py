@@ -8,20 +8,19 @@ table of ``results/CELL/table.json``), ``<!-- summary:CELL -->`` /
 ``<!-- /summary:CELL -->`` (the short README form: the main rows and columns) or
 ``<!-- selection:CELL -->`` (the validation selection of ``results/CELL/selection.json``) or
 ``<!-- crossarch:CELL -->`` (the cross-architecture matrix of ``results/cross-arch/CELL.json``,
-rendered by ``experiments/cross_arch.py``) or ``<!-- series:PREFIX -->`` (one line per published
+rendered by :func:`jaxdd.elf.format_seeds`) or ``<!-- series:PREFIX -->`` (one line per published
 cell ``PREFIX-<ratio>``, in ratio order: :func:`jaxdd.study.format_series`).
 The tables are rendered by :mod:`jaxdd.study`, so the text and the files cannot drift.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
 import sys
 
-from jaxdd import study, synset
+from jaxdd import elf, study, synset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ("README.md", "RESULTS.md")
@@ -31,14 +30,6 @@ _BLOCK = re.compile(
 _OPENER = re.compile(rf"^<!-- ({_KINDS}):(\S*) -->$", re.M)  # a marker on its own line
 
 
-def _cross_arch():
-  spec = importlib.util.spec_from_file_location(
-      "cross_arch", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cross_arch.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def render(kind: str, cell: str, results: str) -> str:
   if kind == "crossarch":
     path = os.path.join(results, "cross-arch", f"{cell}.json")
@@ -46,7 +37,7 @@ def render(kind: str, cell: str, results: str) -> str:
       raise FileNotFoundError(f"{path} not found: run `python experiments/cross_arch.py --cell "
                               f"{cell} --publish` first")
     with open(path) as f:
-      return _cross_arch().format_summary(json.load(f)) + "\n"
+      return elf.format_seeds(json.load(f)) + "\n"
   if kind == "series":
     tables = []
     for name in sorted(os.listdir(results)):

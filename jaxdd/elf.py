@@ -210,3 +210,74 @@ def format_matrix(matrix: dict) -> str:
       cells = [f"{100 * s['mean'][c]:.1f} ± {100 * s['std'][c]:.1f}" for c in cols]
       lines.append(f"| {spec} | {kind} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+#: The per-group accuracies of the matrices over seeds.
+COLUMNS = ("overall", "aligned", "conflicting", "worst_group")
+
+
+def summarize_seeds(results: dict) -> dict:
+  """Matrices of several distillation seeds and SynSets, put together.
+
+  Args:
+    results: ``{row: {seed: matrix}}``, each matrix a :func:`cross_architecture`
+      result for the SynSet ``row`` (e.g. vanilla, DM + KDE) of that seed. The
+      first row is the reference.
+
+  Returns:
+    ``{"seeds", "reference", "table", "paired"}``: ``table[row][model][training][column]``
+    lists each seed's mean accuracy (a training absent at any seed is left out);
+    ``paired[row][model][training][column]`` lists ``row − reference`` at each seed both
+    have: whether debiasing carries over to each architecture.
+  """
+  rows = list(results)
+  ref = results[rows[0]]
+  table, paired = {}, {}
+  for row, by_seed in results.items():
+    seeds = sorted(by_seed)
+    for spec in by_seed[seeds[0]]:
+      for kind in ("plain", "elf"):
+        vals = [by_seed[s][spec][kind] for s in seeds]
+        if any(v is None for v in vals):
+          continue
+        table.setdefault(row, {}).setdefault(spec, {})[kind] = {
+            c: [float(v["mean"][c]) for v in vals] for c in COLUMNS}
+        common = [s for s in seeds if (ref.get(s) or {}).get(spec, {}).get(kind) is not None]
+        if row != rows[0] and common:
+          paired.setdefault(row, {}).setdefault(spec, {})[kind] = {
+              c: [float(by_seed[s][spec][kind]["mean"][c] - ref[s][spec][kind]["mean"][c])
+                  for s in common] for c in COLUMNS}
+  return {"seeds": sorted({s for r in results.values() for s in r}), "reference": rows[0],
+          "table": table, "paired": paired}
+
+
+def format_seeds(summary: dict) -> str:
+  """:func:`summarize_seeds` as markdown (accuracy %, mean ± sample std over seeds). A
+  published summary that names its settings (``cell``, ``protocol``, ``num_models``, ``elf``,
+  ``feature_model``, ``feature_protocol``) gets a sentence saying them."""
+  from jaxdd.study import format_pm  # noqa: PLC0415
+  head = "| SynSet | model | training | " + " | ".join(COLUMNS) + " |"
+  rule = "|---" * (len(COLUMNS) + 3) + "|"
+
+  def rows(block, label, signed):
+    return [f"| {label(row)} | {spec} | {kind} | "
+            + " | ".join(format_pm(cell[c], signed=signed) for c in COLUMNS) + " |"
+            for row, by_model in block.items() for spec, by_kind in by_model.items()
+            for kind, cell in by_kind.items()]
+  lines = []
+  if "protocol" in summary:
+    elf_text = (f"; ELF's feature model {summary['feature_model']} trained on each seed's real "
+                f"training split under `{summary['feature_protocol']}`" if summary.get("elf")
+                else "")
+    lines += [f"Cell {summary['cell']}'s SynSets, each trained on every architecture under "
+              f"`{summary['protocol']}`, {summary['num_models']} networks per (SynSet, "
+              f"architecture, training){elf_text}.", ""]
+  lines += [f"Mean ± sample std over seeds {summary['seeds']} of each seed's mean over its "
+            "networks, test accuracy in %.", "", head, rule]
+  lines += rows(summary["table"], str, False)
+  if summary["paired"]:
+    ref = summary["reference"]
+    lines += ["", f"Paired differences against `{ref}` (same seed, same evaluation key), mean ± "
+              "sample std over seeds, in points:", "", head, rule]
+    lines += rows(summary["paired"], lambda r: f"{r} − {ref}", True)
+  return "\n".join(lines)

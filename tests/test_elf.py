@@ -122,3 +122,28 @@ def test_cross_arch_cli_refuses_a_model_that_does_not_fit_before_any_work(tmp_pa
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "convnet" in err[0].lower()
   assert cli.main(["cross-arch", path, "--models", "nonet", "--quiet"]) == 2
+
+
+def test_summarize_seeds_means_over_seeds_pairs_rows_and_skips_missing_elf():
+  def cell(acc):
+    return {"mean": {"overall": acc, "aligned": 1.0, "conflicting": acc / 2, "worst_group": 0.0},
+            "std": {}}
+  results = {"vanilla": {0: {"mlp": {"plain": cell(0.2), "elf": None}},
+                         1: {"mlp": {"plain": cell(0.4), "elf": None}}},
+             "kde": {0: {"mlp": {"plain": cell(0.5), "elf": cell(0.6)}},
+                     1: {"mlp": {"plain": cell(0.7), "elf": cell(0.8)}}}}
+  s = elf.summarize_seeds(results)
+  assert s["seeds"] == [0, 1] and s["reference"] == "vanilla"
+  assert "elf" not in s["table"]["vanilla"]["mlp"]
+  assert s["table"]["kde"]["mlp"]["elf"]["overall"] == [0.6, 0.8]
+  # paired per seed: kde - vanilla = 0.3 at both seeds; no ELF reference, so no ELF pair
+  diff = s["paired"]["kde"]["mlp"]
+  assert set(diff) == {"plain"} and "vanilla" not in s["paired"]
+  np.testing.assert_allclose(diff["plain"]["overall"], [0.3, 0.3])
+  np.testing.assert_allclose(diff["plain"]["conflicting"], [0.15, 0.15])
+  text = elf.format_seeds(s)
+  # 60, 80 -> 70.0 ± 14.1 (sample std); aligned 100 at both seeds
+  assert "| kde | mlp | elf | 70.0 ± 14.1 | 100.0 ± 0.0 | 35.0 ± 7.1 | 0.0 ± 0.0 |" in text
+  assert "| kde − vanilla | mlp | plain | +30.0 ± 0.0 | +0.0 ± 0.0 | +15.0 ± 0.0 | +0.0 ± 0.0 |" \
+      in text
+  assert "Cell" not in text  # no settings given, no sentence about them

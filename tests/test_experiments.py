@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdd import models, pipeline, study
+from jaxdd import elf, models, pipeline, study
 
 _SPEC = importlib.util.spec_from_file_location(
     "seed_table", os.path.join(os.path.dirname(__file__), "..", "experiments", "seed_table.py"))
@@ -202,31 +202,8 @@ def _cross_arch():
   return module
 
 
-def test_cross_arch_summary_means_over_seeds_and_skips_missing_elf():
+def test_cross_arch_refuses_an_unknown_cell():
   cross_arch = _cross_arch()
-
-  def cell(acc):
-    return {"mean": {"overall": acc, "aligned": 1.0, "conflicting": acc / 2, "worst_group": 0.0},
-            "std": {}}
-  results = {"vanilla": {0: {"mlp": {"plain": cell(0.2), "elf": None}},
-                         1: {"mlp": {"plain": cell(0.4), "elf": None}}},
-             "kde": {0: {"mlp": {"plain": cell(0.5), "elf": cell(0.6)}},
-                     1: {"mlp": {"plain": cell(0.7), "elf": cell(0.8)}}}}
-  s = cross_arch.summarize(results)
-  assert s["seeds"] == [0, 1] and s["reference"] == "vanilla"
-  assert "elf" not in s["table"]["vanilla"]["mlp"]
-  got = s["table"]["kde"]["mlp"]["elf"]["overall"]
-  assert got["mean"] == pytest.approx(70.0) and got["std"] == pytest.approx(14.1421, rel=1e-4)
-  # paired over seeds: kde - vanilla = +30 at both seeds (std 0); no ELF reference, no ELF row
-  diff = s["paired"]["kde"]["mlp"]
-  assert set(diff) == {"plain"}
-  assert diff["plain"]["overall"]["mean"] == pytest.approx(30.0)
-  assert diff["plain"]["overall"]["std"] == pytest.approx(0.0, abs=1e-9)
-  assert diff["plain"]["conflicting"]["mean"] == pytest.approx(15.0)
-  text = cross_arch.format_summary(s)
-  assert "| kde | mlp | elf | 70.0 ± 14.1 | 100.0 ± 0.0 | 35.0 ± 7.1 | 0.0 ± 0.0 |" in text
-  assert "| kde − vanilla | mlp | plain | +30.0 ± 0.0 | +0.0 ± 0.0 | +15.0 ± 0.0 | +0.0 ± 0.0 |" \
-      in text
   with pytest.raises(ValueError, match="unknown cell"):
     cross_arch.measure("nope", "runs", rows=["vanilla"], model_specs=["mlp"], protocol="cpu",
                        num_models=1, feature_model="convnet", feature_protocol="cpu",
@@ -275,13 +252,11 @@ def test_cross_arch_feature_model_is_stored_and_reused(tmp_path):
 
 
 def test_results_tables_renders_a_published_cross_arch_matrix(tmp_path):
-  cross_arch = _cross_arch()
-
   def cell(acc):
     return {"mean": {"overall": acc, "aligned": 0.9, "conflicting": acc, "worst_group": 0.0},
             "std": {}}
-  summary = cross_arch.summarize({"vanilla": {0: {"mlp": {"plain": cell(0.2), "elf": None}}},
-                                  "kde": {0: {"mlp": {"plain": cell(0.6), "elf": None}}}})
+  summary = elf.summarize_seeds({"vanilla": {0: {"mlp": {"plain": cell(0.2), "elf": None}}},
+                                 "kde": {0: {"mlp": {"plain": cell(0.6), "elf": None}}}})
   published = {"cell": "x", "models": ["mlp"], "protocol": "cpu", "num_models": 2, "elf": False,
                "feature_model": "convnet-d3-w128", "feature_protocol": "cpu", **summary}
   (tmp_path / "results" / "cross-arch").mkdir(parents=True)
