@@ -19,7 +19,9 @@ the defences.
   python experiments/backdoor.py --preset cpu --datasets cmnist,bg_fmnist --seeds 0,1,2 \\
       --workdir runs/backdoor
 
-Writes ``<workdir>/<dataset>/s<seed>/<variant>/result.json`` (finished cells are skipped when the
+A dataset entry ``NAME@RATIO`` sets the conflict ratio (default: the preset's, 5 %), e.g.
+``bg_fmnist@0.9``: Fashion-MNIST whose background colours are independent of the class (10 %
+aligned, i.e. unbiased). Writes ``<workdir>/<entry>/s<seed>/<variant>/result.json`` (finished cells are skipped when the
 command is run again) and ``<workdir>/table.md`` / ``table.json``.
 """
 from __future__ import annotations
@@ -100,13 +102,35 @@ def signature_check(syn_dir: str, trusted_pub: str) -> str:
                           "another key" if "not among the trusted" in str(e) else "invalid")
 
 
+def parse_dataset(entry: str) -> tuple[str, dict]:
+  """``NAME`` or ``NAME@RATIO`` -> (name, config overrides).
+
+  Example:
+    >>> parse_dataset("bg_fmnist@0.9"), parse_dataset("cmnist")
+    (('bg_fmnist', {'conflict_ratio': 0.9}), ('cmnist', {}))
+  """
+  name, sep, ratio = entry.partition("@")
+  if name not in data.DATASETS:
+    raise ValueError(f"--datasets: unknown dataset {name!r} in {entry!r}; choose from "
+                     f"{sorted(data.DATASETS)}, optionally as NAME@RATIO")
+  if not sep:
+    return name, {}
+  try:
+    return name, {"conflict_ratio": float(ratio)}
+  except ValueError:
+    raise ValueError(f"--datasets: {entry!r}: the ratio after @ must be a number, e.g. "
+                     f"{name}@0.9") from None
+
+
 def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
   root = os.path.join(args.workdir, dataset, f"s{seed}")
   out = os.path.join(root, variant, "result.json")
   if os.path.exists(out):
     with open(out) as f:
       return json.load(f)
-  cfg = pipeline.get_config(args.preset, dataset=dataset, seed=seed, weighting=args.weighting)
+  name, overrides = parse_dataset(dataset)
+  cfg = pipeline.get_config(args.preset, dataset=name, seed=seed, weighting=args.weighting,
+                            **overrides)
   t0 = time.time()
   clean_dir = os.path.join(root, "clean")
   if variant == "clean":
@@ -197,7 +221,8 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--preset", default="cpu")
   p.add_argument("--weighting", default="kde", choices=["kde", "none"])
-  p.add_argument("--datasets", default="cmnist,bg_fmnist")
+  p.add_argument("--datasets", default="cmnist,bg_fmnist",
+                 help="comma-separated NAME or NAME@RATIO (conflict ratio), e.g. bg_fmnist@0.9")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--variants", default=",".join(VARIANTS))
   p.add_argument("--target", type=int, default=0)
@@ -213,6 +238,11 @@ def main(argv=None) -> int:
   p.add_argument("--rescore-kde", action="store_true",
                  help="recompute the KDE probe of finished cells with the current code")
   args = p.parse_args(argv)
+  for entry in args.datasets.split(","):
+    try:
+      parse_dataset(entry)
+    except ValueError as e:
+      p.error(str(e))
   os.makedirs(args.workdir, exist_ok=True)
   key_stem = {who: os.path.join(args.workdir, "keys", who) for who in ("author", "attacker")}
   for stem in key_stem.values():

@@ -311,3 +311,16 @@ def test_results_tables_renders_dotted_cell_names_and_refuses_an_unclosed_marker
   (tmp_path / "RESULTS.md").write_text("a\n<!-- table:x-0.95 -->\n<!-- /table:x-0.9 -->\n")
   with pytest.raises(ValueError, match=r"RESULTS.md: line 2: <!-- table:x-0.95 --> opens no"):
     results_tables.main(["--check", "--root", str(tmp_path)])
+
+
+def test_backdoor_dataset_entries_name_a_ratio_or_are_refused(capsys):
+  spec = importlib.util.spec_from_file_location(
+      "backdoor", os.path.join(os.path.dirname(__file__), "..", "experiments", "backdoor.py"))
+  backdoor = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(backdoor)
+  assert backdoor.parse_dataset("bg_fmnist@0.9") == ("bg_fmnist", {"conflict_ratio": 0.9})
+  assert backdoor.parse_dataset("cmnist") == ("cmnist", {})
+  for bad, message in (("nope@0.5", "unknown dataset 'nope'"), ("cmnist@x", "must be a number")):
+    with pytest.raises(SystemExit):  # refused before any key, folder or run is made
+      backdoor.main(["--datasets", f"cmnist,{bad}", "--workdir", "/nonexistent/never"])
+    assert message in capsys.readouterr().err
