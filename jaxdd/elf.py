@@ -259,11 +259,22 @@ def format_seeds(summary: dict) -> str:
   head = "| SynSet | model | training | " + " | ".join(COLUMNS) + " |"
   rule = "|---" * (len(COLUMNS) + 3) + "|"
 
+  # A JSON round trip sorts the keys: the reference row first, the published model order,
+  # plain before ELF.
+  ref = summary["reference"]
+  order = summary.get("models", [])
+
   def rows(block, label, signed):
-    return [f"| {label(row)} | {spec} | {kind} | "
-            + " | ".join(format_pm(cell[c], signed=signed) for c in COLUMNS) + " |"
-            for row, by_model in block.items() for spec, by_kind in by_model.items()
-            for kind, cell in by_kind.items()]
+    out = []
+    for row in sorted(block, key=lambda r: r != ref):
+      by_model = block[row]
+      for spec in sorted(by_model, key=lambda m: order.index(m) if m in order else len(order)):
+        for kind in ("plain", "elf"):
+          if kind in by_model[spec]:
+            cell = by_model[spec][kind]
+            out.append(f"| {label(row)} | {spec} | {kind} | "
+                       + " | ".join(format_pm(cell[c], signed=signed) for c in COLUMNS) + " |")
+    return out
   lines = []
   if "protocol" in summary:
     elf_text = (f"; ELF's feature model {summary['feature_model']} trained on each seed's real "
@@ -276,7 +287,6 @@ def format_seeds(summary: dict) -> str:
             "networks, test accuracy in %.", "", head, rule]
   lines += rows(summary["table"], str, False)
   if summary["paired"]:
-    ref = summary["reference"]
     lines += ["", f"Paired differences against `{ref}` (same seed, same evaluation key), mean ± "
               "sample std over seeds, in points:", "", head, rule]
     lines += rows(summary["paired"], lambda r: f"{r} − {ref}", True)

@@ -147,3 +147,21 @@ def test_summarize_seeds_means_over_seeds_pairs_rows_and_skips_missing_elf():
   assert "| kde − vanilla | mlp | plain | +30.0 ± 0.0 | +0.0 ± 0.0 | +15.0 ± 0.0 | +0.0 ± 0.0 |" \
       in text
   assert "Cell" not in text  # no settings given, no sentence about them
+
+
+def test_format_seeds_orders_a_json_round_trip_as_published():
+  # atomic_write_json sorts keys: "kde" < "vanilla", "elf" < "plain", "convnet" < "mlp".
+  # The table shows the reference row first, the published model order, plain before ELF.
+  import json
+
+  def cell(acc):
+    return {"mean": {c: acc for c in elf.COLUMNS}, "std": {}}
+  matrix = {"mlp": {"plain": cell(0.3), "elf": cell(0.4)},
+            "convnet": {"plain": cell(0.5), "elf": cell(0.6)}}
+  s = elf.summarize_seeds({"vanilla": {0: matrix}, "kde": {0: matrix}})
+  s = json.loads(json.dumps(dict(s, models=["mlp", "convnet"]), sort_keys=True))
+  lines = [ln for ln in elf.format_seeds(s).splitlines() if ln.startswith("| vanilla")
+           or ln.startswith("| kde")]
+  assert [ln.split(" | ")[:3] for ln in lines[:5]] == [
+      ["| vanilla", "mlp", "plain"], ["| vanilla", "mlp", "elf"], ["| vanilla", "convnet", "plain"],
+      ["| vanilla", "convnet", "elf"], ["| kde", "mlp", "plain"]]
