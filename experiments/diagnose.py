@@ -1,4 +1,4 @@
-"""Weight diagnostics experiment (issue: surrogate + KDE reweighting).
+"""Weight diagnostics experiment (surrogate + KDE reweighting).
 
 Same as ``jaxdd diagnose``; kept here as the experiment entry point:
 
