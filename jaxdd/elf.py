@@ -225,10 +225,12 @@ def summarize_seeds(results: dict) -> dict:
       first row is the reference.
 
   Returns:
-    ``{"seeds", "reference", "table", "paired"}``: ``table[row][model][training][column]``
-    lists each seed's mean accuracy (a training absent at any seed is left out);
-    ``paired[row][model][training][column]`` lists ``row − reference`` at each seed both
-    have: whether debiasing carries over to each architecture.
+    ``{"seeds", "reference", "table", "paired", "elf_effect"}``:
+    ``table[row][model][training][column]`` lists each seed's mean accuracy (a training
+    absent at any seed is left out); ``paired[row][model][training][column]`` lists
+    ``row − reference`` at each seed both have: whether debiasing carries over to each
+    architecture; ``elf_effect[row][model][column]`` lists ELF − plain for the same SynSet
+    and seed.
   """
   rows = list(results)
   ref = results[rows[0]]
@@ -247,8 +249,13 @@ def summarize_seeds(results: dict) -> dict:
           paired.setdefault(row, {}).setdefault(spec, {})[kind] = {
               c: [float(by_seed[s][spec][kind]["mean"][c] - ref[s][spec][kind]["mean"][c])
                   for s in common] for c in COLUMNS}
+  elf_effect = {row: {spec: {c: [e - p for e, p in zip(k["elf"][c], k["plain"][c])]
+                             for c in COLUMNS}
+                      for spec, k in by_model.items() if "elf" in k and "plain" in k}
+                for row, by_model in table.items()}
   return {"seeds": sorted({s for r in results.values() for s in r}), "reference": rows[0],
-          "table": table, "paired": paired}
+          "table": table, "paired": paired,
+          "elf_effect": {r: m for r, m in elf_effect.items() if m}}
 
 
 def format_seeds(summary: dict) -> str:
@@ -269,7 +276,7 @@ def format_seeds(summary: dict) -> str:
     for row in sorted(block, key=lambda r: r != ref):
       by_model = block[row]
       for spec in sorted(by_model, key=lambda m: order.index(m) if m in order else len(order)):
-        for kind in ("plain", "elf"):
+        for kind in ("plain", "elf", "elf − plain"):
           if kind in by_model[spec]:
             cell = by_model[spec][kind]
             out.append(f"| {label(row)} | {spec} | {kind} | "
@@ -290,4 +297,9 @@ def format_seeds(summary: dict) -> str:
     lines += ["", f"Paired differences against `{ref}` (same seed, same evaluation key), mean ± "
               "sample std over seeds, in points:", "", head, rule]
     lines += rows(summary["paired"], lambda r: f"{r} − {ref}", True)
+  if summary.get("elf_effect"):
+    lines += ["", "ELF − plain training (same SynSet, same seed), mean ± sample std over seeds, "
+              "in points:", "", head, rule]
+    lines += rows({r: {m: {"elf − plain": c} for m, c in by_model.items()}
+                   for r, by_model in summary["elf_effect"].items()}, str, True)
   return "\n".join(lines)

@@ -147,6 +147,11 @@ def test_summarize_seeds_means_over_seeds_pairs_rows_and_skips_missing_elf():
   assert "| kde − vanilla | mlp | plain | +30.0 ± 0.0 | +0.0 ± 0.0 | +15.0 ± 0.0 | +0.0 ± 0.0 |" \
       in text
   assert "Cell" not in text  # no settings given, no sentence about them
+  # ELF - plain per seed, only where both ran: kde's 0.6 - 0.5 and 0.8 - 0.7
+  assert set(s["elf_effect"]) == {"kde"}
+  np.testing.assert_allclose(s["elf_effect"]["kde"]["mlp"]["overall"], [0.1, 0.1])
+  assert "| kde | mlp | elf − plain | +10.0 ± 0.0 | +0.0 ± 0.0 | +5.0 ± 0.0 | +0.0 ± 0.0 |" \
+      in text
 
 
 def test_format_seeds_orders_a_json_round_trip_as_published():
