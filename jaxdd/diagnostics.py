@@ -609,7 +609,8 @@ class BiasClassifier(NamedTuple):
 def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, train_bias: Any,
                           train_aligned: Any, *, num_classes: int,
                           valid: tuple[Any, Any, Any] | None = None, width: int = 32,
-                          epochs: int | None = None, num_models: int = 1) -> BiasClassifier:
+                          epochs: int | None = None, num_models: int = 1,
+                          aligned_values: Any | None = None) -> BiasClassifier:
   """Trains the classifier of the bias attribute that :func:`bias_score` uses.
 
   A ConvNet-3 of ``width`` learns the training images' *bias* labels (the
@@ -632,6 +633,12 @@ def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, 
     epochs: training epochs; default: enough for
       :data:`BIAS_CLASSIFIER_STEPS` SGD steps of 256 images, at least 1.
     num_models: classifiers trained; predictions are a majority vote.
+    aligned_values: (num_classes,) the bias value aligned with each class,
+      when the dataset declares it (jaxdd's biased datasets: ``arange``, since
+      ``aligned == (bias == labels)``); default: read off the training set's
+      bias-aligned samples (:func:`aligned_bias_values`), which needs at least
+      one per class -- an anti-biased training set (Biased-DD's aligned
+      fraction 0) has none, so pass the declared values there.
 
   Returns:
     A :class:`BiasClassifier`; train it once per training set and score any
@@ -649,8 +656,16 @@ def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, 
     raise ValueError(f"epochs must be a positive int, got {epochs!r}")
   bias = np.asarray(train_bias)
   labels = np.asarray(train_labels)
-  aligned_values = aligned_bias_values(labels, bias, train_aligned, num_classes=num_classes)
   num_bias = int(bias.max()) + 1
+  if aligned_values is None:
+    aligned_values = aligned_bias_values(labels, bias, train_aligned, num_classes=num_classes)
+  else:
+    given = np.asarray(aligned_values)
+    if (given.shape != (num_classes,) or not np.issubdtype(given.dtype, np.integer)
+        or given.min() < 0):
+      raise ValueError(f"aligned_values must be ({num_classes},) non-negative ints (the bias "
+                       f"value aligned with each class), got {given.dtype} {given.shape}")
+    aligned_values = given.astype(np.int64)
   protocol = evaluate.Protocol(**{**BIAS_CLASSIFIER_PROTOCOL, "epochs": epochs - 1})
   model = models.ConvNet(num_bias, width=width)
   k_rows, k_train = jax.random.split(key)

@@ -1280,6 +1280,11 @@ def bias_classifier(config: RunConfig, run_data: RunData) -> diagnostics.BiasCla
         jax.random.fold_in(run_keys(config)[3], 1), run_data.normalized(train), train.labels,
         train.bias, train.aligned, num_classes=run_data.num_classes,
         valid=(run_data.normalized(valid), valid.labels, valid.bias),
+        # jaxdd's data contract, aligned == (bias == labels), says class c's
+        # aligned bias value is c, even where the training set has no aligned
+        # sample (Biased-DD's aligned fraction 0); other data: read it off
+        aligned_values=(np.arange(run_data.num_classes)
+                        if np.array_equal(train.aligned, train.bias == train.labels) else None),
         **BIAS_CLASSIFIER.get(config.preset, {}))
   return cache[key]
 

@@ -53,6 +53,35 @@ def test_bias_score_counts_the_synthetic_images_that_carry_the_aligned_bias(getk
   json.dumps(report)
 
 
+def test_bias_score_of_an_anti_biased_training_set_uses_the_declared_aligned_values(getkey):
+  # Biased-DD's aligned fraction 0: no class has a bias-aligned training
+  # sample, so the aligned values cannot be read off the data; the declared
+  # ones (bias c aligned with class c) score a SynSet whose bias is known.
+  rng = np.random.default_rng(1)
+  n = 1500
+  labels = rng.integers(0, 3, n)
+  bias = (labels + rng.integers(1, 3, n)) % 3
+  aligned = bias == labels
+  assert not aligned.any()
+  images = _coloured(rng, labels, bias)
+  with pytest.raises(ValueError, match="no bias-aligned"):
+    diagnostics.train_bias_classifier(getkey(), images, labels, bias, aligned, num_classes=3,
+                                      width=8, epochs=1)
+  with pytest.raises(ValueError, match="aligned_values must be"):
+    diagnostics.train_bias_classifier(getkey(), images, labels, bias, aligned, num_classes=3,
+                                      width=8, epochs=1, aligned_values=[0, 1])
+  clf = diagnostics.train_bias_classifier(getkey(), images, labels, bias, aligned,
+                                          num_classes=3, width=8, epochs=30,
+                                          aligned_values=np.arange(3))
+  syn_labels = np.repeat(np.arange(3), 4)
+  syn_aligned = np.array([1, 0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0], bool)
+  syn = _coloured(rng, syn_labels, np.where(syn_aligned, syn_labels, (syn_labels + 2) % 3))
+  report = diagnostics.bias_score(clf, syn, syn_labels)
+  assert report["aligned_fraction"] == pytest.approx(6 / 12)
+  assert report["per_class"] == pytest.approx([1 / 4, 2 / 4, 3 / 4])
+  assert report["train_aligned_fraction"] == 0.0
+
+
 def test_bias_score_rejects_bad_input(getkey):
   x = np.zeros((4, 8, 8, 3), np.float32)
   labels, bias, aligned = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), np.ones(4, bool)
