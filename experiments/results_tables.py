@@ -9,7 +9,9 @@ table of ``results/CELL/table.json``), ``<!-- summary:CELL -->`` /
 ``<!-- selection:CELL -->`` (the validation selection of ``results/CELL/selection.json``) or
 ``<!-- crossarch:CELL -->`` (the cross-architecture matrix of ``results/cross-arch/CELL.json``,
 rendered by :func:`jaxdd.elf.format_seeds`) or ``<!-- series:PREFIX -->`` (one line per published
-cell ``PREFIX-<ratio>``, in ratio order: :func:`jaxdd.study.format_series`).
+cell ``PREFIX-<ratio>``, in ratio order: :func:`jaxdd.study.format_series`) or
+``<!-- methods:CELL,CELL,... -->`` (the vanilla and selected KDE rows of those cells, one line
+each, in the order given: :func:`jaxdd.study.format_methods`).
 The tables are rendered by :mod:`jaxdd.study`, so the text and the files cannot drift.
 """
 from __future__ import annotations
@@ -24,9 +26,9 @@ from jaxdd import elf, study, synset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ("README.md", "RESULTS.md")
-_KINDS = "table|summary|selection|crossarch|series"
+_KINDS = "table|summary|selection|crossarch|series|methods"
 _BLOCK = re.compile(
-    rf"(<!-- ({_KINDS}):([\w.-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
+    rf"(<!-- ({_KINDS}):([\w.,-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
 _OPENER = re.compile(rf"^<!-- ({_KINDS}):(\S*) -->$", re.M)  # a marker on its own line
 
 
@@ -49,6 +51,16 @@ def render(kind: str, cell: str, results: str) -> str:
       raise FileNotFoundError(f"no results/{cell}-*/table.json: run and --publish a cell of "
                               f"the series `python experiments/grid.py --cells {cell}-<ratio>`")
     return study.format_series(tables) + "\n"
+  if kind == "methods":
+    tables = []
+    for name in cell.split(","):
+      path = os.path.join(results, name, "table.json")
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: run `python experiments/grid.py --cells "
+                                f"{name}` and `--publish` first")
+      with open(path) as f:
+        tables.append(json.load(f))
+    return study.format_methods(tables) + "\n"
   path = os.path.join(results, cell, "selection.json" if kind == "selection" else "table.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run `python experiments/grid.py --cells {cell}` "
@@ -65,7 +77,7 @@ def update(text: str, results: str) -> str:
 
   Raises:
     ValueError: an opening marker on its own line that does not start a block (no matching closing marker
-      on a later line, or a name outside ``[A-Za-z0-9_.-]``), which would otherwise be left
+      on a later line, or a name outside ``[A-Za-z0-9_.,-]``), which would otherwise be left
       silently stale.
   """
   blocks = {m.start(1) for m in _BLOCK.finditer(text)}

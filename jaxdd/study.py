@@ -708,6 +708,45 @@ def format_series(tables, *, metric: str = "conflicting") -> str:
   return "\n".join(lines)
 
 
+def format_methods(tables, *, rows=("vanilla", "kde (selected on valid)")) -> str:
+  """Final tables of several objectives (DM, CFM, ...) and datasets, side by side: one line
+  per (table, row) with the test accuracies, the bias score and each row's paired
+  bias-conflicting difference from its own table's ``vanilla``, in %.
+
+  Example:
+    >>> row = lambda acc: {"seeds": [0, 1], "per_seed": {
+    ...     "overall": acc, "aligned": [0.9, 0.9], "conflicting": acc},
+    ...     "bias_aligned_fraction": [0.5, 0.5]}
+    >>> t = {"base": {"dataset": "cmnist", "conflict_ratio": 0.05, "method": "cfm"},
+    ...      "seeds": [0, 1], "num_models": 3,
+    ...      "rows": {"vanilla": row([0.2, 0.4]), "kde": row([0.6, 0.6])},
+    ...      "paired": {"kde": {"conflicting": [0.4, 0.2]}}}
+    >>> print(format_methods([t], rows=("vanilla", "kde")))
+    | dataset | objective | row | seeds × networks | overall | bias-aligned | bias-conflicting | bias score (aligned %) | − vanilla, conflicting (paired) |
+    |---|---|---|---|---|---|---|---|---|
+    | cmnist 0.05 | CFM | vanilla | 2 × 3 | 30.0 ± 14.1 | 90.0 ± 0.0 | 30.0 ± 14.1 | 50.0 ± 0.0 |  |
+    | cmnist 0.05 | CFM | kde | 2 × 3 | 60.0 ± 0.0 | 90.0 ± 0.0 | 60.0 ± 0.0 | 50.0 ± 0.0 | +30.0 ± 14.1 |
+  """
+  head = ["dataset", "objective", "row", "seeds × networks", "overall", "bias-aligned",
+          "bias-conflicting", "bias score (aligned %)", "− vanilla, conflicting (paired)"]
+  lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for t in tables:
+    base = t["base"]
+    data_name = f"{base['dataset']} {base['conflict_ratio']:g}"
+    for name in rows:
+      if name not in t["rows"]:
+        continue
+      r = t["rows"][name]
+      diff = (format_pm(t["paired"][name]["conflicting"], signed=True)
+              if name in t.get("paired", {}) else "")
+      cells = [data_name, base["method"].upper(), name,
+               f"{len(r['seeds'])} × {t['num_models']}",
+               _metric_cell(r, "overall"), _metric_cell(r, "aligned"),
+               _metric_cell(r, "conflicting"), _pm(r["bias_aligned_fraction"]), diff]
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def settings_from_selection(selection: dict, base: pipeline.RunConfig) -> dict[str, Setting]:
   """The rows of :func:`final` from a :func:`tune` result: the chosen vanilla and
   KDE settings, plus the library default and the literal reading when they differ."""

@@ -324,3 +324,33 @@ def test_backdoor_dataset_entries_name_a_ratio_or_are_refused(capsys):
     with pytest.raises(SystemExit):  # refused before any key, folder or run is made
       backdoor.main(["--datasets", f"cmnist,{bad}", "--workdir", "/nonexistent/never"])
     assert message in capsys.readouterr().err
+
+
+def test_results_tables_renders_methods_side_by_side_in_the_given_order(tmp_path):
+  # Two cells (DM, CFM); the CFM one has a KDE row with a paired difference; rows other than
+  # vanilla and the selected KDE one are left out.
+  dm, cfm = _table(), _table()
+  cfm["base"] = dict(cfm["base"], method="cfm")
+  cfm["num_models"] = 3
+  kde = json.loads(json.dumps(cfm["rows"]["vanilla"]))
+  kde["per_seed"]["conflicting"] = [0.5, 0.7]
+  cfm["rows"]["kde (selected on valid)"] = kde
+  cfm["rows"]["random real subset"] = kde
+  cfm["paired"] = {"kde (selected on valid)": {"conflicting": [0.4, 0.4]}}
+  for name, t in (("dm-x", dm), ("cfm-x", cfm)):
+    (tmp_path / "results" / name).mkdir(parents=True)
+    (tmp_path / "results" / name / "table.json").write_text(json.dumps(t))
+  (tmp_path / "README.md").write_text("")
+  (tmp_path / "RESULTS.md").write_text("<!-- methods:cfm-x,dm-x -->\n<!-- /methods:cfm-x,dm-x -->\n")
+  assert results_tables.main(["--root", str(tmp_path)]) == 0
+  lines = (tmp_path / "RESULTS.md").read_text().splitlines()
+  assert len(lines) == 7  # markers, head, rule, three rows
+  # overall 20, 40 -> 30.0 ± 14.1; conflicting 50, 70 -> 60.0 ± 14.1; paired +40 on both seeds
+  assert lines[3] == ("| cmnist 0.05 | CFM | vanilla | 2 × 3 | 30.0 ± 14.1 | 100.0 ± 0.0 | "
+                      "20.0 ± 14.1 | 95.0 ± 7.1 |  |")
+  assert lines[4] == ("| cmnist 0.05 | CFM | kde (selected on valid) | 2 × 3 | 30.0 ± 14.1 | "
+                      "100.0 ± 0.0 | 60.0 ± 14.1 | 95.0 ± 7.1 | +40.0 ± 0.0 |")
+  assert lines[5].startswith("| cmnist 0.05 | DM | vanilla | 2 × 5 |")
+  (tmp_path / "RESULTS.md").write_text("<!-- methods:dm-x,nope -->\n<!-- /methods:dm-x,nope -->\n")
+  with pytest.raises(FileNotFoundError, match="--cells nope"):
+    results_tables.main(["--root", str(tmp_path)])
