@@ -21,13 +21,17 @@ the defences.
 
 A dataset entry ``NAME@RATIO`` sets the conflict ratio (default: the preset's, 5 %), e.g.
 ``bg_fmnist@0.9``: Fashion-MNIST whose background colours are independent of the class (10 %
-aligned, i.e. unbiased). Writes ``<workdir>/<entry>/s<seed>/<variant>/result.json`` (finished cells are skipped when the
-command is run again) and ``<workdir>/table.md`` / ``table.json``.
+aligned, i.e. unbiased). Writes ``<workdir>/<entry>/s<seed>/<variant>/result.json`` (finished
+cells are skipped when the command is run again) and ``<workdir>/table.md`` / ``table.json``,
+which cover every finished cell under the workdir (so separate runs, e.g. one per seed, add up).
+``--table-only`` writes the table without running anything; ``--calibration-seeds 0,1,2`` shows
+the seeds the probe's rules were chosen on apart from the held-out ones.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import sys
@@ -188,7 +192,28 @@ def rescore_kde(args, result: dict) -> dict:
   return result
 
 
-def table(results: list[dict]) -> str:
+def collect(workdir: str) -> list[dict]:
+  """Every finished cell under ``workdir`` (any run of this script), in table order: datasets
+  by name, then seed, then the variants' order."""
+  results = []
+  for path in glob.glob(os.path.join(workdir, "*", "s*", "*", "result.json")):
+    with open(path) as f:
+      results.append(json.load(f))
+  rank = {v: i for i, v in enumerate(VARIANTS)}
+  return sorted(results, key=lambda r: (r["dataset"], r["seed"], rank.get(r["variant"], 99)))
+
+
+def _seed_list(seeds: list[int]) -> str:
+  """``[0, 1, 2]`` -> ``"0–2"``; ``[3, 5]`` -> ``"3, 5"``."""
+  seeds = sorted(seeds)
+  if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+    return f"{seeds[0]}–{seeds[-1]}"
+  return ", ".join(map(str, seeds))
+
+
+def table(results: list[dict], calibration: tuple[int, ...] = ()) -> str:
+  """One row per (dataset, variant), or per (dataset, variant, calibration or held-out seeds)
+  when ``calibration`` names the seeds the probe's rules were chosen on."""
   head = ("| dataset | SynSet | seeds | victim clean accuracy (test) | attack success rate (test) | "
           "candidate-trigger flag | reverse-engineering flag (max anomaly index) | "
           "KDE outliers per SynSet (SynSets flagged) | audit verdict: suspicious | signature check "
@@ -196,8 +221,10 @@ def table(results: list[dict]) -> str:
   rows = [head]
   groups: dict[tuple, list[dict]] = {}
   for r in results:
-    groups.setdefault((r["dataset"], r["variant"]), []).append(r)
-  for (ds, variant), rs in groups.items():
+    part = ("" if not calibration else
+            " (calibration)" if r["seed"] in calibration else " (held out)")
+    groups.setdefault((r["dataset"], r["variant"], part), []).append(r)
+  for (ds, variant, part), rs in groups.items():
     acc = np.array([np.mean(r["clean_accuracy"]) for r in rs]) * 100
     asr = np.array([np.mean(r["asr"]) for r in rs]) * 100
     a = [r["audit"] for r in rs]
@@ -209,7 +236,8 @@ def table(results: list[dict]) -> str:
     outliers = np.mean([len(x["kde_outliers"]["images"]) for x in a])
     sigs = sorted({r["signature"] for r in rs})
     sd = (lambda v: f" ± {v.std(ddof=1):.1f}" if len(v) > 1 else "")
-    rows.append(f"| {ds} | {variant} | {n} | {acc.mean():.1f}{sd(acc)} | {asr.mean():.1f}{sd(asr)} | "
+    seeds = _seed_list([r["seed"] for r in rs]) + part
+    rows.append(f"| {ds} | {variant} | {seeds} | {acc.mean():.1f}{sd(acc)} | {asr.mean():.1f}{sd(asr)} | "
                 f"{frac(lambda x: x['candidate_triggers']['flag'])} | "
                 f"{frac(lambda x: x['reverse_engineering']['flag'])} ({anomaly:.2f}) | "
                 f"{outliers:.1f} ({frac(lambda x: x['kde_outliers']['flag'])}) | "
@@ -237,12 +265,27 @@ def main(argv=None) -> int:
                       "evaluation architecture)")
   p.add_argument("--rescore-kde", action="store_true",
                  help="recompute the KDE probe of finished cells with the current code")
+  p.add_argument("--table-only", action="store_true",
+                 help="run nothing: write the table of every finished cell under --workdir")
+  p.add_argument("--calibration-seeds", default="",
+                 help="seeds the probe's rules were chosen on: the table shows them apart from "
+                      "the held-out ones (e.g. 0,1,2)")
   args = p.parse_args(argv)
   for entry in args.datasets.split(","):
     try:
       parse_dataset(entry)
     except ValueError as e:
       p.error(str(e))
+  try:
+    calibration = tuple(int(v) for v in args.calibration_seeds.split(",") if v.strip())
+  except ValueError:
+    p.error(f"--calibration-seeds: {args.calibration_seeds!r} is not a comma-separated list "
+            "of ints, e.g. 0,1,2")
+  if args.table_only:
+    results = collect(args.workdir)
+    if not results:
+      p.error(f"--table-only: no finished cell under {args.workdir}; run without it first")
+    return write_table(args.workdir, results, calibration)
   os.makedirs(args.workdir, exist_ok=True)
   key_stem = {who: os.path.join(args.workdir, "keys", who) for who in ("author", "attacker")}
   for stem in key_stem.values():
@@ -250,7 +293,6 @@ def main(argv=None) -> int:
       signing.new_keys(stem)
   keys = {who: signing.load_private_key(stem + ".key") for who, stem in key_stem.items()}
   keys["author_pub"] = key_stem["author"] + ".pub"
-  results = []
   for dataset in args.datasets.split(","):
     for seed in (int(s) for s in args.seeds.split(",")):
       for variant in args.variants.split(","):
@@ -260,10 +302,14 @@ def main(argv=None) -> int:
           result = rescore_kde(args, result)
           synset.atomic_write_json(os.path.join(args.workdir, dataset, f"s{seed}", variant,
                                                 "result.json"), result)
-        results.append(result)
-  text = table(results)
-  synset.atomic_write_json(os.path.join(args.workdir, "table.json"), results)
-  synset.atomic_write_bytes(os.path.join(args.workdir, "table.md"), text.encode())
+  # the table covers every finished cell under the workdir, this run's and earlier ones'
+  return write_table(args.workdir, collect(args.workdir), calibration)
+
+
+def write_table(workdir: str, results: list[dict], calibration: tuple[int, ...]) -> int:
+  text = table(results, calibration)
+  synset.atomic_write_json(os.path.join(workdir, "table.json"), results)
+  synset.atomic_write_bytes(os.path.join(workdir, "table.md"), text.encode())
   print(text)
   return 0
 

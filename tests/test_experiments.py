@@ -313,11 +313,16 @@ def test_results_tables_renders_dotted_cell_names_and_refuses_an_unclosed_marker
     results_tables.main(["--check", "--root", str(tmp_path)])
 
 
-def test_backdoor_dataset_entries_name_a_ratio_or_are_refused(capsys):
+def _backdoor_module():
   spec = importlib.util.spec_from_file_location(
       "backdoor", os.path.join(os.path.dirname(__file__), "..", "experiments", "backdoor.py"))
   backdoor = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(backdoor)
+  return backdoor
+
+
+def test_backdoor_dataset_entries_name_a_ratio_or_are_refused(capsys):
+  backdoor = _backdoor_module()
   assert backdoor.parse_dataset("bg_fmnist@0.9") == ("bg_fmnist", {"conflict_ratio": 0.9})
   assert backdoor.parse_dataset("cmnist") == ("cmnist", {})
   for bad, message in (("nope@0.5", "unknown dataset 'nope'"), ("cmnist@x", "must be a number")):
@@ -354,3 +359,39 @@ def test_results_tables_renders_methods_side_by_side_in_the_given_order(tmp_path
   (tmp_path / "RESULTS.md").write_text("<!-- methods:dm-x,nope -->\n<!-- /methods:dm-x,nope -->\n")
   with pytest.raises(FileNotFoundError, match="--cells nope"):
     results_tables.main(["--root", str(tmp_path)])
+
+
+def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(tmp_path, capsys):
+  backdoor = _backdoor_module()
+
+  def cell(dataset, seed, variant, asr, kde_flag):
+    r = {"dataset": dataset, "seed": seed, "variant": variant, "clean_accuracy": [0.7, 0.9],
+         "asr": [asr, asr], "signature": "verified",
+         "audit": {"candidate_triggers": {"flag": False},
+                   "reverse_engineering": {"flag": False, "anomaly_index": [0.5, 1.5]},
+                   "kde_outliers": {"images": [3] if kde_flag else [], "flag": kde_flag},
+                   "verdict": "suspicious" if kde_flag else "no backdoor found"}}
+    folder = tmp_path / dataset / f"s{seed}" / variant
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps(r))
+
+  # written by separate runs of the script, out of order
+  for seed, asr in ((4, 0.9), (0, 0.5), (1, 0.7), (3, 0.9), (2, 0.6)):
+    cell("cmnist", seed, "posthoc", asr, kde_flag=seed != 3)
+  cell("cmnist", 0, "clean", 0.0, kde_flag=False)
+  with pytest.raises(SystemExit):
+    backdoor.main(["--table-only", "--workdir", str(tmp_path / "none")])
+  assert "no finished cell" in capsys.readouterr().err
+  assert backdoor.main(["--table-only", "--calibration-seeds", "0,1,2",
+                        "--workdir", str(tmp_path)]) == 0
+  rows = (tmp_path / "table.md").read_text().splitlines()[2:]
+  assert [r.split(" | ")[:3] for r in rows] == [
+      ["| cmnist", "clean", "0 (calibration)"], ["| cmnist", "posthoc", "0–2 (calibration)"],
+      ["| cmnist", "posthoc", "3, 4 (held out)"]]
+  # ASR 50, 70, 60 -> 60.0 ± 10.0; clean accuracy 80 each; KDE flags 3/3, then 1/2 (one
+  # outlier over two SynSets: 0.5 per set)
+  assert rows[1].split(" | ")[3:5] == ["80.0 ± 0.0", "60.0 ± 10.0"]
+  assert "0.5 (1/2)" in rows[2] and "| 1/2 | verified |" in rows[2]
+  assert len(json.loads((tmp_path / "table.json").read_text())) == 6
+  with pytest.raises(SystemExit):
+    backdoor.main(["--table-only", "--calibration-seeds", "0-2", "--workdir", str(tmp_path)])
