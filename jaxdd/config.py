@@ -87,12 +87,14 @@ class RunConfig:
   expert_lr: float = 0.01
   expert_weighting: str = "sample"
   # Curriculum frequency matching only (cfm; jaxdd.distill.cfm): the filter of the channel
-  # covariance ('high': (cov + beta I)^-1, 'low': cov), beta and its schedule over the
-  # iterations (down to 1e-3 beta), and whether each norm is divided by the real side's
-  # ('real', a departure from UniDD that keeps the scale as beta falls) or not ('none').
+  # covariance ('high': (cov + beta I)^-1, 'low': cov), beta and its schedule (down to
+  # 1e-3 beta) over the iterations ('iterations') or over the IPC slots synthesised one
+  # after another as UniDD does ('slots'), and whether each norm is divided by the real
+  # side's ('real', a departure from UniDD that keeps the scale as beta falls) or not ('none').
   cfm_filter: str = "high"
   cfm_beta: float = 0.1
   cfm_schedule: str = "cos"
+  cfm_curriculum: str = "iterations"
   cfm_normalize: str = "real"
   # Where the synthetic images start: 'real' (random real images), 'weighted' (real images
   # drawn in proportion to their whole-class weights) or 'noise'.
@@ -162,7 +164,8 @@ class RunConfig:
     if d["policy"] == "auto":  # the default layout; digests from before the field stay valid
       d.pop("policy")
     d.pop("devices"), d.pop("steps_per_call")  # layout only
-    for name, default in (("real_sampling", "uniform"), ("kde_floor", 0.0)):
+    for name, default in (("real_sampling", "uniform"), ("kde_floor", 0.0),
+                          ("cfm_curriculum", "iterations")):
       if d[name] == default:  # the same: runs from before the field keep their digests
         d.pop(name)
     if d["method"] != "mtt":  # fields other methods ignore (and older runs never had)
@@ -170,7 +173,7 @@ class RunConfig:
         d.pop(name)
     if d["method"] != "cfm":
       for name in CFM_FIELDS:
-        d.pop(name)
+        d.pop(name, None)
     return d
 
   def digest(self) -> str:
@@ -190,7 +193,7 @@ MTT_FIELDS = ("mtt_mode", "syn_steps", "batch_syn", "expert_epochs", "max_start_
               "lr_teacher", "lr_lr", "num_experts", "expert_lr", "expert_weighting")
 
 #: RunConfig fields that only curriculum frequency matching reads.
-CFM_FIELDS = ("cfm_filter", "cfm_beta", "cfm_schedule", "cfm_normalize")
+CFM_FIELDS = ("cfm_filter", "cfm_beta", "cfm_schedule", "cfm_curriculum", "cfm_normalize")
 
 #: RunConfig fields that only change how a SynSet is evaluated.
 EVAL_FIELDS = ("eval_protocol", "eval_model", "num_eval_models")
@@ -201,6 +204,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": ("dm", "dsa", "dc", "mtt", "cfm"),
     "cfm_filter": ("high", "low"),
     "cfm_schedule": ("constant", "cos", "linear"),
+    "cfm_curriculum": ("iterations", "slots"),
     "cfm_normalize": ("real", "none"),
     "mtt_mode": ("exact", "tesla"),
     "expert_weighting": ("sample", "loss"),
@@ -275,6 +279,11 @@ def validate(config: RunConfig) -> None:
   if config.method == "cfm" and config.real_per_class < 2:
     raise ValueError("frequency matching estimates a covariance per real batch: "
                      f"real_per_class must be >= 2, got {config.real_per_class}")
+  if (config.method == "cfm" and config.cfm_curriculum == "slots"
+      and 0 < config.iterations < config.ipc):
+    raise ValueError(f"--cfm-curriculum slots synthesises one IPC slot after another and needs "
+                     f"at least one iteration per slot: iterations {config.iterations} < ipc "
+                     f"{config.ipc}; raise --iterations or use --cfm-curriculum iterations")
   if config.weighting == "fairdd" and config.method != "dm":
     raise ValueError("--weighting fairdd (FairDD's synchronized matching) is implemented for "
                      "distribution matching only; use --method dm")

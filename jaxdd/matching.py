@@ -355,6 +355,9 @@ CFM_FILTERS = ("high", "low")
 #: Schedules of beta over the iterations: constant, or from beta down to 0 along a cosine
 #: (UniDD's ``--cos``, there over IPC slots) or a line.
 CFM_SCHEDULES = ("constant", "cos", "linear")
+#: What beta's schedule runs over: the run's iterations, or UniDD's IPC slots
+#: (:func:`cfm_slot`).
+CFM_CURRICULA = ("iterations", "slots")
 
 
 def conv_inputs(apply_fn: Callable[[jax.Array], object], x: jax.Array) -> list[jax.Array]:
@@ -460,7 +463,8 @@ def cfm_layer_loss(real: tuple[jax.Array, jax.Array], syn: tuple[jax.Array, jax.
 def cfm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *,
              features_fn: Callable[[jax.Array], list[jax.Array]], beta,
              augment: AugmentFn | None = None, weights: jax.Array | None = None,
-             kind: str = "high", normalize: bool = True) -> jax.Array:
+             syn_weights: jax.Array | None = None, kind: str = "high",
+             normalize: bool = True) -> jax.Array:
   """Curriculum frequency matching, class by class, optionally KDE-weighted.
 
   For each class ``c`` and each hooked layer ``l`` (``features_fn``, e.g.
@@ -477,6 +481,10 @@ def cfm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *,
     beta: the filter's ridge (a scalar, traced or not).
     augment: ``f(key, images)`` or None.
     weights: (C, B) per-image weights (rows sum to one) or None (uniform).
+    syn_weights: (C, ipc) weights of the synthetic images in their statistics
+      (rows sum to one; a zero leaves an image out and gives it no gradient),
+      or None (uniform). The slot curriculum uses it to match the slots done so
+      far (:func:`cfm_slot_weights`).
     kind: ``'high'`` or ``'low'`` (:func:`frequency_filter`).
     normalize: see :func:`cfm_layer_loss`.
 
@@ -487,22 +495,27 @@ def cfm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *,
     raise ValueError(f"filter must be one of {list(CFM_FILTERS)}, got {kind!r}")
   weights = _check_stacks("cfm_loss", syn, real, weights)
   num_classes = real.shape[0]
+  if syn_weights is None:
+    syn_weights = jnp.full(syn.shape[:2], 1.0 / syn.shape[1], jnp.float32)
+  elif syn_weights.shape != syn.shape[:2]:
+    raise ValueError(f"cfm_loss: syn_weights must be (C, ipc) = {syn.shape[:2]}, got "
+                     f"{syn_weights.shape}")
   if augment is not None:
     class_keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_classes))
     real = jax.lax.map(lambda args: augment(*args), (class_keys, real))
     syn = jax.lax.map(lambda args: augment(*args), (class_keys, syn))
 
   def one_class(args):
-    r, s, w = args
+    r, s, w, sw = args
     real_feats = [jax.lax.stop_gradient(f) for f in features_fn(r)]
     syn_feats = features_fn(s)
     total = jnp.zeros((), jnp.float32)
     for fr, fs in zip(real_feats, syn_feats):
-      total = total + cfm_layer_loss(channel_stats(fr, w), channel_stats(fs), beta, kind=kind,
-                                     normalize=normalize)
+      total = total + cfm_layer_loss(channel_stats(fr, w), channel_stats(fs, sw), beta,
+                                     kind=kind, normalize=normalize)
     return total
 
-  return jnp.sum(jax.lax.map(one_class, (real, syn, weights)))
+  return jnp.sum(jax.lax.map(one_class, (real, syn, weights, syn_weights)))
 
 
 def cfm_beta(beta: float, step, total: int, schedule: str = "cos", floor: float = 1e-3):
@@ -528,3 +541,33 @@ def cfm_beta(beta: float, step, total: int, schedule: str = "cos", floor: float 
   else:
     raise ValueError(f"schedule must be one of {list(CFM_SCHEDULES)}, got {schedule!r}")
   return beta * (floor + (1.0 - floor) * shape)
+
+
+def cfm_slot(step, total: int, ipc: int):
+  """The IPC slot that step ``step`` of ``total`` works on in the slot curriculum.
+
+  UniDD synthesises one slot (one image per class) at a time; here the run's
+  ``total`` iterations are cut into ``ipc`` equal phases and phase ``k`` moves
+  slot ``k`` only.
+
+  Example:
+    >>> [int(cfm_slot(t, 10, 3)) for t in range(10)]
+    [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+  """
+  k = (jnp.asarray(step, jnp.int32) * ipc) // max(total, 1)
+  return jnp.clip(k, 0, ipc - 1)
+
+
+def cfm_slot_weights(slot, ipc: int) -> jax.Array:
+  """(ipc,) weights of the synthetic images in the slot curriculum's statistics:
+  uniform over the slots done so far and the current one (``0..slot``), zero on
+  the slots not started. So the union of the images synthesised so far is
+  matched, as with UniDD's ``--ema`` (which keeps running averages of the
+  finished slots' statistics; here one pooled statistic of their images).
+
+  Example:
+    >>> cfm_slot_weights(1, 4).tolist()
+    [0.5, 0.5, 0.0, 0.0]
+  """
+  done = (jnp.arange(ipc) <= slot).astype(jnp.float32)
+  return done / done.sum()

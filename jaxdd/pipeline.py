@@ -429,8 +429,9 @@ def make_distiller(config: RunConfig, num_classes: int,
       raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.cfm(iterations=max(config.iterations, 1), augment=aug, beta=config.cfm_beta,
-                       schedule=config.cfm_schedule, filter=config.cfm_filter,
-                       normalize=config.cfm_normalize == "real", **common)
+                       schedule=config.cfm_schedule, curriculum=config.cfm_curriculum,
+                       filter=config.cfm_filter, normalize=config.cfm_normalize == "real",
+                       **common)
   if config.method == "dm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.dm(augment=aug, real_dtype=real_dtype,

@@ -105,6 +105,31 @@ def test_cfm_loss_sums_classes_and_layers_and_weights_the_real_side():
   assert abs(float(zero)) < 1e-4 and np.isfinite(np.asarray(grad)).all()
 
 
+def test_cfm_loss_weights_the_synthetic_side_and_a_zero_weight_image_gets_no_gradient():
+  rng = np.random.default_rng(5)
+  real = rng.normal(size=(2, 6, 3, 3, 2)).astype(np.float32)
+  syn = rng.normal(size=(2, 3, 3, 3, 2)).astype(np.float32)
+  sw = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+  feats = lambda x: [x, jnp.tanh(x)]
+  beta = 0.3
+
+  def loss(s, weights):
+    return matching.cfm_loss(jax.random.key(0), s, jnp.asarray(real), features_fn=feats,
+                             beta=beta, syn_weights=weights)
+  with HIGHEST:
+    got, grad = jax.value_and_grad(loss)(jnp.asarray(syn), jnp.asarray(sw, jnp.float32))
+    uniform = loss(jnp.asarray(syn), jnp.full((2, 3), 1 / 3, jnp.float32))
+    plain = loss(jnp.asarray(syn), None)
+  want = sum(_np_layer(_np_stats(g(real[c])), _np_stats(g(syn[c]), sw[c]), beta, "high", True)
+             for c in range(2) for g in (lambda a: a, np.tanh))
+  np.testing.assert_allclose(float(got), want, rtol=2e-4)
+  np.testing.assert_allclose(float(uniform), float(plain), rtol=1e-5)
+  # class 0's third image is left out of the statistics: exactly no gradient
+  assert float(jnp.abs(grad[0, 2]).max()) == 0.0 and float(jnp.abs(grad[0, :2]).max()) > 0
+  with pytest.raises(ValueError, match="syn_weights must be"):
+    loss(jnp.asarray(syn), jnp.ones((2, 2), jnp.float32) / 2)
+
+
 class _WithProjection(nn.Module):
   @nn.compact
   def __call__(self, x):
@@ -159,6 +184,40 @@ def test_cfm_distiller_one_trace_lower_loss_and_shared_program(run_one_trace):
   assert np.isfinite(float(km["loss"])) and float(km["max_weight"]) < 1
 
 
+def test_cfm_slot_curriculum_moves_one_slot_at_a_time_at_its_beta(run_one_trace):
+  # ipc 3 over 6 iterations: slot 0 at steps 0-1, slot 1 at 2-3, slot 2 at 4-5, with momentum;
+  # a finished slot never moves again and a later one waits at its initialisation.
+  x, y = _toy()
+  real = distill.real_data(x, y, num_classes=2)
+  model = models.ConvNet(2, depth=2, width=8)
+  variables = model.init(jax.random.key(7), jnp.zeros((1, 8, 8, 3)))
+  d = distill.cfm(num_classes=2, ipc=3, iterations=6, model=model, real_per_class=8, lr=0.3,
+                  momentum=0.9, beta=0.1, curriculum="slots", variables=variables, jit=False)
+  state = d.init(jax.random.key(0), real)
+  step = jax.jit(d.step)
+  slot_of = np.arange(6) % 3  # images are class-major: image i is slot i % ipc
+  history = [np.asarray(state.syn.images)]
+  for t in range(6):
+    state, m = step(state, real)
+    history.append(np.asarray(state.syn.images))
+    k = t // 2
+    assert int(m["slot"]) == k
+    # UniDD's beta_k = beta (1 + cos(pi k / ipc)) / 2, here with the 1e-3 floor
+    want = 0.1 * (1e-3 + (1 - 1e-3) * 0.5 * (1 + np.cos(np.pi * k / 3)))
+    np.testing.assert_allclose(float(m["beta"]), want, rtol=1e-6)
+    moved = np.abs(history[-1] - history[-2]).reshape(6, -1).max(axis=1) > 0
+    np.testing.assert_array_equal(moved, slot_of == k)
+  # every slot moved in its phase only, so none ends where it started
+  assert (np.abs(history[-1] - history[0]).reshape(6, -1).max(axis=1) > 0).all()
+  # the jitted distiller traces once over the slots (the slot is a traced value)
+  state2, losses = run_one_trace(d.step, d.init(jax.random.key(0), real), real, 6)
+  np.testing.assert_allclose(np.asarray(state2.syn.images), history[-1], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="one iteration per IPC slot"):
+    distill.cfm(num_classes=2, ipc=3, iterations=2, curriculum="slots")
+  with pytest.raises(ValueError, match="curriculum"):
+    distill.cfm(num_classes=2, ipc=3, iterations=6, curriculum="epochs")
+
+
 def test_cfm_refuses_bad_arguments():
   kw = dict(num_classes=2, ipc=2, iterations=4)
   for bad, match in ((dict(beta=0.0), "beta"), (dict(schedule="step"), "schedule"),
@@ -176,11 +235,18 @@ def test_cfm_fields_change_only_cfm_digests_and_bad_values_are_refused():
   assert dm.replace(cfm_beta=0.5, cfm_filter="low").digest() == dm.digest()
   cfm = pipeline.get_config("smoke", method="cfm")
   assert cfm.replace(cfm_beta=0.5).digest() != cfm.digest()
+  # the default curriculum leaves earlier runs' digests as they were; slots is another run
+  assert "cfm_curriculum" not in cfm._hashed()
+  assert cfm.replace(cfm_curriculum="slots").digest() != cfm.digest()
+  slots = pipeline.make_distiller(cfm.replace(cfm_curriculum="slots"), 10, cfm.kde)
+  assert isinstance(slots, distill.Distiller)
   d = pipeline.make_distiller(cfm, 10, cfm.kde)
   assert isinstance(d, distill.Distiller)
   for bad, match in ((dict(cfm_beta=0.0), "cfm_beta"), (dict(cfm_filter="band"), "cfm_filter"),
                      (dict(cfm_schedule="step"), "cfm_schedule"),
                      (dict(cfm_normalize="yes"), "cfm_normalize"),
+                     (dict(cfm_curriculum="epochs"), "cfm_curriculum"),
+                     (dict(cfm_curriculum="slots", ipc=5, iterations=3), "per slot"),
                      (dict(real_per_class=1, kde_scope="class"), "real_per_class")):
     with pytest.raises(ValueError, match=match):
       cfm.replace(**bad)
@@ -199,3 +265,17 @@ def test_cfm_run_from_the_cli(tmp_path):
   betas = [r["beta"] for r in rows if "beta" in r]
   assert len(betas) == 4 and betas == sorted(betas, reverse=True) and betas[-1] > 0
   assert json.load(open(os.path.join(work, "eval.json")))["method"] == "cfm"
+
+
+def test_cfm_slot_curriculum_from_the_cli_and_its_refusal(tmp_path, capsys):
+  import json
+
+  from jaxdd import cli
+  assert cli.main(["distill", "--preset", "smoke", "--method", "cfm", "--cfm-curriculum",
+                   "slots", "--print-config"]) == 0
+  assert json.loads(capsys.readouterr().out)["config"]["cfm_curriculum"] == "slots"
+  work = tmp_path / "never"
+  assert cli.main(["distill", "--preset", "smoke", "--method", "cfm", "--cfm-curriculum",
+                   "slots", "--iterations", "1", "--workdir", str(work), "--quiet"]) != 0
+  assert "at least one iteration per slot" in capsys.readouterr().err
+  assert not work.exists()  # refused before anything is written

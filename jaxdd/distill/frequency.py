@@ -31,7 +31,7 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
         real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
         beta: float = 0.1, schedule: Literal["constant", "cos", "linear"] = "cos",
-        beta_floor: float = 1e-3, filter: Literal["high", "low"] = "high",  # noqa: A002
+        curriculum: Literal["iterations", "slots"] = "iterations", beta_floor: float = 1e-3, filter: Literal["high", "low"] = "high",  # noqa: A002
         normalize: bool = True, init: Literal["real", "weighted", "noise"] = "real",
         kde_config: KDEConfig | None = None,
         real_sampling: Literal["uniform", "weighted"] = "uniform",
@@ -54,6 +54,13 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     lr, momentum: SGD on the images (``lr`` is a runtime value).
     beta, schedule, beta_floor: the filter's ridge and its curriculum
       (:func:`jaxdd.matching.cfm_beta`; ``beta`` is a runtime value).
+    curriculum: what the schedule runs over. ``'iterations'``: every image
+      moves at every step while beta falls over the run. ``'slots'`` (UniDD's
+      order): the run is cut into ``ipc`` phases (:func:`jaxdd.matching.cfm_slot`);
+      phase ``k`` moves only slot ``k`` (one image per class) at
+      ``beta_k = cfm_beta(beta, k, ipc)``, matching the statistics of slots
+      ``0..k`` together (:func:`jaxdd.matching.cfm_slot_weights`); finished
+      slots stay fixed and later ones wait at their initialisation.
     filter: ``'high'`` or ``'low'``.
     normalize: divide each norm by the real side's
       (:func:`jaxdd.matching.cfm_layer_loss`; a departure from UniDD that keeps
@@ -66,7 +73,7 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
 
   Returns:
     A :class:`Distiller`; the step's metrics: ``loss``, ``grad_norm``,
-    ``max_weight``, ``beta``.
+    ``max_weight``, ``beta`` (and ``slot`` in the slot curriculum).
   """
   if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
     raise ValueError(f"ipc must be an int >= 1, got {ipc!r}")
@@ -79,6 +86,13 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     raise ValueError(f"beta must be a positive number, got {beta!r}")
   if not 0 <= beta_floor <= 1:
     raise ValueError(f"beta_floor must lie in [0, 1], got {beta_floor!r}")
+  if curriculum not in matching.CFM_CURRICULA:
+    raise ValueError(f"curriculum must be one of {list(matching.CFM_CURRICULA)}, got "
+                     f"{curriculum!r}")
+  if curriculum == "slots" and iterations < ipc:
+    raise ValueError(f"the slot curriculum needs at least one iteration per IPC slot: "
+                     f"iterations {iterations} < ipc {ipc}; raise iterations or use "
+                     "curriculum='iterations'")
   if schedule not in matching.CFM_SCHEDULES:
     raise ValueError(f"schedule must be one of {list(matching.CFM_SCHEDULES)}, got {schedule!r}")
   if filter not in matching.CFM_FILTERS:
@@ -115,21 +129,39 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     def features_fn(x):
       return matching.conv_inputs(lambda y: model.apply(v, y), x)
 
-    beta_t = matching.cfm_beta(h["beta"], step, iterations, schedule, beta_floor)
+    if curriculum == "slots":
+      slot = matching.cfm_slot(step, iterations, ipc)
+      beta_t = matching.cfm_beta(h["beta"], slot, ipc, schedule, beta_floor)
+      syn_weights = jnp.broadcast_to(matching.cfm_slot_weights(slot, ipc), (num_classes, ipc))
+    else:
+      beta_t = matching.cfm_beta(h["beta"], step, iterations, schedule, beta_floor)
+      syn_weights = None
     with loop_safe_convs():
       loss = matching.cfm_loss(k_aug, syn_batch, real_images, features_fn=features_fn,
-                               beta=beta_t, augment=augment, weights=weights, kind=filter,
-                               normalize=normalize)
+                               beta=beta_t, augment=augment, weights=weights,
+                               syn_weights=syn_weights, kind=filter, normalize=normalize)
     return loss, (weights, beta_t)
 
   def step_fn(state: DistillState, real: RealData, h):
     key = jax.random.fold_in(state.key, state.step)
     (loss, (weights, beta_t)), grad = jax.value_and_grad(loss_fn, has_aux=True)(
         state.syn.images, key, state.step, real, h)
+    metrics = {}
+    if curriculum == "slots":
+      # only the current slot moves: its gradient alone enters the momentum (so each
+      # slot starts from rest) and only its update is applied (so a finished slot's
+      # leftover momentum does not carry it on)
+      slot = matching.cfm_slot(state.step, iterations, ipc)
+      moving = (jnp.arange(num_classes * ipc) % ipc == slot).astype(grad.dtype)
+      moving = moving.reshape((-1,) + (1,) * (grad.ndim - 1))
+      grad = grad * moving
+      metrics["slot"] = slot
     updates, opt_state = tx.update(grad, state.opt_state, state.syn.images)
+    if curriculum == "slots":
+      updates = updates * moving
     images = state.syn.images + h["lr"].astype(state.syn.images.dtype) * updates
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grad),
-               "max_weight": jnp.max(weights), "beta": beta_t}
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grad), max_weight=jnp.max(weights),
+                   beta=beta_t)
     return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
                         state.key), metrics
 
@@ -138,5 +170,6 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     return Distiller(init_fn, lambda state, real: step_fn(state, real, hp))
   static = ("cfm", num_classes, ipc, iterations, model, augment, real_per_class, momentum,
             None if kde_config is None else (kde_config.normalize, kde_config.scope),
-            real_sampling, init, schedule, beta_floor, filter, normalize, variables is None, pol)
+            real_sampling, init, schedule, curriculum, beta_floor, filter, normalize,
+            variables is None, pol)
   return Distiller(init_fn, _BoundStep(_shared_program(static, step_fn), hp))
