@@ -27,6 +27,7 @@ Cells (the `cpu` preset, offline data; docs/protocols.md §7):
      3 seeds x 3 networks (f-cmnist took DM's T = 0.25 from cell a).
   g-cmnist, g-bgfmnist  Curriculum frequency matching (CFM) with uniform vs KDE-weighted real
      statistics, like f-cmnist / f-bgfmnist (lr_img in {3, 10, 30}).
+  g-cmnist-slots  g-cmnist's rows with UniDD's slot curriculum (--cfm-curriculum slots).
   h-cmnistdd-<aligned>  Biased-DD's CMNIST-DD at each of its aligned ratios (0, 0.1, 0.5, 0.8,
      0.95, 1) with its 0 %-aligned test split: DM vs DM+KDE, cell a's settings.
   a-unbiased, f-unbiased  DM and MTT (vanilla rows, the settings cells a and f-cmnist chose)
@@ -97,6 +98,11 @@ CELLS["g-cmnist"] = dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, i
 CELLS["g-bgfmnist"] = dict(overrides=dict(dataset="bg_fmnist", conflict_ratio=0.05, ipc=10,
                                           method="cfm"),
                            from_cell="g-cmnist", seeds=(0, 1, 2), num_models=3, rows=MTT_ROWS)
+# UniDD's order: one IPC slot after another, beta falling over the slots (g-cmnist's rows).
+CELLS["g-cmnist-slots"] = dict(overrides=dict(dataset="cmnist", conflict_ratio=0.05, ipc=10,
+                                              method="cfm", cfm_curriculum="slots"),
+                               from_cell="g-cmnist", seeds=(0, 1, 2), num_models=3,
+                               rows=MTT_ROWS)
 # Biased-DD's CMNIST-DD (Lu et al.): its aligned ratios (0 = anti-biased, 0.1 = uniform,
 # 1 = fully biased) and its 0 %-aligned test split; DM vs DM+KDE with cell a's settings.
 for _aligned in (0.0, 0.1, 0.5, 0.8, 0.95, 1.0):
