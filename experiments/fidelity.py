@@ -211,6 +211,9 @@ def data_parser(doc: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--preset", default="proxy")
   p.add_argument("--dataset", default="cmnist")
+  p.add_argument("--source", default=None,
+                 help="the data source (default: the preset's; 'full' is the full base "
+                      "dataset, e.g. the 60,000 MNIST digits of `jaxdd data fetch mnist`)")
   p.add_argument("--conflict-ratio", type=float, default=0.05)
   return p
 
@@ -243,7 +246,8 @@ def main(argv=None) -> int:
     print(f"fidelity: error: unknown arms {unknown}; choose from {list(ARMS)}", file=sys.stderr)
     return 2
   seeds = [int(s) for s in args.seeds.split(",")]
-  base = pipeline.get_config(args.preset, dataset=args.dataset, method=args.method,
+  source = {} if args.source is None else {"source": args.source}
+  base = pipeline.get_config(args.preset, dataset=args.dataset, method=args.method, **source,
                              conflict_ratio=args.conflict_ratio, ipc=args.ipc,
                              iterations=args.iterations, lr_img=args.lr_img,
                              kde_variance=args.kde_variance,
