@@ -211,6 +211,9 @@ def data_parser(doc: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--preset", default="proxy")
   p.add_argument("--dataset", default="cmnist")
+  p.add_argument("--surrogate-preset", default=None,
+                 help="the surrogate's preset (default: the preset's own), e.g. cpu for the "
+                      "short proxy surrogate at paper scale")
   p.add_argument("--source", default=None,
                  help="the data source (default: the preset's; 'full' is the full base "
                       "dataset, e.g. the 60,000 MNIST digits of `jaxdd data fetch mnist`)")
@@ -247,6 +250,8 @@ def main(argv=None) -> int:
     return 2
   seeds = [int(s) for s in args.seeds.split(",")]
   source = {} if args.source is None else {"source": args.source}
+  if args.surrogate_preset is not None:
+    source["surrogate_preset"] = args.surrogate_preset
   base = pipeline.get_config(args.preset, dataset=args.dataset, method=args.method, **source,
                              conflict_ratio=args.conflict_ratio, ipc=args.ipc,
                              iterations=args.iterations, lr_img=args.lr_img,
