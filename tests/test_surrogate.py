@@ -188,17 +188,23 @@ def test_surrogate_shapes_and_unit_norm(getkey):
 
 
 def test_config_presets_and_validation():
-  paper = S.SurrogateConfig.preset("paper")
-  assert (paper.width, paper.depth, paper.proj_dim, paper.temperature, paper.epochs,
-          paper.batch_size, paper.learning_rate, paper.momentum, paper.weight_decay) == (
+  long = S.SurrogateConfig.preset("long")
+  assert long == S.SurrogateConfig()  # the defaults
+  assert (long.width, long.depth, long.proj_dim, long.temperature, long.epochs,
+          long.batch_size, long.learning_rate, long.momentum, long.weight_decay) == (
               128, 3, 128, 0.07, 20, 256, 0.05, 0.9, 1e-4)
-  assert paper.flip is False and paper.crop_scale == (0.5, 1.0)
-  assert S.SurrogateConfig.preset("cpu").width < paper.width
+  assert long.flip is False and long.crop_scale == (0.5, 1.0)
+  # the paper preset's surrogate is the short one validation chose at paper scale
+  paper = S.SurrogateConfig.preset("paper")
+  assert paper == S.SurrogateConfig.preset("cpu")
+  assert (paper.width, paper.steps, paper.epochs) == (32, 210, 20)
+  assert paper.for_size(54_000).epochs == 1  # under one epoch of full MNIST's training split
+  assert S.SurrogateConfig.preset("cpu").width < long.width
   with pytest.raises(ValueError, match="temperature"):
     S.SurrogateConfig(temperature=0.0)
   with pytest.raises(ValueError, match="preset"):
     S.SurrogateConfig.preset("huge")
-  hash(paper)  # usable as a cache key
+  hash(long)  # usable as a cache key
 
 
 # ---------------------------------------------------------------------------

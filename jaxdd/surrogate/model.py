@@ -75,7 +75,7 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 class SurrogateConfig:
   """Everything that defines a surrogate run (hashable, so it can key caches).
 
-  Defaults are the ``paper`` preset: docs/protocols.md
+  Defaults are the ``long`` preset: docs/protocols.md
   (ConvNet-3 width 128, instance norm, projection 128, t = 0.07, 20 epochs,
   batch 256, SGD lr 0.05 momentum 0.9 weight decay 1e-4, cosine schedule,
   random-resized-crop scale 0.5-1, no flip for digits).
@@ -142,10 +142,13 @@ class SurrogateConfig:
   def preset(cls, name: str, **overrides: Any) -> "SurrogateConfig":
     """A named scale from :data:`jaxdd.presets.SURROGATE`.
 
-    * ``paper``: the published-scale settings above; for an accelerator.
     * ``cpu``: ConvNet-3 width 32, batch 256, a budget of 210 SGD steps:
       15 epochs of the embedded CMNIST (3,600 images of 28x28x3, 14 steps an
       epoch), 1 epoch of Fashion-MNIST; minutes on a 2-core CPU.
+    * ``paper``: the same short surrogate, the one validation chose at the
+      paper's scale (:data:`jaxdd.presets.SURROGATE`).
+    * ``long``: the defaults above (width 128, 20 epochs), whose long SupCon
+      training erases the density contrast the KDE weights need.
     * ``smoke``: width 8, depth 2, projection 32, 2 epochs, batch 64; seconds.
 
     Args:
