@@ -101,10 +101,14 @@ METHOD: dict[str, dict[str, dict[str, Any]]] = {
 #: over the 20-epoch width-128 one, 'long' (bias-conflicting validation accuracy of DM +
 #: KDE 96.3-97.3 % vs 43.5-51.1 %; RESULTS.md "Paper scale on one H100"), whose longer
 #: SupCon training gathers each class and loses the density contrast the weights need.
-#: 'smoke': width 8, depth 2, projection 32, 2 epochs.
+#: 'short-w128' and 'long-w32' cross the two (width 128 for 210 steps; width 32 for 20
+#: epochs), to tell the width from the training length. 'smoke': width 8, depth 2,
+#: projection 32, 2 epochs.
 SURROGATE: dict[str, dict[str, Any]] = {
     "paper": dict(width=32, steps=210),
     "long": {},
+    "short-w128": dict(steps=210),
+    "long-w32": dict(width=32),
     "cpu": dict(width=32, steps=210),
     "proxy": dict(width=32, steps=210),
     "smoke": dict(width=8, depth=2, proj_dim=32, epochs=2, batch_size=64),
