@@ -221,6 +221,17 @@ def data_parser(doc: str) -> argparse.ArgumentParser:
   return p
 
 
+def data_overrides(args: argparse.Namespace) -> dict:
+  """The RunConfig fields that :func:`data_parser`'s optional flags set (the rest: the preset's).
+
+  Example:
+    >>> data_overrides(data_parser("").parse_args(["--source", "full"]))
+    {'source': 'full'}
+  """
+  return {k: v for k, v in (("source", args.source), ("surrogate_preset", args.surrogate_preset))
+          if v is not None}
+
+
 def main(argv=None) -> int:
   p = data_parser(__doc__)
   p.add_argument("--ipc", type=int, default=None)
@@ -249,10 +260,8 @@ def main(argv=None) -> int:
     print(f"fidelity: error: unknown arms {unknown}; choose from {list(ARMS)}", file=sys.stderr)
     return 2
   seeds = [int(s) for s in args.seeds.split(",")]
-  source = {} if args.source is None else {"source": args.source}
-  if args.surrogate_preset is not None:
-    source["surrogate_preset"] = args.surrogate_preset
-  base = pipeline.get_config(args.preset, dataset=args.dataset, method=args.method, **source,
+  base = pipeline.get_config(args.preset, dataset=args.dataset, method=args.method,
+                             **data_overrides(args),
                              conflict_ratio=args.conflict_ratio, ipc=args.ipc,
                              iterations=args.iterations, lr_img=args.lr_img,
                              kde_variance=args.kde_variance,

@@ -67,7 +67,8 @@ def main(argv=None) -> int:
   p.add_argument("--out", required=True)
   args = p.parse_args(argv)
   cfg = pipeline.get_config(args.preset, dataset=args.dataset,
-                            conflict_ratio=args.conflict_ratio, seed=args.seed, weighting="kde")
+                            conflict_ratio=args.conflict_ratio, seed=args.seed, weighting="kde",
+                            **fidelity.data_overrides(args))
   run_data = pipeline.RunData(cfg)
   train, nc = run_data.train, run_data.num_classes
   emb = pipeline.surrogate_embeddings(cfg, run_data, pipeline.run_keys(cfg)[0], progress=False)
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
                        min_share=float(np.mean([g["min_share"] for g in groups])),
                        max_share=float(np.mean([g["max_share"] for g in groups])),
                        auroc=report["auroc"]))
-  lines = [f"{args.dataset} {args.conflict_ratio:g}, preset {args.preset}, seed {args.seed}: "
+  lines = [f"{args.dataset} {args.conflict_ratio:g}, preset {args.preset}, surrogate "
+           f"{cfg.surrogate_preset}, source {cfg.source}, seed {args.seed}: "
            f"{len(labels)} training images; median squared NN distance {nn:.4g}; "
            f"k-means with {args.clusters} clusters per class",
            "",

@@ -165,6 +165,30 @@ def test_fidelity_table_is_mean_and_sample_std_over_seeds():
   assert fidelity.ARMS["oracle"][2] and not fidelity.ARMS["kde"][2]  # bias labels marked
 
 
+def test_data_flags_reach_the_config_of_fidelity_and_weight_quality(monkeypatch, tmp_path):
+  # --source and --surrogate-preset are shared flags: both scripts must build their runs with
+  # them (they were once accepted by weight_quality.py and silently ignored).
+  fidelity = _load("fidelity")
+  weight_quality = _load("weight_quality")
+  args = fidelity.data_parser("").parse_args(["--surrogate-preset", "long-w32", "--source", "full"])
+  assert fidelity.data_overrides(args) == {"source": "full", "surrogate_preset": "long-w32"}
+  assert fidelity.data_overrides(fidelity.data_parser("").parse_args([])) == {}
+  from jaxdd import pipeline
+
+  class Stop(Exception):
+    pass
+
+  def fake_run_data(cfg):
+    seen.append(cfg)
+    raise Stop
+  seen = []
+  monkeypatch.setattr(pipeline, "RunData", fake_run_data)
+  with pytest.raises(Stop):
+    weight_quality.main(["--preset", "smoke", "--surrogate-preset", "long-w32", "--source",
+                         "full", "--out", str(tmp_path / "w.md")])
+  assert (seen[0].surrogate_preset, seen[0].source) == ("long-w32", "full")
+
+
 def test_weight_quality_nearest_neighbour_distance_by_hand():
   import numpy as np
   weight_quality = _load("weight_quality")
