@@ -31,7 +31,8 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
         real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
         beta: float = 0.1, schedule: Literal["constant", "cos", "linear"] = "cos",
-        curriculum: Literal["iterations", "slots"] = "iterations", beta_floor: float = 1e-3, filter: Literal["high", "low"] = "high",  # noqa: A002
+        curriculum: Literal["iterations", "slots"] = "iterations", beta_floor: float = 1e-3,
+        filter: Literal["high", "low"] = "high",  # noqa: A002
         normalize: bool = True, init: Literal["real", "weighted", "noise"] = "real",
         kde_config: KDEConfig | None = None,
         real_sampling: Literal["uniform", "weighted"] = "uniform",
