@@ -25,7 +25,8 @@ aligned, i.e. unbiased). Writes ``<workdir>/<entry>/s<seed>/<variant>/result.jso
 cells are skipped when the command is run again) and ``<workdir>/table.md`` / ``table.json``,
 which cover every finished cell under the workdir (so separate runs, e.g. one per seed, add up).
 ``--table-only`` writes the table without running anything; ``--calibration-seeds 0,1,2`` shows
-the seeds the probe's rules were chosen on apart from the held-out ones.
+the seeds the probe's rules were chosen on apart from the held-out ones (an entry ``NAME:SEED``,
+e.g. ``cmnist:0,bg_fmnist:0``, names one dataset entry's seed only).
 """
 from __future__ import annotations
 
@@ -211,9 +212,31 @@ def _seed_list(seeds: list[int]) -> str:
   return ", ".join(map(str, seeds))
 
 
-def table(results: list[dict], calibration: tuple[int, ...] = ()) -> str:
+def parse_calibration(text: str) -> tuple:
+  """``--calibration-seeds``: comma-separated ``SEED`` (that seed of every dataset entry) or
+  ``NAME:SEED`` (of that entry only), as ``(entry or None, seed)`` pairs.
+
+  Example:
+    >>> parse_calibration("0, cmnist:1,bg_fmnist@0.9:2")
+    ((None, 0), ('cmnist', 1), ('bg_fmnist@0.9', 2))
+  """
+  out = []
+  for v in (v.strip() for v in text.split(",")):
+    if v:
+      name, sep, seed = v.rpartition(":")
+      out.append((name if sep else None, int(seed)))
+  return tuple(out)
+
+
+def is_calibration(result: dict, calibration: tuple) -> bool:
+  return any(seed == result["seed"] and name in (None, result["dataset"])
+             for name, seed in calibration)
+
+
+def table(results: list[dict], calibration: tuple = ()) -> str:
   """One row per (dataset, variant), or per (dataset, variant, calibration or held-out seeds)
-  when ``calibration`` names the seeds the probe's rules were chosen on."""
+  when ``calibration`` (:func:`parse_calibration`) names the cells the probe's rules were
+  chosen on."""
   head = ("| dataset | SynSet | seeds | victim clean accuracy (test) | attack success rate (test) | "
           "candidate-trigger flag | reverse-engineering flag (max anomaly index) | "
           "KDE outliers per SynSet (SynSets flagged) | audit verdict: suspicious | signature check "
@@ -222,7 +245,7 @@ def table(results: list[dict], calibration: tuple[int, ...] = ()) -> str:
   groups: dict[tuple, list[dict]] = {}
   for r in results:
     part = ("" if not calibration else
-            " (calibration)" if r["seed"] in calibration else " (held out)")
+            " (calibration)" if is_calibration(r, calibration) else " (held out)")
     groups.setdefault((r["dataset"], r["variant"], part), []).append(r)
   for (ds, variant, part), rs in groups.items():
     acc = np.array([np.mean(r["clean_accuracy"]) for r in rs]) * 100
@@ -269,7 +292,8 @@ def main(argv=None) -> int:
                  help="run nothing: write the table of every finished cell under --workdir")
   p.add_argument("--calibration-seeds", default="",
                  help="seeds the probe's rules were chosen on: the table shows them apart from "
-                      "the held-out ones (e.g. 0,1,2)")
+                      "the held-out ones (e.g. 0,1,2; NAME:SEED for one dataset entry's seed, "
+                      "e.g. cmnist:0,bg_fmnist:0)")
   args = p.parse_args(argv)
   for entry in args.datasets.split(","):
     try:
@@ -277,10 +301,10 @@ def main(argv=None) -> int:
     except ValueError as e:
       p.error(str(e))
   try:
-    calibration = tuple(int(v) for v in args.calibration_seeds.split(",") if v.strip())
+    calibration = parse_calibration(args.calibration_seeds)
   except ValueError:
     p.error(f"--calibration-seeds: {args.calibration_seeds!r} is not a comma-separated list "
-            "of ints, e.g. 0,1,2")
+            "of SEED or NAME:SEED, e.g. 0,1,2 or cmnist:0,bg_fmnist:0")
   if args.table_only:
     results = collect(args.workdir)
     if not results:
@@ -306,7 +330,7 @@ def main(argv=None) -> int:
   return write_table(args.workdir, collect(args.workdir), calibration)
 
 
-def write_table(workdir: str, results: list[dict], calibration: tuple[int, ...]) -> int:
+def write_table(workdir: str, results: list[dict], calibration: tuple) -> int:
   text = table(results, calibration)
   synset.atomic_write_json(os.path.join(workdir, "table.json"), results)
   synset.atomic_write_bytes(os.path.join(workdir, "table.md"), text.encode())

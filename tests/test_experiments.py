@@ -419,3 +419,14 @@ def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(
   assert len(json.loads((tmp_path / "table.json").read_text())) == 6
   with pytest.raises(SystemExit):
     backdoor.main(["--table-only", "--calibration-seeds", "0-2", "--workdir", str(tmp_path)])
+  assert "NAME:SEED" in capsys.readouterr().err
+  # NAME:SEED marks one dataset entry's seed: bg_fmnist seed 1 is held out though cmnist's is not
+  cell("bg_fmnist", 1, "clean", 0.0, kde_flag=True)
+  cell("bg_fmnist", 0, "clean", 0.0, kde_flag=False)
+  assert backdoor.main(["--table-only", "--calibration-seeds", "cmnist:0,cmnist:1,cmnist:2,"
+                        "bg_fmnist:0", "--workdir", str(tmp_path)]) == 0
+  rows = (tmp_path / "table.md").read_text().splitlines()[2:]
+  assert [r.split(" | ")[:3] for r in rows] == [
+      ["| bg_fmnist", "clean", "0 (calibration)"], ["| bg_fmnist", "clean", "1 (held out)"],
+      ["| cmnist", "clean", "0 (calibration)"], ["| cmnist", "posthoc", "0–2 (calibration)"],
+      ["| cmnist", "posthoc", "3, 4 (held out)"]]
