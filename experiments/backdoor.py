@@ -224,6 +224,8 @@ def parse_calibration(text: str) -> tuple:
   for v in (v.strip() for v in text.split(",")):
     if v:
       name, sep, seed = v.rpartition(":")
+      if sep and not name:
+        raise ValueError(f"{v!r}: a dataset name before the colon")
       out.append((name if sep else None, int(seed)))
   return tuple(out)
 

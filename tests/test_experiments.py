@@ -420,6 +420,9 @@ def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(
   with pytest.raises(SystemExit):
     backdoor.main(["--table-only", "--calibration-seeds", "0-2", "--workdir", str(tmp_path)])
   assert "NAME:SEED" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    backdoor.main(["--table-only", "--calibration-seeds", ":0", "--workdir", str(tmp_path)])
+  assert "NAME:SEED" in capsys.readouterr().err
   # NAME:SEED marks one dataset entry's seed: bg_fmnist seed 1 is held out though cmnist's is not
   cell("bg_fmnist", 1, "clean", 0.0, kde_flag=True)
   cell("bg_fmnist", 0, "clean", 0.0, kde_flag=False)
