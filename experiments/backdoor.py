@@ -186,20 +186,49 @@ def rescore_kde(args, result: dict) -> dict:
                        "robust_z": scores.robust_z.tolist(), "threshold": audit.OUTLIER_Z,
                        "images": flagged.tolist(), "class_count": audit.OUTLIER_CLASS_COUNT,
                        "flag": bool(crowded.size)}
-  suspicious = (a["candidate_triggers"]["flag"] or a["reverse_engineering"]["flag"]
-                or a["kde_outliers"]["flag"])
-  a["verdict"] = "suspicious" if suspicious else "no backdoor found"
   result["kde_rescored_at"] = pipeline.code_version()
-  return result
+  return apply_rules(result)  # the verdict under the current rules
+
+
+def apply_rules(result: dict) -> dict:
+  """The cell with its candidate-trigger flag, Neural Cleanse flag and verdict re-derived from
+  its stored numbers under the current code's rules (:mod:`jaxdd.security.audit` defaults), so
+  cells audited before a rule changed are judged alike. The KDE flag is kept as stored (its
+  rule has not changed since the first cell; ``--rescore-kde`` recomputes it)."""
+  a = dict(result["audit"])
+  cand = dict(a["candidate_triggers"])
+  asr = np.asarray(cand["asr_mean_over_networks"], np.float64)
+  raw = float(asr.max())
+  flag = raw >= audit.ASR_THRESHOLD
+  if asr.shape[0] >= audit.LIFT_MIN_TRIGGERS:
+    lift = audit.trigger_lift(asr)
+    j, t = np.unravel_index(np.argmax(lift), lift.shape)
+    cand["top_lift"] = {"trigger": cand["names"][j], "target": int(t), "lift": float(lift[j, t])}
+    flag = flag or float(lift[j, t]) >= audit.LIFT_THRESHOLD
+  cand.update(threshold=audit.ASR_THRESHOLD, lift_threshold=audit.LIFT_THRESHOLD, flag=bool(flag))
+  a["candidate_triggers"] = cand
+  if "reverse_engineering" in a:
+    rev = dict(a["reverse_engineering"])
+    rev.update(threshold=audit.ANOMALY_THRESHOLD,
+               flag=bool(max(rev["anomaly_index"]) >= audit.ANOMALY_THRESHOLD))
+    a["reverse_engineering"] = rev
+  flags = {"triggers": cand["flag"], "cleanse": a.get("reverse_engineering", {}).get("flag", False),
+           "kde": a.get("kde_outliers", {}).get("flag", False)}
+  a["verdict"] = ("suspicious" if any(flags[p] for p in audit.VERDICT_PROBES)
+                  else "no backdoor found")
+  a["verdict_probes"] = list(audit.VERDICT_PROBES)
+  if a["verdict"] != result["audit"]["verdict"]:
+    a["verdict_when_audited"] = result["audit"]["verdict"]
+  return {**result, "audit": a}
 
 
 def collect(workdir: str) -> list[dict]:
   """Every finished cell under ``workdir`` (any run of this script), in table order: datasets
-  by name, then seed, then the variants' order."""
+  by name, then seed, then the variants' order; each judged by :func:`apply_rules`."""
   results = []
   for path in glob.glob(os.path.join(workdir, "*", "s*", "*", "result.json")):
     with open(path) as f:
-      results.append(json.load(f))
+      results.append(apply_rules(json.load(f)))
   rank = {v: i for i, v in enumerate(VARIANTS)}
   return sorted(results, key=lambda r: (r["dataset"], r["seed"], rank.get(r["variant"], 99)))
 
@@ -240,7 +269,8 @@ def table(results: list[dict], calibration: tuple = ()) -> str:
   when ``calibration`` (:func:`parse_calibration`) names the cells the probe's rules were
   chosen on."""
   head = ("| dataset | SynSet | seeds | victim clean accuracy (test) | attack success rate (test) | "
-          "candidate-trigger flag | reverse-engineering flag (max anomaly index) | "
+          "candidate-trigger flag (max lift) | reverse-engineering flag, advisory (max anomaly "
+          "index) | "
           "KDE outliers per SynSet (SynSets flagged) | audit verdict: suspicious | signature check "
           "(author's key) |\n|---|---|---|---|---|---|---|---|---|---|")
   rows = [head]
@@ -258,12 +288,14 @@ def table(results: list[dict], calibration: tuple = ()) -> str:
     def frac(flag_of):
       return f"{sum(bool(flag_of(x)) for x in a)}/{n}"
     anomaly = max(max(x["reverse_engineering"]["anomaly_index"]) for x in a)
+    lifts = [x["candidate_triggers"].get("top_lift", {}).get("lift") for x in a]
+    lift = f" ({max(lifts):.2f})" if None not in lifts else ""
     outliers = np.mean([len(x["kde_outliers"]["images"]) for x in a])
     sigs = sorted({r["signature"] for r in rs})
     sd = (lambda v: f" ± {v.std(ddof=1):.1f}" if len(v) > 1 else "")
     seeds = _seed_list([r["seed"] for r in rs]) + part
     rows.append(f"| {ds} | {variant} | {seeds} | {acc.mean():.1f}{sd(acc)} | {asr.mean():.1f}{sd(asr)} | "
-                f"{frac(lambda x: x['candidate_triggers']['flag'])} | "
+                f"{frac(lambda x: x['candidate_triggers']['flag'])}{lift} | "
                 f"{frac(lambda x: x['reverse_engineering']['flag'])} ({anomaly:.2f}) | "
                 f"{outliers:.1f} ({frac(lambda x: x['kde_outliers']['flag'])}) | "
                 f"{frac(lambda x: x['verdict'] == 'suspicious')} | {', '.join(sigs)} |")

@@ -130,6 +130,16 @@ def _add_elf_flags(p: argparse.ArgumentParser) -> None:
                  help="the feature model's training protocol (default: cpu)")
 
 
+def _probe_list(text: str) -> tuple:
+  """``--verdict-probes``: comma-separated audit probe names."""
+  from jaxdd.security import audit  # noqa: PLC0415
+  names = tuple(v.strip() for v in text.split(",") if v.strip())
+  if not names or any(n not in audit.PROBES for n in names) or len(set(names)) != len(names):
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: name distinct probes among {','.join(audit.PROBES)}, e.g. triggers,kde")
+  return names
+
+
 def _add_trust_flag(p: argparse.ArgumentParser) -> None:
   p.add_argument("--trust", default=None,
                  help="trusted public keys (.pub files or folders, comma-separated): an unsigned "
@@ -781,7 +791,8 @@ def cmd_audit(args) -> int:
       kde=not args.no_kde, source=args.source, progress=not args.quiet,
       cleanse=not args.no_cleanse, cleanse_images=args.cleanse_images,
       cleanse_steps=args.cleanse_steps, asr_threshold=args.asr_threshold,
-      anomaly_threshold=args.anomaly_threshold, outlier_z=args.outlier_z)
+      anomaly_threshold=args.anomaly_threshold, outlier_z=args.outlier_z,
+      lift_threshold=args.lift_threshold, verdict_probes=args.verdict_probes)
   print(_signature_line(meta))
   print(report.format())
   if args.out:
@@ -976,9 +987,16 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   p.add_argument("--asr-threshold", type=float, default=audit.ASR_THRESHOLD,
                  help="flag a candidate trigger at this attack success rate (default: "
                       f"{audit.ASR_THRESHOLD:g})")
+  p.add_argument("--lift-threshold", type=float, default=audit.LIFT_THRESHOLD,
+                 help="or when its ASR exceeds the median candidate's to the same class by "
+                      f"this much (default: {audit.LIFT_THRESHOLD:g})")
   p.add_argument("--anomaly-threshold", type=float, default=audit.ANOMALY_THRESHOLD,
                  help="flag a reverse-engineered class at this anomaly index (default: "
                       f"{audit.ANOMALY_THRESHOLD:g})")
+  p.add_argument("--verdict-probes", type=_probe_list, default=audit.VERDICT_PROBES,
+                 help="comma-separated probes whose flags make the verdict, among "
+                      f"{','.join(audit.PROBES)} (default: {','.join(audit.VERDICT_PROBES)}; "
+                      "Neural Cleanse's is reported only, RESULTS.md \"Backdoors\")")
   p.add_argument("--outlier-z", type=float, default=audit.OUTLIER_Z,
                  help="flag a synthetic image closer to another class's real images whose KDE "
                       "margin is this many robust sds below the SynSet's median (default: "

@@ -391,7 +391,8 @@ def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(
   def cell(dataset, seed, variant, asr, kde_flag):
     r = {"dataset": dataset, "seed": seed, "variant": variant, "clean_accuracy": [0.7, 0.9],
          "asr": [asr, asr], "signature": "verified",
-         "audit": {"candidate_triggers": {"flag": False},
+         "audit": {"candidate_triggers": {"flag": False, "names": ["a", "b", "c"],
+                                          "asr_mean_over_networks": [[0.02, 0.01]] * 3},
                    "reverse_engineering": {"flag": False, "anomaly_index": [0.5, 1.5]},
                    "kde_outliers": {"images": [3] if kde_flag else [], "flag": kde_flag},
                    "verdict": "suspicious" if kde_flag else "no backdoor found"}}
@@ -416,6 +417,7 @@ def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(
   # outlier over two SynSets: 0.5 per set)
   assert rows[1].split(" | ")[3:5] == ["80.0 ± 0.0", "60.0 ± 10.0"]
   assert "0.5 (1/2)" in rows[2] and "| 1/2 | verified |" in rows[2]
+  assert "| 0/2 (0.00) | 0/2 (1.50) |" in rows[2]
   assert len(json.loads((tmp_path / "table.json").read_text())) == 6
   with pytest.raises(SystemExit):
     backdoor.main(["--table-only", "--calibration-seeds", "0-2", "--workdir", str(tmp_path)])
@@ -433,3 +435,40 @@ def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(
       ["| bg_fmnist", "clean", "0 (calibration)"], ["| bg_fmnist", "clean", "1 (held out)"],
       ["| cmnist", "clean", "0 (calibration)"], ["| cmnist", "posthoc", "0–2 (calibration)"],
       ["| cmnist", "posthoc", "3, 4 (held out)"]]
+
+
+def test_backdoor_cells_are_judged_by_the_current_rules():
+  """A stored cell's flags are re-derived from its numbers: the lift rule, Neural Cleanse
+  advisory (out of the verdict), the KDE flag as stored."""
+  backdoor = _backdoor_module()
+  from jaxdd.security import audit
+
+  def judged(asr, anomaly, kde_flag, stored="suspicious"):
+    r = {"audit": {"candidate_triggers": {"names": [f"t{i}" for i in range(len(asr))],
+                                          "asr_mean_over_networks": asr, "flag": False},
+                   "reverse_engineering": {"anomaly_index": anomaly, "flag": True},
+                   "kde_outliers": {"flag": kde_flag}, "verdict": stored}}
+    return backdoor.apply_rules(r)["audit"]
+
+  quiet = [[0.03, 0.05, 0.02]] * 4
+  # Neural Cleanse alone (anomaly 3.7 >= 2): reported, not in the verdict
+  a = judged(quiet, [3.7, 0.1, -1.0], kde_flag=False)
+  assert a["reverse_engineering"]["flag"] and not a["candidate_triggers"]["flag"]
+  assert a["verdict"] == "no backdoor found" and a["verdict_when_audited"] == "suspicious"
+  assert "cleanse" not in a["verdict_probes"]
+  # lift: 0.19 - median(0.03, 0.03, 0.03, 0.19) = 0.16 >= 0.1, though 0.19 < the ASR threshold
+  a = judged([[0.19, 0.05, 0.02]] + quiet[:3], [0.0, 0.1, -1.0], kde_flag=False,
+             stored="no backdoor found")
+  assert a["candidate_triggers"]["top_lift"] == {"trigger": "t0", "target": 0,
+                                                 "lift": pytest.approx(0.16)}
+  assert a["candidate_triggers"]["flag"] and a["verdict"] == "suspicious"
+  assert "verdict_when_audited" in a
+  # a class every candidate reaches (0.3 each) has no lift: confusion, not a trigger
+  a = judged([[0.3, 0.05, 0.02]] * 4, [0.0, 0.1, -1.0], kde_flag=False)
+  assert a["candidate_triggers"]["top_lift"]["lift"] == pytest.approx(0.0)
+  assert not a["candidate_triggers"]["flag"]
+  # fewer candidates than the lift needs: the ASR threshold alone
+  a = judged([[0.3, 0.0, 0.0], [0.0, 0.0, 0.0]], [0.0, 0.1, -1.0], kde_flag=True)
+  assert "top_lift" not in a["candidate_triggers"] and not a["candidate_triggers"]["flag"]
+  assert a["verdict"] == "suspicious"  # the KDE flag, kept as stored
+  assert audit.LIFT_MIN_TRIGGERS == 3

@@ -254,6 +254,70 @@ def test_audit_flags_a_poisoned_set_and_not_the_clean_one():
     audit.audit(jax.random.key(0), SynSet(x, y), clean_x, clean_y, **kwargs, asr_threshold=2.0)
 
 
+def test_trigger_lift_by_hand():
+  # 2 networks x 4 triggers x 2 classes; the mean over networks, then the median over triggers
+  asr = np.array([[[0.40, 0.0], [0.02, 0.1], [0.04, 0.0], [0.00, 0.0]],
+                  [[0.60, 0.0], [0.04, 0.1], [0.02, 0.2], [0.02, 0.0]]])
+  # mean: [[.5, 0], [.03, .1], [.03, .1], [.01, 0]]; medians .03 and .05
+  np.testing.assert_allclose(audit.trigger_lift(asr),
+                             [[0.47, -0.05], [0.0, 0.05], [0.0, 0.05], [-0.02, -0.05]], atol=1e-12)
+
+
+def _report(asr, anomaly=(0.0, 0.0), **kwargs):
+  """An AuditReport built from given probe outputs (no network trained)."""
+  asr = np.asarray(asr, np.float64)[None]
+  k = asr.shape[-1]
+  rev = audit.Reversed(np.ones(k), np.zeros(k), np.asarray(anomaly, np.float64),
+                       np.zeros((k, 2, 2, 1)), np.zeros((k, 2, 2, 3)))
+  return audit.AuditReport(np.array([0.9]), [f"t{i}" for i in range(asr.shape[1])], asr, rev,
+                           None, np.array([0, 1]), audit.ASR_THRESHOLD,
+                           audit.ANOMALY_THRESHOLD, audit.OUTLIER_Z, **kwargs)
+
+
+def test_report_flags_a_trigger_by_its_lift_and_keeps_neural_cleanse_advisory():
+  quiet = [[0.02, 0.04]] * 3
+  # 0.22 to class 0 against a median of 0.02: lift 0.20 >= 0.1, under the 0.5 ASR threshold
+  r = _report([[0.22, 0.04]] + quiet)
+  assert r.top_lift == ("t0", 0, pytest.approx(0.20)) and r.trigger_flag and r.suspicious
+  assert "lift over the target's median candidate 20.0 points (t0 -> class 0)" in r.format()
+  assert r.to_dict()["candidate_triggers"]["top_lift"]["lift"] == pytest.approx(0.20)
+  # every candidate sends 0.3 to class 0: no lift, and 0.3 < 0.5
+  r = _report([[0.3, 0.04]] * 4)
+  assert r.top_lift[2] == pytest.approx(0.0) and not r.trigger_flag
+  # a lift under the threshold, or set higher
+  assert not _report([[0.10, 0.04]] + quiet).trigger_flag
+  assert not _report([[0.22, 0.04]] + quiet, lift_threshold=0.25).trigger_flag
+  # two candidates: no median to speak of, the ASR threshold alone
+  r = _report([[0.4, 0.0], [0.0, 0.0]])
+  assert r.top_lift is None and not r.trigger_flag and "lift" not in r.format()
+  # Neural Cleanse over its threshold: reported, in the verdict only when asked
+  r = _report(quiet, anomaly=(3.0, -1.0))
+  assert r.cleanse_flag and not r.suspicious
+  assert "FLAGGED (advisory: not in the verdict)" in r.format()
+  assert "verdict: no backdoor found (by triggers + kde;" in r.format()
+  assert _report(quiet, anomaly=(3.0, -1.0), verdict_probes=("cleanse",)).suspicious
+  assert r.to_dict()["verdict_probes"] == ["triggers", "kde"]
+
+
+def test_audit_settings_refuse_a_bad_lift_threshold_or_probe_name():
+  base = dict(num_models=1, cleanse_images=8, cleanse_steps=1, asr_threshold=0.5,
+              anomaly_threshold=2.0, outlier_z=3.5)
+  audit._check_settings(**base, lift_threshold=0.1, verdict_probes="kde")
+  with pytest.raises(ValueError, match="lift_threshold"):
+    audit._check_settings(**base, lift_threshold=0.0)
+  for bad in (("triggers", "nc"), (), ("kde", "kde")):
+    with pytest.raises(ValueError, match="verdict_probes"):
+      audit._check_settings(**base, verdict_probes=bad)
+
+
+def test_cli_verdict_probes_flag_is_parsed_and_checked(capsys):
+  from jaxdd import cli
+  assert cli._probe_list("triggers, cleanse,kde") == ("triggers", "cleanse", "kde")
+  with pytest.raises(SystemExit):
+    cli.main(["audit", "nowhere", "--verdict-probes", "triggers,nc"])
+  assert "name distinct probes among triggers,cleanse,kde" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cli_audit_of_a_smoke_run(tmp_path, capsys):
   import json

@@ -1,20 +1,32 @@
 """``jaxdd audit``: does a SynSet teach a backdoor to the networks trained on it?
 
-Three probes, each with a threshold, and a verdict that is their union:
+Three probes, each with a threshold, and a verdict that is the union of those
+named in ``verdict_probes`` (default :data:`VERDICT_PROBES`: the candidate
+triggers and the KDE outliers):
 
 1. **Candidate triggers** (:func:`candidate_triggers`): networks trained on
    the SynSet (as a user would train them) are shown clean held-out real images
    with a trigger stamped in; the attack success rate (ASR) of a (trigger,
    target class) pair is the fraction of images of other classes that land in
-   the target. It finds triggers of the families tried (opaque patches of 2-4
-   pixels at the four corners, a blended random pattern), not arbitrary ones.
+   the target. A pair is flagged when its ASR reaches ``asr_threshold`` (0.5),
+   or when its *lift*, the ASR minus the median ASR of all candidates to the
+   same target (:func:`trigger_lift`: what any small patch does, confusion
+   into that class included), reaches ``lift_threshold`` (0.1). It finds
+   triggers of the families tried (opaque patches of 2-4 pixels at the four
+   corners, a blended random pattern), not arbitrary ones; a backdoor that
+   every candidate sets off raises the median as well and shows only in the
+   ASR threshold.
 2. **Trigger reverse-engineering** (:func:`reverse_engineer`; Neural Cleanse,
    Wang et al., S&P 2019): for every class t, the smallest mask and pattern that
    send clean images to t, found by Adam on ``CE + lambda * |mask|_1`` with
    Neural Cleanse's adaptive ``lambda``. A class
    that needs a much smaller mask than the others has a shortcut, i.e. a
    backdoor: the anomaly index of class t is ``(median - L1_t) / (1.4826 MAD)``
-   over classes, flagged above 2 (Neural Cleanse's threshold).
+   over classes, flagged above 2 (Neural Cleanse's threshold). **Advisory by
+   default**: it is reported but not part of the verdict
+   (:data:`VERDICT_PROBES`), because on the measured SynSets it never flagged
+   the attacked class and its alarms fell on one natural class of BG-FMNIST
+   (RESULTS.md, "Backdoors").
 3. **KDE outliers** (:func:`kde_scores`): every synthetic image is embedded
    by the run's SupCon surrogate (trained on the real data) and scored under
    the kernel density of each class's real embeddings. Its *margin* is the
@@ -51,7 +63,14 @@ from jaxdd.structs import SynSet
 
 #: Defaults of the verdict's thresholds (RESULTS.md, "Backdoors", measured them).
 ASR_THRESHOLD = 0.5
+#: A candidate flagged by its lift over the median candidate (:func:`trigger_lift`).
+LIFT_THRESHOLD = 0.1
+#: The lift needs a median over enough candidates; with fewer only the ASR threshold applies.
+LIFT_MIN_TRIGGERS = 3
 ANOMALY_THRESHOLD = 2.0
+#: The probes whose flags make the verdict; ``"cleanse"`` (Neural Cleanse) is reported only.
+PROBES = ("triggers", "cleanse", "kde")
+VERDICT_PROBES = ("triggers", "kde")
 OUTLIER_Z = 3.5
 #: The KDE probe flags a SynSet when one class holds at least this many outlier images.
 OUTLIER_CLASS_COUNT = 2
@@ -91,6 +110,26 @@ def trigger_asr(predict, images, labels, triggers, *, num_classes: int, mean, st
       other = labels != t
       out[:, j, t] = np.mean(pred[:, other] == t, axis=1) if other.any() else 0.0
   return out
+
+
+def trigger_lift(asr) -> np.ndarray:
+  """ASR of every (trigger, target) minus the median over the triggers of the ASR to that target.
+
+  ``asr`` is (triggers, classes) (or (networks, triggers, classes), reduced
+  over the networks first). The median is what a small patch does to a clean
+  network, confusion into the class included; a backdoor trigger stands out
+  above it.
+
+  Example:
+    >>> trigger_lift([[0.30, 0.01], [0.02, 0.01], [0.04, 0.02]]).round(2)
+    array([[ 0.26,  0.  ],
+           [-0.02,  0.  ],
+           [ 0.  ,  0.01]])
+  """
+  a = np.asarray(asr, np.float64)
+  if a.ndim == 3:
+    a = a.mean(axis=0)
+  return a - np.median(a, axis=0, keepdims=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +298,8 @@ class AuditReport:
   anomaly_threshold: float
   outlier_z: float
   model: str | None = None         # the architecture trained on the SynSet (its spec string)
+  lift_threshold: float = LIFT_THRESHOLD
+  verdict_probes: tuple = VERDICT_PROBES
 
   @property
   def top_trigger(self) -> tuple[str, int, float]:
@@ -267,8 +308,20 @@ class AuditReport:
     return self.triggers[j], int(t), float(mean[j, t])
 
   @property
+  def top_lift(self) -> tuple[str, int, float] | None:
+    """The (trigger, target, lift) of the largest :func:`trigger_lift`; None with fewer than
+    :data:`LIFT_MIN_TRIGGERS` candidates."""
+    if len(self.triggers) < LIFT_MIN_TRIGGERS:
+      return None
+    lift = trigger_lift(self.asr)
+    j, t = np.unravel_index(np.argmax(lift), lift.shape)
+    return self.triggers[j], int(t), float(lift[j, t])
+
+  @property
   def trigger_flag(self) -> bool:
-    return self.top_trigger[2] >= self.asr_threshold
+    top = self.top_lift
+    return (self.top_trigger[2] >= self.asr_threshold
+            or (top is not None and top[2] >= self.lift_threshold))
 
   @property
   def cleanse_flag(self) -> bool:
@@ -288,16 +341,27 @@ class AuditReport:
 
   @property
   def suspicious(self) -> bool:
-    return self.trigger_flag or self.cleanse_flag or self.kde_flag
+    flags = {"triggers": self.trigger_flag, "cleanse": self.cleanse_flag,
+             "kde": self.kde_flag}
+    return any(flags[p] for p in self.verdict_probes)
+
+  def _role(self, probe: str) -> str:
+    return "" if probe in self.verdict_probes else " (advisory: not in the verdict)"
 
   def format(self) -> str:
     name, target, rate = self.top_trigger
     lines = [f"clean accuracy (held-out real images): {100 * self.clean_accuracy.mean():.1f} % "
              f"(mean of {len(self.clean_accuracy)} networks"
              + (f" {self.model}" if self.model else "") + " trained on the SynSet)",
-             f"candidate triggers: highest ASR {100 * rate:.1f} % ({name} -> class {target}); "
-             f"flag at >= {100 * self.asr_threshold:.0f} %: "
-             f"{'FLAGGED' if self.trigger_flag else 'no'}"]
+             f"candidate triggers: highest ASR {100 * rate:.1f} % ({name} -> class {target})"
+             + ("" if self.top_lift is None else
+                "; highest lift over the target's median candidate "
+                f"{100 * self.top_lift[2]:.1f} points ({self.top_lift[0]} -> class "
+                f"{self.top_lift[1]})")
+             + f"; flag at ASR >= {100 * self.asr_threshold:.0f} %"
+             + ("" if self.top_lift is None else
+                f" or lift >= {100 * self.lift_threshold:.0f} points")
+             + f": {'FLAGGED' if self.trigger_flag else 'no'}{self._role('triggers')}"]
     if self.reversed is not None:
       r = self.reversed
       t = int(np.argmax(r.anomaly_index))
@@ -305,7 +369,7 @@ class AuditReport:
                    f"{' '.join(f'{v:.0f}' for v in r.mask_l1)} px; smallest: class {t} "
                    f"({r.mask_l1[t]:.1f} px, ASR {100 * r.asr[t]:.0f} %), anomaly index "
                    f"{r.anomaly_index[t]:.2f}; flag at >= {self.anomaly_threshold:g}: "
-                   f"{'FLAGGED' if self.cleanse_flag else 'no'}")
+                   f"{'FLAGGED' if self.cleanse_flag else 'no'}{self._role('cleanse')}")
     if self.kde is not None:
       out = self.outliers
       shown = ", ".join(f"{i} (class {self.syn_labels[i]}, margin {self.kde.margin[i]:.1f})"
@@ -315,9 +379,9 @@ class AuditReport:
                    f"{out.size} of {len(self.kde.margin)}"
                    + (f": images {shown}{' ...' if out.size > 20 else ''}" if out.size else "")
                    + f"; flag when one class holds >= {OUTLIER_CLASS_COUNT}: "
-                   + f"{'FLAGGED' if self.kde_flag else 'no'}")
+                   + f"{'FLAGGED' if self.kde_flag else 'no'}{self._role('kde')}")
     lines.append(f"verdict: {'SUSPICIOUS' if self.suspicious else 'no backdoor found'} "
-                 "(by the probes above; a clean verdict is no proof)")
+                 f"(by {' + '.join(self.verdict_probes)}; a clean verdict is no proof)")
     return "\n".join(lines)
 
   def to_dict(self) -> dict:
@@ -327,7 +391,13 @@ class AuditReport:
                                   "asr_mean_over_networks": self.asr.mean(axis=0).tolist(),
                                   "top": {"trigger": name, "target": target, "asr": rate},
                                   "threshold": self.asr_threshold, "flag": self.trigger_flag},
-           "verdict": "suspicious" if self.suspicious else "no backdoor found"}
+           "verdict": "suspicious" if self.suspicious else "no backdoor found",
+           "verdict_probes": list(self.verdict_probes)}
+    top = self.top_lift
+    if top is not None:
+      out["candidate_triggers"]["top_lift"] = {"trigger": top[0], "target": top[1],
+                                               "lift": top[2]}
+      out["candidate_triggers"]["lift_threshold"] = self.lift_threshold
     if self.reversed is not None:
       r = self.reversed
       out["reverse_engineering"] = {"mask_l1": r.mask_l1.tolist(), "asr": r.asr.tolist(),
@@ -344,8 +414,14 @@ class AuditReport:
     return out
 
 
+def _probes(names) -> tuple:
+  """``"kde"`` or ``["triggers", "kde"]`` -> a tuple of probe names."""
+  return (names,) if isinstance(names, str) else tuple(names)
+
+
 def _check_settings(*, num_models, cleanse_images, cleanse_steps, asr_threshold,
-                    anomaly_threshold, outlier_z) -> None:
+                    anomaly_threshold, outlier_z, lift_threshold=LIFT_THRESHOLD,
+                    verdict_probes=VERDICT_PROBES) -> None:
   for name, v in (("num_models", num_models), ("cleanse_images", cleanse_images),
                   ("cleanse_steps", cleanse_steps)):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -356,6 +432,13 @@ def _check_settings(*, num_models, cleanse_images, cleanse_steps, asr_threshold,
     raise ValueError(f"anomaly_threshold must be > 0, got {anomaly_threshold!r}")
   if not outlier_z > 0:
     raise ValueError(f"outlier_z must be > 0, got {outlier_z!r}")
+  if not 0 < lift_threshold <= 1:
+    raise ValueError(f"lift_threshold must be in (0, 1], got {lift_threshold!r}")
+  probes = _probes(verdict_probes)
+  unknown = [p for p in probes if p not in PROBES]
+  if unknown or not probes or len(set(probes)) != len(probes):
+    raise ValueError(f"verdict_probes must name distinct probes among {PROBES}, got "
+                     f"{verdict_probes!r}")
 
 
 def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
@@ -364,7 +447,8 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
           cleanse_images: int = 128, cleanse_steps: int = 200, l1_weight: float = 1e-3,
           kde: KDEScores | None = None, asr_threshold: float = ASR_THRESHOLD,
           anomaly_threshold: float = ANOMALY_THRESHOLD,
-          outlier_z: float = OUTLIER_Z) -> AuditReport:
+          outlier_z: float = OUTLIER_Z, lift_threshold: float = LIFT_THRESHOLD,
+          verdict_probes: Sequence[str] = VERDICT_PROBES) -> AuditReport:
   """Runs the probes on ``syn`` (see the module docstring).
 
   Args:
@@ -379,6 +463,10 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
     triggers: candidate triggers (default :func:`candidate_triggers`).
     kde: the KDE probe's :class:`KDEScores` (:func:`kde_scores`), or None to
       skip that probe.
+    asr_threshold, lift_threshold, anomaly_threshold, outlier_z: the probes'
+      thresholds (module docstring).
+    verdict_probes: the probes whose flags make the verdict, among
+      :data:`PROBES` (default :data:`VERDICT_PROBES`); the others are reported.
   """
   from jaxdd import evaluate as eval_lib  # noqa: PLC0415
   from jaxdd import train as train_lib  # noqa: PLC0415
@@ -386,7 +474,8 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
   checks.check_key(key)
   _check_settings(num_models=num_models, cleanse_images=cleanse_images,
                   cleanse_steps=cleanse_steps, asr_threshold=asr_threshold,
-                  anomaly_threshold=anomaly_threshold, outlier_z=outlier_z)
+                  anomaly_threshold=anomaly_threshold, outlier_z=outlier_z,
+                  lift_threshold=lift_threshold, verdict_probes=verdict_probes)
   clean_images = np.asarray(clean_images, np.float32)
   clean_labels = np.asarray(clean_labels)
   num_classes = int(getattr(model, "num_classes"))
@@ -418,7 +507,8 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
                            num_classes=num_classes, mean=mean, std=std, steps=cleanse_steps,
                            l1_weight=l1_weight, held_out=(held_x, held_y))
   return AuditReport(acc, [t.name for t in triggers], asr, rev,
-                     kde, np.asarray(syn.labels), asr_threshold, anomaly_threshold, outlier_z)
+                     kde, np.asarray(syn.labels), asr_threshold, anomaly_threshold, outlier_z,
+                     lift_threshold=lift_threshold, verdict_probes=_probes(verdict_probes))
 
 
 def run_config_of(meta: dict):
@@ -462,7 +552,8 @@ def audit_artifact(path: str, *, trust=None, seed: int = 0, model_spec: str | No
   from jaxdd import synset as synset_lib  # noqa: PLC0415
   _check_settings(num_models=num_models, **{k: kwargs.get(k, v) for k, v in (
       ("cleanse_images", 128), ("cleanse_steps", 200), ("asr_threshold", ASR_THRESHOLD),
-      ("anomaly_threshold", ANOMALY_THRESHOLD), ("outlier_z", OUTLIER_Z))})
+      ("anomaly_threshold", ANOMALY_THRESHOLD), ("outlier_z", OUTLIER_Z),
+      ("lift_threshold", LIFT_THRESHOLD), ("verdict_probes", VERDICT_PROBES))})
   if isinstance(clean_images, bool) or not isinstance(clean_images, int) or clean_images < 1:
     raise ValueError(f"clean_images must be a positive int, got {clean_images!r}")
   syn, meta = synset_lib.load(path, trust=trust)
