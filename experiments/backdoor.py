@@ -22,7 +22,8 @@ the defences.
 A dataset entry ``NAME@RATIO`` sets the conflict ratio (default: the preset's, 5 %), e.g.
 ``bg_fmnist@0.9``: Fashion-MNIST whose background colours are independent of the class (10 %
 aligned, i.e. unbiased). Writes ``<workdir>/<entry>/s<seed>/<variant>/result.json`` (finished
-cells are skipped when the command is run again) and ``<workdir>/table.md`` / ``table.json``,
+cells are skipped when the command is run again), ``<workdir>/table.md`` / ``table.json`` and
+``cells.md`` (one row per SynSet: which probe fired on which class),
 which cover every finished cell under the workdir (so separate runs, e.g. one per seed, add up).
 ``--table-only`` writes the table without running anything; ``--calibration-seeds 0,1,2`` shows
 the seeds the probe's rules were chosen on apart from the held-out ones (an entry ``NAME:SEED``,
@@ -242,26 +243,32 @@ def _seed_list(seeds: list[int]) -> str:
 
 
 def parse_calibration(text: str) -> tuple:
-  """``--calibration-seeds``: comma-separated ``SEED`` (that seed of every dataset entry) or
-  ``NAME:SEED`` (of that entry only), as ``(entry or None, seed)`` pairs.
+  """``--calibration-seeds``: comma-separated ``SEED`` (that seed of every dataset entry),
+  ``NAME:SEED`` (of that entry only) or ``NAME:SEED:VARIANT`` (one SynSet), as
+  ``(entry or None, seed, variant or None)`` triples.
 
   Example:
-    >>> parse_calibration("0, cmnist:1,bg_fmnist@0.9:2")
-    ((None, 0), ('cmnist', 1), ('bg_fmnist@0.9', 2))
+    >>> parse_calibration("0, cmnist:1,bg_fmnist@0.9:2,bg_fmnist:1:clean")
+    ((None, 0, None), ('cmnist', 1, None), ('bg_fmnist@0.9', 2, None), ('bg_fmnist', 1, 'clean'))
   """
   out = []
   for v in (v.strip() for v in text.split(",")):
-    if v:
-      name, sep, seed = v.rpartition(":")
-      if sep and not name:
-        raise ValueError(f"{v!r}: a dataset name before the colon")
-      out.append((name if sep else None, int(seed)))
+    if not v:
+      continue
+    parts = v.split(":")
+    if len(parts) > 3 or (len(parts) > 1 and not parts[0]):
+      raise ValueError(f"{v!r}: SEED, NAME:SEED or NAME:SEED:VARIANT")
+    variant = parts[2] if len(parts) == 3 else None
+    if variant is not None and variant not in VARIANTS:
+      raise ValueError(f"{v!r}: the variant is one of {VARIANTS}")
+    out.append((parts[0] if len(parts) > 1 else None, int(parts[1 if len(parts) > 1 else 0]),
+                variant))
   return tuple(out)
 
 
 def is_calibration(result: dict, calibration: tuple) -> bool:
   return any(seed == result["seed"] and name in (None, result["dataset"])
-             for name, seed in calibration)
+             and variant in (None, result["variant"]) for name, seed, variant in calibration)
 
 
 def table(results: list[dict], calibration: tuple = ()) -> str:
@@ -279,7 +286,9 @@ def table(results: list[dict], calibration: tuple = ()) -> str:
     part = ("" if not calibration else
             " (calibration)" if is_calibration(r, calibration) else " (held out)")
     groups.setdefault((r["dataset"], r["variant"], part), []).append(r)
-  for (ds, variant, part), rs in groups.items():
+  rank = {v: i for i, v in enumerate(VARIANTS)}
+  order = sorted(groups, key=lambda g: (g[0], rank.get(g[1], 99), g[2] != " (calibration)"))
+  for (ds, variant, part), rs in ((g, groups[g]) for g in order):
     acc = np.array([np.mean(r["clean_accuracy"]) for r in rs]) * 100
     asr = np.array([np.mean(r["asr"]) for r in rs]) * 100
     a = [r["audit"] for r in rs]
@@ -327,7 +336,7 @@ def main(argv=None) -> int:
   p.add_argument("--calibration-seeds", default="",
                  help="seeds the probe's rules were chosen on: the table shows them apart from "
                       "the held-out ones (e.g. 0,1,2; NAME:SEED for one dataset entry's seed, "
-                      "e.g. cmnist:0,bg_fmnist:0)")
+                      "e.g. cmnist:0,bg_fmnist:0; NAME:SEED:VARIANT for one SynSet)")
   args = p.parse_args(argv)
   for entry in args.datasets.split(","):
     try:
@@ -338,7 +347,7 @@ def main(argv=None) -> int:
     calibration = parse_calibration(args.calibration_seeds)
   except ValueError:
     p.error(f"--calibration-seeds: {args.calibration_seeds!r} is not a comma-separated list "
-            "of SEED or NAME:SEED, e.g. 0,1,2 or cmnist:0,bg_fmnist:0")
+            "of SEED, NAME:SEED or NAME:SEED:VARIANT, e.g. 0,1,2 or cmnist:0,bg_fmnist:1:clean")
   if args.table_only:
     results = collect(args.workdir)
     if not results:
@@ -364,11 +373,55 @@ def main(argv=None) -> int:
   return write_table(args.workdir, collect(args.workdir), calibration)
 
 
+def _outlier_classes(a: dict) -> list[int]:
+  """The classes of the KDE outlier images: stored by the audit, or (older cells) read off the
+  SynSet's layout, equal IPC in class order, as jaxdd writes SynSets."""
+  k = a["kde_outliers"]
+  if "classes" in k:
+    return list(k["classes"])
+  num_classes = len(a["reverse_engineering"]["anomaly_index"])
+  ipc, rest = divmod(len(k["margin"]), num_classes)
+  if rest:
+    raise ValueError("a SynSet of unequal IPC records no outlier classes; re-audit it")
+  return [i // ipc for i in k["images"]]
+
+
+def cell_table(results: list[dict], calibration: tuple = ()) -> str:
+  """One row per SynSet: what each probe saw and on which class, so a verdict can be checked
+  for the right reason (the attacks' target is class ``result["target"]``)."""
+  rows = ["| dataset | seed | SynSet | rules | victim ASR (test) | candidate triggers: top lift "
+          "(trigger → class) | Neural Cleanse, advisory: max anomaly index (class) | KDE outliers "
+          "by class | verdict (probes that fired) |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    a = r["audit"]
+    cand, rev = a["candidate_triggers"], a["reverse_engineering"]
+    top = cand.get("top_lift")
+    lift = (f"{top['lift']:.3f} ({top['trigger']} → {top['target']})" if top else
+            f"ASR {cand['top']['asr']:.2f} ({cand['top']['trigger']} → {cand['top']['target']})")
+    ai = np.asarray(rev["anomaly_index"])
+    counts: dict[int, int] = {}
+    for c in _outlier_classes(a):
+      counts[c] = counts.get(c, 0) + 1
+    kde = ", ".join(f"{n} in {c}" for c, n in sorted(counts.items())) or "none"
+    fired = [name for name, flag in (("triggers", cand["flag"]), ("kde", a["kde_outliers"]["flag"]))
+             if flag]
+    rule = ("calibration" if is_calibration(r, calibration) else "held out") if calibration else ""
+    rows.append(f"| {r['dataset']} | {r['seed']} | {r['variant']} | {rule} | "
+                f"{100 * np.mean(r['asr']):.1f} | {lift}{' **flag**' if cand['flag'] else ''} | "
+                f"{ai.max():.2f} ({int(ai.argmax())}){' flag' if rev['flag'] else ''} | {kde}"
+                f"{' **flag**' if a['kde_outliers']['flag'] else ''} | {a['verdict']}"
+                f"{' (' + ', '.join(fired) + ')' if fired else ''} |")
+  return "\n".join(rows) + "\n"
+
+
 def write_table(workdir: str, results: list[dict], calibration: tuple) -> int:
   text = table(results, calibration)
+  cells = cell_table(results, calibration)
   synset.atomic_write_json(os.path.join(workdir, "table.json"), results)
   synset.atomic_write_bytes(os.path.join(workdir, "table.md"), text.encode())
+  synset.atomic_write_bytes(os.path.join(workdir, "cells.md"), cells.encode())
   print(text)
+  print(cells)
   return 0
 
 

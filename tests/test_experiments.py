@@ -394,7 +394,8 @@ def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(
          "audit": {"candidate_triggers": {"flag": False, "names": ["a", "b", "c"],
                                           "asr_mean_over_networks": [[0.02, 0.01]] * 3},
                    "reverse_engineering": {"flag": False, "anomaly_index": [0.5, 1.5]},
-                   "kde_outliers": {"images": [3] if kde_flag else [], "flag": kde_flag},
+                   "kde_outliers": {"images": [13] if kde_flag else [], "flag": kde_flag,
+                                    "margin": [0.0] * 20},
                    "verdict": "suspicious" if kde_flag else "no backdoor found"}}
     folder = tmp_path / dataset / f"s{seed}" / variant
     folder.mkdir(parents=True)
@@ -418,6 +419,11 @@ def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(
   assert rows[1].split(" | ")[3:5] == ["80.0 ± 0.0", "60.0 ± 10.0"]
   assert "0.5 (1/2)" in rows[2] and "| 1/2 | verified |" in rows[2]
   assert "| 0/2 (0.00) | 0/2 (1.50) |" in rows[2]
+  # cells.md: one row per SynSet; the outlier's class read off the layout (IPC 10, 2 classes)
+  cells = (tmp_path / "cells.md").read_text().splitlines()[2:]
+  assert len(cells) == 6 and cells[1].startswith("| cmnist | 0 | posthoc | calibration | 50.0 |")
+  assert "| 1.50 (1) | 1 in 1 **flag** | suspicious (kde) |" in cells[1]
+  assert "| none | no backdoor found |" in cells[0]
   assert len(json.loads((tmp_path / "table.json").read_text())) == 6
   with pytest.raises(SystemExit):
     backdoor.main(["--table-only", "--calibration-seeds", "0-2", "--workdir", str(tmp_path)])
@@ -435,6 +441,16 @@ def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(
       ["| bg_fmnist", "clean", "0 (calibration)"], ["| bg_fmnist", "clean", "1 (held out)"],
       ["| cmnist", "clean", "0 (calibration)"], ["| cmnist", "posthoc", "0–2 (calibration)"],
       ["| cmnist", "posthoc", "3, 4 (held out)"]]
+  # NAME:SEED:VARIANT marks one SynSet: cmnist seed 3's post-hoc set joins the calibration
+  assert backdoor.main(["--table-only", "--calibration-seeds", "cmnist:0,cmnist:3:posthoc",
+                        "--workdir", str(tmp_path)]) == 0
+  rows = (tmp_path / "table.md").read_text().splitlines()[2:]
+  assert [r.split(" | ")[2] for r in rows if "posthoc" in r] == [
+      "0, 3 (calibration)", "1, 2, 4 (held out)"]
+  for bad in ("cmnist:0:poisoned", "cmnist:0:clean:1"):
+    with pytest.raises(SystemExit):
+      backdoor.main(["--table-only", "--calibration-seeds", bad, "--workdir", str(tmp_path)])
+    assert "NAME:SEED:VARIANT" in capsys.readouterr().err
 
 
 def test_backdoor_cells_are_judged_by_the_current_rules():

@@ -410,6 +410,7 @@ class AuditReport:
                              "robust_z": self.kde.robust_z.tolist(),
                              "threshold": self.outlier_z,
                              "images": self.outliers.tolist(),
+                             "classes": self.syn_labels[self.outliers].tolist(),
                              "class_count": OUTLIER_CLASS_COUNT, "flag": self.kde_flag}
     return out
 
