@@ -25,8 +25,8 @@ triggers and the KDE outliers):
    over classes, flagged above 2 (Neural Cleanse's threshold). **Advisory by
    default**: it is reported but not part of the verdict
    (:data:`VERDICT_PROBES`), because on the measured SynSets it never flagged
-   the attacked class and its alarms fell on one natural class of BG-FMNIST
-   (RESULTS.md, "Backdoors").
+   the attacked class, and every alarm fell on another class of a BG-FMNIST
+   set, attacked or clean (RESULTS.md, "Backdoors").
 3. **KDE outliers** (:func:`kde_scores`): every synthetic image is embedded
    by the run's SupCon surrogate (trained on the real data) and scored under
    the kernel density of each class's real embeddings. Its *margin* is the
