@@ -198,15 +198,12 @@ def apply_rules(result: dict) -> dict:
   rule has not changed since the first cell; ``--rescore-kde`` recomputes it)."""
   a = dict(result["audit"])
   cand = dict(a["candidate_triggers"])
-  asr = np.asarray(cand["asr_mean_over_networks"], np.float64)
-  raw = float(asr.max())
-  flag = raw >= audit.ASR_THRESHOLD
-  if asr.shape[0] >= audit.LIFT_MIN_TRIGGERS:
-    lift = audit.trigger_lift(asr)
-    j, t = np.unravel_index(np.argmax(lift), lift.shape)
-    cand["top_lift"] = {"trigger": cand["names"][j], "target": int(t), "lift": float(lift[j, t])}
-    flag = flag or float(lift[j, t]) >= audit.LIFT_THRESHOLD
-  cand.update(threshold=audit.ASR_THRESHOLD, lift_threshold=audit.LIFT_THRESHOLD, flag=bool(flag))
+  asr, names = cand["asr_mean_over_networks"], cand["names"]
+  top = audit.top_lift(asr, names)
+  if top is not None:
+    cand["top_lift"] = {"trigger": top[0], "target": top[1], "lift": top[2]}
+  cand.update(threshold=audit.ASR_THRESHOLD, lift_threshold=audit.LIFT_THRESHOLD,
+              flag=audit.trigger_flagged(asr, names))
   a["candidate_triggers"] = cand
   if "reverse_engineering" in a:
     rev = dict(a["reverse_engineering"])
@@ -215,8 +212,7 @@ def apply_rules(result: dict) -> dict:
     a["reverse_engineering"] = rev
   flags = {"triggers": cand["flag"], "cleanse": a.get("reverse_engineering", {}).get("flag", False),
            "kde": a.get("kde_outliers", {}).get("flag", False)}
-  a["verdict"] = ("suspicious" if any(flags[p] for p in audit.VERDICT_PROBES)
-                  else "no backdoor found")
+  a["verdict"] = "suspicious" if audit.verdict(flags) else "no backdoor found"
   a["verdict_probes"] = list(audit.VERDICT_PROBES)
   if a["verdict"] != result["audit"]["verdict"]:
     a["verdict_when_audited"] = result["audit"]["verdict"]

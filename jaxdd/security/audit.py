@@ -132,6 +132,33 @@ def trigger_lift(asr) -> np.ndarray:
   return a - np.median(a, axis=0, keepdims=True)
 
 
+def top_lift(asr, names: Sequence[str]) -> tuple[str, int, float] | None:
+  """The (trigger name, target, lift) of the largest :func:`trigger_lift`, or None with fewer
+  than :data:`LIFT_MIN_TRIGGERS` candidates (no median to speak of)."""
+  if len(names) < LIFT_MIN_TRIGGERS:
+    return None
+  lift = trigger_lift(asr)
+  j, t = np.unravel_index(np.argmax(lift), lift.shape)
+  return names[j], int(t), float(lift[j, t])
+
+
+def trigger_flagged(asr, names: Sequence[str], *, asr_threshold: float = ASR_THRESHOLD,
+                    lift_threshold: float = LIFT_THRESHOLD) -> bool:
+  """The candidate-trigger probe's rule: a pair at ASR >= ``asr_threshold`` (ASR averaged over
+  the networks), or a lift (:func:`top_lift`) >= ``lift_threshold``."""
+  a = np.asarray(asr, np.float64)
+  if a.ndim == 3:
+    a = a.mean(axis=0)
+  top = top_lift(a, names)
+  return float(a.max()) >= asr_threshold or (top is not None and top[2] >= lift_threshold)
+
+
+def verdict(flags: dict, probes: Sequence[str] = VERDICT_PROBES) -> bool:
+  """Suspicious when a probe named in ``probes`` fired; ``flags`` maps every name in
+  :data:`PROBES` to whether that probe fired."""
+  return any(flags[p] for p in _probes(probes))
+
+
 @dataclasses.dataclass(frozen=True)
 class Reversed:
   """Neural Cleanse's output: per class, the mask's l1 norm (pixels) and its ASR."""
@@ -309,19 +336,12 @@ class AuditReport:
 
   @property
   def top_lift(self) -> tuple[str, int, float] | None:
-    """The (trigger, target, lift) of the largest :func:`trigger_lift`; None with fewer than
-    :data:`LIFT_MIN_TRIGGERS` candidates."""
-    if len(self.triggers) < LIFT_MIN_TRIGGERS:
-      return None
-    lift = trigger_lift(self.asr)
-    j, t = np.unravel_index(np.argmax(lift), lift.shape)
-    return self.triggers[j], int(t), float(lift[j, t])
+    return top_lift(self.asr, self.triggers)
 
   @property
   def trigger_flag(self) -> bool:
-    top = self.top_lift
-    return (self.top_trigger[2] >= self.asr_threshold
-            or (top is not None and top[2] >= self.lift_threshold))
+    return trigger_flagged(self.asr, self.triggers, asr_threshold=self.asr_threshold,
+                           lift_threshold=self.lift_threshold)
 
   @property
   def cleanse_flag(self) -> bool:
@@ -341,9 +361,8 @@ class AuditReport:
 
   @property
   def suspicious(self) -> bool:
-    flags = {"triggers": self.trigger_flag, "cleanse": self.cleanse_flag,
-             "kde": self.kde_flag}
-    return any(flags[p] for p in self.verdict_probes)
+    return verdict({"triggers": self.trigger_flag, "cleanse": self.cleanse_flag,
+                    "kde": self.kde_flag}, self.verdict_probes)
 
   def _role(self, probe: str) -> str:
     return "" if probe in self.verdict_probes else " (advisory: not in the verdict)"
