@@ -22,8 +22,9 @@ the defences.
 A dataset entry ``NAME@RATIO`` sets the conflict ratio (default: the preset's, 5 %), e.g.
 ``bg_fmnist@0.9``: Fashion-MNIST whose background colours are independent of the class (10 %
 aligned, i.e. unbiased). Writes ``<workdir>/<entry>/s<seed>/<variant>/result.json`` (finished
-cells are skipped when the command is run again), ``<workdir>/table.md`` / ``table.json`` and
-``cells.md`` (one row per SynSet: which probe fired on which class),
+cells are skipped when the command is run again), ``<workdir>/table.md`` / ``table.json``,
+``cells.md`` (one row per SynSet: which probe fired on which class) and ``rates.md`` (detection
+and false alarms per dataset entry, with exact 95 % intervals),
 which cover every finished cell under the workdir (so separate runs, e.g. one per seed, add up).
 ``--table-only`` writes the table without running anything; ``--calibration-seeds 0,1,2`` shows
 the seeds the probe's rules were chosen on apart from the held-out ones (an entry ``NAME:SEED``,
@@ -410,14 +411,63 @@ def cell_table(results: list[dict], calibration: tuple = ()) -> str:
   return "\n".join(rows) + "\n"
 
 
+def fired_classes(result: dict) -> dict[str, list[int]]:
+  """The classes each probe of the verdict fired on, from the cell's stored numbers: the
+  targets of the candidate-trigger pairs that pass the current rule
+  (:func:`jaxdd.security.audit.trigger_flagged_classes`) and the classes holding at least the
+  KDE rule's count of outlier images."""
+  a = result["audit"]
+  cand, kde = a["candidate_triggers"], a["kde_outliers"]
+  counts: dict[int, int] = {}
+  for c in _outlier_classes(a):
+    counts[c] = counts.get(c, 0) + 1
+  need = kde.get("class_count", audit.OUTLIER_CLASS_COUNT)
+  return {"triggers": audit.trigger_flagged_classes(cand["asr_mean_over_networks"], cand["names"]),
+          "kde": sorted(c for c, n in counts.items() if n >= need)}
+
+
+def _rate(k: int, n: int) -> str:
+  """``k/n`` with the exact (Clopper-Pearson) 95 % interval of the rate, in percent."""
+  if n == 0:
+    return "–"
+  from scipy import stats  # only the summary needs it
+  ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+  return f"{k}/{n} ({100 * ci.low:.0f}–{100 * ci.high:.0f} %)"
+
+
+def rates_table(results: list[dict], calibration: tuple = ()) -> str:
+  """Detection and false-alarm counts of the verdict per dataset entry, with exact 95 %
+  intervals: attacked SynSets (BadNets, post-hoc) flagged, flagged by a probe that fired on the
+  attack's target class, and clean SynSets flagged. With ``calibration`` only the held-out
+  cells count (the rules were chosen on the others)."""
+  kept = [r for r in results if not (calibration and is_calibration(r, calibration))]
+  rows = ["| dataset | attacked SynSets flagged | flagged on the target class | clean SynSets "
+          "flagged (false alarms) |", "|---|---|---|---|"]
+  entries = sorted({r["dataset"] for r in kept})
+  for name in entries + (["all"] if len(entries) > 1 else []):
+    rs = [r for r in kept if name in ("all", r["dataset"])]
+    attacked = [r for r in rs if r["variant"] != "clean"]
+    clean = [r for r in rs if r["variant"] == "clean"]
+    flagged = [r for r in attacked if r["audit"]["verdict"] == "suspicious"]
+    on_target = [r for r in flagged
+                 if any(r["target"] in v for v in fired_classes(r).values())]
+    alarms = sum(r["audit"]["verdict"] == "suspicious" for r in clean)
+    rows.append(f"| {name} | {_rate(len(flagged), len(attacked))} | "
+                f"{_rate(len(on_target), len(attacked))} | {_rate(alarms, len(clean))} |")
+  return "\n".join(rows) + "\n"
+
+
 def write_table(workdir: str, results: list[dict], calibration: tuple) -> int:
   text = table(results, calibration)
   cells = cell_table(results, calibration)
+  rates = rates_table(results, calibration)
   synset.atomic_write_json(os.path.join(workdir, "table.json"), results)
   synset.atomic_write_bytes(os.path.join(workdir, "table.md"), text.encode())
   synset.atomic_write_bytes(os.path.join(workdir, "cells.md"), cells.encode())
+  synset.atomic_write_bytes(os.path.join(workdir, "rates.md"), rates.encode())
   print(text)
   print(cells)
+  print(rates)
   return 0
 
 

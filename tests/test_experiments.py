@@ -390,7 +390,7 @@ def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(
 
   def cell(dataset, seed, variant, asr, kde_flag):
     r = {"dataset": dataset, "seed": seed, "variant": variant, "clean_accuracy": [0.7, 0.9],
-         "asr": [asr, asr], "signature": "verified",
+         "asr": [asr, asr], "signature": "verified", "target": 0,
          "audit": {"candidate_triggers": {"flag": False, "names": ["a", "b", "c"],
                                           "asr_mean_over_networks": [[0.02, 0.01]] * 3},
                    "reverse_engineering": {"flag": False, "anomaly_index": [0.5, 1.5]},
@@ -425,6 +425,12 @@ def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(
   assert "| 1.50 (1) | 1 in 1 **flag** | suspicious (kde) |" in cells[1]
   assert "| none | no backdoor found |" in cells[0]
   assert len(json.loads((tmp_path / "table.json").read_text())) == 6
+  # rates.md: held-out cells only (seeds 3, 4); seed 4 is flagged (stored KDE flag) but its one
+  # outlier, in class 1, puts no class at the rule's count, so not on target 0. Exact 95 %
+  # intervals: 1/2 -> (1 - 0.975^(1/2), 0.975^(1/2)) = (1.3 %, 98.7 %); 0/2 ->
+  # (0, 1 - 0.025^(1/2)) = (0, 84.2 %); no clean held-out cell -> none
+  rates = (tmp_path / "rates.md").read_text().splitlines()[2:]
+  assert rates == ["| cmnist | 1/2 (1–99 %) | 0/2 (0–84 %) | – |"]
   with pytest.raises(SystemExit):
     backdoor.main(["--table-only", "--calibration-seeds", "0-2", "--workdir", str(tmp_path)])
   assert "NAME:SEED" in capsys.readouterr().err
@@ -488,3 +494,14 @@ def test_backdoor_cells_are_judged_by_the_current_rules():
   assert "top_lift" not in a["candidate_triggers"] and not a["candidate_triggers"]["flag"]
   assert a["verdict"] == "suspicious"  # the KDE flag, kept as stored
   assert audit.LIFT_MIN_TRIGGERS == 3
+  # the classes each verdict probe fired on: the lifted pair's target (0, lift 0.16; class 1's
+  # 0.05 and class 2's 0.02 have none), and the classes with >= 2 KDE outliers (IPC 4, 3
+  # classes: images 0 and 2 in class 0, 5 in class 1, 8 and 11 in class 2)
+  cell = {"audit": {"candidate_triggers": {"names": ["t0", "t1", "t2", "t3"],
+                                           "asr_mean_over_networks": [[0.19, 0.05, 0.02]]
+                                           + quiet[:3]},
+                    "reverse_engineering": {"anomaly_index": [0.0, 0.1, -1.0]},
+                    "kde_outliers": {"images": [0, 2, 5, 8, 11], "margin": [0.0] * 12}}}
+  assert backdoor.fired_classes(cell) == {"triggers": [0], "kde": [0, 2]}
+  cell["audit"]["kde_outliers"]["class_count"] = 3  # the count the cell was audited with
+  assert backdoor.fired_classes(cell)["kde"] == []

@@ -142,15 +142,31 @@ def top_lift(asr, names: Sequence[str]) -> tuple[str, int, float] | None:
   return names[j], int(t), float(lift[j, t])
 
 
+def trigger_flagged_classes(asr, names: Sequence[str], *, asr_threshold: float = ASR_THRESHOLD,
+                            lift_threshold: float = LIFT_THRESHOLD) -> list[int]:
+  """The target classes of the (trigger, target) pairs the candidate-trigger probe flags: ASR
+  (averaged over the networks) >= ``asr_threshold``, or a lift (:func:`trigger_lift`) >=
+  ``lift_threshold`` when there are at least :data:`LIFT_MIN_TRIGGERS` candidates.
+
+  Example:
+    >>> trigger_flagged_classes([[0.30, 0.01], [0.02, 0.01], [0.04, 0.60]], ["a", "b", "c"])
+    [0, 1]
+  """
+  a = np.asarray(asr, np.float64)
+  if a.ndim == 3:
+    a = a.mean(axis=0)
+  hit = a >= asr_threshold
+  if len(names) >= LIFT_MIN_TRIGGERS:
+    hit |= trigger_lift(a) >= lift_threshold
+  return [int(t) for t in np.flatnonzero(hit.any(axis=0))]
+
+
 def trigger_flagged(asr, names: Sequence[str], *, asr_threshold: float = ASR_THRESHOLD,
                     lift_threshold: float = LIFT_THRESHOLD) -> bool:
   """The candidate-trigger probe's rule: a pair at ASR >= ``asr_threshold`` (ASR averaged over
   the networks), or a lift (:func:`top_lift`) >= ``lift_threshold``."""
-  a = np.asarray(asr, np.float64)
-  if a.ndim == 3:
-    a = a.mean(axis=0)
-  top = top_lift(a, names)
-  return float(a.max()) >= asr_threshold or (top is not None and top[2] >= lift_threshold)
+  return bool(trigger_flagged_classes(asr, names, asr_threshold=asr_threshold,
+                                      lift_threshold=lift_threshold))
 
 
 def verdict(flags: dict, probes: Sequence[str] = VERDICT_PROBES) -> bool:
