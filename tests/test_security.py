@@ -297,6 +297,15 @@ def test_report_flags_a_trigger_by_its_lift_and_keeps_neural_cleanse_advisory():
   assert "verdict: no backdoor found (by triggers + kde;" in r.format()
   assert _report(quiet, anomaly=(3.0, -1.0), verdict_probes=("cleanse",)).suspicious
   assert r.to_dict()["verdict_probes"] == ["triggers", "kde"]
+  # which class each probe fired on; the verdict names the classes of its own probes only
+  assert r.flagged_classes == {"triggers": [], "cleanse": [0], "kde": []}
+  assert r.suspected_targets == [] and r.to_dict()["suspected_targets"] == []
+  r = _report([[0.22, 0.04], [0.02, 0.60]] + quiet, anomaly=(-1.0, 3.0))
+  assert r.flagged_classes == {"triggers": [0, 1], "cleanse": [1], "kde": []}
+  assert "verdict: SUSPICIOUS (suspected target classes 0, 1; by triggers + kde;" in r.format()
+  assert r.to_dict()["flagged_classes"]["triggers"] == [0, 1]
+  r = _report([[0.22, 0.04]] + quiet)
+  assert "(suspected target class 0; by" in r.format()
 
 
 def test_audit_settings_refuse_a_bad_lift_threshold_or_probe_name():

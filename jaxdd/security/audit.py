@@ -380,6 +380,27 @@ class AuditReport:
     return verdict({"triggers": self.trigger_flag, "cleanse": self.cleanse_flag,
                     "kde": self.kde_flag}, self.verdict_probes)
 
+  @property
+  def flagged_classes(self) -> dict[str, list[int]]:
+    """The classes each probe fired on (empty where it did not): the targets of the flagged
+    candidate-trigger pairs, the classes over Neural Cleanse's threshold, the classes holding
+    :data:`OUTLIER_CLASS_COUNT` or more KDE outliers."""
+    rev, kde = self.reversed, self.kde
+    return {"triggers": trigger_flagged_classes(self.asr, self.triggers,
+                                                asr_threshold=self.asr_threshold,
+                                                lift_threshold=self.lift_threshold),
+            "cleanse": [] if rev is None else
+            [int(t) for t in np.flatnonzero(rev.anomaly_index >= self.anomaly_threshold)],
+            "kde": [] if kde is None else
+            [int(c) for c in kde.crowded_classes(self.syn_labels, self.outlier_z,
+                                                  OUTLIER_CLASS_COUNT)]}
+
+  @property
+  def suspected_targets(self) -> list[int]:
+    """The classes a probe of the verdict fired on: where a backdoor would send its inputs."""
+    fired = self.flagged_classes
+    return sorted({c for p in _probes(self.verdict_probes) for c in fired[p]})
+
   def _role(self, probe: str) -> str:
     return "" if probe in self.verdict_probes else " (advisory: not in the verdict)"
 
@@ -415,8 +436,11 @@ class AuditReport:
                    + (f": images {shown}{' ...' if out.size > 20 else ''}" if out.size else "")
                    + f"; flag when one class holds >= {OUTLIER_CLASS_COUNT}: "
                    + f"{'FLAGGED' if self.kde_flag else 'no'}{self._role('kde')}")
+    targets = self.suspected_targets
     lines.append(f"verdict: {'SUSPICIOUS' if self.suspicious else 'no backdoor found'} "
-                 f"(by {' + '.join(self.verdict_probes)}; a clean verdict is no proof)")
+                 + (f"(suspected target class{'es' if len(targets) > 1 else ''} "
+                    f"{', '.join(map(str, targets))}; " if targets else "(")
+                 + f"by {' + '.join(self.verdict_probes)}; a clean verdict is no proof)")
     return "\n".join(lines)
 
   def to_dict(self) -> dict:
@@ -427,7 +451,9 @@ class AuditReport:
                                   "top": {"trigger": name, "target": target, "asr": rate},
                                   "threshold": self.asr_threshold, "flag": self.trigger_flag},
            "verdict": "suspicious" if self.suspicious else "no backdoor found",
-           "verdict_probes": list(self.verdict_probes)}
+           "verdict_probes": list(self.verdict_probes),
+           "flagged_classes": self.flagged_classes,
+           "suspected_targets": self.suspected_targets}
     top = self.top_lift
     if top is not None:
       out["candidate_triggers"]["top_lift"] = {"trigger": top[0], "target": top[1],
