@@ -171,8 +171,11 @@ def _check_workdir(config: RunConfig, workdir: str) -> None:
                        "or delete it to start over")
 
 
+@functools.cache
 def code_version() -> str:
-  """The package version plus the git commit when run from a checkout."""
+  """The package version plus the git commit when run from a checkout, read once per process
+  (and :mod:`jaxdd.pipeline` reads it on import), so that a long run records the commit of the
+  code it loaded, not one committed while it ran."""
   from importlib import metadata
   try:
     version = metadata.version("jaxdd")
@@ -188,6 +191,9 @@ def code_version() -> str:
     return f"{version}+g{ref[:10]}"
   except OSError:
     return version
+
+
+code_version()  # the commit of the code this process loads
 
 
 def baseline_keys(config: RunConfig) -> tuple[jax.Array, jax.Array]:

@@ -244,3 +244,15 @@ def test_several_steps_per_call_give_the_run_of_one_step_per_call(tmp_path):
                          run_data=run_data, progress=False, stop_after=13)
   resumed = pipeline.distill_stage(cfg, str(tmp_path / "cut"), run_data=run_data, progress=False)
   np.testing.assert_allclose(resumed.images, one.images, atol=1e-5 * scale)
+
+
+def test_code_version_is_read_once_per_process(monkeypatch):
+  """A long run records the commit of the code it loaded: the version is read on import and
+  not again, so a commit made while the run goes on does not change what it records."""
+  first = pipeline.code_version()
+  assert first == pipeline.code_version.__wrapped__()  # the checkout has not moved since import
+
+  def no_reading(*args, **kwargs):
+    raise AssertionError("code_version read the checkout again")
+  monkeypatch.setattr("builtins.open", no_reading)
+  assert pipeline.code_version() == first
