@@ -383,6 +383,14 @@ def _outlier_classes(a: dict) -> list[int]:
   return [i // ipc for i in k["images"]]
 
 
+def _outlier_counts(a: dict) -> dict[int, int]:
+  """How many KDE outlier images each class holds (classes without one left out)."""
+  counts: dict[int, int] = {}
+  for c in _outlier_classes(a):
+    counts[c] = counts.get(c, 0) + 1
+  return counts
+
+
 def cell_table(results: list[dict], calibration: tuple = ()) -> str:
   """One row per SynSet: what each probe saw and on which class, so a verdict can be checked
   for the right reason (the attacks' target is class ``result["target"]``)."""
@@ -396,9 +404,7 @@ def cell_table(results: list[dict], calibration: tuple = ()) -> str:
     lift = (f"{top['lift']:.3f} ({top['trigger']} → {top['target']})" if top else
             f"ASR {cand['top']['asr']:.2f} ({cand['top']['trigger']} → {cand['top']['target']})")
     ai = np.asarray(rev["anomaly_index"])
-    counts: dict[int, int] = {}
-    for c in _outlier_classes(a):
-      counts[c] = counts.get(c, 0) + 1
+    counts = _outlier_counts(a)
     kde = ", ".join(f"{n} in {c}" for c, n in sorted(counts.items())) or "none"
     fired = [name for name, flag in (("triggers", cand["flag"]), ("kde", a["kde_outliers"]["flag"]))
              if flag]
@@ -418,9 +424,7 @@ def fired_classes(result: dict) -> dict[str, list[int]]:
   KDE rule's count of outlier images."""
   a = result["audit"]
   cand, kde = a["candidate_triggers"], a["kde_outliers"]
-  counts: dict[int, int] = {}
-  for c in _outlier_classes(a):
-    counts[c] = counts.get(c, 0) + 1
+  counts = _outlier_counts(a)
   need = kde.get("class_count", audit.OUTLIER_CLASS_COUNT)
   return {"triggers": audit.trigger_flagged_classes(cand["asr_mean_over_networks"], cand["names"]),
           "kde": sorted(c for c, n in counts.items() if n >= need)}
