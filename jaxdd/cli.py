@@ -259,7 +259,7 @@ def _floats(text: str) -> tuple[float, ...]:
   try:
     vals = tuple(float(v) for v in text.split(",") if v.strip())
   except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
   if not vals or any(not (math.isfinite(v) and v > 0) for v in vals):
     raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
   return vals

@@ -162,7 +162,7 @@ def evaluate_elf(key: jax.Array, syn: SynSet, test, *, model: nn.Module, feature
   if np.asarray(features).shape[0] != np.asarray(syn.images).shape[0]:
     raise ValueError(f"{np.asarray(features).shape[0]} feature rows for "
                      f"{np.asarray(syn.images).shape[0]} synthetic images")
-  task = elf_task(model, features, num_classes=int(getattr(model, "num_classes")),
+  task = elf_task(model, features, num_classes=int(model.num_classes),
                   lambda_front=lambda_front, lambda_rear=lambda_rear, distance=distance)
   return evaluate.evaluate_task(key, syn, test, task=task, model=model, protocol=protocol,
                                 num_models=num_models, progress=progress,

@@ -49,7 +49,9 @@ def make_mesh(axes: Mapping[str, int], *, devices=None) -> Mesh:
                        devices=devices)
 
 
-def put(x: Any, mesh: Mesh | None, spec: P = P()) -> Any:
+_REPLICATED = P()  # an immutable spec: replicated on every device
+
+def put(x: Any, mesh: Mesh | None, spec: P = _REPLICATED) -> Any:
   """Places a host array (or pytree) on ``mesh`` with ``spec``.
 
   Works when the mesh spans several processes (each process supplies the

@@ -119,7 +119,7 @@ def workdir_lock(workdir: str):
       if alive:
         raise ValueError(f"{workdir} is in use by process {pid} on {where} (lock file {path}); "
                          "wait for that run to finish, use another --workdir, or delete the "
-                         "lock file if that process is gone")
+                         "lock file if that process is gone") from None
       progress_lib.logger.warning("%s: taking over the lock of process %s, which has exited",
                                   workdir, pid)
       os.remove(path)

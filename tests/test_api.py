@@ -31,7 +31,7 @@ def test_key_first_and_options_keyword_only():
 def test_unknown_attribute():
   import pytest
   with pytest.raises(AttributeError):
-    jaxdd.nope
+    jaxdd.nope  # noqa: B018  (the attribute access is what raises)
 
 
 def test_submodule_names_are_modules():

@@ -452,7 +452,7 @@ def test_fog_adds_one_normalised_fractal_per_image():
 
 def test_frost_is_bounded_blend_with_texture():
   black = _grey(0.0, n=3, size=16)
-  for s, (a, b) in enumerate(((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)), 1):
+  for s, (_a, b) in enumerate(((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)), 1):
     tex = C.corrupt(KEY, black, "frost", severity=s) / b  # a * 0 + b * texture
     assert tex.max() <= 1.0 + 1e-6 and 0.3 < tex.mean() < 0.8
     assert tex.std() > 0.05  # a texture, not a flat veil

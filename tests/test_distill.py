@@ -162,7 +162,8 @@ def test_kde_weights_wiring(scope):
 def test_bad_inputs():
   x, y = _toy()
   with pytest.raises(ValueError, match="NaN"):
-    bad = x.copy(); bad[0, 0, 0, 0] = np.nan
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
     distill.real_data(bad, y, num_classes=3)
   with pytest.raises(ValueError, match="labels"):
     distill.real_data(x, y[:-1], num_classes=3)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from jaxdd import data
-from jaxdd.data import tfds_builders as tb
+from jaxdd import data  # noqa: E402  (after the importorskip)
+from jaxdd.data import tfds_builders as tb  # noqa: E402
 
 
 def tiny_source(seed=0, n_train=100, n_test=40, shape=(8, 8)):

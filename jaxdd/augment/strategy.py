@@ -18,6 +18,9 @@ from jaxdd.augment.ops import _check_images
 # ---------------------------------------------------------------------------
 
 
+#: The reference DSA parameters (an immutable NamedTuple, shared as the default).
+DEFAULT_PARAMS = DSAParams()
+
 def identity(key: jax.Array, images: jax.Array) -> jax.Array:
   """The no-op augmentation (strategy ``''`` / ``'none'``).
 
@@ -165,7 +168,7 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
   return families
 
 
-def family(name: str, *, params: DSAParams = DSAParams()) -> AugmentFn:
+def family(name: str, *, params: DSAParams = DEFAULT_PARAMS) -> AugmentFn:
   """The siamese augmentation of one DSA family with the given parameters.
 
   Args:
@@ -201,7 +204,7 @@ def family(name: str, *, params: DSAParams = DSAParams()) -> AugmentFn:
 
 @functools.lru_cache(maxsize=64)
 def dsa(strategy: str = DEFAULT_STRATEGY, *, siamese: bool = True,
-        params: DSAParams = DSAParams(), mode: str = "one") -> AugmentFn:
+        params: DSAParams = DEFAULT_PARAMS, mode: str = "one") -> AugmentFn:
   """The DSA augmentation of a reference strategy string.
 
   ``fn(key, images)`` first splits ``k_choice, k_apply = jax.random.split(key)``.

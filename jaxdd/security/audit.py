@@ -540,7 +540,7 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
                   lift_threshold=lift_threshold, verdict_probes=verdict_probes)
   clean_images = np.asarray(clean_images, np.float32)
   clean_labels = np.asarray(clean_labels)
-  num_classes = int(getattr(model, "num_classes"))
+  num_classes = int(model.num_classes)
   if cleanse and len(clean_labels) < cleanse_images + 10 * num_classes:
     raise ValueError(f"{len(clean_labels)} clean images are too few: the reverse engineering "
                      f"takes {cleanse_images} and at least {10 * num_classes} more are needed to "

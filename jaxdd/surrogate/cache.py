@@ -81,7 +81,7 @@ def _cache_spec(key: jax.Array, dataset_meta: dict, config: SurrogateConfig, ima
   try:
     meta = json.loads(json.dumps(dataset_meta, sort_keys=True))
   except TypeError as e:
-    raise ValueError(f"dataset_meta must be JSON-serialisable (str/int/float/bool/None/list/dict): {e}")
+    raise ValueError(f"dataset_meta must be JSON-serialisable (str/int/float/bool/None/list/dict): {e}") from e
   return {
       "version": CACHE_VERSION,
       "dataset": meta,
@@ -110,7 +110,7 @@ def _load_entry(entry: str, spec: dict, config: SurrogateConfig, image_shape: tu
     with open(meta_path) as f:
       meta = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"unreadable cache metadata {meta_path}: {e}")
+    raise ValueError(f"unreadable cache metadata {meta_path}: {e}") from e
   if meta.get("spec") != spec:
     raise ValueError(f"cache entry {entry} was written for a different spec")
   files = meta.get("sha256", {})
