@@ -76,7 +76,7 @@ def distil(cfg, workdir: str, *, poison: dict | None, quiet: bool) -> str:
 
 def victim(cfg, syn_dir: str, *, target: int, protocol: str, num_models: int, seed: int) -> dict:
   """Clean test accuracy and ASR of networks trained on the SynSet (test split)."""
-  syn, meta = synset.load(syn_dir, trust=False)
+  syn, meta = synset.load(syn_dir)
   ds = meta["dataset"]
   test = data.load(ds["name"], split="test", conflict_ratio=ds["ratio"], severity=ds.get("severity"),
                    seed=ds.get("seed", 0), source=cfg.source)
@@ -102,7 +102,7 @@ def victim(cfg, syn_dir: str, *, target: int, protocol: str, num_models: int, se
 
 def signature_check(syn_dir: str, trusted_pub: str) -> str:
   try:
-    _, meta = synset.load(syn_dir, trust=[trusted_pub])
+    _, meta = signing.load_synset(syn_dir, trust=[trusted_pub])
     return meta["signature"]["status"]
   except signing.SignatureError as e:
     return "refused: " + ("not signed" if "not signed" in str(e) else
@@ -149,7 +149,7 @@ def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
                      quiet=args.quiet)
     signing.sign_synset(syn_dir, keys["author"])
   else:
-    clean_syn, meta = synset.load(os.path.join(clean_dir, "synset"), trust=False)
+    clean_syn, meta = synset.load(os.path.join(clean_dir, "synset"))
     model = models.get(meta["distill_model"], num_classes=int(np.max(clean_syn.labels)) + 1)
     res = attacks.posthoc_attack(jax.random.key(2000 + seed), clean_syn,
                                  trigger=trigger_for(clean_syn.images.shape[1:]),
@@ -179,7 +179,7 @@ def rescore_kde(args, result: dict) -> dict:
   """Recomputes the KDE probe of a finished cell with the current code (the rest is kept)."""
   syn_dir = os.path.join(args.workdir, result["dataset"], f"s{result['seed']}", result["variant"],
                          "synset")
-  syn, meta = synset.load(syn_dir, trust=False)
+  syn, meta = synset.load(syn_dir)
   scores = audit.kde_probe(syn, meta, audit.run_config_of(meta))
   a = result["audit"]
   flagged = scores.outliers(audit.OUTLIER_Z)

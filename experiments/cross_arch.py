@@ -95,7 +95,7 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
       workdir = study.run_dir(os.path.join(root, cell), config)
       syn_dir = os.path.join(workdir, "synset")
       if os.path.exists(os.path.join(syn_dir, "manifest.json")):
-        syn, _ = synset.load(syn_dir, trust=False)
+        syn, _ = synset.load(syn_dir)
       else:
         progress.logger.info("seed %d: distilling the %s SynSet of cell %s", seed, row, cell)
         syn = pipeline.distill_stage(config, workdir, run_data=run_data, progress=show_progress)

@@ -55,7 +55,7 @@ _API = {
     "evaluate_synset": ("jaxdd.evaluate", "evaluate_synset"),
     # artifacts and runs
     "save_synset": ("jaxdd.synset", "save"),
-    "load_synset": ("jaxdd.synset", "load"),
+    "load_synset": ("jaxdd.security.signing", "load_synset"),
     "RunConfig": ("jaxdd.config", "RunConfig"),
     "PRESETS": ("jaxdd.config", "PRESETS"),
     "run": ("jaxdd.pipeline", "run"),

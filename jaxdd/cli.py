@@ -595,8 +595,9 @@ def cmd_evaluate(args) -> int:
   import jax.numpy as jnp
 
   from jaxdd import evaluate, models, synset
+  from jaxdd.security import signing
 
-  syn, meta = synset.load(args.synset, trust=args.trust)
+  syn, meta = signing.load_synset(args.synset, trust=args.trust)
   print(_signature_line(meta))
   run_cfg = meta.get("config", {})
   # The protocol, model and number of networks recorded in the artifact, unless overridden.
@@ -687,10 +688,11 @@ def cmd_cross_arch(args) -> int:
   import numpy as np
 
   from jaxdd import elf, evaluate, models, synset
+  from jaxdd.security import signing
   specs = [s.strip() for s in args.models.split(",") if s.strip()]
   if not specs:
     raise ValueError("--models needs at least one model spec, e.g. convnet,convnet-d4,resnet18,mlp")
-  syn, meta = synset.load(args.synset, trust=args.trust)
+  syn, meta = signing.load_synset(args.synset, trust=args.trust)
   print(_signature_line(meta))
   for spec in specs:  # every spec checked before any training
     models.check_fits(models.get(spec, num_classes=int(np.max(syn.labels)) + 1),
@@ -757,7 +759,7 @@ def cmd_sign(args) -> int:
   key = signing.load_private_key(args.key, passphrase=_passphrase(args.passphrase_env))
   paths = signing.find_synsets(args.path)
   for path in paths:  # every artifact is verified first: a damaged one stops before any signing
-    synset.load(path, trust=False)
+    synset.load(path)
   for path in paths:
     record = signing.sign_synset(path, key)
     print(f"signed {path} (key {record['key_id']})")
@@ -765,7 +767,6 @@ def cmd_sign(args) -> int:
 
 
 def cmd_verify(args) -> int:
-  from jaxdd import synset
   from jaxdd.security import signing
   trust = signing.trusted_keys(args.trust)
   if trust is None:
@@ -774,7 +775,7 @@ def cmd_verify(args) -> int:
   failed = 0
   for path in signing.find_synsets(args.path):
     try:
-      _, meta = synset.load(path, trust=trust)
+      _, meta = signing.load_synset(path, trust=trust)
       print(f"{path}: {_signature_line(meta)}")
     except (ValueError, FileNotFoundError) as e:
       print(f"{path}: REFUSED: {e}")
