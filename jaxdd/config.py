@@ -70,7 +70,7 @@ class RunConfig:
   lr_net: float = 0.01
   outer_loop: int | None = None
   inner_loop: int | None = None
-  # Trajectory matching only (mtt; jaxdd.distill.mtt, jaxdd.mtt): gradients 'exact' or
+  # Trajectory matching only (mtt; jaxdd.distill.mtt, jaxdd.distill.experts): gradients 'exact' or
   # 'tesla', the student unroll (syn_steps student steps on batch_syn images, None: all), the
   # expert window (start epoch below max_start_epoch, target expert_epochs later), the student
   # lr's initial value and step size, and the experts: num_experts trained for

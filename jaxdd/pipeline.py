@@ -40,7 +40,7 @@ from jaxdd import config as config_lib
 from jaxdd import (baselines, data, debias, diagnostics, distill, evaluate, matching, models,
                    surrogate, synset)
 from jaxdd import kde as kde_lib
-from jaxdd import mtt as mtt_lib
+from jaxdd.distill import experts as mtt_lib
 from jaxdd import plots as plots_lib
 from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
