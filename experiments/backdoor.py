@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import data, evaluate, models, pipeline, synset, train
+from jaxdd.runs import audit as run_audit
 from jaxdd.security import attacks, audit, signing
 from jaxdd.structs import SynSet
 
@@ -164,8 +165,8 @@ def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
             **victim(cfg, syn_dir, target=args.target, protocol=args.victim_protocol,
                      num_models=args.victim_models, seed=seed)}
   t1 = time.time()
-  report, _ = audit.audit_artifact(syn_dir, trust=False, seed=seed, progress=not args.quiet,
-                                   model_spec=args.audit_model)
+  report, _ = run_audit.audit_artifact(syn_dir, trust=False, seed=seed, progress=not args.quiet,
+                                       model_spec=args.audit_model)
   result.update(audit=report.to_dict(), audit_s=time.time() - t1,
                 signature=signature_check(syn_dir, keys["author_pub"]),
                 target=args.target, trigger=trigger_for((28, 28, 3)).name,
@@ -180,7 +181,7 @@ def rescore_kde(args, result: dict) -> dict:
   syn_dir = os.path.join(args.workdir, result["dataset"], f"s{result['seed']}", result["variant"],
                          "synset")
   syn, meta = synset.load(syn_dir)
-  scores = audit.kde_probe(syn, meta, audit.run_config_of(meta))
+  scores = run_audit.kde_probe(syn, meta, run_audit.run_config_of(meta))
   a = result["audit"]
   flagged = scores.outliers(audit.OUTLIER_Z)
   crowded = scores.crowded_classes(syn.labels, audit.OUTLIER_Z, audit.OUTLIER_CLASS_COUNT)

@@ -785,7 +785,7 @@ def cmd_verify(args) -> int:
 
 def cmd_audit(args) -> int:
   from jaxdd import synset
-  from jaxdd.security import audit
+  from jaxdd.runs import audit
   report, meta = audit.audit_artifact(
       args.synset, trust=args.trust, seed=args.seed, model_spec=args.model,
       protocol=args.protocol, num_models=args.num_models, clean_images=args.clean_images,

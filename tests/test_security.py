@@ -311,12 +311,12 @@ def test_report_flags_a_trigger_by_its_lift_and_keeps_neural_cleanse_advisory():
 def test_audit_settings_refuse_a_bad_lift_threshold_or_probe_name():
   base = dict(num_models=1, cleanse_images=8, cleanse_steps=1, asr_threshold=0.5,
               anomaly_threshold=2.0, outlier_z=3.5)
-  audit._check_settings(**base, lift_threshold=0.1, verdict_probes="kde")
+  audit.check_settings(**base, lift_threshold=0.1, verdict_probes="kde")
   with pytest.raises(ValueError, match="lift_threshold"):
-    audit._check_settings(**base, lift_threshold=0.0)
+    audit.check_settings(**base, lift_threshold=0.0)
   for bad in (("triggers", "nc"), (), ("kde", "kde")):
     with pytest.raises(ValueError, match="verdict_probes"):
-      audit._check_settings(**base, verdict_probes=bad)
+      audit.check_settings(**base, verdict_probes=bad)
 
 
 def test_cli_verdict_probes_flag_is_parsed_and_checked(capsys):
