@@ -6,7 +6,7 @@ For each dataset and seed, three SynSets of the same run (DM + KDE at the chosen
 * ``badnets``: distilled from a training set in which ``--fraction`` of the images of other
   classes carry the trigger and the target label (BadNets; the author does not know, and signs);
 * ``posthoc``: the clean SynSet after an interceptor's post-hoc attack
-  (:func:`jaxdd.security.attacks.posthoc_attack`); the interceptor cannot sign with the
+  (:func:`jaxdd.runs.attacks.posthoc_attack`); the interceptor cannot sign with the
   author's key and re-signs with its own.
 
 Each SynSet is scored as a victim would use it: ``--victim-models`` networks of the run's
@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import data, evaluate, models, pipeline, synset, train
+from jaxdd.runs import attacks as run_attacks
 from jaxdd.runs import audit as run_audit
 from jaxdd.security import attacks, audit, signing
 from jaxdd.structs import SynSet
@@ -152,10 +153,11 @@ def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
   else:
     clean_syn, meta = synset.load(os.path.join(clean_dir, "synset"))
     model = models.get(meta["distill_model"], num_classes=int(np.max(clean_syn.labels)) + 1)
-    res = attacks.posthoc_attack(jax.random.key(2000 + seed), clean_syn,
-                                 trigger=trigger_for(clean_syn.images.shape[1:]),
-                                 target=args.target, mean=meta["mean"], std=meta["std"],
-                                 model=model, protocol=cfg.eval_protocol, steps=args.posthoc_steps)
+    res = run_attacks.posthoc_attack(jax.random.key(2000 + seed), clean_syn,
+                                     trigger=trigger_for(clean_syn.images.shape[1:]),
+                                     target=args.target, mean=meta["mean"], std=meta["std"],
+                                     model=model, protocol=cfg.eval_protocol,
+                                     steps=args.posthoc_steps)
     keep = {k: v for k, v in meta.items() if k not in ("mean", "std", "signature")}
     syn_dir = synset.save(os.path.join(root, "posthoc", "synset"), res.syn, keep,
                           mean=meta["mean"], std=meta["std"])
