@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import data, evaluate, models, pipeline, synset, train
+from jaxdd import data, evaluate, models, pipeline, protocols, synset, train
 from jaxdd.runs import attacks as run_attacks
 from jaxdd.runs import audit as run_audit
 from jaxdd.security import attacks, audit, signing
@@ -91,7 +91,7 @@ def victim(cfg, syn_dir: str, *, target: int, protocol: str, num_models: int, se
   t = trigger_for(x.shape[1:])
   # all networks' predictions in compiled blocks (jaxdd.evaluate.predict)
   params, state = train.split_variables(jax.tree.map(lambda a: a[0], variables))
-  task, prot = train.standard_task(model), evaluate.get_protocol(protocol)
+  task, prot = train.standard_task(model), protocols.get_protocol(protocol)
 
   def predict(im):
     return np.asarray(evaluate.predict(task, params, state, jnp.asarray(im), protocol=prot))

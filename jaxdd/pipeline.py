@@ -43,6 +43,7 @@ from jaxdd import kde as kde_lib
 from jaxdd.distill import experts as mtt_lib
 from jaxdd import plots as plots_lib
 from jaxdd import policy as policy_lib
+from jaxdd import protocols
 from jaxdd import progress as progress_lib
 from jaxdd.security import signing
 from jaxdd.structs import Batch, SynSet
@@ -1234,10 +1235,10 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
     return {"stopped_at": stop_after}
   k_eval = run_keys(config)[2]
   model = models.get(config.eval_model, num_classes=run_data.num_classes)
-  result = evaluate.evaluate(k_eval, SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
-                             run_data.batch(run_data.test), model=model,
-                             protocol=config.eval_protocol, num_models=config.num_eval_models,
-                             progress=progress)
+  result = evaluate.evaluate_synset(
+      k_eval, SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
+      run_data.batch(run_data.test), model=model, protocol=config.eval_protocol,
+      num_models=config.num_eval_models, progress=progress)
   result = dataclasses.replace(result, method=method_name(config))
   summary = result.summary()
   summary.update(method=method_name(config), config=config.to_dict(), digest=config.digest())
@@ -1409,7 +1410,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   x = run_data.normalized(train)
   test = run_data.batch(run_data.test)
   model = models.get(config.eval_model, num_classes=nc)
-  protocol = evaluate.get_protocol(config.eval_protocol)
+  protocol = protocols.get_protocol(config.eval_protocol)
   k_sur = run_keys(config)[0]  # the same (cached) surrogate as run()
   k_sel, k_eval = baseline_keys(config)
   embeddings = None
@@ -1426,8 +1427,8 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
         rows = baselines.k_center(embeddings, train.labels, ipc=config.ipc)
       syn = baselines.take(x, train.labels, rows)
       conflicting = float((~train.aligned[np.asarray(rows)]).mean())
-      res = evaluate.evaluate(k_eval, syn, test, model=model, protocol=protocol,
-                              num_models=config.num_eval_models, progress=progress)
+      res = evaluate.evaluate_synset(k_eval, syn, test, model=model, protocol=protocol,
+                                     num_models=config.num_eval_models, progress=progress)
       extra = {"selected_conflicting_fraction": conflicting}
     elif name in ("lff", "dfa"):
       syn, meta = signing.load_synset(vanilla_synset, trust=trust)
@@ -1442,8 +1443,8 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     else:  # full
       syn = baselines.full_dataset(x, train.labels)
       prot = protocol.replace(epochs=min(protocol.epochs, full_epochs))
-      res = evaluate.evaluate(k_eval, syn, test, model=model, protocol=prot,
-                              num_models=min(config.num_eval_models, 2), progress=progress)
+      res = evaluate.evaluate_synset(k_eval, syn, test, model=model, protocol=prot,
+                                     num_models=min(config.num_eval_models, 2), progress=progress)
       extra = {"epochs": prot.epochs}
     summary = res.summary()
     summary.update(extra)

@@ -37,5 +37,8 @@ def test_unknown_attribute():
 def test_submodule_names_are_modules():
   import types
   from jaxdd import evaluate  # must be the module, not the function
-  assert isinstance(evaluate, types.ModuleType) and callable(evaluate.evaluate)
-  assert jaxdd.evaluate_synset is evaluate.evaluate
+  assert isinstance(evaluate, types.ModuleType) and callable(evaluate.evaluate_synset)
+  assert jaxdd.evaluate_synset is evaluate.evaluate_synset
+  # the module exports its own entry points only (the trainer's names live in jaxdd.train)
+  assert evaluate.__all__ == ["evaluate_synset", "evaluate_task", "predict", "split_validation"]
+  assert not hasattr(evaluate, "evaluate") and not hasattr(evaluate, "train_models")
