@@ -361,7 +361,7 @@ def diagnose_report(args) -> dict:
   common = dict(num_classes=ds.num_classes, batch_size=args.batch_size,
                 num_rounds=args.num_rounds)
   t0 = time.perf_counter()
-  w = diagnostics.kde_weights(k_diag, emb, ds.labels, default, **common)
+  w = diagnostics.scope_weights(k_diag, emb, ds.labels, default, **common)
   default_report = diagnostics.weight_report(w, ds.labels, ds.aligned,
                                              num_classes=ds.num_classes)
   os.makedirs(args.workdir, exist_ok=True)
@@ -370,7 +370,7 @@ def diagnose_report(args) -> dict:
   diagnostics.plot_weight_histogram(w, ds.aligned, os.path.join(args.workdir, "weights_default.png"),
                                     title=title)
   other = default.replace(scope="class" if default.scope == "batch" else "batch")
-  w_other = diagnostics.kde_weights(k_diag, emb, ds.labels, other, **common)
+  w_other = diagnostics.scope_weights(k_diag, emb, ds.labels, other, **common)
   diagnostics.plot_weight_histogram(
       w_other, ds.aligned, os.path.join(args.workdir, f"weights_{other.scope}_scope.png"),
       title=title.replace(f"{default.scope} scope", f"{other.scope} scope"))

@@ -239,17 +239,19 @@ def class_scope_weights(embeddings: Any, labels: Any, *, variance: float, temper
   return np.asarray(w)
 
 
-def kde_weights(key: jax.Array, embeddings: Any, labels: Any, config: kde.KDEConfig, *,
-                num_classes: int, batch_size: int = 256, num_rounds: int = 20) -> np.ndarray:
-  """Per-sample weights at one :class:`jaxdd.kde.KDEConfig`, in its scope.
+def scope_weights(key: jax.Array, embeddings: Any, labels: Any, config: kde.KDEConfig, *,
+                  num_classes: int, batch_size: int = 256, num_rounds: int = 20) -> np.ndarray:
+  """Per-sample weights of a whole dataset at one :class:`jaxdd.kde.KDEConfig`, in its scope.
 
   ``scope='batch'``: :func:`batch_scope_weights` (in-batch weights averaged
-  over sampled batches); ``scope='class'``: :func:`class_scope_weights`.
+  over sampled batches); ``scope='class'``: :func:`class_scope_weights`. The
+  package's ``jaxdd.kde_weights`` is :func:`jaxdd.kde.weights`, the weights
+  of the embeddings it is given in one pass, under explicit settings.
 
   Example:
     >>> z = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
-    >>> w = kde_weights(jax.random.key(0), z, np.repeat([0, 1], 10), kde.KDEConfig(scope='class'),
-    ...                 num_classes=2)
+    >>> w = scope_weights(jax.random.key(0), z, np.repeat([0, 1], 10),
+    ...                   kde.KDEConfig(scope='class'), num_classes=2)
     >>> np.allclose([w[:10].sum(), w[10:].sum()], 1.0)
     True
   """
@@ -276,8 +278,8 @@ def weight_sweep(key: jax.Array, embeddings: Any, labels: Any, aligned: Any, *, 
       for variance in variances:
         for temperature in temperatures:
           cfg = kde.KDEConfig(variance, temperature, normalize, scope)
-          w = kde_weights(key, embeddings, labels, cfg, num_classes=num_classes,
-                          batch_size=batch_size, num_rounds=num_rounds)
+          w = scope_weights(key, embeddings, labels, cfg, num_classes=num_classes,
+                            batch_size=batch_size, num_rounds=num_rounds)
           rows.append(dict(scope=scope, normalize=normalize, variance=variance,
                            temperature=temperature,
                            report=weight_report(w, labels, aligned, num_classes=num_classes)))
