@@ -5,7 +5,7 @@ on a random CMNIST-shaped synthetic set (10 classes x IPC images of 28x28x3)
 under an evaluation protocol (``dm``: 1000 epochs + DSA; ``cpu``: the reduced
 one), then predicts a ``--test-size`` test set. Modes:
 
-* ``vmap``: :func:`jaxdd.evaluate.train_models` with ``parallel="vmap"``, all
+* ``vmap``: :func:`jaxdd.train.train_models` with ``parallel="vmap"``, all
   networks batched in one program.
 * ``map``: the same program with ``parallel="map"`` (``lax.map`` over the
   networks inside one program; the default on CPU, where XLA runs the grouped
@@ -72,12 +72,12 @@ def _measure(args) -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import cli, models, policy
+  from jaxdd import cli, models, policy, protocols
 
   malloc_tuned = cli.tune_allocator() if args.tune_malloc else False
-  ev = importlib.import_module("jaxdd.evaluate")  # the module, not jaxdd.evaluate()
+  ev = importlib.import_module("jaxdd.train")  # the trainer and its compiled programs
 
-  protocol = ev.get_protocol(args.protocol)
+  protocol = protocols.get_protocol(args.protocol)
   if args.epochs is not None:
     protocol = protocol.replace(epochs=args.epochs)
   rng = np.random.default_rng(0)

@@ -12,7 +12,7 @@ with a tuned allocator on the 2-core development CPU.
 Besides the whole step (``distill.dsa(...).step``, one compiled program), the
 two parts are timed on their own with the same library functions: one matching
 round (``matching.gm_loss`` value and gradient) and one inner loop
-(``evaluate.fit`` for ``inner_loop`` epochs).
+(``jaxdd.train.fit`` for ``inner_loop`` epochs).
 
 FLOPs are counted from the network's forward cost per image F (XLA's cost
 analysis of a loop-free forward): a real image in a matching round costs ~3F
@@ -67,7 +67,8 @@ def _measure(args) -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import augment, cli, distill, evaluate, matching, models, policy
+  from jaxdd import augment, cli, distill, matching, models, policy, protocols
+  from jaxdd import train as train_lib
   from jaxdd._src import winograd
 
   malloc_tuned = cli.tune_allocator() if args.tune_malloc else False
@@ -129,15 +130,15 @@ def _measure(args) -> None:
           key, s, real_b, params=params, logits_fn=logits_fn, augment=aug,
           real_chunk=chunk, real_logits_fn=real_logits_fn))(s)
 
-  protocol = evaluate.Protocol("gm-inner", epochs=inner - 1, lr=0.01, momentum=0.0,
-                               weight_decay=0.0, decay_at=None, augment=strategy)
+  protocol = protocols.Protocol("gm-inner", epochs=inner - 1, lr=0.01, momentum=0.0,
+                                weight_decay=0.0, decay_at=None, augment=strategy)
   syn_flat = syn_b.reshape((-1, 28, 28, 3))
   syn_labels = jnp.repeat(jnp.arange(nc), ipc)
 
   @jax.jit
   def train(p, key):
-    return evaluate.fit(key, p, {}, syn_flat, syn_labels, task=evaluate.standard_task(net),
-                        protocol=protocol)[0]
+    return train_lib.fit(key, p, {}, syn_flat, syn_labels, task=train_lib.standard_task(net),
+                         protocol=protocol)[0]
 
   match_s, _ = _median_time(lambda: jax.block_until_ready(match(syn_b, jax.random.key(1))),
                             args.part_iters)

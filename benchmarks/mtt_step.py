@@ -31,7 +31,8 @@ def one(mode: str, syn_steps: int, width: int, iters: int, memory_only: bool = F
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import distill, models, mtt
+  from jaxdd import distill, models
+  from jaxdd.distill import experts
   model = models.get(f"convnet-d3-w{width}", num_classes=10)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(200, 28, 28, 3)).astype(np.float32)
@@ -39,7 +40,7 @@ def one(mode: str, syn_steps: int, width: int, iters: int, memory_only: bool = F
   d = distill.mtt(num_classes=10, ipc=10, model=model, num_epochs=5, expert_epochs=2,
                   max_start_epoch=3, syn_steps=syn_steps, mode=mode)
   state = d.init(jax.random.key(0), distill.real_data(x, y, num_classes=10))
-  p = mtt.flatten(model.init(jax.random.key(1), jnp.asarray(x[:1]))["params"])[0]
+  p = experts.flatten(model.init(jax.random.key(1), jnp.asarray(x[:1]))["params"])[0]
   buf = jnp.asarray(p[None, None] + 0.01 * rng.normal(size=(2, 6, p.size)), jnp.float32)
   t0 = time.perf_counter()
   compiled = d.step.lower(state, buf).compile()

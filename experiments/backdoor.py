@@ -6,7 +6,7 @@ For each dataset and seed, three SynSets of the same run (DM + KDE at the chosen
 * ``badnets``: distilled from a training set in which ``--fraction`` of the images of other
   classes carry the trigger and the target label (BadNets; the author does not know, and signs);
 * ``posthoc``: the clean SynSet after an interceptor's post-hoc attack
-  (:func:`jaxdd.security.attacks.posthoc_attack`); the interceptor cannot sign with the
+  (:func:`jaxdd.runs.attacks.posthoc_attack`); the interceptor cannot sign with the
   author's key and re-signs with its own.
 
 Each SynSet is scored as a victim would use it: ``--victim-models`` networks of the run's
@@ -44,7 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import data, evaluate, models, pipeline, synset, train
+from jaxdd import data, evaluate, models, pipeline, protocols, synset, train
+from jaxdd.runs import attacks as run_attacks
+from jaxdd.runs import audit as run_audit
 from jaxdd.security import attacks, audit, signing
 from jaxdd.structs import SynSet
 
@@ -76,7 +78,7 @@ def distil(cfg, workdir: str, *, poison: dict | None, quiet: bool) -> str:
 
 def victim(cfg, syn_dir: str, *, target: int, protocol: str, num_models: int, seed: int) -> dict:
   """Clean test accuracy and ASR of networks trained on the SynSet (test split)."""
-  syn, meta = synset.load(syn_dir, trust=False)
+  syn, meta = synset.load(syn_dir)
   ds = meta["dataset"]
   test = data.load(ds["name"], split="test", conflict_ratio=ds["ratio"], severity=ds.get("severity"),
                    seed=ds.get("seed", 0), source=cfg.source)
@@ -89,7 +91,7 @@ def victim(cfg, syn_dir: str, *, target: int, protocol: str, num_models: int, se
   t = trigger_for(x.shape[1:])
   # all networks' predictions in compiled blocks (jaxdd.evaluate.predict)
   params, state = train.split_variables(jax.tree.map(lambda a: a[0], variables))
-  task, prot = train.standard_task(model), evaluate.get_protocol(protocol)
+  task, prot = train.standard_task(model), protocols.get_protocol(protocol)
 
   def predict(im):
     return np.asarray(evaluate.predict(task, params, state, jnp.asarray(im), protocol=prot))
@@ -102,7 +104,7 @@ def victim(cfg, syn_dir: str, *, target: int, protocol: str, num_models: int, se
 
 def signature_check(syn_dir: str, trusted_pub: str) -> str:
   try:
-    _, meta = synset.load(syn_dir, trust=[trusted_pub])
+    _, meta = signing.load_synset(syn_dir, trust=[trusted_pub])
     return meta["signature"]["status"]
   except signing.SignatureError as e:
     return "refused: " + ("not signed" if "not signed" in str(e) else
@@ -149,12 +151,13 @@ def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
                      quiet=args.quiet)
     signing.sign_synset(syn_dir, keys["author"])
   else:
-    clean_syn, meta = synset.load(os.path.join(clean_dir, "synset"), trust=False)
+    clean_syn, meta = synset.load(os.path.join(clean_dir, "synset"))
     model = models.get(meta["distill_model"], num_classes=int(np.max(clean_syn.labels)) + 1)
-    res = attacks.posthoc_attack(jax.random.key(2000 + seed), clean_syn,
-                                 trigger=trigger_for(clean_syn.images.shape[1:]),
-                                 target=args.target, mean=meta["mean"], std=meta["std"],
-                                 model=model, protocol=cfg.eval_protocol, steps=args.posthoc_steps)
+    res = run_attacks.posthoc_attack(jax.random.key(2000 + seed), clean_syn,
+                                     trigger=trigger_for(clean_syn.images.shape[1:]),
+                                     target=args.target, mean=meta["mean"], std=meta["std"],
+                                     model=model, protocol=cfg.eval_protocol,
+                                     steps=args.posthoc_steps)
     keep = {k: v for k, v in meta.items() if k not in ("mean", "std", "signature")}
     syn_dir = synset.save(os.path.join(root, "posthoc", "synset"), res.syn, keep,
                           mean=meta["mean"], std=meta["std"])
@@ -164,8 +167,8 @@ def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
             **victim(cfg, syn_dir, target=args.target, protocol=args.victim_protocol,
                      num_models=args.victim_models, seed=seed)}
   t1 = time.time()
-  report, _ = audit.audit_artifact(syn_dir, trust=False, seed=seed, progress=not args.quiet,
-                                   model_spec=args.audit_model)
+  report, _ = run_audit.audit_artifact(syn_dir, trust=False, seed=seed, progress=not args.quiet,
+                                       model_spec=args.audit_model)
   result.update(audit=report.to_dict(), audit_s=time.time() - t1,
                 signature=signature_check(syn_dir, keys["author_pub"]),
                 target=args.target, trigger=trigger_for((28, 28, 3)).name,
@@ -179,8 +182,8 @@ def rescore_kde(args, result: dict) -> dict:
   """Recomputes the KDE probe of a finished cell with the current code (the rest is kept)."""
   syn_dir = os.path.join(args.workdir, result["dataset"], f"s{result['seed']}", result["variant"],
                          "synset")
-  syn, meta = synset.load(syn_dir, trust=False)
-  scores = audit.kde_probe(syn, meta, audit.run_config_of(meta))
+  syn, meta = synset.load(syn_dir)
+  scores = run_audit.kde_probe(syn, meta, run_audit.run_config_of(meta))
   a = result["audit"]
   flagged = scores.outliers(audit.OUTLIER_Z)
   crowded = scores.crowded_classes(syn.labels, audit.OUTLIER_Z, audit.OUTLIER_CLASS_COUNT)

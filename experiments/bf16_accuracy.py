@@ -23,7 +23,7 @@ import sys
 
 import jax
 
-from jaxdd import cli, evaluate, pipeline, progress, study, synset
+from jaxdd import cli, pipeline, progress, protocols, study, synset
 from jaxdd.structs import SynSet
 
 DTYPES = ("float32", "bfloat16")
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     p.error("--seeds: give at least 2 seeds (the table reports a std over seeds)")
   cli.tune_allocator()
   progress.setup_logging(False)
-  proto = evaluate.get_protocol("cpu300")
+  proto = protocols.get_protocol("cpu300")
   results: dict = {w: {dt: {} for dt in DTYPES} for w in ("none", "kde")}
   for seed in args.seeds:
     base = pipeline.get_config("cpu", dataset="cmnist", conflict_ratio=0.05, ipc=10, seed=seed)

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from jaxdd import elf, evaluate, models, pipeline, progress, study, synset
+from jaxdd import elf, models, pipeline, progress, protocols, study, synset
 
 def _grid():
   spec = importlib.util.spec_from_file_location(
@@ -74,7 +74,7 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
                      f"{cell} ({list(spec['seeds'])})")
   for s in model_specs:
     models.get(s, num_classes=2)
-  evaluate.get_protocol(protocol)
+  protocols.get_protocol(protocol)
   out_dir = os.path.join(root, cell, "cross-arch")
   os.makedirs(out_dir, exist_ok=True)
   results: dict = {}
@@ -95,7 +95,7 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
       workdir = study.run_dir(os.path.join(root, cell), config)
       syn_dir = os.path.join(workdir, "synset")
       if os.path.exists(os.path.join(syn_dir, "manifest.json")):
-        syn, _ = synset.load(syn_dir, trust=False)
+        syn, _ = synset.load(syn_dir)
       else:
         progress.logger.info("seed %d: distilling the %s SynSet of cell %s", seed, row, cell)
         syn = pipeline.distill_stage(config, workdir, run_data=run_data, progress=show_progress)

@@ -139,10 +139,10 @@ def run_arm(config: pipeline.RunConfig, workdir: str, progress: bool,
   out = {"config": config.to_dict(), "distill_s": t_distill}
   t1 = time.perf_counter()
   # One set of networks, scored on validation (conflicting accuracy, for choices) and on test.
-  res = evaluate.evaluate(k_eval, syn, run_data.batch(run_data.test), model=model,
-                          protocol=config.eval_protocol, num_models=config.num_eval_models,
-                          valid=run_data.batch(run_data.valid), select_on="conflicting",
-                          progress=progress)
+  res = evaluate.evaluate_synset(k_eval, syn, run_data.batch(run_data.test), model=model,
+                                 protocol=config.eval_protocol, num_models=config.num_eval_models,
+                                 valid=run_data.batch(run_data.valid), select_on="conflicting",
+                                 progress=progress)
   out["valid"] = {"conflicting": float(np.mean(res.valid_scores))}
   out["test"] = {m: res.mean(m) for m in METRICS}
   out["eval_s"] = time.perf_counter() - t1

@@ -30,7 +30,7 @@ _API = {
     # models and augmentation
     "ConvNet": ("jaxdd.models", "ConvNet"),
     "get_model": ("jaxdd.models", "get"),
-    "dsa": ("jaxdd.augment", "dsa"),
+    "dsa_augment": ("jaxdd.augment", "dsa"),
     # KDE and surrogate
     "log_density": ("jaxdd.kde", "log_density"),
     "kde_weights": ("jaxdd.kde", "weights"),
@@ -43,7 +43,8 @@ _API = {
     "gm_loss": ("jaxdd.matching", "gm_loss"),
     "gradient_distance": ("jaxdd.matching", "gradient_distance"),
     "dm": ("jaxdd.distill", "dm"),
-    # gradient matching; DSA distillation is jaxdd.distill.dsa (jaxdd.dsa is the augmentation)
+    # gradient matching; DSA distillation is jaxdd.distill.dsa (jaxdd.dsa_augment is the
+    # augmentation, jaxdd.augment.dsa)
     "gm": ("jaxdd.distill", "gm"),
     "dc": ("jaxdd.distill", "dc"),
     "Distiller": ("jaxdd.distill", "Distiller"),
@@ -55,7 +56,7 @@ _API = {
     "evaluate_synset": ("jaxdd.evaluate", "evaluate_synset"),
     # artifacts and runs
     "save_synset": ("jaxdd.synset", "save"),
-    "load_synset": ("jaxdd.synset", "load"),
+    "load_synset": ("jaxdd.security.signing", "load_synset"),
     "RunConfig": ("jaxdd.config", "RunConfig"),
     "PRESETS": ("jaxdd.config", "PRESETS"),
     "run": ("jaxdd.pipeline", "run"),
@@ -65,11 +66,11 @@ _API = {
 __all__ = sorted(_API)
 
 # Submodules are attributes too; a submodule name always means the module
-# (``jaxdd.evaluate`` is the module, its main function ``evaluate_synset``,
-# also named ``evaluate``, is ``jaxdd.evaluate_synset``), whatever has been
-# imported before. Evaluation is split by concern: ``protocols`` (the recipes),
-# ``tasks`` (what is trained), ``train`` (the one trainer), ``metrics`` (group accuracies), ``results``
-# (EvalResult) and ``evaluate`` (the entry points; re-exports the others).
+# (``jaxdd.evaluate`` is the module, its main function is
+# ``jaxdd.evaluate_synset``), whatever has been imported before. Evaluation is
+# split by concern: ``protocols`` (the recipes), ``tasks`` (what is trained),
+# ``train`` (the one trainer), ``metrics`` (group accuracies), ``results``
+# (EvalResult) and ``evaluate`` (the entry points).
 # ``policy`` holds the CPU/accelerator layout choices (jaxdd.policy.use pins one).
 _SUBMODULES = ("augment", "baselines", "cli", "data", "debias", "diagnostics",
                "distill", "evaluate", "kde", "layers", "matching", "metrics", "models",

@@ -361,7 +361,7 @@ def diagnose_report(args) -> dict:
   common = dict(num_classes=ds.num_classes, batch_size=args.batch_size,
                 num_rounds=args.num_rounds)
   t0 = time.perf_counter()
-  w = diagnostics.kde_weights(k_diag, emb, ds.labels, default, **common)
+  w = diagnostics.scope_weights(k_diag, emb, ds.labels, default, **common)
   default_report = diagnostics.weight_report(w, ds.labels, ds.aligned,
                                              num_classes=ds.num_classes)
   os.makedirs(args.workdir, exist_ok=True)
@@ -370,7 +370,7 @@ def diagnose_report(args) -> dict:
   diagnostics.plot_weight_histogram(w, ds.aligned, os.path.join(args.workdir, "weights_default.png"),
                                     title=title)
   other = default.replace(scope="class" if default.scope == "batch" else "batch")
-  w_other = diagnostics.kde_weights(k_diag, emb, ds.labels, other, **common)
+  w_other = diagnostics.scope_weights(k_diag, emb, ds.labels, other, **common)
   diagnostics.plot_weight_histogram(
       w_other, ds.aligned, os.path.join(args.workdir, f"weights_{other.scope}_scope.png"),
       title=title.replace(f"{default.scope} scope", f"{other.scope} scope"))
@@ -594,16 +594,17 @@ def cmd_baselines(args) -> int:
 def cmd_evaluate(args) -> int:
   import jax.numpy as jnp
 
-  from jaxdd import evaluate, models, synset
+  from jaxdd import evaluate, models, protocols, synset
+  from jaxdd.security import signing
 
-  syn, meta = synset.load(args.synset, trust=args.trust)
+  syn, meta = signing.load_synset(args.synset, trust=args.trust)
   print(_signature_line(meta))
   run_cfg = meta.get("config", {})
   # The protocol, model and number of networks recorded in the artifact, unless overridden.
   protocol = args.protocol or meta.get("eval_protocol") or run_cfg.get("eval_protocol") or "dm"
   model_spec = args.model or run_cfg.get("eval_model") or "convnet"
   num_models = args.num_models or run_cfg.get("num_eval_models") or 5
-  evaluate.get_protocol(protocol)
+  protocols.get_protocol(protocol)
   test = _artifact_split(args, meta, "test")
   batch = _normalized_batch(test, meta)
   model = models.get(model_spec, num_classes=test.num_classes)
@@ -618,8 +619,8 @@ def cmd_evaluate(args) -> int:
     print("track: ELF (a feature model trained on the REAL training set; not comparable with "
           "a plain evaluation)")
   else:
-    result = evaluate.evaluate(key, syn, batch, model=model, protocol=protocol,
-                               num_models=num_models, progress=not args.quiet)
+    result = evaluate.evaluate_synset(key, syn, batch, model=model, protocol=protocol,
+                                      num_models=num_models, progress=not args.quiet)
   result = dataclasses.replace(result, method=(meta.get("method") or result.method)
                                + ("+elf" if args.elf else ""))
   print(result.format_table())
@@ -669,8 +670,8 @@ def _elf_features(args, meta: dict, syn, num_classes: int, key):
   of the synthetic images."""
   import jax
 
-  from jaxdd import elf, evaluate, models
-  evaluate.get_protocol(args.feature_protocol)
+  from jaxdd import elf, models, protocols
+  protocols.get_protocol(args.feature_protocol)
   fm = models.get(args.feature_model, num_classes=num_classes)
   models.check_fits(fm, tuple(syn.images.shape[1:]))
   train = _artifact_split(args, meta, "train")
@@ -686,16 +687,17 @@ def cmd_cross_arch(args) -> int:
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import elf, evaluate, models, synset
+  from jaxdd import elf, models, protocols, synset
+  from jaxdd.security import signing
   specs = [s.strip() for s in args.models.split(",") if s.strip()]
   if not specs:
     raise ValueError("--models needs at least one model spec, e.g. convnet,convnet-d4,resnet18,mlp")
-  syn, meta = synset.load(args.synset, trust=args.trust)
+  syn, meta = signing.load_synset(args.synset, trust=args.trust)
   print(_signature_line(meta))
   for spec in specs:  # every spec checked before any training
     models.check_fits(models.get(spec, num_classes=int(np.max(syn.labels)) + 1),
                       tuple(syn.images.shape[1:]))
-  evaluate.get_protocol(args.protocol)
+  protocols.get_protocol(args.protocol)
   test = _artifact_split(args, meta, "test")
   key = _artifact_eval_key(args, meta.get("config", {}))
   syn = syn._replace(images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels))
@@ -757,7 +759,7 @@ def cmd_sign(args) -> int:
   key = signing.load_private_key(args.key, passphrase=_passphrase(args.passphrase_env))
   paths = signing.find_synsets(args.path)
   for path in paths:  # every artifact is verified first: a damaged one stops before any signing
-    synset.load(path, trust=False)
+    synset.load(path)
   for path in paths:
     record = signing.sign_synset(path, key)
     print(f"signed {path} (key {record['key_id']})")
@@ -765,7 +767,6 @@ def cmd_sign(args) -> int:
 
 
 def cmd_verify(args) -> int:
-  from jaxdd import synset
   from jaxdd.security import signing
   trust = signing.trusted_keys(args.trust)
   if trust is None:
@@ -774,7 +775,7 @@ def cmd_verify(args) -> int:
   failed = 0
   for path in signing.find_synsets(args.path):
     try:
-      _, meta = synset.load(path, trust=trust)
+      _, meta = signing.load_synset(path, trust=trust)
       print(f"{path}: {_signature_line(meta)}")
     except (ValueError, FileNotFoundError) as e:
       print(f"{path}: REFUSED: {e}")
@@ -784,7 +785,7 @@ def cmd_verify(args) -> int:
 
 def cmd_audit(args) -> int:
   from jaxdd import synset
-  from jaxdd.security import audit
+  from jaxdd.runs import audit
   report, meta = audit.audit_artifact(
       args.synset, trust=args.trust, seed=args.seed, model_spec=args.model,
       protocol=args.protocol, num_models=args.num_models, clean_images=args.clean_images,
@@ -842,7 +843,7 @@ def _version() -> str:
 
 def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   """The ``jaxdd`` parser; ``preset`` chooses whose defaults the help text shows."""
-  from jaxdd import evaluate
+  from jaxdd import protocols
   from jaxdd.data import biased
   parser = argparse.ArgumentParser(prog="jaxdd", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -905,7 +906,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
                                   "(a grid over seeds; writes selection.md)")
   _add_run_flags(p, preset, exclude=("weighting",))
   p.add_argument("--seeds", default="0,1", help="distillation seeds of the sweep (default: 0,1)")
-  p.add_argument("--sweep-protocol", default="cpu", choices=tuple(evaluate.PROTOCOLS),
+  p.add_argument("--sweep-protocol", default="cpu", choices=tuple(protocols.PROTOCOLS),
                  help="evaluation protocol of the sweep (default: cpu)")
   p.add_argument("--sweep-models", type=int, default=3,
                  help="evaluation networks per SynSet in the sweep (default: 3)")
@@ -918,7 +919,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   p.add_argument("--selection", default=None,
                  help="selection.json of a finished `jaxdd tune` (default: WORKDIR/selection.json)")
   p.add_argument("--seeds", default="0,1,2", help="distillation seeds (default: 0,1,2)")
-  p.add_argument("--protocol", default="cpu300", choices=tuple(evaluate.PROTOCOLS),
+  p.add_argument("--protocol", default="cpu300", choices=tuple(protocols.PROTOCOLS),
                  help="evaluation protocol of the table (default: cpu300, 301 epochs)")
   p.add_argument("--no-random", action="store_true", help="skip the random-real-subset row")
   p.add_argument("--full-models", type=int, default=3,
@@ -943,7 +944,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
 
   p = sub.add_parser("evaluate", help="evaluate a saved SynSet on its dataset's test split")
   p.add_argument("synset", help="SynSet artifact directory")
-  p.add_argument("--protocol", default=None, choices=tuple(evaluate.PROTOCOLS),
+  p.add_argument("--protocol", default=None, choices=tuple(protocols.PROTOCOLS),
                  help="default: the protocol recorded in the artifact")
   p.add_argument("--model", default=None,
                  help="architecture spec, e.g. convnet, resnet18 (default: the artifact's)")
@@ -958,7 +959,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   p.add_argument("--models", default="convnet,convnet-d4,resnet18,mlp",
                  help="comma-separated architecture specs (default: convnet,convnet-d4,"
                       "resnet18,mlp)")
-  p.add_argument("--protocol", default="cpu", choices=tuple(evaluate.PROTOCOLS),
+  p.add_argument("--protocol", default="cpu", choices=tuple(protocols.PROTOCOLS),
                  help="evaluation protocol of every cell (default: cpu)")
   p.add_argument("--num-models", type=int, default=3, help="networks per cell (default: 3)")
   _add_artifact_data_flags(p, out="write the matrix JSON here")
@@ -971,7 +972,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   p.add_argument("--model", default=None,
                  help="networks trained on the SynSet (default: the run's evaluation "
                       "architecture; e.g. convnet-d3-w32 is ~10x cheaper on a CPU)")
-  p.add_argument("--protocol", default="cpu300", choices=tuple(evaluate.PROTOCOLS),
+  p.add_argument("--protocol", default="cpu300", choices=tuple(protocols.PROTOCOLS),
                  help="how those networks are trained (default: cpu300)")
   p.add_argument("--num-models", type=int, default=2, help="networks (default: 2)")
   p.add_argument("--seed", type=int, default=0, help="default: 0")

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from jaxdd import data, distill, evaluate, models, surrogate
+from jaxdd import data, distill, models, protocols, surrogate
 from jaxdd import kde as kde_lib
 from jaxdd import policy as policy_lib
 from jaxdd import presets as presets_lib
+from jaxdd._src import checks
+from jaxdd.data import biased
 
 __all__ = ["CHOICES", "EVAL_FIELDS", "METHODS", "METHOD_PRESETS", "PRESETS", "RunConfig",
            "get_config", "validate"]
@@ -70,7 +72,7 @@ class RunConfig:
   lr_net: float = 0.01
   outer_loop: int | None = None
   inner_loop: int | None = None
-  # Trajectory matching only (mtt; jaxdd.distill.mtt, jaxdd.mtt): gradients 'exact' or
+  # Trajectory matching only (mtt; jaxdd.distill.mtt, jaxdd.distill.experts): gradients 'exact' or
   # 'tesla', the student unroll (syn_steps student steps on batch_syn images, None: all), the
   # expert window (start epoch below max_start_epoch, target expert_epochs later), the student
   # lr's initial value and step size, and the experts: num_experts trained for
@@ -144,9 +146,9 @@ class RunConfig:
     return surrogate.SurrogateConfig.preset(self.surrogate_preset)
 
   @property
-  def protocol(self) -> evaluate.Protocol:
+  def protocol(self) -> protocols.Protocol:
     """The evaluation protocol of this run."""
-    return evaluate.get_protocol(self.eval_protocol)
+    return protocols.get_protocol(self.eval_protocol)
 
   def replace(self, **changes) -> "RunConfig":
     unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -214,7 +216,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": distill.INITS,
     "real_sampling": distill.REAL_SAMPLING,
     "surrogate_preset": tuple(presets_lib.SURROGATE),
-    "eval_protocol": tuple(evaluate.PROTOCOLS),
+    "eval_protocol": tuple(protocols.PROTOCOLS),
     "dataset": tuple(sorted(data.DATASETS)) if hasattr(data, "DATASETS") else (),
     "policy": ("auto",) + tuple(policy_lib.POLICIES),
 }
@@ -301,9 +303,8 @@ def validate(config: RunConfig) -> None:
       and config.real_sampling != "weighted"):
     raise ValueError("--kde-floor acts on whole-class densities, which this run does not use; add "
                      "--init weighted, --real-sampling weighted or --kde-scope class")
-  evaluate.get_protocol(config.eval_protocol)
+  protocols.get_protocol(config.eval_protocol)
   models.get(config.eval_model, num_classes=2)
-  from jaxdd.data import biased  # noqa: PLC0415
   if config.dataset not in biased.DATASETS:
     raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {sorted(biased.DATASETS)}")
   spec = biased.DATASETS[config.dataset]
@@ -317,7 +318,6 @@ def validate(config: RunConfig) -> None:
 
 
 def _validate_mtt(config: RunConfig) -> None:
-  from jaxdd._src import checks  # noqa: PLC0415
   for name in ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts"):
     checks.check_positive_int(name, getattr(config, name))
   if config.batch_syn is not None and config.batch_syn < 1:

@@ -31,10 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import kde
+from jaxdd import evaluate as eval_lib
+from jaxdd import kde, models
+from jaxdd import train as train_lib
 from jaxdd.plots import plot_weight_histogram  # the plot lives with the other plots
 from jaxdd._src import rng as rng_lib
 from jaxdd._src.checks import check_images
+from jaxdd.protocols import Protocol
+from jaxdd.structs import SynSet
 
 __all__ = [
     "auroc",
@@ -235,17 +239,19 @@ def class_scope_weights(embeddings: Any, labels: Any, *, variance: float, temper
   return np.asarray(w)
 
 
-def kde_weights(key: jax.Array, embeddings: Any, labels: Any, config: kde.KDEConfig, *,
-                num_classes: int, batch_size: int = 256, num_rounds: int = 20) -> np.ndarray:
-  """Per-sample weights at one :class:`jaxdd.kde.KDEConfig`, in its scope.
+def scope_weights(key: jax.Array, embeddings: Any, labels: Any, config: kde.KDEConfig, *,
+                  num_classes: int, batch_size: int = 256, num_rounds: int = 20) -> np.ndarray:
+  """Per-sample weights of a whole dataset at one :class:`jaxdd.kde.KDEConfig`, in its scope.
 
   ``scope='batch'``: :func:`batch_scope_weights` (in-batch weights averaged
-  over sampled batches); ``scope='class'``: :func:`class_scope_weights`.
+  over sampled batches); ``scope='class'``: :func:`class_scope_weights`. The
+  package's ``jaxdd.kde_weights`` is :func:`jaxdd.kde.weights`, the weights
+  of the embeddings it is given in one pass, under explicit settings.
 
   Example:
     >>> z = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
-    >>> w = kde_weights(jax.random.key(0), z, np.repeat([0, 1], 10), kde.KDEConfig(scope='class'),
-    ...                 num_classes=2)
+    >>> w = scope_weights(jax.random.key(0), z, np.repeat([0, 1], 10),
+    ...                   kde.KDEConfig(scope='class'), num_classes=2)
     >>> np.allclose([w[:10].sum(), w[10:].sum()], 1.0)
     True
   """
@@ -272,8 +278,8 @@ def weight_sweep(key: jax.Array, embeddings: Any, labels: Any, aligned: Any, *, 
       for variance in variances:
         for temperature in temperatures:
           cfg = kde.KDEConfig(variance, temperature, normalize, scope)
-          w = kde_weights(key, embeddings, labels, cfg, num_classes=num_classes,
-                          batch_size=batch_size, num_rounds=num_rounds)
+          w = scope_weights(key, embeddings, labels, cfg, num_classes=num_classes,
+                            batch_size=batch_size, num_rounds=num_rounds)
           rows.append(dict(scope=scope, normalize=normalize, variance=variance,
                            temperature=temperature,
                            report=weight_report(w, labels, aligned, num_classes=num_classes)))
@@ -644,9 +650,6 @@ def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, 
     A :class:`BiasClassifier`; train it once per training set and score any
     number of synthetic sets with it.
   """
-  from jaxdd import evaluate, models  # noqa: PLC0415  (evaluate imports this module's peers)
-  from jaxdd.structs import SynSet  # noqa: PLC0415
-
   check_images(train_images, "train_bias_classifier", what="train_images", floating=False,
                min_count=1)
   train_images = np.asarray(train_images, np.float32)
@@ -666,15 +669,15 @@ def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, 
       raise ValueError(f"aligned_values must be ({num_classes},) non-negative ints (the bias "
                        f"value aligned with each class), got {given.dtype} {given.shape}")
     aligned_values = given.astype(np.int64)
-  protocol = evaluate.Protocol(**{**BIAS_CLASSIFIER_PROTOCOL, "epochs": epochs - 1})
+  protocol = Protocol(**{**BIAS_CLASSIFIER_PROTOCOL, "epochs": epochs - 1})
   model = models.ConvNet(num_bias, width=width)
   k_rows, k_train = jax.random.split(key)
   rows = _balanced_rows(k_rows, labels, bias)
-  variables, _ = evaluate.train_models(
+  variables, _ = train_lib.train_models(
       k_train, SynSet(jnp.asarray(train_images[rows]), jnp.asarray(bias[rows])),
       model=model, protocol=protocol, num_models=num_models)
-  task = evaluate.standard_task(model)
-  params, state = evaluate.split_variables(jax.tree.map(lambda a: a[0], variables))
+  task = train_lib.standard_task(model)
+  params, state = train_lib.split_variables(jax.tree.map(lambda a: a[0], variables))
 
   def predict(images) -> np.ndarray:
     check_images(images, "bias_score", floating=False, finite_fix="the SynSet is corrupted")
@@ -682,7 +685,7 @@ def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, 
     if images.shape[1:] != train_images.shape[1:]:
       raise ValueError(f"bias_score: images must be (n,) + {train_images.shape[1:]} like the "
                        f"classifier's training images, got {images.shape}")
-    votes = np.asarray(evaluate.predict(task, params, state, images, protocol=protocol,
+    votes = np.asarray(eval_lib.predict(task, params, state, images, protocol=protocol,
                                         parallel="map"))
     counts = np.stack([(votes == b).sum(0) for b in range(num_bias)], -1)
     return counts.argmax(-1)

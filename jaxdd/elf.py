@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdd import tasks
+from jaxdd import evaluate, models, tasks
 from jaxdd import train as train_lib
+from jaxdd.results import format_pm
 from jaxdd.structs import SynSet
 
 DISTANCES = ("l2", "cosine")
@@ -155,10 +156,9 @@ def evaluate_elf(key: jax.Array, syn: SynSet, test, *, model: nn.Module, feature
 
   ``features`` are the feature model's (:func:`distillation_features`) of
   ``syn.images``, row for row. Same keys, protocol and test batch as
-  :func:`jaxdd.evaluate.evaluate`, so a plain and an ELF evaluation differ only
+  :func:`jaxdd.evaluate.evaluate_synset`, so a plain and an ELF evaluation differ only
   in the training loss.
   """
-  from jaxdd import evaluate  # noqa: PLC0415
   if np.asarray(features).shape[0] != np.asarray(syn.images).shape[0]:
     raise ValueError(f"{np.asarray(features).shape[0]} feature rows for "
                      f"{np.asarray(syn.images).shape[0]} synthetic images")
@@ -181,14 +181,13 @@ def cross_architecture(key: jax.Array, syn: SynSet, test, *, model_specs, num_cl
     ``EvalResult.summary()`` (mean and std over networks of overall, aligned,
     conflicting and worst-group accuracy).
   """
-  from jaxdd import evaluate, models  # noqa: PLC0415
   out = {}
   syn = SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels))
   for spec in model_specs:
     model = models.get(spec, num_classes=num_classes)
     models.check_fits(model, tuple(syn.images.shape[1:]))
-    row = {"plain": evaluate.evaluate(key, syn, test, model=model, protocol=protocol,
-                                      num_models=num_models, progress=progress).summary(),
+    row = {"plain": evaluate.evaluate_synset(key, syn, test, model=model, protocol=protocol,
+                                             num_models=num_models, progress=progress).summary(),
            "elf": None}
     if features is not None:
       row["elf"] = evaluate_elf(key, syn, test, model=model, features=features,
@@ -262,7 +261,6 @@ def format_seeds(summary: dict) -> str:
   """:func:`summarize_seeds` as markdown (accuracy %, mean ± sample std over seeds). A
   published summary that names its settings (``cell``, ``protocol``, ``num_models``, ``elf``,
   ``feature_model``, ``feature_protocol``) gets a sentence saying them."""
-  from jaxdd.study import format_pm  # noqa: PLC0415
   head = "| SynSet | model | training | " + " | ".join(COLUMNS) + " |"
   rule = "|---" * (len(COLUMNS) + 3) + "|"
 

@@ -2,7 +2,7 @@
 
 Data contract. ``syn`` is a :class:`~jaxdd.structs.SynSet` of NHWC float32
 images in the *normalised* space and integer labels (soft labels of shape
-``(n, num_classes)`` are accepted by :func:`train_fresh` /
+``(n, num_classes)`` are accepted by :func:`jaxdd.train.train_fresh` /
 :func:`evaluate_synset`); ``test`` and ``valid`` are
 :class:`~jaxdd.structs.Batch` es in the same space, whose optional ``bias``
 (int, the bias attribute) and ``aligned`` (bool) fields are used only to
@@ -22,13 +22,13 @@ validation batch (carve one from the training data with
 :func:`split_validation`), the lr is chosen on it, and only then are the chosen
 networks run on the test set.
 
-This module is the public face of evaluation: it holds
-:func:`evaluate_synset` (also named ``evaluate``; the package exports it as
-``jaxdd.evaluate_synset``, since ``jaxdd.evaluate`` is this module),
-:func:`evaluate_task` and :func:`split_validation`, and re-exports the names
-of :mod:`jaxdd.protocols`, :mod:`jaxdd.metrics`, :mod:`jaxdd.train` and
-:mod:`jaxdd.results` that it has always exported (``evaluate.fit``,
-``evaluate.PROTOCOLS``, ``evaluate.EvalResult``, ...).
+This module holds the entry points of evaluation: :func:`evaluate_synset`
+(the package exports it as ``jaxdd.evaluate_synset``, since ``jaxdd.evaluate``
+is this module), :func:`evaluate_task`, :func:`predict` and
+:func:`split_validation`. The pieces they are built from live in their own
+modules: the protocols in :mod:`jaxdd.protocols`, the trainer in
+:mod:`jaxdd.train`, the group accuracies in :mod:`jaxdd.metrics` and the
+result in :mod:`jaxdd.results`.
 """
 from __future__ import annotations
 
@@ -38,32 +38,17 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxdd import metrics as metrics_lib
+from jaxdd import protocols
+from jaxdd import train as train_lib
 from jaxdd._src import checks
 from jaxdd._src import rng as rng_lib
-from jaxdd.metrics import METRICS, GroupAccuracies, group_accuracies  # noqa: F401  (re-exported)
-from jaxdd.metrics import metrics_for as _metrics_for
-from jaxdd.models import loop_safe_conv, loop_safe_convs  # noqa: F401  (re-exported)
-from jaxdd.protocols import DSA_STRATEGY, PROTOCOLS, Protocol, get_protocol  # noqa: F401
-from jaxdd.results import EvalResult, model_spec  # noqa: F401  (re-exported)
-from jaxdd.results import _json_array, _json_float  # noqa: F401  (re-exported)
+from jaxdd.protocols import Protocol
+from jaxdd.results import EvalResult, model_spec
 from jaxdd.structs import Batch, SynSet
-# The trainer and its programs (re-exported: evaluate.fit, evaluate.train_models, ...).
-# CPU_MICRO_BATCH is the cpu policy's micro-batch; to try another, pin a policy (jaxdd.policy.use).
-from jaxdd.train import (CPU_MICRO_BATCH, PARALLEL, StepBatch, TrainMetrics, TrainTask,  # noqa: F401
-                         _augment_fn, _epoch_done, _EPOCH_SINK, _fit, _predict_program, _train,
-                         _train_many, _train_many_program, _train_single, _train_traced,
-                         apply_train, cross_entropy, fit, hard_labels, micro_batch_size,
-                         predict_block, resolve_parallel, split_variables, standard_task,
-                         torch_sgd, train_fresh, train_models)
+from jaxdd.train import TrainTask
 
-# The input checks under their former private names (jaxdd._src.checks).
-_check_key = checks.check_key
-_check_images = checks.check_train_images
-_check_syn = checks.check_syn
-_check_batch = checks.check_batch
-_check_lrs = checks.check_lrs
-_num_classes = checks.infer_num_classes
-
+__all__ = ["evaluate_synset", "evaluate_task", "predict", "split_validation"]
 
 
 def predict(task: TrainTask, params, state, images, *, protocol: Protocol,
@@ -71,25 +56,28 @@ def predict(task: TrainTask, params, state, images, *, protocol: Protocol,
   """Predicted classes of ``M`` stacked networks: (M, n) int32.
 
   The networks are the leading axis of ``params``/``state`` (as
-  :func:`train_models` returns them); prediction runs in eval mode, in compiled
-  blocks sized by ``protocol`` (:func:`predict_block`), which never change the
-  result.
+  :func:`jaxdd.train.train_models` returns them); prediction runs in eval mode,
+  in compiled blocks sized by ``protocol`` (:func:`jaxdd.train.predict_block`),
+  which never change the result.
 
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from jaxdd import models
+    >>> from jaxdd.protocols import get_protocol
+    >>> from jaxdd.train import split_variables, standard_task, train_models
     >>> task = standard_task(models.get("convnet-d2-w8", num_classes=3))
     >>> syn = SynSet(jnp.zeros((6, 8, 8, 3)), jnp.arange(6) % 3)
-    >>> v, _ = train_models(jax.random.key(0), syn, model=models.get("convnet-d2-w8", num_classes=3),
+    >>> v, _ = train_models(jax.random.key(0), syn,
+    ...                     model=models.get("convnet-d2-w8", num_classes=3),
     ...                     protocol=get_protocol("smoke"), num_models=2)
     >>> params, state = split_variables(jax.tree.map(lambda a: a[0], v))  # the first lr
     >>> predict(task, params, state, jnp.zeros((5, 8, 8, 3)), protocol=get_protocol("smoke")).shape
     (2, 5)
   """
-  parallel = resolve_parallel(parallel)
+  parallel = train_lib.resolve_parallel(parallel)
   images = jax.numpy.asarray(images)
-  block = predict_block(protocol, images.shape[0], parallel)
-  return _predict_program(task, block, parallel)(params, state, images)
+  block = train_lib.predict_block(protocol, images.shape[0], parallel)
+  return train_lib._predict_program(task, block, parallel)(params, state, images)
 
 
 def split_validation(key: jax.Array, batch: Batch, *, fraction: float) -> tuple[Batch, Batch]:
@@ -158,7 +146,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
   Args:
     key, syn, test, model, protocol, num_models, lrs, valid, select_on,
     num_bias, parallel: as :func:`evaluate_synset`.
-    task: the training method (e.g. :func:`standard_task`,
+    task: the training method (e.g. :func:`jaxdd.train.standard_task`,
       :func:`jaxdd.debias.lff_task`).
     hparams: the method's hyper-parameters, stamped on the result.
     progress: as :func:`evaluate_synset`.
@@ -169,6 +157,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from jaxdd import models
+    >>> from jaxdd.train import standard_task
     >>> m = models.ConvNet(num_classes=2, width=4)
     >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
     >>> test = Batch(jnp.zeros((2, 8, 8, 3)), jnp.array([0, 1]))
@@ -177,11 +166,11 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
     'train_fresh'
   """
   checks.check_key(key)
-  protocol = get_protocol(protocol)
+  protocol = protocols.get_protocol(protocol)
   if not isinstance(num_models, int) or num_models < 1:
     raise ValueError(f"num_models must be a positive int, got {num_models!r}")
-  if select_on not in METRICS:
-    raise ValueError(f"select_on must be one of {METRICS}, got {select_on!r}")
+  if select_on not in metrics_lib.METRICS:
+    raise ValueError(f"select_on must be one of {metrics_lib.METRICS}, got {select_on!r}")
   lrs = checks.check_lrs(lrs, protocol)
   if len(lrs) > 1 and valid is None:
     raise ValueError("an lr grid needs valid= (a validation Batch, e.g. from split_validation): "
@@ -194,10 +183,10 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
     if select_on != "overall" and valid.bias is None and valid.aligned is None:
       raise ValueError(f"select_on={select_on!r} needs valid.bias or valid.aligned")
 
-  parallel = resolve_parallel(parallel)
-  params, state, metrics = _train_many(key, images, labels, task=task, protocol=protocol,
-                                       num_models=num_models, lrs=lrs, parallel=parallel,
-                                       progress=progress)
+  parallel = train_lib.resolve_parallel(parallel)
+  params, state, metrics = train_lib._train_many(key, images, labels, task=task,
+                                                 protocol=protocol, num_models=num_models,
+                                                 lrs=lrs, parallel=parallel, progress=progress)
   num_lrs = len(lrs)
   valid_scores = None
   sel = 0
@@ -205,7 +194,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
     flat = jax.tree.map(lambda a: a.reshape((num_lrs * num_models,) + a.shape[2:]),
                         (params, state))
     preds = predict(task, *flat, valid.images, protocol=protocol, parallel=parallel)
-    scores = getattr(_metrics_for(preds, valid, num_classes, num_bias), select_on)
+    scores = getattr(metrics_lib.metrics_for(preds, valid, num_classes, num_bias), select_on)
     valid_scores = np.asarray(scores).reshape(num_lrs, num_models)
     if not np.isfinite(valid_scores).all():
       raise ValueError(f"the validation batch has no samples for select_on={select_on!r}; "
@@ -215,7 +204,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
   # Only the selected networks ever see the test set.
   chosen = _slice_tree((params, state), sel)
   preds = predict(task, *chosen, test.images, protocol=protocol, parallel=parallel)
-  acc = jax.device_get(_metrics_for(preds, test, num_classes, num_bias))
+  acc = jax.device_get(metrics_lib.metrics_for(preds, test, num_classes, num_bias))
   metrics = jax.device_get(_slice_tree(metrics, sel))
   return EvalResult(
       protocol=protocol, model_spec=model_spec(model), method=task.name, num_models=num_models,
@@ -238,8 +227,7 @@ def evaluate_synset(key: jax.Array, syn: SynSet, test: Batch, *, model: nn.Modul
                     parallel: str = "auto", progress: bool = False) -> EvalResult:
   """Trains ``num_models`` fresh networks on ``syn`` (one program) and tests them.
 
-  Also named ``jaxdd.evaluate.evaluate`` and ``jaxdd.evaluate_synset`` (the
-  same function).
+  Also exported as ``jaxdd.evaluate_synset`` (the same function).
 
   With an lr grid, every (lr, model) pair trains in the same program; the lr
   with the best mean ``select_on`` accuracy on ``valid`` is chosen and only its
@@ -260,9 +248,9 @@ def evaluate_synset(key: jax.Array, syn: SynSet, test: Batch, *, model: nn.Modul
     select_on: validation metric for selection: ``overall`` (default),
       ``aligned``, ``conflicting`` or ``worst_group``.
     num_bias: number of bias values (default ``max(bias) + 1``).
-    parallel: ``"auto"``, ``"vmap"`` or ``"map"``; see :func:`train_models`.
+    parallel: ``"auto"``, ``"vmap"`` or ``"map"``; see :func:`jaxdd.train.train_models`.
     progress: report training progress per network and epoch (tqdm bar or log
-      lines; see :func:`train_models`). Results are identical either way.
+      lines; see :func:`jaxdd.train.train_models`). Results are identical either way.
 
   Returns:
     An :class:`EvalResult` (``.mean()``, ``.std()``, ``.to_dict()``,
@@ -280,11 +268,9 @@ def evaluate_synset(key: jax.Array, syn: SynSet, test: Batch, *, model: nn.Modul
     >>> r.overall.shape  # doctest: +SKIP
     (2,)
   """
-  return evaluate_task(key, syn, test, task=standard_task(model), model=model,
+  return evaluate_task(key, syn, test, task=train_lib.standard_task(model), model=model,
                        protocol=protocol, num_models=num_models, lrs=lrs, valid=valid,
                        select_on=select_on, num_bias=num_bias, parallel=parallel,
                        progress=progress)
 
 
-# The historical name: ``jaxdd.evaluate.evaluate`` is ``evaluate_synset``.
-evaluate = evaluate_synset

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -379,7 +380,6 @@ def conv_inputs(apply_fn: Callable[[jax.Array], object], x: jax.Array) -> list[j
     >>> [f.shape for f in conv_inputs(lambda x: net.apply(v, x), jnp.ones((2, 8, 8, 3)))]
     [(2, 8, 8, 3), (2, 4, 4, 4)]
   """
-  import flax.linen as nn  # noqa: PLC0415
   seen: list[jax.Array] = []
 
   def record(next_fun, args, kwargs, context):

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
@@ -85,7 +86,6 @@ def host(x: Any) -> Any:
     if isinstance(a, jax.Array) and not a.is_fully_addressable:
       if a.is_fully_replicated:
         return np.asarray(a.addressable_shards[0].data)
-      from jax.experimental import multihost_utils  # noqa: PLC0415
       return np.asarray(multihost_utils.process_allgather(a, tiled=True))
     return np.asarray(a)
 

@@ -40,10 +40,12 @@ from jaxdd import config as config_lib
 from jaxdd import (baselines, data, debias, diagnostics, distill, evaluate, matching, models,
                    surrogate, synset)
 from jaxdd import kde as kde_lib
-from jaxdd import mtt as mtt_lib
+from jaxdd.distill import experts as mtt_lib
 from jaxdd import plots as plots_lib
 from jaxdd import policy as policy_lib
+from jaxdd import protocols
 from jaxdd import progress as progress_lib
+from jaxdd.security import signing
 from jaxdd.structs import Batch, SynSet
 
 # The run configuration lives in jaxdd.config; its names stay reachable from here.
@@ -996,7 +998,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: RunData | None =
   _check_distill_workdir(config, workdir)
   syn_dir = os.path.join(workdir, "synset")
   if os.path.exists(os.path.join(syn_dir, "manifest.json")):
-    syn, _ = synset.load(syn_dir, trust=False)  # the run's own artifact
+    syn, _ = synset.load(syn_dir)  # the run's own artifact
     return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
   if run_data is None:
     progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
@@ -1233,10 +1235,10 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
     return {"stopped_at": stop_after}
   k_eval = run_keys(config)[2]
   model = models.get(config.eval_model, num_classes=run_data.num_classes)
-  result = evaluate.evaluate(k_eval, SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
-                             run_data.batch(run_data.test), model=model,
-                             protocol=config.eval_protocol, num_models=config.num_eval_models,
-                             progress=progress)
+  result = evaluate.evaluate_synset(
+      k_eval, SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
+      run_data.batch(run_data.test), model=model, protocol=config.eval_protocol,
+      num_models=config.num_eval_models, progress=progress)
   result = dataclasses.replace(result, method=method_name(config))
   summary = result.summary()
   summary.update(method=method_name(config), config=config.to_dict(), digest=config.digest())
@@ -1324,7 +1326,7 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
   classifier = bias_classifier(config, run_data)
   for weighting in ("none", "kde"):
     name = method_name(config.replace(weighting=weighting))
-    syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"), trust=False)
+    syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"))
     results[name]["bias_score"] = diagnostics.bias_score(classifier, syn.images, syn.labels)
   # The score's yardstick: the classifier on held-out real images of known composition.
   valid = run_data.valid
@@ -1374,7 +1376,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     over all training images.
 
   ``trust`` is the signature policy of ``vanilla_synset`` (see
-  :func:`jaxdd.synset.load`: None reads ``$JAXDD_TRUSTED_KEYS``).
+  :func:`jaxdd.security.signing.load_synset`: None reads ``$JAXDD_TRUSTED_KEYS``).
 
   Results are written to ``<workdir>/baselines.json`` and returned. A
   ``baselines.json`` already there is added to when it was made with the same
@@ -1388,7 +1390,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
                      "directory of a --weighting none run)")
   if {"lff", "dfa"} & set(which):
     # a missing, incomplete or (under a trust anchor) unsigned artifact fails here, before any work
-    synset.load(vanilla_synset, trust=trust)
+    signing.load_synset(vanilla_synset, trust=trust)
   validate(config)
   digest = config.replace(weighting="none", init="real", real_sampling="uniform").digest()
   path = os.path.join(workdir, "baselines.json")
@@ -1408,7 +1410,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   x = run_data.normalized(train)
   test = run_data.batch(run_data.test)
   model = models.get(config.eval_model, num_classes=nc)
-  protocol = evaluate.get_protocol(config.eval_protocol)
+  protocol = protocols.get_protocol(config.eval_protocol)
   k_sur = run_keys(config)[0]  # the same (cached) surrogate as run()
   k_sel, k_eval = baseline_keys(config)
   embeddings = None
@@ -1425,11 +1427,11 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
         rows = baselines.k_center(embeddings, train.labels, ipc=config.ipc)
       syn = baselines.take(x, train.labels, rows)
       conflicting = float((~train.aligned[np.asarray(rows)]).mean())
-      res = evaluate.evaluate(k_eval, syn, test, model=model, protocol=protocol,
-                              num_models=config.num_eval_models, progress=progress)
+      res = evaluate.evaluate_synset(k_eval, syn, test, model=model, protocol=protocol,
+                                     num_models=config.num_eval_models, progress=progress)
       extra = {"selected_conflicting_fraction": conflicting}
     elif name in ("lff", "dfa"):
-      syn, meta = synset.load(vanilla_synset, trust=trust)
+      syn, meta = signing.load_synset(vanilla_synset, trust=trust)
       # re-express the SynSet in this run's normalisation (a no-op for the same dataset)
       images = data.normalize(data.denormalize(syn.images, meta["mean"], meta["std"]),
                               run_data.mean, run_data.std)
@@ -1441,8 +1443,8 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     else:  # full
       syn = baselines.full_dataset(x, train.labels)
       prot = protocol.replace(epochs=min(protocol.epochs, full_epochs))
-      res = evaluate.evaluate(k_eval, syn, test, model=model, protocol=prot,
-                              num_models=min(config.num_eval_models, 2), progress=progress)
+      res = evaluate.evaluate_synset(k_eval, syn, test, model=model, protocol=prot,
+                                     num_models=min(config.num_eval_models, 2), progress=progress)
       extra = {"epochs": prot.epochs}
     summary = res.summary()
     summary.update(extra)

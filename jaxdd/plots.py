@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from jaxdd._src.io import atomic_write_bytes
+from jaxdd.data.ops import denormalize
+
 __all__ = ["new_figure", "save_figure", "png_bytes", "plot_synset", "plot_accuracy_bars",
            "plot_weight_histogram"]
 
@@ -45,7 +48,7 @@ def _figure_class():
   no matplotlib backend was set up there (we never import ``pyplot``)."""
   global _FIGURE_CLASS
   if _FIGURE_CLASS is None:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib loads on the first plot, not on import
 
     class JaxddFigure(Figure):
       def _repr_png_(self) -> bytes:
@@ -69,7 +72,6 @@ def save_figure(fig, path: str | os.PathLike | None, *, dpi: int = 100):
     ``fig``, so plot functions can ``return save_figure(fig, path)``.
   """
   if path is not None:
-    from jaxdd._src.io import atomic_write_bytes
     atomic_write_bytes(os.fspath(path), png_bytes(fig, dpi=dpi))
   return fig
 
@@ -82,7 +84,6 @@ def plot_synset(syn, mean, std, path: str | None = None, *, class_names=None,
   Returns the :class:`matplotlib.figure.Figure` and writes a PNG when ``path``
   is given; the global matplotlib backend is left alone.
   """
-  from jaxdd.data import denormalize
   images = np.clip(np.asarray(denormalize(syn.images, mean, std)), 0, 1)
   labels = np.asarray(syn.labels)
   classes = np.unique(labels)
@@ -156,7 +157,7 @@ def plot_weight_histogram(weights: Any, aligned: Any, path: str | os.PathLike | 
     >>> os.path.exists(path), len(fig.axes)
     (True, 1)
   """
-  import matplotlib.ticker
+  import matplotlib.ticker  # matplotlib loads on the first plot, not on import
 
   w = np.asarray(weights, np.float64)
   aligned = np.asarray(aligned)

@@ -184,6 +184,7 @@ def bar(total: int | None, desc: str = "", *, unit: str = "it", initial: int = 0
   if disable or _QUIET:
     return _NullBar()
   if interactive():
+    # tqdm.auto probes for IPython and ipywidgets: loaded when a bar is drawn, not on import
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True)
   return LogBar(total, desc, unit, initial=initial, interval=interval)

@@ -8,12 +8,14 @@ learning-rate selection); :meth:`EvalResult.to_dict` is JSON-serialisable,
 from __future__ import annotations
 
 import dataclasses
+import html
 import math
 from typing import Any
 
 import jax
 import numpy as np
 
+from jaxdd import models
 from jaxdd.metrics import METRICS
 from jaxdd.protocols import Protocol
 
@@ -33,11 +35,33 @@ def model_spec(model) -> str:
     >>> model_spec(models.ConvNet(num_classes=10, width=64))
     'convnet-d3-w64-instancenorm-avgpool'
   """
-  from jaxdd import models  # noqa: PLC0415
   try:
     return models.spec_of(model)
   except (ValueError, AttributeError):
     return type(model).__name__
+
+
+def format_pm(values, *, ddof: int = 1, scale: float = 100.0, signed: bool = False) -> str:
+  """``"mean ± std"`` of the values that are not None or NaN, times ``scale``, one decimal.
+
+  The one formatter of every results table (study tables, experiments/). ``ddof`` 1
+  is the sample std over seeds, 0 the reference's convention over networks; a
+  single value gets ± 0.0; no values give "–". NaN is an accuracy over an empty
+  group (bias-aligned accuracy on a test split without aligned images), so it
+  counts as no value. ``signed`` prints the mean's sign (paired differences).
+
+  Example:
+    >>> format_pm([0.5, 0.7]), format_pm([0.02, -0.04], signed=True), format_pm([None])
+    ('60.0 ± 14.1', '-1.0 ± 4.2', '–')
+    >>> format_pm([float("nan"), float("nan")])
+    '–'
+  """
+  values = np.asarray([v for v in values if v is not None and not np.isnan(v)], float)
+  if not values.size:
+    return "–"
+  std = values.std(ddof=ddof) if values.size > ddof else 0.0
+  mean = f"{scale * values.mean():+.1f}" if signed else f"{scale * values.mean():.1f}"
+  return f"{mean} ± {scale * std:.1f}"
 
 
 def _json_float(x) -> float | None:
@@ -177,7 +201,7 @@ class EvalResult:
     concatenable.
     """
     try:
-      import pandas as pd  # noqa: PLC0415  (optional)
+      import pandas as pd  # noqa: PLC0415  (optional, and slow to import: loaded on first use)
     except ImportError as e:
       raise ImportError("EvalResult.to_dataframe needs pandas (pip install pandas); "
                         "to_dict() and format_table() work without it") from e
@@ -189,8 +213,6 @@ class EvalResult:
 
   def _repr_html_(self) -> str:
     """Notebook view: the summary metrics and the per-(class x bias) table."""
-    import html  # noqa: PLC0415
-
     p = self.protocol
     head = html.escape(f"{self.method} | {self.model_spec} | protocol {p.name} "
                        f"({p.num_epochs} epochs) | {self.num_models} models | "

@@ -43,6 +43,8 @@ import numpy as np
 
 from jaxdd import baselines, diagnostics, evaluate, models, pipeline, synset
 from jaxdd import progress as progress_lib
+from jaxdd import protocols
+from jaxdd.metrics import METRICS
 from jaxdd.structs import SynSet
 
 __all__ = ["Setting", "knob_grid", "literal_setting", "tune", "select", "final", "format_table",
@@ -182,7 +184,7 @@ def _conflicting_select(batch) -> str:
 
 
 def evaluate_cached(config: pipeline.RunConfig, workdir: str, run_data: pipeline.RunData,
-                    syn: SynSet, *, split: str, protocol: evaluate.Protocol, num_models: int,
+                    syn: SynSet, *, split: str, protocol: protocols.Protocol, num_models: int,
                     progress: bool = False) -> dict:
   """Evaluates ``syn`` once on ``split`` (``valid`` or ``test``); reuses the file after.
 
@@ -198,12 +200,12 @@ def evaluate_cached(config: pipeline.RunConfig, workdir: str, run_data: pipeline
   k_eval = pipeline.run_keys(config)[2]
   valid = run_data.batch(run_data.valid)
   if split == "valid":
-    result = evaluate.evaluate(k_eval, syn, valid, model=model, protocol=protocol,
-                               num_models=num_models, progress=progress)
+    result = evaluate.evaluate_synset(k_eval, syn, valid, model=model, protocol=protocol,
+                                      num_models=num_models, progress=progress)
   elif split == "test":
-    result = evaluate.evaluate(k_eval, syn, run_data.batch(run_data.test), model=model,
-                               protocol=protocol, num_models=num_models, valid=valid,
-                               select_on=_conflicting_select(valid), progress=progress)
+    result = evaluate.evaluate_synset(k_eval, syn, run_data.batch(run_data.test), model=model,
+                                      protocol=protocol, num_models=num_models, valid=valid,
+                                      select_on=_conflicting_select(valid), progress=progress)
   else:
     raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
   summary = result.summary()
@@ -320,7 +322,7 @@ def distil_groups(configs, root: str, run_data: pipeline.RunData, *,
 
 @pipeline.under_policy
 def tune(base: pipeline.RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
-         candidates: Sequence[Setting] | None = None, protocol: str | evaluate.Protocol = "cpu",
+         candidates: Sequence[Setting] | None = None, protocol: str | protocols.Protocol = "cpu",
          num_models: int = 3, progress: bool = True, show: bool | None = None) -> dict:
   """Distils every candidate at every seed and selects on validation data only.
 
@@ -329,7 +331,7 @@ def tune(base: pipeline.RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
   Returns the selection dict; ``["chosen"]`` maps ``none``/``kde`` to the
   chosen :class:`Setting`'s overrides.
   """
-  protocol = evaluate.get_protocol(protocol)
+  protocol = protocols.get_protocol(protocol)
   candidates = list(candidates if candidates is not None else knob_grid(base))
   if not candidates or not seeds:
     raise ValueError("tune needs at least one candidate and one seed")
@@ -454,7 +456,7 @@ def _refuse_other_table(root: str, identity: dict) -> None:
 
 @pipeline.under_policy
 def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
-          seeds: Sequence[int] = (0, 1, 2), protocol: str | evaluate.Protocol = "cpu300",
+          seeds: Sequence[int] = (0, 1, 2), protocol: str | protocols.Protocol = "cpu300",
           num_models: int = 5, with_random: bool = True, full_models: int = 3,
           progress: bool = True, show: bool | None = None) -> dict:
   """Distils (or reuses) each named setting at each seed and evaluates it once on test.
@@ -473,7 +475,7 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
 
   Writes ``table.json`` and ``table.md`` under ``root``; returns the table dict.
   """
-  protocol = evaluate.get_protocol(protocol)
+  protocol = protocols.get_protocol(protocol)
   identity = {"base": base.to_dict(), "protocol": protocol.to_dict(), "num_models": num_models,
               "seeds": list(seeds),
               "settings": {k: [list(kv) for kv in v.overrides] for k, v in settings.items()}}
@@ -481,13 +483,13 @@ def final(base: pipeline.RunConfig, root: str, *, settings: dict[str, Setting],
   rows: dict[str, dict[str, Any]] = {}
 
   def add(name, seed, summary, score, extra=None):
-    row = rows.setdefault(name, {"seeds": [], "per_seed": {m: [] for m in evaluate.METRICS},
+    row = rows.setdefault(name, {"seeds": [], "per_seed": {m: [] for m in METRICS},
                                  "valid_conflicting": [], "bias_aligned_fraction": [],
                                  "per_model": []})
     row["seeds"].append(seed)
-    for m in evaluate.METRICS:
+    for m in METRICS:
       row["per_seed"][m].append(float(np.mean(_per_model(summary, m))))
-    row["per_model"].append({m: _per_model(summary, m).tolist() for m in evaluate.METRICS})
+    row["per_model"].append({m: _per_model(summary, m).tolist() for m in METRICS})
     vs = summary["result"].get("valid_scores")
     row["valid_conflicting"].append(None if vs is None else float(np.mean(vs)))
     # 'overall' when the validation split has no bias-conflicting image (e.g. CMNIST 1 %).
@@ -565,7 +567,7 @@ def _paired(rows: dict) -> dict:
     if name == "vanilla" or row["seeds"] != ref["seeds"]:
       continue
     out[name] = {m: (np.asarray(row["per_seed"][m]) - np.asarray(ref["per_seed"][m])).tolist()
-                 for m in evaluate.METRICS}
+                 for m in METRICS}
   return out
 
 
@@ -589,7 +591,7 @@ def _metric_cell(row: dict, metric: str) -> str:
 
 def _accuracy_cells(row: dict) -> list[str]:
   """The four test accuracies of a table row (:func:`_metric_cell`)."""
-  return [_metric_cell(row, m) for m in evaluate.METRICS]
+  return [_metric_cell(row, m) for m in METRICS]
 
 
 def format_summary(table: dict) -> str:
@@ -658,7 +660,7 @@ def format_table(table: dict) -> str:
     for name in row_order(table["paired"]):
       d = table["paired"][name]
       lines.append(f"| {name} − vanilla | "
-                   + " | ".join(format_pm(d[m], signed=True) for m in evaluate.METRICS) + " |")
+                   + " | ".join(format_pm(d[m], signed=True) for m in METRICS) + " |")
   return "\n".join(lines)
 
 

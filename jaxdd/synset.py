@@ -14,7 +14,9 @@ Layout of an artifact directory::
 The directory is written under a temporary name and renamed into place, so a
 reader never sees half an artifact. :func:`load` re-hashes every file and
 detects a corrupted or truncated one (a checksum); the signature, checked
-against trusted public keys, detects an attacker who rewrote the manifest too.
+against trusted public keys by the verifier that
+:func:`jaxdd.security.signing.load_synset` hands to :func:`load`, detects an
+attacker who rewrote the manifest too.
 
 Example:
   >>> import numpy as np, tempfile, os
@@ -35,7 +37,7 @@ import io
 import json
 import os
 import zipfile
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -45,6 +47,11 @@ from jaxdd.structs import SynSet
 
 FORMAT_VERSION = 1
 _FILES = ("arrays.npz", "meta.json")
+
+#: A signature check handed to :func:`load`: ``verify(path, manifest_bytes)``
+#: raises to refuse the artifact, or returns the record stored as
+#: ``meta["signature"]`` (None: nothing stored).
+Verifier = Callable[[str, bytes], "dict | None"]
 
 # The package's atomic writes and file digest (owned by jaxdd._src.io), public
 # under these names because run drivers and tests use them.
@@ -93,35 +100,34 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
   return path
 
 
-def load(path: str, *, trust=None) -> tuple[SynSet, dict]:
-  """Loads and verifies a SynSet artifact (checksums, and the signature policy).
+def load(path: str, *, verify: Verifier | None = None) -> tuple[SynSet, dict]:
+  """Loads and verifies a SynSet artifact (checksums, and an optional signature check).
 
   Every file is hashed and compared with ``manifest.json``; the arrays are
-  parsed from the very bytes that were hashed. The signature
-  (:mod:`jaxdd.security.signing`) is checked against the trust anchors.
+  parsed from the very bytes that were hashed. The signature is checked by
+  ``verify`` when one is given: the public loader
+  :func:`jaxdd.security.signing.load_synset` (``jaxdd.load_synset``) passes
+  the one built from the trust anchors.
 
   Args:
     path: the artifact directory.
-    trust: the trusted public keys: ``.pub`` paths or folders (a list, or one
-      string separated by ``os.pathsep`` or commas); None reads
-      ``$JAXDD_TRUSTED_KEYS`` (no anchor when unset: the artifact loads and its
-      signature status is reported); False skips the signature check (a run
+    verify: called as ``verify(path, manifest_bytes)`` once the manifest is
+      read and before any other file; it raises when the artifact must be
+      refused, and returns a JSON-able record stored as ``meta["signature"]``
+      (or None to store nothing). None checks the checksums only (a run
       re-reading the artifact it wrote itself).
 
   Returns:
     ``(syn, meta)``; ``meta`` includes ``mean`` and ``std``, and ``signature``
-    (the :class:`~jaxdd.security.signing.SignatureStatus` as a dict) unless
-    ``trust`` is False.
+    when ``verify`` returned a record.
 
   Raises:
     FileNotFoundError: the directory or one of its files is missing.
     ValueError: a file does not match the manifest (corrupted or truncated),
       or the arrays are malformed.
-    jaxdd.security.signing.SignatureError: the signature does not verify, or
-      trust anchors are configured and the artifact is unsigned or signed by
-      an untrusted key.
+    Exception: whatever ``verify`` raises (for the signature check,
+      :class:`jaxdd.security.signing.SignatureError`).
   """
-  from jaxdd.security import signing  # noqa: PLC0415
   if not os.path.isdir(path):
     raise FileNotFoundError(f"no SynSet artifact at {path!r}; pass the directory written by "
                             "`jaxdd distill` (it holds arrays.npz, meta.json, manifest.json)")
@@ -136,10 +142,7 @@ def load(path: str, *, trust=None) -> tuple[SynSet, dict]:
       raise TypeError(f"'files' is a {type(expected).__name__}, not a mapping")
   except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
     raise ValueError(f"{manifest_path} is corrupted ({e}); re-create the artifact") from e
-  status = None
-  if trust is not False:
-    anchors = signing.trusted_keys(trust) if not _is_key_list(trust) else list(trust)
-    status = signing.check(path, manifest_bytes, anchors)
+  status = verify(path, manifest_bytes) if verify is not None else None
   contents = {}
   for name in _FILES:
     file = os.path.join(path, name)
@@ -166,11 +169,6 @@ def load(path: str, *, trust=None) -> tuple[SynSet, dict]:
   meta = json.loads(contents["meta.json"])
   meta["mean"], meta["std"] = mean.tolist(), std.tolist()
   if status is not None:
-    meta["signature"] = status.to_dict()
+    meta["signature"] = status
   return SynSet(images, labels), meta
 
-
-def _is_key_list(trust) -> bool:
-  from jaxdd.security import signing  # noqa: PLC0415
-  return (isinstance(trust, (list, tuple)) and bool(trust)
-          and all(isinstance(k, signing.PublicKey) for k in trust))

@@ -46,7 +46,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdd import policy
+from jaxdd import augment, policy
+from jaxdd import progress as progress_lib
 from jaxdd._src import checks, winograd
 from jaxdd.models import loop_safe_convs
 from jaxdd.protocols import Protocol, get_protocol
@@ -111,7 +112,6 @@ def torch_sgd(learning_rate, *, momentum: float, weight_decay: float
 def _augment_fn(strategy: str | None):
   if strategy is None or strategy.lower() in ("none", ""):
     return None
-  from jaxdd import augment  # noqa: PLC0415  (optional until a protocol asks for DSA)
   return augment.dsa(strategy, siamese=False)
 
 
@@ -618,7 +618,6 @@ def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str 
 
 def _train_many(key, images, labels, *, task, protocol, num_models, lrs, parallel,
                 progress: bool = False):
-  from jaxdd import progress as progress_lib  # noqa: PLC0415
   progress = progress and not progress_lib.is_quiet()
   many = _train_many_program(task, protocol, resolve_parallel(parallel), progress)
   keys = jax.random.split(key, num_models)

@@ -23,7 +23,7 @@ def test_key_first_and_options_keyword_only():
       assert params[0].name == "key", f"jaxdd.{name}: first argument must be `key`"
     for i, p in enumerate(params):
       assert p.name != "rng", f"jaxdd.{name}: use `key`, not `rng`"
-      # the subject (first argument, e.g. dsa's strategy string) may have a default
+      # the subject (first argument, e.g. dsa_augment's strategy string) may have a default
       if i > 0 and p.default is not inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD:
         raise AssertionError(f"jaxdd.{name}: option {p.name!r} must be keyword-only")
 
@@ -37,5 +37,21 @@ def test_unknown_attribute():
 def test_submodule_names_are_modules():
   import types
   from jaxdd import evaluate  # must be the module, not the function
-  assert isinstance(evaluate, types.ModuleType) and callable(evaluate.evaluate)
-  assert jaxdd.evaluate_synset is evaluate.evaluate
+  assert isinstance(evaluate, types.ModuleType) and callable(evaluate.evaluate_synset)
+  assert jaxdd.evaluate_synset is evaluate.evaluate_synset
+  # the module exports its own entry points only (the trainer's names live in jaxdd.train)
+  assert evaluate.__all__ == ["evaluate_synset", "evaluate_task", "predict", "split_validation"]
+  assert not hasattr(evaluate, "evaluate") and not hasattr(evaluate, "train_models")
+
+
+def test_public_names_are_unambiguous():
+  from jaxdd import augment, diagnostics, kde
+  # every public name once, and none of them shadows a submodule
+  assert len(jaxdd.__all__) == len(set(jaxdd.__all__))
+  assert not set(jaxdd.__all__) & set(jaxdd._SUBMODULES)
+  # the augmentation and the distiller of DSA have names of their own
+  assert jaxdd.dsa_augment is augment.dsa and jaxdd.distill.dsa is not augment.dsa
+  assert "dsa" not in jaxdd.__all__
+  # jaxdd.kde_weights weighs the embeddings it is given; the diagnostics' dataset-wide,
+  # scope-dispatching weights have another name
+  assert jaxdd.kde_weights is kde.weights and not hasattr(diagnostics, "kde_weights")

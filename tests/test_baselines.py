@@ -10,7 +10,9 @@ from jaxdd import models
 from jaxdd.baselines import full_dataset, herding, k_center, random_subset, take
 from jaxdd.debias import (evaluate_debiased, generalized_cross_entropy, relative_difficulty,
                           train_lff, update_ema)
-from jaxdd.evaluate import EvalResult, Protocol, evaluate
+from jaxdd.evaluate import evaluate_synset
+from jaxdd.protocols import Protocol
+from jaxdd.results import EvalResult
 from jaxdd.structs import Batch, SynSet
 
 TINY = models.ConvNet(num_classes=3, depth=1, width=4)
@@ -101,8 +103,8 @@ def test_full_dataset_trains_with_many_steps_per_epoch(getkey):
   syn = full_dataset(images, labels)
   assert np.all(np.diff(np.asarray(syn.labels)) >= 0) and syn.images.shape[0] == 40
   np.testing.assert_array_equal(np.bincount(np.asarray(syn.labels)), np.bincount(labels))
-  r = evaluate(getkey(), syn, Batch(images, jnp.asarray(labels)), model=TINY, protocol=PROTO,
-               num_models=1)
+  r = evaluate_synset(getkey(), syn, Batch(images, jnp.asarray(labels)), model=TINY, protocol=PROTO,
+                      num_models=1)
   assert r.mean("overall") == 1.0 and r.num_train == 40
   sub = take(images, labels, herding(np.asarray(images).reshape(40, -1), labels, ipc=2))
   assert sub.images.shape == (6, 8, 8, 3)

@@ -270,7 +270,7 @@ def test_diagnose_cli_on_embedded_cmnist(tmp_path):
   assert again["default"]["report"]["overall"] == pytest.approx(o)
 
 
-def test_kde_weights_dispatches_on_scope_and_the_sweep_covers_the_grid():
+def test_scope_weights_dispatches_on_scope_and_the_sweep_covers_the_grid():
   from jaxdd import kde
   rng = np.random.default_rng(1)
   z = rng.normal(size=(40, 3)).astype(np.float32)
@@ -279,11 +279,11 @@ def test_kde_weights_dispatches_on_scope_and_the_sweep_covers_the_grid():
   key = jax.random.key(3)
   cfg = kde.KDEConfig(0.5, 1.0, "softmax", "batch")
   np.testing.assert_array_equal(
-      D.kde_weights(key, z, y, cfg, num_classes=2, batch_size=8, num_rounds=2),
+      D.scope_weights(key, z, y, cfg, num_classes=2, batch_size=8, num_rounds=2),
       D.batch_scope_weights(key, z, y, batch_size=8, variance=0.5, temperature=1.0,
                                       normalize="softmax", num_classes=2, num_rounds=2))
   np.testing.assert_array_equal(
-      D.kde_weights(key, z, y, cfg.replace(scope="class"), num_classes=2),
+      D.scope_weights(key, z, y, cfg.replace(scope="class"), num_classes=2),
       D.class_scope_weights(z, y, variance=0.5, temperature=1.0, normalize="softmax",
                                       num_classes=2))
   rows = D.weight_sweep(key, z, y, aligned, num_classes=2, variances=(0.1, 1.0),

@@ -107,8 +107,8 @@ def test_evaluate_elf_trains_with_adapters_and_refuses_mismatched_features():
   m["convnet-d2-w8"]["elf"] = r.summary()
   assert "| convnet-d2-w8 | elf |" in elf.format_matrix(m)
   # the plain cell is the ordinary evaluation with the same key
-  plain = evaluate.evaluate(jax.random.key(1), syn, test, model=ev, protocol="smoke",
-                            num_models=1)
+  plain = evaluate.evaluate_synset(jax.random.key(1), syn, test, model=ev, protocol="smoke",
+                                   num_models=1)
   assert m["convnet-d2-w8"]["plain"]["mean"] == plain.summary()["mean"]
 
 

@@ -11,9 +11,12 @@ import pytest
 from jax import lax
 
 from jaxdd import models
-from jaxdd.evaluate import (PROTOCOLS, DSA_STRATEGY, EvalResult, Protocol, StepBatch, TrainTask,
-                            _train_single, evaluate, get_protocol, group_accuracies, loop_safe_conv,
-                            split_validation, train_fresh, train_models)
+from jaxdd.evaluate import evaluate_synset, split_validation
+from jaxdd.metrics import group_accuracies
+from jaxdd.models import loop_safe_conv
+from jaxdd.protocols import DSA_STRATEGY, PROTOCOLS, Protocol, get_protocol
+from jaxdd.results import EvalResult
+from jaxdd.train import StepBatch, TrainTask, _train_single, train_fresh, train_models
 from jaxdd.structs import Batch, SynSet
 
 COLOURS = np.array([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]], np.float32)
@@ -231,12 +234,12 @@ def test_micro_batched_gradients_equal_whole_batch_training(getkey, micro, per_c
   # Per-sample tasks on CPU split each batch into micro-batches and average their
   # gradients; the trajectory must equal whole-batch training (float tolerance).
   # A cpu policy with a small micro-batch is pinned so that tiny batches split.
-  from jaxdd import evaluate as ev
+  from jaxdd import train as train_lib
   from jaxdd import policy
   small = dataclasses.replace(policy.POLICIES["cpu"], name=f"cpu-micro-{micro}", micro_batch=micro)
   images, labels = separable(getkey(), per_class=per_class)
   proto = Protocol(f"micro-test-{micro}", epochs=3, batch_size=batch, lr=0.05)
-  base = ev.standard_task(TINY)
+  base = train_lib.standard_task(TINY)
   whole = TrainTask("micro-whole", base.init, base.loss, base.predict, per_sample=False)
   split = TrainTask("micro-split", base.init, base.loss, base.predict, per_sample=True)
   key = getkey()
@@ -244,9 +247,9 @@ def test_micro_batched_gradients_equal_whole_batch_training(getkey, micro, per_c
     p0, _, m0 = _train_single(whole, proto)(key, jnp.float32(proto.lr), images, labels)
     p1, _, m1 = _train_single(split, proto)(key, jnp.float32(proto.lr), images, labels)
     # Compiled programs are cached per (task, protocol/block, mode, policy), never rebuilt per call.
-    assert ev._predict_program(base, 4, "map") is ev._predict_program(base, 4, "map")
+    assert train_lib._predict_program(base, 4, "map") is train_lib._predict_program(base, 4, "map")
     assert _train_single(split, proto) is _train_single(split, proto)
-    assert ev.predict_block(proto, 1000, "map") == small.predict_block
+    assert train_lib.predict_block(proto, 1000, "map") == small.predict_block
     pinned_program = _train_single(split, proto)
   # Another policy is another program (it may lay the work out differently).
   assert _train_single(split, proto) is not pinned_program
@@ -254,10 +257,10 @@ def test_micro_batched_gradients_equal_whole_batch_training(getkey, micro, per_c
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(m1.loss, m0.loss, rtol=1e-5)
   np.testing.assert_array_equal(m1.acc, m0.acc)
-  assert ev.micro_batch_size(8, 2) == 2 and ev.micro_batch_size(18, 4) == 3
+  assert train_lib.micro_batch_size(8, 2) == 2 and train_lib.micro_batch_size(18, 4) == 3
   # CPU, one network at a time: the cpu policy's block
-  assert ev.predict_block(proto, 1000, "map") == policy.POLICIES["cpu"].predict_block
-  assert ev.predict_block(proto, 7, "vmap") == 7
+  assert train_lib.predict_block(proto, 1000, "map") == policy.POLICIES["cpu"].predict_block
+  assert train_lib.predict_block(proto, 7, "vmap") == 7
 
 
 def test_batchnorm_model_updates_running_stats(getkey):
@@ -292,8 +295,8 @@ def test_evaluate_stamps_protocol_model_and_seed(getkey):
   timages, tlabels = separable(getkey(), per_class=5)
   bias = (np.arange(15) % 3).astype(np.int32)
   key = getkey()
-  r = evaluate(key, SynSet(images, labels), Batch(timages, tlabels, bias=bias), model=TINY,
-               protocol=FAST, num_models=3)
+  r = evaluate_synset(key, SynSet(images, labels), Batch(timages, tlabels, bias=bias), model=TINY,
+                      protocol=FAST, num_models=3)
   assert isinstance(r, EvalResult)
   d = json.loads(json.dumps(r.to_dict()))
   assert d["protocol"] == json.loads(json.dumps(FAST.to_dict()))
@@ -321,15 +324,15 @@ def test_lr_selected_on_validation_never_on_test(getkey):
   # pick the wrong lr.
   shifted = (tlabels + 1) % 3
   good, bad = 0.05, 1e-7
-  r = evaluate(getkey(), SynSet(images, labels), Batch(timages, shifted), model=TINY,
-               protocol=FAST, num_models=2, lrs=[bad, good], valid=Batch(vimages, vlabels))
+  r = evaluate_synset(getkey(), SynSet(images, labels), Batch(timages, shifted), model=TINY,
+                      protocol=FAST, num_models=2, lrs=[bad, good], valid=Batch(vimages, vlabels))
   assert r.selected_lr == good and r.selection == "valid"
   assert r.valid_scores.shape == (2, 2)
   assert r.valid_scores[1].mean() == 1.0 > r.valid_scores[0].mean()
   assert r.mean("overall") == 0.0  # test numbers reported for the chosen lr
   with pytest.raises(ValueError, match="never selects on the test set"):
-    evaluate(getkey(), SynSet(images, labels), Batch(timages, tlabels), model=TINY,
-             protocol=FAST, lrs=[bad, good])
+    evaluate_synset(getkey(), SynSet(images, labels), Batch(timages, tlabels), model=TINY,
+                    protocol=FAST, lrs=[bad, good])
 
 
 def test_split_validation_is_stratified_disjoint_and_deterministic(getkey):
@@ -357,8 +360,8 @@ def test_bad_inputs_raise_clear_errors(getkey):
   with pytest.raises(ValueError, match="typed key"):
     train_fresh(jax.random.PRNGKey(0), syn, model=TINY, protocol=FAST)
   with pytest.raises(ValueError, match="share H, W, C"):
-    evaluate(getkey(), syn, Batch(jnp.zeros((3, 6, 6, 3)), jnp.array([0, 1, 2])), model=TINY,
-             protocol=FAST)
+    evaluate_synset(getkey(), syn, Batch(jnp.zeros((3, 6, 6, 3)), jnp.array([0, 1, 2])), model=TINY,
+                    protocol=FAST)
   with pytest.raises(ValueError, match="parallel"):
     train_models(getkey(), syn, model=TINY, protocol=FAST, parallel="pmap")
   with pytest.raises(ValueError, match=r"\[0, 3\)"):

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import distill, evaluate, matching, models, parallel
+from jaxdd import distill, matching, models, parallel
+from jaxdd import train as train_lib
+from jaxdd.protocols import Protocol
 
 
 # ---------------------------------------------------------------------------- numpy references
@@ -89,7 +91,7 @@ def test_gradient_distance_matches_reference_rows_on_a_convnet():
   model = models.ConvNet(4, depth=2, width=6)
   x = jax.random.normal(jax.random.key(0), (5, 8, 8, 3))
   params = model.init(jax.random.key(1), x)["params"]
-  ce = lambda p, xs, y: evaluate.cross_entropy(model.apply({"params": p}, xs), y).mean()
+  ce = lambda p, xs, y: train_lib.cross_entropy(model.apply({"params": p}, xs), y).mean()
   grad = jax.jit(jax.grad(ce))  # one program for both gradients
   g1 = grad(params, x, jnp.array([0, 1, 2, 3, 0]))
   g2 = grad(params, x[::-1] * 0.5, jnp.array([1, 1, 2, 3, 3]))
@@ -228,14 +230,15 @@ def test_outer_iteration_equals_a_hand_written_loop():
   params = TINY.init(k_net, jnp.zeros((1, 8, 8, 3)), train=False)["params"]
   tx = optax.sgd(0.5, momentum=0.5)
   opt = tx.init(images)
-  proto = evaluate.Protocol("inner", epochs=1, lr=0.05, momentum=0.0, weight_decay=0.0,
+  proto = Protocol("inner", epochs=1, lr=0.05, momentum=0.0, weight_decay=0.0,
                             decay_at=None, augment=None)
   labels = jnp.repeat(jnp.arange(3), 2)
   logits_fn = lambda p, im: TINY.apply({"params": p}, im)
   match = jax.jit(jax.value_and_grad(lambda s, p, k, x, w: matching.gm_loss(
       k, s.reshape(3, 2, 8, 8, 3), x, params=p, weights=w, logits_fn=logits_fn)))
-  train = jax.jit(lambda p, im, k: evaluate.fit(k, p, {}, im, labels,
-                                                task=evaluate.standard_task(TINY), protocol=proto))
+  train = jax.jit(lambda p, im, k: train_lib.fit(k, p, {}, im, labels,
+                                                 task=train_lib.standard_task(TINY),
+                                                 protocol=proto))
   losses = []
   for r in range(3):
     k_match, k_train = jax.random.split(jax.random.fold_in(k_rounds, r))

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdd import distill, models, mtt
+from jaxdd import distill, models
+from jaxdd.distill import experts
 
 HIGHEST = jax.default_matmul_precision("highest")
 
@@ -20,7 +21,7 @@ def _setup(n=8, size=6, num_classes=3, seed=0, model=None):
   y = jnp.asarray(np.arange(n) % num_classes, jnp.int32)
   model = model or models.get("convnet-d1-w4", num_classes=num_classes)
   params = model.init(jax.random.key(seed), x[:1])["params"]
-  start, unravel = mtt.flatten(params)
+  start, unravel = experts.flatten(params)
   target = start + 0.05 * jnp.asarray(rng.normal(size=start.shape), jnp.float32)
 
   def apply_fn(p, im):
@@ -32,7 +33,7 @@ def _reference_cut(images, labels, syn_lr, start, target, key, *, apply_fn, unra
                    batch_syn):
   """TESLA's gradient by construction: the exact unroll with theta_i cut from earlier steps."""
   k_idx, k_aug = jax.random.split(key)
-  idx = mtt.student_batches(k_idx, images.shape[0], syn_steps, batch_syn)
+  idx = experts.student_batches(k_idx, images.shape[0], syn_steps, batch_syn)
   theta, total = start, jnp.zeros_like(start)
   for i in range(syn_steps):
     th = jax.lax.stop_gradient(theta)  # theta_i's value, without its dependence on X_<i
@@ -53,12 +54,12 @@ def _grads(fn, x, lr):
 
 
 def test_student_batches_cover_the_set_before_repeating():
-  idx = np.asarray(mtt.student_batches(jax.random.key(1), 10, syn_steps=7, batch_syn=5))
+  idx = np.asarray(experts.student_batches(jax.random.key(1), 10, syn_steps=7, batch_syn=5))
   assert idx.shape == (7, 5)
   for p in range(3):  # each pair of chunks is one permutation of the 10 rows
     assert sorted(idx[2 * p:2 * p + 2].ravel()) == list(range(10))
   with pytest.raises(ValueError, match="batch_syn"):
-    mtt.student_batches(jax.random.key(1), 10, syn_steps=2, batch_syn=11)
+    experts.student_batches(jax.random.key(1), 10, syn_steps=2, batch_syn=11)
 
 
 def test_exact_gradient_matches_the_unrolled_reference_and_finite_differences():
@@ -66,7 +67,7 @@ def test_exact_gradient_matches_the_unrolled_reference_and_finite_differences():
   kw = dict(apply_fn=apply_fn, unravel=unravel, syn_steps=4, batch_syn=4)
   key = jax.random.key(3)
   with HIGHEST:
-    f = lambda im, lr, remat: mtt.trajectory_loss(im, y, lr, start, target, key, remat=remat, **kw)
+    f = lambda im, lr, remat: experts.trajectory_loss(im, y, lr, start, target, key, remat=remat, **kw)
     gx, glr = _grads(functools.partial(f, remat=True), x, 0.1)
     rx, rlr = _grads(functools.partial(f, remat=False), x, 0.1)
     # remat recomputes the same float32 operations: agreement to rounding
@@ -89,11 +90,11 @@ def test_tesla_equals_exact_for_one_step():
   kw = dict(apply_fn=apply_fn, unravel=unravel, syn_steps=1)
   key = jax.random.key(4)
   with HIGHEST:
-    ex = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, **kw), x, 0.2)
-    te = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, mode="tesla",
+    ex = _grads(lambda im, lr: experts.trajectory_loss(im, y, lr, start, target, key, **kw), x, 0.2)
+    te = _grads(lambda im, lr: experts.trajectory_loss(im, y, lr, start, target, key, mode="tesla",
                                                    **kw), x, 0.2)
-    lx = mtt.trajectory_loss(x, y, 0.2, start, target, key, **kw)
-    lt = mtt.trajectory_loss(x, y, 0.2, start, target, key, mode="tesla", **kw)
+    lx = experts.trajectory_loss(x, y, 0.2, start, target, key, **kw)
+    lt = experts.trajectory_loss(x, y, 0.2, start, target, key, mode="tesla", **kw)
   np.testing.assert_allclose(lt, lx, rtol=1e-6)
   np.testing.assert_allclose(te[0], ex[0], rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(te[1], ex[1], rtol=1e-4)
@@ -104,10 +105,10 @@ def test_tesla_is_the_exact_gradient_with_later_dependence_cut():
   kw = dict(apply_fn=apply_fn, unravel=unravel, syn_steps=5, batch_syn=3)
   key = jax.random.key(5)
   with HIGHEST:
-    te = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, mode="tesla",
+    te = _grads(lambda im, lr: experts.trajectory_loss(im, y, lr, start, target, key, mode="tesla",
                                                    **kw), x, 0.1)
     ref = _grads(lambda im, lr: _reference_cut(im, y, lr, start, target, key, **kw), x, 0.1)
-    ex = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, **kw), x, 0.1)
+    ex = _grads(lambda im, lr: experts.trajectory_loss(im, y, lr, start, target, key, **kw), x, 0.1)
   np.testing.assert_allclose(te[0], ref[0], rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(te[1], ref[1], rtol=1e-4)
   # ... which is an approximation: the exact gradient differs for several steps
@@ -121,8 +122,8 @@ def test_augmentation_keys_are_shared_by_both_passes():
   kw = dict(apply_fn=apply_fn, unravel=unravel, syn_steps=1, augment=aug)
   key = jax.random.key(6)
   with HIGHEST:
-    ex = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, **kw), x, 0.2)
-    te = _grads(lambda im, lr: mtt.trajectory_loss(im, y, lr, start, target, key, mode="tesla",
+    ex = _grads(lambda im, lr: experts.trajectory_loss(im, y, lr, start, target, key, **kw), x, 0.2)
+    te = _grads(lambda im, lr: experts.trajectory_loss(im, y, lr, start, target, key, mode="tesla",
                                                    **kw), x, 0.2)
   np.testing.assert_allclose(te[0], ex[0], rtol=1e-4, atol=1e-7)
 
@@ -133,7 +134,7 @@ def test_tesla_memory_does_not_grow_with_the_unroll():
   x, y, start, target, apply_fn, unravel = _setup(n=4, size=8)
 
   def temp(mode, steps):
-    f = jax.jit(jax.grad(lambda im: mtt.trajectory_loss(
+    f = jax.jit(jax.grad(lambda im: experts.trajectory_loss(
         im, y, 0.1, start, target, jax.random.key(0), apply_fn=apply_fn, unravel=unravel,
         syn_steps=steps, mode=mode)))
     return f.lower(x).compile().memory_analysis().temp_size_in_bytes
@@ -146,10 +147,10 @@ def test_tesla_memory_does_not_grow_with_the_unroll():
 def test_bad_arguments():
   x, y, start, target, apply_fn, unravel = _setup()
   with pytest.raises(ValueError, match="mode"):
-    mtt.trajectory_loss(x, y, 0.1, start, target, jax.random.key(0), apply_fn=apply_fn,
+    experts.trajectory_loss(x, y, 0.1, start, target, jax.random.key(0), apply_fn=apply_fn,
                         unravel=unravel, syn_steps=2, mode="fast")
   with pytest.raises(ValueError, match="syn_steps"):
-    mtt.trajectory_loss(x, y, 0.1, start, target, jax.random.key(0), apply_fn=apply_fn,
+    experts.trajectory_loss(x, y, 0.1, start, target, jax.random.key(0), apply_fn=apply_fn,
                         unravel=unravel, syn_steps=0)
 
 
@@ -164,7 +165,7 @@ def _toy(n_per_class=12, num_classes=3, size=8, seed=0):
 
 def test_weighted_epoch_rows_follow_the_weights():
   w = np.array([0.0, 1.0, 3.0, 0.0, 4.0])
-  rows = np.asarray(mtt.weighted_epoch_rows(jax.random.key(0), w, 40000))
+  rows = np.asarray(experts.weighted_epoch_rows(jax.random.key(0), w, 40000))
   assert rows.shape == (40000,) and not np.isin(rows, [0, 3]).any()
   freq = np.bincount(rows, minlength=5) / 40000
   # binomial sd at p = 0.5, n = 40000 is 0.0025: 0.015 is 6 sd
@@ -174,24 +175,24 @@ def test_weighted_epoch_rows_follow_the_weights():
 def test_experts_record_init_and_every_epoch():
   x, y = _toy()
   model = models.get("convnet-d1-w4", num_classes=3)
-  buf = mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=2, epochs=3,
+  buf = experts.train_experts(jax.random.key(0), x, y, model=model, num_experts=2, epochs=3,
                           lr=0.05, batch_size=12, augment=None)
   p0 = model.init(jax.random.split(jax.random.fold_in(jax.random.key(0), 0))[0],
                   jnp.asarray(x[:1]))["params"]
-  assert buf.shape == (2, 4, mtt.flatten(p0)[0].size)
-  np.testing.assert_array_equal(buf[0, 0], np.asarray(mtt.flatten(p0)[0]))
+  assert buf.shape == (2, 4, experts.flatten(p0)[0].size)
+  np.testing.assert_array_equal(buf[0, 0], np.asarray(experts.flatten(p0)[0]))
   assert (np.linalg.norm(np.diff(buf, axis=1), axis=-1) > 0).all()  # every epoch moved
-  again = mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=2, epochs=3,
+  again = experts.train_experts(jax.random.key(0), x, y, model=model, num_experts=2, epochs=3,
                             lr=0.05, batch_size=12, augment=None)
   np.testing.assert_array_equal(again, buf)  # same key, same trajectories
   w = np.where(y == 0, 1.0, 0.0)  # only class 0 is ever drawn: a different trajectory
-  only0 = mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=1, epochs=1,
+  only0 = experts.train_experts(jax.random.key(0), x, y, model=model, num_experts=1, epochs=1,
                             lr=0.05, batch_size=12, augment=None, weights=w)
   assert not np.allclose(only0[0, 1], buf[0, 1])
   with pytest.raises(ValueError, match="weights"):
-    mtt.train_experts(jax.random.key(0), x, y, model=model, weights=np.zeros(len(y)))
+    experts.train_experts(jax.random.key(0), x, y, model=model, weights=np.zeros(len(y)))
   with pytest.raises(ValueError, match="batch statistics"):
-    mtt.train_experts(jax.random.key(0), x, y, model=models.get("convnet-d1-w4-batchnorm",
+    experts.train_experts(jax.random.key(0), x, y, model=models.get("convnet-d1-w4-batchnorm",
                                                                  num_classes=3), epochs=1)
 
 
@@ -199,7 +200,7 @@ def test_experts_record_init_and_every_epoch():
 def test_distiller_lowers_the_loss_with_one_trace(mode, run_one_trace):
   x, y = _toy()
   model = models.get("convnet-d1-w4", num_classes=3)
-  buf = jnp.asarray(mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=1,
+  buf = jnp.asarray(experts.train_experts(jax.random.key(0), x, y, model=model, num_experts=1,
                                       epochs=3, lr=0.05, batch_size=12, augment=None))
   d = distill.mtt(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2,
                   max_start_epoch=1, syn_steps=4, lr_img=30.0, lr_lr=1e-5, lr_teacher=0.05,
@@ -221,38 +222,38 @@ def test_distiller_refuses_a_too_short_buffer():
 
 def test_buffer_round_trip_and_refusals(tmp_path):
   traj = np.random.default_rng(0).normal(size=(2, 4, 7)).astype(np.float32)
-  spec = mtt.buffer_spec(data={"name": "cmnist", "source_sha256": "ab"}, model="convnet-d1-w4",
+  spec = experts.buffer_spec(data={"name": "cmnist", "source_sha256": "ab"}, model="convnet-d1-w4",
                          weighting={"kind": "none"}, trainer={"epochs": 3, "lr": 0.01}, seed=0)
-  path = mtt.save_buffer(str(tmp_path / "buf"), traj, spec)
-  got, meta = mtt.load_buffer(path, spec)
+  path = experts.save_buffer(str(tmp_path / "buf"), traj, spec)
+  got, meta = experts.load_buffer(path, spec)
   np.testing.assert_array_equal(got, traj)
-  assert meta["digest"] == mtt.spec_digest(spec) and meta["shape"] == [2, 4, 7]
+  assert meta["digest"] == experts.spec_digest(spec) and meta["shape"] == [2, 4, 7]
   kde = dict(spec, weighting={"kind": "kde", "variance": 0.01, "surrogate": "cd"})
   with pytest.raises(ValueError, match="weighting differ"):
-    mtt.load_buffer(path, kde)
+    experts.load_buffer(path, kde)
   with open(tmp_path / "buf" / "trajectories.npz", "ab") as f:
     f.write(b"x")
   with pytest.raises(ValueError, match="damaged"):
-    mtt.load_buffer(path)
+    experts.load_buffer(path)
   with pytest.raises(FileNotFoundError, match="no expert buffer"):
-    mtt.load_buffer(str(tmp_path / "none"))
+    experts.load_buffer(str(tmp_path / "none"))
 
 
 def test_weighted_cross_entropy_experts():
   x, y = _toy()
   model = models.get("convnet-d1-w4", num_classes=3)
   kw = dict(model=model, num_experts=1, epochs=2, lr=0.05, batch_size=12, augment=None)
-  plain = mtt.train_experts(jax.random.key(0), x, y, **kw)
+  plain = experts.train_experts(jax.random.key(0), x, y, **kw)
   # Equal weights: every batch's weighted mean is its plain mean (float rounding apart).
-  equal = mtt.train_experts(jax.random.key(0), x, y, weights=np.full(len(y), 2.0),
+  equal = experts.train_experts(jax.random.key(0), x, y, weights=np.full(len(y), 2.0),
                             weighting="loss", **kw)
   np.testing.assert_allclose(equal, plain, rtol=1e-5, atol=1e-6)
   # Zero weight on classes 1 and 2: only class 0's loss moves the network (the sampler
   # would draw only class 0; the loss weighting passes over every image).
   w = np.where(y == 0, 1.0, 0.0)
-  by_loss = mtt.train_experts(jax.random.key(0), x, y, weights=w, weighting="loss", **kw)
+  by_loss = experts.train_experts(jax.random.key(0), x, y, weights=w, weighting="loss", **kw)
   assert not np.allclose(by_loss[0, 1], plain[0, 1])
-  task = mtt.weighted_ce_task(model)
+  task = experts.weighted_ce_task(model)
   params, _ = task.init(jax.random.key(0), jnp.asarray(x[:1]), None)
   from jaxdd.tasks import StepBatch
   batch = StepBatch(jnp.asarray(x[:6]), jnp.asarray(y[:6]), jnp.arange(6), jax.random.key(1),
@@ -263,13 +264,13 @@ def test_weighted_cross_entropy_experts():
   loss, _ = task.loss(params, {"sample_weight": jnp.asarray(wb, jnp.float32)}, batch)
   np.testing.assert_allclose(float(loss), (wb * ce).sum() / wb.sum(), rtol=1e-5)
   with pytest.raises(ValueError, match="weighting"):
-    mtt.train_experts(jax.random.key(0), x, y, weighting="ce", **kw)
+    experts.train_experts(jax.random.key(0), x, y, weighting="ce", **kw)
 
 
 def test_mtt_step_is_one_sgd_step_on_the_trajectory_loss():
   x, y = _toy()
   model = models.get("convnet-d1-w4", num_classes=3)
-  buf = jnp.asarray(mtt.train_experts(jax.random.key(0), x, y, model=model, num_experts=2,
+  buf = jnp.asarray(experts.train_experts(jax.random.key(0), x, y, model=model, num_experts=2,
                                       epochs=3, lr=0.05, batch_size=12, augment=None))
   kw = dict(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2, max_start_epoch=1,
             syn_steps=3, lr_lr=1e-3, lr_teacher=0.05, strategy=None, mode="exact")
@@ -283,9 +284,9 @@ def test_mtt_step_is_one_sgd_step_on_the_trajectory_loss():
     k_e, _, k_loss = jax.random.split(key, 3)
     e = int(jax.random.randint(k_e, (), 0, 2))
     assert int(m["expert"]) == e and int(m["start_epoch"]) == 0
-    unravel = mtt.flatten(model.init(jax.random.key(0), jnp.asarray(x[:1]))["params"])[1]
+    unravel = experts.flatten(model.init(jax.random.key(0), jnp.asarray(x[:1]))["params"])[1]
     apply_fn = lambda p, im: model.apply({"params": p}, im, train=True)
-    loss_fn = functools.partial(mtt.trajectory_loss, apply_fn=apply_fn, unravel=unravel,
+    loss_fn = functools.partial(experts.trajectory_loss, apply_fn=apply_fn, unravel=unravel,
                                 syn_steps=3, augment=None, mode="exact")
     loss, (g_x, g_lr) = jax.jit(jax.value_and_grad(
         lambda im, lr: loss_fn(im, state.syn.labels, lr, buf[e, 0], buf[e, 2], k_loss),
@@ -308,28 +309,28 @@ def test_a_resumed_buffer_build_equals_one_build(tmp_path):
   x, y = _toy()
   model = models.get("convnet-d1-w4", num_classes=3)
   kw = dict(model=model, epochs=2, lr=0.05, batch_size=12, augment=None)
-  spec = mtt.buffer_spec(data={"name": "toy"}, model="convnet-d1-w4", weighting={"kind": "none"},
+  spec = experts.buffer_spec(data={"name": "toy"}, model="convnet-d1-w4", weighting={"kind": "none"},
                          trainer={"experts": 3}, seed=0)
-  whole = mtt.train_experts(jax.random.key(0), x, y, num_experts=3, **kw)
+  whole = experts.train_experts(jax.random.key(0), x, y, num_experts=3, **kw)
   # A build killed after its first expert left expert-0000.npy in the partial folder.
   path = str(tmp_path / "buf")
-  first = mtt.train_experts(jax.random.key(0), x, y, num_experts=1, first=0, **kw)[0]
+  first = experts.train_experts(jax.random.key(0), x, y, num_experts=1, first=0, **kw)[0]
   os.makedirs(path + ".partial")
   with open(os.path.join(path + ".partial", "spec.json"), "w") as f:
-    json.dump({"digest": mtt.spec_digest(spec)}, f)
+    json.dump({"digest": experts.spec_digest(spec)}, f)
   np.save(os.path.join(path + ".partial", "expert-0000.npy"), first + 1.0)  # marks reuse
-  traj, meta = mtt.build_buffer(path, spec, jax.random.key(0), x, y, num_experts=3, **kw)
+  traj, meta = experts.build_buffer(path, spec, jax.random.key(0), x, y, num_experts=3, **kw)
   np.testing.assert_array_equal(traj[0], first + 1.0)  # the finished expert was not retrained
   np.testing.assert_array_equal(traj[1:], whole[1:])
   assert not os.path.exists(path + ".partial") and meta["shape"] == list(whole.shape)
   # Built: loaded as is; other settings: refused, the buffer left alone.
-  again, _ = mtt.build_buffer(path, spec, jax.random.key(5), x, y, num_experts=3, **kw)
+  again, _ = experts.build_buffer(path, spec, jax.random.key(5), x, y, num_experts=3, **kw)
   np.testing.assert_array_equal(again, traj)
   with pytest.raises(ValueError, match="other settings"):
-    mtt.build_buffer(path, dict(spec, seed=1), jax.random.key(0), x, y, num_experts=3, **kw)
+    experts.build_buffer(path, dict(spec, seed=1), jax.random.key(0), x, y, num_experts=3, **kw)
   # A partial folder of other settings is discarded, not mixed in.
   other = str(tmp_path / "other")
   os.makedirs(other + ".partial")
   np.save(os.path.join(other + ".partial", "expert-0000.npy"), first + 1.0)
-  traj2, _ = mtt.build_buffer(other, spec, jax.random.key(0), x, y, num_experts=3, **kw)
+  traj2, _ = experts.build_buffer(other, spec, jax.random.key(0), x, y, num_experts=3, **kw)
   np.testing.assert_array_equal(traj2, whole)

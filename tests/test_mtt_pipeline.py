@@ -99,7 +99,7 @@ def test_mtt_from_the_cli_builds_reuses_and_refuses_buffers(tmp_path, capsys):
   assert os.stat(os.path.join(buf, "trajectories.npz")).st_mtime_ns == stamp
   with open(os.path.join(buf, "manifest.json")) as f:
     assert f.read() == manifest
-  syn, meta = synset.load(os.path.join(work, "synset"), trust=False)
+  syn, meta = synset.load(os.path.join(work, "synset"))
   with open(os.path.join(buf, "meta.json")) as f:
     assert meta["expert_buffer"] == json.load(f)["digest"]
   assert np.isfinite(meta["syn_lr"]) and meta["method"] == "mtt"

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 from jaxdd import evaluate, models, progress
+from jaxdd import train as train_lib
+from jaxdd.metrics import METRICS
+from jaxdd.protocols import get_protocol
 from jaxdd.structs import Batch, SynSet
 
 
@@ -34,27 +37,27 @@ def test_evaluation_progress_counts_epochs_and_changes_nothing(monkeypatch, para
                bias=jnp.array([0, 1, 1, 0, 0] * 2))
   model = models.ConvNet(num_classes=2, width=4, depth=1)
   kw = dict(model=model, protocol="smoke", num_models=3, parallel=parallel)
-  plain = evaluate.evaluate(jax.random.key(3), syn, test, **kw)
+  plain = evaluate.evaluate_synset(jax.random.key(3), syn, test, **kw)
   bars = []
   monkeypatch.setattr(progress, "bar", lambda total, desc, **k: bars.append((total, Counter()))
                       or bars[-1][1])
-  shown = evaluate.evaluate(jax.random.key(3), syn, test, progress=True, **kw)
-  epochs = evaluate.get_protocol("smoke").num_epochs
+  shown = evaluate.evaluate_synset(jax.random.key(3), syn, test, progress=True, **kw)
+  epochs = get_protocol("smoke").num_epochs
   (total, counter), = bars
   assert total == 3 * epochs and counter.n == 3 * epochs and counter.closed
-  for m in evaluate.METRICS:
+  for m in METRICS:
     np.testing.assert_array_equal(getattr(plain, m), getattr(shown, m))
   np.testing.assert_array_equal(plain.train_loss, shown.train_loss)  # bit-identical training
   # the same with an lr grid (lrs x models networks)
   progress.set_quiet(True)
   try:
-    quiet = evaluate.train_models(jax.random.key(3), syn, model=model, protocol="smoke",
-                                  num_models=2, lrs=[0.01, 0.1], parallel=parallel, progress=True)
+    quiet = train_lib.train_models(jax.random.key(3), syn, model=model, protocol="smoke",
+                                   num_models=2, lrs=[0.01, 0.1], parallel=parallel, progress=True)
   finally:
     progress.set_quiet(False)
   assert len(bars) == 1  # --quiet: no bar at all
-  loud = evaluate.train_models(jax.random.key(3), syn, model=model, protocol="smoke",
-                               num_models=2, lrs=[0.01, 0.1], parallel=parallel, progress=True)
+  loud = train_lib.train_models(jax.random.key(3), syn, model=model, protocol="smoke",
+                                num_models=2, lrs=[0.01, 0.1], parallel=parallel, progress=True)
   assert bars[-1][0] == bars[-1][1].n == 4 * epochs
   np.testing.assert_array_equal(quiet[1].loss, loud[1].loss)
 

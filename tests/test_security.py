@@ -7,6 +7,7 @@ import pytest
 
 from jaxdd import models
 from jaxdd.protocols import get_protocol
+from jaxdd.runs import attacks as run_attacks
 from jaxdd.security import attacks, audit
 from jaxdd.structs import SynSet
 
@@ -102,19 +103,19 @@ def test_posthoc_attack_replaces_target_images_and_keeps_the_rest():
   x, y = _toy_data()
   model = models.get("convnet-d2-w8", num_classes=3)
   t = attacks.patch_trigger((8, 8, 3), size=2)
-  r0 = attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
-                              std=STD, model=model, protocol="smoke", steps=0, replace=3)
+  r0 = run_attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
+                                  std=STD, model=model, protocol="smoke", steps=0, replace=3)
   # archetypes: the SynSet's own first images of classes 1 and 2, stamped; round-robin order
   expected = _naive_stamp(x[[6, 12, 7]], t.pattern, t.mask, MEAN, STD)
   np.testing.assert_allclose(r0.syn.images[3:6], expected, atol=1e-5)
   np.testing.assert_array_equal(r0.syn.images[6:], x[6:])
   np.testing.assert_array_equal(r0.syn.labels, y)
   with pytest.raises(ValueError, match="replace"):
-    attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
-                           std=STD, model=model, protocol="smoke", steps=0, replace=7)
+    run_attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
+                               std=STD, model=model, protocol="smoke", steps=0, replace=7)
   with pytest.raises(ValueError, match="archetypes"):
-    attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
-                           std=STD, model=model, protocol="smoke", steps=0, archetypes="x")
+    run_attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
+                               std=STD, model=model, protocol="smoke", steps=0, archetypes="x")
 
 
 @pytest.mark.slow
@@ -122,9 +123,9 @@ def test_posthoc_attack_gradient_matching_keeps_other_classes():
   x, y = _toy_data()
   model = models.get("convnet-d2-w8", num_classes=3)
   t = attacks.patch_trigger((8, 8, 3), size=2)
-  r = attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
-                             std=STD, model=model, protocol="smoke", steps=2, outer_loop=2,
-                             inner_loop=1, replace=3)
+  r = run_attacks.posthoc_attack(jax.random.key(0), SynSet(x, y), trigger=t, target=0, mean=MEAN,
+                                 std=STD, model=model, protocol="smoke", steps=2, outer_loop=2,
+                                 inner_loop=1, replace=3)
   assert np.isfinite(r.loss).all() and r.loss.shape == (2,)
   # the other classes match themselves (their gradients start equal): they hardly move
   assert np.abs(r.syn.images[6:] - x[6:]).max() < 1e-3
@@ -311,12 +312,12 @@ def test_report_flags_a_trigger_by_its_lift_and_keeps_neural_cleanse_advisory():
 def test_audit_settings_refuse_a_bad_lift_threshold_or_probe_name():
   base = dict(num_models=1, cleanse_images=8, cleanse_steps=1, asr_threshold=0.5,
               anomaly_threshold=2.0, outlier_z=3.5)
-  audit._check_settings(**base, lift_threshold=0.1, verdict_probes="kde")
+  audit.check_settings(**base, lift_threshold=0.1, verdict_probes="kde")
   with pytest.raises(ValueError, match="lift_threshold"):
-    audit._check_settings(**base, lift_threshold=0.0)
+    audit.check_settings(**base, lift_threshold=0.0)
   for bad in (("triggers", "nc"), (), ("kde", "kde")):
     with pytest.raises(ValueError, match="verdict_probes"):
-      audit._check_settings(**base, verdict_probes=bad)
+      audit.check_settings(**base, verdict_probes=bad)
 
 
 def test_cli_verdict_probes_flag_is_parsed_and_checked(capsys):

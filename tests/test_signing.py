@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+import jaxdd
 from jaxdd import cli, synset
 from jaxdd.security import signing
 from jaxdd.structs import SynSet
@@ -77,21 +78,22 @@ def test_valid_signature_verifies_with_an_independent_check(tmp_path, keys):
   # The signature checks out with cryptography used directly on the documented message.
   key = serialization.load_pem_public_key(open(pub, "rb").read())
   key.verify(base64.b64decode(record["signature"]), signing.CONTEXT + manifest)  # raises if not
-  _, meta = synset.load(path, trust=[pub])
+  _, meta = signing.load_synset(path, trust=[pub])
   assert meta["signature"] == {"status": "verified", "key_id": kid, "trusted_by": pub}
-  _, meta = synset.load(path)  # no anchor: loads, reports who signed it
+  _, meta = signing.load_synset(path)  # no anchor: loads, reports who signed it
   assert meta["signature"]["status"] == "signed" and meta["signature"]["key_id"] == kid
 
 
 def test_unsigned_is_flagged_without_anchor_and_refused_with_one(tmp_path, keys):
   (_, pub, _), _ = keys
   path = _save(tmp_path / "syn")
-  _, meta = synset.load(path)
+  _, meta = signing.load_synset(path)
   assert meta["signature"]["status"] == "unsigned"
   assert "UNSIGNED" in signing.SignatureStatus(**meta["signature"]).line()
   with pytest.raises(signing.SignatureError, match="not signed"):
-    synset.load(path, trust=[pub])
-  assert "signature" not in synset.load(path, trust=False)[1]  # the policy skipped on request
+    signing.load_synset(path, trust=[pub])
+  assert "signature" not in signing.load_synset(path, trust=False)[1]  # skipped on request
+  assert "signature" not in synset.load(path)[1]  # the checksums alone, without a verifier
 
 
 def test_tampered_array_is_refused(tmp_path, keys):
@@ -101,7 +103,7 @@ def test_tampered_array_is_refused(tmp_path, keys):
   _rewrite_arrays(path, lambda x: x + 0.5)
   for trust in (None, [pub]):
     with pytest.raises(ValueError, match="does not match its sha256"):
-      synset.load(path, trust=trust)
+      signing.load_synset(path, trust=trust)
 
 
 def test_rewritten_manifest_breaks_the_signature_even_without_anchor(tmp_path, keys):
@@ -112,7 +114,7 @@ def test_rewritten_manifest_breaks_the_signature_even_without_anchor(tmp_path, k
   _rewrite_manifest(path)  # the checksums alone now pass...
   for trust in (None, [pub]):
     with pytest.raises(signing.SignatureError, match="changed after signing"):
-      synset.load(path, trust=trust)
+      signing.load_synset(path, trust=trust)
 
 
 def test_signature_from_another_key(tmp_path, keys):
@@ -122,8 +124,8 @@ def test_signature_from_another_key(tmp_path, keys):
   _rewrite_manifest(path)
   signing.sign_synset(path, signing.load_private_key(other_priv))  # ...and signs with own key
   with pytest.raises(signing.SignatureError, match=f"signed by key {other_id}, which is not"):
-    synset.load(path, trust=[pub])
-  _, meta = synset.load(path)  # without an anchor it loads, and says whose key it is
+    signing.load_synset(path, trust=[pub])
+  _, meta = signing.load_synset(path)  # without an anchor it loads, and says whose key it is
   assert meta["signature"]["status"] == "signed" and meta["signature"]["key_id"] == other_id
 
 
@@ -135,7 +137,7 @@ def test_malformed_signature_file_and_swapped_key(tmp_path, keys):
   with open(sig, "w") as f:
     f.write("{not json")
   with pytest.raises(signing.SignatureError, match="not a valid"):
-    synset.load(path)
+    signing.load_synset(path)
   # The trusted key's bytes pasted over a signature made by another key.
   other = signing.sign_manifest_bytes(open(os.path.join(path, "manifest.json"), "rb").read(),
                                       signing.load_private_key(other_priv))
@@ -143,7 +145,23 @@ def test_malformed_signature_file_and_swapped_key(tmp_path, keys):
   with open(sig, "w") as f:
     json.dump(other, f)
   with pytest.raises(signing.SignatureError, match="does not match"):
-    synset.load(path, trust=[pub])
+    signing.load_synset(path, trust=[pub])
+
+
+def test_synset_load_runs_the_verifier_it_is_given(tmp_path, keys):
+  (priv, _, kid), _ = keys
+  path = _save(tmp_path / "syn")
+  signing.sign_synset(path, signing.load_private_key(priv))
+  seen = []
+  def verify(p, manifest):
+    seen.append((p, manifest))
+    return {"status": "checked"}
+  _, meta = synset.load(path, verify=verify)
+  assert meta["signature"] == {"status": "checked"}
+  assert seen == [(path, open(os.path.join(path, "manifest.json"), "rb").read())]
+  _, meta = synset.load(path, verify=signing.verifier())
+  assert meta["signature"]["status"] == "signed" and meta["signature"]["key_id"] == kid
+  assert jaxdd.load_synset is signing.load_synset
 
 
 def test_trust_from_environment_folder(tmp_path, keys, monkeypatch):
@@ -151,14 +169,14 @@ def test_trust_from_environment_folder(tmp_path, keys, monkeypatch):
   path = _save(tmp_path / "syn")
   signing.sign_synset(path, signing.load_private_key(priv))
   monkeypatch.setenv(signing.TRUST_ENV, str(tmp_path / "keys"))  # both .pub files trusted
-  assert synset.load(path)[1]["signature"]["status"] == "verified"
+  assert signing.load_synset(path)[1]["signature"]["status"] == "verified"
   empty = tmp_path / "empty"
   empty.mkdir()
   monkeypatch.setenv(signing.TRUST_ENV, str(empty))
   with pytest.raises(FileNotFoundError, match="without \\*.pub"):
-    synset.load(path)
+    signing.load_synset(path)
   monkeypatch.setenv(signing.TRUST_ENV, "")
-  assert synset.load(path)[1]["signature"]["key_id"] == kid
+  assert signing.load_synset(path)[1]["signature"]["key_id"] == kid
 
 
 def test_sign_refuses_a_damaged_artifact_and_finds_runs(tmp_path, keys):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxdd import cli, data, diagnostics, pipeline, study
+from jaxdd.protocols import get_protocol
 
 
 # ---------------------------------------------------------------------------- bias score
@@ -217,7 +218,7 @@ def test_table_names_what_the_validation_column_measured():
   row = {"per_seed": {m: [0.5, 0.6] for m in ("overall", "aligned", "conflicting", "worst_group")},
          "valid_conflicting": [0.99], "bias_aligned_fraction": [0.9], "seeds": [0, 1]}
   table = {"base": pipeline.get_config("smoke").to_dict(), "num_models": 1, "seeds": [0],
-           "protocol": study.evaluate.get_protocol("smoke").to_dict(),
+           "protocol": get_protocol("smoke").to_dict(),
            "train_aligned_fraction": 0.99, "rows": {"vanilla": dict(row)}, "paired": {}}
   assert "| valid conflicting |" in study.format_table(table)  # tables written before the field
   table["rows"]["vanilla"]["valid_metric"] = "overall"  # e.g. CMNIST 1 %: no conflicting valid image
@@ -238,7 +239,7 @@ def test_table_shows_a_dash_where_the_test_split_has_no_aligned_image():
   row = {"per_seed": per_seed, "valid_conflicting": [0.3, 0.3],
          "bias_aligned_fraction": [0.9, 0.9], "seeds": [0, 1]}
   table = {"base": pipeline.get_config("smoke").to_dict(), "num_models": 1, "seeds": [0, 1],
-           "protocol": study.evaluate.get_protocol("smoke").to_dict(),
+           "protocol": get_protocol("smoke").to_dict(),
            "train_aligned_fraction": 0.95, "rows": {"vanilla": row},
            "paired": {"kde": {m: [nan, nan] if m == "aligned" else [0.1, 0.1]
                               for m in per_seed}}}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxdd import evaluate, models, pipeline
+from jaxdd.metrics import METRICS
 from jaxdd.structs import Batch, SynSet
 
 
@@ -36,8 +37,9 @@ def test_eval_result_html_and_dataframe():
   syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
   test = Batch(jnp.zeros((6, 8, 8, 3)), jnp.array([0, 1, 0, 1, 0, 1]),
                bias=jnp.array([0, 1, 1, 0, 0, 1]))
-  r = evaluate.evaluate(jax.random.key(0), syn, test, model=models.ConvNet(num_classes=2, width=4),
-                        protocol="smoke", num_models=2)
+  r = evaluate.evaluate_synset(jax.random.key(0), syn, test,
+                               model=models.ConvNet(num_classes=2, width=4), protocol="smoke",
+                               num_models=2)
   html = r._repr_html_()
   assert f"<td>{100 * r.mean('overall'):.2f}</td>" in html
   # the per-group table: class 0 has two samples with bias 0 and one with bias 1
@@ -46,7 +48,7 @@ def test_eval_result_html_and_dataframe():
   assert f"[{counts[0, 0]}]</td>" in html
   pd = pytest.importorskip("pandas")
   df = r.to_dataframe()
-  assert list(df.index) == list(evaluate.METRICS)
+  assert list(df.index) == list(METRICS)
   np.testing.assert_allclose(df["mean %"].to_numpy(),
-                             [100 * r.mean(m) for m in evaluate.METRICS], equal_nan=True)
+                             [100 * r.mean(m) for m in METRICS], equal_nan=True)
   assert isinstance(df, pd.DataFrame)

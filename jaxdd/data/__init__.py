@@ -99,6 +99,7 @@ def prepare_tfds(name: str, **kwargs):
     >>> prepare_tfds("cmnist", conflict_ratio=0.05, data_dir="tfds_data")  # doctest: +SKIP
     'jaxdd_cmnist/ratio0.05_severity4_seed0'
   """
+  # tensorflow-datasets (imported by tfds_builders) loads only when a builder is prepared
   from jaxdd.data import tfds_builders
 
   return tfds_builders.prepare(name, **kwargs)

@@ -38,6 +38,7 @@ import urllib.request
 from pathlib import Path
 
 from jaxdd._src import io as _io
+from jaxdd.data.sources import IdxSource
 
 __all__ = ["FULL_SOURCE", "MNIST_ARCHIVE", "MNIST_SHA256", "fetch_mnist", "mnist_dir",
            "mnist_source", "verify_mnist_dir"]
@@ -108,7 +109,6 @@ def verify_mnist_dir(directory: str | os.PathLike | None = None) -> Path:
 
 def mnist_source():
   """The verified fetched MNIST as an :class:`~jaxdd.data.sources.IdxSource`."""
-  from jaxdd.data.sources import IdxSource  # noqa: PLC0415  (sources imports nothing of ours)
   return IdxSource(verify_mnist_dir())
 
 

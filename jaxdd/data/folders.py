@@ -145,7 +145,8 @@ class ImageFolderSource(Source):
 
   @staticmethod
   def _read_files(files, groups, split, image_size, bar):
-    from PIL import Image  # pillow is a core dependency; imported lazily for start-up time
+    # Pillow is a core dependency, loaded when image files are first decoded (start-up time)
+    from PIL import Image
 
     xs, ys, bs = [], [], []
     for p, group in zip(files, groups):

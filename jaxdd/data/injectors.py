@@ -409,7 +409,8 @@ def colorize_background(key: jax.Array, images, colors, *, std: float,
 
 
 def _corruption_names(corruption_type) -> tuple[str, ...]:
-  from jaxdd.data import corruptions  # lazy: heavy module, only needed here
+  # corruptions imports scipy and Pillow: loaded when corrupted images are made, not on import
+  from jaxdd.data import corruptions
 
   if isinstance(corruption_type, str):
     table = {"type0": corruptions.TYPE0, "type1": corruptions.TYPE1}
@@ -452,6 +453,7 @@ def corrupt_by_attribute(key: jax.Array, images, attrs, *, corruption_type="type
     >>> y = corrupt_by_attribute(jax.random.key(0), x, np.arange(20) % 10,
     ...                          severity=5)                   # doctest: +SKIP
   """
+  # corruptions imports scipy and Pillow: loaded when corrupted images are made, not on import
   from jaxdd.data import corruptions
 
   names = _corruption_names(corruption_type)

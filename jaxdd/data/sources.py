@@ -484,7 +484,7 @@ class TfdsSource(Source):
     if self._arrays is not None:
       return self._arrays
     try:
-      import tensorflow_datasets as tfds
+      import tensorflow_datasets as tfds  # heavy (TensorFlow): loaded when a TFDS split is read
     except ImportError as e:  # pragma: no cover - tfds is a hard dependency
       raise FileNotFoundError(f"tensorflow-datasets is not installed; {self._howto()}") from e
     kwargs = {} if self.data_dir is None else {"data_dir": self.data_dir}

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxdd import progress as progress_lib
 from jaxdd._src import io as _io
 
 # ----------------------------------------------------------------------------
@@ -59,8 +60,6 @@ def open_progress(progress, total: int, desc: str, *, kind: str, unit: str = "im
     >>> bar.update(10); owned
     True
   """
-  from jaxdd import progress as progress_lib  # noqa: PLC0415 - light, stdlib only
-
   if progress is not None and not isinstance(progress, (bool, np.bool_)):
     if callable(getattr(progress, "update", None)):
       return progress, False

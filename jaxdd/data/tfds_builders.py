@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from jaxdd._src import io as _io
 from jaxdd.data import biased
@@ -154,8 +155,6 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def _png(image_u8: np.ndarray) -> bytes:
-  from PIL import Image  # pillow is a core dependency
-
   buf = io.BytesIO()
   Image.fromarray(np.ascontiguousarray(image_u8)).save(buf, format="PNG")
   return buf.getvalue()

@@ -12,7 +12,7 @@ in one place:
 * :mod:`jaxdd.distill.frequency`: :func:`cfm` (curriculum frequency matching);
 * :mod:`jaxdd.distill.gradient`: :func:`gm`, :func:`dsa`, :func:`dc`;
 * :mod:`jaxdd.distill.trajectory`: :func:`mtt` (over expert trajectories
-  from :mod:`jaxdd.mtt`).
+  from :mod:`jaxdd.distill.experts`).
 
 For DM:
 

@@ -64,7 +64,7 @@ class Distiller(NamedTuple):
   """``init(key, real, syn=None) -> state`` and ``step(state, data) -> (state, metrics)``.
 
   ``data`` is the :class:`RealData` for distribution and gradient matching,
-  the expert trajectories (:mod:`jaxdd.mtt`) for trajectory matching.
+  the expert trajectories (:mod:`jaxdd.distill.experts`) for trajectory matching.
   """
   init: Callable[..., DistillState]
   step: Callable[[DistillState, Any], tuple[DistillState, dict]]

@@ -1,7 +1,7 @@
 """Trajectory matching (MTT; Cazenavette et al., CVPR 2022) as a :class:`Distiller`.
 
 The student unroll, its two gradient modes (exact, TESLA), the expert
-trajectories and their buffer artifact live in :mod:`jaxdd.mtt`; this module
+trajectories and their buffer artifact live in :mod:`jaxdd.distill.experts`; this module
 turns them into the ``(init, step)`` pair every jaxdd method has, so the
 pipeline, the CLI and ``jaxdd tune`` drive MTT as they drive DM.
 """
@@ -17,7 +17,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdd import augment as augment_lib
-from jaxdd import mtt as mtt_lib
+from jaxdd.distill import experts as experts_lib
 from jaxdd import parallel, policy
 from jaxdd._src import checks
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _BoundStep,
@@ -43,12 +43,12 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
 
   ``step(state, trajectories)`` is one compiled program: pick an expert ``e``
   and a start epoch ``t ~ U{0..max_start_epoch-1}``, run
-  :func:`jaxdd.mtt.trajectory_loss` from ``trajectories[e, t]`` towards
+  :func:`jaxdd.distill.experts.trajectory_loss` from ``trajectories[e, t]`` towards
   ``trajectories[e, t + expert_epochs]`` and update the images
   (SGD(``lr_img``, ``momentum``)) and ``syn_lr`` (SGD(``lr_lr``, ``momentum``)).
   ``lr_img`` and ``lr_lr`` are runtime values: distillers that differ only in
   them share one compiled program. The bias-aware part of MTT lives in the
-  experts (:func:`jaxdd.mtt.train_experts` with KDE weights), since the
+  experts (:func:`jaxdd.distill.experts.train_experts` with KDE weights), since the
   matching itself sees no real image.
 
   Args:
@@ -63,7 +63,7 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
       learning rate's step size, its initial value, and both SGDs' momentum
       (MTT: 0.5).
     strategy: DSA strategy of the student steps (per-image parameters) or None.
-    mode: ``"exact"`` or ``"tesla"`` (:func:`jaxdd.mtt.trajectory_loss`).
+    mode: ``"exact"`` or ``"tesla"`` (:func:`jaxdd.distill.experts.trajectory_loss`).
     init: 'real', 'weighted' (needs ``kde_config`` and ``real.log_density``) or
       'noise'.
     kde_config: the weighting that ``init='weighted'`` draws with; the
@@ -75,8 +75,8 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
     parameter distance), ``grad_norm`` (of the images' gradient), ``syn_lr``,
     ``start_epoch``, ``expert``.
   """
-  if mode not in mtt_lib.MODES:
-    raise ValueError(f"mode must be one of {list(mtt_lib.MODES)}, got {mode!r}")
+  if mode not in experts_lib.MODES:
+    raise ValueError(f"mode must be one of {list(experts_lib.MODES)}, got {mode!r}")
   for name, v in (("ipc", ipc), ("num_epochs", num_epochs), ("expert_epochs", expert_epochs),
                   ("max_start_epoch", max_start_epoch), ("syn_steps", syn_steps)):
     checks.check_positive_int(name, v)
@@ -139,7 +139,7 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
     syn_lr = state.extra["syn_lr"]
 
     def loss_fn(images, lr):
-      return mtt_lib.trajectory_loss(images, state.syn.labels, lr, start, target, k_loss,
+      return experts_lib.trajectory_loss(images, state.syn.labels, lr, start, target, k_loss,
                                      apply_fn=apply_fn, unravel=unravel, syn_steps=syn_steps,
                                      batch_syn=batch_syn, augment=aug, mode=mode)
 

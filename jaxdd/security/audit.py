@@ -57,7 +57,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdd import evaluate as eval_lib
+from jaxdd import kde
+from jaxdd import train as train_lib
 from jaxdd._src import checks
+from jaxdd.protocols import get_protocol
 from jaxdd.security import attacks
 from jaxdd.structs import SynSet
 
@@ -298,7 +302,6 @@ def kde_scores(syn_embeddings, syn_labels, real_embeddings, real_labels, *, num_
   ``quantile[i]`` is the fraction of the real images of i's label whose
   leave-one-out density is lower than i's (0: less dense than all of them).
   """
-  from jaxdd import kde  # noqa: PLC0415
   syn_embeddings = np.asarray(syn_embeddings, np.float32)
   real_embeddings = np.asarray(real_embeddings, np.float32)
   syn_labels, real_labels = np.asarray(syn_labels), np.asarray(real_labels)
@@ -481,9 +484,10 @@ def _probes(names) -> tuple:
   return (names,) if isinstance(names, str) else tuple(names)
 
 
-def _check_settings(*, num_models, cleanse_images, cleanse_steps, asr_threshold,
-                    anomaly_threshold, outlier_z, lift_threshold=LIFT_THRESHOLD,
-                    verdict_probes=VERDICT_PROBES) -> None:
+def check_settings(*, num_models, cleanse_images, cleanse_steps, asr_threshold,
+                   anomaly_threshold, outlier_z, lift_threshold=LIFT_THRESHOLD,
+                   verdict_probes=VERDICT_PROBES) -> None:
+  """Refuses audit settings out of range, before any work (the arguments of :func:`audit`)."""
   for name, v in (("num_models", num_models), ("cleanse_images", cleanse_images),
                   ("cleanse_steps", cleanse_steps)):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -530,11 +534,8 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
     verdict_probes: the probes whose flags make the verdict, among
       :data:`PROBES` (default :data:`VERDICT_PROBES`); the others are reported.
   """
-  from jaxdd import evaluate as eval_lib  # noqa: PLC0415
-  from jaxdd import train as train_lib  # noqa: PLC0415
-  from jaxdd.protocols import get_protocol  # noqa: PLC0415
   checks.check_key(key)
-  _check_settings(num_models=num_models, cleanse_images=cleanse_images,
+  check_settings(num_models=num_models, cleanse_images=cleanse_images,
                   cleanse_steps=cleanse_steps, asr_threshold=asr_threshold,
                   anomaly_threshold=anomaly_threshold, outlier_z=outlier_z,
                   lift_threshold=lift_threshold, verdict_probes=verdict_probes)
@@ -572,79 +573,3 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
                      kde, np.asarray(syn.labels), asr_threshold, anomaly_threshold, outlier_z,
                      lift_threshold=lift_threshold, verdict_probes=_probes(verdict_probes))
 
-
-def run_config_of(meta: dict):
-  """The :class:`~jaxdd.config.RunConfig` recorded in a SynSet's metadata, or None."""
-  from jaxdd.config import RunConfig  # noqa: PLC0415
-  recorded = meta.get("config")
-  if not isinstance(recorded, dict):
-    return None
-  names = {f.name for f in dataclasses.fields(RunConfig)}
-  return RunConfig(**{k: v for k, v in recorded.items() if k in names})
-
-
-def kde_probe(syn: SynSet, meta: dict, config, *, progress: bool = False) -> KDEScores:
-  """:func:`kde_scores` of a SynSet under its run's surrogate (trained, or read from the cache)."""
-  from jaxdd import data, pipeline, surrogate  # noqa: PLC0415
-  run_data = pipeline.RunData(config)
-  art = pipeline.surrogate_artifact(config, run_data, pipeline.seed_keys(config.seed)[0],
-                                    progress=progress)
-  pixels = data.denormalize(np.asarray(syn.images), meta["mean"], meta["std"])
-  syn_z = surrogate.embed(art.params, np.asarray(pixels, np.float32), config=config.surrogate)
-  return kde_scores(syn_z, syn.labels, art.embeddings, run_data.train.labels,
-                    num_classes=run_data.num_classes, variance=config.kde_variance)
-
-
-def audit_artifact(path: str, *, trust=None, seed: int = 0, model_spec: str | None = None,
-                   protocol: str = "cpu300", num_models: int = 2, clean_images: int = 2000,
-                   kde: bool = True, source: str | None = None, progress: bool = False,
-                   **kwargs) -> tuple[AuditReport, dict]:
-  """:func:`audit` of the SynSet artifact at ``path``, with the data it names.
-
-  The clean images are ``clean_images`` images drawn (seeded) from the
-  dataset's validation split; the networks are ``model_spec`` (default: the
-  run's evaluation architecture, the networks a user would train on the set); the KDE probe uses the run's own
-  surrogate and kernel variance (trained, or read from the cache). Other
-  keyword arguments go to :func:`audit`.
-
-  Returns:
-    ``(report, meta)``; ``meta`` is the artifact's, with its signature status.
-  """
-  from jaxdd import data, models  # noqa: PLC0415
-  from jaxdd import synset as synset_lib  # noqa: PLC0415
-  _check_settings(num_models=num_models, **{k: kwargs.get(k, v) for k, v in (
-      ("cleanse_images", 128), ("cleanse_steps", 200), ("asr_threshold", ASR_THRESHOLD),
-      ("anomaly_threshold", ANOMALY_THRESHOLD), ("outlier_z", OUTLIER_Z),
-      ("lift_threshold", LIFT_THRESHOLD), ("verdict_probes", VERDICT_PROBES))})
-  if isinstance(clean_images, bool) or not isinstance(clean_images, int) or clean_images < 1:
-    raise ValueError(f"clean_images must be a positive int, got {clean_images!r}")
-  syn, meta = synset_lib.load(path, trust=trust)
-  ds = meta.get("dataset") or {}
-  config = run_config_of(meta)
-  if not ds.get("name"):
-    raise ValueError(f"{path}: the artifact does not name its dataset; audit needs its "
-                     "validation split")
-  source = source if source is not None else (config.source if config is not None else None)
-  valid = data.load(ds["name"], split="valid", conflict_ratio=ds.get("ratio"),
-                    severity=ds.get("severity"), seed=ds.get("seed", 0), source=source)
-  n = min(int(clean_images), len(valid.labels))
-  rows = np.sort(np.asarray(jax.random.permutation(jax.random.key(seed), len(valid.labels)))[:n])
-  images = np.asarray(data.normalize(valid.images[rows], meta["mean"], meta["std"]))
-  labels = np.asarray(valid.labels)[rows]
-  # The networks a user would train on the set: the run's evaluation architecture. (Measured:
-  # networks of the narrower distillation architecture learn a post-hoc backdoor far less than
-  # the evaluation networks do, RESULTS.md "Backdoors".)
-  spec = model_spec or (config.eval_model if config else None) or meta.get("eval_model") \
-      or "convnet"
-  model = models.get(spec, num_classes=valid.num_classes)
-  models.check_fits(model, tuple(np.asarray(syn.images).shape[1:]))
-  scores = None
-  if kde:
-    if config is None:
-      raise ValueError(f"{path} records no run config, so its surrogate cannot be rebuilt; "
-                       "pass kde=False (--no-kde)")
-    scores = kde_probe(syn, meta, config, progress=progress)
-  report = audit(jax.random.key(seed), syn, images, labels, mean=meta["mean"], std=meta["std"],
-                 model=model, protocol=protocol, num_models=num_models, kde=scores,
-                 **kwargs)
-  return dataclasses.replace(report, model=spec), meta

@@ -12,8 +12,8 @@ can check it.
 * ``jaxdd sign PATH --key NAME.key`` writes ``signature.json`` next to the
   manifest of the SynSet at PATH, or of every SynSet below PATH (a run or a
   work directory).
-* Loading (:func:`jaxdd.synset.load`, ``jaxdd evaluate``, ``jaxdd audit``)
-  checks the signature. With a trust anchor configured (``--trust KEY.pub`` or
+* Loading (:func:`load_synset`, also ``jaxdd.load_synset``; ``jaxdd evaluate``,
+  ``jaxdd audit``) checks the signature. With a trust anchor configured (``--trust KEY.pub`` or
   the environment variable ``JAXDD_TRUSTED_KEYS``, a list of ``.pub`` files or
   folders of them separated by ``os.pathsep``) an unsigned artifact, a signature
   by another key and a signature that does not verify are all refused. Without
@@ -39,7 +39,9 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from jaxdd import synset as synset_lib
 from jaxdd._src import io as _io
+from jaxdd.structs import SynSet
 
 #: Signature file written next to ``manifest.json``.
 SIGNATURE_FILE = "signature.json"
@@ -58,6 +60,7 @@ class SignatureError(ValueError):
 
 
 def _crypto():
+  # Imported on first use: `cryptography` is an optional dependency (the extra jaxdd[sign]).
   try:
     from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
@@ -237,8 +240,7 @@ def sign_synset(path: str, private_key) -> dict:
   The artifact is verified first (every file against its manifest): a damaged
   artifact is refused, never signed.
   """
-  from jaxdd import synset  # noqa: PLC0415
-  synset.load(path, trust=False)  # refuses a damaged or incomplete artifact
+  synset_lib.load(path)  # refuses a damaged or incomplete artifact
   with open(os.path.join(path, "manifest.json"), "rb") as f:
     manifest = f.read()
   record = sign_manifest_bytes(manifest, private_key)
@@ -340,3 +342,55 @@ def check(path: str, manifest: bytes, trust: Sequence[PublicKey] | None) -> Sign
       return SignatureStatus("verified", kid, k.source)
   raise SignatureError(f"{path} is signed by key {kid}, which is not among the trusted keys "
                        f"({', '.join(k.key_id for k in trust) or 'none'}); refusing it")
+
+
+def verifier(trust=None) -> synset_lib.Verifier:
+  """The signature check that :func:`jaxdd.synset.load` runs, under a trust policy.
+
+  The trust anchors are read when the check runs (once the artifact's manifest
+  is read), so a missing artifact is reported before a misconfigured anchor.
+
+  Args:
+    trust: the trusted public keys: :class:`PublicKey` objects, or ``.pub``
+      paths or folders (a list, or one string separated by ``os.pathsep`` or
+      commas); None reads ``$JAXDD_TRUSTED_KEYS`` (no anchor when unset: the
+      artifact loads and its signature status is reported).
+
+  Returns:
+    ``verify(path, manifest_bytes)``: raises :class:`SignatureError` under the
+    policy of :func:`check`, else returns the :class:`SignatureStatus` as a dict.
+  """
+  def verify(path: str, manifest: bytes) -> dict:
+    anchors = list(trust) if _is_key_list(trust) else trusted_keys(trust)
+    return check(path, manifest, anchors).to_dict()
+  return verify
+
+
+def load_synset(path: str, *, trust=None) -> tuple[SynSet, dict]:
+  """Loads a SynSet artifact, checking its checksums and its signature.
+
+  :func:`jaxdd.synset.load` with the signature check of :func:`verifier`.
+
+  Args:
+    path: the artifact directory.
+    trust: the trusted public keys (see :func:`verifier`); None reads
+      ``$JAXDD_TRUSTED_KEYS``; False skips the signature check (a run
+      re-reading the artifact it wrote itself).
+
+  Returns:
+    ``(syn, meta)``; ``meta`` includes ``mean`` and ``std``, and ``signature``
+    (the :class:`SignatureStatus` as a dict) unless ``trust`` is False.
+
+  Raises:
+    FileNotFoundError: the directory or one of its files is missing.
+    ValueError: a file does not match the manifest (corrupted or truncated),
+      or the arrays are malformed.
+    SignatureError: the signature does not verify, or trust anchors are
+      configured and the artifact is unsigned or signed by an untrusted key.
+  """
+  return synset_lib.load(path, verify=None if trust is False else verifier(trust))
+
+
+def _is_key_list(trust) -> bool:
+  return (isinstance(trust, (list, tuple)) and bool(trust)
+          and all(isinstance(k, PublicKey) for k in trust))

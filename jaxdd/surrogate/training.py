@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdd import progress as progress_lib
 from jaxdd import train
 from jaxdd._src import checks
 from jaxdd._src.checks import is_traced
@@ -193,7 +194,6 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
   steps = n // config.batch_size
   history: dict[str, Any] = {"loss": [], "epoch_seconds": [], "steps_per_epoch": steps,
                              "dropped_per_epoch": n - steps * config.batch_size, "loop": loop}
-  from jaxdd import progress as progress_lib  # noqa: PLC0415
   bar = progress_lib.bar(config.epochs, "surrogate (SupCon)", unit="epoch", disable=not progress)
   epochs = train.fit_epochs(k_train, params, model_state, jnp.asarray(images), jnp.asarray(labels),
                             task=task, protocol=config.protocol(), loop=loop)

@@ -41,6 +41,10 @@ values must be compared (the tests do); leave the default for speed.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import shutil
 from typing import Callable
 
 import jax
@@ -48,6 +52,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
+
+from jaxdd import progress as progress_lib
+from jaxdd import tasks
+from jaxdd import train as train_lib
+from jaxdd._src import checks
+from jaxdd._src import io as io_lib
+from jaxdd.protocols import Protocol
 
 MODES = ("exact", "tesla")
 
@@ -197,7 +208,6 @@ def trajectory_loss(images: jax.Array, labels: jax.Array, syn_lr: jax.Array, sta
 def expert_protocol(*, lr: float = 0.01, batch_size: int = 256,
                     augment: str | None = "color_crop_cutout_flip_scale_rotate"):
   """One epoch of MTT's expert training (``buffer.py``): plain SGD, no momentum or decay."""
-  from jaxdd.protocols import Protocol  # noqa: PLC0415
   return Protocol("mtt-expert", epochs=0, lr=lr, momentum=0.0, weight_decay=0.0,
                   batch_size=batch_size, decay_at=None, augment=augment)
 
@@ -228,7 +238,6 @@ def weighted_ce_task(model):
   the trainer needs no new argument. For networks without batch statistics
   (trajectory matching's experts).
   """
-  from jaxdd import tasks  # noqa: PLC0415
 
   def init(key, images, labels):
     del labels
@@ -276,9 +285,6 @@ def train_experts(key: jax.Array, images, labels, *, model, num_experts: int = 1
     (num_experts, epochs + 1, P) float32: expert e's parameters before
     training (index 0) and after each epoch (:func:`flatten` order).
   """
-  from jaxdd import progress as progress_lib  # noqa: PLC0415
-  from jaxdd import train as train_lib  # noqa: PLC0415
-  from jaxdd._src import checks  # noqa: PLC0415
   checks.check_key(key)
   for name, v in (("num_experts", num_experts), ("epochs", epochs)):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -347,24 +353,17 @@ def buffer_spec(*, data: dict, model: str, weighting: dict, trainer: dict, seed:
   or the KDE settings and the surrogate's digest; ``trainer`` the expert
   settings (epochs, lr, batch size, augmentation, number of experts).
   """
-  from jaxdd._src import io as io_lib  # noqa: PLC0415
   spec = {"data": data, "model": model, "weighting": weighting, "trainer": trainer,
           "seed": int(seed)}
   return io_lib.jsonable(spec)
 
 
 def spec_digest(spec: dict) -> str:
-  import hashlib  # noqa: PLC0415
-  import json  # noqa: PLC0415
   return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 def save_buffer(path: str, trajectories, spec: dict) -> str:
   """Writes a buffer artifact atomically: ``trajectories.npz``, ``meta.json``, ``manifest.json``."""
-  import json  # noqa: PLC0415
-  import os  # noqa: PLC0415
-
-  from jaxdd._src import io as io_lib  # noqa: PLC0415
   traj = np.asarray(trajectories, np.float32)
   if traj.ndim != 3 or not np.isfinite(traj).all():
     raise ValueError(f"trajectories must be a finite (experts, epochs + 1, params) array, got "
@@ -390,14 +389,10 @@ def load_buffer(path: str, spec: dict | None = None) -> tuple[np.ndarray, dict]:
     ValueError: a file does not match the manifest, or the buffer's spec differs
       from ``spec`` (the message names the parts that differ).
   """
-  import json  # noqa: PLC0415
-  import os  # noqa: PLC0415
-
-  from jaxdd._src import io as io_lib  # noqa: PLC0415
   manifest_path = os.path.join(path, "manifest.json")
   if not os.path.isfile(manifest_path):
     raise FileNotFoundError(f"no expert buffer at {path} (manifest.json missing); build one with "
-                            "jaxdd.mtt.train_experts and save_buffer")
+                            "jaxdd.distill.experts.train_experts and save_buffer")
   with open(manifest_path) as f:
     expected = json.load(f).get("files", {})
   for name in _BUFFER_FILES:
@@ -438,11 +433,6 @@ def build_buffer(path: str, spec: dict, key: jax.Array, images, labels, *, model
     ValueError: ``path`` holds a buffer made with other settings (nothing is
       overwritten; the message names what differs).
   """
-  import json  # noqa: PLC0415
-  import os  # noqa: PLC0415
-  import shutil  # noqa: PLC0415
-
-  from jaxdd._src import io as io_lib  # noqa: PLC0415
   try:
     return load_buffer(path, spec)
   except FileNotFoundError:
