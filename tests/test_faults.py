@@ -70,7 +70,7 @@ def test_broken_pipe_and_interrupt_outside_distillation(capsys):
 
   def ctrl_c(_):
     raise KeyboardInterrupt
-  assert cli._report("evaluate", None, ctrl_c) == 130
+  assert app.report("evaluate", None, ctrl_c) == 130
   assert "rerun the same command" in _one_line(capsys.readouterr().err)
 
 
