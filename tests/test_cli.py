@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxdd import __version__, cli, pipeline, synset
+from jaxdd.cli import diagnose as cli_diagnose
 from jaxdd.structs import SynSet
 
 
@@ -107,18 +108,21 @@ def test_refused_diagnose_evaluate_and_data_write_nothing(tmp_path, capsys):
   assert os.listdir(tmp_path) == ["cache"] or os.listdir(tmp_path) == []
 
 
-def test_diagnose_uses_the_distill_flag_names_and_keeps_the_old_ones():
+def test_diagnose_uses_the_distill_flag_names(capsys):
   top = cli.build_parser()
   new = top.parse_args(["diagnose", "--kde-variance", "0.1", "--kde-temperature", "2",
                         "--kde-normalize", "softmax", "--kde-scope", "class", "--workdir", "w"])
-  old = top.parse_args(["diagnose", "--variance", "0.1", "--temperature", "2", "--normalize",
-                        "softmax", "--scope", "class", "--out", "w"])
-  assert vars(new) == vars(old) and new.fn is cli.cmd_diagnose
+  assert new.fn is cli_diagnose.cmd_diagnose
   p = argparse.ArgumentParser()
-  cli.add_diagnose_flags(p)
+  cli_diagnose.add_diagnose_flags(p)
   assert (new.kde_variance, new.kde_temperature, new.kde_normalize, new.kde_scope,
           new.workdir) == (0.1, 2.0, "softmax", "class", "w")
   assert "--variance" not in p.format_help() and "--kde-variance" in p.format_help()
+  # The spellings from before the flags were named as in `jaxdd distill` are refused.
+  for old in (["--variance", "0.1"], ["--temperature", "2"], ["--normalize", "softmax"],
+              ["--scope", "class"], ["--out", "w"]):
+    assert _exit_code(["diagnose", *old]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
 
 
 def test_baselines_default_needs_no_vanilla_synset(tmp_path, monkeypatch):
@@ -183,8 +187,10 @@ def test_cli_log_lines_are_printed_once_even_with_a_root_handler():
   # Libraries (orbax/absl) may configure the root logger; the CLI's own handler
   # must not be doubled by propagation (seen: every progress line twice).
   code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
-          "from jaxdd import cli, progress\n"
-          "was = cli._setup(False, True); progress.logger.info('hello-line'); cli._restore(was)\n"
+          "from jaxdd import progress\n"
+          "from jaxdd.cli import runtime\n"
+          "was = runtime.setup(False, True); progress.logger.info('hello-line'); "
+          "runtime.restore(was)\n"
           "assert progress.logger.propagate\n")
   err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        check=True, env=dict(os.environ, JAX_PLATFORMS="cpu")).stderr

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from jaxdd import diagnostics as D
+from jaxdd.cli import build_parser
+from jaxdd.runs import diagnose as diagnose_run
 
 
 def auroc_pairs(scores, positive):
@@ -229,28 +231,18 @@ def test_scope_bad_input():
 
 
 # ---------------------------------------------------------------------------
-# experiments/diagnose.py on the embedded (offline) CMNIST
+# jaxdd diagnose (jaxdd.runs.diagnose) on the embedded (offline) CMNIST
 # ---------------------------------------------------------------------------
-
-
-def _load_diagnose():
-  import importlib.util
-
-  path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "diagnose.py")
-  spec = importlib.util.spec_from_file_location("jaxdd_experiments_diagnose", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.mark.slow
 def test_diagnose_cli_on_embedded_cmnist(tmp_path):
   import json
 
-  diagnose = _load_diagnose()
-  argv = ["--dataset", "cmnist", "--conflict-ratio", "0.05", "--preset", "smoke", "--epochs", "1",
-          "--no-sweep", "--num-rounds", "2", "--quiet", "--workdir", str(tmp_path / "diag")]
-  report = diagnose.main(argv)
+  argv = ["diagnose", "--dataset", "cmnist", "--conflict-ratio", "0.05", "--preset", "smoke",
+          "--epochs", "1", "--no-sweep", "--num-rounds", "2", "--quiet", "--workdir",
+          str(tmp_path / "diag")]
+  report = diagnose_run.diagnose_report(build_parser().parse_args(argv))
   with open(tmp_path / "diag" / "report.json") as f:
     on_disk = json.load(f)
   o = on_disk["default"]["report"]["overall"]
@@ -265,7 +257,7 @@ def test_diagnose_cli_on_embedded_cmnist(tmp_path):
     with open(tmp_path / "diag" / name, "rb") as f:
       assert f.read(4) == b"\x89PNG"
   # A second run reuses the cached surrogate and reproduces the numbers.
-  again = diagnose.main(argv)
+  again = diagnose_run.diagnose_report(build_parser().parse_args(argv))
   assert again["surrogate"]["from_cache"] is True
   assert again["default"]["report"]["overall"] == pytest.approx(o)
 

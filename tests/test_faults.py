@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxdd import cli, distill, pipeline, synset
+from jaxdd.cli import app
 
 
 def _one_line(err: str) -> str:
@@ -64,12 +65,12 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_broken_pipe_and_interrupt_outside_distillation(capsys):
   def pipe(_):
     raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-  assert cli._report("report", None, pipe) == 1
+  assert app.report("report", None, pipe) == 1
   assert "Traceback" not in capsys.readouterr().err
 
   def ctrl_c(_):
     raise KeyboardInterrupt
-  assert cli._report("evaluate", None, ctrl_c) == 130
+  assert app.report("evaluate", None, ctrl_c) == 130
   assert "rerun the same command" in _one_line(capsys.readouterr().err)
 
 

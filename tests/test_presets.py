@@ -68,6 +68,7 @@ def test_surrogate_step_budget_becomes_epochs_per_dataset_size():
 
 def test_run_config_carries_the_policy_and_the_pipeline_pins_it(monkeypatch, tmp_path):
   from jaxdd import cli, policy
+  from jaxdd.cli import flags
   cfg = pipeline.get_config("smoke", policy="accelerator")
   # 'auto' is the default layout and leaves digests as they were before the field existed.
   assert pipeline.get_config("smoke").digest() != cfg.digest()
@@ -86,4 +87,4 @@ def test_run_config_carries_the_policy_and_the_pipeline_pins_it(monkeypatch, tmp
     pipeline.distill_stage(cfg.replace(weighting="none"), str(tmp_path / "w"), progress=False)
   assert seen == ["accelerator"] and policy.current().name == "cpu"  # restored after
   args = cli.build_parser("smoke").parse_args(["distill", "--policy", "cpu", "--workdir", "w"])
-  assert cli._config(args).policy == "cpu"
+  assert flags.run_config(args).policy == "cpu"

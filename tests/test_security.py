@@ -322,7 +322,8 @@ def test_audit_settings_refuse_a_bad_lift_threshold_or_probe_name():
 
 def test_cli_verdict_probes_flag_is_parsed_and_checked(capsys):
   from jaxdd import cli
-  assert cli._probe_list("triggers, cleanse,kde") == ("triggers", "cleanse", "kde")
+  from jaxdd.cli import trust
+  assert trust.probe_list("triggers, cleanse,kde") == ("triggers", "cleanse", "kde")
   with pytest.raises(SystemExit):
     cli.main(["audit", "nowhere", "--verdict-probes", "triggers,nc"])
   assert "name distinct probes among triggers,cleanse,kde" in capsys.readouterr().err

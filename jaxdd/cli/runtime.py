@@ -1,0 +1,108 @@
+"""What the command line sets up around a command: compile cache, allocator, logging, processes.
+
+:func:`setup` runs before every command (except ``report`` and ``data fetch``): logging and
+``--quiet``, JAX's persistent compilation cache (unless ``--no-compile-cache`` or
+``JAXDD_COMPILE_CACHE=0``) and glibc's allocator (unless ``JAXDD_TUNE_MALLOC=0``);
+:func:`restore` undoes the logging part, so :func:`jaxdd.cli.main` called from Python leaves no
+global logging state behind.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+import jax
+
+from jaxdd import progress
+from jaxdd._src.io import cache_root
+
+_OFF = ("0", "false", "no", "off")
+
+
+def enable_compile_cache(path: str | None = None, *, min_compile_time_secs: float = 1.0) -> str:
+  """Turns on JAX's persistent compilation cache (the CLI does this unless told not to).
+
+  Args:
+    path: cache folder (default ``$JAXDD_CACHE/xla``, i.e. ``~/.cache/jaxdd/xla``).
+    min_compile_time_secs: only programs that took at least this long to
+      compile are stored.
+
+  Returns:
+    The folder used.
+  """
+  if path is None:
+    path = str(cache_root("xla"))
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
+  return path
+
+
+def tune_allocator() -> bool:
+  """Keeps freed memory in the process instead of returning it to the kernel (glibc only).
+
+  XLA:CPU allocates its large buffers with ``malloc``; glibc serves them with
+  ``mmap`` and unmaps them on ``free``, so every compiled call faults its
+  buffers in again (RESULTS.md, "Keeping freed memory, and XLA flags"). The same setting as
+  the environment variables ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` (the "tuned"
+  PyTorch reference), applied at run time with ``mallopt``. The CLI calls it unless
+  ``JAXDD_TUNE_MALLOC=0``; the price is a resident size that stays at its peak.
+
+  Returns:
+    True if glibc accepted both settings, False elsewhere (no effect).
+  """
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h>
+  return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
+
+
+def setup(quiet: bool, no_compile_cache: bool) -> tuple[bool, bool]:
+  """Logging, --quiet and the compilation cache; returns the previous logging state."""
+  was = (progress.is_quiet(), progress.logger.propagate)
+  progress.setup_logging(quiet)
+  if not no_compile_cache and os.environ.get("JAXDD_COMPILE_CACHE", "1").lower() not in _OFF:
+    enable_compile_cache()
+  if os.environ.get("JAXDD_TUNE_MALLOC", "1").lower() not in _OFF:
+    tune_allocator()
+  return was
+
+
+def restore(was: tuple[bool, bool]) -> None:
+  """Puts back the logging state :func:`setup` returned."""
+  progress.set_quiet(was[0])
+  progress.logger.propagate = was[1]
+
+
+def check_cache_root() -> None:
+  """$JAXDD_CACHE must be a writable directory (or creatable): checked before any work."""
+  probe = cache_root()
+  while not probe.exists() and probe.parent != probe:
+    probe = probe.parent
+  if not probe.is_dir():
+    raise NotADirectoryError(20, "the jaxdd cache ($JAXDD_CACHE) is not a directory", str(probe))
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise PermissionError(13, "the jaxdd cache ($JAXDD_CACHE) is not writable", str(probe))
+
+
+def join_processes(workdir: str, coordinator: str, num_processes: int | None,
+                   process_id: int | None) -> str:
+  """Joins a multi-process run (``--coordinator``) and returns this process's run directory.
+
+  ``jax.distributed.initialize`` must run before JAX starts a backend; on CPU the
+  collectives go through gloo. Process 0 writes ``--workdir``; process i > 0 keeps
+  its own copy (checkpoints, metrics, SynSet, evaluation) in ``<workdir>/.process-<i>``,
+  so every process resumes from its own files.
+  """
+  n, i = num_processes, process_id
+  if n is None or i is None:
+    raise ValueError("--coordinator needs --num-processes N and --process-id I (0 .. N-1)")
+  if n < 1 or not 0 <= i < n:
+    raise ValueError(f"--process-id {i} must lie in [0, --num-processes {n}); number the "
+                     "processes 0 .. N-1")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator, num_processes=n, process_id=i)
+  return workdir if i == 0 else os.path.join(workdir, f".process-{i}")

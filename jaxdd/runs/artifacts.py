@@ -1,0 +1,201 @@
+"""Work on saved artifacts: evaluate or cross-evaluate a SynSet, list what finished runs wrote.
+
+A SynSet artifact records the dataset it was distilled from, its normalisation and the run's
+config; :func:`evaluate_synset` and :func:`cross_arch` rebuild the evaluation data and key from
+that record (``jaxdd evaluate`` / ``jaxdd cross-arch``), unless an :class:`Overrides` field says
+otherwise. With the run's own seed, the evaluation key is the run's, so a run's SynSet
+reproduces the run's numbers exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd import data, elf, evaluate, models, pipeline, progress, protocols
+from jaxdd.results import EvalResult
+from jaxdd.structs import Batch, SynSet
+
+
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+  """What replaces the artifact's own record (None: the artifact's).
+
+  Attributes:
+    dataset: dataset name.
+    conflict_ratio: the dataset's conflict ratio.
+    source: where the dataset is read from (else the run's source, else the offline default).
+    seed: evaluation seed (else the run's own evaluation key).
+  """
+  dataset: str | None = None
+  conflict_ratio: float | None = None
+  source: str | None = None
+  seed: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureModel:
+  """ELF's feature model, trained on the artifact's REAL training split.
+
+  >>> FeatureModel()
+  FeatureModel(spec='convnet-d3-w128', protocol='cpu')
+  """
+  spec: str = "convnet-d3-w128"
+  protocol: str = "cpu"
+
+
+def artifact_split(meta: dict, split: str, overrides: Overrides = Overrides()) -> data.BiasedDataset:
+  """A split of the dataset a SynSet artifact was distilled from."""
+  ds_meta = meta.get("dataset", {})
+  run_cfg = meta.get("config", {})
+  name = overrides.dataset or ds_meta.get("name")
+  if name is None:
+    raise ValueError("the artifact does not name its dataset; pass --dataset and --conflict-ratio")
+  ratio = overrides.conflict_ratio if overrides.conflict_ratio is not None else ds_meta.get("ratio")
+  source = overrides.source if overrides.source is not None else run_cfg.get("source")
+  return data.load(name, split=split, conflict_ratio=ratio, severity=ds_meta.get("severity"),
+                   seed=ds_meta.get("seed", 0), source=source)
+
+
+def normalized_batch(ds: data.BiasedDataset, meta: dict) -> Batch:
+  """``ds`` normalised with the artifact's mean and std, as a Batch of device arrays."""
+  images = data.normalize(ds.images, meta["mean"], meta["std"])
+  return Batch(jnp.asarray(images), jnp.asarray(ds.labels), jnp.asarray(ds.bias),
+               jnp.asarray(ds.aligned))
+
+
+def eval_key(run_cfg: dict, seed: int | None = None) -> jax.Array:
+  """The evaluation key: ``seed``'s, else the run's own evaluation key, else seed 0's."""
+  if seed is not None:
+    return jax.random.key(seed)
+  if "seed" in run_cfg:  # the run's own evaluation key: the run's numbers, exactly
+    return pipeline.seed_keys(int(run_cfg["seed"]))[2]
+  return jax.random.key(0)
+
+
+def elf_features(meta: dict, syn: SynSet, num_classes: int, key: jax.Array,
+                 feature_model: FeatureModel, overrides: Overrides = Overrides()) -> np.ndarray:
+  """ELF's feature model, trained on the artifact's REAL training split, and its features
+  of the synthetic images."""
+  protocols.get_protocol(feature_model.protocol)
+  fm = models.get(feature_model.spec, num_classes=num_classes)
+  models.check_fits(fm, tuple(syn.images.shape[1:]))
+  train = artifact_split(meta, "train", overrides)
+  real = normalized_batch(train, meta)
+  progress.logger.info("ELF: training the feature model %s on %d real images (%s protocol)",
+                       feature_model.spec, len(train.labels), feature_model.protocol)
+  variables = elf.train_feature_model(jax.random.fold_in(key, 0xE1F), real.images, real.labels,
+                                      model=fm, protocol=feature_model.protocol)
+  return elf.distillation_features(fm, variables, syn.images)
+
+
+def evaluate_synset(syn: SynSet, meta: dict, overrides: Overrides = Overrides(), *,
+                    protocol: str | None = None, model: str | None = None,
+                    num_models: int | None = None, features: FeatureModel | None = None,
+                    progress: bool = True) -> EvalResult:
+  """Fresh networks trained on a loaded SynSet artifact, tested on its dataset's test split.
+
+  Args:
+    syn, meta: the artifact (:func:`jaxdd.security.signing.load_synset`).
+    overrides: what replaces the artifact's dataset, source and seed.
+    protocol, model, num_models: None: the artifact's run setting (else dm, convnet, 5).
+    features: ELF's feature model (the ELF track; its numbers are not comparable with a
+      plain evaluation), or None.
+    progress: show progress.
+
+  Returns:
+    The EvalResult, its method named as the artifact's (``+elf`` on the ELF track).
+  """
+  run_cfg = meta.get("config", {})
+  protocol = protocol or meta.get("eval_protocol") or run_cfg.get("eval_protocol") or "dm"
+  model_spec = model or run_cfg.get("eval_model") or "convnet"
+  num_models = num_models or run_cfg.get("num_eval_models") or 5
+  protocols.get_protocol(protocol)
+  test = artifact_split(meta, "test", overrides)
+  batch = normalized_batch(test, meta)
+  net = models.get(model_spec, num_classes=test.num_classes)
+  models.check_fits(net, tuple(syn.images.shape[1:]))
+  key = eval_key(run_cfg, overrides.seed)
+  syn = syn._replace(images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels))
+  if features is not None:
+    feats = elf_features(meta, syn, test.num_classes, key, features, overrides)
+    result = elf.evaluate_elf(key, syn, batch, model=net, features=feats, protocol=protocol,
+                              num_models=num_models, progress=progress)
+  else:
+    result = evaluate.evaluate_synset(key, syn, batch, model=net, protocol=protocol,
+                               num_models=num_models, progress=progress)
+  return dataclasses.replace(result, method=(meta.get("method") or result.method)
+                             + ("+elf" if features is not None else ""))
+
+
+def cross_arch(syn: SynSet, meta: dict, specs: list[str], overrides: Overrides = Overrides(), *,
+               protocol: str = "cpu", num_models: int = 3, features: FeatureModel | None = None,
+               progress: bool = True) -> dict:
+  """The cross-architecture matrix of a loaded SynSet artifact (:func:`jaxdd.elf.cross_architecture`),
+  plainly and, given ``features``, with ELF; every spec is checked before any training."""
+  for spec in specs:
+    models.check_fits(models.get(spec, num_classes=int(np.max(syn.labels)) + 1),
+                      tuple(syn.images.shape[1:]))
+  protocols.get_protocol(protocol)
+  test = artifact_split(meta, "test", overrides)
+  key = eval_key(meta.get("config", {}), overrides.seed)
+  syn = syn._replace(images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels))
+  feats = (None if features is None
+           else elf_features(meta, syn, test.num_classes, key, features, overrides))
+  return elf.cross_architecture(key, syn, normalized_batch(test, meta), model_specs=specs,
+                                num_classes=test.num_classes, protocol=protocol,
+                                num_models=num_models, features=feats, progress=progress)
+
+
+def cross_arch_record(path: str, matrix: dict, *, protocol: str, num_models: int,
+                      features: FeatureModel | None = None) -> dict[str, Any]:
+  """The JSON record of a cross-architecture matrix (``jaxdd cross-arch --out``)."""
+  return {
+      "synset": os.path.abspath(path), "protocol": protocol, "num_models": num_models,
+      "elf": features is not None,
+      "feature_model": None if features is None else features.spec,
+      "feature_protocol": None if features is None else features.protocol,
+      "matrix": {k: {kind: (None if v is None else {"mean": v["mean"], "std": v["std"]})
+                     for kind, v in row.items()} for k, row in matrix.items()}}
+
+
+def _baseline_lines(root: str) -> list[str]:
+  with open(os.path.join(root, "baselines.json")) as f:
+    results = json.load(f)
+  return [f"{root}: baseline {name}: overall {100 * ev['mean']['overall']:.1f}, aligned "
+          f"{100 * ev['mean']['aligned']:.1f}, conflicting {100 * ev['mean']['conflicting']:.1f}, "
+          f"worst group {100 * ev['mean']['worst_group']:.1f}" for name, ev in results.items()]
+
+
+def _eval_line(root: str) -> str:
+  with open(os.path.join(root, "eval.json")) as f:
+    ev = json.load(f)
+  m, s = ev["mean"], ev["std"]
+  return (f"{root}: {ev.get('method')}: overall {100 * m['overall']:.1f}±{100 * s['overall']:.1f}, "
+          f"aligned {100 * m['aligned']:.1f}, conflicting {100 * m['conflicting']:.1f}, "
+          f"worst group {100 * m['worst_group']:.1f}")
+
+
+def finished_runs(path: str) -> list[list[str]]:
+  """What ``jaxdd report`` prints of the finished runs under ``path``, in walking order.
+
+  One entry per finished record: a baselines.json gives one line per baseline, a
+  comparison.md its whole text, and an eval.json outside a comparison one line; empty when
+  nothing under ``path`` is finished.
+  """
+  out: list[list[str]] = []
+  for root, _, files in sorted(os.walk(path)):
+    if "baselines.json" in files:
+      out.append(_baseline_lines(root))
+    if "comparison.md" in files:
+      with open(os.path.join(root, "comparison.md")) as f:
+        out.append([f.read()])
+    elif "eval.json" in files and not os.path.exists(os.path.join(os.path.dirname(root),
+                                                                  "comparison.md")):
+      out.append([_eval_line(root)])
+  return out
