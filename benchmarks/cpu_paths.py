@@ -1,10 +1,9 @@
-"""What jaxdd's special CPU paths buy, side by side in one process: Winograd, loop-safe, im2col.
+"""What jaxdd's special CPU paths buy, side by side in one process: Winograd and loop-safe.
 
 The ``cpu`` policy (:mod:`jaxdd.policy`) routes convolutions through hand-written kernels:
 ``conv="loop_safe"`` (``jaxdd/_src/cpu_kernels.py``: custom gradients that avoid XLA:CPU's
 slow backward convolutions inside loops) and, on top of it, Winograd F(2x2, 3x3) for wide 3x3
-convolutions (``forward_conv`` / ``train_conv="winograd"``, ``jaxdd/_src/winograd.py``);
-``conv="im2col"`` (``jaxdd/_src/im2col.py``) is an alternative layout no built-in policy uses.
+convolutions (``forward_conv`` / ``train_conv="winograd"``, ``jaxdd/_src/winograd.py``).
 This script times the jobs a user runs under policy variants that switch each path off, in
 one process, the variants alternating within every repeat:
 
@@ -17,8 +16,9 @@ one process, the variants alternating within every repeat:
   ``--eval-epochs``-epoch evaluation divided by its epochs.
 
 Variants: ``default`` (the cpu policy), ``no-winograd`` (``forward_conv`` and ``train_conv``
-``"xla"``), ``xla-conv`` (no hand-written kernels at all: ``conv="xla"`` as well) and ``im2col``
-(``conv="im2col"``, no Winograd). Prints one JSON line per (job, variant, repeat), then the
+``"xla"``) and ``xla-conv`` (no hand-written kernels at all: ``conv="xla"`` as well). (A
+third layout, ``conv="im2col"``, patches @ kernel, was measured with this script before it was
+removed: no built-in policy used it and it was slower on every job.) Prints one JSON line per (job, variant, repeat), then the
 median seconds of each and its ratio to ``default`` (above 1: the variant is slower).
 
   python benchmarks/cpu_paths.py --repeats 5
@@ -44,7 +44,6 @@ VARIANTS = {
     "default": {},
     "no-winograd": dict(forward_conv="xla", train_conv="xla"),
     "xla-conv": dict(conv="xla", forward_conv="xla", train_conv="xla"),
-    "im2col": dict(conv="im2col", forward_conv="xla", train_conv="xla"),
 }
 
 

@@ -13,11 +13,9 @@ one), then predicts a ``--test-size`` test set. Modes:
 * ``sequential``: one compiled single-network trainer called once per model
   (the same keys), as the PyTorch reference loops.
 
-A mode may name the convolution layout after a ``+`` (``vmap+im2col``,
-``vmap+xla``, ``map+loop_safe``): the :mod:`jaxdd.policy` ``conv`` field for that
-mode only (``im2col``: patches @ kernel, so vmapped networks run batched matmuls
-instead of grouped convolutions; with ``im2col`` or ``xla`` the Winograd
-kernels, which go through ``loop_safe``, are off).
+A mode may name the convolution layout after a ``+`` (``vmap+xla``,
+``map+loop_safe``): the :mod:`jaxdd.policy` ``conv`` field for that mode only
+(with ``xla`` the Winograd kernels, which go through ``loop_safe``, are off).
 
 Each (ipc, protocol, mode) runs in its own subprocess, so ``ru_maxrss`` is that
 configuration's peak; it prints one JSON line with compile and run seconds,
@@ -33,7 +31,6 @@ Usage:
   python benchmarks/evaluate.py --policy accelerator          # pin a jaxdd.policy layout
   python benchmarks/evaluate.py --no-tune-malloc              # glibc's allocator as shipped
   python benchmarks/evaluate.py --train-conv xla --micro-batch 10   # override policy fields
-  python benchmarks/evaluate.py --ipc 10 --protocol cpu --modes vmap+im2col vmap map sequential
 
 Like the ``jaxdd`` CLI, the measured process keeps freed memory
 (:func:`jaxdd.cli.tune_allocator`, the setting of the allocator-tuned PyTorch
@@ -149,7 +146,7 @@ def main() -> None:
   p.add_argument("--protocol", nargs="+", default=["dm", "cpu"])
   p.add_argument("--modes", nargs="+", default=["vmap", "map", "sequential"],
                  choices=[m + c for m in ("vmap", "map", "sequential")
-                          for c in ("", "+loop_safe", "+xla", "+im2col")])
+                          for c in ("", "+loop_safe", "+xla")])
   p.add_argument("--num-models", type=int, default=5)
   p.add_argument("--epochs", type=int, default=None,
                  help="override the protocol's epochs (the stamp shows the change)")

@@ -54,7 +54,7 @@ class TorchConv(nn.Module):
       pad = ((pad, pad), (pad, pad))
     # On CPU (policy conv="loop_safe"), route through loop_safe_conv so that
     # training inside lax.scan (evaluation, surrogate) does not hit XLA:CPU's
-    # slow in-loop gradient path; conv="im2col" computes it as a patch matmul.
+    # slow in-loop gradient path.
     conv = policy_conv()
     return nn.Conv(self.features, self.kernel_size, strides=self.strides, padding=pad,
                    use_bias=self.use_bias, kernel_init=torch_uniform(fan_in),

@@ -70,7 +70,6 @@ import jax.numpy as jnp
 # (jaxdd._src.cpu_kernels) are re-exported here: jaxdd.models.TorchConv,
 # jaxdd.models.instance_norm, jaxdd.models.loop_safe_conv, ... keep working.
 from jaxdd._src.cpu_kernels import loop_safe_conv, loop_safe_convs  # noqa: F401
-from jaxdd._src.im2col import im2col_conv  # noqa: F401
 from jaxdd.layers import (InstanceNorm, Norm, Pooling, TorchConv, TorchDense,  # noqa: F401
                           _check_images, _conv_out, _max_pool2, instance_norm, make_norm, pool,
                           torch_uniform)

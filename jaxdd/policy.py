@@ -47,7 +47,7 @@ from typing import Callable, Iterator, Literal, Union
 
 import jax
 
-_CHOICES = {"conv": ("loop_safe", "xla", "im2col"), "parallel": ("map", "vmap"),
+_CHOICES = {"conv": ("loop_safe", "xla"), "parallel": ("map", "vmap"),
             "train_loop": ("step", "scan"), "forward_conv": ("winograd", "xla"),
             "train_conv": ("winograd", "xla")}
 _SIZES = ("micro_batch", "predict_block", "real_chunk", "syn_chunk")
@@ -63,11 +63,7 @@ class Policy:
       :func:`jaxdd.models.loop_safe_convs`, plain ``nn.Conv`` layers) through
       :func:`jaxdd.models.loop_safe_conv`, whose hand-written gradients avoid
       XLA:CPU's slow backward convolutions inside loops; ``"xla"`` leaves them
-      to ``lax.conv_general_dilated``; ``"im2col"`` computes them as one matmul
-      over image patches (:func:`jaxdd.models.im2col_conv`), so that networks
-      vmapped together (``parallel="vmap"``) run batched matmuls instead of
-      grouped convolutions (measured in RESULTS.md, "Evaluation: many networks
-      in one program").
+      to ``lax.conv_general_dilated``.
     parallel: how ``parallel="auto"`` trains several networks in one program:
       ``"map"`` (one after another) or ``"vmap"`` (batched).
     train_loop: ``loop="auto"`` of :func:`jaxdd.train.fit_epochs` (the

@@ -128,41 +128,6 @@ def test_many_models_equal_one_by_one(getkey, parallel):
     np.testing.assert_allclose(np.asarray(metrics.loss[0, i]), np.asarray(m.loss), rtol=1e-4)
 
 
-def test_im2col_layout_trains_vmapped_networks_like_one_by_one(getkey):
-  # conv="im2col": each network's convolutions are patch matmuls, so vmapped networks run
-  # batched matmuls; the networks must equal the cpu layout's one-by-one training.
-  from jaxdd import policy
-  images, labels = separable(getkey())
-  syn = SynSet(images, labels)
-  key = getkey()
-  im2col = policy.variant("cpu", conv="im2col", forward_conv="xla", train_conv="xla")
-  with policy.use(im2col):
-    stacked, metrics = train_models(key, syn, model=TINY, protocol=FAST, num_models=2,
-                                    parallel="vmap")
-  for i, k in enumerate(jax.random.split(key, 2)):
-    single, m = train_fresh(k, syn, model=TINY, protocol=FAST)  # shares the test above's program
-    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(stacked)):
-      np.testing.assert_allclose(np.asarray(b[0, i]), np.asarray(a), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(metrics.loss[0, i]), np.asarray(m.loss), rtol=1e-4)
-  # the convolution itself, values and gradients, against lax's (strided, padded, 5x5)
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 9, 9, 3)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(5, 5, 3, 4)), jnp.float32)
-
-  def f(x, w, conv):
-    out = conv(x, w, (2, 2), ((2, 1), (2, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-               precision=lax.Precision.HIGHEST)
-    return jnp.sum(out ** 2), out
-
-  (va, oa), ga = jax.value_and_grad(f, (0, 1), has_aux=True)(x, w, models.im2col_conv)
-  (vb, ob), gb = jax.value_and_grad(f, (0, 1), has_aux=True)(x, w, lax.conv_general_dilated)
-  assert oa.shape == ob.shape == (2, 4, 4, 4)
-  # float32 sums of 75 products: a few ulps of the largest magnitudes
-  np.testing.assert_allclose(np.asarray(oa), np.asarray(ob), atol=1e-5 * float(jnp.abs(ob).max()))
-  for a, b in zip(ga, gb):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * float(jnp.abs(b).max()))
-
-
 def _toy_task():
   """y = w * x + b with squared error; logs every step's rows in the state."""
   def init(key, images, labels):

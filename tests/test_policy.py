@@ -70,7 +70,7 @@ def test_unknown_policies_name_the_choices(bad):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("conv", "fast", r"Policy.conv must be one of \('loop_safe', 'xla', 'im2col'\), got 'fast'"),
+    ("conv", "fast", r"Policy.conv must be one of \('loop_safe', 'xla'\), got 'fast'"),
     ("parallel", "pmap", r"Policy.parallel must be one of \('map', 'vmap'\)"),
     ("train_loop", "while", r"Policy.train_loop must be one of \('step', 'scan'\)"),
     ("micro_batch", 0, "Policy.micro_batch must be a positive int or None, got 0"),

@@ -27,7 +27,6 @@ from jax import lax
 
 from jaxdd import policy
 from jaxdd._src import winograd
-from jaxdd._src.im2col import im2col_conv, patches
 
 # On XLA:CPU a convolution's weight gradient inside a while loop (our
 # lax.scan over steps) is not rewritten into the Eigen-friendly form and runs
@@ -47,6 +46,18 @@ _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
 _FEW_CHANNELS = 8  # input-gradient as matmul + col2im up to this many input channels
+
+
+def patches(x, kh: int, kw: int, strides, padding):
+  """(N, Ho, Wo, kh*kw*C) patches of NHWC ``x``, ordered (i, j, c) like an HWIO kernel."""
+  sh, sw = strides
+  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  ho = (xp.shape[1] - kh) // sh + 1
+  wo = (xp.shape[2] - kw) // sw + 1
+  taps = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1,
+                                       j + sw * (wo - 1) + 1, xp.shape[3]), (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(taps, axis=-1)
 
 
 def _few_channels(x_shape, strides, padding) -> bool:
@@ -192,7 +203,7 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
 
 def policy_conv():
   """The convolution the current policy's ``conv`` names (None: lax's own)."""
-  return {"loop_safe": loop_safe_conv, "im2col": im2col_conv}.get(policy.current().conv)
+  return loop_safe_conv if policy.current().conv == "loop_safe" else None
 
 
 def _loop_safe_interceptor(next_fun, args, kwargs, context):
@@ -215,8 +226,7 @@ def loop_safe_convs():
 
   For foreign Flax models differentiated inside loops (``lax.scan``/``lax.map``):
   jaxdd's own models already use :func:`loop_safe_conv` on CPU. Active when the
-  current :mod:`jaxdd.policy` has ``conv="loop_safe"`` (the ``cpu`` policy), or
-  through :func:`jaxdd.models.im2col_conv` under ``conv="im2col"``;
+  current :mod:`jaxdd.policy` has ``conv="loop_safe"`` (the ``cpu`` policy);
   otherwise (the ``accelerator`` policy: GPU, TPU) this does nothing.
 
   Example:
