@@ -262,7 +262,7 @@ def format_seeds(summary: dict) -> str:
   """:func:`summarize_seeds` as markdown (accuracy %, mean ± sample std over seeds). A
   published summary that names its settings (``cell``, ``protocol``, ``num_models``, ``elf``,
   ``feature_model``, ``feature_protocol``) gets a sentence saying them."""
-  from jaxdd.study import format_pm  # noqa: PLC0415
+  from jaxdd.runs.tables import format_pm  # noqa: PLC0415
   head = "| SynSet | model | training | " + " | ".join(COLUMNS) + " |"
   rule = "|---" * (len(COLUMNS) + 3) + "|"
 
