@@ -198,7 +198,8 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
   epochs = train.fit_epochs(k_train, params, model_state, jnp.asarray(images), jnp.asarray(labels),
                             task=task, protocol=config.protocol(), loop=loop)
   t0 = time.perf_counter()
-  for epoch, (_params, _model_state, metrics) in enumerate(epochs):
+  # params and model_state are read after the loop: the last epoch's are the trained ones.
+  for epoch, (params, model_state, metrics) in enumerate(epochs):  # noqa: B007
     mean_loss = float(metrics.loss)  # blocks until the epoch is done
     history["epoch_seconds"].append(time.perf_counter() - t0)
     if not math.isfinite(mean_loss):
