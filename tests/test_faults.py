@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdd import cli, distill, runs, synset
+from jaxdd import cli, distill, evaluate, runs, synset
 from jaxdd.config import get_config
 from jaxdd.runs import checkpoints, distiller
 
@@ -212,7 +212,7 @@ def test_finished_run_shows_its_results_and_quiet_keeps_them(tmp_path, capsys, m
   assert "overall" in first  # --quiet hides progress, not the results
   stored = json.load(open(os.path.join(work, "eval.json")))
   calls = []
-  monkeypatch.setattr(runs.evaluate, "evaluate",
+  monkeypatch.setattr(evaluate, "evaluate",
                       lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError))
   assert cli.main(argv) == 0
   out = capsys.readouterr().out
