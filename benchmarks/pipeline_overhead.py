@@ -1,6 +1,6 @@
 """The pipeline's time per distillation step against the bare compiled step.
 
-``jaxdd.pipeline.distill_run`` adds host work around each step: the Python
+``jaxdd.runs.distill_run`` adds host work around each step: the Python
 dispatch, the metrics line every ``log_every`` steps (a device-to-host copy),
 the progress bar, checkpoints every ``checkpoint_every`` steps. Where a step is
 short (small networks, or any step on an accelerator: about 5 ms for the
@@ -41,19 +41,19 @@ def main(argv=None) -> int:
   import jax
   import numpy as np
 
-  from jaxdd import distill, pipeline
+  from jaxdd import distill, runs
   from jaxdd.config import get_config
 
   ks = [int(v) for v in args.k.split(",")]
   base = get_config(args.preset, method=args.method, weighting="none",
                     iterations=args.iterations, log_every=args.log_every,
                     checkpoint_every=args.checkpoint_every)
-  run_data = pipeline.RunData(base)
+  run_data = runs.RunData(base)
   nc = run_data.num_classes
   real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
                            num_classes=nc)
-  d = pipeline.make_distiller(base, nc, None)
-  key = pipeline.run_keys(base)[1]
+  d = runs.make_distiller(base, nc, None)
+  key = runs.run_keys(base)[1]
 
   def bare() -> float:
     state = d.init(key, real)
@@ -70,13 +70,13 @@ def main(argv=None) -> int:
     half = args.iterations // 2
     with tempfile.TemporaryDirectory() as tmp:
       # A short run compiles the programs (shared by the timed runs).
-      pipeline.distill_run(config.replace(iterations=min(2 * k, half)),
-                           os.path.join(tmp, "warm"), run_data, None, key, progress=False)
+      runs.distill_run(config.replace(iterations=min(2 * k, half)),
+                       os.path.join(tmp, "warm"), run_data, None, key, progress=False)
       wall = {}
       for n in (half, args.iterations):
         t0 = time.perf_counter()
-        pipeline.distill_run(config.replace(iterations=n), os.path.join(tmp, f"run{n}"),
-                             run_data, None, key, progress=False)
+        runs.distill_run(config.replace(iterations=n), os.path.join(tmp, f"run{n}"),
+                         run_data, None, key, progress=False)
         wall[n] = time.perf_counter() - t0
       return (wall[args.iterations] - wall[half]) / (args.iterations - half)
 

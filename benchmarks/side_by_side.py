@@ -24,8 +24,8 @@ import time
 
 def _distiller(config, num_classes, kde_config):
   try:  # the runs layer
-    from jaxdd.runs import stages
-    return stages.make_distiller(config, num_classes, kde_config)
+    from jaxdd.runs import distiller
+    return distiller.make_distiller(config, num_classes, kde_config)
   except ImportError:  # a checkout from before the runs layer existed
     from jaxdd import pipeline
     return pipeline.make_distiller(config, num_classes, kde_config)

@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import data, evaluate, models, pipeline, protocols, synset, train
+from jaxdd import data, evaluate, models, protocols, runs, synset, train
+from jaxdd.config import get_config
 from jaxdd.runs import attacks as run_attacks
 from jaxdd.runs import audit as run_audit
 from jaxdd.security import attacks, audit, signing
@@ -59,7 +60,7 @@ def trigger_for(shape) -> attacks.Trigger:
 
 
 def distil(cfg, workdir: str, *, poison: dict | None, quiet: bool) -> str:
-  run_data = pipeline.RunData(cfg)
+  run_data = runs.RunData(cfg)
   if poison is not None:
     train_set = run_data.train
     t = trigger_for(train_set.images.shape[1:])
@@ -72,7 +73,7 @@ def distil(cfg, workdir: str, *, poison: dict | None, quiet: bool) -> str:
         aligned=np.asarray(train_set.bias) == p.labels,
         meta={**train_set.meta, "poison": {**poison, "trigger": t.name, "rows": len(p.rows)}})
     run_data.mean, run_data.std = data.channel_stats(run_data.train.images)
-  pipeline.distill_stage(cfg, workdir, run_data=run_data, progress=not quiet)
+  runs.distill_stage(cfg, workdir, run_data=run_data, progress=not quiet)
   return os.path.join(workdir, "synset")
 
 
@@ -138,8 +139,8 @@ def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
     with open(out) as f:
       return json.load(f)
   name, overrides = parse_dataset(dataset)
-  cfg = pipeline.get_config(args.preset, dataset=name, seed=seed, weighting=args.weighting,
-                            **overrides)
+  cfg = get_config(args.preset, dataset=name, seed=seed, weighting=args.weighting,
+                   **overrides)
   t0 = time.time()
   clean_dir = os.path.join(root, "clean")
   if variant == "clean":
@@ -173,7 +174,7 @@ def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
                 signature=signature_check(syn_dir, keys["author_pub"]),
                 target=args.target, trigger=trigger_for((28, 28, 3)).name,
                 fraction=args.fraction if variant == "badnets" else None,
-                commit=pipeline.code_version())
+                commit=runs.code_version())
   synset.atomic_write_json(out, result)
   return result
 
@@ -191,7 +192,7 @@ def rescore_kde(args, result: dict) -> dict:
                        "robust_z": scores.robust_z.tolist(), "threshold": audit.OUTLIER_Z,
                        "images": flagged.tolist(), "class_count": audit.OUTLIER_CLASS_COUNT,
                        "flag": bool(crowded.size)}
-  result["kde_rescored_at"] = pipeline.code_version()
+  result["kde_rescored_at"] = runs.code_version()
   return apply_rules(result)  # the verdict under the current rules
 
 

@@ -23,26 +23,27 @@ import sys
 
 import jax
 
-from jaxdd import cli, pipeline, progress, protocols, study, synset
+from jaxdd import cli, progress, protocols, runs, synset
+from jaxdd.config import RunConfig, get_config
 from jaxdd.structs import SynSet
 
 DTYPES = ("float32", "bfloat16")
 METRICS = ("overall", "aligned", "conflicting")
 
 
-def distilled(config: pipeline.RunConfig, run_data: pipeline.RunData, embeddings, dtype: str,
+def distilled(config: RunConfig, run_data: runs.RunData, embeddings, dtype: str,
               workdir: str) -> SynSet:
   """The run's SynSet, distilled with the real-image forward in ``dtype`` (cached on disk).
 
-  The pipeline's own loop (:func:`jaxdd.pipeline.distill_run`: checkpoints, resume,
+  The pipeline's own loop (:func:`jaxdd.runs.distill_run`: checkpoints, resume,
   the NaN check) with only the real-image dtype changed.
   """
   path = os.path.join(workdir, "synset")
   if os.path.isdir(path):
     return synset.load(path)[0]
   os.makedirs(workdir, exist_ok=True)
-  syn = pipeline.distill_run(config, workdir, run_data, embeddings, pipeline.run_keys(config)[1],
-                             progress=False, real_dtype=None if dtype == "float32" else dtype)
+  syn = runs.distill_run(config, workdir, run_data, embeddings, runs.run_keys(config)[1],
+                         progress=False, real_dtype=None if dtype == "float32" else dtype)
   synset.save(path, syn, {"real_dtype": dtype, "config": config.to_dict()},
               mean=run_data.mean, std=run_data.std)
   return syn
@@ -56,7 +57,7 @@ def table(results: dict) -> str:
     for dt in DTYPES:
       cells = []
       for m in METRICS:
-        cells.append(study.format_pm([results[w][dt][s][m] for s in sorted(results[w][dt])]))
+        cells.append(runs.format_pm([results[w][dt][s][m] for s in sorted(results[w][dt])]))
       lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | {dt} | " + " | ".join(cells) + " |")
   lines += ["", "| method | bfloat16 − float32 (paired, points) | " + " | ".join(METRICS) + " |",
             "|---|---|" + "---|" * len(METRICS)]
@@ -64,8 +65,8 @@ def table(results: dict) -> str:
     seeds = sorted(results[w]["float32"])
     cells = []
     for m in METRICS:
-      cells.append(study.format_pm([results[w]["bfloat16"][s][m] - results[w]["float32"][s][m]
-                                    for s in seeds], signed=True))
+      cells.append(runs.format_pm([results[w]["bfloat16"][s][m] - results[w]["float32"][s][m]
+                                   for s in seeds], signed=True))
     lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | mean ± std over seeds "
                  f"{', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -85,16 +86,16 @@ def main(argv=None) -> int:
   proto = protocols.get_protocol("cpu300")
   results: dict = {w: {dt: {} for dt in DTYPES} for w in ("none", "kde")}
   for seed in args.seeds:
-    base = pipeline.get_config("cpu", dataset="cmnist", conflict_ratio=0.05, ipc=10, seed=seed)
-    run_data = pipeline.RunData(base)
-    embeddings = pipeline.surrogate_embeddings(base, run_data, pipeline.run_keys(base)[0])
+    base = get_config("cpu", dataset="cmnist", conflict_ratio=0.05, ipc=10, seed=seed)
+    run_data = runs.RunData(base)
+    embeddings = runs.surrogate_embeddings(base, run_data, runs.run_keys(base)[0])
     for w in ("none", "kde"):
       config = base.replace(weighting=w)
       for dt in DTYPES:
         workdir = os.path.join(args.root, f"{w}-{dt}-s{seed}")
         syn = distilled(config, run_data, embeddings, dt, workdir)
-        summary = study.evaluate_cached(config, workdir, run_data, syn, split="test",
-                                        protocol=proto, num_models=args.num_models)
+        summary = runs.evaluate_cached(config, workdir, run_data, syn, split="test",
+                                       protocol=proto, num_models=args.num_models)
         results[w][dt][seed] = summary["mean"]
         print(json.dumps({"weighting": w, "real_dtype": dt, "seed": seed, **summary["mean"]}),
               flush=True)

@@ -25,7 +25,8 @@ import jax
 import numpy as np
 from flax import serialization
 
-from jaxdd import elf, models, pipeline, progress, protocols, study, synset
+from jaxdd import elf, models, progress, protocols, runs, synset
+from jaxdd.config import get_config
 
 def _grid():
   spec = importlib.util.spec_from_file_location(
@@ -62,7 +63,7 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
   if cell not in grid.CELLS:
     raise ValueError(f"unknown cell {cell!r}; choose from {sorted(grid.CELLS)}")
   spec = grid.CELLS[cell]
-  base = pipeline.get_config("cpu", **spec["overrides"])
+  base = get_config("cpu", **spec["overrides"])
   settings = grid.settings_of(cell, base, root)
   unknown = set(rows) - set(settings)
   if unknown:
@@ -89,17 +90,17 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
         continue
       config = settings[row].apply(base.replace(seed=seed))
       if run_data is None:
-        run_data = pipeline.RunData(base.replace(seed=seed))
+        run_data = runs.RunData(base.replace(seed=seed))
       # The cell's own SynSet (same run directory as the grid's), distilled here when the
       # cell has not been run yet; the grid reuses it later.
-      workdir = study.run_dir(os.path.join(root, cell), config)
+      workdir = runs.run_dir(os.path.join(root, cell), config)
       syn_dir = os.path.join(workdir, "synset")
       if os.path.exists(os.path.join(syn_dir, "manifest.json")):
         syn, _ = synset.load(syn_dir)
       else:
         progress.logger.info("seed %d: distilling the %s SynSet of cell %s", seed, row, cell)
-        syn = pipeline.distill_stage(config, workdir, run_data=run_data, progress=show_progress)
-      key = pipeline.run_keys(config)[2]
+        syn = runs.distill_stage(config, workdir, run_data=run_data, progress=show_progress)
+      key = runs.run_keys(config)[2]
       features = None
       if with_elf:
         fm = models.get(feature_model, num_classes=run_data.num_classes)
@@ -109,7 +110,7 @@ def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_model
             progress.logger.info("seed %d: training the ELF feature model %s", seed,
                                  feature_model)
             return elf.train_feature_model(
-                pipeline.run_keys(base.replace(seed=seed))[0],
+                runs.run_keys(base.replace(seed=seed))[0],
                 run_data.normalized(run_data.train), run_data.train.labels, model=fm,
                 protocol=feature_protocol)
 

@@ -1,6 +1,6 @@
 """The fidelity table: where the reweighted method stands between vanilla DM and its ceilings.
 
-For each arm and distillation seed: distil (``jaxdd.pipeline.distill_stage``, so the
+For each arm and distillation seed: distil (``jaxdd.runs.distill_stage``, so the
 run directory holds the SynSet, ``weights.json`` with the weight diagnostics and the bias
 score over the course of distillation, and ``metrics.jsonl``), then train the preset's
 evaluation networks on the SynSet and score them on the **validation** split (what any
@@ -27,7 +27,9 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import evaluate, models, pipeline, study, synset
+from jaxdd import evaluate, models, runs, synset
+from jaxdd.config import RunConfig, get_config
+from jaxdd.runs import weights as weights_lib
 from jaxdd.structs import SynSet
 
 #: arm -> (RunConfig overrides, what it is, uses the true bias labels).
@@ -80,14 +82,14 @@ METRICS = ("overall", "aligned", "conflicting", "worst_group")
 HYBRIDS = {"hybrid_shares_init_is": "shares", "hybrid_flat_init_is": "flat"}
 
 
-def hybrid_log_density(mode: str, config: pipeline.RunConfig, run_data: pipeline.RunData
+def hybrid_log_density(mode: str, config: RunConfig, run_data: runs.RunData
                        ) -> np.ndarray:
   """A "log density" whose power weights at T = 1 (the oracle's form) are the hybrid's weights."""
   from jaxdd import diagnostics  # noqa: PLC0415
   train, nc = run_data.train, run_data.num_classes
   kde_cfg = config.replace(weighting="kde", init="real", real_sampling="uniform")
-  emb = pipeline.surrogate_embeddings(kde_cfg, run_data, pipeline.run_keys(kde_cfg)[0],
-                                      progress=False)
+  emb = runs.surrogate_embeddings(kde_cfg, run_data, runs.run_keys(kde_cfg)[0],
+                                  progress=False)
   labels, bias = np.asarray(train.labels), np.asarray(train.bias)
   w = diagnostics.class_scope_weights(emb, labels, variance=kde_cfg.kde_variance,
                                       temperature=kde_cfg.kde_temperature, normalize="power",
@@ -106,21 +108,21 @@ def hybrid_log_density(mode: str, config: pipeline.RunConfig, run_data: pipeline
 def refresh_diagnostics(result: dict, path: str) -> dict:
   """Adds the in-group ESS to a result written before it existed, from the run's saved config.
 
-  The weight diagnostics are recomputed with :func:`jaxdd.pipeline.weight_diagnostics`
+  The weight diagnostics are recomputed with :func:`jaxdd.runs.weight_diagnostics`
   (the same key and code as a new run); nothing is distilled or evaluated again.
   """
-  config = pipeline.RunConfig(**result["config"])
-  run_data = pipeline.RunData(config)
-  keys = pipeline.run_keys(config)
-  emb = (pipeline.surrogate_embeddings(config, run_data, keys[0], progress=False)
+  config = RunConfig(**result["config"])
+  run_data = runs.RunData(config)
+  keys = runs.run_keys(config)
+  emb = (runs.surrogate_embeddings(config, run_data, keys[0], progress=False)
          if config.weighting == "kde" else None)
-  report = pipeline.weight_diagnostics(config, run_data, emb, keys[3])
+  report = runs.weight_diagnostics(config, run_data, emb, keys[3])
   result = {**result, **within_group_ess(report["groups"]), "ess_recomputed": True}
   synset.atomic_write_json(path, result)
   return result
 
 
-def run_arm(config: pipeline.RunConfig, workdir: str, progress: bool,
+def run_arm(config: RunConfig, workdir: str, progress: bool,
             refresh: bool = False) -> dict:
   path = os.path.join(workdir, "result.json")
   if os.path.exists(path):
@@ -130,10 +132,10 @@ def run_arm(config: pipeline.RunConfig, workdir: str, progress: bool,
       result = refresh_diagnostics(result, path)
     return result
   t0 = time.perf_counter()
-  run_data = pipeline.RunData(config)
-  syn = pipeline.distill_stage(config, workdir, run_data=run_data, progress=progress)
+  run_data = runs.RunData(config)
+  syn = runs.distill_stage(config, workdir, run_data=run_data, progress=progress)
   t_distill = time.perf_counter() - t0
-  k_eval = pipeline.run_keys(config)[2]
+  k_eval = runs.run_keys(config)[2]
   model = models.get(config.eval_model, num_classes=run_data.num_classes)
   syn = SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels))
   out = {"config": config.to_dict(), "distill_s": t_distill}
@@ -186,9 +188,9 @@ def table(rows: dict[str, list[dict]]) -> str:
            "|---" * 12 + "|"]
   for arm, results in rows.items():
     label = ARMS[arm][1]
-    pm = lambda split, m: study.format_pm([r[split][m] for r in results])
-    bias = (f"{study.format_pm([r['bias_start'] for r in results])} → "
-            f"{study.format_pm([r['bias_end'] for r in results])}")
+    pm = lambda split, m: runs.format_pm([r[split][m] for r in results])
+    bias = (f"{runs.format_pm([r['bias_start'] for r in results])} → "
+            f"{runs.format_pm([r['bias_end'] for r in results])}")
     not_distilled = all(r["config"]["iterations"] == 0 for r in results)
     ess = ("– (not distilled)" if not_distilled else
            f"{np.mean([r['batch_ess'] for r in results]):.1f}")
@@ -260,14 +262,14 @@ def main(argv=None) -> int:
     print(f"fidelity: error: unknown arms {unknown}; choose from {list(ARMS)}", file=sys.stderr)
     return 2
   seeds = [int(s) for s in args.seeds.split(",")]
-  base = pipeline.get_config(args.preset, dataset=args.dataset, method=args.method,
-                             **data_overrides(args),
-                             conflict_ratio=args.conflict_ratio, ipc=args.ipc,
-                             iterations=args.iterations, lr_img=args.lr_img,
-                             kde_variance=args.kde_variance,
-                             kde_temperature=args.kde_temperature)
+  base = get_config(args.preset, dataset=args.dataset, method=args.method,
+                    **data_overrides(args),
+                    conflict_ratio=args.conflict_ratio, ipc=args.ipc,
+                    iterations=args.iterations, lr_img=args.lr_img,
+                    kde_variance=args.kde_variance,
+                    kde_temperature=args.kde_temperature)
   # Seed-major: an interrupted queue still has every arm at the first seeds.
-  def arm_config(arm: str, seed: int) -> pipeline.RunConfig:
+  def arm_config(arm: str, seed: int) -> RunConfig:
     fields = dict(ARMS[arm][0])
     if "kde_floor" in fields and args.kde_floor is not None:
       fields["kde_floor"] = args.kde_floor
@@ -280,15 +282,15 @@ def main(argv=None) -> int:
     if args.table_only and not done:
       continue
     print(f"[fidelity] {arm} seed {seed}", flush=True)
-    plain = pipeline.run_log_density
+    plain = weights_lib.run_log_density
     if arm in HYBRIDS:  # the run (and its weights.json) see the hybrid weights
-      pipeline.run_log_density = lambda c, rd, e, mode=HYBRIDS[arm]: hybrid_log_density(mode, c, rd)
+      weights_lib.run_log_density = lambda c, rd, e, mode=HYBRIDS[arm]: hybrid_log_density(mode, c, rd)
     try:
       rows[arm].append(
           run_arm(cfg, os.path.join(args.workdir, arm, f"s{seed}"), progress=not args.quiet,
                   refresh=args.refresh_diagnostics))
     finally:
-      pipeline.run_log_density = plain
+      weights_lib.run_log_density = plain
     md = table({a: r for a, r in rows.items() if r})
     synset.atomic_write_bytes(os.path.join(args.workdir, "table.md"), (md + "\n").encode())
     synset.atomic_write_json(os.path.join(args.workdir, "table.json"), rows)

@@ -45,7 +45,8 @@ import os
 import shutil
 import sys
 
-from jaxdd import cli, pipeline, progress, study, synset
+from jaxdd import cli, progress, runs, synset
+from jaxdd.config import RunConfig, get_config
 
 #: The rows of the trajectory-matching tables: uniform and KDE-weighted experts. (The
 #: literal reading's row would train another buffer per seed; left out at this budget.)
@@ -111,23 +112,23 @@ for _aligned in (0.0, 0.1, 0.5, 0.8, 0.95, 1.0):
       seeds=(0, 1, 2), num_models=3, rows=("vanilla", "kde (selected on valid)"))
 
 
-def lr_candidates(base: pipeline.RunConfig, lrs) -> list[study.Setting]:
+def lr_candidates(base: RunConfig, lrs) -> list[runs.Setting]:
   """Uniform and KDE-weighted runs at each ``lr_img`` (the weighting knobs: the preset's)."""
   kde = dict(weighting="kde", kde_normalize=base.kde_normalize, kde_variance=base.kde_variance,
              kde_temperature=base.kde_temperature)
-  return [study.Setting.of(weighting="none", lr_img=lr) for lr in lrs] + \
-         [study.Setting.of(**kde, lr_img=lr) for lr in lrs]
+  return [runs.Setting.of(weighting="none", lr_img=lr) for lr in lrs] + \
+         [runs.Setting.of(**kde, lr_img=lr) for lr in lrs]
 
 
-def temperature_candidates(base: pipeline.RunConfig, temperatures) -> list[study.Setting]:
+def temperature_candidates(base: RunConfig, temperatures) -> list[runs.Setting]:
   """The uniform run and KDE-weighted runs at each temperature (lr_img and the other
   weighting knobs: the preset's)."""
   kde = dict(weighting="kde", kde_normalize=base.kde_normalize, kde_variance=base.kde_variance)
-  return [study.Setting.of(weighting="none", lr_img=base.lr_img)] + \
-         [study.Setting.of(**kde, kde_temperature=t, lr_img=base.lr_img) for t in temperatures]
+  return [runs.Setting.of(weighting="none", lr_img=base.lr_img)] + \
+         [runs.Setting.of(**kde, kde_temperature=t, lr_img=base.lr_img) for t in temperatures]
 
 
-def cell_settings(cell: dict, base: pipeline.RunConfig, root: str) -> dict[str, study.Setting]:
+def cell_settings(cell: dict, base: RunConfig, root: str) -> dict[str, runs.Setting]:
   """The table rows of a cell: its own tune's choice, or the choice of ``from_cell``."""
   source = cell.get("from_cell")
   path = os.path.join(root, source if source else "", "selection.json")
@@ -137,13 +138,13 @@ def cell_settings(cell: dict, base: pipeline.RunConfig, root: str) -> dict[str, 
     selection = dict(selection, chosen={w: {k: v for k, v in s.items() if k != "lr_img"}
                                         | {"lr_img": base.lr_img}
                                         for w, s in selection["chosen"].items()})
-  settings = study.settings_from_selection(selection, base)
+  settings = runs.settings_from_selection(selection, base)
   if "rows" in cell:
     settings = {k: v for k, v in settings.items() if k in cell["rows"]}
   return settings
 
 
-def settings_of(name: str, base: pipeline.RunConfig, root: str) -> dict[str, study.Setting]:
+def settings_of(name: str, base: RunConfig, root: str) -> dict[str, runs.Setting]:
   """The rows of cell ``name``: from its own selection if it tunes, else from its source's."""
   cell = CELLS[name]
   return cell_settings(cell if cell.get("from_cell") else dict(cell, from_cell=name), base, root)
@@ -157,24 +158,24 @@ def run_cell(name: str, root: str, *, progress: bool, cifar10: str | None = None
       raise ValueError(f"cell {name} needs CIFAR-10, which has no offline source here: pass "
                        "--cifar10 PATH (an .npz with x_train, y_train, x_test, y_test)")
     overrides["source"] = os.path.abspath(cifar10)
-  base = pipeline.get_config("cpu", **overrides)
+  base = get_config("cpu", **overrides)
   workdir = os.path.join(root, name)
   if cell.get("tune") and not os.path.exists(os.path.join(workdir, "selection.json")):
     candidates = (lr_candidates(base, cell["lr_grid"]) if "lr_grid" in cell else
                   temperature_candidates(base, cell["temperature_grid"])
                   if "temperature_grid" in cell else None)
-    study.tune(base, workdir, seeds=cell.get("tune_seeds", (0, 1)), candidates=candidates,
-               progress=progress)
+    runs.tune(base, workdir, seeds=cell.get("tune_seeds", (0, 1)), candidates=candidates,
+              progress=progress)
   settings = settings_of(name, base, root)
-  return study.final(base, workdir, settings=settings, seeds=cell["seeds"], protocol="cpu300",
-                     num_models=cell["num_models"], progress=progress,
-                     full_models=cell.get("full_models", 3))
+  return runs.final(base, workdir, settings=settings, seeds=cell["seeds"], protocol="cpu300",
+                    num_models=cell["num_models"], progress=progress,
+                    full_models=cell.get("full_models", 3))
 
 
 def publish(name: str, root: str, dest: str = "results") -> None:
   """Copies a cell's JSON results to ``dest/<cell>/`` and renders their .md beside them."""
   os.makedirs(os.path.join(dest, name), exist_ok=True)
-  for f, fmt in (("table", study.format_table), ("selection", study.format_selection)):
+  for f, fmt in (("table", runs.format_table), ("selection", runs.format_selection)):
     src = os.path.join(root, name, f + ".json")
     if os.path.exists(src):
       shutil.copyfile(src, os.path.join(dest, name, f + ".json"))

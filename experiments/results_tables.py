@@ -9,10 +9,10 @@ table of ``results/CELL/table.json``), ``<!-- summary:CELL -->`` /
 ``<!-- selection:CELL -->`` (the validation selection of ``results/CELL/selection.json``) or
 ``<!-- crossarch:CELL -->`` (the cross-architecture matrix of ``results/cross-arch/CELL.json``,
 rendered by :func:`jaxdd.elf.format_seeds`) or ``<!-- series:PREFIX -->`` (one line per published
-cell ``PREFIX-<ratio>``, in ratio order: :func:`jaxdd.study.format_series`) or
+cell ``PREFIX-<ratio>``, in ratio order: :func:`jaxdd.runs.format_series`) or
 ``<!-- methods:CELL,CELL,... -->`` (the vanilla and selected KDE rows of those cells, one line
-each, in the order given: :func:`jaxdd.study.format_methods`).
-The tables are rendered by :mod:`jaxdd.study`, so the text and the files cannot drift.
+each, in the order given: :func:`jaxdd.runs.format_methods`).
+The tables are rendered by :mod:`jaxdd.runs.tables`, so the text and the files cannot drift.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import os
 import re
 import sys
 
-from jaxdd import elf, study, synset
+from jaxdd import elf, runs, synset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ("README.md", "RESULTS.md")
@@ -50,7 +50,7 @@ def render(kind: str, cell: str, results: str) -> str:
     if not tables:
       raise FileNotFoundError(f"no results/{cell}-*/table.json: run and --publish a cell of "
                               f"the series `python experiments/grid.py --cells {cell}-<ratio>`")
-    return study.format_series(tables) + "\n"
+    return runs.format_series(tables) + "\n"
   if kind == "methods":
     tables = []
     for name in cell.split(","):
@@ -60,7 +60,7 @@ def render(kind: str, cell: str, results: str) -> str:
                                 f"{name}` and `--publish` first")
       with open(path) as f:
         tables.append(json.load(f))
-    return study.format_methods(tables) + "\n"
+    return runs.format_methods(tables) + "\n"
   path = os.path.join(results, cell, "selection.json" if kind == "selection" else "table.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run `python experiments/grid.py --cells {cell}` "
@@ -68,8 +68,8 @@ def render(kind: str, cell: str, results: str) -> str:
   with open(path) as f:
     table = json.load(f)
   if kind == "selection":
-    return study.format_selection(table) + "\n"
-  return (study.format_table(table) if kind == "table" else study.format_summary(table)) + "\n"
+    return runs.format_selection(table) + "\n"
+  return (runs.format_table(table) if kind == "table" else runs.format_summary(table)) + "\n"
 
 
 def update(text: str, results: str) -> str:

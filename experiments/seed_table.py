@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from jaxdd import study
+from jaxdd import runs
 
 METRICS = ("overall", "aligned", "conflicting", "worst_group")
 
@@ -43,12 +43,12 @@ def table(results: dict[str, np.ndarray]) -> str:
   lines = [f"| method ({n} seeds) | " + " | ".join(METRICS) + " |",
            "|---" * (len(METRICS) + 1) + "|"]
   for method, a in results.items():
-    cells = [study.format_pm(a[:, j], scale=1) for j in range(len(METRICS))]
+    cells = [runs.format_pm(a[:, j], scale=1) for j in range(len(METRICS))]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   for method, a in results.items():
     if method.endswith("+kde") and method[:-4] in results:
       diff = a - results[method[:-4]]
-      cells = [study.format_pm(diff[:, j], scale=1, signed=True) for j in range(len(METRICS))]
+      cells = [runs.format_pm(diff[:, j], scale=1, signed=True) for j in range(len(METRICS))]
       lines.append(f"| paired difference {method} − {method[:-4]} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

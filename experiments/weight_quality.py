@@ -20,7 +20,8 @@ import sys
 import jax
 import numpy as np
 
-from jaxdd import diagnostics, pipeline, synset
+from jaxdd import diagnostics, runs, synset
+from jaxdd.config import get_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fidelity  # noqa: E402  (the sibling experiment's shared flags)
@@ -66,12 +67,12 @@ def main(argv=None) -> int:
   p.add_argument("--clusters", type=int, default=10)
   p.add_argument("--out", required=True)
   args = p.parse_args(argv)
-  cfg = pipeline.get_config(args.preset, dataset=args.dataset,
-                            conflict_ratio=args.conflict_ratio, seed=args.seed, weighting="kde",
-                            **fidelity.data_overrides(args))
-  run_data = pipeline.RunData(cfg)
+  cfg = get_config(args.preset, dataset=args.dataset,
+                   conflict_ratio=args.conflict_ratio, seed=args.seed, weighting="kde",
+                   **fidelity.data_overrides(args))
+  run_data = runs.RunData(cfg)
   train, nc = run_data.train, run_data.num_classes
-  emb = pipeline.surrogate_embeddings(cfg, run_data, pipeline.run_keys(cfg)[0], progress=False)
+  emb = runs.surrogate_embeddings(cfg, run_data, runs.run_keys(cfg)[0], progress=False)
   labels, bias, aligned = np.asarray(train.labels), np.asarray(train.bias), np.asarray(train.aligned)
   nn = nn_sq_distance(emb, labels, nc)
   clusters = np.zeros(len(labels), int)

@@ -59,8 +59,8 @@ _API = {
     "load_synset": ("jaxdd.security.signing", "load_synset"),
     "RunConfig": ("jaxdd.config", "RunConfig"),
     "PRESETS": ("jaxdd.config", "PRESETS"),
-    "run": ("jaxdd.pipeline", "run"),
-    "reproduce": ("jaxdd.pipeline", "reproduce"),
+    "run": ("jaxdd.runs", "run"),
+    "reproduce": ("jaxdd.runs", "reproduce"),
 }
 
 __all__ = sorted(_API)
@@ -74,7 +74,7 @@ __all__ = sorted(_API)
 # ``policy`` holds the CPU/accelerator layout choices (jaxdd.policy.use pins one).
 _SUBMODULES = ("augment", "baselines", "cli", "data", "debias", "diagnostics",
                "distill", "evaluate", "kde", "layers", "matching", "metrics", "models",
-               "parallel", "pipeline", "policy", "protocols", "results", "structs", "surrogate",
+               "parallel", "policy", "protocols", "results", "runs", "structs", "surrogate",
                "synset", "tasks", "train")
 
 

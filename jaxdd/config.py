@@ -4,7 +4,7 @@ Its fields are flat because they are the CLI's flags and the keys of every saved
 ``config.json`` (whose digests name run directories); each stage reads its own config as a
 view (:attr:`RunConfig.kde`, :attr:`RunConfig.surrogate`, :attr:`RunConfig.protocol`). The
 presets it is built from live in :mod:`jaxdd.presets`; :func:`get_config` applies one.
-:mod:`jaxdd.pipeline` runs the stages a RunConfig describes.
+:mod:`jaxdd.runs` runs the stages a RunConfig describes.
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ class RunConfig:
   # 'accelerator' pins a layout (same results up to float rounding).
   policy: str = "auto"
   # Devices the distillation step is sharded over ('1', 'all' or a count): a mesh of a class
-  # axis and a real-batch axis (jaxdd.pipeline.device_mesh); the same numbers as one device
+  # axis and a real-batch axis (jaxdd.runs.distiller.device_mesh); the same numbers as one device
   # up to float rounding, so it is not part of the digests.
   devices: str = "1"
   # Distillation steps per host round trip ('auto': the policy's, 1 on CPU; or a count):
@@ -133,7 +133,7 @@ class RunConfig:
     """The KDE weighting of this run (None for the vanilla method)."""
     if self.weighting == "oracle":
       # w = 1 / (size of the sample's (class, bias) group), normalised: f^(-1/T) with T = 1
-      # and f the group's share of its class (jaxdd.pipeline.oracle_log_density).
+      # and f the group's share of its class (jaxdd.runs.weights.oracle_log_density).
       return kde_lib.KDEConfig(self.kde_variance, 1.0, "power", "class")
     if self.weighting != "kde":
       return None

@@ -109,7 +109,7 @@ def plot_accuracy_bars(results: dict[str, dict], path: str | None = None, *, tit
   """Bars of overall / aligned / conflicting / worst-group accuracy per method.
 
   ``results`` maps a method name to a summary (``{"mean": {...}, "std": {...}}``,
-  as :func:`jaxdd.pipeline.run` returns). Returns the Figure; writes a PNG when ``path`` is given.
+  as :func:`jaxdd.runs.run` returns). Returns the Figure; writes a PNG when ``path`` is given.
   """
   metrics = ["overall", "aligned", "conflicting", "worst_group"]
   names = list(results)

@@ -119,7 +119,7 @@ SURROGATE: dict[str, dict[str, Any]] = {
 #: keeps the reference's optimiser, schedule and DSA, sized for a 2-core CPU;
 #: its numbers are stamped 'cpu' and are not comparable with 'dm' numbers.
 #: 'cpu300' (301 epochs) is the long CPU protocol of the result tables
-#: (jaxdd.study.final). 'smoke' is for tests and CI.
+#: (jaxdd.runs.final_table.final). 'smoke' is for tests and CI.
 PROTOCOL: dict[str, dict[str, Any]] = {
     "dm": dict(epochs=1000, augment=DSA_STRATEGY),
     "dsa": dict(epochs=1000, augment=DSA_STRATEGY),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxdd import distill, matching, models
+from jaxdd.config import get_config
 
 HIGHEST = jax.default_matmul_precision("highest")
 
@@ -230,17 +231,17 @@ def test_cfm_refuses_bad_arguments():
 
 
 def test_cfm_fields_change_only_cfm_digests_and_bad_values_are_refused():
-  from jaxdd import pipeline
-  dm = pipeline.get_config("smoke")
+  from jaxdd import runs
+  dm = get_config("smoke")
   assert dm.replace(cfm_beta=0.5, cfm_filter="low").digest() == dm.digest()
-  cfm = pipeline.get_config("smoke", method="cfm")
+  cfm = get_config("smoke", method="cfm")
   assert cfm.replace(cfm_beta=0.5).digest() != cfm.digest()
   # the default curriculum leaves earlier runs' digests as they were; slots is another run
   assert "cfm_curriculum" not in cfm._hashed()
   assert cfm.replace(cfm_curriculum="slots").digest() != cfm.digest()
-  slots = pipeline.make_distiller(cfm.replace(cfm_curriculum="slots"), 10, cfm.kde)
+  slots = runs.make_distiller(cfm.replace(cfm_curriculum="slots"), 10, cfm.kde)
   assert isinstance(slots, distill.Distiller)
-  d = pipeline.make_distiller(cfm, 10, cfm.kde)
+  d = runs.make_distiller(cfm, 10, cfm.kde)
   assert isinstance(d, distill.Distiller)
   for bad, match in ((dict(cfm_beta=0.0), "cfm_beta"), (dict(cfm_filter="band"), "cfm_filter"),
                      (dict(cfm_schedule="step"), "cfm_schedule"),

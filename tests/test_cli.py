@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxdd import __version__, cli, pipeline, synset
+from jaxdd import __version__, cli, runs, synset
+from jaxdd import config as config_lib
 from jaxdd.cli import diagnose as cli_diagnose
 from jaxdd.structs import SynSet
 
@@ -29,15 +30,15 @@ def test_version_and_print_config(tmp_path, capsys):
   assert cli.main(["distill", "--preset", "smoke", "--ipc", "3", "--kde-scope", "class",
                    "--workdir", str(work), "--print-config"]) == 0
   printed = json.loads(capsys.readouterr().out)
-  expected = pipeline.get_config("smoke", ipc=3, kde_scope="class")
+  expected = config_lib.get_config("smoke", ipc=3, kde_scope="class")
   assert printed["config"] == expected.to_dict() and printed["digest"] == expected.digest()
   assert not work.exists()
   # reproduce and baselines print theirs too, without a workdir
   assert cli.main(["reproduce", "--print-config"]) == 0
   rep = json.loads(capsys.readouterr().out)
   assert rep["command"] == "reproduce"
-  assert rep["runs"]["dm"]["config"] == pipeline.get_config("cpu", weighting="none").to_dict()
-  assert rep["runs"]["dm+kde"]["config"] == pipeline.get_config("cpu").to_dict()
+  assert rep["runs"]["dm"]["config"] == config_lib.get_config("cpu", weighting="none").to_dict()
+  assert rep["runs"]["dm+kde"]["config"] == config_lib.get_config("cpu").to_dict()
   # each subcommand prints its own resolved settings
   assert cli.main(["tune", "--preset", "smoke", "--seeds", "0,1", "--print-config"]) == 0
   tune = json.loads(capsys.readouterr().out)
@@ -46,7 +47,7 @@ def test_version_and_print_config(tmp_path, capsys):
   assert json.loads(capsys.readouterr().out)["command"] == "final"
   assert cli.main(["baselines", "--preset", "smoke", "--print-config"]) == 0
   base = json.loads(capsys.readouterr().out)
-  assert base["command"] == "baselines" and base["config"] == pipeline.get_config("smoke").to_dict()
+  assert base["command"] == "baselines" and base["config"] == config_lib.get_config("smoke").to_dict()
 
 
 def test_help_shows_the_selected_presets_defaults_and_choices(capsys):
@@ -54,7 +55,7 @@ def test_help_shows_the_selected_presets_defaults_and_choices(capsys):
     with pytest.raises(SystemExit):
       cli.main(["distill", "--preset", preset, "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    cfg = pipeline.PRESETS[preset]
+    cfg = config_lib.PRESETS[preset]
     assert f"--iterations ITERATIONS default ({preset} preset): {cfg.iterations}" in out
     assert f"--eval-protocol {{dm,dsa,dc,cpu,cpu300,smoke}} default ({preset} preset): " \
            f"{cfg.eval_protocol}" in out
@@ -68,7 +69,7 @@ def test_help_shows_the_selected_presets_defaults_and_choices(capsys):
   # every enumerated RunConfig field has choices on the command line
   parser = cli.build_parser()
   sub = next(a for a in parser._actions if a.dest == "command").choices["distill"]
-  for field, allowed in pipeline.CHOICES.items():
+  for field, allowed in config_lib.CHOICES.items():
     action = next(a for a in sub._actions if a.dest == field)
     assert tuple(action.choices) == tuple(allowed)
 
@@ -131,13 +132,13 @@ def test_baselines_default_needs_no_vanilla_synset(tmp_path, monkeypatch):
   def fake(cfg, workdir, *, which, vanilla_synset, progress, trust=None):
     seen.update(which=which, vanilla=vanilla_synset)
     return {}
-  monkeypatch.setattr(pipeline, "run_baselines", fake)
-  monkeypatch.setattr(pipeline, "format_comparison", lambda r, c, **k: "")
+  monkeypatch.setattr(runs, "run_baselines", fake)
+  monkeypatch.setattr(runs, "format_comparison", lambda r, c, **k: "")
   assert cli.main(["baselines", "--preset", "smoke", "--workdir", str(tmp_path / "b")]) == 0
   assert seen == {"which": ("random", "herding", "kcenter", "full"), "vanilla": None}
   assert cli.main(["baselines", "--preset", "smoke", "--workdir", str(tmp_path / "b"),
                    "--vanilla-synset", "v"]) == 0
-  assert seen["which"] == pipeline.BASELINES
+  assert seen["which"] == runs.BASELINES
 
 
 def test_evaluate_defaults_to_the_artifacts_protocol_and_model(tmp_path, capsys):

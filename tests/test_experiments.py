@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdd import elf, models, pipeline, study
+from jaxdd import elf, models, runs
+from jaxdd.config import get_config
 
 _SPEC = importlib.util.spec_from_file_location(
     "seed_table", os.path.join(os.path.dirname(__file__), "..", "experiments", "seed_table.py"))
@@ -101,11 +102,11 @@ def test_grid_cifar10c_cell_needs_cifar10_and_runs_nothing_without_it(tmp_path, 
   # Every cell is a valid config; the trajectory-matching cell's own candidates are valid runs
   # and hold both incumbents that its selection compares against.
   for cell in grid.CELLS.values():
-    pipeline.get_config("cpu", **cell["overrides"])
-  base = pipeline.get_config("cpu", **grid.CELLS["f-cmnist"]["overrides"])
+    get_config("cpu", **cell["overrides"])
+  base = get_config("cpu", **grid.CELLS["f-cmnist"]["overrides"])
   cands = grid.lr_candidates(base, grid.CELLS["f-cmnist"]["lr_grid"])
   assert [c.apply(base).weighting for c in cands] == ["none", "none", "kde", "kde"]
-  assert study.default_setting(base, "none") in cands and study.default_setting(base, "kde") in cands
+  assert runs.default_setting(base, "none") in cands and runs.default_setting(base, "kde") in cands
 
 
 def test_bf16_accuracy_table_means_over_seeds_and_pairs_the_dtypes():
@@ -173,7 +174,7 @@ def test_data_flags_reach_the_config_of_fidelity_and_weight_quality(monkeypatch,
   args = fidelity.data_parser("").parse_args(["--surrogate-preset", "long-w32", "--source", "full"])
   assert fidelity.data_overrides(args) == {"source": "full", "surrogate_preset": "long-w32"}
   assert fidelity.data_overrides(fidelity.data_parser("").parse_args([])) == {}
-  from jaxdd import pipeline
+  from jaxdd import runs
 
   class Stop(Exception):
     pass
@@ -182,7 +183,7 @@ def test_data_flags_reach_the_config_of_fidelity_and_weight_quality(monkeypatch,
     seen.append(cfg)
     raise Stop
   seen = []
-  monkeypatch.setattr(pipeline, "RunData", fake_run_data)
+  monkeypatch.setattr(runs, "RunData", fake_run_data)
   with pytest.raises(Stop):
     weight_quality.main(["--preset", "smoke", "--surrogate-preset", "long-w32", "--source",
                          "full", "--out", str(tmp_path / "w.md")])
@@ -200,12 +201,12 @@ def test_weight_quality_nearest_neighbour_distance_by_hand():
 
 def test_refresh_diagnostics_adds_the_in_group_ess_once(tmp_path, monkeypatch):
   fidelity = _load("fidelity")
-  from jaxdd import pipeline
-  cfg = pipeline.get_config("smoke", weighting="none")
+  from jaxdd import runs
+  cfg = get_config("smoke", weighting="none")
   groups = [{"counts": {"0": 3, "1": 1}, "group_ess": {"0": 0.5, "1": 1.0}}]
   calls = []
-  monkeypatch.setattr(pipeline, "RunData", lambda c: "data")
-  monkeypatch.setattr(pipeline, "weight_diagnostics",
+  monkeypatch.setattr(runs, "RunData", lambda c: "data")
+  monkeypatch.setattr(runs, "weight_diagnostics",
                       lambda c, rd, emb, key: calls.append((c, rd, emb)) or {"groups": groups})
   work = tmp_path / "arm" / "s0"
   work.mkdir(parents=True)

@@ -13,8 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdd import cli, distill, pipeline, synset
+from jaxdd import cli, distill, evaluate, runs, synset
 from jaxdd.cli import app
+from jaxdd.config import get_config
+from jaxdd.runs import checkpoints, distiller
 
 
 def _one_line(err: str) -> str:
@@ -112,46 +114,46 @@ class _InterruptingDistiller:
 @pytest.mark.slow
 def test_ctrl_c_saves_the_step_and_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
                                                                        capsys):
-  cfg = pipeline.get_config("smoke", weighting="none", iterations=6, checkpoint_every=100)
-  want = pipeline.distill_stage(cfg, str(tmp_path / "straight"), progress=False)
-  real_make = pipeline.make_distiller
-  monkeypatch.setattr(pipeline, "make_distiller",
+  cfg = get_config("smoke", weighting="none", iterations=6, checkpoint_every=100)
+  want = runs.distill_stage(cfg, str(tmp_path / "straight"), progress=False)
+  real_make = distiller.make_distiller
+  monkeypatch.setattr(distiller, "make_distiller",
                       lambda *a, **k: _InterruptingDistiller(real_make(*a, **k), at=3))
   work = str(tmp_path / "cut")
-  with pytest.raises(pipeline.Interrupted) as e:
-    pipeline.distill_stage(cfg, work, progress=False)
+  with pytest.raises(runs.Interrupted) as e:
+    runs.distill_stage(cfg, work, progress=False)
   assert e.value.step == 3
   assert os.listdir(os.path.join(work, "checkpoints")) == ["3"]
   assert not os.path.exists(os.path.join(work, "synset"))
   # From the command line: exit 130 and the line that says how to resume.
-  monkeypatch.setattr(pipeline, "make_distiller",
+  monkeypatch.setattr(distiller, "make_distiller",
                       lambda *a, **k: _InterruptingDistiller(real_make(*a, **k), at=1))
   assert cli.main(["distill", "--preset", "smoke", "--weighting", "none", "--iterations", "6",
                    "--checkpoint-every", "100", "--workdir", work, "--quiet"]) == 130
   line = _one_line(capsys.readouterr().err)
   assert "interrupted at step 4" in line and "rerun the same command to resume" in line
-  monkeypatch.setattr(pipeline, "make_distiller", real_make)
-  got = pipeline.distill_stage(cfg, work, progress=False)
+  monkeypatch.setattr(distiller, "make_distiller", real_make)
+  got = runs.distill_stage(cfg, work, progress=False)
   np.testing.assert_array_equal(np.asarray(got.images), np.asarray(want.images))
 
 
 @pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
-  cfg = pipeline.get_config("smoke", weighting="none", iterations=6, checkpoint_every=2)
-  want = pipeline.distill_stage(cfg, str(tmp_path / "straight"), progress=False)
+  cfg = get_config("smoke", weighting="none", iterations=6, checkpoint_every=2)
+  want = runs.distill_stage(cfg, str(tmp_path / "straight"), progress=False)
   work = str(tmp_path / "cut")
-  assert pipeline.distill_stage(cfg, work, progress=False, stop_after=4) is None
+  assert runs.distill_stage(cfg, work, progress=False, stop_after=4) is None
   steps = sorted(os.listdir(os.path.join(work, "checkpoints")), key=int)
   assert steps == ["2", "4"]
   # What processes that disagree on their newest checkpoint resume from: the newest <= upto.
-  d = pipeline.make_distiller(cfg, 10, None)
-  run_data = pipeline.RunData(cfg)
+  d = runs.make_distiller(cfg, 10, None)
+  run_data = runs.RunData(cfg)
   fresh = d.init(jax.random.key(0), distill.real_data(
       run_data.normalized(run_data.train), run_data.train.labels, num_classes=10))
-  mngr = pipeline._checkpointer(work)
+  mngr = checkpoints.checkpointer(work)
   try:
-    assert pipeline._restore_newest(mngr, fresh, work, upto=3)[1] == 2
-    assert pipeline._restore_newest(mngr, fresh, work, upto=1)[1] == 0
+    assert checkpoints.restore_newest(mngr, fresh, work, upto=3)[1] == 2
+    assert checkpoints.restore_newest(mngr, fresh, work, upto=1)[1] == 0
   finally:
     mngr.close()
   # Damage every file of the newest checkpoint.
@@ -160,7 +162,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"\x00garbage")
   with caplog.at_level("WARNING", logger="jaxdd"):
-    got = pipeline.distill_stage(cfg, work, progress=False)
+    got = runs.distill_stage(cfg, work, progress=False)
   assert "checkpoint 4 cannot be restored" in caplog.text
   assert "resumed from the older checkpoint 2" in caplog.text
   np.testing.assert_array_equal(np.asarray(got.images), np.asarray(want.images))
@@ -187,17 +189,17 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path):
   gone = subprocess.Popen([sys.executable, "-c", "pass"])
   gone.wait()
   (work / ".lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
-  with pipeline.workdir_lock(str(work)):
+  with runs.workdir_lock(str(work)):
     with open(work / ".lock") as f:
       assert json.load(f)["pid"] == os.getpid()
-    with pipeline.workdir_lock(str(work)):  # re-entrant in one process
+    with runs.workdir_lock(str(work)):  # re-entrant in one process
       pass
     assert (work / ".lock").exists()
   assert not (work / ".lock").exists()
   # A refused run in a new directory leaves no directory behind.
   fresh = tmp_path / "fresh"
   with pytest.raises(RuntimeError):
-    with pipeline.workdir_lock(str(fresh)):
+    with runs.workdir_lock(str(fresh)):
       raise RuntimeError("refused")
   assert not fresh.exists()
 
@@ -211,7 +213,7 @@ def test_finished_run_shows_its_results_and_quiet_keeps_them(tmp_path, capsys, m
   assert "overall" in first  # --quiet hides progress, not the results
   stored = json.load(open(os.path.join(work, "eval.json")))
   calls = []
-  monkeypatch.setattr(pipeline.evaluate, "evaluate",
+  monkeypatch.setattr(evaluate, "evaluate_synset",
                       lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError))
   assert cli.main(argv) == 0
   out = capsys.readouterr().out
@@ -248,14 +250,14 @@ def test_evaluate_on_a_runs_synset_reproduces_the_run(tmp_path, capsys):
 
 
 def test_results_of_other_settings_are_never_overwritten(tmp_path):
-  from jaxdd import study
+  from jaxdd import runs
   work = tmp_path / "b"
   work.mkdir()
   other = {"random": {"mean": {"overall": 0.5}, "digest": "someoneelse"}}
   (work / "baselines.json").write_text(json.dumps(other))
-  cfg = pipeline.get_config("smoke")
+  cfg = get_config("smoke")
   with pytest.raises(ValueError, match="holds baselines made with other settings"):
-    pipeline.run_baselines(cfg, str(work), which=("random",), progress=False)
+    runs.run_baselines(cfg, str(work), which=("random",), progress=False)
   assert json.loads((work / "baselines.json").read_text()) == other
   root = tmp_path / "study"
   root.mkdir()
@@ -263,17 +265,17 @@ def test_results_of_other_settings_are_never_overwritten(tmp_path):
   (root / "table.json").write_text(json.dumps(table))
   (root / "table.md").write_text("kept")
   with pytest.raises(ValueError, match=r"holds a table made with other settings \(base"):
-    study.final(cfg, str(root), settings={}, seeds=(0,), progress=False)
+    runs.final(cfg, str(root), settings={}, seeds=(0,), progress=False)
   assert (root / "table.md").read_text() == "kept"
 
 
 @pytest.mark.slow
 def test_baselines_accumulate_for_the_same_settings(tmp_path):
-  cfg = pipeline.get_config("smoke", weighting="none")
+  cfg = get_config("smoke", weighting="none")
   work = str(tmp_path / "b")
-  pipeline.run_baselines(cfg, work, which=("random",), progress=False)
-  both = pipeline.run_baselines(cfg.replace(weighting="kde"), work, which=("full",),
-                                progress=False)
+  runs.run_baselines(cfg, work, which=("random",), progress=False)
+  both = runs.run_baselines(cfg.replace(weighting="kde"), work, which=("full",),
+                            progress=False)
   assert set(both) == {"random", "full"}
   assert set(json.load(open(os.path.join(work, "baselines.json")))) == {"random", "full"}
 

@@ -3,7 +3,7 @@ import json
 import sys
 import types
 
-from jaxdd import pipeline
+from jaxdd import runs
 
 
 def _lines(path):
@@ -11,7 +11,7 @@ def _lines(path):
 
 
 def test_rows_survive_a_kill_and_resume_drops_later_rows(tmp_path):
-  log = pipeline.MetricsLog(str(tmp_path), 0, tensorboard=False)
+  log = runs.MetricsLog(str(tmp_path), 0, tensorboard=False)
   for step in range(1, 6):
     log.append({"step": step, "loss": 1.0 / step})
     # every row is on disk as soon as it is logged (no close, no checkpoint needed)
@@ -20,7 +20,7 @@ def test_rows_survive_a_kill_and_resume_drops_later_rows(tmp_path):
   with open(tmp_path / "metrics.jsonl", "a") as f:
     f.write('{"step": 6, "lo')
   del log  # no close: as after SIGKILL
-  resumed = pipeline.MetricsLog(str(tmp_path), 3, tensorboard=False)  # checkpoint at step 3
+  resumed = runs.MetricsLog(str(tmp_path), 3, tensorboard=False)  # checkpoint at step 3
   assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == [1, 2, 3]
   resumed.append({"step": 4, "loss": 0.2})
   resumed.close()
@@ -43,10 +43,10 @@ def test_tensorboard_mirror_when_installed(tmp_path, monkeypatch):
       calls.append(("close",))
 
   monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=Writer))
-  log = pipeline.MetricsLog(str(tmp_path), 2)
+  log = runs.MetricsLog(str(tmp_path), 2)
   log.append({"step": 3, "loss": 0.25, "grad_norm": 2.0})
   log.close()
   assert calls == [("init", str(tmp_path / "tensorboard"), 3), ("loss", 0.25, 3),
                    ("grad_norm", 2.0, 3), ("close",)]
   monkeypatch.setitem(sys.modules, "tensorboardX", None)  # not installed: skipped silently
-  pipeline.MetricsLog(str(tmp_path / "b"), 0).close() if (tmp_path / "b").mkdir() is None else None
+  runs.MetricsLog(str(tmp_path / "b"), 0).close() if (tmp_path / "b").mkdir() is None else None

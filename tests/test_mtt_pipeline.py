@@ -5,13 +5,14 @@ import os
 import numpy as np
 import pytest
 
-from jaxdd import cli, config, pipeline, study, synset
+from jaxdd import cli, config, runs, synset
+from jaxdd.config import get_config
 
 
 def test_mtt_fields_change_only_mtt_digests_and_bad_values_are_refused():
-  dm = pipeline.get_config("smoke")
+  dm = get_config("smoke")
   assert dm.replace(syn_steps=7, num_experts=3).digest() == dm.digest()
-  mtt = pipeline.get_config("smoke", method="mtt")
+  mtt = get_config("smoke", method="mtt")
   assert mtt.kde_scope == "class" and mtt.num_experts == 1
   assert mtt.replace(syn_steps=7).digest() != mtt.digest()
   assert mtt.replace(mtt_mode="tesla").distill_digest() != mtt.distill_digest()
@@ -40,34 +41,34 @@ class _Data:
 def test_expert_weights_keep_class_shares_and_pin_the_buffer_spec():
   labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
   run_data = _Data(labels)
-  cfg = pipeline.get_config("smoke", method="mtt", weighting="kde")
-  assert pipeline.expert_weights(cfg.replace(weighting="none"), run_data, None) is None
+  cfg = get_config("smoke", method="mtt", weighting="kde")
+  assert runs.expert_weights(cfg.replace(weighting="none"), run_data, None) is None
   log_f = np.log(np.array([1, 1, 1, 1, 1, 0.01, 2, 2, 0.1, 1.0]))
-  w = pipeline.expert_weights(cfg, run_data, log_f)
+  w = runs.expert_weights(cfg, run_data, log_f)
   # Each class weighs its size (its share of an epoch is unchanged) ...
   np.testing.assert_allclose(np.bincount(labels, weights=w), [6, 3, 1], rtol=1e-5)
   # ... and inside a class the rarest image weighs most.
   assert np.argmax(w[:6]) == 5 and np.argmax(w[6:9]) == 2
-  spec = pipeline.expert_spec(cfg, run_data, w)
+  spec = runs.expert_spec(cfg, run_data, w)
   assert spec["weighting"]["kind"] == "kde" and spec["trainer"]["epochs"] == 2
   # Distillation-only settings share a buffer; the weights, the experts and the seed do not.
-  assert pipeline.expert_spec(cfg.replace(lr_img=1.0, syn_steps=5, mtt_mode="tesla"),
-                              run_data, w) == spec
-  assert pipeline.expert_spec(cfg, run_data, w * 2) != spec
-  assert pipeline.expert_spec(cfg.replace(num_experts=2), run_data, w) != spec
-  assert pipeline.expert_spec(cfg.replace(seed=1), run_data, w) != spec
-  assert pipeline.expert_spec(cfg, run_data, None)["weighting"] == {"kind": "none"}
+  assert runs.expert_spec(cfg.replace(lr_img=1.0, syn_steps=5, mtt_mode="tesla"),
+                          run_data, w) == spec
+  assert runs.expert_spec(cfg, run_data, w * 2) != spec
+  assert runs.expert_spec(cfg.replace(num_experts=2), run_data, w) != spec
+  assert runs.expert_spec(cfg.replace(seed=1), run_data, w) != spec
+  assert runs.expert_spec(cfg, run_data, None)["weighting"] == {"kind": "none"}
 
 
 def test_tune_grid_for_mtt_holds_only_valid_candidates():
-  base = pipeline.get_config("smoke", method="mtt")
-  grid = study.knob_grid(base)
+  base = get_config("smoke", method="mtt")
+  grid = runs.knob_grid(base)
   names = [s.name(base) for s in grid]
   assert len(names) == len(set(names)) == len(grid)
   for s in grid:
     s.apply(base)  # every candidate is a valid config
-  assert study.default_setting(base, "kde") in grid
-  assert study.default_setting(base, "none") in grid
+  assert runs.default_setting(base, "kde") in grid
+  assert runs.default_setting(base, "none") in grid
   assert any("experts=loss" in n for n in names)
 
 

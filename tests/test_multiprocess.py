@@ -18,7 +18,8 @@ def _free_port():
 def test_two_process_cli_run_matches_one_process(tmp_path):
   # The command a user runs on each of two hosts (here: two processes on localhost with
   # 2 CPU devices each): --devices all spans the 4 devices of both processes.
-  from jaxdd import pipeline, synset
+  from jaxdd import runs, synset
+  from jaxdd.config import get_config
   port = str(_free_port())
   work = str(tmp_path / "two")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -41,8 +42,8 @@ def test_two_process_cli_run_matches_one_process(tmp_path):
   copy, _ = synset.load(os.path.join(work, ".process-1", "synset"))
   np.testing.assert_array_equal(copy.images, got.images)  # one computation, two copies
   assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == ["2", "4"]
-  cfg = pipeline.get_config("smoke", weighting="none", iterations=4)
-  want = pipeline.distill_stage(cfg, str(tmp_path / "one"), progress=False)
+  cfg = get_config("smoke", weighting="none", iterations=4)
+  want = runs.distill_stage(cfg, str(tmp_path / "one"), progress=False)
   scale = float(np.abs(want.images).max())
   np.testing.assert_allclose(got.images, want.images, atol=1e-5 * scale)
 

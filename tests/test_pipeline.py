@@ -5,24 +5,26 @@ import os
 import numpy as np
 import pytest
 
-from jaxdd import cli, diagnostics, distill, pipeline, synset
+from jaxdd import cli, diagnostics, distill, runs, synset
+from jaxdd.config import get_config, validate
+from jaxdd.runs import driver
 
 
 def _cfg(**kw):
   base = dict(weighting="none", iterations=4, checkpoint_every=2, log_every=1)
   base.update(kw)
-  return pipeline.get_config("smoke", **base)
+  return get_config("smoke", **base)
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
   cfg = _cfg()
-  full = pipeline.run(cfg, str(tmp_path / "full"), progress=False)
+  full = runs.run(cfg, str(tmp_path / "full"), progress=False)
   # "kill" after 2 steps (a checkpoint exists at step 2), then start again
-  stopped = pipeline.run(cfg, str(tmp_path / "resumed"), progress=False, stop_after=2)
+  stopped = runs.run(cfg, str(tmp_path / "resumed"), progress=False, stop_after=2)
   assert stopped == {"stopped_at": 2}
   assert not os.path.exists(tmp_path / "resumed" / "synset")
-  resumed = pipeline.run(cfg, str(tmp_path / "resumed"), progress=False)
+  resumed = runs.run(cfg, str(tmp_path / "resumed"), progress=False)
   a, _ = synset.load(str(tmp_path / "full" / "synset"))
   b, meta = synset.load(str(tmp_path / "resumed" / "synset"))
   np.testing.assert_array_equal(a.images, b.images)
@@ -43,18 +45,18 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 @pytest.mark.slow
 def test_a_different_config_refuses_the_workdir(tmp_path):
-  pipeline.run(_cfg(iterations=2), str(tmp_path / "r"), progress=False, stop_after=1)
+  runs.run(_cfg(iterations=2), str(tmp_path / "r"), progress=False, stop_after=1)
   with pytest.raises(ValueError, match="different config"):
-    pipeline.run(_cfg(iterations=2, ipc=3), str(tmp_path / "r"), progress=False)
+    runs.run(_cfg(iterations=2, ipc=3), str(tmp_path / "r"), progress=False)
 
 
 def test_bad_config_is_rejected_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="weighting"):
-    pipeline.run(_cfg(weighting="magic"), str(tmp_path / "x"), progress=False)
+    runs.run(_cfg(weighting="magic"), str(tmp_path / "x"), progress=False)
   with pytest.raises(ValueError, match="unknown preset"):
-    pipeline.get_config("huge")
+    get_config("huge")
   with pytest.raises(ValueError, match="unknown RunConfig fields"):
-    pipeline.get_config("smoke", ipcs=3)
+    get_config("smoke", ipcs=3)
   assert not os.path.exists(tmp_path / "x")
 
 
@@ -80,9 +82,9 @@ def test_cli_kde_run_evaluate_and_report(tmp_path, capsys):
 @pytest.mark.slow
 def test_baselines_under_the_same_protocol(tmp_path):
   cfg = _cfg(iterations=1)
-  pipeline.run(cfg, str(tmp_path / "dm"), progress=False)
-  res = pipeline.run_baselines(cfg, str(tmp_path / "b"), which=("random", "kcenter", "lff"),
-                               vanilla_synset=str(tmp_path / "dm" / "synset"), progress=False)
+  runs.run(cfg, str(tmp_path / "dm"), progress=False)
+  res = runs.run_baselines(cfg, str(tmp_path / "b"), which=("random", "kcenter", "lff"),
+                           vanilla_synset=str(tmp_path / "dm" / "synset"), progress=False)
   assert set(res) == {"random", "kcenter", "lff"}
   for r in res.values():
     assert r["result"]["protocol"]["name"] == "smoke"
@@ -92,17 +94,17 @@ def test_baselines_under_the_same_protocol(tmp_path):
   saved = json.load(open(tmp_path / "b" / "baselines.json"))
   assert saved["random"]["mean"] == res["random"]["mean"]
   with pytest.raises(ValueError, match="vanilla_synset"):
-    pipeline.run_baselines(cfg, str(tmp_path / "c"), which=("dfa",))
+    runs.run_baselines(cfg, str(tmp_path / "c"), which=("dfa",))
 
 
 @pytest.mark.slow
 def test_gradient_matching_run_resumes_and_is_recorded(tmp_path):
   cfg = _cfg(method="dsa")
   assert (cfg.method, cfg.lr_img, cfg.outer_loop, cfg.inner_loop) == ("dsa", 0.1, 2, 2)
-  full = pipeline.run(cfg, str(tmp_path / "full"), progress=False)
-  assert pipeline.run(cfg, str(tmp_path / "resumed"), progress=False, stop_after=1) == {
+  full = runs.run(cfg, str(tmp_path / "full"), progress=False)
+  assert runs.run(cfg, str(tmp_path / "resumed"), progress=False, stop_after=1) == {
       "stopped_at": 1}
-  resumed = pipeline.run(cfg, str(tmp_path / "resumed"), progress=False)
+  resumed = runs.run(cfg, str(tmp_path / "resumed"), progress=False)
   a, meta = synset.load(str(tmp_path / "full" / "synset"))
   b, _ = synset.load(str(tmp_path / "resumed" / "synset"))
   np.testing.assert_array_equal(a.images, b.images)
@@ -114,14 +116,14 @@ def test_gradient_matching_run_resumes_and_is_recorded(tmp_path):
 
 @pytest.mark.slow
 def test_method_flag_and_its_errors(tmp_path, capsys):
-  assert pipeline.get_config("paper", method="dsa").iterations == 1000
-  assert pipeline.get_config("paper", method="dc").init == "noise"
-  assert pipeline.get_config("cpu", method="dsa", lr_img=0.5).lr_img == 0.5  # user flag wins
+  assert get_config("paper", method="dsa").iterations == 1000
+  assert get_config("paper", method="dc").init == "noise"
+  assert get_config("cpu", method="dsa", lr_img=0.5).lr_img == 0.5  # user flag wins
   with pytest.raises(ValueError, match="unknown method"):
-    pipeline.get_config("smoke", method="mcmc")
+    get_config("smoke", method="mcmc")
   with pytest.raises(ValueError, match="outer_loop"):
-    pipeline.validate(pipeline.get_config("smoke", method="dc", ipc=7, outer_loop=None,
-                                          inner_loop=None).replace(outer_loop=None))
+    validate(get_config("smoke", method="dc", ipc=7, outer_loop=None,
+                        inner_loop=None).replace(outer_loop=None))
   with pytest.raises(SystemExit) as exc:  # argparse: --method has choices
     cli.main(["distill", "--preset", "smoke", "--workdir", str(tmp_path / "x"), "--method", "mcmc"])
   assert exc.value.code == 2 and "invalid choice: 'mcmc'" in capsys.readouterr().err
@@ -136,12 +138,12 @@ def test_method_flag_and_its_errors(tmp_path, capsys):
 def test_reproduce_writes_the_comparison_with_bias_scores(tmp_path):
   cfg = _cfg(iterations=2)
   work = str(tmp_path / "rep")
-  results = pipeline.reproduce(cfg, work, progress=False)
+  results = runs.reproduce(cfg, work, progress=False)
   assert set(results) == {"dm", "dm+kde"}
   table = open(os.path.join(work, "comparison.md")).read()
   assert "bias score (aligned %)" in table and "95.0 % of the training images" in table
   # the column is the bias score of each saved SynSet under the run's classifier
-  classifier = pipeline.bias_classifier(cfg, pipeline.RunData(cfg))
+  classifier = runs.bias_classifier(cfg, runs.RunData(cfg))
   for name in ("dm", "dm+kde"):
     syn, _ = synset.load(os.path.join(work, name.replace("+", "_"), "synset"))
     expected = diagnostics.bias_score(classifier, syn.images, syn.labels)["aligned_fraction"]
@@ -160,29 +162,29 @@ def test_reproduce_writes_the_comparison_with_bias_scores(tmp_path):
 
 
 def test_make_distiller_passes_real_dtype_to_dm_only():
-  dm_cfg = pipeline.get_config("smoke")
-  assert isinstance(pipeline.make_distiller(dm_cfg, 10, None, real_dtype="bfloat16"),
+  dm_cfg = get_config("smoke")
+  assert isinstance(runs.make_distiller(dm_cfg, 10, None, real_dtype="bfloat16"),
                     distill.Distiller)
   with pytest.raises(ValueError, match="real_dtype is a DM option"):
-    pipeline.make_distiller(pipeline.get_config("smoke", method="dsa"), 10, None,
-                            real_dtype="bfloat16")
+    runs.make_distiller(get_config("smoke", method="dsa"), 10, None,
+                        real_dtype="bfloat16")
   with pytest.raises(ValueError, match="real_dtype"):  # distill.dm's own check
-    pipeline.make_distiller(dm_cfg, 10, None, real_dtype="int8")
+    runs.make_distiller(dm_cfg, 10, None, real_dtype="int8")
 
 
 @pytest.mark.slow
 def test_a_group_of_runs_equals_the_runs_one_by_one(tmp_path):
-  from jaxdd import study
-  base = pipeline.get_config("smoke", weighting="kde", iterations=3, checkpoint_every=2)
+  from jaxdd import runs
+  base = get_config("smoke", weighting="kde", iterations=3, checkpoint_every=2)
   configs = [base, base.replace(lr_img=3.0, kde_temperature=0.5)]
-  assert len({pipeline.group_key(c) for c in configs}) == 1
-  assert not pipeline.groupable(base.replace(kde_scope="class"))
+  assert len({runs.group_key(c) for c in configs}) == 1
+  assert not runs.groupable(base.replace(kde_scope="class"))
   grouped = [str(tmp_path / "g" / f"r{i}") for i in range(2)]
-  run_data = pipeline.RunData(base)
-  syns = pipeline.distill_group(configs, grouped, run_data=run_data, progress=False)
+  run_data = runs.RunData(base)
+  syns = runs.distill_group(configs, grouped, run_data=run_data, progress=False)
   for i, c in enumerate(configs):
-    alone = pipeline.distill_stage(c, str(tmp_path / f"alone{i}"), run_data=run_data,
-                                   progress=False)
+    alone = runs.distill_stage(c, str(tmp_path / f"alone{i}"), run_data=run_data,
+                               progress=False)
     scale = float(np.abs(alone.images).max())
     np.testing.assert_allclose(syns[i].images, alone.images, atol=1e-5 * scale)
     # the directory is a run's own: the same files, metrics rows and checkpoints
@@ -194,30 +196,30 @@ def test_a_group_of_runs_equals_the_runs_one_by_one(tmp_path):
                                [r["loss"] for r in ref if "loss" in r], rtol=1e-4)
     assert sorted(os.listdir(os.path.join(grouped[i], "checkpoints"))) == ["2", "3"]
     # distill_stage finds the group's SynSet instead of distilling again
-    again = pipeline.distill_stage(c, grouped[i], run_data=run_data, progress=False)
+    again = runs.distill_stage(c, grouped[i], run_data=run_data, progress=False)
     np.testing.assert_array_equal(again.images, syns[i].images)
   with pytest.raises(ValueError, match="already holds"):
-    pipeline.distill_group(configs, grouped, run_data=run_data, progress=False)
+    runs.distill_group(configs, grouped, run_data=run_data, progress=False)
   with pytest.raises(ValueError, match="differ in more"):
-    pipeline.distill_group([base, base.replace(ipc=3)], [str(tmp_path / "x"), str(tmp_path / "y")],
-                           run_data=run_data, progress=False)
+    runs.distill_group([base, base.replace(ipc=3)], [str(tmp_path / "x"), str(tmp_path / "y")],
+                       run_data=run_data, progress=False)
   # tune's grouping takes fresh, groupable runs only, and never a group of one
   root = str(tmp_path / "study")
   for c, w in zip(configs, grouped):  # as if tune had distilled them: not fresh
-    os.makedirs(os.path.dirname(study.run_dir(root, c)), exist_ok=True)
-    os.symlink(w, study.run_dir(root, c))
-  assert study.distil_groups(configs + [base.replace(kde_scope="class"),
-                                        base.replace(ipc=3)], root, run_data,
-                             progress=False) == 0
+    os.makedirs(os.path.dirname(runs.run_dir(root, c)), exist_ok=True)
+    os.symlink(w, runs.run_dir(root, c))
+  assert runs.distil_groups(configs + [base.replace(kde_scope="class"),
+                                       base.replace(ipc=3)], root, run_data,
+                            progress=False) == 0
 
 
 def test_chunks_end_at_checkpoints_and_bias_scores():
-  assert pipeline._chunks(0, 10, 4, (5, 0)) == [(0, 4), (4, 1), (5, 4), (9, 1)]
-  assert pipeline._chunks(3, 9, 1, (2,)) == [(i, 1) for i in range(3, 9)]
-  assert pipeline._chunks(0, 6, 50, (500, 2)) == [(0, 2), (2, 2), (4, 2)]
+  assert driver.chunks(0, 10, 4, (5, 0)) == [(0, 4), (4, 1), (5, 4), (9, 1)]
+  assert driver.chunks(3, 9, 1, (2,)) == [(i, 1) for i in range(3, 9)]
+  assert driver.chunks(0, 6, 50, (500, 2)) == [(0, 2), (2, 2), (4, 2)]
   with pytest.raises(ValueError, match="steps_per_call must be 'auto' or a positive count"):
     _cfg(steps_per_call="0")
-  assert pipeline.steps_per_call(_cfg()) == 1  # the cpu policy's
+  assert runs.steps_per_call(_cfg()) == 1  # the cpu policy's
   # not part of the digests: a run may resume with another value
   assert _cfg(steps_per_call="7").digest() == _cfg().digest()
 
@@ -226,10 +228,10 @@ def test_chunks_end_at_checkpoints_and_bias_scores():
 def test_several_steps_per_call_give_the_run_of_one_step_per_call(tmp_path):
   # 40 steps: bias scores every 4, checkpoints every 10 -> chunks of 3, 1, 2, 2, 1, 3, ...
   cfg = _cfg(iterations=40, checkpoint_every=10, log_every=3)
-  run_data = pipeline.RunData(cfg)
-  one = pipeline.distill_stage(cfg, str(tmp_path / "one"), run_data=run_data, progress=False)
-  many = pipeline.distill_stage(cfg.replace(steps_per_call="3"), str(tmp_path / "many"),
-                                run_data=run_data, progress=False)
+  run_data = runs.RunData(cfg)
+  one = runs.distill_stage(cfg, str(tmp_path / "one"), run_data=run_data, progress=False)
+  many = runs.distill_stage(cfg.replace(steps_per_call="3"), str(tmp_path / "many"),
+                            run_data=run_data, progress=False)
   scale = float(np.abs(one.images).max())
   np.testing.assert_allclose(many.images, one.images, atol=1e-5 * scale)
   rows = {w: [json.loads(line) for line in open(tmp_path / w / "metrics.jsonl")]
@@ -240,19 +242,19 @@ def test_several_steps_per_call_give_the_run_of_one_step_per_call(tmp_path):
                              [r["loss"] for r in rows["one"] if "loss" in r], rtol=1e-4)
   assert sorted(os.listdir(tmp_path / "many" / "checkpoints"), key=int) == ["30", "40"]
   # a run stopped mid-way resumes under the other setting to the same result
-  pipeline.distill_stage(cfg.replace(steps_per_call="4"), str(tmp_path / "cut"),
-                         run_data=run_data, progress=False, stop_after=13)
-  resumed = pipeline.distill_stage(cfg, str(tmp_path / "cut"), run_data=run_data, progress=False)
+  runs.distill_stage(cfg.replace(steps_per_call="4"), str(tmp_path / "cut"),
+                     run_data=run_data, progress=False, stop_after=13)
+  resumed = runs.distill_stage(cfg, str(tmp_path / "cut"), run_data=run_data, progress=False)
   np.testing.assert_allclose(resumed.images, one.images, atol=1e-5 * scale)
 
 
 def test_code_version_is_read_once_per_process(monkeypatch):
   """A long run records the commit of the code it loaded: the version is read on import and
   not again, so a commit made while the run goes on does not change what it records."""
-  first = pipeline.code_version()
-  assert first == pipeline.code_version.__wrapped__()  # the checkout has not moved since import
+  first = runs.code_version()
+  assert first == runs.code_version.__wrapped__()  # the checkout has not moved since import
 
   def no_reading(*args, **kwargs):
     raise AssertionError("code_version read the checkout again")
   monkeypatch.setattr("builtins.open", no_reading)
-  assert pipeline.code_version() == first
+  assert runs.code_version() == first

@@ -3,17 +3,19 @@ import dataclasses
 
 import pytest
 
-from jaxdd import kde, pipeline, presets, protocols, surrogate
+from jaxdd import kde, presets, protocols, runs, surrogate
+from jaxdd.config import get_config, METHOD_PRESETS, PRESETS, RunConfig
+from jaxdd.runs import bias, driver, surrogate_stage
 
 
 def test_every_registry_is_built_from_the_presets_module():
   for name, fields in presets.RUN.items():
-    cfg = pipeline.PRESETS[name]
+    cfg = PRESETS[name]
     assert cfg.preset == name
     assert all(getattr(cfg, k) == v for k, v in fields.items())
     # The three scales line up: a run preset names an existing surrogate and protocol.
     assert cfg.surrogate_preset in presets.SURROGATE and cfg.eval_protocol in presets.PROTOCOL
-  assert pipeline.METHOD_PRESETS is presets.METHOD
+  assert METHOD_PRESETS is presets.METHOD
   assert set(protocols.PROTOCOLS) == set(presets.PROTOCOL)
   assert protocols.PROTOCOLS["cpu300"].num_epochs == 301
   assert surrogate.SurrogateConfig.preset("smoke").width == presets.SURROGATE["smoke"]["width"]
@@ -21,17 +23,17 @@ def test_every_registry_is_built_from_the_presets_module():
 
 def test_run_config_validates_itself_when_built():
   with pytest.raises(ValueError, match="ipc must be >= 1"):
-    pipeline.RunConfig(ipc=0)
+    RunConfig(ipc=0)
   with pytest.raises(ValueError, match="KDEConfig.temperature"):
-    pipeline.get_config("smoke", kde_temperature=0.0)
+    get_config("smoke", kde_temperature=0.0)
   with pytest.raises(ValueError, match="conflict_ratio"):
-    pipeline.PRESETS["cpu"].replace(conflict_ratio=1.5)
+    PRESETS["cpu"].replace(conflict_ratio=1.5)
   with pytest.raises(ValueError, match="surrogate_preset must be one of"):
-    pipeline.get_config("cpu", surrogate_preset="huge")
+    get_config("cpu", surrogate_preset="huge")
 
 
 def test_run_config_views_of_each_stage():
-  cfg = pipeline.get_config("cpu", kde_temperature=1.0, kde_scope="class")
+  cfg = get_config("cpu", kde_temperature=1.0, kde_scope="class")
   assert cfg.kde == kde.KDEConfig(0.01, 1.0, "power", "class")
   assert cfg.replace(weighting="none").kde is None
   assert cfg.protocol is protocols.PROTOCOLS["cpu"]
@@ -69,22 +71,22 @@ def test_surrogate_step_budget_becomes_epochs_per_dataset_size():
 def test_run_config_carries_the_policy_and_the_pipeline_pins_it(monkeypatch, tmp_path):
   from jaxdd import cli, policy
   from jaxdd.cli import flags
-  cfg = pipeline.get_config("smoke", policy="accelerator")
+  cfg = get_config("smoke", policy="accelerator")
   # 'auto' is the default layout and leaves digests as they were before the field existed.
-  assert pipeline.get_config("smoke").digest() != cfg.digest()
+  assert get_config("smoke").digest() != cfg.digest()
   with pytest.raises(ValueError, match="policy must be one of"):
-    pipeline.get_config("smoke", policy="tpu-pod")
+    get_config("smoke", policy="tpu-pod")
   seen = []
 
   def fake_distill_run(config, *args, **kwargs):
     seen.append(policy.current().name)
     raise RuntimeError("stop here")
 
-  monkeypatch.setattr(pipeline, "distill_run", fake_distill_run)
-  monkeypatch.setattr(pipeline, "surrogate_embeddings", lambda *a, **k: None)
-  monkeypatch.setattr(pipeline, "bias_classifier", lambda *a, **k: None)  # not under test
+  monkeypatch.setattr(driver, "distill_run", fake_distill_run)
+  monkeypatch.setattr(surrogate_stage, "surrogate_embeddings", lambda *a, **k: None)
+  monkeypatch.setattr(bias, "bias_classifier", lambda *a, **k: None)  # not under test
   with pytest.raises(RuntimeError, match="stop here"):
-    pipeline.distill_stage(cfg.replace(weighting="none"), str(tmp_path / "w"), progress=False)
+    runs.distill_stage(cfg.replace(weighting="none"), str(tmp_path / "w"), progress=False)
   assert seen == ["accelerator"] and policy.current().name == "cpu"  # restored after
   args = cli.build_parser("smoke").parse_args(["distill", "--policy", "cpu", "--workdir", "w"])
   assert flags.run_config(args).policy == "cpu"

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxdd import distill, models, parallel
+from jaxdd.config import get_config
 
 
 def _toy(num_classes, per_class=16, size=8, seed=0):
@@ -48,21 +49,21 @@ def test_make_mesh_checks_size():
 
 @pytest.mark.slow
 def test_devices_flag_shards_a_run_with_the_same_numbers(tmp_path):
-  from jaxdd import pipeline
+  from jaxdd import runs
   assert jax.device_count() == 8
-  cfg = pipeline.get_config("smoke", weighting="none", iterations=3)
-  mesh = pipeline.device_mesh(cfg.replace(devices="8"), 10)
+  cfg = get_config("smoke", weighting="none", iterations=3)
+  mesh = runs.device_mesh(cfg.replace(devices="8"), 10)
   assert dict(mesh.shape) == {"cls": 2, "real": 4}
-  assert pipeline.device_mesh(cfg.replace(devices="all"), 10).size == 8
-  assert pipeline.device_mesh(cfg, 10) is None
+  assert runs.device_mesh(cfg.replace(devices="all"), 10).size == 8
+  assert runs.device_mesh(cfg, 10) is None
   assert cfg.replace(devices="8").digest() == cfg.digest()  # layout only
   with pytest.raises(ValueError, match="only 8 devices"):
-    pipeline.device_mesh(cfg.replace(devices="16"), 10)
+    runs.device_mesh(cfg.replace(devices="16"), 10)
   with pytest.raises(ValueError, match="multiple of 4"):
-    pipeline.device_mesh(cfg.replace(devices="8", real_per_class=6), 10)
+    runs.device_mesh(cfg.replace(devices="8", real_per_class=6), 10)
   with pytest.raises(ValueError, match="devices must be"):
     cfg.replace(devices="two")
-  one = pipeline.distill_stage(cfg, str(tmp_path / "one"), progress=False)
-  eight = pipeline.distill_stage(cfg.replace(devices="8"), str(tmp_path / "eight"), progress=False)
+  one = runs.distill_stage(cfg, str(tmp_path / "one"), progress=False)
+  eight = runs.distill_stage(cfg.replace(devices="8"), str(tmp_path / "eight"), progress=False)
   scale = float(np.abs(one.images).max())
   np.testing.assert_allclose(eight.images, one.images, atol=1e-4 * scale)

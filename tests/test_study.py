@@ -1,12 +1,14 @@
-"""Validation-only selection, the final table and the bias score (jaxdd.study, diagnostics)."""
+"""Validation-only selection, the final table and the bias score (jaxdd.runs, diagnostics)."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from jaxdd import cli, data, diagnostics, pipeline, study
+from jaxdd import cli, data, diagnostics, runs
+from jaxdd.config import get_config
 from jaxdd.protocols import get_protocol
+from jaxdd.runs import driver
 
 
 # ---------------------------------------------------------------------------- bias score
@@ -104,38 +106,38 @@ def test_bias_score_rejects_bad_input(getkey):
 def test_select_keeps_the_incumbent_unless_a_candidate_wins_clearly_on_every_seed():
   inc = np.array([[0.50, 0.52], [0.48, 0.50]])  # 2 seeds x 2 networks
   # 3 points ahead on 20 samples per seed: well within the binomial noise
-  close = study.select({"inc": inc, "other": inc + 0.03}, "inc", 20)
+  close = runs.select({"inc": inc, "other": inc + 0.03}, "inc", 20)
   assert close["chosen"] == "inc" and close["best"] == "other"
   assert close["noise"] == pytest.approx(np.hypot(np.sqrt(0.53 * 0.47 / 40),
                                                   np.sqrt(0.50 * 0.50 / 40)))
   # 30 points ahead on every seed: switches
-  clear = study.select({"inc": inc, "other": inc + 0.30}, "inc", 20)
+  clear = runs.select({"inc": inc, "other": inc + 0.30}, "inc", 20)
   assert clear["chosen"] == "other" and clear["wins_every_seed"]
   # ahead on average, but behind on one seed: stays
-  mixed = study.select({"inc": inc, "other": inc + np.array([[0.7], [-0.05]])}, "inc", 20)
+  mixed = runs.select({"inc": inc, "other": inc + np.array([[0.7], [-0.05]])}, "inc", 20)
   assert mixed["chosen"] == "inc" and not mixed["wins_every_seed"]
   # a tie goes to the incumbent
-  assert study.select({"a": inc, "inc": inc}, "inc", 20)["chosen"] == "inc"
+  assert runs.select({"a": inc, "inc": inc}, "inc", 20)["chosen"] == "inc"
   with pytest.raises(ValueError, match="incumbent"):
-    study.select({"a": inc}, "inc", 20)
+    runs.select({"a": inc}, "inc", 20)
   with pytest.raises(ValueError, match="no bias-conflicting"):
-    study.select({"inc": inc * np.nan}, "inc", 20)
+    runs.select({"inc": inc * np.nan}, "inc", 20)
 
 
 def test_knob_grid_holds_the_incumbents_and_the_literal_reading():
-  base = pipeline.get_config("cpu")
-  grid = study.knob_grid(base)
+  base = get_config("cpu")
+  grid = runs.knob_grid(base)
   assert len(grid) == len(set(grid))
-  assert study.default_setting(base, "none") in grid
-  assert study.default_setting(base, "kde") in grid
-  assert study.literal_setting(base) in grid
+  assert runs.default_setting(base, "none") in grid
+  assert runs.default_setting(base, "kde") in grid
+  assert runs.literal_setting(base) in grid
   assert {s.apply(base).weighting for s in grid} == {"none", "kde"}
   assert len({s.name(base) for s in grid}) == len(grid)  # selection rows are keyed by name
   floored = [s.apply(base) for s in grid if s.apply(base).kde_floor > 0]
   assert sorted(c.kde_floor for c in floored) == [0.01, 0.02, 0.05, 0.1]
   assert all(c.init == c.real_sampling == "weighted" for c in floored)
   with pytest.raises(ValueError, match="changes only"):
-    study.Setting.of(ipc=3)
+    runs.Setting.of(ipc=3)
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -143,11 +145,11 @@ def test_knob_grid_holds_the_incumbents_and_the_literal_reading():
 
 @pytest.mark.slow
 def test_tune_never_reads_the_test_split_and_final_reuses_its_synsets(tmp_path, monkeypatch):
-  base = pipeline.get_config("smoke", iterations=2)
+  base = get_config("smoke", iterations=2)
   root = str(tmp_path / "study")
-  candidates = [study.Setting.of(weighting="none", lr_img=1.0),
-                study.Setting.of(weighting="kde", kde_normalize="power", kde_variance=0.01,
-                                 kde_temperature=0.25, lr_img=1.0)]
+  candidates = [runs.Setting.of(weighting="none", lr_img=1.0),
+                runs.Setting.of(weighting="kde", kde_normalize="power", kde_variance=0.01,
+                                kde_temperature=0.25, lr_img=1.0)]
   real_load = data.load
   loads = []
 
@@ -159,11 +161,11 @@ def test_tune_never_reads_the_test_split_and_final_reuses_its_synsets(tmp_path, 
 
   monkeypatch.setattr(data, "load", guarded)
   calls = []
-  real_distill = pipeline.distill_run
-  monkeypatch.setattr(pipeline, "distill_run",
+  real_distill = driver.distill_run
+  monkeypatch.setattr(driver, "distill_run",
                       lambda config, *a, **k: calls.append(config) or real_distill(config, *a, **k))
-  sel = study.tune(base, root, seeds=(0, 1), candidates=candidates, protocol="smoke",
-                   num_models=2, progress=False)
+  sel = runs.tune(base, root, seeds=(0, 1), candidates=candidates, protocol="smoke",
+                  num_models=2, progress=False)
   assert "valid" in loads and "test" not in loads
   assert len(calls) == 4  # 2 candidates x 2 seeds
   saved = json.load(open(os.path.join(root, "selection.json")))
@@ -175,8 +177,8 @@ def test_tune_never_reads_the_test_split_and_final_reuses_its_synsets(tmp_path, 
 
   monkeypatch.setattr(data, "load", real_load)
   settings = {"vanilla": candidates[0], "kde": candidates[1]}
-  table = study.final(base, root, settings=settings, seeds=(0, 1), protocol="smoke",
-                      num_models=2, full_models=1, progress=False)
+  table = runs.final(base, root, settings=settings, seeds=(0, 1), protocol="smoke",
+                     num_models=2, full_models=1, progress=False)
   assert len(calls) == 4  # the tune's SynSets were reused, nothing distilled again
   rows = table["rows"]
   assert list(rows) == ["vanilla", "kde", "random real subset", "full biased training set"]
@@ -208,7 +210,7 @@ def test_cli_final_needs_a_selection_and_sane_seeds(tmp_path, capsys):
 
 
 def test_distill_digest_ignores_evaluation_fields():
-  a = pipeline.get_config("smoke")
+  a = get_config("smoke")
   assert a.distill_digest() == a.replace(eval_protocol="cpu", num_eval_models=3).distill_digest()
   assert a.distill_digest() != a.replace(lr_img=2.0).distill_digest()
   assert a.digest() != a.replace(eval_protocol="cpu").digest()
@@ -217,18 +219,18 @@ def test_distill_digest_ignores_evaluation_fields():
 def test_table_names_what_the_validation_column_measured():
   row = {"per_seed": {m: [0.5, 0.6] for m in ("overall", "aligned", "conflicting", "worst_group")},
          "valid_conflicting": [0.99], "bias_aligned_fraction": [0.9], "seeds": [0, 1]}
-  table = {"base": pipeline.get_config("smoke").to_dict(), "num_models": 1, "seeds": [0],
+  table = {"base": get_config("smoke").to_dict(), "num_models": 1, "seeds": [0],
            "protocol": get_protocol("smoke").to_dict(),
            "train_aligned_fraction": 0.99, "rows": {"vanilla": dict(row)}, "paired": {}}
-  assert "| valid conflicting |" in study.format_table(table)  # tables written before the field
+  assert "| valid conflicting |" in runs.format_table(table)  # tables written before the field
   table["rows"]["vanilla"]["valid_metric"] = "overall"  # e.g. CMNIST 1 %: no conflicting valid image
-  md = study.format_table(table)
+  md = runs.format_table(table)
   assert "| valid overall |" in md and "holds no bias-conflicting image" in md
   # The bias score's yardstick: held-out real images of known share, read by the classifier.
   table["reference"] = {"bias_aligned_fraction": [0.70, 0.80], "true_aligned_fraction": [0.95, 0.95]}
   assert ("| *held-out real images (95.0 % aligned), as the classifier reads them* | | | | | "
-          "75.0 ± 7.1 | |") in study.format_table(table)
-  assert "as the classifier reads them* | | | | | 75.0 ± 7.1 |" in study.format_summary(table)
+          "75.0 ± 7.1 | |") in runs.format_table(table)
+  assert "as the classifier reads them* | | | | | 75.0 ± 7.1 |" in runs.format_summary(table)
 
 
 def test_table_shows_a_dash_where_the_test_split_has_no_aligned_image():
@@ -238,17 +240,17 @@ def test_table_shows_a_dash_where_the_test_split_has_no_aligned_image():
               "worst_group": [0.0, 0.0]}
   row = {"per_seed": per_seed, "valid_conflicting": [0.3, 0.3],
          "bias_aligned_fraction": [0.9, 0.9], "seeds": [0, 1]}
-  table = {"base": pipeline.get_config("smoke").to_dict(), "num_models": 1, "seeds": [0, 1],
+  table = {"base": get_config("smoke").to_dict(), "num_models": 1, "seeds": [0, 1],
            "protocol": get_protocol("smoke").to_dict(),
            "train_aligned_fraction": 0.95, "rows": {"vanilla": row},
            "paired": {"kde": {m: [nan, nan] if m == "aligned" else [0.1, 0.1]
                               for m in per_seed}}}
-  md = study.format_table(table)
+  md = runs.format_table(table)
   assert "| vanilla | 30.0 ± 14.1 | – | 30.0 ± 14.1 | 0.0 ± 0.0 |" in md
   assert "| kde − vanilla | +10.0 ± 0.0 | – | +10.0 ± 0.0 |" in md
   assert "nan" not in md and "holds no bias-aligned image" in md
   assert md.startswith("cmnist, conflict ratio")
   table["base"] = dict(table["base"], dataset="cmnist_dd", conflict_ratio=0.95)
-  assert study.format_table(table).startswith("cmnist_dd, aligned fraction 0.95,")
+  assert runs.format_table(table).startswith("cmnist_dd, aligned fraction 0.95,")
   table["rows"]["vanilla"] = dict(row, per_seed=dict(per_seed, aligned=[0.9, 1.0]))
-  assert "holds no bias-aligned image" not in study.format_table(table)
+  assert "holds no bias-aligned image" not in runs.format_table(table)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import evaluate, models, pipeline
+from jaxdd import evaluate, models, plots
 from jaxdd.metrics import METRICS
 from jaxdd.structs import Batch, SynSet
 
@@ -16,7 +16,7 @@ def test_plot_functions_return_figures_and_keep_the_backend(tmp_path):
   backend = matplotlib.get_backend()
   rng = np.random.default_rng(0)
   syn = SynSet(rng.normal(size=(6, 4, 4, 3)).astype(np.float32), np.array([0, 0, 0, 1, 1, 2]))
-  fig = pipeline.plot_synset(syn, [0.5] * 3, [0.25] * 3, class_names=["a", "b", "c"])
+  fig = plots.plot_synset(syn, [0.5] * 3, [0.25] * 3, class_names=["a", "b", "c"])
   # one row per class, as many columns as the largest class (3)
   assert len(fig.axes) == 3 * 3
   img = fig.axes[0].images[0].get_array()
@@ -26,7 +26,7 @@ def test_plot_functions_return_figures_and_keep_the_backend(tmp_path):
   results = {"dm": {"mean": dict(overall=0.2, aligned=0.9, conflicting=0.1, worst_group=0.05),
                     "std": dict(overall=0.01, aligned=0.0, conflicting=0.02, worst_group=0.0)}}
   path = tmp_path / "acc.png"
-  fig = pipeline.plot_accuracy_bars(results, str(path))
+  fig = plots.plot_accuracy_bars(results, str(path))
   heights = [p.get_height() for p in fig.axes[0].patches]
   np.testing.assert_allclose(heights, [20, 90, 10, 5])
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import diagnostics, distill, kde, matching, models, pipeline
+from jaxdd import diagnostics, distill, kde, matching, models, runs
+from jaxdd.config import get_config
 from jaxdd.kde import KDEConfig
 
 
@@ -132,13 +133,13 @@ def test_weighted_options_need_a_weighting():
   with pytest.raises(ValueError, match="init must be one of"):
     distill.dm(num_classes=2, ipc=1, init="bogus")
   with pytest.raises(ValueError, match="--weighting kde or oracle"):
-    pipeline.get_config("smoke", weighting="none", init="weighted")
+    get_config("smoke", weighting="none", init="weighted")
   with pytest.raises(ValueError, match="iterations must be >= 0"):
-    pipeline.get_config("smoke", iterations=-1)
+    get_config("smoke", iterations=-1)
 
 
 def test_defaults_keep_their_digests():
-  cfg = pipeline.get_config("smoke")
+  cfg = get_config("smoke")
   assert "real_sampling" not in cfg._hashed() and "kde_floor" not in cfg._hashed()
   assert "real_sampling" in cfg.replace(real_sampling="weighted", weighting="kde")._hashed()
   floored = cfg.replace(weighting="kde", init="weighted", kde_floor=0.05)
@@ -192,21 +193,21 @@ def test_class_log_density_takes_the_floor():
 
 def test_density_floor_options_are_checked():
   with pytest.raises(ValueError, match="use it with --weighting kde"):
-    pipeline.get_config("smoke", weighting="oracle", init="weighted", kde_floor=0.05)
+    get_config("smoke", weighting="oracle", init="weighted", kde_floor=0.05)
   with pytest.raises(ValueError, match="does not use"):
-    pipeline.get_config("smoke", weighting="kde", kde_floor=0.05)
+    get_config("smoke", weighting="kde", kde_floor=0.05)
   with pytest.raises(ValueError, match="density floor"):
-    pipeline.get_config("smoke", weighting="kde", init="weighted", kde_floor=1.0)
-  assert pipeline.get_config("smoke", weighting="kde", init="weighted", kde_floor=0.05).kde_floor \
+    get_config("smoke", weighting="kde", init="weighted", kde_floor=1.0)
+  assert get_config("smoke", weighting="kde", init="weighted", kde_floor=0.05).kde_floor \
       == 0.05
 
 
 def test_oracle_log_density_balances_the_groups():
   labels = np.array([0] * 10 + [1] * 4)
   bias = np.array([0] * 7 + [1] * 2 + [2] + [1, 1, 1, 0])
-  log_f = pipeline.oracle_log_density(labels, bias, num_classes=2)
+  log_f = runs.oracle_log_density(labels, bias, num_classes=2)
   np.testing.assert_allclose(np.exp(log_f[:10]), [0.7] * 7 + [0.2] * 2 + [0.1], rtol=1e-6)
-  cfg = pipeline.get_config("smoke", weighting="oracle").kde
+  cfg = get_config("smoke", weighting="oracle").kde
   assert (cfg.temperature, cfg.normalize, cfg.scope) == (1.0, "power", "class")
   real = _real(log_f, labels)
   w = np.asarray(distill.class_weights(real, cfg))
@@ -233,11 +234,11 @@ def test_group_report_and_batch_ess_by_hand():
 
 @pytest.mark.slow
 def test_smoke_run_selection_alone_and_diagnostics(tmp_path):
-  cfg = pipeline.get_config("smoke", weighting="oracle", init="weighted",
-                            real_sampling="weighted", iterations=0)
+  cfg = get_config("smoke", weighting="oracle", init="weighted",
+                   real_sampling="weighted", iterations=0)
   wd = str(tmp_path / "sel")
-  syn = pipeline.distill_stage(cfg, wd, progress=False)
-  run_data = pipeline.RunData(cfg)
+  syn = runs.distill_stage(cfg, wd, progress=False)
+  run_data = runs.RunData(cfg)
   # Not distilled: the SynSet is the weighted draw of real images itself.
   x = run_data.normalized(run_data.train)
   for img in np.asarray(syn.images):
@@ -251,29 +252,29 @@ def test_smoke_run_selection_alone_and_diagnostics(tmp_path):
       assert share == pytest.approx(g["balanced_share"], rel=1e-4)
   assert [r["step"] for r in report["bias_trajectory"]] == [0]
   # FairDD (bias labels) runs end to end and reports its in-batch group balance.
-  cfg_f = pipeline.get_config("smoke", weighting="fairdd")
-  pipeline.distill_stage(cfg_f, str(tmp_path / "f"), progress=False)
+  cfg_f = get_config("smoke", weighting="fairdd")
+  runs.distill_stage(cfg_f, str(tmp_path / "f"), progress=False)
   with open(tmp_path / "f" / "weights.json") as f:
     rep_f = json.load(f)
   assert rep_f["weighting"]["weighting"] == "fairdd"
   assert all(1.0 <= e <= cfg_f.real_per_class for e in rep_f["batch_ess"])
   # A distilled run logs the bias score at 0 and every 10 % of the iterations.
-  cfg2 = pipeline.get_config("smoke", weighting="none")
-  pipeline.distill_stage(cfg2, str(tmp_path / "v"), progress=False)
+  cfg2 = get_config("smoke", weighting="none")
+  runs.distill_stage(cfg2, str(tmp_path / "v"), progress=False)
   with open(tmp_path / "v" / "weights.json") as f:
     traj = json.load(f)["bias_trajectory"]
   assert [r["step"] for r in traj] == list(range(cfg2.iterations + 1))
   assert all(0.0 <= r["bias_aligned_fraction"] <= 1.0 for r in traj)
   # The density floor reaches the run's whole-class densities and its weights.json.
-  cfg_k = pipeline.get_config("smoke", weighting="kde", init="weighted", kde_floor=0.5,
-                              iterations=0)
-  pipeline.distill_stage(cfg_k, str(tmp_path / "k"), progress=False)
+  cfg_k = get_config("smoke", weighting="kde", init="weighted", kde_floor=0.5,
+                     iterations=0)
+  runs.distill_stage(cfg_k, str(tmp_path / "k"), progress=False)
   with open(tmp_path / "k" / "weights.json") as f:
     assert json.load(f)["weighting"]["floor"] == 0.5
-  emb = pipeline.surrogate_embeddings(cfg_k, run_data, pipeline.run_keys(cfg_k)[0], progress=False)
-  plain = pipeline.run_log_density(cfg_k.replace(kde_floor=0.0), run_data, emb)
+  emb = runs.surrogate_embeddings(cfg_k, run_data, runs.run_keys(cfg_k)[0], progress=False)
+  plain = runs.run_log_density(cfg_k.replace(kde_floor=0.0), run_data, emb)
   np.testing.assert_array_equal(
-      pipeline.run_log_density(cfg_k, run_data, emb),
+      runs.run_log_density(cfg_k, run_data, emb),
       kde.floor_log_density(plain, run_data.train.labels, 0.5, num_classes=run_data.num_classes))
 
 
@@ -316,7 +317,7 @@ def test_fairdd_options_are_checked():
   with pytest.raises(ValueError, match="number of bias values"):
     distill.dm(num_classes=2, ipc=1, group_matching=True)
   with pytest.raises(ValueError, match="distribution matching only"):
-    pipeline.get_config("smoke", weighting="fairdd", method="dsa")
+    get_config("smoke", weighting="fairdd", method="dsa")
   x = np.zeros((4, 4, 4, 1), np.float32)
   real = distill.real_data(x, np.array([0, 0, 1, 1]), num_classes=2)
   d = distill.dm(num_classes=2, ipc=1, model=models.ConvNet(2, depth=1, width=4),

@@ -12,9 +12,9 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from jaxdd import pipeline
 from jaxdd.cli import data, flags, runtime
 from jaxdd.cli.parser import build_parser
+from jaxdd.runs.driver import Interrupted
 
 
 def os_error_line(e: OSError) -> str:
@@ -46,7 +46,7 @@ def failure(e: BaseException) -> tuple[int, str]:
   >>> failure(ValueError("--ipc must be positive"))
   (2, 'error: --ipc must be positive')
   """
-  if isinstance(e, pipeline.Interrupted):
+  if isinstance(e, Interrupted):
     return 130, (f"interrupted at step {e.step} (checkpoint saved); rerun the same command to "
                  "resume")
   if isinstance(e, KeyboardInterrupt):

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 
 from jaxdd import elf, protocols, synset
-from jaxdd.security import signing
 from jaxdd.cli import flags
 from jaxdd.cli.trust import signature_line
 from jaxdd.runs import artifacts
+from jaxdd.security import signing
 
 
 def _overrides(args) -> artifacts.Overrides:

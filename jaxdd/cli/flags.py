@@ -12,8 +12,7 @@ import dataclasses
 import json
 from typing import Any, Callable, Sequence
 
-from jaxdd import pipeline
-from jaxdd.config import CHOICES, PRESETS, RunConfig, get_config
+from jaxdd.config import CHOICES, PRESETS, RunConfig, get_config, validate
 from jaxdd.data import biased
 
 
@@ -145,7 +144,7 @@ def resolve(args: argparse.Namespace,
     workdir: whether the command needs ``--workdir`` to run.
   """
   cfg = run_config(args)
-  pipeline.validate(cfg)
+  validate(cfg)
   if args.print_config:
     print(json.dumps({"command": args.command, **describe(cfg)}, indent=2, sort_keys=True,
                      default=str))

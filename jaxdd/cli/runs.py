@@ -7,7 +7,8 @@ import json
 import os
 import sys
 
-from jaxdd import pipeline, protocols, study
+from jaxdd import protocols
+from jaxdd import runs as runs_lib
 from jaxdd.cli import flags, runtime
 from jaxdd.runs import artifacts
 
@@ -45,7 +46,7 @@ def cmd_distill(args) -> int:
   workdir = args.workdir if args.coordinator is None else runtime.join_processes(
       args.workdir, args.coordinator, args.num_processes, args.process_id)
   primary = workdir == args.workdir
-  pipeline.run(cfg, workdir, progress=not args.quiet and primary, show=primary,
+  runs_lib.run(cfg, workdir, progress=not args.quiet and primary, show=primary,
                reevaluate=args.reevaluate, buffer_dir=args.buffer_dir)
   print(f"run directory: {workdir}")
   return 0
@@ -60,7 +61,7 @@ def cmd_buffers(args) -> int:
                       workdir=False)
   if cfg is None:
     return 0
-  path, shape = pipeline.build_expert_buffer(cfg, buffer_dir=args.buffer_dir,
+  path, shape = runs_lib.build_expert_buffer(cfg, buffer_dir=args.buffer_dir,
                                              progress=not args.quiet)
   print(f"expert buffer: {path} ({shape[0]} experts, {shape[1] - 1} epochs, "
         f"{shape[2]} parameters)")
@@ -69,7 +70,7 @@ def cmd_buffers(args) -> int:
 
 def _describe_reproduce(args):
   def describe(cfg):
-    runs = {pipeline.method_name(cfg.replace(weighting=w)):
+    runs = {runs_lib.method_name(cfg.replace(weighting=w)):
             flags.describe_run(cfg.replace(weighting=w)) for w in ("none", "kde")}
     return {"runs": runs, "with_baselines": args.with_baselines}
   return describe
@@ -80,10 +81,10 @@ def cmd_reproduce(args) -> int:
   if cfg is None:
     return 0
   which = tuple(args.with_baselines.split(",")) if args.with_baselines else ()
-  unknown = set(which) - set(pipeline.BASELINES)
+  unknown = set(which) - set(runs_lib.BASELINES)
   if unknown:
-    raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {pipeline.BASELINES}")
-  pipeline.reproduce(cfg, args.workdir, with_baselines=which, progress=not args.quiet, show=True,
+    raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {runs_lib.BASELINES}")
+  runs_lib.reproduce(cfg, args.workdir, with_baselines=which, progress=not args.quiet, show=True,
                      reevaluate=args.reevaluate)
   print(f"run directory: {args.workdir} (comparison.md, plots/accuracy.png)")
   return 0
@@ -92,14 +93,14 @@ def cmd_reproduce(args) -> int:
 def _describe_tune(args):
   return lambda cfg: {"base": flags.describe_run(cfg), "seeds": list(seeds(args.seeds)),
                       "sweep_protocol": args.sweep_protocol, "sweep_models": args.sweep_models,
-                      "candidates": [s.name(cfg) for s in study.knob_grid(cfg)]}
+                      "candidates": [s.name(cfg) for s in runs_lib.knob_grid(cfg)]}
 
 
 def cmd_tune(args) -> int:
   cfg = flags.resolve(args, _describe_tune(args))
   if cfg is None:
     return 0
-  study.tune(cfg, args.workdir, seeds=seeds(args.seeds), protocol=args.sweep_protocol,
+  runs_lib.tune(cfg, args.workdir, seeds=seeds(args.seeds), protocol=args.sweep_protocol,
              num_models=args.sweep_models, progress=not args.quiet, show=True)
   print(f"selection: {os.path.join(args.workdir, 'selection.md')}")
   return 0
@@ -126,8 +127,8 @@ def cmd_final(args) -> int:
   cfg = flags.resolve(args, _describe_final(args))
   if cfg is None:
     return 0
-  settings = study.settings_from_selection(_selection(args), cfg)
-  study.final(cfg, args.workdir, settings=settings, seeds=seeds(args.seeds),
+  settings = runs_lib.settings_from_selection(_selection(args), cfg)
+  runs_lib.final(cfg, args.workdir, settings=settings, seeds=seeds(args.seeds),
               protocol=args.protocol, num_models=cfg.num_eval_models,
               with_random=not args.no_random, full_models=args.full_models,
               progress=not args.quiet, show=True)
@@ -138,7 +139,7 @@ def cmd_final(args) -> int:
 def _baselines_which(args) -> tuple[str, ...]:
   """``--which``, or everything that needs no other run plus lff/dfa given a vanilla SynSet."""
   if not args.which:
-    return tuple(b for b in pipeline.BASELINES
+    return tuple(b for b in runs_lib.BASELINES
                  if args.vanilla_synset is not None or b not in ("lff", "dfa"))
   which = tuple(w.strip() for w in args.which.split(",") if w.strip())
   if {"lff", "dfa"} & set(which) and args.vanilla_synset is None:
@@ -153,10 +154,10 @@ def cmd_baselines(args) -> int:
                                        "vanilla_synset": args.vanilla_synset})
   if cfg is None:
     return 0
-  results = pipeline.run_baselines(cfg, args.workdir, which=_baselines_which(args),
+  results = runs_lib.run_baselines(cfg, args.workdir, which=_baselines_which(args),
                                    vanilla_synset=args.vanilla_synset, progress=not args.quiet,
                                    trust=args.trust)
-  print(pipeline.format_comparison(results, cfg))
+  print(runs_lib.format_comparison(results, cfg))
   return 0
 
 

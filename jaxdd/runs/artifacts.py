@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import data, elf, evaluate, models, pipeline, progress, protocols
+from jaxdd import data, elf, evaluate, models, progress, protocols
 from jaxdd.results import EvalResult
+from jaxdd.runs.keys import seed_keys
 from jaxdd.structs import Batch, SynSet
 
 
@@ -74,7 +75,7 @@ def eval_key(run_cfg: dict, seed: int | None = None) -> jax.Array:
   if seed is not None:
     return jax.random.key(seed)
   if "seed" in run_cfg:  # the run's own evaluation key: the run's numbers, exactly
-    return pipeline.seed_keys(int(run_cfg["seed"]))[2]
+    return seed_keys(int(run_cfg["seed"]))[2]
   return jax.random.key(0)
 
 

@@ -12,8 +12,11 @@ import dataclasses
 import jax
 import numpy as np
 
-from jaxdd import data, models, pipeline, surrogate
+from jaxdd import data, models, surrogate
 from jaxdd.config import RunConfig
+from jaxdd.runs.keys import seed_keys
+from jaxdd.runs.rundata import RunData
+from jaxdd.runs.surrogate_stage import surrogate_artifact
 from jaxdd.security import audit as audit_lib
 from jaxdd.security import signing
 from jaxdd.structs import SynSet
@@ -34,8 +37,8 @@ def kde_probe(syn: SynSet, meta: dict, config, *, progress: bool = False) -> aud
   :func:`jaxdd.security.audit.kde_scores` of the SynSet's embeddings against
   the embeddings of the run's real training images.
   """
-  run_data = pipeline.RunData(config)
-  art = pipeline.surrogate_artifact(config, run_data, pipeline.seed_keys(config.seed)[0],
+  run_data = RunData(config)
+  art = surrogate_artifact(config, run_data, seed_keys(config.seed)[0],
                                     progress=progress)
   pixels = data.denormalize(np.asarray(syn.images), meta["mean"], meta["std"])
   syn_z = surrogate.embed(art.params, np.asarray(pixels, np.float32), config=config.surrogate)

@@ -1,0 +1,73 @@
+"""``jaxdd reproduce``: the vanilla method and its KDE variant side by side."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from jaxdd import diagnostics, synset
+from jaxdd import plots as plots_lib
+from jaxdd.config import RunConfig
+from jaxdd.runs import baseline_runs, bias, rundata, rundir, single, text, weights
+
+
+@rundir.under_policy
+@rundir.locked
+def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
+              with_baselines: tuple[str, ...] = (), show: bool | None = None,
+              reevaluate: bool = False) -> dict:
+  """The vanilla method and its KDE-reweighted variant (``config.method``: DM, DSA
+  or DC) with otherwise identical settings, side by side.
+
+  ``with_baselines`` (names from :data:`jaxdd.runs.baseline_runs.BASELINES`) adds those
+  rows, under the same evaluation protocol; LfF/DFA train on the vanilla method's SynSet.
+  """
+  results = {}
+  for weighting in ("none", "kde"):
+    cfg = config.replace(weighting=weighting)
+    name = text.method_name(cfg)
+    results[name] = single.run(cfg, os.path.join(workdir, name.replace("+", "_")),
+                               progress=progress, show=show, reevaluate=reevaluate)
+  if with_baselines:
+    results.update(baseline_runs.run_baselines(
+        config.replace(weighting="none"), os.path.join(workdir, "baselines"),
+        which=tuple(with_baselines), progress=progress,
+        vanilla_synset=os.path.join(workdir, config.method, "synset"),
+        trust=False))  # this command's own vanilla SynSet
+  # The bias score of each SynSet: what fraction of its images carry their
+  # class's aligned bias (the training set's fraction is in the table header).
+  run_data = rundata.RunData(config)
+  classifier = bias.bias_classifier(config, run_data)
+  for weighting in ("none", "kde"):
+    name = text.method_name(config.replace(weighting=weighting))
+    syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"))
+    results[name]["bias_score"] = diagnostics.bias_score(classifier, syn.images, syn.labels)
+  # The score's yardstick: the classifier on held-out real images of known composition.
+  valid = run_data.valid
+  reference = {"true_aligned_fraction": float(np.asarray(valid.aligned).mean()),
+               "bias_aligned_fraction": diagnostics.bias_score(
+                   classifier, run_data.normalized(valid), valid.labels)["aligned_fraction"]}
+  table = text.format_comparison(results, config,
+                                 train_aligned_fraction=classifier.train_aligned_fraction,
+                                 reference=reference)
+  drift = weights.format_weight_summary({
+      text.method_name(config.replace(weighting=w)): os.path.join(
+          workdir, text.method_name(config.replace(weighting=w)).replace("+", "_"),
+          "weights.json")
+      for w in ("none", "kde")})
+  if drift:
+    table += "\n\n" + drift
+  for name in results:
+    if results[name].get("bias_score") is not None:
+      results[name]["bias_score"]["reference"] = reference
+  synset.atomic_write_json(os.path.join(workdir, "comparison.json"),
+                           {k: {"mean": v["mean"], "std": v["std"],
+                                "bias_score": v.get("bias_score")} for k, v in results.items()})
+  synset.atomic_write_bytes(os.path.join(workdir, "comparison.md"), (table + "\n").encode())
+  plots_lib.plot_accuracy_bars(
+      results, os.path.join(workdir, "plots", "accuracy.png"),
+      title=f"{config.dataset} conflict={config.conflict_ratio} ipc={config.ipc} "
+            f"preset={config.preset}")
+  if progress if show is None else show:
+    print(table)
+  return results

@@ -1,0 +1,85 @@
+"""The distiller of a run's method with the run's settings, and its device mesh."""
+from __future__ import annotations
+
+import jax
+
+from jaxdd import augment as augment_lib
+from jaxdd import distill, models, parallel
+from jaxdd.config import RunConfig
+from jaxdd.runs import experts
+
+
+def device_mesh(config: RunConfig, num_classes: int):
+  """The mesh of ``config.devices`` (None for one device): classes x real batch.
+
+  The class axis takes the largest divisor of the device count that divides the
+  class count, the real-batch axis the rest, which must divide ``real_per_class``.
+  """
+  available = len(jax.devices())
+  n = available if config.devices == "all" else int(config.devices)
+  if n == 1:
+    return None
+  if n > available:
+    raise ValueError(f"--devices {n}: only {available} devices are visible; lower it or use "
+                     "--devices all")
+  if jax.process_count() > 1 and n != available:
+    raise ValueError(f"--devices {n}: across {jax.process_count()} processes the mesh takes "
+                     f"every process's devices; use --devices all ({available})")
+  cls = max(d for d in range(1, n + 1) if n % d == 0 and num_classes % d == 0)
+  real = n // cls
+  if config.real_per_class % real:
+    raise ValueError(f"--devices {n} splits into {cls} class x {real} real-batch shards, and "
+                     f"real_per_class={config.real_per_class} is not a multiple of {real}; "
+                     "change one of them")
+  return parallel.make_mesh({"cls": cls, "real": real}, devices=jax.devices()[:n])
+
+
+def make_distiller(config: RunConfig, num_classes: int,
+                   kde_config: distill.KDEConfig | None, *,
+                   real_dtype: str | None = None, num_bias: int | None = None,
+                   **runs) -> distill.Distiller:
+  """The :class:`~jaxdd.distill.Distiller` of ``config.method`` with the run's settings.
+
+  ``real_dtype`` is DM's (:func:`jaxdd.distill.dm`); other methods refuse it.
+  ``num_bias``: the number of bias values, for ``weighting='fairdd'`` (DM's
+  ``group_matching``). ``runs``: DM's ``num_runs``, ``run_knobs`` and
+  ``common_random_numbers`` (:func:`distill_group`).
+  """
+  if runs and config.method != "dm":
+    raise ValueError(f"several runs in one program are a DM option; method {config.method!r} "
+                     "has none")
+  common = dict(num_classes=num_classes, ipc=config.ipc,
+                model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
+                real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
+                init=config.init, kde_config=kde_config, real_sampling=config.real_sampling)
+  mesh = device_mesh(config, num_classes)
+  sharded = {} if mesh is None else dict(mesh=mesh, class_axis="cls", batch_axis="real")
+  if config.method == "mtt":
+    if real_dtype is not None:
+      raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
+    return distill.mtt(num_classes=num_classes, ipc=config.ipc,
+                       num_epochs=experts.expert_run_epochs(config),
+                       model=common["model"], expert_epochs=config.expert_epochs,
+                       max_start_epoch=config.max_start_epoch, syn_steps=config.syn_steps,
+                       batch_syn=config.batch_syn, lr_img=config.lr_img, lr_lr=config.lr_lr,
+                       lr_teacher=config.lr_teacher, momentum=config.momentum,
+                       strategy=config.dsa_strategy or None, mode=config.mtt_mode,
+                       init=config.init, kde_config=kde_config)
+  if config.method == "cfm":
+    if real_dtype is not None:
+      raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
+    aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
+    return distill.cfm(iterations=max(config.iterations, 1), augment=aug, beta=config.cfm_beta,
+                       schedule=config.cfm_schedule, curriculum=config.cfm_curriculum,
+                       filter=config.cfm_filter, normalize=config.cfm_normalize == "real",
+                       **common)
+  if config.method == "dm":
+    aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
+    return distill.dm(augment=aug, real_dtype=real_dtype,
+                      group_matching=num_bias if config.weighting == "fairdd" else None,
+                      **common, **runs, **sharded)
+  if real_dtype is not None:
+    raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
+  strategy = config.dsa_strategy if config.method == "dsa" else None
+  return distill.gm(strategy=strategy or None, outer_loop=config.outer_loop,
+                    inner_loop=config.inner_loop, lr_net=config.lr_net, **common, **sharded)

@@ -1,0 +1,261 @@
+"""The distillation loop: chunks of steps per host round trip, checkpoints, metrics, Ctrl-C."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxdd import diagnostics, distill, parallel, synset
+from jaxdd import policy as policy_lib
+from jaxdd import progress as progress_lib
+from jaxdd.config import RunConfig
+from jaxdd.runs import checkpoints, distiller, experts, keys, metrics_log, rundata, text, weights
+from jaxdd.structs import SynSet
+
+
+def track_every(config: RunConfig) -> int:
+  """Steps between two bias scores of the synthetic set: 10 % of the iterations."""
+  return max(1, config.iterations // 10)
+
+
+def distill_run(config: RunConfig, workdir: str, run_data: rundata.RunData,
+                embeddings: np.ndarray | None, key: jax.Array, *, progress: bool = True,
+                stop_after: int | None = None, real_dtype: str | None = None,
+                classifier: diagnostics.BiasClassifier | None = None,
+                buffer_dir: str | None = None) -> SynSet:
+  """The distillation loop with checkpoints every ``checkpoint_every`` steps and resume.
+
+  ``stop_after`` (for tests of resumption) stops early after that many steps,
+  as a kill would, leaving the checkpoints behind. ``real_dtype`` is DM's
+  (:func:`make_distiller`; ``experiments/bf16_accuracy.py`` compares it).
+  With a bias ``classifier``, the synthetic set's bias score (the fraction of
+  its images in their class's aligned bias, :func:`jaxdd.diagnostics.bias_score`)
+  is logged to ``metrics.jsonl`` at step 0 and every :func:`track_every` steps.
+  Trajectory matching first gets its expert buffer (:func:`expert_buffer`, in
+  ``buffer_dir``) and steps over it instead of the real data.
+  """
+  nc = run_data.num_classes
+  d, real, step_data, mesh = _distiller_and_data(config, workdir, run_data, embeddings,
+                                                 progress=progress, real_dtype=real_dtype,
+                                                 buffer_dir=buffer_dir)
+  fresh = d.init(key, real)
+  mngr = checkpoints.checkpointer(workdir)
+  state, start = _resume(mngr, fresh, workdir, mesh)
+  log = metrics_log.MetricsLog(workdir, start)
+  every = track_every(config)
+
+  def track(step):
+    if classifier is not None and (step % every == 0 or step == config.iterations):
+      score = diagnostics.bias_score(classifier, parallel.host(state.syn.images),
+                                     parallel.host(state.syn.labels))
+      log.append({"step": step, "bias_aligned_fraction": score["aligned_fraction"]})
+
+  if start == 0:
+    track(0)
+  end = config.iterations if stop_after is None else min(config.iterations, start + stop_after)
+  bar = progress_lib.bar(config.iterations,
+                         f"{text.method_name(config).upper()} ipc={config.ipc}",
+                         unit="step", initial=start, disable=not progress)
+  t0 = time.perf_counter()
+  if start > 0:
+    progress_lib.logger.info("%s: resuming from step %d of %d", workdir, start, config.iterations)
+
+  def after(it, n, st, row):
+    nonlocal state
+    state = st
+    loss = log_chunk(config, nc, it, n, row, log, t0)
+    if loss is not None:
+      bar.set_postfix(loss=f"{loss:.4f}")
+    bar.update(n)
+    step = it + n
+    track(step)
+    if step % config.checkpoint_every == 0 or step == config.iterations:
+      checkpoints.save(mngr, step, state)
+
+  def save(step):
+    if mngr.latest_step() != step:
+      checkpoints.save(mngr, step, state, force=True)
+
+  try:
+    drive(d, state, step_data, start, end, steps_per_call(config),
+          stops=(config.checkpoint_every, every if classifier is not None else 0),
+          after=after, save=save)
+  finally:
+    bar.close()
+    log.close()
+    mngr.close()
+  return SynSet(parallel.host(state.syn.images), parallel.host(state.syn.labels))
+
+
+def _distiller_and_data(config: RunConfig, workdir: str, run_data: rundata.RunData,
+                        embeddings: np.ndarray | None, *, progress: bool,
+                        real_dtype: str | None, buffer_dir: str | None):
+  """The run's distiller, its real data, what it steps over (the real data, or trajectory
+  matching's expert buffer, recorded in ``buffer.json``) and the device mesh."""
+  nc = run_data.num_classes
+  kde_config = config.kde
+  log_density = weights.run_log_density(config, run_data, embeddings)
+  mesh = distiller.device_mesh(config, nc)
+  fairdd = config.weighting == "fairdd"
+  real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
+                           num_classes=nc,
+                           embeddings=(embeddings if config.weighting == "kde"
+                                       and config.kde_scope == "batch" else None),
+                           log_density=log_density,
+                           groups=run_data.train.bias if fairdd else None,
+                           mesh=mesh)
+  d = distiller.make_distiller(config, nc, kde_config, real_dtype=real_dtype,
+                               num_bias=rundata.num_bias_values(run_data.train) if fairdd
+                               else None)
+  step_data = real
+  if config.method == "mtt":
+    traj, buffer_meta, path = experts.expert_buffer(config, run_data, log_density,
+                                                    keys.expert_key(config),
+                                                    buffer_dir=buffer_dir, progress=progress)
+    synset.atomic_write_json(os.path.join(workdir, "buffer.json"),
+                             {"path": os.path.abspath(path), "digest": buffer_meta["digest"],
+                              "shape": buffer_meta["shape"]})
+    step_data = jnp.asarray(traj)
+  return d, real, step_data, mesh
+
+
+def _resume(mngr, fresh: distill.DistillState, workdir: str,
+            mesh) -> tuple[distill.DistillState, int]:
+  """The state to go on from (the newest checkpoint, else ``fresh``) and its step; with
+  several processes, the newest step that every process has."""
+  state, start = checkpoints.restore_newest(mngr, fresh, workdir)
+  if jax.process_count() > 1:
+    # Every process keeps its own checkpoints; all resume from the newest step they share.
+    common = int(np.min(multihost_utils.process_allgather(np.int32(start))))
+    if common != start:
+      state, start = checkpoints.restore_newest(mngr, fresh, workdir, upto=common)
+    if start != common:
+      raise ValueError(f"{workdir}: this process has no checkpoint of step {common}, where "
+                       "the other processes resume; delete the checkpoints of every process "
+                       "to start over")
+  if start and mesh is not None:
+    state = parallel.put(state, mesh)  # restored on the host: back onto the mesh
+  return state, start
+
+
+def steps_per_call(config: RunConfig) -> int:
+  """Distillation steps per host round trip: ``config.steps_per_call``, or the active
+  policy's (:class:`jaxdd.policy.Policy`) when it is ``"auto"``."""
+  if config.steps_per_call == "auto":
+    return policy_lib.current().steps_per_call
+  return int(config.steps_per_call)
+
+
+def chunks(start: int, end: int, k: int, stops) -> list[tuple[int, int]]:
+  """``(first step, length)`` of at most ``k`` steps covering [start, end), every chunk ending
+  at the next multiple of each nonzero ``stops`` entry (checkpoints, bias scores) or before."""
+  out, it = [], start
+  while it < end:
+    nxt = min([end, it + k] + [(it // s + 1) * s for s in stops if s])
+    out.append((it, nxt - it))
+    it = nxt
+  return out
+
+
+def drive(d: distill.Distiller, state, data, start: int, end: int, k: int, *, stops,
+          after, save) -> None:
+  """Steps ``d`` from ``start`` to ``end``, ``k`` steps per host round trip.
+
+  After each chunk of ``n`` steps from step ``it``, ``after(it, n, state, row)`` gets the
+  new state and ``row(j)``, the metrics of the chunk's j-th step (host values fetched
+  once per chunk, and only if asked for). The first Ctrl-C is deferred to the end of the
+  chunk in flight, then ``save(step)`` runs and :class:`Interrupted` is raised.
+  """
+  multi = distill.multi_step(d, k) if k > 1 else None
+  with deferred_interrupt() as interrupted:
+    for it, n in chunks(start, end, k, stops):
+      if multi is None:
+        state, m = d.step(state, data)
+        row = lambda j, m=m: m  # noqa: E731 (one step: its metrics, fetched when read)
+      else:
+        state, stacked = multi(state, data, n)
+        row = lazy_rows(stacked)
+      after(it, n, state, row)
+      if interrupted():  # checked after the chunk's work: the signal may arrive during it
+        save(it + n)
+        raise Interrupted(it + n)
+
+
+def lazy_rows(stacked):
+  """``row(j)``: the j-th step's metrics of a chunk's stacked metrics, fetched to the host
+  once, on the first read."""
+  host = []
+
+  def row(j):
+    if not host:
+      host.append(parallel.host(stacked))
+    return jax.tree.map(lambda a: a[j], host[0])
+  return row
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during distillation, after the step in flight finished and was checkpointed."""
+
+  def __init__(self, step: int):
+    super().__init__(f"interrupted at step {step}")
+    self.step = step
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+  """The first Ctrl-C (SIGINT) only sets a flag the loop checks after each step; a
+  second one interrupts at once. Outside the main thread nothing is changed."""
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda: False
+    return
+  hit = []
+
+  def handler(signum, frame):
+    if hit:
+      raise KeyboardInterrupt
+    hit.append(signum)
+    progress_lib.logger.warning("interrupt: finishing the current step and saving a checkpoint "
+                                "(Ctrl-C again to stop at once)")
+
+  previous = signal.signal(signal.SIGINT, handler)
+  try:
+    yield lambda: bool(hit)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def log_chunk(config, nc: int, it: int, n: int, row, log, t0: float,
+              pick=lambda m: m, name: str | None = None) -> float | None:
+  """Appends the metrics lines of steps ``it+1 .. it+n`` that fall on ``log_every`` (or
+  the last step) and returns the last logged loss (None if none).
+
+  ``row(j)`` is the chunk's j-th step's metrics; ``pick`` selects one run's from them
+  (a column of an N-run group, whose directory ``name`` the error message gives).
+  """
+  loss = None
+  for step in range(it + 1, it + n + 1):
+    if step % config.log_every and step != config.iterations:
+      continue
+    m = pick(row(step - it - 1))
+    # "loss" is the matching loss averaged over classes (the reference's printed
+    # loss_avg), the number the progress bar shows; trajectory matching's loss is one
+    # normalised parameter distance for the whole set.
+    loss = float(m["loss"]) / (1 if config.method == "mtt" else nc)
+    if not np.isfinite(loss):
+      raise FloatingPointError(f"the {config.method.upper()} loss"
+                               f"{' of ' + name if name else ''} became {loss} at step {step}; "
+                               f"lower lr_img (now {config.lr_img}) or check the data "
+                               "normalisation")
+    out = {"step": step, "loss": loss, "grad_norm": float(m["grad_norm"])}
+    for key in ("max_weight", "syn_lr", "start_epoch", "beta"):
+      if key in m:
+        out[key] = float(m[key])
+    log.append({**out, "time_s": time.perf_counter() - t0})
+  return loss

@@ -1,0 +1,26 @@
+"""The random keys of a run, all derived from its seed in one fixed order."""
+from __future__ import annotations
+
+import jax
+
+from jaxdd.config import RunConfig
+
+
+def baseline_keys(config: RunConfig) -> tuple[jax.Array, jax.Array]:
+  """(subset selection, evaluation) keys of the baselines of a run's seed."""
+  return tuple(jax.random.split(jax.random.key(config.seed), 3)[1:])
+
+
+def run_keys(config: RunConfig) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """(surrogate, distillation init, evaluation, diagnostics) keys of a run's seed."""
+  return seed_keys(config.seed)
+
+
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """:func:`run_keys` of a run whose seed is ``seed``."""
+  return tuple(jax.random.split(jax.random.key(seed), 4))
+
+
+def expert_key(config: RunConfig) -> jax.Array:
+  """The key of a run's expert trajectories (independent of its distillation's)."""
+  return jax.random.fold_in(run_keys(config)[1], 1)

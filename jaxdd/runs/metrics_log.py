@@ -1,0 +1,75 @@
+"""A run's ``metrics.jsonl``: one JSON line per logged step, safe against kills."""
+from __future__ import annotations
+
+import json
+import os
+
+from jaxdd import synset
+
+
+class MetricsLog:
+  """``metrics.jsonl``, appended one complete line per logged step.
+
+  Each row is written with a single ``write`` on an ``O_APPEND`` descriptor
+  and flushed, so a killed run leaves every finished line on disk (at most the
+  line being written can be torn; :func:`read_metrics` skips it). Opening a
+  log for a run resumed at step ``start`` first rewrites the file atomically
+  without the rows after ``start`` (they belong to steps that will be redone).
+  Optionally mirrors the scalars to TensorBoard (``<workdir>/tensorboard``)
+  when ``tensorboardX`` is installed; silently skipped otherwise.
+  """
+
+  def __init__(self, workdir: str, start: int, *, tensorboard: bool = True):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.rows = read_metrics(self.path, start)
+    write_metrics(self.path, self.rows)
+    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+    self._tb = None
+    if tensorboard:
+      try:
+        import tensorboardX  # noqa: PLC0415  (optional)
+      except ImportError:
+        tensorboardX = None
+      if tensorboardX is not None:
+        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                              purge_step=start + 1)
+
+  def append(self, row: dict) -> None:
+    self.rows.append(row)
+    os.write(self._fd, (json.dumps(row) + "\n").encode())
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, row["step"])
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_metrics(path: str, upto: int) -> list[dict]:
+  """Rows of ``metrics.jsonl`` up to step ``upto``; a line torn by a kill is skipped."""
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # the last line of a killed run may be incomplete
+      if row.get("step", 0) <= upto:
+        rows.append(row)
+  return rows
+
+
+def write_metrics(path: str, rows: list[dict]) -> None:
+  """Rewrites ``metrics.jsonl`` atomically with ``rows``."""
+  synset.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())

@@ -1,0 +1,61 @@
+"""The data of a run: its splits, normalised, and the checks made on them before any work."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd import data, models
+from jaxdd.config import RunConfig
+from jaxdd.structs import Batch
+
+
+class RunData:
+  """The three splits, normalised, plus the raw [0, 1] training images.
+
+  The test split is loaded on first use only, so code that selects anything
+  (``jaxdd tune``) provably never reads it.
+  """
+
+  def __init__(self, config: RunConfig):
+    self._kw = dict(conflict_ratio=config.conflict_ratio, severity=config.severity,
+                    seed=config.seed, source=config.source)
+    self._dataset = config.dataset
+    self.train = data.load(config.dataset, split="train", **self._kw)
+    self.valid = data.load(config.dataset, split="valid", **self._kw)
+    self._test = None
+    self.num_classes = self.train.num_classes
+    self.mean, self.std = data.channel_stats(self.train.images)
+
+  @property
+  def test(self):
+    if self._test is None:
+      self._test = data.load(self._dataset, split="test", **self._kw)
+    return self._test
+
+  def normalized(self, ds) -> np.ndarray:
+    return np.asarray(data.normalize(ds.images, self.mean, self.std))
+
+  def batch(self, ds) -> Batch:
+    return Batch(jnp.asarray(self.normalized(ds)), jnp.asarray(ds.labels), jnp.asarray(ds.bias),
+                 jnp.asarray(ds.aligned))
+
+
+def check_models(config: RunConfig, run_data: RunData) -> None:
+  """What a run needs of its data, checked before any work or file: networks that do not
+  pool the images away (:func:`jaxdd.models.check_fits`) and ``ipc`` real images in
+  every class (for the initialisation)."""
+  shape = tuple(run_data.train.images.shape[1:])
+  nc = run_data.num_classes
+  models.check_fits(models.ConvNet(nc, depth=config.depth, width=config.width), shape)
+  models.check_fits(models.get(config.eval_model, num_classes=nc), shape)
+  counts = np.bincount(np.asarray(run_data.train.labels), minlength=nc)
+  if counts.min() < config.ipc:  # distill's init refuses it too, but only after files exist
+    c = int(np.argmin(counts))
+    raise ValueError(f"ipc={config.ipc} is larger than class {c}, which has {counts[c]} real "
+                     f"training images; lower --ipc (at most {counts.min()}) or use a larger "
+                     "source")
+
+
+def num_bias_values(ds) -> int:
+  """Number of bias values of a dataset split (FairDD's groups)."""
+  return int(np.asarray(ds.bias).max()) + 1

@@ -1,0 +1,164 @@
+"""One run: distillation stage (surrogate, weights, distillation, SynSet) and evaluation."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd import evaluate, models, synset
+from jaxdd import plots as plots_lib
+from jaxdd import progress as progress_lib
+from jaxdd.config import RunConfig, validate
+from jaxdd.runs import (
+  bias,
+  driver,
+  keys,
+  metrics_log,
+  rundata,
+  rundir,
+  surrogate_stage,
+  text,
+  version,
+  weights,
+)
+from jaxdd.structs import SynSet
+
+
+@rundir.under_policy
+@rundir.locked
+def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData | None = None,
+                  progress: bool = True, stop_after: int | None = None,
+                  buffer_dir: str | None = None) -> SynSet | None:
+  """Surrogate, KDE weights and distillation of one run: writes ``synset/``.
+
+  A finished ``synset/`` in ``workdir`` is loaded instead of recomputed, so
+  several evaluations (validation sweeps, the final test) share one
+  distillation. Returns None when ``stop_after`` stopped the run early.
+  ``buffer_dir``: trajectory matching's expert buffer (default: the cache,
+  :func:`default_buffer_dir`).
+  """
+  validate(config)
+  rundir.check_workdir(config, workdir, distill_only=True)
+  syn_dir = os.path.join(workdir, "synset")
+  if os.path.exists(os.path.join(syn_dir, "manifest.json")):
+    syn, _ = synset.load(syn_dir)  # the run's own artifact
+    return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
+  if run_data is None:
+    progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
+                             config.conflict_ratio)
+    run_data = rundata.RunData(config)
+  embeddings, report, classifier = start_run(config, workdir, run_data, progress)
+  syn = driver.distill_run(config, workdir, run_data, embeddings, keys.run_keys(config)[1],
+                           progress=progress, stop_after=stop_after, classifier=classifier,
+                           buffer_dir=buffer_dir)
+  if stop_after is not None and not os.path.exists(os.path.join(workdir, "checkpoints",
+                                                                str(config.iterations))):
+    record_bias_trajectory(config, workdir, report)
+    return None
+  return finish_run(config, workdir, run_data, syn, report)
+
+
+def start_run(config: RunConfig, workdir: str, run_data: rundata.RunData, progress: bool):
+  """A run's directory before distilling: config.json, the surrogate's embeddings (KDE runs),
+  weights.json. Returns ``(embeddings, report, bias classifier)``."""
+  rundata.check_models(config, run_data)
+  os.makedirs(workdir, exist_ok=True)
+  synset.atomic_write_json(os.path.join(workdir, "config.json"),
+                           {"config": config.to_dict(), "digest": config.digest(),
+                            "distill_digest": config.distill_digest(),
+                            "code_version": version.code_version()})
+  k_sur, _, _, k_diag = keys.run_keys(config)
+  embeddings = None
+  if config.weighting == "kde":
+    embeddings = surrogate_stage.surrogate_embeddings(config, run_data, k_sur, progress=progress)
+  report = weights.weight_diagnostics(config, run_data, embeddings, k_diag, workdir=workdir)
+  synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)
+  return embeddings, report, bias.bias_classifier(config, run_data)
+
+
+def record_bias_trajectory(config: RunConfig, workdir: str, report: dict) -> None:
+  """Adds the bias scores logged during distillation to ``report`` and rewrites weights.json."""
+  report["bias_trajectory"] = [
+      {"step": r["step"], "bias_aligned_fraction": r["bias_aligned_fraction"]}
+      for r in metrics_log.read_metrics(os.path.join(workdir, "metrics.jsonl"),
+                                        config.iterations)
+      if "bias_aligned_fraction" in r]
+  synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)
+
+
+def finish_run(config: RunConfig, workdir: str, run_data: rundata.RunData, syn: SynSet,
+               report: dict) -> SynSet:
+  """A distilled run's artifacts: the bias trajectory in weights.json, the SynSet, its plot."""
+  record_bias_trajectory(config, workdir, report)
+  meta = {"dataset": dict(run_data.train.meta), "config": config.to_dict(),
+          "method": text.method_name(config), "ipc": config.ipc,
+          "preprocessing": "per-channel normalisation with the training set's mean/std",
+          "distill_model": models.spec_of(models.ConvNet(run_data.num_classes, depth=config.depth,
+                                                         width=config.width)),
+          "eval_protocol": config.eval_protocol, "code_version": version.code_version(),
+          "class_names": list(run_data.train.class_names)}
+  if config.method == "mtt":  # the learned student lr and the experts the set was matched to
+    rows = metrics_log.read_metrics(os.path.join(workdir, "metrics.jsonl"), config.iterations)
+    lrs = [r["syn_lr"] for r in rows if "syn_lr" in r]
+    meta["syn_lr"] = lrs[-1] if lrs else config.lr_teacher
+    with open(os.path.join(workdir, "buffer.json")) as f:
+      meta["expert_buffer"] = json.load(f)["digest"]
+  synset.save(os.path.join(workdir, "synset"), syn, meta, mean=run_data.mean, std=run_data.std)
+  plots_lib.plot_synset(syn, run_data.mean, run_data.std,
+                        os.path.join(workdir, "plots", "synset.png"),
+                        class_names=run_data.train.class_names,
+                        title=f"{meta['method']} {config.dataset} ratio={config.conflict_ratio} "
+                              f"ipc={config.ipc}")
+  return syn
+
+
+@rundir.under_policy
+@rundir.locked
+def run(config: RunConfig, workdir: str, *, progress: bool = True,
+        stop_after: int | None = None, reevaluate: bool = False,
+        show: bool | None = None, buffer_dir: str | None = None) -> dict:
+  """One full run (see :mod:`jaxdd.runs`). Returns the evaluation summary.
+
+  Example:
+    >>> from jaxdd import config, runs
+    >>> cfg = config.get_config("smoke", weighting="kde")        # doctest: +SKIP
+    >>> summary = runs.run(cfg, "runs/smoke-kde")                # doctest: +SKIP
+    >>> summary["mean"]["conflicting"]                           # doctest: +SKIP
+  """
+  show = progress if show is None else show
+  validate(config)
+  rundir.check_workdir(config, workdir)
+  stored = rundir.stored_eval(config, workdir)
+  if stored is not None and not reevaluate and stop_after is None:
+    progress_lib.logger.info("%s: this run is complete; showing its stored results "
+                             "(--reevaluate evaluates it again)", workdir)
+    if show:
+      print(f"{workdir}: complete (stored in eval.json)\n" + text.format_stored(stored))
+    return stored
+  # Data errors (bad ratio, missing source) surface before anything is written.
+  progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
+                           config.conflict_ratio)
+  run_data = rundata.RunData(config)
+  rundata.check_models(config, run_data)
+  run_data.test  # a bad test split is found now, not after the distillation  # noqa: B018
+  syn = distill_stage(config, workdir, run_data=run_data, progress=progress,
+                      stop_after=stop_after, buffer_dir=buffer_dir)
+  if syn is None:
+    return {"stopped_at": stop_after}
+  k_eval = keys.run_keys(config)[2]
+  model = models.get(config.eval_model, num_classes=run_data.num_classes)
+  result = evaluate.evaluate_synset(k_eval, SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
+                             run_data.batch(run_data.test), model=model,
+                             protocol=config.eval_protocol, num_models=config.num_eval_models,
+                             progress=progress)
+  result = dataclasses.replace(result, method=text.method_name(config))
+  summary = result.summary()
+  summary.update(method=text.method_name(config), config=config.to_dict(),
+                 digest=config.digest())
+  synset.atomic_write_json(os.path.join(workdir, "eval.json"), summary)
+  if show:
+    print(result.format_table())
+  return summary

@@ -1,0 +1,24 @@
+"""The surrogate stage of a run: the SupCon surrogate and its embeddings."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxdd import surrogate
+from jaxdd.config import RunConfig
+from jaxdd.runs import rundata
+
+
+def surrogate_artifact(config: RunConfig, run_data: rundata.RunData, key: jax.Array,
+                       progress: bool = True) -> surrogate.SurrogateArtifact:
+  """Trains (or loads from the cache) the run's SupCon surrogate (params and embeddings)."""
+  cfg = config.surrogate  # a step budget (the cpu preset) is resolved for the data size
+  train = run_data.train
+  return surrogate.load_or_train(key, dict(train.meta), train.images, train.labels, config=cfg,
+                                 progress=progress)
+
+
+def surrogate_embeddings(config: RunConfig, run_data: rundata.RunData, key: jax.Array,
+                         progress: bool = True) -> np.ndarray:
+  """Trains (or loads from the cache) the SupCon surrogate; returns (N, 128) embeddings."""
+  return np.asarray(surrogate_artifact(config, run_data, key, progress).embeddings)

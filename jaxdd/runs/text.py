@@ -1,0 +1,50 @@
+"""The text a run prints and writes: method names, stored results, the comparison table."""
+from __future__ import annotations
+
+from jaxdd.config import RunConfig
+
+
+def method_name(config: RunConfig) -> str:
+  """``dm``, ``dsa`` or ``dc``, with ``+kde`` (or ``+oracle``) for the reweighted variant."""
+  return config.method + ("" if config.weighting == "none" else f"+{config.weighting}")
+
+
+def format_stored(summary: dict) -> str:
+  """Mean ± std over networks of a stored ``eval.json``, one metric per line."""
+  lines = [f"method {summary.get('method', '?')}"]
+  for m, v in summary["mean"].items():
+    lines.append(f"{m.replace('_', ' '):<14}{100 * v:9.2f}{100 * summary['std'][m]:8.2f}")
+  return "\n".join(lines)
+
+
+def format_comparison(results: dict[str, dict], config: RunConfig, *,
+                      train_aligned_fraction: float | None = None,
+                      reference: dict | None = None) -> str:
+  """The markdown table of ``comparison.md``; accuracies are mean ± std over networks.
+
+  The bias score column is the % of a SynSet's images that a bias-attribute
+  classifier finds carrying their class's aligned bias
+  (:func:`jaxdd.diagnostics.bias_score`); "–" where none was computed.
+  ``reference`` (``true_aligned_fraction``, ``bias_aligned_fraction``): what the
+  classifier reads on held-out real images of known composition, the score's yardstick.
+  """
+  head = (f"{config.dataset}, conflict ratio {config.conflict_ratio}, IPC {config.ipc}, "
+          f"preset {config.preset}, seed {config.seed}, eval protocol {config.eval_protocol}, "
+          f"{config.num_eval_models} models")
+  if train_aligned_fraction is not None:
+    head += f"; {100 * train_aligned_fraction:.1f} % of the training images are bias-aligned"
+  if reference is not None:
+    head += (f"; the bias classifier reads held-out real images "
+             f"({100 * reference['true_aligned_fraction']:.1f} % aligned) as "
+             f"{100 * reference['bias_aligned_fraction']:.1f} % aligned")
+  lines = [head, "",
+           "| method | overall | bias-aligned | bias-conflicting | worst group | "
+           "bias score (aligned %) |",
+           "|---|---|---|---|---|---|"]
+  for name, r in results.items():
+    cells = [f"{100 * r['mean'][m]:.1f} ± {100 * r['std'][m]:.1f}"
+             for m in ("overall", "aligned", "conflicting", "worst_group")]
+    score = r.get("bias_score")
+    cells.append("–" if score is None else f"{100 * score['aligned_fraction']:.1f}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
