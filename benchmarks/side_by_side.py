@@ -6,7 +6,8 @@ measured process builds the ``cpu`` preset's DM + KDE distiller for the embedded
 ``jaxdd distill --preset cpu`` does, with random surrogate embeddings in place of trained ones,
 which changes no shape), compiles it, then times ``--steps`` calls of its step; and it trains
 the ``cpu`` protocol's 5 evaluation networks on a random IPC-10 SynSet twice (the first call
-compiles), timing the second. Printed: one JSON line per process, then per checkout the
+compiles), timing the second (the ``cpu`` protocol shortened to ``--eval-epochs``: the same
+compiled epoch). Printed: one JSON line per process, then per checkout the
 median over repeats of the seconds per DM step and per evaluation epoch, and the ratios B / A.
 
   python benchmarks/side_by_side.py --a ../old-checkout --b . --repeats 5
@@ -14,6 +15,7 @@ median over repeats of the seconds per DM step and per evaluation epoch, and the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -31,7 +33,7 @@ def _distiller(config, num_classes, kde_config):
     return pipeline.make_distiller(config, num_classes, kde_config)
 
 
-def _child(steps: int) -> dict:
+def _child(steps: int, eval_epochs: int) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -63,8 +65,9 @@ def _child(steps: int) -> dict:
                      jnp.repeat(jnp.arange(nc), cfg.ipc))
   test = jaxdd.Batch(jnp.asarray(x[:500]), jnp.asarray(ds.labels[:500]), jnp.asarray(ds.bias[:500]))
   model = models.get(cfg.eval_model, num_classes=nc)
-  protocol = jaxdd.get_protocol(cfg.eval_protocol)
-  kwargs = dict(model=model, protocol=cfg.eval_protocol, num_models=cfg.num_eval_models)
+  # The cpu protocol with fewer epochs: the same compiled epoch, timed over eval_epochs + 1.
+  protocol = dataclasses.replace(jaxdd.get_protocol(cfg.eval_protocol), epochs=eval_epochs)
+  kwargs = dict(model=model, protocol=protocol, num_models=cfg.num_eval_models)
   jaxdd.evaluate_synset(jax.random.key(3), syn, test, **kwargs)
   t0 = time.perf_counter()
   jaxdd.evaluate_synset(jax.random.key(3), syn, test, **kwargs)
@@ -78,10 +81,12 @@ def main() -> int:
   p.add_argument("--b", required=True, help="checkout B (the change)")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--steps", type=int, default=30, help="timed DM steps per process")
+  p.add_argument("--eval-epochs", type=int, default=2,
+                 help="epochs of each timed evaluation (the cpu protocol's, shortened)")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.child:
-    print(json.dumps(_child(args.steps)))
+    print(json.dumps(_child(args.steps, args.eval_epochs)))
     return 0
   rows = {"a": [], "b": []}
   for r in range(args.repeats):
@@ -89,7 +94,8 @@ def main() -> int:
       root = os.path.abspath(getattr(args, name))
       env = dict(os.environ, PYTHONPATH=root, JAXDD_COMPILE_CACHE="0")
       out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--a", root,
-                            "--b", root, "--steps", str(args.steps)], env=env, cwd=root,
+                            "--b", root, "--steps", str(args.steps),
+                            "--eval-epochs", str(args.eval_epochs)], env=env, cwd=root,
                            capture_output=True, text=True, check=True)
       row = json.loads(out.stdout.strip().splitlines()[-1])
       rows[name].append(row)
