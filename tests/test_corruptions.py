@@ -7,10 +7,8 @@ closed-form statistics, and monotonicity in severity.
 from __future__ import annotations
 
 import colorsys
-import importlib.util
 import io
 import math
-import pathlib
 
 import jax
 import numpy as np
@@ -18,18 +16,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from jaxdd.data import corruptions as C
+from jaxdd.data.corruptions import api, cv2ops, filters, noise_blur
 
-def _load():
-  # Loaded by path, so these tests do not depend on jaxdd/data/__init__.py
-  # (owned by the dataset builders).
-  path = pathlib.Path(__file__).resolve().parents[1] / "jaxdd" / "data" / "corruptions.py"
-  spec = importlib.util.spec_from_file_location("jaxdd_corruptions_under_test", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-C = _load()
 ALL = C.TYPE0 + C.TYPE1
 RANDOM = {"snow", "frost", "fog", "spatter", "elastic", "gaussian_noise",
           "shot_noise", "impulse_noise", "speckle_noise", "glass_blur",
@@ -107,7 +96,7 @@ def test_per_image_randomness_independent_of_batch_and_chunking(name, monkeypatc
   # Image i's result depends only on (key, i, image i).
   np.testing.assert_array_equal(C.corrupt(KEY, x[:2], name, severity=5), full[:2])
   # Internal chunking does not change the result.
-  monkeypatch.setattr(C, "_CHUNK", 2)
+  monkeypatch.setattr(api, "_CHUNK", 2)
   np.testing.assert_array_equal(C.corrupt(KEY, x, name, severity=5), full)
   # Different images of one call get different randomness.
   same = np.repeat(x[:1], 2, axis=0)
@@ -336,7 +325,7 @@ def test_glass_shuffle_matches_sequential_swaps():
           dx, dy = offsets[n, it, i, j]
           a, b = ref[n, h, w].copy(), ref[n, h + dy, w + dx].copy()
           ref[n, h, w], ref[n, h + dy, w + dx] = b, a
-  out = C._glass_shuffle(q.copy(), offsets, delta)
+  out = noise_blur._glass_shuffle(q.copy(), offsets, delta)
   np.testing.assert_array_equal(out, ref)
   # A shuffle only permutes pixels.
   np.testing.assert_array_equal(np.sort(out.reshape(3, -1, 3), axis=1),
@@ -347,7 +336,7 @@ def test_motion_blur_kernel_impulse_response():
   img = np.zeros((2, 21, 21, 1))
   img[:, 10, 10] = 1.0
   radius, sigma = 6, 2.0
-  out = C._motion_blur(img, radius, sigma, np.array([0.0, 90.0]))
+  out = filters._motion_blur(img, radius, sigma, np.array([0.0, 90.0]))
   taps = np.arange(13)
   k = np.exp(-taps ** 2 / (2 * sigma ** 2))
   k /= k.sum()
@@ -359,7 +348,7 @@ def test_motion_blur_kernel_impulse_response():
   assert np.abs(np.delete(out[1, :, :, 0], 10, axis=1)).max() == 0
   # Mass is preserved where no tap leaves the image (edge replication elsewhere).
   flat = np.full((1, 21, 21, 1), 0.3)
-  np.testing.assert_allclose(C._motion_blur(flat, 9, 2.5, np.array([30.0])), 0.3)
+  np.testing.assert_allclose(filters._motion_blur(flat, 9, 2.5, np.array([30.0])), 0.3)
 
 
 def test_zoom_blur_matches_direct_scipy_zoom():
@@ -421,7 +410,7 @@ def test_elastic_sampler_matches_map_coordinates():
   ys = rng.uniform(-3, 12, (2, 9, 11))
   xs = rng.uniform(-3, 14, (2, 9, 11))
   for mode in ("mirror", "reflect"):
-    out = C._sample(x, ys, xs, mode)
+    out = filters._sample(x, ys, xs, mode)
     for n in range(2):
       for ch in range(3):
         ref = ndimage.map_coordinates(x[n, :, :, ch], [ys[n], xs[n]], order=1, mode=mode)
@@ -488,31 +477,31 @@ def test_spatter_liquid_adds_water_and_mud_blends_towards_brown():
 def test_canny_and_equalize_hist_helpers():
   img = np.zeros((1, 12, 12), np.uint8)
   img[:, :, 6:] = 200
-  edges = C._canny(img, 50, 150)
+  edges = cv2ops._canny(img, 50, 150)
   cols = np.unique(np.nonzero(edges[0])[1])
   assert set(cols) <= {5, 6} and edges[0].any(axis=1).all()  # one thin vertical edge
-  assert not C._canny(np.full((1, 12, 12), 90, np.uint8), 50, 150).any()
+  assert not cv2ops._canny(np.full((1, 12, 12), 90, np.uint8), 50, 150).any()
   h = np.array([[0, 0, 10], [10, 10, 20], [20, 250, 250]], np.uint8)
   # cv2 definition: lut(v) = round(255 * (cdf(v) - cdf(min)) / (N - cdf(min))),
   # here cdf = 2, 5, 7, 9 -> 0, 109.29, 182.14, 255.
   ref = np.array([[0, 0, 109], [109, 109, 182], [182, 255, 255]], np.uint8)
-  np.testing.assert_array_equal(C._equalize_hist(h), ref)
+  np.testing.assert_array_equal(cv2ops._equalize_hist(h), ref)
 
 
 def test_canny_does_not_mix_images_of_a_batch():
   step = np.zeros((12, 12), np.uint8)
   step[:, 6:] = 200
   batch = np.stack([step, np.full((12, 12), 90, np.uint8), step.T])
-  edges = C._canny(batch, 50, 150)
+  edges = cv2ops._canny(batch, 50, 150)
   assert not edges[1].any()
-  np.testing.assert_array_equal(edges[0], C._canny(step[None], 50, 150)[0])
-  np.testing.assert_array_equal(edges[2], C._canny(step.T[None], 50, 150)[0])
+  np.testing.assert_array_equal(edges[0], cv2ops._canny(step[None], 50, 150)[0])
+  np.testing.assert_array_equal(edges[2], cv2ops._canny(step.T[None], 50, 150)[0])
 
 
 def test_chamfer_distance_transform_weights():
   zero = np.zeros((2, 9, 9), bool)
   zero[0, 4, 4] = True  # one seed in image 0, none in image 1
-  d = C._distance_transform_5x5(zero)
+  d = cv2ops._distance_transform_5x5(zero)
   # cv2 DIST_L2 / mask 5: steps (0,1) -> 1, (1,1) -> 1.4, (1,2) -> 2.1969,
   # in 16.16 fixed point (cvRound(w * 65536) / 65536).
   diag, knight = round(1.4 * 65536) / 65536, round(2.1969 * 65536) / 65536

@@ -97,7 +97,7 @@ def test_auto_threshold_shows_progress_for_large_builds(caplog, monkeypatch, log
 
 def test_corruption_progress_counts_every_chunk_and_changes_nothing(caplog, monkeypatch,
                                                                    log_every_update):
-  monkeypatch.setattr(corruptions, "_CHUNK", 3)
+  monkeypatch.setattr(corruptions.api, "_CHUNK", 3)
   src = grey_source(n_train=50, n_test=40, shape=(8, 8), channels=3, seed=1)
   kw = dict(split="test", conflict_ratio=0.1, severity=1, seed=0, source=src, cache=False)
   with caplog.at_level(logging.INFO, logger="jaxdd"):

@@ -17,7 +17,7 @@ from jaxdd import progress as progress_lib
 from jaxdd._src import io as _io
 
 # ----------------------------------------------------------------------------
-# Validation and hashing helpers (shared with biased.py).
+# Validation and hashing helpers (shared with the dataset builders).
 # ----------------------------------------------------------------------------
 
 

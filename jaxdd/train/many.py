@@ -1,0 +1,246 @@
+"""Many networks in one compiled program: :func:`train_models`, :func:`train_fresh`, prediction.
+
+Example:
+  >>> resolve_parallel("map")
+  'map'
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdd import policy
+from jaxdd import progress as progress_lib
+from jaxdd._src import checks, winograd
+from jaxdd.protocols import Protocol, get_protocol
+from jaxdd.structs import SynSet
+from jaxdd.tasks import TrainMetrics, TrainTask, standard_task
+from jaxdd.train.host import _auto_by_policy
+from jaxdd.train.single import _EPOCH_SINK, _train
+
+
+PARALLEL = ("auto", "vmap", "map")
+
+
+def resolve_parallel(parallel: str) -> str:
+  """``"auto"`` -> the active policy's (:mod:`jaxdd.policy`): ``"map"`` on CPU,
+  ``"vmap"`` elsewhere (see :func:`train_models`).
+
+  Args:
+    parallel: ``"auto"``, ``"vmap"`` or ``"map"``.
+
+  Returns:
+    ``"vmap"`` or ``"map"``.
+
+  Example:
+    >>> resolve_parallel("vmap")
+    'vmap'
+  """
+  return _auto_by_policy("parallel", parallel, PARALLEL, "parallel")
+
+
+def _train_single(task: TrainTask, protocol: Protocol):
+  """Jitted trainer of one network: (key, lr, images, labels) -> (params, state, metrics).
+
+  Cached per (task, protocol, active policy) and traced under that policy.
+  """
+  return _train_single_program(task, protocol, policy.current())
+
+
+@functools.lru_cache(maxsize=32)
+def _train_single_program(task: TrainTask, protocol: Protocol, pol: policy.Policy):
+  return jax.jit(policy.pinned(pol, functools.partial(_train, task=task, protocol=protocol)))
+
+
+def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, report: bool = False):
+  """Jitted trainer of a (lrs x models) grid in one program (cached per active policy too).
+
+  ``vmap``: all networks advance together (batched matmuls; convolutions
+  become grouped convolutions). ``map``: a ``lax.map`` over the flattened grid
+  inside the same program, one network at a time. XLA:CPU runs grouped
+  convolutions slower than the same work as separate convolutions (RESULTS.md,
+  "Evaluation: many networks in one program"), so on CPU ``map`` is the faster of the two; accelerators
+  batch well.
+  """
+  return _train_many_cached(task, protocol, parallel, report, policy.current())
+
+
+@functools.lru_cache(maxsize=32)
+def _train_many_cached(task: TrainTask, protocol: Protocol, parallel: str, report: bool,
+                       pol: policy.Policy):
+  single = functools.partial(_train, task=task, protocol=protocol, report=report)
+
+  def many(keys, lrs, images, labels):
+    num_lrs, num_models = lrs.shape[0], keys.shape[0]
+    if parallel == "vmap":
+      return jax.vmap(jax.vmap(single, in_axes=(0, None, None, None)),
+                      in_axes=(None, 0, None, None))(keys, lrs, images, labels)
+    flat_keys = keys[jnp.tile(jnp.arange(num_models), num_lrs)]
+    flat_lrs = jnp.repeat(lrs, num_models)
+    out = jax.lax.map(lambda kl: single(kl[0], kl[1], images, labels), (flat_keys, flat_lrs))
+    return jax.tree.map(lambda a: a.reshape((num_lrs, num_models) + a.shape[1:]), out)
+
+  return jax.jit(policy.pinned(pol, many))
+
+
+def predict_block(protocol: Protocol, n: int, parallel: str) -> int:
+  """Images per prediction block: the protocol's ``test_batch_size`` (at most ``n``),
+  and for one-network-at-a-time prediction (``"map"``) at most the active policy's
+  ``predict_block`` (32 on CPU, where small blocks keep
+  activations in cache; predictions are per-sample in eval mode, so the block
+  never changes them).
+
+  Example:
+    >>> predict_block(Protocol("p", epochs=1), 100, "vmap")
+    100
+  """
+  block = min(protocol.test_batch_size, n)
+  cap = policy.current().predict_block
+  if parallel == "map" and cap is not None:
+    block = min(block, cap)
+  return block
+
+
+def _predict_program(task: TrainTask, block: int, parallel: str):
+  """Jitted blocked prediction for stacked networks: (M, ...) -> (M, n) classes.
+
+  Cached per (task, block, parallel, active policy) and traced under that policy.
+  """
+  return _predict_cached(task, block, parallel, policy.current())
+
+
+@functools.lru_cache(maxsize=32)
+def _predict_cached(task: TrainTask, block: int, parallel: str, pol: policy.Policy):
+  def one_model(params, state, blocks):
+    def one_block(xb):
+      with winograd.convs(pol.forward_conv == "winograd"):  # a gradient-free forward
+        return jnp.argmax(task.predict(params, state, xb), -1).astype(jnp.int32)
+    return jax.lax.map(one_block, blocks).reshape(-1)  # (blocks * block,)
+
+  def run(params, state, images):
+    n = images.shape[0]
+    num_blocks = -(-n // block)
+    x = jnp.pad(images, ((0, num_blocks * block - n),) + ((0, 0),) * (images.ndim - 1))
+    x = x.reshape((num_blocks, block) + images.shape[1:])
+    if parallel == "vmap":
+      preds = jax.vmap(one_model, in_axes=(0, 0, None))(params, state, x)
+    else:
+      preds = jax.lax.map(lambda ps: one_model(ps[0], ps[1], x), (params, state))
+    return preds[:, :n]
+  return jax.jit(policy.pinned(pol, run))
+
+
+def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str | Protocol = "dm",
+                lr: float | None = None) -> tuple[dict, TrainMetrics]:
+  """Trains one freshly initialised ``model`` on ``syn`` under ``protocol``.
+
+  The whole run is a single compiled ``lax.scan`` (see the module docstring
+  for the exact schedule). Model ``i`` of :func:`jaxdd.evaluate.evaluate_synset` with key ``k`` is
+  ``train_fresh(jax.random.split(k, num_models)[i], ...)``.
+
+  Args:
+    key: typed PRNG key (init, per-epoch shuffles, augmentation).
+    syn: the training set (any size; also a whole dataset).
+    model: a Flax module (e.g. from :func:`jaxdd.models.get`).
+    protocol: protocol name or :class:`Protocol`.
+    lr: override of ``protocol.lr``.
+
+  Returns:
+    ``(variables, metrics)``: flax variables (``{"params": ..., maybe
+    "batch_stats": ...}``) usable with ``model.apply(variables, x)``, and
+    per-epoch :class:`TrainMetrics` of shape (num_epochs,).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdd import models
+    >>> from jaxdd.structs import SynSet
+    >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
+    >>> v, m = train_fresh(jax.random.key(0), syn,  # doctest: +SKIP
+    ...                    model=models.ConvNet(num_classes=2, width=4), protocol="smoke")
+    >>> m.loss.shape  # doctest: +SKIP
+    (4,)
+  """
+  checks.check_key(key)
+  protocol = get_protocol(protocol)
+  images, labels = checks.check_syn(syn, getattr(model, "num_classes", None), "train_fresh")
+  lr = protocol.lr if lr is None else lr
+  single = _train_single(standard_task(model), protocol)
+  params, state, metrics = single(key, jnp.float32(lr), images, labels)
+  return {"params": params, **state}, metrics
+
+
+def _train_many(key, images, labels, *, task, protocol, num_models, lrs, parallel,
+                progress: bool = False):
+  progress = progress and not progress_lib.is_quiet()
+  many = _train_many_program(task, protocol, resolve_parallel(parallel), progress)
+  keys = jax.random.split(key, num_models)
+  if not progress:
+    return many(keys, jnp.asarray(lrs, jnp.float32), images, labels)
+  # Every network reports each trained epoch (a host callback in the compiled
+  # program); the bar counts network-epochs.
+  bar = progress_lib.bar(len(lrs) * num_models * protocol.num_epochs,
+                         f"evaluate {task.name} ({protocol.name}, {len(lrs) * num_models} "
+                         f"networks x {protocol.num_epochs} epochs)", unit="epoch")
+  _EPOCH_SINK.append(bar)
+  try:
+    out = many(keys, jnp.asarray(lrs, jnp.float32), images, labels)
+    jax.block_until_ready(out)
+    jax.effects_barrier()
+  finally:
+    _EPOCH_SINK.remove(bar)
+    bar.close()
+  return out
+
+
+def train_models(key: jax.Array, syn: SynSet, *, model: nn.Module,
+                 protocol: str | Protocol = "dm", num_models: int = 5,
+                 lrs: Sequence[float] | None = None,
+                 parallel: str = "auto", progress: bool = False) -> tuple[dict, TrainMetrics]:
+  """Trains ``len(lrs) x num_models`` networks in one compiled program.
+
+  Args:
+    key: typed PRNG key; model ``i`` uses ``jax.random.split(key,
+      num_models)[i]`` (the same keys for every lr, so an lr grid is paired).
+    syn: the training set.
+    model: a Flax module.
+    protocol: protocol name or :class:`Protocol`.
+    num_models: networks per lr.
+    lrs: learning-rate grid (default ``(protocol.lr,)``).
+    parallel: how the networks share the program: ``"vmap"`` (batched, the
+      fast choice on GPU/TPU), ``"map"`` (``lax.map``: one after another inside
+      the program; faster on CPU, where XLA runs the grouped convolutions of
+      a vmapped ConvNet slowly, and lighter on memory) or ``"auto"`` (``map``
+      on CPU, else ``vmap``). Results agree up to float rounding.
+    progress: report every trained epoch of every network (a tqdm bar or
+      periodic log lines, see :mod:`jaxdd.progress`); the results are
+      bit-identical with and without it.
+
+  Returns:
+    ``(variables, metrics)`` whose leaves have leading axes ``(len(lrs),
+    num_models)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdd import models
+    >>> from jaxdd.structs import SynSet
+    >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
+    >>> v, m = train_models(jax.random.key(0), syn, model=models.ConvNet(num_classes=2, width=4),
+    ...                     protocol="smoke", num_models=3, lrs=[0.01, 0.1])  # doctest: +SKIP
+    >>> m.acc.shape  # doctest: +SKIP
+    (2, 3, 4)
+  """
+  checks.check_key(key)
+  protocol = get_protocol(protocol)
+  if not isinstance(num_models, int) or num_models < 1:
+    raise ValueError(f"num_models must be a positive int, got {num_models!r}")
+  images, labels = checks.check_syn(syn, getattr(model, "num_classes", None), "train_models")
+  params, state, metrics = _train_many(key, images, labels, task=standard_task(model),
+                                       protocol=protocol, num_models=num_models,
+                                       lrs=checks.check_lrs(lrs, protocol), parallel=parallel,
+                                       progress=progress)
+  return {"params": params, **state}, metrics
+
