@@ -302,11 +302,11 @@ def whole_class_weights(labels: Any, log_density: np.ndarray | None, num_classes
   vanilla method, ``config`` unused).
 
   Example:
-    >>> whole_class_weights([0, 0, 0, 1], None, 2).tolist()
-    [0.3333333432674408, 0.3333333432674408, 0.3333333432674408, 1.0]
+    >>> whole_class_weights([0, 0, 0, 1], None, 2)
+    array([0.33333334, 0.33333334, 0.33333334, 1.        ], dtype=float32)
     >>> w = whole_class_weights([0, 0, 1], np.log([0.5, 0.25, 1.0]), 2,
     ...                         KDEConfig(temperature=1.0))
-    >>> np.round(w, 4).tolist()
+    >>> [round(float(v), 4) for v in w]
     [0.3333, 0.6667, 1.0]
   """
   labels = np.asarray(labels)
