@@ -1,14 +1,14 @@
-"""jaxdd.kde timings: class-scope log-density and the per-batch weights path.
+"""jaxdd.weighting timings: class-scope log-density and the per-batch weights path.
 
 Measures, on N x d unit-sphere embeddings (the data set shared with
 ``kde_numpy.py`` and ``kde_sklearn.py``, same seed -> same points):
 
-* ``kde.log_density``: ``jaxdd.kde.log_density(x, x, variance=v)`` over a
+* ``kde.log_density``: ``jaxdd.weighting.log_density(x, x, variance=v)`` over a
   whole class (default N = 6,000 and 60,000, d = 128, v = 0.1): the
   ``scope='class'`` precomputation. Blocked with a streaming log-sum-exp, so
   memory is O(block x support_block) (numpy
   0.20 s / 31 s and a 2000-row ``lax.map`` 30 s at N = 60,000 for reference).
-* ``kde.weights_batch``: ``jaxdd.kde.weights`` on one sampled batch
+* ``kde.weights_batch``: ``jaxdd.weighting.weights`` on one sampled batch
   (default 256 x 128, ``scope='batch'``), jitted, and ``kde.weights_classes``:
   the same vmapped over ``--classes`` batches at once, as the DM step does.
 
@@ -82,7 +82,7 @@ def main() -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import kde
+  from jaxdd import weighting
 
   meta = {"d": args.d, "variance": args.variance, "block": args.block,
           "support_block": args.support_block or args.block,
@@ -92,9 +92,9 @@ def main() -> None:
 
   if args.sharded:
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    density = functools.partial(kde.log_density_sharded, mesh=mesh)
+    density = functools.partial(weighting.log_density_sharded, mesh=mesh)
   else:
-    density = kde.log_density
+    density = weighting.log_density
 
   def run_density(x, queries=None):
     return density(x if queries is None else queries, x, variance=args.variance,
@@ -121,7 +121,7 @@ def main() -> None:
 
   if args.batch:
     weights = jax.jit(functools.partial(
-        kde.weights, variance=args.variance, temperature=args.temperature,
+        weighting.weights, variance=args.variance, temperature=args.temperature,
         normalize=args.normalize))
     cases = [("kde.weights_batch",
               unit_sphere(args.batch, args.d, args.seed + 1), weights)]

@@ -2,7 +2,7 @@
 
 Measures ``log f(x_i) = log mean_j exp(-|x_i - x_j|^2 / (2 v))`` over all N
 points of an N x d set of unit-sphere embeddings (the same quantity as
-``jaxdd.kde.log_density(x, x, variance=v)``), computed in float32 numpy with
+``jaxdd.weighting.log_density(x, x, variance=v)``), computed in float32 numpy with
 rows in chunks of ``--chunk`` (default 2000): each chunk does one
 ``(chunk, d) @ (d, N)`` BLAS matmul for the distances, then a max-shifted
 log-sum-exp over the row. Peak extra memory is O(chunk x N).

@@ -3,7 +3,7 @@
 ``KernelDensity(bandwidth=sqrt(v), kernel='gaussian').fit(x).score_samples(x)``
 in float64 (sklearn's tree-based evaluation, exact with the default
 ``rtol=0``). sklearn returns a *normalised* log-density, which differs from
-``jaxdd.kde.log_density``'s log mean kernel value by the constant
+``jaxdd.weighting.log_density``'s log mean kernel value by the constant
 ``-(d / 2) log(2 pi v)``; the agreement check removes the offset and prints
 both the observed and the expected one.
 

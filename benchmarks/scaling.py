@@ -8,7 +8,7 @@ point one JSON line appended to ``--out``:
   per class (64, 256, 1024; IPC 10), at the reference configuration of
   ``dm_step.py`` (10 classes of 3x28x28, DSA on, ConvNet-3 width 128). Runs
   ``dm_step.py --child``.
-* ``kde``: the class-scope density of N embeddings (``jaxdd.kde.class_log_density``,
+* ``kde``: the class-scope density of N embeddings (``jaxdd.weighting.class_log_density``,
   10 equal classes of N/10 unit vectors in d = 128, variance 0.1: what a run
   with ``kde_scope='class'`` computes once) for N = 6,000, 60,000 and a
   synthetic 600,000: seconds (median of ``--kde-repeats`` after one warm-up
@@ -69,7 +69,7 @@ def _kde_child(n: int, repeats: int, d: int = 128, variance: float = 0.1) -> Non
   """The measured KDE process: class-scope log-density of n points in 10 classes."""
   import numpy as np
 
-  from jaxdd import kde
+  from jaxdd import weighting
   rng = np.random.default_rng(0)
   z = rng.standard_normal((n, d), dtype=np.float32)  # float32 at once: no float64 transient
   z /= np.linalg.norm(z, axis=1, keepdims=True)
@@ -78,7 +78,7 @@ def _kde_child(n: int, repeats: int, d: int = 128, variance: float = 0.1) -> Non
   times = []
   for _ in range(repeats + 1):  # the first call compiles
     t0 = time.perf_counter()
-    out = kde.class_log_density(z, labels, num_classes=10, variance=variance)
+    out = weighting.class_log_density(z, labels, num_classes=10, variance=variance)
     times.append(time.perf_counter() - t0)
   assert np.isfinite(out).all() and (out <= 1e-6).all()
   med = statistics.median(times[1:])

@@ -27,7 +27,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import evaluate, models, runs, synset
+from jaxdd import evaluate, models, runs, synset, weighting
 from jaxdd.config import RunConfig, get_config
 from jaxdd.runs import weights as weights_lib
 from jaxdd.structs import SynSet
@@ -85,15 +85,14 @@ HYBRIDS = {"hybrid_shares_init_is": "shares", "hybrid_flat_init_is": "flat"}
 def hybrid_log_density(mode: str, config: RunConfig, run_data: runs.RunData
                        ) -> np.ndarray:
   """A "log density" whose power weights at T = 1 (the oracle's form) are the hybrid's weights."""
-  from jaxdd import diagnostics  # noqa: PLC0415
   train, nc = run_data.train, run_data.num_classes
   kde_cfg = config.replace(weighting="kde", init="real", real_sampling="uniform")
   emb = runs.surrogate_embeddings(kde_cfg, run_data, runs.run_keys(kde_cfg)[0],
                                   progress=False)
   labels, bias = np.asarray(train.labels), np.asarray(train.bias)
-  w = diagnostics.class_scope_weights(emb, labels, variance=kde_cfg.kde_variance,
-                                      temperature=kde_cfg.kde_temperature, normalize="power",
-                                      num_classes=nc).astype(np.float64)
+  w = weighting.class_scope_weights(emb, labels, variance=kde_cfg.kde_variance,
+                                    temperature=kde_cfg.kde_temperature, normalize="power",
+                                    num_classes=nc).astype(np.float64)
   out = np.zeros(len(labels))
   for c in range(nc):
     rows = labels == c

@@ -20,7 +20,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxdd import diagnostics, runs, synset
+from jaxdd import runs, synset, weighting
 from jaxdd.config import get_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -86,12 +86,12 @@ def main(argv=None) -> int:
   rows = []
   for v, v_label in variances:
     for t in (float(x) for x in args.temperatures.split(",")):
-      w = diagnostics.class_scope_weights(emb, labels, variance=v, temperature=t,
-                                          normalize="power", num_classes=nc)
-      groups = diagnostics.group_report(w, labels, bias, num_classes=nc)
+      w = weighting.class_scope_weights(emb, labels, variance=v, temperature=t,
+                                        normalize="power", num_classes=nc)
+      groups = weighting.group_report(w, labels, bias, num_classes=nc)
       top_cluster = np.mean([np.bincount(clusters[labels == c], weights=w[labels == c],
                                          minlength=args.clusters).max() for c in range(nc)])
-      report = diagnostics.weight_report(w, labels, aligned, num_classes=nc)["overall"]
+      report = weighting.weight_report(w, labels, aligned, num_classes=nc)["overall"]
       rows.append(dict(variance=v_label, temperature=t,
                        ess=float(np.mean([g["ess"] for g in groups])),
                        top_cluster=float(top_cluster),

@@ -32,8 +32,8 @@ _API = {
     "get_model": ("jaxdd.models", "get"),
     "dsa_augment": ("jaxdd.augment", "dsa"),
     # KDE and surrogate
-    "log_density": ("jaxdd.kde", "log_density"),
-    "kde_weights": ("jaxdd.kde", "weights"),
+    "log_density": ("jaxdd.weighting", "log_density"),
+    "kde_weights": ("jaxdd.weighting", "weights"),
     "supcon_loss": ("jaxdd.surrogate", "supcon_loss"),
     "SurrogateConfig": ("jaxdd.surrogate", "SurrogateConfig"),
     "train_surrogate": ("jaxdd.surrogate", "train_surrogate"),
@@ -48,7 +48,7 @@ _API = {
     "gm": ("jaxdd.distill", "gm"),
     "dc": ("jaxdd.distill", "dc"),
     "Distiller": ("jaxdd.distill", "Distiller"),
-    "KDEConfig": ("jaxdd.kde", "KDEConfig"),
+    "KDEConfig": ("jaxdd.weighting", "KDEConfig"),
     "real_data": ("jaxdd.distill", "real_data"),
     # evaluation: protocols, the trainer, the entry point
     "get_protocol": ("jaxdd.protocols", "get_protocol"),
@@ -73,9 +73,9 @@ __all__ = sorted(_API)
 # (EvalResult) and ``evaluate`` (the entry points).
 # ``policy`` holds the CPU/accelerator layout choices (jaxdd.policy.use pins one).
 _SUBMODULES = ("augment", "baselines", "cli", "data", "debias", "diagnostics",
-               "distill", "evaluate", "kde", "layers", "matching", "metrics", "models",
-               "parallel", "policy", "protocols", "results", "runs", "structs", "surrogate",
-               "synset", "tasks", "train")
+               "distill", "evaluate", "layers", "matching", "metrics", "models", "parallel",
+               "policy", "protocols", "results", "runs", "structs", "surrogate", "synset",
+               "tasks", "train", "weighting")
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from jaxdd import data, distill, models, protocols, surrogate
-from jaxdd import kde as kde_lib
+from jaxdd import weighting
 from jaxdd import policy as policy_lib
 from jaxdd import presets as presets_lib
 from jaxdd._src import checks
@@ -36,7 +36,7 @@ class RunConfig:
 
   The fields are flat, because they are the CLI's flags and the keys of every
   saved ``config.json`` (whose digests name run directories). Each stage's own
-  config is a view built from them: :attr:`kde` (:class:`jaxdd.kde.KDEConfig`),
+  config is a view built from them: :attr:`kde` (:class:`jaxdd.weighting.KDEConfig`),
   :attr:`surrogate` (:class:`jaxdd.surrogate.SurrogateConfig`) and
   :attr:`protocol` (:class:`jaxdd.protocols.Protocol`). Presets live in
   :mod:`jaxdd.presets`.
@@ -129,15 +129,15 @@ class RunConfig:
     validate(self)
 
   @property
-  def kde(self) -> "kde_lib.KDEConfig | None":
+  def kde(self) -> "weighting.KDEConfig | None":
     """The KDE weighting of this run (None for the vanilla method)."""
     if self.weighting == "oracle":
       # w = 1 / (size of the sample's (class, bias) group), normalised: f^(-1/T) with T = 1
-      # and f the group's share of its class (jaxdd.runs.weights.oracle_log_density).
-      return kde_lib.KDEConfig(self.kde_variance, 1.0, "power", "class")
+      # and f the group's share of its class (jaxdd.weighting.oracle_log_density).
+      return weighting.KDEConfig(self.kde_variance, 1.0, "power", "class")
     if self.weighting != "kde":
       return None
-    return kde_lib.KDEConfig(self.kde_variance, self.kde_temperature, self.kde_normalize,
+    return weighting.KDEConfig(self.kde_variance, self.kde_temperature, self.kde_normalize,
                              self.kde_scope)
 
   @property
@@ -293,9 +293,9 @@ def validate(config: RunConfig) -> None:
     raise ValueError(f"ipc must be >= 1, got {config.ipc}")
   if config.checkpoint_every < 1 or config.log_every < 1:
     raise ValueError("checkpoint_every and log_every must be >= 1")
-  kde_lib.KDEConfig(config.kde_variance, config.kde_temperature, config.kde_normalize,
+  weighting.KDEConfig(config.kde_variance, config.kde_temperature, config.kde_normalize,
                     config.kde_scope)
-  kde_lib.check_floor(config.kde_floor, "kde_floor")
+  weighting.check_floor(config.kde_floor, "kde_floor")
   if config.kde_floor and config.weighting != "kde":
     raise ValueError("--kde-floor shapes the KDE weights; use it with --weighting kde (or leave "
                      "it at 0)")

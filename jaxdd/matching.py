@@ -132,7 +132,7 @@ def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedF
     real_embed_fn: optional embedding of the real images in place of
       ``embed_fn`` (see :func:`mean_embeddings`).
     class_scale: optional (C,) factor per class's term (FairDD's synchronized
-      matching, :func:`group_balanced_weights`); None: 1.
+      matching, :func:`jaxdd.weighting.group_balanced_weights`); None: 1.
 
   Returns:
     The scalar loss sum_c scale_c ||weighted real mean - synthetic mean||^2.
@@ -162,40 +162,6 @@ def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedF
     return jnp.sum((real_mean - syn_mean) ** 2)
   per_class = jnp.sum((real_mean - syn_mean) ** 2, axis=tuple(range(1, real_mean.ndim)))
   return jnp.sum(per_class * class_scale)
-
-
-def group_balanced_weights(groups: jax.Array, mask: jax.Array,
-                           num_groups: int) -> tuple[jax.Array, jax.Array]:
-  """FairDD's synchronized matching (Zhou et al. 2025) as weights and a class scale.
-
-  FairDD matches the synthetic mean of a class to the mean of *every* group
-  (bias value) present in the class's real batch: ``sum_g ||m_g - s||^2``. With
-  ``G`` groups present and ``m`` the unweighted average of their means, that
-  equals ``G ||m - s||^2 + sum_g ||m_g - m||^2``, whose second term does not
-  depend on the synthetic images. So the same gradient comes from the DM loss
-  with group-balanced weights ``w_i = 1 / (G n_g(i))`` and the class's term
-  scaled by ``G``; the loss value omits that constant spread of the group means.
-
-  Args:
-    groups: (C, B) integer group (bias) labels of a sampled batch.
-    mask: (C, B) validity mask.
-    num_groups: number of group values.
-
-  Returns:
-    ``(weights, class_scale)``: (C, B) rows summing to 1, and (C,) ``G`` per class.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> w, g = group_balanced_weights(jnp.array([[0, 0, 0, 1]]), jnp.ones((1, 4), bool), 2)
-    >>> [round(float(v), 4) for v in w[0]], float(g[0])
-    ([0.1667, 0.1667, 0.1667, 0.5], 2.0)
-  """
-  onehot = jax.nn.one_hot(groups, num_groups, dtype=jnp.float32) * mask[..., None]
-  counts = onehot.sum(axis=1)  # (C, G)
-  present = (counts > 0).sum(axis=1).astype(jnp.float32)  # (C,)
-  n_own = jnp.take_along_axis(counts, groups, axis=1)  # (C, B)
-  w = jnp.where(mask, 1.0 / (jnp.maximum(present, 1.0)[:, None] * jnp.maximum(n_own, 1.0)), 0.0)
-  return w, present
 
 
 # ---------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_submodule_names_are_modules():
 
 
 def test_public_names_are_unambiguous():
-  from jaxdd import augment, diagnostics, kde
+  from jaxdd import augment, diagnostics, weighting
   # every public name once, and none of them shadows a submodule
   assert len(jaxdd.__all__) == len(set(jaxdd.__all__))
   assert not set(jaxdd.__all__) & set(jaxdd._SUBMODULES)
@@ -54,4 +54,5 @@ def test_public_names_are_unambiguous():
   assert "dsa" not in jaxdd.__all__
   # jaxdd.kde_weights weighs the embeddings it is given; the diagnostics' dataset-wide,
   # scope-dispatching weights have another name
-  assert jaxdd.kde_weights is kde.weights and not hasattr(diagnostics, "kde_weights")
+  assert jaxdd.kde_weights is weighting.weights and not hasattr(diagnostics, "kde_weights")
+  assert not hasattr(weighting, "kde_weights")

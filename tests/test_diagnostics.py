@@ -1,4 +1,5 @@
-"""Tests for jaxdd.diagnostics: AUROC, weight report, histogram, class/batch-scope KDE weights."""
+"""Tests for jaxdd.weighting's diagnostics and scopes: AUROC, weight report, histogram,
+class/batch-scope KDE weights."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdd import diagnostics as D
+from jaxdd import plots
+from jaxdd import weighting as D
 from jaxdd.cli import build_parser
 from jaxdd.runs import diagnose as diagnose_run
 
@@ -106,7 +108,7 @@ def test_plot_weight_histogram_writes_png(tmp_path):
   path = tmp_path / "sub" / "w.png"
   import matplotlib
   backend = matplotlib.get_backend()
-  fig = D.plot_weight_histogram(w, aligned, path, title="test")
+  fig = plots.plot_weight_histogram(w, aligned, path, title="test")
   assert matplotlib.get_backend() == backend  # the global backend is left alone
   ax, = fig.axes
   assert ax.get_title() == "test" and ax.get_xscale() == "log"
@@ -114,12 +116,12 @@ def test_plot_weight_histogram_writes_png(tmp_path):
   labels = [t.get_text() for t in ax.get_legend().get_texts()]
   assert labels[0].startswith(f"aligned (n=90, mean={w[:90].mean():.3g}")
   assert labels[1] == f"conflicting (n=11, mean={w[90:].mean():.3g}, 1 zeros)"
-  assert D.plot_weight_histogram(w, aligned).axes  # no path: nothing written
+  assert plots.plot_weight_histogram(w, aligned).axes  # no path: nothing written
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert sorted(os.listdir(path.parent)) == ["w.png"]  # no temp file left behind
   with pytest.raises(ValueError, match="finite"):
-    D.plot_weight_histogram(-w, aligned, tmp_path / "x.png")
+    plots.plot_weight_histogram(-w, aligned, tmp_path / "x.png")
 
 
 # ---------------------------------------------------------------------------
@@ -263,13 +265,12 @@ def test_diagnose_cli_on_embedded_cmnist(tmp_path):
 
 
 def test_scope_weights_dispatches_on_scope_and_the_sweep_covers_the_grid():
-  from jaxdd import kde
   rng = np.random.default_rng(1)
   z = rng.normal(size=(40, 3)).astype(np.float32)
   y = np.repeat([0, 1], 20)
   aligned = np.arange(40) % 10 != 0
   key = jax.random.key(3)
-  cfg = kde.KDEConfig(0.5, 1.0, "softmax", "batch")
+  cfg = D.KDEConfig(0.5, 1.0, "softmax", "batch")
   np.testing.assert_array_equal(
       D.scope_weights(key, z, y, cfg, num_classes=2, batch_size=8, num_rounds=2),
       D.batch_scope_weights(key, z, y, batch_size=8, variance=0.5, temperature=1.0,

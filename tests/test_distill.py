@@ -131,7 +131,7 @@ def test_updates_are_sgd_momentum_half():
 
 @pytest.mark.parametrize("scope", ["batch", "class"])
 def test_kde_weights_wiring(scope):
-  """With KDE weights, the step's weights equal kde.weights of the sampled batch."""
+  """With KDE weights, the step's weights equal weighting.weights of the sampled batch."""
   x, y = _toy()
   emb = np.random.default_rng(1).normal(size=(len(y), 4)).astype(np.float32)
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)

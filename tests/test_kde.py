@@ -1,4 +1,4 @@
-"""Tests for jaxdd.kde against naive float64 numpy references.
+"""Tests for jaxdd.weighting's densities and weights against naive float64 numpy references.
 
 Tolerances (float32 computation, NT-style table): the squared-distance
 expansion loses about ``eps_f32 * (|x|^2 + |y|^2)`` to cancellation, which the
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from jaxdd import kde
-from jaxdd._src import kde_kernel
+from jaxdd import weighting
+from jaxdd.weighting import kernel
 
 F32_EPS = float(np.finfo(np.float32).eps)
 ATOL = 1e-4
@@ -97,13 +97,13 @@ def test_log_density_matches_numpy_ragged_blocks(variance):
   # block 16 divides neither 37 nor 53; a different support block exercises
   # the streaming log-sum-exp over 8 support blocks.
   for bq, bn in [(16, None), (16, 7)]:
-    got = kde.log_density(queries, support, variance=variance, block_size=bq,
+    got = weighting.log_density(queries, support, variance=variance, block_size=bq,
                           support_block_size=bn)
     assert got.shape == (37,) and got.dtype == jnp.float32
     np.testing.assert_allclose(
         got, _ref_log_density(queries, support, variance), **_tol(variance))
   # Self-included density (the weights' case): same object as both inputs.
-  got = kde.log_density(support, support, variance=variance, block_size=16)
+  got = weighting.log_density(support, support, variance=variance, block_size=16)
   ref = _ref_log_density(support, support, variance)
   assert np.max(np.abs(np.asarray(got) - ref)) < 1e-4
   assert np.all(np.asarray(got) <= 0)  # K <= 1 thanks to the clamp
@@ -113,7 +113,7 @@ def test_log_density_single_block_and_duplicates():
   # Exact duplicates: the expansion would give tiny negative distances; the
   # clamp keeps log k <= 0, so log f of n duplicates is exactly 0.
   x = np.tile(_unit(np.random.default_rng(1), 1, 16), (20, 1))
-  got = kde.log_density(x, x.copy(), variance=1e-6)
+  got = weighting.log_density(x, x.copy(), variance=1e-6)
   np.testing.assert_allclose(got, np.zeros(20), atol=1e-6)
 
 
@@ -125,8 +125,8 @@ def test_log_density_support_mask_equals_unpadded():
   padded = np.concatenate([support, queries[:5], np.zeros((6, 8), np.float32)])
   mask = np.arange(len(padded)) < 29
   for v in [0.01, 0.1]:
-    want = kde.log_density(queries, support, variance=v, block_size=8)
-    got = kde.log_density(queries, padded, variance=v, block_size=8,
+    want = weighting.log_density(queries, support, variance=v, block_size=8)
+    got = weighting.log_density(queries, padded, variance=v, block_size=8,
                           support_mask=jnp.asarray(mask))
     np.testing.assert_allclose(got, want, **_tol(v))
     np.testing.assert_allclose(got, _ref_log_density(queries, padded, v, mask), **_tol(v))
@@ -137,7 +137,7 @@ def test_log_density_far_queries_finite():
   rng = np.random.default_rng(3)
   support = _unit(rng, 10, 4)
   far = np.full((1, 4), 100.0, np.float32)
-  got = np.asarray(kde.log_density(far, support, variance=1e-3))
+  got = np.asarray(weighting.log_density(far, support, variance=1e-3))
   ref = _ref_log_density(far, support, 1e-3)
   assert np.isfinite(got).all()
   np.testing.assert_allclose(got, ref, rtol=1e-5)
@@ -151,8 +151,8 @@ def test_sharded_equals_single_device(axis_type):
   support = jnp.asarray(_unit(rng, 45, 8))
   for q in (48, 37):  # a multiple of 8 and a ragged count
     queries = jnp.asarray(_unit(rng, q, 8))
-    want = kde.log_density(queries, support, variance=0.05, block_size=4)
-    got = kde.log_density_sharded(queries, support, variance=0.05, mesh=mesh,
+    want = weighting.log_density(queries, support, variance=0.05, block_size=4)
+    got = weighting.log_density_sharded(queries, support, variance=0.05, mesh=mesh,
                                   block_size=4)
     np.testing.assert_allclose(got, want, **_tol(0.05))
     if q == 48:
@@ -161,17 +161,17 @@ def test_sharded_equals_single_device(axis_type):
     # log_density itself follows queries that arrive sharded over the mesh.
     if q == 48:
       sharded = jax.device_put(queries, NamedSharding(mesh, P("data")))
-      got2 = kde.log_density(sharded, support, variance=0.05, block_size=4)
+      got2 = weighting.log_density(sharded, support, variance=0.05, block_size=4)
       np.testing.assert_allclose(got2, want, **_tol(0.05))
       if axis_type == AxisType.Explicit:
         # Under jit the sharding is part of the tracer's type.
-        got3 = jax.jit(functools.partial(kde.log_density, block_size=4))(
+        got3 = jax.jit(functools.partial(weighting.log_density, block_size=4))(
             sharded, support, variance=0.05)
         np.testing.assert_allclose(got3, want, **_tol(0.05))
         assert got3.sharding.spec == P("data")
   # Self-included, sharded: the exact-zero diagonal must use global indices.
-  want = kde.log_density(support, support, variance=1e-3, block_size=4)
-  got = kde.log_density_sharded(support, support, variance=1e-3, mesh=mesh,
+  want = weighting.log_density(support, support, variance=1e-3, block_size=4)
+  got = weighting.log_density_sharded(support, support, variance=1e-3, mesh=mesh,
                                 block_size=4)
   np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -181,7 +181,7 @@ def test_sharded_under_jit_matches():
   rng = np.random.default_rng(5)
   queries = jnp.asarray(_unit(rng, 24, 8))
   support = jnp.asarray(_unit(rng, 13, 8))
-  f = jax.jit(functools.partial(kde.log_density_sharded, mesh=mesh,
+  f = jax.jit(functools.partial(weighting.log_density_sharded, mesh=mesh,
                                 block_size=2))
   got = f(queries, support, variance=0.1)
   np.testing.assert_allclose(
@@ -200,7 +200,7 @@ def test_weights_match_numpy(normalize, temperature):
   groups = np.array([0] * 12 + [2] * 11 + [1] * 7)
   rng.shuffle(groups)
   for v in [0.05, 0.5]:
-    got = kde.weights(x, variance=v, temperature=temperature,
+    got = weighting.weights(x, variance=v, temperature=temperature,
                       normalize=normalize, groups=jnp.asarray(groups),
                       block_size=8)
     want = _ref_weights(x, v, temperature, normalize, groups)
@@ -208,7 +208,7 @@ def test_weights_match_numpy(normalize, temperature):
     sums = np.bincount(groups, weights=np.asarray(got, np.float64))
     np.testing.assert_allclose(sums, np.ones(3), atol=1e-6)
   # No groups: one group over everything.
-  got = kde.weights(x, variance=0.1, temperature=temperature,
+  got = weighting.weights(x, variance=0.1, temperature=temperature,
                     normalize=normalize)
   np.testing.assert_allclose(
       got, _ref_weights(x, 0.1, temperature, normalize), rtol=2e-4, atol=1e-7)
@@ -220,7 +220,7 @@ def test_weights_from_log_density_matches_numpy(normalize):
   log_f = np.log(rng.uniform(0.01, 1.0, size=20))
   groups = np.repeat(np.arange(4), 5)
   for t in [0.1, 1.0, 10.0]:
-    got = kde.weights_from_log_density(
+    got = weighting.weights_from_log_density(
         jnp.asarray(log_f, jnp.float32), temperature=t, normalize=normalize,
         groups=jnp.asarray(groups), num_groups=4)
     want = np.zeros(20)
@@ -242,7 +242,7 @@ def test_softmax_overflowing_inverse_density_is_exact():
   t = 1e38
   a = np.exp(u) / t
   want = np.exp(a - a.max()) / np.exp(a - a.max()).sum()
-  got = kde.weights_from_log_density(jnp.asarray(-u, jnp.float32),
+  got = weighting.weights_from_log_density(jnp.asarray(-u, jnp.float32),
                                      temperature=t)
   # exp(u) turns the float32 rounding of u (|u| * eps = 1e-5 relative) into a relative
   # error of a (up to 12), i.e. ~1.3e-4 absolute in each logit; the softmax carries
@@ -255,13 +255,13 @@ def test_weights_extreme_log_densities_finite():
   log_f = jnp.asarray([-1e6, -1e4, -3.0, 0.0, -1e6 + 1], jnp.float32)
   for normalize in ["softmax", "power"]:
     for t in [1e-3, 1.0, 1e3]:
-      w = np.asarray(kde.weights_from_log_density(log_f, temperature=t,
+      w = np.asarray(weighting.weights_from_log_density(log_f, temperature=t,
                                                   normalize=normalize))
       assert np.isfinite(w).all() and (w >= 0).all()
       np.testing.assert_allclose(w.sum(), 1.0, atol=1e-6)
       assert w[0] == w.max()  # the rarest point dominates
   # -inf (zero density) and ties are handled without NaN as well.
-  w = kde.weights_from_log_density(
+  w = weighting.weights_from_log_density(
       jnp.asarray([-jnp.inf, -jnp.inf, -1.0], jnp.float32), normalize="power")
   np.testing.assert_allclose(w, [0.5, 0.5, 0.0])
 
@@ -273,7 +273,7 @@ def test_isolated_points_get_top_weights(normalize):
   dense = centre + 1e-3 * rng.standard_normal((50, 16)).astype(np.float32)
   far = _unit(rng, 3, 16) * 3.0
   x = np.concatenate([dense[:20], far, dense[20:]])  # far rows are 20, 21, 22
-  w = np.asarray(kde.weights(x, variance=0.1, normalize=normalize))
+  w = np.asarray(weighting.weights(x, variance=0.1, normalize=normalize))
   assert set(np.argsort(w)[-3:]) == {20, 21, 22}
   assert w[20:23].min() > 10 * np.delete(w, [20, 21, 22]).max()
 
@@ -288,19 +288,19 @@ def test_weights_finite_in_degenerate_cases(normalize):
   for x in (base, dupes, isolated):
     for v in (1e-6, 0.1):
       for t in (1e-2, 1.0):
-        w = np.asarray(kde.weights(x, variance=v, temperature=t,
+        w = np.asarray(weighting.weights(x, variance=v, temperature=t,
                                    normalize=normalize))
         assert np.isfinite(w).all()
         np.testing.assert_allclose(w.sum(), 1.0, atol=1e-5)
   # At v = 1e-6 every point is alone in its kernel: f = 1/n exactly, uniform.
-  w = kde.weights(base, variance=1e-6, normalize=normalize)
+  w = weighting.weights(base, variance=1e-6, normalize=normalize)
   np.testing.assert_allclose(w, np.full(20, 1 / 20), rtol=1e-5)
   # (Duplicated pairs at distinct indices are not exactly uniform at v = 1e-6:
   # their float32 distance is rounding noise ~1e-7, i.e. ~0.05 in log k. Only
   # finiteness and normalisation are promised there, checked above.)
   # The isolated point has f = 1/21 like the others at v=0.1 only if they are
   # also isolated; here it must get the (shared) top weight.
-  w = np.asarray(kde.weights(isolated, variance=0.1, normalize=normalize))
+  w = np.asarray(weighting.weights(isolated, variance=0.1, normalize=normalize))
   assert w[-1] == w.max()
 
 
@@ -311,10 +311,10 @@ def test_weights_mask_excludes_rows():
   mask = np.ones(18, bool)
   mask[[3, 4, 11]] = False
   for normalize in ["softmax", "power"]:
-    got = np.asarray(kde.weights(
+    got = np.asarray(weighting.weights(
         x, variance=0.2, normalize=normalize, groups=jnp.asarray(groups),
         num_groups=3, mask=jnp.asarray(mask)))
-    want = np.asarray(kde.weights(
+    want = np.asarray(weighting.weights(
         x[mask], variance=0.2, normalize=normalize,
         groups=jnp.asarray(groups[mask]), num_groups=3))
     assert (got[~mask] == 0).all()
@@ -324,24 +324,24 @@ def test_weights_mask_excludes_rows():
 def test_singleton_group_weight_one_and_validate():
   x = _unit(np.random.default_rng(11), 5, 4)
   groups = jnp.asarray([0, 0, 1, 0, 2])
-  w = kde.weights(x, variance=0.1, groups=groups)
+  w = weighting.weights(x, variance=0.1, groups=groups)
   np.testing.assert_allclose(np.asarray(w)[[2, 4]], [1.0, 1.0])
   np.testing.assert_allclose(np.asarray(w)[[0, 1, 3]].sum(), 1.0, rtol=1e-6)
   with pytest.raises(ValueError, match=r"group\(s\) \[1, 2\].*single sample"):
-    kde.weights(x, variance=0.1, groups=groups, validate=True)
+    weighting.weights(x, variance=0.1, groups=groups, validate=True)
   # Masking one of a pair leaves a singleton too.
   with pytest.raises(ValueError, match="single sample"):
-    kde.weights(x[:2], variance=0.1, mask=jnp.asarray([True, False]),
+    weighting.weights(x[:2], variance=0.1, mask=jnp.asarray([True, False]),
                 validate=True)
 
 
 def test_weights_vmap_over_classes_matches_loop():
   rng = np.random.default_rng(12)
   x = rng.standard_normal((3, 10, 5)).astype(np.float32)
-  f = jax.vmap(functools.partial(kde.weights, variance=0.3, temperature=0.7))
+  f = jax.vmap(functools.partial(weighting.weights, variance=0.3, temperature=0.7))
   got = f(jnp.asarray(x))
   for c in range(3):
-    np.testing.assert_allclose(got[c], kde.weights(x[c], variance=0.3,
+    np.testing.assert_allclose(got[c], weighting.weights(x[c], variance=0.3,
                                                    temperature=0.7),
                                rtol=1e-5, atol=1e-8)
 
@@ -358,9 +358,9 @@ def test_class_scope_on_padded_classes_matches_per_class_weights():
   mask = np.arange(9)[None, :] < np.asarray(counts)[:, None]
 
   def per_class(zc, mc):
-    log_f = kde.log_density(zc, zc, variance=0.2, block_size=4,
+    log_f = weighting.log_density(zc, zc, variance=0.2, block_size=4,
                             support_mask=mc)
-    return kde.weights_from_log_density(log_f, temperature=0.5, mask=mc)
+    return weighting.weights_from_log_density(log_f, temperature=0.5, mask=mc)
 
   got = jax.jit(jax.vmap(per_class))(jnp.asarray(z), jnp.asarray(mask))
   for c, k in enumerate(counts):
@@ -375,9 +375,9 @@ def test_jit_traces_once():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(x, groups, v, t):
-    w = kde.weights(x, variance=v, temperature=t, groups=groups, num_groups=2,
+    w = weighting.weights(x, variance=v, temperature=t, groups=groups, num_groups=2,
                     normalize="power")
-    return w, kde.log_density(x, x, variance=v, block_size=4)
+    return w, weighting.log_density(x, x, variance=v, block_size=4)
 
   g = jnp.asarray([0, 1] * 6)
   for v, t in [(0.1, 1.0), (0.3, 0.5), (1.0, 2.0)]:
@@ -389,16 +389,16 @@ def test_jit_traces_once():
   # The eager path caches its compiled core too: a new variance (a traced
   # argument) reuses the executable.
   x = jnp.asarray(_unit(rng, 9, 4))
-  kde.log_density(x, x, variance=0.1, block_size=5)
-  size = kde_kernel.log_density_core._cache_size()
-  kde.log_density(x, x, variance=0.7, block_size=5)
-  assert kde_kernel.log_density_core._cache_size() == size
+  weighting.log_density(x, x, variance=0.1, block_size=5)
+  size = kernel.log_density_core._cache_size()
+  weighting.log_density(x, x, variance=0.7, block_size=5)
+  assert kernel.log_density_core._cache_size() == size
 
 
 def test_bfloat16_inputs_are_upcast():
   x = _unit(np.random.default_rng(14), 12, 4)
   xb = jnp.asarray(x, jnp.bfloat16)
-  got = kde.log_density(xb, xb, variance=0.1)
+  got = weighting.log_density(xb, xb, variance=0.1)
   assert got.dtype == jnp.float32
   ref = _ref_log_density(np.asarray(xb, np.float32), np.asarray(xb, np.float32),
                          0.1)
@@ -414,55 +414,55 @@ def test_bad_inputs_raise():
   nan = x.at[2, 1].set(jnp.nan)
   inf = x.at[0, 0].set(jnp.inf)
   cases = [
-      (lambda: kde.weights(nan, variance=0.1), "NaN; check the surrogate"),
-      (lambda: kde.weights(inf, variance=0.1), "Inf"),
-      (lambda: kde.log_density(nan, x, variance=0.1), "NaN"),
-      (lambda: kde.log_density(x, nan, variance=0.1), "NaN"),
-      (lambda: kde.log_density(x, x[:, :2], variance=0.1), "feature dim"),
-      (lambda: kde.log_density(x[0], x, variance=0.1), r"shape \(n, d\)"),
-      (lambda: kde.log_density(x, x[:0], variance=0.1), "empty"),
-      (lambda: kde.log_density(x, x, variance=0.0), "variance"),
-      (lambda: kde.log_density(x, x, variance=-1.0), "variance"),
-      (lambda: kde.log_density(x, x, variance=float("nan")), "variance"),
-      (lambda: kde.weights(x, variance=-0.1), "variance"),
-      (lambda: kde.log_density(x, x, variance=0.1, block_size=0),
+      (lambda: weighting.weights(nan, variance=0.1), "NaN; check the surrogate"),
+      (lambda: weighting.weights(inf, variance=0.1), "Inf"),
+      (lambda: weighting.log_density(nan, x, variance=0.1), "NaN"),
+      (lambda: weighting.log_density(x, nan, variance=0.1), "NaN"),
+      (lambda: weighting.log_density(x, x[:, :2], variance=0.1), "feature dim"),
+      (lambda: weighting.log_density(x[0], x, variance=0.1), r"shape \(n, d\)"),
+      (lambda: weighting.log_density(x, x[:0], variance=0.1), "empty"),
+      (lambda: weighting.log_density(x, x, variance=0.0), "variance"),
+      (lambda: weighting.log_density(x, x, variance=-1.0), "variance"),
+      (lambda: weighting.log_density(x, x, variance=float("nan")), "variance"),
+      (lambda: weighting.weights(x, variance=-0.1), "variance"),
+      (lambda: weighting.log_density(x, x, variance=0.1, block_size=0),
        "block_size"),
-      (lambda: kde.log_density(x, x, variance=0.1, support_block_size=2.5),
+      (lambda: weighting.log_density(x, x, variance=0.1, support_block_size=2.5),
        "support_block_size"),
-      (lambda: kde.log_density(x, x, variance=0.1,
+      (lambda: weighting.log_density(x, x, variance=0.1,
                                support_mask=jnp.ones(5, bool)), r"\(6,\)"),
-      (lambda: kde.log_density(x, x, variance=0.1,
+      (lambda: weighting.log_density(x, x, variance=0.1,
                                support_mask=jnp.ones(6, jnp.int32)),
        "boolean"),
-      (lambda: kde.log_density(x, x, variance=0.1,
+      (lambda: weighting.log_density(x, x, variance=0.1,
                                support_mask=jnp.zeros(6, bool)),
        "excludes every support row"),
-      (lambda: kde.weights(x, variance=0.1, temperature=0.0), "temperature"),
-      (lambda: kde.weights(x, variance=0.1, normalize="inverse"),
+      (lambda: weighting.weights(x, variance=0.1, temperature=0.0), "temperature"),
+      (lambda: weighting.weights(x, variance=0.1, normalize="inverse"),
        "unknown normalize"),
-      (lambda: kde.weights(x, variance=0.1, groups=jnp.zeros(5, jnp.int32)),
+      (lambda: weighting.weights(x, variance=0.1, groups=jnp.zeros(5, jnp.int32)),
        r"groups must have shape \(6,\)"),
-      (lambda: kde.weights(x, variance=0.1, groups=jnp.zeros(6)),
+      (lambda: weighting.weights(x, variance=0.1, groups=jnp.zeros(6)),
        "integer"),
-      (lambda: kde.weights(x, variance=0.1, groups=jnp.arange(6),
+      (lambda: weighting.weights(x, variance=0.1, groups=jnp.arange(6),
                            num_groups=3), r"\[0, 3\)"),
-      (lambda: kde.weights(x, variance=0.1, groups=-jnp.arange(6)),
+      (lambda: weighting.weights(x, variance=0.1, groups=-jnp.arange(6)),
        "lie in"),
-      (lambda: kde.weights(x, variance=0.1, num_groups=2),
+      (lambda: weighting.weights(x, variance=0.1, num_groups=2),
        "without groups"),
-      (lambda: kde.weights(x, variance=0.1, mask=jnp.ones(7, bool)),
+      (lambda: weighting.weights(x, variance=0.1, mask=jnp.ones(7, bool)),
        r"mask must have shape \(6,\)"),
-      (lambda: kde.weights_from_log_density(jnp.asarray([0.0, jnp.nan])),
+      (lambda: weighting.weights_from_log_density(jnp.asarray([0.0, jnp.nan])),
        "NaN"),
-      (lambda: kde.weights_from_log_density(jnp.zeros((2, 2))), r"\(n,\)"),
-      (lambda: kde.weights_from_log_density(jnp.zeros(3), temperature=-1.0),
+      (lambda: weighting.weights_from_log_density(jnp.zeros((2, 2))), r"\(n,\)"),
+      (lambda: weighting.weights_from_log_density(jnp.zeros(3), temperature=-1.0),
        "temperature"),
-      (lambda: kde.weights_from_log_density(jnp.zeros(3), normalize="max"),
+      (lambda: weighting.weights_from_log_density(jnp.zeros(3), normalize="max"),
        "unknown normalize"),
-      (lambda: kde.log_density_sharded(
+      (lambda: weighting.log_density_sharded(
           x, x, variance=0.1, mesh=jax.make_mesh((8,), ("data",)),
           axis_name="batch"), "not an axis"),
-      (lambda: jax.jit(lambda e, g: kde.weights(e, variance=0.1, groups=g))(
+      (lambda: jax.jit(lambda e, g: weighting.weights(e, variance=0.1, groups=g))(
           x, jnp.zeros(6, jnp.int32)), "num_groups is required"),
   ]
   for fn, match in cases:
@@ -479,7 +479,7 @@ def test_lower_precision_cross_term_stays_within_its_bound(matmul):
   d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
   ref = np.log(np.mean(np.exp(-d2 / (2 * v)), axis=1))  # float64
   xj = jnp.asarray(x, jnp.float32)
-  got = np.asarray(kde.log_density(xj, xj, variance=v, block_size=128, matmul=matmul))
+  got = np.asarray(weighting.log_density(xj, xj, variance=v, block_size=128, matmul=matmul))
   # bfloat16 rounds each input to 8 bits: |x.y| errs by at most about 2^-8 |x||y|, the squared
   # distance by twice that, the log-kernel by that over 2v; the rows are centred first, so
   # |x| <= max centred norm. 'default' on CPU is float32: the float32 tolerance applies.
@@ -489,4 +489,4 @@ def test_lower_precision_cross_term_stays_within_its_bound(matmul):
   f32 = 8 * np.finfo(np.float32).eps * (2 * r2) / (2 * v) + 1e-5 * np.abs(ref).max()
   assert np.abs(got - ref).max() <= bound + f32
   with pytest.raises(ValueError, match="matmul"):
-    kde.log_density(xj, xj, variance=v, matmul="fp8")
+    weighting.log_density(xj, xj, variance=v, matmul="fp8")

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from jaxdd import kde, presets, protocols, runs, surrogate
+from jaxdd import presets, protocols, runs, surrogate, weighting
 from jaxdd.config import get_config, METHOD_PRESETS, PRESETS, RunConfig
 from jaxdd.runs import bias, driver, surrogate_stage
 
@@ -34,7 +34,7 @@ def test_run_config_validates_itself_when_built():
 
 def test_run_config_views_of_each_stage():
   cfg = get_config("cpu", kde_temperature=1.0, kde_scope="class")
-  assert cfg.kde == kde.KDEConfig(0.01, 1.0, "power", "class")
+  assert cfg.kde == weighting.KDEConfig(0.01, 1.0, "power", "class")
   assert cfg.replace(weighting="none").kde is None
   assert cfg.protocol is protocols.PROTOCOLS["cpu"]
   assert cfg.surrogate == surrogate.SurrogateConfig.preset("cpu")
@@ -47,9 +47,9 @@ def test_run_config_views_of_each_stage():
 ])
 def test_kde_config_rejects_bad_knobs(bad, match):
   with pytest.raises(ValueError, match=match):
-    kde.KDEConfig(**bad)
+    weighting.KDEConfig(**bad)
   with pytest.raises(ValueError, match=match):
-    kde.KDEConfig().replace(**bad)
+    weighting.KDEConfig().replace(**bad)
 
 
 def test_surrogate_step_budget_becomes_epochs_per_dataset_size():

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import diagnostics, distill, kde, matching, models, runs
+from jaxdd import distill, matching, models, runs, weighting
 from jaxdd.config import get_config
-from jaxdd.kde import KDEConfig
+from jaxdd.weighting import KDEConfig
 
 
 def _real(log_density, labels, d=4):
@@ -160,12 +160,12 @@ def test_density_floor_raises_each_class_to_its_quantile():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 3, size=200)
   log_f = rng.normal(size=200) * 3 - 5
-  out = kde.floor_log_density(log_f, labels, 0.1, num_classes=3)
+  out = weighting.floor_log_density(log_f, labels, 0.1, num_classes=3)
   for c in range(3):
     rows = labels == c
     floor = _np_quantile(log_f[rows], 0.1)
     np.testing.assert_allclose(out[rows], np.maximum(log_f[rows], floor), rtol=1e-6)
-  np.testing.assert_array_equal(kde.floor_log_density(log_f, labels, 0.0, num_classes=3),
+  np.testing.assert_array_equal(weighting.floor_log_density(log_f, labels, 0.0, num_classes=3),
                                 log_f.astype(np.float32))
   # The weights: the rarest tenth of each class weigh the same (the largest weight), the
   # rest keep their f^(-1/T) ratios.
@@ -178,16 +178,16 @@ def test_density_floor_raises_each_class_to_its_quantile():
   np.testing.assert_allclose(w[i] / w[j], np.exp(-(lf0[i] - lf0[j]) / 0.25), rtol=1e-4)
   for bad in (-0.1, 1.0, float("nan"), True):
     with pytest.raises(ValueError, match="density floor"):
-      kde.floor_log_density(log_f, labels, bad, num_classes=3)
+      weighting.floor_log_density(log_f, labels, bad, num_classes=3)
 
 
 def test_class_log_density_takes_the_floor():
   rng = np.random.default_rng(1)
   z = rng.normal(size=(40, 3)).astype(np.float32)
   labels = np.repeat([0, 1], 20)
-  plain = kde.class_log_density(z, labels, num_classes=2, variance=0.5)
-  floored = kde.class_log_density(z, labels, num_classes=2, variance=0.5, floor=0.2)
-  np.testing.assert_array_equal(floored, kde.floor_log_density(plain, labels, 0.2, num_classes=2))
+  plain = weighting.class_log_density(z, labels, num_classes=2, variance=0.5)
+  floored = weighting.class_log_density(z, labels, num_classes=2, variance=0.5, floor=0.2)
+  np.testing.assert_array_equal(floored, weighting.floor_log_density(plain, labels, 0.2, num_classes=2))
   assert (floored >= plain).all() and (floored > plain).sum() >= 2
 
 
@@ -205,13 +205,13 @@ def test_density_floor_options_are_checked():
 def test_oracle_log_density_balances_the_groups():
   labels = np.array([0] * 10 + [1] * 4)
   bias = np.array([0] * 7 + [1] * 2 + [2] + [1, 1, 1, 0])
-  log_f = runs.oracle_log_density(labels, bias, num_classes=2)
+  log_f = weighting.oracle_log_density(labels, bias, num_classes=2)
   np.testing.assert_allclose(np.exp(log_f[:10]), [0.7] * 7 + [0.2] * 2 + [0.1], rtol=1e-6)
   cfg = get_config("smoke", weighting="oracle").kde
   assert (cfg.temperature, cfg.normalize, cfg.scope) == (1.0, "power", "class")
   real = _real(log_f, labels)
   w = np.asarray(distill.class_weights(real, cfg))
-  report = diagnostics.group_report(np.concatenate([w[0, :10], w[1, :4]]), labels, bias,
+  report = weighting.group_report(np.concatenate([w[0, :10], w[1, :4]]), labels, bias,
                                     num_classes=2)
   for r in report:
     for share in r["shares"].values():
@@ -220,14 +220,14 @@ def test_oracle_log_density_balances_the_groups():
 
 def test_group_report_and_batch_ess_by_hand():
   w = np.array([0.5, 0.25, 0.25, 0.0])
-  r = diagnostics.group_report(w, np.zeros(4, int), np.array([0, 0, 1, 1]), num_classes=1)[0]
+  r = weighting.group_report(w, np.zeros(4, int), np.array([0, 0, 1, 1]), num_classes=1)[0]
   assert r["shares"] == {0: 0.75, 1: 0.25}
   assert r["ess"] == pytest.approx(1 / (0.25 + 0.0625 + 0.0625))
   assert r["counts"] == {0: 2, 1: 2} and r["balanced_share"] == 0.5
   # inside group 0: (0.75)^2 / (0.25 + 0.0625) = 1.8 of 2 images; group 1: one image of 2
   assert r["group_ess"] == {0: pytest.approx(0.9), 1: pytest.approx(0.5)}
   # Batches of the whole class: ESS is the whole class's.
-  ess = diagnostics.batch_ess(jax.random.key(0), w, np.zeros(4, int), batch_size=4,
+  ess = weighting.batch_ess(jax.random.key(0), w, np.zeros(4, int), batch_size=4,
                               num_classes=1)
   assert ess[0] == pytest.approx(r["ess"])
 
@@ -275,7 +275,7 @@ def test_smoke_run_selection_alone_and_diagnostics(tmp_path):
   plain = runs.run_log_density(cfg_k.replace(kde_floor=0.0), run_data, emb)
   np.testing.assert_array_equal(
       runs.run_log_density(cfg_k, run_data, emb),
-      kde.floor_log_density(plain, run_data.train.labels, 0.5, num_classes=run_data.num_classes))
+      weighting.floor_log_density(plain, run_data.train.labels, 0.5, num_classes=run_data.num_classes))
 
 
 def test_fairdd_gradient_equals_matching_every_group_mean():
@@ -298,7 +298,7 @@ def test_fairdd_gradient_equals_matching_every_group_mean():
           total = total + jnp.sum((flat(real[c])[sel].mean(0) - s_mean) ** 2)
     return total
 
-  w, scale = matching.group_balanced_weights(groups, mask, 3)
+  w, scale = weighting.group_balanced_weights(groups, mask, 3)
   np.testing.assert_array_equal(np.asarray(scale), [3.0, 1.0])
   ours = lambda s: matching.dm_loss(jax.random.key(0), s, real, embed_fn=flat, weights=w,
                                     class_scale=scale)

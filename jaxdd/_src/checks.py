@@ -1,7 +1,7 @@
 """Argument checks shared by jaxdd: the NHWC image-batch check, the tracer test,
 the input checks of training and evaluation (:mod:`jaxdd.train`,
 :mod:`jaxdd.evaluate`, :mod:`jaxdd.debias`), and the array checks of the KDE
-boundary (:mod:`jaxdd.kde`: rows, masks, positive scalars and block sizes, finite values).
+boundary (:mod:`jaxdd.weighting`: rows, masks, positive scalars and block sizes, finite values).
 
 :func:`check_images` is the one check of an NHWC image batch (rank, batch
 size, channels, float dtype, finite values). Callers pass the name of the
@@ -250,3 +250,13 @@ def as_mask(name: str, mask, n: int) -> jax.Array:
     raise ValueError(f"{name} must be boolean, got {mask.dtype}; "
                      "pass e.g. `mask.astype(bool)`")
   return mask
+
+
+def check_labels(labels: np.ndarray, num_classes) -> None:
+  """Integer labels in [0, num_classes) with a positive int ``num_classes``."""
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got {labels.dtype}")
+  if not (isinstance(num_classes, (int, np.integer)) and num_classes >= 1):
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}); got [{labels.min()}, {labels.max()}]")

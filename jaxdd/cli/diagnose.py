@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from jaxdd import data, kde, presets
+from jaxdd import data, presets, weighting
 from jaxdd.cli import flags
 from jaxdd.runs import diagnose as diagnose_lib
 
@@ -27,7 +27,7 @@ def floats(text: str) -> tuple[float, ...]:
 
 def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
   """The flags of ``jaxdd diagnose``; the KDE flags are named as in ``jaxdd distill``."""
-  default = kde.KDEConfig()  # the library's defaults, kept by the validation selection
+  default = weighting.KDEConfig()  # the library's defaults, kept by the validation selection
   p.add_argument("--dataset", default="cmnist", choices=sorted(data.DATASETS), metavar="DATASET",
                  help="dataset name (jaxdd.data.load), default cmnist")
   p.add_argument("--conflict-ratio", type=float, default=0.05,
@@ -47,7 +47,7 @@ def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--kde-normalize", dest="kde_normalize", default=default.normalize,
                  choices=("softmax", "power"),
                  help=f"normalisation of the inverse density (default {default.normalize})")
-  p.add_argument("--kde-scope", dest="kde_scope", default=default.scope, choices=kde.SCOPES,
+  p.add_argument("--kde-scope", dest="kde_scope", default=default.scope, choices=weighting.SCOPES,
                  help="density inside sampled per-class batches (paper; default) or over the "
                       "whole class")
   p.add_argument("--batch-size", type=int, default=256, help="real samples per class batch (DM: 256)")

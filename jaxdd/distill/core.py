@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxdd import kde, parallel
+from jaxdd import parallel, weighting
 from jaxdd._src import checks
 from jaxdd.structs import SynSet
 
@@ -43,8 +43,8 @@ class RealData(NamedTuple):
   groups: jax.Array | None = None  # (N,) bias labels, for FairDD's group matching only
 
 
-#: The KDE weighting's settings; owned and validated by :mod:`jaxdd.kde`.
-KDEConfig = kde.KDEConfig
+#: The KDE weighting's settings; owned and validated by :mod:`jaxdd.weighting`.
+KDEConfig = weighting.KDEConfig
 
 
 class DistillState(NamedTuple):
@@ -138,8 +138,8 @@ def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=
   return parallel.put(data, mesh)
 
 
-#: Log density of every sample within its class (scope 'class'); see :mod:`jaxdd.kde`.
-class_log_density = kde.class_log_density
+#: Log density of every sample within its class (scope 'class'); see :mod:`jaxdd.weighting`.
+class_log_density = weighting.class_log_density
 
 
 def sample_per_class(key: jax.Array, index: ClassIndex, n: int) -> tuple[jax.Array, jax.Array]:
@@ -165,24 +165,13 @@ def sample_per_class(key: jax.Array, index: ClassIndex, n: int) -> tuple[jax.Arr
 
 def batch_weights(real: RealData, rows: jax.Array, mask: jax.Array,
                   config: KDEConfig | None) -> jax.Array:
-  """(C, B) weights of a sampled batch: uniform over valid rows, or KDE-based."""
-  if config is None:
-    uniform = mask.astype(jnp.float32)
-    return uniform / uniform.sum(axis=1, keepdims=True)
-  if config.scope == "batch":
-    if real.embeddings is None:
-      raise ValueError("KDE scope 'batch' needs surrogate embeddings: pass embeddings= to real_data")
-    emb = real.embeddings[rows]
-    return jax.vmap(lambda e, m: kde.weights(e, variance=config.variance, temperature=config.temperature,
-                                             normalize=config.normalize, mask=m))(emb, mask)
-  if config.scope == "class":
-    if real.log_density is None:
-      raise ValueError("KDE scope 'class' needs per-class log densities: pass log_density= to "
-                       "real_data (see class_log_density)")
-    log_f = real.log_density[rows]
-    return jax.vmap(lambda lf, m: kde.weights_from_log_density(
-        lf, temperature=config.temperature, normalize=config.normalize, mask=m))(log_f, mask)
-  raise ValueError(f"unknown KDE scope {config.scope!r}; use 'batch' or 'class'")
+  """(C, B) weights of a sampled batch: uniform over valid rows, or KDE-based.
+
+  :func:`jaxdd.weighting.batch_weights` on ``real``'s embeddings (scope 'batch')
+  or whole-class log densities (scope 'class').
+  """
+  return weighting.batch_weights(rows, mask, config, embeddings=real.embeddings,
+                                 log_density=real.log_density)
 
 
 #: How a step draws its real batch: 'uniform' (the reference: ``real_per_class``
@@ -199,18 +188,12 @@ INITS = ("real", "weighted", "noise")
 def class_weights(real: RealData, config: KDEConfig) -> jax.Array:
   """(C, M) weights of every row of each class over the WHOLE class (padding gets 0).
 
-  From ``real.log_density`` (the per-class density of :func:`class_log_density`),
-  normalised with ``config``'s temperature and normalisation, whatever its
-  scope: this is the distribution that ``init='weighted'`` and
-  ``real_sampling='weighted'`` draw from. Each row sums to 1.
+  :func:`jaxdd.weighting.class_weights` of ``real.log_density`` (the per-class
+  density of :func:`class_log_density`) over ``real``'s class index: the
+  distribution that ``init='weighted'`` and ``real_sampling='weighted'`` draw
+  from. Each row sums to 1.
   """
-  if real.log_density is None:
-    raise ValueError("weighted initialisation or sampling needs the whole-class log densities: "
-                     "pass log_density= to real_data (see class_log_density)")
-  valid = jnp.arange(real.index.indices.shape[1])[None, :] < real.index.counts[:, None]
-  log_f = jnp.asarray(real.log_density)[real.index.indices]
-  return jax.vmap(lambda lf, m: kde.weights_from_log_density(
-      lf, temperature=config.temperature, normalize=config.normalize, mask=m))(log_f, valid)
+  return weighting.class_weights(real.log_density, real.index.indices, real.index.counts, config)
 
 
 def sample_weighted(key: jax.Array, real: RealData, n: int,
@@ -262,7 +245,7 @@ def _check_sampling(init: str, sampling: str, config: KDEConfig | None) -> None:
 def _check_kde(config: KDEConfig | None) -> None:
   """A KDEConfig validated itself when it was built; only its type is checked here."""
   if config is not None and not isinstance(config, KDEConfig):
-    raise ValueError(f"kde_config must be a jaxdd.kde.KDEConfig or None, got {config!r}")
+    raise ValueError(f"kde_config must be a jaxdd.weighting.KDEConfig or None, got {config!r}")
 
 
 def weighted_init_rows(key: jax.Array, real: RealData, ipc: int,

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxdd import matching, parallel, policy
+from jaxdd import matching, parallel, policy, weighting
 from jaxdd._src import checks, winograd
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _BoundStep,
                                 _check_kde, _check_sampling, _chunk, _floating_dtype, _KDEKnobs,
@@ -58,7 +58,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     group_matching: None, or the number of bias values: FairDD's synchronized
       matching (Zhou et al. 2025), the synthetic mean of a class matched to the
       mean of every bias group in the class's real batch
-      (:func:`jaxdd.matching.group_balanced_weights`). Uses the TRUE bias labels
+      (:func:`jaxdd.weighting.group_balanced_weights`). Uses the TRUE bias labels
       (``real.groups``); a reference method, not a reweighting; excludes
       ``kde_config``.
     mesh, class_axis, batch_axis: optional mesh; the sampled real batch
@@ -146,8 +146,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     if group_matching is not None:
       if real.groups is None:
         raise ValueError("group_matching needs the bias labels: pass groups= to real_data")
-      weights, class_scale = matching.group_balanced_weights(real.groups[rows], mask,
-                                                             group_matching)
+      weights, class_scale = weighting.group_balanced_weights(real.groups[rows], mask,
+                                                              group_matching)
     real_images = parallel.constrain(real.images[rows], mesh, real_spec)
     syn_batch = parallel.constrain(
         syn_images.reshape((num_classes, ipc) + syn_images.shape[1:]), mesh, syn_spec)

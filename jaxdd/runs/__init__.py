@@ -97,7 +97,6 @@ from jaxdd.runs.text import format_comparison, format_stored, method_name
 from jaxdd.runs.version import code_version
 from jaxdd.runs.weights import (
                                 format_weight_summary,
-                                oracle_log_density,
                                 run_log_density,
                                 weight_diagnostics,
                                 whole_class_weights,
@@ -112,7 +111,7 @@ __all__ = [
     "baseline_keys", "run_keys", "seed_keys", "expert_key", "code_version",
     "workdir_lock", "locked", "under_policy",
     "surrogate_artifact", "surrogate_embeddings",
-    "oracle_log_density", "run_log_density", "whole_class_weights", "weight_diagnostics",
+    "run_log_density", "whole_class_weights", "weight_diagnostics",
     "format_weight_summary",
     "build_expert_buffer", "expert_buffer", "expert_spec", "expert_weights", "expert_run_epochs",
     "default_buffer_dir", "EXPERT_BATCH",

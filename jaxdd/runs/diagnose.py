@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jaxdd import data, diagnostics, kde, surrogate
+from jaxdd import data, plots, surrogate, weighting
 from jaxdd._src import io as io_lib
 
 #: The sweep's kernel variances and temperatures (``--sweep-variances``, ``--sweep-temperatures``).
@@ -66,23 +66,23 @@ def _surrogate(args, ds, key: jax.Array):
   return cfg, art, seconds, emb
 
 
-def _weights(args, ds, emb: np.ndarray, default: kde.KDEConfig, key: jax.Array):
+def _weights(args, ds, emb: np.ndarray, default: weighting.KDEConfig, key: jax.Array):
   """The weight report at ``default``, both scopes' histograms and the sweep's rows."""
   common = dict(num_classes=ds.num_classes, batch_size=args.batch_size,
                 num_rounds=args.num_rounds)
-  w = diagnostics.scope_weights(key, emb, ds.labels, default, **common)
-  report = diagnostics.weight_report(w, ds.labels, ds.aligned, num_classes=ds.num_classes)
+  w = weighting.scope_weights(key, emb, ds.labels, default, **common)
+  report = weighting.weight_report(w, ds.labels, ds.aligned, num_classes=ds.num_classes)
   os.makedirs(args.workdir, exist_ok=True)
   title = (f"{args.dataset} {args.conflict_ratio:g}: {default.scope} scope, {default.normalize}, "
            f"v={default.variance:g}, T={default.temperature:g}")
-  diagnostics.plot_weight_histogram(w, ds.aligned,
+  plots.plot_weight_histogram(w, ds.aligned,
                                     os.path.join(args.workdir, "weights_default.png"), title=title)
   other = default.replace(scope="class" if default.scope == "batch" else "batch")
-  w_other = diagnostics.scope_weights(key, emb, ds.labels, other, **common)
-  diagnostics.plot_weight_histogram(
+  w_other = weighting.scope_weights(key, emb, ds.labels, other, **common)
+  plots.plot_weight_histogram(
       w_other, ds.aligned, os.path.join(args.workdir, f"weights_{other.scope}_scope.png"),
       title=title.replace(f"{default.scope} scope", f"{other.scope} scope"))
-  rows = [] if args.no_sweep else diagnostics.weight_sweep(
+  rows = [] if args.no_sweep else weighting.weight_sweep(
       key, emb, ds.labels, ds.aligned, variances=args.sweep_variances,
       temperatures=args.sweep_temperatures, **common)
   return report, rows
@@ -101,7 +101,7 @@ def diagnose_report(args: argparse.Namespace) -> dict[str, Any]:
       in the report.
   """
   t_start = time.perf_counter()
-  default = kde.KDEConfig(args.kde_variance, args.kde_temperature, args.kde_normalize,
+  default = weighting.KDEConfig(args.kde_variance, args.kde_temperature, args.kde_normalize,
                           args.kde_scope)
   ds = data.load(args.dataset, split="train", conflict_ratio=args.conflict_ratio,
                  severity=args.severity, seed=args.seed)

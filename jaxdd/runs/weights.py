@@ -1,36 +1,21 @@
-"""How a run weighs its real samples: densities, per-image weights and their diagnostics."""
+"""How a run weighs its real samples: the glue from a RunConfig to :mod:`jaxdd.weighting`.
+
+Which densities a run needs (:func:`run_log_density`), its whole-class weights
+(:func:`whole_class_weights`), what it writes to ``weights.json``
+(:func:`weight_diagnostics`) and the weights table of ``comparison.md``
+(:func:`format_weight_summary`).
+"""
 from __future__ import annotations
 
 import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import diagnostics, distill, matching
-from jaxdd import kde as kde_lib
+from jaxdd import plots, weighting
 from jaxdd.config import RunConfig
 from jaxdd.runs import rundata
-
-
-def oracle_log_density(labels, bias, *, num_classes: int) -> np.ndarray:
-  """log of each sample's (class, bias) group share of its class: the oracle's "density".
-
-  With power normalisation at T = 1 the weights are ``1 / group size``,
-  normalised: every bias group present in a class gets the same total weight
-  (group-balanced reweighting, which needs the TRUE bias labels).
-  """
-  labels = np.asarray(labels)
-  bias = np.asarray(bias)
-  out = np.zeros(labels.shape, np.float64)
-  for c in range(num_classes):
-    sel = labels == c
-    if not sel.any():
-      continue
-    values, inverse, counts = np.unique(bias[sel], return_inverse=True, return_counts=True)
-    out[sel] = np.log(counts[inverse] / sel.sum())
-  return out.astype(np.float32)
 
 
 def run_log_density(config: RunConfig, run_data: rundata.RunData,
@@ -39,16 +24,16 @@ def run_log_density(config: RunConfig, run_data: rundata.RunData,
 
   KDE runs need them for scope 'class' and for weighted initialisation or
   sampling (which draw in proportion to whole-class weights); oracle runs
-  always (the group shares of :func:`oracle_log_density`).
+  always (the group shares of :func:`jaxdd.weighting.oracle_log_density`).
   """
   train, nc = run_data.train, run_data.num_classes
   if config.weighting == "oracle":
-    return oracle_log_density(train.labels, train.bias, num_classes=nc)
+    return weighting.oracle_log_density(train.labels, train.bias, num_classes=nc)
   if config.weighting == "kde" and (config.kde_scope == "class" or config.init == "weighted"
                                     or config.real_sampling == "weighted"):
-    return np.asarray(distill.class_log_density(embeddings, train.labels, num_classes=nc,
-                                                variance=config.kde_variance,
-                                                floor=config.kde_floor))
+    return np.asarray(weighting.class_log_density(embeddings, train.labels, num_classes=nc,
+                                                  variance=config.kde_variance,
+                                                  floor=config.kde_floor))
   return None
 
 
@@ -56,36 +41,12 @@ def whole_class_weights(config: RunConfig, labels, log_density: np.ndarray | Non
                         num_classes: int) -> np.ndarray:
   """(N,) per-image weights over whole classes, each class summing to 1.
 
-  From the whole-class log densities (:func:`run_log_density`) under the
-  run's temperature and normalisation; uniform within each class when
-  ``log_density`` is None (the vanilla method).
+  :func:`jaxdd.weighting.whole_class_weights` of the whole-class log densities
+  (:func:`run_log_density`) under the run's temperature and normalisation;
+  uniform within each class when ``log_density`` is None (the vanilla method).
   """
-  labels = np.asarray(labels)
-  if log_density is None:
-    return (1.0 / np.bincount(labels, minlength=num_classes)[labels]).astype(np.float32)
-  kcfg = config.kde
-  w = np.zeros(len(labels), np.float32)
-  for c in range(num_classes):
-    sel = labels == c
-    w[sel] = np.asarray(kde_lib.weights_from_log_density(
-        jnp.asarray(log_density[sel]), temperature=kcfg.temperature, normalize=kcfg.normalize))
-  return w
-
-
-def _fairdd_batch_weights(key, labels, bias, batch_size: int, num_classes: int,
-                          num_rounds: int = 20) -> tuple[np.ndarray, np.ndarray]:
-  """FairDD's in-batch group-balanced weights, averaged per sample over sampled batches.
-
-  Returns (N,) weights (each class summing to 1) and each class's mean in-batch ESS.
-  """
-  labels, bias = np.asarray(labels), np.asarray(bias)
-  index, mask = diagnostics.batch_plan(key, labels, batch_size=batch_size,
-                                       num_classes=num_classes, num_rounds=num_rounds)
-  w_b, _ = matching.group_balanced_weights(jnp.asarray(bias[index]), jnp.asarray(mask),
-                                           int(bias.max()) + 1)
-  w_b = np.asarray(w_b, np.float64)
-  w = diagnostics.per_sample_mean(w_b, index, mask, labels, num_classes)
-  return w, diagnostics.mean_batch_ess(w_b, mask, labels[index[:, 0]], num_classes)
+  return weighting.whole_class_weights(labels, log_density, num_classes,
+                                       None if log_density is None else config.kde)
 
 
 def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings: np.ndarray | None,
@@ -107,12 +68,12 @@ def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings:
   log_density = run_log_density(config, run_data, embeddings)
   if (config.weighting == "kde" and config.kde_scope == "batch"
       and config.real_sampling == "uniform"):  # the loss weighs inside each sampled batch
-    w, ess = diagnostics.batch_scope_weights(
+    w, ess = weighting.batch_scope_weights(
         key, embeddings, train.labels, batch_size=n_per, variance=config.kde_variance,
         temperature=config.kde_temperature, normalize=config.kde_normalize, num_classes=nc,
         return_ess=True)
   elif config.weighting == "fairdd":  # group-balanced inside each sampled batch
-    w, ess = _fairdd_batch_weights(key, train.labels, train.bias, n_per, nc)
+    w, ess = weighting.fairdd_batch_weights(key, train.labels, train.bias, n_per, nc)
   else:
     # vanilla: every image of a class weighs the same
     w = whole_class_weights(config, train.labels, log_density, nc)
@@ -121,16 +82,14 @@ def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings:
     elif config.real_sampling == "weighted":  # i.i.d. draws with a plain mean
       ess = np.full(nc, float(n_per))
     else:
-      ess = diagnostics.batch_ess(key, w, train.labels, batch_size=n_per, num_classes=nc)
-  report = diagnostics.weight_report(w, train.labels, train.aligned, num_classes=nc)
-  report["groups"] = diagnostics.group_report(w, train.labels, train.bias, num_classes=nc)
-  report["batch_ess"] = [None if not np.isfinite(e) else float(e) for e in ess]
+      ess = weighting.batch_ess(key, w, train.labels, batch_size=n_per, num_classes=nc)
+  report = weighting.run_report(w, ess, train.labels, train.aligned, train.bias, num_classes=nc)
   report["weighting"] = {"weighting": config.weighting, "scope": config.kde_scope,
                          "floor": config.kde_floor,
                          "init": config.init, "real_sampling": config.real_sampling,
                          "real_per_class": n_per}
   if workdir is not None and config.weighting != "none":
-    diagnostics.plot_weight_histogram(
+    plots.plot_weight_histogram(
         w, train.aligned, os.path.join(workdir, "plots", "weights.png"),
         title=f"{config.weighting} weights, {config.dataset} {config.conflict_ratio}")
   return report

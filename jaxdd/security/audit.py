@@ -58,8 +58,8 @@ import numpy as np
 import optax
 
 from jaxdd import evaluate as eval_lib
-from jaxdd import kde
 from jaxdd import train as train_lib
+from jaxdd import weighting
 from jaxdd._src import checks
 from jaxdd.protocols import get_protocol
 from jaxdd.security import attacks
@@ -298,7 +298,7 @@ def kde_scores(syn_embeddings, syn_labels, real_embeddings, real_labels, *, num_
   """Each synthetic image's density under every class's real embeddings, margin and quantile.
 
   ``log_density[i, c]`` is the log of the mean Gaussian kernel between image i's
-  embedding and class c's real embeddings (:func:`jaxdd.kde.log_density`).
+  embedding and class c's real embeddings (:func:`jaxdd.weighting.log_density`).
   ``quantile[i]`` is the fraction of the real images of i's label whose
   leave-one-out density is lower than i's (0: less dense than all of them).
   """
@@ -314,12 +314,12 @@ def kde_scores(syn_embeddings, syn_labels, real_embeddings, real_labels, *, num_
     if len(support) < 2:
       raise ValueError(f"class {cls} has {len(support)} real images; the KDE probe needs >= 2")
     z = jnp.asarray(support)
-    log_f[:, cls] = np.asarray(kde.log_density(queries, z, variance=variance))
+    log_f[:, cls] = np.asarray(weighting.log_density(queries, z, variance=variance))
     rows = np.flatnonzero(syn_labels == cls)
     if rows.size:
       m = len(support)
       # leave-one-out densities of the real images: remove the self term K(x, x) = 1
-      self_f = np.exp(np.asarray(kde.log_density(z, z, variance=variance), np.float64))
+      self_f = np.exp(np.asarray(weighting.log_density(z, z, variance=variance), np.float64))
       loo = np.maximum(m * self_f - 1.0, 0.0) / (m - 1)
       with np.errstate(divide="ignore"):
         loo_log = np.sort(np.log(loo))

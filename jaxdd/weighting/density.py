@@ -1,4 +1,4 @@
-"""Gaussian kernel density over embeddings, and the inverse-density weights.
+"""Gaussian kernel density over embeddings: per query, within a support, within each class.
 
 Data contract:
 
@@ -18,13 +18,13 @@ Data contract:
 * :func:`log_density` returns ``log f(z_q) = log mean_j K(z_q, s_j)``: the log of
   the *mean* kernel value over the (unmasked) support, so for a query that is
   also in the support (self included) ``log f <= 0`` and ``f >= 1/n``.
-* :func:`weights` returns ``(n,)`` float weights that sum to 1 within every
-  group that has at least one unmasked row; masked rows get weight exactly 0.
-  Weights are never NaN or Inf for finite embeddings and any ``v > 0``, ``T > 0``.
+* :func:`class_log_density` evaluates it for every sample within its own class
+  (the whole-class scope), optionally raised to a class quantile
+  (:func:`floor_log_density`).
 
 Numerics (the blocked streaming log-sum-exp, the centring and the exact self
 pair that keep the pairwise kernel accurate and its memory O(block x block)) live in
-:mod:`jaxdd._src.kde_kernel`; this module is the public surface and its input checks.
+:mod:`jaxdd.weighting.kernel`; this module is the public surface and its input checks.
 
 Sharding. :func:`log_density_sharded` splits the query axis over a mesh axis
 with ``jax.shard_map``; each device runs the same blocked kernel on its query
@@ -33,101 +33,29 @@ and the result is sharded like the queries. :func:`log_density` takes that
 path by itself when the queries arrive split over a mesh axis (a concrete
 array with such a ``NamedSharding``, or a tracer whose type carries an
 Explicit-axis sharding).
-
-Weights (docs/protocols.md §1). With ``f_i`` the mean kernel value over the group of ``i``
-(self included) and temperature ``T``:
-
-* ``normalize='softmax'``: ``w = softmax((1/f) / T)`` within the group (the
-  paper's "normalized inverse with normalization temperature").
-* ``normalize='power'``: ``w = f^(-1/T) / sum f^(-1/T) = softmax(-log f / T)``.
-
-Both are computed from ``log f``, see :func:`weights_from_log_density` for the
-overflow-free formulation of the softmax case.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from jaxdd._src import checks, kde_kernel
+from jaxdd._src import checks
 from jaxdd._src.checks import is_traced
+from jaxdd.weighting import kernel
 
 __all__ = [
-    "KDEConfig",
+    "check_floor",
     "class_log_density",
     "floor_log_density",
     "log_density",
     "log_density_sharded",
-    "weights",
-    "weights_from_log_density",
 ]
 
-Normalize = Literal["softmax", "power"]
-_NORMALIZE = ("softmax", "power")
-SCOPES = ("batch", "class")
-
-
-@dataclasses.dataclass(frozen=True)
-class KDEConfig:
-  """How real samples are weighted (Cui et al. 2024; docs/protocols.md §1).
-
-  Validated when it is built, in Python, so the traced code that uses it
-  (``distill``'s steps) needs no checks of its own.
-
-  Attributes:
-    variance: kernel variance ``v > 0``.
-    temperature: normalisation temperature ``T > 0``.
-    normalize: ``'power'`` (``w ∝ f^(-1/T)``) or ``'softmax'`` (``softmax((1/f)/T)``).
-    scope: ``'batch'`` (the paper's: the density inside each sampled real
-      batch of a class, O(B^2 d) per step) or ``'class'`` (a density
-      precomputed once over the whole class, :func:`class_log_density`).
-
-  The defaults were kept by the validation-only selection on CMNIST 5 %
-  (``jaxdd tune``, docs/protocols.md §7).
-
-  Example:
-    >>> KDEConfig(temperature=1.0).normalize
-    'power'
-    >>> KDEConfig(variance=0.0)
-    Traceback (most recent call last):
-    ...
-    ValueError: KDEConfig.variance (the kernel variance) must be a finite number > 0, e.g. 0.01; got 0.0
-  """
-  variance: float = 0.01
-  temperature: float = 0.25
-  normalize: Normalize = "power"
-  scope: Literal["batch", "class"] = "batch"
-
-  def __post_init__(self):
-    for name, what, example in (("variance", "the kernel variance", 0.01),
-                                ("temperature", "the normalisation temperature", 0.25)):
-      v = getattr(self, name)
-      if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
-          or v <= 0):
-        raise ValueError(f"KDEConfig.{name} ({what}) must be a finite number > 0, e.g. "
-                         f"{example}; got {v!r}")
-      object.__setattr__(self, name, float(v))
-    if self.normalize not in _NORMALIZE:
-      raise ValueError(f"KDEConfig.normalize must be one of {list(_NORMALIZE)}, "
-                       f"got {self.normalize!r}")
-    if self.scope not in SCOPES:
-      raise ValueError(f"KDEConfig.scope must be one of {list(SCOPES)}, got {self.scope!r}")
-
-  def replace(self, **changes) -> "KDEConfig":
-    """A validated copy with some fields changed."""
-    return dataclasses.replace(self, **changes)
-
-
-# --------------------------------------------------------------------------
-# Checks of kde's own arguments (on concrete values only: inside jit they are skipped).
-# --------------------------------------------------------------------------
 
 def check_floor(floor, name: str = "floor") -> None:
   """A density floor must be a quantile in [0, 1)."""
@@ -135,38 +63,6 @@ def check_floor(floor, name: str = "floor") -> None:
       or not 0.0 <= floor < 1.0):
     raise ValueError(f"{name} (the density floor, a quantile) must be a number in [0, 1), "
                      f"e.g. 0.05, or 0 for none; got {floor!r}")
-
-
-def _check_normalize(normalize: str) -> None:
-  if normalize not in _NORMALIZE:
-    raise ValueError(
-        f"unknown normalize={normalize!r}; use one of {_NORMALIZE}")
-
-
-def _as_groups(groups, num_groups, n: int) -> tuple[jax.Array, int]:
-  """Checks group labels; infers ``num_groups`` when the labels are concrete."""
-  groups = jnp.asarray(groups)
-  if groups.shape != (n,):
-    raise ValueError(
-        f"groups must have shape ({n},) to match the rows, got {groups.shape}")
-  if not jnp.issubdtype(groups.dtype, jnp.integer):
-    raise ValueError(f"groups must be integer labels, got {groups.dtype}")
-  if num_groups is None:
-    if is_traced(groups):
-      raise ValueError(
-          "num_groups is required when groups are traced (inside jit); pass "
-          "num_groups=<number of classes> as a static int")
-    num_groups = int(checks.host_eval(jnp.max, groups)) + 1 if n else 1
-  if isinstance(num_groups, bool) or not isinstance(
-      num_groups, (int, np.integer)) or num_groups < 1:
-    raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
-  if not is_traced(groups) and n:
-    lo, hi = checks.host_eval(lambda g: (jnp.min(g), jnp.max(g)), groups)
-    if lo < 0 or hi >= num_groups:
-      raise ValueError(
-          f"group labels must lie in [0, {num_groups}), got [{lo}, {hi}]; "
-          "relabel them or raise num_groups")
-  return groups.astype(jnp.int32), int(num_groups)
 
 
 # --------------------------------------------------------------------------
@@ -299,11 +195,11 @@ def log_density(
   (queries, support, support_valid, variance, block_q,
    block_n) = _prepare_log_density(queries, support, variance, block_size,
                                    support_block_size, support_mask)
-  if matmul not in kde_kernel.MATMULS:
-    raise ValueError(f"matmul must be one of {list(kde_kernel.MATMULS)}, got {matmul!r}")
+  if matmul not in kernel.MATMULS:
+    raise ValueError(f"matmul must be one of {list(kernel.MATMULS)}, got {matmul!r}")
   if queries.shape[0] == 0:
     return jnp.zeros((0,), queries.dtype)
-  return kde_kernel.log_density_core(queries, support, support_valid, variance,
+  return kernel.log_density_core(queries, support, support_valid, variance,
                            block_q=block_q, block_n=block_n,
                            self_pairs=self_pairs, matmul=matmul)
 
@@ -359,199 +255,12 @@ def log_density_sharded(
   (queries, support, support_valid, variance, block_q,
    block_n) = _prepare_log_density(queries, support, variance, block_size,
                                    support_block_size, support_mask)
-  if matmul not in kde_kernel.MATMULS:
-    raise ValueError(f"matmul must be one of {list(kde_kernel.MATMULS)}, got {matmul!r}")
+  if matmul not in kernel.MATMULS:
+    raise ValueError(f"matmul must be one of {list(kernel.MATMULS)}, got {matmul!r}")
   if queries.shape[0] == 0:
     return jnp.zeros((0,), queries.dtype)
-  return kde_kernel.sharded_log_density_fn(mesh, axis_name, block_q, block_n, self_pairs,
+  return kernel.sharded_log_density_fn(mesh, axis_name, block_q, block_n, self_pairs,
                                            matmul)(queries, support, support_valid, variance)
-
-
-# --------------------------------------------------------------------------
-# Weights
-# --------------------------------------------------------------------------
-
-def _prepare_weight_args(n, temperature, normalize, groups, num_groups, mask,
-                         dtype):
-  _check_normalize(normalize)
-  checks.check_positive_scalar("temperature", temperature, "pass temperature > 0")
-  if groups is not None:
-    groups, num_groups = _as_groups(groups, num_groups, n)
-  elif num_groups is not None and num_groups != 1:
-    raise ValueError(f"num_groups={num_groups} given without groups; pass "
-                     "groups=<labels> or drop num_groups")
-  if mask is None:
-    mask = jnp.ones((n,), jnp.bool_)
-  else:
-    mask = checks.as_mask("mask", mask, n)
-  temperature = jnp.asarray(temperature, dtype)
-  return temperature, groups, (num_groups if groups is not None else None), \
-      mask
-
-
-def _check_singletons(groups, num_groups, mask) -> None:
-  if is_traced(mask) or (groups is not None and is_traced(groups)):
-    return
-  m = np.asarray(jax.device_get(mask))
-  g = np.zeros(m.shape, np.int64) if groups is None else np.asarray(
-      jax.device_get(groups))
-  counts = np.bincount(g[m], minlength=num_groups or 1)
-  single = np.flatnonzero(counts == 1)
-  if single.size:
-    raise ValueError(
-        f"group(s) {single.tolist()} have a single sample: its density is "
-        "just K(z, z) = 1 and its weight trivially 1. Use more samples per "
-        "class/batch, or pass validate=False to accept weight 1.0")
-
-
-def weights_from_log_density(
-    log_f: jax.Array,
-    *,
-    temperature: float | jax.Array = 1.0,
-    normalize: Normalize = "softmax",
-    groups: jax.Array | None = None,
-    num_groups: int | None = None,
-    mask: jax.Array | None = None,
-) -> jax.Array:
-  """Normalised inverse-density weights from precomputed log-densities.
-
-  For callers that already hold ``log f`` (the per-class ``scope='class'``
-  precomputation, or :func:`log_density` on padded class arrays).
-
-  ``softmax``: ``w = softmax((1/f) / T)`` per group, evaluated without forming
-  ``1/f`` (which overflows float32 for isolated points at small variances):
-  the softmax only needs differences to the group maximum, and
-  ``exp(u_i)/T - exp(M)/T = -exp(M - log T + log(1 - exp(u_i - M)))`` with
-  ``u = -log f``, ``M = max u``, which is finite or -inf (weight 0) for every
-  finite input. ``power``: ``w = f^(-1/T) / sum f^(-1/T) = softmax(-log f / T)``.
-
-  Args:
-    log_f: (n,) log-densities.
-    temperature: ``T > 0``.
-    normalize: ``'softmax'`` or ``'power'``.
-    groups: optional (n,) int labels in ``[0, num_groups)``; weights sum to 1
-      within each group. None means one group.
-    num_groups: number of groups; must be given (static int) under jit,
-      inferred as ``max(groups) + 1`` for concrete labels.
-    mask: optional (n,) bool; False rows get weight 0 and do not take part in
-      any normalisation.
-
-  Returns:
-    (n,) weights, >= 0, summing to 1 over the unmasked rows of every non-empty
-    group. Ties share equally; if some ``exp(...)`` overflows, the densest-
-    inverse row(s) take all the weight (the exact limit in float arithmetic).
-
-  Raises:
-    ValueError: NaN in ``log_f``, wrong shapes, ``temperature <= 0``, unknown
-      ``normalize``, labels outside ``[0, num_groups)``.
-
-  Example:
-    >>> weights_from_log_density(jnp.log(jnp.array([0.5, 0.25, 0.25])),
-    ...                          normalize="power")  # ∝ 1/f
-    Array([0.2, 0.4, 0.4], dtype=float32)
-  """
-  log_f = jnp.asarray(log_f)
-  if log_f.ndim != 1:
-    raise ValueError(f"log_f must have shape (n,), got {log_f.shape}")
-  if not jnp.issubdtype(log_f.dtype, jnp.floating):
-    raise ValueError(f"log_f must be floating point, got {log_f.dtype}")
-  log_f = log_f.astype(checks.compute_dtype(log_f))
-  if not is_traced(log_f) and bool(
-      checks.host_eval(lambda a: jnp.any(jnp.isnan(a)), log_f)):
-    raise ValueError("log_f contains NaN; check the embeddings and variance")
-  n = log_f.shape[0]
-  temperature, groups, num_groups, mask = _prepare_weight_args(
-      n, temperature, normalize, groups, num_groups, mask, log_f.dtype)
-  if n == 0:
-    return jnp.zeros((0,), log_f.dtype)
-  return kde_kernel.weights_core(log_f, temperature, groups, mask, normalize=normalize,
-                       num_groups=num_groups)
-
-
-def weights(
-    embeddings: jax.Array,
-    *,
-    variance: float | jax.Array,
-    temperature: float | jax.Array = 1.0,
-    normalize: Normalize = "softmax",
-    groups: jax.Array | None = None,
-    num_groups: int | None = None,
-    mask: jax.Array | None = None,
-    block_size: int = 1024,
-    validate: bool = False,
-) -> jax.Array:
-  """Bias-aware sample weights: normalised inverse KDE density per group.
-
-  ``f_i = mean_j K(z_i, z_j)`` over the unmasked rows ``j`` of the group of
-  ``i`` (self included, docs/protocols.md §1), then ``w = N_T(1/f)`` within the group, see
-  :func:`weights_from_log_density`. Rare (isolated) samples get large weights,
-  dense clusters small ones.
-
-  The density is evaluated with the blocked kernel over all ``n x n`` pairs
-  with a same-group mask, i.e. O(n^2 d) work: right for one sampled batch
-  (``scope='batch'``, n ~ 256 per class, or a few classes at once). For
-  ``scope='class'`` on large classes, call :func:`log_density` per class (with
-  ``support_mask`` for padded arrays) and then :func:`weights_from_log_density`.
-
-  A group with a single (unmasked) sample has ``f = 1`` and gets weight 1.0.
-  That is well defined but carries no information; ``validate=True`` rejects
-  it instead.
-
-  The weights are meant to be used as constants (the method never
-  differentiates through them); gradients through the masked/overflow
-  branches are not guaranteed finite, so wrap the result in
-  ``jax.lax.stop_gradient`` if it sits inside a differentiated function.
-
-  Args:
-    embeddings: (n, d) float embeddings.
-    variance: kernel variance ``v > 0``.
-    temperature: normalisation temperature ``T > 0``.
-    normalize: ``'softmax'`` or ``'power'``.
-    groups: optional (n,) int labels in ``[0, num_groups)`` (e.g. class
-      labels); None means one group.
-    num_groups: static number of groups; required under jit when ``groups``
-      is given, otherwise inferred.
-    mask: optional (n,) bool; False rows (padding) get weight 0 and are left
-      out of every density and normalisation.
-    block_size: tile size of the blocked kernel.
-    validate: also raise ``ValueError`` for groups with exactly one unmasked
-      sample (checked on concrete inputs only). Basic checks (NaN, shapes,
-      ranges) always run on concrete inputs.
-
-  Returns:
-    (n,) float weights; each non-empty group sums to 1, masked rows are 0.
-    Never NaN or Inf.
-
-  Raises:
-    ValueError: NaN/Inf embeddings ("check the surrogate"), wrong shapes or
-      lengths, ``variance <= 0``, ``temperature <= 0``, unknown
-      ``normalize``, bad labels, or (``validate=True``) singleton groups.
-
-  Example:
-    >>> z = jax.random.normal(jax.random.key(0), (8, 4))
-    >>> w = weights(z, variance=0.1, groups=jnp.array([0, 0, 0, 0, 1, 1, 1, 1]))
-    >>> w.shape
-    (8,)
-  """
-  embeddings = checks.as_rows("embeddings", embeddings)
-  n = embeddings.shape[0]
-  checks.check_finite("embeddings", embeddings,
-                "check the surrogate (a diverged SupCon run gives NaN)")
-  checks.check_positive_scalar("variance", variance, "pass kernel_variance > 0 (e.g. 0.1)")
-  block = checks.check_positive_int("block_size", block_size)
-  dtype = embeddings.dtype
-  temperature, groups, num_groups, mask = _prepare_weight_args(
-      n, temperature, normalize, groups, num_groups, mask, dtype)
-  if validate:
-    _check_singletons(groups, num_groups, mask)
-  if n == 0:
-    return jnp.zeros((0,), dtype)
-  variance = jnp.asarray(variance, dtype)
-  log_f = kde_kernel.group_log_density_core(embeddings, variance, groups, mask,
-                                  num_groups=num_groups, block_q=block,
-                                  block_n=block)
-  return kde_kernel.weights_core(log_f, temperature, groups, mask, normalize=normalize,
-                       num_groups=num_groups)
 
 
 def class_log_density(embeddings, labels, *, num_classes: int, variance: float,

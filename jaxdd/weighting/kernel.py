@@ -1,4 +1,4 @@
-"""The traced numerics behind :mod:`jaxdd.kde` (no input checks: callers validate).
+"""The blocked Gaussian kernel behind :mod:`jaxdd.weighting` (no input checks: callers validate).
 
 Blocked evaluation. The pairwise log
 kernel is written for one query block against one support block. Query blocks
@@ -22,7 +22,8 @@ default would use TF32/bf16 passes, whose error is amplified by ``1/(2v)``).
 The remaining error is about ``eps_f32 * |z - mean|^2 / (2 v)`` in ``log k``,
 e.g. ~1e-4 for unit vectors at ``v = 1e-3`` and ~0.05 at ``v = 1e-6``. The self
 pair is exact: when the queries *are* the support (the same array object passed
-twice to :func:`log_density`, and always in :func:`weights`) the diagonal
+twice to :func:`jaxdd.weighting.log_density`, and always in
+:func:`jaxdd.weighting.weights`) the diagonal
 distance is set to exactly 0, so ``K(z_i, z_i) = 1`` at any variance. Exact
 duplicates stored at different rows still see the rounding noise; at tiny
 variances their relative weights are therefore noisy (but finite and
