@@ -11,9 +11,15 @@ from jaxdd import progress as progress_lib
 from jaxdd.structs import SynSet
 
 
+def _orbax():
+  """orbax.checkpoint, imported when a run first checkpoints (it is slow to import)."""
+  import orbax.checkpoint as ocp  # noqa: PLC0415  (orbax: heavy, loaded when a run starts)
+  return ocp
+
+
 def checkpointer(workdir: str):
   """The orbax CheckpointManager of ``<workdir>/checkpoints`` (the last two steps kept)."""
-  import orbax.checkpoint as ocp  # noqa: PLC0415  (orbax: heavy, loaded when a run starts)
+  ocp = _orbax()
   extra = {}
   root = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if jax.process_count() > 1:  # each process checkpoints its own host copy, in its own workdir
@@ -56,7 +62,7 @@ def restore_newest(mngr, state: distill.DistillState, workdir: str,
                    upto: int | None = None) -> tuple[distill.DistillState, int]:
   """The newest checkpoint (of step <= ``upto``) that restores (an unreadable one is
   skipped, and said so); ``(state, 0)`` when there is none."""
-  import orbax.checkpoint as ocp  # noqa: PLC0415  (orbax: heavy, loaded when a run starts)
+  ocp = _orbax()
   steps = sorted((s for s in mngr.all_steps() if upto is None or s <= upto), reverse=True)
   for i, step in enumerate(steps):
     try:
@@ -78,6 +84,6 @@ def restore_newest(mngr, state: distill.DistillState, workdir: str,
 
 def save(mngr, step: int, state, *, force: bool = False) -> None:
   """Checkpoints ``state`` as step ``step`` and waits until it is on disk."""
-  import orbax.checkpoint as ocp  # noqa: PLC0415  (orbax: heavy, loaded when a run starts)
+  ocp = _orbax()
   mngr.save(step, args=ocp.args.StandardSave(state_tree(state)), force=force)
   mngr.wait_until_finished()
