@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdd import matching, policy
-from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _BoundStep,
-                                _check_kde, _check_sampling, _KDEKnobs, _shared_program,
-                                _state_init, real_batch)
+from jaxdd import matching
+from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
+                                _check_sampling, _KDEKnobs, _state_init, real_batch)
+from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet, loop_safe_convs
 
 
@@ -36,7 +36,7 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
         normalize: bool = True, init: Literal["real", "weighted", "noise"] = "real",
         kde_config: KDEConfig | None = None,
         real_sampling: Literal["uniform", "weighted"] = "uniform",
-        variables: Any = None, jit: bool = True) -> Distiller:
+        variables: Any = None, execution: Execution | None = None) -> Distiller:
   """CFM as a :class:`Distiller`: frequency-filtered covariance matching of conv inputs.
 
   Each step: a real batch per class (uniform or KDE-weighted, as :func:`dm`),
@@ -70,7 +70,9 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     variables: None (a fresh random network every step, as DM) or the fixed
       variables of a trained ``model`` (passed at run time, so runs with other
       trained networks share the compiled step).
-    jit: return a jitted step (default) or the raw pure function.
+    execution: how the step runs (:class:`jaxdd.distill.Execution`; None:
+      ``Execution()``): its policy (the step is traced under it) and ``jit``;
+      one device only (a mesh or ``real_dtype`` is refused).
 
   Returns:
     A :class:`Distiller`; the step's metrics: ``loss``, ``grad_norm``,
@@ -103,8 +105,9 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
                      "channel; keep beta_floor > 0")
   _check_kde(kde_config)
   _check_sampling(init, real_sampling, kde_config)
+  ex = Execution() if execution is None else execution
+  ex.one_device("cfm")
   model = ConvNet(num_classes) if model is None else model
-  pol = policy.current()
   tx = optax.sgd(1.0, momentum=momentum)  # lr applied at run time, as dm()
   hp = {"lr": np.float32(lr), "beta": np.float32(beta),
         "variance": np.float32(1.0 if kde_config is None else kde_config.variance),
@@ -166,11 +169,8 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
                         state.key), metrics
 
-  step_fn = policy.pinned(pol, step_fn)
-  if not jit:
-    return Distiller(init_fn, lambda state, real: step_fn(state, real, hp))
   static = ("cfm", num_classes, ipc, iterations, model, augment, real_per_class, momentum,
             None if kde_config is None else (kde_config.normalize, kde_config.scope),
             real_sampling, init, schedule, curriculum, beta_floor, filter, normalize,
-            variables is None, pol)
-  return Distiller(init_fn, _BoundStep(_shared_program(static, step_fn), hp))
+            variables is None, ex.policy)
+  return Distiller(init_fn, ex.compile_step(static, step_fn, hp))

@@ -18,10 +18,10 @@ from jax.flatten_util import ravel_pytree
 
 from jaxdd import augment as augment_lib
 from jaxdd.distill import experts as experts_lib
-from jaxdd import parallel, policy
+from jaxdd import parallel
 from jaxdd._src import checks
-from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _BoundStep,
-                                _check_kde, _shared_program, _state_init)
+from jaxdd.distill.core import Distiller, DistillState, KDEConfig, RealData, _check_kde, _state_init
+from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet
 
 
@@ -32,7 +32,7 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
         strategy: str | None = "color_crop_cutout_flip_scale_rotate",
         mode: Literal["exact", "tesla"] = "exact",
         init: Literal["real", "weighted", "noise"] = "real",
-        kde_config: KDEConfig | None = None, jit: bool = True) -> Distiller:
+        kde_config: KDEConfig | None = None, execution: Execution | None = None) -> Distiller:
   """MTT over a buffer of expert trajectories, optionally with TESLA's gradients.
 
   ``init(key, real, syn=None)`` starts the synthetic set as :func:`dm` does
@@ -68,7 +68,9 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
       'noise'.
     kde_config: the weighting that ``init='weighted'`` draws with; the
       matching itself does not use it.
-    jit: return a jitted ``step`` (default) or the raw pure function.
+    execution: how the step runs (:class:`jaxdd.distill.Execution`; None:
+      ``Execution()``): its policy (the step is traced under it) and ``jit``;
+      one device only (a mesh or ``real_dtype`` is refused).
 
   Returns:
     A :class:`Distiller`. The step's metrics: ``loss`` (the normalised
@@ -98,8 +100,9 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
   if init == "weighted" and kde_config is None:
     raise ValueError("init='weighted' draws real images in proportion to their weights: pass "
                      "kde_config= (a weighting)")
+  ex = Execution() if execution is None else execution
+  ex.one_device("mtt")
   model = ConvNet(num_classes) if model is None else model
-  pol = policy.current()
   aug = augment_lib.dsa(strategy, siamese=False) if strategy else None
   # Both learning rates are applied at run time (hp), as dm() does with lr_img.
   tx_img = optax.sgd(1.0, momentum=momentum)
@@ -154,9 +157,6 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
     return DistillState(state.syn._replace(images=images), (opt_img, opt_lr), state.step + 1,
                         state.key, {"syn_lr": syn_lr}), metrics
 
-  step_fn = policy.pinned(pol, step_fn)
-  if not jit:
-    return Distiller(init_fn, lambda state, trajectories: step_fn(state, trajectories, hp))
   static = ("mtt", num_classes, ipc, num_epochs, model, expert_epochs, max_start_epoch,
-            syn_steps, batch_syn, momentum, strategy, mode, pol)
-  return Distiller(init_fn, _BoundStep(_shared_program(static, step_fn), hp))
+            syn_steps, batch_syn, momentum, strategy, mode, ex.policy)
+  return Distiller(init_fn, ex.compile_step(static, step_fn, hp))
