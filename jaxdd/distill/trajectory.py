@@ -77,29 +77,10 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
     parameter distance), ``grad_norm`` (of the images' gradient), ``syn_lr``,
     ``start_epoch``, ``expert``.
   """
-  if mode not in experts_lib.MODES:
-    raise ValueError(f"mode must be one of {list(experts_lib.MODES)}, got {mode!r}")
-  for name, v in (("ipc", ipc), ("num_epochs", num_epochs), ("expert_epochs", expert_epochs),
-                  ("max_start_epoch", max_start_epoch), ("syn_steps", syn_steps)):
-    checks.check_positive_int(name, v)
-  if max_start_epoch + expert_epochs > num_epochs:
-    raise ValueError(f"max_start_epoch + expert_epochs = {max_start_epoch + expert_epochs} "
-                     f"exceeds the {num_epochs} epochs the experts recorded; lower them or "
-                     "train longer experts")
-  n_syn = num_classes * ipc
-  if batch_syn is not None and (isinstance(batch_syn, bool) or not isinstance(batch_syn, int)
-                                or not 1 <= batch_syn <= n_syn):
-    raise ValueError(f"batch_syn must be an int in [1, {n_syn}] (the synthetic set's size) or "
-                     f"None, got {batch_syn!r}")
-  for name, v in (("lr_img", lr_img), ("lr_lr", lr_lr), ("lr_teacher", lr_teacher)):
-    if not (np.isfinite(v) and v > 0):
-      raise ValueError(f"{name} must be a positive number, got {v!r}")
-  _check_kde(kde_config)
-  if init not in ("real", "weighted", "noise"):
-    raise ValueError(f"init must be 'real', 'weighted' or 'noise', got {init!r}")
-  if init == "weighted" and kde_config is None:
-    raise ValueError("init='weighted' draws real images in proportion to their weights: pass "
-                     "kde_config= (a weighting)")
+  _check_mtt(ipc=ipc, num_classes=num_classes, num_epochs=num_epochs,
+             expert_epochs=expert_epochs, max_start_epoch=max_start_epoch, syn_steps=syn_steps,
+             batch_syn=batch_syn, lr_img=lr_img, lr_lr=lr_lr, lr_teacher=lr_teacher, mode=mode,
+             init=init, kde_config=kde_config)
   ex = Execution() if execution is None else execution
   ex.one_device("mtt")
   model = ConvNet(num_classes) if model is None else model
@@ -160,3 +141,31 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
   static = ("mtt", num_classes, ipc, num_epochs, model, expert_epochs, max_start_epoch,
             syn_steps, batch_syn, momentum, strategy, mode, ex.policy)
   return Distiller(init_fn, ex.compile_step(static, step_fn, hp))
+
+
+def _check_mtt(*, ipc, num_classes, num_epochs, expert_epochs, max_start_epoch, syn_steps,
+               batch_syn, lr_img, lr_lr, lr_teacher, mode, init, kde_config) -> None:
+  """:func:`mtt`'s checks of its method arguments."""
+  if mode not in experts_lib.MODES:
+    raise ValueError(f"mode must be one of {list(experts_lib.MODES)}, got {mode!r}")
+  for name, v in (("ipc", ipc), ("num_epochs", num_epochs), ("expert_epochs", expert_epochs),
+                  ("max_start_epoch", max_start_epoch), ("syn_steps", syn_steps)):
+    checks.check_positive_int(name, v)
+  if max_start_epoch + expert_epochs > num_epochs:
+    raise ValueError(f"max_start_epoch + expert_epochs = {max_start_epoch + expert_epochs} "
+                     f"exceeds the {num_epochs} epochs the experts recorded; lower them or "
+                     "train longer experts")
+  n_syn = num_classes * ipc
+  if batch_syn is not None and (isinstance(batch_syn, bool) or not isinstance(batch_syn, int)
+                                or not 1 <= batch_syn <= n_syn):
+    raise ValueError(f"batch_syn must be an int in [1, {n_syn}] (the synthetic set's size) or "
+                     f"None, got {batch_syn!r}")
+  for name, v in (("lr_img", lr_img), ("lr_lr", lr_lr), ("lr_teacher", lr_teacher)):
+    if not (np.isfinite(v) and v > 0):
+      raise ValueError(f"{name} must be a positive number, got {v!r}")
+  _check_kde(kde_config)
+  if init not in ("real", "weighted", "noise"):
+    raise ValueError(f"init must be 'real', 'weighted' or 'noise', got {init!r}")
+  if init == "weighted" and kde_config is None:
+    raise ValueError("init='weighted' draws real images in proportion to their weights: pass "
+                     "kde_config= (a weighting)")
