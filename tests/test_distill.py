@@ -311,3 +311,34 @@ def test_multi_step_runs_n_steps_in_one_program():
       run(s, real, bad)
   with pytest.raises(ValueError, match="k must be a positive int"):
     distill.multi_step(d, 0)
+
+
+def test_execution_is_explicit_and_its_wrappers_check_the_step():
+  import optax
+
+  from jaxdd import policy
+  with policy.use("accelerator"):  # the pinned stack is not read: the backend's policy
+    ex = distill.Execution()
+  auto = policy.resolve("auto")
+  assert ex.policy is auto and (ex.real_chunk, ex.syn_chunk) == (auto.real_chunk, auto.syn_chunk)
+  acc = distill.Execution(policy="accelerator", real_dtype="bfloat16")
+  assert (acc.real_chunk, acc.syn_chunk, acc.real_dtype) == (None, None, jnp.bfloat16)
+  assert distill.Execution(policy="cpu", real_chunk=5).real_chunk == 5
+  with pytest.raises(ValueError, match="real_dtype is a DM option"):
+    distill.cfm(num_classes=3, ipc=2, iterations=4, execution=acc)
+  with pytest.raises(ValueError, match="real_dtype is a DM option"):
+    distill.gm(num_classes=3, ipc=1, execution=acc)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("c",))
+  with pytest.raises(ValueError, match="one device"):
+    distill.mtt(num_classes=3, ipc=2, num_epochs=4, max_start_epoch=2,
+                execution=distill.Execution(mesh=mesh))
+  with pytest.raises(ValueError, match="num_runs runs on one device"):
+    distill.many_runs(_distiller(execution=distill.Execution(mesh=mesh)), num_runs=2)
+  with pytest.raises(ValueError, match="runtime knobs"):
+    distill.many_runs(distill.gm(num_classes=3, ipc=1), num_runs=2)
+  with pytest.raises(ValueError, match="drop them from run_knobs"):
+    distill.many_runs(_distiller(syn_tx=optax.adam(0.1)), num_runs=1, run_knobs=[dict(lr=2.0)])
+  with pytest.raises(ValueError, match="run_parallel must be"):
+    distill.many_runs(_distiller(), num_runs=2, parallel="pmap")
+  raw = distill.many_runs(_distiller(execution=distill.Execution(jit=False)), num_runs=2)
+  assert not hasattr(raw.step, "lower")  # uncompiled, as the distiller it wraps
