@@ -11,7 +11,7 @@ steps per call (:func:`multi_step`).
 
 Example:
   >>> import jax, numpy as np
-  >>> from jaxdd import distill, models, policy
+  >>> from jaxdd import distill, models
   >>> x = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
   >>> real = distill.real_data(x, np.repeat(np.arange(2), 20), num_classes=2)
   >>> ex = distill.Execution(policy="accelerator")
