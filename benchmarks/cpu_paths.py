@@ -63,12 +63,12 @@ def _dm_job(preset: str, steps: int):
   built = {}
 
   def build(name):
-    with policy.use(policy.variant("cpu", **VARIANTS[name])):
-      d = distill.dm(num_classes=nc, ipc=cfg.ipc,
-                     model=models.ConvNet(nc, depth=cfg.depth, width=cfg.width),
-                     augment=jaxdd.augment.dsa(cfg.dsa_strategy),
-                     real_per_class=cfg.real_per_class, lr=cfg.lr_img, momentum=cfg.momentum,
-                     kde_config=cfg.kde)
+    d = distill.dm(num_classes=nc, ipc=cfg.ipc,
+                   model=models.ConvNet(nc, depth=cfg.depth, width=cfg.width),
+                   augment=jaxdd.augment.dsa(cfg.dsa_strategy),
+                   real_per_class=cfg.real_per_class, lr=cfg.lr_img, momentum=cfg.momentum,
+                   kde_config=cfg.kde, execution=distill.Execution(
+                       policy=policy.variant("cpu", **VARIANTS[name])))
     state = d.init(jax.random.key(0), real)
     state, _ = d.step(state, real)  # compiles
     jax.block_until_ready(state)

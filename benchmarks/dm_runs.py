@@ -1,4 +1,4 @@
-"""Seconds per step of N DM runs in one program (``distill.dm(num_runs=N)``) vs one run.
+"""Seconds per step of N DM runs in one program (``distill.many_runs``) vs one run.
 
 The ``cpu`` preset's DM step (10 classes of 3x28x28, IPC 10, 64 real images per class,
 DSA, ConvNet-3 width 32, KDE weights in the batch) on random data, for N = 1, 3, 10,
@@ -63,8 +63,9 @@ def main(argv=None) -> int:
   for n in (int(v) for v in args.runs.split(",")):
     for mode in ("independent-vmap", "independent-map", "common"):
       knobs = [dict(lr=10.0 * (1 + i)) for i in range(n)]
-      d = distill.dm(num_runs=n, run_knobs=knobs, common_random_numbers=mode == "common",
-                     run_parallel="map" if mode == "independent-map" else "vmap", **kw)
+      d = distill.many_runs(distill.dm(**kw), num_runs=n, run_knobs=knobs,
+                            common_random_numbers=mode == "common",
+                            parallel="map" if mode == "independent-map" else "vmap")
       tn, first = _median_step(d, d.init(jax.random.key(0), real), real, args.steps)
       print(json.dumps({"num_runs": n, "mode": mode,
                         "step_s_median": round(tn, 4), "first_step_s": round(first, 2),

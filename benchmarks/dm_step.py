@@ -65,8 +65,10 @@ def _measure(args) -> None:
   d = distill.dm(num_classes=10, ipc=args.ipc, model=models.ConvNet(10, width=args.width),
                  augment=aug, real_per_class=args.real_per_class,
                  kde_config=distill.KDEConfig() if args.kde else None,
-                 real_chunk=_chunk_arg(args.real_chunk), syn_chunk=_chunk_arg(args.syn_chunk),
-                 real_dtype=None if args.real_dtype == "float32" else args.real_dtype)
+                 execution=distill.Execution(
+                     policy=policy.current(), real_chunk=_chunk_arg(args.real_chunk),
+                     syn_chunk=_chunk_arg(args.syn_chunk),
+                     real_dtype=None if args.real_dtype == "float32" else args.real_dtype))
   state = d.init(jax.random.key(0), real)
   t0 = time.perf_counter()
   compiled = d.step.lower(state, real).compile()
@@ -117,15 +119,15 @@ def main(argv=None) -> None:
   p.add_argument("--no-dsa", action="store_true")
   p.add_argument("--kde", action="store_true")
   p.add_argument("--real-chunk", default="auto",
-                 help="embed the real images this many at a time (distill.dm real_chunk; "
+                 help="embed the real images this many at a time (distill.Execution real_chunk; "
                       "0 = all at once). Default 'auto', the policy's (32 on CPU)")
   p.add_argument("--syn-chunk", default="auto",
-                 help="the same for the synthetic images (distill.dm syn_chunk). Default "
+                 help="the same for the synthetic images (distill.Execution syn_chunk). Default "
                       "'auto', the policy's (10 on CPU)")
   p.add_argument("--policy", choices=["auto", "cpu", "accelerator"], default="auto",
                  help="pin this jaxdd.policy layout (default: by backend)")
   p.add_argument("--real-dtype", choices=["float32", "bfloat16"], default="float32",
-                 help="dtype of the real-image forward (distill.dm real_dtype)")
+                 help="dtype of the real-image forward (distill.Execution real_dtype)")
   p.add_argument("--forward-conv", choices=["policy", "winograd", "xla"], default="policy",
                  help="the real-image forward's convolutions (jaxdd.policy forward_conv; "
                       "default: the policy's, winograd on CPU)")

@@ -86,7 +86,10 @@ def _measure(args) -> None:
   d = distill.gm(num_classes=nc, ipc=ipc, model=model, strategy=strategy, outer_loop=outer,
                  inner_loop=inner, real_per_class=b, init="real",
                  kde_config=distill.KDEConfig() if args.kde else None,
-                 real_chunk="auto" if args.real_chunk == "auto" else (int(args.real_chunk) or None))
+                 execution=distill.Execution(
+                     policy=policy.current(),
+                     real_chunk="auto" if args.real_chunk == "auto" else (int(args.real_chunk)
+                                                                          or None)))
   state = d.init(jax.random.key(0), real)
   t0 = time.perf_counter()
   compiled = d.step.lower(state, real).compile()

@@ -13,8 +13,9 @@ Going from one GPU to a pod:
     >>> import jax
     >>> from jaxdd import parallel
     >>> mesh = parallel.make_mesh({"data": jax.device_count()})
-    >>> # distill.dm(..., mesh=mesh, batch_axis="data") shards every class's real
-    >>> # batch over all devices; class_axis="data" shards the classes instead.
+    >>> # distill.dm(..., execution=distill.Execution(mesh=mesh, batch_axis="data"))
+    >>> # shards every class's real batch over all devices; class_axis="data" shards
+    >>> # the classes instead.
 
 On several hosts call ``jax.distributed.initialize(...)`` first (on CPU also set
 ``jax.config.update("jax_cpu_collectives_implementation", "gloo")``), then build

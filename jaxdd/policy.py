@@ -12,11 +12,11 @@ The library reads :func:`current` wherever it lays work out: the convolution
 kernels of :class:`jaxdd.models.TorchConv` and
 :func:`jaxdd.models.loop_safe_convs`, the trainer's micro-batches and
 ``parallel="auto"`` (:mod:`jaxdd.train`), the prediction blocks, ``loop="auto"`` of
-:func:`jaxdd.train.fit_epochs` (the surrogate's trainer), the default ``real_chunk``/``syn_chunk`` of
-:func:`jaxdd.distill.dm` and :func:`jaxdd.distill.gm`, and where convolutions run as
+:func:`jaxdd.train.fit_epochs` (the surrogate's trainer), and where convolutions run as
 Winograd (on CPU: gradient-free forwards, ``forward_conv``, and the networks the
-trainer trains, ``train_conv``). Explicit arguments
-always win (``dm(real_chunk=None)``, ``train_surrogate(loop="scan")``,
+trainer trains, ``train_conv``). A distiller takes its policy (and with it the
+default ``real_chunk``/``syn_chunk``) from its :class:`jaxdd.distill.Execution`
+instead, explicitly, and pins it around its step. Explicit arguments always win (``Execution(real_chunk=None)``, ``train_surrogate(loop="scan")``,
 ``evaluate_synset(parallel="vmap")``). By default the policy follows
 ``jax.default_backend()``; :func:`use` pins another one for a block, e.g. to
 benchmark the accelerator layout on CPU. Both layouts give the same results up
@@ -24,9 +24,10 @@ to float rounding, which is what makes pinning safe.
 
 Jitted programs keep the layout they were traced with. jaxdd's cached
 training, prediction and surrogate programs are keyed by the policy, and a
-:class:`~jaxdd.distill.Distiller` keeps the policy that was current when it
-was built; but a function you ``jax.jit`` yourself is traced at its first
-call, so pin the policy before that call (or wrap the function with
+:class:`~jaxdd.distill.Distiller` is traced under its
+:class:`~jaxdd.distill.Execution`'s policy (given explicitly, else the
+backend's: never the pinned one); but a function you ``jax.jit`` yourself is traced
+at its first call, so pin the policy before that call (or wrap the function with
 :func:`pinned`). The pinned policies are a module-global stack, not
 thread-local: do not call :func:`use` from several threads at once.
 

@@ -169,7 +169,7 @@ def test_cfm_distiller_one_trace_lower_loss_and_shared_program(run_one_trace):
   variables = model.init(jax.random.key(7), jnp.zeros((1, 8, 8, 3)))
   kw = dict(num_classes=2, ipc=2, iterations=8, model=model, real_per_class=8, lr=0.3,
             schedule="constant", beta=0.1)
-  d = distill.cfm(variables=variables, jit=False, **kw)
+  d = distill.cfm(variables=variables, execution=distill.Execution(jit=False), **kw)
   state, losses = run_one_trace(d.step, d.init(jax.random.key(0), real), real, 8)
   assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses
   # lr and beta are runtime values (the curriculum's betas: a slow CLI test and cfm_beta's
@@ -193,7 +193,8 @@ def test_cfm_slot_curriculum_moves_one_slot_at_a_time_at_its_beta(run_one_trace)
   model = models.ConvNet(2, depth=2, width=8)
   variables = model.init(jax.random.key(7), jnp.zeros((1, 8, 8, 3)))
   d = distill.cfm(num_classes=2, ipc=3, iterations=6, model=model, real_per_class=8, lr=0.3,
-                  momentum=0.9, beta=0.1, curriculum="slots", variables=variables, jit=False)
+                  momentum=0.9, beta=0.1, curriculum="slots", variables=variables,
+                  execution=distill.Execution(jit=False))
   state = d.init(jax.random.key(0), real)
   step = jax.jit(d.step)
   slot_of = np.arange(6) % 3  # images are class-major: image i is slot i % ipc

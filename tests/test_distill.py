@@ -62,7 +62,7 @@ def test_init_real_copies_class_images_and_checks_ipc():
 def test_step_compiles_once_and_is_deterministic():
   x, y = _toy()
   real = distill.real_data(x, y, num_classes=3)
-  raw = _distiller(jit=False)
+  raw = _distiller(execution=distill.Execution(jit=False))
   step = jax.jit(chex.assert_max_traces(raw.step, n=1))
   state = raw.init(jax.random.key(0), real)
   for _ in range(3):
@@ -173,9 +173,9 @@ def test_bad_inputs():
     _distiller(kde_config=distill.KDEConfig(temperature=-1.0))
   for bad in (0, -3, 2.5, "all", True):
     with pytest.raises(ValueError, match="real_chunk must be"):
-      _distiller(real_chunk=bad)
+      _distiller(execution=distill.Execution(real_chunk=bad))
     with pytest.raises(ValueError, match="syn_chunk must be"):
-      _distiller(syn_chunk=bad)
+      _distiller(execution=distill.Execution(syn_chunk=bad))
   with pytest.raises(ValueError, match="embeddings"):
     real = distill.real_data(x, y, num_classes=3)
     d = _distiller(kde_config=distill.KDEConfig())
@@ -187,7 +187,8 @@ def test_real_dtype_float32_is_the_default_step_and_bfloat16_stays_close():
   real = distill.real_data(x, y, num_classes=3)
   steps = {}
   for name, dtype in (("default", None), ("f32", "float32"), ("bf16", "bfloat16")):
-    d = _distiller(real_dtype=dtype, model=models.ConvNet(3, depth=2, width=16))
+    d = _distiller(execution=distill.Execution(real_dtype=dtype),
+                   model=models.ConvNet(3, depth=2, width=16))
     state, metrics = d.step(d.init(jax.random.key(3), real), real)
     steps[name] = (np.asarray(state.syn.images), float(metrics["loss"]), float(metrics["grad_norm"]))
   # float32 is the default computation, bit for bit.
@@ -202,7 +203,7 @@ def test_real_dtype_float32_is_the_default_step_and_bfloat16_stays_close():
   assert cos > 0.99
   for bad in ("int32", "nope", np.bool_):
     with pytest.raises(ValueError, match="real_dtype must be a floating dtype"):
-      _distiller(real_dtype=bad)
+      _distiller(execution=distill.Execution(real_dtype=bad))
 
 
 def test_runtime_knobs_share_one_compiled_program():
@@ -224,7 +225,7 @@ def test_runtime_knobs_share_one_compiled_program():
   assert a.step._program._cache_size() == 1
   assert not np.allclose(np.asarray(sa.syn.images), np.asarray(sb.syn.images))
   # Each equals its own distiller traced with the knobs as constants.
-  ref = make(3.0, 0.1, 1.0, jit=False)
+  ref = make(3.0, 0.1, 1.0, execution=distill.Execution(jit=False))
   sr = ref.init(jax.random.key(0), real)
   step = jax.jit(ref.step)
   for _ in range(2):
@@ -245,8 +246,8 @@ def test_n_runs_in_one_program_equal_separate_runs(common, parallel):
             augment=None)
   base = distill.KDEConfig(variance=0.5)
   knobs = [dict(lr=1.0), dict(lr=3.0, temperature=0.5)]
-  d = distill.dm(num_runs=2, run_knobs=knobs, common_random_numbers=common, kde_config=base,
-                 run_parallel=parallel, **kw)
+  d = distill.many_runs(distill.dm(kde_config=base, **kw), num_runs=2, run_knobs=knobs,
+                        common_random_numbers=common, parallel=parallel)
   state = d.init(jax.random.key(0), real)
   assert state.syn.images.shape == (2, 6, 8, 8, 3)
   assert state.key.shape == (() if common else (2,))
@@ -265,15 +266,16 @@ def test_n_runs_in_one_program_equal_separate_runs(common, parallel):
     np.testing.assert_allclose(state.syn.images[i], s.syn.images, atol=1e-5 * scale)
     np.testing.assert_allclose(float(m["loss"][i]), float(m1["loss"]), rtol=1e-5)
   if common:  # shared draws: the two runs started from the same images
-    d0 = distill.dm(num_runs=2, common_random_numbers=True, kde_config=base, **kw)
+    d0 = distill.many_runs(distill.dm(kde_config=base, **kw), num_runs=2,
+                           common_random_numbers=True)
     s0 = d0.init(jax.random.key(0), real)
     np.testing.assert_array_equal(s0.syn.images[0], s0.syn.images[1])
   with pytest.raises(ValueError, match="run_knobs has"):
-    distill.dm(num_runs=3, run_knobs=knobs, **kw)
+    distill.many_runs(distill.dm(**kw), num_runs=3, run_knobs=knobs)
   with pytest.raises(ValueError, match="run_knobs may set"):
-    distill.dm(num_runs=1, run_knobs=[dict(momentum=0.9)], **kw)
+    distill.many_runs(distill.dm(**kw), num_runs=1, run_knobs=[dict(momentum=0.9)])
   with pytest.raises(ValueError, match="need num_runs"):
-    distill.dm(run_knobs=knobs, **kw)
+    distill.many_runs(distill.dm(**kw), run_knobs=knobs)
 
 
 def test_multi_step_runs_n_steps_in_one_program():
@@ -309,3 +311,34 @@ def test_multi_step_runs_n_steps_in_one_program():
       run(s, real, bad)
   with pytest.raises(ValueError, match="k must be a positive int"):
     distill.multi_step(d, 0)
+
+
+def test_execution_is_explicit_and_its_wrappers_check_the_step():
+  import optax
+
+  from jaxdd import policy
+  with policy.use("accelerator"):  # the pinned stack is not read: the backend's policy
+    ex = distill.Execution()
+  auto = policy.resolve("auto")
+  assert ex.policy is auto and (ex.real_chunk, ex.syn_chunk) == (auto.real_chunk, auto.syn_chunk)
+  acc = distill.Execution(policy="accelerator", real_dtype="bfloat16")
+  assert (acc.real_chunk, acc.syn_chunk, acc.real_dtype) == (None, None, jnp.bfloat16)
+  assert distill.Execution(policy="cpu", real_chunk=5).real_chunk == 5
+  with pytest.raises(ValueError, match="real_dtype is a DM option"):
+    distill.cfm(num_classes=3, ipc=2, iterations=4, execution=acc)
+  with pytest.raises(ValueError, match="real_dtype is a DM option"):
+    distill.gm(num_classes=3, ipc=1, execution=acc)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("c",))
+  with pytest.raises(ValueError, match="one device"):
+    distill.mtt(num_classes=3, ipc=2, num_epochs=4, max_start_epoch=2,
+                execution=distill.Execution(mesh=mesh))
+  with pytest.raises(ValueError, match="num_runs runs on one device"):
+    distill.many_runs(_distiller(execution=distill.Execution(mesh=mesh)), num_runs=2)
+  with pytest.raises(ValueError, match="runtime knobs"):
+    distill.many_runs(distill.gm(num_classes=3, ipc=1), num_runs=2)
+  with pytest.raises(ValueError, match="drop them from run_knobs"):
+    distill.many_runs(_distiller(syn_tx=optax.adam(0.1)), num_runs=1, run_knobs=[dict(lr=2.0)])
+  with pytest.raises(ValueError, match="run_parallel must be"):
+    distill.many_runs(_distiller(), num_runs=2, parallel="pmap")
+  raw = distill.many_runs(_distiller(execution=distill.Execution(jit=False)), num_runs=2)
+  assert not hasattr(raw.step, "lower")  # uncompiled, as the distiller it wraps

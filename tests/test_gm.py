@@ -220,7 +220,8 @@ def test_outer_iteration_equals_a_hand_written_loop():
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
   cfg = distill.KDEConfig(variance=0.1, temperature=0.5)
   real = distill.real_data(x, y, num_classes=3, embeddings=emb)
-  d = _gm(kde_config=cfg, lr=0.5, momentum=0.5, lr_net=0.05, init="noise", real_chunk=None)
+  d = _gm(kde_config=cfg, lr=0.5, momentum=0.5, lr_net=0.05, init="noise",
+          execution=distill.Execution(real_chunk=None))
   state = d.init(jax.random.key(0), real)
   images = jnp.asarray(state.syn.images)
   new_state, metrics = d.step(jax.tree.map(jnp.copy, state), real)
@@ -264,8 +265,10 @@ def test_inner_loop_trains_the_network_between_rounds():
   # network trained on the synthetic set, so lr_net must change it.
   x, y = _toy()
   real = distill.real_data(x, y, num_classes=3)
-  a = _gm(outer_loop=2, inner_loop=3, lr_net=1e-6, real_chunk=None)
-  b = _gm(outer_loop=2, inner_loop=3, lr_net=0.5, real_chunk=None)
+  a = _gm(outer_loop=2, inner_loop=3, lr_net=1e-6,
+          execution=distill.Execution(real_chunk=None))
+  b = _gm(outer_loop=2, inner_loop=3, lr_net=0.5,
+          execution=distill.Execution(real_chunk=None))
   sa, sb = a.init(jax.random.key(0), real), b.init(jax.random.key(0), real)
   (_, ma), (_, mb) = a.step(sa, real), b.step(sb, real)
   np.testing.assert_allclose(float(ma["loss_first"]), float(mb["loss_first"]), rtol=1e-5)
@@ -301,7 +304,7 @@ def test_a_few_outer_iterations_lower_the_matching_loss():
 def test_step_traces_once_and_is_deterministic():
   x, y = _toy()
   real = distill.real_data(x, y, num_classes=3)
-  raw = _gm(jit=False, strategy="crop_flip")
+  raw = _gm(execution=distill.Execution(jit=False), strategy="crop_flip")
   step = jax.jit(chex.assert_max_traces(raw.step, n=1))
   state = raw.init(jax.random.key(0), real)
   for _ in range(3):
@@ -326,7 +329,7 @@ def test_batchnorm_network_runs_with_running_statistics():
   x, y = _toy()
   real = distill.real_data(x, y, num_classes=3)
   bn = models.ConvNet(3, depth=1, width=8, norm="batch")
-  d = _gm(model=bn, real_chunk=None)
+  d = _gm(model=bn, execution=distill.Execution(real_chunk=None))
   state, m = d.step(d.init(jax.random.key(0), real), real)
   assert np.isfinite(float(m["loss"])) and np.isfinite(np.asarray(state.syn.images)).all()
 
@@ -341,8 +344,9 @@ def test_sharded_gm_equals_single_device():
     real = distill.real_data(x, y, num_classes=4, embeddings=emb, mesh=mesh)
     d = distill.dsa(num_classes=4, ipc=2, model=models.ConvNet(4, depth=1, width=8),
                     real_per_class=8, outer_loop=2, inner_loop=2, strategy="crop_flip",
-                    kde_config=distill.KDEConfig(variance=0.5), mesh=mesh,
-                    class_axis=class_axis, batch_axis=batch_axis)
+                    kde_config=distill.KDEConfig(variance=0.5),
+                    execution=distill.Execution(mesh=mesh, class_axis=class_axis,
+                                                batch_axis=batch_axis))
     state = d.init(jax.random.key(0), real)
     losses = []
     for _ in range(2):
@@ -372,6 +376,6 @@ def test_loop_counts_and_bad_arguments():
   with pytest.raises(ValueError, match="net_batch_size"):
     _gm(net_batch_size=0)
   with pytest.raises(ValueError, match="real_chunk must be"):
-    _gm(real_chunk=0)
+    _gm(execution=distill.Execution(real_chunk=0))
   with pytest.raises(ValueError, match="no augmentation"):
     distill.dc(num_classes=3, ipc=2, strategy="crop")

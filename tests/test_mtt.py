@@ -204,7 +204,7 @@ def test_distiller_lowers_the_loss_with_one_trace(mode, run_one_trace):
                                       epochs=3, lr=0.05, batch_size=12, augment=None))
   d = distill.mtt(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2,
                   max_start_epoch=1, syn_steps=4, lr_img=30.0, lr_lr=1e-5, lr_teacher=0.05,
-                  strategy=None, mode=mode, jit=False)
+                  strategy=None, mode=mode, execution=distill.Execution(jit=False))
   state, losses = run_one_trace(d.step, d.init(jax.random.key(1), distill.real_data(
       x, y, num_classes=3)), buf, 12)
   assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
@@ -274,7 +274,7 @@ def test_mtt_step_is_one_sgd_step_on_the_trajectory_loss():
                                       epochs=3, lr=0.05, batch_size=12, augment=None))
   kw = dict(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2, max_start_epoch=1,
             syn_steps=3, lr_lr=1e-3, lr_teacher=0.05, strategy=None, mode="exact")
-  d = distill.mtt(lr_img=30.0, jit=False, **kw)
+  d = distill.mtt(lr_img=30.0, execution=distill.Execution(jit=False), **kw)
   real = distill.real_data(x, y, num_classes=3)
   state = d.init(jax.random.key(1), real)
   assert float(state.extra["syn_lr"]) == np.float32(0.05)

@@ -157,10 +157,9 @@ def _toy(per_class=8, size=8):
 def _dm_step(pol, spy):
   x, y = _toy()
   real = distill.real_data(x, y, num_classes=3)
-  with policy.use(pol):
-    d = distill.dm(num_classes=3, ipc=2, model=models.ConvNet(3, depth=1, width=8),
-                   real_per_class=8, augment=None)
-  # The step is traced outside the block: a Distiller keeps the policy it was built under.
+  d = distill.dm(num_classes=3, ipc=2, model=models.ConvNet(3, depth=1, width=8),
+                 real_per_class=8, augment=None, execution=distill.Execution(policy=pol))
+  # The step is traced under the Execution's policy, whatever policy.use has pinned.
   state, metrics = d.step(d.init(jax.random.key(0), real), real)
   return spy.pop(), np.asarray(state.syn.images), float(metrics["loss"])
 
@@ -180,9 +179,9 @@ def test_dm_chunks_follow_the_policy_and_results_agree(monkeypatch):
   np.testing.assert_allclose(loss_cpu, loss_acc, rtol=1e-5)
   np.testing.assert_allclose(images_cpu, images_acc, rtol=1e-5, atol=1e-6)
   real = distill.real_data(*_toy(), num_classes=3)
-  with policy.use("accelerator"):  # explicit arguments win over the policy
-    d = distill.dm(num_classes=3, ipc=2, model=TINY, real_per_class=8, augment=None,
-                   real_chunk=3, syn_chunk=2)
+  # explicit chunks win over the policy's
+  d = distill.dm(num_classes=3, ipc=2, model=TINY, real_per_class=8, augment=None,
+                 execution=distill.Execution(policy="accelerator", real_chunk=3, syn_chunk=2))
   d.step.lower(d.init(jax.random.key(0), real), real)  # tracing is enough
   assert seen.pop() == (3, 2, "accelerator")
 

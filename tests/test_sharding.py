@@ -19,7 +19,8 @@ def _run(mesh, class_axis, batch_axis, num_classes, steps=2, kde=False):
   x, y, emb = _toy(num_classes)
   real = distill.real_data(x, y, num_classes=num_classes, embeddings=emb, mesh=mesh)
   d = distill.dm(num_classes=num_classes, ipc=2, model=models.ConvNet(num_classes, depth=2, width=8),
-                 real_per_class=8, mesh=mesh, class_axis=class_axis, batch_axis=batch_axis,
+                 real_per_class=8, execution=distill.Execution(mesh=mesh, class_axis=class_axis,
+                                                               batch_axis=batch_axis),
                  kde_config=distill.KDEConfig(variance=0.5) if kde else None)
   state = d.init(jax.random.key(0), real)
   losses = []

@@ -113,12 +113,13 @@ def test_dm_with_all_weight_on_one_row_matches_that_row():
   model = models.ConvNet(2, depth=1, width=4)
   cfg = KDEConfig(temperature=0.1, scope="class")
   d = distill.dm(num_classes=2, ipc=1, model=model, real_per_class=6, augment=None, lr=0.1,
-                 kde_config=cfg, real_sampling="weighted", init="weighted", jit=False)
+                 kde_config=cfg, real_sampling="weighted", init="weighted",
+                 execution=distill.Execution(jit=False))
   state = d.init(jax.random.key(0), real)
   np.testing.assert_array_equal(np.asarray(state.syn.images), x[[2, 5]])  # init ∝ weight
   only = distill.real_data(x[[2, 5]], np.array([0, 1]), num_classes=2)
   d_ref = distill.dm(num_classes=2, ipc=1, model=model, real_per_class=1, augment=None,
-                     lr=0.1, jit=False)
+                     lr=0.1, execution=distill.Execution(jit=False))
   # The same step key: the random network is the same draw in both.
   _, m = d.step(state, real)
   _, m_ref = d_ref.step(state, only)
@@ -321,6 +322,7 @@ def test_fairdd_options_are_checked():
   x = np.zeros((4, 4, 4, 1), np.float32)
   real = distill.real_data(x, np.array([0, 0, 1, 1]), num_classes=2)
   d = distill.dm(num_classes=2, ipc=1, model=models.ConvNet(2, depth=1, width=4),
-                 real_per_class=2, augment=None, group_matching=2, jit=False)
+                 real_per_class=2, augment=None, group_matching=2,
+                 execution=distill.Execution(jit=False))
   with pytest.raises(ValueError, match="pass groups= to real_data"):
     d.step(d.init(jax.random.key(0), real), real)

@@ -146,9 +146,9 @@ def _dm(pol):
 
 def _dm_width(pol, width, **kwargs):
   real = _toy()
-  with policy.use(pol):
-    d = distill.dm(num_classes=2, ipc=1, model=models.ConvNet(2, depth=2, width=width),
-                   real_per_class=6, augment=None, **kwargs)
+  d = distill.dm(num_classes=2, ipc=1, model=models.ConvNet(2, depth=2, width=width),
+                 real_per_class=6, augment=None,
+                 execution=distill.Execution(policy=pol, **kwargs))
   state, metrics = d.step(d.init(jax.random.key(0), real), real)
   return np.asarray(state.syn.images), float(metrics["loss"])
 
@@ -284,10 +284,10 @@ def test_the_trainer_and_prediction_follow_the_policy(monkeypatch):
 
 def _gm_step(pol, width=96):
   real = _toy(per_class=8)
-  with policy.use(pol):
-    d = distill.dc(num_classes=2, ipc=1, model=models.ConvNet(2, depth=2, width=width),
-                   real_per_class=8, outer_loop=1, inner_loop=1, real_chunk=4)
-    state, metrics = d.step(d.init(jax.random.key(0), real), real)
+  d = distill.dc(num_classes=2, ipc=1, model=models.ConvNet(2, depth=2, width=width),
+                 real_per_class=8, outer_loop=1, inner_loop=1,
+                 execution=distill.Execution(policy=pol, real_chunk=4))
+  state, metrics = d.step(d.init(jax.random.key(0), real), real)
   return np.asarray(state.syn.images), float(metrics["loss"])
 
 

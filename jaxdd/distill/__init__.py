@@ -8,6 +8,9 @@ in one place:
 
 * :mod:`jaxdd.distill.core`: :class:`RealData`, real-batch sampling and
   weights, the synthetic set's initialisation, :class:`Distiller`;
+* :mod:`jaxdd.distill.execution`: how a step runs (:class:`Execution`: the
+  layout policy, mesh, chunks, jit) and what wraps a step (:func:`many_runs`,
+  :func:`multi_step`);
 * :mod:`jaxdd.distill.distribution`: :func:`dm`;
 * :mod:`jaxdd.distill.frequency`: :func:`cfm` (curriculum frequency matching);
 * :mod:`jaxdd.distill.gradient`: :func:`gm`, :func:`dsa`, :func:`dc`;
@@ -45,14 +48,16 @@ from jaxdd.distill.core import (INITS, REAL_SAMPLING, ClassIndex, Distiller, Dis
                                 class_log_density, class_weights, multi_step, real_batch, real_data,
                                 sample_per_class, sample_weighted, weighted_init_rows)
 from jaxdd.distill.distribution import dm
+from jaxdd.distill.execution import Execution, many_runs
 from jaxdd.distill.frequency import cfm
 from jaxdd.distill.gradient import BN_REAL_PER_CLASS, GM_LOOPS, dc, dsa, gm, gm_loops
 from jaxdd.distill.trajectory import mtt
 from jaxdd.structs import SynSet  # the artifact a distiller's state holds
 
-__all__ = ["BN_REAL_PER_CLASS", "ClassIndex", "DistillState", "Distiller", "GM_LOOPS", "INITS",
-           "KDEConfig", "REAL_SAMPLING", "RealData", "SynSet", "batch_weights", "class_index",
+__all__ = ["BN_REAL_PER_CLASS", "ClassIndex", "DistillState", "Distiller", "Execution", "GM_LOOPS",
+           "INITS", "KDEConfig", "REAL_SAMPLING", "RealData", "SynSet", "batch_weights",
+           "class_index",
            "cfm", "class_log_density", "class_weights", "dc", "dm", "dsa", "gm", "gm_loops", "mtt",
-           "multi_step",
+           "many_runs", "multi_step",
            "real_batch", "real_data", "sample_per_class", "sample_weighted",
            "weighted_init_rows"]

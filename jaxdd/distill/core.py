@@ -343,41 +343,23 @@ def _shared_program(static: tuple, step_fn: Callable) -> Callable:
 
 
 class _BoundStep:
-  """``step(state, real)``: a shared jitted program called with this distiller's knobs."""
+  """``step(state, real)``: a shared jitted program called with this distiller's knobs.
 
-  def __init__(self, program: Callable, hp: dict):
+  ``fn`` is the pure step the program compiles, ``execution`` how it was built
+  and ``knobs`` the names in ``hp`` that N runs in one program may vary per run
+  (:func:`jaxdd.distill.execution.many_runs`; None: not supported).
+  """
+
+  def __init__(self, program: Callable, hp: dict, *, fn: Callable | None = None,
+               execution: Any = None, knobs=None):
     self._program, self._hp = program, hp
+    self.fn, self.execution, self.knobs = fn, execution, knobs
 
   def __call__(self, state, real):
     return self._program(state, real, self._hp)
 
   def lower(self, state, real):
     return self._program.lower(state, real, self._hp)
-
-
-def _chunk(value, auto: int | None, name: str) -> int | None:
-  if value == "auto":
-    return auto
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be a positive int, 'auto' or None (all at once), got {value!r}")
-  return value
-
-
-def _floating_dtype(value, name: str):
-  """None, or ``value`` as a floating numpy dtype (``"bfloat16"``, ``jnp.float16``, ...)."""
-  if value is None:
-    return None
-  try:
-    dtype = jnp.dtype(value)
-  except TypeError:
-    dtype = None
-  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"{name} must be a floating dtype such as 'bfloat16' or 'float32' (or None "
-                     f"for the synthetic images' dtype), got {value!r}")
-  return dtype
-
 
 
 # ---------------------------------------------------------------------------- several steps per call

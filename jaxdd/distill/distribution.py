@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Literal, Sequence
+from typing import Callable, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxdd import matching, parallel, policy, weighting
-from jaxdd._src import checks, winograd
-from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _BoundStep,
-                                _check_kde, _check_sampling, _chunk, _floating_dtype, _KDEKnobs,
-                                _runtime_knobs, _shared_program, _state_init, real_batch)
+from jaxdd import matching, parallel, weighting
+from jaxdd._src import winograd
+from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
+                                _check_sampling, _KDEKnobs, _runtime_knobs, _state_init,
+                                real_batch)
+from jaxdd.distill.execution import RUN_KNOBS, Execution
 from jaxdd.models import ConvNet, loop_safe_convs
 
 
@@ -25,13 +24,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        syn_tx: optax.GradientTransformation | None = None,
        init: Literal["real", "weighted", "noise"] = "real", kde_config: KDEConfig | None = None,
        real_sampling: Literal["uniform", "weighted"] = "uniform",
-       group_matching: int | None = None,
-       mesh: Mesh | None = None, class_axis: str | None = None, batch_axis: str | None = None,
-       real_chunk: int | Literal["auto"] | None = "auto",
-       syn_chunk: int | Literal["auto"] | None = "auto", real_dtype: Any = None,
-       num_runs: int | None = None, run_knobs: Sequence[dict] | None = None,
-       common_random_numbers: bool = False,
-       run_parallel: Literal["auto", "vmap", "map"] = "auto", jit: bool = True) -> Distiller:
+       group_matching: int | None = None, execution: Execution | None = None) -> Distiller:
   """Distribution matching (Zhao & Bilen 2023), optionally KDE-reweighted (Cui et al. 2024).
 
   Args:
@@ -61,78 +54,28 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       (:func:`jaxdd.weighting.group_balanced_weights`). Uses the TRUE bias labels
       (``real.groups``); a reference method, not a reweighting; excludes
       ``kde_config``.
-    mesh, class_axis, batch_axis: optional mesh; the sampled real batch
-      (C, B, ...) is sharded with ``P(class_axis, batch_axis)`` and XLA
-      partitions the step accordingly (results equal the single-device step up
-      to float reassociation).
-    real_chunk: embed the (gradient-free) real images this many at a time
-      inside the step, which keeps activations in cache on CPU; ignored (all
-      at once) for BatchNorm models, whose statistics mix the whole batch as
-      in the reference, and when a mesh is given. ``"auto"``: the active
-      :mod:`jaxdd.policy`'s ``real_chunk`` (32 on CPU, all at once on
-      accelerators). ``None``: all at once.
-    syn_chunk: the same for the synthetic images, whose forward and backward
-      then run chunk by chunk (plain ``nn.Conv`` layers are routed through
-      :func:`jaxdd.models.loop_safe_convs` for that). ``"auto"``: the policy's
-      ``syn_chunk`` (10 on CPU, all at once on accelerators). Chunking never
-      changes the loss beyond float rounding. Timings at the reference
-      configuration: RESULTS.md, "One DM step" (benchmarks/dm_step.py).
-    real_dtype: run the gradient-free real-image forward in this floating dtype
-      (e.g. ``"bfloat16"``): the network's parameters and the real images are
-      cast to it, the features back to float32. None (default): the synthetic
-      images' dtype, i.e. the reference's computation. Off by default:
-      on the development CPU bfloat16 is slower (RESULTS.md, "bf16 real path for DM").
-      Under a policy with ``forward_conv="winograd"`` (the ``cpu`` policy) and
-      without a mesh, the real forward's eligible 3x3 convolutions run as
-      Winograd F(2x2, 3x3): the same values up to float rounding, 2.25x fewer
-      multiplies (:mod:`jaxdd.policy`; RESULTS.md, "One DM step").
-    num_runs: None (one run) or N: N distillations in ONE compiled step
-      (:func:`many_runs`): the state's arrays get a leading run axis and the
-      metrics are per run.
-    run_knobs: with ``num_runs``, one dict per run overriding the runtime knobs
-      ``lr``, ``variance`` and ``temperature`` (e.g. the candidates of a sweep);
-      None: every run uses this call's values.
-    common_random_numbers: with ``num_runs``, False (default): each run draws
-      its own network, batches and augmentation (keys split from the init key,
-      as N seeds); True: all runs share them (the init key and every draw),
-      so runs that differ only in their knobs are a paired comparison, and the
-      shared work (the network, the real batch and its forward pass) is done
-      once for all runs.
-    run_parallel: with independent runs, ``"vmap"`` (batched: the runs'
-      random networks become grouped convolutions) or ``"map"`` (one after
-      another inside the program); ``"auto"``: the policy's ``parallel`` (map on
-      CPU, where the grouped convolutions are slower: RESULTS.md, "N DM runs in one
-      program"). Shared draws always use vmap, which computes them once.
-    jit: return jitted ``init``/``step`` (default) or the raw pure functions.
+    execution: how the step runs (:class:`jaxdd.distill.Execution`): the
+      layout policy, a mesh, ``real_chunk``/``syn_chunk`` (the real and
+      synthetic images embedded this many at a time) and ``real_dtype`` (the
+      gradient-free real forward's dtype); None: ``Execution()``, the backend's
+      policy. Under a policy with ``forward_conv="winograd"`` (the ``cpu``
+      policy) and without a mesh, the real forward's eligible 3x3
+      convolutions run as Winograd F(2x2, 3x3): the same values up to float
+      rounding, 2.25x fewer multiplies (:mod:`jaxdd.policy`; RESULTS.md, "One
+      DM step"). N runs in one program: :func:`jaxdd.distill.many_runs`.
 
   Returns:
-    A :class:`Distiller` ``(init, step)``. The step is traced under the policy
-    that was active when ``dm`` was called (:func:`jaxdd.policy.current`).
+    A :class:`Distiller` ``(init, step)``. The step is traced under the
+    execution's policy.
   """
-  if ipc < 1:
-    raise ValueError(f"ipc must be >= 1, got {ipc}")
-  if real_per_class < 1:
-    raise ValueError(f"real_per_class must be >= 1, got {real_per_class}")
-  _check_kde(kde_config)
-  _check_sampling(init, real_sampling, kde_config)
-  if group_matching is not None:
-    if isinstance(group_matching, bool) or not isinstance(group_matching, int) \
-        or group_matching < 1:
-      raise ValueError(f"group_matching must be None or the number of bias values (an int >= 1), "
-                       f"got {group_matching!r}")
-    if kde_config is not None:
-      raise ValueError("group_matching (FairDD) replaces the weighting: pass kde_config=None")
-  real_dtype = _floating_dtype(real_dtype, "real_dtype")
+  _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matching)
+  ex = Execution() if execution is None else execution
   model = ConvNet(num_classes) if model is None else model
-  pol = policy.current()
-  real_chunk = _chunk(real_chunk, pol.real_chunk, "real_chunk")
-  syn_chunk = _chunk(syn_chunk, pol.syn_chunk, "syn_chunk")
+  mesh, real_chunk, syn_chunk, real_dtype = ex.mesh, ex.real_chunk, ex.syn_chunk, ex.real_dtype
   # SGD's learning rate is applied at run time (hp["lr"]), so candidates that differ only in
   # lr_img (or the KDE variance / temperature) share one compiled program. sgd(1.0) keeps the
   # optimiser state of sgd(lr) and its updates are exactly -trace; times lr gives sgd(lr)'s.
   tx = optax.sgd(1.0, momentum=momentum) if syn_tx is None else syn_tx
-  real_spec = P(class_axis, batch_axis)
-  syn_spec = P(class_axis)
   hp = _runtime_knobs(lr if syn_tx is None else 1.0, kde_config)
 
   init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config)
@@ -148,32 +91,14 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
         raise ValueError("group_matching needs the bias labels: pass groups= to real_data")
       weights, class_scale = weighting.group_balanced_weights(real.groups[rows], mask,
                                                               group_matching)
-    real_images = parallel.constrain(real.images[rows], mesh, real_spec)
+    real_images = parallel.constrain(real.images[rows], mesh, ex.real_spec)
     syn_batch = parallel.constrain(
-        syn_images.reshape((num_classes, ipc) + syn_images.shape[1:]), mesh, syn_spec)
+        syn_images.reshape((num_classes, ipc) + syn_images.shape[1:]), mesh, ex.syn_spec)
     shape = (1,) + syn_images.shape[1:]
     variables = model.init(k_model, jnp.zeros(shape, syn_images.dtype))
     variables = jax.lax.stop_gradient(variables)  # the network is frozen
-
-    def embed_with(v, x):
-      # BatchNorm models use the statistics of the batch (train mode), as the reference.
-      if "batch_stats" in v:
-        (feats, _), _ = model.apply(v, x, train=True, return_features=True,
-                                    mutable=["batch_stats"])
-      else:
-        feats, _ = model.apply(v, x, return_features=True)
-      return feats
-
-    embed = functools.partial(embed_with, variables)
-    embed_real = None
-    if real_dtype is not None:
-      cast = jax.tree.map(
-          lambda a: a.astype(real_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-          variables)
-      embed_real = lambda x: embed_with(cast, x.astype(real_dtype)).astype(jnp.float32)
-    if pol.forward_conv == "winograd" and mesh is None:  # no gradient flows through the real side
-      embed_real = winograd.traced_inside(embed if embed_real is None else embed_real)
-
+    embed, embed_real = _embedders(model, variables, real_dtype,
+                                   ex.policy.forward_conv == "winograd" and mesh is None)
     per_sample = "batch_stats" not in variables and mesh is None
     with loop_safe_convs():
       loss = matching.dm_loss(k_aug, syn_batch, real_images, embed_fn=embed, augment=augment,
@@ -196,82 +121,57 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
                         state.key), metrics
 
-  step_fn = policy.pinned(pol, step_fn)
-  if num_runs is not None:
-    if syn_tx is not None and any("lr" in k for k in (run_knobs or ())):
-      raise ValueError("run_knobs' lr scales dm's own SGD; with syn_tx the step size is the "
-                       "transformation's: drop lr from run_knobs")
-    if mesh is not None:
-      raise ValueError("num_runs runs on one device; drop mesh= (or num_runs=)")
-    return many_runs(init_fn, step_fn, hp, num_runs=num_runs, run_knobs=run_knobs,
-                     common_random_numbers=common_random_numbers,
-                     parallel=pol.parallel if run_parallel == "auto" else run_parallel, jit=jit)
-  if run_knobs is not None or common_random_numbers:
-    raise ValueError("run_knobs and common_random_numbers need num_runs=N")
-  if not jit:
-    def raw_step(state: DistillState, real: RealData):
-      return step_fn(state, real, hp)
-    return Distiller(init_fn, raw_step)
   # init runs once and checks sizes on the host, so only the step is compiled; the program
   # is shared by every dm() with the same static settings (runtime knobs aside).
   static = ("dm", num_classes, ipc, model, augment, real_per_class, momentum, syn_tx,
             None if kde_config is None else (kde_config.normalize, kde_config.scope),
-            real_sampling, group_matching, mesh, class_axis, batch_axis, real_chunk, syn_chunk,
-            None if real_dtype is None else str(real_dtype), pol)
-  return Distiller(init_fn, _BoundStep(_shared_program(static, step_fn), hp))
+            real_sampling, group_matching, mesh, ex.class_axis, ex.batch_axis, real_chunk,
+            syn_chunk, None if real_dtype is None else str(real_dtype), ex.policy)
+  knobs = RUN_KNOBS if syn_tx is None else tuple(k for k in RUN_KNOBS if k != "lr")
+  return Distiller(init_fn, ex.compile_step(static, step_fn, hp, knobs=knobs))
 
 
-#: The runtime knobs a run of :func:`many_runs` may override.
-RUN_KNOBS = ("lr", "variance", "temperature")
+def _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matching) -> None:
+  """:func:`dm`'s checks of its method arguments."""
+  if ipc < 1:
+    raise ValueError(f"ipc must be >= 1, got {ipc}")
+  if real_per_class < 1:
+    raise ValueError(f"real_per_class must be >= 1, got {real_per_class}")
+  _check_kde(kde_config)
+  _check_sampling(init, real_sampling, kde_config)
+  if group_matching is not None:
+    if isinstance(group_matching, bool) or not isinstance(group_matching, int) \
+        or group_matching < 1:
+      raise ValueError(f"group_matching must be None or the number of bias values (an int >= 1), "
+                       f"got {group_matching!r}")
+    if kde_config is not None:
+      raise ValueError("group_matching (FairDD) replaces the weighting: pass kde_config=None")
 
 
-def many_runs(init_fn: Callable, step_fn: Callable, hp: dict, *, num_runs: int,
-              run_knobs: Sequence[dict] | None = None, common_random_numbers: bool = False,
-              parallel: str = "vmap", jit: bool = True) -> Distiller:
-  """N distillations of one method in one program: ``step_fn`` vmapped over runs.
+def _embedders(model: nn.Module, variables, real_dtype, winograd_real: bool):
+  """``(embed, embed_real)``: the frozen network's features of the synthetic images, and of
+  the (gradient-free) real images when they run otherwise (None: as the synthetic ones).
 
-  ``init(key, real)`` builds the stacked state: with independent runs, run i
-  starts from ``init_fn(jax.random.split(key, N)[i], real)``; with common random
-  numbers every run starts from ``init_fn(key, real)`` and the key and step
-  stay shared (unbatched), so every draw inside the step (the network, the real
-  batch, the augmentation) is the same for all runs and is computed once; only
-  what depends on a run's images or knobs is batched. ``step(state, real)``
-  returns the stacked state and per-run metrics. Independent runs are batched
-  (``parallel="vmap"``) or run one after another inside the program (``"map"``).
-  Run i equals the single run with its key and knobs, up to float rounding
-  (tests/test_distill.py).
+  ``real_dtype``: the real forward in that dtype (parameters and images cast, features back
+  to float32); ``winograd_real``: its eligible convolutions as Winograd F(2x2, 3x3).
   """
-  if parallel not in ("vmap", "map"):
-    raise ValueError(f"run_parallel must be 'auto', 'vmap' or 'map', got {parallel!r}")
-  checks.check_positive_int("num_runs", num_runs)
-  knobs = [dict() for _ in range(num_runs)] if run_knobs is None else [dict(k) for k in run_knobs]
-  if len(knobs) != num_runs:
-    raise ValueError(f"run_knobs has {len(knobs)} entries for num_runs={num_runs}")
-  for k in knobs:
-    unknown = set(k) - set(RUN_KNOBS)
-    if unknown:
-      raise ValueError(f"run_knobs may set {list(RUN_KNOBS)}, got {sorted(unknown)}")
-  stacked_hp = {name: np.asarray([k.get(name, hp[name]) for k in knobs], np.float32)
-                for name in RUN_KNOBS}
-  shared = common_random_numbers
-  # Which parts of the state carry a run axis: all of them, or (shared draws) the images
-  # and the optimiser state only.
-  axes = DistillState(0, 0, None if shared else 0, None if shared else 0, None)
 
-  def init(key: jax.Array, real: RealData) -> DistillState:
-    if shared:
-      one = init_fn(key, real)
-      tile = lambda a: jnp.broadcast_to(a, (num_runs,) + jnp.shape(a))
-      return one._replace(syn=jax.tree.map(tile, one.syn),
-                          opt_state=jax.tree.map(tile, one.opt_state))
-    states = [init_fn(k, real) for k in jax.random.split(key, num_runs)]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  def embed_with(v, x):
+    # BatchNorm models use the statistics of the batch (train mode), as the reference.
+    if "batch_stats" in v:
+      (feats, _), _ = model.apply(v, x, train=True, return_features=True,
+                                  mutable=["batch_stats"])
+    else:
+      feats, _ = model.apply(v, x, return_features=True)
+    return feats
 
-  def many_step(state: DistillState, real: RealData, h):
-    if parallel == "map" and not shared:
-      return jax.lax.map(lambda args: step_fn(args[0], real, args[1]), (state, h))
-    return jax.vmap(step_fn, in_axes=(axes, None, 0), out_axes=(axes, 0))(state, real, h)
-
-  if not jit:
-    return Distiller(init, lambda state, real: many_step(state, real, stacked_hp))
-  return Distiller(init, _BoundStep(jax.jit(many_step, donate_argnums=0), stacked_hp))
+  embed = functools.partial(embed_with, variables)
+  embed_real = None
+  if real_dtype is not None:
+    cast = jax.tree.map(
+        lambda a: a.astype(real_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+        variables)
+    embed_real = lambda x: embed_with(cast, x.astype(real_dtype)).astype(jnp.float32)
+  if winograd_real:  # no gradient flows through the real side
+    embed_real = winograd.traced_inside(embed if embed_real is None else embed_real)
+  return embed, embed_real

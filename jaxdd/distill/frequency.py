@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdd import matching, policy
-from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _BoundStep,
-                                _check_kde, _check_sampling, _KDEKnobs, _shared_program,
-                                _state_init, real_batch)
+from jaxdd import matching
+from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
+                                _check_sampling, _KDEKnobs, _state_init, real_batch)
+from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet, loop_safe_convs
 
 
@@ -36,7 +36,7 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
         normalize: bool = True, init: Literal["real", "weighted", "noise"] = "real",
         kde_config: KDEConfig | None = None,
         real_sampling: Literal["uniform", "weighted"] = "uniform",
-        variables: Any = None, jit: bool = True) -> Distiller:
+        variables: Any = None, execution: Execution | None = None) -> Distiller:
   """CFM as a :class:`Distiller`: frequency-filtered covariance matching of conv inputs.
 
   Each step: a real batch per class (uniform or KDE-weighted, as :func:`dm`),
@@ -70,41 +70,20 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     variables: None (a fresh random network every step, as DM) or the fixed
       variables of a trained ``model`` (passed at run time, so runs with other
       trained networks share the compiled step).
-    jit: return a jitted step (default) or the raw pure function.
+    execution: how the step runs (:class:`jaxdd.distill.Execution`; None:
+      ``Execution()``): its policy (the step is traced under it) and ``jit``;
+      one device only (a mesh or ``real_dtype`` is refused).
 
   Returns:
     A :class:`Distiller`; the step's metrics: ``loss``, ``grad_norm``,
     ``max_weight``, ``beta`` (and ``slot`` in the slot curriculum).
   """
-  if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
-    raise ValueError(f"ipc must be an int >= 1, got {ipc!r}")
-  if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-    raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
-  if real_per_class < 2:
-    raise ValueError(f"real_per_class must be >= 2 (a covariance needs samples), got "
-                     f"{real_per_class}")
-  if not (np.isfinite(beta) and beta > 0):
-    raise ValueError(f"beta must be a positive number, got {beta!r}")
-  if not 0 <= beta_floor <= 1:
-    raise ValueError(f"beta_floor must lie in [0, 1], got {beta_floor!r}")
-  if curriculum not in matching.CFM_CURRICULA:
-    raise ValueError(f"curriculum must be one of {list(matching.CFM_CURRICULA)}, got "
-                     f"{curriculum!r}")
-  if curriculum == "slots" and iterations < ipc:
-    raise ValueError(f"the slot curriculum needs at least one iteration per IPC slot: "
-                     f"iterations {iterations} < ipc {ipc}; raise iterations or use "
-                     "curriculum='iterations'")
-  if schedule not in matching.CFM_SCHEDULES:
-    raise ValueError(f"schedule must be one of {list(matching.CFM_SCHEDULES)}, got {schedule!r}")
-  if filter not in matching.CFM_FILTERS:
-    raise ValueError(f"filter must be one of {list(matching.CFM_FILTERS)}, got {filter!r}")
-  if filter == "high" and schedule != "constant" and beta_floor == 0:
-    raise ValueError("a schedule down to beta = 0 makes (cov + beta I) singular for any dead "
-                     "channel; keep beta_floor > 0")
-  _check_kde(kde_config)
-  _check_sampling(init, real_sampling, kde_config)
+  _check_cfm(ipc=ipc, iterations=iterations, real_per_class=real_per_class, beta=beta,
+             beta_floor=beta_floor, curriculum=curriculum, schedule=schedule, filter=filter,
+             init=init, kde_config=kde_config, real_sampling=real_sampling)
+  ex = Execution() if execution is None else execution
+  ex.one_device("cfm")
   model = ConvNet(num_classes) if model is None else model
-  pol = policy.current()
   tx = optax.sgd(1.0, momentum=momentum)  # lr applied at run time, as dm()
   hp = {"lr": np.float32(lr), "beta": np.float32(beta),
         "variance": np.float32(1.0 if kde_config is None else kde_config.variance),
@@ -166,11 +145,40 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
                         state.key), metrics
 
-  step_fn = policy.pinned(pol, step_fn)
-  if not jit:
-    return Distiller(init_fn, lambda state, real: step_fn(state, real, hp))
   static = ("cfm", num_classes, ipc, iterations, model, augment, real_per_class, momentum,
             None if kde_config is None else (kde_config.normalize, kde_config.scope),
             real_sampling, init, schedule, curriculum, beta_floor, filter, normalize,
-            variables is None, pol)
-  return Distiller(init_fn, _BoundStep(_shared_program(static, step_fn), hp))
+            variables is None, ex.policy)
+  return Distiller(init_fn, ex.compile_step(static, step_fn, hp))
+
+
+def _check_cfm(*, ipc, iterations, real_per_class, beta, beta_floor, curriculum, schedule,
+               filter, init, kde_config, real_sampling) -> None:  # noqa: A002
+  """:func:`cfm`'s checks of its method arguments."""
+  if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+    raise ValueError(f"ipc must be an int >= 1, got {ipc!r}")
+  if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+    raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
+  if real_per_class < 2:
+    raise ValueError(f"real_per_class must be >= 2 (a covariance needs samples), got "
+                     f"{real_per_class}")
+  if not (np.isfinite(beta) and beta > 0):
+    raise ValueError(f"beta must be a positive number, got {beta!r}")
+  if not 0 <= beta_floor <= 1:
+    raise ValueError(f"beta_floor must lie in [0, 1], got {beta_floor!r}")
+  if curriculum not in matching.CFM_CURRICULA:
+    raise ValueError(f"curriculum must be one of {list(matching.CFM_CURRICULA)}, got "
+                     f"{curriculum!r}")
+  if curriculum == "slots" and iterations < ipc:
+    raise ValueError(f"the slot curriculum needs at least one iteration per IPC slot: "
+                     f"iterations {iterations} < ipc {ipc}; raise iterations or use "
+                     "curriculum='iterations'")
+  if schedule not in matching.CFM_SCHEDULES:
+    raise ValueError(f"schedule must be one of {list(matching.CFM_SCHEDULES)}, got {schedule!r}")
+  if filter not in matching.CFM_FILTERS:
+    raise ValueError(f"filter must be one of {list(matching.CFM_FILTERS)}, got {filter!r}")
+  if filter == "high" and schedule != "constant" and beta_floor == 0:
+    raise ValueError("a schedule down to beta = 0 makes (cov + beta I) singular for any dead "
+                     "channel; keep beta_floor > 0")
+  _check_kde(kde_config)
+  _check_sampling(init, real_sampling, kde_config)

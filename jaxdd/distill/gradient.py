@@ -11,12 +11,12 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import augment as augment_lib
-from jaxdd import matching, parallel, policy
+from jaxdd import matching, parallel
 from jaxdd import train as train_lib
 from jaxdd._src import winograd
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
-                                _check_sampling, _chunk, _shared_program, _state_init,
-                                real_batch, sample_per_class)
+                                _check_sampling, _state_init, real_batch, sample_per_class)
+from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet, loop_safe_convs
 from jaxdd.protocols import Protocol
 
@@ -55,9 +55,8 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        lr_net: float = 0.01, net_batch_size: int = 256,
        init: Literal["real", "weighted", "noise"] = "real",
        kde_config: KDEConfig | None = None,
-       real_sampling: Literal["uniform", "weighted"] = "uniform", mesh: Mesh | None = None,
-       class_axis: str | None = None, batch_axis: str | None = None,
-       real_chunk: int | Literal["auto"] | None = "auto", jit: bool = True) -> Distiller:
+       real_sampling: Literal["uniform", "weighted"] = "uniform",
+       execution: Execution | None = None) -> Distiller:
   """Gradient matching (DC / DSA), optionally KDE-reweighted (Cui et al. 2024).
 
   One ``step`` is one outer iteration of the reference's ``main.py``, compiled
@@ -94,16 +93,14 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     init: 'real', 'weighted' or 'noise' (see :func:`dm`).
     kde_config: None for vanilla DC/DSA, else the KDE weighting.
     real_sampling: 'uniform' or 'weighted' (see :func:`dm`).
-    mesh, class_axis, batch_axis: as in :func:`dm`.
-    real_chunk: compute the real gradient this many images at a time
-      (``"auto"``: the active :mod:`jaxdd.policy`'s ``real_chunk``, 32 on CPU
-      and all at once on accelerators; None: all at once); the same value up
-      to float rounding. Under a policy with ``train_conv="winograd"`` (the
-      ``cpu`` policy) and without a mesh, the real gradient's eligible 3x3
-      convolutions run as Winograd F(2x2, 3x3) (:mod:`jaxdd.policy`; RESULTS.md,
-      "One gradient-matching outer iteration"); the synthetic side keeps the loop-safe kernels.
-    jit: return a jitted ``step`` (default) or the raw pure function. The step
-      is traced under the policy that was active when ``gm`` was called.
+    execution: how the step runs (:class:`jaxdd.distill.Execution`; None:
+      ``Execution()``): its policy (the step is traced under it), mesh and
+      ``real_chunk`` (the real gradient computed this many images at a time,
+      the same value up to float rounding; ``real_dtype`` is refused). Under a
+      policy with ``train_conv="winograd"`` (the ``cpu`` policy) and without a
+      mesh, the real gradient's eligible 3x3 convolutions run as Winograd
+      F(2x2, 3x3) (:mod:`jaxdd.policy`; RESULTS.md, "One gradient-matching
+      outer iteration"); the synthetic side keeps the loop-safe kernels.
 
   Returns:
     A :class:`Distiller`. The step's metrics: ``loss`` (the class-summed
@@ -121,31 +118,30 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   _check_kde(kde_config)
   _check_sampling(init, real_sampling, kde_config)
   outer, inner = gm_loops(ipc, outer_loop, inner_loop)
+  ex = Execution() if execution is None else execution
+  if ex.real_dtype is not None:
+    raise ValueError("real_dtype is a DM option; method 'gm' has none")
+  mesh = ex.mesh
   model = ConvNet(num_classes) if model is None else model
-  pol = policy.current()
   tx = optax.sgd(lr, momentum=momentum) if syn_tx is None else syn_tx
   s = _GMSettings(
       model=model, num_classes=num_classes, ipc=ipc, outer=outer,
       real_per_class=real_per_class, kde_config=kde_config, real_sampling=real_sampling,
       augment=augment_lib.dsa(strategy) if strategy else None, mesh=mesh,
-      real_spec=P(class_axis, batch_axis), syn_spec=P(class_axis),
-      real_chunk=_chunk(real_chunk, pol.real_chunk, "real_chunk"),
-      winograd_real=pol.train_conv == "winograd" and mesh is None,
+      real_spec=ex.real_spec, syn_spec=ex.syn_spec, real_chunk=ex.real_chunk,
+      winograd_real=ex.policy.train_conv == "winograd" and mesh is None,
       task=train_lib.standard_task(model),
       inner_protocol=Protocol("gm-inner", epochs=inner - 1, lr=lr_net, momentum=0.0,
                               weight_decay=0.0, batch_size=net_batch_size, decay_at=None,
                               augment=strategy or None),
       tx=tx)
   init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config)
-  step_fn = policy.pinned(pol, lambda state, real: _gm_step(s, state, real))
-  if not jit:
-    return Distiller(init_fn, step_fn)
   # Shared by every gm() with the same settings (a resumed run, tune's candidates that
   # differ only in what the step does not see), as dm()'s programs are.
   static = ("gm", num_classes, ipc, model, strategy, outer, inner, real_per_class, lr, momentum,
-            syn_tx, lr_net, net_batch_size, kde_config, real_sampling, mesh, class_axis,
-            batch_axis, s.real_chunk, pol)
-  return Distiller(init_fn, _shared_program(static, step_fn))
+            syn_tx, lr_net, net_batch_size, kde_config, real_sampling, mesh, ex.class_axis,
+            ex.batch_axis, s.real_chunk, ex.policy)
+  return Distiller(init_fn, ex.compile_step(static, lambda state, real: _gm_step(s, state, real)))
 
 
 class _GMSettings(NamedTuple):

@@ -18,10 +18,10 @@ from jax.flatten_util import ravel_pytree
 
 from jaxdd import augment as augment_lib
 from jaxdd.distill import experts as experts_lib
-from jaxdd import parallel, policy
+from jaxdd import parallel
 from jaxdd._src import checks
-from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _BoundStep,
-                                _check_kde, _shared_program, _state_init)
+from jaxdd.distill.core import Distiller, DistillState, KDEConfig, RealData, _check_kde, _state_init
+from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet
 
 
@@ -32,7 +32,7 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
         strategy: str | None = "color_crop_cutout_flip_scale_rotate",
         mode: Literal["exact", "tesla"] = "exact",
         init: Literal["real", "weighted", "noise"] = "real",
-        kde_config: KDEConfig | None = None, jit: bool = True) -> Distiller:
+        kde_config: KDEConfig | None = None, execution: Execution | None = None) -> Distiller:
   """MTT over a buffer of expert trajectories, optionally with TESLA's gradients.
 
   ``init(key, real, syn=None)`` starts the synthetic set as :func:`dm` does
@@ -68,38 +68,22 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
       'noise'.
     kde_config: the weighting that ``init='weighted'`` draws with; the
       matching itself does not use it.
-    jit: return a jitted ``step`` (default) or the raw pure function.
+    execution: how the step runs (:class:`jaxdd.distill.Execution`; None:
+      ``Execution()``): its policy (the step is traced under it) and ``jit``;
+      one device only (a mesh or ``real_dtype`` is refused).
 
   Returns:
     A :class:`Distiller`. The step's metrics: ``loss`` (the normalised
     parameter distance), ``grad_norm`` (of the images' gradient), ``syn_lr``,
     ``start_epoch``, ``expert``.
   """
-  if mode not in experts_lib.MODES:
-    raise ValueError(f"mode must be one of {list(experts_lib.MODES)}, got {mode!r}")
-  for name, v in (("ipc", ipc), ("num_epochs", num_epochs), ("expert_epochs", expert_epochs),
-                  ("max_start_epoch", max_start_epoch), ("syn_steps", syn_steps)):
-    checks.check_positive_int(name, v)
-  if max_start_epoch + expert_epochs > num_epochs:
-    raise ValueError(f"max_start_epoch + expert_epochs = {max_start_epoch + expert_epochs} "
-                     f"exceeds the {num_epochs} epochs the experts recorded; lower them or "
-                     "train longer experts")
-  n_syn = num_classes * ipc
-  if batch_syn is not None and (isinstance(batch_syn, bool) or not isinstance(batch_syn, int)
-                                or not 1 <= batch_syn <= n_syn):
-    raise ValueError(f"batch_syn must be an int in [1, {n_syn}] (the synthetic set's size) or "
-                     f"None, got {batch_syn!r}")
-  for name, v in (("lr_img", lr_img), ("lr_lr", lr_lr), ("lr_teacher", lr_teacher)):
-    if not (np.isfinite(v) and v > 0):
-      raise ValueError(f"{name} must be a positive number, got {v!r}")
-  _check_kde(kde_config)
-  if init not in ("real", "weighted", "noise"):
-    raise ValueError(f"init must be 'real', 'weighted' or 'noise', got {init!r}")
-  if init == "weighted" and kde_config is None:
-    raise ValueError("init='weighted' draws real images in proportion to their weights: pass "
-                     "kde_config= (a weighting)")
+  _check_mtt(ipc=ipc, num_classes=num_classes, num_epochs=num_epochs,
+             expert_epochs=expert_epochs, max_start_epoch=max_start_epoch, syn_steps=syn_steps,
+             batch_syn=batch_syn, lr_img=lr_img, lr_lr=lr_lr, lr_teacher=lr_teacher, mode=mode,
+             init=init, kde_config=kde_config)
+  ex = Execution() if execution is None else execution
+  ex.one_device("mtt")
   model = ConvNet(num_classes) if model is None else model
-  pol = policy.current()
   aug = augment_lib.dsa(strategy, siamese=False) if strategy else None
   # Both learning rates are applied at run time (hp), as dm() does with lr_img.
   tx_img = optax.sgd(1.0, momentum=momentum)
@@ -154,9 +138,34 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
     return DistillState(state.syn._replace(images=images), (opt_img, opt_lr), state.step + 1,
                         state.key, {"syn_lr": syn_lr}), metrics
 
-  step_fn = policy.pinned(pol, step_fn)
-  if not jit:
-    return Distiller(init_fn, lambda state, trajectories: step_fn(state, trajectories, hp))
   static = ("mtt", num_classes, ipc, num_epochs, model, expert_epochs, max_start_epoch,
-            syn_steps, batch_syn, momentum, strategy, mode, pol)
-  return Distiller(init_fn, _BoundStep(_shared_program(static, step_fn), hp))
+            syn_steps, batch_syn, momentum, strategy, mode, ex.policy)
+  return Distiller(init_fn, ex.compile_step(static, step_fn, hp))
+
+
+def _check_mtt(*, ipc, num_classes, num_epochs, expert_epochs, max_start_epoch, syn_steps,
+               batch_syn, lr_img, lr_lr, lr_teacher, mode, init, kde_config) -> None:
+  """:func:`mtt`'s checks of its method arguments."""
+  if mode not in experts_lib.MODES:
+    raise ValueError(f"mode must be one of {list(experts_lib.MODES)}, got {mode!r}")
+  for name, v in (("ipc", ipc), ("num_epochs", num_epochs), ("expert_epochs", expert_epochs),
+                  ("max_start_epoch", max_start_epoch), ("syn_steps", syn_steps)):
+    checks.check_positive_int(name, v)
+  if max_start_epoch + expert_epochs > num_epochs:
+    raise ValueError(f"max_start_epoch + expert_epochs = {max_start_epoch + expert_epochs} "
+                     f"exceeds the {num_epochs} epochs the experts recorded; lower them or "
+                     "train longer experts")
+  n_syn = num_classes * ipc
+  if batch_syn is not None and (isinstance(batch_syn, bool) or not isinstance(batch_syn, int)
+                                or not 1 <= batch_syn <= n_syn):
+    raise ValueError(f"batch_syn must be an int in [1, {n_syn}] (the synthetic set's size) or "
+                     f"None, got {batch_syn!r}")
+  for name, v in (("lr_img", lr_img), ("lr_lr", lr_lr), ("lr_teacher", lr_teacher)):
+    if not (np.isfinite(v) and v > 0):
+      raise ValueError(f"{name} must be a positive number, got {v!r}")
+  _check_kde(kde_config)
+  if init not in ("real", "weighted", "noise"):
+    raise ValueError(f"init must be 'real', 'weighted' or 'noise', got {init!r}")
+  if init == "weighted" and kde_config is None:
+    raise ValueError("init='weighted' draws real images in proportion to their weights: pass "
+                     "kde_config= (a weighting)")

@@ -5,6 +5,7 @@ import jax
 
 from jaxdd import augment as augment_lib
 from jaxdd import distill, models, parallel
+from jaxdd import policy as policy_lib
 from jaxdd.config import RunConfig
 from jaxdd.runs import experts
 
@@ -34,29 +35,36 @@ def device_mesh(config: RunConfig, num_classes: int):
   return parallel.make_mesh({"cls": cls, "real": real}, devices=jax.devices()[:n])
 
 
+def execution(config: RunConfig, num_classes: int, *, real_dtype: str | None = None,
+              sharded: bool = True) -> distill.Execution:
+  """How the run's step runs: ``config.policy``, the mesh of ``config.devices``
+  (:func:`device_mesh`; ``sharded=False``: none) and DM's ``real_dtype``."""
+  mesh = device_mesh(config, num_classes)
+  axes = {} if mesh is None or not sharded else dict(mesh=mesh, class_axis="cls",
+                                                      batch_axis="real")
+  return distill.Execution(policy=policy_lib.resolve(config.policy), real_dtype=real_dtype,
+                           **axes)
+
+
 def make_distiller(config: RunConfig, num_classes: int,
                    kde_config: distill.KDEConfig | None, *,
-                   real_dtype: str | None = None, num_bias: int | None = None,
-                   **runs) -> distill.Distiller:
+                   real_dtype: str | None = None, num_bias: int | None = None
+                   ) -> distill.Distiller:
   """The :class:`~jaxdd.distill.Distiller` of ``config.method`` with the run's settings.
 
   ``real_dtype`` is DM's (:func:`jaxdd.distill.dm`); other methods refuse it.
   ``num_bias``: the number of bias values, for ``weighting='fairdd'`` (DM's
-  ``group_matching``). ``runs``: DM's ``num_runs``, ``run_knobs`` and
-  ``common_random_numbers`` (:func:`distill_group`).
+  ``group_matching``). The step runs as :func:`execution` says.
   """
-  if runs and config.method != "dm":
-    raise ValueError(f"several runs in one program are a DM option; method {config.method!r} "
-                     "has none")
   common = dict(num_classes=num_classes, ipc=config.ipc,
                 model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
                 real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
                 init=config.init, kde_config=kde_config, real_sampling=config.real_sampling)
-  mesh = device_mesh(config, num_classes)
-  sharded = {} if mesh is None else dict(mesh=mesh, class_axis="cls", batch_axis="real")
+  if config.method != "dm" and real_dtype is not None:
+    raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
+  ex = execution(config, num_classes, real_dtype=real_dtype,
+                 sharded=config.method not in ("mtt", "cfm"))
   if config.method == "mtt":
-    if real_dtype is not None:
-      raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
     return distill.mtt(num_classes=num_classes, ipc=config.ipc,
                        num_epochs=experts.expert_run_epochs(config),
                        model=common["model"], expert_epochs=config.expert_epochs,
@@ -64,22 +72,18 @@ def make_distiller(config: RunConfig, num_classes: int,
                        batch_syn=config.batch_syn, lr_img=config.lr_img, lr_lr=config.lr_lr,
                        lr_teacher=config.lr_teacher, momentum=config.momentum,
                        strategy=config.dsa_strategy or None, mode=config.mtt_mode,
-                       init=config.init, kde_config=kde_config)
+                       init=config.init, kde_config=kde_config, execution=ex)
   if config.method == "cfm":
-    if real_dtype is not None:
-      raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.cfm(iterations=max(config.iterations, 1), augment=aug, beta=config.cfm_beta,
                        schedule=config.cfm_schedule, curriculum=config.cfm_curriculum,
                        filter=config.cfm_filter, normalize=config.cfm_normalize == "real",
-                       **common)
+                       execution=ex, **common)
   if config.method == "dm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
-    return distill.dm(augment=aug, real_dtype=real_dtype,
+    return distill.dm(augment=aug,
                       group_matching=num_bias if config.weighting == "fairdd" else None,
-                      **common, **runs, **sharded)
-  if real_dtype is not None:
-    raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
+                      execution=ex, **common)
   strategy = config.dsa_strategy if config.method == "dsa" else None
   return distill.gm(strategy=strategy or None, outer_loop=config.outer_loop,
-                    inner_loop=config.inner_loop, lr_net=config.lr_net, **common, **sharded)
+                    inner_loop=config.inner_loop, lr_net=config.lr_net, execution=ex, **common)

@@ -50,8 +50,8 @@ def distill_group(configs, workdirs, *, run_data: rundata.RunData | None = None,
 
   The runs share their seed, so each separate run would draw the same networks, real
   batches and augmentations: the N-run step with common random numbers
-  (:func:`jaxdd.distill.dm` with ``num_runs``) computes those once and gives each run
-  what its own :func:`distill_stage` would, up to float rounding. Each run's directory
+  (:func:`jaxdd.distill.many_runs` over :func:`jaxdd.distill.dm`) computes those once and
+  gives each run what its own :func:`distill_stage` would, up to float rounding. Each run's directory
   is written as :func:`distill_stage` writes it (config, weights, metrics, checkpoints,
   SynSet, plot), so a killed group resumes run by run through :func:`distill_stage`.
 
@@ -91,8 +91,8 @@ def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
                              embeddings=embeddings if base.weighting == "kde" else None)
     knobs = [{"lr": c.lr_img, "variance": c.kde_variance, "temperature": c.kde_temperature}
              for c in configs]
-    d = distiller.make_distiller(base, nc, base.kde, num_runs=len(configs), run_knobs=knobs,
-                                 common_random_numbers=True)
+    d = distill.many_runs(distiller.make_distiller(base, nc, base.kde), num_runs=len(configs),
+                          run_knobs=knobs, common_random_numbers=True)
     state = d.init(keys.run_keys(base)[1], real)
     logs = [metrics_log.MetricsLog(w, 0) for w in workdirs]
     mngrs = [checkpoints.checkpointer(w) for w in workdirs]
