@@ -48,6 +48,10 @@ _API = {
     "gm": ("jaxdd.distill", "gm"),
     "dc": ("jaxdd.distill", "dc"),
     "Distiller": ("jaxdd.distill", "Distiller"),
+    # how a distiller's step is executed (layout policy, mesh, chunks, dtype, jit), and N runs
+    # of one method in one program
+    "Execution": ("jaxdd.distill", "Execution"),
+    "many_runs": ("jaxdd.distill", "many_runs"),
     "KDEConfig": ("jaxdd.weighting", "KDEConfig"),
     "real_data": ("jaxdd.distill", "real_data"),
     # evaluation: protocols, the trainer, the entry point
