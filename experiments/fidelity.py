@@ -110,7 +110,7 @@ def refresh_diagnostics(result: dict, path: str) -> dict:
   The weight diagnostics are recomputed with :func:`jaxdd.runs.weight_diagnostics`
   (the same key and code as a new run); nothing is distilled or evaluated again.
   """
-  config = RunConfig(**result["config"])
+  config = RunConfig.from_dict(result["config"])
   run_data = runs.RunData(config)
   keys = runs.run_keys(config)
   emb = (runs.surrogate_embeddings(config, run_data, keys[0], progress=False)

@@ -275,7 +275,7 @@ def test_cfm_slot_curriculum_from_the_cli_and_its_refusal(tmp_path, capsys):
   from jaxdd import cli
   assert cli.main(["distill", "--preset", "smoke", "--method", "cfm", "--cfm-curriculum",
                    "slots", "--print-config"]) == 0
-  assert json.loads(capsys.readouterr().out)["config"]["cfm_curriculum"] == "slots"
+  assert json.loads(capsys.readouterr().out)["config"]["cfm"]["cfm_curriculum"] == "slots"
   work = tmp_path / "never"
   assert cli.main(["distill", "--preset", "smoke", "--method", "cfm", "--cfm-curriculum",
                    "slots", "--iterations", "1", "--workdir", str(work), "--quiet"]) != 0

@@ -31,14 +31,17 @@ def test_version_and_print_config(tmp_path, capsys):
                    "--workdir", str(work), "--print-config"]) == 0
   printed = json.loads(capsys.readouterr().out)
   expected = config_lib.get_config("smoke", ipc=3, kde_scope="class")
-  assert printed["config"] == expected.to_dict() and printed["digest"] == expected.digest()
+  assert printed["config"] == expected.to_tree() and printed["digest"] == expected.digest()
+  # one object per part of the config, each holding its flat fields
+  assert printed["config"]["weights"]["kde_scope"] == "class"
+  assert printed["config"]["distill"]["ipc"] == 3 and printed["config"]["preset"] == "smoke"
   assert not work.exists()
   # reproduce and baselines print theirs too, without a workdir
   assert cli.main(["reproduce", "--print-config"]) == 0
   rep = json.loads(capsys.readouterr().out)
   assert rep["command"] == "reproduce"
-  assert rep["runs"]["dm"]["config"] == config_lib.get_config("cpu", weighting="none").to_dict()
-  assert rep["runs"]["dm+kde"]["config"] == config_lib.get_config("cpu").to_dict()
+  assert rep["runs"]["dm"]["config"] == config_lib.get_config("cpu", weighting="none").to_tree()
+  assert rep["runs"]["dm+kde"]["config"] == config_lib.get_config("cpu").to_tree()
   # each subcommand prints its own resolved settings
   assert cli.main(["tune", "--preset", "smoke", "--seeds", "0,1", "--print-config"]) == 0
   tune = json.loads(capsys.readouterr().out)
@@ -47,7 +50,7 @@ def test_version_and_print_config(tmp_path, capsys):
   assert json.loads(capsys.readouterr().out)["command"] == "final"
   assert cli.main(["baselines", "--preset", "smoke", "--print-config"]) == 0
   base = json.loads(capsys.readouterr().out)
-  assert base["command"] == "baselines" and base["config"] == config_lib.get_config("smoke").to_dict()
+  assert base["command"] == "baselines" and base["config"] == config_lib.get_config("smoke").to_tree()
 
 
 def test_help_shows_the_selected_presets_defaults_and_choices(capsys):

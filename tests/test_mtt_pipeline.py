@@ -78,7 +78,7 @@ def test_buffers_command_refuses_other_methods_and_prints_its_config(capsys, tmp
   assert cli.main(["buffers", "--preset", "smoke", "--buffer-dir", str(tmp_path / "b"),
                    "--print-config"]) == 0
   out = json.loads(capsys.readouterr().out)
-  assert out["config"]["method"] == "mtt" and out["buffer_dir"] == str(tmp_path / "b")
+  assert out["config"]["distill"]["method"] == "mtt" and out["buffer_dir"] == str(tmp_path / "b")
   assert not (tmp_path / "b").exists()
 
 

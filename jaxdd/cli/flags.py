@@ -1,9 +1,11 @@
 """The flags several commands share, and the run config they resolve to.
 
-The run flags (``jaxdd distill``, ``reproduce``, ``tune``, ...) are built from the fields of
-:class:`jaxdd.config.RunConfig`: one ``--flag-name`` per field, its help showing the chosen
-preset's default. :func:`resolve` turns them into the validated config a command runs, or
-prints it (``--print-config``) and runs nothing.
+The run flags (``jaxdd distill``, ``reproduce``, ``tune``, ...) are built from the parts of
+:class:`jaxdd.config.RunConfig`: one argument group per part (titled by its stage), one
+``--flag-name`` per field, its help showing the chosen preset's default. :func:`resolve` turns
+them into the validated config a command runs (checked against the library too,
+:func:`jaxdd.runs.checks.check_config`), or prints it (``--print-config``, one object per part)
+and runs nothing.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import dataclasses
 import json
 from typing import Any, Callable, Sequence
 
-from jaxdd.config import CHOICES, PRESETS, RunConfig, get_config, validate
+from jaxdd.config import FIELDS, PARTS, PRESETS, RunConfig, get_config, validate
 from jaxdd.data import biased
+from jaxdd.runs import checks
 
 
 def add_common_flags(p: argparse.ArgumentParser) -> None:
@@ -78,7 +81,8 @@ def _flag_type(field: dataclasses.Field) -> type:
 
 def add_run_flags(p: argparse.ArgumentParser, preset: str, *,
                   exclude: tuple[str, ...] = (), workdir: bool = True) -> None:
-  """``--preset``, ``--workdir``, ``--print-config`` and one flag per RunConfig field.
+  """``--preset``, ``--workdir``, ``--print-config`` and one flag per RunConfig field, in one
+  argument group per part of the config.
 
   Args:
     p: the command's parser.
@@ -97,14 +101,16 @@ def add_run_flags(p: argparse.ArgumentParser, preset: str, *,
   p.add_argument("--print-config", action="store_true",
                  help="print the resolved config as JSON and exit (nothing is run or written)")
   defaults = PRESETS[preset]
-  for f in dataclasses.fields(RunConfig):
-    if f.name == "preset" or f.name in exclude:
-      continue
-    default = getattr(defaults, f.name)
-    choices = CHOICES.get(f.name) or None
-    p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_flag_type(f), default=None,
-                   choices=choices, metavar=None if choices else f.name.upper(),
-                   help=f"default ({preset} preset): {'none' if default is None else default}")
+  for part in PARTS.values():
+    group = p.add_argument_group(part.TITLE)
+    for f in dataclasses.fields(part):
+      if f.name in exclude:
+        continue
+      default = getattr(defaults, f.name)
+      choices = part.CHOICES.get(f.name) or None
+      group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_flag_type(f),
+                         default=None, choices=choices, metavar=None if choices else f.name.upper(),
+                         help=f"default ({preset} preset): {'none' if default is None else default}")
 
 
 def preset_in(argv: Sequence[str]) -> str:
@@ -123,14 +129,14 @@ def preset_in(argv: Sequence[str]) -> str:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
   """The run config of the parsed flags: the preset's, with every flag given."""
-  overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
-               if f.name != "preset" and getattr(args, f.name, None) is not None}
+  overrides = {name: getattr(args, name) for name in FIELDS
+               if name != "preset" and getattr(args, name, None) is not None}
   return get_config(args.preset, **overrides)
 
 
 def describe_run(cfg: RunConfig) -> dict[str, Any]:
-  """A run as ``--print-config`` shows it: its config and digest."""
-  return {"config": cfg.to_dict(), "digest": cfg.digest()}
+  """A run as ``--print-config`` shows it: its config (one object per part) and digest."""
+  return {"config": cfg.to_tree(), "digest": cfg.digest()}
 
 
 def resolve(args: argparse.Namespace,
@@ -145,6 +151,7 @@ def resolve(args: argparse.Namespace,
   """
   cfg = run_config(args)
   validate(cfg)
+  checks.check_config(cfg)
   if args.print_config:
     print(json.dumps({"command": args.command, **describe(cfg)}, indent=2, sort_keys=True,
                      default=str))

@@ -27,8 +27,7 @@ def run_config_of(meta: dict):
   recorded = meta.get("config")
   if not isinstance(recorded, dict):
     return None
-  names = {f.name for f in dataclasses.fields(RunConfig)}
-  return RunConfig(**{k: v for k, v in recorded.items() if k in names})
+  return RunConfig.from_dict(recorded, ignore_unknown=True)
 
 
 def kde_probe(syn: SynSet, meta: dict, config, *, progress: bool = False) -> audit_lib.KDEScores:

@@ -6,6 +6,7 @@ import numpy as np
 
 from jaxdd import data, models
 from jaxdd.config import RunConfig
+from jaxdd.runs import checks
 from jaxdd.structs import Batch
 
 
@@ -43,7 +44,9 @@ class RunData:
 def check_models(config: RunConfig, run_data: RunData) -> None:
   """What a run needs of its data, checked before any work or file: networks that do not
   pool the images away (:func:`jaxdd.models.check_fits`) and ``ipc`` real images in
-  every class (for the initialisation)."""
+  every class (for the initialisation); the config's own library checks
+  (:func:`jaxdd.runs.checks.check_config`) first."""
+  checks.check_config(config)
   shape = tuple(run_data.train.images.shape[1:])
   nc = run_data.num_classes
   models.check_fits(models.ConvNet(nc, depth=config.depth, width=config.width), shape)

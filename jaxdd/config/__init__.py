@@ -1,0 +1,18 @@
+"""The run configuration: :class:`RunConfig`, composed of one part per stage.
+
+:mod:`jaxdd.config.parts` holds the parts (each checks its own fields and imports nothing
+above the base layer); :mod:`jaxdd.config.run` composes them into :class:`RunConfig`, with
+its flat serialisation, digests and presets.
+"""
+from __future__ import annotations
+
+from jaxdd.config.parts import (CFMConfig, DataConfig, DistillConfig, EvaluationConfig,
+                                ExecutionConfig, GradientMatchingConfig, MTTConfig, Part,
+                                SurrogateStage, WeightingConfig)
+from jaxdd.config.run import (CFM_FIELDS, CHOICES, EVAL_FIELDS, FIELDS, METHOD_PRESETS, METHODS,
+                              MTT_FIELDS, OWNER, PARTS, PRESETS, RunConfig, get_config, validate)
+
+__all__ = ["CFMConfig", "CFM_FIELDS", "CHOICES", "DataConfig", "DistillConfig", "EVAL_FIELDS",
+           "EvaluationConfig", "ExecutionConfig", "FIELDS", "GradientMatchingConfig",
+           "METHODS", "METHOD_PRESETS", "MTTConfig", "MTT_FIELDS", "OWNER", "PARTS", "PRESETS",
+           "Part", "RunConfig", "SurrogateStage", "WeightingConfig", "get_config", "validate"]

@@ -1,0 +1,339 @@
+"""The parts of a run configuration, one frozen dataclass per stage of a run.
+
+Each part holds the fields one stage reads and checks them itself (:meth:`Part.validate`)
+with messages that name the fix. The parts import nothing from the library above the base
+layer: the choices the library owns (datasets, initialisations, protocols, ...) are literal
+tuples here, and ``tests/test_config.py`` checks that each equals the library's registry.
+Checks that span parts (a method's needs of the weighting, say) are
+:class:`jaxdd.config.RunConfig`'s.
+
+Example:
+  >>> DataConfig(dataset="cmnist", conflict_ratio=0.05).severity is None
+  True
+  >>> WeightingConfig(kde_temperature=0.0)
+  Traceback (most recent call last):
+    ...
+  ValueError: KDEConfig.temperature (the normalisation temperature) must be a finite number > 0, e.g. 0.25; got 0.0
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, ClassVar
+
+from jaxdd import policy as policy_lib
+from jaxdd import presets as presets_lib
+from jaxdd._src import checks
+
+__all__ = ["CFMConfig", "DataConfig", "DistillConfig", "EvaluationConfig", "ExecutionConfig",
+           "GradientMatchingConfig", "MTTConfig", "Part", "SurrogateStage", "WeightingConfig",
+           "DATASETS", "GM_LOOP_IPCS", "INITS", "KDE_NORMALIZE", "KDE_SCOPES", "REAL_SAMPLING"]
+
+#: Dataset -> (ratio semantics, severities, default severity) of :data:`jaxdd.data.DATASETS`.
+DATASETS: dict[str, tuple[str, tuple[int, ...], int | None]] = {
+    "bffhq": ("folder", (), None),
+    "bg_fmnist": ("lff", (1, 2, 3, 4, 5), 4),
+    "ccifar10_dd": ("biased_dd", (1, 2, 3, 4), 4),
+    "cifar10c": ("lff", (1, 2, 3, 4), 4),
+    "cifar10c_type0": ("lff", (1, 2, 3, 4), 4),
+    "cifar10c_type1": ("lff", (1, 2, 3, 4), 4),
+    "cmnist": ("lff", (1, 2, 3, 4, 5), 4),
+    "cmnist_dd": ("biased_dd", (1, 2, 3, 4), 4),
+    "cmnist_fg": ("lff", (), None),
+    "corrupted_fmnist": ("lff", (1, 2, 3, 4), 4),
+    "corrupted_fmnist_type1": ("lff", (1, 2, 3, 4), 4),
+}
+#: :data:`jaxdd.distill.INITS` and :data:`jaxdd.distill.REAL_SAMPLING`.
+INITS = ("real", "weighted", "noise")
+REAL_SAMPLING = ("uniform", "weighted")
+#: The IPCs with reference loop counts (the keys of :data:`jaxdd.distill.GM_LOOPS`).
+GM_LOOP_IPCS = (1, 10, 20, 30, 40, 50)
+#: :class:`jaxdd.weighting.KDEConfig`'s normalisations and scopes.
+KDE_NORMALIZE = ("softmax", "power")
+KDE_SCOPES = ("batch", "class")
+
+
+class Part:
+  """What every part shares: a title (its stage), choices, a flat dict and a check."""
+  #: The stage the part configures (the CLI's group title).
+  TITLE: ClassVar[str] = ""
+  #: Field -> its allowed values (the CLI's ``choices``).
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+  def __post_init__(self):
+    self.validate()
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def check_choices(self) -> None:
+    for name, allowed in self.CHOICES.items():
+      value = getattr(self, name)
+      if allowed and value is not None and value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+  def validate(self) -> None:
+    """Checks the part's own fields (a ValueError names the fix)."""
+    self.check_choices()
+
+
+def _check_min(part: Part, names: tuple[str, ...], low: int = 1) -> None:
+  for name in names:
+    if getattr(part, name) < low:
+      raise ValueError(f"{name} must be >= {low}, got {getattr(part, name)}")
+
+
+def _check_positive(name: str, v) -> None:
+  if not (math.isfinite(v) and v > 0):
+    raise ValueError(f"{name} must be a positive number, got {v!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Part):
+  """The biased dataset: its name, bias ratio and severity, source and seed."""
+  TITLE: ClassVar[str] = "data"
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {"dataset": tuple(sorted(DATASETS))}
+  dataset: str = "cmnist"
+  conflict_ratio: float = 0.05
+  severity: int | None = None
+  source: str | None = None
+  seed: int = 0
+
+  def validate(self) -> None:
+    self.check_choices()
+    semantics, severities, default = DATASETS[self.dataset]
+    r = self.conflict_ratio
+    if isinstance(r, bool) or not isinstance(r, numbers.Real):
+      raise ValueError(f"conflict_ratio must be a number, got {r!r}.")
+    if not math.isfinite(r):
+      raise ValueError(f"conflict_ratio must be finite, got {float(r)}.")
+    if semantics == "biased_dd" and not 0.0 <= r <= 1.0:
+      raise ValueError(
+          f"{self.dataset}: the ratio is the bias-ALIGNED fraction (Biased-DD) and must lie in "
+          f"[0, 1], got {float(r)}; e.g. 0.1 (uniform), 0.5, 0.8, 0.95, 1.0.")
+    if semantics != "biased_dd" and not 0.0 < r < 1.0:
+      raise ValueError(
+          f"{self.dataset}: conflict_ratio is the fraction of bias-conflicting samples and must "
+          f"lie in (0, 1), got {float(r)}; e.g. 0.005, 0.01, 0.02, 0.05.")
+    self._check_severity(severities, default)
+
+  def _check_severity(self, severities: tuple[int, ...], default: int | None) -> None:
+    s = self.severity
+    if not severities:
+      if s is not None:
+        raise ValueError(f"{self.dataset} has no severity; pass severity=None.")
+      return
+    if s is None:
+      return
+    if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+      raise ValueError(f"severity must be an integer in {list(severities)}, got {s!r}.")
+    if int(s) not in severities:
+      raise ValueError(f"{self.dataset}: severity must be one of {list(severities)} (default "
+                       f"{default}), got {int(s)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(Part):
+  """The distillation every method shares: the method, the synthetic set and its updates.
+
+  ``method``: 'dm' (distribution matching), 'dsa' or 'dc' (gradient matching), 'mtt'
+  (trajectory matching) or 'cfm' (curriculum frequency matching). ``init``: where the
+  synthetic images start ('real' random real images, 'weighted' real images drawn in
+  proportion to their whole-class weights, or 'noise'). ``real_sampling``: how each step
+  draws its real batch ('uniform', the reference, weights inside the loss; or 'weighted',
+  importance sampling in proportion to the whole-class weights, plain mean).
+  """
+  TITLE: ClassVar[str] = "distillation"
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
+      "method": ("dm", "dsa", "dc", "mtt", "cfm"), "init": INITS, "real_sampling": REAL_SAMPLING}
+  method: str = "dm"
+  ipc: int = 50
+  iterations: int = 20000
+  real_per_class: int = 256
+  lr_img: float = 1.0
+  momentum: float = 0.5
+  init: str = "real"
+  real_sampling: str = "uniform"
+  dsa_strategy: str = presets_lib.DSA_STRATEGY
+  width: int = 128
+  depth: int = 3
+
+  def validate(self) -> None:
+    self.check_choices()
+    if self.iterations < 0:
+      raise ValueError(f"iterations must be >= 0 (0: the initial images, not distilled), got "
+                       f"{self.iterations}")
+    _check_min(self, ("ipc", "real_per_class", "width", "depth"))
+    if self.lr_img <= 0 or not math.isfinite(self.lr_img):
+      raise ValueError(f"lr_img must be a positive number, got {self.lr_img}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientMatchingConfig(Part):
+  """Gradient matching only (dsa, dc): the network's SGD lr in the inner loop and the loop
+  counts (None: the reference's per IPC, :data:`jaxdd.distill.GM_LOOPS`)."""
+  TITLE: ClassVar[str] = "gradient matching (--method dsa, dc)"
+  lr_net: float = 0.01
+  outer_loop: int | None = None
+  inner_loop: int | None = None
+
+  def validate(self, ipc: int | None = None) -> None:
+    """Also checks the loop counts for ``ipc`` when one is given."""
+    if ipc is not None:
+      if ipc not in GM_LOOP_IPCS and (self.outer_loop is None or self.inner_loop is None):
+        raise ValueError(f"ipc={ipc} has no reference loop counts (defined for IPC "
+                         f"{list(GM_LOOP_IPCS)}); pass outer_loop= and inner_loop=")
+      for name in ("outer_loop", "inner_loop"):
+        v = getattr(self, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+          raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+      if not self.lr_net > 0:
+        raise ValueError(f"lr_net must be > 0, got {self.lr_net}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MTTConfig(Part):
+  """Trajectory matching only (mtt): gradients 'exact' or 'tesla', the student unroll
+  (syn_steps student steps on batch_syn images, None: all), the expert window (start epoch
+  below max_start_epoch, target expert_epochs later), the student lr's initial value and step
+  size, and the experts: num_experts trained for max_start_epoch + expert_epochs epochs with
+  SGD(expert_lr); with --weighting kde or oracle their real images are weighted by 'sample'
+  (weighted sampler) or 'loss'."""
+  TITLE: ClassVar[str] = "trajectory matching (--method mtt)"
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
+      "mtt_mode": ("exact", "tesla"), "expert_weighting": ("sample", "loss")}
+  mtt_mode: str = "exact"
+  syn_steps: int = 20
+  batch_syn: int | None = None
+  expert_epochs: int = 2
+  max_start_epoch: int = 20
+  lr_teacher: float = 0.01
+  lr_lr: float = 1e-5
+  num_experts: int = 10
+  expert_lr: float = 0.01
+  expert_weighting: str = "sample"
+
+  def validate(self, method: str | None = None) -> None:
+    """The choices; with ``method='mtt'`` (the run's) also the values."""
+    self.check_choices()
+    if method != "mtt":
+      return
+    for name in ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts"):
+      checks.check_positive_int(name, getattr(self, name))
+    if self.batch_syn is not None and self.batch_syn < 1:
+      raise ValueError(f"batch_syn must be >= 1 or None (the whole set), got {self.batch_syn}")
+    for name in ("lr_teacher", "lr_lr", "expert_lr"):
+      _check_positive(name, getattr(self, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class CFMConfig(Part):
+  """Curriculum frequency matching only (cfm): the filter of the channel covariance ('high':
+  (cov + beta I)^-1, 'low': cov), beta and its schedule (down to 1e-3 beta) over the
+  iterations ('iterations') or over the IPC slots synthesised one after another as UniDD does
+  ('slots'), and whether each norm is divided by the real side's ('real') or not ('none')."""
+  TITLE: ClassVar[str] = "curriculum frequency matching (--method cfm)"
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
+      "cfm_filter": ("high", "low"), "cfm_schedule": ("constant", "cos", "linear"),
+      "cfm_curriculum": ("iterations", "slots"), "cfm_normalize": ("real", "none")}
+  cfm_filter: str = "high"
+  cfm_beta: float = 0.1
+  cfm_schedule: str = "cos"
+  cfm_curriculum: str = "iterations"
+  cfm_normalize: str = "real"
+
+  def validate(self, method: str | None = None) -> None:
+    """The choices; with ``method='cfm'`` (the run's) also beta."""
+    self.check_choices()
+    if method == "cfm" and not (math.isfinite(self.cfm_beta) and self.cfm_beta > 0):
+      raise ValueError(f"cfm_beta must be a positive number, got {self.cfm_beta}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightingConfig(Part):
+  """The weighting of the real images: 'none' (the vanilla method), 'kde' (Cui et al.'s
+  reweighting, the kde_* fields), or reference rows that use the TRUE bias labels: 'oracle'
+  (group-balanced weights) and 'fairdd' (FairDD's synchronized matching, DM only).
+  ``kde_floor`` raises each class's whole-class densities to at least this quantile (0: none)."""
+  TITLE: ClassVar[str] = "weighting"
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
+      "weighting": ("none", "kde", "oracle", "fairdd"), "kde_normalize": KDE_NORMALIZE,
+      "kde_scope": KDE_SCOPES}
+  weighting: str = "kde"
+  kde_variance: float = 0.01
+  kde_temperature: float = 0.25
+  kde_normalize: str = "power"
+  kde_scope: str = "batch"
+  kde_floor: float = 0.0
+
+  def validate(self) -> None:
+    self.check_choices()
+    for name, what, example in (("variance", "the kernel variance", 0.01),
+                                ("temperature", "the normalisation temperature", 0.25)):
+      v = getattr(self, "kde_" + name)
+      if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
+          or v <= 0):
+        raise ValueError(f"KDEConfig.{name} ({what}) must be a finite number > 0, e.g. "
+                         f"{example}; got {v!r}")
+    f = self.kde_floor
+    if (isinstance(f, bool) or not isinstance(f, numbers.Real) or not math.isfinite(f)
+        or not 0.0 <= f < 1.0):
+      raise ValueError("kde_floor (the density floor, a quantile) must be a number in [0, 1), "
+                       f"e.g. 0.05, or 0 for none; got {f!r}")
+    if f and self.weighting != "kde":
+      raise ValueError("--kde-floor shapes the KDE weights; use it with --weighting kde (or "
+                       "leave it at 0)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SurrogateStage(Part):
+  """The SupCon surrogate whose embedding the KDE weighting reads (a preset)."""
+  TITLE: ClassVar[str] = "surrogate"
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
+      "surrogate_preset": tuple(presets_lib.SURROGATE)}
+  surrogate_preset: str = "paper"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig(Part):
+  """How a SynSet is evaluated: the protocol, the network spec and how many networks."""
+  TITLE: ClassVar[str] = "evaluation"
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {"eval_protocol": tuple(presets_lib.PROTOCOL)}
+  eval_protocol: str = "dm"
+  eval_model: str = "convnet"
+  num_eval_models: int = 5
+
+  def validate(self) -> None:
+    self.check_choices()
+    _check_min(self, ("num_eval_models",))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig(Part):
+  """How the work is laid out and logged; none of it changes the results' digests.
+
+  ``policy``: 'auto' follows the backend, 'cpu' or 'accelerator' pins a layout
+  (:mod:`jaxdd.policy`). ``devices``: the devices the distillation step is sharded over
+  ('1', 'all' or a count). ``steps_per_call``: distillation steps per host round trip
+  ('auto': the policy's, 1 on CPU; or a count). All give the same numbers up to float rounding.
+  """
+  TITLE: ClassVar[str] = "execution"
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
+      "policy": ("auto",) + tuple(policy_lib.POLICIES)}
+  log_every: int = 10
+  checkpoint_every: int = 500
+  policy: str = "auto"
+  devices: str = "1"
+  steps_per_call: str = "auto"
+
+  def validate(self) -> None:
+    self.check_choices()
+    if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) >= 1):
+      raise ValueError(f"devices must be 'all' or a positive count, got {self.devices!r}")
+    if self.steps_per_call != "auto" and not (self.steps_per_call.isdigit()
+                                              and int(self.steps_per_call) >= 1):
+      raise ValueError("steps_per_call must be 'auto' or a positive count, got "
+                       f"{self.steps_per_call!r}")
+    if self.checkpoint_every < 1 or self.log_every < 1:
+      raise ValueError("checkpoint_every and log_every must be >= 1")

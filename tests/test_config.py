@@ -1,0 +1,193 @@
+"""The run configuration's parts: literal choices equal to the library's registries, the flat
+serialisation and the digests that name run directories pinned, checks split by part."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from jaxdd import cli, data, distill, kde, policy, presets, protocols, surrogate
+from jaxdd.config import (CHOICES, FIELDS, METHODS, OWNER, PARTS, PRESETS, RunConfig, get_config,
+                          parts)
+from jaxdd.runs import checks
+
+# (digest, distill_digest) of every preset x method x weighting the config accepts, computed
+# before the config was split into parts: run directories and config.json files stay valid.
+DIGESTS = {
+    "cpu/dm/none": ("aefd760edd712ac9", "9fe31da8d2040616"),
+    "cpu/dm/kde": ("dc12b134acdffe6a", "4b17318e4fa04e95"),
+    "cpu/dm/oracle": ("fa548a4b427be8fc", "7e2c9c3f651ee459"),
+    "cpu/dm/fairdd": ("5580b3f7da32a5f8", "7cc22867c8826a12"),
+    "cpu/dsa/none": ("ccd5d5f7002f78a4", "5d4944ef383ba01e"),
+    "cpu/dsa/kde": ("462ec2fdd4ed9e36", "f0b9d4f15e89d2b0"),
+    "cpu/dsa/oracle": ("07910d798ec5b1a0", "b710b62c2b530b60"),
+    "cpu/dc/none": ("36c7495105b01800", "e019dc7a32761ecc"),
+    "cpu/dc/kde": ("33445982353d93d0", "b05b4017ab8fac13"),
+    "cpu/dc/oracle": ("a0c696e68c08fc29", "b81a1912fa875611"),
+    "cpu/mtt/none": ("c317789341c02d5c", "bdf4d8dcbf3b828b"),
+    "cpu/mtt/kde": ("52b592e1f6fffcf1", "d0d294585b1380ed"),
+    "cpu/mtt/oracle": ("92bd13412e0d4fcf", "cc64988f942717c8"),
+    "cpu/cfm/none": ("93d5ca2d450fdd6a", "84cec3976b16fb73"),
+    "cpu/cfm/kde": ("e71c513a8cae2964", "f9fbfe12fd923f58"),
+    "cpu/cfm/oracle": ("46ccddcf98436356", "5233b3e110aae10e"),
+    "paper/dm/none": ("24c70c95cb8fc3b4", "2094d925a562c859"),
+    "paper/dm/kde": ("e41de787f1e8fccb", "de88be6379d808b3"),
+    "paper/dm/oracle": ("12023e284c59e519", "5927c935338fd060"),
+    "paper/dm/fairdd": ("b425c10e76fee967", "02cbe922d294e9c9"),
+    "paper/dsa/none": ("8880ff4257784114", "c0a552d4edadb6e7"),
+    "paper/dsa/kde": ("0c0470e38efdca18", "75195e868d707bed"),
+    "paper/dsa/oracle": ("e122dd9384e599a6", "a6fe73786b57b24b"),
+    "paper/dc/none": ("64cc11dbf73df47e", "72a8975ced16a318"),
+    "paper/dc/kde": ("3c3d2319271cf225", "b12a0879c1b737a2"),
+    "paper/dc/oracle": ("84af76995399c7a7", "164331fcdc511485"),
+    "paper/mtt/none": ("927be621c3ef5b0f", "57608ae35230e887"),
+    "paper/mtt/kde": ("60353c2cb4fcac3f", "9ea4511f58756d55"),
+    "paper/mtt/oracle": ("01edd21f83836e5e", "de53065c35390cce"),
+    "paper/cfm/none": ("61648f46be9e61c6", "61fd78fee5a5b09b"),
+    "paper/cfm/kde": ("a87fc488407534a0", "1a6c33c95c05dabc"),
+    "paper/cfm/oracle": ("276bbc31ebe4b97c", "987254f480df5902"),
+    "proxy/dm/none": ("50544500c9688895", "f65379c21f8f479d"),
+    "proxy/dm/kde": ("9a7400f693004a8a", "28fbb110e1efa275"),
+    "proxy/dm/oracle": ("11f7a6ea5eb88e02", "5f300ca8ebfcc0cb"),
+    "proxy/dm/fairdd": ("b48e40df42916505", "cc5049059d0913af"),
+    "proxy/dsa/none": ("b680eb7f95c8e892", "ff0b87a509c95db8"),
+    "proxy/dsa/kde": ("3a8fae8bc59b8319", "7a923b4d64924f32"),
+    "proxy/dsa/oracle": ("ee3850e2e5deeab1", "43f0893e12b1d852"),
+    "proxy/dc/none": ("e14e5120aacc9edd", "e98a30546cd9b9de"),
+    "proxy/dc/kde": ("7aaaf3a1ba69cfbe", "b2a2bf521c19f047"),
+    "proxy/dc/oracle": ("e3fd4676fc5e6ccc", "fc6daabbaa9bec5b"),
+    "proxy/mtt/none": ("6e9f71675b16e358", "1762a31540f71fbd"),
+    "proxy/mtt/kde": ("07a73918384ace2a", "1817c84392a89b27"),
+    "proxy/mtt/oracle": ("b060caf451be32b5", "610ba3648b4e0c28"),
+    "proxy/cfm/none": ("e55d4cc133611ee9", "c8366399b268cffe"),
+    "proxy/cfm/kde": ("f9cd0359132c7ce3", "b445e0f727b1c4cf"),
+    "proxy/cfm/oracle": ("17611c8b0231a3d9", "9a4e4434363e17bd"),
+    "smoke/dm/none": ("8a69314fc5bb24da", "86707f64b0fa48ba"),
+    "smoke/dm/kde": ("3991ceceb8f48c28", "3231773c6c5bf2e2"),
+    "smoke/dm/oracle": ("f0bab8e5966fce0e", "d3b3d4e7e35232fa"),
+    "smoke/dm/fairdd": ("c40d6be3e33b5e43", "2847927e1c0622a5"),
+    "smoke/dsa/none": ("e40295730d2b5a37", "7453a70aadad69b4"),
+    "smoke/dsa/kde": ("7cd6734e362193ec", "4967bf5c101cf5aa"),
+    "smoke/dsa/oracle": ("fcffc9385ec51c3e", "dd5a59ce7340c831"),
+    "smoke/dc/none": ("8e91f9eb29a0e477", "66a65fdbf8131aa3"),
+    "smoke/dc/kde": ("92914c7459096f62", "822d53f725ed3a01"),
+    "smoke/dc/oracle": ("76ceed548f1894d6", "4e888ae059089e5f"),
+    "smoke/mtt/none": ("ad2db2c75865f04d", "b8699eb5c5822b05"),
+    "smoke/mtt/kde": ("9bb818ed7c11b80d", "a2f111c2fc16d9f5"),
+    "smoke/mtt/oracle": ("3a34ef05b6d0fdf8", "195713ab28d79c89"),
+    "smoke/cfm/none": ("ff7d3dc4bbb00dca", "92de34736efeab35"),
+    "smoke/cfm/kde": ("b1c3bd229286e733", "afb16f3ade65bba2"),
+    "smoke/cfm/oracle": ("886400fce6a9a037", "47f48d53f33ca96c"),
+}
+REFUSED = ('cpu/dsa/fairdd', 'cpu/dc/fairdd', 'cpu/mtt/fairdd', 'cpu/cfm/fairdd', 'paper/dsa/fairdd', 'paper/dc/fairdd', 'paper/mtt/fairdd', 'paper/cfm/fairdd', 'proxy/dsa/fairdd', 'proxy/dc/fairdd', 'proxy/mtt/fairdd', 'proxy/cfm/fairdd', 'smoke/dsa/fairdd', 'smoke/dc/fairdd', 'smoke/mtt/fairdd', 'smoke/cfm/fairdd')
+
+
+def _combinations():
+  for preset in sorted(PRESETS):
+    for method in METHODS:
+      for weighting in CHOICES["weighting"]:
+        yield f"{preset}/{method}/{weighting}", preset, method, weighting
+
+
+def test_digests_of_every_preset_method_and_weighting_are_pinned():
+  seen = set()
+  for key, preset, method, weighting in _combinations():
+    if key in REFUSED:
+      with pytest.raises(ValueError):
+        get_config(preset, method=method, weighting=weighting)
+      continue
+    cfg = get_config(preset, method=method, weighting=weighting)
+    assert (cfg.digest(), cfg.distill_digest()) == DIGESTS[key], key
+    seen.add(key)
+  assert seen == set(DIGESTS)
+
+
+def test_the_literal_choices_equal_the_librarys_registries():
+  assert parts.INITS == distill.INITS
+  assert parts.REAL_SAMPLING == distill.REAL_SAMPLING
+  assert parts.GM_LOOP_IPCS == tuple(sorted(distill.GM_LOOPS))
+  assert parts.KDE_NORMALIZE == kde._NORMALIZE and parts.KDE_SCOPES == kde.SCOPES
+  assert CHOICES["eval_protocol"] == tuple(protocols.PROTOCOLS)
+  assert CHOICES["surrogate_preset"] == tuple(presets.SURROGATE)
+  for name in CHOICES["surrogate_preset"]:
+    surrogate.SurrogateConfig.preset(name)
+  assert CHOICES["policy"] == ("auto",) + tuple(policy.POLICIES)
+  assert set(parts.DATASETS) == set(data.DATASETS)
+  for name, spec in data.DATASETS.items():
+    assert parts.DATASETS[name] == (spec.semantics, spec.severities, spec.default_severity), name
+  assert CHOICES["dataset"] == tuple(sorted(data.DATASETS))
+
+
+def test_each_flat_field_belongs_to_one_part_and_reads_through():
+  cfg = get_config("smoke", kde_variance=0.02, devices="1", dataset="cmnist_dd",
+                   conflict_ratio=0.9)
+  assert len(FIELDS) == len(set(FIELDS)) and FIELDS[0] == "preset"
+  for name in FIELDS[1:]:
+    assert getattr(cfg, name) == getattr(getattr(cfg, OWNER[name]), name)
+  assert cfg.weights.kde_variance == 0.02 and cfg.data.dataset == "cmnist_dd"
+  assert cfg.execution.devices == "1"
+  with pytest.raises(AttributeError):
+    cfg.ipc = 3  # read-only
+  # the flat dict round-trips, through JSON too (a config.json read back)
+  assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+  assert list(cfg.to_dict()) == list(FIELDS)
+  tree = cfg.to_tree()
+  assert set(tree) == {"preset"} | set(PARTS)
+  assert {k: v for part in PARTS for k, v in tree[part].items()} == {
+      k: v for k, v in cfg.to_dict().items() if k != "preset"}
+  with pytest.raises(TypeError, match="unexpected fields"):
+    RunConfig.from_dict({**cfg.to_dict(), "no_such_field": 1})
+  assert RunConfig.from_dict({**cfg.to_dict(), "no_such_field": 1}, ignore_unknown=True) == cfg
+  # a part given whole, with flat overrides on top
+  built = RunConfig(preset="smoke", data=cfg.data, ipc=4)
+  assert built.data == cfg.data and built.ipc == 4
+
+
+def test_each_part_validates_itself_with_the_configs_messages():
+  with pytest.raises(ValueError, match="KDEConfig.variance"):
+    parts.WeightingConfig(kde_variance=0.0)
+  with pytest.raises(ValueError, match="kde_floor"):
+    parts.WeightingConfig(kde_floor=1.0)
+  with pytest.raises(ValueError, match="conflict_ratio"):
+    parts.DataConfig(conflict_ratio=0.0)
+  assert parts.DataConfig(dataset="cmnist_dd", conflict_ratio=1.0).conflict_ratio == 1.0
+  with pytest.raises(ValueError, match="severity must be one of"):
+    parts.DataConfig(severity=9)
+  with pytest.raises(ValueError, match="has no severity"):
+    parts.DataConfig(dataset="bffhq", severity=1)
+  with pytest.raises(ValueError, match="dataset must be one of"):
+    parts.DataConfig(dataset="imagenet")
+  with pytest.raises(ValueError, match="ipc must be >= 1"):
+    parts.DistillConfig(ipc=0)
+  with pytest.raises(ValueError, match="lr_img"):
+    parts.DistillConfig(lr_img=float("nan"))
+  with pytest.raises(ValueError, match="num_eval_models"):
+    parts.EvaluationConfig(num_eval_models=0)
+  with pytest.raises(ValueError, match="devices"):
+    parts.ExecutionConfig(devices="two")
+  with pytest.raises(ValueError, match="no reference loop counts"):
+    parts.GradientMatchingConfig().validate(ipc=7)
+  with pytest.raises(ValueError, match="syn_steps"):
+    parts.MTTConfig(syn_steps=0).validate("mtt")
+  parts.MTTConfig(syn_steps=0)  # read only by trajectory matching
+  with pytest.raises(ValueError, match="cfm_beta"):
+    parts.CFMConfig(cfm_beta=-1.0).validate("cfm")
+
+
+def test_library_checks_run_before_anything_is_written(tmp_path):
+  with pytest.raises(ValueError, match="bad architecture spec"):
+    checks.check_config(get_config("smoke", eval_model="transformer"))
+  with pytest.raises(ValueError, match="bad architecture spec"):
+    cli.main(["distill", "--preset", "smoke", "--eval-model", "transformer", "--workdir",
+              str(tmp_path / "r"), "--debug"])
+  assert not (tmp_path / "r").exists()
+
+
+def test_the_parts_import_only_the_base_layer():
+  source = open(parts.__file__).read()
+  imported = {line.split()[1] for line in source.splitlines()
+              if line.startswith(("import ", "from "))}
+  assert {m for m in imported if m.startswith("jaxdd")} <= {
+      "jaxdd", "jaxdd._src", "jaxdd.structs", "jaxdd.policy", "jaxdd.presets"}
+  assert all(dataclasses.is_dataclass(cls) and cls.TITLE for cls in PARTS.values())
