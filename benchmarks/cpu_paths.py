@@ -39,6 +39,7 @@ import numpy as np
 import jaxdd
 from jaxdd import config as config_lib
 from jaxdd import data, distill, evaluate, models, policy, protocols
+from jaxdd.runs import stage_config
 
 VARIANTS = {
     "default": {},
@@ -67,7 +68,7 @@ def _dm_job(preset: str, steps: int):
                    model=models.ConvNet(nc, depth=cfg.depth, width=cfg.width),
                    augment=jaxdd.augment.dsa(cfg.dsa_strategy),
                    real_per_class=cfg.real_per_class, lr=cfg.lr_img, momentum=cfg.momentum,
-                   kde_config=cfg.kde, execution=distill.Execution(
+                   kde_config=stage_config.kde_config(cfg), execution=distill.Execution(
                        policy=policy.variant("cpu", **VARIANTS[name])))
     state = d.init(jax.random.key(0), real)
     state, _ = d.step(state, real)  # compiles

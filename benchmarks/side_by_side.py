@@ -50,7 +50,12 @@ def _child(steps: int, eval_epochs: int) -> dict:
   emb = np.array(jax.random.normal(jax.random.key(1), (len(ds.labels), 128)), np.float32)
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
   real = distill.real_data(x, ds.labels, num_classes=nc, embeddings=emb)
-  d = _distiller(cfg, nc, cfg.kde)
+  try:  # the runs layer builds the stages' configs
+    from jaxdd.runs.stage_config import kde_config
+    kde = kde_config(cfg)
+  except ImportError:  # a checkout from before: a view of the RunConfig
+    kde = cfg.kde
+  d = _distiller(cfg, nc, kde)
   state = d.init(jax.random.key(0), real)
   state, _ = d.step(state, real)
   jax.block_until_ready(state)

@@ -7,10 +7,21 @@ import json
 
 import pytest
 
-from jaxdd import cli, data, distill, kde, policy, presets, protocols, surrogate
-from jaxdd.config import (CHOICES, FIELDS, METHODS, OWNER, PARTS, PRESETS, RunConfig, get_config,
-                          parts)
+from jaxdd import cli, data, distill, policy, presets, protocols, surrogate
+from jaxdd.config import (
+  CHOICES,
+  FIELDS,
+  METHODS,
+  OWNER,
+  PARTS,
+  PRESETS,
+  RunConfig,
+  get_config,
+  parts,
+)
+from jaxdd.config import run as run_module
 from jaxdd.runs import checks
+from jaxdd.weighting import kde as weighting_kde
 
 # (digest, distill_digest) of every preset x method x weighting the config accepts, computed
 # before the config was split into parts: run directories and config.json files stay valid.
@@ -107,7 +118,7 @@ def test_the_literal_choices_equal_the_librarys_registries():
   assert parts.INITS == distill.INITS
   assert parts.REAL_SAMPLING == distill.REAL_SAMPLING
   assert parts.GM_LOOP_IPCS == tuple(sorted(distill.GM_LOOPS))
-  assert parts.KDE_NORMALIZE == kde._NORMALIZE and parts.KDE_SCOPES == kde.SCOPES
+  assert parts.KDE_NORMALIZE == weighting_kde._NORMALIZE and parts.KDE_SCOPES == weighting_kde.SCOPES
   assert CHOICES["eval_protocol"] == tuple(protocols.PROTOCOLS)
   assert CHOICES["surrogate_preset"] == tuple(presets.SURROGATE)
   for name in CHOICES["surrogate_preset"]:
@@ -184,10 +195,11 @@ def test_library_checks_run_before_anything_is_written(tmp_path):
   assert not (tmp_path / "r").exists()
 
 
-def test_the_parts_import_only_the_base_layer():
-  source = open(parts.__file__).read()
+@pytest.mark.parametrize("module", ["parts", "run"])
+def test_the_config_imports_only_the_base_layer(module):
+  source = open({"parts": parts, "run": run_module}[module].__file__).read()
   imported = {line.split()[1] for line in source.splitlines()
               if line.startswith(("import ", "from "))}
   assert {m for m in imported if m.startswith("jaxdd")} <= {
-      "jaxdd", "jaxdd._src", "jaxdd.structs", "jaxdd.policy", "jaxdd.presets"}
+      "jaxdd", "jaxdd._src", "jaxdd.structs", "jaxdd.policy", "jaxdd.presets", "jaxdd.config"}
   assert all(dataclasses.is_dataclass(cls) and cls.TITLE for cls in PARTS.values())

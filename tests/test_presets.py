@@ -6,6 +6,7 @@ import pytest
 from jaxdd import presets, protocols, runs, surrogate, weighting
 from jaxdd.config import get_config, METHOD_PRESETS, PRESETS, RunConfig
 from jaxdd.runs import bias, driver, surrogate_stage
+from jaxdd.runs import stage_config
 
 
 def test_every_registry_is_built_from_the_presets_module():
@@ -32,12 +33,12 @@ def test_run_config_validates_itself_when_built():
     get_config("cpu", surrogate_preset="huge")
 
 
-def test_run_config_views_of_each_stage():
+def test_stage_configs_of_a_run_config():
   cfg = get_config("cpu", kde_temperature=1.0, kde_scope="class")
-  assert cfg.kde == weighting.KDEConfig(0.01, 1.0, "power", "class")
-  assert cfg.replace(weighting="none").kde is None
-  assert cfg.protocol is protocols.PROTOCOLS["cpu"]
-  assert cfg.surrogate == surrogate.SurrogateConfig.preset("cpu")
+  assert stage_config.kde_config(cfg) == weighting.KDEConfig(0.01, 1.0, "power", "class")
+  assert stage_config.kde_config(cfg.replace(weighting="none")) is None
+  assert stage_config.eval_protocol(cfg) is protocols.PROTOCOLS["cpu"]
+  assert stage_config.surrogate_config(cfg) == surrogate.SurrogateConfig.preset("cpu")
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -3,9 +3,10 @@
 A RunConfig is composed of one part per stage (:mod:`jaxdd.config.parts`): ``data``,
 ``distill``, ``gm``, ``mtt``, ``cfm``, ``weights``, ``embedding``, ``evaluation`` and
 ``execution``. Its serialisation is flat: the field names are the CLI's flags and the keys of
-every saved ``config.json`` (whose digests name run directories). Each stage reads its own
-config as a view (:attr:`RunConfig.kde`, :attr:`RunConfig.surrogate`,
-:attr:`RunConfig.protocol`). The presets it is built from live in :mod:`jaxdd.presets`;
+every saved ``config.json`` (whose digests name run directories). It imports nothing of the
+library but the base layer; the objects a stage takes (the KDE weighting, the surrogate's
+config, the evaluation protocol) are built from it by :mod:`jaxdd.runs.stage_config`. The
+presets it is built from live in :mod:`jaxdd.presets`;
 :func:`get_config` applies one. :mod:`jaxdd.runs` runs the stages a RunConfig describes.
 """
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 from typing import Any
 
 from jaxdd import presets as presets_lib
-from jaxdd import protocols, surrogate, weighting
 from jaxdd.config import parts as parts_lib
 
 __all__ = ["CFM_FIELDS", "CHOICES", "EVAL_FIELDS", "FIELDS", "METHODS", "METHOD_PRESETS",
@@ -106,28 +106,6 @@ class RunConfig:
   def to_tree(self) -> dict[str, Any]:
     """The config nested by part: ``{"preset": ..., "data": {...}, ...}``."""
     return {"preset": self.preset, **{k: p.to_dict() for k, p in self.parts().items()}}
-
-  @property
-  def kde(self) -> "weighting.KDEConfig | None":
-    """The KDE weighting of this run (None for the vanilla method)."""
-    if self.weighting == "oracle":
-      # w = 1 / (size of the sample's (class, bias) group), normalised: f^(-1/T) with T = 1
-      # and f the group's share of its class (jaxdd.weighting.oracle_log_density).
-      return weighting.KDEConfig(self.kde_variance, 1.0, "power", "class")
-    if self.weighting != "kde":
-      return None
-    return weighting.KDEConfig(self.kde_variance, self.kde_temperature, self.kde_normalize,
-                             self.kde_scope)
-
-  @property
-  def surrogate(self) -> surrogate.SurrogateConfig:
-    """The SupCon surrogate's config (its preset; a step budget is resolved per dataset)."""
-    return surrogate.SurrogateConfig.preset(self.surrogate_preset)
-
-  @property
-  def protocol(self) -> protocols.Protocol:
-    """The evaluation protocol of this run."""
-    return protocols.get_protocol(self.eval_protocol)
 
   def replace(self, **changes) -> "RunConfig":
     """A validated copy with some flat fields changed."""

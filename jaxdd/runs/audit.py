@@ -20,6 +20,7 @@ from jaxdd.runs.surrogate_stage import surrogate_artifact
 from jaxdd.security import audit as audit_lib
 from jaxdd.security import signing
 from jaxdd.structs import SynSet
+from jaxdd.runs.stage_config import surrogate_config
 
 
 def run_config_of(meta: dict):
@@ -40,7 +41,7 @@ def kde_probe(syn: SynSet, meta: dict, config, *, progress: bool = False) -> aud
   art = surrogate_artifact(config, run_data, seed_keys(config.seed)[0],
                                     progress=progress)
   pixels = data.denormalize(np.asarray(syn.images), meta["mean"], meta["std"])
-  syn_z = surrogate.embed(art.params, np.asarray(pixels, np.float32), config=config.surrogate)
+  syn_z = surrogate.embed(art.params, np.asarray(pixels, np.float32), config=surrogate_config(config))
   return audit_lib.kde_scores(syn_z, syn.labels, art.embeddings, run_data.train.labels,
                               num_classes=run_data.num_classes, variance=config.kde_variance)
 

@@ -18,6 +18,7 @@ from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig
 from jaxdd.runs import checkpoints, distiller, experts, keys, metrics_log, rundata, text, weights
 from jaxdd.structs import SynSet
+from jaxdd.runs import stage_config
 
 
 def track_every(config: RunConfig) -> int:
@@ -100,7 +101,7 @@ def _distiller_and_data(config: RunConfig, workdir: str, run_data: rundata.RunDa
   """The run's distiller, its real data, what it steps over (the real data, or trajectory
   matching's expert buffer, recorded in ``buffer.json``) and the device mesh."""
   nc = run_data.num_classes
-  kde_config = config.kde
+  kde_config = stage_config.kde_config(config)
   log_density = weights.run_log_density(config, run_data, embeddings)
   mesh = distiller.device_mesh(config, nc)
   fairdd = config.weighting == "fairdd"

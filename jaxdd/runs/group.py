@@ -15,6 +15,7 @@ from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig, validate
 from jaxdd.runs import checkpoints, distiller, driver, keys, metrics_log, rundata, rundir, single
 from jaxdd.structs import SynSet
+from jaxdd.runs.stage_config import kde_config
 
 #: RunConfig fields in which the runs of one group may differ: the N-run DM step's runtime
 #: knobs (:func:`jaxdd.distill.many_runs`).
@@ -91,7 +92,7 @@ def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
                              embeddings=embeddings if base.weighting == "kde" else None)
     knobs = [{"lr": c.lr_img, "variance": c.kde_variance, "temperature": c.kde_temperature}
              for c in configs]
-    d = distill.many_runs(distiller.make_distiller(base, nc, base.kde), num_runs=len(configs),
+    d = distill.many_runs(distiller.make_distiller(base, nc, kde_config(base)), num_runs=len(configs),
                           run_knobs=knobs, common_random_numbers=True)
     state = d.init(keys.run_keys(base)[1], real)
     logs = [metrics_log.MetricsLog(w, 0) for w in workdirs]

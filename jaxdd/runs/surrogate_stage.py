@@ -7,12 +7,13 @@ import numpy as np
 from jaxdd import surrogate
 from jaxdd.config import RunConfig
 from jaxdd.runs import rundata
+from jaxdd.runs.stage_config import surrogate_config
 
 
 def surrogate_artifact(config: RunConfig, run_data: rundata.RunData, key: jax.Array,
                        progress: bool = True) -> surrogate.SurrogateArtifact:
   """Trains (or loads from the cache) the run's SupCon surrogate (params and embeddings)."""
-  cfg = config.surrogate  # a step budget (the cpu preset) is resolved for the data size
+  cfg = surrogate_config(config)  # a step budget (the cpu preset) is resolved for the data size
   train = run_data.train
   return surrogate.load_or_train(key, dict(train.meta), train.images, train.labels, config=cfg,
                                  progress=progress)

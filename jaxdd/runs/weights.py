@@ -16,6 +16,7 @@ import numpy as np
 from jaxdd import plots, weighting
 from jaxdd.config import RunConfig
 from jaxdd.runs import rundata
+from jaxdd.runs.stage_config import kde_config
 
 
 def run_log_density(config: RunConfig, run_data: rundata.RunData,
@@ -46,7 +47,7 @@ def whole_class_weights(config: RunConfig, labels, log_density: np.ndarray | Non
   uniform within each class when ``log_density`` is None (the vanilla method).
   """
   return weighting.whole_class_weights(labels, log_density, num_classes,
-                                       None if log_density is None else config.kde)
+                                       None if log_density is None else kde_config(config))
 
 
 def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings: np.ndarray | None,

@@ -1,0 +1,38 @@
+"""What each stage of a run is configured with, read from its :class:`~jaxdd.config.RunConfig`.
+
+The run configuration itself knows nothing of the library (it sits on the base layer); the
+objects the library's stages take are built from it here: the KDE weighting, the SupCon
+surrogate's config and the evaluation protocol.
+"""
+from __future__ import annotations
+
+from jaxdd import protocols, surrogate, weighting
+from jaxdd.config import RunConfig
+
+
+def kde_config(config: RunConfig) -> weighting.KDEConfig | None:
+  """The KDE weighting of a run (None for the vanilla method and FairDD).
+
+  Example:
+    >>> from jaxdd.config import get_config
+    >>> kde_config(get_config("cpu", weighting="none")) is None
+    True
+  """
+  if config.weighting == "oracle":
+    # w = 1 / (size of the sample's (class, bias) group), normalised: f^(-1/T) with T = 1
+    # and f the group's share of its class (jaxdd.weighting.oracle_log_density).
+    return weighting.KDEConfig(config.kde_variance, 1.0, "power", "class")
+  if config.weighting != "kde":
+    return None
+  return weighting.KDEConfig(config.kde_variance, config.kde_temperature, config.kde_normalize,
+                             config.kde_scope)
+
+
+def surrogate_config(config: RunConfig) -> surrogate.SurrogateConfig:
+  """The SupCon surrogate's config (its preset; a step budget is resolved per dataset)."""
+  return surrogate.SurrogateConfig.preset(config.surrogate_preset)
+
+
+def eval_protocol(config: RunConfig) -> protocols.Protocol:
+  """The evaluation protocol of a run."""
+  return protocols.get_protocol(config.eval_protocol)
