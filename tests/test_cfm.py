@@ -7,6 +7,7 @@ import pytest
 
 from jaxdd import distill, matching, models
 from jaxdd.config import get_config
+from jaxdd.runs.stage_config import kde_config
 
 HIGHEST = jax.default_matmul_precision("highest")
 
@@ -240,9 +241,9 @@ def test_cfm_fields_change_only_cfm_digests_and_bad_values_are_refused():
   # the default curriculum leaves earlier runs' digests as they were; slots is another run
   assert "cfm_curriculum" not in cfm._hashed()
   assert cfm.replace(cfm_curriculum="slots").digest() != cfm.digest()
-  slots = runs.make_distiller(cfm.replace(cfm_curriculum="slots"), 10, cfm.kde)
+  slots = runs.make_distiller(cfm.replace(cfm_curriculum="slots"), 10, kde_config(cfm))
   assert isinstance(slots, distill.Distiller)
-  d = runs.make_distiller(cfm, 10, cfm.kde)
+  d = runs.make_distiller(cfm, 10, kde_config(cfm))
   assert isinstance(d, distill.Distiller)
   for bad, match in ((dict(cfm_beta=0.0), "cfm_beta"), (dict(cfm_filter="band"), "cfm_filter"),
                      (dict(cfm_schedule="step"), "cfm_schedule"),

@@ -16,6 +16,7 @@ import pytest
 
 from jaxdd import distill, matching, models, runs, weighting
 from jaxdd.config import get_config
+from jaxdd.runs.stage_config import kde_config
 from jaxdd.weighting import KDEConfig
 
 
@@ -208,7 +209,7 @@ def test_oracle_log_density_balances_the_groups():
   bias = np.array([0] * 7 + [1] * 2 + [2] + [1, 1, 1, 0])
   log_f = weighting.oracle_log_density(labels, bias, num_classes=2)
   np.testing.assert_allclose(np.exp(log_f[:10]), [0.7] * 7 + [0.2] * 2 + [0.1], rtol=1e-6)
-  cfg = get_config("smoke", weighting="oracle").kde
+  cfg = kde_config(get_config("smoke", weighting="oracle"))
   assert (cfg.temperature, cfg.normalize, cfg.scope) == (1.0, "power", "class")
   real = _real(log_f, labels)
   w = np.asarray(distill.class_weights(real, cfg))
