@@ -104,7 +104,7 @@ def main() -> int:
                            capture_output=True, text=True, check=True)
       row = json.loads(out.stdout.strip().splitlines()[-1])
       rows[name].append(row)
-      print(json.dumps({"repeat": r, "checkout": name, "root": root, **row}), flush=True)
+      print(json.dumps({"repeat": r, "checkout": name, **row}), flush=True)
   med = {n: {k: statistics.median(row[k] for row in rows[n]) for k in ("step_s", "epoch_s")}
          for n in rows}
   print(json.dumps({"median": med, "ratio_b_over_a": {k: med["b"][k] / med["a"][k]
