@@ -157,7 +157,8 @@ class Execution:
     if not self.jit:
       def raw_step(state, data):
         return step_fn(state, data, hp)
-      # what many_runs reads of a step (as of a compiled one, _BoundStep)
+      # A plain function (jax and chex tools inspect raw steps), carrying what many_runs reads
+      # of a step as the compiled one, _BoundStep, does.
       raw_step.fn, raw_step._hp, raw_step.execution, raw_step.knobs = step_fn, hp, self, knobs
       return raw_step
     return _BoundStep(_shared_program(static, step_fn), hp, fn=step_fn, execution=self,

@@ -70,7 +70,8 @@ def check_floor(floor, name: str = "floor") -> None:
 # --------------------------------------------------------------------------
 
 def _prepare_log_density(queries, support, variance, block_size,
-                         support_block_size, support_mask):
+                         support_block_size, support_mask, matmul):
+  """The checked, same-dtype inputs of both log-density paths, and their tile sizes."""
   queries = checks.as_rows("queries", queries)
   support = checks.as_rows("support", support)
   if queries.shape[1] != support.shape[1]:
@@ -98,6 +99,8 @@ def _prepare_log_density(queries, support, variance, block_size,
       raise ValueError("support_mask excludes every support row; the density "
                        "of an empty set is undefined")
   variance = jnp.asarray(variance, dtype)
+  if matmul not in kernel.MATMULS:
+    raise ValueError(f"matmul must be one of {list(kernel.MATMULS)}, got {matmul!r}")
   return queries, support, support_valid, variance, block_q, block_n
 
 
@@ -194,9 +197,7 @@ def log_density(
   self_pairs = queries is support
   (queries, support, support_valid, variance, block_q,
    block_n) = _prepare_log_density(queries, support, variance, block_size,
-                                   support_block_size, support_mask)
-  if matmul not in kernel.MATMULS:
-    raise ValueError(f"matmul must be one of {list(kernel.MATMULS)}, got {matmul!r}")
+                                   support_block_size, support_mask, matmul)
   if queries.shape[0] == 0:
     return jnp.zeros((0,), queries.dtype)
   return kernel.log_density_core(queries, support, support_valid, variance,
@@ -254,9 +255,7 @@ def log_density_sharded(
   self_pairs = queries is support
   (queries, support, support_valid, variance, block_q,
    block_n) = _prepare_log_density(queries, support, variance, block_size,
-                                   support_block_size, support_mask)
-  if matmul not in kernel.MATMULS:
-    raise ValueError(f"matmul must be one of {list(kernel.MATMULS)}, got {matmul!r}")
+                                   support_block_size, support_mask, matmul)
   if queries.shape[0] == 0:
     return jnp.zeros((0,), queries.dtype)
   return kernel.sharded_log_density_fn(mesh, axis_name, block_q, block_n, self_pairs,
