@@ -1,22 +1,36 @@
-"""README.md and RESULTS.md tables generated from the published result files.
+"""Every results table of README.md and the documentation site, generated from ``results/``.
 
     python experiments/results_tables.py           # rewrite the marked blocks
     python experiments/results_tables.py --check   # exit 1 if a block differs (a test runs this)
 
-A block is delimited by ``<!-- table:CELL -->`` and ``<!-- /table:CELL -->`` (the full
-table of ``results/CELL/table.json``), ``<!-- summary:CELL -->`` /
-``<!-- /summary:CELL -->`` (the short README form: the main rows and columns) or
-``<!-- selection:CELL -->`` (the validation selection of ``results/CELL/selection.json``) or
-``<!-- crossarch:CELL -->`` (the cross-architecture matrix of ``results/cross-arch/CELL.json``,
-rendered by :func:`jaxdd.elf.format_seeds`) or ``<!-- series:PREFIX -->`` (one line per published
-cell ``PREFIX-<ratio>``, in ratio order: :func:`jaxdd.runs.format_series`) or
-``<!-- methods:CELL,CELL,... -->`` (the vanilla and selected KDE rows of those cells, one line
-each, in the order given: :func:`jaxdd.runs.format_methods`).
-The tables are rendered by :mod:`jaxdd.runs.tables`, so the text and the files cannot drift.
+The pages (README.md and every Markdown page under ``docs/``) hold prose and marked blocks; this
+script rewrites the blocks from the JSON files under ``results/`` and never touches the prose, so a
+table's numbers cannot drift from the files. A block is delimited by ``<!-- KIND:NAME -->`` and
+``<!-- /KIND:NAME -->``, each on its own line:
+
+* ``table:CELL`` — the full table of a grid cell, ``results/CELL/table.json``
+  (:func:`jaxdd.runs.format_table`); ``summary:CELL`` — its short form (the main rows and columns,
+  :func:`jaxdd.runs.format_summary`); ``selection:CELL`` — the validation selection of
+  ``results/CELL/selection.json`` (:func:`jaxdd.runs.format_selection`).
+* ``crossarch:CELL`` — the cross-architecture matrix of ``results/cross-arch/CELL.json``
+  (:func:`jaxdd.elf.format_seeds`).
+* ``series:PREFIX`` — one line per published cell ``PREFIX-<ratio>``, in ratio order
+  (:func:`jaxdd.runs.format_series`); ``methods:CELL,CELL,...`` — the vanilla and selected KDE
+  rows of those cells, one line each (:func:`jaxdd.runs.format_methods`).
+* ``data:PATH`` — a measurement table, ``results/PATH.json`` (``PATH`` may hold ``/``), in the
+  format :func:`render_data` documents: columns, rows, optional number formats and notes, and
+  where it came from.
+
+Every block ends with one provenance line: the date, commit, machine and command of the
+measurement. A ``data`` file carries these four fields itself; the cell kinds read them from
+``provenance.json`` in the cell's directory (``results/cross-arch/provenance.json`` for the
+matrices), either one record or a record per kind or per cross-architecture cell (a key
+``table``, ``selection``, ... or the cell name, falling back to the record itself).
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -25,60 +39,165 @@ import sys
 from jaxdd import elf, runs, synset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ("README.md", "RESULTS.md")
-_KINDS = "table|summary|selection|crossarch|series|methods"
-_BLOCK = re.compile(
-    rf"(<!-- ({_KINDS}):([\w.,-]+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
+_KINDS = "table|summary|selection|crossarch|series|methods|data"
+_NAME = r"[\w.,/-]+"
+_BLOCK = re.compile(rf"(<!-- ({_KINDS}):({_NAME}) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
 _OPENER = re.compile(rf"^<!-- ({_KINDS}):(\S*) -->$", re.M)  # a marker on its own line
+PROVENANCE = ("date", "commit", "machine", "command")
+
+
+def pages(root: str) -> list[str]:
+  """The files this script maintains, relative to ``root``: README.md and ``docs/**/*.md``."""
+  docs = sorted(glob.glob(os.path.join(root, "docs", "**", "*.md"), recursive=True))
+  docs = [d for d in docs if "/_build/" not in d and "/_autosummary/" not in d]
+  return ["README.md"] + [os.path.relpath(d, root) for d in docs]
+
+
+def _load(path: str, hint: str):
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {hint}")
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _check_provenance(rec, where: str) -> dict:
+  if not isinstance(rec, dict) or any(not rec.get(k) for k in PROVENANCE):
+    raise ValueError(f"{where}: needs a provenance record with {', '.join(PROVENANCE)}")
+  if not all(isinstance(rec[k], str) for k in PROVENANCE[:3]):
+    raise ValueError(f"{where}: date, commit and machine must be strings")
+  cmd = rec["command"]
+  if not (isinstance(cmd, str) or (isinstance(cmd, list) and cmd
+                                   and all(isinstance(c, str) for c in cmd))):
+    raise ValueError(f"{where}: command must be a string or a list of strings")
+  return rec
+
+
+def provenance_line(rec: dict) -> str:
+  """The line under a table: ``Measured <date> · commit `<sha>` · <machine> · `<command>```."""
+  cmds = rec["command"] if isinstance(rec["command"], list) else [rec["command"]]
+  cmd = "; ".join(f"`{c}`" for c in cmds)
+  return f"Measured {rec['date']} · commit `{rec['commit']}` · {rec['machine']} · {cmd}"
+
+
+def _cell_provenance(directory: str, key: str) -> dict:
+  path = os.path.join(directory, "provenance.json")
+  prov = _load(path, "write the measurement's date, commit, machine and command there")
+  rec = prov.get(key, prov) if isinstance(prov, dict) else prov
+  return _check_provenance(rec, path + (f" [{key}]" if key in prov else ""))
+
+
+def _fmt(value, spec) -> str:
+  if value is None:
+    return "–"
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not spec:
+    return str(value)
+  return format(value, spec)
+
+
+def render_data(table: dict, where: str = "table") -> str:
+  """A measurement table in Markdown, from its JSON form.
+
+  Fields: ``columns`` (header strings), ``rows`` (lists of strings, numbers or ``null``, shown as
+  "–"; as long as ``columns``), optional ``formats`` (a Python format spec per column, such as
+  ``".1f"``, applied to numbers; ``null`` or ``""`` leaves a cell as written), optional
+  ``caption`` (a line above the table) and ``notes`` (lines below it), and the provenance fields
+  ``date``, ``commit``, ``machine`` and ``command`` (a string or a list of strings).
+
+  Example:
+    >>> print(render_data({"columns": ["n", "ms"], "rows": [[1, 2.0], [8, 3.25]],
+    ...                    "formats": [None, ".1f"], "date": "2026-01-01", "commit": "abc1234",
+    ...                    "machine": "CPU", "command": "python bench.py"}))
+    | n | ms |
+    |---|---|
+    | 1 | 2.0 |
+    | 8 | 3.2 |
+    <BLANKLINE>
+    Measured 2026-01-01 · commit `abc1234` · CPU · `python bench.py`
+  """
+  if not isinstance(table, dict):
+    raise ValueError(f"{where}: a data table is a JSON object")
+  cols, rows = table.get("columns"), table.get("rows")
+  if not (isinstance(cols, list) and cols and isinstance(rows, list) and rows):
+    raise ValueError(f"{where}: needs non-empty lists 'columns' and 'rows'")
+  formats = table.get("formats") or [None] * len(cols)
+  if len(formats) != len(cols):
+    raise ValueError(f"{where}: 'formats' has {len(formats)} entries for {len(cols)} columns")
+  lines = []
+  if table.get("caption"):
+    lines += [str(table["caption"]), ""]
+  lines += ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+  for i, row in enumerate(rows):
+    if not isinstance(row, list) or len(row) != len(cols):
+      raise ValueError(f"{where}: row {i} does not have {len(cols)} cells")
+    lines.append("| " + " | ".join(_fmt(v, f) for v, f in zip(row, formats)) + " |")
+  notes = table.get("notes") or []
+  if notes:
+    lines += [""] + [str(n) for n in notes]
+  return "\n".join(lines + ["", provenance_line(_check_provenance(table, where))])
+
+
+def _cells(names, results, hint):
+  tables = []
+  for name in names:
+    path = os.path.join(results, name, "table.json")
+    tables.append(_load(path, hint.format(name=name)))
+  return tables
+
+
+def _provenances(directories, key) -> str:
+  lines = []
+  for d in directories:
+    line = provenance_line(_cell_provenance(d, key))
+    if line not in lines:
+      lines.append(line)
+  return "\n\n".join(lines)
 
 
 def render(kind: str, cell: str, results: str) -> str:
+  """The Markdown of one block (ending in a newline)."""
+  grid = "run `python experiments/grid.py --cells {name}` and `--publish` first"
+  if kind == "data":
+    path = os.path.join(results, cell + ".json")
+    return render_data(_load(path, "write the measurement table there"), path) + "\n"
   if kind == "crossarch":
     path = os.path.join(results, "cross-arch", f"{cell}.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: run `python experiments/cross_arch.py --cell "
-                              f"{cell} --publish` first")
-    with open(path) as f:
-      return elf.format_seeds(json.load(f)) + "\n"
-  if kind == "series":
-    tables = []
-    for name in sorted(os.listdir(results)):
-      path = os.path.join(results, name, "table.json")
-      if name.startswith(cell + "-") and os.path.exists(path):
-        with open(path) as f:
-          tables.append(json.load(f))
-    if not tables:
+    body = elf.format_seeds(_load(path, f"run `python experiments/cross_arch.py --cell {cell} "
+                                        "--publish` first"))
+    dirs, key = [os.path.join(results, "cross-arch")], cell
+  elif kind == "series":
+    names = sorted(n for n in os.listdir(results)
+                   if n.startswith(cell + "-") and os.path.exists(
+                       os.path.join(results, n, "table.json")))
+    if not names:
       raise FileNotFoundError(f"no results/{cell}-*/table.json: run and --publish a cell of "
                               f"the series `python experiments/grid.py --cells {cell}-<ratio>`")
-    return runs.format_series(tables) + "\n"
-  if kind == "methods":
-    tables = []
-    for name in cell.split(","):
-      path = os.path.join(results, name, "table.json")
-      if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run `python experiments/grid.py --cells "
-                                f"{name}` and `--publish` first")
-      with open(path) as f:
-        tables.append(json.load(f))
-    return runs.format_methods(tables) + "\n"
-  path = os.path.join(results, cell, "selection.json" if kind == "selection" else "table.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: run `python experiments/grid.py --cells {cell}` "
-                            "and `--publish` first")
-  with open(path) as f:
-    table = json.load(f)
-  if kind == "selection":
-    return runs.format_selection(table) + "\n"
-  return (runs.format_table(table) if kind == "table" else runs.format_summary(table)) + "\n"
+    body = runs.format_series(_cells(names, results, grid))
+    dirs, key = [os.path.join(results, n) for n in names], "table"
+  elif kind == "methods":
+    names = cell.split(",")
+    body = runs.format_methods(_cells(names, results, grid))
+    dirs, key = [os.path.join(results, n) for n in names], "table"
+  elif kind == "selection":
+    path = os.path.join(results, cell, "selection.json")
+    body = runs.format_selection(_load(path, grid.format(name=cell)))
+    dirs, key = [os.path.join(results, cell)], "selection"
+  else:
+    (table,) = _cells([cell], results, grid)
+    body = runs.format_table(table) if kind == "table" else runs.format_summary(table)
+    dirs, key = [os.path.join(results, cell)], "table"
+  return body + "\n\n" + _provenances(dirs, key) + "\n"
 
 
 def update(text: str, results: str) -> str:
   """``text`` with every marked block rendered again.
 
   Raises:
-    ValueError: an opening marker on its own line that does not start a block (no matching closing marker
-      on a later line, or a name outside ``[A-Za-z0-9_.,-]``), which would otherwise be left
-      silently stale.
+    ValueError: an opening marker on its own line that does not start a block (no matching closing
+      marker on a later line, or a name outside ``[A-Za-z0-9_.,/-]``), which would otherwise be
+      left silently stale.
   """
   blocks = {m.start(1) for m in _BLOCK.finditer(text)}
   for m in _OPENER.finditer(text):
@@ -98,14 +217,16 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   results = os.path.join(args.root, "results")
   stale = []
-  for doc in DOCS:
+  for doc in pages(args.root):
     path = os.path.join(args.root, doc)
+    if not os.path.exists(path):
+      continue
     with open(path) as f:
       text = f.read()
     try:
       new = update(text, results)
-    except ValueError as e:
-      raise ValueError(f"{doc}: {e}") from None
+    except (ValueError, FileNotFoundError) as e:
+      raise type(e)(f"{doc}: {e}") from None
     if new != text:
       stale.append(doc)
       if not args.check:

@@ -1,4 +1,5 @@
 """``python -m jaxdd`` runs the command line."""
 from jaxdd.cli import entry
 
-entry()
+if __name__ == "__main__":
+  entry()

@@ -143,9 +143,10 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
                   progress: bool = False) -> EvalResult:
   """:func:`evaluate_synset` for any :class:`TrainTask` (used by :mod:`jaxdd.debias`).
 
+  ``key``, ``syn``, ``test``, ``model``, ``protocol``, ``num_models``, ``lrs``, ``valid``,
+  ``select_on``, ``num_bias`` and ``parallel`` are as in :func:`evaluate_synset`.
+
   Args:
-    key, syn, test, model, protocol, num_models, lrs, valid, select_on,
-    num_bias, parallel: as :func:`evaluate_synset`.
     task: the training method (e.g. :func:`jaxdd.train.standard_task`,
       :func:`jaxdd.debias.lff_task`).
     hparams: the method's hyper-parameters, stamped on the result.

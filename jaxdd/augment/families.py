@@ -282,7 +282,7 @@ def rotate(key: jax.Array, images: jax.Array, *, degrees: float = 15.0) -> jax.A
   Args:
     key: PRNG key; one angle for the whole batch.
     images: (N, H, W, C) float batch.
-    degrees: the reference's ``ratio_rotate`` (15.0), the maximum |angle|.
+    degrees: the reference's ``ratio_rotate`` (15.0), the maximum absolute angle.
 
   Returns:
     ``rotate_with(images, angle_in_radians)``.

@@ -158,8 +158,8 @@ def cross_term(matmul: str, dtype):
 def centre(queries, support, support_valid):
   """Shifts both sets by the mean of the valid support rows.
 
-  Distances are translation invariant; centring shrinks |x|^2 and with it the
-  float cancellation error of |x|^2 + |y|^2 - 2 x.y.
+  Distances are translation invariant; centring shrinks ``|x|^2`` and with it the
+  float cancellation error of ``|x|^2 + |y|^2 - 2 x.y``.
   """
   w = support_valid.astype(support.dtype)
   count = jnp.maximum(jnp.sum(w), 1)
