@@ -2,6 +2,7 @@
 
     python experiments/results_tables.py           # rewrite the marked blocks
     python experiments/results_tables.py --check   # exit 1 if a block differs (a test runs this)
+    python experiments/results_tables.py --pages docs/results/proxy.md   # only those pages
 
 The pages (README.md and every Markdown page under ``docs/``) hold prose and marked blocks; this
 script rewrites the blocks from the JSON files under ``results/`` and never touches the prose, so a
@@ -214,10 +215,12 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
   parser.add_argument("--root", default=ROOT, help="repository root")
+  parser.add_argument("--pages", nargs="+", metavar="PAGE",
+                      help="only these pages (paths relative to the root); default: all")
   args = parser.parse_args(argv)
   results = os.path.join(args.root, "results")
   stale = []
-  for doc in pages(args.root):
+  for doc in args.pages or pages(args.root):
     path = os.path.join(args.root, doc)
     if not os.path.exists(path):
       continue
