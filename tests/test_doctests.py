@@ -12,7 +12,7 @@ import pytest
 
 import jaxdd
 
-# jaxdd.__main__ runs the command line when imported.
+# jaxdd.__main__ is ``python -m jaxdd``; it has no examples.
 _NOT_IMPORTABLE = {"jaxdd.__main__"}
 # Modules that need an optional extra (setup.cfg [options.extras_require]).
 _EXTRAS = {"jaxdd.data.tfds_builders": "tensorflow_datasets"}

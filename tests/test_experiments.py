@@ -44,6 +44,23 @@ results_tables = importlib.util.module_from_spec(_SPEC_RT)
 _SPEC_RT.loader.exec_module(results_tables)
 
 
+def _page(tmp_path):
+  """The one documentation page of a test's repository (docs/page.md)."""
+  (tmp_path / "docs").mkdir(exist_ok=True)
+  return tmp_path / "docs" / "page.md"
+
+
+PROV = {"date": "2026-01-01", "commit": "abc1234", "machine": "CPU", "command": "make it"}
+
+
+def _main(tmp_path, argv):
+  """results_tables.main, with a provenance record in every results directory of the test."""
+  for d in (tmp_path / "results").glob("*"):
+    if d.is_dir() and not (d / "provenance.json").exists():
+      (d / "provenance.json").write_text(json.dumps(PROV))
+  return results_tables.main(argv)
+
+
 def _table():
   per_seed = {"overall": [0.2, 0.4], "aligned": [1.0, 1.0], "conflicting": [0.1, 0.3],
               "worst_group": [0.0, 0.0]}
@@ -59,27 +76,27 @@ def test_results_tables_regenerates_the_marked_blocks(tmp_path):
   (tmp_path / "results" / "x").mkdir(parents=True)
   (tmp_path / "results" / "x" / "table.json").write_text(json.dumps(_table()))
   (tmp_path / "README.md").write_text("intro\n<!-- summary:x -->\nold\n<!-- /summary:x -->\nend\n")
-  (tmp_path / "RESULTS.md").write_text("<!-- table:x -->\n<!-- /table:x -->\n")
-  assert results_tables.main(["--check", "--root", str(tmp_path)]) == 1
-  assert results_tables.main(["--root", str(tmp_path)]) == 0
-  assert results_tables.main(["--check", "--root", str(tmp_path)]) == 0
+  _page(tmp_path).write_text("<!-- table:x -->\n<!-- /table:x -->\n")
+  assert _main(tmp_path, ["--check", "--root", str(tmp_path)]) == 1
+  assert _main(tmp_path, ["--root", str(tmp_path)]) == 0
+  assert _main(tmp_path, ["--check", "--root", str(tmp_path)]) == 0
   readme = (tmp_path / "README.md").read_text()
   # overall 20, 40 -> 30.0 ± 14.1 (sample std over seeds); bias score 90, 100 -> 95.0 ± 7.1
   assert "| vanilla | 30.0 ± 14.1 | 100.0 ± 0.0 | 20.0 ± 14.1 | 0.0 ± 0.0 | 95.0 ± 7.1 |" in readme
   assert readme.startswith("intro\n") and readme.endswith("end\n") and "old" not in readme
   assert "| *the training set itself (true share)* | | | | | 95.0 |" in readme
-  assert "cpu300 (301 epochs)" in (tmp_path / "RESULTS.md").read_text()
+  assert "cpu300 (301 epochs)" in _page(tmp_path).read_text()
 
 
 def test_results_tables_names_the_missing_file(tmp_path):
   (tmp_path / "README.md").write_text("<!-- table:nope -->\n<!-- /table:nope -->\n")
-  (tmp_path / "RESULTS.md").write_text("")
+  _page(tmp_path).write_text("")
   with pytest.raises(FileNotFoundError, match="grid.py --cells nope"):
-    results_tables.main(["--root", str(tmp_path)])
+    _main(tmp_path, ["--root", str(tmp_path)])
 
 
 def test_readme_and_results_tables_match_the_published_result_files():
-  """README.md and RESULTS.md show exactly what results/*/table.json hold."""
+  """README.md and every documentation page show exactly what the files under results/ hold."""
   assert results_tables.main(["--check"]) == 0
 
 
@@ -287,14 +304,14 @@ def test_results_tables_renders_a_published_cross_arch_matrix(tmp_path):
   (tmp_path / "results" / "cross-arch").mkdir(parents=True)
   (tmp_path / "results" / "cross-arch" / "x.json").write_text(json.dumps(published))
   (tmp_path / "README.md").write_text("")
-  (tmp_path / "RESULTS.md").write_text("<!-- crossarch:x -->\n<!-- /crossarch:x -->\n")
-  assert results_tables.main(["--root", str(tmp_path)]) == 0
-  text = (tmp_path / "RESULTS.md").read_text()
+  _page(tmp_path).write_text("<!-- crossarch:x -->\n<!-- /crossarch:x -->\n")
+  assert _main(tmp_path, ["--root", str(tmp_path)]) == 0
+  text = _page(tmp_path).read_text()
   assert "Cell x's SynSets, each trained on every architecture under `cpu`, 2 networks" in text
   assert "| kde − vanilla | mlp | plain | +40.0 ± 0.0 | +0.0 ± 0.0 | +40.0 ± 0.0 |" in text
-  (tmp_path / "RESULTS.md").write_text("<!-- crossarch:y -->\n<!-- /crossarch:y -->\n")
+  _page(tmp_path).write_text("<!-- crossarch:y -->\n<!-- /crossarch:y -->\n")
   with pytest.raises(FileNotFoundError, match="cross_arch.py --cell y --publish"):
-    results_tables.main(["--root", str(tmp_path)])
+    _main(tmp_path, ["--root", str(tmp_path)])
 
 
 def test_results_tables_renders_a_series_in_ratio_order(tmp_path):
@@ -310,17 +327,17 @@ def test_results_tables_renders_a_series_in_ratio_order(tmp_path):
     (tmp_path / "results" / f"x-{ratio:g}" / "table.json").write_text(json.dumps(t))
   (tmp_path / "results" / "y-0.1").mkdir()  # another series: not included
   (tmp_path / "README.md").write_text("")
-  (tmp_path / "RESULTS.md").write_text("<!-- series:x -->\n<!-- /series:x -->\n")
-  assert results_tables.main(["--root", str(tmp_path)]) == 0
-  lines = (tmp_path / "RESULTS.md").read_text().splitlines()
+  _page(tmp_path).write_text("<!-- series:x -->\n<!-- /series:x -->\n")
+  assert _main(tmp_path, ["--root", str(tmp_path)]) == 0
+  lines = _page(tmp_path).read_text().splitlines()
   assert lines[1] == "| conflict ratio | seeds | vanilla | full | bias score: vanilla |"
   # conflicting 20, 40 -> 30.0 ± 14.1; full over its networks (ddof 0): 60.0 ± 10.0
   assert lines[3] == "| 0.05 | 2 | 30.0 ± 14.1 | 60.0 ± 10.0 | 95.0 ± 7.1 |"
   assert lines[4] == "| 0.5 | 2 | 20.0 ± 14.1 | 60.0 ± 10.0 | 95.0 ± 7.1 |"
   assert "full: one seed, mean ± std over its networks" in lines[6]
-  (tmp_path / "RESULTS.md").write_text("<!-- series:z -->\n<!-- /series:z -->\n")
+  _page(tmp_path).write_text("<!-- series:z -->\n<!-- /series:z -->\n")
   with pytest.raises(FileNotFoundError, match="z-<ratio>"):
-    results_tables.main(["--root", str(tmp_path)])
+    _main(tmp_path, ["--root", str(tmp_path)])
 
 
 def test_results_tables_renders_dotted_cell_names_and_refuses_an_unclosed_marker(tmp_path):
@@ -329,13 +346,13 @@ def test_results_tables_renders_dotted_cell_names_and_refuses_an_unclosed_marker
   (tmp_path / "results" / "x-0.95").mkdir(parents=True)
   (tmp_path / "results" / "x-0.95" / "table.json").write_text(json.dumps(_table()))
   (tmp_path / "README.md").write_text("prose may name `<!-- table:CELL -->` inline\n")
-  (tmp_path / "RESULTS.md").write_text("<!-- table:x-0.95 -->\n<!-- /table:x-0.95 -->\n")
-  assert results_tables.main(["--check", "--root", str(tmp_path)]) == 1
-  assert results_tables.main(["--root", str(tmp_path)]) == 0
-  assert "| vanilla | 30.0 ± 14.1 |" in (tmp_path / "RESULTS.md").read_text()
-  (tmp_path / "RESULTS.md").write_text("a\n<!-- table:x-0.95 -->\n<!-- /table:x-0.9 -->\n")
-  with pytest.raises(ValueError, match=r"RESULTS.md: line 2: <!-- table:x-0.95 --> opens no"):
-    results_tables.main(["--check", "--root", str(tmp_path)])
+  _page(tmp_path).write_text("<!-- table:x-0.95 -->\n<!-- /table:x-0.95 -->\n")
+  assert _main(tmp_path, ["--check", "--root", str(tmp_path)]) == 1
+  assert _main(tmp_path, ["--root", str(tmp_path)]) == 0
+  assert "| vanilla | 30.0 ± 14.1 |" in _page(tmp_path).read_text()
+  _page(tmp_path).write_text("a\n<!-- table:x-0.95 -->\n<!-- /table:x-0.9 -->\n")
+  with pytest.raises(ValueError, match=r"docs.page.md: line 2: <!-- table:x-0.95 --> opens no"):
+    _main(tmp_path, ["--check", "--root", str(tmp_path)])
 
 
 def _backdoor_module():
@@ -371,19 +388,19 @@ def test_results_tables_renders_methods_side_by_side_in_the_given_order(tmp_path
     (tmp_path / "results" / name).mkdir(parents=True)
     (tmp_path / "results" / name / "table.json").write_text(json.dumps(t))
   (tmp_path / "README.md").write_text("")
-  (tmp_path / "RESULTS.md").write_text("<!-- methods:cfm-x,dm-x -->\n<!-- /methods:cfm-x,dm-x -->\n")
-  assert results_tables.main(["--root", str(tmp_path)]) == 0
-  lines = (tmp_path / "RESULTS.md").read_text().splitlines()
-  assert len(lines) == 7  # markers, head, rule, three rows
+  _page(tmp_path).write_text("<!-- methods:cfm-x,dm-x -->\n<!-- /methods:cfm-x,dm-x -->\n")
+  assert _main(tmp_path, ["--root", str(tmp_path)]) == 0
+  lines = _page(tmp_path).read_text().splitlines()
+  assert len(lines) == 9  # markers, head, rule, three rows, a blank line, the provenance
   # overall 20, 40 -> 30.0 ± 14.1; conflicting 50, 70 -> 60.0 ± 14.1; paired +40 on both seeds
   assert lines[3] == ("| cmnist 0.05 | CFM | vanilla | 2 × 3 | 30.0 ± 14.1 | 100.0 ± 0.0 | "
                       "20.0 ± 14.1 | 95.0 ± 7.1 |  |")
   assert lines[4] == ("| cmnist 0.05 | CFM | kde (selected on valid) | 2 × 3 | 30.0 ± 14.1 | "
                       "100.0 ± 0.0 | 60.0 ± 14.1 | 95.0 ± 7.1 | +40.0 ± 0.0 |")
   assert lines[5].startswith("| cmnist 0.05 | DM | vanilla | 2 × 5 |")
-  (tmp_path / "RESULTS.md").write_text("<!-- methods:dm-x,nope -->\n<!-- /methods:dm-x,nope -->\n")
+  _page(tmp_path).write_text("<!-- methods:dm-x,nope -->\n<!-- /methods:dm-x,nope -->\n")
   with pytest.raises(FileNotFoundError, match="--cells nope"):
-    results_tables.main(["--root", str(tmp_path)])
+    _main(tmp_path, ["--root", str(tmp_path)])
 
 
 def test_backdoor_table_covers_every_finished_cell_and_splits_calibration_seeds(tmp_path, capsys):
@@ -506,3 +523,25 @@ def test_backdoor_cells_are_judged_by_the_current_rules():
   assert backdoor.fired_classes(cell) == {"triggers": [0], "kde": [0, 2]}
   cell["audit"]["kde_outliers"]["class_count"] = 3  # the count the cell was audited with
   assert backdoor.fired_classes(cell)["kde"] == []
+
+
+def test_results_tables_data_kind_renders_a_measurement_table_with_its_provenance(tmp_path):
+  import doctest
+  assert doctest.testmod(results_tables, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
+  table = {"columns": ["IPC", "ms", "ratio"], "rows": [[10, 12.345, "3.0×"], [50, None, "x"]],
+           "formats": [None, ".1f", None], "notes": ["raw: results/bench/x.jsonl"], **PROV}
+  (tmp_path / "results" / "speed").mkdir(parents=True)
+  (tmp_path / "results" / "speed" / "dm.json").write_text(json.dumps(table))
+  (tmp_path / "README.md").write_text("")
+  _page(tmp_path).write_text("<!-- data:speed/dm -->\n<!-- /data:speed/dm -->\n")
+  assert results_tables.main(["--root", str(tmp_path)]) == 0
+  assert _page(tmp_path).read_text().splitlines()[1:] == [
+      "| IPC | ms | ratio |", "|---|---|---|", "| 10 | 12.3 | 3.0× |", "| 50 | – | x |", "",
+      "raw: results/bench/x.jsonl", "",
+      "Measured 2026-01-01 · commit `abc1234` · CPU · `make it`", "<!-- /data:speed/dm -->"]
+  # a row of the wrong length and a table without its provenance are refused, naming the file
+  for bad, match in (({**table, "rows": [[1, 2]]}, "row 0 does not have 3 cells"),
+                     ({k: v for k, v in table.items() if k != "commit"}, "provenance")):
+    (tmp_path / "results" / "speed" / "dm.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=match):
+      results_tables.main(["--check", "--root", str(tmp_path)])

@@ -1,0 +1,98 @@
+"""The front door and the documentation site: README's example runs, the pages stay short, the
+headline is stated once and agrees with its result files, and nothing speaks of how the project
+was made. (The site itself is built with warnings as errors by ``.ci/run``; every results table
+is checked against ``results/`` by ``tests/test_experiments.py``.)"""
+import glob
+import json
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read(rel):
+  with open(os.path.join(ROOT, rel)) as f:
+    return f.read()
+
+
+def _pages():
+  pages = glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)
+  return sorted(os.path.relpath(p, ROOT) for p in pages
+                if "/_build/" not in p and "/_autosummary/" not in p)
+
+
+def test_readme_is_a_short_front_door():
+  readme = _read("README.md")
+  assert len(readme.splitlines()) <= 200
+  # the two set-up commands, unchanged in meaning
+  assert ("pip install -r requirements.txt -e . && jaxdd reproduce --preset cpu "
+          "--workdir runs/cmnist-5pct") in readme
+  assert "\nbash .ci/run\n" in readme
+  # the headline is stated once: the paper-scale number appears in one place only
+  assert readme.count("96.0 ± 0.3") == 1
+
+
+def test_no_page_is_longer_than_400_lines():
+  long = {p: n for p in _pages() if (n := len(_read(p).splitlines())) > 400}
+  assert not long, long
+
+
+def test_headline_numbers_are_the_result_files_numbers():
+  """Each number of the README's headline table is read back from the file it cites."""
+  head = json.loads(_read("results/headline.json"))
+  paper, cpu = head["rows"]
+  kde = _read("results/fidelity-paper/cpu-surrogate/table.md")
+  vanilla = _read("results/fidelity-paper/paper-surrogate/table.md")
+  mainjob = _read("results/restructure/mainjob-after.md")
+  assert paper[4].strip("*") in next(l for l in kde.splitlines() if "paper: uniform" in l)
+  assert f"| {paper[3]} ± 0.0 |" in next(l for l in vanilla.splitlines() if "vanilla" in l)
+  assert f"| dm | {cpu[3]} |" in mainjob
+  assert f"| dm+kde | {cpu[4].strip('*')} |" in mainjob
+
+
+_PROCESS_SPEAK = re.compile(
+    r"\b(this|earlier|previous|later|that|an earlier|a later|in one) rounds?\b"
+    r"|\bsessions?\b|\bissue'?s\b|\bissues? #?\d|\btickets?\b|\bhelper (agent|session)s?\b"
+    r"|\.\./shared\b|/work/|\bthe brief\b", re.I)
+
+
+def _repository_text():
+  globs = ["README.md", "CHANGELOG.md", "docs/**/*.md", "docs/**/*.py", "jaxdd/**/*.py",
+           "tests/**/*.py", "experiments/**/*.py", "experiments/**/*.ipynb",
+           "benchmarks/**/*.py", "results/**/*.json", "results/**/*.md"]
+  for g in globs:
+    for path in glob.glob(os.path.join(ROOT, g), recursive=True):
+      if "/_build/" in path or "/_autosummary/" in path or path == __file__:
+        continue
+      yield os.path.relpath(path, ROOT)
+
+
+def test_nothing_speaks_of_how_the_project_was_made():
+  hits = []
+  for rel in _repository_text():
+    for i, line in enumerate(_read(rel).splitlines(), 1):
+      if _PROCESS_SPEAK.search(line):
+        hits.append(f"{rel}:{i}: {line.strip()[:100]}")
+  assert not hits, "\n".join(hits)
+
+
+def _readme_example():
+  readme = _read("README.md")
+  section = readme[readme.index("## Python API"):]
+  return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
+  """The README's example as written, with its sizes shrunk to the smoke preset's."""
+  code = _readme_example()
+  small = (code.replace('SurrogateConfig.preset("cpu")', 'SurrogateConfig.preset("smoke")')
+           .replace("range(300)", "range(2)").replace('protocol="cpu"', 'protocol="smoke"'))
+  assert small.count("smoke") == 2 and "range(2)" in small
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  monkeypatch.chdir(tmp_path)
+  exec(compile(small, "README.md", "exec"), {})
+  out = capsys.readouterr().out
+  assert "overall" in out and "bias-conflicting" in out
