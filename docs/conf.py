@@ -4,6 +4,7 @@ Build: ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (warnings 
 broken internal link is a warning).
 """
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.abspath("_ext"))
@@ -31,8 +32,13 @@ myst_enable_extensions = ["colon_fence", "dollarmath", "deflist"]
 myst_heading_anchors = 4
 suppress_warnings = []
 
-# Notebooks are rendered with the outputs stored in them; the build never executes one.
+# Notebooks are rendered with the outputs stored in them; the build never executes one. The
+# quickstart notebook lives with the experiments; the site renders a copy of it.
 nb_execution_mode = "off"
+_NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "experiments", "notebooks",
+                         "quickstart.ipynb")
+os.makedirs(os.path.join(os.path.dirname(__file__), "notebooks"), exist_ok=True)
+shutil.copyfile(_NOTEBOOK, os.path.join(os.path.dirname(__file__), "notebooks", "quickstart.ipynb"))
 
 # API reference: one page per module, every public name documented where it is defined.
 autosummary_generate = True
