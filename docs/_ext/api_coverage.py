@@ -48,6 +48,35 @@ def check(app, env) -> None:
     logger.warning("public name missing from the API reference: %s", name)
 
 
+def write_toplevel(app) -> None:
+  """Writes ``api/toplevel.md``: every name ``import jaxdd`` exposes, linked to where it is
+  defined (generated at each build from ``jaxdd._API``, so it cannot drift)."""
+  import os
+
+  import jaxdd
+  rows = []
+  for name in sorted(jaxdd._API):
+    module, attr = jaxdd._API[name]
+    obj = getattr(importlib.import_module(module), attr)
+    where = getattr(obj, "__module__", None)
+    if inspect.isclass(obj) or inspect.isfunction(obj):
+      target = f"{where}.{obj.__qualname__}"
+      rows.append(f"| `jaxdd.{name}` | {{py:obj}}`{target}` |")
+    else:
+      rows.append(f"| `jaxdd.{name}` | `{module}.{attr}` |")
+  text = "\n".join([
+      "# The top-level names", "",
+      "`import jaxdd` is cheap: each name below is imported on first use from the module that",
+      "defines it, where it is documented.", "",
+      "| name | defined as |", "|---|---|", *rows, ""])
+  path = os.path.join(app.srcdir, "api", "toplevel.md")
+  old = open(path).read() if os.path.exists(path) else None
+  if old != text:
+    with open(path, "w") as f:
+      f.write(text)
+
+
 def setup(app):
+  app.connect("builder-inited", write_toplevel)
   app.connect("env-check-consistency", check)
   return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
