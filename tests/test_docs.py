@@ -96,3 +96,16 @@ def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
   exec(compile(small, "README.md", "exec"), {})
   out = capsys.readouterr().out
   assert "overall" in out and "bias-conflicting" in out
+
+
+def test_quickstart_notebook_carries_its_outputs_for_the_site():
+  """The site renders the notebook without executing it, so its outputs are stored: the figures,
+  the result tables and the summary, and no error or progress-bar noise."""
+  nb = json.loads(_read("experiments/notebooks/quickstart.ipynb"))
+  outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+  assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4
+  assert sum("per-group accuracy" in "".join(o.get("data", {}).get("text/html", ""))
+             for o in outputs) == 2
+  assert any("NOTEBOOK_SUMMARY" in "".join(o.get("text", "")) for o in outputs)
+  assert not [o for o in outputs if o["output_type"] == "error"
+              or (o["output_type"] == "stream" and o["name"] == "stderr")]
