@@ -4,7 +4,7 @@ The reference configuration of docs/protocols.md: 10 classes of 3x28x28, 256
 real images per class, DSA 'color_crop_cutout_flip_scale_rotate' on, ConvNet-3
 width 128 instance norm, IPC 10 and 50. The PyTorch reference takes 2.89 / 2.66 s
 per step as shipped and 1.54 / 2.15 s with a tuned allocator on the 2-core
-development CPU (RESULTS.md).
+development CPU (docs/results/speed-distillation.md).
 
 Each configuration runs in its own subprocess (so peak RSS is its own), and
 prints one JSON line. Usage:

@@ -8,7 +8,7 @@ in float64 (sklearn's tree-based evaluation, exact with the default
 both the observed and the expected one.
 
 Default is N = 6,000 only: at N = 60,000 one run takes ~26 minutes on the
-development CPU (RESULTS.md), so ask for it explicitly with
+development CPU (docs/results/speed-kde-scaling.md), so ask for it explicitly with
 ``--n 60000 --warmup 0 --repeats 1`` (sklearn compiles nothing, so the
 warm-up only matters for caches). A measurement script, not a library dependency
 (scikit-learn is present through mlxtend).

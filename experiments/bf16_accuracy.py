@@ -2,7 +2,7 @@
 
 ``jaxdd.distill.Execution(real_dtype="bfloat16")`` runs the gradient-free forward of the
 real images in bfloat16. It stays off by default because it is slower on the
-2-core CPU (RESULTS.md, "bf16 real path for DM"); this script measures the
+2-core CPU (docs/results/speed-distillation.md, "bf16 real path for DM"); this script measures the
 other half of the decision: the accuracy of the distilled sets, float32 vs
 bfloat16, everything else equal (the same seeds, keys and data).
 

@@ -34,7 +34,7 @@ Cells (the `cpu` preset, offline data; docs/protocols.md §7):
      on unbiased CMNIST (10 % aligned), IPC 10: MTT's claim that it beats DM, at this budget.
 
 Every cell writes `<root>/<cell>/table.json` and `table.md`; `--publish` copies those (and
-the selection) to `results/<cell>/`, which README.md and RESULTS.md are generated from
+the selection) to `results/<cell>/`, which README.md and the results pages under docs/results/ are generated from
 (`experiments/results_tables.py`).
 """
 from __future__ import annotations

@@ -76,7 +76,7 @@ class TorchDense(nn.Module):
 # ---------------------------------------------------------------------------
 # Instance norm with a hand-written VJP: two passes forward (mean, centred
 # variance), a fused pair of per-map reductions and one elementwise pass
-# backward; faster than flax's GroupNorm(C, C) in ConvNet-3 on CPU (RESULTS.md,
+# backward; faster than flax's GroupNorm(C, C) in ConvNet-3 on CPU (docs/results/speed-distillation.md,
 # "One DM step"). Same values up to float rounding
 # (tests/test_models.py).
 

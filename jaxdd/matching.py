@@ -60,7 +60,7 @@ def _flat_apply(fn: EmbedFn, x: jax.Array, chunk: int | None = None) -> jax.Arra
   matches the reference's BatchNorm semantics, where statistics mix classes.
   With ``chunk``, the images go through ``fn`` ``chunk`` at a time inside a
   ``lax.map``: the same result for per-sample networks, with activations small
-  enough to stay in cache (faster on CPU; RESULTS.md, "One DM step",
+  enough to stay in cache (faster on CPU; docs/results/speed-distillation.md, "One DM step",
   benchmarks/dm_step.py). ``chunk`` is rounded down to the
   largest divisor of C*B not above it.
   """

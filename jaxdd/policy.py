@@ -4,7 +4,7 @@ jaxdd computes the same numbers on every backend but lays the work out
 differently on XLA:CPU and on accelerators (GPU, TPU), because XLA:CPU is slow
 at some programs accelerators run well: backward convolutions inside loops
 (jax-ml/jax#12868), grouped convolutions of vmapped networks, large
-activations that fall out of cache (timings in RESULTS.md, "Speed on CPU"). A
+activations that fall out of cache (timings in docs/results/speed-evaluation.md, "Speed on CPU"). A
 :class:`Policy` holds all of those choices; :data:`POLICIES` has the two
 built-in ones, ``"cpu"`` and ``"accelerator"``.
 
@@ -125,12 +125,12 @@ class Policy:
 # Micro-batches of about 12 on CPU (10 of a batch of 100, 16 of 256, 12 and a
 # remainder of 4 for 244) were chosen by timing ConvNet-3 (width 128) training
 # steps with micro-batches of 5 to 32 and whole batches, all compiled in one
-# process and timed alternately (RESULTS.md, "Evaluation side by side with the PyTorch reference"; our reading:
+# process and timed alternately (docs/results/speed-evaluation.md, "Evaluation side by side with the PyTorch reference"; our reading:
 # the maps of a few images stay in cache; with Winograd convolutions, 16 of 256
 # beat 8). Prediction blocks of 32, and chunks of 32 real / 10 synthetic
-# images, by timing the DM and gradient-matching steps (RESULTS.md, "Where an
+# images, by timing the DM and gradient-matching steps (docs/results/speed-evaluation.md, "Where an
 # evaluation step spends its time", "One DM step", "One gradient-matching outer
-# iteration"). Winograd for gradient-free forwards and trained networks: RESULTS.md,
+# iteration"). Winograd for gradient-free forwards and trained networks: docs/results/speed-distillation.md,
 # "One DM step" and "Evaluation side by side with the PyTorch reference".
 POLICIES: dict[str, Policy] = {
     "cpu": Policy("cpu", conv="loop_safe", parallel="map", train_loop="step", micro_batch=12,
@@ -138,13 +138,13 @@ POLICIES: dict[str, Policy] = {
                   train_conv="winograd"),
     # parallel="map" on accelerators too: on one H100 (jax 0.11.2, CUDA 13), 5 evaluation
     # networks vmapped in one program ran at 0.91x (IPC 10) and 0.70x (IPC 50) the speed of
-    # the same networks one after another (RESULTS.md, "Speed on GPU"): vmap over conv
+    # the same networks one after another (docs/results/speed-gpu.md, "Speed on GPU"): vmap over conv
     # weights lowers to grouped convolutions, a slow path there as on CPU.
     # steps_per_call: on the 2-core CPU the pipeline's host work is within the noise of
-    # a 6 ms step at one step per call (RESULTS.md, "Host overhead per step"), so 1 there.
+    # a 6 ms step at one step per call (docs/results/speed-distillation.md, "Host overhead per step"), so 1 there.
     # On one H100 the paper preset's 20,000 DM steps took about twice the benchmark's
     # 5 ms per step; 20 steps per call cut the host round trips 20-fold. This default has
-    # not been timed on a GPU yet (RESULTS.md says so); override with --steps-per-call.
+    # not been timed on a GPU yet (docs/results/speed-gpu.md says so); override with --steps-per-call.
     "accelerator": Policy("accelerator", conv="xla", parallel="map", train_loop="scan",
                           micro_batch=None, predict_block=None, real_chunk=None, syn_chunk=None,
                           steps_per_call=20),

@@ -36,7 +36,7 @@ RUN: dict[str, dict[str, Any]] = {
     # One DM vs DM+KDE comparison on the embedded CMNIST in minutes on 2 cores:
     # width-32 random nets, 64 real images per class, 300 steps at lr_img 10
     # (300 steps at the reference's lr 1 barely move real-initialised images,
-    # see RESULTS.md), IPC 10, the 'cpu' evaluation protocol and surrogate.
+    # see docs/results/distribution-matching.md), IPC 10, the 'cpu' evaluation protocol and surrogate.
     "cpu": dict(ipc=10, iterations=300, real_per_class=64, width=32, lr_img=10.0,
                 surrogate_preset="cpu", eval_protocol="cpu", num_eval_models=5,
                 checkpoint_every=100),
@@ -44,7 +44,7 @@ RUN: dict[str, dict[str, Any]] = {
     # `jaxdd data fetch mnist`; Debian's Fashion-MNIST), IPC 50, the cpu preset's DM (width-32
     # random nets, 64 real images per class, lr_img 10) for 600 steps, the cpu surrogate and
     # evaluation protocol with 3 networks: one distillation plus evaluation in minutes on
-    # 2 cores. Its ranking of settings is compared with paper scale in RESULTS.md.
+    # 2 cores. Its ranking of settings is compared with paper scale in docs/results/proxy.md.
     "proxy": dict(source="full", ipc=50, iterations=600, real_per_class=64, width=32,
                   lr_img=10.0, surrogate_preset="cpu", eval_protocol="cpu", num_eval_models=3,
                   checkpoint_every=200),
@@ -62,7 +62,7 @@ RUN: dict[str, dict[str, Any]] = {
 #: Trajectory matching ('mtt'): 'paper' is the DC-BENCH command for CIFAR-10 IPC 10
 #: without ZCA (no MNIST settings were published) with MTT's 100 experts;
 #: 'cpu'/'proxy' (:data:`MTT_CPU`) are TESLA gradients, 10 student steps, 5 experts of
-#: 10 epochs and 200 iterations, sized for minutes on 2 cores (RESULTS.md, "Trajectory
+#: 10 epochs and 200 iterations, sized for minutes on 2 cores (docs/results/trajectory-matching.md, "Trajectory
 #: matching").
 MTT_CPU: dict[str, Any] = dict(iterations=200, mtt_mode="tesla", syn_steps=10, expert_epochs=2,
                                max_start_epoch=8, lr_img=1000.0, lr_lr=1e-5, lr_teacher=0.01,
@@ -99,7 +99,7 @@ METHOD: dict[str, dict[str, dict[str, Any]]] = {
 #: Fashion-MNIST's or full MNIST's 54,000. 'paper' is the same short surrogate:
 #: at the paper's scale (full MNIST, CMNIST 5 %, IPC 50) it was chosen on validation
 #: over the 20-epoch width-128 one, 'long' (bias-conflicting validation accuracy of DM +
-#: KDE 96.3-97.3 % vs 43.5-51.1 %; RESULTS.md "Paper scale on one H100"), whose longer
+#: KDE 96.3-97.3 % vs 43.5-51.1 %; docs/results/paper-scale.md "Paper scale on one H100"), whose longer
 #: SupCon training gathers each class and loses the density contrast the weights need.
 #: 'short-w128' and 'long-w32' cross the two (width 128 for 210 steps; width 32 for 20
 #: epochs), to tell the width from the training length. 'smoke': width 8, depth 2,

@@ -51,7 +51,7 @@ class TrainTask(NamedTuple):
   per-sample terms and leaves ``state`` unchanged whenever ``state`` is empty
   (no batch statistics, no stochastic layers): the trainer may then compute a
   step's gradient micro-batch by micro-batch and average (faster on CPU,
-  where small activations stay in cache; see RESULTS.md, "Evaluation side by side with the PyTorch reference").
+  where small activations stay in cache; see docs/results/speed-evaluation.md, "Evaluation side by side with the PyTorch reference").
   The result is the same up to float reassociation.
   """
   name: str

@@ -34,7 +34,7 @@ def test_auto_is_the_cpu_policy_here_and_names_resolve():
   assert (CPU.micro_batch, CPU.predict_block, CPU.real_chunk, CPU.syn_chunk) == (12, 32, 32, 10)
   assert (CPU.forward_conv, ACC.forward_conv) == ("winograd", "xla")
   assert (CPU.train_conv, ACC.train_conv) == ("winograd", "xla")
-  # one after another on accelerators too (measured on an H100: RESULTS.md, "Speed on GPU")
+  # one after another on accelerators too (measured on an H100: docs/results/speed-gpu.md, "Speed on GPU")
   assert (ACC.conv, ACC.parallel, ACC.train_loop) == ("xla", "map", "scan")
   assert (ACC.micro_batch, ACC.predict_block, ACC.real_chunk, ACC.syn_chunk) == (None,) * 4
   assert train.CPU_MICRO_BATCH == CPU.micro_batch

@@ -4,7 +4,7 @@ Why: on XLA:CPU, a convolution's gradients inside a while loop (``lax.scan``,
 ``lax.map``: evaluation training, gradient matching, chunked DM) are not
 rewritten into the Eigen-friendly form and run through a naive emitter, far
 slower than the same convolution outside a loop (jax-ml/jax#12868, seen with
-jax 0.10.2; timings in RESULTS.md, "Convolution gradients inside loops"). :func:`loop_safe_conv` is a
+jax 0.10.2; timings in docs/results/speed-evaluation.md, "Convolution gradients inside loops"). :func:`loop_safe_conv` is a
 drop-in ``lax.conv_general_dilated`` with a custom VJP that computes the same
 values and gradients with plain matmuls and forward convolutions; it is a
 workaround for one backend, not a faster convolution in general.
@@ -31,7 +31,7 @@ from jaxdd._src import winograd
 # On XLA:CPU a convolution's weight gradient inside a while loop (our
 # lax.scan over steps) is not rewritten into the Eigen-friendly form and runs
 # through a naive emitter, far slower than outside a loop (jax-ml/jax#12868;
-# jax 0.10.2; timings in RESULTS.md, "Convolution gradients inside loops"). We therefore give
+# jax 0.10.2; timings in docs/results/speed-evaluation.md, "Convolution gradients inside loops"). We therefore give
 # NHWC/HWIO convolutions a custom VJP: the weight gradient is kh matmuls of
 # strided slices of the channels-first padded input with the output gradient
 # (one im2col matmul for few input channels), the input gradient a forward
@@ -39,7 +39,7 @@ from jaxdd._src import winograd
 # and col2im for few input channels); the forward pass is lax's own. Used only
 # under a policy with conv="loop_safe" (the cpu policy); accelerators keep
 # lax's convolutions.
-# (With jax 0.10.2 the naive in-loop path is still there: RESULTS.md,
+# (With jax 0.10.2 the naive in-loop path is still there: docs/results/speed-evaluation.md,
 # "Convolution gradients inside loops".)
 
 _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
@@ -72,7 +72,7 @@ def _nhwc_conv(x, w, strides, padding, precision):
   # inside loops. (The first layer's 3-channel forward used to be one im2col
   # matmul; XLA fuses the bias add that follows into that matmul, and the pair
   # ran several times slower than lax's convolution with the same bias add:
-  # RESULTS.md, "Where an evaluation step spends its time".)
+  # docs/results/speed-evaluation.md, "Where an evaluation step spends its time".)
   return lax.conv_general_dilated(x, w, strides, padding,
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 
@@ -99,7 +99,7 @@ def _conv_input_grad_col2im(g, w, x_shape, padding, precision):
   # Stride 1, few input channels (the first layer, 1 or 3): XLA:CPU runs a
   # convolution with 3 output channels slowly, so take dx as one matmul into
   # patch space, g @ W^T, then col2im (the kh*kw shifted patch slices summed);
-  # timings in RESULTS.md, "One DM step".
+  # timings in docs/results/speed-distillation.md, "One DM step".
   kh, kw, c = w.shape[:3]
   n, h, wd, _ = x_shape
   ho, wo = g.shape[1], g.shape[2]
@@ -139,7 +139,7 @@ def _conv_weight_grad(x, g, w_shape, strides, padding, precision):
   # (kw*C, K) @ (K, O) matmul whose long contraction K = N*Ho*Wo runs along
   # contiguous memory on both sides: XLA:CPU's matmul runs it 1.4-1.7x as fast
   # as kh*kw per-tap products over NHWC slices, whose left operand is read
-  # transposed (RESULTS.md, "Where an evaluation step spends its time").
+  # transposed (docs/results/speed-evaluation.md, "Where an evaluation step spends its time").
   xt = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)), ((0, 0), (0, 0), padding[0], padding[1]))
   g2 = g.reshape(-1, o)
 

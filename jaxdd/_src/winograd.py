@@ -18,9 +18,9 @@ transformed tiles, ``U`` the transformed kernel and ``dM = A dY A^T`` the
 transformed output gradient, the kernel's is ``G^T (V^T dM) G`` and the
 input's is ``B (dM U^T) B^T`` summed over overlapping tiles, so each gradient
 is 16 matmuls with the same 2.25x fewer multiplies (autodiff of the forward
-computes the same products but measured slower than lax's path; RESULTS.md, "One DM step").
+computes the same products but measured slower than lax's path; docs/results/speed-distillation.md, "One DM step").
 
-Where it pays (2-core CPU, RESULTS.md, "Speed on CPU"): the second
+Where it pays (2-core CPU, docs/results/speed-evaluation.md, "Speed on CPU"): the second
 128-channel convolution of ConvNet-3 on 14x14 maps, most of the arithmetic of
 DM's real-image forward and of an evaluation training step. With fewer
 channels the 16 matmuls are too thin to gain (a 14x14 forward alone: faster
@@ -52,7 +52,7 @@ _MIN_CHANNELS = 96  # input and output channels (see the module docstring)
 # Images per transform block (a lax.map over blocks, plus one remainder block).
 # In DM's real forward (chunks of 32) blocks of 16 beat one block of 32 and
 # blocks of 8; our reading: the transformed tiles of 16 images with 128
-# channels (6.4 MB) stay in cache (RESULTS.md, "One DM step").
+# channels (6.4 MB) stay in cache (docs/results/speed-distillation.md, "One DM step").
 _BLOCK = 16
 
 # Inside convs() (a trace-time flag: tracing is single-threaded).
@@ -174,7 +174,7 @@ def _conv3x3_fwd(x, w, precision):
   # trainer's micro-batches are the blocks. The tiles are kept
   # channels-first, (16, I, tiles), for the weight gradient's contraction over
   # tiles; the barriers keep XLA from fusing the transforms into the matmuls
-  # (RESULTS.md, "Evaluation side by side with the PyTorch reference").
+  # (docs/results/speed-evaluation.md, "Evaluation side by side with the PyTorch reference").
   n, h, wd, _ = x.shape
   v, u = jax.lax.optimization_barrier((_tiles(x), kernel_transform(w).astype(x.dtype)))
   m = jax.lax.optimization_barrier(jnp.einsum("kpc,kco->kpo", v, u, precision=precision))

@@ -43,7 +43,7 @@ def tune_allocator() -> bool:
 
   XLA:CPU allocates its large buffers with ``malloc``; glibc serves them with
   ``mmap`` and unmaps them on ``free``, so every compiled call faults its
-  buffers in again (RESULTS.md, "Keeping freed memory, and XLA flags"). The same setting as
+  buffers in again (docs/results/speed-kde-scaling.md, "Keeping freed memory, and XLA flags"). The same setting as
   the environment variables ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` (the "tuned"
   PyTorch reference), applied at run time with ``mallopt``. The CLI calls it unless
   ``JAXDD_TUNE_MALLOC=0``; the price is a resident size that stays at its peak.

@@ -123,7 +123,7 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--verdict-probes", type=probe_list, default=audit.VERDICT_PROBES,
                  help="comma-separated probes whose flags make the verdict, among "
                       f"{','.join(audit.PROBES)} (default: {','.join(audit.VERDICT_PROBES)}; "
-                      "Neural Cleanse's is reported only, RESULTS.md \"Backdoors\")")
+                      "Neural Cleanse's is reported only, docs/results/security.md)")
   p.add_argument("--outlier-z", type=float, default=audit.OUTLIER_Z,
                  help="flag a synthetic image closer to another class's real images whose KDE "
                       "margin is this many robust sds below the SynSet's median (default: "

@@ -61,7 +61,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       policy. Under a policy with ``forward_conv="winograd"`` (the ``cpu``
       policy) and without a mesh, the real forward's eligible 3x3
       convolutions run as Winograd F(2x2, 3x3): the same values up to float
-      rounding, 2.25x fewer multiplies (:mod:`jaxdd.policy`; RESULTS.md, "One
+      rounding, 2.25x fewer multiplies (:mod:`jaxdd.policy`; docs/results/speed-distillation.md, "One
       DM step"). N runs in one program: :func:`jaxdd.distill.many_runs`.
 
   Returns:

@@ -93,12 +93,12 @@ class Execution:
       :func:`jaxdd.models.loop_safe_convs` for that). ``"auto"``: the policy's
       ``syn_chunk`` (10 on CPU, all at once on accelerators). Chunking never
       changes the loss beyond float rounding. Timings at the reference
-      configuration: RESULTS.md, "One DM step" (benchmarks/dm_step.py).
+      configuration: docs/results/speed-distillation.md, "One DM step" (benchmarks/dm_step.py).
     real_dtype: run DM's gradient-free real-image forward in this floating
       dtype (e.g. ``"bfloat16"``): the network's parameters and the real images
       are cast to it, the features back to float32. None (default): the
       synthetic images' dtype, i.e. the reference's computation. Off by
-      default: on the development CPU bfloat16 is slower (RESULTS.md, "bf16
+      default: on the development CPU bfloat16 is slower (docs/results/speed-distillation.md, "bf16
       real path for DM"). Other methods refuse it.
     jit: compile the step (default; distillers with the same static settings
       share one program) or return the raw pure function.
@@ -203,7 +203,7 @@ def many_runs(d: Distiller, *, num_runs: int | None = None,
     parallel: with independent runs, ``"vmap"`` (batched: the runs' random
       networks become grouped convolutions) or ``"map"`` (one after another
       inside the program); ``"auto"``: the policy's ``parallel`` (map on CPU,
-      where the grouped convolutions are slower: RESULTS.md, "N DM runs in one
+      where the grouped convolutions are slower: docs/results/speed-distillation.md, "N DM runs in one
       program"). Shared draws always use vmap, which computes them once.
 
   Returns:

@@ -99,7 +99,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       the same value up to float rounding; ``real_dtype`` is refused). Under a
       policy with ``train_conv="winograd"`` (the ``cpu`` policy) and without a
       mesh, the real gradient's eligible 3x3 convolutions run as Winograd
-      F(2x2, 3x3) (:mod:`jaxdd.policy`; RESULTS.md, "One gradient-matching
+      F(2x2, 3x3) (:mod:`jaxdd.policy`; docs/results/speed-distillation.md, "One gradient-matching
       outer iteration"); the synthetic side keeps the loop-safe kernels.
 
   Returns:
@@ -199,7 +199,7 @@ def _match(s: _GMSettings, syn_images, params, net_state, key: jax.Array, real: 
 
   # The real images' weight gradient (first order) as Winograd where the policy says so
   # (train_conv); the synthetic side, differentiated twice, keeps the loop-safe kernels
-  # (RESULTS.md, "One gradient-matching outer iteration").
+  # (docs/results/speed-distillation.md, "One gradient-matching outer iteration").
   real_logits_fn = winograd.traced_inside(logits_fn) if s.winograd_real else None
 
   def loss_fn(images):

@@ -46,7 +46,7 @@ def posthoc_attack(key: jax.Array, syn: SynSet, *, trigger: attacks.Trigger, tar
      Distillation describes; ``"synset"`` (default) starts the inversion from
      the SynSet's own first images of the class (``inversion_steps`` default
      0: the distilled images themselves are the attacker's best archetypes).
-     Measured on CMNIST (RESULTS.md, "Backdoors"), archetypes inverted from
+     Measured on CMNIST (docs/results/security.md, "Backdoors"), archetypes inverted from
      noise carry no backdoor into a network trained on the set.
   3. Replaces the last ``replace`` images of the target class (default: half
      of its images, at least one) by triggered prototypes, taken in turn

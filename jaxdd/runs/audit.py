@@ -85,7 +85,7 @@ def audit_artifact(path: str, *, trust=None, seed: int = 0, model_spec: str | No
   labels = np.asarray(valid.labels)[rows]
   # The networks a user would train on the set: the run's evaluation architecture. (Measured:
   # networks of the narrower distillation architecture learn a post-hoc backdoor far less than
-  # the evaluation networks do, RESULTS.md "Backdoors".)
+  # the evaluation networks do, docs/results/security.md "Backdoors".)
   spec = model_spec or (config.eval_model if config else None) or meta.get("eval_model") \
       or "convnet"
   model = models.get(spec, num_classes=valid.num_classes)

@@ -26,7 +26,7 @@ triggers and the KDE outliers):
    default**: it is reported but not part of the verdict
    (:data:`VERDICT_PROBES`), because on the measured SynSets it never flagged
    the attacked class, and every alarm fell on another class of a BG-FMNIST
-   set, attacked or clean (RESULTS.md, "Backdoors").
+   set, attacked or clean (docs/results/security.md, "Backdoors").
 3. **KDE outliers** (:func:`kde_scores`): every synthetic image is embedded
    by the run's SupCon surrogate (trained on the real data) and scored under
    the kernel density of each class's real embeddings. Its *margin* is the
@@ -65,7 +65,7 @@ from jaxdd.protocols import get_protocol
 from jaxdd.security import attacks
 from jaxdd.structs import SynSet
 
-#: Defaults of the verdict's thresholds (RESULTS.md, "Backdoors", measured them).
+#: Defaults of the verdict's thresholds (docs/results/security.md, "Backdoors", measured them).
 ASR_THRESHOLD = 0.5
 #: A candidate flagged by its lift over the median candidate (:func:`trigger_lift`).
 LIFT_THRESHOLD = 0.1

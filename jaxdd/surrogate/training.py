@@ -143,7 +143,7 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
   and ``scan`` on accelerators. A tqdm bar runs over epochs. Training stops
   with ``FloatingPointError`` on a non-finite loss.
 
-  Speed: RESULTS.md, "Do the KDE weights find the bias?" and "How to reproduce" give the training time of the ``cpu`` preset
+  Speed: docs/reproducing.md, "Do the KDE weights find the bias?" and "How to reproduce" give the training time of the ``cpu`` preset
   on the embedded CMNIST (3,600 x 28x28x3, 14 steps of 256 images an epoch).
 
   Args:

@@ -18,7 +18,7 @@ from jaxdd.tasks import StepBatch, TrainTask
 
 # Micro-batch size on CPU of per-sample tasks (see TrainTask.per_sample) and of
 # prediction: the cpu policy's (jaxdd.policy.POLICIES["cpu"].micro_batch, chosen
-# by timing; RESULTS.md, "Evaluation side by side with the PyTorch reference"). The trainer reads the active policy;
+# by timing; docs/results/speed-evaluation.md, "Evaluation side by side with the PyTorch reference"). The trainer reads the active policy;
 # to try another size, pin one with
 # policy.use(dataclasses.replace(policy.POLICIES["cpu"], name=..., micro_batch=...)).
 CPU_MICRO_BATCH = policy.POLICIES["cpu"].micro_batch

@@ -66,7 +66,7 @@ def resolve_loop(loop: str) -> str:
     'scan'
   """
   # XLA:CPU runs the *backward* convolutions far slower inside a while loop
-  # (lax.scan) than as top-level ops (jax-ml/jax#12868; RESULTS.md,
+  # (lax.scan) than as top-level ops (jax-ml/jax#12868; docs/results/speed-evaluation.md,
   # "Convolution gradients inside loops"). The cpu policy therefore drives the steps from the host;
   # the accelerator policy runs the single-program epoch.
   return _auto_by_policy("loop", loop, LOOPS, "train_loop")

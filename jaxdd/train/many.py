@@ -62,7 +62,7 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, repo
   ``vmap``: all networks advance together (batched matmuls; convolutions
   become grouped convolutions). ``map``: a ``lax.map`` over the flattened grid
   inside the same program, one network at a time. XLA:CPU runs grouped
-  convolutions slower than the same work as separate convolutions (RESULTS.md,
+  convolutions slower than the same work as separate convolutions (docs/results/speed-evaluation.md,
   "Evaluation: many networks in one program"), so on CPU ``map`` is the faster of the two; accelerators
   batch well.
   """

@@ -167,7 +167,7 @@ def log_density(
       on recent NVIDIA GPUs) or ``"bfloat16"`` (inputs rounded to bfloat16,
       float32 accumulation). With points of norm at most ``r`` after
       centring, the log-density error of ``"bfloat16"`` is at most about
-      ``2^-7 r^2 / (2 v)`` (tests/test_kde.py); RESULTS.md, "KDE", gives the
+      ``2^-7 r^2 / (2 v)`` (tests/test_kde.py); docs/results/speed-kde-scaling.md, "KDE", gives the
       accuracy/time trade-off.
 
   Returns:
@@ -316,7 +316,7 @@ def floor_log_density(log_f, labels, floor: float, *, num_classes: int) -> np.nd
   made of outliers. Flooring the density at a class quantile gives the
   rarest ``floor`` share of the class (about ``floor * n`` samples) equal
   weight and leaves the order of everything above it unchanged. A label-free
-  setting chosen on validation data (RESULTS.md, "Paper-scale fidelity").
+  setting chosen on validation data (docs/results/paper-scale.md, "Paper-scale fidelity").
 
   Args:
     log_f: (N,) log densities (e.g. from :func:`class_log_density`).
