@@ -109,3 +109,27 @@ def test_quickstart_notebook_carries_its_outputs_for_the_site():
   assert any("NOTEBOOK_SUMMARY" in "".join(o.get("text", "")) for o in outputs)
   assert not [o for o in outputs if o["output_type"] == "error"
               or (o["output_type"] == "stream" and o["name"] == "stderr")]
+
+
+_CITATION = re.compile(r'docs/(results/)?([\w-]+)\.md,?\s*(?:#\s*)?(?:\\?"([^"\\]+))?')
+
+
+def test_citations_of_documentation_pages_name_pages_and_sections_that_exist():
+  """Code comments cite measurements as ``docs/results/<page>.md, "<section>"``; each cited page
+  exists and each quoted section is a heading of it (no citation goes stale silently)."""
+  bad = []
+  for rel in _repository_text():
+    if not rel.endswith(".py") or rel.startswith("tests/"):
+      continue
+    text = _read(rel)
+    for m in _CITATION.finditer(text):
+      page = os.path.join("docs", m.group(1) or "", m.group(2) + ".md")
+      if not os.path.exists(os.path.join(ROOT, page)):
+        bad.append(f"{rel}: {page} does not exist")
+        continue
+      if m.group(3):
+        title = re.sub(r"\s*\n\s*#?:?\s*", " ", m.group(3)).strip().lower()
+        heads = [h.lower() for h in re.findall(r"^#+ (.*)$", _read(page), re.M)]
+        if not any(h.startswith(title) or title.startswith(h) for h in heads):
+          bad.append(f"{rel}: {page} has no section \"{m.group(3)}\"")
+  assert not bad, "\n".join(bad)

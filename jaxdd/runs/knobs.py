@@ -57,7 +57,8 @@ def knob_grid(base: RunConfig) -> list[Setting]:
   with v = 0.01, T = 1; and the base weighting at lr_img 0.3x and 3x. Where the
   synthetic images start and how real batches are drawn: the base weighting with
   ``init='weighted'``, and with ``init='weighted'``, ``real_sampling='weighted'``
-  and a density floor in {0, 0.01, 0.02, 0.05, 0.1} (docs/results/paper-scale.md, "Paper-scale fidelity"; the
+  and a density floor in {0, 0.01, 0.02, 0.05, 0.1} (docs/results/proxy.md,
+  "The density floor, chosen on validation"; the
   best floor tracks the share of bias-conflicting images, which a user does not know).
   """
   if base.method == "mtt":

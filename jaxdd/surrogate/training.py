@@ -143,8 +143,8 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
   and ``scan`` on accelerators. A tqdm bar runs over epochs. Training stops
   with ``FloatingPointError`` on a non-finite loss.
 
-  Speed: docs/reproducing.md, "Do the KDE weights find the bias?" and "How to reproduce" give the training time of the ``cpu`` preset
-  on the embedded CMNIST (3,600 x 28x28x3, 14 steps of 256 images an epoch).
+  Speed: docs/results/weights.md and docs/reproducing.md give the training time of the
+  ``cpu`` preset on the embedded CMNIST (3,600 x 28x28x3, 14 steps of 256 images an epoch).
 
   Args:
     key: typed PRNG key (split into init / shuffle / step keys).

@@ -23,7 +23,7 @@ runs the same steps from the host, one compiled program per epoch or per step.
 program, either ``vmap`` ped (all networks batched) or under a ``lax.map``
 (one after another inside the program: the default on CPU and on GPUs, where
 XLA runs the grouped convolutions of vmapped ConvNets slower than separate
-ones; see docs/results/speed-evaluation.md, "Evaluation: many networks in one program" and "Speed on
+ones; see docs/results/speed-evaluation.md, "Many networks in one program" and "Speed on
 GPU"); ``parallel="auto"`` takes the active :mod:`jaxdd.policy`'s choice. Compiled programs are cached per (training task,
 protocol, parallel mode, policy) with ``functools.lru_cache`` (big_vision's
 ``get_eval_fn`` pattern) and traced under that policy; ``jax.jit`` adds the

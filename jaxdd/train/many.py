@@ -63,7 +63,7 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, repo
   become grouped convolutions). ``map``: a ``lax.map`` over the flattened grid
   inside the same program, one network at a time. XLA:CPU runs grouped
   convolutions slower than the same work as separate convolutions (docs/results/speed-evaluation.md,
-  "Evaluation: many networks in one program"), so on CPU ``map`` is the faster of the two; accelerators
+  "Many networks in one program"), so on CPU ``map`` is the faster of the two; accelerators
   batch well.
   """
   return _train_many_cached(task, protocol, parallel, report, policy.current())

@@ -316,7 +316,8 @@ def floor_log_density(log_f, labels, floor: float, *, num_classes: int) -> np.nd
   made of outliers. Flooring the density at a class quantile gives the
   rarest ``floor`` share of the class (about ``floor * n`` samples) equal
   weight and leaves the order of everything above it unchanged. A label-free
-  setting chosen on validation data (docs/results/paper-scale.md, "Paper-scale fidelity").
+  setting chosen on validation data (docs/results/proxy.md,
+  "The density floor, chosen on validation").
 
   Args:
     log_f: (N,) log densities (e.g. from :func:`class_log_density`).
