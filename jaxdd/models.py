@@ -11,7 +11,7 @@ offsets at 0. The layers that do so (:class:`~jaxdd.layers.TorchConv`,
 :class:`~jaxdd.layers.TorchDense`, the norms and pools) are in
 :mod:`jaxdd.layers` and re-exported here.
 
-The 3x28x28 decision (docs/protocols.md §6). The reference ConvNet pads the
+The 3x28x28 decision. The reference ConvNet pads the
 first conv by 3 for 1-channel input (so MNIST maps are 32x32 -> 2048 features)
 and by 1 otherwise, but sizes its classifier as if every 28-pixel image were
 32x32, which breaks on Colored MNIST (1152 features vs 2048 expected). We keep

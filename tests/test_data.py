@@ -1,8 +1,9 @@
 """Tests for jaxdd.data: bias protocols, splits, determinism, card, helpers.
 
-References used: hand constants from docs/protocols.md (§3.2 conflict table,
-§3.3 CIFAR table, §6.2 Biased-DD aligned counts), a naive per-sample loop of
-LfF's make_attr_labels, and pixel-level properties that must hold.
+References used: hand-computed constants (the conflicting counts of LfF's rule on
+the full MNIST, Fashion-MNIST- and CIFAR-sized label arrays, Biased-DD's aligned
+counts), a naive per-sample loop of LfF's make_attr_labels, and pixel-level
+properties that must hold.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from jaxdd.structs import Batch
 # Real MNIST train-set class sizes (torchvision/TFDS mnist), a published fact.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
-# docs/protocols.md palette table.
+# LfF's palette (colors.th), as listed in docs/datasets.md, "The palettes".
 PALETTE_TABLE = np.array([
     [0.9837, 0.3125, 0.1686], [0.9905, 0.9156, 0.3515], [0.6730, 0.4611, 0.5798],
     [0.7833, 0.8316, 0.6013], [0.0880, 0.7780, 0.9818], [0.3214, 0.9611, 0.4464],
@@ -56,7 +57,7 @@ def mnist_pool():
 
 @pytest.mark.parametrize("rho,expected", [(0.005, 300), (0.01, 598), (0.02, 1199), (0.05, 3000)])
 def test_attr_labels_reproduce_lff_mnist_table(rho, expected):
-  # §3.2 table: conflicting counts of the full MNIST training set.
+  # Conflicting counts of the full MNIST training set.
   y = np.repeat(np.arange(10), MNIST_TRAIN_COUNTS)
   b = data.make_attr_labels(y, aligned_ratio=1.0 - rho)
   assert int((b != y).sum()) == expected
@@ -80,7 +81,7 @@ def test_attr_labels_6000_per_class(rho, expected):
 
 @pytest.mark.parametrize("rho,expected", [(0.005, 250), (0.01, 500), (0.02, 1000), (0.05, 2500)])
 def test_attr_labels_cifar_table(rho, expected):
-  y = np.repeat(np.arange(10), 5000)  # §3.3 table
+  y = np.repeat(np.arange(10), 5000)  # CIFAR-10-sized: 5000 per class
   b = data.make_attr_labels(y, aligned_ratio=1.0 - rho)
   assert int((b != y).sum()) == expected
   if rho == 0.05:
@@ -94,7 +95,7 @@ def test_attr_labels_cifar_table(rho, expected):
 def test_attr_labels_biased_dd_aligned_counts(aligned, expected):
   y = np.repeat(np.arange(10), MNIST_TRAIN_COUNTS)
   b = data.make_attr_labels(y, aligned_ratio=aligned)
-  assert int((b == y).sum()) == expected  # §6.2
+  assert int((b == y).sum()) == expected
 
 
 @pytest.mark.parametrize("aligned", [0.0, 0.1, 0.37, 0.95, 0.995, 1.0])

@@ -18,7 +18,7 @@ Protocols (docs/protocols.md):
   ``eps ~ N(0, std^2 I_3)`` per image, background black. LfF severities
   1..5 -> std ``[0.05, 0.02, 0.01, 0.005, 0.002]``; Biased-DD 1..4 -> the
   first four; default severity 4 (std 0.005).
-* **Background colour** (``bg_fmnist``, §3.5 [R]): foreground = grey
+* **Background colour** (``bg_fmnist``; docs/datasets.md, "How the bias is injected"): foreground = grey
   intensity on all 3 channels; pixels with intensity exactly 0 get
   ``clip(palette[bias] + eps, 0, 1)``.
 * **Corruption** (``cifar10c``/``cifar10c_type0``, ``cifar10c_type1``,
@@ -123,7 +123,9 @@ def load(name: str, *, split: str, conflict_ratio: float, severity: int | None =
 
   Args:
     name: ``cmnist``, ``bg_fmnist``, ``cifar10c`` (= ``cifar10c_type0``),
-      ``cifar10c_type1``, ``bffhq``, ``cmnist_dd`` or ``ccifar10_dd``.
+      ``cifar10c_type1``, ``corrupted_fmnist``, ``corrupted_fmnist_type1``, ``bffhq``,
+      ``cmnist_dd``, ``ccifar10_dd`` or ``cmnist_fg`` (every name of
+      :data:`jaxdd.data.registry.DATASETS`; docs/datasets.md describes each).
     split: ``train``, ``valid`` (held out from the training pool, same ratio)
       or ``test`` (the protocol's test composition, whatever the ratio).
     conflict_ratio: fraction of bias-conflicting training samples in (0, 1)

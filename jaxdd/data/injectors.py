@@ -18,7 +18,7 @@ from jaxdd.data import sources as _sources
 from jaxdd.data.sources import validate_images, validate_labels
 
 # LfF's colors.th (alinlab/LfF data/resource/colors.th, shape (10, 3, 1, 1)),
-# decoded to RGB in [0, 1]; values as tabulated in docs/protocols.md
+# decoded to RGB in [0, 1]; values as tabulated in docs/datasets.md, "The palettes"
 PALETTE = np.array([
     [0.9837, 0.3125, 0.1686],
     [0.9905, 0.9156, 0.3515],

@@ -33,7 +33,7 @@ FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", 
                          "shirt", "sneaker", "bag", "ankle_boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
-# LfF corruption lists (docs/protocols.md); must equal jaxdd.data.corruptions.TYPE0/1.
+# LfF corruption lists (docs/datasets.md, "How the bias is injected"); must equal jaxdd.data.corruptions.TYPE0/1.
 CORRUPTIONS_TYPE0 = ("snow", "frost", "fog", "brightness", "contrast", "spatter", "elastic",
                      "jpeg", "pixelate", "saturate")
 CORRUPTIONS_TYPE1 = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise",

@@ -1,8 +1,10 @@
 """TFDS builders for the jaxdd biased datasets (array_record, no TensorFlow).
 
-Data contract: each builder ``jaxdd_<name>`` (``jaxdd_cmnist``,
-``jaxdd_bg_fmnist``, ``jaxdd_cifar10c``, ``jaxdd_cifar10c_type1``,
-``jaxdd_cmnist_dd``, ``jaxdd_ccifar10_dd``, ``jaxdd_bffhq``) writes the splits
+Data contract: each builder ``jaxdd_<name>``, one per dataset of
+:data:`jaxdd.data.registry.DATASETS` (``jaxdd_cmnist``, ``jaxdd_bg_fmnist``,
+``jaxdd_cifar10c``, ``jaxdd_cifar10c_type1``, ``jaxdd_corrupted_fmnist``,
+``jaxdd_corrupted_fmnist_type1``, ``jaxdd_bffhq``, ``jaxdd_cmnist_dd``,
+``jaxdd_ccifar10_dd``, ``jaxdd_cmnist_fg``) writes the splits
 ``train``, ``valid`` and ``test`` of :func:`jaxdd.data.load` with the same
 arguments, in the same order (``disable_shuffling=True``), as examples::
 

@@ -26,7 +26,7 @@ from jaxdd.surrogate.training import _validate_data, embed, train_surrogate
 # 3: the CPU convolution and instance-norm gradients rewritten since version 2
 #    round differently, so version-2 surrogates are not what this code trains
 #    (cpu preset on CMNIST 5 %: embeddings within 0.024, KDE weights' rank
-#    correlation 0.99; docs/reproducing.md "Reproducing the grid's surrogates").
+#    correlation 0.99; docs/reproducing.md, "Surrogates").
 # 4: on CPU the trainer runs 3x3 convolutions with >= 96 channels as Winograd
 #    (policy train_conv), which rounds differently: surrogates of width >= 96
 #    (the default config, the paper preset) are not what version 3 trained.
