@@ -95,7 +95,7 @@ def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   exec(compile(small, "README.md", "exec"), {})
   out = capsys.readouterr().out
-  assert "overall" in out and "bias-conflicting" in out
+  assert "overall" in out and "conflicting" in out and "worst group" in out
 
 
 def test_quickstart_notebook_carries_its_outputs_for_the_site():
