@@ -1,4 +1,5 @@
-"""Group metrics: overall, bias-aligned, bias-conflicting and worst-group accuracy.
+"""Group metrics: overall, bias-aligned, bias-conflicting and worst-group accuracy, and the
+equalized-odds differences (DEO) that FairDD reports.
 
 :func:`group_accuracies` scores one prediction vector (pure, jit/vmap-able);
 :func:`metrics_for` scores a stack of networks' predictions on a
@@ -132,3 +133,47 @@ def metrics_for(preds: jax.Array, batch: Batch, num_classes: int,
     nan = jnp.full_like(out.aligned, jnp.nan)
     out = out._replace(aligned=nan, conflicting=nan)
   return out
+
+
+def equalized_odds(table, counts, *, empty: str = "zero") -> tuple[np.ndarray, np.ndarray]:
+  """DEO_M and DEO_A: the largest and the mean over classes of the spread of a class's accuracy
+  across bias groups (FairDD, NeurIPS 2025, its evaluation code's ``max_Equalized_Odds`` and
+  ``mean_Equalized_Odds``).
+
+  For each class ``c``, the accuracy on test samples of class ``c`` in bias group ``b`` (the true
+  positive rate of ``c`` within ``b``) is ``table[c, b]``; the class's spread is its maximum minus
+  its minimum over ``b``. DEO_M is the maximum of the spreads over classes, DEO_A their mean.
+
+  Args:
+    table: (..., classes, bias values) accuracies in [0, 1], as
+      :attr:`GroupAccuracies.table` (NaN where a group is empty).
+    counts: (classes, bias values) or (..., classes, bias values) test counts per group.
+    empty: how an empty (class, group) cell counts: ``"zero"`` as accuracy 0, as FairDD's code
+      does (it divides by ``count + 1e-8``), so its numbers compare with FairDD's; ``"skip"``
+      leaves it out of the class's spread.
+
+  Returns:
+    ``(deo_max, deo_mean)``, fractions with the leading shape of ``table`` (one per network).
+
+  Example:
+    >>> import numpy as np
+    >>> t = np.array([[1.0, 0.5], [0.8, 0.6]])    # class 0: 1.0 / 0.5, class 1: 0.8 / 0.6
+    >>> m, a = equalized_odds(t, np.ones((2, 2)))
+    >>> round(float(m), 4), round(float(a), 4)    # spreads 0.5 and 0.2
+    (0.5, 0.35)
+  """
+  if empty not in ("zero", "skip"):
+    raise ValueError(f"empty must be 'zero' or 'skip', got {empty!r}")
+  table = np.asarray(table, np.float64)
+  present = np.broadcast_to(np.asarray(counts) > 0, table.shape)
+  if table.ndim < 2:
+    raise ValueError(f"table must be (..., classes, bias values), got shape {table.shape}")
+  if empty == "zero":
+    acc = np.where(present, np.nan_to_num(table, nan=0.0), 0.0)
+    spread = acc.max(axis=-1) - acc.min(axis=-1)
+  else:
+    hi = np.where(present, table, -np.inf).max(axis=-1)
+    lo = np.where(present, table, np.inf).min(axis=-1)
+    spread = np.where(np.isfinite(hi) & np.isfinite(lo), hi - lo, np.nan)
+  return np.nanmax(spread, axis=-1), np.nanmean(spread, axis=-1)
+

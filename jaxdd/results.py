@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jaxdd import models
-from jaxdd.metrics import METRICS
+from jaxdd.metrics import METRICS, equalized_odds
 from jaxdd.protocols import Protocol
 
 
@@ -117,6 +117,10 @@ class EvalResult:
   def std(self, metric: str = "overall") -> float:
     """Standard deviation (ddof 0) over models of ``metric``."""
     return float(np.std(getattr(self, metric)))
+
+  def equalized_odds(self, *, empty: str = "zero") -> tuple[np.ndarray, np.ndarray]:
+    """Per network, DEO_M and DEO_A (:func:`jaxdd.metrics.equalized_odds`), fractions."""
+    return equalized_odds(self.group_table, self.group_counts, empty=empty)
 
   def summary(self) -> dict[str, Any]:
     """``{"mean": {metric: ...}, "std": {metric: ...}, "result": to_dict()}`` over
