@@ -57,11 +57,13 @@ def test_unwritable_path_names_the_fix(tmp_path, capsys, monkeypatch):
   assert "Permission denied" in line and "not writable" in line
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback_and_keeps_the_status(tmp_path, capsys):
   f = tmp_path / "afile"
   f.write_text("")
-  with pytest.raises(FileExistsError):
-    cli.main(["distill", "--preset", "smoke", "--workdir", str(f), "--quiet", "--debug"])
+  assert cli.main(["distill", "--preset", "smoke", "--workdir", str(f), "--quiet", "--debug"]) == 1
+  err = capsys.readouterr().err
+  assert "Traceback" in err and "FileExistsError" in err
+  assert err.strip().splitlines()[-1].startswith("jaxdd distill: error: File exists")
 
 
 def test_broken_pipe_and_interrupt_outside_distillation(capsys):

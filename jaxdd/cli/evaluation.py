@@ -5,7 +5,7 @@ import argparse
 
 from jaxdd import elf, protocols, synset
 from jaxdd.cli import flags
-from jaxdd.cli.trust import signature_line
+from jaxdd.cli.trust import signature_line, synset_path
 from jaxdd.runs import artifacts
 from jaxdd.security import signing
 
@@ -20,7 +20,7 @@ def _features(args) -> artifacts.FeatureModel | None:
 
 
 def cmd_evaluate(args) -> int:
-  syn, meta = signing.load_synset(args.synset, trust=args.trust)
+  syn, meta = signing.load_synset(synset_path(args.synset), trust=args.trust)
   print(signature_line(meta))
   result = artifacts.evaluate_synset(syn, meta, _overrides(args), protocol=args.protocol,
                                      model=args.model, num_models=args.num_models,
@@ -39,7 +39,7 @@ def cmd_cross_arch(args) -> int:
   specs = [s.strip() for s in args.models.split(",") if s.strip()]
   if not specs:
     raise ValueError("--models needs at least one model spec, e.g. convnet,convnet-d4,resnet18,mlp")
-  syn, meta = signing.load_synset(args.synset, trust=args.trust)
+  syn, meta = signing.load_synset(synset_path(args.synset), trust=args.trust)
   print(signature_line(meta))
   features = _features(args)
   matrix = artifacts.cross_arch(syn, meta, specs, _overrides(args), protocol=args.protocol,

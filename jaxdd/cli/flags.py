@@ -23,7 +23,7 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
   """``--quiet``, ``--debug`` and ``--no-compile-cache``: every command but ``report`` has them."""
   p.add_argument("--quiet", action="store_true", help="no progress bars or progress log lines")
   p.add_argument("--debug", action="store_true",
-                 help="show the full traceback of an error instead of one line")
+                 help="also show the full traceback of an error (same exit status)")
   p.add_argument("--no-compile-cache", action="store_true",
                  help="do not use JAX's persistent compilation cache ($JAXDD_CACHE/xla)")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from jaxdd import __version__
-from jaxdd.cli import data, diagnose, evaluation, runs, trust
+from jaxdd.cli import arguments, data, diagnose, evaluation, runs, trust
 
 #: The description ``jaxdd --help`` prints.
 DESCRIPTION = """The ``jaxdd`` command line (also ``python -m jaxdd``).
@@ -50,7 +50,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
   >>> build_parser().parse_args(["report", "runs/x"]).command
   'report'
   """
-  parser = argparse.ArgumentParser(prog="jaxdd", description=DESCRIPTION,
+  parser = arguments.Parser(prog="jaxdd", description=DESCRIPTION,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--version", action="version", version=f"jaxdd {__version__}")
   sub = parser.add_subparsers(dest="command", required=True)

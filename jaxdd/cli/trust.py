@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 
 from jaxdd import protocols, synset
@@ -14,6 +16,29 @@ from jaxdd.security import audit, signing
 def signature_line(meta: dict) -> str:
   """The one-line signature status of a loaded SynSet artifact."""
   return signing.SignatureStatus(**meta["signature"]).line()
+
+
+def synset_path(path: str) -> str:
+  """``path``, the SynSet artifact a command reads; a directory that holds SynSets below it
+  instead (a run or a work directory) is refused with the paths to pass.
+
+  The SynSet is never chosen for the user, even when there is one: the path given is the one
+  the command's output names.
+  """
+  if not os.path.isdir(path) or os.path.exists(os.path.join(path, "manifest.json")):
+    return path  # the loader says what is wrong with it, if anything
+  try:
+    found = signing.find_synsets(path)
+  except FileNotFoundError:
+    return path
+  if found == [os.path.join(path, "synset")]:
+    raise ValueError(f"{path} is a run directory; its SynSet is {found[0]}: pass that path")
+  if len(found) == 1:
+    raise ValueError(f"{path} is not a SynSet artifact; the one below it is {found[0]}: pass "
+                     "that path")
+  shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+  raise ValueError(f"{path} is not a SynSet artifact but holds {len(found)} ({shown}); pass "
+                   "one of them")
 
 
 def probe_list(text: str) -> tuple[str, ...]:
@@ -46,11 +71,41 @@ def cmd_keys(args) -> int:
   return 0
 
 
+def signed_by(path: str) -> str | None:
+  """The id of the key whose signature the SynSet at ``path`` holds: None when unsigned,
+  ``"unreadable"`` when its signature file is not a signature record."""
+  try:
+    with open(os.path.join(path, signing.SIGNATURE_FILE)) as f:
+      record = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):
+    return "unreadable"
+  try:
+    return signing.key_id(base64.b64decode(record["public_key"], validate=True))
+  except (KeyError, TypeError, ValueError):
+    return "unreadable"
+
+
+def _refuse_other_signatures(paths: list[str], mine: str) -> None:
+  """Refuses (before anything is signed) to replace another key's signature without --replace."""
+  others = [(p, kid) for p in paths if (kid := signed_by(p)) not in (None, mine)]
+  if not others:
+    return
+  (path, kid), more = others[0], len(others) - 1
+  also = f" (and {more} more SynSet{'s' if more > 1 else ''} signed by other keys)" if more else ""
+  held = "an unreadable signature" if kid == "unreadable" else f"a signature by key {kid}"
+  raise ValueError(f"{path} already holds {held}, not this key's ({mine}){also}; pass --replace "
+                   "to replace it")
+
+
 def cmd_sign(args) -> int:
   key = signing.load_private_key(args.key, passphrase=_passphrase(args.passphrase_env))
   paths = signing.find_synsets(args.path)
   for path in paths:  # every artifact is verified first: a damaged one stops before any signing
     synset.load(path)
+  if not args.replace:
+    _refuse_other_signatures(paths, signing.key_id(key.public_key().public_bytes_raw()))
   for path in paths:
     record = signing.sign_synset(path, key)
     print(f"signed {path} (key {record['key_id']})")
@@ -75,7 +130,7 @@ def cmd_verify(args) -> int:
 
 def cmd_audit(args) -> int:
   report, meta = audit_run.audit_artifact(
-      args.synset, trust=args.trust, seed=args.seed, model_spec=args.model,
+      synset_path(args.synset), trust=args.trust, seed=args.seed, model_spec=args.model,
       protocol=args.protocol, num_models=args.num_models, clean_images=args.clean_images,
       kde=not args.no_kde, source=args.source, progress=not args.quiet,
       cleanse=not args.no_cleanse, cleanse_images=args.cleanse_images,
@@ -149,6 +204,9 @@ def _register_signing(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--key", required=True, help="the private key (NAME.key from `jaxdd keys new`)")
   p.add_argument("--passphrase-env", default=None,
                  help="environment variable holding the private key's passphrase")
+  p.add_argument("--replace", action="store_true",
+                 help="replace a signature made by another key (refused without it; re-signing "
+                      "with the same key needs no flag)")
   flags.add_common_flags(p)
   p.set_defaults(fn=cmd_sign)
 
