@@ -219,3 +219,67 @@ def test_a_damaged_run_file_refuses_the_command_before_any_work(tmp_path, capsys
   line = _one_line(capsys.readouterr().err)
   assert "'chosen.kde.kde_variance' must be a string or a number, got a list" in line
   assert _snapshot(work) == before
+
+
+def _tree(folder) -> dict:
+  """Every file under ``folder`` with its modification time, and every folder."""
+  tree = {os.path.join(r, n): os.stat(os.path.join(r, n)).st_mtime_ns
+          for r, _, names in os.walk(folder) for n in names}
+  return tree | {r: None for r, _, _ in os.walk(folder)}
+
+
+def _run_dir(path, config) -> None:
+  path.mkdir(parents=True)
+  (path / "config.json").write_text(json.dumps({"config": config.to_dict(),
+                                                "digest": config.digest()}))
+
+
+def test_baselines_and_evaluate_refuse_a_run_directory_of_another_setting(tmp_path, capsys):
+  run = tmp_path / "x" / "dm"  # a run directory of `jaxdd reproduce --workdir x`
+  _run_dir(run, _SMOKE.replace(weighting="none"))
+  other = "0.1" if _SMOKE.conflict_ratio != 0.1 else "0.2"
+  for work in (run, run.parent):
+    before = _tree(tmp_path)
+    assert cli.main(["baselines", "--preset", "smoke", "--conflict-ratio", other, "--workdir",
+                     str(work), "--quiet"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"{run} holds a run of another setting" in line
+    assert f"conflict_ratio {_SMOKE.conflict_ratio} there, {other} now" in line
+    assert _tree(tmp_path) == before
+  # the run's own setting passes (baselines do not take the distillation flags)
+  rundir.check_setting(files.run_setting(get_config("smoke", weighting="kde", iterations=9)),
+                       str(run.parent), adding="baselines")
+  syn = _syn(str(run / "synset"))
+  before = _tree(tmp_path)
+  out = run / "again.json"
+  assert cli.main(["evaluate", syn, "--conflict-ratio", other, "--out", str(out), "--quiet"]) == 2
+  assert f"conflict_ratio {_SMOKE.conflict_ratio} there" in _one_line(capsys.readouterr().err)
+  assert cli.main(["evaluate", syn, "--num-models", "1", "--out", str(out), "--quiet"]) == 2
+  assert f"num_eval_models {_SMOKE.num_eval_models} there, 1 now" in _one_line(
+      capsys.readouterr().err)
+  assert cli.main(["evaluate", syn, "--out", str(run / "eval.json"), "--quiet"]) == 2
+  assert "would replace a file of the run" in _one_line(capsys.readouterr().err)
+  assert _tree(tmp_path) == before
+  artifacts.check_out(str(out), artifacts.evaluation_setting(synset.load(syn)[1]))  # its own
+
+
+def test_report_keeps_results_of_different_settings_apart_and_labels_them(tmp_path, capsys):
+  mean = {"overall": 0.5, "aligned": 0.9, "conflicting": 0.4, "worst_group": 0.1}
+  other = _SMOKE.replace(conflict_ratio=0.1 if _SMOKE.conflict_ratio != 0.1 else 0.2)
+  for name, config in (("a", _SMOKE), ("b", other)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "eval.json").write_text(json.dumps(
+        {"mean": mean, "std": mean, "method": "dm", "config": config.to_dict()}))
+  (tmp_path / "a" / "baselines.json").write_text(json.dumps(
+      {"random": {"mean": mean, "std": mean, "config": _SMOKE.replace(weighting="none").to_dict()}}))
+  assert cli.main(["report", str(tmp_path / "a")]) == 0  # one setting: no heading
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2 and all(line.startswith(str(tmp_path / "a")) for line in lines)
+  assert cli.main(["report", str(tmp_path)]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[0] == (f"== {_SMOKE.dataset}, conflict ratio {_SMOKE.conflict_ratio}, IPC "
+                    f"{_SMOKE.ipc}, seed 0, evaluation {_SMOKE.eval_protocol} x "
+                    f"{_SMOKE.num_eval_models} {_SMOKE.eval_model} ==")
+  assert "baseline random" in out[1] and str(tmp_path / "a") in out[2]
+  assert out[3].startswith(f"== {_SMOKE.dataset}, conflict ratio {other.conflict_ratio},")
+  assert str(tmp_path / "b") in out[4] and len(out) == 5
