@@ -122,8 +122,9 @@ RUN_FILES = ("config.json", "eval.json", "weights.json", "baselines.json", "comp
 
 def check_out(out: str, setting: dict) -> None:
   """Refuses ``--out`` in a run directory (one holding a ``config.json``, or a ``reproduce``
-  folder of them) when the evaluation has another setting, or when ``out`` would replace one
-  of the run's own files (:data:`RUN_FILES`). Reads only."""
+  folder of them: :func:`jaxdd.runs.rundir.check_setting`) when the evaluation has another
+  setting, or when ``out`` would replace one of the run's own files (:data:`RUN_FILES`).
+  Reads only."""
   folder = os.path.dirname(os.path.abspath(out))
   if os.path.basename(out) in RUN_FILES and (
       os.path.exists(os.path.join(folder, "config.json"))

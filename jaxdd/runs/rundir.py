@@ -10,7 +10,7 @@ import socket
 from jaxdd import policy as policy_lib
 from jaxdd._src import schema
 from jaxdd import progress as progress_lib
-from jaxdd.config import RunConfig
+from jaxdd.config import METHODS, RunConfig
 from jaxdd.runs import files
 
 _HELD_LOCKS: dict[str, int] = {}
@@ -121,13 +121,15 @@ def check_setting(setting: dict, workdir: str, *, adding: str) -> None:
   """Refuses to add ``adding`` (results of ``setting``, :func:`jaxdd.runs.files.run_setting`)
   to a workdir that holds a run of another setting (reads only).
 
-  The runs looked at: ``<workdir>/config.json`` and the ``config.json`` of the directories
-  directly inside it (the run directories of ``jaxdd reproduce``). Results written side by side
-  must share the data, the IPC and the evaluation, as :func:`check_workdir` requires of a run.
+  The runs looked at: ``<workdir>/config.json`` and the ``config.json`` of the run directories
+  of ``jaxdd reproduce`` directly inside it (named after their method: ``dm``, ``dm_kde``, ...).
+  Results written side by side must share the data, the IPC and the evaluation, as
+  :func:`check_workdir` requires of a run.
   """
   if not os.path.isdir(workdir):
     return
-  for d in [workdir] + [os.path.join(workdir, n) for n in sorted(os.listdir(workdir))]:
+  methods = [m + kde for m in METHODS for kde in ("", "_kde")]
+  for d in [workdir] + [os.path.join(workdir, m) for m in methods]:
     stored = files.read_run_config(d) if os.path.isdir(d) else None
     if stored is None or not isinstance(stored.get("config"), dict):
       continue
