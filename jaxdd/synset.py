@@ -43,6 +43,7 @@ import numpy as np
 
 from jaxdd._src import checks
 from jaxdd._src import io as _io
+from jaxdd._src import schema
 from jaxdd.structs import SynSet
 
 FORMAT_VERSION = 1
@@ -100,6 +101,17 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
   return path
 
 
+#: What :func:`load` requires of ``manifest.json``.
+MANIFEST = schema.obj({"files": schema.map_of(schema.STR)})
+#: What the readers of a SynSet use of ``meta.json`` (other keys are free).
+META = schema.obj(optional={
+    "dataset": schema.obj(optional={"name": schema.opt(schema.STR),
+                                    "ratio": schema.opt(schema.NUM),
+                                    "severity": schema.opt(schema.INT), "seed": schema.INT}),
+    "config": schema.map_of(schema.ANY), "method": schema.STR, "ipc": schema.INT,
+    "eval_protocol": schema.opt(schema.STR), "class_names": schema.list_of(schema.STR)})
+
+
 def load(path: str, *, verify: Verifier | None = None) -> tuple[SynSet, dict]:
   """Loads and verifies a SynSet artifact (checksums, and an optional signature check).
 
@@ -136,12 +148,8 @@ def load(path: str, *, verify: Verifier | None = None) -> tuple[SynSet, dict]:
     raise FileNotFoundError(f"{manifest_path} is missing; the artifact is incomplete, re-create it")
   with open(manifest_path, "rb") as f:
     manifest_bytes = f.read()
-  try:
-    expected = json.loads(manifest_bytes)["files"]
-    if not isinstance(expected, dict):
-      raise TypeError(f"'files' is a {type(expected).__name__}, not a mapping")
-  except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-    raise ValueError(f"{manifest_path} is corrupted ({e}); re-create the artifact") from e
+  expected = schema.parse_json(manifest_bytes, MANIFEST, path=manifest_path,
+                               fix="the artifact is corrupted: re-create it")["files"]
   status = verify(path, manifest_bytes) if verify is not None else None
   contents = {}
   for name in _FILES:
@@ -166,7 +174,8 @@ def load(path: str, *, verify: Verifier | None = None) -> tuple[SynSet, dict]:
       mean, std = data["mean"], data["std"]
   except (OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"{arrays_path} is not a readable .npz ({e}); re-create the artifact") from e
-  meta = json.loads(contents["meta.json"])
+  meta = schema.parse_json(contents["meta.json"], META, path=os.path.join(path, "meta.json"),
+                           fix="the artifact is corrupted: re-create it")
   meta["mean"], meta["std"] = mean.tolist(), std.tolist()
   if status is not None:
     meta["signature"] = status

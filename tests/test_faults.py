@@ -255,7 +255,8 @@ def test_results_of_other_settings_are_never_overwritten(tmp_path):
   from jaxdd import runs
   work = tmp_path / "b"
   work.mkdir()
-  other = {"random": {"mean": {"overall": 0.5}, "digest": "someoneelse"}}
+  mean = {"overall": 0.5, "aligned": 0.9, "conflicting": 0.4, "worst_group": 0.1}
+  other = {"random": {"mean": mean, "std": mean, "digest": "someoneelse"}}
   (work / "baselines.json").write_text(json.dumps(other))
   cfg = get_config("smoke")
   with pytest.raises(ValueError, match="holds baselines made with other settings"):
@@ -294,7 +295,8 @@ def test_report_and_baselines_refuse_what_they_cannot_use(tmp_path, capsys):
   d = tmp_path / "runs" / "b"
   d.mkdir(parents=True)
   mean = {"overall": 0.5, "aligned": 0.9, "conflicting": 0.4, "worst_group": 0.1}
-  (d / "baselines.json").write_text(json.dumps({"random": {"mean": mean, "digest": "x"}}))
+  (d / "baselines.json").write_text(json.dumps({"random": {"mean": mean, "std": mean,
+                                                           "digest": "x"}}))
   assert cli.main(["report", str(tmp_path / "runs")]) == 0
   assert "baseline random: overall 50.0, aligned 90.0, conflicting 40.0" in capsys.readouterr().out
 

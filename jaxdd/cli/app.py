@@ -1,8 +1,10 @@
 """The main loop: parse, set up, run one command, and map every failure to one line on stderr
 and an exit status.
 
-Exit statuses: 0 done; 2 a refused input (bad value, missing data; argparse's refusals too);
-1 a fault while working (file system, a non-finite loss, an unreachable index); 130 Ctrl-C (a
+Exit statuses: 0 done; 2 a refused input (bad value, missing data, a file read back before any
+work that does not hold what jaxdd wrote; argparse's refusals too); 1 a fault while working (file
+system, a non-finite loss, an unreachable index, a file read back while working that does not
+hold what jaxdd wrote); 130 Ctrl-C (a
 distillation saves its step first); 3 ``jaxdd audit`` found a SynSet suspicious.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
+from jaxdd._src.schema import FileFormatError
 from jaxdd.cli import data, flags, runtime
 from jaxdd.cli.parser import build_parser
 from jaxdd.runs.driver import Interrupted
@@ -46,12 +49,16 @@ def failure(e: BaseException) -> tuple[int, str]:
 
   >>> failure(ValueError("--ipc must be positive"))
   (2, 'error: --ipc must be positive')
+  >>> failure(FileFormatError("runs/x/eval.json", "'mean' is missing", "delete it", working=True))
+  (1, "error: runs/x/eval.json: 'mean' is missing; delete it")
   """
   if isinstance(e, Interrupted):
     return 130, (f"interrupted at step {e.step} (checkpoint saved); rerun the same command to "
                  "resume")
   if isinstance(e, KeyboardInterrupt):
     return 130, "interrupted; finished stages are kept, rerun the same command to resume"
+  if isinstance(e, FileFormatError):  # a file read back: refused before work (2) or a fault (1)
+    return e.status, f"error: {e}"
   if isinstance(e, (ValueError, FileNotFoundError, ImportError)):
     return 2, f"error: {e}"  # a refused input
   if isinstance(e, OSError):

@@ -21,6 +21,10 @@ def _features(args) -> artifacts.FeatureModel | None:
 
 def cmd_evaluate(args) -> int:
   syn, meta = signing.load_synset(synset_path(args.synset), trust=args.trust)
+  if args.out:  # refused before any work: --out in a run directory of another setting
+    artifacts.check_out(args.out, artifacts.evaluation_setting(
+        meta, _overrides(args), protocol=args.protocol, model=args.model,
+        num_models=args.num_models))
   print(signature_line(meta))
   result = artifacts.evaluate_synset(syn, meta, _overrides(args), protocol=args.protocol,
                                      model=args.model, num_models=args.num_models,

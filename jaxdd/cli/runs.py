@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from jaxdd import protocols
 from jaxdd import runs as runs_lib
 from jaxdd.cli import flags, runtime
-from jaxdd.runs import artifacts
+from jaxdd.runs import artifacts, files
 
 #: RunConfig fields that ``jaxdd baselines`` does not use (it neither distils nor weighs).
 BASELINES_IGNORE = ("weighting", "kde_variance", "kde_temperature", "kde_normalize", "kde_scope",
@@ -113,21 +112,20 @@ def _describe_final(args):
                       "with_random": not args.no_random, "full_models": args.full_models}
 
 
-def _selection(args) -> dict:
-  """The selection.json of a finished ``jaxdd tune`` that ``final`` reads."""
+def _settings(args, cfg) -> dict:
+  """The rows of ``final`` from the selection.json of a finished ``jaxdd tune``."""
   path = args.selection or os.path.join(args.workdir, "selection.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run `jaxdd tune --workdir {args.workdir} ...` "
                             "first, or pass --selection PATH of a finished tune")
-  with open(path) as f:
-    return json.load(f)
+  return files.read_selection(path, cfg)
 
 
 def cmd_final(args) -> int:
   cfg = flags.resolve(args, _describe_final(args))
   if cfg is None:
     return 0
-  settings = runs_lib.settings_from_selection(_selection(args), cfg)
+  settings = _settings(args, cfg)
   runs_lib.final(cfg, args.workdir, settings=settings, seeds=seeds(args.seeds),
               protocol=args.protocol, num_models=cfg.num_eval_models,
               with_random=not args.no_random, full_models=args.full_models,

@@ -23,12 +23,16 @@ from typing import Any, BinaryIO, Callable, Mapping
 import numpy as np
 
 from jaxdd._src import io as _io
+from jaxdd._src import schema as _schema
 from jaxdd.data.sources import array_sha256
 
 __all__ = ["cache_dir", "cache_key", "load_entry", "save_entry", "atomic_write_bytes"]
 
 #: Bump when the on-disk format or any builder's output changes.
 FORMAT_VERSION = 1
+
+#: What :func:`load_entry` requires of an entry's JSON record.
+RECORD = _schema.obj({"arrays_sha256": _schema.map_of(_schema.STR)})
 
 
 def cache_dir() -> Path:
@@ -126,7 +130,7 @@ def load_entry(key: str) -> tuple[dict[str, np.ndarray] | None, dict | None, str
   if not json_path.is_file() and not npz_path.is_file():
     return None, None, "miss"
   try:
-    record = json.loads(json_path.read_text())
+    record = _schema.read_json(json_path, RECORD, fix="the entry is rebuilt")
     expected = record["arrays_sha256"]
     if record.get("format") != FORMAT_VERSION:
       return None, None, "corrupt"

@@ -58,6 +58,7 @@ from jaxdd import tasks
 from jaxdd import train as train_lib
 from jaxdd._src import checks
 from jaxdd._src import io as io_lib
+from jaxdd._src import schema
 from jaxdd.protocols import Protocol
 
 MODES = ("exact", "tesla")
@@ -393,15 +394,17 @@ def load_buffer(path: str, spec: dict | None = None) -> tuple[np.ndarray, dict]:
   if not os.path.isfile(manifest_path):
     raise FileNotFoundError(f"no expert buffer at {path} (manifest.json missing); build one with "
                             "jaxdd.distill.experts.train_experts and save_buffer")
-  with open(manifest_path) as f:
-    expected = json.load(f).get("files", {})
+  damaged = "the buffer is damaged: delete it and rebuild it"
+  expected = schema.read_json(manifest_path, schema.obj({"files": schema.map_of(schema.STR)}),
+                              fix=damaged)["files"]
   for name in _BUFFER_FILES:
     file = os.path.join(path, name)
     if not os.path.isfile(file) or io_lib.sha256_file(file) != expected.get(name):
       raise ValueError(f"{file} is missing or does not match its sha256 in manifest.json; the "
                        "buffer is damaged, rebuild it")
-  with open(os.path.join(path, "meta.json")) as f:
-    meta = json.load(f)
+  meta = schema.read_json(os.path.join(path, "meta.json"),
+                          schema.obj({"digest": schema.STR, "shape": schema.list_of(schema.INT)},
+                                     optional={"spec": schema.map_of(schema.ANY)}), fix=damaged)
   if spec is not None and meta.get("digest") != spec_digest(spec):
     differ = sorted(k for k in set(spec) | set(meta.get("spec", {}))
                     if spec.get(k) != meta.get("spec", {}).get(k))
@@ -441,9 +444,9 @@ def build_buffer(path: str, spec: dict, key: jax.Array, images, labels, *, model
   digest = spec_digest(spec)
   marker = os.path.join(partial, "spec.json")
   if os.path.isdir(partial):
-    try:
-      with open(marker) as f:
-        same = json.load(f).get("digest") == digest
+    try:  # an unreadable marker: the partial folder is discarded
+      same = schema.read_json(marker, schema.obj({"digest": schema.STR}),
+                              fix="")["digest"] == digest
     except (OSError, ValueError):
       same = False
     if not same:

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxdd import data, elf, evaluate, models, progress, protocols
 from jaxdd.results import EvalResult
+from jaxdd.runs import files, rundir
 from jaxdd.runs.keys import seed_keys
 from jaxdd.structs import Batch, SynSet
 
@@ -95,6 +96,44 @@ def elf_features(meta: dict, syn: SynSet, num_classes: int, key: jax.Array,
   return elf.distillation_features(fm, variables, syn.images)
 
 
+def evaluation_setting(meta: dict, overrides: Overrides = Overrides(), *,
+                       protocol: str | None = None, model: str | None = None,
+                       num_models: int | None = None) -> dict:
+  """The setting (:func:`jaxdd.runs.files.run_setting`) of an evaluation of a SynSet artifact
+  by :func:`evaluate_synset` with these arguments: the artifact's run, as overridden."""
+  run_cfg = meta.get("config") or {}
+  setting = files.run_setting(run_cfg)
+  for name, value in (("dataset", overrides.dataset), ("conflict_ratio", overrides.conflict_ratio),
+                      ("source", overrides.source), ("seed", overrides.seed)):
+    if value is not None:
+      setting[name] = value
+  setting["ipc"] = run_cfg.get("ipc", meta.get("ipc"))
+  setting["eval_protocol"] = (protocol or meta.get("eval_protocol")
+                              or run_cfg.get("eval_protocol") or "dm")
+  setting["eval_model"] = model or run_cfg.get("eval_model") or "convnet"
+  setting["num_eval_models"] = num_models or run_cfg.get("num_eval_models") or 5
+  return setting
+
+
+#: The files of a run directory that ``jaxdd evaluate --out`` never replaces.
+RUN_FILES = ("config.json", "eval.json", "weights.json", "baselines.json", "comparison.json",
+             "selection.json", "table.json", "buffer.json")
+
+
+def check_out(out: str, setting: dict) -> None:
+  """Refuses ``--out`` in a run directory (one holding a ``config.json``, or a ``reproduce``
+  folder of them: :func:`jaxdd.runs.rundir.check_setting`) when the evaluation has another
+  setting, or when ``out`` would replace one of the run's own files (:data:`RUN_FILES`).
+  Reads only."""
+  folder = os.path.dirname(os.path.abspath(out))
+  if os.path.basename(out) in RUN_FILES and (
+      os.path.exists(os.path.join(folder, "config.json"))
+      or os.path.exists(os.path.join(folder, "comparison.md"))):
+    raise ValueError(f"--out {out} would replace a file of the run in {folder}; write the "
+                     "evaluation elsewhere (e.g. --out eval-again.json)")
+  rundir.check_setting(setting, folder, adding="this evaluation")
+
+
 def evaluate_synset(syn: SynSet, meta: dict, overrides: Overrides = Overrides(), *,
                     protocol: str | None = None, model: str | None = None,
                     num_models: int | None = None, features: FeatureModel | None = None,
@@ -165,38 +204,92 @@ def cross_arch_record(path: str, matrix: dict, *, protocol: str, num_models: int
                      for kind, v in row.items()} for k, row in matrix.items()}}
 
 
-def _baseline_lines(root: str) -> list[str]:
-  with open(os.path.join(root, "baselines.json")) as f:
-    results = json.load(f)
-  return [f"{root}: baseline {name}: overall {100 * ev['mean']['overall']:.1f}, aligned "
-          f"{100 * ev['mean']['aligned']:.1f}, conflicting {100 * ev['mean']['conflicting']:.1f}, "
-          f"worst group {100 * ev['mean']['worst_group']:.1f}" for name, ev in results.items()]
+def _label(setting: dict | None) -> str:
+  """The heading of one setting's records in ``jaxdd report``."""
+  if setting is None:
+    return "== setting not recorded (written by an older jaxdd) =="
+  s = setting
+  data = f"{s['dataset']}, conflict ratio {s['conflict_ratio']}"
+  if s.get("severity") is not None:
+    data += f", severity {s['severity']}"
+  if s.get("source") is not None:
+    data += f", source {s['source']}"
+  return (f"== {data}, IPC {s['ipc']}, seed {s['seed']}, evaluation {s['eval_protocol']} x "
+          f"{s['num_eval_models']} {s['eval_model']} ==")
 
 
-def _eval_line(root: str) -> str:
-  with open(os.path.join(root, "eval.json")) as f:
-    ev = json.load(f)
+def _setting_of(config) -> dict | None:
+  return files.run_setting(config) if isinstance(config, dict) else None
+
+
+def _baseline_records(root: str) -> list[tuple[dict | None, list[str]]]:
+  results = files.read_baselines(os.path.join(root, "baselines.json"))
+  out: dict = {}
+  for name, ev in results.items():
+    setting = _setting_of(ev.get("config"))
+    out.setdefault(json.dumps(setting, sort_keys=True), (setting, []))[1].append(
+        f"{root}: baseline {name}: overall {100 * ev['mean']['overall']:.1f}, aligned "
+        f"{100 * ev['mean']['aligned']:.1f}, conflicting {100 * ev['mean']['conflicting']:.1f}, "
+        f"worst group {100 * ev['mean']['worst_group']:.1f}")
+  return list(out.values())
+
+
+def _eval_record(root: str) -> tuple[dict | None, list[str]]:
+  ev = files.read_eval(os.path.join(root, "eval.json"))
   m, s = ev["mean"], ev["std"]
-  return (f"{root}: {ev.get('method')}: overall {100 * m['overall']:.1f}±{100 * s['overall']:.1f}, "
-          f"aligned {100 * m['aligned']:.1f}, conflicting {100 * m['conflicting']:.1f}, "
-          f"worst group {100 * m['worst_group']:.1f}")
+  return _setting_of(ev.get("config")), [
+      f"{root}: {ev.get('method')}: overall {100 * m['overall']:.1f}±{100 * s['overall']:.1f}, "
+      f"aligned {100 * m['aligned']:.1f}, conflicting {100 * m['conflicting']:.1f}, "
+      f"worst group {100 * m['worst_group']:.1f}"]
+
+
+def _comparison_record(root: str, dirs: list[str]) -> tuple[dict | None, list[str]]:
+  """``comparison.md``, with the setting of the runs beside it (reproduce's run directories)."""
+  setting = None
+  for d in sorted(dirs):
+    if os.path.exists(os.path.join(root, d, "eval.json")):
+      setting = _setting_of(files.read_eval(os.path.join(root, d, "eval.json")).get("config"))
+      break
+  with open(os.path.join(root, "comparison.md")) as f:
+    return setting, [f.read()]
+
+
+def finished_records(path: str) -> list[tuple[dict | None, list[str]]]:
+  """``(setting, lines)`` of every finished record under ``path``, in walking order.
+
+  A baselines.json gives one line per baseline, a comparison.md its whole text, and an
+  eval.json outside a comparison one line; the setting is the data, IPC and evaluation of the
+  config that made it (:func:`jaxdd.runs.files.run_setting`; None when the file does not
+  record one). Every file is read checked (:mod:`jaxdd.runs.files`).
+  """
+  out: list[tuple[dict | None, list[str]]] = []
+  for root, dirs, names in sorted(os.walk(path)):
+    if "baselines.json" in names:
+      out.extend(_baseline_records(root))
+    if "comparison.md" in names:
+      out.append(_comparison_record(root, dirs))
+    elif "eval.json" in names and not os.path.exists(os.path.join(os.path.dirname(root),
+                                                                  "comparison.md")):
+      out.append(_eval_record(root))
+  return out
 
 
 def finished_runs(path: str) -> list[list[str]]:
-  """What ``jaxdd report`` prints of the finished runs under ``path``, in walking order.
+  """What ``jaxdd report`` prints of the finished runs under ``path``; empty when nothing
+  under ``path`` is finished.
 
-  One entry per finished record: a baselines.json gives one line per baseline, a
-  comparison.md its whole text, and an eval.json outside a comparison one line; empty when
-  nothing under ``path`` is finished.
+  When every record has the same setting (data, IPC, evaluation), the records in walking
+  order; when they differ, one group per setting, in order of first appearance, each opened by
+  a heading line naming the setting, so that results of different settings are never read side
+  by side.
   """
+  records = finished_records(path)
+  keys = [json.dumps(setting, sort_keys=True) for setting, _ in records]
+  if len(set(keys)) <= 1:
+    return [lines for _, lines in records]
   out: list[list[str]] = []
-  for root, _, files in sorted(os.walk(path)):
-    if "baselines.json" in files:
-      out.append(_baseline_lines(root))
-    if "comparison.md" in files:
-      with open(os.path.join(root, "comparison.md")) as f:
-        out.append([f.read()])
-    elif "eval.json" in files and not os.path.exists(os.path.join(os.path.dirname(root),
-                                                                  "comparison.md")):
-      out.append([_eval_line(root)])
+  for key in dict.fromkeys(keys):
+    group = [lines for k, (_, lines) in zip(keys, records) if k == key]
+    out.append([_label(records[keys.index(key)][0])])
+    out.extend(group)
   return out

@@ -1,7 +1,6 @@
 """The baselines of a run (random, herding, k-center, LfF, DFA, full) under its protocol."""
 from __future__ import annotations
 
-import json
 import os
 
 import jax.numpy as jnp
@@ -10,7 +9,7 @@ import numpy as np
 from jaxdd import baselines, data, debias, evaluate, models, protocols, synset
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig, validate
-from jaxdd.runs import keys, rundata, rundir, surrogate_stage
+from jaxdd.runs import files, keys, rundata, rundir, surrogate_stage
 from jaxdd.security import signing
 from jaxdd.structs import SynSet
 
@@ -37,7 +36,9 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
 
   Results are written to ``<workdir>/baselines.json`` and returned. A
   ``baselines.json`` already there is added to when it was made with the same
-  settings (config digest, weighting aside) and refused otherwise, before any work.
+  settings (config digest, weighting aside) and refused otherwise, before any work; so is a
+  ``workdir`` that holds a run of another setting (data, IPC, evaluation:
+  :func:`jaxdd.runs.rundir.check_setting`).
   """
   unknown = set(which) - set(BASELINES)
   if unknown:
@@ -49,6 +50,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     # a missing, incomplete or (under a trust anchor) unsigned artifact fails here, before any work
     signing.load_synset(vanilla_synset, trust=trust)
   validate(config)
+  rundir.check_setting(files.run_setting(config), workdir, adding="baselines")
   digest = config.replace(weighting="none", init="real", real_sampling="uniform").digest()
   results = _stored(os.path.join(workdir, "baselines.json"), digest)
   run_data = rundata.RunData(config)
@@ -72,6 +74,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     summary = res.summary()
     summary.update(extra)
     summary["digest"] = digest
+    summary["config"] = config.to_dict()  # the setting `jaxdd report` labels the rows with
     results[name] = summary
     if progress:
       print(f"{name}: " + ", ".join(f"{m} {100 * v:.1f}" for m, v in summary["mean"].items()))
@@ -83,8 +86,7 @@ def _stored(path: str, digest: str) -> dict:
   """The baselines already in ``path`` (kept and added to, but only for the same settings)."""
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    results = json.load(f)
+  results = files.read_baselines(path)
   other = sorted(n for n, r in results.items() if r.get("digest") != digest)
   if other:
     raise ValueError(f"{path} holds baselines made with other settings ({', '.join(other)}; "

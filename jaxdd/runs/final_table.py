@@ -11,7 +11,7 @@ from jaxdd import baselines, protocols, synset
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig
 from jaxdd.metrics import METRICS
-from jaxdd.runs import keys, rundata, rundir
+from jaxdd.runs import files, keys, rundata, rundir
 from jaxdd.runs.knobs import Setting
 from jaxdd.runs.study_runs import bias_score_cached, distilled, evaluate_cached, per_model
 from jaxdd.runs.tables import format_table
@@ -21,13 +21,9 @@ from jaxdd.structs import SynSet
 def _refuse_other_table(root: str, identity: dict) -> None:
   """A ``table.json`` made with other settings is never overwritten (checked before work)."""
   path = os.path.join(root, "table.json")
-  if not os.path.exists(path):
+  stored = files.read_table(path)
+  if stored is None:
     return
-  try:
-    with open(path) as f:
-      stored = json.load(f)
-  except (OSError, ValueError):
-    stored = {}
   differ = [k for k, v in identity.items()
             if json.loads(json.dumps(stored.get(k))) != json.loads(json.dumps(v))]
   if differ:

@@ -5,6 +5,7 @@ import json
 import os
 
 from jaxdd import synset
+from jaxdd._src import schema
 
 
 class MetricsLog:
@@ -51,20 +52,31 @@ class MetricsLog:
       self._tb = None
 
 
+#: A row of ``metrics.jsonl``: the fields its readers use.
+ROW = schema.obj(optional={"step": schema.INT, "syn_lr": schema.NUM,
+                           "bias_aligned_fraction": schema.NUM})
+
+
 def read_metrics(path: str, upto: int) -> list[dict]:
-  """Rows of ``metrics.jsonl`` up to step ``upto``; a line torn by a kill is skipped."""
+  """Rows of ``metrics.jsonl`` up to step ``upto``; a line torn by a kill is skipped.
+
+  Raises:
+    jaxdd._src.schema.FileFormatError: a line is JSON but not a row jaxdd writes.
+  """
   if not os.path.exists(path):
     return []
   rows = []
-  with open(path) as f:
-    for line in f:
+  with open(path, "rb") as f:
+    for number, line in enumerate(f, 1):
       line = line.strip()
       if not line:
         continue
       try:
         row = json.loads(line)
-      except json.JSONDecodeError:
+      except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         continue  # the last line of a killed run may be incomplete
+      schema.check(row, ROW, path=f"{path} line {number}", working=True,
+                   fix="delete metrics.jsonl (the run's log) and rerun the same command")
       if row.get("step", 0) <= upto:
         rows.append(row)
   return rows

@@ -8,8 +8,10 @@ import os
 import socket
 
 from jaxdd import policy as policy_lib
+from jaxdd._src import schema
 from jaxdd import progress as progress_lib
-from jaxdd.config import RunConfig
+from jaxdd.config import METHODS, RunConfig
+from jaxdd.runs import files
 
 _HELD_LOCKS: dict[str, int] = {}
 
@@ -39,9 +41,8 @@ def workdir_lock(workdir: str):
     try:
       fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-      try:
-        with open(path) as f:
-          holder = json.load(f)
+      try:  # an unreadable lock names no holder (and is not taken over)
+        holder = schema.read_json(path, schema.map_of(schema.ANY), fix="")
       except (OSError, ValueError):
         holder = {}
       pid, where = holder.get("pid"), holder.get("host")
@@ -101,11 +102,9 @@ def check_workdir(config: RunConfig, workdir: str, *, distill_only: bool = False
   With ``distill_only`` (a distillation stage, whose SynSet several evaluations share),
   only the distillation settings must match: the evaluation settings may differ.
   """
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
+  previous = files.read_run_config(workdir)
+  if previous is None:
     return
-  with open(config_path) as f:
-    previous = json.load(f)
   if previous.get("digest") == config.digest():
     return  # the same run (also written before distill digests existed)
   if not distill_only:
@@ -118,14 +117,40 @@ def check_workdir(config: RunConfig, workdir: str, *, distill_only: bool = False
                      "another --workdir or delete it to start over")
 
 
+def check_setting(setting: dict, workdir: str, *, adding: str) -> None:
+  """Refuses to add ``adding`` (results of ``setting``, :func:`jaxdd.runs.files.run_setting`)
+  to a workdir that holds a run of another setting (reads only).
+
+  The runs looked at: ``<workdir>/config.json`` and the ``config.json`` of the run directories
+  of ``jaxdd reproduce`` directly inside it (named after their method: ``dm``, ``dm_kde``, ...).
+  Results written side by side must share the data, the IPC and the evaluation, as
+  :func:`check_workdir` requires of a run.
+  """
+  if not os.path.isdir(workdir):
+    return
+  methods = [m + kde for m in METHODS for kde in ("", "_kde")]
+  for d in [workdir] + [os.path.join(workdir, m) for m in methods]:
+    stored = files.read_run_config(d) if os.path.isdir(d) else None
+    if stored is None or not isinstance(stored.get("config"), dict):
+      continue
+    have = files.run_setting(stored["config"])
+    differ = [f"{k} {have[k]} there, {setting[k]} now" for k in files.SETTING_FIELDS
+              if have[k] != setting[k]]
+    if differ:
+      raise ValueError(f"{d} holds a run of another setting ({'; '.join(differ)}); {adding} "
+                       "would sit beside it unmarked: use another --workdir, or the run's "
+                       "settings")
+
+
 def stored_eval(config: RunConfig, workdir: str) -> dict | None:
-  """The ``eval.json`` of a finished run with this exact config, else None."""
+  """The ``eval.json`` of a finished run with this exact config, else None.
+
+  Raises:
+    jaxdd._src.schema.FileFormatError: the file is there but is not an evaluation that jaxdd
+      wrote (``--reevaluate`` does not read it, and replaces it).
+  """
   path = os.path.join(workdir, "eval.json")
   if not os.path.exists(path):
     return None
-  try:
-    with open(path) as f:
-      stored = json.load(f)
-  except (OSError, ValueError):
-    return None
+  stored = files.read_eval(path)
   return stored if stored.get("digest") == config.digest() else None

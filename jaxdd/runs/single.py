@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax.numpy as jnp
@@ -15,6 +14,7 @@ from jaxdd.config import RunConfig, validate
 from jaxdd.runs import (
   bias,
   driver,
+  files,
   keys,
   metrics_log,
   rundata,
@@ -104,8 +104,8 @@ def finish_run(config: RunConfig, workdir: str, run_data: rundata.RunData, syn: 
     rows = metrics_log.read_metrics(os.path.join(workdir, "metrics.jsonl"), config.iterations)
     lrs = [r["syn_lr"] for r in rows if "syn_lr" in r]
     meta["syn_lr"] = lrs[-1] if lrs else config.lr_teacher
-    with open(os.path.join(workdir, "buffer.json")) as f:
-      meta["expert_buffer"] = json.load(f)["digest"]
+    meta["expert_buffer"] = files.read_buffer_record(os.path.join(workdir,
+                                                                  "buffer.json"))["digest"]
   synset.save(os.path.join(workdir, "synset"), syn, meta, mean=run_data.mean, std=run_data.std)
   plots_lib.plot_synset(syn, run_data.mean, run_data.std,
                         os.path.join(workdir, "plots", "synset.png"),
@@ -131,7 +131,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
   show = progress if show is None else show
   validate(config)
   rundir.check_workdir(config, workdir)
-  stored = rundir.stored_eval(config, workdir)
+  stored = None if reevaluate else rundir.stored_eval(config, workdir)
   if stored is not None and not reevaluate and stop_after is None:
     progress_lib.logger.info("%s: this run is complete; showing its stored results "
                              "(--reevaluate evaluates it again)", workdir)

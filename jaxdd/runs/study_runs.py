@@ -1,7 +1,6 @@
 """The pieces of a study: one directory per (setting, seed), evaluated and scored once."""
 from __future__ import annotations
 
-import json
 import os
 
 import jax.numpy as jnp
@@ -10,7 +9,7 @@ import numpy as np
 from jaxdd import diagnostics, evaluate, models, protocols, synset
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig
-from jaxdd.runs import bias, group, keys, rundata, single, text
+from jaxdd.runs import bias, files, group, keys, rundata, single, text
 from jaxdd.structs import SynSet
 
 
@@ -18,14 +17,6 @@ def run_dir(root: str, config: RunConfig) -> str:
   """``<root>/runs/<method>-s<seed>-<distill digest>``: one distillation of a study."""
   slug = text.method_name(config).replace("+", "_")
   return os.path.join(root, "runs", f"{slug}-s{config.seed}-{config.distill_digest()[:10]}")
-
-
-def load_json(path: str) -> dict | None:
-  """The JSON object in ``path``, or None when there is no such file."""
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def _conflicting_select(batch) -> str:
@@ -43,7 +34,7 @@ def evaluate_cached(config: RunConfig, workdir: str, run_data: rundata.RunData,
   (``valid_scores``: bias-conflicting accuracy per network).
   """
   path = os.path.join(workdir, f"eval-{split}-{protocol.name}.json")
-  cached = load_json(path)
+  cached = files.read_eval_cache(path)
   if cached is not None and cached["result"]["num_models"] == num_models:
     return cached
   model = models.get(config.eval_model, num_classes=run_data.num_classes)
@@ -73,7 +64,7 @@ def bias_score_cached(config: RunConfig, workdir: str, run_data: rundata.RunData
   and kept in ``classifiers``.
   """
   path = os.path.join(workdir, "bias_score.json")
-  cached = load_json(path)
+  cached = files.read_bias_score(path)
   if cached is not None:
     return cached
   if config.seed not in classifiers:

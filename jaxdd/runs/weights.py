@@ -7,7 +7,6 @@ Which densities a run needs (:func:`run_log_density`), its whole-class weights
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -15,7 +14,7 @@ import numpy as np
 
 from jaxdd import plots, weighting
 from jaxdd.config import RunConfig
-from jaxdd.runs import rundata
+from jaxdd.runs import files, rundata
 from jaxdd.runs.stage_config import kde_config
 
 
@@ -108,8 +107,7 @@ def format_weight_summary(weight_files: dict[str, str]) -> str:
   for name, path in weight_files.items():
     if not os.path.exists(path):
       continue
-    with open(path) as f:
-      w = json.load(f)
+    w = files.read_weights(path)
     ess = [e for e in w.get("batch_ess", []) if e is not None]
     groups = w.get("groups", [])
     traj = w.get("bias_trajectory", [])

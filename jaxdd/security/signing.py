@@ -35,12 +35,12 @@ import base64
 import dataclasses
 import glob
 import hashlib
-import json
 import os
 from typing import Iterable, Sequence
 
 from jaxdd import synset as synset_lib
 from jaxdd._src import io as _io
+from jaxdd._src import schema
 from jaxdd.structs import SynSet
 
 #: Signature file written next to ``manifest.json``.
@@ -298,6 +298,10 @@ class SignatureStatus:
     return dataclasses.asdict(self)
 
 
+#: What :func:`check` requires of ``signature.json``.
+_RECORD = schema.obj({k: schema.STR for k in ("format", "algorithm", "public_key", "signature")})
+
+
 def check(path: str, manifest: bytes, trust: Sequence[PublicKey] | None) -> SignatureStatus:
   """Checks the signature of the artifact at ``path`` whose manifest bytes are ``manifest``.
 
@@ -313,14 +317,14 @@ def check(path: str, manifest: bytes, trust: Sequence[PublicKey] | None) -> Sign
                            "to sign it (`jaxdd sign`), or load it without a trust anchor")
     return SignatureStatus("unsigned")
   try:
-    with open(sig_path) as f:
-      record = json.load(f)
-    if record.get("format") != FORMAT or record.get("algorithm") != "ed25519":
+    record = schema.read_json(sig_path, _RECORD, fix="")
+    if record["format"] != FORMAT or record["algorithm"] != "ed25519":
       raise KeyError("format")
     raw = base64.b64decode(record["public_key"], validate=True)
     signature = base64.b64decode(record["signature"], validate=True)
-  except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-    raise SignatureError(f"{sig_path} is not a valid {FORMAT} record ({e!r}); refusing the "
+  except (KeyError, ValueError) as e:
+    what = e.problem if isinstance(e, schema.FileFormatError) else repr(e)
+    raise SignatureError(f"{sig_path} is not a valid {FORMAT} record ({what}); refusing the "
                          "artifact. Re-sign it with `jaxdd sign`") from e
   try:
     ed25519, _, InvalidSignature = _crypto()

@@ -15,6 +15,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxdd._src import io as _io
+from jaxdd._src import schema
 from jaxdd._src.io import sha256_file
 from jaxdd.surrogate.model import SurrogateConfig
 from jaxdd.surrogate.training import _validate_data, embed, train_surrogate
@@ -107,9 +108,10 @@ def _load_entry(entry: str, spec: dict, config: SurrogateConfig, image_shape: tu
   """Load and verify one cache entry; ValueError on any mismatch."""
   meta_path = os.path.join(entry, "meta.json")
   try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+    meta = schema.read_json(meta_path, schema.obj({"spec": schema.ANY,
+                                                   "sha256": schema.map_of(schema.STR)}),
+                            fix="the cache entry is retrained")
+  except OSError as e:
     raise ValueError(f"unreadable cache metadata {meta_path}: {e}") from e
   if meta.get("spec") != spec:
     raise ValueError(f"cache entry {entry} was written for a different spec")

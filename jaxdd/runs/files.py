@@ -1,0 +1,124 @@
+"""The JSON files of work directories, read back checked: one reader per file, each with the
+structure its users expect (:mod:`jaxdd._src.schema`).
+
+A file that is not JSON, or JSON of another structure, raises
+:class:`jaxdd._src.schema.FileFormatError`: one line naming the file, what is wrong and the fix.
+Files read before a command starts its work are refusals (exit status 2); those read back while
+it works (its own caches and records) are faults (status 1).
+"""
+from __future__ import annotations
+
+import os
+
+from jaxdd._src import schema
+from jaxdd._src.schema import ANY, INT, NUM, STR, FileFormatError, list_of, map_of, obj, opt
+from jaxdd.config import RunConfig
+from jaxdd.metrics import METRICS
+from jaxdd.runs.knobs import settings_from_selection
+
+__all__ = ["FileFormatError", "read_baselines", "read_bias_score", "read_buffer_record",
+           "read_eval", "read_eval_cache", "read_run_config", "read_selection", "read_table",
+           "read_weights", "run_setting", "SETTING_FIELDS"]
+
+#: The four group metrics of a stored evaluation's ``mean`` and ``std``.
+_METRICS4 = obj({m: NUM for m in ("overall", "aligned", "conflicting", "worst_group")})
+_CONFIG = map_of(ANY)
+
+CONFIG_JSON = obj({"digest": STR}, optional={"distill_digest": STR, "config": _CONFIG})
+EVAL_JSON = obj({"mean": _METRICS4, "std": _METRICS4},
+                optional={"digest": STR, "method": STR, "config": _CONFIG,
+                          "result": obj(optional={"per_model": map_of(list_of(opt(NUM))),
+                                                  "num_models": INT})})
+BASELINES_JSON = map_of(obj({"mean": _METRICS4, "std": _METRICS4},
+                            optional={"digest": STR, "config": _CONFIG,
+                                      "bias_score": opt(obj({"aligned_fraction": NUM}))}))
+EVAL_CACHE_JSON = obj({"result": obj(
+    {"num_models": INT, "per_model": obj({m: list_of(opt(NUM)) for m in METRICS})},
+    optional={"valid_scores": opt(list_of(opt(NUM))), "select_on": opt(STR)})})
+BIAS_SCORE_JSON = obj({"aligned_fraction": NUM})
+WEIGHTS_JSON = obj(optional={
+    "batch_ess": list_of(opt(NUM)),
+    "groups": list_of(obj({"min_share": NUM, "max_share": NUM, "balanced_share": NUM})),
+    "bias_trajectory": list_of(obj({"step": INT, "bias_aligned_fraction": NUM}))})
+BUFFER_JSON = obj({"digest": STR})
+_SCALAR = schema.Spec("a string or a number",
+                      lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool))
+SELECTION_JSON = obj({"chosen": map_of(map_of(_SCALAR))})
+TABLE_JSON = map_of(ANY)
+
+#: The RunConfig fields that make results comparable side by side: the data, the IPC, the
+#: evaluation (what ``jaxdd baselines`` uses of a run's config).
+SETTING_FIELDS = ("dataset", "conflict_ratio", "severity", "source", "seed", "ipc",
+                  "eval_protocol", "eval_model", "num_eval_models")
+
+
+def read_run_config(workdir: str) -> dict | None:
+  """A run directory's ``config.json`` (None when there is none)."""
+  return schema.read_json(os.path.join(workdir, "config.json"), CONFIG_JSON, default=None,
+                          fix="it is not a config.json that jaxdd wrote: use another --workdir, "
+                              "or delete the directory to start over")
+
+
+def read_eval(path: str) -> dict:
+  """A run's ``eval.json`` (its stored evaluation)."""
+  return schema.read_json(path, EVAL_JSON, fix="delete it, or rerun the run's command with "
+                                               "--reevaluate to evaluate the run again")
+
+
+def read_baselines(path: str) -> dict:
+  """A ``baselines.json``: baseline name -> its evaluation summary."""
+  return schema.read_json(path, BASELINES_JSON,
+                          fix="delete baselines.json to compute the baselines again")
+
+
+def read_weights(path: str, *, working: bool = True) -> dict:
+  """A run's ``weights.json`` (read back by ``reproduce`` once its runs are done)."""
+  return schema.read_json(path, WEIGHTS_JSON, working=working,
+                          fix=f"delete {os.path.dirname(path) or '.'} and rerun the same command "
+                              "to distil that run again")
+
+
+def read_buffer_record(path: str) -> dict:
+  """A trajectory-matching run's ``buffer.json`` (read once its distillation is done)."""
+  return schema.read_json(path, BUFFER_JSON, working=True,
+                          fix=f"delete {os.path.dirname(path) or '.'} and rerun the same command "
+                              "to distil that run again")
+
+
+def read_eval_cache(path: str) -> dict | None:
+  """A study's stored evaluation (``eval-<split>-<protocol>.json``), None when there is none."""
+  return schema.read_json(path, EVAL_CACHE_JSON, working=True, default=None,
+                          fix="delete it and rerun the same command to evaluate that run again")
+
+
+def read_bias_score(path: str) -> dict | None:
+  """A study's stored ``bias_score.json``, None when there is none."""
+  return schema.read_json(path, BIAS_SCORE_JSON, working=True, default=None,
+                          fix="delete it and rerun the same command to score that run again")
+
+
+def read_table(path: str) -> dict | None:
+  """``jaxdd final``'s ``table.json``, None when there is none."""
+  return schema.read_json(path, TABLE_JSON, default=None,
+                          fix="use another --workdir, or delete table.json and table.md to "
+                              "replace it")
+
+
+def read_selection(path: str, base: RunConfig) -> dict:
+  """``jaxdd tune``'s ``selection.json`` as the rows of ``jaxdd final`` (name -> Setting);
+  a setting this version refuses is a fault of the file too."""
+  fix = "rerun `jaxdd tune` into a new --workdir, or pass --selection PATH of a finished tune"
+  selection = schema.read_json(path, SELECTION_JSON, fix=fix)
+  try:
+    settings = settings_from_selection(selection, base)
+    for setting in settings.values():
+      setting.apply(base)
+  except (ValueError, TypeError) as e:
+    raise FileFormatError(path, f"holds a setting this version refuses ({' '.join(str(e).split())})", fix) from None
+  return settings
+
+
+def run_setting(config: dict | RunConfig) -> dict:
+  """The :data:`SETTING_FIELDS` of a config (a RunConfig or a stored flat dict)."""
+  flat = config.to_dict() if isinstance(config, RunConfig) else config
+  return {k: flat.get(k) for k in SETTING_FIELDS}
