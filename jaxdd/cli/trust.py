@@ -8,6 +8,7 @@ import os
 from jaxdd import protocols, synset
 from jaxdd.cli import flags
 from jaxdd.runs import audit as audit_run
+from jaxdd.runs import checks
 from jaxdd.security import audit, signing
 
 
@@ -40,6 +41,8 @@ def _passphrase(var: str | None) -> bytes | None:
 
 
 def cmd_keys(args) -> int:
+  signing.require_crypto()  # the package first: nothing is written without it
+  checks.check_writable(os.path.dirname(os.path.abspath(args.name)))
   private, public, kid = signing.new_keys(args.name, passphrase=_passphrase(args.passphrase_env))
   print(f"key {kid}\n  private: {private} (keep it secret; mode 0600)\n  public:  {public} "
         f"(give it to whoever should trust your SynSets: --trust {public})")
@@ -47,10 +50,12 @@ def cmd_keys(args) -> int:
 
 
 def cmd_sign(args) -> int:
+  signing.require_crypto()
   key = signing.load_private_key(args.key, passphrase=_passphrase(args.passphrase_env))
   paths = signing.find_synsets(args.path)
   for path in paths:  # every artifact is verified first: a damaged one stops before any signing
     synset.load(path)
+    checks.check_writable(path)  # and can take its signature
   for path in paths:
     record = signing.sign_synset(path, key)
     print(f"signed {path} (key {record['key_id']})")
@@ -74,6 +79,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_audit(args) -> int:
+  if args.out:  # writable before any network is trained
+    checks.check_writable(args.out, file=True)
   report, meta = audit_run.audit_artifact(
       args.synset, trust=args.trust, seed=args.seed, model_spec=args.model,
       protocol=args.protocol, num_models=args.num_models, clean_images=args.clean_images,
