@@ -50,6 +50,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     signing.load_synset(vanilla_synset, trust=trust)
   validate(config)
   results = stored_baselines(workdir, config)
+  checks.check_writable(workdir)  # before the data are built into the cache
   run_data = rundata.RunData(config)
   rundata.check_models(config, run_data)
   run_data.test  # a bad test split is found now, not after the first baseline  # noqa: B018

@@ -43,6 +43,7 @@ def _check(config: RunConfig, workdir: str, with_baselines: tuple[str, ...]) -> 
   if with_baselines:
     baseline_runs.stored_baselines(os.path.join(workdir, "baselines"),
                                    config.replace(weighting="none"))
+  rundata.check_paths(config, workdir)
   run_data = rundata.RunData(config)
   for weighting in ("none", "kde"):
     rundata.check_run(config.replace(weighting=weighting), run_data, workdir)

@@ -120,9 +120,9 @@ def build_expert_buffer(config: RunConfig, *, buffer_dir: str | None = None,
   if config.method != "mtt":
     raise ValueError(f"expert buffers belong to trajectory matching; this run's method is "
                      f"{config.method!r}: use --method mtt")
+  checks.check_writable(buffer_dir if buffer_dir is not None else cache_root("buffers"))
   run_data = rundata.RunData(config)
   rundata.check_models(config, run_data)
-  checks.check_writable(buffer_dir if buffer_dir is not None else cache_root("buffers"))
   embeddings = None
   if config.weighting == "kde":
     embeddings = surrogate_stage.surrogate_embeddings(config, run_data, keys.run_keys(config)[0],

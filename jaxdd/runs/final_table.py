@@ -11,7 +11,7 @@ from jaxdd import baselines, protocols, synset
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig
 from jaxdd.metrics import METRICS
-from jaxdd.runs import keys, rundata, rundir
+from jaxdd.runs import checks, keys, rundata, rundir
 from jaxdd.runs.knobs import Setting
 from jaxdd.runs.study_runs import (
   bias_score_cached,
@@ -70,6 +70,7 @@ def final(base: RunConfig, root: str, *, settings: dict[str, Setting],
               "seeds": list(seeds),
               "settings": {k: [list(kv) for kv in v.overrides] for k, v in settings.items()}}
   _refuse_other_table(root, identity)
+  checks.check_writable(root)  # before the data are built into the cache
   first = rundata.RunData(base.replace(seed=seeds[0]))  # every check before the first write
   first.test  # a bad test split is found now  # noqa: B018
   check_study([s.apply(base.replace(seed=seed)) for seed in seeds for s in settings.values()],

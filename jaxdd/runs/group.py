@@ -72,6 +72,8 @@ def distill_group(configs, workdirs, *, run_data: rundata.RunData | None = None,
     if not fresh(w):
       raise ValueError(f"{w} already holds a SynSet or checkpoints; distill_stage resumes it")
   with policy_lib.use(configs[0].policy):
+    for c, w in zip(configs, workdirs):
+      rundata.check_paths(c, w)
     if run_data is None:
       run_data = rundata.RunData(configs[0])
     for c, w in zip(configs, workdirs):  # every check before the first write

@@ -66,12 +66,18 @@ def num_bias_values(ds) -> int:
   return int(np.asarray(ds.bias).max()) + 1
 
 
-def check_run(config: RunConfig, run_data: RunData, workdir: str, *,
-              buffer_dir: str | None = None) -> None:
-  """Everything a run needs of the machine and its data, before its first write:
-  :func:`check_models` (the config, the device mesh, the networks, ``ipc``), a writable
-  ``workdir`` and, for trajectory matching, a writable ``buffer_dir``."""
-  check_models(config, run_data)
+def check_paths(config: RunConfig, workdir: str, *, buffer_dir: str | None = None) -> None:
+  """A writable ``workdir`` and, for trajectory matching, a writable ``buffer_dir``: checked
+  before the data are loaded (which may build them into the cache)."""
   checks.check_writable(workdir)
   if config.method == "mtt" and buffer_dir is not None:
     checks.check_writable(buffer_dir)
+
+
+def check_run(config: RunConfig, run_data: RunData, workdir: str, *,
+              buffer_dir: str | None = None) -> None:
+  """Everything a run needs of the machine and its data, before its first write:
+  :func:`check_models` (the config, the device mesh, the networks, ``ipc``) and
+  :func:`check_paths`."""
+  check_models(config, run_data)
+  check_paths(config, workdir, buffer_dir=buffer_dir)

@@ -10,7 +10,7 @@ import numpy as np
 from jaxdd import progress as progress_lib
 from jaxdd import protocols, synset
 from jaxdd.config import RunConfig
-from jaxdd.runs import rundata, rundir
+from jaxdd.runs import checks, rundata, rundir
 from jaxdd.runs.knobs import Setting, default_setting, knob_grid
 from jaxdd.runs.study_runs import (
   check_study,
@@ -89,6 +89,7 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
   for w, s in incumbents.items():
     if any(c.apply(base).weighting == w for c in candidates) and s not in candidates:
       candidates.append(s)
+  checks.check_writable(root)  # before the data are built into the cache
   first = rundata.RunData(base.replace(seed=seeds[0]))  # every check before the first write
   check_study([c.apply(base.replace(seed=seed)) for seed in seeds for c in candidates], root,
               first)

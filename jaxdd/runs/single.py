@@ -46,6 +46,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
   if os.path.exists(os.path.join(syn_dir, "manifest.json")):
     syn, _ = synset.load(syn_dir)  # the run's own artifact
     return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
+  rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
   if run_data is None:
     progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
                              config.conflict_ratio)
@@ -146,6 +147,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
       print(f"{workdir}: complete (stored in eval.json)\n" + text.format_stored(stored))
     return stored
   # Data errors (bad ratio, missing source) surface before anything is written.
+  rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
   progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
                            config.conflict_ratio)
   run_data = rundata.RunData(config)
