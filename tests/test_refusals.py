@@ -58,6 +58,7 @@ REFUSALS = {
                                          "only 8 devices"),
     "baselines, full MNIST not fetched": (["baselines", "--source", "mnist-full",
                                            "--which", "random"], "data fetch"),
+    "buffers, full MNIST not fetched": (["buffers", "--source", "mnist-full"], "data fetch"),
 }
 
 
@@ -69,10 +70,13 @@ def test_an_environment_refusal_writes_nothing(case, tmp_path, capsys, monkeypat
   if argv[0] == "final":  # final reads tune's selection first: give it one, in its own folder
     (tmp_path / "sel.json").write_text(json.dumps({"chosen": {"none": {}}}))
     argv = argv + ["--selection", str(tmp_path / "sel.json")]
-  code, err = _run(argv + SMOKE + ["--workdir", str(work)], capsys)
+  where = "--buffer-dir" if argv[0] == "buffers" else "--workdir"  # buffers writes only there
+  code, err = _run(argv + SMOKE + [where, str(work)], capsys)
   assert code == 2, err
   assert len(err) == 1 and says in err[0], err
   assert not (tmp_path / "nested").exists()  # not the run directory, nor its parent
+  if "devices" in says:  # found before the data are built into the cache
+    assert not (tmp_path / "cache").exists()
 
 
 def test_an_existing_workdir_is_left_as_it_was(tmp_path, capsys):

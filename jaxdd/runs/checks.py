@@ -34,6 +34,27 @@ def check_config(config: RunConfig) -> None:
     distill.gm_loops(config.ipc, config.outer_loop, config.inner_loop)
 
 
+def device_count(config: RunConfig) -> int:
+  """The devices ``config.devices`` names, refused (ValueError naming the fix) when they are
+  not visible or, across processes, not every process's; needs no data.
+
+  >>> from jaxdd.config import get_config
+  >>> device_count(get_config("smoke"))
+  1
+  """
+  available = len(jax.devices())
+  n = available if config.devices == "all" else int(config.devices)
+  if n == 1:
+    return 1
+  if n > available:
+    raise ValueError(f"--devices {n}: only {available} devices are visible; lower it or use "
+                     "--devices all")
+  if jax.process_count() > 1 and n != available:
+    raise ValueError(f"--devices {n}: across {jax.process_count()} processes the mesh takes "
+                     f"every process's devices; use --devices all ({available})")
+  return n
+
+
 def mesh_shape(config: RunConfig, num_classes: int) -> tuple[int, int] | None:
   """``(class shards, real-batch shards)`` of ``config.devices``; None for one device.
 
@@ -45,16 +66,9 @@ def mesh_shape(config: RunConfig, num_classes: int) -> tuple[int, int] | None:
   >>> mesh_shape(get_config("smoke"), 10) is None
   True
   """
-  available = len(jax.devices())
-  n = available if config.devices == "all" else int(config.devices)
+  n = device_count(config)
   if n == 1:
     return None
-  if n > available:
-    raise ValueError(f"--devices {n}: only {available} devices are visible; lower it or use "
-                     "--devices all")
-  if jax.process_count() > 1 and n != available:
-    raise ValueError(f"--devices {n}: across {jax.process_count()} processes the mesh takes "
-                     f"every process's devices; use --devices all ({available})")
   cls = max(d for d in range(1, n + 1) if n % d == 0 and num_classes % d == 0)
   real = n // cls
   if config.real_per_class % real:

@@ -67,8 +67,10 @@ def num_bias_values(ds) -> int:
 
 
 def check_paths(config: RunConfig, workdir: str, *, buffer_dir: str | None = None) -> None:
-  """A writable ``workdir`` and, for trajectory matching, a writable ``buffer_dir``: checked
-  before the data are loaded (which may build them into the cache)."""
+  """The devices (:func:`jaxdd.runs.checks.device_count`), a writable ``workdir`` and, for
+  trajectory matching, a writable ``buffer_dir``: checked before the data are loaded (which
+  may build them into the cache)."""
+  checks.device_count(config)
   checks.check_writable(workdir)
   if config.method == "mtt" and buffer_dir is not None:
     checks.check_writable(buffer_dir)

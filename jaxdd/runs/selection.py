@@ -89,7 +89,8 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
   for w, s in incumbents.items():
     if any(c.apply(base).weighting == w for c in candidates) and s not in candidates:
       candidates.append(s)
-  checks.check_writable(root)  # before the data are built into the cache
+  checks.device_count(base)  # the devices and a writable root before the data are built
+  checks.check_writable(root)
   first = rundata.RunData(base.replace(seed=seeds[0]))  # every check before the first write
   check_study([c.apply(base.replace(seed=seed)) for seed in seeds for c in candidates], root,
               first)
