@@ -1,5 +1,6 @@
-"""``jaxdd audit`` reports every long phase: the networks it trains, the candidate triggers it
-measures and Neural Cleanse's optimisation; ``--quiet`` silences all of it."""
+"""Long phases that report progress: ``jaxdd audit``'s networks, candidate triggers and Neural
+Cleanse's optimisation, and ELF's feature model; ``--quiet`` silences all of it, and the
+numbers are the same with progress or without."""
 from __future__ import annotations
 
 import logging
@@ -66,3 +67,20 @@ def test_neural_cleanse_reports_its_steps_with_the_same_result(caplog, monkeypat
   for a, b in ((quiet.masks, shown.masks), (quiet.patterns, shown.patterns),
                (quiet.asr, shown.asr)):
     np.testing.assert_array_equal(a, b)  # in chunks, the same steps
+
+
+def test_a_single_network_reports_its_epochs_with_the_same_result(caplog, monkeypatch):
+  from jaxdd import models, protocols, train
+  rng = np.random.default_rng(0)
+  syn = SynSet(rng.normal(size=(8, 8, 8, 3)).astype(np.float32), np.repeat(np.arange(2), 4))
+  kw = dict(model=models.ConvNet(num_classes=2, width=4, depth=1), protocol="smoke")
+  monkeypatch.setattr(progress, "interactive", lambda: False)
+  with caplog.at_level(logging.INFO, logger=progress.logger.name):
+    quiet, _ = train.train_fresh(jax.random.key(0), syn, **kw)
+    assert not caplog.records
+    shown, _ = train.train_fresh(jax.random.key(0), syn, progress=True, **kw)
+  epochs = protocols.get_protocol("smoke").num_epochs
+  lines = [r.getMessage() for r in caplog.records]
+  assert any(line.startswith(f"train ConvNet (smoke, 8 images): {epochs}/{epochs} epoch")
+             for line in lines), lines
+  jax.tree.map(np.testing.assert_array_equal, quiet, shown)
