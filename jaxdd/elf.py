@@ -45,15 +45,16 @@ DISTANCES = ("l2", "cosine")
 
 
 def train_feature_model(key: jax.Array, images, labels, *, model: nn.Module,
-                        protocol: Any = "cpu") -> dict:
+                        protocol: Any = "cpu", progress: bool = False) -> dict:
   """The feature model: ``model`` trained on the real training set (its variables).
 
   ELF trains a ConvNet-3 of width 512 for 200 epochs and keeps epoch 100; the
-  ``protocol`` (a :mod:`jaxdd.protocols` recipe) sets the budget here.
+  ``protocol`` (a :mod:`jaxdd.protocols` recipe) sets the budget here. ``progress``:
+  report every trained epoch.
   """
   variables, _ = train_lib.train_fresh(key, SynSet(jnp.asarray(images, jnp.float32),
                                                    jnp.asarray(labels, jnp.int32)),
-                                       model=model, protocol=protocol)
+                                       model=model, protocol=protocol, progress=progress)
   return variables
 
 

@@ -9,6 +9,7 @@ import sys
 from jaxdd import data
 from jaxdd.cli import arguments, flags
 from jaxdd.data import biased, fetch
+from jaxdd.runs import checks
 
 
 def build_fetch_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ def cmd_fetch(args) -> int:
 def _prepare_tfds(args) -> int:
   if importlib.util.find_spec("tensorflow_datasets") is None:
     raise ValueError("--tfds-dir needs TensorFlow Datasets: pip install 'jaxdd[tfds]'")
+  checks.check_writable(args.tfds_dir)
   path = data.prepare_tfds(args.name, data_dir=args.tfds_dir, conflict_ratio=args.conflict_ratio,
                            severity=args.severity, seed=args.seed)
   print(f"prepared TFDS builder for {args.name} in {args.tfds_dir}: {path}")
@@ -52,6 +54,8 @@ def _prepare_tfds(args) -> int:
 
 
 def cmd_data(args) -> int:
+  if args.save_card:  # writable before the split is built
+    checks.check_writable(args.save_card, file=True)
   if args.tfds_dir:
     return _prepare_tfds(args)
   ds = data.load(args.name, split=args.split, conflict_ratio=args.conflict_ratio,

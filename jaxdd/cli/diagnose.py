@@ -7,6 +7,7 @@ import math
 
 from jaxdd import data, presets, weighting
 from jaxdd.cli import flags
+from jaxdd.runs import checks
 from jaxdd.runs import diagnose as diagnose_lib
 
 
@@ -64,6 +65,7 @@ def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_diagnose(args) -> int:
+  checks.check_writable(args.workdir)  # before the surrogate is trained
   diagnose_lib.diagnose_report(args)
   return 0
 

@@ -6,7 +6,7 @@ import argparse
 from jaxdd import elf, protocols, synset
 from jaxdd.cli import flags
 from jaxdd.cli.trust import signature_line, synset_path
-from jaxdd.runs import artifacts
+from jaxdd.runs import artifacts, checks
 from jaxdd.security import signing
 
 
@@ -19,7 +19,14 @@ def _features(args) -> artifacts.FeatureModel | None:
   return artifacts.FeatureModel(args.feature_model, args.feature_protocol) if args.elf else None
 
 
+def _check_out(args) -> None:
+  """``--out`` must be writable: checked before the SynSet is loaded or any network trained."""
+  if args.out:
+    checks.check_writable(args.out, file=True)
+
+
 def cmd_evaluate(args) -> int:
+  _check_out(args)
   syn, meta = signing.load_synset(synset_path(args.synset), trust=args.trust)
   if args.out:  # refused before any work: --out in a run directory of another setting
     artifacts.check_out(args.out, artifacts.evaluation_setting(
@@ -43,6 +50,7 @@ def cmd_cross_arch(args) -> int:
   specs = [s.strip() for s in args.models.split(",") if s.strip()]
   if not specs:
     raise ValueError("--models needs at least one model spec, e.g. convnet,convnet-d4,resnet18,mlp")
+  _check_out(args)
   syn, meta = signing.load_synset(synset_path(args.synset), trust=args.trust)
   print(signature_line(meta))
   features = _features(args)

@@ -10,6 +10,7 @@ import os
 from jaxdd import protocols, synset
 from jaxdd.cli import flags
 from jaxdd.runs import audit as audit_run
+from jaxdd.runs import checks
 from jaxdd.security import audit, signing
 
 
@@ -65,6 +66,8 @@ def _passphrase(var: str | None) -> bytes | None:
 
 
 def cmd_keys(args) -> int:
+  signing.require_crypto()  # the package first: nothing is written without it
+  checks.check_writable(os.path.dirname(os.path.abspath(args.name)))
   private, public, kid = signing.new_keys(args.name, passphrase=_passphrase(args.passphrase_env))
   print(f"key {kid}\n  private: {private} (keep it secret; mode 0600)\n  public:  {public} "
         f"(give it to whoever should trust your SynSets: --trust {public})")
@@ -100,10 +103,12 @@ def _refuse_other_signatures(paths: list[str], mine: str) -> None:
 
 
 def cmd_sign(args) -> int:
+  signing.require_crypto()
   key = signing.load_private_key(args.key, passphrase=_passphrase(args.passphrase_env))
   paths = signing.find_synsets(args.path)
   for path in paths:  # every artifact is verified first: a damaged one stops before any signing
     synset.load(path)
+    checks.check_writable(path)  # and can take its signature
   if not args.replace:
     _refuse_other_signatures(paths, signing.key_id(key.public_key().public_bytes_raw()))
   for path in paths:
@@ -129,6 +134,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_audit(args) -> int:
+  if args.out:  # writable before any network is trained
+    checks.check_writable(args.out, file=True)
   report, meta = audit_run.audit_artifact(
       synset_path(args.synset), trust=args.trust, seed=args.seed, model_spec=args.model,
       protocol=args.protocol, num_models=args.num_models, clean_images=args.clean_images,

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import data, elf, evaluate, models, progress, protocols
+from jaxdd import data, elf, evaluate, models, protocols
+from jaxdd import progress as progress_lib
 from jaxdd.results import EvalResult
 from jaxdd.runs import files, rundir
 from jaxdd.runs.keys import seed_keys
@@ -81,7 +82,8 @@ def eval_key(run_cfg: dict, seed: int | None = None) -> jax.Array:
 
 
 def elf_features(meta: dict, syn: SynSet, num_classes: int, key: jax.Array,
-                 feature_model: FeatureModel, overrides: Overrides = Overrides()) -> np.ndarray:
+                 feature_model: FeatureModel, overrides: Overrides = Overrides(), *,
+                 progress: bool = False) -> np.ndarray:
   """ELF's feature model, trained on the artifact's REAL training split, and its features
   of the synthetic images."""
   protocols.get_protocol(feature_model.protocol)
@@ -89,10 +91,11 @@ def elf_features(meta: dict, syn: SynSet, num_classes: int, key: jax.Array,
   models.check_fits(fm, tuple(syn.images.shape[1:]))
   train = artifact_split(meta, "train", overrides)
   real = normalized_batch(train, meta)
-  progress.logger.info("ELF: training the feature model %s on %d real images (%s protocol)",
+  progress_lib.logger.info("ELF: training the feature model %s on %d real images (%s protocol)",
                        feature_model.spec, len(train.labels), feature_model.protocol)
   variables = elf.train_feature_model(jax.random.fold_in(key, 0xE1F), real.images, real.labels,
-                                      model=fm, protocol=feature_model.protocol)
+                                      model=fm, protocol=feature_model.protocol,
+                                      progress=progress)
   return elf.distillation_features(fm, variables, syn.images)
 
 
@@ -163,7 +166,8 @@ def evaluate_synset(syn: SynSet, meta: dict, overrides: Overrides = Overrides(),
   key = eval_key(run_cfg, overrides.seed)
   syn = syn._replace(images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels))
   if features is not None:
-    feats = elf_features(meta, syn, test.num_classes, key, features, overrides)
+    feats = elf_features(meta, syn, test.num_classes, key, features, overrides,
+                         progress=progress)
     result = elf.evaluate_elf(key, syn, batch, model=net, features=feats, protocol=protocol,
                               num_models=num_models, progress=progress)
   else:
@@ -186,7 +190,8 @@ def cross_arch(syn: SynSet, meta: dict, specs: list[str], overrides: Overrides =
   key = eval_key(meta.get("config", {}), overrides.seed)
   syn = syn._replace(images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels))
   feats = (None if features is None
-           else elf_features(meta, syn, test.num_classes, key, features, overrides))
+           else elf_features(meta, syn, test.num_classes, key, features, overrides,
+                             progress=progress))
   return elf.cross_architecture(key, syn, normalized_batch(test, meta), model_specs=specs,
                                 num_classes=test.num_classes, protocol=protocol,
                                 num_models=num_models, features=feats, progress=progress)

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from jaxdd import data, models, surrogate
+from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig
 from jaxdd.runs.keys import seed_keys
 from jaxdd.runs.rundata import RunData
@@ -90,13 +91,18 @@ def audit_artifact(path: str, *, trust=None, seed: int = 0, model_spec: str | No
       or "convnet"
   model = models.get(spec, num_classes=valid.num_classes)
   models.check_fits(model, tuple(np.asarray(syn.images).shape[1:]))
+  if progress:
+    progress_lib.logger.info("audit: %d clean images from %s's validation split; networks: %s",
+                             n, ds["name"], spec)
   scores = None
   if kde:
     if config is None:
       raise ValueError(f"{path} records no run config, so its surrogate cannot be rebuilt; "
                        "pass kde=False (--no-kde)")
+    if progress:
+      progress_lib.logger.info("audit: the KDE probe (the run's surrogate, trained or cached)")
     scores = kde_probe(syn, meta, config, progress=progress)
   report = audit_lib.audit(jax.random.key(seed), syn, images, labels, mean=meta["mean"],
                            std=meta["std"], model=model, protocol=protocol,
-                           num_models=num_models, kde=scores, **kwargs)
+                           num_models=num_models, kde=scores, progress=progress, **kwargs)
   return dataclasses.replace(report, model=spec), meta

@@ -9,7 +9,7 @@ import numpy as np
 from jaxdd import baselines, data, debias, evaluate, models, protocols, synset
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig, validate
-from jaxdd.runs import files, keys, rundata, rundir, surrogate_stage
+from jaxdd.runs import checks, files, keys, rundata, rundir, surrogate_stage
 from jaxdd.security import signing
 from jaxdd.structs import SynSet
 
@@ -17,7 +17,6 @@ BASELINES = ("random", "herding", "kcenter", "lff", "dfa", "full")
 
 
 @rundir.under_policy
-@rundir.locked
 def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = BASELINES,
                   vanilla_synset: str | None = None, full_epochs: int = 10,
                   progress: bool = True, trust=None) -> dict:
@@ -36,9 +35,10 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
 
   Results are written to ``<workdir>/baselines.json`` and returned. A
   ``baselines.json`` already there is added to when it was made with the same
-  settings (config digest, weighting aside) and refused otherwise, before any work; so is a
+  settings (config digest, weighting aside) and refused otherwise, before any work; so are a
   ``workdir`` that holds a run of another setting (data, IPC, evaluation:
-  :func:`jaxdd.runs.rundir.check_setting`).
+  :func:`jaxdd.runs.rundir.check_setting`), missing data, an unusable vanilla SynSet and an
+  unwritable ``workdir``.
   """
   unknown = set(which) - set(BASELINES)
   if unknown:
@@ -51,11 +51,23 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     signing.load_synset(vanilla_synset, trust=trust)
   validate(config)
   rundir.check_setting(files.run_setting(config), workdir, adding="baselines")
-  digest = config.replace(weighting="none", init="real", real_sampling="uniform").digest()
-  results = _stored(os.path.join(workdir, "baselines.json"), digest)
+  results = stored_baselines(workdir, config)
+  checks.check_writable(workdir)  # before the data are built into the cache
   run_data = rundata.RunData(config)
   rundata.check_models(config, run_data)
-  os.makedirs(workdir, exist_ok=True)
+  run_data.test  # a bad test split is found now, not after the first baseline  # noqa: B018
+  checks.check_writable(workdir)
+  with rundir.workdir_lock(workdir):
+    return _run_baselines(config, workdir, run_data, results, which=which,
+                          vanilla_synset=vanilla_synset, full_epochs=full_epochs,
+                          progress=progress, trust=trust)
+
+
+def _run_baselines(config: RunConfig, workdir: str, run_data: rundata.RunData, results: dict, *,
+                   which: tuple[str, ...], vanilla_synset: str | None, full_epochs: int,
+                   progress: bool, trust) -> dict:
+  """:func:`run_baselines` once checked, under the lock of ``workdir``."""
+  digest = baselines_digest(config)
   x = run_data.normalized(run_data.train)
   test = run_data.batch(run_data.test)
   model = models.get(config.eval_model, num_classes=run_data.num_classes)
@@ -80,6 +92,17 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
       print(f"{name}: " + ", ".join(f"{m} {100 * v:.1f}" for m, v in summary["mean"].items()))
     synset.atomic_write_json(os.path.join(workdir, "baselines.json"), results)
   return results
+
+
+def baselines_digest(config: RunConfig) -> str:
+  """The digest that baselines made with ``config`` record (the weighting aside)."""
+  return config.replace(weighting="none", init="real", real_sampling="uniform").digest()
+
+
+def stored_baselines(workdir: str, config: RunConfig) -> dict:
+  """The baselines already in ``<workdir>/baselines.json`` (kept and added to, but only
+  for the same settings: others are refused with a ValueError)."""
+  return _stored(os.path.join(workdir, "baselines.json"), baselines_digest(config))
 
 
 def _stored(path: str, digest: str) -> dict:

@@ -1,11 +1,18 @@
-"""The checks of a run config that need the library, made before anything is written.
+"""The checks of a run that need the library or the machine, made before anything is written.
 
 :class:`jaxdd.config.RunConfig` checks every field itself without importing the library
 (its choice lists are literals that ``tests/test_config.py`` compares with the library's
 registries); what only the library can say, such as whether ``eval_model`` is a model spec
-or a gradient-matching run's loop counts, is checked here, with the library's messages.
+or a gradient-matching run's loop counts, is checked here, with the library's messages. So is
+what only the machine can say: whether the devices of ``--devices`` are there and split the
+batch (:func:`mesh_shape`), and whether an output path can be written (:func:`check_writable`).
+Every command makes these checks before its first write, so a refused command leaves nothing.
 """
 from __future__ import annotations
+
+import os
+
+import jax
 
 from jaxdd import distill, models
 from jaxdd.config import RunConfig
@@ -25,3 +32,74 @@ def check_config(config: RunConfig) -> None:
   models.get(config.eval_model, num_classes=2)
   if config.method in ("dsa", "dc"):
     distill.gm_loops(config.ipc, config.outer_loop, config.inner_loop)
+
+
+def device_count(config: RunConfig) -> int:
+  """The devices ``config.devices`` names, refused (ValueError naming the fix) when they are
+  not visible or, across processes, not every process's; needs no data.
+
+  >>> from jaxdd.config import get_config
+  >>> device_count(get_config("smoke"))
+  1
+  """
+  available = len(jax.devices())
+  n = available if config.devices == "all" else int(config.devices)
+  if n == 1:
+    return 1
+  if n > available:
+    raise ValueError(f"--devices {n}: only {available} devices are visible; lower it or use "
+                     "--devices all")
+  if jax.process_count() > 1 and n != available:
+    raise ValueError(f"--devices {n}: across {jax.process_count()} processes the mesh takes "
+                     f"every process's devices; use --devices all ({available})")
+  return n
+
+
+def mesh_shape(config: RunConfig, num_classes: int) -> tuple[int, int] | None:
+  """``(class shards, real-batch shards)`` of ``config.devices``; None for one device.
+
+  The class axis takes the largest divisor of the device count that divides the class
+  count, the real-batch axis the rest, which must divide ``real_per_class``. Raises a
+  ValueError naming the fix when the devices are not visible or do not split the batch.
+
+  >>> from jaxdd.config import get_config
+  >>> mesh_shape(get_config("smoke"), 10) is None
+  True
+  """
+  n = device_count(config)
+  if n == 1:
+    return None
+  cls = max(d for d in range(1, n + 1) if n % d == 0 and num_classes % d == 0)
+  real = n // cls
+  if config.real_per_class % real:
+    raise ValueError(f"--devices {n} splits into {cls} class x {real} real-batch shards, and "
+                     f"real_per_class={config.real_per_class} is not a multiple of {real}; "
+                     "change one of them")
+  return cls, real
+
+
+def check_writable(path: str, *, file: bool = False) -> None:
+  """Refuses an output path that cannot be written, before any work (reads only).
+
+  ``path`` is a directory to create or write into (``file=True``: a file to create or
+  replace). Its nearest existing ancestor must be a directory this process may write;
+  the errors are the ones the first write would raise (a file in the way, permission
+  denied), so the command line reports them alike.
+
+  >>> check_writable(".")
+  """
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    if file:
+      raise IsADirectoryError(21, "Is a directory", path)
+  elif os.path.lexists(path):
+    if not file:
+      raise FileExistsError(17, "File exists", path)
+    path = os.path.dirname(path)
+  probe = path if os.path.isdir(path) else os.path.dirname(path)
+  while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise NotADirectoryError(20, "Not a directory", probe)
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise PermissionError(13, "Permission denied", probe)

@@ -7,12 +7,11 @@ import numpy as np
 
 from jaxdd import diagnostics, synset
 from jaxdd import plots as plots_lib
-from jaxdd.config import RunConfig
+from jaxdd.config import RunConfig, validate
 from jaxdd.runs import baseline_runs, bias, rundata, rundir, single, text, weights
 
 
 @rundir.under_policy
-@rundir.locked
 def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
               with_baselines: tuple[str, ...] = (), show: bool | None = None,
               reevaluate: bool = False) -> dict:
@@ -22,6 +21,38 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
   ``with_baselines`` (names from :data:`jaxdd.runs.baseline_runs.BASELINES`) adds those
   rows, under the same evaluation protocol; LfF/DFA train on the vanilla method's SynSet.
   """
+  run_data = _check(config, workdir, with_baselines)
+  with rundir.workdir_lock(workdir):
+    return _reproduce(config, workdir, run_data, progress=progress,
+                      with_baselines=with_baselines, show=show, reevaluate=reevaluate)
+
+
+def _check(config: RunConfig, workdir: str, with_baselines: tuple[str, ...]) -> rundata.RunData:
+  """Every check of :func:`reproduce` before its first write: both runs' directories hold
+  these runs (or nothing), the baselines' names and stored settings, the data, the device
+  mesh and a writable ``workdir``. Returns the run data."""
+  validate(config)
+  unknown = set(with_baselines) - set(baseline_runs.BASELINES)
+  if unknown:
+    raise ValueError(f"unknown baselines {sorted(unknown)}; choose from "
+                     f"{baseline_runs.BASELINES}")
+  for weighting in ("none", "kde"):
+    cfg = config.replace(weighting=weighting)
+    validate(cfg)
+    rundir.check_workdir(cfg, os.path.join(workdir, text.method_name(cfg).replace("+", "_")))
+  if with_baselines:
+    baseline_runs.stored_baselines(os.path.join(workdir, "baselines"),
+                                   config.replace(weighting="none"))
+  rundata.check_paths(config, workdir)
+  run_data = rundata.RunData(config)
+  for weighting in ("none", "kde"):
+    rundata.check_run(config.replace(weighting=weighting), run_data, workdir)
+  return run_data
+
+
+def _reproduce(config: RunConfig, workdir: str, run_data: rundata.RunData, *, progress: bool,
+               with_baselines: tuple[str, ...], show: bool | None, reevaluate: bool) -> dict:
+  """:func:`reproduce` once checked, under the lock of ``workdir``."""
   results = {}
   for weighting in ("none", "kde"):
     cfg = config.replace(weighting=weighting)
@@ -36,7 +67,6 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
         trust=False))  # this command's own vanilla SynSet
   # The bias score of each SynSet: what fraction of its images carry their
   # class's aligned bias (the training set's fraction is in the table header).
-  run_data = rundata.RunData(config)
   classifier = bias.bias_classifier(config, run_data)
   for weighting in ("none", "kde"):
     name = text.method_name(config.replace(weighting=weighting))

@@ -84,7 +84,7 @@ def _weights(args, ds, emb: np.ndarray, default: weighting.KDEConfig, key: jax.A
       title=title.replace(f"{default.scope} scope", f"{other.scope} scope"))
   rows = [] if args.no_sweep else weighting.weight_sweep(
       key, emb, ds.labels, ds.aligned, variances=args.sweep_variances,
-      temperatures=args.sweep_temperatures, **common)
+      temperatures=args.sweep_temperatures, progress=not args.quiet, **common)
   return report, rows
 
 

@@ -7,32 +7,21 @@ from jaxdd import augment as augment_lib
 from jaxdd import distill, models, parallel
 from jaxdd import policy as policy_lib
 from jaxdd.config import RunConfig
-from jaxdd.runs import experts
+from jaxdd.runs import checks, experts
 
 
 def device_mesh(config: RunConfig, num_classes: int):
   """The mesh of ``config.devices`` (None for one device): classes x real batch.
 
   The class axis takes the largest divisor of the device count that divides the
-  class count, the real-batch axis the rest, which must divide ``real_per_class``.
+  class count, the real-batch axis the rest, which must divide ``real_per_class``
+  (:func:`jaxdd.runs.checks.mesh_shape`, which every run checks before its first write).
   """
-  available = len(jax.devices())
-  n = available if config.devices == "all" else int(config.devices)
-  if n == 1:
+  shape = checks.mesh_shape(config, num_classes)
+  if shape is None:
     return None
-  if n > available:
-    raise ValueError(f"--devices {n}: only {available} devices are visible; lower it or use "
-                     "--devices all")
-  if jax.process_count() > 1 and n != available:
-    raise ValueError(f"--devices {n}: across {jax.process_count()} processes the mesh takes "
-                     f"every process's devices; use --devices all ({available})")
-  cls = max(d for d in range(1, n + 1) if n % d == 0 and num_classes % d == 0)
-  real = n // cls
-  if config.real_per_class % real:
-    raise ValueError(f"--devices {n} splits into {cls} class x {real} real-batch shards, and "
-                     f"real_per_class={config.real_per_class} is not a multiple of {real}; "
-                     "change one of them")
-  return parallel.make_mesh({"cls": cls, "real": real}, devices=jax.devices()[:n])
+  cls, real = shape
+  return parallel.make_mesh({"cls": cls, "real": real}, devices=jax.devices()[:cls * real])
 
 
 def execution(config: RunConfig, num_classes: int, *, real_dtype: str | None = None,

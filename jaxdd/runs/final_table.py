@@ -11,9 +11,15 @@ from jaxdd import baselines, protocols, synset
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig
 from jaxdd.metrics import METRICS
-from jaxdd.runs import files, keys, rundata, rundir
+from jaxdd.runs import checks, files, keys, rundata, rundir
 from jaxdd.runs.knobs import Setting
-from jaxdd.runs.study_runs import bias_score_cached, distilled, evaluate_cached, per_model
+from jaxdd.runs.study_runs import (
+  bias_score_cached,
+  check_study,
+  distilled,
+  evaluate_cached,
+  per_model,
+)
 from jaxdd.runs.tables import format_table
 from jaxdd.structs import SynSet
 
@@ -54,10 +60,18 @@ def final(base: RunConfig, root: str, *, settings: dict[str, Setting],
   Writes ``table.json`` and ``table.md`` under ``root``; returns the table dict.
   """
   protocol = protocols.get_protocol(protocol)
+  if not seeds:
+    raise ValueError("final needs at least one seed")
   identity = {"base": base.to_dict(), "protocol": protocol.to_dict(), "num_models": num_models,
               "seeds": list(seeds),
               "settings": {k: [list(kv) for kv in v.overrides] for k, v in settings.items()}}
   _refuse_other_table(root, identity)
+  checks.device_count(base)  # the devices and a writable root before the data are built
+  checks.check_writable(root)
+  first = rundata.RunData(base.replace(seed=seeds[0]))  # every check before the first write
+  first.test  # a bad test split is found now  # noqa: B018
+  check_study([s.apply(base.replace(seed=seed)) for seed in seeds for s in settings.values()],
+              root, first)
   rows: dict[str, dict[str, Any]] = {}
 
   train_fraction = None
@@ -65,7 +79,7 @@ def final(base: RunConfig, root: str, *, settings: dict[str, Setting],
   reference: dict[str, list] = {"bias_aligned_fraction": [], "true_aligned_fraction": []}
   for seed in seeds:
     seed_base = base.replace(seed=seed)
-    run_data = rundata.RunData(seed_base)
+    run_data = first if seed == seeds[0] else rundata.RunData(seed_base)
     train_fraction = float(np.asarray(run_data.train.aligned).mean())
     # The bias score's yardstick: the same classifier on held-out real images (the
     # validation split, composed like the training set), whose true share is known.

@@ -72,17 +72,20 @@ def distill_group(configs, workdirs, *, run_data: rundata.RunData | None = None,
     if not fresh(w):
       raise ValueError(f"{w} already holds a SynSet or checkpoints; distill_stage resumes it")
   with policy_lib.use(configs[0].policy):
+    for c, w in zip(configs, workdirs):
+      rundata.check_paths(c, w)
+    if run_data is None:
+      run_data = rundata.RunData(configs[0])
+    for c, w in zip(configs, workdirs):  # every check before the first write
+      rundata.check_run(c, run_data, w)
     return _distill_group(configs, workdirs, run_data, progress)
 
 
 def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
   """:func:`distill_group` once its arguments are checked, under the group's policy."""
   base = configs[0]
-  if run_data is None:
-    run_data = rundata.RunData(base)
   with contextlib.ExitStack() as stack:
     for w in workdirs:
-      os.makedirs(w, exist_ok=True)
       stack.enter_context(rundir.workdir_lock(w))
     heads = [single.start_run(c, w, run_data, progress) for c, w in zip(configs, workdirs)]
     embeddings, _, classifier = heads[0]

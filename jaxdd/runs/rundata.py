@@ -45,8 +45,10 @@ def check_models(config: RunConfig, run_data: RunData) -> None:
   """What a run needs of its data, checked before any work or file: networks that do not
   pool the images away (:func:`jaxdd.models.check_fits`) and ``ipc`` real images in
   every class (for the initialisation); the config's own library checks
-  (:func:`jaxdd.runs.checks.check_config`) first."""
+  (:func:`jaxdd.runs.checks.check_config`) and the device mesh
+  (:func:`jaxdd.runs.checks.mesh_shape`) first."""
   checks.check_config(config)
+  checks.mesh_shape(config, run_data.num_classes)  # the devices are there and split the batch
   shape = tuple(run_data.train.images.shape[1:])
   nc = run_data.num_classes
   models.check_fits(models.ConvNet(nc, depth=config.depth, width=config.width), shape)
@@ -62,3 +64,22 @@ def check_models(config: RunConfig, run_data: RunData) -> None:
 def num_bias_values(ds) -> int:
   """Number of bias values of a dataset split (FairDD's groups)."""
   return int(np.asarray(ds.bias).max()) + 1
+
+
+def check_paths(config: RunConfig, workdir: str, *, buffer_dir: str | None = None) -> None:
+  """The devices (:func:`jaxdd.runs.checks.device_count`), a writable ``workdir`` and, for
+  trajectory matching, a writable ``buffer_dir``: checked before the data are loaded (which
+  may build them into the cache)."""
+  checks.device_count(config)
+  checks.check_writable(workdir)
+  if config.method == "mtt" and buffer_dir is not None:
+    checks.check_writable(buffer_dir)
+
+
+def check_run(config: RunConfig, run_data: RunData, workdir: str, *,
+              buffer_dir: str | None = None) -> None:
+  """Everything a run needs of the machine and its data, before its first write:
+  :func:`check_models` (the config, the device mesh, the networks, ``ipc``) and
+  :func:`check_paths`."""
+  check_models(config, run_data)
+  check_paths(config, workdir, buffer_dir=buffer_dir)

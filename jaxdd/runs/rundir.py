@@ -33,8 +33,40 @@ def workdir_lock(workdir: str):
     finally:
       _HELD_LOCKS[path] -= 1
     return
-  created = not os.path.exists(workdir)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  created = []  # the directories this lock creates, deepest first
+  d = os.path.dirname(path)
+  while not os.path.lexists(d) and os.path.dirname(d) != d:
+    created.append(d)
+    d = os.path.dirname(d)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _acquire(workdir, path)
+  except BaseException:
+    _remove_empty(created)
+    raise
+  _HELD_LOCKS[path] = 1
+  try:
+    yield
+  finally:
+    _HELD_LOCKS.pop(path, None)
+    try:
+      os.remove(path)
+    except OSError:
+      pass
+    _remove_empty(created)
+
+
+def _remove_empty(created: list[str]) -> None:
+  """Removes the directories a lock created, deepest first, while they are empty."""
+  for d in created:
+    try:
+      os.rmdir(d)
+    except OSError:
+      return
+
+
+def _acquire(workdir: str, path: str) -> None:
+  """Creates the lock file ``path``, taking over one whose holder has exited on this host."""
   host = socket.gethostname()
   me = json.dumps({"pid": os.getpid(), "host": host})
   for _ in range(2):
@@ -65,17 +97,6 @@ def workdir_lock(workdir: str):
     with os.fdopen(fd, "w") as f:
       f.write(me)
     break
-  _HELD_LOCKS[path] = 1
-  try:
-    yield
-  finally:
-    _HELD_LOCKS.pop(path, None)
-    try:
-      os.remove(path)
-      if created and not os.listdir(workdir):  # a refused run leaves no empty directory
-        os.rmdir(workdir)
-    except OSError:
-      pass
 
 
 def locked(fn):

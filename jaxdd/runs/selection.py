@@ -10,9 +10,15 @@ import numpy as np
 from jaxdd import progress as progress_lib
 from jaxdd import protocols, synset
 from jaxdd.config import RunConfig
-from jaxdd.runs import rundata, rundir
+from jaxdd.runs import checks, rundata, rundir
 from jaxdd.runs.knobs import Setting, default_setting, knob_grid
-from jaxdd.runs.study_runs import distil_groups, distilled, evaluate_cached, per_model
+from jaxdd.runs.study_runs import (
+  check_study,
+  distil_groups,
+  distilled,
+  evaluate_cached,
+  per_model,
+)
 from jaxdd.runs.tables import format_pm
 
 
@@ -83,11 +89,16 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
   for w, s in incumbents.items():
     if any(c.apply(base).weighting == w for c in candidates) and s not in candidates:
       candidates.append(s)
+  checks.device_count(base)  # the devices and a writable root before the data are built
+  checks.check_writable(root)
+  first = rundata.RunData(base.replace(seed=seeds[0]))  # every check before the first write
+  check_study([c.apply(base.replace(seed=seed)) for seed in seeds for c in candidates], root,
+              first)
   rows: dict[str, dict[str, Any]] = {}
   num_conflicting = 0
   for seed in seeds:
     seed_base = base.replace(seed=seed)
-    run_data = rundata.RunData(seed_base)
+    run_data = first if seed == seeds[0] else rundata.RunData(seed_base)
     num_conflicting += int((~np.asarray(run_data.valid.aligned)).sum())
     distil_groups([cand.apply(seed_base) for cand in candidates], root, run_data,
                   progress=progress)

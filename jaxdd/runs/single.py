@@ -28,17 +28,17 @@ from jaxdd.structs import SynSet
 
 
 @rundir.under_policy
-@rundir.locked
 def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData | None = None,
                   progress: bool = True, stop_after: int | None = None,
                   buffer_dir: str | None = None) -> SynSet | None:
   """Surrogate, KDE weights and distillation of one run: writes ``synset/``.
 
-  A finished ``synset/`` in ``workdir`` is loaded instead of recomputed, so
-  several evaluations (validation sweeps, the final test) share one
-  distillation. Returns None when ``stop_after`` stopped the run early.
+  A finished ``synset/`` in ``workdir`` is loaded instead of recomputed (without taking
+  the lock: nothing is written), so several evaluations (validation sweeps, the final
+  test) share one distillation. Returns None when ``stop_after`` stopped the run early.
   ``buffer_dir``: trajectory matching's expert buffer (default: the cache,
-  :func:`default_buffer_dir`).
+  :func:`default_buffer_dir`). Every check (:func:`jaxdd.runs.rundata.check_run`) comes
+  before the first write.
   """
   validate(config)
   rundir.check_workdir(config, workdir, distill_only=True)
@@ -46,19 +46,23 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
   if os.path.exists(os.path.join(syn_dir, "manifest.json")):
     syn, _ = synset.load(syn_dir)  # the run's own artifact
     return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
+  rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
   if run_data is None:
     progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
                              config.conflict_ratio)
     run_data = rundata.RunData(config)
-  embeddings, report, classifier = start_run(config, workdir, run_data, progress)
-  syn = driver.distill_run(config, workdir, run_data, embeddings, keys.run_keys(config)[1],
-                           progress=progress, stop_after=stop_after, classifier=classifier,
-                           buffer_dir=buffer_dir)
-  if stop_after is not None and not os.path.exists(os.path.join(workdir, "checkpoints",
-                                                                str(config.iterations))):
-    record_bias_trajectory(config, workdir, report)
-    return None
-  return finish_run(config, workdir, run_data, syn, report)
+  rundata.check_run(config, run_data, workdir, buffer_dir=buffer_dir)
+  with rundir.workdir_lock(workdir):
+    rundir.check_workdir(config, workdir, distill_only=True)  # what the lock now guards
+    embeddings, report, classifier = start_run(config, workdir, run_data, progress)
+    syn = driver.distill_run(config, workdir, run_data, embeddings, keys.run_keys(config)[1],
+                             progress=progress, stop_after=stop_after, classifier=classifier,
+                             buffer_dir=buffer_dir)
+    if stop_after is not None and not os.path.exists(os.path.join(workdir, "checkpoints",
+                                                                  str(config.iterations))):
+      record_bias_trajectory(config, workdir, report)
+      return None
+    return finish_run(config, workdir, run_data, syn, report)
 
 
 def start_run(config: RunConfig, workdir: str, run_data: rundata.RunData, progress: bool):
@@ -116,11 +120,15 @@ def finish_run(config: RunConfig, workdir: str, run_data: rundata.RunData, syn: 
 
 
 @rundir.under_policy
-@rundir.locked
 def run(config: RunConfig, workdir: str, *, progress: bool = True,
         stop_after: int | None = None, reevaluate: bool = False,
         show: bool | None = None, buffer_dir: str | None = None) -> dict:
   """One full run (see :mod:`jaxdd.runs`). Returns the evaluation summary.
+
+  A finished run shows its stored results without taking the lock (it writes nothing,
+  so a read-only directory will do). Otherwise every check (the data, the device mesh,
+  the networks, writable paths: :func:`jaxdd.runs.rundata.check_run`) comes before the
+  first write, so a refused run leaves nothing behind.
 
   Example:
     >>> from jaxdd import config, runs
@@ -139,15 +147,24 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
       print(f"{workdir}: complete (stored in eval.json)\n" + text.format_stored(stored))
     return stored
   # Data errors (bad ratio, missing source) surface before anything is written.
+  rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
   progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
                            config.conflict_ratio)
   run_data = rundata.RunData(config)
-  rundata.check_models(config, run_data)
+  rundata.check_run(config, run_data, workdir, buffer_dir=buffer_dir)
   run_data.test  # a bad test split is found now, not after the distillation  # noqa: B018
-  syn = distill_stage(config, workdir, run_data=run_data, progress=progress,
-                      stop_after=stop_after, buffer_dir=buffer_dir)
-  if syn is None:
-    return {"stopped_at": stop_after}
+  with rundir.workdir_lock(workdir):
+    rundir.check_workdir(config, workdir)  # what the lock now guards
+    syn = distill_stage(config, workdir, run_data=run_data, progress=progress,
+                        stop_after=stop_after, buffer_dir=buffer_dir)
+    if syn is None:
+      return {"stopped_at": stop_after}
+    return _evaluate(config, workdir, run_data, syn, progress=progress, show=show)
+
+
+def _evaluate(config: RunConfig, workdir: str, run_data: rundata.RunData, syn: SynSet, *,
+              progress: bool, show: bool) -> dict:
+  """The run's evaluation on the test split: written to ``eval.json`` and returned."""
   k_eval = keys.run_keys(config)[2]
   model = models.get(config.eval_model, num_classes=run_data.num_classes)
   result = evaluate.evaluate_synset(k_eval, SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),

@@ -8,8 +8,8 @@ import numpy as np
 
 from jaxdd import diagnostics, evaluate, models, protocols, synset
 from jaxdd import progress as progress_lib
-from jaxdd.config import RunConfig
-from jaxdd.runs import bias, files, group, keys, rundata, single, text
+from jaxdd.config import RunConfig, validate
+from jaxdd.runs import bias, checks, files, group, keys, rundata, rundir, single, text
 from jaxdd.structs import SynSet
 
 
@@ -84,6 +84,17 @@ def distilled(config, root, run_data, progress) -> tuple[str, SynSet]:
   workdir = run_dir(root, config)
   syn = single.distill_stage(config, workdir, run_data=run_data, progress=progress)
   return workdir, syn
+
+
+def check_study(configs, root: str, run_data: rundata.RunData) -> None:
+  """Every check of a study's runs before its first write: each run's directory holds
+  that distillation or nothing, the data, the device mesh and the networks fit every run
+  (:func:`jaxdd.runs.rundata.check_models`), and ``root`` is writable."""
+  for config in configs:
+    validate(config)
+    rundir.check_workdir(config, run_dir(root, config), distill_only=True)
+    rundata.check_models(config, run_data)
+  checks.check_writable(root)
 
 
 def distil_groups(configs, root: str, run_data: rundata.RunData, *,

@@ -9,7 +9,8 @@
   attack on a finished SynSet (:func:`jaxdd.runs.attacks.posthoc_attack` runs it).
 * :mod:`jaxdd.security.audit` -- ``jaxdd audit``: candidate triggers, Neural
   Cleanse trigger reverse-engineering and KDE outliers under the run's surrogate
-  (:func:`jaxdd.runs.audit.audit_artifact` audits a SynSet artifact).
+  (:func:`jaxdd.runs.audit.audit_artifact` audits a SynSet artifact);
+  :mod:`jaxdd.security.cleanse` holds its Neural Cleanse probe.
 
 The package imports only the layers below it (the core and the base), never
 :mod:`jaxdd.distill` or the runs: the contracts in ``pyproject.toml`` check it.

@@ -16,7 +16,8 @@ triggers and the KDE outliers):
    corners, a blended random pattern), not arbitrary ones; a backdoor that
    every candidate sets off raises the median as well and shows only in the
    ASR threshold.
-2. **Trigger reverse-engineering** (:func:`reverse_engineer`; Neural Cleanse,
+2. **Trigger reverse-engineering**
+   (:func:`~jaxdd.security.cleanse.reverse_engineer`; Neural Cleanse,
    Wang et al., S&P 2019): for every class t, the smallest mask and pattern that
    send clean images to t, found by Adam on ``CE + lambda * |mask|_1`` with
    Neural Cleanse's adaptive ``lambda``. A class
@@ -55,14 +56,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxdd import evaluate as eval_lib
+from jaxdd import progress as progress_lib
 from jaxdd import train as train_lib
 from jaxdd import weighting
 from jaxdd._src import checks
 from jaxdd.protocols import get_protocol
 from jaxdd.security import attacks
+from jaxdd.security.cleanse import Reversed, anomaly_index, reverse_engineer
 from jaxdd.structs import SynSet
 
 #: Defaults of the verdict's thresholds (docs/results/security.md, "Backdoors", measured them).
@@ -91,22 +93,18 @@ def candidate_triggers(image_shape: Sequence[int]) -> list[attacks.Trigger]:
   return out
 
 
-def _predict_fn(model: nn.Module, variables):
-  @jax.jit
-  def predict(x):
-    return jnp.argmax(model.apply(variables, x, train=False), axis=-1)
-  return predict
-
-
-def trigger_asr(predict, images, labels, triggers, *, num_classes: int, mean, std) -> np.ndarray:
+def trigger_asr(predict, images, labels, triggers, *, num_classes: int, mean, std,
+                progress: bool = False) -> np.ndarray:
   """ASR of every (network, trigger, target): (M, len(triggers), num_classes).
 
   ``predict`` maps normalised images (n, ...) to the classes the M networks
   predict, (M, n) (e.g. :func:`jaxdd.evaluate.predict` on stacked networks).
+  ``progress``: report every trigger measured (:mod:`jaxdd.progress`).
   """
   labels = np.asarray(labels)
   out = None
-  for j, trig in enumerate(triggers):
+  for j, trig in enumerate(progress_lib.track(triggers, "audit: candidate triggers",
+                                              unit="trigger", disable=not progress)):
     pred = np.asarray(predict(trig.stamp(images, mean, std)))
     if out is None:
       out = np.zeros((pred.shape[0], len(triggers), num_classes))
@@ -177,102 +175,6 @@ def verdict(flags: dict, probes: Sequence[str] = VERDICT_PROBES) -> bool:
   """Suspicious when a probe named in ``probes`` fired; ``flags`` maps every name in
   :data:`PROBES` to whether that probe fired."""
   return any(flags[p] for p in _probes(probes))
-
-
-@dataclasses.dataclass(frozen=True)
-class Reversed:
-  """Neural Cleanse's output: per class, the mask's l1 norm (pixels) and its ASR."""
-  mask_l1: np.ndarray        # (num_classes,)
-  asr: np.ndarray            # (num_classes,) of the reversed trigger on held-out images
-  anomaly_index: np.ndarray  # (num_classes,) (median - l1) / (1.4826 MAD); >0: smaller
-  masks: np.ndarray          # (num_classes, H, W, 1)
-  patterns: np.ndarray       # (num_classes, H, W, C), pixel space
-
-
-def anomaly_index(values) -> np.ndarray:
-  """``(median - v) / (1.4826 * MAD)``: how far below the median each value is, in robust sds.
-
-  Example:
-    >>> anomaly_index([10., 11., 9., 10., 2.]).round(2)
-    array([ 0.  , -0.67,  0.67,  0.  ,  5.4 ])
-  """
-  v = np.asarray(values, np.float64)
-  med = np.median(v)
-  mad = 1.4826 * np.median(np.abs(v - med))
-  return (med - v) / max(mad, 1e-12)
-
-
-def reverse_engineer(key: jax.Array, model: nn.Module, variables, images, labels, *,
-                     num_classes: int, mean, std, steps: int = 200, lr: float = 0.1,
-                     l1_weight: float = 1e-3, success: float = 0.99, held_out=None) -> Reversed:
-  """Neural Cleanse: the smallest trigger that sends ``images`` to each class.
-
-  Per class t, ``mask = sigmoid(a)`` (H, W, 1) and ``pattern = sigmoid(b)``
-  (H, W, C) minimise ``mean CE(f(stamp(x)), t) + lambda * sum(mask)`` over the
-  images of other classes, by Adam(``lr``) for ``steps`` full-batch steps; all
-  classes in one compiled program (``vmap``). As in Neural Cleanse, ``lambda``
-  adapts: it starts at ``l1_weight`` and grows by 5 % after every step at which
-  at least ``success`` of the images reach t, and shrinks by 7 % otherwise; the
-  smallest mask that reached ``success`` is kept (the last one if none did).
-  ``a`` starts at -2 plus N(0, 0.1) noise (a faint mask), ``b`` at N(0, 1).
-
-  Args:
-    images, labels: clean normalised images to optimise on.
-    held_out: optional ``(images, labels)`` on which the reversed triggers'
-      ASR is measured (default: the optimisation images).
-  """
-  checks.check_key(key)
-  images = jnp.asarray(images)
-  labels = np.asarray(labels)
-  h, w, c = images.shape[1:]
-  ka, kb = jax.random.split(key)
-  a0 = -2.0 + 0.1 * jax.random.normal(ka, (num_classes, h, w, 1))
-  b0 = jax.random.normal(kb, (num_classes, h, w, c))
-  # Per class, the images of other classes (weights 0/1 so that one batch serves all classes).
-  keep = jnp.asarray(labels[None, :] != np.arange(num_classes)[:, None], jnp.float32)
-  tx = optax.adam(lr)
-
-  def loss_fn(ab, lam, t, weight):
-    a, b = ab
-    x = attacks.stamp(images, jax.nn.sigmoid(b), jax.nn.sigmoid(a), mean, std)
-    logits = model.apply(variables, x, train=False)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.full(x.shape[:1], t))
-    count = jnp.maximum(weight.sum(), 1.0)
-    hit = jnp.sum((jnp.argmax(logits, -1) == t) * weight) / count
-    return jnp.sum(ce * weight) / count + lam * jax.nn.sigmoid(a).sum(), hit
-
-  @jax.jit
-  def run(a0, b0):
-    def one(a, b, t, weight):
-      def body(carry, _):
-        ab, opt, lam, best = carry
-        (_, hit), g = jax.value_and_grad(loss_fn, has_aux=True)(ab, lam, t, weight)
-        l1 = jax.nn.sigmoid(ab[0]).sum()  # the mask that reached `hit`
-        better = (hit >= success) & (l1 < best[0])
-        best = jax.tree.map(lambda new, old: jnp.where(better, new, old),
-                            (l1, ab[0], ab[1], jnp.bool_(True)), best)
-        lam = jnp.where(hit >= success, lam * 1.05, lam / 1.07)
-        upd, opt = tx.update(g, opt, ab)
-        return (optax.apply_updates(ab, upd), opt, lam, best), None
-      best0 = (jnp.float32(jnp.inf), a, b, jnp.bool_(False))
-      (ab, _, _, best), _ = jax.lax.scan(
-          body, ((a, b), tx.init((a, b)), jnp.float32(l1_weight), best0), None, length=steps)
-      a_out = jnp.where(best[3], best[1], ab[0])
-      b_out = jnp.where(best[3], best[2], ab[1])
-      return jax.nn.sigmoid(a_out), jax.nn.sigmoid(b_out)
-    return jax.vmap(one)(a0, b0, jnp.arange(num_classes), keep)
-
-  masks, patterns = (np.asarray(v) for v in run(a0, b0))
-  predict = _predict_fn(model, variables)
-  hx, hy = (images, labels) if held_out is None else (jnp.asarray(held_out[0]),
-                                                       np.asarray(held_out[1]))
-  asr = np.zeros(num_classes)
-  for t in range(num_classes):
-    other = hy != t
-    x = attacks.stamp(hx[np.flatnonzero(other)], patterns[t], masks[t], mean, std)
-    asr[t] = float(np.mean(np.asarray(predict(x)) == t))
-  l1 = masks.reshape(num_classes, -1).sum(axis=1)
-  return Reversed(l1, asr, anomaly_index(l1), masks, patterns)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,7 +416,7 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
           kde: KDEScores | None = None, asr_threshold: float = ASR_THRESHOLD,
           anomaly_threshold: float = ANOMALY_THRESHOLD,
           outlier_z: float = OUTLIER_Z, lift_threshold: float = LIFT_THRESHOLD,
-          verdict_probes: Sequence[str] = VERDICT_PROBES) -> AuditReport:
+          verdict_probes: Sequence[str] = VERDICT_PROBES, progress: bool = False) -> AuditReport:
   """Runs the probes on ``syn`` (see the module docstring).
 
   Args:
@@ -533,6 +435,8 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
       thresholds (module docstring).
     verdict_probes: the probes whose flags make the verdict, among
       :data:`PROBES` (default :data:`VERDICT_PROBES`); the others are reported.
+    progress: report every phase (the networks' epochs, the triggers measured, Neural
+      Cleanse's steps; :mod:`jaxdd.progress`).
   """
   checks.check_key(key)
   check_settings(num_models=num_models, cleanse_images=cleanse_images,
@@ -546,11 +450,15 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
     raise ValueError(f"{len(clean_labels)} clean images are too few: the reverse engineering "
                      f"takes {cleanse_images} and at least {10 * num_classes} more are needed to "
                      "measure attack success; pass more, or a smaller cleanse_images")
+  if progress:
+    progress_lib.logger.info("audit: training %d networks on the SynSet (%s protocol)",
+                             num_models, getattr(protocol, "name", protocol))
   k_train, k_nc = jax.random.split(key)
   images = jnp.asarray(np.asarray(syn.images, np.float32))
   labels = jnp.asarray(np.asarray(syn.labels, np.int32))
   variables, _ = train_lib.train_models(k_train, SynSet(images, labels), model=model,
-                                        protocol=protocol, num_models=num_models)
+                                        protocol=protocol, num_models=num_models,
+                                        progress=progress)
   # every network's predictions in compiled blocks, one program for all of them
   stacked = jax.tree.map(lambda a: a[0], variables)  # the one learning rate
   params, state = train_lib.split_variables(stacked)
@@ -562,13 +470,14 @@ def audit(key: jax.Array, syn: SynSet, clean_images, clean_labels, *, mean, std,
   held_x, held_y = clean_images[split:], clean_labels[split:]
   acc = np.mean(predict(held_x) == held_y[None], axis=1)
   triggers = list(candidate_triggers(clean_images.shape[1:]) if triggers is None else triggers)
-  asr = trigger_asr(predict, held_x, held_y, triggers, num_classes=num_classes, mean=mean, std=std)
+  asr = trigger_asr(predict, held_x, held_y, triggers, num_classes=num_classes, mean=mean, std=std,
+                    progress=progress)
   rev = None
   if cleanse:
     first = jax.tree.map(lambda a: a[0], stacked)  # Neural Cleanse inspects one network
     rev = reverse_engineer(k_nc, model, first, clean_images[:split], clean_labels[:split],
                            num_classes=num_classes, mean=mean, std=std, steps=cleanse_steps,
-                           l1_weight=l1_weight, held_out=(held_x, held_y))
+                           l1_weight=l1_weight, held_out=(held_x, held_y), progress=progress)
   return AuditReport(acc, [t.name for t in triggers], asr, rev,
                      kde, np.asarray(syn.labels), asr_threshold, anomaly_threshold, outlier_z,
                      lift_threshold=lift_threshold, verdict_probes=_probes(verdict_probes))

@@ -70,6 +70,12 @@ def _crypto():
   return ed25519, serialization, InvalidSignature
 
 
+def require_crypto() -> None:
+  """Raises an ImportError naming the install command when ``cryptography`` is missing
+  (signing and keys check it before writing anything)."""
+  _crypto()
+
+
 # ---------------------------------------------------------------------------
 # Keys
 # ---------------------------------------------------------------------------

@@ -43,17 +43,19 @@ def resolve_parallel(parallel: str) -> str:
   return _auto_by_policy("parallel", parallel, PARALLEL, "parallel")
 
 
-def _train_single(task: TrainTask, protocol: Protocol):
+def _train_single(task: TrainTask, protocol: Protocol, report: bool = False):
   """Jitted trainer of one network: (key, lr, images, labels) -> (params, state, metrics).
 
-  Cached per (task, protocol, active policy) and traced under that policy.
+  Cached per (task, protocol, report, active policy) and traced under that policy.
   """
-  return _train_single_program(task, protocol, policy.current())
+  return _train_single_program(task, protocol, policy.current(), report)
 
 
 @functools.lru_cache(maxsize=32)
-def _train_single_program(task: TrainTask, protocol: Protocol, pol: policy.Policy):
-  return jax.jit(policy.pinned(pol, functools.partial(_train, task=task, protocol=protocol)))
+def _train_single_program(task: TrainTask, protocol: Protocol, pol: policy.Policy,
+                          report: bool = False):
+  return jax.jit(policy.pinned(pol, functools.partial(_train, task=task, protocol=protocol,
+                                                      report=report)))
 
 
 def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, report: bool = False):
@@ -135,7 +137,7 @@ def _predict_cached(task: TrainTask, block: int, parallel: str, pol: policy.Poli
 
 
 def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str | Protocol = "dm",
-                lr: float | None = None) -> tuple[dict, TrainMetrics]:
+                lr: float | None = None, progress: bool = False) -> tuple[dict, TrainMetrics]:
   """Trains one freshly initialised ``model`` on ``syn`` under ``protocol``.
 
   The whole run is a single compiled ``lax.scan`` (see the module docstring
@@ -148,6 +150,7 @@ def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str 
     model: a Flax module (e.g. from :func:`jaxdd.models.get`).
     protocol: protocol name or :class:`Protocol`.
     lr: override of ``protocol.lr``.
+    progress: report every trained epoch (:mod:`jaxdd.progress`); the numbers are the same.
 
   Returns:
     ``(variables, metrics)``: flax variables (``{"params": ..., maybe
@@ -168,8 +171,20 @@ def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str 
   protocol = get_protocol(protocol)
   images, labels = checks.check_syn(syn, getattr(model, "num_classes", None), "train_fresh")
   lr = protocol.lr if lr is None else lr
-  single = _train_single(standard_task(model), protocol)
-  params, state, metrics = single(key, jnp.float32(lr), images, labels)
+  progress = progress and not progress_lib.is_quiet()
+  single = _train_single(standard_task(model), protocol, progress)
+  if not progress:
+    params, state, metrics = single(key, jnp.float32(lr), images, labels)
+    return {"params": params, **state}, metrics
+  bar = progress_lib.bar(protocol.num_epochs, f"train {model.__class__.__name__} "
+                         f"({protocol.name}, {len(labels)} images)", unit="epoch")
+  _EPOCH_SINK.append(bar)
+  try:
+    params, state, metrics = jax.block_until_ready(single(key, jnp.float32(lr), images, labels))
+    jax.effects_barrier()
+  finally:
+    _EPOCH_SINK.remove(bar)
+    bar.close()
   return {"params": params, **state}, metrics
 
 

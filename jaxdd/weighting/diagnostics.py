@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from jaxdd import progress as progress_lib
 from jaxdd._src import checks
 from jaxdd.weighting.kde import SCOPES, KDEConfig
 from jaxdd.weighting.scopes import batch_plan, mean_batch_ess, scope_weights
@@ -154,24 +155,27 @@ def weight_report(weights: Any, labels: Any, aligned: Any, *, num_classes: int) 
 
 def weight_sweep(key: jax.Array, embeddings: Any, labels: Any, aligned: Any, *, num_classes: int,
                  variances: Sequence[float], temperatures: Sequence[float],
-                 batch_size: int = 256, num_rounds: int = 20) -> list[dict]:
+                 batch_size: int = 256, num_rounds: int = 20,
+                 progress: bool = False) -> list[dict]:
   """:func:`weight_report` over scope x normalisation x variance x temperature.
+
+  ``progress``: report every setting weighed (:mod:`jaxdd.progress`).
 
   Returns:
     One dict per setting: ``scope``, ``normalize``, ``variance``,
     ``temperature`` and ``report``.
   """
   rows = []
-  for scope in SCOPES:
-    for normalize in ("power", "softmax"):
-      for variance in variances:
-        for temperature in temperatures:
-          cfg = KDEConfig(variance, temperature, normalize, scope)
-          w = scope_weights(key, embeddings, labels, cfg, num_classes=num_classes,
-                            batch_size=batch_size, num_rounds=num_rounds)
-          rows.append(dict(scope=scope, normalize=normalize, variance=variance,
-                           temperature=temperature,
-                           report=weight_report(w, labels, aligned, num_classes=num_classes)))
+  grid = [(s, n, v, t) for s in SCOPES for n in ("power", "softmax") for v in variances
+          for t in temperatures]
+  for scope, normalize, variance, temperature in progress_lib.track(
+      grid, "KDE sweep", unit="setting", disable=not progress):
+    cfg = KDEConfig(variance, temperature, normalize, scope)
+    w = scope_weights(key, embeddings, labels, cfg, num_classes=num_classes,
+                      batch_size=batch_size, num_rounds=num_rounds)
+    rows.append(dict(scope=scope, normalize=normalize, variance=variance,
+                     temperature=temperature,
+                     report=weight_report(w, labels, aligned, num_classes=num_classes)))
   return rows
 
 

@@ -1,0 +1,164 @@
+"""Every check that needs the machine or the data comes before a command's first write.
+
+A command refused for its environment (devices, the device mesh, data sources, an optional
+package, an output path it cannot write) exits with one line on stderr and leaves no file:
+the work directory does not exist afterwards, or is as it was. The tests run with 8
+simulated CPU devices (tests/conftest.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from jaxdd import cli
+
+
+def _run(argv, capsys) -> tuple[int, list[str]]:
+  """``jaxdd ARGV`` in this process: its exit status and its stderr lines."""
+  capsys.readouterr()
+  try:
+    code = cli.main(argv)
+  except SystemExit as e:  # argparse's refusals
+    code = e.code
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  return code, err.strip().splitlines()
+
+
+def _tree(path) -> dict:
+  """Every file under ``path`` with its bytes (a directory's whole state)."""
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      with open(full, "rb") as f:
+        out[os.path.relpath(full, path)] = f.read()
+  return out
+
+
+SMOKE = ["--preset", "smoke", "--quiet", "--no-compile-cache"]
+
+#: (command and its flags, what the one line must say): each needs the machine or its data.
+REFUSALS = {
+    "distill, more devices than visible": (["distill", "--devices", "16"], "only 8 devices"),
+    "distill, a mesh the batch does not split": (["distill", "--devices", "3"],
+                                                 "not a multiple of 3"),
+    "distill, full MNIST not fetched": (["distill", "--source", "mnist-full"], "data fetch"),
+    "reproduce, a mesh the batch does not split": (["reproduce", "--devices", "3"],
+                                                   "not a multiple of 3"),
+    "reproduce, more devices than visible": (["reproduce", "--devices", "16"], "only 8 devices"),
+    "tune, a mesh the batch does not split": (["tune", "--devices", "3", "--seeds", "0"],
+                                              "not a multiple of 3"),
+    "tune, full MNIST not fetched": (["tune", "--source", "mnist-full", "--seeds", "0"],
+                                     "data fetch"),
+    "final, more devices than visible": (["final", "--devices", "16", "--seeds", "0"],
+                                         "only 8 devices"),
+    "baselines, full MNIST not fetched": (["baselines", "--source", "mnist-full",
+                                           "--which", "random"], "data fetch"),
+    "buffers, full MNIST not fetched": (["buffers", "--source", "mnist-full"], "data fetch"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_an_environment_refusal_writes_nothing(case, tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))  # no fetched MNIST there
+  argv, says = REFUSALS[case]
+  work = tmp_path / "nested" / "run"
+  if argv[0] == "final":  # final reads tune's selection first: give it one, in its own folder
+    (tmp_path / "sel.json").write_text(json.dumps({"chosen": {"none": {}}}))
+    argv = argv + ["--selection", str(tmp_path / "sel.json")]
+  where = "--buffer-dir" if argv[0] == "buffers" else "--workdir"  # buffers writes only there
+  code, err = _run(argv + SMOKE + [where, str(work)], capsys)
+  assert code == 2, err
+  assert len(err) == 1 and says in err[0], err
+  assert not (tmp_path / "nested").exists()  # not the run directory, nor its parent
+  if "devices" in says:  # found before the data are built into the cache
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_existing_workdir_is_left_as_it_was(tmp_path, capsys):
+  work = tmp_path / "run"
+  work.mkdir()
+  (work / "notes.txt").write_text("mine")
+  before = _tree(work)
+  for argv in (["distill", "--devices", "3"], ["reproduce", "--devices", "16"]):
+    code, err = _run(argv + SMOKE + ["--workdir", str(work)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert _tree(work) == before and sorted(os.listdir(work)) == ["notes.txt"]
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+  # A file where a directory must go stops every user, root included (chmod does not).
+  blocker = tmp_path / "blocker"
+  blocker.write_text("keep")
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  cases = [["distill"] + SMOKE + ["--workdir", str(blocker / "run")],
+           ["reproduce"] + SMOKE + ["--workdir", str(blocker / "run")],
+           ["baselines", "--which", "random"] + SMOKE + ["--workdir", str(blocker / "run")],
+           ["diagnose", "--preset", "smoke", "--quiet", "--workdir", str(blocker / "d")],
+           ["data", "cmnist", "--conflict-ratio", "0.05", "--save-card",
+            str(blocker / "card.json")],
+           ["evaluate", str(tmp_path / "no-synset"), "--out", str(blocker / "o.json")],
+           ["audit", str(tmp_path / "no-synset"), "--out", str(blocker / "o.json")]]
+  for argv in cases:
+    code, err = _run(argv, capsys)
+    # status 1, as for every unwritable path (docs/cli.md), but found before any work
+    assert code == 1 and len(err) == 1, (argv, err)
+    assert str(blocker) in err[0] and "use another path" in err[0], err
+  assert sorted(os.listdir(tmp_path)) == ["blocker"]  # no cache, no surrogate, no dataset
+  assert blocker.read_text() == "keep"
+
+
+def test_a_missing_cryptography_is_refused_before_keys_or_signatures(tmp_path, capsys,
+                                                                      monkeypatch):
+  for name in [m for m in sys.modules if m == "cryptography" or m.startswith("cryptography.")]:
+    monkeypatch.delitem(sys.modules, name)
+  monkeypatch.setitem(sys.modules, "cryptography", None)  # `import cryptography` fails
+  keys = tmp_path / "keys"
+  code, err = _run(["keys", "new", str(keys / "me"), "--quiet"], capsys)
+  assert code == 2 and len(err) == 1 and "pip install" in err[0], err
+  assert not keys.exists()
+  syn = tmp_path / "syn"
+  syn.mkdir()
+  code, err = _run(["sign", str(syn), "--key", str(tmp_path / "me.key"), "--quiet"], capsys)
+  assert code == 2 and len(err) == 1 and "cryptography" in err[0], err
+  assert os.listdir(syn) == []
+
+
+def _finished_run(work, cfg) -> dict:
+  """A run directory as a finished run leaves it: its config and its stored evaluation."""
+  work.mkdir()
+  (work / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "digest": cfg.digest(),
+                                                "distill_digest": cfg.distill_digest()}))
+  stored = {"method": "dm", "digest": cfg.digest(), "config": cfg.to_dict(),
+            "mean": {"overall": 0.8125, "conflicting": 0.4375},
+            "std": {"overall": 0.0125, "conflicting": 0.0375}}
+  (work / "eval.json").write_text(json.dumps(stored))
+  return stored
+
+
+def test_a_finished_run_in_a_read_only_directory_shows_its_results(tmp_path, capsys,
+                                                                    monkeypatch):
+  from jaxdd.config import get_config
+  from jaxdd.runs import rundir
+  work = tmp_path / "done"
+  _finished_run(work, get_config("smoke", weighting="none"))
+  before = _tree(work)
+
+  def no_lock(workdir):
+    raise PermissionError(13, "Permission denied", os.path.join(workdir, ".lock"))
+  # chmod stops every user but root; the lock that cannot be taken stops root too.
+  monkeypatch.setattr(rundir, "workdir_lock", no_lock)
+  os.chmod(work, 0o555)
+  try:
+    code = cli.main(["distill", "--preset", "smoke", "--weighting", "none", "--quiet",
+                     "--workdir", str(work)])
+  finally:
+    os.chmod(work, 0o755)
+  out = capsys.readouterr()
+  assert code == 0, out.err
+  assert "complete (stored in eval.json)" in out.out and "81.25" in out.out and "43.75" in out.out
+  assert _tree(work) == before and not (work / ".lock").exists()
