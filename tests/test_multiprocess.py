@@ -61,15 +61,21 @@ def test_multi_process_flags_are_refused_when_incomplete(tmp_path, capsys):
   assert not os.path.exists(tmp_path / "w")
 
 
-def _join(tmp_path, *extra, port=None, **popen):
+# ``python -m jaxdd`` with Python's own Ctrl-C handler, even where this test runs with SIGINT
+# ignored (which a child would inherit).
+_MAIN = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "sys.argv[0] = 'jaxdd'; runpy.run_module('jaxdd', run_name='__main__')")
+
+
+def _join(tmp_path, *extra, port=None):
   """``jaxdd distill`` as process 1 of 2 against a coordinator that never answers (nobody
   listens on ``port``, by default a free one)."""
   flags = ["distill", "--preset", "smoke", "--workdir", str(tmp_path / "w"), "--quiet",
            "--coordinator", f"127.0.0.1:{port or _free_port()}", "--num-processes", "2",
            "--process-id", "1", *extra]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.Popen([sys.executable, "-m", "jaxdd", *flags], env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+  return subprocess.Popen([sys.executable, "-c", _MAIN, *flags], env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_an_unreachable_coordinator_fails_in_time_with_one_line(tmp_path):
@@ -96,9 +102,7 @@ def test_ctrl_c_while_waiting_for_the_coordinator_exits_130(tmp_path):
     server.bind(("127.0.0.1", 0))
     server.listen()
     server.settimeout(60)
-    # SIGINT's default action for the child, even where this test runs with it ignored.
-    p = _join(tmp_path, "--coordinator-timeout", "120", port=server.getsockname()[1],
-              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = _join(tmp_path, "--coordinator-timeout", "120", port=server.getsockname()[1])
     conn, _ = server.accept()
     with conn:
       t0 = time.monotonic()

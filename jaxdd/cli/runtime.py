@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
+import time
 
 import jax
 
@@ -142,9 +143,13 @@ def join_processes(workdir: str, coordinator: str, num_processes: int | None,
       failed.append(e)
 
   thread = threading.Thread(target=connect, name="jaxdd-join", daemon=True)
-  thread.start()
+  deadline = time.monotonic() + timeout
   try:
-    thread.join(timeout)
+    thread.start()
+    # Short waits: Ctrl-C may reach one of XLA's threads, and then only wakes the main
+    # thread's handler when its wait ends.
+    while thread.is_alive() and time.monotonic() < deadline:
+      thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
   except KeyboardInterrupt:
     _STRANDED.append(thread)
     raise JoinInterrupted(f"interrupted while waiting for the coordinator {coordinator}; "
