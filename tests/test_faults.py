@@ -99,8 +99,8 @@ def test_synset_without_labels_is_one_line(tmp_path, capsys):
 class _InterruptingDistiller:
   """Wraps a Distiller: sends SIGINT to this process during step ``at``."""
 
-  def __init__(self, inner, at):
-    self.inner, self.at, self.calls = inner, at, 0
+  def __init__(self, inner, at, fired=None):
+    self.inner, self.at, self.calls, self.fired = inner, at, 0, fired
 
   def init(self, *a, **k):
     return self.inner.init(*a, **k)
@@ -110,6 +110,8 @@ class _InterruptingDistiller:
     out = self.inner.step(state, real)
     if self.calls == self.at:
       os.kill(os.getpid(), signal.SIGINT)
+      if self.fired is not None:
+        self.fired.append(1)
     return out
 
 
@@ -134,13 +136,40 @@ def test_ctrl_c_saves_the_step_and_resumes_to_the_uninterrupted_result(tmp_path,
                    "--checkpoint-every", "100", "--workdir", work, "--quiet"]) == 130
   line = _one_line(capsys.readouterr().err)
   assert "interrupted at step 4" in line and "rerun the same command to resume" in line
+  # A second Ctrl-C during the save that the first one asked for: it takes effect once the
+  # checkpoint is on disk.
+  fired = []
+  monkeypatch.setattr(distiller, "make_distiller",
+                      lambda *a, **k: _InterruptingDistiller(real_make(*a, **k), at=1,
+                                                             fired=fired))
+  real_tree = checkpoints.state_tree
+
+  def tree_then_ctrl_c(state):
+    if fired and len(fired) < 2:
+      fired.append(1)
+      os.kill(os.getpid(), signal.SIGINT)
+    return real_tree(state)
+  monkeypatch.setattr(checkpoints, "state_tree", tree_then_ctrl_c)
+  assert cli.main(["distill", "--preset", "smoke", "--weighting", "none", "--iterations", "6",
+                   "--checkpoint-every", "100", "--workdir", work, "--quiet"]) == 130
+  assert len(fired) == 2
+  assert "rerun the same command to resume" in _one_line(capsys.readouterr().err)
+  assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == ["4", "5"]  # whole
+  monkeypatch.setattr(checkpoints, "state_tree", real_tree)
   monkeypatch.setattr(distiller, "make_distiller", real_make)
   got = runs.distill_stage(cfg, work, progress=False)
   np.testing.assert_array_equal(np.asarray(got.images), np.asarray(want.images))
 
 
+def _garble(top):
+  for root, _, files in os.walk(top):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"\x00garbage")
+
+
 @pytest.mark.slow
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, capsys):
   cfg = get_config("smoke", weighting="none", iterations=6, checkpoint_every=2)
   want = runs.distill_stage(cfg, str(tmp_path / "straight"), progress=False)
   work = str(tmp_path / "cut")
@@ -158,15 +187,27 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
     assert checkpoints.restore_newest(mngr, fresh, work, upto=1)[1] == 0
   finally:
     mngr.close()
-  # Damage every file of the newest checkpoint.
-  for root, _, files in os.walk(os.path.join(work, "checkpoints", "4")):
-    for name in files:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"\x00garbage")
+  # Every checkpoint damaged: refused with one line (status 2), not started over.
+  import shutil
+  ruined = str(tmp_path / "ruined")
+  shutil.copytree(work, ruined)
+  _garble(os.path.join(ruined, "checkpoints"))
+  argv = ["distill", "--preset", "smoke", "--weighting", "none", "--iterations", "6",
+          "--checkpoint-every", "2", "--quiet"]
+  assert cli.main(argv + ["--workdir", ruined]) == 2
+  line = _one_line(capsys.readouterr().err)
+  root = os.path.join(ruined, "checkpoints")
+  assert f"no checkpoint in {root} can be restored (steps 4, 2;" in line
+  assert f"delete {root} (or move it aside) to start the distillation over" in line
+  assert sorted(os.listdir(root)) == ["2", "4"]
+  # Damage every file of the newest checkpoint: one line names the step resumed from.
+  _garble(os.path.join(work, "checkpoints", "4"))
   with caplog.at_level("WARNING", logger="jaxdd"):
     got = runs.distill_stage(cfg, work, progress=False)
-  assert "checkpoint 4 cannot be restored" in caplog.text
-  assert "resumed from the older checkpoint 2" in caplog.text
+  lines = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
+  assert len(lines) == 1 and "checkpoint 4 cannot be restored" in lines[0], lines
+  assert lines[0].endswith("resumed from the older checkpoint 2")
+  assert "Traceback" not in capsys.readouterr().err
   np.testing.assert_array_equal(np.asarray(got.images), np.asarray(want.images))
 
 

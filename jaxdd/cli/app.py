@@ -55,12 +55,16 @@ def failure(e: BaseException) -> tuple[int, str]:
   if isinstance(e, Interrupted):
     return 130, (f"interrupted at step {e.step} (checkpoint saved); rerun the same command to "
                  "resume")
+  if isinstance(e, runtime.JoinInterrupted):
+    return 130, str(e)
   if isinstance(e, KeyboardInterrupt):
     return 130, "interrupted; finished stages are kept, rerun the same command to resume"
   if isinstance(e, FileFormatError):  # a file read back: refused before work (2) or a fault (1)
     return e.status, f"error: {e}"
   if isinstance(e, (ValueError, FileNotFoundError, ImportError)):
     return 2, f"error: {e}"  # a refused input
+  if isinstance(e, runtime.CoordinatorUnreachable):
+    return 1, f"error: {e}"
   if isinstance(e, OSError):
     return 1, f"error: {os_error_line(e)}"  # a fault while working
   return 1, f"error: {e}"  # a non-finite loss
@@ -115,14 +119,16 @@ def entry() -> None:
 
   After Ctrl-C (status 130) the process ends at once (``os._exit``) once the output is
   flushed: every file was written atomically and the checkpoint is on disk, and XLA's
-  worker threads are not torn down by the interpreter's shutdown half-way through work.
+  worker threads are not torn down by the interpreter's shutdown half-way through work. So
+  does a multi-process run that gave up joining (:func:`runtime.stranded`): XLA's wait,
+  still running, would abort the process later.
   """
   rc = main()
-  if rc == 130:
+  if rc == 130 or runtime.stranded():
     for stream in (sys.stdout, sys.stderr):
       try:
         stream.flush()
       except (OSError, ValueError):
         pass
-    os._exit(130)
+    os._exit(rc)
   sys.exit(rc)

@@ -43,7 +43,8 @@ def cmd_distill(args) -> int:
   if cfg is None:
     return 0
   workdir = args.workdir if args.coordinator is None else runtime.join_processes(
-      args.workdir, args.coordinator, args.num_processes, args.process_id)
+      args.workdir, args.coordinator, args.num_processes, args.process_id,
+      args.coordinator_timeout)
   primary = workdir == args.workdir
   runs_lib.run(cfg, workdir, progress=not args.quiet and primary, show=primary,
                reevaluate=args.reevaluate, buffer_dir=args.buffer_dir)
@@ -188,6 +189,10 @@ def _register_distill(sub, preset: str) -> None:
   g.add_argument("--process-id", type=int, default=None, metavar="I",
                  help="0 .. N-1; process 0 writes --workdir, process I its "
                       "<workdir>/.process-I")
+  g.add_argument("--coordinator-timeout", type=float, default=runtime.COORDINATOR_TIMEOUT,
+                 metavar="SECONDS",
+                 help="how long a process waits for every process to join before it gives up "
+                      f"with exit status 1 (default: {runtime.COORDINATOR_TIMEOUT:g})")
   flags.add_common_flags(p)
   p.set_defaults(fn=cmd_distill)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
+import time
 
 import jax
 
@@ -88,14 +90,39 @@ def check_cache_root() -> None:
     raise PermissionError(13, "the jaxdd cache ($JAXDD_CACHE) is not writable", str(probe))
 
 
+#: ``--coordinator-timeout``'s default: seconds a process waits for every process to join.
+COORDINATOR_TIMEOUT = 30.0
+
+
+class CoordinatorUnreachable(OSError):
+  """The processes of a multi-process run did not all join within ``--coordinator-timeout``."""
+
+
+class JoinInterrupted(KeyboardInterrupt):
+  """Ctrl-C while waiting for the other processes of a multi-process run."""
+
+
+_STRANDED: list[threading.Thread] = []
+
+
+def stranded() -> bool:
+  """True once a join was abandoned: its thread still waits inside XLA, which would abort the
+  process when its own deadline passes, so the command line ends the process at once."""
+  return bool(_STRANDED)
+
+
 def join_processes(workdir: str, coordinator: str, num_processes: int | None,
-                   process_id: int | None) -> str:
+                   process_id: int | None, timeout: float = COORDINATOR_TIMEOUT) -> str:
   """Joins a multi-process run (``--coordinator``) and returns this process's run directory.
 
   ``jax.distributed.initialize`` must run before JAX starts a backend; on CPU the
   collectives go through gloo. Process 0 writes ``--workdir``; process i > 0 keeps
   its own copy (checkpoints, metrics, SynSet, evaluation) in ``<workdir>/.process-<i>``,
   so every process resumes from its own files.
+
+  The join waits at most ``timeout`` seconds (:class:`CoordinatorUnreachable`, exit status 1)
+  and Ctrl-C ends the wait (:class:`JoinInterrupted`, 130). XLA's own wait blocks and aborts
+  the process when its deadline passes, so it runs in a thread given a later deadline.
   """
   n, i = num_processes, process_id
   if n is None or i is None:
@@ -103,6 +130,42 @@ def join_processes(workdir: str, coordinator: str, num_processes: int | None,
   if n < 1 or not 0 <= i < n:
     raise ValueError(f"--process-id {i} must lie in [0, --num-processes {n}); number the "
                      "processes 0 .. N-1")
+  if not timeout > 0:
+    raise ValueError(f"--coordinator-timeout must be a positive number of seconds; got {timeout}")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator, num_processes=n, process_id=i)
+  failed: list[BaseException] = []
+
+  def connect():
+    try:  # XLA's deadline comes after ours: the main thread gives up (and exits) first
+      jax.distributed.initialize(coordinator, num_processes=n, process_id=i,
+                                 initialization_timeout=int(timeout) + 60)
+    except BaseException as e:  # noqa: BLE001  (handed to the main thread)
+      failed.append(e)
+
+  thread = threading.Thread(target=connect, name="jaxdd-join", daemon=True)
+  deadline = time.monotonic() + timeout
+  try:
+    thread.start()
+    # Short waits: Ctrl-C may reach one of XLA's threads, and then only wakes the main
+    # thread's handler when its wait ends.
+    while thread.is_alive() and time.monotonic() < deadline:
+      thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
+  except KeyboardInterrupt:
+    _STRANDED.append(thread)
+    raise JoinInterrupted(f"interrupted while waiting for the coordinator {coordinator}; "
+                          "nothing was written") from None
+  if thread.is_alive():
+    _STRANDED.append(thread)
+    others = ("start the other processes (the same flags, --process-id 1 .. N-1)" if i == 0
+              else "start process 0 there (the same flags, --process-id 0) and the others")
+    raise CoordinatorUnreachable(
+        f"process {i} of {n} could not join the run at --coordinator {coordinator} within "
+        f"{timeout:g} s; {others} within that time, check the address and port, or raise "
+        "--coordinator-timeout")
+  if failed:
+    first = str(failed[0]).strip().splitlines()
+    raise CoordinatorUnreachable(
+        f"process {i} of {n} could not join the run at --coordinator {coordinator} "
+        f"({type(failed[0]).__name__}: {first[0][:200] if first else ''}); check the address "
+        "and port (process 0 listens on it)")
   return workdir if i == 0 else os.path.join(workdir, f".process-{i}")

@@ -1,7 +1,21 @@
-"""Orbax checkpoints of the distillation state: save, restore, fall back to an older one."""
+"""Orbax checkpoints of the distillation state: save, restore, fall back to an older one.
+
+Faults around checkpoints end in one line each: Ctrl-C during a save takes effect once the save
+is on disk (:func:`save`), the temporary folders of a save that a kill cut short are removed
+when the next run starts (:func:`checkpointer`), an unreadable checkpoint is skipped with one
+warning naming the step the run resumes from, and a run whose every checkpoint is unreadable is
+refused (:class:`CheckpointsDamaged`, exit status 2) rather than started over. Orbax's own log
+lines (absl) are dropped under ``--quiet`` and otherwise summed up in one ``jaxdd`` line.
+"""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
+import signal
+import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -17,21 +31,122 @@ def _orbax():
   return ocp
 
 
+#: What orbax appends to the name of a folder it is still writing (renamed when complete).
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+#: Loggers of the checkpoint library (orbax logs through absl), captured during its calls.
+LIBRARY_LOGGERS = ("absl", "orbax", "tensorstore")
+
+
+class CheckpointsDamaged(ValueError):
+  """Every checkpoint of a run is unreadable: the run is refused rather than started over."""
+
+
+class _Capture(logging.Handler):
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.records: list[logging.LogRecord] = []
+
+  def emit(self, record):
+    self.records.append(record)
+
+
+@contextlib.contextmanager
+def library_logs(say: bool = True):
+  """Captures the checkpoint library's log records during the block; with ``say``, one
+  ``jaxdd`` warning line sums them up afterwards (dropped under ``--quiet``)."""
+  capture = _Capture()
+  saved = []
+  for name in LIBRARY_LOGGERS:
+    lg = logging.getLogger(name)
+    saved.append((lg, lg.handlers, lg.propagate))
+    lg.handlers, lg.propagate = [capture], False
+  try:
+    yield capture.records
+  finally:
+    for lg, handlers, propagate in saved:
+      lg.handlers, lg.propagate = handlers, propagate
+  if say and capture.records and not progress_lib.is_quiet():
+    first = capture.records[0].getMessage().strip().splitlines()
+    more = len(capture.records) - 1
+    progress_lib.logger.warning("checkpoint library (orbax): %s%s", first[0][:200] if first
+                                else "", f" (and {more} more)" if more else "")
+
+
+def quiet_abandoned_reads() -> None:
+  """Keeps the "Event loop is closed" errors of the reads orbax abandons when a checkpoint is
+  damaged off stderr: they finish after orbax closed its event loop, possibly after the
+  restore returned, and tensorstore reports them as unraisable. Installed once, for the rest
+  of the process; every other unraisable error is reported as before."""
+  hook = sys.unraisablehook
+  if getattr(hook, "_jaxdd", False):
+    return
+
+  def unraisablehook(unraisable):
+    if (unraisable.exc_type is RuntimeError
+        and "Event loop is closed" in str(unraisable.exc_value)):
+      return
+    hook(unraisable)
+  unraisablehook._jaxdd = True  # type: ignore[attr-defined]
+  sys.unraisablehook = unraisablehook
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+  """Ctrl-C (SIGINT) during the block takes effect after it: the handler in place before
+  gets each deferred signal then. Outside the main thread nothing is changed."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  hits = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    for _ in hits:
+      if callable(previous):
+        previous(signal.SIGINT, None)
+      elif previous == signal.SIG_DFL:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def remove_partial(root: str) -> list[str]:
+  """Removes the folders of saves that a kill cut short (orbax's temporary names) from
+  ``root`` and returns their names."""
+  if not os.path.isdir(root):
+    return []
+  gone = sorted(n for n in os.listdir(root) if TMP_MARK in n)
+  for name in gone:
+    path = os.path.join(root, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.remove(path)
+  return gone
+
+
 def checkpointer(workdir: str):
-  """The orbax CheckpointManager of ``<workdir>/checkpoints`` (the last two steps kept)."""
+  """The orbax CheckpointManager of ``<workdir>/checkpoints`` (the last two steps kept); the
+  remains of a save cut short are removed first."""
   ocp = _orbax()
   extra = {}
   root = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  gone = remove_partial(root)
+  if gone:
+    progress_lib.logger.info("%s: removed %d unfinished checkpoint folder(s) of an interrupted "
+                             "save", workdir, len(gone))
   if jax.process_count() > 1:  # each process checkpoints its own host copy, in its own workdir
     i = jax.process_index()
     os.makedirs(root, exist_ok=True)  # orbax creates it only when every process takes part
     extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
         primary_host=i, active_processes={i}, barrier_sync_key_prefix=f"jaxdd-process-{i}")
     extra["create"] = False
-  return ocp.CheckpointManager(
-      root,
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
-                                           **extra))
+  with library_logs(say=False):  # what it says of damaged checkpoints, restore_newest says
+    return ocp.CheckpointManager(
+        root,
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
+                                             **extra))
 
 
 def state_tree(state: distill.DistillState) -> dict:
@@ -60,30 +175,51 @@ def restore_state(tree: dict, template: distill.DistillState) -> distill.Distill
 
 def restore_newest(mngr, state: distill.DistillState, workdir: str,
                    upto: int | None = None) -> tuple[distill.DistillState, int]:
-  """The newest checkpoint (of step <= ``upto``) that restores (an unreadable one is
-  skipped, and said so); ``(state, 0)`` when there is none."""
-  ocp = _orbax()
+  """The newest checkpoint (of step <= ``upto``) that restores; ``(state, 0)`` when there is
+  none. Unreadable ones are skipped with one warning that names the step resumed from; when
+  none restores, :class:`CheckpointsDamaged`."""
   steps = sorted((s for s in mngr.all_steps() if upto is None or s <= upto), reverse=True)
-  for i, step in enumerate(steps):
-    try:
-      tree = mngr.restore(step, args=ocp.args.StandardRestore(state_tree(state)))
-      restored = restore_state(tree, state)
-      if int(restored.step) != step:
-        raise ValueError(f"it holds step {int(restored.step)}")
-    except Exception as e:  # noqa: BLE001  (any damage: fall back to an older checkpoint)
-      older = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "starting over"
-      progress_lib.logger.warning("%s: checkpoint %d cannot be restored (%s: %s); %s", workdir,
-                                  step, type(e).__name__, str(e).splitlines()[0][:200] if str(e)
-                                  else "", older)
-      continue
-    if i:
-      progress_lib.logger.warning("%s: resumed from the older checkpoint %d", workdir, step)
+  damaged, restored = [], None
+  if steps:
+    quiet_abandoned_reads()
+  with library_logs(say=False):  # a damaged checkpoint's own messages: summed up below
+    for step in steps:
+      try:
+        restored = _restore(mngr, step, state)
+        break
+      except Exception as e:  # noqa: BLE001  (any damage: fall back to an older checkpoint)
+        lines = str(e).strip().splitlines()
+        damaged.append((step, f"{type(e).__name__}: {lines[0][:160] if lines else ''}"))
+  if restored is not None:
+    if damaged:
+      progress_lib.logger.warning(
+          "%s: checkpoint%s %s cannot be restored (%s); resumed from the older checkpoint %d",
+          workdir, "s" if len(damaged) > 1 else "", ", ".join(str(s) for s, _ in damaged),
+          damaged[0][1], step)
     return restored, step
+  if damaged:
+    root = os.path.join(workdir, "checkpoints")
+    raise CheckpointsDamaged(
+        f"no checkpoint in {root} can be restored (step{'s' if len(damaged) > 1 else ''} "
+        f"{', '.join(str(s) for s, _ in damaged)}; {damaged[0][1]}); delete {root} (or move "
+        "it aside) to start the distillation over")
   return state, 0
 
 
-def save(mngr, step: int, state, *, force: bool = False) -> None:
-  """Checkpoints ``state`` as step ``step`` and waits until it is on disk."""
+def _restore(mngr, step: int, state: distill.DistillState) -> distill.DistillState:
   ocp = _orbax()
-  mngr.save(step, args=ocp.args.StandardSave(state_tree(state)), force=force)
-  mngr.wait_until_finished()
+  tree = mngr.restore(step, args=ocp.args.StandardRestore(state_tree(state)))
+  restored = restore_state(tree, state)
+  if int(restored.step) != step:
+    raise ValueError(f"it holds step {int(restored.step)}")
+  return restored
+
+
+def save(mngr, step: int, state, *, force: bool = False) -> None:
+  """Checkpoints ``state`` as step ``step`` and waits until it is on disk; Ctrl-C during the
+  save takes effect when it is done (:func:`sigint_deferred`), so no half-written checkpoint
+  is left behind (orbax writes to a temporary name and renames it when complete)."""
+  ocp = _orbax()
+  with sigint_deferred(), library_logs():
+    mngr.save(step, args=ocp.args.StandardSave(state_tree(state)), force=force)
+    mngr.wait_until_finished()
