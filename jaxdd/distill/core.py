@@ -70,6 +70,24 @@ class Distiller(NamedTuple):
   step: Callable[[DistillState, Any], tuple[DistillState, dict]]
 
 
+def all_finite(*values) -> jax.Array:
+  """One boolean, computed where the values are: every float in ``values`` (arrays or
+  pytrees) is finite.
+
+  Every method's step returns it as its ``finite`` metric (the loss, the images'
+  gradient norm and the updated synthetic set), so a driver learns of the first
+  non-finite step from the metrics it fetches anyway. It only reads the values:
+  nothing it checks changes.
+
+  >>> import jax.numpy as jnp
+  >>> bool(all_finite(jnp.ones(3), {"lr": jnp.float32(0.1)})), bool(all_finite(jnp.array([1., jnp.nan])))
+  (True, False)
+  """
+  flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(values)
+           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.stack(flags).all() if flags else jnp.bool_(True)
+
+
 def _host(x) -> np.ndarray:
   """Host copy of a (possibly multi-process, replicated) array."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:

@@ -13,7 +13,7 @@ from jaxdd import matching, parallel, weighting
 from jaxdd._src import winograd
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
                                 _check_sampling, _KDEKnobs, _runtime_knobs, _state_init,
-                                real_batch)
+                                all_finite, real_batch)
 from jaxdd.distill.execution import RUN_KNOBS, Execution
 from jaxdd.models import ConvNet, loop_safe_convs
 
@@ -66,7 +66,9 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
 
   Returns:
     A :class:`Distiller` ``(init, step)``. The step is traced under the
-    execution's policy.
+    execution's policy. Its metrics: ``loss``, ``grad_norm``, ``max_weight`` and
+    ``finite`` (the loss, the gradient norm and the updated images are finite,
+    :func:`jaxdd.distill.core.all_finite`).
   """
   _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matching)
   ex = Execution() if execution is None else execution
@@ -116,8 +118,9 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     if syn_tx is None:
       updates = jax.tree.map(lambda u: u * h["lr"].astype(u.dtype), updates)
     images = optax.apply_updates(state.syn.images, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grad),
-               "max_weight": jnp.max(weights)}
+    grad_norm = optax.tree.norm(grad)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "max_weight": jnp.max(weights),
+               "finite": all_finite(loss, grad_norm, images)}
     return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
                         state.key), metrics
 

@@ -22,7 +22,7 @@ import optax
 
 from jaxdd import matching
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
-                                _check_sampling, _KDEKnobs, _state_init, real_batch)
+                                _check_sampling, _KDEKnobs, _state_init, all_finite, real_batch)
 from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet, loop_safe_convs
 
@@ -76,7 +76,9 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
 
   Returns:
     A :class:`Distiller`; the step's metrics: ``loss``, ``grad_norm``,
-    ``max_weight``, ``beta`` (and ``slot`` in the slot curriculum).
+    ``max_weight``, ``beta`` (and ``slot`` in the slot curriculum), ``finite``
+    (the loss, the gradient norm and the updated images are finite,
+    :func:`jaxdd.distill.core.all_finite`).
   """
   _check_cfm(ipc=ipc, iterations=iterations, real_per_class=real_per_class, beta=beta,
              beta_floor=beta_floor, curriculum=curriculum, schedule=schedule, filter=filter,
@@ -140,8 +142,9 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     if curriculum == "slots":
       updates = updates * moving
     images = state.syn.images + h["lr"].astype(state.syn.images.dtype) * updates
-    metrics.update(loss=loss, grad_norm=optax.tree.norm(grad), max_weight=jnp.max(weights),
-                   beta=beta_t)
+    grad_norm = optax.tree.norm(grad)
+    metrics.update(loss=loss, grad_norm=grad_norm, max_weight=jnp.max(weights), beta=beta_t,
+                   finite=all_finite(loss, grad_norm, images))
     return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
                         state.key), metrics
 

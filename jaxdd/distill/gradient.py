@@ -15,7 +15,8 @@ from jaxdd import matching, parallel
 from jaxdd import train as train_lib
 from jaxdd._src import winograd
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
-                                _check_sampling, _state_init, real_batch, sample_per_class)
+                                _check_sampling, _state_init, all_finite, real_batch,
+                                sample_per_class)
 from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet, loop_safe_convs
 from jaxdd.protocols import Protocol
@@ -105,7 +106,9 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   Returns:
     A :class:`Distiller`. The step's metrics: ``loss`` (the class-summed
     matching loss, mean over rounds), ``loss_first``/``loss_last`` (first and
-    last round), ``grad_norm`` (last round), ``max_weight``.
+    last round), ``grad_norm`` (last round), ``max_weight``, ``finite`` (every
+    round's loss and gradient norm and the updated images are finite,
+    :func:`jaxdd.distill.core.all_finite`).
   """
   if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
     raise ValueError(f"ipc must be an int >= 1, got {ipc!r}")
@@ -247,7 +250,8 @@ def _gm_step(s: _GMSettings, state: DistillState, real: RealData):
         functools.partial(_round, s, real, k_rounds),
         (state.syn.images, state.opt_state, params, net_state), jnp.arange(s.outer))
   metrics = {"loss": losses.mean(), "loss_first": losses[0], "loss_last": losses[-1],
-             "grad_norm": grad_norms[-1], "max_weight": jnp.max(max_w)}
+             "grad_norm": grad_norms[-1], "max_weight": jnp.max(max_w),
+             "finite": all_finite(losses, grad_norms, images)}
   return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
                       state.key), metrics
 

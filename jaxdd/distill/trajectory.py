@@ -20,7 +20,8 @@ from jaxdd import augment as augment_lib
 from jaxdd.distill import experts as experts_lib
 from jaxdd import parallel
 from jaxdd._src import checks
-from jaxdd.distill.core import Distiller, DistillState, KDEConfig, RealData, _check_kde, _state_init
+from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
+                                _state_init, all_finite)
 from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet
 
@@ -75,7 +76,8 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
   Returns:
     A :class:`Distiller`. The step's metrics: ``loss`` (the normalised
     parameter distance), ``grad_norm`` (of the images' gradient), ``syn_lr``,
-    ``start_epoch``, ``expert``.
+    ``start_epoch``, ``expert``, ``finite`` (the loss, the gradient norm, the
+    updated images and ``syn_lr`` are finite, :func:`jaxdd.distill.core.all_finite`).
   """
   _check_mtt(ipc=ipc, num_classes=num_classes, num_epochs=num_epochs,
              expert_epochs=expert_epochs, max_start_epoch=max_start_epoch, syn_steps=syn_steps,
@@ -133,8 +135,9 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
     u_lr, opt_lr = tx_lr.update(g_lr, opt_lr, syn_lr)
     images = state.syn.images + h["lr_img"] * u_img
     syn_lr = syn_lr + h["lr_lr"] * u_lr
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(g_img), "syn_lr": syn_lr,
-               "start_epoch": t, "expert": e}
+    grad_norm = optax.tree.norm(g_img)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "syn_lr": syn_lr, "start_epoch": t,
+               "expert": e, "finite": all_finite(loss, grad_norm, images, syn_lr)}
     return DistillState(state.syn._replace(images=images), (opt_img, opt_lr), state.step + 1,
                         state.key, {"syn_lr": syn_lr}), metrics
 
