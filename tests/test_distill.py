@@ -342,3 +342,27 @@ def test_execution_is_explicit_and_its_wrappers_check_the_step():
     distill.many_runs(_distiller(), num_runs=2, parallel="pmap")
   raw = distill.many_runs(_distiller(execution=distill.Execution(jit=False)), num_runs=2)
   assert not hasattr(raw.step, "lower")  # uncompiled, as the distiller it wraps
+
+
+@pytest.mark.parametrize("method", ["dm", "dc"])
+def test_the_finite_metric_is_false_exactly_when_a_nan_or_inf_enters_the_step(method):
+  x, y = _toy(per_class=8)
+  real = distill.real_data(x, y, num_classes=3)
+  kw = dict(num_classes=3, ipc=2, model=models.ConvNet(3, depth=1, width=8), real_per_class=8)
+  make = lambda lr=1.0: distill.dm(augment=None, lr=lr, **kw)  # noqa: E731
+  d = make() if method == "dm" else distill.dc(outer_loop=2, inner_loop=1, **kw)
+  fresh = lambda: d.init(jax.random.key(0), real)  # noqa: E731  (the step donates its state)
+  _, m = d.step(fresh(), real)
+  assert m["finite"].dtype == jnp.bool_ and bool(m["finite"])
+  for bad in (np.nan, np.inf):
+    state = fresh()  # one synthetic pixel
+    state = state._replace(syn=state.syn._replace(images=state.syn.images.at[0, 0, 0, 0].set(bad)))
+    assert not bool(d.step(state, real)[1]["finite"]), bad
+    if method == "dm":  # a learning rate that overflows the update (a runtime input of DM's step)
+      assert not bool(make(lr=bad).step(fresh(), real)[1]["finite"]), bad
+    else:  # one real image (every one is in the batch: 8 per class)
+      # DM's ReLU network on CPU maps a non-finite real image's features to zeros (XLA's
+      # vectorised max drops NaN), so only the gradient-matching step sees this one.
+      poisoned = real._replace(images=real.images.at[3].set(bad))
+      assert not bool(d.step(fresh(), poisoned)[1]["finite"]), bad
+  assert bool(d.step(fresh(), real)[1]["finite"])

@@ -68,9 +68,18 @@ def distill_run(config: RunConfig, workdir: str, run_data: rundata.RunData,
   if start > 0:
     progress_lib.logger.info("%s: resuming from step %d of %d", workdir, start, config.iterations)
 
+  watch = FiniteWatch(config)
+
+  def check():  # stops at a non-finite step before its state is logged, scored or saved
+    watch.check(kept=mngr.latest_step(),
+                log_before=lambda i, k, r: log_chunk(config, nc, i, k, r, log, t0))
+
   def after(it, n, st, row):
     nonlocal state
     state = st
+    watch.add(it, n, row)
+    if host_waits(config, it, n, end=end, tracking=classifier is not None):
+      check()
     loss = log_chunk(config, nc, it, n, row, log, t0)
     if loss is not None:
       bar.set_postfix(loss=f"{loss:.4f}")
@@ -81,6 +90,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: rundata.RunData,
       checkpoints.save(mngr, step, state)
 
   def save(step):
+    check()
     if mngr.latest_step() != step:
       checkpoints.save(mngr, step, state, force=True)
 
@@ -230,6 +240,88 @@ def deferred_interrupt():
     yield lambda: bool(hit)
   finally:
     signal.signal(signal.SIGINT, previous)
+
+
+def host_waits(config: RunConfig, it: int, n: int, *, end: int, tracking: bool) -> bool:
+  """Whether the driver reads from the device after steps ``it+1 .. it+n`` anyway: a
+  logged step among them, or a bias score (``tracking``), a checkpoint or the last step
+  (``end``) after them."""
+  step = it + n
+  return (step == end or step % config.checkpoint_every == 0
+          or (tracking and (step % track_every(config) == 0 or step == config.iterations))
+          or any(s % config.log_every == 0 or s == config.iterations
+                 for s in range(it + 1, step + 1)))
+
+
+class FiniteWatch:
+  """The distillation steps whose ``finite`` metric the host has not read yet.
+
+  Every step computes that flag on the device with its other metrics
+  (:func:`jaxdd.distill.core.all_finite`: the loss, the gradient norm, the updated
+  synthetic set). The driver :meth:`add` s each chunk of steps and :meth:`check` s where it
+  waits for the device anyway (:func:`host_waits`), so the flags ride with the metrics it
+  reads: no extra round trip per step. ``pick`` selects one run's metrics (a column of an
+  N-run group, whose directory ``name`` the error gives).
+  """
+
+  def __init__(self, config: RunConfig, pick=lambda m: m, name: str | None = None):
+    self.config, self.pick, self.name, self.pending = config, pick, name, []
+
+  def add(self, it: int, n: int, row) -> None:
+    """Steps ``it+1 .. it+n``, ``row(j)`` the metrics of the j-th (read when checked)."""
+    self.pending.append((it, n, row))
+
+  def check(self, *, kept: int | None, log_before=None) -> None:
+    """Reads the pending flags; at the first non-finite step, ``log_before(it, j, row)``
+    logs the j finite steps of its chunk before it, and :func:`nonfinite_error` is raised
+    (``kept``: the newest checkpoint's step, None: none)."""
+    pending, self.pending = self.pending, []
+    for it, n, row in pending:
+      for j in range(n):
+        m = self.pick(row(j))
+        if "finite" in m and not bool(parallel.host(m["finite"])):
+          if log_before is not None:
+            log_before(it, j, row)
+          raise nonfinite_error(self.config, it + j + 1, parallel.host(m), kept=kept,
+                                name=self.name)
+
+
+def nonfinite_error(config: RunConfig, step: int, m: dict, *, kept: int | None,
+                    name: str | None = None) -> FloatingPointError:
+  """The one-line fault of a run whose step ``step`` (host metrics ``m``) turned
+  non-finite: what did, the likely cause and its fix, and the checkpoint kept (``kept``:
+  the newest step saved, None: none).
+
+  The same command would resume from that checkpoint and replay the same steps, so the fix
+  goes with a new work directory. The first step's loss and gradient (gradient matching's:
+  its first round's loss) come from the initial set and the data alone, no learning rate
+  having acted yet, so there the data is named as the likely cause.
+  """
+  bad = lambda key: key in m and not np.isfinite(np.asarray(m[key], np.float64)).all()  # noqa: E731
+  flag, value = "--lr-img", config.lr_img
+  if bad("loss"):
+    what, computed = f"the {config.method.upper()} loss", True
+  elif bad("grad_norm"):
+    what, computed = "the gradient of the synthetic images", True
+  elif bad("syn_lr"):
+    what, computed = "the learned student learning rate (syn_lr)", False
+    flag, value = "--lr-lr", config.lr_lr
+  else:
+    what, computed = "the synthetic images", False
+  if computed and step == 1 and ("loss_first" not in m or bad("loss_first")):
+    cause, fix = ("the data or its normalisation is likely at fault",
+                  "check the dataset and its normalisation, then rerun")
+  else:
+    cause = f"{flag[2:].replace('-', '_')} {value:g} is likely too large"
+    fix = f"rerun with a smaller {flag}"
+  if kept:
+    left = (f"the last finite checkpoint (step {kept}) is kept: this command would resume "
+            "from it and stop here again")
+  else:
+    left = "no checkpoint was written before it: this command would start over and stop here again"
+  where = f"{name}: " if name else ""
+  return FloatingPointError(f"{where}step {step}: {what} became non-finite ({cause}); {left}; "
+                            f"{fix} in a new --workdir")
 
 
 def log_chunk(config, nc: int, it: int, n: int, row, log, t0: float,

@@ -119,9 +119,14 @@ def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
                            disable=not progress)
     t0 = time.perf_counter()
 
+    watches, check = _finite_watches(configs, workdirs, mngrs)
     def after(it, n, st, row):
       nonlocal state
       state = st
+      for watch in watches:
+        watch.add(it, n, row)
+      if driver.host_waits(base, it, n, end=base.iterations, tracking=classifier is not None):
+        check()
       for i, (c, log) in enumerate(zip(configs, logs)):
         driver.log_chunk(c, nc, it, n, row, log, t0, pick=lambda m, i=i: jax.tree.map(
             lambda a: a[i], m), name=workdirs[i])
@@ -133,6 +138,7 @@ def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
           checkpoints.save(mngr, step, one(i))
 
     def save(step):
+      check()
       for i, mngr in enumerate(mngrs):
         if mngr.latest_step() != step:
           checkpoints.save(mngr, step, one(i), force=True)
@@ -152,3 +158,16 @@ def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
       syn = SynSet(np.asarray(state.syn.images[i]), np.asarray(state.syn.labels[i]))
       out.append(single.finish_run(c, w, run_data, syn, heads[i][1]))
   return out
+
+
+def _finite_watches(configs, workdirs, mngrs):
+  """One :class:`jaxdd.runs.driver.FiniteWatch` per run of a group (its column of the
+  metrics) and ``check()``, which reads them all: any run's first non-finite step stops
+  the group."""
+  watches = [driver.FiniteWatch(c, pick=lambda m, i=i: jax.tree.map(lambda a: a[i], m), name=w)
+             for i, (c, w) in enumerate(zip(configs, workdirs))]
+
+  def check():
+    for watch, mngr in zip(watches, mngrs):
+      watch.check(kept=mngr.latest_step())
+  return watches, check
