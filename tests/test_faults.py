@@ -16,7 +16,7 @@ import pytest
 from jaxdd import cli, distill, evaluate, runs, synset
 from jaxdd.cli import app
 from jaxdd.config import get_config
-from jaxdd.runs import checkpoints, distiller
+from jaxdd.runs import bias, checkpoints, distiller
 
 
 def _one_line(err: str) -> str:
@@ -379,3 +379,96 @@ def test_a_missing_test_split_is_found_before_any_work(tmp_path, capsys):
   line = _one_line(capsys.readouterr().err)
   assert "test" in line
   assert not work.exists()
+
+
+def _kept_checkpoints(work) -> tuple[list[int], bool]:
+  """The checkpoint steps in ``work`` and whether every number in them is finite."""
+  import orbax.checkpoint as ocp
+  root = os.path.join(work, "checkpoints")
+  if not os.path.isdir(root):
+    return [], True
+  mngr = ocp.CheckpointManager(os.path.abspath(root))
+  try:
+    steps = sorted(mngr.all_steps())
+    leaves = [np.asarray(a) for s in steps
+              for a in jax.tree.leaves(mngr.restore(s, args=ocp.args.StandardRestore()))]
+  finally:
+    mngr.close()
+  return steps, all(np.isfinite(a).all() for a in leaves if np.issubdtype(a.dtype, np.floating))
+
+
+def _loss_steps(work) -> list[int]:
+  rows = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
+  assert all(np.isfinite(v) for r in rows for v in r.values())
+  return [r["step"] for r in rows if "loss" in r]
+
+
+def test_a_diverging_dm_run_stops_at_its_first_non_finite_step(tmp_path, capsys, monkeypatch):
+  work = str(tmp_path / "nan")
+  argv = ["distill", "--preset", "smoke", "--weighting", "none", "--lr-img", "1e38",
+          "--checkpoint-every", "1", "--workdir", work, "--quiet"]
+  assert cli.main(argv) == 1
+  line = _one_line(capsys.readouterr().err)
+  logged = _loss_steps(work)  # every step is logged (smoke: --log-every 1) until the bad one
+  bad = logged[-1] + 1 if logged else 1
+  assert line.startswith(f"jaxdd distill: error: step {bad}: "), line
+  assert "non-finite (lr_img 1e+38 is likely too large)" in line
+  assert "rerun with a smaller --lr-img in a new --workdir" in line
+  assert f"the last finite checkpoint (step {bad - 1}) is kept" in line
+  assert _kept_checkpoints(work) == (list(range(max(1, bad - 2), bad)), True)
+  assert not os.path.exists(os.path.join(work, "synset"))
+  monkeypatch.setattr(bias, "bias_classifier", lambda *a: None)  # no bias scores from here on
+  # The same command resumes from that checkpoint and stops at the same step again.
+  assert cli.main(argv) == 1
+  assert _one_line(capsys.readouterr().err) == line
+  assert _kept_checkpoints(work) == (list(range(max(1, bad - 2), bad)), True)
+  # Several steps per call: found at the chunk's end, the first bad step of the chunk named.
+  chunked = str(tmp_path / "chunked")
+  assert cli.main(argv[:-3] + ["--steps-per-call", "4", "--iterations", "40", "--checkpoint-every",
+                               "4", "--workdir", chunked, "--quiet"]) == 1
+  assert f"error: step {bad}: " in _one_line(capsys.readouterr().err)
+  assert _loss_steps(chunked) == logged
+
+
+def test_a_diverging_gradient_matching_run_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(bias, "bias_classifier", lambda *a: None)  # no bias scores: faster
+  work = str(tmp_path / "nan")
+  assert cli.main(["distill", "--preset", "smoke", "--method", "dsa", "--weighting", "none",
+                   "--lr-img", "1e38", "--workdir", work, "--quiet"]) == 1
+  line = _one_line(capsys.readouterr().err)
+  assert line.startswith("jaxdd distill: error: step 1: the DSA loss became non-finite"), line
+  assert "(lr_img 1e+38 is likely too large)" in line and "no checkpoint was written" in line
+  assert _kept_checkpoints(work) == ([], True) and _loss_steps(work) == []
+  assert not os.path.exists(os.path.join(work, "synset"))
+
+
+def test_the_fault_line_names_the_first_bad_step_what_turned_and_the_likely_cause():
+  from jaxdd.runs import driver
+  nan, ok = np.float32(np.nan), np.float32(1.0)
+  dm, mtt = get_config("smoke", lr_img=2.0), get_config("smoke", method="mtt", lr_lr=1e-3)
+
+  def line(config, step, kept=None, **m):
+    return str(driver.nonfinite_error(config, step, {"loss": ok, "grad_norm": ok, **m},
+                                      kept=kept))
+  # The first step's loss and gradient come from the initial set and the data alone.
+  assert "step 1: the DM loss became non-finite (the data or its" in line(dm, 1, loss=nan)
+  assert "check the dataset" in line(dm, 1, grad_norm=nan)
+  assert "gradient of the synthetic images became non-finite (lr_img 2 is" in line(
+      dm, 3, 2, grad_norm=nan)
+  assert "the synthetic images became non-finite (lr_img 2 " in line(dm, 1)
+  # Gradient matching: a finite first round means the images' update diverged inside the step.
+  assert "lr_img" in line(get_config("smoke", method="dsa"), 1, loss=nan, loss_first=ok)
+  got = line(mtt, 4, 2, syn_lr=nan)
+  assert "student learning rate (syn_lr) became non-finite (lr_lr 0.001 is likely too large)" in got
+  assert "checkpoint (step 2) is kept" in got and "smaller --lr-lr in a new --workdir" in got
+  # Chunks of steps: the first bad step of all pending chunks is named, its metrics read.
+  watch = driver.FiniteWatch(dm)
+  rows = lambda flags: lambda j: {"finite": np.array(flags[j]), "loss": np.float32(j)}  # noqa: E731
+  watch.add(0, 2, rows([True, True]))
+  watch.check(kept=None)
+  watch.add(2, 3, rows([True, True, True]))
+  watch.add(5, 3, rows([True, False, False]))
+  logged = []
+  with pytest.raises(FloatingPointError, match=r"^step 7: the synthetic images"):
+    watch.check(kept=4, log_before=lambda it, j, row: logged.append((it, j)))
+  assert logged == [(5, 1)] and watch.pending == []
