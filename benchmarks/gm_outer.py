@@ -94,6 +94,9 @@ def _measure(args) -> None:
   t0 = time.perf_counter()
   compiled = d.step.lower(state, real).compile()
   compile_s = time.perf_counter() - t0
+  # The compiled program takes the step's runtime knobs (lr, KDE variance and temperature) as
+  # an argument; d.step(state, data) binds the distiller's own, and so does this.
+  knobs = (d.step._hp,) if hasattr(d.step, "_hp") else ()
 
   net = models.ConvNet(nc, width=args.width)
   one = jnp.zeros((1, 28, 28, 3))
@@ -108,7 +111,7 @@ def _measure(args) -> None:
   holder = {"state": state}
 
   def one_step():
-    holder["state"], m = compiled(holder["state"], real)
+    holder["state"], m = compiled(holder["state"], real, *knobs)
     jax.block_until_ready(holder["state"].syn.images)
     holder["metrics"] = m
 

@@ -45,6 +45,9 @@ def one(mode: str, syn_steps: int, width: int, iters: int, memory_only: bool = F
   t0 = time.perf_counter()
   compiled = d.step.lower(state, buf).compile()
   compile_s = time.perf_counter() - t0
+  # The compiled program takes the step's runtime knobs (lr, KDE variance and temperature) as
+  # an argument; d.step(state, data) binds the distiller's own, and so does this.
+  knobs = (d.step._hp,) if hasattr(d.step, "_hp") else ()
   mem = compiled.memory_analysis()
   memory = {"temp_mb": round(mem.temp_size_in_bytes / 2**20, 2),
             "args_out_mb": round((mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**20,
@@ -55,7 +58,7 @@ def one(mode: str, syn_steps: int, width: int, iters: int, memory_only: bool = F
   times = []
   for i in range(iters + 1):
     t0 = time.perf_counter()
-    state, m = compiled(state, buf)
+    state, m = compiled(state, buf, *knobs)
     jax.block_until_ready(state.syn.images)
     if i:
       times.append(time.perf_counter() - t0)
