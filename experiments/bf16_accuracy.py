@@ -112,9 +112,8 @@ def main(argv=None) -> int:
   if args.out:
     os.makedirs(args.out, exist_ok=True)
     head = (f"CMNIST 5 %, IPC {base.ipc}, `{base.preset}` preset, test split, protocol "
-            f"{proto.name}, {args.num_models} "
-            f"networks per set; seeds {args.seeds}. Mean ± sample std over seeds of each seed's "
-            f"mean over its networks (jax {jax.__version__}).\n\n")
+            f"{proto.name}, {args.num_models} networks per set; seeds {args.seeds}. Mean ± sample "
+            f"std over seeds of each seed's mean over its networks (jax {jax.__version__}).\n\n")
     synset.atomic_write_bytes(os.path.join(args.out, "table.md"), (head + text + "\n").encode())
     synset.atomic_write_json(os.path.join(args.out, "table.json"),
                              {w: {dt: {str(s): v for s, v in r.items()} for dt, r in rr.items()}
