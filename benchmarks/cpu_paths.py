@@ -22,6 +22,7 @@ removed: no built-in policy used it and it was slower on every job.) Prints one 
 median seconds of each and its ratio to ``default`` (above 1: the variant is slower).
 
   python benchmarks/cpu_paths.py --repeats 5
+  python benchmarks/cpu_paths.py --tiny        # checks the script in seconds (smoke sizes)
 """
 from __future__ import annotations
 
@@ -88,8 +89,8 @@ def _dm_job(preset: str, steps: int):
   return run
 
 
-def _eval_job(epochs: int):
-  cfg = config_lib.get_config("cpu", weighting="kde")
+def _eval_job(epochs: int, preset: str = "cpu"):
+  cfg = config_lib.get_config(preset, weighting="kde")
   ds, x, _ = _real(cfg)
   nc = ds.num_classes
   syn = jaxdd.SynSet(jax.random.normal(jax.random.key(2), (nc * cfg.ipc, 28, 28, 3)),
@@ -113,7 +114,7 @@ def _eval_job(epochs: int):
   return run
 
 
-def main() -> int:
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--jobs", default="cpu-dm-step,paper-dm-step,cpu-eval-epoch")
@@ -121,10 +122,17 @@ def main() -> int:
   p.add_argument("--cpu-steps", type=int, default=20, help="cpu-preset DM steps per timing")
   p.add_argument("--paper-steps", type=int, default=2, help="paper-preset DM steps per timing")
   p.add_argument("--eval-epochs", type=int, default=4, help="epochs of each timed evaluation")
-  args = p.parse_args()
-  makers = {"cpu-dm-step": lambda: _dm_job("cpu", args.cpu_steps),
-            "paper-dm-step": lambda: _dm_job("paper", args.paper_steps),
-            "cpu-eval-epoch": lambda: _eval_job(args.eval_epochs)}
+  p.add_argument("--tiny", action="store_true",
+                 help="check the script in seconds: every job on the smoke preset's sizes, one "
+                      "repeat of one step or epoch (flags given explicitly still apply)")
+  args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(repeats=1, cpu_steps=1, paper_steps=1, eval_epochs=1)
+    args = p.parse_args(argv)
+  cpu, paper = ("smoke", "smoke") if args.tiny else ("cpu", "paper")
+  makers = {"cpu-dm-step": lambda: _dm_job(cpu, args.cpu_steps),
+            "paper-dm-step": lambda: _dm_job(paper, args.paper_steps),
+            "cpu-eval-epoch": lambda: _eval_job(args.eval_epochs, cpu)}
   variants = args.variants.split(",")
   summary = {}
   for job in args.jobs.split(","):

@@ -10,6 +10,7 @@ measured in the same process (below 1: the N-run program is faster than running 
 runs one after another).
 
   python benchmarks/dm_runs.py --runs 1,3,10 --steps 5
+  python benchmarks/dm_runs.py --tiny     # checks the script in seconds
 """
 from __future__ import annotations
 
@@ -41,7 +42,13 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=5, help="timed steps per point (median)")
   p.add_argument("--width", type=int, default=32)
   p.add_argument("--real-per-class", type=int, default=64)
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: N = 2, one step, width 8, 4 real images per class (flags "
+      "given explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(runs="2", steps=1, width=8, real_per_class=4)
+    args = p.parse_args(argv)
 
   import jax
   import numpy as np

@@ -16,6 +16,7 @@ prints one JSON line. Usage:
   python benchmarks/dm_step.py --real-dtype bfloat16 # the real-image forward in bfloat16
   python benchmarks/dm_step.py --forward-conv xla   # the real forward without Winograd
   python benchmarks/dm_step.py --no-tune-malloc     # glibc's allocator as shipped
+  python benchmarks/dm_step.py --tiny               # checks the script in seconds
 
 Like the ``jaxdd`` CLI, the measured process keeps freed memory
 (:func:`jaxdd.cli.tune_allocator`, the setting of the allocator-tuned PyTorch
@@ -73,6 +74,9 @@ def _measure(args) -> None:
   t0 = time.perf_counter()
   compiled = d.step.lower(state, real).compile()
   compile_s = time.perf_counter() - t0
+  # The compiled program takes the step's runtime knobs (lr, KDE variance and temperature) as
+  # an argument; d.step(state, data) binds the distiller's own, and so does this.
+  knobs = (d.step._hp,) if hasattr(d.step, "_hp") else ()
   # FLOPs of the step's network work: the real images go forward once, the
   # synthetic ones forward and back (input gradient only, ~ the forward's
   # cost). XLA's own count of the compiled step counts each loop body once
@@ -89,7 +93,7 @@ def _measure(args) -> None:
   times = []
   for i in range(args.warmup + args.steps):
     t0 = time.perf_counter()
-    state, metrics = compiled(state, real)
+    state, metrics = compiled(state, real, *knobs)
     jax.block_until_ready(state.syn.images)
     if i >= args.warmup:
       times.append(time.perf_counter() - t0)
@@ -136,7 +140,13 @@ def main(argv=None) -> None:
                       "jaxdd CLI does; compare with the allocator-tuned PyTorch reference)")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: IPC 1, one step without warm-up, 4 real images per class, "
+      "width 8 (flags given explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(ipc=[1], steps=1, warmup=0, real_per_class=4, width=8)
+    args = p.parse_args(argv)
   if args.child:
     args.ipc = args.ipc[0]
     _child(args)

@@ -28,6 +28,7 @@ GFLOP/s is set against the machine's fp32 matmul rate, measured here on a 2048^2
 Usage::
 
   python benchmarks/eval_profile.py --batch 100 --table     # IPC 10
+  python benchmarks/eval_profile.py --tiny --table         # checks the script in seconds
   python benchmarks/eval_profile.py --batch 256 --table     # IPC 50's batch
   python benchmarks/eval_profile.py --batch 8 --width 16 --iters 2 --table   # a quick check
   python benchmarks/eval_profile.py --batch 100 --trace runs/trace --top 25  # ops of the step
@@ -171,7 +172,13 @@ def main(argv=None) -> None:
                  help="also profile the whole step (jax.profiler trace written to DIR) and print "
                       "its ops, largest first")
   p.add_argument("--top", type=int, default=25, help="ops printed by --trace")
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: batch 4, width 4, 2 iterations, one repeat (flags given "
+      "explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(batch=4, width=4, iters=2, repeats=1)
+    args = p.parse_args(argv)
 
   import jax
   import jax.numpy as jnp

@@ -20,7 +20,8 @@ A mode may name the convolution layout after a ``+`` (``vmap+xla``,
 Each (ipc, protocol, mode) runs in its own subprocess, so ``ru_maxrss`` is that
 configuration's peak; it prints one JSON line with compile and run seconds,
 the per-model cost, and the peak RSS. A final line per (ipc, protocol) gives
-the speed-ups relative to ``sequential``. The reference PyTorch evaluation
+the speed-ups relative to ``sequential``. A configuration that fails prints an ``error`` line
+and the script exits 1 after the others. The reference PyTorch evaluation
 (docs/protocols.md) trains its networks one after another.
 
 Usage:
@@ -28,6 +29,7 @@ Usage:
   python benchmarks/evaluate.py                               # ipc 10 and 50, dm and cpu
   python benchmarks/evaluate.py --ipc 10 --protocol cpu --modes map sequential
   python benchmarks/evaluate.py --epochs 2 --width 8 --test-size 256   # a quick check
+  python benchmarks/evaluate.py --tiny                                 # checks the script
   python benchmarks/evaluate.py --policy accelerator          # pin a jaxdd.policy layout
   python benchmarks/evaluate.py --no-tune-malloc              # glibc's allocator as shipped
   python benchmarks/evaluate.py --train-conv xla --micro-batch 10   # override policy fields
@@ -73,6 +75,7 @@ def _measure(args) -> None:
 
   malloc_tuned = cli.tune_allocator() if args.tune_malloc else False
   ev = importlib.import_module("jaxdd.train")  # the trainer and its compiled programs
+  many = importlib.import_module("jaxdd.train.many")  # the N-network program
 
   protocol = protocols.get_protocol(args.protocol)
   if args.epochs is not None:
@@ -93,7 +96,7 @@ def _measure(args) -> None:
     train = ev._train_single(task, protocol).lower(keys[0], lr[0], images, labels).compile()
     predict = ev._predict_program(task, ev.predict_block(protocol, args.test_size, "map"), "map")
   else:
-    train = ev._train_many_program(task, protocol, args.mode).lower(
+    train = many._train_many_program(task, protocol, args.mode).lower(
         keys, lr, images, labels).compile()
     predict = ev._predict_program(task, ev.predict_block(protocol, args.test_size, args.mode),
                                   args.mode)
@@ -140,7 +143,7 @@ def _measure(args) -> None:
   }), flush=True)
 
 
-def main() -> None:
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
   p.add_argument("--protocol", nargs="+", default=["dm", "cpu"])
@@ -166,16 +169,24 @@ def main() -> None:
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--mode", default="map", help=argparse.SUPPRESS)
   p.add_argument("--conv", default="policy", help=argparse.SUPPRESS)
-  args = p.parse_args()
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: IPC 1, the smoke protocol cut to one epoch, 2 width-4 "
+      "networks, 16 test images, modes map and sequential (flags given explicitly still apply)"))
+  args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(ipc=[1], protocol=["smoke"], modes=["map", "sequential"], num_models=2,
+                   epochs=1, width=4, test_size=16)
+    args = p.parse_args(argv)
   if args.child:
     args.ipc, args.protocol = args.ipc[0], args.protocol[0]
     _child(args)
-    return
+    return 0
 
   here = os.path.dirname(os.path.abspath(__file__))
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here),
                                                      env.get("PYTHONPATH")]))
+  failed = 0
   for ipc in args.ipc:
     for proto in args.protocol:
       results = {}
@@ -195,6 +206,7 @@ def main() -> None:
         if out.returncode != 0:
           print(json.dumps({"bench": "evaluate", "mode": mode, "ipc": ipc, "protocol": proto,
                             "error": out.stderr.strip().splitlines()[-1:]}), flush=True)
+          failed += 1
           continue
         line = out.stdout.strip().splitlines()[-1]
         print(line, flush=True)
@@ -209,7 +221,8 @@ def main() -> None:
             summary[f"{mode}_total_speedup"] = round(seq["total_s"] / r["total_s"], 3)
             summary[f"{mode}_peak_rss_ratio"] = round(r["peak_rss_mib"] / seq["peak_rss_mib"], 3)
         print(json.dumps(summary), flush=True)
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -26,6 +26,7 @@ Each configuration runs in its own subprocess and prints one JSON line:
   python benchmarks/gm_outer.py --kde                  # KDE-weighted (batch scope)
   python benchmarks/gm_outer.py --no-tune-malloc       # glibc's allocator as shipped
   python benchmarks/gm_outer.py --policy accelerator   # pin a jaxdd.policy layout
+  python benchmarks/gm_outer.py --tiny                 # checks the script in seconds
 """
 from __future__ import annotations
 
@@ -94,6 +95,9 @@ def _measure(args) -> None:
   t0 = time.perf_counter()
   compiled = d.step.lower(state, real).compile()
   compile_s = time.perf_counter() - t0
+  # The compiled program takes the step's runtime knobs (lr, KDE variance and temperature) as
+  # an argument; d.step(state, data) binds the distiller's own, and so does this.
+  knobs = (d.step._hp,) if hasattr(d.step, "_hp") else ()
 
   net = models.ConvNet(nc, width=args.width)
   one = jnp.zeros((1, 28, 28, 3))
@@ -108,7 +112,7 @@ def _measure(args) -> None:
   holder = {"state": state}
 
   def one_step():
-    holder["state"], m = compiled(holder["state"], real)
+    holder["state"], m = compiled(holder["state"], real, *knobs)
     jax.block_until_ready(holder["state"].syn.images)
     holder["metrics"] = m
 
@@ -191,7 +195,14 @@ def main(argv=None) -> None:
                  help="the networks' convolutions (jaxdd.policy train_conv; default: the policy's)")
   p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the measured process")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: IPC 1, outer loop 2, inner loop 2, one iteration and one of "
+      "each part, 2 real images per class, width 8 (flags given explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(ipc=1, outer_loop=2, inner_loop=2, iters=1, warmup=0, part_iters=1,
+                   real_per_class=2, width=8)
+    args = p.parse_args(argv)
   if args.child:
     _child(args)
     return

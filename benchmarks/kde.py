@@ -20,6 +20,7 @@ Usage::
 
   python benchmarks/kde.py                              # N = 6000 and 60000
   python benchmarks/kde.py --n 2000 --repeats 3         # quick check
+  python benchmarks/kde.py --tiny                       # checks the script in seconds
   python benchmarks/kde.py --n 60000 --block 2048 --support-block 2048
   python benchmarks/kde.py --xla-flags=--xla_cpu_use_onednn=true
   python benchmarks/kde.py --n 600000 --queries 12000 --batch 0 --check-n 0
@@ -41,11 +42,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=wrong-import-position
-from kde_numpy import (agreement, common_args, emit,  # noqa: E402
+from kde_numpy import (TINY_N, agreement, common_args, emit, parse,  # noqa: E402
                        reference_log_density, time_runs, unit_sphere)
 
 
-def main() -> None:
+def main(argv=None) -> None:
   p = common_args(__doc__.splitlines()[0])
   p.add_argument("--block", type=int, default=1024,
                  help="query rows per tile (block_size)")
@@ -70,8 +71,8 @@ def main() -> None:
                  help="use log_density_sharded over all local devices")
   p.add_argument("--xla-flags", default=None,
                  help="value for XLA_FLAGS, set before jax is imported")
-  args = p.parse_args()
-  sizes = args.n or [6000, 60000]
+  args = parse(p, argv, block=64, batch=16, classes=2, batch_calls=2)
+  sizes = args.n or ([TINY_N] if args.tiny else [6000, 60000])
   if args.xla_flags is not None:
     os.environ["XLA_FLAGS"] = args.xla_flags
 

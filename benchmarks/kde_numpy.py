@@ -16,6 +16,7 @@ Usage::
 
   python benchmarks/kde_numpy.py --n 6000 --n 60000 --repeats 3
   python benchmarks/kde_numpy.py --n 2000 --repeats 3   # quick check
+  python benchmarks/kde_numpy.py --tiny                 # checks the script in seconds
 
 Every measurement prints one JSON line: median/min/all times (seconds, after
 one warm-up run), and the process peak RSS so far (``ru_maxrss``; it only
@@ -112,7 +113,23 @@ def common_args(description: str) -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="data seed")
   p.add_argument("--check-n", type=int, default=2000,
                  help="size of the shared agreement-check set (0 = skip)")
+  p.add_argument("--tiny", action="store_true", help=(
+      f"check the script in seconds: N = {TINY_N}, a {TINY_N // 2}-point check, one repeat "
+      "without warm-up (flags given explicitly still apply)"))
   return p
+
+
+#: The one size of ``--tiny``.
+TINY_N = 200
+
+
+def parse(p: argparse.ArgumentParser, argv, **tiny) -> argparse.Namespace:
+  """``p``'s arguments; under ``--tiny`` the defaults shrink (plus the script's own ``tiny``)."""
+  args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(repeats=1, warmup=0, check_n=TINY_N // 2, **tiny)
+    args = p.parse_args(argv)
+  return args
 
 
 # ---------------------------------------------------------------------------
@@ -140,11 +157,11 @@ def numpy_log_density(x: np.ndarray, variance: float,
   return out - np.float32(math.log(len(x)))
 
 
-def main() -> None:
+def main(argv=None) -> None:
   p = common_args(__doc__.splitlines()[0])
   p.add_argument("--chunk", type=int, default=2000, help="rows per chunk")
-  args = p.parse_args()
-  sizes = args.n or [6000, 60000]
+  args = parse(p, argv, chunk=64)
+  sizes = args.n or ([TINY_N] if args.tiny else [6000, 60000])
 
   if args.check_n:
     xc = unit_sphere(args.check_n, args.d, args.seed)

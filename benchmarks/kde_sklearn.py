@@ -17,6 +17,7 @@ Usage::
 
   python benchmarks/kde_sklearn.py                      # N = 6000
   python benchmarks/kde_sklearn.py --n 2000 --repeats 3 # quick check
+  python benchmarks/kde_sklearn.py --tiny               # checks the script in seconds
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=wrong-import-position
-from kde_numpy import (agreement, common_args, emit,  # noqa: E402
+from kde_numpy import (TINY_N, agreement, common_args, emit, parse,  # noqa: E402
                        reference_log_density, time_runs, unit_sphere)
 
 
@@ -38,12 +39,12 @@ def sklearn_log_density(x, variance: float, algorithm: str = "auto"):
   return kde.fit(x).score_samples(x)
 
 
-def main() -> None:
+def main(argv=None) -> None:
   p = common_args(__doc__.splitlines()[0])
   p.add_argument("--algorithm", default="auto",
                  help="KernelDensity tree: auto, kd_tree or ball_tree")
-  args = p.parse_args()
-  sizes = args.n or [6000]
+  args = parse(p, argv)
+  sizes = args.n or ([TINY_N] if args.tiny else [6000])
   import sklearn  # pylint: disable=import-outside-toplevel
   expected_offset = -0.5 * args.d * math.log(2 * math.pi * args.variance)
 

@@ -11,10 +11,11 @@ buffer of 2 experts x 5 epochs (the step's cost does not depend on the buffer's 
 Memory is XLA's own accounting of the compiled step (``memory_analysis()``: temporary
 buffers, and arguments + outputs), so it is exact and machine-independent; times are the
 median of ``--iters`` steps after one warm-up. Each configuration runs in its own
-subprocess and prints one JSON line:
+subprocess and prints one JSON line (an ``error`` line if it fails; the script then exits 1):
 
   python benchmarks/mtt_step.py                             # both modes, syn_steps 10,20,40,80
   python benchmarks/mtt_step.py --width 128 --memory-only     # MTT's width: memory only
+  python benchmarks/mtt_step.py --tiny                       # checks the script in seconds
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def one(mode: str, syn_steps: int, width: int, iters: int, memory_only: bool = F
   t0 = time.perf_counter()
   compiled = d.step.lower(state, buf).compile()
   compile_s = time.perf_counter() - t0
+  # The compiled program takes the step's runtime knobs (lr, KDE variance and temperature) as
+  # an argument; d.step(state, data) binds the distiller's own, and so does this.
+  knobs = (d.step._hp,) if hasattr(d.step, "_hp") else ()
   mem = compiled.memory_analysis()
   memory = {"temp_mb": round(mem.temp_size_in_bytes / 2**20, 2),
             "args_out_mb": round((mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**20,
@@ -55,7 +59,7 @@ def one(mode: str, syn_steps: int, width: int, iters: int, memory_only: bool = F
   times = []
   for i in range(iters + 1):
     t0 = time.perf_counter()
-    state, m = compiled(state, buf)
+    state, m = compiled(state, buf, *knobs)
     jax.block_until_ready(state.syn.images)
     if i:
       times.append(time.perf_counter() - t0)
@@ -75,11 +79,18 @@ def main(argv=None) -> int:
   p.add_argument("--memory-only", action="store_true",
                  help="compile and report memory, run nothing")
   p.add_argument("--one", nargs=2, default=None, help=argparse.SUPPRESS)
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: syn_steps 2, width 8, one timed step of each mode (flags "
+      "given explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(steps="2", width=8, iters=1)
+    args = p.parse_args(argv)
   if args.one:
     print(json.dumps(one(args.one[0], int(args.one[1]), args.width, args.iters,
                          args.memory_only)), flush=True)
     return 0
+  failed = 0
   for mode in args.modes.split(","):
     for s in args.steps.split(","):
       out = subprocess.run([sys.executable, __file__, "--one", mode, s, "--width",
@@ -88,8 +99,9 @@ def main(argv=None) -> int:
                            capture_output=True, text=True)
       line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else json.dumps(
           {"mode": mode, "syn_steps": int(s), "error": out.stderr.strip().splitlines()[-1]})
+      failed += out.returncode != 0
       print(line, flush=True)
-  return 0
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":

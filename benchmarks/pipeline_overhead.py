@@ -16,6 +16,7 @@ difference of two whole ``distill_run`` calls, of ``iterations`` and
 warm-up run) cancel; checkpoints, metrics lines and the bar are in.
 
   python benchmarks/pipeline_overhead.py --preset smoke --iterations 1000 --k 1,10,50 --repeats 3
+  python benchmarks/pipeline_overhead.py --tiny   # checks the script in seconds
 """
 from __future__ import annotations
 
@@ -36,7 +37,13 @@ def main(argv=None) -> int:
   p.add_argument("--checkpoint-every", type=int, default=500, help="the paper preset's cadence")
   p.add_argument("--k", default="1,10,50", help="comma-separated steps per call")
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: 4 iterations of the smoke preset, K = 1 and 2, one repeat "
+      "(flags given explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(iterations=4, k="1,2", repeats=1, log_every=1, checkpoint_every=2)
+    args = p.parse_args(argv)
 
   import jax
   import numpy as np

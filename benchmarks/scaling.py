@@ -27,7 +27,8 @@ Usage::
   python benchmarks/scaling.py --out scaling.jsonl                  # all sweeps
   python benchmarks/scaling.py --out scaling.jsonl --sweeps kde
   python benchmarks/scaling.py --out scaling.jsonl --report results/scaling
-  python benchmarks/scaling.py --out quick.jsonl --quick --report quick        # seconds
+  python benchmarks/scaling.py --out quick.jsonl --quick --report quick        # minutes
+  python benchmarks/scaling.py --out tiny.jsonl --tiny --report tiny          # checks the script
 """
 from __future__ import annotations
 
@@ -96,30 +97,34 @@ def _kde_child(n: int, repeats: int, d: int = 128, variance: float = 0.1) -> Non
 def sweep_dm(args, emit) -> None:
   ipcs, reals = ((1, 10), (64, 256)) if args.quick else (DM_IPC, DM_REAL)
   points = [(ipc, 256) for ipc in ipcs] + [(10, r) for r in reals if r != 256]
+  if args.tiny:
+    points = [(1, 4)]
   for ipc, real in points:
     cmd = [sys.executable, os.path.join(HERE, "dm_step.py"), "--child", "--ipc", str(ipc),
-           "--real-per-class", str(real), "--steps", str(args.dm_steps), "--warmup", "2",
+           "--real-per-class", str(real), "--steps", str(args.dm_steps),
+           "--warmup", "0" if args.tiny else "2",
            "--real-chunk", "auto", "--syn-chunk", "auto", "--policy", "auto"]
-    if args.quick:
-      cmd += ["--width", "16"]
+    if args.quick or args.tiny:
+      cmd += ["--width", "8" if args.tiny else "16"]
     emit(_run(cmd, {"sweep": "dm"}))
 
 
 def sweep_kde(args, emit) -> None:
-  for n in ((600, 6_000) if args.quick else KDE_N):
+  for n in ((200,) if args.tiny else (600, 6_000) if args.quick else KDE_N):
     emit(_run([sys.executable, os.path.abspath(__file__), "--kde-child", str(n),
                "--kde-repeats", str(args.kde_repeats)], {"sweep": "kde"}))
 
 
 def sweep_eval(args, emit) -> None:
-  models = (1, 2) if args.quick else EVAL_MODELS
-  for mode in EVAL_MODES:
+  models = (1,) if args.tiny else (1, 2) if args.quick else EVAL_MODELS
+  for mode in EVAL_MODES[:1] if args.tiny else EVAL_MODES:
     for m in models:
       cmd = [sys.executable, os.path.join(HERE, "evaluate.py"), "--child", "--mode", mode,
-             "--ipc", "10", "--protocol", "dm", "--num-models", str(m),
-             "--epochs", str(args.eval_epochs), "--test-size", "1000", "--policy", "auto"]
-      if args.quick:
-        cmd += ["--width", "8"]
+             "--ipc", "1" if args.tiny else "10", "--protocol", "dm", "--num-models", str(m),
+             "--epochs", str(args.eval_epochs), "--test-size", "16" if args.tiny else "1000",
+             "--policy", "auto"]
+      if args.quick or args.tiny:
+        cmd += ["--width", "4" if args.tiny else "8"]
       emit(_run(cmd, {"sweep": "eval"}))
 
 
@@ -237,11 +242,17 @@ def main(argv=None) -> None:
   p.add_argument("--dm-steps", type=int, default=6)
   p.add_argument("--kde-repeats", type=int, default=2)
   p.add_argument("--eval-epochs", type=int, default=10)
-  p.add_argument("--quick", action="store_true", help="tiny sizes (checks the script)")
+  p.add_argument("--quick", action="store_true", help="small sizes (a first look in minutes)")
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: one point per sweep at the smallest sizes, one repeat "
+      "(flags given explicitly still apply)"))
   p.add_argument("--report", default=None, help="write tables and PNGs for --out into this dir")
   p.add_argument("--no-measure", action="store_true", help="only --report")
   p.add_argument("--kde-child", type=int, default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(dm_steps=1, kde_repeats=1, eval_epochs=1)
+    args = p.parse_args(argv)
   if args.kde_child is not None:
     _kde_child(args.kde_child, args.kde_repeats)
     return

@@ -11,6 +11,7 @@ compiled epoch). Printed: one JSON line per process, then per checkout the
 median over repeats of the seconds per DM step and per evaluation epoch, and the ratios B / A.
 
   python benchmarks/side_by_side.py --a ../old-checkout --b . --repeats 5
+  python benchmarks/side_by_side.py --tiny     # checks the script in seconds
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _distiller(config, num_classes, kde_config):
     return pipeline.make_distiller(config, num_classes, kde_config)
 
 
-def _child(steps: int, eval_epochs: int) -> dict:
+def _child(steps: int, eval_epochs: int, preset: str = "cpu") -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -42,7 +43,7 @@ def _child(steps: int, eval_epochs: int) -> dict:
   from jaxdd import config as config_lib
   from jaxdd import data, distill, models
 
-  cfg = config_lib.get_config("cpu", weighting="kde")
+  cfg = config_lib.get_config(preset, weighting="kde")
   ds = data.load(cfg.dataset, split="train", conflict_ratio=cfg.conflict_ratio, seed=cfg.seed)
   nc = ds.num_classes
   mean, std = data.channel_stats(ds.images)
@@ -80,19 +81,29 @@ def _child(steps: int, eval_epochs: int) -> dict:
   return {"step_s": statistics.median(times), "epoch_s": eval_seconds / protocol.num_epochs}
 
 
-def main() -> int:
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--a", required=True, help="checkout A (the baseline)")
-  p.add_argument("--b", required=True, help="checkout B (the change)")
+  p.add_argument("--a", help="checkout A (the baseline; required)")
+  p.add_argument("--b", help="checkout B (the change; required)")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--steps", type=int, default=30, help="timed DM steps per process")
   p.add_argument("--eval-epochs", type=int, default=2,
                  help="epochs of each timed evaluation (the cpu protocol's, shortened)")
+  p.add_argument("--preset", default="cpu", help=argparse.SUPPRESS)
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-  args = p.parse_args()
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: this checkout against itself (unless --a / --b), the smoke "
+      "preset's sizes, one repeat of one step and one epoch"))
+  args = p.parse_args(argv)
+  if args.tiny:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p.set_defaults(a=here, b=here, repeats=1, steps=1, eval_epochs=1, preset="smoke")
+    args = p.parse_args(argv)
   if args.child:
-    print(json.dumps(_child(args.steps, args.eval_epochs)))
+    print(json.dumps(_child(args.steps, args.eval_epochs, args.preset)))
     return 0
+  if not (args.a and args.b):
+    p.error("--a and --b are required: the two checkouts to compare")
   rows = {"a": [], "b": []}
   for r in range(args.repeats):
     for name in ("a", "b"):
@@ -100,7 +111,8 @@ def main() -> int:
       env = dict(os.environ, PYTHONPATH=root, JAXDD_COMPILE_CACHE="0")
       out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--a", root,
                             "--b", root, "--steps", str(args.steps),
-                            "--eval-epochs", str(args.eval_epochs)], env=env, cwd=root,
+                            "--eval-epochs", str(args.eval_epochs), "--preset", args.preset],
+                           env=env, cwd=root,
                            capture_output=True, text=True, check=True)
       row = json.loads(out.stdout.strip().splitlines()[-1])
       rows[name].append(row)

@@ -18,6 +18,7 @@ the defences.
 
   python experiments/backdoor.py --preset cpu --datasets cmnist,bg_fmnist --seeds 0,1,2 \\
       --workdir runs/backdoor
+  python experiments/backdoor.py --workdir runs/tiny-backdoor --tiny   # in seconds
 
 A dataset entry ``NAME@RATIO`` sets the conflict ratio (default: the preset's, 5 %), e.g.
 ``bg_fmnist@0.9``: Fashion-MNIST whose background colours are independent of the class (10 %
@@ -338,7 +339,14 @@ def main(argv=None) -> int:
                  help="seeds the probe's rules were chosen on: the table shows them apart from "
                       "the held-out ones (e.g. 0,1,2; NAME:SEED for one dataset entry's seed, "
                       "e.g. cmnist:0,bg_fmnist:0; NAME:SEED:VARIANT for one SynSet)")
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: the smoke preset, CMNIST, seed 0, one victim network of the "
+      "smoke protocol, one post-hoc step (flags given explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(preset="smoke", datasets="cmnist", seeds="0", posthoc_steps=1,
+                   victim_protocol="smoke", victim_models=1)
+    args = p.parse_args(argv)
   for entry in args.datasets.split(","):
     try:
       parse_dataset(entry)

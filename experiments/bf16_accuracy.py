@@ -13,6 +13,7 @@ weighting), seeds 0, 1, 2; each set evaluated once on the test split with the
 evaluation is kept under ``--root`` and reused.
 
     python experiments/bf16_accuracy.py --root runs/bf16 --out results/bf16
+    python experiments/bf16_accuracy.py --root runs/tiny-bf16 --out runs/tiny-bf16/out --tiny
 """
 from __future__ import annotations
 
@@ -78,15 +79,22 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=None, help="write table.md and table.json here")
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   p.add_argument("--num-models", type=int, default=3)
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: the smoke preset (its IPC) and protocol, seeds 0 and 1, one "
+      "network (flags given explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(seeds=[0, 1], num_models=1)
+    args = p.parse_args(argv)
   if len(args.seeds) < 2:
     p.error("--seeds: give at least 2 seeds (the table reports a std over seeds)")
   cli.tune_allocator()
   progress.setup_logging(False)
-  proto = protocols.get_protocol("cpu300")
+  proto = protocols.get_protocol("smoke" if args.tiny else "cpu300")
   results: dict = {w: {dt: {} for dt in DTYPES} for w in ("none", "kde")}
   for seed in args.seeds:
-    base = get_config("cpu", dataset="cmnist", conflict_ratio=0.05, ipc=10, seed=seed)
+    base = (get_config("smoke", dataset="cmnist", conflict_ratio=0.05, seed=seed) if args.tiny
+            else get_config("cpu", dataset="cmnist", conflict_ratio=0.05, ipc=10, seed=seed))
     run_data = runs.RunData(base)
     embeddings = runs.surrogate_embeddings(base, run_data, runs.run_keys(base)[0])
     for w in ("none", "kde"):
@@ -103,9 +111,9 @@ def main(argv=None) -> int:
   print(text)
   if args.out:
     os.makedirs(args.out, exist_ok=True)
-    head = (f"CMNIST 5 %, IPC 10, `cpu` preset, test split, protocol cpu300, {args.num_models} "
-            f"networks per set; seeds {args.seeds}. Mean ± sample std over seeds of each seed's "
-            f"mean over its networks (jax {jax.__version__}).\n\n")
+    head = (f"CMNIST 5 %, IPC {base.ipc}, `{base.preset}` preset, test split, protocol "
+            f"{proto.name}, {args.num_models} networks per set; seeds {args.seeds}. Mean ± sample "
+            f"std over seeds of each seed's mean over its networks (jax {jax.__version__}).\n\n")
     synset.atomic_write_bytes(os.path.join(args.out, "table.md"), (head + text + "\n").encode())
     synset.atomic_write_json(os.path.join(args.out, "table.json"),
                              {w: {dt: {str(s): v for s, v in r.items()} for dt, r in rr.items()}

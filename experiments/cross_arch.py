@@ -12,6 +12,7 @@ pickle), so an interrupted run resumes without training either again.
 
   python experiments/cross_arch.py --cell a --root runs/grid
   python experiments/cross_arch.py --cell a --root runs/grid --publish   # results/cross-arch/
+  python experiments/cross_arch.py --cell a --root runs/tiny-grid --tiny  # after grid.py's
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ import numpy as np
 from flax import serialization
 
 from jaxdd import elf, models, progress, protocols, runs, synset
-from jaxdd.config import get_config
 
 def _grid():
   spec = importlib.util.spec_from_file_location(
@@ -57,22 +57,22 @@ def feature_variables(path: str, train):
 
 def measure(cell: str, root: str, *, rows, model_specs, protocol: str, num_models: int,
             feature_model: str, feature_protocol: str, with_elf: bool,
-            show_progress: bool, seeds=None) -> dict:
+            show_progress: bool, seeds=None, tiny: bool = False) -> dict:
   """``{row: {seed: matrix}}`` for the cell's seeds (each matrix: :func:`jaxdd.elf.cross_architecture`)."""
   grid = _grid()
   if cell not in grid.CELLS:
     raise ValueError(f"unknown cell {cell!r}; choose from {sorted(grid.CELLS)}")
-  spec = grid.CELLS[cell]
-  base = get_config("cpu", **spec["overrides"])
+  base = grid.cell_base(cell, tiny)
   settings = grid.settings_of(cell, base, root)
   unknown = set(rows) - set(settings)
   if unknown:
     raise ValueError(f"rows {sorted(unknown)} are not rows of cell {cell} ({sorted(settings)})")
+  cell_seeds = grid.cell_seeds(cell, tiny)
   if seeds is None:
-    seeds = spec["seeds"]
-  elif not set(seeds) <= set(spec["seeds"]):
-    raise ValueError(f"seeds {sorted(set(seeds) - set(spec['seeds']))} are not seeds of cell "
-                     f"{cell} ({list(spec['seeds'])})")
+    seeds = cell_seeds
+  elif not set(seeds) <= set(cell_seeds):
+    raise ValueError(f"seeds {sorted(set(seeds) - set(cell_seeds))} are not seeds of cell "
+                     f"{cell} ({list(cell_seeds)})")
   for s in model_specs:
     models.get(s, num_classes=2)
   protocols.get_protocol(protocol)
@@ -151,7 +151,15 @@ def main(argv=None) -> int:
   p.add_argument("--publish", action="store_true",
                  help="write results/cross-arch/<cell>.json and .md from the stored results")
   p.add_argument("--quiet", action="store_true")
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds on a cell that `grid.py --tiny` ran: seed 0, a ConvNet and "
+      "an MLP, one network of the smoke protocol, a small feature model (flags given "
+      "explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(models="convnet-d2-w8,mlp", protocol="smoke", num_models=1,
+                   feature_model="convnet-d2-w8", feature_protocol="smoke", seeds="0")
+    args = p.parse_args(argv)
   try:
     seeds = None if args.seeds is None else [int(x) for x in args.seeds.split(",")]
   except ValueError:
@@ -163,7 +171,7 @@ def main(argv=None) -> int:
                     num_models=args.num_models, feature_model=args.feature_model,
                     feature_protocol=args.feature_protocol, with_elf=not args.no_elf,
                     show_progress=not args.quiet,
-                    seeds=seeds)
+                    seeds=seeds, tiny=args.tiny)
   summary = elf.summarize_seeds(results)
   print(elf.format_seeds(summary))
   if args.publish:

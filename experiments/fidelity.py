@@ -10,6 +10,7 @@ such.
 
   python experiments/fidelity.py --preset proxy --ipc 50 --seeds 0,1,2 \\
       --workdir runs/fidelity-ipc50 [--arms vanilla,kde,...] [--dataset cmnist]
+  python experiments/fidelity.py --workdir runs/tiny-fidelity --tiny   # in seconds
 
 Writes ``<workdir>/<arm>/s<seed>/result.json`` (a finished arm/seed is skipped when the
 command is run again) and ``<workdir>/table.md`` / ``table.json``: mean ± sample std over
@@ -254,7 +255,13 @@ def main(argv=None) -> int:
   p.add_argument("--refresh-diagnostics", action="store_true",
                  help="add the in-group ESS to finished runs written before it existed "
                       "(recomputed from each run's saved config; nothing is distilled again)")
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: the smoke preset, seed 0, arms vanilla and kde (flags given "
+      "explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(preset="smoke", seeds="0", arms="vanilla,kde")
+    args = p.parse_args(argv)
   arms = [a for a in args.arms.split(",") if a]
   unknown = [a for a in arms if a not in ARMS]
   if unknown:

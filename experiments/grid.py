@@ -2,6 +2,7 @@
 
     python experiments/grid.py --cells a,b --root runs/grid            # run (resumable)
     python experiments/grid.py --cells a,b --root runs/grid --publish  # copy tables to results/
+    python experiments/grid.py --cells a --root runs/tiny-grid --tiny  # in seconds
 
 Cells (the `cpu` preset, offline data; docs/protocols.md §7):
 
@@ -150,26 +151,46 @@ def settings_of(name: str, base: RunConfig, root: str) -> dict[str, runs.Setting
   return cell_settings(cell if cell.get("from_cell") else dict(cell, from_cell=name), base, root)
 
 
-def run_cell(name: str, root: str, *, progress: bool, cifar10: str | None = None) -> dict:
+def cell_base(name: str, tiny: bool = False, **extra) -> RunConfig:
+  """The preset config of cell ``name`` (``tiny``: the smoke preset's sizes, its IPC too)."""
+  overrides = dict(CELLS[name]["overrides"], **extra)
+  if tiny:
+    overrides.pop("ipc", None)
+  return get_config("smoke" if tiny else "cpu", **overrides)
+
+
+def cell_seeds(name: str, tiny: bool = False) -> tuple[int, ...]:
+  """The seeds of the final table of cell ``name`` (``tiny``: 0 and 1)."""
+  return (0, 1) if tiny else tuple(CELLS[name]["seeds"])
+
+
+def run_cell(name: str, root: str, *, progress: bool, cifar10: str | None = None,
+             tiny: bool = False) -> dict:
+  """Runs cell ``name`` under ``root``; ``tiny`` checks the code path in seconds (smoke preset,
+  the two default settings as the only candidates, one network of the smoke protocol)."""
   cell = CELLS[name]
-  overrides = dict(cell["overrides"])
   if cell.get("needs_cifar10"):
     if cifar10 is None:
       raise ValueError(f"cell {name} needs CIFAR-10, which has no offline source here: pass "
                        "--cifar10 PATH (an .npz with x_train, y_train, x_test, y_test)")
-    overrides["source"] = os.path.abspath(cifar10)
-  base = get_config("cpu", **overrides)
+  base = cell_base(name, tiny, **({"source": os.path.abspath(cifar10)}
+                                  if cell.get("needs_cifar10") else {}))
   workdir = os.path.join(root, name)
   if cell.get("tune") and not os.path.exists(os.path.join(workdir, "selection.json")):
     candidates = (lr_candidates(base, cell["lr_grid"]) if "lr_grid" in cell else
                   temperature_candidates(base, cell["temperature_grid"])
                   if "temperature_grid" in cell else None)
-    runs.tune(base, workdir, seeds=cell.get("tune_seeds", (0, 1)), candidates=candidates,
-              progress=progress)
+    small = {}
+    if tiny:
+      candidates = [runs.default_setting(base, w) for w in ("none", "kde")]
+      small = dict(protocol="smoke", num_models=1)
+    runs.tune(base, workdir, seeds=(0, 1) if tiny else cell.get("tune_seeds", (0, 1)),
+              candidates=candidates, progress=progress, **small)
   settings = settings_of(name, base, root)
-  return runs.final(base, workdir, settings=settings, seeds=cell["seeds"], protocol="cpu300",
-                    num_models=cell["num_models"], progress=progress,
-                    full_models=cell.get("full_models", 3))
+  return runs.final(base, workdir, settings=settings, seeds=cell_seeds(name, tiny),
+                    protocol="smoke" if tiny else "cpu300",
+                    num_models=1 if tiny else cell["num_models"], progress=progress,
+                    full_models=1 if tiny else cell.get("full_models", 3))
 
 
 def publish(name: str, root: str, dest: str = "results") -> None:
@@ -194,6 +215,9 @@ def main(argv=None) -> int:
   parser.add_argument("--cifar10", default=None, metavar="PATH",
                       help="CIFAR-10 .npz (x_train, y_train, x_test, y_test) for cell c-cifar10c")
   parser.add_argument("--quiet", action="store_true")
+  parser.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: the smoke preset, seeds 0 and 1, the two default settings "
+      "as the only candidates, one network of the smoke protocol"))
   args = parser.parse_args(argv)
   names = [c.strip() for c in args.cells.split(",") if c.strip()]
   unknown = set(names) - set(CELLS)
@@ -209,7 +233,7 @@ def main(argv=None) -> int:
     if args.publish:
       publish(name, args.root)
     else:
-      run_cell(name, args.root, progress=not args.quiet, cifar10=args.cifar10)
+      run_cell(name, args.root, progress=not args.quiet, cifar10=args.cifar10, tiny=args.tiny)
   return 0
 
 

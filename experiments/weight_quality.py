@@ -11,6 +11,7 @@ clusters from k-means on the embeddings) and, as a check only, by the true bias 
 against the balanced 0.1, AUROC).
 
   python experiments/weight_quality.py --preset proxy --seed 0 --out runs/weights-proxy.md
+  python experiments/weight_quality.py --out runs/tiny-weights.md --tiny  # in seconds
 """
 from __future__ import annotations
 
@@ -66,7 +67,13 @@ def main(argv=None) -> int:
   p.add_argument("--nn-factors", default="1,4")
   p.add_argument("--clusters", type=int, default=10)
   p.add_argument("--out", required=True)
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: the smoke preset, one variance, temperature and NN factor, 2 "
+      "clusters (flags given explicitly still apply)"))
   args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(preset="smoke", variances="0.1", temperatures="1", nn_factors="1", clusters=2)
+    args = p.parse_args(argv)
   cfg = get_config(args.preset, dataset=args.dataset,
                    conflict_ratio=args.conflict_ratio, seed=args.seed, weighting="kde",
                    **fidelity.data_overrides(args))

@@ -1,0 +1,272 @@
+"""Every script under benchmarks/ and experiments/ runs end to end in its tiny mode.
+
+The scripts are not imported by the library, so nothing else notices when a change breaks
+one. Each test runs a script's real code path at the smallest sizes (``--tiny``), in this
+process where the script allows it (jax is imported once), and checks what it promises:
+its JSON lines with their keys, the files it writes. ``test_every_script_has_a_tiny_test``
+fails for a script added without one.
+
+The fast suite runs the cheap ones (well under a minute together); the tests marked slow
+(whole pipelines: tune, distil, evaluate, audit; or many compiled programs) run in CI's slow
+phase.
+"""
+import glob
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+#: Scripts tested elsewhere on their own (tests/test_experiments.py runs results_tables.py).
+TESTED_ELSEWHERE = {"experiments/results_tables.py"}
+#: script (relative to the repository root) -> the test below that runs its tiny mode.
+TESTS: dict[str, str] = {}
+
+
+def covers(*scripts):
+  def register(fn):
+    for s in scripts:
+      TESTS[s] = fn.__name__
+    return fn
+  return register
+
+
+def load(script: str):
+  """The script as a module (its ``main(argv)`` is called in this process)."""
+  name = "script_" + script.replace("/", "_").removesuffix(".py")
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, script))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def run(script: str, argv, capfd) -> tuple[list[dict], str]:
+  """Runs ``main(argv)``; asserts it succeeded; returns its JSON lines and all its stdout
+  (its measuring subprocesses' too: ``capfd`` reads the file descriptor)."""
+  code = load(script).main(argv)
+  out = capfd.readouterr().out
+  assert code in (None, 0), out
+  rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  assert not [r for r in rows if "error" in r], out
+  return rows, out
+
+
+def has(row: dict, *keys) -> bool:
+  return all(k in row for k in keys)
+
+
+def test_every_script_has_a_tiny_test():
+  scripts = sorted(os.path.relpath(p, ROOT) for pattern in ("benchmarks/*.py", "experiments/*.py")
+                   for p in glob.glob(os.path.join(ROOT, pattern)))
+  missing = [s for s in scripts if s not in TESTS and s not in TESTED_ELSEWHERE]
+  assert not missing, f"scripts without a tiny-mode test in tests/test_scripts.py: {missing}"
+  assert set(TESTS) <= set(scripts)  # no test of a script that is gone
+  for s in scripts:
+    if s in TESTS and s != "experiments/seed_table.py":
+      with open(os.path.join(ROOT, s)) as f:
+        assert "--tiny" in f.read(), f"{s} has no --tiny flag"
+
+
+# ---------------------------------------------------------------------------- benchmarks/
+
+@covers("benchmarks/dm_step.py")
+def test_dm_step(capfd):
+  rows, _ = run("benchmarks/dm_step.py", ["--tiny"], capfd)  # one measuring subprocess
+  (row,) = rows
+  assert row["bench"] == "dm_step" and row["ipc"] == 1 and row["n"] == 1
+  assert row["step_s_median"] > 0 and row["network_gflop_per_step"] >= 0
+
+
+@covers("benchmarks/dm_runs.py")
+@pytest.mark.slow
+def test_dm_runs(capfd):
+  rows, _ = run("benchmarks/dm_runs.py", ["--tiny"], capfd)
+  assert [(r["num_runs"], r["mode"]) for r in rows] == [
+      (1, "single"), (2, "independent-vmap"), (2, "independent-map"), (2, "common")]
+  assert all(r["step_s_median"] > 0 for r in rows)
+
+
+@covers("benchmarks/cpu_paths.py")
+@pytest.mark.slow
+def test_cpu_paths(capfd):
+  rows, _ = run("benchmarks/cpu_paths.py", ["--tiny", "--variants", "default,xla-conv"], capfd)
+  summary = rows[-1]["summary"]
+  assert set(summary) == {"cpu-dm-step", "paper-dm-step", "cpu-eval-epoch"}
+  assert all(set(s) == {"default", "xla-conv"} for s in summary.values())
+  assert all(s["default"]["vs_default"] == 1.0 for s in summary.values())
+
+
+@covers("benchmarks/eval_profile.py")
+@pytest.mark.slow
+def test_eval_profile(capfd, tmp_path):
+  rows, out = run("benchmarks/eval_profile.py", ["--tiny", "--table"], capfd)
+  assert rows[0]["part"].startswith("step") and all(r["s_per_iter"] > 0 for r in rows)
+  assert len(rows) == 4 + 3 * 3 + 2  # step, augment, fwd, fwd+bwd; 3 convs; 2 input gradients
+  assert "| part | ms / step |" in out
+
+
+@covers("benchmarks/evaluate.py")
+def test_evaluate(capfd):
+  rows, _ = run("benchmarks/evaluate.py", ["--tiny"], capfd)  # a subprocess per mode
+  assert [r.get("mode") for r in rows] == ["map", "sequential", None]
+  assert all(has(r, "compile_train_s", "train_s", "test_s", "peak_rss_mib") for r in rows[:2])
+  assert rows[0]["num_models"] == 2 and rows[0]["protocol"] == "smoke"
+  assert rows[2]["bench"] == "evaluate.speedup" and rows[2]["map_train_speedup"] > 0
+
+
+@covers("benchmarks/gm_outer.py")
+@pytest.mark.slow
+def test_gm_outer(capfd):
+  rows, _ = run("benchmarks/gm_outer.py", ["--tiny", "--child"], capfd)
+  (row,) = rows
+  assert row["bench"] == "gm_outer" and row["outer_loop"] == 2 and row["outer_s_median"] > 0
+
+
+@covers("benchmarks/kde.py", "benchmarks/kde_numpy.py", "benchmarks/kde_sklearn.py")
+def test_kde_benchmarks(capfd):
+  rows, _ = run("benchmarks/kde_numpy.py", ["--tiny"], capfd)
+  assert [r["bench"] for r in rows] == ["kde_numpy.check", "kde_numpy.log_density"]
+  assert rows[0]["check_max_abs_diff"] < 1e-3
+  rows, _ = run("benchmarks/kde.py", ["--tiny"], capfd)
+  assert [r["bench"] for r in rows] == ["kde.check", "kde.log_density", "kde.weights_batch",
+                                        "kde.weights_classes"]
+  assert rows[0]["check_max_abs_diff"] < 1e-3 and rows[1]["n"] == 200
+  pytest.importorskip("sklearn")
+  rows, _ = run("benchmarks/kde_sklearn.py", ["--tiny"], capfd)
+  assert [r["bench"] for r in rows] == ["kde_sklearn.check", "kde_sklearn.score_samples"]
+
+
+@covers("benchmarks/mtt_step.py")
+@pytest.mark.slow
+def test_mtt_step(capfd):
+  rows, _ = run("benchmarks/mtt_step.py", ["--tiny", "--one", "tesla", "2"], capfd)
+  (row,) = rows
+  assert row["mode"] == "tesla" and row["syn_steps"] == 2 and row["loss_finite"]
+  assert row["temp_mb"] > 0 and row["step_s_median"] > 0
+
+
+@covers("benchmarks/pipeline_overhead.py")
+def test_pipeline_overhead(capfd):
+  rows, _ = run("benchmarks/pipeline_overhead.py", ["--tiny"], capfd)
+  assert [r["steps_per_call"] for r in rows] == [1, 2]
+  assert all(r["bare_ms"] > 0 and has(r, "pipeline_ms", "overhead") for r in rows)
+
+
+@covers("benchmarks/scaling.py")
+@pytest.mark.slow
+def test_scaling(capfd, tmp_path):
+  out, report = tmp_path / "points.jsonl", tmp_path / "report"
+  rows, _ = run("benchmarks/scaling.py", ["--tiny", "--out", str(out), "--report", str(report)],
+                capfd)
+  assert [r["sweep"] for r in rows] == ["dm", "kde", "eval"]
+  assert rows[0]["bench"] == "dm_step" and rows[1]["n"] == 200 and rows[2]["bench"] == "evaluate"
+  assert len(out.read_text().splitlines()) == 3
+  assert sorted(os.listdir(report)) == ["dm.png", "eval.png", "kde.png", "scaling.md"]
+
+
+@covers("benchmarks/side_by_side.py")
+@pytest.mark.slow
+def test_side_by_side(capfd):
+  rows, _ = run("benchmarks/side_by_side.py", ["--tiny"], capfd)
+  assert [r.get("checkout") for r in rows[:2]] == ["a", "b"]
+  assert set(rows[-1]["ratio_b_over_a"]) == {"step_s", "epoch_s"}
+
+
+def test_side_by_side_child_in_process(capfd):
+  rows, _ = run("benchmarks/side_by_side.py", ["--tiny", "--child"], capfd)
+  (row,) = rows
+  assert row["step_s"] > 0 and row["epoch_s"] > 0
+
+
+# ---------------------------------------------------------------------------- experiments/
+
+@pytest.fixture(scope="module")
+def grid_root(tmp_path_factory):
+  """Cell a of experiments/grid.py in its tiny mode: a selection and a final table."""
+  root = tmp_path_factory.mktemp("grid")
+  assert load("experiments/grid.py").main(["--cells", "a", "--root", str(root), "--tiny",
+                                           "--quiet"]) == 0
+  return root
+
+
+@covers("experiments/grid.py")
+@pytest.mark.slow
+def test_grid(grid_root):
+  cell = grid_root / "a"
+  selection = json.loads((cell / "selection.json").read_text())
+  assert set(selection["chosen"]) == {"none", "kde"}
+  table = json.loads((cell / "table.json").read_text())
+  assert table["seeds"] == [0, 1] and table["num_models"] == 1
+  assert {"vanilla", "kde (selected on valid)"} <= set(table["rows"])
+  assert (cell / "table.md").exists()
+
+
+@covers("experiments/cross_arch.py")
+@pytest.mark.slow
+def test_cross_arch(grid_root, capfd):
+  _, out = run("experiments/cross_arch.py", ["--cell", "a", "--root", str(grid_root), "--tiny",
+                                             "--quiet"], capfd)
+  stored = sorted(os.listdir(grid_root / "a" / "cross-arch"))
+  assert [s for s in stored if s.endswith(".json")] == ["kde--selected-on-valid-s0.json",
+                                                        "vanilla-s0.json"], stored
+  assert any(s.startswith("feature-") and s.endswith(".msgpack") for s in stored)
+  assert "mlp" in out
+
+
+@covers("experiments/bf16_accuracy.py")
+@pytest.mark.slow
+def test_bf16_accuracy(tmp_path, capfd):
+  rows, out = run("experiments/bf16_accuracy.py", ["--root", str(tmp_path / "runs"), "--out",
+                                                   str(tmp_path / "out"), "--tiny"], capfd)
+  assert sorted((r["weighting"], r["real_dtype"], r["seed"]) for r in rows) == sorted(
+      (w, dt, s) for w in ("none", "kde") for dt in ("float32", "bfloat16") for s in (0, 1))
+  assert all(has(r, "overall", "aligned", "conflicting") for r in rows)
+  assert "| DM + KDE | bfloat16 |" in (tmp_path / "out" / "table.md").read_text()
+  assert set(json.loads((tmp_path / "out" / "table.json").read_text())) == {"none", "kde"}
+
+
+@covers("experiments/fidelity.py")
+@pytest.mark.slow
+def test_fidelity(tmp_path, capfd):
+  _, out = run("experiments/fidelity.py", ["--workdir", str(tmp_path), "--tiny", "--quiet"],
+               capfd)
+  table = json.loads((tmp_path / "table.json").read_text())
+  assert set(table) == {"vanilla", "kde"} and all(len(r) == 1 for r in table.values())
+  assert (tmp_path / "vanilla" / "s0" / "result.json").exists()
+  assert (tmp_path / "table.md").read_text().strip() in out
+
+
+@covers("experiments/weight_quality.py")
+def test_weight_quality(tmp_path, capfd):
+  out_file = tmp_path / "weights.md"
+  _, out = run("experiments/weight_quality.py", ["--out", str(out_file), "--tiny"], capfd)
+  rows = [l for l in out_file.read_text().splitlines() if l.startswith("| ")]
+  assert len(rows) == 1 + 2  # the header; variance 0.1 and 1 x NN², at T = 1
+  assert rows[1].startswith("| 0.1 | 1 |") and "x NN²" in rows[2]
+
+
+@covers("experiments/backdoor.py")
+@pytest.mark.slow
+def test_backdoor(tmp_path, capfd):
+  run("experiments/backdoor.py", ["--workdir", str(tmp_path), "--tiny", "--quiet"], capfd)
+  results = json.loads((tmp_path / "table.json").read_text())
+  assert [(r["dataset"], r["seed"], r["variant"]) for r in results] == [
+      ("cmnist", 0, v) for v in ("clean", "badnets", "posthoc")]
+  assert all(isinstance(r["audit"]["verdict"], str) and r["asr"] for r in results)
+  assert all((tmp_path / f).exists() for f in ("table.md", "cells.md", "rates.md"))
+
+
+@covers("experiments/seed_table.py")
+def test_seed_table(tmp_path, capfd):
+  """No sizes to shrink: it tabulates finished runs, two small ones here."""
+  dirs = []
+  for seed, overall in ((0, 0.3), (1, 0.5)):
+    d = tmp_path / f"s{seed}"
+    d.mkdir()
+    row = {"mean": {"overall": overall, "aligned": 0.9, "conflicting": 0.2, "worst_group": 0.1},
+           "std": {m: 0.0 for m in ("overall", "aligned", "conflicting", "worst_group")}}
+    (d / "comparison.json").write_text(json.dumps({"dm": row, "dm+kde": row}))
+    dirs.append(str(d))
+  _, out = run("experiments/seed_table.py", dirs, capfd)
+  assert "| dm | 40.0 ± 14.1 |" in out and "paired difference dm+kde − dm" in out
