@@ -192,6 +192,7 @@ def grid_root(tmp_path_factory):
 
 @covers("experiments/grid.py")
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_grid(grid_root):
   cell = grid_root / "a"
   selection = json.loads((cell / "selection.json").read_text())
@@ -204,6 +205,7 @@ def test_grid(grid_root):
 
 @covers("experiments/cross_arch.py")
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_cross_arch(grid_root, capfd):
   _, out = run("experiments/cross_arch.py", ["--cell", "a", "--root", str(grid_root), "--tiny",
                                              "--quiet"], capfd)
@@ -216,6 +218,7 @@ def test_cross_arch(grid_root, capfd):
 
 @covers("experiments/bf16_accuracy.py")
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_bf16_accuracy(tmp_path, capfd):
   rows, out = run("experiments/bf16_accuracy.py", ["--root", str(tmp_path / "runs"), "--out",
                                                    str(tmp_path / "out"), "--tiny"], capfd)
@@ -228,6 +231,7 @@ def test_bf16_accuracy(tmp_path, capfd):
 
 @covers("experiments/fidelity.py")
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_fidelity(tmp_path, capfd):
   _, out = run("experiments/fidelity.py", ["--workdir", str(tmp_path), "--tiny", "--quiet"],
                capfd)
@@ -248,6 +252,7 @@ def test_weight_quality(tmp_path, capfd):
 
 @covers("experiments/backdoor.py")
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_backdoor(tmp_path, capfd):
   run("experiments/backdoor.py", ["--workdir", str(tmp_path), "--tiny", "--quiet"], capfd)
   results = json.loads((tmp_path / "table.json").read_text())
