@@ -278,6 +278,44 @@ def test_n_runs_in_one_program_equal_separate_runs(common, parallel):
     distill.many_runs(distill.dm(**kw), run_knobs=knobs)
 
 
+@pytest.mark.parametrize("parallel", ["vmap", "map"])
+def test_separate_seeds_in_one_program_equal_their_single_runs(parallel):
+  # Runs given their own keys and their own embeddings (one surrogate per seed) over the
+  # same real images: run i is the single run of key i and embeddings i, up to float
+  # reassociation of the batched computation.
+  rng = np.random.default_rng(1)
+  y = np.repeat(np.arange(3), 12)
+  x = (rng.normal(size=(36, 8, 8, 3)) + y[:, None, None, None]).astype(np.float32)
+  embs = rng.normal(size=(3, 36, 4)).astype(np.float32)
+  kw = dict(num_classes=3, ipc=2, model=models.ConvNet(3, depth=1, width=8), real_per_class=8,
+            augment=None, kde_config=distill.KDEConfig(variance=0.5))
+  real = distill.real_data(x, y, num_classes=3, embeddings=embs[0])._replace(
+      embeddings=jnp.asarray(embs))
+  keys = jnp.stack([jax.random.key(s) for s in (4, 7, 9)])
+  d = distill.many_runs(distill.dm(**kw), num_runs=3, parallel=parallel,
+                        run_fields=("embeddings",))
+  state = d.init(keys, real)
+  for _ in range(3):
+    state, m = d.step(state, real)
+  one = distill.dm(**kw)
+  for i in range(3):
+    r = distill.real_data(x, y, num_classes=3, embeddings=embs[i])
+    s = one.init(keys[i], r)
+    for _ in range(3):
+      s, m1 = one.step(s, r)
+    scale = float(jnp.abs(s.syn.images).max())
+    np.testing.assert_allclose(state.syn.images[i], s.syn.images, atol=1e-5 * scale)
+    np.testing.assert_allclose(float(m["loss"][i]), float(m1["loss"]), rtol=1e-5)
+  # The runs are distinct (their own keys and embeddings), not one run repeated.
+  assert not np.allclose(state.syn.images[0], state.syn.images[1])
+  with pytest.raises(ValueError, match="need independent runs"):
+    distill.many_runs(one, num_runs=3, common_random_numbers=True, run_fields=("embeddings",))
+  with pytest.raises(ValueError, match="run_fields may name"):
+    distill.many_runs(one, num_runs=3, run_fields=("images",))
+  with pytest.raises(ValueError, match="3 keys for num_runs=2"):
+    distill.many_runs(one, num_runs=2).init(keys, real)
+
+
 def test_multi_step_runs_n_steps_in_one_program():
   # n steps in one while loop equal n calls of the step (float rounding: the loop body
   # is compiled on its own), the metrics stacked with zeros past n, one program for every n.

@@ -173,6 +173,56 @@ def test_make_distiller_passes_real_dtype_to_dm_only():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("weighting", ["kde", "fairdd"])
+def test_seeds_in_one_program_equal_the_runs_one_by_one(tmp_path, weighting):
+  # Each seed keeps its own keys, surrogate and weights: run i of the group is the run
+  # distill_stage makes of config i, up to float rounding. A group interrupted after a
+  # checkpoint resumes as a group to the same SynSets.
+  from jaxdd import runs
+  from jaxdd.runs import driver
+  base = get_config("smoke", weighting=weighting, iterations=4, checkpoint_every=2)
+  configs = [base.replace(seed=s) for s in (0, 3)]
+  run_data = runs.RunData(base)
+  grouped = [str(tmp_path / "g" / f"s{c.seed}") for c in configs]
+  syns = runs.distill_seeds(configs, grouped, run_data=run_data, progress=False)
+  for i, c in enumerate(configs):
+    alone = runs.distill_stage(c, str(tmp_path / f"alone{i}"), run_data=run_data,
+                               progress=False)
+    scale = float(np.abs(alone.images).max())
+    np.testing.assert_allclose(syns[i].images, alone.images, atol=1e-5 * scale)
+    assert sorted(os.listdir(grouped[i])) == sorted(os.listdir(tmp_path / f"alone{i}"))
+  assert not np.allclose(syns[0].images, syns[1].images)
+  # stopped at step 2 (as a time budget stops it), then resumed as a group
+  stopped = [str(tmp_path / "h" / f"s{c.seed}") for c in configs]
+  real_drive = driver.drive
+
+  def stop_at_2(d, state, data, start, end, k, **kw):
+    if start == 0:
+      real_drive(d, state, data, 0, 2, k, **kw)
+      raise driver.Interrupted(2)
+    return real_drive(d, state, data, start, end, k, **kw)
+  driver.drive = stop_at_2
+  try:
+    with pytest.raises(driver.Interrupted):
+      runs.distill_seeds(configs, stopped, run_data=run_data, progress=False)
+    assert all(os.listdir(os.path.join(w, "checkpoints")) == ["2"] for w in stopped)
+    again = runs.distill_seeds(configs, stopped, run_data=run_data, progress=False)
+  finally:
+    driver.drive = real_drive
+  for a, b in zip(again, syns):
+    np.testing.assert_allclose(a.images, b.images, atol=1e-5 * float(np.abs(b.images).max()))
+  loaded = runs.distill_seeds(configs, stopped, run_data=run_data, progress=False)
+  np.testing.assert_array_equal(loaded[1].images, again[1].images)
+  with pytest.raises(ValueError, match="share a seed"):
+    runs.distill_seeds([base, base], [str(tmp_path / "x"), str(tmp_path / "y")],
+                       run_data=run_data, progress=False)
+  with pytest.raises(ValueError, match="differ in more"):
+    runs.distill_seeds([base, base.replace(seed=1, ipc=3)],
+                       [str(tmp_path / "x"), str(tmp_path / "y")], run_data=run_data,
+                       progress=False)
+
+
+@pytest.mark.slow
 def test_a_group_of_runs_equals_the_runs_one_by_one(tmp_path):
   from jaxdd import runs
   base = get_config("smoke", weighting="kde", iterations=3, checkpoint_every=2)

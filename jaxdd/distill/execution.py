@@ -173,7 +173,8 @@ RUN_KNOBS = ("lr", "variance", "temperature")
 
 def many_runs(d: Distiller, *, num_runs: int | None = None,
               run_knobs: Sequence[dict] | None = None, common_random_numbers: bool = False,
-              parallel: Literal["auto", "vmap", "map"] = "auto") -> Distiller:
+              parallel: Literal["auto", "vmap", "map"] = "auto",
+              run_fields: Sequence[str] = ()) -> Distiller:
   """N distillations of one method in one program: ``d``'s pure step vmapped over runs.
 
   ``d`` is a distiller whose step takes the runtime knobs :data:`RUN_KNOBS`
@@ -181,7 +182,9 @@ def many_runs(d: Distiller, *, num_runs: int | None = None,
   ``d``'s :class:`Execution` says, and traced under its policy.
 
   ``init(key, real)`` builds the stacked state: with independent runs, run i
-  starts from ``d.init(jax.random.split(key, N)[i], real)``; with common random
+  starts from ``d.init(jax.random.split(key, N)[i], real)``, or from
+  ``d.init(key[i], real)`` when ``key`` is N stacked keys (runs that are separate
+  seeds: run i then equals the single run of key i); with common random
   numbers every run starts from ``d.init(key, real)`` and the key and step
   stay shared (unbatched), so every draw inside the step (the network, the real
   batch, the augmentation) is the same for all runs and is computed once; only
@@ -205,6 +208,10 @@ def many_runs(d: Distiller, *, num_runs: int | None = None,
       inside the program); ``"auto"``: the policy's ``parallel`` (map on CPU,
       where the grouped convolutions are slower: docs/results/speed-distillation.md, "N DM runs in one
       program"). Shared draws always use vmap, which computes them once.
+    run_fields: the :class:`RealData` fields (``"embeddings"``, ``"log_density"``,
+      ``"groups"``) that carry a leading run axis of size N: each run's own surrogate
+      outputs over the same real images (separate seeds train separate surrogates). The
+      images and the class index are always shared. Needs independent runs.
 
   Returns:
     A :class:`Distiller` of the N runs.
@@ -224,6 +231,7 @@ def many_runs(d: Distiller, *, num_runs: int | None = None,
     raise ValueError(f"run_parallel must be 'auto', 'vmap' or 'map', got {parallel!r}")
   stacked_hp = _stacked_knobs(step._hp, step.knobs, num_runs, run_knobs)
   init_fn, step_fn, shared = d.init, step.fn, common_random_numbers
+  real_axes = _real_axes(run_fields, shared)
   # Which parts of the state carry a run axis: all of them, or (shared draws) the images
   # and the optimiser state only.
   axes = DistillState(0, 0, None if shared else 0, None if shared else 0, None)
@@ -234,17 +242,44 @@ def many_runs(d: Distiller, *, num_runs: int | None = None,
       tile = lambda a: jnp.broadcast_to(a, (num_runs,) + jnp.shape(a))
       return one._replace(syn=jax.tree.map(tile, one.syn),
                           opt_state=jax.tree.map(tile, one.opt_state))
-    states = [init_fn(k, real) for k in jax.random.split(key, num_runs)]
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    run_keys = key if jnp.ndim(key) == (1 if typed else 2) else jax.random.split(key, num_runs)
+    if len(run_keys) != num_runs:
+      raise ValueError(f"init got {len(run_keys)} keys for num_runs={num_runs}")
+    states = [init_fn(k, _run_real(real, run_fields, i)) for i, k in enumerate(run_keys)]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
   def many_step(state: DistillState, real: RealData, h):
     if parallel == "map" and not shared:
-      return jax.lax.map(lambda args: step_fn(args[0], real, args[1]), (state, h))
-    return jax.vmap(step_fn, in_axes=(axes, None, 0), out_axes=(axes, 0))(state, real, h)
+      if not run_fields:
+        return jax.lax.map(lambda args: step_fn(args[0], real, args[1]), (state, h))
+      own = tuple(getattr(real, f) for f in run_fields)
+      return jax.lax.map(lambda args: step_fn(args[0], real._replace(**dict(
+          zip(run_fields, args[2]))), args[1]), (state, h, own))
+    return jax.vmap(step_fn, in_axes=(axes, real_axes, 0), out_axes=(axes, 0))(state, real, h)
 
   if not execution.jit:
     return Distiller(init, lambda state, real: many_step(state, real, stacked_hp))
   return Distiller(init, _BoundStep(jax.jit(many_step, donate_argnums=0), stacked_hp))
+
+
+def _real_axes(run_fields: Sequence[str], shared: bool):
+  """The vmap axes of the real data: 0 for the fields that are each run's own, else None."""
+  unknown = set(run_fields) - {"embeddings", "log_density", "groups"}
+  if unknown:
+    raise ValueError(f"run_fields may name embeddings, log_density and groups, got "
+                     f"{sorted(unknown)}")
+  if run_fields and shared:
+    raise ValueError("run_fields (each run's own surrogate outputs) need independent runs; "
+                     "drop common_random_numbers")
+  if not run_fields:
+    return None
+  return RealData(*(0 if f in run_fields else None for f in RealData._fields))
+
+
+def _run_real(real: RealData, run_fields: Sequence[str], i: int) -> RealData:
+  """Run i's view of the real data: its own row of each of ``run_fields``."""
+  return real._replace(**{f: getattr(real, f)[i] for f in run_fields})
 
 
 def _stacked_knobs(hp: dict, allowed: Sequence[str], num_runs: int,

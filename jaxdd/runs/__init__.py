@@ -67,7 +67,8 @@ from jaxdd.runs.experts import (
                                 expert_weights,
 )
 from jaxdd.runs.final_table import final
-from jaxdd.runs.group import GROUP_KNOBS, distill_group, group_key, groupable
+from jaxdd.runs.group import (GROUP_KNOBS, distill_group, distill_seeds, group_key, groupable,
+                              seed_groupable, seed_key)
 from jaxdd.runs.keys import baseline_keys, expert_key, run_keys, seed_keys
 from jaxdd.runs.knobs import (
                                 KNOBS,
@@ -105,7 +106,7 @@ from jaxdd.runs.weights import (
 __all__ = [
     # one run, its comparison and baselines
     "run", "distill_stage", "reproduce", "run_baselines", "BASELINES", "distill_group",
-    "GROUP_KNOBS", "groupable", "group_key",
+    "GROUP_KNOBS", "groupable", "group_key", "distill_seeds", "seed_groupable", "seed_key",
     # the pieces of a run
     "RunData", "check_models", "num_bias_values", "bias_classifier",
     "baseline_keys", "run_keys", "seed_keys", "expert_key", "code_version",

@@ -111,23 +111,14 @@ def _distiller_and_data(config: RunConfig, workdir: str, run_data: rundata.RunDa
   """The run's distiller, its real data, what it steps over (the real data, or trajectory
   matching's expert buffer, recorded in ``buffer.json``) and the device mesh."""
   nc = run_data.num_classes
-  kde_config = stage_config.kde_config(config)
-  log_density = weights.run_log_density(config, run_data, embeddings)
   mesh = distiller.device_mesh(config, nc)
-  fairdd = config.weighting == "fairdd"
+  fields = real_fields(config, run_data, embeddings)
   real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
-                           num_classes=nc,
-                           embeddings=(embeddings if config.weighting == "kde"
-                                       and config.kde_scope == "batch" else None),
-                           log_density=log_density,
-                           groups=run_data.train.bias if fairdd else None,
-                           mesh=mesh)
-  d = distiller.make_distiller(config, nc, kde_config, real_dtype=real_dtype,
-                               num_bias=rundata.num_bias_values(run_data.train) if fairdd
-                               else None)
+                           num_classes=nc, **fields, mesh=mesh)
+  d = run_distiller(config, run_data, real_dtype=real_dtype)
   step_data = real
   if config.method == "mtt":
-    traj, buffer_meta, path = experts.expert_buffer(config, run_data, log_density,
+    traj, buffer_meta, path = experts.expert_buffer(config, run_data, fields["log_density"],
                                                     keys.expert_key(config),
                                                     buffer_dir=buffer_dir, progress=progress)
     synset.atomic_write_json(os.path.join(workdir, "buffer.json"),
@@ -135,6 +126,29 @@ def _distiller_and_data(config: RunConfig, workdir: str, run_data: rundata.RunDa
                               "shape": buffer_meta["shape"]})
     step_data = jnp.asarray(traj)
   return d, real, step_data, mesh
+
+
+def real_fields(config: RunConfig, run_data: rundata.RunData,
+                embeddings: np.ndarray | None) -> dict:
+  """The run's own fields of its :class:`jaxdd.distill.RealData` (its weighting's inputs):
+  ``embeddings`` (in-batch KDE), ``log_density`` (whole-class weights) and ``groups``
+  (FairDD's bias labels); None where the weighting does not use one."""
+  fairdd = config.weighting == "fairdd"
+  return dict(embeddings=(embeddings if config.weighting == "kde"
+                          and config.kde_scope == "batch" else None),
+              log_density=weights.run_log_density(config, run_data, embeddings),
+              groups=run_data.train.bias if fairdd else None)
+
+
+def run_distiller(config: RunConfig, run_data: rundata.RunData, *,
+                  real_dtype: str | None = None) -> distill.Distiller:
+  """The run's distiller (:func:`jaxdd.runs.distiller.make_distiller` with its KDE settings and,
+  for FairDD, the number of bias values)."""
+  fairdd = config.weighting == "fairdd"
+  return distiller.make_distiller(config, run_data.num_classes,
+                                  stage_config.kde_config(config), real_dtype=real_dtype,
+                                  num_bias=rundata.num_bias_values(run_data.train) if fairdd
+                                  else None)
 
 
 def _resume(mngr, fresh: distill.DistillState, workdir: str,

@@ -1,4 +1,6 @@
-"""Run groups: runs that differ only in runtime knobs, distilled in one program."""
+"""Run groups, distilled in one program: runs that differ only in runtime knobs (common random
+numbers, :func:`distill_group`) and runs that are separate seeds of one setting
+(:func:`distill_seeds`)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,15 +9,15 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import diagnostics, distill
+from jaxdd import diagnostics, distill, synset
 from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig, validate
-from jaxdd.runs import checkpoints, distiller, driver, keys, metrics_log, rundata, rundir, single
+from jaxdd.runs import checkpoints, driver, keys, metrics_log, rundata, rundir, single
 from jaxdd.structs import SynSet
-from jaxdd.runs.stage_config import kde_config
 
 #: RunConfig fields in which the runs of one group may differ: the N-run DM step's runtime
 #: knobs (:func:`jaxdd.distill.many_runs`).
@@ -78,77 +80,107 @@ def distill_group(configs, workdirs, *, run_data: rundata.RunData | None = None,
       run_data = rundata.RunData(configs[0])
     for c, w in zip(configs, workdirs):  # every check before the first write
       rundata.check_run(c, run_data, w)
-    return _distill_group(configs, workdirs, run_data, progress)
+    return _drive_group(configs, workdirs, run_data, progress, shared=True)
 
 
-def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
-  """:func:`distill_group` once its arguments are checked, under the group's policy."""
+def seed_key(config: RunConfig) -> str:
+  """Runs with the same key are seeds of one setting (they may differ in :data:`GROUP_KNOBS`
+  too)."""
+  d = config._hashed()
+  for name in GROUP_KNOBS + ("seed",):
+    d.pop(name)
+  return json.dumps(d, sort_keys=True)
+
+
+def seed_groupable(config: RunConfig) -> bool:
+  """Whether a run can join a group of seeds: DM on one device (any of its weightings: each
+  run's surrogate outputs ride along with it)."""
+  return config.method == "dm" and config.devices == "1"
+
+
+def distill_seeds(configs, workdirs, *, run_data: rundata.RunData | None = None,
+                  progress: bool = True) -> list[SynSet]:
+  """Distils separate seeds of one setting in ONE program (independent runs).
+
+  Each run keeps its own keys (:func:`jaxdd.runs.keys.run_keys` of its seed), surrogate and
+  weights, so run i is the run :func:`jaxdd.runs.distill_stage` would make of config i, up to
+  float rounding: the N-run step (:func:`jaxdd.distill.many_runs` with ``run_fields``) batches
+  the runs over the same real images, each with its own embeddings, densities or groups.
+  Each directory is written as :func:`distill_stage` writes it. A group stopped part-way
+  (Ctrl-C, a time budget) resumes as a group when every run has a checkpoint of one step;
+  a finished run's SynSet is loaded.
+
+  Raises:
+    ValueError: the runs are not seeds of one setting (:func:`seed_groupable`,
+      :func:`seed_key`), two share a seed, or their checkpoints are of different steps.
+  """
+  configs, workdirs = list(configs), list(workdirs)
+  if len(configs) != len(workdirs) or not configs:
+    raise ValueError("distill_seeds needs one workdir per config")
+  if not all(seed_groupable(c) for c in configs) or len({seed_key(c) for c in configs}) != 1:
+    raise ValueError("these runs differ in more than their seed, lr_img and the KDE variance "
+                     "and temperature (or are not DM on one device); distil them one by one")
+  if len({c.seed for c in configs}) != len(configs):
+    raise ValueError("two runs of a group of seeds share a seed; give each its own")
+  for c, w in zip(configs, workdirs):
+    validate(c)
+    rundir.check_workdir(c, w, distill_only=True)
+  with policy_lib.use(configs[0].policy):
+    for c, w in zip(configs, workdirs):
+      rundata.check_paths(c, w)
+    if run_data is None:
+      run_data = rundata.RunData(configs[0])
+    for c, w in zip(configs, workdirs):
+      rundata.check_run(c, run_data, w)
+    return _drive_group(configs, workdirs, run_data, progress, shared=False)
+
+
+def _group_real(configs, run_data, heads, shared: bool):
+  """The group's real data: the images once; each run's own weighting inputs stacked on a
+  leading run axis where they differ between runs (separate seeds), else once."""
+  fields = [driver.real_fields(c, run_data, h[0]) for c, h in zip(configs, heads)]
+  real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
+                           num_classes=run_data.num_classes, **fields[0])
+  own = []
+  for name, first in fields[0].items():
+    if first is None or shared:
+      continue
+    if any(not np.array_equal(f[name], first) for f in fields[1:]):
+      own.append(name)
+      real = real._replace(**{name: jnp.stack([jnp.asarray(f[name], getattr(real, name).dtype)
+                                               for f in fields])})
+  return real, tuple(own)
+
+
+def _drive_group(configs, workdirs, run_data, progress, *, shared: bool) -> list[SynSet]:
+  """The group's loop once its arguments are checked, under the group's policy: common random
+  numbers (``shared``) or separate seeds."""
   base = configs[0]
   with contextlib.ExitStack() as stack:
     for w in workdirs:
       stack.enter_context(rundir.workdir_lock(w))
+    done = {i: _finished(w) for i, w in enumerate(workdirs)}
+    if not shared and all(s is not None for s in done.values()):
+      return [done[i] for i in range(len(workdirs))]
+    if not shared and any(s is not None for s in done.values()):
+      raise ValueError("some runs of this group of seeds are finished and some are not; "
+                       "distil the others one by one (jaxdd.runs.distill_stage)")
     heads = [single.start_run(c, w, run_data, progress) for c, w in zip(configs, workdirs)]
-    embeddings, _, classifier = heads[0]
-    nc = run_data.num_classes
-    real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
-                             num_classes=nc,
-                             embeddings=embeddings if base.weighting == "kde" else None)
+    real, own = _group_real(configs, run_data, heads, shared)
+    d = driver.run_distiller(base, run_data)
     knobs = [{"lr": c.lr_img, "variance": c.kde_variance, "temperature": c.kde_temperature}
              for c in configs]
-    d = distill.many_runs(distiller.make_distiller(base, nc, kde_config(base)), num_runs=len(configs),
-                          run_knobs=knobs, common_random_numbers=True)
-    state = d.init(keys.run_keys(base)[1], real)
-    logs = [metrics_log.MetricsLog(w, 0) for w in workdirs]
+    d = distill.many_runs(d, num_runs=len(configs), run_knobs=knobs,
+                          common_random_numbers=shared, run_fields=own)
+    init_key = (keys.run_keys(base)[1] if shared
+                else jnp.stack([keys.run_keys(c)[1] for c in configs]))
     mngrs = [checkpoints.checkpointer(w) for w in workdirs]
-    every = driver.track_every(base)
-
-    def one(i):
-      return distill.DistillState(
-          SynSet(state.syn.images[i], state.syn.labels[i]),
-          jax.tree.map(lambda a: a[i], state.opt_state), state.step, state.key)
-
-    def track(step):
-      if classifier is not None and (step % every == 0 or step == base.iterations):
-        for i, log in enumerate(logs):
-          score = diagnostics.bias_score(classifier, np.asarray(state.syn.images[i]),
-                                         np.asarray(state.syn.labels[i]))
-          log.append({"step": step, "bias_aligned_fraction": score["aligned_fraction"]})
-
-    track(0)
-    bar = progress_lib.bar(base.iterations, f"DM x{len(configs)} ipc={base.ipc}", unit="step",
-                           disable=not progress)
-    t0 = time.perf_counter()
-
-    watches, check = _finite_watches(configs, workdirs, mngrs)
-    def after(it, n, st, row):
-      nonlocal state
-      state = st
-      for watch in watches:
-        watch.add(it, n, row)
-      if driver.host_waits(base, it, n, end=base.iterations, tracking=classifier is not None):
-        check()
-      for i, (c, log) in enumerate(zip(configs, logs)):
-        driver.log_chunk(c, nc, it, n, row, log, t0, pick=lambda m, i=i: jax.tree.map(
-            lambda a: a[i], m), name=workdirs[i])
-      bar.update(n)
-      step = it + n
-      track(step)
-      if step % base.checkpoint_every == 0 or step == base.iterations:
-        for i, mngr in enumerate(mngrs):
-          checkpoints.save(mngr, step, one(i))
-
-    def save(step):
-      check()
-      for i, mngr in enumerate(mngrs):
-        if mngr.latest_step() != step:
-          checkpoints.save(mngr, step, one(i), force=True)
-
+    state, start = _resume_group(d.init(init_key, real), mngrs, workdirs, shared)
+    logs = [metrics_log.MetricsLog(w, start) for w in workdirs]
     try:
-      driver.drive(d, state, real, 0, base.iterations, driver.steps_per_call(base),
-                   stops=(base.checkpoint_every, every if classifier is not None else 0),
-                   after=after, save=save)
+      state = _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs,
+                    progress, shared)
     finally:
-      bar.close()
       for log in logs:
         log.close()
       for mngr in mngrs:
@@ -158,6 +190,103 @@ def _distill_group(configs, workdirs, run_data, progress) -> list[SynSet]:
       syn = SynSet(np.asarray(state.syn.images[i]), np.asarray(state.syn.labels[i]))
       out.append(single.finish_run(c, w, run_data, syn, heads[i][1]))
   return out
+
+
+def _finished(workdir: str) -> SynSet | None:
+  """A finished run's SynSet, else None."""
+  path = os.path.join(workdir, "synset")
+  if not os.path.exists(os.path.join(path, "manifest.json")):
+    return None
+  syn, _ = synset.load(path)
+  return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
+
+
+def _one(state, i: int, shared: bool) -> distill.DistillState:
+  """Run i's state out of the group's stacked state."""
+  pick = lambda a: a[i]  # noqa: E731
+  return distill.DistillState(SynSet(state.syn.images[i], state.syn.labels[i]),
+                              jax.tree.map(pick, state.opt_state),
+                              state.step if shared else state.step[i],
+                              state.key if shared else state.key[i], state.extra)
+
+
+def _resume_group(fresh, mngrs, workdirs, shared: bool):
+  """The group's state to go on from: every run's newest checkpoint, which must be of one step
+  (else the group is refused), restacked; ``fresh`` at step 0 when there is none."""
+  n = len(workdirs)
+  restored = [checkpoints.restore_newest(m, _one(fresh, i, shared), w)
+              for i, (m, w) in enumerate(zip(mngrs, workdirs))]
+  steps = {s for _, s in restored}
+  if steps == {0}:
+    return fresh, 0
+  if len(steps) != 1:
+    raise ValueError(f"the runs of this group have checkpoints of different steps "
+                     f"({sorted(steps)}); resume them one by one (jaxdd.runs.distill_stage)")
+  states = [s for s, _ in restored]
+  stack = lambda *xs: jnp.stack(xs)  # noqa: E731
+  state = distill.DistillState(
+      SynSet(jnp.stack([s.syn.images for s in states]), jnp.stack([s.syn.labels for s in states])),
+      jax.tree.map(stack, *[s.opt_state for s in states]),
+      states[0].step if shared else jnp.stack([s.step for s in states]),
+      states[0].key if shared else jnp.stack([s.key for s in states]), fresh.extra)
+  assert n == len(states)
+  return state, steps.pop()
+
+
+def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs, progress,
+          shared):
+  """Steps the group from ``start`` to the end with the driver, logging, tracking the bias
+  score and checkpointing every run as :func:`jaxdd.runs.driver.distill_run` does one."""
+  base, nc = configs[0], run_data.num_classes
+  classifiers = [h[2] for h in heads]
+  tracking = classifiers[0] is not None
+  every = driver.track_every(base)
+
+  def track(step):
+    if tracking and (step % every == 0 or step == base.iterations):
+      for i, log in enumerate(logs):
+        score = diagnostics.bias_score(classifiers[i], np.asarray(state.syn.images[i]),
+                                       np.asarray(state.syn.labels[i]))
+        log.append({"step": step, "bias_aligned_fraction": score["aligned_fraction"]})
+
+  if start == 0:
+    track(0)
+  bar = progress_lib.bar(base.iterations, f"DM x{len(configs)} ipc={base.ipc}", unit="step",
+                         initial=start, disable=not progress)
+  t0 = time.perf_counter()
+  watches, check = _finite_watches(configs, workdirs, mngrs)
+
+  def after(it, n, st, row):
+    nonlocal state
+    state = st
+    for watch in watches:
+      watch.add(it, n, row)
+    if driver.host_waits(base, it, n, end=base.iterations, tracking=tracking):
+      check()
+    for i, (c, log) in enumerate(zip(configs, logs)):
+      driver.log_chunk(c, nc, it, n, row, log, t0, pick=lambda m, i=i: jax.tree.map(
+          lambda a: a[i], m), name=workdirs[i])
+    bar.update(n)
+    step = it + n
+    track(step)
+    if step % base.checkpoint_every == 0 or step == base.iterations:
+      for i, mngr in enumerate(mngrs):
+        checkpoints.save(mngr, step, _one(state, i, shared))
+
+  def save(step):
+    check()
+    for i, mngr in enumerate(mngrs):
+      if mngr.latest_step() != step:
+        checkpoints.save(mngr, step, _one(state, i, shared), force=True)
+
+  try:
+    driver.drive(d, state, real, start, base.iterations, driver.steps_per_call(base),
+                 stops=(base.checkpoint_every, every if tracking else 0), after=after, save=save)
+  finally:
+    bar.close()
+  return state
+
+
 
 
 def _finite_watches(configs, workdirs, mngrs):
