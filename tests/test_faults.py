@@ -472,3 +472,28 @@ def test_the_fault_line_names_the_first_bad_step_what_turned_and_the_likely_caus
   with pytest.raises(FloatingPointError, match=r"^step 7: the synthetic images"):
     watch.check(kept=4, log_before=lambda it, j, row: logged.append((it, j)))
   assert logged == [(5, 1)] and watch.pending == []
+
+
+def test_a_deadline_stops_distillation_as_a_first_ctrl_c_does():
+  # A passed deadline stops after the chunk in flight, saves that step and raises
+  # Interrupted; a deadline that is not reached, or reached at the last chunk, changes nothing.
+  import time
+
+  from jaxdd import distill
+  from jaxdd.runs import driver
+  toy = distill.Distiller(lambda key, real: 0, lambda s, real: (s + 1, {"loss": s}))
+
+  def go(at):
+    seen, saved = [], []
+    with driver.deadline(at):
+      try:
+        driver.drive(toy, 0, None, 0, 6, 1, stops=(2,), after=lambda it, n, s, row: seen.append(s),
+                     save=saved.append)
+      except driver.Interrupted as e:
+        return seen, saved, e.step
+    return seen, saved, None
+
+  assert go(None) == ([1, 2, 3, 4, 5, 6], [], None)
+  assert go(time.monotonic() + 3600) == ([1, 2, 3, 4, 5, 6], [], None)
+  assert go(time.monotonic() - 1) == ([1], [1], 1)
+  assert not driver._DEADLINE  # the block leaves no deadline behind

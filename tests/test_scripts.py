@@ -241,6 +241,41 @@ def test_fidelity(tmp_path, capfd):
   assert (tmp_path / "table.md").read_text().strip() in out
 
 
+@covers("experiments/paper_table.py")
+@pytest.mark.slow
+def test_paper_table(tmp_path, capfd):
+  work, res = str(tmp_path / "w"), tmp_path / "r"
+  script = load("experiments/paper_table.py")
+  # A budget spent before the first row: exit 0, one line saying what is left, no result.
+  assert script.main(["--tiny", "--quiet", "--workdir", work, "--results", str(res),
+                      "--budget-minutes", "0.0002", "--reserve-minutes", "0.0001"]) == 0
+  err = capfd.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "time budget is spent" in err[0] and "cmnist5-ipc10" in err[0]
+  assert not res.exists()
+  _, out = run("experiments/paper_table.py", ["--tiny", "--quiet", "--workdir", work,
+                                              "--results", str(res)], capfd)
+  data = json.loads((res / "cmnist5-ipc10.json").read_text())
+  assert data["columns"][8:10] == ["DEO_M", "DEO_A"]
+  assert [r[0] for r in data["rows"]][:2] == ["vanilla DM", "DM + KDE (the paper's method)"]
+  assert data["rows"][2][0].startswith("best label-free, chosen on validation: ")
+  assert data["choice"]["chosen"] in ("kde", "kde_init") and len(data["rows"]) == 3
+  assert all(r[2] == "0,1" for r in data["rows"])
+  for key in ("date", "commit", "machine", "command"):
+    assert data[key]
+  # every seed's test evaluation is a file of the run; a candidate reads test only if chosen
+  runs_dir = tmp_path / "w" / "cmnist5-ipc10"
+  read = lambda row: json.loads((runs_dir / row / "s0" / "paper-eval.json").read_text())
+  assert set(read("kde")) == {"valid", "test", "eval_s"}
+  assert ("test" in read("kde_init")) == (data["choice"]["chosen"] == "kde_init")
+  # DEO_M is the largest class spread of the stored per-group accuracies: at most 100
+  deo = [float(r[8].split(" ")[0]) for r in data["rows"]]
+  assert all(0 <= v <= 100 for v in deo)
+  # A rerun skips the finished cell.
+  _, out = run("experiments/paper_table.py", ["--tiny", "--quiet", "--workdir", work,
+                                              "--results", str(res)], capfd)
+  assert "cmnist5-ipc10: finished" in out
+
+
 @covers("experiments/weight_quality.py")
 def test_weight_quality(tmp_path, capfd):
   out_file = tmp_path / "weights.md"

@@ -208,7 +208,9 @@ def drive(d: distill.Distiller, state, data, start: int, end: int, k: int, *, st
         state, stacked = multi(state, data, n)
         row = lazy_rows(stacked)
       after(it, n, state, row)
-      if interrupted():  # checked after the chunk's work: the signal may arrive during it
+      # checked after the chunk's work: the signal may arrive during it
+      if interrupted() or (_DEADLINE and time.monotonic() >= _DEADLINE[-1]
+                           and it + n < end):
         save(it + n)
         raise Interrupted(it + n)
 
@@ -223,6 +225,22 @@ def lazy_rows(stacked):
       host.append(parallel.host(stacked))
     return jax.tree.map(lambda a: a[j], host[0])
   return row
+
+
+#: Stack of monotonic times set by :func:`deadline`.
+_DEADLINE: list[float] = []
+
+
+@contextlib.contextmanager
+def deadline(at: float | None):
+  """Within the block, a distillation that passes ``at`` (a ``time.monotonic()`` value; None:
+  no deadline) stops as a first Ctrl-C stops it: after the chunk in flight, checkpointed,
+  with :class:`Interrupted` (a time budget that a rerun resumes from)."""
+  _DEADLINE.append(float("inf") if at is None else at)
+  try:
+    yield
+  finally:
+    _DEADLINE.pop()
 
 
 class Interrupted(KeyboardInterrupt):

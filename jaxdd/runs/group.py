@@ -108,7 +108,8 @@ def distill_seeds(configs, workdirs, *, run_data: rundata.RunData | None = None,
   the runs over the same real images, each with its own embeddings, densities or groups.
   Each directory is written as :func:`distill_stage` writes it. A group stopped part-way
   (Ctrl-C, a time budget) resumes as a group when every run has a checkpoint of one step;
-  a finished run's SynSet is loaded.
+  finished runs' SynSets are loaded; runs in other states (some finished, checkpoints of
+  different steps) go on one by one through :func:`distill_stage`.
 
   Raises:
     ValueError: the runs are not seeds of one setting (:func:`seed_groupable`,
@@ -132,7 +133,22 @@ def distill_seeds(configs, workdirs, *, run_data: rundata.RunData | None = None,
       run_data = rundata.RunData(configs[0])
     for c, w in zip(configs, workdirs):
       rundata.check_run(c, run_data, w)
+    states = {_progress_of(w) for w in workdirs}
+    if len(states) > 1:
+      progress_lib.logger.info("the runs of this group of seeds stopped at different points "
+                               "(%s); they go on one by one", sorted(states, key=str))
+      return [single.distill_stage(c, w, run_data=run_data, progress=progress)
+              for c, w in zip(configs, workdirs)]
     return _drive_group(configs, workdirs, run_data, progress, shared=False)
+
+
+def _progress_of(workdir: str):
+  """``"finished"``, or the newest checkpoint step of a run directory (0: none)."""
+  if os.path.exists(os.path.join(workdir, "synset", "manifest.json")):
+    return "finished"
+  root = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(root) if n.isdigit()] if os.path.isdir(root) else []
+  return max(steps, default=0)
 
 
 def _group_real(configs, run_data, heads, shared: bool):
@@ -159,12 +175,8 @@ def _drive_group(configs, workdirs, run_data, progress, *, shared: bool) -> list
   with contextlib.ExitStack() as stack:
     for w in workdirs:
       stack.enter_context(rundir.workdir_lock(w))
-    done = {i: _finished(w) for i, w in enumerate(workdirs)}
-    if not shared and all(s is not None for s in done.values()):
-      return [done[i] for i in range(len(workdirs))]
-    if not shared and any(s is not None for s in done.values()):
-      raise ValueError("some runs of this group of seeds are finished and some are not; "
-                       "distil the others one by one (jaxdd.runs.distill_stage)")
+    if not shared and all(_progress_of(w) == "finished" for w in workdirs):
+      return [_finished(w) for w in workdirs]
     heads = [single.start_run(c, w, run_data, progress) for c, w in zip(configs, workdirs)]
     real, own = _group_real(configs, run_data, heads, shared)
     d = driver.run_distiller(base, run_data)

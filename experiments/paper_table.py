@@ -1,0 +1,420 @@
+"""The paper-scale table as a queue: every cell, row and seed, resumable across GPU loans.
+
+Cells run in a fixed order (``CELLS``: the paper's setting first). In a cell, each row's
+seeds are distilled in one compiled program (:func:`jaxdd.runs.distill_seeds`: separate
+keys, surrogates and weights, batched over the same real images) where the method allows
+(DM on one device), else one after another. Every seed's SynSet is evaluated with one set of
+networks, in one program, on the validation split and, for the reported rows only, on the
+test split. The
+best label-free row is chosen among ``LABEL_FREE`` on validation alone (the pre-registered
+rule of ``jaxdd tune``: the paper's DM + KDE stays unless a candidate is better on every
+seed and by more than twice the noise); a candidate that is not otherwise reported reads
+the test split only if chosen. A finished cell is written at once to
+``<results>/<cell>.json`` (the results-table data format: columns, rows, notes, date,
+commit, machine, command). A rerun skips finished cells, loads finished runs and resumes
+stopped ones from their checkpoints.
+
+``--budget-minutes B`` stops the queue cleanly before B minutes: distillation stops at
+``B - reserve`` minutes (``--reserve-minutes``, default 4, which must cover one row's
+evaluation) after the chunk in flight, checkpointed, and no new row starts after that. The
+command then exits 0 and says what is left; the same command goes on from there.
+
+  jaxdd data fetch mnist
+  python experiments/paper_table.py --preset paper --budget-minutes 40 \\
+      --workdir runs/paper-table --results results/paper-table
+  python experiments/paper_table.py --tiny --workdir runs/tiny --results /tmp/tiny  # seconds
+
+Rows: vanilla DM; the paper's DM + KDE; the best label-free setting (chosen on
+validation); FairDD with pseudo-groups from clustering the surrogate's embeddings
+(label-free); FairDD and oracle group-balanced weights with the true bias labels
+(reference rows, marked); vanilla DM on unbiased data (the ceiling). Columns: validation
+conflicting accuracy (what the choice reads), test overall, aligned, conflicting and worst
+group accuracy, DEO_M and DEO_A (FairDD's equalized-odds differences, empty groups
+counted as 0 as its code does), the share of synthetic images in their class's aligned
+bias at the start and end of distillation, and wall time per seed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdd import evaluate, models, runs, synset
+from jaxdd.config import RunConfig, get_config
+from jaxdd.runs import driver, selection
+from jaxdd.structs import SynSet
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One setting of the table: dataset, conflicting fraction, IPC and method."""
+  name: str
+  dataset: str
+  ratio: float
+  ipc: int
+  method: str = "dm"
+
+
+#: The cells, in the order they run (the paper's own setting first).
+CELLS = (
+    Cell("cmnist5-ipc50", "cmnist", 0.05, 50),
+    Cell("cmnist5-ipc10", "cmnist", 0.05, 10),
+    Cell("fg10-ipc10", "cmnist_fg", 0.1, 10),
+    Cell("bgfmnist5-ipc50", "bg_fmnist", 0.05, 50),
+    Cell("cmnist1-ipc50", "cmnist", 0.01, 50),
+    Cell("cmnist2-ipc50", "cmnist", 0.02, 50),
+    Cell("fg10-ipc50", "cmnist_fg", 0.1, 50),
+    Cell("fg5-ipc50", "cmnist_fg", 0.05, 50),
+    Cell("bgfmnist5-ipc10", "bg_fmnist", 0.05, 10),
+    Cell("cmnist5-ipc10-dsa", "cmnist", 0.05, 10, "dsa"),
+)
+
+#: The conflicting fraction at which each dataset is unbiased (every bias value equally likely).
+UNBIASED = {"cmnist": 0.9, "bg_fmnist": 0.9, "cmnist_fg": 0.9}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """A row: its RunConfig overrides, its label, whether it reads the true bias labels, the
+  methods it exists for, and whether it is reported (else a label-free candidate only)."""
+  overrides: dict
+  label: str
+  bias_labels: bool = False
+  methods: tuple = ("dm", "dsa")
+  reported: bool = True
+
+
+ROWS: dict[str, Row] = {
+    "vanilla": Row(dict(weighting="none"), "vanilla DM"),
+    "kde": Row(dict(weighting="kde"), "DM + KDE (the paper's method)"),
+    "kde_init": Row(dict(weighting="kde", init="weighted"), "DM + KDE, init ∝ weight",
+                    reported=False),
+    "kde_floor_init_is": Row(dict(weighting="kde", init="weighted", real_sampling="weighted",
+                                  kde_floor=0.05),
+                             "DM + KDE, density floor 0.05, init ∝ weight + importance-sampled "
+                             "batches", reported=False),
+    "fairdd_pseudo": Row(dict(weighting="fairdd_pseudo"),
+                         "FairDD, pseudo-groups from clustering the surrogate's embeddings",
+                         methods=("dm",)),
+    "fairdd": Row(dict(weighting="fairdd"), "FairDD synchronized matching (true bias labels)",
+                  bias_labels=True, methods=("dm",)),
+    "oracle": Row(dict(weighting="oracle"), "oracle group-balanced weights (true bias labels)",
+                  bias_labels=True),
+    "ceiling": Row(dict(weighting="none"), "vanilla DM on unbiased data (the ceiling)"),
+}
+
+#: The label-free rows the best label-free setting is chosen from; the first is the incumbent.
+LABEL_FREE = ("kde", "kde_init", "kde_floor_init_is", "fairdd_pseudo")
+
+COLUMNS = ["row", "bias labels", "seeds", "valid conflicting", "test overall", "test aligned",
+           "test conflicting", "test worst group", "DEO_M", "DEO_A",
+           "in aligned bias, start → end", "distill + eval s / seed"]
+
+
+class BudgetReached(Exception):
+  """The time budget is spent: the queue stopped cleanly (checkpointed)."""
+
+
+def cell_rows(cell: Cell, only: tuple = tuple(ROWS)) -> list[str]:
+  """The rows (reported and candidates) that exist for a cell's method, in table order."""
+  return [name for name, row in ROWS.items() if cell.method in row.methods and name in only]
+
+
+def row_config(base: RunConfig, cell: Cell, name: str, seed: int) -> RunConfig:
+  fields = dict(ROWS[name].overrides)
+  if name == "ceiling":
+    fields["conflict_ratio"] = UNBIASED[cell.dataset]
+  return base.replace(seed=seed, **fields)
+
+
+class Queue:
+  """The state of one invocation: the base settings, the deadline, the loaded datasets."""
+
+  def __init__(self, args: argparse.Namespace, overrides: dict):
+    self.args, self.overrides = args, overrides
+    self.seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    self.rows = tuple(r for r in args.rows.split(",") if r)
+    self.t0 = time.monotonic()
+    self.deadline = (None if args.budget_minutes is None else
+                     self.t0 + 60 * (args.budget_minutes - args.reserve_minutes))
+    self._data: dict = {}
+
+  def base(self, cell: Cell) -> RunConfig:
+    return get_config(self.args.preset, dataset=cell.dataset, conflict_ratio=cell.ratio,
+                      ipc=cell.ipc, method=cell.method, **self.overrides)
+
+  def run_data(self, config: RunConfig) -> runs.RunData:
+    key = (config.dataset, config.conflict_ratio, config.source, config.severity)
+    if key not in self._data:
+      self._data = {key: runs.RunData(config)}  # one dataset resident at a time
+    return self._data[key]
+
+  def check_time(self) -> None:
+    if self.deadline is not None and time.monotonic() >= self.deadline:
+      raise BudgetReached()
+
+  def distil(self, configs: list[RunConfig], workdirs: list[str]) -> list[SynSet]:
+    """The row's SynSets: its seeds in one program where the method allows."""
+    run_data = self.run_data(configs[0])
+    done = [os.path.exists(os.path.join(w, "synset", "manifest.json")) for w in workdirs]
+    if not all(done):
+      self.check_time()
+    progress = not self.args.quiet
+    with driver.deadline(self.deadline):
+      try:
+        if len(configs) > 1 and runs.seed_groupable(configs[0]):
+          return runs.distill_seeds(configs, workdirs, run_data=run_data, progress=progress)
+        return [runs.distill_stage(c, w, run_data=run_data, progress=progress)
+                for c, w in zip(configs, workdirs)]
+      except driver.Interrupted:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+          raise BudgetReached() from None
+        raise
+
+  def evaluate(self, config: RunConfig, workdir: str, syn: SynSet, test: bool) -> dict:
+    """One seed's evaluation (cached in ``<workdir>/paper-eval.json``): the run's evaluation
+    networks scored on the validation split and, with ``test``, on the test split, in one
+    program (the same networks for both). Without ``test`` the test split is not read."""
+    path = os.path.join(workdir, "paper-eval.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        cached = json.load(f)
+      if "test" in cached or not test:
+        return cached
+    run_data = self.run_data(config)
+    t0 = time.perf_counter()
+    model = models.get(config.eval_model, num_classes=run_data.num_classes)
+    valid = run_data.batch(run_data.valid)
+    res = evaluate.evaluate_synset(runs.run_keys(config)[2],
+                                   SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
+                                   run_data.batch(run_data.test) if test else valid,
+                                   model=model, protocol=config.eval_protocol,
+                                   num_models=config.num_eval_models,
+                                   valid=valid if test else None,
+                                   select_on="conflicting", progress=not self.args.quiet)
+    scored = {m: np.asarray(getattr(res, m), float).tolist()
+              for m in ("overall", "aligned", "conflicting", "worst_group")}
+    deo_m, deo_a = res.equalized_odds()
+    scored.update(deo_m=np.asarray(deo_m, float).tolist(),
+                  deo_a=np.asarray(deo_a, float).tolist())
+    out = {"valid": {"conflicting": (np.asarray(res.valid_scores[0], float).tolist() if test
+                                     else scored["conflicting"]),
+                     "num_conflicting": int(np.sum(~np.asarray(valid.aligned)))},
+           "eval_s": time.perf_counter() - t0}
+    if test:
+      out["test"] = scored
+    synset.atomic_write_json(path, out)
+    return out
+
+
+def run_row(q: Queue, cell: Cell, name: str, test: bool) -> list[dict]:
+  """Distils a row's seeds and evaluates each (on the test split too with ``test``): one record
+  per seed."""
+  configs = [row_config(q.base(cell), cell, name, s) for s in q.seeds]
+  workdirs = [os.path.join(q.args.workdir, cell.name, name, f"s{s}") for s in q.seeds]
+  t0 = time.perf_counter()
+  syns = q.distil(configs, workdirs)
+  per_seed = (time.perf_counter() - t0) / len(configs)
+  records = []
+  for c, w, syn in zip(configs, workdirs, syns):
+    rec = {"seed": c.seed, "workdir": w, **_timing(w, per_seed), **q.evaluate(c, w, syn, test),
+           **_bias_share(w)}
+    records.append(rec)
+  return records
+
+
+def _timing(workdir: str, distill_s: float) -> dict:
+  """The row's distillation wall time per seed, kept from the invocation that distilled it."""
+  path = os.path.join(workdir, "paper-timing.json")
+  if not os.path.exists(path):
+    synset.atomic_write_json(path, {"distill_s": distill_s})
+  with open(path) as f:
+    return json.load(f)
+
+
+def _bias_share(workdir: str) -> dict:
+  """The share of synthetic images in their class's aligned bias, first and last logged."""
+  with open(os.path.join(workdir, "weights.json")) as f:
+    traj = json.load(f).get("bias_trajectory", [])
+  return {"bias_start": traj[0]["bias_aligned_fraction"] if traj else None,
+          "bias_end": traj[-1]["bias_aligned_fraction"] if traj else None}
+
+
+def run_cell(q: Queue, cell: Cell) -> dict:
+  """Every row of a cell, the validation choice, and the cell's table data."""
+  names = cell_rows(cell, q.rows)
+  records = {}
+  for name in names:
+    records[name] = run_row(q, cell, name, ROWS[name].reported)
+  pool = choice_pool(cell, q.rows)
+  scores = {n: np.asarray([r["valid"]["conflicting"] for r in records[n]]) for n in pool}
+  n_valid = records[pool[0]][0]["valid"]["num_conflicting"]
+  choice = selection.select(scores, pool[0], n_valid)
+  chosen = choice["chosen"]
+  if not ROWS[chosen].reported:  # the chosen candidate's test split, read now and only now
+    q.check_time()
+    records[chosen] = run_row(q, cell, chosen, True)
+  return table_data(q, cell, records, choice)
+
+
+def _pm(values) -> str:
+  return runs.format_pm(values)
+
+
+def table_row(label: str, row: Row, recs: list[dict]) -> list[str]:
+  mean = lambda split, m: [float(np.mean(r[split][m])) for r in recs]  # noqa: E731
+  bias = ("–" if any(r["bias_start"] is None for r in recs) else
+          f"{_pm([r['bias_start'] for r in recs])} → {_pm([r['bias_end'] for r in recs])}")
+  secs = np.median([r["distill_s"] + r["eval_s"] for r in recs])
+  return [label, "yes" if row.bias_labels else "no", ",".join(str(r["seed"]) for r in recs),
+          _pm(mean("valid", "conflicting")), _pm(mean("test", "overall")),
+          _pm(mean("test", "aligned")), _pm(mean("test", "conflicting")),
+          _pm(mean("test", "worst_group")), _pm(mean("test", "deo_m")),
+          _pm(mean("test", "deo_a")), bias, f"{secs:.0f}"]
+
+
+def table_data(q: Queue, cell: Cell, records: dict, choice: dict) -> dict:
+  rows = []
+  for name in cell_rows(cell, q.rows):
+    if ROWS[name].reported:
+      rows.append(table_row(ROWS[name].label, ROWS[name], records[name]))
+    if name == "kde":
+      chosen = choice["chosen"]
+      rows.append(table_row(f"best label-free, chosen on validation: {ROWS[chosen].label}",
+                            ROWS[chosen], records[chosen]))
+  n_models = len(records["vanilla"][0]["test"]["overall"])
+  notes = [
+      f"{cell.dataset}, {100 * cell.ratio:g} % bias-conflicting, IPC {cell.ipc}, "
+      f"{cell.method.upper()}, preset `{q.args.preset}`; ± is the sample standard deviation "
+      f"over the {len(q.seeds)} distillation seeds of each seed's mean over {n_models} "
+      "evaluation networks.",
+      f"The best label-free row: {choice['reason']} (criterion: validation conflicting "
+      f"accuracy; candidates {', '.join(choice_pool(cell, q.rows))}).",
+      "DEO_M / DEO_A: FairDD's equalized-odds differences on the test split (per class, the "
+      "largest minus the smallest accuracy over bias groups; their maximum / mean over "
+      "classes), empty groups counted as 0.",
+  ]
+  return {"columns": COLUMNS, "rows": rows, "notes": notes, "cell": dataclasses.asdict(cell),
+          "choice": {k: (float(v) if isinstance(v, (float, np.floating)) else v)
+                     for k, v in choice.items()},
+          "date": datetime.date.today().isoformat(), "commit": runs.code_version(),
+          "machine": machine(), "command": [" ".join(["python", "experiments/paper_table.py"]
+                                                     + q.args.argv)]}
+
+
+def choice_pool(cell: Cell, only: tuple) -> list[str]:
+  return [n for n in LABEL_FREE if n in cell_rows(cell, only)]
+
+
+def machine() -> str:
+  dev = jax.devices()[0]
+  if dev.platform == "cpu":
+    return f"{os.cpu_count()}-core {platform.machine()} CPU"
+  return f"{jax.device_count()} x {dev.device_kind}"
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--preset", default="paper", help="run preset (paper, proxy, smoke, ...)")
+  p.add_argument("--source", default=None, help="data source (default: full at paper scale)")
+  p.add_argument("--surrogate-preset", default=None)
+  p.add_argument("--iterations", type=int, default=None)
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--cells", default=",".join(c.name for c in CELLS),
+                 help="the cells to run, in the queue's order")
+  p.add_argument("--rows", default=",".join(ROWS),
+                 help="the rows to run (vanilla and kde are always needed)")
+  p.add_argument("--workdir", required=True, help="where the runs are kept (resumable)")
+  p.add_argument("--results", required=True, help="where each finished cell's JSON is written")
+  p.add_argument("--budget-minutes", type=float, default=None,
+                 help="stop cleanly (checkpointed) before this many minutes; rerun to go on")
+  p.add_argument("--reserve-minutes", type=float, default=4.0,
+                 help="the part of the budget kept for the evaluation in flight (default 4)")
+  p.add_argument("--quiet", action="store_true")
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: the smoke preset at 2 iterations, seeds 0,1, the cell "
+      "cmnist5-ipc10, rows vanilla, kde and kde_init (flags given explicitly still apply)"))
+  return p
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  p = _parser()
+  args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(preset="smoke", seeds="0,1", cells="cmnist5-ipc10",
+                   rows="vanilla,kde,kde_init", iterations=2)
+    args = p.parse_args(argv)
+  args.argv = argv
+  by_name = {c.name: c for c in CELLS}
+  cells = [c for c in args.cells.split(",") if c]
+  unknown = [c for c in cells if c not in by_name]
+  if unknown:
+    print(f"paper_table: error: unknown cells {unknown}; choose from {list(by_name)}",
+          file=sys.stderr)
+    return 2
+  rows = [r for r in args.rows.split(",") if r]
+  if not {"vanilla", "kde"} <= set(rows) or set(rows) - set(ROWS):
+    print(f"paper_table: error: --rows {args.rows!r}: give vanilla, kde and any of "
+          f"{[r for r in ROWS if r not in ('vanilla', 'kde')]}", file=sys.stderr)
+    return 2
+  if args.budget_minutes is not None and args.budget_minutes <= args.reserve_minutes:
+    print(f"paper_table: error: --budget-minutes {args.budget_minutes:g} leaves nothing after "
+          f"--reserve-minutes {args.reserve_minutes:g}; give a larger budget", file=sys.stderr)
+    return 2
+  overrides = {k: v for k, v in (("source", args.source or ("full" if args.preset == "paper"
+                                                                   else None)),
+                                 ("surrogate_preset", args.surrogate_preset),
+                                 ("iterations", args.iterations)) if v is not None}
+  q = Queue(args, overrides)
+  order = [by_name[c] for c in cells]
+  left = []
+  for i, cell in enumerate(order):
+    path = os.path.join(args.results, f"{cell.name}.json")
+    if os.path.exists(path):
+      print(f"[paper_table] {cell.name}: finished ({path})", flush=True)
+      continue
+    print(f"[paper_table] {cell.name}", flush=True)
+    try:
+      data = run_cell(q, cell)
+    except BudgetReached:
+      left = [c.name for c in order[i:]]
+      break
+    except KeyboardInterrupt:
+      print(f"paper_table: interrupted in {cell.name}; the run in flight is checkpointed; run "
+            "the same command again to go on", file=sys.stderr)
+      return 130
+    except (ValueError, OSError) as e:
+      print(f"paper_table: error in {cell.name}: {e}", file=sys.stderr)
+      return 1
+    os.makedirs(args.results, exist_ok=True)
+    synset.atomic_write_json(path, data)
+    print(render(data), flush=True)
+  minutes = (time.monotonic() - q.t0) / 60
+  if left:
+    print(f"paper_table: the time budget is spent after {minutes:.1f} min; {len(left)} cells "
+          f"left ({', '.join(left)}); the runs in flight are checkpointed; run the same "
+          "command again to go on", file=sys.stderr)
+  else:
+    print(f"[paper_table] all {len(order)} cells finished ({minutes:.1f} min)", flush=True)
+  return 0
+
+
+def render(data: dict) -> str:
+  lines = ["| " + " | ".join(data["columns"]) + " |", "|---" * len(data["columns"]) + "|"]
+  lines += ["| " + " | ".join(r) + " |" for r in data["rows"]]
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
