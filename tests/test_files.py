@@ -283,3 +283,20 @@ def test_report_keeps_results_of_different_settings_apart_and_labels_them(tmp_pa
   assert "baseline random" in out[1] and str(tmp_path / "a") in out[2]
   assert out[3].startswith(f"== {_SMOKE.dataset}, conflict ratio {other.conflict_ratio},")
   assert str(tmp_path / "b") in out[4] and len(out) == 5
+
+
+@pytest.mark.parametrize("config", [{"ipc": "three"}, {"ipc": -1}, {"weighting": ["kde"]},
+                                    {"kde_variance": None}])
+def test_audit_refuses_a_synset_whose_recorded_run_config_is_malformed(tmp_path, capsys, config):
+  syn = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1], np.int32))
+  path = synset.save(str(tmp_path / "syn"), syn, {"config": {**_SMOKE.to_dict(), **config},
+                                                  "dataset": {"name": "cmnist", "ratio": 0.05}},
+                     mean=np.zeros(3), std=np.ones(3))
+  out = tmp_path / "audit.json"
+  before = _tree(tmp_path)
+  assert cli.main(["audit", path, "--out", str(out), "--quiet"]) == 2
+  line = _one_line(capsys.readouterr().err)
+  assert line.startswith(f"jaxdd audit: error: {os.path.join(path, 'meta.json')}: its run "
+                         "configuration ('config') is malformed"), line
+  assert line.endswith("re-create it with `jaxdd distill`"), line
+  assert _tree(tmp_path) == before and not out.exists()
