@@ -300,3 +300,42 @@ def test_audit_refuses_a_synset_whose_recorded_run_config_is_malformed(tmp_path,
                          "configuration ('config') is malformed"), line
   assert line.endswith("re-create it with `jaxdd distill`"), line
   assert _tree(tmp_path) == before and not out.exists()
+
+
+def test_cross_arch_out_refuses_a_file_holding_other_results(tmp_path, capsys):
+  syn = _syn(str(tmp_path / "syn"))
+  other_syn = _syn(str(tmp_path / "other"))
+  argv = ["cross-arch", syn, "--models", "mlp", "--protocol", "smoke", "--num-models", "1",
+          "--quiet", "--out"]
+  out = tmp_path / "matrix.json"
+  mine = artifacts.cross_arch_setting(syn, ["mlp"], protocol="smoke", num_models=1)
+  for stored, differs in (
+      (artifacts.cross_arch_setting(other_syn, ["mlp"], protocol="smoke", num_models=1),
+       f"synset {os.path.abspath(other_syn)!r} there, {os.path.abspath(syn)!r} now"),
+      ({**mine, "protocol": "cpu"}, "protocol 'cpu' there, 'smoke' now"),
+      ({**mine, "models": ["mlp", "resnet18"]}, "models ['mlp', 'resnet18'] there, ['mlp'] now"),
+      ({**mine, "synset_manifest_sha256": "0" * 64}, "synset_manifest_sha256 '000")):
+    synset.atomic_write_json(str(out), artifacts.cross_arch_record(stored, {}))
+    before = _tree(tmp_path)
+    assert cli.main(argv + [str(out)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"jaxdd cross-arch: error: --out {out} holds the cross-architecture "
+                           "matrix of another setting ("), line
+    assert differs in line and line.endswith("use another --out, or delete it to replace it")
+    assert _tree(tmp_path) == before
+  # other results (an evaluation), or a file of a run: refused too, nothing replaced
+  out.write_text(json.dumps({"mean": {}, "std": {}}))
+  before = _tree(tmp_path)
+  assert cli.main(argv + [str(out)]) == 2
+  assert "is not a cross-architecture matrix that jaxdd wrote" in _one_line(
+      capsys.readouterr().err)
+  _run_dir(tmp_path / "run", _SMOKE)
+  assert cli.main(argv + [str(tmp_path / "run" / "config.json")]) == 2
+  assert "would replace a file of the run" in _one_line(capsys.readouterr().err)
+  assert _tree(tmp_path) == before | _tree(tmp_path / "run")
+  # the same setting's matrix is replaced (the command run again), an older record too
+  synset.atomic_write_json(str(out), artifacts.cross_arch_record(mine, {}))
+  artifacts.check_matrix_out(str(out), mine)
+  synset.atomic_write_json(str(out), {"synset": syn, "protocol": "smoke", "num_models": 1,
+                                      "matrix": {}})
+  artifacts.check_matrix_out(str(out), mine)
