@@ -339,3 +339,29 @@ def test_cross_arch_out_refuses_a_file_holding_other_results(tmp_path, capsys):
   synset.atomic_write_json(str(out), {"synset": syn, "protocol": "smoke", "num_models": 1,
                                       "matrix": {}})
   artifacts.check_matrix_out(str(out), mine)
+
+
+def test_a_synset_damaged_when_read_back_while_working_is_a_fault_before_work_a_refusal(
+    tmp_path, capsys, monkeypatch):
+  """`reproduce` reads its runs' SynSets back after its runs are done: a damaged metadata file
+  there is a fault (exit 1); the same SynSet read before any work is refused (exit 2)."""
+  from jaxdd.runs import bias
+  monkeypatch.setattr(bias, "bias_classifier", lambda *a: None)  # not reached: faster
+  work = tmp_path / "rep"
+  mean = {"overall": 0.5, "aligned": 0.9, "conflicting": 0.4, "worst_group": 0.1}
+  for weighting, name in (("none", "dm"), ("kde", "dm_kde")):
+    config = _SMOKE.replace(weighting=weighting)
+    _run_dir(work / name, config)
+    (work / name / "eval.json").write_text(json.dumps({"mean": mean, "std": mean,
+                                                       "digest": config.digest()}))
+    _syn(str(work / name / "synset"))
+  meta = _rewrite(str(work / "dm" / "synset"), "meta.json", b'{"config": 3}')
+  assert cli.main(["reproduce", "--preset", "smoke", "--quiet", "--workdir", str(work)]) == 1
+  line = _one_line(capsys.readouterr().err)
+  assert line.startswith(f"jaxdd reproduce: error: {meta}: "), line
+  assert line.endswith("the artifact is corrupted: re-create it")
+  assert not (work / "comparison.json").exists() and not (work / "comparison.md").exists()
+  out = tmp_path / "eval.json"
+  assert cli.main(["evaluate", str(work / "dm" / "synset"), "--out", str(out), "--quiet"]) == 2
+  assert _one_line(capsys.readouterr().err) == line.replace("reproduce", "evaluate")
+  assert not out.exists()
