@@ -25,11 +25,12 @@ from jaxdd.security import signing
 from jaxdd.structs import SynSet
 
 #: Keys the readers look for, so that generated objects reach past the first level.
-_KEYS = st.sampled_from(["digest", "mean", "std", "overall", "aligned", "conflicting",
+_KEYS = (st.sampled_from(["digest", "mean", "std", "overall", "aligned", "conflicting",
                          "worst_group", "result", "per_model", "num_models", "chosen", "config",
                          "files", "step", "format", "algorithm", "public_key", "signature",
                          "dataset", "name", "shape", "groups", "batch_ess", "aligned_fraction",
-                         "kde", "lr_img", "\n"]) | st.text(max_size=4)
+                         "kde", "lr_img", "synset", "protocol", "matrix", "dm", "\n"])
+         | st.text(max_size=4))
 _SCALARS = (st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False)
             | st.text(max_size=6))
 _VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
@@ -85,6 +86,8 @@ READERS = {
     "selection.json": ("selection.json", lambda p: files.read_selection(p, _SMOKE)),
     "metrics.jsonl": ("metrics.jsonl", _metrics),
     "report": ("eval.json", lambda p: artifacts.finished_runs(os.path.dirname(p))),
+    "comparison.json": ("comparison.json", files.read_comparison),
+    "cross-arch --out": ("matrix.json", files.read_cross_arch),
 }
 
 
