@@ -320,6 +320,24 @@ def table(results: list[dict], calibration: tuple = ()) -> str:
   return "\n".join(rows) + "\n"
 
 
+def add_audit_flags(p: argparse.ArgumentParser) -> None:
+  """The audit's architecture and sizes (its defaults unless given)."""
+  p.add_argument("--audit-model", default=None,
+                 help="architecture the audit trains (default: the audit's, the run's "
+                      "evaluation architecture)")
+  p.add_argument("--audit-protocol", default="cpu300",
+                 help="training protocol of the audit's networks (the audit's default)")
+  p.add_argument("--audit-models", type=int, default=2, help="networks the audit trains")
+  p.add_argument("--audit-images", type=int, default=2000,
+                 help="clean validation images the audit draws")
+  p.add_argument("--audit-cleanse-images", type=int, default=128,
+                 help="of those, the reverse-engineering batch")
+  p.add_argument("--audit-cleanse-steps", type=int, default=200,
+                 help="reverse-engineering steps per class")
+  p.add_argument("--audit-triggers", type=int, default=None,
+                 help="audit the first N candidate triggers only (default: all of them)")
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--preset", default="cpu")
@@ -335,20 +353,7 @@ def main(argv=None) -> int:
   p.add_argument("--victim-models", type=int, default=3)
   p.add_argument("--workdir", required=True)
   p.add_argument("--quiet", action="store_true")
-  p.add_argument("--audit-model", default=None,
-                 help="architecture the audit trains (default: the audit's, the run's "
-                      "evaluation architecture)")
-  p.add_argument("--audit-protocol", default="cpu300",
-                 help="training protocol of the audit's networks (the audit's default)")
-  p.add_argument("--audit-models", type=int, default=2, help="networks the audit trains")
-  p.add_argument("--audit-images", type=int, default=2000,
-                 help="clean validation images the audit draws")
-  p.add_argument("--audit-cleanse-images", type=int, default=128,
-                 help="of those, the reverse-engineering batch")
-  p.add_argument("--audit-cleanse-steps", type=int, default=200,
-                 help="reverse-engineering steps per class")
-  p.add_argument("--audit-triggers", type=int, default=None,
-                 help="audit the first N candidate triggers only (default: all of them)")
+  add_audit_flags(p)
   p.add_argument("--rescore-kde", action="store_true",
                  help="recompute the KDE probe of finished cells with the current code")
   p.add_argument("--table-only", action="store_true",
