@@ -169,8 +169,15 @@ def run_cell(args, dataset: str, seed: int, variant: str, keys: dict) -> dict:
             **victim(cfg, syn_dir, target=args.target, protocol=args.victim_protocol,
                      num_models=args.victim_models, seed=seed)}
   t1 = time.time()
-  report, _ = run_audit.audit_artifact(syn_dir, trust=False, seed=seed, progress=not args.quiet,
-                                       model_spec=args.audit_model)
+  triggers = None
+  if args.audit_triggers is not None:  # the first N candidates, at the SynSet's image shape
+    shape = synset.load(syn_dir)[0].images.shape[1:]
+    triggers = audit.candidate_triggers(shape)[:args.audit_triggers]
+  report, _ = run_audit.audit_artifact(
+      syn_dir, trust=False, seed=seed, progress=not args.quiet, model_spec=args.audit_model,
+      protocol=args.audit_protocol, num_models=args.audit_models, clean_images=args.audit_images,
+      cleanse_images=args.audit_cleanse_images, cleanse_steps=args.audit_cleanse_steps,
+      triggers=triggers)
   result.update(audit=report.to_dict(), audit_s=time.time() - t1,
                 signature=signature_check(syn_dir, keys["author_pub"]),
                 target=args.target, trigger=trigger_for((28, 28, 3)).name,
@@ -313,6 +320,24 @@ def table(results: list[dict], calibration: tuple = ()) -> str:
   return "\n".join(rows) + "\n"
 
 
+def add_audit_flags(p: argparse.ArgumentParser) -> None:
+  """The audit's architecture and sizes (its defaults unless given)."""
+  p.add_argument("--audit-model", default=None,
+                 help="architecture the audit trains (default: the audit's, the run's "
+                      "evaluation architecture)")
+  p.add_argument("--audit-protocol", default="cpu300",
+                 help="training protocol of the audit's networks (the audit's default)")
+  p.add_argument("--audit-models", type=int, default=2, help="networks the audit trains")
+  p.add_argument("--audit-images", type=int, default=2000,
+                 help="clean validation images the audit draws")
+  p.add_argument("--audit-cleanse-images", type=int, default=128,
+                 help="of those, the reverse-engineering batch")
+  p.add_argument("--audit-cleanse-steps", type=int, default=200,
+                 help="reverse-engineering steps per class")
+  p.add_argument("--audit-triggers", type=int, default=None,
+                 help="audit the first N candidate triggers only (default: all of them)")
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--preset", default="cpu")
@@ -328,9 +353,7 @@ def main(argv=None) -> int:
   p.add_argument("--victim-models", type=int, default=3)
   p.add_argument("--workdir", required=True)
   p.add_argument("--quiet", action="store_true")
-  p.add_argument("--audit-model", default=None,
-                 help="architecture the audit trains (default: the audit's, the run's "
-                      "evaluation architecture)")
+  add_audit_flags(p)
   p.add_argument("--rescore-kde", action="store_true",
                  help="recompute the KDE probe of finished cells with the current code")
   p.add_argument("--table-only", action="store_true",
@@ -341,12 +364,18 @@ def main(argv=None) -> int:
                       "e.g. cmnist:0,bg_fmnist:0; NAME:SEED:VARIANT for one SynSet)")
   p.add_argument("--tiny", action="store_true", help=(
       "check the script in seconds: the smoke preset, CMNIST, seed 0, one victim network of the "
-      "smoke protocol, one post-hoc step (flags given explicitly still apply)"))
+      "smoke protocol, one post-hoc step, an audit of one smoke-protocol network on 200 clean "
+      "images with 4 candidate triggers and 2 reverse-engineering steps (flags given explicitly "
+      "still apply)"))
   args = p.parse_args(argv)
   if args.tiny:
     p.set_defaults(preset="smoke", datasets="cmnist", seeds="0", posthoc_steps=1,
-                   victim_protocol="smoke", victim_models=1)
+                   victim_protocol="smoke", victim_models=1, audit_protocol="smoke",
+                   audit_models=1, audit_images=200, audit_cleanse_images=32,
+                   audit_cleanse_steps=2, audit_triggers=4)
     args = p.parse_args(argv)
+  if args.audit_triggers is not None and args.audit_triggers < 1:
+    p.error(f"--audit-triggers {args.audit_triggers}: give a positive number, e.g. 4")
   for entry in args.datasets.split(","):
     try:
       parse_dataset(entry)

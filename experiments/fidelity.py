@@ -123,7 +123,10 @@ def refresh_diagnostics(result: dict, path: str) -> dict:
 
 
 def run_arm(config: RunConfig, workdir: str, progress: bool,
-            refresh: bool = False) -> dict:
+            refresh: bool = False, run_data: runs.RunData | None = None) -> dict:
+  """One arm's run (distilled, evaluated on valid and test) and its diagnostics, or the stored
+  result. ``run_data``: the seed's data, shared by its arms (they differ in the weighting
+  only), so its bias classifier is trained once (:func:`jaxdd.runs.bias_classifier`)."""
   path = os.path.join(workdir, "result.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -132,7 +135,7 @@ def run_arm(config: RunConfig, workdir: str, progress: bool,
       result = refresh_diagnostics(result, path)
     return result
   t0 = time.perf_counter()
-  run_data = runs.RunData(config)
+  run_data = runs.RunData(config) if run_data is None else run_data
   syn = runs.distill_stage(config, workdir, run_data=run_data, progress=progress)
   t_distill = time.perf_counter() - t0
   k_eval = runs.run_keys(config)[2]
@@ -283,6 +286,7 @@ def main(argv=None) -> int:
 
   configs = {(a, s): arm_config(a, s) for s in seeds for a in arms}
   rows: dict[str, list[dict]] = {a: [] for a in arms}
+  seed_data: dict[int, runs.RunData] = {}
   for (arm, seed), cfg in configs.items():
     done = os.path.exists(os.path.join(args.workdir, arm, f"s{seed}", "result.json"))
     if args.table_only and not done:
@@ -294,7 +298,8 @@ def main(argv=None) -> int:
     try:
       rows[arm].append(
           run_arm(cfg, os.path.join(args.workdir, arm, f"s{seed}"), progress=not args.quiet,
-                  refresh=args.refresh_diagnostics))
+                  refresh=args.refresh_diagnostics,
+                  run_data=None if done else seed_data.setdefault(seed, runs.RunData(cfg))))
     finally:
       weights_lib.run_log_density = plain
     md = table({a: r for a, r in rows.items() if r})

@@ -112,7 +112,8 @@ META = schema.obj(optional={
     "eval_protocol": schema.opt(schema.STR), "class_names": schema.list_of(schema.STR)})
 
 
-def load(path: str, *, verify: Verifier | None = None) -> tuple[SynSet, dict]:
+def load(path: str, *, verify: Verifier | None = None,
+         working: bool = False) -> tuple[SynSet, dict]:
   """Loads and verifies a SynSet artifact (checksums, and an optional signature check).
 
   Every file is hashed and compared with ``manifest.json``; the arrays are
@@ -128,6 +129,9 @@ def load(path: str, *, verify: Verifier | None = None) -> tuple[SynSet, dict]:
       refused, and returns a JSON-able record stored as ``meta["signature"]``
       (or None to store nothing). None checks the checksums only (a run
       re-reading the artifact it wrote itself).
+    working: True where a command reads the artifact back after it started writing (a
+      damaged manifest or metadata is then a fault, exit status 1, not a refusal, 2:
+      :class:`jaxdd._src.schema.FileFormatError`).
 
   Returns:
     ``(syn, meta)``; ``meta`` includes ``mean`` and ``std``, and ``signature``
@@ -149,7 +153,8 @@ def load(path: str, *, verify: Verifier | None = None) -> tuple[SynSet, dict]:
   with open(manifest_path, "rb") as f:
     manifest_bytes = f.read()
   expected = schema.parse_json(manifest_bytes, MANIFEST, path=manifest_path,
-                               fix="the artifact is corrupted: re-create it")["files"]
+                               fix="the artifact is corrupted: re-create it",
+                               working=working)["files"]
   status = verify(path, manifest_bytes) if verify is not None else None
   contents = {}
   for name in _FILES:
@@ -175,7 +180,7 @@ def load(path: str, *, verify: Verifier | None = None) -> tuple[SynSet, dict]:
   except (OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"{arrays_path} is not a readable .npz ({e}); re-create the artifact") from e
   meta = schema.parse_json(contents["meta.json"], META, path=os.path.join(path, "meta.json"),
-                           fix="the artifact is corrupted: re-create it")
+                           fix="the artifact is corrupted: re-create it", working=working)
   meta["mean"], meta["std"] = mean.tolist(), std.tolist()
   if status is not None:
     meta["signature"] = status

@@ -218,3 +218,52 @@ def test_the_libraries_log_lines_become_one_line_or_none_under_quiet(caplog):
       assert [r.getMessage() for r in caplog.records] == want
   finally:
     progress.set_quiet(was)
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_its_saves_resumes_to_the_uninterrupted_synset(tmp_path, capsys):
+  """SIGKILL of `jaxdd distill` at random moments while it checkpoints every step (each kill
+  after a new checkpoint appeared, so it falls in a later save or the step around it), then
+  the same command once more: it finishes with the SynSet of an uninterrupted run."""
+  import subprocess
+  import time
+
+  from jaxdd import cli, synset
+  argv = ["distill", "--preset", "smoke", "--weighting", "none", "--iterations", "16",
+          "--checkpoint-every", "1", "--quiet", "--workdir"]
+  ref = str(tmp_path / "ref")
+  assert cli.main(argv + [ref]) == 0
+  capsys.readouterr()
+  work = tmp_path / "run"
+  command = [sys.executable, "-m", "jaxdd", *argv, str(work)]
+  rng = random.Random(0)
+
+  def newest() -> int:
+    root = work / "checkpoints"
+    return max((int(n) for n in os.listdir(root) if n.isdigit()), default=0) if root.exists() \
+        else 0
+  kills = 0
+  for _ in range(3):
+    start = newest()
+    p = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while p.poll() is None and newest() <= start and time.time() < deadline:
+      time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.25))
+    if p.poll() is None:
+      p.send_signal(signal.SIGKILL)
+      kills += 1
+    p.wait(timeout=60)
+  assert kills >= 2 and not (work / "synset").exists()
+  done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+  assert done.returncode == 0, done.stderr[-2000:]
+  # at most one line on a damaged checkpoint; besides it only the killed run's lock taken over
+  lines = done.stderr.strip().splitlines()
+  assert "Traceback" not in done.stderr, done.stderr[-2000:]
+  damaged = [line for line in lines if "checkpoint" in line]
+  assert len(damaged) <= 1 and all("cannot be restored" in line and line.endswith(
+      "resumed from the older checkpoint " + line.rsplit(" ", 1)[-1]) for line in damaged), lines
+  assert all("taking over the lock of process" in line for line in lines
+             if line not in damaged), lines
+  got, want = synset.load(str(work / "synset"))[0], synset.load(os.path.join(ref, "synset"))[0]
+  assert np.array_equal(got.images, want.images) and np.array_equal(got.labels, want.labels)

@@ -430,6 +430,35 @@ def test_a_diverging_dm_run_stops_at_its_first_non_finite_step(tmp_path, capsys,
   assert _loss_steps(chunked) == logged
 
 
+@pytest.mark.parametrize("bad, chunk, every, kept", [(6, 3, 4, [4]), (3, 3, 4, [])])
+def test_no_checkpoint_is_kept_at_or_after_the_first_non_finite_step(tmp_path, capsys,
+                                                                     monkeypatch, bad, chunk,
+                                                                     every, kept):
+  """Step ``bad`` reports itself non-finite; the flags are read only where the host waits
+  anyway (here a checkpoint or the end, never a log line: --log-every 100), so the run stops
+  a few steps later, names step ``bad``, and keeps only the checkpoints before it."""
+  from jaxdd.runs import driver
+  monkeypatch.setattr(bias, "bias_classifier", lambda *a: None)  # no bias scores: faster
+  add = driver.FiniteWatch.add
+
+  def add_bad(self, it, n, row):
+    def flagged(j):
+      m = row(j)
+      return {**m, "finite": np.array(False)} if it + j + 1 == bad else m
+    add(self, it, n, flagged)
+  monkeypatch.setattr(driver.FiniteWatch, "add", add_bad)
+  work = str(tmp_path / "run")
+  assert cli.main(["distill", "--preset", "smoke", "--weighting", "none", "--iterations", "8",
+                   "--steps-per-call", str(chunk), "--checkpoint-every", str(every),
+                   "--log-every", "100", "--workdir", work, "--quiet"]) == 1
+  line = _one_line(capsys.readouterr().err)
+  assert line.startswith(f"jaxdd distill: error: step {bad}: "), line
+  assert (f"the last finite checkpoint (step {kept[-1]}) is kept" if kept
+          else "no checkpoint was written") in line
+  assert _kept_checkpoints(work) == (kept, True)
+  assert not os.path.exists(os.path.join(work, "synset"))
+
+
 def test_a_diverging_gradient_matching_run_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(bias, "bias_classifier", lambda *a: None)  # no bias scores: faster
   work = str(tmp_path / "nan")

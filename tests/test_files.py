@@ -25,11 +25,12 @@ from jaxdd.security import signing
 from jaxdd.structs import SynSet
 
 #: Keys the readers look for, so that generated objects reach past the first level.
-_KEYS = st.sampled_from(["digest", "mean", "std", "overall", "aligned", "conflicting",
+_KEYS = (st.sampled_from(["digest", "mean", "std", "overall", "aligned", "conflicting",
                          "worst_group", "result", "per_model", "num_models", "chosen", "config",
                          "files", "step", "format", "algorithm", "public_key", "signature",
                          "dataset", "name", "shape", "groups", "batch_ess", "aligned_fraction",
-                         "kde", "lr_img", "\n"]) | st.text(max_size=4)
+                         "kde", "lr_img", "synset", "protocol", "matrix", "dm", "\n"])
+         | st.text(max_size=4))
 _SCALARS = (st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False)
             | st.text(max_size=6))
 _VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
@@ -85,6 +86,8 @@ READERS = {
     "selection.json": ("selection.json", lambda p: files.read_selection(p, _SMOKE)),
     "metrics.jsonl": ("metrics.jsonl", _metrics),
     "report": ("eval.json", lambda p: artifacts.finished_runs(os.path.dirname(p))),
+    "comparison.json": ("comparison.json", files.read_comparison),
+    "cross-arch --out": ("matrix.json", files.read_cross_arch),
 }
 
 
@@ -283,3 +286,85 @@ def test_report_keeps_results_of_different_settings_apart_and_labels_them(tmp_pa
   assert "baseline random" in out[1] and str(tmp_path / "a") in out[2]
   assert out[3].startswith(f"== {_SMOKE.dataset}, conflict ratio {other.conflict_ratio},")
   assert str(tmp_path / "b") in out[4] and len(out) == 5
+
+
+@pytest.mark.parametrize("config", [{"ipc": "three"}, {"ipc": -1}, {"weighting": ["kde"]},
+                                    {"kde_variance": None}])
+def test_audit_refuses_a_synset_whose_recorded_run_config_is_malformed(tmp_path, capsys, config):
+  syn = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1], np.int32))
+  path = synset.save(str(tmp_path / "syn"), syn, {"config": {**_SMOKE.to_dict(), **config},
+                                                  "dataset": {"name": "cmnist", "ratio": 0.05}},
+                     mean=np.zeros(3), std=np.ones(3))
+  out = tmp_path / "audit.json"
+  before = _tree(tmp_path)
+  assert cli.main(["audit", path, "--out", str(out), "--quiet"]) == 2
+  line = _one_line(capsys.readouterr().err)
+  assert line.startswith(f"jaxdd audit: error: {os.path.join(path, 'meta.json')}: its run "
+                         "configuration ('config') is malformed"), line
+  assert line.endswith("re-create it with `jaxdd distill`"), line
+  assert _tree(tmp_path) == before and not out.exists()
+
+
+def test_cross_arch_out_refuses_a_file_holding_other_results(tmp_path, capsys):
+  syn = _syn(str(tmp_path / "syn"))
+  other_syn = _syn(str(tmp_path / "other"))
+  argv = ["cross-arch", syn, "--models", "mlp", "--protocol", "smoke", "--num-models", "1",
+          "--quiet", "--out"]
+  out = tmp_path / "matrix.json"
+  mine = artifacts.cross_arch_setting(syn, ["mlp"], protocol="smoke", num_models=1)
+  for stored, differs in (
+      (artifacts.cross_arch_setting(other_syn, ["mlp"], protocol="smoke", num_models=1),
+       f"synset {os.path.abspath(other_syn)!r} there, {os.path.abspath(syn)!r} now"),
+      ({**mine, "protocol": "cpu"}, "protocol 'cpu' there, 'smoke' now"),
+      ({**mine, "models": ["mlp", "resnet18"]}, "models ['mlp', 'resnet18'] there, ['mlp'] now"),
+      ({**mine, "synset_manifest_sha256": "0" * 64}, "synset_manifest_sha256 '000")):
+    synset.atomic_write_json(str(out), artifacts.cross_arch_record(stored, {}))
+    before = _tree(tmp_path)
+    assert cli.main(argv + [str(out)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"jaxdd cross-arch: error: --out {out} holds the cross-architecture "
+                           "matrix of another setting ("), line
+    assert differs in line and line.endswith("use another --out, or delete it to replace it")
+    assert _tree(tmp_path) == before
+  # other results (an evaluation), or a file of a run: refused too, nothing replaced
+  out.write_text(json.dumps({"mean": {}, "std": {}}))
+  before = _tree(tmp_path)
+  assert cli.main(argv + [str(out)]) == 2
+  assert "is not a cross-architecture matrix that jaxdd wrote" in _one_line(
+      capsys.readouterr().err)
+  _run_dir(tmp_path / "run", _SMOKE)
+  assert cli.main(argv + [str(tmp_path / "run" / "config.json")]) == 2
+  assert "would replace a file of the run" in _one_line(capsys.readouterr().err)
+  assert _tree(tmp_path) == before | _tree(tmp_path / "run")
+  # the same setting's matrix is replaced (the command run again), an older record too
+  synset.atomic_write_json(str(out), artifacts.cross_arch_record(mine, {}))
+  artifacts.check_matrix_out(str(out), mine)
+  synset.atomic_write_json(str(out), {"synset": syn, "protocol": "smoke", "num_models": 1,
+                                      "matrix": {}})
+  artifacts.check_matrix_out(str(out), mine)
+
+
+def test_a_synset_damaged_when_read_back_while_working_is_a_fault_before_work_a_refusal(
+    tmp_path, capsys, monkeypatch):
+  """`reproduce` reads its runs' SynSets back after its runs are done: a damaged metadata file
+  there is a fault (exit 1); the same SynSet read before any work is refused (exit 2)."""
+  from jaxdd.runs import bias
+  monkeypatch.setattr(bias, "bias_classifier", lambda *a: None)  # not reached: faster
+  work = tmp_path / "rep"
+  mean = {"overall": 0.5, "aligned": 0.9, "conflicting": 0.4, "worst_group": 0.1}
+  for weighting, name in (("none", "dm"), ("kde", "dm_kde")):
+    config = _SMOKE.replace(weighting=weighting)
+    _run_dir(work / name, config)
+    (work / name / "eval.json").write_text(json.dumps({"mean": mean, "std": mean,
+                                                       "digest": config.digest()}))
+    _syn(str(work / name / "synset"))
+  meta = _rewrite(str(work / "dm" / "synset"), "meta.json", b'{"config": 3}')
+  assert cli.main(["reproduce", "--preset", "smoke", "--quiet", "--workdir", str(work)]) == 1
+  line = _one_line(capsys.readouterr().err)
+  assert line.startswith(f"jaxdd reproduce: error: {meta}: "), line
+  assert line.endswith("the artifact is corrupted: re-create it")
+  assert not (work / "comparison.json").exists() and not (work / "comparison.md").exists()
+  out = tmp_path / "eval.json"
+  assert cli.main(["evaluate", str(work / "dm" / "synset"), "--out", str(out), "--quiet"]) == 2
+  assert _one_line(capsys.readouterr().err) == line.replace("reproduce", "evaluate")
+  assert not out.exists()

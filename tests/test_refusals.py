@@ -164,3 +164,49 @@ def test_a_finished_run_in_a_read_only_directory_shows_its_results(tmp_path, cap
   assert code == 0, out.err
   assert "complete (stored in eval.json)" in out.out and "81.25" in out.out and "43.75" in out.out
   assert _tree(work) == before and not (work / ".lock").exists()
+
+
+def _finished_reproduce(work, base) -> dict:
+  """A work directory as a finished `jaxdd reproduce` leaves it: both runs with their stored
+  evaluation, and the comparison written from them. Returns the comparison.json."""
+  comparison = {}
+  for weighting, name in (("none", "dm"), ("kde", "dm+kde")):
+    stored = _finished_run(work / name.replace("+", "_"), base.replace(weighting=weighting))
+    comparison[name] = {"mean": stored["mean"], "std": stored["std"],
+                        "bias_score": {"aligned_fraction": 0.5}}
+  (work / "comparison.json").write_text(json.dumps(comparison))
+  (work / "comparison.md").write_text("| method | overall |\n|---|---|\n| dm | 81.2 |\n")
+  return comparison
+
+
+def test_a_finished_reproduce_in_a_read_only_directory_shows_its_results(tmp_path, capsys,
+                                                                         monkeypatch):
+  from jaxdd import runs
+  from jaxdd.config import get_config
+  from jaxdd.runs import rundir
+  work = tmp_path / "done"
+  work.mkdir()
+  comparison = _finished_reproduce(work, get_config("smoke"))
+  before = _tree(work)
+
+  def no_lock(workdir):
+    raise PermissionError(13, "Permission denied", os.path.join(workdir, ".lock"))
+  monkeypatch.setattr(rundir, "workdir_lock", no_lock)
+  for d in (work, work / "dm", work / "dm_kde"):
+    os.chmod(d, 0o555)
+  try:
+    code = cli.main(["reproduce", "--preset", "smoke", "--quiet", "--workdir", str(work)])
+  finally:
+    for d in (work, work / "dm", work / "dm_kde"):
+      os.chmod(d, 0o755)
+  out = capsys.readouterr()
+  assert code == 0, out.err
+  assert f"{work}: complete (stored in comparison.md)\n| method | overall |" in out.out
+  assert "| dm | 81.2 |" in out.out and out.err == ""
+  assert _tree(work) == before and not (work / ".lock").exists()
+  # a comparison written from other numbers than the runs' stored evaluations is not finished
+  assert runs.comparison.stored_comparison(get_config("smoke"), str(work))["dm"]["bias_score"] \
+      == comparison["dm"]["bias_score"]
+  comparison["dm+kde"]["mean"]["overall"] = 0.5
+  (work / "comparison.json").write_text(json.dumps(comparison))
+  assert runs.comparison.stored_comparison(get_config("smoke"), str(work)) is None

@@ -52,8 +52,13 @@ def cmd_cross_arch(args) -> int:
     raise ValueError("--models needs at least one model spec, e.g. convnet,convnet-d4,resnet18,mlp")
   _check_out(args)
   syn, meta = signing.load_synset(synset_path(args.synset), trust=args.trust)
-  print(signature_line(meta))
   features = _features(args)
+  setting = artifacts.cross_arch_setting(synset_path(args.synset), specs, _overrides(args),
+                                         protocol=args.protocol, num_models=args.num_models,
+                                         features=features)
+  if args.out:  # refused before any work: --out holding another setting's results
+    artifacts.check_matrix_out(args.out, setting)
+  print(signature_line(meta))
   matrix = artifacts.cross_arch(syn, meta, specs, _overrides(args), protocol=args.protocol,
                                 num_models=args.num_models, features=features,
                                 progress=not args.quiet)
@@ -62,9 +67,7 @@ def cmd_cross_arch(args) -> int:
                       "on the real training set" if args.elf else ""))
   print(elf.format_matrix(matrix))
   if args.out:
-    synset.atomic_write_json(args.out, artifacts.cross_arch_record(
-        args.synset, matrix, protocol=args.protocol, num_models=args.num_models,
-        features=features))
+    synset.atomic_write_json(args.out, artifacts.cross_arch_record(setting, matrix))
     print(f"written to {args.out}")
   return 0
 

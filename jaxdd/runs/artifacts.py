@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import data, elf, evaluate, models, protocols
+from jaxdd import synset as synset_lib
 from jaxdd import progress as progress_lib
 from jaxdd.results import EvalResult
 from jaxdd.runs import files, rundir
@@ -197,16 +198,50 @@ def cross_arch(syn: SynSet, meta: dict, specs: list[str], overrides: Overrides =
                                 num_models=num_models, features=feats, progress=progress)
 
 
-def cross_arch_record(path: str, matrix: dict, *, protocol: str, num_models: int,
-                      features: FeatureModel | None = None) -> dict[str, Any]:
-  """The JSON record of a cross-architecture matrix (``jaxdd cross-arch --out``)."""
+def cross_arch_setting(path: str, specs: list[str], overrides: Overrides = Overrides(), *,
+                       protocol: str, num_models: int,
+                       features: FeatureModel | None = None) -> dict[str, Any]:
+  """What a cross-architecture matrix was made of: the SynSet (its path and the sha256 of its
+  manifest, which pins every file), the architectures, the data overrides, the protocol, the
+  networks per cell and the ELF track (the fields of :func:`cross_arch_record` but the matrix)."""
+  manifest = os.path.join(path, "manifest.json")
   return {
-      "synset": os.path.abspath(path), "protocol": protocol, "num_models": num_models,
-      "elf": features is not None,
+      "synset": os.path.abspath(path),
+      "synset_manifest_sha256": synset_lib.sha256_file(manifest) if os.path.exists(manifest)
+      else None,
+      "models": list(specs), "overrides": dataclasses.asdict(overrides),
+      "protocol": protocol, "num_models": num_models, "elf": features is not None,
       "feature_model": None if features is None else features.spec,
-      "feature_protocol": None if features is None else features.protocol,
-      "matrix": {k: {kind: (None if v is None else {"mean": v["mean"], "std": v["std"]})
-                     for kind, v in row.items()} for k, row in matrix.items()}}
+      "feature_protocol": None if features is None else features.protocol}
+
+
+def cross_arch_record(setting: dict[str, Any], matrix: dict) -> dict[str, Any]:
+  """The JSON record of a cross-architecture matrix (``jaxdd cross-arch --out``): its
+  :func:`cross_arch_setting` and the matrix."""
+  return {**setting,
+          "matrix": {k: {kind: (None if v is None else {"mean": v["mean"], "std": v["std"]})
+                         for kind, v in row.items()} for k, row in matrix.items()}}
+
+
+def check_matrix_out(out: str, setting: dict[str, Any]) -> None:
+  """Refuses ``jaxdd cross-arch --out`` where it would replace other results: a file of a run
+  (:data:`RUN_FILES`), a file that is not a matrix jaxdd wrote, or the matrix of another
+  setting (:func:`cross_arch_setting`; a field an older record lacks is not compared). The
+  same setting's matrix is replaced (the command run again). Reads only."""
+  folder = os.path.dirname(os.path.abspath(out))
+  if os.path.basename(out) in RUN_FILES and (
+      os.path.exists(os.path.join(folder, "config.json"))
+      or os.path.exists(os.path.join(folder, "comparison.md"))):
+    raise ValueError(f"--out {out} would replace a file of the run in {folder}; write the "
+                     "matrix elsewhere (e.g. --out cross-arch.json)")
+  stored = files.read_cross_arch(out)
+  if stored is None:
+    return
+  differ = [f"{k} {stored[k]!r} there, {v!r} now" for k, v in setting.items()
+            if k in stored and stored[k] != v]
+  if differ:
+    raise ValueError(f"--out {out} holds the cross-architecture matrix of another setting "
+                     f"({'; '.join(differ)}); use another --out, or delete it to replace it")
 
 
 def _label(setting: dict | None) -> str:

@@ -8,12 +8,14 @@ architecture and its SupCon surrogate (trained, or read from the cache).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
 
 from jaxdd import data, models, surrogate
 from jaxdd import progress as progress_lib
+from jaxdd._src.schema import FileFormatError
 from jaxdd.config import RunConfig
 from jaxdd.runs.keys import seed_keys
 from jaxdd.runs.rundata import RunData
@@ -24,12 +26,24 @@ from jaxdd.structs import SynSet
 from jaxdd.runs.stage_config import surrogate_config
 
 
-def run_config_of(meta: dict):
-  """The :class:`~jaxdd.config.RunConfig` recorded in a SynSet's metadata, or None."""
+def run_config_of(meta: dict, path: str | None = None):
+  """The :class:`~jaxdd.config.RunConfig` recorded in a SynSet's metadata, or None.
+
+  Raises:
+    jaxdd._src.schema.FileFormatError: the recorded config is not one jaxdd can read
+      (``path``: the artifact directory, named in the message).
+  """
   recorded = meta.get("config")
   if not isinstance(recorded, dict):
     return None
-  return RunConfig.from_dict(recorded, ignore_unknown=True)
+  try:
+    return RunConfig.from_dict(recorded, ignore_unknown=True)
+  except (TypeError, ValueError, KeyError, AttributeError) as e:
+    where = os.path.join(path, "meta.json") if path is not None else "the SynSet's meta.json"
+    problem = " ".join(str(e).split()) or type(e).__name__
+    raise FileFormatError(where, f"its run configuration ('config') is malformed ({problem})",
+                          "the SynSet was not written by this jaxdd or was edited: re-create it "
+                          "with `jaxdd distill`") from None
 
 
 def kde_probe(syn: SynSet, meta: dict, config, *, progress: bool = False) -> audit_lib.KDEScores:
@@ -73,7 +87,7 @@ def audit_artifact(path: str, *, trust=None, seed: int = 0, model_spec: str | No
     raise ValueError(f"clean_images must be a positive int, got {clean_images!r}")
   syn, meta = signing.load_synset(path, trust=trust)
   ds = meta.get("dataset") or {}
-  config = run_config_of(meta)
+  config = run_config_of(meta, path)
   if not ds.get("name"):
     raise ValueError(f"{path}: the artifact does not name its dataset; audit needs its "
                      "validation split")

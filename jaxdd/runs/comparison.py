@@ -8,7 +8,8 @@ import numpy as np
 from jaxdd import diagnostics, synset
 from jaxdd import plots as plots_lib
 from jaxdd.config import RunConfig, validate
-from jaxdd.runs import baseline_runs, bias, rundata, rundir, single, text, weights
+from jaxdd import progress as progress_lib
+from jaxdd.runs import baseline_runs, bias, files, rundata, rundir, single, text, weights
 
 
 @rundir.under_policy
@@ -20,11 +21,54 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
 
   ``with_baselines`` (names from :data:`jaxdd.runs.baseline_runs.BASELINES`) adds those
   rows, under the same evaluation protocol; LfF/DFA train on the vanilla method's SynSet.
+  A finished comparison (:func:`stored_comparison`) is shown again without taking the lock
+  (it writes nothing, so a read-only directory will do) unless ``reevaluate``.
   """
+  stored = None if reevaluate else stored_comparison(config, workdir, with_baselines)
+  if stored is not None:
+    progress_lib.logger.info("%s: this comparison is complete; showing its stored results "
+                             "(--reevaluate evaluates its runs again)", workdir)
+    if progress if show is None else show:
+      with open(os.path.join(workdir, "comparison.md"), encoding="utf-8") as f:
+        print(f"{workdir}: complete (stored in comparison.md)\n" + f.read().rstrip("\n"))
+    return stored
   run_data = _check(config, workdir, with_baselines)
   with rundir.workdir_lock(workdir):
     return _reproduce(config, workdir, run_data, progress=progress,
                       with_baselines=with_baselines, show=show, reevaluate=reevaluate)
+
+
+def stored_comparison(config: RunConfig, workdir: str,
+                      with_baselines: tuple[str, ...] = ()) -> dict | None:
+  """The results of a finished :func:`reproduce` of ``config`` in ``workdir``, else None
+  (reads only).
+
+  Finished: both runs hold their stored evaluation of this exact config, and
+  ``comparison.json`` and ``comparison.md`` were written from those evaluations (the same
+  numbers) and from the stored baselines of ``with_baselines``.
+  """
+  validate(config)
+  path = os.path.join(workdir, "comparison.json")
+  if not (os.path.exists(path) and os.path.exists(os.path.join(workdir, "comparison.md"))):
+    return None
+  results = {}
+  for weighting in ("none", "kde"):
+    cfg = config.replace(weighting=weighting)
+    validate(cfg)
+    name = text.method_name(cfg)
+    run_dir = os.path.join(workdir, name.replace("+", "_"))
+    rundir.check_workdir(cfg, run_dir)
+    results[name] = rundir.stored_eval(cfg, run_dir)
+  if with_baselines:
+    stored = baseline_runs.stored_baselines(os.path.join(workdir, "baselines"),
+                                            config.replace(weighting="none"))
+    results.update({b: stored.get(b) for b in with_baselines})
+  comparison = files.read_comparison(path)
+  if any(r is None or name not in comparison or comparison[name]["mean"] != r["mean"]
+         for name, r in results.items()):
+    return None
+  return {name: {**r, "bias_score": comparison[name].get("bias_score")}
+          for name, r in results.items()}
 
 
 def _check(config: RunConfig, workdir: str, with_baselines: tuple[str, ...]) -> rundata.RunData:
@@ -70,7 +114,7 @@ def _reproduce(config: RunConfig, workdir: str, run_data: rundata.RunData, *, pr
   classifier = bias.bias_classifier(config, run_data)
   for weighting in ("none", "kde"):
     name = text.method_name(config.replace(weighting=weighting))
-    syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"))
+    syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"), working=True)
     results[name]["bias_score"] = diagnostics.bias_score(classifier, syn.images, syn.labels)
   # The score's yardstick: the classifier on held-out real images of known composition.
   valid = run_data.valid

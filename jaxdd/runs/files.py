@@ -17,7 +17,7 @@ from jaxdd.metrics import METRICS
 from jaxdd.runs.knobs import settings_from_selection
 
 __all__ = ["FileFormatError", "read_baselines", "read_bias_score", "read_buffer_record",
-           "read_eval", "read_eval_cache", "read_run_config", "read_selection", "read_table",
+           "read_comparison", "read_cross_arch", "read_eval", "read_eval_cache", "read_run_config", "read_selection", "read_table",
            "read_weights", "run_setting", "SETTING_FIELDS"]
 
 #: The four group metrics of a stored evaluation's ``mean`` and ``std``.
@@ -45,6 +45,10 @@ _SCALAR = schema.Spec("a string or a number",
                       lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool))
 SELECTION_JSON = obj({"chosen": map_of(map_of(_SCALAR))})
 TABLE_JSON = map_of(ANY)
+COMPARISON_JSON = map_of(obj({"mean": _METRICS4, "std": _METRICS4}, optional={"bias_score": ANY}))
+CROSS_ARCH_JSON = obj({"synset": STR, "protocol": STR, "num_models": INT, "matrix": map_of(ANY)},
+                      optional={k: ANY for k in ("synset_manifest_sha256", "models", "overrides",
+                                                 "elf", "feature_model", "feature_protocol")})
 
 #: The RunConfig fields that make results comparable side by side: the data, the IPC, the
 #: evaluation (what ``jaxdd baselines`` uses of a run's config).
@@ -102,6 +106,21 @@ def read_table(path: str) -> dict | None:
   return schema.read_json(path, TABLE_JSON, default=None,
                           fix="use another --workdir, or delete table.json and table.md to "
                               "replace it")
+
+
+def read_comparison(path: str) -> dict:
+  """``jaxdd reproduce``'s ``comparison.json`` (read to show a finished comparison again)."""
+  return schema.read_json(path, COMPARISON_JSON,
+                          fix="delete it, or rerun the command with --reevaluate to compare the "
+                              "runs again")
+
+
+def read_cross_arch(path: str) -> dict | None:
+  """A ``jaxdd cross-arch --out`` record, None when there is no such file (read before the
+  command replaces it)."""
+  return schema.read_json(path, CROSS_ARCH_JSON, default=None,
+                          fix="it is not a cross-architecture matrix that jaxdd wrote: use "
+                              "another --out, or delete it to replace it")
 
 
 def read_selection(path: str, base: RunConfig) -> dict:

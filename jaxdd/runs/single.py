@@ -30,7 +30,7 @@ from jaxdd.structs import SynSet
 @rundir.under_policy
 def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData | None = None,
                   progress: bool = True, stop_after: int | None = None,
-                  buffer_dir: str | None = None) -> SynSet | None:
+                  buffer_dir: str | None = None, working: bool = False) -> SynSet | None:
   """Surrogate, KDE weights and distillation of one run: writes ``synset/``.
 
   A finished ``synset/`` in ``workdir`` is loaded instead of recomputed (without taking
@@ -38,13 +38,14 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
   test) share one distillation. Returns None when ``stop_after`` stopped the run early.
   ``buffer_dir``: trajectory matching's expert buffer (default: the cache,
   :func:`default_buffer_dir`). Every check (:func:`jaxdd.runs.rundata.check_run`) comes
-  before the first write.
+  before the first write. ``working``: the caller has written already (a study's later runs),
+  so a damaged finished SynSet is a fault (exit status 1), not a refusal (2).
   """
   validate(config)
   rundir.check_workdir(config, workdir, distill_only=True)
   syn_dir = os.path.join(workdir, "synset")
   if os.path.exists(os.path.join(syn_dir, "manifest.json")):
-    syn, _ = synset.load(syn_dir)  # the run's own artifact
+    syn, _ = synset.load(syn_dir, working=working)  # the run's own artifact
     return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
   rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
   if run_data is None:

@@ -80,9 +80,11 @@ def per_model(summary: dict, metric: str) -> np.ndarray:
 
 
 def distilled(config, root, run_data, progress) -> tuple[str, SynSet]:
-  """``(workdir, SynSet)`` of a study's run: distilled, or loaded when already there."""
+  """``(workdir, SynSet)`` of a study's run: distilled, or loaded when already there (the
+  study has written already: a damaged SynSet is a fault, exit status 1)."""
   workdir = run_dir(root, config)
-  syn = single.distill_stage(config, workdir, run_data=run_data, progress=progress)
+  syn = single.distill_stage(config, workdir, run_data=run_data, progress=progress,
+                             working=True)
   return workdir, syn
 
 
