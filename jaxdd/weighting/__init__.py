@@ -15,7 +15,8 @@ Pure functions of arrays, one job per module:
 * :mod:`jaxdd.weighting.clusters`: label-free pseudo-groups, k-means within each class of
   the surrogate's embedding (FairDD without bias labels);
 * :mod:`jaxdd.weighting.diagnostics`: how weights fall on the bias groups (aligned vs
-  conflicting, group shares, effective sample sizes, the report of ``weights.json``).
+  conflicting, group shares, effective sample sizes, the report of ``weights.json``) and
+  how well pseudo-groups recover the bias groups.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -27,8 +28,8 @@ Example:
 from jaxdd.weighting.clusters import KMeans, kmeans, kmeans_plus_plus, lloyd, pseudo_groups
 from jaxdd.weighting.density import (check_floor, class_log_density, floor_log_density,
                                      log_density, log_density_sharded)
-from jaxdd.weighting.diagnostics import (auroc, batch_ess, group_report, run_report,
-                                         weight_report, weight_sweep)
+from jaxdd.weighting.diagnostics import (auroc, batch_ess, group_recovery, group_report,
+                                         run_report, weight_report, weight_sweep)
 from jaxdd.weighting.groups import (fairdd_batch_weights, group_balanced_weights,
                                     oracle_log_density)
 from jaxdd.weighting.kde import (SCOPES, KDEConfig, batch_weights, class_weights, weights,
@@ -53,6 +54,7 @@ __all__ = [
     "fairdd_batch_weights",
     "floor_log_density",
     "group_balanced_weights",
+    "group_recovery",
     "group_report",
     "kmeans",
     "kmeans_plus_plus",
