@@ -46,13 +46,9 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class KMeans(NamedTuple):
-  """The result of :func:`kmeans` / :func:`lloyd`.
-
-  Attributes:
-    centres: (k, d) float32 cluster centres.
-    assignments: (N,) int32 cluster id of every row (0 for padding rows).
-    iterations: the number of Lloyd iterations run (int32 scalar).
-  """
+  """The result of :func:`kmeans` / :func:`lloyd`: ``centres`` (k, d) float32, the cluster
+  id of every row ``assignments`` (N,) int32 (0 for padding rows), and ``iterations``, the
+  number of Lloyd iterations run (an int32 scalar)."""
   centres: jax.Array
   assignments: jax.Array
   iterations: jax.Array
