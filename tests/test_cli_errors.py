@@ -38,7 +38,7 @@ def cwd(tmp_path, monkeypatch):
 # (argv, the start of the line, what it must name)
 PARSER_REFUSALS = [
     (["distill", "--weighting", "kd", "--workdir", "w"], "jaxdd distill: error: --weighting: ",
-     ["invalid choice: 'kd'", "none, kde, oracle, fairdd", "did you mean 'kde'?"]),
+     ["invalid choice: 'kd'", "none, kde, oracle, fairdd, fairdd_pseudo", "did you mean 'kde'?"]),
     (["distill", "--iteratons", "5", "--workdir", "w"], "jaxdd distill: error: ",
      ["unrecognized arguments: --iteratons 5", "did you mean --iterations?"]),
     (["distill", "--iteratons=5", "--workdir", "w"], "jaxdd distill: error: ",
@@ -86,7 +86,7 @@ def test_argument_errors_are_one_line(argv, start, names, cwd, capsys):
 def test_help_is_argparses_own(capsys):
   assert _status(["distill", "--help"]) == 0
   out = capsys.readouterr().out
-  assert out.startswith("usage: jaxdd distill") and "--weighting {none,kde,oracle,fairdd}" in out
+  assert out.startswith("usage: jaxdd distill") and "--weighting {none,kde,oracle,fairdd,fairdd_pseudo}" in out
 
 
 def test_debug_keeps_the_status_of_a_refusal(cwd, capsys):

@@ -93,6 +93,16 @@ DIGESTS = {
 }
 REFUSED = ('cpu/dsa/fairdd', 'cpu/dc/fairdd', 'cpu/mtt/fairdd', 'cpu/cfm/fairdd', 'paper/dsa/fairdd', 'paper/dc/fairdd', 'paper/mtt/fairdd', 'paper/cfm/fairdd', 'proxy/dsa/fairdd', 'proxy/dc/fairdd', 'proxy/mtt/fairdd', 'proxy/cfm/fairdd', 'smoke/dsa/fairdd', 'smoke/dc/fairdd', 'smoke/mtt/fairdd', 'smoke/cfm/fairdd')
 
+# The label-free FairDD (added later; the digests above stay those of before the field).
+DIGESTS.update({
+    "cpu/dm/fairdd_pseudo": ("451fb9e3ec743b2d", "c19fedb1e054deae"),
+    "paper/dm/fairdd_pseudo": ("d470dffd7f297ce6", "be781f70a9a34dfc"),
+    "proxy/dm/fairdd_pseudo": ("092730a901a75217", "f319b023eccc075c"),
+    "smoke/dm/fairdd_pseudo": ("e9291b42bbf80326", "4940d44b50ab4308"),
+})
+REFUSED += tuple(f"{p}/{m}/fairdd_pseudo" for p in ("cpu", "paper", "proxy", "smoke")
+                 for m in ("dsa", "dc", "mtt", "cfm"))
+
 
 def _combinations():
   for preset in sorted(PRESETS):
@@ -184,6 +194,24 @@ def test_each_part_validates_itself_with_the_configs_messages():
   parts.MTTConfig(syn_steps=0)  # read only by trajectory matching
   with pytest.raises(ValueError, match="cfm_beta"):
     parts.CFMConfig(cfm_beta=-1.0).validate("cfm")
+
+
+def test_the_pseudo_group_count_is_checked_and_hashed_only_where_read():
+  for bad in (1, 2.5, True, "10"):
+    with pytest.raises(ValueError, match="fairdd_clusters .* integer >= 2"):
+      parts.WeightingConfig(weighting="fairdd_pseudo", fairdd_clusters=bad)
+  with pytest.raises(ValueError, match="use it with that weighting"):
+    get_config("smoke", weighting="fairdd", fairdd_clusters=4)
+  with pytest.raises(ValueError, match="distribution matching only"):
+    get_config("smoke", weighting="fairdd_pseudo", method="dc")
+  with pytest.raises(ValueError, match="kde or oracle"):
+    get_config("smoke", weighting="fairdd_pseudo", init="weighted")
+  base = get_config("smoke", weighting="fairdd_pseudo")
+  assert base.fairdd_clusters == parts.FAIRDD_CLUSTERS
+  assert "fairdd_clusters" not in get_config("smoke", weighting="fairdd")._hashed()
+  four = base.replace(fairdd_clusters=4)
+  assert four.digest() != base.digest() and four.distill_digest() != base.distill_digest()
+  assert RunConfig.from_dict(four.to_dict()) == four
 
 
 def test_library_checks_run_before_anything_is_written(tmp_path, capsys):

@@ -28,7 +28,7 @@ from jaxdd._src import checks
 
 __all__ = ["CFMConfig", "DataConfig", "DistillConfig", "EvaluationConfig", "ExecutionConfig",
            "GradientMatchingConfig", "MTTConfig", "Part", "SurrogateStage", "WeightingConfig",
-           "DATASETS", "GM_LOOP_IPCS", "INITS", "KDE_NORMALIZE", "KDE_SCOPES", "REAL_SAMPLING"]
+           "DATASETS", "FAIRDD_CLUSTERS", "GM_LOOP_IPCS", "INITS", "KDE_NORMALIZE", "KDE_SCOPES", "REAL_SAMPLING"]
 
 #: Dataset -> (ratio semantics, severities, default severity) of :data:`jaxdd.data.DATASETS`.
 DATASETS: dict[str, tuple[str, tuple[int, ...], int | None]] = {
@@ -52,6 +52,9 @@ GM_LOOP_IPCS = (1, 10, 20, 30, 40, 50)
 #: :class:`jaxdd.weighting.KDEConfig`'s normalisations and scopes.
 KDE_NORMALIZE = ("softmax", "power")
 KDE_SCOPES = ("batch", "class")
+#: The default number of pseudo-groups per class of ``weighting='fairdd_pseudo'``: the
+#: number of bias values of the benchmark datasets (CMNIST's colours, the corruptions).
+FAIRDD_CLUSTERS = 10
 
 
 class Part:
@@ -254,18 +257,21 @@ class CFMConfig(Part):
 class WeightingConfig(Part):
   """The weighting of the real images: 'none' (the vanilla method), 'kde' (Cui et al.'s
   reweighting, the kde_* fields), or reference rows that use the TRUE bias labels: 'oracle'
-  (group-balanced weights) and 'fairdd' (FairDD's synchronized matching, DM only).
+  (group-balanced weights) and 'fairdd' (FairDD's synchronized matching, DM only);
+  'fairdd_pseudo' is FairDD without bias labels: its groups are ``fairdd_clusters`` k-means
+  clusters of each class in the surrogate's embedding (DM only).
   ``kde_floor`` raises each class's whole-class densities to at least this quantile (0: none)."""
   TITLE: ClassVar[str] = "weighting"
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
-      "weighting": ("none", "kde", "oracle", "fairdd"), "kde_normalize": KDE_NORMALIZE,
-      "kde_scope": KDE_SCOPES}
+      "weighting": ("none", "kde", "oracle", "fairdd", "fairdd_pseudo"),
+      "kde_normalize": KDE_NORMALIZE, "kde_scope": KDE_SCOPES}
   weighting: str = "kde"
   kde_variance: float = 0.01
   kde_temperature: float = 0.25
   kde_normalize: str = "power"
   kde_scope: str = "batch"
   kde_floor: float = 0.0
+  fairdd_clusters: int = FAIRDD_CLUSTERS
 
   def validate(self) -> None:
     self.check_choices()
@@ -284,6 +290,13 @@ class WeightingConfig(Part):
     if f and self.weighting != "kde":
       raise ValueError("--kde-floor shapes the KDE weights; use it with --weighting kde (or "
                        "leave it at 0)")
+    k = self.fairdd_clusters
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 2:
+      raise ValueError("fairdd_clusters (the pseudo-groups per class of --weighting "
+                       f"fairdd_pseudo) must be an integer >= 2, e.g. {FAIRDD_CLUSTERS}; got {k!r}")
+    if k != FAIRDD_CLUSTERS and self.weighting != "fairdd_pseudo":
+      raise ValueError("--fairdd-clusters sets the pseudo-groups of --weighting fairdd_pseudo; "
+                       f"use it with that weighting (or leave it at {FAIRDD_CLUSTERS})")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,7 +69,7 @@ from jaxdd.runs.experts import (
 from jaxdd.runs.final_table import final
 from jaxdd.runs.group import (GROUP_KNOBS, distill_group, distill_seeds, group_key, groupable,
                               seed_groupable, seed_key)
-from jaxdd.runs.keys import baseline_keys, expert_key, run_keys, seed_keys
+from jaxdd.runs.keys import baseline_keys, expert_key, pseudo_group_key, run_keys, seed_keys
 from jaxdd.runs.knobs import (
                                 KNOBS,
                                 Setting,
@@ -98,7 +98,11 @@ from jaxdd.runs.text import format_comparison, format_stored, method_name
 from jaxdd.runs.version import code_version
 from jaxdd.runs.weights import (
                                 format_weight_summary,
+                                run_groups,
                                 run_log_density,
+                                run_num_groups,
+                                run_pseudo_groups,
+                                run_weights,
                                 weight_diagnostics,
                                 whole_class_weights,
 )
@@ -109,10 +113,11 @@ __all__ = [
     "GROUP_KNOBS", "groupable", "group_key", "distill_seeds", "seed_groupable", "seed_key",
     # the pieces of a run
     "RunData", "check_models", "num_bias_values", "bias_classifier",
-    "baseline_keys", "run_keys", "seed_keys", "expert_key", "code_version",
+    "baseline_keys", "run_keys", "seed_keys", "expert_key", "pseudo_group_key", "code_version",
     "workdir_lock", "locked", "under_policy",
     "surrogate_artifact", "surrogate_embeddings",
-    "run_log_density", "whole_class_weights", "weight_diagnostics",
+    "run_log_density", "run_groups", "run_num_groups", "run_pseudo_groups", "run_weights",
+    "whole_class_weights", "weight_diagnostics",
     "format_weight_summary",
     "build_expert_buffer", "expert_buffer", "expert_spec", "expert_weights", "expert_run_epochs",
     "default_buffer_dir", "EXPERT_BATCH",

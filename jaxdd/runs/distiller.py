@@ -42,8 +42,9 @@ def make_distiller(config: RunConfig, num_classes: int,
   """The :class:`~jaxdd.distill.Distiller` of ``config.method`` with the run's settings.
 
   ``real_dtype`` is DM's (:func:`jaxdd.distill.dm`); other methods refuse it.
-  ``num_bias``: the number of bias values, for ``weighting='fairdd'`` (DM's
-  ``group_matching``). The step runs as :func:`execution` says.
+  ``num_bias``: the number of group values, for ``weighting='fairdd'`` (the bias values)
+  and ``'fairdd_pseudo'`` (the pseudo-groups per class), DM's ``group_matching``. The step
+  runs as :func:`execution` says.
   """
   common = dict(num_classes=num_classes, ipc=config.ipc,
                 model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
@@ -71,7 +72,8 @@ def make_distiller(config: RunConfig, num_classes: int,
   if config.method == "dm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.dm(augment=aug,
-                      group_matching=num_bias if config.weighting == "fairdd" else None,
+                      group_matching=(num_bias if config.weighting in ("fairdd", "fairdd_pseudo")
+                                      else None),
                       execution=ex, **common)
   strategy = config.dsa_strategy if config.method == "dsa" else None
   return distill.gm(strategy=strategy or None, outer_loop=config.outer_loop,

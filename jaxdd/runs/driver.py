@@ -132,23 +132,20 @@ def real_fields(config: RunConfig, run_data: rundata.RunData,
                 embeddings: np.ndarray | None) -> dict:
   """The run's own fields of its :class:`jaxdd.distill.RealData` (its weighting's inputs):
   ``embeddings`` (in-batch KDE), ``log_density`` (whole-class weights) and ``groups``
-  (FairDD's bias labels); None where the weighting does not use one."""
-  fairdd = config.weighting == "fairdd"
+  (FairDD's bias labels or pseudo-groups); None where the weighting does not use one."""
   return dict(embeddings=(embeddings if config.weighting == "kde"
                           and config.kde_scope == "batch" else None),
               log_density=weights.run_log_density(config, run_data, embeddings),
-              groups=run_data.train.bias if fairdd else None)
+              groups=weights.run_groups(config, run_data, embeddings))
 
 
 def run_distiller(config: RunConfig, run_data: rundata.RunData, *,
                   real_dtype: str | None = None) -> distill.Distiller:
   """The run's distiller (:func:`jaxdd.runs.distiller.make_distiller` with its KDE settings and,
-  for FairDD, the number of bias values)."""
-  fairdd = config.weighting == "fairdd"
+  for FairDD, the number of group values)."""
   return distiller.make_distiller(config, run_data.num_classes,
                                   stage_config.kde_config(config), real_dtype=real_dtype,
-                                  num_bias=rundata.num_bias_values(run_data.train) if fairdd
-                                  else None)
+                                  num_bias=weights.run_num_groups(config, run_data))
 
 
 def _resume(mngr, fresh: distill.DistillState, workdir: str,

@@ -24,3 +24,9 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
 def expert_key(config: RunConfig) -> jax.Array:
   """The key of a run's expert trajectories (independent of its distillation's)."""
   return jax.random.fold_in(run_keys(config)[1], 1)
+
+
+def pseudo_group_key(config: RunConfig) -> jax.Array:
+  """The key of a run's k-means pseudo-groups (``--weighting fairdd_pseudo``), folded from
+  its surrogate key so that no other key of the run moves."""
+  return jax.random.fold_in(run_keys(config)[0], 1)

@@ -67,8 +67,8 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
 
 
 def start_run(config: RunConfig, workdir: str, run_data: rundata.RunData, progress: bool):
-  """A run's directory before distilling: config.json, the surrogate's embeddings (KDE runs),
-  weights.json. Returns ``(embeddings, report, bias classifier)``."""
+  """A run's directory before distilling: config.json, the surrogate's embeddings (KDE and
+  label-free FairDD runs), weights.json. Returns ``(embeddings, report, bias classifier)``."""
   rundata.check_models(config, run_data)
   os.makedirs(workdir, exist_ok=True)
   synset.atomic_write_json(os.path.join(workdir, "config.json"),
@@ -77,7 +77,7 @@ def start_run(config: RunConfig, workdir: str, run_data: rundata.RunData, progre
                             "code_version": version.code_version()})
   k_sur, _, _, k_diag = keys.run_keys(config)
   embeddings = None
-  if config.weighting == "kde":
+  if weights.needs_embeddings(config):  # KDE densities, label-free FairDD's pseudo-groups
     embeddings = surrogate_stage.surrogate_embeddings(config, run_data, k_sur, progress=progress)
   report = weights.weight_diagnostics(config, run_data, embeddings, k_diag, workdir=workdir)
   synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)

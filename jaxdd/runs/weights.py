@@ -1,7 +1,9 @@
 """How a run weighs its real samples: the glue from a RunConfig to :mod:`jaxdd.weighting`.
 
-Which densities a run needs (:func:`run_log_density`), its whole-class weights
-(:func:`whole_class_weights`), what it writes to ``weights.json``
+Which densities a run needs (:func:`run_log_density`), FairDD's groups and their number
+(:func:`run_groups`, :func:`run_num_groups`: the TRUE bias labels, or label-free
+pseudo-groups, :func:`run_pseudo_groups`), its whole-class weights (:func:`whole_class_weights`),
+its per-image weights (:func:`run_weights`), what it writes to ``weights.json``
 (:func:`weight_diagnostics`) and the weights table of ``comparison.md``
 (:func:`format_weight_summary`).
 """
@@ -14,7 +16,7 @@ import numpy as np
 
 from jaxdd import plots, weighting
 from jaxdd.config import RunConfig
-from jaxdd.runs import files, rundata
+from jaxdd.runs import files, keys, rundata
 from jaxdd.runs.stage_config import kde_config
 
 
@@ -49,50 +51,123 @@ def whole_class_weights(config: RunConfig, labels, log_density: np.ndarray | Non
                                        None if log_density is None else kde_config(config))
 
 
+def needs_embeddings(config: RunConfig) -> bool:
+  """Whether a run reads the SupCon surrogate's embeddings (KDE and label-free FairDD)."""
+  return config.weighting in ("kde", "fairdd_pseudo")
+
+
+def run_pseudo_groups(config: RunConfig, labels, embeddings: np.ndarray | None,
+                      num_classes: int) -> np.ndarray:
+  """(N,) label-free FairDD groups: ``config.fairdd_clusters`` k-means clusters of each class
+  of the surrogate's embeddings (:func:`jaxdd.weighting.pseudo_groups`), with the run's
+  :func:`jaxdd.runs.keys.pseudo_group_key`. Reads the class labels and the embeddings only,
+  never the bias labels."""
+  if embeddings is None:
+    raise ValueError("--weighting fairdd_pseudo clusters the surrogate's embeddings; none were "
+                     "computed for this run")
+  return weighting.pseudo_groups(keys.pseudo_group_key(config), embeddings, labels,
+                                 num_classes=num_classes, num_clusters=config.fairdd_clusters)
+
+
+def run_groups(config: RunConfig, run_data: rundata.RunData,
+               embeddings: np.ndarray | None) -> np.ndarray | None:
+  """(N,) groups of FairDD's synchronized matching, else None: the TRUE bias labels for
+  'fairdd', the pseudo-groups of :func:`run_pseudo_groups` for 'fairdd_pseudo'."""
+  if config.weighting == "fairdd":
+    return np.asarray(run_data.train.bias)
+  if config.weighting == "fairdd_pseudo":
+    return run_pseudo_groups(config, run_data.train.labels, embeddings, run_data.num_classes)
+  return None
+
+
+def run_num_groups(config: RunConfig, run_data: rundata.RunData) -> int | None:
+  """The number of group values of :func:`run_groups` (DM's ``group_matching``), else None:
+  the bias values for 'fairdd', ``config.fairdd_clusters`` for 'fairdd_pseudo'."""
+  if config.weighting == "fairdd":
+    return rundata.num_bias_values(run_data.train)
+  if config.weighting == "fairdd_pseudo":
+    return config.fairdd_clusters
+  return None
+
+
+def run_weights(config: RunConfig, run_data: rundata.RunData, embeddings: np.ndarray | None,
+                key: jax.Array, groups: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """``(w, ess)``: the (N,) per-image weights a run uses and each class's mean effective
+  sample size of one sampled real batch.
+
+  In-batch KDE weights averaged over sampled batches (scope 'batch' with uniform sampling,
+  the paper's); FairDD's in-batch group-balanced weights, so averaged, over ``groups`` (the
+  run's :func:`run_groups`); else the whole-class weights (scope 'class', weighted
+  initialisation or sampling, the oracle); uniform weights for a vanilla run.
+  """
+  train, nc = run_data.train, run_data.num_classes
+  n_per = config.real_per_class
+  if (config.weighting == "kde" and config.kde_scope == "batch"
+      and config.real_sampling == "uniform"):  # the loss weighs inside each sampled batch
+    return weighting.batch_scope_weights(
+        key, embeddings, train.labels, batch_size=n_per, variance=config.kde_variance,
+        temperature=config.kde_temperature, normalize=config.kde_normalize, num_classes=nc,
+        return_ess=True)
+  if config.weighting in ("fairdd", "fairdd_pseudo"):  # group-balanced inside each batch
+    return weighting.fairdd_batch_weights(key, train.labels, groups, n_per, nc)
+  log_density = run_log_density(config, run_data, embeddings)
+  w = whole_class_weights(config, train.labels, log_density, nc)
+  if config.method == "mtt":  # no real batch: the weights act on the experts' epochs
+    ess = np.full(nc, np.nan)
+  elif config.real_sampling == "weighted":  # i.i.d. draws with a plain mean
+    ess = np.full(nc, float(n_per))
+  else:
+    ess = weighting.batch_ess(key, w, train.labels, batch_size=n_per, num_classes=nc)
+  return w, ess
+
+
 def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings: np.ndarray | None,
                        key: jax.Array, *, workdir: str | None = None) -> dict:
   """What ``weights.json`` holds: how a run's real-image weights fall on the bias groups.
 
-  The per-sample weights are the ones the run actually uses: in-batch KDE
-  weights averaged over sampled batches (scope 'batch' with uniform sampling,
-  the paper's), else the whole-class weights (scope 'class', weighted
-  initialisation or sampling, the oracle); uniform weights for a vanilla run.
+  The per-sample weights are the ones the run actually uses (:func:`run_weights`).
   ``weight_report`` (aligned vs conflicting), ``groups`` (per class: the share
   of each bias group against the balanced share, and the whole-class effective
   sample size) and ``batch_ess`` (per class, the effective sample size of one
   sampled real batch of ``real_per_class``) use the TRUE bias labels: they are
-  diagnostics, never inputs. Writes ``plots/weights.png`` when ``workdir`` is given.
+  diagnostics, never inputs. A 'fairdd_pseudo' run adds ``pseudo_groups``: the size of
+  every pseudo-group and how well they recover the bias groups
+  (:func:`jaxdd.weighting.group_recovery`, also a diagnostic from the TRUE bias labels,
+  computed after the pseudo-groups). Writes ``plots/weights.png`` when ``workdir`` is given.
   """
   train, nc = run_data.train, run_data.num_classes
-  n_per = config.real_per_class
-  log_density = run_log_density(config, run_data, embeddings)
-  if (config.weighting == "kde" and config.kde_scope == "batch"
-      and config.real_sampling == "uniform"):  # the loss weighs inside each sampled batch
-    w, ess = weighting.batch_scope_weights(
-        key, embeddings, train.labels, batch_size=n_per, variance=config.kde_variance,
-        temperature=config.kde_temperature, normalize=config.kde_normalize, num_classes=nc,
-        return_ess=True)
-  elif config.weighting == "fairdd":  # group-balanced inside each sampled batch
-    w, ess = weighting.fairdd_batch_weights(key, train.labels, train.bias, n_per, nc)
-  else:
-    # vanilla: every image of a class weighs the same
-    w = whole_class_weights(config, train.labels, log_density, nc)
-    if config.method == "mtt":  # no real batch: the weights act on the experts' epochs
-      ess = np.full(nc, np.nan)
-    elif config.real_sampling == "weighted":  # i.i.d. draws with a plain mean
-      ess = np.full(nc, float(n_per))
-    else:
-      ess = weighting.batch_ess(key, w, train.labels, batch_size=n_per, num_classes=nc)
+  groups = run_groups(config, run_data, embeddings)
+  w, ess = run_weights(config, run_data, embeddings, key, groups)
   report = weighting.run_report(w, ess, train.labels, train.aligned, train.bias, num_classes=nc)
   report["weighting"] = {"weighting": config.weighting, "scope": config.kde_scope,
                          "floor": config.kde_floor,
                          "init": config.init, "real_sampling": config.real_sampling,
-                         "real_per_class": n_per}
+                         "real_per_class": config.real_per_class}
+  if config.weighting == "fairdd_pseudo":
+    report["weighting"]["fairdd_clusters"] = config.fairdd_clusters
+    report["pseudo_groups"] = pseudo_group_report(config, run_data, groups)
   if workdir is not None and config.weighting != "none":
     plots.plot_weight_histogram(
         w, train.aligned, os.path.join(workdir, "plots", "weights.png"),
         title=f"{config.weighting} weights, {config.dataset} {config.conflict_ratio}")
   return report
+
+
+def pseudo_group_report(config: RunConfig, run_data: rundata.RunData,
+                        groups: np.ndarray) -> dict:
+  """``weights.json``'s ``pseudo_groups``: the clusters per class, each class's group sizes,
+  and the recovery of the TRUE bias groups, labelled as a diagnostic."""
+  train, nc = run_data.train, run_data.num_classes
+  labels = np.asarray(train.labels)
+  sizes = [np.bincount(groups[labels == c], minlength=config.fairdd_clusters).tolist()
+           for c in range(nc)]
+  recovery = weighting.group_recovery(groups, labels, train.bias, train.aligned, num_classes=nc)
+  return {"num_clusters": config.fairdd_clusters, "sizes": sizes,
+          "recovery_diagnostic": {
+              "note": "computed after the fact from the TRUE bias labels for this report only; "
+                      "the pseudo-groups and the weights never read them",
+              **recovery}}
 
 
 def format_weight_summary(weight_files: dict[str, str]) -> str:

@@ -12,8 +12,11 @@ Pure functions of arrays, one job per module:
   scope, the sampled batch plans they average over, and whole-class weights;
 * :mod:`jaxdd.weighting.groups`: weights from the TRUE group labels (the oracle's
   group-balanced densities, FairDD's synchronized per-group weights);
+* :mod:`jaxdd.weighting.clusters`: label-free pseudo-groups, k-means within each class of
+  the surrogate's embedding (FairDD without bias labels);
 * :mod:`jaxdd.weighting.diagnostics`: how weights fall on the bias groups (aligned vs
-  conflicting, group shares, effective sample sizes, the report of ``weights.json``).
+  conflicting, group shares, effective sample sizes, the report of ``weights.json``) and
+  how well pseudo-groups recover the bias groups.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -22,10 +25,11 @@ Example:
   >>> [round(float(s), 4) for s in (w[:4].sum(), w[4:].sum())]
   [1.0, 1.0]
 """
+from jaxdd.weighting.clusters import KMeans, kmeans, kmeans_plus_plus, lloyd, pseudo_groups
 from jaxdd.weighting.density import (check_floor, class_log_density, floor_log_density,
                                      log_density, log_density_sharded)
-from jaxdd.weighting.diagnostics import (auroc, batch_ess, group_report, run_report,
-                                         weight_report, weight_sweep)
+from jaxdd.weighting.diagnostics import (auroc, batch_ess, group_recovery, group_report,
+                                         run_report, weight_report, weight_sweep)
 from jaxdd.weighting.groups import (fairdd_batch_weights, group_balanced_weights,
                                     oracle_log_density)
 from jaxdd.weighting.kde import (SCOPES, KDEConfig, batch_weights, class_weights, weights,
@@ -36,6 +40,7 @@ from jaxdd.weighting.scopes import (batch_plan, batch_scope_weights, class_scope
 
 __all__ = [
     "KDEConfig",
+    "KMeans",
     "SCOPES",
     "auroc",
     "batch_ess",
@@ -49,12 +54,17 @@ __all__ = [
     "fairdd_batch_weights",
     "floor_log_density",
     "group_balanced_weights",
+    "group_recovery",
     "group_report",
+    "kmeans",
+    "kmeans_plus_plus",
+    "lloyd",
     "log_density",
     "log_density_sharded",
     "mean_batch_ess",
     "oracle_log_density",
     "per_sample_mean",
+    "pseudo_groups",
     "run_report",
     "scope_weights",
     "weight_report",

@@ -6,8 +6,9 @@ on bias-conflicting samples than on bias-aligned ones (docs/protocols.md:
 that with the ground-truth ``aligned`` flags and bias labels that the method
 itself never reads: the aligned/conflicting split (:func:`weight_report`), the
 share of each bias group and the effective sample sizes (:func:`group_report`,
-:func:`batch_ess`), over a grid of settings (:func:`weight_sweep`), and the
-report a run writes to ``weights.json`` (:func:`run_report`).
+:func:`batch_ess`), over a grid of settings (:func:`weight_sweep`), the
+report a run writes to ``weights.json`` (:func:`run_report`), and how well
+label-free pseudo-groups recover the bias groups (:func:`group_recovery`).
 
 Data contract:
   * ``weights``: (N,) finite, non-negative floats (any scale; the KDE weights
@@ -34,6 +35,7 @@ from jaxdd.weighting.scopes import batch_plan, mean_batch_ess, scope_weights
 __all__ = [
     "auroc",
     "batch_ess",
+    "group_recovery",
     "group_report",
     "run_report",
     "weight_report",
@@ -274,3 +276,77 @@ def run_report(weights: Any, ess: Any, labels: Any, aligned: Any, bias: Any, *,
   report["groups"] = group_report(weights, labels, bias, num_classes=num_classes)
   report["batch_ess"] = [None if not np.isfinite(e) else float(e) for e in ess]
   return report
+
+
+def _pairs(n: np.ndarray) -> float:
+  return float((n * (n - 1) / 2.0).sum())
+
+
+def _adjusted_rand(a: np.ndarray, b: np.ndarray) -> float | None:
+  """The adjusted Rand index of two partitions (Hubert & Arabie 1985); None when undefined
+  (both partitions trivial)."""
+  _, ia = np.unique(a, return_inverse=True)
+  _, ib = np.unique(b, return_inverse=True)
+  table = np.zeros((ia.max() + 1, ib.max() + 1))
+  np.add.at(table, (ia, ib), 1)
+  index, rows, cols = _pairs(table), _pairs(table.sum(1)), _pairs(table.sum(0))
+  expected = rows * cols / _pairs(np.array([a.size]))
+  top = (rows + cols) / 2.0
+  return None if top == expected else float((index - expected) / (top - expected))
+
+
+def group_recovery(groups: Any, labels: Any, bias: Any, aligned: Any, *,
+                   num_classes: int) -> dict[str, Any]:
+  """How well pseudo-groups (cluster ids within each class) recover the TRUE bias groups.
+
+  A diagnostic computed after the fact from the bias labels, which the pseudo-groups never
+  read. Within each class, every (class, pseudo-group) cell is given its most common bias
+  value:
+
+  * ``purity``: the fraction of samples whose bias value is their cell's most common one;
+  * ``majority_baseline``: the purity of one group per class (the share of each class's
+    most common bias value), what purity gives for nothing on biased data;
+  * ``adjusted_purity``: ``(purity - baseline) / (1 - baseline)``, 0 when the groups add
+    nothing over one group per class, 1 when every cell is pure (None if the baseline is 1);
+  * ``adjusted_rand_index``: the mean over classes with two or more bias values of the
+    adjusted Rand index of pseudo-groups and bias values (0: chance, 1: equal partitions);
+  * ``conflicting_in_conflicting_groups``: the fraction of bias-conflicting samples whose
+    cell is mostly bias-conflicting (None without conflicting samples).
+
+  Example:
+    >>> r = group_recovery([0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 1, 2], [True, True, False, False],
+    ...                    num_classes=1)
+    >>> r["purity"], r["majority_baseline"], r["adjusted_purity"]
+    (0.75, 0.5, 0.5)
+    >>> r["conflicting_in_conflicting_groups"]
+    1.0
+  """
+  groups, labels = np.asarray(groups), np.asarray(labels)
+  bias, aligned = np.asarray(bias), np.asarray(aligned, bool)
+  checks.check_labels(labels, num_classes)
+  if not groups.shape == labels.shape == bias.shape == aligned.shape:
+    raise ValueError("groups, labels, bias and aligned must have the same length, got "
+                     f"{groups.shape}, {labels.shape}, {bias.shape}, {aligned.shape}")
+  pure = base = hit = 0
+  aris = []
+  for c in range(int(num_classes)):
+    sel = labels == c
+    g, b, al = groups[sel], bias[sel], aligned[sel]
+    if g.size == 0:
+      continue
+    base += np.unique(b, return_counts=True)[1].max()
+    for v in np.unique(g):
+      cell = g == v
+      pure += np.unique(b[cell], return_counts=True)[1].max()
+      if al[cell].mean() < 0.5:
+        hit += int((~al[cell]).sum())
+    if np.unique(b).size > 1:
+      aris.append(_adjusted_rand(g, b))
+  n, n_conf = labels.size, int((~aligned).sum())
+  purity, baseline = pure / n, base / n
+  aris = [a for a in aris if a is not None]
+  return {"purity": float(purity), "majority_baseline": float(baseline),
+          "adjusted_purity": (float((purity - baseline) / (1 - baseline)) if baseline < 1
+                              else None),
+          "adjusted_rand_index": float(np.mean(aris)) if aris else None,
+          "conflicting_in_conflicting_groups": hit / n_conf if n_conf else None}
