@@ -173,7 +173,7 @@ def test_make_distiller_passes_real_dtype_to_dm_only():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weighting", ["kde", "fairdd", "fairdd_pseudo"])
+@pytest.mark.parametrize("weighting", ["kde", "fairdd_pseudo"])
 def test_seeds_in_one_program_equal_the_runs_one_by_one(tmp_path, weighting):
   # Each seed keeps its own keys, surrogate and weights: run i of the group is the run
   # distill_stage makes of config i, up to float rounding. A group interrupted after a

@@ -14,6 +14,7 @@ import glob
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 
@@ -37,6 +38,7 @@ def load(script: str):
   name = "script_" + script.replace("/", "_").removesuffix(".py")
   spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, script))
   module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # as an import would (dataclasses look their module up there)
   spec.loader.exec_module(module)
   return module
 
