@@ -178,6 +178,11 @@ class EvalResult:
       mean, std = self.mean(m), self.std(m)
       val = "     n/a" if not math.isfinite(mean) else f"{100 * mean:9.2f}{100 * std:8.2f}"
       lines.append(f"{m.replace('_', ' '):<14}{val}")
+    if self.group_table.size and self.group_counts.shape[1] > 1:
+      # FairDD's equalized-odds differences, empty (class, bias) groups counted as 0 as its
+      # code does (jaxdd.metrics.equalized_odds)
+      for name, v in zip(("DEO_M", "DEO_A"), self.equalized_odds()):
+        lines.append(f"{name:<14}{100 * float(np.mean(v)):9.2f}{100 * float(np.std(v)):8.2f}")
     table = np.nanmean(np.where(self.group_counts[None] > 0, self.group_table, np.nan), axis=0) \
         if self.group_table.size else self.group_table
     nb = self.group_counts.shape[1]

@@ -278,6 +278,9 @@ def test_evaluate_stamps_protocol_model_and_seed(getkey):
                                 naive_groups(np.zeros(15), np.asarray(tlabels), bias, 3, 3)[1])
   table = r.format_table()
   assert "fast-test (modified)" in table and "worst group" in table and "conflicting" in table
+  # every group solved: no class's accuracy differs across bias groups, DEO_M = DEO_A = 0
+  deo = {l.split()[0]: l.split()[1:] for l in table.splitlines() if l.startswith("DEO_")}
+  assert deo == {"DEO_M": ["0.00", "0.00"], "DEO_A": ["0.00", "0.00"]}
 
 
 def test_lr_selected_on_validation_never_on_test(getkey):

@@ -148,6 +148,11 @@ def test_reproduce_writes_the_comparison_with_bias_scores(tmp_path):
     syn, _ = synset.load(os.path.join(work, name.replace("+", "_"), "synset"))
     expected = diagnostics.bias_score(classifier, syn.images, syn.labels)["aligned_fraction"]
     assert results[name]["bias_score"]["aligned_fraction"] == expected
+    # the DEO columns are those of the run's stored per-network group table
+    deo = runs.text.deo_cells(json.load(open(os.path.join(
+        work, name.replace("+", "_"), "eval.json")))["result"])
+    row = [l for l in table.splitlines() if l.startswith(f"| {name} |")][0]
+    assert row.endswith(f"| {deo[0]} | {deo[1]} |")
     assert f"| {100 * expected:.1f} |" in [l for l in table.splitlines()
                                            if l.startswith(f"| {name} |")][0]
     # the second table: the bias score over distillation ends at the SynSet's own score

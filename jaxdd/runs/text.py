@@ -1,6 +1,9 @@
 """The text a run prints and writes: method names, stored results, the comparison table."""
 from __future__ import annotations
 
+import numpy as np
+
+from jaxdd import metrics
 from jaxdd.config import RunConfig
 
 
@@ -39,12 +42,31 @@ def format_comparison(results: dict[str, dict], config: RunConfig, *,
              f"{100 * reference['bias_aligned_fraction']:.1f} % aligned")
   lines = [head, "",
            "| method | overall | bias-aligned | bias-conflicting | worst group | "
-           "bias score (aligned %) |",
-           "|---|---|---|---|---|---|"]
+           "bias score (aligned %) | DEO_M | DEO_A |",
+           "|---|---|---|---|---|---|---|---|"]
   for name, r in results.items():
     cells = [f"{100 * r['mean'][m]:.1f} ± {100 * r['std'][m]:.1f}"
              for m in ("overall", "aligned", "conflicting", "worst_group")]
     score = r.get("bias_score")
     cells.append("–" if score is None else f"{100 * score['aligned_fraction']:.1f}")
+    cells += deo_cells(r.get("result") or {})
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def deo_cells(result: dict) -> list[str]:
+  """DEO_M and DEO_A (:func:`jaxdd.metrics.equalized_odds`, FairDD's form: empty groups count
+  as 0), mean ± std over networks in %, from a stored evaluation's per-network group table;
+  "–" where it has none or one bias value.
+
+  Example:
+    >>> deo_cells({"group_table": [[[1.0, 0.5], [0.8, None]]], "group_counts": [[5, 5], [5, 0]]})
+    ['80.0 ± 0.0', '65.0 ± 0.0']
+  """
+  table, counts = result.get("group_table"), result.get("group_counts")
+  if table is None or counts is None or np.ndim(counts) != 2 or np.shape(counts)[1] < 2:
+    return ["–", "–"]
+  raw = np.array(table, dtype=object)
+  table = np.where(raw == None, np.nan, raw).astype(float)  # noqa: E711 (JSON null: no sample)
+  out = metrics.equalized_odds(table, np.asarray(counts))
+  return [f"{100 * float(np.mean(v)):.1f} ± {100 * float(np.std(v)):.1f}" for v in out]
