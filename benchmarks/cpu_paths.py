@@ -123,11 +123,12 @@ def main(argv=None) -> int:
   p.add_argument("--paper-steps", type=int, default=2, help="paper-preset DM steps per timing")
   p.add_argument("--eval-epochs", type=int, default=4, help="epochs of each timed evaluation")
   p.add_argument("--tiny", action="store_true",
-                 help="check the script in seconds: every job on the smoke preset's sizes, one "
-                      "repeat of one step or epoch (flags given explicitly still apply)")
+                 help="check the script in seconds: the cpu jobs on the smoke preset's sizes, "
+                      "one repeat of one step or epoch (flags given explicitly still apply)")
   args = p.parse_args(argv)
-  if args.tiny:
-    p.set_defaults(repeats=1, cpu_steps=1, paper_steps=1, eval_epochs=1)
+  if args.tiny:  # the paper-dm-step job at smoke sizes would repeat cpu-dm-step
+    p.set_defaults(repeats=1, cpu_steps=1, paper_steps=1, eval_epochs=1,
+                   jobs="cpu-dm-step,cpu-eval-epoch")
     args = p.parse_args(argv)
   cpu, paper = ("smoke", "smoke") if args.tiny else ("cpu", "paper")
   makers = {"cpu-dm-step": lambda: _dm_job(cpu, args.cpu_steps),

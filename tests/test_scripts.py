@@ -94,7 +94,7 @@ def test_dm_runs(capfd):
 def test_cpu_paths(capfd):
   rows, _ = run("benchmarks/cpu_paths.py", ["--tiny", "--variants", "default,xla-conv"], capfd)
   summary = rows[-1]["summary"]
-  assert set(summary) == {"cpu-dm-step", "paper-dm-step", "cpu-eval-epoch"}
+  assert set(summary) == {"cpu-dm-step", "cpu-eval-epoch"}
   assert all(set(s) == {"default", "xla-conv"} for s in summary.values())
   assert all(s["default"]["vs_default"] == 1.0 for s in summary.values())
 
