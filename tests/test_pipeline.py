@@ -185,7 +185,8 @@ def test_seeds_in_one_program_equal_the_runs_one_by_one(tmp_path, weighting):
   # checkpoint resumes as a group to the same SynSets.
   from jaxdd import runs
   from jaxdd.runs import driver
-  base = get_config("smoke", weighting=weighting, iterations=4, checkpoint_every=2)
+  extra = dict(fairdd_clusters=4) if weighting == "fairdd_pseudo" else {}
+  base = get_config("smoke", weighting=weighting, iterations=4, checkpoint_every=2, **extra)
   configs = [base.replace(seed=s) for s in (0, 3)]
   run_data = runs.RunData(base)
   grouped = [str(tmp_path / "g" / f"s{c.seed}") for c in configs]
@@ -196,7 +197,12 @@ def test_seeds_in_one_program_equal_the_runs_one_by_one(tmp_path, weighting):
     scale = float(np.abs(alone.images).max())
     np.testing.assert_allclose(syns[i].images, alone.images, atol=1e-5 * scale)
     assert sorted(os.listdir(grouped[i])) == sorted(os.listdir(tmp_path / f"alone{i}"))
+    if weighting == "fairdd_pseudo":
+      from test_fairdd_pseudo import check_pseudo_group_report
+      check_pseudo_group_report(grouped[i], 4)
   assert not np.allclose(syns[0].images, syns[1].images)
+  if weighting != "kde":
+    return  # resuming does not depend on the weighting
   # stopped at step 2 (as a time budget stops it), then resumed as a group
   stopped = [str(tmp_path / "h" / f"s{c.seed}") for c in configs]
   real_drive = driver.drive
