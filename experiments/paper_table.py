@@ -22,7 +22,7 @@ command then exits 0 and says what is left; the same command goes on from there.
   jaxdd data fetch mnist
   python experiments/paper_table.py --preset paper --budget-minutes 40 \\
       --workdir runs/paper-table --results results/paper-table
-  python experiments/paper_table.py --tiny --workdir runs/tiny --results /tmp/tiny  # seconds
+  python experiments/paper_table.py --tiny --workdir runs/tiny --results runs/tiny-results  # seconds
 
 Rows: vanilla DM; the paper's DM + KDE; the best label-free setting (chosen on
 validation); FairDD with pseudo-groups from clustering the surrogate's embeddings
