@@ -129,13 +129,20 @@ def check_out(out: str, setting: dict) -> None:
   folder of them: :func:`jaxdd.runs.rundir.check_setting`) when the evaluation has another
   setting, or when ``out`` would replace one of the run's own files (:data:`RUN_FILES`).
   Reads only."""
+  folder = _refuse_run_file(out, "evaluation", "eval-again.json")
+  rundir.check_setting(setting, folder, adding="this evaluation")
+
+
+def _refuse_run_file(out: str, what: str, example: str) -> str:
+  """Refuses an ``out`` that would replace a run's own file (:data:`RUN_FILES` in a folder
+  holding ``config.json`` or ``comparison.md``); returns ``out``'s folder."""
   folder = os.path.dirname(os.path.abspath(out))
   if os.path.basename(out) in RUN_FILES and (
       os.path.exists(os.path.join(folder, "config.json"))
       or os.path.exists(os.path.join(folder, "comparison.md"))):
     raise ValueError(f"--out {out} would replace a file of the run in {folder}; write the "
-                     "evaluation elsewhere (e.g. --out eval-again.json)")
-  rundir.check_setting(setting, folder, adding="this evaluation")
+                     f"{what} elsewhere (e.g. --out {example})")
+  return folder
 
 
 def evaluate_synset(syn: SynSet, meta: dict, overrides: Overrides = Overrides(), *,
@@ -228,12 +235,7 @@ def check_matrix_out(out: str, setting: dict[str, Any]) -> None:
   (:data:`RUN_FILES`), a file that is not a matrix jaxdd wrote, or the matrix of another
   setting (:func:`cross_arch_setting`; a field an older record lacks is not compared). The
   same setting's matrix is replaced (the command run again). Reads only."""
-  folder = os.path.dirname(os.path.abspath(out))
-  if os.path.basename(out) in RUN_FILES and (
-      os.path.exists(os.path.join(folder, "config.json"))
-      or os.path.exists(os.path.join(folder, "comparison.md"))):
-    raise ValueError(f"--out {out} would replace a file of the run in {folder}; write the "
-                     "matrix elsewhere (e.g. --out cross-arch.json)")
+  _refuse_run_file(out, "matrix", "cross-arch.json")
   stored = files.read_cross_arch(out)
   if stored is None:
     return

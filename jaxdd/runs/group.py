@@ -74,13 +74,20 @@ def distill_group(configs, workdirs, *, run_data: rundata.RunData | None = None,
     if not fresh(w):
       raise ValueError(f"{w} already holds a SynSet or checkpoints; distill_stage resumes it")
   with policy_lib.use(configs[0].policy):
-    for c, w in zip(configs, workdirs):
-      rundata.check_paths(c, w)
-    if run_data is None:
-      run_data = rundata.RunData(configs[0])
-    for c, w in zip(configs, workdirs):  # every check before the first write
-      rundata.check_run(c, run_data, w)
+    run_data = _checked_data(configs, workdirs, run_data)
     return _drive_group(configs, workdirs, run_data, progress, shared=True)
+
+
+def _checked_data(configs, workdirs, run_data: rundata.RunData | None) -> rundata.RunData:
+  """The group's data (loaded unless given), after every check that comes before the first
+  write: each run's paths, data and models."""
+  for c, w in zip(configs, workdirs):
+    rundata.check_paths(c, w)
+  if run_data is None:
+    run_data = rundata.RunData(configs[0])
+  for c, w in zip(configs, workdirs):
+    rundata.check_run(c, run_data, w)
+  return run_data
 
 
 def seed_key(config: RunConfig) -> str:
@@ -127,12 +134,7 @@ def distill_seeds(configs, workdirs, *, run_data: rundata.RunData | None = None,
     validate(c)
     rundir.check_workdir(c, w, distill_only=True)
   with policy_lib.use(configs[0].policy):
-    for c, w in zip(configs, workdirs):
-      rundata.check_paths(c, w)
-    if run_data is None:
-      run_data = rundata.RunData(configs[0])
-    for c, w in zip(configs, workdirs):
-      rundata.check_run(c, run_data, w)
+    run_data = _checked_data(configs, workdirs, run_data)
     states = {_progress_of(w) for w in workdirs}
     if len(states) > 1:
       progress_lib.logger.info("the runs of this group of seeds stopped at different points "
