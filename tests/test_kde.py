@@ -273,7 +273,7 @@ def test_isolated_points_get_top_weights(normalize):
   dense = centre + 1e-3 * rng.standard_normal((50, 16)).astype(np.float32)
   far = _unit(rng, 3, 16) * 3.0
   x = np.concatenate([dense[:20], far, dense[20:]])  # far rows are 20, 21, 22
-  w = np.asarray(weighting.weights(x, variance=0.1, normalize=normalize))
+  w = np.asarray(weighting.weights(x, variance=0.1, temperature=1.0, normalize=normalize))
   assert set(np.argsort(w)[-3:]) == {20, 21, 22}
   assert w[20:23].min() > 10 * np.delete(w, [20, 21, 22]).max()
 
@@ -293,14 +293,15 @@ def test_weights_finite_in_degenerate_cases(normalize):
         assert np.isfinite(w).all()
         np.testing.assert_allclose(w.sum(), 1.0, atol=1e-5)
   # At v = 1e-6 every point is alone in its kernel: f = 1/n exactly, uniform.
-  w = weighting.weights(base, variance=1e-6, normalize=normalize)
+  w = weighting.weights(base, variance=1e-6, temperature=1.0, normalize=normalize)
   np.testing.assert_allclose(w, np.full(20, 1 / 20), rtol=1e-5)
   # (Duplicated pairs at distinct indices are not exactly uniform at v = 1e-6:
   # their float32 distance is rounding noise ~1e-7, i.e. ~0.05 in log k. Only
   # finiteness and normalisation are promised there, checked above.)
   # The isolated point has f = 1/21 like the others at v=0.1 only if they are
   # also isolated; here it must get the (shared) top weight.
-  w = np.asarray(weighting.weights(isolated, variance=0.1, normalize=normalize))
+  w = np.asarray(weighting.weights(isolated, variance=0.1, temperature=1.0,
+                                   normalize=normalize))
   assert w[-1] == w.max()
 
 
@@ -312,10 +313,10 @@ def test_weights_mask_excludes_rows():
   mask[[3, 4, 11]] = False
   for normalize in ["softmax", "power"]:
     got = np.asarray(weighting.weights(
-        x, variance=0.2, normalize=normalize, groups=jnp.asarray(groups),
+        x, variance=0.2, temperature=1.0, normalize=normalize, groups=jnp.asarray(groups),
         num_groups=3, mask=jnp.asarray(mask)))
     want = np.asarray(weighting.weights(
-        x[mask], variance=0.2, normalize=normalize,
+        x[mask], variance=0.2, temperature=1.0, normalize=normalize,
         groups=jnp.asarray(groups[mask]), num_groups=3))
     assert (got[~mask] == 0).all()
     np.testing.assert_allclose(got[mask], want, rtol=1e-5, atol=1e-8)
@@ -324,7 +325,7 @@ def test_weights_mask_excludes_rows():
 def test_singleton_group_weight_one_and_validate():
   x = _unit(np.random.default_rng(11), 5, 4)
   groups = jnp.asarray([0, 0, 1, 0, 2])
-  w = weighting.weights(x, variance=0.1, groups=groups)
+  w = weighting.weights(x, variance=0.1, temperature=1.0, normalize="softmax", groups=groups)
   np.testing.assert_allclose(np.asarray(w)[[2, 4]], [1.0, 1.0])
   np.testing.assert_allclose(np.asarray(w)[[0, 1, 3]].sum(), 1.0, rtol=1e-6)
   with pytest.raises(ValueError, match=r"group\(s\) \[1, 2\].*single sample"):
@@ -338,11 +339,12 @@ def test_singleton_group_weight_one_and_validate():
 def test_weights_vmap_over_classes_matches_loop():
   rng = np.random.default_rng(12)
   x = rng.standard_normal((3, 10, 5)).astype(np.float32)
-  f = jax.vmap(functools.partial(weighting.weights, variance=0.3, temperature=0.7))
+  f = jax.vmap(functools.partial(weighting.weights, variance=0.3, temperature=0.7,
+                                 normalize="softmax"))
   got = f(jnp.asarray(x))
   for c in range(3):
     np.testing.assert_allclose(got[c], weighting.weights(x[c], variance=0.3,
-                                                   temperature=0.7),
+                                                   temperature=0.7, normalize="softmax"),
                                rtol=1e-5, atol=1e-8)
 
 
@@ -490,3 +492,164 @@ def test_lower_precision_cross_term_stays_within_its_bound(matmul):
   assert np.abs(got - ref).max() <= bound + f32
   with pytest.raises(ValueError, match="matmul"):
     weighting.log_density(xj, xj, variance=v, matmul="fp8")
+
+
+# ---------------------------------------------------------------------------
+# weights' defaults and config=; the variance check's messages and its traced outcome
+# ---------------------------------------------------------------------------
+
+def _cluster_and_outliers():
+  """(23, 2) float32: a dense cluster of 20 (spread 0.02) and 3 outliers 0.3-0.4 away.
+
+  Every point lies within 0.4 of the mean, so after the kernel's centring
+  ``|x|^2 + |y|^2 <= 0.32``: the float32 log-density tolerance is ``_tol(v, 0.32)``.
+  """
+  rng = np.random.default_rng(21)
+  cluster = 0.02 * rng.standard_normal((20, 2))
+  outliers = np.array([[0.3, 0.0], [0.0, 0.35], [-0.25, -0.25]])
+  return np.concatenate([cluster, outliers]).astype(np.float32)
+
+
+def _power_rtol(variance: float, temperature: float, sq_norm: float) -> float:
+  """Relative tolerance of power weights ``f^(-1/T) / sum f^(-1/T)`` in float32.
+
+  A log-density error ``a`` (``_tol``'s atol) moves ``w_i`` by ``a / T`` through its own
+  ``f_i`` and by at most ``a / T`` through the normaliser: ``2 a / T`` relative.
+  """
+  return 2 * _tol(variance, sq_norm)["atol"] / temperature
+
+
+def test_weights_defaults_are_kde_configs():
+  # weights(z) with no knobs is weights(z, config=KDEConfig()): power, T = 0.25, v = 0.01.
+  # The old defaults (softmax at T = 1) gave this cluster about 1e-8 of the mass.
+  x = _cluster_and_outliers()
+  cfg = weighting.KDEConfig()
+  assert (cfg.variance, cfg.temperature, cfg.normalize) == (0.01, 0.25, "power")
+  want = _ref_weights(x, 0.01, 0.25, "power")
+  got = np.asarray(weighting.weights(x))
+  np.testing.assert_array_equal(got, np.asarray(weighting.weights(x, config=cfg)))
+  np.testing.assert_allclose(got, want, rtol=_power_rtol(0.01, 0.25, 0.32), atol=0)
+  # The cluster's share: small (the outliers are rarer) but not vanishing (8e-5).
+  np.testing.assert_allclose(got[:20].sum(), want[:20].sum(),
+                             rtol=_power_rtol(0.01, 0.25, 0.32))
+  assert want[:20].sum() > 1e-5
+
+
+def test_weights_take_their_knobs_from_config():
+  rng = np.random.default_rng(22)
+  x = _unit(rng, 30, 6)
+  groups = jnp.asarray(np.repeat([0, 1, 2], 10))
+  cfg = weighting.KDEConfig(variance=0.05, temperature=0.5, normalize="softmax", scope="class")
+  got = np.asarray(weighting.weights(x, config=cfg, groups=groups))
+  # The same numbers as the explicit knobs (the scope is not used: the density is over the
+  # rows given), and the float64 reference at test_weights_match_numpy's tolerance.
+  np.testing.assert_array_equal(got, np.asarray(weighting.weights(
+      x, variance=0.05, temperature=0.5, normalize="softmax", groups=groups)))
+  np.testing.assert_allclose(got, _ref_weights(x, 0.05, 0.5, "softmax", np.asarray(groups)),
+                             rtol=2e-4, atol=1e-7)
+  # Under jit and vmap too (the config is a static Python object).
+  f = jax.jit(jax.vmap(functools.partial(weighting.weights, config=cfg)))
+  np.testing.assert_allclose(f(jnp.asarray(x).reshape(3, 10, 6)).reshape(-1),
+                             np.asarray(weighting.weights(x, config=cfg, groups=groups)),
+                             rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("knob", [dict(variance=0.1), dict(temperature=1.0),
+                                  dict(normalize="softmax"),
+                                  dict(variance=0.1, normalize="power")])
+def test_weights_refuse_config_with_explicit_knobs(knob):
+  x = _unit(np.random.default_rng(23), 6, 3)
+  with pytest.raises(ValueError, match=r"config.*and.*not both") as err:
+    weighting.weights(x, config=weighting.KDEConfig(), **knob)
+  for name in knob:
+    assert name in str(err.value)
+  with pytest.raises(ValueError, match="config must be a jaxdd.weighting.KDEConfig"):
+    weighting.weights(x, config={"variance": 0.1})
+
+
+def test_variance_messages_name_the_variance_argument():
+  x = _unit(np.random.default_rng(24), 6, 3)
+  labels = np.zeros(6, int)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  calls = {
+      "weights": lambda v: weighting.weights(x, variance=v),
+      "log_density": lambda v: weighting.log_density(x, x, variance=v),
+      "log_density_sharded": lambda v: weighting.log_density_sharded(x, x, variance=v,
+                                                                     mesh=mesh),
+      "class_log_density": lambda v: weighting.class_log_density(x, labels, num_classes=1,
+                                                                 variance=v),
+      "class_scope_weights": lambda v: weighting.class_scope_weights(x, labels, variance=v,
+                                                                     num_classes=1),
+      "batch_scope_weights": lambda v: weighting.batch_scope_weights(
+          jax.random.key(0), x, labels, batch_size=4, variance=v, num_classes=1),
+  }
+  for who, call in calls.items():
+    for v in (0.0, -0.1, float("nan"), float("inf")):
+      with pytest.raises(ValueError, match=r"^variance\b.*finite number > 0") as err:
+        call(v)
+      msg = str(err.value)
+      assert "variance=0.01" in msg or "e.g. 0.01" in msg, (who, msg)
+      assert "kernel_variance" not in msg and "KDEConfig" not in msg, (who, msg)
+
+
+def test_other_knob_messages_name_real_arguments():
+  x = _unit(np.random.default_rng(25), 6, 3)
+  labels = np.zeros(6, int)
+  with pytest.raises(ValueError, match=r"^temperature\b"):
+    weighting.class_scope_weights(x, labels, variance=0.1, temperature=0.0, num_classes=1)
+  with pytest.raises(ValueError, match=r"^normalize must be one of"):
+    weighting.batch_scope_weights(jax.random.key(0), x, labels, batch_size=4, variance=0.1,
+                                  normalize="inverse", num_classes=1)
+  aligned = np.ones(6, bool)
+  with pytest.raises(ValueError, match=r"^variances\[1\] \(a kernel variance\)"):
+    weighting.weight_sweep(jax.random.key(0), x, labels, aligned, num_classes=1,
+                           variances=[0.1, 0.0], temperatures=[1.0])
+  with pytest.raises(ValueError, match=r"^temperatures\[0\]"):
+    weighting.weight_sweep(jax.random.key(0), x, labels, aligned, num_classes=1,
+                           variances=[0.1], temperatures=[-1.0])
+  # batch_weights / class_weights name their own arguments (and where distill takes them).
+  rows, mask = jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool)
+  with pytest.raises(ValueError, match=r"pass embeddings="):
+    weighting.batch_weights(rows, mask, weighting.KDEConfig())
+  with pytest.raises(ValueError, match=r"pass log_density="):
+    weighting.batch_weights(rows, mask, weighting.KDEConfig(scope="class"))
+  with pytest.raises(ValueError, match=r"log_density is None"):
+    weighting.class_weights(None, rows, jnp.asarray([2]), weighting.KDEConfig())
+
+
+def test_traced_invalid_variance_or_temperature_gives_nan():
+  # A traced variance (or temperature) cannot be checked; the documented outcome of a
+  # value the eager check would refuse is NaN in every unmasked entry (masked rows stay 0),
+  # never plausible numbers (a negative variance used to give uniform weights).
+  x = jnp.asarray(_unit(np.random.default_rng(26), 8, 3))
+  mask = jnp.asarray([True] * 6 + [False] * 2)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  w_fn = jax.jit(lambda z, v, t: weighting.weights(z, variance=v, temperature=t, mask=mask,
+                                                   normalize="softmax"))
+  wp_fn = jax.jit(lambda z, v, t: weighting.weights(z, variance=v, temperature=t, mask=mask))
+  ld_fn = jax.jit(lambda z, v: weighting.log_density(z, z, variance=v))
+  sh_fn = jax.jit(lambda z, v: weighting.log_density_sharded(z, z, variance=v, mesh=mesh))
+  wl_fn = jax.jit(lambda lf, t: weighting.weights_from_log_density(lf, temperature=t,
+                                                                   mask=mask))
+  bad = [0.0, -0.1, float("nan"), float("inf"), -float("inf")]
+  for v in bad:
+    for fn in (w_fn, wp_fn):
+      w = np.asarray(fn(x, v, 0.5))
+      assert np.isnan(w[:6]).all() and (w[6:] == 0).all(), (v, w)
+    assert np.isnan(np.asarray(ld_fn(x, v))).all(), v
+    assert np.isnan(np.asarray(sh_fn(x, v))).all(), v
+  log_f = jnp.log(jnp.linspace(0.1, 1.0, 8))
+  for t in bad:
+    for fn in (w_fn, wp_fn):
+      w = np.asarray(fn(x, 0.1, t))
+      assert np.isnan(w[:6]).all() and (w[6:] == 0).all(), (t, w)
+    w = np.asarray(wl_fn(log_f, t))
+    assert np.isnan(w[:6]).all() and (w[6:] == 0).all(), (t, w)
+  # Valid traced values are untouched: equal to the eager (checked) result.
+  np.testing.assert_allclose(wp_fn(x, 0.1, 0.5), weighting.weights(
+      x, variance=0.1, temperature=0.5, mask=mask), rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(ld_fn(x, 0.1), weighting.log_density(x, x, variance=0.1),
+                             rtol=1e-6, atol=1e-6)
+  # The same values passed concretely (closed over) are checked even under jit.
+  with pytest.raises(ValueError, match=r"^variance must be a finite number > 0"):
+    jax.jit(lambda z: weighting.weights(z, variance=0.0))(x)

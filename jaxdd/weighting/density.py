@@ -85,7 +85,7 @@ def _prepare_log_density(queries, support, variance, block_size,
   queries, support = queries.astype(dtype), support.astype(dtype)
   checks.check_finite("queries", queries, "check the surrogate embeddings")
   checks.check_finite("support", support, "check the surrogate embeddings")
-  checks.check_positive_scalar("variance", variance, "pass kernel_variance > 0 (e.g. 0.1)")
+  checks.check_positive_scalar("variance", variance, "pass e.g. variance=0.01")
   block_q = checks.check_positive_int("block_size", block_size)
   block_n = checks.check_positive_int(
       "support_block_size",
@@ -146,7 +146,13 @@ def log_density(
 
   Works eagerly (the core is jitted and cached per shape and block size;
   ``variance`` is a traced argument, so sweeping it does not recompile) and
-  inside ``jax.jit``/``jax.vmap`` (input checks are skipped for traced values).
+  inside ``jax.jit``/``jax.vmap``. Checks under ``jax.jit``: every check runs
+  on concrete values, including those a jitted function closes over; a
+  traced ``variance`` (an argument of the jitted function) cannot be checked,
+  and if it is not a finite number > 0 every log-density is NaN instead of
+  plausible-looking numbers. Check such a value on the host first, e.g. with
+  ``KDEConfig(variance=v)``. Traced inputs' values (NaN rows, an all-False
+  ``support_mask``) are not checked either.
   Passing the same array object as ``queries`` and ``support`` marks the
   self-included density: the self-distance is then exactly 0. Queries that
   arrive split over a mesh axis go through :func:`log_density_sharded`.
@@ -175,14 +181,21 @@ def log_density(
     one support row is unmasked and ``variance`` is not absurdly small.
 
   Raises:
-    ValueError: wrong ranks or feature sizes, NaN/Inf inputs, ``variance <= 0``,
-      bad block sizes, a malformed or all-False ``support_mask``.
+    ValueError: wrong ranks or feature sizes, NaN/Inf inputs, a ``variance``
+      that is not a finite number > 0, bad block sizes, a malformed or
+      all-False ``support_mask``.
 
   Example:
     >>> z = jax.random.normal(jax.random.key(0), (100, 16))
     >>> z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
     >>> log_density(z, z, variance=0.1).shape
     (100,)
+    >>> log_density(z, z, variance=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: variance must be a finite number > 0, got -1.0; pass e.g. variance=0.01
+    >>> jax.jit(lambda z, v: log_density(z, z, variance=v))(z, -1.0)[:2]  # traced: NaN
+    Array([nan, nan], dtype=float32)
   """
   axis = _row_sharding_axis(queries)
   if axis is not None:
@@ -238,7 +251,9 @@ def log_density_sharded(
     (q,) log-densities, equal to :func:`log_density` up to float rounding;
     sharded over ``axis_name`` when ``q`` is a multiple of its size,
     replicated otherwise (an uneven shard cannot be expressed on Explicit
-    mesh axes).
+    mesh axes). Under ``jax.jit`` as :func:`log_density`: a traced
+    ``variance`` is not checked, and one that is not a finite number > 0
+    gives NaN everywhere.
 
   Raises:
     ValueError: as :func:`log_density`, or if ``axis_name`` is not in ``mesh``.
@@ -268,13 +283,14 @@ def class_log_density(embeddings, labels, *, num_classes: int, variance: float,
 
   One blocked :func:`log_density` per class (host loop), so memory stays
   O(block x class size) and classes may have any sizes. Empty classes are
-  skipped.
+  skipped. A host function (numpy out), not for ``jax.jit``: ``variance``
+  is always checked.
 
   Args:
     embeddings: (N, d) embeddings.
     labels: (N,) ints in ``[0, num_classes)``.
     num_classes: number of classes.
-    variance: kernel variance > 0.
+    variance: kernel variance, a finite number > 0.
     floor: a quantile in [0, 1); each class's densities are raised to at
       least that quantile (:func:`floor_log_density`; 0: none, the paper's).
       The density floor is part of the whole-class estimate, so everything
@@ -298,6 +314,7 @@ def class_log_density(embeddings, labels, *, num_classes: int, variance: float,
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
   check_floor(floor)
+  checks.check_positive_scalar("variance", variance, "pass e.g. variance=0.01")
   out = np.zeros(labels.shape, np.float32)
   for c in range(int(num_classes)):
     rows = np.flatnonzero(labels == c)

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxdd import progress as progress_lib
 from jaxdd._src import checks
-from jaxdd.weighting.kde import SCOPES, KDEConfig
+from jaxdd.weighting.kde import SCOPES, KDEConfig, _check_positive_knob
 from jaxdd.weighting.scopes import batch_plan, mean_batch_ess, scope_weights
 
 __all__ = [
@@ -166,7 +166,16 @@ def weight_sweep(key: jax.Array, embeddings: Any, labels: Any, aligned: Any, *, 
   Returns:
     One dict per setting: ``scope``, ``normalize``, ``variance``,
     ``temperature`` and ``report``.
+
+  Raises:
+    ValueError: a variance or temperature that is not a finite number > 0
+      (named by its place, e.g. ``variances[1]``), before any setting is weighed.
   """
+  for name, what, example, values in (
+      ("variances", "a kernel variance", 0.01, variances),
+      ("temperatures", "a normalisation temperature", 0.25, temperatures)):
+    for i, value in enumerate(values):
+      _check_positive_knob(f"{name}[{i}]", value, what=what, example=example)
   rows = []
   grid = [(s, n, v, t) for s in SCOPES for n in ("power", "softmax") for v in variances
           for t in temperatures]

@@ -4,7 +4,13 @@ Data contract:
 
 * :func:`weights` returns ``(n,)`` float weights that sum to 1 within every
   group that has at least one unmasked row; masked rows get weight exactly 0.
-  Weights are never NaN or Inf for finite embeddings and any ``v > 0``, ``T > 0``.
+  Weights are never NaN or Inf for finite embeddings and any finite ``v > 0``,
+  ``T > 0``. Its knobs default to :class:`KDEConfig`'s (``weights(z)`` is
+  ``weights(z, config=KDEConfig())``).
+* Every check runs on concrete values (inside ``jax.jit`` too, for values closed
+  over). A traced ``v`` or ``T`` cannot be checked: one that is not a finite
+  number > 0 gives NaN weights on every unmasked row, by design
+  (:func:`jaxdd.weighting.kernel.positive_or_nan`).
 * The densities are those of :mod:`jaxdd.weighting.density` (the unnormalised
   mean Gaussian kernel value, self included).
 
@@ -82,17 +88,10 @@ class KDEConfig:
   scope: Literal["batch", "class"] = "batch"
 
   def __post_init__(self):
-    for name, what, example in (("variance", "the kernel variance", 0.01),
-                                ("temperature", "the normalisation temperature", 0.25)):
-      v = getattr(self, name)
-      if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
-          or v <= 0):
-        raise ValueError(f"KDEConfig.{name} ({what}) must be a finite number > 0, e.g. "
-                         f"{example}; got {v!r}")
-      object.__setattr__(self, name, float(v))
-    if self.normalize not in _NORMALIZE:
-      raise ValueError(f"KDEConfig.normalize must be one of {list(_NORMALIZE)}, "
-                       f"got {self.normalize!r}")
+    variance, temperature = _check_knobs(self.variance, self.temperature, self.normalize,
+                                        prefix="KDEConfig.")
+    object.__setattr__(self, "variance", variance)
+    object.__setattr__(self, "temperature", temperature)
     if self.scope not in SCOPES:
       raise ValueError(f"KDEConfig.scope must be one of {list(SCOPES)}, got {self.scope!r}")
 
@@ -105,10 +104,67 @@ class KDEConfig:
 # Checks of kde's own arguments (on concrete values only: inside jit they are skipped).
 # --------------------------------------------------------------------------
 
+#: The explicit example of a valid value that each knob's message gives.
+_EXAMPLES = {"variance": 0.01, "temperature": 0.25}
+_WHAT = {"variance": "the kernel variance", "temperature": "the normalisation temperature"}
+
+
+def _check_positive_knob(name: str, value, *, what: str, example: float) -> float:
+  """``value`` as a float if it is a finite real number > 0, else a ValueError naming ``name``.
+
+  For Python (host) numbers, e.g. a :class:`KDEConfig` field or an argument of the
+  host-side :mod:`jaxdd.weighting.scopes` functions; arrays go through
+  :func:`jaxdd._src.checks.check_positive_scalar`.
+  """
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+      or not math.isfinite(value) or value <= 0):
+    raise ValueError(f"{name} ({what}) must be a finite number > 0, e.g. {example}; "
+                     f"got {value!r}")
+  return float(value)
+
+
+def _check_knobs(variance, temperature, normalize, *, prefix: str = "") -> tuple[float, float]:
+  """Checks the weighting's knobs as Python numbers; returns ``(variance, temperature)``.
+
+  Messages name each knob ``prefix + name`` (``'KDEConfig.variance'`` for the config's
+  fields, ``'variance'`` for a function's argument).
+  """
+  out = tuple(_check_positive_knob(prefix + name, value, what=_WHAT[name],
+                                  example=_EXAMPLES[name])
+              for name, value in (("variance", variance), ("temperature", temperature)))
+  if normalize not in _NORMALIZE:
+    raise ValueError(f"{prefix}normalize must be one of {list(_NORMALIZE)}, got {normalize!r}")
+  return out
+
+
 def _check_normalize(normalize: str) -> None:
   if normalize not in _NORMALIZE:
     raise ValueError(
         f"unknown normalize={normalize!r}; use one of {_NORMALIZE}")
+
+
+#: ``weights``' knobs when neither ``config`` nor the knob is given: KDEConfig's defaults.
+_DEFAULTS = KDEConfig()
+
+
+def _resolve_knobs(config, variance, temperature, normalize):
+  """``(variance, temperature, normalize)`` of :func:`weights`: from ``config``, or the
+  explicit knobs with :data:`_DEFAULTS` for those left at None; never both."""
+  if config is None:
+    return (_DEFAULTS.variance if variance is None else variance,
+            _DEFAULTS.temperature if temperature is None else temperature,
+            _DEFAULTS.normalize if normalize is None else normalize)
+  if not isinstance(config, KDEConfig):
+    raise ValueError(f"config must be a jaxdd.weighting.KDEConfig or None, got "
+                     f"{type(config).__name__}")
+  given = [name for name, value in (("variance", variance), ("temperature", temperature),
+                                    ("normalize", normalize)) if value is not None]
+  if given:
+    raise ValueError(
+        f"weights got config and {', '.join(n + '=' for n in given)}; pass one or the other, "
+        f"not both (config already sets variance, temperature and normalize: for other "
+        f"values pass config=config.replace({given[0]}=...))")
+  return config.variance, config.temperature, config.normalize
 
 
 def _as_groups(groups, num_groups, n: int) -> tuple[jax.Array, int]:
@@ -211,6 +267,10 @@ def weights_from_log_density(
     group. Ties share equally; if some ``exp(...)`` overflows, the densest-
     inverse row(s) take all the weight (the exact limit in float arithmetic).
 
+  Checks under ``jax.jit``: they run on concrete values only. A traced
+  ``temperature`` that is not a finite number > 0 gives NaN on every unmasked
+  row (masked rows stay 0) instead of plausible-looking weights.
+
   Raises:
     ValueError: NaN in ``log_f``, wrong shapes, ``temperature <= 0``, unknown
       ``normalize``, labels outside ``[0, num_groups)``.
@@ -241,14 +301,15 @@ def weights_from_log_density(
 def weights(
     embeddings: jax.Array,
     *,
-    variance: float | jax.Array,
-    temperature: float | jax.Array = 1.0,
-    normalize: Normalize = "softmax",
+    variance: float | jax.Array | None = None,
+    temperature: float | jax.Array | None = None,
+    normalize: Normalize | None = None,
     groups: jax.Array | None = None,
     num_groups: int | None = None,
     mask: jax.Array | None = None,
     block_size: int = 1024,
     validate: bool = False,
+    config: KDEConfig | None = None,
 ) -> jax.Array:
   """Bias-aware sample weights: normalised inverse KDE density per group.
 
@@ -263,6 +324,12 @@ def weights(
   ``scope='class'`` on large classes, call :func:`log_density` per class (with
   ``support_mask`` for padded arrays) and then :func:`weights_from_log_density`.
 
+  The knobs come either from ``config`` (a :class:`KDEConfig`) or from
+  ``variance``, ``temperature`` and ``normalize``; a knob left at None takes
+  :class:`KDEConfig`'s default, so ``weights(z)`` equals
+  ``weights(z, config=KDEConfig())`` (power normalisation, ``T = 0.25``,
+  ``v = 0.01``).
+
   A group with a single (unmasked) sample has ``f = 1`` and gets weight 1.0.
   That is well defined but carries no information; ``validate=True`` rejects
   it instead.
@@ -272,11 +339,19 @@ def weights(
   branches are not guaranteed finite, so wrap the result in
   ``jax.lax.stop_gradient`` if it sits inside a differentiated function.
 
+  Checks under ``jax.jit``: every check runs on concrete values, including
+  Python numbers and arrays closed over by a jitted function. A ``variance``
+  or ``temperature`` that is itself traced (an argument of the jitted
+  function) cannot be checked; if it is not a finite number > 0, every
+  unmasked weight is NaN (masked rows stay 0) instead of plausible-looking
+  numbers. Check such a value on the host first, e.g. with
+  ``KDEConfig(variance=v, temperature=t)``.
+
   Args:
     embeddings: (n, d) float embeddings.
-    variance: kernel variance ``v > 0``.
-    temperature: normalisation temperature ``T > 0``.
-    normalize: ``'softmax'`` or ``'power'``.
+    variance: kernel variance ``v > 0``; None: 0.01 (:class:`KDEConfig`'s).
+    temperature: normalisation temperature ``T > 0``; None: 0.25.
+    normalize: ``'power'`` or ``'softmax'``; None: ``'power'``.
     groups: optional (n,) int labels in ``[0, num_groups)`` (e.g. class
       labels); None means one group.
     num_groups: static number of groups; required under jit when ``groups``
@@ -287,27 +362,41 @@ def weights(
     validate: also raise ``ValueError`` for groups with exactly one unmasked
       sample (checked on concrete inputs only). Basic checks (NaN, shapes,
       ranges) always run on concrete inputs.
+    config: the knobs as a :class:`KDEConfig` (its ``variance``,
+      ``temperature`` and ``normalize``; its ``scope`` is not used: the
+      density is over the rows given). Exclusive with the three knobs.
 
   Returns:
     (n,) float weights; each non-empty group sums to 1, masked rows are 0.
-    Never NaN or Inf.
+    Never NaN or Inf for finite embeddings and valid knobs (a traced invalid
+    ``variance`` or ``temperature`` gives NaN, see above).
 
   Raises:
     ValueError: NaN/Inf embeddings ("check the surrogate"), wrong shapes or
       lengths, ``variance <= 0``, ``temperature <= 0``, unknown
-      ``normalize``, bad labels, or (``validate=True``) singleton groups.
+      ``normalize``, bad labels, ``config`` together with an explicit knob,
+      or (``validate=True``) singleton groups.
 
   Example:
     >>> z = jax.random.normal(jax.random.key(0), (8, 4))
     >>> w = weights(z, variance=0.1, groups=jnp.array([0, 0, 0, 0, 1, 1, 1, 1]))
     >>> w.shape
     (8,)
+    >>> bool(jnp.array_equal(weights(z), weights(z, config=KDEConfig())))
+    True
+    >>> weights(z, variance=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: variance must be a finite number > 0, got 0.0; pass e.g. variance=0.01
+    >>> jax.jit(lambda z, v: weights(z, variance=v))(z, 0.0)[:3]  # traced: unchecked, NaN
+    Array([nan, nan, nan], dtype=float32)
   """
   embeddings = checks.as_rows("embeddings", embeddings)
   n = embeddings.shape[0]
   checks.check_finite("embeddings", embeddings,
                 "check the surrogate (a diverged SupCon run gives NaN)")
-  checks.check_positive_scalar("variance", variance, "pass kernel_variance > 0 (e.g. 0.1)")
+  variance, temperature, normalize = _resolve_knobs(config, variance, temperature, normalize)
+  checks.check_positive_scalar("variance", variance, "pass e.g. variance=0.01")
   block = checks.check_positive_int("block_size", block_size)
   dtype = embeddings.dtype
   temperature, groups, num_groups, mask = _prepare_weight_args(
@@ -356,14 +445,15 @@ def batch_weights(rows: jax.Array, mask: jax.Array, config: KDEConfig | None, *,
     return uniform / uniform.sum(axis=1, keepdims=True)
   if config.scope == "batch":
     if embeddings is None:
-      raise ValueError("KDE scope 'batch' needs surrogate embeddings: pass embeddings= to real_data")
+      raise ValueError("KDE scope 'batch' needs the surrogate embeddings: pass embeddings= "
+                       "(through jaxdd.distill: real_data(..., embeddings=...))")
     emb = embeddings[rows]
-    return jax.vmap(lambda e, m: weights(e, variance=config.variance, temperature=config.temperature,
-                                         normalize=config.normalize, mask=m))(emb, mask)
+    return jax.vmap(lambda e, m: weights(e, config=config, mask=m))(emb, mask)
   if config.scope == "class":
     if log_density is None:
-      raise ValueError("KDE scope 'class' needs per-class log densities: pass log_density= to "
-                       "real_data (see class_log_density)")
+      raise ValueError("KDE scope 'class' needs the whole-class log densities: pass log_density= "
+                       "(see class_log_density; through jaxdd.distill: "
+                       "real_data(..., log_density=...))")
     log_f = log_density[rows]
     return jax.vmap(lambda lf, m: weights_from_log_density(
         lf, temperature=config.temperature, normalize=config.normalize, mask=m))(log_f, mask)
@@ -392,8 +482,9 @@ def class_weights(log_density: jax.Array | None, indices: jax.Array, counts: jax
     [[0.3333, 0.6667], [1.0, 0.0]]
   """
   if log_density is None:
-    raise ValueError("weighted initialisation or sampling needs the whole-class log densities: "
-                     "pass log_density= to real_data (see class_log_density)")
+    raise ValueError("weighted initialisation or sampling needs the whole-class log densities, "
+                     "but log_density is None: pass them (see class_log_density; through "
+                     "jaxdd.distill: real_data(..., log_density=...))")
   valid = jnp.arange(indices.shape[1])[None, :] < counts[:, None]
   log_f = jnp.asarray(log_density)[indices]
   return jax.vmap(lambda lf, m: weights_from_log_density(

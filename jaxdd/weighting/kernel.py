@@ -40,6 +40,18 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
+def positive_or_nan(x: jax.Array) -> jax.Array:
+  """``x`` where it is a finite number > 0, else NaN.
+
+  The traced stand-in for the callers' check of ``variance`` and ``temperature``
+  (which runs on concrete values only): a value that check would refuse makes
+  every result it touches NaN, never plausible numbers (a negative variance
+  would otherwise give a kernel above 1, an infinite one a flat density).
+  Valid values pass through unchanged.
+  """
+  return jnp.where(jnp.isfinite(x) & (x > 0), x, jnp.nan)
+
+
 def pad_rows(x: jax.Array, rows: int, value=0) -> jax.Array:
   pad = rows - x.shape[0]
   if pad == 0:
@@ -172,7 +184,7 @@ def centre(queries, support, support_valid):
 def log_density_core(queries, support, support_valid, variance, *, block_q,
                       block_n, self_pairs, matmul="highest"):
   queries, support = centre(queries, support, support_valid)
-  inv_two_var = (0.5 / variance).astype(queries.dtype)
+  inv_two_var = (0.5 / positive_or_nan(variance)).astype(queries.dtype)
   lse = blocked_log_sum(queries, support, support_valid, inv_two_var,
                                 None, None, block_q=block_q, block_n=block_n,
                                 self_pairs=self_pairs, matmul=matmul)
@@ -189,7 +201,7 @@ def sharded_log_density_fn(mesh: Mesh, axis_name: str, block_q: int, block_n: in
     # Runs per device on its query rows; the support is replicated, so the
     # centring mean and the count are identical on every device.
     queries, support = centre(queries, support, support_valid)
-    inv_two_var = (0.5 / variance).astype(queries.dtype)
+    inv_two_var = (0.5 / positive_or_nan(variance)).astype(queries.dtype)
     offset = lax.axis_index(axis_name) * queries.shape[0]
     lse = blocked_log_sum(queries, support, support_valid,
                                   inv_two_var, None, None, block_q=block_q,
@@ -252,6 +264,7 @@ def log1mexp(x: jax.Array) -> jax.Array:
 def weights_core(log_f, temperature, groups, mask, *, normalize, num_groups):
   dtype = log_f.dtype
   neg_inf = jnp.array(-jnp.inf, dtype)
+  temperature = positive_or_nan(temperature)
   log_t = jnp.log(temperature.astype(dtype))
 
   def group_max(x):
@@ -305,7 +318,7 @@ def group_log_density_core(embeddings, variance, groups, mask, *, num_groups,
     counts = jax.ops.segment_sum(w, groups, num_segments=num_groups)
     means = sums / jnp.maximum(counts, 1)[:, None]
     emb = embeddings - means[groups]
-  inv_two_var = (0.5 / variance).astype(emb.dtype)
+  inv_two_var = (0.5 / positive_or_nan(variance)).astype(emb.dtype)
   lse = blocked_log_sum(emb, emb, mask, inv_two_var, groups, groups,
                                 block_q=block_q, block_n=block_n,
                                 self_pairs=True)

@@ -27,7 +27,7 @@ import numpy as np
 from jaxdd._src import checks
 from jaxdd._src import rng as rng_lib
 from jaxdd.weighting.density import class_log_density
-from jaxdd.weighting.kde import KDEConfig, weights, weights_from_log_density
+from jaxdd.weighting.kde import KDEConfig, _check_knobs, weights, weights_from_log_density
 
 __all__ = [
     "batch_plan",
@@ -61,13 +61,15 @@ def class_scope_weights(embeddings: Any, labels: Any, *, variance: float, temper
   ``f_i = mean_{j in class(i)} K(z_i, z_j)`` (self included), then
   ``w = N_T(1/f)`` normalised to sum to 1 within each class
   (:func:`jaxdd.weighting.log_density` per class, blocked, then
-  :func:`jaxdd.weighting.weights_from_log_density`).
+  :func:`jaxdd.weighting.weights_from_log_density`). A host function (numpy
+  out), not for ``jax.jit``: ``variance``, ``temperature`` and ``normalize``
+  are always checked.
 
   Args:
     embeddings: (N, d) embeddings.
     labels: (N,) labels in ``[0, num_classes)``.
-    variance: kernel variance > 0.
-    temperature: normalisation temperature > 0.
+    variance: kernel variance, a finite number > 0.
+    temperature: normalisation temperature, a finite number > 0.
     normalize: ``softmax`` or ``power`` (see :mod:`jaxdd.weighting.kde`).
     num_classes: number of classes.
     block_size: KDE tile size.
@@ -83,7 +85,7 @@ def class_scope_weights(embeddings: Any, labels: Any, *, variance: float, temper
     True
   """
   emb, labels = _check_embeddings(embeddings, labels, num_classes)
-  KDEConfig(variance, temperature, normalize, "class")  # validates the knobs
+  _check_knobs(variance, temperature, normalize)
   log_f = class_log_density(emb, labels, num_classes=num_classes, variance=variance,
                                 block_size=block_size)
   w = weights_from_log_density(jnp.asarray(log_f), temperature=temperature, normalize=normalize,
@@ -204,14 +206,16 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
   in-batch weights (summing to 1 over each batch) with :func:`jaxdd.weighting.weights`,
   average each sample's weight over the batches it appeared in, and
   renormalise so that each class sums to 1, as :func:`class_scope_weights`.
+  A host function (numpy out), not for ``jax.jit``: ``variance``,
+  ``temperature`` and ``normalize`` are always checked.
 
   Args:
     key: typed PRNG key (batch sampling).
     embeddings: (N, d) embeddings.
     labels: (N,) labels in ``[0, num_classes)``.
     batch_size: real samples per class batch (DM default 256).
-    variance: kernel variance > 0.
-    temperature: normalisation temperature > 0.
+    variance: kernel variance, a finite number > 0.
+    temperature: normalisation temperature, a finite number > 0.
     normalize: ``softmax`` or ``power``.
     num_classes: number of classes.
     num_rounds: passes over every class; each sample is averaged over at
@@ -232,7 +236,7 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
     True
   """
   emb, labels = _check_embeddings(embeddings, labels, num_classes)
-  KDEConfig(variance, temperature, normalize)  # validates the knobs
+  _check_knobs(variance, temperature, normalize)
   index, mask = batch_plan(key, labels, batch_size=batch_size, num_classes=num_classes,
                            num_rounds=num_rounds)
   n = labels.shape[0]
