@@ -185,7 +185,7 @@ def main(argv=None) -> None:
   import numpy as np
 
   from jaxdd import augment, models, policy, protocols, train
-  from jaxdd.models import loop_safe_conv, loop_safe_convs
+  from jaxdd.models import loop_safe_conv
 
   timed = _timer(args.repeats)
   b, w, it = args.batch, args.width, args.iters
@@ -243,8 +243,7 @@ def main(argv=None) -> None:
                      with_index=True), x))
 
   def loss(pp, xx):
-    with loop_safe_convs():
-      logits = model.apply({"params": pp, **state}, xx, train=True)
+    logits = model.apply({"params": pp, **state}, xx, train=True)
     return train.cross_entropy(logits, y).mean()
   emit("forward", timed(_looped(lambda xx, pp: loss(pp, xx), it), x, params), fwd_gflop)
   emit("forward + backward", timed(_looped(lambda xx, pp: jax.grad(loss)(pp, xx), it), x, params),

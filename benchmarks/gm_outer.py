@@ -132,10 +132,9 @@ def _measure(args) -> None:
 
   @jax.jit
   def match(s, key):
-    with models.loop_safe_convs():
-      return jax.value_and_grad(lambda s: matching.gm_loss(
-          key, s, real_b, params=params, logits_fn=logits_fn, augment=aug,
-          real_chunk=chunk, real_logits_fn=real_logits_fn))(s)
+    return jax.value_and_grad(lambda s: matching.gm_loss(
+        key, s, real_b, params=params, logits_fn=logits_fn, augment=aug,
+        real_chunk=chunk, real_logits_fn=real_logits_fn))(s)
 
   protocol = protocols.Protocol("gm-inner", epochs=inner - 1, lr=0.01, momentum=0.0,
                                 weight_decay=0.0, decay_at=None, augment=strategy)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxdd._src import checks
-from jaxdd._src.cpu_kernels import policy_conv
+from jaxdd._src.cpu_kernels import policy_kernel
 
 Norm = Literal["instance", "batch", "layer", "group", "none"]
 Pooling = Literal["avg", "max", "none"]
@@ -55,7 +55,7 @@ class TorchConv(nn.Module):
     # On CPU (policy conv="loop_safe"), route through loop_safe_conv so that
     # training inside lax.scan (evaluation, surrogate) does not hit XLA:CPU's
     # slow in-loop gradient path.
-    conv = policy_conv()
+    conv = policy_kernel()
     return nn.Conv(self.features, self.kernel_size, strides=self.strides, padding=pad,
                    use_bias=self.use_bias, kernel_init=torch_uniform(fan_in),
                    bias_init=torch_uniform(fan_in), conv_general_dilated=conv)(x)

@@ -11,6 +11,12 @@ offsets at 0. The layers that do so (:class:`~jaxdd.layers.TorchConv`,
 :class:`~jaxdd.layers.TorchDense`, the norms and pools) are in
 :mod:`jaxdd.layers` and re-exported here.
 
+Every convolution of these models is a :class:`~jaxdd.layers.TorchConv`, which
+follows the active :mod:`jaxdd.policy`: under the ``cpu`` policy it runs
+:func:`loop_safe_conv` (fast gradients inside loops on XLA:CPU). jaxdd never
+rewrites a model it is given; a model of your own asks for the same kernels
+with ``nn.Conv(..., conv_general_dilated=policy_conv)`` (:func:`policy_conv`).
+
 The 3x28x28 decision. The reference ConvNet pads the
 first conv by 3 for 1-channel input (so MNIST maps are 32x32 -> 2048 features)
 and by 1 otherwise, but sizes its classifier as if every 28-pixel image were
@@ -58,9 +64,10 @@ Architectures are also named by spec strings (:func:`get`, :func:`spec_of`):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -69,10 +76,27 @@ import jax.numpy as jnp
 # The layers (jaxdd.layers) and the XLA:CPU convolution kernels
 # (jaxdd._src.cpu_kernels) are re-exported here: jaxdd.models.TorchConv,
 # jaxdd.models.instance_norm, jaxdd.models.loop_safe_conv, ... keep working.
-from jaxdd._src.cpu_kernels import loop_safe_conv, loop_safe_convs  # noqa: F401
+from jaxdd._src.cpu_kernels import loop_safe_conv, policy_conv  # noqa: F401
 from jaxdd.layers import (InstanceNorm, Norm, Pooling, TorchConv, TorchDense,  # noqa: F401
                           _check_images, _conv_out, _max_pool2, instance_norm, make_norm, pool,
                           torch_uniform)
+
+
+@contextlib.contextmanager
+def loop_safe_convs() -> Iterator[None]:
+  """Deprecated; does nothing (it is being removed).
+
+  It used to swap the convolution of every plain ``nn.Conv`` while tracing,
+  which rewrote the user's modules. jaxdd's own models follow the policy by
+  themselves (:class:`TorchConv`); a model of your own asks for the loop-safe
+  kernels with ``nn.Conv(..., conv_general_dilated=policy_conv)``
+  (:func:`policy_conv`).
+
+  Example:
+    >>> with loop_safe_convs():
+    ...   pass
+  """
+  yield
 
 
 class ConvNet(nn.Module):

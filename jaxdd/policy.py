@@ -9,8 +9,9 @@ activations that fall out of cache (timings in docs/results/speed-evaluation.md,
 built-in ones, ``"cpu"`` and ``"accelerator"``.
 
 The library reads :func:`current` wherever it lays work out: the convolution
-kernels of :class:`jaxdd.models.TorchConv` and
-:func:`jaxdd.models.loop_safe_convs`, the trainer's micro-batches and
+kernels of :class:`jaxdd.models.TorchConv` (every convolution of jaxdd's
+models) and of :func:`jaxdd.models.policy_conv` (a model of your own that asks
+for them: jaxdd never rewrites a model's layers), the trainer's micro-batches and
 ``parallel="auto"`` (:mod:`jaxdd.train`), the prediction blocks, ``loop="auto"`` of
 :func:`jaxdd.train.fit_epochs` (the surrogate's trainer), and where convolutions run as
 Winograd (on CPU: gradient-free forwards, ``forward_conv``, and the networks the
@@ -60,8 +61,9 @@ class Policy:
 
   Attributes:
     name: a label (``"cpu"``, ``"accelerator"``, or your own).
-    conv: ``"loop_safe"`` routes jaxdd's convolutions (and, under
-      :func:`jaxdd.models.loop_safe_convs`, plain ``nn.Conv`` layers) through
+    conv: ``"loop_safe"`` routes jaxdd's convolutions (and those of a
+      model that passes ``conv_general_dilated=jaxdd.models.policy_conv`` to
+      its ``nn.Conv`` layers; plain ``nn.Conv`` layers are left alone) through
       :func:`jaxdd.models.loop_safe_conv`, whose hand-written gradients avoid
       XLA:CPU's slow backward convolutions inside loops; ``"xla"`` leaves them
       to ``lax.conv_general_dilated``.

@@ -342,7 +342,8 @@ def test_bad_inputs_raise_clear_errors(getkey):
 def test_loop_safe_conv_matches_lax_values_and_gradients(getkey, channels):
   x = jax.random.normal(getkey(), (2, 7, 8, channels))
   cases = [(3, 1, ((1, 1), (1, 1))), (3, 2, ((0, 0), (0, 0))), (5, 2, ((1, 2), (3, 1))),
-           (1, 1, ((0, 0), (0, 0))), (3, 1, ((2, 0), (0, 3))), (3, 1, ((3, 3), (3, 3)))]
+           (1, 1, ((0, 0), (0, 0))), (3, 1, ((2, 0), (0, 3))), (3, 1, ((3, 3), (3, 3))),
+           (3, 1, "SAME"), (3, 2, "SAME"), (5, 2, "VALID")]  # strings: their explicit pads
   for k, s, pad in cases:
     w = jax.random.normal(getkey(), (k, k, channels, 4))
 

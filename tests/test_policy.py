@@ -129,21 +129,101 @@ def test_conv_kernels_follow_the_policy():
   x = jnp.ones((2, 6, 6, 3))
   conv = models.TorchConv(4)
   v = conv.init(jax.random.key(0), x)
-  plain = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)))  # explicit padding: the fast path
+  # A model of one's own asks for the loop-safe kernels; a plain nn.Conv keeps lax's.
+  asks = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=models.policy_conv)
+  plain = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)))
   pv = plain.init(jax.random.key(0), x)
 
   def loss(v, x):
     return conv.apply(v, x).sum()
 
-  def loss_plain(v, x):
-    with models.loop_safe_convs():
-      return plain.apply(v, x).sum()
-
-  assert _custom_vjps(loss, v, x) == 1 and _custom_vjps(loss_plain, pv, x) == 1
+  assert _custom_vjps(loss, v, x) == 1
+  assert _custom_vjps(lambda v, x: asks.apply(v, x).sum(), pv, x) == 1
+  assert _custom_vjps(lambda v, x: plain.apply(v, x).sum(), pv, x) == 0
   with policy.use("accelerator"):
-    assert _custom_vjps(loss, v, x) == 0 and _custom_vjps(loss_plain, pv, x) == 0
+    assert _custom_vjps(loss, v, x) == 0
+    assert _custom_vjps(lambda v, x: asks.apply(v, x).sum(), pv, x) == 0
     y_xla = conv.apply(v, x)
   np.testing.assert_allclose(conv.apply(v, x), y_xla, rtol=1e-5, atol=1e-6)
+
+
+class _UserNet(nn.Module):
+  """A user's model: plain flax layers, nothing of jaxdd's."""
+  conv_general_dilated: object = None
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    x = nn.relu(nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)),
+                        conv_general_dilated=self.conv_general_dilated)(x))
+    # flax's default padding, "SAME"
+    x = nn.Conv(4, (3, 3), strides=(2, 2), conv_general_dilated=self.conv_general_dilated)(x)
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+class _Holds(nn.Module):
+  """A user's model around a user's conv module object."""
+  conv: nn.Module
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    return self.conv(x).mean((1, 2))[:, :3]
+
+
+def _toy_jnp(per_class=4):
+  x, y = _toy(per_class=per_class)
+  return jnp.asarray(x), jnp.asarray(y, jnp.int32)
+
+
+def test_training_leaves_a_users_conv_modules_as_they_are():
+  x, y = _toy_jnp()
+  conv = nn.Conv(4, (3, 3))
+  net = _UserNet()
+  before = (hash(conv), hash(net), conv.conv_general_dilated)
+  task = train.standard_task(net)
+  prot = train.Protocol("p", epochs=1, batch_size=4, augment=None)
+  params, state = task.init(jax.random.key(0), x, y)
+  fit = lambda p: train.fit(jax.random.key(1), p, state, x, y, task=task, protocol=prot)[0]
+  # Traced by jaxdd's trainer under the cpu policy, the user's nn.Conv layers keep lax's
+  # convolution: no loop-safe kernel (a custom VJP) appears in the program.
+  assert str(jax.make_jaxpr(fit)(params)).count("custom_vjp_call") == 0
+  jax.jit(fit)(params)
+  list(train.fit_epochs(jax.random.key(1), params, state, x, y, task=task, protocol=prot,
+                        loop="step"))
+  ct = train.standard_task(_Holds(conv))
+  cv, cs = ct.init(jax.random.key(2), x, y)
+  train.fit(jax.random.key(3), cv, cs, x, y, task=ct, protocol=prot)
+  assert conv.conv_general_dilated is None and net.conv_general_dilated is None
+  assert (hash(conv), hash(net), conv.conv_general_dilated) == before
+  assert conv == nn.Conv(4, (3, 3)) and net == _UserNet()
+
+
+def test_the_opt_in_computes_what_plain_nn_conv_computes():
+  x, y = _toy_jnp()
+  plain, asks = _UserNet(), _UserNet(conv_general_dilated=models.policy_conv)
+  v = plain.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, asks.init(jax.random.key(0), x)) == \
+      jax.tree.map(jnp.shape, v)
+
+  def scanned(net):  # value and gradient inside a loop, where the kernels matter on CPU
+    def body(c, xx):
+      loss, g = jax.value_and_grad(
+          lambda p: jnp.sum(jnp.sin(net.apply(p, xx))) + jnp.sum(net.apply(p, xx) ** 2))(v)
+      return c + loss, g
+    return jax.jit(lambda xs: jax.lax.scan(body, 0.0, xs))(x.reshape(3, 4, 8, 8, 3))
+
+  (l0, g0), (l1, g1) = scanned(plain), scanned(asks)
+  np.testing.assert_allclose(l1, l0, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g1, g0)
+  # explicit pads and the default "SAME" with stride 2 both take the loop-safe kernels
+  n = str(jax.make_jaxpr(lambda p: jax.grad(lambda q: asks.apply(q, x).sum())(p))(v))
+  assert n.count("custom_vjp_call") == 2
+  # and the prediction agrees with plain nn.Conv's under training, too
+  task_p, task_a = train.standard_task(plain), train.standard_task(asks)
+  prot = train.Protocol("p", epochs=1, batch_size=4, augment=None)
+  pp, st = task_p.init(jax.random.key(0), x, y)
+  out_p = train.fit(jax.random.key(1), pp, st, x, y, task=task_p, protocol=prot)[0]
+  out_a = train.fit(jax.random.key(1), pp, st, x, y, task=task_a, protocol=prot)[0]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), out_a, out_p)
 
 
 def _toy(per_class=8, size=8):

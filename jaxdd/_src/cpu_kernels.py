@@ -9,18 +9,18 @@ drop-in ``lax.conv_general_dilated`` with a custom VJP that computes the same
 values and gradients with plain matmuls and forward convolutions; it is a
 workaround for one backend, not a faster convolution in general.
 
-Who uses it: :class:`jaxdd.models.TorchConv` and :func:`loop_safe_convs` (which
-routes plain ``flax.linen.Conv`` layers through it while tracing), both only
-when the active :mod:`jaxdd.policy` says ``conv="loop_safe"`` (the ``cpu``
-policy). Public names are re-exported by :mod:`jaxdd.models`
-(``jaxdd.models.loop_safe_conv``, ``jaxdd.models.loop_safe_convs``).
+Who uses it: :class:`jaxdd.models.TorchConv` (every convolution of jaxdd's
+models) and :func:`policy_conv` (the opt-in for a model of your own:
+``nn.Conv(..., conv_general_dilated=policy_conv)``), both only when the active
+:mod:`jaxdd.policy` says ``conv="loop_safe"`` (the ``cpu`` policy). A plain
+``nn.Conv`` of a model handed to jaxdd is left as it is. Public names are
+re-exported by :mod:`jaxdd.models` (``jaxdd.models.loop_safe_conv``,
+``jaxdd.models.policy_conv``).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -166,7 +166,8 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
 
   Same values and gradients as ``lax.conv_general_dilated``; for 2-D NHWC/HWIO
   convolutions with explicit padding, no dilation and one feature group, the
-  weight gradient is computed with matmuls (see the comment above). Anything
+  weight gradient is computed with matmuls (see the comment above; a
+  ``"SAME"``/``"VALID"`` padding string counts as its explicit pads). Anything
   else is passed to ``lax.conv_general_dilated`` unchanged. While tracing
   inside :func:`jaxdd._src.winograd.convs`, eligible 3x3 convolutions
   (:func:`jaxdd._src.winograd.applies`) run as Winograd F(2x2, 3x3) instead,
@@ -174,7 +175,8 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
   that context where the policy says so: ``forward_conv="winograd"`` for
   gradient-free forwards (DM's real images, prediction), ``train_conv="winograd"``
   for the networks the trainer trains. Suitable
-  as ``flax.linen.Conv(conv_general_dilated=loop_safe_conv)``.
+  as ``flax.linen.Conv(conv_general_dilated=loop_safe_conv)`` (whatever the
+  policy; :func:`policy_conv` follows it).
 
   Example:
     >>> import jax.numpy as jnp
@@ -185,11 +187,14 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
   dn = dimension_numbers
   if dn is not None and not hasattr(dn, "lhs_spec"):
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn)
-  simple = (lhs.ndim == 4 and not kwargs and not isinstance(padding, str)
+  simple = (lhs.ndim == 4 and not kwargs
             and _all_ones(lhs_dilation) and _all_ones(rhs_dilation) and feature_group_count == 1
             and dn is not None and (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec))
             == _NHWC_SPECS)
-  if not simple:
+  if simple and isinstance(padding, str) and padding.upper() in ("SAME", "SAME_LOWER", "VALID"):
+    # flax's nn.Conv passes its default padding="SAME" as the string: the same pads, explicit.
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  if not simple or isinstance(padding, str):
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision,
@@ -201,45 +206,41 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
   return _nhwc_conv(lhs, rhs, strides, padding, precision)
 
 
-def policy_conv():
-  """The convolution the current policy's ``conv`` names (None: lax's own)."""
+def policy_kernel():
+  """The convolution the current policy's ``conv`` names (None: lax's own), read now.
+
+  For a layer built while tracing (:class:`jaxdd.layers.TorchConv` builds its
+  ``nn.Conv`` inside ``__call__``); a model's field takes :func:`policy_conv`.
+  """
   return loop_safe_conv if policy.current().conv == "loop_safe" else None
 
 
-def _loop_safe_interceptor(next_fun, args, kwargs, context):
-  module = context.module
-  if (context.method_name == "__call__" and isinstance(module, nn.Conv)
-      and module.conv_general_dilated is None and module.conv_general_dilated_cls is None):
-    # Linen modules are frozen; the field is swapped for this call only (tracing
-    # is single-threaded) and restored, so the user's module is unchanged.
-    object.__setattr__(module, "conv_general_dilated", policy_conv())
-    try:
-      return next_fun(*args, **kwargs)
-    finally:
-      object.__setattr__(module, "conv_general_dilated", None)
-  return next_fun(*args, **kwargs)
+def policy_conv(lhs, rhs, window_strides, padding, **kwargs):
+  """Drop-in ``lax.conv_general_dilated`` that follows the policy at trace time.
 
-
-@contextlib.contextmanager
-def loop_safe_convs():
-  """While tracing, route every plain ``nn.Conv`` through :func:`loop_safe_conv` on CPU.
-
-  For foreign Flax models differentiated inside loops (``lax.scan``/``lax.map``):
-  jaxdd's own models already use :func:`loop_safe_conv` on CPU. Active when the
-  current :mod:`jaxdd.policy` has ``conv="loop_safe"`` (the ``cpu`` policy);
-  otherwise (the ``accelerator`` policy: GPU, TPU) this does nothing.
+  The opt-in for a model of your own that jaxdd trains or differentiates
+  inside loops: pass it as ``flax.linen.Conv(..., conv_general_dilated=policy_conv)``.
+  Under a policy with ``conv="loop_safe"`` (the ``cpu`` policy) it is
+  :func:`loop_safe_conv` (fast gradients inside ``lax.scan``/``lax.map`` on
+  XLA:CPU, and the policy's Winograd kernels where jaxdd opens them);
+  otherwise ``lax.conv_general_dilated``. Both compute the same convolution up
+  to float rounding. The policy is read when the convolution is traced, so a
+  policy pinned with :func:`jaxdd.policy.use` (or a distiller's
+  :class:`~jaxdd.distill.Execution`) applies. jaxdd's own models need nothing:
+  their convolutions (:class:`jaxdd.models.TorchConv`) follow the policy by
+  themselves, and jaxdd never rewrites a model it is given: a plain
+  ``nn.Conv`` keeps ``lax.conv_general_dilated``.
 
   Example:
     >>> import flax.linen as nn, jax, jax.numpy as jnp
-    >>> conv = nn.Conv(2, (3, 3))
-    >>> v = conv.init(jax.random.key(0), jnp.ones((1, 4, 4, 1)))
-    >>> with loop_safe_convs():
-    ...   y = jax.jit(lambda v, x: conv.apply(v, x))(v, jnp.ones((1, 4, 4, 1)))
-    >>> y.shape
-    (1, 4, 4, 2)
+    >>> x = jnp.arange(32.0).reshape(1, 4, 4, 2)
+    >>> conv = nn.Conv(3, (3, 3), conv_general_dilated=policy_conv)
+    >>> v = conv.init(jax.random.key(0), x)  # the same parameters as nn.Conv(3, (3, 3))
+    >>> y = conv.apply(v, x)
+    >>> bool(jnp.allclose(y, nn.Conv(3, (3, 3)).apply(v, x), rtol=1e-5, atol=1e-4))
+    True
+    >>> "custom_vjp_call" in str(jax.make_jaxpr(lambda v: conv.apply(v, x))(v))  # cpu policy
+    True
   """
-  if policy_conv() is None:
-    yield
-    return
-  with nn.intercept_methods(_loop_safe_interceptor):
-    yield
+  conv = policy_kernel() or lax.conv_general_dilated
+  return conv(lhs, rhs, window_strides, padding, **kwargs)

@@ -30,11 +30,13 @@ protocol, parallel mode, policy) with ``functools.lru_cache`` (big_vision's
 per-shape cache.
 
 On CPU, convolution gradients inside a loop hit a slow XLA:CPU path
-(jax-ml/jax#12868; timings in docs/results/speed-evaluation.md, "Convolution gradients inside loops"); while the
-trainer is traced under the ``cpu`` policy, ``flax.linen.Conv`` layers are
-routed through :func:`~jaxdd.models.loop_safe_conv`, which computes the same
-values and gradients with fast kernels, and per-sample tasks train on
-micro-batches (:data:`CPU_MICRO_BATCH`).
+(jax-ml/jax#12868; timings in docs/results/speed-evaluation.md, "Convolution gradients inside loops"). Under the
+``cpu`` policy the convolutions of jaxdd's models (:class:`~jaxdd.models.TorchConv`)
+run :func:`~jaxdd.models.loop_safe_conv`, which computes the same values and
+gradients with fast kernels, and per-sample tasks train on micro-batches
+(:data:`CPU_MICRO_BATCH`). The trainer never modifies the model it is given: a
+plain ``flax.linen.Conv`` keeps lax's convolution; a model of your own gets the
+loop-safe kernels by asking, ``nn.Conv(..., conv_general_dilated=jaxdd.models.policy_conv)``.
 
 Modules: :mod:`~jaxdd.train.optim` (the SGD update), :mod:`~jaxdd.train.grads`
 (one step's gradient, micro-batched), :mod:`~jaxdd.train.single` (:func:`fit`),

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 
 from jaxdd import policy
 from jaxdd._src import checks
-from jaxdd.models import loop_safe_convs
 from jaxdd.protocols import Protocol
 from jaxdd.tasks import TrainMetrics, TrainTask
 from jaxdd.train.single import _epoch, _run, _Run
@@ -42,8 +41,7 @@ def _host_programs(task: TrainTask, protocol: Protocol, n: int, pol: policy.Poli
     def traced(*args):
       key = (kind, task, n)  # Python side effect: runs only while tracing
       _HOST_TRACES[key] = _HOST_TRACES.get(key, 0) + 1
-      with loop_safe_convs():
-        return fn(*args)
+      return fn(*args)
     return jax.jit(policy.pinned(pol, traced))
 
   def start(params, opt_state, lr, ep, k_shuffle):

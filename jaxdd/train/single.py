@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import optax
 
 from jaxdd import augment
-from jaxdd.models import loop_safe_convs
 from jaxdd.protocols import Protocol
 from jaxdd.tasks import StepBatch, TrainMetrics, TrainTask, hard_labels
 from jaxdd.train.grads import batch_grad
@@ -44,12 +43,6 @@ def _train(key: jax.Array, lr: jax.Array, images: jax.Array, labels: jax.Array, 
   ``report`` adds a host callback at the end of every epoch (progress only;
   the numbers are unchanged, see :func:`train_models`).
   """
-  with loop_safe_convs():
-    return _train_traced(key, lr, images, labels, task=task, protocol=protocol, report=report)
-
-
-def _train_traced(key, lr, images, labels, *, task: TrainTask, protocol: Protocol,
-                  report: bool = False):
   k_init, k_shuffle, k_step = jax.random.split(key, 3)
   params, state = task.init(k_init, images, labels)
   return _fit(params, state, images, labels, lr, k_shuffle, k_step, task=task, protocol=protocol,
@@ -75,8 +68,9 @@ def fit(key: jax.Array, params, state: dict, images: jax.Array, labels: jax.Arra
   trains fresh networks with it, and gradient matching
   (:func:`jaxdd.distill.gm`) trains its network on the synthetic set between
   image updates with it (plain SGD: ``Protocol(momentum=0, weight_decay=0,
-  decay_at=None)``). Call it under jit; on CPU its convolutions are routed
-  through :func:`loop_safe_conv`.
+  decay_at=None)``). Call it under jit. On CPU the convolutions of jaxdd's
+  models (and of a model that asks, with :func:`jaxdd.models.policy_conv`) run
+  the policy's loop-safe kernels; the model itself is never modified.
 
   Args:
     key: typed key for the per-epoch shuffles and the per-step augmentation.
@@ -92,9 +86,8 @@ def fit(key: jax.Array, params, state: dict, images: jax.Array, labels: jax.Arra
   """
   k_shuffle, k_step = jax.random.split(key)
   lr = protocol.lr if lr is None else lr
-  with loop_safe_convs():
-    return _fit(params, state, images, labels, lr, k_shuffle, k_step, task=task,
-                protocol=protocol)
+  return _fit(params, state, images, labels, lr, k_shuffle, k_step, task=task,
+              protocol=protocol)
 
 
 class _Run(NamedTuple):
