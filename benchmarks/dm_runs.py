@@ -70,7 +70,7 @@ def main(argv=None) -> int:
   for n in (int(v) for v in args.runs.split(",")):
     for mode in ("independent-vmap", "independent-map", "common"):
       knobs = [dict(lr=10.0 * (1 + i)) for i in range(n)]
-      d = distill.many_runs(distill.dm(**kw), num_runs=n, run_knobs=knobs,
+      d = distill.many_runs(distill.dm(**kw), num_runs=n, run_hparams=knobs,
                             common_random_numbers=mode == "common",
                             parallel="map" if mode == "independent-map" else "vmap")
       tn, first = _median_step(d, d.init(jax.random.key(0), real), real, args.steps)

@@ -53,6 +53,7 @@ def _measure(args) -> None:
   import numpy as np
 
   from jaxdd import augment, cli, distill, models, policy
+  from jaxdd.runs import programs as runs_programs
 
   malloc_tuned = cli.tune_allocator() if args.tune_malloc else False
   rng = np.random.default_rng(0)
@@ -72,11 +73,9 @@ def _measure(args) -> None:
                      real_dtype=None if args.real_dtype == "float32" else args.real_dtype))
   state = d.init(jax.random.key(0), real)
   t0 = time.perf_counter()
-  compiled = d.step.lower(state, real).compile()
+  compiled = runs_programs.PROGRAMS.step(d).lower(  # donating, as a run's
+      state, real).compile()
   compile_s = time.perf_counter() - t0
-  # The compiled program takes the step's runtime knobs (lr, KDE variance and temperature) as
-  # an argument; d.step(state, data) binds the distiller's own, and so does this.
-  knobs = (d.step._hp,) if hasattr(d.step, "_hp") else ()
   # FLOPs of the step's network work: the real images go forward once, the
   # synthetic ones forward and back (input gradient only, ~ the forward's
   # cost). XLA's own count of the compiled step counts each loop body once
@@ -93,7 +92,7 @@ def _measure(args) -> None:
   times = []
   for i in range(args.warmup + args.steps):
     t0 = time.perf_counter()
-    state, metrics = compiled(state, real, *knobs)
+    state, metrics = compiled(state, real)
     jax.block_until_ready(state.syn.images)
     if i >= args.warmup:
       times.append(time.perf_counter() - t0)

@@ -70,6 +70,7 @@ def _measure(args) -> None:
 
   from jaxdd import augment, cli, distill, matching, models, policy, protocols
   from jaxdd import train as train_lib
+  from jaxdd.runs import programs as runs_programs
   from jaxdd._src import winograd
 
   malloc_tuned = cli.tune_allocator() if args.tune_malloc else False
@@ -84,7 +85,8 @@ def _measure(args) -> None:
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
   real = distill.real_data(images, labels, num_classes=nc, embeddings=emb if args.kde else None)
   model = models.ConvNet(nc, width=args.width)
-  d = distill.gm(num_classes=nc, ipc=ipc, model=model, strategy=strategy, outer_loop=outer,
+  d = distill.gm(num_classes=nc, ipc=ipc, model=model,
+                 augment=augment.dsa(strategy) if strategy else None, outer_loop=outer,
                  inner_loop=inner, real_per_class=b, init="real",
                  kde_config=distill.KDEConfig() if args.kde else None,
                  execution=distill.Execution(
@@ -93,11 +95,9 @@ def _measure(args) -> None:
                                                                           or None)))
   state = d.init(jax.random.key(0), real)
   t0 = time.perf_counter()
-  compiled = d.step.lower(state, real).compile()
+  compiled = runs_programs.PROGRAMS.step(d).lower(  # donating, as a run's
+      state, real).compile()
   compile_s = time.perf_counter() - t0
-  # The compiled program takes the step's runtime knobs (lr, KDE variance and temperature) as
-  # an argument; d.step(state, data) binds the distiller's own, and so does this.
-  knobs = (d.step._hp,) if hasattr(d.step, "_hp") else ()
 
   net = models.ConvNet(nc, width=args.width)
   one = jnp.zeros((1, 28, 28, 3))
@@ -112,7 +112,7 @@ def _measure(args) -> None:
   holder = {"state": state}
 
   def one_step():
-    holder["state"], m = compiled(holder["state"], real, *knobs)
+    holder["state"], m = compiled(holder["state"], real)
     jax.block_until_ready(holder["state"].syn.images)
     holder["metrics"] = m
 

@@ -33,6 +33,7 @@ def one(mode: str, syn_steps: int, width: int, iters: int, memory_only: bool = F
   import numpy as np
 
   from jaxdd import distill, models
+  from jaxdd.runs import programs as runs_programs
   from jaxdd.distill import experts
   model = models.get(f"convnet-d3-w{width}", num_classes=10)
   rng = np.random.default_rng(0)
@@ -44,11 +45,9 @@ def one(mode: str, syn_steps: int, width: int, iters: int, memory_only: bool = F
   p = experts.flatten(model.init(jax.random.key(1), jnp.asarray(x[:1]))["params"])[0]
   buf = jnp.asarray(p[None, None] + 0.01 * rng.normal(size=(2, 6, p.size)), jnp.float32)
   t0 = time.perf_counter()
-  compiled = d.step.lower(state, buf).compile()
+  compiled = runs_programs.PROGRAMS.step(d).lower(  # donating, as a run's
+      state, buf).compile()
   compile_s = time.perf_counter() - t0
-  # The compiled program takes the step's runtime knobs (lr, KDE variance and temperature) as
-  # an argument; d.step(state, data) binds the distiller's own, and so does this.
-  knobs = (d.step._hp,) if hasattr(d.step, "_hp") else ()
   mem = compiled.memory_analysis()
   memory = {"temp_mb": round(mem.temp_size_in_bytes / 2**20, 2),
             "args_out_mb": round((mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**20,
@@ -59,7 +58,7 @@ def one(mode: str, syn_steps: int, width: int, iters: int, memory_only: bool = F
   times = []
   for i in range(iters + 1):
     t0 = time.perf_counter()
-    state, m = compiled(state, buf, *knobs)
+    state, m = compiled(state, buf)
     jax.block_until_ready(state.syn.images)
     if i:
       times.append(time.perf_counter() - t0)

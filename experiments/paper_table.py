@@ -169,16 +169,17 @@ class Queue:
     if not all(done):
       self.check_time()
     progress = not self.args.quiet
-    with driver.deadline(self.deadline):
-      try:
-        if len(configs) > 1 and runs.seed_groupable(configs[0]):
-          return runs.distill_seeds(configs, workdirs, run_data=run_data, progress=progress)
-        return [runs.distill_stage(c, w, run_data=run_data, progress=progress)
-                for c, w in zip(configs, workdirs)]
-      except driver.Interrupted:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-          raise BudgetReached() from None
-        raise
+    deadline = None if self.deadline is None else driver.Deadline(self.deadline)
+    try:
+      if len(configs) > 1 and runs.seed_groupable(configs[0]):
+        return runs.distill_seeds(configs, workdirs, run_data=run_data, progress=progress,
+                                  deadline=deadline)
+      return [runs.distill_stage(c, w, run_data=run_data, progress=progress, deadline=deadline)
+              for c, w in zip(configs, workdirs)]
+    except driver.Interrupted:
+      if deadline is not None and deadline.passed():
+        raise BudgetReached() from None
+      raise
 
   def evaluate(self, config: RunConfig, workdir: str, syn: SynSet, test: bool) -> dict:
     """One seed's evaluation (cached in ``<workdir>/paper-eval.json``): the run's evaluation

@@ -64,10 +64,9 @@ Architectures are also named by spec strings (:func:`get`, :func:`spec_of`):
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -80,23 +79,6 @@ from jaxdd._src.cpu_kernels import loop_safe_conv, policy_conv  # noqa: F401
 from jaxdd.layers import (InstanceNorm, Norm, Pooling, TorchConv, TorchDense,  # noqa: F401
                           _check_images, _conv_out, _max_pool2, instance_norm, make_norm, pool,
                           torch_uniform)
-
-
-@contextlib.contextmanager
-def loop_safe_convs() -> Iterator[None]:
-  """Deprecated; does nothing (it is being removed).
-
-  It used to swap the convolution of every plain ``nn.Conv`` while tracing,
-  which rewrote the user's modules. jaxdd's own models follow the policy by
-  themselves (:class:`TorchConv`); a model of your own asks for the loop-safe
-  kernels with ``nn.Conv(..., conv_general_dilated=policy_conv)``
-  (:func:`policy_conv`).
-
-  Example:
-    >>> with loop_safe_convs():
-    ...   pass
-  """
-  yield
 
 
 class ConvNet(nn.Module):

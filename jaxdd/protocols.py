@@ -70,7 +70,8 @@ class Protocol:
     lr_decay_factor: the lr multiplier at the decay (0.1).
     reset_momentum: zero the momentum buffers at the decay, as the reference's
       optimizer re-creation does.
-    augment: DSA strategy string (non-siamese, per-sample parameters), or
+    augment: DSA strategy string (non-siamese, per-sample parameters), a
+      callable ``f(key, images)`` applied to every training batch, or
       ``None`` for no augmentation.
     test_batch_size: block size for testing (no effect on the numbers).
     schedule: ``"step"`` (the lr is constant apart from the ``decay_at``
@@ -88,7 +89,7 @@ class Protocol:
   decay_at: str | int | None = "half"
   lr_decay_factor: float = 0.1
   reset_momentum: bool = True
-  augment: str | None = None
+  augment: Any = None
   test_batch_size: int = 256
   schedule: str = "step"
   drop_last: bool = False
@@ -110,9 +111,11 @@ class Protocol:
             or (isinstance(self.decay_at, int) and self.decay_at >= 0)):
       raise ValueError(f"Protocol.decay_at must be 'half', an epoch index >= 0 or None, "
                        f"got {self.decay_at!r}")
-    if self.augment is not None and (not isinstance(self.augment, str) or not self.augment):
+    if self.augment is not None and not callable(self.augment) and (
+        not isinstance(self.augment, str) or not self.augment):
       raise ValueError(f"Protocol.augment must be a DSA strategy string such as "
-                       f"{DSA_STRATEGY!r} or None, got {self.augment!r}")
+                       f"{DSA_STRATEGY!r}, an augmentation f(key, images) or None, got "
+                       f"{self.augment!r}")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"Protocol.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
     if self.schedule == "cosine" and self.decay_at is not None:

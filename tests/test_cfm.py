@@ -173,11 +173,13 @@ def test_cfm_distiller_one_trace_lower_loss_and_shared_program(run_one_trace):
   d = distill.cfm(variables=variables, execution=distill.Execution(jit=False), **kw)
   state, losses = run_one_trace(d.step, d.init(jax.random.key(0), real), real, 8)
   assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses
-  # lr and beta are runtime values (the curriculum's betas: a slow CLI test and cfm_beta's
-  # example)
+  # lr and beta are hyperparameters in the state (the curriculum's betas: a slow CLI test
+  # and cfm_beta's example): one signature, and a trained network's variables too
   a = distill.cfm(**kw)
   b = distill.cfm(**{**kw, "lr": 1.0, "beta": 0.5})
-  assert a.step._program is b.step._program
+  assert a.step.signature == b.step.signature
+  assert float(b.init(jax.random.key(0), real).hparams["beta"]) == 0.5
+  assert "variables" in d.init(jax.random.key(0), real).hparams
   # KDE weights: the weighted statistics run and stay finite
   emb = np.random.default_rng(1).normal(size=(len(y), 4)).astype(np.float32)
   kreal = distill.real_data(x, y, num_classes=2, embeddings=emb)

@@ -114,7 +114,7 @@ def test_updates_are_sgd_momentum_half():
   plain_d = _distiller(lr=1.0, momentum=0.0)  # its update is exactly -grad
 
   def grad_at(state):
-    nxt, _ = plain_d.step(jax.tree.map(jnp.copy, state), real)
+    nxt, _ = plain_d.step(distill.with_hparams(state, lr=1.0), real)
     return np.asarray(state.syn.images) - np.asarray(nxt.syn.images)
 
   s0 = momentum_d.init(jax.random.key(0), real)
@@ -206,30 +206,34 @@ def test_real_dtype_float32_is_the_default_step_and_bfloat16_stays_close():
       _distiller(execution=distill.Execution(real_dtype=bad))
 
 
-def test_runtime_knobs_share_one_compiled_program():
-  # lr_img and the KDE variance / temperature are arguments of the compiled step, so tune's
-  # candidates that differ only in them reuse one program, with their own values.
+def test_hyperparameters_in_the_state_share_one_compiled_program():
+  # lr and the KDE variance / temperature live in state.hparams, so distillers that differ
+  # only in them have one signature and the runs layer's cache gives them one program.
+  from jaxdd.runs.programs import Programs
   x, y = _toy()
   z = np.random.default_rng(1).normal(size=(len(x), 4)).astype(np.float32)
   real = distill.real_data(x, y, num_classes=3, embeddings=z)
   model = models.ConvNet(3, depth=1, width=4)
-  make = lambda lr, v, t, **kw: distill.dm(
+  make = lambda lr, v, t, **kw: distill.dm(  # noqa: E731
       num_classes=3, ipc=2, model=model, real_per_class=6, augment=augment.dsa("crop_flip"),
       lr=lr, kde_config=distill.KDEConfig(variance=v, temperature=t), **kw)
   a, b = make(1.0, 0.01, 0.25), make(3.0, 0.1, 1.0)
-  assert a.step._program is b.step._program
+  assert a.step.signature == b.step.signature
+  programs = Programs()
+  step = programs.step(a)
+  assert programs.step(b) is step
   sa, sb = a.init(jax.random.key(0), real), b.init(jax.random.key(0), real)
+  assert float(sb.hparams["lr"]) == 3.0 and float(sb.hparams["variance"]) == pytest.approx(0.1)
   for _ in range(2):
-    sa, ma = a.step(sa, real)
-    sb, mb = b.step(sb, real)
-  assert a.step._program._cache_size() == 1
+    sa, ma = step(sa, real)
+    sb, mb = step(sb, real)
+  assert step._cache_size() == 1
   assert not np.allclose(np.asarray(sa.syn.images), np.asarray(sb.syn.images))
-  # Each equals its own distiller traced with the knobs as constants.
+  # Each equals its own distiller run uncompiled.
   ref = make(3.0, 0.1, 1.0, execution=distill.Execution(jit=False))
   sr = ref.init(jax.random.key(0), real)
-  step = jax.jit(ref.step)
   for _ in range(2):
-    sr, mr = step(sr, real)
+    sr, mr = ref.step(sr, real)
   np.testing.assert_allclose(np.asarray(sb.syn.images), np.asarray(sr.syn.images), rtol=1e-5,
                              atol=1e-5)
   np.testing.assert_allclose(float(mb["max_weight"]), float(mr["max_weight"]), rtol=1e-5)
@@ -246,11 +250,11 @@ def test_n_runs_in_one_program_equal_separate_runs(common, parallel):
             augment=None)
   base = distill.KDEConfig(variance=0.5)
   knobs = [dict(lr=1.0), dict(lr=3.0, temperature=0.5)]
-  d = distill.many_runs(distill.dm(kde_config=base, **kw), num_runs=2, run_knobs=knobs,
+  d = distill.many_runs(distill.dm(kde_config=base, **kw), num_runs=2, run_hparams=knobs,
                         common_random_numbers=common, parallel=parallel)
   state = d.init(jax.random.key(0), real)
   assert state.syn.images.shape == (2, 6, 8, 8, 3)
-  assert state.key.shape == (() if common else (2,))
+  assert state.key.shape == ((2,) if common else (2, 2))  # raw key data: shared or per run
   for _ in range(3):
     state, m = d.step(state, real)
   assert m["loss"].shape == (2,)
@@ -270,12 +274,13 @@ def test_n_runs_in_one_program_equal_separate_runs(common, parallel):
                            common_random_numbers=True)
     s0 = d0.init(jax.random.key(0), real)
     np.testing.assert_array_equal(s0.syn.images[0], s0.syn.images[1])
-  with pytest.raises(ValueError, match="run_knobs has"):
-    distill.many_runs(distill.dm(**kw), num_runs=3, run_knobs=knobs)
-  with pytest.raises(ValueError, match="run_knobs may set"):
-    distill.many_runs(distill.dm(**kw), num_runs=1, run_knobs=[dict(momentum=0.9)])
-  with pytest.raises(ValueError, match="need num_runs"):
-    distill.many_runs(distill.dm(**kw), run_knobs=knobs)
+  with pytest.raises(ValueError, match="run_hparams has"):
+    distill.many_runs(distill.dm(**kw), num_runs=3, run_hparams=knobs)
+  with pytest.raises(ValueError, match=r"\['momentum'\] are not tunable values"):
+    distill.many_runs(distill.dm(**kw), num_runs=1,
+                      run_hparams=[dict(momentum=0.9)]).init(jax.random.key(0), real)
+  with pytest.raises(TypeError, match="num_runs"):
+    distill.many_runs(distill.dm(**kw), run_hparams=knobs)
 
 
 @pytest.mark.parametrize("parallel", ["vmap", "map"])
@@ -340,10 +345,14 @@ def test_multi_step_runs_n_steps_in_one_program():
   np.testing.assert_allclose(np.concatenate([m3["loss"][:3], m2["loss"][:2]]), losses, rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(m3["loss"][3:]), 0.0)
   assert np.asarray(m2["loss"][2:]).tolist() == [0.0, 0.0]
-  program = distill.core._MULTI[(d.step._program, 4)]
+  from jaxdd.runs.programs import Programs
+  programs = Programs()
+  donated = programs.steps(d, 4)
+  s2, m4 = donated(d.init(jax.random.key(0), real), real, 3)
+  np.testing.assert_array_equal(np.asarray(m4["loss"]), np.asarray(m3["loss"]))
+  program = programs._cache[("steps", d.step.signature, 4)]
+  donated(s2, real, 2)
   assert program._cache_size() == 1  # n is a runtime value
-  distill.multi_step(d, 4)  # another wrapper of the same step reuses the program
-  assert distill.core._MULTI[(d.step._program, 4)] is program
   for bad in (0, 5, 2.0, True):
     with pytest.raises(ValueError, match=r"n must be an int in \[1, 4\]"):
       run(s, real, bad)
@@ -372,10 +381,11 @@ def test_execution_is_explicit_and_its_wrappers_check_the_step():
                 execution=distill.Execution(mesh=mesh))
   with pytest.raises(ValueError, match="num_runs runs on one device"):
     distill.many_runs(_distiller(execution=distill.Execution(mesh=mesh)), num_runs=2)
-  with pytest.raises(ValueError, match="runtime knobs"):
-    distill.many_runs(distill.gm(num_classes=3, ipc=1), num_runs=2)
-  with pytest.raises(ValueError, match="drop them from run_knobs"):
-    distill.many_runs(_distiller(syn_tx=optax.adam(0.1)), num_runs=1, run_knobs=[dict(lr=2.0)])
+  x, y = _toy()
+  real = distill.real_data(x, y, num_classes=3)
+  with pytest.raises(ValueError, match=r"\['lr'\] are not tunable values"):  # adam's own lr
+    distill.many_runs(_distiller(syn_tx=optax.adam(0.1)), num_runs=1,
+                      run_hparams=[dict(lr=2.0)]).init(jax.random.key(0), real)
   with pytest.raises(ValueError, match="run_parallel must be"):
     distill.many_runs(_distiller(), num_runs=2, parallel="pmap")
   raw = distill.many_runs(_distiller(execution=distill.Execution(jit=False)), num_runs=2)
@@ -389,7 +399,7 @@ def test_the_finite_metric_is_false_exactly_when_a_nan_or_inf_enters_the_step(me
   kw = dict(num_classes=3, ipc=2, model=models.ConvNet(3, depth=1, width=8), real_per_class=8)
   make = lambda lr=1.0: distill.dm(augment=None, lr=lr, **kw)  # noqa: E731
   d = make() if method == "dm" else distill.dc(outer_loop=2, inner_loop=1, **kw)
-  fresh = lambda: d.init(jax.random.key(0), real)  # noqa: E731  (the step donates its state)
+  fresh = lambda: d.init(jax.random.key(0), real)  # noqa: E731
   _, m = d.step(fresh(), real)
   assert m["finite"].dtype == jnp.bool_ and bool(m["finite"])
   for bad in (np.nan, np.inf):
@@ -397,7 +407,7 @@ def test_the_finite_metric_is_false_exactly_when_a_nan_or_inf_enters_the_step(me
     state = state._replace(syn=state.syn._replace(images=state.syn.images.at[0, 0, 0, 0].set(bad)))
     assert not bool(d.step(state, real)[1]["finite"]), bad
     if method == "dm":  # a learning rate that overflows the update (a runtime input of DM's step)
-      assert not bool(make(lr=bad).step(fresh(), real)[1]["finite"]), bad
+      assert not bool(d.step(distill.with_hparams(fresh(), lr=bad), real)[1]["finite"]), bad
     else:  # one real image (every one is in the batch: 8 per class)
       # DM's ReLU network on CPU maps a non-finite real image's features to zeros (XLA's
       # vectorised max drops NaN), so only the gradient-matching step sees this one.

@@ -47,3 +47,18 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
   for test in doctest.DocTestFinder().find(module, name):
     runner.run(test, out=report.append)
   assert runner.failures == 0, "".join(report)
+
+
+#: Documentation pages whose ``>>>`` examples are doctests.
+_GUIDES = ["docs/guide-jax.md"]
+
+
+@pytest.mark.parametrize("page", _GUIDES)
+def test_guide_examples(page, tmp_path, monkeypatch):
+  import os
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  monkeypatch.chdir(tmp_path)
+  failures, tried = doctest.testfile(os.path.join(root, page), module_relative=False,
+                                     optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+                                     verbose=False, report=True)
+  assert tried > 10 and failures == 0

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import distill, matching, models, parallel
+from jaxdd import augment, distill, matching, models, parallel
 from jaxdd import train as train_lib
 from jaxdd.protocols import Protocol
 
@@ -226,7 +226,7 @@ def test_outer_iteration_equals_a_hand_written_loop():
   images = jnp.asarray(state.syn.images)
   new_state, metrics = d.step(jax.tree.map(jnp.copy, state), real)
 
-  key = jax.random.fold_in(state.key, 0)
+  key = distill.step_key(state)  # fold_in(run key, step 0)
   k_net, k_rounds = jax.random.split(key)
   params = TINY.init(k_net, jnp.zeros((1, 8, 8, 3)), train=False)["params"]
   tx = optax.sgd(0.5, momentum=0.5)
@@ -304,7 +304,7 @@ def test_a_few_outer_iterations_lower_the_matching_loss():
 def test_step_traces_once_and_is_deterministic():
   x, y = _toy()
   real = distill.real_data(x, y, num_classes=3)
-  raw = _gm(execution=distill.Execution(jit=False), strategy="crop_flip")
+  raw = _gm(execution=distill.Execution(jit=False), augment=augment.dsa("crop_flip"))
   step = jax.jit(chex.assert_max_traces(raw.step, n=1))
   state = raw.init(jax.random.key(0), real)
   for _ in range(3):
@@ -318,11 +318,33 @@ def test_step_traces_once_and_is_deterministic():
   np.testing.assert_array_equal(s1.syn.images, s2.syn.images)
 
 
-def test_distillers_with_the_same_settings_share_one_program():
-  a = _gm(strategy="crop_flip", lr=0.3)
-  b = _gm(strategy="crop_flip", lr=0.3)
-  c = _gm(strategy="crop_flip", lr=0.2)
-  assert a.step is b.step and a.step is not c.step
+def test_distillers_that_differ_in_hyperparameters_share_one_signature():
+  # the image lr is a hyperparameter in the state: one signature, so the runs layer's cache
+  # gives one program; another static setting (the inner loop's lr) is another signature
+  a = _gm(augment=augment.dsa("crop_flip"), lr=0.3)
+  b = _gm(augment=augment.dsa("crop_flip"), lr=0.2)
+  c = _gm(augment=augment.dsa("crop_flip"), lr=0.2, lr_net=0.02)
+  assert a.step.signature == b.step.signature != c.step.signature
+
+
+def test_dsa_strategy_string_and_its_callable_give_the_same_step():
+  # strategy strings go through augment.dsa: dsa()'s default is the reference's strategy,
+  # whose inner loop uses the same families with per-image parameters
+  x, y = _toy()
+  real = distill.real_data(x, y, num_classes=3)
+  kw = dict(num_classes=3, ipc=2, model=TINY, real_per_class=8, outer_loop=2, inner_loop=2)
+  a = distill.dsa(**kw)
+  b = distill.gm(augment=augment.dsa(augment.DEFAULT_STRATEGY),
+                 net_augment=augment.dsa(augment.DEFAULT_STRATEGY, siamese=False), init="real",
+                 **kw)
+  assert a.step.signature == b.step.signature
+  sa, _ = a.step(a.init(jax.random.key(0), real), real)
+  sb, _ = b.step(b.init(jax.random.key(0), real), real)
+  np.testing.assert_array_equal(np.asarray(sa.syn.images), np.asarray(sb.syn.images))
+  with pytest.raises(ValueError, match=r"pass jaxdd.augment.dsa\('crop'\)"):
+    distill.gm(num_classes=3, ipc=2, outer_loop=1, inner_loop=1, augment="crop")
+  with pytest.raises(TypeError, match="augment=jaxdd.augment.dsa"):
+    distill.dsa(num_classes=3, ipc=2, outer_loop=1, inner_loop=1, strategy="crop")
 
 
 def test_batchnorm_network_runs_with_running_statistics():
@@ -343,7 +365,8 @@ def test_sharded_gm_equals_single_device():
   def run(mesh, class_axis, batch_axis):
     real = distill.real_data(x, y, num_classes=4, embeddings=emb, mesh=mesh)
     d = distill.dsa(num_classes=4, ipc=2, model=models.ConvNet(4, depth=1, width=8),
-                    real_per_class=8, outer_loop=2, inner_loop=2, strategy="crop_flip",
+                    real_per_class=8, outer_loop=2, inner_loop=2,
+                    augment=augment.dsa("crop_flip"),
                     kde_config=distill.KDEConfig(variance=0.5),
                     execution=distill.Execution(mesh=mesh, class_axis=class_axis,
                                                 batch_axis=batch_axis))
@@ -378,4 +401,4 @@ def test_loop_counts_and_bad_arguments():
   with pytest.raises(ValueError, match="real_chunk must be"):
     _gm(execution=distill.Execution(real_chunk=0))
   with pytest.raises(ValueError, match="no augmentation"):
-    distill.dc(num_classes=3, ipc=2, strategy="crop")
+    distill.dc(num_classes=3, ipc=2, augment=augment.dsa("crop"))

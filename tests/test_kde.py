@@ -243,7 +243,7 @@ def test_softmax_overflowing_inverse_density_is_exact():
   a = np.exp(u) / t
   want = np.exp(a - a.max()) / np.exp(a - a.max()).sum()
   got = weighting.weights_from_log_density(jnp.asarray(-u, jnp.float32),
-                                     temperature=t)
+                                     temperature=t, normalize="softmax")
   # exp(u) turns the float32 rounding of u (|u| * eps = 1e-5 relative) into a relative
   # error of a (up to 12), i.e. ~1.3e-4 absolute in each logit; the softmax carries
   # about twice that as relative error.
@@ -362,7 +362,8 @@ def test_class_scope_on_padded_classes_matches_per_class_weights():
   def per_class(zc, mc):
     log_f = weighting.log_density(zc, zc, variance=0.2, block_size=4,
                             support_mask=mc)
-    return weighting.weights_from_log_density(log_f, temperature=0.5, mask=mc)
+    return weighting.weights_from_log_density(log_f, temperature=0.5, normalize="softmax",
+                                              mask=mc)
 
   got = jax.jit(jax.vmap(per_class))(jnp.asarray(z), jnp.asarray(mask))
   for c, k in enumerate(counts):

@@ -203,8 +203,8 @@ def test_distiller_lowers_the_loss_with_one_trace(mode, run_one_trace):
   buf = jnp.asarray(experts.train_experts(jax.random.key(0), x, y, model=model, num_experts=1,
                                       epochs=3, lr=0.05, batch_size=12, augment=None))
   d = distill.mtt(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2,
-                  max_start_epoch=1, syn_steps=4, lr_img=30.0, lr_lr=1e-5, lr_teacher=0.05,
-                  strategy=None, mode=mode, execution=distill.Execution(jit=False))
+                  max_start_epoch=1, syn_steps=4, lr=30.0, lr_lr=1e-5, lr_teacher=0.05,
+                  augment=None, mode=mode, execution=distill.Execution(jit=False))
   state, losses = run_one_trace(d.step, d.init(jax.random.key(1), distill.real_data(
       x, y, num_classes=3)), buf, 12)
   assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
@@ -273,15 +273,14 @@ def test_mtt_step_is_one_sgd_step_on_the_trajectory_loss():
   buf = jnp.asarray(experts.train_experts(jax.random.key(0), x, y, model=model, num_experts=2,
                                       epochs=3, lr=0.05, batch_size=12, augment=None))
   kw = dict(num_classes=3, ipc=2, model=model, num_epochs=3, expert_epochs=2, max_start_epoch=1,
-            syn_steps=3, lr_lr=1e-3, lr_teacher=0.05, strategy=None, mode="exact")
-  d = distill.mtt(lr_img=30.0, execution=distill.Execution(jit=False), **kw)
+            syn_steps=3, lr_lr=1e-3, lr_teacher=0.05, augment=None, mode="exact")
+  d = distill.mtt(lr=30.0, execution=distill.Execution(jit=False), **kw)
   real = distill.real_data(x, y, num_classes=3)
   state = d.init(jax.random.key(1), real)
   assert float(state.extra["syn_lr"]) == np.float32(0.05)
   with HIGHEST:
     new, m = jax.jit(d.step)(state, buf)
-    key = jax.random.fold_in(state.key, 0)
-    k_e, _, k_loss = jax.random.split(key, 3)
+    k_e, _, k_loss = jax.random.split(distill.step_key(state), 3)
     e = int(jax.random.randint(k_e, (), 0, 2))
     assert int(m["expert"]) == e and int(m["start_epoch"]) == 0
     unravel = experts.flatten(model.init(jax.random.key(0), jnp.asarray(x[:1]))["params"])[1]
@@ -298,9 +297,10 @@ def test_mtt_step_is_one_sgd_step_on_the_trajectory_loss():
                              atol=1e-5 * max(scale, 30.0 * float(jnp.max(jnp.abs(g_x)))))
   np.testing.assert_allclose(float(new.extra["syn_lr"]), 0.05 - 1e-3 * float(g_lr), rtol=1e-5)
   np.testing.assert_allclose(float(m["loss"]), float(loss), rtol=1e-5)
-  # lr_img and lr_lr are runtime values: another lr_img reuses the compiled program.
-  d1, d2 = distill.mtt(lr_img=30.0, **kw), distill.mtt(lr_img=300.0, **kw)
-  assert d1.step._program is d2.step._program
+  # lr and lr_lr are hyperparameters in the state: another lr has the same signature.
+  d1, d2 = distill.mtt(lr=30.0, **kw), distill.mtt(lr=300.0, **kw)
+  assert d1.step.signature == d2.step.signature
+  assert float(d2.init(jax.random.key(1), real).hparams["lr"]) == 300.0
   with pytest.raises(ValueError, match="expert buffer has shape"):
     d1.step(state, buf[:, :3])
 

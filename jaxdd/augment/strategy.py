@@ -202,7 +202,6 @@ def family(name: str, *, params: DSAParams = DEFAULT_PARAMS) -> AugmentFn:
   return fns[name]
 
 
-@functools.lru_cache(maxsize=64)
 def dsa(strategy: str = DEFAULT_STRATEGY, *, siamese: bool = True,
         params: DSAParams = DEFAULT_PARAMS, mode: str = "one") -> AugmentFn:
   """The DSA augmentation of a reference strategy string.
@@ -245,6 +244,12 @@ def dsa(strategy: str = DEFAULT_STRATEGY, *, siamese: bool = True,
     >>> bool(jnp.allclose(aug(k, real)[:10], aug(k, syn)))
     True
   """
+  return _dsa(strategy, bool(siamese), params, mode)
+
+
+@functools.lru_cache(maxsize=64)
+def _dsa(strategy: str, siamese: bool, params: DSAParams, mode: str) -> AugmentFn:
+  """:func:`dsa`, cached on its arguments however they were passed."""
   families = parse_strategy(strategy)
   _validate(params)
   if mode not in ("one", "all"):
@@ -257,5 +262,29 @@ def dsa(strategy: str = DEFAULT_STRATEGY, *, siamese: bool = True,
 
   if mode == "all":
     composed = chain(*branches)
-    return lambda key, images: composed(jax.random.split(key)[1], images)
-  return choose(*branches)
+    fn = lambda key, images: composed(jax.random.split(key)[1], images)  # noqa: E731
+  else:
+    fn = choose(*branches)
+  fn.dsa_args = (strategy, siamese, params, mode)  # what per_image reads
+  return fn
+
+
+def per_image(aug: AugmentFn | None) -> AugmentFn | None:
+  """The per-image (non-siamese) counterpart of an augmentation, for training networks.
+
+  A DSA augmentation (:func:`dsa`) becomes ``dsa(strategy, siamese=False)`` with
+  the same parameters and mode (one family per batch, per-image parameters, as
+  the reference's network training); any other callable ``f(key, images)`` is
+  applied image by image with its own key (:func:`per_sample`); None stays None.
+
+  Example:
+    >>> per_image(dsa("crop_flip")) is dsa("crop_flip", siamese=False)
+    True
+  """
+  if aug is None:
+    return None
+  args = getattr(aug, "dsa_args", None)
+  if args is not None:
+    strategy, _, params, mode = args
+    return dsa(strategy, siamese=False, params=params, mode=mode)
+  return per_sample(aug)

@@ -20,15 +20,24 @@ in one place:
 For DM:
 
 * ``init(key, real)`` -> :class:`DistillState` with the synthetic set (initialised
-  from real images of each class, or from noise) and the image optimiser state.
-* ``step(state, real)`` -> ``(state, metrics)``: ONE compiled XLA program that
+  from real images of each class, or from noise), the image optimiser state and
+  the step's hyperparameters (``state.hparams``: ``lr``, the KDE variance and
+  temperature). Pure and traceable: ``jax.jit(d.init)`` and ``jax.vmap(d.init)``
+  over keys work.
+* ``step(state, real)`` -> ``(state, metrics)``: a pure function (nothing
+  donated), ONE compiled XLA program that
   samples a real batch per class from the device-resident dataset, draws a fresh
   random ConvNet, applies one siamese DSA draw per class, computes the KDE weights
   of the sampled batch from its surrogate embeddings, evaluates the weighted DM
   loss and updates the synthetic images with SGD-momentum (optax).
 
-The step key is ``fold_in(state.key, state.step)`` (big_vision): the step returns
-no keys, and a resumed run replays exactly the same randomness.
+The step key is ``fold_in(key, state.step)`` (big_vision, :func:`step_key`): the
+step returns no keys, and a resumed run replays exactly the same randomness.
+``state.key`` holds the run key's raw data, so ``chex`` and
+``flax.serialization`` take the state as it is. ``jax.vmap(d.step, in_axes=(0,
+None))`` over stacked states is N runs of any method, each with its own
+hyperparameters; :func:`many_runs` arranges per-run hyperparameters, shared
+draws and per-run surrogate outputs.
 
 Example:
   >>> import jax, numpy as np
@@ -46,7 +55,8 @@ Example:
 from jaxdd.distill.core import (INITS, REAL_SAMPLING, ClassIndex, Distiller, DistillState,
                                 KDEConfig, RealData, batch_weights, class_index,
                                 class_log_density, class_weights, multi_step, real_batch, real_data,
-                                sample_per_class, sample_weighted, weighted_init_rows)
+                                run_key_data, sample_per_class, sample_weighted, step_key,
+                                steps_loop, weighted_init_rows, with_hparams)
 from jaxdd.distill.distribution import dm
 from jaxdd.distill.execution import Execution, many_runs
 from jaxdd.distill.frequency import cfm
@@ -59,5 +69,5 @@ __all__ = ["BN_REAL_PER_CLASS", "ClassIndex", "DistillState", "Distiller", "Exec
            "class_index",
            "cfm", "class_log_density", "class_weights", "dc", "dm", "dsa", "gm", "gm_loops", "mtt",
            "many_runs", "multi_step",
-           "real_batch", "real_data", "sample_per_class", "sample_weighted",
-           "weighted_init_rows"]
+           "real_batch", "real_data", "run_key_data", "sample_per_class", "sample_weighted",
+           "step_key", "steps_loop", "weighted_init_rows", "with_hparams"]

@@ -3,14 +3,18 @@
 :class:`RealData` (the real training set as a step consumes it), the real-batch
 samplers (:func:`sample_per_class`, :func:`sample_weighted`, :func:`real_batch`)
 and their weights (:func:`batch_weights`, :func:`class_weights`), the synthetic
-set's initialisation (:func:`weighted_init_rows` and the ``init`` every method
-shares), the :class:`Distiller` pair and the cache of compiled steps that
-distillers with the same static settings share. The methods live in
+set's initialisation (:func:`weighted_init_rows` and the pure ``init`` every
+method shares), the :class:`Distiller` pair, the state's key and hyperparameters
+(:func:`step_key`, :func:`with_hparams`) and the loop of several steps per call
+(:func:`steps_loop`, :func:`multi_step`). Nothing here keeps state between
+calls: a driver that shares compiled programs keeps its own cache
+(:mod:`jaxdd.runs`). The methods live in
 :mod:`jaxdd.distill.distribution` (DM), :mod:`jaxdd.distill.gradient` (DC/DSA)
 and :mod:`jaxdd.distill.trajectory` (MTT); :mod:`jaxdd.distill` re-exports them.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -48,23 +52,49 @@ KDEConfig = weighting.KDEConfig
 
 
 class DistillState(NamedTuple):
-  """A distiller's state: the synthetic set, the optimiser state, the step, the run key.
+  """A distiller's state: the synthetic set, the optimiser state, the step, the run key and
+  the step's hyperparameters.
+
+  A plain pytree of arrays: ``jax.jit``, ``jax.vmap``, ``chex`` and
+  ``flax.serialization`` all take it as it is. ``key`` holds the run key's raw
+  data (``jax.random.key_data``, uint32), not a typed key, for that reason;
+  :func:`step_key` turns it back into the key of a step.
 
   ``extra`` holds what a method learns besides the images (MTT's student
   learning rate ``{"syn_lr": ...}``); None for DM and gradient matching.
+
+  ``hparams`` is a dict of the step's tunable values (optax's
+  ``inject_hyperparams``): the image learning rate ``lr``, the KDE ``variance``
+  and ``temperature`` when the distiller weights, CFM's ``beta``, MTT's
+  ``lr_lr``. The step reads them from here, so runs that differ only in them
+  share one compiled program, and ``jax.vmap(d.step)`` over stacked states is
+  N runs with N settings. Change them with :func:`with_hparams` or
+  ``init(..., hparams={...})``.
   """
   syn: SynSet
   opt_state: Any
   step: jax.Array
   key: jax.Array
   extra: Any = None
+  hparams: Any = None
 
 
 class Distiller(NamedTuple):
-  """``init(key, real, syn=None) -> state`` and ``step(state, data) -> (state, metrics)``.
+  """``init(key, real, syn=None, *, hparams=None) -> state`` and ``step(state, data) -> (state, metrics)``.
+
+  Both are pure functions of their arguments: ``jax.jit``, ``jax.vmap`` and a
+  user's own JAX code compose with them. ``step`` donates nothing (a state
+  stays valid after the step that read it); a driver that owns its buffers
+  may compile it again with ``donate_argnums=0`` (:mod:`jaxdd.runs` does).
 
   ``data`` is the :class:`RealData` for distribution and gradient matching,
   the expert trajectories (:mod:`jaxdd.distill.experts`) for trajectory matching.
+
+  ``step.signature`` is a hashable value of the step's static settings (None
+  when one of them is unhashable): two distillers with equal signatures have
+  interchangeable steps, whatever their hyperparameters, which live in the
+  state (:class:`DistillState`). ``step.execution`` is the
+  :class:`~jaxdd.distill.Execution` it was built with.
   """
   init: Callable[..., DistillState]
   step: Callable[[DistillState, Any], tuple[DistillState, dict]]
@@ -267,64 +297,161 @@ def _check_kde(config: KDEConfig | None) -> None:
 
 
 def weighted_init_rows(key: jax.Array, real: RealData, ipc: int,
-                       config: KDEConfig) -> np.ndarray:
+                       config: KDEConfig) -> jax.Array:
   """(C, ipc) distinct rows per class, drawn without replacement in proportion to weight.
 
   Successive sampling ∝ :func:`class_weights` (Gumbel top-k: the ``ipc`` largest
   ``log w + Gumbel`` of each class), so an image with twice the weight is about
   twice as likely to be chosen, and no image is chosen twice. Rows of zero
   weight are chosen only when a class has fewer than ``ipc`` rows of positive
-  weight. Host-side (runs once, in ``init``).
+  weight (the first of them). Pure and traceable.
   """
-  host = RealData(jnp.zeros((1,)), jax.tree.map(lambda a: jnp.asarray(_host(a)), real.index),
-                  None, None if real.log_density is None else jnp.asarray(_host(real.log_density)))
-  w = np.asarray(class_weights(host, config), np.float64)
-  gumbel = np.asarray(jax.random.gumbel(key, w.shape), np.float64)
-  counts = np.asarray(host.index.counts)
-  valid = np.arange(w.shape[1])[None, :] < counts[:, None]
-  with np.errstate(divide="ignore"):
-    score = np.where(w > 0, np.log(w) + gumbel, -1e30 + gumbel)
-  score = np.where(valid, score, -np.inf)
-  order = np.argsort(-score, axis=1, kind="stable")[:, :ipc]
-  return np.take_along_axis(np.asarray(host.index.indices), order, axis=1)
+  w = class_weights(real, config)
+  gumbel = jax.random.gumbel(key, w.shape, jnp.float32)
+  valid = jnp.arange(w.shape[1])[None, :] < real.index.counts[:, None]
+  score = jnp.where(w > 0, jnp.log(jnp.maximum(w, 1e-38)) + gumbel, -1e30)
+  score = jnp.where(valid, score, -jnp.inf)
+  _, order = jax.lax.top_k(score, ipc)
+  return jnp.take_along_axis(real.index.indices, order, axis=1)
+
+
+# ---------------------------------------------------------------------------- keys and hparams
+
+def run_key_data(key: jax.Array) -> jax.Array:
+  """The raw data of a run key: ``key`` (a typed key, or a legacy uint32 key) as uint32.
+
+  >>> import jax
+  >>> run_key_data(jax.random.key(0)).dtype
+  dtype('uint32')
+  """
+  if jax.dtypes.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+    return jax.random.key_data(key)
+  return jnp.asarray(key, jnp.uint32)
+
+
+def _typed_key(key: jax.Array) -> jax.Array:
+  if jax.dtypes.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+    return key
+  return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+
+
+def step_key(state: DistillState) -> jax.Array:
+  """The typed key of ``state``'s step: ``fold_in(key, step)`` (big_vision), so a resumed
+  run replays exactly the same randomness.
+
+  >>> import jax, jax.numpy as jnp
+  >>> s = DistillState(None, None, jnp.int32(3), jax.random.key_data(jax.random.key(0)))
+  >>> bool((jax.random.key_data(step_key(s))
+  ...       == jax.random.key_data(jax.random.fold_in(jax.random.key(0), 3))).all())
+  True
+  """
+  return jax.random.fold_in(_typed_key(state.key), state.step)
+
+
+def _hparam_value(value):
+  """An hparam as the step reads it: a float32 scalar for a number, a pytree as it is."""
+  if isinstance(value, (numbers.Real, np.number)) or (
+      isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0):
+    return jnp.asarray(value, jnp.float32)
+  return value
+
+
+def merge_hparams(defaults: dict, changes: dict | None) -> dict:
+  """``defaults`` with ``changes`` applied; a name ``defaults`` lacks is refused."""
+  changes = {} if changes is None else dict(changes)
+  unknown = sorted(set(changes) - set(defaults))
+  if unknown:
+    raise ValueError(f"hparams {unknown} are not tunable values of this distiller; its "
+                     f"hparams are {sorted(defaults)}")
+  return {k: changes.get(k, v) for k, v in defaults.items()}
+
+
+def with_hparams(state: DistillState, **values) -> DistillState:
+  """``state`` with some hyperparameters changed (names of ``state.hparams`` only).
+
+  A value keeps the dtype and shape of the one it replaces, so the step's
+  compiled program is reused.
+
+  Example:
+    >>> import jax, numpy as np
+    >>> from jaxdd import distill, models
+    >>> x = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
+    >>> real = distill.real_data(x, np.repeat(np.arange(2), 20), num_classes=2)
+    >>> d = distill.dm(num_classes=2, ipc=2, model=models.ConvNet(2, depth=1, width=8),
+    ...                real_per_class=8)
+    >>> state = distill.with_hparams(d.init(jax.random.key(0), real), lr=0.5)
+    >>> float(state.hparams["lr"])
+    0.5
+  """
+  merged = merge_hparams(state.hparams or {}, values)
+  out = {}
+  for k, v in merged.items():
+    old = (state.hparams or {})[k]
+    if k in values and hasattr(old, "dtype"):
+      v = jnp.broadcast_to(jnp.asarray(v, old.dtype), jnp.shape(old))
+    out[k] = v
+  return state._replace(hparams=out)
+
+
+def _concrete(*trees) -> bool:
+  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
+
+
+def _check_counts(counts, ipc: int) -> None:
+  """A class smaller than ``ipc`` is refused, on concrete counts. Under tracing the check
+  is skipped: the init then repeats such a class's rows (``sample_per_class`` pads)."""
+  if not _concrete(counts):
+    return
+  counts = _host(counts)
+  if counts.min() < ipc:
+    small = int(np.argmin(counts))
+    raise ValueError(f"ipc={ipc} is larger than class {small}, which has {counts[small]} "
+                     "real images; lower ipc or use a larger source")
 
 
 def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransformation,
-                mesh: Mesh | None, kde_config: KDEConfig | None = None
-                ) -> Callable[..., DistillState]:
+                mesh: Mesh | None, kde_config: KDEConfig | None = None,
+                hparams: dict | None = None) -> Callable[..., DistillState]:
   """The ``init`` of every distiller: the synthetic set (from real images, real images
-  drawn in proportion to their weights, or noise; or a warm start) and the image
-  optimiser's state, placed on ``mesh``."""
+  drawn in proportion to their weights, or noise; or a warm start), the image optimiser's
+  state and the hyperparameters (``hparams``: the distiller's defaults), as a pure,
+  traceable function; placed on ``mesh`` when called on concrete values."""
+  defaults = dict(hparams or {})
 
-  def init_fn(key: jax.Array, real: RealData, syn: SynSet | None = None) -> DistillState:
-    # Runs once, eagerly, on host copies (replicated data is complete in every
-    # process), then places the state on the mesh: works for multi-process meshes.
-    k_init, k_run = jax.random.split(key)
+  def pure(key, real: RealData, syn: SynSet | None, hp: dict) -> DistillState:
+    k_init, k_run = jax.random.split(_typed_key(key))
     if syn is None:
-      counts = _host(real.index.counts)
-      if counts.min() < ipc:
-        small = int(np.argmin(counts))
-        raise ValueError(f"ipc={ipc} is larger than class {small}, which has {counts[small]} "
-                         "real images; lower ipc or use a larger source")
-      host_images = _host(real.images)
-      labels = np.repeat(np.arange(num_classes, dtype=np.int32), ipc)
+      labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ipc)
       if init == "real":
-        index = ClassIndex(_host(real.index.indices), counts)
-        rows, _ = sample_per_class(k_init, jax.tree.map(jnp.asarray, index), ipc)
-        images = host_images[np.asarray(rows).reshape(-1)]
+        rows, _ = sample_per_class(k_init, real.index, ipc)
+        images = real.images[rows.reshape(-1)]
       elif init == "weighted":
-        images = host_images[weighted_init_rows(k_init, real, ipc, kde_config).reshape(-1)]
+        images = real.images[weighted_init_rows(k_init, real, ipc, kde_config).reshape(-1)]
       else:
-        images = np.asarray(jax.random.normal(k_init, (num_classes * ipc,) + host_images.shape[1:]))
-      syn = SynSet(np.asarray(images, np.float32), labels)
-    else:
-      syn = SynSet(np.asarray(_host(syn.images), np.float32), np.asarray(_host(syn.labels), np.int32))
-      if syn.images.shape[0] != num_classes * ipc:
-        raise ValueError(f"warm-start SynSet has {syn.images.shape[0]} images, expected "
-                         f"num_classes * ipc = {num_classes * ipc}")
-    opt_state = tx.init(jnp.asarray(syn.images))
-    state = DistillState(syn, jax.tree.map(np.asarray, opt_state), np.zeros((), np.int32), k_run)
-    return parallel.put(state, mesh)
+        images = jax.random.normal(k_init, (num_classes * ipc,) + real.images.shape[1:])
+      syn = SynSet(jnp.asarray(images, jnp.float32), labels)
+    else:  # copies: a driver that donates the state must not delete the caller's arrays
+      syn = SynSet(jnp.array(syn.images, jnp.float32, copy=True),
+                   jnp.array(syn.labels, jnp.int32, copy=True))
+    hp = jax.tree.map(lambda v: jnp.array(v, copy=True), {k: _hparam_value(v)
+                                                           for k, v in hp.items()})
+    return DistillState(syn, tx.init(syn.images), jnp.zeros((), jnp.int32),
+                        jax.random.key_data(k_run), None, hp)
+
+  def init_fn(key: jax.Array, real: RealData, syn: SynSet | None = None, *,
+              hparams: dict | None = None) -> DistillState:
+    hp = merge_hparams(defaults, hparams)
+    _check_counts(real.index.counts, ipc)
+    if syn is not None and jnp.shape(syn.images)[0] != num_classes * ipc:
+      raise ValueError(f"warm-start SynSet has {jnp.shape(syn.images)[0]} images, expected "
+                       f"num_classes * ipc = {num_classes * ipc}")
+    if mesh is None or not _concrete(key, real, syn, hp):
+      return pure(key, real, syn, hp)
+    # On a mesh (several processes included): computed from this process's complete host
+    # copy of the replicated data, then placed on the mesh.
+    host = lambda t: jax.tree.map(lambda a: jnp.asarray(_host(a)), t)  # noqa: E731
+    state = pure(key, host(real), None if syn is None else host(syn), hp)
+    return parallel.put(jax.tree.map(np.asarray, state), mesh)
   return init_fn
 
 
@@ -336,72 +463,51 @@ class _KDEKnobs(NamedTuple):
   scope: str
 
 
-def _runtime_knobs(lr: float, kde_config: KDEConfig | None) -> dict[str, np.ndarray]:
-  """The values a compiled step takes as arguments instead of constants."""
-  return {"lr": np.float32(lr),
-          "variance": np.float32(1.0 if kde_config is None else kde_config.variance),
-          "temperature": np.float32(1.0 if kde_config is None else kde_config.temperature)}
+def kde_hparams(kde_config: KDEConfig | None) -> dict:
+  """The KDE weighting's tunable values (none without a weighting)."""
+  if kde_config is None:
+    return {}
+  return {"variance": np.float32(kde_config.variance),
+          "temperature": np.float32(kde_config.temperature)}
 
 
-# Compiled steps by their static settings: distillers that differ only in runtime knobs
-# (lr_img, KDE variance and temperature) reuse one program (jaxdd tune's candidates).
-_PROGRAMS: dict[tuple, Callable] = {}
-
-
-def _shared_program(static: tuple, step_fn: Callable) -> Callable:
-  try:
-    hash(static)
-  except TypeError:  # an unhashable setting (e.g. a custom augment object): no sharing
-    return jax.jit(step_fn, donate_argnums=0)
-  if static not in _PROGRAMS:
-    if len(_PROGRAMS) >= 32:
-      _PROGRAMS.pop(next(iter(_PROGRAMS)))
-    _PROGRAMS[static] = jax.jit(step_fn, donate_argnums=0)
-  return _PROGRAMS[static]
-
-
-class _BoundStep:
-  """``step(state, real)``: a shared jitted program called with this distiller's knobs.
-
-  ``fn`` is the pure step the program compiles, ``execution`` how it was built
-  and ``knobs`` the names in ``hp`` that N runs in one program may vary per run
-  (:func:`jaxdd.distill.execution.many_runs`; None: not supported).
-  """
-
-  def __init__(self, program: Callable, hp: dict, *, fn: Callable | None = None,
-               execution: Any = None, knobs=None):
-    self._program, self._hp = program, hp
-    self.fn, self.execution, self.knobs = fn, execution, knobs
-
-  def __call__(self, state, real):
-    return self._program(state, real, self._hp)
-
-  def lower(self, state, real):
-    return self._program.lower(state, real, self._hp)
+def kde_knobs(kde_config: KDEConfig | None, hparams: dict) -> _KDEKnobs | None:
+  """The weighting a step applies: ``kde_config``'s static choices, the state's values."""
+  if kde_config is None:
+    return None
+  return _KDEKnobs(hparams["variance"], hparams["temperature"], kde_config.normalize,
+                   kde_config.scope)
 
 
 # ---------------------------------------------------------------------------- several steps per call
 
-# Compiled multi-step programs by (shared step program or step function, k).
-_MULTI: dict[tuple, Callable] = {}
+def steps_loop(step: Callable, k: int) -> Callable:
+  """``loop(state, data, n) -> (state, metrics)``: ``n <= k`` calls of ``step`` in one
+  ``lax.fori_loop`` (pure; ``n`` a runtime value), the metrics stacked over a leading axis
+  of length ``k`` (rows past ``n`` are zeros). What :func:`multi_step` compiles; a driver
+  that owns its buffers compiles it with ``donate_argnums=0``."""
+  k = checks.check_positive_int("k", k)
 
-
-def _multi_program(call: Callable, k: int) -> Callable:
-  """``program(state, data, n, hp)``: ``n <= k`` calls of ``call`` in one while loop."""
-
-  def run(state, data, n, hp):
-    shapes = jax.eval_shape(lambda s: call(s, data, hp)[1], state)
+  def loop(state, data, n):
+    shapes = jax.eval_shape(lambda s: step(s, data)[1], state)
     rows = jax.tree.map(lambda a: jnp.zeros((k,) + a.shape, a.dtype), shapes)
 
     def body(i, carry):
       s, r = carry
-      s, m = call(s, data, hp)
+      s, m = step(s, data)
       return s, jax.tree.map(lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v, i, 0),
                              r, m)
 
     return jax.lax.fori_loop(0, n, body, (state, rows))
 
-  return jax.jit(run, donate_argnums=0)
+  return loop
+
+
+def check_steps(n, k: int) -> np.int32:
+  """``n`` as the step count of a :func:`steps_loop` of ``k``: an int in [1, k]."""
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= k:
+    raise ValueError(f"n must be an int in [1, {k}], got {n!r}")
+  return np.int32(n)
 
 
 def multi_step(d: Distiller, k: int) -> Callable:
@@ -413,9 +519,10 @@ def multi_step(d: Distiller, k: int) -> Callable:
   ``k`` whose first ``n`` rows are the steps' metrics (the rest zeros). The
   states equal ``n`` calls of ``d.step`` up to float rounding (XLA compiles the
   loop body on its own). Worth it where a step is short against the host's
-  per-call work (small steps on an accelerator); the pipeline's
+  per-call work (small steps on an accelerator); the runs layer's
   ``steps_per_call`` drives it, with checkpoints and progress at chunk
-  boundaries.
+  boundaries. Nothing is donated; compiled unless ``d``'s execution says
+  ``jit=False``.
 
   Example:
     >>> import jax, numpy as np
@@ -429,35 +536,11 @@ def multi_step(d: Distiller, k: int) -> Callable:
     >>> int(state.step), metrics["loss"].shape
     (3, (4,))
   """
-  k = checks.check_positive_int("k", k)
-  step = d.step
-  if isinstance(step, _BoundStep):
-    source, hp = step._program, step._hp
-
-    def call(s, x, h):
-      return source(s, x, h)
-  else:
-    source, hp = step, None
-
-    def call(s, x, h):
-      return step(s, x)
-  try:
-    cache_key = (source, k)
-    hash(cache_key)
-  except TypeError:
-    cache_key = None
-  if cache_key is None:
-    program = _multi_program(call, k)
-  else:
-    if cache_key not in _MULTI:
-      if len(_MULTI) >= 32:
-        _MULTI.pop(next(iter(_MULTI)))
-      _MULTI[cache_key] = _multi_program(call, k)
-    program = _MULTI[cache_key]
+  loop = steps_loop(d.step, k)
+  execution = getattr(d.step, "execution", None)
+  program = loop if execution is not None and not execution.jit else jax.jit(loop)
 
   def run(state, data, n: int):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= k:
-      raise ValueError(f"n must be an int in [1, {k}], got {n!r}")
-    return program(state, data, np.int32(n), hp)
+    return program(state, data, check_steps(n, k))
 
   return run

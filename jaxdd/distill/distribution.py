@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable, Literal
 
 import flax.linen as nn
@@ -12,10 +13,10 @@ import optax
 from jaxdd import matching, parallel, weighting
 from jaxdd._src import winograd
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
-                                _check_sampling, _KDEKnobs, _runtime_knobs, _state_init,
-                                all_finite, real_batch)
-from jaxdd.distill.execution import RUN_KNOBS, Execution
-from jaxdd.models import ConvNet, loop_safe_convs
+                                _check_sampling, _state_init, all_finite, kde_hparams, kde_knobs,
+                                real_batch, step_key)
+from jaxdd.distill.execution import Execution
+from jaxdd.models import ConvNet
 
 
 def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
@@ -30,13 +31,21 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   Args:
     num_classes: number of classes.
     ipc: synthetic images per class.
-    model: the embedding network, re-initialised randomly at every step
-      (default ``ConvNet(num_classes)``: depth 3, width 128, instance norm).
-    augment: siamese augmentation ``f(key, images)`` (e.g.
+    model: the embedding network, a ``flax.linen`` Module re-initialised
+      randomly at every step (default ``ConvNet(num_classes)``: depth 3, width
+      128, instance norm). Its features are what is matched: a module whose
+      ``__call__`` takes ``return_features=True`` returns ``(features,
+      logits)`` (jaxdd's models); any other module's output is taken as the
+      features. A module with batch statistics is applied with ``train=True``
+      (the batch's statistics, as the reference). For a plain function, use
+      :func:`jaxdd.matching.dm_loss` with ``embed_fn=`` in your own step.
+    augment: siamese augmentation, a callable ``f(key, images)`` (e.g.
       ``jaxdd.augment.dsa("color_crop_cutout_flip_scale_rotate")``) or None.
     real_per_class: real images sampled per class and step (reference: 256).
-    lr, momentum: SGD on the synthetic images (reference: 1.0, 0.5).
-    syn_tx: optional optax transformation replacing SGD(lr, momentum).
+    lr, momentum: SGD on the synthetic images (reference: 1.0, 0.5); ``lr``
+      is a hyperparameter in the state (``state.hparams["lr"]``).
+    syn_tx: optional optax transformation replacing SGD(lr, momentum) (then
+      the state has no ``lr``: the step size is the transformation's).
     init: 'real' (copy ``ipc`` random real images of each class), 'weighted'
       (copy ``ipc`` real images of each class drawn without replacement in
       proportion to their whole-class weights, :func:`weighted_init_rows`;
@@ -65,28 +74,28 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       DM step"). N runs in one program: :func:`jaxdd.distill.many_runs`.
 
   Returns:
-    A :class:`Distiller` ``(init, step)``. The step is traced under the
-    execution's policy. Its metrics: ``loss``, ``grad_norm``, ``max_weight`` and
+    A :class:`Distiller` ``(init, step)``, both pure. ``state.hparams``
+    holds ``lr`` and, with a weighting, the KDE ``variance`` and
+    ``temperature``. The step is traced under the execution's policy. Its metrics: ``loss``, ``grad_norm``, ``max_weight`` and
     ``finite`` (the loss, the gradient norm and the updated images are finite,
     :func:`jaxdd.distill.core.all_finite`).
   """
   _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matching)
   ex = Execution() if execution is None else execution
   model = ConvNet(num_classes) if model is None else model
+  _check_model(model)
   mesh, real_chunk, syn_chunk, real_dtype = ex.mesh, ex.real_chunk, ex.syn_chunk, ex.real_dtype
-  # SGD's learning rate is applied at run time (hp["lr"]), so candidates that differ only in
-  # lr_img (or the KDE variance / temperature) share one compiled program. sgd(1.0) keeps the
+  # SGD's learning rate is read from the state (hparams["lr"]), so runs that differ only in
+  # it (or the KDE variance / temperature) share one compiled program. sgd(1.0) keeps the
   # optimiser state of sgd(lr) and its updates are exactly -trace; times lr gives sgd(lr)'s.
   tx = optax.sgd(1.0, momentum=momentum) if syn_tx is None else syn_tx
-  hp = _runtime_knobs(lr if syn_tx is None else 1.0, kde_config)
-
-  init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config)
-  knobs_of = lambda h: None if kde_config is None else _KDEKnobs(
-      h["variance"], h["temperature"], kde_config.normalize, kde_config.scope)
+  hparams = {**({"lr": lr} if syn_tx is None else {}), **kde_hparams(kde_config)}
+  init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config, hparams)
 
   def loss_fn(syn_images, key, real: RealData, h):
     k_model, k_real, k_aug = jax.random.split(key, 3)
-    rows, mask, weights = real_batch(k_real, real, real_per_class, knobs_of(h), real_sampling)
+    rows, mask, weights = real_batch(k_real, real, real_per_class, kde_knobs(kde_config, h),
+                                     real_sampling)
     class_scale = None
     if group_matching is not None:
       if real.groups is None:
@@ -102,18 +111,17 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     embed, embed_real = _embedders(model, variables, real_dtype,
                                    ex.policy.forward_conv == "winograd" and mesh is None)
     per_sample = "batch_stats" not in variables and mesh is None
-    with loop_safe_convs():
-      loss = matching.dm_loss(k_aug, syn_batch, real_images, embed_fn=embed, augment=augment,
-                              weights=weights, real_chunk=real_chunk if per_sample else None,
-                              syn_chunk=syn_chunk if per_sample else None,
-                              map_classes=mesh is None, real_embed_fn=embed_real,
-                              class_scale=class_scale)
+    loss = matching.dm_loss(k_aug, syn_batch, real_images, embed_fn=embed, augment=augment,
+                            weights=weights, real_chunk=real_chunk if per_sample else None,
+                            syn_chunk=syn_chunk if per_sample else None,
+                            map_classes=mesh is None, real_embed_fn=embed_real,
+                            class_scale=class_scale)
     return loss, weights
 
-  def step_fn(state: DistillState, real: RealData, h):
-    key = jax.random.fold_in(state.key, state.step)
-    (loss, weights), grad = jax.value_and_grad(loss_fn, has_aux=True)(state.syn.images, key,
-                                                                       real, h)
+  def step_fn(state: DistillState, real: RealData):
+    h = state.hparams
+    (loss, weights), grad = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.syn.images, step_key(state), real, h)
     updates, opt_state = tx.update(grad, state.opt_state, state.syn.images)
     if syn_tx is None:
       updates = jax.tree.map(lambda u: u * h["lr"].astype(u.dtype), updates)
@@ -121,17 +129,30 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     grad_norm = optax.tree.norm(grad)
     metrics = {"loss": loss, "grad_norm": grad_norm, "max_weight": jnp.max(weights),
                "finite": all_finite(loss, grad_norm, images)}
-    return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
-                        state.key), metrics
+    return state._replace(syn=state.syn._replace(images=images), opt_state=opt_state,
+                          step=state.step + 1), metrics
 
-  # init runs once and checks sizes on the host, so only the step is compiled; the program
-  # is shared by every dm() with the same static settings (runtime knobs aside).
-  static = ("dm", num_classes, ipc, model, augment, real_per_class, momentum, syn_tx,
-            None if kde_config is None else (kde_config.normalize, kde_config.scope),
-            real_sampling, group_matching, mesh, ex.class_axis, ex.batch_axis, real_chunk,
-            syn_chunk, None if real_dtype is None else str(real_dtype), ex.policy)
-  knobs = RUN_KNOBS if syn_tx is None else tuple(k for k in RUN_KNOBS if k != "lr")
-  return Distiller(init_fn, ex.compile_step(static, step_fn, hp, knobs=knobs))
+  signature = ("dm", num_classes, ipc, model, augment, real_per_class, momentum, syn_tx,
+               None if kde_config is None else (kde_config.normalize, kde_config.scope),
+               real_sampling, group_matching, mesh, ex.class_axis, ex.batch_axis, real_chunk,
+               syn_chunk, None if real_dtype is None else str(real_dtype), ex.policy)
+  return Distiller(init_fn, ex.compile_step(signature, step_fn))
+
+
+def _check_model(model) -> None:
+  """The model contract (see :func:`dm`), checked when the distiller is built."""
+  if not isinstance(model, nn.Module):
+    raise ValueError(f"model must be a flax.linen Module (its features output is matched), got "
+                     f"{type(model).__name__}; for a plain function use "
+                     "jaxdd.matching.dm_loss(embed_fn=...) in your own step")
+
+
+def _call_args(model: nn.Module) -> set[str]:
+  """The keyword arguments ``model.__call__`` takes."""
+  try:
+    return set(inspect.signature(model.__call__).parameters)
+  except (TypeError, ValueError):
+    return set()
 
 
 def _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matching) -> None:
@@ -159,14 +180,20 @@ def _embedders(model: nn.Module, variables, real_dtype, winograd_real: bool):
   to float32); ``winograd_real``: its eligible convolutions as Winograd F(2x2, 3x3).
   """
 
+  accepts = _call_args(model)
+  # jaxdd's models return (features, logits) with return_features=True; any other module's
+  # output is its features.
+  kw = {"return_features": True} if "return_features" in accepts else {}
+  pick = (lambda out: out[0]) if kw else (lambda out: out)  # noqa: E731
+
   def embed_with(v, x):
     # BatchNorm models use the statistics of the batch (train mode), as the reference.
     if "batch_stats" in v:
-      (feats, _), _ = model.apply(v, x, train=True, return_features=True,
-                                  mutable=["batch_stats"])
+      out, _ = model.apply(v, x, mutable=["batch_stats"], **kw,
+                           **({"train": True} if "train" in accepts else {}))
     else:
-      feats, _ = model.apply(v, x, return_features=True)
-    return feats
+      out = model.apply(v, x, **kw)
+    return pick(out)
 
   embed = functools.partial(embed_with, variables)
   embed_real = None

@@ -19,7 +19,7 @@ Example:
   ('accelerator', None, None)
   >>> d = distill.dm(num_classes=2, ipc=2, model=models.ConvNet(2, depth=1, width=8),
   ...                real_per_class=8, augment=None, execution=ex)
-  >>> runs = distill.many_runs(d, num_runs=3, run_knobs=[{"lr": v} for v in (0.5, 1.0, 2.0)])
+  >>> runs = distill.many_runs(d, num_runs=3, run_hparams=[{"lr": v} for v in (0.5, 1.0, 2.0)])
   >>> state, metrics = runs.step(runs.init(jax.random.key(0), real), real)
   >>> metrics["loss"].shape
   (3,)
@@ -31,15 +31,13 @@ from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import policy as policy_lib
 from jaxdd._src import checks
-from jaxdd.distill.core import (Distiller, DistillState, RealData, _BoundStep, _shared_program,
-                                multi_step)
+from jaxdd.distill.core import Distiller, DistillState, RealData, multi_step
 
-__all__ = ["Execution", "RUN_KNOBS", "many_runs", "multi_step"]
+__all__ = ["Execution", "many_runs", "multi_step"]
 
 
 def _chunk(value, auto: int | None, name: str) -> int | None:
@@ -89,8 +87,10 @@ class Execution:
       the policy's ``real_chunk`` (32 on CPU, all at once on accelerators).
       ``None``: all at once.
     syn_chunk: the same for DM's synthetic images, whose forward and backward
-      then run chunk by chunk (plain ``nn.Conv`` layers are routed through
-      :func:`jaxdd.models.loop_safe_convs` for that). ``"auto"``: the policy's
+      then run chunk by chunk (a model of your own built from ``nn.Conv``
+      keeps XLA's convolution there unless its layers ask for
+      :func:`jaxdd.models.policy_conv`, the CPU's loop-safe kernels; jaxdd's
+      models do). ``"auto"``: the policy's
       ``syn_chunk`` (10 on CPU, all at once on accelerators). Chunking never
       changes the loss beyond float rounding. Timings at the reference
       configuration: docs/results/speed-distillation.md, "One DM step" (benchmarks/dm_step.py).
@@ -100,8 +100,8 @@ class Execution:
       synthetic images' dtype, i.e. the reference's computation. Off by
       default: on the development CPU bfloat16 is slower (docs/results/speed-distillation.md, "bf16
       real path for DM"). Other methods refuse it.
-    jit: compile the step (default; distillers with the same static settings
-      share one program) or return the raw pure function.
+    jit: compile the step with ``jax.jit`` (default; nothing is donated) or
+      return the raw pure function.
   """
   policy: Any = "auto"
   mesh: Mesh | None = None
@@ -136,73 +136,65 @@ class Execution:
     if self.real_dtype is not None:
       raise ValueError(f"real_dtype is a DM option; method {method!r} has none")
 
-  def compile_step(self, static: tuple, step_fn: Callable, hp: dict | None = None, *,
-                   knobs: Sequence[str] | None = None) -> Callable:
+  def compile_step(self, signature: tuple, step_fn: Callable) -> Callable:
     """The step of a distiller: ``step_fn`` traced under :attr:`policy`, compiled or raw.
 
     Args:
-      static: the step's static settings, the key of the program that distillers
-        with equal settings share.
-      step_fn: ``step_fn(state, data, hp)`` or, without ``hp``, ``step_fn(state, data)``.
-      hp: the runtime knobs the step takes as arguments (None: none).
-      knobs: the names in ``hp`` that :func:`many_runs` may vary per run (None:
-        the step cannot be run N times in one program).
+      signature: the step's static settings (its hyperparameters are in the state);
+        stored as ``step.signature`` when hashable, else None.
+      step_fn: the pure ``step_fn(state, data) -> (state, metrics)``.
 
     Returns:
-      ``step(state, data) -> (state, metrics)``.
+      ``step(state, data) -> (state, metrics)``: ``jax.jit(step_fn)`` (nothing
+      donated) or, with ``jit=False``, the raw function; with the attributes
+      ``signature`` and ``execution``.
     """
-    step_fn = policy_lib.pinned(self.policy, step_fn)
-    if hp is None:
-      return _shared_program(static, step_fn) if self.jit else step_fn
-    if not self.jit:
-      def raw_step(state, data):
-        return step_fn(state, data, hp)
-      # A plain function (jax and chex tools inspect raw steps), carrying what many_runs reads
-      # of a step as the compiled one, _BoundStep, does.
-      raw_step.fn, raw_step._hp, raw_step.execution, raw_step.knobs = step_fn, hp, self, knobs
-      return raw_step
-    return _BoundStep(_shared_program(static, step_fn), hp, fn=step_fn, execution=self,
-                      knobs=knobs)
+    pinned = policy_lib.pinned(self.policy, step_fn)
+    step = jax.jit(pinned) if self.jit else pinned
+    try:
+      hash(signature)
+    except TypeError:  # an unhashable setting (e.g. a custom augment object)
+      signature = None
+    step.signature, step.execution = signature, self
+    return step
 
 
 # ---------------------------------------------------------------------------- N runs in one program
 
-#: The runtime knobs a run of :func:`many_runs` may override.
-RUN_KNOBS = ("lr", "variance", "temperature")
-
-
-def many_runs(d: Distiller, *, num_runs: int | None = None,
-              run_knobs: Sequence[dict] | None = None, common_random_numbers: bool = False,
+def many_runs(d: Distiller, *, num_runs: int, run_hparams: Sequence[dict] | None = None,
+              common_random_numbers: bool = False,
               parallel: Literal["auto", "vmap", "map"] = "auto",
               run_fields: Sequence[str] = ()) -> Distiller:
   """N distillations of one method in one program: ``d``'s pure step vmapped over runs.
 
-  ``d`` is a distiller whose step takes the runtime knobs :data:`RUN_KNOBS`
-  (:func:`jaxdd.distill.dm`) and runs on one device; the result is compiled as
-  ``d``'s :class:`Execution` says, and traced under its policy.
+  Any method: DM, DC, DSA, MTT, CFM, group matching. The result is compiled as
+  ``d``'s :class:`Execution` says (nothing donated) and traced under its policy.
+  It is what ``jax.vmap(d.init)`` and ``jax.vmap(d.step)`` give, with per-run
+  hyperparameters, shared draws and per-run real-data fields arranged for you.
 
-  ``init(key, real)`` builds the stacked state: with independent runs, run i
-  starts from ``d.init(jax.random.split(key, N)[i], real)``, or from
+  ``init(key, real, syn=None)`` builds the stacked state: with independent runs,
+  run i starts from ``d.init(jax.random.split(key, N)[i], real)``, or from
   ``d.init(key[i], real)`` when ``key`` is N stacked keys (runs that are separate
   seeds: run i then equals the single run of key i); with common random
   numbers every run starts from ``d.init(key, real)`` and the key and step
   stay shared (unbatched), so every draw inside the step (the network, the real
   batch, the augmentation) is the same for all runs and is computed once; only
-  what depends on a run's images or knobs is batched. ``step(state, real)``
-  returns the stacked state and per-run metrics. Run i equals the single run
-  with its key and knobs, up to float rounding (tests/test_distill.py).
+  what depends on a run's images or hyperparameters is batched. ``step(state,
+  data)`` returns the stacked state and per-run metrics. Run i equals the single
+  run with its key and hyperparameters, up to float rounding (tests/test_distill.py).
 
   Args:
     d: the distiller of one run.
     num_runs: N; the state's arrays get a leading run axis and the metrics are per run.
-    run_knobs: one dict per run overriding the runtime knobs ``lr``,
-      ``variance`` and ``temperature`` (e.g. the candidates of a sweep); None:
+    run_hparams: one dict per run overriding some of ``d``'s hyperparameters
+      (``state.hparams``: ``lr``, the KDE ``variance`` and ``temperature``, CFM's
+      ``beta``, MTT's ``lr_lr``, ...; e.g. the candidates of a sweep); None:
       every run uses ``d``'s values.
     common_random_numbers: False (default): each run draws its own network,
       batches and augmentation (keys split from the init key, as N seeds);
       True: all runs share them (the init key and every draw), so runs that
-      differ only in their knobs are a paired comparison, and the shared work
-      (the network, the real batch and its forward pass) is done once.
+      differ only in their hyperparameters are a paired comparison, and the
+      shared work (the network, the real batch and its forward pass) is done once.
     parallel: with independent runs, ``"vmap"`` (batched: the runs' random
       networks become grouped convolutions) or ``"map"`` (one after another
       inside the program); ``"auto"``: the policy's ``parallel`` (map on CPU,
@@ -216,51 +208,78 @@ def many_runs(d: Distiller, *, num_runs: int | None = None,
   Returns:
     A :class:`Distiller` of the N runs.
   """
-  if num_runs is None:
-    raise ValueError("run_knobs and common_random_numbers need num_runs=N")
-  step = d.step
-  if getattr(step, "knobs", None) is None:
-    raise ValueError(f"many_runs wraps a step that takes the runtime knobs {list(RUN_KNOBS)} "
-                     "(distill.dm); this distiller's step has none")
-  execution: Execution = step.execution
+  checks.check_positive_int("num_runs", num_runs)
+  step_one = d.step
+  execution = getattr(step_one, "execution", None) or Execution()
   if execution.mesh is not None:
     raise ValueError("num_runs runs on one device; drop the Execution's mesh (or many_runs)")
   if parallel == "auto":
     parallel = execution.policy.parallel
   if parallel not in ("vmap", "map"):
     raise ValueError(f"run_parallel must be 'auto', 'vmap' or 'map', got {parallel!r}")
-  stacked_hp = _stacked_knobs(step._hp, step.knobs, num_runs, run_knobs)
-  init_fn, step_fn, shared = d.init, step.fn, common_random_numbers
+  overrides = _run_overrides(num_runs, run_hparams)
+  shared = common_random_numbers
   real_axes = _real_axes(run_fields, shared)
-  # Which parts of the state carry a run axis: all of them, or (shared draws) the images
-  # and the optimiser state only.
-  axes = DistillState(0, 0, None if shared else 0, None if shared else 0, None)
+  # Which parts of the state carry a run axis: all of them, or (shared draws) all but the
+  # step and the key.
+  axes = DistillState(0, 0, None if shared else 0, None if shared else 0, 0, 0)
 
-  def init(key: jax.Array, real: RealData) -> DistillState:
+  def init(key: jax.Array, real: RealData, syn=None) -> DistillState:
     if shared:
-      one = init_fn(key, real)
-      tile = lambda a: jnp.broadcast_to(a, (num_runs,) + jnp.shape(a))
-      return one._replace(syn=jax.tree.map(tile, one.syn),
-                          opt_state=jax.tree.map(tile, one.opt_state))
-    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    run_keys = key if jnp.ndim(key) == (1 if typed else 2) else jax.random.split(key, num_runs)
-    if len(run_keys) != num_runs:
-      raise ValueError(f"init got {len(run_keys)} keys for num_runs={num_runs}")
-    states = [init_fn(k, _run_real(real, run_fields, i)) for i, k in enumerate(run_keys)]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+      one = d.init(key, real, syn)
+      tile = lambda a: jnp.broadcast_to(a, (num_runs,) + jnp.shape(a))  # noqa: E731
+      states = one._replace(syn=jax.tree.map(tile, one.syn),
+                            opt_state=jax.tree.map(tile, one.opt_state),
+                            extra=jax.tree.map(tile, one.extra),
+                            hparams=jax.tree.map(tile, one.hparams))
+    else:
+      typed = jax.dtypes.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
+      run_keys = key if jnp.ndim(key) == (1 if typed else 2) else jax.random.split(key, num_runs)
+      if len(run_keys) != num_runs:
+        raise ValueError(f"init got {len(run_keys)} keys for num_runs={num_runs}")
+      states = jax.vmap(lambda k, r: d.init(k, r, syn), in_axes=(0, real_axes))(run_keys, real)
+    return _apply_overrides(states, overrides)
 
-  def many_step(state: DistillState, real: RealData, h):
+  def many_step(state: DistillState, data):
     if parallel == "map" and not shared:
-      if not run_fields:
-        return jax.lax.map(lambda args: step_fn(args[0], real, args[1]), (state, h))
-      own = tuple(getattr(real, f) for f in run_fields)
-      return jax.lax.map(lambda args: step_fn(args[0], real._replace(**dict(
-          zip(run_fields, args[2]))), args[1]), (state, h, own))
-    return jax.vmap(step_fn, in_axes=(axes, real_axes, 0), out_axes=(axes, 0))(state, real, h)
+      if real_axes is None:
+        return jax.lax.map(lambda s: step_one(s, data), state)
+      own = tuple(getattr(data, f) for f in run_fields)
+      return jax.lax.map(lambda args: step_one(args[0], data._replace(**dict(
+          zip(run_fields, args[1])))), (state, own))
+    return jax.vmap(step_one, in_axes=(axes, real_axes), out_axes=(axes, 0))(state, data)
 
-  if not execution.jit:
-    return Distiller(init, lambda state, real: many_step(state, real, stacked_hp))
-  return Distiller(init, _BoundStep(jax.jit(many_step, donate_argnums=0), stacked_hp))
+  signature = ("many_runs", getattr(step_one, "signature", None), num_runs, shared, parallel,
+               tuple(run_fields))
+  step = execution.compile_step(signature if signature[1] is not None else None, many_step)
+  return Distiller(init, step)
+
+
+def _run_overrides(num_runs: int, run_hparams: Sequence[dict] | None) -> list[dict]:
+  if run_hparams is None:
+    return [{} for _ in range(num_runs)]
+  overrides = [dict(h) for h in run_hparams]
+  if len(overrides) != num_runs:
+    raise ValueError(f"run_hparams has {len(overrides)} entries for num_runs={num_runs}")
+  return overrides
+
+
+def _apply_overrides(states: DistillState, overrides: list[dict]) -> DistillState:
+  """The stacked states with each run's own hyperparameters."""
+  names = sorted({k for o in overrides for k in o})
+  if not names:
+    return states
+  hparams = dict(states.hparams or {})
+  unknown = sorted(set(names) - set(hparams))
+  if unknown:
+    raise ValueError(f"run_hparams {unknown} are not tunable values of this distiller; its "
+                     f"hparams are {sorted(hparams)}")
+  for name in names:
+    old = hparams[name]
+    given = jnp.asarray([o.get(name, 0.0) for o in overrides], old.dtype)
+    has = jnp.asarray([name in o for o in overrides])
+    hparams[name] = jnp.where(has, given, old)
+  return states._replace(hparams=hparams)
 
 
 def _real_axes(run_fields: Sequence[str], shared: bool):
@@ -275,28 +294,3 @@ def _real_axes(run_fields: Sequence[str], shared: bool):
   if not run_fields:
     return None
   return RealData(*(0 if f in run_fields else None for f in RealData._fields))
-
-
-def _run_real(real: RealData, run_fields: Sequence[str], i: int) -> RealData:
-  """Run i's view of the real data: its own row of each of ``run_fields``."""
-  return real._replace(**{f: getattr(real, f)[i] for f in run_fields})
-
-
-def _stacked_knobs(hp: dict, allowed: Sequence[str], num_runs: int,
-                   run_knobs: Sequence[dict] | None) -> dict[str, np.ndarray]:
-  """The knobs of :data:`RUN_KNOBS` stacked over runs: a run's own value, else ``hp``'s."""
-  checks.check_positive_int("num_runs", num_runs)
-  knobs = [dict() for _ in range(num_runs)] if run_knobs is None else [dict(k) for k in run_knobs]
-  if len(knobs) != num_runs:
-    raise ValueError(f"run_knobs has {len(knobs)} entries for num_runs={num_runs}")
-  for k in knobs:
-    unknown = set(k) - set(RUN_KNOBS)
-    if unknown:
-      raise ValueError(f"run_knobs may set {list(RUN_KNOBS)}, got {sorted(unknown)}")
-    fixed = set(k) - set(allowed)
-    if fixed:
-      raise ValueError(f"run_knobs' {sorted(fixed)} are not runtime values of this step (dm's "
-                       "lr scales its own SGD; with syn_tx the step size is the "
-                       "transformation's): drop them from run_knobs")
-  return {name: np.asarray([k.get(name, hp[name]) for k in knobs], np.float32)
-          for name in RUN_KNOBS}

@@ -22,9 +22,10 @@ import optax
 
 from jaxdd import matching
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
-                                _check_sampling, _KDEKnobs, _state_init, all_finite, real_batch)
+                                _check_sampling, _state_init, all_finite, kde_hparams, kde_knobs,
+                                real_batch, step_key)
 from jaxdd.distill.execution import Execution
-from jaxdd.models import ConvNet, loop_safe_convs
+from jaxdd.models import ConvNet
 
 
 def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None = None,
@@ -52,9 +53,9 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     model: the network whose conv inputs are matched (default ConvNet-3 w128).
     augment: siamese augmentation ``f(key, images)`` or None.
     real_per_class: real images per class and step.
-    lr, momentum: SGD on the images (``lr`` is a runtime value).
+    lr, momentum: SGD on the images (``lr`` is a hyperparameter in the state).
     beta, schedule, beta_floor: the filter's ridge and its curriculum
-      (:func:`jaxdd.matching.cfm_beta`; ``beta`` is a runtime value).
+      (:func:`jaxdd.matching.cfm_beta`; ``beta`` is a hyperparameter in the state).
     curriculum: what the schedule runs over. ``'iterations'``: every image
       moves at every step while beta falls over the run. ``'slots'`` (UniDD's
       order): the run is cut into ``ipc`` phases (:func:`jaxdd.matching.cfm_slot`);
@@ -68,8 +69,8 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
       the loss's scale as beta falls).
     init, kde_config, real_sampling: as :func:`dm`.
     variables: None (a fresh random network every step, as DM) or the fixed
-      variables of a trained ``model`` (passed at run time, so runs with other
-      trained networks share the compiled step).
+      variables of a trained ``model`` (kept in ``state.hparams["variables"]``,
+      so runs with other trained networks share the compiled step).
     execution: how the step runs (:class:`jaxdd.distill.Execution`; None:
       ``Execution()``): its policy (the step is traced under it) and ``jit``;
       one device only (a mesh or ``real_dtype`` is refused).
@@ -86,23 +87,19 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
   ex = Execution() if execution is None else execution
   ex.one_device("cfm")
   model = ConvNet(num_classes) if model is None else model
-  tx = optax.sgd(1.0, momentum=momentum)  # lr applied at run time, as dm()
-  hp = {"lr": np.float32(lr), "beta": np.float32(beta),
-        "variance": np.float32(1.0 if kde_config is None else kde_config.variance),
-        "temperature": np.float32(1.0 if kde_config is None else kde_config.temperature),
-        "variables": variables}
-  init_fn = _state_init(num_classes, ipc, init, tx, None, kde_config)
-
-  def knobs_of(h):
-    return None if kde_config is None else _KDEKnobs(h["variance"], h["temperature"],
-                                                     kde_config.normalize, kde_config.scope)
+  tx = optax.sgd(1.0, momentum=momentum)  # lr read from the state, as dm()'s
+  hparams = {"lr": lr, "beta": beta, **kde_hparams(kde_config)}
+  if variables is not None:
+    hparams["variables"] = variables
+  init_fn = _state_init(num_classes, ipc, init, tx, None, kde_config, hparams)
 
   def loss_fn(syn_images, key, step, real: RealData, h):
     k_model, k_real, k_aug = jax.random.split(key, 3)
-    rows, _, weights = real_batch(k_real, real, real_per_class, knobs_of(h), real_sampling)
+    rows, _, weights = real_batch(k_real, real, real_per_class, kde_knobs(kde_config, h),
+                                  real_sampling)
     real_images = real.images[rows]
     syn_batch = syn_images.reshape((num_classes, ipc) + syn_images.shape[1:])
-    if h["variables"] is None:
+    if "variables" not in h:
       v = model.init(k_model, jnp.zeros((1,) + syn_images.shape[1:], syn_images.dtype))
     else:
       v = h["variables"]
@@ -118,16 +115,15 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     else:
       beta_t = matching.cfm_beta(h["beta"], step, iterations, schedule, beta_floor)
       syn_weights = None
-    with loop_safe_convs():
-      loss = matching.cfm_loss(k_aug, syn_batch, real_images, features_fn=features_fn,
-                               beta=beta_t, augment=augment, weights=weights,
-                               syn_weights=syn_weights, kind=filter, normalize=normalize)
+    loss = matching.cfm_loss(k_aug, syn_batch, real_images, features_fn=features_fn,
+                             beta=beta_t, augment=augment, weights=weights,
+                             syn_weights=syn_weights, kind=filter, normalize=normalize)
     return loss, (weights, beta_t)
 
-  def step_fn(state: DistillState, real: RealData, h):
-    key = jax.random.fold_in(state.key, state.step)
+  def step_fn(state: DistillState, real: RealData):
+    h = state.hparams
     (loss, (weights, beta_t)), grad = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.syn.images, key, state.step, real, h)
+        state.syn.images, step_key(state), state.step, real, h)
     metrics = {}
     if curriculum == "slots":
       # only the current slot moves: its gradient alone enters the momentum (so each
@@ -145,14 +141,14 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     grad_norm = optax.tree.norm(grad)
     metrics.update(loss=loss, grad_norm=grad_norm, max_weight=jnp.max(weights), beta=beta_t,
                    finite=all_finite(loss, grad_norm, images))
-    return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
-                        state.key), metrics
+    return state._replace(syn=state.syn._replace(images=images), opt_state=opt_state,
+                          step=state.step + 1), metrics
 
-  static = ("cfm", num_classes, ipc, iterations, model, augment, real_per_class, momentum,
+  signature = ("cfm", num_classes, ipc, iterations, model, augment, real_per_class, momentum,
             None if kde_config is None else (kde_config.normalize, kde_config.scope),
             real_sampling, init, schedule, curriculum, beta_floor, filter, normalize,
             variables is None, ex.policy)
-  return Distiller(init_fn, ex.compile_step(static, step_fn, hp))
+  return Distiller(init_fn, ex.compile_step(signature, step_fn))
 
 
 def _check_cfm(*, ipc, iterations, real_per_class, beta, beta_floor, curriculum, schedule,

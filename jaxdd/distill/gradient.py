@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -15,10 +15,10 @@ from jaxdd import matching, parallel
 from jaxdd import train as train_lib
 from jaxdd._src import winograd
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
-                                _check_sampling, _state_init, all_finite, real_batch,
-                                sample_per_class)
+                                _check_sampling, _state_init, all_finite, kde_hparams, kde_knobs,
+                                real_batch, sample_per_class, step_key)
 from jaxdd.distill.execution import Execution
-from jaxdd.models import ConvNet, loop_safe_convs
+from jaxdd.models import ConvNet
 from jaxdd.protocols import Protocol
 
 # (outer_loop, inner_loop) per IPC, from the DC/DSA reference code's get_loops.
@@ -50,7 +50,9 @@ def gm_loops(ipc: int, outer_loop: int | None = None,
 
 
 def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
-       strategy: str | None = None, outer_loop: int | None = None,
+       augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+       net_augment: Callable[[jax.Array, jax.Array], jax.Array] | Literal["auto"] | None = "auto",
+       outer_loop: int | None = None,
        inner_loop: int | None = None, real_per_class: int = 256, lr: float = 0.1,
        momentum: float = 0.5, syn_tx: optax.GradientTransformation | None = None,
        lr_net: float = 0.01, net_batch_size: int = 256,
@@ -67,11 +69,11 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   1. sample ``real_per_class`` real images per class and their weights
      (uniform, or KDE as in :func:`dm`);
   2. one image-optimiser update on :func:`jaxdd.matching.gm_loss` summed over
-     classes (siamese DSA with one draw per class when ``strategy`` is set);
+     classes (the siamese ``augment`` with one draw per class, if any);
   3. except after the last round: train the network ``inner_loop`` epochs on
      the current synthetic set with plain SGD(``lr_net``), batches of
-     ``net_batch_size``, non-siamese DSA with ``strategy`` (none for DC) —
-     with :func:`jaxdd.train.fit`, the trainer of the evaluation.
+     ``net_batch_size``, augmented by ``net_augment`` (none for DC) — with
+     :func:`jaxdd.train.fit`, the trainer of the evaluation.
 
   Networks with batch statistics (``norm="batch"``) get the reference's
   treatment: before each round, ``BN_REAL_PER_CLASS`` real images per class
@@ -81,14 +83,21 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     num_classes, ipc: classes and synthetic images per class.
     model: the network (default ``ConvNet(num_classes)``), freshly initialised
       at every step.
-    strategy: DSA strategy string (e.g. ``"color_crop_cutout_flip_scale_rotate"``)
-      or None (DC: no augmentation).
+    augment: the matching's siamese augmentation, a callable ``f(key, images)``
+      (DSA: ``jaxdd.augment.dsa("color_crop_cutout_flip_scale_rotate")``), or
+      None (DC: no augmentation).
+    net_augment: the inner loop's augmentation ``f(key, images)``; ``"auto"``
+      (default): ``jaxdd.augment.per_image(augment)``, the per-image
+      counterpart (for a DSA augmentation, the same strategy with per-image
+      parameters, as the reference); None: none.
     outer_loop, inner_loop: rounds per step and network epochs per round
       (default: the reference's per IPC, :data:`GM_LOOPS`).
     real_per_class: real images per class and round (reference: 256).
     lr, momentum: SGD on the synthetic images (reference: 0.1, 0.5); the
-      optimiser state persists across steps.
-    syn_tx: optional optax transformation replacing SGD(lr, momentum).
+      optimiser state persists across steps; ``lr`` is a hyperparameter in the
+      state (``state.hparams["lr"]``).
+    syn_tx: optional optax transformation replacing SGD(lr, momentum) (then
+      the state has no ``lr``).
     lr_net: the network's SGD learning rate in the inner loop (0.01).
     net_batch_size: the inner loop's batch size (256).
     init: 'real', 'weighted' or 'noise' (see :func:`dm`).
@@ -104,7 +113,9 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       outer iteration"); the synthetic side keeps the loop-safe kernels.
 
   Returns:
-    A :class:`Distiller`. The step's metrics: ``loss`` (the class-summed
+    A :class:`Distiller` of pure functions; ``state.hparams`` holds ``lr`` and,
+    with a weighting, the KDE ``variance`` and ``temperature``. The step's
+    metrics: ``loss`` (the class-summed
     matching loss, mean over rounds), ``loss_first``/``loss_last`` (first and
     last round), ``grad_norm`` (last round), ``max_weight``, ``finite`` (every
     round's loss and gradient norm and the updated images are finite,
@@ -120,31 +131,44 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     raise ValueError(f"net_batch_size must be a positive int, got {net_batch_size!r}")
   _check_kde(kde_config)
   _check_sampling(init, real_sampling, kde_config)
+  _check_augment("augment", augment)
+  if net_augment == "auto":
+    net_augment = augment_lib.per_image(augment)
+  _check_augment("net_augment", net_augment)
   outer, inner = gm_loops(ipc, outer_loop, inner_loop)
   ex = Execution() if execution is None else execution
   if ex.real_dtype is not None:
     raise ValueError("real_dtype is a DM option; method 'gm' has none")
   mesh = ex.mesh
   model = ConvNet(num_classes) if model is None else model
-  tx = optax.sgd(lr, momentum=momentum) if syn_tx is None else syn_tx
+  # lr is read from the state, as dm()'s: sgd(1.0)'s updates times lr are sgd(lr)'s.
+  tx = optax.sgd(1.0, momentum=momentum) if syn_tx is None else syn_tx
   s = _GMSettings(
       model=model, num_classes=num_classes, ipc=ipc, outer=outer,
       real_per_class=real_per_class, kde_config=kde_config, real_sampling=real_sampling,
-      augment=augment_lib.dsa(strategy) if strategy else None, mesh=mesh,
+      augment=augment, mesh=mesh,
       real_spec=ex.real_spec, syn_spec=ex.syn_spec, real_chunk=ex.real_chunk,
       winograd_real=ex.policy.train_conv == "winograd" and mesh is None,
       task=train_lib.standard_task(model),
       inner_protocol=Protocol("gm-inner", epochs=inner - 1, lr=lr_net, momentum=0.0,
                               weight_decay=0.0, batch_size=net_batch_size, decay_at=None,
-                              augment=strategy or None),
-      tx=tx)
-  init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config)
-  # Shared by every gm() with the same settings (a resumed run, tune's candidates that
-  # differ only in what the step does not see), as dm()'s programs are.
-  static = ("gm", num_classes, ipc, model, strategy, outer, inner, real_per_class, lr, momentum,
-            syn_tx, lr_net, net_batch_size, kde_config, real_sampling, mesh, ex.class_axis,
-            ex.batch_axis, s.real_chunk, ex.policy)
-  return Distiller(init_fn, ex.compile_step(static, lambda state, real: _gm_step(s, state, real)))
+                              augment=net_augment),
+      tx=tx, scale_lr=syn_tx is None)
+  hparams = {**({"lr": lr} if syn_tx is None else {}), **kde_hparams(kde_config)}
+  init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config, hparams)
+  signature = ("gm", num_classes, ipc, model, augment, net_augment, outer, inner,
+               real_per_class, momentum, syn_tx, lr_net, net_batch_size,
+               None if kde_config is None else (kde_config.normalize, kde_config.scope),
+               real_sampling, mesh, ex.class_axis, ex.batch_axis, s.real_chunk, ex.policy)
+  return Distiller(init_fn, ex.compile_step(signature,
+                                            lambda state, real: _gm_step(s, state, real)))
+
+
+def _check_augment(name: str, fn) -> None:
+  if fn is not None and not callable(fn):
+    hint = (f"; for a DSA strategy string pass jaxdd.augment.dsa({fn!r})"
+            if isinstance(fn, str) else "")
+    raise ValueError(f"{name} must be a callable f(key, images) or None, got {fn!r}{hint}")
 
 
 class _GMSettings(NamedTuple):
@@ -165,6 +189,7 @@ class _GMSettings(NamedTuple):
   task: Any
   inner_protocol: Protocol
   tx: optax.GradientTransformation
+  scale_lr: bool
 
 
 def _fresh_network(s: _GMSettings, key: jax.Array, images: jax.Array):
@@ -184,7 +209,7 @@ def _refresh_batch_stats(s: _GMSettings, params, net_state, key: jax.Array, real
   return net_state
 
 
-def _match(s: _GMSettings, syn_images, params, net_state, key: jax.Array, real: RealData):
+def _match(s: _GMSettings, syn_images, params, net_state, key: jax.Array, real: RealData, h):
   """One matching: a real batch and its weights, and the gradient of the class-summed
   :func:`jaxdd.matching.gm_loss` with respect to the synthetic images.
 
@@ -192,7 +217,8 @@ def _match(s: _GMSettings, syn_images, params, net_state, key: jax.Array, real: 
   """
   k_real, k_aug, k_bn = jax.random.split(key, 3)
   net_state = _refresh_batch_stats(s, params, net_state, k_bn, real)
-  rows, mask, weights = real_batch(k_real, real, s.real_per_class, s.kde_config, s.real_sampling)
+  rows, mask, weights = real_batch(k_real, real, s.real_per_class, kde_knobs(s.kde_config, h),
+                                   s.real_sampling)
   real_images = parallel.constrain(real.images[rows], s.mesh, s.real_spec)
   # Chunking the real gradient needs per-sample networks (no batch statistics).
   per_sample = not jax.tree.leaves(net_state) and s.mesh is None
@@ -226,13 +252,15 @@ def _train_network(s: _GMSettings, key: jax.Array, params, net_state, images):
   return params, net_state
 
 
-def _round(s: _GMSettings, real: RealData, k_rounds: jax.Array, carry, r):
+def _round(s: _GMSettings, real: RealData, h: dict, k_rounds: jax.Array, carry, r):
   """Round ``r`` of an outer iteration: match, update the images, then (except after the
   last round, as the reference) train the network on the updated set."""
   images, opt_state, params, net_state = carry
   k_match, k_train = jax.random.split(jax.random.fold_in(k_rounds, r))
-  loss, grad, weights, net_state = _match(s, images, params, net_state, k_match, real)
+  loss, grad, weights, net_state = _match(s, images, params, net_state, k_match, real, h)
   updates, opt_state = s.tx.update(grad, opt_state, images)
+  if s.scale_lr:
+    updates = jax.tree.map(lambda u: u * h["lr"].astype(u.dtype), updates)
   images = optax.apply_updates(images, updates)
   params, net_state = jax.lax.cond(
       r < s.outer - 1, lambda a: _train_network(s, k_train, *a, images), lambda a: a,
@@ -242,50 +270,54 @@ def _round(s: _GMSettings, real: RealData, k_rounds: jax.Array, carry, r):
 
 def _gm_step(s: _GMSettings, state: DistillState, real: RealData):
   """One outer iteration: a fresh network, then ``s.outer`` rounds under a ``lax.scan``."""
-  key = jax.random.fold_in(state.key, state.step)
-  k_net, k_rounds = jax.random.split(key)
+  k_net, k_rounds = jax.random.split(step_key(state))
   params, net_state = _fresh_network(s, k_net, state.syn.images)
-  with loop_safe_convs():
-    (images, opt_state, _, _), (losses, grad_norms, max_w) = jax.lax.scan(
-        functools.partial(_round, s, real, k_rounds),
-        (state.syn.images, state.opt_state, params, net_state), jnp.arange(s.outer))
+  (images, opt_state, _, _), (losses, grad_norms, max_w) = jax.lax.scan(
+      functools.partial(_round, s, real, state.hparams, k_rounds),
+      (state.syn.images, state.opt_state, params, net_state), jnp.arange(s.outer))
   metrics = {"loss": losses.mean(), "loss_first": losses[0], "loss_last": losses[-1],
              "grad_norm": grad_norms[-1], "max_weight": jnp.max(max_w),
              "finite": all_finite(losses, grad_norms, images)}
-  return DistillState(state.syn._replace(images=images), opt_state, state.step + 1,
-                      state.key), metrics
+  return state._replace(syn=state.syn._replace(images=images), opt_state=opt_state,
+                        step=state.step + 1), metrics
 
 
-def dsa(*, strategy: str = "color_crop_cutout_flip_scale_rotate",
-        init: Literal["real", "weighted", "noise"] = "real",
-        **kwargs) -> Distiller:
+def dsa(*, augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+        init: Literal["real", "weighted", "noise"] = "real", **kwargs) -> Distiller:
   """DSA (Zhao & Bilen 2021): gradient matching with siamese augmentation.
 
-  :func:`gm` with a DSA ``strategy`` (default the reference's
-  ``color_crop_cutout_flip_scale_rotate``) and real initialisation (the
-  reference's DSA command). All other arguments are :func:`gm`'s.
+  :func:`gm` with a siamese ``augment`` (default the reference's strategy,
+  ``jaxdd.augment.dsa("color_crop_cutout_flip_scale_rotate")``) and real
+  initialisation (the reference's DSA command). All other arguments are
+  :func:`gm`'s.
 
   Example:
     >>> import jax, numpy as np
-    >>> from jaxdd import distill, models
+    >>> from jaxdd import augment, distill, models
     >>> x = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
     >>> real = distill.real_data(x, np.repeat(np.arange(2), 20), num_classes=2)
     >>> d = distill.dsa(num_classes=2, ipc=2, model=models.ConvNet(2, depth=1, width=8),
-    ...                 outer_loop=2, inner_loop=1, real_per_class=8, strategy="crop_flip")
+    ...                 outer_loop=2, inner_loop=1, real_per_class=8,
+    ...                 augment=augment.dsa("crop_flip"))
     >>> state, metrics = d.step(d.init(jax.random.key(0), real), real)  # doctest: +SKIP
     >>> state.syn.images.shape, int(state.step)  # doctest: +SKIP
     ((4, 8, 8, 3), 1)
   """
-  return gm(strategy=strategy, init=init, **kwargs)
+  if "strategy" in kwargs:
+    raise TypeError("dsa() takes augment=jaxdd.augment.dsa(strategy), not strategy=")
+  if augment is None:
+    augment = augment_lib.dsa(augment_lib.DEFAULT_STRATEGY)
+  return gm(augment=augment, init=init, **kwargs)
 
 
 def dc(*, init: Literal["real", "weighted", "noise"] = "noise", **kwargs) -> Distiller:
   """DC (Zhao et al. 2021): gradient matching without augmentation.
 
-  :func:`gm` with ``strategy=None`` and, as the reference's default, noise
+  :func:`gm` with no augmentation and, as the reference's default, noise
   initialisation. All other arguments are :func:`gm`'s.
   """
-  if kwargs.get("strategy"):
-    raise ValueError("dc() uses no augmentation; for a DSA strategy call dsa(strategy=...)")
+  if kwargs.get("augment") is not None or kwargs.get("strategy"):
+    raise ValueError("dc() uses no augmentation; for DSA call dsa(augment=...)")
+  kwargs.pop("augment", None)
   kwargs.pop("strategy", None)
-  return gm(strategy=None, init=init, **kwargs)
+  return gm(augment=None, net_augment=None, init=init, **kwargs)

@@ -34,7 +34,7 @@ Which module holds what:
   ``metrics.jsonl``;
 * :mod:`~jaxdd.runs.driver`: the distillation loop (chunks, checkpoints, Ctrl-C);
 * :mod:`~jaxdd.runs.single`: one run (:func:`distill_stage`, :func:`run`);
-* :mod:`~jaxdd.runs.group`: runs that differ in runtime knobs, in one program;
+* :mod:`~jaxdd.runs.group`: runs that differ in hyperparameters, in one program;
 * :mod:`~jaxdd.runs.comparison`: :func:`reproduce`, vanilla vs KDE side by side;
   :mod:`~jaxdd.runs.baseline_runs`: the baselines under the same protocol;
 * :mod:`~jaxdd.runs.text`: method names and the text of stored results and comparisons;

@@ -154,23 +154,24 @@ def state_tree(state: distill.DistillState) -> dict:
   h = parallel.host  # gathers arrays sharded over several processes
   tree = {"images": h(state.syn.images), "labels": h(state.syn.labels),
           "opt": [h(x) for x in jax.tree.leaves(state.opt_state)],
-          "step": h(state.step), "key": h(jax.random.key_data(state.key))}
+          "step": h(state.step), "key": h(distill.run_key_data(state.key))}
   if jax.tree.leaves(state.extra):  # what a method learns besides the images (MTT's syn_lr)
     tree["extra"] = [h(x) for x in jax.tree.leaves(state.extra)]
   return tree
 
 
 def restore_state(tree: dict, template: distill.DistillState) -> distill.DistillState:
-  """The distillation state of a restored :func:`state_tree`, shaped like ``template``."""
+  """The distillation state of a restored :func:`state_tree`, shaped like ``template``,
+  whose hyperparameters it keeps (they come from the run's settings, not the checkpoint)."""
   opt = jax.tree.unflatten(jax.tree.structure(template.opt_state),
                            [jnp.asarray(x) for x in tree["opt"]])
   extra = template.extra
   if "extra" in tree:
     extra = jax.tree.unflatten(jax.tree.structure(template.extra),
                                [jnp.asarray(x) for x in tree["extra"]])
-  return distill.DistillState(SynSet(jnp.asarray(tree["images"]), jnp.asarray(tree["labels"])), opt,
-                              jnp.asarray(tree["step"]),
-                              jax.random.wrap_key_data(jnp.asarray(tree["key"])), extra)
+  return template._replace(syn=SynSet(jnp.asarray(tree["images"]), jnp.asarray(tree["labels"])),
+                           opt_state=opt, step=jnp.asarray(tree["step"]),
+                           key=jnp.asarray(tree["key"], jnp.uint32), extra=extra)
 
 
 def restore_newest(mngr, state: distill.DistillState, workdir: str,

@@ -59,9 +59,10 @@ def make_distiller(config: RunConfig, num_classes: int,
                        num_epochs=experts.expert_run_epochs(config),
                        model=common["model"], expert_epochs=config.expert_epochs,
                        max_start_epoch=config.max_start_epoch, syn_steps=config.syn_steps,
-                       batch_syn=config.batch_syn, lr_img=config.lr_img, lr_lr=config.lr_lr,
+                       batch_syn=config.batch_syn, lr=config.lr_img, lr_lr=config.lr_lr,
                        lr_teacher=config.lr_teacher, momentum=config.momentum,
-                       strategy=config.dsa_strategy or None, mode=config.mtt_mode,
+                       augment=(augment_lib.dsa(config.dsa_strategy, siamese=False)
+                                if config.dsa_strategy else None), mode=config.mtt_mode,
                        init=config.init, kde_config=kde_config, execution=ex)
   if config.method == "cfm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
@@ -76,5 +77,6 @@ def make_distiller(config: RunConfig, num_classes: int,
                                       else None),
                       execution=ex, **common)
   strategy = config.dsa_strategy if config.method == "dsa" else None
-  return distill.gm(strategy=strategy or None, outer_loop=config.outer_loop,
+  return distill.gm(augment=augment_lib.dsa(strategy) if strategy else None,
+                    outer_loop=config.outer_loop,
                     inner_loop=config.inner_loop, lr_net=config.lr_net, execution=ex, **common)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
@@ -16,7 +17,8 @@ from jaxdd import diagnostics, distill, parallel, synset
 from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig
-from jaxdd.runs import checkpoints, distiller, experts, keys, metrics_log, rundata, text, weights
+from jaxdd.runs import (checkpoints, distiller, experts, keys, metrics_log, programs, rundata,
+                        text, weights)
 from jaxdd.structs import SynSet
 from jaxdd.runs import stage_config
 
@@ -30,7 +32,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: rundata.RunData,
                 embeddings: np.ndarray | None, key: jax.Array, *, progress: bool = True,
                 stop_after: int | None = None, real_dtype: str | None = None,
                 classifier: diagnostics.BiasClassifier | None = None,
-                buffer_dir: str | None = None) -> SynSet:
+                buffer_dir: str | None = None, deadline: Deadline | None = None) -> SynSet:
   """The distillation loop with checkpoints every ``checkpoint_every`` steps and resume.
 
   ``stop_after`` (for tests of resumption) stops early after that many steps,
@@ -97,7 +99,7 @@ def distill_run(config: RunConfig, workdir: str, run_data: rundata.RunData,
   try:
     drive(d, state, step_data, start, end, steps_per_call(config),
           stops=(config.checkpoint_every, every if classifier is not None else 0),
-          after=after, save=save)
+          after=after, save=save, deadline=deadline)
   finally:
     bar.close()
     log.close()
@@ -187,27 +189,28 @@ def chunks(start: int, end: int, k: int, stops) -> list[tuple[int, int]]:
 
 
 def drive(d: distill.Distiller, state, data, start: int, end: int, k: int, *, stops,
-          after, save) -> None:
+          after, save, deadline: Deadline | None = None) -> None:
   """Steps ``d`` from ``start`` to ``end``, ``k`` steps per host round trip.
 
   After each chunk of ``n`` steps from step ``it``, ``after(it, n, state, row)`` gets the
   new state and ``row(j)``, the metrics of the chunk's j-th step (host values fetched
   once per chunk, and only if asked for). The first Ctrl-C is deferred to the end of the
-  chunk in flight, then ``save(step)`` runs and :class:`Interrupted` is raised.
+  chunk in flight, then ``save(step)`` runs and :class:`Interrupted` is raised; so does a
+  passed ``deadline`` (:class:`Deadline`) before the end.
   """
-  multi = distill.multi_step(d, k) if k > 1 else None
+  step = programs.PROGRAMS.step(d)  # the state is donated: the loop owns it
+  multi = programs.PROGRAMS.steps(d, k) if k > 1 else None
   with deferred_interrupt() as interrupted:
     for it, n in chunks(start, end, k, stops):
       if multi is None:
-        state, m = d.step(state, data)
+        state, m = step(state, data)
         row = lambda j, m=m: m  # noqa: E731 (one step: its metrics, fetched when read)
       else:
         state, stacked = multi(state, data, n)
         row = lazy_rows(stacked)
       after(it, n, state, row)
       # checked after the chunk's work: the signal may arrive during it
-      if interrupted() or (_DEADLINE and time.monotonic() >= _DEADLINE[-1]
-                           and it + n < end):
+      if interrupted() or (deadline is not None and deadline.passed() and it + n < end):
         save(it + n)
         raise Interrupted(it + n)
 
@@ -224,20 +227,23 @@ def lazy_rows(stacked):
   return row
 
 
-#: Stack of monotonic times set by :func:`deadline`.
-_DEADLINE: list[float] = []
+@dataclasses.dataclass(frozen=True)
+class Deadline:
+  """A time budget for distillations: one that passes ``at`` (a ``time.monotonic()`` value)
+  stops as a first Ctrl-C stops it, after the chunk in flight, checkpointed, with
+  :class:`Interrupted`; a rerun resumes from there. Passed to :func:`drive` and the runs'
+  entry points (``deadline=``).
 
+  Example:
+    >>> import time
+    >>> Deadline(time.monotonic() - 1).passed(), Deadline(float("inf")).passed()
+    (True, False)
+  """
+  at: float
 
-@contextlib.contextmanager
-def deadline(at: float | None):
-  """Within the block, a distillation that passes ``at`` (a ``time.monotonic()`` value; None:
-  no deadline) stops as a first Ctrl-C stops it: after the chunk in flight, checkpointed,
-  with :class:`Interrupted` (a time budget that a rerun resumes from)."""
-  _DEADLINE.append(float("inf") if at is None else at)
-  try:
-    yield
-  finally:
-    _DEADLINE.pop()
+  def passed(self) -> bool:
+    """Whether the budget is spent."""
+    return time.monotonic() >= self.at
 
 
 class Interrupted(KeyboardInterrupt):

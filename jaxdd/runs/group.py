@@ -1,4 +1,4 @@
-"""Run groups, distilled in one program: runs that differ only in runtime knobs (common random
+"""Run groups, distilled in one program: runs that differ only in hyperparameters (common random
 numbers, :func:`distill_group`) and runs that are separate seeds of one setting
 (:func:`distill_seeds`)."""
 from __future__ import annotations
@@ -19,8 +19,8 @@ from jaxdd.config import RunConfig, validate
 from jaxdd.runs import checkpoints, driver, keys, metrics_log, rundata, rundir, single
 from jaxdd.structs import SynSet
 
-#: RunConfig fields in which the runs of one group may differ: the N-run DM step's runtime
-#: knobs (:func:`jaxdd.distill.many_runs`).
+#: RunConfig fields in which the runs of one group may differ: the distiller's hyperparameters
+#: (``state.hparams``, :func:`jaxdd.distill.many_runs`).
 GROUP_KNOBS = ("lr_img", "kde_variance", "kde_temperature")
 
 
@@ -49,7 +49,7 @@ def fresh(workdir: str) -> bool:
 
 def distill_group(configs, workdirs, *, run_data: rundata.RunData | None = None,
                   progress: bool = True) -> list[SynSet]:
-  """Distils runs that differ only in runtime knobs in ONE program (``jaxdd tune``'s candidates).
+  """Distils runs that differ only in hyperparameters in ONE program (``jaxdd tune``'s candidates).
 
   The runs share their seed, so each separate run would draw the same networks, real
   batches and augmentations: the N-run step with common random numbers
@@ -106,7 +106,8 @@ def seed_groupable(config: RunConfig) -> bool:
 
 
 def distill_seeds(configs, workdirs, *, run_data: rundata.RunData | None = None,
-                  progress: bool = True) -> list[SynSet]:
+                  progress: bool = True, deadline: driver.Deadline | None = None
+                  ) -> list[SynSet]:
   """Distils separate seeds of one setting in ONE program (independent runs).
 
   Each run keeps its own keys (:func:`jaxdd.runs.keys.run_keys` of its seed), surrogate and
@@ -116,7 +117,8 @@ def distill_seeds(configs, workdirs, *, run_data: rundata.RunData | None = None,
   Each directory is written as :func:`distill_stage` writes it. A group stopped part-way
   (Ctrl-C, a time budget) resumes as a group when every run has a checkpoint of one step;
   finished runs' SynSets are loaded; runs in other states (some finished, checkpoints of
-  different steps) go on one by one through :func:`distill_stage`.
+  different steps) go on one by one through :func:`distill_stage`. ``deadline``: a time
+  budget (:class:`jaxdd.runs.driver.Deadline`) the group stops at, checkpointed.
 
   Raises:
     ValueError: the runs are not seeds of one setting (:func:`seed_groupable`,
@@ -139,9 +141,10 @@ def distill_seeds(configs, workdirs, *, run_data: rundata.RunData | None = None,
     if len(states) > 1:
       progress_lib.logger.info("the runs of this group of seeds stopped at different points "
                                "(%s); they go on one by one", sorted(states, key=str))
-      return [single.distill_stage(c, w, run_data=run_data, progress=progress)
+      return [single.distill_stage(c, w, run_data=run_data, progress=progress,
+                                   deadline=deadline)
               for c, w in zip(configs, workdirs)]
-    return _drive_group(configs, workdirs, run_data, progress, shared=False)
+    return _drive_group(configs, workdirs, run_data, progress, shared=False, deadline=deadline)
 
 
 def _progress_of(workdir: str):
@@ -170,7 +173,8 @@ def _group_real(configs, run_data, heads, shared: bool):
   return real, tuple(own)
 
 
-def _drive_group(configs, workdirs, run_data, progress, *, shared: bool) -> list[SynSet]:
+def _drive_group(configs, workdirs, run_data, progress, *, shared: bool,
+                 deadline: driver.Deadline | None = None) -> list[SynSet]:
   """The group's loop once its arguments are checked, under the group's policy: common random
   numbers (``shared``) or separate seeds."""
   base = configs[0]
@@ -182,9 +186,7 @@ def _drive_group(configs, workdirs, run_data, progress, *, shared: bool) -> list
     heads = [single.start_run(c, w, run_data, progress) for c, w in zip(configs, workdirs)]
     real, own = _group_real(configs, run_data, heads, shared)
     d = driver.run_distiller(base, run_data)
-    knobs = [{"lr": c.lr_img, "variance": c.kde_variance, "temperature": c.kde_temperature}
-             for c in configs]
-    d = distill.many_runs(d, num_runs=len(configs), run_knobs=knobs,
+    d = distill.many_runs(d, num_runs=len(configs), run_hparams=[_hparams(c) for c in configs],
                           common_random_numbers=shared, run_fields=own)
     init_key = (keys.run_keys(base)[1] if shared
                 else jnp.stack([keys.run_keys(c)[1] for c in configs]))
@@ -193,6 +195,7 @@ def _drive_group(configs, workdirs, run_data, progress, *, shared: bool) -> list
     logs = [metrics_log.MetricsLog(w, start) for w in workdirs]
     try:
       state = _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs,
+                    deadline,
                     progress, shared)
     finally:
       for log in logs:
@@ -203,6 +206,15 @@ def _drive_group(configs, workdirs, run_data, progress, *, shared: bool) -> list
     for i, (c, w) in enumerate(zip(configs, workdirs)):
       syn = SynSet(np.asarray(state.syn.images[i]), np.asarray(state.syn.labels[i]))
       out.append(single.finish_run(c, w, run_data, syn, heads[i][1]))
+  return out
+
+
+def _hparams(config) -> dict:
+  """A member's own hyperparameters: the image learning rate and, with a KDE weighting, the
+  kernel variance and temperature."""
+  out = {"lr": config.lr_img}
+  if config.weighting == "kde":
+    out.update(variance=config.kde_variance, temperature=config.kde_temperature)
   return out
 
 
@@ -218,10 +230,12 @@ def _finished(workdir: str) -> SynSet | None:
 def _one(state, i: int, shared: bool) -> distill.DistillState:
   """Run i's state out of the group's stacked state."""
   pick = lambda a: a[i]  # noqa: E731
-  return distill.DistillState(SynSet(state.syn.images[i], state.syn.labels[i]),
-                              jax.tree.map(pick, state.opt_state),
-                              state.step if shared else state.step[i],
-                              state.key if shared else state.key[i], state.extra)
+  return state._replace(syn=SynSet(state.syn.images[i], state.syn.labels[i]),
+                        opt_state=jax.tree.map(pick, state.opt_state),
+                        step=state.step if shared else state.step[i],
+                        key=state.key if shared else state.key[i],
+                        extra=jax.tree.map(pick, state.extra),
+                        hparams=jax.tree.map(pick, state.hparams))
 
 
 def _resume_group(fresh, mngrs, workdirs, shared: bool):
@@ -238,17 +252,19 @@ def _resume_group(fresh, mngrs, workdirs, shared: bool):
                      f"({sorted(steps)}); resume them one by one (jaxdd.runs.distill_stage)")
   states = [s for s, _ in restored]
   stack = lambda *xs: jnp.stack(xs)  # noqa: E731
-  state = distill.DistillState(
-      SynSet(jnp.stack([s.syn.images for s in states]), jnp.stack([s.syn.labels for s in states])),
-      jax.tree.map(stack, *[s.opt_state for s in states]),
-      states[0].step if shared else jnp.stack([s.step for s in states]),
-      states[0].key if shared else jnp.stack([s.key for s in states]), fresh.extra)
+  state = fresh._replace(
+      syn=SynSet(jnp.stack([s.syn.images for s in states]),
+                 jnp.stack([s.syn.labels for s in states])),
+      opt_state=jax.tree.map(stack, *[s.opt_state for s in states]),
+      step=states[0].step if shared else jnp.stack([s.step for s in states]),
+      key=states[0].key if shared else jnp.stack([s.key for s in states]),
+      extra=jax.tree.map(stack, *[s.extra for s in states]))
   assert n == len(states)
   return state, steps.pop()
 
 
-def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs, progress,
-          shared):
+def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs, deadline,
+          progress, shared):
   """Steps the group from ``start`` to the end with the driver, logging, tracking the bias
   score and checkpointing every run as :func:`jaxdd.runs.driver.distill_run` does one."""
   base, nc = configs[0], run_data.num_classes
@@ -295,7 +311,8 @@ def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs
 
   try:
     driver.drive(d, state, real, start, base.iterations, driver.steps_per_call(base),
-                 stops=(base.checkpoint_every, every if tracking else 0), after=after, save=save)
+                 stops=(base.checkpoint_every, every if tracking else 0), after=after, save=save,
+                 deadline=deadline)
   finally:
     bar.close()
   return state

@@ -30,7 +30,8 @@ from jaxdd.structs import SynSet
 @rundir.under_policy
 def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData | None = None,
                   progress: bool = True, stop_after: int | None = None,
-                  buffer_dir: str | None = None, working: bool = False) -> SynSet | None:
+                  buffer_dir: str | None = None, working: bool = False,
+                  deadline: driver.Deadline | None = None) -> SynSet | None:
   """Surrogate, KDE weights and distillation of one run: writes ``synset/``.
 
   A finished ``synset/`` in ``workdir`` is loaded instead of recomputed (without taking
@@ -39,7 +40,9 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
   ``buffer_dir``: trajectory matching's expert buffer (default: the cache,
   :func:`default_buffer_dir`). Every check (:func:`jaxdd.runs.rundata.check_run`) comes
   before the first write. ``working``: the caller has written already (a study's later runs),
-  so a damaged finished SynSet is a fault (exit status 1), not a refusal (2).
+  so a damaged finished SynSet is a fault (exit status 1), not a refusal (2). ``deadline``
+  (:class:`jaxdd.runs.driver.Deadline`): a time budget the distillation stops at,
+  checkpointed (:class:`jaxdd.runs.driver.Interrupted`).
   """
   validate(config)
   rundir.check_workdir(config, workdir, distill_only=True)
@@ -58,7 +61,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
     embeddings, report, classifier = start_run(config, workdir, run_data, progress)
     syn = driver.distill_run(config, workdir, run_data, embeddings, keys.run_keys(config)[1],
                              progress=progress, stop_after=stop_after, classifier=classifier,
-                             buffer_dir=buffer_dir)
+                             buffer_dir=buffer_dir, deadline=deadline)
     if stop_after is not None and not os.path.exists(os.path.join(workdir, "checkpoints",
                                                                   str(config.iterations))):
       record_bias_trajectory(config, workdir, report)

@@ -101,7 +101,7 @@ def check_study(configs, root: str, run_data: rundata.RunData) -> None:
 
 def distil_groups(configs, root: str, run_data: rundata.RunData, *,
                   progress: bool = True) -> int:
-  """Distils, in one program per group, the runs that differ only in runtime knobs.
+  """Distils, in one program per group, the runs that differ only in hyperparameters.
 
   Candidates of a seed that have not started yet and share everything but ``lr_img``
   and the KDE variance and temperature (:func:`jaxdd.runs.group.group_key`) run as one

@@ -30,7 +30,9 @@ from jaxdd.train.optim import torch_sgd
 
 
 @functools.lru_cache(maxsize=16)
-def _augment_fn(strategy: str | None):
+def _augment_fn(strategy):
+  if callable(strategy):  # an augmentation f(key, images) itself
+    return strategy
   if strategy is None or strategy.lower() in ("none", ""):
     return None
   return augment.dsa(strategy, siamese=False)

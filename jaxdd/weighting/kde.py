@@ -233,8 +233,8 @@ def _check_singletons(groups, num_groups, mask) -> None:
 def weights_from_log_density(
     log_f: jax.Array,
     *,
-    temperature: float | jax.Array = 1.0,
-    normalize: Normalize = "softmax",
+    temperature: float | jax.Array = 0.25,
+    normalize: Normalize = "power",
     groups: jax.Array | None = None,
     num_groups: int | None = None,
     mask: jax.Array | None = None,
@@ -277,8 +277,10 @@ def weights_from_log_density(
 
   Example:
     >>> weights_from_log_density(jnp.log(jnp.array([0.5, 0.25, 0.25])),
-    ...                          normalize="power")  # ∝ 1/f
+    ...                          temperature=1.0)  # ∝ 1/f
     Array([0.2, 0.4, 0.4], dtype=float32)
+    >>> weights_from_log_density(jnp.log(jnp.array([0.5, 0.25, 0.25])))  # KDEConfig's ∝ f^-4
+    Array([0.03030303, 0.4848485 , 0.4848485 ], dtype=float32)
   """
   log_f = jnp.asarray(log_f)
   if log_f.ndim != 1:
@@ -426,7 +428,9 @@ def batch_weights(rows: jax.Array, mask: jax.Array, config: KDEConfig | None, *,
   Args:
     rows: (C, B) dataset rows of the batch, one row of the array per class.
     mask: (C, B) validity mask.
-    config: None (uniform weights over the valid rows) or the weighting: scope
+    config: None (uniform weights over the valid rows) or the weighting (a
+      :class:`KDEConfig`, or an object with its fields whose ``variance`` and
+      ``temperature`` may be traced values, as a distiller's step passes): scope
       ``'batch'`` weighs each class's rows by their density inside the batch
       (:func:`weights` on ``embeddings[rows]``), scope ``'class'`` by their
       precomputed whole-class density (``log_density[rows]``).
@@ -448,7 +452,10 @@ def batch_weights(rows: jax.Array, mask: jax.Array, config: KDEConfig | None, *,
       raise ValueError("KDE scope 'batch' needs the surrogate embeddings: pass embeddings= "
                        "(through jaxdd.distill: real_data(..., embeddings=...))")
     emb = embeddings[rows]
-    return jax.vmap(lambda e, m: weights(e, config=config, mask=m))(emb, mask)
+    # the knobs one by one: a step passes them as traced values (its hyperparameters)
+    return jax.vmap(lambda e, m: weights(e, variance=config.variance,
+                                         temperature=config.temperature,
+                                         normalize=config.normalize, mask=m))(emb, mask)
   if config.scope == "class":
     if log_density is None:
       raise ValueError("KDE scope 'class' needs the whole-class log densities: pass log_density= "

@@ -53,8 +53,8 @@ def _check_embeddings(embeddings: Any, labels: Any, num_classes: int) -> tuple[n
   return emb.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
 
 
-def class_scope_weights(embeddings: Any, labels: Any, *, variance: float, temperature: float = 1.0,
-                        normalize: str = "softmax", num_classes: int,
+def class_scope_weights(embeddings: Any, labels: Any, *, variance: float, temperature: float = 0.25,
+                        normalize: str = "power", num_classes: int,
                         block_size: int = 1024) -> np.ndarray:
   """KDE weights with the density of each sample taken over its whole class.
 
@@ -193,7 +193,7 @@ def _batched_weights_fn(normalize: str):
 
 
 def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_size: int = 256,
-                        variance: float, temperature: float = 1.0, normalize: str = "softmax",
+                        variance: float, temperature: float = 0.25, normalize: str = "power",
                         num_classes: int, num_rounds: int = 20,
                         return_ess: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
   """KDE weights computed inside sampled per-class batches (the paper's scope).
