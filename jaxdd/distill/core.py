@@ -38,13 +38,17 @@ class RealData(NamedTuple):
 
   ``embeddings`` are the surrogate's (N, d) projections (KDE scope 'batch');
   ``log_density`` the per-sample log density precomputed over each whole class
-  (KDE scope 'class'). Either may be None when unused.
+  (KDE scope 'class'). ``sample_weight`` and ``sample_prob`` are per-sample
+  weights and sampling probabilities given as data (:func:`jaxdd.distill.dm_cell`).
+  Any may be None when unused.
   """
   images: jax.Array
   index: ClassIndex
   embeddings: jax.Array | None = None
   log_density: jax.Array | None = None
   groups: jax.Array | None = None  # (N,) bias labels, for FairDD's group matching only
+  sample_weight: jax.Array | None = None  # (N,) per-sample weights, >= 0
+  sample_prob: jax.Array | None = None  # (N,) sampling probabilities within each class
 
 
 #: The KDE weighting's settings; owned and validated by :mod:`jaxdd.weighting`.
@@ -145,7 +149,8 @@ def class_index(labels: np.ndarray, num_classes: int) -> ClassIndex:
 
 
 def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=None,
-              groups=None, mesh: Mesh | None = None) -> RealData:
+              groups=None, sample_weight=None, sample_prob=None,
+              mesh: Mesh | None = None) -> RealData:
   """Puts a labelled image set (and optional surrogate outputs) on device.
 
   Args:
@@ -157,6 +162,12 @@ def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=
     groups: optional (N,) integer bias labels, used only by FairDD's group
       matching (``dm(group_matching=<number of bias values>)``), which needs the
       true bias labels.
+    sample_weight: optional (N,) non-negative per-sample weights: every real
+      batch's weights are proportional to them (times the method's own
+      weighting), e.g. weights you computed yourself.
+    sample_prob: optional (N,) non-negative sampling probabilities: a step
+      that samples by them (:func:`dm_cell`) draws each class's batch with
+      replacement in proportion to them.
     mesh: optional mesh; the arrays are replicated over it.
 
   Returns:
@@ -169,7 +180,8 @@ def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=
   if len(labels) != len(images):
     raise ValueError(f"{len(images)} images but {len(labels)} labels")
   for name, arr in (("embeddings", embeddings), ("log_density", log_density),
-                    ("groups", groups)):
+                    ("groups", groups), ("sample_weight", sample_weight),
+                    ("sample_prob", sample_prob)):
     if arr is not None:
       arr = np.asarray(arr)
       if len(arr) != len(images):
@@ -179,10 +191,20 @@ def real_data(images, labels, *, num_classes: int, embeddings=None, log_density=
   if groups is not None and (np.asarray(groups).min() < 0
                              or not np.issubdtype(np.asarray(groups).dtype, np.integer)):
     raise ValueError("groups must be non-negative integer bias labels")
-  data = RealData(images, class_index(labels, num_classes),
-                  None if embeddings is None else np.asarray(embeddings, np.float32),
-                  None if log_density is None else np.asarray(log_density, np.float32),
-                  None if groups is None else np.asarray(groups, np.int32))
+  for name, arr in (("sample_weight", sample_weight), ("sample_prob", sample_prob)):
+    if arr is not None and (np.asarray(arr).ndim != 1 or (np.asarray(arr) < 0).any()):
+      raise ValueError(f"{name} must be (N,) non-negative numbers")
+  index = class_index(labels, num_classes)
+  if sample_prob is not None:
+    sp = np.asarray(sample_prob, np.float64)
+    empty = [c for c in range(num_classes) if not (sp[np.asarray(labels) == c] > 0).any()]
+    if empty:
+      raise ValueError(f"sample_prob is 0 on every image of classes {empty}; give each class "
+                       "some probability")
+  f32 = lambda a: None if a is None else np.asarray(a, np.float32)  # noqa: E731
+  data = RealData(images, index, f32(embeddings), f32(log_density),
+                  None if groups is None else np.asarray(groups, np.int32),
+                  f32(sample_weight), f32(sample_prob))
   return parallel.put(data, mesh)
 
 
@@ -257,11 +279,21 @@ def sample_weighted(key: jax.Array, real: RealData, n: int,
   Returns:
     ``(rows, mask)`` like :func:`sample_per_class` (the mask is all True).
   """
-  w = class_weights(real, config)
+  return sample_from(key, real.index, class_weights(real, config), n)
+
+
+def sample_from(key: jax.Array, index: ClassIndex, w: jax.Array,
+                n: int) -> tuple[jax.Array, jax.Array]:
+  """Draws ``n`` rows per class WITH replacement, column j of class c with probability
+  proportional to ``w[c, j]`` ((C, M), over ``index``'s padded columns; padding must be 0).
+
+  Returns:
+    ``(rows, mask)`` like :func:`sample_per_class` (the mask is all True).
+  """
   logits = jnp.where(w > 0, jnp.log(jnp.maximum(w, 1e-38)), -jnp.inf)
   keys = jax.random.split(key, w.shape[0])
   cols = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, shape=(n,)))(keys, logits)
-  rows = jnp.take_along_axis(real.index.indices, cols, axis=1)
+  rows = jnp.take_along_axis(index.indices, cols, axis=1)
   return rows, jnp.ones(rows.shape, bool)
 
 

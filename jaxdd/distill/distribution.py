@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -13,8 +13,9 @@ import optax
 from jaxdd import matching, parallel, weighting
 from jaxdd._src import winograd
 from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
-                                _check_sampling, _state_init, all_finite, kde_hparams, kde_knobs,
-                                real_batch, step_key)
+                                _check_sampling, _state_init, all_finite, batch_weights,
+                                kde_hparams, kde_knobs, real_batch, sample_from,
+                                sample_per_class, step_key)
 from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet
 
@@ -92,28 +93,167 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   hparams = {**({"lr": lr} if syn_tx is None else {}), **kde_hparams(kde_config)}
   init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config, hparams)
 
-  def loss_fn(syn_images, key, real: RealData, h):
-    k_model, k_real, k_aug = jax.random.split(key, 3)
-    rows, mask, weights = real_batch(k_real, real, real_per_class, kde_knobs(kde_config, h),
+  def batch_fn(key, real: RealData, h):
+    rows, mask, weights = real_batch(key, real, real_per_class, kde_knobs(kde_config, h),
                                      real_sampling)
+    if real.sample_weight is not None:  # the user's per-sample weights, times the weighting's
+      weights = _normalized(weights * real.sample_weight[rows])
     class_scale = None
     if group_matching is not None:
       if real.groups is None:
         raise ValueError("group_matching needs the bias labels: pass groups= to real_data")
       weights, class_scale = weighting.group_balanced_weights(real.groups[rows], mask,
                                                               group_matching)
+    return rows, mask, weights, class_scale
+
+  settings = _DMSettings(num_classes, ipc, model, augment, real_per_class, tx, syn_tx is None,
+                         ex)
+  signature = ("dm", num_classes, ipc, model, augment, real_per_class, momentum, syn_tx,
+               None if kde_config is None else (kde_config.normalize, kde_config.scope),
+               real_sampling, group_matching, mesh, ex.class_axis, ex.batch_axis, real_chunk,
+               syn_chunk, None if real_dtype is None else str(real_dtype), ex.policy)
+  return Distiller(init_fn, ex.compile_step(signature, _dm_step(settings, batch_fn)))
+
+
+def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
+            augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+            real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
+            kde_config: KDEConfig | None = None, num_groups: int | None = None,
+            importance_sampling: bool = False,
+            execution: Execution | None = None) -> Distiller:
+  """DM whose weighting is data: every DM row of a results table in one program.
+
+  :func:`dm`'s step, with how the real batch is drawn and weighed given by the
+  real data and the state's hyperparameters instead of static settings, so runs
+  that differ in their weighting are N runs of ONE step (``jax.vmap``,
+  :func:`jaxdd.distill.many_runs`, or :func:`jaxdd.distill.cell_runs` for rows x
+  seeds). Per run:
+
+  * ``real.sample_weight`` (N,): fixed per-sample weights (whole-class weights of
+    the oracle or of a class-scope KDE; ones for uniform);
+  * ``state.hparams["kde"]`` (0 or 1): times the in-batch KDE weights of
+    ``real.embeddings`` (the paper's scope 'batch'; ``variance``, ``temperature``
+    are hyperparameters, ``kde_config.normalize`` is static);
+  * ``state.hparams["groups"]`` (0 or 1): FairDD's group-balanced weights over
+    ``real.groups`` instead (``num_groups`` group values at most);
+  * ``state.hparams["weighted_sampling"]`` (0 or 1): each class's batch drawn
+    with replacement in proportion to ``real.sample_prob`` (importance
+    sampling, matched with a plain mean when ``sample_weight`` is uniform)
+    instead of ``real_per_class`` rows without replacement;
+  * the start of the synthetic set: a warm start, ``init(key, real, syn)``.
+
+  The weights of a batch are ``mask * sample_weight[rows] * (KDE weights if kde)``,
+  normalised per class, or the group-balanced ones with ``groups``. Each run
+  equals the :func:`dm` run of the same weighting up to float rounding
+  (tests/test_cell.py): vanilla (all flags 0, uniform ``sample_weight``), DM +
+  KDE (``kde=1``), class-scope or oracle weights (``sample_weight`` the
+  whole-class weights, :func:`jaxdd.distill.class_weights`), importance
+  sampling (``weighted_sampling=1`` with ``sample_prob`` those weights), FairDD
+  (``groups=1``). Every branch is computed and the run's flags select (under
+  ``vmap`` a switch would compute them all anyway); what a run does not use may
+  be any placeholder of the right shape (e.g. zeros).
+
+  Args:
+    num_classes, ipc, model, augment, real_per_class, lr, momentum: as :func:`dm`.
+    kde_config: the in-batch KDE's static normalisation and its default
+      ``variance`` and ``temperature`` (None: ``KDEConfig()``'s); its scope is
+      the batch.
+    num_groups: the largest number of group values of ``real.groups`` (None:
+      no group matching).
+    importance_sampling: whether any run samples by ``real.sample_prob``
+      (``weighted_sampling=1``). Off, the rows of a seed share one uniform real
+      batch, and its forward pass is computed once for all of them
+      (:func:`jaxdd.distill.cell_runs`); on, every run's batch is its own.
+    execution: as :func:`dm` (one device).
+
+  Returns:
+    A :class:`Distiller`; ``init(key, real, syn=None, *, hparams=None)`` with the
+    hyperparameters ``lr``, ``variance``, ``temperature``, ``kde``, ``groups``
+    and ``weighted_sampling`` (flags default 0); the step's metrics are
+    :func:`dm`'s.
+  """
+  _check_dm(ipc, real_per_class, "real", "uniform", kde_config, None)
+  ex = Execution() if execution is None else execution
+  ex.one_device("dm_cell")
+  model = ConvNet(num_classes) if model is None else model
+  _check_model(model)
+  if num_groups is not None and (isinstance(num_groups, bool) or not isinstance(num_groups, int)
+                                 or num_groups < 1):
+    raise ValueError(f"num_groups must be None or an int >= 1, got {num_groups!r}")
+  cfg = weighting.KDEConfig() if kde_config is None else kde_config
+  tx = optax.sgd(1.0, momentum=momentum)
+  hparams = {"lr": lr, **kde_hparams(cfg), "kde": 0.0, "groups": 0.0, "weighted_sampling": 0.0}
+  init_fn = _state_init(num_classes, ipc, "real", tx, None, None, hparams)
+
+  def batch_fn(key, real: RealData, h):
+    rows, mask = sample_per_class(key, real.index, real_per_class)
+    if importance_sampling:
+      if real.sample_prob is None:
+        raise ValueError("importance_sampling draws by sample_prob: pass sample_prob= to "
+                         "real_data")
+      p = real.sample_prob[real.index.indices]
+      valid = jnp.arange(p.shape[1])[None, :] < real.index.counts[:, None]
+      rows_w, mask_w = sample_from(key, real.index, jnp.where(valid, p, 0.0), real_per_class)
+      use = h["weighted_sampling"] > 0.5
+      rows, mask = jnp.where(use, rows_w, rows), jnp.where(use, mask_w, mask)
+    base = mask.astype(jnp.float32)
+    if real.sample_weight is not None:
+      base = base * real.sample_weight[rows]
+    if real.embeddings is not None:
+      kde_w = batch_weights(real, rows, mask, kde_knobs(cfg.replace(scope="batch"), h))
+      base = jnp.where(h["kde"] > 0.5, base * kde_w, base)
+    weights, class_scale = _normalized(base), None
+    if real.groups is not None and num_groups is not None:
+      w_g, scale = weighting.group_balanced_weights(real.groups[rows], mask, num_groups)
+      on = h["groups"] > 0.5
+      weights, class_scale = jnp.where(on, w_g, weights), jnp.where(on, scale, 1.0)
+    return rows, mask, weights, class_scale
+
+  settings = _DMSettings(num_classes, ipc, model, augment, real_per_class, tx, True, ex)
+  signature = ("dm_cell", num_classes, ipc, model, augment, real_per_class, momentum,
+               cfg.normalize, num_groups, bool(importance_sampling), ex.real_chunk, ex.syn_chunk,
+               None if ex.real_dtype is None else str(ex.real_dtype), ex.policy)
+  return Distiller(init_fn, ex.compile_step(signature, _dm_step(settings, batch_fn)))
+
+
+class _DMSettings(NamedTuple):
+  """What a DM step needs besides how it draws and weighs its real batch."""
+  num_classes: int
+  ipc: int
+  model: nn.Module
+  augment: Callable | None
+  real_per_class: int
+  tx: optax.GradientTransformation
+  scale_lr: bool  # the updates times hparams["lr"] (SGD whose lr is a hyperparameter)
+  ex: Execution
+
+
+def _normalized(w: jax.Array) -> jax.Array:
+  """Each row of (C, B) weights divided by its sum (a row of zeros stays zeros)."""
+  total = w.sum(axis=1, keepdims=True)
+  return w / jnp.where(total > 0, total, 1.0)
+
+
+def _dm_step(s: _DMSettings, batch_fn: Callable) -> Callable:
+  """The pure DM step: ``batch_fn(key, real, hparams) -> (rows, mask, weights, class_scale)``
+  draws and weighs the real batch; a fresh random network embeds both sides."""
+  mesh, ex = s.ex.mesh, s.ex
+
+  def loss_fn(syn_images, key, real: RealData, h):
+    k_model, k_real, k_aug = jax.random.split(key, 3)
+    rows, mask, weights, class_scale = batch_fn(k_real, real, h)
     real_images = parallel.constrain(real.images[rows], mesh, ex.real_spec)
     syn_batch = parallel.constrain(
-        syn_images.reshape((num_classes, ipc) + syn_images.shape[1:]), mesh, ex.syn_spec)
+        syn_images.reshape((s.num_classes, s.ipc) + syn_images.shape[1:]), mesh, ex.syn_spec)
     shape = (1,) + syn_images.shape[1:]
-    variables = model.init(k_model, jnp.zeros(shape, syn_images.dtype))
+    variables = s.model.init(k_model, jnp.zeros(shape, syn_images.dtype))
     variables = jax.lax.stop_gradient(variables)  # the network is frozen
-    embed, embed_real = _embedders(model, variables, real_dtype,
+    embed, embed_real = _embedders(s.model, variables, ex.real_dtype,
                                    ex.policy.forward_conv == "winograd" and mesh is None)
     per_sample = "batch_stats" not in variables and mesh is None
-    loss = matching.dm_loss(k_aug, syn_batch, real_images, embed_fn=embed, augment=augment,
-                            weights=weights, real_chunk=real_chunk if per_sample else None,
-                            syn_chunk=syn_chunk if per_sample else None,
+    loss = matching.dm_loss(k_aug, syn_batch, real_images, embed_fn=embed, augment=s.augment,
+                            weights=weights, real_chunk=ex.real_chunk if per_sample else None,
+                            syn_chunk=ex.syn_chunk if per_sample else None,
                             map_classes=mesh is None, real_embed_fn=embed_real,
                             class_scale=class_scale)
     return loss, weights
@@ -122,8 +262,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     h = state.hparams
     (loss, weights), grad = jax.value_and_grad(loss_fn, has_aux=True)(
         state.syn.images, step_key(state), real, h)
-    updates, opt_state = tx.update(grad, state.opt_state, state.syn.images)
-    if syn_tx is None:
+    updates, opt_state = s.tx.update(grad, state.opt_state, state.syn.images)
+    if s.scale_lr:
       updates = jax.tree.map(lambda u: u * h["lr"].astype(u.dtype), updates)
     images = optax.apply_updates(state.syn.images, updates)
     grad_norm = optax.tree.norm(grad)
@@ -132,11 +272,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     return state._replace(syn=state.syn._replace(images=images), opt_state=opt_state,
                           step=state.step + 1), metrics
 
-  signature = ("dm", num_classes, ipc, model, augment, real_per_class, momentum, syn_tx,
-               None if kde_config is None else (kde_config.normalize, kde_config.scope),
-               real_sampling, group_matching, mesh, ex.class_axis, ex.batch_axis, real_chunk,
-               syn_chunk, None if real_dtype is None else str(real_dtype), ex.policy)
-  return Distiller(init_fn, ex.compile_step(signature, step_fn))
+  return step_fn
 
 
 def _check_model(model) -> None:

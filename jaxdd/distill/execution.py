@@ -201,7 +201,7 @@ def many_runs(d: Distiller, *, num_runs: int, run_hparams: Sequence[dict] | None
       where the grouped convolutions are slower: docs/results/speed-distillation.md, "N DM runs in one
       program"). Shared draws always use vmap, which computes them once.
     run_fields: the :class:`RealData` fields (``"embeddings"``, ``"log_density"``,
-      ``"groups"``) that carry a leading run axis of size N: each run's own surrogate
+      ``"groups"``, ``"sample_weight"``, ``"sample_prob"``) that carry a leading run axis of size N: each run's own surrogate
       outputs over the same real images (separate seeds train separate surrogates). The
       images and the class index are always shared. Needs independent runs.
 
@@ -282,15 +282,124 @@ def _apply_overrides(states: DistillState, overrides: list[dict]) -> DistillStat
   return states._replace(hparams=hparams)
 
 
+#: The :class:`RealData` fields that may be each run's own (``many_runs(run_fields=...)``).
+RUN_FIELDS = ("embeddings", "log_density", "groups", "sample_weight", "sample_prob")
+
+
 def _real_axes(run_fields: Sequence[str], shared: bool):
   """The vmap axes of the real data: 0 for the fields that are each run's own, else None."""
-  unknown = set(run_fields) - {"embeddings", "log_density", "groups"}
+  unknown = set(run_fields) - set(RUN_FIELDS)
   if unknown:
-    raise ValueError(f"run_fields may name embeddings, log_density and groups, got "
-                     f"{sorted(unknown)}")
+    raise ValueError(f"run_fields may name {', '.join(RUN_FIELDS)}, got {sorted(unknown)}")
   if run_fields and shared:
     raise ValueError("run_fields (each run's own surrogate outputs) need independent runs; "
                      "drop common_random_numbers")
   if not run_fields:
     return None
   return RealData(*(0 if f in run_fields else None for f in RealData._fields))
+
+
+# ---------------------------------------------------------------------------- rows x seeds
+
+def cell_runs(d: Distiller, *, num_seeds: int, num_rows: int, seed_fields: Sequence[str] = (),
+              run_fields: Sequence[str] = (),
+              parallel: Literal["auto", "vmap", "map"] = "auto") -> Distiller:
+  """The rows x seeds of a results-table cell in one program: seeds independent, the rows of
+  a seed sharing its draws (common random numbers).
+
+  The state has ONE leading run axis of ``num_seeds * num_rows`` runs, seed-major (run
+  ``i`` is seed ``i // num_rows``, row ``i % num_rows``), so a driver handles it as N
+  runs. Inside the step, the seeds are mapped (``parallel``: ``"map"``, one after another,
+  or ``"vmap"``; ``"auto"``: the policy's) and the rows of a seed are vmapped with the
+  seed's key and step unbatched: every row of a seed draws the same network, augmentation
+  and uniform real batch, computed once, and only what depends on a row's weights, images
+  or hyperparameters is batched. Rows of one seed are therefore a paired comparison.
+
+  Run i equals ``d``'s single run of its key, data and hyperparameters, up to float
+  rounding, when the rows of a seed are given the same key (as separate single runs of
+  one seed are: the draws depend on the key alone).
+
+  ``init(keys, real, syn=None, *, hparams=None)``: ``keys`` one per run (N; the rows of
+  a seed must have equal keys, checked on concrete keys); ``syn`` an optional warm start
+  of N stacked SynSets (each run's own start); ``hparams`` a dict of N-vectors (each run's
+  own values). ``step(state, real)``: ``real``'s ``seed_fields`` carry a leading axis of
+  ``num_seeds`` (each seed's surrogate outputs), its ``run_fields`` one of N.
+
+  Args:
+    d: the distiller of one run (e.g. :func:`jaxdd.distill.dm_cell`, whose weighting is data).
+    num_seeds, num_rows: the cell's shape.
+    seed_fields, run_fields: :class:`RealData` fields per seed and per run
+      (:data:`RUN_FIELDS`); the rest is shared.
+    parallel: how the seeds run inside the program.
+
+  Returns:
+    A :class:`Distiller` of the ``num_seeds * num_rows`` runs.
+  """
+  checks.check_positive_int("num_seeds", num_seeds)
+  checks.check_positive_int("num_rows", num_rows)
+  both = set(seed_fields) & set(run_fields)
+  if both:
+    raise ValueError(f"{sorted(both)} are given both per seed and per run; choose one")
+  step_one = d.step
+  execution = getattr(step_one, "execution", None) or Execution()
+  if execution.mesh is not None:
+    raise ValueError("cell_runs runs on one device; drop the Execution's mesh")
+  if parallel == "auto":
+    parallel = execution.policy.parallel
+  if parallel not in ("vmap", "map"):
+    raise ValueError(f"parallel must be 'auto', 'vmap' or 'map', got {parallel!r}")
+  S, R, N = num_seeds, num_rows, num_seeds * num_rows
+  seed_axes = _real_axes(tuple(seed_fields) + tuple(run_fields), False)
+  row_axes = _real_axes(tuple(run_fields), False)
+  by_seed = lambda a: a.reshape((S, R) + a.shape[1:])  # noqa: E731
+  flat = lambda a: a.reshape((N,) + a.shape[2:])  # noqa: E731
+  per_run = lambda real: real._replace(**{f: by_seed(getattr(real, f))  # noqa: E731
+                                          for f in run_fields})
+  row_state = DistillState(0, 0, None, None, 0, 0)
+
+  def init(keys: jax.Array, real: RealData, syn=None, *, hparams: dict | None = None
+           ) -> DistillState:
+    typed = jax.dtypes.issubdtype(jnp.result_type(keys), jax.dtypes.prng_key)
+    if jnp.shape(keys)[:1] != (N,) or jnp.ndim(keys) != (1 if typed else 2):
+      raise ValueError(f"init takes one key per run: {N} stacked keys, got shape "
+                       f"{jnp.shape(keys)}")
+    raw = jax.random.key_data(keys) if typed else keys
+    if not isinstance(raw, jax.core.Tracer) and not bool(
+        (by_seed(jnp.asarray(raw)) == by_seed(jnp.asarray(raw))[:, :1]).all()):
+      raise ValueError("the rows of a seed must share its key (common random numbers); give "
+                       "every row of seed s the key of seed s")
+    hp = {} if hparams is None else {k: jnp.asarray(v) for k, v in hparams.items()}
+    for name, v in hp.items():
+      if jnp.shape(v)[:1] != (N,):
+        raise ValueError(f"hparams[{name!r}] needs one value per run ({N}), got shape "
+                         f"{jnp.shape(v)}")
+    run_real = real._replace(**{f: jnp.repeat(getattr(real, f), R, axis=0)
+                                for f in seed_fields})
+    run_axes = _real_axes(tuple(seed_fields) + tuple(run_fields), False)
+    syn_axis = None if syn is None else 0
+    return jax.vmap(lambda k, r, s, h: d.init(k, r, s, hparams=h),
+                    in_axes=(0, run_axes, syn_axis, 0))(keys, run_real, syn, hp)
+
+  def seed_step(state: DistillState, real: RealData):
+    """The rows of one seed: (R, ...) state, its key and step taken from row 0."""
+    shared = state._replace(key=state.key[0], step=state.step[0])
+    new, metrics = jax.vmap(step_one, in_axes=(row_state, row_axes),
+                            out_axes=(row_state, 0))(shared, real)
+    tile = lambda a: jnp.broadcast_to(a, (R,) + jnp.shape(a))  # noqa: E731
+    return new._replace(key=tile(new.key), step=tile(new.step)), metrics
+
+  def cell_step(state: DistillState, real: RealData):
+    state = jax.tree.map(by_seed, state)
+    real = per_run(real)
+    if parallel == "map":
+      own = {f: getattr(real, f) for f in tuple(seed_fields) + tuple(run_fields)}
+      state, metrics = jax.lax.map(lambda a: seed_step(a[0], real._replace(**a[1])),
+                                   (state, own))
+    else:
+      state, metrics = jax.vmap(seed_step, in_axes=(0, seed_axes))(state, real)
+    return jax.tree.map(flat, state), jax.tree.map(flat, metrics)
+
+  signature = ("cell_runs", getattr(step_one, "signature", None), S, R, tuple(seed_fields),
+               tuple(run_fields), parallel)
+  step = execution.compile_step(signature if signature[1] is not None else None, cell_step)
+  return Distiller(init, step)
