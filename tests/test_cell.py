@@ -162,3 +162,21 @@ def test_the_cell_vmaps_the_seeds_too_and_checks_its_arguments():
   with pytest.raises(ValueError, match="num_groups must be"):
     distill.dm_cell(num_groups=0, **KW)
   assert weighting.KDEConfig().normalize == "power"
+
+
+def test_dm_honours_per_sample_weights_given_as_data():
+  # dm with sample_weight = the whole-class weights equals dm with the class-scope weighting;
+  # a constant factor on the weights changes nothing
+  x, y, emb, rows = _rows()
+  d_cls, real_cls, fields, _ = rows["class"]
+  key = jax.random.key(2)
+  _, want, want_m = _alone(d_cls, real_cls, key, 2)
+  plain = distill.dm(**KW)
+  for factor in (1.0, 7.0):
+    real = distill.real_data(x, y, num_classes=NC, sample_weight=factor * fields["sample_weight"])
+    _, got, got_m = _alone(plain, real, key, 2)
+    _assert_close(got.syn.images, got_m["loss"], want, want_m)
+  with pytest.raises(ValueError, match="sample_weight must be"):
+    distill.real_data(x, y, num_classes=NC, sample_weight=-np.ones(len(y)))
+  with pytest.raises(ValueError, match="sample_prob is 0 on every image of classes"):
+    distill.real_data(x, y, num_classes=NC, sample_prob=(y != 1).astype(np.float32))
