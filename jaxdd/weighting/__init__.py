@@ -14,6 +14,9 @@ Pure functions of arrays, one job per module:
   group-balanced densities, FairDD's synchronized per-group weights);
 * :mod:`jaxdd.weighting.clusters`: label-free pseudo-groups, k-means within each class of
   the surrogate's embedding (FairDD without bias labels);
+* :mod:`jaxdd.weighting.batch_clusters`: label-free pseudo-groups of one sampled batch, a
+  pure-JAX DBSCAN with a fixed number of cluster ids (FairDD's appendix M), jittable and
+  vmappable inside a distillation step;
 * :mod:`jaxdd.weighting.diagnostics`: how weights fall on the bias groups (aligned vs
   conflicting, group shares, effective sample sizes, the report of ``weights.json``) and
   how well pseudo-groups recover the bias groups.
@@ -25,6 +28,7 @@ Example:
   >>> [round(float(s), 4) for s in (w[:4].sum(), w[4:].sum())]
   [1.0, 1.0]
 """
+from jaxdd.weighting.batch_clusters import batch_pseudo_groups, dbscan, median_knn_distance
 from jaxdd.weighting.clusters import KMeans, kmeans, kmeans_plus_plus, lloyd, pseudo_groups
 from jaxdd.weighting.density import (check_floor, class_log_density, floor_log_density,
                                      log_density, log_density_sharded)
@@ -45,12 +49,14 @@ __all__ = [
     "auroc",
     "batch_ess",
     "batch_plan",
+    "batch_pseudo_groups",
     "batch_scope_weights",
     "batch_weights",
     "check_floor",
     "class_log_density",
     "class_scope_weights",
     "class_weights",
+    "dbscan",
     "fairdd_batch_weights",
     "floor_log_density",
     "group_balanced_weights",
@@ -62,6 +68,7 @@ __all__ = [
     "log_density",
     "log_density_sharded",
     "mean_batch_ess",
+    "median_knn_distance",
     "oracle_log_density",
     "per_sample_mean",
     "pseudo_groups",
