@@ -35,6 +35,7 @@ Which module holds what:
 * :mod:`~jaxdd.runs.driver`: the distillation loop (chunks, checkpoints, Ctrl-C);
 * :mod:`~jaxdd.runs.single`: one run (:func:`distill_stage`, :func:`run`);
 * :mod:`~jaxdd.runs.group`: runs that differ in hyperparameters, in one program;
+* :mod:`~jaxdd.runs.cell`: a results-table cell's DM rows x seeds, in one program;
 * :mod:`~jaxdd.runs.comparison`: :func:`reproduce`, vanilla vs KDE side by side;
   :mod:`~jaxdd.runs.baseline_runs`: the baselines under the same protocol;
 * :mod:`~jaxdd.runs.text`: method names and the text of stored results and comparisons;
@@ -53,6 +54,7 @@ Presets (docs/protocols.md): ``paper`` (published hyperparameters, for an accele
 (seconds, for tests).
 """
 from jaxdd.runs.baseline_runs import BASELINES, run_baselines
+from jaxdd.runs.cell import cell_groupable, cell_key, distill_cell
 from jaxdd.runs.bias import bias_classifier
 from jaxdd.runs.comparison import reproduce
 from jaxdd.runs.distiller import device_mesh, make_distiller
@@ -111,6 +113,7 @@ __all__ = [
     # one run, its comparison and baselines
     "run", "distill_stage", "reproduce", "run_baselines", "BASELINES", "distill_group",
     "GROUP_KNOBS", "groupable", "group_key", "distill_seeds", "seed_groupable", "seed_key",
+    "distill_cell", "cell_key", "cell_groupable",
     # the pieces of a run
     "RunData", "check_models", "num_bias_values", "bias_classifier",
     "baseline_keys", "run_keys", "seed_keys", "expert_key", "pseudo_group_key", "code_version",

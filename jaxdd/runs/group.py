@@ -75,7 +75,7 @@ def distill_group(configs, workdirs, *, run_data: rundata.RunData | None = None,
       raise ValueError(f"{w} already holds a SynSet or checkpoints; distill_stage resumes it")
   with policy_lib.use(configs[0].policy):
     run_data = _checked_data(configs, workdirs, run_data)
-    return _drive_group(configs, workdirs, run_data, progress, shared=True)
+    return drive_group(configs, workdirs, run_data, progress, shared=True)
 
 
 def _checked_data(configs, workdirs, run_data: rundata.RunData | None) -> rundata.RunData:
@@ -144,7 +144,7 @@ def distill_seeds(configs, workdirs, *, run_data: rundata.RunData | None = None,
       return [single.distill_stage(c, w, run_data=run_data, progress=progress,
                                    deadline=deadline)
               for c, w in zip(configs, workdirs)]
-    return _drive_group(configs, workdirs, run_data, progress, shared=False, deadline=deadline)
+    return drive_group(configs, workdirs, run_data, progress, shared=False, deadline=deadline)
 
 
 def _progress_of(workdir: str):
@@ -173,10 +173,14 @@ def _group_real(configs, run_data, heads, shared: bool):
   return real, tuple(own)
 
 
-def _drive_group(configs, workdirs, run_data, progress, *, shared: bool,
-                 deadline: driver.Deadline | None = None) -> list[SynSet]:
+def drive_group(configs, workdirs, run_data, progress, *, shared: bool,
+                deadline: driver.Deadline | None = None, build=None) -> list[SynSet]:
   """The group's loop once its arguments are checked, under the group's policy: common random
-  numbers (``shared``) or separate seeds."""
+  numbers (``shared``) or separate runs. ``build(heads) -> (distiller, real, fresh state)``
+  makes the group's program from the runs' heads (:func:`jaxdd.runs.single.start_run`);
+  None: :func:`jaxdd.distill.many_runs` of the base config's distiller. The distiller's
+  state has one leading run axis; each run's directory is written as
+  :func:`jaxdd.runs.distill_stage` writes it."""
   base = configs[0]
   with contextlib.ExitStack() as stack:
     for w in workdirs:
@@ -184,14 +188,19 @@ def _drive_group(configs, workdirs, run_data, progress, *, shared: bool,
     if not shared and all(_progress_of(w) == "finished" for w in workdirs):
       return [_finished(w) for w in workdirs]
     heads = [single.start_run(c, w, run_data, progress) for c, w in zip(configs, workdirs)]
-    real, own = _group_real(configs, run_data, heads, shared)
-    d = driver.run_distiller(base, run_data)
-    d = distill.many_runs(d, num_runs=len(configs), run_hparams=[_hparams(c) for c in configs],
-                          common_random_numbers=shared, run_fields=own)
-    init_key = (keys.run_keys(base)[1] if shared
-                else jnp.stack([keys.run_keys(c)[1] for c in configs]))
+    if build is None:
+      real, own = _group_real(configs, run_data, heads, shared)
+      d = driver.run_distiller(base, run_data)
+      d = distill.many_runs(d, num_runs=len(configs),
+                            run_hparams=[_hparams(c) for c in configs],
+                            common_random_numbers=shared, run_fields=own)
+      init_key = (keys.run_keys(base)[1] if shared
+                  else jnp.stack([keys.run_keys(c)[1] for c in configs]))
+      fresh = d.init(init_key, real)
+    else:
+      d, real, fresh = build(heads)
     mngrs = [checkpoints.checkpointer(w) for w in workdirs]
-    state, start = _resume_group(d.init(init_key, real), mngrs, workdirs, shared)
+    state, start = _resume_group(fresh, mngrs, workdirs, shared)
     logs = [metrics_log.MetricsLog(w, start) for w in workdirs]
     try:
       state = _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs,
