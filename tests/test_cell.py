@@ -47,7 +47,8 @@ def _rows(seed=0):
   with_groups = distill.real_data(x, y, num_classes=NC, groups=groups)
   cw = _flat_class_weights(with_logf, cls)
   ones, zeros = np.ones(len(y), np.float32), np.zeros(len(y), np.int32)
-  base = dict(lr=1.0, variance=0.5, temperature=0.5, kde=0.0, groups=0.0, weighted_sampling=0.0)
+  base = dict(lr=1.0, variance=0.5, temperature=0.5, kde=0.0, groups=0.0, batch_groups=0.0,
+              weighted_sampling=0.0)
   rows = {
       "vanilla": (distill.dm(**KW), plain, dict(sample_weight=ones, sample_prob=ones,
                                                 groups=zeros), base),
@@ -64,6 +65,9 @@ def _rows(seed=0):
       "fairdd": (distill.dm(group_matching=2, **KW), with_groups,
                  dict(sample_weight=ones, sample_prob=ones, groups=groups),
                  {**base, "groups": 1.0}),
+      "batch": (distill.dm(batch_clusters=4, **KW), plain,
+                dict(sample_weight=ones, sample_prob=ones, groups=zeros),
+                {**base, "batch_groups": 1.0}),
   }
   return x, y, emb, rows
 
@@ -85,14 +89,14 @@ def _assert_close(got_images, got_loss, want_state, want_m):
   np.testing.assert_allclose(float(got_loss), float(want_m["loss"]), rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["vanilla", "kde", "class", "weighted", "fairdd"])
+@pytest.mark.parametrize("name", ["vanilla", "kde", "class", "weighted", "fairdd", "batch"])
 def test_dm_cell_run_equals_the_dm_run_of_its_weighting(name):
   x, y, emb, rows = _rows()
   d, real, fields, hp = rows[name]
   key = jax.random.key(4)
   start, want, want_m = _alone(d, real, key, 2)
   cell = distill.dm_cell(kde_config=distill.KDEConfig(variance=0.5, temperature=0.5),
-                         num_groups=2, importance_sampling=True, **KW)
+                         num_groups=2, importance_sampling=True, batch_clusters=4, **KW)
   creal = distill.real_data(x, y, num_classes=NC, embeddings=emb, **fields)
   state = cell.init(key, creal, start, hparams=hp)
   for _ in range(2):
@@ -102,13 +106,13 @@ def test_dm_cell_run_equals_the_dm_run_of_its_weighting(name):
 
 def test_a_cell_of_rows_and_seeds_in_one_program_equals_every_run_alone():
   seeds = (0, 1)
-  names = ["vanilla", "kde", "kde_lr", "class", "weighted", "fairdd"]
+  names = ["vanilla", "kde", "kde_lr", "class", "weighted", "fairdd", "batch"]
   per_seed = [_rows(s) for s in seeds]
   x = per_seed[0][0]
   y = per_seed[0][1]
   # the images are shared: seed 1's toy differs only in its embeddings and groups
   cell_d = distill.dm_cell(kde_config=distill.KDEConfig(variance=0.5, temperature=0.5),
-                           num_groups=2, importance_sampling=True, **KW)
+                           num_groups=2, importance_sampling=True, batch_clusters=4, **KW)
   runs = distill.cell_runs(cell_d, num_seeds=2, num_rows=len(names), seed_fields=("embeddings",),
                            run_fields=("sample_weight", "sample_prob", "groups"),
                            parallel="map")
@@ -129,14 +133,14 @@ def test_a_cell_of_rows_and_seeds_in_one_program_equals_every_run_alone():
   syn = jax.tree.map(lambda *a: jnp.stack(a), *starts)
   hparams = {k: jnp.asarray([h[k] for h in hps], jnp.float32) for k in hps[0]}
   state = runs.init(jnp.stack(keys), real, syn, hparams=hparams)
-  assert state.syn.images.shape == (12, NC * IPC, 8, 8, 3)
+  assert state.syn.images.shape == (14, NC * IPC, 8, 8, 3)
   for _ in range(2):
     state, m = runs.step(state, real)
-  assert m["loss"].shape == (12,)
+  assert m["loss"].shape == (14,)
   for i, (want, want_m) in enumerate(alone):
     _assert_close(state.syn.images[i], m["loss"][i], want, want_m)
   with pytest.raises(ValueError, match="must share its key"):
-    runs.init(jax.random.split(jax.random.key(0), 12), real, syn, hparams=hparams)
+    runs.init(jax.random.split(jax.random.key(0), 14), real, syn, hparams=hparams)
 
 
 def test_the_cell_vmaps_the_seeds_too_and_checks_its_arguments():

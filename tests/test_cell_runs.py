@@ -19,6 +19,7 @@ ROWS = {
     "fairdd_pseudo": dict(weighting="fairdd_pseudo", fairdd_clusters=4),
     "fairdd": dict(weighting="fairdd"),
     "oracle": dict(weighting="oracle"),
+    "fairdd_batch": dict(weighting="fairdd_batch", fairdd_clusters=4),
 }
 
 
@@ -37,7 +38,7 @@ def test_a_cell_in_one_program_equals_each_run_alone(tmp_path):
   # a few runs alone (each takes seconds): one of every kind of weighting and sampling
   for i in (0, names.index("kde") + len(ROWS), names.index("kde_floor_init_is") + len(ROWS),
             names.index("fairdd_pseudo"), names.index("fairdd") + len(ROWS),
-            names.index("oracle")):
+            names.index("oracle"), names.index("fairdd_batch") + len(ROWS)):
     alone = runs.distill_stage(configs[i], str(tmp_path / "alone" / str(i)), run_data=run_data,
                                progress=False)
     scale = float(np.abs(alone.images).max())

@@ -63,7 +63,7 @@ def test_help_shows_the_selected_presets_defaults_and_choices(capsys):
     assert f"--eval-protocol {{dm,dsa,dc,cpu,cpu300,smoke}} default ({preset} preset): " \
            f"{cfg.eval_protocol}" in out
     assert "paper default" not in out
-  for flag, choices in (("--weighting", "{none,kde,oracle,fairdd,fairdd_pseudo}"),
+  for flag, choices in (("--weighting", "{none,kde,oracle,fairdd,fairdd_pseudo,fairdd_batch}"),
                         ("--kde-normalize", "{softmax,power}"),
                         ("--kde-scope", "{batch,class}")):
     with pytest.raises(SystemExit):

@@ -102,6 +102,15 @@ DIGESTS.update({
 })
 REFUSED += tuple(f"{p}/{m}/fairdd_pseudo" for p in ("cpu", "paper", "proxy", "smoke")
                  for m in ("dsa", "dc", "mtt", "cfm"))
+# FairDD with in-batch DBSCAN groups (added later still).
+DIGESTS.update({
+    "cpu/dm/fairdd_batch": ("429cb6a9becb7fb4", "ce02495d39782b15"),
+    "paper/dm/fairdd_batch": ("0d8149b675c14789", "e14d8c30c8055062"),
+    "proxy/dm/fairdd_batch": ("4ff69c6335170bcf", "f8f22e4cebd8ffaa"),
+    "smoke/dm/fairdd_batch": ("88a7b3ca811ad434", "2c5cc8554f8119e8"),
+})
+REFUSED += tuple(f"{p}/{m}/fairdd_batch" for p in ("cpu", "paper", "proxy", "smoke")
+                 for m in ("dsa", "dc", "mtt", "cfm"))
 
 
 def _combinations():
@@ -197,9 +206,13 @@ def test_each_part_validates_itself_with_the_configs_messages():
 
 
 def test_the_pseudo_group_count_is_checked_and_hashed_only_where_read():
-  for bad in (1, 2.5, True, "10"):
-    with pytest.raises(ValueError, match="fairdd_clusters .* integer >= 2"):
+  for bad in (1, 2.5, True, "10", 65, 100000):
+    with pytest.raises(ValueError, match=r"fairdd_clusters .* integer in \[2, 64\]"):
       parts.WeightingConfig(weighting="fairdd_pseudo", fairdd_clusters=bad)
+  assert "fairdd_clusters" in get_config("smoke", weighting="fairdd_batch")._hashed()
+  assert get_config("smoke", weighting="fairdd_batch", fairdd_clusters=4).fairdd_clusters == 4
+  with pytest.raises(ValueError, match="distribution matching only"):
+    get_config("smoke", weighting="fairdd_batch", method="dsa")
   with pytest.raises(ValueError, match="use it with that weighting"):
     get_config("smoke", weighting="fairdd", fairdd_clusters=4)
   with pytest.raises(ValueError, match="distribution matching only"):

@@ -414,3 +414,44 @@ def test_the_finite_metric_is_false_exactly_when_a_nan_or_inf_enters_the_step(me
       poisoned = real._replace(images=real.images.at[3].set(bad))
       assert not bool(d.step(fresh(), poisoned)[1]["finite"]), bad
   assert bool(d.step(fresh(), real)[1]["finite"])
+
+
+def test_fairdd_with_in_batch_clusters_weighs_by_the_dbscan_groups_of_the_matched_features():
+  # FairDD without labels (its appendix M): the step clusters each class's real batch in the
+  # random network's features and matches every cluster's mean; the loss equals dm_loss with
+  # group_balanced_weights of those clusters, computed here by hand with the public pieces.
+  from jaxdd import matching, weighting
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(3), 20)
+  minority = (np.arange(60) % 20) < 3
+  # the minority differs in its spatial pattern (instance norm removes constant offsets)
+  pattern = np.zeros((8, 8, 3), np.float32)
+  pattern[:, :4] = 3.0
+  x = (rng.normal(size=(60, 8, 8, 3)) * 0.1 + minority[:, None, None, None] * pattern
+       + y[:, None, None, None]).astype(np.float32)
+  real = distill.real_data(x, y, num_classes=3)
+  model = models.ConvNet(3, depth=1, width=8)
+  d = distill.dm(num_classes=3, ipc=2, model=model, real_per_class=20, augment=None,
+                 batch_clusters=4)
+  state = d.init(jax.random.key(0), real)
+  _, m = d.step(state, real)
+  k_model, k_real, k_aug = jax.random.split(distill.step_key(state), 3)
+  rows, mask = distill.sample_per_class(k_real, real.index, 20)
+  v = model.init(k_model, jnp.zeros((1, 8, 8, 3)))
+  embed = lambda im: model.apply(v, im, return_features=True)[0]  # noqa: E731
+  feats = jax.vmap(embed)(real.images[rows])
+  groups = weighting.batch_pseudo_groups(feats, mask, max_clusters=4)
+  w, scale = weighting.group_balanced_weights(groups, mask, 5)
+  want = matching.dm_loss(k_aug, state.syn.images.reshape(3, 2, 8, 8, 3), real.images[rows],
+                          embed_fn=embed, weights=w, class_scale=scale)
+  np.testing.assert_allclose(float(m["loss"]), float(want), rtol=1e-5)
+  np.testing.assert_allclose(float(m["max_weight"]), float(w.max()), rtol=1e-6)
+  # the far minority of every class is a cluster of its own: it carries a group's share
+  g = np.asarray(groups)
+  mino = np.asarray(minority[np.asarray(rows)])
+  for c in range(3):
+    assert len(set(g[c][mino[c]])) == 1 and not set(g[c][mino[c]]) & set(g[c][~mino[c]])
+  with pytest.raises(ValueError, match="replaces the weighting"):
+    distill.dm(num_classes=3, ipc=2, batch_clusters=4, kde_config=distill.KDEConfig())
+  with pytest.raises(ValueError, match="batch_clusters must be"):
+    distill.dm(num_classes=3, ipc=2, batch_clusters=0)

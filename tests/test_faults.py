@@ -97,17 +97,21 @@ def test_synset_without_labels_is_one_line(tmp_path, capsys):
 
 
 class _InterruptingDistiller:
-  """Wraps a Distiller: sends SIGINT to this process during step ``at``."""
+  """Wraps a Distiller: sends SIGINT to this process during step ``at``. The driver runs its
+  step as it is (``_host_steps``): the signal is sent from Python at each call, around the
+  inner distiller's own donating program."""
 
   def __init__(self, inner, at, fired=None):
+    from jaxdd.runs import programs
     self.inner, self.at, self.calls, self.fired = inner, at, 0, fired
+    self.program = programs.Programs().step(inner)
 
   def init(self, *a, **k):
     return self.inner.init(*a, **k)
 
   def step(self, state, real):
     self.calls += 1
-    out = self.inner.step(state, real)
+    out = self.program(state, real)
     if self.calls == self.at:
       os.kill(os.getpid(), signal.SIGINT)
       if self.fired is not None:
@@ -115,9 +119,19 @@ class _InterruptingDistiller:
     return out
 
 
+def _host_steps(monkeypatch):
+  """The driver calls an _InterruptingDistiller's step itself (not compiled again), so the
+  step's Python side runs at every step."""
+  from jaxdd.runs import programs
+  real_step = programs.PROGRAMS.step
+  monkeypatch.setattr(programs.PROGRAMS, "step", lambda d: d.step if isinstance(
+      d, _InterruptingDistiller) else real_step(d))
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_the_step_and_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
                                                                        capsys):
+  _host_steps(monkeypatch)
   cfg = get_config("smoke", weighting="none", iterations=6, checkpoint_every=100)
   want = runs.distill_stage(cfg, str(tmp_path / "straight"), progress=False)
   real_make = distiller.make_distiller

@@ -55,6 +55,9 @@ KDE_SCOPES = ("batch", "class")
 #: The default number of pseudo-groups per class of ``weighting='fairdd_pseudo'``: the
 #: number of bias values of the benchmark datasets (CMNIST's colours, the corruptions).
 FAIRDD_CLUSTERS = 10
+#: The most pseudo-groups per class: a sampled batch holds a few hundred images of a class, and
+#: groups of one or two images carry no group statistics.
+MAX_FAIRDD_CLUSTERS = 64
 
 
 class Part:
@@ -259,11 +262,13 @@ class WeightingConfig(Part):
   reweighting, the kde_* fields), or reference rows that use the TRUE bias labels: 'oracle'
   (group-balanced weights) and 'fairdd' (FairDD's synchronized matching, DM only);
   'fairdd_pseudo' is FairDD without bias labels: its groups are ``fairdd_clusters`` k-means
-  clusters of each class in the surrogate's embedding (DM only).
+  clusters of each class in the surrogate's embedding (DM only); 'fairdd_batch' is FairDD
+  without bias labels as its appendix M describes it: each sampled real batch is clustered
+  with DBSCAN in the features the step matches, at most ``fairdd_clusters`` clusters (DM only).
   ``kde_floor`` raises each class's whole-class densities to at least this quantile (0: none)."""
   TITLE: ClassVar[str] = "weighting"
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
-      "weighting": ("none", "kde", "oracle", "fairdd", "fairdd_pseudo"),
+      "weighting": ("none", "kde", "oracle", "fairdd", "fairdd_pseudo", "fairdd_batch"),
       "kde_normalize": KDE_NORMALIZE, "kde_scope": KDE_SCOPES}
   weighting: str = "kde"
   kde_variance: float = 0.01
@@ -291,11 +296,14 @@ class WeightingConfig(Part):
       raise ValueError("--kde-floor shapes the KDE weights; use it with --weighting kde (or "
                        "leave it at 0)")
     k = self.fairdd_clusters
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 2:
+    if (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 2
+        or k > MAX_FAIRDD_CLUSTERS):
       raise ValueError("fairdd_clusters (the pseudo-groups per class of --weighting "
-                       f"fairdd_pseudo) must be an integer >= 2, e.g. {FAIRDD_CLUSTERS}; got {k!r}")
-    if k != FAIRDD_CLUSTERS and self.weighting != "fairdd_pseudo":
-      raise ValueError("--fairdd-clusters sets the pseudo-groups of --weighting fairdd_pseudo; "
+                       f"fairdd_pseudo and fairdd_batch) must be an integer in [2, "
+                       f"{MAX_FAIRDD_CLUSTERS}], e.g. {FAIRDD_CLUSTERS}; got {k!r}")
+    if k != FAIRDD_CLUSTERS and self.weighting not in ("fairdd_pseudo", "fairdd_batch"):
+      raise ValueError("--fairdd-clusters sets the pseudo-groups of --weighting fairdd_pseudo "
+                       "and fairdd_batch; "
                        f"use it with that weighting (or leave it at {FAIRDD_CLUSTERS})")
 
 

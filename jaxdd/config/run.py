@@ -131,7 +131,7 @@ class RunConfig:
                           ("cfm_curriculum", "iterations")):
       if d[name] == default:  # the same: runs from before the field keep their digests
         d.pop(name)
-    if d["weighting"] != "fairdd_pseudo":  # only it reads the field (and older runs never had it)
+    if d["weighting"] not in ("fairdd_pseudo", "fairdd_batch"):  # only they read the field
       d.pop("fairdd_clusters")
     if d["method"] != "mtt":  # fields other methods ignore (and older runs never had)
       for name in MTT_FIELDS:
@@ -204,8 +204,8 @@ def validate(config: RunConfig) -> None:
     c.gm.validate(c.ipc)
   c.mtt.validate(c.method)
   c.cfm.validate(c.method)
-  if c.weighting in ("none", "fairdd", "fairdd_pseudo") and "weighted" in (c.init,
-                                                                            c.real_sampling):
+  if c.weighting in ("none", "fairdd", "fairdd_pseudo", "fairdd_batch") and "weighted" in (
+      c.init, c.real_sampling):
     raise ValueError("init='weighted' and real_sampling='weighted' draw real images in proportion "
                      "to their weights; use them with --weighting kde or oracle")
   if (c.weighting == "kde" and c.kde_scope == "batch" and c.real_sampling == "uniform"
@@ -220,7 +220,7 @@ def validate(config: RunConfig) -> None:
     _validate_mtt(c)
   if c.method == "cfm":
     _validate_cfm(c)
-  if c.weighting in ("fairdd", "fairdd_pseudo") and c.method != "dm":
+  if c.weighting in ("fairdd", "fairdd_pseudo", "fairdd_batch") and c.method != "dm":
     raise ValueError(f"--weighting {c.weighting} (FairDD's synchronized matching) is implemented "
                      "for distribution matching only; use --method dm")
   if (c.kde_floor and c.kde_scope == "batch" and c.init != "weighted"

@@ -26,7 +26,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        syn_tx: optax.GradientTransformation | None = None,
        init: Literal["real", "weighted", "noise"] = "real", kde_config: KDEConfig | None = None,
        real_sampling: Literal["uniform", "weighted"] = "uniform",
-       group_matching: int | None = None, execution: Execution | None = None) -> Distiller:
+       group_matching: int | None = None, batch_clusters: int | None = None,
+       execution: Execution | None = None) -> Distiller:
   """Distribution matching (Zhao & Bilen 2023), optionally KDE-reweighted (Cui et al. 2024).
 
   Args:
@@ -64,6 +65,14 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       (:func:`jaxdd.weighting.group_balanced_weights`). Uses the TRUE bias labels
       (``real.groups``); a reference method, not a reweighting; excludes
       ``kde_config``.
+    batch_clusters: None, or FairDD's synchronized matching WITHOUT bias labels
+      as its appendix M describes it: inside the step, each class's sampled
+      real batch is clustered with DBSCAN (:func:`jaxdd.weighting.dbscan`:
+      eps the median 5-nearest-neighbour distance, 3 samples per core point)
+      in the features the step matches (the fresh random network's, of the
+      unaugmented real images: one more forward pass of the real batch), at
+      most ``batch_clusters`` clusters, noise a group of its own; the cluster
+      ids are the groups. Excludes ``kde_config`` and ``group_matching``.
     execution: how the step runs (:class:`jaxdd.distill.Execution`): the
       layout policy, a mesh, ``real_chunk``/``syn_chunk`` (the real and
       synthetic images embedded this many at a time) and ``real_dtype`` (the
@@ -82,6 +91,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     :func:`jaxdd.distill.core.all_finite`).
   """
   _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matching)
+  _check_batch_clusters(batch_clusters, kde_config, group_matching)
   ex = Execution() if execution is None else execution
   model = ConvNet(num_classes) if model is None else model
   _check_model(model)
@@ -93,7 +103,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   hparams = {**({"lr": lr} if syn_tx is None else {}), **kde_hparams(kde_config)}
   init_fn = _state_init(num_classes, ipc, init, tx, mesh, kde_config, hparams)
 
-  def batch_fn(key, real: RealData, h):
+  def batch_fn(key, real: RealData, h, features):
     rows, mask, weights = real_batch(key, real, real_per_class, kde_knobs(kde_config, h),
                                      real_sampling)
     if real.sample_weight is not None:  # the user's per-sample weights, times the weighting's
@@ -104,13 +114,18 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
         raise ValueError("group_matching needs the bias labels: pass groups= to real_data")
       weights, class_scale = weighting.group_balanced_weights(real.groups[rows], mask,
                                                               group_matching)
+    if batch_clusters is not None:  # FairDD without labels: the batch's own clusters
+      groups = weighting.batch_pseudo_groups(features(real.images[rows]), mask,
+                                             max_clusters=batch_clusters)
+      weights, class_scale = weighting.group_balanced_weights(groups, mask, batch_clusters + 1)
     return rows, mask, weights, class_scale
 
   settings = _DMSettings(num_classes, ipc, model, augment, real_per_class, tx, syn_tx is None,
                          ex)
   signature = ("dm", num_classes, ipc, model, augment, real_per_class, momentum, syn_tx,
                None if kde_config is None else (kde_config.normalize, kde_config.scope),
-               real_sampling, group_matching, mesh, ex.class_axis, ex.batch_axis, real_chunk,
+               real_sampling, group_matching, batch_clusters, mesh, ex.class_axis, ex.batch_axis,
+               real_chunk,
                syn_chunk, None if real_dtype is None else str(real_dtype), ex.policy)
   return Distiller(init_fn, ex.compile_step(signature, _dm_step(settings, batch_fn)))
 
@@ -119,7 +134,7 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
             augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
             real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
             kde_config: KDEConfig | None = None, num_groups: int | None = None,
-            importance_sampling: bool = False,
+            importance_sampling: bool = False, batch_clusters: int | None = None,
             execution: Execution | None = None) -> Distiller:
   """DM whose weighting is data: every DM row of a results table in one program.
 
@@ -136,6 +151,8 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     are hyperparameters, ``kde_config.normalize`` is static);
   * ``state.hparams["groups"]`` (0 or 1): FairDD's group-balanced weights over
     ``real.groups`` instead (``num_groups`` group values at most);
+  * ``state.hparams["batch_groups"]`` (0 or 1): FairDD's group-balanced weights
+    over the batch's own DBSCAN clusters (:func:`dm`'s ``batch_clusters``);
   * ``state.hparams["weighted_sampling"]`` (0 or 1): each class's batch drawn
     with replacement in proportion to ``real.sample_prob`` (importance
     sampling, matched with a plain mean when ``sample_weight`` is uniform)
@@ -164,6 +181,8 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       (``weighted_sampling=1``). Off, the rows of a seed share one uniform real
       batch, and its forward pass is computed once for all of them
       (:func:`jaxdd.distill.cell_runs`); on, every run's batch is its own.
+    batch_clusters: None, or the most DBSCAN clusters per batch of the runs with
+      ``batch_groups=1`` (:func:`dm`'s ``batch_clusters``).
     execution: as :func:`dm` (one device).
 
   Returns:
@@ -182,10 +201,12 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     raise ValueError(f"num_groups must be None or an int >= 1, got {num_groups!r}")
   cfg = weighting.KDEConfig() if kde_config is None else kde_config
   tx = optax.sgd(1.0, momentum=momentum)
-  hparams = {"lr": lr, **kde_hparams(cfg), "kde": 0.0, "groups": 0.0, "weighted_sampling": 0.0}
+  _check_batch_clusters(batch_clusters, None, None)
+  hparams = {"lr": lr, **kde_hparams(cfg), "kde": 0.0, "groups": 0.0, "batch_groups": 0.0,
+             "weighted_sampling": 0.0}
   init_fn = _state_init(num_classes, ipc, "real", tx, None, None, hparams)
 
-  def batch_fn(key, real: RealData, h):
+  def batch_fn(key, real: RealData, h, features):
     rows, mask = sample_per_class(key, real.index, real_per_class)
     if importance_sampling:
       if real.sample_prob is None:
@@ -207,11 +228,19 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       w_g, scale = weighting.group_balanced_weights(real.groups[rows], mask, num_groups)
       on = h["groups"] > 0.5
       weights, class_scale = jnp.where(on, w_g, weights), jnp.where(on, scale, 1.0)
+    if batch_clusters is not None:
+      groups = weighting.batch_pseudo_groups(features(real.images[rows]), mask,
+                                             max_clusters=batch_clusters)
+      w_b, scale = weighting.group_balanced_weights(groups, mask, batch_clusters + 1)
+      on = h["batch_groups"] > 0.5
+      class_scale = jnp.ones_like(scale) if class_scale is None else class_scale
+      weights, class_scale = jnp.where(on, w_b, weights), jnp.where(on, scale, class_scale)
     return rows, mask, weights, class_scale
 
   settings = _DMSettings(num_classes, ipc, model, augment, real_per_class, tx, True, ex)
   signature = ("dm_cell", num_classes, ipc, model, augment, real_per_class, momentum,
-               cfg.normalize, num_groups, bool(importance_sampling), ex.real_chunk, ex.syn_chunk,
+               cfg.normalize, num_groups, bool(importance_sampling), batch_clusters,
+               ex.real_chunk, ex.syn_chunk,
                None if ex.real_dtype is None else str(ex.real_dtype), ex.policy)
   return Distiller(init_fn, ex.compile_step(signature, _dm_step(settings, batch_fn)))
 
@@ -241,15 +270,17 @@ def _dm_step(s: _DMSettings, batch_fn: Callable) -> Callable:
 
   def loss_fn(syn_images, key, real: RealData, h):
     k_model, k_real, k_aug = jax.random.split(key, 3)
-    rows, mask, weights, class_scale = batch_fn(k_real, real, h)
-    real_images = parallel.constrain(real.images[rows], mesh, ex.real_spec)
-    syn_batch = parallel.constrain(
-        syn_images.reshape((s.num_classes, s.ipc) + syn_images.shape[1:]), mesh, ex.syn_spec)
     shape = (1,) + syn_images.shape[1:]
     variables = s.model.init(k_model, jnp.zeros(shape, syn_images.dtype))
     variables = jax.lax.stop_gradient(variables)  # the network is frozen
     embed, embed_real = _embedders(s.model, variables, ex.real_dtype,
                                    ex.policy.forward_conv == "winograd" and mesh is None)
+    # the features the step matches, of a (C, B, ...) real batch (unaugmented, no gradient)
+    features = lambda x: jax.lax.map(embed_real or embed, jax.lax.stop_gradient(x))  # noqa: E731
+    rows, mask, weights, class_scale = batch_fn(k_real, real, h, features)
+    real_images = parallel.constrain(real.images[rows], mesh, ex.real_spec)
+    syn_batch = parallel.constrain(
+        syn_images.reshape((s.num_classes, s.ipc) + syn_images.shape[1:]), mesh, ex.syn_spec)
     per_sample = "batch_stats" not in variables and mesh is None
     loss = matching.dm_loss(k_aug, syn_batch, real_images, embed_fn=embed, augment=s.augment,
                             weights=weights, real_chunk=ex.real_chunk if per_sample else None,
@@ -273,6 +304,18 @@ def _dm_step(s: _DMSettings, batch_fn: Callable) -> Callable:
                           step=state.step + 1), metrics
 
   return step_fn
+
+
+def _check_batch_clusters(batch_clusters, kde_config, group_matching) -> None:
+  if batch_clusters is None:
+    return
+  if isinstance(batch_clusters, bool) or not isinstance(batch_clusters, int) \
+      or batch_clusters < 1:
+    raise ValueError(f"batch_clusters must be None or the most clusters per batch (an int >= 1), "
+                     f"got {batch_clusters!r}")
+  if kde_config is not None or group_matching is not None:
+    raise ValueError("batch_clusters (FairDD with in-batch pseudo-groups) replaces the "
+                     "weighting: pass kde_config=None and group_matching=None")
 
 
 def _check_model(model) -> None:

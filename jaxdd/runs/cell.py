@@ -32,7 +32,7 @@ from jaxdd.structs import SynSet
 ROW_FIELDS = group.GROUP_KNOBS + ("weighting", "init", "real_sampling", "kde_scope",
                                   "kde_floor", "fairdd_clusters")
 #: The weightings a cell's rows may have.
-CELL_WEIGHTINGS = ("none", "kde", "oracle", "fairdd", "fairdd_pseudo")
+CELL_WEIGHTINGS = ("none", "kde", "oracle", "fairdd", "fairdd_pseudo", "fairdd_batch")
 
 
 def cell_key(config: RunConfig) -> str:
@@ -126,7 +126,8 @@ def _row_spec(config: RunConfig) -> dict:
   class_scope = (config.weighting == "oracle"
                  or (config.weighting == "kde" and config.kde_scope == "class" and not sampling))
   return {"kde": kde_batch, "class": class_scope, "sampling": sampling,
-          "groups": config.weighting in ("fairdd", "fairdd_pseudo")}
+          "groups": config.weighting in ("fairdd", "fairdd_pseudo"),
+          "batch_groups": config.weighting == "fairdd_batch"}
 
 
 def _flat_class_weights(config: RunConfig, real: distill.RealData) -> np.ndarray:
@@ -173,9 +174,14 @@ def _program(configs, num_seeds: int, num_rows: int, run_data: rundata.RunData, 
     starts.append(own.init(keys.run_keys(c)[1], real_i).syn)
     hparams.append({"lr": c.lr_img, "variance": c.kde_variance,
                     "temperature": c.kde_temperature, "kde": float(spec["kde"]),
-                    "groups": float(spec["groups"]), "weighted_sampling": float(spec["sampling"])})
+                    "groups": float(spec["groups"]), "batch_groups": float(spec["batch_groups"]),
+                    "weighted_sampling": float(spec["sampling"])})
   num_groups = [weights.run_num_groups(c, run_data) for c in configs]
   num_groups = max((g for g in num_groups if g is not None), default=None)
+  clusters = {c.fairdd_clusters for c in configs if c.weighting == "fairdd_batch"}
+  if len(clusters) > 1:
+    raise ValueError("the fairdd_batch rows of a cell must share --fairdd-clusters; distil them "
+                     "row by row")
   seed_fields, run_fields = [], ["sample_weight"]
   real = shared._replace(sample_weight=jnp.asarray(np.stack(per_run["sample_weight"])))
   if any(e is not None for e in seed_emb):
@@ -195,7 +201,7 @@ def _program(configs, num_seeds: int, num_rows: int, run_data: rundata.RunData, 
       augment=augment_lib.dsa(base.dsa_strategy) if base.dsa_strategy else None,
       real_per_class=base.real_per_class, lr=base.lr_img, momentum=base.momentum,
       kde_config=weighting.KDEConfig(normalize=base.kde_normalize), num_groups=num_groups,
-      importance_sampling=sampling,
+      importance_sampling=sampling, batch_clusters=clusters.pop() if clusters else None,
       execution=distiller.execution(base, nc, sharded=False))
   d = distill.cell_runs(cell, num_seeds=num_seeds, num_rows=num_rows,
                         seed_fields=tuple(seed_fields), run_fields=tuple(run_fields))

@@ -43,7 +43,8 @@ def make_distiller(config: RunConfig, num_classes: int,
 
   ``real_dtype`` is DM's (:func:`jaxdd.distill.dm`); other methods refuse it.
   ``num_bias``: the number of group values, for ``weighting='fairdd'`` (the bias values)
-  and ``'fairdd_pseudo'`` (the pseudo-groups per class), DM's ``group_matching``. The step
+  and ``'fairdd_pseudo'`` (the pseudo-groups per class), DM's ``group_matching``;
+  ``'fairdd_batch'`` clusters each batch in the step (``config.fairdd_clusters`` at most). The step
   runs as :func:`execution` says.
   """
   common = dict(num_classes=num_classes, ipc=config.ipc,
@@ -75,6 +76,8 @@ def make_distiller(config: RunConfig, num_classes: int,
     return distill.dm(augment=aug,
                       group_matching=(num_bias if config.weighting in ("fairdd", "fairdd_pseudo")
                                       else None),
+                      batch_clusters=(config.fairdd_clusters
+                                      if config.weighting == "fairdd_batch" else None),
                       execution=ex, **common)
   strategy = config.dsa_strategy if config.method == "dsa" else None
   return distill.gm(augment=augment_lib.dsa(strategy) if strategy else None,

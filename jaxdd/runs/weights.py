@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import plots, weighting
+from jaxdd import models, plots, weighting
 from jaxdd.config import RunConfig
 from jaxdd.runs import files, keys, rundata
 from jaxdd.runs.stage_config import kde_config
@@ -111,6 +112,9 @@ def run_weights(config: RunConfig, run_data: rundata.RunData, embeddings: np.nda
         return_ess=True)
   if config.weighting in ("fairdd", "fairdd_pseudo"):  # group-balanced inside each batch
     return weighting.fairdd_batch_weights(key, train.labels, groups, n_per, nc)
+  if config.weighting == "fairdd_batch":  # groups found inside each batch, as the step does
+    w, ess, _ = batch_cluster_weights(config, run_data, key)
+    return w, ess
   log_density = run_log_density(config, run_data, embeddings)
   w = whole_class_weights(config, train.labels, log_density, nc)
   if config.method == "mtt":  # no real batch: the weights act on the experts' epochs
@@ -134,24 +138,79 @@ def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings:
   diagnostics, never inputs. A 'fairdd_pseudo' run adds ``pseudo_groups``: the size of
   every pseudo-group and how well they recover the bias groups
   (:func:`jaxdd.weighting.group_recovery`, also a diagnostic from the TRUE bias labels,
-  computed after the pseudo-groups). Writes ``plots/weights.png`` when ``workdir`` is given.
+  computed after the pseudo-groups); a 'fairdd_batch' run ``batch_clusters``: the clusters
+  DBSCAN finds per batch and their recovery of the bias groups (:func:`batch_cluster_weights`).
+  Writes ``plots/weights.png`` when ``workdir`` is given.
   """
   train, nc = run_data.train, run_data.num_classes
   groups = run_groups(config, run_data, embeddings)
-  w, ess = run_weights(config, run_data, embeddings, key, groups)
+  clusters = None
+  if config.weighting == "fairdd_batch":
+    w, ess, clusters = batch_cluster_weights(config, run_data, key)
+  else:
+    w, ess = run_weights(config, run_data, embeddings, key, groups)
   report = weighting.run_report(w, ess, train.labels, train.aligned, train.bias, num_classes=nc)
   report["weighting"] = {"weighting": config.weighting, "scope": config.kde_scope,
                          "floor": config.kde_floor,
                          "init": config.init, "real_sampling": config.real_sampling,
                          "real_per_class": config.real_per_class}
-  if config.weighting == "fairdd_pseudo":
+  if config.weighting in ("fairdd_pseudo", "fairdd_batch"):
     report["weighting"]["fairdd_clusters"] = config.fairdd_clusters
+  if config.weighting == "fairdd_pseudo":
     report["pseudo_groups"] = pseudo_group_report(config, run_data, groups)
+  if clusters is not None:
+    report["batch_clusters"] = clusters
   if workdir is not None and config.weighting != "none":
     plots.plot_weight_histogram(
         w, train.aligned, os.path.join(workdir, "plots", "weights.png"),
         title=f"{config.weighting} weights, {config.dataset} {config.conflict_ratio}")
   return report
+
+
+def batch_cluster_weights(config: RunConfig, run_data: rundata.RunData, key: jax.Array,
+                          chunk: int = 64) -> tuple[np.ndarray, np.ndarray, dict]:
+  """``(w, ess, recovery)`` of a ``'fairdd_batch'`` run, as the step forms them: one round of
+  DM's batches (:func:`jaxdd.weighting.batch_plan`), each clustered with DBSCAN
+  (:func:`jaxdd.weighting.batch_pseudo_groups`) in the features of a fresh random network of
+  the run's architecture, FairDD's group-balanced weights averaged per sample; and, a
+  diagnostic from the TRUE bias labels, how well the clusters of a batch recover its bias
+  groups (:func:`jaxdd.weighting.group_recovery`, each batch counted as a class)."""
+  train, nc = run_data.train, run_data.num_classes
+  labels = np.asarray(train.labels)
+  k_plan, k_net = jax.random.split(key)
+  index, mask = weighting.batch_plan(k_plan, labels, batch_size=config.real_per_class,
+                                     num_classes=nc, num_rounds=1)
+  model = models.ConvNet(nc, depth=config.depth, width=config.width)
+  images = run_data.normalized(train)
+  k = config.fairdd_clusters
+
+  @jax.jit
+  def groups_of(keys, x, m):
+    def feats(key, xb):
+      v = model.init(key, xb[:1])
+      return model.apply(v, xb, return_features=True)[0]
+    return weighting.batch_pseudo_groups(jax.vmap(feats)(keys, x), m, max_clusters=k)
+
+  keys = jax.random.split(k_net, len(index))
+  groups = np.concatenate([np.asarray(groups_of(keys[i:i + chunk], images[index[i:i + chunk]],
+                                                mask[i:i + chunk]))
+                           for i in range(0, len(index), chunk)])
+  w_b, _ = weighting.group_balanced_weights(jnp.asarray(groups), jnp.asarray(mask), k + 1)
+  w_b = np.asarray(w_b, np.float64)
+  w = weighting.per_sample_mean(w_b, index, mask, labels, nc)
+  ess = weighting.mean_batch_ess(w_b, mask, labels[index[:, 0]], nc)
+  valid = np.asarray(mask)
+  batch_id = np.broadcast_to(np.arange(len(index))[:, None], index.shape)[valid]
+  rows = index[valid]
+  recovery = weighting.group_recovery(groups[valid], batch_id, np.asarray(train.bias)[rows],
+                                      np.asarray(train.aligned)[rows], num_classes=len(index))
+  present = np.array([len(np.unique(g[m])) for g, m in zip(groups, valid)])
+  return w, ess, {"groups_per_batch_mean": float(present.mean()),
+                  "groups_per_batch_max": int(present.max()),
+                  "recovery_diagnostic": {
+                      "note": "computed after the fact from the TRUE bias labels for this "
+                              "report only; the clusters and the weights never read them",
+                      **recovery}}
 
 
 def pseudo_group_report(config: RunConfig, run_data: rundata.RunData,
