@@ -36,6 +36,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import metrics as metrics_lib
@@ -48,7 +49,7 @@ from jaxdd.results import EvalResult, model_spec
 from jaxdd.structs import Batch, SynSet
 from jaxdd.train import TrainTask
 
-__all__ = ["evaluate_synset", "evaluate_task", "predict", "split_validation"]
+__all__ = ["evaluate_synset", "evaluate_synsets", "evaluate_task", "predict", "split_validation"]
 
 
 def predict(task: TrainTask, params, state, images, *, protocol: Protocol,
@@ -206,7 +207,14 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
   chosen = _slice_tree((params, state), sel)
   preds = predict(task, *chosen, test.images, protocol=protocol, parallel=parallel)
   acc = jax.device_get(metrics_lib.metrics_for(preds, test, num_classes, num_bias))
-  metrics = jax.device_get(_slice_tree(metrics, sel))
+  return _result(key, task, model, protocol, num_models, lrs, sel, valid, select_on,
+                 valid_scores, acc, jax.device_get(_slice_tree(metrics, sel)), images, test,
+                 parallel, hparams)
+
+
+def _result(key, task, model, protocol, num_models, lrs, sel, valid, select_on, valid_scores,
+            acc, metrics, images, test, parallel, hparams) -> EvalResult:
+  """The :class:`EvalResult` of one evaluation's chosen networks."""
   return EvalResult(
       protocol=protocol, model_spec=model_spec(model), method=task.name, num_models=num_models,
       key_data=tuple(int(v) for v in np.asarray(jax.random.key_data(key)).ravel()),
@@ -219,6 +227,93 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
       num_train=int(images.shape[0]), num_test=int(test.images.shape[0]),
       num_valid=0 if valid is None else int(valid.images.shape[0]), parallel=parallel,
       hparams=dict(hparams or {}))
+
+
+def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Batch, *,
+                     model: nn.Module, protocol: str | Protocol = "dm", num_models: int = 5,
+                     valid: Batch | None = None, select_on: str = "overall",
+                     num_bias: int | None = None, parallel: str = "auto") -> list[EvalResult]:
+  """Evaluates several SynSets of one shape at once: every SynSet's ``num_models`` networks
+  train in ONE compiled program, and all of them predict the validation and the test
+  split in one program each.
+
+  Result i equals ``evaluate_synset(keys[i], syns[i], test, ...)`` up to float rounding
+  (the same networks: model j of SynSet i starts from ``jax.random.split(keys[i],
+  num_models)[j]``). The SynSets must share their shape and labels (e.g. the seeds and
+  rows of a results-table cell). ``valid`` is scored by every network; nothing is chosen
+  on it here (one learning rate: the protocol's), and the test split is scored once.
+
+  Args:
+    keys: one typed PRNG key per SynSet.
+    syns: the SynSets.
+    test, model, protocol, num_models, valid, select_on, num_bias, parallel: as
+      :func:`evaluate_synset` (``parallel`` also says how the SynSets share the program:
+      ``"map"`` one after another, ``"vmap"`` batched).
+
+  Returns:
+    One :class:`EvalResult` per SynSet, with ``valid_scores`` (the ``select_on``
+    accuracy of every network on ``valid``) when ``valid`` is given.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdd import models
+    >>> syns = [SynSet(jnp.full((4, 8, 8, 3), v), jnp.array([0, 0, 1, 1])) for v in (0., 1.)]
+    >>> test = Batch(jnp.zeros((6, 8, 8, 3)), jnp.array([0, 1, 0, 1, 0, 1]))
+    >>> rs = evaluate_synsets([jax.random.key(0), jax.random.key(1)], syns, test,
+    ...                       model=models.ConvNet(num_classes=2, width=4), protocol="smoke",
+    ...                       num_models=2)  # doctest: +SKIP
+    >>> [r.overall.shape for r in rs]  # doctest: +SKIP
+    [(2,), (2,)]
+  """
+  keys, syns = list(keys), list(syns)
+  if not syns or len(keys) != len(syns):
+    raise ValueError(f"evaluate_synsets needs one key per SynSet, got {len(keys)} keys for "
+                     f"{len(syns)} SynSets")
+  for key in keys:
+    checks.check_key(key)
+  protocol = protocols.get_protocol(protocol)
+  if not isinstance(num_models, int) or num_models < 1:
+    raise ValueError(f"num_models must be a positive int, got {num_models!r}")
+  if select_on not in metrics_lib.METRICS:
+    raise ValueError(f"select_on must be one of {metrics_lib.METRICS}, got {select_on!r}")
+  checked = [checks.check_syn(s, getattr(model, "num_classes", None), "evaluate") for s in syns]
+  images, labels = checked[0]
+  if any(im.shape != images.shape or not np.array_equal(np.asarray(lb), np.asarray(labels))
+         for im, lb in checked[1:]):
+    raise ValueError("evaluate_synsets evaluates SynSets of one shape and labels; evaluate "
+                     "the others with evaluate_synset")
+  num_classes = checks.infer_num_classes(model, labels)
+  test = checks.check_batch("test", test, images, num_classes, "evaluate")
+  if valid is not None:
+    valid = checks.check_batch("valid", valid, images, num_classes, "evaluate")
+  parallel = train_lib.resolve_parallel(parallel)
+  task = train_lib.standard_task(model)
+  lrs = checks.check_lrs(None, protocol)
+  net_keys = jnp.stack([jax.random.split(k, num_models) for k in keys])
+  params, state, metrics = train_lib.train_synsets(
+      net_keys, jnp.stack([im for im, _ in checked]), labels, task=task, protocol=protocol,
+      parallel=parallel)
+  n = len(syns)
+  flat = jax.tree.map(lambda a: a.reshape((n * num_models,) + a.shape[2:]),
+                      _slice_tree((params, state), (slice(None), 0)))
+
+  def scored(batch):
+    preds = predict(task, *flat, batch.images, protocol=protocol, parallel=parallel)
+    return preds.reshape((n, num_models) + preds.shape[1:])
+
+  valid_preds = None if valid is None else scored(valid)
+  test_preds = scored(test)
+  out = []
+  for i, key in enumerate(keys):
+    valid_scores = None
+    if valid is not None:
+      m = metrics_lib.metrics_for(valid_preds[i], valid, num_classes, num_bias)
+      valid_scores = np.asarray(getattr(m, select_on)).reshape(1, num_models)
+    acc = jax.device_get(metrics_lib.metrics_for(test_preds[i], test, num_classes, num_bias))
+    out.append(_result(key, task, model, protocol, num_models, lrs, 0, valid, select_on,
+                       valid_scores, acc, jax.device_get(_slice_tree(metrics, (i, 0))),
+                       images, test, parallel, None))
+  return out
 
 
 def evaluate_synset(key: jax.Array, syn: SynSet, test: Batch, *, model: nn.Module,

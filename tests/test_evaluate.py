@@ -378,3 +378,36 @@ def test_loop_safe_conv_second_order_matches_lax(getkey, channels):
 
   np.testing.assert_allclose(outer(loop_safe_conv)(x), outer(lax.conv_general_dilated)(x),
                              rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("parallel", ["map", "vmap"])
+def test_many_synsets_in_one_program_equal_each_evaluated_alone(parallel):
+  from jaxdd import models
+  from jaxdd.evaluate import evaluate_synset, evaluate_synsets
+  rng = np.random.default_rng(0)
+  labels = jnp.repeat(jnp.arange(2), 3)
+  syns = [SynSet(jnp.asarray(rng.normal(size=(6, 8, 8, 3)), jnp.float32), labels)
+          for _ in range(3)]
+  y = jnp.asarray(np.tile([0, 1], 10))
+  test = Batch(jnp.asarray(rng.normal(size=(20, 8, 8, 3)), jnp.float32), y,
+               bias=jnp.asarray(np.arange(20) % 3 == 0, jnp.int32))
+  valid = Batch(jnp.asarray(rng.normal(size=(10, 8, 8, 3)), jnp.float32), y[:10],
+                bias=jnp.asarray(np.arange(10) % 2, jnp.int32))
+  model = models.ConvNet(num_classes=2, depth=1, width=4)
+  keys = [jax.random.key(s) for s in (3, 4, 5)]
+  together = evaluate_synsets(keys, syns, test, model=model, protocol="smoke", num_models=2,
+                              valid=valid, parallel=parallel)
+  for key, syn, got in zip(keys, syns, together):
+    alone = evaluate_synset(key, syn, test, model=model, protocol="smoke", num_models=2,
+                            parallel=parallel)
+    # the same networks (same keys), trained in one program instead of one each: equal up to
+    # float32 rounding of the training (a few ulps of the loss); a test image whose logits
+    # tie within that rounding may flip: at most one of the 20 per network
+    np.testing.assert_allclose(got.train_loss, alone.train_loss, rtol=1e-5, atol=1e-6)
+    assert np.abs(got.overall - alone.overall).max() <= 1 / 20 + 1e-9
+    assert got.valid_scores.shape == (1, 2) and got.key_data == alone.key_data
+  with pytest.raises(ValueError, match="one key per SynSet"):
+    evaluate_synsets(keys[:2], syns, test, model=model, protocol="smoke")
+  with pytest.raises(ValueError, match="one shape and labels"):
+    evaluate_synsets(keys[:2], [syns[0], SynSet(syns[1].images, labels[::-1])], test,
+                     model=model, protocol="smoke")

@@ -53,7 +53,8 @@ from jaxdd.tasks import (StepBatch, TrainMetrics, TrainTask, apply_train, cross_
                          hard_labels, split_variables, standard_task)
 from jaxdd.train.grads import CPU_MICRO_BATCH, micro_batch_size
 from jaxdd.train.host import LOOPS, fit_epochs, resolve_loop
-from jaxdd.train.many import PARALLEL, predict_block, resolve_parallel, train_fresh, train_models
+from jaxdd.train.many import (PARALLEL, predict_block, resolve_parallel, train_fresh, train_models,
+                              train_synsets)
 from jaxdd.train.optim import torch_sgd
 from jaxdd.train.single import fit
 
@@ -86,4 +87,5 @@ __all__ = [
     "torch_sgd",
     "train_fresh",
     "train_models",
+    "train_synsets",
 ]

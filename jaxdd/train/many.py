@@ -89,6 +89,31 @@ def _train_many_cached(task: TrainTask, protocol: Protocol, parallel: str, repor
   return jax.jit(policy.pinned(pol, many))
 
 
+def train_synsets(net_keys: jax.Array, images: jax.Array, labels: jax.Array, *,
+                  task: TrainTask, protocol: Protocol, parallel: str) -> tuple:
+  """``S x M`` networks in ONE program: SynSet ``s``'s ``M`` networks (keys
+  ``net_keys[s]``, (S, M)) trained on ``images[s]`` ((S, n, ...), shared ``labels``) at the
+  protocol's learning rate; ``parallel`` (``"map"`` or ``"vmap"``) says how the SynSets and
+  the networks share the program. Returns ``(params, state, metrics)`` with leading axes
+  ``(S, 1, M)``, network ``(s, 0, m)`` being :func:`train_models`'s ``(0, m)`` of SynSet ``s``."""
+  return _train_synsets_cached(task, protocol, parallel, policy.current())(net_keys, images,
+                                                                          labels)
+
+
+@functools.lru_cache(maxsize=32)
+def _train_synsets_cached(task: TrainTask, protocol: Protocol, parallel: str, pol: policy.Policy):
+  many = _train_many_cached(task, protocol, parallel, False, pol)
+  lrs = jnp.asarray([protocol.lr], jnp.float32)
+
+  def run(net_keys, images, labels):
+    one = lambda k, im: many(k, lrs, im, labels)  # noqa: E731
+    if parallel == "vmap":
+      return jax.vmap(one)(net_keys, images)
+    return jax.lax.map(lambda a: one(*a), (net_keys, images))
+
+  return jax.jit(policy.pinned(pol, run))
+
+
 def predict_block(protocol: Protocol, n: int, parallel: str) -> int:
   """Images per prediction block: the protocol's ``test_batch_size`` (at most ``n``),
   and for one-network-at-a-time prediction (``"map"``) at most the active policy's
