@@ -1,11 +1,13 @@
 """The paper-scale table as a queue: every cell, row and seed, resumable across GPU loans.
 
-Cells run in a fixed order (``CELLS``: the paper's setting first). In a cell, each row's
-seeds are distilled in one compiled program (:func:`jaxdd.runs.distill_seeds`: separate
-keys, surrogates and weights, batched over the same real images) where the method allows
-(DM on one device), else one after another. Every seed's SynSet is evaluated with one set of
-networks, in one program, on the validation split and, for the reported rows only, on the
-test split. The
+Cells run in a fixed order (``CELLS``: the paper's setting first). In a DM cell, every row
+but the ceiling (which distils other data) and every seed are distilled in ONE compiled
+program (:func:`jaxdd.runs.distill_cell`: the weightings are data; the seeds are
+independent and the rows of a seed share its draws, common random numbers), and all their
+SynSets are evaluated in one program per split (:func:`jaxdd.evaluate.evaluate_synsets`:
+the reported rows on validation and test, the candidates on validation only). Other rows
+and methods go row by row, each row's seeds in one program where the method allows
+(:func:`jaxdd.runs.distill_seeds`). The
 best label-free row is chosen among ``LABEL_FREE`` on validation alone (the pre-registered
 rule of ``jaxdd tune``: the paper's DM + KDE stays unless a candidate is better on every
 seed and by more than twice the noise); a candidate that is not otherwise reported reads
@@ -26,7 +28,8 @@ command then exits 0 and says what is left; the same command goes on from there.
 
 Rows: vanilla DM; the paper's DM + KDE; the best label-free setting (chosen on
 validation); FairDD with pseudo-groups from clustering the surrogate's embeddings
-(label-free); FairDD and oracle group-balanced weights with the true bias labels
+(label-free) and from DBSCAN of each sampled batch inside the step (label-free, FairDD's
+appendix M); FairDD and oracle group-balanced weights with the true bias labels
 (reference rows, marked); vanilla DM on unbiased data (the ceiling). Columns: validation
 conflicting accuracy (what the choice reads), test overall, aligned, conflicting and worst
 group accuracy, DEO_M and DEO_A (FairDD's equalized-odds differences, empty groups
@@ -105,6 +108,9 @@ ROWS: dict[str, Row] = {
     "fairdd_pseudo": Row(dict(weighting="fairdd_pseudo"),
                          "FairDD, pseudo-groups from clustering the surrogate's embeddings",
                          methods=("dm",)),
+    "fairdd_batch": Row(dict(weighting="fairdd_batch"),
+                        "FairDD, pseudo-groups from DBSCAN of each batch (its appendix M)",
+                        methods=("dm",)),
     "fairdd": Row(dict(weighting="fairdd"), "FairDD synchronized matching (true bias labels)",
                   bias_labels=True, methods=("dm",)),
     "oracle": Row(dict(weighting="oracle"), "oracle group-balanced weights (true bias labels)",
@@ -113,7 +119,9 @@ ROWS: dict[str, Row] = {
 }
 
 #: The label-free rows the best label-free setting is chosen from; the first is the incumbent.
-LABEL_FREE = ("kde", "kde_init", "kde_floor_init_is", "fairdd_pseudo")
+LABEL_FREE = ("kde", "kde_init", "kde_floor_init_is", "fairdd_pseudo", "fairdd_batch")
+#: Rows distilled on other data than the cell's (not in the cell's one program).
+OWN_DATA = ("ceiling",)
 
 COLUMNS = ["row", "bias labels", "seeds", "valid conflicting", "test overall", "test aligned",
            "test conflicting", "test worst group", "DEO_M", "DEO_A",
@@ -181,6 +189,54 @@ class Queue:
         raise BudgetReached() from None
       raise
 
+  def distil_cell(self, cell: Cell, names: list[str]) -> None:
+    """The DM rows x seeds of a cell in ONE program (:func:`jaxdd.runs.distill_cell`); each
+    run's share of the wall time is recorded as its distillation time."""
+    configs = [row_config(self.base(cell), cell, n, s) for s in self.seeds for n in names]
+    workdirs = [os.path.join(self.args.workdir, cell.name, n, f"s{s}")
+                for s in self.seeds for n in names]
+    done = [os.path.exists(os.path.join(w, "synset", "manifest.json")) for w in workdirs]
+    if all(done):
+      return
+    self.check_time()
+    deadline = None if self.deadline is None else driver.Deadline(self.deadline)
+    t0 = time.perf_counter()
+    try:
+      runs.distill_cell(configs, workdirs, num_rows=len(names),
+                        run_data=self.run_data(configs[0]), progress=not self.args.quiet,
+                        deadline=deadline)
+    except driver.Interrupted:
+      if deadline is not None and deadline.passed():
+        raise BudgetReached() from None
+      raise
+    share = (time.perf_counter() - t0) / len(configs)
+    for w in workdirs:
+      _timing(w, share)
+
+  def evaluate_many(self, items: list[tuple[RunConfig, str, SynSet, bool]]) -> None:
+    """Evaluates the runs not evaluated yet, every SynSet's networks in one program
+    (:func:`jaxdd.evaluate.evaluate_synsets`): the runs that read the test split in one
+    call, the candidates that read validation only in another (the same networks)."""
+    for test in (True, False):
+      todo = [(c, w, syn) for c, w, syn, t in items if t == test and not _evaluated(w, test)]
+      if not todo:
+        continue
+      config = todo[0][0]
+      run_data = self.run_data(config)
+      t0 = time.perf_counter()
+      model = models.get(config.eval_model, num_classes=run_data.num_classes)
+      valid = run_data.batch(run_data.valid)
+      res = evaluate.evaluate_synsets(
+          [runs.run_keys(c)[2] for c, _, _ in todo],
+          [SynSet(jnp.asarray(s.images), jnp.asarray(s.labels)) for _, _, s in todo],
+          run_data.batch(run_data.test) if test else valid, model=model,
+          protocol=config.eval_protocol, num_models=config.num_eval_models,
+          valid=valid if test else None, select_on="conflicting")
+      share = (time.perf_counter() - t0) / len(todo)
+      for (_, w, _), r in zip(todo, res):
+        synset.atomic_write_json(os.path.join(w, "paper-eval.json"),
+                                 _eval_record(r, valid, test, share))
+
   def evaluate(self, config: RunConfig, workdir: str, syn: SynSet, test: bool) -> dict:
     """One seed's evaluation (cached in ``<workdir>/paper-eval.json``): the run's evaluation
     networks scored on the validation split and, with ``test``, on the test split, in one
@@ -202,19 +258,32 @@ class Queue:
                                    num_models=config.num_eval_models,
                                    valid=valid if test else None,
                                    select_on="conflicting", progress=not self.args.quiet)
-    scored = {m: np.asarray(getattr(res, m), float).tolist()
-              for m in ("overall", "aligned", "conflicting", "worst_group")}
-    deo_m, deo_a = res.equalized_odds()
-    scored.update(deo_m=np.asarray(deo_m, float).tolist(),
-                  deo_a=np.asarray(deo_a, float).tolist())
-    out = {"valid": {"conflicting": (np.asarray(res.valid_scores[0], float).tolist() if test
-                                     else scored["conflicting"]),
-                     "num_conflicting": int(np.sum(~np.asarray(valid.aligned)))},
-           "eval_s": time.perf_counter() - t0}
-    if test:
-      out["test"] = scored
+    out = _eval_record(res, valid, test, time.perf_counter() - t0)
     synset.atomic_write_json(path, out)
     return out
+
+
+def _evaluated(workdir: str, test: bool) -> bool:
+  path = os.path.join(workdir, "paper-eval.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return "test" in json.load(f) or not test
+
+
+def _eval_record(res, valid, test: bool, eval_s: float) -> dict:
+  """A run's ``paper-eval.json``: what :meth:`Queue.evaluate` writes, from an EvalResult."""
+  scored = {m: np.asarray(getattr(res, m), float).tolist()
+            for m in ("overall", "aligned", "conflicting", "worst_group")}
+  deo_m, deo_a = res.equalized_odds()
+  scored.update(deo_m=np.asarray(deo_m, float).tolist(), deo_a=np.asarray(deo_a, float).tolist())
+  out = {"valid": {"conflicting": (np.asarray(res.valid_scores[0], float).tolist() if test
+                                   else scored["conflicting"]),
+                   "num_conflicting": int(np.sum(~np.asarray(valid.aligned)))},
+         "eval_s": eval_s}
+  if test:
+    out["test"] = scored
+  return out
 
 
 def run_row(q: Queue, cell: Cell, name: str, test: bool) -> list[dict]:
@@ -251,8 +320,13 @@ def _bias_share(workdir: str) -> dict:
 
 
 def run_cell(q: Queue, cell: Cell) -> dict:
-  """Every row of a cell, the validation choice, and the cell's table data."""
+  """Every row of a cell, the validation choice, and the cell's table data. A DM cell's rows
+  (but the ceiling, on its own data) are distilled in one program, and their SynSets
+  evaluated in one program per split."""
   names = cell_rows(cell, q.rows)
+  in_cell = [n for n in names if n not in OWN_DATA]
+  if cell.method == "dm" and in_cell:
+    cell_program(q, cell, in_cell)
   records = {}
   for name in names:
     records[name] = run_row(q, cell, name, ROWS[name].reported)
@@ -265,6 +339,19 @@ def run_cell(q: Queue, cell: Cell) -> dict:
     q.check_time()
     records[chosen] = run_row(q, cell, chosen, True)
   return table_data(q, cell, records, choice)
+
+
+def cell_program(q: Queue, cell: Cell, names: list[str]) -> None:
+  """The rows ``names`` x the seeds of a DM cell distilled in one program, then evaluated in
+  one program per split; :func:`run_row` then finds them finished and evaluated."""
+  q.distil_cell(cell, names)
+  items = []
+  for n in names:
+    for s in q.seeds:
+      w = os.path.join(q.args.workdir, cell.name, n, f"s{s}")
+      syn, _ = synset.load(os.path.join(w, "synset"))
+      items.append((row_config(q.base(cell), cell, n, s), w, syn, ROWS[n].reported))
+  q.evaluate_many(items)
 
 
 def _pm(values) -> str:

@@ -296,13 +296,16 @@ def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeyp
                                              "worst_group", "deo_m", "deo_a")}
     return out
   monkeypatch.setattr(script, "run_row", stub_row)
+  monkeypatch.setattr(script, "cell_program", lambda q, cell, names: calls.append(tuple(names)))
   args = script._parser().parse_args(["--workdir", "w", "--results", "r", "--seeds", "0,1",
-                                      "--rows", "vanilla,kde,kde_init,kde_floor_init_is"])
+                                      "--rows", "vanilla,kde,kde_init,kde_floor_init_is,ceiling"])
   args.argv = []
   q = script.Queue(args, {})
   data = script.run_cell(q, script.CELLS[1])
-  assert calls == [("vanilla", True), ("kde", True), ("kde_init", False),
-                   ("kde_floor_init_is", False), ("kde_init", True)]
+  # the DM rows but the ceiling (other data) in one program first, then row by row
+  assert calls == [("vanilla", "kde", "kde_init", "kde_floor_init_is"),
+                   ("vanilla", True), ("kde", True), ("kde_init", False),
+                   ("kde_floor_init_is", False), ("ceiling", True), ("kde_init", True)]
   assert data["rows"][2][0] == "best label-free, chosen on validation: DM + KDE, init ∝ weight"
   assert data["rows"][2][3] == "90.0 ± 0.0" and data["choice"]["chosen"] == "kde_init"
 
