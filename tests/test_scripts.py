@@ -89,6 +89,15 @@ def test_dm_runs(capfd):
   assert all(r["step_s_median"] > 0 for r in rows)
 
 
+@covers("benchmarks/cell.py")
+@pytest.mark.slow
+def test_cell_benchmark(capfd):
+  rows, _ = run("benchmarks/cell.py", ["--tiny"], capfd)
+  (row,) = rows
+  assert row["seeds"] == 2 and len(row["rows"]) == 5
+  assert row["cell_step_s"] > 0 and row["rows_step_s"] > 0 and row["rows_over_cell"] > 0
+
+
 @covers("benchmarks/cpu_paths.py")
 @pytest.mark.slow
 def test_cpu_paths(capfd):
