@@ -29,8 +29,8 @@ training, prediction and surrogate programs are keyed by the policy, and a
 :class:`~jaxdd.distill.Execution`'s policy (given explicitly, else the
 backend's: never the pinned one); but a function you ``jax.jit`` yourself is traced
 at its first call, so pin the policy before that call (or wrap the function with
-:func:`pinned`). The pinned policies are a module-global stack, not
-thread-local: do not call :func:`use` from several threads at once.
+:func:`pinned`). A pin is a context variable: it holds for the thread (or
+asyncio task) that made it, and another thread sees its own.
 
 Example:
   >>> from jaxdd import policy
@@ -43,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 from typing import Callable, Iterator, Literal, Union
@@ -154,8 +155,9 @@ POLICIES: dict[str, Policy] = {
 
 PolicyLike = Union[str, Policy]
 
-# The policies pinned by use(), innermost last (module-global: not thread-safe).
-_PINNED: list[Policy] = []
+# The policy pinned by use(), per thread and asyncio task (a context variable: a pin in one
+# thread is not seen by another); None: none pinned.
+_PINNED: contextvars.ContextVar = contextvars.ContextVar("jaxdd_policy", default=None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -226,15 +228,16 @@ def current() -> Policy:
     >>> current() == resolve("auto")
     True
   """
-  return _PINNED[-1] if _PINNED else _auto()
+  pinned_policy = _PINNED.get()
+  return _auto() if pinned_policy is None else pinned_policy
 
 
 @contextlib.contextmanager
 def use(policy: PolicyLike) -> Iterator[Policy]:
   """Pins ``policy`` (anything :func:`resolve` takes) for the ``with`` block; nestable.
 
-  The previous policy is restored on exit, also when the block raises. Not
-  thread-safe (one module-global stack).
+  The previous policy is restored on exit, also when the block raises. The pin
+  holds in this thread (or asyncio task) only: a context variable.
 
   Example:
     >>> import dataclasses
@@ -245,11 +248,11 @@ def use(policy: PolicyLike) -> Iterator[Policy]:
     False
   """
   resolved = resolve(policy)
-  _PINNED.append(resolved)
+  token = _PINNED.set(resolved)
   try:
     yield resolved
   finally:
-    _PINNED.pop()
+    _PINNED.reset(token)
 
 
 def pinned(policy: PolicyLike, fn: Callable) -> Callable:

@@ -282,3 +282,25 @@ def test_evaluation_agrees_under_both_policies():
   assert (acc.parallel, cpu.parallel) == ("vmap", "map")
   np.testing.assert_allclose(cpu.train_loss, acc.train_loss, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(cpu.overall, acc.overall)
+
+
+def test_a_pinned_policy_holds_in_its_own_thread_only():
+  import threading
+
+  from jaxdd import policy as policy_lib
+  seen = {}
+  ready, done = threading.Event(), threading.Event()
+
+  def other():
+    ready.wait(5)
+    seen["other"] = policy_lib.current().name
+    done.set()
+
+  t = threading.Thread(target=other)
+  t.start()
+  with policy_lib.use("accelerator"):
+    ready.set()
+    done.wait(5)
+    seen["here"] = policy_lib.current().name
+  t.join(5)
+  assert seen == {"here": "accelerator", "other": policy_lib.resolve("auto").name}
