@@ -168,11 +168,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
     'train_fresh'
   """
   checks.check_key(key)
-  protocol = protocols.get_protocol(protocol)
-  if not isinstance(num_models, int) or num_models < 1:
-    raise ValueError(f"num_models must be a positive int, got {num_models!r}")
-  if select_on not in metrics_lib.METRICS:
-    raise ValueError(f"select_on must be one of {metrics_lib.METRICS}, got {select_on!r}")
+  protocol = _checked_protocol(protocol, num_models, select_on)
   lrs = checks.check_lrs(lrs, protocol)
   if len(lrs) > 1 and valid is None:
     raise ValueError("an lr grid needs valid= (a validation Batch, e.g. from split_validation): "
@@ -210,6 +206,16 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
   return _result(key, task, model, protocol, num_models, lrs, sel, valid, select_on,
                  valid_scores, acc, jax.device_get(_slice_tree(metrics, sel)), images, test,
                  parallel, hparams)
+
+
+def _checked_protocol(protocol, num_models, select_on: str) -> Protocol:
+  """The protocol, after the checks of the evaluation's counts and criterion."""
+  protocol = protocols.get_protocol(protocol)
+  if not isinstance(num_models, int) or num_models < 1:
+    raise ValueError(f"num_models must be a positive int, got {num_models!r}")
+  if select_on not in metrics_lib.METRICS:
+    raise ValueError(f"select_on must be one of {metrics_lib.METRICS}, got {select_on!r}")
+  return protocol
 
 
 def _result(key, task, model, protocol, num_models, lrs, sel, valid, select_on, valid_scores,
@@ -271,11 +277,7 @@ def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Ba
                      f"{len(syns)} SynSets")
   for key in keys:
     checks.check_key(key)
-  protocol = protocols.get_protocol(protocol)
-  if not isinstance(num_models, int) or num_models < 1:
-    raise ValueError(f"num_models must be a positive int, got {num_models!r}")
-  if select_on not in metrics_lib.METRICS:
-    raise ValueError(f"select_on must be one of {metrics_lib.METRICS}, got {select_on!r}")
+  protocol = _checked_protocol(protocol, num_models, select_on)
   checked = [checks.check_syn(s, getattr(model, "num_classes", None), "evaluate") for s in syns]
   images, labels = checked[0]
   if any(im.shape != images.shape or not np.array_equal(np.asarray(lb), np.asarray(labels))

@@ -209,14 +209,8 @@ def many_runs(d: Distiller, *, num_runs: int, run_hparams: Sequence[dict] | None
     A :class:`Distiller` of the N runs.
   """
   checks.check_positive_int("num_runs", num_runs)
-  step_one = d.step
-  execution = getattr(step_one, "execution", None) or Execution()
-  if execution.mesh is not None:
-    raise ValueError("num_runs runs on one device; drop the Execution's mesh (or many_runs)")
-  if parallel == "auto":
-    parallel = execution.policy.parallel
-  if parallel not in ("vmap", "map"):
-    raise ValueError(f"run_parallel must be 'auto', 'vmap' or 'map', got {parallel!r}")
+  step_one, execution, parallel = _one_device(d, parallel, "num_runs runs on one device; drop "
+                                              "the Execution's mesh (or many_runs)")
   overrides = _run_overrides(num_runs, run_hparams)
   shared = common_random_numbers
   real_axes = _real_axes(run_fields, shared)
@@ -253,6 +247,20 @@ def many_runs(d: Distiller, *, num_runs: int, run_hparams: Sequence[dict] | None
                tuple(run_fields))
   step = execution.compile_step(signature if signature[1] is not None else None, many_step)
   return Distiller(init, step)
+
+
+def _one_device(d: Distiller, parallel: str, mesh_refusal: str):
+  """``(step, execution, parallel)`` of a distiller that N runs wrap: one device, and
+  ``parallel`` resolved by its policy."""
+  step = d.step
+  execution = getattr(step, "execution", None) or Execution()
+  if execution.mesh is not None:
+    raise ValueError(mesh_refusal)
+  if parallel == "auto":
+    parallel = execution.policy.parallel
+  if parallel not in ("vmap", "map"):
+    raise ValueError(f"run_parallel must be 'auto', 'vmap' or 'map', got {parallel!r}")
+  return step, execution, parallel
 
 
 def _run_overrides(num_runs: int, run_hparams: Sequence[dict] | None) -> list[dict]:
@@ -340,14 +348,8 @@ def cell_runs(d: Distiller, *, num_seeds: int, num_rows: int, seed_fields: Seque
   both = set(seed_fields) & set(run_fields)
   if both:
     raise ValueError(f"{sorted(both)} are given both per seed and per run; choose one")
-  step_one = d.step
-  execution = getattr(step_one, "execution", None) or Execution()
-  if execution.mesh is not None:
-    raise ValueError("cell_runs runs on one device; drop the Execution's mesh")
-  if parallel == "auto":
-    parallel = execution.policy.parallel
-  if parallel not in ("vmap", "map"):
-    raise ValueError(f"parallel must be 'auto', 'vmap' or 'map', got {parallel!r}")
+  step_one, execution, parallel = _one_device(
+      d, parallel, "cell_runs runs on one device; drop the Execution's mesh")
   S, R, N = num_seeds, num_rows, num_seeds * num_rows
   seed_axes = _real_axes(tuple(seed_fields) + tuple(run_fields), False)
   row_axes = _real_axes(tuple(run_fields), False)
