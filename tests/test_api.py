@@ -40,7 +40,8 @@ def test_submodule_names_are_modules():
   assert isinstance(evaluate, types.ModuleType) and callable(evaluate.evaluate_synset)
   assert jaxdd.evaluate_synset is evaluate.evaluate_synset
   # the module exports its own entry points only (the trainer's names live in jaxdd.train)
-  assert evaluate.__all__ == ["evaluate_synset", "evaluate_task", "predict", "split_validation"]
+  assert evaluate.__all__ == ["evaluate_synset", "evaluate_synsets", "evaluate_task", "predict",
+                              "split_validation"]
   assert not hasattr(evaluate, "evaluate") and not hasattr(evaluate, "train_models")
 
 
