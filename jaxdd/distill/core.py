@@ -87,9 +87,9 @@ class Distiller(NamedTuple):
   """``init(key, real, syn=None, *, hparams=None) -> state`` and ``step(state, data) -> (state, metrics)``.
 
   Both are pure functions of their arguments: ``jax.jit``, ``jax.vmap`` and a
-  user's own JAX code compose with them. ``step`` donates nothing (a state
-  stays valid after the step that read it); a driver that owns its buffers
-  may compile it again with ``donate_argnums=0`` (:mod:`jaxdd.runs` does).
+  user's own JAX code compose with them. ``step`` leaves its input alone (a
+  state stays valid after the step that read it); reusing the input's buffers
+  is the business of the caller that owns them (:mod:`jaxdd.runs.programs`).
 
   ``data`` is the :class:`RealData` for distribution and gradient matching,
   the expert trajectories (:mod:`jaxdd.distill.experts`) for trajectory matching.
@@ -462,7 +462,7 @@ def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransfo
       else:
         images = jax.random.normal(k_init, (num_classes * ipc,) + real.images.shape[1:])
       syn = SynSet(jnp.asarray(images, jnp.float32), labels)
-    else:  # copies: a driver that donates the state must not delete the caller's arrays
+    else:  # copies: the state never shares a buffer with the caller's SynSet
       syn = SynSet(jnp.array(syn.images, jnp.float32, copy=True),
                    jnp.array(syn.labels, jnp.int32, copy=True))
     hp = jax.tree.map(lambda v: jnp.array(v, copy=True), {k: _hparam_value(v)
@@ -516,8 +516,8 @@ def kde_knobs(kde_config: KDEConfig | None, hparams: dict) -> _KDEKnobs | None:
 def steps_loop(step: Callable, k: int) -> Callable:
   """``loop(state, data, n) -> (state, metrics)``: ``n <= k`` calls of ``step`` in one
   ``lax.fori_loop`` (pure; ``n`` a runtime value), the metrics stacked over a leading axis
-  of length ``k`` (rows past ``n`` are zeros). What :func:`multi_step` compiles; a driver
-  that owns its buffers compiles it with ``donate_argnums=0``."""
+  of length ``k`` (rows past ``n`` are zeros). What :func:`multi_step` compiles, and what
+  the runs layer compiles for the states it owns (:mod:`jaxdd.runs.programs`)."""
   k = checks.check_positive_int("k", k)
 
   def loop(state, data, n):
@@ -553,7 +553,7 @@ def multi_step(d: Distiller, k: int) -> Callable:
   loop body on its own). Worth it where a step is short against the host's
   per-call work (small steps on an accelerator); the runs layer's
   ``steps_per_call`` drives it, with checkpoints and progress at chunk
-  boundaries. Nothing is donated; compiled unless ``d``'s execution says
+  boundaries. Its input state stays valid; compiled unless ``d``'s execution says
   ``jit=False``.
 
   Example:

@@ -9,6 +9,7 @@ its per-image weights (:func:`run_weights`), what it writes to ``weights.json``
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -180,17 +181,9 @@ def batch_cluster_weights(config: RunConfig, run_data: rundata.RunData, key: jax
   k_plan, k_net = jax.random.split(key)
   index, mask = weighting.batch_plan(k_plan, labels, batch_size=config.real_per_class,
                                      num_classes=nc, num_rounds=1)
-  model = models.ConvNet(nc, depth=config.depth, width=config.width)
   images = run_data.normalized(train)
   k = config.fairdd_clusters
-
-  @jax.jit
-  def groups_of(keys, x, m):
-    def feats(key, xb):
-      v = model.init(key, xb[:1])
-      return model.apply(v, xb, return_features=True)[0]
-    return weighting.batch_pseudo_groups(jax.vmap(feats)(keys, x), m, max_clusters=k)
-
+  groups_of = _batch_groups_program(nc, config.depth, config.width, k)
   keys = jax.random.split(k_net, len(index))
   groups = np.concatenate([np.asarray(groups_of(keys[i:i + chunk], images[index[i:i + chunk]],
                                                 mask[i:i + chunk]))
@@ -211,6 +204,20 @@ def batch_cluster_weights(config: RunConfig, run_data: rundata.RunData, key: jax
                       "note": "computed after the fact from the TRUE bias labels for this "
                               "report only; the clusters and the weights never read them",
                       **recovery}}
+
+
+@functools.lru_cache(maxsize=8)
+def _batch_groups_program(num_classes: int, depth: int, width: int, max_clusters: int):
+  """``groups_of(keys, images, mask)``: each batch's DBSCAN groups in the features of a fresh
+  random ConvNet (one per key), compiled once per architecture (the runs of a cell share it)."""
+  model = models.ConvNet(num_classes, depth=depth, width=width)
+
+  def feats(key, xb):
+    v = model.init(key, xb[:1])
+    return model.apply(v, xb, return_features=True)[0]
+
+  return jax.jit(lambda keys, x, m: weighting.batch_pseudo_groups(
+      jax.vmap(feats)(keys, x), m, max_clusters=max_clusters))
 
 
 def pseudo_group_report(config: RunConfig, run_data: rundata.RunData,
