@@ -174,10 +174,15 @@ class EvalResult:
                                                     else f"{k}={v}"
                                                     for k, v in self.hparams.items()))
     lines.append(f"{'metric':<14}{'mean %':>9}{'std %':>8}")
+    # Without group labels the only groups are the classes: no aligned / conflicting split
+    no_groups = self.group_counts.shape[1] == 1 and not np.isfinite(self.aligned).any()
     for m in METRICS:
       mean, std = self.mean(m), self.std(m)
       val = "     n/a" if not math.isfinite(mean) else f"{100 * mean:9.2f}{100 * std:8.2f}"
-      lines.append(f"{m.replace('_', ' '):<14}{val}")
+      name = "worst class" if no_groups and m == "worst_group" else m.replace("_", " ")
+      lines.append(f"{name:<14}{val}")
+    if no_groups:
+      lines.append("(the test split has no group labels: group measures need them)")
     if self.group_table.size and self.group_counts.shape[1] > 1:
       # FairDD's equalized-odds differences, empty (class, bias) groups counted as 0 as its
       # code does (jaxdd.metrics.equalized_odds)
@@ -186,7 +191,8 @@ class EvalResult:
     table = np.nanmean(np.where(self.group_counts[None] > 0, self.group_table, np.nan), axis=0) \
         if self.group_table.size else self.group_table
     nb = self.group_counts.shape[1]
-    lines.append("per-group accuracy % (rows: class, columns: bias value) [test count]")
+    lines.append("per-class accuracy % [test count]" if no_groups else
+                 "per-group accuracy % (rows: class, columns: bias value) [test count]")
     lines.append("class " + "".join(f"{b:>13}" for b in range(nb)))
     for c in range(self.group_counts.shape[0]):
       cells = []

@@ -106,6 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv[:2] == ["data", "fetch"]:
     return report("data fetch", data.build_fetch_parser().parse_args(argv[2:]), data.cmd_fetch)
+  if argv[:2] == ["data", "inspect"]:
+    args = data.build_inspect_parser().parse_args(argv[2:])
+    was = runtime.setup(args.quiet, True)
+    try:
+      return report("data inspect", args, data.cmd_inspect)
+    finally:
+      runtime.restore(was)
   args = build_parser(flags.preset_in(argv)).parse_args(argv)
   was = runtime.setup(args.quiet, args.no_compile_cache)
   try:

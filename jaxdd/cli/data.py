@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import sys
+import warnings
 
 from jaxdd import data
+from jaxdd._src import io as _io
 from jaxdd.cli import arguments, flags
-from jaxdd.data import biased, fetch
+from jaxdd.config import OwnDataConfig
+from jaxdd.data import biased, fetch, own
 from jaxdd.runs import checks
 
 
@@ -40,6 +44,52 @@ def cmd_fetch(args) -> int:
     return 1
   print(f"full MNIST (60,000 train / 10,000 test, sha256 verified) is in {path}; "
         f"use --source {fetch.FULL_SOURCE}")
+  return 0
+
+
+def build_inspect_parser() -> argparse.ArgumentParser:
+  """``jaxdd data inspect KIND:PATH``: the card of a user's own dataset, every split."""
+  p = arguments.Parser(
+      prog="jaxdd data inspect",
+      description="Read your own dataset as jaxdd distil would (--data KIND:PATH with the same "
+                  "options) and print its card per split: classes, counts, image size, groups "
+                  "when known, where each split came from and the training split's "
+                  "normalisation. Decoded images are kept in $JAXDD_CACHE/images.")
+  p.add_argument("spec", metavar="KIND:PATH",
+                 help="folder:ROOT, csv:FILE, celeba:ROOT, pattern:ROOT, npz:FILE or tfds:NAME")
+  for f in dataclasses.fields(OwnDataConfig):
+    if f.name != "data_spec":
+      p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                     type=flags.flag_type(f), choices=OwnDataConfig.CHOICES.get(f.name))
+  p.add_argument("--seed", type=int, default=0, help="seed of the hold-outs (default: 0)")
+  p.add_argument("--save-card", default=None,
+                 help="write the cards (one per split) as JSON here")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--debug", action="store_true",
+                 help="also show the full traceback of an error (same exit status)")
+  return p
+
+
+def cmd_inspect(args) -> int:
+  """Prints the card of each split of a user's dataset."""
+  if args.save_card:  # writable before anything is decoded
+    checks.check_writable(args.save_card, file=True)
+  options = {f.name: getattr(args, f.name) for f in dataclasses.fields(OwnDataConfig)
+             if f.name != "data_spec"}
+  spec = own.parse(args.spec, fields=options.pop("name_fields"),
+                   aligned=options.pop("aligned_rule"), **options)
+  cards = {}
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", own.HeldOutTestWarning)
+    for split in ("train", "valid", "test"):
+      ds = own.load_own(spec, split=split, seed=args.seed, progress=False if args.quiet else None)
+      cards[split] = ds.card.to_dict()
+      print(ds.describe(), end="\n\n")
+  for w in caught:
+    print(f"warning: {w.message}", file=sys.stderr)
+  if args.save_card:
+    _io.atomic_write_json(args.save_card, cards)
+    print(f"cards written to {args.save_card}")
   return 0
 
 

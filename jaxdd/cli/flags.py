@@ -72,7 +72,8 @@ def add_buffer_dir_flag(p: argparse.ArgumentParser) -> None:
                       "$JAXDD_CACHE/buffers/<digest of the experts' settings>)")
 
 
-def _flag_type(field: dataclasses.Field) -> type:
+def flag_type(field: dataclasses.Field) -> type:
+  """The argparse type of a config field: int, float or str."""
   kind = str(field.type)
   if "int" in kind and "str" not in kind:
     return int
@@ -108,7 +109,8 @@ def add_run_flags(p: argparse.ArgumentParser, preset: str, *,
         continue
       default = getattr(defaults, f.name)
       choices = part.CHOICES.get(f.name) or None
-      group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_flag_type(f),
+      flag = part.FLAGS.get(f.name, f.name)
+      group.add_argument("--" + flag.replace("_", "-"), dest=f.name, type=flag_type(f),
                          default=None, choices=choices, metavar=None if choices else f.name.upper(),
                          help=f"default ({preset} preset): {'none' if default is None else default}")
 

@@ -26,7 +26,7 @@ from jaxdd import policy as policy_lib
 from jaxdd import presets as presets_lib
 from jaxdd._src import checks
 
-__all__ = ["CFMConfig", "DataConfig", "DistillConfig", "EvaluationConfig", "ExecutionConfig",
+__all__ = ["CFMConfig", "DataConfig", "OwnDataConfig", "OWN_DATA_KINDS", "ALIGNED_RULES", "DistillConfig", "EvaluationConfig", "ExecutionConfig",
            "GradientMatchingConfig", "MTTConfig", "Part", "SurrogateStage", "WeightingConfig",
            "DATASETS", "FAIRDD_CLUSTERS", "GM_LOOP_IPCS", "INITS", "KDE_NORMALIZE", "KDE_SCOPES", "REAL_SAMPLING"]
 
@@ -66,6 +66,8 @@ class Part:
   TITLE: ClassVar[str] = ""
   #: Field -> its allowed values (the CLI's ``choices``).
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {}
+  #: Field -> its CLI flag name when that is not the field's own (``data_spec`` -> ``--data``).
+  FLAGS: ClassVar[dict[str, str]] = {}
 
   def __post_init__(self):
     self.validate()
@@ -137,6 +139,68 @@ class DataConfig(Part):
     if int(s) not in severities:
       raise ValueError(f"{self.dataset}: severity must be one of {list(severities)} (default "
                        f"{default}), got {int(s)}.")
+
+
+#: :data:`jaxdd.data.own.KINDS` and :data:`jaxdd.data.own.ALIGNED_RULES`.
+OWN_DATA_KINDS = ("folder", "csv", "celeba", "pattern", "npz", "tfds")
+ALIGNED_RULES = ("majority", "equal")
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnDataConfig(Part):
+  """Your own dataset instead of a built-in one (``--data KIND:PATH``, :mod:`jaxdd.data.own`).
+
+  ``data_spec``: ``folder:ROOT``, ``csv:FILE``, ``celeba:ROOT``, ``pattern:ROOT``, ``npz:FILE``
+  or ``tfds:NAME``; ``label_col`` / ``group_col`` / ``split_col``: the column, attribute,
+  file-name field or feature key of the class, the group (bias) and the split; ``path_col``:
+  the csv's path column; ``name_fields``: a file-name pattern's fields, comma-separated;
+  ``group_file``: a csv ``path,group`` of group labels; ``image_size``: resize to it (the
+  ConvNet's depth follows it); ``data_dir``: the TFDS data directory; ``aligned_rule``:
+  ``majority`` or ``equal``; ``valid_fraction`` / ``test_fraction``: the hold-outs of missing
+  splits. With ``data_spec`` the built-in dataset's fields (dataset, conflict_ratio,
+  severity) are not read.
+  """
+  TITLE: ClassVar[str] = "your own data (--data)"
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {"aligned_rule": ALIGNED_RULES}
+  FLAGS: ClassVar[dict[str, str]] = {"data_spec": "data"}
+  data_spec: str | None = None
+  label_col: str | None = None
+  group_col: str | None = None
+  split_col: str | None = None
+  path_col: str | None = None
+  name_fields: str | None = None
+  group_file: str | None = None
+  image_size: int | None = None
+  data_dir: str | None = None
+  aligned_rule: str | None = None
+  valid_fraction: float | None = None
+  test_fraction: float | None = None
+
+  def validate(self) -> None:
+    self.check_choices()
+    options = [f.name for f in dataclasses.fields(self)
+               if f.name != "data_spec" and getattr(self, f.name) is not None]
+    if self.data_spec is None:
+      if options:
+        flag = "--" + options[0].replace("_", "-")
+        raise ValueError(f"{flag} describes your own data; pass it with --data KIND:PATH")
+      return
+    kind = str(self.data_spec).split(":", 1)[0]
+    if ":" not in str(self.data_spec) or kind not in OWN_DATA_KINDS:
+      raise ValueError(f"--data must be KIND:PATH with KIND one of {', '.join(OWN_DATA_KINDS)}, "
+                       f"got {self.data_spec!r}; e.g. folder:images/ or csv:metadata.csv")
+    if self.image_size is not None and not 8 <= self.image_size <= 1024:
+      raise ValueError(f"--image-size must be an integer in [8, 1024], got {self.image_size}")
+
+
+def depth_for_size(image_size: int) -> int:
+  """The ConvNet depth of the dataset-distillation literature for a resolution: 3 up to 32 px,
+  4 at 64, 5 at 128 (one block per halving down to a 4 x 4 map).
+
+  >>> depth_for_size(28), depth_for_size(32), depth_for_size(64), depth_for_size(128)
+  (3, 3, 4, 5)
+  """
+  return max(3, int(math.ceil(math.log2(image_size))) - 2)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,11 +20,12 @@ from jaxdd import presets as presets_lib
 from jaxdd.config import parts as parts_lib
 
 __all__ = ["CFM_FIELDS", "CHOICES", "EVAL_FIELDS", "FIELDS", "METHODS", "METHOD_PRESETS",
-           "MTT_FIELDS", "PARTS", "PRESETS", "RunConfig", "get_config", "validate"]
+           "MTT_FIELDS", "OWN_FIELDS", "PARTS", "PRESETS", "RunConfig", "get_config", "validate"]
 
 #: Part name (a RunConfig attribute) -> its class, in the order of the flat dict.
 PARTS: dict[str, type[parts_lib.Part]] = {
     "data": parts_lib.DataConfig,
+    "own": parts_lib.OwnDataConfig,
     "distill": parts_lib.DistillConfig,
     "weights": parts_lib.WeightingConfig,
     "gm": parts_lib.GradientMatchingConfig,
@@ -67,6 +68,7 @@ class RunConfig:
   """
   preset: str
   data: parts_lib.DataConfig
+  own: parts_lib.OwnDataConfig
   distill: parts_lib.DistillConfig
   weights: parts_lib.WeightingConfig
   gm: parts_lib.GradientMatchingConfig
@@ -131,6 +133,9 @@ class RunConfig:
                           ("cfm_curriculum", "iterations")):
       if d[name] == default:  # the same: runs from before the field keep their digests
         d.pop(name)
+    for name in OWN_FIELDS:  # None unless --data: built-in runs keep their digests
+      if d[name] is None:
+        d.pop(name)
     if d["weighting"] not in ("fairdd_pseudo", "fairdd_batch"):  # only they read the field
       d.pop("fairdd_clusters")
     if d["method"] != "mtt":  # fields other methods ignore (and older runs never had)
@@ -167,6 +172,9 @@ MTT_FIELDS = tuple(f.name for f in dataclasses.fields(parts_lib.MTTConfig))
 #: RunConfig fields that only curriculum frequency matching reads.
 CFM_FIELDS = tuple(f.name for f in dataclasses.fields(parts_lib.CFMConfig))
 
+#: RunConfig fields that describe a user's own dataset (``--data``).
+OWN_FIELDS = tuple(f.name for f in dataclasses.fields(parts_lib.OwnDataConfig))
+
 #: RunConfig fields that only change how a SynSet is evaluated.
 EVAL_FIELDS = tuple(f.name for f in dataclasses.fields(parts_lib.EvaluationConfig))
 
@@ -193,6 +201,12 @@ def get_config(preset: str = "cpu", **overrides) -> RunConfig:
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
   base = PRESETS[preset].replace(method=method, **METHOD_PRESETS[preset].get(method, {}))
+  if overrides.get("data_spec") and overrides.get("image_size") and "depth" not in overrides:
+    # Models by resolution for a user's data: the ConvNet gets one block per halving
+    depth = parts_lib.depth_for_size(int(overrides["image_size"]))
+    overrides["depth"] = depth
+    if depth != 3 and "eval_model" not in overrides and base.eval_model == "convnet":
+      overrides["eval_model"] = f"convnet-d{depth}"
   return base.replace(**overrides)
 
 

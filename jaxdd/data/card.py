@@ -21,10 +21,11 @@ class DatasetCard:
   """Counts per class x bias plus the dataset's metadata.
 
   Attributes:
-    counts: (num_classes, num_bias) ``int64`` sample counts.
+    counts: (num_classes, num_bias) ``int64`` sample counts ((num_classes, 1) without groups).
     class_names: target names.
-    bias_names: bias-attribute names.
+    bias_names: bias-attribute names (empty: the split has no group labels).
     meta: the dataset's ``meta`` dict (name, split, ratio, ...).
+    aligned_groups: per class, its aligned group, when that is not ``bias == label``.
 
   Example:
     >>> print(ds.card)                       # doctest: +SKIP
@@ -34,10 +35,19 @@ class DatasetCard:
   class_names: tuple[str, ...]
   bias_names: tuple[str, ...]
   meta: Mapping[str, Any]
+  aligned_groups: tuple[int, ...] | None = None
+
+  @property
+  def has_groups(self) -> bool:
+    """Whether the split has group (bias) labels; without them ``counts`` is (classes, 1)."""
+    return bool(self.bias_names)
 
   @property
   def aligned_per_class(self) -> np.ndarray:
-    """(num_classes,) counts with bias == label."""
+    """(num_classes,) counts in each class's aligned group: bias == label, or the group of
+    ``aligned_groups`` (a user's dataset: each class's majority group)."""
+    if self.aligned_groups is not None:
+      return self.counts[np.arange(self.counts.shape[0]), np.asarray(self.aligned_groups)]
     k = min(self.counts.shape)
     out = np.zeros(self.counts.shape[0], np.int64)
     out[:k] = np.diagonal(self.counts)[:k]
@@ -57,13 +67,16 @@ class DatasetCard:
         "aligned": int(self.aligned_per_class.sum()),
         "conflicting": int(self.conflicting_per_class.sum()),
         "meta": _io.jsonable(dict(self.meta)),
+        **({} if self.aligned_groups is None else {"aligned_groups": list(self.aligned_groups)}),
     }
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "DatasetCard":
     """Rebuilds a card from :meth:`to_dict` output."""
+    groups = d.get("aligned_groups")
     return cls(np.asarray(d["counts"], np.int64), tuple(d["class_names"]),
-               tuple(d["bias_names"]), dict(d["meta"]))
+               tuple(d["bias_names"]), dict(d["meta"]),
+               None if groups is None else tuple(int(g) for g in groups))
 
   def to_json(self) -> str:
     """The card as a JSON string."""
@@ -85,6 +98,8 @@ class DatasetCard:
 
   def describe(self) -> str:
     """A printable table of counts with totals and the protocol settings."""
+    if self.meta.get("kind") == "own":
+      return _describe_own(self)
     m = self.meta
     n = int(self.counts.sum())
     al = int(self.aligned_per_class.sum())
@@ -128,6 +143,41 @@ class DatasetCard:
     return self.describe()
 
 
+def _describe_own(card: DatasetCard) -> str:
+  """The card of a user's dataset: counts per class (and group, when known), size, source."""
+  m = card.meta
+  n = int(card.counts.sum())
+  shape = "x".join(map(str, m.get("image_shape", [])))
+  lines = [f"Dataset card: {m.get('name')} [{m.get('split')}]",
+           f"  {n} images {shape}, {len(card.class_names)} classes; split from "
+           f"{m.get('split_origin')}",
+           f"  source {m.get('source')} (sha256 {str(m.get('source_sha256'))[:16]}...)"]
+  if m.get("mean") is not None:
+    lines.append("  normalisation (training split): mean "
+                 + ", ".join(f"{v:.4f}" for v in m["mean"]) + "; std "
+                 + ", ".join(f"{v:.4f}" for v in m["std"]))
+  nw = max(len(c) for c in card.class_names + ("class", "total"))
+  if not card.has_groups:
+    lines.append("  no group labels: group measures (worst group, conflicting, DEO) need them")
+    lines.append("")
+    lines.append(f"  {'class':<{nw}}{'images':>9}")
+    for name, v in zip(card.class_names, card.counts.sum(1)):
+      lines.append(f"  {name:<{nw}}{int(v):>9}")
+    lines.append(f"  {'total':<{nw}}{n:>9}")
+    return "\n".join(lines)
+  al = int(card.aligned_per_class.sum())
+  lines.append(f"  groups: {al} in their class's aligned group ({100.0 * al / max(n, 1):.2f} %), "
+               f"{n - al} conflicting ({m.get('aligned_rule')} rule)")
+  lines.append("")
+  cw = max(9, max(len(b) for b in card.bias_names) + 1)
+  lines.append(f"  {'class':<{nw}}" + "".join(f"{b:>{cw}}" for b in card.bias_names)
+               + f"{'total':>8}{'aligned':>9}")
+  for i, name in enumerate(card.class_names):
+    lines.append(f"  {name:<{nw}}" + "".join(f"{int(v):>{cw}}" for v in card.counts[i])
+                 + f"{int(card.counts[i].sum()):>8}{int(card.aligned_per_class[i]):>9}")
+  return "\n".join(lines)
+
+
 def _counts(labels: np.ndarray, bias: np.ndarray, k: int, b: int) -> np.ndarray:
   return np.bincount(labels.astype(np.int64) * b + bias, minlength=k * b).reshape(k, b)
 
@@ -137,10 +187,11 @@ class BiasedDataset:
   """A biased dataset split with its bias annotations and card.
 
   Attributes:
-    images: (N, H, W, 3) ``float32`` in [0, 1].
+    images: (N, H, W, 3) ``float32`` in [0, 1] (a user's dataset: (N, H, W, C), C 1 or 3).
     labels: (N,) ``int32`` targets.
-    bias: (N,) ``int32`` bias attributes.
-    aligned: (N,) ``bool``, ``bias == labels``.
+    bias: (N,) ``int32`` bias attributes; None for a user's split without group labels.
+    aligned: (N,) ``bool``, ``bias == labels`` (a user's dataset: the sample is in its class's
+      aligned group, see :mod:`jaxdd.data.own`); None without group labels.
     class_names: target names.
     bias_names: bias names.
     card: :class:`DatasetCard` (counts per class x bias).
@@ -155,8 +206,8 @@ class BiasedDataset:
   """
   images: np.ndarray
   labels: np.ndarray
-  bias: np.ndarray
-  aligned: np.ndarray
+  bias: np.ndarray | None
+  aligned: np.ndarray | None
   class_names: tuple[str, ...]
   bias_names: tuple[str, ...]
   card: DatasetCard
@@ -180,4 +231,5 @@ class BiasedDataset:
   def __repr__(self) -> str:
     m = self.meta
     return (f"BiasedDataset({m.get('name')!r}, split={m.get('split')!r}, n={len(self)}, "
-            f"ratio={m.get('ratio')}, conflicting={int((~self.aligned).sum())})")
+            f"ratio={m.get('ratio')}, conflicting="
+            f"{'unknown' if self.aligned is None else int((~self.aligned).sum())})")

@@ -13,13 +13,17 @@ from jaxdd.runs import keys, rundata
 BIAS_CLASSIFIER: dict[str, dict[str, int]] = {"smoke": dict(width=8, epochs=2)}
 
 
-def bias_classifier(config: RunConfig, run_data: rundata.RunData) -> diagnostics.BiasClassifier:
-  """The bias-attribute classifier of a run's training set (for the bias score).
+def bias_classifier(config: RunConfig,
+                    run_data: rundata.RunData) -> diagnostics.BiasClassifier | None:
+  """The bias-attribute classifier of a run's training set (for the bias score); None when the
+  training or validation split has no group labels (a user's data: no bias score).
 
   It depends on the data, the seed and the preset only, so the runs that share a
   :class:`RunData` (a sweep's candidates, the rows of a table) train it once: it is
   kept on the ``run_data`` object per (seed, preset).
   """
+  if run_data.train.bias is None or run_data.valid.bias is None:
+    return None
   cache = run_data.__dict__.setdefault("_bias_classifiers", {})
   key = (config.seed, config.preset)
   if key not in cache:

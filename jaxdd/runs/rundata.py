@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import data, models
+from jaxdd.data import own
 from jaxdd.config import RunConfig
 from jaxdd.runs import checks
 from jaxdd.structs import Batch
@@ -18,27 +19,53 @@ class RunData:
   """
 
   def __init__(self, config: RunConfig):
+    self.spec = own_spec(config)
+    self._seed = config.seed
     self._kw = dict(conflict_ratio=config.conflict_ratio, severity=config.severity,
                     seed=config.seed, source=config.source)
     self._dataset = config.dataset
-    self.train = data.load(config.dataset, split="train", **self._kw)
-    self.valid = data.load(config.dataset, split="valid", **self._kw)
+    self.train = self._load("train")
+    self.valid = self._load("valid")
     self._test = None
     self.num_classes = self.train.num_classes
     self.mean, self.std = data.channel_stats(self.train.images)
 
+  def _load(self, split: str):
+    if self.spec is not None:
+      return own.load_own(self.spec, split=split, seed=self._seed)
+    return data.load(self._dataset, split=split, **self._kw)
+
   @property
   def test(self):
     if self._test is None:
-      self._test = data.load(self._dataset, split="test", **self._kw)
+      self._test = self._load("test")
     return self._test
+
+  @property
+  def name(self) -> str:
+    """The dataset's name in titles: the built-in name, or the user's ``KIND:NAME``."""
+    return self._dataset if self.spec is None else self.train.meta["name"]
 
   def normalized(self, ds) -> np.ndarray:
     return np.asarray(data.normalize(ds.images, self.mean, self.std))
 
   def batch(self, ds) -> Batch:
-    return Batch(jnp.asarray(self.normalized(ds)), jnp.asarray(ds.labels), jnp.asarray(ds.bias),
-                 jnp.asarray(ds.aligned))
+    return Batch(jnp.asarray(self.normalized(ds)), jnp.asarray(ds.labels),
+                 None if ds.bias is None else jnp.asarray(ds.bias),
+                 None if ds.aligned is None else jnp.asarray(ds.aligned))
+
+
+def own_spec(config: RunConfig) -> own.DataSpec | None:
+  """The :class:`jaxdd.data.own.DataSpec` of a run on the user's own data (``--data``), else
+  None."""
+  if config.data_spec is None:
+    return None
+  return own.parse(config.data_spec, label_col=config.label_col, group_col=config.group_col,
+                   split_col=config.split_col, path_col=config.path_col,
+                   fields=config.name_fields, group_file=config.group_file,
+                   image_size=config.image_size, data_dir=config.data_dir,
+                   aligned=config.aligned_rule, valid_fraction=config.valid_fraction,
+                   test_fraction=config.test_fraction)
 
 
 def check_models(config: RunConfig, run_data: RunData) -> None:
@@ -56,13 +83,21 @@ def check_models(config: RunConfig, run_data: RunData) -> None:
   counts = np.bincount(np.asarray(run_data.train.labels), minlength=nc)
   if counts.min() < config.ipc:  # distill's init refuses it too, but only after files exist
     c = int(np.argmin(counts))
-    raise ValueError(f"ipc={config.ipc} is larger than class {c}, which has {counts[c]} real "
-                     f"training images; lower --ipc (at most {counts.min()}) or use a larger "
-                     "source")
+    name = run_data.train.class_names[c]
+    raise ValueError(f"ipc={config.ipc} is larger than class {c} ({name!r}), which has "
+                     f"{counts[c]} real training images; lower --ipc (at most {counts.min()}) "
+                     "or add images")
+  if config.weighting in ("oracle", "fairdd") and run_data.train.bias is None:
+    raise ValueError(f"--weighting {config.weighting} reads the training split's group labels, "
+                     "and this data has none; use a label-free weighting (kde, fairdd_pseudo, "
+                     "fairdd_batch) or give the groups (--group-col)")
 
 
 def num_bias_values(ds) -> int:
-  """Number of bias values of a dataset split (FairDD's groups)."""
+  """Number of bias values of a dataset split (FairDD's groups): its group names' count for a
+  user's dataset (a split may lack a group), else the largest value + 1."""
+  if ds.meta.get("kind") == "own":
+    return len(ds.bias_names)
   return int(np.asarray(ds.bias).max()) + 1
 
 

@@ -118,8 +118,9 @@ def finish_run(config: RunConfig, workdir: str, run_data: rundata.RunData, syn: 
   plots_lib.plot_synset(syn, run_data.mean, run_data.std,
                         os.path.join(workdir, "plots", "synset.png"),
                         class_names=run_data.train.class_names,
-                        title=f"{meta['method']} {config.dataset} ratio={config.conflict_ratio} "
-                              f"ipc={config.ipc}")
+                        title=f"{meta['method']} {run_data.name}"
+                              + ("" if run_data.spec is not None
+                                 else f" ratio={config.conflict_ratio}") + f" ipc={config.ipc}")
   return syn
 
 

@@ -150,21 +150,27 @@ def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings:
     w, ess, clusters = batch_cluster_weights(config, run_data, key)
   else:
     w, ess = run_weights(config, run_data, embeddings, key, groups)
-  report = weighting.run_report(w, ess, train.labels, train.aligned, train.bias, num_classes=nc)
+  if train.bias is None:  # a user's data without group labels: no group shares to report
+    report = {"batch_ess": [None if not np.isfinite(e) else float(e) for e in ess],
+              "groups": None, "note": "the training split has no group labels"}
+  else:
+    report = weighting.run_report(w, ess, train.labels, train.aligned, train.bias,
+                                  num_classes=nc)
   report["weighting"] = {"weighting": config.weighting, "scope": config.kde_scope,
                          "floor": config.kde_floor,
                          "init": config.init, "real_sampling": config.real_sampling,
                          "real_per_class": config.real_per_class}
   if config.weighting in ("fairdd_pseudo", "fairdd_batch"):
     report["weighting"]["fairdd_clusters"] = config.fairdd_clusters
-  if config.weighting == "fairdd_pseudo":
+  if config.weighting == "fairdd_pseudo" and train.bias is not None:
     report["pseudo_groups"] = pseudo_group_report(config, run_data, groups)
   if clusters is not None:
     report["batch_clusters"] = clusters
-  if workdir is not None and config.weighting != "none":
+  if workdir is not None and config.weighting != "none" and train.aligned is not None:
     plots.plot_weight_histogram(
         w, train.aligned, os.path.join(workdir, "plots", "weights.png"),
-        title=f"{config.weighting} weights, {config.dataset} {config.conflict_ratio}")
+        title=f"{config.weighting} weights, {run_data.name}"
+              + ("" if run_data.spec is not None else f" {config.conflict_ratio}"))
   return report
 
 
@@ -195,12 +201,14 @@ def batch_cluster_weights(config: RunConfig, run_data: rundata.RunData, key: jax
   valid = np.asarray(mask)
   batch_id = np.broadcast_to(np.arange(len(index))[:, None], index.shape)[valid]
   rows = index[valid]
+  present = np.array([len(np.unique(g[m])) for g, m in zip(groups, valid)])
+  out = {"groups_per_batch_mean": float(present.mean()),
+         "groups_per_batch_max": int(present.max())}
+  if train.bias is None:  # no group labels to measure the clusters against
+    return w, ess, out
   recovery = weighting.group_recovery(groups[valid], batch_id, np.asarray(train.bias)[rows],
                                       np.asarray(train.aligned)[rows], num_classes=len(index))
-  present = np.array([len(np.unique(g[m])) for g, m in zip(groups, valid)])
-  return w, ess, {"groups_per_batch_mean": float(present.mean()),
-                  "groups_per_batch_max": int(present.max()),
-                  "recovery_diagnostic": {
+  return w, ess, {**out, "recovery_diagnostic": {
                       "note": "computed after the fact from the TRUE bias labels for this "
                               "report only; the clusters and the weights never read them",
                       **recovery}}

@@ -1,0 +1,206 @@
+"""A user's own dataset as it is: :func:`load_own` reads, splits and decodes it into a
+:class:`~jaxdd.data.card.BiasedDataset` whose group labels are the data's own (or absent).
+
+Splits: the data's own where it has them. A missing validation split is a seeded, stratified
+hold-out of ``valid_fraction`` of each class's training images; a missing test split likewise
+(``test_fraction``), with a warning that such a test set is as biased as the training data.
+The hold-outs are drawn with ``jax.random.key(seed)`` (folded with 1 for valid, 2 for test,
+then with the class), so the same seed gives the same split.
+
+Groups: a split either has a group for every image or none (``bias`` and ``aligned`` are then
+None). A sample is *aligned* when its group is its class's aligned group: under the
+``majority`` rule, the class's most frequent group in the training split (in the splits that
+have groups, when training has none; ties to the lower group); under ``equal``, the group
+whose index is the class's. Nothing in training, selection or weighting reads them; evaluation
+reports group measures when the test split has them.
+
+Example:
+  >>> import numpy as np
+  >>> _aligned_groups(np.array([0, 0, 1, 1, 1]), np.array([1, 1, 0, 0, 1]), 2, 2, "majority")
+  (1, 0)
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxdd.data.card import BiasedDataset, DatasetCard
+from jaxdd.data.injectors import _to_float
+from jaxdd.data.ops import channel_stats
+from jaxdd.data.own import arrays as arrays_lib
+from jaxdd.data.own import readers
+from jaxdd.data.own.decode import decode
+from jaxdd.data.own.spec import DataSpec
+
+_READERS = {"folder": readers.read_folder, "csv": readers.read_csv,
+            "celeba": readers.read_celeba, "pattern": readers.read_pattern,
+            "npz": arrays_lib.read_npz, "tfds": arrays_lib.read_tfds}
+_SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
+
+
+class HeldOutTestWarning(UserWarning):
+  """The data has no test split: one was held out of the training data, as biased as it."""
+
+
+def read_index(spec: DataSpec) -> readers.Index:
+  """The spec's :class:`~jaxdd.data.own.readers.Index`, with ``group_file``'s groups applied."""
+  index = _READERS[spec.kind](spec)
+  if spec.group_file is None:
+    return index
+  if index.groups is not None:
+    raise ValueError(f"{spec.text} has group labels already; drop --group-file")
+  if index.paths is None:
+    raise ValueError(f"--group-file labels image files; {spec.kind}: holds arrays (store their "
+                     "groups as g_train / g_test or a group key)")
+  return _with_group_file(index, spec.group_file)
+
+
+def _with_group_file(index: readers.Index, path) -> readers.Index:
+  table = Path(path).expanduser()
+  header, body = readers._read_table(table)
+  pc = readers._column(header, "path", "--group-file", table.name)
+  gc = readers._column(header, "group", "--group-file", table.name)
+  where = lambda i: f"{table.name} row {i + 2}"  # noqa: E731
+  rel = [readers._inside(index.root, r[pc].strip(), where(i)) for i, r in enumerate(body)]
+  readers._check_unique(rel, where)
+  position = {p: i for i, p in enumerate(index.paths)}
+  unknown = [p for p in rel if p not in position]
+  if unknown:
+    raise ValueError(f"{table.name}: {unknown[0]!r} is not an image of the dataset; give paths "
+                     "as the layout lists them (relative to its root)")
+  values, codes = readers._codes(readers._integers([r[gc] for r in body], "group", where))
+  groups = np.full(len(index), readers.UNKNOWN, np.int64)
+  groups[[position[p] for p in rel]] = codes
+  return dataclasses.replace(index, groups=groups, group_names=readers._names(None, values))
+
+
+def _holdout(labels: np.ndarray, pool: np.ndarray, fraction: float, key) -> np.ndarray:
+  """Indices (sorted) of a stratified hold-out of ``fraction`` of each class within ``pool``."""
+  held = []
+  for c in np.unique(labels[pool]):
+    idx = pool[labels[pool] == c]
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, int(c)), len(idx)))
+    held.append(idx[perm[: int(round(len(idx) * fraction))]])
+  return np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+
+
+def split_codes(index: readers.Index, spec: DataSpec, seed: int) -> tuple[np.ndarray, dict]:
+  """0/1/2 per image (train/valid/test) and where each split came from."""
+  codes = np.zeros(len(index), np.int64) if index.splits is None else index.splits.copy()
+  if not (codes == 0).any():
+    raise ValueError(f"{spec.text} has no training images (every image is in valid or test); "
+                     "mark some as train")
+  key = jax.random.key(seed)
+  origin = {}
+  for name, code, fraction in (("test", 2, spec.test_fraction), ("valid", 1, spec.valid_fraction)):
+    if (codes == code).any():
+      origin[name] = "the data"
+      continue
+    held = _holdout(index.labels, np.flatnonzero(codes == 0), fraction,
+                    jax.random.fold_in(key, code))
+    codes[held] = code
+    origin[name] = f"held out of train ({fraction:g} per class, seed {seed})"
+  origin["train"] = "the data"
+  for c, cname in enumerate(index.class_names):
+    if not ((codes == 0) & (index.labels == c)).any():
+      raise ValueError(f"class {cname!r} has no training images; add some or remove the class")
+  return codes, origin
+
+
+def _aligned_groups(labels, groups, num_classes: int, num_groups: int, rule: str):
+  if rule == "equal":
+    if num_groups < num_classes:
+      raise ValueError(f"--aligned equal pairs class k with group k, but there are "
+                       f"{num_classes} classes and {num_groups} groups; use --aligned majority")
+    return tuple(range(num_classes))
+  known = groups >= 0
+  counts = np.zeros((num_classes, num_groups), np.int64)
+  np.add.at(counts, (labels[known], groups[known]), 1)
+  return tuple(int(g) for g in counts.argmax(1))
+
+
+def _split_groups(index, rows, split: str, spec: DataSpec):
+  if index.groups is None:
+    return None
+  g = index.groups[rows]
+  known = g >= 0
+  if not known.any():
+    return None
+  if not known.all():
+    raise ValueError(f"{spec.text}: {int(known.sum())} of {len(g)} {split} images have a group; "
+                     "give every image of a split a group, or none")
+  return g
+
+
+def _as_float(images: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
+  """Rows of a (memory-mapped) uint8 or float array as float32 in [0, 1], chunk by chunk."""
+  out = np.empty((len(rows),) + images.shape[1:], np.float32)
+  for a in range(0, len(rows), chunk):
+    out[a:a + chunk] = _to_float(np.asarray(images[rows[a:a + chunk]]))
+  return out
+
+
+def load_own(spec: DataSpec, *, split: str, seed: int = 0, cache: bool = True,
+             progress=None) -> BiasedDataset:
+  """One split of a user's dataset, as it is.
+
+  Args:
+    spec: from :func:`jaxdd.data.own.parse`.
+    split: ``train``, ``valid`` or ``test``.
+    seed: the seed of the hold-outs of a missing valid or test split.
+    cache: keep the decoded images in the cache (:func:`jaxdd.data.own.decode.decode`).
+    progress: as :func:`jaxdd.data.load`.
+
+  Returns:
+    A :class:`~jaxdd.data.card.BiasedDataset`: float32 images in [0, 1]; ``bias`` and
+    ``aligned`` None when the split has no group labels. ``meta["kind"] == "own"``; the
+    training split's meta records the normalisation (per-channel mean and std).
+
+  Raises:
+    ValueError, FileNotFoundError: bad input, one line naming the file or row and the fix.
+
+  Example:
+    >>> from jaxdd.data import own
+    >>> ds = own.load_own(own.parse("folder:images"), split="train")   # doctest: +SKIP
+  """
+  if split not in _SPLIT_CODE:
+    raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
+  index = read_index(spec)
+  codes, origin = split_codes(index, spec, seed)
+  images, record = decode(index, image_size=spec.image_size, cache=cache, progress=progress)
+  rows = np.flatnonzero(codes == _SPLIT_CODE[split])
+  if split == "test" and origin["test"] != "the data":
+    warnings.warn(f"{spec.text} has no test split: {len(rows)} images were held out of the "
+                  "training data, so the test set is as biased as the training data; give a "
+                  "test split for unbiased numbers", HeldOutTestWarning, stacklevel=2)
+  labels = index.labels[rows].astype(np.int32)
+  nc = len(index.class_names)
+  groups = _split_groups(index, rows, split, spec)
+  x = _as_float(images, rows)
+  meta = {"kind": "own", "name": index.source_id, "split": split, "spec": spec.to_dict(),
+          "source": index.source_id, "source_sha256": record["source_sha256"], "seed": seed,
+          "num_samples": int(len(rows)), "image_shape": list(x.shape[1:]),
+          "split_origin": origin[split], "aligned_rule": spec.aligned}
+  if split == "train":
+    mean, std = channel_stats(x)
+    meta.update(mean=mean.tolist(), std=std.tolist())
+  if groups is None:
+    counts = np.bincount(labels, minlength=nc).reshape(nc, 1)
+    card = DatasetCard(counts, index.class_names, (), meta)
+    return BiasedDataset(x, labels, None, None, index.class_names, (), card, meta,
+                         {"status": record["status"]})
+  ng = len(index.group_names)
+  train_rows = codes == 0
+  pool = train_rows if _split_groups(index, np.flatnonzero(train_rows), "train", spec) \
+      is not None else np.ones(len(index), bool)
+  aligned_groups = _aligned_groups(index.labels[pool], index.groups[pool], nc, ng, spec.aligned)
+  counts = np.zeros((nc, ng), np.int64)
+  np.add.at(counts, (labels, groups), 1)
+  card = DatasetCard(counts, index.class_names, index.group_names, meta, aligned_groups)
+  aligned = groups == np.asarray(aligned_groups)[labels]
+  return BiasedDataset(x, labels, groups.astype(np.int32), aligned, index.class_names,
+                       index.group_names, card, meta, {"status": record["status"]})
