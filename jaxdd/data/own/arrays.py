@@ -37,15 +37,16 @@ def _assemble(spec: DataSpec, source_id: str, parts: list[tuple], *, group_names
   if len(shapes) > 1:
     raise ValueError(f"{source_id}: the splits' images differ in shape {sorted(shapes)}; store "
                      "one image shape (resize before saving)")
-  has_groups = [p[2] is not None for p in parts]
-  if any(has_groups) and not all(has_groups):
-    raise ValueError(f"{source_id}: group labels are given for some splits only; give them for "
-                     "every split or none (a group file can label the test split alone)")
   x = np.concatenate([p[0] for p in parts])
   label_values, labels = readers._codes(np.concatenate([p[1] for p in parts]))
   groups = None
-  if all(has_groups):
-    group_values, groups = readers._codes(np.concatenate([p[2] for p in parts]))
+  if any(p[2] is not None for p in parts):  # a split without groups: unknown there
+    raw = np.concatenate([p[2] if p[2] is not None else np.full(len(p[1]), readers.UNKNOWN)
+                          for p in parts])
+    known = raw != readers.UNKNOWN
+    group_values, codes = readers._codes(raw[known])
+    groups = np.full(len(raw), readers.UNKNOWN, np.int64)
+    groups[known] = codes
     if group_names is None:
       group_names = readers._names(spec.group_col, group_values)
   codes = [p[3] for p in parts]
@@ -145,7 +146,10 @@ def read_tfds(spec: DataSpec) -> readers.Index:
   for split in builder.info.splits:
     if split not in names:
       continue
-    rows = _tfds_rows(builder.as_data_source(split=split), keys, spec.path)
+    # the PNG twin of an exact float image is not decoded (it is not read)
+    skip = {"image": tfds.decode.SkipDecoding()} if image_key != "image" and "image" in \
+        features else None
+    rows = _tfds_rows(builder.as_data_source(split=split, decoders=skip), keys, spec.path)
     x = validate_images(rows[image_key], what=f"tfds {spec.path} {split} images")
     parts.append((x, rows[spec.label_col].astype(np.int64),
                   rows[spec.group_col].astype(np.int64) if spec.group_col else None,
