@@ -138,7 +138,8 @@ def _evaluate(name: str, config: RunConfig, run_data: rundata.RunData, arrays: t
     else:
       rows = baselines.k_center(embeddings, train.labels, ipc=config.ipc)
     syn = baselines.take(x, train.labels, rows)
-    conflicting = float((~train.aligned[np.asarray(rows)]).mean())
+    conflicting = (None if train.aligned is None
+                   else float((~train.aligned[np.asarray(rows)]).mean()))
     res = evaluate.evaluate_synset(k_eval, syn, test, model=model, protocol=protocol,
                             num_models=config.num_eval_models, progress=progress)
     extra = {"selected_conflicting_fraction": conflicting}

@@ -111,19 +111,22 @@ def _reproduce(config: RunConfig, workdir: str, run_data: rundata.RunData, *, pr
         trust=False))  # this command's own vanilla SynSet
   # The bias score of each SynSet: what fraction of its images carry their
   # class's aligned bias (the training set's fraction is in the table header).
-  classifier = bias.bias_classifier(config, run_data)
-  for weighting in ("none", "kde"):
-    name = text.method_name(config.replace(weighting=weighting))
-    syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"), working=True)
-    results[name]["bias_score"] = diagnostics.bias_score(classifier, syn.images, syn.labels)
-  # The score's yardstick: the classifier on held-out real images of known composition.
-  valid = run_data.valid
-  reference = {"true_aligned_fraction": float(np.asarray(valid.aligned).mean()),
-               "bias_aligned_fraction": diagnostics.bias_score(
-                   classifier, run_data.normalized(valid), valid.labels)["aligned_fraction"]}
-  table = text.format_comparison(results, config,
-                                 train_aligned_fraction=classifier.train_aligned_fraction,
-                                 reference=reference)
+  classifier = bias.bias_classifier(config, run_data)  # None: the data has no groups
+  reference = None
+  if classifier is not None:
+    for weighting in ("none", "kde"):
+      name = text.method_name(config.replace(weighting=weighting))
+      syn, _ = synset.load(os.path.join(workdir, name.replace("+", "_"), "synset"),
+                           working=True)
+      results[name]["bias_score"] = diagnostics.bias_score(classifier, syn.images, syn.labels)
+    # The score's yardstick: the classifier on held-out real images of known composition.
+    valid = run_data.valid
+    reference = {"true_aligned_fraction": float(np.asarray(valid.aligned).mean()),
+                 "bias_aligned_fraction": diagnostics.bias_score(
+                     classifier, run_data.normalized(valid), valid.labels)["aligned_fraction"]}
+  table = text.format_comparison(
+      results, config, reference=reference,
+      train_aligned_fraction=None if classifier is None else classifier.train_aligned_fraction)
   drift = weights.format_weight_summary({
       text.method_name(config.replace(weighting=w)): os.path.join(
           workdir, text.method_name(config.replace(weighting=w)).replace("+", "_"),

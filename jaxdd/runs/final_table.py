@@ -80,7 +80,8 @@ def final(base: RunConfig, root: str, *, settings: dict[str, Setting],
   for seed in seeds:
     seed_base = base.replace(seed=seed)
     run_data = first if seed == seeds[0] else rundata.RunData(seed_base)
-    train_fraction = float(np.asarray(run_data.train.aligned).mean())
+    train_fraction = (None if run_data.train.aligned is None
+                      else float(np.asarray(run_data.train.aligned).mean()))
     # The bias score's yardstick: the same classifier on held-out real images (the
     # validation split, composed like the training set), whose true share is known.
     valid = run_data.valid
@@ -88,8 +89,9 @@ def final(base: RunConfig, root: str, *, settings: dict[str, Setting],
     os.makedirs(workdir, exist_ok=True)
     score = bias_score_cached(seed_base, workdir, run_data,
                               SynSet(run_data.normalized(valid), valid.labels), classifiers)
-    reference["bias_aligned_fraction"].append(score["aligned_fraction"])
-    reference["true_aligned_fraction"].append(float(np.asarray(valid.aligned).mean()))
+    if score is not None:  # None: no group labels, no bias score
+      reference["bias_aligned_fraction"].append(score["aligned_fraction"])
+      reference["true_aligned_fraction"].append(float(np.asarray(valid.aligned).mean()))
     for name, setting in settings.items():
       config = setting.apply(seed_base)
       progress_lib.logger.info("final seed %d: %s", seed, name)

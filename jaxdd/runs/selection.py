@@ -99,7 +99,8 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
   for seed in seeds:
     seed_base = base.replace(seed=seed)
     run_data = first if seed == seeds[0] else rundata.RunData(seed_base)
-    num_conflicting += int((~np.asarray(run_data.valid.aligned)).sum())
+    if run_data.valid.aligned is not None:
+      num_conflicting += int((~np.asarray(run_data.valid.aligned)).sum())
     distil_groups([cand.apply(seed_base) for cand in candidates], root, run_data,
                   progress=progress)
     for i, cand in enumerate(candidates):

@@ -6,6 +6,8 @@ surrogate's config and the evaluation protocol.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from jaxdd import protocols, surrogate, weighting
 from jaxdd.config import RunConfig
 
@@ -29,8 +31,13 @@ def kde_config(config: RunConfig) -> weighting.KDEConfig | None:
 
 
 def surrogate_config(config: RunConfig) -> surrogate.SurrogateConfig:
-  """The SupCon surrogate's config (its preset; a step budget is resolved per dataset)."""
-  return surrogate.SurrogateConfig.preset(config.surrogate_preset)
+  """The SupCon surrogate's config (its preset; a step budget is resolved per dataset). On a
+  user's data (``--data``) whose ConvNet is deeper than 3 (models by resolution), the
+  surrogate gets as many blocks more than its preset's."""
+  cfg = surrogate.SurrogateConfig.preset(config.surrogate_preset)
+  if config.data_spec is not None and config.depth > 3:
+    cfg = dataclasses.replace(cfg, depth=cfg.depth + config.depth - 3)
+  return cfg
 
 
 def eval_protocol(config: RunConfig) -> protocols.Protocol:

@@ -57,12 +57,15 @@ def evaluate_cached(config: RunConfig, workdir: str, run_data: rundata.RunData,
 
 
 def bias_score_cached(config: RunConfig, workdir: str, run_data: rundata.RunData,
-                      syn: SynSet, classifiers: dict) -> dict:
-  """:func:`jaxdd.diagnostics.bias_score` of ``syn``, written to ``bias_score.json``.
+                      syn: SynSet, classifiers: dict) -> dict | None:
+  """:func:`jaxdd.diagnostics.bias_score` of ``syn``, written to ``bias_score.json``; None
+  when the data has no group labels to train the classifier on.
 
   The bias-attribute classifier is trained once per training set (the seed)
   and kept in ``classifiers``.
   """
+  if run_data.train.bias is None or run_data.valid.bias is None:
+    return None
   path = os.path.join(workdir, "bias_score.json")
   cached = files.read_bias_score(path)
   if cached is not None:

@@ -31,7 +31,9 @@ def format_comparison(results: dict[str, dict], config: RunConfig, *,
   ``reference`` (``true_aligned_fraction``, ``bias_aligned_fraction``): what the
   classifier reads on held-out real images of known composition, the score's yardstick.
   """
-  head = (f"{config.dataset}, conflict ratio {config.conflict_ratio}, IPC {config.ipc}, "
+  data = (f"--data {config.data_spec}" if config.data_spec is not None
+          else f"{config.dataset}, conflict ratio {config.conflict_ratio}")
+  head = (f"{data}, IPC {config.ipc}, "
           f"preset {config.preset}, seed {config.seed}, eval protocol {config.eval_protocol}, "
           f"{config.num_eval_models} models")
   if train_aligned_fraction is not None:
@@ -45,7 +47,9 @@ def format_comparison(results: dict[str, dict], config: RunConfig, *,
            "bias score (aligned %) | DEO_M | DEO_A |",
            "|---|---|---|---|---|---|---|---|"]
   for name, r in results.items():
+    # "–" where a measure is undefined (no group labels: no aligned / conflicting split)
     cells = [f"{100 * r['mean'][m]:.1f} ± {100 * r['std'][m]:.1f}"
+             if r["mean"][m] is not None and np.isfinite(r["mean"][m]) else "–"
              for m in ("overall", "aligned", "conflicting", "worst_group")]
     score = r.get("bias_score")
     cells.append("–" if score is None else f"{100 * score['aligned_fraction']:.1f}")

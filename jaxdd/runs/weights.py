@@ -152,7 +152,7 @@ def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings:
     w, ess = run_weights(config, run_data, embeddings, key, groups)
   if train.bias is None:  # a user's data without group labels: no group shares to report
     report = {"batch_ess": [None if not np.isfinite(e) else float(e) for e in ess],
-              "groups": None, "note": "the training split has no group labels"}
+              "groups": [], "note": "the training split has no group labels"}
   else:
     report = weighting.run_report(w, ess, train.labels, train.aligned, train.bias,
                                   num_classes=nc)

@@ -1,0 +1,120 @@
+"""Your own data distils as the built-in path does: export the built-in CMNIST 5 % and BG-FMNIST
+5 % splits to every layout ``--data`` reads, distil each with ``jaxdd distill`` (a process per
+run, as a user would) and compare the SynSets' digests and the printed tables.
+
+Layouts: ``npz`` (the float32 images exactly), ``tfds`` (a jaxdd TFDS builder, which keeps the
+exact float image beside its PNG), ``folder`` (PNG class folders with no group labels, plus a
+group csv for the test split only), ``csv`` (PNG files and one metadata table with groups) and
+``npz-uint8`` (the images rounded to 8 bits, as the PNG layouts hold them). The 8-bit layouts
+cannot equal the built-in float images (the colour noise is not a multiple of 1/255); they are
+compared with each other.
+
+Usage:
+  python experiments/own_data_equivalence.py --out results/own-data/equivalence-smoke.json
+  python experiments/own_data_equivalence.py --preset cpu --datasets cmnist --layouts npz \
+      --out results/own-data/equivalence-cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxdd import data
+from jaxdd._src import io as _io
+from jaxdd.data.own import export
+
+LAYOUTS = ("npz", "tfds", "folder", "csv", "npz-uint8")
+HERE = Path(__file__).resolve().parent.parent
+
+
+def _export(name: str, layout: str, root: Path) -> list[str]:
+  """Writes the built-in splits in ``layout``; returns the ``--data`` flags that read it."""
+  splits = {s: data.load(name, split=s, conflict_ratio=0.05) for s in ("train", "valid", "test")}
+  base = ["--aligned-rule", "equal"]  # the colour benchmarks: group k is class k's colour
+  if layout == "npz":
+    export.export_layout(splits, "npz", root / f"{name}.npz")
+    return ["--data", f"npz:{root / f'{name}.npz'}", *base]
+  if layout == "npz-uint8":
+    arrays = {}
+    for s, ds in splits.items():
+      arrays.update({f"x_{s}": export.to_uint8(ds.images), f"y_{s}": ds.labels,
+                     f"g_{s}": ds.bias})
+    np.savez(root / f"{name}-u8.npz", **arrays)
+    return ["--data", f"npz:{root / f'{name}-u8.npz'}", *base]
+  if layout == "tfds":
+    ref = data.prepare_tfds(name, conflict_ratio=0.05, data_dir=str(root / "tfds"))
+    return ["--data", f"tfds:{ref}", "--data-dir", str(root / "tfds"), "--group-col", "bias",
+            *base]
+  if layout == "folder":
+    out = export.export_layout(splits, "folder", root / f"{name}-folder", groups="test")
+    return ["--data", f"folder:{out}", "--group-file", str(out / "groups.csv"), *base]
+  out = export.export_layout(splits, "csv", root / f"{name}-csv")
+  return ["--data", f"csv:{out / 'metadata.csv'}", "--label-col", "y", "--group-col", "group",
+          "--split-col", "split", *base]
+
+
+def _distill(flags: list[str], workdir: Path, preset: str, env: dict) -> dict:
+  t0 = time.perf_counter()
+  r = subprocess.run([sys.executable, "-m", "jaxdd", "distill", "--preset", preset,
+                      "--workdir", str(workdir), "--quiet", *flags], capture_output=True,
+                     text=True, env=env, cwd=HERE)
+  if r.returncode:
+    raise SystemExit(f"jaxdd distill {' '.join(flags)} failed: {r.stderr.strip()}")
+  table = "\n".join(ln for ln in r.stdout.splitlines()
+                    if not ln.startswith(("run directory", "WARNING")))
+  digest = hashlib.sha256((workdir / "synset" / "arrays.npz").read_bytes()).hexdigest()[:16]
+  overall = next(float(ln.split()[1]) for ln in table.splitlines() if ln.startswith("overall"))
+  return {"table": table, "synset": digest, "overall": overall,
+          "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--preset", default="smoke")
+  p.add_argument("--datasets", default="cmnist,bg_fmnist")
+  p.add_argument("--layouts", default=",".join(LAYOUTS))
+  p.add_argument("--out", required=True)
+  args = p.parse_args(argv)
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    root = Path(tmp)
+    env = dict(os.environ, JAXDD_CACHE=str(root / "cache"))
+    for name in args.datasets.split(","):
+      ref = _distill(["--dataset", name, "--conflict-ratio", "0.05"], root / f"run-{name}",
+                     args.preset, env)
+      rows.append([name, "built-in", ref["synset"], True, None, ref["overall"], ref["seconds"]])
+      u8 = None
+      for layout in args.layouts.split(","):
+        got = _distill(_export(name, layout, root), root / f"run-{name}-{layout}", args.preset,
+                       env)
+        eight_bit = layout in ("folder", "csv", "npz-uint8")
+        if eight_bit and u8 is None:
+          u8 = got
+        rows.append([name, layout, got["synset"],
+                     got["synset"] == ref["synset"] and got["table"] == ref["table"],
+                     (got["synset"] == u8["synset"] and got["table"] == u8["table"])
+                     if eight_bit else None, got["overall"], got["seconds"]])
+        print(rows[-1], flush=True)
+  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=HERE).stdout.strip()
+  _io.atomic_write_json(args.out, {
+      "title": f"--data on exports of the built-in splits, {args.preset} preset",
+      "columns": ["dataset", "layout", "SynSet sha256[:16]", "same SynSet and table as built-in",
+                  "same as the first 8-bit layout", "overall %", "seconds"],
+      "rows": rows, "date": time.strftime("%Y-%m-%d"), "commit": commit,
+      "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+      "command": ["python experiments/own_data_equivalence.py " + " ".join(sys.argv[1:])]})
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""``jaxdd distill --data`` end to end, every layout: exports of the built-in CMNIST 5 % distil the
+same SynSet, bit for bit, and print the same table as the built-in path (npz and TFDS keep the
+float images exactly; the 8-bit PNG layouts equal each other), and the Waterbirds, CelebA and
+UTKFace layouts distil and evaluate with their groups.
+
+In one process, so the runs of one image shape share their compiled programs
+(``experiments/own_data_equivalence.py`` runs the full matrix, a process per run).
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+import own_layouts
+from jaxdd import data
+from jaxdd.cli import app
+from jaxdd.data.own import export
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--preset", "smoke", "--iterations", "20", "--quiet"]
+
+
+def _distill(capsys, workdir, *flags) -> tuple[str, str]:
+  capsys.readouterr()
+  assert app.main(["distill", *FAST, "--workdir", str(workdir), *flags]) == 0
+  out = capsys.readouterr().out
+  table = "\n".join(ln for ln in out.splitlines() if not ln.startswith("run directory"))
+  return table, hashlib.sha256((workdir / "synset" / "arrays.npz").read_bytes()).hexdigest()
+
+
+def test_exports_of_the_builtin_split_distil_the_same_synset(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  splits = {s: data.load("cmnist", split=s, conflict_ratio=0.05) for s in ("train", "valid", "test")}
+  ref = _distill(capsys, tmp_path / "builtin", "--dataset", "cmnist", "--conflict-ratio", "0.05")
+  equal = ["--aligned-rule", "equal"]
+  npz = export.export_layout(splits, "npz", tmp_path / "c.npz")
+  assert _distill(capsys, tmp_path / "npz", "--data", f"npz:{npz}", *equal) == ref
+  tfds_ref = data.prepare_tfds("cmnist", conflict_ratio=0.05, data_dir=str(tmp_path / "tfds"))
+  assert _distill(capsys, tmp_path / "tfds", "--data", f"tfds:{tfds_ref}", "--data-dir",
+                  str(tmp_path / "tfds"), "--group-col", "bias", *equal) == ref
+  # 8-bit PNG: a folder without group labels (a group csv for its test split) and a csv
+  folder = export.export_layout(splits, "folder", tmp_path / "folder", groups="test")
+  got_folder = _distill(capsys, tmp_path / "r-folder", "--data", f"folder:{folder}",
+                        "--group-file", str(folder / "groups.csv"), *equal)
+  table = export.export_layout(splits, "csv", tmp_path / "csv")
+  got_csv = _distill(capsys, tmp_path / "r-csv", "--data", f"csv:{table / 'metadata.csv'}",
+                     "--label-col", "y", "--group-col", "group", "--split-col", "split", *equal)
+  assert got_folder == got_csv
+  u8 = {f"{k}_{s}": v for s, ds in splits.items()
+        for k, v in (("x", export.to_uint8(ds.images)), ("y", ds.labels), ("g", ds.bias))}
+  np.savez(tmp_path / "u8.npz", **u8)
+  assert _distill(capsys, tmp_path / "r-u8", "--data", f"npz:{tmp_path / 'u8.npz'}",
+                  *equal) == got_csv
+
+
+@pytest.mark.parametrize("layout", ["waterbirds", "celeba", "utkface"])
+def test_literature_layouts_distil_and_report_their_groups(tmp_path, capsys, monkeypatch,
+                                                           layout):
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  root = tmp_path / layout
+  getattr(own_layouts, layout)(root, n=160)
+  flags = {"waterbirds": ["--data", f"csv:{root / 'metadata.csv'}", "--path-col",
+                          "img_filename", "--label-col", "y", "--group-col", "place",
+                          "--split-col", "split"],
+           "celeba": ["--data", f"celeba:{root}", "--label-col", "Blond_Hair", "--group-col",
+                      "Male"],
+           "utkface": ["--data", f"pattern:{root}", "--name-fields", "age,gender,race,date",
+                       "--label-col", "gender", "--group-col", "race"]}[layout]
+  table, _ = _distill(capsys, tmp_path / "run", *flags, "--ipc", "2")
+  assert "DEO_M" in table and "worst group" in table and "conflicting" in table
+  assert "n/a" not in table.split("worst group")[0].split("overall")[1]
