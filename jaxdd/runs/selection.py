@@ -96,11 +96,14 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
               first)
   rows: dict[str, dict[str, Any]] = {}
   num_conflicting = 0
+  # Without group labels (a user's data) no conflicting accuracy exists: the criterion is the
+  # overall validation accuracy, on a validation split as biased as the training data
+  metric = "conflicting" if first.valid.aligned is not None else "overall"
   for seed in seeds:
     seed_base = base.replace(seed=seed)
     run_data = first if seed == seeds[0] else rundata.RunData(seed_base)
-    if run_data.valid.aligned is not None:
-      num_conflicting += int((~np.asarray(run_data.valid.aligned)).sum())
+    num_conflicting += (int((~np.asarray(run_data.valid.aligned)).sum()) if metric == "conflicting"
+                        else len(run_data.valid))
     distil_groups([cand.apply(seed_base) for cand in candidates], root, run_data,
                   progress=progress)
     for i, cand in enumerate(candidates):
@@ -115,7 +118,7 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
                                    "seeds": [], "criterion": [], "overall": [],
                                    "worst_group": [], "runs": []})
       row["seeds"].append(seed)
-      row["criterion"].append(per_model(s, "conflicting").tolist())
+      row["criterion"].append(per_model(s, metric).tolist())
       row["overall"].append(per_model(s, "overall").tolist())
       row["worst_group"].append(per_model(s, "worst_group").tolist())
       row["runs"].append(os.path.relpath(workdir, root))
@@ -127,8 +130,11 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
       decisions[w] = select(scores, inc.name(base), per_seed)
   chosen = {w: rows[d["chosen"]]["setting"] for w, d in decisions.items()}
   out = {"base": base.to_dict(), "protocol": protocol.to_dict(), "num_models": num_models,
-         "seeds": list(seeds), "criterion": "accuracy on the validation split's bias-conflicting "
-                                            "samples",
+         "seeds": list(seeds),
+         "criterion": ("accuracy on the validation split's bias-conflicting samples"
+                       if metric == "conflicting" else
+                       "overall accuracy on the validation split (no group labels: as biased as "
+                       "the training data)"),
          "valid_conflicting_per_seed": per_seed, "candidates": rows, "decisions": decisions,
          "chosen": chosen}
   synset.atomic_write_json(os.path.join(root, "selection.json"), out)
@@ -142,12 +148,13 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
 def format_selection(sel: dict) -> str:
   """The selection table (validation numbers only) and the decisions, as markdown."""
   p = sel["protocol"]
+  col = "valid conflicting" if "conflicting" in sel["criterion"] else "criterion"
   lines = [f"Validation criterion: {sel['criterion']} ({sel['valid_conflicting_per_seed']} per "
            f"seed); protocol {p['name']} ({p['num_epochs']} epochs), {sel['num_models']} networks "
            f"per SynSet, seeds {sel['seeds']}. Mean ± sample std over seeds of each seed's mean over "
            "its networks, in %.",
            "",
-           "| setting | valid conflicting | per seed | valid overall | valid worst group |",
+           f"| setting | {col} | per seed | valid overall | valid worst group |",
            "|---|---|---|---|---|"]
   for name, r in sorted(sel["candidates"].items(),
                         key=lambda kv: (kv[1]["weighting"], -np.mean(kv[1]["criterion"]))):

@@ -3,7 +3,8 @@
 ``parse("KIND:PATH", **options)`` describes it (:mod:`jaxdd.data.own.spec`: ``folder``,
 ``csv``, ``celeba``, ``pattern``, ``npz``, ``tfds``); :func:`load_own` reads one split into a
 :class:`~jaxdd.data.card.BiasedDataset` (:mod:`jaxdd.data.own.dataset`), decoding image files
-once into a memory-mapped cache (:mod:`jaxdd.data.own.decode`). Group labels are never made up:
+once into a memory-mapped cache (:mod:`jaxdd.data.own.decode`); :func:`export_layout` writes
+splits in the layouts it reads (:mod:`jaxdd.data.own.export`). Group labels are never made up:
 without them ``bias`` and ``aligned`` are None, and only evaluation ever reads them.
 
 Example:
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 from jaxdd.data.own.dataset import HeldOutTestWarning, load_own, read_index, split_codes
 from jaxdd.data.own.decode import cache_folder, decode
+from jaxdd.data.own.export import LAYOUTS, export_layout, to_uint8
 from jaxdd.data.own.readers import IMAGE_EXTS, Index
 from jaxdd.data.own.spec import ALIGNED_RULES, KINDS, DataSpec, parse
 
 __all__ = ["ALIGNED_RULES", "DataSpec", "HeldOutTestWarning", "IMAGE_EXTS", "Index", "KINDS",
-           "cache_folder", "decode", "load_own", "parse", "read_index", "split_codes"]
+           "LAYOUTS", "cache_folder", "decode", "export_layout", "load_own", "parse",
+           "read_index", "split_codes", "to_uint8"]

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from jaxdd._src import io as _io
 from jaxdd.data.own.readers import Index
@@ -54,9 +55,6 @@ def _key(index: Index, image_size: int | None) -> str:
 
 
 def _open(path: Path, data: bytes):
-  # Pillow is a core dependency, loaded when image files are first decoded (start-up time)
-  from PIL import Image
-
   try:
     im = Image.open(io.BytesIO(data))
     im.load()
@@ -82,9 +80,6 @@ def _probe(index: Index, image_size: int | None) -> tuple[int, int]:
 
 def _decode_into(out: np.ndarray, index: Index, side: int, channels: int, resize: bool,
                  bar) -> str:
-  # Pillow is a core dependency, loaded when image files are first decoded (start-up time)
-  from PIL import Image
-
   h = hashlib.sha256()
   first = index.paths[0]
   for i, rel in enumerate(index.paths):
@@ -185,9 +180,6 @@ def _resize_arrays(x: np.ndarray, image_size: int | None) -> np.ndarray:
     x = x[..., None]
   if image_size is None or x.shape[1:3] == (image_size, image_size):
     return x
-  # Pillow is a core dependency, loaded when images are first resized (start-up time)
-  from PIL import Image
-
   out = np.empty((len(x), image_size, image_size, x.shape[-1]), x.dtype)
   for i, img in enumerate(x):
     for c in range(x.shape[-1]):  # one channel at a time: Pillow's float mode "F" is grey only

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from PIL import Image
 
 from jaxdd._src import io as _io
 from jaxdd.data.card import BiasedDataset
@@ -39,9 +40,6 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def _png(image: np.ndarray) -> bytes:
-  # Pillow is a core dependency, loaded when images are first encoded (start-up time)
-  from PIL import Image
-
   a = to_uint8(image)
   buf = io.BytesIO()
   Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(buf, format="PNG")
