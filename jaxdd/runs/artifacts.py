@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import data, elf, evaluate, models, protocols
+from jaxdd.data import own
 from jaxdd import synset as synset_lib
 from jaxdd import progress as progress_lib
 from jaxdd.results import EvalResult
@@ -54,9 +55,20 @@ class FeatureModel:
 
 
 def artifact_split(meta: dict, split: str, overrides: Overrides = Overrides()) -> data.BiasedDataset:
-  """A split of the dataset a SynSet artifact was distilled from."""
+  """A split of the dataset a SynSet artifact was distilled from: a built-in dataset by name, or
+  a user's (``--data``) from the spec its run recorded."""
   ds_meta = meta.get("dataset", {})
   run_cfg = meta.get("config", {})
+  if ds_meta.get("kind") == "own" and overrides.dataset is None:
+    if overrides.conflict_ratio is not None or overrides.source is not None:
+      raise ValueError("the SynSet was distilled from your own data (--data); --conflict-ratio "
+                       "and --source apply to the built-in datasets")
+    try:
+      own_spec = own.DataSpec.from_dict(ds_meta.get("spec") or {})
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"the SynSet's record of its data is unreadable ({e}); pass --dataset "
+                       "to evaluate it on a built-in dataset") from e
+    return own.load_own(own_spec, split=split, seed=int(ds_meta.get("seed", 0)))
   name = overrides.dataset or ds_meta.get("name")
   if name is None:
     raise ValueError("the artifact does not name its dataset; pass --dataset and --conflict-ratio")
@@ -69,8 +81,9 @@ def artifact_split(meta: dict, split: str, overrides: Overrides = Overrides()) -
 def normalized_batch(ds: data.BiasedDataset, meta: dict) -> Batch:
   """``ds`` normalised with the artifact's mean and std, as a Batch of device arrays."""
   images = data.normalize(ds.images, meta["mean"], meta["std"])
-  return Batch(jnp.asarray(images), jnp.asarray(ds.labels), jnp.asarray(ds.bias),
-               jnp.asarray(ds.aligned))
+  return Batch(jnp.asarray(images), jnp.asarray(ds.labels),
+               None if ds.bias is None else jnp.asarray(ds.bias),
+               None if ds.aligned is None else jnp.asarray(ds.aligned))
 
 
 def eval_key(run_cfg: dict, seed: int | None = None) -> jax.Array:

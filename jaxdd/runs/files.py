@@ -32,9 +32,10 @@ EVAL_JSON = obj({"mean": _METRICS4, "std": _METRICS4},
 BASELINES_JSON = map_of(obj({"mean": _METRICS4, "std": _METRICS4},
                             optional={"digest": STR, "config": _CONFIG,
                                       "bias_score": opt(obj({"aligned_fraction": NUM}))}))
+# valid_scores: (learning rates, networks), as EvalResult.to_dict writes it
 EVAL_CACHE_JSON = obj({"result": obj(
     {"num_models": INT, "per_model": obj({m: list_of(opt(NUM)) for m in METRICS})},
-    optional={"valid_scores": opt(list_of(opt(NUM))), "select_on": opt(STR)})})
+    optional={"valid_scores": opt(list_of(list_of(opt(NUM)))), "select_on": opt(STR)})})
 BIAS_SCORE_JSON = obj({"aligned_fraction": NUM})
 WEIGHTS_JSON = obj(optional={
     "batch_ess": list_of(opt(NUM)),

@@ -51,6 +51,8 @@ def _reference_rows(table: dict, columns: int) -> list[str]:
   """The bias score's yardsticks: the training set's true aligned share and, when
   measured, what the classifier reads on held-out real images of known share."""
   pad = " |" * (columns - 2)
+  if table.get("train_aligned_fraction") is None:  # no group labels: no bias score
+    return []
   rows = [f"| *the training set itself (true share)* |{pad} {100 * table['train_aligned_fraction']:.1f} |"]
   ref = table.get("reference")
   if ref:
@@ -71,12 +73,16 @@ def format_table(table: dict) -> str:
   b, p = table["base"], table["protocol"]
   # Biased-DD's sets read the ratio argument as the bias-aligned fraction (jaxdd.data).
   ratio = "aligned fraction" if b["dataset"].endswith("_dd") else "conflict ratio"
-  lines = [f"{b['dataset']}, {ratio} {b['conflict_ratio']}, IPC {b['ipc']}, preset "
+  data = (f"--data {b['data_spec']}" if b.get("data_spec") is not None
+          else f"{b['dataset']}, {ratio} {b['conflict_ratio']}")
+  share = table.get("train_aligned_fraction")
+  lines = [f"{data}, IPC {b['ipc']}, preset "
            f"{b['preset']}, method {b['method']}; test split, protocol {p['name']} "
            f"({p['num_epochs']} epochs), {table['num_models']} networks per SynSet, seeds "
            f"{table['seeds']}. Mean ± sample std over seeds of each seed's mean over its networks "
-           "(rows with one seed: mean ± std over its networks). Bias-aligned fraction of the training set: "
-           f"{100 * table['train_aligned_fraction']:.1f} %.",
+           "(rows with one seed: mean ± std over its networks). "
+           + ("The training set has no group labels." if share is None else
+              f"Bias-aligned fraction of the training set: {100 * share:.1f} %."),
            "",
            "| row | overall | bias-aligned | bias-conflicting | worst group | "
            f"bias score (aligned %) | valid {_valid_metric(table)} |",
@@ -86,11 +92,14 @@ def format_table(table: dict) -> str:
     cells = _accuracy_cells(r) + [_pm(r["bias_aligned_fraction"]), _pm(r["valid_conflicting"])]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines += [row + " |" for row in _reference_rows(table, 6)]
-  if table["rows"] and all(np.isnan(np.asarray(r["per_seed"]["aligned"], float)).all()
+  if share is not None and table["rows"] and all(np.isnan(np.asarray(r["per_seed"]["aligned"], float)).all()
                            for r in table["rows"].values()):
     lines += ["", "The test split holds no bias-aligned image, so bias-aligned accuracy is "
               "undefined (–)."]
-  if _valid_metric(table) != "conflicting":
+  if _valid_metric(table) != "conflicting" and share is None:
+    lines += ["", "The data has no group labels, so the last column is overall validation "
+              "accuracy, on a validation split as biased as the training data."]
+  elif _valid_metric(table) != "conflicting":
     lines += ["", "The validation split holds no bias-conflicting image at this ratio, so the last "
               "column is overall validation accuracy (all of it bias-aligned)."]
   if table["paired"]:

@@ -15,8 +15,15 @@ def method_name(config: RunConfig) -> str:
 def format_stored(summary: dict) -> str:
   """Mean ± std over networks of a stored ``eval.json``, one metric per line."""
   lines = [f"method {summary.get('method', '?')}"]
-  for m, v in summary["mean"].items():
-    lines.append(f"{m.replace('_', ' '):<14}{100 * v:9.2f}{100 * summary['std'][m]:8.2f}")
+  means = summary["mean"]
+  no_groups = all(means.get(m) is None or not np.isfinite(means[m])
+                  for m in ("aligned", "conflicting"))
+  for m, v in means.items():
+    name = "worst class" if no_groups and m == "worst_group" else m.replace("_", " ")
+    if v is None or not np.isfinite(v):
+      lines.append(f"{name:<14}     n/a")
+    else:
+      lines.append(f"{name:<14}{100 * v:9.2f}{100 * summary['std'][m]:8.2f}")
   return "\n".join(lines)
 
 

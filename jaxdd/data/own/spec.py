@@ -81,6 +81,16 @@ class DataSpec:
     d["fields"] = None if self.fields is None else list(self.fields)
     return d
 
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
+    """The checked spec of :meth:`to_dict`'s output (a run's record)."""
+    d = dict(d)
+    if d.get("fields") is not None:
+      d["fields"] = tuple(d["fields"])
+    spec = cls(**d)
+    check(spec)
+    return spec
+
   @property
   def text(self) -> str:
     """``KIND:PATH`` as the user wrote it."""
