@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
+import warnings
 from typing import Any
 
 import jax
@@ -188,8 +189,7 @@ class EvalResult:
       # code does (jaxdd.metrics.equalized_odds)
       for name, v in zip(("DEO_M", "DEO_A"), self.equalized_odds()):
         lines.append(f"{name:<14}{100 * float(np.mean(v)):9.2f}{100 * float(np.std(v)):8.2f}")
-    table = np.nanmean(np.where(self.group_counts[None] > 0, self.group_table, np.nan), axis=0) \
-        if self.group_table.size else self.group_table
+    table = self.group_means() if self.group_table.size else self.group_table
     nb = self.group_counts.shape[1]
     lines.append("per-class accuracy % [test count]" if no_groups else
                  "per-group accuracy % (rows: class, columns: bias value) [test count]")
@@ -206,7 +206,9 @@ class EvalResult:
     """(classes, bias values) accuracy averaged over models; NaN where the test set has no sample."""
     if not self.group_table.size:
       return np.zeros(self.group_counts.shape)
-    return np.nanmean(np.where(self.group_counts[None] > 0, self.group_table, np.nan), axis=0)
+    with warnings.catch_warnings():  # a group every network got NaN on stays NaN, quietly
+      warnings.simplefilter("ignore", RuntimeWarning)
+      return np.nanmean(np.where(self.group_counts[None] > 0, self.group_table, np.nan), axis=0)
 
   def to_dataframe(self):
     """Per-metric mean/std (in %) as a ``pandas.DataFrame`` (needs pandas).

@@ -266,3 +266,56 @@ def test_inspect_prints_every_split_and_saves_the_cards(tmp_path):
   cards = json.loads((tmp_path / "cards.json").read_text())
   assert sorted(cards) == ["test", "train", "valid"]
   assert sum(np.asarray(c["counts"]).sum() for c in cards.values()) == 120
+
+
+def test_tables_without_group_labels_say_so():
+  """The stored-result lines and the final table of a run on data without groups."""
+  from jaxdd.runs import tables, text
+
+  nan = float("nan")
+  lines = text.format_stored({"method": "dm", "mean": {"overall": 0.5, "aligned": nan,
+                                                       "conflicting": None, "worst_group": 0.25},
+                              "std": {"overall": 0.1, "aligned": nan, "conflicting": None,
+                                      "worst_group": 0.05}})
+  assert "worst class       25.00    5.00" in lines and lines.count("n/a") == 2
+  row = {"seeds": [0], "per_model": [{"overall": [0.5], "aligned": [None],
+                                      "conflicting": [None], "worst_group": [0.25]}],
+         "per_seed": {"overall": [0.5], "aligned": [None], "conflicting": [None],
+                      "worst_group": [0.25]},
+         "bias_aligned_fraction": [None], "valid_conflicting": [0.4], "valid_metric": "overall"}
+  table = {"base": {"dataset": "cmnist", "conflict_ratio": 0.05, "data_spec": "folder:x",
+                    "ipc": 2, "preset": "smoke", "method": "dm"},
+           "protocol": {"name": "smoke", "num_epochs": 4}, "num_models": 1, "seeds": [0],
+           "train_aligned_fraction": None, "reference": {}, "rows": {"vanilla": row},
+           "paired": {}}
+  out = tables.format_table(table)
+  assert out.startswith("--data folder:x, IPC 2") and "has no group labels" in out
+  assert "| vanilla | 50.0 ± 0.0 | – | – | 25.0 ± 0.0 | – | 40.0 ± 0.0 |" in out
+
+
+def test_from_arrays_matches_the_npz_layout(tmp_path):
+  rng = np.random.default_rng(1)
+  x = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+  y, g = np.arange(60) % 3, (np.arange(60) // 3) % 2
+  np.savez(tmp_path / "a.npz", x=x, y=y, g=g)
+  for split in ("train", "valid", "test"):
+    a = _load(own.parse(f"npz:{tmp_path / 'a.npz'}"), split)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", own.HeldOutTestWarning)
+      b = own.from_arrays(x, y, groups=g, split=split)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.bias, b.bias)
+    np.testing.assert_array_equal(a.aligned, b.aligned)
+
+
+def test_models_follow_the_resolution():
+  from jaxdd.config import get_config
+
+  for size, depth in ((28, 3), (32, 3), (64, 4), (128, 5)):
+    cfg = get_config("cpu", data_spec="folder:x", image_size=size)
+    assert cfg.depth == depth
+    assert cfg.eval_model == ("convnet" if depth == 3 else f"convnet-d{depth}")
+  assert get_config("cpu", data_spec="folder:x", image_size=64, depth=3).depth == 3
+  assert get_config("cpu").depth == get_config("cpu", data_spec="folder:x").depth == 3
+  with pytest.raises(ValueError, match="--label-col describes your own data"):
+    get_config("cpu", label_col="y")

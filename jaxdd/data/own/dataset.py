@@ -34,7 +34,9 @@ from jaxdd.data.ops import channel_stats
 from jaxdd.data.own import arrays as arrays_lib
 from jaxdd.data.own import readers
 from jaxdd.data.own.decode import decode
+from jaxdd.data.own import spec as spec_lib
 from jaxdd.data.own.spec import DataSpec
+from jaxdd.data.support import validate_images
 
 _READERS = {"folder": readers.read_folder, "csv": readers.read_csv,
             "celeba": readers.read_celeba, "pattern": readers.read_pattern,
@@ -169,12 +171,75 @@ def load_own(spec: DataSpec, *, split: str, seed: int = 0, cache: bool = True,
   """
   if split not in _SPLIT_CODE:
     raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
-  index = read_index(spec)
+  return _dataset(read_index(spec), spec, split, seed, cache, progress)
+
+
+def from_arrays(images, labels, *, split: str, groups=None, splits=None, seed: int = 0,
+                class_names=None, aligned: str = "majority", valid_fraction: float = 0.1,
+                test_fraction: float = 0.2, image_size: int | None = None) -> BiasedDataset:
+  """One split of arrays you hold, as they are (the in-memory twin of ``npz:``).
+
+  Args:
+    images: (N, H, W[, C]) ``uint8`` or float in [0, 1].
+    labels: (N,) integer class labels.
+    split: ``train``, ``valid`` or ``test``.
+    groups: optional (N,) integer group (bias) labels, -1 where unknown.
+    splits: optional (N,) 0 train / 1 valid / 2 test (or the names); missing splits are held
+      out as :func:`load_own` does.
+    seed, aligned, valid_fraction, test_fraction, image_size: as the :class:`DataSpec` fields.
+    class_names: names of the sorted distinct labels (default: the values).
+
+  Returns:
+    A :class:`~jaxdd.data.card.BiasedDataset` (``meta["kind"] == "own"``).
+
+  Example:
+    >>> x = np.random.default_rng(0).random((40, 8, 8, 3)).astype(np.float32)
+    >>> ds = from_arrays(x, np.arange(40) % 4, split="train", splits=np.arange(40) % 5 == 4)
+    >>> len(ds), ds.bias is None
+    (24, True)
+  """
+  spec = DataSpec(kind="npz", path="<arrays>", aligned=aligned, valid_fraction=valid_fraction,
+                  test_fraction=test_fraction, image_size=image_size)
+  spec_lib.check(spec)
+  x = validate_images(images, what="images")
+  y = readers._integers(np.asarray(labels).reshape(-1).tolist(), "label",
+                        lambda i: f"labels[{i}]")
+  if len(y) != len(x):
+    raise ValueError(f"labels has {len(y)} entries for {len(x)} images; they must match")
+  label_values, codes = readers._codes(y)
+  g = group_names = None
+  if groups is not None:
+    raw = readers._integers(np.asarray(groups).reshape(-1).tolist(), "group",
+                            lambda i: f"groups[{i}]")
+    if len(raw) != len(x):
+      raise ValueError(f"groups has {len(raw)} entries for {len(x)} images; they must match")
+    known = raw != readers.UNKNOWN
+    values, g_codes = readers._codes(raw[known])
+    g = np.full(len(raw), readers.UNKNOWN, np.int64)
+    g[known] = g_codes
+    group_names = readers._names(None, values)
+  s = None
+  if splits is not None:
+    s = np.asarray([readers._split_code(int(v) if isinstance(v, (bool, np.bool_)) else v,
+                                        f"splits[{i}]")
+                    for i, v in enumerate(np.asarray(splits).reshape(-1).tolist())], np.int64)
+  names = tuple(class_names) if class_names is not None else readers._names(None, label_values)
+  if len(names) != len(label_values):
+    raise ValueError(f"class_names has {len(names)} names for {len(label_values)} classes")
+  index = readers.Index("arrays", None, None, x, codes, g, s, names, group_names)
+  return _dataset(index, spec, split, seed, False, None)
+
+
+def _dataset(index: readers.Index, spec: DataSpec, split: str, seed: int, cache: bool,
+             progress) -> BiasedDataset:
+  """A split of an index: the splits, the decoded images, the groups and the card."""
+  if split not in _SPLIT_CODE:
+    raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
   codes, origin = split_codes(index, spec, seed)
   images, record = decode(index, image_size=spec.image_size, cache=cache, progress=progress)
   rows = np.flatnonzero(codes == _SPLIT_CODE[split])
   if split == "test" and origin["test"] != "the data":
-    warnings.warn(f"{spec.text} has no test split: {len(rows)} images were held out of the "
+    warnings.warn(f"{index.source_id} has no test split: {len(rows)} images were held out of the "
                   "training data, so the test set is as biased as the training data; give a "
                   "test split for unbiased numbers", HeldOutTestWarning, stacklevel=2)
   labels = index.labels[rows].astype(np.int32)
