@@ -137,7 +137,8 @@ def test_group_file_labels_the_test_split_only(tmp_path):
   assert not (out / "groups.csv").exists()  # the folder has no groups to export
   spec = own.parse(f"folder:{out}", group_file=str(out / "groups.csv"))
   # the export had no groups to give (the folder has none): build them by hand
-  rows = ["path,group"] + [f"test/{ds['test'].class_names[y]}/{i:06d}.png,{i % 3}"
+  names = export.folder_names(ds["test"].class_names)
+  rows = ["path,group"] + [f"test/{names[y]}/{i:06d}.png,{i % 3}"
                            for i, y in enumerate(ds["test"].labels)]
   (out / "groups.csv").write_text("\n".join(rows) + "\n")
   test = _load(spec, "test")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -37,6 +38,20 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   if x.dtype == np.uint8:
     return x
   return np.clip(np.rint(x.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def folder_names(class_names) -> list[str]:
+  """Class folder names whose sorted order is the class order: the index, zero-padded, then the
+  name with path separators and spaces replaced (``t-shirt/top`` -> ``0-t-shirt_top``).
+
+  >>> folder_names(["t-shirt/top", "trouser"])
+  ['0-t-shirt_top', '1-trouser']
+  >>> folder_names([str(i) for i in range(11)])[10]
+  '10-10'
+  """
+  width = len(str(len(class_names) - 1))
+  safe = [re.sub(r"[\\/:\s]+", "_", str(c)) for c in class_names]
+  return [f"{i:0{width}d}-{name}" for i, name in enumerate(safe)]
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -66,7 +81,8 @@ def export_layout(splits: Mapping[str, BiasedDataset], layout: str, dest: str | 
 
   Args:
     splits: e.g. ``{"train": ..., "valid": ..., "test": ...}``.
-    layout: ``folder`` (``dest/split/class/NNNNNN.png``; groups in ``dest/groups.csv``),
+    layout: ``folder`` (``dest/split/class/NNNNNN.png``, the class folders named by
+      :func:`folder_names`; groups in ``dest/groups.csv``),
       ``csv`` (``dest/images/split/NNNNNN.png`` and ``dest/metadata.csv`` with columns
       ``path, y, group, split``) or ``npz`` (``x_split, y_split, g_split`` in the file ``dest``).
     dest: the folder (folder, csv) or file (npz) to create; it must not exist.
@@ -99,7 +115,7 @@ def export_layout(splits: Mapping[str, BiasedDataset], layout: str, dest: str | 
     root = Path(tmp)
     rows, group_rows = [], []
     for s, ds in splits.items():
-      names = [str(c) for c in ds.class_names]
+      names = folder_names(ds.class_names)
       if layout == "folder":
         rel = [f"{s}/{names[int(y)]}/{i:06d}.png" for i, y in enumerate(ds.labels)]
       else:
