@@ -87,18 +87,58 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
   if mean.shape != (images.shape[-1],) or std.shape != (images.shape[-1],):
     raise ValueError(f"mean/std need one value per channel ({images.shape[-1]}), "
                      f"got {mean.shape} and {std.shape}")
+  full_meta = dict(meta)
+  full_meta.update(format_version=FORMAT_VERSION, num_images=int(images.shape[0]),
+                   image_shape=list(images.shape[1:]), mean=mean.tolist(), std=std.tolist())
+  try:  # save refuses what load would refuse
+    schema.check(json.loads(json.dumps(full_meta, default=_io.json_default)), META,
+                 path="synset.save meta", fix="pass those keys in the documented form or "
+                 "rename them (other keys are free)")
+  except schema.FileFormatError as e:
+    raise ValueError(str(e)) from None
   with _io.atomic_directory(path, prefix=".tmp-synset-") as tmp:
     with open(os.path.join(tmp, "arrays.npz"), "wb") as f:
       np.savez(f, images=images, labels=labels, mean=mean, std=std)
-    full_meta = dict(meta)
-    full_meta.update(format_version=FORMAT_VERSION, num_images=int(images.shape[0]),
-                     image_shape=list(images.shape[1:]), mean=mean.tolist(), std=std.tolist())
     with open(os.path.join(tmp, "meta.json"), "w") as f:
       json.dump(full_meta, f, indent=2, sort_keys=True, default=_io.json_default)
     manifest = {"files": {name: sha256_file(os.path.join(tmp, name)) for name in _FILES}}
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
       json.dump(manifest, f, indent=2, sort_keys=True)
   return path
+
+
+def _read(file: str) -> bytes:
+  """A file of the artifact; missing and unreadable are told apart (one line each)."""
+  try:
+    with open(file, "rb") as f:
+      return f.read()
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{file} is missing; the artifact is incomplete, re-create it") \
+        from None
+  except PermissionError:
+    raise PermissionError(f"{file}: permission denied; ask its owner for read access or copy "
+                          "the artifact with read permission (e.g. cp -r, chmod -R a+rX)") \
+        from None
+
+
+def _check_arrays(images, labels, mean, std, where: str) -> None:
+  """What every reader of a SynSet assumes of its arrays, checked before any model sees them."""
+  if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[0] == 0:
+    raise ValueError(f"{where}: images have shape {images.shape}, not (N, H, W, C) with C 1 or "
+                     "3; it is not a SynSet jaxdd wrote, re-create it")
+  if not np.issubdtype(images.dtype, np.floating):
+    raise ValueError(f"{where}: images are {images.dtype}, not floats; re-create the artifact")
+  if not np.isfinite(images).all():
+    raise ValueError(f"{where}: images hold NaN or Inf; re-create the artifact")
+  if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer) \
+      or (labels.size and labels.min() < 0):
+    raise ValueError(f"{where}: labels must be {images.shape[0]} non-negative integers, got "
+                     f"{labels.dtype} {labels.shape}; re-create the artifact")
+  c = images.shape[-1]
+  if mean.shape != (c,) or std.shape != (c,) or not (np.isfinite(mean).all()
+                                                     and np.isfinite(std).all() and (std > 0).all()):
+    raise ValueError(f"{where}: mean/std must be {c} finite values (std > 0), got {mean.shape} "
+                     f"and {std.shape}; re-create the artifact")
 
 
 #: What :func:`load` requires of ``manifest.json``.
@@ -148,10 +188,7 @@ def load(path: str, *, verify: Verifier | None = None,
     raise FileNotFoundError(f"no SynSet artifact at {path!r}; pass the directory written by "
                             "`jaxdd distill` (it holds arrays.npz, meta.json, manifest.json)")
   manifest_path = os.path.join(path, "manifest.json")
-  if not os.path.exists(manifest_path):
-    raise FileNotFoundError(f"{manifest_path} is missing; the artifact is incomplete, re-create it")
-  with open(manifest_path, "rb") as f:
-    manifest_bytes = f.read()
+  manifest_bytes = _read(manifest_path)
   expected = schema.parse_json(manifest_bytes, MANIFEST, path=manifest_path,
                                fix="the artifact is corrupted: re-create it",
                                working=working)["files"]
@@ -159,10 +196,7 @@ def load(path: str, *, verify: Verifier | None = None,
   contents = {}
   for name in _FILES:
     file = os.path.join(path, name)
-    if not os.path.exists(file):
-      raise FileNotFoundError(f"{file} is missing; the artifact is incomplete, re-create it")
-    with open(file, "rb") as f:
-      contents[name] = f.read()
+    contents[name] = _read(file)
     digest = hashlib.sha256(contents[name]).hexdigest()
     if digest != expected.get(name):
       raise ValueError(f"{file} does not match its sha256 in manifest.json (expected "
@@ -179,6 +213,7 @@ def load(path: str, *, verify: Verifier | None = None,
       mean, std = data["mean"], data["std"]
   except (OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"{arrays_path} is not a readable .npz ({e}); re-create the artifact") from e
+  _check_arrays(images, labels, mean, std, arrays_path)
   meta = schema.parse_json(contents["meta.json"], META, path=os.path.join(path, "meta.json"),
                            fix="the artifact is corrupted: re-create it", working=working)
   meta["mean"], meta["std"] = mean.tolist(), std.tolist()

@@ -54,3 +54,65 @@ def test_bad_input_writes_nothing(tmp_path):
   with pytest.raises(ValueError, match="one value per channel"):
     synset.save(str(tmp_path / "s"), _syn(), {}, mean=[0], std=[1])
   assert os.listdir(tmp_path) == []
+
+
+def _tiny(tmp_path, name="s", **kw):
+  syn = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1]))
+  return synset.save(str(tmp_path / name), syn, kw.get("meta", {}), mean=[0, 0, 0],
+                     std=[1, 1, 1])
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+  with pytest.raises(ValueError, match="'dataset' must be an object"):
+    _tiny(tmp_path, meta={"dataset": "cmnist"})
+  assert not (tmp_path / "s").exists()
+  path = _tiny(tmp_path, meta={"dataset": {"name": "cmnist"}, "anything": [1, "x"]})
+  assert synset.load(path)[1]["anything"] == [1, "x"]
+
+
+def _rewrite_arrays(path, **arrays):
+  """Replaces arrays.npz and re-signs the manifest's checksum, as a careless tool would."""
+  import hashlib
+  import json
+
+  with open(os.path.join(path, "arrays.npz"), "wb") as f:
+    np.savez(f, **arrays)
+  man = os.path.join(path, "manifest.json")
+  m = json.load(open(man))
+  m["files"]["arrays.npz"] = hashlib.sha256(open(os.path.join(path, "arrays.npz"), "rb").read()
+                                            ).hexdigest()
+  json.dump(m, open(man, "w"))
+
+
+@pytest.mark.parametrize("images,labels,match", [
+    (np.zeros((2, 48), np.float32), np.array([0, 1]), r"not \(N, H, W, C\)"),
+    (np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]), "not floats"),
+    (np.full((2, 4, 4, 3), np.nan, np.float32), np.array([0, 1]), "NaN or Inf"),
+    (np.zeros((2, 4, 4, 3), np.float32), np.array([0.5, 1.0]), "non-negative integers"),
+])
+def test_malformed_arrays_are_refused_before_any_model(tmp_path, images, labels, match):
+  path = _tiny(tmp_path)
+  _rewrite_arrays(path, images=images, labels=labels, mean=np.zeros(3, np.float32),
+                  std=np.ones(3, np.float32))
+  with pytest.raises(ValueError, match=match) as e:
+    synset.load(path)
+  assert "\n" not in str(e.value)
+
+
+def test_unreadable_is_not_missing_and_the_mode_follows_the_umask(tmp_path, monkeypatch):
+  old = os.umask(0o022)
+  try:
+    path = _tiny(tmp_path)
+  finally:
+    os.umask(old)
+  assert os.stat(path).st_mode & 0o777 == 0o755
+  real_open = open
+
+  def denied(file, *a, **k):
+    if str(file).endswith("manifest.json"):
+      raise PermissionError(13, "Permission denied")
+    return real_open(file, *a, **k)
+
+  monkeypatch.setattr("builtins.open", denied)
+  with pytest.raises(PermissionError, match="permission denied; ask its owner"):
+    synset.load(path)

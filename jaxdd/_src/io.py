@@ -160,6 +160,9 @@ def atomic_directory(path: PathLike, *, prefix: str = ".tmp-") -> Iterator[str]:
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename: the umask's mode
   try:
     yield tmp
     if os.path.lexists(path):

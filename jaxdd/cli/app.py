@@ -27,6 +27,8 @@ def os_error_line(e: OSError) -> str:
   >>> os_error_line(PermissionError(13, "Permission denied", "/x"))
   'Permission denied: /x; the path is not writable: use another --workdir / JAXDD_CACHE, or fix its permissions'
   """
+  if e.strerror is None and e.filename is None:  # jaxdd's own one-line message, fix included
+    return str(e)
   what = e.strerror or str(e)
   path = e.filename if e.filename is not None else ""
   if isinstance(e, (FileExistsError, NotADirectoryError)):
