@@ -70,7 +70,10 @@ def main(argv=None) -> int:
   p.add_argument("--images", type=int, default=50_000)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--out", required=True)
+  p.add_argument("--tiny", action="store_true", help="check the script: 200 images, 1 repeat")
   args = p.parse_args(argv)
+  if args.tiny:
+    args.images, args.repeats = 200, 1
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     root = Path(tmp) / "images"
@@ -83,7 +86,8 @@ def main(argv=None) -> int:
       env = dict(os.environ, JAXDD_CACHE=str(Path(tmp) / f"cache{r}"), JAX_PLATFORMS="cpu")
       runs["decode"].append(_measure(root, env))
       runs["cached"].append(_measure(root, env))
-      print(runs["decode"][-1], runs["cached"][-1], flush=True)
+      for kind in ("decode", "cached"):
+        print(json.dumps({"read": kind, **runs[kind][-1]}), flush=True)
   nbytes = runs["decode"][0]["bytes"]
   for kind, ms in runs.items():
     peak = [(m["rss_peak_kib"] - m["rss_before_kib"]) * 1024 / nbytes for m in ms]

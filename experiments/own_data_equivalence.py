@@ -62,10 +62,12 @@ def _export(name: str, layout: str, root: Path) -> list[str]:
           "--split-col", "split", *base]
 
 
-def _distill(flags: list[str], workdir: Path, preset: str, env: dict) -> dict:
+def _distill(flags: list[str], workdir: Path, preset: str, env: dict,
+             extra: list[str]) -> dict:
   t0 = time.perf_counter()
   r = subprocess.run([sys.executable, "-m", "jaxdd", "distill", "--preset", preset,
-                      "--workdir", str(workdir), "--quiet", *flags], capture_output=True,
+                      "--workdir", str(workdir), "--quiet", *extra, *flags],
+                     capture_output=True,
                      text=True, env=env, cwd=HERE)
   if r.returncode:
     raise SystemExit(f"jaxdd distill {' '.join(flags)} failed: {r.stderr.strip()}")
@@ -83,19 +85,25 @@ def main(argv=None) -> int:
   p.add_argument("--datasets", default="cmnist,bg_fmnist")
   p.add_argument("--layouts", default=",".join(LAYOUTS))
   p.add_argument("--out", required=True)
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script: CMNIST, the npz and csv layouts, 2 iterations of vanilla DM"))
   args = p.parse_args(argv)
+  extra = []
+  if args.tiny:
+    args.datasets, args.layouts = "cmnist", "npz,csv"
+    extra = ["--iterations", "2", "--weighting", "none"]
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     root = Path(tmp)
     env = dict(os.environ, JAXDD_CACHE=str(root / "cache"))
     for name in args.datasets.split(","):
       ref = _distill(["--dataset", name, "--conflict-ratio", "0.05"], root / f"run-{name}",
-                     args.preset, env)
+                     args.preset, env, extra)
       rows.append([name, "built-in", ref["synset"], True, None, ref["overall"], ref["seconds"]])
       u8 = None
       for layout in args.layouts.split(","):
         got = _distill(_export(name, layout, root), root / f"run-{name}-{layout}", args.preset,
-                       env)
+                       env, extra)
         eight_bit = layout in ("folder", "csv", "npz-uint8")
         if eight_bit and u8 is None:
           u8 = got

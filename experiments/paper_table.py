@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import evaluate, models, runs, synset
+from jaxdd.cli import arguments
 from jaxdd.config import RunConfig, get_config
 from jaxdd.runs import driver, selection
 from jaxdd.structs import SynSet
@@ -411,12 +412,13 @@ def machine() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  # jaxdd's parser: a bad flag or value is one line naming it, as in the jaxdd commands
+  p = arguments.Parser(prog="paper_table", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--preset", default="paper", help="run preset (paper, proxy, smoke, ...)")
   p.add_argument("--source", default=None, help="data source (default: full at paper scale)")
   p.add_argument("--surrogate-preset", default=None)
-  p.add_argument("--iterations", type=int, default=None)
+  p.add_argument("--iterations", type=arguments.positive_int, default=None)
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--cells", default=",".join(c.name for c in CELLS),
                  help="the cells to run, in the queue's order")
@@ -424,9 +426,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="the rows to run (vanilla and kde are always needed)")
   p.add_argument("--workdir", required=True, help="where the runs are kept (resumable)")
   p.add_argument("--results", required=True, help="where each finished cell's JSON is written")
-  p.add_argument("--budget-minutes", type=float, default=None,
+  p.add_argument("--budget-minutes", type=arguments.positive_float, default=None,
                  help="stop cleanly (checkpointed) before this many minutes; rerun to go on")
-  p.add_argument("--reserve-minutes", type=float, default=4.0,
+  p.add_argument("--reserve-minutes", type=arguments.positive_float, default=4.0,
                  help="the part of the budget kept for the evaluation in flight (default 4)")
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--tiny", action="store_true", help=(

@@ -159,3 +159,27 @@ def test_sign_refuses_to_replace_another_keys_signature(tmp_path, keys, capsys):
   assert cli.main(["sign", str(work), "--key", theirs, "--replace", "--quiet"]) == 0
   assert signing.load_synset(signed)[1]["signature"]["key_id"] == their_id
   assert signing.load_synset(unsigned)[1]["signature"]["key_id"] == their_id
+
+
+@pytest.mark.parametrize("argv,flag,rule", [
+    (["evaluate", "x", "--num-models", "0"], "--num-models", "an integer >= 1"),
+    (["cross-arch", "x", "--num-models", "-2"], "--num-models", "an integer >= 1"),
+    (["audit", "x", "--seed", "-1"], "--seed", "an integer >= 0"),
+    (["audit", "x", "--clean-images", "0"], "--clean-images", "an integer >= 1"),
+    (["final", "--workdir", "x", "--full-models", "abc"], "--full-models", "an integer >= 1"),
+    (["tune", "--workdir", "x", "--sweep-models", "0"], "--sweep-models", "an integer >= 1"),
+    (["distill", "--workdir", "x", "--coordinator-timeout", "nan"], "--coordinator-timeout",
+     "a finite number > 0"),
+    (["diagnose", "--batch-size", "0"], "--batch-size", "an integer >= 1"),
+    (["data", "inspect", "folder:x", "--seed", "-5"], "--seed", "an integer >= 0"),
+])
+def test_counts_and_durations_refuse_zero_negative_and_nan(argv, flag, rule, tmp_path, capsys,
+                                                            monkeypatch):
+  """A count or a duration that cannot be meant is refused in one line, before any work."""
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit) as e:
+    cli.main(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and err.startswith("jaxdd ") and f"{flag}: " in err and rule in err
+  assert not os.listdir(tmp_path)

@@ -353,3 +353,24 @@ def test_seed_table(tmp_path, capfd):
     dirs.append(str(d))
   _, out = run("experiments/seed_table.py", dirs, capfd)
   assert "| dm | 40.0 ± 14.1 |" in out and "paired difference dm+kde − dm" in out
+
+
+@covers("benchmarks/own_decode.py")
+def test_own_decode(tmp_path, capfd):
+  out = tmp_path / "decode.json"
+  run("benchmarks/own_decode.py", ["--tiny", "--out", str(out)], capfd)
+  table = json.loads(out.read_text())
+  assert [r[0] for r in table["rows"]] == ["decode", "cached"]
+  assert all(float(r[2]) >= 0 and float(r[4]) >= 0 for r in table["rows"])
+  assert "200 PNG files" in table["notes"][0]
+
+
+@covers("experiments/own_data_equivalence.py")
+@pytest.mark.slow
+def test_own_data_equivalence(tmp_path, capfd):
+  out = tmp_path / "eq.json"
+  run("experiments/own_data_equivalence.py", ["--tiny", "--out", str(out)], capfd)
+  rows = json.loads(out.read_text())["rows"]
+  assert [r[1] for r in rows] == ["built-in", "npz", "csv"]
+  assert rows[1][3] is True and rows[1][2] == rows[0][2]  # npz: the built-in SynSet exactly
+  assert rows[2][4] is True                                # csv: the first 8-bit layout itself

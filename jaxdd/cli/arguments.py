@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import math
 import re
 import sys
 from typing import NoReturn, Sequence
@@ -75,6 +76,8 @@ def argument_line(parser: argparse.ArgumentParser, error: argparse.ArgumentError
   if message.startswith("invalid choice: "):
     return _invalid_choice(name, message, action)
   if action is not None and _TYPE.match(message):
+    if action.type not in _KINDS:  # jaxdd's own types: say the rule, not the function's name
+      return f"{name}: {message[_TYPE.match(message).end():]} is not {accepts(action)}"
     return f"{name}: {message} (expects {accepts(action)})"
   if action is not None and _COUNT.match(message):
     return f"{name}: {message} ({accepts(action)})"
@@ -111,6 +114,42 @@ def _subparser(parser: argparse.ArgumentParser,
       if chosen is not None:
         return _subparser(chosen, namespace)
   return parser
+
+
+def positive_int(text: str) -> int:
+  """Type: an integer >= 1.
+
+  >>> positive_int("3")
+  3
+  """
+  value = int(text)
+  if value < 1:
+    raise ValueError(text)
+  return value
+
+
+def non_negative_int(text: str) -> int:
+  """Type: an integer >= 0.
+
+  >>> non_negative_int("0")
+  0
+  """
+  value = int(text)
+  if value < 0:
+    raise ValueError(text)
+  return value
+
+
+def positive_float(text: str) -> float:
+  """Type: a finite number > 0.
+
+  >>> positive_float("2.5")
+  2.5
+  """
+  value = float(text)
+  if not math.isfinite(value) or value <= 0:
+    raise ValueError(text)
+  return value
 
 
 class Parser(argparse.ArgumentParser):

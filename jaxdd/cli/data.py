@@ -62,7 +62,7 @@ def build_inspect_parser() -> argparse.ArgumentParser:
     if f.name != "data_spec":
       p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                      type=flags.flag_type(f), choices=OwnDataConfig.CHOICES.get(f.name))
-  p.add_argument("--seed", type=int, default=0, help="seed of the hold-outs (default: 0)")
+  p.add_argument("--seed", type=arguments.non_negative_int, default=0, help="seed of the hold-outs (default: 0)")
   p.add_argument("--save-card", default=None,
                  help="write the cards (one per split) as JSON here")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -128,7 +128,7 @@ def register(sub: argparse._SubParsersAction, preset: str) -> None:
   p.add_argument("--conflict-ratio", type=float, required=True,
                  help="fraction of bias-conflicting samples (the ALIGNED fraction for *_dd sets)")
   p.add_argument("--severity", type=int, default=None, help="default: the dataset's")
-  p.add_argument("--seed", type=int, default=0, help="default: 0")
+  p.add_argument("--seed", type=arguments.non_negative_int, default=0, help="default: 0")
   p.add_argument("--source", default=None,
                  help="IDX directory, .npz file, image folder, 'tfds' or 'mnist-full'")
   p.add_argument("--save-card", default=None, help="write the dataset card as JSON here")

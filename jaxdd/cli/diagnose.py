@@ -6,7 +6,7 @@ import argparse
 import math
 
 from jaxdd import data, presets, weighting
-from jaxdd.cli import flags
+from jaxdd.cli import arguments, flags
 from jaxdd.runs import checks
 from jaxdd.runs import diagnose as diagnose_lib
 
@@ -34,10 +34,10 @@ def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--conflict-ratio", type=float, default=0.05,
                  help="fraction of bias-conflicting training samples, e.g. 0.05")
   p.add_argument("--severity", type=int, default=None, help="bias severity (default: dataset's)")
-  p.add_argument("--seed", type=int, default=0, help="data and surrogate seed")
+  p.add_argument("--seed", type=arguments.non_negative_int, default=0, help="data and surrogate seed")
   p.add_argument("--preset", default="cpu", choices=tuple(presets.SURROGATE),
                  help="surrogate scale (SurrogateConfig.preset)")
-  p.add_argument("--epochs", type=int, default=None, help="override the preset's surrogate epochs")
+  p.add_argument("--epochs", type=arguments.positive_int, default=None, help="override the preset's surrogate epochs")
   p.add_argument("--space", default="projection", choices=("projection", "encoder"),
                  help="embedding space for the KDE (the paper: projection)")
   p.add_argument("--kde-variance", dest="kde_variance", type=float, default=default.variance,
@@ -51,8 +51,8 @@ def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--kde-scope", dest="kde_scope", default=default.scope, choices=weighting.SCOPES,
                  help="density inside sampled per-class batches (paper; default) or over the "
                       "whole class")
-  p.add_argument("--batch-size", type=int, default=256, help="real samples per class batch (DM: 256)")
-  p.add_argument("--num-rounds", type=int, default=20, help="batch-scope rounds per sample")
+  p.add_argument("--batch-size", type=arguments.positive_int, default=256, help="real samples per class batch (DM: 256)")
+  p.add_argument("--num-rounds", type=arguments.positive_int, default=20, help="batch-scope rounds per sample")
   p.add_argument("--sweep-variances", type=floats, default=diagnose_lib.SWEEP_VARIANCES,
                  help="comma-separated kernel variances for the sweep")
   p.add_argument("--sweep-temperatures", type=floats, default=diagnose_lib.SWEEP_TEMPERATURES,

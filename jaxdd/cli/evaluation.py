@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from jaxdd import elf, protocols, synset
-from jaxdd.cli import flags
+from jaxdd.cli import arguments, flags
 from jaxdd.cli.trust import signature_line, synset_path
 from jaxdd.runs import artifacts, checks
 from jaxdd.security import signing
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction, preset: str) -> None:
                  help="default: the protocol recorded in the artifact")
   p.add_argument("--model", default=None,
                  help="architecture spec, e.g. convnet, resnet18 (default: the artifact's)")
-  p.add_argument("--num-models", type=int, default=None,
+  p.add_argument("--num-models", type=arguments.positive_int, default=None,
                  help="networks to train (default: the artifact's run setting, else 5)")
   flags.add_artifact_data_flags(p, out="write the result JSON here")
   p.set_defaults(fn=cmd_evaluate)
@@ -93,6 +93,6 @@ def register(sub: argparse._SubParsersAction, preset: str) -> None:
                       "resnet18,mlp)")
   p.add_argument("--protocol", default="cpu", choices=tuple(protocols.PROTOCOLS),
                  help="evaluation protocol of every cell (default: cpu)")
-  p.add_argument("--num-models", type=int, default=3, help="networks per cell (default: 3)")
+  p.add_argument("--num-models", type=arguments.positive_int, default=3, help="networks per cell (default: 3)")
   flags.add_artifact_data_flags(p, out="write the matrix JSON here")
   p.set_defaults(fn=cmd_cross_arch)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 from typing import Any, Callable, Sequence
 
+from jaxdd.cli import arguments
 from jaxdd.config import FIELDS, PARTS, PRESETS, RunConfig, get_config, validate
 from jaxdd.data import biased
 from jaxdd.runs import checks
@@ -50,7 +51,7 @@ def add_elf_flags(p: argparse.ArgumentParser) -> None:
 def add_artifact_data_flags(p: argparse.ArgumentParser, *, out: str) -> None:
   """The flags of commands that train on a SynSet artifact: where its evaluation data and
   key come from (its own, unless overridden), the output, ELF, trust and the common ones."""
-  p.add_argument("--seed", type=int, default=None,
+  p.add_argument("--seed", type=arguments.non_negative_int, default=None,
                  help="evaluation seed (default: the run's own evaluation key, so a run's "
                       "SynSet reproduces the run's numbers exactly)")
   p.add_argument("--dataset", default=None, choices=sorted(biased.DATASETS),

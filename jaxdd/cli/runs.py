@@ -8,7 +8,7 @@ import sys
 
 from jaxdd import protocols
 from jaxdd import runs as runs_lib
-from jaxdd.cli import flags, runtime
+from jaxdd.cli import arguments, flags, runtime
 from jaxdd.runs import artifacts, files
 
 #: RunConfig fields that ``jaxdd baselines`` does not use (it neither distils nor weighs).
@@ -185,11 +185,11 @@ def _register_distill(sub, preset: str) -> None:
                            "with --devices all the mesh spans every process's devices")
   g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                  help="process 0's address (jax.distributed.initialize)")
-  g.add_argument("--num-processes", type=int, default=None, metavar="N")
-  g.add_argument("--process-id", type=int, default=None, metavar="I",
+  g.add_argument("--num-processes", type=arguments.positive_int, default=None, metavar="N")
+  g.add_argument("--process-id", type=arguments.non_negative_int, default=None, metavar="I",
                  help="0 .. N-1; process 0 writes --workdir, process I its "
                       "<workdir>/.process-I")
-  g.add_argument("--coordinator-timeout", type=float, default=runtime.COORDINATOR_TIMEOUT,
+  g.add_argument("--coordinator-timeout", type=arguments.positive_float, default=runtime.COORDINATOR_TIMEOUT,
                  metavar="SECONDS",
                  help="how long a process waits for every process to join before it gives up "
                       f"with exit status 1 (default: {runtime.COORDINATOR_TIMEOUT:g})")
@@ -221,7 +221,7 @@ def _register_study(sub, preset: str) -> None:
   p.add_argument("--seeds", default="0,1", help="distillation seeds of the sweep (default: 0,1)")
   p.add_argument("--sweep-protocol", default="cpu", choices=tuple(protocols.PROTOCOLS),
                  help="evaluation protocol of the sweep (default: cpu)")
-  p.add_argument("--sweep-models", type=int, default=3,
+  p.add_argument("--sweep-models", type=arguments.positive_int, default=3,
                  help="evaluation networks per SynSet in the sweep (default: 3)")
   flags.add_common_flags(p)
   p.set_defaults(fn=cmd_tune)
@@ -235,7 +235,7 @@ def _register_study(sub, preset: str) -> None:
   p.add_argument("--protocol", default="cpu300", choices=tuple(protocols.PROTOCOLS),
                  help="evaluation protocol of the table (default: cpu300, 301 epochs)")
   p.add_argument("--no-random", action="store_true", help="skip the random-real-subset row")
-  p.add_argument("--full-models", type=int, default=3,
+  p.add_argument("--full-models", type=arguments.positive_int, default=3,
                  help="networks trained on the full biased training set, first seed only "
                       "(default: 3; 0 skips the row)")
   flags.add_common_flags(p)

@@ -8,7 +8,7 @@ import json
 import os
 
 from jaxdd import protocols, synset
-from jaxdd.cli import flags
+from jaxdd.cli import arguments, flags
 from jaxdd.runs import audit as audit_run
 from jaxdd.runs import checks
 from jaxdd.security import audit, signing
@@ -162,14 +162,14 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
                       "architecture; e.g. convnet-d3-w32 is ~10x cheaper on a CPU)")
   p.add_argument("--protocol", default="cpu300", choices=tuple(protocols.PROTOCOLS),
                  help="how those networks are trained (default: cpu300)")
-  p.add_argument("--num-models", type=int, default=2, help="networks (default: 2)")
-  p.add_argument("--seed", type=int, default=0, help="default: 0")
-  p.add_argument("--clean-images", type=int, default=2000,
+  p.add_argument("--num-models", type=arguments.positive_int, default=2, help="networks (default: 2)")
+  p.add_argument("--seed", type=arguments.non_negative_int, default=0, help="default: 0")
+  p.add_argument("--clean-images", type=arguments.positive_int, default=2000,
                  help="trusted clean images drawn from the dataset's validation split (default: "
                       "2000)")
-  p.add_argument("--cleanse-images", type=int, default=128,
+  p.add_argument("--cleanse-images", type=arguments.positive_int, default=128,
                  help="of those, the reverse-engineering batch (default: 128)")
-  p.add_argument("--cleanse-steps", type=int, default=200,
+  p.add_argument("--cleanse-steps", type=arguments.positive_int, default=200,
                  help="Adam steps of the reverse engineering (default: 200)")
   p.add_argument("--no-cleanse", action="store_true", help="skip the reverse engineering")
   p.add_argument("--no-kde", action="store_true", help="skip the KDE outlier probe")
