@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import evaluate, models, runs, synset
+from jaxdd._src import schema
 from jaxdd.cli import arguments
 from jaxdd.config import RunConfig, get_config
 from jaxdd.runs import driver, selection
@@ -243,11 +244,9 @@ class Queue:
     networks scored on the validation split and, with ``test``, on the test split, in one
     program (the same networks for both). Without ``test`` the test split is not read."""
     path = os.path.join(workdir, "paper-eval.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        cached = json.load(f)
-      if "test" in cached or not test:
-        return cached
+    cached = _record(path, EVAL_RECORD)
+    if cached is not None and ("test" in cached or not test):
+      return cached
     run_data = self.run_data(config)
     t0 = time.perf_counter()
     model = models.get(config.eval_model, num_classes=run_data.num_classes)
@@ -264,12 +263,31 @@ class Queue:
     return out
 
 
-def _evaluated(workdir: str, test: bool) -> bool:
-  path = os.path.join(workdir, "paper-eval.json")
+#: What the queue reads back of its own files; a file that does not hold it is computed again.
+_SCORES = schema.map_of(schema.list_of(schema.opt(schema.NUM)))
+EVAL_RECORD = schema.obj({"valid": schema.obj({"conflicting": schema.list_of(schema.opt(schema.NUM)),
+                                               "num_conflicting": schema.INT}),
+                          "eval_s": schema.NUM}, optional={"test": _SCORES})
+TIMING_RECORD = schema.obj({"distill_s": schema.NUM})
+CELL_RECORD = schema.obj({"columns": schema.list_of(schema.STR),
+                          "rows": schema.list_of(schema.list_of(schema.STR))})
+
+
+def _record(path: str, spec) -> dict | None:
+  """The queue's own JSON file at ``path`` if it holds ``spec``; None when it is missing, or
+  damaged (truncated, edited): then one line says so and the caller computes it again."""
   if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return "test" in json.load(f) or not test
+    return None
+  try:
+    return schema.read_json(path, spec, fix="it is computed again", working=True)
+  except schema.FileFormatError as e:
+    print(f"[paper_table] {e}", file=sys.stderr, flush=True)
+    return None
+
+
+def _evaluated(workdir: str, test: bool) -> bool:
+  cached = _record(os.path.join(workdir, "paper-eval.json"), EVAL_RECORD)
+  return cached is not None and ("test" in cached or not test)
 
 
 def _eval_record(res, valid, test: bool, eval_s: float) -> dict:
@@ -306,10 +324,11 @@ def run_row(q: Queue, cell: Cell, name: str, test: bool) -> list[dict]:
 def _timing(workdir: str, distill_s: float) -> dict:
   """The row's distillation wall time per seed, kept from the invocation that distilled it."""
   path = os.path.join(workdir, "paper-timing.json")
-  if not os.path.exists(path):
-    synset.atomic_write_json(path, {"distill_s": distill_s})
-  with open(path) as f:
-    return json.load(f)
+  kept = _record(path, TIMING_RECORD)
+  if kept is None:
+    kept = {"distill_s": distill_s}
+    synset.atomic_write_json(path, kept)
+  return kept
 
 
 def _bias_share(workdir: str) -> dict:
@@ -471,7 +490,7 @@ def main(argv=None) -> int:
   left = []
   for i, cell in enumerate(order):
     path = os.path.join(args.results, f"{cell.name}.json")
-    if os.path.exists(path):
+    if _record(path, CELL_RECORD) is not None:
       print(f"[paper_table] {cell.name}: finished ({path})", flush=True)
       continue
     print(f"[paper_table] {cell.name}", flush=True)

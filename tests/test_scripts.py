@@ -283,6 +283,23 @@ def test_paper_table(tmp_path, capfd):
   _, out = run("experiments/paper_table.py", ["--tiny", "--quiet", "--workdir", work,
                                               "--results", str(res)], capfd)
   assert "cmnist5-ipc10: finished" in out
+  # A damaged result file is said in one line and computed again (from the runs' own stored
+  # evaluations: the same rows), never kept.
+  whole = (res / "cmnist5-ipc10.json").read_text()
+  (res / "cmnist5-ipc10.json").write_text(whole[: len(whole) // 2])
+  _, out = run("experiments/paper_table.py", ["--tiny", "--quiet", "--workdir", work,
+                                              "--results", str(res)], capfd)
+  assert "cmnist5-ipc10: finished" not in out
+  assert json.loads((res / "cmnist5-ipc10.json").read_text())["rows"] == data["rows"]
+  # A damaged evaluation of one run is evaluated again (that run alone: float rounding may
+  # differ from the cell's program, so only its form is checked).
+  eval_file = tmp_path / "w" / "cmnist5-ipc10" / "kde" / "s1" / "paper-eval.json"
+  eval_file.write_text('{"valid": 3}')
+  (res / "cmnist5-ipc10.json").unlink()
+  run("experiments/paper_table.py", ["--tiny", "--quiet", "--workdir", work, "--results",
+                                     str(res)], capfd)
+  assert set(json.loads(eval_file.read_text())) == {"valid", "test", "eval_s"}
+  assert len(json.loads((res / "cmnist5-ipc10.json").read_text())["rows"]) == len(data["rows"])
 
 
 def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeypatch):
