@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -78,6 +79,22 @@ def test_broken_pipe_and_interrupt_outside_distillation(capsys):
   assert "rerun the same command" in _one_line(capsys.readouterr().err)
 
 
+def test_sigterm_outside_distillation_is_one_line_and_143(tmp_path, capsys, monkeypatch):
+  """A scheduler's SIGTERM while a command works: it unwinds as Ctrl-C does (no silent death)."""
+  def killed(args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises before this ends
+    return 0
+
+  monkeypatch.setattr(app, "_checked", killed)
+  before = signal.getsignal(signal.SIGTERM)
+  assert cli.main(["distill", "--preset", "smoke", "--workdir", str(tmp_path / "w"),
+                   "--quiet"]) == 143
+  line = _one_line(capsys.readouterr().err)
+  assert "terminated (SIGTERM)" in line and "rerun the same command" in line
+  assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
 def test_synset_without_labels_is_one_line(tmp_path, capsys):
   syn = distill.SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1]))
   path = str(tmp_path / "syn")
@@ -101,9 +118,9 @@ class _InterruptingDistiller:
   step as it is (``_host_steps``): the signal is sent from Python at each call, around the
   inner distiller's own donating program."""
 
-  def __init__(self, inner, at, fired=None):
+  def __init__(self, inner, at, fired=None, sig=signal.SIGINT):
     from jaxdd.runs import programs
-    self.inner, self.at, self.calls, self.fired = inner, at, 0, fired
+    self.inner, self.at, self.calls, self.fired, self.sig = inner, at, 0, fired, sig
     self.program = programs.Programs().step(inner)
 
   def init(self, *a, **k):
@@ -113,7 +130,7 @@ class _InterruptingDistiller:
     self.calls += 1
     out = self.program(state, real)
     if self.calls == self.at:
-      os.kill(os.getpid(), signal.SIGINT)
+      os.kill(os.getpid(), self.sig)
       if self.fired is not None:
         self.fired.append(1)
     return out
@@ -173,6 +190,28 @@ def test_ctrl_c_saves_the_step_and_resumes_to_the_uninterrupted_result(tmp_path,
   monkeypatch.setattr(distiller, "make_distiller", real_make)
   got = runs.distill_stage(cfg, work, progress=False)
   np.testing.assert_array_equal(np.asarray(got.images), np.asarray(want.images))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_releases_the_lock_and_resumes(tmp_path, monkeypatch, capsys):
+  """SIGTERM during distillation is the first Ctrl-C: the step in flight finishes and is
+  saved, one line, status 143, the lock released; the same command then finishes the run."""
+  _host_steps(monkeypatch)
+  real_make = distiller.make_distiller
+  monkeypatch.setattr(distiller, "make_distiller",
+                      lambda *a, **k: _InterruptingDistiller(real_make(*a, **k), at=3,
+                                                             sig=signal.SIGTERM))
+  work = str(tmp_path / "w")
+  argv = ["distill", "--preset", "smoke", "--weighting", "none", "--iterations", "6",
+          "--checkpoint-every", "100", "--workdir", work, "--quiet"]
+  assert cli.main(argv) == 143
+  line = _one_line(capsys.readouterr().err)
+  assert "terminated (SIGTERM) at step 3" in line and "checkpoint saved" in line
+  assert os.listdir(os.path.join(work, "checkpoints")) == ["3"]
+  assert not os.path.exists(os.path.join(work, ".lock"))
+  monkeypatch.setattr(distiller, "make_distiller", real_make)
+  assert cli.main(argv) == 0
+  assert os.path.exists(os.path.join(work, "synset", "manifest.json"))
 
 
 def _garble(top):

@@ -4,21 +4,23 @@ and an exit status.
 Exit statuses: 0 done; 2 a refused input (bad value, missing data, a file read back before any
 work that does not hold what jaxdd wrote; argparse's refusals too); 1 a fault while working (file
 system, a non-finite loss, an unreachable index, a file read back while working that does not
-hold what jaxdd wrote); 130 Ctrl-C (a
-distillation saves its step first); 3 ``jaxdd audit`` found a SynSet suspicious.
+hold what jaxdd wrote); 130 Ctrl-C and 143 SIGTERM (a distillation saves its step first);
+3 ``jaxdd audit`` found a SynSet suspicious.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Callable, Sequence
 
 from jaxdd._src.schema import FileFormatError
 from jaxdd.cli import data, flags, runtime
 from jaxdd.cli.parser import build_parser
-from jaxdd.runs.driver import Interrupted
+from jaxdd.runs.driver import Interrupted, Terminated
 
 
 def os_error_line(e: OSError) -> str:
@@ -54,9 +56,14 @@ def failure(e: BaseException) -> tuple[int, str]:
   >>> failure(FileFormatError("runs/x/eval.json", "'mean' is missing", "delete it", working=True))
   (1, "error: runs/x/eval.json: 'mean' is missing; delete it")
   """
+  if isinstance(e, Interrupted) and e.signum == signal.SIGTERM:
+    return 143, (f"terminated (SIGTERM) at step {e.step} (checkpoint saved); rerun the same "
+                 "command to resume")
   if isinstance(e, Interrupted):
     return 130, (f"interrupted at step {e.step} (checkpoint saved); rerun the same command to "
                  "resume")
+  if isinstance(e, Terminated):
+    return 143, "terminated (SIGTERM); finished stages are kept, rerun the same command to resume"
   if isinstance(e, runtime.JoinInterrupted):
     return 130, str(e)
   if isinstance(e, KeyboardInterrupt):
@@ -103,6 +110,19 @@ def _checked(args: argparse.Namespace) -> int:
   return args.fn(args)
 
 
+def _terminate(signum, frame):
+  raise Terminated
+
+
+def _on_sigterm():
+  """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread, so it unwinds
+  as Ctrl-C does (locks released, temporary files removed, one line, exit 143) instead of
+  killing the process silently; a distillation loop defers it to the end of its step."""
+  if threading.current_thread() is not threading.main_thread():
+    return None
+  return signal.signal(signal.SIGTERM, _terminate)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs ``jaxdd ARGV`` (default: the process's arguments) and returns its exit status."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -117,10 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       runtime.restore(was)
   args = build_parser(flags.preset_in(argv)).parse_args(argv)
   was = runtime.setup(args.quiet, args.no_compile_cache)
+  previous = _on_sigterm()
   try:
     return report(args.command, args, _checked)
   finally:
     runtime.restore(was)
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
 
 
 def entry() -> None:
@@ -133,7 +156,7 @@ def entry() -> None:
   still running, would abort the process later.
   """
   rc = main()
-  if rc == 130 or runtime.stranded():
+  if rc in (130, 143) or runtime.stranded():
     for stream in (sys.stdout, sys.stderr):
       try:
         stream.flush()

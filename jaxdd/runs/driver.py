@@ -212,7 +212,7 @@ def drive(d: distill.Distiller, state, data, start: int, end: int, k: int, *, st
       # checked after the chunk's work: the signal may arrive during it
       if interrupted() or (deadline is not None and deadline.passed() and it + n < end):
         save(it + n)
-        raise Interrupted(it + n)
+        raise Interrupted(it + n, signum=interrupted())
 
 
 def lazy_rows(stacked):
@@ -246,35 +246,43 @@ class Deadline:
     return time.monotonic() >= self.at
 
 
-class Interrupted(KeyboardInterrupt):
-  """Ctrl-C during distillation, after the step in flight finished and was checkpointed."""
+class Terminated(KeyboardInterrupt):
+  """SIGTERM (a service manager, a batch scheduler, ``kill``): handled as Ctrl-C is, exit 143."""
 
-  def __init__(self, step: int):
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C or SIGTERM during distillation, after the step in flight finished and was
+  checkpointed; ``signum`` says which (None: a passed deadline)."""
+
+  def __init__(self, step: int, signum: int | None = None):
     super().__init__(f"interrupted at step {step}")
-    self.step = step
+    self.step, self.signum = step, signum or None
 
 
 @contextlib.contextmanager
 def deferred_interrupt():
-  """The first Ctrl-C (SIGINT) only sets a flag the loop checks after each step; a
-  second one interrupts at once. Outside the main thread nothing is changed."""
+  """The first Ctrl-C (SIGINT) or SIGTERM only sets a flag the loop checks after each step
+  (the check returns the signal's number, 0 before one); a second one interrupts at once.
+  Outside the main thread nothing is changed."""
   if threading.current_thread() is not threading.main_thread():
-    yield lambda: False
+    yield lambda: 0
     return
   hit = []
 
   def handler(signum, frame):
     if hit:
-      raise KeyboardInterrupt
+      raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
     hit.append(signum)
-    progress_lib.logger.warning("interrupt: finishing the current step and saving a checkpoint "
-                                "(Ctrl-C again to stop at once)")
+    progress_lib.logger.warning("%s: finishing the current step and saving a checkpoint "
+                                "(again to stop at once)",
+                                "SIGTERM" if signum == signal.SIGTERM else "interrupt")
 
-  previous = signal.signal(signal.SIGINT, handler)
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
   try:
-    yield lambda: bool(hit)
+    yield lambda: hit[0] if hit else 0
   finally:
-    signal.signal(signal.SIGINT, previous)
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 def host_waits(config: RunConfig, it: int, n: int, *, end: int, tracking: bool) -> bool:
