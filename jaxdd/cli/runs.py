@@ -164,13 +164,17 @@ def cmd_report(args) -> int:
   if not os.path.exists(args.path):
     raise FileNotFoundError(f"{args.path} does not exist; pass a run directory or a folder of "
                             "runs")
-  found = artifacts.finished_runs(args.path)
+  damaged: list[str] = []
+  found = artifacts.finished_runs(args.path, damaged)
   for line in (line for lines in found for line in lines):
     print(line)
-  if not found:
-    print(f"no finished runs under {args.path} (looked for comparison.md / eval.json)",
+  for message in damaged:  # the good runs are reported; each damaged file in one line
+    print(f"jaxdd report: error: {message}", file=sys.stderr)
+  if not found and not damaged:
+    print(f"jaxdd report: error: no finished runs under {args.path} (looked for comparison.md, "
+          "eval.json, baselines.json); finish a run there or pass another folder",
           file=sys.stderr)
-  return 0 if found else 1
+  return 0 if found and not damaged else 1
 
 
 def _register_distill(sub, preset: str) -> None:

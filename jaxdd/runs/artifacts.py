@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdd._src import schema
 from jaxdd import data, elf, evaluate, models, protocols
 from jaxdd.data import own
 from jaxdd import synset as synset_lib
@@ -309,36 +310,47 @@ def _comparison_record(root: str, dirs: list[str]) -> tuple[dict | None, list[st
     return setting, [f.read()]
 
 
-def finished_records(path: str) -> list[tuple[dict | None, list[str]]]:
+def finished_records(path: str, damaged: list[str] | None = None
+                     ) -> list[tuple[dict | None, list[str]]]:
   """``(setting, lines)`` of every finished record under ``path``, in walking order.
 
   A baselines.json gives one line per baseline, a comparison.md its whole text, and an
   eval.json outside a comparison one line; the setting is the data, IPC and evaluation of the
   config that made it (:func:`jaxdd.runs.files.run_setting`; None when the file does not
-  record one). Every file is read checked (:mod:`jaxdd.runs.files`).
+  record one). Every file is read checked (:mod:`jaxdd.runs.files`): a damaged one raises
+  :class:`jaxdd._src.schema.FileFormatError`, or, given a ``damaged`` list, is skipped and its
+  one-line message appended there, so the good records are still reported.
   """
   out: list[tuple[dict | None, list[str]]] = []
   for root, dirs, names in sorted(os.walk(path)):
+    readers = []
     if "baselines.json" in names:
-      out.extend(_baseline_records(root))
+      readers.append(lambda root=root: _baseline_records(root))
     if "comparison.md" in names:
-      out.append(_comparison_record(root, dirs))
+      readers.append(lambda root=root, dirs=dirs: [_comparison_record(root, dirs)])
     elif "eval.json" in names and not os.path.exists(os.path.join(os.path.dirname(root),
                                                                   "comparison.md")):
-      out.append(_eval_record(root))
+      readers.append(lambda root=root: [_eval_record(root)])
+    for read in readers:
+      try:
+        out.extend(read())
+      except schema.FileFormatError as e:
+        if damaged is None:
+          raise
+        damaged.append(str(e))
   return out
 
 
-def finished_runs(path: str) -> list[list[str]]:
+def finished_runs(path: str, damaged: list[str] | None = None) -> list[list[str]]:
   """What ``jaxdd report`` prints of the finished runs under ``path``; empty when nothing
-  under ``path`` is finished.
+  under ``path`` is finished. ``damaged``: as :func:`finished_records`.
 
   When every record has the same setting (data, IPC, evaluation), the records in walking
   order; when they differ, one group per setting, in order of first appearance, each opened by
   a heading line naming the setting, so that results of different settings are never read side
   by side.
   """
-  records = finished_records(path)
+  records = finished_records(path, damaged)
   keys = [json.dumps(setting, sort_keys=True) for setting, _ in records]
   if len(set(keys)) <= 1:
     return [lines for _, lines in records]
