@@ -259,9 +259,18 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
     got = runs.distill_stage(cfg, work, progress=False)
   lines = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
   assert len(lines) == 1 and "checkpoint 4 cannot be restored" in lines[0], lines
-  assert lines[0].endswith("resumed from the older checkpoint 2")
+  assert lines[0].endswith("resumed from the older checkpoint 2 (the damaged one removed)")
   assert "Traceback" not in capsys.readouterr().err
   np.testing.assert_array_equal(np.asarray(got.images), np.asarray(want.images))
+  # The retention kept the checkpoints written after the fallback, every one restorable (not
+  # the damaged 4 beside a deleted good one)
+  assert sorted(os.listdir(os.path.join(work, "checkpoints")), key=int) == ["4", "6"]
+  mngr = checkpoints.checkpointer(work)
+  try:
+    for step in (4, 6):
+      assert int(checkpoints._restore(mngr, step, fresh).step) == step
+  finally:
+    mngr.close()
 
 
 def test_a_second_run_in_the_same_workdir_is_refused(tmp_path, capsys):

@@ -194,9 +194,14 @@ def restore_newest(mngr, state: distill.DistillState, workdir: str,
   if restored is not None:
     if damaged:
       progress_lib.logger.warning(
-          "%s: checkpoint%s %s cannot be restored (%s); resumed from the older checkpoint %d",
+          "%s: checkpoint%s %s cannot be restored (%s); resumed from the older checkpoint %d "
+          "(the damaged one%s removed)",
           workdir, "s" if len(damaged) > 1 else "", ", ".join(str(s) for s, _ in damaged),
-          damaged[0][1], step)
+          damaged[0][1], step, "s" if len(damaged) > 1 else "")
+      # A damaged step newer than the one resumed from would count as the newest for the
+      # retention of the saves to come (and be kept while the good one is deleted): remove it.
+      for s, _ in damaged:
+        _delete(mngr, workdir, s)
     return restored, step
   if damaged:
     root = os.path.join(workdir, "checkpoints")
@@ -205,6 +210,16 @@ def restore_newest(mngr, state: distill.DistillState, workdir: str,
         f"{', '.join(str(s) for s, _ in damaged)}; {damaged[0][1]}); delete {root} (or move "
         "it aside) to start the distillation over")
   return state, 0
+
+
+def _delete(mngr, workdir: str, step: int) -> None:
+  """Removes checkpoint ``step`` (the manager's own delete, else its folder)."""
+  try:
+    with library_logs(say=False):
+      mngr.delete(step)
+  except Exception:  # noqa: BLE001  (a damaged step orbax cannot read: remove its folder)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)), ignore_errors=True)
+    mngr.reload()
 
 
 def _restore(mngr, step: int, state: distill.DistillState) -> distill.DistillState:
