@@ -7,7 +7,8 @@ exact float image beside its PNG), ``folder`` (PNG class folders with no group l
 group csv for the test split only), ``csv`` (PNG files and one metadata table with groups) and
 ``npz-uint8`` (the images rounded to 8 bits, as the PNG layouts hold them). The 8-bit layouts
 cannot equal the built-in float images (the colour noise is not a multiple of 1/255); they are
-compared with each other.
+compared with each other, every split exported in class order (the order in which a
+class-folder tree lists its images; the data order changes the sampled batches).
 
 Usage:
   python experiments/own_data_equivalence.py --out results/own-data/equivalence-smoke.json
@@ -17,6 +18,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import platform
@@ -33,12 +35,23 @@ from jaxdd._src import io as _io
 from jaxdd.data.own import export
 
 LAYOUTS = ("npz", "tfds", "folder", "csv", "npz-uint8")
+#: The layouts that hold 8-bit images, compared with each other in class order.
+EIGHT_BIT = ("folder", "csv", "npz-uint8")
 HERE = Path(__file__).resolve().parent.parent
+
+
+def _by_class(ds):
+  """The split with its images in class order (stable): the order a class-folder tree has."""
+  order = np.argsort(ds.labels, kind="stable")
+  return dataclasses.replace(ds, images=ds.images[order], labels=ds.labels[order],
+                             bias=ds.bias[order], aligned=ds.aligned[order])
 
 
 def _export(name: str, layout: str, root: Path) -> list[str]:
   """Writes the built-in splits in ``layout``; returns the ``--data`` flags that read it."""
   splits = {s: data.load(name, split=s, conflict_ratio=0.05) for s in ("train", "valid", "test")}
+  if layout in EIGHT_BIT:  # a folder tree lists its images class by class: all 8-bit layouts do
+    splits = {s: _by_class(ds) for s, ds in splits.items()}
   base = ["--aligned-rule", "equal"]  # the colour benchmarks: group k is class k's colour
   if layout == "npz":
     export.export_layout(splits, "npz", root / f"{name}.npz")
@@ -104,7 +117,7 @@ def main(argv=None) -> int:
       for layout in args.layouts.split(","):
         got = _distill(_export(name, layout, root), root / f"run-{name}-{layout}", args.preset,
                        env, extra)
-        eight_bit = layout in ("folder", "csv", "npz-uint8")
+        eight_bit = layout in EIGHT_BIT
         if eight_bit and u8 is None:
           u8 = got
         rows.append([name, layout, got["synset"],
