@@ -599,3 +599,32 @@ def test_a_deadline_stops_distillation_as_a_first_ctrl_c_does():
   assert go(None) == ([1, 2, 3, 4, 5, 6], [], None)
   assert go(time.monotonic() + 3600) == ([1, 2, 3, 4, 5, 6], [], None)
   assert go(time.monotonic() - 1) == ([1], [1], 1)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_status_1_and_leaves_nothing_half(
+    tmp_path, monkeypatch, capsys):
+  """A checkpoint write that fails for a full disk (injected: the checkpoint library's save
+  writes its temporary folder, then fails as tensorstore does on ENOSPC)."""
+  from jaxdd.runs import checkpoints as ck
+
+  real = ck.checkpointer
+
+  def full_disk_manager(workdir):
+    mngr = real(workdir)
+
+    def save(step, *a, **k):
+      os.makedirs(os.path.join(str(mngr.directory), f"{step}{ck.TMP_MARK}", "d"))
+      raise ValueError("RESOURCE_EXHAUSTED: Error writing \"images/0.0.0.0\": Failed to write "
+                       "521511 bytes to file 15: No space left on device [os_error_code='28']")
+    mngr.save = save
+    return mngr
+
+  monkeypatch.setattr(ck, "checkpointer", full_disk_manager)
+  work = tmp_path / "run"
+  assert cli.main(["distill", "--preset", "smoke", "--weighting", "none", "--iterations", "4",
+                   "--checkpoint-every", "2", "--workdir", str(work), "--quiet"]) == 1
+  line = _one_line(capsys.readouterr().err)
+  assert "No space left on device while saving checkpoint 2" in line
+  assert "free some disk space and rerun the same command to resume" in line
+  assert os.listdir(work / "checkpoints") == []  # no half-written save left behind
+  assert not (work / ".lock").exists()

@@ -10,6 +10,7 @@ lines (absl) are dropped under ``--quiet`` and otherwise summed up in one ``jaxd
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -109,6 +110,15 @@ def sigint_deferred():
         previous(signal.SIGINT, None)
       elif previous == signal.SIG_DFL:
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def _no_space(e: BaseException) -> bool:
+  """Whether a save failed for a full disk (an OSError, or tensorstore's RESOURCE_EXHAUSTED
+  message with the OS error code 28)."""
+  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    return True
+  text = str(e)
+  return "No space left on device" in text or "os_error_code='28'" in text
 
 
 def remove_partial(root: str) -> list[str]:
@@ -236,6 +246,15 @@ def save(mngr, step: int, state, *, force: bool = False) -> None:
   save takes effect when it is done (:func:`sigint_deferred`), so no half-written checkpoint
   is left behind (orbax writes to a temporary name and renames it when complete)."""
   ocp = _orbax()
-  with sigint_deferred(), library_logs():
-    mngr.save(step, args=ocp.args.StandardSave(state_tree(state)), force=force)
-    mngr.wait_until_finished()
+  quiet_abandoned_reads()  # a failed write's abandoned work reports "Event loop is closed" too
+  try:
+    with sigint_deferred(), library_logs():
+      mngr.save(step, args=ocp.args.StandardSave(state_tree(state)), force=force)
+      mngr.wait_until_finished()
+  except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise several types)
+    root = str(mngr.directory)
+    remove_partial(root)  # never leave the half-written save behind
+    if _no_space(e):
+      raise OSError(errno.ENOSPC, "No space left on device while saving checkpoint "
+                    f"{step}", root) from None
+    raise
