@@ -1,4 +1,6 @@
 """Backdoor attacks (red team) and the audit's probes, against hand-computed references."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -357,3 +359,16 @@ def test_cli_audit_of_a_smoke_run(tmp_path, capsys):
   assert ((0 <= q) & (q <= 1)).all()
   assert len(report["reverse_engineering"]["mask_l1"]) == len(report["candidate_triggers"]
                                                                  ["asr_mean_over_networks"][0])
+
+
+def test_report_warns_when_its_networks_are_too_weak_to_judge():
+  """Clean accuracy under a quarter of the way from chance to 100 % (2 classes: 62.5 %)."""
+  quiet = [[0.02, 0.04]] * 3
+  ok = _report(quiet)  # 90 %
+  assert ok.too_weak is None and "WARNING" not in ok.format() and ok.to_dict()["warning"] is None
+  weak = dataclasses.replace(ok, clean_accuracy=np.array([0.55, 0.65]))
+  assert "60.0 % clean accuracy, below 62.5 % (chance 50 %)" in weak.too_weak
+  lines = weak.format().splitlines()
+  assert lines[-2].startswith("WARNING: the audit's networks reach 60.0 %")
+  assert weak.to_dict()["warning"] == weak.too_weak
+  assert dataclasses.replace(ok, clean_accuracy=np.array([0.625])).too_weak is None

@@ -74,6 +74,12 @@ LIFT_THRESHOLD = 0.1
 #: The lift needs a median over enough candidates; with fewer only the ASR threshold applies.
 LIFT_MIN_TRIGGERS = 3
 ANOMALY_THRESHOLD = 2.0
+#: The least clean accuracy at which the probes are judged, as the share of the way from chance
+#: (1 / classes) to 100 %: a quarter, 32.5 % with 10 classes. Below it the audit's networks have
+#: not learned the set as a victim's would, and a flag is likely a false alarm (a 4-epoch audit
+#: network at 17.4 % flagged nine classes of a clean SynSet: docs/trust.md).
+MIN_CLEAN_SHARE = 0.25
+
 #: The probes whose flags make the verdict; ``"cleanse"`` (Neural Cleanse) is reported only.
 PROBES = ("triggers", "cleanse", "kde")
 VERDICT_PROBES = ("triggers", "kde")
@@ -250,6 +256,20 @@ class AuditReport:
   verdict_probes: tuple = VERDICT_PROBES
 
   @property
+  def too_weak(self) -> str | None:
+    """A warning when the networks' clean accuracy is too low to judge (:data:`MIN_CLEAN_SHARE`
+    of the way from chance to 100 %), else None."""
+    chance = 1.0 / max(int(self.asr.shape[-1]), 1)
+    floor = chance + MIN_CLEAN_SHARE * (1.0 - chance)
+    acc = float(np.mean(self.clean_accuracy))
+    if acc >= floor:
+      return None
+    return (f"the audit's networks reach {100 * acc:.1f} % clean accuracy, below "
+            f"{100 * floor:.1f} % (chance {100 * chance:.0f} %): they have not learned the set as "
+            "a victim's would, so the verdict is unreliable (flags are likely false alarms); "
+            "audit with a longer --protocol, more --num-models or more --clean-images")
+
+  @property
   def top_trigger(self) -> tuple[str, int, float]:
     mean = self.asr.mean(axis=0)
     j, t = np.unravel_index(np.argmax(mean), mean.shape)
@@ -342,6 +362,8 @@ class AuditReport:
                    + f"; flag when one class holds >= {OUTLIER_CLASS_COUNT}: "
                    + f"{'FLAGGED' if self.kde_flag else 'no'}{self._role('kde')}")
     targets = self.suspected_targets
+    if self.too_weak is not None:
+      lines.append(f"WARNING: {self.too_weak}")
     lines.append(f"verdict: {'SUSPICIOUS' if self.suspicious else 'no backdoor found'} "
                  + (f"(suspected target class{'es' if len(targets) > 1 else ''} "
                     f"{', '.join(map(str, targets))}; " if targets else "(")
@@ -357,6 +379,7 @@ class AuditReport:
                                   "threshold": self.asr_threshold, "flag": self.trigger_flag},
            "verdict": "suspicious" if self.suspicious else "no backdoor found",
            "verdict_probes": list(self.verdict_probes),
+           "warning": self.too_weak,
            "flagged_classes": self.flagged_classes,
            "suspected_targets": self.suspected_targets}
     top = self.top_lift
