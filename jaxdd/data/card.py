@@ -44,8 +44,8 @@ class DatasetCard:
 
   @property
   def aligned_per_class(self) -> np.ndarray:
-    """(num_classes,) counts in each class's aligned group: bias == label, or the group of
-    ``aligned_groups`` (a user's dataset: each class's majority group)."""
+    """(num_classes,) counts in each class's aligned group (bias == label, or the group that
+    ``aligned_groups`` names for a user's dataset)."""
     if self.aligned_groups is not None:
       return self.counts[np.arange(self.counts.shape[0]), np.asarray(self.aligned_groups)]
     k = min(self.counts.shape)

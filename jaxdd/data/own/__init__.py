@@ -3,7 +3,7 @@
 ``parse("KIND:PATH", **options)`` describes it (:mod:`jaxdd.data.own.spec`: ``folder``,
 ``csv``, ``celeba``, ``pattern``, ``npz``, ``tfds``); :func:`load_own` reads one split into a
 :class:`~jaxdd.data.card.BiasedDataset` (:mod:`jaxdd.data.own.dataset`), decoding image files
-once into a memory-mapped cache (:mod:`jaxdd.data.own.decode`); :func:`export_layout` writes
+once into a memory-mapped cache (:mod:`jaxdd.data.own.decoding`); :func:`export_layout` writes
 splits in the layouts it reads (:mod:`jaxdd.data.own.export`). Group labels are never made up:
 without them ``bias`` and ``aligned`` are None, and only evaluation ever reads them.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from jaxdd.data.own.dataset import (HeldOutTestWarning, from_arrays, load_own, read_index,
                                     split_codes)
-from jaxdd.data.own.decode import cache_folder, decode
+from jaxdd.data.own.decoding import cache_folder, decode
 from jaxdd.data.own.export import LAYOUTS, export_layout, to_uint8
 from jaxdd.data.own.readers import IMAGE_EXTS, Index
 from jaxdd.data.own.spec import ALIGNED_RULES, KINDS, DataSpec, parse

@@ -33,7 +33,7 @@ from jaxdd.data.injectors import _to_float
 from jaxdd.data.ops import channel_stats
 from jaxdd.data.own import arrays as arrays_lib
 from jaxdd.data.own import readers
-from jaxdd.data.own.decode import decode
+from jaxdd.data.own.decoding import decode
 from jaxdd.data.own import spec as spec_lib
 from jaxdd.data.own.spec import DataSpec
 from jaxdd.data.support import validate_images
@@ -154,7 +154,7 @@ def load_own(spec: DataSpec, *, split: str, seed: int = 0, cache: bool = True,
     spec: from :func:`jaxdd.data.own.parse`.
     split: ``train``, ``valid`` or ``test``.
     seed: the seed of the hold-outs of a missing valid or test split.
-    cache: keep the decoded images in the cache (:func:`jaxdd.data.own.decode.decode`).
+    cache: keep the decoded images in the cache (:func:`jaxdd.data.own.decoding.decode`).
     progress: as :func:`jaxdd.data.load`.
 
   Returns:
