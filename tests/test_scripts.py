@@ -391,3 +391,14 @@ def test_own_data_equivalence(tmp_path, capfd):
   assert [r[1] for r in rows] == ["built-in", "npz", "csv"]
   assert rows[1][3] is True and rows[1][2] == rows[0][2]  # npz: the built-in SynSet exactly
   assert rows[2][4] is True                                # csv: the first 8-bit layout itself
+
+
+@covers("benchmarks/tesla_error.py")
+@pytest.mark.slow
+def test_tesla_error(tmp_path, capfd):
+  out = tmp_path / "tesla.json"
+  rows, _ = run("benchmarks/tesla_error.py", ["--tiny", "--out", str(out)], capfd)
+  by_steps = {r["syn_steps"]: r for r in rows}
+  assert by_steps[1]["rel_error"] < 1e-4  # TESLA is exact at one student step
+  assert by_steps[2]["rel_error"] > by_steps[1]["rel_error"]
+  assert [r[0] for r in json.loads(out.read_text())["rows"]] == ["1", "2"]
