@@ -201,7 +201,9 @@ def get_config(preset: str = "cpu", **overrides) -> RunConfig:
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
   base = PRESETS[preset].replace(method=method, **METHOD_PRESETS[preset].get(method, {}))
-  if overrides.get("data_spec") and overrides.get("image_size") and "depth" not in overrides:
+  size = overrides.get("image_size")
+  if (overrides.get("data_spec") and isinstance(size, int) and 8 <= size <= 1024
+      and "depth" not in overrides):  # a bad size is refused by the part's own check below
     # Models by resolution for a user's data: the ConvNet gets one block per halving
     depth = parts_lib.depth_for_size(int(overrides["image_size"]))
     overrides["depth"] = depth
