@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     for name in args.datasets.split(","):
       ref = _distill(["--dataset", name, "--conflict-ratio", "0.05"], root / f"run-{name}",
                      args.preset, env, extra)
-      rows.append([name, "built-in", ref["synset"], True, None, ref["overall"], ref["seconds"]])
+      rows.append([name, "built-in", ref["synset"], "–", "–", ref["overall"], ref["seconds"]])
       u8 = None
       for layout in args.layouts.split(","):
         got = _distill(_export(name, layout, root), root / f"run-{name}-{layout}", args.preset,
@@ -120,15 +120,21 @@ def main(argv=None) -> int:
         eight_bit = layout in EIGHT_BIT
         if eight_bit and u8 is None:
           u8 = got
-        rows.append([name, layout, got["synset"],
-                     got["synset"] == ref["synset"] and got["table"] == ref["table"],
-                     (got["synset"] == u8["synset"] and got["table"] == u8["table"])
-                     if eight_bit else None, got["overall"], got["seconds"]])
+        same = got["synset"] == ref["synset"] and got["table"] == ref["table"]
+        same_u8 = eight_bit and got["synset"] == u8["synset"] and got["table"] == u8["table"]
+        rows.append([name, layout, got["synset"], "yes" if same else "no",
+                     ("yes" if same_u8 else "no") if eight_bit else "–", got["overall"],
+                     got["seconds"]])
         print(rows[-1], flush=True)
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=HERE).stdout.strip()
   _io.atomic_write_json(args.out, {
-      "title": f"--data on exports of the built-in splits, {args.preset} preset",
+      "caption": f"`jaxdd distill --preset {args.preset}` on the built-in splits and on their "
+                 "exports (DM + KDE unless the command says otherwise)",
+      "notes": ["SynSet sha256[:16]: of the run's synset/arrays.npz. 'same as built-in': the same "
+                "SynSet file and the same printed table. 'same as the first 8-bit layout': "
+                "compared with the first of folder, csv, npz-uint8 (exported in class order). "
+                "Seconds: the whole run, one process each (other work shared the machine)."],
       "columns": ["dataset", "layout", "SynSet sha256[:16]", "same SynSet and table as built-in",
                   "same as the first 8-bit layout", "overall %", "seconds"],
       "rows": rows, "date": time.strftime("%Y-%m-%d"), "commit": commit,
