@@ -65,6 +65,17 @@ def _measure(root: Path, env: dict) -> dict:
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+
+def _cpu_name() -> str:
+  """The CPU's model name and whether it has AVX-512, e.g. ``AMD EPYC (AVX-512)``."""
+  try:
+    info = open("/proc/cpuinfo").read()
+  except OSError:
+    return platform.machine()
+  name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+               if ln.startswith("model name")), platform.machine())
+  return name + (" (AVX-512)" if " avx512f" in info else "")
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--images", type=int, default=50_000)
@@ -112,7 +123,7 @@ def main(argv=None) -> int:
                 "array's size; the written pages of the memory map count in it.",
                 f"Medians of {args.repeats} repeats, each in a fresh process with a fresh cache."],
       "date": time.strftime("%Y-%m-%d"), "commit": commit,
-      "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+      "machine": f"{os.cpu_count()}-core {_cpu_name()}, CPU",
       "command": ["python benchmarks/own_decode.py " + " ".join(sys.argv[1:])]}
   _io.atomic_write_json(args.out, out)
   return 0

@@ -70,6 +70,17 @@ def _grads(images, labels, start, target, apply_fn, unravel, steps: int, seed: i
   return float(value), np.asarray(g_img, np.float64), float(g_lr)
 
 
+
+def _cpu_name() -> str:
+  """The CPU's model name and whether it has AVX-512, e.g. ``AMD EPYC (AVX-512)``."""
+  try:
+    info = open("/proc/cpuinfo").read()
+  except OSError:
+    return platform.machine()
+  name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+               if ln.startswith("model name")), platform.machine())
+  return name + (" (AVX-512)" if " avx512f" in info else "")
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--steps", default="1,5,10,30")
@@ -112,7 +123,7 @@ def main(argv=None) -> int:
                 "the synthetic images. TESLA keeps the memory of one student step whatever "
                 "syn_steps (benchmarks/mtt_step.py measures it)."],
       "date": time.strftime("%Y-%m-%d"), "commit": commit,
-      "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+      "machine": f"{os.cpu_count()}-core {_cpu_name()}, CPU",
       "command": ["python benchmarks/tesla_error.py " + " ".join(sys.argv[1:])]})
   return 0
 

@@ -92,6 +92,17 @@ def _distill(flags: list[str], workdir: Path, preset: str, env: dict,
           "seconds": round(time.perf_counter() - t0, 1)}
 
 
+
+def _cpu_name() -> str:
+  """The CPU's model name and whether it has AVX-512, e.g. ``AMD EPYC (AVX-512)``."""
+  try:
+    info = open("/proc/cpuinfo").read()
+  except OSError:
+    return platform.machine()
+  name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+               if ln.startswith("model name")), platform.machine())
+  return name + (" (AVX-512)" if " avx512f" in info else "")
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--preset", default="smoke")
@@ -138,7 +149,7 @@ def main(argv=None) -> int:
       "columns": ["dataset", "layout", "SynSet sha256[:16]", "same SynSet and table as built-in",
                   "same as the first 8-bit layout", "overall %", "seconds"],
       "rows": rows, "date": time.strftime("%Y-%m-%d"), "commit": commit,
-      "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+      "machine": f"{os.cpu_count()}-core {_cpu_name()}, CPU",
       "command": ["python experiments/own_data_equivalence.py " + " ".join(sys.argv[1:])]})
   return 0
 
