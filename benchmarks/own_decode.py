@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxdd._src import io as _io
+from jaxdd.runs import version
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -66,16 +66,6 @@ def _measure(root: Path, env: dict) -> dict:
 
 
 
-def _cpu_name() -> str:
-  """The CPU's model name and whether it has AVX-512, e.g. ``AMD EPYC (AVX-512)``."""
-  try:
-    info = open("/proc/cpuinfo").read()
-  except OSError:
-    return platform.machine()
-  name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-               if ln.startswith("model name")), platform.machine())
-  return name + (" (AVX-512)" if " avx512f" in info else "")
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--images", type=int, default=50_000)
@@ -107,8 +97,7 @@ def main(argv=None) -> int:
                  ", ".join(f"{m['decode_s']:.1f}" for m in ms),
                  f"{statistics.median(peak):.2f}",
                  f"{statistics.median(m['rss_peak_kib'] for m in ms) / 1024:.0f}"])
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=HERE).stdout.strip()
+  commit = version.code_version().split("+g")[-1][:7]  # the code this process loaded
   out = {
       "columns": ["read", "listing s", "median s", "each repeat (s)",
                   "peak memory added / decoded array", "process peak MiB"],
@@ -123,7 +112,7 @@ def main(argv=None) -> int:
                 "array's size; the written pages of the memory map count in it.",
                 f"Medians of {args.repeats} repeats, each in a fresh process with a fresh cache."],
       "date": time.strftime("%Y-%m-%d"), "commit": commit,
-      "machine": f"{os.cpu_count()}-core {_cpu_name()}, CPU",
+      "machine": version.machine(),
       "command": ["python benchmarks/own_decode.py " + " ".join(sys.argv[1:])]}
   _io.atomic_write_json(args.out, out)
   return 0

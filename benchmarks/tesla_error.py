@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -33,6 +31,7 @@ import numpy as np
 
 from jaxdd import augment, data, models
 from jaxdd._src import io as _io
+from jaxdd.runs import version
 from jaxdd.distill import experts
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,16 +70,6 @@ def _grads(images, labels, start, target, apply_fn, unravel, steps: int, seed: i
 
 
 
-def _cpu_name() -> str:
-  """The CPU's model name and whether it has AVX-512, e.g. ``AMD EPYC (AVX-512)``."""
-  try:
-    info = open("/proc/cpuinfo").read()
-  except OSError:
-    return platform.machine()
-  name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-               if ln.startswith("model name")), platform.machine())
-  return name + (" (AVX-512)" if " avx512f" in info else "")
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--steps", default="1,5,10,30")
@@ -108,8 +97,7 @@ def main(argv=None) -> int:
                  ", ".join(f"{100 * e:.1f}" for e in errs), f"{statistics.median(coss):.3f}",
                  f"{statistics.median(le for le, _ in lrs):.4g} / "
                  f"{statistics.median(lt for _, lt in lrs):.4g}"])
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=HERE).stdout.strip()
+  commit = version.code_version().split("+g")[-1][:7]  # the code this process loaded
   _io.atomic_write_json(args.out, {
       "columns": ["syn_steps", "image gradient: relative error, median %", "each seed (%)",
                   "cosine, median", "student lr gradient, exact / TESLA (median)"],
@@ -123,7 +111,7 @@ def main(argv=None) -> int:
                 "the synthetic images. TESLA keeps the memory of one student step whatever "
                 "syn_steps (benchmarks/mtt_step.py measures it)."],
       "date": time.strftime("%Y-%m-%d"), "commit": commit,
-      "machine": f"{os.cpu_count()}-core {_cpu_name()}, CPU",
+      "machine": version.machine(),
       "command": ["python benchmarks/tesla_error.py " + " ".join(sys.argv[1:])]})
   return 0
 

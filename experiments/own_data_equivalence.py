@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import hashlib
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import numpy as np
 
 from jaxdd import data
 from jaxdd._src import io as _io
+from jaxdd.runs import version
 from jaxdd.data.own import export
 
 LAYOUTS = ("npz", "tfds", "folder", "csv", "npz-uint8")
@@ -93,16 +93,6 @@ def _distill(flags: list[str], workdir: Path, preset: str, env: dict,
 
 
 
-def _cpu_name() -> str:
-  """The CPU's model name and whether it has AVX-512, e.g. ``AMD EPYC (AVX-512)``."""
-  try:
-    info = open("/proc/cpuinfo").read()
-  except OSError:
-    return platform.machine()
-  name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-               if ln.startswith("model name")), platform.machine())
-  return name + (" (AVX-512)" if " avx512f" in info else "")
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--preset", default="smoke")
@@ -137,8 +127,7 @@ def main(argv=None) -> int:
                      ("yes" if same_u8 else "no") if eight_bit else "–", got["overall"],
                      got["seconds"]])
         print(rows[-1], flush=True)
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=HERE).stdout.strip()
+  commit = version.code_version().split("+g")[-1][:7]  # the code this process loaded
   _io.atomic_write_json(args.out, {
       "caption": f"`jaxdd distill --preset {args.preset}` on the built-in splits and on their "
                  "exports (DM + KDE unless the command says otherwise)",
@@ -149,7 +138,7 @@ def main(argv=None) -> int:
       "columns": ["dataset", "layout", "SynSet sha256[:16]", "same SynSet and table as built-in",
                   "same as the first 8-bit layout", "overall %", "seconds"],
       "rows": rows, "date": time.strftime("%Y-%m-%d"), "commit": commit,
-      "machine": f"{os.cpu_count()}-core {_cpu_name()}, CPU",
+      "machine": version.machine(),
       "command": ["python experiments/own_data_equivalence.py " + " ".join(sys.argv[1:])]})
   return 0
 

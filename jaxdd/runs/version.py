@@ -1,9 +1,13 @@
-"""The version of the code a run records (package version and git commit)."""
+"""The version of the code a run records (package version and git commit), and the machine a
+measurement names."""
 from __future__ import annotations
 
 import functools
 import os
+import platform
 from importlib import metadata
+
+import jax
 
 #: The directory above the package: a git checkout when run from one.
 _CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,3 +35,20 @@ def code_version() -> str:
 
 
 code_version()  # the commit of the code this process loads
+
+
+def machine() -> str:
+  """The machine a measurement ran on, as the results tables name it: the accelerator when
+  JAX has one (``1 x NVIDIA H100 80GB HBM3``), else the CPU's cores and model and whether it
+  has AVX-512 (``2-core AMD EPYC (AVX-512), CPU``)."""
+  dev = jax.devices()[0]
+  if dev.platform != "cpu":
+    return f"{jax.device_count()} x {dev.device_kind}"
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = f.read()
+  except OSError:
+    return f"{os.cpu_count()}-core {platform.machine()}, CPU"
+  name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+               if ln.startswith("model name")), platform.machine())
+  return f"{os.cpu_count()}-core {name}{' (AVX-512)' if ' avx512f' in info else ''}, CPU"
