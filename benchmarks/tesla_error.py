@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -34,7 +33,6 @@ from jaxdd._src import io as _io
 from jaxdd.runs import version
 from jaxdd.distill import experts
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _setup(width: int, ipc: int, epochs: int, limit: int | None = None):
