@@ -107,7 +107,7 @@ def test_a_damaged_newest_checkpoint_falls_back_with_one_line(saved, tmp_path, c
       fell_back += 1
       assert step == 1 and len(lines) == 1, lines
       assert "checkpoint 2 cannot be restored" in lines[0], lines
-      assert lines[0].endswith("resumed from the older checkpoint 1"), lines
+      assert lines[0].endswith("resumed from the older checkpoint 1 (the damaged one removed)"), lines
     _assert_same(got, step)
   assert fell_back >= len(WAYS)
   err = capfd.readouterr().err

@@ -402,11 +402,11 @@ def test_report_and_baselines_refuse_what_they_cannot_use(tmp_path, capsys):
                                                            "digest": "x"}}))
   assert cli.main(["report", str(tmp_path / "runs")]) == 0
   assert "baseline random: overall 50.0, aligned 90.0, conflicting 40.0" in capsys.readouterr().out
-  # one damaged file among good ones: the good ones are reported, the bad one named, status 1
+  # one damaged file among good ones: the good ones are reported, the bad one named, status 2
   bad = tmp_path / "runs" / "c" / "dm"
   bad.mkdir(parents=True)
   (bad / "eval.json").write_text('{"mean": {"overall": 0.5}')
-  assert cli.main(["report", str(tmp_path / "runs")]) == 1
+  assert cli.main(["report", str(tmp_path / "runs")]) == 2
   out, err = capsys.readouterr()
   assert "baseline random: overall 50.0" in out
   assert err.startswith("jaxdd report: error: ") and "eval.json" in _one_line(err)

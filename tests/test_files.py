@@ -348,8 +348,14 @@ def test_a_synset_damaged_when_read_back_while_working_is_a_fault_before_work_a_
     tmp_path, capsys, monkeypatch):
   """`reproduce` reads its runs' SynSets back after its runs are done: a damaged metadata file
   there is a fault (exit 1); the same SynSet read before any work is refused (exit 2)."""
-  from jaxdd.runs import bias
-  monkeypatch.setattr(bias, "bias_classifier", lambda *a: None)  # not reached: faster
+  import types
+
+  from jaxdd.runs import bias, comparison
+  # the bias score's classifier and score: not reached (the SynSet read fails first), faster
+  monkeypatch.setattr(bias, "bias_classifier",
+                      lambda *a: types.SimpleNamespace(train_aligned_fraction=0.9))
+  monkeypatch.setattr(comparison.diagnostics, "bias_score",
+                      lambda *a, **k: {"aligned_fraction": 0.5})
   work = tmp_path / "rep"
   mean = {"overall": 0.5, "aligned": 0.9, "conflicting": 0.4, "worst_group": 0.1}
   for weighting, name in (("none", "dm"), ("kde", "dm_kde")):

@@ -174,7 +174,9 @@ def cmd_report(args) -> int:
     print(f"jaxdd report: error: no finished runs under {args.path} (looked for comparison.md, "
           "eval.json, baselines.json); finish a run there or pass another folder",
           file=sys.stderr)
-  return 0 if found and not damaged else 1
+  if damaged:  # a file that does not hold what jaxdd writes, read before any work: refused
+    return 2
+  return 0 if found else 1
 
 
 def _register_distill(sub, preset: str) -> None:
