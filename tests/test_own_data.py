@@ -320,3 +320,16 @@ def test_models_follow_the_resolution():
   assert get_config("cpu").depth == get_config("cpu", data_spec="folder:x").depth == 3
   with pytest.raises(ValueError, match="--label-col describes your own data"):
     get_config("cpu", label_col="y")
+
+
+def test_a_grey_folder_stays_one_channel(tmp_path):
+  rng = np.random.default_rng(2)
+  for c in ("a", "b"):
+    (tmp_path / "g" / c).mkdir(parents=True)
+    for i in range(6):
+      Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+          tmp_path / "g" / c / f"{i}.png")
+  ds = _load(own.parse(f"folder:{tmp_path / 'g'}"))
+  assert ds.images.shape[1:] == (8, 8, 1) and len(ds.meta["mean"]) == 1
+  first = np.asarray(Image.open(tmp_path / "g" / "a" / "0.png"), np.float32) / 255
+  assert any(np.array_equal(img[..., 0], first) for img in ds.images)
