@@ -241,7 +241,7 @@ def _dataset(index: readers.Index, spec: DataSpec, split: str, seed: int, cache:
   if split == "test" and origin["test"] != "the data":
     warnings.warn(f"{index.source_id} has no test split: {len(rows)} images were held out of the "
                   "training data, so the test set is as biased as the training data; give a "
-                  "test split for unbiased numbers", HeldOutTestWarning, stacklevel=2)
+                  "test split for unbiased numbers", HeldOutTestWarning, stacklevel=3)
   labels = index.labels[rows].astype(np.int32)
   nc = len(index.class_names)
   groups = _split_groups(index, rows, split, spec)
