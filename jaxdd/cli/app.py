@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return report("data fetch", data.build_fetch_parser().parse_args(argv[2:]), data.cmd_fetch)
   if argv[:2] == ["data", "inspect"]:
     args = data.build_inspect_parser().parse_args(argv[2:])
-    was = runtime.setup(args.quiet, True)
+    was = runtime.setup(args.quiet, args.no_compile_cache)
     try:
       return report("data inspect", args, data.cmd_inspect)
     finally:

@@ -65,9 +65,7 @@ def build_inspect_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=arguments.non_negative_int, default=0, help="seed of the hold-outs (default: 0)")
   p.add_argument("--save-card", default=None,
                  help="write the cards (one per split) as JSON here")
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
-  p.add_argument("--debug", action="store_true",
-                 help="also show the full traceback of an error (same exit status)")
+  flags.add_common_flags(p)
   return p
 
 
