@@ -84,3 +84,9 @@ def test_literature_layouts_distil_and_report_their_groups(tmp_path, capsys, mon
   again = capsys.readouterr().out
   lines = [ln for ln in table.splitlines() if ln.startswith(("overall", "conflicting", "DEO_M"))]
   assert len(lines) == 3 and all(ln in again for ln in lines)
+  # the run directory records the spec: the same command shows the finished run, another spec
+  # is refused
+  argv = ["distill", *FAST, "--workdir", str(tmp_path / "run"), *flags, "--ipc", "2", *weighting]
+  assert app.main(argv) == 0
+  assert app.main(argv + ["--valid-fraction", "0.2"]) == 2
+  assert "holds a run with a different config" in capsys.readouterr().err
