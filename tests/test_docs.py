@@ -55,7 +55,7 @@ def test_headline_numbers_are_the_result_files_numbers():
 _PROCESS_SPEAK = re.compile(
     r"\b(this|earlier|previous|later|that|an earlier|a later|in one) rounds?\b"
     r"|\bsessions?\b|\bissue'?s\b|\bissues? #?\d|\btickets?\b|\bhelper (agent|session)s?\b"
-    r"|\bthe brief\b", re.I)
+    r"|\b(the|common) brief\b", re.I)
 
 
 def _repository_text():

@@ -297,7 +297,7 @@ def _noisy_colours(key, base: np.ndarray, std) -> np.ndarray:
   std = _real(std, "std")
   if std < 0:
     raise ValueError(f"std must be >= 0, got {std}.")
-  # A numpy Generator seeded from the key's bits (common brief): jax.random.normal
+  # A numpy Generator seeded from the key's bits (the data layer's RNG bridge): jax.random.normal
   # would compile once per distinct N, numpy draws 60k x 3 without compiling;
   # same key -> same noise either way.
   eps = _numpy_rng(key).standard_normal(base.shape, dtype=np.float32)
