@@ -14,7 +14,7 @@ respect to the images and the student lr, under ``jax.default_matmul_precision("
 
 Usage:
   python benchmarks/tesla_error.py --steps 1,5,10,30 --seeds 0,1,2 --out results/trajectory-matching/tesla-error.json
-  python benchmarks/tesla_error.py --tiny --out /tmp/tesla.json
+  python benchmarks/tesla_error.py --tiny --out tesla-tiny.json
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def _export(name: str, layout: str, root: Path) -> list[str]:
   if layout == "npz-uint8":
     arrays = {}
     for s, ds in splits.items():
-      arrays.update({f"x_{s}": export.to_uint8(ds.images), f"y_{s}": ds.labels,
+      arrays.update({f"x_{s}": data.to_uint8(ds.images), f"y_{s}": ds.labels,
                      f"g_{s}": ds.bias})
     np.savez(root / f"{name}-u8.npz", **arrays)
     return ["--data", f"npz:{root / f'{name}-u8.npz'}", *base]

@@ -53,7 +53,7 @@ def test_exports_of_the_builtin_split_distil_the_same_synset(tmp_path, capsys, m
                      "--label-col", "y", "--group-col", "group", "--split-col", "split", *equal)
   assert got_folder == got_csv
   u8 = {f"{k}_{s}": v for s, ds in splits.items()
-        for k, v in (("x", export.to_uint8(ds.images)), ("y", ds.labels), ("g", ds.bias))}
+        for k, v in (("x", data.to_uint8(ds.images)), ("y", ds.labels), ("g", ds.bias))}
   np.savez(tmp_path / "u8.npz", **u8)
   assert _distill(capsys, tmp_path / "r-u8", "--data", f"npz:{tmp_path / 'u8.npz'}",
                   *equal) == got_csv

@@ -30,7 +30,7 @@ from jaxdd.data.biased import (BIASED_DD_COLOUR_STD, COLOUR_NAMES, DATASETS, LFF
                                make_attr_labels, resolve_source, smallest_conflict_ratio)
 from jaxdd.data.cache import cache_dir
 from jaxdd.data.injectors import FAIRDD_PALETTE, colorize_binary_foreground, fairdd_attr_labels
-from jaxdd.data.ops import as_batch, channel_stats, denormalize, normalize
+from jaxdd.data.ops import as_batch, channel_stats, denormalize, normalize, to_uint8
 from jaxdd.data.sources import (DEBIAN_FASHION_MNIST_DIR, ArraySource, IdxSource,
                                 ImageFolderSource, MnistCsvSource, Source, TfdsSource)
 
@@ -67,6 +67,7 @@ __all__ = [
     "prepare_tfds",
     "resolve_source",
     "smallest_conflict_ratio",
+    "to_uint8",
 ]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from jaxdd._src import checks
 from jaxdd.structs import Batch
 
-__all__ = ["as_batch", "channel_stats", "denormalize", "normalize"]
+__all__ = ["as_batch", "channel_stats", "denormalize", "normalize", "to_uint8"]
 
 
 def _stats_arrays(mean, std):
@@ -135,3 +135,22 @@ def as_batch(ds) -> Batch:
                labels=jnp.asarray(ds.labels, jnp.int32),
                bias=jnp.asarray(ds.bias, jnp.int32),
                aligned=jnp.asarray(ds.aligned, jnp.bool_))
+
+
+def to_uint8(images) -> np.ndarray:
+  """Float images in [0, 1] as the 8 bits an image file holds; uint8 images as they are.
+
+  Args:
+    images: float images in [0, 1] (any shape), or uint8.
+
+  Returns:
+    ``clip(rint(images * 255), 0, 255)`` as uint8, computed in float64 (round half to even).
+
+  Example:
+    >>> to_uint8(np.array([0.0, 0.5, 1.0], np.float32)).tolist()
+    [0, 128, 255]
+  """
+  x = np.asarray(images)
+  if x.dtype == np.uint8:
+    return x
+  return np.clip(np.rint(x.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)

@@ -46,7 +46,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxdd._src import io as _io
-from jaxdd.data import biased
+from jaxdd.data import biased, ops
 from jaxdd.data.biased import DATASETS, load, resolve_source
 
 __all__ = ["BiasedConfig", "BUILDERS", "EXACT_IMAGE_KEY", "config_name", "prepare", "read",
@@ -138,22 +138,8 @@ def _default_configs(name: str) -> list[BiasedConfig]:
           for r in ratios]
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """The uint8 rendering stored as the ``image`` feature.
-
-  Args:
-    images: float images in [0, 1] (any shape).
-
-  Returns:
-    ``clip(rint(images * 255), 0, 255)`` as uint8, computed in float64 (round
-    half to even).
-
-  Example:
-    >>> to_uint8(np.array([0.0, 0.5, 1.0], np.float32)).tolist()
-    [0, 128, 255]
-  """
-  x = np.asarray(images, dtype=np.float64)
-  return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+#: The uint8 rendering stored as the ``image`` feature (:func:`jaxdd.data.ops.to_uint8`).
+to_uint8 = ops.to_uint8
 
 
 def _png(image_u8: np.ndarray) -> bytes:

@@ -18,11 +18,11 @@ from __future__ import annotations
 from jaxdd.data.own.dataset import (HeldOutTestWarning, from_arrays, load_own, read_index,
                                     split_codes)
 from jaxdd.data.own.decoding import cache_folder, decode
-from jaxdd.data.own.export import LAYOUTS, export_layout, to_uint8
+from jaxdd.data.own.export import LAYOUTS, export_layout
 from jaxdd.data.own.readers import IMAGE_EXTS, Index
 from jaxdd.data.own.spec import ALIGNED_RULES, KINDS, DataSpec, parse
 
 __all__ = ["ALIGNED_RULES", "DataSpec", "HeldOutTestWarning", "IMAGE_EXTS", "Index", "KINDS",
            "LAYOUTS", "cache_folder", "decode", "export_layout", "from_arrays", "load_own",
            "parse",
-           "read_index", "split_codes", "to_uint8"]
+           "read_index", "split_codes"]

@@ -58,6 +58,36 @@ def _assemble(spec: DataSpec, source_id: str, parts: list[tuple], *, group_names
                        None if groups is None else tuple(group_names))
 
 
+def columns_index(spec: DataSpec, source_id: str, images, labels, groups=None, splits=None, *,
+                  class_names=None) -> readers.Index:
+  """The Index of one set of arrays: images, labels, optional groups (-1: unknown) and splits
+  (0/1/2 or their names), each checked, one entry per image."""
+  x = validate_images(images, what=f"{source_id} images")
+  y = _labels(labels, "label", f"{source_id} labels")
+  g = None if groups is None else _labels(groups, "group", f"{source_id} groups")
+  split = None
+  if splits is not None:
+    split = np.asarray([readers._split_code(int(v) if isinstance(v, bool) else v,
+                                            f"{source_id} split entry {i}")
+                        for i, v in enumerate(np.asarray(splits).reshape(-1).tolist())],
+                       np.int64)
+  if any(a is not None and len(a) != len(x) for a in (y, g, split)):
+    raise ValueError(f"{source_id}: images, labels, groups and splits must have one entry per "
+                     "image")
+  if split is None:
+    parts = [(x, y, g, None)]
+  else:
+    parts = [(x[split == c], y[split == c], None if g is None else g[split == c], c)
+             for c in (0, 1, 2) if (split == c).any()]
+  index = _assemble(spec, source_id, parts)
+  if class_names is not None:
+    if len(class_names) != len(index.class_names):
+      raise ValueError(f"class_names has {len(class_names)} names for "
+                       f"{len(index.class_names)} classes")
+    index = dataclasses.replace(index, class_names=tuple(class_names))
+  return index
+
+
 def read_npz(spec: DataSpec) -> readers.Index:
   """An ``.npz`` of arrays (see the module docstring)."""
   path = Path(spec.path).expanduser()
@@ -83,20 +113,7 @@ def read_npz(spec: DataSpec) -> readers.Index:
           raise ValueError(f"{name}: {key}_{s} has {len(arr)} entries for {len(x)} images")
       parts.append((x, y, g, _NPZ_SPLITS[s]))
   elif "x" in z and "y" in z:
-    x = validate_images(z["x"], what=f"{name} x")
-    y = _labels(z["y"], "label", f"{name} y")
-    g = _labels(z["g"], "group", f"{name} g") if "g" in z else None
-    split = None
-    if "split" in z:
-      split = np.asarray([readers._split_code(v, f"{name} split entry {i}")
-                          for i, v in enumerate(np.asarray(z["split"]).tolist())], np.int64)
-    if any(a is not None and len(a) != len(x) for a in (y, g, split)):
-      raise ValueError(f"{name}: x, y, g and split must have one entry per image")
-    if split is None:
-      parts.append((x, y, g, None))
-    else:
-      parts = [(x[split == c], y[split == c], None if g is None else g[split == c], c)
-               for c in (0, 1, 2) if (split == c).any()]
+    return columns_index(spec, f"npz:{name}", z["x"], z["y"], z.get("g"), z.get("split"))
   else:
     raise ValueError(f"{name} has keys {sorted(z)}; store x_train, y_train[, g_train] (and "
                      "x_valid, x_test ...) or x, y[, g][, split]")
@@ -161,11 +178,7 @@ def read_tfds(spec: DataSpec) -> readers.Index:
   index = _assemble(spec, f"tfds:{spec.path}", parts)
   # ClassLabel names, when every value 0..K-1 is present (the codes are then the values)
   if label_names and len(index.class_names) == len(label_names):
-    index = _renamed(index, class_names=tuple(label_names))
+    index = dataclasses.replace(index, class_names=tuple(label_names))
   if group_names and index.group_names and len(index.group_names) == len(group_names):
-    index = _renamed(index, group_names=tuple(group_names))
+    index = dataclasses.replace(index, group_names=tuple(group_names))
   return index
-
-
-def _renamed(index: readers.Index, **names) -> readers.Index:
-  return dataclasses.replace(index, **names)

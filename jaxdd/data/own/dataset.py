@@ -36,7 +36,6 @@ from jaxdd.data.own import readers
 from jaxdd.data.own.decoding import decode
 from jaxdd.data.own import spec as spec_lib
 from jaxdd.data.own.spec import DataSpec
-from jaxdd.data.support import validate_images
 
 _READERS = {"folder": readers.read_folder, "csv": readers.read_csv,
             "celeba": readers.read_celeba, "pattern": readers.read_pattern,
@@ -201,32 +200,8 @@ def from_arrays(images, labels, *, split: str, groups=None, splits=None, seed: i
   spec = DataSpec(kind="npz", path="<arrays>", aligned=aligned, valid_fraction=valid_fraction,
                   test_fraction=test_fraction, image_size=image_size)
   spec_lib.check(spec)
-  x = validate_images(images, what="images")
-  y = readers._integers(np.asarray(labels).reshape(-1).tolist(), "label",
-                        lambda i: f"labels[{i}]")
-  if len(y) != len(x):
-    raise ValueError(f"labels has {len(y)} entries for {len(x)} images; they must match")
-  label_values, codes = readers._codes(y)
-  g = group_names = None
-  if groups is not None:
-    raw = readers._integers(np.asarray(groups).reshape(-1).tolist(), "group",
-                            lambda i: f"groups[{i}]")
-    if len(raw) != len(x):
-      raise ValueError(f"groups has {len(raw)} entries for {len(x)} images; they must match")
-    known = raw != readers.UNKNOWN
-    values, g_codes = readers._codes(raw[known])
-    g = np.full(len(raw), readers.UNKNOWN, np.int64)
-    g[known] = g_codes
-    group_names = readers._names(None, values)
-  s = None
-  if splits is not None:
-    s = np.asarray([readers._split_code(int(v) if isinstance(v, (bool, np.bool_)) else v,
-                                        f"splits[{i}]")
-                    for i, v in enumerate(np.asarray(splits).reshape(-1).tolist())], np.int64)
-  names = tuple(class_names) if class_names is not None else readers._names(None, label_values)
-  if len(names) != len(label_values):
-    raise ValueError(f"class_names has {len(names)} names for {len(label_values)} classes")
-  index = readers.Index("arrays", None, None, x, codes, g, s, names, group_names)
+  index = arrays_lib.columns_index(spec, "arrays", images, labels, groups, splits,
+                                   class_names=class_names)
   return _dataset(index, spec, split, seed, False, None)
 
 

@@ -23,21 +23,10 @@ from PIL import Image
 
 from jaxdd._src import io as _io
 from jaxdd.data.card import BiasedDataset
+from jaxdd.data.ops import to_uint8
 
 #: The layouts of :func:`export_layout`.
 LAYOUTS = ("folder", "csv", "npz")
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """Float images in [0, 1] as ``uint8`` (``rint(x * 255)`` in float64, clipped).
-
-  >>> to_uint8(np.array([0.0, 0.5, 1.0])).tolist()
-  [0, 128, 255]
-  """
-  x = np.asarray(images)
-  if x.dtype == np.uint8:
-    return x
-  return np.clip(np.rint(x.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def folder_names(class_names) -> list[str]:
