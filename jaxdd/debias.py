@@ -51,13 +51,14 @@ class per row).
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdd._src.bound import bound
 from jaxdd._src.checks import check_key as _check_key
 from jaxdd._src.checks import check_syn as _check_syn
 from jaxdd.evaluate import evaluate_task
@@ -171,9 +172,8 @@ def _update_emas(state, index, loss_b, loss_d, alpha):
   return {**state, "ema_b": ema_b, "ema_d": ema_d, "updated": updated}
 
 
-@functools.lru_cache(maxsize=32)
 def lff_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7) -> TrainTask:
-  """The LfF training method as a :class:`~jaxdd.train.TrainTask` (cached).
+  """The LfF training method as a :class:`~jaxdd.train.TrainTask` (equal for equal arguments).
 
   Args:
     model: evaluation architecture (both networks use it).
@@ -189,39 +189,48 @@ def lff_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7) -> TrainT
     >>> lff_task(models.ConvNet(num_classes=2, width=4)).name
     'lff'
   """
-  num_classes = _num_classes(model)
+  cfg = _LfF(model, q, ema_alpha, _num_classes(model))
+  return TrainTask("lff", bound(_LfF.init, cfg), bound(_LfF.loss, cfg), bound(_LfF.predict, cfg))
 
-  def init(key, images, labels):
+
+@dataclasses.dataclass(frozen=True)
+class _LfF:
+  """LfF's arguments; its methods are the task's functions (value-compared through them)."""
+  model: nn.Module
+  q: float
+  ema_alpha: float
+  num_classes: int
+
+  def init(self, key, images, labels):
     kb, kd = jax.random.split(key)
-    pb, sb = split_variables(model.init(kb, images[:1], train=False))
-    pd, sd = split_variables(model.init(kd, images[:1], train=False))
+    pb, sb = split_variables(self.model.init(kb, images[:1], train=False))
+    pd, sd = split_variables(self.model.init(kd, images[:1], train=False))
     return {"biased": pb, "debiased": pd}, {"biased": sb, "debiased": sd, **_ema_state(labels)}
 
-  def loss(params, state, batch: StepBatch):
+  def loss(self, params, state, batch: StepBatch):
     kb, kd = jax.random.split(batch.key)
-    logits_b, sb = apply_train(model, params["biased"], state["biased"], batch.images, kb)
-    logits_d, sd = apply_train(model, params["debiased"], state["debiased"], batch.images, kd)
+    logits_b, sb = apply_train(self.model, params["biased"], state["biased"], batch.images, kb)
+    logits_d, sd = apply_train(self.model, params["debiased"], state["debiased"], batch.images,
+                               kd)
     ce_b = cross_entropy(logits_b, batch.labels)
     ce_d = cross_entropy(logits_d, batch.labels)
     state = _update_emas(state, batch.index, jax.lax.stop_gradient(ce_b),
-                         jax.lax.stop_gradient(ce_d), ema_alpha)
+                         jax.lax.stop_gradient(ce_d), self.ema_alpha)
     w = relative_difficulty(state["ema_b"], state["ema_d"], state["labels"], batch.index,
-                            num_classes)
-    total = (generalized_cross_entropy(logits_b, batch.labels, q).mean()
+                            self.num_classes)
+    total = (generalized_cross_entropy(logits_b, batch.labels, self.q).mean()
              + (ce_d * jax.lax.stop_gradient(w)).mean())
     return total, ({**state, "biased": sb, "debiased": sd}, logits_d)
 
-  def predict(params, state, images):
-    return model.apply({"params": params["debiased"], **state["debiased"]}, images, train=False)
+  def predict(self, params, state, images):
+    return self.model.apply({"params": params["debiased"], **state["debiased"]}, images,
+                            train=False)
 
-  return TrainTask("lff", init, loss, predict)
 
-
-@functools.lru_cache(maxsize=32)
 def dfa_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7,
              lambda_dis_align: float = 10.0, lambda_swap_align: float = 10.0,
              lambda_swap: float = 1.0, swap_start: float = 0.2) -> TrainTask:
-  """The DFA training method as a :class:`~jaxdd.train.TrainTask` (cached).
+  """The DFA training method as a :class:`~jaxdd.train.TrainTask` (equal for equal arguments).
 
   Args:
     model: evaluation architecture; its ``return_features`` output is the
@@ -241,14 +250,33 @@ def dfa_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7,
     >>> dfa_task(models.ConvNet(num_classes=2, width=4)).name
     'dfa'
   """
-  num_classes = _num_classes(model)
-  head = TorchDense(num_classes)
+  cfg = _DFA(model, q, ema_alpha, lambda_dis_align, lambda_swap_align, lambda_swap, swap_start,
+             _num_classes(model))
+  return TrainTask("dfa", bound(_DFA.init, cfg), bound(_DFA.loss, cfg), bound(_DFA.predict, cfg))
 
-  def features(params, state, x, key):
-    (z, _), state = apply_train(model, params, state, x, key, return_features=True)
+
+@dataclasses.dataclass(frozen=True)
+class _DFA:
+  """DFA's arguments; its methods are the task's functions (value-compared through them)."""
+  model: nn.Module
+  q: float
+  ema_alpha: float
+  lambda_dis_align: float
+  lambda_swap_align: float
+  lambda_swap: float
+  swap_start: float
+  num_classes: int
+
+  @property
+  def head(self) -> nn.Module:
+    return TorchDense(self.num_classes)
+
+  def features(self, params, state, x, key):
+    (z, _), state = apply_train(self.model, params, state, x, key, return_features=True)
     return z, state
 
-  def init(key, images, labels):
+  def init(self, key, images, labels):
+    model, head = self.model, self.head
     ki, kb, khi, khb = jax.random.split(key, 4)
     pi, si = split_variables(model.init(ki, images[:1], train=False))
     pb, sb = split_variables(model.init(kb, images[:1], train=False))
@@ -258,21 +286,22 @@ def dfa_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7,
               "head_b": head.init(khb, zz)["params"]}
     return params, {"intrinsic": si, "bias": sb, **_ema_state(labels)}
 
-  def loss(params, state, batch: StepBatch):
+  def loss(self, params, state, batch: StepBatch):
+    head, q = self.head, self.q
     ki, kb, kp = jax.random.split(batch.key, 3)
     y = batch.labels
-    z_i, si = features(params["intrinsic"], state["intrinsic"], batch.images, ki)
-    z_b, sb = features(params["bias"], state["bias"], batch.images, kb)
+    z_i, si = self.features(params["intrinsic"], state["intrinsic"], batch.images, ki)
+    z_b, sb = self.features(params["bias"], state["bias"], batch.images, kb)
     sg = jax.lax.stop_gradient
     # Each head back-propagates only into its own encoder (disentanglement).
     pred_conflict = head.apply({"params": params["head_i"]}, jnp.concatenate([z_i, sg(z_b)], -1))
     pred_align = head.apply({"params": params["head_b"]}, jnp.concatenate([sg(z_i), z_b], -1))
     ce_conflict = cross_entropy(pred_conflict, y)
     ce_align = cross_entropy(pred_align, y)
-    state = _update_emas(state, batch.index, sg(ce_align), sg(ce_conflict), ema_alpha)
+    state = _update_emas(state, batch.index, sg(ce_align), sg(ce_conflict), self.ema_alpha)
     w = sg(relative_difficulty(state["ema_b"], state["ema_d"], state["labels"], batch.index,
-                               num_classes))
-    loss_dis = (ce_conflict * w).mean() + lambda_dis_align * generalized_cross_entropy(
+                               self.num_classes))
+    loss_dis = (ce_conflict * w).mean() + self.lambda_dis_align * generalized_cross_entropy(
         pred_align, y, q).mean()
     perm = jax.random.permutation(kp, y.shape[0])
     z_b_swap, y_swap = z_b[perm], y[perm]
@@ -280,20 +309,19 @@ def dfa_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7,
                                    jnp.concatenate([z_i, sg(z_b_swap)], -1))
     pred_mix_align = head.apply({"params": params["head_b"]},
                                 jnp.concatenate([sg(z_i), z_b_swap], -1))
-    loss_swap = (cross_entropy(pred_mix_conflict, y) * w).mean() + lambda_swap_align * (
+    loss_swap = (cross_entropy(pred_mix_conflict, y) * w).mean() + self.lambda_swap_align * (
         generalized_cross_entropy(pred_mix_align, y_swap, q).mean())
-    swap_on = (batch.progress >= swap_start).astype(jnp.float32)
-    total = loss_dis + swap_on * lambda_swap * loss_swap
+    swap_on = (batch.progress >= self.swap_start).astype(jnp.float32)
+    total = loss_dis + swap_on * self.lambda_swap * loss_swap
     return total, ({**state, "intrinsic": si, "bias": sb}, pred_conflict)
 
-  def predict(params, state, images):
+  def predict(self, params, state, images):
+    model = self.model
     z_i, _ = model.apply({"params": params["intrinsic"], **state["intrinsic"]}, images,
                          train=False, return_features=True)
     z_b, _ = model.apply({"params": params["bias"], **state["bias"]}, images, train=False,
                          return_features=True)
-    return head.apply({"params": params["head_i"]}, jnp.concatenate([z_i, z_b], -1))
-
-  return TrainTask("dfa", init, loss, predict)
+    return self.head.apply({"params": params["head_i"]}, jnp.concatenate([z_i, z_b], -1))
 
 
 _DEFAULTS = {

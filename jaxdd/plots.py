@@ -40,22 +40,16 @@ def new_figure(**kwargs: Any):
   return _figure_class()(**kwargs)
 
 
-_FIGURE_CLASS = None
-
-
 def _figure_class():
   """A Figure subclass that renders itself in Jupyter (``_repr_png_``) even when
   no matplotlib backend was set up there (we never import ``pyplot``)."""
-  global _FIGURE_CLASS
-  if _FIGURE_CLASS is None:
-    from matplotlib.figure import Figure  # matplotlib loads on the first plot, not on import
+  from matplotlib.figure import Figure  # matplotlib loads on the first plot, not on import
 
-    class JaxddFigure(Figure):
-      def _repr_png_(self) -> bytes:
-        return png_bytes(self)
+  class JaxddFigure(Figure):
+    def _repr_png_(self) -> bytes:
+      return png_bytes(self)
 
-    _FIGURE_CLASS = JaxddFigure
-  return _FIGURE_CLASS
+  return JaxddFigure
 
 
 def png_bytes(fig, *, dpi: int = 100) -> bytes:

@@ -23,8 +23,8 @@ instead, explicitly, and pins it around its step. Explicit arguments always win 
 benchmark the accelerator layout on CPU. Both layouts give the same results up
 to float rounding, which is what makes pinning safe.
 
-Jitted programs keep the layout they were traced with. jaxdd's cached
-training, prediction and surrogate programs are keyed by the policy, and a
+Jitted programs keep the layout they were traced with. jaxdd's training,
+prediction and surrogate programs take the policy as a static argument, and a
 :class:`~jaxdd.distill.Distiller` is traced under its
 :class:`~jaxdd.distill.Execution`'s policy (given explicitly, else the
 backend's: never the pinned one); but a function you ``jax.jit`` yourself is traced
@@ -160,7 +160,6 @@ PolicyLike = Union[str, Policy]
 _PINNED: contextvars.ContextVar = contextvars.ContextVar("jaxdd_policy", default=None)
 
 
-@functools.lru_cache(maxsize=None)
 def _auto() -> Policy:
   return POLICIES["cpu"] if jax.default_backend() == "cpu" else POLICIES["accelerator"]
 

@@ -8,7 +8,13 @@ not a terminal and no notebook kernel is running, :func:`bar` returns a
 
   2025-01-01 12:00:00 jaxdd: DM+KDE ipc=10: 120/300 step (40%), 2.31 step/s, ETA 78s, loss=0.0123
 
-:func:`set_quiet` (the CLI's ``--quiet``) turns every bar and line off.
+:func:`set_quiet` (the CLI's ``--quiet``) turns every bar and line off. A compiled
+program reports its epochs through a host callback, :func:`report_epoch`, to the
+bar of the innermost :func:`reporting` block.
+
+This module holds the library's only process-wide state below the runs layer,
+and it is host-side display state that no computation reads: the quiet switch
+(as :mod:`logging` holds its handlers) and the bars that running programs report to.
 
 Example:
   >>> from jaxdd import progress
@@ -19,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -27,7 +34,7 @@ import time
 from typing import Any, Iterable, Iterator
 
 __all__ = ["LogBar", "bar", "track", "set_quiet", "is_quiet", "interactive", "setup_logging",
-           "logger"]
+           "logger", "reporting", "report_epoch"]
 
 logger = logging.getLogger("jaxdd")
 _QUIET = False
@@ -42,6 +49,40 @@ def set_quiet(quiet: bool = True) -> None:
 def is_quiet() -> bool:
   """Whether :func:`set_quiet` is in effect."""
   return _QUIET
+
+
+# The bars that host callbacks of running programs report to, innermost last.
+_SINKS: list = []
+_SINKS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def reporting(sink) -> Iterator[Any]:
+  """Within the block, :func:`report_epoch` advances ``sink`` (a bar) by one.
+
+  Example:
+    >>> b = bar(2, "demo", disable=True)
+    >>> with reporting(b):
+    ...   report_epoch(0.5)
+    >>> b.n
+    1
+  """
+  with _SINKS_LOCK:
+    _SINKS.append(sink)
+  try:
+    yield sink
+  finally:
+    with _SINKS_LOCK:
+      _SINKS.remove(sink)
+
+
+def report_epoch(*_) -> None:
+  """Host side of a compiled program's per-epoch callback: one trained epoch of one
+  network, counted on the innermost :func:`reporting` bar (nothing outside one)."""
+  with _SINKS_LOCK:
+    sinks = _SINKS[-1:]
+  for sink in sinks:
+    sink.update(1)
 
 
 def _in_notebook() -> bool:

@@ -10,13 +10,14 @@ classifier with :func:`standard_task`. The names are re-exported by
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxdd._src.bound import bound
 
 
 class StepBatch(NamedTuple):
@@ -44,8 +45,10 @@ class TrainTask(NamedTuple):
   ``loss(params, state, batch: StepBatch) -> (mean_loss, (new_state,
   logits))``: differentiated w.r.t. ``params``; ``logits`` measure train
   accuracy. ``predict(params, state, images) -> logits`` in eval mode.
-  ``name`` stamps results. Build tasks with cached factories so that equal
-  arguments give the same object (the compile cache is keyed on it).
+  ``name`` stamps results. The trainer's compiled programs are keyed on the task:
+  :func:`standard_task` builds its functions as values (module-level functions with
+  the model bound), so equal models give equal tasks, which share programs. A task
+  made of closures works too, with one program per task object.
 
   ``per_sample=True`` declares that ``loss`` is the mean of independent
   per-sample terms and leaves ``state`` unchanged whenever ``state`` is empty
@@ -152,7 +155,6 @@ def apply_train(model: nn.Module, params, state: dict, x: jax.Array, key: jax.Ar
   return model.apply(variables, x, train=True, rngs={"dropout": key}, **kwargs), state
 
 
-@functools.lru_cache(maxsize=64)
 def standard_task(model: nn.Module) -> TrainTask:
   """Plain cross-entropy training of ``model`` (the reference's evaluation).
 
@@ -161,23 +163,27 @@ def standard_task(model: nn.Module) -> TrainTask:
       keyword (every model in :mod:`jaxdd.models`).
 
   Returns:
-    The cached :class:`TrainTask` (the same object for equal models).
+    A :class:`TrainTask` equal to every other one of an equal model (its functions are
+    value-compared, so the two share compiled programs).
 
   Example:
     >>> from jaxdd import models
-    >>> standard_task(models.ConvNet(num_classes=2)) is standard_task(models.ConvNet(num_classes=2))
+    >>> standard_task(models.ConvNet(num_classes=2)) == standard_task(models.ConvNet(num_classes=2))
     True
   """
+  return TrainTask("train_fresh", bound(_standard_init, model), bound(_standard_loss, model),
+                   bound(_standard_predict, model), per_sample=True)
 
-  def init(key, images, labels):
-    del labels
-    return split_variables(model.init(key, images[:1], train=False))
 
-  def loss(params, state, batch: StepBatch):
-    logits, state = apply_train(model, params, state, batch.images, batch.key)
-    return cross_entropy(logits, batch.labels).mean(), (state, logits)
+def _standard_init(model, key, images, labels):
+  del labels
+  return split_variables(model.init(key, images[:1], train=False))
 
-  def predict(params, state, images):
-    return model.apply({"params": params, **state}, images, train=False)
 
-  return TrainTask("train_fresh", init, loss, predict, per_sample=True)
+def _standard_loss(model, params, state, batch: StepBatch):
+  logits, state = apply_train(model, params, state, batch.images, batch.key)
+  return cross_entropy(logits, batch.labels).mean(), (state, logits)
+
+
+def _standard_predict(model, params, state, images):
+  return model.apply({"params": params, **state}, images, train=False)

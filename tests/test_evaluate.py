@@ -211,13 +211,16 @@ def test_micro_batched_gradients_equal_whole_batch_training(getkey, micro, per_c
   with policy.use(small):
     p0, _, m0 = _train_single(whole, proto)(key, jnp.float32(proto.lr), images, labels)
     p1, _, m1 = _train_single(split, proto)(key, jnp.float32(proto.lr), images, labels)
-    # Compiled programs are cached per (task, protocol/block, mode, policy), never rebuilt per call.
-    assert train_lib._predict_program(base, 4, "map") is train_lib._predict_program(base, 4, "map")
-    assert _train_single(split, proto) is _train_single(split, proto)
+    # One program per (task, protocol/block, mode, policy): equal arguments, equal programs.
+    assert train_lib._predict_program(base, 4, "map") == train_lib._predict_program(base, 4, "map")
+    assert _train_single(split, proto) == _train_single(split, proto)
+    traced = train_lib._train_one._cache_size()
+    _train_single(split, proto)(key, jnp.float32(proto.lr), images, labels)
+    assert train_lib._train_one._cache_size() == traced  # the same call traces nothing new
     assert train_lib.predict_block(proto, 1000, "map") == small.predict_block
     pinned_program = _train_single(split, proto)
   # Another policy is another program (it may lay the work out differently).
-  assert _train_single(split, proto) is not pinned_program
+  assert _train_single(split, proto) != pinned_program
   for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(m1.loss, m0.loss, rtol=1e-5)

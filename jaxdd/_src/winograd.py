@@ -42,6 +42,7 @@ images, prediction) and ``train_conv="winograd"`` for the networks
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 from typing import Iterator
 
@@ -55,8 +56,8 @@ _MIN_CHANNELS = 96  # input and output channels (see the module docstring)
 # channels (6.4 MB) stay in cache (docs/results/speed-distillation.md, "One DM step").
 _BLOCK = 16
 
-# Inside convs() (a trace-time flag: tracing is single-threaded).
-_ACTIVE: list[bool] = []
+# Inside convs(): a trace-time flag, per thread and per asyncio task.
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("jaxdd_winograd", default=False)
 
 
 @contextlib.contextmanager
@@ -69,11 +70,11 @@ def convs(enabled: bool = True) -> Iterator[None]:
   if not enabled:
     yield
     return
-  _ACTIVE.append(True)
+  token = _ACTIVE.set(True)
   try:
     yield
   finally:
-    _ACTIVE.pop()
+    _ACTIVE.reset(token)
 
 
 def traced_inside(fn):
@@ -86,7 +87,7 @@ def traced_inside(fn):
 
 def active() -> bool:
   """Whether :func:`convs` is open."""
-  return bool(_ACTIVE)
+  return _ACTIVE.get()
 
 
 def applies(x_shape, w_shape, strides, padding, dtype) -> bool:

@@ -68,13 +68,14 @@ from jaxdd.augment.families import (DEFAULT_STRATEGY, FAMILIES, AugmentFn, DSAPa
 from jaxdd.augment.ops import (affine, affine_grid, brightness_with, contrast_with, cutout_with,
                                flip_with, grid_sample, rotate_with, saturation_with, scale_with,
                                translate)
-from jaxdd.augment.strategy import (chain, choose, dsa, family, identity, parse_strategy, per_image,
+from jaxdd.augment.strategy import (DSA, chain, choose, dsa, family, identity, parse_strategy, per_image,
                                     per_sample)
 from jaxdd.augment.views import random_resized_crop, two_views
 
 __all__ = [
     "AugmentFn",
     "DEFAULT_STRATEGY",
+    "DSA",
     "DSAParams",
     "FAMILIES",
     "affine",

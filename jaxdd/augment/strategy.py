@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 
 import jax
 from jax import lax
@@ -230,8 +230,9 @@ def dsa(strategy: str = DEFAULT_STRATEGY, *, siamese: bool = True,
     mode: ``"one"`` (pick one family per call) or ``"all"``.
 
   Returns:
-    A jittable ``fn(key, images) -> images``; the same arguments give the same function
-    object (cached), so distillers built from the same strategy can share programs.
+    A jittable ``fn(key, images) -> images``, a :class:`DSA` (:func:`identity` for no
+    family). Equal arguments give equal augmentations (compared by value), so distillers
+    built from the same strategy share their compiled programs.
 
   Raises:
     ValueError: unknown family, bad mode or out-of-range parameters.
@@ -244,29 +245,35 @@ def dsa(strategy: str = DEFAULT_STRATEGY, *, siamese: bool = True,
     >>> bool(jnp.allclose(aug(k, real)[:10], aug(k, syn)))
     True
   """
-  return _dsa(strategy, bool(siamese), params, mode)
-
-
-@functools.lru_cache(maxsize=64)
-def _dsa(strategy: str, siamese: bool, params: DSAParams, mode: str) -> AugmentFn:
-  """:func:`dsa`, cached on its arguments however they were passed."""
   families = parse_strategy(strategy)
   _validate(params)
   if mode not in ("one", "all"):
     raise ValueError(f"mode must be 'one' (reference 'S') or 'all' (reference 'M'), got {mode!r}")
   if not families:
     return identity
-  branches = [family(name, params=params) for name in families]
-  if not siamese:
-    branches = [per_sample(b) for b in branches]
+  return DSA(strategy, bool(siamese), params, mode)
 
-  if mode == "all":
-    composed = chain(*branches)
-    fn = lambda key, images: composed(jax.random.split(key)[1], images)  # noqa: E731
-  else:
-    fn = choose(*branches)
-  fn.dsa_args = (strategy, siamese, params, mode)  # what per_image reads
-  return fn
+
+@dataclasses.dataclass(frozen=True)
+class DSA:
+  """A DSA augmentation (build it with :func:`dsa`, which checks the arguments).
+
+  A value: two equal ones compare and hash equal, so compiled programs keyed on
+  an augmentation are shared between them. Calling it composes the families of
+  ``strategy`` (at trace time under ``jit``) and applies them.
+  """
+  strategy: str
+  siamese: bool
+  params: DSAParams
+  mode: str
+
+  def __call__(self, key: jax.Array, images: jax.Array) -> jax.Array:
+    branches = [family(name, params=self.params) for name in parse_strategy(self.strategy)]
+    if not self.siamese:
+      branches = [per_sample(b) for b in branches]
+    if self.mode == "all":
+      return chain(*branches)(jax.random.split(key)[1], images)
+    return choose(*branches)(key, images)
 
 
 def per_image(aug: AugmentFn | None) -> AugmentFn | None:
@@ -278,13 +285,11 @@ def per_image(aug: AugmentFn | None) -> AugmentFn | None:
   applied image by image with its own key (:func:`per_sample`); None stays None.
 
   Example:
-    >>> per_image(dsa("crop_flip")) is dsa("crop_flip", siamese=False)
+    >>> per_image(dsa("crop_flip")) == dsa("crop_flip", siamese=False)
     True
   """
   if aug is None:
     return None
-  args = getattr(aug, "dsa_args", None)
-  if args is not None:
-    strategy, _, params, mode = args
-    return dsa(strategy, siamese=False, params=params, mode=mode)
+  if isinstance(aug, DSA):
+    return dataclasses.replace(aug, siamese=False)
   return per_sample(aug)

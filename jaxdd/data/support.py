@@ -164,32 +164,20 @@ def validate_labels(labels, *, n: int | None = None, what: str = "labels",
   return y
 
 
-# In-process memo of file checksums keyed by (path, size, mtime), so asking for
-# the checksum of a 30 MB source twice costs nothing the second time.
-_CHECKSUM_MEMO: dict = {}
-_MEMO_LOCK = threading.Lock()
-
-
 def _files_checksum(paths: Sequence[Path], names: Sequence[str]) -> str:
-  stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
-  with _MEMO_LOCK:
-    if stamp in _CHECKSUM_MEMO:
-      return _CHECKSUM_MEMO[stamp]
   h = hashlib.sha256()
   for p, name in zip(paths, names):
     # The relative name is hashed too, so renaming files changes the checksum.
     h.update(f"{name}|{p.stat().st_size}|".encode())
     _io.sha256_file(p, into=h)
-  digest = h.hexdigest()
-  with _MEMO_LOCK:
-    _CHECKSUM_MEMO[stamp] = digest
-  return digest
+  return h.hexdigest()
 
 
 # Small in-process cache of decoded pools: building train then test from the
 # same source parses it once. Keyed by checksum, so a changed file is re-read.
 _POOL_MEMO: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 _POOL_MEMO_SIZE = 4
+_MEMO_LOCK = threading.Lock()
 
 
 def _memo_pool(key: tuple, fn):

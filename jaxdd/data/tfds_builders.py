@@ -39,7 +39,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from typing import Any
+import types
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -231,8 +232,9 @@ def _make_builder_class(dataset: str) -> type:
 
 
 #: dataset name -> builder class (registered with TFDS as ``jaxdd_<name>``).
-BUILDERS: dict[str, type] = {d: _make_builder_class(d) for d in DATASETS if d != "cifar10c_type0"}
-BUILDERS["cifar10c_type0"] = BUILDERS["cifar10c"]
+_CLASSES = {d: _make_builder_class(d) for d in DATASETS if d != "cifar10c_type0"}
+BUILDERS: Mapping[str, type] = types.MappingProxyType(
+    {**_CLASSES, "cifar10c_type0": _CLASSES["cifar10c"]})
 globals().update({cls.__name__: cls for cls in BUILDERS.values()})
 
 

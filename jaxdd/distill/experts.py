@@ -59,6 +59,7 @@ from jaxdd import train as train_lib
 from jaxdd._src import checks
 from jaxdd._src import io as io_lib
 from jaxdd._src import schema
+from jaxdd._src.bound import bound
 from jaxdd.protocols import Protocol
 
 MODES = ("exact", "tesla")
@@ -106,9 +107,8 @@ def _ratio(theta_n, start, target):
   return jnp.sum((theta_n - target) ** 2) / jnp.sum((start - target) ** 2)
 
 
-@functools.lru_cache(maxsize=32)
 def _tesla(apply_fn, unravel, augment):
-  """The TESLA loss as a ``custom_vjp`` function (cached per model/augmentation)."""
+  """The TESLA loss as a ``custom_vjp`` function of a model/augmentation (built at trace time)."""
   grad_fn = functools.partial(_student_grad, apply_fn, unravel, augment)
 
   def forward(images, labels, syn_lr, start, idx, keys):
@@ -230,36 +230,38 @@ def weighted_epoch_rows(key: jax.Array, weights, n: int) -> jax.Array:
 EXPERT_WEIGHTINGS = ("sample", "loss")
 
 
-@functools.lru_cache(maxsize=32)
 def weighted_ce_task(model):
   """Cross-entropy training where batch ``b`` contributes ``sum w_i CE_i / sum w_i``.
 
   The weights ride in the task's state as ``{"sample_weight": (N,)}``, indexed
   by the training-set rows of each batch (:class:`jaxdd.tasks.StepBatch`), so
   the trainer needs no new argument. For networks without batch statistics
-  (trajectory matching's experts).
+  (trajectory matching's experts). Equal models give equal tasks (shared programs).
   """
+  return tasks.TrainTask("weighted_ce", bound(_weighted_init, model),
+                         bound(_weighted_loss, model), bound(_weighted_predict, model),
+                         per_sample=False)
 
-  def init(key, images, labels):
-    del labels
-    params, state = tasks.split_variables(model.init(key, images[:1], train=False))
-    if jax.tree.leaves(state):
-      raise ValueError("weighted cross-entropy experts need a model without batch statistics; "
-                       f"this one carries {sorted(state)}")
-    return params, {}
 
-  def loss(params, state, batch):
-    logits = model.apply({"params": params}, batch.images, train=True,
-                         rngs={"dropout": batch.key})
-    w = state["sample_weight"][batch.index]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
-    return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-30), (state, logits)
+def _weighted_init(model, key, images, labels):
+  del labels
+  params, state = tasks.split_variables(model.init(key, images[:1], train=False))
+  if jax.tree.leaves(state):
+    raise ValueError("weighted cross-entropy experts need a model without batch statistics; "
+                     f"this one carries {sorted(state)}")
+  return params, {}
 
-  def predict(params, state, images):
-    del state
-    return model.apply({"params": params}, images, train=False)
 
-  return tasks.TrainTask("weighted_ce", init, loss, predict, per_sample=False)
+def _weighted_loss(model, params, state, batch):
+  logits = model.apply({"params": params}, batch.images, train=True, rngs={"dropout": batch.key})
+  w = state["sample_weight"][batch.index]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
+  return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-30), (state, logits)
+
+
+def _weighted_predict(model, params, state, images):
+  del state
+  return model.apply({"params": params}, images, train=False)
 
 
 def train_experts(key: jax.Array, images, labels, *, model, num_experts: int = 1,

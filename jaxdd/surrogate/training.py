@@ -13,6 +13,7 @@ import optax
 
 from jaxdd import progress as progress_lib
 from jaxdd import train
+from jaxdd._src.bound import bound
 from jaxdd._src import checks
 from jaxdd._src.checks import is_traced
 from jaxdd.augment import two_views
@@ -83,9 +84,9 @@ def _validate_data(images: Any, labels: Any, who: str) -> tuple[np.ndarray, np.n
 LOOPS = train.LOOPS
 
 
-@functools.lru_cache(maxsize=16)
 def supcon_task(config: SurrogateConfig) -> train.TrainTask:
-  """The surrogate's SupCon training as a :class:`~jaxdd.tasks.TrainTask` (cached per config).
+  """The surrogate's SupCon training as a :class:`~jaxdd.tasks.TrainTask` (equal for equal
+  configs, so they share compiled programs).
 
   ``loss`` draws two random-resized-crop views of every image of the batch
   from the step key (:func:`~jaxdd.augment.two_views`), embeds both in train
@@ -95,32 +96,35 @@ def supcon_task(config: SurrogateConfig) -> train.TrainTask:
 
   Example:
     >>> task = supcon_task(SurrogateConfig.preset('smoke'))
-    >>> task.name, task.per_sample
-    ('supcon', False)
+    >>> task.name, task.per_sample, task == supcon_task(SurrogateConfig.preset('smoke'))
+    ('supcon', False, True)
   """
+  return train.TrainTask("supcon", bound(_supcon_init, config), bound(_supcon_loss, config),
+                         bound(_supcon_predict, config), per_sample=False)
+
+
+def _supcon_init(config: SurrogateConfig, key, images, labels):
+  del labels
+  variables = dict(config.model().init(key, jnp.zeros((1,) + images.shape[1:], jnp.float32)))
+  params = variables.pop("params")
+  return params, variables
+
+
+def _supcon_loss(config: SurrogateConfig, params, state, batch):
   model = config.model()
+  views = two_views(batch.key, batch.images, scale=config.crop_scale, ratio=config.crop_ratio,
+                    flip=config.flip)
+  view_labels = jnp.concatenate([batch.labels, batch.labels])
+  variables = {"params": params, **state}
+  if state:  # batch norm: update running statistics (static structure).
+    z, new_state = model.apply(variables, views, train=True, mutable=list(state))
+  else:
+    z, new_state = model.apply(variables, views, train=True), state
+  return supcon_loss(z, view_labels, temperature=config.temperature), (new_state, None)
 
-  def init(key, images, labels):
-    del labels
-    variables = dict(model.init(key, jnp.zeros((1,) + images.shape[1:], jnp.float32)))
-    params = variables.pop("params")
-    return params, variables
 
-  def loss(params, state, batch):
-    views = two_views(batch.key, batch.images, scale=config.crop_scale,
-                      ratio=config.crop_ratio, flip=config.flip)
-    view_labels = jnp.concatenate([batch.labels, batch.labels])
-    variables = {"params": params, **state}
-    if state:  # batch norm: update running statistics (static structure).
-      z, new_state = model.apply(variables, views, train=True, mutable=list(state))
-    else:
-      z, new_state = model.apply(variables, views, train=True), state
-    return supcon_loss(z, view_labels, temperature=config.temperature), (new_state, None)
-
-  def predict(params, state, images):
-    return model.apply({"params": params, **state}, images, train=False)
-
-  return train.TrainTask("supcon", init, loss, predict, per_sample=False)
+def _supcon_predict(config: SurrogateConfig, params, state, images):
+  return config.model().apply({"params": params, **state}, images, train=False)
 
 
 def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: SurrogateConfig,
@@ -218,18 +222,17 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
 # ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=32)
-def _embed_fn(config: SurrogateConfig, space: str, block_size: int):
+@functools.partial(jax.jit, static_argnames=("config", "space"))
+def _embed_blocks(variables, blocks, *, config: SurrogateConfig, space: str):
+  """Embeddings of (num_blocks, block, H, W, C) images, one block at a time (one program per
+  config, space and shape)."""
   model = config.model()
 
-  def one_block(variables, x):
+  def one_block(x):
     feats, z = model.apply(variables, x, train=False, return_features=True)
     return z if space == "projection" else _l2_normalize(feats)
 
-  def run(variables, blocks):
-    return jax.lax.map(lambda xb: one_block(variables, xb), blocks)
-
-  return jax.jit(run)
+  return jax.lax.map(one_block, blocks)
 
 
 def embed(params: dict, images: Any, *, config: SurrogateConfig, block_size: int = 1024,
@@ -276,5 +279,5 @@ def embed(params: dict, images: Any, *, config: SurrogateConfig, block_size: int
   if pad:
     x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)], axis=0)
   blocks = x.reshape((num_blocks, bs) + x.shape[1:])
-  out = _embed_fn(config, space, bs)(params, blocks)
+  out = _embed_blocks(params, blocks, config=config, space=space)
   return out.reshape((num_blocks * bs, out.shape[-1]))[:n]

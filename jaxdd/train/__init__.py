@@ -24,10 +24,11 @@ program, either ``vmap`` ped (all networks batched) or under a ``lax.map``
 (one after another inside the program: the default on CPU and on GPUs, where
 XLA runs the grouped convolutions of vmapped ConvNets slower than separate
 ones; see docs/results/speed-evaluation.md, "Many networks in one program" and "Speed on
-GPU"); ``parallel="auto"`` takes the active :mod:`jaxdd.policy`'s choice. Compiled programs are cached per (training task,
-protocol, parallel mode, policy) with ``functools.lru_cache`` (big_vision's
-``get_eval_fn`` pattern) and traced under that policy; ``jax.jit`` adds the
-per-shape cache.
+GPU"); ``parallel="auto"`` takes the active :mod:`jaxdd.policy`'s choice. The compiled
+programs are module-level ``jax.jit`` functions whose static arguments (training task,
+protocol, parallel mode, policy) select the trace, which runs under that policy; JAX's
+own cache keeps one program per combination and shape, and the library holds none.
+Tasks, protocols and augmentations compare by value, so equal arguments share a program.
 
 On CPU, convolution gradients inside a loop hit a slow XLA:CPU path
 (jax-ml/jax#12868; timings in docs/results/speed-evaluation.md, "Convolution gradients inside loops"). Under the
@@ -59,9 +60,11 @@ from jaxdd.train.optim import torch_sgd
 from jaxdd.train.single import fit
 
 # Not public, but used from here by jaxdd.evaluate, jaxdd.debias and the tests.
-from jaxdd.train.host import _HOST_TRACES as _HOST_TRACES
+from jaxdd.train.host import _host_epoch as _host_epoch
+from jaxdd.train.host import _host_step as _host_step
 from jaxdd.train.many import _predict_program as _predict_program
 from jaxdd.train.many import _train_many as _train_many
+from jaxdd.train.many import _train_one as _train_one
 from jaxdd.train.many import _train_single as _train_single
 
 __all__ = [

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jaxdd import policy
 from jaxdd._src import checks
+from jaxdd._src.bound import bound
 from jaxdd.protocols import Protocol
 from jaxdd.tasks import TrainMetrics, TrainTask
 from jaxdd.train.single import _epoch, _run, _Run
@@ -21,38 +22,50 @@ from jaxdd.train.single import _epoch, _run, _Run
 
 LOOPS = ("auto", "scan", "step")
 
-# Number of times each host-driven program was traced, keyed by (kind, task,
-# number of samples); a test checks that a training run traces each once.
-_HOST_TRACES: dict[tuple[str, TrainTask, int], int] = {}
+# The host-driven programs: module-level ``jax.jit`` functions; their static arguments
+# (task, protocol, number of samples, policy) select the trace, and JAX's cache keeps
+# one program per combination.
+_HOST_STATIC = ("task", "protocol", "n", "pol")
 
 
-class _HostPrograms(NamedTuple):
-  start: Callable  # (params, opt_state, lr, ep, k_shuffle) -> (lr_ep, opt_state, full, last)
-  step: Callable  # run.step, jitted
-  epoch: Callable  # (carry, ep, lr, images, labels, k_shuffle, k_step) -> (carry, metrics)
-
-
-@functools.lru_cache(maxsize=16)
-def _host_programs(task: TrainTask, protocol: Protocol, n: int, pol: policy.Policy
-                   ) -> tuple[_Run, _HostPrograms]:
-  run = _run(task, protocol, n)
-
-  def counted(kind, fn):
-    def traced(*args):
-      key = (kind, task, n)  # Python side effect: runs only while tracing
-      _HOST_TRACES[key] = _HOST_TRACES.get(key, 0) + 1
-      return fn(*args)
-    return jax.jit(policy.pinned(pol, traced))
-
-  def start(params, opt_state, lr, ep, k_shuffle):
+@functools.partial(jax.jit, static_argnames=_HOST_STATIC)
+def _host_start(params, opt_state, lr, ep, k_shuffle, *, task: TrainTask, protocol: Protocol,
+                n: int, pol: policy.Policy):
+  """(params, opt_state, lr, ep, k_shuffle) -> (lr_ep, opt_state, full, last)."""
+  with policy.use(pol):
+    run = _run(task, protocol, n)
     lr_ep, opt_state = run.epoch_start(params, opt_state, lr, ep)
     return (lr_ep, opt_state) + run.batches(k_shuffle, ep)
 
-  def epoch(carry, ep, lr, images, labels, k_shuffle, k_step):
-    return _epoch(run, carry, ep, lr, images, labels, k_shuffle, k_step)
 
-  return run, _HostPrograms(counted("start", start), counted("step", run.step),
-                            counted("epoch", epoch))
+@functools.partial(jax.jit, static_argnames=_HOST_STATIC)
+def _host_step(*args, task: TrainTask, protocol: Protocol, n: int, pol: policy.Policy):
+  """One SGD step of the run (``_Run.step``'s arguments)."""
+  with policy.use(pol):
+    return _run(task, protocol, n).step(*args)
+
+
+@functools.partial(jax.jit, static_argnames=_HOST_STATIC)
+def _host_epoch(carry, ep, lr, images, labels, k_shuffle, k_step, *, task: TrainTask,
+                protocol: Protocol, n: int, pol: policy.Policy):
+  """(carry, ep, lr, images, labels, k_shuffle, k_step) -> (carry, metrics): one epoch's scan."""
+  with policy.use(pol):
+    return _epoch(_run(task, protocol, n), carry, ep, lr, images, labels, k_shuffle, k_step)
+
+
+class _HostPrograms(NamedTuple):
+  start: Callable
+  step: Callable
+  epoch: Callable
+
+
+def _host_programs(task: TrainTask, protocol: Protocol, n: int, pol: policy.Policy
+                   ) -> tuple[_Run, _HostPrograms]:
+  """The run's pieces and its three programs, bound to (task, protocol, n, pol)."""
+  static = dict(task=task, protocol=protocol, n=n, pol=pol)
+  return _run(task, protocol, n), _HostPrograms(bound(_host_start, **static),
+                                                bound(_host_step, **static),
+                                                bound(_host_epoch, **static))
 
 
 def resolve_loop(loop: str) -> str:
@@ -89,8 +102,8 @@ def fit_epochs(key: jax.Array, params, state: dict, images: jax.Array, labels: j
   ``loop="step"`` calls one compiled step per batch (XLA:CPU runs the backward
   convolutions of a scan far slower than top-level ones, jax-ml/jax#12868);
   ``"auto"`` takes the active :mod:`jaxdd.policy`'s ``train_loop``. The
-  compiled programs are cached per (task, protocol, number of samples,
-  policy). The surrogate (:func:`jaxdd.surrogate.train_surrogate`) trains
+  compiled programs are one per (task, protocol, number of samples,
+  policy), kept by JAX's cache. The surrogate (:func:`jaxdd.surrogate.train_surrogate`) trains
   with it.
 
   Args:

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 from jaxdd import policy
 from jaxdd import progress as progress_lib
 from jaxdd._src import checks, winograd
+from jaxdd._src.bound import Bound, bound
 from jaxdd.protocols import Protocol, get_protocol
 from jaxdd.structs import SynSet
 from jaxdd.tasks import TrainMetrics, TrainTask, standard_task
 from jaxdd.train.host import _auto_by_policy
-from jaxdd.train.single import _EPOCH_SINK, _train
+from jaxdd.train.single import _train
 
 
 PARALLEL = ("auto", "vmap", "map")
@@ -43,23 +44,32 @@ def resolve_parallel(parallel: str) -> str:
   return _auto_by_policy("parallel", parallel, PARALLEL, "parallel")
 
 
-def _train_single(task: TrainTask, protocol: Protocol, report: bool = False):
+# The compiled programs: module-level ``jax.jit`` functions whose static arguments (task,
+# protocol, parallel mode, block, policy) select the trace. JAX's own cache keeps one program
+# per combination; the library holds none. Tasks and protocols compare by value
+# (jaxdd.tasks, jaxdd.protocols), so equal arguments share a program.
+_TRAIN_STATIC = ("task", "protocol", "report", "pol")
+
+
+def _train_single(task: TrainTask, protocol: Protocol, report: bool = False) -> Bound:
   """Jitted trainer of one network: (key, lr, images, labels) -> (params, state, metrics).
 
-  Cached per (task, protocol, report, active policy) and traced under that policy.
+  One program per (task, protocol, report, active policy), traced under that policy;
+  equal arguments give equal (value-compared) callables.
   """
-  return _train_single_program(task, protocol, policy.current(), report)
+  return bound(_train_one, task=task, protocol=protocol, report=report, pol=policy.current())
 
 
-@functools.lru_cache(maxsize=32)
-def _train_single_program(task: TrainTask, protocol: Protocol, pol: policy.Policy,
-                          report: bool = False):
-  return jax.jit(policy.pinned(pol, functools.partial(_train, task=task, protocol=protocol,
-                                                      report=report)))
+@functools.partial(jax.jit, static_argnames=_TRAIN_STATIC)
+def _train_one(key, lr, images, labels, *, task: TrainTask, protocol: Protocol, report: bool,
+               pol: policy.Policy):
+  with policy.use(pol):
+    return _train(key, lr, images, labels, task=task, protocol=protocol, report=report)
 
 
-def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, report: bool = False):
-  """Jitted trainer of a (lrs x models) grid in one program (cached per active policy too).
+def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str,
+                        report: bool = False) -> Bound:
+  """Jitted trainer of a (lrs x models) grid in one program (one per active policy too).
 
   ``vmap``: all networks advance together (batched matmuls; convolutions
   become grouped convolutions). ``map``: a ``lax.map`` over the flattened grid
@@ -68,15 +78,15 @@ def _train_many_program(task: TrainTask, protocol: Protocol, parallel: str, repo
   "Many networks in one program"), so on CPU ``map`` is the faster of the two; accelerators
   batch well.
   """
-  return _train_many_cached(task, protocol, parallel, report, policy.current())
+  return bound(_train_grid, task=task, protocol=protocol, parallel=parallel, report=report,
+               pol=policy.current())
 
 
-@functools.lru_cache(maxsize=32)
-def _train_many_cached(task: TrainTask, protocol: Protocol, parallel: str, report: bool,
-                       pol: policy.Policy):
+@functools.partial(jax.jit, static_argnames=_TRAIN_STATIC + ("parallel",))
+def _train_grid(keys, lrs, images, labels, *, task: TrainTask, protocol: Protocol, parallel: str,
+                report: bool, pol: policy.Policy):
   single = functools.partial(_train, task=task, protocol=protocol, report=report)
-
-  def many(keys, lrs, images, labels):
+  with policy.use(pol):
     num_lrs, num_models = lrs.shape[0], keys.shape[0]
     if parallel == "vmap":
       return jax.vmap(jax.vmap(single, in_axes=(0, None, None, None)),
@@ -86,8 +96,6 @@ def _train_many_cached(task: TrainTask, protocol: Protocol, parallel: str, repor
     out = jax.lax.map(lambda kl: single(kl[0], kl[1], images, labels), (flat_keys, flat_lrs))
     return jax.tree.map(lambda a: a.reshape((num_lrs, num_models) + a.shape[1:]), out)
 
-  return jax.jit(policy.pinned(pol, many))
-
 
 def train_synsets(net_keys: jax.Array, images: jax.Array, labels: jax.Array, *,
                   task: TrainTask, protocol: Protocol, parallel: str) -> tuple:
@@ -96,22 +104,23 @@ def train_synsets(net_keys: jax.Array, images: jax.Array, labels: jax.Array, *,
   protocol's learning rate; ``parallel`` (``"map"`` or ``"vmap"``) says how the SynSets and
   the networks share the program. Returns ``(params, state, metrics)`` with leading axes
   ``(S, 1, M)``, network ``(s, 0, m)`` being :func:`train_models`'s ``(0, m)`` of SynSet ``s``."""
-  return _train_synsets_cached(task, protocol, parallel, policy.current())(net_keys, images,
-                                                                          labels)
+  return _train_synset_grid(net_keys, images, labels, task=task, protocol=protocol,
+                            parallel=parallel, pol=policy.current())
 
 
-@functools.lru_cache(maxsize=32)
-def _train_synsets_cached(task: TrainTask, protocol: Protocol, parallel: str, pol: policy.Policy):
-  many = _train_many_cached(task, protocol, parallel, False, pol)
+@functools.partial(jax.jit, static_argnames=("task", "protocol", "parallel", "pol"))
+def _train_synset_grid(net_keys, images, labels, *, task: TrainTask, protocol: Protocol,
+                       parallel: str, pol: policy.Policy):
   lrs = jnp.asarray([protocol.lr], jnp.float32)
 
-  def run(net_keys, images, labels):
-    one = lambda k, im: many(k, lrs, im, labels)  # noqa: E731
+  def one(k, im):
+    return _train_grid(k, lrs, im, labels, task=task, protocol=protocol, parallel=parallel,
+                       report=False, pol=pol)
+
+  with policy.use(pol):
     if parallel == "vmap":
       return jax.vmap(one)(net_keys, images)
     return jax.lax.map(lambda a: one(*a), (net_keys, images))
-
-  return jax.jit(policy.pinned(pol, run))
 
 
 def predict_block(protocol: Protocol, n: int, parallel: str) -> int:
@@ -132,23 +141,24 @@ def predict_block(protocol: Protocol, n: int, parallel: str) -> int:
   return block
 
 
-def _predict_program(task: TrainTask, block: int, parallel: str):
+def _predict_program(task: TrainTask, block: int, parallel: str) -> Bound:
   """Jitted blocked prediction for stacked networks: (M, ...) -> (M, n) classes.
 
-  Cached per (task, block, parallel, active policy) and traced under that policy.
+  One program per (task, block, parallel, active policy), traced under that policy.
   """
-  return _predict_cached(task, block, parallel, policy.current())
+  return bound(_predict_blocks, task=task, block=block, parallel=parallel, pol=policy.current())
 
 
-@functools.lru_cache(maxsize=32)
-def _predict_cached(task: TrainTask, block: int, parallel: str, pol: policy.Policy):
+@functools.partial(jax.jit, static_argnames=("task", "block", "parallel", "pol"))
+def _predict_blocks(params, state, images, *, task: TrainTask, block: int, parallel: str,
+                    pol: policy.Policy):
   def one_model(params, state, blocks):
     def one_block(xb):
       with winograd.convs(pol.forward_conv == "winograd"):  # a gradient-free forward
         return jnp.argmax(task.predict(params, state, xb), -1).astype(jnp.int32)
     return jax.lax.map(one_block, blocks).reshape(-1)  # (blocks * block,)
 
-  def run(params, state, images):
+  with policy.use(pol):
     n = images.shape[0]
     num_blocks = -(-n // block)
     x = jnp.pad(images, ((0, num_blocks * block - n),) + ((0, 0),) * (images.ndim - 1))
@@ -158,7 +168,6 @@ def _predict_cached(task: TrainTask, block: int, parallel: str, pol: policy.Poli
     else:
       preds = jax.lax.map(lambda ps: one_model(ps[0], ps[1], x), (params, state))
     return preds[:, :n]
-  return jax.jit(policy.pinned(pol, run))
 
 
 def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str | Protocol = "dm",
@@ -203,12 +212,12 @@ def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str 
     return {"params": params, **state}, metrics
   bar = progress_lib.bar(protocol.num_epochs, f"train {model.__class__.__name__} "
                          f"({protocol.name}, {len(labels)} images)", unit="epoch")
-  _EPOCH_SINK.append(bar)
   try:
-    params, state, metrics = jax.block_until_ready(single(key, jnp.float32(lr), images, labels))
-    jax.effects_barrier()
+    with progress_lib.reporting(bar):
+      params, state, metrics = jax.block_until_ready(single(key, jnp.float32(lr), images,
+                                                            labels))
+      jax.effects_barrier()
   finally:
-    _EPOCH_SINK.remove(bar)
     bar.close()
   return {"params": params, **state}, metrics
 
@@ -225,13 +234,12 @@ def _train_many(key, images, labels, *, task, protocol, num_models, lrs, paralle
   bar = progress_lib.bar(len(lrs) * num_models * protocol.num_epochs,
                          f"evaluate {task.name} ({protocol.name}, {len(lrs) * num_models} "
                          f"networks x {protocol.num_epochs} epochs)", unit="epoch")
-  _EPOCH_SINK.append(bar)
   try:
-    out = many(keys, jnp.asarray(lrs, jnp.float32), images, labels)
-    jax.block_until_ready(out)
-    jax.effects_barrier()
+    with progress_lib.reporting(bar):
+      out = many(keys, jnp.asarray(lrs, jnp.float32), images, labels)
+      jax.block_until_ready(out)
+      jax.effects_barrier()
   finally:
-    _EPOCH_SINK.remove(bar)
     bar.close()
   return out
 

@@ -15,7 +15,6 @@ Example:
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -23,13 +22,13 @@ import jax.numpy as jnp
 import optax
 
 from jaxdd import augment
+from jaxdd import progress as progress_lib
 from jaxdd.protocols import Protocol
 from jaxdd.tasks import StepBatch, TrainMetrics, TrainTask, hard_labels
 from jaxdd.train.grads import batch_grad
 from jaxdd.train.optim import torch_sgd
 
 
-@functools.lru_cache(maxsize=16)
 def _augment_fn(strategy):
   if callable(strategy):  # an augmentation f(key, images) itself
     return strategy
@@ -48,18 +47,7 @@ def _train(key: jax.Array, lr: jax.Array, images: jax.Array, labels: jax.Array, 
   k_init, k_shuffle, k_step = jax.random.split(key, 3)
   params, state = task.init(k_init, images, labels)
   return _fit(params, state, images, labels, lr, k_shuffle, k_step, task=task, protocol=protocol,
-              on_epoch=_epoch_done if report else None)
-
-
-# The progress counter the running evaluation reports to (set by _train_many).
-_EPOCH_SINK: list = []
-
-
-def _epoch_done(loss) -> None:
-  """Host side of the per-epoch callback: one trained epoch of one network."""
-  del loss
-  for sink in _EPOCH_SINK[-1:]:
-    sink.update(1)
+              on_epoch=progress_lib.report_epoch if report else None)
 
 
 def fit(key: jax.Array, params, state: dict, images: jax.Array, labels: jax.Array, *,

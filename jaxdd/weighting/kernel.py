@@ -39,6 +39,8 @@ import numpy as np
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdd._src.bound import bound
+
 
 def positive_or_nan(x: jax.Array) -> jax.Array:
   """``x`` where it is a finite number > 0, else NaN.
@@ -192,11 +194,19 @@ def log_density_core(queries, support, support_valid, variance, *, block_q,
   return lse - jnp.log(count)
 
 
-@functools.lru_cache(maxsize=32)
 def sharded_log_density_fn(mesh: Mesh, axis_name: str, block_q: int, block_n: int,
-                self_pairs: bool, matmul: str = "highest"):
-  """Builds (once per mesh/axis/blocks) the jitted shard_map'ed kernel."""
+                           self_pairs: bool, matmul: str = "highest"):
+  """The jitted shard_map'ed kernel ``(queries, support, support_valid, variance) -> (q,)``
+  for a mesh, axis and blocks (one program per combination, kept by JAX's cache)."""
+  return bound(_sharded_log_density, mesh=mesh, axis_name=axis_name, block_q=block_q,
+               block_n=block_n, self_pairs=self_pairs, matmul=matmul)
 
+
+@functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "block_q", "block_n",
+                                             "self_pairs", "matmul"))
+def _sharded_log_density(queries, support, support_valid, variance, *, mesh: Mesh,
+                         axis_name: str, block_q: int, block_n: int, self_pairs: bool,
+                         matmul: str):
   def local(queries, support, support_valid, variance):
     # Runs per device on its query rows; the support is replicated, so the
     # centring mean and the count are identical on every device.
@@ -227,28 +237,24 @@ def sharded_log_density_fn(mesh: Mesh, axis_name: str, block_q: int, block_n: in
       return jax.reshard(x, sharding)
     return lax.with_sharding_constraint(x, sharding)
 
-  def run(queries, support, support_valid, variance):
-    # Lay the inputs out as the shard_map expects (a no-op when they already
-    # are).
-    q = queries.shape[0]
-    ndev = mesh.shape[axis_name]
-    q_pad = max(-(-q // ndev), 1) * ndev
-    if q_pad != q:
-      # Ragged q: pad to a multiple of the axis size (padding rows are
-      # dropped below). Explicit axes cannot hold an uneven shard, so the
-      # padding happens on a replicated copy.
-      queries = pad_rows(lay_out(queries, rep), q_pad)
-    queries = lay_out(queries, split)
-    support, support_valid, variance = (
-        lay_out(a, rep) for a in (support, support_valid, variance))
-    out = mapped(queries, support, support_valid, variance)
-    if q_pad != q:
-      # An uneven slice cannot stay sharded on an Explicit axis: return the
-      # (small, (q,)) result replicated instead.
-      out = lay_out(out, rep)[:q]
-    return out
-
-  return jax.jit(run)
+  # Lay the inputs out as the shard_map expects (a no-op when they already are).
+  q = queries.shape[0]
+  ndev = mesh.shape[axis_name]
+  q_pad = max(-(-q // ndev), 1) * ndev
+  if q_pad != q:
+    # Ragged q: pad to a multiple of the axis size (padding rows are
+    # dropped below). Explicit axes cannot hold an uneven shard, so the
+    # padding happens on a replicated copy.
+    queries = pad_rows(lay_out(queries, rep), q_pad)
+  queries = lay_out(queries, split)
+  support, support_valid, variance = (
+      lay_out(a, rep) for a in (support, support_valid, variance))
+  out = mapped(queries, support, support_valid, variance)
+  if q_pad != q:
+    # An uneven slice cannot stay sharded on an Explicit axis: return the
+    # (small, (q,)) result replicated instead.
+    out = lay_out(out, rep)[:q]
+  return out
 
 
 def log1mexp(x: jax.Array) -> jax.Array:

@@ -183,13 +183,14 @@ def batch_plan(key: jax.Array, labels: Any, *, batch_size: int, num_classes: int
 _CHUNK_BATCHES = 256
 
 
-@functools.lru_cache(maxsize=16)
-def _batched_weights_fn(normalize: str):
-  def one(emb, mask, variance, temperature):
+@functools.partial(jax.jit, static_argnames=("normalize",))
+def _batched_weights(emb, mask, variance, temperature, *, normalize: str):
+  """In-batch weights of (B, n, d) batches (one program per normalisation and shape)."""
+  def one(emb, mask):
     return weights(emb, variance=variance, temperature=temperature, normalize=normalize,
-                       mask=mask)
+                   mask=mask)
 
-  return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
+  return jax.vmap(one)(emb, mask)
 
 
 def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_size: int = 256,
@@ -243,7 +244,7 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
   if index.shape[0] == 0:
     empty = np.zeros((n,), np.float32)
     return (empty, np.full(int(num_classes), np.nan)) if return_ess else empty
-  fn = _batched_weights_fn(normalize)
+  fn = functools.partial(_batched_weights, normalize=normalize)
   # Fixed-size chunks of batches: bounded memory (chunk x batch_size x d) and a
   # single compilation; the last chunk is padded with fully masked batches.
   num_batches = index.shape[0]

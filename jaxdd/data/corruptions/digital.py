@@ -10,7 +10,6 @@ Example:
 """
 from __future__ import annotations
 
-import functools
 import io
 
 import numpy as np
@@ -68,7 +67,6 @@ def _jpeg(x, rngs, s):
   return out
 
 
-@functools.lru_cache(maxsize=None)
 def _box_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
   """(n_out, n_in) matrix of Pillow's 1-D BOX resampling in float mode.
 

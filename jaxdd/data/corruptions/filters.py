@@ -10,7 +10,6 @@ Example:
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable
 
@@ -98,7 +97,6 @@ def _motion_blur(x: np.ndarray, radius: float, sigma: float,
   return out
 
 
-@functools.lru_cache(maxsize=None)
 def _zoom_matrix(n_in: int, zoom: float) -> np.ndarray:
   """(round(n_in * zoom), n_in) matrix of 1-D ``scipy.ndimage.zoom(order=1)``.
 

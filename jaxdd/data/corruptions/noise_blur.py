@@ -10,7 +10,6 @@ Example:
 """
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 from scipy import ndimage
@@ -114,7 +113,6 @@ def _glass_blur(x, rngs, s):
   return _spatial_gaussian(q / 255.0, sigma)
 
 
-@functools.lru_cache(maxsize=None)
 def _defocus_kernel(radius: float, alias_blur: float) -> np.ndarray:
   # Reference disk(): an aliased disk on a 17x17 grid (radius <= 8), normalised,
   # then cv2.GaussianBlur with a 3x3 kernel of std alias_blur (reflect-101).
