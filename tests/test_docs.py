@@ -45,7 +45,7 @@ def test_headline_numbers_are_the_result_files_numbers():
   paper, cpu = head["rows"]
   kde = _read("results/fidelity-paper/cpu-surrogate/table.md")
   vanilla = _read("results/fidelity-paper/paper-surrogate/table.md")
-  mainjob = _read("results/restructure/mainjob-after.md")
+  mainjob = _read("results/main-job/comparison.md")
   assert paper[4].strip("*") in next(l for l in kde.splitlines() if "paper: uniform" in l)
   assert f"| {paper[3]} ± 0.0 |" in next(l for l in vanilla.splitlines() if "vanilla" in l)
   assert f"| dm | {cpu[3]} |" in mainjob
