@@ -141,3 +141,35 @@ def pytest_unconfigure(config):
   if _OWN_XLA_CACHE is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
     import shutil
     shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
+
+
+FULL_RUN_ONLY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "full_run_only.txt")
+
+
+def full_run_only() -> dict[str, str]:
+  """The tests of tests/full_run_only.txt (node id -> its comment): fast-suite tests that
+  take the longest, marked slow here so that they run in ``bash .ci/run --full`` and leave
+  the 15-minute gate."""
+  out = {}
+  with open(FULL_RUN_ONLY) as f:
+    for line in f:
+      node, _, why = line.partition("#")
+      if node.strip():
+        out[node.strip()] = why.strip()
+  return out
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers
+def pytest_collection_modifyitems(config, items):
+  """Marks the tests of tests/full_run_only.txt slow. ``JAXDD_TEST_MARKERS=<file>``: writes
+  every collected test's node id and marker names as JSON (tests/test_ci.py checks the CI
+  gate and the full run against them)."""
+  listed = full_run_only()
+  for item in items:
+    if item.nodeid in listed:
+      item.add_marker(pytest.mark.slow)
+  path = os.environ.get("JAXDD_TEST_MARKERS")
+  if path:
+    import json
+    with open(path, "w") as f:
+      json.dump({item.nodeid: sorted({m.name for m in item.iter_markers()}) for item in items}, f)

@@ -53,6 +53,7 @@ def _recorded_code_digests(commit: str, tmp_path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.gate  # results stay pinned in the 15-minute gate too
 def test_smoke_results_match_recorded_digests(tmp_path):
   with open(RECORD) as f:
     recorded = json.load(f)

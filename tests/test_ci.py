@@ -1,0 +1,86 @@
+"""The CI gate and the full run are what the docs say, and together they run every test.
+
+``bash .ci/run`` (the gate, about 15 minutes on 2 cores) runs the fast suite and the slow runs
+marked ``gate``; ``bash .ci/run --full`` runs the fast suite and every slow and heavy run. This
+test reads the marker expressions from ``.ci/run`` and ``setup.cfg``, collects every test with
+its markers (one collection, no test runs), and checks that each test is run by the fast suite
+or by the full run, that the gate's slice is the slow tests marked ``gate``, and that
+``docs/install.md`` and ``README.md`` give the same commands.
+"""
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+from _pytest.mark.expression import Expression
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read(rel: str) -> str:
+  with open(os.path.join(ROOT, rel)) as f:
+    return f.read()
+
+
+def _expressions() -> dict[str, str]:
+  """The -m expressions of the fast suite (setup.cfg's addopts), the gate and the full run."""
+  addopts = configparser.ConfigParser()
+  addopts.read(os.path.join(ROOT, "setup.cfg"))
+  fast = shlex.split(addopts["tool:pytest"]["addopts"])
+  ci = _read(".ci/run")
+  gate = re.search(r'phase "the gate\'s slow runs".*?-m "([^"]+)"', ci, re.S)
+  full = re.search(r'phase "every slow and heavy run".*?-m "([^"]+)"', ci, re.S)
+  assert gate and full, "the two slow phases of .ci/run were not found"
+  return {"fast": fast[fast.index("-m") + 1], "gate": gate.group(1), "full": full.group(1)}
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory) -> dict[str, list[str]]:
+  """Every test's node id -> its marker names (one collection in a subprocess)."""
+  out = tmp_path_factory.mktemp("collect") / "markers.json"
+  env = dict(os.environ, JAXDD_TEST_MARKERS=str(out))
+  proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "",
+                         "-p", "no:xdist", "-p", "no:cacheprovider", "tests"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  return json.loads(out.read_text())
+
+
+def test_every_test_runs_in_the_fast_suite_or_the_full_run_and_the_gate_is_the_gate_marker(
+    items):
+  expr = _expressions()
+  assert expr == {"fast": "not slow and not heavy", "gate": "slow and gate",
+                  "full": "slow or heavy"}, expr
+  compiled = {k: Expression.compile(v) for k, v in expr.items()}
+  assert len(items) > 1000
+  picked = {k: {n for n, m in items.items() if e.evaluate(lambda name, m=m: name in m)}
+            for k, e in compiled.items()}
+  assert picked["fast"] | picked["full"] == set(items)  # nothing is left out of the full run
+  assert not picked["fast"] & picked["full"]
+  marked = {n for n, m in items.items() if "gate" in m}
+  assert marked == picked["gate"], "a test marked gate must also be marked slow"
+  assert picked["gate"] < picked["full"]
+  assert any("test_result_digests" in n for n in picked["gate"])  # results stay pinned
+  heavy = {n for n, m in items.items() if "heavy" in m}
+  assert heavy and heavy <= picked["full"] and not heavy & picked["gate"]
+
+
+def test_the_full_run_only_list_names_collected_tests(items):
+  from conftest import full_run_only
+  listed = full_run_only()
+  assert listed and not set(listed) - set(items), sorted(set(listed) - set(items))
+  assert all("slow" in items[n] and "gate" not in items[n] for n in listed)
+
+
+def test_the_docs_give_the_two_commands():
+  for page in ("README.md", "docs/install.md"):
+    text = _read(page)
+    assert "bash .ci/run\n" in text and "bash .ci/run --full" in text, page
+  install = _read("docs/install.md")
+  assert '-m "slow and gate"' in install and '-m "slow or heavy"' in install
