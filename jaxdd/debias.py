@@ -189,8 +189,14 @@ def lff_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7) -> TrainT
     >>> lff_task(models.ConvNet(num_classes=2, width=4)).name
     'lff'
   """
-  cfg = _LfF(model, q, ema_alpha, _num_classes(model))
-  return TrainTask("lff", bound(_LfF.init, cfg), bound(_LfF.loss, cfg), bound(_LfF.predict, cfg))
+  return _value_task("lff", _LfF(model, q, ema_alpha, _num_classes(model)))
+
+
+def _value_task(name: str, cfg) -> TrainTask:
+  """The task whose functions are ``cfg``'s methods, bound to ``cfg`` as values (equal
+  arguments give equal tasks, which share compiled programs)."""
+  kind = type(cfg)
+  return TrainTask(name, bound(kind.init, cfg), bound(kind.loss, cfg), bound(kind.predict, cfg))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,9 +256,8 @@ def dfa_task(model: nn.Module, q: float = 0.7, ema_alpha: float = 0.7,
     >>> dfa_task(models.ConvNet(num_classes=2, width=4)).name
     'dfa'
   """
-  cfg = _DFA(model, q, ema_alpha, lambda_dis_align, lambda_swap_align, lambda_swap, swap_start,
-             _num_classes(model))
-  return TrainTask("dfa", bound(_DFA.init, cfg), bound(_DFA.loss, cfg), bound(_DFA.predict, cfg))
+  return _value_task("dfa", _DFA(model, q, ema_alpha, lambda_dis_align, lambda_swap_align,
+                                lambda_swap, swap_start, _num_classes(model)))
 
 
 @dataclasses.dataclass(frozen=True)

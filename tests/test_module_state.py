@@ -165,14 +165,16 @@ def test_the_api_changes_no_module_level_container():
   assert progress._SINKS == []  # every reporting block closed
 
 
-@pytest.mark.parametrize("factory", ["standard", "supcon", "dsa"])
+@pytest.mark.parametrize("factory", ["standard", "lff", "dfa", "weighted_ce", "supcon", "dsa"])
 def test_equal_arguments_give_equal_values_that_share_programs(factory):
-  from jaxdd import augment, models, surrogate, tasks
-  if factory == "standard":
-    make = lambda: tasks.standard_task(models.ConvNet(num_classes=2, width=4))  # noqa: E731
-  elif factory == "supcon":
-    make = lambda: surrogate.supcon_task(surrogate.SurrogateConfig.preset("smoke"))  # noqa: E731
-  else:
-    make = lambda: augment.dsa("color_crop", siamese=False)  # noqa: E731
+  from jaxdd import augment, debias, models, surrogate, tasks
+  from jaxdd.distill import experts
+  net = lambda: models.ConvNet(num_classes=2, width=4)  # noqa: E731
+  make = {"standard": lambda: tasks.standard_task(net()),
+          "lff": lambda: debias.lff_task(net(), q=0.5),
+          "dfa": lambda: debias.dfa_task(net(), swap_start=0.3),
+          "weighted_ce": lambda: experts.weighted_ce_task(net()),
+          "supcon": lambda: surrogate.supcon_task(surrogate.SurrogateConfig.preset("smoke")),
+          "dsa": lambda: augment.dsa("color_crop", siamese=False)}[factory]
   a, b = make(), make()
   assert a is not b and a == b and hash(a) == hash(b)
