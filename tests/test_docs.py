@@ -85,6 +85,7 @@ def _readme_example():
 
 
 @pytest.mark.slow
+@pytest.mark.gate  # the README's Python example, in the 15-minute gate too
 def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
   """The README's example as written, with its sizes shrunk to the smoke preset's."""
   code = _readme_example()

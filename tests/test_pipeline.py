@@ -135,6 +135,7 @@ def test_method_flag_and_its_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.gate  # the README's main job, in the 15-minute gate too
 def test_reproduce_writes_the_comparison_with_bias_scores(tmp_path):
   cfg = _cfg(iterations=2)
   work = str(tmp_path / "rep")
