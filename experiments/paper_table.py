@@ -7,7 +7,7 @@ independent and the rows of a seed share its draws, common random numbers), and 
 SynSets are evaluated in one program per split (:func:`jaxdd.evaluate.evaluate_synsets`:
 the reported rows on validation and test, the candidates on validation only). Other rows
 and methods go row by row, each row's seeds in one program where the method allows
-(:func:`jaxdd.runs.distill_seeds`). The
+(:func:`jaxdd.runs.distill_seeds`), as every row does with ``--row-by-row``. The
 best label-free row is chosen among ``LABEL_FREE`` on validation alone (the pre-registered
 rule of ``jaxdd tune``: the paper's DM + KDE stays unless a candidate is better on every
 seed and by more than twice the noise); a candidate that is not otherwise reported reads
@@ -345,7 +345,7 @@ def run_cell(q: Queue, cell: Cell) -> dict:
   evaluated in one program per split."""
   names = cell_rows(cell, q.rows)
   in_cell = [n for n in names if n not in OWN_DATA]
-  if cell.method == "dm" and in_cell:
+  if cell.method == "dm" and in_cell and not q.args.row_by_row:
     cell_program(q, cell, in_cell)
   records = {}
   for name in names:
@@ -449,6 +449,10 @@ def _parser() -> argparse.ArgumentParser:
                  help="stop cleanly (checkpointed) before this many minutes; rerun to go on")
   p.add_argument("--reserve-minutes", type=arguments.positive_float, default=4.0,
                  help="the part of the budget kept for the evaluation in flight (default 4)")
+  p.add_argument("--row-by-row", action="store_true", help=(
+      "distil and evaluate a DM cell row by row (each row's seeds in one program, each "
+      "SynSet evaluated alone) instead of the whole cell in one program: the same SynSets "
+      "up to float rounding, for a device where the cell does not fit, or to time the two"))
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--tiny", action="store_true", help=(
       "check the script in seconds: the smoke preset at 2 iterations, seeds 0,1, the cell "

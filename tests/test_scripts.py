@@ -98,6 +98,22 @@ def test_cell_benchmark(capfd):
   assert row["cell_step_s"] > 0 and row["rows_step_s"] > 0 and row["rows_over_cell"] > 0
 
 
+@covers("benchmarks/cell_whole.py")
+@pytest.mark.slow
+def test_cell_whole_benchmark(capfd, tmp_path):
+  rows, _ = run("benchmarks/cell_whole.py", ["--tiny", "--workdir", str(tmp_path)], capfd)
+  (row,) = rows
+  assert row["rows"] == ["vanilla", "kde"] and row["seeds"] == ["0", "1"]
+  for arm in ("cell", "rows"):
+    (phase,) = row["phases"][arm]
+    assert 0 < phase["distill_s"] + phase["eval_s"] < row[f"{arm}_wall_s"]
+  # The two arms make the same SynSets up to float rounding: the same float32 sums grouped
+  # differently, two steps of lr 10 on pixels of order 1 (a few ulps of 10 at most), and
+  # the same test accuracies but for an image whose two largest logits are that close.
+  assert row["max_pixel_diff"] < 1e-4
+  assert row["max_test_overall_diff"] <= 0.01
+
+
 @covers("benchmarks/cpu_paths.py")
 @pytest.mark.slow
 def test_cpu_paths(capfd):
