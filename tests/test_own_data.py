@@ -95,6 +95,35 @@ def test_celeba_attributes_and_majority_rule(tmp_path):
   np.testing.assert_array_equal(ds.card.counts, counts)
 
 
+def test_opened_data_lists_and_checks_once_and_gives_load_owns_splits(tmp_path, monkeypatch):
+  own_layouts.utkface(tmp_path / "utk")
+  spec = own.parse(f"pattern:{tmp_path / 'utk'}", fields="age,gender,race,date",
+                   label_col="gender", group_col="race")
+  alone = {s: _load(spec, s, seed=3) for s in ("train", "valid", "test")}
+  from jaxdd.data.own import dataset
+  calls = {"read_index": 0, "decode": 0}
+  for name in calls:
+    real = getattr(dataset, name)
+
+    def counted(*a, _real=real, _name=name, **k):
+      calls[_name] += 1
+      return _real(*a, **k)
+    monkeypatch.setattr(dataset, name, counted)
+  opened = own.OwnData(spec, seed=3)
+  with pytest.warns(own.HeldOutTestWarning) as caught:
+    test = opened.split("test")
+  assert caught[0].filename == __file__  # the warning points at the caller's line
+  got = {"train": opened.split("train"), "valid": opened.split("valid"), "test": test}
+  assert calls == {"read_index": 1, "decode": 1}
+  for s, ds in got.items():
+    np.testing.assert_array_equal(ds.images, alone[s].images)
+    np.testing.assert_array_equal(ds.labels, alone[s].labels)
+    np.testing.assert_array_equal(ds.bias, alone[s].bias)
+    assert ds.meta == alone[s].meta
+  with pytest.raises(ValueError, match="split must be one of"):
+    opened.split("training")
+
+
 def test_utkface_pattern_holds_out_valid_and_test(tmp_path):
   truth = own_layouts.utkface(tmp_path / "utk")
   spec = own.parse(f"pattern:{tmp_path / 'utk'}", fields="age,gender,race,date",

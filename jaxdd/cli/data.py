@@ -80,8 +80,9 @@ def cmd_inspect(args) -> int:
   cards = {}
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", own.HeldOutTestWarning)
+    opened = own.OwnData(spec, seed=args.seed, progress=False if args.quiet else None)
     for split in ("train", "valid", "test"):
-      ds = own.load_own(spec, split=split, seed=args.seed, progress=False if args.quiet else None)
+      ds = opened.split(split)
       cards[split] = ds.card.to_dict()
       print(ds.describe(), end="\n\n")
   for w in caught:

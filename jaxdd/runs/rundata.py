@@ -20,7 +20,8 @@ class RunData:
 
   def __init__(self, config: RunConfig):
     self.spec = own_spec(config)
-    self._seed = config.seed
+    # a user's data is listed, split and decoded (or found in the cache) once for its splits
+    self._own = None if self.spec is None else own.OwnData(self.spec, seed=config.seed)
     self._kw = dict(conflict_ratio=config.conflict_ratio, severity=config.severity,
                     seed=config.seed, source=config.source)
     self._dataset = config.dataset
@@ -31,8 +32,8 @@ class RunData:
     self.mean, self.std = data.channel_stats(self.train.images)
 
   def _load(self, split: str):
-    if self.spec is not None:
-      return own.load_own(self.spec, split=split, seed=self._seed)
+    if self._own is not None:
+      return self._own.split(split)
     return data.load(self._dataset, split=split, **self._kw)
 
   @property

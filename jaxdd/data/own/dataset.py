@@ -145,9 +145,51 @@ def _as_float(images: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> np.nda
   return out
 
 
+class OwnData:
+  """A user's dataset opened once: its index read, its splits drawn and its images decoded
+  (one listing of the files and one check of the decoded cache for every split).
+
+  Args:
+    spec: from :func:`jaxdd.data.own.parse`.
+    seed: the seed of the hold-outs of a missing valid or test split.
+    cache: keep the decoded images in the cache (:func:`jaxdd.data.own.decoding.decode`).
+    progress: as :func:`jaxdd.data.load`.
+
+  Raises:
+    ValueError, FileNotFoundError: bad input, one line naming the file or row and the fix.
+
+  Example:
+    >>> data = OwnData(parse("folder:images"))            # doctest: +SKIP
+    >>> train, valid = data.split("train"), data.split("valid")   # doctest: +SKIP
+  """
+
+  def __init__(self, spec: DataSpec, *, seed: int = 0, cache: bool = True, progress=None,
+               index: readers.Index | None = None):
+    self.spec, self.seed = spec, seed
+    self.index = read_index(spec) if index is None else index
+    self.codes, self.origin = split_codes(self.index, spec, seed)
+    self.images, self.record = decode(self.index, image_size=spec.image_size, cache=cache,
+                                      progress=progress)
+
+  def split(self, split: str) -> BiasedDataset:
+    """One split (``train``, ``valid`` or ``test``) as :func:`load_own` returns it."""
+    return self._split(split, stacklevel=3)
+
+  def _split(self, split: str, stacklevel: int) -> BiasedDataset:
+    """:meth:`split`; a held-out test split's warning points ``stacklevel`` frames up."""
+    if split not in _SPLIT_CODE:
+      raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
+    if split == "test" and self.origin["test"] != "the data":
+      warnings.warn(f"{self.index.source_id} has no test split: "
+                    f"{int((self.codes == 2).sum())} images were held out of the training data, "
+                    "so the test set is as biased as the training data; give a test split for "
+                    "unbiased numbers", HeldOutTestWarning, stacklevel=stacklevel)
+    return _dataset(self, split)
+
+
 def load_own(spec: DataSpec, *, split: str, seed: int = 0, cache: bool = True,
              progress=None) -> BiasedDataset:
-  """One split of a user's dataset, as it is.
+  """One split of a user's dataset, as it is (:class:`OwnData` opens it for several).
 
   Args:
     spec: from :func:`jaxdd.data.own.parse`.
@@ -170,7 +212,7 @@ def load_own(spec: DataSpec, *, split: str, seed: int = 0, cache: bool = True,
   """
   if split not in _SPLIT_CODE:
     raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
-  return _dataset(read_index(spec), spec, split, seed, cache, progress)
+  return OwnData(spec, seed=seed, cache=cache, progress=progress)._split(split, stacklevel=3)
 
 
 def from_arrays(images, labels, *, split: str, groups=None, splits=None, seed: int = 0,
@@ -202,21 +244,16 @@ def from_arrays(images, labels, *, split: str, groups=None, splits=None, seed: i
   spec_lib.check(spec)
   index = arrays_lib.columns_index(spec, "arrays", images, labels, groups, splits,
                                    class_names=class_names)
-  return _dataset(index, spec, split, seed, False, None)
-
-
-def _dataset(index: readers.Index, spec: DataSpec, split: str, seed: int, cache: bool,
-             progress) -> BiasedDataset:
-  """A split of an index: the splits, the decoded images, the groups and the card."""
   if split not in _SPLIT_CODE:
     raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
-  codes, origin = split_codes(index, spec, seed)
-  images, record = decode(index, image_size=spec.image_size, cache=cache, progress=progress)
+  return OwnData(spec, seed=seed, cache=False, index=index)._split(split, stacklevel=3)
+
+
+def _dataset(opened: OwnData, split: str) -> BiasedDataset:
+  """A split of an opened dataset: its rows, the decoded images, the groups and the card."""
+  index, spec, codes, origin = opened.index, opened.spec, opened.codes, opened.origin
+  images, record, seed = opened.images, opened.record, opened.seed
   rows = np.flatnonzero(codes == _SPLIT_CODE[split])
-  if split == "test" and origin["test"] != "the data":
-    warnings.warn(f"{index.source_id} has no test split: {len(rows)} images were held out of the "
-                  "training data, so the test set is as biased as the training data; give a "
-                  "test split for unbiased numbers", HeldOutTestWarning, stacklevel=3)
   labels = index.labels[rows].astype(np.int32)
   nc = len(index.class_names)
   groups = _split_groups(index, rows, split, spec)
