@@ -13,7 +13,7 @@ The arms alternate (``--repeats``; the first arm swaps each repeat). The JSON li
 each arm's wall seconds, its distillation and evaluation seconds (the queue's own
 records), the ratio rows / cell of the medians (above 1: the cell program is faster), and
 how far the two arms' SynSets and test accuracies differ (every run of the cell equals the
-run alone up to float rounding). The surrogates are cached on disk by the first arm to
+run alone up to float rounding at each step; over hundreds of steps the rounding grows). The surrogates are cached on disk by the first arm to
 need them, so ``--warm`` trains them first, untimed: both arms then load the same ones.
 
   jaxdd data fetch mnist
