@@ -154,6 +154,8 @@ class OwnData:
     seed: the seed of the hold-outs of a missing valid or test split.
     cache: keep the decoded images in the cache (:func:`jaxdd.data.own.decoding.decode`).
     progress: as :func:`jaxdd.data.load`.
+    index: the data's index when already read (:func:`from_arrays` gives its arrays');
+      None reads the spec's (:func:`read_index`).
 
   Raises:
     ValueError, FileNotFoundError: bad input, one line naming the file or row and the fix.
@@ -170,6 +172,8 @@ class OwnData:
     self.codes, self.origin = split_codes(self.index, spec, seed)
     self.images, self.record = decode(self.index, image_size=spec.image_size, cache=cache,
                                       progress=progress)
+    # the splits read the decoded images: an array source's originals need not stay in memory
+    self.index = dataclasses.replace(self.index, arrays=None)
 
   def split(self, split: str) -> BiasedDataset:
     """One split (``train``, ``valid`` or ``test``) as :func:`load_own` returns it."""
