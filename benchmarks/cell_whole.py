@@ -50,8 +50,8 @@ def _arm(args, name: str, folder: str, iterations: int | None) -> float:
   done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   wall = time.perf_counter() - t0
   if done.returncode != 0:
-    raise SystemExit(f"cell_whole: the {name} arm failed (exit {done.returncode}): "
-                     f"{done.stderr.strip().splitlines()[-1:]}")
+    last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+    raise SystemExit(f"cell_whole: the {name} arm failed (exit {done.returncode}): {last}")
   return wall
 
 
@@ -128,6 +128,8 @@ def main(argv=None) -> int:
     p.set_defaults(preset="smoke", iterations=2, cell="cmnist5-ipc10", rows="vanilla,kde",
                    seeds="0,1")
     args = p.parse_args(argv)
+  if args.repeats < 1:
+    p.error(f"--repeats must be at least 1, got {args.repeats}")
   if args.warm:
     _warm(args)
   walls: dict[str, list[float]] = {"cell": [], "rows": []}
