@@ -452,7 +452,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--row-by-row", action="store_true", help=(
       "distil and evaluate a DM cell row by row (each row's seeds in one program, each "
       "SynSet evaluated alone) instead of the whole cell in one program: the same SynSets "
-      "up to float rounding, for a device where the cell does not fit, or to time the two"))
+      "up to float rounding (which grows over the steps), for a device where the cell does "
+      "not fit, or to time the two"))
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--tiny", action="store_true", help=(
       "check the script in seconds: the smoke preset at 2 iterations, seeds 0,1, the cell "
