@@ -43,6 +43,12 @@ _READERS = {"folder": readers.read_folder, "csv": readers.read_csv,
 _SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
 
 
+def _check_split(split: str) -> None:
+  """Refuses a split name before any file is read."""
+  if split not in _SPLIT_CODE:
+    raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
+
+
 class HeldOutTestWarning(UserWarning):
   """The data has no test split: one was held out of the training data, as biased as it."""
 
@@ -181,8 +187,7 @@ class OwnData:
 
   def _split(self, split: str, stacklevel: int) -> BiasedDataset:
     """:meth:`split`; a held-out test split's warning points ``stacklevel`` frames up."""
-    if split not in _SPLIT_CODE:
-      raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
+    _check_split(split)
     if split == "test" and self.origin["test"] != "the data":
       warnings.warn(f"{self.index.source_id} has no test split: "
                     f"{int((self.codes == 2).sum())} images were held out of the training data, "
@@ -214,8 +219,7 @@ def load_own(spec: DataSpec, *, split: str, seed: int = 0, cache: bool = True,
     >>> from jaxdd.data import own
     >>> ds = own.load_own(own.parse("folder:images"), split="train")   # doctest: +SKIP
   """
-  if split not in _SPLIT_CODE:
-    raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
+  _check_split(split)
   return OwnData(spec, seed=seed, cache=cache, progress=progress)._split(split, stacklevel=3)
 
 
@@ -248,8 +252,7 @@ def from_arrays(images, labels, *, split: str, groups=None, splits=None, seed: i
   spec_lib.check(spec)
   index = arrays_lib.columns_index(spec, "arrays", images, labels, groups, splits,
                                    class_names=class_names)
-  if split not in _SPLIT_CODE:
-    raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
+  _check_split(split)
   return OwnData(spec, seed=seed, cache=False, index=index)._split(split, stacklevel=3)
 
 
