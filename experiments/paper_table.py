@@ -55,7 +55,7 @@ from jaxdd import evaluate, models, runs, synset
 from jaxdd._src import schema
 from jaxdd.cli import arguments
 from jaxdd.config import RunConfig, get_config
-from jaxdd.runs import driver, selection
+from jaxdd.runs import bundle, driver, selection, version
 from jaxdd.structs import SynSet
 
 
@@ -374,6 +374,205 @@ def cell_program(q: Queue, cell: Cell, names: list[str]) -> None:
   q.evaluate_many(items)
 
 
+# ---------------------------------------------------------------------- units of work
+# A lent GPU runs one command of at most 10 minutes on a bare machine, so the queue is also
+# cut into units that each fit one command and leave one small record: what the table needs.
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """A unit of work that fits one command on a fresh machine.
+
+  ``part="rows"``: every row of one seed of a cell that shares the cell's data (a DM cell's
+  rows distilled in one program, then evaluated in one program; a DSA cell's row by row).
+  ``part="ceiling"``: the ceiling row of one seed (other data). ``part="chosen"``: once
+  every seed's rows are in, the test split of the label-free candidate chosen on validation,
+  when no reported row covers it (all seeds; the test split is read now and only now).
+  """
+  cell: Cell
+  part: str
+  seeds: tuple
+  rows: tuple
+
+  @property
+  def name(self) -> str:
+    if self.part == "chosen":
+      return f"{self.cell.name}/chosen-{self.rows[0]}"
+    return f"{self.cell.name}/s{self.seeds[0]}" + ("" if self.part == "rows" else "-ceiling")
+
+  def path(self, units_dir: str) -> str:
+    return os.path.join(units_dir, self.name + ".json")
+
+
+_SEED_RECORD = schema.obj({"seed": schema.INT, "distill_s": schema.NUM, "eval_s": schema.NUM,
+                           "bias_start": schema.opt(schema.NUM),
+                           "bias_end": schema.opt(schema.NUM), "valid": schema.ANY,
+                           "synset_sha256": schema.STR}, optional={"test": _SCORES})
+UNIT_RECORD = schema.obj({"unit": schema.STR, "settings": schema.map_of(schema.ANY),
+                          "rows": schema.map_of(schema.list_of(_SEED_RECORD)),
+                          "timings": schema.map_of(schema.NUM), "commit": schema.STR,
+                          "machine": schema.STR, "date": schema.STR,
+                          "command": schema.STR})
+
+
+def unit_settings(q: Queue) -> dict:
+  """What every unit of one units folder shares: the preset and the flags that change a run."""
+  return {"preset": q.args.preset, **{k: q.overrides[k] for k in sorted(q.overrides)}}
+
+
+def unit_records(q: Queue, cell: Cell) -> tuple[dict[str, list[dict]], list[dict]]:
+  """Row -> its per-seed records, from every finished unit of ``cell`` in the units folder
+  (the seeds the queue asks for, in their order; a row a unit lacks simply has fewer seeds),
+  and the units' records themselves (their provenance)."""
+  out: dict[str, list[dict]] = {}
+  found = []
+  units = [u for u in cell_units(q, cell) if u.part != "chosen"] + chosen_units(q, cell)
+  for u in units:
+    rec = read_unit(q, u)
+    if rec is None:
+      continue
+    found.append(rec)
+    for name, recs in rec["rows"].items():
+      if u.part == "chosen":
+        out[name] = recs  # the chosen candidate with its test split, every seed
+      else:
+        out.setdefault(name, []).extend(recs)
+  order = {s: i for i, s in enumerate(q.seeds)}
+  return ({n: sorted(v, key=lambda r: order.get(r["seed"], len(order))) for n, v in out.items()},
+          found)
+
+
+def read_unit(q: Queue, unit: Unit) -> dict | None:
+  """A finished unit's record, or None; a record of other settings is refused in one line."""
+  rec = _record(unit.path(q.args.units_dir), UNIT_RECORD)
+  if rec is not None and rec["settings"] != unit_settings(q):
+    raise ValueError(f"{unit.path(q.args.units_dir)} was made with {rec['settings']}, not "
+                     f"{unit_settings(q)}; give these settings another --units-dir")
+  return rec
+
+
+def cell_units(q: Queue, cell: Cell) -> list[Unit]:
+  """A cell's seed units in queue order: each seed's rows, then each seed's ceiling."""
+  names = cell_rows(cell, q.rows)
+  rows = tuple(n for n in names if n not in OWN_DATA)
+  own = tuple(n for n in names if n in OWN_DATA)
+  units = [Unit(cell, "rows", (s,), rows) for s in q.seeds]
+  units += [Unit(cell, "ceiling", (s,), own) for s in q.seeds if own]
+  return units
+
+
+def chosen_units(q: Queue, cell: Cell) -> list[Unit]:
+  """The unit that reads a chosen candidate's test split, once every seed's rows are in and
+  validation chose a candidate no reported row covers; else none."""
+  pool = choice_pool(cell, q.rows)
+  recs = {}
+  for u in cell_units(q, cell):
+    rec = read_unit(q, u) if u.part == "rows" else None
+    if u.part == "rows" and rec is None:
+      return []
+    if rec is not None:
+      for n in pool:
+        recs.setdefault(n, []).extend(rec["rows"][n])
+  if not pool or not recs:
+    return []
+  choice = unit_choice(recs, pool)
+  if ROWS[choice["chosen"]].reported:
+    return []
+  return [Unit(cell, "chosen", tuple(q.seeds), (choice["chosen"],))]
+
+
+def unit_choice(recs: dict, pool: list[str]) -> dict:
+  scores = {n: np.asarray([r["valid"]["conflicting"] for r in recs[n]]) for n in pool}
+  return selection.select(scores, pool[0], recs[pool[0]][0]["valid"]["num_conflicting"])
+
+
+def next_units(q: Queue, cells: list[Cell], count: int) -> list[Unit]:
+  """The first ``count`` unfinished units in queue order."""
+  todo = []
+  for cell in cells:
+    for u in cell_units(q, cell) + chosen_units(q, cell):
+      if read_unit(q, u) is None:
+        todo.append(u)
+        if len(todo) == count:
+          return todo
+  return todo
+
+
+def estimate_minutes(q: Queue, unit: Unit) -> str:
+  """The estimated minutes of a unit, from the finished units of this units folder that ran
+  on this kind of machine (their wall time per row), or why there is none."""
+  here, per_row = version.machine(), []
+  for root, _, files in os.walk(q.args.units_dir):
+    for fn in files:
+      rec = _record(os.path.join(root, fn), UNIT_RECORD) if fn.endswith(".json") else None
+      if rec is not None and rec["machine"] == here and rec["rows"]:
+        per_row.append(rec["timings"]["total_s"] / len(rec["rows"]))
+  if not per_row:
+    return "no estimate yet (no unit of these settings has run on this machine)"
+  return (f"about {float(np.median(per_row)) * len(unit.rows) / 60:.1f} min (from "
+          f"{len(per_row)} finished units on this machine)")
+
+
+def run_unit(q: Queue, unit: Unit) -> dict:
+  """Runs a unit and writes its record (last, atomically: a unit stopped part-way leaves no
+  record; its run folders resume on the same machine)."""
+  t0 = time.perf_counter()
+  cell, queue_seeds = unit.cell, q.seeds
+  q.seeds = list(unit.seeds)  # the unit's seeds while it runs
+  try:
+    if unit.part == "rows" and cell.method == "dm" and not q.args.row_by_row:
+      cell_program(q, cell, list(unit.rows))
+    recs = {n: run_row(q, cell, n, ROWS[n].reported or unit.part == "chosen")
+            for n in unit.rows}
+  finally:
+    q.seeds = queue_seeds
+  for rows in recs.values():
+    for r in rows:
+      w = r.pop("workdir")
+      r["synset_sha256"] = _synset_digest(w)
+  total = time.perf_counter() - t0
+  timings = {"total_s": total,
+             "distill_s": float(sum(r["distill_s"] for v in recs.values() for r in v)),
+             "eval_s": float(sum(r["eval_s"] for v in recs.values() for r in v))}
+  record = {"unit": unit.name, "settings": unit_settings(q), "rows": recs, "timings": timings,
+            "commit": runs.code_version(), "machine": version.machine(),
+            "date": datetime.date.today().isoformat(),
+            "command": " ".join(["python", "experiments/paper_table.py"] + q.args.argv)}
+  os.makedirs(os.path.dirname(unit.path(q.args.units_dir)), exist_ok=True)
+  synset.atomic_write_json(unit.path(q.args.units_dir), record)
+  return record
+
+
+def _synset_digest(workdir: str) -> str:
+  """The sha256 of a run's SynSet arrays, as its manifest records them."""
+  with open(os.path.join(workdir, "synset", "manifest.json")) as f:
+    files = json.load(f)["files"]
+  return files["arrays.npz"]
+
+
+def units_table(q: Queue, cell: Cell) -> dict | None:
+  """The cell's table from whatever units exist (each row with the seeds it has), or None
+  when the first seed's rows are not in yet."""
+  records, found = unit_records(q, cell)
+  if not records.get("vanilla") or not records.get("kde"):
+    return None
+  pool = [n for n in choice_pool(cell, q.rows) if records.get(n)]
+  seeds = min(len(records[n]) for n in pool)
+  choice = unit_choice({n: records[n][:seeds] for n in pool}, pool)
+  if "test" not in records[choice["chosen"]][0]:
+    choice = dict(choice, pending=True)
+  data = table_data(q, cell, records, choice)
+  units = sorted(found, key=lambda r: r["unit"])
+  data.update(
+      date=max(r["date"] for r in units),
+      commit="; ".join(f"{r['unit']}: {r['commit']}" for r in units),
+      machine="; ".join(f"{r['unit']}: {r['machine']}" for r in units),
+      command=sorted({r["command"] for r in units}),
+      notes=data["notes"] + ["Built from the unit records in "
+                             f"{q.args.units_dir} ({len(units)} units); each unit's commit "
+                             "and machine are given."])
+  return data
+
+
 def _pm(values) -> str:
   return runs.format_pm(values)
 
@@ -391,20 +590,31 @@ def table_row(label: str, row: Row, recs: list[dict]) -> list[str]:
 
 
 def table_data(q: Queue, cell: Cell, records: dict, choice: dict) -> dict:
+  """The cell's table data from each row's per-seed records (a row missing from ``records``
+  is left out; ``choice['pending']``: the chosen candidate's test split is not read yet)."""
   rows = []
   for name in cell_rows(cell, q.rows):
-    if ROWS[name].reported:
+    if ROWS[name].reported and records.get(name):
       rows.append(table_row(ROWS[name].label, ROWS[name], records[name]))
     if name == "kde":
       chosen = choice["chosen"]
-      rows.append(table_row(f"best label-free, chosen on validation: {ROWS[chosen].label}",
-                            ROWS[chosen], records[chosen]))
+      label = f"best label-free, chosen on validation: {ROWS[chosen].label}"
+      if choice.get("pending"):
+        rows.append([label, "no", ",".join(str(r["seed"]) for r in records[chosen]),
+                     _pm([float(np.mean(r["valid"]["conflicting"])) for r in records[chosen]])]
+                    + ["its test split is read by the unit "
+                       f"{cell.name}/chosen-{chosen}"] + ["–"] * 7)
+      else:
+        rows.append(table_row(label, ROWS[chosen], records[chosen]))
   n_models = len(records["vanilla"][0]["test"]["overall"])
+  wanted = [n for n in cell_rows(cell, q.rows) if ROWS[n].reported]
+  complete = (not choice.get("pending")
+              and all(len(records.get(n, [])) == len(q.seeds) for n in wanted))
   notes = [
       f"{cell.dataset}, {100 * cell.ratio:g} % bias-conflicting, IPC {cell.ipc}, "
       f"{cell.method.upper()}, preset `{q.args.preset}`; ± is the sample standard deviation "
-      f"over the {len(q.seeds)} distillation seeds of each seed's mean over {n_models} "
-      "evaluation networks.",
+      "over each row's distillation seeds (the column seeds) of each seed's mean over "
+      f"{n_models} evaluation networks.",
       f"The best label-free row: {choice['reason']} (criterion: validation conflicting "
       f"accuracy; candidates {', '.join(choice_pool(cell, q.rows))}).",
       "DEO_M / DEO_A: FairDD's equalized-odds differences on the test split (per class, the "
@@ -412,6 +622,7 @@ def table_data(q: Queue, cell: Cell, records: dict, choice: dict) -> dict:
       "classes), empty groups counted as 0.",
   ]
   return {"columns": COLUMNS, "rows": rows, "notes": notes, "cell": dataclasses.asdict(cell),
+          "complete": complete,
           "choice": {k: (float(v) if isinstance(v, (float, np.floating)) else v)
                      for k, v in choice.items()},
           "date": datetime.date.today().isoformat(), "commit": runs.code_version(),
@@ -443,8 +654,24 @@ def _parser() -> argparse.ArgumentParser:
                  help="the cells to run, in the queue's order")
   p.add_argument("--rows", default=",".join(ROWS),
                  help="the rows to run (vanilla and kde are always needed)")
-  p.add_argument("--workdir", required=True, help="where the runs are kept (resumable)")
-  p.add_argument("--results", required=True, help="where each finished cell's JSON is written")
+  p.add_argument("--workdir", default="runs/paper-table",
+                 help="where the runs are kept (resumable on this machine; default "
+                      "runs/paper-table)")
+  p.add_argument("--results", default="results/paper-table",
+                 help="where each cell's table JSON is written (default results/paper-table)")
+  p.add_argument("--next-unit", action="store_true", help=(
+      "run the first unfinished unit (one seed of a cell, every row, in one command) in "
+      "queue order, write its record under --units-dir and the cell's table from every "
+      "finished unit; a rerun anywhere, with only the repository, goes on with the next"))
+  p.add_argument("--units", type=arguments.positive_int, default=1,
+                 help="with --next-unit: how many units to run (default 1)")
+  p.add_argument("--units-dir", default=None,
+                 help="where the unit records are kept (default <results>/units)")
+  p.add_argument("--out", default=None, help=(
+      "with --next-unit: also leave in this folder the unit records and the runs' SynSets "
+      "(tar.gz in parts of at most 16 MiB; at most 8 files): what a lent machine returns"))
+  p.add_argument("--plan", action="store_true",
+                 help="with --next-unit: print the plan and the estimate, run nothing")
   p.add_argument("--budget-minutes", type=arguments.positive_float, default=None,
                  help="stop cleanly (checkpointed) before this many minutes; rerun to go on")
   p.add_argument("--reserve-minutes", type=arguments.positive_float, default=4.0,
@@ -470,21 +697,24 @@ def main(argv=None) -> int:
                    rows="vanilla,kde", iterations=2)
     args = p.parse_args(argv)
   args.argv = argv
+  args.units_dir = args.units_dir or os.path.join(args.results, "units")
   by_name = {c.name: c for c in CELLS}
   cells = [c for c in args.cells.split(",") if c]
   unknown = [c for c in cells if c not in by_name]
+  refusal = None
   if unknown:
-    print(f"paper_table: error: unknown cells {unknown}; choose from {list(by_name)}",
-          file=sys.stderr)
-    return 2
+    refusal = f"unknown cells {unknown}; choose from {list(by_name)}"
   rows = [r for r in args.rows.split(",") if r]
   if not {"vanilla", "kde"} <= set(rows) or set(rows) - set(ROWS):
-    print(f"paper_table: error: --rows {args.rows!r}: give vanilla, kde and any of "
-          f"{[r for r in ROWS if r not in ('vanilla', 'kde')]}", file=sys.stderr)
-    return 2
+    refusal = (f"--rows {args.rows!r}: give vanilla, kde and any of "
+               f"{[r for r in ROWS if r not in ('vanilla', 'kde')]}")
   if args.budget_minutes is not None and args.budget_minutes <= args.reserve_minutes:
-    print(f"paper_table: error: --budget-minutes {args.budget_minutes:g} leaves nothing after "
-          f"--reserve-minutes {args.reserve_minutes:g}; give a larger budget", file=sys.stderr)
+    refusal = (f"--budget-minutes {args.budget_minutes:g} leaves nothing after "
+               f"--reserve-minutes {args.reserve_minutes:g}; give a larger budget")
+  if not args.next_unit and (args.out or args.plan or args.units != 1):
+    refusal = "--out, --plan and --units go with --next-unit; add it"
+  if refusal:
+    print(f"paper_table: error: {refusal}", file=sys.stderr)
     return 2
   overrides = {k: v for k, v in (("source", args.source or ("full" if args.preset == "paper"
                                                                    else None)),
@@ -492,10 +722,18 @@ def main(argv=None) -> int:
                                  ("iterations", args.iterations)) if v is not None}
   q = Queue(args, overrides)
   order = [by_name[c] for c in cells]
-  left = []
+  if args.next_unit:
+    return units_main(q, order)
+  return queue_main(q, order)
+
+
+def queue_main(q: Queue, order: list[Cell]) -> int:
+  """The whole queue in one long invocation (checkpoints on this machine)."""
+  args, left = q.args, []
   for i, cell in enumerate(order):
     path = os.path.join(args.results, f"{cell.name}.json")
-    if _record(path, CELL_RECORD) is not None:
+    done = _record(path, CELL_RECORD)
+    if done is not None and done.get("complete", True):
       print(f"[paper_table] {cell.name}: finished ({path})", flush=True)
       continue
     print(f"[paper_table] {cell.name}", flush=True)
@@ -521,6 +759,60 @@ def main(argv=None) -> int:
           "command again to go on", file=sys.stderr)
   else:
     print(f"[paper_table] all {len(order)} cells finished ({minutes:.1f} min)", flush=True)
+  return 0
+
+
+def units_main(q: Queue, order: list[Cell]) -> int:
+  """``--next-unit``: the next units, each recorded when finished, and the cells' tables."""
+  args = q.args
+  try:
+    todo = next_units(q, order, args.units)
+    if not todo:
+      print(f"[paper_table] every unit of {', '.join(c.name for c in order)} is finished "
+            f"({args.units_dir})", flush=True)
+      return 0
+    for u in todo:
+      print(f"[paper_table] plan: unit {u.name}: rows {', '.join(u.rows)}; seeds "
+            f"{','.join(map(str, u.seeds))}; preset {args.preset}; "
+            f"{estimate_minutes(q, u)}", flush=True)
+    if args.plan:
+      return 0
+    if args.out:
+      bundle.check_out(args.out)
+    done = []
+    for u in todo:
+      q.check_time()
+      rec = run_unit(q, u)
+      done.append(u)
+      print(f"[paper_table] unit {u.name} finished in {rec['timings']['total_s'] / 60:.1f} "
+            f"min ({u.path(args.units_dir)})", flush=True)
+      data = units_table(q, u.cell)
+      if data is not None:
+        os.makedirs(args.results, exist_ok=True)
+        synset.atomic_write_json(os.path.join(args.results, f"{u.cell.name}.json"), data)
+        print(render(data), flush=True)
+    if args.out:
+      names = bundle.write_out(
+          args.out, [(f"unit-{u.name.replace('/', '-')}.json", u.path(args.units_dir))
+                     for u in done], args.workdir,
+          [os.path.join(args.workdir, u.cell.name, n, f"s{s}")
+           for u in done for n in u.rows for s in u.seeds])
+      packed = any(n.startswith("runs.tar.gz") for n in names)
+      print(f"[paper_table] left in {args.out}: {', '.join(names)}"
+            + ("" if packed else " (the runs did not fit in the file limits: records only)"),
+            flush=True)
+  except BudgetReached:
+    print("paper_table: the time budget is spent; the unit in flight left no record; its runs "
+          "are checkpointed on this machine; run the same command again to go on",
+          file=sys.stderr)
+    return 0
+  except KeyboardInterrupt:
+    print("paper_table: interrupted; the unit in flight left no record; run the same command "
+          "again to go on", file=sys.stderr)
+    return 130
+  except (ValueError, OSError, schema.FileFormatError) as e:
+    print(f"paper_table: error: {e}", file=sys.stderr)
+    return 1
   return 0
 
 

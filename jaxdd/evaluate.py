@@ -238,7 +238,8 @@ def _result(key, task, model, protocol, num_models, lrs, sel, valid, select_on, 
 def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Batch, *,
                      model: nn.Module, protocol: str | Protocol = "dm", num_models: int = 5,
                      valid: Batch | None = None, select_on: str = "overall",
-                     num_bias: int | None = None, parallel: str = "auto") -> list[EvalResult]:
+                     num_bias: int | None = None, parallel: str = "auto",
+                     networks: Sequence[int] | None = None) -> list[EvalResult]:
   """Evaluates several SynSets of one shape at once: every SynSet's ``num_models`` networks
   train in ONE compiled program, and all of them predict the validation and the test
   split in one program each.
@@ -255,6 +256,10 @@ def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Ba
     test, model, protocol, num_models, valid, select_on, num_bias, parallel: as
       :func:`evaluate_synset` (``parallel`` also says how the SynSets share the program:
       ``"map"`` one after another, ``"vmap"`` batched).
+    networks: which of the ``num_models`` networks to train (indices; default all): the
+      same networks as the whole evaluation's, so an evaluation too long for one sitting
+      can be done a network at a time and the scores put together. The results then hold
+      ``len(networks)`` networks.
 
   Returns:
     One :class:`EvalResult` per SynSet, with ``valid_scores`` (the ``select_on``
@@ -291,7 +296,9 @@ def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Ba
   parallel = train_lib.resolve_parallel(parallel)
   task = train_lib.standard_task(model)
   lrs = checks.check_lrs(None, protocol)
-  net_keys = jnp.stack([jax.random.split(k, num_models) for k in keys])
+  chosen = _checked_networks(networks, num_models)
+  net_keys = jnp.stack([jax.random.split(k, num_models)[jnp.asarray(chosen)] for k in keys])
+  num_models = len(chosen)
   params, state, metrics = train_lib.train_synsets(
       net_keys, jnp.stack([im for im, _ in checked]), labels, task=task, protocol=protocol,
       parallel=parallel)
@@ -316,6 +323,18 @@ def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Ba
                        valid_scores, acc, jax.device_get(_slice_tree(metrics, (i, 0))),
                        images, test, parallel, None))
   return out
+
+
+def _checked_networks(networks, num_models: int) -> list[int]:
+  """The network indices an evaluation trains: all of ``num_models``, or the given ones."""
+  if networks is None:
+    return list(range(num_models))
+  nets = [int(i) for i in networks]
+  if (not nets or len(set(nets)) != len(nets)
+          or any(not 0 <= i < num_models for i in nets)):
+    raise ValueError(f"networks must be distinct indices in [0, {num_models}); got "
+                     f"{list(networks)!r}")
+  return nets
 
 
 def evaluate_synset(key: jax.Array, syn: SynSet, test: Batch, *, model: nn.Module,

@@ -414,3 +414,32 @@ def test_many_synsets_in_one_program_equal_each_evaluated_alone(parallel):
   with pytest.raises(ValueError, match="one shape and labels"):
     evaluate_synsets(keys[:2], [syns[0], SynSet(syns[1].images, labels[::-1])], test,
                      model=model, protocol="smoke")
+
+
+def test_a_subset_of_networks_is_the_whole_evaluations_same_networks():
+  # An evaluation done a network at a time (networks=[j]) trains the whole evaluation's
+  # network j: the same key, so the same training up to float32 rounding.
+  from jaxdd import models
+  from jaxdd.evaluate import evaluate_synsets
+  rng = np.random.default_rng(1)
+  labels = jnp.repeat(jnp.arange(2), 3)
+  syn = SynSet(jnp.asarray(rng.normal(size=(6, 8, 8, 3)), jnp.float32), labels)
+  y = jnp.asarray(np.tile([0, 1], 10))
+  test = Batch(jnp.asarray(rng.normal(size=(20, 8, 8, 3)), jnp.float32), y,
+               bias=jnp.asarray(np.arange(20) % 3 == 0, jnp.int32))
+  model = models.ConvNet(num_classes=2, depth=1, width=4)
+  key = jax.random.key(7)
+  (whole,) = evaluate_synsets([key], [syn], test, model=model, protocol="smoke", num_models=3)
+  for j in (2, 0):
+    (one,) = evaluate_synsets([key], [syn], test, model=model, protocol="smoke", num_models=3,
+                              networks=[j])
+    assert one.num_models == 1 and one.overall.shape == (1,)
+    np.testing.assert_allclose(one.train_loss[0], whole.train_loss[j], rtol=1e-5, atol=1e-6)
+    assert abs(one.overall[0] - whole.overall[j]) <= 1 / 20 + 1e-9
+  (two,) = evaluate_synsets([key], [syn], test, model=model, protocol="smoke", num_models=3,
+                            networks=[2, 1])
+  np.testing.assert_allclose(two.train_loss, whole.train_loss[[2, 1]], rtol=1e-5, atol=1e-6)
+  for bad in ([], [3], [1, 1], [-1]):
+    with pytest.raises(ValueError, match="distinct indices in"):
+      evaluate_synsets([key], [syn], test, model=model, protocol="smoke", num_models=3,
+                       networks=bad)

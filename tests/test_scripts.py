@@ -318,6 +318,68 @@ def test_paper_table(tmp_path, capfd):
   assert len(json.loads((res / "cmnist5-ipc10.json").read_text())["rows"]) == len(data["rows"])
 
 
+@pytest.mark.slow
+@pytest.mark.gate
+def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path, capfd):
+  # One unit (a seed of a cell, every row) per command; its record is all that carries over:
+  # the second command runs with an empty work folder (a fresh machine with only the
+  # repository) and goes on with the next unit.
+  import tarfile
+  script = load("experiments/paper_table.py")
+  res, out = tmp_path / "r", tmp_path / "out"
+  base = ["--tiny", "--next-unit", "--quiet", "--results", str(res)]
+  assert script.main(base + ["--workdir", str(tmp_path / "w1"), "--plan"]) == 0
+  plan = capfd.readouterr().out
+  assert "plan: unit cmnist5-ipc10/s0: rows vanilla, kde; seeds 0" in plan
+  assert "no estimate yet" in plan and not res.exists()
+  # a unit stopped part-way (Ctrl-C in its evaluation) leaves no record
+  real_row = script.run_row
+
+  def stopped(*a, **k):
+    raise KeyboardInterrupt
+  script.run_row = stopped
+  assert script.main(base + ["--workdir", str(tmp_path / "w0")]) == 130
+  assert "left no record" in capfd.readouterr().err
+  assert not (res / "units").exists() or not list((res / "units").rglob("*.json"))
+  script.run_row = real_row
+  _, printed = run("experiments/paper_table.py",
+                   base + ["--workdir", str(tmp_path / "w1"), "--out", str(out)], capfd)
+  rec = json.loads((res / "units" / "cmnist5-ipc10" / "s0.json").read_text())
+  assert set(rec["rows"]) == {"vanilla", "kde"} and rec["unit"] == "cmnist5-ipc10/s0"
+  for key in ("commit", "machine", "date", "command"):
+    assert rec[key]
+  assert set(rec["timings"]) == {"total_s", "distill_s", "eval_s"}
+  kde = rec["rows"]["kde"][0]
+  assert kde["seed"] == 0 and len(kde["synset_sha256"]) == 64
+  assert len(kde["test"]["overall"]) == len(kde["valid"]["conflicting"]) >= 1
+  # what a lent machine hands back: the record and the runs, within the device's limits
+  names = sorted(os.listdir(out))
+  assert names == ["runs.tar.gz.part0", "unit-cmnist5-ipc10-s0.json"]
+  assert all(os.path.getsize(out / n) <= 16 * 2**20 for n in names)
+  with tarfile.open(out / "runs.tar.gz.part0") as tar:
+    assert "cmnist5-ipc10/kde/s0/synset/arrays.npz" in tar.getnames()
+  table = json.loads((res / "cmnist5-ipc10.json").read_text())
+  assert [r[2] for r in table["rows"]] == ["0", "0", "0"] and table["complete"] is False
+  # --out into a folder that holds anything is refused before any work
+  assert script.main(base + ["--workdir", str(tmp_path / "w2"), "--out", str(out)]) == 1
+  assert "new path or an empty folder" in capfd.readouterr().err
+  # a fresh machine: another, empty work folder; the next unit is seed 1
+  _, printed = run("experiments/paper_table.py", base + ["--workdir", str(tmp_path / "w2")],
+                   capfd)
+  assert "unit cmnist5-ipc10/s1 finished" in printed
+  assert "from 1 finished units on this machine" in printed  # the estimate
+  assert not (tmp_path / "w2" / "cmnist5-ipc10" / "kde" / "s0").exists()
+  table = json.loads((res / "cmnist5-ipc10.json").read_text())
+  assert [r[2] for r in table["rows"]] == ["0,1"] * 3 and table["complete"] is True
+  assert "cmnist5-ipc10/s0:" in table["machine"] and "cmnist5-ipc10/s1:" in table["commit"]
+  _, printed = run("experiments/paper_table.py", base + ["--workdir", str(tmp_path / "w3")],
+                   capfd)
+  assert "every unit of cmnist5-ipc10 is finished" in printed
+  # the records of other settings are refused, not mixed
+  assert script.main(base + ["--workdir", str(tmp_path / "w3"), "--iterations", "3"]) == 1
+  assert "give these settings another --units-dir" in capfd.readouterr().err
+
+
 def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeypatch):
   # The cell logic on stub runs: validation scores decide (kde_init beats the paper's row on
   # every seed by far more than the noise of 10,000 samples); the chosen candidate (not a

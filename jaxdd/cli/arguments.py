@@ -140,6 +140,19 @@ def non_negative_int(text: str) -> int:
   return value
 
 
+def index_list(text: str) -> list[int]:
+  """Type: comma-separated distinct integers >= 0, none empty.
+
+  >>> index_list("0,1,2")
+  [0, 1, 2]
+  """
+  parts = text.split(",")
+  values = [non_negative_int(t) for t in parts]
+  if len(set(values)) != len(values):
+    raise ValueError(text)
+  return values
+
+
 def positive_float(text: str) -> float:
   """Type: a finite number > 0.
 

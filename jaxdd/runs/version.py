@@ -17,7 +17,8 @@ _CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 def code_version() -> str:
   """The package version plus the git commit when run from a checkout, read once per process
   (and :mod:`jaxdd.runs` reads it on import), so that a long run records the commit of the
-  code it loaded, not one committed while it ran."""
+  code it loaded, not one committed while it ran. A copy of a checkout without its ``.git``
+  (a work tree sent to another machine) names its commit in ``$JAXDD_COMMIT``."""
   try:
     version = metadata.version("jaxdd")
   except metadata.PackageNotFoundError:
@@ -31,7 +32,8 @@ def code_version() -> str:
         ref = f.read().strip()
     return f"{version}+g{ref[:10]}"
   except OSError:
-    return version
+    commit = os.environ.get("JAXDD_COMMIT", "").strip()
+    return f"{version}+g{commit[:10]}" if commit else version
 
 
 code_version()  # the commit of the code this process loads
