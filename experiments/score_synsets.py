@@ -36,7 +36,7 @@ import numpy as np
 from jaxdd import evaluate, models, runs, synset
 from jaxdd._src import schema
 from jaxdd.cli import arguments
-from jaxdd.config import RunConfig
+from jaxdd.config import RunConfig, get_config
 from jaxdd.runs import version
 from jaxdd.structs import SynSet
 
@@ -139,10 +139,20 @@ def table(run_dirs: list[str], out: str, *, title: str, command: list[str], mach
           "command": command}
 
 
+def tiny_runs(root: str) -> list[str]:
+  """Two smoke runs (vanilla and DM + KDE, 2 steps) distilled under ``root``."""
+  out = []
+  for w in ("none", "kde"):
+    workdir = os.path.join(root, "vanilla" if w == "none" else w, "s0")
+    runs.distill_stage(get_config("smoke", weighting=w, iterations=2), workdir, progress=False)
+    out.append(workdir)
+  return out
+
+
 def main(argv=None) -> int:
   p = arguments.Parser(prog="score_synsets", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--runs", nargs="+", required=True, help="run folders (config.json, synset/)")
+  p.add_argument("--runs", nargs="+", default=None, help="run folders (config.json, synset/)")
   p.add_argument("--networks", default="0,1,2", type=arguments.index_list,
                  help="the evaluation networks to score (default 0,1,2)")
   p.add_argument("--out", required=True, help="where each network's record is written")
@@ -153,7 +163,18 @@ def main(argv=None) -> int:
                  help="the command(s) the table names (repeatable)")
   p.add_argument("--machine", default=None, help="the machine the table names")
   p.add_argument("--commit", default=None, help="the commit the table names")
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: distil two smoke runs (vanilla, DM + KDE; 2 steps) under "
+      "<out>/tiny-runs, score their networks 0 and 1, then write the table"))
   args = p.parse_args(argv)
+  if args.tiny:
+    args.runs = tiny_runs(os.path.join(args.out, "tiny-runs"))
+    args.networks = [0, 1]
+    score(args.runs, args.networks, args.out)
+    args.table = True
+  if not args.runs:
+    print("score_synsets: error: give --runs (run folders)", file=sys.stderr)
+    return 2
   missing = [r for r in args.runs if not os.path.isfile(os.path.join(r, "config.json"))]
   if missing:
     print(f"score_synsets: error: {missing[0]} has no config.json; give run folders",

@@ -143,6 +143,54 @@ def test_a_cell_of_rows_and_seeds_in_one_program_equals_every_run_alone():
     runs.init(jax.random.split(jax.random.key(0), 14), real, syn, hparams=hparams)
 
 
+def test_a_cell_split_by_how_rows_draw_equals_every_run_alone():
+  # The rows that draw uniformly share one batch (and its forward pass) in one program; the
+  # importance-sampled row has its own program beside it; one step of the whole: every run
+  # still equals its dm run alone, laid out seed-major as one cell_runs program would be.
+  seeds = (0, 1)
+  names = ["vanilla", "weighted", "kde", "fairdd", "batch"]
+  per_seed = [_rows(s) for s in seeds]
+  x, y = per_seed[0][0], per_seed[0][1]
+  fields_ = ("sample_weight", "sample_prob", "groups")
+
+  def program(rows, sampling):
+    cell_d = distill.dm_cell(kde_config=distill.KDEConfig(variance=0.5, temperature=0.5),
+                             num_groups=2, importance_sampling=sampling, batch_clusters=4, **KW)
+    return distill.cell_runs(cell_d, num_seeds=2, num_rows=len(rows),
+                             seed_fields=("embeddings",), run_fields=fields_)
+  uniform, weighted = [0, 2, 3, 4], [1]
+  runs = distill.cell_row_groups([(program(uniform, False), uniform),
+                                  (program(weighted, True), weighted)],
+                                 num_seeds=2, num_rows=len(names), run_fields=fields_)
+  keys, starts, hps, fields, alone = [], [], [], [], []
+  for s, (_, _, _emb, rows) in zip(seeds, per_seed):
+    for name in names:
+      d, real, f, hp = rows[name]
+      real = real._replace(images=jnp.asarray(x))
+      start, want, want_m = _alone(d, real, jax.random.key(10 + s), 2)
+      keys.append(jax.random.key(10 + s))
+      starts.append(start)
+      hps.append(hp)
+      fields.append(f)
+      alone.append((want, want_m))
+  real = distill.real_data(x, y, num_classes=NC)._replace(
+      embeddings=jnp.stack([jnp.asarray(r[2]) for r in per_seed]),
+      **{k: jnp.stack([jnp.asarray(f[k]) for f in fields]) for k in fields[0]})
+  syn = jax.tree.map(lambda *a: jnp.stack(a), *starts)
+  hparams = {k: jnp.asarray([h[k] for h in hps], jnp.float32) for k in hps[0]}
+  state = runs.init(jnp.stack(keys), real, syn, hparams=hparams)
+  assert state.syn.images.shape == (10, NC * IPC, 8, 8, 3)
+  np.testing.assert_array_equal(np.asarray(state.hparams["weighted_sampling"]),
+                                [0, 1, 0, 0, 0] * 2)
+  for _ in range(2):
+    state, m = runs.step(state, real)
+  assert m["loss"].shape == (10,)
+  for i, (want, want_m) in enumerate(alone):
+    _assert_close(state.syn.images[i], m["loss"][i], want, want_m)
+  with pytest.raises(ValueError, match="cover range"):
+    distill.cell_row_groups([(program(uniform, False), uniform)], num_seeds=2, num_rows=5)
+
+
 def test_the_cell_vmaps_the_seeds_too_and_checks_its_arguments():
   x, y, emb, rows = _rows()
   cell_d = distill.dm_cell(num_groups=2, **KW)

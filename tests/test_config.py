@@ -245,3 +245,19 @@ def test_the_config_imports_only_the_base_layer(module):
   assert {m for m in imported if m.startswith("jaxdd")} <= {
       "jaxdd", "jaxdd._src", "jaxdd.structs", "jaxdd.policy", "jaxdd.presets", "jaxdd.config"}
   assert all(dataclasses.is_dataclass(cls) and cls.TITLE for cls in PARTS.values())
+
+
+def test_compute_dtype_float32_keeps_the_digests_and_bfloat16_is_dm_only():
+  from jaxdd.config import RunConfig, get_config, validate
+  base = get_config("smoke")
+  assert base.compute_dtype == "float32"
+  # the default is left out of the digest: runs from before the field keep theirs
+  assert "compute_dtype" not in base._hashed()
+  low = base.replace(compute_dtype="bfloat16")
+  validate(low)
+  assert low.digest() != base.digest() and low.distill_digest() != base.distill_digest()
+  assert RunConfig.from_dict(low.to_dict()) == low
+  with pytest.raises(ValueError, match="compute_dtype 'bfloat16' is a DM option"):
+    validate(get_config("smoke", method="dsa", compute_dtype="bfloat16"))
+  with pytest.raises(ValueError, match="compute_dtype"):
+    validate(base.replace(compute_dtype="float16"))

@@ -99,6 +99,20 @@ def test_cell_benchmark(capfd):
   assert row["cell_step_s"] > 0 and row["rows_step_s"] > 0 and row["rows_over_cell"] > 0
 
 
+@covers("benchmarks/cell_cost.py")
+@pytest.mark.slow
+def test_cell_cost_benchmark(capfd):
+  rows, _ = run("benchmarks/cell_cost.py", ["--tiny"], capfd)
+  single, split, low = rows
+  assert [r["point"] for r in rows] == ["single:float32", "split:float32", "split:bfloat16"]
+  assert all(len(r["rows"]) == 8 and r["step_s_median"] > 0 for r in rows)
+  # what must hold whatever the backend: the split program embeds one shared real batch (and
+  # the sampled row's own) where the single program embeds one batch per row, so it counts
+  # fewer operations; bfloat16 halves the bytes of the network's traced operations
+  assert split["hlo_flops"] < 0.75 * single["hlo_flops"]
+  assert low["hlo_bytes_accessed"] < split["hlo_bytes_accessed"]
+
+
 @covers("benchmarks/cell_whole.py")
 @pytest.mark.slow
 def test_cell_whole_benchmark(capfd, tmp_path):
@@ -423,6 +437,28 @@ def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeyp
                    ("kde_floor_init_is", False), ("ceiling", True), ("kde_init", True)]
   assert data["rows"][2][0] == "best label-free, chosen on validation: DM + KDE, init ∝ weight"
   assert data["rows"][2][3] == "90.0 ± 0.0" and data["choice"]["chosen"] == "kde_init"
+
+
+@covers("experiments/score_synsets.py")
+@pytest.mark.slow
+def test_score_synsets(tmp_path, capfd):
+  out = tmp_path / "scores"
+  _, printed = run("experiments/score_synsets.py", ["--tiny", "--out", str(out)], capfd)
+  names = sorted(p.name for p in out.glob("*-net*.json"))
+  assert names == ["kde-net0.json", "kde-net1.json", "vanilla-net0.json", "vanilla-net1.json"]
+  table = json.loads((out / "table.json").read_text())
+  assert [r[:2] for r in table["rows"]] == [["vanilla", "2"], ["kde", "2"]]
+  for key in ("date", "commit", "machine", "command"):
+    assert key in table
+  # a rerun scores nothing again: every network's record is there
+  first = (out / "kde-net1.json").read_text()
+  _, printed = run("experiments/score_synsets.py",
+                   ["--runs", str(out / "tiny-runs" / "kde" / "s0"), "--networks", "1",
+                    "--out", str(out)], capfd)
+  assert "network" not in printed and (out / "kde-net1.json").read_text() == first
+  script = load("experiments/score_synsets.py")
+  assert script.main(["--runs", str(tmp_path), "--out", str(out)]) == 2
+  assert "has no config.json" in capfd.readouterr().err
 
 
 @covers("experiments/weight_quality.py")

@@ -213,10 +213,14 @@ class DistillConfig(Part):
   proportion to their whole-class weights, or 'noise'). ``real_sampling``: how each step
   draws its real batch ('uniform', the reference, weights inside the loss; or 'weighted',
   importance sampling in proportion to the whole-class weights, plain mean).
+  ``compute_dtype``: the dtype of DM's network arithmetic: 'float32' (the reference) or
+  'bfloat16' (the real forward and the synthetic forward and backward in bfloat16, the
+  loss, the gradient and the images in float32; for accelerators: a CPU emulates it slowly).
   """
   TITLE: ClassVar[str] = "distillation"
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
-      "method": ("dm", "dsa", "dc", "mtt", "cfm"), "init": INITS, "real_sampling": REAL_SAMPLING}
+      "method": ("dm", "dsa", "dc", "mtt", "cfm"), "init": INITS, "real_sampling": REAL_SAMPLING,
+      "compute_dtype": ("float32", "bfloat16")}
   method: str = "dm"
   ipc: int = 50
   iterations: int = 20000
@@ -228,9 +232,13 @@ class DistillConfig(Part):
   dsa_strategy: str = presets_lib.DSA_STRATEGY
   width: int = 128
   depth: int = 3
+  compute_dtype: str = "float32"
 
   def validate(self) -> None:
     self.check_choices()
+    if self.compute_dtype != "float32" and self.method != "dm":
+      raise ValueError(f"compute_dtype {self.compute_dtype!r} is a DM option; method "
+                       f"{self.method!r} computes in float32")
     if self.iterations < 0:
       raise ValueError(f"iterations must be >= 0 (0: the initial images, not distilled), got "
                        f"{self.iterations}")

@@ -130,7 +130,7 @@ class RunConfig:
       d.pop("policy")
     d.pop("devices"), d.pop("steps_per_call")  # layout only
     for name, default in (("real_sampling", "uniform"), ("kde_floor", 0.0),
-                          ("cfm_curriculum", "iterations")):
+                          ("cfm_curriculum", "iterations"), ("compute_dtype", "float32")):
       if d[name] == default:  # the same: runs from before the field keep their digests
         d.pop(name)
     for name in OWN_FIELDS:  # None unless --data: built-in runs keep their digests

@@ -58,13 +58,13 @@ from jaxdd.distill.core import (INITS, REAL_SAMPLING, ClassIndex, Distiller, Dis
                                 run_key_data, sample_from, sample_per_class, sample_weighted, step_key,
                                 steps_loop, weighted_init_rows, with_hparams)
 from jaxdd.distill.distribution import dm, dm_cell
-from jaxdd.distill.execution import RUN_FIELDS, Execution, cell_runs, many_runs
+from jaxdd.distill.execution import RUN_FIELDS, Execution, cell_row_groups, cell_runs, many_runs
 from jaxdd.distill.frequency import cfm
 from jaxdd.distill.gradient import BN_REAL_PER_CLASS, GM_LOOPS, dc, dsa, gm, gm_loops
 from jaxdd.distill.trajectory import mtt
 from jaxdd.structs import SynSet  # the artifact a distiller's state holds
 
-__all__ = ["BN_REAL_PER_CLASS", "RUN_FIELDS", "cell_runs", "dm_cell", "sample_from", "ClassIndex", "DistillState", "Distiller", "Execution", "GM_LOOPS",
+__all__ = ["BN_REAL_PER_CLASS", "RUN_FIELDS", "cell_row_groups", "cell_runs", "dm_cell", "sample_from", "ClassIndex", "DistillState", "Distiller", "Execution", "GM_LOOPS",
            "INITS", "KDEConfig", "REAL_SAMPLING", "RealData", "SynSet", "batch_weights",
            "class_index",
            "cfm", "class_log_density", "class_weights", "dc", "dm", "dsa", "gm", "gm_loops", "mtt",

@@ -126,7 +126,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
                None if kde_config is None else (kde_config.normalize, kde_config.scope),
                real_sampling, group_matching, batch_clusters, mesh, ex.class_axis, ex.batch_axis,
                real_chunk,
-               syn_chunk, None if real_dtype is None else str(real_dtype), ex.policy)
+               syn_chunk, None if real_dtype is None else str(real_dtype),
+               None if ex.syn_dtype is None else str(ex.syn_dtype), ex.policy)
   return Distiller(init_fn, ex.compile_step(signature, _dm_step(settings, batch_fn)))
 
 
@@ -183,7 +184,7 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       (:func:`jaxdd.distill.cell_runs`); on, every run's batch is its own.
     batch_clusters: None, or the most DBSCAN clusters per batch of the runs with
       ``batch_groups=1`` (:func:`dm`'s ``batch_clusters``).
-    execution: as :func:`dm` (one device).
+    execution: as :func:`dm` (one device; ``real_dtype`` and ``syn_dtype`` apply).
 
   Returns:
     A :class:`Distiller`; ``init(key, real, syn=None, *, hparams=None)`` with the
@@ -193,7 +194,7 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   """
   _check_dm(ipc, real_per_class, "real", "uniform", kde_config, None)
   ex = Execution() if execution is None else execution
-  ex.one_device("dm_cell")
+  ex.one_device("dm_cell", dtypes=True)
   model = ConvNet(num_classes) if model is None else model
   _check_model(model)
   if num_groups is not None and (isinstance(num_groups, bool) or not isinstance(num_groups, int)
@@ -241,7 +242,8 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   signature = ("dm_cell", num_classes, ipc, model, augment, real_per_class, momentum,
                cfg.normalize, num_groups, bool(importance_sampling), batch_clusters,
                ex.real_chunk, ex.syn_chunk,
-               None if ex.real_dtype is None else str(ex.real_dtype), ex.policy)
+               None if ex.real_dtype is None else str(ex.real_dtype),
+               None if ex.syn_dtype is None else str(ex.syn_dtype), ex.policy)
   return Distiller(init_fn, ex.compile_step(signature, _dm_step(settings, batch_fn)))
 
 
@@ -274,7 +276,8 @@ def _dm_step(s: _DMSettings, batch_fn: Callable) -> Callable:
     variables = s.model.init(k_model, jnp.zeros(shape, syn_images.dtype))
     variables = jax.lax.stop_gradient(variables)  # the network is frozen
     embed, embed_real = _embedders(s.model, variables, ex.real_dtype,
-                                   ex.policy.forward_conv == "winograd" and mesh is None)
+                                   ex.policy.forward_conv == "winograd" and mesh is None,
+                                   syn_dtype=ex.syn_dtype)
     # the features the step matches, of a (C, B, ...) real batch (unaugmented, no gradient)
     features = lambda x: jax.lax.map(embed_real or embed, jax.lax.stop_gradient(x))  # noqa: E731
     rows, mask, weights, class_scale = batch_fn(k_real, real, h, features)
@@ -351,12 +354,14 @@ def _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matchi
       raise ValueError("group_matching (FairDD) replaces the weighting: pass kde_config=None")
 
 
-def _embedders(model: nn.Module, variables, real_dtype, winograd_real: bool):
+def _embedders(model: nn.Module, variables, real_dtype, winograd_real: bool, *,
+               syn_dtype=None):
   """``(embed, embed_real)``: the frozen network's features of the synthetic images, and of
   the (gradient-free) real images when they run otherwise (None: as the synthetic ones).
 
   ``real_dtype``: the real forward in that dtype (parameters and images cast, features back
-  to float32); ``winograd_real``: its eligible convolutions as Winograd F(2x2, 3x3).
+  to float32); ``winograd_real``: its eligible convolutions as Winograd F(2x2, 3x3);
+  ``syn_dtype``: the synthetic forward (and so its backward) in that dtype, the same way.
   """
 
   accepts = _call_args(model)
@@ -374,13 +379,16 @@ def _embedders(model: nn.Module, variables, real_dtype, winograd_real: bool):
       out = model.apply(v, x, **kw)
     return pick(out)
 
-  embed = functools.partial(embed_with, variables)
-  embed_real = None
-  if real_dtype is not None:
+  def in_dtype(dtype):
     cast = jax.tree.map(
-        lambda a: a.astype(real_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-        variables)
-    embed_real = lambda x: embed_with(cast, x.astype(real_dtype)).astype(jnp.float32)
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, variables)
+    return lambda x: embed_with(cast, x.astype(dtype)).astype(jnp.float32)
+
+  plain = functools.partial(embed_with, variables)
+  embed = plain if syn_dtype is None else in_dtype(syn_dtype)
+  embed_real = None if real_dtype is None else in_dtype(real_dtype)
+  if embed_real is None and syn_dtype is not None:  # the real side keeps its own dtype
+    embed_real = plain
   if winograd_real:  # no gradient flows through the real side
     embed_real = winograd.traced_inside(embed if embed_real is None else embed_real)
   return embed, embed_real

@@ -37,7 +37,7 @@ from jaxdd import policy as policy_lib
 from jaxdd._src import checks
 from jaxdd.distill.core import Distiller, DistillState, RealData, multi_step
 
-__all__ = ["Execution", "many_runs", "multi_step"]
+__all__ = ["Execution", "cell_row_groups", "cell_runs", "many_runs", "multi_step"]
 
 
 def _chunk(value, auto: int | None, name: str) -> int | None:
@@ -100,6 +100,14 @@ class Execution:
       synthetic images' dtype, i.e. the reference's computation. Off by
       default: on the development CPU bfloat16 is slower (docs/results/speed-distillation.md, "bf16
       real path for DM"). Other methods refuse it.
+    syn_dtype: run DM's synthetic-image forward and backward in this floating
+      dtype (e.g. ``"bfloat16"``): the network's parameters and the synthetic
+      images are cast to it inside the step, the features back to float32, so
+      the loss, the gradient that reaches the images and the images themselves
+      (the master copy the optimiser updates) stay float32. None (default): the
+      synthetic images' dtype. For accelerators, with ``real_dtype`` the same:
+      their bf16 arithmetic and half the activation bytes. Other methods refuse
+      it.
     jit: compile the step with ``jax.jit`` (default; nothing is donated) or
       return the raw pure function.
   """
@@ -110,6 +118,7 @@ class Execution:
   real_chunk: int | Literal["auto"] | None = "auto"
   syn_chunk: int | Literal["auto"] | None = "auto"
   real_dtype: Any = None
+  syn_dtype: Any = None
   jit: bool = True
 
   def __post_init__(self):
@@ -118,6 +127,7 @@ class Execution:
     object.__setattr__(self, "real_chunk", _chunk(self.real_chunk, pol.real_chunk, "real_chunk"))
     object.__setattr__(self, "syn_chunk", _chunk(self.syn_chunk, pol.syn_chunk, "syn_chunk"))
     object.__setattr__(self, "real_dtype", _floating_dtype(self.real_dtype, "real_dtype"))
+    object.__setattr__(self, "syn_dtype", _floating_dtype(self.syn_dtype, "syn_dtype"))
 
   @property
   def real_spec(self) -> P:
@@ -129,12 +139,14 @@ class Execution:
     """The sharding of the synthetic set as (C, ipc, ...)."""
     return P(self.class_axis)
 
-  def one_device(self, method: str) -> None:
-    """Refuses what ``method`` (one device, no real forward of its own) cannot use."""
+  def one_device(self, method: str, *, dtypes: bool = False) -> None:
+    """Refuses what ``method`` (one device; without ``dtypes``, no DM forward of its own)
+    cannot use."""
     if self.mesh is not None:
       raise ValueError(f"{method} runs on one device; drop the Execution's mesh")
-    if self.real_dtype is not None:
-      raise ValueError(f"real_dtype is a DM option; method {method!r} has none")
+    for name in () if dtypes else ("real_dtype", "syn_dtype"):
+      if getattr(self, name) is not None:
+        raise ValueError(f"{name} is a DM option; method {method!r} has none")
 
   def compile_step(self, signature: tuple, step_fn: Callable) -> Callable:
     """The step of a distiller: ``step_fn`` traced under :attr:`policy`, compiled or raw.
@@ -405,3 +417,80 @@ def cell_runs(d: Distiller, *, num_seeds: int, num_rows: int, seed_fields: Seque
                tuple(run_fields), parallel)
   step = execution.compile_step(signature if signature[1] is not None else None, cell_step)
   return Distiller(init, step)
+
+
+def cell_row_groups(groups: Sequence[tuple[Distiller, Sequence[int]]], *, num_seeds: int,
+                    num_rows: int, run_fields: Sequence[str] = ()) -> Distiller:
+  """One cell of ``num_seeds`` x ``num_rows`` runs whose rows are split among several cell
+  programs, stepped together in ONE program.
+
+  Rows that draw their real batch alike share its forward pass inside one
+  :func:`cell_runs` program; a row that draws otherwise (importance sampling, say) would
+  make every row of its program draw its own. Giving each kind of row its own
+  :func:`cell_runs` program and stepping them side by side keeps the shared forward for the
+  rows that can share it. ``groups`` pairs each program (a :func:`cell_runs` distiller of
+  ``num_seeds`` x ``len(rows)`` runs, built with the same ``run_fields``) with the rows of the
+  cell it runs (indices into ``range(num_rows)``, together every row once). The state and the
+  metrics are the whole cell's, seed-major (run ``i`` is seed ``i // num_rows``, row
+  ``i % num_rows``), as :func:`cell_runs` lays them out; every run equals its group's run.
+
+  Args:
+    groups: ``(distiller, rows)`` pairs.
+    num_seeds, num_rows: the whole cell's shape.
+    run_fields: the :class:`RealData` fields given per run (N = ``num_seeds * num_rows``).
+
+  Returns:
+    A :class:`Distiller` of the cell's runs; ``init(keys, real, syn=None, *, hparams=None)``
+    and ``step(state, real)`` take the whole cell's arguments, as :func:`cell_runs`'.
+  """
+  checks.check_positive_int("num_seeds", num_seeds)
+  checks.check_positive_int("num_rows", num_rows)
+  rows = [list(r) for _, r in groups]
+  if sorted(i for r in rows for i in r) != list(range(num_rows)) or not all(rows):
+    raise ValueError(f"the groups' rows must cover range({num_rows}) once each, got {rows}")
+  S, R = num_seeds, num_rows
+  order = [i for r in rows for i in r]
+  inverse = [order.index(i) for i in range(R)]
+
+  def take(a, idx):
+    """The runs of rows ``idx`` of a leaf with a leading N axis."""
+    a = jnp.asarray(a)
+    b = a.reshape((S, R) + a.shape[1:])[:, jnp.asarray(idx)]
+    return b.reshape((S * len(idx),) + a.shape[1:])
+
+  def merge(parts):
+    """The whole cell's leaf from the groups' leaves (each with a leading S * len(rows))."""
+    by_seed = [p.reshape((S, len(r)) + p.shape[1:]) for p, r in zip(parts, rows)]
+    whole = jnp.concatenate(by_seed, axis=1)[:, jnp.asarray(inverse)]
+    return whole.reshape((S * R,) + whole.shape[2:])
+
+  def real_of(real: RealData, idx) -> RealData:
+    return real._replace(**{f: take(getattr(real, f), idx) for f in run_fields
+                            if getattr(real, f) is not None})
+
+  def init(keys, real: RealData, syn=None, *, hparams: dict | None = None) -> DistillState:
+    typed = jax.dtypes.issubdtype(jnp.result_type(keys), jax.dtypes.prng_key)
+    raw = jax.random.key_data(keys) if typed else keys
+    states = []
+    for (d, _), idx in zip(groups, rows):
+      sub_keys = take(raw, idx)
+      states.append(d.init(jax.random.wrap_key_data(sub_keys, impl=jax.random.key_impl(keys))
+                           if typed else sub_keys, real_of(real, idx),
+                           None if syn is None else jax.tree.map(lambda a: take(a, idx), syn),
+                           hparams=None if hparams is None else
+                           {k: take(v, idx) for k, v in hparams.items()}))
+    return jax.tree.map(lambda *p: merge(p), *states)
+
+  def step_fn(state: DistillState, real: RealData):
+    outs = [d.step(jax.tree.map(lambda a: take(a, idx), state), real_of(real, idx))
+            for (d, _), idx in zip(groups, rows)]
+    return (jax.tree.map(lambda *p: merge(p), *[o[0] for o in outs]),
+            jax.tree.map(lambda *p: merge(p), *[o[1] for o in outs]))
+
+  execution = getattr(groups[0][0].step, "execution", None) or Execution()
+  signature = ("cell_row_groups", tuple((getattr(d.step, "signature", None), tuple(r))
+                                        for (d, _), r in zip(groups, rows)), S, R,
+               tuple(run_fields))
+  if any(sig is None for sig, _ in signature[1]):
+    signature = None
+  return Distiller(init, execution.compile_step(signature, step_fn))

@@ -137,8 +137,9 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   _check_augment("net_augment", net_augment)
   outer, inner = gm_loops(ipc, outer_loop, inner_loop)
   ex = Execution() if execution is None else execution
-  if ex.real_dtype is not None:
-    raise ValueError("real_dtype is a DM option; method 'gm' has none")
+  for name in ("real_dtype", "syn_dtype"):
+    if getattr(ex, name) is not None:
+      raise ValueError(f"{name} is a DM option; method 'gm' has none")
   mesh = ex.mesh
   model = ConvNet(num_classes) if model is None else model
   # lr is read from the state, as dm()'s: sgd(1.0)'s updates times lr are sgd(lr)'s.

@@ -141,6 +141,35 @@ def _flat_class_weights(config: RunConfig, real: distill.RealData) -> np.ndarray
   return out
 
 
+def _distiller(base: RunConfig, nc: int, sampling: list[bool], num_seeds: int, num_groups,
+               clusters, seed_fields, run_fields) -> distill.Distiller:
+  """The cell's program: its rows x seeds in one :func:`jaxdd.distill.cell_runs`; when some
+  rows sample their real batch by weight (``sampling[r]``) and others draw it uniformly, the
+  uniform rows share one batch and its forward pass in one such program and the sampling
+  rows have their own beside it (:func:`jaxdd.distill.cell_row_groups`), instead of every
+  row drawing its own."""
+  def program(rows: list[int], by_weight: bool) -> distill.Distiller:
+    cell = distill.dm_cell(
+        num_classes=nc, ipc=base.ipc,
+        model=models.ConvNet(nc, depth=base.depth, width=base.width),
+        augment=augment_lib.dsa(base.dsa_strategy) if base.dsa_strategy else None,
+        real_per_class=base.real_per_class, lr=base.lr_img, momentum=base.momentum,
+        kde_config=weighting.KDEConfig(normalize=base.kde_normalize), num_groups=num_groups,
+        importance_sampling=by_weight, batch_clusters=clusters,
+        execution=distiller.execution(base, nc, sharded=False))
+    return distill.cell_runs(cell, num_seeds=num_seeds, num_rows=len(rows),
+                             seed_fields=tuple(seed_fields), run_fields=tuple(run_fields))
+
+  num_rows = len(sampling)
+  drawn = [[r for r in range(num_rows) if sampling[r] == s] for s in (False, True)]
+  if not all(drawn):
+    return program(list(range(num_rows)), any(sampling))
+  return distill.cell_row_groups([(program(drawn[0], False), drawn[0]),
+                                  (program(drawn[1], True), drawn[1])],
+                                 num_seeds=num_seeds, num_rows=num_rows,
+                                 run_fields=tuple(run_fields))
+
+
 def _program(configs, num_seeds: int, num_rows: int, run_data: rundata.RunData, heads):
   """``(distiller, real, fresh state)`` of the cell: the shared real data with each seed's
   embeddings and each run's weights, sampling probabilities and groups; each run's start
@@ -196,15 +225,8 @@ def _program(configs, num_seeds: int, num_rows: int, run_data: rundata.RunData, 
   if num_groups is not None:
     real = real._replace(groups=jnp.asarray(np.stack(per_run["groups"])))
     run_fields.append("groups")
-  cell = distill.dm_cell(
-      num_classes=nc, ipc=base.ipc, model=models.ConvNet(nc, depth=base.depth, width=base.width),
-      augment=augment_lib.dsa(base.dsa_strategy) if base.dsa_strategy else None,
-      real_per_class=base.real_per_class, lr=base.lr_img, momentum=base.momentum,
-      kde_config=weighting.KDEConfig(normalize=base.kde_normalize), num_groups=num_groups,
-      importance_sampling=sampling, batch_clusters=clusters.pop() if clusters else None,
-      execution=distiller.execution(base, nc, sharded=False))
-  d = distill.cell_runs(cell, num_seeds=num_seeds, num_rows=num_rows,
-                        seed_fields=tuple(seed_fields), run_fields=tuple(run_fields))
+  d = _distiller(base, nc, [specs[r]["sampling"] for r in range(num_rows)], num_seeds,
+                 num_groups, clusters.pop() if clusters else None, seed_fields, run_fields)
   run_keys = jnp.stack([keys.run_keys(c)[1] for c in configs])
   syn = jax.tree.map(lambda *a: jnp.stack(a), *starts)
   hp = {k: jnp.asarray([h[k] for h in hparams], jnp.float32) for k in hparams[0]}

@@ -27,12 +27,14 @@ def device_mesh(config: RunConfig, num_classes: int):
 def execution(config: RunConfig, num_classes: int, *, real_dtype: str | None = None,
               sharded: bool = True) -> distill.Execution:
   """How the run's step runs: ``config.policy``, the mesh of ``config.devices``
-  (:func:`device_mesh`; ``sharded=False``: none) and DM's ``real_dtype``."""
+  (:func:`device_mesh`; ``sharded=False``: none), DM's ``real_dtype`` and
+  ``config.compute_dtype`` (DM's real and synthetic arithmetic)."""
   mesh = device_mesh(config, num_classes)
   axes = {} if mesh is None or not sharded else dict(mesh=mesh, class_axis="cls",
                                                       batch_axis="real")
-  return distill.Execution(policy=policy_lib.resolve(config.policy), real_dtype=real_dtype,
-                           **axes)
+  low = None if config.compute_dtype == "float32" else config.compute_dtype
+  return distill.Execution(policy=policy_lib.resolve(config.policy),
+                           real_dtype=real_dtype or low, syn_dtype=low, **axes)
 
 
 def make_distiller(config: RunConfig, num_classes: int,

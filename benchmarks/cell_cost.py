@@ -1,0 +1,159 @@
+"""The paper's 8-row cell step: XLA's cost analysis (FLOPs, bytes) and, with --time, seconds.
+
+One seed of the headline cell as the unit runs it (:func:`jaxdd.distill.dm_cell` under
+:func:`jaxdd.distill.cell_runs`): 10 classes of 3x28x28, IPC 50, 256 real images per class,
+DSA, ConvNet-3 width 128, the ``paper`` preset's step, with its eight rows (vanilla, DM + KDE,
+KDE with a weighted start, KDE with a floor and importance sampling, FairDD with k-means
+pseudo-groups, with in-batch DBSCAN, with the true groups, and the oracle's class-scope
+weights), on random data. For each ``--points`` entry ``PROGRAM:DTYPE`` (program
+``single``: one program in which the importance-sampled row makes every row draw its own real
+batch, as before the split; ``split``: the uniform rows share one batch, the sampled row has
+its own program beside them; dtype ``float32``: the reference; ``bfloat16``:
+``compute_dtype='bfloat16'``, the real forward and the synthetic forward and backward in
+bfloat16 with float32 images) it prints one JSON line: XLA's cost analysis of the step as
+traced (``hlo_flops``, ``hlo_bytes_accessed``: in the program's own dtypes) and as compiled
+for this backend (``flops``, ``bytes_accessed``), and, with ``--time N``, the median of N
+steps after one warm-up, alternating the points ``--repeats`` times.
+
+The step is built under the ``accelerator`` layout policy by default (``--policy``), so on a
+CPU the cost analysis is of the program an accelerator runs, laid out as there.
+
+  python benchmarks/cell_cost.py                       # cost analysis of the three points
+  python benchmarks/cell_cost.py --time 50 --repeats 3 # on a GPU: seconds per step too
+  python benchmarks/cell_cost.py --tiny                # checks the script in seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+ROWS = ("vanilla", "kde", "kde_init", "kde_floor_init_is", "fairdd_pseudo", "fairdd_batch",
+        "fairdd", "oracle")
+#: Each row's step flags (dm_cell's hyperparameters); the rest are 0.
+FLAGS = {"kde": ("kde",), "kde_init": ("kde",), "kde_floor_init_is": ("weighted_sampling",),
+         "fairdd_pseudo": ("groups",), "fairdd_batch": ("batch_groups",), "fairdd": ("groups",)}
+
+
+def build(args, dtype: str, program: str):
+  """The 8-row cell's step, state and real data for one seed: ``program`` ``single`` (one
+  :func:`jaxdd.distill.cell_runs` whose importance-sampled row makes every row draw its own
+  real batch) or ``split`` (the uniform rows share one batch in one program, the sampled row
+  has its own beside it: :func:`jaxdd.distill.cell_row_groups`, as the runs layer builds it)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxdd import augment, distill, models
+  nc, R = 10, len(ROWS)
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(nc), args.per_class)
+  x = rng.normal(size=(len(y), 28, 28, 3)).astype(np.float32)
+  low = None if dtype == "float32" else dtype
+  ex = distill.Execution(policy=args.policy, real_dtype=low, syn_dtype=low)
+  fields = ("sample_weight", "sample_prob", "groups")
+
+  def cell(rows, sampling):
+    d = distill.dm_cell(num_classes=nc, ipc=args.ipc, model=models.ConvNet(nc, width=args.width),
+                        real_per_class=args.real_per_class, lr=1.0,
+                        augment=augment.dsa("color_crop_cutout_flip_scale_rotate"),
+                        kde_config=distill.KDEConfig(), num_groups=10, batch_clusters=10,
+                        importance_sampling=sampling, execution=ex)
+    return distill.cell_runs(d, num_seeds=1, num_rows=len(rows), seed_fields=("embeddings",),
+                             run_fields=fields)
+  if program == "single":
+    runs = cell(range(R), True)
+  else:
+    sampled = [i for i, r in enumerate(ROWS) if "weighted_sampling" in FLAGS.get(r, ())]
+    uniform = [i for i in range(R) if i not in sampled]
+    runs = distill.cell_row_groups([(cell(uniform, False), uniform), (cell(sampled, True),
+                                                                      sampled)],
+                                   num_seeds=1, num_rows=R, run_fields=fields)
+  n = len(y)
+  class_w = rng.uniform(0.1, 1.0, size=n).astype(np.float32)  # the oracle's / floor's weights
+  real = distill.real_data(x, y, num_classes=nc)._replace(
+      embeddings=jnp.asarray(rng.normal(size=(1, n, 32)).astype(np.float32)),
+      sample_weight=jnp.asarray(np.stack([class_w if r == "oracle" else np.ones(n, np.float32)
+                                          for r in ROWS])),
+      sample_prob=jnp.asarray(np.stack([class_w if r == "kde_floor_init_is"
+                                        else np.ones(n, np.float32) for r in ROWS])),
+      groups=jnp.asarray(rng.integers(0, 10, size=(R, n)).astype(np.int32)))
+  hp = {k: jnp.asarray([float(k in FLAGS.get(r, ())) for r in ROWS], jnp.float32)
+        for k in ("kde", "groups", "batch_groups", "weighted_sampling")}
+  hp.update(lr=jnp.ones((R,), jnp.float32), variance=jnp.full((R,), 0.01, jnp.float32),
+            temperature=jnp.full((R,), 0.25, jnp.float32))
+  state = runs.init(jnp.stack([jax.random.key(0)] * R), real, hparams=hp)
+  return runs.step, state, real
+
+
+def cost(step, state, real) -> dict:
+  """XLA's cost analysis of the step as traced (``hlo_*``: before the backend's passes, so
+  in the dtypes the program asks for) and as compiled for this backend."""
+  lowered = step.lower(state, real)
+  out = {}
+  for prefix, analysis in (("hlo_", lowered.cost_analysis()),
+                           ("", lowered.compile().cost_analysis())):
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+      analysis = analysis[0]
+    analysis = analysis or {}
+    out[prefix + "flops"] = float(analysis.get("flops", -1))
+    out[prefix + "bytes_accessed"] = float(analysis.get("bytes accessed", -1))
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--points", default="single:float32,split:float32,split:bfloat16",
+                 help="PROGRAM:DTYPE points (program single or split; dtype float32 or "
+                      "bfloat16); the first is the baseline")
+  p.add_argument("--policy", default="accelerator", help="the layout policy (default accelerator)")
+  p.add_argument("--time", type=int, default=0, help="timed steps per point (0: cost only)")
+  p.add_argument("--repeats", type=int, default=3, help="alternations of the dtypes (--time)")
+  p.add_argument("--ipc", type=int, default=50)
+  p.add_argument("--width", type=int, default=128)
+  p.add_argument("--real-per-class", type=int, default=256)
+  p.add_argument("--per-class", type=int, default=600, help="real images per class")
+  p.add_argument("--tiny", action="store_true", help=(
+      "check the script in seconds: IPC 2, width 8, 8 real images per class, 2 timed steps, "
+      "one repeat (flags given explicitly still apply)"))
+  args = p.parse_args(argv)
+  if args.tiny:
+    p.set_defaults(ipc=2, width=8, real_per_class=8, per_class=20, time=2, repeats=1)
+    args = p.parse_args(argv)
+
+  import jax
+  import numpy as np
+  dtypes = [d for d in args.points.split(",") if d]
+  built = {d: build(args, d.split(":")[1], d.split(":")[0]) for d in dtypes}
+  out = {d: {"point": d, "rows": list(ROWS), "ipc": args.ipc, "width": args.width,
+             "real_per_class": args.real_per_class, "policy": args.policy,
+             "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+             **cost(*built[d])} for d in dtypes}
+  if args.time:
+    times = {d: [] for d in dtypes}
+    for d in dtypes:  # warm-up: compile and one step
+      step, state, real = built[d]
+      state, m = step(state, real)
+      jax.block_until_ready(m["loss"])
+      built[d] = (step, state, real)
+    for _ in range(args.repeats):
+      for d in dtypes:
+        step, state, real = built[d]
+        per = []
+        for _ in range(args.time):
+          t0 = time.perf_counter()
+          state, m = step(state, real)
+          jax.block_until_ready(m["loss"])
+          per.append(time.perf_counter() - t0)
+        built[d] = (step, state, real)
+        times[d].append(float(np.median(per)))
+    for d in dtypes:
+      out[d].update(step_s_median=round(float(np.median(times[d])), 5),
+                    step_s_all=[round(t, 5) for t in times[d]])
+  for d in dtypes:
+    print(json.dumps(out[d]), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
