@@ -1,10 +1,12 @@
-"""Does DM's bf16 real-image forward change the distilled set's accuracy?
+"""Does DM's bf16 arithmetic change the distilled set's accuracy?
 
-``jaxdd.distill.Execution(real_dtype="bfloat16")`` runs the gradient-free forward of the
-real images in bfloat16. It stays off by default because it is slower on the
-2-core CPU (docs/results/speed-distillation.md, "bf16 real path for DM"); this script measures the
-other half of the decision: the accuracy of the distilled sets, float32 vs
-bfloat16, everything else equal (the same seeds, keys and data).
+Three arms, everything else equal (the same seeds, keys and data): ``float32`` (the
+reference); ``bfloat16``: ``jaxdd.distill.Execution(real_dtype="bfloat16")``, the
+gradient-free forward of the real images in bfloat16; ``bfloat16-all``: the run's
+``compute_dtype='bfloat16'``, the real forward and the synthetic forward and backward in
+bfloat16 with float32 images (what an accelerator would run). Both stay off by default: on the
+2-core CPU bfloat16 is slower (docs/results/speed-distillation.md, "bf16 real path for DM");
+this script measures the other half of the decision, the accuracy of the distilled sets.
 
 CMNIST 5 % bias-conflicting, IPC 10, the ``cpu`` preset (width-32 networks, 64
 real images per class, 300 DM steps), vanilla DM and DM + KDE (the preset's
@@ -28,21 +30,23 @@ from jaxdd import cli, progress, protocols, runs, synset
 from jaxdd.config import RunConfig, get_config
 from jaxdd.structs import SynSet
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "bfloat16-all")
 METRICS = ("overall", "aligned", "conflicting")
 
 
 def distilled(config: RunConfig, run_data: runs.RunData, embeddings, dtype: str,
               workdir: str) -> SynSet:
-  """The run's SynSet, distilled with the real-image forward in ``dtype`` (cached on disk).
+  """The run's SynSet, distilled in the arm ``dtype`` (cached on disk).
 
   The pipeline's own loop (:func:`jaxdd.runs.distill_run`: checkpoints, resume,
-  the NaN check) with only the real-image dtype changed.
+  the NaN check) with only the real-image dtype, or the run's compute dtype, changed.
   """
   path = os.path.join(workdir, "synset")
   if os.path.isdir(path):
     return synset.load(path)[0]
   os.makedirs(workdir, exist_ok=True)
+  if dtype == "bfloat16-all":
+    config, dtype = config.replace(compute_dtype="bfloat16"), "float32"
   syn = runs.distill_run(config, workdir, run_data, embeddings, runs.run_keys(config)[1],
                          progress=False, real_dtype=None if dtype == "float32" else dtype)
   synset.save(path, syn, {"real_dtype": dtype, "config": config.to_dict()},
@@ -50,26 +54,35 @@ def distilled(config: RunConfig, run_data: runs.RunData, embeddings, dtype: str,
   return syn
 
 
-def table(results: dict) -> str:
-  """Mean ± std over seeds per row, then bf16 − float32 paired over seeds, in points."""
-  lines = ["| method | real forward | " + " | ".join(METRICS) + " |",
+NAMES = {"float32": "float32", "bfloat16": "bfloat16 real forward",
+         "bfloat16-all": "bfloat16 real and synthetic (compute_dtype)"}
+
+
+def table(results: dict, arms=DTYPES) -> str:
+  """Mean ± std over seeds per row, then each bf16 arm − float32 paired over seeds, in
+  points."""
+  lines = ["| method | arithmetic | " + " | ".join(METRICS) + " |",
            "|---|---|" + "---|" * len(METRICS)]
   for w in ("none", "kde"):
-    for dt in DTYPES:
+    for dt in arms:
       cells = []
       for m in METRICS:
         cells.append(runs.format_pm([results[w][dt][s][m] for s in sorted(results[w][dt])]))
-      lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | {dt} | " + " | ".join(cells) + " |")
-  lines += ["", "| method | bfloat16 − float32 (paired, points) | " + " | ".join(METRICS) + " |",
-            "|---|---|" + "---|" * len(METRICS)]
+      lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | {NAMES[dt]} | "
+                   + " | ".join(cells) + " |")
+  lines += ["", "| method | arm − float32 (paired over seeds, points) | " + " | ".join(METRICS)
+            + " |", "|---|---|" + "---|" * len(METRICS)]
   for w in ("none", "kde"):
     seeds = sorted(results[w]["float32"])
-    cells = []
-    for m in METRICS:
-      cells.append(runs.format_pm([results[w]["bfloat16"][s][m] - results[w]["float32"][s][m]
-                                   for s in seeds], signed=True))
-    lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | mean ± std over seeds "
-                 f"{', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    for dt in arms:
+      if dt == "float32":
+        continue
+      cells = []
+      for m in METRICS:
+        cells.append(runs.format_pm([results[w][dt][s][m] - results[w]["float32"][s][m]
+                                     for s in seeds], signed=True))
+      lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | {NAMES[dt]}, seeds "
+                   f"{', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -79,6 +92,8 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=None, help="write table.md and table.json here")
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   p.add_argument("--num-models", type=int, default=3)
+  p.add_argument("--arms", default=",".join(DTYPES),
+                 help=f"the arms, float32 first (default {','.join(DTYPES)})")
   p.add_argument("--tiny", action="store_true", help=(
       "check the script in seconds: the smoke preset (its IPC) and protocol, seeds 0 and 1, one "
       "network (flags given explicitly still apply)"))
@@ -88,10 +103,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
   if len(args.seeds) < 2:
     p.error("--seeds: give at least 2 seeds (the table reports a std over seeds)")
+  arms = [a for a in args.arms.split(",") if a]
+  if not arms or arms[0] != "float32" or set(arms) - set(DTYPES):
+    p.error(f"--arms: float32 first, then any of {DTYPES[1:]}")
   cli.tune_allocator()
   progress.setup_logging(False)
   proto = protocols.get_protocol("smoke" if args.tiny else "cpu300")
-  results: dict = {w: {dt: {} for dt in DTYPES} for w in ("none", "kde")}
+  results: dict = {w: {dt: {} for dt in arms} for w in ("none", "kde")}
   for seed in args.seeds:
     base = (get_config("smoke", dataset="cmnist", conflict_ratio=0.05, seed=seed) if args.tiny
             else get_config("cpu", dataset="cmnist", conflict_ratio=0.05, ipc=10, seed=seed))
@@ -99,7 +117,7 @@ def main(argv=None) -> int:
     embeddings = runs.surrogate_embeddings(base, run_data, runs.run_keys(base)[0])
     for w in ("none", "kde"):
       config = base.replace(weighting=w)
-      for dt in DTYPES:
+      for dt in arms:
         workdir = os.path.join(args.root, f"{w}-{dt}-s{seed}")
         syn = distilled(config, run_data, embeddings, dt, workdir)
         summary = runs.evaluate_cached(config, workdir, run_data, syn, split="test",
@@ -107,7 +125,7 @@ def main(argv=None) -> int:
         results[w][dt][seed] = summary["mean"]
         print(json.dumps({"weighting": w, "real_dtype": dt, "seed": seed, **summary["mean"]}),
               flush=True)
-  text = table(results)
+  text = table(results, arms)
   print(text)
   if args.out:
     os.makedirs(args.out, exist_ok=True)

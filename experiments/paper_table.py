@@ -225,28 +225,29 @@ class Queue:
       _timing(w, share)
 
   def evaluate_many(self, items: list[tuple[RunConfig, str, SynSet, bool]]) -> None:
-    """Evaluates the runs not evaluated yet, every SynSet's networks in one program
-    (:func:`jaxdd.evaluate.evaluate_synsets`): the runs that read the test split in one
-    call, the candidates that read validation only in another (the same networks)."""
-    for test in (True, False):
-      todo = [(c, w, syn) for c, w, syn, t in items if t == test and not _evaluated(w, test)]
-      if not todo:
-        continue
-      config = todo[0][0]
-      run_data = self.run_data(config)
-      t0 = time.perf_counter()
-      model = models.get(config.eval_model, num_classes=run_data.num_classes)
-      valid = run_data.batch(run_data.valid)
-      res = evaluate.evaluate_synsets(
-          [runs.run_keys(c)[2] for c, _, _ in todo],
-          [SynSet(jnp.asarray(s.images), jnp.asarray(s.labels)) for _, _, s in todo],
-          run_data.batch(run_data.test) if test else valid, model=model,
-          protocol=config.eval_protocol, num_models=config.num_eval_models,
-          valid=valid if test else None, select_on="conflicting")
-      share = (time.perf_counter() - t0) / len(todo)
-      for (_, w, _), r in zip(todo, res):
-        synset.atomic_write_json(os.path.join(w, "paper-eval.json"),
-                                 _eval_record(r, valid, test, share))
+    """Evaluates the runs not evaluated yet, every SynSet's networks in ONE program
+    (:func:`jaxdd.evaluate.evaluate_synsets`): all are scored on validation, and only the
+    runs that report a test score (``test``) on the test split (``test_for``); a candidate's
+    networks never see it."""
+    todo = [(c, w, syn, t) for c, w, syn, t in items if not _evaluated(w, t)]
+    if not todo:
+      return
+    config = todo[0][0]
+    run_data = self.run_data(config)
+    t0 = time.perf_counter()
+    model = models.get(config.eval_model, num_classes=run_data.num_classes)
+    valid = run_data.batch(run_data.valid)
+    tested = [t for _, _, _, t in todo]
+    res = evaluate.evaluate_synsets(
+        [runs.run_keys(c)[2] for c, _, _, _ in todo],
+        [SynSet(jnp.asarray(s.images), jnp.asarray(s.labels)) for _, _, s, _ in todo],
+        run_data.batch(run_data.test) if any(tested) else valid, model=model,
+        protocol=config.eval_protocol, num_models=config.num_eval_models, valid=valid,
+        select_on="conflicting", test_for=tested)
+    share = (time.perf_counter() - t0) / len(todo)
+    for (_, w, _, t), r in zip(todo, res):
+      synset.atomic_write_json(os.path.join(w, "paper-eval.json"),
+                               _eval_record(r, valid, t, share))
 
   def evaluate(self, config: RunConfig, workdir: str, syn: SynSet, test: bool) -> dict:
     """One seed's evaluation (cached in ``<workdir>/paper-eval.json``): the run's evaluation
@@ -300,12 +301,17 @@ def _evaluated(workdir: str, test: bool) -> bool:
 
 
 def _eval_record(res, valid, test: bool, eval_s: float) -> dict:
-  """A run's ``paper-eval.json``: what :meth:`Queue.evaluate` writes, from an EvalResult."""
+  """A run's ``paper-eval.json``: what :meth:`Queue.evaluate` writes, from an EvalResult
+  (scored on validation in ``valid_scores``, or, without them, validation given as its test
+  split)."""
   scored = {m: np.asarray(getattr(res, m), float).tolist()
             for m in ("overall", "aligned", "conflicting", "worst_group")}
-  deo_m, deo_a = res.equalized_odds()
-  scored.update(deo_m=np.asarray(deo_m, float).tolist(), deo_a=np.asarray(deo_a, float).tolist())
-  out = {"valid": {"conflicting": (np.asarray(res.valid_scores[0], float).tolist() if test
+  if test:
+    deo_m, deo_a = res.equalized_odds()
+    scored.update(deo_m=np.asarray(deo_m, float).tolist(),
+                  deo_a=np.asarray(deo_a, float).tolist())
+  out = {"valid": {"conflicting": (np.asarray(res.valid_scores[0], float).tolist()
+                                   if res.valid_scores is not None
                                    else scored["conflicting"]),
                    "num_conflicting": int(np.sum(~np.asarray(valid.aligned)))},
          "eval_s": eval_s}

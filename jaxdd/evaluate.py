@@ -32,6 +32,7 @@ result in :mod:`jaxdd.results`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
@@ -239,7 +240,8 @@ def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Ba
                      model: nn.Module, protocol: str | Protocol = "dm", num_models: int = 5,
                      valid: Batch | None = None, select_on: str = "overall",
                      num_bias: int | None = None, parallel: str = "auto",
-                     networks: Sequence[int] | None = None) -> list[EvalResult]:
+                     networks: Sequence[int] | None = None,
+                     test_for: Sequence[bool] | None = None) -> list[EvalResult]:
   """Evaluates several SynSets of one shape at once: every SynSet's ``num_models`` networks
   train in ONE compiled program, and all of them predict the validation and the test
   split in one program each.
@@ -260,6 +262,10 @@ def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Ba
       same networks as the whole evaluation's, so an evaluation too long for one sitting
       can be done a network at a time and the scores put together. The results then hold
       ``len(networks)`` networks.
+    test_for: which SynSets' networks are scored on ``test`` (default all). The others
+      are scored on ``valid`` alone, in the same program, and never see the test split:
+      their results' test accuracies are NaN, with ``num_test`` 0 (a candidate that is
+      chosen on validation reads the test split later, only if chosen).
 
   Returns:
     One :class:`EvalResult` per SynSet, with ``valid_scores`` (the ``select_on``
@@ -306,23 +312,46 @@ def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Ba
   flat = jax.tree.map(lambda a: a.reshape((n * num_models,) + a.shape[2:]),
                       _slice_tree((params, state), (slice(None), 0)))
 
-  def scored(batch):
-    preds = predict(task, *flat, batch.images, protocol=protocol, parallel=parallel)
-    return preds.reshape((n, num_models) + preds.shape[1:])
+  def scored(batch, which=None):
+    """(len(which), M, n) predictions of the networks of SynSets ``which`` (all: None)."""
+    which = list(range(n)) if which is None else which
+    rows = np.asarray([i * num_models + j for i in which for j in range(num_models)])
+    nets = flat if len(which) == n else jax.tree.map(lambda a: a[rows], flat)
+    preds = predict(task, *nets, batch.images, protocol=protocol, parallel=parallel)
+    return preds.reshape((len(which), num_models) + preds.shape[1:])
 
+  tested = _checked_test_for(test_for, n, valid)
   valid_preds = None if valid is None else scored(valid)
-  test_preds = scored(test)
+  test_preds = dict(zip(tested, scored(test, tested))) if tested else {}
   out = []
   for i, key in enumerate(keys):
     valid_scores = None
     if valid is not None:
       m = metrics_lib.metrics_for(valid_preds[i], valid, num_classes, num_bias)
       valid_scores = np.asarray(getattr(m, select_on)).reshape(1, num_models)
-    acc = jax.device_get(metrics_lib.metrics_for(test_preds[i], test, num_classes, num_bias))
-    out.append(_result(key, task, model, protocol, num_models, lrs, 0, valid, select_on,
-                       valid_scores, acc, jax.device_get(_slice_tree(metrics, (i, 0))),
-                       images, test, parallel, None))
+    if i in test_preds:
+      acc = jax.device_get(metrics_lib.metrics_for(test_preds[i], test, num_classes, num_bias))
+    else:  # never scored on test: NaN accuracies of the test metrics' shapes
+      acc = jax.tree.map(lambda a: np.full(np.shape(a), np.nan),
+                         jax.device_get(m))._replace(counts=np.zeros_like(np.asarray(m.counts)))
+    res = _result(key, task, model, protocol, num_models, lrs, 0, valid, select_on,
+                  valid_scores, acc, jax.device_get(_slice_tree(metrics, (i, 0))), images,
+                  test, parallel, None)
+    out.append(res if i in test_preds else dataclasses.replace(res, num_test=0))
   return out
+
+
+def _checked_test_for(test_for, n: int, valid) -> list[int]:
+  """The indices of the SynSets scored on test."""
+  if test_for is None:
+    return list(range(n))
+  flags = [bool(t) for t in test_for]
+  if len(flags) != n:
+    raise ValueError(f"test_for needs one flag per SynSet ({n}), got {len(flags)}")
+  if valid is None and not all(flags):
+    raise ValueError("a SynSet not scored on test (test_for False) needs valid=: it would "
+                     "be scored on nothing")
+  return [i for i, f in enumerate(flags) if f]
 
 
 def _checked_networks(networks, num_models: int) -> list[int]:

@@ -443,3 +443,46 @@ def test_a_subset_of_networks_is_the_whole_evaluations_same_networks():
     with pytest.raises(ValueError, match="distinct indices in"):
       evaluate_synsets([key], [syn], test, model=model, protocol="smoke", num_models=3,
                        networks=bad)
+
+
+def test_synsets_not_scored_on_test_never_see_it():
+  # test_for: the candidates' networks train in the same program and are scored on
+  # validation; only the reported SynSets' networks predict the test split.
+  from jaxdd import models
+  from jaxdd import evaluate as evaluate_lib
+  rng = np.random.default_rng(2)
+  labels = jnp.repeat(jnp.arange(2), 3)
+  syns = [SynSet(jnp.asarray(rng.normal(size=(6, 8, 8, 3)), jnp.float32), labels)
+          for _ in range(3)]
+  y = jnp.asarray(np.tile([0, 1], 10))
+  test = Batch(jnp.asarray(rng.normal(size=(20, 8, 8, 3)), jnp.float32), y,
+               bias=jnp.asarray(np.arange(20) % 3 == 0, jnp.int32))
+  valid = Batch(jnp.asarray(rng.normal(size=(10, 8, 8, 3)), jnp.float32), y[:10],
+                bias=jnp.asarray(np.arange(10) % 2, jnp.int32))
+  model = models.ConvNet(num_classes=2, depth=1, width=4)
+  keys = [jax.random.key(s) for s in (3, 4, 5)]
+  kw = dict(model=model, protocol="smoke", num_models=2, valid=valid)
+  whole = evaluate_lib.evaluate_synsets(keys, syns, test, **kw)
+  seen = []
+  real_predict = evaluate_lib.predict
+
+  def counting(task, params, state, images, **k):
+    seen.append((images.shape[0], jax.tree.leaves(params)[0].shape[0]))
+    return real_predict(task, params, state, images, **k)
+  evaluate_lib.predict = counting
+  try:
+    part = evaluate_lib.evaluate_synsets(keys, syns, test, test_for=[True, False, True], **kw)
+  finally:
+    evaluate_lib.predict = real_predict
+  # validation (10 images) by all 6 networks, test (20 images) by the 4 of SynSets 0 and 2
+  assert seen == [(10, 6), (20, 4)]
+  for i in (0, 2):
+    np.testing.assert_array_equal(part[i].overall, whole[i].overall)
+    assert part[i].num_test == 20
+  assert np.isnan(part[1].overall).all() and part[1].num_test == 0
+  np.testing.assert_array_equal(part[1].valid_scores, whole[1].valid_scores)
+  with pytest.raises(ValueError, match="one flag per SynSet"):
+    evaluate_lib.evaluate_synsets(keys, syns, test, test_for=[True], **kw)
+  with pytest.raises(ValueError, match="needs valid="):
+    evaluate_lib.evaluate_synsets(keys, syns, test, model=model, protocol="smoke",
+                                  test_for=[True, False, True])

@@ -265,9 +265,12 @@ def test_bf16_accuracy(tmp_path, capfd):
   rows, out = run("experiments/bf16_accuracy.py", ["--root", str(tmp_path / "runs"), "--out",
                                                    str(tmp_path / "out"), "--tiny"], capfd)
   assert sorted((r["weighting"], r["real_dtype"], r["seed"]) for r in rows) == sorted(
-      (w, dt, s) for w in ("none", "kde") for dt in ("float32", "bfloat16") for s in (0, 1))
+      (w, dt, s) for w in ("none", "kde") for dt in ("float32", "bfloat16", "bfloat16-all")
+      for s in (0, 1))
   assert all(has(r, "overall", "aligned", "conflicting") for r in rows)
-  assert "| DM + KDE | bfloat16 |" in (tmp_path / "out" / "table.md").read_text()
+  text = (tmp_path / "out" / "table.md").read_text()
+  assert "| DM + KDE | bfloat16 real forward |" in text
+  assert "| DM + KDE | bfloat16 real and synthetic (compute_dtype), seeds 0, 1 |" in text
   assert set(json.loads((tmp_path / "out" / "table.json").read_text())) == {"none", "kde"}
 
 
