@@ -45,7 +45,8 @@ def build(args, dtype: str, program: str):
   import numpy as np
 
   from jaxdd import augment, distill, models
-  nc, R = 10, len(ROWS)
+  rows_ = args.rows.split(",")
+  nc, R = 10, len(rows_)
   rng = np.random.default_rng(0)
   y = np.repeat(np.arange(nc), args.per_class)
   x = rng.normal(size=(len(y), 28, 28, 3)).astype(np.float32)
@@ -61,10 +62,10 @@ def build(args, dtype: str, program: str):
                         importance_sampling=sampling, execution=ex)
     return distill.cell_runs(d, num_seeds=1, num_rows=len(rows), seed_fields=("embeddings",),
                              run_fields=fields)
-  if program == "single":
-    runs = cell(range(R), True)
+  sampled = [i for i, r in enumerate(rows_) if "weighted_sampling" in FLAGS.get(r, ())]
+  if program == "single" or not sampled:
+    runs = cell(range(R), bool(sampled))
   else:
-    sampled = [i for i, r in enumerate(ROWS) if "weighted_sampling" in FLAGS.get(r, ())]
     uniform = [i for i in range(R) if i not in sampled]
     runs = distill.cell_row_groups([(cell(uniform, False), uniform), (cell(sampled, True),
                                                                       sampled)],
@@ -74,11 +75,11 @@ def build(args, dtype: str, program: str):
   real = distill.real_data(x, y, num_classes=nc)._replace(
       embeddings=jnp.asarray(rng.normal(size=(1, n, 32)).astype(np.float32)),
       sample_weight=jnp.asarray(np.stack([class_w if r == "oracle" else np.ones(n, np.float32)
-                                          for r in ROWS])),
+                                          for r in rows_])),
       sample_prob=jnp.asarray(np.stack([class_w if r == "kde_floor_init_is"
-                                        else np.ones(n, np.float32) for r in ROWS])),
+                                        else np.ones(n, np.float32) for r in rows_])),
       groups=jnp.asarray(rng.integers(0, 10, size=(R, n)).astype(np.int32)))
-  hp = {k: jnp.asarray([float(k in FLAGS.get(r, ())) for r in ROWS], jnp.float32)
+  hp = {k: jnp.asarray([float(k in FLAGS.get(r, ())) for r in rows_], jnp.float32)
         for k in ("kde", "groups", "batch_groups", "weighted_sampling")}
   hp.update(lr=jnp.ones((R,), jnp.float32), variance=jnp.full((R,), 0.01, jnp.float32),
             temperature=jnp.full((R,), 0.25, jnp.float32))
@@ -106,6 +107,7 @@ def main(argv=None) -> int:
   p.add_argument("--points", default="single:float32,split:float32,split:bfloat16",
                  help="PROGRAM:DTYPE points (program single or split; dtype float32 or "
                       "bfloat16); the first is the baseline")
+  p.add_argument("--rows", default=",".join(ROWS), help="the cell's rows (default all 8)")
   p.add_argument("--policy", default="accelerator", help="the layout policy (default accelerator)")
   p.add_argument("--time", type=int, default=0, help="timed steps per point (0: cost only)")
   p.add_argument("--repeats", type=int, default=3, help="alternations of the dtypes (--time)")
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
   import numpy as np
   dtypes = [d for d in args.points.split(",") if d]
   built = {d: build(args, d.split(":")[1], d.split(":")[0]) for d in dtypes}
-  out = {d: {"point": d, "rows": list(ROWS), "ipc": args.ipc, "width": args.width,
+  out = {d: {"point": d, "rows": args.rows.split(","), "ipc": args.ipc, "width": args.width,
              "real_per_class": args.real_per_class, "policy": args.policy,
              "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
              **cost(*built[d])} for d in dtypes}

@@ -131,7 +131,7 @@ def table(run_dirs: list[str], out: str, *, title: str, command: list[str], mach
     test = lambda m: [x["test"][m] for x in recs]  # noqa: E731
     rows.append([name, str(len(recs)), _pm([x["valid_conflicting"] for x in recs]),
                  *[_pm(test(m)) for m in METRICS + ("deo_m", "deo_a")], bias])
-  return {"title": title, "columns": COLUMNS, "rows": rows,
+  return {"caption": title, "columns": COLUMNS, "rows": rows,
           "notes": ["Accuracies in %; ± is the population standard deviation (ddof 0) over the "
                     "scored evaluation networks of the one SynSet, as the reference reports it.",
                     "DEO_M / DEO_A: FairDD's equalized-odds differences on the test split."],

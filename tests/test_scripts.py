@@ -350,16 +350,16 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   plan = capfd.readouterr().out
   assert "plan: unit cmnist5-ipc10/s0: rows vanilla, kde; seeds 0" in plan
   assert "no estimate yet" in plan and not res.exists()
-  # a unit stopped part-way (Ctrl-C in its evaluation) leaves no record
-  real_row = script.run_row
+  # a unit stopped part-way (Ctrl-C in its distillation) leaves no record
+  real_program = script.cell_program
 
   def stopped(*a, **k):
     raise KeyboardInterrupt
-  script.run_row = stopped
+  script.cell_program = stopped
   assert script.main(base + ["--workdir", str(tmp_path / "w0")]) == 130
   assert "left no record" in capfd.readouterr().err
   assert not (res / "units").exists() or not list((res / "units").rglob("*.json"))
-  script.run_row = real_row
+  script.cell_program = real_program
   # the first unit through the lent machine's one command, as it runs there (a subprocess)
   env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
              + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"))
