@@ -7,7 +7,7 @@ a run is the run's own evaluation network ``j`` (its key is ``jax.random.split(e
 key, num_eval_models)[j]``, as :func:`jaxdd.evaluate.evaluate_synsets` draws it), so the
 scores put together equal the whole evaluation's up to float rounding. Each network's
 scores are written at once to ``<out>/<row>-net<j>.json``; a rerun skips what is there, so
-the work survives a stopped session. ``--table`` then writes ``<out>/table.json`` (the
+the work survives an interrupted run. ``--table`` then writes ``<out>/table.json`` (the
 results-table format) from whatever records exist, with the number of networks per row.
 
   python experiments/score_synsets.py --runs runs/h100/{vanilla,kde}/s0 --networks 0,1,2 \\
@@ -111,7 +111,7 @@ def _pm(values) -> str:
 
 
 def table(run_dirs: list[str], out: str, *, title: str, command: list[str], machine: str,
-          commit: str) -> dict:
+          commit: str, labels: dict | None = None) -> dict:
   """The results table of the records in ``out``: per row, the mean ± population std over
   its scored networks, and how many."""
   rows = []
@@ -129,7 +129,7 @@ def table(run_dirs: list[str], out: str, *, title: str, command: list[str], mach
     bias = (f"{traj[0]['bias_aligned_fraction']:.3f} → {traj[-1]['bias_aligned_fraction']:.3f}"
             if traj else "–")
     test = lambda m: [x["test"][m] for x in recs]  # noqa: E731
-    rows.append([name, str(len(recs)), _pm([x["valid_conflicting"] for x in recs]),
+    rows.append([(labels or {}).get(name, name), str(len(recs)), _pm([x["valid_conflicting"] for x in recs]),
                  *[_pm(test(m)) for m in METRICS + ("deo_m", "deo_a")], bias])
   return {"caption": title, "columns": COLUMNS, "rows": rows,
           "notes": ["Accuracies in %; ± is the population standard deviation (ddof 0) over the "
@@ -161,6 +161,8 @@ def main(argv=None) -> int:
   p.add_argument("--title", default="")
   p.add_argument("--command", action="append", default=[],
                  help="the command(s) the table names (repeatable)")
+  p.add_argument("--label", action="append", default=[], metavar="ROW=TEXT",
+                 help="the table's name for a row (repeatable; default the run folder's row)")
   p.add_argument("--machine", default=None, help="the machine the table names")
   p.add_argument("--commit", default=None, help="the commit the table names")
   p.add_argument("--tiny", action="store_true", help=(
@@ -182,9 +184,13 @@ def main(argv=None) -> int:
     return 2
   try:
     if args.table:
+      bad = [x for x in args.label if "=" not in x]
+      if bad:
+        raise ValueError(f"--label {bad[0]!r}: give ROW=TEXT")
       data = table(args.runs, args.out, title=args.title, command=args.command,
                    machine=args.machine or version.machine(),
-                   commit=args.commit or runs.code_version())
+                   commit=args.commit or runs.code_version(),
+                   labels=dict(x.split("=", 1) for x in args.label))
       synset.atomic_write_json(os.path.join(args.out, "table.json"), data)
       print(json.dumps(data["rows"], ensure_ascii=False))
     else:
