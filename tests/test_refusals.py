@@ -210,3 +210,59 @@ def test_a_finished_reproduce_in_a_read_only_directory_shows_its_results(tmp_pat
   comparison["dm+kde"]["mean"]["overall"] = 0.5
   (work / "comparison.json").write_text(json.dumps(comparison))
   assert runs.comparison.stored_comparison(get_config("smoke"), str(work)) is None
+
+
+def test_an_output_never_replaces_a_file_jaxdd_or_the_system_owns(tmp_path, capsys):
+  # `--out` of evaluate, cross-arch and audit: a SynSet's files, a run's files, its
+  # checkpoints and lock, a device, a FIFO, a folder and a link are refused in one line with
+  # status 2 before any work (the SynSet does not even need to exist), and nothing changes.
+  run = tmp_path / "run"
+  (run / "synset").mkdir(parents=True)
+  (run / "checkpoints" / "500").mkdir(parents=True)
+  (run / "plots").mkdir()
+  for rel in ("config.json", "metrics.jsonl", ".lock", "synset/arrays.npz", "synset/meta.json",
+              "synset/manifest.json", "checkpoints/500/state.npz", "plots/synset.png"):
+    (run / rel).write_bytes(b"keep " + rel.encode())
+  fifo = tmp_path / "fifo"
+  os.mkfifo(fifo)
+  (tmp_path / "link").symlink_to(run / "config.json")
+  before = _tree(tmp_path / "run")
+  targets = [run / "synset" / "arrays.npz", run / "synset" / "meta.json",
+             run / "synset" / "new.json", run / "synset" / "manifest.json",
+             run / "metrics.jsonl", run / "config.json", run / ".lock", run / "eval.json",
+             run / "checkpoints" / "500" / "state.npz", run / "plots" / "synset.png",
+             fifo, run, tmp_path / "link"]
+  if os.path.exists("/dev/full"):
+    targets.append("/dev/full")
+  for command in ("evaluate", "cross-arch", "audit"):
+    for target in targets:
+      code, err = _run([command, str(run / "synset"), "--out", str(target), "--quiet"], capsys)
+      assert code == 2 and len(err) == 1 and str(target) in err[0], (command, target, err)
+      assert "give" in err[0], err
+  assert _tree(tmp_path / "run") == before
+  assert os.path.exists("/dev/full") is False or not os.path.isfile("/dev/full")
+
+
+def test_an_output_replaces_only_the_same_commands_file():
+  from jaxdd.runs import outputs
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    run = os.path.join(d, "run")
+    os.makedirs(run)
+    with open(os.path.join(run, "config.json"), "w") as f:
+      f.write("{}")
+    mine, theirs = os.path.join(run, "again.json"), os.path.join(run, "notes.txt")
+    with open(mine, "w") as f:
+      json.dump({"protocol": {}, "summary": {}, "per_model": {}}, f)
+    with open(theirs, "w") as f:
+      f.write("my notes")
+    owns = lambda p: outputs.json_object_with(p, ("protocol", "summary", "per_model"))  # noqa: E731
+    outputs.check_output_file(mine, what="an evaluation", owns=owns)  # the command run again
+    outputs.check_output_file(os.path.join(run, "new.json"), what="an evaluation", owns=owns)
+    with pytest.raises(ValueError, match="would replace a file of the run in .*notes.txt"):
+      outputs.check_output_file(theirs, what="an evaluation", owns=owns)
+    # outside jaxdd's folders any regular file may be replaced, as any command's output
+    elsewhere = os.path.join(d, "elsewhere.txt")
+    with open(elsewhere, "w") as f:
+      f.write("x")
+    outputs.check_output_file(elsewhere, what="an evaluation", owns=owns)

@@ -6,7 +6,7 @@ import argparse
 from jaxdd import elf, protocols, synset
 from jaxdd.cli import arguments, flags
 from jaxdd.cli.trust import signature_line, synset_path
-from jaxdd.runs import artifacts, checks
+from jaxdd.runs import artifacts, files, outputs
 from jaxdd.security import signing
 
 
@@ -19,14 +19,26 @@ def _features(args) -> artifacts.FeatureModel | None:
   return artifacts.FeatureModel(args.feature_model, args.feature_protocol) if args.elf else None
 
 
-def _check_out(args) -> None:
-  """``--out`` must be writable: checked before the SynSet is loaded or any network trained."""
+def _check_out(args, what: str, owns) -> None:
+  """``--out`` destroys nothing and can be written (:func:`jaxdd.runs.outputs.check_output_file`):
+  checked before the SynSet is loaded or any network trained."""
   if args.out:
-    checks.check_writable(args.out, file=True)
+    outputs.check_output_file(args.out, what=what, owns=owns)
+
+
+def _is_evaluation(path: str) -> bool:
+  return outputs.json_object_with(path, ("protocol", "summary", "per_model"))
+
+
+def _is_matrix(path: str) -> bool:
+  try:
+    return files.read_cross_arch(path) is not None
+  except (ValueError, OSError):
+    return False
 
 
 def cmd_evaluate(args) -> int:
-  _check_out(args)
+  _check_out(args, "an evaluation", _is_evaluation)
   syn, meta = signing.load_synset(synset_path(args.synset), trust=args.trust)
   if args.out:  # refused before any work: --out in a run directory of another setting
     artifacts.check_out(args.out, artifacts.evaluation_setting(
@@ -50,7 +62,7 @@ def cmd_cross_arch(args) -> int:
   specs = [s.strip() for s in args.models.split(",") if s.strip()]
   if not specs:
     raise ValueError("--models needs at least one model spec, e.g. convnet,convnet-d4,resnet18,mlp")
-  _check_out(args)
+  _check_out(args, "a cross-architecture matrix", _is_matrix)
   syn, meta = signing.load_synset(synset_path(args.synset), trust=args.trust)
   features = _features(args)
   setting = artifacts.cross_arch_setting(synset_path(args.synset), specs, _overrides(args),

@@ -10,7 +10,7 @@ import os
 from jaxdd import protocols, synset
 from jaxdd.cli import arguments, flags
 from jaxdd.runs import audit as audit_run
-from jaxdd.runs import checks
+from jaxdd.runs import checks, outputs
 from jaxdd.security import audit, signing
 
 
@@ -134,8 +134,9 @@ def cmd_verify(args) -> int:
 
 
 def cmd_audit(args) -> int:
-  if args.out:  # writable before any network is trained
-    checks.check_writable(args.out, file=True)
+  if args.out:  # destroys nothing and writable, before any network is trained
+    outputs.check_output_file(args.out, what="an audit report", owns=lambda p: (
+        outputs.json_object_with(p, ("synset", "signature"))))
   report, meta = audit_run.audit_artifact(
       synset_path(args.synset), trust=args.trust, seed=args.seed, model_spec=args.model,
       protocol=args.protocol, num_models=args.num_models, clean_images=args.clean_images,
