@@ -107,11 +107,16 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
   return path
 
 
-def _read(file: str) -> bytes:
-  """A file of the artifact; missing and unreadable are told apart (one line each)."""
+#: The largest file of an artifact that :func:`load` reads (arrays.npz; JSON files are
+#: bounded by :data:`jaxdd._src.io.MAX_JSON_BYTES`).
+MAX_ARTIFACT_BYTES = 8 * 2**30
+
+
+def _read(file: str, limit: int = _io.MAX_JSON_BYTES) -> bytes:
+  """A file of the artifact, at most ``limit`` bytes, a regular file only; missing,
+  unreadable, not a file and too large are told apart (one line each)."""
   try:
-    with open(file, "rb") as f:
-      return f.read()
+    return _io.read_bounded(file, limit, fix="re-create the artifact")
   except FileNotFoundError:
     raise FileNotFoundError(f"{file} is missing; the artifact is incomplete, re-create it") \
         from None
@@ -119,6 +124,48 @@ def _read(file: str) -> bytes:
     raise PermissionError(f"{file}: permission denied; ask its owner for read access or copy "
                           "the artifact with read permission (e.g. cp -r, chmod -R a+rX)") \
         from None
+
+
+def _check_declared(blob: bytes, meta: dict, where: str) -> None:
+  """Before any array is unpacked: each array's header (shape, dtype) agrees with the bytes
+  the archive holds for it, the images and labels with the count ``meta.json`` implies (its
+  ``ipc`` times its classes, when it names both), and nothing unpacks to more than
+  :data:`MAX_ARTIFACT_BYTES`; so a header that lies or an archive that unpacks to far more
+  than it says is refused in one line, before memory is allocated for it."""
+  try:
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
+      shapes, total = {}, 0
+      for info in z.infolist():
+        total += info.file_size
+        if total > MAX_ARTIFACT_BYTES:
+          raise ValueError(f"{where} unpacks to more than {MAX_ARTIFACT_BYTES // 2**30} GiB; "
+                           "it is not a SynSet jaxdd wrote, re-create it")
+        with z.open(info) as f:
+          version = np.lib.format.read_magic(f)
+          shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                             else np.lib.format.read_array_header_2_0(f))
+          header = f.tell() if hasattr(f, "tell") else 0
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if info.file_size - header != size:
+          raise ValueError(f"{where}: {info.filename} declares shape {tuple(shape)} "
+                           f"({size} bytes) but holds {info.file_size - header}; it is "
+                           "damaged or not a SynSet jaxdd wrote, re-create it")
+        shapes[info.filename.removesuffix(".npy")] = tuple(shape)
+  except (zipfile.BadZipFile, OSError, EOFError) as e:
+    raise ValueError(f"{where} is not a readable .npz ({e}); re-create the artifact") from e
+  except ValueError as e:
+    if str(e).startswith(where):
+      raise
+    raise ValueError(f"{where} holds an array whose header cannot be read ({e}); re-create "
+                     "the artifact") from e
+  n = meta.get("ipc") * len(meta["class_names"]) if (
+      isinstance(meta.get("ipc"), int) and meta.get("class_names")) else None
+  for name in ("images", "labels"):
+    got = shapes.get(name)
+    if got and n is not None and got[0] != n:
+      raise ValueError(f"{where} holds {got[0]} {name}, but meta.json says {n} (IPC "
+                       f"{meta['ipc']} x {len(meta['class_names'])} classes); the artifact "
+                       "was altered: re-create it")
 
 
 def _check_arrays(images, labels, mean, std, where: str) -> None:
@@ -196,13 +243,17 @@ def load(path: str, *, verify: Verifier | None = None,
   contents = {}
   for name in _FILES:
     file = os.path.join(path, name)
-    contents[name] = _read(file)
+    contents[name] = _read(file, MAX_ARTIFACT_BYTES if name == "arrays.npz" else
+                           _io.MAX_JSON_BYTES)
     digest = hashlib.sha256(contents[name]).hexdigest()
     if digest != expected.get(name):
       raise ValueError(f"{file} does not match its sha256 in manifest.json (expected "
                        f"{expected.get(name)}, got {digest}): the artifact was modified or "
                        "truncated; refusing to load it")
   arrays_path = os.path.join(path, "arrays.npz")
+  meta = schema.parse_json(contents["meta.json"], META, path=os.path.join(path, "meta.json"),
+                           fix="the artifact is corrupted: re-create it", working=working)
+  _check_declared(contents["arrays.npz"], meta, arrays_path)
   try:
     with np.load(io.BytesIO(contents["arrays.npz"]), allow_pickle=False) as data:
       missing = [k for k in ("images", "labels", "mean", "std") if k not in data.files]
@@ -214,8 +265,6 @@ def load(path: str, *, verify: Verifier | None = None,
   except (OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"{arrays_path} is not a readable .npz ({e}); re-create the artifact") from e
   _check_arrays(images, labels, mean, std, arrays_path)
-  meta = schema.parse_json(contents["meta.json"], META, path=os.path.join(path, "meta.json"),
-                           fix="the artifact is corrupted: re-create it", working=working)
   meta["mean"], meta["std"] = mean.tolist(), std.tolist()
   if status is not None:
     meta["signature"] = status

@@ -266,3 +266,17 @@ def test_an_output_replaces_only_the_same_commands_file():
     with open(elsewhere, "w") as f:
       f.write("x")
     outputs.check_output_file(elsewhere, what="an evaluation", owns=owns)
+
+
+def test_report_refuses_a_fifo_or_a_device_instead_of_hanging(tmp_path, capsys):
+  # an eval.json that is a FIFO (no writer) or /dev/zero: one line, no hang, no memory blow-up
+  run = tmp_path / "run"
+  run.mkdir()
+  os.mkfifo(run / "eval.json")
+  code, err = _run(["report", str(run)], capsys)
+  assert code in (1, 2) and len(err) == 1 and "is not a regular file (a FIFO)" in err[0], err
+  if os.path.exists("/dev/zero"):
+    os.unlink(run / "eval.json")
+    os.symlink("/dev/zero", run / "eval.json")
+    code, err = _run(["report", str(run)], capsys)
+    assert code in (1, 2) and len(err) == 1 and "a device" in err[0], err

@@ -106,13 +106,77 @@ def test_unreadable_is_not_missing_and_the_mode_follows_the_umask(tmp_path, monk
   finally:
     os.umask(old)
   assert os.stat(path).st_mode & 0o777 == 0o755
-  real_open = open
+  real_open = os.open  # the artifact's files are read through os.open (bounded, no FIFO hang)
 
   def denied(file, *a, **k):
     if str(file).endswith("manifest.json"):
       raise PermissionError(13, "Permission denied")
     return real_open(file, *a, **k)
 
-  monkeypatch.setattr("builtins.open", denied)
+  monkeypatch.setattr(os, "open", denied)
   with pytest.raises(PermissionError, match="permission denied; ask its owner"):
+    synset.load(path)
+
+
+def _npz_with(path, **arrays):
+  """arrays.npz rewritten from raw members (name -> bytes), its manifest fixed."""
+  import hashlib
+  import io
+  import json
+  import zipfile
+  buf = io.BytesIO()
+  with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    for name, blob in arrays.items():
+      z.writestr(name + ".npy", blob)
+  data = buf.getvalue()
+  with open(os.path.join(path, "arrays.npz"), "wb") as f:
+    f.write(data)
+  with open(os.path.join(path, "manifest.json")) as f:
+    manifest = json.load(f)
+  manifest["files"]["arrays.npz"] = hashlib.sha256(data).hexdigest()
+  with open(os.path.join(path, "manifest.json"), "w") as f:
+    json.dump(manifest, f)
+
+
+def _npy(a, shape=None) -> bytes:
+  """``a`` as .npy bytes, its header declaring ``shape`` (default its own)."""
+  import io
+  buf = io.BytesIO()
+  header = {"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False,
+            "shape": tuple(a.shape if shape is None else shape)}
+  np.lib.format.write_array_header_1_0(buf, header)
+  buf.write(np.ascontiguousarray(a).tobytes())
+  return buf.getvalue()
+
+
+def test_an_archive_that_lies_is_refused_before_it_is_unpacked(tmp_path, monkeypatch):
+  # a header declaring 10^8 images over a few bytes, and an archive of far more images than
+  # meta.json says (a zip bomb: zeros compress to almost nothing), are one line each, and
+  # nothing is allocated for what they declare
+  path = synset.save(str(tmp_path / "syn"), SynSet(np.zeros((4, 4, 4, 3), np.float32),
+                                                   np.array([0, 0, 1, 1], np.int32)),
+                     {"ipc": 2, "class_names": ["a", "b"]}, mean=np.zeros(3), std=np.ones(3))
+  small = dict(labels=_npy(np.array([0, 0, 1, 1], np.int32)),
+               mean=_npy(np.zeros(3, np.float32)), std=_npy(np.ones(3, np.float32)))
+  _npz_with(path, images=_npy(np.zeros((4, 4, 4, 3), np.float32), shape=(10**8, 4, 4, 3)),
+            **small)
+  with pytest.raises(ValueError, match=r"images.npy declares shape \(100000000, 4, 4, 3\)"):
+    synset.load(path)
+  big = np.zeros((4000, 4, 4, 3), np.float32)
+  _npz_with(path, images=_npy(big), **small)
+  assert os.path.getsize(os.path.join(path, "arrays.npz")) < len(_npy(big)) // 50
+  with pytest.raises(ValueError, match="holds 4000 images, but meta.json says 4 "
+                                       r"\(IPC 2 x 2 classes\)") as e:
+    synset.load(path)
+  assert "\n" not in str(e.value)
+  monkeypatch.setattr(synset, "MAX_ARTIFACT_BYTES", 100_000)  # above the file, below its content
+  with pytest.raises(ValueError, match="unpacks to more than"):
+    synset.load(path)
+
+
+def test_reads_of_a_fifo_or_a_device_are_refused_not_hung(tmp_path):
+  path = _tiny(tmp_path)
+  os.replace(os.path.join(path, "meta.json"), os.path.join(tmp_path, "meta.bak"))
+  os.mkfifo(os.path.join(path, "meta.json"))
+  with pytest.raises(ValueError, match="is not a regular file \\(a FIFO\\)"):
     synset.load(path)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Union
@@ -28,6 +29,61 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Chunk size of :func:`sha256_file` reads (the digest does not depend on it).
 _CHUNK = 1 << 22
+
+#: The largest JSON file jaxdd reads back (its records are kilobytes to megabytes).
+MAX_JSON_BYTES = 256 * 2**20
+
+
+# ---------------------------------------------------------------------------
+# Bounded reads
+# ---------------------------------------------------------------------------
+
+class NotAFileError(ValueError):
+  """A path jaxdd would read is not a regular file, or is larger than its kind may be."""
+
+
+def read_bounded(path: PathLike, limit: int, *, fix: str) -> bytes:
+  """The bytes of the regular file ``path``, at most ``limit`` of them.
+
+  A FIFO, a device, a socket or a folder is refused without reading (the file is opened
+  non-blocking, so a FIFO with no writer does not hang), and so is a file over ``limit``
+  bytes, or one that grows past it while read, so that no read of jaxdd's hangs or fills the
+  memory. ``fix`` ends the one-line message.
+
+  Raises:
+    NotAFileError: not a regular file, or too large.
+    OSError: the file cannot be opened (missing, permission).
+
+  Example:
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as f:
+    ...     _ = f.write(b"{}"); f.flush()
+    ...     read_bounded(f.name, 10, fix="x")
+    b'{}'
+    >>> read_bounded("/", 10, fix="give a file")
+    Traceback (most recent call last):
+      ...
+    jaxdd._src.io.NotAFileError: / is not a regular file (a folder); give a file
+  """
+  path = os.fspath(path)
+  fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+  try:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+      kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+              else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+              else "not a file")
+      raise NotAFileError(f"{path} is not a regular file ({kind}); {fix}")
+    if st.st_size > limit:
+      raise NotAFileError(f"{path} is {st.st_size} bytes, more than the {limit} such a file "
+                          f"may hold; {fix}")
+    with os.fdopen(os.dup(fd), "rb") as f:
+      data = f.read(limit + 1)
+  finally:
+    os.close(fd)
+  if len(data) > limit:
+    raise NotAFileError(f"{path} grew past {limit} bytes while it was read; {fix}")
+  return data
 
 
 # ---------------------------------------------------------------------------

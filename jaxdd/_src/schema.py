@@ -27,6 +27,8 @@ import json
 import os
 from typing import Any, Callable, Mapping
 
+from jaxdd._src import io as _io
+
 __all__ = ["ANY", "BOOL", "FileFormatError", "INT", "NUM", "STR", "Spec", "check", "list_of",
            "map_of", "obj", "opt", "parse_json", "read_json"]
 
@@ -229,6 +231,9 @@ def read_json(path: str | os.PathLike, spec: Spec, *, fix: str, working: bool = 
   path = os.fspath(path)
   if default is not _MISSING and not os.path.exists(path):
     return default
-  with open(path, "rb") as f:
-    data = f.read()
+  try:
+    data = _io.read_bounded(path, _io.MAX_JSON_BYTES, fix=fix)
+  except _io.NotAFileError as e:  # a FIFO, a device, a folder, a file too large to be ours
+    raise FileFormatError(path, str(e).split("; ")[0].removeprefix(f"{path} "), fix,
+                          working=working) from None
   return parse_json(data, spec, path=path, fix=fix, working=working)

@@ -24,9 +24,13 @@ def seeds(text: str) -> tuple[int, ...]:
 
   >>> seeds("0,1, 2")
   (0, 1, 2)
+  >>> seeds("0,,1")
+  Traceback (most recent call last):
+    ...
+  ValueError: --seeds takes comma-separated integers such as 0,1,2; got '0,,1'
   """
   try:
-    values = tuple(int(s) for s in text.split(",") if s.strip())
+    values = tuple(int(s) for s in text.split(","))  # an empty entry ("0,,1") is refused
   except ValueError:
     raise ValueError(f"--seeds takes comma-separated integers such as 0,1,2; got {text!r}") from None
   if not values or len(set(values)) != len(values):

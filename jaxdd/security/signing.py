@@ -45,6 +45,8 @@ from jaxdd.structs import SynSet
 
 #: Signature file written next to ``manifest.json``.
 SIGNATURE_FILE = "signature.json"
+#: The largest key file read (a PEM ed25519 key is a few hundred bytes).
+_KEY_BYTES = 64 * 1024
 #: Signature format tag.
 FORMAT = "jaxdd-signature-v1"
 #: Prefix of the signed message (domain separation).
@@ -141,8 +143,7 @@ def load_private_key(path: str, *, passphrase: bytes | None = None):
   ed25519, serialization, _ = _crypto()
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no private key at {path}; create one with `jaxdd keys new NAME`")
-  with open(path, "rb") as f:
-    data = f.read()
+  data = _io.read_bounded(path, _KEY_BYTES, fix="pass the .key file written by `jaxdd keys new`")
   try:
     key = serialization.load_pem_private_key(data, password=passphrase)
   except TypeError as e:
@@ -173,8 +174,7 @@ def load_public_key(path: str) -> PublicKey:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no public key at {path}; pass the .pub file written by "
                             "`jaxdd keys new`")
-  with open(path, "rb") as f:
-    data = f.read()
+  data = _io.read_bounded(path, _KEY_BYTES, fix="pass the .pub file written by `jaxdd keys new`")
   try:
     key = serialization.load_pem_public_key(data)
   except ValueError as e:
@@ -247,8 +247,8 @@ def sign_synset(path: str, private_key) -> dict:
   artifact is refused, never signed.
   """
   synset_lib.load(path)  # refuses a damaged or incomplete artifact
-  with open(os.path.join(path, "manifest.json"), "rb") as f:
-    manifest = f.read()
+  manifest = _io.read_bounded(os.path.join(path, "manifest.json"), _io.MAX_JSON_BYTES,
+                              fix="re-create the artifact")
   record = sign_manifest_bytes(manifest, private_key)
   _io.atomic_write_json(os.path.join(path, SIGNATURE_FILE), record)
   return record
