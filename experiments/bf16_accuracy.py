@@ -58,9 +58,10 @@ NAMES = {"float32": "float32", "bfloat16": "bfloat16 real forward",
          "bfloat16-all": "bfloat16 real and synthetic (compute_dtype)"}
 
 
-def table(results: dict, arms=DTYPES) -> str:
+def table(results: dict, arms=None) -> str:
   """Mean ± std over seeds per row, then each bf16 arm − float32 paired over seeds, in
-  points."""
+  points (``arms``: default those in ``results``, in :data:`DTYPES` order)."""
+  arms = [a for a in DTYPES if a in results["none"]] if arms is None else arms
   lines = ["| method | arithmetic | " + " | ".join(METRICS) + " |",
            "|---|---|" + "---|" * len(METRICS)]
   for w in ("none", "kde"):

@@ -142,8 +142,10 @@ def test_bf16_accuracy_table_means_over_seeds_and_pairs_the_dtypes():
   # float32 DM overall: mean 25.0, sample std of (20, 30) = 7.1
   assert "| DM | float32 | 25.0 ± 7.1 | 100.0 ± 0.0 | 15.0 ± 7.1 |" in text
   # paired bf16 - fp32, DM overall: differences (+1, +3) points -> +2.0 ± 1.4
-  assert "| DM | mean ± std over seeds 0, 1 | +2.0 ± 1.4 | +0.0 ± 0.0 | +0.0 ± 0.0 |" in text
-  assert "| DM + KDE | mean ± std over seeds 0, 1 | +0.0 ± 0.0 | +0.0 ± 0.0 | +0.0 ± 0.0 |" in text
+  assert ("| DM | bfloat16 real forward, seeds 0, 1 | +2.0 ± 1.4 | +0.0 ± 0.0 | +0.0 ± 0.0 |"
+          in text)
+  assert ("| DM + KDE | bfloat16 real forward, seeds 0, 1 | +0.0 ± 0.0 | +0.0 ± 0.0 | "
+          "+0.0 ± 0.0 |" in text)
 
 
 def _load(name):
