@@ -50,3 +50,18 @@ def test_tensorboard_mirror_when_installed(tmp_path, monkeypatch):
                    ("grad_norm", 2.0, 3), ("close",)]
   monkeypatch.setitem(sys.modules, "tensorboardX", None)  # not installed: skipped silently
   runs.MetricsLog(str(tmp_path / "b"), 0).close() if (tmp_path / "b").mkdir() is None else None
+
+
+def test_a_damaged_line_before_the_last_is_a_fault_not_dropped(tmp_path):
+  # only the last line can be torn by a kill; a non-JSON line in the middle means the log was
+  # edited or damaged: one line naming it (status 1 on the command line), not a silent skip
+  import pytest
+  from jaxdd._src import schema
+  from jaxdd.runs import metrics_log
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+  with pytest.raises(schema.FileFormatError, match=r"metrics.jsonl line 2: is not JSON") as e:
+    metrics_log.read_metrics(str(path), 10)
+  assert e.value.status == 1 and "\n" not in str(e.value)
+  path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+  assert [r["step"] for r in metrics_log.read_metrics(str(path), 10)] == [1, 2]

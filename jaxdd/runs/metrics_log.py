@@ -5,6 +5,7 @@ import json
 import os
 
 from jaxdd import synset
+from jaxdd._src import io as _io
 from jaxdd._src import schema
 
 
@@ -58,27 +59,35 @@ ROW = schema.obj(optional={"step": schema.INT, "syn_lr": schema.NUM,
 
 
 def read_metrics(path: str, upto: int) -> list[dict]:
-  """Rows of ``metrics.jsonl`` up to step ``upto``; a line torn by a kill is skipped.
+  """Rows of ``metrics.jsonl`` up to step ``upto``; the last line, if a kill tore it, is
+  skipped.
 
   Raises:
-    jaxdd._src.schema.FileFormatError: a line is JSON but not a row jaxdd writes.
+    jaxdd._src.schema.FileFormatError: a line before the last is not JSON (the log was
+      edited or damaged: only the last line can be torn), or a line is JSON but not a row
+      jaxdd writes, or the file is not a regular file of a log's size.
   """
   if not os.path.exists(path):
     return []
+  fix = "delete metrics.jsonl (the run's log) and rerun the same command"
+  try:
+    data = _io.read_bounded(path, _io.MAX_JSON_BYTES, fix=fix)
+  except _io.NotAFileError as e:
+    raise schema.FileFormatError(path, str(e).split("; ")[0].removeprefix(f"{path} "), fix,
+                                 working=True) from None
+  lines = [(n, ln.strip()) for n, ln in enumerate(data.split(b"\n"), 1) if ln.strip()]
   rows = []
-  with open(path, "rb") as f:
-    for number, line in enumerate(f, 1):
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        row = json.loads(line)
-      except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+  for i, (number, line) in enumerate(lines):
+    try:
+      row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+      if i == len(lines) - 1:
         continue  # the last line of a killed run may be incomplete
-      schema.check(row, ROW, path=f"{path} line {number}", working=True,
-                   fix="delete metrics.jsonl (the run's log) and rerun the same command")
-      if row.get("step", 0) <= upto:
-        rows.append(row)
+      raise schema.FileFormatError(f"{path} line {number}", "is not JSON, and only the last "
+                                   "line can be torn by a kill", fix, working=True) from None
+    schema.check(row, ROW, path=f"{path} line {number}", working=True, fix=fix)
+    if row.get("step", 0) <= upto:
+      rows.append(row)
   return rows
 
 
