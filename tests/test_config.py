@@ -261,3 +261,11 @@ def test_compute_dtype_float32_keeps_the_digests_and_bfloat16_is_dm_only():
     validate(get_config("smoke", method="dsa", compute_dtype="bfloat16"))
   with pytest.raises(ValueError, match="compute_dtype"):
     validate(base.replace(compute_dtype="float16"))
+
+
+def test_iterations_are_bounded_by_the_step_counter():
+  from jaxdd.config import get_config, validate
+  validate(get_config("smoke", iterations=2**31 - 1))
+  for n in (2**31, 10**12, 10**23):
+    with pytest.raises(ValueError, match="is more than 2,147,483,647"):
+      validate(get_config("smoke", iterations=n))

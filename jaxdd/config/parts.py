@@ -203,6 +203,10 @@ def depth_for_size(image_size: int) -> int:
   return max(3, int(math.ceil(math.log2(image_size))) - 2)
 
 
+#: The most distillation steps a run may ask for: the state's step counter is int32.
+MAX_ITERATIONS = 2**31 - 1
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig(Part):
   """The distillation every method shares: the method, the synthetic set and its updates.
@@ -242,6 +246,10 @@ class DistillConfig(Part):
     if self.iterations < 0:
       raise ValueError(f"iterations must be >= 0 (0: the initial images, not distilled), got "
                        f"{self.iterations}")
+    if self.iterations > MAX_ITERATIONS:
+      raise ValueError(f"iterations {self.iterations} is more than {MAX_ITERATIONS:,} (the "
+                       "step counter is a 32-bit integer, and that many steps take days on "
+                       "any machine); give fewer")
     _check_min(self, ("ipc", "real_per_class", "width", "depth"))
     if self.lr_img <= 0 or not math.isfinite(self.lr_img):
       raise ValueError(f"lr_img must be a positive number, got {self.lr_img}")
