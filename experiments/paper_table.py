@@ -407,12 +407,16 @@ class Unit:
   part: str
   seeds: tuple
   rows: tuple
+  chunk: int | None = None  # with --rows-per-unit: which group of the seed's rows
 
   @property
   def name(self) -> str:
     if self.part == "chosen":
       return f"{self.cell.name}/chosen-{self.rows[0]}"
-    return f"{self.cell.name}/s{self.seeds[0]}" + ("" if self.part == "rows" else "-ceiling")
+    if self.part == "ceiling":
+      return f"{self.cell.name}/s{self.seeds[0]}-ceiling"
+    return f"{self.cell.name}/s{self.seeds[0]}" + ("" if self.chunk is None
+                                                   else f"-rows{self.chunk}")
 
   def path(self, units_dir: str) -> str:
     return os.path.join(units_dir, self.name + ".json")
@@ -430,8 +434,12 @@ UNIT_RECORD = schema.obj({"unit": schema.STR, "settings": schema.map_of(schema.A
 
 
 def unit_settings(q: Queue) -> dict:
-  """What every unit of one units folder shares: the preset and the flags that change a run."""
-  return {"preset": q.args.preset, **{k: q.overrides[k] for k in sorted(q.overrides)}}
+  """What every unit of one units folder shares: the preset, the flags that change a run and
+  how a seed's rows are grouped into units."""
+  out = {"preset": q.args.preset, **{k: q.overrides[k] for k in sorted(q.overrides)}}
+  if q.args.rows_per_unit is not None:
+    out["rows_per_unit"] = q.args.rows_per_unit
+  return out
 
 
 def unit_records(q: Queue, cell: Cell) -> tuple[dict[str, list[dict]], list[dict]]:
@@ -465,12 +473,28 @@ def read_unit(q: Queue, unit: Unit) -> dict | None:
   return rec
 
 
+def check_units_dir(q: Queue) -> None:
+  """Refuses a units folder that holds a record of other settings (another preset, other
+  flags, another grouping of rows): its units would be mixed with these."""
+  for root, _, names in os.walk(q.args.units_dir):
+    for fn in sorted(names):
+      rec = _record(os.path.join(root, fn), UNIT_RECORD) if fn.endswith(".json") else None
+      if rec is not None and rec["settings"] != unit_settings(q):
+        raise ValueError(f"{os.path.join(root, fn)} was made with {rec['settings']}, not "
+                         f"{unit_settings(q)}; give these settings another --units-dir")
+
+
 def cell_units(q: Queue, cell: Cell) -> list[Unit]:
   """A cell's seed units in queue order: each seed's rows, then each seed's ceiling."""
   names = cell_rows(cell, q.rows)
   rows = tuple(n for n in names if n not in OWN_DATA)
   own = tuple(n for n in names if n in OWN_DATA)
-  units = [Unit(cell, "rows", (s,), rows) for s in q.seeds]
+  k = q.args.rows_per_unit
+  if k is None or k >= len(rows):
+    units = [Unit(cell, "rows", (s,), rows) for s in q.seeds]
+  else:  # each seed's rows in groups of k, one unit each (the seed's draws are the same)
+    units = [Unit(cell, "rows", (s,), rows[i:i + k], i // k) for s in q.seeds
+             for i in range(0, len(rows), k)]
   units += [Unit(cell, "ceiling", (s,), own) for s in q.seeds if own]
   return units
 
@@ -486,7 +510,7 @@ def chosen_units(q: Queue, cell: Cell) -> list[Unit]:
       return []
     if rec is not None:
       for n in pool:
-        recs.setdefault(n, []).extend(rec["rows"][n])
+        recs.setdefault(n, []).extend(rec["rows"].get(n, []))
   if not pool or not recs:
     return []
   choice = unit_choice(recs, pool)
@@ -680,6 +704,9 @@ def _parser() -> argparse.ArgumentParser:
       "finished unit; a rerun anywhere, with only the repository, goes on with the next"))
   p.add_argument("--units", type=arguments.positive_int, default=1,
                  help="with --next-unit: how many units to run (default 1)")
+  p.add_argument("--rows-per-unit", type=arguments.positive_int, default=None, help=(
+      "with --next-unit: at most this many rows in one unit (default: all of a seed's rows), "
+      "for a machine where a seed's rows do not fit one command"))
   p.add_argument("--units-dir", default=None,
                  help="where the unit records are kept (default <results>/units)")
   p.add_argument("--out", default=None, help=(
@@ -726,8 +753,9 @@ def main(argv=None) -> int:
   if args.budget_minutes is not None and args.budget_minutes <= args.reserve_minutes:
     refusal = (f"--budget-minutes {args.budget_minutes:g} leaves nothing after "
                f"--reserve-minutes {args.reserve_minutes:g}; give a larger budget")
-  if not args.next_unit and (args.out or args.plan or args.units != 1):
-    refusal = "--out, --plan and --units go with --next-unit; add it"
+  if not args.next_unit and (args.out or args.plan or args.units != 1
+                             or args.rows_per_unit is not None):
+    refusal = "--out, --plan, --units and --rows-per-unit go with --next-unit; add it"
   if refusal:
     print(f"paper_table: error: {refusal}", file=sys.stderr)
     return 2
@@ -781,6 +809,7 @@ def units_main(q: Queue, order: list[Cell]) -> int:
   """``--next-unit``: the next units, each recorded when finished, and the cells' tables."""
   args = q.args
   try:
+    check_units_dir(q)
     todo = next_units(q, order, args.units)
     if not todo:
       print(f"[paper_table] every unit of {', '.join(c.name for c in order)} is finished "

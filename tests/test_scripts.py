@@ -408,6 +408,31 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   assert "give these settings another --units-dir" in capfd.readouterr().err
 
 
+@pytest.mark.slow
+def test_paper_table_units_of_fewer_rows_make_the_same_table(tmp_path, capfd):
+  # --rows-per-unit 1: each seed's rows in units of one row (for a machine where a seed's rows
+  # do not fit one command); the cell's table puts the rows of a seed back together
+  res = tmp_path / "r"
+  base = ["--tiny", "--next-unit", "--quiet", "--results", str(res), "--seeds", "0",
+          "--rows-per-unit", "1"]
+  _, printed = run("experiments/paper_table.py", base + ["--workdir", str(tmp_path / "w1"),
+                                                         "--plan"], capfd)
+  assert "plan: unit cmnist5-ipc10/s0-rows0: rows vanilla; seeds 0" in printed
+  for w in ("w1", "w2"):
+    run("experiments/paper_table.py", base + ["--workdir", str(tmp_path / w)], capfd)
+  names = sorted(p.name for p in (res / "units" / "cmnist5-ipc10").glob("*.json"))
+  assert names == ["s0-rows0.json", "s0-rows1.json"]
+  table = json.loads((res / "cmnist5-ipc10.json").read_text())
+  assert [r[:3] for r in table["rows"]] == [
+      ["vanilla DM", "no", "0"], ["DM + KDE (the paper's method)", "no", "0"],
+      ["best label-free, chosen on validation: DM + KDE (the paper's method)", "no", "0"]]
+  assert table["complete"] is True
+  script = load("experiments/paper_table.py")
+  # the same folder with all rows in one unit is another setting: refused, not mixed
+  assert script.main(base[:-2] + ["--workdir", str(tmp_path / "w3")]) == 1
+  assert "another --units-dir" in capfd.readouterr().err
+
+
 def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeypatch):
   # The cell logic on stub runs: validation scores decide (kde_init beats the paper's row on
   # every seed by far more than the noise of 10,000 samples); the chosen candidate (not a
