@@ -362,3 +362,32 @@ def test_a_grey_folder_stays_one_channel(tmp_path):
   assert ds.images.shape[1:] == (8, 8, 1) and len(ds.meta["mean"]) == 1
   first = np.asarray(Image.open(tmp_path / "g" / "a" / "0.png"), np.float32) / 255
   assert any(np.array_equal(img[..., 0], first) for img in ds.images)
+
+
+def test_sixteen_bit_grey_is_scaled_by_its_range_not_clipped():
+  # a 16-bit PNG decoded as 8 bits: value v -> round(255 v / 65535); before, every value
+  # above 255 became 255 without a word
+  import io as io_lib
+  from PIL import Image
+  from jaxdd.data.own import decoding
+  a = np.array([[0, 257, 32768, 65535]], np.uint16)
+  buf = io_lib.BytesIO()
+  Image.fromarray(a).save(buf, format="PNG")
+  im = Image.open(io_lib.BytesIO(buf.getvalue()))
+  im.load()
+  assert im.mode.startswith("I;16")
+  np.testing.assert_array_equal(np.asarray(decoding._to_8bit(im, "x.png", 1)),
+                                [[0, 1, 128, 255]])
+  rgb = np.asarray(decoding._to_8bit(im, "x.png", 3))
+  assert rgb.shape == (1, 4, 3) and rgb[0, 3].tolist() == [255, 255, 255]
+  with pytest.raises(ValueError, match="x.tif is a 32-bit integer image"):
+    decoding._to_8bit(Image.fromarray(np.array([[1, 70000]], np.int32)), "x.tif", 1)
+
+
+def test_a_metadata_table_that_is_not_utf8_names_the_file(tmp_path):
+  from jaxdd.data.own import readers
+  table = tmp_path / "metadata.csv"
+  table.write_bytes("path,label\ncafé.png,1\n".encode("latin-1"))
+  with pytest.raises(ValueError, match=r"metadata.csv is not UTF-8 text \(byte 14 is 0xe9\); "
+                                       "save it as UTF-8"):
+    readers._read_table(table)

@@ -30,8 +30,8 @@ from jaxdd._src import io as _io
 from jaxdd.data.own.readers import Index
 from jaxdd.data.support import array_sha256, open_progress
 
-#: Bump when the decoded output of the same files changes.
-DECODE_VERSION = 1
+#: Bump when the decoded output of the same files changes (2: 16-bit grey scaled, not clipped).
+DECODE_VERSION = 2
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
@@ -64,6 +64,24 @@ def _open(path: Path, data: bytes):
   return im
 
 
+#: 16-bit grey modes: scaled to 8 bits by their full range (65535 -> 255), never clipped.
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _to_8bit(im, rel: str, channels: int):
+  """``im`` as 8-bit grey ("L") or RGB, by its bit depth and mode: 16-bit grey scaled by its
+  full range (value / 257), a palette or alpha converted, 8-bit as it is; a 32-bit integer or
+  float image is refused in one line (its range is not known), never clipped silently."""
+  if im.mode in _SIXTEEN_BIT:
+    arr = np.asarray(im, dtype=np.uint32)
+    grey = Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    return grey if channels == 1 else grey.convert("RGB")
+  if im.mode in ("I", "F"):
+    raise ValueError(f"{rel} is a {'32-bit integer' if im.mode == 'I' else 'floating-point'} "
+                     "image, whose range jaxdd cannot know; convert it to 8-bit or 16-bit PNG")
+  return im.convert("L" if channels == 1 else "RGB")
+
+
 def _probe(index: Index, image_size: int | None) -> tuple[int, int]:
   """(side, channels) from the first image; the side must be square without image_size."""
   first = index.root / index.paths[0]
@@ -93,7 +111,7 @@ def _decode_into(out: np.ndarray, index: Index, side: int, channels: int, resize
       raise ValueError(f"mixed channel counts: {rel} is {kinds[_channels_of(im.mode)]} but {first} "
                        f"is {kinds[channels]}; convert every image to one kind (all RGB or all "
                        "grey)")
-    im = im.convert("L" if channels == 1 else "RGB")
+    im = _to_8bit(im, rel, channels)
     if im.size != (side, side):
       if not resize:
         raise ValueError(f"{rel} is {im.size[0]} x {im.size[1]} but {first} is {side} x {side}; "

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
 
+from jaxdd._src import io as _io
 from jaxdd.data.own.spec import DataSpec
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -173,11 +175,25 @@ def read_folder(spec: DataSpec) -> Index:
                np.asarray(splits, np.int64) if has_split else None, tuple(names), None)
 
 
+#: The largest metadata table or list read (CelebA's attribute list is about 26 MB).
+MAX_TABLE_BYTES = 2**30
+
+
+def _text(path: Path) -> str:
+  """A metadata file's text: UTF-8 (a byte-order mark allowed), a regular file of at most
+  :data:`MAX_TABLE_BYTES`; anything else is one line naming the file and the fix."""
+  data = _io.read_bounded(path, MAX_TABLE_BYTES, fix="give the metadata file itself")
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path} is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}); "
+                     "save it as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+
+
 def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
   if not path.is_file():
     raise FileNotFoundError(f"metadata table {path} does not exist; pass an existing csv file")
-  with open(path, newline="", encoding="utf-8-sig") as f:
-    rows = list(csv.reader(f))
+  rows = list(csv.reader(io.StringIO(_text(path), newline="")))
   if not rows:
     raise ValueError(f"{path.name} is empty; it needs a header row and one row per image")
   header = [h.strip() for h in rows[0]]
@@ -234,7 +250,7 @@ def _celeba_rows(path: Path) -> tuple[list[str], list[list[str]]]:
   if not path.is_file():
     raise FileNotFoundError(f"{path} does not exist; celeba: needs ROOT/list_attr_celeba.txt "
                             "and ROOT/img_align_celeba/")
-  lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+  lines = [ln.split() for ln in _text(path).splitlines() if ln.strip()]
   if len(lines) < 3:
     raise ValueError(f"{path.name} has no rows; it must be CelebA's attribute list (a count, "
                      "the attribute names, one row per image)")
@@ -259,7 +275,7 @@ def read_celeba(spec: DataSpec) -> Index:
     cols["group"] = [r[_column(header, spec.group_col, "--group-col", table)] for r in body]
   part = root / "list_eval_partition.txt"
   if part.is_file():
-    split_of = dict(ln.split()[:2] for ln in part.read_text().splitlines() if ln.strip())
+    split_of = dict(ln.split()[:2] for ln in _text(part).splitlines() if ln.strip())
     missing = [r[0] for r in body if r[0] not in split_of]
     if missing:
       raise ValueError(f"list_eval_partition.txt has no split for {missing[0]}; use the "
