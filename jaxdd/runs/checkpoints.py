@@ -70,8 +70,24 @@ def library_logs(say: bool = True):
   if say and capture.records and not progress_lib.is_quiet():
     first = capture.records[0].getMessage().strip().splitlines()
     more = len(capture.records) - 1
-    progress_lib.logger.warning("checkpoint library (orbax): %s%s", first[0][:200] if first
-                                else "", f" (and {more} more)" if more else "")
+    progress_lib.logger.warning("checkpoint library (orbax): %s%s",
+                                _short(first[0], 200) if first else "",
+                                f" (and {more} more)" if more else "")
+
+
+def _short(text: str, limit: int = 160) -> str:
+  """``text`` cut to at most ``limit`` characters at a word boundary, with "..." when cut (a
+  cut in the middle of a word or before a closing bracket read as a broken message).
+
+  >>> _short("a checkpoint file is not readable", 20)
+  'a checkpoint file...'
+  """
+  if len(text) <= limit:
+    return text
+  head = text[:limit - 3]
+  if text[limit - 3] != " ":  # the cut is inside a word: drop that word
+    head = head.rsplit(" ", 1)[0]
+  return head.rstrip(" ,;:(") + "..."
 
 
 def quiet_abandoned_reads() -> None:
@@ -200,7 +216,7 @@ def restore_newest(mngr, state: distill.DistillState, workdir: str,
         break
       except Exception as e:  # noqa: BLE001  (any damage: fall back to an older checkpoint)
         lines = str(e).strip().splitlines()
-        damaged.append((step, f"{type(e).__name__}: {lines[0][:160] if lines else ''}"))
+        damaged.append((step, f"{type(e).__name__}: {_short(lines[0]) if lines else ''}"))
   if restored is not None:
     if damaged:
       progress_lib.logger.warning(
