@@ -56,6 +56,21 @@ class RunData:
                  None if ds.aligned is None else jnp.asarray(ds.aligned))
 
 
+def data_label(config: RunConfig) -> str:
+  """The run's data in words, for its log: the user's ``--data KIND:PATH``, or the built-in
+  dataset with its conflict ratio (a user's data has none).
+
+  >>> from jaxdd.config import get_config
+  >>> data_label(get_config("smoke", dataset="cmnist", conflict_ratio=0.05))
+  'cmnist (conflict ratio 0.05)'
+  >>> data_label(get_config("smoke", data_spec="folder:pets"))
+  'your data folder:pets'
+  """
+  if config.data_spec is not None:
+    return f"your data {config.data_spec}"
+  return f"{config.dataset} (conflict ratio {config.conflict_ratio:g})"
+
+
 def own_spec(config: RunConfig) -> own.DataSpec | None:
   """The :class:`jaxdd.data.own.DataSpec` of a run on the user's own data (``--data``), else
   None."""

@@ -52,8 +52,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
     return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
   rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
   if run_data is None:
-    progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
-                             config.conflict_ratio)
+    progress_lib.logger.info("%s: loading %s", workdir, rundata.data_label(config))
     run_data = rundata.RunData(config)
   rundata.check_run(config, run_data, workdir, buffer_dir=buffer_dir)
   with rundir.workdir_lock(workdir):
@@ -153,8 +152,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
     return stored
   # Data errors (bad ratio, missing source) surface before anything is written.
   rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
-  progress_lib.logger.info("%s: loading %s (conflict ratio %g)", workdir, config.dataset,
-                           config.conflict_ratio)
+  progress_lib.logger.info("%s: loading %s", workdir, rundata.data_label(config))
   run_data = rundata.RunData(config)
   rundata.check_run(config, run_data, workdir, buffer_dir=buffer_dir)
   run_data.test  # a bad test split is found now, not after the distillation  # noqa: B018
