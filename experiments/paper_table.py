@@ -595,8 +595,9 @@ def units_table(q: Queue, cell: Cell) -> dict | None:
   if not records.get("vanilla") or not records.get("kde"):
     return None
   pool = [n for n in choice_pool(cell, q.rows) if records.get(n)]
-  seeds = min(len(records[n]) for n in pool)
-  choice = unit_choice({n: records[n][:seeds] for n in pool}, pool)
+  # the choice compares the candidates on the seeds every one of them has (paired)
+  common = set.intersection(*({r["seed"] for r in records[n]} for n in pool))
+  choice = unit_choice({n: [r for r in records[n] if r["seed"] in common] for n in pool}, pool)
   if "test" not in records[choice["chosen"]][0]:
     choice = dict(choice, pending=True)
   data = table_data(q, cell, records, choice)
