@@ -597,6 +597,8 @@ def units_table(q: Queue, cell: Cell) -> dict | None:
   pool = [n for n in choice_pool(cell, q.rows) if records.get(n)]
   # the choice compares the candidates on the seeds every one of them has (paired)
   common = set.intersection(*({r["seed"] for r in records[n]} for n in pool))
+  if not common:  # no seed shared yet: the incumbent alone, until the others catch up
+    pool, common = pool[:1], {r["seed"] for r in records[pool[0]]}
   choice = unit_choice({n: [r for r in records[n] if r["seed"] in common] for n in pool}, pool)
   if "test" not in records[choice["chosen"]][0]:
     choice = dict(choice, pending=True)
