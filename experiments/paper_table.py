@@ -691,6 +691,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--source", default=None, help="data source (default: full at paper scale)")
   p.add_argument("--surrogate-preset", default=None)
   p.add_argument("--iterations", type=arguments.positive_int, default=None)
+  p.add_argument("--compute-dtype", default=None, choices=("float32", "bfloat16"), help=(
+      "DM's arithmetic (default float32; bfloat16: the real and synthetic forward and "
+      "backward in bfloat16, the images in float32, for accelerators)"))
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--cells", default=",".join(c.name for c in CELLS),
                  help="the cells to run, in the queue's order")
@@ -765,7 +768,8 @@ def main(argv=None) -> int:
   overrides = {k: v for k, v in (("source", args.source or ("full" if args.preset == "paper"
                                                                    else None)),
                                  ("surrogate_preset", args.surrogate_preset),
-                                 ("iterations", args.iterations)) if v is not None}
+                                 ("iterations", args.iterations),
+                                 ("compute_dtype", args.compute_dtype)) if v is not None}
   q = Queue(args, overrides)
   order = [by_name[c] for c in cells]
   if args.next_unit:
@@ -819,9 +823,11 @@ def units_main(q: Queue, order: list[Cell]) -> int:
             f"({args.units_dir})", flush=True)
       return 0
     for u in todo:
+      extra = {k: v for k, v in unit_settings(q).items() if k != "preset"}
       print(f"[paper_table] plan: unit {u.name}: rows {', '.join(u.rows)}; seeds "
-            f"{','.join(map(str, u.seeds))}; preset {args.preset}; "
-            f"{estimate_minutes(q, u)}", flush=True)
+            f"{','.join(map(str, u.seeds))}; preset {args.preset}"
+            + "".join(f", {k} {v}" for k, v in extra.items())
+            + f"; {estimate_minutes(q, u)}", flush=True)
     if args.plan:
       return 0
     if args.out:
