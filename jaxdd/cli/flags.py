@@ -113,7 +113,8 @@ def add_run_flags(p: argparse.ArgumentParser, preset: str, *,
       flag = part.FLAGS.get(f.name, f.name)
       group.add_argument("--" + flag.replace("_", "-"), dest=f.name, type=flag_type(f),
                          default=None, choices=choices, metavar=None if choices else f.name.upper(),
-                         help=f"default ({preset} preset): {'none' if default is None else default}")
+                         help=(part.HELP[f.name] + "; " if f.name in part.HELP else "")
+                         + f"default ({preset} preset): {'none' if default is None else default}")
 
 
 def preset_in(argv: Sequence[str]) -> str:

@@ -68,6 +68,8 @@ class Part:
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {}
   #: Field -> its CLI flag name when that is not the field's own (``data_spec`` -> ``--data``).
   FLAGS: ClassVar[dict[str, str]] = {}
+  #: What a field means, for its flag's help text (the default is added).
+  HELP: ClassVar[dict[str, str]] = {}
 
   def __post_init__(self):
     self.validate()
@@ -163,6 +165,20 @@ class OwnDataConfig(Part):
   TITLE: ClassVar[str] = "your own data (--data)"
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {"aligned_rule": ALIGNED_RULES}
   FLAGS: ClassVar[dict[str, str]] = {"data_spec": "data"}
+  HELP: ClassVar[dict[str, str]] = {
+      "data_spec": "your dataset as KIND:PATH, KIND one of folder, csv, celeba, pattern, npz, "
+                   "tfds (e.g. folder:images/, csv:metadata.csv)",
+      "label_col": "the class: a column, attribute, file-name field or feature key",
+      "group_col": "the group (bias) label, named like --label-col; optional",
+      "split_col": "the split (train/valid/test or 0/1/2), named like --label-col; optional",
+      "path_col": "csv: the column of image paths (relative to the csv's folder)",
+      "name_fields": "pattern: the file-name fields, comma-separated (e.g. age,gender,race)",
+      "group_file": "a csv path,group of group labels for images the data does not label",
+      "image_size": "resize every image to this square side (the ConvNet's depth follows it)",
+      "data_dir": "tfds: the TFDS data directory",
+      "aligned_rule": "which group of a class is its aligned one (majority or equal)",
+      "valid_fraction": "the validation hold-out when the data has no validation split",
+      "test_fraction": "the test hold-out when the data has no test split"}
   data_spec: str | None = None
   label_col: str | None = None
   group_col: str | None = None
@@ -225,6 +241,9 @@ class DistillConfig(Part):
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
       "method": ("dm", "dsa", "dc", "mtt", "cfm"), "init": INITS, "real_sampling": REAL_SAMPLING,
       "compute_dtype": ("float32", "bfloat16")}
+  HELP: ClassVar[dict[str, str]] = {
+      "compute_dtype": "DM's arithmetic: float32, or bfloat16 for the real and synthetic "
+                       "forward and backward (images in float32; for accelerators)"}
   method: str = "dm"
   ipc: int = 50
   iterations: int = 20000
