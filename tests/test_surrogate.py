@@ -357,3 +357,24 @@ def test_package_exports_the_surrogate():
   with pytest.raises(ImportError):  # the deprecated alias is gone
     from jaxdd import contrastive  # noqa: F401
   assert jaxdd.train_surrogate is S.train_surrogate and jaxdd.surrogate is S
+
+
+def test_the_runs_surrogate_batch_follows_a_small_dataset(monkeypatch):
+  # 60 training images at the smoke preset (batch 64): the batch becomes the data, one batch
+  # an epoch, instead of a refusal whose fix (SurrogateConfig.batch_size) a command-line user
+  # cannot apply; data at least one batch large keeps its preset's batch
+  import types
+  import jax
+  import numpy as np
+  from jaxdd import surrogate
+  from jaxdd.config import get_config
+  from jaxdd.runs import surrogate_stage
+  seen = []
+  monkeypatch.setattr(surrogate, "load_or_train",
+                      lambda key, meta, images, labels, config, progress: seen.append(config))
+  for n in (60, 640):
+    train = types.SimpleNamespace(meta={}, images=np.zeros((n, 8, 8, 3), np.float32),
+                                  labels=np.arange(n) % 4)
+    surrogate_stage.surrogate_artifact(get_config("smoke"), types.SimpleNamespace(train=train),
+                                       jax.random.key(0), progress=False)
+  assert [c.batch_size for c in seen] == [60, surrogate.SurrogateConfig.preset("smoke").batch_size]
