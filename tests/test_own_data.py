@@ -391,3 +391,20 @@ def test_a_metadata_table_that_is_not_utf8_names_the_file(tmp_path):
   with pytest.raises(ValueError, match=r"metadata.csv is not UTF-8 text \(byte 14 is 0xe9\); "
                                        "save it as UTF-8"):
     readers._read_table(table)
+
+
+def test_an_ipc_larger_than_a_class_is_refused_before_any_image_is_decoded(tmp_path,
+                                                                             monkeypatch):
+  from jaxdd.config import get_config
+  from jaxdd.data.own import dataset as own_dataset
+  from jaxdd.runs import rundata
+  own_layouts.class_folders(tmp_path / "fruit", n=60)
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+
+  def no_decoding(*a, **k):
+    raise AssertionError("decoded before the refusal")
+  monkeypatch.setattr(own_dataset, "decode", no_decoding)
+  config = get_config("smoke", data_spec=f"folder:{tmp_path / 'fruit'}", ipc=500)
+  with pytest.raises(ValueError, match="ipc=500 is larger than class"):
+    rundata.RunData(config)
+  assert not (tmp_path / "cache").exists()

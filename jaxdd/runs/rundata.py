@@ -21,7 +21,10 @@ class RunData:
   def __init__(self, config: RunConfig):
     self.spec = own_spec(config)
     # a user's data is listed, split and decoded (or found in the cache) once for its splits
-    self._own = None if self.spec is None else own.OwnData(self.spec, seed=config.seed)
+    self._own = None if self.spec is None else own.OwnData(
+        self.spec, seed=config.seed, check=lambda index, codes: check_ipc(
+            config.ipc, np.asarray(index.labels)[np.asarray(codes) == 0],
+            index.class_names))
     self._kw = dict(conflict_ratio=config.conflict_ratio, severity=config.severity,
                     seed=config.seed, source=config.source)
     self._dataset = config.dataset
@@ -96,17 +99,23 @@ def check_models(config: RunConfig, run_data: RunData) -> None:
   nc = run_data.num_classes
   models.check_fits(models.ConvNet(nc, depth=config.depth, width=config.width), shape)
   models.check_fits(models.get(config.eval_model, num_classes=nc), shape)
-  counts = np.bincount(np.asarray(run_data.train.labels), minlength=nc)
-  if counts.min() < config.ipc:  # distill's init refuses it too, but only after files exist
-    c = int(np.argmin(counts))
-    name = run_data.train.class_names[c]
-    raise ValueError(f"ipc={config.ipc} is larger than class {c} ({name!r}), which has "
-                     f"{counts[c]} real training images; lower --ipc (at most {counts.min()}) "
-                     "or add images")
+  # distill's init refuses it too, but only after files exist
+  check_ipc(config.ipc, run_data.train.labels, run_data.train.class_names)
   if config.weighting in ("oracle", "fairdd") and run_data.train.bias is None:
     raise ValueError(f"--weighting {config.weighting} reads the training split's group labels, "
                      "and this data has none; use a label-free weighting (kde, fairdd_pseudo, "
                      "fairdd_batch) or give the groups (--group-col)")
+
+
+def check_ipc(ipc: int, train_labels, class_names) -> None:
+  """Refuses an IPC larger than a class of the training split (the start draws ``ipc`` real
+  images of every class)."""
+  counts = np.bincount(np.asarray(train_labels), minlength=len(class_names))
+  if counts.min() < ipc:
+    c = int(np.argmin(counts))
+    raise ValueError(f"ipc={ipc} is larger than class {c} ({class_names[c]!r}), which has "
+                     f"{counts[c]} real training images; lower --ipc (at most {counts.min()}) "
+                     "or add images")
 
 
 def num_bias_values(ds) -> int:

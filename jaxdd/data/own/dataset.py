@@ -162,6 +162,8 @@ class OwnData:
     progress: as :func:`jaxdd.data.load`.
     index: the data's index when already read (:func:`from_arrays` gives its arrays');
       None reads the spec's (:func:`read_index`).
+    check: ``check(index, split_codes)``, called before any image is decoded, to refuse what
+      the index alone decides (a run's IPC against the training split's class counts, say).
 
   Raises:
     ValueError, FileNotFoundError: bad input, one line naming the file or row and the fix.
@@ -172,10 +174,12 @@ class OwnData:
   """
 
   def __init__(self, spec: DataSpec, *, seed: int = 0, cache: bool = True, progress=None,
-               index: readers.Index | None = None):
+               index: readers.Index | None = None, check=None):
     self.spec, self.seed = spec, seed
     self.index = read_index(spec) if index is None else index
     self.codes, self.origin = split_codes(self.index, spec, seed)
+    if check is not None:  # what the caller can refuse from the index alone, before decoding
+      check(self.index, self.codes)
     self.images, self.record = decode(self.index, image_size=spec.image_size, cache=cache,
                                       progress=progress)
     # the splits read the decoded images: an array source's originals need not stay in memory
