@@ -183,3 +183,19 @@ def test_counts_and_durations_refuse_zero_negative_and_nan(argv, flag, rule, tmp
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and err.startswith("jaxdd ") and f"{flag}: " in err and rule in err
   assert not os.listdir(tmp_path)
+
+
+def test_a_warning_is_one_jaxdd_line(capsys):
+  # a warning raised while a command works (a held-out test split, say) prints as one line
+  # naming the command, not as Python's file name and source line
+  import warnings
+  from jaxdd.cli import app
+
+  def work(args):
+    warnings.warn("data has no test split: 12 images were held out\n of the training data",
+                  UserWarning)
+    return 0
+  assert app.report("distill", None, work) == 0
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["jaxdd distill: warning: data has no test split: 12 images were held out of "
+                 "the training data"]

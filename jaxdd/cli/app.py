@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from typing import Callable, Sequence
 
 from jaxdd._src.schema import FileFormatError
@@ -79,6 +80,15 @@ def failure(e: BaseException) -> tuple[int, str]:
   return 1, f"error: {e}"  # a non-finite loss
 
 
+def _warning_line(command: str) -> Callable:
+  """``warnings.showwarning`` for a command: ``jaxdd COMMAND: warning: MESSAGE`` on stderr,
+  one line, without Python's file name and source line."""
+  def show(message, category, filename, lineno, file=None, line=None):
+    text = " ".join(str(message).split())
+    print(f"jaxdd {command}: warning: {text}", file=sys.stderr if file is None else file)
+  return show
+
+
 def report(command: str, args: argparse.Namespace | None,
            fn: Callable[[argparse.Namespace | None], int]) -> int:
   """Runs a subcommand; every failure becomes one line on stderr and an exit status.
@@ -88,7 +98,9 @@ def report(command: str, args: argparse.Namespace | None,
   pipe ends quietly. ``--debug`` shows the traceback before that line; the status is the same.
   """
   try:
-    return fn(args)
+    with warnings.catch_warnings():  # a warning is one jaxdd line, not Python's two
+      warnings.showwarning = _warning_line(command)
+      return fn(args)
   except BrokenPipeError:
     # The reader went away (e.g. `| head`): stop writing, without a traceback.
     try:
