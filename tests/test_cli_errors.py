@@ -193,7 +193,7 @@ def test_a_warning_is_one_jaxdd_line(capsys):
 
   def work(args):
     warnings.warn("data has no test split: 12 images were held out\n of the training data",
-                  UserWarning)
+                  UserWarning, stacklevel=2)
     return 0
   assert app.report("distill", None, work) == 0
   err = capsys.readouterr().err.strip().splitlines()
