@@ -80,6 +80,29 @@ def _alone(d, real, key, steps):
   return start, state, m
 
 
+def _cell_inputs(seeds, names, per_seed):
+  """The cell's seed-major keys, shared real data (each seed's embeddings, each run's fields),
+  starts and hyperparameters, and each run's state and metrics after 2 steps alone."""
+  x, y = per_seed[0][0], per_seed[0][1]
+  keys, starts, hps, fields, alone = [], [], [], [], []
+  for s, (_, _, _emb, rows) in zip(seeds, per_seed):
+    for name in names:
+      d, real, f, hp = rows[name]
+      real = real._replace(images=jnp.asarray(x))
+      start, want, want_m = _alone(d, real, jax.random.key(10 + s), 2)
+      keys.append(jax.random.key(10 + s))
+      starts.append(start)
+      hps.append(hp)
+      fields.append(f)
+      alone.append((want, want_m))
+  real = distill.real_data(x, y, num_classes=NC)._replace(
+      embeddings=jnp.stack([jnp.asarray(r[2]) for r in per_seed]),
+      **{k: jnp.stack([jnp.asarray(f[k]) for f in fields]) for k in fields[0]})
+  syn = jax.tree.map(lambda *a: jnp.stack(a), *starts)
+  hparams = {k: jnp.asarray([h[k] for h in hps], jnp.float32) for k in hps[0]}
+  return keys, real, syn, hparams, alone
+
+
 def _assert_close(got_images, got_loss, want_state, want_m):
   # batched weights are renormalised and the rows vmapped: float32 rounding of the
   # loss and the images, relative to their scale
@@ -108,30 +131,13 @@ def test_a_cell_of_rows_and_seeds_in_one_program_equals_every_run_alone():
   seeds = (0, 1)
   names = ["vanilla", "kde", "kde_lr", "class", "weighted", "fairdd", "batch"]
   per_seed = [_rows(s) for s in seeds]
-  x = per_seed[0][0]
-  y = per_seed[0][1]
   # the images are shared: seed 1's toy differs only in its embeddings and groups
   cell_d = distill.dm_cell(kde_config=distill.KDEConfig(variance=0.5, temperature=0.5),
                            num_groups=2, importance_sampling=True, batch_clusters=4, **KW)
   runs = distill.cell_runs(cell_d, num_seeds=2, num_rows=len(names), seed_fields=("embeddings",),
                            run_fields=("sample_weight", "sample_prob", "groups"),
                            parallel="map")
-  keys, starts, hps, fields, alone = [], [], [], [], []
-  for s, (_, _, _emb, rows) in zip(seeds, per_seed):
-    for name in names:
-      d, real, f, hp = rows[name]
-      real = real._replace(images=jnp.asarray(x))
-      start, want, want_m = _alone(d, real, jax.random.key(10 + s), 2)
-      keys.append(jax.random.key(10 + s))
-      starts.append(start)
-      hps.append(hp)
-      fields.append(f)
-      alone.append((want, want_m))
-  real = distill.real_data(x, y, num_classes=NC)._replace(
-      embeddings=jnp.stack([jnp.asarray(r[2]) for r in per_seed]),
-      **{k: jnp.stack([jnp.asarray(f[k]) for f in fields]) for k in fields[0]})
-  syn = jax.tree.map(lambda *a: jnp.stack(a), *starts)
-  hparams = {k: jnp.asarray([h[k] for h in hps], jnp.float32) for k in hps[0]}
+  keys, real, syn, hparams, alone = _cell_inputs(seeds, names, per_seed)
   state = runs.init(jnp.stack(keys), real, syn, hparams=hparams)
   assert state.syn.images.shape == (14, NC * IPC, 8, 8, 3)
   for _ in range(2):
@@ -150,7 +156,6 @@ def test_a_cell_split_by_how_rows_draw_equals_every_run_alone():
   seeds = (0, 1)
   names = ["vanilla", "weighted", "kde", "fairdd", "batch"]
   per_seed = [_rows(s) for s in seeds]
-  x, y = per_seed[0][0], per_seed[0][1]
   fields_ = ("sample_weight", "sample_prob", "groups")
 
   def program(rows, sampling):
@@ -162,22 +167,7 @@ def test_a_cell_split_by_how_rows_draw_equals_every_run_alone():
   runs = distill.cell_row_groups([(program(uniform, False), uniform),
                                   (program(weighted, True), weighted)],
                                  num_seeds=2, num_rows=len(names), run_fields=fields_)
-  keys, starts, hps, fields, alone = [], [], [], [], []
-  for s, (_, _, _emb, rows) in zip(seeds, per_seed):
-    for name in names:
-      d, real, f, hp = rows[name]
-      real = real._replace(images=jnp.asarray(x))
-      start, want, want_m = _alone(d, real, jax.random.key(10 + s), 2)
-      keys.append(jax.random.key(10 + s))
-      starts.append(start)
-      hps.append(hp)
-      fields.append(f)
-      alone.append((want, want_m))
-  real = distill.real_data(x, y, num_classes=NC)._replace(
-      embeddings=jnp.stack([jnp.asarray(r[2]) for r in per_seed]),
-      **{k: jnp.stack([jnp.asarray(f[k]) for f in fields]) for k in fields[0]})
-  syn = jax.tree.map(lambda *a: jnp.stack(a), *starts)
-  hparams = {k: jnp.asarray([h[k] for h in hps], jnp.float32) for k in hps[0]}
+  keys, real, syn, hparams, alone = _cell_inputs(seeds, names, per_seed)
   state = runs.init(jnp.stack(keys), real, syn, hparams=hparams)
   assert state.syn.images.shape == (10, NC * IPC, 8, 8, 3)
   np.testing.assert_array_equal(np.asarray(state.hparams["weighted_sampling"]),

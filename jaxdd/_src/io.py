@@ -42,6 +42,21 @@ class NotAFileError(ValueError):
   """A path jaxdd would read is not a regular file, or is larger than its kind may be."""
 
 
+def file_kind(mode: int) -> str:
+  """What a path that is not a regular file is, in words, from its ``st_mode``.
+
+  >>> file_kind(os.stat("/").st_mode)
+  'a folder'
+  """
+  if stat.S_ISDIR(mode):
+    return "a folder"
+  if stat.S_ISFIFO(mode):
+    return "a FIFO"
+  if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+    return "a device"
+  return "not a file"
+
+
 def read_bounded(path: PathLike, limit: int, *, fix: str) -> bytes:
   """The bytes of the regular file ``path``, at most ``limit`` of them.
 
@@ -70,10 +85,7 @@ def read_bounded(path: PathLike, limit: int, *, fix: str) -> bytes:
   try:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-      kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-              else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-              else "not a file")
-      raise NotAFileError(f"{path} is not a regular file ({kind}); {fix}")
+      raise NotAFileError(f"{path} is not a regular file ({file_kind(st.st_mode)}); {fix}")
     if st.st_size > limit:
       raise NotAFileError(f"{path} is {st.st_size} bytes, more than the {limit} such a file "
                           f"may hold; {fix}")

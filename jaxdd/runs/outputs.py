@@ -23,12 +23,12 @@ import os
 import stat
 from typing import Callable, Iterable
 
-from jaxdd.runs import checks
+from jaxdd._src import io as _io
+from jaxdd.runs import artifacts, checks
 
 #: The names a run folder uses for its own files (never an ``--out``, new or not).
-RUN_NAMES = ("config.json", "eval.json", "weights.json", "baselines.json", "comparison.json",
-             "comparison.md", "selection.json", "table.json", "buffer.json", "metrics.jsonl",
-             ".lock", "paper-eval.json", "paper-timing.json")
+RUN_NAMES = artifacts.RUN_FILES + ("comparison.md", "metrics.jsonl", ".lock",
+                                   "paper-eval.json", "paper-timing.json")
 #: The most bytes read of an existing output to tell whether the command wrote it.
 MAX_OWN_BYTES = 64 * 2**20
 
@@ -86,10 +86,8 @@ def check_output_file(out: str, *, what: str, owns: Callable[[str], bool]) -> No
   if os.path.lexists(path):
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
-      kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-              else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
-      raise ValueError(f"--out {out} is {kind}, not a regular file; give the path of a new "
-                       "file")
+      raise ValueError(f"--out {out} is {_io.file_kind(mode)}, not a regular file; give the "
+                       "path of a new file")
   folder = os.path.dirname(path)
   for anc in _ancestors(folder):
     if is_synset_dir(anc):
