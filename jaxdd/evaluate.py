@@ -43,7 +43,7 @@ import numpy as np
 from jaxdd import metrics as metrics_lib
 from jaxdd import protocols
 from jaxdd import train as train_lib
-from jaxdd._src import checks
+from jaxdd._src import checks, interrupt
 from jaxdd._src import rng as rng_lib
 from jaxdd.protocols import Protocol
 from jaxdd.results import EvalResult, model_spec
@@ -79,7 +79,10 @@ def predict(task: TrainTask, params, state, images, *, protocol: Protocol,
   parallel = train_lib.resolve_parallel(parallel)
   images = jax.numpy.asarray(images)
   block = train_lib.predict_block(protocol, images.shape[0], parallel)
-  return train_lib._predict_program(task, block, parallel)(params, state, images)
+  # one long program on a large split: in a worker thread on the command line, so that
+  # Ctrl-C and SIGTERM are not held until it ends (jaxdd._src.interrupt)
+  return interrupt.call(train_lib._predict_program(task, block, parallel), params, state,
+                        images, ready=True)
 
 
 def split_validation(key: jax.Array, batch: Batch, *, fraction: float) -> tuple[Batch, Batch]:

@@ -68,7 +68,12 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
   Args:
     path: the artifact directory to create (replaced if it exists).
     syn: the synthetic set (images in the normalised space).
-    meta: JSON-able metadata (dataset, ratio, seed, ipc, method, ...).
+    meta: JSON-able metadata. Keys that jaxdd reads back have a form, checked here:
+      ``dataset`` an object (``{"name": "cmnist", "ratio": 0.05, "severity": None, "seed":
+      0}``: the dataset's meta, as :func:`jaxdd.data.load` gives it; a user's data add
+      ``kind: "own"``, ``spec`` and ``data_sha256``), ``config`` an object (the run's flat
+      config), ``method`` a string, ``ipc`` an int, ``eval_protocol`` a string or None,
+      ``class_names`` a list of strings; other keys are free.
     mean, std: the per-channel normalisation, so that the set can be
       de-normalised and the test set normalised the same way.
 

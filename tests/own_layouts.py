@@ -97,3 +97,39 @@ def class_folders(root: Path, n: int = 120, seed: int = 3, splits: bool = False)
     paths.append(rel)
   return {"labels": labels, "groups": groups, "images": images, "paths": paths,
           "splits": codes if splits else None}
+
+
+def cifar10s(path: Path, n: int = 120, seed: int = 4) -> dict:
+  """CIFAR10-S as ``npz:`` holds it: ``x_train, y_train, g_train`` (group 0 colour, 1 grey,
+  a skewed share of grey images per class: the even classes mostly colour, the odd mostly
+  grey) and a test split holding each of its images in both versions; grey images
+  replicated to three channels."""
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(4), n // 4)
+  grey = np.where(labels % 2 == 0, rng.random(len(labels)) < 0.1, rng.random(len(labels)) < 0.9)
+  colour = np.stack([_image(rng, int(y), int(y)) for y in labels])
+  as_grey = np.repeat(colour.mean(-1, keepdims=True).astype(np.uint8), 3, axis=-1)
+  x = np.where(grey[:, None, None, None], as_grey, colour)
+  test = rng.permutation(len(labels))[: n // 4]
+  np.savez(path, x_train=x, y_train=labels, g_train=grey.astype(np.int64),
+           x_test=np.concatenate([colour[test], as_grey[test]]),
+           y_test=np.concatenate([labels[test], labels[test]]),
+           g_test=np.repeat([0, 1], len(test)))
+  return {"labels": labels, "groups": grey.astype(np.int64)}
+
+
+def bffhq(root: Path, n: int = 120, seed: int = 5) -> dict:
+  """BFFHQ's folder layout (the DFA release): ``0.5pct/align/``, ``0.5pct/conflict/``,
+  ``valid/`` and ``test/`` of PNGs named ``<i>_<target>_<bias>`` (target age, bias gender);
+  the training folders hold mostly aligned images (bias = target), valid and test half
+  conflicting."""
+  labels, groups, images = _draw(n, 2, 2, 0.1, seed)
+  codes = np.tile(np.array([0, 0, 0, 0, 0, 0, 1, 2, 2, 0]), len(labels) // 10 + 1)[:len(labels)]
+  for i, (y, g, code, img) in enumerate(zip(labels, groups, codes, images)):
+    if code:  # valid / test: a balanced share of conflicting images
+      g = (y + i) % 2
+      img = _image(np.random.default_rng(seed + i), int(y), int(g))
+    folder = {0: f"0.5pct/{'align' if g == y else 'conflict'}", 1: "valid", 2: "test"}[code]
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(root / folder / f"{i:04d}_{y}_{g}.png")
+  return {"labels": labels, "splits": codes}

@@ -18,6 +18,7 @@ import traceback
 import warnings
 from typing import Callable, Sequence
 
+from jaxdd._src import interrupt
 from jaxdd._src.schema import FileFormatError
 from jaxdd.cli import data, flags, runtime
 from jaxdd.cli.parser import build_parser
@@ -150,9 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser(flags.preset_in(argv)).parse_args(argv)
   was = runtime.setup(args.quiet, args.no_compile_cache)
   previous = _on_sigterm()
+  interrupt.enable()  # long XLA calls in a worker thread: the signals are handled at once
   try:
     return report(args.command, args, _checked)
   finally:
+    interrupt.enable(False)
     runtime.restore(was)
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
@@ -168,7 +171,7 @@ def entry() -> None:
   still running, would abort the process later.
   """
   rc = main()
-  if rc in (130, 143) or runtime.stranded():
+  if rc in (130, 143) or runtime.stranded() or interrupt.stranded():
     for stream in (sys.stdout, sys.stderr):
       try:
         stream.flush()

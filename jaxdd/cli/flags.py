@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from jaxdd.cli import arguments
 from jaxdd.config import FIELDS, PARTS, PRESETS, RunConfig, get_config, validate
 from jaxdd.data import biased
-from jaxdd.runs import checks
+from jaxdd.runs import checks, rundata
 
 
 def add_common_flags(p: argparse.ArgumentParser) -> None:
@@ -139,8 +139,14 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def describe_run(cfg: RunConfig) -> dict[str, Any]:
-  """A run as ``--print-config`` shows it: its config (one object per part) and digest."""
-  return {"config": cfg.to_tree(), "digest": cfg.digest()}
+  """A run as ``--print-config`` shows it: its config (one object per part) and digest; for a
+  user's own data also ``data``, what names them in the run's records (spec, images per
+  split, classes, groups, content sha256: :func:`jaxdd.runs.rundata.data_identity`, which
+  reads the data as the run would, from the cache once decoded)."""
+  out = {"config": cfg.to_tree(), "digest": cfg.digest()}
+  if cfg.data_spec is not None:
+    out["data"] = rundata.data_identity(cfg)
+  return out
 
 
 def resolve(args: argparse.Namespace,

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from typing import Any
 
 from jaxdd import presets as presets_lib
 from jaxdd.config import parts as parts_lib
 
-__all__ = ["CFM_FIELDS", "CHOICES", "EVAL_FIELDS", "FIELDS", "METHODS", "METHOD_PRESETS",
-           "MTT_FIELDS", "OWN_FIELDS", "PARTS", "PRESETS", "RunConfig", "get_config", "validate"]
+__all__ = ["BUILTIN_DATA_FIELDS", "CFM_FIELDS", "CHOICES", "EVAL_FIELDS", "FIELDS", "METHODS",
+           "METHOD_PRESETS", "MTT_FIELDS", "OWN_FIELDS", "PARTS", "PRESETS", "RunConfig", "get_config", "validate"]
 
 #: Part name (a RunConfig attribute) -> its class, in the order of the flat dict.
 PARTS: dict[str, type[parts_lib.Part]] = {
@@ -91,6 +92,10 @@ class RunConfig:
       elif own:
         part = dataclasses.replace(part, **own)
       object.__setattr__(self, key, part)
+    if self.own.data_spec is not None:
+      # A user's data (--data) has no built-in name, ratio, severity or source: those fields
+      # take their defaults, and no record or digest of the run names them.
+      object.__setattr__(self, "data", parts_lib.DataConfig(seed=self.data.seed))
     validate(self)
 
   @classmethod
@@ -106,8 +111,12 @@ class RunConfig:
     return {key: getattr(self, key) for key in PARTS}
 
   def to_tree(self) -> dict[str, Any]:
-    """The config nested by part: ``{"preset": ..., "data": {...}, ...}``."""
-    return {"preset": self.preset, **{k: p.to_dict() for k, p in self.parts().items()}}
+    """The config nested by part: ``{"preset": ..., "data": {...}, ...}`` (for a user's own
+    data the ``data`` part holds its ``seed`` only, as :meth:`to_dict`)."""
+    tree = {"preset": self.preset, **{k: p.to_dict() for k, p in self.parts().items()}}
+    if self.own.data_spec is not None:
+      tree["data"] = {k: v for k, v in tree["data"].items() if k not in BUILTIN_DATA_FIELDS}
+    return tree
 
   def replace(self, **changes) -> "RunConfig":
     """A validated copy with some flat fields changed."""
@@ -117,14 +126,24 @@ class RunConfig:
     return RunConfig(**{**self.to_dict(), **changes})
 
   def to_dict(self) -> dict[str, Any]:
-    """The flat dict: every field by its flat name (the keys of ``config.json``)."""
+    """The flat dict: every field by its flat name (the keys of ``config.json``). A run on a
+    user's own data (``data_spec``) has no :data:`BUILTIN_DATA_FIELDS`: it is named by its
+    spec, never as a built-in dataset."""
     flat = {"preset": self.preset}
     for part in self.parts().values():
       flat.update(part.to_dict())
+    if self.own.data_spec is not None:
+      for name in BUILTIN_DATA_FIELDS:
+        flat.pop(name)
     return flat
 
-  def _hashed(self) -> dict[str, Any]:
+  def _hashed(self, legacy: bool = False) -> dict[str, Any]:
     d = self.to_dict()
+    if legacy and self.own.data_spec is not None:
+      # before own-data runs dropped them, their digests hashed the preset's built-in fields
+      preset = PRESETS.get(self.preset)
+      d.update({name: getattr(preset.data if preset else parts_lib.DataConfig(), name)
+                for name in BUILTIN_DATA_FIELDS})
     d.pop("log_every"), d.pop("checkpoint_every")
     if d["policy"] == "auto":  # the default layout; digests from before the field stay valid
       d.pop("policy")
@@ -146,13 +165,17 @@ class RunConfig:
         d.pop(name, None)
     return d
 
-  def digest(self) -> str:
-    """Hash of every field that changes the result (not logging/checkpoint cadence)."""
-    return hashlib.sha256(json.dumps(self._hashed(), sort_keys=True).encode()).hexdigest()[:16]
+  def digest(self, *, legacy: bool = False) -> str:
+    """Hash of every field that changes the result (not logging/checkpoint cadence).
+    ``legacy``: the digest an older jaxdd gave a run on a user's own data (it hashed the
+    unused built-in dataset fields too), so that such a run still resumes."""
+    return hashlib.sha256(json.dumps(self._hashed(legacy), sort_keys=True).encode()
+                          ).hexdigest()[:16]
 
-  def distill_digest(self) -> str:
-    """Hash of the fields that change the SynSet (not how it is evaluated)."""
-    d = self._hashed()
+  def distill_digest(self, *, legacy: bool = False) -> str:
+    """Hash of the fields that change the SynSet (not how it is evaluated); ``legacy`` as
+    :meth:`digest`."""
+    d = self._hashed(legacy)
     for name in ("preset",) + EVAL_FIELDS:
       d.pop(name)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -171,6 +194,9 @@ MTT_FIELDS = tuple(f.name for f in dataclasses.fields(parts_lib.MTTConfig))
 
 #: RunConfig fields that only curriculum frequency matching reads.
 CFM_FIELDS = tuple(f.name for f in dataclasses.fields(parts_lib.CFMConfig))
+
+#: RunConfig fields of a built-in dataset that a run on a user's own data (``--data``) has not.
+BUILTIN_DATA_FIELDS = ("dataset", "conflict_ratio", "severity", "source")
 
 #: RunConfig fields that describe a user's own dataset (``--data``).
 OWN_FIELDS = tuple(f.name for f in dataclasses.fields(parts_lib.OwnDataConfig))
@@ -197,6 +223,10 @@ def get_config(preset: str = "cpu", **overrides) -> RunConfig:
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
   overrides = {k: v for k, v in overrides.items() if v is not None}
+  builtin = [k for k in BUILTIN_DATA_FIELDS if k in overrides]
+  if overrides.get("data_spec") is not None and builtin:
+    raise ValueError(f"--{builtin[0].replace('_', '-')} describes a built-in dataset and --data "
+                     "reads your own; pass one of them")
   method = overrides.get("method", PRESETS[preset].method)
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -207,8 +237,11 @@ def get_config(preset: str = "cpu", **overrides) -> RunConfig:
     # Models by resolution for a user's data: the ConvNet gets one block per halving
     depth = parts_lib.depth_for_size(int(overrides["image_size"]))
     overrides["depth"] = depth
-    if depth != 3 and "eval_model" not in overrides and base.eval_model == "convnet":
-      overrides["eval_model"] = f"convnet-d{depth}"
+    if "eval_model" not in overrides and base.eval_model.split("-")[0] == "convnet":
+      # the evaluation ConvNet too, its other options kept (smoke's convnet-d2-w8 -> -d4-w8)
+      parts = [p for p in base.eval_model.split("-")[1:] if not re.fullmatch(r"d\d+", p)]
+      if depth != 3 or parts:
+        overrides["eval_model"] = "-".join(["convnet", f"d{depth}", *parts])
   return base.replace(**overrides)
 
 

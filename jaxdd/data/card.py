@@ -143,6 +143,13 @@ class DatasetCard:
     return self.describe()
 
 
+def _content_digest(meta: dict) -> str:
+  """The first 12 hex digits of a user's data's content digest, as the run's log and report
+  print it (:func:`jaxdd.data.own.content_sha256`); the image bytes' digest for a card saved
+  before it."""
+  return str(meta.get("data_sha256") or meta.get("source_sha256"))[:12]
+
+
 def _describe_own(card: DatasetCard) -> str:
   """The card of a user's dataset: counts per class (and group, when known), size, source."""
   m = card.meta
@@ -151,7 +158,7 @@ def _describe_own(card: DatasetCard) -> str:
   lines = [f"Dataset card: {m.get('name')} [{m.get('split')}]",
            f"  {n} images {shape}, {len(card.class_names)} classes; split from "
            f"{m.get('split_origin')}",
-           f"  source {m.get('source')} (sha256 {str(m.get('source_sha256'))[:16]}...)"]
+           f"  source {m.get('source')}: content sha256 {_content_digest(m)}"]
   if m.get("mean") is not None:
     lines.append("  normalisation (training split): mean "
                  + ", ".join(f"{v:.4f}" for v in m["mean"]) + "; std "

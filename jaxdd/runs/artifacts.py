@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -69,7 +70,14 @@ def artifact_split(meta: dict, split: str, overrides: Overrides = Overrides()) -
     except (TypeError, ValueError) as e:
       raise ValueError(f"the SynSet's record of its data is unreadable ({e}); pass --dataset "
                        "to evaluate it on a built-in dataset") from e
-    return own.load_own(own_spec, split=split, seed=int(ds_meta.get("seed", 0)))
+    ds = own.load_own(own_spec, split=split, seed=int(ds_meta.get("seed", 0)))
+    then, now = ds_meta.get("data_sha256"), ds.meta["data_sha256"]
+    if then is not None and then != now:
+      warnings.warn(f"{own_spec.text} has changed since the SynSet was distilled (content "
+                    f"sha256 {str(then)[:12]} then, {now[:12]} now): these numbers are not its "
+                    "run's; restore the data to reproduce them", own.DataChangedWarning,
+                    stacklevel=2)
+    return ds
   name = overrides.dataset or ds_meta.get("name")
   if name is None:
     raise ValueError("the artifact does not name its dataset; pass --dataset and --conflict-ratio")
@@ -121,6 +129,8 @@ def evaluation_setting(meta: dict, overrides: Overrides = Overrides(), *,
   by :func:`evaluate_synset` with these arguments: the artifact's run, as overridden."""
   run_cfg = meta.get("config") or {}
   setting = files.run_setting(run_cfg)
+  if overrides.dataset is not None and "data_spec" in setting:  # a built-in dataset instead
+    setting = files.run_setting({k: v for k, v in run_cfg.items() if k != "data_spec"})
   for name, value in (("dataset", overrides.dataset), ("conflict_ratio", overrides.conflict_ratio),
                       ("source", overrides.source), ("seed", overrides.seed)):
     if value is not None:
@@ -265,38 +275,54 @@ def _label(setting: dict | None) -> str:
   if setting is None:
     return "== setting not recorded (written by an older jaxdd) =="
   s = setting
-  data = f"{s['dataset']}, conflict ratio {s['conflict_ratio']}"
-  if s.get("severity") is not None:
-    data += f", severity {s['severity']}"
-  if s.get("source") is not None:
-    data += f", source {s['source']}"
+  if s.get("data_spec") is not None:  # a user's data: its spec, options and content digest
+    options = [f"{k.replace('_', ' ')} {s[k]}" for k in s
+               if k not in ("data_spec", "data_sha256") and k not in files.SETTING_FIELDS]
+    data = f"your data {s['data_spec']}" + "".join(f", {o}" for o in options)
+    if s.get("data_sha256") is not None:
+      data += f", sha256 {s['data_sha256'][:12]}"
+  else:
+    data = f"{s['dataset']}, conflict ratio {s['conflict_ratio']}"
+    if s.get("severity") is not None:
+      data += f", severity {s['severity']}"
+    if s.get("source") is not None:
+      data += f", source {s['source']}"
   return (f"== {data}, IPC {s['ipc']}, seed {s['seed']}, evaluation {s['eval_protocol']} x "
           f"{s['num_eval_models']} {s['eval_model']} ==")
 
 
-def _setting_of(config) -> dict | None:
-  return files.run_setting(config) if isinstance(config, dict) else None
+def _setting_of(config, data: dict | None = None) -> dict | None:
+  return files.run_setting(config, data) if isinstance(config, dict) else None
+
+
+def _scores(mean: dict, std: dict | None = None) -> str:
+  """A stored evaluation in one report line's words: overall (± std over networks), aligned,
+  conflicting and worst group; without group labels (no aligned / conflicting score) overall
+  and worst class only."""
+  overall = f"overall {100 * mean['overall']:.1f}"
+  if std is not None:
+    overall += f"±{100 * std['overall']:.1f}"
+  if not any(mean.get(m) is not None and np.isfinite(mean[m]) for m in ("aligned", "conflicting")):
+    return f"{overall}, worst class {100 * mean['worst_group']:.1f}"
+  return (f"{overall}, aligned {100 * mean['aligned']:.1f}, conflicting "
+          f"{100 * mean['conflicting']:.1f}, worst group {100 * mean['worst_group']:.1f}")
 
 
 def _baseline_records(root: str) -> list[tuple[dict | None, list[str]]]:
   results = files.read_baselines(os.path.join(root, "baselines.json"))
   out: dict = {}
   for name, ev in results.items():
-    setting = _setting_of(ev.get("config"))
+    setting = _setting_of(ev.get("config"), ev.get("data"))
     out.setdefault(json.dumps(setting, sort_keys=True), (setting, []))[1].append(
-        f"{root}: baseline {name}: overall {100 * ev['mean']['overall']:.1f}, aligned "
-        f"{100 * ev['mean']['aligned']:.1f}, conflicting {100 * ev['mean']['conflicting']:.1f}, "
-        f"worst group {100 * ev['mean']['worst_group']:.1f}")
+        f"{root}: baseline {name}: {_scores(ev['mean'])}")
   return list(out.values())
 
 
 def _eval_record(root: str) -> tuple[dict | None, list[str]]:
   ev = files.read_eval(os.path.join(root, "eval.json"))
   m, s = ev["mean"], ev["std"]
-  return _setting_of(ev.get("config")), [
-      f"{root}: {ev.get('method')}: overall {100 * m['overall']:.1f}±{100 * s['overall']:.1f}, "
-      f"aligned {100 * m['aligned']:.1f}, conflicting {100 * m['conflicting']:.1f}, "
-      f"worst group {100 * m['worst_group']:.1f}"]
+  return _setting_of(ev.get("config"), ev.get("data")), [
+      f"{root}: {ev.get('method')}: {_scores(m, s)}"]
 
 
 def _comparison_record(root: str, dirs: list[str]) -> tuple[dict | None, list[str]]:
@@ -304,7 +330,8 @@ def _comparison_record(root: str, dirs: list[str]) -> tuple[dict | None, list[st
   setting = None
   for d in sorted(dirs):
     if os.path.exists(os.path.join(root, d, "eval.json")):
-      setting = _setting_of(files.read_eval(os.path.join(root, d, "eval.json")).get("config"))
+      ev = files.read_eval(os.path.join(root, d, "eval.json"))
+      setting = _setting_of(ev.get("config"), ev.get("data"))
       break
   with open(os.path.join(root, "comparison.md")) as f:
     return setting, [f.read()]
@@ -345,14 +372,16 @@ def finished_runs(path: str, damaged: list[str] | None = None) -> list[list[str]
   """What ``jaxdd report`` prints of the finished runs under ``path``; empty when nothing
   under ``path`` is finished. ``damaged``: as :func:`finished_records`.
 
-  When every record has the same setting (data, IPC, evaluation), the records in walking
-  order; when they differ, one group per setting, in order of first appearance, each opened by
+  When every record has the same setting (data, IPC, evaluation) of a built-in dataset, the
+  records in walking order; when they differ, or the data are a user's, one group per setting
+  (a user's data by their spec and content digest), in order of first appearance, each opened by
   a heading line naming the setting, so that results of different settings are never read side
   by side.
   """
   records = finished_records(path, damaged)
   keys = [json.dumps(setting, sort_keys=True) for setting, _ in records]
-  if len(set(keys)) <= 1:
+  own_data = any(setting is not None and "data_spec" in setting for setting, _ in records)
+  if len(set(keys)) <= 1 and not own_data:  # a user's data is always named
     return [lines for _, lines in records]
   out: list[list[str]] = []
   for key in dict.fromkeys(keys):

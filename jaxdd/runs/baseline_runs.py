@@ -53,7 +53,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   rundir.check_setting(files.run_setting(config), workdir, adding="baselines")
   results = stored_baselines(workdir, config)
   checks.check_writable(workdir)  # before the data are built into the cache
-  run_data = rundata.RunData(config)
+  run_data = rundata.load(config, workdir)
   rundata.check_models(config, run_data)
   run_data.test  # a bad test split is found now, not after the first baseline  # noqa: B018
   checks.check_writable(workdir)
@@ -87,6 +87,8 @@ def _run_baselines(config: RunConfig, workdir: str, run_data: rundata.RunData, r
     summary.update(extra)
     summary["digest"] = digest
     summary["config"] = config.to_dict()  # the setting `jaxdd report` labels the rows with
+    if run_data.identity is not None:
+      summary["data"] = run_data.identity
     results[name] = summary
     if progress:
       print(f"{name}: " + ", ".join(f"{m} {100 * v:.1f}" for m, v in summary["mean"].items()))
@@ -94,23 +96,27 @@ def _run_baselines(config: RunConfig, workdir: str, run_data: rundata.RunData, r
   return results
 
 
-def baselines_digest(config: RunConfig) -> str:
-  """The digest that baselines made with ``config`` record (the weighting aside)."""
-  return config.replace(weighting="none", init="real", real_sampling="uniform").digest()
+def baselines_digest(config: RunConfig, *, legacy: bool = False) -> str:
+  """The digest that baselines made with ``config`` record (the weighting aside); ``legacy``
+  as :meth:`jaxdd.config.RunConfig.digest`."""
+  return config.replace(weighting="none", init="real", real_sampling="uniform").digest(
+      legacy=legacy)
 
 
 def stored_baselines(workdir: str, config: RunConfig) -> dict:
   """The baselines already in ``<workdir>/baselines.json`` (kept and added to, but only
   for the same settings: others are refused with a ValueError)."""
-  return _stored(os.path.join(workdir, "baselines.json"), baselines_digest(config))
+  return _stored(os.path.join(workdir, "baselines.json"), baselines_digest(config),
+                 baselines_digest(config, legacy=True))
 
 
-def _stored(path: str, digest: str) -> dict:
-  """The baselines already in ``path`` (kept and added to, but only for the same settings)."""
+def _stored(path: str, digest: str, legacy: str) -> dict:
+  """The baselines already in ``path`` (kept and added to, but only for the same settings:
+  ``digest``, or the ``legacy`` digest an older jaxdd gave them)."""
   if not os.path.exists(path):
     return {}
   results = files.read_baselines(path)
-  other = sorted(n for n, r in results.items() if r.get("digest") != digest)
+  other = sorted(n for n, r in results.items() if r.get("digest") not in (digest, legacy))
   if other:
     raise ValueError(f"{path} holds baselines made with other settings ({', '.join(other)}; "
                      f"config digest {digest} now); use another --workdir, or delete "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 
 from jaxdd import distill, models
 from jaxdd.config import RunConfig
@@ -76,6 +77,28 @@ def mesh_shape(config: RunConfig, num_classes: int) -> tuple[int, int] | None:
                      f"real_per_class={config.real_per_class} is not a multiple of {real}; "
                      "change one of them")
   return cls, real
+
+
+def machine_memory() -> int:
+  """Bytes a step's arrays may take: the first device's memory limit where it reports one
+  (GPU, TPU), else the host's physical memory."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def real_batch_bytes(num_classes: int, per_class: int, image_shape: tuple[int, ...],
+                     width: int) -> int:
+  """A lower bound of the memory a step's real batch takes: its float32 images and the first
+  ConvNet block's three maps per image (convolution, normalisation, activation: ``width``
+  channels at the image's size). The whole step takes more.
+
+  >>> real_batch_bytes(10, 256, (28, 28, 1), 128) // 2**20   # DM's real batch on MNIST: MiB
+  2947
+  """
+  side = int(np.prod(image_shape[:-1]))
+  return num_classes * per_class * 4 * side * (image_shape[-1] + 3 * width)
 
 
 def check_writable(path: str, *, file: bool = False) -> None:

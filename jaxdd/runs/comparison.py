@@ -88,7 +88,7 @@ def _check(config: RunConfig, workdir: str, with_baselines: tuple[str, ...]) -> 
     baseline_runs.stored_baselines(os.path.join(workdir, "baselines"),
                                    config.replace(weighting="none"))
   rundata.check_paths(config, workdir)
-  run_data = rundata.RunData(config)
+  run_data = rundata.load(config, workdir)
   for weighting in ("none", "kde"):
     rundata.check_run(config.replace(weighting=weighting), run_data, workdir)
   return run_data

@@ -39,20 +39,22 @@ def execution(config: RunConfig, num_classes: int, *, real_dtype: str | None = N
 
 def make_distiller(config: RunConfig, num_classes: int,
                    kde_config: distill.KDEConfig | None, *,
-                   real_dtype: str | None = None, num_bias: int | None = None
-                   ) -> distill.Distiller:
+                   real_dtype: str | None = None, num_bias: int | None = None,
+                   real_per_class: int | None = None) -> distill.Distiller:
   """The :class:`~jaxdd.distill.Distiller` of ``config.method`` with the run's settings.
 
   ``real_dtype`` is DM's (:func:`jaxdd.distill.dm`); other methods refuse it.
   ``num_bias``: the number of group values, for ``weighting='fairdd'`` (the bias values)
   and ``'fairdd_pseudo'`` (the pseudo-groups per class), DM's ``group_matching``;
   ``'fairdd_batch'`` clusters each batch in the step (``config.fairdd_clusters`` at most). The step
-  runs as :func:`execution` says.
+  runs as :func:`execution` says. ``real_per_class``: the real batch per class a step
+  draws, when not ``config.real_per_class`` (a run's, capped by its data:
+  :func:`jaxdd.runs.rundata.real_batch`).
   """
   common = dict(num_classes=num_classes, ipc=config.ipc,
                 model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
-                real_per_class=config.real_per_class, lr=config.lr_img, momentum=config.momentum,
-                init=config.init, kde_config=kde_config, real_sampling=config.real_sampling)
+                real_per_class=real_per_class or config.real_per_class, lr=config.lr_img,
+                momentum=config.momentum, init=config.init, kde_config=kde_config, real_sampling=config.real_sampling)
   if config.method != "dm" and real_dtype is not None:
     raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
   ex = execution(config, num_classes, real_dtype=real_dtype,

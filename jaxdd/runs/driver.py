@@ -14,6 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxdd import diagnostics, distill, parallel, synset
+from jaxdd._src import interrupt
 from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig
@@ -147,7 +148,8 @@ def run_distiller(config: RunConfig, run_data: rundata.RunData, *,
   for FairDD, the number of group values)."""
   return distiller.make_distiller(config, run_data.num_classes,
                                   stage_config.kde_config(config), real_dtype=real_dtype,
-                                  num_bias=weights.run_num_groups(config, run_data))
+                                  num_bias=weights.run_num_groups(config, run_data),
+                                  real_per_class=rundata.real_batch(config, run_data))
 
 
 def _resume(mngr, fresh: distill.DistillState, workdir: str,
@@ -201,12 +203,21 @@ def drive(d: distill.Distiller, state, data, start: int, end: int, k: int, *, st
   step = programs.PROGRAMS.step(d)  # the state is donated: the loop owns it
   multi = programs.PROGRAMS.steps(d, k) if k > 1 else None
   with deferred_interrupt() as interrupted:
+    def compiling():
+      """The first chunk compiles the step (tens of seconds): a signal stops it at once,
+      with nothing new to save."""
+      signum = interrupted()
+      if signum:
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
     for it, n in chunks(start, end, k, stops):
+      # in a worker thread (on the command line): the signals reach their handler at once
+      give_up = compiling if it == start else None
       if multi is None:
-        state, m = step(state, data)
+        state, m = interrupt.call(step, state, data, give_up=give_up)
         row = lambda j, m=m: m  # noqa: E731 (one step: its metrics, fetched when read)
       else:
-        state, stacked = multi(state, data, n)
+        state, stacked = interrupt.call(multi, state, data, n, give_up=give_up)
         row = lazy_rows(stacked)
       after(it, n, state, row)
       # checked after the chunk's work: the signal may arrive during it
@@ -273,7 +284,7 @@ def deferred_interrupt():
     if hit:
       raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
     hit.append(signum)
-    progress_lib.logger.warning("%s: finishing the current step and saving a checkpoint "
+    progress_lib.logger.warning("%s: stopping after the steps in flight, with a checkpoint "
                                 "(again to stop at once)",
                                 "SIGTERM" if signum == signal.SIGTERM else "interrupt")
 

@@ -13,6 +13,7 @@ import os
 from jaxdd._src import schema
 from jaxdd._src.schema import ANY, INT, NUM, STR, FileFormatError, list_of, map_of, obj, opt
 from jaxdd.config import RunConfig
+from jaxdd.config.run import BUILTIN_DATA_FIELDS, OWN_FIELDS
 from jaxdd.metrics import METRICS
 from jaxdd.runs.knobs import settings_from_selection
 
@@ -24,13 +25,18 @@ __all__ = ["FileFormatError", "read_baselines", "read_bias_score", "read_buffer_
 _METRICS4 = obj({m: NUM for m in ("overall", "aligned", "conflicting", "worst_group")})
 _CONFIG = map_of(ANY)
 
-CONFIG_JSON = obj({"digest": STR}, optional={"distill_digest": STR, "config": _CONFIG})
+#: A user's data as a run records it (:meth:`jaxdd.data.own.OwnData.identity`).
+DATA_IDENTITY = obj({"spec": STR, "sha256": STR},
+                    optional={"source": STR, "images": map_of(INT), "classes": INT,
+                              "groups": INT})
+CONFIG_JSON = obj({"digest": STR}, optional={"distill_digest": STR, "config": _CONFIG,
+                                             "data": DATA_IDENTITY})
 EVAL_JSON = obj({"mean": _METRICS4, "std": _METRICS4},
-                optional={"digest": STR, "method": STR, "config": _CONFIG,
+                optional={"digest": STR, "method": STR, "config": _CONFIG, "data": DATA_IDENTITY,
                           "result": obj(optional={"per_model": map_of(list_of(opt(NUM))),
                                                   "num_models": INT})})
 BASELINES_JSON = map_of(obj({"mean": _METRICS4, "std": _METRICS4},
-                            optional={"digest": STR, "config": _CONFIG,
+                            optional={"digest": STR, "config": _CONFIG, "data": DATA_IDENTITY,
                                       "bias_score": opt(obj({"aligned_fraction": NUM}))}))
 # valid_scores: (learning rates, networks), as EvalResult.to_dict writes it
 EVAL_CACHE_JSON = obj({"result": obj(
@@ -138,7 +144,16 @@ def read_selection(path: str, base: RunConfig) -> dict:
   return settings
 
 
-def run_setting(config: dict | RunConfig) -> dict:
-  """The :data:`SETTING_FIELDS` of a config (a RunConfig or a stored flat dict)."""
+def run_setting(config: dict | RunConfig, data: dict | None = None) -> dict:
+  """The :data:`SETTING_FIELDS` of a config (a RunConfig or a stored flat dict). A run on a
+  user's own data has its own-data fields instead of the built-in dataset's (``data_spec``,
+  the columns, the image size, ...: those that are set) and, given its recorded ``data``
+  identity, ``data_sha256``, the digest of the data's content."""
   flat = config.to_dict() if isinstance(config, RunConfig) else config
-  return {k: flat.get(k) for k in SETTING_FIELDS}
+  if flat.get("data_spec") is None:
+    return {k: flat.get(k) for k in SETTING_FIELDS}
+  setting = {k: flat[k] for k in OWN_FIELDS if flat.get(k) is not None}
+  setting.update({k: flat.get(k) for k in SETTING_FIELDS if k not in BUILTIN_DATA_FIELDS})
+  if data is not None:
+    setting["data_sha256"] = data["sha256"]
+  return setting

@@ -68,7 +68,7 @@ def final(base: RunConfig, root: str, *, settings: dict[str, Setting],
   _refuse_other_table(root, identity)
   checks.device_count(base)  # the devices and a writable root before the data are built
   checks.check_writable(root)
-  first = rundata.RunData(base.replace(seed=seeds[0]))  # every check before the first write
+  first = rundata.load(base.replace(seed=seeds[0]), root)  # every check before the first write
   first.test  # a bad test split is found now  # noqa: B018
   check_study([s.apply(base.replace(seed=seed)) for seed in seeds for s in settings.values()],
               root, first)

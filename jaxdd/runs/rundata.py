@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import data, models
+from jaxdd import progress as progress_lib
 from jaxdd.data import own
 from jaxdd.config import RunConfig
 from jaxdd.runs import checks
@@ -46,6 +47,13 @@ class RunData:
     return self._test
 
   @property
+  def identity(self) -> dict | None:
+    """A user's data as the run's records name it (:meth:`jaxdd.data.own.OwnData.identity`:
+    spec, images per split, classes, groups, content sha256); None for a built-in dataset,
+    which its name and ratio name."""
+    return None if self._own is None else self._own.identity()
+
+  @property
   def name(self) -> str:
     """The dataset's name in titles: the built-in name, or the user's ``KIND:NAME``."""
     return self._dataset if self.spec is None else self.train.meta["name"]
@@ -72,6 +80,40 @@ def data_label(config: RunConfig) -> str:
   if config.data_spec is not None:
     return f"your data {config.data_spec}"
   return f"{config.dataset} (conflict ratio {config.conflict_ratio:g})"
+
+
+def identity_line(identity: dict) -> str:
+  """A user's data in one line of a run's log: spec, images per split, classes, groups and
+  the first 12 hex digits of the content digest.
+
+  >>> identity_line({"spec": "folder:pets", "images": {"train": 80, "valid": 10, "test": 30},
+  ...                "classes": 2, "groups": 0, "sha256": "0123456789abcdef"})
+  'your data folder:pets: 80 train / 10 valid / 30 test images, 2 classes, no group labels, sha256 0123456789ab'
+  """
+  n = identity["images"]
+  groups = (f"{identity['groups']} groups" if identity["groups"] else "no group labels")
+  return (f"your data {identity['spec']}: {n['train']} train / {n['valid']} valid / "
+          f"{n['test']} test images, {identity['classes']} classes, {groups}, sha256 "
+          f"{identity['sha256'][:12]}")
+
+
+def load(config: RunConfig, workdir: str) -> RunData:
+  """The run's data, logged: a built-in dataset is announced before it is read (a first
+  build takes a while); a user's data once read (its images have a progress bar), with
+  :func:`identity_line`, so that a refusal of the data is the only line of a failed run."""
+  if config.data_spec is None:
+    progress_lib.logger.info("%s: loading %s", workdir, data_label(config))
+  run_data = RunData(config)
+  if run_data.identity is not None:
+    progress_lib.logger.info("%s: %s", workdir, identity_line(run_data.identity))
+  return run_data
+
+
+def data_identity(config: RunConfig) -> dict | None:
+  """The identity of a config's own data (:attr:`RunData.identity`), read as a run reads it
+  (from the cache once decoded); None for a built-in dataset."""
+  spec = own_spec(config)
+  return None if spec is None else own.OwnData(spec, seed=config.seed).identity()
 
 
 def own_spec(config: RunConfig) -> own.DataSpec | None:
@@ -101,10 +143,44 @@ def check_models(config: RunConfig, run_data: RunData) -> None:
   models.check_fits(models.get(config.eval_model, num_classes=nc), shape)
   # distill's init refuses it too, but only after files exist
   check_ipc(config.ipc, run_data.train.labels, run_data.train.class_names)
+  check_real_batch(config, run_data)
   if config.weighting in ("oracle", "fairdd") and run_data.train.bias is None:
     raise ValueError(f"--weighting {config.weighting} reads the training split's group labels, "
                      "and this data has none; use a label-free weighting (kde, fairdd_pseudo, "
                      "fairdd_batch) or give the groups (--group-col)")
+
+
+def real_batch(config: RunConfig, run_data: RunData) -> int:
+  """The real images per class a step of the run draws: ``real_per_class``, capped by the
+  data when the batch is drawn uniformly without replacement (the reference). A class
+  smaller than the batch gives every image and the rest is masked out, so a batch beyond
+  the largest class (rounded up to the device mesh's real-batch shards) only adds masked
+  rows: the cap changes no result, only the memory and time of a step. Importance sampling
+  (``real_sampling='weighted'``) draws with replacement: not capped."""
+  if config.real_sampling != "uniform" or config.method == "mtt":
+    return config.real_per_class
+  largest = int(np.bincount(np.asarray(run_data.train.labels)).max())
+  shape = checks.mesh_shape(config, run_data.num_classes)
+  shards = 1 if shape is None else shape[1]
+  return min(config.real_per_class, -(-largest // shards) * shards)
+
+
+def check_real_batch(config: RunConfig, run_data: RunData) -> None:
+  """Refuses a real batch (:func:`real_batch`) whose images and first activation maps alone
+  (:func:`jaxdd.runs.checks.real_batch_bytes`) exceed the machine's memory
+  (:func:`jaxdd.runs.checks.machine_memory`), before any work: a step could never run."""
+  if config.method == "mtt":
+    return
+  n = real_batch(config, run_data)
+  shape = tuple(run_data.train.images.shape[1:])
+  need = checks.real_batch_bytes(run_data.num_classes, n, shape, config.width)
+  have = checks.machine_memory()
+  if need > have:
+    most = max(1, n * have // need)
+    raise ValueError(f"--real-per-class {config.real_per_class}: a step's real batch of "
+                     f"{run_data.num_classes} x {n} images needs at least {need / 2**30:.1f} GiB, "
+                     f"more than this machine's {have / 2**30:.1f} GiB; lower --real-per-class "
+                     f"(at most about {most})")
 
 
 def check_ipc(ipc: int, train_labels, class_names) -> None:

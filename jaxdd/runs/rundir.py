@@ -126,16 +126,31 @@ def check_workdir(config: RunConfig, workdir: str, *, distill_only: bool = False
   previous = files.read_run_config(workdir)
   if previous is None:
     return
-  if previous.get("digest") == config.digest():
+  if previous.get("digest") in (config.digest(), config.digest(legacy=True)):
     return  # the same run (also written before distill digests existed)
   if not distill_only:
     raise ValueError(f"{workdir} holds a run with a different config (digest "
                      f"{previous.get('digest')} vs {config.digest()}); use another --workdir "
                      "or delete it to start over")
-  if previous.get("distill_digest") != config.distill_digest():
+  if previous.get("distill_digest") not in (config.distill_digest(),
+                                            config.distill_digest(legacy=True)):
     raise ValueError(f"{workdir} holds a distillation with other settings (digest "
                      f"{previous.get('distill_digest')} vs {config.distill_digest()}); use "
                      "another --workdir or delete it to start over")
+
+
+def check_data(workdir: str, identity: dict | None) -> None:
+  """Refuses to go on with a run on a user's data whose content changed since the run began
+  (its ``config.json`` records the data's digest, :meth:`jaxdd.data.own.OwnData.identity`):
+  a SynSet half distilled from other images would be neither run's. Reads only."""
+  if identity is None:
+    return
+  stored = (files.read_run_config(workdir) or {}).get("data")
+  if stored is not None and stored["sha256"] != identity["sha256"]:
+    raise ValueError(f"{workdir} was begun on other data: {identity['spec']} has changed since "
+                     f"(content sha256 {stored['sha256'][:12]} then, "
+                     f"{identity['sha256'][:12]} now); restore the data, or use another "
+                     "--workdir to start over on the data as they are")
 
 
 def check_setting(setting: dict, workdir: str, *, adding: str) -> None:
@@ -155,8 +170,8 @@ def check_setting(setting: dict, workdir: str, *, adding: str) -> None:
     if stored is None or not isinstance(stored.get("config"), dict):
       continue
     have = files.run_setting(stored["config"])
-    differ = [f"{k} {have[k]} there, {setting[k]} now" for k in files.SETTING_FIELDS
-              if have[k] != setting[k]]
+    differ = [f"{k} {have.get(k)} there, {setting.get(k)} now"
+              for k in dict.fromkeys([*have, *setting]) if have.get(k) != setting.get(k)]
     if differ:
       raise ValueError(f"{d} holds a run of another setting ({'; '.join(differ)}); {adding} "
                        "would sit beside it unmarked: use another --workdir, or the run's "
@@ -174,4 +189,5 @@ def stored_eval(config: RunConfig, workdir: str) -> dict | None:
   if not os.path.exists(path):
     return None
   stored = files.read_eval(path)
-  return stored if stored.get("digest") == config.digest() else None
+  return stored if stored.get("digest") in (config.digest(), config.digest(legacy=True)) \
+      else None

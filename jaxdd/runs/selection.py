@@ -91,7 +91,7 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
       candidates.append(s)
   checks.device_count(base)  # the devices and a writable root before the data are built
   checks.check_writable(root)
-  first = rundata.RunData(base.replace(seed=seeds[0]))  # every check before the first write
+  first = rundata.load(base.replace(seed=seeds[0]), root)  # every check before the first write
   check_study([c.apply(base.replace(seed=seed)) for seed in seeds for c in candidates], root,
               first)
   rows: dict[str, dict[str, Any]] = {}

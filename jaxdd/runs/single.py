@@ -52,11 +52,11 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
     return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
   rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
   if run_data is None:
-    progress_lib.logger.info("%s: loading %s", workdir, rundata.data_label(config))
-    run_data = rundata.RunData(config)
+    run_data = rundata.load(config, workdir)
   rundata.check_run(config, run_data, workdir, buffer_dir=buffer_dir)
   with rundir.workdir_lock(workdir):
     rundir.check_workdir(config, workdir, distill_only=True)  # what the lock now guards
+    rundir.check_data(workdir, run_data.identity)
     embeddings, report, classifier = start_run(config, workdir, run_data, progress)
     syn = driver.distill_run(config, workdir, run_data, embeddings, keys.run_keys(config)[1],
                              progress=progress, stop_after=stop_after, classifier=classifier,
@@ -73,10 +73,11 @@ def start_run(config: RunConfig, workdir: str, run_data: rundata.RunData, progre
   label-free FairDD runs), weights.json. Returns ``(embeddings, report, bias classifier)``."""
   rundata.check_models(config, run_data)
   os.makedirs(workdir, exist_ok=True)
-  synset.atomic_write_json(os.path.join(workdir, "config.json"),
-                           {"config": config.to_dict(), "digest": config.digest(),
-                            "distill_digest": config.distill_digest(),
-                            "code_version": version.code_version()})
+  record = {"config": config.to_dict(), "digest": config.digest(),
+            "distill_digest": config.distill_digest(), "code_version": version.code_version()}
+  if run_data.identity is not None:  # a user's data: its spec and the digest of its content
+    record["data"] = run_data.identity
+  synset.atomic_write_json(os.path.join(workdir, "config.json"), record)
   k_sur, _, _, k_diag = keys.run_keys(config)
   embeddings = None
   if weights.needs_embeddings(config):  # KDE densities, label-free FairDD's pseudo-groups
@@ -152,8 +153,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
     return stored
   # Data errors (bad ratio, missing source) surface before anything is written.
   rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
-  progress_lib.logger.info("%s: loading %s", workdir, rundata.data_label(config))
-  run_data = rundata.RunData(config)
+  run_data = rundata.load(config, workdir)
   rundata.check_run(config, run_data, workdir, buffer_dir=buffer_dir)
   run_data.test  # a bad test split is found now, not after the distillation  # noqa: B018
   with rundir.workdir_lock(workdir):
@@ -178,6 +178,8 @@ def _evaluate(config: RunConfig, workdir: str, run_data: rundata.RunData, syn: S
   summary = result.summary()
   summary.update(method=text.method_name(config), config=config.to_dict(),
                  digest=config.digest())
+  if run_data.identity is not None:
+    summary["data"] = run_data.identity
   synset.atomic_write_json(os.path.join(workdir, "eval.json"), summary)
   if show:
     print(result.format_table())

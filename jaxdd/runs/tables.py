@@ -34,10 +34,21 @@ def _accuracy_cells(row: dict) -> list[str]:
   return [_metric_cell(row, m) for m in METRICS]
 
 
+def _worst(table: dict) -> str:
+  """The lowest accuracy's name: over groups, or over classes when the test split has no
+  group labels (no row has an aligned or conflicting score)."""
+  def scored(row, metric):
+    values = row.get("per_seed", {}).get(metric, [])
+    return bool(np.isfinite(np.asarray([np.nan if v is None else v for v in values],
+                                       float)).any())
+  grouped = any(scored(r, m) for r in table["rows"].values() for m in ("aligned", "conflicting"))
+  return "worst group" if grouped or not table["rows"] else "worst class"
+
+
 def format_summary(table: dict) -> str:
   """The README form of :func:`format_table`: accuracies and the bias score, no validation."""
-  lines = ["| row | overall | bias-aligned | bias-conflicting | worst group | "
-           "bias score (aligned %) |",
+  lines = [f"| row | overall | bias-aligned | bias-conflicting | "
+           f"{_worst(table)} | bias score (aligned %) |",
            "|---|---|---|---|---|---|"]
   for name in row_order(table["rows"]):
     r = table["rows"][name]
@@ -68,13 +79,26 @@ def _valid_metric(table: dict) -> str:
   return "conflicting" if metrics == {"conflicting"} else "overall"
 
 
+def data_name(base: dict) -> str:
+  """The data of a run's flat config in words: ``--data KIND:PATH`` for a user's own data,
+  else the built-in dataset with its conflict ratio (Biased-DD's sets: its aligned fraction).
+
+  >>> data_name({"dataset": "cmnist", "conflict_ratio": 0.05})
+  'cmnist, conflict ratio 0.05'
+  >>> data_name({"data_spec": "folder:pets"})
+  '--data folder:pets'
+  """
+  if base.get("data_spec") is not None:
+    return f"--data {base['data_spec']}"
+  # Biased-DD's sets read the ratio argument as the bias-aligned fraction (jaxdd.data).
+  ratio = "aligned fraction" if base["dataset"].endswith("_dd") else "conflict ratio"
+  return f"{base['dataset']}, {ratio} {base['conflict_ratio']}"
+
+
 def format_table(table: dict) -> str:
   """The final table as markdown (accuracies and the bias score, in %)."""
   b, p = table["base"], table["protocol"]
-  # Biased-DD's sets read the ratio argument as the bias-aligned fraction (jaxdd.data).
-  ratio = "aligned fraction" if b["dataset"].endswith("_dd") else "conflict ratio"
-  data = (f"--data {b['data_spec']}" if b.get("data_spec") is not None
-          else f"{b['dataset']}, {ratio} {b['conflict_ratio']}")
+  data = data_name(b)
   share = table.get("train_aligned_fraction")
   lines = [f"{data}, IPC {b['ipc']}, preset "
            f"{b['preset']}, method {b['method']}; test split, protocol {p['name']} "
@@ -84,7 +108,7 @@ def format_table(table: dict) -> str:
            + ("The training set has no group labels." if share is None else
               f"Bias-aligned fraction of the training set: {100 * share:.1f} %."),
            "",
-           "| row | overall | bias-aligned | bias-conflicting | worst group | "
+           f"| row | overall | bias-aligned | bias-conflicting | {_worst(table)} | "
            f"bias score (aligned %) | valid {_valid_metric(table)} |",
            "|---|---|---|---|---|---|---|"]
   for name in row_order(table["rows"]):
@@ -104,7 +128,8 @@ def format_table(table: dict) -> str:
               "column is overall validation accuracy (all of it bias-aligned)."]
   if table["paired"]:
     lines += ["", "Paired differences against `vanilla` (same seeds), mean ± std over seeds, "
-              "in points:", "", "| row | overall | bias-aligned | bias-conflicting | worst group |",
+              "in points:", "",
+              f"| row | overall | bias-aligned | bias-conflicting | {_worst(table)} |",
               "|---|---|---|---|---|"]
     for name in row_order(table["paired"]):
       d = table["paired"][name]
@@ -183,14 +208,15 @@ def format_methods(tables, *, rows=("vanilla", "kde (selected on valid)")) -> st
   lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
   for t in tables:
     base = t["base"]
-    data_name = f"{base['dataset']} {base['conflict_ratio']:g}"
+    name_of_data = (f"--data {base['data_spec']}" if base.get("data_spec") is not None
+                    else f"{base['dataset']} {base['conflict_ratio']:g}")
     for name in rows:
       if name not in t["rows"]:
         continue
       r = t["rows"][name]
       diff = (format_pm(t["paired"][name]["conflicting"], signed=True)
               if name in t.get("paired", {}) else "")
-      cells = [data_name, base["method"].upper(), name,
+      cells = [name_of_data, base["method"].upper(), name,
                f"{len(r['seeds'])} × {t['num_models']}",
                _metric_cell(r, "overall"), _metric_cell(r, "aligned"),
                _metric_cell(r, "conflicting"), _pm(r["bias_aligned_fraction"]), diff]

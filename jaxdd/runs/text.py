@@ -49,8 +49,11 @@ def format_comparison(results: dict[str, dict], config: RunConfig, *,
     head += (f"; the bias classifier reads held-out real images "
              f"({100 * reference['true_aligned_fraction']:.1f} % aligned) as "
              f"{100 * reference['bias_aligned_fraction']:.1f} % aligned")
+  grouped = any(r["mean"][m] is not None and np.isfinite(r["mean"][m])
+                for r in results.values() for m in ("aligned", "conflicting"))
+  worst = "worst group" if grouped or not results else "worst class"
   lines = [head, "",
-           "| method | overall | bias-aligned | bias-conflicting | worst group | "
+           f"| method | overall | bias-aligned | bias-conflicting | {worst} | "
            "bias score (aligned %) | DEO_M | DEO_A |",
            "|---|---|---|---|---|---|---|---|"]
   for name, r in results.items():

@@ -104,7 +104,7 @@ def run_weights(config: RunConfig, run_data: rundata.RunData, embeddings: np.nda
   initialisation or sampling, the oracle); uniform weights for a vanilla run.
   """
   train, nc = run_data.train, run_data.num_classes
-  n_per = config.real_per_class
+  n_per = rundata.real_batch(config, run_data)  # the batch a step draws
   if (config.weighting == "kde" and config.kde_scope == "batch"
       and config.real_sampling == "uniform"):  # the loss weighs inside each sampled batch
     return weighting.batch_scope_weights(
@@ -185,7 +185,8 @@ def batch_cluster_weights(config: RunConfig, run_data: rundata.RunData, key: jax
   train, nc = run_data.train, run_data.num_classes
   labels = np.asarray(train.labels)
   k_plan, k_net = jax.random.split(key)
-  index, mask = weighting.batch_plan(k_plan, labels, batch_size=config.real_per_class,
+  index, mask = weighting.batch_plan(k_plan, labels,
+                                     batch_size=rundata.real_batch(config, run_data),
                                      num_classes=nc, num_rounds=1)
   images = run_data.normalized(train)
   k = config.fairdd_clusters

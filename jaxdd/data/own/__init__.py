@@ -16,14 +16,14 @@ Example:
 """
 from __future__ import annotations
 
-from jaxdd.data.own.dataset import (HeldOutTestWarning, OwnData, from_arrays, load_own,
-                                    read_index, split_codes)
+from jaxdd.data.own.dataset import (DataChangedWarning, HeldOutTestWarning, OwnData,
+                                    content_sha256, from_arrays, load_own, read_index,
+                                    split_codes)
 from jaxdd.data.own.decoding import cache_folder, decode
 from jaxdd.data.own.export import LAYOUTS, export_layout
 from jaxdd.data.own.readers import IMAGE_EXTS, Index
 from jaxdd.data.own.spec import ALIGNED_RULES, KINDS, DataSpec, parse
 
-__all__ = ["ALIGNED_RULES", "DataSpec", "HeldOutTestWarning", "IMAGE_EXTS", "Index", "KINDS",
-           "LAYOUTS", "OwnData", "cache_folder", "decode", "export_layout", "from_arrays", "load_own",
-           "parse",
-           "read_index", "split_codes"]
+__all__ = ["ALIGNED_RULES", "DataChangedWarning", "DataSpec", "HeldOutTestWarning", "IMAGE_EXTS",
+           "Index", "KINDS", "LAYOUTS", "OwnData", "cache_folder", "content_sha256", "decode",
+           "export_layout", "from_arrays", "load_own", "parse", "read_index", "split_codes"]

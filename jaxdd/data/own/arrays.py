@@ -96,7 +96,7 @@ def read_npz(spec: DataSpec) -> readers.Index:
   try:
     z = dict(np.load(path, allow_pickle=False))
   except Exception as e:  # a bad zip, pickled objects, a truncated file
-    raise ValueError(f"cannot read {path.name} as plain npz arrays ({type(e).__name__}: {e}); "
+    raise ValueError(f"cannot read {path} as plain npz arrays ({type(e).__name__}: {e}); "
                      "save it with numpy.savez and no object arrays") from e
   name = path.name
   parts = []
@@ -104,18 +104,18 @@ def read_npz(spec: DataSpec) -> readers.Index:
   if split_keys:
     for s in split_keys:
       if f"y_{s}" not in z:
-        raise ValueError(f"{name} has x_{s} but no y_{s}; store the labels beside the images")
-      x = validate_images(z[f"x_{s}"], what=f"{name} x_{s}")
-      y = _labels(z[f"y_{s}"], "label", f"{name} y_{s}")
-      g = _labels(z[f"g_{s}"], "group", f"{name} g_{s}") if f"g_{s}" in z else None
+        raise ValueError(f"{path} has x_{s} but no y_{s}; store the labels beside the images")
+      x = validate_images(z[f"x_{s}"], what=f"{path} x_{s}")
+      y = _labels(z[f"y_{s}"], "label", f"{path} y_{s}")
+      g = _labels(z[f"g_{s}"], "group", f"{path} g_{s}") if f"g_{s}" in z else None
       for arr, key in ((y, "y"), (g, "g")):
         if arr is not None and len(arr) != len(x):
-          raise ValueError(f"{name}: {key}_{s} has {len(arr)} entries for {len(x)} images")
+          raise ValueError(f"{path}: {key}_{s} has {len(arr)} entries for {len(x)} images")
       parts.append((x, y, g, _NPZ_SPLITS[s]))
   elif "x" in z and "y" in z:
     return columns_index(spec, f"npz:{name}", z["x"], z["y"], z.get("g"), z.get("split"))
   else:
-    raise ValueError(f"{name} has keys {sorted(z)}; store x_train, y_train[, g_train] (and "
+    raise ValueError(f"{path} has keys {sorted(z)}; store x_train, y_train[, g_train] (and "
                      "x_valid, x_test ...) or x, y[, g][, split]")
   return _assemble(spec, f"npz:{name}", parts)
 

@@ -22,6 +22,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import warnings
 from pathlib import Path
 
@@ -51,6 +53,11 @@ def _check_split(split: str) -> None:
 
 class HeldOutTestWarning(UserWarning):
   """The data has no test split: one was held out of the training data, as biased as it."""
+
+
+class DataChangedWarning(UserWarning):
+  """The data a SynSet was distilled from have changed since (another content digest): its
+  evaluation on them is not its run's."""
 
 
 def read_index(spec: DataSpec) -> readers.Index:
@@ -182,8 +189,21 @@ class OwnData:
       check(self.index, self.codes)
     self.images, self.record = decode(self.index, image_size=spec.image_size, cache=cache,
                                       progress=progress)
+    self.data_sha256 = content_sha256(self.index, self.record["source_sha256"])
     # the splits read the decoded images: an array source's originals need not stay in memory
     self.index = dataclasses.replace(self.index, arrays=None)
+
+  def identity(self) -> dict:
+    """What names this dataset in a run's log, ``config.json``, SynSet and report: the spec
+    (``KIND:PATH``), its source, the images of each split, the classes, the groups (0
+    without group labels) and ``sha256``, the digest of its content
+    (:func:`content_sha256`)."""
+    counts = np.bincount(self.codes, minlength=3)
+    return {"spec": self.spec.text, "source": self.index.source_id,
+            "images": {name: int(counts[code]) for name, code in _SPLIT_CODE.items()},
+            "classes": len(self.index.class_names),
+            "groups": 0 if self.index.group_names is None else len(self.index.group_names),
+            "sha256": self.data_sha256}
 
   def split(self, split: str) -> BiasedDataset:
     """One split (``train``, ``valid`` or ``test``) as :func:`load_own` returns it."""
@@ -193,11 +213,29 @@ class OwnData:
     """:meth:`split`; a held-out test split's warning points ``stacklevel`` frames up."""
     _check_split(split)
     if split == "test" and self.origin["test"] != "the data":
-      warnings.warn(f"{self.index.source_id} has no test split: "
+      warnings.warn(f"{self.spec.text} has no test split: "
                     f"{int((self.codes == 2).sum())} images were held out of the training data, "
                     "so the test set is as biased as the training data; give a test split for "
                     "unbiased numbers", HeldOutTestWarning, stacklevel=stacklevel)
     return _dataset(self, split)
+
+
+def content_sha256(index: readers.Index, source_sha256: str) -> str:
+  """The digest of a dataset's content: every image byte read (``source_sha256``, from
+  :func:`jaxdd.data.own.decoding.decode`), the labels, the groups, the data's own split
+  column and the class and group names (image files by their path relative to the data's
+  root). Where the data sit, file times and the options a run reads them with are not in it:
+  the same data copied elsewhere have the same digest; a changed image or label, another."""
+  h = hashlib.sha256(json.dumps({"source_sha256": source_sha256,
+                                 "classes": list(index.class_names),
+                                 "groups": None if index.group_names is None
+                                 else list(index.group_names)}, sort_keys=True).encode())
+  for name, column in (("labels", index.labels), ("groups", index.groups),
+                       ("splits", index.splits)):
+    h.update(name.encode())
+    if column is not None:
+      h.update(np.ascontiguousarray(column, dtype=np.int64).tobytes())
+  return h.hexdigest()
 
 
 def load_own(spec: DataSpec, *, split: str, seed: int = 0, cache: bool = True,
@@ -270,7 +308,8 @@ def _dataset(opened: OwnData, split: str) -> BiasedDataset:
   groups = _split_groups(index, rows, split, spec)
   x = _as_float(images, rows)
   meta = {"kind": "own", "name": index.source_id, "split": split, "spec": spec.to_dict(),
-          "source": index.source_id, "source_sha256": record["source_sha256"], "seed": seed,
+          "source": index.source_id, "source_sha256": record["source_sha256"],
+          "data_sha256": opened.data_sha256, "seed": seed,
           "num_samples": int(len(rows)), "image_shape": list(x.shape[1:]),
           "split_origin": origin[split], "aligned_rule": spec.aligned}
   if split == "train":

@@ -105,7 +105,7 @@ def _inside(root: Path, rel: str, where: str) -> str:
   if p.is_absolute() or ".." in p.parts:
     resolved = (root / p).resolve()
     if root.resolve() not in resolved.parents:
-      raise ValueError(f"{where}: path {rel!r} lies outside the data root {root.name}/; keep "
+      raise ValueError(f"{where}: path {rel!r} lies outside the data root {root}/; keep "
                        "every image under the root and give paths relative to it")
     return resolved.relative_to(root.resolve()).as_posix()
   return p.as_posix()
@@ -123,7 +123,7 @@ def _check_unique(paths: list[str], where) -> None:
 def _check_files(root: Path, paths: list[str], where) -> None:
   for i, p in enumerate(paths):
     if not (root / p).is_file():
-      raise FileNotFoundError(f"{where(i)}: image {p!r} does not exist under {root.name}/; fix "
+      raise FileNotFoundError(f"{where(i)}: image {p!r} does not exist under {root}/; fix "
                               "the path or remove the row")
 
 
@@ -152,7 +152,7 @@ def read_folder(spec: DataSpec) -> Index:
     other = sorted(set(tops) - set(split_tops))
     raise ValueError(f"{root} mixes split folders {split_tops} with other folders {other}; "
                      "put every class folder under a split folder, or none")
-  bases = [(root / t, _split_code(t, f"{root.name}/{t}")) for t in split_tops] if has_split \
+  bases = [(root / t, _split_code(t, f"{root}/{t}")) for t in split_tops] if has_split \
       else [(root, None)]
   names = sorted({c.name for base, _ in bases for c in base.iterdir() if c.is_dir()})
   if not names:
@@ -169,7 +169,7 @@ def read_folder(spec: DataSpec) -> Index:
     raise FileNotFoundError(f"{root} holds no images ({', '.join(IMAGE_EXTS)})")
   for top, (_, code) in zip(split_tops, bases):
     if code not in splits:
-      raise ValueError(f"split folder {root.name}/{top}/ holds no images; add images to its "
+      raise ValueError(f"split folder {root}/{top}/ holds no images; add images to its "
                        "class folders or remove it")
   return Index(f"folder:{root.name}", root, paths, None, np.asarray(labels, np.int64), None,
                np.asarray(splits, np.int64) if has_split else None, tuple(names), None)
@@ -195,12 +195,12 @@ def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
     raise FileNotFoundError(f"metadata table {path} does not exist; pass an existing csv file")
   rows = list(csv.reader(io.StringIO(_text(path), newline="")))
   if not rows:
-    raise ValueError(f"{path.name} is empty; it needs a header row and one row per image")
+    raise ValueError(f"{path} is empty; it needs a header row and one row per image")
   header = [h.strip() for h in rows[0]]
   body = [r for r in rows[1:] if any(c.strip() for c in r)]
   for i, r in enumerate(body):
     if len(r) != len(header):
-      raise ValueError(f"{path.name} row {i + 2}: {len(r)} fields, the header has {len(header)}; "
+      raise ValueError(f"{path} row {i + 2}: {len(r)} fields, the header has {len(header)}; "
                        "fix the row")
   return header, body
 
@@ -234,16 +234,16 @@ def read_csv(spec: DataSpec) -> Index:
   optional ``group_col`` and ``split_col`` (Waterbirds: ``img_filename, y, place, split``)."""
   path = Path(spec.path).expanduser()
   header, body = _read_table(path)
-  pc = _column(header, spec.path_col, "--path-col", path.name)
-  cols = {"label": [r[_column(header, spec.label_col, "--label-col", path.name)] for r in body]}
+  pc = _column(header, spec.path_col, "--path-col", str(path))
+  cols = {"label": [r[_column(header, spec.label_col, "--label-col", str(path))] for r in body]}
   if spec.group_col:
-    cols["group"] = [r[_column(header, spec.group_col, "--group-col", path.name)] for r in body]
+    cols["group"] = [r[_column(header, spec.group_col, "--group-col", str(path))] for r in body]
   if spec.split_col:
-    cols["split"] = [r[_column(header, spec.split_col, "--split-col", path.name)] for r in body]
+    cols["split"] = [r[_column(header, spec.split_col, "--split-col", str(path))] for r in body]
   if not body:
-    raise ValueError(f"{path.name} has a header but no rows; list one image per row")
+    raise ValueError(f"{path} has a header but no rows; list one image per row")
   return _from_columns(spec, path.name, path.parent, [r[pc].strip() for r in body], cols,
-                       lambda i: f"{path.name} row {i + 2}")
+                       lambda i: f"{path} row {i + 2}")
 
 
 def _celeba_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -252,13 +252,13 @@ def _celeba_rows(path: Path) -> tuple[list[str], list[list[str]]]:
                             "and ROOT/img_align_celeba/")
   lines = [ln.split() for ln in _text(path).splitlines() if ln.strip()]
   if len(lines) < 3:
-    raise ValueError(f"{path.name} has no rows; it must be CelebA's attribute list (a count, "
+    raise ValueError(f"{path} has no rows; it must be CelebA's attribute list (a count, "
                      "the attribute names, one row per image)")
   names = lines[1]
   body = lines[2:]
   for i, r in enumerate(body):
     if len(r) != len(names) + 1:
-      raise ValueError(f"{path.name} line {i + 3}: {len(r) - 1} values for {len(names)} "
+      raise ValueError(f"{path} line {i + 3}: {len(r) - 1} values for {len(names)} "
                        "attributes; fix the line")
   return names, body
 
@@ -283,7 +283,7 @@ def read_celeba(spec: DataSpec) -> Index:
     cols["split"] = [split_of[r[0]] for r in body]
   img = root / "img_align_celeba"
   if not img.is_dir():
-    raise FileNotFoundError(f"{root.name}/ has no img_align_celeba/ folder of images")
+    raise FileNotFoundError(f"{root}/ has no img_align_celeba/ folder of images")
   return _from_columns(spec, table, root, [f"img_align_celeba/{r[0]}" for r in body], cols,
                        lambda i: f"{table} line {i + 3}")
 
