@@ -4,24 +4,25 @@ Python runs a signal's handler in the main thread, between bytecodes: while the 
 inside one long call into XLA (a compilation, a large program such as a prediction over a whole
 split) the handler waits for the call to return, tens of seconds on a CPU. :func:`call` runs
 such a call in a worker thread while the main thread waits for it in short slices, so that the
-handler runs at once; the abandoned worker is recorded (:func:`stranded`) and the command line
-then ends the process at once (every file jaxdd writes is written atomically; a run's lock names
-its process and is taken over once that has exited).
+handler runs at once; the signal's exception (Ctrl-C, SIGTERM) leaves the worker behind, and the
+command line then ends the process at once (every file jaxdd writes is written atomically; a
+run's lock names its process and is taken over once that has exited).
 
-Only the command line turns this on (:func:`enable`): in library use the call runs where it is
+Only the command line turns this on (:func:`enabled`): in library use the call runs where it is
 called, under the caller's thread-local JAX settings. The worker runs in a copy of the caller's
 :mod:`contextvars` context (jaxdd's policy and kernel choices).
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 
-_ENABLED: list[bool] = []
-_STRANDED: list[threading.Event] = []
+#: Whether :func:`call` uses a worker thread (a context variable: no module state).
+_ENABLED: contextvars.ContextVar = contextvars.ContextVar("jaxdd_interrupt", default=False)
 
 #: Seconds between two looks of the waiting main thread.
 SLICE = 0.1
@@ -33,14 +34,15 @@ def _until_ready(fn: Callable[..., Any]) -> Callable[..., Any]:
   return wrapped
 
 
-def enable(on: bool = True) -> None:
-  """Turns :func:`call`'s worker thread on (the command line) or off (library use)."""
-  _ENABLED[:] = [True] if on else []
-
-
-def stranded() -> bool:
-  """True once a call was abandoned while its worker still ran."""
-  return any(not done.is_set() for done in _STRANDED)
+@contextlib.contextmanager
+def enabled(on: bool = True) -> Iterator[None]:
+  """Within it, :func:`call` runs its calls in a worker thread (the command line's commands);
+  outside, where they are called (library use)."""
+  token = _ENABLED.set(on)
+  try:
+    yield
+  finally:
+    _ENABLED.reset(token)
 
 
 def call(fn: Callable[..., Any], *args, give_up: Callable[[], None] | None = None,
@@ -53,7 +55,7 @@ def call(fn: Callable[..., Any], *args, give_up: Callable[[], None] | None = Non
   compilation and the dispatch are waited for here). The worker's exception is raised here."""
   if ready:
     fn = _until_ready(fn)
-  if not _ENABLED or threading.current_thread() is not threading.main_thread():
+  if not _ENABLED.get() or threading.current_thread() is not threading.main_thread():
     return fn(*args, **kwargs)
   out: list[Any] = []
   failed: list[BaseException] = []
@@ -69,14 +71,9 @@ def call(fn: Callable[..., Any], *args, give_up: Callable[[], None] | None = Non
       done.set()
 
   threading.Thread(target=work, name="jaxdd-xla", daemon=True).start()
-  try:
-    while not done.wait(SLICE):
-      if give_up is not None:
-        give_up()
-  except BaseException:
-    if not done.is_set():
-      _STRANDED.append(done)
-    raise
+  while not done.wait(SLICE):  # a signal's handler raises here, the worker left behind
+    if give_up is not None:
+      give_up()
   if failed:
     raise failed[0]
   return out[0]

@@ -151,11 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser(flags.preset_in(argv)).parse_args(argv)
   was = runtime.setup(args.quiet, args.no_compile_cache)
   previous = _on_sigterm()
-  interrupt.enable()  # long XLA calls in a worker thread: the signals are handled at once
   try:
-    return report(args.command, args, _checked)
+    with interrupt.enabled():  # long XLA calls in a worker thread: signals handled at once
+      return report(args.command, args, _checked)
   finally:
-    interrupt.enable(False)
     runtime.restore(was)
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
@@ -171,7 +170,7 @@ def entry() -> None:
   still running, would abort the process later.
   """
   rc = main()
-  if rc in (130, 143) or runtime.stranded() or interrupt.stranded():
+  if rc in (130, 143) or runtime.stranded():
     for stream in (sys.stdout, sys.stderr):
       try:
         stream.flush()
