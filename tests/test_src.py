@@ -85,3 +85,16 @@ def test_check_images_messages_name_the_caller():
   jax.jit(lambda x: checks.check_images(x, "f") or x)(jnp.full((1, 2, 2, 1), jnp.nan))
   with pytest.raises(ValueError, match="NHWC"):
     jax.jit(lambda x: checks.check_images(x, "f") or x)(jnp.ones((2, 2, 1)))
+
+
+@pytest.mark.parametrize("text,problem", [
+    ('{"a": "b', "is not valid JSON (Unterminated string starting at line 1 column 7)"),
+    ('{"a": 1,', "is not valid JSON (Expecting property name enclosed in double quotes at "
+                 "line 1 column 9)")])
+def test_a_broken_json_file_is_one_line_saying_where(tmp_path, text, problem):
+  from jaxdd._src import schema
+  path = tmp_path / "x.json"
+  path.write_text(text)
+  with pytest.raises(schema.FileFormatError) as e:
+    schema.read_json(path, schema.ANY, fix="delete it")
+  assert str(e.value) == f"{path}: {problem}; delete it"

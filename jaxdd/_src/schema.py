@@ -205,8 +205,9 @@ def parse_json(data: bytes | str, spec: Spec, *, path: str, fix: str,
   try:
     value = json.loads(text)
   except json.JSONDecodeError as e:
-    raise FileFormatError(path, f"is not valid JSON ({e.msg} at line {e.lineno} column "
-                          f"{e.colno})", fix, working=working) from None
+    where = f"line {e.lineno} column {e.colno}"  # some of json's messages end in "at"
+    what = f"{e.msg} {where}" if e.msg.endswith(" at") else f"{e.msg} at {where}"
+    raise FileFormatError(path, f"is not valid JSON ({what})", fix, working=working) from None
   except RecursionError:
     raise FileFormatError(path, "is not valid JSON (nested too deeply)", fix,
                           working=working) from None
