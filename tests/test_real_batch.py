@@ -63,6 +63,7 @@ def test_the_run_caps_a_uniform_batch_by_its_largest_class_only():
   weighted = get_config("smoke", real_per_class=64, weighting="kde", real_sampling="weighted",
                         kde_scope="class")
   assert rundata.real_batch(weighted, data) == 64  # with replacement: not capped
+  assert rundata.real_batch(get_config("smoke", method="cfm", real_per_class=64), data) == 64
 
 
 def test_a_batch_the_machine_cannot_hold_is_refused_in_one_line():

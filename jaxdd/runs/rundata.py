@@ -155,9 +155,11 @@ def real_batch(config: RunConfig, run_data: RunData) -> int:
   data when the batch is drawn uniformly without replacement (the reference). A class
   smaller than the batch gives every image and the rest is masked out, so a batch beyond
   the largest class (rounded up to the device mesh's real-batch shards) only adds masked
-  rows: the cap changes no result, only the memory and time of a step. Importance sampling
-  (``real_sampling='weighted'``) draws with replacement: not capped."""
-  if config.real_sampling != "uniform" or config.method == "mtt":
+  rows: the cap changes no result, only the memory and time of a step (DM and gradient
+  matching, whose losses weigh only the drawn rows). Importance sampling
+  (``real_sampling='weighted'``) draws with replacement, and the other methods use the
+  batch otherwise: not capped."""
+  if config.real_sampling != "uniform" or config.method not in ("dm", "dsa", "dc"):
     return config.real_per_class
   largest = int(np.bincount(np.asarray(run_data.train.labels)).max())
   shape = checks.mesh_shape(config, run_data.num_classes)
