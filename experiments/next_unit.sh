@@ -11,7 +11,11 @@
 #       MNIST, run `paper_table.py --next-unit --out OUT` (the paper preset unless a flag says
 #       otherwise) and leave in OUT the
 #       unit record, the runs (tar.gz in parts of at most 16 MiB) and the log: at most 8
-#       files. Set JAXDD_COMMIT to the commit when the copy has no .git.
+#       files. With --budget-minutes B, a unit that does not finish in B minutes leaves
+#       instead a handover (handover.json and its parts): carry that folder to the next
+#       machine and add --resume-from <it> there. Progress lines go to the log every
+#       $JAXDD_LOG_INTERVAL seconds (default here 60). Set JAXDD_COMMIT to the commit when the
+#       copy has no .git.
 #
 # Then, back in the checkout: copy OUT/unit-*.json to results/paper-table/units/<cell>/s<seed>.json
 # and commit it (docs/reproducing.md, "The table one unit at a time").
@@ -41,13 +45,13 @@ case "$mode" in
       exit 2
     fi
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-    export JAXDD_CACHE="${JAXDD_CACHE:-/tmp/jaxdd-cache}"
+    export JAXDD_CACHE="${JAXDD_CACHE:-/tmp/jaxdd-cache}" JAXDD_LOG_INTERVAL="${JAXDD_LOG_INTERVAL:-60}"
     if [ -f .mnist/mnist-idx.tar.gz ]; then
       python3 -m jaxdd data fetch mnist --archive .mnist/mnist-idx.tar.gz
     fi
     log="$(mktemp /tmp/next-unit-XXXX.log)"
     set +e
-    python3 experiments/paper_table.py --next-unit --quiet --out "$out/unit" \
+    python3 experiments/paper_table.py --next-unit --out "$out/unit" \
       "$@" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e

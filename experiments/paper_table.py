@@ -53,6 +53,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -60,7 +61,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import evaluate, models, runs, synset
+from jaxdd import evaluate, models, runs, surrogate, synset
+from jaxdd import progress as progress_lib
 from jaxdd._src import schema
 from jaxdd.cli import arguments
 from jaxdd.config import RunConfig, get_config
@@ -166,6 +168,9 @@ class Queue:
     self.deadline = (None if args.budget_minutes is None else
                      self.t0 + 60 * (args.budget_minutes - args.reserve_minutes))
     self._data: dict = {}
+    self.legs: list[dict] = []  # the earlier commands of a unit handed over to this one
+    self.leg_distill_s = 0.0  # this command's distillation wall time
+    self.surrogates: str | None = None  # surrogates handed over, imported with their data
 
   def base(self, cell: Cell) -> RunConfig:
     return get_config(self.args.preset, dataset=cell.dataset, conflict_ratio=cell.ratio,
@@ -175,6 +180,13 @@ class Queue:
     key = (config.dataset, config.conflict_ratio, config.source, config.severity)
     if key not in self._data:
       self._data = {key: runs.RunData(config)}  # one dataset resident at a time
+      if self.surrogates and os.path.isdir(self.surrogates):
+        train = self._data[key].train
+        for name in sorted(os.listdir(self.surrogates)):
+          surrogate.cache.import_entry(os.path.join(self.surrogates, name), train.images,
+                                       train.labels)
+        shutil.rmtree(os.path.dirname(self.surrogates), ignore_errors=True)
+        self.surrogates = None
     return self._data[key]
 
   def check_time(self) -> None:
@@ -220,7 +232,14 @@ class Queue:
       if deadline is not None and deadline.passed():
         raise BudgetReached() from None
       raise
-    share = (time.perf_counter() - t0) / len(configs)
+    finally:
+      self.leg_distill_s += time.perf_counter() - t0
+    print(f"[paper_table] {cell.name}: {len(configs)} runs distilled in one program in "
+          f"{time.perf_counter() - t0:.0f} s (data, surrogates, weights, compilation and "
+          f"{configs[0].iterations} steps)", flush=True)
+    # the cell's distillation over every command it took (a handed-over unit: the earlier ones)
+    spent = time.perf_counter() - t0 + sum(leg["distill_s"] for leg in self.legs)
+    share = spent / len(configs)
     for w in workdirs:
       _timing(w, share)
 
@@ -244,7 +263,10 @@ class Queue:
         run_data.batch(run_data.test) if any(tested) else valid, model=model,
         protocol=config.eval_protocol, num_models=config.num_eval_models, valid=valid,
         select_on="conflicting", test_for=tested)
-    share = (time.perf_counter() - t0) / len(todo)
+    spent = time.perf_counter() - t0
+    print(f"[paper_table] {len(todo)} SynSets evaluated in one program in {spent:.0f} s "
+          f"({config.num_eval_models} networks each, protocol {config.eval_protocol})", flush=True)
+    share = spent / len(todo)
     for (_, w, _, t), r in zip(todo, res):
       synset.atomic_write_json(os.path.join(w, "paper-eval.json"),
                                _eval_record(r, valid, t, share))
@@ -430,7 +452,8 @@ UNIT_RECORD = schema.obj({"unit": schema.STR, "settings": schema.map_of(schema.A
                           "rows": schema.map_of(schema.list_of(_SEED_RECORD)),
                           "timings": schema.map_of(schema.NUM), "commit": schema.STR,
                           "machine": schema.STR, "date": schema.STR,
-                          "command": schema.STR})
+                          "command": schema.STR},
+                         optional={"legs": schema.list_of(schema.map_of(schema.ANY))})
 
 
 def unit_settings(q: Queue) -> dict:
@@ -557,6 +580,7 @@ def run_unit(q: Queue, unit: Unit) -> dict:
   t0 = time.perf_counter()
   cell, queue_seeds = unit.cell, q.seeds
   q.seeds = list(unit.seeds)  # the unit's seeds while it runs
+  q.leg_distill_s = 0.0
   try:
     if unit.part == "rows" and cell.method == "dm" and not q.args.row_by_row:
       cell_program(q, cell, list(unit.rows))
@@ -568,7 +592,7 @@ def run_unit(q: Queue, unit: Unit) -> dict:
     for r in rows:
       w = r.pop("workdir")
       r["synset_sha256"] = _synset_digest(w)
-  total = time.perf_counter() - t0
+  total = time.perf_counter() - t0 + sum(leg["total_s"] for leg in q.legs)
   timings = {"total_s": total,
              "distill_s": float(sum(r["distill_s"] for v in recs.values() for r in v)),
              "eval_s": float(sum(r["eval_s"] for v in recs.values() for r in v))}
@@ -576,9 +600,60 @@ def run_unit(q: Queue, unit: Unit) -> dict:
             "commit": runs.code_version(), "machine": version.machine(),
             "date": datetime.date.today().isoformat(),
             "command": " ".join(["python", "experiments/paper_table.py"] + q.args.argv)}
+  if q.legs:  # the commands before this one, which the time budget stopped (a handover)
+    record["legs"] = q.legs
   os.makedirs(os.path.dirname(unit.path(q.args.units_dir)), exist_ok=True)
   synset.atomic_write_json(unit.path(q.args.units_dir), record)
+  q.legs = []
   return record
+
+
+def unit_dirs(q: Queue, unit: Unit) -> list[str]:
+  """The run folders of a unit."""
+  return [os.path.join(q.args.workdir, unit.cell.name, n, f"s{s}")
+          for n in unit.rows for s in unit.seeds]
+
+
+def take_over(q: Queue, unit: Unit) -> None:
+  """``--resume-from``: the stopped unit's run folders and surrogates from the handover a
+  budget left (:func:`hand_over`), for the next unit here, which must be that unit."""
+  manifest, packed = bundle.read_handover(q.args.resume_from)
+  if manifest["unit"] != unit.name:
+    raise ValueError(f"{q.args.resume_from} hands over the unit {manifest['unit']}, but the "
+                     f"next unit here is {unit.name}; give the handover of {unit.name} or drop "
+                     "--resume-from")
+  if manifest["settings"] != unit_settings(q):
+    raise ValueError(f"{q.args.resume_from} was made with {manifest['settings']}, not "
+                     f"{unit_settings(q)}; give the flags it was made with")
+  staged = bundle.unpack_handover(packed, q.args.workdir, manifest["runs"])
+  q.legs, q.surrogates = list(manifest["legs"]), staged
+  steps = [leg.get("step") for leg in q.legs]
+  print(f"[paper_table] unit {unit.name} goes on from the handover in {q.args.resume_from} "
+        f"({len(q.legs)} earlier command(s), stopped at step {steps[-1]})", flush=True)
+
+
+def hand_over(q: Queue, unit: Unit, out: str) -> list[str]:
+  """What the next machine needs to finish the unit the budget stopped, left in ``out``
+  (:func:`jaxdd.runs.bundle.write_handover`): its run folders with their latest
+  checkpoints, the surrogates trained on its data, and this command as one more leg."""
+  dirs = [d for d in unit_dirs(q, unit) if os.path.isdir(os.path.join(d, "checkpoints"))
+          or os.path.isdir(os.path.join(d, "synset"))]
+  if not dirs:
+    raise ValueError("no run of it had started; run the same command again")
+  config = row_config(q.base(unit.cell), unit.cell, unit.rows[0], unit.seeds[0])
+  train = q.run_data(config).train
+  entries = surrogate.cache.portable_entries(train.images, train.labels)
+  steps = [int(n) for d in dirs if os.path.isdir(os.path.join(d, "checkpoints"))
+           for n in os.listdir(os.path.join(d, "checkpoints")) if n.isdigit()]
+  leg = {"machine": version.machine(), "commit": runs.code_version(),
+         "date": datetime.date.today().isoformat(), "total_s": time.monotonic() - q.t0,
+         "distill_s": q.leg_distill_s, "step": max(steps) if steps else 0,
+         "command": " ".join(["python", "experiments/paper_table.py"] + q.args.argv)}
+  manifest = {"unit": unit.name, "settings": unit_settings(q),
+              "runs": [os.path.relpath(d, q.args.workdir) for d in dirs],
+              "surrogates": [os.path.basename(e) for e in entries], "legs": q.legs + [leg]}
+  return bundle.write_handover(out, manifest, bundle.pack_handover(q.args.workdir, dirs,
+                                                                   entries))
 
 
 def _synset_digest(workdir: str) -> str:
@@ -718,6 +793,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default=None, help=(
       "with --next-unit: also leave in this folder the unit records and the runs' SynSets "
       "(tar.gz in parts of at most 16 MiB; at most 8 files): what a lent machine returns"))
+  p.add_argument("--resume-from", default=None, metavar="DIR", help=(
+      "with --next-unit: go on with the unit that another machine's time budget stopped, "
+      "from the handover it left in its --out folder (handover.json and its parts): its "
+      "checkpoints and surrogates, so nothing is done twice"))
   p.add_argument("--plan", action="store_true",
                  help="with --next-unit: print the plan and the estimate, run nothing")
   p.add_argument("--budget-minutes", type=arguments.positive_float, default=None,
@@ -759,9 +838,10 @@ def main(argv=None) -> int:
   if args.budget_minutes is not None and args.budget_minutes <= args.reserve_minutes:
     refusal = (f"--budget-minutes {args.budget_minutes:g} leaves nothing after "
                f"--reserve-minutes {args.reserve_minutes:g}; give a larger budget")
-  if not args.next_unit and (args.out or args.plan or args.units != 1
+  if not args.next_unit and (args.out or args.plan or args.units != 1 or args.resume_from
                              or args.rows_per_unit is not None):
-    refusal = "--out, --plan, --units and --rows-per-unit go with --next-unit; add it"
+    refusal = ("--out, --plan, --units, --resume-from and --rows-per-unit go with --next-unit; "
+               "add it")
   if refusal:
     print(f"paper_table: error: {refusal}", file=sys.stderr)
     return 2
@@ -770,6 +850,7 @@ def main(argv=None) -> int:
                                  ("surrogate_preset", args.surrogate_preset),
                                  ("iterations", args.iterations),
                                  ("compute_dtype", args.compute_dtype)) if v is not None}
+  progress_lib.setup_logging(quiet=args.quiet)
   q = Queue(args, overrides)
   order = [by_name[c] for c in cells]
   if args.next_unit:
@@ -832,10 +913,14 @@ def units_main(q: Queue, order: list[Cell]) -> int:
       return 0
     if args.out:
       bundle.check_out(args.out)
-    done = []
+    if args.resume_from:
+      take_over(q, todo[0])
+    done, current = [], None
     for u in todo:
       q.check_time()
+      current = u
       rec = run_unit(q, u)
+      current = None
       done.append(u)
       print(f"[paper_table] unit {u.name} finished in {rec['timings']['total_s'] / 60:.1f} "
             f"min ({u.path(args.units_dir)})", flush=True)
@@ -855,6 +940,18 @@ def units_main(q: Queue, order: list[Cell]) -> int:
             + ("" if packed else " (the runs did not fit in the file limits: records only)"),
             flush=True)
   except BudgetReached:
+    if args.out and current is not None:
+      try:
+        names = hand_over(q, current, args.out)
+      except (ValueError, OSError) as e:
+        print(f"paper_table: error: the time budget is spent and the unit in flight could not "
+              f"be handed over: {e}", file=sys.stderr)
+        return 1
+      print(f"paper_table: the time budget is spent; the unit {current.name} left no record; "
+            f"what the next machine needs to finish it is in {args.out} ({', '.join(names)}): "
+            f"carry that folder and add --resume-from <it> to the same command",
+            file=sys.stderr)
+      return 0
     print("paper_table: the time budget is spent; the unit in flight left no record; its runs "
           "are checkpointed on this machine; run the same command again to go on",
           file=sys.stderr)

@@ -71,3 +71,83 @@ def test_out_must_be_new_or_empty(tmp_path):
   (tmp_path / "empty").mkdir()
   bundle.check_out(str(tmp_path / "empty"))
   bundle.check_out(str(tmp_path / "new"))
+
+
+def _stopped_run(root, name):
+  d = _run(root, name, os.urandom(500))
+  for step in ("2", "4"):  # orbax keeps two; only the latest is handed over
+    os.makedirs(os.path.join(d, "checkpoints", step, "default"))
+    with open(os.path.join(d, "checkpoints", step, "default", "data"), "wb") as fh:
+      fh.write(step.encode() * 100)
+  return d
+
+
+def _entry(root):
+  e = os.path.join(root, "0123abcd")
+  os.makedirs(e)
+  for f in ("params.npz", "meta.json", "embeddings.npz"):
+    with open(os.path.join(e, f), "wb") as fh:
+      fh.write(f.encode())
+  return e
+
+
+def test_a_handover_holds_the_latest_checkpoint_and_unpacks_without_replacing(tmp_path):
+  root = str(tmp_path / "w")
+  runs = [_stopped_run(root, n) for n in ("vanilla", "kde")]
+  entry = _entry(str(tmp_path / "cache"))
+  packed = bundle.pack_handover(root, runs, [entry])
+  assert packed == bundle.pack_handover(root, runs, [entry])  # same runs, same bytes
+  with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
+    names = tar.getnames()
+  assert "runs/cell/kde/s0/checkpoints/4/default/data" in names
+  assert not any("/checkpoints/2/" in n for n in names)
+  assert "runs/cell/kde/s0/synset/arrays.npz" in names
+  assert sorted(n for n in names if n.startswith("surrogates/")) == [
+      "surrogates/0123abcd/meta.json", "surrogates/0123abcd/params.npz"]  # no embeddings
+  out = str(tmp_path / "out")
+  manifest = {"unit": "cell/s0", "settings": {"preset": "paper"},
+              "runs": ["cell/vanilla/s0", "cell/kde/s0"], "surrogates": ["0123abcd"],
+              "legs": [{"step": 4}]}
+  assert bundle.write_handover(out, manifest, packed) == ["handover.json",
+                                                          "handover.tar.gz.part0"]
+  got, data = bundle.read_handover(out)
+  assert data == packed and got["unit"] == "cell/s0" and len(got["parts"]) == 1
+  staged = bundle.unpack_handover(data, str(tmp_path / "w2"), got["runs"])
+  with open(tmp_path / "w2" / "cell" / "kde" / "s0" / "checkpoints" / "4" / "default" / "data",
+            "rb") as fh:
+    assert fh.read() == b"4" * 100
+  assert sorted(os.listdir(os.path.join(staged, "0123abcd"))) == ["meta.json", "params.npz"]
+  # unpacked again over the same folder: refused, nothing replaced
+  with pytest.raises(ValueError, match="would replace it"):
+    bundle.unpack_handover(data, str(tmp_path / "w2"), got["runs"])
+  # a member that is no run's file is refused
+  with pytest.raises(ValueError, match="not a file of its runs"):
+    bundle.unpack_handover(data, str(tmp_path / "w3"), ["cell/kde/s0"])
+  assert not (tmp_path / "w3").exists()
+
+
+def test_a_handover_part_changed_or_missing_is_refused(tmp_path, monkeypatch):
+  monkeypatch.setattr(bundle, "PART_BYTES", 256)
+  root = str(tmp_path / "w")
+  runs = [_stopped_run(root, "kde")]
+  packed = bundle.pack_handover(root, runs, [])
+  manifest = {"unit": "cell/s0", "settings": {}, "runs": ["cell/kde/s0"], "surrogates": [],
+              "legs": []}
+  names = bundle.write_handover(str(tmp_path / "o"), manifest, packed)
+  parts = [n for n in names if n != "handover.json"]
+  assert len(parts) >= 2 and all(os.path.getsize(tmp_path / "o" / n) <= 256 for n in parts)
+  assert bundle.read_handover(str(tmp_path / "o"))[1] == packed
+  with open(tmp_path / "o" / parts[-1], "r+b") as fh:
+    fh.write(b"changed")
+  with pytest.raises(ValueError, match="not the part the handover recorded"):
+    bundle.read_handover(str(tmp_path / "o"))
+  os.remove(tmp_path / "o" / parts[0])
+  with pytest.raises(ValueError, match="is missing"):
+    bundle.read_handover(str(tmp_path / "o"))
+  with pytest.raises(ValueError, match="holds no handover.json"):
+    bundle.read_handover(str(tmp_path))
+  # more parts than a lent machine returns: refused, nothing written
+  monkeypatch.setattr(bundle, "PART_BYTES", 16)
+  with pytest.raises(ValueError, match="fewer --rows-per-unit"):
+    bundle.write_handover(str(tmp_path / "o3"), manifest, packed)
+  assert not (tmp_path / "o3").exists()

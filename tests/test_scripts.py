@@ -409,6 +409,86 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.gate
+def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path, capfd,
+                                                                       monkeypatch):
+  # A lent machine's time budget stops a unit part-way: with --out it leaves a handover (the
+  # run folders with their latest checkpoint and the surrogate's parameters); another
+  # machine (a fresh work folder and cache) carries it back with --resume-from, trains no
+  # surrogate, and finishes the unit with the SynSets of an uninterrupted run.
+  import tarfile
+
+  import numpy as np
+
+  from jaxdd import surrogate
+  from jaxdd.runs import driver
+  script = load("experiments/paper_table.py")
+  base = ["--tiny", "--next-unit", "--quiet", "--seeds", "0", "--iterations", "3"]
+
+  def synsets(out):
+    with tarfile.open(fileobj=__import__("io").BytesIO(
+        b"".join(p.read_bytes() for p in sorted(out.glob("runs.tar.gz.part*"))))) as tar:
+      return {n: np.load(tar.extractfile(f"cmnist5-ipc10/{n}/s0/synset/arrays.npz"))["images"]
+              for n in ("vanilla", "kde")}
+
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache-a"))
+  run("experiments/paper_table.py", base + ["--workdir", str(tmp_path / "wa"), "--results",
+                                            str(tmp_path / "ra"), "--out",
+                                            str(tmp_path / "oa")], capfd)
+  whole = synsets(tmp_path / "oa")
+  # machine 1: the budget passes during the first steps
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache-1"))
+  res, hand = tmp_path / "r", tmp_path / "hand"
+  with monkeypatch.context() as m:
+    m.setattr(driver.Deadline, "passed", lambda self: True)
+    assert script.main(base + ["--workdir", str(tmp_path / "w1"), "--results", str(res),
+                               "--out", str(hand), "--budget-minutes", "60"]) == 0
+  err = capfd.readouterr().err
+  assert "the unit cmnist5-ipc10/s0 left no record" in err and "--resume-from" in err
+  assert not (res / "units").exists()
+  names = sorted(os.listdir(hand))
+  assert names == ["handover.json", "handover.tar.gz.part0"]
+  manifest = json.loads((hand / "handover.json").read_text())
+  assert manifest["unit"] == "cmnist5-ipc10/s0" and len(manifest["legs"]) == 1
+  assert sorted(manifest["runs"]) == ["cmnist5-ipc10/kde/s0", "cmnist5-ipc10/vanilla/s0"]
+  assert 0 < manifest["legs"][0]["step"] < 3 and len(manifest["surrogates"]) == 1
+  with tarfile.open(hand / "handover.tar.gz.part0") as tar:
+    got = tar.getnames()
+  assert any(n.startswith("runs/cmnist5-ipc10/kde/s0/checkpoints/") for n in got)
+  assert not any(n.endswith("embeddings.npz") for n in got)
+  # a damaged part is refused in one line, before anything is written
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  for n in names:
+    (bad / n).write_bytes((hand / n).read_bytes())
+  with open(bad / "handover.tar.gz.part0", "r+b") as f:
+    f.seek(100)
+    f.write(b"x")
+  assert script.main(base + ["--workdir", str(tmp_path / "w2"), "--results", str(res),
+                             "--resume-from", str(bad)]) == 1
+  assert "not the part the handover recorded" in capfd.readouterr().err
+  assert not (tmp_path / "w2").exists()
+  # machine 2: a fresh work folder and cache; the surrogate comes from the handover
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache-2"))
+  monkeypatch.setattr(surrogate.cache, "train_surrogate",
+                      lambda *a, **k: pytest.fail("the handed-over surrogate was trained again"))
+  _, printed = run("experiments/paper_table.py",
+                   base + ["--workdir", str(tmp_path / "w2"), "--results", str(res), "--out",
+                           str(tmp_path / "o2"), "--resume-from", str(hand)], capfd)
+  assert "goes on from the handover" in printed and "unit cmnist5-ipc10/s0 finished" in printed
+  rec = json.loads((res / "units" / "cmnist5-ipc10" / "s0.json").read_text())
+  assert len(rec["legs"]) == 1 and rec["timings"]["total_s"] >= rec["legs"][0]["total_s"]
+  resumed = synsets(tmp_path / "o2")
+  for n in whole:  # resumed from a checkpoint: equal up to float rounding
+    np.testing.assert_allclose(resumed[n], whole[n], atol=1e-5 * np.abs(whole[n]).max())
+  # the same handover again: the runs exist here now, nothing is replaced
+  res3 = tmp_path / "r3"
+  assert script.main(base + ["--workdir", str(tmp_path / "w2"), "--results", str(res3),
+                             "--resume-from", str(hand)]) == 1
+  assert "the handover would replace it" in capfd.readouterr().err
+
+
+@pytest.mark.slow
 def test_paper_table_units_of_fewer_rows_make_the_same_table(tmp_path, capfd):
   # --rows-per-unit 1: each seed's rows in units of one row (for a machine where a seed's rows
   # do not fit one command); the cell's table puts the rows of a seed back together

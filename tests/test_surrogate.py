@@ -352,6 +352,46 @@ def test_cache_roundtrip_tamper_and_keying(toy, trained, tmp_path):
   assert os.path.dirname(explicit.path) == str(tmp_path / "c")
 
 
+def test_a_cache_entry_carried_to_another_machine_loads_without_training(toy, tmp_path,
+                                                                          monkeypatch):
+  # Only the parameters and the spec travel (cache.PORTABLE_FILES); the importing machine
+  # recomputes the embeddings and then loads the surrogate instead of training another.
+  import shutil
+  x, y, _ = toy
+  meta = {"name": "toy", "split": "train", "seed": 0}
+  here = S.load_or_train(jax.random.key(0), meta, x, y, config=CFG,
+                         cache_dir=tmp_path / "a", progress=False)
+  assert S.cache.portable_entries(x, y, cache_dir=tmp_path / "a") == [here.path]
+  assert S.cache.portable_entries(x[:-1], y[:-1], cache_dir=tmp_path / "a") == []
+  carried = tmp_path / "carried" / os.path.basename(here.path)
+  carried.mkdir(parents=True)
+  for name in S.cache.PORTABLE_FILES:
+    shutil.copy(os.path.join(here.path, name), carried / name)
+  entry = S.cache.import_entry(carried, x, y, cache_dir=tmp_path / "b")
+  assert os.path.dirname(entry) == str(tmp_path / "b")
+  monkeypatch.setattr(S.cache, "train_surrogate",
+                      lambda *a, **k: pytest.fail("the imported surrogate was trained again"))
+  there = S.load_or_train(jax.random.key(0), meta, x, y, config=CFG,
+                          cache_dir=tmp_path / "b", progress=False)
+  assert there.from_cache and there.path == entry
+  jax.tree.map(np.testing.assert_array_equal, there.params, here.params)
+  np.testing.assert_allclose(there.embeddings, here.embeddings, atol=1e-6)  # same program
+  assert S.cache.import_entry(carried, x, y, cache_dir=tmp_path / "b") == entry  # kept
+  # other data, a renamed folder, a changed parameter file: refused
+  with pytest.raises(ValueError, match="other data"):
+    S.cache.import_entry(carried, x[::-1], y[::-1], cache_dir=tmp_path / "c")
+  renamed = tmp_path / "carried" / "0000"
+  shutil.copytree(carried, renamed)
+  with pytest.raises(ValueError, match="not its spec's hash"):
+    S.cache.import_entry(renamed, x, y, cache_dir=tmp_path / "c")
+  with open(carried / "params.npz", "r+b") as f:
+    f.seek(-20, os.SEEK_END)
+    f.write(b"\x00" * 8)
+  with pytest.raises(ValueError, match="not the file its entry recorded"):
+    S.cache.import_entry(carried, x, y, cache_dir=tmp_path / "c")
+  assert not (tmp_path / "c").exists()
+
+
 def test_package_exports_the_surrogate():
   import jaxdd
   with pytest.raises(ImportError):  # the deprecated alias is gone

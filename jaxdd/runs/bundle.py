@@ -4,20 +4,31 @@ A lent accelerator returns at most a few files of bounded size from one command.
 record is small JSON; its runs (each SynSet with the run's configuration, metrics and
 evaluation) go into one gzipped tar, cut into parts of at most :data:`PART_BYTES`, so that
 ``cat runs.tar.gz.part* | tar xz -C <workdir>`` puts the run folders back as they were.
-Nothing else is packed: no checkpoint, no plot.
+No checkpoint and no plot is packed there.
+
+A unit the time budget stopped part-way hands over instead what the next machine needs to go
+on (:func:`write_handover`, :func:`read_handover`, :func:`unpack_handover`): its run folders
+with their latest checkpoint and the surrogates they use (parameters only), in parts beside a
+manifest (``handover.json``) that records each part's sha256.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import tarfile
+import tempfile
+
 
 from jaxdd._src import io as io_lib
+from jaxdd._src import schema
 
-#: The largest file :func:`write_out` leaves.
+#: The largest file :func:`write_out` and :func:`write_handover` leave.
 PART_BYTES = 16 * 2**20
-#: The most files :func:`write_out` leaves.
-MAX_FILES = 8
+#: The most files :func:`write_out` and :func:`write_handover` leave: a lent machine returns
+#: 8, and the command's log is one of them.
+MAX_FILES = 7
 #: The files of a run folder that are packed (those present).
 RUN_FILES = ("config.json", "weights.json", "metrics.jsonl", "paper-eval.json",
              "paper-timing.json", "synset/arrays.npz", "synset/meta.json",
@@ -74,3 +85,142 @@ def write_out(out: str, records: list[tuple[str, str]], root: str,
   for name, data in files.items():
     io_lib.atomic_write_bytes(os.path.join(out, name), data)
   return sorted(files)
+
+
+# ---------------------------------------------------------------------- handover
+#: The manifest of a handover: what it continues, and the sha256 of each part in order.
+HANDOVER = "handover.json"
+HANDOVER_RECORD = schema.obj({"unit": schema.STR, "settings": schema.map_of(schema.ANY),
+                              "runs": schema.list_of(schema.STR),
+                              "surrogates": schema.list_of(schema.STR),
+                              "parts": schema.list_of(schema.list_of(schema.STR)),
+                              "legs": schema.list_of(schema.map_of(schema.ANY))})
+
+
+def _latest_checkpoint(run_dir: str) -> str | None:
+  root = os.path.join(run_dir, "checkpoints")
+  steps = [int(n) for n in (os.listdir(root) if os.path.isdir(root) else []) if n.isdigit()]
+  return os.path.join(root, str(max(steps))) if steps else None
+
+
+def _add_tree(tar: tarfile.TarFile, path: str, arcname: str) -> None:
+  """A file, or a folder's files in name order, with fixed times and owners."""
+  paths = [path] if os.path.isfile(path) else sorted(
+      os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
+  for p in paths:
+    info = tar.gettarinfo(p, arcname=os.path.join(arcname, os.path.relpath(p, path))
+                          if p != path else arcname)
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    with open(p, "rb") as f:
+      tar.addfile(info, f)
+
+
+def pack_handover(root: str, run_dirs: list[str], surrogates: list[str]) -> bytes:
+  """A gzipped tar of what a stopped unit needs to go on elsewhere: each run folder's
+  :data:`RUN_FILES` and its latest checkpoint under ``runs/`` (named relative to ``root``),
+  and each surrogate cache entry's parameters and spec under ``surrogates/<entry>/`` (the
+  embeddings are recomputed where it is unpacked)."""
+  from jaxdd.surrogate import cache  # noqa: PLC0415  (below this layer; only its file names)
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+    for d in run_dirs:
+      rel = os.path.relpath(d, root)
+      for name in RUN_FILES:
+        if os.path.isfile(os.path.join(d, name)):
+          _add_tree(tar, os.path.join(d, name), os.path.join("runs", rel, name))
+      ckpt = _latest_checkpoint(d)
+      if ckpt is not None:
+        _add_tree(tar, ckpt, os.path.join("runs", rel, "checkpoints", os.path.basename(ckpt)))
+    for entry in surrogates:
+      for name in cache.PORTABLE_FILES:
+        _add_tree(tar, os.path.join(entry, name),
+                  os.path.join("surrogates", os.path.basename(entry), name))
+  return buf.getvalue()
+
+
+def write_handover(out: str, manifest: dict, packed: bytes) -> list[str]:
+  """Leaves ``packed`` (:func:`pack_handover`) in parts of at most :data:`PART_BYTES` and
+  the manifest (``manifest`` with each part's name and sha256) in ``out``; returns the names.
+
+  Raises:
+    ValueError: the parts and the manifest need more than :data:`MAX_FILES` files (fewer
+      rows per unit make a smaller handover).
+  """
+  check_out(out)
+  parts = [packed[i:i + PART_BYTES] for i in range(0, len(packed), PART_BYTES)]
+  if len(parts) + 1 > MAX_FILES:
+    raise ValueError(f"the handover needs {len(parts)} parts of {PART_BYTES // 2**20} MiB, more "
+                     f"than the {MAX_FILES - 1} a lent machine returns beside its manifest; use "
+                     "fewer --rows-per-unit")
+  files = {f"handover.tar.gz.part{i}": b for i, b in enumerate(parts)}
+  manifest = dict(manifest, parts=[[n, hashlib.sha256(b).hexdigest()]
+                                   for n, b in files.items()])
+  files[HANDOVER] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+  os.makedirs(out, exist_ok=True)
+  for name in sorted(files, key=lambda n: n == HANDOVER):  # the manifest last
+    io_lib.atomic_write_bytes(os.path.join(out, name), files[name])
+  return sorted(files)
+
+
+def read_handover(src: str) -> tuple[dict, bytes]:
+  """The manifest and the joined parts of the handover in the folder ``src``, every part
+  checked against the sha256 the manifest records.
+
+  Raises:
+    ValueError: no manifest, a part missing or changed.
+  """
+  path = os.path.join(src, HANDOVER)
+  if not os.path.isfile(path):
+    raise ValueError(f"{src} holds no {HANDOVER}; give the folder a stopped unit left")
+  manifest = schema.read_json(path, HANDOVER_RECORD, fix="carry the handover again")
+  chunks = []
+  for name, digest in manifest["parts"]:
+    part = os.path.join(src, os.path.basename(name))
+    if not os.path.isfile(part):
+      raise ValueError(f"{part} is missing; carry every part the handover lists")
+    with open(part, "rb") as f:
+      data = f.read()
+    if hashlib.sha256(data).hexdigest() != digest:
+      raise ValueError(f"{part} is not the part the handover recorded (changed or cut "
+                       "short); carry it again")
+    chunks.append(data)
+  return manifest, b"".join(chunks)
+
+
+def unpack_handover(packed: bytes, workdir: str, runs: list[str]) -> str:
+  """Puts a handover's run folders (``runs``, relative to ``workdir``, as its manifest lists
+  them) into ``workdir`` and its surrogate entries into a new temporary folder, whose path it
+  returns (one folder per entry, for :func:`jaxdd.surrogate.cache.import_entry`). Nothing is
+  replaced: a run folder that already exists in ``workdir`` is refused before anything is
+  written.
+
+  Raises:
+    ValueError: a run folder exists, or a member is not in one of ``runs`` or a surrogate's.
+  """
+  runs = [os.path.normpath(r) for r in runs]
+  if any(r.startswith("..") or os.path.isabs(r) for r in runs):
+    raise ValueError(f"the handover names run folders outside its work folder: {runs}")
+  with tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz") as tar:
+    members = tar.getmembers()
+    for m in members:
+      inside = any(m.name.startswith(f"runs/{r}/") for r in runs) or (
+          m.name.startswith("surrogates/") and m.name.count("/") == 2)
+      if not m.isfile() or ".." in m.name.split("/") or not inside:
+        raise ValueError(f"the handover holds {m.name!r}, which is not a file of its runs or "
+                         "surrogates; carry one that jaxdd wrote")
+    for rel in runs:
+      target = os.path.join(workdir, rel)
+      if os.path.lexists(target) and (not os.path.isdir(target) or os.listdir(target)):
+        raise ValueError(f"{target} exists; the handover would replace it: give another "
+                         "--workdir")
+
+    def strip(member, path):  # runs/<run>/... -> <workdir>/<run>/...
+      return tarfile.data_filter(member.replace(name=member.name[len("runs/"):]), path)
+    for m in members:
+      if m.name.startswith("runs/"):
+        tar.extract(m, workdir, filter=strip)
+    staged = tempfile.mkdtemp(prefix="jaxdd-handover-")
+    for m in members:
+      if m.name.startswith("surrogates/"):
+        tar.extract(m, staged, filter="data")
+  return os.path.join(staged, "surrogates")

@@ -204,9 +204,14 @@ def load_or_train(key: jax.Array, dataset_meta: dict, images: Any, labels: Any, 
   params, history = train_surrogate(key, images, labels, config=config, progress=progress,
                                       loop=loop)
   emb = np.asarray(embed(params, images, config=config))
+  _write_entry(entry, spec, params, emb, history)
+  return SurrogateArtifact(params, emb, history, entry, False)
 
-  # Written under a temporary name and renamed into place; an existing entry
-  # (invalid, or one a concurrent run just wrote) is moved aside first.
+
+def _write_entry(entry: str, spec: dict, params, emb: np.ndarray, history: dict,
+                 **extra: Any) -> None:
+  """Writes a cache entry under a temporary name and renames it into place; an existing
+  entry (invalid, or one a concurrent run just wrote) is moved aside first."""
   with _io.atomic_directory(entry, prefix=".tmp-") as tmp:
     flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
     _save_npz(os.path.join(tmp, "params.npz"), {k: np.asarray(v) for k, v in flat.items()})
@@ -218,7 +223,101 @@ def load_or_train(key: jax.Array, dataset_meta: dict, images: Any, labels: Any, 
         "history": history,
         "jax_version": jax.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
     }
     with open(os.path.join(tmp, "meta.json"), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
-  return SurrogateArtifact(params, emb, history, entry, False)
+
+
+#: The files of a cache entry that carry it to another machine (:func:`portable_entries`,
+#: :func:`import_entry`): the trained parameters and the spec. The embeddings (N x 128
+#: floats, 30 MB for full MNIST) are recomputed from them where the entry is imported.
+PORTABLE_FILES = ("params.npz", "meta.json")
+
+_META = schema.obj({"spec": schema.obj({"version": schema.INT, "dataset": schema.ANY,
+                                        "config": schema.map_of(schema.ANY),
+                                        "key": schema.list_of(schema.INT),
+                                        "data_sha256": schema.STR}),
+                    "sha256": schema.map_of(schema.STR)}, optional={"history": schema.ANY})
+
+
+def portable_entries(images: Any, labels: Any, *,
+                     cache_dir: str | os.PathLike | None = None) -> list[str]:
+  """The cache entries trained on exactly these images and labels (any config, any key), in
+  name order: what a run on this data may have used, to carry to another machine with
+  their :data:`PORTABLE_FILES`.
+
+  Example:
+    >>> import numpy as np, tempfile
+    >>> portable_entries(np.zeros((2, 4, 4, 3), np.float32), np.zeros(2, np.int32),
+    ...                  cache_dir=tempfile.mkdtemp())
+    []
+  """
+  images, labels = _validate_data(images, labels, "portable_entries")
+  root, digest, out = cache_root(cache_dir), _data_fingerprint(images, labels), []
+  if not os.path.isdir(root):
+    return out
+  for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name, "meta.json")
+    if name.startswith(".") or not os.path.isfile(path):
+      continue
+    try:
+      with open(path) as f:
+        spec = json.load(f).get("spec", {})
+    except (OSError, ValueError):
+      continue
+    if isinstance(spec, dict) and spec.get("data_sha256") == digest \
+        and spec.get("version") == CACHE_VERSION:
+      out.append(os.path.join(root, name))
+  return out
+
+
+def import_entry(src: str | os.PathLike, images: Any, labels: Any, *,
+                 cache_dir: str | os.PathLike | None = None) -> str:
+  """Puts a cache entry carried from another machine (its :data:`PORTABLE_FILES` in the
+  folder ``src``, named by the entry's hash) into this machine's cache, its embeddings
+  recomputed from the carried parameters on ``images``, the data it was trained on. A run
+  then loads the surrogate it would have trained instead of training another (on an
+  accelerator, training twice need not give the same floats). An entry already here and
+  valid is kept as it is. Returns the entry's path.
+
+  Raises:
+    ValueError: ``src`` is not such an entry (a file missing or changed, another cache
+      version), or ``images``/``labels`` are not the data it was trained on.
+  """
+  src = os.fspath(src)
+  name = os.path.basename(os.path.normpath(src))
+  meta = schema.read_json(os.path.join(src, "meta.json"), _META,
+                          fix="carry the surrogate's entry again")
+  spec = meta["spec"]
+  if _spec_hash(spec) != name:
+    raise ValueError(f"{src}: the folder's name is not its spec's hash; carry the entry as "
+                     "it was written")
+  if spec["version"] != CACHE_VERSION:
+    raise ValueError(f"{src}: a surrogate of cache version {spec['version']}, not "
+                     f"{CACHE_VERSION}; it is trained again here instead")
+  params_path = os.path.join(src, "params.npz")
+  if not os.path.isfile(params_path) or sha256_file(params_path) != meta["sha256"].get(
+      "params.npz"):
+    raise ValueError(f"{params_path} is missing or not the file its entry recorded; carry "
+                     "the entry again")
+  images, labels = _validate_data(images, labels, "import_entry")
+  if _data_fingerprint(images, labels) != spec["data_sha256"]:
+    raise ValueError(f"{src}: the surrogate was trained on other data than these images")
+  config = SurrogateConfig(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in spec["config"].items()})
+  entry = os.path.join(cache_root(cache_dir), name)
+  if os.path.isdir(entry):
+    try:
+      _load_entry(entry, spec, config, images.shape[1:], images.shape[0])
+      return entry
+    except ValueError:
+      pass  # an invalid entry here is replaced by the carried one
+  with np.load(params_path, allow_pickle=False) as z:
+    flat = {tuple(k.split("/")): np.asarray(z[k]) for k in z.files}
+  params = traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
+  emb = np.asarray(embed(params, images, config=config))
+  _write_entry(entry, spec, params, emb, meta.get("history", {}),
+               imported_from=meta.get("jax_version", "unknown jax"))
+  _load_entry(entry, spec, config, images.shape[1:], images.shape[0])  # the shapes checked
+  return entry
