@@ -12,8 +12,9 @@
 #       otherwise) and leave in OUT the
 #       unit record, the runs (tar.gz in parts of at most 16 MiB) and the log: at most 8
 #       files. With --budget-minutes B, a unit that does not finish in B minutes leaves
-#       instead a handover (handover.json and its parts): carry that folder to the next
-#       machine and add --resume-from <it> there. Progress lines go to the log every
+#       instead a handover (handover.json and its parts): copy them into .handover/ here
+#       and the next run (which carries .handover/) goes on from it (--resume-from .handover
+#       is added when that folder holds one). Progress lines go to the log every
 #       $JAXDD_LOG_INTERVAL seconds (default here 60). Set JAXDD_COMMIT to the commit when the
 #       copy has no .git.
 #
@@ -49,10 +50,16 @@ case "$mode" in
     if [ -f .mnist/mnist-idx.tar.gz ]; then
       python3 -m jaxdd data fetch mnist --archive .mnist/mnist-idx.tar.gz
     fi
+    # a handover carried from the machine before (docs/reproducing.md): go on from it
+    resume=()
+    if [ -f .handover/handover.json ] && [[ " $* " != *" --resume-from "* ]]; then
+      echo "next_unit: going on from the handover in .handover/ (remove that folder once its unit's record is committed)"
+      resume=(--resume-from .handover)
+    fi
     log="$(mktemp /tmp/next-unit-XXXX.log)"
     set +e
     python3 experiments/paper_table.py --next-unit --out "$out/unit" \
-      "$@" 2>&1 | tee "$log"
+      "${resume[@]}" "$@" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
     mkdir -p "$out"

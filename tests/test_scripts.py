@@ -488,6 +488,33 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
   assert "the handover would replace it" in capfd.readouterr().err
 
 
+def test_next_unit_goes_on_from_a_handover_the_checkout_carries(tmp_path):
+  # next_unit.sh adds --resume-from .handover when the checkout holds one, so every loan runs
+  # the same command; a handover of another unit is refused in one line, nothing written
+  root = tmp_path / "checkout"
+  (root / "experiments").mkdir(parents=True)
+  (root / "experiments" / "next_unit.sh").write_text(
+      open(os.path.join(ROOT, "experiments", "next_unit.sh")).read())
+  os.symlink(os.path.join(os.path.abspath(ROOT), "experiments", "paper_table.py"),
+             root / "experiments" / "paper_table.py")
+  (root / ".handover").mkdir()
+  (root / ".handover" / "handover.json").write_text(json.dumps(
+      {"unit": "cmnist5-ipc10/s7", "settings": {}, "runs": [], "surrogates": [], "parts": [],
+       "legs": []}))
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+             + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"))
+  proc = subprocess.run(["bash", str(root / "experiments" / "next_unit.sh"), "run",
+                         str(tmp_path / "out"), "--tiny", "--workdir", str(tmp_path / "w"),
+                         "--results", str(tmp_path / "r")], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  assert "going on from the handover in .handover/" in proc.stdout
+  assert "hands over the unit cmnist5-ipc10/s7, but the next unit here is cmnist5-ipc10/s0" \
+      in proc.stdout  # the log (stdout and stderr together)
+  assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+  assert sorted(os.listdir(tmp_path / "out")) == ["next-unit.log"]
+
+
 @pytest.mark.slow
 def test_paper_table_units_of_fewer_rows_make_the_same_table(tmp_path, capfd):
   # --rows-per-unit 1: each seed's rows in units of one row (for a machine where a seed's rows
