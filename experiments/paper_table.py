@@ -171,6 +171,7 @@ class Queue:
     self.legs: list[dict] = []  # the earlier commands of a unit handed over to this one
     self.leg_distill_s = 0.0  # this command's distillation wall time
     self.surrogates: str | None = None  # surrogates handed over, imported with their data
+    self.on_distilled = None  # called when a DM cell's runs are distilled, before evaluating
 
   def base(self, cell: Cell) -> RunConfig:
     return get_config(self.args.preset, dataset=cell.dataset, conflict_ratio=cell.ratio,
@@ -402,6 +403,8 @@ def cell_program(q: Queue, cell: Cell, names: list[str]) -> None:
   """The rows ``names`` x the seeds of a DM cell distilled in one program, then evaluated in
   one program per split; :func:`run_row` then finds them finished and evaluated."""
   q.distil_cell(cell, names)
+  if q.on_distilled is not None:
+    q.on_distilled()
   items = []
   for n in names:
     for s in q.seeds:
@@ -919,7 +922,15 @@ def units_main(q: Queue, order: list[Cell]) -> int:
     for u in todo:
       q.check_time()
       current = u
+      if args.out and args.budget_minutes is not None and len(todo) == 1:
+        # the finished SynSets handed over before the evaluation: what comes back if the
+        # command is killed in it (replaced by the record when the unit finishes)
+        q.on_distilled = lambda: print(
+            f"[paper_table] handed over before the evaluation in {args.out}: "
+            f"{', '.join(hand_over(q, current, args.out))}", flush=True)
       rec = run_unit(q, u)
+      if args.out:
+        bundle.remove_handover(args.out)
       current = None
       done.append(u)
       print(f"[paper_table] unit {u.name} finished in {rec['timings']['total_s'] / 60:.1f} "
@@ -957,8 +968,12 @@ def units_main(q: Queue, order: list[Cell]) -> int:
           file=sys.stderr)
     return 0
   except KeyboardInterrupt:
-    print("paper_table: interrupted; the unit in flight left no record; run the same command "
-          "again to go on", file=sys.stderr)
+    kept = (f"; its SynSets are handed over in {args.out}: add --resume-from <it> to evaluate "
+            "them elsewhere" if args.out and os.path.isfile(os.path.join(args.out,
+                                                                         bundle.HANDOVER))
+            else "")
+    print(f"paper_table: interrupted; the unit in flight left no record{kept}; run the same "
+          "command again to go on", file=sys.stderr)
     return 130
   except (ValueError, OSError, schema.FileFormatError) as e:
     print(f"paper_table: error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 runs, in at most 8 files of at most 16 MiB, that unpack to the run folders as they were."""
 import io
 import os
+import shutil
 import tarfile
 
 import numpy as np
@@ -73,8 +74,10 @@ def test_out_must_be_new_or_empty(tmp_path):
   bundle.check_out(str(tmp_path / "new"))
 
 
-def _stopped_run(root, name):
+def _stopped_run(root, name, finished=False):
   d = _run(root, name, os.urandom(500))
+  if not finished:  # a run the budget stopped has no SynSet yet
+    shutil.rmtree(os.path.join(d, "synset"))
   for step in ("2", "4"):  # orbax keeps two; only the latest is handed over
     os.makedirs(os.path.join(d, "checkpoints", step, "default"))
     with open(os.path.join(d, "checkpoints", step, "default", "data"), "wb") as fh:
@@ -93,7 +96,8 @@ def _entry(root):
 
 def test_a_handover_holds_the_latest_checkpoint_and_unpacks_without_replacing(tmp_path):
   root = str(tmp_path / "w")
-  runs = [_stopped_run(root, n) for n in ("vanilla", "kde")]
+  runs = [_stopped_run(root, n) for n in ("vanilla", "kde")] + [
+      _stopped_run(root, "fairdd", finished=True)]
   entry = _entry(str(tmp_path / "cache"))
   packed = bundle.pack_handover(root, runs, [entry])
   assert packed == bundle.pack_handover(root, runs, [entry])  # same runs, same bytes
@@ -101,12 +105,15 @@ def test_a_handover_holds_the_latest_checkpoint_and_unpacks_without_replacing(tm
     names = tar.getnames()
   assert "runs/cell/kde/s0/checkpoints/4/default/data" in names
   assert not any("/checkpoints/2/" in n for n in names)
-  assert "runs/cell/kde/s0/synset/arrays.npz" in names
+  # a finished run: its SynSet, no checkpoint
+  assert "runs/cell/fairdd/s0/synset/arrays.npz" in names
+  assert not any(n.startswith("runs/cell/fairdd/s0/checkpoints") for n in names)
   assert sorted(n for n in names if n.startswith("surrogates/")) == [
       "surrogates/0123abcd/meta.json", "surrogates/0123abcd/params.npz"]  # no embeddings
   out = str(tmp_path / "out")
   manifest = {"unit": "cell/s0", "settings": {"preset": "paper"},
-              "runs": ["cell/vanilla/s0", "cell/kde/s0"], "surrogates": ["0123abcd"],
+              "runs": ["cell/vanilla/s0", "cell/kde/s0", "cell/fairdd/s0"],
+              "surrogates": ["0123abcd"],
               "legs": [{"step": 4}]}
   assert bundle.write_handover(out, manifest, packed) == ["handover.json",
                                                           "handover.tar.gz.part0"]
@@ -127,15 +134,16 @@ def test_a_handover_holds_the_latest_checkpoint_and_unpacks_without_replacing(tm
 
 
 def test_a_handover_part_changed_or_missing_is_refused(tmp_path, monkeypatch):
-  monkeypatch.setattr(bundle, "PART_BYTES", 256)
   root = str(tmp_path / "w")
   runs = [_stopped_run(root, "kde")]
   packed = bundle.pack_handover(root, runs, [])
+  size = len(packed) // 3 + 1
+  monkeypatch.setattr(bundle, "PART_BYTES", size)
   manifest = {"unit": "cell/s0", "settings": {}, "runs": ["cell/kde/s0"], "surrogates": [],
               "legs": []}
   names = bundle.write_handover(str(tmp_path / "o"), manifest, packed)
   parts = [n for n in names if n != "handover.json"]
-  assert len(parts) >= 2 and all(os.path.getsize(tmp_path / "o" / n) <= 256 for n in parts)
+  assert len(parts) == 3 and all(os.path.getsize(tmp_path / "o" / n) <= size for n in parts)
   assert bundle.read_handover(str(tmp_path / "o"))[1] == packed
   with open(tmp_path / "o" / parts[-1], "r+b") as fh:
     fh.write(b"changed")
@@ -147,7 +155,7 @@ def test_a_handover_part_changed_or_missing_is_refused(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="holds no handover.json"):
     bundle.read_handover(str(tmp_path))
   # more parts than a lent machine returns: refused, nothing written
-  monkeypatch.setattr(bundle, "PART_BYTES", 16)
+  monkeypatch.setattr(bundle, "PART_BYTES", len(packed) // 10)
   with pytest.raises(ValueError, match="fewer --rows-per-unit"):
     bundle.write_handover(str(tmp_path / "o3"), manifest, packed)
   assert not (tmp_path / "o3").exists()

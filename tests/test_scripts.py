@@ -468,22 +468,45 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
                              "--resume-from", str(bad)]) == 1
   assert "not the part the handover recorded" in capfd.readouterr().err
   assert not (tmp_path / "w2").exists()
-  # machine 2: a fresh work folder and cache; the surrogate comes from the handover
+  # machine 2: a fresh work folder and cache; the surrogate comes from the handover; it
+  # finishes the distillation, hands the SynSets over before evaluating, and is killed there
   monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache-2"))
   monkeypatch.setattr(surrogate.cache, "train_surrogate",
                       lambda *a, **k: pytest.fail("the handed-over surrogate was trained again"))
+  hand2 = tmp_path / "hand2"
+
+  def killed(*a, **k):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(script.Queue, "evaluate_many", killed)
+    assert script.main(base + ["--workdir", str(tmp_path / "w2"), "--results", str(res),
+                               "--out", str(hand2), "--resume-from", str(hand),
+                               "--budget-minutes", "60"]) == 130
+  printed = capfd.readouterr().out
+  assert "goes on from the handover" in printed and "handed over before the evaluation" in printed
+  manifest2 = json.loads((hand2 / "handover.json").read_text())
+  assert len(manifest2["legs"]) == 2 and manifest2["legs"][1]["step"] == 3
+  with tarfile.open(hand2 / "handover.tar.gz.part0") as tar:
+    got = tar.getnames()
+  assert "runs/cmnist5-ipc10/kde/s0/synset/arrays.npz" in got
+  assert not any("/checkpoints/" in n for n in got)  # finished runs: their SynSets only
+  # machine 3: only the evaluation is left
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache-3"))
   _, printed = run("experiments/paper_table.py",
-                   base + ["--workdir", str(tmp_path / "w2"), "--results", str(res), "--out",
-                           str(tmp_path / "o2"), "--resume-from", str(hand)], capfd)
-  assert "goes on from the handover" in printed and "unit cmnist5-ipc10/s0 finished" in printed
+                   base + ["--workdir", str(tmp_path / "w3"), "--results", str(res), "--out",
+                           str(tmp_path / "o3"), "--resume-from", str(hand2),
+                           "--budget-minutes", "60"], capfd)
+  assert "unit cmnist5-ipc10/s0 finished" in printed and "runs distilled" not in printed
+  assert not any(n.startswith("handover") for n in os.listdir(tmp_path / "o3"))
   rec = json.loads((res / "units" / "cmnist5-ipc10" / "s0.json").read_text())
-  assert len(rec["legs"]) == 1 and rec["timings"]["total_s"] >= rec["legs"][0]["total_s"]
-  resumed = synsets(tmp_path / "o2")
+  assert len(rec["legs"]) == 2
+  assert rec["timings"]["total_s"] >= sum(leg["total_s"] for leg in rec["legs"])
+  resumed = synsets(tmp_path / "o3")
   for n in whole:  # resumed from a checkpoint: equal up to float rounding
     np.testing.assert_allclose(resumed[n], whole[n], atol=1e-5 * np.abs(whole[n]).max())
   # the same handover again: the runs exist here now, nothing is replaced
   res3 = tmp_path / "r3"
-  assert script.main(base + ["--workdir", str(tmp_path / "w2"), "--results", str(res3),
+  assert script.main(base + ["--workdir", str(tmp_path / "w3"), "--results", str(res3),
                              "--resume-from", str(hand)]) == 1
   assert "the handover would replace it" in capfd.readouterr().err
 

@@ -117,7 +117,8 @@ def _add_tree(tar: tarfile.TarFile, path: str, arcname: str) -> None:
 
 def pack_handover(root: str, run_dirs: list[str], surrogates: list[str]) -> bytes:
   """A gzipped tar of what a stopped unit needs to go on elsewhere: each run folder's
-  :data:`RUN_FILES` and its latest checkpoint under ``runs/`` (named relative to ``root``),
+  :data:`RUN_FILES` and, unless it finished, its latest checkpoint under ``runs/`` (named
+  relative to ``root``),
   and each surrogate cache entry's parameters and spec under ``surrogates/<entry>/`` (the
   embeddings are recomputed where it is unpacked)."""
   from jaxdd.surrogate import cache  # noqa: PLC0415  (below this layer; only its file names)
@@ -129,7 +130,8 @@ def pack_handover(root: str, run_dirs: list[str], surrogates: list[str]) -> byte
         if os.path.isfile(os.path.join(d, name)):
           _add_tree(tar, os.path.join(d, name), os.path.join("runs", rel, name))
       ckpt = _latest_checkpoint(d)
-      if ckpt is not None:
+      finished = os.path.isfile(os.path.join(d, "synset", "manifest.json"))
+      if ckpt is not None and not finished:  # a finished run needs only its SynSet
         _add_tree(tar, ckpt, os.path.join("runs", rel, "checkpoints", os.path.basename(ckpt)))
     for entry in surrogates:
       for name in cache.PORTABLE_FILES:
@@ -160,6 +162,20 @@ def write_handover(out: str, manifest: dict, packed: bytes) -> list[str]:
   for name in sorted(files, key=lambda n: n == HANDOVER):  # the manifest last
     io_lib.atomic_write_bytes(os.path.join(out, name), files[name])
   return sorted(files)
+
+
+def remove_handover(out: str) -> None:
+  """Removes a handover :func:`write_handover` left in ``out`` (the manifest first, so that
+  no part outlives it as a valid handover), for the results that replace it."""
+  path = os.path.join(out, HANDOVER)
+  if not os.path.isfile(path):
+    return
+  manifest = schema.read_json(path, HANDOVER_RECORD, fix="remove it by hand", working=True)
+  os.remove(path)
+  for name, _ in manifest["parts"]:
+    part = os.path.join(out, os.path.basename(name))
+    if os.path.isfile(part):
+      os.remove(part)
 
 
 def read_handover(src: str) -> tuple[dict, bytes]:
