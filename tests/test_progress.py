@@ -81,6 +81,14 @@ def test_log_bar_lines_have_rate_and_eta(caplog, monkeypatch):
                    "distill: 6/10 step (60%), 0.5 step/s, ETA 8s",
                    "distill: 6/10 step (60%), 0.5 step/s, ETA 8s, loss=0.5"]
   assert all("\r" not in line for line in lines)
+  # a bar that ends on the line it has just written does not write it twice
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="jaxdd"):
+    b = progress.bar(1, "surrogate", unit="epoch", interval=5)
+    clock[0] += 30.0
+    b.update(1)
+    b.close()
+  assert [r.getMessage() for r in caplog.records] == ["surrogate: 1/1 epoch (100%), elapsed 30s"]
   # quiet: nothing
   progress.set_quiet(True)
   try:
