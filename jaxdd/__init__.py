@@ -42,11 +42,14 @@ _API = {
     "dm_loss": ("jaxdd.matching", "dm_loss"),
     "gm_loss": ("jaxdd.matching", "gm_loss"),
     "gradient_distance": ("jaxdd.matching", "gradient_distance"),
-    "dm": ("jaxdd.distill", "dm"),
-    # gradient matching; DSA distillation is jaxdd.distill.dsa (jaxdd.dsa_augment is the
+    # every distillation method (jaxdd.dsa is the DSA distiller; jaxdd.dsa_augment is the
     # augmentation, jaxdd.augment.dsa)
+    "dm": ("jaxdd.distill", "dm"),
     "gm": ("jaxdd.distill", "gm"),
     "dc": ("jaxdd.distill", "dc"),
+    "dsa": ("jaxdd.distill", "dsa"),
+    "mtt": ("jaxdd.distill", "mtt"),
+    "cfm": ("jaxdd.distill", "cfm"),
     "Distiller": ("jaxdd.distill", "Distiller"),
     # how a distiller's step is executed (layout policy, mesh, chunks, dtype, jit), and N runs
     # of one method in one program

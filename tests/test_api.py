@@ -50,10 +50,21 @@ def test_public_names_are_unambiguous():
   # every public name once, and none of them shadows a submodule
   assert len(jaxdd.__all__) == len(set(jaxdd.__all__))
   assert not set(jaxdd.__all__) & set(jaxdd._SUBMODULES)
-  # the augmentation and the distiller of DSA have names of their own
-  assert jaxdd.dsa_augment is augment.dsa and jaxdd.distill.dsa is not augment.dsa
-  assert "dsa" not in jaxdd.__all__
+  # the augmentation and the distiller of DSA have names of their own at the top level
+  assert jaxdd.dsa_augment is augment.dsa and jaxdd.dsa is jaxdd.distill.dsa
+  assert jaxdd.dsa is not augment.dsa
   # jaxdd.kde_weights weighs the embeddings it is given; the diagnostics' dataset-wide,
   # scope-dispatching weights have another name
   assert jaxdd.kde_weights is weighting.weights and not hasattr(diagnostics, "kde_weights")
   assert not hasattr(weighting, "kde_weights")
+
+
+def test_every_method_is_at_the_top_level_with_an_explicit_signature():
+  # the distillers a user builds: one name each at the top level, every option a keyword an
+  # IDE can show (no **kwargs)
+  from jaxdd import distill
+  for name in ("dm", "gm", "dc", "dsa", "mtt", "cfm"):
+    assert name in jaxdd.__all__ and getattr(jaxdd, name) is getattr(distill, name)
+    params = inspect.signature(getattr(jaxdd, name)).parameters.values()
+    assert not [p for p in params if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)], name
+    assert all(p.kind == p.KEYWORD_ONLY for p in params), name

@@ -1,6 +1,8 @@
 """Gradient matching (DC / DSA): the distance, the loss, and the outer-iteration distiller."""
 import chex
 import flax.linen as nn
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -343,8 +345,16 @@ def test_dsa_strategy_string_and_its_callable_give_the_same_step():
   np.testing.assert_array_equal(np.asarray(sa.syn.images), np.asarray(sb.syn.images))
   with pytest.raises(ValueError, match=r"pass jaxdd.augment.dsa\('crop'\)"):
     distill.gm(num_classes=3, ipc=2, outer_loop=1, inner_loop=1, augment="crop")
-  with pytest.raises(TypeError, match="augment=jaxdd.augment.dsa"):
+  # explicit keyword signatures (an IDE shows them): an unknown keyword is Python's TypeError
+  with pytest.raises(TypeError, match="unexpected keyword argument 'strategy'"):
     distill.dsa(num_classes=3, ipc=2, outer_loop=1, inner_loop=1, strategy="crop")
+  params = inspect.signature(distill.gm).parameters
+  assert list(inspect.signature(distill.dsa).parameters) == list(params)
+  assert list(inspect.signature(distill.dc).parameters) == [
+      p for p in params if p not in ("augment", "net_augment")]
+  for f in (distill.dsa, distill.dc):
+    assert not [p for p in inspect.signature(f).parameters.values()
+                if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
 def test_batchnorm_network_runs_with_running_statistics():
@@ -400,5 +410,5 @@ def test_loop_counts_and_bad_arguments():
     _gm(net_batch_size=0)
   with pytest.raises(ValueError, match="real_chunk must be"):
     _gm(execution=distill.Execution(real_chunk=0))
-  with pytest.raises(ValueError, match="no augmentation"):
-    distill.dc(num_classes=3, ipc=2, augment=augment.dsa("crop"))
+  with pytest.raises(TypeError, match="unexpected keyword argument 'augment'"):
+    distill.dc(num_classes=3, ipc=2, augment=augment.dsa("crop"))  # DC has none: use dsa()

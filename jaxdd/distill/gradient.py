@@ -283,14 +283,22 @@ def _gm_step(s: _GMSettings, state: DistillState, real: RealData):
                         step=state.step + 1), metrics
 
 
-def dsa(*, augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-        init: Literal["real", "weighted", "noise"] = "real", **kwargs) -> Distiller:
+def dsa(*, num_classes: int, ipc: int, model: nn.Module | None = None,
+        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+        net_augment: Callable[[jax.Array, jax.Array], jax.Array] | Literal["auto"] | None = "auto",
+        outer_loop: int | None = None, inner_loop: int | None = None,
+        real_per_class: int = 256, lr: float = 0.1, momentum: float = 0.5,
+        syn_tx: optax.GradientTransformation | None = None, lr_net: float = 0.01,
+        net_batch_size: int = 256, init: Literal["real", "weighted", "noise"] = "real",
+        kde_config: KDEConfig | None = None,
+        real_sampling: Literal["uniform", "weighted"] = "uniform",
+        execution: Execution | None = None) -> Distiller:
   """DSA (Zhao & Bilen 2021): gradient matching with siamese augmentation.
 
   :func:`gm` with a siamese ``augment`` (default the reference's strategy,
   ``jaxdd.augment.dsa("color_crop_cutout_flip_scale_rotate")``) and real
-  initialisation (the reference's DSA command). All other arguments are
-  :func:`gm`'s.
+  initialisation (the reference's DSA command). Every argument is :func:`gm`'s,
+  with these defaults.
 
   Example:
     >>> import jax, numpy as np
@@ -304,21 +312,31 @@ def dsa(*, augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     >>> state.syn.images.shape, int(state.step)  # doctest: +SKIP
     ((4, 8, 8, 3), 1)
   """
-  if "strategy" in kwargs:
-    raise TypeError("dsa() takes augment=jaxdd.augment.dsa(strategy), not strategy=")
   if augment is None:
     augment = augment_lib.dsa(augment_lib.DEFAULT_STRATEGY)
-  return gm(augment=augment, init=init, **kwargs)
+  return gm(num_classes=num_classes, ipc=ipc, model=model, augment=augment,
+            net_augment=net_augment, outer_loop=outer_loop, inner_loop=inner_loop,
+            real_per_class=real_per_class, lr=lr, momentum=momentum, syn_tx=syn_tx,
+            lr_net=lr_net, net_batch_size=net_batch_size, init=init, kde_config=kde_config,
+            real_sampling=real_sampling, execution=execution)
 
 
-def dc(*, init: Literal["real", "weighted", "noise"] = "noise", **kwargs) -> Distiller:
+def dc(*, num_classes: int, ipc: int, model: nn.Module | None = None,
+       outer_loop: int | None = None, inner_loop: int | None = None,
+       real_per_class: int = 256, lr: float = 0.1, momentum: float = 0.5,
+       syn_tx: optax.GradientTransformation | None = None, lr_net: float = 0.01,
+       net_batch_size: int = 256, init: Literal["real", "weighted", "noise"] = "noise",
+       kde_config: KDEConfig | None = None,
+       real_sampling: Literal["uniform", "weighted"] = "uniform",
+       execution: Execution | None = None) -> Distiller:
   """DC (Zhao et al. 2021): gradient matching without augmentation.
 
-  :func:`gm` with no augmentation and, as the reference's default, noise
-  initialisation. All other arguments are :func:`gm`'s.
+  :func:`gm` with no augmentation (neither in the matching nor in the inner loop) and, as
+  the reference's default, noise initialisation. Every argument is :func:`gm`'s, with these
+  defaults; for an augmentation use :func:`dsa`.
   """
-  if kwargs.get("augment") is not None or kwargs.get("strategy"):
-    raise ValueError("dc() uses no augmentation; for DSA call dsa(augment=...)")
-  kwargs.pop("augment", None)
-  kwargs.pop("strategy", None)
-  return gm(augment=None, net_augment=None, init=init, **kwargs)
+  return gm(num_classes=num_classes, ipc=ipc, model=model, augment=None, net_augment=None,
+            outer_loop=outer_loop, inner_loop=inner_loop, real_per_class=real_per_class,
+            lr=lr, momentum=momentum, syn_tx=syn_tx, lr_net=lr_net,
+            net_batch_size=net_batch_size, init=init, kde_config=kde_config,
+            real_sampling=real_sampling, execution=execution)
