@@ -79,11 +79,15 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
 
   Returns:
     ``path``.
+
+  Nothing is changed without a word: images are stored as float32 and labels as int32, and
+  images or labels those types would change (float64 values that float32 rounds, labels
+  that are not integers or exceed int32) are refused in one line; ``mean`` and ``std`` are
+  stored exactly (float32 when they are float32 numbers, else float64).
   """
-  images = np.asarray(syn.images, np.float32)
-  labels = np.asarray(syn.labels, np.int32)
-  mean = np.asarray(mean, np.float32).reshape(-1)
-  std = np.asarray(std, np.float32).reshape(-1)
+  images = _exact(syn.images, np.float32, "syn.images")
+  labels = _exact(syn.labels, np.int32, "syn.labels")
+  mean, std = _stats(mean, "mean"), _stats(std, "std")
   checks.check_images(images, "synset.save", what="syn.images",
                       finite_fix="refusing to save a broken artifact")
   if labels.shape != (images.shape[0],):
@@ -110,6 +114,35 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
       json.dump(manifest, f, indent=2, sort_keys=True)
   return path
+
+
+def _exact(x, dtype, what: str) -> np.ndarray:
+  """``x`` as ``dtype``, refused in one line when that changes a value."""
+  arr = np.asarray(x)
+  if arr.dtype == dtype:
+    return arr
+  kind = "floats" if np.issubdtype(dtype, np.floating) else "integers"
+  if (np.issubdtype(dtype, np.integer) and not (np.issubdtype(arr.dtype, np.integer)
+                                                 or arr.dtype == np.bool_)
+      and not (np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0))):
+    raise ValueError(f"synset.save: {what} are {arr.dtype}, not integers; pass class indices")
+  with np.errstate(invalid="ignore", over="ignore"):
+    out = arr.astype(dtype)
+    changed = ~((out.astype(arr.dtype) == arr) | (np.isnan(arr) if arr.dtype.kind == "f"
+                                                   else False))
+  if np.any(changed):
+    raise ValueError(f"synset.save: {int(changed.sum())} of {what} ({arr.dtype}) change as "
+                     f"{np.dtype(dtype).name} {kind}, which a SynSet stores (e.g. "
+                     f"{arr[changed].flat[0]!r} -> {out[changed].flat[0]!r}); pass "
+                     f"{what}.astype(np.{np.dtype(dtype).name}) to store them so")
+  return out
+
+
+def _stats(x, what: str) -> np.ndarray:
+  """Per-channel ``mean``/``std`` as stored: float32 when that is exact, else float64."""
+  arr = np.asarray(x, np.float64).reshape(-1)
+  f32 = arr.astype(np.float32)
+  return f32 if np.array_equal(f32.astype(np.float64), arr) else arr
 
 
 #: The largest file of an artifact that :func:`load` reads (arrays.npz; JSON files are

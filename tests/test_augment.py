@@ -417,7 +417,7 @@ def test_strategy_parsing_and_errors(getkey):
     with pytest.raises(ValueError, match="must be in"):
       A.dsa(params=params)
   with pytest.raises(ValueError, match="NHWC"):
-    A.crop(getkey(), XS[0])
+    A.crop(getkey(), XS[0, ..., 0])  # (H, W): neither an image nor a batch
   with pytest.raises(ValueError, match="float"):
     A.flip_with(jnp.ones((1, 2, 2, 1), jnp.int32), True)
   with pytest.raises(ValueError, match=r"\(2, 3\)"):
@@ -508,3 +508,37 @@ def bilinear_reference(img, y0, x0, h, w, flip):
       out[i, j] = ((1 - fy) * (1 - fx) * img[ylo, xlo] + (1 - fy) * fx * img[ylo, xhi]
                    + fy * (1 - fx) * img[yhi, xlo] + fy * fx * img[yhi, xhi])
   return out
+
+
+def test_every_augmentation_takes_one_image():
+  # dm-pix's convention: one (H, W, C) image goes through as a batch of one. A siamese op
+  # draws its parameters once per call, so the same key gives image i the transform it gets
+  # inside the batch (the same arithmetic: equal up to float rounding).
+  x = jnp.asarray(np.random.default_rng(7).normal(size=(5, 9, 9, 3)), jnp.float32)
+  key = jax.random.key(3)
+  siamese = [A.brightness, A.saturation, A.contrast, A.color, A.crop, A.cutout, A.flip,
+             A.scale, A.rotate, A.identity, A.dsa("color_crop_cutout_flip_scale_rotate"),
+             A.dsa("crop_scale", mode="all")]
+  for op in siamese:
+    for k in (key, jax.random.key(11)):
+      one = op(k, x[2])
+      assert one.shape == x[2].shape and one.dtype == x.dtype, op
+      np.testing.assert_allclose(one, op(k, x)[2], rtol=1e-6, atol=1e-6)
+      # under jit XLA fuses the sampling grid's trigonometry differently from op by op: the
+      # coordinates move by ~1e-6 px, times the image's slope (|x| <= 5 a pixel here)
+      np.testing.assert_allclose(jax.jit(op)(k, x[2]), one, rtol=0, atol=1e-5)
+  # per-image parameters: one image is the batch of one
+  for op in (A.dsa("crop_flip", siamese=False), A.random_resized_crop):
+    np.testing.assert_array_equal(op(key, x[2]), op(key, x[2:3])[0])
+  assert A.two_views(key, x[2]).shape == (2, 9, 9, 3)  # the views of the one image
+  # the deterministic ops with scalar parameters
+  for op, args in ((A.brightness_with, (0.3,)), (A.saturation_with, (1.5,)),
+                   (A.contrast_with, (0.7,)), (A.translate, (1, -2)),
+                   (A.cutout_with, (4, 4, 3)), (A.flip_with, (True,)),
+                   (A.scale_with, (1.1, 0.9)), (A.rotate_with, (12.0,))):
+    np.testing.assert_allclose(op(x[2], *args), op(x, *args)[2], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(op(x[2], *args), op(x[2:3], *args)[0])
+  np.testing.assert_array_equal(A.crop(key, images=x[2]), A.crop(key, x[2]))  # by keyword
+  # a grayscale (H, W) image is not an image here: one line that says what to give
+  with pytest.raises(ValueError, match=r"one \(H, W, C\) image.*x\[\.\.\., None\]"):
+    A.crop(key, x[2, ..., 0])

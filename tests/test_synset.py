@@ -22,7 +22,7 @@ def test_round_trip_and_manifest(tmp_path):
   np.testing.assert_array_equal(loaded.images, syn.images)
   np.testing.assert_array_equal(loaded.labels, syn.labels)
   assert meta["ipc"] == 2 and meta["method"] == "dm" and meta["image_shape"] == [5, 5, 3]
-  np.testing.assert_allclose(meta["mean"], [0.1, 0.2, 0.3], rtol=1e-6)
+  assert meta["mean"] == [0.1, 0.2, 0.3]  # exact: stored as float64 (not float32 numbers)
   manifest = json.load(open(os.path.join(path, "manifest.json")))
   assert manifest["files"]["arrays.npz"] == synset.sha256_file(os.path.join(path, "arrays.npz"))
   assert sorted(os.listdir(tmp_path)) == ["syn"]  # no temporary leftovers
@@ -180,3 +180,34 @@ def test_reads_of_a_fifo_or_a_device_are_refused_not_hung(tmp_path):
   os.mkfifo(os.path.join(path, "meta.json"))
   with pytest.raises(ValueError, match="is not a regular file \\(a FIFO\\)"):
     synset.load(path)
+
+
+def test_save_changes_nothing_without_a_word(tmp_path):
+  syn = _syn()
+  # float32 numbers as mean/std (a run's channel statistics): stored as float32, as before
+  path = str(tmp_path / "a")
+  synset.save(path, syn, {}, mean=np.float32([0.1, 0.2, 0.3]).tolist(), std=[1.0, 2.0, 0.5])
+  with np.load(os.path.join(path, "arrays.npz")) as z:
+    assert z["mean"].dtype == np.float32 and z["std"].dtype == np.float32
+    np.testing.assert_array_equal(z["mean"], np.float32([0.1, 0.2, 0.3]))
+  # float64 numbers float32 would round: stored exactly
+  synset.save(str(tmp_path / "b"), syn, {}, mean=np.array([0.1307] * 3), std=[0.3081] * 3)
+  meta = synset.load(str(tmp_path / "b"))[1]
+  assert meta["mean"] == [0.1307] * 3 and meta["std"] == [0.3081] * 3
+  # float64 images that are float32 numbers, int64 labels in range: exact, stored so
+  exact = SynSet(syn.images.astype(np.float64), syn.labels.astype(np.int64))
+  loaded = synset.load(synset.save(str(tmp_path / "c"), exact, {}, mean=[0] * 3,
+                                   std=[1] * 3))[0]
+  assert loaded.images.dtype == np.float32 and loaded.labels.dtype == np.int32
+  np.testing.assert_array_equal(loaded.images, syn.images)
+  # what float32 / int32 would change is refused in one line, nothing written
+  bad = [(SynSet(syn.images.astype(np.float64) + 1e-12, syn.labels), r"syn.images \(float64\)"
+          r" change as float32 floats.*astype\(np.float32\)"),
+         (SynSet(syn.images, syn.labels.astype(np.int64) + 2**31), r"syn.labels \(int64\) "
+          r"change as int32"),
+         (SynSet(syn.images, syn.labels + 0.5), "not integers")]
+  for s, match in bad:
+    with pytest.raises(ValueError, match=match) as err:
+      synset.save(str(tmp_path / "d"), s, {}, mean=[0] * 3, std=[1] * 3)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "d").exists()

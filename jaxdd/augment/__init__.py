@@ -1,6 +1,7 @@
 """Differentiable Siamese Augmentation (DSA) as pure functions on NHWC batches.
 
-Data contract: ``images`` is a float (N, H, W, C) batch, usually in the
+Data contract: ``images`` is a float (N, H, W, C) batch (or one (H, W, C) image, which every
+augmentation takes as a batch of one and returns as an image, as dm-pix does), usually in the
 *normalised* space of the dataset (docs/protocols.md), so "fill with 0"
 means "fill with the mean colour". Outputs have the input's shape and dtype and
 are never clipped, so ops can be chained. Every op is differentiable with

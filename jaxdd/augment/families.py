@@ -11,7 +11,7 @@ from typing import Callable, NamedTuple
 
 import jax
 
-from jaxdd.augment.ops import (_check_images, _check_number, _static_ratio, brightness_with,
+from jaxdd.augment.ops import (_check_images, one_image_too, _check_number, _static_ratio, brightness_with,
                                contrast_with, cutout_with, flip_with, rotate_with,
                                saturation_with, scale_with, translate)
 
@@ -70,6 +70,7 @@ def _validate(params: DSAParams) -> None:
 # ---------------------------------------------------------------------------
 
 
+@one_image_too
 def brightness(key: jax.Array, images: jax.Array, *, strength: float = 1.0) -> jax.Array:
   """Random brightness: ``x + (u - 0.5) * strength``, u ~ U[0, 1) (reference ``rand_brightness``).
 
@@ -92,6 +93,7 @@ def brightness(key: jax.Array, images: jax.Array, *, strength: float = 1.0) -> j
   return brightness_with(images, (u - 0.5) * strength)
 
 
+@one_image_too
 def saturation(key: jax.Array, images: jax.Array, *, strength: float = 2.0) -> jax.Array:
   """Random saturation: factor ``u * strength``, u ~ U[0, 1) (reference ``rand_saturation``).
 
@@ -114,6 +116,7 @@ def saturation(key: jax.Array, images: jax.Array, *, strength: float = 2.0) -> j
   return saturation_with(images, u * strength)
 
 
+@one_image_too
 def contrast(key: jax.Array, images: jax.Array, *, strength: float = 0.5) -> jax.Array:
   """Random contrast: factor ``u + strength``, u ~ U[0, 1) (reference ``rand_contrast``).
 
@@ -139,6 +142,7 @@ def contrast(key: jax.Array, images: jax.Array, *, strength: float = 0.5) -> jax
 _brightness, _saturation, _contrast = brightness, saturation, contrast
 
 
+@one_image_too
 def color(key: jax.Array, images: jax.Array, *, brightness: float = 1.0,
           saturation: float = 2.0, contrast: float = 0.5) -> jax.Array:
   """The reference's 'color' family: brightness, then saturation, then contrast.
@@ -167,6 +171,7 @@ def color(key: jax.Array, images: jax.Array, *, brightness: float = 1.0,
   return _contrast(kc, images, strength=contrast)
 
 
+@one_image_too
 def crop(key: jax.Array, images: jax.Array, *, ratio: float = 0.125) -> jax.Array:
   """Random integer translation (reference ``rand_crop``), zero fill.
 
@@ -197,6 +202,7 @@ def crop(key: jax.Array, images: jax.Array, *, ratio: float = 0.125) -> jax.Arra
   return translate(images, tx, ty)
 
 
+@one_image_too
 def cutout(key: jax.Array, images: jax.Array, *, ratio: float = 0.5) -> jax.Array:
   """Random cutout (reference ``rand_cutout``).
 
@@ -227,6 +233,7 @@ def cutout(key: jax.Array, images: jax.Array, *, ratio: float = 0.5) -> jax.Arra
   return cutout_with(images, cx, cy, (lh, lw))
 
 
+@one_image_too
 def flip(key: jax.Array, images: jax.Array, *, prob: float = 0.5) -> jax.Array:
   """Random horizontal flip (along W) with probability ``prob`` (reference ``rand_flip``).
 
@@ -248,6 +255,7 @@ def flip(key: jax.Array, images: jax.Array, *, prob: float = 0.5) -> jax.Array:
   return flip_with(images, jax.random.uniform(key, ()) < prob)
 
 
+@one_image_too
 def scale(key: jax.Array, images: jax.Array, *, ratio: float = 1.2) -> jax.Array:
   """Random anisotropic scaling (reference ``rand_scale``).
 
@@ -276,6 +284,7 @@ def scale(key: jax.Array, images: jax.Array, *, ratio: float = 1.2) -> jax.Array
   return scale_with(images, sx, sy)
 
 
+@one_image_too
 def rotate(key: jax.Array, images: jax.Array, *, degrees: float = 15.0) -> jax.Array:
   """Random rotation by ``(u - 0.5) * 2 * degrees`` degrees (reference ``rand_rotate``).
 

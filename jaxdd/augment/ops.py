@@ -6,10 +6,13 @@ Conventions are :mod:`jaxdd.augment`'s: NHWC floats; bilinear sampling with zero
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdd._src import checks
 
@@ -21,8 +24,36 @@ from jaxdd._src import checks
 
 def _check_images(images: jax.Array, name: str) -> None:
   # Shape and dtype only: the ops run under jit, and never look at the values.
-  checks.check_images(images, name, finite=False, shape_fix="add a batch axis with images[None]",
+  checks.check_images(images, name, finite=False,
+                      shape_fix="give an (N, H, W, C) batch or one (H, W, C) image (a "
+                                "grayscale (H, W) image takes a channel axis: x[..., None])",
                       float_fix="convert with images.astype(jnp.float32)")
+
+
+def one_image_too(fn=None, *, squeeze: bool = True):
+  """Lets an augmentation take one ``(H, W, C)`` image as well as an ``(N, H, W, C)`` batch
+  (dm-pix's convention): the image goes through as a batch of one, and the result is that
+  batch's image (``squeeze=False``: the batch the function returns, e.g. two views)."""
+  if fn is None:
+    return functools.partial(one_image_too, squeeze=squeeze)
+  names = list(inspect.signature(fn).parameters)
+  pos = names.index("images")
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    if len(args) > pos:
+      x = args[pos]
+      single = np.ndim(x) == 3
+      if single:
+        args = args[:pos] + (x[None],) + args[pos + 1:]
+    else:
+      x = kwargs.get("images")
+      single = x is not None and np.ndim(x) == 3
+      if single:
+        kwargs["images"] = x[None]
+    out = fn(*args, **kwargs)
+    return out[0] if single and squeeze else out
+  return wrapped
 
 
 def _check_number(value, name: str, lo: float, hi: float, *, lo_open: bool = False,
@@ -50,6 +81,7 @@ def _static_ratio(value, name: str, hi: float) -> float:
 # ---------------------------------------------------------------------------
 
 
+@one_image_too
 def brightness_with(images: jax.Array, delta) -> jax.Array:
   """Adds ``delta`` to every pixel and channel.
 
@@ -69,6 +101,7 @@ def brightness_with(images: jax.Array, delta) -> jax.Array:
   return images + jnp.asarray(delta, images.dtype)
 
 
+@one_image_too
 def saturation_with(images: jax.Array, factor) -> jax.Array:
   """Scales each pixel's deviation from its channel mean: ``(x - m) * factor + m``.
 
@@ -90,6 +123,7 @@ def saturation_with(images: jax.Array, factor) -> jax.Array:
   return (images - m) * jnp.asarray(factor, images.dtype) + m
 
 
+@one_image_too
 def contrast_with(images: jax.Array, factor) -> jax.Array:
   """Scales each image's deviation from its mean: ``(x - m) * factor + m``.
 
@@ -111,6 +145,7 @@ def contrast_with(images: jax.Array, factor) -> jax.Array:
   return (images - m) * jnp.asarray(factor, images.dtype) + m
 
 
+@one_image_too
 def translate(images: jax.Array, tx, ty) -> jax.Array:
   """Integer translation with zero fill: ``out[i, j] = x[i + tx, j + ty]``.
 
@@ -149,6 +184,7 @@ def _cutout_size(size) -> tuple[int, int]:
   return sh, sw
 
 
+@one_image_too
 def cutout_with(images: jax.Array, cx, cy, size) -> jax.Array:
   """Zeroes a ``size`` square centred at row ``cx``, column ``cy``.
 
@@ -183,6 +219,7 @@ def cutout_with(images: jax.Array, cx, cy, size) -> jax.Array:
   return images * mask[None, :, :, None]
 
 
+@one_image_too
 def flip_with(images: jax.Array, do_flip) -> jax.Array:
   """Flips along W (horizontal) where ``do_flip`` is true.
 
@@ -312,6 +349,7 @@ def affine(images: jax.Array, theta: jax.Array) -> jax.Array:
   return grid_sample(images, affine_grid(theta, images.shape[1], images.shape[2]))
 
 
+@one_image_too
 def scale_with(images: jax.Array, sx, sy) -> jax.Array:
   """Affine scaling with ``theta = [[sx, 0, 0], [0, sy, 0]]`` (reference ``rand_scale``).
 
@@ -336,6 +374,7 @@ def scale_with(images: jax.Array, sx, sy) -> jax.Array:
   return affine(images, theta)
 
 
+@one_image_too
 def rotate_with(images: jax.Array, angle) -> jax.Array:
   """Affine rotation with ``theta = [[cos, -sin, 0], [sin, cos, 0]]`` (reference ``rand_rotate``).
 

@@ -10,7 +10,7 @@ from jax import lax
 
 from jaxdd.augment.families import (DEFAULT_STRATEGY, FAMILIES, AugmentFn, DSAParams, _validate,
                                     color, crop, cutout, flip, rotate, scale)
-from jaxdd.augment.ops import _check_images
+from jaxdd.augment.ops import _check_images, one_image_too
 
 
 # ---------------------------------------------------------------------------
@@ -21,6 +21,7 @@ from jaxdd.augment.ops import _check_images
 #: The reference DSA parameters (an immutable NamedTuple, shared as the default).
 DEFAULT_PARAMS = DSAParams()
 
+@one_image_too
 def identity(key: jax.Array, images: jax.Array) -> jax.Array:
   """The no-op augmentation (strategy ``''`` / ``'none'``).
 
@@ -267,6 +268,7 @@ class DSA:
   params: DSAParams
   mode: str
 
+  @one_image_too
   def __call__(self, key: jax.Array, images: jax.Array) -> jax.Array:
     branches = [family(name, params=self.params) for name in parse_strategy(self.strategy)]
     if not self.siamese:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdd._src import checks
+from jaxdd.augment.ops import one_image_too
 
 
 # ---------------------------------------------------------------------------
@@ -47,6 +48,7 @@ def _crop_resize(image: jax.Array, y0: jax.Array, x0: jax.Array, h: jax.Array, w
   return jnp.einsum("ih,hwc,jw->ijc", my, image, mx)
 
 
+@one_image_too
 def random_resized_crop(key: jax.Array, images: jax.Array, *, scale: tuple[float, float] = (0.5, 1.0),
                         ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
                         flip: bool = False) -> jax.Array:
@@ -85,7 +87,7 @@ def random_resized_crop(key: jax.Array, images: jax.Array, *, scale: tuple[float
   """
   # Any dtype: the crop computes in float32.
   checks.check_images(images, "random_resized_crop", floating=False, finite=False,
-                      shape_fix="add a batch axis with images[None]")
+                      shape_fix="give an (N, H, W, C) batch or one (H, W, C) image")
   n, height, width = images.shape[:3]
   k_area, k_ratio, k_y, k_x, k_flip = jax.random.split(key, 5)
   area = jax.random.uniform(k_area, (n,), minval=scale[0], maxval=scale[1])
@@ -102,6 +104,7 @@ def random_resized_crop(key: jax.Array, images: jax.Array, *, scale: tuple[float
   return jax.vmap(_crop_resize)(images.astype(jnp.float32), y0, x0, h, w, flips)
 
 
+@one_image_too(squeeze=False)
 def two_views(key: jax.Array, images: jax.Array, *, scale: tuple[float, float] = (0.5, 1.0),
               ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0), flip: bool = False) -> jax.Array:
   """Two augmented views of every image, stacked as ``[view1; view2]`` (2N, H, W, C).

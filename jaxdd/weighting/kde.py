@@ -55,6 +55,7 @@ _NORMALIZE = ("softmax", "power")
 SCOPES = ("batch", "class")
 
 
+@jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True)
 class KDEConfig:
   """How real samples are weighted (Cui et al. 2024; docs/protocols.md §1).
@@ -73,6 +74,18 @@ class KDEConfig:
 
   The defaults were kept by the validation-only selection on CMNIST 5 %
   (``jaxdd tune``, docs/protocols.md §7).
+
+  A pytree: ``variance`` and ``temperature`` are its leaves, ``normalize`` and ``scope``
+  static. A config passes through ``jax.jit`` as an argument (a new value does not
+  recompile), and configs stacked leaf by leaf ``vmap`` over their knobs::
+
+    jax.jit(lambda z, c: weights(z, config=c))(z, KDEConfig(variance=0.02))
+    many = jax.tree.map(lambda *v: jnp.stack(v), KDEConfig(), KDEConfig(variance=0.02))
+    jax.vmap(lambda c: weights(z, config=c))(many)   # (2, n)
+
+  Only a config built in Python is validated; one rebuilt from leaves (inside a
+  transformation, or stacked) is not: a traced invalid knob gives NaN weights
+  (:func:`weights`).
 
   Example:
     >>> KDEConfig(temperature=1.0).normalize
@@ -98,6 +111,19 @@ class KDEConfig:
   def replace(self, **changes) -> "KDEConfig":
     """A validated copy with some fields changed."""
     return dataclasses.replace(self, **changes)
+
+  def tree_flatten(self):
+    """The knobs as leaves, ``normalize`` and ``scope`` as static data."""
+    return (self.variance, self.temperature), (self.normalize, self.scope)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children) -> "KDEConfig":
+    """A config of these leaves (tracers, arrays), not validated: see the class."""
+    out = object.__new__(cls)
+    for name, value in zip(("variance", "temperature", "normalize", "scope"),
+                           (*children, *aux)):
+      object.__setattr__(out, name, value)
+    return out
 
 
 # --------------------------------------------------------------------------
