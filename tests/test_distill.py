@@ -488,3 +488,21 @@ def test_fairdd_with_in_batch_clusters_weighs_by_the_dbscan_groups_of_the_matche
     distill.dm(num_classes=3, ipc=2, batch_clusters=4, kde_config=distill.KDEConfig())
   with pytest.raises(ValueError, match="batch_clusters must be"):
     distill.dm(num_classes=3, ipc=2, batch_clusters=0)
+
+
+def test_the_state_gives_its_typed_keys():
+  # state.key stays raw key data (chex and flax.serialization refuse typed keys); the state
+  # gives the typed run key and its step's key as properties
+  x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype(np.float32)
+  real = distill.real_data(x, np.repeat(np.arange(2), 8), num_classes=2)
+  d = distill.dm(num_classes=2, ipc=1, model=models.ConvNet(2, depth=1, width=4),
+                 real_per_class=4, augment=None)
+  state, _ = d.step(d.init(jax.random.key(0), real), real)
+  assert state.key.dtype == jnp.uint32
+  chex.assert_tree_all_finite(state)
+  assert jax.dtypes.issubdtype(state.run_key.dtype, jax.dtypes.prng_key)
+  np.testing.assert_array_equal(jax.random.key_data(state.run_key), state.key)
+  np.testing.assert_array_equal(jax.random.key_data(state.step_key),
+                                jax.random.key_data(distill.step_key(state)))
+  np.testing.assert_array_equal(jax.random.key_data(state.step_key), jax.random.key_data(
+      jax.random.fold_in(jax.random.wrap_key_data(state.key), 1)))

@@ -61,8 +61,11 @@ class DistillState(NamedTuple):
 
   A plain pytree of arrays: ``jax.jit``, ``jax.vmap``, ``chex`` and
   ``flax.serialization`` all take it as it is. ``key`` holds the run key's raw
-  data (``jax.random.key_data``, uint32), not a typed key, for that reason;
-  :func:`step_key` turns it back into the key of a step.
+  data (``jax.random.key_data``, uint32), not a typed key, for that reason: both
+  refuse a typed key (``chex.assert_tree_all_finite`` and
+  ``flax.serialization.to_bytes`` raise ``TypeError: JAX array with PRNGKey dtype
+  cannot be converted to a NumPy array``). :attr:`run_key` is the typed key and
+  :attr:`step_key` the typed key of the state's step (also :func:`step_key`).
 
   ``extra`` holds what a method learns besides the images (MTT's student
   learning rate ``{"syn_lr": ...}``); None for DM and gradient matching.
@@ -81,6 +84,24 @@ class DistillState(NamedTuple):
   key: jax.Array
   extra: Any = None
   hparams: Any = None
+
+  @property
+  def run_key(self) -> jax.Array:
+    """The run's typed key (``key`` holds its raw data).
+
+    >>> import jax
+    >>> from jaxdd import distill
+    >>> s = distill.DistillState(None, None, 0, jax.random.key_data(jax.random.key(7)))
+    >>> bool(s.run_key == jax.random.key(7))
+    True
+    """
+    return _typed_key(self.key)
+
+  @property
+  def step_key(self) -> jax.Array:
+    """The typed key of this state's step, ``fold_in(run_key, step)``: what :func:`step_key`
+    gives."""
+    return jax.random.fold_in(_typed_key(self.key), self.step)
 
 
 class Distiller(NamedTuple):
