@@ -87,7 +87,7 @@ def _measure(args) -> None:
   model = models.ConvNet(nc, width=args.width)
   d = distill.gm(num_classes=nc, ipc=ipc, model=model,
                  augment=augment.dsa(strategy) if strategy else None, outer_loop=outer,
-                 inner_loop=inner, real_per_class=b, init="real",
+                 inner_loop=inner, real_per_class=b, syn_init="real",
                  kde_config=distill.KDEConfig() if args.kde else None,
                  execution=distill.Execution(
                      policy=policy.current(),

@@ -59,7 +59,7 @@ def _rows(seed=0):
                  {**base, "kde": 1.0, "temperature": 1.0, "lr": 3.0}),
       "class": (distill.dm(kde_config=cls, **KW), with_logf,
                 dict(sample_weight=cw, sample_prob=ones, groups=zeros), base),
-      "weighted": (distill.dm(kde_config=cls, init="weighted", real_sampling="weighted", **KW),
+      "weighted": (distill.dm(kde_config=cls, syn_init="weighted", real_sampling="weighted", **KW),
                    with_logf, dict(sample_weight=ones, sample_prob=cw, groups=zeros),
                    {**base, "weighted_sampling": 1.0}),
       "fairdd": (distill.dm(group_matching=2, **KW), with_groups,

@@ -229,7 +229,7 @@ def test_cfm_refuses_bad_arguments():
                      (dict(filter="band"), "filter"), (dict(real_per_class=1), "real_per_class"),
                      (dict(iterations=0), "iterations"),
                      (dict(beta_floor=0.0), "beta_floor"),
-                     (dict(init="weighted"), "kde_config")):
+                     (dict(syn_init="weighted"), "kde_config")):
     with pytest.raises(ValueError, match=match):
       distill.cfm(**{**kw, **bad})
 

@@ -95,7 +95,7 @@ def test_a_few_steps_lower_the_loss():
   x, y = _toy()
   real = distill.real_data(x, y, num_classes=3)
   model = models.ConvNet(3, depth=1, width=8)
-  d = distill.dm(num_classes=3, ipc=2, model=model, real_per_class=12, init="noise", lr=1.0)
+  d = distill.dm(num_classes=3, ipc=2, model=model, real_per_class=12, syn_init="noise", lr=1.0)
   state = d.init(jax.random.key(0), real)
   keys = [jax.random.key(100 + i) for i in range(6)]
   before = _fixed_loss(state.syn.images, (x, y), model, keys)
@@ -506,3 +506,29 @@ def test_the_state_gives_its_typed_keys():
                                 jax.random.key_data(distill.step_key(state)))
   np.testing.assert_array_equal(jax.random.key_data(state.step_key), jax.random.key_data(
       jax.random.fold_in(jax.random.wrap_key_data(state.key), 1)))
+
+
+def test_the_start_of_the_synthetic_set_is_syn_init_and_init_is_its_deprecated_spelling():
+  # a Distiller's .init is its init function; the factories' option is syn_init=, and init=
+  # still works for one release, with a DeprecationWarning, for every factory
+  import inspect
+  import warnings
+  x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype(np.float32)
+  real = distill.real_data(x, np.repeat(np.arange(2), 8), num_classes=2)
+  kw = dict(num_classes=2, ipc=1, model=models.ConvNet(2, depth=1, width=4), real_per_class=4)
+  new = distill.dm(syn_init="noise", augment=None, **kw)
+  with pytest.warns(DeprecationWarning, match=r"dm\(init=...\) is deprecated.*syn_init"):
+    old = distill.dm(init="noise", augment=None, **kw)
+  a, b = new.init(jax.random.key(0), real), old.init(jax.random.key(0), real)
+  np.testing.assert_array_equal(a.syn.images, b.syn.images)
+  with pytest.raises(TypeError, match="give syn_init= only"):
+    distill.dm(syn_init="noise", init="weighted", augment=None, **kw)
+  for f in (distill.dm, distill.gm, distill.dsa, distill.dc, distill.mtt, distill.cfm):
+    params = inspect.signature(f).parameters
+    assert params["init"].default is None and params["syn_init"].default in ("real", "noise")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # the new spelling warns nowhere, through dsa/dc into gm
+    distill.dsa(syn_init="noise", outer_loop=1, inner_loop=1, **kw)
+    distill.dc(syn_init="real", outer_loop=1, inner_loop=1, **kw)
+  with pytest.warns(DeprecationWarning, match=r"dc\(init"):
+    distill.dc(init="real", outer_loop=1, inner_loop=1, **kw)

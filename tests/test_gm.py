@@ -222,7 +222,7 @@ def test_outer_iteration_equals_a_hand_written_loop():
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
   cfg = distill.KDEConfig(variance=0.1, temperature=0.5)
   real = distill.real_data(x, y, num_classes=3, embeddings=emb)
-  d = _gm(kde_config=cfg, lr=0.5, momentum=0.5, lr_net=0.05, init="noise",
+  d = _gm(kde_config=cfg, lr=0.5, momentum=0.5, lr_net=0.05, syn_init="noise",
           execution=distill.Execution(real_chunk=None))
   state = d.init(jax.random.key(0), real)
   images = jnp.asarray(state.syn.images)
@@ -291,7 +291,7 @@ def test_a_few_outer_iterations_lower_the_matching_loss():
   x, y = _toy()
   real = distill.real_data(x, y, num_classes=3)
   d = distill.dc(num_classes=3, ipc=2, model=TINY, real_per_class=12, outer_loop=2, inner_loop=2,
-                 lr=1.0, init="noise")
+                 lr=1.0, syn_init="noise")
   state = d.init(jax.random.key(0), real)
   keys = jax.random.split(jax.random.key(100), 6)
   real_b = jnp.asarray(x).reshape(3, 12, 8, 8, 3)
@@ -337,7 +337,7 @@ def test_dsa_strategy_string_and_its_callable_give_the_same_step():
   kw = dict(num_classes=3, ipc=2, model=TINY, real_per_class=8, outer_loop=2, inner_loop=2)
   a = distill.dsa(**kw)
   b = distill.gm(augment=augment.dsa(augment.DEFAULT_STRATEGY),
-                 net_augment=augment.dsa(augment.DEFAULT_STRATEGY, siamese=False), init="real",
+                 net_augment=augment.dsa(augment.DEFAULT_STRATEGY, siamese=False), syn_init="real",
                  **kw)
   assert a.step.signature == b.step.signature
   sa, _ = a.step(a.init(jax.random.key(0), real), real)

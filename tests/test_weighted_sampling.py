@@ -114,7 +114,7 @@ def test_dm_with_all_weight_on_one_row_matches_that_row():
   model = models.ConvNet(2, depth=1, width=4)
   cfg = KDEConfig(temperature=0.1, scope="class")
   d = distill.dm(num_classes=2, ipc=1, model=model, real_per_class=6, augment=None, lr=0.1,
-                 kde_config=cfg, real_sampling="weighted", init="weighted",
+                 kde_config=cfg, real_sampling="weighted", syn_init="weighted",
                  execution=distill.Execution(jit=False))
   state = d.init(jax.random.key(0), real)
   np.testing.assert_array_equal(np.asarray(state.syn.images), x[[2, 5]])  # init ∝ weight
@@ -129,11 +129,11 @@ def test_dm_with_all_weight_on_one_row_matches_that_row():
 
 def test_weighted_options_need_a_weighting():
   with pytest.raises(ValueError, match="pass kde_config="):
-    distill.dm(num_classes=2, ipc=1, init="weighted")
+    distill.dm(num_classes=2, ipc=1, syn_init="weighted")
   with pytest.raises(ValueError, match="pass kde_config="):
     distill.dsa(num_classes=2, ipc=1, real_sampling="weighted")
-  with pytest.raises(ValueError, match="init must be one of"):
-    distill.dm(num_classes=2, ipc=1, init="bogus")
+  with pytest.raises(ValueError, match="syn_init must be one of"):
+    distill.dm(num_classes=2, ipc=1, syn_init="bogus")
   with pytest.raises(ValueError, match="--weighting kde or oracle"):
     get_config("smoke", weighting="none", init="weighted")
   with pytest.raises(ValueError, match="iterations must be >= 0"):

@@ -15,6 +15,7 @@ and :mod:`jaxdd.distill.trajectory` (MTT); :mod:`jaxdd.distill` re-exports them.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -333,13 +334,28 @@ def real_batch(key: jax.Array, real: RealData, n: int, config: KDEConfig | None,
   return rows, mask, batch_weights(real, rows, mask, config)
 
 
+def syn_init_of(syn_init: str, init: str | None, default: str, factory: str) -> str:
+  """The start of the synthetic set a factory was given: ``syn_init``, or ``init``, its
+  deprecated spelling (a :class:`Distiller`'s ``.init`` is its init function), with a
+  ``DeprecationWarning``; both with different values is a ``TypeError``."""
+  if init is None:
+    return syn_init
+  if syn_init != default and syn_init != init:
+    raise TypeError(f"{factory}() got syn_init={syn_init!r} and init={init!r}; give syn_init= "
+                    "only (init= is its deprecated spelling)")
+  warnings.warn(f"{factory}(init=...) is deprecated and will be removed in the next release; "
+                "use syn_init=... (a Distiller's .init is its init function)",
+                DeprecationWarning, stacklevel=3)
+  return init
+
+
 def _check_sampling(init: str, sampling: str, config: KDEConfig | None) -> None:
   if init not in INITS:
-    raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
+    raise ValueError(f"syn_init must be one of {list(INITS)}, got {init!r}")
   if sampling not in REAL_SAMPLING:
     raise ValueError(f"real_sampling must be one of {list(REAL_SAMPLING)}, got {sampling!r}")
   if config is None and (init == "weighted" or sampling == "weighted"):
-    raise ValueError("init='weighted' and real_sampling='weighted' draw real images in "
+    raise ValueError("syn_init='weighted' and real_sampling='weighted' draw real images in "
                      "proportion to their weights: pass kde_config= (a weighting)")
 
 

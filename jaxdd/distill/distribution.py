@@ -12,7 +12,7 @@ import optax
 
 from jaxdd import matching, parallel, weighting
 from jaxdd._src import winograd
-from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
+from jaxdd.distill.core import (syn_init_of, Distiller, DistillState, KDEConfig, RealData, _check_kde,
                                 _check_sampling, _state_init, all_finite, batch_weights,
                                 kde_hparams, kde_knobs, real_batch, sample_from,
                                 sample_per_class, step_key)
@@ -24,10 +24,11 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
        real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
        syn_tx: optax.GradientTransformation | None = None,
-       init: Literal["real", "weighted", "noise"] = "real", kde_config: KDEConfig | None = None,
+       syn_init: Literal["real", "weighted", "noise"] = "real", kde_config: KDEConfig | None = None,
        real_sampling: Literal["uniform", "weighted"] = "uniform",
        group_matching: int | None = None, batch_clusters: int | None = None,
-       execution: Execution | None = None) -> Distiller:
+       execution: Execution | None = None,
+       init: Literal["real", "weighted", "noise"] | None = None) -> Distiller:
   """Distribution matching (Zhao & Bilen 2023), optionally KDE-reweighted (Cui et al. 2024).
 
   Args:
@@ -48,7 +49,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       is a hyperparameter in the state (``state.hparams["lr"]``).
     syn_tx: optional optax transformation replacing SGD(lr, momentum) (then
       the state has no ``lr``: the step size is the transformation's).
-    init: 'real' (copy ``ipc`` random real images of each class), 'weighted'
+    syn_init: 'real' (copy ``ipc`` random real images of each class), 'weighted'
       (copy ``ipc`` real images of each class drawn without replacement in
       proportion to their whole-class weights, :func:`weighted_init_rows`;
       needs ``kde_config`` and ``real.log_density``) or 'noise' (standard
@@ -82,6 +83,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       convolutions run as Winograd F(2x2, 3x3): the same values up to float
       rounding, 2.25x fewer multiplies (:mod:`jaxdd.policy`; docs/results/speed-distillation.md, "One
       DM step"). N runs in one program: :func:`jaxdd.distill.many_runs`.
+    init: the deprecated spelling of ``syn_init`` (a DeprecationWarning).
 
   Returns:
     A :class:`Distiller` ``(init, step)``, both pure. ``state.hparams``
@@ -90,6 +92,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     ``finite`` (the loss, the gradient norm and the updated images are finite,
     :func:`jaxdd.distill.core.all_finite`).
   """
+  init = syn_init_of(syn_init, init, "real", "dm")
   _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matching)
   _check_batch_clusters(batch_clusters, kde_config, group_matching)
   ex = Execution() if execution is None else execution

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxdd import matching
-from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
+from jaxdd.distill.core import (syn_init_of, Distiller, DistillState, KDEConfig, RealData, _check_kde,
                                 _check_sampling, _state_init, all_finite, kde_hparams, kde_knobs,
                                 real_batch, step_key)
 from jaxdd.distill.execution import Execution
@@ -34,10 +34,11 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
         beta: float = 0.1, schedule: Literal["constant", "cos", "linear"] = "cos",
         curriculum: Literal["iterations", "slots"] = "iterations", beta_floor: float = 1e-3,
         filter: Literal["high", "low"] = "high",  # noqa: A002
-        normalize: bool = True, init: Literal["real", "weighted", "noise"] = "real",
+        normalize: bool = True, syn_init: Literal["real", "weighted", "noise"] = "real",
         kde_config: KDEConfig | None = None,
         real_sampling: Literal["uniform", "weighted"] = "uniform",
-        variables: Any = None, execution: Execution | None = None) -> Distiller:
+        variables: Any = None, execution: Execution | None = None,
+        init: Literal["real", "weighted", "noise"] | None = None) -> Distiller:
   """CFM as a :class:`Distiller`: frequency-filtered covariance matching of conv inputs.
 
   Each step: a real batch per class (uniform or KDE-weighted, as :func:`dm`),
@@ -67,13 +68,14 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     normalize: divide each norm by the real side's
       (:func:`jaxdd.matching.cfm_layer_loss`; a departure from UniDD that keeps
       the loss's scale as beta falls).
-    init, kde_config, real_sampling: as :func:`dm`.
+    syn_init, kde_config, real_sampling: as :func:`dm`.
     variables: None (a fresh random network every step, as DM) or the fixed
       variables of a trained ``model`` (kept in ``state.hparams["variables"]``,
       so runs with other trained networks share the compiled step).
     execution: how the step runs (:class:`jaxdd.distill.Execution`; None:
       ``Execution()``): its policy (the step is traced under it) and ``jit``;
       one device only (a mesh or ``real_dtype`` is refused).
+    init: the deprecated spelling of ``syn_init`` (a DeprecationWarning).
 
   Returns:
     A :class:`Distiller`; the step's metrics: ``loss``, ``grad_norm``,
@@ -81,6 +83,7 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     (the loss, the gradient norm and the updated images are finite,
     :func:`jaxdd.distill.core.all_finite`).
   """
+  init = syn_init_of(syn_init, init, "real", "cfm")
   _check_cfm(ipc=ipc, iterations=iterations, real_per_class=real_per_class, beta=beta,
              beta_floor=beta_floor, curriculum=curriculum, schedule=schedule, filter=filter,
              init=init, kde_config=kde_config, real_sampling=real_sampling)

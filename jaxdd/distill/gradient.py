@@ -14,7 +14,7 @@ from jaxdd import augment as augment_lib
 from jaxdd import matching, parallel
 from jaxdd import train as train_lib
 from jaxdd._src import winograd
-from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
+from jaxdd.distill.core import (syn_init_of, Distiller, DistillState, KDEConfig, RealData, _check_kde,
                                 _check_sampling, _state_init, all_finite, kde_hparams, kde_knobs,
                                 real_batch, sample_per_class, step_key)
 from jaxdd.distill.execution import Execution
@@ -56,10 +56,11 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        inner_loop: int | None = None, real_per_class: int = 256, lr: float = 0.1,
        momentum: float = 0.5, syn_tx: optax.GradientTransformation | None = None,
        lr_net: float = 0.01, net_batch_size: int = 256,
-       init: Literal["real", "weighted", "noise"] = "real",
+       syn_init: Literal["real", "weighted", "noise"] = "real",
        kde_config: KDEConfig | None = None,
        real_sampling: Literal["uniform", "weighted"] = "uniform",
-       execution: Execution | None = None) -> Distiller:
+       execution: Execution | None = None,
+       init: Literal["real", "weighted", "noise"] | None = None) -> Distiller:
   """Gradient matching (DC / DSA), optionally KDE-reweighted (Cui et al. 2024).
 
   One ``step`` is one outer iteration of the reference's ``main.py``, compiled
@@ -100,7 +101,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       the state has no ``lr``).
     lr_net: the network's SGD learning rate in the inner loop (0.01).
     net_batch_size: the inner loop's batch size (256).
-    init: 'real', 'weighted' or 'noise' (see :func:`dm`).
+    syn_init: 'real', 'weighted' or 'noise' (see :func:`dm`).
     kde_config: None for vanilla DC/DSA, else the KDE weighting.
     real_sampling: 'uniform' or 'weighted' (see :func:`dm`).
     execution: how the step runs (:class:`jaxdd.distill.Execution`; None:
@@ -111,6 +112,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       mesh, the real gradient's eligible 3x3 convolutions run as Winograd
       F(2x2, 3x3) (:mod:`jaxdd.policy`; docs/results/speed-distillation.md, "One gradient-matching
       outer iteration"); the synthetic side keeps the loop-safe kernels.
+    init: the deprecated spelling of ``syn_init`` (a DeprecationWarning).
 
   Returns:
     A :class:`Distiller` of pure functions; ``state.hparams`` holds ``lr`` and,
@@ -121,6 +123,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     round's loss and gradient norm and the updated images are finite,
     :func:`jaxdd.distill.core.all_finite`).
   """
+  init = syn_init_of(syn_init, init, "real", "gm")
   if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
     raise ValueError(f"ipc must be an int >= 1, got {ipc!r}")
   if real_per_class < 1:
@@ -289,10 +292,11 @@ def dsa(*, num_classes: int, ipc: int, model: nn.Module | None = None,
         outer_loop: int | None = None, inner_loop: int | None = None,
         real_per_class: int = 256, lr: float = 0.1, momentum: float = 0.5,
         syn_tx: optax.GradientTransformation | None = None, lr_net: float = 0.01,
-        net_batch_size: int = 256, init: Literal["real", "weighted", "noise"] = "real",
+        net_batch_size: int = 256, syn_init: Literal["real", "weighted", "noise"] = "real",
         kde_config: KDEConfig | None = None,
         real_sampling: Literal["uniform", "weighted"] = "uniform",
-        execution: Execution | None = None) -> Distiller:
+        execution: Execution | None = None,
+        init: Literal["real", "weighted", "noise"] | None = None) -> Distiller:
   """DSA (Zhao & Bilen 2021): gradient matching with siamese augmentation.
 
   :func:`gm` with a siamese ``augment`` (default the reference's strategy,
@@ -312,31 +316,34 @@ def dsa(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     >>> state.syn.images.shape, int(state.step)  # doctest: +SKIP
     ((4, 8, 8, 3), 1)
   """
+  init = syn_init_of(syn_init, init, "real", "dsa")
   if augment is None:
     augment = augment_lib.dsa(augment_lib.DEFAULT_STRATEGY)
   return gm(num_classes=num_classes, ipc=ipc, model=model, augment=augment,
             net_augment=net_augment, outer_loop=outer_loop, inner_loop=inner_loop,
             real_per_class=real_per_class, lr=lr, momentum=momentum, syn_tx=syn_tx,
-            lr_net=lr_net, net_batch_size=net_batch_size, init=init, kde_config=kde_config,
-            real_sampling=real_sampling, execution=execution)
+            lr_net=lr_net, net_batch_size=net_batch_size, syn_init=init,
+            kde_config=kde_config, real_sampling=real_sampling, execution=execution)
 
 
 def dc(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        outer_loop: int | None = None, inner_loop: int | None = None,
        real_per_class: int = 256, lr: float = 0.1, momentum: float = 0.5,
        syn_tx: optax.GradientTransformation | None = None, lr_net: float = 0.01,
-       net_batch_size: int = 256, init: Literal["real", "weighted", "noise"] = "noise",
+       net_batch_size: int = 256, syn_init: Literal["real", "weighted", "noise"] = "noise",
        kde_config: KDEConfig | None = None,
        real_sampling: Literal["uniform", "weighted"] = "uniform",
-       execution: Execution | None = None) -> Distiller:
+       execution: Execution | None = None,
+       init: Literal["real", "weighted", "noise"] | None = None) -> Distiller:
   """DC (Zhao et al. 2021): gradient matching without augmentation.
 
   :func:`gm` with no augmentation (neither in the matching nor in the inner loop) and, as
   the reference's default, noise initialisation. Every argument is :func:`gm`'s, with these
   defaults; for an augmentation use :func:`dsa`.
   """
+  init = syn_init_of(syn_init, init, "noise", "dc")
   return gm(num_classes=num_classes, ipc=ipc, model=model, augment=None, net_augment=None,
             outer_loop=outer_loop, inner_loop=inner_loop, real_per_class=real_per_class,
             lr=lr, momentum=momentum, syn_tx=syn_tx, lr_net=lr_net,
-            net_batch_size=net_batch_size, init=init, kde_config=kde_config,
+            net_batch_size=net_batch_size, syn_init=init, kde_config=kde_config,
             real_sampling=real_sampling, execution=execution)

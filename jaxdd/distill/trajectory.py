@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 from jaxdd import augment as augment_lib
 from jaxdd.distill import experts as experts_lib
 from jaxdd._src import checks
-from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
+from jaxdd.distill.core import (syn_init_of, Distiller, DistillState, KDEConfig, RealData, _check_kde,
                                 _state_init, all_finite, step_key)
 from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet
@@ -31,8 +31,9 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
         lr_teacher: float = 0.01, momentum: float = 0.5,
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None | Literal["default"] = "default",
         mode: Literal["exact", "tesla"] = "exact",
-        init: Literal["real", "weighted", "noise"] = "real",
-        kde_config: KDEConfig | None = None, execution: Execution | None = None) -> Distiller:
+        syn_init: Literal["real", "weighted", "noise"] = "real",
+        kde_config: KDEConfig | None = None, execution: Execution | None = None,
+        init: Literal["real", "weighted", "noise"] | None = None) -> Distiller:
   """MTT over a buffer of expert trajectories, optionally with TESLA's gradients.
 
   ``init(key, real, syn=None)`` starts the synthetic set as :func:`dm` does
@@ -66,13 +67,14 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
       with per-image parameters, or None; ``"default"``: MTT's,
       ``jaxdd.augment.dsa("color_crop_cutout_flip_scale_rotate", siamese=False)``.
     mode: ``"exact"`` or ``"tesla"`` (:func:`jaxdd.distill.experts.trajectory_loss`).
-    init: 'real', 'weighted' (needs ``kde_config`` and ``real.log_density``) or
+    syn_init: 'real', 'weighted' (needs ``kde_config`` and ``real.log_density``) or
       'noise'.
     kde_config: the weighting that ``init='weighted'`` draws with; the
       matching itself does not use it.
     execution: how the step runs (:class:`jaxdd.distill.Execution`; None:
       ``Execution()``): its policy (the step is traced under it) and ``jit``;
       one device only (a mesh or ``real_dtype`` is refused).
+    init: the deprecated spelling of ``syn_init`` (a DeprecationWarning).
 
   Returns:
     A :class:`Distiller`. The step's metrics: ``loss`` (the normalised
@@ -80,6 +82,7 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
     ``start_epoch``, ``expert``, ``finite`` (the loss, the gradient norm, the
     updated images and ``syn_lr`` are finite, :func:`jaxdd.distill.core.all_finite`).
   """
+  init = syn_init_of(syn_init, init, "real", "mtt")
   _check_mtt(ipc=ipc, num_classes=num_classes, num_epochs=num_epochs,
              expert_epochs=expert_epochs, max_start_epoch=max_start_epoch, syn_steps=syn_steps,
              batch_syn=batch_syn, lr=lr, lr_lr=lr_lr, lr_teacher=lr_teacher, mode=mode,
@@ -174,7 +177,7 @@ def _check_mtt(*, ipc, num_classes, num_epochs, expert_epochs, max_start_epoch, 
       raise ValueError(f"{name} must be a positive number, got {v!r}")
   _check_kde(kde_config)
   if init not in ("real", "weighted", "noise"):
-    raise ValueError(f"init must be 'real', 'weighted' or 'noise', got {init!r}")
+    raise ValueError(f"syn_init must be 'real', 'weighted' or 'noise', got {init!r}")
   if init == "weighted" and kde_config is None:
-    raise ValueError("init='weighted' draws real images in proportion to their weights: pass "
+    raise ValueError("syn_init='weighted' draws real images in proportion to their weights: pass "
                      "kde_config= (a weighting)")

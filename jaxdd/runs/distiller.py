@@ -54,7 +54,8 @@ def make_distiller(config: RunConfig, num_classes: int,
   common = dict(num_classes=num_classes, ipc=config.ipc,
                 model=models.ConvNet(num_classes, depth=config.depth, width=config.width),
                 real_per_class=real_per_class or config.real_per_class, lr=config.lr_img,
-                momentum=config.momentum, init=config.init, kde_config=kde_config, real_sampling=config.real_sampling)
+                momentum=config.momentum, syn_init=config.init, kde_config=kde_config,
+                real_sampling=config.real_sampling)
   if config.method != "dm" and real_dtype is not None:
     raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
   ex = execution(config, num_classes, real_dtype=real_dtype,
@@ -68,7 +69,7 @@ def make_distiller(config: RunConfig, num_classes: int,
                        lr_teacher=config.lr_teacher, momentum=config.momentum,
                        augment=(augment_lib.dsa(config.dsa_strategy, siamese=False)
                                 if config.dsa_strategy else None), mode=config.mtt_mode,
-                       init=config.init, kde_config=kde_config, execution=ex)
+                       syn_init=config.init, kde_config=kde_config, execution=ex)
   if config.method == "cfm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.cfm(iterations=max(config.iterations, 1), augment=aug, beta=config.cfm_beta,
