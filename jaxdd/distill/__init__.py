@@ -54,9 +54,10 @@ Example:
 """
 from jaxdd.distill.core import (INITS, REAL_SAMPLING, ClassIndex, Distiller, DistillState,
                                 KDEConfig, RealData, batch_weights, class_index,
-                                class_log_density, class_weights, multi_step, real_batch, real_data,
+                                class_log_density, class_weights, real_batch, real_data,
                                 run_key_data, sample_from, sample_per_class, sample_weighted, step_key,
-                                steps_loop, weighted_init_rows, with_hparams)
+                                weighted_init_rows, with_hparams)
+from jaxdd.distill.steps import multi_step, steps_loop
 from jaxdd.distill.distribution import dm, dm_cell
 from jaxdd.distill.execution import RUN_FIELDS, Execution, cell_row_groups, cell_runs, many_runs
 from jaxdd.distill.frequency import cfm

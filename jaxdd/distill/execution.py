@@ -35,7 +35,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import policy as policy_lib
 from jaxdd._src import checks
-from jaxdd.distill.core import Distiller, DistillState, RealData, multi_step
+from jaxdd.distill.core import Distiller, DistillState, RealData
+from jaxdd.distill.steps import multi_step
 
 __all__ = ["Execution", "cell_row_groups", "cell_runs", "many_runs", "multi_step"]
 

@@ -63,7 +63,7 @@ class Programs:
                         lambda: jax.jit(distill.steps_loop(d.step, k), donate_argnums=0))
 
     def run(state, data, n: int):
-      return program(state, data, distill.core.check_steps(n, k))
+      return program(state, data, distill.steps.check_steps(n, k))
 
     return run
 
