@@ -85,6 +85,8 @@ CELLS = (
     Cell("cmnist5-ipc50", "cmnist", 0.05, 50),
     Cell("cmnist5-ipc10", "cmnist", 0.05, 10),
     Cell("fg10-ipc10", "cmnist_fg", 0.1, 10),
+    # FairDD's appendix M: label-free FairDD (in-batch DBSCAN) against FairDD with labels
+    Cell("bg10-ipc10", "cmnist_bg", 0.1, 10),
     Cell("bgfmnist5-ipc50", "bg_fmnist", 0.05, 50),
     Cell("cmnist1-ipc50", "cmnist", 0.01, 50),
     Cell("cmnist2-ipc50", "cmnist", 0.02, 50),
@@ -95,7 +97,7 @@ CELLS = (
 )
 
 #: The conflicting fraction at which each dataset is unbiased (every bias value equally likely).
-UNBIASED = {"cmnist": 0.9, "bg_fmnist": 0.9, "cmnist_fg": 0.9}
+UNBIASED = {"cmnist": 0.9, "bg_fmnist": 0.9, "cmnist_fg": 0.9, "cmnist_bg": 0.9}
 
 
 @dataclasses.dataclass(frozen=True)

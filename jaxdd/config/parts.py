@@ -40,6 +40,7 @@ DATASETS: dict[str, tuple[str, tuple[int, ...], int | None]] = {
     "cifar10c_type1": ("lff", (1, 2, 3, 4), 4),
     "cmnist": ("lff", (1, 2, 3, 4, 5), 4),
     "cmnist_dd": ("biased_dd", (1, 2, 3, 4), 4),
+    "cmnist_bg": ("lff", (), None),
     "cmnist_fg": ("lff", (), None),
     "corrupted_fmnist": ("lff", (1, 2, 3, 4), 4),
     "corrupted_fmnist_type1": ("lff", (1, 2, 3, 4), 4),

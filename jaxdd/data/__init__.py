@@ -29,7 +29,8 @@ from jaxdd.data.biased import (BIASED_DD_COLOUR_STD, COLOUR_NAMES, DATASETS, LFF
                                colorize_foreground, corrupt_by_attribute, from_arrays, load,
                                make_attr_labels, resolve_source, smallest_conflict_ratio)
 from jaxdd.data.cache import cache_dir
-from jaxdd.data.injectors import FAIRDD_PALETTE, colorize_binary_foreground, fairdd_attr_labels
+from jaxdd.data.injectors import (FAIRDD_PALETTE, colorize_binary_background,
+                                  colorize_binary_foreground, fairdd_attr_labels)
 from jaxdd.data.ops import as_batch, channel_stats, denormalize, normalize, to_uint8
 from jaxdd.data.sources import (DEBIAN_FASHION_MNIST_DIR, ArraySource, IdxSource,
                                 ImageFolderSource, MnistCsvSource, Source, TfdsSource)
@@ -55,6 +56,7 @@ __all__ = [
     "cache_dir",
     "channel_stats",
     "colorize_background",
+    "colorize_binary_background",
     "colorize_binary_foreground",
     "colorize_foreground",
     "corrupt_by_attribute",

@@ -18,7 +18,7 @@ import numpy as np
 from jaxdd.data import sources as _sources
 from jaxdd.data.card import BiasedDataset, DatasetCard, _counts
 from jaxdd.data.injectors import (_classes_without_conflict, _to_float, colorize_background,
-                                  colorize_binary_foreground, colorize_foreground,
+                                  colorize_binary_background, colorize_binary_foreground, colorize_foreground,
                                   corrupt_by_attribute, fairdd_attr_labels, make_attr_labels,
                                   smallest_conflict_ratio)
 from jaxdd.data.registry import (_SPLIT_ID, BUILDER_VERSION, DatasetSpec, _check_seed,
@@ -94,9 +94,10 @@ def _inject(spec: DatasetSpec, key, images, attrs, severity, *, split: str,
     finally:
       if owned:
         bar.close()
-  if spec.injector == "fairdd_foreground":
-    return colorize_binary_foreground(images, attrs), {"padding": "4 rows top, 4 columns left",
-                                                       "threshold": 128}
+  if spec.injector in ("fairdd_foreground", "fairdd_background"):
+    fn = (colorize_binary_foreground if spec.injector == "fairdd_foreground"
+          else colorize_binary_background)
+    return fn(images, attrs), {"padding": "4 rows top, 4 columns left", "threshold": 128}
   if spec.injector == "corruption":
     level = severity + 1  # LfF's offset: severity s is applied at protocol level s + 1
     bar, owned = _sources.open_progress(progress, n, f"{spec.name} {split}: corrupting",
@@ -116,7 +117,8 @@ def _compose(spec: DatasetSpec, images, labels, *, split: str, ratio: float, sev
   """Assigns bias to ``(images, labels)`` as split ``split`` and injects it."""
   aligned_ratio = spec.aligned_ratio(split, ratio)
   key = jax.random.fold_in(jax.random.key(seed), _SPLIT_ID[split])
-  if spec.injector == "fairdd_foreground":  # FairDD's shuffled assignment (no minimum rule)
+  if spec.injector in ("fairdd_foreground", "fairdd_background"):  # FairDD's shuffled
+    # assignment (no minimum rule)
     attrs = fairdd_attr_labels(jax.random.fold_in(key, 1), labels, aligned_ratio=aligned_ratio,
                                num_bias=len(spec.bias_names))
   else:

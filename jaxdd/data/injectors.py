@@ -275,6 +275,40 @@ def colorize_binary_foreground(images, colors, *, palette=None, pad: int = 4) ->
   return out
 
 
+def colorize_binary_background(images, colors, *, palette=None, pad: int = 4) -> np.ndarray:
+  """FairDD's C-MNIST-BG images: the binarised digit in black on a background of the bias
+  colour, padded (FairDD's ``Colored_MNIST_background``, ``is_foreground=False``).
+
+  Each grey image is first padded with ``pad`` rows of zeros at the top and ``pad`` columns
+  at the left (28x28 -> 32x32); pixels >= 128 (of 255), the stroke, are black; every other
+  pixel, the padding included, takes the colour. No colour noise.
+
+  Args:
+    images: (N, H, W) or (N, H, W, 1), uint8 0..255 or float [0, 1].
+    colors: (N,) palette indices, or (N, 3) RGB in [0, 1].
+    palette: (K, 3) RGB table for index colours; default :data:`FAIRDD_PALETTE`.
+    pad: zero rows/columns added at the top and left.
+
+  Returns:
+    (N, H + pad, W + pad, 3) ``float32`` in [0, 1].
+
+  Example:
+    >>> x = colorize_binary_background(np.array([[[0, 127], [128, 255]]], np.uint8), [1], pad=1)
+    >>> x.shape, x[0, 0, 0].tolist(), x[0, 1, 1].tolist(), x[0, 2, 1].tolist()
+    ((1, 3, 3, 3), [1.0, 0.501960813999176, 0.0], [1.0, 0.501960813999176, 0.0], [0.0, 0.0, 0.0])
+  """
+  x = validate_images(images, channels=(1,))
+  if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or pad < 0:
+    raise ValueError(f"pad must be an integer >= 0, got {pad!r}.")
+  colour = _colour_table(colors, len(x), FAIRDD_PALETTE if palette is None else palette)
+  n, h, w = x.shape[:3]
+  grey = x.reshape(n, h, w)
+  on = grey >= 128 if grey.dtype == np.uint8 else np.rint(_to_float(grey) * 255.0) >= 128
+  stroke = np.zeros((n, h + pad, w + pad), bool)
+  stroke[:, pad:, pad:] = on
+  return (~stroke)[..., None] * colour[:, None, None, :]
+
+
 def _colour_table(colors, n: int, palette) -> np.ndarray:
   c = np.asarray(colors)
   if c.ndim == 1:

@@ -19,7 +19,7 @@ BUILDER_VERSION = "1"
 COLOUR_NAMES = ("red", "yellow", "mauve", "sage", "sky_blue", "green", "blue", "purple",
                 "olive", "crimson")
 
-#: Names of ReBias' / FairDD's 10 colours (``cmnist_fg``), in palette order.
+#: Names of ReBias' / FairDD's 10 colours (``cmnist_fg``, ``cmnist_bg``), in palette order.
 FAIRDD_COLOUR_NAMES = ("red", "orange", "yellow", "light_yellow", "green", "cyan", "blue",
                        "violet", "magenta", "white")
 
@@ -134,6 +134,8 @@ DATASETS: dict[str, DatasetSpec] = {
                               "mnist"),
     "ccifar10_dd": _corrupt_spec("ccifar10_dd", "biased_dd", "type0"),
     "cmnist_fg": DatasetSpec("cmnist_fg", "mnist", "fairdd_foreground", "lff", (), None, 0.1,
+                             None, MNIST_CLASSES, FAIRDD_COLOUR_NAMES, "mnist"),
+    "cmnist_bg": DatasetSpec("cmnist_bg", "mnist", "fairdd_background", "lff", (), None, 0.1,
                              None, MNIST_CLASSES, FAIRDD_COLOUR_NAMES, "mnist"),
 }
 
