@@ -64,9 +64,10 @@ Architectures are also named by spec strings (:func:`get`, :func:`spec_of`):
 """
 from __future__ import annotations
 
+import inspect
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -464,6 +465,47 @@ def spec_of(model: nn.Module) -> str:
       return f"{name}-{_NORM_TOKENS[model.norm]}"
   raise ValueError(f"spec_of does not know {type(model).__name__}; it covers ConvNet, MLP, "
                    "LeNet, AlexNet, VGG11 and ResNet18")
+
+
+def feature_fn(model: nn.Module, variables: Any) -> Callable[[jax.Array], jax.Array]:
+  """``embed(images) -> features``: a model's features under jaxdd's one model contract.
+
+  The contract: a model is a ``flax.linen`` Module whose ``__call__(x, ...)`` maps NHWC
+  images to logits; when it takes ``return_features=True`` it returns ``(features,
+  logits)`` (every model here), and any other module's output is taken as its features.
+  A model with running statistics (``batch_stats``) embeds in training mode with the
+  batch's statistics, as the reference's DM does. Distribution matching (:func:`jaxdd.dm`)
+  matches these features; :func:`jaxdd.matching.dm_loss` takes such a function as its
+  ``embed_fn``, so your loop and the distiller read a model the same way.
+
+  Args:
+    model: the Module.
+    variables: its variables (``{"params": ...}``, and ``batch_stats`` if it has them).
+
+  Returns:
+    A pure function of the images (jittable, differentiable in the images).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> m = ConvNet(10, depth=1, width=8)
+    >>> v = m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    >>> feature_fn(m, v)(jnp.ones((2, 8, 8, 3))).shape
+    (2, 128)
+  """
+  try:
+    accepts = set(inspect.signature(model.__call__).parameters)
+  except (TypeError, ValueError):
+    accepts = set()
+  kw = {"return_features": True} if "return_features" in accepts else {}
+  train = {"train": True} if "train" in accepts else {}
+
+  def embed(images):
+    if "batch_stats" in variables:
+      out, _ = model.apply(variables, images, mutable=["batch_stats"], **kw, **train)
+    else:
+      out = model.apply(variables, images, **kw)
+    return out[0] if kw else out
+  return embed
 
 
 def param_count(params: Any) -> int:

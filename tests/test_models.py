@@ -407,3 +407,32 @@ def test_models_that_pool_the_image_away_are_refused(tmp_path):
   for argv in (["--depth", "5"], ["--eval-model", "convnet-d6-w8"]):
     assert cli.main(["distill", "--preset", "smoke", "--workdir", str(work), "--quiet"] + argv) == 2
     assert not work.exists()
+
+
+def test_feature_fn_is_the_one_model_contract():
+  # return_features=True where the module takes it, the output otherwise; a model with
+  # running statistics embeds in training mode with the batch's statistics
+  import flax.linen as nn
+  from jaxdd import models
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 3)), jnp.float32)
+  m = models.ConvNet(3, depth=1, width=8)
+  v = m.init(jax.random.key(0), x[:1])
+  np.testing.assert_array_equal(models.feature_fn(m, v)(x),
+                                m.apply(v, x, return_features=True)[0])
+
+  class Plain(nn.Module):
+    @nn.compact
+    def __call__(self, z):
+      return nn.Dense(5)(z.reshape(z.shape[0], -1))
+  p = Plain()
+  vp = p.init(jax.random.key(1), x[:1])
+  np.testing.assert_array_equal(models.feature_fn(p, vp)(x), p.apply(vp, x))
+  bn = models.ConvNet(3, depth=1, width=8, norm="batch")
+  vb = bn.init(jax.random.key(2), x[:1])
+  want, _ = bn.apply(vb, x, train=True, mutable=["batch_stats"], return_features=True)
+  np.testing.assert_array_equal(models.feature_fn(bn, vb)(x), want[0])
+  # differentiable in the images and jittable
+  g = jax.grad(lambda z: jnp.sum(models.feature_fn(m, v)(z) ** 2))(x)
+  assert g.shape == x.shape and bool(jnp.isfinite(g).all())
+  np.testing.assert_allclose(jax.jit(models.feature_fn(m, v))(x), models.feature_fn(m, v)(x),
+                             rtol=1e-5, atol=1e-5)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Callable, Literal, NamedTuple
 
 import flax.linen as nn
@@ -17,7 +16,7 @@ from jaxdd.distill.core import (syn_init_of, Distiller, DistillState, KDEConfig,
                                 kde_hparams, kde_knobs, real_batch, sample_from,
                                 sample_per_class, step_key)
 from jaxdd.distill.execution import Execution
-from jaxdd.models import ConvNet
+from jaxdd.models import ConvNet, feature_fn
 
 
 def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
@@ -332,14 +331,6 @@ def _check_model(model) -> None:
                      "jaxdd.matching.dm_loss(embed_fn=...) in your own step")
 
 
-def _call_args(model: nn.Module) -> set[str]:
-  """The keyword arguments ``model.__call__`` takes."""
-  try:
-    return set(inspect.signature(model.__call__).parameters)
-  except (TypeError, ValueError):
-    return set()
-
-
 def _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matching) -> None:
   """:func:`dm`'s checks of its method arguments."""
   if ipc < 1:
@@ -367,20 +358,8 @@ def _embedders(model: nn.Module, variables, real_dtype, winograd_real: bool, *,
   ``syn_dtype``: the synthetic forward (and so its backward) in that dtype, the same way.
   """
 
-  accepts = _call_args(model)
-  # jaxdd's models return (features, logits) with return_features=True; any other module's
-  # output is its features.
-  kw = {"return_features": True} if "return_features" in accepts else {}
-  pick = (lambda out: out[0]) if kw else (lambda out: out)  # noqa: E731
-
-  def embed_with(v, x):
-    # BatchNorm models use the statistics of the batch (train mode), as the reference.
-    if "batch_stats" in v:
-      out, _ = model.apply(v, x, mutable=["batch_stats"], **kw,
-                           **({"train": True} if "train" in accepts else {}))
-    else:
-      out = model.apply(v, x, **kw)
-    return pick(out)
+  def embed_with(v, x):  # the model contract's features (jaxdd.models.feature_fn)
+    return feature_fn(model, v)(x)
 
   def in_dtype(dtype):
     cast = jax.tree.map(
