@@ -468,6 +468,12 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
                              "--resume-from", str(bad)]) == 1
   assert "not the part the handover recorded" in capfd.readouterr().err
   assert not (tmp_path / "w2").exists()
+  # other flags than the handover was made with: refused, nothing written
+  other = [a if a != "3" else "4" for a in base]  # --iterations 4
+  assert script.main(other + ["--workdir", str(tmp_path / "w2"), "--results", str(res),
+                              "--resume-from", str(hand)]) == 1
+  assert "give the flags it was made with" in capfd.readouterr().err
+  assert not (tmp_path / "w2").exists()
   # machine 2: a fresh work folder and cache; the surrogate comes from the handover; it
   # finishes the distillation, hands the SynSets over before evaluating, and is killed there
   monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache-2"))
