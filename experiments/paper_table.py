@@ -632,9 +632,9 @@ def take_over(q: Queue, unit: Unit) -> None:
                      f"{unit_settings(q)}; give the flags it was made with")
   staged = bundle.unpack_handover(packed, q.args.workdir, manifest["runs"])
   q.legs, q.surrogates = list(manifest["legs"]), staged
-  steps = [leg.get("step") for leg in q.legs]
+  step = q.legs[-1].get("step", "?") if q.legs else "?"
   print(f"[paper_table] unit {unit.name} goes on from the handover in {q.args.resume_from} "
-        f"({len(q.legs)} earlier command(s), stopped at step {steps[-1]})", flush=True)
+        f"({len(q.legs)} earlier command(s), stopped at step {step})", flush=True)
 
 
 def hand_over(q: Queue, unit: Unit, out: str) -> list[str]:
