@@ -23,6 +23,7 @@ import tempfile
 
 from jaxdd._src import io as io_lib
 from jaxdd._src import schema
+from jaxdd.surrogate import cache
 
 #: The largest file :func:`write_out` and :func:`write_handover` leave.
 PART_BYTES = 16 * 2**20
@@ -121,7 +122,6 @@ def pack_handover(root: str, run_dirs: list[str], surrogates: list[str]) -> byte
   relative to ``root``),
   and each surrogate cache entry's parameters and spec under ``surrogates/<entry>/`` (the
   embeddings are recomputed where it is unpacked)."""
-  from jaxdd.surrogate import cache  # noqa: PLC0415  (below this layer; only its file names)
   buf = io.BytesIO()
   with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
     for d in run_dirs:
