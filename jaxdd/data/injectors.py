@@ -262,17 +262,8 @@ def colorize_binary_foreground(images, colors, *, palette=None, pad: int = 4) ->
     >>> x.shape, float(x[0, 0].max()), x[0, 1, 1].tolist(), x[0, 2, 1].tolist()
     ((1, 3, 3, 3), 0.0, [0.0, 0.0, 0.0], [1.0, 0.501960813999176, 0.0])
   """
-  x = validate_images(images, channels=(1,))
-  if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or pad < 0:
-    raise ValueError(f"pad must be an integer >= 0, got {pad!r}.")
-  colour = _colour_table(colors, len(x), FAIRDD_PALETTE if palette is None else palette)
-  n, h, w = x.shape[:3]
-  grey = x.reshape(n, h, w)
-  # >= 128 on the 0..255 scale; float input is read back to that scale first.
-  on = grey >= 128 if grey.dtype == np.uint8 else np.rint(_to_float(grey) * 255.0) >= 128
-  out = np.zeros((n, h + pad, w + pad, 3), np.float32)
-  out[:, pad:, pad:, :] = on[..., None] * colour[:, None, None, :]
-  return out
+  stroke, colour = _binary_stroke(images, colors, palette, pad)
+  return (stroke[..., None] * colour[:, None, None, :]).astype(np.float32)
 
 
 def colorize_binary_background(images, colors, *, palette=None, pad: int = 4) -> np.ndarray:
@@ -297,16 +288,24 @@ def colorize_binary_background(images, colors, *, palette=None, pad: int = 4) ->
     >>> x.shape, x[0, 0, 0].tolist(), x[0, 1, 1].tolist(), x[0, 2, 1].tolist()
     ((1, 3, 3, 3), [1.0, 0.501960813999176, 0.0], [1.0, 0.501960813999176, 0.0], [0.0, 0.0, 0.0])
   """
+  stroke, colour = _binary_stroke(images, colors, palette, pad)
+  return ((~stroke)[..., None] * colour[:, None, None, :]).astype(np.float32)
+
+
+def _binary_stroke(images, colors, palette, pad) -> tuple[np.ndarray, np.ndarray]:
+  """FairDD's binarised digits: the (N, H + pad, W + pad) stroke mask (pixels >= 128 of 255,
+  after ``pad`` zero rows at the top and columns at the left) and each image's (N, 3) colour."""
   x = validate_images(images, channels=(1,))
   if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or pad < 0:
     raise ValueError(f"pad must be an integer >= 0, got {pad!r}.")
   colour = _colour_table(colors, len(x), FAIRDD_PALETTE if palette is None else palette)
   n, h, w = x.shape[:3]
   grey = x.reshape(n, h, w)
+  # >= 128 on the 0..255 scale; float input is read back to that scale first.
   on = grey >= 128 if grey.dtype == np.uint8 else np.rint(_to_float(grey) * 255.0) >= 128
   stroke = np.zeros((n, h + pad, w + pad), bool)
   stroke[:, pad:, pad:] = on
-  return (~stroke)[..., None] * colour[:, None, None, :]
+  return stroke, colour
 
 
 def _colour_table(colors, n: int, palette) -> np.ndarray:
