@@ -44,8 +44,10 @@ class TrainTask(NamedTuple):
   ``state`` (batch-norm statistics, per-sample EMAs, ...) is carried along.
   ``loss(params, state, batch: StepBatch) -> (mean_loss, (new_state,
   logits))``: differentiated w.r.t. ``params``; ``logits`` measure train
-  accuracy. ``predict(params, state, images) -> logits`` in eval mode.
-  ``name`` stamps results. The trainer's compiled programs are keyed on the task:
+  accuracy against the batch's labels, or against ``targets`` when the loss returns
+  ``(logits, targets)`` in their place (a method that trains on other labels, such as
+  SelecMix's mixed pairs), and ``None`` measures none. ``predict(params, state,
+  images) -> logits`` in eval mode. ``name`` stamps results. The trainer's compiled programs are keyed on the task:
   :func:`standard_task` builds its functions as values (module-level functions with
   the model bound), so equal models give equal tasks, which share programs. A task
   made of closures works too, with one program per task object.

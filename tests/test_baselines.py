@@ -1,4 +1,5 @@
-"""Tests for jaxdd.baselines (coresets) and jaxdd.debias (LfF, DFA)."""
+"""Tests for jaxdd.baselines (coresets) and jaxdd.debias (LfF, DFA; SelecMix's own parts in
+test_selecmix.py)."""
 from __future__ import annotations
 
 import jax
@@ -144,7 +145,7 @@ def test_lff_ema_and_relative_difficulty_by_hand():
   np.testing.assert_allclose(w, [0.5 / 1.5, 0.5], rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["lff", "dfa"])
+@pytest.mark.parametrize("method", ["lff", "dfa", "selecmix"])
 def test_debiasing_methods_run_and_return_stamped_results(getkey, method):
   # A biased set: colour predicts the class for 10 of 12 images.
   labels = np.repeat(np.arange(3), 4)

@@ -165,7 +165,8 @@ def test_the_api_changes_no_module_level_container():
   assert progress._SINKS == []  # every reporting block closed
 
 
-@pytest.mark.parametrize("factory", ["standard", "lff", "dfa", "weighted_ce", "supcon", "dsa"])
+@pytest.mark.parametrize("factory", ["standard", "lff", "dfa", "selecmix", "weighted_ce",
+                                     "supcon", "dsa"])
 def test_equal_arguments_give_equal_values_that_share_programs(factory):
   from jaxdd import augment, debias, models, surrogate, tasks
   from jaxdd.distill import experts
@@ -173,6 +174,7 @@ def test_equal_arguments_give_equal_values_that_share_programs(factory):
   make = {"standard": lambda: tasks.standard_task(net()),
           "lff": lambda: debias.lff_task(net(), q=0.5),
           "dfa": lambda: debias.dfa_task(net(), swap_start=0.3),
+          "selecmix": lambda: debias.selecmix_task(net(), tau=0.1),
           "weighted_ce": lambda: experts.weighted_ce_task(net()),
           "supcon": lambda: surrogate.supcon_task(surrogate.SurrogateConfig.preset("smoke")),
           "dsa": lambda: augment.dsa("color_crop", siamese=False)}[factory]

@@ -83,13 +83,14 @@ def test_cli_kde_run_evaluate_and_report(tmp_path, capsys):
 def test_baselines_under_the_same_protocol(tmp_path):
   cfg = _cfg(iterations=1)
   runs.run(cfg, str(tmp_path / "dm"), progress=False)
-  res = runs.run_baselines(cfg, str(tmp_path / "b"), which=("random", "kcenter", "lff"),
+  res = runs.run_baselines(cfg, str(tmp_path / "b"), which=("random", "kcenter", "lff", "selecmix"),
                            vanilla_synset=str(tmp_path / "dm" / "synset"), progress=False)
-  assert set(res) == {"random", "kcenter", "lff"}
+  assert set(res) == {"random", "kcenter", "lff", "selecmix"}
   for r in res.values():
     assert r["result"]["protocol"]["name"] == "smoke"
     assert all(0.0 <= v <= 1.0 for v in r["mean"].values())
   assert res["lff"]["result"]["method"] == "lff"
+  assert res["selecmix"]["result"]["method"] == "selecmix"
   assert 0.0 <= res["random"]["selected_conflicting_fraction"] <= 1.0
   saved = json.load(open(tmp_path / "b" / "baselines.json"))
   assert saved["random"]["mean"] == res["random"]["mean"]

@@ -140,14 +140,15 @@ def cmd_final(args) -> int:
 
 
 def _baselines_which(args) -> tuple[str, ...]:
-  """``--which``, or everything that needs no other run plus lff/dfa given a vanilla SynSet."""
+  """``--which``, or everything that needs no other run (plus the debiasing methods given a
+  vanilla SynSet)."""
   if not args.which:
     return tuple(b for b in runs_lib.BASELINES
-                 if args.vanilla_synset is not None or b not in ("lff", "dfa"))
+                 if args.vanilla_synset is not None or b not in runs_lib.DEBIASED)
   which = tuple(w.strip() for w in args.which.split(",") if w.strip())
-  if {"lff", "dfa"} & set(which) and args.vanilla_synset is None:
-    raise ValueError("lff and dfa train on a vanilla DM SynSet: pass --vanilla-synset DIR, the "
-                     "synset/ directory of a vanilla run (e.g. runs/x/dm/synset from `jaxdd "
+  if set(runs_lib.DEBIASED) & set(which) and args.vanilla_synset is None:
+    raise ValueError("lff, dfa and selecmix train on a vanilla DM SynSet: pass --vanilla-synset "
+                     "DIR, the synset/ directory of a vanilla run (e.g. runs/x/dm/synset from `jaxdd "
                      "reproduce`, or `jaxdd distill --weighting none --workdir D` gives D/synset)")
   return which
 
@@ -217,7 +218,7 @@ def _register_distill(sub, preset: str) -> None:
   # reproduce runs both weightings itself: --weighting would be ignored, so it is not accepted
   flags.add_run_flags(p, preset, exclude=("weighting",))
   p.add_argument("--with-baselines", default=None,
-                 help="also run these baselines, e.g. random,herding,kcenter,lff,dfa,full")
+                 help="also run these baselines, e.g. random,herding,kcenter,lff,dfa,selecmix,full")
   p.add_argument("--reevaluate", action="store_true",
                  help="evaluate finished runs again (default: show their stored results)")
   flags.add_common_flags(p)
@@ -257,10 +258,10 @@ def _register_study(sub, preset: str) -> None:
   # not accepted (argparse refuses them with exit status 2).
   flags.add_run_flags(p, preset, exclude=BASELINES_IGNORE)
   p.add_argument("--which", default=None,
-                 help="comma-separated subset of random,herding,kcenter,lff,dfa,full (default: "
-                      "random,herding,kcenter,full, plus lff,dfa when --vanilla-synset is given)")
+                 help="comma-separated subset of random,herding,kcenter,lff,dfa,selecmix,full (default: "
+                      "random,herding,kcenter,full, plus lff,dfa,selecmix when --vanilla-synset is given)")
   p.add_argument("--vanilla-synset", default=None,
-                 help="synset/ directory of a vanilla DM run (lff and dfa train on it)")
+                 help="synset/ directory of a vanilla DM run (lff, dfa and selecmix train on it)")
   flags.add_trust_flag(p)
   flags.add_common_flags(p)
   p.set_defaults(fn=cmd_baselines)

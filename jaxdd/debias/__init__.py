@@ -1,9 +1,9 @@
-"""Post-distillation debiasing baselines: LfF and DFA trained on a SynSet.
+"""Post-distillation debiasing baselines: LfF, DFA and SelecMix trained on a SynSet.
 
 Cui et al. (docs/protocols.md) compare their reweighted distillation
 with "a state-of-the-art debiasing method applied on the same synthetic set":
 the evaluation networks are trained on a *vanilla* distilled set with a
-debiasing method that needs no bias labels. This module provides two such
+debiasing method that needs no bias labels. This package provides three such
 methods, trained under the same :class:`~jaxdd.protocols.Protocol` as every
 other number (SGD, schedule, DSA augmentation, epochs), compiled as one
 ``lax.scan`` like :func:`jaxdd.train.train_fresh`, and evaluated with the
@@ -36,7 +36,11 @@ same per-group metrics:
 GCE as in the LfF/DFA code: ``GCE = CE * q * stop_gradient(p_y) ** q``, whose
 gradient is ``q`` times the gradient of the GCE formula ``(1 - p_y^q) / q``.
 
-Simplifications (documented deviations from the original code): both methods
+* **SelecMix** (Hwang et al., NeurIPS 2022; iwhwang/SelecMix): mixup with pairs that
+  contradict the bias, chosen by an auxiliary network trained with a generalized
+  supervised-contrastive loss (:mod:`jaxdd.debias.selecmix`, with its own deviations).
+
+Simplifications (documented deviations from the original code): the methods
 use the protocol's SGD (momentum 0.9, coupled weight decay, step decay, shared
 by all their parameters) instead of Adam, the protocol's epochs instead of a
 step budget, and the DSA augmentation of the protocol on the shared batch;
@@ -46,13 +50,21 @@ lr schedule is the protocol's. No validation-based checkpoint selection: the
 final networks are evaluated, as for every other jaxdd number.
 
 Data contract: as :mod:`jaxdd.evaluate` (NHWC float32 normalised images,
-integer labels; soft labels are refused because the per-sample EMAs need a
-class per row).
+integer labels; soft labels are refused because the per-sample EMAs and SelecMix's pairs
+need a class per row).
+
+Modules: :mod:`~jaxdd.debias.common` (GCE, loss EMAs, relative difficulty),
+:mod:`~jaxdd.debias.lff`, :mod:`~jaxdd.debias.dfa`, :mod:`~jaxdd.debias.selecmix` (the
+training tasks), :mod:`~jaxdd.debias.api` (training and evaluation on a SynSet).
 """
-from jaxdd.debias.api import (METHODS, evaluate_debiased, train_dfa, train_lff)
+from jaxdd.debias.api import METHODS, evaluate_debiased, train_dfa, train_lff, train_selecmix
 from jaxdd.debias.common import generalized_cross_entropy, relative_difficulty, update_ema
 from jaxdd.debias.dfa import dfa_predict, dfa_task
 from jaxdd.debias.lff import lff_task
+from jaxdd.debias.selecmix import (contradicting_partners, generalized_supcon_loss, mix_pairs,
+                                   selecmix_task)
 
-__all__ = ["METHODS", "dfa_predict", "dfa_task", "evaluate_debiased", "generalized_cross_entropy",
-           "lff_task", "relative_difficulty", "train_dfa", "train_lff", "update_ema"]
+__all__ = ["METHODS", "contradicting_partners", "dfa_predict", "dfa_task", "evaluate_debiased",
+           "generalized_cross_entropy", "generalized_supcon_loss", "lff_task", "mix_pairs",
+           "relative_difficulty", "selecmix_task", "train_dfa", "train_lff", "train_selecmix",
+           "update_ema"]

@@ -13,21 +13,22 @@ from jaxdd._src.checks import check_syn as _check_syn
 from jaxdd.debias.common import num_classes_of
 from jaxdd.debias.dfa import dfa_task
 from jaxdd.debias.lff import lff_task
+from jaxdd.debias.selecmix import selecmix_task
 from jaxdd.evaluate import evaluate_task
 from jaxdd.protocols import Protocol, get_protocol
 from jaxdd.results import EvalResult
 from jaxdd.structs import Batch, SynSet
 from jaxdd.train import TrainMetrics, TrainTask, _train_single
 
-METHODS = ("lff", "dfa")
-
-
+METHODS = ("lff", "dfa", "selecmix")
 
 _DEFAULTS = {
     "lff": {"q": 0.7, "ema_alpha": 0.7},
     "dfa": {"q": 0.7, "ema_alpha": 0.7, "lambda_dis_align": 10.0, "lambda_swap_align": 10.0,
             "lambda_swap": 1.0, "swap_start": 0.2},
+    "selecmix": {"tau": 0.2, "q": 0.7, "lam_max": 0.5, "mix_weight": 1.0, "clean_weight": 0.0},
 }
+_FACTORIES = {"lff": lff_task, "dfa": dfa_task, "selecmix": selecmix_task}
 
 
 def _task(method: str, model: nn.Module, hparams: dict) -> tuple[TrainTask, dict]:
@@ -38,19 +39,29 @@ def _task(method: str, model: nn.Module, hparams: dict) -> tuple[TrainTask, dict
     raise ValueError(f"{method} takes hyper-parameters {sorted(_DEFAULTS[method])}, got "
                      f"unknown {sorted(unknown)}")
   full = {**_DEFAULTS[method], **{k: float(v) for k, v in hparams.items()}}
-  if not 0 < full["q"] <= 1 or not 0 <= full["ema_alpha"] < 1:
+  if method == "selecmix":
+    _check_selecmix(full)
+  elif not 0 < full["q"] <= 1 or not 0 <= full["ema_alpha"] < 1:
     raise ValueError(f"need 0 < q <= 1 and 0 <= ema_alpha < 1, got {full}")
   if method == "dfa" and not 0 <= full["swap_start"] <= 1:
     raise ValueError(f"swap_start is a fraction of training in [0, 1], got {full['swap_start']}")
-  factory = lff_task if method == "lff" else dfa_task
-  return factory(model, **full), full
+  return _FACTORIES[method](model, **full), full
+
+
+def _check_selecmix(full: dict) -> None:
+  if not full["tau"] > 0 or not 0 <= full["q"] <= 1 or not 0 <= full["lam_max"] <= 1:
+    raise ValueError(f"selecmix needs tau > 0, 0 <= q <= 1 and 0 <= lam_max <= 1, got {full}")
+  if min(full["mix_weight"], full["clean_weight"]) < 0 or not (full["mix_weight"]
+                                                               or full["clean_weight"]):
+    raise ValueError("selecmix's mix_weight and clean_weight are >= 0 and not both 0, got "
+                     f"{full['mix_weight']} and {full['clean_weight']}")
 
 
 def _hard_labels_only(syn: SynSet, model, who: str) -> tuple[jax.Array, jax.Array]:
   images, labels = _check_syn(syn, num_classes_of(model), who)
   if labels.ndim != 1:
-    raise ValueError("LfF/DFA track a loss per (sample, class) and need integer labels; "
-                     "pass hard labels (argmax of the soft ones)")
+    raise ValueError("LfF, DFA and SelecMix need a class per sample (loss EMAs, pairs by label): "
+                     "pass integer labels (the argmax of the soft ones)")
   return images, labels
 
 
@@ -130,6 +141,39 @@ def train_dfa(key: jax.Array, syn: SynSet, *, model: nn.Module,
            "head_i": params["head_i"], "head_b": params["head_b"]}, metrics)
 
 
+def train_selecmix(key: jax.Array, syn: SynSet, *, model: nn.Module,
+                   protocol: str | Protocol = "dm", lr: float | None = None,
+                   **hparams) -> tuple[dict, TrainMetrics]:
+  """Trains a SelecMix classifier (with its auxiliary GSC network) on ``syn``, one compiled scan.
+
+  Args:
+    key: typed PRNG key.
+    syn: training set with integer labels.
+    model: evaluation architecture (the classifier and the auxiliary encoder).
+    protocol: protocol name or :class:`~jaxdd.protocols.Protocol`.
+    lr: override of ``protocol.lr``.
+    **hparams: ``tau`` (0.2), ``q`` (0.7), ``lam_max`` (0.5), ``mix_weight`` (1),
+      ``clean_weight`` (0) (see :func:`~jaxdd.debias.selecmix.selecmix_task`).
+
+  Returns:
+    ``({"classifier": variables, "encoder": variables, "head": head params}, metrics)``;
+    predict with ``model.apply(variables["classifier"], images)``. The metrics' accuracy
+    is the classifier's on the mixed batches against their partners' labels.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxdd import models
+    >>> syn = SynSet(jnp.zeros((4, 8, 8, 3)), jnp.array([0, 0, 1, 1]))
+    >>> v, m = train_selecmix(jax.random.key(0), syn, model=models.ConvNet(num_classes=2, width=4),
+    ...                       protocol="smoke")  # doctest: +SKIP
+    >>> sorted(v)  # doctest: +SKIP
+    ['classifier', 'encoder', 'head']
+  """
+  params, state, metrics = _train_method("selecmix", key, syn, model, protocol, lr, hparams)
+  return ({"classifier": {"params": params["classifier"], **state["classifier"]},
+           "encoder": {"params": params["encoder"], **state["encoder"]},
+           "head": params["head"]}, metrics)
+
 
 def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str = "lff",
                       model: nn.Module, protocol: str | Protocol = "dm", num_models: int = 5,
@@ -146,7 +190,7 @@ def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str =
     key: typed PRNG key.
     syn: the (vanilla distilled) training set, integer labels.
     test: real test Batch (``bias`` / ``aligned`` for group metrics).
-    method: ``"lff"`` or ``"dfa"``.
+    method: ``"lff"``, ``"dfa"`` or ``"selecmix"``.
     model: evaluation architecture.
     protocol: protocol name or Protocol.
     num_models: networks (method instances) trained.
@@ -156,12 +200,12 @@ def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str =
     num_bias: number of bias values (default ``max(bias) + 1``).
     parallel: ``"auto"``, ``"vmap"`` or ``"map"``.
     progress: report training progress (see :func:`jaxdd.evaluate.evaluate_synset`).
-    **hparams: the method's hyper-parameters (see :func:`lff_task`,
-      :func:`dfa_task`).
+    **hparams: the method's hyper-parameters (see :func:`~jaxdd.debias.lff_task`,
+      :func:`~jaxdd.debias.dfa_task`, :func:`~jaxdd.debias.selecmix_task`).
 
   Returns:
-    An :class:`~jaxdd.results.EvalResult` with ``method`` = ``"lff"`` /
-    ``"dfa"``.
+    An :class:`~jaxdd.results.EvalResult` with ``method`` = ``"lff"``, ``"dfa"`` or
+    ``"selecmix"``.
 
   Example:
     >>> import jax, jax.numpy as jnp

@@ -53,7 +53,7 @@ Presets (docs/protocols.md): ``paper`` (published hyperparameters, for an accele
 ``cpu`` (one DM vs DM+KDE comparison in minutes on 2 CPU cores) and ``smoke``
 (seconds, for tests).
 """
-from jaxdd.runs.baseline_runs import BASELINES, run_baselines
+from jaxdd.runs.baseline_runs import BASELINES, DEBIASED, run_baselines
 from jaxdd.runs.cell import cell_groupable, cell_key, distill_cell
 from jaxdd.runs.bias import bias_classifier
 from jaxdd.runs.comparison import reproduce
@@ -111,7 +111,7 @@ from jaxdd.runs.weights import (
 
 __all__ = [
     # one run, its comparison and baselines
-    "run", "distill_stage", "reproduce", "run_baselines", "BASELINES", "distill_group",
+    "run", "distill_stage", "reproduce", "run_baselines", "BASELINES", "DEBIASED", "distill_group",
     "GROUP_KNOBS", "groupable", "group_key", "distill_seeds", "seed_groupable", "seed_key",
     "distill_cell", "cell_key", "cell_groupable",
     # the pieces of a run

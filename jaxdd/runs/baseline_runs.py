@@ -1,4 +1,4 @@
-"""The baselines of a run (random, herding, k-center, LfF, DFA, full) under its protocol."""
+"""The baselines of a run (random, herding, k-center, LfF, DFA, SelecMix, full) under its protocol."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,9 @@ from jaxdd.runs import checks, files, keys, rundata, rundir, surrogate_stage
 from jaxdd.security import signing
 from jaxdd.structs import SynSet
 
-BASELINES = ("random", "herding", "kcenter", "lff", "dfa", "full")
+BASELINES = ("random", "herding", "kcenter", "lff", "dfa", "selecmix", "full")
+#: The baselines trained on a vanilla DM SynSet (post-distillation debiasing).
+DEBIASED = ("lff", "dfa", "selecmix")
 
 
 @rundir.under_policy
@@ -24,8 +26,8 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
 
   * ``random``: ``ipc`` random real images per class;
   * ``herding`` / ``kcenter``: selection on the SupCon surrogate's embeddings;
-  * ``lff`` / ``dfa``: post-distillation debiasing (LfF, DFA) trained on the
-    *vanilla* DM SynSet at ``vanilla_synset`` (docs/protocols.md);
+  * ``lff`` / ``dfa`` / ``selecmix``: post-distillation debiasing (LfF, DFA, SelecMix)
+    trained on the *vanilla* DM SynSet at ``vanilla_synset`` (docs/protocols.md);
   * ``full``: the whole biased training set (upper reference), with the
     protocol's epochs capped at ``full_epochs`` because every epoch is a pass
     over all training images.
@@ -43,10 +45,10 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
   unknown = set(which) - set(BASELINES)
   if unknown:
     raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
-  if {"lff", "dfa"} & set(which) and vanilla_synset is None:
-    raise ValueError("lff/dfa train on a vanilla DM SynSet: pass vanilla_synset (the synset/ "
+  if set(DEBIASED) & set(which) and vanilla_synset is None:
+    raise ValueError("lff/dfa/selecmix train on a vanilla DM SynSet: pass vanilla_synset (the synset/ "
                      "directory of a --weighting none run)")
-  if {"lff", "dfa"} & set(which):
+  if set(DEBIASED) & set(which):
     # a missing, incomplete or (under a trust anchor) unsigned artifact fails here, before any work
     signing.load_synset(vanilla_synset, trust=trust)
   validate(config)
@@ -149,7 +151,7 @@ def _evaluate(name: str, config: RunConfig, run_data: rundata.RunData, arrays: t
     res = evaluate.evaluate_synset(k_eval, syn, test, model=model, protocol=protocol,
                             num_models=config.num_eval_models, progress=progress)
     extra = {"selected_conflicting_fraction": conflicting}
-  elif name in ("lff", "dfa"):
+  elif name in DEBIASED:
     syn, meta = signing.load_synset(vanilla_synset, trust=trust)
     # re-express the SynSet in this run's normalisation (a no-op for the same dataset)
     images = data.normalize(data.denormalize(syn.images, meta["mean"], meta["std"]),

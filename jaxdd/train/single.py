@@ -151,6 +151,8 @@ def _run(task: TrainTask, protocol: Protocol, n: int) -> _Run:
       lr_ep = optax.cosine_decay_schedule(lr_ep, decay_steps=total_steps)(step_count)
     updates, opt_state = optimizer(lr_ep).update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
+    if isinstance(logits, tuple):  # a task that trains on other targets (e.g. SelecMix)
+      logits, y = logits
     if logits is None:  # a task without a classifier (e.g. the SupCon surrogate)
       correct = jnp.zeros((), jnp.float32)
     else:
