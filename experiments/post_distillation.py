@@ -10,7 +10,8 @@ over the seeds of each seed's mean over the evaluation networks, and the paired 
 conflicting accuracy against the vanilla SynSet itself. The methods use their authors' default
 hyper-parameters: nothing is chosen, so the test split is read once per row and seed.
 
-Resumable: a finished run is loaded, a method already in a seed's ``baselines.json`` is skipped.
+Resumable: a finished run is loaded, a method already in a seed's ``baselines.json`` is skipped
+(its wall seconds are kept in the seed's ``seconds.json``).
 
   jaxdd data fetch mnist
   python experiments/post_distillation.py --preset proxy --seeds 0,1,2 \\
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import sys
 import time
@@ -80,12 +82,14 @@ def run_seed(args, seed: int) -> dict:
   vanilla = runs.run(config, vanilla_dir, progress=False)
   done = baseline_runs.stored_baselines(debiased_dir, config)
   missing = tuple(m for m in args.methods if m not in done)
-  times = {}
+  times_path = os.path.join(root, "seconds.json")  # each method's wall seconds, kept for reruns
+  times = json.load(open(times_path)) if os.path.exists(times_path) else {}
   for method in missing:
     t = time.perf_counter()
     done = runs.run_baselines(config, debiased_dir, which=(method,),
                               vanilla_synset=os.path.join(vanilla_dir, "synset"), progress=False)
     times[method] = time.perf_counter() - t
+    synset.atomic_write_json(times_path, times)
   print(f"seed {seed}: vanilla {100 * vanilla['mean']['conflicting']:.1f} conflicting; "
         + ", ".join(f"{m} {100 * done[m]['mean']['conflicting']:.1f}" for m in args.methods)
         + f" ({time.perf_counter() - t0:.0f} s)", flush=True)

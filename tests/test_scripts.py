@@ -274,6 +274,26 @@ def test_bf16_accuracy(tmp_path, capfd):
   assert set(json.loads((tmp_path / "out" / "table.json").read_text())) == {"none", "kde"}
 
 
+@covers("experiments/post_distillation.py")
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_post_distillation(tmp_path, capfd):
+  argv = ["--tiny", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "t.json")]
+  _, out = run("experiments/post_distillation.py", argv, capfd)
+  table = json.loads((tmp_path / "t.json").read_text())
+  assert [r[0] for r in table["rows"]] == [
+      "vanilla DM SynSet, no debiasing", "vanilla DM SynSet + LfF", "vanilla DM SynSet + DFA",
+      "vanilla DM SynSet + SelecMix"]
+  assert all(r[1] == "0,1" for r in table["rows"]) and set(table) >= {"date", "commit", "command"}
+  stored = json.loads((tmp_path / "w" / "s1" / "debiased" / "baselines.json").read_text())
+  assert {stored[m]["result"]["method"] for m in ("lff", "dfa", "selecmix")} == {
+      "lff", "dfa", "selecmix"}
+  # a rerun loads every run and method: the same table, no training
+  _, again = run("experiments/post_distillation.py", argv, capfd)
+  assert json.loads((tmp_path / "t.json").read_text())["rows"] == table["rows"]
+  assert "(0 s)" in again or "(1 s)" in again
+
+
 @covers("experiments/fidelity.py")
 @pytest.mark.slow
 @pytest.mark.heavy
