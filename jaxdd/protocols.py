@@ -44,6 +44,8 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
+
 from jaxdd import presets
 from jaxdd.presets import DSA_STRATEGY
 
@@ -52,10 +54,14 @@ from jaxdd.presets import DSA_STRATEGY
 SCHEDULES = ("step", "cosine")
 
 
+@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class Protocol:
   """A frozen training recipe: the evaluation protocols (every number jaxdd reports is
   stamped with one) and the surrogate's (:meth:`jaxdd.surrogate.SurrogateConfig.protocol`).
+
+  A static pytree (no leaves): it passes through ``jax.jit`` as an argument, and each
+  distinct protocol compiles its own program (its epochs and batch size fix the shapes).
 
   Attributes:
     name: registry name (``"dm"``, ``"dsa"``, ``"dc"``, ``"cpu"``, ``"smoke"``).

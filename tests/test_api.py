@@ -1,7 +1,13 @@
 """API conventions, enforced on every public name."""
 import inspect
 
+import jax
+import jax.numpy as jnp
+import pytest
+
 import jaxdd
+from jaxdd import augment, evaluate, models, protocols, surrogate
+from jaxdd.structs import Batch, SynSet
 
 # functions whose first argument is a PRNG key
 KEYED = {"train_fresh", "evaluate_synset", "train_surrogate", "dm_loss", "gm_loss"}
@@ -68,3 +74,31 @@ def test_every_method_is_at_the_top_level_with_an_explicit_signature():
     params = inspect.signature(getattr(jaxdd, name)).parameters.values()
     assert not [p for p in params if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)], name
     assert all(p.kind == p.KEYWORD_ONLY for p in params), name
+
+
+def test_the_recipes_are_static_pytrees_that_pass_through_jit():
+  # A protocol, a surrogate config and a DSA augmentation carry shapes and choices, no numbers
+  # to trace: no leaves, so jit takes them as arguments, one program per distinct value.
+  traces = []
+
+  @jax.jit
+  def f(recipe, x):
+    traces.append(recipe)
+    return x * 2
+  for recipe in (protocols.get_protocol("smoke"), surrogate.SurrogateConfig.preset("smoke"),
+                 augment.dsa("color_crop")):
+    assert jax.tree.leaves(recipe) == []
+    assert float(f(recipe, jnp.float32(1.0))) == 2.0 and traces[-1] == recipe
+    f(recipe, jnp.float32(3.0))  # the same value: no new trace
+  assert len(traces) == 3
+  f(protocols.get_protocol("smoke").replace(epochs=5), jnp.float32(1.0))
+  assert len(traces) == 4
+
+
+def test_a_stack_of_synsets_is_sent_to_evaluate_synsets():
+  stacked = SynSet(jnp.zeros((3, 4, 8, 8, 3)), jnp.zeros((3, 4), jnp.int32))
+  test = Batch(jnp.zeros((4, 8, 8, 3)), jnp.zeros(4, jnp.int32))
+  with pytest.raises(ValueError, match=r"a stack of 3 SynSets; evaluate them with "
+                                       r"jaxdd.evaluate.evaluate_synsets"):
+    evaluate.evaluate_synset(jax.random.key(0), stacked, test, model=models.ConvNet(2, width=4),
+                             protocol="smoke", num_models=1)

@@ -113,6 +113,11 @@ def check_train_images(who: str, name: str, images, finite: bool = True) -> jax.
 def check_syn(syn: SynSet, num_classes: int | None, who: str) -> tuple[jax.Array, jax.Array]:
   """Checked ``(images float32, labels)`` of a training set: integer (n,) labels
   (int32) or soft (n, classes) labels (float32)."""
+  if getattr(syn.images, "ndim", None) == 5:  # a stack of SynSets, as vmapped runs give
+    raise ValueError(f"{who}: syn.images has shape {syn.images.shape}, a stack of "
+                     f"{syn.images.shape[0]} SynSets; evaluate them with "
+                     "jaxdd.evaluate.evaluate_synsets(keys, [jax.tree.map(lambda a: a[i], syn) "
+                     "for i in range(n)], ...), one program for all, or take one the same way")
   images = check_train_images(who, "syn.images", syn.images)
   labels = jnp.asarray(syn.labels)
   if labels.shape[:1] != images.shape[:1] or labels.ndim not in (1, 2):

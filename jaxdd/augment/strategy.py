@@ -255,12 +255,14 @@ def dsa(strategy: str = DEFAULT_STRATEGY, *, siamese: bool = True,
   return DSA(strategy, bool(siamese), params, mode)
 
 
+@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class DSA:
   """A DSA augmentation (build it with :func:`dsa`, which checks the arguments).
 
   A value: two equal ones compare and hash equal, so compiled programs keyed on
-  an augmentation are shared between them. Calling it composes the families of
+  an augmentation are shared between them; a static pytree, so it also passes through
+  ``jax.jit`` as an argument. Calling it composes the families of
   ``strategy`` (at trace time under ``jit``) and applies them.
   """
   strategy: str

@@ -71,9 +71,11 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
+@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class SurrogateConfig:
-  """Everything that defines a surrogate run (hashable, so it can key caches).
+  """Everything that defines a surrogate run (hashable, so it can key caches; a static pytree,
+  so it passes through ``jax.jit`` as an argument, one program per distinct config).
 
   Defaults are the ``long`` preset: docs/protocols.md
   (ConvNet-3 width 128, instance norm, projection 128, t = 0.07, 20 epochs,
