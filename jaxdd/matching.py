@@ -27,6 +27,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 EmbedFn = Callable[[jax.Array], jax.Array]
@@ -106,6 +107,47 @@ def mean_embeddings(embed_fn: EmbedFn, real: jax.Array, syn: jax.Array, weights:
   return real_mean, syn_feats.mean(axis=1)
 
 
+def by_class(x, labels, num_classes: int, per_class: int | None = None) -> jax.Array:
+  """Flat rows ``(N, ...)`` with labels -> the class-stacked ``(C, B, ...)`` the losses take.
+
+  Row ``[c, i]`` is the ``i``-th row of class ``c`` in the order given. Works on images,
+  embeddings or weights alike (call it with the same labels for each). Host-side: ``labels``
+  must be concrete (not traced).
+
+  Args:
+    x: (N, ...) array.
+    labels: (N,) integer labels in ``[0, num_classes)``.
+    num_classes: C.
+    per_class: B, the rows kept per class (default: the smallest class's count).
+
+  Returns:
+    (C, B, ...) array.
+
+  Raises:
+    ValueError: labels traced or of the wrong shape, or a class with fewer than B rows.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> by_class(jnp.arange(5), jnp.array([1, 0, 1, 0, 0]), 2).tolist()
+    [[1, 3], [0, 2]]
+  """
+  if isinstance(labels, jax.core.Tracer):
+    raise ValueError("by_class arranges rows on the host: pass concrete labels (call it "
+                     "outside jit, once per dataset)")
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or labels.shape[0] != np.shape(x)[0]:
+    raise ValueError(f"by_class needs (N,) labels for the {np.shape(x)[0]} rows of x, got "
+                     f"shape {labels.shape}")
+  rows = [np.flatnonzero(labels == c) for c in range(num_classes)]
+  counts = [len(r) for r in rows]
+  b = min(counts) if per_class is None else int(per_class)
+  short = [c for c, n in enumerate(counts) if n < max(b, 1)]
+  if short:
+    raise ValueError(f"by_class: class {short[0]} has {counts[short[0]]} rows, fewer than the "
+                     f"{max(b, 1)} per class asked; pass a smaller per_class or more data")
+  return jnp.asarray(x)[np.stack([r[:b] for r in rows])]
+
+
 def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedFn,
             augment: AugmentFn | None = None, weights: jax.Array | None = None,
             real_chunk: int | None = None, syn_chunk: int | None = None,
@@ -117,7 +159,7 @@ def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedF
     key: augmentation key; class ``c`` uses ``fold_in(key, c)`` for BOTH its
       real and synthetic batch (siamese DSA, as the reference code).
     syn: (C, ipc, H, W, ch) synthetic images (the variable being learned).
-    real: (C, B, H, W, ch) real images.
+    real: (C, B, H, W, ch) real images (:func:`by_class` arranges flat images so).
     embed_fn: images -> embeddings, e.g. a random ConvNet's features.
     augment: ``f(key, images) -> images`` applied per class with the shared
       key, or None for no augmentation.

@@ -129,3 +129,17 @@ def test_real_embed_fn_embeds_only_the_real_images():
   got = matching.dm_loss(jax.random.key(0), syn, real, embed_fn=flat,
                          real_embed_fn=lambda x: 2 * flat(x))
   np.testing.assert_allclose(float(got), expect, rtol=1e-6)
+
+
+def test_by_class_arranges_flat_rows_as_a_naive_loop_does():
+  rng = np.random.default_rng(3)
+  labels = rng.permutation(np.repeat(np.arange(4), [5, 3, 6, 4]))
+  x = rng.normal(size=(18, 2, 2, 1)).astype(np.float32)
+  got = np.asarray(matching.by_class(x, labels, 4))
+  want = np.stack([np.stack([x[i] for i in range(18) if labels[i] == c][:3]) for c in range(4)])
+  np.testing.assert_array_equal(got, want)  # B defaults to the smallest class (3)
+  assert matching.by_class(x, labels, 4, per_class=2).shape == (4, 2, 2, 2, 1)
+  with pytest.raises(ValueError, match="class 1 has 3 rows, fewer than the 4"):
+    matching.by_class(x, labels, 4, per_class=4)
+  with pytest.raises(ValueError, match="concrete labels"):
+    jax.jit(lambda y: matching.by_class(x, y, 4))(jnp.asarray(labels))
