@@ -16,6 +16,8 @@ Resumable: a finished run is loaded, a method already in a seed's ``baselines.js
   jaxdd data fetch mnist
   python experiments/post_distillation.py --preset proxy --seeds 0,1,2 \\
       --workdir runs/post-distillation --out results/proxy/post-distillation-cmnist5-ipc50.json
+  python experiments/post_distillation.py --preset paper --seeds 0 --workdir runs/post-paper \\
+      --out results/paper-scale/post-distillation-cmnist5-ipc50.json     # a GPU: one seed a command
   python experiments/post_distillation.py --tiny --workdir runs/tiny-post --out runs/tiny-post.json
 """
 from __future__ import annotations
@@ -48,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dataset", default="cmnist")
   p.add_argument("--conflict-ratio", type=float, default=0.05)
   p.add_argument("--ipc", type=int, default=None, help="default: the preset's")
+  p.add_argument("--source", default=None,
+                 help="data source (default: the preset's; full MNIST at the paper preset)")
   p.add_argument("--seeds", type=arguments.index_list, default=[0, 1, 2])
   p.add_argument("--methods", default="lff,dfa,selecmix",
                  help="comma-separated debiasing methods (default lff,dfa,selecmix)")
@@ -70,6 +74,9 @@ def seed_config(args, seed: int):
                    weighting="none")
   if args.ipc is not None:
     overrides["ipc"] = args.ipc
+  source = args.source or ("full" if args.preset == "paper" else None)
+  if source is not None:
+    overrides["source"] = source
   return get_config(args.preset, **overrides)
 
 
