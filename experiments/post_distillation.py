@@ -90,7 +90,10 @@ def run_seed(args, seed: int) -> dict:
   done = baseline_runs.stored_baselines(debiased_dir, config)
   missing = tuple(m for m in args.methods if m not in done)
   times_path = os.path.join(root, "seconds.json")  # each method's wall seconds, kept for reruns
-  times = json.load(open(times_path)) if os.path.exists(times_path) else {}
+  times = {}
+  if os.path.exists(times_path):
+    with open(times_path) as f:
+      times = json.load(f)
   for method in missing:
     t = time.perf_counter()
     done = runs.run_baselines(config, debiased_dir, which=(method,),

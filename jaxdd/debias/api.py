@@ -72,7 +72,10 @@ def _train_method(method, key, syn, model, protocol, lr, hparams):
   images, labels = _hard_labels_only(syn, model, f"train_{method}")
   lr = protocol.lr if lr is None else lr
   params, state, metrics = _train_single(task, protocol)(key, jnp.float32(lr), images, labels)
-  return params, state, metrics
+  # A network (params with a state entry of the same name) becomes its flax variables; a
+  # head without state stays its params.
+  return ({name: {"params": p, **state[name]} if name in state else p
+           for name, p in params.items()}, metrics)
 
 
 def train_lff(key: jax.Array, syn: SynSet, *, model: nn.Module,
@@ -102,9 +105,7 @@ def train_lff(key: jax.Array, syn: SynSet, *, model: nn.Module,
     >>> sorted(v)  # doctest: +SKIP
     ['biased', 'debiased']
   """
-  params, state, metrics = _train_method("lff", key, syn, model, protocol, lr, hparams)
-  return ({"debiased": {"params": params["debiased"], **state["debiased"]},
-           "biased": {"params": params["biased"], **state["biased"]}}, metrics)
+  return _train_method("lff", key, syn, model, protocol, lr, hparams)
 
 
 def train_dfa(key: jax.Array, syn: SynSet, *, model: nn.Module,
@@ -135,10 +136,7 @@ def train_dfa(key: jax.Array, syn: SynSet, *, model: nn.Module,
     >>> sorted(v)  # doctest: +SKIP
     ['bias', 'head_b', 'head_i', 'intrinsic']
   """
-  params, state, metrics = _train_method("dfa", key, syn, model, protocol, lr, hparams)
-  return ({"intrinsic": {"params": params["intrinsic"], **state["intrinsic"]},
-           "bias": {"params": params["bias"], **state["bias"]},
-           "head_i": params["head_i"], "head_b": params["head_b"]}, metrics)
+  return _train_method("dfa", key, syn, model, protocol, lr, hparams)
 
 
 def train_selecmix(key: jax.Array, syn: SynSet, *, model: nn.Module,
@@ -169,10 +167,7 @@ def train_selecmix(key: jax.Array, syn: SynSet, *, model: nn.Module,
     >>> sorted(v)  # doctest: +SKIP
     ['classifier', 'encoder', 'head']
   """
-  params, state, metrics = _train_method("selecmix", key, syn, model, protocol, lr, hparams)
-  return ({"classifier": {"params": params["classifier"], **state["classifier"]},
-           "encoder": {"params": params["encoder"], **state["encoder"]},
-           "head": params["head"]}, metrics)
+  return _train_method("selecmix", key, syn, model, protocol, lr, hparams)
 
 
 def evaluate_debiased(key: jax.Array, syn: SynSet, test: Batch, *, method: str = "lff",
