@@ -243,6 +243,84 @@ def test_an_output_never_replaces_a_file_jaxdd_or_the_system_owns(tmp_path, caps
   assert os.path.exists("/dev/full") is False or not os.path.isfile("/dev/full")
 
 
+#: (command, the entries of a folder jaxdd did not write that the command would replace)
+FOREIGN_WORKDIRS = {
+    "distill": (["distill"] + SMOKE, ["synset/notes.txt"]),
+    "distill, metrics": (["distill"] + SMOKE, ["metrics.jsonl", "notes.txt"]),
+    "distill, a plot": (["distill"] + SMOKE, ["plots/synset.png"]),
+    "reproduce, a run's folder": (["reproduce"] + SMOKE, ["dm/synset/arrays.npz"]),
+    "reproduce, its table": (["reproduce"] + SMOKE, ["comparison.md"]),
+    "tune": (["tune", "--seeds", "0"] + SMOKE, ["selection.md"]),
+    "diagnose": (["diagnose", "--preset", "smoke", "--quiet"], ["weights_default.png"]),
+}
+
+
+@pytest.mark.parametrize("case", list(FOREIGN_WORKDIRS))
+def test_a_workdir_never_loses_a_file_jaxdd_did_not_write(case, tmp_path, capsys,
+                                                          monkeypatch):
+  # A folder that holds none of the command's record (config.json, comparison.json, ...) but
+  # an entry the command writes (a SynSet folder, a plot, a table) would have it replaced:
+  # refused in one line with status 2, before the data are read, and nothing changes.
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  argv, entries = FOREIGN_WORKDIRS[case]
+  work = tmp_path / "mine"
+  for rel in entries:
+    (work / rel).parent.mkdir(parents=True, exist_ok=True)
+    (work / rel).write_bytes(b"mine " + rel.encode())
+  before = _tree(work)
+  code, err = _run(argv + ["--workdir", str(work)], capsys)
+  assert code == 2 and len(err) == 1, err
+  assert "but no" in err[0] and "give a new or empty --workdir" in err[0], err
+  assert _tree(work) == before and sorted(os.listdir(tmp_path)) == ["mine"]
+
+
+def test_final_never_replaces_a_table_it_did_not_write(tmp_path, monkeypatch):
+  from jaxdd import config, runs
+  from jaxdd.runs import knobs
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  (tmp_path / "root").mkdir()
+  (tmp_path / "root" / "table.md").write_text("mine")
+  base = config.get_config("smoke")
+  with pytest.raises(ValueError, match="holds table.md but no table.json"):
+    runs.final(base, str(tmp_path / "root"), seeds=(0,), progress=False,
+               settings={"vanilla": knobs.default_setting(base, "none")})
+  assert (tmp_path / "root" / "table.md").read_text() == "mine"
+  assert sorted(os.listdir(tmp_path)) == ["root"]
+
+
+def test_a_workdir_inside_a_synset_or_checkpoints_is_refused(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  run = tmp_path / "run"
+  (run / "synset").mkdir(parents=True)
+  (run / "checkpoints" / "500").mkdir(parents=True)
+  for rel in ("config.json", "synset/arrays.npz", "synset/manifest.json",
+              "checkpoints/500/state.npz"):
+    (run / rel).write_bytes(b"keep " + rel.encode())
+  before = _tree(run)
+  for work, said in ((run / "synset", "inside the SynSet"),
+                     (run / "synset" / "sub", "inside the SynSet"),
+                     (run / "checkpoints" / "500", "inside the checkpoints")):
+    for argv in (["distill"] + SMOKE, ["reproduce"] + SMOKE,
+                 ["diagnose", "--preset", "smoke", "--quiet"]):
+      code, err = _run(argv + ["--workdir", str(work)], capsys)
+      assert code == 2 and len(err) == 1 and said in err[0], (argv, work, err)
+  assert _tree(run) == before and sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_a_card_never_replaces_a_file_jaxdd_owns(tmp_path, capsys):
+  run = tmp_path / "run"
+  (run / "synset").mkdir(parents=True)
+  for rel in ("config.json", "synset/arrays.npz", "synset/manifest.json", "synset/meta.json"):
+    (run / rel).write_bytes(b"keep " + rel.encode())
+  before = _tree(run)
+  for target in ("synset/meta.json", "config.json", "synset/card.json", "metrics.jsonl"):
+    code, err = _run(["data", "cmnist", "--conflict-ratio", "0.05", "--quiet", "--save-card",
+                      str(run / target)], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("jaxdd data: error: --save-card"), \
+        (target, err)
+  assert _tree(run) == before
+
+
 def test_an_output_replaces_only_the_same_commands_file():
   from jaxdd.runs import outputs
   import tempfile

@@ -13,7 +13,7 @@ from jaxdd._src import io as _io
 from jaxdd.cli import arguments, flags
 from jaxdd.config import OwnDataConfig
 from jaxdd.data import biased, fetch, own
-from jaxdd.runs import checks
+from jaxdd.runs import checks, outputs
 
 
 def build_fetch_parser() -> argparse.ArgumentParser:
@@ -71,8 +71,10 @@ def build_inspect_parser() -> argparse.ArgumentParser:
 
 def cmd_inspect(args) -> int:
   """Prints the card of each split of a user's dataset."""
-  if args.save_card:  # writable before anything is decoded
-    checks.check_writable(args.save_card, file=True)
+  if args.save_card:  # destroys nothing and is writable before anything is decoded
+    outputs.check_output_file(args.save_card, what="a card", flag="--save-card",
+                              owns=lambda path: outputs.json_object_with(
+                                  path, ("train", "valid", "test")))
   options = {f.name: getattr(args, f.name) for f in dataclasses.fields(OwnDataConfig)
              if f.name != "data_spec"}
   spec = own.parse(args.spec, fields=options.pop("name_fields"),
@@ -103,9 +105,14 @@ def _prepare_tfds(args) -> int:
   return 0
 
 
+def _is_card(path: str) -> bool:
+  return outputs.json_object_with(path, ("counts", "class_names", "aligned", "conflicting"))
+
+
 def cmd_data(args) -> int:
-  if args.save_card:  # writable before the split is built
-    checks.check_writable(args.save_card, file=True)
+  if args.save_card:  # destroys nothing and is writable before the split is built
+    outputs.check_output_file(args.save_card, what="a card", owns=_is_card,
+                              flag="--save-card")
   if args.tfds_dir:
     return _prepare_tfds(args)
   ds = data.load(args.name, split=args.split, conflict_ratio=args.conflict_ratio,

@@ -7,7 +7,7 @@ import math
 
 from jaxdd import data, presets, weighting
 from jaxdd.cli import arguments, flags
-from jaxdd.runs import checks
+from jaxdd.runs import checks, outputs
 from jaxdd.runs import diagnose as diagnose_lib
 
 
@@ -65,6 +65,8 @@ def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_diagnose(args) -> int:
+  outputs.check_work_folder(args.workdir, record="report.json", writes=("weights_*.png",),
+                            what="a diagnosis")
   checks.check_writable(args.workdir)  # before the surrogate is trained
   diagnose_lib.diagnose_report(args)
   return 0

@@ -18,7 +18,7 @@ Subcommands:
   reproduce   vanilla DM and DM+KDE side by side (the main job)
   tune        choose the weighting knobs and lr_img on validation data (never reads test)
   final       the result table: tune's choice, the literal setting and baselines, each tested once
-  baselines   random / herding / k-center / LfF / DFA / full set under the same protocol
+  baselines   random / herding / k-center / LfF / DFA / SelecMix / full set under one protocol
   evaluate    train fresh networks on a saved SynSet and report per-group accuracy (--elf: ELF)
   cross-arch  the cross-architecture matrix of a SynSet, plainly and with ELF
   report      print the tables of finished runs

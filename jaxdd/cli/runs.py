@@ -252,8 +252,8 @@ def _register_study(sub, preset: str) -> None:
   flags.add_common_flags(p)
   p.set_defaults(fn=cmd_final)
 
-  p = sub.add_parser("baselines", help="random / herding / k-center / LfF / DFA / full-set "
-                                       "baselines under the same protocol")
+  p = sub.add_parser("baselines", help="random / herding / k-center / LfF / DFA / SelecMix / "
+                                       "full-set baselines under the same protocol")
   # Baselines neither distil nor weigh: flags of those stages would be ignored, so they are
   # not accepted (argparse refuses them with exit status 2).
   flags.add_run_flags(p, preset, exclude=BASELINES_IGNORE)

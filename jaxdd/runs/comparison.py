@@ -9,7 +9,8 @@ from jaxdd import diagnostics, synset
 from jaxdd import plots as plots_lib
 from jaxdd.config import RunConfig, validate
 from jaxdd import progress as progress_lib
-from jaxdd.runs import baseline_runs, bias, files, rundata, rundir, single, text, weights
+from jaxdd.runs import (baseline_runs, bias, files, outputs, rundata, rundir, single,
+                        text, weights)
 
 
 @rundir.under_policy
@@ -20,7 +21,8 @@ def reproduce(config: RunConfig, workdir: str, *, progress: bool = True,
   or DC) with otherwise identical settings, side by side.
 
   ``with_baselines`` (names from :data:`jaxdd.runs.baseline_runs.BASELINES`) adds those
-  rows, under the same evaluation protocol; LfF/DFA train on the vanilla method's SynSet.
+  rows, under the same evaluation protocol; LfF, DFA and SelecMix train on the vanilla method's
+  SynSet.
   A finished comparison (:func:`stored_comparison`) is shown again without taking the lock
   (it writes nothing, so a read-only directory will do) unless ``reevaluate``.
   """
@@ -83,7 +85,11 @@ def _check(config: RunConfig, workdir: str, with_baselines: tuple[str, ...]) -> 
   for weighting in ("none", "kde"):
     cfg = config.replace(weighting=weighting)
     validate(cfg)
-    rundir.check_workdir(cfg, os.path.join(workdir, text.method_name(cfg).replace("+", "_")))
+    run_dir = os.path.join(workdir, text.method_name(cfg).replace("+", "_"))
+    rundir.check_workdir(cfg, run_dir)
+    outputs.check_run_folder(run_dir)
+  outputs.check_work_folder(workdir, record="comparison.json",
+                            writes=("comparison.md", "plots/accuracy.png"), what="a comparison")
   if with_baselines:
     baseline_runs.stored_baselines(os.path.join(workdir, "baselines"),
                                    config.replace(weighting="none"))

@@ -11,7 +11,7 @@ from jaxdd import baselines, protocols, synset
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig
 from jaxdd.metrics import METRICS
-from jaxdd.runs import checks, files, keys, rundata, rundir
+from jaxdd.runs import checks, files, keys, outputs, rundata, rundir
 from jaxdd.runs.knobs import Setting
 from jaxdd.runs.study_runs import (
   bias_score_cached,
@@ -67,6 +67,7 @@ def final(base: RunConfig, root: str, *, settings: dict[str, Setting],
               "settings": {k: [list(kv) for kv in v.overrides] for k, v in settings.items()}}
   _refuse_other_table(root, identity)
   checks.device_count(base)  # the devices and a writable root before the data are built
+  outputs.check_work_folder(root, record="table.json", writes=("table.md",), what="a table")
   checks.check_writable(root)
   first = rundata.load(base.replace(seed=seeds[0]), root)  # every check before the first write
   first.test  # a bad test split is found now  # noqa: B018

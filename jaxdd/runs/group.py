@@ -16,7 +16,8 @@ from jaxdd import diagnostics, distill, synset
 from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig, validate
-from jaxdd.runs import checkpoints, driver, keys, metrics_log, rundata, rundir, single
+from jaxdd.runs import (checkpoints, driver, keys, metrics_log, outputs, rundata, rundir,
+                        single)
 from jaxdd.structs import SynSet
 
 #: RunConfig fields in which the runs of one group may differ: the distiller's hyperparameters
@@ -82,6 +83,7 @@ def _checked_data(configs, workdirs, run_data: rundata.RunData | None) -> rundat
   """The group's data (loaded unless given), after every check that comes before the first
   write: each run's paths, data and models."""
   for c, w in zip(configs, workdirs):
+    outputs.check_run_folder(w)
     rundata.check_paths(c, w)
   if run_data is None:
     run_data = rundata.RunData(configs[0])

@@ -1,4 +1,5 @@
-"""The one guard of a command's output file: what a user names as ``--out`` destroys nothing.
+"""The guards of what a command writes: what a user names as ``--out`` or ``--workdir``
+destroys nothing.
 
 Every command that writes a file a user names (``jaxdd evaluate --out``, ``cross-arch --out``,
 ``audit --out``) calls :func:`check_output_file` before any work. It refuses, in one line:
@@ -15,9 +16,16 @@ Every command that writes a file a user names (``jaxdd evaluate --out``, ``cross
 
 A file outside jaxdd's folders may be replaced, as any command's output. The guard only
 reads, and reads at most :data:`MAX_OWN_BYTES` of an existing file to tell whose it is.
+
+Every command that begins work in a folder (a run, ``reproduce``, ``tune``, ``final``,
+``diagnose``) calls :func:`check_work_folder` first: a folder inside a SynSet or a run's
+checkpoints is refused, and so is one that holds none of that work's record but already
+holds an entry the work would replace (a ``synset/`` or ``metrics.jsonl`` jaxdd did not
+write there).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import stat
@@ -29,6 +37,11 @@ from jaxdd.runs import artifacts, checks
 #: The names a run folder uses for its own files (never an ``--out``, new or not).
 RUN_NAMES = artifacts.RUN_FILES + ("comparison.md", "metrics.jsonl", ".lock",
                                    "paper-eval.json", "paper-timing.json")
+#: What a run writes or replaces in its folder after its ``config.json``
+#: (:func:`check_run_folder`).
+RUN_WRITES = ("synset", "checkpoints", "metrics.jsonl", "eval.json", "weights.json", "buffer.json",
+              "bias_score.json", "eval-*.json", "paper-eval.json", "paper-timing.json",
+              "plots/synset.png", "plots/weights.png", "tensorboard")
 #: The most bytes read of an existing output to tell whether the command wrote it.
 MAX_OWN_BYTES = 64 * 2**20
 
@@ -43,6 +56,18 @@ def is_run_dir(folder: str) -> bool:
   (``comparison.md``). A ``.lock`` alone is not one: other tools leave such files."""
   return any(os.path.lexists(os.path.join(folder, name))
              for name in ("config.json", "metrics.jsonl", "comparison.md"))
+
+
+def _inside_jaxdd_files(path: str, flag: str, given: str) -> None:
+  """Refuses ``path`` (``flag given``) inside a SynSet folder or a run's checkpoints."""
+  for anc_abs in _ancestors(path):
+    anc = anc_abs if os.path.isabs(given) else os.path.relpath(anc_abs)  # as the user wrote it
+    if is_synset_dir(anc_abs):
+      raise ValueError(f"{flag} {given} is inside the SynSet {anc}, whose files jaxdd wrote and "
+                       "checks; give a path outside it")
+    if os.path.basename(anc_abs) == "checkpoints" and is_run_dir(os.path.dirname(anc_abs)):
+      raise ValueError(f"{flag} {given} is inside the checkpoints of the run in "
+                       f"{os.path.dirname(anc)}; give a path outside them")
 
 
 def _ancestors(folder: str) -> Iterable[str]:
@@ -67,13 +92,15 @@ def json_object_with(path: str, keys: tuple[str, ...]) -> bool:
   return isinstance(obj, dict) and all(k in obj for k in keys)
 
 
-def check_output_file(out: str, *, what: str, owns: Callable[[str], bool]) -> None:
+def check_output_file(out: str, *, what: str, owns: Callable[[str], bool],
+                      flag: str = "--out") -> None:
   """Refuses ``out`` as a command's output file unless writing it destroys nothing.
 
   Args:
     out: the path the user gave.
     what: the command's output in words ("an evaluation", "an audit report").
     owns: whether an existing regular file is that command's output (replaced then).
+    flag: the option the user gave ``out`` with, as the refusal names it.
 
   Raises:
     ValueError: the one-line refusal, naming what to give instead.
@@ -81,27 +108,62 @@ def check_output_file(out: str, *, what: str, owns: Callable[[str], bool]) -> No
   """
   path = os.path.abspath(out)
   if os.path.islink(out):
-    raise ValueError(f"--out {out} is a symbolic link; give the path of a new file or of "
+    raise ValueError(f"{flag} {out} is a symbolic link; give the path of a new file or of "
                      f"{what} jaxdd wrote")
   if os.path.lexists(path):
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
-      raise ValueError(f"--out {out} is {_io.file_kind(mode)}, not a regular file; give the "
+      raise ValueError(f"{flag} {out} is {_io.file_kind(mode)}, not a regular file; give the "
                        "path of a new file")
   folder = os.path.dirname(path)
-  for anc in _ancestors(folder):
-    if is_synset_dir(anc):
-      raise ValueError(f"--out {out} is inside the SynSet {anc}, whose files jaxdd wrote and "
-                       "checks; give a path outside it")
-    if os.path.basename(anc) == "checkpoints" and is_run_dir(os.path.dirname(anc)):
-      raise ValueError(f"--out {out} is inside the checkpoints of the run in "
-                       f"{os.path.dirname(anc)}; give a path outside them")
+  _inside_jaxdd_files(folder, flag, out)
   name = os.path.basename(path)
   # the run folder itself or one or two levels above (its plots/, a reproduce folder's runs)
   run = next((a for a in list(_ancestors(folder))[:3] if is_run_dir(a)), None)
   if run is not None and ((run == folder and name in RUN_NAMES)
                           or (os.path.lexists(path) and not owns(path))):
-    raise ValueError(f"--out {out} would replace a file of the run in {run} ({name}, not "
+    shown = run if os.path.isabs(out) else os.path.relpath(run)  # as the user wrote it
+    raise ValueError(f"{flag} {out} would replace a file of the run in {shown} ({name}, not "
                      f"{what} jaxdd wrote); give another name, e.g. "
                      f"{os.path.join(os.path.dirname(out), 'out-' + name.lstrip('.'))}")
   checks.check_writable(out, file=True)
+
+
+def check_work_folder(folder: str, *, record: str, writes: Iterable[str], what: str) -> None:
+  """Refuses ``folder`` for new work unless the work destroys nothing there (reads only).
+
+  Refused, in one line: a folder inside a SynSet or a run's ``checkpoints``; and a folder
+  without the work's ``record`` (so the work begins there now) that already holds one of
+  ``writes`` (names or glob patterns relative to ``folder``, e.g. ``"synset"``,
+  ``"plots/synset.png"``, ``"eval-*.json"``): the work would replace what it did not write.
+  Anything else in the folder is left alone by the work, and allowed.
+
+  Args:
+    folder: the ``--workdir`` the user gave.
+    record: the file the work writes first (or, for work that writes it last, only once
+      it is complete) and so marks the folder as holding it.
+    writes: what else the work writes or replaces in ``folder``.
+    what: the work in words ("a run", "a comparison").
+
+  Raises:
+    ValueError: the one-line refusal, naming what is in the way.
+  """
+  path = os.path.abspath(folder)
+  _inside_jaxdd_files(path, "--workdir", folder)
+  if not os.path.isdir(path) or os.path.lexists(os.path.join(path, record)):
+    return
+  found = sorted({hit for pattern in writes
+                  for hit in glob.glob(os.path.join(glob.escape(path), pattern))})
+  if found:
+    names = [os.path.relpath(f, path) + ("/" if os.path.isdir(f) else "") for f in found]
+    listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    raise ValueError(f"--workdir {folder} holds {listed} but no {record}: {what} there would "
+                     "replace what jaxdd did not write; give a new or empty --workdir, or move "
+                     f"{'it' if len(names) == 1 else 'them'} away")
+
+
+def check_run_folder(workdir: str) -> None:
+  """:func:`check_work_folder` for one run: its record is ``config.json``, written before
+  anything else, so a folder without one that holds a ``synset/``, ``metrics.jsonl``, ...
+  (:data:`RUN_WRITES`) holds files no run of jaxdd wrote there."""
+  check_work_folder(workdir, record="config.json", writes=RUN_WRITES, what="a run")

@@ -10,7 +10,7 @@ import numpy as np
 from jaxdd import progress as progress_lib
 from jaxdd import protocols, synset
 from jaxdd.config import RunConfig
-from jaxdd.runs import checks, rundata, rundir
+from jaxdd.runs import checks, outputs, rundata, rundir
 from jaxdd.runs.knobs import Setting, default_setting, knob_grid
 from jaxdd.runs.study_runs import (
   check_study,
@@ -90,6 +90,8 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
     if any(c.apply(base).weighting == w for c in candidates) and s not in candidates:
       candidates.append(s)
   checks.device_count(base)  # the devices and a writable root before the data are built
+  outputs.check_work_folder(root, record="selection.json", writes=("selection.md",),
+                            what="a selection")
   checks.check_writable(root)
   first = rundata.load(base.replace(seed=seeds[0]), root)  # every check before the first write
   check_study([c.apply(base.replace(seed=seed)) for seed in seeds for c in candidates], root,

@@ -17,6 +17,7 @@ from jaxdd.runs import (
   files,
   keys,
   metrics_log,
+  outputs,
   rundata,
   rundir,
   surrogate_stage,
@@ -50,6 +51,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
   if os.path.exists(os.path.join(syn_dir, "manifest.json")):
     syn, _ = synset.load(syn_dir, working=working)  # the run's own artifact
     return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
+  outputs.check_run_folder(workdir)
   rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
   if run_data is None:
     run_data = rundata.load(config, workdir)
@@ -152,6 +154,8 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
       print(f"{workdir}: complete (stored in eval.json)\n" + text.format_stored(stored))
     return stored
   # Data errors (bad ratio, missing source) surface before anything is written.
+  if not os.path.exists(os.path.join(workdir, "synset", "manifest.json")):
+    outputs.check_run_folder(workdir)  # a new run replaces nothing (distill_stage's check)
   rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
   run_data = rundata.load(config, workdir)
   rundata.check_run(config, run_data, workdir, buffer_dir=buffer_dir)

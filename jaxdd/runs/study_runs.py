@@ -9,7 +9,8 @@ import numpy as np
 from jaxdd import diagnostics, evaluate, models, protocols, synset
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig, validate
-from jaxdd.runs import bias, checks, files, group, keys, rundata, rundir, single, text
+from jaxdd.runs import (bias, checks, files, group, keys, outputs, rundata, rundir,
+                        single, text)
 from jaxdd.structs import SynSet
 
 
@@ -98,6 +99,7 @@ def check_study(configs, root: str, run_data: rundata.RunData) -> None:
   for config in configs:
     validate(config)
     rundir.check_workdir(config, run_dir(root, config), distill_only=True)
+    outputs.check_run_folder(run_dir(root, config))
     rundata.check_models(config, run_data)
   checks.check_writable(root)
 
