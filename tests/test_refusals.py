@@ -301,7 +301,8 @@ def test_a_workdir_inside_a_synset_or_checkpoints_is_refused(tmp_path, capsys, m
                      (run / "synset" / "sub", "inside the SynSet"),
                      (run / "checkpoints" / "500", "inside the checkpoints")):
     for argv in (["distill"] + SMOKE, ["reproduce"] + SMOKE,
-                 ["diagnose", "--preset", "smoke", "--quiet"]):
+                 ["diagnose", "--preset", "smoke", "--quiet"],
+                 ["baselines", "--which", "random"] + SMOKE):
       code, err = _run(argv + ["--workdir", str(work)], capsys)
       assert code == 2 and len(err) == 1 and said in err[0], (argv, work, err)
   assert _tree(run) == before and sorted(os.listdir(tmp_path)) == ["run"]

@@ -9,7 +9,7 @@ import numpy as np
 from jaxdd import baselines, data, debias, evaluate, models, protocols, synset
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig, validate
-from jaxdd.runs import checks, files, keys, rundata, rundir, surrogate_stage
+from jaxdd.runs import checks, files, keys, outputs, rundata, rundir, surrogate_stage
 from jaxdd.security import signing
 from jaxdd.structs import SynSet
 
@@ -53,6 +53,7 @@ def run_baselines(config: RunConfig, workdir: str, *, which: tuple[str, ...] = B
     signing.load_synset(vanilla_synset, trust=trust)
   validate(config)
   rundir.check_setting(files.run_setting(config), workdir, adding="baselines")
+  outputs.check_work_folder(workdir, record="baselines.json", writes=(), what="baselines")
   results = stored_baselines(workdir, config)
   checks.check_writable(workdir)  # before the data are built into the cache
   run_data = rundata.load(config, workdir)
