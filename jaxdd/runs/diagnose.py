@@ -67,25 +67,24 @@ def _surrogate(args, ds, key: jax.Array):
 
 
 def _weights(args, ds, emb: np.ndarray, default: weighting.KDEConfig, key: jax.Array):
-  """The weight report at ``default``, both scopes' histograms and the sweep's rows."""
+  """The weight report at ``default``, the sweep's rows and both scopes' histograms to draw
+  (``(weights, file name, title)``; drawn once ``report.json``, the folder's record, is
+  written: :func:`jaxdd.runs.outputs.check_work_folder`)."""
   common = dict(num_classes=ds.num_classes, batch_size=args.batch_size,
                 num_rounds=args.num_rounds)
   w = weighting.scope_weights(key, emb, ds.labels, default, **common)
   report = weighting.weight_report(w, ds.labels, ds.aligned, num_classes=ds.num_classes)
-  os.makedirs(args.workdir, exist_ok=True)
   title = (f"{args.dataset} {args.conflict_ratio:g}: {default.scope} scope, {default.normalize}, "
            f"v={default.variance:g}, T={default.temperature:g}")
-  plots.plot_weight_histogram(w, ds.aligned,
-                                    os.path.join(args.workdir, "weights_default.png"), title=title)
   other = default.replace(scope="class" if default.scope == "batch" else "batch")
   w_other = weighting.scope_weights(key, emb, ds.labels, other, **common)
-  plots.plot_weight_histogram(
-      w_other, ds.aligned, os.path.join(args.workdir, f"weights_{other.scope}_scope.png"),
-      title=title.replace(f"{default.scope} scope", f"{other.scope} scope"))
+  histograms = [(w, "weights_default.png", title),
+                (w_other, f"weights_{other.scope}_scope.png",
+                 title.replace(f"{default.scope} scope", f"{other.scope} scope"))]
   rows = [] if args.no_sweep else weighting.weight_sweep(
       key, emb, ds.labels, ds.aligned, variances=args.sweep_variances,
       temperatures=args.sweep_temperatures, progress=not args.quiet, **common)
-  return report, rows
+  return report, rows, histograms
 
 
 def diagnose_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,7 +107,7 @@ def diagnose_report(args: argparse.Namespace) -> dict[str, Any]:
   k_sur, k_diag = jax.random.split(jax.random.key(args.seed))
   cfg, art, surrogate_seconds, emb = _surrogate(args, ds, k_sur)
   t0 = time.perf_counter()
-  default_report, rows = _weights(args, ds, emb, default, k_diag)
+  default_report, rows, histograms = _weights(args, ds, emb, default, k_diag)
   weights_seconds = time.perf_counter() - t0
   settings = dict(scope=default.scope, variance=default.variance,
                   temperature=default.temperature, normalize=default.normalize)
@@ -132,6 +131,9 @@ def diagnose_report(args: argparse.Namespace) -> dict[str, Any]:
   path = os.path.join(args.workdir, "report.json")
   text = json.dumps(io_lib.jsonable(report, nan_to_none=True), indent=2, sort_keys=True,
                     allow_nan=False) + "\n"
-  io_lib.atomic_write_bytes(path, text.encode())
+  os.makedirs(args.workdir, exist_ok=True)
+  io_lib.atomic_write_bytes(path, text.encode())  # first: it marks the folder as a diagnosis's
+  for w, name, title in histograms:
+    plots.plot_weight_histogram(w, ds.aligned, os.path.join(args.workdir, name), title=title)
   print(f"wrote {path} ({report['seconds']['total']:.1f} s)")
   return report
