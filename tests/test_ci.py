@@ -1,6 +1,6 @@
 """The CI gate and the full run are what the docs say, and together they run every test.
 
-``bash .ci/run`` (the gate, about 15 minutes on 2 cores) runs the fast suite and the slow runs
+``bash .ci/run`` (the gate, 15 to 21 minutes on 2 cores) runs the fast suite and the slow runs
 marked ``gate``; ``bash .ci/run --full`` runs the fast suite and every slow and heavy run. This
 test reads the marker expressions from ``.ci/run`` and ``setup.cfg``, collects every test with
 its markers (one collection, no test runs), and checks that each test is run by the fast suite
