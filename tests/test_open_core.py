@@ -126,7 +126,8 @@ def test_init_is_traceable_jit_and_vmap_give_the_eager_state(init):
   log_f = distill.class_log_density(emb, y, num_classes=NC, variance=0.5)
   real = distill.real_data(x, y, num_classes=NC, log_density=log_f)
   cfg = distill.KDEConfig(variance=0.5, scope="class") if init == "weighted" else None
-  d = distill.dm(num_classes=NC, ipc=2, model=TINY, real_per_class=6, init=init, kde_config=cfg)
+  d = distill.dm(num_classes=NC, ipc=2, model=TINY, real_per_class=6, syn_init=init,
+                 kde_config=cfg)
   eager = d.init(jax.random.key(1), real)
   jitted = jax.jit(d.init)(jax.random.key(1), real)
   chex.assert_trees_all_equal(jitted, eager)
