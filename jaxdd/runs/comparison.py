@@ -82,14 +82,14 @@ def _check(config: RunConfig, workdir: str, with_baselines: tuple[str, ...]) -> 
   if unknown:
     raise ValueError(f"unknown baselines {sorted(unknown)}; choose from "
                      f"{baseline_runs.BASELINES}")
+  outputs.check_work_folder(workdir, record="comparison.json",
+                            writes=("comparison.md", "plots/accuracy.png"), what="a comparison")
   for weighting in ("none", "kde"):
     cfg = config.replace(weighting=weighting)
     validate(cfg)
     run_dir = os.path.join(workdir, text.method_name(cfg).replace("+", "_"))
     rundir.check_workdir(cfg, run_dir)
-    outputs.check_run_folder(run_dir)
-  outputs.check_work_folder(workdir, record="comparison.json",
-                            writes=("comparison.md", "plots/accuracy.png"), what="a comparison")
+    outputs.check_run_folder(run_dir, flag="")
   if with_baselines:
     baseline_runs.stored_baselines(os.path.join(workdir, "baselines"),
                                    config.replace(weighting="none"))

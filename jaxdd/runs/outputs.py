@@ -129,7 +129,8 @@ def check_output_file(out: str, *, what: str, owns: Callable[[str], bool],
   checks.check_writable(out, file=True)
 
 
-def check_work_folder(folder: str, *, record: str, writes: Iterable[str], what: str) -> None:
+def check_work_folder(folder: str, *, record: str, writes: Iterable[str], what: str,
+                      flag: str = "--workdir") -> None:
   """Refuses ``folder`` for new work unless the work destroys nothing there (reads only).
 
   Refused, in one line: a folder inside a SynSet or a run's ``checkpoints``; and a folder
@@ -144,12 +145,14 @@ def check_work_folder(folder: str, *, record: str, writes: Iterable[str], what: 
       it is complete) and so marks the folder as holding it.
     writes: what else the work writes or replaces in ``folder``.
     what: the work in words ("a run", "a comparison").
+    flag: how the refusal names ``folder``: the option the user gave it with, or "" for a
+      folder the command derived from it (a ``reproduce`` folder's ``dm/``).
 
   Raises:
     ValueError: the one-line refusal, naming what is in the way.
   """
   path = os.path.abspath(folder)
-  _inside_jaxdd_files(path, "--workdir", folder)
+  _inside_jaxdd_files(path, flag or "the folder", folder)
   if not os.path.isdir(path) or os.path.lexists(os.path.join(path, record)):
     return
   found = sorted({hit for pattern in writes
@@ -157,13 +160,13 @@ def check_work_folder(folder: str, *, record: str, writes: Iterable[str], what: 
   if found:
     names = [os.path.relpath(f, path) + ("/" if os.path.isdir(f) else "") for f in found]
     listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    raise ValueError(f"--workdir {folder} holds {listed} but no {record}: {what} there would "
+    raise ValueError(f"{flag + ' ' if flag else ''}{folder} holds {listed} but no {record}: {what} there would "
                      "replace what jaxdd did not write; give a new or empty --workdir, or move "
                      f"{'it' if len(names) == 1 else 'them'} away")
 
 
-def check_run_folder(workdir: str) -> None:
+def check_run_folder(workdir: str, *, flag: str = "--workdir") -> None:
   """:func:`check_work_folder` for one run: its record is ``config.json``, written before
   anything else, so a folder without one that holds a ``synset/``, ``metrics.jsonl``, ...
   (:data:`RUN_WRITES`) holds files no run of jaxdd wrote there."""
-  check_work_folder(workdir, record="config.json", writes=RUN_WRITES, what="a run")
+  check_work_folder(workdir, record="config.json", writes=RUN_WRITES, what="a run", flag=flag)

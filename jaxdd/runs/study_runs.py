@@ -99,7 +99,7 @@ def check_study(configs, root: str, run_data: rundata.RunData) -> None:
   for config in configs:
     validate(config)
     rundir.check_workdir(config, run_dir(root, config), distill_only=True)
-    outputs.check_run_folder(run_dir(root, config))
+    outputs.check_run_folder(run_dir(root, config), flag="")
     rundata.check_models(config, run_data)
   checks.check_writable(root)
 
