@@ -83,7 +83,7 @@ def _checked_data(configs, workdirs, run_data: rundata.RunData | None) -> rundat
   """The group's data (loaded unless given), after every check that comes before the first
   write: each run's paths, data and models."""
   for c, w in zip(configs, workdirs):
-    outputs.check_run_folder(w)
+    outputs.check_run_folder(w, flag="")  # the caller's run folders
     rundata.check_paths(c, w)
   if run_data is None:
     run_data = rundata.RunData(configs[0])

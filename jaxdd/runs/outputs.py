@@ -18,10 +18,11 @@ A file outside jaxdd's folders may be replaced, as any command's output. The gua
 reads, and reads at most :data:`MAX_OWN_BYTES` of an existing file to tell whose it is.
 
 Every command that begins work in a folder (a run, ``reproduce``, ``tune``, ``final``,
-``diagnose``) calls :func:`check_work_folder` first: a folder inside a SynSet or a run's
-checkpoints is refused, and so is one that holds none of that work's record but already
-holds an entry the work would replace (a ``synset/`` or ``metrics.jsonl`` jaxdd did not
-write there).
+``baselines``, ``diagnose``) calls :func:`check_work_folder` first: a folder inside a SynSet
+or a run's checkpoints is refused, and so is one that holds none of that work's record but
+already holds an entry the work would replace (a ``synset/`` or ``metrics.jsonl`` jaxdd did
+not write there). :data:`RUN_WRITES` lists a run's entries by hand: a run that writes a new
+one adds it there.
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def check_work_folder(folder: str, *, record: str, writes: Iterable[str], what: 
   Anything else in the folder is left alone by the work, and allowed.
 
   Args:
-    folder: the ``--workdir`` the user gave.
+    folder: the ``--workdir`` the user gave, or a folder the command derived from it.
     record: the file the work writes first (or, for work that writes it last, only once
       it is complete) and so marks the folder as holding it.
     writes: what else the work writes or replaces in ``folder``.
@@ -160,8 +161,9 @@ def check_work_folder(folder: str, *, record: str, writes: Iterable[str], what: 
   if found:
     names = [os.path.relpath(f, path) + ("/" if os.path.isdir(f) else "") for f in found]
     listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    raise ValueError(f"{flag + ' ' if flag else ''}{folder} holds {listed} but no {record}: {what} there would "
-                     "replace what jaxdd did not write; give a new or empty --workdir, or move "
+    named = f"{flag} {folder}" if flag else folder
+    raise ValueError(f"{named} holds {listed} but no {record}: {what} there would replace what "
+                     "jaxdd did not write; give a new or empty --workdir, or move "
                      f"{'it' if len(names) == 1 else 'them'} away")
 
 
