@@ -20,10 +20,12 @@ if "xla_force_host_platform_device_count" not in _flags:
 # included, and only skips LLVM's, so the programs compute the same thing with other
 # instruction choices: the same class of difference as another CPU's instruction set, which
 # every float tolerance here must absorb anyway. Measured on a 2-core CPU: the fast suite's
-# wall time fell by 27 % (426 to 310 s). JAXDD_TEST_XLA_OPT=default keeps XLA's default: CI runs the slow
-# end-to-end runs that way (level 0 did not make them faster: they spend their time
-# computing) and the numeric tests once more under AVX2, so the default code generation is
-# tested too.
+# wall time fell by 27 % (426 to 310 s). JAXDD_TEST_XLA_OPT=default keeps XLA's default: CI runs
+# the numeric tests once more that way under AVX2, and the full run's slow end-to-end runs
+# (they spend their time computing, so level 0 does not make them faster), so the default code
+# generation is tested too; the gate's slow runs take about as long either way and run with
+# the fast suite, and the result digests always distil under XLA's default, in a process of
+# their own.
 if (os.environ.get("JAXDD_TEST_XLA_OPT", "0") != "default"
     and "xla_backend_optimization_level" not in _flags):
   _flags += " --xla_backend_optimization_level=0"
@@ -168,6 +170,12 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if item.nodeid in listed:
       item.add_marker(pytest.mark.slow)
+  # The gate's slow runs (a minute or more each) first, the longest, the result digests, at
+  # the very front: the gate runs them in one pytest run with the fast suite, and xdist hands
+  # tests out in this order, so the short tests that follow fill the other worker meanwhile
+  # instead of one long run ending alone. A stable sort: every other test keeps its place.
+  items.sort(key=lambda item: (item.get_closest_marker("gate") is None,
+                               "test_result_digests" not in item.nodeid))
   path = os.environ.get("JAXDD_TEST_MARKERS")
   if path:
     import json
