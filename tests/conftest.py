@@ -89,6 +89,20 @@ def _jaxdd_cache(tmp_path, monkeypatch):
   yield
 
 
+@pytest.fixture(autouse=True)
+def _jaxdd_logging():
+  """Puts jaxdd's global logging state back after every test: a script's ``main`` called in
+  the test process (``--quiet``) sets it for the process, as its command line would."""
+  from jaxdd import progress
+  was = (progress.is_quiet(), progress.logger.level, progress.logger.propagate,
+         list(progress.logger.handlers))
+  yield
+  progress.set_quiet(was[0])
+  progress.logger.setLevel(was[1])
+  progress.logger.propagate = was[2]
+  progress.logger.handlers[:] = was[3]
+
+
 @pytest.fixture
 def getkey():
   """Hands out fresh typed keys: fold_in(key(seed), counter)."""
