@@ -2,8 +2,8 @@
 
 XLA_FLAGS must be set before jax is imported anywhere, which is why this sits at
 the top of conftest (XLA reads it once, when the CPU backend starts). Flags the
-caller already set (e.g. ``--xla_cpu_max_isa=AVX2``, with which tests/test_numeric_isa.py
-runs the numeric tests on a second instruction set) are kept; the device count is added.
+caller already set (e.g. ``--xla_cpu_max_isa=AVX2``, which CI uses to run the
+numeric tests on a second instruction set) are kept; the device count is added.
 
 ``JAXDD_TOLERANCE_AUDIT=<file>`` records, for every ``np.testing.assert_allclose``
 call, how much of its tolerance the comparison used (``max |got - want| / (atol +
@@ -20,8 +20,8 @@ if "xla_force_host_platform_device_count" not in _flags:
 # included, and only skips LLVM's, so the programs compute the same thing with other
 # instruction choices: the same class of difference as another CPU's instruction set, which
 # every float tolerance here must absorb anyway. Measured on a 2-core CPU: the fast suite's
-# wall time fell by 27 % (426 to 310 s). JAXDD_TEST_XLA_OPT=default keeps XLA's default: the
-# numeric tests run once more that way under AVX2 (tests/test_numeric_isa.py), and the full run's slow end-to-end runs
+# wall time fell by 27 % (426 to 310 s). JAXDD_TEST_XLA_OPT=default keeps XLA's default: CI runs
+# the numeric tests once more that way under AVX2, and the full run's slow end-to-end runs
 # (they spend their time computing, so level 0 does not make them faster), so the default code
 # generation is tested too; the gate's slow runs take about as long either way and run with
 # the fast suite, and the result digests always distil under XLA's default, in a process of
@@ -175,10 +175,6 @@ def full_run_only() -> dict[str, str]:
   return out
 
 
-#: The gate's longest runs, started first (each 2 to 4 minutes on 2 cores).
-_LONGEST_GATE_RUNS = ("test_result_digests.py::", "test_numeric_isa.py::")
-
-
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers
 def pytest_collection_modifyitems(config, items):
   """Marks the tests of tests/full_run_only.txt slow. ``JAXDD_TEST_MARKERS=<file>``: writes
@@ -188,16 +184,12 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if item.nodeid in listed:
       item.add_marker(pytest.mark.slow)
-  # The gate's slow runs (a minute or more each) first, the two longest (the result digests,
-  # the numeric tests under AVX2) at the very front: the gate runs them in one pytest run with
-  # the fast suite, and xdist hands tests out in this order, so the short tests that follow
-  # fill the other worker meanwhile instead of one long run ending alone. A stable sort: every
-  # other test keeps its place.
-  def order(item):
-    if item.get_closest_marker("gate") is None:
-      return 3
-    return next((i for i, name in enumerate(_LONGEST_GATE_RUNS) if name in item.nodeid), 2)
-  items.sort(key=order)
+  # The gate's slow runs (a minute or more each) first, the longest, the result digests, at
+  # the very front: the gate runs them in one pytest run with the fast suite, and xdist hands
+  # tests out in this order, so the short tests that follow fill the other worker meanwhile
+  # instead of one long run ending alone. A stable sort: every other test keeps its place.
+  items.sort(key=lambda item: (item.get_closest_marker("gate") is None,
+                               "test_result_digests" not in item.nodeid))
   path = os.environ.get("JAXDD_TEST_MARKERS")
   if path:
     import json
