@@ -167,8 +167,8 @@ class LogBar:
       if self._t_first is None:  # the rate counts from here: compilation is behind us
         self._t_first, self._n_first = now, self.n
       if now - self._last >= self.interval and not self._closed:
-        self._last, self._said = now, self.line()
-        self._log.info(self._said)
+        self._last, self._said = now, (self.n, dict(self.postfix))
+        self._log.info(self.line())
 
   def set_postfix(self, **kwargs: Any) -> None:
     with self._lock:
@@ -178,9 +178,10 @@ class LogBar:
     with self._lock:
       if not self._closed:
         self._closed = True
-        line = self.line()
-        if line != getattr(self, "_said", None):  # not the line it has just written
-          self._log.info(line)
+        # A line at the same count and postfix would only repeat the last one with a
+        # rate measured a moment later; whether it reads the same would depend on timing.
+        if (self.n, self.postfix) != getattr(self, "_said", None):
+          self._log.info(self.line())
 
   def __enter__(self):
     return self
