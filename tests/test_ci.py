@@ -4,7 +4,8 @@
 run; ``bash .ci/run --full`` runs the fast suite and every slow and heavy run. This test reads the
 marker expressions from ``.ci/run`` and ``setup.cfg``, collects every test with its markers (one
 collection, no test runs), and checks that each test is run by the fast suite or by the full
-run, that the gate is the fast suite plus the slow tests marked ``gate``, and that
+run, that the gate is the fast suite plus the slow tests marked ``gate`` (the numeric test
+files in the AVX2 phase, the rest in the first phase, each test once), and that
 ``docs/install.md`` and ``README.md`` give the same commands.
 """
 from __future__ import annotations
@@ -40,6 +41,22 @@ def _expressions() -> dict[str, str]:
   return {"fast": fast[fast.index("-m") + 1], "gate": gate.group(1), "full": full.group(1)}
 
 
+def _numeric_files() -> set[str]:
+  """The test files the gate runs in its AVX2 phase only (``NUMERIC`` in ``.ci/run``)."""
+  ci = _read(".ci/run")
+  numeric = re.search(r'^NUMERIC="([^"]+)"$', ci, re.M)
+  assert numeric, "NUMERIC=... was not found in .ci/run"
+  # the gate's first phase leaves them out; the AVX2 phase runs exactly them
+  assert re.search(r'-m "not slow and not heavy or gate" \$IGNORE_NUMERIC tests', ci)
+  assert re.search(r'for f in \$NUMERIC; do IGNORE_NUMERIC="\$IGNORE_NUMERIC --ignore=\$f"; done',
+                   ci)
+  assert re.search(r'phase "numeric tests under AVX2" env XLA_FLAGS=--xla_cpu_max_isa=AVX2 '
+                   r'JAXDD_TEST_XLA_OPT=default \\\n\s*python -m pytest -q -n 2 \$NUMERIC\n', ci)
+  files = set(numeric.group(1).split())
+  assert all(os.path.isfile(os.path.join(ROOT, f)) for f in files), files
+  return files
+
+
 @pytest.fixture(scope="module")
 def items(tmp_path_factory) -> dict[str, list[str]]:
   """Every test's node id -> its marker names (one collection in a subprocess)."""
@@ -66,6 +83,14 @@ def test_every_test_runs_in_the_fast_suite_or_the_full_run_and_the_gate_is_the_g
   marked = {n for n, m in items.items() if "gate" in m}
   assert not marked & picked["fast"], "a test marked gate must also be marked slow"
   assert picked["gate"] == picked["fast"] | marked  # the gate: the fast suite and the gate's runs
+  # ... in two phases: the numeric files under AVX2, the rest in the first phase, each test once
+  numeric = _numeric_files()
+  in_numeric = {n for n in items if n.split("::")[0] in numeric}
+  first = picked["gate"] - in_numeric
+  avx2 = picked["fast"] & in_numeric
+  assert not marked & in_numeric, "a gate run in a numeric file would run in neither phase"
+  assert first | avx2 == picked["gate"] and not first & avx2
+  assert len(avx2) > 100
   assert marked < picked["full"]
   assert any("test_result_digests" in n for n in marked)  # results stay pinned
   heavy = {n for n, m in items.items() if "heavy" in m}
