@@ -18,8 +18,12 @@
 #       $JAXDD_LOG_INTERVAL seconds (default here 60). Set JAXDD_COMMIT to the commit when the
 #       copy has no .git.
 #
-# Then, back in the checkout: copy OUT/unit-*.json to results/paper-table/units/<cell>/s<seed>.json
-# and commit it (docs/reproducing.md, "The table one unit at a time").
+#   bash experiments/next_unit.sh take OUT [the same flags as the run]
+#       back here: take what the machine left in OUT: each unit record into
+#       results/paper-table/units/ and its runs into runs/paper-table/ (nothing is replaced),
+#       then the cells' tables; or a handover into .handover/ for the next loan (the .handover/
+#       of a unit whose record is taken is removed). Then commit the records
+#       (docs/reproducing.md, "The table one unit at a time").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
@@ -70,8 +74,17 @@ case "$mode" in
     cp "$log" "$out/next-unit.log" && chmod 644 "$out/next-unit.log" && rm -f "$log"
     exit "$rc"
     ;;
+  take)
+    out="${2:-}"
+    if [ -z "$out" ]; then
+      echo "next_unit: error: give the folder the machine left: bash experiments/next_unit.sh take OUT" >&2
+      exit 2
+    fi
+    shift 2
+    exec python3 experiments/paper_table.py --next-unit --take "$out" "$@"
+    ;;
   *)
-    echo "next_unit: error: use 'pack' (here) or 'run OUT' (on the machine with the accelerator)" >&2
+    echo "next_unit: error: use 'pack' (here), 'run OUT' (on the machine with the accelerator) or 'take OUT' (here, afterwards)" >&2
     exit 2
     ;;
 esac

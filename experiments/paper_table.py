@@ -34,6 +34,7 @@ units exist; a rerun anywhere, with only the repository, runs the next unit
 
   python experiments/paper_table.py --next-unit --plan      # the next unit and its estimate
   python experiments/paper_table.py --next-unit --units 2   # the two next units
+  python experiments/paper_table.py --next-unit --take OUT  # what a lent machine left in OUT
 
 Rows: vanilla DM; the paper's DM + KDE; the best label-free setting (chosen on
 validation); FairDD with pseudo-groups from clustering the surrogate's embeddings
@@ -63,6 +64,7 @@ import numpy as np
 
 from jaxdd import evaluate, models, runs, surrogate, synset
 from jaxdd import progress as progress_lib
+from jaxdd._src import io as io_lib
 from jaxdd._src import schema
 from jaxdd.cli import arguments
 from jaxdd.config import RunConfig, get_config
@@ -802,6 +804,15 @@ def _parser() -> argparse.ArgumentParser:
       "with --next-unit: go on with the unit that another machine's time budget stopped, "
       "from the handover it left in its --out folder (handover.json and its parts): its "
       "checkpoints and surrogates, so nothing is done twice"))
+  p.add_argument("--take", default=None, metavar="OUT", help=(
+      "with --next-unit: back here, take what a lent machine left in OUT (the same flags as "
+      "its run): each unit record into --units-dir and its runs into --workdir (nothing is "
+      "replaced), then the cells' tables; or a handover into --handover-dir for the next "
+      "loan. Everything is checked before anything is written"))
+  p.add_argument("--handover-dir", default=".handover", metavar="DIR", help=(
+      "with --take: where a returned handover is kept for the next loan, which carries it "
+      "(default .handover, the folder next_unit.sh run goes on from); removed once its "
+      "unit's record is taken"))
   p.add_argument("--plan", action="store_true",
                  help="with --next-unit: print the plan and the estimate, run nothing")
   p.add_argument("--budget-minutes", type=arguments.positive_float, default=None,
@@ -844,9 +855,13 @@ def main(argv=None) -> int:
     refusal = (f"--budget-minutes {args.budget_minutes:g} leaves nothing after "
                f"--reserve-minutes {args.reserve_minutes:g}; give a larger budget")
   if not args.next_unit and (args.out or args.plan or args.units != 1 or args.resume_from
-                             or args.rows_per_unit is not None):
-    refusal = ("--out, --plan, --units, --resume-from and --rows-per-unit go with --next-unit; "
-               "add it")
+                             or args.rows_per_unit is not None or args.take):
+    refusal = ("--out, --plan, --units, --resume-from, --rows-per-unit and --take go with "
+               "--next-unit; add it")
+  elif args.take and (args.out or args.plan or args.units != 1 or args.resume_from
+                      or args.budget_minutes is not None):
+    refusal = ("--take runs nothing: give it without --out, --plan, --units, --resume-from "
+               "and --budget-minutes")
   if refusal:
     print(f"paper_table: error: {refusal}", file=sys.stderr)
     return 2
@@ -903,6 +918,8 @@ def units_main(q: Queue, order: list[Cell]) -> int:
   args = q.args
   try:
     check_units_dir(q)
+    if args.take:
+      return take_back(q, order)
     todo = next_units(q, order, args.units)
     if not todo:
       print(f"[paper_table] every unit of {', '.join(c.name for c in order)} is finished "
@@ -980,6 +997,101 @@ def units_main(q: Queue, order: list[Cell]) -> int:
   except (ValueError, OSError, schema.FileFormatError) as e:
     print(f"paper_table: error: {e}", file=sys.stderr)
     return 1
+  return 0
+
+
+def take_back(q: Queue, order: list[Cell]) -> int:
+  """``--take OUT``: what ``next_unit.sh run OUT`` left, brought into this checkout. Unit
+  records go into the units folder and their runs into the work folder, then the cells'
+  tables are built again; a handover goes into ``--handover-dir`` for the next loan. Every
+  file is checked (the records against these settings and this queue's units, the parts
+  against their sha256) and nothing is replaced before anything is written; taking the same
+  OUT twice changes nothing."""
+  args = q.args
+  src = args.take
+  if not os.path.isdir(src):
+    raise ValueError(f"--take {src} is not a folder; give the OUT folder the lent machine left")
+  names = sorted(os.listdir(src))
+  record_files = [n for n in names if n.startswith("unit-") and n.endswith(".json")]
+  if not record_files and bundle.HANDOVER not in names:
+    raise ValueError(f"{src} holds neither a unit record (unit-*.json) nor a handover "
+                     f"({bundle.HANDOVER}); give the folder next_unit.sh run left")
+  known = {u.name: u for c in order for u in cell_units(q, c) + chosen_units(q, c)}
+  held = os.path.join(args.handover_dir, bundle.HANDOVER)
+  held_unit = (schema.read_json(held, bundle.HANDOVER_RECORD, fix="remove it by hand")["unit"]
+               if os.path.isfile(held) else None)
+  takes, cells = [], []
+  for n in record_files:
+    path = os.path.join(src, n)
+    rec = schema.read_json(path, UNIT_RECORD, fix="carry it again from the machine")
+    u = known.get(rec["unit"])
+    if u is None:
+      raise ValueError(f"{path} records the unit {rec['unit']}, which is not one of these "
+                       "--cells, --seeds and --rows; give the flags it was run with")
+    if rec["settings"] != unit_settings(q):
+      raise ValueError(f"{path} was made with {rec['settings']}, not {unit_settings(q)}; "
+                       "give the flags it was run with")
+    with open(path, "rb") as f:
+      data = f.read()
+    dst = u.path(args.units_dir)
+    if os.path.exists(dst):
+      with open(dst, "rb") as f:
+        if f.read() != data:
+          raise ValueError(f"{dst} exists and differs from {path}; the record would replace "
+                           "it: move one of them aside by hand")
+      print(f"[paper_table] {dst} is this record already", flush=True)
+    else:
+      takes.append((u, dst, data))
+      if u.cell not in cells:
+        cells.append(u.cell)
+  # the runs come with new records only (taken already: they were unpacked then)
+  packed, run_dirs = bundle.read_runs(src) if takes else (b"", [])
+  manifest = None
+  if bundle.HANDOVER in names:
+    manifest, _ = bundle.read_handover(src)  # every part against its sha256
+    if manifest["unit"] not in known or manifest["settings"] != unit_settings(q):
+      raise ValueError(f"{src} hands over the unit {manifest['unit']} made with "
+                       f"{manifest['settings']}, not a unit of these settings "
+                       f"({unit_settings(q)}); give the flags it was run with")
+    done = known[manifest["unit"]].path(args.units_dir) if manifest["unit"] in known else ""
+    if os.path.exists(done) or any(u.name == manifest["unit"] for u, _, _ in takes):
+      raise ValueError(f"{src} hands over the unit {manifest['unit']}, which is finished (its "
+                       "record is taken); the handover is not needed")
+    if held_unit is not None:
+      old = schema.read_json(held, bundle.HANDOVER_RECORD, fix="remove it by hand")
+      if old["unit"] != manifest["unit"] or len(old["legs"]) > len(manifest["legs"]):
+        raise ValueError(f"{args.handover_dir} holds the handover of {old['unit']} after "
+                         f"{len(old['legs'])} command(s), which the one in {src} "
+                         f"({manifest['unit']}, {len(manifest['legs'])}) does not continue; "
+                         "finish that unit first, or move the folder aside by hand")
+    elif os.path.lexists(args.handover_dir) and (not os.path.isdir(args.handover_dir)
+                                                  or os.listdir(args.handover_dir)):
+      raise ValueError(f"{args.handover_dir} holds something other than a handover; give "
+                       "another --handover-dir")
+  # everything checked: the runs first, then the records (a record names finished runs)
+  bundle.unpack_runs(packed, run_dirs, args.workdir)
+  for u, dst, data in takes:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    io_lib.atomic_write_bytes(dst, data)
+    print(f"[paper_table] took the record of unit {u.name}: {dst}", flush=True)
+  if run_dirs:
+    print(f"[paper_table] took {len(run_dirs)} runs into {args.workdir}", flush=True)
+  if held_unit is not None and any(u.name == held_unit for u, _, _ in takes):
+    shutil.rmtree(args.handover_dir)
+    print(f"[paper_table] removed {args.handover_dir}: its unit {held_unit} is finished",
+          flush=True)
+  if manifest is not None:
+    bundle.copy_handover(src, args.handover_dir)
+    step = manifest["legs"][-1].get("step", "?") if manifest["legs"] else "?"
+    print(f"[paper_table] kept the handover of unit {manifest['unit']} ({len(manifest['legs'])} "
+          f"command(s), stopped at step {step}) in {args.handover_dir}: carry it to the next "
+          "loan", flush=True)
+  for cell in cells:
+    data = units_table(q, cell)
+    if data is not None:
+      os.makedirs(args.results, exist_ok=True)
+      synset.atomic_write_json(os.path.join(args.results, f"{cell.name}.json"), data)
+      print(render(data), flush=True)
   return 0
 
 

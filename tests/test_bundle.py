@@ -60,6 +60,53 @@ def test_large_runs_are_cut_into_parts_that_join_again(tmp_path, monkeypatch):
   assert names == ["r.json"]
 
 
+def test_returned_runs_unpack_whole_and_never_replace(tmp_path, monkeypatch):
+  monkeypatch.setattr(bundle, "PART_BYTES", 4096)  # several parts
+  root = str(tmp_path / "w")
+  runs = [_run(root, n, np.random.default_rng(i).bytes(6000))
+          for i, n in enumerate(("vanilla", "kde"))]
+  out = tmp_path / "o"
+  bundle.write_out(str(out), [], root, runs)
+  packed, found = bundle.read_runs(str(out))
+  assert found == ["cell/kde/s0", "cell/vanilla/s0"]
+  there = tmp_path / "there"
+  bundle.unpack_runs(packed, found, str(there))
+  for d in runs:  # byte for byte, without what is not packed
+    rel = os.path.relpath(d, root)
+    for f in ("config.json", "synset/arrays.npz", "synset/manifest.json"):
+      assert (there / rel / f).read_bytes() == open(os.path.join(d, f), "rb").read()
+    assert not (there / rel / "checkpoint.npz").exists()
+  assert sorted(os.listdir(there)) == ["cell"]  # no staging folder left behind
+  # a run folder that exists is refused before anything is written
+  (there / "cell" / "kde" / "s0" / "mine.txt").write_text("mine")
+  shutil.rmtree(there / "cell" / "vanilla")
+  with pytest.raises(ValueError, match="would replace it"):
+    bundle.unpack_runs(packed, found, str(there))
+  assert not (there / "cell" / "vanilla").exists()
+  # a part missing or cut short, and a folder with no runs
+  parts = sorted(out.glob("runs.tar.gz.part*"))
+  assert len(parts) >= 3
+  (out / "runs.tar.gz.part1").rename(tmp_path / "aside")
+  with pytest.raises(ValueError, match="carry every part"):
+    bundle.read_runs(str(out))
+  (tmp_path / "aside").rename(out / "runs.tar.gz.part1")
+  parts[-1].write_bytes(parts[-1].read_bytes()[:-10])  # cut short
+  with pytest.raises(ValueError, match="do not unpack"):
+    bundle.read_runs(str(out))
+  (tmp_path / "empty").mkdir()
+  assert bundle.read_runs(str(tmp_path / "empty")) == (b"", [])
+  # a member that is not a run's file
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    info = tarfile.TarInfo("cell/kde/s0/../../../evil.sh")
+    info.size = 1
+    tar.addfile(info, io.BytesIO(b"x"))
+  (tmp_path / "evil").mkdir()
+  (tmp_path / "evil" / "runs.tar.gz.part0").write_bytes(buf.getvalue())
+  with pytest.raises(ValueError, match="not a file of a run"):
+    bundle.read_runs(str(tmp_path / "evil"))
+
+
 def test_out_must_be_new_or_empty(tmp_path):
   (tmp_path / "full").mkdir()
   (tmp_path / "full" / "keep.txt").write_text("mine")
@@ -145,6 +192,14 @@ def test_a_handover_part_changed_or_missing_is_refused(tmp_path, monkeypatch):
   parts = [n for n in names if n != "handover.json"]
   assert len(parts) == 3 and all(os.path.getsize(tmp_path / "o" / n) <= size for n in parts)
   assert bundle.read_handover(str(tmp_path / "o"))[1] == packed
+  # copied whole into a folder of its own (what is kept for the next loan), replacing the one
+  # kept there before as a whole
+  (tmp_path / "kept").mkdir()
+  (tmp_path / "kept" / "handover.tar.gz.part7").write_bytes(b"an older handover's part")
+  assert bundle.copy_handover(str(tmp_path / "o"), str(tmp_path / "kept"))["unit"] == "cell/s0"
+  assert sorted(os.listdir(tmp_path / "kept")) == sorted(names)
+  assert bundle.read_handover(str(tmp_path / "kept"))[1] == packed
+  shutil.rmtree(tmp_path / "kept")
   with open(tmp_path / "o" / parts[-1], "r+b") as fh:
     fh.write(b"changed")
   with pytest.raises(ValueError, match="not the part the handover recorded"):
@@ -152,6 +207,9 @@ def test_a_handover_part_changed_or_missing_is_refused(tmp_path, monkeypatch):
   os.remove(tmp_path / "o" / parts[0])
   with pytest.raises(ValueError, match="is missing"):
     bundle.read_handover(str(tmp_path / "o"))
+  with pytest.raises(ValueError, match="is missing"):  # not copied either
+    bundle.copy_handover(str(tmp_path / "o"), str(tmp_path / "kept"))
+  assert not (tmp_path / "kept").exists()
   with pytest.raises(ValueError, match="holds no handover.json"):
     bundle.read_handover(str(tmp_path))
   # more parts than a lent machine returns: refused, nothing written

@@ -14,6 +14,7 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -405,6 +406,39 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
     assert "cmnist5-ipc10/kde/s0/synset/arrays.npz" in tar.getnames()
   table = json.loads((res / "cmnist5-ipc10.json").read_text())
   assert [r[2] for r in table["rows"]] == ["0", "0", "0"] and table["complete"] is False
+  # back in another checkout, one command takes what the machine left: the record, the runs
+  # and the cell's table
+  res_b, work_b = tmp_path / "rb", tmp_path / "wb"
+  take = ["--tiny", "--workdir", str(work_b), "--results", str(res_b), "--handover-dir",
+          str(tmp_path / "hb")]
+  proc = subprocess.run(["bash", os.path.join(ROOT, "experiments", "next_unit.sh"), "take",
+                         str(out), *take], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "took the record of unit cmnist5-ipc10/s0" in proc.stdout
+  record = "units/cmnist5-ipc10/s0.json"
+  assert (res_b / record).read_bytes() == (res / record).read_bytes()
+  assert (work_b / "cmnist5-ipc10" / "kde" / "s0" / "synset" / "arrays.npz").is_file()
+  assert json.loads((res_b / "cmnist5-ipc10.json").read_text())["rows"] == table["rows"]
+  assert not (tmp_path / "hb").exists()
+  # taking it again changes nothing; a record that differs, a run folder that exists and
+  # other settings are refused in one line, before anything is written
+  before = sorted(str(p) for p in tmp_path.rglob("*"))
+  assert script.main(["--next-unit", "--take", str(out)] + take) == 0
+  assert "is this record already" in capfd.readouterr().out
+  assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+  changed = tmp_path / "changed"
+  shutil.copytree(out, changed)
+  rec_file = changed / "unit-cmnist5-ipc10-s0.json"
+  rec_file.write_text(rec_file.read_text().replace(rec["date"], "2000-01-01"))
+  assert script.main(["--next-unit", "--take", str(changed)] + take) == 1
+  assert "exists and differs" in capfd.readouterr().err
+  assert script.main(["--next-unit", "--take", str(out), "--tiny", "--workdir", str(work_b),
+                      "--results", str(tmp_path / "rc")]) == 1
+  assert "the returned runs would replace it" in capfd.readouterr().err
+  assert script.main(["--next-unit", "--take", str(out), "--tiny", "--iterations", "3",
+                      "--results", str(tmp_path / "rd"), "--workdir", str(tmp_path / "wd")]) == 1
+  assert "give the flags it was run with" in capfd.readouterr().err
+  assert not any((tmp_path / d).exists() for d in ("rc", "rd", "wd"))
   # --out into a folder that holds anything is refused before any work
   assert script.main(base + ["--workdir", str(tmp_path / "w2"), "--out", str(out)]) == 1
   assert "new path or an empty folder" in capfd.readouterr().err
@@ -476,6 +510,14 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
     got = tar.getnames()
   assert any(n.startswith("runs/cmnist5-ipc10/kde/s0/checkpoints/") for n in got)
   assert not any(n.endswith("embeddings.npz") for n in got)
+  # back here, `--take` keeps the handover for the next loan (what next_unit.sh carries)
+  kept = tmp_path / "kept"
+  take = base + ["--workdir", str(tmp_path / "wt"), "--results", str(tmp_path / "rt"),
+                 "--handover-dir", str(kept)]
+  assert script.main(take + ["--take", str(hand)]) == 0
+  assert "kept the handover of unit cmnist5-ipc10/s0 (1 command(s)" in capfd.readouterr().out
+  assert sorted(os.listdir(kept)) == names
+  assert (kept / "handover.json").read_bytes() == (hand / "handover.json").read_bytes()
   # a damaged part is refused in one line, before anything is written
   bad = tmp_path / "bad"
   bad.mkdir()
@@ -516,6 +558,12 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
     got = tar.getnames()
   assert "runs/cmnist5-ipc10/kde/s0/synset/arrays.npz" in got
   assert not any("/checkpoints/" in n for n in got)  # finished runs: their SynSets only
+  # the second leg's handover replaces the first one kept here; the first cannot come back
+  assert script.main(take + ["--take", str(hand2)]) == 0
+  assert json.loads((kept / "handover.json").read_text())["legs"] == manifest2["legs"]
+  assert script.main(take + ["--take", str(hand)]) == 1
+  assert "does not continue" in capfd.readouterr().err
+  assert json.loads((kept / "handover.json").read_text())["legs"] == manifest2["legs"]
   # machine 3: only the evaluation is left
   monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache-3"))
   _, printed = run("experiments/paper_table.py",
@@ -527,6 +575,11 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
   rec = json.loads((res / "units" / "cmnist5-ipc10" / "s0.json").read_text())
   assert len(rec["legs"]) == 2
   assert rec["timings"]["total_s"] >= sum(leg["total_s"] for leg in rec["legs"])
+  # taking the finished unit's record here removes the handover kept for it
+  assert script.main(take + ["--take", str(tmp_path / "o3")]) == 0
+  assert f"removed {kept}" in capfd.readouterr().out and not kept.exists()
+  assert (tmp_path / "rt" / "units" / "cmnist5-ipc10" / "s0.json").read_bytes() == \
+      (res / "units" / "cmnist5-ipc10" / "s0.json").read_bytes()
   resumed = synsets(tmp_path / "o3")
   for n in whole:  # resumed from a checkpoint: equal up to float rounding
     np.testing.assert_allclose(resumed[n], whole[n], atol=1e-5 * np.abs(whole[n]).max())
@@ -535,6 +588,29 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
   assert script.main(base + ["--workdir", str(tmp_path / "w3"), "--results", str(res3),
                              "--resume-from", str(hand)]) == 1
   assert "the handover would replace it" in capfd.readouterr().err
+
+
+def test_take_refuses_what_it_cannot_take_in_one_line(tmp_path, capfd):
+  script = load("experiments/paper_table.py")
+  kw = ["--tiny", "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+  (tmp_path / "empty").mkdir()
+  cases = [(["--take", str(tmp_path / "empty")], 2, "go with --next-unit"),
+           (["--next-unit", "--take", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], 2,
+            "--take runs nothing"),
+           (["--next-unit", "--take", str(tmp_path / "nowhere")], 1, "is not a folder"),
+           (["--next-unit", "--take", str(tmp_path / "empty")], 1, "holds neither a unit record")]
+  for argv, rc, said in cases:
+    assert script.main(argv + kw) == rc, argv
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0], (argv, err)
+  # a record of a unit this queue does not have
+  (tmp_path / "odd").mkdir()
+  (tmp_path / "odd" / "unit-x-s0.json").write_text(json.dumps(
+      {"unit": "cmnist5-ipc10/s9", "settings": {}, "rows": {}, "timings": {}, "commit": "c",
+       "machine": "m", "date": "d", "command": "c"}))
+  assert script.main(["--next-unit", "--take", str(tmp_path / "odd")] + kw) == 1
+  assert "not one of these --cells, --seeds and --rows" in capfd.readouterr().err
+  assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
 
 
 def test_next_unit_goes_on_from_a_handover_the_checkout_carries(tmp_path):

@@ -13,12 +13,15 @@ manifest (``handover.json``) that records each part's sha256.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 import tempfile
+import zlib
 
 
 from jaxdd._src import io as io_lib
@@ -86,6 +89,69 @@ def write_out(out: str, records: list[tuple[str, str]], root: str,
   for name, data in files.items():
     io_lib.atomic_write_bytes(os.path.join(out, name), data)
   return sorted(files)
+
+
+def read_runs(src: str) -> tuple[bytes, list[str]]:
+  """The runs :func:`write_out` left in the folder ``src`` (its ``runs.tar.gz.part*`` joined
+  in order) and the run folders they hold (``<cell>/<row>/s<seed>``, relative to the work
+  folder they came from); ``(b"", [])`` when ``src`` holds no runs.
+
+  Raises:
+    ValueError: a part missing or damaged, or a member that is not one of a run's
+      :data:`RUN_FILES`.
+  """
+  names = [n for n in os.listdir(src) if n.startswith("runs.tar.gz.part")]
+  index = sorted(int(n[len("runs.tar.gz.part"):]) for n in names
+                 if n[len("runs.tar.gz.part"):].isdigit())
+  if len(index) != len(names) or index != list(range(len(index))):
+    raise ValueError(f"{src} holds the runs' parts {sorted(names)}, not part0 to part"
+                     f"{len(names) - 1}; carry every part the machine left")
+  if not index:
+    return b"", []
+  packed = b"".join(open(os.path.join(src, f"runs.tar.gz.part{i}"), "rb").read()
+                    for i in index)
+  runs: set[str] = set()
+  try:
+    # the whole stream, so that a part cut short fails here (gzip's length and CRC) and not
+    # half-way through unpacking
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(packed)), mode="r:") as tar:
+      for m in tar.getmembers():
+        parts = m.name.split("/")
+        if (not m.isfile() or len(parts) < 4 or ".." in parts or os.path.isabs(m.name)
+            or "/".join(parts[3:]) not in RUN_FILES):
+          raise ValueError(f"the runs in {src} hold {m.name!r}, which is not a file of a run; "
+                           "carry what jaxdd wrote")
+        runs.add("/".join(parts[:3]))
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    raise ValueError(f"the runs' parts in {src} do not unpack ({e}); carry every part "
+                     "again") from e
+  return packed, sorted(runs)
+
+
+def unpack_runs(packed: bytes, runs: list[str], workdir: str) -> None:
+  """Puts the run folders :func:`read_runs` found into ``workdir``; nothing is replaced (a run
+  folder that exists is refused before anything is written), and each folder appears whole
+  (unpacked beside it, then renamed into place).
+
+  Raises:
+    ValueError: a run folder exists in ``workdir``.
+  """
+  for rel in runs:
+    if os.path.lexists(os.path.join(workdir, rel)):
+      raise ValueError(f"{os.path.join(workdir, rel)} exists; the returned runs would replace "
+                       "it: give another --workdir")
+  if not runs:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  staged = tempfile.mkdtemp(prefix=".tmp-runs-", dir=workdir)
+  try:
+    with tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz") as tar:
+      tar.extractall(staged, filter="data")
+    for rel in runs:
+      os.makedirs(os.path.dirname(os.path.join(workdir, rel)), exist_ok=True)
+      os.rename(os.path.join(staged, rel), os.path.join(workdir, rel))
+  finally:
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- handover
@@ -201,6 +267,17 @@ def read_handover(src: str) -> tuple[dict, bytes]:
                        "short); carry it again")
     chunks.append(data)
   return manifest, b"".join(chunks)
+
+
+def copy_handover(src: str, dst: str) -> dict:
+  """Copies the handover in ``src`` (checked by :func:`read_handover`) into the folder ``dst``,
+  which then holds it alone: built beside it and renamed into place, so ``dst`` holds the old
+  handover or the new one, never a mix. Returns the manifest."""
+  manifest, _ = read_handover(src)
+  with io_lib.atomic_directory(dst) as tmp:
+    for name in [os.path.basename(n) for n, _ in manifest["parts"]] + [HANDOVER]:
+      shutil.copyfile(os.path.join(src, name), os.path.join(tmp, name))
+  return manifest
 
 
 def unpack_handover(packed: bytes, workdir: str, runs: list[str]) -> str:
