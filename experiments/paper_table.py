@@ -1075,7 +1075,7 @@ def take_back(q: Queue, order: list[Cell]) -> int:
     io_lib.atomic_write_bytes(dst, data)
     print(f"[paper_table] took the record of unit {u.name}: {dst}", flush=True)
   if run_dirs:
-    print(f"[paper_table] took {len(run_dirs)} runs into {args.workdir}", flush=True)
+    print(f"[paper_table] took {len(run_dirs)} run(s) into {args.workdir}", flush=True)
   if held_unit is not None and any(u.name == held_unit for u, _, _ in takes):
     shutil.rmtree(args.handover_dir)
     print(f"[paper_table] removed {args.handover_dir}: its unit {held_unit} is finished",
@@ -1088,10 +1088,13 @@ def take_back(q: Queue, order: list[Cell]) -> int:
           "loan", flush=True)
   for cell in cells:
     data = units_table(q, cell)
-    if data is not None:
-      os.makedirs(args.results, exist_ok=True)
-      synset.atomic_write_json(os.path.join(args.results, f"{cell.name}.json"), data)
-      print(render(data), flush=True)
+    if data is None:
+      print(f"[paper_table] the table of {cell.name} waits for the first seed's vanilla and kde "
+            "rows", flush=True)
+      continue
+    os.makedirs(args.results, exist_ok=True)
+    synset.atomic_write_json(os.path.join(args.results, f"{cell.name}.json"), data)
+    print(render(data), flush=True)
   return 0
 
 
