@@ -1059,7 +1059,9 @@ def take_back(q: Queue, order: list[Cell]) -> int:
                        "record is taken); the handover is not needed")
     if held_unit is not None:
       old = schema.read_json(held, bundle.HANDOVER_RECORD, fix="remove it by hand")
-      if old["unit"] != manifest["unit"] or len(old["legs"]) > len(manifest["legs"]):
+      # the new one continues the kept one: the same unit, the kept legs as its first ones
+      if (old["unit"] != manifest["unit"]
+          or manifest["legs"][:len(old["legs"])] != old["legs"]):
         raise ValueError(f"{args.handover_dir} holds the handover of {old['unit']} after "
                          f"{len(old['legs'])} command(s), which the one in {src} "
                          f"({manifest['unit']}, {len(manifest['legs'])}) does not continue; "
