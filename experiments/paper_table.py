@@ -1017,9 +1017,9 @@ def take_back(q: Queue, order: list[Cell]) -> int:
     raise ValueError(f"{src} holds neither a unit record (unit-*.json) nor a handover "
                      f"({bundle.HANDOVER}); give the folder next_unit.sh run left")
   known = {u.name: u for c in order for u in cell_units(q, c) + chosen_units(q, c)}
-  held = os.path.join(args.handover_dir, bundle.HANDOVER)
-  held_unit = (schema.read_json(held, bundle.HANDOVER_RECORD, fix="remove it by hand")["unit"]
-               if os.path.isfile(held) else None)
+  held_path = os.path.join(args.handover_dir, bundle.HANDOVER)
+  held = (schema.read_json(held_path, bundle.HANDOVER_RECORD, fix="remove it by hand")
+          if os.path.isfile(held_path) else None)  # the handover kept for the next loan
   takes, cells = [], []
   for n in record_files:
     path = os.path.join(src, n)
@@ -1045,7 +1045,7 @@ def take_back(q: Queue, order: list[Cell]) -> int:
       if u.cell not in cells:
         cells.append(u.cell)
   # the runs come with new records only (taken already: they were unpacked then)
-  packed, run_dirs = bundle.read_runs(src) if takes else (b"", [])
+  plain, run_dirs = bundle.read_runs(src) if takes else (b"", [])
   manifest = None
   if bundle.HANDOVER in names:
     manifest, _ = bundle.read_handover(src)  # every part against its sha256
@@ -1053,17 +1053,16 @@ def take_back(q: Queue, order: list[Cell]) -> int:
       raise ValueError(f"{src} hands over the unit {manifest['unit']} made with "
                        f"{manifest['settings']}, not a unit of these settings "
                        f"({unit_settings(q)}); give the flags it was run with")
-    done = known[manifest["unit"]].path(args.units_dir) if manifest["unit"] in known else ""
-    if os.path.exists(done) or any(u.name == manifest["unit"] for u, _, _ in takes):
+    if (os.path.exists(known[manifest["unit"]].path(args.units_dir))
+        or any(u.name == manifest["unit"] for u, _, _ in takes)):
       raise ValueError(f"{src} hands over the unit {manifest['unit']}, which is finished (its "
                        "record is taken); the handover is not needed")
-    if held_unit is not None:
-      old = schema.read_json(held, bundle.HANDOVER_RECORD, fix="remove it by hand")
+    if held is not None:
       # the new one continues the kept one: the same unit, the kept legs as its first ones
-      if (old["unit"] != manifest["unit"]
-          or manifest["legs"][:len(old["legs"])] != old["legs"]):
-        raise ValueError(f"{args.handover_dir} holds the handover of {old['unit']} after "
-                         f"{len(old['legs'])} command(s), which the one in {src} "
+      if (held["unit"] != manifest["unit"]
+          or manifest["legs"][:len(held["legs"])] != held["legs"]):
+        raise ValueError(f"{args.handover_dir} holds the handover of {held['unit']} after "
+                         f"{len(held['legs'])} command(s), which the one in {src} "
                          f"({manifest['unit']}, {len(manifest['legs'])}) does not continue; "
                          "finish that unit first, or move the folder aside by hand")
     elif os.path.lexists(args.handover_dir) and (not os.path.isdir(args.handover_dir)
@@ -1071,16 +1070,16 @@ def take_back(q: Queue, order: list[Cell]) -> int:
       raise ValueError(f"{args.handover_dir} holds something other than a handover; give "
                        "another --handover-dir")
   # everything checked: the runs first, then the records (a record names finished runs)
-  bundle.unpack_runs(packed, run_dirs, args.workdir)
+  bundle.unpack_runs(plain, run_dirs, args.workdir)
   for u, dst, data in takes:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     io_lib.atomic_write_bytes(dst, data)
     print(f"[paper_table] took the record of unit {u.name}: {dst}", flush=True)
   if run_dirs:
     print(f"[paper_table] took {len(run_dirs)} run(s) into {args.workdir}", flush=True)
-  if held_unit is not None and any(u.name == held_unit for u, _, _ in takes):
+  if held is not None and any(u.name == held["unit"] for u, _, _ in takes):
     shutil.rmtree(args.handover_dir)
-    print(f"[paper_table] removed {args.handover_dir}: its unit {held_unit} is finished",
+    print(f"[paper_table] removed {args.handover_dir}: its unit {held['unit']} is finished",
           flush=True)
   if manifest is not None:
     bundle.copy_handover(src, args.handover_dir)

@@ -67,10 +67,10 @@ def test_returned_runs_unpack_whole_and_never_replace(tmp_path, monkeypatch):
           for i, n in enumerate(("vanilla", "kde"))]
   out = tmp_path / "o"
   bundle.write_out(str(out), [], root, runs)
-  packed, found = bundle.read_runs(str(out))
+  plain, found = bundle.read_runs(str(out))
   assert found == ["cell/kde/s0", "cell/vanilla/s0"]
   there = tmp_path / "there"
-  bundle.unpack_runs(packed, found, str(there))
+  bundle.unpack_runs(plain, found, str(there))
   for d in runs:  # byte for byte, without what is not packed
     rel = os.path.relpath(d, root)
     for f in ("config.json", "synset/arrays.npz", "synset/manifest.json"):
@@ -81,7 +81,7 @@ def test_returned_runs_unpack_whole_and_never_replace(tmp_path, monkeypatch):
   (there / "cell" / "kde" / "s0" / "mine.txt").write_text("mine")
   shutil.rmtree(there / "cell" / "vanilla")
   with pytest.raises(ValueError, match="would replace it"):
-    bundle.unpack_runs(packed, found, str(there))
+    bundle.unpack_runs(plain, found, str(there))
   assert not (there / "cell" / "vanilla").exists()
   # a part missing or cut short, and a folder with no runs
   parts = sorted(out.glob("runs.tar.gz.part*"))

@@ -93,8 +93,9 @@ def write_out(out: str, records: list[tuple[str, str]], root: str,
 
 def read_runs(src: str) -> tuple[bytes, list[str]]:
   """The runs :func:`write_out` left in the folder ``src`` (its ``runs.tar.gz.part*`` joined
-  in order) and the run folders they hold (``<cell>/<row>/s<seed>``, relative to the work
-  folder they came from); ``(b"", [])`` when ``src`` holds no runs.
+  in order and decompressed: a plain tar) and the run folders they hold
+  (``<cell>/<row>/s<seed>``, relative to the work folder they came from); ``(b"", [])`` when
+  ``src`` holds no runs.
 
   Raises:
     ValueError: a part missing or damaged, or a member that is not one of a run's
@@ -108,13 +109,16 @@ def read_runs(src: str) -> tuple[bytes, list[str]]:
                      f"{len(names) - 1}; carry every part the machine left")
   if not index:
     return b"", []
-  packed = b"".join(open(os.path.join(src, f"runs.tar.gz.part{i}"), "rb").read()
-                    for i in index)
+  chunks = []
+  for i in index:
+    with open(os.path.join(src, f"runs.tar.gz.part{i}"), "rb") as f:
+      chunks.append(f.read())
   runs: set[str] = set()
   try:
     # the whole stream, so that a part cut short fails here (gzip's length and CRC) and not
     # half-way through unpacking
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(packed)), mode="r:") as tar:
+    plain = gzip.decompress(b"".join(chunks))
+    with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as tar:
       for m in tar.getmembers():
         parts = m.name.split("/")
         if (not m.isfile() or len(parts) < 4 or ".." in parts or os.path.isabs(m.name)
@@ -125,11 +129,12 @@ def read_runs(src: str) -> tuple[bytes, list[str]]:
   except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
     raise ValueError(f"the runs' parts in {src} do not unpack ({e}); carry every part "
                      "again") from e
-  return packed, sorted(runs)
+  return plain, sorted(runs)
 
 
-def unpack_runs(packed: bytes, runs: list[str], workdir: str) -> None:
-  """Puts the run folders :func:`read_runs` found into ``workdir``; nothing is replaced (a run
+def unpack_runs(plain: bytes, runs: list[str], workdir: str) -> None:
+  """Puts the run folders :func:`read_runs` found (in its tar, ``plain``) into ``workdir``;
+  nothing is replaced (a run
   folder that exists is refused before anything is written), and each folder appears whole
   (unpacked beside it, then renamed into place).
 
@@ -145,7 +150,7 @@ def unpack_runs(packed: bytes, runs: list[str], workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   staged = tempfile.mkdtemp(prefix=".tmp-runs-", dir=workdir)
   try:
-    with tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as tar:
       tar.extractall(staged, filter="data")
     for rel in runs:
       os.makedirs(os.path.dirname(os.path.join(workdir, rel)), exist_ok=True)
