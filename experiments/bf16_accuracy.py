@@ -8,13 +8,16 @@ bfloat16 with float32 images (what an accelerator would run). Both stay off by d
 2-core CPU bfloat16 is slower (docs/results/speed-distillation.md, "bf16 real path for DM");
 this script measures the other half of the decision, the accuracy of the distilled sets.
 
-CMNIST 5 % bias-conflicting, IPC 10, the ``cpu`` preset (width-32 networks, 64
-real images per class, 300 DM steps), vanilla DM and DM + KDE (the preset's
-weighting), seeds 0, 1, 2; each set evaluated once on the test split with the
-``cpu300`` protocol and 3 networks. Resumable: every finished distillation and
-evaluation is kept under ``--root`` and reused.
+CMNIST 5 % bias-conflicting, vanilla DM and DM + KDE (the preset's weighting), seeds 0, 1,
+2, each set evaluated once on the test split with 3 networks. ``--preset cpu`` (the default):
+IPC 10, the ``cpu`` preset (width-32 networks, 64 real images per class, 300 DM steps), the
+``cpu300`` protocol. ``--preset proxy``: the CPU proxy of the paper's setting, IPC 50, full
+MNIST (``jaxdd data fetch mnist``), 600 DM steps, the ``cpu`` protocol. Resumable: every
+finished distillation and evaluation is kept under ``--root`` and reused.
 
     python experiments/bf16_accuracy.py --root runs/bf16 --out results/bf16
+    python experiments/bf16_accuracy.py --preset proxy --arms float32,bfloat16-all \
+        --root runs/bf16-proxy --out results/bf16-proxy
     python experiments/bf16_accuracy.py --root runs/tiny-bf16 --out runs/tiny-bf16/out --tiny
 """
 from __future__ import annotations
@@ -31,6 +34,8 @@ from jaxdd.config import RunConfig, get_config
 from jaxdd.structs import SynSet
 
 DTYPES = ("float32", "bfloat16", "bfloat16-all")
+#: --preset: the IPC and evaluation protocol of each.
+PRESETS = {"cpu": (10, "cpu300"), "proxy": (50, "cpu")}
 METRICS = ("overall", "aligned", "conflicting")
 
 
@@ -91,6 +96,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--root", default="runs/bf16")
   p.add_argument("--out", default=None, help="write table.md and table.json here")
+  p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help=(
+      "cpu: IPC 10, 300 steps, the embedded digits; proxy: IPC 50, 600 steps, full MNIST "
+      "(default cpu)"))
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   p.add_argument("--num-models", type=int, default=3)
   p.add_argument("--arms", default=",".join(DTYPES),
@@ -109,11 +117,12 @@ def main(argv=None) -> int:
     p.error(f"--arms: float32 first, then any of {DTYPES[1:]}")
   cli.tune_allocator()
   progress.setup_logging(False)
-  proto = protocols.get_protocol("smoke" if args.tiny else "cpu300")
+  ipc, protocol = PRESETS[args.preset]
+  proto = protocols.get_protocol("smoke" if args.tiny else protocol)
   results: dict = {w: {dt: {} for dt in arms} for w in ("none", "kde")}
   for seed in args.seeds:
     base = (get_config("smoke", dataset="cmnist", conflict_ratio=0.05, seed=seed) if args.tiny
-            else get_config("cpu", dataset="cmnist", conflict_ratio=0.05, ipc=10, seed=seed))
+            else get_config(args.preset, dataset="cmnist", conflict_ratio=0.05, ipc=ipc, seed=seed))
     run_data = runs.RunData(base)
     embeddings = runs.surrogate_embeddings(base, run_data, runs.run_keys(base)[0])
     for w in ("none", "kde"):
