@@ -23,6 +23,7 @@ finished distillation and evaluation is kept under ``--root`` and reused.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ import sys
 import jax
 
 from jaxdd import cli, progress, protocols, runs, synset
+from jaxdd.runs import version
 from jaxdd.config import RunConfig, get_config
 from jaxdd.structs import SynSet
 
@@ -92,10 +94,62 @@ def table(results: dict, arms=None) -> str:
   return "\n".join(lines)
 
 
+def largest_difference(results: dict, arms) -> tuple[float, str, str, str, int]:
+  """The largest single-seed ``arm − float32`` difference in points, with its method, arm,
+  metric and seed (what the paired means could hide)."""
+  best = (0.0, "", "", "", -1)
+  for w in ("none", "kde"):
+    for dt in arms:
+      if dt == "float32":
+        continue
+      for s in sorted(results[w][dt]):
+        for m in METRICS:
+          d = 100 * (results[w][dt][s][m] - results[w]["float32"][s][m])
+          if abs(d) > abs(best[0]):
+            best = (d, "DM" if w == "none" else "DM + KDE", NAMES[dt], m, s)
+  return best
+
+
+def data_record(results: dict, arms, config, proto, num_models: int, command: str) -> dict:
+  """The results-table record of the comparison (columns, rows, notes, date, commit,
+  machine, command): the rows of :func:`table`, each paired row named by its arm."""
+  rows = []
+  for line in table(results, arms).splitlines():
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if not line.startswith("| DM") or len(cells) != 2 + len(METRICS):
+      continue
+    if ", seeds " in cells[1]:  # a paired row ("<arm>, seeds ..."): named as such
+      cells[1] = cells[1].split(", seeds ")[0] + " − float32, paired"
+    rows.append(cells)
+  seeds = sorted(results["none"]["float32"])
+  d, method, arm, metric, seed = largest_difference(results, arms)
+  setting = (f"IPC {config.ipc}, `{config.preset}` preset (width-{config.width} networks, "
+             f"{config.real_per_class} real images per class, {config.iterations} steps, lr_img "
+             f"{config.lr_img:g}; DM + KDE with the preset's weighting)")
+  return {
+      "columns": ["method", "arithmetic", *METRICS],
+      "rows": rows,
+      "notes": [
+          f"CMNIST 5 % bias-conflicting, {setting}, seeds {', '.join(map(str, seeds))}; "
+          "float32 against the bfloat16 arms, the same keys and data; each set evaluated once "
+          f"on the test split (`{proto.name}`, {num_models} networks). Accuracy in %: mean ± "
+          "sample std over seeds of each seed's mean over its networks; the paired rows are "
+          "the per-seed differences in points, mean ± std over seeds. Largest single-seed "
+          f"difference: {d:+.1f} points ({method}, {arm}, {metric}, seed {seed}).",
+          "The CPU emulates bfloat16 convolutions (slower than float32 here): this measures "
+          "accuracy only."],
+      "date": datetime.date.today().isoformat(), "commit": runs.code_version(),
+      "machine": version.machine(), "command": [command],
+  }
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--root", default="runs/bf16")
   p.add_argument("--out", default=None, help="write table.md and table.json here")
+  p.add_argument("--data", default=None, metavar="PATH", help=(
+      "also write the comparison as a results-table record (columns, rows, notes, date, "
+      "commit, machine, command) to PATH"))
   p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help=(
       "cpu: IPC 10, 300 steps, the embedded digits; proxy: IPC 50, 600 steps, full MNIST "
       "(default cpu)"))
@@ -146,6 +200,11 @@ def main(argv=None) -> int:
     synset.atomic_write_json(os.path.join(args.out, "table.json"),
                              {w: {dt: {str(s): v for s, v in r.items()} for dt, r in rr.items()}
                               for w, rr in results.items()})
+  if args.data:
+    command = "python experiments/bf16_accuracy.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    synset.atomic_write_json(args.data, data_record(results, arms, base, proto,
+                                                     args.num_models, command))
   return 0
 
 

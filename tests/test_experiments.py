@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdd import elf, models, runs
+from jaxdd import elf, models, protocols, runs
 from jaxdd.config import get_config
 
 _SPEC = importlib.util.spec_from_file_location(
@@ -146,6 +146,20 @@ def test_bf16_accuracy_table_means_over_seeds_and_pairs_the_dtypes():
           in text)
   assert ("| DM + KDE | bfloat16 real forward, seeds 0, 1 | +0.0 ± 0.0 | +0.0 ± 0.0 | "
           "+0.0 ± 0.0 |" in text)
+
+  # the results-table record: the same rows, a paired row named by its arm, and the largest
+  # single-seed difference (DM overall, seed 1: 33 - 30 = +3.0 points)
+  config = get_config("cpu", dataset="cmnist", conflict_ratio=0.05, ipc=10, seed=0)
+  rec = bf16.data_record(results, ["float32", "bfloat16"], config,
+                         protocols.get_protocol("cpu300"), 3, "python x.py")
+  assert rec["columns"] == ["method", "arithmetic", "overall", "aligned", "conflicting"]
+  assert rec["rows"][0] == ["DM", "float32", "25.0 ± 7.1", "100.0 ± 0.0", "15.0 ± 7.1"]
+  assert rec["rows"][4] == ["DM", "bfloat16 real forward − float32, paired", "+2.0 ± 1.4",
+                            "+0.0 ± 0.0", "+0.0 ± 0.0"]
+  assert len(rec["rows"]) == 6 and rec["command"] == ["python x.py"]
+  assert "Largest single-seed difference: +3.0 points (DM, bfloat16 real forward, overall, " \
+         "seed 1)" in rec["notes"][0]
+  assert "IPC 10, `cpu` preset" in rec["notes"][0]
 
 
 def _load(name):
