@@ -63,6 +63,10 @@ def distilled(config: RunConfig, run_data: runs.RunData, embeddings, dtype: str,
 
 NAMES = {"float32": "float32", "bfloat16": "bfloat16 real forward",
          "bfloat16-all": "bfloat16 real and synthetic (compute_dtype)"}
+#: What each bfloat16 arm changes (a record's notes).
+MEANINGS = {"bfloat16": "the real images' forward pass in bfloat16, everything else in float32",
+            "bfloat16-all": "the real forward and the synthetic forward and backward in "
+                            "bfloat16, the images, loss and gradient in float32"}
 
 
 def table(results: dict, arms=None) -> str:
@@ -110,7 +114,8 @@ def largest_difference(results: dict, arms) -> tuple[float, str, str, str, int]:
   return best
 
 
-def data_record(results: dict, arms, config, proto, num_models: int, command: str) -> dict:
+def data_record(results: dict, arms, config, proto, num_models: int, command: str,
+                raw: str | None = None) -> dict:
   """The results-table record of the comparison (columns, rows, notes, date, commit,
   machine, command): the rows of :func:`table`, each paired row named by its arm."""
   rows = []
@@ -131,11 +136,14 @@ def data_record(results: dict, arms, config, proto, num_models: int, command: st
       "rows": rows,
       "notes": [
           f"CMNIST 5 % bias-conflicting, {setting}, seeds {', '.join(map(str, seeds))}; "
-          "float32 against the bfloat16 arms, the same keys and data; each set evaluated once "
-          f"on the test split (`{proto.name}`, {num_models} networks). Accuracy in %: mean ± "
-          "sample std over seeds of each seed's mean over its networks; the paired rows are "
-          "the per-seed differences in points, mean ± std over seeds. Largest single-seed "
-          f"difference: {d:+.1f} points ({method}, {arm}, {metric}, seed {seed}).",
+          "float32 against "
+          + "; ".join(f"{NAMES[a]} ({MEANINGS[a]})" for a in arms if a != "float32")
+          + ", the same keys and data; each set evaluated once on the test split "
+          f"(`{proto.name}`, {num_models} networks). Accuracy in %: mean ± sample std over "
+          "seeds of each seed's mean over its networks; the paired rows are the per-seed "
+          "differences in points, mean ± std over seeds. Largest single-seed difference: "
+          f"{d:+.1f} points ({method}, {arm}, {metric}, seed {seed})."
+          + (f" Raw: `{raw}`." if raw else ""),
           "The CPU emulates bfloat16 convolutions (slower than float32 here): this measures "
           "accuracy only."],
       "date": datetime.date.today().isoformat(), "commit": runs.code_version(),
@@ -203,8 +211,9 @@ def main(argv=None) -> int:
   if args.data:
     command = "python experiments/bf16_accuracy.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
+    raw = os.path.join(args.out, "table.json") if args.out else None
     synset.atomic_write_json(args.data, data_record(results, arms, base, proto,
-                                                     args.num_models, command))
+                                                     args.num_models, command, raw))
   return 0
 
 

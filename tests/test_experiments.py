@@ -151,7 +151,8 @@ def test_bf16_accuracy_table_means_over_seeds_and_pairs_the_dtypes():
   # single-seed difference (DM overall, seed 1: 33 - 30 = +3.0 points)
   config = get_config("cpu", dataset="cmnist", conflict_ratio=0.05, ipc=10, seed=0)
   rec = bf16.data_record(results, ["float32", "bfloat16"], config,
-                         protocols.get_protocol("cpu300"), 3, "python x.py")
+                         protocols.get_protocol("cpu300"), 3, "python x.py",
+                         raw="results/x/table.json")
   assert rec["columns"] == ["method", "arithmetic", "overall", "aligned", "conflicting"]
   assert rec["rows"][0] == ["DM", "float32", "25.0 ± 7.1", "100.0 ± 0.0", "15.0 ± 7.1"]
   assert rec["rows"][4] == ["DM", "bfloat16 real forward − float32, paired", "+2.0 ± 1.4",
@@ -160,6 +161,8 @@ def test_bf16_accuracy_table_means_over_seeds_and_pairs_the_dtypes():
   assert "Largest single-seed difference: +3.0 points (DM, bfloat16 real forward, overall, " \
          "seed 1)" in rec["notes"][0]
   assert "IPC 10, `cpu` preset" in rec["notes"][0]
+  assert "float32 against bfloat16 real forward (the real images' forward" in rec["notes"][0]
+  assert rec["notes"][0].endswith("Raw: `results/x/table.json`.")
 
 
 def _load(name):
