@@ -137,8 +137,9 @@ def data_record(results: dict, arms, config, proto, num_models: int, command: st
       "notes": [
           f"CMNIST 5 % bias-conflicting, {setting}, seeds {', '.join(map(str, seeds))}; "
           "float32 against "
-          + "; ".join(f"{NAMES[a]} ({MEANINGS[a]})" for a in arms if a != "float32")
-          + ", the same keys and data; each set evaluated once on the test split "
+          + "; against ".join(f"{NAMES[a]}, that is {MEANINGS[a]}" for a in arms
+                              if a != "float32")
+          + "; the same keys and data; each set evaluated once on the test split "
           f"(`{proto.name}`, {num_models} networks). Accuracy in %: mean ± sample std over "
           "seeds of each seed's mean over its networks; the paired rows are the per-seed "
           "differences in points, mean ± std over seeds. Largest single-seed difference: "
@@ -146,7 +147,9 @@ def data_record(results: dict, arms, config, proto, num_models: int, command: st
           + (f" Raw: `{raw}`." if raw else ""),
           "The CPU emulates bfloat16 convolutions (slower than float32 here): this measures "
           "accuracy only."],
-      "date": datetime.date.today().isoformat(), "commit": runs.code_version(),
+      # the commit's short hash ("0.1.0+g472b6e4816" -> "472b6e4"); the version without git
+      "date": datetime.date.today().isoformat(),
+      "commit": runs.code_version().rsplit("+g", 1)[-1][:7],
       "machine": version.machine(), "command": [command],
   }
 

@@ -161,7 +161,7 @@ def test_bf16_accuracy_table_means_over_seeds_and_pairs_the_dtypes():
   assert "Largest single-seed difference: +3.0 points (DM, bfloat16 real forward, overall, " \
          "seed 1)" in rec["notes"][0]
   assert "IPC 10, `cpu` preset" in rec["notes"][0]
-  assert "float32 against bfloat16 real forward (the real images' forward" in rec["notes"][0]
+  assert "float32 against bfloat16 real forward, that is the real images' forward" in rec["notes"][0]
   assert rec["notes"][0].endswith("Raw: `results/x/table.json`.")
 
 
