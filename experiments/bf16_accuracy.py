@@ -143,7 +143,8 @@ def data_record(results: dict, arms, config, proto, num_models: int, command: st
           f"(`{proto.name}`, {num_models} networks). Accuracy in %: mean ± sample std over "
           "seeds of each seed's mean over its networks; the paired rows are the per-seed "
           "differences in points, mean ± std over seeds. Largest single-seed difference: "
-          f"{d:+.1f} points ({method}, {arm}, {metric}, seed {seed})."
+          + (f"{d:+.1f} points ({method}, {arm}, {metric}, seed {seed})." if method
+             else "none (every arm equals float32 on every seed).")
           + (f" Raw: `{raw}`." if raw else ""),
           "The CPU emulates bfloat16 convolutions (slower than float32 here): this measures "
           "accuracy only."],
@@ -212,6 +213,7 @@ def main(argv=None) -> int:
                              {w: {dt: {str(s): v for s, v in r.items()} for dt, r in rr.items()}
                               for w, rr in results.items()})
   if args.data:
+    os.makedirs(os.path.dirname(args.data) or ".", exist_ok=True)
     command = "python experiments/bf16_accuracy.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     raw = os.path.join(args.out, "table.json") if args.out else None

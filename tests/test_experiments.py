@@ -163,6 +163,9 @@ def test_bf16_accuracy_table_means_over_seeds_and_pairs_the_dtypes():
   assert "IPC 10, `cpu` preset" in rec["notes"][0]
   assert "float32 against bfloat16 real forward, that is the real images' forward" in rec["notes"][0]
   assert rec["notes"][0].endswith("Raw: `results/x/table.json`.")
+  same = {w: {"float32": r["float32"], "bfloat16": r["float32"]} for w, r in results.items()}
+  assert "difference: none (every arm equals float32" in bf16.data_record(
+      same, ["float32", "bfloat16"], config, protocols.get_protocol("cpu300"), 3, "x")["notes"][0]
 
 
 def _load(name):
