@@ -97,7 +97,7 @@ def main(argv=None) -> int:
                  ", ".join(f"{m['decode_s']:.1f}" for m in ms),
                  f"{statistics.median(peak):.2f}",
                  f"{statistics.median(m['rss_peak_kib'] for m in ms) / 1024:.0f}"])
-  commit = version.code_version().split("+g")[-1][:7]  # the code this process loaded
+  commit = version.short_commit()  # the code this process loaded
   out = {
       "columns": ["read", "listing s", "median s", "each repeat (s)",
                   "peak memory added / decoded array", "process peak MiB"],

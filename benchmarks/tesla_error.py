@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                  ", ".join(f"{100 * e:.1f}" for e in errs), f"{statistics.median(coss):.3f}",
                  f"{statistics.median(le for le, _ in lrs):.4g} / "
                  f"{statistics.median(lt for _, lt in lrs):.4g}"])
-  commit = version.code_version().split("+g")[-1][:7]  # the code this process loaded
+  commit = version.short_commit()  # the code this process loaded
   _io.atomic_write_json(args.out, {
       "columns": ["syn_steps", "image gradient: relative error, median %", "each seed (%)",
                   "cosine, median", "student lr gradient, exact / TESLA (median)"],

@@ -39,6 +39,7 @@ DTYPES = ("float32", "bfloat16", "bfloat16-all")
 #: --preset: the IPC and evaluation protocol of each.
 PRESETS = {"cpu": (10, "cpu300"), "proxy": (50, "cpu")}
 METRICS = ("overall", "aligned", "conflicting")
+METHODS = {"none": "DM", "kde": "DM + KDE"}  # weighting -> the table's method
 
 
 def distilled(config: RunConfig, run_data: runs.RunData, embeddings, dtype: str,
@@ -69,32 +70,38 @@ MEANINGS = {"bfloat16": "the real images' forward pass in bfloat16, everything e
                             "bfloat16, the images, loss and gradient in float32"}
 
 
-def table(results: dict, arms=None) -> str:
-  """Mean ± std over seeds per row, then each bf16 arm − float32 paired over seeds, in
-  points (``arms``: default those in ``results``, in :data:`DTYPES` order)."""
+def table_rows(results: dict, arms=None) -> tuple[list[list[str]], list[list[str]]]:
+  """The table's cells: (method, arm, mean ± std over seeds per metric) for each method and
+  arm, then (method, arm, its ``arm − float32`` difference paired over seeds, in points) for
+  each bfloat16 arm (``arms``: default those in ``results``, in :data:`DTYPES` order)."""
   arms = [a for a in DTYPES if a in results["none"]] if arms is None else arms
-  lines = ["| method | arithmetic | " + " | ".join(METRICS) + " |",
-           "|---|---|" + "---|" * len(METRICS)]
+  means, paired = [], []
   for w in ("none", "kde"):
     for dt in arms:
-      cells = []
-      for m in METRICS:
-        cells.append(runs.format_pm([results[w][dt][s][m] for s in sorted(results[w][dt])]))
-      lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | {NAMES[dt]} | "
-                   + " | ".join(cells) + " |")
-  lines += ["", "| method | arm − float32 (paired over seeds, points) | " + " | ".join(METRICS)
-            + " |", "|---|---|" + "---|" * len(METRICS)]
+      means.append([METHODS[w], NAMES[dt]] + [
+          runs.format_pm([results[w][dt][s][m] for s in sorted(results[w][dt])])
+          for m in METRICS])
   for w in ("none", "kde"):
     seeds = sorted(results[w]["float32"])
     for dt in arms:
-      if dt == "float32":
-        continue
-      cells = []
-      for m in METRICS:
-        cells.append(runs.format_pm([results[w][dt][s][m] - results[w]["float32"][s][m]
-                                     for s in seeds], signed=True))
-      lines.append(f"| {'DM' if w == 'none' else 'DM + KDE'} | {NAMES[dt]}, seeds "
-                   f"{', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+      if dt != "float32":
+        paired.append([METHODS[w], NAMES[dt]] + [
+            runs.format_pm([results[w][dt][s][m] - results[w]["float32"][s][m]
+                            for s in seeds], signed=True) for m in METRICS])
+  return means, paired
+
+
+def table(results: dict, arms=None) -> str:
+  """Mean ± std over seeds per row, then each bf16 arm − float32 paired over seeds, in
+  points (``arms``: default those in ``results``, in :data:`DTYPES` order)."""
+  means, paired = table_rows(results, arms)
+  seeds = ", ".join(map(str, sorted(results["none"]["float32"])))
+  lines = ["| method | arithmetic | " + " | ".join(METRICS) + " |",
+           "|---|---|" + "---|" * len(METRICS)]
+  lines += ["| " + " | ".join(r) + " |" for r in means]
+  lines += ["", "| method | arm − float32 (paired over seeds, points) | " + " | ".join(METRICS)
+            + " |", "|---|---|" + "---|" * len(METRICS)]
+  lines += [f"| {r[0]} | {r[1]}, seeds {seeds} | " + " | ".join(r[2:]) + " |" for r in paired]
   return "\n".join(lines)
 
 
@@ -110,7 +117,7 @@ def largest_difference(results: dict, arms) -> tuple[float, str, str, str, int]:
         for m in METRICS:
           d = 100 * (results[w][dt][s][m] - results[w]["float32"][s][m])
           if abs(d) > abs(best[0]):
-            best = (d, "DM" if w == "none" else "DM + KDE", NAMES[dt], m, s)
+            best = (d, METHODS[w], NAMES[dt], m, s)
   return best
 
 
@@ -118,14 +125,8 @@ def data_record(results: dict, arms, config, proto, num_models: int, command: st
                 raw: str | None = None) -> dict:
   """The results-table record of the comparison (columns, rows, notes, date, commit,
   machine, command): the rows of :func:`table`, each paired row named by its arm."""
-  rows = []
-  for line in table(results, arms).splitlines():
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    if not line.startswith("| DM") or len(cells) != 2 + len(METRICS):
-      continue
-    if ", seeds " in cells[1]:  # a paired row ("<arm>, seeds ..."): named as such
-      cells[1] = cells[1].split(", seeds ")[0] + " − float32, paired"
-    rows.append(cells)
+  means, paired = table_rows(results, arms)
+  rows = means + [[r[0], f"{r[1]} − float32, paired", *r[2:]] for r in paired]
   seeds = sorted(results["none"]["float32"])
   d, method, arm, metric, seed = largest_difference(results, arms)
   setting = (f"IPC {config.ipc}, `{config.preset}` preset (width-{config.width} networks, "
@@ -148,9 +149,7 @@ def data_record(results: dict, arms, config, proto, num_models: int, command: st
           + (f" Raw: `{raw}`." if raw else ""),
           "The CPU emulates bfloat16 convolutions (slower than float32 here): this measures "
           "accuracy only."],
-      # the commit's short hash ("0.1.0+g472b6e4816" -> "472b6e4"); the version without git
-      "date": datetime.date.today().isoformat(),
-      "commit": runs.code_version().rsplit("+g", 1)[-1][:7],
+      "date": datetime.date.today().isoformat(), "commit": version.short_commit(),
       "machine": version.machine(), "command": [command],
   }
 

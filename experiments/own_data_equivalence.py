@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                      ("yes" if same_u8 else "no") if eight_bit else "–", got["overall"],
                      got["seconds"]])
         print(rows[-1], flush=True)
-  commit = version.code_version().split("+g")[-1][:7]  # the code this process loaded
+  commit = version.short_commit()  # the code this process loaded
   _io.atomic_write_json(args.out, {
       "caption": f"`jaxdd distill --preset {args.preset}` on the built-in splits and on their "
                  "exports (DM + KDE unless the command says otherwise)",

@@ -312,6 +312,14 @@ def test_several_steps_per_call_give_the_run_of_one_step_per_call(tmp_path):
   np.testing.assert_allclose(resumed.images, one.images, atol=1e-5 * scale)
 
 
+def test_short_commit_is_the_commits_first_seven_hex_digits(monkeypatch):
+  from jaxdd.runs import version
+  monkeypatch.setattr(version, "code_version", lambda: "0.1.0+g472b6e4816")
+  assert version.short_commit() == "472b6e4"
+  monkeypatch.setattr(version, "code_version", lambda: "0.1.0")  # no git, no JAXDD_COMMIT
+  assert version.short_commit() == "0.1.0"
+
+
 def test_code_version_is_read_once_per_process(monkeypatch):
   """A long run records the commit of the code it loaded: the version is read on import and
   not again, so a commit made while the run goes on does not change what it records."""

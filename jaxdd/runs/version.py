@@ -39,6 +39,13 @@ def code_version() -> str:
 code_version()  # the commit of the code this process loads
 
 
+def short_commit() -> str:
+  """The commit of :func:`code_version` as the results tables name it, its first 7 hex
+  digits (``0.1.0+g472b6e4816`` -> ``472b6e4``); without a commit, the version's first 7
+  characters."""
+  return code_version().split("+g")[-1][:7]
+
+
 def machine() -> str:
   """The machine a measurement ran on, as the results tables name it: the accelerator when
   JAX has one (``1 x NVIDIA H100 80GB HBM3``), else the CPU's cores and model and whether it
