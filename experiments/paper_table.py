@@ -500,6 +500,10 @@ def read_unit(q: Queue, unit: Unit) -> dict | None:
   if rec is not None and rec["settings"] != unit_settings(q):
     raise ValueError(f"{unit.path(q.args.units_dir)} was made with {rec['settings']}, not "
                      f"{unit_settings(q)}; give these settings another --units-dir")
+  if rec is not None and unit.chunk is not None and sorted(rec["rows"]) != sorted(unit.rows):
+    raise ValueError(f"{unit.path(q.args.units_dir)} holds the rows {', '.join(sorted(rec['rows']))}"
+                     f", but this unit groups {', '.join(sorted(unit.rows))}: it was made with "
+                     "another grouping of the rows; give another --units-dir")
   return rec
 
 
@@ -514,6 +518,20 @@ def check_units_dir(q: Queue) -> None:
                          f"{unit_settings(q)}; give these settings another --units-dir")
 
 
+def own_batch(name: str) -> bool:
+  """Whether a row draws its own real batch (importance-sampled by its weights): it cannot
+  share the uniform batch of the cell's other rows, nor that batch's forward pass."""
+  return ROWS[name].overrides.get("real_sampling") == "weighted"
+
+
+def unit_order(rows: tuple) -> tuple:
+  """A seed's rows in the order ``--rows-per-unit`` groups them: the rows that share the
+  uniform real batch first, the rows that draw their own last (each in table order). A row
+  with its own batch costs its own real forward, about four shared rows' arithmetic at the
+  paper's setting, so the first unit, which holds vanilla DM and DM + KDE, is the cheapest."""
+  return tuple(sorted(rows, key=own_batch))
+
+
 def cell_units(q: Queue, cell: Cell) -> list[Unit]:
   """A cell's seed units in queue order: each seed's rows, then each seed's ceiling."""
   names = cell_rows(cell, q.rows)
@@ -523,6 +541,7 @@ def cell_units(q: Queue, cell: Cell) -> list[Unit]:
   if k is None or k >= len(rows):
     units = [Unit(cell, "rows", (s,), rows) for s in q.seeds]
   else:  # each seed's rows in groups of k, one unit each (the seed's draws are the same)
+    rows = unit_order(rows)
     units = [Unit(cell, "rows", (s,), rows[i:i + k], i // k) for s in q.seeds
              for i in range(0, len(rows), k)]
   units += [Unit(cell, "ceiling", (s,), own) for s in q.seeds if own]
@@ -632,6 +651,12 @@ def take_over(q: Queue, unit: Unit) -> None:
   if manifest["settings"] != unit_settings(q):
     raise ValueError(f"{q.args.resume_from} was made with {manifest['settings']}, not "
                      f"{unit_settings(q)}; give the flags it was made with")
+  others = sorted(set(manifest["runs"]) - {os.path.relpath(d, q.args.workdir)
+                                           for d in unit_dirs(q, unit)})
+  if others:
+    raise ValueError(f"{q.args.resume_from} holds runs that are not rows of the unit "
+                     f"{unit.name} here ({', '.join(others)}): it was made with another grouping "
+                     "of the rows; finish it with the commit that made it, or drop --resume-from")
   staged = bundle.unpack_handover(packed, q.args.workdir, manifest["runs"])
   q.legs, q.surrogates = list(manifest["legs"]), staged
   step = q.legs[-1].get("step", "?") if q.legs else "?"
@@ -794,7 +819,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="with --next-unit: how many units to run (default 1)")
   p.add_argument("--rows-per-unit", type=arguments.positive_int, default=None, help=(
       "with --next-unit: at most this many rows in one unit (default: all of a seed's rows), "
-      "for a machine where a seed's rows do not fit one command"))
+      "for a machine where a seed's rows do not fit one command; the rows that share the "
+      "uniform real batch come first, those that draw their own last"))
   p.add_argument("--units-dir", default=None,
                  help="where the unit records are kept (default <results>/units)")
   p.add_argument("--out", default=None, help=(

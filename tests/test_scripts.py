@@ -640,6 +640,45 @@ def test_next_unit_goes_on_from_a_handover_the_checkout_carries(tmp_path):
   assert sorted(os.listdir(tmp_path / "out")) == ["next-unit.log"]
 
 
+def test_paper_table_groups_the_rows_that_share_a_batch_first(tmp_path, capfd):
+  # --rows-per-unit 4 on the paper's DM cell: the rows that share the uniform real batch first,
+  # the importance-sampled row (a real forward of its own) last, so the first unit holds the
+  # paper's two rows and is the cheapest; a record of another grouping is refused, not mixed
+  script = load("experiments/paper_table.py")
+  assert script.unit_order(("vanilla", "kde_floor_init_is", "kde", "fairdd")) == (
+      "vanilla", "kde", "fairdd", "kde_floor_init_is")
+  units = tmp_path / "r" / "units"
+  base = ["--preset", "paper", "--next-unit", "--plan", "--rows-per-unit", "4", "--units", "2",
+          "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+  assert script.main(base) == 0
+  plan = capfd.readouterr().out
+  assert "unit cmnist5-ipc50/s0-rows0: rows vanilla, kde, kde_init, fairdd_pseudo; seeds 0" in plan
+  assert ("unit cmnist5-ipc50/s0-rows1: rows fairdd_batch, fairdd, oracle, kde_floor_init_is; "
+          "seeds 0") in plan
+  old = ("vanilla", "kde", "kde_init", "kde_floor_init_is")  # rows0 of another grouping
+  (units / "cmnist5-ipc50").mkdir(parents=True)
+  (units / "cmnist5-ipc50" / "s0-rows0.json").write_text(json.dumps({
+      "unit": "cmnist5-ipc50/s0-rows0", "rows": {n: [] for n in old}, "timings": {},
+      "settings": {"preset": "paper", "source": "full", "rows_per_unit": 4}, "commit": "x",
+      "machine": "x", "date": "x", "command": "x"}))
+  assert script.main(base) == 1
+  err = capfd.readouterr().err
+  assert "holds the rows kde, kde_floor_init_is, kde_init, vanilla, but this unit groups " \
+      "fairdd_pseudo, kde, kde_init, vanilla" in err and "another --units-dir" in err
+  # so is a handover of the other grouping's first unit, before anything is read or written
+  (units / "cmnist5-ipc50" / "s0-rows0.json").unlink()
+  from jaxdd.runs import bundle
+  manifest = {"unit": "cmnist5-ipc50/s0-rows0", "runs": [f"cmnist5-ipc50/{n}/s0" for n in old],
+              "settings": {"preset": "paper", "source": "full", "rows_per_unit": 4},
+              "surrogates": [], "legs": []}
+  bundle.write_handover(str(tmp_path / "h"), manifest, b"runs")
+  resume = [a for a in base if a != "--plan"] + ["--resume-from", str(tmp_path / "h")]
+  assert script.main(resume) == 1
+  assert "holds runs that are not rows of the unit cmnist5-ipc50/s0-rows0 here " \
+      "(cmnist5-ipc50/kde_floor_init_is/s0)" in capfd.readouterr().err
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.slow
 def test_paper_table_units_of_fewer_rows_make_the_same_table(tmp_path, capfd):
   # --rows-per-unit 1: each seed's rows in units of one row (for a machine where a seed's rows
