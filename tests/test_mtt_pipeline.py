@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import run_folders
 
 from jaxdd import cli, config, runs, synset
 from jaxdd.config import get_config
@@ -107,6 +108,7 @@ def test_mtt_from_the_cli_builds_reuses_and_refuses_buffers(tmp_path, capsys):
   rows = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
   assert [r["step"] for r in rows if "syn_lr" in r] == [1, 2, 3, 4]
   assert os.path.exists(os.path.join(work, "eval.json"))
+  assert run_folders.unlisted(work) == []  # buffer.json included
   # Experts of other settings are refused in that folder, and nothing is written.
   capsys.readouterr()
   assert cli.main(["buffers", *common, "--num-experts", "2"]) == 2

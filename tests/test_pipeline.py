@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import run_folders
 
 from jaxdd import cli, diagnostics, distill, runs, synset
 from jaxdd.config import get_config, validate
@@ -68,6 +69,7 @@ def test_cli_kde_run_evaluate_and_report(tmp_path, capsys):
   assert rc == 0
   report = json.load(open(os.path.join(work, "weights.json")))
   assert "auroc" in json.dumps(report)
+  assert run_folders.unlisted(work) == []  # weights.json and plots/weights.png included
   out = str(tmp_path / "ev.json")
   assert cli.main(["evaluate", os.path.join(work, "synset"), "--protocol", "smoke",
                    "--model", "convnet-d2-w8", "--num-models", "2", "--out", out]) == 0
@@ -147,6 +149,8 @@ def test_reproduce_writes_the_comparison_with_bias_scores(tmp_path):
   # the column is the bias score of each saved SynSet under the run's classifier
   classifier = runs.bias_classifier(cfg, runs.RunData(cfg))
   for name in ("dm", "dm+kde"):
+    # every file the run wrote is one the work-folder guard protects
+    assert run_folders.unlisted(os.path.join(work, name.replace("+", "_"))) == []
     syn, _ = synset.load(os.path.join(work, name.replace("+", "_"), "synset"))
     expected = diagnostics.bias_score(classifier, syn.images, syn.labels)["aligned_fraction"]
     assert results[name]["bias_score"]["aligned_fraction"] == expected

@@ -347,6 +347,19 @@ def test_an_output_replaces_only_the_same_commands_file():
     outputs.check_output_file(elsewhere, what="an evaluation", owns=owns)
 
 
+def test_the_run_folder_check_names_what_the_guard_does_not_list(tmp_path):
+  # the run tests assert run_folders.unlisted(...) == []: it must see an entry a run would add
+  import run_folders
+  for rel in ("config.json", "synset/arrays.npz", "checkpoints/4/x", "eval-test-dm.json",
+              "plots/synset.png", "tensorboard/events"):
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text("x")
+  assert run_folders.unlisted(str(tmp_path)) == []
+  for rel in ("notes.json", "plots/loss.png", "eval-test.txt"):
+    (tmp_path / rel).write_text("x")
+  assert run_folders.unlisted(str(tmp_path)) == ["eval-test.txt", "notes.json", "plots/loss.png"]
+
+
 def test_report_refuses_a_fifo_or_a_device_instead_of_hanging(tmp_path, capsys):
   # an eval.json that is a FIFO (no writer) or /dev/zero: one line, no hang, no memory blow-up
   run = tmp_path / "run"

@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 import pytest
+import run_folders
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 #: Scripts tested elsewhere on their own (tests/test_experiments.py runs results_tables.py).
@@ -394,6 +395,8 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   for key in ("commit", "machine", "date", "command"):
     assert rec[key]
   assert set(rec["timings"]) == {"total_s", "distill_s", "eval_s"}
+  for row in ("vanilla", "kde"):  # the unit's runs write only what the work-folder guard lists
+    assert run_folders.unlisted(str(tmp_path / "w1" / "cmnist5-ipc10" / row / "s0")) == []
   kde = rec["rows"]["kde"][0]
   assert kde["seed"] == 0 and len(kde["synset_sha256"]) == 64
   assert len(kde["test"]["overall"]) == len(kde["valid"]["conflicting"]) >= 1

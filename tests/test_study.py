@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import run_folders
 
 from jaxdd import cli, data, diagnostics, runs
 from jaxdd.config import get_config
@@ -185,6 +186,7 @@ def test_tune_never_reads_the_test_split_and_final_reuses_its_synsets(tmp_path, 
   # each table cell is the mean over networks of the run's own eval file
   run = os.path.join(root, sel and saved["candidates"]["dm lr=1"]["runs"][1])
   ev = json.load(open(os.path.join(run, "eval-test-smoke.json")))
+  assert run_folders.unlisted(run) == []  # eval-<split>-<protocol>.json, bias_score.json
   assert rows["vanilla"]["per_seed"]["overall"][1] == pytest.approx(
       np.mean(ev["result"]["per_model"]["overall"]))
   assert np.asarray(ev["result"]["valid_scores"]).shape == (1, 2)

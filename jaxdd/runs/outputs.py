@@ -22,7 +22,8 @@ Every command that begins work in a folder (a run, ``reproduce``, ``tune``, ``fi
 or a run's checkpoints is refused, and so is one that holds none of that work's record but
 already holds an entry the work would replace (a ``synset/`` or ``metrics.jsonl`` jaxdd did
 not write there). :data:`RUN_WRITES` lists a run's entries by hand: a run that writes a new
-one adds it there.
+one adds it there (the tests of the runs that write each kind of file check that every file
+they left is listed).
 """
 from __future__ import annotations
 
