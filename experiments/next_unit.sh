@@ -22,7 +22,8 @@
 #       back here: take what the machine left in OUT: each unit record into
 #       results/paper-table/units/ and its runs into runs/paper-table/ (nothing is replaced),
 #       then the cells' tables; or a handover into .handover/ for the next loan (the .handover/
-#       of a unit whose record is taken is removed). Then commit the records
+#       of a unit whose record is taken is removed); from OUT/unit when a run killed by the
+#       machine's time limit left its files there. Then commit the records
 #       (docs/reproducing.md, "The table one unit at a time").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,18 +61,19 @@ case "$mode" in
       echo "next_unit: going on from the handover in .handover/ (remove that folder once its unit's record is committed)"
       resume=(--resume-from .handover)
     fi
-    log="$(mktemp /tmp/next-unit-XXXX.log)"
+    # the log goes straight into OUT, so that a command killed by the machine's time limit
+    # still returns it (with the insurance handover the unit leaves in OUT/unit before its
+    # evaluation; `take OUT` looks there when OUT holds no files of its own)
+    mkdir -p "$out"
     set +e
     python3 experiments/paper_table.py --next-unit --out "$out/unit" \
-      "${resume[@]}" "$@" 2>&1 | tee "$log"
+      "${resume[@]}" "$@" 2>&1 | tee "$out/next-unit.log"
     rc=${PIPESTATUS[0]}
     set -e
-    mkdir -p "$out"
     if [ -d "$out/unit" ]; then
       mv "$out/unit/"* "$out/" 2>/dev/null || true
       rmdir "$out/unit"
     fi
-    cp "$log" "$out/next-unit.log" && chmod 644 "$out/next-unit.log" && rm -f "$log"
     exit "$rc"
     ;;
   take)
@@ -81,6 +83,10 @@ case "$mode" in
       exit 2
     fi
     shift 2
+    if [ -d "$out/unit" ] && [ ! -e "$out/handover.json" ] && ! ls "$out"/unit-*.json >/dev/null 2>&1; then
+      echo "next_unit: taking $out/unit (the run there was stopped before it could move its files)"
+      out="$out/unit"
+    fi
     exec python3 experiments/paper_table.py --next-unit --take "$out" "$@"
     ;;
   *)

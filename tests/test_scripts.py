@@ -641,6 +641,19 @@ def test_next_unit_goes_on_from_a_handover_the_checkout_carries(tmp_path):
       in proc.stdout  # the log (stdout and stderr together)
   assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
   assert sorted(os.listdir(tmp_path / "out")) == ["next-unit.log"]
+  # a command the machine's time limit killed leaves its files in OUT/unit: take looks there
+  killed = tmp_path / "killed"
+  (killed / "unit").mkdir(parents=True)
+  os.rename(root / ".handover" / "handover.json", killed / "unit" / "handover.json")
+  (killed / "next-unit.log").write_text("[paper_table] cmnist5-ipc10\n")
+  proc = subprocess.run(["bash", str(root / "experiments" / "next_unit.sh"), "take",
+                         str(killed), "--tiny", "--workdir", str(tmp_path / "w"), "--results",
+                         str(tmp_path / "r"), "--handover-dir", str(tmp_path / "h")], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  assert f"taking {killed}/unit" in proc.stdout
+  assert f"{killed}/unit hands over the unit cmnist5-ipc10/s7" in proc.stderr
+  assert not (tmp_path / "h").exists() and not (tmp_path / "r").exists()
 
 
 def test_paper_table_groups_the_rows_that_share_a_batch_first(tmp_path, capfd):
