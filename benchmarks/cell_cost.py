@@ -10,7 +10,8 @@ weights), on random data. For each ``--points`` entry ``PROGRAM:DTYPE`` (program
 batch, as before the split; ``split``: the uniform rows share one batch, the sampled row has
 its own program beside them; dtype ``float32``: the reference; ``bfloat16``:
 ``compute_dtype='bfloat16'``, the real forward and the synthetic forward and backward in
-bfloat16 with float32 images) it prints one JSON line: XLA's cost analysis of the step as
+bfloat16 with float32 images; an optional third part ``noaug`` drops the DSA augmentation, to
+see what share of a step's time it takes) it prints one JSON line: XLA's cost analysis of the step as
 traced (``hlo_flops``, ``hlo_bytes_accessed``: in the program's own dtypes) and as compiled
 for this backend (``flops``, ``bytes_accessed``), and, with ``--time N``, the median of N
 steps after one warm-up, alternating the points ``--repeats`` times.
@@ -21,6 +22,9 @@ CPU the cost analysis is of the program an accelerator runs, laid out as there.
   python benchmarks/cell_cost.py                       # cost analysis of the three points
   python benchmarks/cell_cost.py --time 50 --repeats 3 # on a GPU: seconds per step too
   python benchmarks/cell_cost.py --tiny                # checks the script in seconds
+  python benchmarks/cell_cost.py --rows vanilla,kde,kde_init,fairdd_pseudo \
+      --points single:float32,single:bfloat16,single:float32:noaug --time 30 --repeats 3
+                                                       # the first unit's step, on a GPU
 """
 from __future__ import annotations
 
@@ -35,11 +39,12 @@ FLAGS = {"kde": ("kde",), "kde_init": ("kde",), "kde_floor_init_is": ("weighted_
          "fairdd_pseudo": ("groups",), "fairdd_batch": ("batch_groups",), "fairdd": ("groups",)}
 
 
-def build(args, dtype: str, program: str):
+def build(args, dtype: str, program: str, dsa: bool = True):
   """The 8-row cell's step, state and real data for one seed: ``program`` ``single`` (one
   :func:`jaxdd.distill.cell_runs` whose importance-sampled row makes every row draw its own
   real batch) or ``split`` (the uniform rows share one batch in one program, the sampled row
-  has its own beside it: :func:`jaxdd.distill.cell_row_groups`, as the runs layer builds it)."""
+  has its own beside it: :func:`jaxdd.distill.cell_row_groups`, as the runs layer builds it);
+  without ``dsa``, the same step without the DSA augmentation."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -57,7 +62,8 @@ def build(args, dtype: str, program: str):
   def cell(rows, sampling):
     d = distill.dm_cell(num_classes=nc, ipc=args.ipc, model=models.ConvNet(nc, width=args.width),
                         real_per_class=args.real_per_class, lr=1.0,
-                        augment=augment.dsa("color_crop_cutout_flip_scale_rotate"),
+                        augment=(augment.dsa("color_crop_cutout_flip_scale_rotate") if dsa
+                                 else None),
                         kde_config=distill.KDEConfig(), num_groups=10, batch_clusters=10,
                         importance_sampling=sampling, execution=ex)
     return distill.cell_runs(d, num_seeds=1, num_rows=len(rows), seed_fields=("embeddings",),
@@ -105,8 +111,9 @@ def cost(step, state, real) -> dict:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--points", default="single:float32,split:float32,split:bfloat16",
-                 help="PROGRAM:DTYPE points (program single or split; dtype float32 or "
-                      "bfloat16); the first is the baseline")
+                 help="PROGRAM:DTYPE[:noaug] points (program single or split; dtype float32 "
+                      "or bfloat16; noaug: without the DSA augmentation); the first is the "
+                      "baseline")
   p.add_argument("--rows", default=",".join(ROWS), help="the cell's rows (default all 8)")
   p.add_argument("--policy", default="accelerator", help="the layout policy (default accelerator)")
   p.add_argument("--time", type=int, default=0, help="timed steps per point (0: cost only)")
@@ -126,7 +133,14 @@ def main(argv=None) -> int:
   import jax
   import numpy as np
   dtypes = [d for d in args.points.split(",") if d]
-  built = {d: build(args, d.split(":")[1], d.split(":")[0]) for d in dtypes}
+  for d in dtypes:
+    parts = d.split(":")
+    if (len(parts) not in (2, 3) or parts[0] not in ("single", "split")
+        or parts[1] not in ("float32", "bfloat16") or parts[2:] not in ([], ["noaug"])):
+      p.error(f"--points: {d!r} is not PROGRAM:DTYPE[:noaug] (e.g. split:float32 or "
+              "single:bfloat16:noaug)")
+  built = {d: build(args, d.split(":")[1], d.split(":")[0], dsa=not d.endswith(":noaug"))
+           for d in dtypes}
   out = {d: {"point": d, "rows": args.rows.split(","), "ipc": args.ipc, "width": args.width,
              "real_per_class": args.real_per_class, "policy": args.policy,
              "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,

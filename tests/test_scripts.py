@@ -113,6 +113,18 @@ def test_cell_cost_benchmark(capfd):
   # fewer operations; bfloat16 halves the bytes of the network's traced operations
   assert split["hlo_flops"] < 0.75 * single["hlo_flops"]
   assert low["hlo_bytes_accessed"] < split["hlo_bytes_accessed"]
+  # the first unit's rows, with and without the DSA augmentation: without it the step does
+  # less; a malformed point is refused in one line
+  rows, _ = run("benchmarks/cell_cost.py", ["--tiny", "--rows", "vanilla,kde",
+                                            "--points", "single:float32,single:float32:noaug"],
+                capfd)
+  dsa, plain = rows
+  assert dsa["rows"] == ["vanilla", "kde"] and plain["point"] == "single:float32:noaug"
+  assert plain["hlo_flops"] < dsa["hlo_flops"] and plain["step_s_median"] > 0
+  script = load("benchmarks/cell_cost.py")
+  with pytest.raises(SystemExit):
+    script.main(["--tiny", "--points", "split:float16"])
+  assert "is not PROGRAM:DTYPE[:noaug]" in capfd.readouterr().err
 
 
 @covers("benchmarks/cell_whole.py")

@@ -189,6 +189,7 @@ def drive_group(configs, workdirs, run_data, progress, *, shared: bool,
       stack.enter_context(rundir.workdir_lock(w))
     if not shared and all(_progress_of(w) == "finished" for w in workdirs):
       return [_finished(w) for w in workdirs]
+    t0 = time.perf_counter()
     heads = [single.start_run(c, w, run_data, progress) for c, w in zip(configs, workdirs)]
     if build is None:
       real, own = _group_real(configs, run_data, heads, shared)
@@ -203,6 +204,10 @@ def drive_group(configs, workdirs, run_data, progress, *, shared: bool,
       d, real, fresh = build(heads)
     mngrs = [checkpoints.checkpointer(w) for w in workdirs]
     state, start = _resume_group(fresh, mngrs, workdirs, shared)
+    # where a short loan's minutes go: the set-up here, the first call (compilation) in _loop
+    progress_lib.logger.info("%d runs in one program: ready to step from step %d in %.1f s "
+                             "(surrogates, weights, starts)", len(configs), start,
+                             time.perf_counter() - t0)
     logs = [metrics_log.MetricsLog(w, start) for w in workdirs]
     try:
       state = _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs,
@@ -300,6 +305,9 @@ def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs
   def after(it, n, st, row):
     nonlocal state
     state = st
+    if it == start:
+      progress_lib.logger.info("%d runs in one program: the first %d step(s) in %.1f s, "
+                               "compilation included", len(configs), n, time.perf_counter() - t0)
     for watch in watches:
       watch.add(it, n, row)
     if driver.host_waits(base, it, n, end=base.iterations, tracking=tracking):
