@@ -171,9 +171,33 @@ def test_a_handover_holds_the_latest_checkpoint_and_unpacks_without_replacing(tm
             "rb") as fh:
     assert fh.read() == b"4" * 100
   assert sorted(os.listdir(os.path.join(staged, "0123abcd"))) == ["meta.json", "params.npz"]
-  # unpacked again over the same folder: refused, nothing replaced
-  with pytest.raises(ValueError, match="would replace it"):
-    bundle.unpack_handover(data, str(tmp_path / "w2"), got["runs"])
+  # unpacked again over the same folder (the same command run again after it failed later):
+  # the runs there are these runs as far as the handover or farther, kept as they are
+  w2 = tmp_path / "w2"
+  kde_ckpt = w2 / "cell" / "kde" / "s0" / "checkpoints"
+  os.makedirs(kde_ckpt / "6" / "default")  # it went on to step 6 before it failed
+  (kde_ckpt / "6" / "default" / "data").write_bytes(b"6" * 100)
+  before = {p: p.read_bytes() for p in w2.rglob("*") if p.is_file()}
+  bundle.unpack_handover(data, str(w2), got["runs"])
+  assert {p: p.read_bytes() for p in w2.rglob("*") if p.is_file()} == before
+  assert sorted(os.listdir(w2)) == ["cell"]  # no staging folder left
+  # another run in the folder, or the same run behind the handover: refused, nothing replaced
+  for change in ("config", "behind"):
+    w4 = tmp_path / f"w4-{change}"
+    shutil.copytree(w2, w4)
+    run = w4 / "cell" / "vanilla" / "s0"
+    if change == "config":
+      (run / "config.json").write_text('{"another": "run"}')
+    else:
+      shutil.rmtree(run / "checkpoints" / "4")
+    kept = {p: p.read_bytes() for p in w4.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="is not this run as far as the handover took it"):
+      bundle.unpack_handover(data, str(w4), got["runs"])
+    assert {p: p.read_bytes() for p in w4.rglob("*") if p.is_file()} == kept
+  # a folder without the run's config.json is not this run: refused
+  (w2 / "cell" / "vanilla" / "s0" / "config.json").unlink()
+  with pytest.raises(ValueError, match="is not this run"):
+    bundle.unpack_handover(data, str(w2), got["runs"])
   # a member that is no run's file is refused
   with pytest.raises(ValueError, match="not a file of its runs"):
     bundle.unpack_handover(data, str(tmp_path / "w3"), ["cell/kde/s0"])

@@ -598,11 +598,17 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
   resumed = synsets(tmp_path / "o3")
   for n in whole:  # resumed from a checkpoint: equal up to float rounding
     np.testing.assert_allclose(resumed[n], whole[n], atol=1e-5 * np.abs(whole[n]).max())
-  # the same handover again: the runs exist here now, nothing is replaced
+  # the first handover again: the runs here are these runs, farther on (finished), so they are
+  # kept as they are, nothing replaced, and the unit's record is made from them again
   res3 = tmp_path / "r3"
-  assert script.main(base + ["--workdir", str(tmp_path / "w3"), "--results", str(res3),
-                             "--resume-from", str(hand)]) == 1
-  assert "the handover would replace it" in capfd.readouterr().err
+  w3 = tmp_path / "w3"
+  files = {p: p.read_bytes() for p in w3.rglob("*") if p.is_file() and "checkpoints" not in p.parts}
+  assert script.main(base + ["--workdir", str(w3), "--results", str(res3),
+                             "--resume-from", str(hand)]) == 0
+  assert all(p.read_bytes() == b for p, b in files.items())
+  again = json.loads((res3 / "units" / "cmnist5-ipc10" / "s0.json").read_text())
+  assert {n: [r["synset_sha256"] for r in v] for n, v in again["rows"].items()} == {
+      n: [r["synset_sha256"] for r in v] for n, v in rec["rows"].items()}
 
 
 def test_take_refuses_what_it_cannot_take_in_one_line(tmp_path, capfd):

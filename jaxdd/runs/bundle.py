@@ -285,15 +285,31 @@ def copy_handover(src: str, dst: str) -> dict:
   return manifest
 
 
+def _progress(names) -> tuple[bool, int]:
+  """(finished, newest checkpoint step) of a run folder from the paths of its files."""
+  steps = [int(p[1]) for p in (n.split("/") for n in names)
+           if len(p) > 2 and p[0] == "checkpoints" and p[1].isdigit()]
+  return "synset/manifest.json" in names, max(steps, default=-1)
+
+
+def _run_files(folder: str) -> list[str]:
+  return [os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/")
+          for root, _, files in os.walk(folder) for f in files]
+
+
 def unpack_handover(packed: bytes, workdir: str, runs: list[str]) -> str:
   """Puts a handover's run folders (``runs``, relative to ``workdir``, as its manifest lists
   them) into ``workdir`` and its surrogate entries into a new temporary folder, whose path it
-  returns (one folder per entry, for :func:`jaxdd.surrogate.cache.import_entry`). Nothing is
-  replaced: a run folder that already exists in ``workdir`` is refused before anything is
-  written.
+  returns (one folder per entry, for :func:`jaxdd.surrogate.cache.import_entry`).
+
+  Each run folder appears whole or not at all (unpacked beside it, then renamed into place).
+  Nothing is replaced: a run folder that already exists is kept when it is the same run (the
+  same ``config.json``) as far as the handover's or farther (what an earlier attempt of the
+  same command unpacked and went on with), and refused otherwise, before anything is written.
 
   Raises:
-    ValueError: a run folder exists, or a member is not in one of ``runs`` or a surrogate's.
+    ValueError: a run folder exists that is another run or behind the handover's, or a member
+      is not in one of ``runs`` or a surrogate's.
   """
   runs = [os.path.normpath(r) for r in runs]
   if any(r.startswith("..") or os.path.isabs(r) for r in runs):
@@ -306,17 +322,40 @@ def unpack_handover(packed: bytes, workdir: str, runs: list[str]) -> str:
       if not m.isfile() or ".." in m.name.split("/") or not inside:
         raise ValueError(f"the handover holds {m.name!r}, which is not a file of its runs or "
                          "surrogates; carry one that jaxdd wrote")
+    todo = []
     for rel in runs:
       target = os.path.join(workdir, rel)
-      if os.path.lexists(target) and (not os.path.isdir(target) or os.listdir(target)):
-        raise ValueError(f"{target} exists; the handover would replace it: give another "
-                         "--workdir")
+      if not os.path.lexists(target) or (os.path.isdir(target) and not os.listdir(target)):
+        todo.append(rel)
+        continue
+      own = {m.name[len(f"runs/{rel}/"):]: m for m in members
+             if m.name.startswith(f"runs/{rel}/")}
+      done, step = _progress(own)
+      have_done, have_step = _progress(_run_files(target) if os.path.isdir(target) else [])
+      config = os.path.join(target, "config.json")
+      same = ("config.json" in own and os.path.isfile(config)
+              and open(config, "rb").read() == tar.extractfile(own["config.json"]).read())
+      if not (same and (have_done or (not done and have_step >= step))):
+        raise ValueError(f"{target} exists and is not this run as far as the handover took it; "
+                         "the handover would replace it: give another --workdir")
 
-    def strip(member, path):  # runs/<run>/... -> <workdir>/<run>/...
+    def strip(member, path):  # runs/<run>/... -> <staging>/<run>/...
       return tarfile.data_filter(member.replace(name=member.name[len("runs/"):]), path)
-    for m in members:
-      if m.name.startswith("runs/"):
-        tar.extract(m, workdir, filter=strip)
+    if todo:
+      os.makedirs(workdir, exist_ok=True)
+      staging = tempfile.mkdtemp(prefix=".handover-", dir=workdir)
+      try:
+        for m in members:
+          if any(m.name.startswith(f"runs/{r}/") for r in todo):
+            tar.extract(m, staging, filter=strip)
+        for rel in todo:  # each run whole, by one rename
+          target = os.path.join(workdir, rel)
+          os.makedirs(os.path.dirname(target), exist_ok=True)
+          if os.path.isdir(target):
+            os.rmdir(target)  # an empty folder only (checked above)
+          os.rename(os.path.join(staging, rel), target)
+      finally:
+        shutil.rmtree(staging, ignore_errors=True)
     staged = tempfile.mkdtemp(prefix="jaxdd-handover-")
     for m in members:
       if m.name.startswith("surrogates/"):
