@@ -1023,6 +1023,10 @@ def units_main(q: Queue, order: list[Cell]) -> int:
   except (ValueError, OSError, schema.FileFormatError) as e:
     print(f"paper_table: error: {e}", file=sys.stderr)
     return 1
+  finally:  # surrogates handed over but not imported (a fault before the data were read)
+    if q.surrogates:
+      shutil.rmtree(os.path.dirname(q.surrogates), ignore_errors=True)
+      q.surrogates = None
   return 0
 
 
