@@ -533,17 +533,19 @@ def unit_order(rows: tuple) -> tuple:
 
 
 def cell_units(q: Queue, cell: Cell) -> list[Unit]:
-  """A cell's seed units in queue order: each seed's rows, then each seed's ceiling."""
+  """A cell's seed units in queue order: each seed's rows (with ``--rows-per-unit``, the
+  first group of rows of every seed, then the next group), then each seed's ceiling."""
   names = cell_rows(cell, q.rows)
   rows = tuple(n for n in names if n not in OWN_DATA)
   own = tuple(n for n in names if n in OWN_DATA)
   k = q.args.rows_per_unit
   if k is None or k >= len(rows):
     units = [Unit(cell, "rows", (s,), rows) for s in q.seeds]
-  else:  # each seed's rows in groups of k, one unit each (the seed's draws are the same)
+  else:  # each seed's rows in groups of k, one unit each (the seed's draws are the same);
+    # the first group for every seed before the next, so the paper's rows have every seed first
     rows = unit_order(rows)
-    units = [Unit(cell, "rows", (s,), rows[i:i + k], i // k) for s in q.seeds
-             for i in range(0, len(rows), k)]
+    units = [Unit(cell, "rows", (s,), rows[i:i + k], i // k) for i in range(0, len(rows), k)
+             for s in q.seeds]
   units += [Unit(cell, "ceiling", (s,), own) for s in q.seeds if own]
   return units
 

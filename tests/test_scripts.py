@@ -682,13 +682,16 @@ def test_paper_table_groups_the_rows_that_share_a_batch_first(tmp_path, capfd):
   assert script.unit_order(("vanilla", "kde_floor_init_is", "kde", "fairdd")) == (
       "vanilla", "kde", "fairdd", "kde_floor_init_is")
   units = tmp_path / "r" / "units"
-  base = ["--preset", "paper", "--next-unit", "--plan", "--rows-per-unit", "4", "--units", "2",
-          "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+  base = ["--preset", "paper", "--next-unit", "--plan", "--rows-per-unit", "4", "--units", "4",
+          "--seeds", "0,1,2", "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
   assert script.main(base) == 0
-  plan = capfd.readouterr().out
-  assert "unit cmnist5-ipc50/s0-rows0: rows vanilla, kde, kde_init, fairdd_pseudo; seeds 0" in plan
-  assert ("unit cmnist5-ipc50/s0-rows1: rows fairdd_batch, fairdd, oracle, kde_floor_init_is; "
-          "seeds 0") in plan
+  plan = [line for line in capfd.readouterr().out.splitlines() if "plan: unit" in line]
+  # the first group of rows for every seed, then the next: the paper's rows get their seeds first
+  assert [line.split("plan: unit ")[1].split(":")[0] for line in plan] == [
+      "cmnist5-ipc50/s0-rows0", "cmnist5-ipc50/s1-rows0", "cmnist5-ipc50/s2-rows0",
+      "cmnist5-ipc50/s0-rows1"]
+  assert "rows vanilla, kde, kde_init, fairdd_pseudo; seeds 0" in plan[0]
+  assert "rows fairdd_batch, fairdd, oracle, kde_floor_init_is; seeds 0" in plan[3]
   old = ("vanilla", "kde", "kde_init", "kde_floor_init_is")  # rows0 of another grouping
   (units / "cmnist5-ipc50").mkdir(parents=True)
   (units / "cmnist5-ipc50" / "s0-rows0.json").write_text(json.dumps({
