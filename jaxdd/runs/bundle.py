@@ -333,8 +333,10 @@ def unpack_handover(packed: bytes, workdir: str, runs: list[str]) -> str:
       done, step = _progress(own)
       have_done, have_step = _progress(_run_files(target) if os.path.isdir(target) else [])
       config = os.path.join(target, "config.json")
-      same = ("config.json" in own and os.path.isfile(config)
-              and open(config, "rb").read() == tar.extractfile(own["config.json"]).read())
+      same = "config.json" in own and os.path.isfile(config)
+      if same:
+        with open(config, "rb") as f:
+          same = f.read() == tar.extractfile(own["config.json"]).read()
       if not (same and (have_done or (not done and have_step >= step))):
         raise ValueError(f"{target} exists and is not this run as far as the handover took it; "
                          "the handover would replace it: give another --workdir")
