@@ -4,6 +4,7 @@ import io
 import os
 import shutil
 import tarfile
+import tempfile
 
 import numpy as np
 import pytest
@@ -141,7 +142,10 @@ def _entry(root):
   return e
 
 
-def test_a_handover_holds_the_latest_checkpoint_and_unpacks_without_replacing(tmp_path):
+def test_a_handover_holds_the_latest_checkpoint_and_unpacks_without_replacing(tmp_path,
+                                                                              monkeypatch):
+  (tmp_path / "tmp").mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the surrogates' staging
   root = str(tmp_path / "w")
   runs = [_stopped_run(root, n) for n in ("vanilla", "kde")] + [
       _stopped_run(root, "fairdd", finished=True)]
