@@ -84,6 +84,10 @@ case "$mode" in
     fi
     shift 2
     if [ -d "$out/unit" ] && [ ! -e "$out/handover.json" ] && ! ls "$out"/unit-*.json >/dev/null 2>&1; then
+      if [ -z "$(ls -A "$out/unit")" ]; then
+        echo "next_unit: error: $out/unit is empty: the run was stopped before it left a handover or a record (its log: $out/next-unit.log); there is nothing to take, so run the unit again" >&2
+        exit 1
+      fi
       echo "next_unit: taking $out/unit (the run there was stopped before it could move its files)"
       out="$out/unit"
     fi

@@ -672,6 +672,13 @@ def test_next_unit_goes_on_from_a_handover_the_checkout_carries(tmp_path):
   assert f"taking {killed}/unit" in proc.stdout
   assert f"{killed}/unit hands over the unit cmnist5-ipc10/s7" in proc.stderr
   assert not (tmp_path / "h").exists() and not (tmp_path / "r").exists()
+  # killed before it left anything: one line that says so
+  os.remove(killed / "unit" / "handover.json")
+  proc = subprocess.run(["bash", str(root / "experiments" / "next_unit.sh"), "take",
+                         str(killed), "--tiny"], env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+  assert f"{killed}/unit is empty: the run was stopped before it left a handover" in proc.stderr
 
 
 def test_paper_table_groups_the_rows_that_share_a_batch_first(tmp_path, capfd):
