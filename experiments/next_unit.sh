@@ -18,16 +18,21 @@
 #       $JAXDD_LOG_INTERVAL seconds (default here 60). Set JAXDD_COMMIT to the commit when the
 #       copy has no .git.
 #
+#       The compiled programs come back too (xla-cache.tar.gz, at most 10 MiB): carried in
+#       .xla-cache/ (or $NEXT_UNIT_XLA_CARRY), the next run loads them instead of compiling.
+#
 #   bash experiments/next_unit.sh take OUT [the same flags as the run]
 #       back here: take what the machine left in OUT: each unit record into
 #       results/paper-table/units/ and its runs into runs/paper-table/ (nothing is replaced),
 #       then the cells' tables; or a handover into .handover/ for the next loan (the .handover/
 #       of a unit whose record is taken is removed); from OUT/unit when a run killed by the
-#       machine's time limit left its files there. Then commit the records
+#       machine's time limit left its files there; the compiled programs into .xla-cache/.
+#       Then commit the records
 #       (docs/reproducing.md, "The table one unit at a time").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
+xla_carry="${NEXT_UNIT_XLA_CARRY:-.xla-cache}"  # the compiled programs carried between machines
 case "$mode" in
   pack)
     python3 -m jaxdd data fetch mnist
@@ -52,6 +57,25 @@ case "$mode" in
     fi
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     export JAXDD_CACHE="${JAXDD_CACHE:-/tmp/jaxdd-cache}" JAXDD_LOG_INTERVAL="${JAXDD_LOG_INTERVAL:-60}"
+    # JAX's persistent compilation cache: the same command run again on this machine (after a
+    # fault, or for the next unit) loads its compiled programs instead of compiling them, and
+    # so does the next machine when the cache comes back (xla-cache.tar.gz in OUT) and is
+    # carried in $xla_carry. Its keys hold the folder's path, so the folder is always the same
+    # one; a JAX_COMPILATION_CACHE_DIR set by the caller is used as it is, and not returned.
+    own_cache=0
+    if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
+      own_cache=1
+      export JAX_COMPILATION_CACHE_DIR="$JAXDD_CACHE/xla"
+    fi
+    if [ "$own_cache" = 1 ] && [ -f "$xla_carry/xla-cache.tar.gz" ] && [ ! -e "$JAX_COMPILATION_CACHE_DIR" ]; then
+      mkdir -p "$JAX_COMPILATION_CACHE_DIR"
+      if tar xzf "$xla_carry/xla-cache.tar.gz" --no-same-owner -C "$JAX_COMPILATION_CACHE_DIR"; then
+        echo "next_unit: $(ls "$JAX_COMPILATION_CACHE_DIR" | wc -l) compiled programs from $xla_carry/ (those of another device, jax or code are compiled again)"
+      else
+        echo "next_unit: $xla_carry/xla-cache.tar.gz could not be unpacked; every program is compiled"
+        rm -rf "$JAX_COMPILATION_CACHE_DIR"
+      fi
+    fi
     if [ -f .mnist/mnist-idx.tar.gz ]; then
       python3 -m jaxdd data fetch mnist --archive .mnist/mnist-idx.tar.gz
     fi
@@ -65,6 +89,7 @@ case "$mode" in
     # still returns it (with the insurance handover the unit leaves in OUT/unit before its
     # evaluation; `take OUT` looks there when OUT holds no files of its own)
     mkdir -p "$out"
+    started="$(mktemp /tmp/next-unit-start-XXXX)"  # what this run compiled is newer
     set +e
     python3 experiments/paper_table.py --next-unit --out "$out/unit" \
       "${resume[@]}" "$@" 2>&1 | tee "$out/next-unit.log"
@@ -74,6 +99,30 @@ case "$mode" in
       mv "$out/unit/"* "$out/" 2>/dev/null || true
       rmdir "$out/unit"
     fi
+    # the compiled programs, for the next machine: one more file if it fits the limits. At
+    # most 10 MiB, so that it fits beside the checkout, .mnist/ and the largest handover in
+    # what a machine carries; when the cache is larger, only what this run compiled.
+    if [ "$own_cache" = 1 ] && [ -d "$JAX_COMPILATION_CACHE_DIR" ] \
+       && [ -n "$(ls -A "$JAX_COMPILATION_CACHE_DIR")" ]; then
+      limit=$((10 * 1024 * 1024))
+      tmp="$(mktemp /tmp/xla-cache-XXXX.tar.gz)"
+      tar czf "$tmp" -C "$JAX_COMPILATION_CACHE_DIR" .
+      size=$(stat -c %s "$tmp")
+      if [ "$size" -gt "$limit" ]; then
+        (cd "$JAX_COMPILATION_CACHE_DIR" && find . -type f -newer "$started" -print0 \
+           | tar czf "$tmp" --null -T -)
+        size=$(stat -c %s "$tmp")
+      fi
+      if [ "$size" -le "$limit" ] && [ "$(tar tzf "$tmp" | grep -c -- '-cache$')" -gt 0 ] \
+         && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
+        mv "$tmp" "$out/xla-cache.tar.gz" && chmod 644 "$out/xla-cache.tar.gz"
+        echo "next_unit: left the compiled programs in $out/xla-cache.tar.gz ($((size / 1024)) KiB); take keeps them in $xla_carry/ for the next machine" | tee -a "$out/next-unit.log"
+      else
+        rm -f "$tmp"
+        echo "next_unit: the compiled programs ($((size / 1024)) KiB) do not fit the files a machine returns; not left" | tee -a "$out/next-unit.log"
+      fi
+    fi
+    rm -f "$started"
     exit "$rc"
     ;;
   take)
@@ -83,6 +132,7 @@ case "$mode" in
       exit 2
     fi
     shift 2
+    top="$out"
     if [ -d "$out/unit" ] && [ ! -e "$out/handover.json" ] && ! ls "$out"/unit-*.json >/dev/null 2>&1; then
       if [ -z "$(ls -A "$out/unit")" ]; then
         echo "next_unit: error: $out/unit is empty: the run was stopped before it left a handover or a record (its log: $out/next-unit.log); there is nothing to take, so run the unit again" >&2
@@ -91,7 +141,15 @@ case "$mode" in
       echo "next_unit: taking $out/unit (the run there was stopped before it could move its files)"
       out="$out/unit"
     fi
-    exec python3 experiments/paper_table.py --next-unit --take "$out" "$@"
+    rc=0
+    python3 experiments/paper_table.py --next-unit --take "$out" "$@" || rc=$?
+    if [ "$rc" -eq 0 ] && [ -f "$top/xla-cache.tar.gz" ]; then
+      mkdir -p "$xla_carry"
+      cp "$top/xla-cache.tar.gz" "$xla_carry/.xla-cache.tar.gz.tmp"
+      mv "$xla_carry/.xla-cache.tar.gz.tmp" "$xla_carry/xla-cache.tar.gz"
+      echo "next_unit: kept the compiled programs in $xla_carry/ ($(du -k "$xla_carry/xla-cache.tar.gz" | cut -f1) KiB): carry it too while the checkout, .mnist/, .handover/ and it stay within what a machine carries"
+    fi
+    exit "$rc"
     ;;
   *)
     echo "next_unit: error: use 'pack' (here), 'run OUT' (on the machine with the accelerator) or 'take OUT' (here, afterwards)" >&2

@@ -396,7 +396,8 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   script.cell_program = real_program
   # the first unit through the lent machine's one command, as it runs there (a subprocess)
   env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
-             + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"))
+             + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"),
+             NEXT_UNIT_XLA_CARRY=str(tmp_path / "xla-carry"))
   proc = subprocess.run(["bash", os.path.join(ROOT, "experiments", "next_unit.sh"), "run",
                          str(out), "--tiny", "--workdir", str(tmp_path / "w1"), "--results",
                          str(res)], env=env, capture_output=True, text=True, timeout=900)
@@ -412,7 +413,8 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   kde = rec["rows"]["kde"][0]
   assert kde["seed"] == 0 and len(kde["synset_sha256"]) == 64
   assert len(kde["test"]["overall"]) == len(kde["valid"]["conflicting"]) >= 1
-  # what a lent machine hands back: the record and the runs, within the device's limits
+  # what a lent machine hands back: the record and the runs, within the device's limits (no
+  # compiled programs: the tests' own XLA cache folder is the caller's, not next_unit.sh's)
   names = sorted(os.listdir(out))
   assert names == ["next-unit.log", "runs.tar.gz.part0", "unit-cmnist5-ipc10-s0.json"]
   assert "unit cmnist5-ipc10/s0 finished" in (out / "next-unit.log").read_text()
@@ -422,7 +424,9 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   table = json.loads((res / "cmnist5-ipc10.json").read_text())
   assert [r[2] for r in table["rows"]] == ["0", "0", "0"] and table["complete"] is False
   # back in another checkout, one command takes what the machine left: the record, the runs
-  # and the cell's table
+  # and the cell's table; and compiled programs, when a machine left them, for the next one
+  with tarfile.open(out / "xla-cache.tar.gz", "w:gz") as tar:
+    tar.add(out / "next-unit.log", arcname="jit_step-0123-cache")
   res_b, work_b = tmp_path / "rb", tmp_path / "wb"
   take = ["--tiny", "--workdir", str(work_b), "--results", str(res_b), "--handover-dir",
           str(tmp_path / "hb")]
@@ -435,6 +439,9 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   assert (work_b / "cmnist5-ipc10" / "kde" / "s0" / "synset" / "arrays.npz").is_file()
   assert json.loads((res_b / "cmnist5-ipc10.json").read_text())["rows"] == table["rows"]
   assert not (tmp_path / "hb").exists()
+  assert "kept the compiled programs in" in proc.stdout
+  assert (tmp_path / "xla-carry" / "xla-cache.tar.gz").read_bytes() == \
+      (out / "xla-cache.tar.gz").read_bytes()
   # taking it again changes nothing; a record that differs, a run folder that exists and
   # other settings are refused in one line, before anything is written
   before = sorted(str(p) for p in tmp_path.rglob("*"))
@@ -647,8 +654,16 @@ def test_next_unit_goes_on_from_a_handover_the_checkout_carries(tmp_path):
   (root / ".handover" / "handover.json").write_text(json.dumps(
       {"unit": "cmnist5-ipc10/s7", "settings": {}, "runs": [], "surrogates": [], "parts": [],
        "legs": []}))
+  # compiled programs carried from the machine before go into JAX's cache folder
+  import tarfile
+  entry = tmp_path / "jit_step-0123-cache"
+  entry.write_bytes(b"an executable")
+  (root / ".xla-cache").mkdir()
+  with tarfile.open(root / ".xla-cache" / "xla-cache.tar.gz", "w:gz") as tar:
+    tar.add(entry, arcname=entry.name)
   env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
              + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"))
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the machine's own: $JAXDD_CACHE/xla
   proc = subprocess.run(["bash", str(root / "experiments" / "next_unit.sh"), "run",
                          str(tmp_path / "out"), "--tiny", "--workdir", str(tmp_path / "w"),
                          "--results", str(tmp_path / "r")], env=env, capture_output=True,
@@ -658,7 +673,9 @@ def test_next_unit_goes_on_from_a_handover_the_checkout_carries(tmp_path):
   assert "hands over the unit cmnist5-ipc10/s7, but the next unit here is cmnist5-ipc10/s0" \
       in proc.stdout  # the log (stdout and stderr together)
   assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
-  assert sorted(os.listdir(tmp_path / "out")) == ["next-unit.log"]
+  assert "1 compiled programs from .xla-cache/" in proc.stdout
+  assert (tmp_path / "cache" / "xla" / entry.name).read_bytes() == b"an executable"
+  assert sorted(os.listdir(tmp_path / "out")) == ["next-unit.log", "xla-cache.tar.gz"]
   # a command the machine's time limit killed leaves its files in OUT/unit: take looks there
   killed = tmp_path / "killed"
   (killed / "unit").mkdir(parents=True)
