@@ -106,14 +106,14 @@ case "$mode" in
        && [ -n "$(ls -A "$JAX_COMPILATION_CACHE_DIR")" ]; then
       limit=$((10 * 1024 * 1024))
       tmp="$(mktemp /tmp/xla-cache-XXXX.tar.gz)"
-      tar czf "$tmp" -C "$JAX_COMPILATION_CACHE_DIR" .
+      tar czf "$tmp" -C "$JAX_COMPILATION_CACHE_DIR" . || : > "$tmp"  # a cache is never an error
       size=$(stat -c %s "$tmp")
       if [ "$size" -gt "$limit" ]; then
         (cd "$JAX_COMPILATION_CACHE_DIR" && find . -type f -newer "$started" -print0 \
-           | tar czf "$tmp" --null -T -)
+           | tar czf "$tmp" --null -T -) || : > "$tmp"
         size=$(stat -c %s "$tmp")
       fi
-      if [ "$size" -le "$limit" ] && [ "$(tar tzf "$tmp" | grep -c -- '-cache$')" -gt 0 ] \
+      if [ "$size" -le "$limit" ] && [ "$(tar tzf "$tmp" 2>/dev/null | grep -c -- '-cache$')" -gt 0 ] \
          && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
         mv "$tmp" "$out/xla-cache.tar.gz" && chmod 644 "$out/xla-cache.tar.gz"
         echo "next_unit: left the compiled programs in $out/xla-cache.tar.gz ($((size / 1024)) KiB); take keeps them in $xla_carry/ for the next machine" | tee -a "$out/next-unit.log"
