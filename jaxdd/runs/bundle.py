@@ -285,16 +285,18 @@ def copy_handover(src: str, dst: str) -> dict:
   return manifest
 
 
-def _progress(names) -> tuple[bool, int]:
-  """(finished, newest checkpoint step) of a run folder from the paths of its files."""
+def _packed_progress(names) -> tuple[bool, int]:
+  """(finished, newest checkpoint step) of a packed run from its members' paths in the run."""
   steps = [int(p[1]) for p in (n.split("/") for n in names)
            if len(p) > 2 and p[0] == "checkpoints" and p[1].isdigit()]
   return "synset/manifest.json" in names, max(steps, default=-1)
 
 
-def _run_files(folder: str) -> list[str]:
-  return [os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/")
-          for root, _, files in os.walk(folder) for f in files]
+def _folder_progress(run_dir: str) -> tuple[bool, int]:
+  """(finished, newest checkpoint step) of a run folder (:func:`_latest_checkpoint`)."""
+  latest = _latest_checkpoint(run_dir)
+  return (os.path.isfile(os.path.join(run_dir, "synset", "manifest.json")),
+          -1 if latest is None else int(os.path.basename(latest)))
 
 
 def unpack_handover(packed: bytes, workdir: str, runs: list[str]) -> str:
@@ -330,8 +332,8 @@ def unpack_handover(packed: bytes, workdir: str, runs: list[str]) -> str:
         continue
       own = {m.name[len(f"runs/{rel}/"):]: m for m in members
              if m.name.startswith(f"runs/{rel}/")}
-      done, step = _progress(own)
-      have_done, have_step = _progress(_run_files(target) if os.path.isdir(target) else [])
+      done, step = _packed_progress(own)
+      have_done, have_step = _folder_progress(target)
       config = os.path.join(target, "config.json")
       same = "config.json" in own and os.path.isfile(config)
       if same:
