@@ -20,6 +20,9 @@
 #
 #       The compiled programs come back too (xla-cache.tar.gz, at most 10 MiB): carried in
 #       .xla-cache/ (or $NEXT_UNIT_XLA_CARRY), the next run loads them instead of compiling.
+#       So does where the device's time went: one chunk of distillation steps is traced
+#       ($JAXDD_PROFILE, jaxdd.runs.profiling), benchmarks/trace_summary.py's table of it goes
+#       into the log and the trace into profile.tar.gz (NEXT_UNIT_PROFILE=0: no trace).
 #
 #   bash experiments/next_unit.sh take OUT [the same flags as the run]
 #       back here: take what the machine left in OUT: each unit record into
@@ -76,6 +79,13 @@ case "$mode" in
         rm -rf "$JAX_COMPILATION_CACHE_DIR"
       fi
     fi
+    # one chunk of the distillation's steps traced by JAX's profiler (jaxdd.runs.profiling):
+    # where the device's time goes, summarised into the log; NEXT_UNIT_PROFILE=0 turns it off
+    own_profile=0
+    if [ -z "${JAXDD_PROFILE:-}" ] && [ "${NEXT_UNIT_PROFILE:-1}" != 0 ]; then
+      own_profile=1
+      export JAXDD_PROFILE="$JAXDD_CACHE/profile-$(date +%Y%m%d-%H%M%S)-$$"
+    fi
     if [ -f .mnist/mnist-idx.tar.gz ]; then
       python3 -m jaxdd data fetch mnist --archive .mnist/mnist-idx.tar.gz
     fi
@@ -120,6 +130,24 @@ case "$mode" in
       else
         rm -f "$tmp"
         echo "next_unit: the compiled programs ($((size / 1024)) KiB) do not fit the files a machine returns; not left" | tee -a "$out/next-unit.log"
+      fi
+    fi
+    # the profile: its summary into the log, and the trace itself if the files allow one more
+    if [ "$own_profile" = 1 ] && [ -f "$JAXDD_PROFILE/profile.json" ]; then
+      python3 benchmarks/trace_summary.py "$JAXDD_PROFILE" 2>&1 | tee -a "$out/next-unit.log" || true
+      trace="$(ls -t "$JAXDD_PROFILE"/plugins/profile/*/*.trace.json.gz 2>/dev/null | head -1)"
+      if [ -n "$trace" ]; then
+        tmp="$(mktemp /tmp/profile-XXXX.tar.gz)"
+        tar czf "$tmp" -C "$JAXDD_PROFILE" profile.json "${trace#"$JAXDD_PROFILE"/}" || : > "$tmp"
+        size=$(stat -c %s "$tmp")
+        if [ "$size" -gt 0 ] && [ "$size" -le $((16 * 1024 * 1024)) ] \
+           && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
+          mv "$tmp" "$out/profile.tar.gz" && chmod 644 "$out/profile.tar.gz"
+          echo "next_unit: left the profiler's trace in $out/profile.tar.gz ($((size / 1024)) KiB)" | tee -a "$out/next-unit.log"
+        else
+          rm -f "$tmp"
+          echo "next_unit: the profiler's trace ($((size / 1024)) KiB) does not fit the files a machine returns; its summary is above" | tee -a "$out/next-unit.log"
+        fi
       fi
     fi
     rm -f "$started"

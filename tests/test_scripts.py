@@ -413,11 +413,18 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   kde = rec["rows"]["kde"][0]
   assert kde["seed"] == 0 and len(kde["synset_sha256"]) == 64
   assert len(kde["test"]["overall"]) == len(kde["valid"]["conflicting"]) >= 1
-  # what a lent machine hands back: the record and the runs, within the device's limits (no
-  # compiled programs: the tests' own XLA cache folder is the caller's, not next_unit.sh's)
+  # what a lent machine hands back: the record, the runs and the profiler's trace of one chunk
+  # of steps, within the device's limits (no compiled programs: the tests' own XLA cache
+  # folder is the caller's, not next_unit.sh's)
   names = sorted(os.listdir(out))
-  assert names == ["next-unit.log", "runs.tar.gz.part0", "unit-cmnist5-ipc10-s0.json"]
-  assert "unit cmnist5-ipc10/s0 finished" in (out / "next-unit.log").read_text()
+  assert names == ["next-unit.log", "profile.tar.gz", "runs.tar.gz.part0",
+                   "unit-cmnist5-ipc10-s0.json"]
+  log = (out / "next-unit.log").read_text()
+  assert "unit cmnist5-ipc10/s0 finished" in log
+  assert "Profile of 1 distillation step (steps 2-2)" in log  # the summary, in the log
+  with tarfile.open(out / "profile.tar.gz") as tar:
+    inside = tar.getnames()
+  assert "profile.json" in inside and any(n.endswith(".trace.json.gz") for n in inside)
   assert all(os.path.getsize(out / n) <= 16 * 2**20 for n in names)
   with tarfile.open(out / "runs.tar.gz.part0") as tar:
     assert "cmnist5-ipc10/kde/s0/synset/arrays.npz" in tar.getnames()

@@ -18,8 +18,8 @@ from jaxdd._src import interrupt
 from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig
-from jaxdd.runs import (checkpoints, distiller, experts, keys, metrics_log, programs, rundata,
-                        text, weights)
+from jaxdd.runs import (checkpoints, distiller, experts, keys, metrics_log, profiling, programs,
+                        rundata, text, weights)
 from jaxdd.structs import SynSet
 from jaxdd.runs import stage_config
 
@@ -198,7 +198,8 @@ def drive(d: distill.Distiller, state, data, start: int, end: int, k: int, *, st
   new state and ``row(j)``, the metrics of the chunk's j-th step (host values fetched
   once per chunk, and only if asked for). The first Ctrl-C is deferred to the end of the
   chunk in flight, then ``save(step)`` runs and :class:`Interrupted` is raised; so does a
-  passed ``deadline`` (:class:`Deadline`) before the end.
+  passed ``deadline`` (:class:`Deadline`) before the end. With ``$JAXDD_PROFILE`` set, the
+  second chunk is traced (:mod:`jaxdd.runs.profiling`).
   """
   step = programs.PROGRAMS.step(d)  # the state is donated: the loop owns it
   multi = programs.PROGRAMS.steps(d, k) if k > 1 else None
@@ -213,12 +214,16 @@ def drive(d: distill.Distiller, state, data, start: int, end: int, k: int, *, st
     for it, n in chunks(start, end, k, stops):
       # in a worker thread (on the command line): the signals reach their handler at once
       give_up = compiling if it == start else None
-      if multi is None:
-        state, m = interrupt.call(step, state, data, give_up=give_up)
-        row = lambda j, m=m: m  # noqa: E731 (one step: its metrics, fetched when read)
-      else:
-        state, stacked = interrupt.call(multi, state, data, n, give_up=give_up)
-        row = lazy_rows(stacked)
+      trace = profiling.folder() if it != start else None  # the first chunk compiles
+      with (profiling.traced(trace, first_step=it, steps=n,
+                             wait=lambda: jax.block_until_ready(state))
+            if trace else contextlib.nullcontext()):
+        if multi is None:
+          state, m = interrupt.call(step, state, data, give_up=give_up)
+          row = lambda j, m=m: m  # noqa: E731 (one step: its metrics, fetched when read)
+        else:
+          state, stacked = interrupt.call(multi, state, data, n, give_up=give_up)
+          row = lazy_rows(stacked)
       after(it, n, state, row)
       # checked after the chunk's work: the signal may arrive during it
       if interrupted() or (deadline is not None and deadline.passed() and it + n < end):

@@ -1,0 +1,210 @@
+"""Where a traced chunk of distillation steps spent the device's time, per step.
+
+Reads what a run traced with ``$JAXDD_PROFILE=DIR`` (:mod:`jaxdd.runs.profiling`): XLA's trace
+(``DIR/plugins/profile/<time>/*.trace.json.gz``, Chrome-trace events) and ``DIR/profile.json``
+(the steps traced, their wall time, the device). For each device in the trace (``/device:GPU:0``
+and so on) it adds up the kernels on the device's streams, and prints, per step:
+
+* the wall time (the host's view of the chunk), the time the device was busy (the union of
+  its kernels' intervals: kernels on several streams may overlap) and what is left, the time
+  the device waited for the host;
+* the kernels' time by kind, from their names: convolutions (cuDNN, implicit GEMM, XMMA),
+  matrix products (GEMM), reductions, copies and transposes, memory copies and sets, other
+  fusions, the rest; names are a heuristic, so the largest kernels are listed too;
+* the ``--top`` largest kernels by total time, with how many ran per step.
+
+A trace without device events (a CPU run, or a GPU machine whose profiler libraries are
+missing) is said so in one line, with the wall time alone.
+
+  python benchmarks/trace_summary.py DIR            # a markdown table
+  python benchmarks/trace_summary.py DIR --json     # one JSON object
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+
+#: Kinds of kernel, first match wins: (kind, pattern on the lower-cased kernel name and HLO op).
+KINDS = (
+    ("convolution", r"conv|cudnn|xmma|implicit|winograd|fprop|dgrad|wgrad"),
+    ("matrix product", r"gemm|cublas|nvjet|matmul|\bdot"),
+    ("memory copy / set", r"memcpy|memset"),
+    ("reduction", r"reduc"),
+    ("copy / transpose", r"transpose|copy"),
+    ("other fusion", r"fusion|triton|loop_|input_"),
+)
+#: Lines of a device that XLA derives from the kernels (they would count them twice).
+DERIVED = re.compile(r"^(XLA (Ops|Modules|TraceMe)|Framework|TensorFlow|Source|Steps|Launch)",
+                     re.I)
+
+
+def kind(name: str, hlo_op: str = "") -> str:
+  """The kind of a kernel, from its name (and HLO op when the trace names one)."""
+  text = f"{name} {hlo_op}".lower()
+  for k, pattern in KINDS:
+    if re.search(pattern, text):
+      return k
+  return "other"
+
+
+def busy_us(intervals: list[tuple[float, float]]) -> float:
+  """The length of the union of ``(start, end)`` intervals."""
+  total, end = 0.0, float("-inf")
+  for a, b in sorted(intervals):
+    if a > end:
+      total += b - a
+      end = b
+    elif b > end:
+      total += b - end
+      end = b
+  return total
+
+
+def _leaves(events: list[dict]) -> list[dict]:
+  """The events that hold no other event of their thread (a host thread's calls nest; a
+  device stream's kernels do not)."""
+  out = []
+  by_thread: dict = {}
+  for e in events:
+    by_thread.setdefault(e.get("tid"), []).append(e)
+  for evs in by_thread.values():
+    evs.sort(key=lambda e: (float(e["ts"]), -float(e.get("dur", 0.0))))
+    for e, nxt in zip(evs, evs[1:] + [None]):
+      if nxt is None or float(nxt["ts"]) >= float(e["ts"]) + float(e.get("dur", 0.0)):
+        out.append(e)
+  return out
+
+
+def find_trace(path: str) -> tuple[str, dict]:
+  """The newest ``*.trace.json.gz`` under ``path`` (or ``path`` itself) and the sidecar
+  ``profile.json`` of its folder ({} when absent)."""
+  side = os.path.join(path, "profile.json")
+  if os.path.isdir(path) and os.path.exists(side) and "error" in json.load(open(side)):
+    raise ValueError(f"the run could not trace its steps: {json.load(open(side))['error']}")
+  if os.path.isfile(path):
+    trace, root = path, os.path.dirname(path)
+  else:
+    found = sorted(glob.glob(os.path.join(path, "**", "*.trace.json.gz"), recursive=True),
+                   key=os.path.getmtime)
+    if not found:
+      raise FileNotFoundError(f"no *.trace.json.gz under {path}; trace a run with "
+                              f"JAXDD_PROFILE={path}")
+    trace, root = found[-1], path
+  side = os.path.join(root, "profile.json")
+  meta = json.load(open(side)) if os.path.exists(side) else {}
+  return trace, meta
+
+
+def summarise(events: list[dict], steps: int, wall_s: float | None = None,
+              top: int = 15) -> dict:
+  """Per-step milliseconds of the device kernels in ``events`` (Chrome-trace events,
+  microseconds): per device, busy time, time by kind and the ``top`` kernels."""
+  procs, threads = {}, {}
+  for e in events:
+    if e.get("ph") == "M" and e.get("name") == "process_name":
+      procs[e["pid"]] = e.get("args", {}).get("name", "")
+    elif e.get("ph") == "M" and e.get("name") == "thread_name":
+      threads[(e["pid"], e.get("tid"))] = e.get("args", {}).get("name", "")
+  devices = {pid: n for pid, n in procs.items() if n.startswith("/device:")}
+  per = max(int(steps), 1)
+  out = {"steps": per, "on_device": bool(devices), "devices": []}
+  if wall_s is not None:
+    out["wall_ms_per_step"] = 1e3 * wall_s / per
+  for pid, pname in sorted(devices.items(), key=lambda kv: kv[1]):
+    lines = {t: n for (p, t), n in threads.items() if p == pid}
+
+    def counted(tid) -> bool:
+      return not DERIVED.match(lines.get(tid, ""))
+
+    kernels: dict[tuple[str, str], list[float]] = {}
+    intervals = []
+    for e in _leaves([e for e in events if e.get("ph") == "X" and e.get("pid") == pid
+                      and counted(e.get("tid"))]):
+      dur = float(e.get("dur", 0.0))
+      intervals.append((float(e["ts"]), float(e["ts"]) + dur))
+      hlo = str(e.get("args", {}).get("hlo_op", ""))
+      k = kernels.setdefault((e.get("name", ""), hlo), [0.0, 0])
+      k[0] += dur
+      k[1] += 1
+    if not kernels:
+      continue
+    kinds: dict[str, float] = {}
+    for (name, hlo), (us, _) in kernels.items():
+      kinds[kind(name, hlo)] = kinds.get(kind(name, hlo), 0.0) + us
+    total = sum(us for us, _ in kernels.values())
+    dev = {"device": pname, "kernel_ms_per_step": total / 1e3 / per,
+           "busy_ms_per_step": busy_us(intervals) / 1e3 / per,
+           "kinds": [{"kind": k, "ms_per_step": us / 1e3 / per, "share": us / total}
+                     for k, us in sorted(kinds.items(), key=lambda kv: -kv[1])],
+           "top": [{"kernel": name, "hlo_op": hlo, "kind": kind(name, hlo),
+                    "ms_per_step": us / 1e3 / per, "per_step": n / per}
+                   for (name, hlo), (us, n) in sorted(kernels.items(),
+                                                      key=lambda kv: -kv[1][0])[:top]]}
+    if wall_s is not None:
+      dev["idle_ms_per_step"] = max(out["wall_ms_per_step"] - dev["busy_ms_per_step"], 0.0)
+    out["devices"].append(dev)
+  return out
+
+
+def table(summary: dict, meta: dict) -> str:
+  """The summary as markdown."""
+  n = summary["steps"]
+  head = (f"Profile of {n} distillation step{'s' if n != 1 else ''}"
+          + (f" (steps {meta['first_step'] + 1}-{meta['first_step'] + summary['steps']})"
+             if "first_step" in meta else "")
+          + (f" on {meta.get('device_kind')} ({meta.get('platform')}, jax {meta.get('jax')})"
+             if meta.get("device_kind") else ""))
+  out = [head]
+  if not summary["on_device"]:
+    out.append("No device events in the trace: a CPU run (benchmarks/eval_profile.py --trace "
+               "times a CPU step's ops), or a machine whose profiler cannot see its device.")
+  if "wall_ms_per_step" in summary:
+    out.append(f"Wall: {summary['wall_ms_per_step']:.3f} ms a step.")
+  for dev in summary["devices"]:
+    out.append("")
+    line = (f"{dev['device']}: kernels {dev['kernel_ms_per_step']:.3f} ms a step, busy "
+            f"{dev['busy_ms_per_step']:.3f} ms")
+    if "idle_ms_per_step" in dev:
+      line += f", waiting for the host {dev['idle_ms_per_step']:.3f} ms"
+    out += [line + ".", "", "| kind | ms per step | share |", "|---|---|---|"]
+    out += [f"| {k['kind']} | {k['ms_per_step']:.3f} | {100 * k['share']:.1f} % |"
+            for k in dev["kinds"]]
+    out += ["", "| kernel | HLO op | kind | ms per step | runs per step |", "|---|---|---|---|---|"]
+    out += [f"| `{t['kernel'][:90]}` | {t['hlo_op'][:40]} | {t['kind']} | "
+            f"{t['ms_per_step']:.3f} | {t['per_step']:g} |" for t in dev["top"]]
+  return "\n".join(out)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("path", help="the $JAXDD_PROFILE folder of a run, or a *.trace.json.gz")
+  p.add_argument("--steps", type=int, default=None,
+                 help="steps in the trace (default: from profile.json)")
+  p.add_argument("--top", type=int, default=15, help="largest kernels listed (default 15)")
+  p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+  args = p.parse_args(argv)
+  try:
+    trace, meta = find_trace(args.path)
+    with gzip.open(trace) as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    print(f"trace_summary: error: {e}", file=sys.stderr)
+    return 2
+  steps = args.steps or meta.get("steps")
+  if not steps:
+    print(f"trace_summary: error: {args.path} has no profile.json; say how many steps the "
+          f"trace holds with --steps N", file=sys.stderr)
+    return 2
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  summary = summarise(events, steps, meta.get("wall_s"), top=args.top)
+  print(json.dumps({**summary, "meta": meta}) if args.json else table(summary, meta))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,97 @@
+"""One traced chunk of distillation steps: where an accelerator's time goes, at no cost to the run.
+
+With ``$JAXDD_PROFILE`` naming a folder, the distillation loop (:func:`jaxdd.runs.driver.drive`)
+records JAX's profiler trace of its second chunk of steps (the first one compiles) into that
+folder, once per folder: XLA's trace, ``plugins/profile/<time>/<host>.trace.json.gz``, with
+every kernel the device ran, and ``profile.json`` beside it, which says which steps were traced
+and how long they took (or why the profiler failed). ``benchmarks/trace_summary.py`` turns the trace into milliseconds per
+step by kind of work (convolutions, fusions, reductions, copies) and names the largest kernels.
+
+The trace changes nothing the run computes. Should the profiler fail (a machine without its
+libraries), the run goes on untraced and the failure is logged in one line.
+
+Example:
+  >>> import os
+  >>> os.environ.pop(ENV, None) and None
+  >>> folder() is None
+  True
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import jax
+
+from jaxdd import progress as progress_lib
+from jaxdd._src import io
+
+__all__ = ["ENV", "folder", "traced"]
+
+#: The environment variable that names the folder the trace goes to.
+ENV = "JAXDD_PROFILE"
+SIDECAR = "profile.json"
+_TRIED: set[str] = set()  # folders this process traced or failed to (even where nothing is written)
+
+
+def folder() -> str | None:
+  """The folder to trace the next chunk into: ``$JAXDD_PROFILE`` unless it already holds a trace
+  (one per folder), else None."""
+  path = os.environ.get(ENV, "").strip()
+  if not path or path in _TRIED or os.path.exists(os.path.join(path, SIDECAR)):
+    return None
+  return path
+
+
+@contextlib.contextmanager
+def traced(path: str, *, first_step: int, steps: int, wait):
+  """Traces what runs inside the block into ``path`` and writes its ``profile.json``.
+
+  ``wait()`` blocks until the device has finished the work in flight; it is called before the
+  trace starts, so that earlier steps stay out of it, and before it stops. A profiler that
+  cannot start or stop is logged and otherwise ignored.
+  """
+  _TRIED.add(path)
+  wait()
+  try:
+    os.makedirs(path, exist_ok=True)
+    jax.profiler.start_trace(path)
+  except Exception as e:  # noqa: BLE001 (a diagnostic never stops the run)
+    progress_lib.logger.warning("profile: the trace could not start (%s: %s); the run goes on "
+                                "untraced", type(e).__name__, e)
+    _sidecar(path, first_step, steps, error=f"{type(e).__name__}: {e}")  # not tried again
+    yield
+    return
+  t0 = time.perf_counter()
+  try:
+    yield
+  finally:
+    try:
+      wait()
+    except Exception:  # noqa: BLE001 (the block's own error is the one to see)
+      pass
+    wall = time.perf_counter() - t0
+    try:
+      jax.profiler.stop_trace()
+    except Exception as e:  # noqa: BLE001
+      progress_lib.logger.warning("profile: the trace could not be written (%s: %s)",
+                                  type(e).__name__, e)
+      _sidecar(path, first_step, steps, error=f"{type(e).__name__}: {e}")
+    else:
+      _sidecar(path, first_step, steps, wall_s=round(wall, 6))
+      progress_lib.logger.info("profile: steps %d-%d traced into %s (%.3f s, %.2f ms a step)",
+                               first_step + 1, first_step + steps, path, wall,
+                               1e3 * wall / max(steps, 1))
+
+
+def _sidecar(path: str, first_step: int, steps: int, **more) -> None:
+  """``profile.json``: the steps traced, the device and ``more`` (``wall_s``, or ``error`` when
+  the profiler failed; either way the folder is not traced again)."""
+  device = jax.devices()[0]
+  try:
+    io.atomic_write_json(os.path.join(path, SIDECAR), {
+        "first_step": int(first_step), "steps": int(steps), "platform": device.platform,
+        "device_kind": device.device_kind, "jax": jax.__version__, **more})
+  except OSError as e:
+    progress_lib.logger.warning("profile: %s could not be written (%s)", SIDECAR, e)

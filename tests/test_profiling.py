@@ -1,0 +1,163 @@
+"""A traced chunk of distillation steps ($JAXDD_PROFILE, jaxdd.runs.profiling) and its summary
+(benchmarks/trace_summary.py): the trace changes nothing the run computes, is taken once per
+folder, never stops a run, and its summary adds up hand-made kernels as counted by hand."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdd import distill, models
+from jaxdd.runs import driver, profiling
+
+_SPEC = importlib.util.spec_from_file_location(
+    "trace_summary", os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                  "trace_summary.py"))
+trace_summary = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(trace_summary)
+
+
+def _drive(steps: int = 6, k: int = 2) -> np.ndarray:
+  """A tiny DM distillation driven ``k`` steps per call; its final images."""
+  x = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
+  real = distill.real_data(x, np.repeat(np.arange(2), 20), num_classes=2)
+  d = distill.dm(num_classes=2, ipc=2, real_per_class=8, lr=1.0,
+                 model=models.ConvNet(2, depth=1, width=8))
+  state = d.init(jax.random.key(0), real)
+  out = {}
+
+  def after(it, n, st, row):
+    out["state"] = st
+  driver.drive(d, state, real, 0, steps, k, stops=(), after=after, save=lambda step: None)
+  return np.asarray(out["state"].syn.images)
+
+
+def test_a_traced_run_computes_what_an_untraced_one_does_and_says_what_it_traced(
+    tmp_path, monkeypatch):
+  monkeypatch.delenv(profiling.ENV, raising=False)
+  want = _drive()
+  folder = tmp_path / "profile"
+  monkeypatch.setenv(profiling.ENV, str(folder))
+  got = _drive()
+  np.testing.assert_array_equal(got, want)
+  meta = json.loads((folder / "profile.json").read_text())
+  # the second chunk: steps 2 and 3 (the first chunk, steps 0-1, compiles)
+  assert meta["first_step"] == 2 and meta["steps"] == 2 and meta["wall_s"] > 0
+  assert meta["platform"] == jax.devices()[0].platform
+  traces = list(folder.glob("plugins/profile/*/*.trace.json.gz"))
+  assert len(traces) == 1
+  # once per folder: a second run leaves the first trace alone
+  assert profiling.folder() is None
+  _drive()
+  assert list(folder.glob("plugins/profile/*/*.trace.json.gz")) == traces
+
+
+def test_a_profiler_that_cannot_start_leaves_the_run_untouched_with_one_line(
+    tmp_path, monkeypatch, caplog, capsys):
+  monkeypatch.delenv(profiling.ENV, raising=False)
+  want = _drive()
+  monkeypatch.setenv(profiling.ENV, str(tmp_path / "profile"))
+
+  def broken(path):
+    raise RuntimeError("no profiler here")
+  monkeypatch.setattr(jax.profiler, "start_trace", broken)
+  with caplog.at_level(logging.WARNING, logger="jaxdd"):
+    got = _drive()
+  np.testing.assert_array_equal(got, want)
+  lines = [r.getMessage() for r in caplog.records if r.name == "jaxdd"]
+  assert lines == ["profile: the trace could not start (RuntimeError: no profiler here); "
+                   "the run goes on untraced"]
+  # the folder says why it holds no trace, and is not tried again
+  meta = json.loads((tmp_path / "profile" / "profile.json").read_text())
+  assert meta["error"] == "RuntimeError: no profiler here" and "wall_s" not in meta
+  assert not list((tmp_path / "profile").glob("plugins/**/*"))
+  assert trace_summary.main([str(tmp_path / "profile")]) == 2
+  assert capsys.readouterr().err == ("trace_summary: error: the run could not trace its steps: "
+                                     "RuntimeError: no profiler here\n")
+
+
+def test_a_single_chunk_is_not_traced(tmp_path, monkeypatch):
+  monkeypatch.setenv(profiling.ENV, str(tmp_path / "profile"))
+  _drive(steps=2, k=2)
+  assert not (tmp_path / "profile").exists()
+
+
+# ------------------------------------------------------------ the summary of a hand-made trace
+
+def _meta(pid, name, tid=None):
+  e = {"ph": "M", "pid": pid, "name": "process_name" if tid is None else "thread_name",
+       "args": {"name": name}}
+  if tid is not None:
+    e["tid"] = tid
+  return e
+
+
+def _x(pid, tid, ts, dur, name, hlo=None):
+  e = {"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur, "name": name}
+  if hlo:
+    e["args"] = {"hlo_op": hlo}
+  return e
+
+
+EVENTS = [
+    _meta(1, "/device:GPU:0"), _meta(1, "Stream #13(Compute)", 13), _meta(1, "Stream #14", 14),
+    _meta(1, "XLA Ops", 99), _meta(701, "/host:CPU"), _meta(701, "python", 5),
+    # stream 13: two convolutions, a fusion, a transpose; stream 14 overlaps 5-8 and 30-34
+    _x(1, 13, 0, 10, "sm90_xmma_fprop_implicit_gemm_f32f32", "custom-call.1"),
+    _x(1, 13, 12, 3, "loop_add_fusion", "fusion.2"),
+    _x(1, 13, 20, 10, "sm90_xmma_fprop_implicit_gemm_f32f32", "custom-call.1"),
+    _x(1, 13, 40, 2, "transpose_fusion", "fusion.3"),
+    _x(1, 14, 5, 3, "input_reduce_fusion", "fusion.4"),
+    _x(1, 14, 30, 4, "memcpy32_post"),
+    # derived lines and the host count nothing
+    _x(1, 99, 0, 42, "fusion.2"), _x(701, 5, 0, 50, "PjitFunction(run)"),
+]
+# hand-counted: kernels 10+3+10+2+3+4 = 32 us; busy = [0,10] [12,15] [20,34] [40,42] = 29 us
+
+
+def test_the_summary_adds_up_the_device_kernels_per_step():
+  s = trace_summary.summarise(EVENTS, steps=2, wall_s=50e-6, top=3)
+  assert s["on_device"] and s["steps"] == 2 and len(s["devices"]) == 1
+  dev = s["devices"][0]
+  assert dev["device"] == "/device:GPU:0"
+  assert dev["kernel_ms_per_step"] == pytest.approx(32e-3 / 2)
+  assert dev["busy_ms_per_step"] == pytest.approx(29e-3 / 2)
+  assert dev["idle_ms_per_step"] == pytest.approx((50 - 29) * 1e-3 / 2)
+  kinds = {k["kind"]: k["ms_per_step"] for k in dev["kinds"]}
+  assert kinds == pytest.approx({"convolution": 10e-3, "other fusion": 1.5e-3,
+                                 "copy / transpose": 1e-3, "reduction": 1.5e-3,
+                                 "memory copy / set": 2e-3})
+  assert sum(k["share"] for k in dev["kinds"]) == pytest.approx(1.0)
+  top = dev["top"]
+  assert [t["hlo_op"] for t in top] == ["custom-call.1", "", "fusion.2"]
+  assert top[0]["per_step"] == 1.0 and top[0]["ms_per_step"] == pytest.approx(10e-3)
+
+
+def test_a_trace_without_a_device_says_so(tmp_path, capsys):
+  folder = tmp_path / "p"
+  (folder / "plugins" / "profile" / "t").mkdir(parents=True)
+  host = [e for e in EVENTS if e["pid"] == 701]
+  with gzip.open(folder / "plugins" / "profile" / "t" / "h.trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": host}, f)
+  (folder / "profile.json").write_text(json.dumps(
+      {"first_step": 20, "steps": 20, "wall_s": 0.5, "platform": "cpu", "device_kind": "cpu",
+       "jax": "x"}))
+  assert trace_summary.main([str(folder)]) == 0
+  out = capsys.readouterr().out
+  assert "steps 21-40" in out and "No device events" in out and "Wall: 25.000 ms a step." in out
+  assert trace_summary.main([str(tmp_path / "none")]) == 2
+  assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_kinds_of_common_kernel_names():
+  assert trace_summary.kind("cudnn::winograd_nonfused") == "convolution"
+  assert trace_summary.kind("nvjet_tst_128x64_gemm") == "matrix product"
+  assert trace_summary.kind("loop_multiply_fusion") == "other fusion"
+  assert trace_summary.kind("reduce_fusion_3") == "reduction"
+  assert trace_summary.kind("whatever") == "other"
