@@ -11,7 +11,8 @@ batch, as before the split; ``split``: the uniform rows share one batch, the sam
 its own program beside them; dtype ``float32``: the reference; ``bfloat16``:
 ``compute_dtype='bfloat16'``, the real forward and the synthetic forward and backward in
 bfloat16 with float32 images; an optional third part ``noaug`` drops the DSA augmentation, to
-see what share of a step's time it takes) it prints one JSON line: XLA's cost analysis of the step as
+see what share of a step's time it takes, and ``vmapaug`` augments the classes all at once
+instead of one after another, the policy's ``class_augment="vmap"``) it prints one JSON line: XLA's cost analysis of the step as
 traced (``hlo_flops``, ``hlo_bytes_accessed``: in the program's own dtypes) and as compiled
 for this backend (``flops``, ``bytes_accessed``), and, with ``--time N``, the median of N
 steps after one warm-up, alternating the points ``--repeats`` times.
@@ -23,7 +24,8 @@ CPU the cost analysis is of the program an accelerator runs, laid out as there.
   python benchmarks/cell_cost.py --time 50 --repeats 3 # on a GPU: seconds per step too
   python benchmarks/cell_cost.py --tiny                # checks the script in seconds
   python benchmarks/cell_cost.py --rows vanilla,kde,kde_init,fairdd_pseudo \
-      --points single:float32,single:bfloat16,single:float32:noaug --time 30 --repeats 3
+      --points single:float32,single:float32:vmapaug,single:bfloat16,single:float32:noaug \
+      --time 30 --repeats 3
                                                        # the first unit's step, on a GPU
 """
 from __future__ import annotations
@@ -39,24 +41,26 @@ FLAGS = {"kde": ("kde",), "kde_init": ("kde",), "kde_floor_init_is": ("weighted_
          "fairdd_pseudo": ("groups",), "fairdd_batch": ("batch_groups",), "fairdd": ("groups",)}
 
 
-def build(args, dtype: str, program: str, dsa: bool = True):
+def build(args, dtype: str, program: str, dsa: bool = True, vmap_aug: bool = False):
   """The 8-row cell's step, state and real data for one seed: ``program`` ``single`` (one
   :func:`jaxdd.distill.cell_runs` whose importance-sampled row makes every row draw its own
   real batch) or ``split`` (the uniform rows share one batch in one program, the sampled row
   has its own beside it: :func:`jaxdd.distill.cell_row_groups`, as the runs layer builds it);
-  without ``dsa``, the same step without the DSA augmentation."""
+  without ``dsa``, the same step without the DSA augmentation; with ``vmap_aug``, its classes
+  augmented all at once (the policy's ``class_augment="vmap"``)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxdd import augment, distill, models
+  from jaxdd import augment, distill, models, policy
   rows_ = args.rows.split(",")
   nc, R = 10, len(rows_)
   rng = np.random.default_rng(0)
   y = np.repeat(np.arange(nc), args.per_class)
   x = rng.normal(size=(len(y), 28, 28, 3)).astype(np.float32)
   low = None if dtype == "float32" else dtype
-  ex = distill.Execution(policy=args.policy, real_dtype=low, syn_dtype=low)
+  pol = policy.variant(args.policy, class_augment="vmap") if vmap_aug else args.policy
+  ex = distill.Execution(policy=pol, real_dtype=low, syn_dtype=low)
   fields = ("sample_weight", "sample_prob", "groups")
 
   def cell(rows, sampling):
@@ -95,9 +99,11 @@ def build(args, dtype: str, program: str, dsa: bool = True):
 
 def cost(step, state, real) -> dict:
   """XLA's cost analysis of the step as traced (``hlo_*``: before the backend's passes, so
-  in the dtypes the program asks for) and as compiled for this backend."""
+  in the dtypes the program asks for) and as compiled for this backend, and the number of
+  branches the traced step takes at run time (``hlo_branches``)."""
   lowered = step.lower(state, real)
-  out = {}
+  # branches chosen on the device at run time (lax.switch: the DSA family a class draws)
+  out = {"hlo_branches": lowered.as_text().count("stablehlo.case")}
   for prefix, analysis in (("hlo_", lowered.cost_analysis()),
                            ("", lowered.compile().cost_analysis())):
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
@@ -111,9 +117,9 @@ def cost(step, state, real) -> dict:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--points", default="single:float32,split:float32,split:bfloat16",
-                 help="PROGRAM:DTYPE[:noaug] points (program single or split; dtype float32 "
-                      "or bfloat16; noaug: without the DSA augmentation); the first is the "
-                      "baseline")
+                 help="PROGRAM:DTYPE[:noaug|:vmapaug] points (program single or split; dtype "
+                      "float32 or bfloat16; noaug: without the DSA augmentation; vmapaug: the "
+                      "classes augmented all at once); the first is the baseline")
   p.add_argument("--rows", default=",".join(ROWS), help="the cell's rows (default all 8)")
   p.add_argument("--policy", default="accelerator", help="the layout policy (default accelerator)")
   p.add_argument("--time", type=int, default=0, help="timed steps per point (0: cost only)")
@@ -136,11 +142,12 @@ def main(argv=None) -> int:
   for d in dtypes:
     parts = d.split(":")
     if (len(parts) not in (2, 3) or parts[0] not in ("single", "split")
-        or parts[1] not in ("float32", "bfloat16") or parts[2:] not in ([], ["noaug"])):
-      p.error(f"--points: {d!r} is not PROGRAM:DTYPE[:noaug] (e.g. split:float32 or "
+        or parts[1] not in ("float32", "bfloat16")
+        or parts[2:] not in ([], ["noaug"], ["vmapaug"])):
+      p.error(f"--points: {d!r} is not PROGRAM:DTYPE[:noaug|:vmapaug] (e.g. split:float32 or "
               "single:bfloat16:noaug)")
-  built = {d: build(args, d.split(":")[1], d.split(":")[0], dsa=not d.endswith(":noaug"))
-           for d in dtypes}
+  built = {d: build(args, d.split(":")[1], d.split(":")[0], dsa=not d.endswith(":noaug"),
+                    vmap_aug=d.endswith(":vmapaug")) for d in dtypes}
   out = {d: {"point": d, "rows": args.rows.split(","), "ipc": args.ipc, "width": args.width,
              "real_per_class": args.real_per_class, "policy": args.policy,
              "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,

@@ -52,7 +52,7 @@ import jax
 
 _CHOICES = {"conv": ("loop_safe", "xla"), "parallel": ("map", "vmap"),
             "train_loop": ("step", "scan"), "forward_conv": ("winograd", "xla"),
-            "train_conv": ("winograd", "xla")}
+            "train_conv": ("winograd", "xla"), "class_augment": ("map", "vmap")}
 _SIZES = ("micro_batch", "predict_block", "real_chunk", "syn_chunk")
 
 
@@ -92,6 +92,13 @@ class Policy:
       domain (the weight and input gradients also take 2.25x fewer
       multiplies). The ``cpu`` run preset's width-32 networks are too thin
       for either (lax's convolutions).
+    class_augment: how a matching step on one device augments its classes, each
+      with the DSA family it draws (:func:`jaxdd.matching.dm_loss`,
+      :func:`jaxdd.matching.gm_loss`): ``"map"``, one class after another, only
+      the drawn family computed (a loop with a branch per class); ``"vmap"``, all
+      classes at once, every family computed for every class and the drawn one
+      selected (no loop and no branch, several times the augmentation's small
+      work). The same values; on a mesh the classes are always batched.
   """
   name: str
   conv: Literal["loop_safe", "xla"]
@@ -104,6 +111,7 @@ class Policy:
   forward_conv: Literal["winograd", "xla"] = "xla"
   train_conv: Literal["winograd", "xla"] = "xla"
   steps_per_call: int = 1
+  class_augment: Literal["map", "vmap"] = "map"
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:

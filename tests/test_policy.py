@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import distill, matching, models, policy, train
+from jaxdd import augment, distill, matching, models, policy, train
 from jaxdd.structs import Batch, SynSet
 
 evaluate_lib = importlib.import_module("jaxdd.evaluate")
@@ -80,6 +80,7 @@ def test_unknown_policies_name_the_choices(bad):
     ("name", "", "Policy.name must be a non-empty string"),
     ("forward_conv", "fft", r"Policy.forward_conv must be one of \('winograd', 'xla'\)"),
     ("train_conv", "fft", r"Policy.train_conv must be one of \('winograd', 'xla'\)"),
+    ("class_augment", "loop", r"Policy.class_augment must be one of \('map', 'vmap'\)"),
 ])
 def test_bad_fields_are_rejected_with_the_allowed_values(field, value, match):
   with pytest.raises(ValueError, match=match):
@@ -264,6 +265,37 @@ def test_dm_chunks_follow_the_policy_and_results_agree(monkeypatch):
                  execution=distill.Execution(policy="accelerator", real_chunk=3, syn_chunk=2))
   d.step.lower(d.init(jax.random.key(0), real), real)  # tracing is enough
   assert seen.pop() == (3, 2, "accelerator")
+
+
+@pytest.mark.parametrize("method", ["dm", "gm"])
+def test_classes_augmented_all_at_once_give_the_values_of_one_after_another(method, monkeypatch):
+  # class_augment="vmap": every DSA family for every class, the drawn one selected, no loop and
+  # no branch on the device; the drawn families, the loss and the updated images are those of
+  # "map" (float rounding: the same operations, fused differently)
+  seen = []
+  loss_fn = getattr(matching, f"{method}_loss")
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs["map_classes"])
+    return loss_fn(*args, **kwargs)
+  monkeypatch.setattr(matching, f"{method}_loss", spy)
+  x, y = _toy()
+  real = distill.real_data(x, y, num_classes=3)
+  out = {}
+  for how in ("map", "vmap"):
+    ex = distill.Execution(policy=policy.variant("accelerator", class_augment=how))
+    make = distill.dm if method == "dm" else distill.gm
+    kw = (dict(real_per_class=8) if method == "dm"
+          else dict(real_per_class=4, outer_loop=2, inner_loop=1, net_batch_size=4))
+    d = make(num_classes=3, ipc=2, model=models.ConvNet(3, depth=1, width=8),
+             augment=augment.dsa("color_crop_cutout_flip_scale_rotate"), execution=ex, **kw)
+    state = d.init(jax.random.key(0), real)
+    for _ in range(3):
+      state, metrics = d.step(state, real)
+    out[how] = (np.asarray(state.syn.images), float(metrics["loss"]))
+  assert seen == [True, False]  # traced once each: the loop for "map", the batch for "vmap"
+  np.testing.assert_allclose(out["vmap"][1], out["map"][1], rtol=1e-4)
+  np.testing.assert_allclose(out["vmap"][0], out["map"][0], rtol=1e-4, atol=1e-5)
 
 
 def test_evaluation_agrees_under_both_policies():

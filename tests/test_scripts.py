@@ -23,7 +23,8 @@ import run_folders
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 #: Scripts tested elsewhere on their own (tests/test_experiments.py runs results_tables.py).
-TESTED_ELSEWHERE = {"experiments/results_tables.py"}
+TESTED_ELSEWHERE = {"experiments/results_tables.py",
+                    "benchmarks/trace_summary.py"}  # tests/test_profiling.py: it only reads
 #: script (relative to the repository root) -> the test below that runs its tiny mode.
 TESTS: dict[str, str] = {}
 
@@ -115,16 +116,21 @@ def test_cell_cost_benchmark(capfd):
   assert low["hlo_bytes_accessed"] < split["hlo_bytes_accessed"]
   # the first unit's rows, with and without the DSA augmentation: without it the step does
   # less; a malformed point is refused in one line
-  rows, _ = run("benchmarks/cell_cost.py", ["--tiny", "--rows", "vanilla,kde",
-                                            "--points", "single:float32,single:float32:noaug"],
-                capfd)
-  dsa, plain = rows
+  rows, _ = run("benchmarks/cell_cost.py", ["--tiny", "--rows", "vanilla,kde", "--points",
+                                            "single:float32,single:float32:noaug,"
+                                            "single:float32:vmapaug"], capfd)
+  dsa, plain, batched = rows
   assert dsa["rows"] == ["vanilla", "kde"] and plain["point"] == "single:float32:noaug"
   assert plain["hlo_flops"] < dsa["hlo_flops"] and plain["step_s_median"] > 0
+  # the classes augmented all at once: no branch left in the step, every family computed;
+  # one after another, three branches (the real batch, the synthetic one and its gradient),
+  # each taken once a class, on the DSA family the class draws
+  assert dsa["hlo_branches"] == 3 and batched["hlo_branches"] == plain["hlo_branches"] == 0
+  assert batched["hlo_flops"] > dsa["hlo_flops"] and batched["step_s_median"] > 0
   script = load("benchmarks/cell_cost.py")
   with pytest.raises(SystemExit):
     script.main(["--tiny", "--points", "split:float16"])
-  assert "is not PROGRAM:DTYPE[:noaug]" in capfd.readouterr().err
+  assert "is not PROGRAM:DTYPE[:noaug|:vmapaug]" in capfd.readouterr().err
 
 
 @covers("benchmarks/cell_whole.py")

@@ -290,7 +290,8 @@ def _dm_step(s: _DMSettings, batch_fn: Callable) -> Callable:
     loss = matching.dm_loss(k_aug, syn_batch, real_images, embed_fn=embed, augment=s.augment,
                             weights=weights, real_chunk=ex.real_chunk if per_sample else None,
                             syn_chunk=ex.syn_chunk if per_sample else None,
-                            map_classes=mesh is None, real_embed_fn=embed_real,
+                            map_classes=mesh is None and ex.policy.class_augment == "map",
+                            real_embed_fn=embed_real,
                             class_scale=class_scale)
     return loss, weights
 

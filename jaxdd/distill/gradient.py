@@ -153,6 +153,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       augment=augment, mesh=mesh,
       real_spec=ex.real_spec, syn_spec=ex.syn_spec, real_chunk=ex.real_chunk,
       winograd_real=ex.policy.train_conv == "winograd" and mesh is None,
+      map_classes=mesh is None and ex.policy.class_augment == "map",
       task=train_lib.standard_task(model),
       inner_protocol=Protocol("gm-inner", epochs=inner - 1, lr=lr_net, momentum=0.0,
                               weight_decay=0.0, batch_size=net_batch_size, decay_at=None,
@@ -190,6 +191,7 @@ class _GMSettings(NamedTuple):
   syn_spec: P
   real_chunk: int | None
   winograd_real: bool
+  map_classes: bool  # classes augmented one after another (jaxdd.policy's class_augment)
   task: Any
   inner_protocol: Protocol
   tx: optax.GradientTransformation
@@ -241,7 +243,7 @@ def _match(s: _GMSettings, syn_images, params, net_state, key: jax.Array, real: 
     return matching.gm_loss(k_aug, syn_batch, real_images, params=params, logits_fn=logits_fn,
                             augment=s.augment, weights=weights,
                             real_chunk=s.real_chunk if per_sample else None,
-                            map_classes=s.mesh is None, real_logits_fn=real_logits_fn)
+                            map_classes=s.map_classes, real_logits_fn=real_logits_fn)
 
   loss, grad = jax.value_and_grad(loss_fn)(syn_images)
   return loss, grad, weights, net_state
