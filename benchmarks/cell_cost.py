@@ -61,18 +61,23 @@ def build(args, dtype: str, program: str, dsa: bool = True, vmap_aug: bool = Fal
   low = None if dtype == "float32" else dtype
   pol = policy.variant(args.policy, class_augment="vmap") if vmap_aug else args.policy
   ex = distill.Execution(policy=pol, real_dtype=low, syn_dtype=low)
-  fields = ("sample_weight", "sample_prob", "groups")
+  sampled = [i for i, r in enumerate(rows_) if "weighted_sampling" in FLAGS.get(r, ())]
+  # what the runs layer builds for these rows (jaxdd.runs.cell): group matching only with a
+  # row that matches groups, the in-batch DBSCAN only with the row that uses it
+  num_groups = 10 if any("groups" in FLAGS.get(r, ()) for r in rows_) else None
+  clusters = 10 if "fairdd_batch" in rows_ else None
+  fields = (("sample_weight",) + (("sample_prob",) if sampled else ())
+            + (("groups",) if num_groups else ()))
 
   def cell(rows, sampling):
     d = distill.dm_cell(num_classes=nc, ipc=args.ipc, model=models.ConvNet(nc, width=args.width),
                         real_per_class=args.real_per_class, lr=1.0,
                         augment=(augment.dsa("color_crop_cutout_flip_scale_rotate") if dsa
                                  else None),
-                        kde_config=distill.KDEConfig(), num_groups=10, batch_clusters=10,
-                        importance_sampling=sampling, execution=ex)
+                        kde_config=distill.KDEConfig(), num_groups=num_groups,
+                        batch_clusters=clusters, importance_sampling=sampling, execution=ex)
     return distill.cell_runs(d, num_seeds=1, num_rows=len(rows), seed_fields=("embeddings",),
                              run_fields=fields)
-  sampled = [i for i, r in enumerate(rows_) if "weighted_sampling" in FLAGS.get(r, ())]
   if program == "single" or not sampled:
     runs = cell(range(R), bool(sampled))
   else:
@@ -86,9 +91,11 @@ def build(args, dtype: str, program: str, dsa: bool = True, vmap_aug: bool = Fal
       embeddings=jnp.asarray(rng.normal(size=(1, n, 32)).astype(np.float32)),
       sample_weight=jnp.asarray(np.stack([class_w if r == "oracle" else np.ones(n, np.float32)
                                           for r in rows_])),
-      sample_prob=jnp.asarray(np.stack([class_w if r == "kde_floor_init_is"
-                                        else np.ones(n, np.float32) for r in rows_])),
-      groups=jnp.asarray(rng.integers(0, 10, size=(R, n)).astype(np.int32)))
+      sample_prob=(jnp.asarray(np.stack([class_w if r == "kde_floor_init_is"
+                                         else np.ones(n, np.float32) for r in rows_]))
+                   if sampled else None),
+      groups=(jnp.asarray(rng.integers(0, 10, size=(R, n)).astype(np.int32)) if num_groups
+              else None))
   hp = {k: jnp.asarray([float(k in FLAGS.get(r, ())) for r in rows_], jnp.float32)
         for k in ("kde", "groups", "batch_groups", "weighted_sampling")}
   hp.update(lr=jnp.ones((R,), jnp.float32), variance=jnp.full((R,), 0.01, jnp.float32),
@@ -99,11 +106,16 @@ def build(args, dtype: str, program: str, dsa: bool = True, vmap_aug: bool = Fal
 
 def cost(step, state, real) -> dict:
   """XLA's cost analysis of the step as traced (``hlo_*``: before the backend's passes, so
-  in the dtypes the program asks for) and as compiled for this backend, and the number of
-  branches the traced step takes at run time (``hlo_branches``)."""
+  in the dtypes the program asks for) and as compiled for this backend; and the loops and
+  branches of the step lowered for a CUDA GPU (``cuda_loops``, ``cuda_branches``: its while
+  and case operations, decided on the device at run time; -1 if it cannot be lowered)."""
   lowered = step.lower(state, real)
-  # branches chosen on the device at run time (lax.switch: the DSA family a class draws)
-  out = {"hlo_branches": lowered.as_text().count("stablehlo.case")}
+  out = {}
+  try:  # the step as a CUDA GPU gets it (lowered only: no GPU needed)
+    text = step.trace(state, real).lower(lowering_platforms=("cuda",)).as_text()
+    out.update(cuda_loops=text.count("stablehlo.while"), cuda_branches=text.count("stablehlo.case"))
+  except Exception:  # noqa: BLE001 (a jax that cannot lower for another platform)
+    out.update(cuda_loops=-1, cuda_branches=-1)
   for prefix, analysis in (("hlo_", lowered.cost_analysis()),
                            ("", lowered.compile().cost_analysis())):
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per program

@@ -125,7 +125,8 @@ def test_cell_cost_benchmark(capfd):
   # the classes augmented all at once: no branch left in the step, every family computed;
   # one after another, three branches (the real batch, the synthetic one and its gradient),
   # each taken once a class, on the DSA family the class draws
-  assert dsa["hlo_branches"] == 3 and batched["hlo_branches"] == plain["hlo_branches"] == 0
+  assert dsa["cuda_branches"] == 3 and batched["cuda_branches"] == plain["cuda_branches"] == 0
+  assert batched["cuda_loops"] == dsa["cuda_loops"] - 3 >= 0  # lax.map's: real, synthetic, its gradient
   assert batched["hlo_flops"] > dsa["hlo_flops"] and batched["step_s_median"] > 0
   script = load("benchmarks/cell_cost.py")
   with pytest.raises(SystemExit):
