@@ -11,6 +11,8 @@ and so on) it adds up the kernels on the device's streams, and prints, per step:
 * the kernels' time by kind, from their names: convolutions (cuDNN, implicit GEMM, XMMA),
   matrix products (GEMM), reductions, copies and transposes, memory copies and sets, other
   fusions, the rest; names are a heuristic, so the largest kernels are listed too;
+* the kernels' time by part of the step, from the JAX op path each kernel carries
+  (``tf_op``): each layer of the network, forward or backward, the DSA augmentation, the rest;
 * the ``--top`` largest kernels by total time, with how many ran per step.
 
 A trace without device events (a CPU run, or a GPU machine whose profiler libraries are
@@ -50,6 +52,31 @@ def kind(name: str, hlo_op: str = "") -> str:
     if re.search(pattern, text):
       return k
   return "other"
+
+
+#: The named scopes of DM's loss (:func:`jaxdd.matching.dm_loss`): the DSA augmentation and
+#: the two sides' embeddings.
+SCOPES = {"dsa": "augmentation", "real_embed": "real", "syn_embed": "synthetic"}
+
+
+def part(op_path: str) -> str:
+  """The part of the step a kernel comes from, from its JAX op path (the trace's ``tf_op``,
+  the HLO op's ``op_name``): the side of DM's loss (``real``, ``synthetic``: the named scopes of
+  :func:`jaxdd.matching.dm_loss`) and the outermost model module (``TorchConv_1``,
+  ``InstanceNorm_0``...), ``augmentation``, each with ``backward`` when it is a transpose; or
+  ``other`` (the loss, the weights, the update, the network's random start)."""
+  if not op_path:
+    return "unnamed"
+  backward = " backward" if "transpose(" in op_path else ""
+  # each step of the path bare of its transformations: transpose(jvp(syn_embed)) -> syn_embed
+  steps = [re.sub(r"^(?:[a-z_]+\()+|\)+$", "", s) for s in op_path.split("/")]
+  scope = next((SCOPES[s] for s in steps if s in SCOPES), None)
+  if scope == "augmentation":
+    return scope + backward
+  modules = re.findall(r"\b([A-Z][A-Za-z]*_\d+)\b", op_path)
+  if modules:
+    return " ".join(x for x in (scope, modules[0]) if x) + backward
+  return (scope or "other") + backward
 
 
 def busy_us(intervals: list[tuple[float, float]]) -> float:
@@ -122,6 +149,7 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
       return not DERIVED.match(lines.get(tid, ""))
 
     kernels: dict[tuple[str, str], list[float]] = {}
+    parts: dict[str, float] = {}
     intervals = []
     for e in _leaves([e for e in events if e.get("ph") == "X" and e.get("pid") == pid
                       and counted(e.get("tid"))]):
@@ -131,6 +159,8 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
       k = kernels.setdefault((e.get("name", ""), hlo), [0.0, 0])
       k[0] += dur
       k[1] += 1
+      where = part(str(e.get("args", {}).get("tf_op", "")))
+      parts[where] = parts.get(where, 0.0) + dur
     if not kernels:
       continue
     kinds: dict[str, float] = {}
@@ -141,6 +171,8 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
            "busy_ms_per_step": busy_us(intervals) / 1e3 / per,
            "kinds": [{"kind": k, "ms_per_step": us / 1e3 / per, "share": us / total}
                      for k, us in sorted(kinds.items(), key=lambda kv: -kv[1])],
+           "parts": [{"part": k, "ms_per_step": us / 1e3 / per, "share": us / total}
+                     for k, us in sorted(parts.items(), key=lambda kv: -kv[1])],
            "top": [{"kernel": name, "hlo_op": hlo, "kind": kind(name, hlo),
                     "ms_per_step": us / 1e3 / per, "per_step": n / per}
                    for (name, hlo), (us, n) in sorted(kernels.items(),
@@ -174,6 +206,9 @@ def table(summary: dict, meta: dict) -> str:
     out += [line + ".", "", "| kind | ms per step | share |", "|---|---|---|"]
     out += [f"| {k['kind']} | {k['ms_per_step']:.3f} | {100 * k['share']:.1f} % |"
             for k in dev["kinds"]]
+    out += ["", "| part of the step | ms per step | share |", "|---|---|---|"]
+    out += [f"| {k['part']} | {k['ms_per_step']:.3f} | {100 * k['share']:.1f} % |"
+            for k in dev["parts"]]
     out += ["", "| kernel | HLO op | kind | ms per step | runs per step |", "|---|---|---|---|---|"]
     out += [f"| `{t['kernel'][:90]}` | {t['hlo_op'][:40]} | {t['kind']} | "
             f"{t['ms_per_step']:.3f} | {t['per_step']:g} |" for t in dev["top"]]

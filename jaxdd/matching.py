@@ -100,8 +100,11 @@ def mean_embeddings(embed_fn: EmbedFn, real: jax.Array, syn: jax.Array, weights:
     ``(real_mean, syn_mean)``, each (C, d). ``real_mean`` is gradient-free.
   """
   real_fn = embed_fn if real_embed_fn is None else real_embed_fn
-  real_feats = jax.lax.stop_gradient(_flat_apply(real_fn, real, real_chunk))
-  syn_feats = _flat_apply(embed_fn, syn, syn_chunk)
+  # named scopes: a profile attributes each side's kernels (benchmarks/trace_summary.py)
+  with jax.named_scope("real_embed"):
+    real_feats = jax.lax.stop_gradient(_flat_apply(real_fn, real, real_chunk))
+  with jax.named_scope("syn_embed"):
+    syn_feats = _flat_apply(embed_fn, syn, syn_chunk)
   real_feats = real_feats.astype(syn_feats.dtype)
   real_mean = jnp.einsum("cb,cbd->cd", weights.astype(real_feats.dtype), real_feats)
   return real_mean, syn_feats.mean(axis=1)
@@ -189,15 +192,16 @@ def dm_loss(key: jax.Array, syn: jax.Array, real: jax.Array, *, embed_fn: EmbedF
   weights = _check_stacks("dm_loss", syn, real, weights)
   num_classes = real.shape[0]
   if augment is not None:
-    class_keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_classes))
-    if map_classes:
-      # Each class draws its own DSA family; under vmap, lax.switch would run
-      # (and differentiate) every family for every class and then select.
-      real = jax.lax.map(lambda args: augment(*args), (class_keys, real))
-      syn = jax.lax.map(lambda args: augment(*args), (class_keys, syn))
-    else:
-      real = jax.vmap(augment)(class_keys, real)
-      syn = jax.vmap(augment)(class_keys, syn)
+    with jax.named_scope("dsa"):  # for a profile, as the embeddings' scopes
+      class_keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_classes))
+      if map_classes:
+        # Each class draws its own DSA family; under vmap, lax.switch would run
+        # (and differentiate) every family for every class and then select.
+        real = jax.lax.map(lambda args: augment(*args), (class_keys, real))
+        syn = jax.lax.map(lambda args: augment(*args), (class_keys, syn))
+      else:
+        real = jax.vmap(augment)(class_keys, real)
+        syn = jax.vmap(augment)(class_keys, syn)
   real_mean, syn_mean = mean_embeddings(embed_fn, real, syn, weights, real_chunk=real_chunk,
                                         syn_chunk=syn_chunk, real_embed_fn=real_embed_fn)
   if class_scale is None:

@@ -8,12 +8,13 @@ import importlib.util
 import json
 import logging
 import os
+import re
 
 import jax
 import numpy as np
 import pytest
 
-from jaxdd import distill, models
+from jaxdd import augment, distill, models
 from jaxdd.runs import driver, profiling
 
 _SPEC = importlib.util.spec_from_file_location(
@@ -98,22 +99,30 @@ def _meta(pid, name, tid=None):
   return e
 
 
-def _x(pid, tid, ts, dur, name, hlo=None):
+def _x(pid, tid, ts, dur, name, hlo=None, path=None):
   e = {"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur, "name": name}
   if hlo:
-    e["args"] = {"hlo_op": hlo}
+    e["args"] = {"hlo_op": hlo, "tf_op": path or ""}
   return e
+
+
+# op paths as XLA names them (the compiled HLO's op_name metadata, a trace's tf_op)
+CONV0 = "jit(cell_step)/while/body/vmap(jit(step_fn))/jvp(real_embed)/ConvNet/TorchConv_0/conv"
+CONV0_BACK = ("jit(cell_step)/while/body/vmap(jit(step_fn))/transpose(jvp(syn_embed))/ConvNet/"
+              "TorchConv_0/conv")
+AUG = ("jit(cell_step)/while/body/vmap(jit(step_fn))/transpose(jvp(dsa))/while/body/cond/"
+       "branch_3_fun/mul")
 
 
 EVENTS = [
     _meta(1, "/device:GPU:0"), _meta(1, "Stream #13(Compute)", 13), _meta(1, "Stream #14", 14),
     _meta(1, "XLA Ops", 99), _meta(701, "/host:CPU"), _meta(701, "python", 5),
     # stream 13: two convolutions, a fusion, a transpose; stream 14 overlaps 5-8 and 30-34
-    _x(1, 13, 0, 10, "sm90_xmma_fprop_implicit_gemm_f32f32", "custom-call.1"),
-    _x(1, 13, 12, 3, "loop_add_fusion", "fusion.2"),
-    _x(1, 13, 20, 10, "sm90_xmma_fprop_implicit_gemm_f32f32", "custom-call.1"),
-    _x(1, 13, 40, 2, "transpose_fusion", "fusion.3"),
-    _x(1, 14, 5, 3, "input_reduce_fusion", "fusion.4"),
+    _x(1, 13, 0, 10, "sm90_xmma_fprop_implicit_gemm_f32f32", "custom-call.1", CONV0),
+    _x(1, 13, 12, 3, "loop_add_fusion", "fusion.2", AUG),
+    _x(1, 13, 20, 10, "sm90_xmma_fprop_implicit_gemm_f32f32", "custom-call.1", CONV0),
+    _x(1, 13, 40, 2, "transpose_fusion", "fusion.3", CONV0_BACK),
+    _x(1, 14, 5, 3, "input_reduce_fusion", "fusion.4", "jit(cell_step)/reduce_sum"),
     _x(1, 14, 30, 4, "memcpy32_post"),
     # derived lines and the host count nothing
     _x(1, 99, 0, 42, "fusion.2"), _x(701, 5, 0, 50, "PjitFunction(run)"),
@@ -134,6 +143,10 @@ def test_the_summary_adds_up_the_device_kernels_per_step():
                                  "copy / transpose": 1e-3, "reduction": 1.5e-3,
                                  "memory copy / set": 2e-3})
   assert sum(k["share"] for k in dev["kinds"]) == pytest.approx(1.0)
+  parts = {k["part"]: k["ms_per_step"] for k in dev["parts"]}
+  assert parts == pytest.approx({"real TorchConv_0": 10e-3, "synthetic TorchConv_0 backward": 1e-3,
+                                 "augmentation backward": 1.5e-3, "other": 1.5e-3,
+                                 "unnamed": 2e-3})
   top = dev["top"]
   assert [t["hlo_op"] for t in top] == ["custom-call.1", "", "fusion.2"]
   assert top[0]["per_step"] == 1.0 and top[0]["ms_per_step"] == pytest.approx(10e-3)
@@ -153,6 +166,21 @@ def test_a_trace_without_a_device_says_so(tmp_path, capsys):
   assert "steps 21-40" in out and "No device events" in out and "Wall: 25.000 ms a step." in out
   assert trace_summary.main([str(tmp_path / "none")]) == 2
   assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_dm_step_names_the_parts_a_profile_attributes():
+  # the named scopes of dm_loss reach the compiled program's op names, which a GPU trace's
+  # kernels carry (tf_op); each op lands in its part
+  x = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
+  real = distill.real_data(x, np.repeat(np.arange(2), 20), num_classes=2)
+  d = distill.dm(num_classes=2, ipc=2, real_per_class=8, lr=1.0,
+                 model=models.ConvNet(2, depth=1, width=8),
+                 augment=augment.dsa("color_crop_cutout_flip_scale_rotate"))
+  state = d.init(jax.random.key(0), real)
+  text = jax.jit(d.step).lower(state, real).compile().as_text()
+  found = {trace_summary.part(p) for p in re.findall(r'op_name="([^"]+)"', text)}
+  assert {"augmentation", "augmentation backward", "real TorchConv_0",
+          "synthetic TorchConv_0", "synthetic TorchConv_0 backward"} <= found, found
 
 
 def test_the_kinds_of_common_kernel_names():
