@@ -12,10 +12,12 @@ its own program beside them; dtype ``float32``: the reference; ``bfloat16``:
 ``compute_dtype='bfloat16'``, the real forward and the synthetic forward and backward in
 bfloat16 with float32 images; an optional third part ``noaug`` drops the DSA augmentation, to
 see what share of a step's time it takes, and ``vmapaug`` augments the classes all at once
-instead of one after another, the policy's ``class_augment="vmap"``) it prints one JSON line: XLA's cost analysis of the step as
-traced (``hlo_flops``, ``hlo_bytes_accessed``: in the program's own dtypes) and as compiled
-for this backend (``flops``, ``bytes_accessed``), and, with ``--time N``, the median of N
-steps after one warm-up, alternating the points ``--repeats`` times.
+instead of one after another, the policy's ``class_augment="vmap"``) it prints one JSON line:
+XLA's cost analysis of the step as traced (``hlo_flops``, ``hlo_bytes_accessed``: in the
+program's own dtypes) and as compiled for this backend (``flops``, ``bytes_accessed``), the
+loops and branches of the step lowered for a CUDA GPU (``cuda_loops``, ``cuda_branches``;
+without ``--time``), and, with ``--time N``, the median of N steps of the compiled step after
+one warm-up, alternating the points ``--repeats`` times.
 
 The step is built under the ``accelerator`` layout policy by default (``--policy``), so on a
 CPU the cost analysis is of the program an accelerator runs, laid out as there.
@@ -104,26 +106,29 @@ def build(args, dtype: str, program: str, dsa: bool = True, vmap_aug: bool = Fal
   return runs.step, state, real
 
 
-def cost(step, state, real) -> dict:
+def cost(step, state, real, *, count: bool = True):
   """XLA's cost analysis of the step as traced (``hlo_*``: before the backend's passes, so
-  in the dtypes the program asks for) and as compiled for this backend; and the loops and
-  branches of the step lowered for a CUDA GPU (``cuda_loops``, ``cuda_branches``: its while
-  and case operations, decided on the device at run time; -1 if it cannot be lowered)."""
+  in the dtypes the program asks for) and as compiled for this backend; with ``count``, the
+  loops and branches of the step lowered for a CUDA GPU (``cuda_loops``, ``cuda_branches``:
+  its while and case operations, decided on the device at run time; -1 if it cannot be
+  lowered). Returns them and the compiled step (timed as it is: one compilation a point)."""
   lowered = step.lower(state, real)
   out = {}
-  try:  # the step as a CUDA GPU gets it (lowered only: no GPU needed)
-    text = step.trace(state, real).lower(lowering_platforms=("cuda",)).as_text()
-    out.update(cuda_loops=text.count("stablehlo.while"), cuda_branches=text.count("stablehlo.case"))
-  except Exception:  # noqa: BLE001 (a jax that cannot lower for another platform)
-    out.update(cuda_loops=-1, cuda_branches=-1)
-  for prefix, analysis in (("hlo_", lowered.cost_analysis()),
-                           ("", lowered.compile().cost_analysis())):
+  if count:
+    try:  # the step as a CUDA GPU gets it (lowered only: no GPU needed)
+      text = step.trace(state, real).lower(lowering_platforms=("cuda",)).as_text()
+      out.update(cuda_loops=text.count("stablehlo.while"),
+                 cuda_branches=text.count("stablehlo.case"))
+    except Exception:  # noqa: BLE001 (a jax that cannot lower for another platform)
+      out.update(cuda_loops=-1, cuda_branches=-1)
+  compiled = lowered.compile()
+  for prefix, analysis in (("hlo_", lowered.cost_analysis()), ("", compiled.cost_analysis())):
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
       analysis = analysis[0]
     analysis = analysis or {}
     out[prefix + "flops"] = float(analysis.get("flops", -1))
     out[prefix + "bytes_accessed"] = float(analysis.get("bytes accessed", -1))
-  return out
+  return out, compiled
 
 
 def main(argv=None) -> int:
@@ -160,13 +165,16 @@ def main(argv=None) -> int:
               "single:bfloat16:noaug)")
   built = {d: build(args, d.split(":")[1], d.split(":")[0], dsa=not d.endswith(":noaug"),
                     vmap_aug=d.endswith(":vmapaug")) for d in dtypes}
-  out = {d: {"point": d, "rows": args.rows.split(","), "ipc": args.ipc, "width": args.width,
-             "real_per_class": args.real_per_class, "policy": args.policy,
-             "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-             **cost(*built[d])} for d in dtypes}
+  out = {}
+  for d in dtypes:  # timed runs skip the CUDA counts: they do not depend on the machine
+    counts, compiled = cost(*built[d], count=not args.time)
+    out[d] = {"point": d, "rows": args.rows.split(","), "ipc": args.ipc, "width": args.width,
+              "real_per_class": args.real_per_class, "policy": args.policy,
+              "backend": jax.default_backend(), "device": jax.devices()[0].device_kind, **counts}
+    built[d] = (compiled,) + built[d][1:]
   if args.time:
     times = {d: [] for d in dtypes}
-    for d in dtypes:  # warm-up: compile and one step
+    for d in dtypes:  # warm-up: one step
       step, state, real = built[d]
       state, m = step(state, real)
       jax.block_until_ready(m["loss"])

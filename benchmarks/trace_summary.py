@@ -110,9 +110,11 @@ def _leaves(events: list[dict]) -> list[dict]:
 def find_trace(path: str) -> tuple[str, dict]:
   """The newest ``*.trace.json.gz`` under ``path`` (or ``path`` itself) and the sidecar
   ``profile.json`` of its folder ({} when absent)."""
-  side = os.path.join(path, "profile.json")
-  if os.path.isdir(path) and os.path.exists(side) and "error" in json.load(open(side)):
-    raise ValueError(f"the run could not trace its steps: {json.load(open(side))['error']}")
+  if os.path.isdir(path) and os.path.exists(os.path.join(path, "profile.json")):
+    with open(os.path.join(path, "profile.json")) as f:
+      failed = json.load(f).get("error")
+    if failed:
+      raise ValueError(f"the run could not trace its steps: {failed}")
   if os.path.isfile(path):
     trace, root = path, os.path.dirname(path)
   else:
@@ -123,7 +125,10 @@ def find_trace(path: str) -> tuple[str, dict]:
                               f"JAXDD_PROFILE={path}")
     trace, root = found[-1], path
   side = os.path.join(root, "profile.json")
-  meta = json.load(open(side)) if os.path.exists(side) else {}
+  meta = {}
+  if os.path.exists(side):
+    with open(side) as f:
+      meta = json.load(f)
   return trace, meta
 
 

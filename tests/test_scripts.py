@@ -116,18 +116,20 @@ def test_cell_cost_benchmark(capfd):
   assert low["hlo_bytes_accessed"] < split["hlo_bytes_accessed"]
   # the first unit's rows, with and without the DSA augmentation: without it the step does
   # less; a malformed point is refused in one line
-  rows, _ = run("benchmarks/cell_cost.py", ["--tiny", "--rows", "vanilla,kde", "--points",
-                                            "single:float32,single:float32:noaug,"
+  # (timed runs leave the CUDA counts out: they do not depend on the machine)
+  assert not any("cuda_loops" in r for r in (single, split, low))
+  rows, _ = run("benchmarks/cell_cost.py", ["--tiny", "--time", "0", "--rows", "vanilla,kde",
+                                            "--points", "single:float32,single:float32:noaug,"
                                             "single:float32:vmapaug"], capfd)
   dsa, plain, batched = rows
   assert dsa["rows"] == ["vanilla", "kde"] and plain["point"] == "single:float32:noaug"
-  assert plain["hlo_flops"] < dsa["hlo_flops"] and plain["step_s_median"] > 0
+  assert plain["hlo_flops"] < dsa["hlo_flops"] and "step_s_median" not in plain
   # the classes augmented all at once: no branch left in the step, every family computed;
   # one after another, three branches (the real batch, the synthetic one and its gradient),
   # each taken once a class, on the DSA family the class draws
   assert dsa["cuda_branches"] == 3 and batched["cuda_branches"] == plain["cuda_branches"] == 0
   assert batched["cuda_loops"] == dsa["cuda_loops"] - 3 >= 0  # lax.map's: real, synthetic, its gradient
-  assert batched["hlo_flops"] > dsa["hlo_flops"] and batched["step_s_median"] > 0
+  assert batched["hlo_flops"] > dsa["hlo_flops"]
   script = load("benchmarks/cell_cost.py")
   with pytest.raises(SystemExit):
     script.main(["--tiny", "--points", "split:float16"])

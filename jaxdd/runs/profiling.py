@@ -4,8 +4,10 @@ With ``$JAXDD_PROFILE`` naming a folder, the distillation loop (:func:`jaxdd.run
 records JAX's profiler trace of its second chunk of steps (the first one compiles) into that
 folder, once per folder: XLA's trace, ``plugins/profile/<time>/<host>.trace.json.gz``, with
 every kernel the device ran, and ``profile.json`` beside it, which says which steps were traced
-and how long they took (or why the profiler failed). ``benchmarks/trace_summary.py`` turns the trace into milliseconds per
-step by kind of work (convolutions, fusions, reductions, copies) and names the largest kernels.
+and how long they took (or why the profiler failed). ``benchmarks/trace_summary.py`` turns the
+trace into milliseconds per step by kind of work (convolutions, fusions, reductions, copies), by
+part of the step (the named scopes of :func:`jaxdd.matching.dm_loss`: the augmentation and
+each side's layers) and names the largest kernels.
 
 The trace changes nothing the run computes. Should the profiler fail (a machine without its
 libraries), the run goes on untraced and the failure is logged in one line.
@@ -54,13 +56,16 @@ def traced(path: str, *, first_step: int, steps: int, wait):
   """
   _TRIED.add(path)
   wait()
+  failed = None
   try:
     os.makedirs(path, exist_ok=True)
     jax.profiler.start_trace(path)
   except Exception as e:  # noqa: BLE001 (a diagnostic never stops the run)
-    progress_lib.logger.warning("profile: the trace could not start (%s: %s); the run goes on "
-                                "untraced", type(e).__name__, e)
-    _sidecar(path, first_step, steps, error=f"{type(e).__name__}: {e}")  # not tried again
+    failed = f"{type(e).__name__}: {e}"
+  if failed is not None:
+    progress_lib.logger.warning("profile: the trace could not start (%s); the run goes on "
+                                "untraced", failed)
+    _sidecar(path, first_step, steps, error=failed)  # the folder is not tried again
     yield
     return
   t0 = time.perf_counter()
