@@ -33,7 +33,7 @@ import sys
 
 #: Kinds of kernel, first match wins: (kind, pattern on the lower-cased kernel name and HLO op).
 KINDS = (
-    ("convolution", r"conv|cudnn|xmma|implicit|winograd|fprop|dgrad|wgrad"),
+    ("convolution", r"conv(?!ert)|cudnn|xmma|implicit|winograd|fprop|dgrad|wgrad"),
     ("matrix product", r"gemm|cublas|nvjet|matmul|\bdot"),
     ("memory copy / set", r"memcpy|memset"),
     ("reduction", r"reduc"),

@@ -187,5 +187,7 @@ def test_the_kinds_of_common_kernel_names():
   assert trace_summary.kind("cudnn::winograd_nonfused") == "convolution"
   assert trace_summary.kind("nvjet_tst_128x64_gemm") == "matrix product"
   assert trace_summary.kind("loop_multiply_fusion") == "other fusion"
+  assert trace_summary.kind("loop_convert_fusion") == "other fusion"  # a dtype cast, no conv
+  assert trace_summary.kind("kernel", "convolution.4") == "convolution"
   assert trace_summary.kind("reduce_fusion_3") == "reduction"
   assert trace_summary.kind("whatever") == "other"
