@@ -92,21 +92,6 @@ def busy_us(intervals: list[tuple[float, float]]) -> float:
   return total
 
 
-def _leaves(events: list[dict]) -> list[dict]:
-  """The events that hold no other event of their thread (a host thread's calls nest; a
-  device stream's kernels do not)."""
-  out = []
-  by_thread: dict = {}
-  for e in events:
-    by_thread.setdefault(e.get("tid"), []).append(e)
-  for evs in by_thread.values():
-    evs.sort(key=lambda e: (float(e["ts"]), -float(e.get("dur", 0.0))))
-    for e, nxt in zip(evs, evs[1:] + [None]):
-      if nxt is None or float(nxt["ts"]) >= float(e["ts"]) + float(e.get("dur", 0.0)):
-        out.append(e)
-  return out
-
-
 def find_trace(path: str) -> tuple[str, dict]:
   """The newest ``*.trace.json.gz`` under ``path`` (or ``path`` itself) and the sidecar
   ``profile.json`` of its folder ({} when absent)."""
@@ -156,8 +141,9 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
     kernels: dict[tuple[str, str], list[float]] = {}
     parts: dict[str, float] = {}
     intervals = []
-    for e in _leaves([e for e in events if e.get("ph") == "X" and e.get("pid") == pid
-                      and counted(e.get("tid"))]):
+    for e in events:
+      if e.get("ph") != "X" or e.get("pid") != pid or not counted(e.get("tid")):
+        continue
       dur = float(e.get("dur", 0.0))
       intervals.append((float(e["ts"]), float(e["ts"]) + dur))
       hlo = str(e.get("args", {}).get("hlo_op", ""))

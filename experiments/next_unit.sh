@@ -100,6 +100,21 @@ case "$mode" in
     # evaluation; `take OUT` looks there when OUT holds no files of its own)
     mkdir -p "$out"
     started="$(mktemp /tmp/next-unit-start-XXXX)"  # what this run compiled is newer
+    # leave FILE NAME LIMIT WHAT [MORE]: FILE into OUT as NAME when it is not empty, at most
+    # LIMIT bytes and one of the 8 files a machine returns (MORE ends the line saying so); else
+    # removed. Either way, a log line.
+    leave() {
+      local size
+      size=$(stat -c %s "$1")
+      if [ "$size" -gt 0 ] && [ "$size" -le "$3" ] && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
+        mv "$1" "$out/$2" && chmod 644 "$out/$2"
+        echo "next_unit: left $4 in $out/$2 ($((size / 1024)) KiB)${5:-}" | tee -a "$out/next-unit.log"
+      else
+        rm -f "$1"
+        echo "next_unit: not left: $4 ($((size / 1024)) KiB), beyond the files a machine returns" \
+          | tee -a "$out/next-unit.log"
+      fi
+    }
     set +e
     python3 experiments/paper_table.py --next-unit --out "$out/unit" \
       "${resume[@]}" "$@" 2>&1 | tee "$out/next-unit.log"
@@ -121,16 +136,12 @@ case "$mode" in
       if [ "$size" -gt "$limit" ]; then
         (cd "$JAX_COMPILATION_CACHE_DIR" && find . -type f -newer "$started" -print0 \
            | tar czf "$tmp" --null -T -) || : > "$tmp"
-        size=$(stat -c %s "$tmp")
       fi
-      if [ "$size" -le "$limit" ] && [ "$(tar tzf "$tmp" 2>/dev/null | grep -c -- '-cache$')" -gt 0 ] \
-         && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
-        mv "$tmp" "$out/xla-cache.tar.gz" && chmod 644 "$out/xla-cache.tar.gz"
-        echo "next_unit: left the compiled programs in $out/xla-cache.tar.gz ($((size / 1024)) KiB); take keeps them in $xla_carry/ for the next machine" | tee -a "$out/next-unit.log"
-      else
-        rm -f "$tmp"
-        echo "next_unit: the compiled programs ($((size / 1024)) KiB) do not fit the files a machine returns; not left" | tee -a "$out/next-unit.log"
+      if [ "$(tar tzf "$tmp" 2>/dev/null | grep -c -- '-cache$')" -eq 0 ]; then
+        : > "$tmp"  # no compiled program in it
       fi
+      leave "$tmp" xla-cache.tar.gz "$limit" "the compiled programs" \
+        "; take keeps them in $xla_carry/ for the next machine"
     fi
     # the profile: its summary into the log, and the trace itself if the files allow one more
     if [ "$own_profile" = 1 ] && [ -f "$JAXDD_PROFILE/profile.json" ]; then
@@ -139,15 +150,7 @@ case "$mode" in
       if [ -n "$trace" ]; then
         tmp="$(mktemp /tmp/profile-XXXX.tar.gz)"
         tar czf "$tmp" -C "$JAXDD_PROFILE" profile.json "${trace#"$JAXDD_PROFILE"/}" || : > "$tmp"
-        size=$(stat -c %s "$tmp")
-        if [ "$size" -gt 0 ] && [ "$size" -le $((16 * 1024 * 1024)) ] \
-           && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
-          mv "$tmp" "$out/profile.tar.gz" && chmod 644 "$out/profile.tar.gz"
-          echo "next_unit: left the profiler's trace in $out/profile.tar.gz ($((size / 1024)) KiB)" | tee -a "$out/next-unit.log"
-        else
-          rm -f "$tmp"
-          echo "next_unit: the profiler's trace ($((size / 1024)) KiB) does not fit the files a machine returns; its summary is above" | tee -a "$out/next-unit.log"
-        fi
+        leave "$tmp" profile.tar.gz $((16 * 1024 * 1024)) "the profiler's trace"
       fi
     fi
     rm -f "$started"
