@@ -627,13 +627,28 @@ def run_unit(q: Queue, unit: Unit) -> dict:
   record = {"unit": unit.name, "settings": unit_settings(q), "rows": recs, "timings": timings,
             "commit": runs.code_version(), "machine": version.machine(),
             "date": datetime.date.today().isoformat(),
-            "command": " ".join(["python", "experiments/paper_table.py"] + q.args.argv)}
+            "command": recorded_command(q.args.argv)}
   if q.legs:  # the commands before this one, which the time budget stopped (a handover)
     record["legs"] = q.legs
   os.makedirs(os.path.dirname(unit.path(q.args.units_dir)), exist_ok=True)
   synset.atomic_write_json(unit.path(q.args.units_dir), record)
   q.legs = []
   return record
+
+
+def recorded_command(argv: list[str]) -> str:
+  """The command a record names: this script and its flags, the folder given to ``--out``
+  written ``OUT`` (a lent machine's scratch folder, meaningless anywhere else)."""
+  words, out_next = ["python", "experiments/paper_table.py"], False
+  for a in argv:
+    if out_next:
+      a, out_next = "OUT", False
+    elif a == "--out":
+      out_next = True
+    elif a.startswith("--out="):
+      a = "--out=OUT"
+    words.append(a)
+  return " ".join(words)
 
 
 def unit_dirs(q: Queue, unit: Unit) -> list[str]:
@@ -682,7 +697,7 @@ def hand_over(q: Queue, unit: Unit, out: str) -> list[str]:
   leg = {"machine": version.machine(), "commit": runs.code_version(),
          "date": datetime.date.today().isoformat(), "total_s": time.monotonic() - q.t0,
          "distill_s": q.leg_distill_s, "step": max(steps) if steps else 0,
-         "command": " ".join(["python", "experiments/paper_table.py"] + q.args.argv)}
+         "command": recorded_command(q.args.argv)}
   manifest = {"unit": unit.name, "settings": unit_settings(q),
               "runs": [os.path.relpath(d, q.args.workdir) for d in dirs],
               "surrogates": [os.path.basename(e) for e in entries], "legs": q.legs + [leg]}
@@ -715,7 +730,7 @@ def units_table(q: Queue, cell: Cell) -> dict | None:
   units = sorted(found, key=lambda r: r["unit"])
   data.update(
       date=max(r["date"] for r in units),
-      commit="; ".join(f"{r['unit']}: {r['commit']}" for r in units),
+      commit="; ".join(f"{r['unit']}: {r['commit'].split('+g')[-1][:7]}" for r in units),
       machine="; ".join(f"{r['unit']}: {r['machine']}" for r in units),
       command=sorted({r["command"] for r in units}),
       notes=data["notes"] + ["Built from the unit records in "
@@ -777,8 +792,7 @@ def table_data(q: Queue, cell: Cell, records: dict, choice: dict) -> dict:
           "choice": {k: (float(v) if isinstance(v, (float, np.floating)) else v)
                      for k, v in choice.items()},
           "date": datetime.date.today().isoformat(), "commit": runs.code_version(),
-          "machine": machine(), "command": [" ".join(["python", "experiments/paper_table.py"]
-                                                     + q.args.argv)]}
+          "machine": machine(), "command": [recorded_command(q.args.argv)]}
 
 
 def choice_pool(cell: Cell, only: tuple) -> list[str]:

@@ -324,6 +324,23 @@ def test_short_commit_is_the_commits_first_seven_hex_digits(monkeypatch):
   assert version.short_commit() == "0.1.0"
 
 
+def test_a_checkout_run_in_place_names_the_version_setup_cfg_declares(monkeypatch):
+  """A copy of the checkout that was never installed (a lent machine) still records the
+  package's version, read from its setup.cfg, not ``unknown``."""
+  import re
+  from importlib import metadata
+
+  from jaxdd.runs import version
+
+  def not_installed(name):
+    raise metadata.PackageNotFoundError(name)
+  with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "setup.cfg")) as f:
+    declared = re.search(r"^version\s*=\s*(\S+)", f.read(), re.M).group(1)
+  monkeypatch.setattr(metadata, "version", not_installed)
+  monkeypatch.setenv("JAXDD_COMMIT", "")
+  assert version.code_version.__wrapped__().split("+g")[0] == declared
+
+
 def test_code_version_is_read_once_per_process(monkeypatch):
   """A long run records the commit of the code it loaded: the version is read on import and
   not again, so a commit made while the run goes on does not change what it records."""

@@ -417,6 +417,8 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   for key in ("commit", "machine", "date", "command"):
     assert rec[key]
   assert set(rec["timings"]) == {"total_s", "distill_s", "eval_s"}
+  # the lent machine's scratch folder is not recorded: the command names it OUT
+  assert "--out OUT " in rec["command"] and str(out) not in rec["command"]
   for row in ("vanilla", "kde"):  # the unit's runs write only what the work-folder guard lists
     assert run_folders.unlisted(str(tmp_path / "w1" / "cmnist5-ipc10" / row / "s0")) == []
   kde = rec["rows"]["kde"][0]

@@ -2,6 +2,7 @@
 measurement names."""
 from __future__ import annotations
 
+import configparser
 import functools
 import os
 import platform
@@ -21,8 +22,8 @@ def code_version() -> str:
   (a work tree sent to another machine) names its commit in ``$JAXDD_COMMIT``."""
   try:
     version = metadata.version("jaxdd")
-  except metadata.PackageNotFoundError:
-    version = "unknown"
+  except metadata.PackageNotFoundError:  # a checkout run in place (not installed)
+    version = _checkout_version()
   head = os.path.join(_CHECKOUT, ".git", "HEAD")
   try:
     with open(head) as f:
@@ -34,6 +35,16 @@ def code_version() -> str:
   except OSError:
     commit = os.environ.get("JAXDD_COMMIT", "").strip()
     return f"{version}+g{commit[:10]}" if commit else version
+
+
+def _checkout_version() -> str:
+  """The version ``setup.cfg`` of the checkout declares, or ``unknown``."""
+  parser = configparser.ConfigParser()
+  try:
+    parser.read(os.path.join(_CHECKOUT, "setup.cfg"))
+    return parser.get("metadata", "version", fallback="unknown")
+  except configparser.Error:
+    return "unknown"
 
 
 code_version()  # the commit of the code this process loads
