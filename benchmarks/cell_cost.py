@@ -17,7 +17,8 @@ XLA's cost analysis of the step as traced (``hlo_flops``, ``hlo_bytes_accessed``
 program's own dtypes) and as compiled for this backend (``flops``, ``bytes_accessed``), the
 loops and branches of the step lowered for a CUDA GPU (``cuda_loops``, ``cuda_branches``;
 without ``--time``), and, with ``--time N``, the median of N steps of the compiled step after
-one warm-up, alternating the points ``--repeats`` times.
+one warm-up, alternating the points ``--repeats`` times; with ``--budget-seconds S`` too, only
+the points (in the order given) that fit in S seconds.
 
 The step is built under the ``accelerator`` layout policy by default (``--policy``), so on a
 CPU the cost analysis is of the program an accelerator runs, laid out as there.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 ROWS = ("vanilla", "kde", "kde_init", "kde_floor_init_is", "fairdd_pseudo", "fairdd_batch",
@@ -141,6 +143,10 @@ def main(argv=None) -> int:
   p.add_argument("--policy", default="accelerator", help="the layout policy (default accelerator)")
   p.add_argument("--time", type=int, default=0, help="timed steps per point (0: cost only)")
   p.add_argument("--repeats", type=int, default=3, help="alternations of the dtypes (--time)")
+  p.add_argument("--budget-seconds", type=float, default=None, help=(
+      "with --time: measure only the points that fit in this many seconds, in the order "
+      "given (each point's compilation is estimated by the slowest one so far, its timing by "
+      "its warm-up step); the points left out are named on stderr"))
   p.add_argument("--ipc", type=int, default=50)
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--real-per-class", type=int, default=256)
@@ -163,22 +169,34 @@ def main(argv=None) -> int:
         or parts[2:] not in ([], ["noaug"], ["vmapaug"])):
       p.error(f"--points: {d!r} is not PROGRAM:DTYPE[:noaug|:vmapaug] (e.g. split:float32 or "
               "single:bfloat16:noaug)")
-  built = {d: build(args, d.split(":")[1], d.split(":")[0], dsa=not d.endswith(":noaug"),
-                    vmap_aug=d.endswith(":vmapaug")) for d in dtypes}
-  out = {}
-  for d in dtypes:  # timed runs skip the CUDA counts: they do not depend on the machine
-    counts, compiled = cost(*built[d], count=not args.time)
+  if args.budget_seconds is not None and not args.time:
+    p.error("--budget-seconds goes with --time")
+  t0, slowest, timing = time.perf_counter(), 0.0, 0.0
+  built, out = {}, {}
+  for i, d in enumerate(dtypes):  # timed runs skip the CUDA counts: machine-independent
+    if args.budget_seconds is not None and i and (
+        time.perf_counter() - t0 + slowest + timing * (len(built) + 1) / len(built)
+        > args.budget_seconds):
+      print(f"cell_cost: not measured within --budget-seconds {args.budget_seconds:g}: "
+            f"{', '.join(dtypes[i:])}", file=sys.stderr, flush=True)
+      dtypes = dtypes[:i]
+      break
+    t1 = time.perf_counter()
+    step, state, real = build(args, d.split(":")[1], d.split(":")[0],
+                              dsa=not d.endswith(":noaug"), vmap_aug=d.endswith(":vmapaug"))
+    counts, compiled = cost(step, state, real, count=not args.time)
     out[d] = {"point": d, "rows": args.rows.split(","), "ipc": args.ipc, "width": args.width,
               "real_per_class": args.real_per_class, "policy": args.policy,
               "backend": jax.default_backend(), "device": jax.devices()[0].device_kind, **counts}
-    built[d] = (compiled,) + built[d][1:]
+    if args.time:  # warm-up: one step, which also says how long the timing will take
+      t2 = time.perf_counter()
+      state, m = compiled(state, real)
+      jax.block_until_ready(m["loss"])
+      timing += (time.perf_counter() - t2) * args.time * args.repeats
+    slowest = max(slowest, time.perf_counter() - t1)
+    built[d] = (compiled, state, real)
   if args.time:
     times = {d: [] for d in dtypes}
-    for d in dtypes:  # warm-up: one step
-      step, state, real = built[d]
-      state, m = step(state, real)
-      jax.block_until_ready(m["loss"])
-      built[d] = (step, state, real)
     for _ in range(args.repeats):
       for d in dtypes:
         step, state, real = built[d]

@@ -11,8 +11,12 @@ and so on) it adds up the kernels on the device's streams, and prints, per step:
 * the kernels' time by kind, from their names: convolutions (cuDNN, implicit GEMM, XMMA),
   matrix products (GEMM), reductions, copies and transposes, memory copies and sets, other
   fusions, the rest; names are a heuristic, so the largest kernels are listed too;
-* the kernels' time by part of the step, from the JAX op path each kernel carries
-  (``tf_op``): each layer of the network, forward or backward, the DSA augmentation, the rest;
+* the kernels' time by part of the step, from the JAX op path behind each kernel: each layer
+  of the network, forward or backward, the DSA augmentation, the rest. The path is the one the
+  kernel's event carries (``tf_op``, or ``name`` as newer profilers write it); a kernel that a
+  GPU replays inside a graph (a command buffer) carries none, and its path is looked up by
+  name in the traced program's compiled HLO (``program.hlo.txt.gz``, written beside the trace
+  by :mod:`jaxdd.runs.profiling`); what neither names is ``unnamed``;
 * the ``--top`` largest kernels by total time, with how many ran per step.
 
 A trace without device events (a CPU run, or a GPU machine whose profiler libraries are
@@ -31,6 +35,8 @@ import os
 import re
 import sys
 
+#: The traced program's compiled HLO beside the trace (jaxdd.runs.profiling.PROGRAM).
+PROGRAM = "program.hlo.txt.gz"
 #: Kinds of kernel, first match wins: (kind, pattern on the lower-cased kernel name and HLO op).
 KINDS = (
     ("convolution", r"conv(?!ert)|cudnn|xmma|implicit|winograd|fprop|dgrad|wgrad"),
@@ -79,6 +85,37 @@ def part(op_path: str) -> str:
   return (scope or "other") + backward
 
 
+#: An instruction of an HLO module's text and the op path of its metadata.
+_HLO_OP = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?\bop_name="([^"]*)"', re.M)
+
+
+def _key(name: str) -> str:
+  """An HLO instruction's name as a kernel is named after it (``loop_add_fusion.3`` and
+  ``loop_add_fusion_3`` alike)."""
+  return re.sub(r"[.\-]", "_", name)
+
+
+def hlo_op_paths(text: str) -> dict[str, str]:
+  """Each instruction of a compiled HLO module's text (``compiled.as_text()``) -> the JAX op
+  path of its metadata (``op_name``), keyed as :func:`op_path` looks them up."""
+  return {_key(name): path for name, path in _HLO_OP.findall(text)}
+
+
+def op_path(event: dict, paths: dict[str, str] | None = None) -> str:
+  """The JAX op path behind a kernel's event: its ``tf_op`` or ``name`` argument (what the
+  profiler recorded), else the compiled program's metadata for the kernel's name or HLO op
+  (``paths``, :func:`hlo_op_paths`), else ``""``."""
+  args = event.get("args", {})
+  for given in (args.get("tf_op"), args.get("name")):
+    if given and "/" in str(given):  # a bare "XlaModule:" names no op
+      return str(given)
+  for name in (event.get("name", ""), args.get("hlo_op", "")):
+    found = (paths or {}).get(_key(str(name)))
+    if found:
+      return found
+  return ""
+
+
 def busy_us(intervals: list[tuple[float, float]]) -> float:
   """The length of the union of ``(start, end)`` intervals."""
   total, end = 0.0, float("-inf")
@@ -117,10 +154,20 @@ def find_trace(path: str) -> tuple[str, dict]:
   return trace, meta
 
 
+def read_program(root: str) -> dict[str, str]:
+  """:func:`hlo_op_paths` of the traced program's HLO in ``root`` ({} when there is none)."""
+  path = os.path.join(root, PROGRAM)
+  if not os.path.isfile(path):
+    return {}
+  with gzip.open(path, "rt") as f:
+    return hlo_op_paths(f.read())
+
+
 def summarise(events: list[dict], steps: int, wall_s: float | None = None,
-              top: int = 15) -> dict:
+              top: int = 15, paths: dict[str, str] | None = None) -> dict:
   """Per-step milliseconds of the device kernels in ``events`` (Chrome-trace events,
-  microseconds): per device, busy time, time by kind and the ``top`` kernels."""
+  microseconds): per device, busy time, time by kind, by part (the op paths of the events,
+  else of ``paths``: :func:`hlo_op_paths`) and the ``top`` kernels."""
   procs, threads = {}, {}
   for e in events:
     if e.get("ph") == "M" and e.get("name") == "process_name":
@@ -150,7 +197,7 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
       k = kernels.setdefault((e.get("name", ""), hlo), [0.0, 0])
       k[0] += dur
       k[1] += 1
-      where = part(str(e.get("args", {}).get("tf_op", "")))
+      where = part(op_path(e, paths))
       parts[where] = parts.get(where, 0.0) + dur
     if not kernels:
       continue
@@ -227,7 +274,14 @@ def main(argv=None) -> int:
           f"trace holds with --steps N", file=sys.stderr)
     return 2
   events = data["traceEvents"] if isinstance(data, dict) else data
-  summary = summarise(events, steps, meta.get("wall_s"), top=args.top)
+  root = args.path if os.path.isdir(args.path) else os.path.dirname(args.path)
+  try:
+    paths = read_program(root)
+  except (OSError, EOFError, UnicodeDecodeError) as e:
+    print(f"trace_summary: {os.path.join(root, PROGRAM)} could not be read ({e}); the kernels "
+          "it would name are counted as unnamed", file=sys.stderr)
+    paths = {}
+  summary = summarise(events, steps, meta.get("wall_s"), top=args.top, paths=paths)
   print(json.dumps({**summary, "meta": meta}) if args.json else table(summary, meta))
   return 0
 

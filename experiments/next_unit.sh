@@ -22,7 +22,13 @@
 #       .xla-cache/ (or $NEXT_UNIT_XLA_CARRY), the next run loads them instead of compiling.
 #       So does where the device's time went: one chunk of distillation steps is traced
 #       ($JAXDD_PROFILE, jaxdd.runs.profiling), benchmarks/trace_summary.py's table of it goes
-#       into the log and the trace into profile.tar.gz (NEXT_UNIT_PROFILE=0: no trace).
+#       into the log and the trace, with the traced program's HLO, into profile.tar.gz
+#       (NEXT_UNIT_PROFILE=0: no trace).
+#
+#       With NEXT_UNIT_LIMIT_S (the command's time limit, in seconds), the minutes a finished
+#       unit leaves time its step in variants (float32, classes augmented at once, bfloat16,
+#       both, without DSA; NEXT_UNIT_STEP_POINTS: others, NEXT_UNIT_STEP_FLAGS: more
+#       benchmarks/cell_cost.py flags) into step-times.jsonl.
 #
 #   bash experiments/next_unit.sh take OUT [the same flags as the run]
 #       back here: take what the machine left in OUT: each unit record into
@@ -106,7 +112,10 @@ case "$mode" in
     leave() {
       local size
       size=$(stat -c %s "$1")
-      if [ "$size" -gt 0 ] && [ "$size" -le "$3" ] && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
+      if [ "$size" -eq 0 ]; then
+        rm -f "$1"
+        echo "next_unit: not left: $4 (none were made)" | tee -a "$out/next-unit.log"
+      elif [ "$size" -le "$3" ] && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
         mv "$1" "$out/$2" && chmod 644 "$out/$2"
         echo "next_unit: left $4 in $out/$2 ($((size / 1024)) KiB)${5:-}" | tee -a "$out/next-unit.log"
       else
@@ -149,8 +158,40 @@ case "$mode" in
       trace="$(ls -t "$JAXDD_PROFILE"/plugins/profile/*/*.trace.json.gz 2>/dev/null | head -1)"
       if [ -n "$trace" ]; then
         tmp="$(mktemp /tmp/profile-XXXX.tar.gz)"
-        tar czf "$tmp" -C "$JAXDD_PROFILE" profile.json "${trace#"$JAXDD_PROFILE"/}" || : > "$tmp"
+        program=()  # the traced program's HLO, which names the kernels of a GPU's graphs
+        if [ -f "$JAXDD_PROFILE/program.hlo.txt.gz" ]; then program=(program.hlo.txt.gz); fi
+        tar czf "$tmp" -C "$JAXDD_PROFILE" profile.json "${program[@]}" \
+          "${trace#"$JAXDD_PROFILE"/}" || : > "$tmp"
         leave "$tmp" profile.tar.gz $((16 * 1024 * 1024)) "the profiler's trace"
+      fi
+    fi
+    # the minutes the command has left (NEXT_UNIT_LIMIT_S: its time limit on this machine, in
+    # seconds) time the step of the unit just finished in its variants (benchmarks/cell_cost.py:
+    # float32, the classes augmented at once, bfloat16, both, without DSA), as many as fit, on
+    # random data; 60 s are kept for the rest. Their JSON lines go into step-times.jsonl
+    if [ -n "${NEXT_UNIT_LIMIT_S:-}" ] && [ "$rc" = 0 ] && ls "$out"/unit-*.json >/dev/null 2>&1; then
+      left=$(( NEXT_UNIT_LIMIT_S - SECONDS - 60 ))
+      rows="$(python3 -c 'import json, sys; print(",".join(json.load(open(sys.argv[1]))["rows"]))' \
+              "$(ls "$out"/unit-*.json | head -1)")"
+      points="${NEXT_UNIT_STEP_POINTS:-split:float32,split:float32:vmapaug,split:bfloat16,split:bfloat16:vmapaug,split:float32:noaug}"
+      if [ "$left" -ge 90 ]; then
+        echo "next_unit: ${left} s left: timing the step of rows $rows ($points)" \
+          | tee -a "$out/next-unit.log"
+        tmp="$(mktemp /tmp/step-times-XXXX.jsonl)"
+        # no persistent cache: these programs are not the next unit's
+        set +e
+        scratch="$(mktemp -d /tmp/step-times-xla-XXXX)"
+        # shellcheck disable=SC2086 (NEXT_UNIT_STEP_FLAGS: more flags, split on spaces)
+        JAX_COMPILATION_CACHE_DIR="$scratch" timeout -s KILL "$left" \
+          python3 benchmarks/cell_cost.py --rows "$rows" --points "$points" --time 30 \
+          --repeats 3 --budget-seconds $(( left - 20 )) ${NEXT_UNIT_STEP_FLAGS:-} \
+          > "$tmp" 2>> "$out/next-unit.log"
+        set -e
+        rm -rf "$scratch"
+        cat "$tmp" >> "$out/next-unit.log"
+        leave "$tmp" step-times.jsonl $((1024 * 1024)) "the step's timings"
+      else
+        echo "next_unit: ${left} s left: too few to time the step's variants" | tee -a "$out/next-unit.log"
       fi
     fi
     rm -f "$started"

@@ -53,6 +53,12 @@ def test_a_traced_run_computes_what_an_untraced_one_does_and_says_what_it_traced
   assert meta["platform"] == jax.devices()[0].platform
   traces = list(folder.glob("plugins/profile/*/*.trace.json.gz"))
   assert len(traces) == 1
+  # beside it, the traced program's compiled HLO, which names the kernels a GPU graph hides
+  assert meta["program"] == profiling.PROGRAM and "program_error" not in meta
+  with gzip.open(folder / profiling.PROGRAM, "rt") as f:
+    text = f.read()
+  assert text.startswith("HloModule") and "while" in text  # the loop of steps_loop
+  assert trace_summary.hlo_op_paths(text)
   # once per folder: a second run leaves the first trace alone
   assert profiling.folder() is None
   _drive()
@@ -81,6 +87,48 @@ def test_a_profiler_that_cannot_start_leaves_the_run_untouched_with_one_line(
   assert trace_summary.main([str(tmp_path / "profile")]) == 2
   assert capsys.readouterr().err == ("trace_summary: error: the run could not trace its steps: "
                                      "RuntimeError: no profiler here\n")
+
+
+def test_writing_the_traced_program_compiles_nothing_again(tmp_path, monkeypatch):
+  # the program's HLO comes from jit's cache: a profiled run compiles what an unprofiled one
+  # does, no more (on a GPU a second compilation would cost tens of seconds of a loan)
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, secs, **kw: compiles.append(event) if "backend_compile" in event else None)
+  monkeypatch.delenv(profiling.ENV, raising=False)
+  jax.clear_caches()
+  _drive()
+  plain = len(compiles)
+  monkeypatch.setenv(profiling.ENV, str(tmp_path / "profile"))
+  jax.clear_caches()
+  _drive()
+  assert plain >= 1 and len(compiles) - plain == plain
+  assert (tmp_path / "profile" / profiling.PROGRAM).is_file()
+
+
+def test_a_program_that_cannot_be_written_leaves_the_trace_with_one_line(tmp_path, monkeypatch,
+                                                                         caplog):
+  monkeypatch.delenv(profiling.ENV, raising=False)
+  want = _drive()
+  monkeypatch.setenv(profiling.ENV, str(tmp_path / "profile"))
+
+  class Unlowerable:
+    def compile(self):
+      raise RuntimeError("no text here")
+  real = profiling.traced
+
+  def traced(path, **kw):
+    return real(path, **dict(kw, program=Unlowerable))
+  monkeypatch.setattr(profiling, "traced", traced)
+  with caplog.at_level(logging.WARNING, logger="jaxdd"):
+    got = _drive()
+  np.testing.assert_array_equal(got, want)
+  assert [r.getMessage() for r in caplog.records if r.name == "jaxdd"] == [
+      "profile: the program's HLO could not be written (RuntimeError: no text here)"]
+  meta = json.loads((tmp_path / "profile" / "profile.json").read_text())
+  assert meta["program_error"] == "RuntimeError: no text here" and meta["wall_s"] > 0
+  assert not (tmp_path / "profile" / profiling.PROGRAM).exists()
+  assert list((tmp_path / "profile").glob("plugins/profile/*/*.trace.json.gz"))
 
 
 def test_a_single_chunk_is_not_traced(tmp_path, monkeypatch):
@@ -150,6 +198,54 @@ def test_the_summary_adds_up_the_device_kernels_per_step():
   top = dev["top"]
   assert [t["hlo_op"] for t in top] == ["custom-call.1", "", "fusion.2"]
   assert top[0]["per_step"] == 1.0 and top[0]["ms_per_step"] == pytest.approx(10e-3)
+
+
+# A GPU replays most kernels inside graphs (command buffers): their events name the kernel and
+# the graph, not the op; the program's compiled HLO names the op behind each instruction.
+GRAPH = [
+    _meta(1, "/device:GPU:0"), _meta(1, "Stream #14(Compute)", 14),
+    _x(1, 14, 0, 6, "loop_multiply_fusion_10", "command_buffer_312", "XlaModule:"),
+    _x(1, 14, 6, 2, "input_reduce_fusion", "command_buffer_312", "XlaModule:"),
+    {"ph": "X", "pid": 1, "tid": 14, "ts": 8, "dur": 4, "name": "sm90_xmma_fprop",
+     "args": {"hlo_op": "cudnn-conv.17", "tf_op": "XlaModule:", "name": CONV0_BACK}},
+    _x(1, 14, 12, 1, "memset_kernel", "command_buffer_312", "XlaModule:"),
+]
+HLO = """HloModule jit_loop, entry_computation_layout={()->f32[]}
+
+%command_buffer.312 (p: f32[8]) -> f32[8] {
+  %loop_multiply_fusion.10 = f32[8]{0} fusion(f32[8]{0} %p), kind=kLoop, calls=%fused_computation.10, metadata={op_type="mul" op_name="AUG" source_file="x.py" source_line=3}
+  ROOT %input_reduce_fusion = f32[] fusion(f32[8]{0} %loop_multiply_fusion.10), kind=kInput, calls=%fused_reduce, metadata={op_type="reduce_sum" op_name="NORM"}
+}
+""".replace("AUG", AUG).replace(
+    "NORM", "jit(cell_step)/while/body/vmap(jit(step_fn))/jvp(syn_embed)/ConvNet/InstanceNorm_0/"
+    "reduce_sum")
+
+
+def test_kernels_inside_a_graph_are_named_from_the_traced_programs_hlo(tmp_path):
+  paths = trace_summary.hlo_op_paths(HLO)
+  assert paths["loop_multiply_fusion_10"] == AUG
+  dev = trace_summary.summarise(GRAPH, steps=1, paths=paths)["devices"][0]
+  parts = {k["part"]: k["ms_per_step"] for k in dev["parts"]}
+  # hand-attributed: 6 us augmentation backward (the graph's fusion, by its HLO metadata),
+  # 2 us synthetic InstanceNorm_0 (the reduction), 4 us synthetic TorchConv_0 backward (the
+  # event's own name), 1 us unnamed (a memset no instruction names)
+  assert parts == pytest.approx({"augmentation backward": 6e-3,
+                                 "synthetic InstanceNorm_0": 2e-3,
+                                 "synthetic TorchConv_0 backward": 4e-3, "unnamed": 1e-3})
+  # without the program, the graph's kernels are unnamed and the named event still counts
+  bare = trace_summary.summarise(GRAPH, steps=1)["devices"][0]
+  assert {k["part"]: k["ms_per_step"] for k in bare["parts"]} == pytest.approx(
+      {"unnamed": 9e-3, "synthetic TorchConv_0 backward": 4e-3})
+  # the script reads the program beside the trace
+  folder = tmp_path / "p"
+  (folder / "plugins" / "profile" / "t").mkdir(parents=True)
+  with gzip.open(folder / "plugins" / "profile" / "t" / "h.trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": GRAPH}, f)
+  (folder / "profile.json").write_text(json.dumps({"first_step": 2, "steps": 1, "wall_s": 2e-5}))
+  with gzip.open(folder / trace_summary.PROGRAM, "wt") as f:
+    f.write(HLO)
+  assert trace_summary.PROGRAM == profiling.PROGRAM
+  assert trace_summary.main([str(folder), "--json"]) == 0
 
 
 def test_a_trace_without_a_device_says_so(tmp_path, capsys):

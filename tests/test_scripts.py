@@ -130,7 +130,15 @@ def test_cell_cost_benchmark(capfd):
   assert dsa["cuda_branches"] == 3 and batched["cuda_branches"] == plain["cuda_branches"] == 0
   assert batched["cuda_loops"] == dsa["cuda_loops"] - 3 >= 0  # lax.map's: real, synthetic, its gradient
   assert batched["hlo_flops"] > dsa["hlo_flops"]
+  # a time budget measures the points in order while they fit (the first always) and names
+  # the rest: with no second to spare, the first alone
   script = load("benchmarks/cell_cost.py")
+  assert script.main(["--tiny", "--rows", "vanilla", "--points",
+                      "split:float32,split:bfloat16:vmapaug", "--budget-seconds", "0"]) == 0
+  printed = capfd.readouterr()
+  rows = [json.loads(line) for line in printed.out.splitlines() if line.startswith("{")]
+  assert [r["point"] for r in rows] == ["split:float32"] and rows[0]["step_s_median"] > 0
+  assert "not measured within --budget-seconds 0: split:bfloat16:vmapaug" in printed.err
   with pytest.raises(SystemExit):
     script.main(["--tiny", "--points", "split:float16"])
   assert "is not PROGRAM:DTYPE[:noaug|:vmapaug]" in capfd.readouterr().err
@@ -406,7 +414,10 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   # the first unit through the lent machine's one command, as it runs there (a subprocess)
   env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
              + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"),
-             NEXT_UNIT_XLA_CARRY=str(tmp_path / "xla-carry"))
+             NEXT_UNIT_XLA_CARRY=str(tmp_path / "xla-carry"),
+             # the minutes the command has left time the unit's step (here one tiny variant)
+             NEXT_UNIT_LIMIT_S="3000", NEXT_UNIT_STEP_POINTS="split:float32",
+             NEXT_UNIT_STEP_FLAGS="--tiny")
   proc = subprocess.run(["bash", os.path.join(ROOT, "experiments", "next_unit.sh"), "run",
                          str(out), "--tiny", "--workdir", str(tmp_path / "w1"), "--results",
                          str(res)], env=env, capture_output=True, text=True, timeout=900)
@@ -428,14 +439,18 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   # of steps, within the device's limits (no compiled programs: the tests' own XLA cache
   # folder is the caller's, not next_unit.sh's)
   names = sorted(os.listdir(out))
-  assert names == ["next-unit.log", "profile.tar.gz", "runs.tar.gz.part0",
+  assert names == ["next-unit.log", "profile.tar.gz", "runs.tar.gz.part0", "step-times.jsonl",
                    "unit-cmnist5-ipc10-s0.json"]
+  (timed,) = [json.loads(line) for line in (out / "step-times.jsonl").read_text().splitlines()]
+  assert timed["point"] == "split:float32" and sorted(timed["rows"]) == ["kde", "vanilla"]
+  assert timed["step_s_median"] > 0
   log = (out / "next-unit.log").read_text()
   assert "unit cmnist5-ipc10/s0 finished" in log
   assert "Profile of 1 distillation step (steps 2-2)" in log  # the summary, in the log
   with tarfile.open(out / "profile.tar.gz") as tar:
     inside = tar.getnames()
   assert "profile.json" in inside and any(n.endswith(".trace.json.gz") for n in inside)
+  assert "program.hlo.txt.gz" in inside  # names the kernels a GPU replays inside graphs
   assert all(os.path.getsize(out / n) <= 16 * 2**20 for n in names)
   with tarfile.open(out / "runs.tar.gz.part0") as tar:
     assert "cmnist5-ipc10/kde/s0/synset/arrays.npz" in tar.getnames()

@@ -216,7 +216,9 @@ def drive(d: distill.Distiller, state, data, start: int, end: int, k: int, *, st
       give_up = compiling if it == start else None
       trace = profiling.folder() if it != start else None  # the first chunk compiles
       with (profiling.traced(trace, first_step=it, steps=n,
-                             wait=lambda: jax.block_until_ready(state))
+                             wait=lambda: jax.block_until_ready(state),
+                             program=lambda: (multi.lower(state, data, n) if multi is not None
+                                              else step.lower(state, data)))
             if trace else contextlib.nullcontext()):
         if multi is None:
           state, m = interrupt.call(step, state, data, give_up=give_up)

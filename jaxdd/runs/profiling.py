@@ -3,8 +3,10 @@
 With ``$JAXDD_PROFILE`` naming a folder, the distillation loop (:func:`jaxdd.runs.driver.drive`)
 records JAX's profiler trace of its second chunk of steps (the first one compiles) into that
 folder, once per folder: XLA's trace, ``plugins/profile/<time>/<host>.trace.json.gz``, with
-every kernel the device ran, and ``profile.json`` beside it, which says which steps were traced
-and how long they took (or why the profiler failed). ``benchmarks/trace_summary.py`` turns the
+every kernel the device ran, ``profile.json`` beside it, which says which steps were traced
+and how long they took (or why the profiler failed), and the traced program's compiled HLO
+(``program.hlo.txt.gz``), which names the JAX op behind each kernel a GPU replays inside a
+graph, where the trace names none. ``benchmarks/trace_summary.py`` turns the
 trace into milliseconds per step by kind of work (convolutions, fusions, reductions, copies), by
 part of the step (the named scopes of :func:`jaxdd.matching.dm_loss`: the augmentation and
 each side's layers) and names the largest kernels.
@@ -21,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import time
 
@@ -29,11 +32,13 @@ import jax
 from jaxdd import progress as progress_lib
 from jaxdd._src import io
 
-__all__ = ["ENV", "folder", "traced"]
+__all__ = ["ENV", "PROGRAM", "folder", "traced"]
 
 #: The environment variable that names the folder the trace goes to.
 ENV = "JAXDD_PROFILE"
 SIDECAR = "profile.json"
+#: The traced program's compiled HLO, gzipped, beside the trace.
+PROGRAM = "program.hlo.txt.gz"
 _TRIED: set[str] = set()  # folders this process traced or failed to (even where nothing is written)
 
 
@@ -47,12 +52,16 @@ def folder() -> str | None:
 
 
 @contextlib.contextmanager
-def traced(path: str, *, first_step: int, steps: int, wait):
+def traced(path: str, *, first_step: int, steps: int, wait, program=None):
   """Traces what runs inside the block into ``path`` and writes its ``profile.json``.
 
   ``wait()`` blocks until the device has finished the work in flight; it is called before the
-  trace starts, so that earlier steps stay out of it, and before it stops. A profiler that
-  cannot start or stop is logged and otherwise ignored.
+  trace starts, so that earlier steps stay out of it, and before it stops. ``program()``, when
+  given, returns the traced program lowered (``jax.jit(f).lower(...)``); its compiled HLO
+  (jit's cache holds it: nothing is compiled again) goes beside the trace as
+  :data:`PROGRAM`, which names the JAX op behind each kernel that the trace leaves unnamed
+  (kernels an accelerator replays as one graph). A profiler that cannot start or stop, or a
+  program that cannot be written, is logged and otherwise ignored.
   """
   _TRIED.add(path)
   wait()
@@ -84,10 +93,25 @@ def traced(path: str, *, first_step: int, steps: int, wait):
                                   type(e).__name__, e)
       _sidecar(path, first_step, steps, error=f"{type(e).__name__}: {e}")
     else:
-      _sidecar(path, first_step, steps, wall_s=round(wall, 6))
+      _sidecar(path, first_step, steps, wall_s=round(wall, 6),
+               **(_write_program(path, program) if program is not None else {}))
       progress_lib.logger.info("profile: steps %d-%d traced into %s (%.3f s, %.2f ms a step)",
                                first_step + 1, first_step + steps, path, wall,
                                1e3 * wall / max(steps, 1))
+
+
+def _write_program(path: str, program) -> dict:
+  """:data:`PROGRAM` from ``program()``; the sidecar's fields saying so (its name and the
+  seconds it took) or why not (``program_error``)."""
+  t0 = time.perf_counter()
+  try:
+    text = program().compile().as_text()
+    io.atomic_write_bytes(os.path.join(path, PROGRAM), gzip.compress(text.encode(), 6))
+  except Exception as e:  # noqa: BLE001 (a diagnostic never stops the run)
+    progress_lib.logger.warning("profile: the program's HLO could not be written (%s: %s)",
+                                type(e).__name__, e)
+    return {"program_error": f"{type(e).__name__}: {e}"}
+  return {"program": PROGRAM, "program_s": round(time.perf_counter() - t0, 3)}
 
 
 def _sidecar(path: str, first_step: int, steps: int, **more) -> None:

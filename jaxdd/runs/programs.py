@@ -65,6 +65,12 @@ class Programs:
     def run(state, data, n: int):
       return program(state, data, distill.steps.check_steps(n, k))
 
+    def lower(state, data, n: int):
+      """The program of ``run(state, data, n)``, lowered (its compiled form is the one the
+      call compiled: jit's cache holds it)."""
+      return program.lower(state, data, distill.steps.check_steps(n, k))
+
+    run.lower = lower
     return run
 
   def clear(self) -> None:
