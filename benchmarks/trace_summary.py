@@ -7,7 +7,9 @@ and so on) it adds up the kernels on the device's streams, and prints, per step:
 
 * the wall time (the host's view of the chunk), the time the device was busy (the union of
   its kernels' intervals: kernels on several streams may overlap) and what is left, the time
-  the device waited for the host;
+  it was idle; and where the idle time falls: the gaps between kernels, by the HLO op of the
+  kernel after each gap (for a kernel inside a graph, the graph: many small gaps there are
+  the launches of many small kernels, a long one before the loop's first kernel the host);
 * the kernels' time by kind, from their names: convolutions (cuDNN, implicit GEMM, XMMA),
   matrix products (GEMM), reductions, copies and transposes, memory copies and sets, other
   fusions, the rest; names are a heuristic, so the largest kernels are listed too;
@@ -129,6 +131,21 @@ def busy_us(intervals: list[tuple[float, float]]) -> float:
   return total
 
 
+def idle_gaps(kernels: list[tuple[float, float, str]]) -> dict[str, list[float]]:
+  """The device's idle gaps between ``(start, end, op)`` kernels (the gaps of the union of
+  their intervals), each attributed to the op of the kernel that ends it: op -> [total
+  microseconds, count]."""
+  out: dict[str, list[float]] = {}
+  end = None
+  for a, b, op in sorted(kernels):
+    if end is not None and a > end:
+      g = out.setdefault(op, [0.0, 0])
+      g[0] += a - end
+      g[1] += 1
+    end = b if end is None else max(end, b)
+  return out
+
+
 def find_trace(path: str) -> tuple[str, dict]:
   """The newest ``*.trace.json.gz`` under ``path`` (or ``path`` itself) and the sidecar
   ``profile.json`` of its folder ({} when absent)."""
@@ -187,13 +204,14 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
 
     kernels: dict[tuple[str, str], list[float]] = {}
     parts: dict[str, float] = {}
-    intervals = []
+    intervals, starts = [], []
     for e in events:
       if e.get("ph") != "X" or e.get("pid") != pid or not counted(e.get("tid")):
         continue
       dur = float(e.get("dur", 0.0))
       intervals.append((float(e["ts"]), float(e["ts"]) + dur))
       hlo = str(e.get("args", {}).get("hlo_op", ""))
+      starts.append((float(e["ts"]), float(e["ts"]) + dur, hlo or e.get("name", "")))
       k = kernels.setdefault((e.get("name", ""), hlo), [0.0, 0])
       k[0] += dur
       k[1] += 1
@@ -215,6 +233,9 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
                     "ms_per_step": us / 1e3 / per, "per_step": n / per}
                    for (name, hlo), (us, n) in sorted(kernels.items(),
                                                       key=lambda kv: -kv[1][0])[:top]]}
+    gaps = idle_gaps(starts)
+    dev["gaps"] = [{"before": op, "ms_per_step": us / 1e3 / per, "gaps_per_step": n / per}
+                   for op, (us, n) in sorted(gaps.items(), key=lambda kv: -kv[1][0])[:top]]
     if wall_s is not None:
       dev["idle_ms_per_step"] = max(out["wall_ms_per_step"] - dev["busy_ms_per_step"], 0.0)
     out["devices"].append(dev)
@@ -240,10 +261,15 @@ def table(summary: dict, meta: dict) -> str:
     line = (f"{dev['device']}: kernels {dev['kernel_ms_per_step']:.3f} ms a step, busy "
             f"{dev['busy_ms_per_step']:.3f} ms")
     if "idle_ms_per_step" in dev:
-      line += f", waiting for the host {dev['idle_ms_per_step']:.3f} ms"
+      line += f", idle {dev['idle_ms_per_step']:.3f} ms"
     out += [line + ".", "", "| kind | ms per step | share |", "|---|---|---|"]
     out += [f"| {k['kind']} | {k['ms_per_step']:.3f} | {100 * k['share']:.1f} % |"
             for k in dev["kinds"]]
+    if dev.get("gaps"):
+      out += ["", "| idle before (HLO op or graph) | ms per step | gaps per step |",
+              "|---|---|---|"]
+      out += [f"| {g['before'][:40]} | {g['ms_per_step']:.3f} | {g['gaps_per_step']:g} |"
+              for g in dev["gaps"][:5]]
     out += ["", "| part of the step | ms per step | share |", "|---|---|---|"]
     out += [f"| {k['part']} | {k['ms_per_step']:.3f} | {100 * k['share']:.1f} % |"
             for k in dev["parts"]]

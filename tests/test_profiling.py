@@ -195,6 +195,12 @@ def test_the_summary_adds_up_the_device_kernels_per_step():
   assert parts == pytest.approx({"real TorchConv_0": 10e-3, "synthetic TorchConv_0 backward": 1e-3,
                                  "augmentation backward": 1.5e-3, "other": 1.5e-3,
                                  "unnamed": 2e-3})
+  # the idle gaps, each by the op of the kernel that ends it: 10-12 (fusion.2), 15-20
+  # (custom-call.1), 34-40 (fusion.3): 13 us, the busy 29 us' complement within 0-42
+  gaps = {g["before"]: (g["ms_per_step"], g["gaps_per_step"]) for g in dev["gaps"]}
+  assert gaps == {"fusion.3": pytest.approx((3e-3, 0.5)),
+                  "custom-call.1": pytest.approx((2.5e-3, 0.5)),
+                  "fusion.2": pytest.approx((1e-3, 0.5))}
   top = dev["top"]
   assert [t["hlo_op"] for t in top] == ["custom-call.1", "", "fusion.2"]
   assert top[0]["per_step"] == 1.0 and top[0]["ms_per_step"] == pytest.approx(10e-3)
