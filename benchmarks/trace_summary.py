@@ -10,6 +10,8 @@ and so on) it adds up the kernels on the device's streams, and prints, per step:
   it was idle; and where the idle time falls: the gaps between kernels, by the HLO op of the
   kernel after each gap (for a kernel inside a graph, the graph: many small gaps there are
   the launches of many small kernels, a long one before the loop's first kernel the host);
+* the kernels' time and number by HLO op, or by graph for the kernels a GPU replays inside
+  one (a command buffer);
 * the kernels' time by kind, from their names: convolutions (cuDNN, implicit GEMM, XMMA),
   matrix products (GEMM), reductions, copies and transposes, memory copies and sets, other
   fusions, the rest; names are a heuristic, so the largest kernels are listed too;
@@ -233,7 +235,14 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
                     "ms_per_step": us / 1e3 / per, "per_step": n / per}
                    for (name, hlo), (us, n) in sorted(kernels.items(),
                                                       key=lambda kv: -kv[1][0])[:top]]}
+    ops: dict[str, list[float]] = {}  # kernels by HLO op or graph: [microseconds, count]
+    for a, b, op in starts:
+      o = ops.setdefault(op, [0.0, 0])
+      o[0] += b - a
+      o[1] += 1
     gaps = idle_gaps(starts)
+    dev["ops"] = [{"op": op, "ms_per_step": us / 1e3 / per, "kernels_per_step": n / per}
+                  for op, (us, n) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]]
     dev["gaps"] = [{"before": op, "ms_per_step": us / 1e3 / per, "gaps_per_step": n / per}
                    for op, (us, n) in sorted(gaps.items(), key=lambda kv: -kv[1][0])[:top]]
     if wall_s is not None:
@@ -265,6 +274,9 @@ def table(summary: dict, meta: dict) -> str:
     out += [line + ".", "", "| kind | ms per step | share |", "|---|---|---|"]
     out += [f"| {k['kind']} | {k['ms_per_step']:.3f} | {100 * k['share']:.1f} % |"
             for k in dev["kinds"]]
+    out += ["", "| HLO op or graph | kernels, ms per step | kernels per step |", "|---|---|---|"]
+    out += [f"| {o['op'][:40]} | {o['ms_per_step']:.3f} | {o['kernels_per_step']:g} |"
+            for o in dev["ops"][:8]]
     if dev.get("gaps"):
       out += ["", "| idle before (HLO op or graph) | ms per step | gaps per step |",
               "|---|---|---|"]

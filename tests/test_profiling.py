@@ -195,6 +195,13 @@ def test_the_summary_adds_up_the_device_kernels_per_step():
   assert parts == pytest.approx({"real TorchConv_0": 10e-3, "synthetic TorchConv_0 backward": 1e-3,
                                  "augmentation backward": 1.5e-3, "other": 1.5e-3,
                                  "unnamed": 2e-3})
+  # by HLO op (a kernel without one by its name): hand-counted
+  ops = {o["op"]: (o["ms_per_step"], o["kernels_per_step"])
+         for o in trace_summary.summarise(EVENTS, steps=2, top=9)["devices"][0]["ops"]}
+  assert ops == {"custom-call.1": pytest.approx((10e-3, 1)),
+                 "fusion.2": pytest.approx((1.5e-3, 0.5)), "fusion.3": pytest.approx((1e-3, 0.5)),
+                 "fusion.4": pytest.approx((1.5e-3, 0.5)),
+                 "memcpy32_post": pytest.approx((2e-3, 0.5))}
   # the idle gaps, each by the op of the kernel that ends it: 10-12 (fusion.2), 15-20
   # (custom-call.1), 34-40 (fusion.3): 13 us, the busy 29 us' complement within 0-42
   gaps = {g["before"]: (g["ms_per_step"], g["gaps_per_step"]) for g in dev["gaps"]}
