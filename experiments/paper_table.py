@@ -740,7 +740,9 @@ def units_table(q: Queue, cell: Cell) -> dict | None:
 
 
 def _pm(values) -> str:
-  return runs.format_pm(values)
+  """``mean ± std`` over seeds; a row with one seed has no spread to give: its value alone."""
+  kept = [v for v in values if v is not None and not np.isnan(v)]
+  return f"{100 * kept[0]:.1f}" if len(kept) == 1 else runs.format_pm(values)
 
 
 def table_row(label: str, row: Row, recs: list[dict]) -> list[str]:
@@ -779,7 +781,8 @@ def table_data(q: Queue, cell: Cell, records: dict, choice: dict) -> dict:
   notes = [
       f"{cell.dataset}, {100 * cell.ratio:g} % bias-conflicting, IPC {cell.ipc}, "
       f"{cell.method.upper()}, preset `{q.args.preset}`; ± is the sample standard deviation "
-      "over each row's distillation seeds (the column seeds) of each seed's mean over "
+      "over each row's distillation seeds (the column seeds; one seed: its value alone) of "
+      "each seed's mean over "
       f"{n_models} evaluation networks.",
       f"The best label-free row: {choice['reason']} (criterion: validation conflicting "
       f"accuracy; candidates {', '.join(choice_pool(cell, q.rows))}).",

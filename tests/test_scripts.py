@@ -830,6 +830,8 @@ def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeyp
                    ("kde_floor_init_is", False), ("ceiling", True), ("kde_init", True)]
   assert data["rows"][2][0] == "best label-free, chosen on validation: DM + KDE, init ∝ weight"
   assert data["rows"][2][3] == "90.0 ± 0.0" and data["choice"]["chosen"] == "kde_init"
+  # a row with one seed has no spread over seeds to give: its value alone, not "± 0.0"
+  assert script._pm([0.5]) == "50.0" and script._pm([0.5, None]) == "50.0"
 
 
 @covers("experiments/score_synsets.py")
