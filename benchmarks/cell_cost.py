@@ -10,9 +10,11 @@ weights), on random data. For each ``--points`` entry ``PROGRAM:DTYPE`` (program
 batch, as before the split; ``split``: the uniform rows share one batch, the sampled row has
 its own program beside them; dtype ``float32``: the reference; ``bfloat16``:
 ``compute_dtype='bfloat16'``, the real forward and the synthetic forward and backward in
-bfloat16 with float32 images; an optional third part ``noaug`` drops the DSA augmentation, to
-see what share of a step's time it takes, and ``vmapaug`` augments the classes all at once
-instead of one after another, the policy's ``class_augment="vmap"``) it prints one JSON line:
+bfloat16 with float32 images; an optional third part holds options joined by ``+``:
+``noaug`` drops the DSA augmentation, to see what share of a step's time it takes,
+``vmapaug`` augments the classes all at once instead of one after another, the policy's
+``class_augment="vmap"``, and ``thingrad`` takes the first layer's input gradient as a matrix
+product, the policy's ``input_grad="matmul"``) it prints one JSON line:
 XLA's cost analysis of the step as traced (``hlo_flops``, ``hlo_bytes_accessed``: in the
 program's own dtypes) and as compiled for this backend (``flops``, ``bytes_accessed``), the
 loops and branches of the step lowered for a CUDA GPU (``cuda_loops``, ``cuda_branches``;
@@ -45,13 +47,25 @@ FLAGS = {"kde": ("kde",), "kde_init": ("kde",), "kde_floor_init_is": ("weighted_
          "fairdd_pseudo": ("groups",), "fairdd_batch": ("batch_groups",), "fairdd": ("groups",)}
 
 
-def build(args, dtype: str, program: str, dsa: bool = True, vmap_aug: bool = False):
+#: The options a point may add after its dtype, joined by "+".
+OPTIONS = ("noaug", "vmapaug", "thingrad")
+
+
+def options(point: str) -> list[str]:
+  """The options of a ``PROGRAM:DTYPE[:OPTION+...]`` point."""
+  parts = point.split(":")
+  return parts[2].split("+") if len(parts) > 2 and parts[2] else []
+
+
+def build(args, dtype: str, program: str, dsa: bool = True, vmap_aug: bool = False,
+          thin_grad: bool = False):
   """The 8-row cell's step, state and real data for one seed: ``program`` ``single`` (one
   :func:`jaxdd.distill.cell_runs` whose importance-sampled row makes every row draw its own
   real batch) or ``split`` (the uniform rows share one batch in one program, the sampled row
   has its own beside it: :func:`jaxdd.distill.cell_row_groups`, as the runs layer builds it);
   without ``dsa``, the same step without the DSA augmentation; with ``vmap_aug``, its classes
-  augmented all at once (the policy's ``class_augment="vmap"``)."""
+  augmented all at once (the policy's ``class_augment="vmap"``); with ``thin_grad``, the first
+  layer's input gradient as a matrix product (the policy's ``input_grad="matmul"``)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -63,7 +77,8 @@ def build(args, dtype: str, program: str, dsa: bool = True, vmap_aug: bool = Fal
   y = np.repeat(np.arange(nc), args.per_class)
   x = rng.normal(size=(len(y), 28, 28, 3)).astype(np.float32)
   low = None if dtype == "float32" else dtype
-  pol = policy.variant(args.policy, class_augment="vmap") if vmap_aug else args.policy
+  pol = policy.variant(args.policy, **({"class_augment": "vmap"} if vmap_aug else {}),
+                       **({"input_grad": "matmul"} if thin_grad else {}))
   ex = distill.Execution(policy=pol, real_dtype=low, syn_dtype=low)
   sampled = [i for i, r in enumerate(rows_) if "weighted_sampling" in FLAGS.get(r, ())]
   # what the runs layer builds for these rows (jaxdd.runs.cell): group matching only with a
@@ -136,9 +151,10 @@ def cost(step, state, real, *, count: bool = True):
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--points", default="single:float32,split:float32,split:bfloat16",
-                 help="PROGRAM:DTYPE[:noaug|:vmapaug] points (program single or split; dtype "
-                      "float32 or bfloat16; noaug: without the DSA augmentation; vmapaug: the "
-                      "classes augmented all at once); the first is the baseline")
+                 help="PROGRAM:DTYPE[:OPTION+...] points (program single or split; dtype "
+                      "float32 or bfloat16; options: noaug, without the DSA augmentation; "
+                      "vmapaug, the classes augmented all at once; thingrad, the first layer's "
+                      "input gradient as a matrix product); the first is the baseline")
   p.add_argument("--rows", default=",".join(ROWS), help="the cell's rows (default all 8)")
   p.add_argument("--policy", default="accelerator", help="the layout policy (default accelerator)")
   p.add_argument("--time", type=int, default=0, help="timed steps per point (0: cost only)")
@@ -166,9 +182,9 @@ def main(argv=None) -> int:
     parts = d.split(":")
     if (len(parts) not in (2, 3) or parts[0] not in ("single", "split")
         or parts[1] not in ("float32", "bfloat16")
-        or parts[2:] not in ([], ["noaug"], ["vmapaug"])):
-      p.error(f"--points: {d!r} is not PROGRAM:DTYPE[:noaug|:vmapaug] (e.g. split:float32 or "
-              "single:bfloat16:noaug)")
+        or not set(options(d)) <= set(OPTIONS) or len(set(options(d))) != len(options(d))):
+      p.error(f"--points: {d!r} is not PROGRAM:DTYPE[:OPTION+...] with options from "
+              f"{', '.join(OPTIONS)} (e.g. split:float32 or single:bfloat16:vmapaug+thingrad)")
   if args.budget_seconds is not None and not args.time:
     p.error("--budget-seconds goes with --time")
   t0, slowest, timing = time.perf_counter(), 0.0, 0.0
@@ -183,7 +199,8 @@ def main(argv=None) -> int:
       break
     t1 = time.perf_counter()
     step, state, real = build(args, d.split(":")[1], d.split(":")[0],
-                              dsa=not d.endswith(":noaug"), vmap_aug=d.endswith(":vmapaug"))
+                              dsa="noaug" not in options(d), vmap_aug="vmapaug" in options(d),
+                              thin_grad="thingrad" in options(d))
     counts, compiled = cost(step, state, real, count=not args.time)
     out[d] = {"point": d, "rows": args.rows.split(","), "ipc": args.ipc, "width": args.width,
               "real_per_class": args.real_per_class, "policy": args.policy,

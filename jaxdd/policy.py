@@ -52,7 +52,8 @@ import jax
 
 _CHOICES = {"conv": ("loop_safe", "xla"), "parallel": ("map", "vmap"),
             "train_loop": ("step", "scan"), "forward_conv": ("winograd", "xla"),
-            "train_conv": ("winograd", "xla"), "class_augment": ("map", "vmap")}
+            "train_conv": ("winograd", "xla"), "class_augment": ("map", "vmap"),
+            "input_grad": ("conv", "matmul")}
 _SIZES = ("micro_batch", "predict_block", "real_chunk", "syn_chunk")
 
 
@@ -99,6 +100,13 @@ class Policy:
       classes at once, every family computed for every class and the drawn one
       selected (no loop and no branch, several times the augmentation's small
       work). The same values; on a mesh the classes are always batched.
+    input_grad: the gradient of a convolution with few input channels (a
+      network's first layer) with respect to its input, under ``conv="xla"``:
+      ``"conv"``, the transposed convolution XLA builds (on a GPU a kernel tiled
+      for many more than its 3 output channels); ``"matmul"``, one matrix
+      product into patch space and a sum of shifted slices
+      (:func:`jaxdd._src.thin_conv.thin_input_conv`; the same values up to float
+      rounding). ``conv="loop_safe"`` already takes it as a matrix product.
   """
   name: str
   conv: Literal["loop_safe", "xla"]
@@ -112,6 +120,7 @@ class Policy:
   train_conv: Literal["winograd", "xla"] = "xla"
   steps_per_call: int = 1
   class_augment: Literal["map", "vmap"] = "map"
+  input_grad: Literal["conv", "matmul"] = "conv"
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:

@@ -134,14 +134,17 @@ def test_cell_cost_benchmark(capfd):
   # the rest: with no second to spare, the first alone
   script = load("benchmarks/cell_cost.py")
   assert script.main(["--tiny", "--rows", "vanilla", "--points",
-                      "split:float32,split:bfloat16:vmapaug", "--budget-seconds", "0"]) == 0
+                      "split:float32,split:bfloat16:vmapaug+thingrad", "--budget-seconds",
+                      "0"]) == 0
   printed = capfd.readouterr()
   rows = [json.loads(line) for line in printed.out.splitlines() if line.startswith("{")]
   assert [r["point"] for r in rows] == ["split:float32"] and rows[0]["step_s_median"] > 0
-  assert "not measured within --budget-seconds 0: split:bfloat16:vmapaug" in printed.err
-  with pytest.raises(SystemExit):
-    script.main(["--tiny", "--points", "split:float16"])
-  assert "is not PROGRAM:DTYPE[:noaug|:vmapaug]" in capfd.readouterr().err
+  assert ("not measured within --budget-seconds 0: split:bfloat16:vmapaug+thingrad"
+          in printed.err)
+  for bad in ("split:float16", "split:float32:vmapaug+fast", "split:float32:noaug+noaug"):
+    with pytest.raises(SystemExit):
+      script.main(["--tiny", "--points", bad])
+    assert "is not PROGRAM:DTYPE[:OPTION+...]" in capfd.readouterr().err
 
 
 @covers("benchmarks/cell_whole.py")

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxdd import policy
-from jaxdd._src import winograd
+from jaxdd._src import thin_conv, winograd
 
 # On XLA:CPU a convolution's weight gradient inside a while loop (our
 # lax.scan over steps) is not rewritten into the Eigen-friendly form and runs
@@ -42,10 +42,6 @@ from jaxdd._src import winograd
 # (With jax 0.10.2 the naive in-loop path is still there: docs/results/speed-evaluation.md,
 # "Convolution gradients inside loops".)
 
-_NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-
-
-_FEW_CHANNELS = 8  # input-gradient as matmul + col2im up to this many input channels
 
 
 def patches(x, kh: int, kw: int, strides, padding):
@@ -58,12 +54,6 @@ def patches(x, kh: int, kw: int, strides, padding):
                                        j + sw * (wo - 1) + 1, xp.shape[3]), (1, sh, sw, 1))
           for i in range(kh) for j in range(kw)]
   return jnp.concatenate(taps, axis=-1)
-
-
-def _few_channels(x_shape, strides, padding) -> bool:
-  """Stride 1, non-negative padding and at most _FEW_CHANNELS input channels."""
-  return (tuple(strides) == (1, 1) and x_shape[3] <= _FEW_CHANNELS
-          and min(min(p) for p in padding) >= 0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -83,8 +73,11 @@ def _nhwc_conv_fwd(x, w, strides, padding, precision):
 
 def _nhwc_conv_bwd(strides, padding, precision, res, g):
   x, w = res
-  if _few_channels(x.shape, strides, padding):
-    dx = _conv_input_grad_col2im(g, w, x.shape, padding, precision)
+  if thin_conv.few_channels(x.shape, strides, padding):
+    # XLA:CPU runs a convolution with 3 output channels slowly: the input gradient as one
+    # matmul into patch space and col2im (timings in docs/results/speed-distillation.md,
+    # "One DM step")
+    dx = thin_conv.col2im_input_grad(g, w, x.shape, padding, precision)
     # The weight gradient as one (kh*kw*C, N*Ho*Wo) @ (N*Ho*Wo, O) matmul.
     cols = patches(x, w.shape[0], w.shape[1], (1, 1), padding)
     dw = jnp.dot(cols.reshape(-1, cols.shape[-1]).T, g.reshape(-1, g.shape[-1]),
@@ -93,22 +86,6 @@ def _nhwc_conv_bwd(strides, padding, precision, res, g):
     dx = _conv_input_grad(g, w, x.shape, strides, padding, precision)
     dw = _conv_weight_grad(x, g, w.shape, strides, padding, precision)
   return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-def _conv_input_grad_col2im(g, w, x_shape, padding, precision):
-  # Stride 1, few input channels (the first layer, 1 or 3): XLA:CPU runs a
-  # convolution with 3 output channels slowly, so take dx as one matmul into
-  # patch space, g @ W^T, then col2im (the kh*kw shifted patch slices summed);
-  # timings in docs/results/speed-distillation.md, "One DM step".
-  kh, kw, c = w.shape[:3]
-  n, h, wd, _ = x_shape
-  ho, wo = g.shape[1], g.shape[2]
-  cols = jnp.dot(g.reshape(-1, g.shape[3]), w.reshape(kh * kw * c, -1).T, precision=precision)
-  cols = cols.reshape(n, ho, wo, kh, kw, c)
-  hp, wp = h + padding[0][0] + padding[0][1], wd + padding[1][0] + padding[1][1]
-  dxp = sum(jnp.pad(cols[:, :, :, i, j, :], ((0, 0), (i, hp - ho - i), (j, wp - wo - j), (0, 0)))
-            for i in range(kh) for j in range(kw))
-  return dxp[:, padding[0][0]:padding[0][0] + h, padding[1][0]:padding[1][0] + wd, :]
 
 
 def _conv_input_grad(g, w, x_shape, strides, padding, precision):
@@ -156,10 +133,6 @@ def _conv_weight_grad(x, g, w_shape, strides, padding, precision):
 _nhwc_conv.defvjp(_nhwc_conv_fwd, _nhwc_conv_bwd)
 
 
-def _all_ones(d) -> bool:
-  return d is None or all(int(v) == 1 for v in d)
-
-
 def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                    dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
   """Drop-in ``lax.conv_general_dilated`` whose gradient is fast inside loops on CPU.
@@ -184,35 +157,31 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
     ...                ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")).shape
     (1, 4, 4, 1)
   """
-  dn = dimension_numbers
-  if dn is not None and not hasattr(dn, "lhs_spec"):
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn)
-  simple = (lhs.ndim == 4 and not kwargs
-            and _all_ones(lhs_dilation) and _all_ones(rhs_dilation) and feature_group_count == 1
-            and dn is not None and (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec))
-            == _NHWC_SPECS)
-  if simple and isinstance(padding, str) and padding.upper() in ("SAME", "SAME_LOWER", "VALID"):
-    # flax's nn.Conv passes its default padding="SAME" as the string: the same pads, explicit.
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  if not simple or isinstance(padding, str):
+  args = thin_conv.nhwc_args(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                             dimension_numbers, feature_group_count, **kwargs)
+  if args is None:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision,
                                     **kwargs)
-  strides = tuple(int(s) for s in window_strides)
-  padding = tuple((int(a), int(b)) for a, b in padding)
+  strides, padding = args
   if winograd.active() and winograd.applies(lhs.shape, rhs.shape, strides, padding, lhs.dtype):
     return winograd.conv3x3(lhs, rhs, precision)
   return _nhwc_conv(lhs, rhs, strides, padding, precision)
 
 
 def policy_kernel():
-  """The convolution the current policy's ``conv`` names (None: lax's own), read now.
+  """The convolution the current policy names (None: lax's own), read now: its ``conv``
+  (``"loop_safe"``: :func:`loop_safe_conv`), else its ``input_grad`` (``"matmul"``:
+  :func:`jaxdd._src.thin_conv.thin_input_conv`).
 
   For a layer built while tracing (:class:`jaxdd.layers.TorchConv` builds its
   ``nn.Conv`` inside ``__call__``); a model's field takes :func:`policy_conv`.
   """
-  return loop_safe_conv if policy.current().conv == "loop_safe" else None
+  current = policy.current()
+  if current.conv == "loop_safe":
+    return loop_safe_conv
+  return thin_conv.thin_input_conv if current.input_grad == "matmul" else None
 
 
 def policy_conv(lhs, rhs, window_strides, padding, **kwargs):
