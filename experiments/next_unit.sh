@@ -72,10 +72,13 @@ case "$mode" in
     # so does the next machine when the cache comes back (xla-cache.tar.gz in OUT) and is
     # carried in $xla_carry. Its keys hold the folder's path, so the folder is always the same
     # one; a JAX_COMPILATION_CACHE_DIR set by the caller is used as it is, and not returned.
+    # Every program is kept, however quick to compile (JAX keeps only those of 1 s or more by
+    # default): a unit runs a few hundred small ones, each compiled again on a bare machine.
     own_cache=0
     if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
       own_cache=1
       export JAX_COMPILATION_CACHE_DIR="$JAXDD_CACHE/xla"
+      export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
     fi
     if [ "$own_cache" = 1 ] && [ -f "$xla_carry/xla-cache.tar.gz" ] && [ ! -e "$JAX_COMPILATION_CACHE_DIR" ]; then
       mkdir -p "$JAX_COMPILATION_CACHE_DIR"
