@@ -118,7 +118,7 @@ case "$mode" in
       size=$(stat -c %s "$1")
       if [ "$size" -eq 0 ]; then
         rm -f "$1"
-        echo "next_unit: not left: $4 (none were made)" | tee -a "$out/next-unit.log"
+        echo "next_unit: not left: $4 (nothing to leave)" | tee -a "$out/next-unit.log"
       elif [ "$size" -le "$3" ] && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
         mv "$1" "$out/$2" && chmod 644 "$out/$2"
         echo "next_unit: left $4 in $out/$2 ($((size / 1024)) KiB)${5:-}" | tee -a "$out/next-unit.log"
@@ -138,17 +138,41 @@ case "$mode" in
       rmdir "$out/unit"
     fi
     # the compiled programs, for the next machine: one more file if it fits the limits. At
-    # most 10 MiB, so that it fits beside the checkout, .mnist/ and the largest handover in
-    # what a machine carries; when the cache is larger, only what this run compiled.
+    # most 10 MiB (NEXT_UNIT_XLA_LIMIT bytes), so that it fits beside the checkout, .mnist/
+    # and the largest handover in what a machine carries. When the cache is larger, the
+    # programs this run compiled come first, then those it was carried, each the largest
+    # (the slowest to compile) first, as many as fit.
     if [ "$own_cache" = 1 ] && [ -d "$JAX_COMPILATION_CACHE_DIR" ] \
        && [ -n "$(ls -A "$JAX_COMPILATION_CACHE_DIR")" ]; then
-      limit=$((10 * 1024 * 1024))
+      limit="${NEXT_UNIT_XLA_LIMIT:-$((10 * 1024 * 1024))}"
       tmp="$(mktemp /tmp/xla-cache-XXXX.tar.gz)"
       tar czf "$tmp" -C "$JAX_COMPILATION_CACHE_DIR" . || : > "$tmp"  # a cache is never an error
-      size=$(stat -c %s "$tmp")
-      if [ "$size" -gt "$limit" ]; then
-        (cd "$JAX_COMPILATION_CACHE_DIR" && find . -type f -newer "$started" -print0 \
-           | tar czf "$tmp" --null -T -) || : > "$tmp"
+      if [ "$(stat -c %s "$tmp")" -gt "$limit" ]; then
+        python3 - "$JAX_COMPILATION_CACHE_DIR" "$started" "$limit" "$tmp" <<'PY' || : > "$tmp"
+import os, sys, tarfile
+root, started, limit, out = sys.argv[1], os.path.getmtime(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+files = [os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs]
+size = {f: os.path.getsize(os.path.join(root, f)) for f in files}
+new = {f: os.path.getmtime(os.path.join(root, f)) > started for f in files}
+order = sorted(files, key=lambda f: (not new[f], -size[f], f))  # this run's first, largest first
+
+def pack(chosen):
+  with tarfile.open(out, "w:gz") as tar:
+    for f in chosen:
+      tar.add(os.path.join(root, f), arcname=f)
+  return os.path.getsize(out)
+
+ratio = os.path.getsize(out) / max(sum(size.values()), 1)  # the whole cache, as packed above
+chosen, total = [], 0.0
+for f in order:  # as many as fit by their estimated packed size, in that order
+  if total + size[f] * ratio + 600 <= 0.9 * limit:
+    chosen.append(f)
+    total += size[f] * ratio + 600
+while chosen and pack(chosen) > limit:
+  chosen = chosen[:len(chosen) * 3 // 4]
+if not chosen:
+  open(out, "w").close()
+PY
       fi
       if [ "$(tar tzf "$tmp" 2>/dev/null | grep -c -- '-cache$')" -eq 0 ]; then
         : > "$tmp"  # no compiled program in it

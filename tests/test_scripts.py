@@ -14,6 +14,7 @@ import glob
 import importlib.util
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -675,6 +676,40 @@ def test_take_refuses_what_it_cannot_take_in_one_line(tmp_path, capfd):
   assert script.main(["--next-unit", "--take", str(tmp_path / "odd")] + kw) == 1
   assert "not one of these --cells, --seeds and --rows" in capfd.readouterr().err
   assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+
+
+def test_next_unit_returns_the_largest_compiled_programs_that_fit(tmp_path):
+  # over the size limit, the programs the run compiled come first, then the carried ones,
+  # each the largest first, as many as fit; the limit holds
+  import tarfile
+  root = tmp_path / "checkout"
+  (root / "experiments").mkdir(parents=True)
+  (root / "experiments" / "next_unit.sh").write_text(
+      open(os.path.join(ROOT, "experiments", "next_unit.sh")).read())
+  os.symlink(os.path.join(os.path.abspath(ROOT), "experiments", "paper_table.py"),
+             root / "experiments" / "paper_table.py")
+  rng = random.Random(0)
+  (root / ".xla-cache").mkdir()
+  with tarfile.open(root / ".xla-cache" / "xla-cache.tar.gz", "w:gz") as tar:
+    for name, size in (("jit_big-01-cache", 30_000), ("jit_mid-02-cache", 20_000),
+                       ("jit_small-03-cache", 2_000)):
+      (tmp_path / name).write_bytes(rng.randbytes(size))  # random: gzip cannot shrink them
+      tar.add(tmp_path / name, arcname=name)
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+             + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"),
+             NEXT_UNIT_XLA_LIMIT="45000", NEXT_UNIT_PROFILE="0")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the machine's own: $JAXDD_CACHE/xla
+  # a bad flag: the run stops at once, having compiled nothing new
+  proc = subprocess.run(["bash", str(root / "experiments" / "next_unit.sh"), "run",
+                         str(tmp_path / "out"), "--tiny", "--rows", "nosuchrow"], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode != 0 and "3 compiled programs from .xla-cache/" in proc.stdout
+  back = tmp_path / "out" / "xla-cache.tar.gz"
+  assert back.stat().st_size <= 45_000
+  with tarfile.open(back) as tar:
+    names = sorted(os.path.basename(n) for n in tar.getnames() if n.endswith("-cache"))
+  # 30,000 + 20,000 random bytes do not fit in 45,000: the largest, then the small one
+  assert names == ["jit_big-01-cache", "jit_small-03-cache"], names
 
 
 def test_next_unit_goes_on_from_a_handover_the_checkout_carries(tmp_path):
