@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import evaluate, models, runs, surrogate, synset
+from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
 from jaxdd._src import io as io_lib
 from jaxdd._src import schema
@@ -463,10 +464,16 @@ UNIT_RECORD = schema.obj({"unit": schema.STR, "settings": schema.map_of(schema.A
                          optional={"legs": schema.list_of(schema.map_of(schema.ANY))})
 
 
+#: Overrides that change how the work is laid out, not what it computes (beyond float
+#: rounding): not settings of a units folder.
+LAYOUT = ("policy",)
+
+
 def unit_settings(q: Queue) -> dict:
   """What every unit of one units folder shares: the preset, the flags that change a run and
   how a seed's rows are grouped into units."""
-  out = {"preset": q.args.preset, **{k: q.overrides[k] for k in sorted(q.overrides)}}
+  out = {"preset": q.args.preset,
+         **{k: q.overrides[k] for k in sorted(q.overrides) if k not in LAYOUT}}
   if q.args.rows_per_unit is not None:
     out["rows_per_unit"] = q.args.rows_per_unit
   return out
@@ -817,6 +824,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--source", default=None, help="data source (default: full at paper scale)")
   p.add_argument("--surrogate-preset", default=None)
   p.add_argument("--iterations", type=arguments.positive_int, default=None)
+  p.add_argument("--policy", default=None, help=(
+      "the layout policy of every run (default auto): a name or a variant of one, such as "
+      "accelerator+class_augment=vmap+input_grad=matmul (jaxdd.policy). The same values up "
+      "to float rounding, so it is not a setting of the units: units run under any policy "
+      "make one table"))
   p.add_argument("--compute-dtype", default=None, choices=("float32", "bfloat16"), help=(
       "DM's arithmetic (default float32; bfloat16: the real and synthetic forward and "
       "backward in bfloat16, the images in float32, for accelerators)"))
@@ -907,6 +919,11 @@ def main(argv=None) -> int:
                       or args.budget_minutes is not None):
     refusal = ("--take runs nothing: give it without --out, --plan, --units, --resume-from "
                "and --budget-minutes")
+  if not refusal and args.policy is not None:
+    try:
+      policy_lib.resolve(args.policy)
+    except ValueError as e:
+      refusal = f"--policy: {e}"
   if refusal:
     print(f"paper_table: error: {refusal}", file=sys.stderr)
     return 2
@@ -914,7 +931,8 @@ def main(argv=None) -> int:
                                                                    else None)),
                                  ("surrogate_preset", args.surrogate_preset),
                                  ("iterations", args.iterations),
-                                 ("compute_dtype", args.compute_dtype)) if v is not None}
+                                 ("compute_dtype", args.compute_dtype),
+                                 ("policy", args.policy)) if v is not None}
   progress_lib.setup_logging(quiet=args.quiet)
   q = Queue(args, overrides)
   order = [by_name[c] for c in cells]

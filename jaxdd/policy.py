@@ -186,17 +186,22 @@ def resolve(policy: PolicyLike = "auto") -> Policy:
 
   Args:
     policy: ``"auto"`` (by ``jax.default_backend()``, decided once per
-      process), a name in :data:`POLICIES`, or a :class:`Policy`.
+      process), a name in :data:`POLICIES`, a variant of either written as
+      :func:`variant` names it (``"accelerator+class_augment=vmap+input_grad=matmul"``:
+      the fields changed, ``None`` for no size), or a :class:`Policy`.
 
   Returns:
     A :class:`Policy`.
 
   Raises:
-    ValueError: an unknown name or another type.
+    ValueError: an unknown name, field or value, or another type.
 
   Example:
     >>> resolve("cpu").micro_batch
     12
+    >>> p = resolve("cpu+micro_batch=16+syn_chunk=None")
+    >>> p.micro_batch, p.syn_chunk, resolve(p.name) == p
+    (16, None, True)
   """
   if isinstance(policy, Policy):
     return policy
@@ -204,8 +209,31 @@ def resolve(policy: PolicyLike = "auto") -> Policy:
     return _auto()
   if isinstance(policy, str) and policy in POLICIES:
     return POLICIES[policy]
-  raise ValueError(f"unknown policy {policy!r}; use 'auto', one of {sorted(POLICIES)} or a "
+  if isinstance(policy, str) and "+" in policy:
+    base, *changes = policy.split("+")
+    if base == "auto" or base in POLICIES:
+      return variant(base, **dict(_change(c, policy) for c in changes))
+  raise ValueError(f"unknown policy {policy!r}; use 'auto', one of {sorted(POLICIES)}, a "
+                   "variant of one (e.g. 'accelerator+class_augment=vmap') or a "
                    "jaxdd.policy.Policy (e.g. dataclasses.replace(POLICIES['cpu'], ...))")
+
+
+def _change(text: str, whole: str) -> tuple[str, object]:
+  """``"field=value"`` of a variant's name as the field's value (an int or None for the sizes
+  and ``steps_per_call``, else the string)."""
+  field, sep, value = text.partition("=")
+  if not sep or not field:
+    raise ValueError(f"policy {whole!r}: {text!r} is not FIELD=VALUE (e.g. "
+                     "'accelerator+class_augment=vmap')")
+  if field in _SIZES or field == "steps_per_call":
+    if value == "None" and field != "steps_per_call":
+      return field, None
+    try:
+      return field, int(value)
+    except ValueError:
+      raise ValueError(f"policy {whole!r}: {field} takes a whole number"
+                       f"{'' if field == 'steps_per_call' else ' or None'}, got {value!r}") from None
+  return field, value
 
 
 def variant(policy: PolicyLike = "auto", **changes) -> Policy:

@@ -81,10 +81,28 @@ def test_unknown_policies_name_the_choices(bad):
     ("forward_conv", "fft", r"Policy.forward_conv must be one of \('winograd', 'xla'\)"),
     ("train_conv", "fft", r"Policy.train_conv must be one of \('winograd', 'xla'\)"),
     ("class_augment", "loop", r"Policy.class_augment must be one of \('map', 'vmap'\)"),
+    ("input_grad", "fft", r"Policy.input_grad must be one of \('conv', 'matmul'\)"),
 ])
 def test_bad_fields_are_rejected_with_the_allowed_values(field, value, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(CPU, **{field: value})
+
+
+def test_a_variants_name_resolves_to_the_variant():
+  # what variant() names, resolve() reads back: a command line or a run config can carry it
+  for v in (policy.variant("cpu", train_conv="xla", micro_batch=16, syn_chunk=None),
+            policy.variant("accelerator", class_augment="vmap", input_grad="matmul",
+                           steps_per_call=5)):
+    assert policy.resolve(v.name) == v
+  assert policy.resolve("auto+micro_batch=4") == policy.variant(CPU, micro_batch=4)  # here
+  for bad, match in (("cpu+micro_batch=lots", "micro_batch takes a whole number or None"),
+                     ("accelerator+steps_per_call=None", "steps_per_call takes a whole number,"),
+                     ("cpu+train_conv", "'train_conv' is not FIELD=VALUE"),
+                     ("cpu+=xla", "'=xla' is not FIELD=VALUE"),
+                     ("accelerator+class_augment=loop", "Policy.class_augment must be one of"),
+                     ("tpu+class_augment=vmap", "unknown policy 'tpu\\+class_augment=vmap'")):
+    with pytest.raises(ValueError, match=match):
+      policy.resolve(bad)
 
 
 def test_winograd_forwards_need_the_loop_safe_kernels():

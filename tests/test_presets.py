@@ -75,8 +75,16 @@ def test_run_config_carries_the_policy_and_the_pipeline_pins_it(monkeypatch, tmp
   cfg = get_config("smoke", policy="accelerator")
   # 'auto' is the default layout and leaves digests as they were before the field existed.
   assert get_config("smoke").digest() != cfg.digest()
-  with pytest.raises(ValueError, match="policy must be one of"):
+  with pytest.raises(ValueError, match="policy: unknown policy 'tpu-pod'"):
     get_config("smoke", policy="tpu-pod")
+  # a variant of a named layout, as jaxdd.policy.variant names it; a bad field or value is
+  # refused in one line that names the fields
+  variant = get_config("smoke", policy="accelerator+class_augment=vmap+input_grad=matmul")
+  assert policy.resolve(variant.policy).input_grad == "matmul"
+  with pytest.raises(ValueError, match="not a Policy field to change: \\['speed'\\]"):
+    get_config("smoke", policy="accelerator+speed=max")
+  with pytest.raises(ValueError, match="micro_batch takes a whole number or None"):
+    get_config("smoke", policy="cpu+micro_batch=many")
   seen = []
 
   def fake_distill_run(config, *args, **kwargs):

@@ -836,6 +836,20 @@ def test_paper_table_units_of_fewer_rows_make_the_same_table(tmp_path, capfd):
   assert "another --units-dir" in capfd.readouterr().err
 
 
+def test_paper_table_policy_is_a_layout_not_a_setting_of_the_units(capfd):
+  # a policy variant gives the same values up to float rounding: units run under any policy
+  # share one units folder; a policy jaxdd cannot resolve is refused in one line
+  script = load("experiments/paper_table.py")
+  args = script._parser().parse_args(["--tiny", "--next-unit", "--rows-per-unit", "2",
+                                      "--policy", "cpu+micro_batch=8"])
+  plain = script._parser().parse_args(["--tiny", "--next-unit", "--rows-per-unit", "2"])
+  q = script.Queue(args, {"policy": args.policy, "iterations": 2})
+  assert script.unit_settings(q) == script.unit_settings(script.Queue(plain, {"iterations": 2}))
+  assert script.main(["--tiny", "--next-unit", "--plan", "--policy", "cpu+speed=1"]) == 2
+  err = capfd.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "--policy: not a Policy field to change: ['speed']" in err[0]
+
+
 def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeypatch):
   # The cell logic on stub runs: validation scores decide (kde_init beats the paper's row on
   # every seed by far more than the noise of 10,000 samples); the chosen candidate (not a

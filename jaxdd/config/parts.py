@@ -435,13 +435,12 @@ class ExecutionConfig(Part):
   """How the work is laid out and logged; none of it changes the results' digests.
 
   ``policy``: 'auto' follows the backend, 'cpu' or 'accelerator' pins a layout
-  (:mod:`jaxdd.policy`). ``devices``: the devices the distillation step is sharded over
-  ('1', 'all' or a count). ``steps_per_call``: distillation steps per host round trip
+  (:mod:`jaxdd.policy`), and a variant of one changes some of its fields
+  ('accelerator+class_augment=vmap+input_grad=matmul'). ``devices``: the devices the
+  distillation step is sharded over ('1', 'all' or a count). ``steps_per_call``: distillation steps per host round trip
   ('auto': the policy's, 1 on CPU; or a count). All give the same numbers up to float rounding.
   """
   TITLE: ClassVar[str] = "execution"
-  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
-      "policy": ("auto",) + tuple(policy_lib.POLICIES)}
   log_every: int = 10
   checkpoint_every: int = 500
   policy: str = "auto"
@@ -450,6 +449,10 @@ class ExecutionConfig(Part):
 
   def validate(self) -> None:
     self.check_choices()
+    try:
+      policy_lib.resolve(self.policy)
+    except ValueError as e:
+      raise ValueError(f"policy: {e}") from None
     if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) >= 1):
       raise ValueError(f"devices must be 'all' or a positive count, got {self.devices!r}")
     if self.steps_per_call != "auto" and not (self.steps_per_call.isdigit()
