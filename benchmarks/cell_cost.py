@@ -162,7 +162,8 @@ def main(argv=None) -> int:
   p.add_argument("--budget-seconds", type=float, default=None, help=(
       "with --time: measure only the points that fit in this many seconds, in the order "
       "given (each point's compilation is estimated by the slowest one so far, its timing by "
-      "its warm-up step); the points left out are named on stderr"))
+      "its warm-up step), with fewer steps a round and fewer rounds if need be; the points "
+      "left out are named on stderr"))
   p.add_argument("--ipc", type=int, default=50)
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--real-per-class", type=int, default=256)
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
   if args.budget_seconds is not None and not args.time:
     p.error("--budget-seconds goes with --time")
   t0, slowest, timing = time.perf_counter(), 0.0, 0.0
-  built, out = {}, {}
+  built, out, warm = {}, {}, {}
   for i, d in enumerate(dtypes):  # timed runs skip the CUDA counts: machine-independent
     if args.budget_seconds is not None and i and (
         time.perf_counter() - t0 + slowest + timing * (len(built) + 1) / len(built)
@@ -209,25 +210,34 @@ def main(argv=None) -> int:
       t2 = time.perf_counter()
       state, m = compiled(state, real)
       jax.block_until_ready(m["loss"])
-      timing += (time.perf_counter() - t2) * args.time * args.repeats
+      warm[d] = time.perf_counter() - t2
+      timing += warm[d] * args.time * args.repeats
     slowest = max(slowest, time.perf_counter() - t1)
     built[d] = (compiled, state, real)
   if args.time:
+    steps, rounds = args.time, args.repeats
+    if args.budget_seconds is not None:  # fewer steps a round where the budget asks for it
+      left = args.budget_seconds - (time.perf_counter() - t0)
+      steps = max(1, min(steps, int(left / max(sum(warm.values()) * rounds, 1e-9))))
     times = {d: [] for d in dtypes}
-    for _ in range(args.repeats):
+    for r in range(rounds):
+      if r and args.budget_seconds is not None and time.perf_counter() - t0 > args.budget_seconds:
+        print(f"cell_cost: --budget-seconds {args.budget_seconds:g} spent after {r} of "
+              f"{rounds} rounds", file=sys.stderr, flush=True)
+        break
       for d in dtypes:
         step, state, real = built[d]
         per = []
-        for _ in range(args.time):
-          t0 = time.perf_counter()
+        for _ in range(steps):
+          s0 = time.perf_counter()
           state, m = step(state, real)
           jax.block_until_ready(m["loss"])
-          per.append(time.perf_counter() - t0)
+          per.append(time.perf_counter() - s0)
         built[d] = (step, state, real)
         times[d].append(float(np.median(per)))
     for d in dtypes:
       out[d].update(step_s_median=round(float(np.median(times[d])), 5),
-                    step_s_all=[round(t, 5) for t in times[d]])
+                    step_s_all=[round(t, 5) for t in times[d]], timed_steps=steps)
   for d in dtypes:
     print(json.dumps(out[d]), flush=True)
   return 0

@@ -215,8 +215,13 @@ PY
           python3 benchmarks/cell_cost.py --rows "$rows" --points "$points" --time 30 \
           --repeats 3 --budget-seconds $(( left - 20 )) ${NEXT_UNIT_STEP_FLAGS:-} \
           > "$tmp" 2>> "$out/next-unit.log"
+        timed=$?
         set -e
         rm -rf "$scratch"
+        if [ "$timed" != 0 ]; then
+          echo "next_unit: the step's timing stopped (exit $timed$([ "$timed" = 137 ] && echo ': the time left ran out'))" \
+            | tee -a "$out/next-unit.log"
+        fi
         cat "$tmp" >> "$out/next-unit.log"
         leave "$tmp" step-times.jsonl $((1024 * 1024)) "the step's timings"
       else
