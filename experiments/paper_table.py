@@ -921,7 +921,7 @@ def main(argv=None) -> int:
                "and --budget-minutes")
   if not refusal and args.policy is not None:
     try:
-      policy_lib.resolve(args.policy)
+      policy_lib.check(args.policy)
     except ValueError as e:
       refusal = f"--policy: {e}"
   if refusal:

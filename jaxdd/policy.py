@@ -218,6 +218,25 @@ def resolve(policy: PolicyLike = "auto") -> Policy:
                    "jaxdd.policy.Policy (e.g. dataclasses.replace(POLICIES['cpu'], ...))")
 
 
+def check(policy: PolicyLike) -> None:
+  """Raises the ValueError :func:`resolve` would raise for ``policy``, without asking JAX for
+  its backend (a run's configuration is checked before ``jax.distributed.initialize``): a
+  variant of ``"auto"`` is checked against every named policy.
+
+  Example:
+    >>> check("auto+class_augment=vmap")
+    >>> check("cpu+speed=2")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a Policy field to change: ['speed']; the fields: ...
+  """
+  if isinstance(policy, str) and "+" in policy and policy.split("+", 1)[0] == "auto":
+    for name in POLICIES:
+      resolve(name + policy[len("auto"):])
+  elif policy != "auto":
+    resolve(policy)
+
+
 def _change(text: str, whole: str) -> tuple[str, object]:
   """``"field=value"`` of a variant's name as the field's value (an int or None for the sizes
   and ``steps_per_call``, else the string)."""

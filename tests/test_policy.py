@@ -105,6 +105,20 @@ def test_a_variants_name_resolves_to_the_variant():
       policy.resolve(bad)
 
 
+def test_checking_a_policy_leaves_jaxs_backend_alone(monkeypatch):
+  # a run's configuration is checked before jax.distributed.initialize, which must come
+  # before anything asks JAX for its backend
+  def asked():
+    raise AssertionError("check() asked JAX for its backend")
+  monkeypatch.setattr(jax, "default_backend", asked)
+  for ok in ("auto", "cpu", "auto+class_augment=vmap", "accelerator+input_grad=matmul"):
+    policy.check(ok)
+  for bad, match in (("auto+class_augment=loop", "Policy.class_augment must be one of"),
+                     ("gpu", "unknown policy 'gpu'")):
+    with pytest.raises(ValueError, match=match):
+      policy.check(bad)
+
+
 def test_winograd_forwards_need_the_loop_safe_kernels():
   with pytest.raises(ValueError, match="forward_conv='winograd' goes through the loop_safe"):
     dataclasses.replace(CPU, conv="xla")

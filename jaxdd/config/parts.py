@@ -450,7 +450,7 @@ class ExecutionConfig(Part):
   def validate(self) -> None:
     self.check_choices()
     try:
-      policy_lib.resolve(self.policy)
+      policy_lib.check(self.policy)  # JAX's backend stays untouched: see check()
     except ValueError as e:
       raise ValueError(f"policy: {e}") from None
     if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) >= 1):
