@@ -206,14 +206,13 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
 
     kernels: dict[tuple[str, str], list[float]] = {}
     parts: dict[str, float] = {}
-    intervals, starts = [], []
+    spans = []  # (start, end, HLO op or else kernel name) of every kernel
     for e in events:
       if e.get("ph") != "X" or e.get("pid") != pid or not counted(e.get("tid")):
         continue
       dur = float(e.get("dur", 0.0))
-      intervals.append((float(e["ts"]), float(e["ts"]) + dur))
       hlo = str(e.get("args", {}).get("hlo_op", ""))
-      starts.append((float(e["ts"]), float(e["ts"]) + dur, hlo or e.get("name", "")))
+      spans.append((float(e["ts"]), float(e["ts"]) + dur, hlo or e.get("name", "")))
       k = kernels.setdefault((e.get("name", ""), hlo), [0.0, 0])
       k[0] += dur
       k[1] += 1
@@ -226,7 +225,7 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
       kinds[kind(name, hlo)] = kinds.get(kind(name, hlo), 0.0) + us
     total = sum(us for us, _ in kernels.values())
     dev = {"device": pname, "kernel_ms_per_step": total / 1e3 / per,
-           "busy_ms_per_step": busy_us(intervals) / 1e3 / per,
+           "busy_ms_per_step": busy_us([(a, b) for a, b, _ in spans]) / 1e3 / per,
            "kinds": [{"kind": k, "ms_per_step": us / 1e3 / per, "share": us / total}
                      for k, us in sorted(kinds.items(), key=lambda kv: -kv[1])],
            "parts": [{"part": k, "ms_per_step": us / 1e3 / per, "share": us / total}
@@ -236,11 +235,11 @@ def summarise(events: list[dict], steps: int, wall_s: float | None = None,
                    for (name, hlo), (us, n) in sorted(kernels.items(),
                                                       key=lambda kv: -kv[1][0])[:top]]}
     ops: dict[str, list[float]] = {}  # kernels by HLO op or graph: [microseconds, count]
-    for a, b, op in starts:
+    for a, b, op in spans:
       o = ops.setdefault(op, [0.0, 0])
       o[0] += b - a
       o[1] += 1
-    gaps = idle_gaps(starts)
+    gaps = idle_gaps(spans)
     dev["ops"] = [{"op": op, "ms_per_step": us / 1e3 / per, "kernels_per_step": n / per}
                   for op, (us, n) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]]
     dev["gaps"] = [{"before": op, "ms_per_step": us / 1e3 / per, "gaps_per_step": n / per}

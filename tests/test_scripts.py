@@ -678,16 +678,32 @@ def test_take_refuses_what_it_cannot_take_in_one_line(tmp_path, capfd):
   assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
 
 
-def test_next_unit_returns_the_largest_compiled_programs_that_fit(tmp_path):
-  # over the size limit, the programs the run compiled come first, then the carried ones,
-  # each the largest first, as many as fit; the limit holds
-  import tarfile
+def _bare_checkout(tmp_path):
+  """A checkout with only next_unit.sh (a copy) and paper_table.py (a link): its own
+  .handover/ and .xla-cache/ stay in tmp_path."""
   root = tmp_path / "checkout"
   (root / "experiments").mkdir(parents=True)
   (root / "experiments" / "next_unit.sh").write_text(
       open(os.path.join(ROOT, "experiments", "next_unit.sh")).read())
   os.symlink(os.path.join(os.path.abspath(ROOT), "experiments", "paper_table.py"),
              root / "experiments" / "paper_table.py")
+  return root
+
+
+def _machine_env(tmp_path, **more):
+  """A lent machine's environment for next_unit.sh: this Python first on PATH, the caches in
+  tmp_path, JAX's cache folder the script's own ($JAXDD_CACHE/xla)."""
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+             + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"), **more)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  return env
+
+
+def test_next_unit_returns_the_largest_compiled_programs_that_fit(tmp_path):
+  # over the size limit, the programs the run compiled come first, then the carried ones,
+  # each the largest first, as many as fit; the limit holds
+  import tarfile
+  root = _bare_checkout(tmp_path)
   rng = random.Random(0)
   (root / ".xla-cache").mkdir()
   with tarfile.open(root / ".xla-cache" / "xla-cache.tar.gz", "w:gz") as tar:
@@ -695,10 +711,7 @@ def test_next_unit_returns_the_largest_compiled_programs_that_fit(tmp_path):
                        ("jit_small-03-cache", 2_000)):
       (tmp_path / name).write_bytes(rng.randbytes(size))  # random: gzip cannot shrink them
       tar.add(tmp_path / name, arcname=name)
-  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
-             + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"),
-             NEXT_UNIT_XLA_LIMIT="45000", NEXT_UNIT_PROFILE="0")
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the machine's own: $JAXDD_CACHE/xla
+  env = _machine_env(tmp_path, NEXT_UNIT_XLA_LIMIT="45000", NEXT_UNIT_PROFILE="0")
   # a bad flag: the run stops at once, having compiled nothing new
   proc = subprocess.run(["bash", str(root / "experiments" / "next_unit.sh"), "run",
                          str(tmp_path / "out"), "--tiny", "--rows", "nosuchrow"], env=env,
@@ -715,12 +728,7 @@ def test_next_unit_returns_the_largest_compiled_programs_that_fit(tmp_path):
 def test_next_unit_goes_on_from_a_handover_the_checkout_carries(tmp_path):
   # next_unit.sh adds --resume-from .handover when the checkout holds one, so every loan runs
   # the same command; a handover of another unit is refused in one line, nothing written
-  root = tmp_path / "checkout"
-  (root / "experiments").mkdir(parents=True)
-  (root / "experiments" / "next_unit.sh").write_text(
-      open(os.path.join(ROOT, "experiments", "next_unit.sh")).read())
-  os.symlink(os.path.join(os.path.abspath(ROOT), "experiments", "paper_table.py"),
-             root / "experiments" / "paper_table.py")
+  root = _bare_checkout(tmp_path)
   (root / ".handover").mkdir()
   (root / ".handover" / "handover.json").write_text(json.dumps(
       {"unit": "cmnist5-ipc10/s7", "settings": {}, "runs": [], "surrogates": [], "parts": [],
@@ -732,9 +740,7 @@ def test_next_unit_goes_on_from_a_handover_the_checkout_carries(tmp_path):
   (root / ".xla-cache").mkdir()
   with tarfile.open(root / ".xla-cache" / "xla-cache.tar.gz", "w:gz") as tar:
     tar.add(entry, arcname=entry.name)
-  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
-             + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"))
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the machine's own: $JAXDD_CACHE/xla
+  env = _machine_env(tmp_path)
   proc = subprocess.run(["bash", str(root / "experiments" / "next_unit.sh"), "run",
                          str(tmp_path / "out"), "--tiny", "--workdir", str(tmp_path / "w"),
                          "--results", str(tmp_path / "r")], env=env, capture_output=True,
