@@ -13,8 +13,9 @@ its own program beside them; dtype ``float32``: the reference; ``bfloat16``:
 bfloat16 with float32 images; an optional third part holds options joined by ``+``:
 ``noaug`` drops the DSA augmentation, to see what share of a step's time it takes,
 ``vmapaug`` augments the classes all at once instead of one after another, the policy's
-``class_augment="vmap"``, and ``thingrad`` takes the first layer's input gradient as a matrix
-product, the policy's ``input_grad="matmul"``) it prints one JSON line:
+``class_augment="vmap"``, ``thingrad`` takes the first layer's input gradient as a matrix
+product, the policy's ``input_grad="matmul"``, and ``fusednorm`` runs each block's norm, ReLU
+and pooling as one operation, the policy's ``norm_block="fused"``) it prints one JSON line:
 XLA's cost analysis of the step as traced (``hlo_flops``, ``hlo_bytes_accessed``: in the
 program's own dtypes) and as compiled for this backend (``flops``, ``bytes_accessed``), the
 loops and branches of the step lowered for a CUDA GPU (``cuda_loops``, ``cuda_branches``;
@@ -48,7 +49,10 @@ FLAGS = {"kde": ("kde",), "kde_init": ("kde",), "kde_floor_init_is": ("weighted_
 
 
 #: The options a point may add after its dtype, joined by "+".
-OPTIONS = ("noaug", "vmapaug", "thingrad")
+OPTIONS = ("noaug", "vmapaug", "thingrad", "fusednorm")
+#: The layout policy's fields each option sets.
+POLICY_OPTIONS = {"vmapaug": {"class_augment": "vmap"}, "thingrad": {"input_grad": "matmul"},
+                  "fusednorm": {"norm_block": "fused"}}
 
 
 def options(point: str) -> list[str]:
@@ -57,15 +61,13 @@ def options(point: str) -> list[str]:
   return parts[2].split("+") if len(parts) > 2 and parts[2] else []
 
 
-def build(args, dtype: str, program: str, dsa: bool = True, vmap_aug: bool = False,
-          thin_grad: bool = False):
+def build(args, dtype: str, program: str, opts=()):
   """The 8-row cell's step, state and real data for one seed: ``program`` ``single`` (one
   :func:`jaxdd.distill.cell_runs` whose importance-sampled row makes every row draw its own
   real batch) or ``split`` (the uniform rows share one batch in one program, the sampled row
   has its own beside it: :func:`jaxdd.distill.cell_row_groups`, as the runs layer builds it);
-  without ``dsa``, the same step without the DSA augmentation; with ``vmap_aug``, its classes
-  augmented all at once (the policy's ``class_augment="vmap"``); with ``thin_grad``, the first
-  layer's input gradient as a matrix product (the policy's ``input_grad="matmul"``)."""
+  ``opts``, the point's options (:data:`OPTIONS`): ``noaug``, the same step without the DSA
+  augmentation; the others, the policy fields of :data:`POLICY_OPTIONS`."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -77,8 +79,8 @@ def build(args, dtype: str, program: str, dsa: bool = True, vmap_aug: bool = Fal
   y = np.repeat(np.arange(nc), args.per_class)
   x = rng.normal(size=(len(y), 28, 28, 3)).astype(np.float32)
   low = None if dtype == "float32" else dtype
-  pol = policy.variant(args.policy, **({"class_augment": "vmap"} if vmap_aug else {}),
-                       **({"input_grad": "matmul"} if thin_grad else {}))
+  pol = policy.variant(args.policy, **{k: v for o in opts for k, v in POLICY_OPTIONS.get(o, {}).items()})
+  dsa = "noaug" not in opts
   ex = distill.Execution(policy=pol, real_dtype=low, syn_dtype=low)
   sampled = [i for i, r in enumerate(rows_) if "weighted_sampling" in FLAGS.get(r, ())]
   # what the runs layer builds for these rows (jaxdd.runs.cell): group matching only with a
@@ -154,7 +156,8 @@ def main(argv=None) -> int:
                  help="PROGRAM:DTYPE[:OPTION+...] points (program single or split; dtype "
                       "float32 or bfloat16; options: noaug, without the DSA augmentation; "
                       "vmapaug, the classes augmented all at once; thingrad, the first layer's "
-                      "input gradient as a matrix product); the first is the baseline")
+                      "input gradient as a matrix product; fusednorm, each block's norm, ReLU "
+                      "and pooling as one operation); the first is the baseline")
   p.add_argument("--rows", default=",".join(ROWS), help="the cell's rows (default all 8)")
   p.add_argument("--policy", default="accelerator", help="the layout policy (default accelerator)")
   p.add_argument("--time", type=int, default=0, help="timed steps per point (0: cost only)")
@@ -199,9 +202,7 @@ def main(argv=None) -> int:
       dtypes = dtypes[:i]
       break
     t1 = time.perf_counter()
-    step, state, real = build(args, d.split(":")[1], d.split(":")[0],
-                              dsa="noaug" not in options(d), vmap_aug="vmapaug" in options(d),
-                              thin_grad="thingrad" in options(d))
+    step, state, real = build(args, d.split(":")[1], d.split(":")[0], options(d))
     counts, compiled = cost(step, state, real, count=not args.time)
     out[d] = {"point": d, "rows": args.rows.split(","), "ipc": args.ipc, "width": args.width,
               "real_per_class": args.real_per_class, "policy": args.policy,

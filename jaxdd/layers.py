@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdd._src import checks
+from jaxdd import policy
+from jaxdd._src import checks, fused_norm
 from jaxdd._src.cpu_kernels import policy_kernel
 
 Norm = Literal["instance", "batch", "layer", "group", "none"]
@@ -130,8 +131,14 @@ _instance_norm.defvjp(_instance_norm_fwd, _instance_norm_bwd)
 
 
 class InstanceNorm(nn.Module):
-  """Affine instance norm of NHWC maps (PyTorch ``GroupNorm(C, C)``, eps 1e-5)."""
+  """Affine instance norm of NHWC maps (PyTorch ``GroupNorm(C, C)``, eps 1e-5).
+
+  With ``relu_avg_pool=True`` it is followed by ReLU and a 2x2 average pool, all one operation
+  (:func:`jaxdd._src.fused_norm.instance_norm_relu_avg_pool`): the same values up to float
+  rounding and the same parameters.
+  """
   epsilon: float = 1e-5
+  relu_avg_pool: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -139,6 +146,8 @@ class InstanceNorm(nn.Module):
       raise ValueError(f"InstanceNorm expects NHWC maps, got shape {x.shape}")
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+    if self.relu_avg_pool:
+      return fused_norm.instance_norm_relu_avg_pool(x, scale, bias, self.epsilon)
     return instance_norm(x, scale.astype(x.dtype), bias.astype(x.dtype), self.epsilon)
 
 
@@ -155,6 +164,17 @@ def make_norm(norm: str, channels: int, train: bool) -> Callable[[jax.Array], ja
   if norm == "none":
     return lambda x: x
   raise ValueError(f"unknown norm {norm!r}; use one of instance, batch, layer, group, none")
+
+
+def norm_relu_pool(x: jax.Array, norm: str, pooling: str, train: bool) -> jax.Array:
+  """A ConvNet block's norm, ReLU and pooling after its convolution (:func:`make_norm`,
+  ``nn.relu``, :func:`pool`). Instance norm with average pooling runs as one operation when the
+  layout policy's ``norm_block`` is ``"fused"`` (:func:`jaxdd._src.fused_norm.
+  instance_norm_relu_avg_pool`): the same parameters and, up to float rounding, values."""
+  if (norm == "instance" and pooling == "avg" and policy.current().norm_block == "fused"
+      and x.shape[1] >= 2 and x.shape[2] >= 2):
+    return InstanceNorm(epsilon=1e-5, relu_avg_pool=True)(x)
+  return pool(nn.relu(make_norm(norm, x.shape[-1], train)(x)), pooling)
 
 
 def pool(x: jax.Array, pooling: str) -> jax.Array:

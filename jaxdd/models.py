@@ -78,8 +78,8 @@ import jax.numpy as jnp
 # jaxdd.models.instance_norm, jaxdd.models.loop_safe_conv, ... keep working.
 from jaxdd._src.cpu_kernels import loop_safe_conv, policy_conv  # noqa: F401
 from jaxdd.layers import (InstanceNorm, Norm, Pooling, TorchConv, TorchDense,  # noqa: F401
-                          _check_images, _conv_out, _max_pool2, instance_norm, make_norm, pool,
-                          torch_uniform)
+                          _check_images, _conv_out, _max_pool2, instance_norm, make_norm,
+                          norm_relu_pool, pool, torch_uniform)
 
 
 class ConvNet(nn.Module):
@@ -108,9 +108,7 @@ class ConvNet(nn.Module):
       # The reference pads the first conv by 3 for 1-channel input (28 -> 32).
       padding = 3 if (d == 0 and x.shape[-1] == 1) else 1
       x = TorchConv(self.width, padding=padding)(x)
-      x = make_norm(self.norm, self.width, train)(x)
-      x = nn.relu(x)
-      x = pool(x, self.pooling)
+      x = norm_relu_pool(x, self.norm, self.pooling, train)
     features = x.reshape(x.shape[0], -1)
     logits = TorchDense(self.num_classes)(features)
     return (features, logits) if return_features else logits

@@ -11,7 +11,8 @@ built-in ones, ``"cpu"`` and ``"accelerator"``.
 The library reads :func:`current` wherever it lays work out: the convolution
 kernels of :class:`jaxdd.models.TorchConv` (every convolution of jaxdd's
 models) and of :func:`jaxdd.models.policy_conv` (a model of your own that asks
-for them: jaxdd never rewrites a model's layers), the trainer's micro-batches and
+for them: jaxdd never rewrites a model's layers), the norm, ReLU and pooling of
+:class:`jaxdd.models.ConvNet`'s blocks (``norm_block``), the trainer's micro-batches and
 ``parallel="auto"`` (:mod:`jaxdd.train`), the prediction blocks, ``loop="auto"`` of
 :func:`jaxdd.train.fit_epochs` (the surrogate's trainer), and where convolutions run as
 Winograd (on CPU: gradient-free forwards, ``forward_conv``, and the networks the
@@ -53,7 +54,7 @@ import jax
 _CHOICES = {"conv": ("loop_safe", "xla"), "parallel": ("map", "vmap"),
             "train_loop": ("step", "scan"), "forward_conv": ("winograd", "xla"),
             "train_conv": ("winograd", "xla"), "class_augment": ("map", "vmap"),
-            "input_grad": ("conv", "matmul")}
+            "input_grad": ("conv", "matmul"), "norm_block": ("layers", "fused")}
 _SIZES = ("micro_batch", "predict_block", "real_chunk", "syn_chunk")
 
 
@@ -107,6 +108,12 @@ class Policy:
       product into patch space and a sum of shifted slices
       (:func:`jaxdd._src.thin_conv.thin_input_conv`; the same values up to float
       rounding). ``conv="loop_safe"`` already takes it as a matrix product.
+    norm_block: how :class:`jaxdd.models.ConvNet` (instance norm, average pooling) runs the
+      norm, ReLU and pooling after each convolution: ``"layers"``, one layer after another,
+      differentiated by JAX; ``"fused"``, one operation with one hand-written gradient that
+      stores no normalised maps and takes the statistics in one pass
+      (:func:`jaxdd._src.fused_norm.instance_norm_relu_avg_pool`; the same values up to float
+      rounding).
   """
   name: str
   conv: Literal["loop_safe", "xla"]
@@ -121,6 +128,7 @@ class Policy:
   steps_per_call: int = 1
   class_augment: Literal["map", "vmap"] = "map"
   input_grad: Literal["conv", "matmul"] = "conv"
+  norm_block: Literal["layers", "fused"] = "layers"
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:

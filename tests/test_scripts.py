@@ -121,8 +121,9 @@ def test_cell_cost_benchmark(capfd):
   assert not any("cuda_loops" in r for r in (single, split, low))
   rows, _ = run("benchmarks/cell_cost.py", ["--tiny", "--time", "0", "--rows", "vanilla,kde",
                                             "--points", "single:float32,single:float32:noaug,"
-                                            "single:float32:vmapaug"], capfd)
-  dsa, plain, batched = rows
+                                            "single:float32:vmapaug,single:float32:fusednorm"],
+                 capfd)
+  dsa, plain, batched, fused = rows
   assert dsa["rows"] == ["vanilla", "kde"] and plain["point"] == "single:float32:noaug"
   assert plain["hlo_flops"] < dsa["hlo_flops"] and "step_s_median" not in plain
   # the classes augmented all at once: no branch left in the step, every family computed;
@@ -131,6 +132,9 @@ def test_cell_cost_benchmark(capfd):
   assert dsa["cuda_branches"] == 3 and batched["cuda_branches"] == plain["cuda_branches"] == 0
   assert batched["cuda_loops"] == dsa["cuda_loops"] - 3 >= 0  # lax.map's: real, synthetic, its gradient
   assert batched["hlo_flops"] > dsa["hlo_flops"]
+  # the fused norm blocks change the blocks, not the step's loops and branches
+  assert fused["point"] == "single:float32:fusednorm"
+  assert (fused["cuda_loops"], fused["cuda_branches"]) == (dsa["cuda_loops"], dsa["cuda_branches"])
   # a time budget measures the points in order while they fit (the first always) and names
   # the rest: with no second to spare, the first alone
   script = load("benchmarks/cell_cost.py")
