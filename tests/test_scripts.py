@@ -70,7 +70,8 @@ def test_every_script_has_a_tiny_test():
   assert not missing, f"scripts without a tiny-mode test in tests/test_scripts.py: {missing}"
   assert set(TESTS) <= set(scripts)  # no test of a script that is gone
   for s in scripts:
-    if s in TESTS and s != "experiments/seed_table.py":
+    # seed_table.py and cached_hlo.py read the files they are given: no sizes to shrink
+    if s in TESTS and s not in ("experiments/seed_table.py", "benchmarks/cached_hlo.py"):
       with open(os.path.join(ROOT, s)) as f:
         assert "--tiny" in f.read(), f"{s} has no --tiny flag"
 
@@ -101,6 +102,41 @@ def test_cell_benchmark(capfd):
   (row,) = rows
   assert row["seeds"] == 2 and len(row["rows"]) == 5
   assert row["cell_step_s"] > 0 and row["rows_step_s"] > 0 and row["rows_over_cell"] > 0
+
+
+@covers("benchmarks/cached_hlo.py")
+def test_cached_hlo_reads_a_gpu_programs_hlo_from_the_cache(tmp_path, capfd):
+  # one entry of the compiled programs an H200 loan brought back (jaxdd's batched KDE weights)
+  import tarfile
+  import zlib
+  folder = os.path.join(ROOT, "tests", "data", "gpu-xla-cache")
+  (entry,) = os.listdir(folder)
+  script = load("benchmarks/cached_hlo.py")
+  assert script.main([os.path.join(folder, entry)]) == 0
+  text = capfd.readouterr().out
+  assert text.startswith("HloModule jit__batched_weights, is_scheduled=true")
+  assert "ENTRY" in text and "fusion" in text  # the GPU compiler's output, fusions named
+  # from a loan's xla-cache.tar.gz, by the program's name, into a gzipped file
+  tar_path = tmp_path / "xla-cache.tar.gz"
+  with tarfile.open(tar_path, "w:gz") as tar:
+    tar.add(os.path.join(folder, entry), arcname=entry)
+    tar.add(os.path.join(folder, entry), arcname="jit_other-00-cache")
+  assert script.main([str(tar_path)]) == 1
+  assert "2 entries match; name one with --name" in capfd.readouterr().err
+  out = tmp_path / "program.hlo.txt.gz"
+  assert script.main([str(tar_path), "--name", "jit__batched_weights", "--out", str(out)]) == 0
+  import gzip
+  assert gzip.decompress(out.read_bytes()).decode() == text
+  assert script.main([str(tar_path), "--name", "jit__batched_weights", "--out", str(out)]) == 1
+  assert "exists; give a new path" in capfd.readouterr().err
+  # not an entry; an entry with no Riegeli records (as XLA:CPU writes them): one line each
+  for name, data in (("jit_junk-00-cache", b"junk"),
+                     ("jit_cpu-00-cache", zlib.compress(b"\0\0\0\1" + b"\x08\x03" * 20))):
+    (tmp_path / name).write_bytes(data)
+    assert script.main([str(tmp_path / name)]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"cached_hlo: {name}: ")
+    assert ("not a JAX compilation cache entry" in err) or ("not a GPU executable" in err)
 
 
 @covers("benchmarks/cell_cost.py")
