@@ -26,10 +26,10 @@
 #       (NEXT_UNIT_PROFILE=0: no trace).
 #
 #       With NEXT_UNIT_LIMIT_S (the command's time limit, in seconds), the minutes a finished
-#       unit leaves time its step in variants (float32; bfloat16 with the classes augmented at
-#       once, the first layer's input gradient as a matrix product and each block's norm, ReLU
-#       and pooling as one operation; each alone; without DSA; NEXT_UNIT_STEP_POINTS: others,
-#       NEXT_UNIT_STEP_FLAGS: more
+#       unit leaves time its step in variants (float32; float32, then bfloat16, with the
+#       classes augmented at once, the first layer's input gradient as a matrix product and each
+#       block's norm, ReLU and pooling as one operation; each of the three alone; bfloat16
+#       alone; without DSA; NEXT_UNIT_STEP_POINTS: others, NEXT_UNIT_STEP_FLAGS: more
 #       benchmarks/cell_cost.py flags) into step-times.jsonl.
 #
 #   bash experiments/next_unit.sh take OUT [the same flags as the run]
@@ -196,15 +196,15 @@ PY
     fi
     # the minutes the command has left (NEXT_UNIT_LIMIT_S: its time limit on this machine, in
     # seconds) time the step of the unit just finished in its variants (benchmarks/cell_cost.py:
-    # float32, then bfloat16 with the classes augmented at once, the first layer's input
-    # gradient as a matrix product and the fused norm blocks, each of the four alone, and
-    # without DSA), as many as fit,
+    # float32; float32, then bfloat16, with the classes augmented at once, the first layer's
+    # input gradient as a matrix product and the fused norm blocks; each of the three alone;
+    # bfloat16 alone; without DSA), as many as fit,
     # on random data; 60 s are kept for the rest. Their JSON lines go into step-times.jsonl
     if [ -n "${NEXT_UNIT_LIMIT_S:-}" ] && [ "$rc" = 0 ] && ls "$out"/unit-*.json >/dev/null 2>&1; then
       left=$(( NEXT_UNIT_LIMIT_S - SECONDS - 60 ))
       rows="$(python3 -c 'import json, sys; print(",".join(json.load(open(sys.argv[1]))["rows"]))' \
               "$(ls "$out"/unit-*.json | head -1)")"
-      points="${NEXT_UNIT_STEP_POINTS:-split:float32,split:bfloat16:vmapaug+thingrad+fusednorm,split:float32:fusednorm,split:float32:vmapaug,split:bfloat16,split:float32:thingrad,split:float32:noaug}"
+      points="${NEXT_UNIT_STEP_POINTS:-split:float32,split:float32:vmapaug+thingrad+fusednorm,split:bfloat16:vmapaug+thingrad+fusednorm,split:float32:fusednorm,split:float32:vmapaug,split:float32:thingrad,split:bfloat16,split:float32:noaug}"
       if [ "$left" -ge 90 ]; then
         echo "next_unit: ${left} s left: timing the step of rows $rows ($points)" \
           | tee -a "$out/next-unit.log"
