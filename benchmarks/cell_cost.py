@@ -24,11 +24,22 @@ one warm-up, alternating the points ``--repeats`` times; with ``--budget-seconds
 the points (in the order given) that fit in S seconds.
 
 The step is built under the ``accelerator`` layout policy by default (``--policy``), so on a
-CPU the cost analysis is of the program an accelerator runs, laid out as there.
+CPU the cost analysis is of the program an accelerator runs, laid out as there. Each line also
+counts the compiled program's traffic of large arrays (``big_kernels``, ``big_read_gb``,
+``big_written_gb``: :mod:`hlo_traffic`, arrays of 100 MB or more), and ``--hlo-dir DIR`` keeps
+each point's compiled HLO (``POINT.hlo.txt.gz``). ``--gpu-target FILE`` compiles for a GPU that
+is not there instead, described by an XLA GPU target config (``benchmarks/gpu_targets/``):
+XLA's GPU compiler decides the fusions, so the traffic counts are those of that GPU's program
+(no cost analysis, no timing). It needs JAX's CUDA plugin of the installed jax's version
+(``jax-cuda13-plugin`` and ``jax-cuda13-pjrt``; not in the requirements) and
+``JAX_PLATFORMS=cpu`` on a machine without a GPU.
 
   python benchmarks/cell_cost.py                       # cost analysis of the three points
   python benchmarks/cell_cost.py --time 50 --repeats 3 # on a GPU: seconds per step too
   python benchmarks/cell_cost.py --tiny                # checks the script in seconds
+  JAX_PLATFORMS=cpu python benchmarks/cell_cost.py --gpu-target benchmarks/gpu_targets/h200.txtpb \
+      --rows vanilla,kde,kde_init,fairdd_pseudo --points single:float32,single:float32:fusednorm \
+      --hlo-dir HLO                                    # an H200's program, compiled on a CPU
   python benchmarks/cell_cost.py --rows vanilla,kde,kde_init,fairdd_pseudo \
       --points single:float32,single:float32:vmapaug,single:bfloat16,single:float32:noaug \
       --time 30 --repeats 3
@@ -125,12 +136,47 @@ def build(args, dtype: str, program: str, opts=()):
   return runs.step, state, real
 
 
-def cost(step, state, real, *, count: bool = True):
+def _script(name: str):
+  """A sibling script of this one, as a module."""
+  import importlib.util
+  import os
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def gpu_target_sharding(config: str):
+  """A replicated sharding on one GPU described by XLA GPU target config text ``config``,
+  without the GPU (jax.experimental.topologies). Raises RuntimeError with the fix when JAX's
+  CUDA plugin is missing or refuses the config."""
+  import jax
+  from jax.experimental import topologies
+  from jax.sharding import NamedSharding, PartitionSpec
+  try:
+    topology = topologies.get_topology_desc(platform="cuda", target_config=config,
+                                            topology="1x1x1")
+    mesh = topologies.make_mesh(topology, (1,), ("d",))
+  except Exception as e:  # noqa: BLE001 (the plugin's errors have no common type)
+    raise RuntimeError(
+        f"no GPU target from it ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__}); "
+        f"--gpu-target needs JAX's CUDA plugin of this jax's version: pip install "
+        f"jax-cuda13-plugin=={jax.__version__} jax-cuda13-pjrt=={jax.__version__}, and a "
+        f"GPU target config (benchmarks/gpu_targets/)") from None
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def cost(step, state, real, *, count: bool = True, sharding=None):
   """XLA's cost analysis of the step as traced (``hlo_*``: before the backend's passes, so
   in the dtypes the program asks for) and as compiled for this backend; with ``count``, the
   loops and branches of the step lowered for a CUDA GPU (``cuda_loops``, ``cuda_branches``:
   its while and case operations, decided on the device at run time; -1 if it cannot be
   lowered). Returns them and the compiled step (timed as it is: one compilation a point)."""
+  if sharding is not None:  # compiled for that (absent) device: abstract arguments
+    import jax
+    state, real = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                                              sharding=sharding), (state, real))
   lowered = step.lower(state, real)
   out = {}
   if count:
@@ -147,7 +193,28 @@ def cost(step, state, real, *, count: bool = True):
     analysis = analysis or {}
     out[prefix + "flops"] = float(analysis.get("flops", -1))
     out[prefix + "bytes_accessed"] = float(analysis.get("bytes accessed", -1))
+  kernels = _script("hlo_traffic").traffic(compiled.as_text())
+  out.update(big_kernels=len(kernels),
+             big_read_gb=round(sum(k["read"] for k in kernels) / 1e9, 3),
+             big_written_gb=round(sum(k["written"] for k in kernels) / 1e9, 3))
   return out, compiled
+
+
+def _write_hlo(folder: str, point: str, text: str) -> None:
+  """``folder/POINT.hlo.txt.gz`` (``:`` as ``_``), written atomically."""
+  import gzip
+  import os
+  import tempfile
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".hlo-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(gzip.compress(text.encode(), mtime=0))
+    os.replace(tmp, os.path.join(folder, point.replace(":", "_") + ".hlo.txt.gz"))
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def main(argv=None) -> int:
@@ -167,6 +234,11 @@ def main(argv=None) -> int:
       "given (each point's compilation is estimated by the slowest one so far, its timing by "
       "its warm-up step), with fewer steps a round and fewer rounds if need be; the points "
       "left out are named on stderr"))
+  p.add_argument("--hlo-dir", default=None, help=(
+      "write each point's compiled HLO here as POINT.hlo.txt.gz (a new or empty folder)"))
+  p.add_argument("--gpu-target", default=None, help=(
+      "compile for the GPU this XLA GPU target config describes, without one "
+      "(benchmarks/gpu_targets/h200.txtpb; needs JAX's CUDA plugin): no cost analysis or timing"))
   p.add_argument("--ipc", type=int, default=50)
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--real-per-class", type=int, default=256)
@@ -191,6 +263,22 @@ def main(argv=None) -> int:
               f"{', '.join(OPTIONS)} (e.g. split:float32 or single:bfloat16:vmapaug+thingrad)")
   if args.budget_seconds is not None and not args.time:
     p.error("--budget-seconds goes with --time")
+  import os
+  if args.hlo_dir and os.path.exists(args.hlo_dir) and (
+      not os.path.isdir(args.hlo_dir) or os.listdir(args.hlo_dir)):
+    p.error(f"--hlo-dir: {args.hlo_dir} holds something; give a new path or an empty folder")
+  sharding = None
+  if args.gpu_target:
+    if args.time and not args.tiny:
+      p.error("--gpu-target compiles for a GPU that is not there: no --time")
+    args.time = 0
+    try:
+      with open(args.gpu_target) as f:
+        config = f.read()
+      sharding = gpu_target_sharding(config)
+    except (OSError, RuntimeError) as e:
+      print(f"cell_cost: --gpu-target {args.gpu_target}: {e}", file=sys.stderr)
+      return 1
   t0, slowest, timing = time.perf_counter(), 0.0, 0.0
   built, out, warm = {}, {}, {}
   for i, d in enumerate(dtypes):  # timed runs skip the CUDA counts: machine-independent
@@ -203,10 +291,15 @@ def main(argv=None) -> int:
       break
     t1 = time.perf_counter()
     step, state, real = build(args, d.split(":")[1], d.split(":")[0], options(d))
-    counts, compiled = cost(step, state, real, count=not args.time)
+    counts, compiled = cost(step, state, real, count=not args.time, sharding=sharding)
+    if args.hlo_dir:
+      _write_hlo(args.hlo_dir, d, compiled.as_text())
     out[d] = {"point": d, "rows": args.rows.split(","), "ipc": args.ipc, "width": args.width,
               "real_per_class": args.real_per_class, "policy": args.policy,
-              "backend": jax.default_backend(), "device": jax.devices()[0].device_kind, **counts}
+              "backend": "cuda (compiled without the GPU)" if sharding is not None
+              else jax.default_backend(),
+              "device": (args.gpu_target if sharding is not None
+                         else jax.devices()[0].device_kind), **counts}
     if args.time:  # warm-up: one step, which also says how long the timing will take
       t2 = time.perf_counter()
       state, m = compiled(state, real)

@@ -70,8 +70,9 @@ def test_every_script_has_a_tiny_test():
   assert not missing, f"scripts without a tiny-mode test in tests/test_scripts.py: {missing}"
   assert set(TESTS) <= set(scripts)  # no test of a script that is gone
   for s in scripts:
-    # seed_table.py and cached_hlo.py read the files they are given: no sizes to shrink
-    if s in TESTS and s not in ("experiments/seed_table.py", "benchmarks/cached_hlo.py"):
+    # these read the files they are given: no sizes to shrink
+    if s in TESTS and s not in ("experiments/seed_table.py", "benchmarks/cached_hlo.py",
+                                "benchmarks/hlo_traffic.py"):
       with open(os.path.join(ROOT, s)) as f:
         assert "--tiny" in f.read(), f"{s} has no --tiny flag"
 
@@ -137,6 +138,62 @@ def test_cached_hlo_reads_a_gpu_programs_hlo_from_the_cache(tmp_path, capfd):
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"cached_hlo: {name}: ")
     assert ("not a JAX compilation cache entry" in err) or ("not a GPU executable" in err)
+
+
+@covers("benchmarks/hlo_traffic.py")
+def test_hlo_traffic_counts_the_large_arrays_of_the_h200_step(tmp_path, capfd):
+  # the program of the H200 unit's step, kept with its trace
+  import tarfile
+  with tarfile.open(os.path.join(ROOT, "results", "paper-scale",
+                                 "h200-unit-profile.tar.gz")) as tar:
+    tar.extract("program.hlo.txt.gz", tmp_path, filter="data")
+  hlo = str(tmp_path / "program.hlo.txt.gz")
+  rows, _ = run("benchmarks/hlo_traffic.py", [hlo, "--kernels"], capfd)
+  kernels = {r["kernel"]: r for r in rows[:-1]}
+  assert rows[-1]["kernels"] == len(kernels) == 26
+  # ReLU's gradient of the synthetic first block, by hand: it reads the 2,000 pooled
+  # gradients (14x14x128 float32) and the normalised maps (4 rows x 500 x 28x28x128), and
+  # writes maps of that size
+  maps, pooled = 4 * 500 * 28 * 28 * 128 * 4, 2000 * 14 * 14 * 128 * 4
+  relu = kernels["loop_select_fusion.6"]
+  assert (relu["read"], relu["written"]) == (pooled + maps, maps)
+  assert relu["op"].endswith("transpose(jvp(syn_embed))/ConvNet/select_n")
+  # the first convolution of the real batch writes its 2,560 maps and reads nothing that large
+  conv = kernels["cudnn-conv-bias-activation.23"]
+  assert (conv["read"], conv["written"]) == (0, 2560 * 28 * 28 * 128 * 4)
+  assert rows[-1]["written_gb"] == round(sum(k["written"] for k in rows[:-1]) / 1e9, 3)
+  (tmp_path / "bad.txt").write_text("no module here")
+  assert load("benchmarks/hlo_traffic.py").main([str(tmp_path / "bad.txt")]) == 1
+  assert "holds no HloModule" in capfd.readouterr().err
+
+
+@covers("benchmarks/cell_cost.py")
+def test_cell_cost_keeps_its_programs_and_compiles_for_an_absent_gpu(tmp_path, capfd):
+  script = load("benchmarks/cell_cost.py")
+  hlo = tmp_path / "hlo"
+  rows, _ = run("benchmarks/cell_cost.py", ["--tiny", "--time", "0", "--rows", "vanilla",
+                                            "--points", "single:float32", "--hlo-dir", str(hlo)],
+                capfd)
+  assert rows[0]["big_kernels"] == 0 and rows[0]["big_written_gb"] == 0.0  # tiny arrays
+  assert os.listdir(hlo) == ["single_float32.hlo.txt.gz"]
+  import gzip
+  assert gzip.decompress((hlo / "single_float32.hlo.txt.gz").read_bytes()).startswith(b"HloModule")
+  with pytest.raises(SystemExit):  # a folder that holds something is refused
+    script.main(["--tiny", "--hlo-dir", str(hlo)])
+  assert "give a new path or an empty folder" in capfd.readouterr().err
+  # an absent GPU: compiled with JAX's CUDA plugin where it is installed, else one line
+  target = os.path.join(ROOT, "benchmarks", "gpu_targets", "h200.txtpb")
+  args = ["--tiny", "--rows", "vanilla", "--points", "single:float32", "--gpu-target", target]
+  try:
+    import jax_plugins.xla_cuda13  # noqa: F401
+  except ImportError:
+    assert script.main(args) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "needs JAX's CUDA plugin" in err
+  else:
+    assert script.main(args) == 0
+    (row,) = [json.loads(x) for x in capfd.readouterr().out.splitlines() if x.startswith("{")]
+    assert row["backend"] == "cuda (compiled without the GPU)" and "step_s_median" not in row
 
 
 @covers("benchmarks/cell_cost.py")

@@ -89,7 +89,9 @@ def _block_fwd(x, scale, bias, epsilon):
 
 def _block_bwd(epsilon, res, gp):
   del epsilon
-  x, mean, rstd, scale, bias = res
+  # The barrier keeps XLA from sharing the forward's normalised maps with this recomputation
+  # (common-subexpression elimination would store them whole, the pass this op saves).
+  x, mean, rstd, scale, bias = lax.optimization_barrier(res)
   _, h, w, _ = x.shape
   hp, wp = gp.shape[1], gp.shape[2]
   x_hat = (x.astype(_F32) - mean) * rstd
