@@ -61,9 +61,8 @@ def _decompress(kind: int, data: bytes) -> bytes:
   except ImportError:
     raise CacheEntryError("reading this entry needs cramjam: pip install -r "
                           "requirements-dev.txt") from None
-  codec = {ord("s"): lambda b: cramjam.snappy.decompress_raw(b),
-           ord("z"): lambda b: cramjam.zstd.decompress(b),
-           ord("b"): lambda b: cramjam.brotli.decompress(b)}.get(kind)
+  codec = {ord("s"): cramjam.snappy.decompress_raw, ord("z"): cramjam.zstd.decompress,
+           ord("b"): cramjam.brotli.decompress}.get(kind)
   if codec is None:
     raise CacheEntryError(f"unknown Riegeli compression {kind!r}")
   out = bytes(codec(data[start:]))
@@ -161,14 +160,17 @@ def entry_hlo(entry: bytes) -> str:
 
 def _entries(path: str) -> dict[str, bytes]:
   """Cache entries by file name: a file, a folder of them, or a .tar.gz of them."""
+  def read(p):
+    with open(p, "rb") as f:
+      return f.read()
   if os.path.isdir(path):
-    return {n: open(os.path.join(path, n), "rb").read() for n in sorted(os.listdir(path))
+    return {n: read(os.path.join(path, n)) for n in sorted(os.listdir(path))
             if n.endswith("-cache")}
   if tarfile.is_tarfile(path):
     with tarfile.open(path) as tar:
       return {os.path.basename(m.name): tar.extractfile(m).read() for m in tar.getmembers()
               if m.isfile() and m.name.endswith("-cache")}
-  return {os.path.basename(path): open(path, "rb").read()}
+  return {os.path.basename(path): read(path)}
 
 
 def main(argv=None) -> int:

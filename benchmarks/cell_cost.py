@@ -48,6 +48,7 @@ XLA's GPU compiler decides the fusions, so the traffic counts are those of that 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -140,8 +141,9 @@ def build(args, dtype: str, program: str, opts=()):
   return runs.step, state, real
 
 
+@functools.lru_cache(maxsize=None)
 def _script(name: str):
-  """A sibling script of this one, as a module."""
+  """A sibling script of this one, as a module (loaded once)."""
   import importlib.util
   import os
   spec = importlib.util.spec_from_file_location(

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import distill, layers, models, policy
+from policy_steps import dm_step
+
+from jaxdd import layers, models, policy
 from jaxdd._src.fused_norm import instance_norm_relu_avg_pool
 
 
@@ -121,22 +123,10 @@ def test_convnet_has_the_same_parameters_and_values_under_either_layout():
   np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), rtol=1e-4, atol=1e-5)
 
 
-def _dm_step(pol):
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(40, 8, 8, 3)).astype(np.float32)
-  real = distill.real_data(x, np.repeat(np.arange(2), 20), num_classes=2)
-  d = distill.dm(num_classes=2, ipc=2, real_per_class=8, lr=1.0,
-                 model=models.ConvNet(2, depth=2, width=16),
-                 execution=distill.Execution(policy=pol))
-  state = d.init(jax.random.key(0), real)
-  new, _ = jax.jit(d.step)(state, real)
-  return np.asarray(new.syn.images)
-
-
 def test_a_dm_step_gives_the_same_images_with_the_fused_block():
   base = policy.variant("accelerator", steps_per_call=1)
-  want = _dm_step(base)
-  got = _dm_step(policy.variant(base, norm_block="fused"))
+  want, _ = dm_step(base)
+  got, _ = dm_step(policy.variant(base, norm_block="fused"))
   # the synthetic images after one step of lr 1: the same up to float32 rounding of the
   # gradient (as the matmul input gradient's test)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxdd import distill, models, policy
+from policy_steps import dm_step
+
+from jaxdd import policy
 from jaxdd._src import thin_conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -68,24 +70,10 @@ def test_other_convolutions_are_lax_unchanged():
   assert "custom_vjp" in jaxpr  # flax's padding string, made explicit
 
 
-def _dm_step(pol):
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(40, 8, 8, 3)).astype(np.float32)
-  real = distill.real_data(x, np.repeat(np.arange(2), 20), num_classes=2)
-  d = distill.dm(num_classes=2, ipc=2, real_per_class=8, lr=1.0,
-                 model=models.ConvNet(2, depth=2, width=16),
-                 execution=distill.Execution(policy=pol))
-  state = d.init(jax.random.key(0), real)
-  step = jax.jit(d.step)
-  hlo = step.lower(state, real).as_text()
-  new, _ = step(state, real)
-  return np.asarray(new.syn.images), hlo
-
-
 def test_a_dm_step_gives_the_same_images_with_the_input_gradient_as_a_matmul():
   base = policy.variant("accelerator", steps_per_call=1)
-  want, hlo_conv = _dm_step(base)
-  got, hlo_matmul = _dm_step(policy.variant(base, input_grad="matmul"))
+  want, hlo_conv = dm_step(base)
+  got, hlo_matmul = dm_step(policy.variant(base, input_grad="matmul"))
   # the synthetic images after one step of lr 1: the same up to float32 rounding of the
   # gradient (sums of a few hundred products)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
