@@ -263,12 +263,13 @@ class Queue:
     model = models.get(config.eval_model, num_classes=run_data.num_classes)
     valid = run_data.batch(run_data.valid)
     tested = [t for _, _, _, t in todo]
-    res = evaluate.evaluate_synsets(
-        [runs.run_keys(c)[2] for c, _, _, _ in todo],
-        [SynSet(jnp.asarray(s.images), jnp.asarray(s.labels)) for _, _, s, _ in todo],
-        run_data.batch(run_data.test) if any(tested) else valid, model=model,
-        protocol=config.eval_protocol, num_models=config.num_eval_models, valid=valid,
-        select_on="conflicting", test_for=tested)
+    with policy_lib.use(config.policy):  # the runs' layout policy, as their distillation's
+      res = evaluate.evaluate_synsets(
+          [runs.run_keys(c)[2] for c, _, _, _ in todo],
+          [SynSet(jnp.asarray(s.images), jnp.asarray(s.labels)) for _, _, s, _ in todo],
+          run_data.batch(run_data.test) if any(tested) else valid, model=model,
+          protocol=config.eval_protocol, num_models=config.num_eval_models, valid=valid,
+          select_on="conflicting", test_for=tested)
     spent = time.perf_counter() - t0
     print(f"[paper_table] {len(todo)} SynSets evaluated in one program in {spent:.0f} s "
           f"({config.num_eval_models} networks each, protocol {config.eval_protocol})", flush=True)
@@ -289,13 +290,14 @@ class Queue:
     t0 = time.perf_counter()
     model = models.get(config.eval_model, num_classes=run_data.num_classes)
     valid = run_data.batch(run_data.valid)
-    res = evaluate.evaluate_synset(runs.run_keys(config)[2],
-                                   SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
-                                   run_data.batch(run_data.test) if test else valid,
-                                   model=model, protocol=config.eval_protocol,
-                                   num_models=config.num_eval_models,
-                                   valid=valid if test else None,
-                                   select_on="conflicting", progress=not self.args.quiet)
+    with policy_lib.use(config.policy):  # the run's layout policy, as its distillation's
+      res = evaluate.evaluate_synset(runs.run_keys(config)[2],
+                                     SynSet(jnp.asarray(syn.images), jnp.asarray(syn.labels)),
+                                     run_data.batch(run_data.test) if test else valid,
+                                     model=model, protocol=config.eval_protocol,
+                                     num_models=config.num_eval_models,
+                                     valid=valid if test else None,
+                                     select_on="conflicting", progress=not self.args.quiet)
     out = _eval_record(res, valid, test, time.perf_counter() - t0)
     synset.atomic_write_json(path, out)
     return out
@@ -825,7 +827,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--surrogate-preset", default=None)
   p.add_argument("--iterations", type=arguments.positive_int, default=None)
   p.add_argument("--policy", default=None, help=(
-      "the layout policy of every run (default auto): a name or a variant of one, such as "
+      "the layout policy of every run, its distillation and its evaluation (default auto): a "
+      "name or a variant of one, such as "
       "accelerator+class_augment=vmap+input_grad=matmul (jaxdd.policy). The same values up "
       "to float rounding, so it is not a setting of the units: units run under any policy "
       "make one table"))

@@ -953,6 +953,42 @@ def test_paper_table_policy_is_a_layout_not_a_setting_of_the_units(capfd):
   assert len(err) == 1 and "--policy: not a Policy field to change: ['speed']" in err[0]
 
 
+def test_paper_table_evaluates_under_the_runs_policy(monkeypatch, tmp_path):
+  # --policy lays out the evaluation too (the same values up to float rounding, as for the
+  # distillation): both evaluation paths are entered under the runs' policy
+  import types
+
+  import numpy as np
+
+  from jaxdd import policy
+  from jaxdd.synset import SynSet
+  script = load("experiments/paper_table.py")
+  args = script._parser().parse_args(["--tiny", "--policy", "cpu+micro_batch=8",
+                                      "--workdir", str(tmp_path)])
+  q = script.Queue(args, {"policy": args.policy, "iterations": 2})
+  cell = script.CELLS[1]
+  config = script.row_config(q.base(cell), cell, "vanilla", 0)
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def stub(*a, **k):
+    seen.append(policy.current().name)
+    raise Stop
+  data = types.SimpleNamespace(num_classes=10, valid=None, test=None, batch=lambda split: None)
+  monkeypatch.setattr(q, "run_data", lambda c: data)
+  monkeypatch.setattr(script.evaluate, "evaluate_synsets", stub)
+  monkeypatch.setattr(script.evaluate, "evaluate_synset", stub)
+  syn = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1]))
+  w = str(tmp_path / "run")
+  with pytest.raises(Stop):
+    q.evaluate_many([(config, w, syn, True)])
+  with pytest.raises(Stop):
+    q.evaluate(config, w, syn, True)
+  assert seen == ["cpu+micro_batch=8"] * 2 and policy.current() == policy.resolve("auto")
+
+
 def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeypatch):
   # The cell logic on stub runs: validation scores decide (kde_init beats the paper's row on
   # every seed by far more than the noise of 10,000 samples); the chosen candidate (not a
