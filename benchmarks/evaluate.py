@@ -31,6 +31,8 @@ Usage:
   python benchmarks/evaluate.py --epochs 2 --width 8 --test-size 256   # a quick check
   python benchmarks/evaluate.py --tiny                                 # checks the script
   python benchmarks/evaluate.py --policy accelerator          # pin a jaxdd.policy layout
+  python benchmarks/evaluate.py --ipc 50 --protocol dm --modes map --policy \
+      accelerator+norm_block=fused                            # or a variant of one
   python benchmarks/evaluate.py --no-tune-malloc              # glibc's allocator as shipped
   python benchmarks/evaluate.py --train-conv xla --micro-batch 10   # override policy fields
 
@@ -155,8 +157,9 @@ def main(argv=None) -> int:
                  help="override the protocol's epochs (the stamp shows the change)")
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--test-size", type=int, default=10000)
-  p.add_argument("--policy", choices=["auto", "cpu", "accelerator"], default="auto",
-                 help="pin this jaxdd.policy layout (default: by backend)")
+  p.add_argument("--policy", default="auto", help=(
+      "pin this jaxdd.policy layout: a name or a variant of one, such as "
+      "accelerator+norm_block=fused (default: by backend)"))
   p.add_argument("--train-conv", choices=["policy", "winograd", "xla"], default="policy",
                  help="the trained networks' convolutions (jaxdd.policy train_conv; default: "
                       "the policy's)")
@@ -177,6 +180,11 @@ def main(argv=None) -> int:
     p.set_defaults(ipc=[1], protocol=["smoke"], modes=["map", "sequential"], num_models=2,
                    epochs=1, width=4, test_size=16)
     args = p.parse_args(argv)
+  from jaxdd import policy
+  try:
+    policy.check(args.policy)
+  except ValueError as e:
+    p.error(f"--policy: {e}")
   if args.child:
     args.ipc, args.protocol = args.ipc[0], args.protocol[0]
     _child(args)

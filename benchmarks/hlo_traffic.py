@@ -47,50 +47,105 @@ def array_bytes(shape: str) -> list[int]:
   return out
 
 
-def traffic(text: str, min_bytes: float = 100e6) -> list[dict]:
-  """Per kernel of the executed computations of HLO module ``text`` that reads or writes an
-  array of at least ``min_bytes``: its name, the op path its metadata names, and the bytes of
-  such arrays it reads and writes."""
-  computations: dict[str, list[str]] = {}
-  current = None
-  for line in text.splitlines():
-    m = _COMPUTATION.match(line)
-    if m and not line.startswith(" "):
-      current = m.group(1)
-      computations[current] = []
-    elif line.startswith("}"):
-      current = None
-    elif current is not None:
-      computations[current].append(line)
-  shapes, inner = {}, set()
-  for lines in computations.values():
-    for line in lines:
+class Module:
+  """The computations of an HLO module text: each one's instruction lines, every
+  instruction's shape, and which computations run inside fusions and reductions."""
+
+  def __init__(self, text: str):
+    self.computations: dict[str, list[str]] = {}
+    self.entry, current = None, None
+    for line in text.splitlines():
+      m = _COMPUTATION.match(line)
+      if m and not line.startswith(" "):
+        current = m.group(1)
+        self.computations[current] = []
+        if line.startswith("ENTRY "):
+          self.entry = current
+      elif line.startswith("}"):
+        current = None
+      elif current is not None:
+        self.computations[current].append(line)
+    self.shapes, self.inner = {}, set()
+    for lines in self.computations.values():
+      for line in lines:
+        m = _INSTRUCTION.match(line)
+        if not m:
+          continue
+        self.shapes[m.group(1)] = m.group(2)
+        if m.group(3) == "fusion":
+          self.inner.update(re.findall(r"calls=%([\w.\-]+)", line))
+        self.inner.update(re.findall(r"to_apply=%([\w.\-]+)", line))
+
+  def loops(self) -> list[tuple[str, int, int]]:
+    """The while loops the entry runs, however deep: each one's body computation, trip count
+    (-1 where XLA does not know it) and depth (0: not inside another loop)."""
+    out, todo, seen = [], [(self.entry, 0)] if self.entry else [], set()
+    while todo:
+      name, depth = todo.pop()
+      if name in seen:
+        continue
+      seen.add(name)
+      for op, line, callees in self._calls(name):
+        if op == "while":
+          n = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+          out.append((callees[0], int(n.group(1)) if n else -1, depth))
+        todo += [(c, depth + (op == "while")) for c in callees]
+    return out
+
+  def _calls(self, computation: str):
+    """``(op, line, callees)`` per while (callees: its body), call and conditional (its
+    branches) of ``computation``."""
+    for line in self.computations[computation]:
       m = _INSTRUCTION.match(line)
       if not m:
         continue
-      shapes[m.group(1)] = m.group(2)
-      if m.group(3) == "fusion":
-        inner.update(re.findall(r"calls=%([\w.\-]+)", line))
-      inner.update(re.findall(r"to_apply=%([\w.\-]+)", line))
-  out = []
-  for name, lines in computations.items():
-    if name in inner:
-      continue
-    for line in lines:
+      op = m.group(3)
+      if op == "while":
+        yield op, line, re.findall(r"body=%([\w.\-]+)", line)
+      elif op == "call":
+        yield op, line, re.findall(r"to_apply=%([\w.\-]+)", line)
+      elif op == "conditional":
+        yield op, line, re.findall(
+            r"%([\w.\-]+)", re.search(r"branch_computations=\{([^}]*)\}", line).group(1))
+
+  def kernels(self, min_bytes: float, computation: str) -> list[dict]:
+    """:func:`traffic` of the kernels of ``computation`` alone (loops and branches inside it
+    not included)."""
+    out = []
+    for line in self.computations[computation]:
       m = _INSTRUCTION.match(line)
       if not m or m.group(3) not in KERNELS:
         continue
       kernel, shape, op, args = m.groups()
       written = sum(b for b in array_bytes(shape) if b >= min_bytes)
       read = sum(b for o in re.findall(r"%([\w.\-]+)", args)
-                 for b in array_bytes(shapes.get(o, "")) if b >= min_bytes)
+                 for b in array_bytes(self.shapes.get(o, "")) if b >= min_bytes)
       if op == "fusion" and "slice" in kernel:
         read = written
       if read or written:
         path = re.search(r'op_name="([^"]*)"', line)
         out.append({"kernel": kernel, "op": path.group(1) if path else "", "read": read,
                     "written": written})
-  return out
+    return out
+
+  def run_once(self, min_bytes: float, computation: str) -> list[dict]:
+    """The kernels one run of ``computation`` launches, with :func:`traffic`'s fields: its
+    own, those of the loops it holds (one iteration each), of the computations it calls and,
+    of each conditional, those of its branch with the most kernels."""
+    out = self.kernels(min_bytes, computation)
+    for op, _, callees in self._calls(computation):
+      runs = [self.run_once(min_bytes, c) for c in callees]
+      out += max(runs, key=len) if op == "conditional" else runs[0]
+    return out
+
+
+def traffic(text: str, min_bytes: float = 100e6) -> list[dict]:
+  """Per kernel of the executed computations of HLO module ``text`` that reads or writes an
+  array of at least ``min_bytes``: its name, the op path its metadata names, and the bytes of
+  such arrays it reads and writes."""
+  module = Module(text)
+  return [k for name in module.computations if name not in module.inner
+          for k in module.kernels(min_bytes, name)]
 
 
 def _read(path: str) -> str:

@@ -32,6 +32,13 @@
 #       alone; without DSA; NEXT_UNIT_STEP_POINTS: others, NEXT_UNIT_STEP_FLAGS: more
 #       benchmarks/cell_cost.py flags) into step-times.jsonl.
 #
+#   bash experiments/next_unit.sh time OUT [ROWS]
+#       there, on any machine with an accelerator (a loan's second command): time the step
+#       of ROWS (default all 8 of the headline cell, the 8-minute target's program) in its
+#       variants, as the spare minutes do, then the evaluation's training with the norm blocks
+#       as layers and fused, within NEXT_UNIT_LIMIT_S seconds (default 570); leaves
+#       step-times.jsonl, eval-times.jsonl and the log in OUT. Random data: no MNIST needed.
+#
 #   bash experiments/next_unit.sh take OUT [the same flags as the run]
 #       back here: take what the machine left in OUT: each unit record into
 #       results/paper-table/units/ and its runs into runs/paper-table/ (nothing is replaced),
@@ -44,6 +51,93 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
 xla_carry="${NEXT_UNIT_XLA_CARRY:-.xla-cache}"  # the compiled programs carried between machines
+# leave FILE NAME LIMIT WHAT [MORE]: FILE into OUT as NAME when it is not empty, at most
+# LIMIT bytes and one of the 8 files a machine returns (MORE ends the line saying so); else
+# removed. Either way, a log line.
+leave() {
+  local size
+  size=$(stat -c %s "$1")
+  if [ "$size" -eq 0 ]; then
+    rm -f "$1"
+    echo "next_unit: not left: $4 (nothing to leave)" | tee -a "$out/next-unit.log"
+  elif [ "$size" -le "$3" ] && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
+    mv "$1" "$out/$2" && chmod 644 "$out/$2"
+    echo "next_unit: left $4 in $out/$2 ($((size / 1024)) KiB)${5:-}" | tee -a "$out/next-unit.log"
+  else
+    rm -f "$1"
+    echo "next_unit: not left: $4 ($((size / 1024)) KiB), beyond the files a machine returns" \
+      | tee -a "$out/next-unit.log"
+  fi
+}
+
+# time_step ROWS SECONDS: the DM step of the rows ROWS of the headline cell timed in its variants
+# (benchmarks/cell_cost.py on random data: float32; float32, then bfloat16, with the classes
+# augmented at once, the first layer's input gradient as a matrix product and the fused norm
+# blocks; each of the three alone; bfloat16 alone; without DSA; NEXT_UNIT_STEP_POINTS: others,
+# NEXT_UNIT_STEP_FLAGS: more cell_cost.py flags), as many as fit in SECONDS, into
+# OUT/step-times.jsonl
+time_step() {
+  local rows="$1" left="$2" points tmp scratch timed
+  points="${NEXT_UNIT_STEP_POINTS:-split:float32,split:float32:vmapaug+thingrad+fusednorm,split:bfloat16:vmapaug+thingrad+fusednorm,split:float32:fusednorm,split:float32:vmapaug,split:float32:thingrad,split:bfloat16,split:float32:noaug}"
+  if [ "$left" -lt 90 ]; then
+    echo "next_unit: ${left} s left: too few to time the step's variants" | tee -a "$out/next-unit.log"
+    return 0
+  fi
+  echo "next_unit: ${left} s left: timing the step of rows $rows ($points)" \
+    | tee -a "$out/next-unit.log"
+  tmp="$(mktemp /tmp/step-times-XXXX.jsonl)"
+  # no persistent cache: these programs are not the next unit's
+  set +e
+  scratch="$(mktemp -d /tmp/step-times-xla-XXXX)"
+  # shellcheck disable=SC2086 (NEXT_UNIT_STEP_FLAGS: more flags, split on spaces)
+  JAX_COMPILATION_CACHE_DIR="$scratch" timeout -s KILL "$left" \
+    python3 benchmarks/cell_cost.py --rows "$rows" --points "$points" --time 30 \
+    --repeats 3 --budget-seconds $(( left - 20 )) ${NEXT_UNIT_STEP_FLAGS:-} \
+    > "$tmp" 2>> "$out/next-unit.log"
+  timed=$?
+  set -e
+  rm -rf "$scratch"
+  if [ "$timed" != 0 ]; then
+    echo "next_unit: the step's timing stopped (exit $timed$([ "$timed" = 137 ] && echo ': the time left ran out'))" \
+      | tee -a "$out/next-unit.log"
+  fi
+  cat "$tmp" >> "$out/next-unit.log"
+  leave "$tmp" step-times.jsonl $((1024 * 1024)) "the step's timings"
+}
+
+# time_eval SECONDS: the evaluation's training timed with the norm blocks as layers and fused
+# (benchmarks/evaluate.py, one process each: the dm protocol at IPC 50, 2 networks one after
+# another, 300 epochs; NEXT_UNIT_EVAL_FLAGS: other evaluate.py flags), within SECONDS, into
+# OUT/eval-times.jsonl
+time_eval() {
+  local left="$1" t0=$SECONDS tmp scratch timed pol
+  if [ "$left" -lt 60 ]; then
+    echo "next_unit: ${left} s left: too few to time the evaluation" | tee -a "$out/next-unit.log"
+    return 0
+  fi
+  echo "next_unit: ${left} s left: timing the evaluation's training" | tee -a "$out/next-unit.log"
+  tmp="$(mktemp /tmp/eval-times-XXXX.jsonl)"
+  scratch="$(mktemp -d /tmp/eval-times-xla-XXXX)"
+  set +e
+  for pol in accelerator accelerator+norm_block=fused; do
+    left=$(( $1 - (SECONDS - t0) ))
+    [ "$left" -ge 20 ] || break
+    # shellcheck disable=SC2086 (NEXT_UNIT_EVAL_FLAGS: the flags, split on spaces)
+    JAX_COMPILATION_CACHE_DIR="$scratch" timeout -s KILL "$left" \
+      python3 benchmarks/evaluate.py --modes map --policy "$pol" \
+      ${NEXT_UNIT_EVAL_FLAGS:---ipc 50 --protocol dm --num-models 2 --epochs 300 --test-size 2000} \
+      >> "$tmp" 2>> "$out/next-unit.log"
+    timed=$?
+    if [ "$timed" != 0 ]; then
+      echo "next_unit: the evaluation's timing ($pol) stopped (exit $timed)" | tee -a "$out/next-unit.log"
+    fi
+  done
+  set -e
+  rm -rf "$scratch"
+  cat "$tmp" >> "$out/next-unit.log"
+  leave "$tmp" eval-times.jsonl $((1024 * 1024)) "the evaluation's timings"
+}
+
 case "$mode" in
   pack)
     python3 -m jaxdd data fetch mnist
@@ -111,24 +205,6 @@ case "$mode" in
     # evaluation; `take OUT` looks there when OUT holds no files of its own)
     mkdir -p "$out"
     started="$(mktemp /tmp/next-unit-start-XXXX)"  # what this run compiled is newer
-    # leave FILE NAME LIMIT WHAT [MORE]: FILE into OUT as NAME when it is not empty, at most
-    # LIMIT bytes and one of the 8 files a machine returns (MORE ends the line saying so); else
-    # removed. Either way, a log line.
-    leave() {
-      local size
-      size=$(stat -c %s "$1")
-      if [ "$size" -eq 0 ]; then
-        rm -f "$1"
-        echo "next_unit: not left: $4 (nothing to leave)" | tee -a "$out/next-unit.log"
-      elif [ "$size" -le "$3" ] && [ "$(ls -A "$out" | wc -l)" -lt 8 ]; then
-        mv "$1" "$out/$2" && chmod 644 "$out/$2"
-        echo "next_unit: left $4 in $out/$2 ($((size / 1024)) KiB)${5:-}" | tee -a "$out/next-unit.log"
-      else
-        rm -f "$1"
-        echo "next_unit: not left: $4 ($((size / 1024)) KiB), beyond the files a machine returns" \
-          | tee -a "$out/next-unit.log"
-      fi
-    }
     set +e
     python3 experiments/paper_table.py --next-unit --out "$out/unit" \
       "${resume[@]}" "$@" 2>&1 | tee "$out/next-unit.log"
@@ -195,43 +271,36 @@ PY
       fi
     fi
     # the minutes the command has left (NEXT_UNIT_LIMIT_S: its time limit on this machine, in
-    # seconds) time the step of the unit just finished in its variants (benchmarks/cell_cost.py:
-    # float32; float32, then bfloat16, with the classes augmented at once, the first layer's
-    # input gradient as a matrix product and the fused norm blocks; each of the three alone;
-    # bfloat16 alone; without DSA), as many as fit,
-    # on random data; 60 s are kept for the rest. Their JSON lines go into step-times.jsonl
+    # seconds) time the step of the unit just finished in its variants (time_step); 60 s are
+    # kept for the rest
     if [ -n "${NEXT_UNIT_LIMIT_S:-}" ] && [ "$rc" = 0 ] && ls "$out"/unit-*.json >/dev/null 2>&1; then
       left=$(( NEXT_UNIT_LIMIT_S - SECONDS - 60 ))
       rows="$(python3 -c 'import json, sys; print(",".join(json.load(open(sys.argv[1]))["rows"]))' \
               "$(ls "$out"/unit-*.json | head -1)")"
-      points="${NEXT_UNIT_STEP_POINTS:-split:float32,split:float32:vmapaug+thingrad+fusednorm,split:bfloat16:vmapaug+thingrad+fusednorm,split:float32:fusednorm,split:float32:vmapaug,split:float32:thingrad,split:bfloat16,split:float32:noaug}"
-      if [ "$left" -ge 90 ]; then
-        echo "next_unit: ${left} s left: timing the step of rows $rows ($points)" \
-          | tee -a "$out/next-unit.log"
-        tmp="$(mktemp /tmp/step-times-XXXX.jsonl)"
-        # no persistent cache: these programs are not the next unit's
-        set +e
-        scratch="$(mktemp -d /tmp/step-times-xla-XXXX)"
-        # shellcheck disable=SC2086 (NEXT_UNIT_STEP_FLAGS: more flags, split on spaces)
-        JAX_COMPILATION_CACHE_DIR="$scratch" timeout -s KILL "$left" \
-          python3 benchmarks/cell_cost.py --rows "$rows" --points "$points" --time 30 \
-          --repeats 3 --budget-seconds $(( left - 20 )) ${NEXT_UNIT_STEP_FLAGS:-} \
-          > "$tmp" 2>> "$out/next-unit.log"
-        timed=$?
-        set -e
-        rm -rf "$scratch"
-        if [ "$timed" != 0 ]; then
-          echo "next_unit: the step's timing stopped (exit $timed$([ "$timed" = 137 ] && echo ': the time left ran out'))" \
-            | tee -a "$out/next-unit.log"
-        fi
-        cat "$tmp" >> "$out/next-unit.log"
-        leave "$tmp" step-times.jsonl $((1024 * 1024)) "the step's timings"
-      else
-        echo "next_unit: ${left} s left: too few to time the step's variants" | tee -a "$out/next-unit.log"
-      fi
+      time_step "$rows" "$left"
     fi
     rm -f "$started"
     exit "$rc"
+    ;;
+  time)
+    out="${2:-}"
+    rows="${3:-vanilla,kde,kde_init,kde_floor_init_is,fairdd_pseudo,fairdd_batch,fairdd,oracle}"
+    if [ -z "$out" ] || [ $# -gt 3 ]; then
+      echo "next_unit: error: give the folder to leave the timings in: bash experiments/next_unit.sh time OUT [ROWS]" >&2
+      exit 2
+    fi
+    if [ -e "$out" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
+      echo "next_unit: error: $out must be a new path or an empty folder; give another" >&2
+      exit 2
+    fi
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    mkdir -p "$out"
+    : > "$out/next-unit.log"
+    limit="${NEXT_UNIT_LIMIT_S:-570}"
+    # the step first (it decides the distillation's layout), then the evaluation with what is
+    # left; 20 s are kept for the rest
+    time_step "$rows" $(( limit - SECONDS - ${NEXT_UNIT_EVAL_RESERVE_S:-100} ))
+    time_eval $(( limit - SECONDS - 20 ))
     ;;
   take)
     out="${2:-}"

@@ -167,6 +167,107 @@ def test_hlo_traffic_counts_the_large_arrays_of_the_h200_step(tmp_path, capfd):
   assert "holds no HloModule" in capfd.readouterr().err
 
 
+#: A hand-made HLO module: an entry with a kernel and two loops, one in the other (trip counts
+#: 7 and 3); the outer body holds a kernel and a conditional of 1 or 2 kernels. Arrays: 4 MB
+#: (1000x1000 f32) and 1 MB (1000x250 f32).
+_LOOPS_HLO = """HloModule loops
+
+%fused (p: f32[1000,1000]) -> f32[1000,1000] {
+  %p = f32[1000,1000]{1,0} parameter(0)
+  ROOT %n = f32[1000,1000]{1,0} negate(%p)
+}
+
+%inner (t: (s32[], f32[1000,1000])) -> (s32[], f32[1000,1000]) {
+  %t = (s32[], f32[1000,1000]{1,0}) parameter(0)
+  %x = f32[1000,1000]{1,0} get-tuple-element(%t), index=1
+  %k = f32[1000,1000]{1,0} fusion(%x), kind=kLoop, calls=%fused, metadata={op_name="a/inner"}
+  ROOT %r = (s32[], f32[1000,1000]{1,0}) tuple(%i, %k)
+}
+
+%br0 (a: f32[1000,1000]) -> f32[1000,250] {
+  %a = f32[1000,1000]{1,0} parameter(0)
+  ROOT %s = f32[1000,250]{1,0} fusion(%a), kind=kLoop, calls=%fused, metadata={op_name="a/b0"}
+}
+
+%br1 (b: f32[1000,1000]) -> f32[1000,250] {
+  %b = f32[1000,1000]{1,0} parameter(0)
+  %u = f32[1000,1000]{1,0} copy(%b)
+  ROOT %v = f32[1000,250]{1,0} fusion(%u), kind=kLoop, calls=%fused, metadata={op_name="a/b1"}
+}
+
+%outer (t: (s32[], f32[1000,1000])) -> (s32[], f32[1000,1000]) {
+  %t = (s32[], f32[1000,1000]{1,0}) parameter(0)
+  %x = f32[1000,1000]{1,0} get-tuple-element(%t), index=1
+  %w = (s32[], f32[1000,1000]{1,0}) while(%t), condition=%c, body=%inner, backend_config={"known_trip_count":{"n":"3"}}
+  %y = f32[1000,1000]{1,0} fusion(%x), kind=kLoop, calls=%fused, metadata={op_name="a/outer"}
+  %z = f32[1000,250]{1,0} conditional(%i, %y, %y), branch_computations={%br0, %br1}
+  ROOT %r = (s32[], f32[1000,1000]{1,0}) tuple(%i, %y)
+}
+
+ENTRY %main (p: f32[1000,1000]) -> f32[1000,1000] {
+  %p = f32[1000,1000]{1,0} parameter(0)
+  %e = f32[1000,1000]{1,0} fusion(%p), kind=kLoop, calls=%fused, metadata={op_name="a/entry"}
+  %w = (s32[], f32[1000,1000]{1,0}) while(%t), condition=%c, body=%outer, backend_config={"known_trip_count":{"n":"7"}}
+  ROOT %o = f32[1000,1000]{1,0} get-tuple-element(%w), index=1
+}
+"""
+
+
+def test_hlo_traffic_follows_loops_and_branches():
+  # by hand: the outer loop (the only one the entry runs) launches its own kernel, one
+  # iteration of the inner loop's, and the larger branch's two; counting arrays of 2 MB or
+  # more, the two loops' kernels and the copy read and write 4 MB each, the branch's fusion
+  # reads 4 MB (its 1 MB output is not counted): 16 MB read, 12 MB written
+  module = load("benchmarks/hlo_traffic.py").Module(_LOOPS_HLO)
+  assert sorted(module.loops()) == [("inner", 3, 1), ("outer", 7, 0)]
+  every = module.run_once(0, "outer")
+  assert [k["kernel"] for k in every] == ["y", "k", "u", "v"]
+  big = module.run_once(2e6, "outer")
+  assert [(k["kernel"], k["read"], k["written"]) for k in big] == [
+      ("y", 4_000_000, 4_000_000), ("k", 4_000_000, 4_000_000), ("u", 4_000_000, 4_000_000),
+      ("v", 4_000_000, 0)]
+  assert module.kernels(0, "main")[0]["op"] == "a/entry"
+
+
+@covers("benchmarks/eval_cost.py")
+def test_eval_cost_counts_one_epoch_of_the_evaluations_training(tmp_path, capfd):
+  script = load("benchmarks/eval_cost.py")
+  hlo = tmp_path / "hlo"
+  rows, _ = run("benchmarks/eval_cost.py", ["--tiny", "--hlo-dir", str(hlo)], capfd)
+  layers, fused = rows
+  assert [r["point"] for r in rows] == ["accelerator", "accelerator+norm_block=fused"]
+  # the smoke protocol's 3 epochs run as 4, as the reference's loop does
+  assert layers["epochs"] == fused["epochs"] == 4
+  assert all(r["epoch_kernels"] >= r["big_kernels"] > 0 for r in rows)
+  assert sorted(os.listdir(hlo)) == ["accelerator+norm_block=fused.hlo.txt.gz",
+                                     "accelerator.hlo.txt.gz"]
+  # a program compiled elsewhere (a GPU's, from its cache) is counted the same way
+  (kept,), _ = run("benchmarks/eval_cost.py", ["--tiny", "--count",
+                                               str(hlo / "accelerator.hlo.txt.gz")], capfd)
+  assert {k: kept[k] for k in ("epochs", "epoch_kernels", "big_kernels", "big_read_gb")} == \
+      {k: layers[k] for k in ("epochs", "epoch_kernels", "big_kernels", "big_read_gb")}
+  (tmp_path / "other.txt").write_text("no module here")
+  assert script.main(["--tiny", "--count", str(tmp_path / "other.txt")]) == 1
+  err = capfd.readouterr().err
+  assert err.count("\n") == 1 and "0 loops of 4 iterations" in err
+  # the epoch loop is found by its iterations: a program without it is refused
+  with pytest.raises(ValueError, match="0 loops of 5 iterations"):
+    script.epoch_counts(_LOOPS_HLO, 1e6, 5)
+  assert script.epoch_counts(_LOOPS_HLO, 2e6, 7) == {
+      "epochs": 7, "epoch_kernels": 4, "big_kernels": 4, "big_read_gb": 0.016,
+      "big_written_gb": 0.012}
+  with pytest.raises(SystemExit):
+    script.main(["--tiny", "--policies", "cpu+speed=1"])
+  assert "--policies: not a Policy field to change" in capfd.readouterr().err
+  target = os.path.join(ROOT, "benchmarks", "gpu_targets", "h200.txtpb")
+  try:
+    import jax_plugins.xla_cuda13  # noqa: F401
+  except ImportError:
+    assert script.main(["--tiny", "--gpu-target", target]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "needs JAX's CUDA plugin" in err
+
+
 @covers("benchmarks/cell_cost.py")
 def test_cell_cost_keeps_its_programs_and_compiles_for_an_absent_gpu(tmp_path, capfd):
   script = load("benchmarks/cell_cost.py")
@@ -287,6 +388,13 @@ def test_evaluate(capfd):
   assert all(has(r, "compile_train_s", "train_s", "test_s", "peak_rss_mib") for r in rows[:2])
   assert rows[0]["num_models"] == 2 and rows[0]["protocol"] == "smoke"
   assert rows[2]["bench"] == "evaluate.speedup" and rows[2]["map_train_speedup"] > 0
+  # a variant of a policy pins that layout in the measured process; a bad one is one line
+  rows, _ = run("benchmarks/evaluate.py", ["--tiny", "--modes", "map", "--policy",
+                                           "accelerator+norm_block=fused"], capfd)
+  assert rows[0]["policy"] == "accelerator+norm_block=fused"
+  with pytest.raises(SystemExit):
+    load("benchmarks/evaluate.py").main(["--tiny", "--policy", "cpu+speed=1"])
+  assert "--policy: not a Policy field to change" in capfd.readouterr().err
 
 
 @covers("benchmarks/gm_outer.py")
@@ -794,6 +902,38 @@ def _machine_env(tmp_path, **more):
              + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"), **more)
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   return env
+
+
+@pytest.mark.slow
+def test_next_unit_times_the_step_and_the_evaluation_on_any_accelerator(tmp_path):
+  # a loan's second command (or anyone's GPU): the step's variants, then the evaluation's
+  # training with the norm blocks as layers and fused, on random data, within the limit
+  out = tmp_path / "out"
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+             + os.environ.get("PATH", ""), NEXT_UNIT_LIMIT_S="3000",
+             NEXT_UNIT_STEP_POINTS="split:float32", NEXT_UNIT_STEP_FLAGS="--tiny",
+             NEXT_UNIT_EVAL_FLAGS="--tiny")
+  script = os.path.join(ROOT, "experiments", "next_unit.sh")
+  proc = subprocess.run(["bash", script, "time", str(out), "vanilla"], env=env,
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert sorted(os.listdir(out)) == ["eval-times.jsonl", "next-unit.log", "step-times.jsonl"]
+  (step,) = [json.loads(x) for x in (out / "step-times.jsonl").read_text().splitlines()]
+  assert step["rows"] == ["vanilla"] and step["step_s_median"] > 0
+  evals = [json.loads(x) for x in (out / "eval-times.jsonl").read_text().splitlines()]
+  assert [e["policy"] for e in evals] == ["accelerator", "accelerator+norm_block=fused"]
+  assert all(e["mode"] == "map" and e["train_s"] > 0 for e in evals)
+  # OUT must be new or empty; too little time is said, not tried
+  proc = subprocess.run(["bash", script, "time", str(out)], env=env, capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 2 and "must be a new path or an empty folder" in proc.stderr
+  proc = subprocess.run(["bash", script, "time", str(tmp_path / "short")],
+                        env=dict(env, NEXT_UNIT_LIMIT_S="70"), capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 0
+  assert "too few to time the step's variants" in proc.stdout
+  assert "too few to time the evaluation" in proc.stdout
+  assert os.listdir(tmp_path / "short") == ["next-unit.log"]
 
 
 def test_next_unit_returns_the_largest_compiled_programs_that_fit(tmp_path):
