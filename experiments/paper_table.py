@@ -744,8 +744,51 @@ def units_table(q: Queue, cell: Cell) -> dict | None:
       command=sorted({r["command"] for r in units}),
       notes=data["notes"] + ["Built from the unit records in "
                              f"{q.args.units_dir} ({len(units)} units); each unit's commit "
-                             "and machine are given."])
+                             "and machine are given."],
+      units={"dir": q.args.units_dir, "settings": unit_settings(q)})
   return data
+
+
+_BUILT_FROM = "Built from the unit records in "
+
+
+def table_source(path: str) -> dict | None:
+  """What the table at ``path`` was built from: ``{"dir", "settings"}`` of its units
+  (``settings`` None in a table from before tables named them), ``{}`` for the whole queue's
+  table, None when there is no readable table there (one is computed)."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+    return None
+  if isinstance(data.get("units"), dict):
+    return {"dir": data["units"].get("dir"), "settings": data["units"].get("settings")}
+  for note in data.get("notes", []):
+    if isinstance(note, str) and note.startswith(_BUILT_FROM):
+      return {"dir": note[len(_BUILT_FROM):].rsplit(" (", 1)[0], "settings": None}
+  return {}
+
+
+def check_tables(q: Queue, cells: list[Cell]) -> None:
+  """Refuses a results folder whose table of one of ``cells`` another source wrote (the whole
+  queue, the units of another folder or of other settings): these units' table would
+  replace it."""
+  for cell in cells:
+    path = os.path.join(q.args.results, f"{cell.name}.json")
+    source = table_source(path)
+    if source is None:
+      continue
+    if source == {}:
+      raise ValueError(f"{path} is the whole queue's table of {cell.name}; these units' table "
+                       "would replace it: give the units another --results")
+    same_dir = os.path.normpath(source["dir"] or "") == os.path.normpath(q.args.units_dir)
+    if not same_dir or source["settings"] not in (None, unit_settings(q)):
+      raise ValueError(f"{path} is the table of the units in {source['dir']}"
+                       + (f" ({source['settings']})" if source["settings"] else "")
+                       + f", not of {q.args.units_dir} ({unit_settings(q)}); these units' "
+                       "table would replace it: give them another --results")
 
 
 def _pm(values) -> str:
@@ -949,6 +992,11 @@ def queue_main(q: Queue, order: list[Cell]) -> int:
   args, left = q.args, []
   for i, cell in enumerate(order):
     path = os.path.join(args.results, f"{cell.name}.json")
+    if table_source(path):
+      print(f"paper_table: {path} is the table of the units in {table_source(path)['dir']}; "
+            "the whole queue's table would replace it: give the queue another --results",
+            file=sys.stderr)
+      return 1
     done = _record(path, CELL_RECORD)
     if done is not None and done.get("complete", True):
       print(f"[paper_table] {cell.name}: finished ({path})", flush=True)
@@ -984,6 +1032,7 @@ def units_main(q: Queue, order: list[Cell]) -> int:
   args = q.args
   try:
     check_units_dir(q)
+    check_tables(q, order)
     if args.take:
       return take_back(q, order)
     todo = next_units(q, order, args.units)

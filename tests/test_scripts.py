@@ -1129,6 +1129,43 @@ def test_paper_table_evaluates_under_the_runs_policy(monkeypatch, tmp_path):
   assert seen == ["cpu+micro_batch=8"] * 2 and policy.current() == policy.resolve("auto")
 
 
+def test_paper_table_never_replaces_a_table_another_source_built(tmp_path, capfd):
+  # a cell's table is rewritten only by its own source: units of another folder or of other
+  # settings, and the whole queue, are refused in one line before any work
+  script = load("experiments/paper_table.py")
+  res = tmp_path / "r"
+  res.mkdir()
+  table = res / "cmnist5-ipc10.json"
+  base = ["--tiny", "--next-unit", "--plan", "--results", str(res)]
+  units = str(res / "units")
+  # a table from before tables named their units' settings: its notes name the folder
+  table.write_text(json.dumps({"rows": [], "notes": [
+      f"Built from the unit records in {units} (1 units); each unit's commit and machine "
+      "are given."]}))
+  assert script.main(base) == 0  # the same folder: its units may rewrite it
+  capfd.readouterr()
+  assert script.main(base + ["--units-dir", str(tmp_path / "other")]) == 1
+  err = capfd.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "give them another --results" in err[0]
+  # a table that names its settings: other settings in the same folder are refused too
+  settings = {"preset": "smoke", "iterations": 2}  # what --tiny sets
+  table.write_text(json.dumps({"rows": [], "units": {"dir": units, "settings": settings}}))
+  assert script.main(base) == 0
+  capfd.readouterr()
+  assert script.main(base + ["--compute-dtype", "bfloat16"]) == 1
+  assert "compute_dtype" in capfd.readouterr().err
+  # the whole queue does not replace the units' table, nor the units the queue's
+  before = table.read_text()
+  assert script.main(["--tiny", "--quiet", "--results", str(res), "--workdir",
+                      str(tmp_path / "w")]) == 1
+  assert "give the queue another --results" in capfd.readouterr().err
+  assert table.read_text() == before
+  table.write_text(json.dumps({"rows": [], "notes": ["a whole-queue table"]}))
+  assert script.main(base) == 1
+  assert "the whole queue's table" in capfd.readouterr().err
+  assert not (tmp_path / "w").exists()
+
+
 def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeypatch):
   # The cell logic on stub runs: validation scores decide (kde_init beats the paper's row on
   # every seed by far more than the noise of 10,000 samples); the chosen candidate (not a
