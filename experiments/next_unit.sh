@@ -293,6 +293,13 @@ PY
       echo "next_unit: error: $out must be a new path or an empty folder; give another" >&2
       exit 2
     fi
+    all_rows=" vanilla kde kde_init kde_floor_init_is fairdd_pseudo fairdd_batch fairdd oracle "
+    for r in ${rows//,/ }; do
+      if [[ "$all_rows" != *" $r "* ]]; then
+        echo "next_unit: error: ROWS: $r is not a row of the cell; give some of:$all_rows(comma-separated)" >&2
+        exit 2
+      fi
+    done
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     mkdir -p "$out"
     : > "$out/next-unit.log"

@@ -927,6 +927,11 @@ def test_next_unit_times_the_step_and_the_evaluation_on_any_accelerator(tmp_path
   proc = subprocess.run(["bash", script, "time", str(out)], env=env, capture_output=True,
                         text=True, timeout=60)
   assert proc.returncode == 2 and "must be a new path or an empty folder" in proc.stderr
+  proc = subprocess.run(["bash", script, "time", str(tmp_path / "bad"), "vanilla,fast"],
+                        env=env, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+  assert "ROWS: fast is not a row of the cell" in proc.stderr
+  assert not (tmp_path / "bad").exists()
   proc = subprocess.run(["bash", script, "time", str(tmp_path / "short")],
                         env=dict(env, NEXT_UNIT_LIMIT_S="70"), capture_output=True,
                         text=True, timeout=60)
