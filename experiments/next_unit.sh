@@ -284,7 +284,9 @@ PY
     ;;
   time)
     out="${2:-}"
-    rows="${3:-vanilla,kde,kde_init,kde_floor_init_is,fairdd_pseudo,fairdd_batch,fairdd,oracle}"
+    # the headline cell's rows (benchmarks/cell_cost.py's); all of them by default
+    all_rows=" vanilla kde kde_init kde_floor_init_is fairdd_pseudo fairdd_batch fairdd oracle "
+    rows="${3:-$(echo $all_rows | tr ' ' ',')}"
     if [ -z "$out" ] || [ $# -gt 3 ]; then
       echo "next_unit: error: give the folder to leave the timings in: bash experiments/next_unit.sh time OUT [ROWS]" >&2
       exit 2
@@ -293,7 +295,6 @@ PY
       echo "next_unit: error: $out must be a new path or an empty folder; give another" >&2
       exit 2
     fi
-    all_rows=" vanilla kde kde_init kde_floor_init_is fairdd_pseudo fairdd_batch fairdd oracle "
     for r in ${rows//,/ }; do
       if [[ "$all_rows" != *" $r "* ]]; then
         echo "next_unit: error: ROWS: $r is not a row of the cell; give some of:$all_rows(comma-separated)" >&2

@@ -932,6 +932,11 @@ def test_next_unit_times_the_step_and_the_evaluation_on_any_accelerator(tmp_path
   assert proc.returncode == 2 and proc.stderr.count("\n") == 1
   assert "ROWS: fast is not a row of the cell" in proc.stderr
   assert not (tmp_path / "bad").exists()
+  # the rows it knows (and times by default) are the cell's, as cell_cost.py has them
+  import re
+  with open(script) as f:
+    known = re.search(r'all_rows=" ([a-z_ ]+) "', f.read()).group(1).split()
+  assert tuple(known) == load("benchmarks/cell_cost.py").ROWS
   proc = subprocess.run(["bash", script, "time", str(tmp_path / "short")],
                         env=dict(env, NEXT_UNIT_LIMIT_S="70"), capture_output=True,
                         text=True, timeout=60)
