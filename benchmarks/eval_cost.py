@@ -7,11 +7,11 @@ network one ``lax.scan`` over its epochs. So one epoch of one network, repeated,
 evaluation's time. For each ``--policies`` entry this script compiles the training of one
 network on one SynSet (:func:`jaxdd.train.train_synsets`, the program
 :func:`jaxdd.evaluate.evaluate_synsets` runs, at S = M = 1), finds its epoch loop and prints one
-JSON line: the loop's iterations (``epochs``: the protocol's, plus one as in the reference), the kernels one epoch launches
-(``epoch_kernels``: fusions, library calls, copies; of each conditional, its largest branch)
-and, of those, the ones that read or write arrays of ``--min-mb`` MB or more, with the GB they
-move per epoch (``big_kernels``, ``big_read_gb``, ``big_written_gb``: :mod:`hlo_traffic`).
-Counts, not seconds.
+JSON line: the loop's iterations (``epochs``: the protocol's, plus one as in the reference),
+the kernels one epoch launches (``epoch_kernels``: fusions, library calls, copies; of each
+conditional, its largest branch) and, of those, the ones that read or write arrays of
+``--min-mb`` MB or more, with the GB they move per epoch (``big_kernels``, ``big_read_gb``,
+``big_written_gb``: :mod:`hlo_traffic`). Counts, not seconds.
 
 ``--gpu-target FILE`` compiles for a GPU that is not there (an XLA GPU target config,
 ``benchmarks/gpu_targets/``; JAX's CUDA plugin needed, as for ``cell_cost.py``), so the kernels
@@ -20,7 +20,7 @@ point's compiled HLO (``POLICY.hlo.txt.gz``).
 
   JAX_PLATFORMS=cpu python benchmarks/eval_cost.py --gpu-target benchmarks/gpu_targets/h200.txtpb \\
       --policies accelerator,accelerator+norm_block=fused       # an H200's programs, on a CPU
-  python benchmarks/cached_hlo.py .xla-cache/xla-cache.tar.gz --name jit__train_synset_grid \
+  python benchmarks/cached_hlo.py .xla-cache/xla-cache.tar.gz --name jit__train_synset_grid \\
       --out EVAL.hlo.txt.gz && python benchmarks/eval_cost.py --count EVAL.hlo.txt.gz
                                                                   # the program a GPU ran
   python benchmarks/eval_cost.py --tiny                           # checks the script in seconds

@@ -783,7 +783,7 @@ def check_tables(q: Queue, cells: list[Cell]) -> None:
     if source == {}:
       raise ValueError(f"{path} is the whole queue's table of {cell.name}; these units' table "
                        "would replace it: give the units another --results")
-    same_dir = os.path.normpath(source["dir"] or "") == os.path.normpath(q.args.units_dir)
+    same_dir = os.path.abspath(source["dir"] or "") == os.path.abspath(q.args.units_dir)
     if not same_dir or source["settings"] not in (None, unit_settings(q)):
       raise ValueError(f"{path} is the table of the units in {source['dir']}"
                        + (f" ({source['settings']})" if source["settings"] else "")
@@ -990,13 +990,15 @@ def main(argv=None) -> int:
 def queue_main(q: Queue, order: list[Cell]) -> int:
   """The whole queue in one long invocation (checkpoints on this machine)."""
   args, left = q.args, []
+  for cell in order:  # every cell's table checked before any work
+    path = os.path.join(args.results, f"{cell.name}.json")
+    source = table_source(path)
+    if source:
+      print(f"paper_table: {path} is the table of the units in {source['dir']}; the whole "
+            "queue's table would replace it: give the queue another --results", file=sys.stderr)
+      return 1
   for i, cell in enumerate(order):
     path = os.path.join(args.results, f"{cell.name}.json")
-    if table_source(path):
-      print(f"paper_table: {path} is the table of the units in {table_source(path)['dir']}; "
-            "the whole queue's table would replace it: give the queue another --results",
-            file=sys.stderr)
-      return 1
     done = _record(path, CELL_RECORD)
     if done is not None and done.get("complete", True):
       print(f"[paper_table] {cell.name}: finished ({path})", flush=True)
