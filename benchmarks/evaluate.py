@@ -141,6 +141,7 @@ def _measure(args) -> None:
       "total_s": round(compile_train_s + train_s + test_first_s, 3),
       "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "backend": jax.default_backend(), "devices": jax.device_count(),
+      "device": jax.devices()[0].device_kind,
       "jax": jax.__version__,
   }), flush=True)
 

@@ -385,7 +385,8 @@ def test_eval_profile(capfd, tmp_path):
 def test_evaluate(capfd):
   rows, _ = run("benchmarks/evaluate.py", ["--tiny"], capfd)  # a subprocess per mode
   assert [r.get("mode") for r in rows] == ["map", "sequential", None]
-  assert all(has(r, "compile_train_s", "train_s", "test_s", "peak_rss_mib") for r in rows[:2])
+  assert all(has(r, "compile_train_s", "train_s", "test_s", "peak_rss_mib", "device")
+             for r in rows[:2])
   assert rows[0]["num_models"] == 2 and rows[0]["protocol"] == "smoke"
   assert rows[2]["bench"] == "evaluate.speedup" and rows[2]["map_train_speedup"] > 0
   # a variant of a policy pins that layout in the measured process; a bad one is one line
