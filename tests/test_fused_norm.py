@@ -102,6 +102,39 @@ def test_bfloat16_maps_keep_their_dtype_and_float32_statistics():
   assert dx.dtype == jnp.bfloat16
 
 
+def test_the_bfloat16_mask_is_relus_mask_for_every_sign_of_scale():
+  # bfloat16 maps take ReLU's mask as x against a per-map threshold; it must be y > 0 for a
+  # positive, a negative and a zero scale (then bias > 0), wherever y is not within float32
+  # rounding of 0 (reference: float64 numpy on the same bfloat16-rounded maps)
+  from jaxdd._src import fused_norm
+  x, _, _ = _inputs((3, 8, 8, 4), 7)
+  xb = jnp.asarray(x, jnp.bfloat16)
+  x64 = np.asarray(xb, np.float64)
+  scale = np.array([1.3, -0.7, 0.0, 0.0], np.float32)
+  bias = np.array([0.2, 0.4, 0.5, -0.5], np.float32)
+  mean, rstd = fused_norm._stats(xb, 1e-5)
+  xf = xb.astype(jnp.float32)
+  x_hat = (xf - mean) * rstd
+  got = np.asarray(fused_norm._relu_mask(xb, xf, x_hat, mean, rstd, jnp.asarray(scale),
+                                         jnp.asarray(bias)))
+  m64 = x64.mean(axis=(1, 2), keepdims=True)
+  y = (x64 - m64) / np.sqrt(x64.var(axis=(1, 2), keepdims=True) + 1e-5) * scale + bias
+  clear = np.abs(y) > 1e-4
+  assert clear.mean() > 0.99
+  np.testing.assert_array_equal(got[clear], (y > 0)[clear])
+  # and the gradients follow the float32 operation's on the same maps, to bfloat16's rounding
+  w = np.random.default_rng(8).normal(size=(3, 4, 4, 4)).astype(np.float32)
+
+  def grads(a):
+    return jax.grad(lambda a, s, b: jnp.sum(instance_norm_relu_avg_pool(a, s, b)
+                                            .astype(jnp.float32) * w), argnums=(0, 1, 2))(
+                                                a, jnp.asarray(scale), jnp.asarray(bias))
+  low, ref = grads(xb), grads(xb.astype(jnp.float32))
+  for g, r in zip(low, ref):  # dx is rounded to bfloat16 (2**-8 relative)
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r),
+                               rtol=1e-2, atol=1e-2 * float(np.abs(np.asarray(r)).max()))
+
+
 def test_bad_maps_get_one_line():
   with pytest.raises(ValueError, match="at least 2x2"):
     instance_norm_relu_avg_pool(jnp.ones((1, 1, 4, 3)), jnp.ones(3), jnp.zeros(3))

@@ -90,6 +90,22 @@ def _block_fwd(x, scale, bias, epsilon):
   return _avg_pool2(jnp.maximum(y, 0.0)).astype(x.dtype), (x, mean, rstd, scale, bias)
 
 
+def _relu_mask(x, xf, x_hat, mean, rstd, sc, b):
+  """ReLU's mask in the backward, ``y = x_hat * scale + bias > 0``, in the form XLA recomputes
+  in both kernels that need it (the statistics' sums and the input gradient) instead of storing
+  it whole. Compiled for an H200 (``benchmarks/cell_cost.py --gpu-target``): float32 maps keep
+  the expression; with bfloat16 maps XLA stored its mask as a full-size array, so there it is
+  ``x`` against a per-map threshold, ``x > mean - bias / (scale * rstd)`` for a positive
+  scale, ``x <`` it for a negative one, ``bias > 0`` for a zero one: one comparison an element
+  (the 8 rows' bfloat16 step with the layout policy's three remedies then moves 17.7 GB of
+  large arrays instead of 19.4). The two agree
+  but where ``y`` rounds to either side of 0."""
+  if x.dtype == _F32:
+    return x_hat * sc + b > 0
+  t = mean - b / (jnp.where(sc == 0, 1.0, sc) * rstd)
+  return jnp.where(sc > 0, xf > t, jnp.where(sc < 0, xf < t, b > 0))
+
+
 def _block_bwd(epsilon, res, gp):
   del epsilon
   # The barrier keeps XLA from sharing the forward's normalised maps with this recomputation
@@ -97,13 +113,14 @@ def _block_bwd(epsilon, res, gp):
   x, mean, rstd, scale, bias = lax.optimization_barrier(res)
   _, h, w, _ = x.shape
   hp, wp = gp.shape[1], gp.shape[2]
-  x_hat = (x.astype(_F32) - mean) * rstd
-  y = x_hat * scale.astype(_F32) + bias.astype(_F32)
+  xf = x.astype(_F32)
+  x_hat = (xf - mean) * rstd
+  mask = _relu_mask(x, xf, x_hat, mean, rstd, scale.astype(_F32), bias.astype(_F32))
   # The pooled gradient spread over its 2x2 windows (a quarter each), zero on a dropped
   # trailing row or column, then ReLU's mask: recomputed, never stored.
   g = jnp.repeat(jnp.repeat(gp.astype(_F32) * 0.25, 2, axis=1), 2, axis=2)
   g = jnp.pad(g, ((0, 0), (0, h - 2 * hp), (0, w - 2 * wp), (0, 0)))
-  g = jnp.where(y > 0, g, 0.0)
+  g = jnp.where(mask, g, 0.0)
   m = h * w
   s_g = jnp.sum(g, axis=(1, 2), keepdims=True)
   s_gx = jnp.sum(g * x_hat, axis=(1, 2), keepdims=True)
