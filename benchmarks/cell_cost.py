@@ -153,13 +153,19 @@ def _script(name: str):
   return module
 
 
-def gpu_target_sharding(config: str):
-  """A replicated sharding on one GPU described by XLA GPU target config text ``config``,
-  without the GPU (jax.experimental.topologies). Raises RuntimeError with the fix when JAX's
-  CUDA plugin is missing or refuses the config."""
+def gpu_target_sharding(path: str):
+  """A replicated sharding on one GPU described by the XLA GPU target config file ``path``,
+  without the GPU (jax.experimental.topologies). Raises RuntimeError with the fix when the
+  file cannot be read, or JAX's CUDA plugin is missing or refuses the config."""
   import jax
   from jax.experimental import topologies
   from jax.sharding import NamedSharding, PartitionSpec
+  try:
+    with open(path) as f:
+      config = f.read()
+  except OSError as e:
+    raise RuntimeError(f"cannot read it ({e}); give a GPU target config "
+                       "(benchmarks/gpu_targets/)") from None
   try:
     topology = topologies.get_topology_desc(platform="cuda", target_config=config,
                                             topology="1x1x1")
@@ -279,10 +285,8 @@ def main(argv=None) -> int:
       p.error("--gpu-target compiles for a GPU that is not there: no --time")
     args.time = 0
     try:
-      with open(args.gpu_target) as f:
-        config = f.read()
-      sharding = gpu_target_sharding(config)
-    except (OSError, RuntimeError) as e:
+      sharding = gpu_target_sharding(args.gpu_target)
+    except RuntimeError as e:
       print(f"cell_cost: --gpu-target {args.gpu_target}: {e}", file=sys.stderr)
       return 1
   t0, slowest, timing = time.perf_counter(), 0.0, 0.0

@@ -110,10 +110,8 @@ def main(argv=None) -> int:
   sharding = None
   if args.gpu_target:
     try:
-      with open(args.gpu_target) as f:
-        config = f.read()
-      sharding = gpu_target_sharding(config)
-    except (OSError, RuntimeError) as e:
+      sharding = gpu_target_sharding(args.gpu_target)
+    except RuntimeError as e:
       print(f"eval_cost: --gpu-target {args.gpu_target}: {e}", file=sys.stderr)
       return 1
 

@@ -49,7 +49,8 @@ def array_bytes(shape: str) -> list[int]:
 
 class Module:
   """The computations of an HLO module text: each one's instruction lines, every
-  instruction's shape, and which computations run inside fusions and reductions."""
+  instruction's shape, and which computations run inside kernels (fusions, reductions'
+  and scatters' functions) rather than as kernels of their own."""
 
   def __init__(self, text: str):
     self.computations: dict[str, list[str]] = {}
@@ -74,7 +75,8 @@ class Module:
         self.shapes[m.group(1)] = m.group(2)
         if m.group(3) == "fusion":
           self.inner.update(re.findall(r"calls=%([\w.\-]+)", line))
-        self.inner.update(re.findall(r"to_apply=%([\w.\-]+)", line))
+        if m.group(3) != "call":  # a called computation runs its own kernels
+          self.inner.update(re.findall(r"to_apply=%([\w.\-]+)", line))
 
   def loops(self) -> list[tuple[str, int, int]]:
     """The while loops the entry runs, however deep: each one's body computation, trip count
