@@ -101,6 +101,12 @@ class BiasClassifier(NamedTuple):
   recipe: dict
 
 
+@jax.jit
+def _first(tree):
+  """The first network of every leaf's leading axis, one program (eagerly, one a shape)."""
+  return jax.tree.map(lambda a: a[0], tree)
+
+
 def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, train_bias: Any,
                           train_aligned: Any, *, num_classes: int,
                           valid: tuple[Any, Any, Any] | None = None, width: int = 32,
@@ -166,7 +172,7 @@ def train_bias_classifier(key: jax.Array, train_images: Any, train_labels: Any, 
       k_train, SynSet(jnp.asarray(train_images[rows]), jnp.asarray(bias[rows])),
       model=model, protocol=protocol, num_models=num_models)
   task = train_lib.standard_task(model)
-  params, state = train_lib.split_variables(jax.tree.map(lambda a: a[0], variables))
+  params, state = train_lib.split_variables(_first(variables))
 
   def predict(images) -> np.ndarray:
     check_images(images, "bias_score", floating=False, finite_fix="the SynSet is corrupted")

@@ -33,6 +33,7 @@ result in :mod:`jaxdd.results`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -136,8 +137,32 @@ def split_validation(key: jax.Array, batch: Batch, *, fraction: float) -> tuple[
   return take(train_rows), take(valid_rows)
 
 
-def _slice_tree(tree, i):
+# The bookkeeping between the compiled trainings, each one program: called eagerly, every
+# operation on every parameter's shape would be compiled on its own.
+
+@functools.partial(jax.jit, static_argnames="i")
+def _slice_tree(tree, i: int):
+  """Entry ``i`` of every leaf's leading axis."""
   return jax.tree.map(lambda a: a[i], tree)
+
+
+@jax.jit
+def _first_lr_networks(tree):
+  """(SynSets, lrs, networks, ...) leaves -> (SynSets * networks, ...) of the first lr."""
+  return jax.tree.map(lambda a: a[:, 0].reshape((-1,) + a.shape[3:]), tree)
+
+
+@jax.jit
+def _take_rows(tree, rows: jax.Array):
+  """Rows ``rows`` of every leaf's leading axis."""
+  return jax.tree.map(lambda a: a[rows], tree)
+
+
+@functools.partial(jax.jit, static_argnames=("num_models", "chosen"))
+def _network_keys(keys: list, *, num_models: int, chosen: tuple[int, ...]) -> jax.Array:
+  """(SynSets, networks) keys: networks ``chosen`` of each SynSet key's ``num_models``."""
+  pick = jnp.asarray(chosen)
+  return jnp.stack([jax.random.split(k, num_models)[pick] for k in keys])
 
 
 def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, model: nn.Module,
@@ -306,27 +331,26 @@ def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Ba
   task = train_lib.standard_task(model)
   lrs = checks.check_lrs(None, protocol)
   chosen = _checked_networks(networks, num_models)
-  net_keys = jnp.stack([jax.random.split(k, num_models)[jnp.asarray(chosen)] for k in keys])
+  net_keys = _network_keys(keys, num_models=num_models, chosen=tuple(int(c) for c in chosen))
   num_models = len(chosen)
   params, state, metrics = train_lib.train_synsets(
       net_keys, jnp.stack([im for im, _ in checked]), labels, task=task, protocol=protocol,
       parallel=parallel)
   n = len(syns)
-  flat = jax.tree.map(lambda a: a.reshape((n * num_models,) + a.shape[2:]),
-                      _slice_tree((params, state), (slice(None), 0)))
+  flat = _first_lr_networks((params, state))
 
   def scored(batch, which=None):
     """(len(which), M, n) predictions of the networks of SynSets ``which`` (all: None)."""
     which = list(range(n)) if which is None else which
     rows = np.asarray([i * num_models + j for i in which for j in range(num_models)])
-    nets = flat if len(which) == n else jax.tree.map(lambda a: a[rows], flat)
-    preds = predict(task, *nets, batch.images, protocol=protocol, parallel=parallel)
+    nets = flat if len(which) == n else _take_rows(flat, jnp.asarray(rows))
+    preds = np.asarray(predict(task, *nets, batch.images, protocol=protocol, parallel=parallel))
     return preds.reshape((len(which), num_models) + preds.shape[1:])
 
   tested = _checked_test_for(test_for, n, valid)
   valid_preds = None if valid is None else scored(valid)
   test_preds = dict(zip(tested, scored(test, tested))) if tested else {}
-  out = []
+  out, host_metrics = [], jax.device_get(metrics)
   for i, key in enumerate(keys):
     valid_scores = None
     if valid is not None:
@@ -338,7 +362,7 @@ def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Ba
       acc = jax.tree.map(lambda a: np.full(np.shape(a), np.nan),
                          jax.device_get(m))._replace(counts=np.zeros_like(np.asarray(m.counts)))
     res = _result(key, task, model, protocol, num_models, lrs, 0, valid, select_on,
-                  valid_scores, acc, jax.device_get(_slice_tree(metrics, (i, 0))), images,
+                  valid_scores, acc, jax.tree.map(lambda a, i=i: a[i, 0], host_metrics), images,
                   test, parallel, None)
     out.append(res if i in test_preds else dataclasses.replace(res, num_test=0))
   return out

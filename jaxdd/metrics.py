@@ -115,7 +115,7 @@ def metrics_for(preds: jax.Array, batch: Batch, num_classes: int,
   """
   labels = jnp.asarray(batch.labels)
   if batch.bias is None:
-    bias, nb = jnp.zeros_like(labels), 1
+    bias, nb = jnp.asarray(np.zeros(labels.shape, labels.dtype)), 1
   else:
     bias = jnp.asarray(batch.bias)
     nb = num_bias if num_bias is not None else int(np.max(batch.bias)) + 1
@@ -124,15 +124,23 @@ def metrics_for(preds: jax.Array, batch: Batch, num_classes: int,
   aligned = None if batch.aligned is None else jnp.asarray(batch.aligned)
   if batch.bias is None and aligned is None:
     # Without bias annotations only overall (and per-class) accuracy is defined.
-    aligned_arg = jnp.zeros_like(labels, dtype=bool)
+    aligned_arg = jnp.asarray(np.zeros(labels.shape, bool))
   else:
     aligned_arg = aligned
-  fn = functools.partial(group_accuracies, num_classes=num_classes, num_bias=nb)
-  out = jax.vmap(lambda p: fn(p, labels, bias, aligned=aligned_arg))(preds)
+  out = _scored(jnp.asarray(preds), labels, bias, aligned_arg, num_classes=int(num_classes),
+                num_bias=int(nb))
   if batch.bias is None and aligned is None:
-    nan = jnp.full_like(out.aligned, jnp.nan)
+    nan = jnp.asarray(np.full(out.aligned.shape, np.nan, out.aligned.dtype))
     out = out._replace(aligned=nan, conflicting=nan)
   return out
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "num_bias"))
+def _scored(preds, labels, bias, aligned, *, num_classes: int, num_bias: int) -> GroupAccuracies:
+  """:func:`group_accuracies` of every row of ``preds``, one compiled program (called
+  eagerly, its dozens of operations would each be compiled on their own)."""
+  fn = functools.partial(group_accuracies, num_classes=num_classes, num_bias=num_bias)
+  return jax.vmap(lambda p: fn(p, labels, bias, aligned=aligned))(preds)
 
 
 def equalized_odds(table, counts, *, empty: str = "zero") -> tuple[np.ndarray, np.ndarray]:

@@ -177,6 +177,8 @@ def test_a_cell_split_by_how_rows_draw_equals_every_run_alone():
   assert m["loss"].shape == (10,)
   for i, (want, want_m) in enumerate(alone):
     _assert_close(state.syn.images[i], m["loss"][i], want, want_m)
+  with pytest.raises(ValueError, match="must share its key"):
+    runs.init(jax.random.split(jax.random.key(0), 10), real, syn, hparams=hparams)
   with pytest.raises(ValueError, match="cover range"):
     distill.cell_row_groups([(program(uniform, False), uniform)], num_seeds=2, num_rows=5)
 

@@ -84,11 +84,23 @@ def check_images(images: Any, who: str, *, what: str = "images", floating: bool 
     raise ValueError(f"{who}: {what} must be float, got dtype {images.dtype}; {float_fix}")
   if finite and not is_traced(images):
     if isinstance(images, jax.Array):
-      ok = bool(jnp.isfinite(images).all())
+      ok = bool(_all_finite(images))
     else:
       ok = bool(np.isfinite(images).all())
     if not ok:
       raise ValueError(f"{who}: {what} contain NaN or Inf; {finite_fix}")
+
+
+@jax.jit
+def _all_finite(a: jax.Array) -> jax.Array:
+  """Whether every element is finite, one program (eagerly, two per shape)."""
+  return jnp.isfinite(a).all()
+
+
+@jax.jit
+def _min_max(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The smallest and the largest element, one program (eagerly, two per shape)."""
+  return a.min(), a.max()
 
 
 # Training and evaluation inputs (keys, training sets, test batches, lr grids).
@@ -126,9 +138,10 @@ def check_syn(syn: SynSet, num_classes: int | None, who: str) -> tuple[jax.Array
   if labels.ndim == 1:
     if not jnp.issubdtype(labels.dtype, jnp.integer):
       raise ValueError(f"integer syn.labels expected, got dtype {labels.dtype}")
-    if num_classes is not None and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    low, high = (int(v) for v in _min_max(labels)) if labels.size else (0, 0)
+    if num_classes is not None and (low < 0 or high >= num_classes):
       raise ValueError(f"syn.labels must lie in [0, {num_classes}); got range "
-                       f"[{int(labels.min())}, {int(labels.max())}]")
+                       f"[{low}, {high}]")
     labels = labels.astype(jnp.int32)
   else:
     if num_classes is not None and labels.shape[1] != num_classes:

@@ -507,6 +507,9 @@ def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransfo
     return DistillState(syn, tx.init(syn.images), jnp.zeros((), jnp.int32),
                         jax.random.key_data(k_run), None, hp)
 
+  # one program: called eagerly, each of the init's operations would be compiled on its own
+  compiled = jax.jit(pure)
+
   def init_fn(key: jax.Array, real: RealData, syn: SynSet | None = None, *,
               hparams: dict | None = None) -> DistillState:
     hp = merge_hparams(defaults, hparams)
@@ -515,7 +518,8 @@ def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransfo
       raise ValueError(f"warm-start SynSet has {jnp.shape(syn.images)[0]} images, expected "
                        f"num_classes * ipc = {num_classes * ipc}")
     if mesh is None or not _concrete(key, real, syn, hp):
-      return pure(key, real, syn, hp)
+      # the numbers made float32 arrays before tracing (traced, a Python float is weakly typed)
+      return compiled(key, real, syn, {k: _hparam_value(v) for k, v in hp.items()})
     # On a mesh (several processes included): computed from this process's complete host
     # copy of the replicated data, then placed on the mesh.
     host = lambda t: jax.tree.map(lambda a: jnp.asarray(_host(a)), t)  # noqa: E731

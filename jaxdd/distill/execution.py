@@ -31,6 +31,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import policy as policy_lib
@@ -39,6 +40,17 @@ from jaxdd.distill.core import Distiller, DistillState, RealData
 from jaxdd.distill.steps import multi_step
 
 __all__ = ["Execution", "cell_row_groups", "cell_runs", "many_runs", "multi_step"]
+
+
+def _check_seed_keys(raw, num_seeds: int, num_rows: int) -> None:
+  """Concrete raw keys of a cell's runs (seed-major) are refused unless the rows of each seed
+  share its key (checked on the host; traced keys are not checked)."""
+  if isinstance(raw, jax.core.Tracer) or np.shape(raw)[:1] != (num_seeds * num_rows,):
+    return  # the callers refuse a wrong number of keys with their own message
+  seeds = np.asarray(raw).reshape((num_seeds, num_rows) + np.shape(raw)[1:])
+  if not (seeds == seeds[:, :1]).all():
+    raise ValueError("the rows of a seed must share its key (common random numbers); give "
+                     "every row of seed s the key of seed s")
 
 
 def _chunk(value, auto: int | None, name: str) -> int | None:
@@ -378,16 +390,17 @@ def cell_runs(d: Distiller, *, num_seeds: int, num_rows: int, seed_fields: Seque
     if jnp.shape(keys)[:1] != (N,) or jnp.ndim(keys) != (1 if typed else 2):
       raise ValueError(f"init takes one key per run: {N} stacked keys, got shape "
                        f"{jnp.shape(keys)}")
-    raw = jax.random.key_data(keys) if typed else keys
-    if not isinstance(raw, jax.core.Tracer) and not bool(
-        (by_seed(jnp.asarray(raw)) == by_seed(jnp.asarray(raw))[:, :1]).all()):
-      raise ValueError("the rows of a seed must share its key (common random numbers); give "
-                       "every row of seed s the key of seed s")
+    _check_seed_keys(jax.random.key_data(keys) if typed else keys, S, R)
     hp = {} if hparams is None else {k: jnp.asarray(v) for k, v in hparams.items()}
     for name, v in hp.items():
       if jnp.shape(v)[:1] != (N,):
         raise ValueError(f"hparams[{name!r}] needs one value per run ({N}), got shape "
                          f"{jnp.shape(v)}")
+    return init_runs(keys, real, syn, hp)
+
+  @jax.jit
+  def init_runs(keys, real: RealData, syn, hp: dict) -> DistillState:
+    """Every run's start, one program (called eagerly, each operation would be one)."""
     run_real = real._replace(**{f: jnp.repeat(getattr(real, f), R, axis=0)
                                 for f in seed_fields})
     run_axes = _real_axes(tuple(seed_fields) + tuple(run_fields), False)
@@ -470,6 +483,13 @@ def cell_row_groups(groups: Sequence[tuple[Distiller, Sequence[int]]], *, num_se
                             if getattr(real, f) is not None})
 
   def init(keys, real: RealData, syn=None, *, hparams: dict | None = None) -> DistillState:
+    typed = jax.dtypes.issubdtype(jnp.result_type(keys), jax.dtypes.prng_key)
+    _check_seed_keys(jax.random.key_data(keys) if typed else keys, S, R)
+    return init_groups(keys, real, syn, hparams)
+
+  @jax.jit
+  def init_groups(keys, real: RealData, syn, hparams: dict | None) -> DistillState:
+    """Every group's start, one program (called eagerly, each operation would be one)."""
     typed = jax.dtypes.issubdtype(jnp.result_type(keys), jax.dtypes.prng_key)
     raw = jax.random.key_data(keys) if typed else keys
     states = []

@@ -133,7 +133,8 @@ def _row_spec(config: RunConfig) -> dict:
 def _flat_class_weights(config: RunConfig, real: distill.RealData) -> np.ndarray:
   """(N,) a run's whole-class weights (what ``init='weighted'``, ``real_sampling='weighted'``
   and the class scope use), each on its own row, the same floats as the (C, M) ones."""
-  w = np.asarray(distill.class_weights(real, stage_config.kde_config(config)))
+  # one program (eagerly, each of its operations would be compiled on its own)
+  w = np.asarray(jax.jit(distill.class_weights)(real, stage_config.kde_config(config)))
   idx, counts = np.asarray(real.index.indices), np.asarray(real.index.counts)
   out = np.zeros(real.images.shape[0], np.float32)
   for c in range(len(counts)):

@@ -4,6 +4,7 @@ numbers, :func:`distill_group`) and runs that are separate seeds of one setting
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -243,8 +244,10 @@ def _finished(workdir: str) -> SynSet | None:
   return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
 
 
+@functools.partial(jax.jit, static_argnames="shared")
 def _one(state, i: int, shared: bool) -> distill.DistillState:
-  """Run i's state out of the group's stacked state."""
+  """Run i's state out of the group's stacked state (one program for every run: called
+  eagerly, each field's shape would be a program of its own)."""
   pick = lambda a: a[i]  # noqa: E731
   return state._replace(syn=SynSet(state.syn.images[i], state.syn.labels[i]),
                         opt_state=jax.tree.map(pick, state.opt_state),

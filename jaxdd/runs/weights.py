@@ -195,7 +195,8 @@ def batch_cluster_weights(config: RunConfig, run_data: rundata.RunData, key: jax
   groups = np.concatenate([np.asarray(groups_of(keys[i:i + chunk], images[index[i:i + chunk]],
                                                 mask[i:i + chunk]))
                            for i in range(0, len(index), chunk)])
-  w_b, _ = weighting.group_balanced_weights(jnp.asarray(groups), jnp.asarray(mask), k + 1)
+  w_b, _ = jax.jit(weighting.group_balanced_weights, static_argnums=2)(  # one program
+      jnp.asarray(groups), jnp.asarray(mask), k + 1)
   w_b = np.asarray(w_b, np.float64)
   w = weighting.per_sample_mean(w_b, index, mask, labels, nc)
   ess = weighting.mean_batch_ess(w_b, mask, labels[index[:, 0]], nc)

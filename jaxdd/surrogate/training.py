@@ -194,7 +194,9 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
 
   task = supcon_task(config)
   k_init, k_train = jax.random.split(key)
-  params, model_state = task.init(k_init, images, labels)
+  # one program (called eagerly, the model's initialisation compiles every layer's operations
+  # on their own); the images give the shapes only
+  params, model_state = jax.jit(task.init)(k_init, images[:1], labels[:1])
   steps = n // config.batch_size
   history: dict[str, Any] = {"loss": [], "epoch_seconds": [], "steps_per_epoch": steps,
                              "dropped_per_epoch": n - steps * config.batch_size, "loop": loop}
@@ -222,17 +224,18 @@ def train_surrogate(key: jax.Array, images: Any, labels: Any, *, config: Surroga
 # ---------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("config", "space"))
-def _embed_blocks(variables, blocks, *, config: SurrogateConfig, space: str):
-  """Embeddings of (num_blocks, block, H, W, C) images, one block at a time (one program per
-  config, space and shape)."""
+@functools.partial(jax.jit, static_argnames=("config", "space", "n"))
+def _embed_blocks(variables, blocks, *, config: SurrogateConfig, space: str, n: int):
+  """Embeddings of the first ``n`` of (num_blocks, block, H, W, C) images, one block at a
+  time (one program per config, space and shape)."""
   model = config.model()
 
   def one_block(x):
     feats, z = model.apply(variables, x, train=False, return_features=True)
     return z if space == "projection" else _l2_normalize(feats)
 
-  return jax.lax.map(one_block, blocks)
+  out = jax.lax.map(one_block, blocks)
+  return out.reshape((-1, out.shape[-1]))[:n]
 
 
 def embed(params: dict, images: Any, *, config: SurrogateConfig, block_size: int = 1024,
@@ -275,9 +278,8 @@ def embed(params: dict, images: Any, *, config: SurrogateConfig, block_size: int
   bs = min(block_size, max(n, 1))
   num_blocks = -(-n // bs)
   pad = num_blocks * bs - n
-  x = jnp.asarray(images, jnp.float32)
-  if pad:
-    x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)], axis=0)
+  x = images.astype(np.float32, copy=False)
+  if pad:  # on the host: each eager operation would be a program of its own
+    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)], axis=0)
   blocks = x.reshape((num_blocks, bs) + x.shape[1:])
-  out = _embed_blocks(params, blocks, config=config, space=space)
-  return out.reshape((num_blocks * bs, out.shape[-1]))[:n]
+  return _embed_blocks(params, jnp.asarray(blocks), config=config, space=space, n=n)

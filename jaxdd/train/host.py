@@ -139,7 +139,7 @@ def fit_epochs(key: jax.Array, params, state: dict, images: jax.Array, labels: j
   run, programs = _host_programs(task, protocol, int(images.shape[0]), policy.current())
   k_shuffle, k_step = jax.random.split(key)
   lr = jnp.asarray(protocol.lr if lr is None else lr, jnp.float32)
-  opt_state = run.init_opt(params, lr)
+  opt_state = jax.jit(run.init_opt)(params, lr)  # one program, not one per parameter's shape
   for ep in range(protocol.num_epochs):
     ep = jnp.asarray(ep, jnp.int32)
     if loop == "scan":

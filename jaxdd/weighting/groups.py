@@ -96,8 +96,8 @@ def fairdd_batch_weights(key: jax.Array, labels, bias, batch_size: int, num_clas
   labels, bias = np.asarray(labels), np.asarray(bias)
   index, mask = batch_plan(key, labels, batch_size=batch_size,
                            num_classes=num_classes, num_rounds=num_rounds)
-  w_b, _ = group_balanced_weights(jnp.asarray(bias[index]), jnp.asarray(mask),
-                                  int(bias.max()) + 1)
+  w_b, _ = jax.jit(group_balanced_weights, static_argnums=2)(  # one program, not one an op
+      jnp.asarray(bias[index]), jnp.asarray(mask), int(bias.max()) + 1)
   w_b = np.asarray(w_b, np.float64)
   w = per_sample_mean(w_b, index, mask, labels, num_classes)
   return w, mean_batch_ess(w_b, mask, labels[index[:, 0]], num_classes)

@@ -184,13 +184,14 @@ _CHUNK_BATCHES = 256
 
 
 @functools.partial(jax.jit, static_argnames=("normalize",))
-def _batched_weights(emb, mask, variance, temperature, *, normalize: str):
-  """In-batch weights of (B, n, d) batches (one program per normalisation and shape)."""
+def _batched_weights(emb, index, mask, variance, temperature, *, normalize: str):
+  """In-batch weights of (B, n) batches of rows ``index`` of ``emb`` (one program per
+  normalisation and shape, the rows gathered inside it)."""
   def one(emb, mask):
     return weights(emb, variance=variance, temperature=temperature, normalize=normalize,
                    mask=mask)
 
-  return jax.vmap(one)(emb, mask)
+  return jax.vmap(one)(emb[index], mask)
 
 
 def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_size: int = 256,
@@ -255,8 +256,9 @@ def batch_scope_weights(key: jax.Array, embeddings: Any, labels: Any, *, batch_s
   emb_dev = jnp.asarray(emb)
   parts = []
   for s in range(0, index_p.shape[0], chunk):
-    parts.append(np.asarray(fn(emb_dev[jnp.asarray(index_p[s:s + chunk])], jnp.asarray(mask_p[s:s + chunk]),
-                               jnp.float32(variance), jnp.float32(temperature))))
+    parts.append(np.asarray(fn(emb_dev, jnp.asarray(index_p[s:s + chunk]),
+                               jnp.asarray(mask_p[s:s + chunk]), jnp.float32(variance),
+                               jnp.float32(temperature))))
   w_batches = np.concatenate(parts)[:num_batches].astype(np.float64)
   out = per_sample_mean(w_batches, index, mask, labels, int(num_classes))
   if not return_ess:
