@@ -69,7 +69,7 @@ from jaxdd._src import io as io_lib
 from jaxdd._src import schema
 from jaxdd.cli import arguments
 from jaxdd.config import RunConfig, get_config
-from jaxdd.runs import bundle, driver, selection, version
+from jaxdd.runs import bundle, driver, profiling, selection, version
 from jaxdd.structs import SynSet
 
 
@@ -229,7 +229,7 @@ class Queue:
       return
     self.check_time()
     deadline = None if self.deadline is None else driver.Deadline(self.deadline)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), profiling.compiled()
     try:
       runs.distill_cell(configs, workdirs, num_rows=len(names),
                         run_data=self.run_data(configs[0]), progress=not self.args.quiet,
@@ -242,7 +242,7 @@ class Queue:
       self.leg_distill_s += time.perf_counter() - t0
     print(f"[paper_table] {cell.name}: {len(configs)} runs distilled in one program in "
           f"{time.perf_counter() - t0:.0f} s (data, surrogates, weights, compilation and "
-          f"{configs[0].iterations} steps)", flush=True)
+          f"{configs[0].iterations} steps; {profiling.compiling(c0)})", flush=True)
     # the cell's distillation over every command it took (a handed-over unit: the earlier ones)
     spent = time.perf_counter() - t0 + sum(leg["distill_s"] for leg in self.legs)
     share = spent / len(configs)
@@ -259,7 +259,7 @@ class Queue:
       return
     config = todo[0][0]
     run_data = self.run_data(config)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), profiling.compiled()
     model = models.get(config.eval_model, num_classes=run_data.num_classes)
     valid = run_data.batch(run_data.valid)
     tested = [t for _, _, _, t in todo]
@@ -272,7 +272,8 @@ class Queue:
           select_on="conflicting", test_for=tested)
     spent = time.perf_counter() - t0
     print(f"[paper_table] {len(todo)} SynSets evaluated in one program in {spent:.0f} s "
-          f"({config.num_eval_models} networks each, protocol {config.eval_protocol})", flush=True)
+          f"({config.num_eval_models} networks each, protocol {config.eval_protocol}; "
+          f"{profiling.compiling(c0)})", flush=True)
     share = spent / len(todo)
     for (_, w, _, t), r in zip(todo, res):
       synset.atomic_write_json(os.path.join(w, "paper-eval.json"),

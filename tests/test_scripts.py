@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -259,6 +260,41 @@ def test_eval_cost_counts_one_epoch_of_the_evaluations_training(tmp_path, capfd)
   with pytest.raises(SystemExit):
     script.main(["--tiny", "--policies", "cpu+speed=1"])
   assert "--policies: not a Policy field to change" in capfd.readouterr().err
+  target = os.path.join(ROOT, "benchmarks", "gpu_targets", "h200.txtpb")
+  try:
+    import jax_plugins.xla_cuda13  # noqa: F401
+  except ImportError:
+    assert script.main(["--tiny", "--gpu-target", target]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "needs JAX's CUDA plugin" in err
+
+
+@covers("benchmarks/unit_programs.py")
+def test_unit_programs_counts_what_a_units_command_compiles(tmp_path, capfd):
+  script = load("benchmarks/unit_programs.py")
+  # the compile log JAX writes, read as a unit's would be
+  log = ("WARNING:jax._src.dispatch:Finished XLA compilation of jit(cell_step) in 2.5 sec\n"
+         "Finished XLA compilation of jit(add) in 0.05 sec\nunrelated line\n"
+         "Finished XLA compilation of jit(add) in 0.25 sec\n")
+  assert script.compile_log(log) == {"programs": 3, "compile_s": 2.8,
+                                     "by_name": {"cell_step": [1, 2.5], "add": [2, 0.3]}}
+  out = tmp_path / "programs.json"
+  rows, _ = run("benchmarks/unit_programs.py",
+                ["--tiny", "--code", f"here={ROOT}", "--json", str(out)], capfd)
+  (one,) = rows
+  assert one["code"] == "here" and one["wall_s"] > 0 and one["programs"] >= 0
+  table = json.loads(out.read_text())
+  assert table["columns"][:3] == ["code", "programs compiled", "compile s"]
+  assert table["rows"][0][1] == one["programs"] and table["rows"][0][4] == 1.0
+  assert "--next-unit --tiny --plan" in table["command"]
+  # refusals: one line each, before anything runs
+  for argv, says in ((["--tiny"], "nothing to do"),
+                     (["--code", "x"], "give NAME=DIR"),
+                     (["--code", f"x={ROOT}"], "flags after --"),
+                     (["--code", f"x={ROOT}", "--repeats", "0", "--", "--plan"], "at least 1")):
+    with pytest.raises(SystemExit):
+      script.main(argv)
+    assert says in capfd.readouterr().err
   target = os.path.join(ROOT, "benchmarks", "gpu_targets", "h200.txtpb")
   try:
     import jax_plugins.xla_cuda13  # noqa: F401
@@ -560,6 +596,10 @@ def test_paper_table(tmp_path, capfd):
   assert not res.exists()
   _, out = run("experiments/paper_table.py", ["--tiny", "--quiet", "--workdir", work,
                                               "--results", str(res)], capfd)
+  # each phase's line says what compiling took of it
+  assert re.search(r"runs distilled in one program in \d+ s \(.*; compiling \d+ programs: "
+                   r"[0-9.]+ s\)", out), out
+  assert re.search(r"SynSets evaluated in one program in \d+ s \(.*; compiling \d+ programs", out)
   data = json.loads((res / "cmnist5-ipc10.json").read_text())
   assert data["columns"][8:10] == ["DEO_M", "DEO_A"]
   assert [r[0] for r in data["rows"]] == [

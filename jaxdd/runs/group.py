@@ -17,8 +17,8 @@ from jaxdd import diagnostics, distill, synset
 from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig, validate
-from jaxdd.runs import (checkpoints, driver, keys, metrics_log, outputs, rundata, rundir,
-                        single)
+from jaxdd.runs import (checkpoints, driver, keys, metrics_log, outputs, profiling, rundata,
+                        rundir, single)
 from jaxdd.structs import SynSet
 
 #: RunConfig fields in which the runs of one group may differ: the distiller's hyperparameters
@@ -190,7 +190,7 @@ def drive_group(configs, workdirs, run_data, progress, *, shared: bool,
       stack.enter_context(rundir.workdir_lock(w))
     if not shared and all(_progress_of(w) == "finished" for w in workdirs):
       return [_finished(w) for w in workdirs]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), profiling.compiled()
     heads = [single.start_run(c, w, run_data, progress) for c, w in zip(configs, workdirs)]
     if build is None:
       real, own = _group_real(configs, run_data, heads, shared)
@@ -207,8 +207,8 @@ def drive_group(configs, workdirs, run_data, progress, *, shared: bool,
     state, start = _resume_group(fresh, mngrs, workdirs, shared)
     # where a short loan's minutes go: the set-up here, the first call (compilation) in _loop
     progress_lib.logger.info("%d runs in one program: ready to step from step %d in %.1f s "
-                             "(surrogates, weights, starts)", len(configs), start,
-                             time.perf_counter() - t0)
+                             "(surrogates, weights, starts; %s)", len(configs), start,
+                             time.perf_counter() - t0, profiling.compiling(c0))
     logs = [metrics_log.MetricsLog(w, start) for w in workdirs]
     try:
       state = _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs,
@@ -302,7 +302,7 @@ def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs
     track(0)
   bar = progress_lib.bar(base.iterations, f"DM x{len(configs)} ipc={base.ipc}", unit="step",
                          initial=start, disable=not progress)
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), profiling.compiled()
   watches, check = _finite_watches(configs, workdirs, mngrs)
 
   def after(it, n, st, row):
@@ -310,7 +310,8 @@ def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs
     state = st
     if it == start:
       progress_lib.logger.info("%d runs in one program: the first %d step(s) in %.1f s, "
-                               "compilation included", len(configs), n, time.perf_counter() - t0)
+                               "compilation included (%s)", len(configs), n,
+                               time.perf_counter() - t0, profiling.compiling(c0))
     for watch in watches:
       watch.add(it, n, row)
     if driver.host_waits(base, it, n, end=base.iterations, tracking=tracking):

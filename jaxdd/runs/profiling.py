@@ -32,7 +32,7 @@ import jax
 from jaxdd import progress as progress_lib
 from jaxdd._src import io
 
-__all__ = ["ENV", "PROGRAM", "folder", "traced"]
+__all__ = ["ENV", "PROGRAM", "compiled", "compiling", "folder", "traced"]
 
 #: The environment variable that names the folder the trace goes to.
 ENV = "JAXDD_PROFILE"
@@ -40,6 +40,42 @@ SIDECAR = "profile.json"
 #: The traced program's compiled HLO, gzipped, beside the trace.
 PROGRAM = "program.hlo.txt.gz"
 _TRIED: set[str] = set()  # folders this process traced or failed to (even where nothing is written)
+
+
+_COMPILED = [0, 0.0]  # programs compiled (or read from the compilation cache) and their seconds
+_LISTENING = []
+
+
+def _on_duration(event: str, seconds: float, **_) -> None:
+  if event == "/jax/core/compile/backend_compile_duration":
+    _COMPILED[0] += 1
+    _COMPILED[1] += seconds
+
+
+def compiled() -> tuple[int, float]:
+  """``(programs, seconds)``: how many programs this process has compiled (or read from JAX's
+  compilation cache) since its first call, and the seconds that took (JAX's own
+  measurement). A phase's share is the difference of two calls (:func:`compiling`).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> before = compiled()
+    >>> _ = jnp.arange(1237.0) * 17.0  # a shape and an operation not compiled before
+    >>> after = compiled()
+    >>> after[0] > before[0] and after[1] > before[1]
+    True
+  """
+  if not _LISTENING:
+    jax.monitoring.register_event_duration_secs_listener(_on_duration)
+    _LISTENING.append(True)
+  return _COMPILED[0], _COMPILED[1]
+
+
+def compiling(since: tuple[int, float]) -> str:
+  """What was compiled since ``since`` (a :func:`compiled` value), for a phase's log line:
+  ``"compiling 12 programs: 3.4 s"``."""
+  n, secs = compiled()
+  return f"compiling {n - since[0]} programs: {secs - since[1]:.1f} s"
 
 
 def folder() -> str | None:
