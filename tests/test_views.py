@@ -17,11 +17,20 @@ def test_plot_functions_return_figures_and_keep_the_backend(tmp_path):
   rng = np.random.default_rng(0)
   syn = SynSet(rng.normal(size=(6, 4, 4, 3)).astype(np.float32), np.array([0, 0, 0, 1, 1, 2]))
   fig = plots.plot_synset(syn, [0.5] * 3, [0.25] * 3, class_names=["a", "b", "c"])
-  # one row per class, as many columns as the largest class (3)
-  assert len(fig.axes) == 3 * 3
-  img = fig.axes[0].images[0].get_array()
-  expected = np.clip(syn.images[0] * 0.25 + 0.5, 0, 1)
-  np.testing.assert_allclose(np.asarray(img), expected, rtol=1e-6)
+  # one image: a row per class, as many columns as the largest class (3), a white pixel
+  # between neighbours; each class's images in order, white where a class has fewer
+  (ax,) = fig.axes
+  grid = np.asarray(ax.images[0].get_array())
+  assert grid.shape == (3 * 5 - 1, 3 * 5 - 1, 3)
+  shown = np.clip(syn.images * 0.25 + 0.5, 0, 1)
+  cells = {(0, 0): 0, (0, 1): 1, (0, 2): 2, (1, 0): 3, (1, 1): 4, (2, 0): 5}
+  for r in range(3):
+    for j in range(3):
+      cell = grid[r * 5:r * 5 + 4, j * 5:j * 5 + 4]
+      want = shown[cells[(r, j)]] if (r, j) in cells else np.ones((4, 4, 3))
+      np.testing.assert_allclose(cell, want, rtol=1e-6)
+  assert (grid[4::5] == 1).all() and (grid[:, 4::5] == 1).all()
+  assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
   assert not os.listdir(tmp_path)  # no path, nothing written
   results = {"dm": {"mean": dict(overall=0.2, aligned=0.9, conflicting=0.1, worst_group=0.05),
                     "std": dict(overall=0.01, aligned=0.0, conflicting=0.02, worst_group=0.0)}}
