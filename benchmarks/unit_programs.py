@@ -15,8 +15,8 @@ there (an XLA GPU target config, ``benchmarks/gpu_targets/``; JAX's CUDA plugin 
 ``cell_cost.py``): a sample of the one-operation programs units used to compile, on
 paper-scale shapes, each compiled afresh three times, the median of their seconds.
 
-  git worktree add /tmp/before <commit>
-  python benchmarks/unit_programs.py --code before=/tmp/before --code after=. --repeats 3 \\
+  git worktree add ../before <commit>
+  python benchmarks/unit_programs.py --code before=../before --code after=. --repeats 3 \\
       --json results/paper-scale/unit-programs.json -- --next-unit --tiny \\
       --rows vanilla,kde,kde_init,kde_floor_init_is,fairdd_pseudo,fairdd_batch,fairdd,oracle
   JAX_PLATFORMS=cpu python benchmarks/unit_programs.py --gpu-target \\
@@ -62,10 +62,11 @@ def compile_log(text: str) -> dict:
 
 def run_once(root: str, flags: list[str], scratch: str) -> dict:
   """One ``paper_table.py`` run of the code in ``root``: wall time and its compile log."""
+  root = os.path.abspath(root)
   out = {k: os.path.join(scratch, k) for k in ("cache", "out", "work", "results")}
   env = {k: v for k, v in os.environ.items()
          if k not in ("PYTHONPATH", "JAX_COMPILATION_CACHE_DIR")}
-  env.update(PYTHONPATH=os.path.abspath(root), JAXDD_CACHE=out["cache"], JAX_LOG_COMPILES="1")
+  env.update(PYTHONPATH=root, JAXDD_CACHE=out["cache"], JAX_LOG_COMPILES="1")
   cmd = [sys.executable, os.path.join(root, "experiments", "paper_table.py"), *flags,
          "--out", out["out"], "--workdir", out["work"], "--results", out["results"]]
   t0 = time.perf_counter()
