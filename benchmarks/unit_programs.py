@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -38,6 +37,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # its sibling scripts
+
+from jaxdd.runs import version  # noqa: E402
 
 _DONE = re.compile(r"Finished XLA compilation of jit\((.*?)\) in ([0-9.eE+-]+) sec")
 
@@ -127,15 +128,6 @@ def _commit(root: str) -> str:
     return "unknown"
 
 
-def _cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    model = platform.processor() or "CPU"
-  return f"{os.cpu_count()}-core {model}, CPU"
-
-
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   flags = []
@@ -206,7 +198,7 @@ def main(argv=None) -> int:
                    f"(a sample of {len(gpu['seconds'])} on paper-scale shapes)."]
                   if gpu else []),
         "date": time.strftime("%Y-%m-%d"), "commit": _commit(codes[-1][1]),
-        "machine": _cpu(),
+        "machine": version.machine(),
         "command": "python benchmarks/unit_programs.py " + " ".join(
             [f"--code {s}" for s in args.code]
             + (["--tiny"] if args.tiny else [f"--repeats {args.repeats}"])

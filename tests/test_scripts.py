@@ -60,6 +60,18 @@ def run(script: str, argv, capfd) -> tuple[list[dict], str]:
   return rows, out
 
 
+def _refused_without_cuda_plugin(script, capfd, argv) -> None:
+  """Where JAX's CUDA plugin is not installed, ``--gpu-target`` (the H200's config) is refused
+  in one line naming it."""
+  target = os.path.join(ROOT, "benchmarks", "gpu_targets", "h200.txtpb")
+  try:
+    import jax_plugins.xla_cuda13  # noqa: F401
+  except ImportError:
+    assert script.main([*argv, "--gpu-target", target]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "needs JAX's CUDA plugin" in err
+
+
 def has(row: dict, *keys) -> bool:
   return all(k in row for k in keys)
 
@@ -260,13 +272,7 @@ def test_eval_cost_counts_one_epoch_of_the_evaluations_training(tmp_path, capfd)
   with pytest.raises(SystemExit):
     script.main(["--tiny", "--policies", "cpu+speed=1"])
   assert "--policies: not a Policy field to change" in capfd.readouterr().err
-  target = os.path.join(ROOT, "benchmarks", "gpu_targets", "h200.txtpb")
-  try:
-    import jax_plugins.xla_cuda13  # noqa: F401
-  except ImportError:
-    assert script.main(["--tiny", "--gpu-target", target]) == 1
-    err = capfd.readouterr().err
-    assert err.count("\n") == 1 and "needs JAX's CUDA plugin" in err
+  _refused_without_cuda_plugin(script, capfd, ["--tiny"])
 
 
 @covers("benchmarks/unit_programs.py")
@@ -295,13 +301,7 @@ def test_unit_programs_counts_what_a_units_command_compiles(tmp_path, capfd):
     with pytest.raises(SystemExit):
       script.main(argv)
     assert says in capfd.readouterr().err
-  target = os.path.join(ROOT, "benchmarks", "gpu_targets", "h200.txtpb")
-  try:
-    import jax_plugins.xla_cuda13  # noqa: F401
-  except ImportError:
-    assert script.main(["--tiny", "--gpu-target", target]) == 1
-    err = capfd.readouterr().err
-    assert err.count("\n") == 1 and "needs JAX's CUDA plugin" in err
+  _refused_without_cuda_plugin(script, capfd, ["--tiny"])
 
 
 @covers("benchmarks/cell_cost.py")
