@@ -85,3 +85,21 @@ def test_a_batch_the_machine_cannot_hold_is_refused_in_one_line():
 def test_real_batch_bytes_by_hand():
   # 2 classes x 3 images of 4 x 4 x 3: (3 channels + 3 maps x 8 channels) x 16 px x 4 bytes
   assert checks.real_batch_bytes(2, 3, (4, 4, 3), 8) == 2 * 3 * 16 * 4 * (3 + 24)
+
+
+def test_machine_memory_asks_only_this_process_s_devices(monkeypatch):
+  # In a run of several processes jax.devices()[0] can be another process's device, whose
+  # memory_stats() raises; the limit comes from this process's own first device.
+  import jax
+
+  class Other:
+    def memory_stats(self):
+      raise RuntimeError("MemoryStats is only supported for addressable PjRt devices.")
+
+  class Own:
+    def memory_stats(self):
+      return {"bytes_limit": 12345}
+
+  monkeypatch.setattr(jax, "devices", lambda *a, **k: [Other(), Own()])
+  monkeypatch.setattr(jax, "local_devices", lambda *a, **k: [Own()])
+  assert checks.machine_memory() == 12345

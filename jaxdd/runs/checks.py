@@ -80,9 +80,10 @@ def mesh_shape(config: RunConfig, num_classes: int) -> tuple[int, int] | None:
 
 
 def machine_memory() -> int:
-  """Bytes a step's arrays may take: the first device's memory limit where it reports one
-  (GPU, TPU), else the host's physical memory."""
-  stats = jax.devices()[0].memory_stats() or {}
+  """Bytes a step's arrays may take: the memory limit of this process's first device where it
+  reports one (GPU, TPU), else the host's physical memory. (Only a process's own devices report
+  their memory: in a run of several processes, ``jax.devices()[0]`` may be another's.)"""
+  stats = jax.local_devices()[0].memory_stats() or {}
   if stats.get("bytes_limit"):
     return int(stats["bytes_limit"])
   return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
