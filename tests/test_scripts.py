@@ -85,7 +85,7 @@ def test_every_script_has_a_tiny_test():
   for s in scripts:
     # these read the files they are given: no sizes to shrink
     if s in TESTS and s not in ("experiments/seed_table.py", "benchmarks/cached_hlo.py",
-                                "benchmarks/hlo_traffic.py"):
+                                "benchmarks/hlo_traffic.py", "experiments/unit_pairs.py"):
       with open(os.path.join(ROOT, s)) as f:
         assert "--tiny" in f.read(), f"{s} has no --tiny flag"
 
@@ -1347,3 +1347,90 @@ def test_tesla_error(tmp_path, capfd):
   assert by_steps[1]["rel_error"] < 1e-4  # TESLA is exact at one student step
   assert by_steps[2]["rel_error"] > by_steps[1]["rel_error"]
   assert [r[0] for r in json.loads(out.read_text())["rows"]] == ["1", "2"]
+
+
+def _unit_record(rows: dict, *, settings=None, unit="cmnist5-ipc50/s0", machine="m",
+                 commit="0.1.0+gabcdef0123") -> dict:
+  """A unit record as experiments/paper_table.py writes it: ``rows`` maps a row to
+  {seed: (test overall, test conflicting, valid conflicting, sha256)} per-network lists."""
+  def seed_record(seed, overall, conflicting, valid, sha):
+    n = len(overall)
+    return {"seed": seed, "distill_s": 1.0, "eval_s": 1.0, "bias_start": 0.9, "bias_end": 0.5,
+            "synset_sha256": sha,
+            "valid": {"conflicting": valid, "num_conflicting": 10},
+            "test": {"overall": overall, "aligned": [1.0] * n, "conflicting": conflicting,
+                     "worst_group": [0.0] * n, "deo_m": [1.0] * n, "deo_a": [0.5] * n}}
+  return {"unit": unit, "settings": settings or {"preset": "paper"},
+          "rows": {row: [seed_record(s, *v) for s, v in seeds.items()]
+                   for row, seeds in rows.items()},
+          "timings": {"distill_s": 1.0, "eval_s": 1.0, "total_s": 2.0}, "commit": commit,
+          "machine": machine, "date": "2026-11-28", "command": "python experiments/..."}
+
+
+def _write_units(folder, *records) -> str:
+  for rec in records:
+    path = folder / "units" / (rec["unit"] + ".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+  return str(folder)
+
+
+@covers("experiments/unit_pairs.py")
+def test_unit_pairs_by_hand(capfd, tmp_path):
+  f32 = _write_units(tmp_path / "f32", _unit_record(
+      {"vanilla": {0: ([0.5, 0.7], [0.4, 0.6], [0.3, 0.5], "a")},
+       "kde": {0: ([0.9, 0.9], [0.8, 0.8], [0.7, 0.9], "b")}}),
+      _unit_record({"kde": {1: ([0.8, 0.8], [0.7, 0.7], [0.6, 0.6], "c")}},
+                   unit="cmnist5-ipc50/s1"))
+  bf16 = _write_units(tmp_path / "bf16", _unit_record(
+      {"vanilla": {0: ([0.6, 0.6], [0.4, 0.6], [0.3, 0.5], "a")},
+       "kde": {0: ([0.92, 0.94], [0.8, 0.8], [0.7, 0.9], "d"),
+               1: ([0.8, 0.78], [0.7, 0.7], [0.6, 0.6], "e")}},
+      settings={"preset": "paper", "compute_dtype": "bfloat16"}, machine="gpu"))
+  data = tmp_path / "out" / "pairs.json"
+  _, out = run("experiments/unit_pairs.py", [f32, bf16, "--data", str(data)], capfd)
+  lines = {ln.split(" | ")[1]: ln.split(" | ") for ln in out.splitlines() if "cmnist5" in ln}
+  # vanilla, one seed: differences +0.1 and -0.1 -> mean 0, population std 10 points;
+  # both sides 60.0 +- 10.0 and 60.0 +- 0.0
+  van = lines["vanilla DM"]
+  assert van[2:7] == ["0", "2", "60.0 ± 10.0", "60.0 ± 0.0", "+0.0 ± 10.0"]
+  assert van[8:] == ["+0.0 ± 0.0", "+0.0 ± 0.0", "+0.0 ± 0.0 |"]
+  # kde, seeds 0 and 1: per-seed mean differences +0.03 and -0.01 -> +1.0 +- 2.8 points
+  # (sample std of 3 and -1: 2.83); the sides are the seeds' means 90.0/80.0 and 93.0/79.0
+  kde = lines["DM + KDE (the paper's method)"]
+  assert kde[2:7] == ["0, 1", "2", "85.0 ± 7.1", "86.0 ± 9.9", "+1.0 ± 2.8"]
+  rec = json.loads(data.read_text())
+  assert rec["rows"][0][:2] == ["cmnist5-ipc50", "vanilla DM"]
+  assert rec["commit"] == "float32: abcdef0; bfloat16: abcdef0"
+  assert rec["machine"] == "float32: m; bfloat16: gpu"
+  assert any("Identical SynSets" in n and "vanilla" in n for n in rec["notes"])
+  assert rec["command"] == [f"python experiments/unit_pairs.py {f32} {bf16} --data {data}"]
+
+
+def test_unit_pairs_refusals(capfd, tmp_path):
+  script = load("experiments/unit_pairs.py")
+  a = _write_units(tmp_path / "a", _unit_record({"vanilla": {0: ([0.5], [0.4], [0.3], "a")}}))
+  other = _write_units(tmp_path / "b", _unit_record(
+      {"vanilla": {0: ([0.5], [0.4], [0.3], "a")}}, settings={"preset": "proxy"}))
+  more = _write_units(tmp_path / "c", _unit_record(
+      {"vanilla": {0: ([0.5, 0.6], [0.4, 0.4], [0.3, 0.3], "a")}}))
+  none = _write_units(tmp_path / "d", _unit_record(
+      {"vanilla": {1: ([0.5], [0.4], [0.3], "a")}}, unit="cmnist5-ipc50/s1"))
+  (tmp_path / "empty").mkdir()
+  data = tmp_path / "pairs.json"
+  for second, says in ((other, "differ in preset: 'paper' against 'proxy'"),
+                       (more, "1 networks in the first folder, 2 in the second"),
+                       (none, "share no (cell, row, seed)"),
+                       (str(tmp_path / "empty"), "no unit records"),
+                       (str(tmp_path / "nowhere"), "no such folder")):
+    assert script.main([a, second, "--data", str(data)]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+  assert not data.exists()
+  (tmp_path / "a" / "units" / "cmnist5-ipc50" / "s0.json").write_text("{")
+  assert script.main([a, more]) == 2
+  err = capfd.readouterr().err
+  assert err.count("\n") == 1 and "is not valid JSON" in err
+  with pytest.raises(SystemExit):
+    script.main([a, more, "--labels", "one"])
+  assert "--labels takes two names" in capfd.readouterr().err
