@@ -15,8 +15,9 @@ records), the ratio rows / cell of the medians (above 1: the cell program is fas
 how far the two arms' SynSets and test accuracies differ (every run of the cell equals the
 run alone up to float rounding at each step; over hundreds of steps the rounding grows, and a
 ReLU whose input is within rounding of zero can fall on either side in the two arms, which
-changes the gradient of the pixels that unit sees by more than rounding). The surrogates are cached on disk by the first arm to
-need them, so ``--warm`` trains them first, untimed: both arms then load the same ones.
+changes the gradient of the pixels that unit sees by more than rounding). The surrogates are
+cached on disk by the first arm to need them, so ``--warm`` trains them first, untimed: both
+arms then load the same ones.
 
   jaxdd data fetch mnist
   python benchmarks/cell_whole.py --preset proxy --iterations 100 --repeats 1 --warm \\
