@@ -105,7 +105,9 @@ def check_comparable(a: dict, b: dict) -> None:
 
 
 def by_seed(records: list[dict], cell: str | None) -> dict[tuple[str, str, int], dict]:
-  """(cell, row, seed) -> that seed's record, over the given unit records."""
+  """(cell, row, seed) -> that seed's record, over the given unit records. A label-free
+  candidate's seed is in two: its seed's unit (validation only) and, once chosen, the cell's
+  ``chosen-<row>`` unit with its test split too, which is the one kept."""
   out = {}
   for rec in records:
     name = rec["unit"].split("/")[0]
@@ -113,7 +115,9 @@ def by_seed(records: list[dict], cell: str | None) -> dict[tuple[str, str, int],
       continue
     for row, seeds in rec["rows"].items():
       for s in seeds:
-        out[(name, row, int(s["seed"]))] = s
+        key = (name, row, int(s["seed"]))
+        if "test" in s or key not in out:
+          out[key] = s
   return out
 
 

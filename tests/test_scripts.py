@@ -1350,16 +1350,18 @@ def test_tesla_error(tmp_path, capfd):
 
 
 def _unit_record(rows: dict, *, settings=None, unit="cmnist5-ipc50/s0", machine="m",
-                 commit="0.1.0+gabcdef0123") -> dict:
+                 commit="0.1.0+gabcdef0123", test=True) -> dict:
   """A unit record as experiments/paper_table.py writes it: ``rows`` maps a row to
-  {seed: (test overall, test conflicting, valid conflicting, sha256)} per-network lists."""
+  {seed: (test overall, test conflicting, valid conflicting, sha256)} per-network lists
+  (``test=False``: a candidate's record, scored on validation only)."""
   def seed_record(seed, overall, conflicting, valid, sha):
     n = len(overall)
-    return {"seed": seed, "distill_s": 1.0, "eval_s": 1.0, "bias_start": 0.9, "bias_end": 0.5,
-            "synset_sha256": sha,
-            "valid": {"conflicting": valid, "num_conflicting": 10},
-            "test": {"overall": overall, "aligned": [1.0] * n, "conflicting": conflicting,
-                     "worst_group": [0.0] * n, "deo_m": [1.0] * n, "deo_a": [0.5] * n}}
+    out = {"seed": seed, "distill_s": 1.0, "eval_s": 1.0, "bias_start": 0.9, "bias_end": 0.5,
+           "synset_sha256": sha, "valid": {"conflicting": valid, "num_conflicting": 10}}
+    if test:
+      out["test"] = {"overall": overall, "aligned": [1.0] * n, "conflicting": conflicting,
+                     "worst_group": [0.0] * n, "deo_m": [1.0] * n, "deo_a": [0.5] * n}
+    return out
   return {"unit": unit, "settings": settings or {"preset": "paper"},
           "rows": {row: [seed_record(s, *v) for s, v in seeds.items()]
                    for row, seeds in rows.items()},
@@ -1405,6 +1407,21 @@ def test_unit_pairs_by_hand(capfd, tmp_path):
   assert rec["machine"] == "float32: m; bfloat16: gpu"
   assert any("Identical SynSets" in n and "vanilla" in n for n in rec["notes"])
   assert rec["command"] == [f"python experiments/unit_pairs.py {f32} {bf16} --data {data}"]
+
+
+def test_unit_pairs_takes_a_chosen_candidate_s_test_split(capfd, tmp_path):
+  # a label-free candidate is in its seed's unit without a test split and, once chosen, in
+  # the cell's chosen-<row> unit with it (read first: its name sorts first)
+  folders = []
+  for name, overall in (("a", [0.5, 0.5]), ("b", [0.7, 0.5])):
+    folders.append(_write_units(
+        tmp_path / name,
+        _unit_record({"kde_init": {0: (overall, [0.4, 0.4], [0.3, 0.3], name)}}, test=False),
+        _unit_record({"kde_init": {0: (overall, [0.4, 0.4], [0.3, 0.3], name)}},
+                     unit="cmnist5-ipc50/chosen-kde_init")))
+  _, out = run("experiments/unit_pairs.py", folders, capfd)
+  (line,) = [ln.split(" | ") for ln in out.splitlines() if "init ∝ weight" in ln]
+  assert line[4:7] == ["50.0 ± 0.0", "60.0 ± 10.0", "+10.0 ± 10.0"]
 
 
 def test_unit_pairs_refusals(capfd, tmp_path):
