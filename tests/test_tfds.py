@@ -43,6 +43,18 @@ def test_round_trip_equals_load(tmp_path):
   assert builder.info.metadata["train"]["source_sha256"] == src.checksum()
 
 
+def test_prepare_leaves_no_temporary_folder(tmp_path, monkeypatch):
+  # TFDS's own DatasetInfo makes tempfile.mkdtemp("tfds") for GCS metadata and leaves it
+  # behind, empty, whenever the dataset is not prepared yet; jaxdd's never asks GCS.
+  import tempfile
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+  data.prepare_tfds("cmnist", conflict_ratio=0.3, severity=2, seed=6, source=tiny_source(),
+                    data_dir=tmp_path / "tfds")
+  assert sorted(p.name for p in scratch.iterdir()) == []
+
+
 def test_round_trip_bffhq_folder(tmp_path, bffhq_folder):
   root = bffhq_folder
   ref = tb.prepare("bffhq", conflict_ratio=0.005, source=root, image_size=8,

@@ -149,6 +149,15 @@ def _png(image_u8: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
+class _OfflineInfo(tfds.core.DatasetInfo):
+  """The DatasetInfo of a dataset that is never on GCS. TFDS's builder, for a dataset not
+  prepared yet, asks GCS for precomputed metadata through a fresh temporary folder, which it
+  leaves behind, empty, when GCS has nothing (one stray folder per builder made)."""
+
+  def initialize_from_bucket(self) -> None:
+    """Nothing to fetch: jaxdd's datasets are generated here, never published on GCS."""
+
+
 class _JaxddBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared implementation; subclasses set ``DATASET``."""
 
@@ -159,7 +168,7 @@ class _JaxddBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     spec = DATASETS[self.DATASET]
     cfg = self.builder_config
-    return tfds.core.DatasetInfo(
+    return _OfflineInfo(
         builder=self,
         description=(f"jaxdd biased dataset {self.DATASET!r} ({spec.ratio_semantics}); "
                      "generated offline by jaxdd.data.load."),
