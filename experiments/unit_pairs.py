@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import shlex
 import sys
@@ -43,15 +42,11 @@ DIFFERENCES = (("test", "overall", "overall"), ("test", "aligned", "aligned"),
 
 
 def _queue():
-  """experiments/paper_table.py as a module (its record schema and row labels)."""
-  if "paper_table" in sys.modules:
-    return sys.modules["paper_table"]
-  spec = importlib.util.spec_from_file_location("paper_table",
-                                                os.path.join(HERE, "paper_table.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["paper_table"] = module  # its dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
+  """experiments/paper_table.py, this script's sibling (its record schema and row labels)."""
+  if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+  import paper_table
+  return paper_table
 
 
 def units_dir(folder: str) -> str:
