@@ -150,11 +150,18 @@ def test_cifar10c_without_source_says_how_to_get_it():
   assert "ArraySource" in msg and ".npz" in msg and "x_train" in msg and "tfds" in msg
 
 
-def test_tfds_source_never_downloads(tmp_path):
+def test_tfds_source_never_downloads(tmp_path, monkeypatch):
+  import tempfile
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
   src = sources.TfdsSource("mnist", data_dir=tmp_path / "tfds")
   with pytest.raises(FileNotFoundError, match="never downloads"):
     data.load("cmnist", split="train", conflict_ratio=0.05, source=src)
   assert not list((tmp_path / "tfds").rglob("*.array_record*"))
+  # TFDS's builder makes a folder for GCS metadata of a dataset not prepared; none is left
+  assert list(scratch.iterdir()) == []
+  assert tempfile.tempdir == str(scratch)
 
 
 @pytest.mark.parametrize("damage,match", [

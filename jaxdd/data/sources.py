@@ -36,6 +36,7 @@ import importlib.resources
 import importlib.util
 import io
 import os
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -489,7 +490,14 @@ class TfdsSource(Source):
       raise FileNotFoundError(f"tensorflow-datasets is not installed; {self._howto()}") from e
     kwargs = {} if self.data_dir is None else {"data_dir": self.data_dir}
     try:
-      builder = tfds.builder(self.name, try_gcs=False, **kwargs)
+      # TFDS's builder, for a dataset not prepared here, makes a temporary folder for GCS's
+      # metadata and leaves it behind, empty: let it make that folder inside one of ours.
+      with tempfile.TemporaryDirectory(prefix="jaxdd-tfds-") as scratch:
+        saved, tempfile.tempdir = tempfile.tempdir, scratch
+        try:
+          builder = tfds.builder(self.name, try_gcs=False, **kwargs)
+        finally:
+          tempfile.tempdir = saved
     except Exception as e:
       raise FileNotFoundError(f"TFDS dataset {self.name!r} is not available ({e}); {self._howto()}") from e
     if not builder.is_prepared():
