@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -322,6 +323,23 @@ def test_a_card_never_replaces_a_file_jaxdd_owns(tmp_path, capsys):
   assert _tree(run) == before
 
 
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "missing/synset", "--out"],
+    ["cross-arch", "missing/synset", "--out"],
+    ["audit", "missing/synset", "--out"],
+    ["data", "cmnist", "--conflict-ratio", "0.05", "--save-card"],
+    ["data", "inspect", "folder:missing", "--save-card"],
+])
+def test_an_output_never_replaces_a_users_file(tmp_path, capsys, argv):
+  # a file outside any run folder that the command did not write: refused before any work
+  notes = tmp_path / "notes.txt"
+  notes.write_text("precious")
+  code, err = _run(argv + [str(notes), "--quiet"], capsys)
+  assert code == 2 and len(err) == 1, err
+  assert "exists and is not" in err[0] and "give the path of a new file" in err[0], err
+  assert sorted(os.listdir(tmp_path)) == ["notes.txt"] and notes.read_text() == "precious"
+
+
 def test_an_output_replaces_only_the_same_commands_file():
   from jaxdd.runs import outputs
   import tempfile
@@ -340,11 +358,15 @@ def test_an_output_replaces_only_the_same_commands_file():
     outputs.check_output_file(os.path.join(run, "new.json"), what="an evaluation", owns=owns)
     with pytest.raises(ValueError, match="would replace a file of the run in .*notes.txt"):
       outputs.check_output_file(theirs, what="an evaluation", owns=owns)
-    # outside jaxdd's folders any regular file may be replaced, as any command's output
-    elsewhere = os.path.join(d, "elsewhere.txt")
+    # outside jaxdd's folders too: only the same command's output is replaced
+    elsewhere, again = os.path.join(d, "elsewhere.txt"), os.path.join(d, "again.json")
     with open(elsewhere, "w") as f:
       f.write("x")
-    outputs.check_output_file(elsewhere, what="an evaluation", owns=owns)
+    with pytest.raises(ValueError, match=r"elsewhere.txt exists and is not an evaluation jaxdd "
+                                         r"wrote; give the path of a new file"):
+      outputs.check_output_file(elsewhere, what="an evaluation", owns=owns)
+    shutil.copy(mine, again)
+    outputs.check_output_file(again, what="an evaluation", owns=owns)
 
 
 def test_the_run_folder_check_names_what_the_guard_does_not_list(tmp_path):

@@ -12,10 +12,13 @@ Every command that writes a file a user names (``jaxdd evaluate --out``, ``cross
   ``comparison.md``) or up to two levels below it, an existing file unless it is the output of the
   same command (``owns``), which is then replaced as the command run again would; and in the
   run folder itself a new file under a name the run uses for its own files;
+* anywhere else, an existing file that is not the output of the same command (``owns``): a
+  user's notes, another command's output, a file of any other program;
 * a path that cannot be written (:func:`jaxdd.runs.checks.check_writable`).
 
-A file outside jaxdd's folders may be replaced, as any command's output. The guard only
-reads, and reads at most :data:`MAX_OWN_BYTES` of an existing file to tell whose it is.
+So a command only ever replaces what the same command wrote before, as it would run again.
+The guard only reads, and reads at most :data:`MAX_OWN_BYTES` of an existing file to tell
+whose it is.
 
 Every command that begins work in a folder (a run, ``reproduce``, ``tune``, ``final``,
 ``baselines``, ``diagnose``) calls :func:`check_work_folder` first: a folder inside a SynSet
@@ -128,6 +131,9 @@ def check_output_file(out: str, *, what: str, owns: Callable[[str], bool],
     raise ValueError(f"{flag} {out} would replace a file of the run in {shown} ({name}, not "
                      f"{what} jaxdd wrote); give another name, e.g. "
                      f"{os.path.join(os.path.dirname(out), 'out-' + name.lstrip('.'))}")
+  if os.path.lexists(path) and not owns(path):
+    raise ValueError(f"{flag} {out} exists and is not {what} jaxdd wrote; give the path of a "
+                     "new file, or move that one away first")
   checks.check_writable(out, file=True)
 
 
