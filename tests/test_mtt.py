@@ -334,3 +334,40 @@ def test_a_resumed_buffer_build_equals_one_build(tmp_path):
   np.save(os.path.join(other + ".partial", "expert-0000.npy"), first + 1.0)
   traj2, _ = experts.build_buffer(other, spec, jax.random.key(0), x, y, num_experts=3, **kw)
   np.testing.assert_array_equal(traj2, whole)
+
+
+def test_a_buffer_folder_holding_anything_else_is_refused_and_left_alone(tmp_path):
+  traj = np.zeros((1, 2, 3), np.float32)
+  spec = experts.buffer_spec(data={"name": "toy"}, model="convnet-d1-w4", weighting={"kind": "none"},
+                             trainer={"experts": 1}, seed=0)
+  # absent, empty, a buffer: accepted
+  experts.check_buffer_dir(str(tmp_path / "new"))
+  (tmp_path / "empty").mkdir()
+  experts.check_buffer_dir(str(tmp_path / "empty"))
+  experts.check_buffer_dir(experts.save_buffer(str(tmp_path / "buf"), traj, spec))
+  # a user's folder, a SynSet, a file, a partial folder holding a user's file: refused
+  user = tmp_path / "user"
+  (user / "sub").mkdir(parents=True)
+  (user / "thesis.txt").write_text("mine")
+  with pytest.raises(ValueError, match=r"holds sub, thesis.txt, which is not an expert buffer"):
+    experts.check_buffer_dir(str(user))
+  syn = tmp_path / "synset"
+  syn.mkdir()
+  (syn / "manifest.json").write_text('{"files": {"arrays.npz": "ab", "meta.json": "cd"}}')
+  with pytest.raises(ValueError, match="holds a SynSet, not an expert buffer"):
+    experts.check_buffer_dir(str(syn))
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ValueError, match="is not a folder"):
+    experts.check_buffer_dir(str(tmp_path / "file"))
+  (tmp_path / "b2.partial").mkdir()
+  for name in ("spec.json", "expert-0000.npy", ".expert-0001.npy.x1y2.tmp", "notes.txt"):
+    (tmp_path / "b2.partial" / name).write_text("x")
+  with pytest.raises(ValueError, match=r"b2.partial, where a build .* holds notes.txt"):
+    experts.check_buffer_dir(str(tmp_path / "b2"))
+  # build_buffer checks first: nothing is trained and nothing is removed
+  with pytest.raises(ValueError, match="not an expert buffer"):
+    experts.build_buffer(str(user), spec, jax.random.key(0), np.zeros((3, 8, 8, 1), np.float32),
+                         np.arange(3), model=models.get("convnet-d1-w4", num_classes=3),
+                         num_experts=1, epochs=1, augment=None)
+  assert sorted(os.listdir(user)) == ["sub", "thesis.txt"] and (user / "thesis.txt").read_text() == "mine"
+  assert len(os.listdir(tmp_path / "b2.partial")) == 4

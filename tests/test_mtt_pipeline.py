@@ -83,6 +83,22 @@ def test_buffers_command_refuses_other_methods_and_prints_its_config(capsys, tmp
   assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("command", [["buffers"], ["distill", "--method", "mtt"]])
+def test_a_buffer_dir_holding_a_users_files_is_refused_before_any_work(tmp_path, capsys, command):
+  folder = tmp_path / "mine"
+  (folder / "sub").mkdir(parents=True)
+  (folder / "thesis.txt").write_text("mine")
+  argv = [*command, "--preset", "smoke", "--weighting", "none", "--buffer-dir", str(folder),
+          "--quiet", "--no-compile-cache"]
+  if command[0] == "distill":
+    argv += ["--workdir", str(tmp_path / "run")]
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "not an expert buffer; give a new or empty folder" in err[0], err
+  assert sorted(os.listdir(tmp_path)) == ["mine"]
+  assert sorted(os.listdir(folder)) == ["sub", "thesis.txt"]
+
+
 @pytest.mark.slow
 def test_mtt_from_the_cli_builds_reuses_and_refuses_buffers(tmp_path, capsys):
   # Vanilla experts keep the test free of surrogate training; the KDE-weighted path differs

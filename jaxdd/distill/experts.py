@@ -44,6 +44,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 from typing import Callable
 
@@ -384,6 +385,57 @@ def save_buffer(path: str, trajectories, spec: dict) -> str:
   return path
 
 
+#: What a build leaves in ``<path>.partial/``: its marker, the finished experts, and the
+#: temporary files of the atomic writes of both.
+_PARTIAL_ENTRY = re.compile(r"^(spec\.json|expert-\d{4}\.npy)$"
+                            r"|^\.(spec\.json|expert-\d{4}\.npy)\..+\.tmp$")
+
+
+def check_buffer_dir(path: str, *, flag: str = "the buffer folder") -> None:
+  """Refuses ``path`` for an expert buffer unless building or reading one there destroys
+  nothing (reads only): it must be absent, an empty folder, or a buffer (a manifest of
+  exactly a buffer's files); and ``<path>.partial``, which a build fills and removes, must be
+  absent or hold only what a build writes there.
+
+  Args:
+    path: the buffer's folder.
+    flag: how the refusal names it (the option a user gave it with).
+
+  Raises:
+    ValueError: the one-line refusal, naming what is in the way.
+  """
+  fix = "give a new or empty folder"
+  if os.path.lexists(path):
+    if os.path.islink(path) or not os.path.isdir(path):
+      raise ValueError(f"{flag} {path} is not a folder; {fix}")
+    names = sorted(os.listdir(path))
+    if "manifest.json" in names:
+      try:
+        files = schema.read_json(os.path.join(path, "manifest.json"),
+                                 schema.obj({"files": schema.map_of(schema.STR)}), fix="")["files"]
+      except (OSError, ValueError):
+        files = None
+      if files is not None and sorted(files) != sorted(_BUFFER_FILES):
+        kind = "a SynSet" if "arrays.npz" in files else "an artifact"
+        raise ValueError(f"{flag} {path} holds {kind}, not an expert buffer; {fix}")
+      # a buffer (or a damaged one, which load_buffer names): read, never replaced here
+    elif names:
+      listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+      raise ValueError(f"{flag} {path} holds {listed}, which is not an expert buffer; {fix}, "
+                       "or move them away")
+  partial = os.path.normpath(path) + ".partial"
+  if not os.path.lexists(partial):
+    return
+  if os.path.islink(partial) or not os.path.isdir(partial):
+    raise ValueError(f"{partial}, where a build of {path} keeps its finished experts, is not a "
+                     "folder; move it away or give another folder")
+  others = [n for n in sorted(os.listdir(partial)) if not _PARTIAL_ENTRY.match(n)]
+  if others:
+    raise ValueError(f"{partial}, where a build of {path} keeps its finished experts, holds "
+                     f"{', '.join(others[:4])}, which no build wrote; move it away or give "
+                     "another folder")
+
+
 def load_buffer(path: str, spec: dict | None = None) -> tuple[np.ndarray, dict]:
   """Reads and verifies a buffer; with ``spec``, refuses one made under other settings.
 
@@ -436,8 +488,10 @@ def build_buffer(path: str, spec: dict, key: jax.Array, images, labels, *, model
 
   Raises:
     ValueError: ``path`` holds a buffer made with other settings (nothing is
-      overwritten; the message names what differs).
+      overwritten; the message names what differs), or anything else
+      :func:`check_buffer_dir` refuses.
   """
+  check_buffer_dir(path)
   try:
     return load_buffer(path, spec)
   except FileNotFoundError:

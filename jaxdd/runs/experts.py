@@ -120,6 +120,8 @@ def build_expert_buffer(config: RunConfig, *, buffer_dir: str | None = None,
   if config.method != "mtt":
     raise ValueError(f"expert buffers belong to trajectory matching; this run's method is "
                      f"{config.method!r}: use --method mtt")
+  if buffer_dir is not None:
+    mtt_lib.check_buffer_dir(buffer_dir, flag="--buffer-dir")
   checks.check_writable(buffer_dir if buffer_dir is not None else cache_root("buffers"))
   run_data = rundata.RunData(config)
   rundata.check_models(config, run_data)

@@ -7,6 +7,7 @@ import numpy as np
 from jaxdd import data, models
 from jaxdd import progress as progress_lib
 from jaxdd.data import own
+from jaxdd.distill import experts as mtt_lib
 from jaxdd.config import RunConfig
 from jaxdd.runs import checks
 from jaxdd.structs import Batch
@@ -206,11 +207,13 @@ def num_bias_values(ds) -> int:
 
 def check_paths(config: RunConfig, workdir: str, *, buffer_dir: str | None = None) -> None:
   """The devices (:func:`jaxdd.runs.checks.device_count`), a writable ``workdir`` and, for
-  trajectory matching, a writable ``buffer_dir``: checked before the data are loaded (which
+  trajectory matching, a writable ``buffer_dir`` that holds nothing but a buffer
+  (:func:`jaxdd.distill.experts.check_buffer_dir`): checked before the data are loaded (which
   may build them into the cache)."""
   checks.device_count(config)
   checks.check_writable(workdir)
   if config.method == "mtt" and buffer_dir is not None:
+    mtt_lib.check_buffer_dir(buffer_dir, flag="--buffer-dir")
     checks.check_writable(buffer_dir)
 
 
