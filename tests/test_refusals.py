@@ -275,6 +275,25 @@ def test_a_workdir_never_loses_a_file_jaxdd_did_not_write(case, tmp_path, capsys
   assert _tree(work) == before and sorted(os.listdir(tmp_path)) == ["mine"]
 
 
+@pytest.mark.parametrize("entries,said", [
+    ({"report.json": "my report"}, "holds a report.json that is not a diagnosis jaxdd wrote"),
+    ({"report.json": '{"surrogate": 1}'}, "holds a report.json that is not a diagnosis"),
+    ({"config.json": "{}", "eval.json": "{}"}, "is a run's folder; give diagnose a folder"),
+])
+def test_diagnose_never_replaces_a_report_or_fills_a_run_folder(entries, said, tmp_path, capsys,
+                                                                 monkeypatch):
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  work = tmp_path / "mine"
+  work.mkdir()
+  for name, text in entries.items():
+    (work / name).write_text(text)
+  before = _tree(work)
+  code, err = _run(["diagnose", "--preset", "smoke", "--quiet", "--no-sweep", "--workdir",
+                    str(work)], capsys)
+  assert code == 2 and len(err) == 1 and said in err[0], err
+  assert _tree(work) == before and sorted(os.listdir(tmp_path)) == ["mine"]
+
+
 def test_final_never_replaces_a_table_it_did_not_write(tmp_path, monkeypatch):
   from jaxdd import config, runs
   from jaxdd.runs import knobs

@@ -65,8 +65,12 @@ def add_diagnose_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_diagnose(args) -> int:
+  if outputs.is_run_dir(args.workdir):
+    raise ValueError(f"--workdir {args.workdir} is a run's folder; give diagnose a folder of "
+                     "its own, e.g. --workdir runs/diag")
   outputs.check_work_folder(args.workdir, record="report.json", writes=("weights_*.png",),
-                            what="a diagnosis")
+                            what="a diagnosis", owns=lambda path: outputs.json_object_with(
+                                path, ("surrogate", "default", "sweep", "seconds")))
   checks.check_writable(args.workdir)  # before the surrogate is trained
   diagnose_lib.diagnose_report(args)
   return 0

@@ -138,7 +138,8 @@ def check_output_file(out: str, *, what: str, owns: Callable[[str], bool],
 
 
 def check_work_folder(folder: str, *, record: str, writes: Iterable[str], what: str,
-                      flag: str = "--workdir") -> None:
+                      flag: str = "--workdir",
+                      owns: Callable[[str], bool] | None = None) -> None:
   """Refuses ``folder`` for new work unless the work destroys nothing there (reads only).
 
   Refused, in one line: a folder inside a SynSet or a run's ``checkpoints``; and a folder
@@ -155,20 +156,27 @@ def check_work_folder(folder: str, *, record: str, writes: Iterable[str], what: 
     what: the work in words ("a run", "a comparison").
     flag: how the refusal names ``folder``: the option the user gave it with, or "" for a
       folder the command derived from it (a ``reproduce`` folder's ``dm/``).
+    owns: given, whether an existing ``record`` is the work's own (a file of the same name
+      that it is not is refused: the work would replace it).
 
   Raises:
     ValueError: the one-line refusal, naming what is in the way.
   """
   path = os.path.abspath(folder)
   _inside_jaxdd_files(path, flag or "the folder", folder)
-  if not os.path.isdir(path) or os.path.lexists(os.path.join(path, record)):
+  named = f"{flag} {folder}" if flag else folder
+  if not os.path.isdir(path):
+    return
+  if os.path.lexists(os.path.join(path, record)):
+    if owns is not None and not owns(os.path.join(path, record)):
+      raise ValueError(f"{named} holds a {record} that is not {what} jaxdd wrote; give a new or "
+                       "empty --workdir, or move it away")
     return
   found = sorted({hit for pattern in writes
                   for hit in glob.glob(os.path.join(glob.escape(path), pattern))})
   if found:
     names = [os.path.relpath(f, path) + ("/" if os.path.isdir(f) else "") for f in found]
     listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    named = f"{flag} {folder}" if flag else folder
     raise ValueError(f"{named} holds {listed} but no {record}: {what} there would replace what "
                      "jaxdd did not write; give a new or empty --workdir, or move "
                      f"{'it' if len(names) == 1 else 'them'} away")
