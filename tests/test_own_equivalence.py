@@ -90,3 +90,24 @@ def test_literature_layouts_distil_and_report_their_groups(tmp_path, capsys, mon
   assert app.main(argv) == 0
   assert app.main(argv + ["--valid-fraction", "0.2"]) == 2
   assert "holds a run with a different config" in capsys.readouterr().err
+
+
+def test_reevaluate_on_changed_data_is_refused(tmp_path, capsys, monkeypatch):
+  # the finished SynSet came from the data as they were; evaluating it on other data into the
+  # same run folder would give eval.json another data digest than config.json and the SynSet
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  own_layouts.class_folders(tmp_path / "f", splits=True)
+  flags = ["--data", f"folder:{tmp_path / 'f'}", "--ipc", "2", "--weighting", "none"]
+  _distill(capsys, tmp_path / "run", *flags)
+  before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+  image = sorted((tmp_path / "f" / "train").rglob("*.png"))[0]
+  from PIL import Image
+  pixels = np.asarray(Image.open(image)).copy()
+  pixels[0, 0] ^= 1
+  Image.fromarray(pixels).save(image)
+  capsys.readouterr()
+  assert app.main(["distill", *FAST, "--workdir", str(tmp_path / "run"), *flags,
+                   "--reevaluate"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "was begun on other data" in err[0], err
+  assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before

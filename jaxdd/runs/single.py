@@ -159,9 +159,12 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
   rundata.check_paths(config, workdir, buffer_dir=buffer_dir)
   run_data = rundata.load(config, workdir)
   rundata.check_run(config, run_data, workdir, buffer_dir=buffer_dir)
+  # a finished SynSet (--reevaluate) too: its test split is the data it was distilled from
+  rundir.check_data(workdir, run_data.identity)
   run_data.test  # a bad test split is found now, not after the distillation  # noqa: B018
   with rundir.workdir_lock(workdir):
     rundir.check_workdir(config, workdir)  # what the lock now guards
+    rundir.check_data(workdir, run_data.identity)
     syn = distill_stage(config, workdir, run_data=run_data, progress=progress,
                         stop_after=stop_after, buffer_dir=buffer_dir)
     if syn is None:
