@@ -58,6 +58,24 @@ def test_unwritable_path_names_the_fix(tmp_path, capsys, monkeypatch):
   assert "Permission denied" in line and "not writable" in line
 
 
+def test_an_unreadable_input_is_said_to_be_unreadable(tmp_path, monkeypatch):
+  # Root reads any file, so access() is made to answer as for a user without read permission.
+  from jaxdd.cli import app
+  table = tmp_path / "metadata.csv"
+  table.write_text("path,label\n")
+  real_access = os.access
+  monkeypatch.setattr(os, "access", lambda p, mode, **k: (
+      False if os.fspath(p) == str(table) else real_access(p, mode, **k)))
+  status, line = app.failure(PermissionError(errno.EACCES, "Permission denied", str(table)))
+  assert status == 2
+  assert line == (f"error: Permission denied: {table}; it cannot be read: fix its permissions "
+                  "(e.g. chmod u+r, a folder u+rx) or give another path")
+  # a path that can be read, or does not exist yet: the fault was a write's
+  for path in (tmp_path / "ro" / "config.json", tmp_path):
+    status, line = app.failure(PermissionError(errno.EACCES, "Permission denied", str(path)))
+    assert status == 1 and "the path is not writable" in line
+
+
 def test_debug_shows_the_traceback_and_keeps_the_status(tmp_path, capsys):
   f = tmp_path / "afile"
   f.write_text("")
@@ -410,6 +428,22 @@ def test_report_and_baselines_refuse_what_they_cannot_use(tmp_path, capsys):
   out, err = capsys.readouterr()
   assert "baseline random: overall 50.0" in out
   assert err.startswith("jaxdd report: error: ") and "eval.json" in _one_line(err)
+  # one it may not read (as root every file reads, so the read is made to fail): the same
+  (bad / "eval.json").unlink()
+  from jaxdd.runs import artifacts
+  real = artifacts._eval_record
+  def deny(root):
+    if root == str(bad):
+      raise PermissionError(errno.EACCES, "Permission denied", str(bad / "eval.json"))
+    return real(root)
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(artifacts, "_eval_record", deny)
+    (bad / "eval.json").write_text("{}")
+    assert cli.main(["report", str(tmp_path / "runs")]) == 2
+  out, err = capsys.readouterr()
+  assert "baseline random: overall 50.0" in out
+  assert _one_line(err) == (f"jaxdd report: error: {bad / 'eval.json'}: Permission denied; it "
+                            "cannot be read: fix its permissions, or move it away")
   # nothing finished: the documented prefix, status 1
   (tmp_path / "empty").mkdir()
   assert cli.main(["report", str(tmp_path / "empty")]) == 1

@@ -1,10 +1,10 @@
 """The main loop: parse, set up, run one command, and map every failure to one line on stderr
 and an exit status.
 
-Exit statuses: 0 done; 2 a refused input (bad value, missing data, a file read back before any
-work that does not hold what jaxdd wrote; argparse's refusals too); 1 a fault while working (file
-system, a non-finite loss, an unreachable index, a file read back while working that does not
-hold what jaxdd wrote); 130 Ctrl-C and 143 SIGTERM (a distillation saves its step first);
+Exit statuses: 0 done; 2 a refused input (bad value, missing data, a file it may not read, a
+file read back before any work that does not hold what jaxdd wrote; argparse's refusals too); 1
+a fault while working (file system, a non-finite loss, an unreachable index, a file read back
+while working that does not hold what jaxdd wrote); 130 Ctrl-C and 143 SIGTERM (a distillation saves its step first);
 3 ``jaxdd audit`` found a SynSet suspicious.
 """
 from __future__ import annotations
@@ -37,6 +37,9 @@ def os_error_line(e: OSError) -> str:
   path = e.filename if e.filename is not None else ""
   if isinstance(e, (FileExistsError, NotADirectoryError)):
     fix = "a file is in the way where a directory is needed: use another path or remove it"
+  elif isinstance(e, PermissionError) and _unreadable(path):
+    fix = ("it cannot be read: fix its permissions (e.g. chmod u+r, a folder u+rx) or give "
+           "another path")
   elif isinstance(e, PermissionError):
     fix = "the path is not writable: use another --workdir / JAXDD_CACHE, or fix its permissions"
   elif getattr(e, "errno", None) == 28:  # ENOSPC
@@ -44,6 +47,14 @@ def os_error_line(e: OSError) -> str:
   else:
     fix = "check the path (--workdir, JAXDD_CACHE) and rerun the same command to resume"
   return f"{what}: {path}; {fix}" if path else f"{what}; {fix}"
+
+
+def _unreadable(path) -> bool:
+  """Whether ``path`` exists and this process may not read it (a folder: list it): a
+  permission fault on it was a read's, not a write's."""
+  if not path or not os.path.exists(path):
+    return False
+  return not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0))
 
 
 #: What :func:`report` turns into one line and an exit status (anything else propagates).
@@ -76,6 +87,8 @@ def failure(e: BaseException) -> tuple[int, str]:
     return 2, f"error: {e}"  # a refused input
   if isinstance(e, runtime.CoordinatorUnreachable):
     return 1, f"error: {e}"
+  if isinstance(e, PermissionError) and _unreadable(e.filename):
+    return 2, f"error: {os_error_line(e)}"  # an input the user must make readable
   if isinstance(e, OSError):
     return 1, f"error: {os_error_line(e)}"  # a fault while working
   return 1, f"error: {e}"  # a non-finite loss

@@ -345,8 +345,9 @@ def finished_records(path: str, damaged: list[str] | None = None
   eval.json outside a comparison one line; the setting is the data, IPC and evaluation of the
   config that made it (:func:`jaxdd.runs.files.run_setting`; None when the file does not
   record one). Every file is read checked (:mod:`jaxdd.runs.files`): a damaged one raises
-  :class:`jaxdd._src.schema.FileFormatError`, or, given a ``damaged`` list, is skipped and its
-  one-line message appended there, so the good records are still reported.
+  :class:`jaxdd._src.schema.FileFormatError` (one it may not read, an :class:`OSError`), or,
+  given a ``damaged`` list, is skipped and its one-line message appended there, so the good
+  records are still reported.
   """
   out: list[tuple[dict | None, list[str]]] = []
   for root, dirs, names in sorted(os.walk(path)):
@@ -365,6 +366,11 @@ def finished_records(path: str, damaged: list[str] | None = None
         if damaged is None:
           raise
         damaged.append(str(e))
+      except OSError as e:  # a file this process may not read: said, the others reported
+        if damaged is None:
+          raise
+        damaged.append(f"{e.filename or root}: {e.strerror or e}; it cannot be read: fix its "
+                       "permissions, or move it away")
   return out
 
 
