@@ -133,6 +133,30 @@ def test_every_checkpoint_damaged_is_refused_with_one_line(saved, tmp_path, capl
   assert "Traceback" not in err and "absl" not in err, err
 
 
+def test_an_abandoned_read_s_task_error_is_kept_off_stderr_and_no_other():
+  # asyncio logs "Task exception was never retrieved" when a task orbax abandoned on a damaged
+  # checkpoint is collected, possibly after restore_newest said its one line
+  import logging
+  def raised(filename):
+    try:
+      exec(compile("raise ValueError('OUT_OF_RANGE: read past the end')", filename, "exec"))
+    except ValueError as e:
+      return e
+  checkpoints.quiet_abandoned_reads()
+  checkpoints.quiet_abandoned_reads()  # installed once
+  log = logging.getLogger("asyncio")
+  mine = [f for f in log.filters if isinstance(f, checkpoints._AbandonedReadFilter)]
+  assert len(mine) == 1
+  def record(msg, exc):
+    return logging.LogRecord("asyncio", logging.ERROR, "x", 1, msg, None,
+                             (type(exc), exc, exc.__traceback__))
+  task = "Task exception was never retrieved\nfuture: <Task finished ...>"
+  assert not mine[0].filter(record(task, raised("/site-packages/tensorstore/x.py")))
+  assert not mine[0].filter(record(task, raised("/site-packages/orbax/checkpoint/y.py")))
+  assert mine[0].filter(record(task, raised("/home/me/mine.py")))  # another program's task
+  assert mine[0].filter(record("Unclosed client session", raised("/site-packages/orbax/z.py")))
+
+
 class _At:
   """A profile hook that calls ``act`` at the ``at``-th Python call in the main thread."""
 

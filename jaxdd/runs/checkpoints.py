@@ -90,11 +90,36 @@ def _short(text: str, limit: int = 160) -> str:
   return head.rstrip(" ,;:(") + "..."
 
 
+def _from_checkpoint_library(exc: BaseException | None) -> bool:
+  """Whether ``exc`` was raised inside orbax or tensorstore (a frame of its traceback)."""
+  tb = getattr(exc, "__traceback__", None)
+  while tb is not None:
+    name = tb.tb_frame.f_code.co_filename
+    if "orbax" in name or "tensorstore" in name:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+class _AbandonedReadFilter(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for a read orbax abandoned: the
+  failure it reports is the damage restore_newest already says in its one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (record.getMessage().startswith("Task exception was never retrieved")
+                and _from_checkpoint_library(exc))
+
+
 def quiet_abandoned_reads() -> None:
-  """Keeps the "Event loop is closed" errors of the reads orbax abandons when a checkpoint is
-  damaged off stderr: they finish after orbax closed its event loop, possibly after the
-  restore returned, and tensorstore reports them as unraisable. Installed once, for the rest
-  of the process; every other unraisable error is reported as before."""
+  """Keeps the errors of the reads orbax abandons when a checkpoint is damaged off stderr:
+  "Event loop is closed" (they finish after orbax closed its event loop, possibly after the
+  restore returned, and tensorstore reports them as unraisable) and asyncio's "Task exception
+  was never retrieved" for a failed read of orbax's or tensorstore's. Installed once, for the
+  rest of the process; every other error is reported as before."""
+  asyncio_log = logging.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedReadFilter) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_AbandonedReadFilter())
   hook = sys.unraisablehook
   if getattr(hook, "_jaxdd", False):
     return
