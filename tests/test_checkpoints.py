@@ -153,6 +153,12 @@ def test_an_abandoned_read_s_task_error_is_kept_off_stderr_and_no_other():
   task = "Task exception was never retrieved\nfuture: <Task finished ...>"
   assert not mine[0].filter(record(task, raised("/site-packages/tensorstore/x.py")))
   assert not mine[0].filter(record(task, raised("/site-packages/orbax/checkpoint/y.py")))
+  # a read's future failed in C: only asyncio's frames, and tensorstore's message
+  read = raised("/usr/lib/python3.11/asyncio/tasks.py")
+  read.args = ("OUT_OF_RANGE: Error reading byte range [tensorstore_spec='{...}']",)
+  assert not mine[0].filter(record(task, read))
+  assert not mine[0].filter(record("Future exception was never retrieved\nfuture: <Future "
+                                   "finished exception=ValueError(...)>", read))
   assert mine[0].filter(record(task, raised("/home/me/mine.py")))  # another program's task
   assert mine[0].filter(record("Unclosed client session", raised("/site-packages/orbax/z.py")))
 

@@ -450,6 +450,23 @@ def test_report_and_baselines_refuse_what_they_cannot_use(tmp_path, capsys):
   assert _one_line(capsys.readouterr().err).startswith("jaxdd report: error: no finished runs")
 
 
+@pytest.mark.parametrize("after", [0.3, 0.6, 1.0, 1.5])
+def test_ctrl_c_while_jaxdd_starts_is_one_line(tmp_path, after):
+  # Ctrl-C while the command line imports JAX and its commands, or parses: no traceback
+  import subprocess
+  import sys
+  import time
+  p = subprocess.Popen([sys.executable, "-m", "jaxdd", "distill", "--preset", "smoke",
+                        "--quiet", "--workdir", str(tmp_path / "run")],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  time.sleep(after)
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 130, (p.returncode, err)
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+  assert "interrupted" in err
+
+
 @pytest.mark.slow
 def test_ctrl_c_from_the_shell_exits_130_with_one_line(tmp_path):
   import subprocess

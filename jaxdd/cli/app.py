@@ -182,7 +182,11 @@ def entry() -> None:
   does a multi-process run that gave up joining (:func:`runtime.stranded`): XLA's wait,
   still running, would abort the process later.
   """
-  rc = main()
+  try:
+    rc = main()
+  except KeyboardInterrupt:  # before the command began (parsing, set-up): nothing was done
+    print("jaxdd: interrupted while starting; nothing was done", file=sys.stderr)
+    rc = 130
   if rc in (130, 143) or runtime.stranded():
     for stream in (sys.stdout, sys.stderr):
       try:

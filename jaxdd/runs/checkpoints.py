@@ -91,7 +91,10 @@ def _short(text: str, limit: int = 160) -> str:
 
 
 def _from_checkpoint_library(exc: BaseException | None) -> bool:
-  """Whether ``exc`` was raised inside orbax or tensorstore (a frame of its traceback)."""
+  """Whether ``exc`` was raised inside orbax or tensorstore: a frame of its traceback, or
+  tensorstore's message (a read's future fails in C, so asyncio's frames are the only ones)."""
+  if exc is not None and "tensorstore_spec" in str(exc):
+    return True
   tb = getattr(exc, "__traceback__", None)
   while tb is not None:
     name = tb.tb_frame.f_code.co_filename
@@ -102,21 +105,24 @@ def _from_checkpoint_library(exc: BaseException | None) -> bool:
 
 
 class _AbandonedReadFilter(logging.Filter):
-  """Drops asyncio's "Task exception was never retrieved" for a read orbax abandoned: the
-  failure it reports is the damage restore_newest already says in its one line."""
+  """Drops asyncio's "Task (or Future) exception was never retrieved" for a read orbax
+  abandoned: the failure it reports is the damage restore_newest already says in one line."""
+
+  UNRETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")
 
   def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
     exc = record.exc_info[1] if record.exc_info else None
-    return not (record.getMessage().startswith("Task exception was never retrieved")
-                and _from_checkpoint_library(exc))
+    return not (message.startswith(self.UNRETRIEVED)
+                and (_from_checkpoint_library(exc) or "tensorstore_spec" in message))
 
 
 def quiet_abandoned_reads() -> None:
   """Keeps the errors of the reads orbax abandons when a checkpoint is damaged off stderr:
   "Event loop is closed" (they finish after orbax closed its event loop, possibly after the
-  restore returned, and tensorstore reports them as unraisable) and asyncio's "Task exception
-  was never retrieved" for a failed read of orbax's or tensorstore's. Installed once, for the
-  rest of the process; every other error is reported as before."""
+  restore returned, and tensorstore reports them as unraisable) and asyncio's "Task (or Future)
+  exception was never retrieved" for a failed read of orbax's or tensorstore's. Installed
+  once, for the rest of the process; every other error is reported as before."""
   asyncio_log = logging.getLogger("asyncio")
   if not any(isinstance(f, _AbandonedReadFilter) for f in asyncio_log.filters):
     asyncio_log.addFilter(_AbandonedReadFilter())
