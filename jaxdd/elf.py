@@ -27,6 +27,7 @@ cross-entropy over unnormalised channels, is not offered.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -198,17 +199,26 @@ def cross_architecture(key: jax.Array, syn: SynSet, test, *, model_specs, num_cl
   return out
 
 
+def _finite(v) -> bool:
+  return v is not None and math.isfinite(v)
+
+
 def format_matrix(matrix: dict) -> str:
   """The matrix as a markdown table (accuracy %, mean ± std over networks)."""
   cols = ("overall", "aligned", "conflicting", "worst_group")
-  lines = ["| model | training | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
-  for spec, row in matrix.items():
-    for kind in ("plain", "elf"):
-      s = row.get(kind)
-      if s is None:
-        continue
-      cells = [f"{100 * s['mean'][c]:.1f} ± {100 * s['std'][c]:.1f}" for c in cols]
-      lines.append(f"| {spec} | {kind} | " + " | ".join(cells) + " |")
+  cells_of = [(spec, kind, row[kind]) for spec, row in matrix.items() for kind in ("plain", "elf")
+              if row.get(kind) is not None]
+  # Without group labels the only groups are the classes: no aligned / conflicting split
+  no_groups = bool(cells_of) and not any(
+      _finite(s["mean"][c]) for _, _, s in cells_of for c in ("aligned", "conflicting"))
+  names = [("worst class" if no_groups and c == "worst_group" else c) for c in cols]
+  lines = ["| model | training | " + " | ".join(names) + " |", "|---" * (len(cols) + 2) + "|"]
+  for spec, kind, s in cells_of:
+    cells = [f"{100 * s['mean'][c]:.1f} ± {100 * s['std'][c]:.1f}"
+             if _finite(s["mean"][c]) else "n/a" for c in cols]
+    lines.append(f"| {spec} | {kind} | " + " | ".join(cells) + " |")
+  if no_groups:
+    lines.append("(the test split has no group labels: group measures need them)")
   return "\n".join(lines)
 
 

@@ -65,6 +65,24 @@ def format_pm(values, *, ddof: int = 1, scale: float = 100.0, signed: bool = Fal
   return f"{mean} ± {scale * std:.1f}"
 
 
+def data_line(data: dict) -> str:
+  """The data of an evaluation in words (:attr:`EvalResult.data`).
+
+  >>> data_line({"name": "folder:pets", "data_sha256": "ab" * 32, "split": "test"})
+  'folder:pets (content sha256 abababababab), test split'
+  >>> data_line({"name": "cmnist", "conflict_ratio": 0.05, "split": "test"})
+  'cmnist, conflict ratio 0.05, test split'
+  """
+  words = [str(data.get("name"))]
+  if data.get("data_sha256"):
+    words[0] += f" (content sha256 {str(data['data_sha256'])[:12]})"
+  if data.get("conflict_ratio") is not None:
+    words.append(f"conflict ratio {data['conflict_ratio']:g}")
+  if data.get("split"):
+    words.append(f"{data['split']} split")
+  return ", ".join(words)
+
+
 def _json_float(x) -> float | None:
   x = float(x)
   return x if math.isfinite(x) else None
@@ -109,6 +127,7 @@ class EvalResult:
   num_valid: int
   parallel: str = "vmap"
   hparams: dict = dataclasses.field(default_factory=dict)
+  data: dict = dataclasses.field(default_factory=dict)  # the test data, as records name it
 
   def mean(self, metric: str = "overall") -> float:
     """Mean over models of ``metric`` (one of ``overall``, ``aligned``,
@@ -139,7 +158,7 @@ class EvalResult:
         "select_on": self.select_on, "num_train": self.num_train, "num_test": self.num_test,
         "num_valid": self.num_valid, "parallel": self.parallel, "hparams": dict(self.hparams),
         "jax_version": jax.__version__,
-    }
+    } | ({"data": dict(self.data)} if self.data else {})
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-serialisable dict: the stamp, mean/std per metric and per-model
@@ -170,6 +189,8 @@ class EvalResult:
         + (f" | lr chosen on valid ({self.select_on}) from {list(self.lrs)}"
            if self.selection == "valid" else ""),
     ]
+    if self.data:
+      lines.insert(0, "data: " + data_line(self.data))
     if self.hparams:
       lines.append("hyper-parameters: " + ", ".join(f"{k}={v:g}" if isinstance(v, float)
                                                     else f"{k}={v}"

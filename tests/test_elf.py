@@ -170,3 +170,21 @@ def test_format_seeds_orders_a_json_round_trip_as_published():
   assert [ln.split(" | ")[:3] for ln in lines[:5]] == [
       ["| vanilla", "mlp", "plain"], ["| vanilla", "mlp", "elf"], ["| vanilla", "convnet", "plain"],
       ["| vanilla", "convnet", "elf"], ["| kde", "mlp", "plain"]]
+
+
+def test_a_matrix_without_group_labels_says_so_instead_of_nan():
+  nan = float("nan")
+  def cell(overall, aligned, conflicting, worst):
+    mean = {"overall": overall, "aligned": aligned, "conflicting": conflicting,
+            "worst_group": worst}
+    return {"mean": mean, "std": {k: 0.0 if v == v else nan for k, v in mean.items()}}
+  no_groups = {"convnet": {"plain": cell(0.9, nan, nan, 0.4), "elf": None}}
+  text = elf.format_matrix(no_groups)
+  assert text.splitlines()[0] == ("| model | training | overall | aligned | conflicting | "
+                                  "worst class |")
+  assert "| convnet | plain | 90.0 ± 0.0 | n/a | n/a | 40.0 ± 0.0 |" in text
+  assert "nan" not in text and "no group labels" in text
+  grouped = {"convnet": {"plain": cell(0.9, 0.95, 0.5, 0.4), "elf": None}}
+  text = elf.format_matrix(grouped)
+  assert "worst_group |" in text.splitlines()[0] and "no group labels" not in text
+  assert "| convnet | plain | 90.0 ± 0.0 | 95.0 ± 0.0 | 50.0 ± 0.0 | 40.0 ± 0.0 |" in text

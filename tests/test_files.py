@@ -330,7 +330,7 @@ def test_cross_arch_out_refuses_a_file_holding_other_results(tmp_path, capsys):
   out.write_text(json.dumps({"mean": {}, "std": {}}))
   before = _tree(tmp_path)
   assert cli.main(argv + [str(out)]) == 2
-  assert "is not a cross-architecture matrix that jaxdd wrote" in _one_line(
+  assert "exists and is not a cross-architecture matrix jaxdd wrote" in _one_line(
       capsys.readouterr().err)
   _run_dir(tmp_path / "run", _SMOKE)
   assert cli.main(argv + [str(tmp_path / "run" / "config.json")]) == 2

@@ -111,3 +111,34 @@ def test_reevaluate_on_changed_data_is_refused(tmp_path, capsys, monkeypatch):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "was begun on other data" in err[0], err
   assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+
+
+def test_what_reads_a_users_data_names_it(tmp_path, capsys, monkeypatch):
+  # evaluate, cross-arch and reproduce name the data they read: its spec and content digest
+  import json
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  own_layouts.class_folders(tmp_path / "f", splits=True)
+  spec = f"folder:{tmp_path / 'f'}"
+  _distill(capsys, tmp_path / "run", "--data", spec, "--ipc", "2", "--weighting", "none")
+  with open(tmp_path / "run" / "config.json") as f:
+    digest = json.load(f)["data"]["sha256"]
+  named = {"name": spec, "split": "test", "data_sha256": digest}
+  line = f"data: {spec} (content sha256 {digest[:12]}), test split"
+  syn = str(tmp_path / "run" / "synset")
+  capsys.readouterr()
+  assert app.main(["evaluate", syn, "--num-models", "1", "--quiet", "--out",
+                   str(tmp_path / "ev.json")]) == 0
+  assert line in capsys.readouterr().out.splitlines()
+  record = json.loads((tmp_path / "ev.json").read_text())
+  assert record["data"] == named and record["synset"] == syn
+  assert app.main(["cross-arch", syn, "--models", "convnet-d2-w8", "--protocol", "smoke",
+                   "--num-models", "1", "--quiet", "--out", str(tmp_path / "xa.json")]) == 0
+  out = capsys.readouterr().out
+  assert line in out.splitlines() and "nan" not in out and "worst class" in out
+  assert json.loads((tmp_path / "xa.json").read_text())["data"] == named
+  assert app.main(["reproduce", *FAST, "--workdir", str(tmp_path / "rep"), "--data", spec,
+                   "--ipc", "2"]) == 0
+  comparison = json.loads((tmp_path / "rep" / "comparison.json").read_text())
+  assert {k: v["data"]["sha256"] for k, v in comparison.items()} == {"dm": digest,
+                                                                     "dm+kde": digest}
+  assert all(v["data"]["spec"] == spec for v in comparison.values())

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from jaxdd import elf, protocols, synset
+from jaxdd import elf, protocols, results, synset
 from jaxdd.cli import arguments, flags
 from jaxdd.cli.trust import signature_line, synset_path
 from jaxdd.runs import artifacts, files, outputs
@@ -53,7 +54,8 @@ def cmd_evaluate(args) -> int:
           "a plain evaluation)")
   print(result.format_table())
   if args.out:
-    synset.atomic_write_json(args.out, result.to_dict())
+    synset.atomic_write_json(args.out, {**result.to_dict(),
+                                        "synset": os.path.abspath(synset_path(args.synset))})
     print(f"written to {args.out}")
   return 0
 
@@ -71,6 +73,8 @@ def cmd_cross_arch(args) -> int:
   if args.out:  # refused before any work: --out holding another setting's results
     artifacts.check_matrix_out(args.out, setting)
   print(signature_line(meta))
+  read = artifacts.data_read(artifacts.artifact_split(meta, "test", _overrides(args)))
+  print(f"data: {results.data_line(read)}")
   matrix = artifacts.cross_arch(syn, meta, specs, _overrides(args), protocol=args.protocol,
                                 num_models=args.num_models, features=features,
                                 progress=not args.quiet)
@@ -79,7 +83,7 @@ def cmd_cross_arch(args) -> int:
                       "on the real training set" if args.elf else ""))
   print(elf.format_matrix(matrix))
   if args.out:
-    synset.atomic_write_json(args.out, artifacts.cross_arch_record(setting, matrix))
+    synset.atomic_write_json(args.out, artifacts.cross_arch_record(setting, matrix, data=read))
     print(f"written to {args.out}")
   return 0
 

@@ -206,7 +206,25 @@ def evaluate_synset(syn: SynSet, meta: dict, overrides: Overrides = Overrides(),
     result = evaluate.evaluate_synset(key, syn, batch, model=net, protocol=protocol,
                                num_models=num_models, progress=progress)
   return dataclasses.replace(result, method=(meta.get("method") or result.method)
-                             + ("+elf" if features is not None else ""))
+                             + ("+elf" if features is not None else ""),
+                             data=data_read(test))
+
+
+def data_read(ds: data.BiasedDataset) -> dict:
+  """The split ``ds`` as an evaluation's record names it (:attr:`jaxdd.results.EvalResult.data`):
+  the dataset's name and split, and a user's data's content digest or a built-in dataset's
+  conflict ratio and source."""
+  m = ds.meta
+  out = {"name": m.get("name"), "split": m.get("split")}
+  if m.get("kind") == "own":
+    try:  # the spec as the user gave it (``folder:ROOT``), as the run's records name it
+      out["name"] = own.DataSpec.from_dict(m.get("spec") or {}).text
+    except (TypeError, ValueError):
+      pass
+    out["data_sha256"] = m.get("data_sha256")
+  else:
+    out.update(conflict_ratio=m.get("ratio"), source=m.get("source"))
+  return out
 
 
 def cross_arch(syn: SynSet, meta: dict, specs: list[str], overrides: Overrides = Overrides(), *,
@@ -246,10 +264,11 @@ def cross_arch_setting(path: str, specs: list[str], overrides: Overrides = Overr
       "feature_protocol": None if features is None else features.protocol}
 
 
-def cross_arch_record(setting: dict[str, Any], matrix: dict) -> dict[str, Any]:
+def cross_arch_record(setting: dict[str, Any], matrix: dict,
+                      data: dict | None = None) -> dict[str, Any]:
   """The JSON record of a cross-architecture matrix (``jaxdd cross-arch --out``): its
-  :func:`cross_arch_setting` and the matrix."""
-  return {**setting,
+  :func:`cross_arch_setting`, the test data (:func:`data_read`) and the matrix."""
+  return {**setting, **({"data": data} if data is not None else {}),
           "matrix": {k: {kind: (None if v is None else {"mean": v["mean"], "std": v["std"]})
                          for kind, v in row.items()} for k, row in matrix.items()}}
 

@@ -143,9 +143,11 @@ def _reproduce(config: RunConfig, workdir: str, run_data: rundata.RunData, *, pr
   for name in results:
     if results[name].get("bias_score") is not None:
       results[name]["bias_score"]["reference"] = reference
+  named = {} if run_data.identity is None else {"data": run_data.identity}  # a user's data
   synset.atomic_write_json(os.path.join(workdir, "comparison.json"),
                            {k: {"mean": v["mean"], "std": v["std"],
-                                "bias_score": v.get("bias_score")} for k, v in results.items()})
+                                "bias_score": v.get("bias_score"), **named}
+                            for k, v in results.items()})
   synset.atomic_write_bytes(os.path.join(workdir, "comparison.md"), (table + "\n").encode())
   plots_lib.plot_accuracy_bars(
       results, os.path.join(workdir, "plots", "accuracy.png"),

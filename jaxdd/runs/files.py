@@ -52,10 +52,12 @@ _SCALAR = schema.Spec("a string or a number",
                       lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool))
 SELECTION_JSON = obj({"chosen": map_of(map_of(_SCALAR))})
 TABLE_JSON = map_of(ANY)
-COMPARISON_JSON = map_of(obj({"mean": _METRICS4, "std": _METRICS4}, optional={"bias_score": ANY}))
+COMPARISON_JSON = map_of(obj({"mean": _METRICS4, "std": _METRICS4},
+                             optional={"bias_score": ANY, "data": ANY}))
 CROSS_ARCH_JSON = obj({"synset": STR, "protocol": STR, "num_models": INT, "matrix": map_of(ANY)},
                       optional={k: ANY for k in ("synset_manifest_sha256", "models", "overrides",
-                                                 "elf", "feature_model", "feature_protocol")})
+                                                 "data", "elf", "feature_model",
+                                                 "feature_protocol")})
 
 #: The RunConfig fields that make results comparable side by side: the data, the IPC, the
 #: evaluation (what ``jaxdd baselines`` uses of a run's config).
