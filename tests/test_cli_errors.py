@@ -166,7 +166,7 @@ def test_sign_refuses_to_replace_another_keys_signature(tmp_path, keys, capsys):
     (["cross-arch", "x", "--num-models", "-2"], "--num-models", "an integer >= 1"),
     (["audit", "x", "--seed", "-1"], "--seed", "an integer >= 0"),
     (["audit", "x", "--clean-images", "0"], "--clean-images", "an integer >= 1"),
-    (["final", "--workdir", "x", "--full-models", "abc"], "--full-models", "an integer >= 1"),
+    (["final", "--workdir", "x", "--full-models", "-1"], "--full-models", "an integer >= 0"),
     (["tune", "--workdir", "x", "--sweep-models", "0"], "--sweep-models", "an integer >= 1"),
     (["distill", "--workdir", "x", "--coordinator-timeout", "nan"], "--coordinator-timeout",
      "a finite number > 0"),

@@ -301,6 +301,13 @@ def test_a_second_run_in_the_same_workdir_is_refused(tmp_path, capsys):
   line = _one_line(capsys.readouterr().err)
   assert f"is in use by process {os.getppid()}" in line and ".lock" in line
   assert sorted(os.listdir(work)) == [".lock"]
+  # an empty or damaged lock (a run writing it this moment, or garbage): said so, kept
+  for text in ("", "garbage", '{"host": "h"}'):
+    (work / ".lock").write_text(text)
+    assert cli.main(["distill", "--preset", "smoke", "--workdir", str(work), "--quiet"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "that names no process (empty or damaged)" in line and "None" not in line, line
+    assert (work / ".lock").read_text() == text
 
 
 def test_a_stale_lock_is_taken_over_and_released(tmp_path):

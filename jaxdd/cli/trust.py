@@ -220,8 +220,9 @@ def _register_signing(sub: argparse._SubParsersAction) -> None:
 
   p = sub.add_parser("verify", help="check the signatures of a SynSet (or of every SynSet below "
                                     "a directory) against trusted public keys")
-  p.add_argument("path")
-  flags.add_trust_flag(p)
+  p.add_argument("path", help="a SynSet folder, or a folder with SynSets below it (a run, a "
+                              "work directory)")
+  flags.add_trust_flag(p, unset="refused: verify needs the keys to check against")
   flags.add_common_flags(p)
   p.set_defaults(fn=cmd_verify)
 

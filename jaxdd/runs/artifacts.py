@@ -154,7 +154,8 @@ def check_out(out: str, setting: dict) -> None:
   setting, or when ``out`` would replace one of the run's own files (:data:`RUN_FILES`).
   Reads only."""
   folder = _refuse_run_file(out, "evaluation", "eval-again.json")
-  rundir.check_setting(setting, folder, adding="this evaluation")
+  rundir.check_setting(setting, folder, adding="this evaluation",
+                       elsewhere="give an --out outside that run")
 
 
 def _refuse_run_file(out: str, what: str, example: str) -> str:

@@ -120,8 +120,8 @@ def read_table(path: str) -> dict | None:
 def read_comparison(path: str) -> dict:
   """``jaxdd reproduce``'s ``comparison.json`` (read to show a finished comparison again)."""
   return schema.read_json(path, COMPARISON_JSON,
-                          fix="delete it, or rerun the command with --reevaluate to compare the "
-                              "runs again")
+                          fix="rerun the command with --reevaluate to compare the runs again, or "
+                              "delete it and comparison.md")
 
 
 def read_cross_arch(path: str) -> dict | None:

@@ -146,9 +146,12 @@ def check_models(config: RunConfig, run_data: RunData) -> None:
   check_ipc(config.ipc, run_data.train.labels, run_data.train.class_names)
   check_real_batch(config, run_data)
   if config.weighting in ("oracle", "fairdd") and run_data.train.bias is None:
+    kind = str(config.data_spec or "").split(":", 1)[0]
+    give = {"folder": "--group-file FILE, a csv of path,group for the training images",
+            "npz": "g_train, g_valid and g_test arrays in the file"}.get(kind, "--group-col")
     raise ValueError(f"--weighting {config.weighting} reads the training split's group labels, "
                      "and this data has none; use a label-free weighting (kde, fairdd_pseudo, "
-                     "fairdd_batch) or give the groups (--group-col)")
+                     f"fairdd_batch) or give the groups ({give})")
 
 
 def real_batch(config: RunConfig, run_data: RunData) -> int:

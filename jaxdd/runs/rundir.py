@@ -86,6 +86,10 @@ def _acquire(workdir: str, path: str) -> None:
           alive = False
         except PermissionError:
           alive = True
+      if not isinstance(pid, int):  # being written this moment, or damaged: not taken over
+        raise ValueError(f"{workdir} has a lock file {path} that names no process (empty or "
+                         "damaged): a run may be starting there; if none is, delete the lock "
+                         "file") from None
       if alive:
         raise ValueError(f"{workdir} is in use by process {pid} on {where} (lock file {path}); "
                          "wait for that run to finish, use another --workdir, or delete the "
@@ -153,14 +157,16 @@ def check_data(workdir: str, identity: dict | None) -> None:
                      "--workdir to start over on the data as they are")
 
 
-def check_setting(setting: dict, workdir: str, *, adding: str) -> None:
+def check_setting(setting: dict, workdir: str, *, adding: str,
+                  elsewhere: str = "use another --workdir") -> None:
   """Refuses to add ``adding`` (results of ``setting``, :func:`jaxdd.runs.files.run_setting`)
   to a workdir that holds a run of another setting (reads only).
 
   The runs looked at: ``<workdir>/config.json`` and the ``config.json`` of the run directories
   of ``jaxdd reproduce`` directly inside it (named after their method: ``dm``, ``dm_kde``, ...).
   Results written side by side must share the data, the IPC and the evaluation, as
-  :func:`check_workdir` requires of a run.
+  :func:`check_workdir` requires of a run. ``elsewhere`` is the refusal's first fix (the
+  option that puts the results somewhere else).
   """
   if not os.path.isdir(workdir):
     return
@@ -174,8 +180,7 @@ def check_setting(setting: dict, workdir: str, *, adding: str) -> None:
               for k in dict.fromkeys([*have, *setting]) if have.get(k) != setting.get(k)]
     if differ:
       raise ValueError(f"{d} holds a run of another setting ({'; '.join(differ)}); {adding} "
-                       "would sit beside it unmarked: use another --workdir, or the run's "
-                       "settings")
+                       f"would sit beside it unmarked: {elsewhere}, or the run's settings")
 
 
 def stored_eval(config: RunConfig, workdir: str) -> dict | None:
