@@ -346,7 +346,12 @@ def test_cli_audit_of_a_smoke_run(tmp_path, capsys):
   # an unsigned SynSet under a trust anchor: refused before any work, nothing written
   assert cli.main(["audit", syn, *flags, "--trust", str(tmp_path / "k.pub"), "--out", out]) == 2
   assert not (tmp_path / "audit.json").exists()
+  # too few clean images for the trigger search: refused before the surrogate is trained
   capsys.readouterr()
+  assert cli.main(["audit", syn, *flags, "--clean-images", "50", "--out", out]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "50 clean images are too few" in err[0] and "--clean-images" in err[0]
+  assert not (tmp_path / "audit.json").exists()
   rc = cli.main(["audit", syn, *flags, "--out", out])
   text = capsys.readouterr().out
   report = json.load(open(out))

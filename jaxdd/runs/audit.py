@@ -95,6 +95,12 @@ def audit_artifact(path: str, *, trust=None, seed: int = 0, model_spec: str | No
   valid = data.load(ds["name"], split="valid", conflict_ratio=ds.get("ratio"),
                     severity=ds.get("severity"), seed=ds.get("seed", 0), source=source)
   n = min(int(clean_images), len(valid.labels))
+  cleanse_n, need = kwargs.get("cleanse_images", 128), 10 * valid.num_classes
+  if kwargs.get("cleanse", True) and n < cleanse_n + need:  # before the surrogate is trained
+    raise ValueError(f"{n} clean images are too few: the trigger search takes cleanse_images "
+                     f"({cleanse_n}) and measuring attack success at least {need} more; pass "
+                     f"clean_images (--clean-images) of at least {cleanse_n + need}, a smaller "
+                     "cleanse_images (--cleanse-images), or cleanse=False (--no-cleanse)")
   rows = np.sort(np.asarray(jax.random.permutation(jax.random.key(seed), len(valid.labels)))[:n])
   images = np.asarray(data.normalize(valid.images[rows], meta["mean"], meta["std"]))
   labels = np.asarray(valid.labels)[rows]
