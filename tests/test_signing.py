@@ -57,6 +57,12 @@ def test_new_keys_files_mode_id_and_no_overwrite(tmp_path):
   with pytest.raises(ValueError, match="never overwritten"):
     signing.new_keys(str(tmp_path / "k"))
   assert open(private, "rb").read() == before
+  # a name that names no file: refused, nothing written (no hidden .key / .pub)
+  (tmp_path / "sub").mkdir()
+  for stem in ("", str(tmp_path / "sub") + os.sep, str(tmp_path / "sub")):
+    with pytest.raises(ValueError, match="names no file"):
+      signing.new_keys(stem)
+  assert list((tmp_path / "sub").iterdir()) == [] and not os.path.exists(".key")
 
 
 def test_encrypted_private_key_needs_its_passphrase(tmp_path):
