@@ -398,6 +398,18 @@ def test_results_of_other_settings_are_never_overwritten(tmp_path):
   with pytest.raises(ValueError, match=r"holds a table made with other settings \(base"):
     runs.final(cfg, str(root), settings={}, seeds=(0,), progress=False)
   assert (root / "table.md").read_text() == "kept"
+  # the rows a table has are settings too: another --full-models or --no-random is refused,
+  # and a table written before it recorded them is compared on the rest
+  from jaxdd.runs import final_table
+  same = {"base": cfg.to_dict(), "seeds": [0], "with_random": True, "full_models": 3}
+  (root / "table.json").write_text(json.dumps({**same, "rows": {}}))
+  final_table._refuse_other_table(str(root), same)
+  for change in ({"full_models": 1}, {"with_random": False}):
+    with pytest.raises(ValueError, match=rf"other settings \({next(iter(change))} differ\)"):
+      final_table._refuse_other_table(str(root), {**same, **change})
+  older = {k: v for k, v in same.items() if k not in ("with_random", "full_models")}
+  (root / "table.json").write_text(json.dumps({**older, "rows": {}}))
+  final_table._refuse_other_table(str(root), {**same, "full_models": 1})
 
 
 @pytest.mark.slow

@@ -24,6 +24,10 @@ from jaxdd.runs.tables import format_table
 from jaxdd.structs import SynSet
 
 
+#: Settings a table records since it has the rows they choose (older tables lack them).
+_ADDED = ("with_random", "full_models")
+
+
 def _refuse_other_table(root: str, identity: dict) -> None:
   """A ``table.json`` made with other settings is never overwritten (checked before work)."""
   path = os.path.join(root, "table.json")
@@ -31,7 +35,8 @@ def _refuse_other_table(root: str, identity: dict) -> None:
   if stored is None:
     return
   differ = [k for k, v in identity.items()
-            if json.loads(json.dumps(stored.get(k))) != json.loads(json.dumps(v))]
+            if (k in stored or k not in _ADDED)  # a table written before a field: not compared
+            and json.loads(json.dumps(stored.get(k))) != json.loads(json.dumps(v))]
   if differ:
     raise ValueError(f"{path} holds a table made with other settings ({', '.join(differ)} "
                      "differ); use another --workdir, or delete table.json and table.md to "
@@ -64,7 +69,8 @@ def final(base: RunConfig, root: str, *, settings: dict[str, Setting],
     raise ValueError("final needs at least one seed")
   identity = {"base": base.to_dict(), "protocol": protocol.to_dict(), "num_models": num_models,
               "seeds": list(seeds),
-              "settings": {k: [list(kv) for kv in v.overrides] for k, v in settings.items()}}
+              "settings": {k: [list(kv) for kv in v.overrides] for k, v in settings.items()},
+              "with_random": bool(with_random), "full_models": int(full_models)}
   _refuse_other_table(root, identity)
   checks.device_count(base)  # the devices and a writable root before the data are built
   outputs.check_work_folder(root, record="table.json", writes=("table.md",), what="a table")
