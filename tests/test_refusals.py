@@ -294,6 +294,16 @@ def test_diagnose_never_replaces_a_report_or_fills_a_run_folder(entries, said, t
   assert _tree(work) == before and sorted(os.listdir(tmp_path)) == ["mine"]
 
 
+def test_tune_never_fills_a_run_folder(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  code, err = _run(["tune", "--seeds", "0"] + SMOKE + ["--workdir", str(run)], capsys)
+  assert code == 2 and len(err) == 1 and "is a run's folder; give tune a folder" in err[0], err
+  assert sorted(os.listdir(tmp_path)) == ["run"] and os.listdir(run) == ["config.json"]
+
+
 def test_final_never_replaces_a_table_it_did_not_write(tmp_path, monkeypatch):
   from jaxdd import config, runs
   from jaxdd.runs import knobs

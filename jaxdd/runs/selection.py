@@ -90,6 +90,9 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
     if any(c.apply(base).weighting == w for c in candidates) and s not in candidates:
       candidates.append(s)
   checks.device_count(base)  # the devices and a writable root before the data are built
+  if os.path.lexists(os.path.join(root, "config.json")):  # its candidates would fill a run
+    raise ValueError(f"--workdir {root} is a run's folder; give tune a folder of its own, e.g. "
+                     "runs/tune")
   outputs.check_work_folder(root, record="selection.json", writes=("selection.md",),
                             what="a selection")
   checks.check_writable(root)
