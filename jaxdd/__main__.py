@@ -8,19 +8,21 @@ import signal
 import sys
 import threading
 
+_pressed: list[int] = []
+_held = threading.current_thread() is threading.main_thread()
+if _held:
+  _previous = signal.signal(signal.SIGINT, lambda signum, frame: _pressed.append(signum))
+try:
+  from jaxdd.cli import app
+finally:
+  if _held:
+    signal.signal(signal.SIGINT, _previous)
+
 
 def main() -> None:
-  """Imports the command line and runs it (:func:`jaxdd.cli.app.entry`)."""
-  pressed: list[int] = []
-  held = threading.current_thread() is threading.main_thread()
-  if held:
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-  try:
-    from jaxdd.cli import app
-  finally:
-    if held:
-      signal.signal(signal.SIGINT, previous)
-  if pressed:
+  """Runs the command line (:func:`jaxdd.cli.app.entry`), or ends at once when Ctrl-C came
+  while it loaded."""
+  if _pressed:
     print("jaxdd: interrupted while starting; nothing was done", file=sys.stderr)
     sys.exit(130)
   app.entry()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -463,6 +464,16 @@ def test_report_and_baselines_refuse_what_they_cannot_use(tmp_path, capsys):
   assert "baseline random: overall 50.0" in out
   assert _one_line(err) == (f"jaxdd report: error: {bad / 'eval.json'}: Permission denied; it "
                             "cannot be read: fix its permissions, or move it away")
+  # a comparison whose dm/eval.json is damaged: the comparison is still shown, the file named
+  shutil.rmtree(tmp_path / "runs" / "c")
+  rep = tmp_path / "runs" / "rep"
+  (rep / "dm").mkdir(parents=True)
+  (rep / "comparison.md").write_text("| method | overall |\n| dm | 25.0 |\n")
+  (rep / "dm" / "eval.json").write_text("not json")
+  assert cli.main(["report", str(tmp_path / "runs")]) == 2
+  out, err = capsys.readouterr()
+  assert "| dm | 25.0 |" in out and "baseline random: overall 50.0" in out
+  assert str(rep / "dm" / "eval.json") in _one_line(err)
   # nothing finished: the documented prefix, status 1
   (tmp_path / "empty").mkdir()
   assert cli.main(["report", str(tmp_path / "empty")]) == 1

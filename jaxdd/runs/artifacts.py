@@ -345,12 +345,21 @@ def _eval_record(root: str) -> tuple[dict | None, list[str]]:
       f"{root}: {ev.get('method')}: {_scores(m, s)}"]
 
 
-def _comparison_record(root: str, dirs: list[str]) -> tuple[dict | None, list[str]]:
-  """``comparison.md``, with the setting of the runs beside it (reproduce's run directories)."""
+def _comparison_record(root: str, dirs: list[str], damaged: list[str] | None = None
+                       ) -> tuple[dict | None, list[str]]:
+  """``comparison.md``, with the setting of the runs beside it (reproduce's run directories):
+  read off the first run whose ``eval.json`` reads; a damaged one is said in ``damaged`` (else
+  raised) and the next one read."""
   setting = None
   for d in sorted(dirs):
     if os.path.exists(os.path.join(root, d, "eval.json")):
-      ev = files.read_eval(os.path.join(root, d, "eval.json"))
+      try:
+        ev = files.read_eval(os.path.join(root, d, "eval.json"))
+      except schema.FileFormatError as e:
+        if damaged is None:
+          raise
+        damaged.append(str(e))
+        continue
       setting = _setting_of(ev.get("config"), ev.get("data"))
       break
   with open(os.path.join(root, "comparison.md")) as f:
@@ -375,7 +384,7 @@ def finished_records(path: str, damaged: list[str] | None = None
     if "baselines.json" in names:
       readers.append(lambda root=root: _baseline_records(root))
     if "comparison.md" in names:
-      readers.append(lambda root=root, dirs=dirs: [_comparison_record(root, dirs)])
+      readers.append(lambda root=root, dirs=dirs: [_comparison_record(root, dirs, damaged)])
     elif "eval.json" in names and not os.path.exists(os.path.join(os.path.dirname(root),
                                                                   "comparison.md")):
       readers.append(lambda root=root: [_eval_record(root)])

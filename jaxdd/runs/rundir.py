@@ -184,15 +184,16 @@ def check_setting(setting: dict, workdir: str, *, adding: str,
 
 
 def stored_eval(config: RunConfig, workdir: str) -> dict | None:
-  """The ``eval.json`` of a finished run with this exact config, else None.
+  """The ``eval.json`` of a finished run with this exact config, else None (None too in a
+  folder without the run's ``config.json``: no run of jaxdd is there).
 
   Raises:
     jaxdd._src.schema.FileFormatError: the file is there but is not an evaluation that jaxdd
       wrote (``--reevaluate`` does not read it, and replaces it).
   """
   path = os.path.join(workdir, "eval.json")
-  if not os.path.exists(path):
-    return None
+  if not os.path.exists(path) or not os.path.lexists(os.path.join(workdir, "config.json")):
+    return None  # no run: an eval.json there is not a run's (check_run_folder refuses it)
   stored = files.read_eval(path)
   return stored if stored.get("digest") in (config.digest(), config.digest(legacy=True)) \
       else None
