@@ -79,14 +79,16 @@ def cmd_inspect(args) -> int:
              if f.name != "data_spec"}
   spec = own.parse(args.spec, fields=options.pop("name_fields"),
                    aligned=options.pop("aligned_rule"), **options)
-  cards = {}
+  cards, described = {}, []
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", own.HeldOutTestWarning)
     opened = own.OwnData(spec, seed=args.seed, progress=False if args.quiet else None)
-    for split in ("train", "valid", "test"):
+    for split in ("train", "valid", "test"):  # every split read before any card is printed
       ds = opened.split(split)
       cards[split] = ds.card.to_dict()
-      print(ds.describe(), end="\n\n")
+      described.append(ds.describe())
+  for text in described:
+    print(text, end="\n\n")
   for w in caught:
     print(f"warning: {w.message}", file=sys.stderr)
   if args.save_card:
