@@ -61,12 +61,28 @@ atomic_write_bytes = _io.atomic_write_bytes
 atomic_write_json = _io.atomic_write_json
 
 
+def _check_replaceable(path: str) -> None:
+  """A SynSet replaces only a SynSet (a folder with ``manifest.json`` and ``arrays.npz``) or
+  an empty folder: never a file, a link, or a folder of other files."""
+  if not os.path.lexists(path):
+    return
+  if os.path.islink(path) or not os.path.isdir(path):
+    raise ValueError(f"synset.save: {path} exists and is not a folder; give the path of a new "
+                     "folder, or of a SynSet to replace")
+  names = sorted(os.listdir(path))
+  if names and not {"manifest.json", "arrays.npz"} <= set(names):
+    listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    raise ValueError(f"synset.save: {path} holds {listed}, which is not a SynSet; give a new or "
+                     "empty folder, or a SynSet to replace")
+
+
 def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[float],
          std: Sequence[float]) -> str:
   """Saves a SynSet artifact atomically (see the module docstring).
 
   Args:
-    path: the artifact directory to create (replaced if it exists).
+    path: the artifact directory to create; an existing SynSet or empty folder there is
+      replaced, anything else refused (a file, a folder of other files).
     syn: the synthetic set (images in the normalised space).
     meta: JSON-able metadata. Keys that jaxdd reads back have a form, checked here:
       ``dataset`` an object (``{"name": "cmnist", "ratio": 0.05, "severity": None, "seed":
@@ -105,6 +121,7 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
                  "rename them (other keys are free)")
   except schema.FileFormatError as e:
     raise ValueError(str(e)) from None
+  _check_replaceable(path)
   with _io.atomic_directory(path, prefix=".tmp-synset-") as tmp:
     with open(os.path.join(tmp, "arrays.npz"), "wb") as f:
       np.savez(f, images=images, labels=labels, mean=mean, std=std)

@@ -271,3 +271,19 @@ def test_iterations_are_bounded_by_the_step_counter():
   for n in (2**31, 10**12, 10**23):
     with pytest.raises(ValueError, match="is more than 2,147,483,647"):
       validate(get_config("smoke", iterations=n))
+
+
+@pytest.mark.parametrize("field,value,kind", [
+    ("ipc", 2.5, "a whole number"), ("ipc", True, "a whole number"), ("ipc", "5", "a whole number"),
+    ("seed", "0", "a whole number"), ("lr_img", "big", "a number"), ("source", 3, "a string"),
+])
+def test_a_field_of_another_kind_is_refused_when_the_config_is_built(field, value, kind):
+  # a float IPC had reached the distiller and failed inside JAX after the run wrote files
+  with pytest.raises(ValueError, match=f"^{field} must be {kind}, got {value!r}$"):
+    get_config("smoke", **{field: value})
+
+
+def test_numpy_numbers_and_none_where_allowed_are_taken():
+  import numpy as np
+  cfg = get_config("smoke", ipc=np.int64(3), lr_img=np.float32(2.0), severity=None)
+  assert cfg.ipc == 3 and cfg.lr_img == 2.0

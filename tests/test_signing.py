@@ -59,7 +59,7 @@ def test_new_keys_files_mode_id_and_no_overwrite(tmp_path):
   assert open(private, "rb").read() == before
   # a name that names no file: refused, nothing written (no hidden .key / .pub)
   (tmp_path / "sub").mkdir()
-  for stem in ("", str(tmp_path / "sub") + os.sep, str(tmp_path / "sub")):
+  for stem in ("", "   ", str(tmp_path / "sub") + os.sep, str(tmp_path / "sub")):
     with pytest.raises(ValueError, match="names no file"):
       signing.new_keys(stem)
   assert list((tmp_path / "sub").iterdir()) == [] and not os.path.exists(".key")

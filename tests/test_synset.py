@@ -211,3 +211,25 @@ def test_save_changes_nothing_without_a_word(tmp_path):
       synset.save(str(tmp_path / "d"), s, {}, mean=[0] * 3, std=[1] * 3)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "d").exists()
+
+
+def test_save_replaces_a_synset_or_an_empty_folder_and_nothing_else(tmp_path):
+  syn = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1], np.int32))
+  kw = dict(mean=[0.0] * 3, std=[1.0] * 3)
+  target = str(tmp_path / "syn")
+  synset.save(target, syn, {"ipc": 1}, **kw)
+  synset.save(target, syn, {"ipc": 2}, **kw)  # a SynSet: replaced
+  assert synset.load(target)[1]["ipc"] == 2
+  (tmp_path / "empty").mkdir()
+  synset.save(str(tmp_path / "empty"), syn, {"ipc": 1}, **kw)  # an empty folder: filled
+  # a user's folder or file: refused, untouched
+  mine = tmp_path / "my_results"
+  mine.mkdir()
+  (mine / "thesis.tex").write_text("x")
+  (tmp_path / "notes.txt").write_text("y")
+  with pytest.raises(ValueError, match=r"my_results holds thesis.tex, which is not a SynSet"):
+    synset.save(str(mine), syn, {"ipc": 1}, **kw)
+  with pytest.raises(ValueError, match=r"notes.txt exists and is not a folder"):
+    synset.save(str(tmp_path / "notes.txt"), syn, {"ipc": 1}, **kw)
+  assert os.listdir(mine) == ["thesis.tex"] and (tmp_path / "notes.txt").read_text() == "y"
+  assert sorted(os.listdir(tmp_path)) == ["empty", "my_results", "notes.txt", "syn"]

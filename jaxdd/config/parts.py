@@ -61,6 +61,11 @@ FAIRDD_CLUSTERS = 10
 MAX_FAIRDD_CLUSTERS = 64
 
 
+#: A field's declared type -> (the values it takes, in words).
+_KINDS = {"int": (numbers.Integral, "a whole number"), "float": (numbers.Real, "a number"),
+          "str": (str, "a string")}
+
+
 class Part:
   """What every part shares: a title (its stage), choices, a flat dict and a check."""
   #: The stage the part configures (the CLI's group title).
@@ -73,7 +78,24 @@ class Part:
   HELP: ClassVar[dict[str, str]] = {}
 
   def __post_init__(self):
-    self.validate()
+    try:  # the part's own checks first (their messages say more: a range, the choices)
+      self.validate()
+    except TypeError:  # a comparison of a string with a number, say: the kind is wrong
+      self.check_types()
+      raise
+    self.check_types()  # what they let through: 2.5 for a count, True for a number
+
+  def check_types(self) -> None:
+    """Every field holds its declared kind: a whole number for ``int`` (not a bool, not 2.5),
+    a number for ``float``, a string for ``str``, or None where allowed."""
+    for f in dataclasses.fields(self):
+      kind = str(f.type)
+      expected = _KINDS.get(kind.removesuffix(" | None"))
+      value = getattr(self, f.name)
+      if expected is None or (value is None and kind.endswith(" | None")):
+        continue
+      if isinstance(value, bool) or not isinstance(value, expected[0]):
+        raise ValueError(f"{f.name} must be {expected[1]}, got {value!r}")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

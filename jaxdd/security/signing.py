@@ -103,8 +103,8 @@ def new_keys(path_stem: str, *, passphrase: bytes | None = None) -> tuple[str, s
   Returns:
     ``(private_path, public_path, key_id)``.
   """
-  if not os.path.basename(os.fspath(path_stem)) or os.path.isdir(path_stem):
-    raise ValueError(f"key name {path_stem!r} names no file (empty, or a folder); give a name, "
+  if not os.path.basename(os.fspath(path_stem)).strip() or os.path.isdir(path_stem):
+    raise ValueError(f"key name {path_stem!r} names no file (blank, or a folder); give a name, "
                      "e.g. keys/me for keys/me.key and keys/me.pub")
   ed25519, serialization, _ = _crypto()
   private_path, public_path = path_stem + ".key", path_stem + ".pub"
