@@ -23,7 +23,7 @@ def main() -> None:
   """Runs the command line (:func:`jaxdd.cli.app.entry`), or ends at once when Ctrl-C came
   while it loaded."""
   if _pressed:
-    print("jaxdd: interrupted while starting; nothing was done", file=sys.stderr)
+    print(app.INTERRUPTED_STARTING, file=sys.stderr)
     sys.exit(130)
   app.entry()
 

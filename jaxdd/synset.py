@@ -71,9 +71,8 @@ def _check_replaceable(path: str) -> None:
                      "folder, or of a SynSet to replace")
   names = sorted(os.listdir(path))
   if names and not {"manifest.json", "arrays.npz"} <= set(names):
-    listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    raise ValueError(f"synset.save: {path} holds {listed}, which is not a SynSet; give a new or "
-                     "empty folder, or a SynSet to replace")
+    raise ValueError(f"synset.save: {path} holds {_io.listed(names)}, which is not a SynSet; "
+                     "give a new or empty folder, or a SynSet to replace")
 
 
 def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[float],

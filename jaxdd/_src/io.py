@@ -42,6 +42,16 @@ class NotAFileError(ValueError):
   """A path jaxdd would read is not a regular file, or is larger than its kind may be."""
 
 
+def listed(names, most: int = 4) -> str:
+  """A folder's entries in a one-line message: the first ``most``, then "...".
+
+  >>> listed(["a", "b", "c", "d", "e"])
+  'a, b, c, d, ...'
+  """
+  names = list(names)
+  return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 def file_kind(mode: int) -> str:
   """What a path that is not a regular file is, in words, from its ``st_mode``.
 

@@ -4,8 +4,8 @@ and an exit status.
 Exit statuses: 0 done; 2 a refused input (bad value, missing data, a file it may not read, a
 file read back before any work that does not hold what jaxdd wrote; argparse's refusals too); 1
 a fault while working (file system, a non-finite loss, an unreachable index, a file read back
-while working that does not hold what jaxdd wrote); 130 Ctrl-C and 143 SIGTERM (a distillation saves its step first);
-3 ``jaxdd audit`` found a SynSet suspicious.
+while working that does not hold what jaxdd wrote); 130 Ctrl-C and 143 SIGTERM (a distillation
+saves its step first); 3 ``jaxdd audit`` found a SynSet suspicious.
 """
 from __future__ import annotations
 
@@ -56,6 +56,9 @@ def _unreadable(path) -> bool:
     return False
   return not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0))
 
+
+#: The line of a Ctrl-C before any command began (imports, parsing, set-up).
+INTERRUPTED_STARTING = "jaxdd: interrupted while starting; nothing was done"
 
 #: What :func:`report` turns into one line and an exit status (anything else propagates).
 FAILURES = (KeyboardInterrupt, ValueError, ImportError, OSError, FloatingPointError)
@@ -185,7 +188,7 @@ def entry() -> None:
   try:
     rc = main()
   except KeyboardInterrupt:  # before the command began (parsing, set-up): nothing was done
-    print("jaxdd: interrupted while starting; nothing was done", file=sys.stderr)
+    print(INTERRUPTED_STARTING, file=sys.stderr)
     rc = 130
   if rc in (130, 143) or runtime.stranded():
     for stream in (sys.stdout, sys.stderr):

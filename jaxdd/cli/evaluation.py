@@ -73,11 +73,12 @@ def cmd_cross_arch(args) -> int:
   if args.out:  # refused before any work: --out holding another setting's results
     artifacts.check_matrix_out(args.out, setting)
   print(signature_line(meta))
-  read = artifacts.data_read(artifacts.artifact_split(meta, "test", _overrides(args)))
+  test = artifacts.artifact_split(meta, "test", _overrides(args))
+  read = artifacts.data_read(test)
   print(f"data: {results.data_line(read)}")
   matrix = artifacts.cross_arch(syn, meta, specs, _overrides(args), protocol=args.protocol,
                                 num_models=args.num_models, features=features,
-                                progress=not args.quiet)
+                                progress=not args.quiet, test=test)
   print(f"{meta.get('method', '?')} SynSet, protocol {args.protocol}, {args.num_models} networks "
         "per cell" + (f"; ELF feature model {args.feature_model} ({args.feature_protocol}) trained "
                       "on the real training set" if args.elf else ""))

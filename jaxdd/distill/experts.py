@@ -420,9 +420,8 @@ def check_buffer_dir(path: str, *, flag: str = "the buffer folder") -> None:
         raise ValueError(f"{flag} {path} holds {kind}, not an expert buffer; {fix}")
       # a buffer (or a damaged one, which load_buffer names): read, never replaced here
     elif names:
-      listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-      raise ValueError(f"{flag} {path} holds {listed}, which is not an expert buffer; {fix}, "
-                       "or move them away")
+      raise ValueError(f"{flag} {path} holds {io_lib.listed(names)}, which is not an expert "
+                       f"buffer; {fix}, or move them away")
   partial = os.path.normpath(path) + ".partial"
   if not os.path.lexists(partial):
     return
@@ -432,7 +431,7 @@ def check_buffer_dir(path: str, *, flag: str = "the buffer folder") -> None:
   others = [n for n in sorted(os.listdir(partial)) if not _PARTIAL_ENTRY.match(n)]
   if others:
     raise ValueError(f"{partial}, where a build of {path} keeps its finished experts, holds "
-                     f"{', '.join(others[:4])}, which no build wrote; move it away or give "
+                     f"{io_lib.listed(others)}, which no build wrote; move it away or give "
                      "another folder")
 
 

@@ -230,14 +230,16 @@ def data_read(ds: data.BiasedDataset) -> dict:
 
 def cross_arch(syn: SynSet, meta: dict, specs: list[str], overrides: Overrides = Overrides(), *,
                protocol: str = "cpu", num_models: int = 3, features: FeatureModel | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, test: data.BiasedDataset | None = None) -> dict:
   """The cross-architecture matrix of a loaded SynSet artifact (:func:`jaxdd.elf.cross_architecture`),
-  plainly and, given ``features``, with ELF; every spec is checked before any training."""
+  plainly and, given ``features``, with ELF; every spec is checked before any training.
+  ``test``: the test split already read (:func:`artifact_split` with ``overrides``), else
+  read here."""
   for spec in specs:
     models.check_fits(models.get(spec, num_classes=int(np.max(syn.labels)) + 1),
                       tuple(syn.images.shape[1:]))
   protocols.get_protocol(protocol)
-  test = artifact_split(meta, "test", overrides)
+  test = artifact_split(meta, "test", overrides) if test is None else test
   key = eval_key(meta.get("config", {}), overrides.seed)
   syn = syn._replace(images=jnp.asarray(syn.images), labels=jnp.asarray(syn.labels))
   feats = (None if features is None

@@ -176,7 +176,7 @@ def check_work_folder(folder: str, *, record: str, writes: Iterable[str], what: 
                   for hit in glob.glob(os.path.join(glob.escape(path), pattern))})
   if found:
     names = [os.path.relpath(f, path) + ("/" if os.path.isdir(f) else "") for f in found]
-    listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    listed = _io.listed(names)
     raise ValueError(f"{named} holds {listed} but no {record}: {what} there would replace what "
                      "jaxdd did not write; give a new or empty --workdir, or move "
                      f"{'it' if len(names) == 1 else 'them'} away")
