@@ -67,7 +67,9 @@ from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
 from jaxdd._src import io as io_lib
 from jaxdd._src import schema
+from jaxdd import config as config_lib
 from jaxdd.cli import arguments
+from jaxdd.cli import flags as cli_flags
 from jaxdd.config import RunConfig, get_config
 from jaxdd.runs import bundle, driver, profiling, selection, version
 from jaxdd.structs import SynSet
@@ -870,6 +872,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--source", default=None, help="data source (default: full at paper scale)")
   p.add_argument("--surrogate-preset", default=None)
   p.add_argument("--iterations", type=arguments.positive_int, default=None)
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=(
+      "any other run setting on top of the preset, as the jaxdd flag of that name sets it "
+      "(repeatable: --set lr_img=30 --set real_per_class=128); a setting of the units, "
+      "recorded in each unit record. The cell's own fields (dataset, conflict_ratio, ipc, "
+      "method, seed) are refused"))
   p.add_argument("--policy", default=None, help=(
       "the layout policy of every run, its distillation and its evaluation (default auto): a "
       "name or a variant of one, such as "
@@ -935,6 +942,40 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+#: The fields a cell sets; --set does not take them.
+CELL_FIELDS = ("dataset", "conflict_ratio", "ipc", "method", "seed")
+
+
+def set_overrides(items: list[str], preset: str) -> dict:
+  """The RunConfig fields of ``--set FIELD=VALUE`` items, each of its field's type, checked
+  by building the preset's config with them (a bad name or value is one ValueError)."""
+  out: dict = {}
+  for item in items:
+    name, sep, text = item.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name or not text:
+      raise ValueError(f"{item!r} is not FIELD=VALUE (e.g. lr_img=30)")
+    if name not in config_lib.OWNER or name in CELL_FIELDS or name in out:
+      raise ValueError(
+          f"{name!r} is " + ("given twice" if name in out else "set by the cell" if name in
+                             CELL_FIELDS else "not a run setting")
+          + "; give each run setting once, other than "
+          f"{', '.join(CELL_FIELDS)} (see jaxdd distill --help)")
+    field = next(f for f in dataclasses.fields(config_lib.PARTS[config_lib.OWNER[name]])
+                 if f.name == name)
+    kind = cli_flags.flag_type(field)
+    try:
+      out[name] = kind(text)
+    except ValueError:
+      raise ValueError(f"{name}={text!r} is not a{'n' if kind is int else ''} "
+                       f"{kind.__name__}") from None
+  try:
+    get_config(preset, **out)
+  except (TypeError, ValueError) as e:
+    raise ValueError(str(e)) from None
+  return out
+
+
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   p = _parser()
@@ -971,6 +1012,12 @@ def main(argv=None) -> int:
       policy_lib.check(args.policy)
     except ValueError as e:
       refusal = f"--policy: {e}"
+  settings: dict = {}
+  if not refusal:
+    try:
+      settings = set_overrides(args.set, args.preset)
+    except ValueError as e:
+      refusal = f"--set: {e}"
   if refusal:
     print(f"paper_table: error: {refusal}", file=sys.stderr)
     return 2
@@ -980,6 +1027,7 @@ def main(argv=None) -> int:
                                  ("iterations", args.iterations),
                                  ("compute_dtype", args.compute_dtype),
                                  ("policy", args.policy)) if v is not None}
+  overrides.update(settings)
   progress_lib.setup_logging(quiet=args.quiet)
   q = Queue(args, overrides)
   order = [by_name[c] for c in cells]

@@ -126,5 +126,6 @@ PROTOCOL: dict[str, dict[str, Any]] = {
     "dc": dict(epochs=300, augment=None),
     "cpu": dict(epochs=40, augment=DSA_STRATEGY),
     "cpu300": dict(epochs=300, augment=DSA_STRATEGY),
+    "cpu100": dict(epochs=100, augment=DSA_STRATEGY),
     "smoke": dict(epochs=3, augment=None),
 }

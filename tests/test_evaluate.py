@@ -91,7 +91,7 @@ def test_protocol_registry_and_stamp_fields():
   assert get_protocol("dsa").augment == DSA_STRATEGY
   dc = get_protocol("dc")
   assert (dc.num_epochs, dc.decay_epoch, dc.augment) == (301, 151, None)
-  assert set(PROTOCOLS) == {"dm", "dsa", "dc", "cpu", "cpu300", "smoke"}
+  assert set(PROTOCOLS) == {"dm", "dsa", "dc", "cpu", "cpu100", "cpu300", "smoke"}
   assert dm.standard and not dm.replace(epochs=5).standard
   with pytest.raises(dataclasses.FrozenInstanceError):
     dm.epochs = 3

@@ -643,6 +643,72 @@ def test_paper_table(tmp_path, capfd):
   assert len(json.loads((res / "cmnist5-ipc10.json").read_text())["rows"]) == len(data["rows"])
 
 
+def test_paper_table_set_takes_run_settings_of_their_kind():
+  script = load("experiments/paper_table.py")
+  assert script.set_overrides(["lr_img=30", "real_per_class=128", "eval_model=convnet-d3-w32"],
+                              "proxy") == {"lr_img": 30.0, "real_per_class": 128,
+                                           "eval_model": "convnet-d3-w32"}
+  for items, words in ((["lr_img"], "not FIELD=VALUE"), (["ipc=10"], "set by the cell"),
+                       (["lr_img=1", "lr_img=2"], "given twice"), (["colour=1"], "not a run"),
+                       (["iterations=2.5"], "not an int"), (["lr_img=-1"], "positive")):
+    with pytest.raises(ValueError, match=words):
+      script.set_overrides(items, "proxy")
+  assert script.main(["--set", "seed=1", "--next-unit", "--plan"]) == 2
+
+
+@covers("experiments/calibration.py")
+def test_calibration_table_against_hand_computed_distances(tmp_path, capfd):
+  import numpy as np
+  script = load("experiments/calibration.py")
+  ref_dir = os.path.join(ROOT, "results", "paper-scale", "h100-cell-s0")
+  ref = script.reference_rows(ref_dir)
+  for r in script.ROWS:  # the mean over the networks' records, as numpy gives it
+    recs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(ref_dir, f"{r}-net*.json")))]
+    assert ref[r][1] == pytest.approx(100 * np.mean([x["test"]["overall"] for x in recs]))
+  # a point 2 points under paper scale on every row except FairDD with labels, 6 under
+  work = tmp_path / "w"
+  for r in script.ROWS:
+    d = work / "cmnist5-ipc50" / r / "s0"
+    d.mkdir(parents=True)
+    test = (ref[r][1] - (6 if r == "fairdd" else 2)) / 100
+    (d / "paper-eval.json").write_text(json.dumps(
+        {"valid": {"conflicting": [ref[r][0] / 100] * 2, "num_conflicting": 9},
+         "test": {"overall": [test - 0.01, test + 0.01]}, "eval_s": 1.0}))
+  out = tmp_path / "grid.json"
+  assert script.main(["table", "--reference", ref_dir, "--point", f"p=q={work}",
+                      "--out", str(out), "--commit", "abc", "--machine", "m",
+                      "--command", "x"]) == 0
+  table = json.loads(out.read_text())
+  ref_row, row = table["rows"]
+  assert ref_row[0] == "paper scale (reference)" and ref_row[-2] == "yes · yes"
+  assert row[0] == "p=q"  # the label is everything before the last '='
+  assert row[1] == f"{ref['vanilla'][1] - 2:.1f} (-2.0)"
+  # FairDD with labels (96.6 - 6) falls under DM + KDE (96.0 - 2): the order breaks
+  assert row[-2] == "no · yes" and row[-1] == "6.0 (FairDD, true labels)"
+  assert set(table) >= {"columns", "rows", "date", "commit", "machine", "command"}
+  capfd.readouterr()
+  assert script.main(["table", "--reference", ref_dir, "--point", str(work)]) == 2
+  assert "LABEL=WORKDIR" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_calibration_eval_scores_paper_table_runs_under_a_shorter_protocol(tmp_path, capfd):
+  work = tmp_path / "w"
+  run("experiments/paper_table.py", ["--tiny", "--quiet", "--seeds", "0", "--workdir",
+                                     str(work), "--results", str(tmp_path / "r")], capfd)
+  out = tmp_path / "e.jsonl"
+  argv = ["eval", "--runs", str(work / "cmnist5-ipc10"), "--rows", "vanilla,kde", "--tiny",
+          "--out", str(out)]
+  run("experiments/calibration.py", argv, capfd)
+  (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+  # the smoke preset's 20 images: one batch an epoch, 2 epochs (the reference's Epoch + 1)
+  assert (rec["epochs"], rec["width"], rec["networks"], rec["sgd_steps"]) == (1, 8, 1, 2)
+  assert set(rec["rows"]) == {"vanilla", "kde"}
+  assert all(0 <= v <= 1 for r in rec["rows"].values() for v in r.values())
+  _, again = run("experiments/calibration.py", argv, capfd)  # a done point is skipped
+  assert len(out.read_text().splitlines()) == 1 and "epochs 1" not in again
+
+
 @pytest.mark.slow
 @pytest.mark.gate
 def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path, capfd):
