@@ -203,6 +203,7 @@ def evaluate_task(key: jax.Array, syn: SynSet, test: Batch, *, task: TrainTask, 
     raise ValueError("an lr grid needs valid= (a validation Batch, e.g. from split_validation): "
                      "jaxdd never selects on the test set")
   images, labels = checks.check_syn(syn, getattr(model, "num_classes", None), "evaluate")
+  protocol = protocol.sized(len(labels))  # its stamp: the epochs the networks train
   num_classes = checks.infer_num_classes(model, labels)
   test = checks.check_batch("test", test, images, num_classes, "evaluate")
   if valid is not None:
@@ -319,6 +320,7 @@ def evaluate_synsets(keys: Sequence[jax.Array], syns: Sequence[SynSet], test: Ba
   protocol = _checked_protocol(protocol, num_models, select_on)
   checked = [checks.check_syn(s, getattr(model, "num_classes", None), "evaluate") for s in syns]
   images, labels = checked[0]
+  protocol = protocol.sized(len(labels))  # its stamp: the epochs the networks train
   if any(im.shape != images.shape or not np.array_equal(np.asarray(lb), np.asarray(labels))
          for im, lb in checked[1:]):
     raise ValueError("evaluate_synsets evaluates SynSets of one shape and labels; evaluate "

@@ -85,6 +85,10 @@ class Protocol:
       ``num_epochs`` epochs; needs ``decay_at=None``).
     drop_last: drop each epoch's last partial batch (``DataLoader(drop_last=True)``);
       needs at least ``batch_size`` training samples.
+    min_steps: the fewest SGD steps a network trains (0: no minimum). On a training set
+      too small for ``epochs + 1`` epochs to reach it, the trainer raises ``epochs`` to the
+      fewest that do (:meth:`sized`; the decay stays at half of them): an IPC-10 set of 100
+      images takes one step an epoch, an IPC-50 set two.
   """
   name: str
   epochs: int
@@ -99,6 +103,7 @@ class Protocol:
   test_batch_size: int = 256
   schedule: str = "step"
   drop_last: bool = False
+  min_steps: int = 0
 
   def __post_init__(self):
     if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -127,6 +132,9 @@ class Protocol:
     if self.schedule == "cosine" and self.decay_at is not None:
       raise ValueError("Protocol.schedule='cosine' decays the lr by itself; set decay_at=None "
                        f"(got decay_at={self.decay_at!r})")
+    if not isinstance(self.min_steps, int) or isinstance(self.min_steps, bool) \
+        or self.min_steps < 0:
+      raise ValueError(f"Protocol.min_steps must be an int >= 0, got {self.min_steps!r}")
     if not isinstance(self.drop_last, bool):
       raise ValueError(f"Protocol.drop_last must be True or False, got {self.drop_last!r}")
 
@@ -142,10 +150,35 @@ class Protocol:
       return self.epochs // 2 + 1
     return self.decay_at
 
+  def steps_per_epoch(self, n: int) -> int:
+    """SGD steps in one epoch over ``n`` training samples."""
+    full, rest = divmod(n, self.batch_size)
+    return full + (rest > 0 and not self.drop_last)
+
+  def sized(self, n: int) -> Protocol:
+    """This protocol for a training set of ``n`` samples: with ``min_steps``, ``epochs``
+    raised to the fewest that train at least ``min_steps`` SGD steps; otherwise itself.
+
+    >>> p = Protocol("p", epochs=100, min_steps=500)
+    >>> p.sized(100).num_epochs, p.sized(500).num_epochs  # 1 and 2 steps an epoch
+    (500, 250)
+    >>> p.sized(5000).epochs  # 20 steps an epoch: 101 epochs already train 2,020
+    100
+    """
+    per_epoch = self.steps_per_epoch(n)
+    if not self.min_steps or not per_epoch:
+      return self
+    epochs = max(self.epochs, -(-self.min_steps // per_epoch) - 1)
+    return self if epochs == self.epochs else dataclasses.replace(self, epochs=epochs)
+
   @property
   def standard(self) -> bool:
-    """True when this equals the registry entry of the same name (not modified)."""
-    return PROTOCOLS.get(self.name) == self
+    """True when this equals the registry entry of the same name (not modified), or is that
+    entry sized for a training set (:meth:`sized`)."""
+    entry = PROTOCOLS.get(self.name)
+    return entry == self or (entry is not None and entry.min_steps > 0
+                             and self.epochs > entry.epochs
+                             and dataclasses.replace(self, epochs=entry.epochs) == entry)
 
   def replace(self, **changes) -> Protocol:
     """A copy with some fields changed (the stamp then shows ``standard: False``)."""
@@ -154,6 +187,8 @@ class Protocol:
   def to_dict(self) -> dict[str, Any]:
     """All fields plus the derived ``num_epochs``, ``decay_epoch`` and ``standard``."""
     d = dataclasses.asdict(self)
+    if not self.min_steps:  # as before the field existed: records of other protocols unchanged
+      del d["min_steps"]
     d.update(num_epochs=self.num_epochs, decay_epoch=self.decay_epoch, standard=self.standard)
     return d
 

@@ -101,6 +101,36 @@ def test_protocol_registry_and_stamp_fields():
     Protocol("bad", epochs=-1)
 
 
+def test_min_steps_raises_the_epochs_of_a_small_set_only():
+  # 6 images in batches of 4: 2 steps an epoch. 3 epochs (epochs=2) train 6 steps, under 7:
+  # 4 epochs are the fewest that reach 7 (8 steps); the decay stays at half of them.
+  p = Protocol("p", epochs=2, batch_size=4, min_steps=7)
+  assert (p.steps_per_epoch(6), p.sized(6).num_epochs, p.sized(6).decay_epoch) == (2, 4, 2)
+  assert p.sized(40) is p  # 10 steps an epoch: 3 epochs train 30
+  assert Protocol("q", epochs=2, batch_size=4).sized(6).num_epochs == 3  # no minimum
+  assert Protocol("d", epochs=2, batch_size=4, drop_last=True).steps_per_epoch(6) == 1
+  # the registry entry sized for a set is still the standard protocol; an edit is not
+  entry = PROTOCOLS["smoke"].replace(min_steps=9)
+  assert not entry.standard
+  for bad in (-1, 2.5, True):
+    with pytest.raises(ValueError, match="min_steps"):
+      Protocol("bad", epochs=1, min_steps=bad)
+  # a record of a protocol without a minimum reads as it did before the field existed
+  assert "min_steps" not in get_protocol("dm").to_dict()
+  assert p.to_dict()["min_steps"] == 7
+
+
+def test_the_trainer_trains_min_steps_on_a_small_set(getkey):
+  images, labels = separable(getkey())
+  n = int(labels.shape[0])
+  p = FAST.replace(min_steps=FAST.num_epochs * FAST.steps_per_epoch(n) + 1)
+  _, metrics = train_fresh(getkey(), SynSet(images, labels), model=TINY, protocol=p)
+  assert metrics.acc.shape == (FAST.num_epochs + 1,)  # one more epoch of the same set
+  res = evaluate_synset(getkey(), SynSet(images, labels), Batch(images, labels), model=TINY,
+                        protocol=p, num_models=1)
+  assert res.protocol.num_epochs == FAST.num_epochs + 1  # the stamp names what was trained
+
+
 # ---------------------------------------------------------------- the trainer
 
 def test_separable_set_reaches_full_train_accuracy(getkey):

@@ -136,6 +136,7 @@ def fit_epochs(key: jax.Array, params, state: dict, images: jax.Array, labels: j
   """
   checks.check_key(key)
   loop = resolve_loop(loop)
+  protocol = protocol.sized(int(images.shape[0]))
   run, programs = _host_programs(task, protocol, int(images.shape[0]), policy.current())
   k_shuffle, k_step = jax.random.split(key)
   lr = jnp.asarray(protocol.lr if lr is None else lr, jnp.float32)

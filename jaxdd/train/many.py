@@ -204,6 +204,7 @@ def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str 
   checks.check_key(key)
   protocol = get_protocol(protocol)
   images, labels = checks.check_syn(syn, getattr(model, "num_classes", None), "train_fresh")
+  protocol = protocol.sized(len(labels))
   lr = protocol.lr if lr is None else lr
   progress = progress and not progress_lib.is_quiet()
   single = _train_single(standard_task(model), protocol, progress)
@@ -225,6 +226,7 @@ def train_fresh(key: jax.Array, syn: SynSet, *, model: nn.Module, protocol: str 
 def _train_many(key, images, labels, *, task, protocol, num_models, lrs, parallel,
                 progress: bool = False):
   progress = progress and not progress_lib.is_quiet()
+  protocol = protocol.sized(len(labels))
   many = _train_many_program(task, protocol, resolve_parallel(parallel), progress)
   keys = jax.random.split(key, num_models)
   if not progress:

@@ -98,6 +98,7 @@ class _Run(NamedTuple):
 
 
 def _run(task: TrainTask, protocol: Protocol, n: int) -> _Run:
+  protocol = protocol.sized(n)
   bs = protocol.batch_size
   num_full, rest = divmod(n, bs)
   if protocol.drop_last:
@@ -190,6 +191,7 @@ def _epoch(run: _Run, carry, ep, lr, images, labels, k_shuffle, k_step, on_epoch
 
 def _fit(params, state, images, labels, lr, k_shuffle, k_step, *, task: TrainTask,
          protocol: Protocol, on_epoch=None):
+  protocol = protocol.sized(images.shape[0])
   run = _run(task, protocol, images.shape[0])
   opt_state = run.init_opt(params, lr)
 
