@@ -85,10 +85,12 @@ class Protocol:
       ``num_epochs`` epochs; needs ``decay_at=None``).
     drop_last: drop each epoch's last partial batch (``DataLoader(drop_last=True)``);
       needs at least ``batch_size`` training samples.
-    min_steps: the fewest SGD steps a network trains (0: no minimum). On a training set
-      too small for ``epochs + 1`` epochs to reach it, the trainer raises ``epochs`` to the
-      fewest that do (:meth:`sized`; the decay stays at half of them): an IPC-10 set of 100
-      images takes one step an epoch, an IPC-50 set two.
+    min_samples: the fewest training images a network is shown, counted over its epochs
+      (0: no minimum). On a training set too small for ``epochs + 1`` epochs to reach it,
+      the trainer raises ``epochs`` to the fewest that do (:meth:`sized`; the decay stays
+      at half of them). It gives sets of every size the same training: 50,000 trains an
+      IPC-10 set of 100 images 500 epochs of one step each, an IPC-50 set 100 epochs of
+      two.
   """
   name: str
   epochs: int
@@ -103,7 +105,7 @@ class Protocol:
   test_batch_size: int = 256
   schedule: str = "step"
   drop_last: bool = False
-  min_steps: int = 0
+  min_samples: int = 0
 
   def __post_init__(self):
     if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -132,9 +134,9 @@ class Protocol:
     if self.schedule == "cosine" and self.decay_at is not None:
       raise ValueError("Protocol.schedule='cosine' decays the lr by itself; set decay_at=None "
                        f"(got decay_at={self.decay_at!r})")
-    if not isinstance(self.min_steps, int) or isinstance(self.min_steps, bool) \
-        or self.min_steps < 0:
-      raise ValueError(f"Protocol.min_steps must be an int >= 0, got {self.min_steps!r}")
+    if not isinstance(self.min_samples, int) or isinstance(self.min_samples, bool) \
+        or self.min_samples < 0:
+      raise ValueError(f"Protocol.min_samples must be an int >= 0, got {self.min_samples!r}")
     if not isinstance(self.drop_last, bool):
       raise ValueError(f"Protocol.drop_last must be True or False, got {self.drop_last!r}")
 
@@ -156,19 +158,19 @@ class Protocol:
     return full + (rest > 0 and not self.drop_last)
 
   def sized(self, n: int) -> Protocol:
-    """This protocol for a training set of ``n`` samples: with ``min_steps``, ``epochs``
-    raised to the fewest that train at least ``min_steps`` SGD steps; otherwise itself.
+    """This protocol for a training set of ``n`` samples: with ``min_samples``, ``epochs``
+    raised to the fewest that show at least ``min_samples`` images; otherwise itself.
 
-    >>> p = Protocol("p", epochs=100, min_steps=500)
-    >>> p.sized(100).num_epochs, p.sized(500).num_epochs  # 1 and 2 steps an epoch
-    (500, 250)
-    >>> p.sized(5000).epochs  # 20 steps an epoch: 101 epochs already train 2,020
-    100
+    >>> p = Protocol("p", epochs=100, min_samples=50_000)
+    >>> p.sized(100).num_epochs, p.sized(100).steps_per_epoch(100)  # IPC 10: 500 steps
+    (500, 1)
+    >>> p.sized(500) is p  # IPC 50: 101 epochs of 2 steps already show 50,500 images
+    True
     """
-    per_epoch = self.steps_per_epoch(n)
-    if not self.min_steps or not per_epoch:
+    seen = n - (n % self.batch_size if self.drop_last else 0)  # images shown an epoch
+    if not self.min_samples or not seen:
       return self
-    epochs = max(self.epochs, -(-self.min_steps // per_epoch) - 1)
+    epochs = max(self.epochs, -(-self.min_samples // seen) - 1)
     return self if epochs == self.epochs else dataclasses.replace(self, epochs=epochs)
 
   @property
@@ -176,7 +178,7 @@ class Protocol:
     """True when this equals the registry entry of the same name (not modified), or is that
     entry sized for a training set (:meth:`sized`)."""
     entry = PROTOCOLS.get(self.name)
-    return entry == self or (entry is not None and entry.min_steps > 0
+    return entry == self or (entry is not None and entry.min_samples > 0
                              and self.epochs > entry.epochs
                              and dataclasses.replace(self, epochs=entry.epochs) == entry)
 
@@ -187,8 +189,8 @@ class Protocol:
   def to_dict(self) -> dict[str, Any]:
     """All fields plus the derived ``num_epochs``, ``decay_epoch`` and ``standard``."""
     d = dataclasses.asdict(self)
-    if not self.min_steps:  # as before the field existed: records of other protocols unchanged
-      del d["min_steps"]
+    if not self.min_samples:  # as before the field existed: other protocols' records unchanged
+      del d["min_samples"]
     d.update(num_epochs=self.num_epochs, decay_epoch=self.decay_epoch, standard=self.standard)
     return d
 

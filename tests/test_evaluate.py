@@ -101,29 +101,30 @@ def test_protocol_registry_and_stamp_fields():
     Protocol("bad", epochs=-1)
 
 
-def test_min_steps_raises_the_epochs_of_a_small_set_only():
-  # 6 images in batches of 4: 2 steps an epoch. 3 epochs (epochs=2) train 6 steps, under 7:
-  # 4 epochs are the fewest that reach 7 (8 steps); the decay stays at half of them.
-  p = Protocol("p", epochs=2, batch_size=4, min_steps=7)
+def test_min_samples_raises_the_epochs_of_a_small_set_only():
+  # 6 images an epoch in batches of 4 (2 steps): 3 epochs (epochs=2) show 18 images, under
+  # 20; 4 epochs are the fewest that reach 20 (24); the decay stays at half of them.
+  p = Protocol("p", epochs=2, batch_size=4, min_samples=20)
   assert (p.steps_per_epoch(6), p.sized(6).num_epochs, p.sized(6).decay_epoch) == (2, 4, 2)
-  assert p.sized(40) is p  # 10 steps an epoch: 3 epochs train 30
+  assert p.sized(7) is p  # 3 epochs of 7 show 21
   assert Protocol("q", epochs=2, batch_size=4).sized(6).num_epochs == 3  # no minimum
-  assert Protocol("d", epochs=2, batch_size=4, drop_last=True).steps_per_epoch(6) == 1
+  # drop_last shows 4 of the 6 images an epoch: 5 epochs show 20
+  d = Protocol("d", epochs=2, batch_size=4, drop_last=True, min_samples=20)
+  assert (d.steps_per_epoch(6), d.sized(6).num_epochs) == (1, 5)
   # the registry entry sized for a set is still the standard protocol; an edit is not
-  entry = PROTOCOLS["smoke"].replace(min_steps=9)
-  assert not entry.standard
+  assert not PROTOCOLS["smoke"].replace(min_samples=9).standard
   for bad in (-1, 2.5, True):
-    with pytest.raises(ValueError, match="min_steps"):
-      Protocol("bad", epochs=1, min_steps=bad)
+    with pytest.raises(ValueError, match="min_samples"):
+      Protocol("bad", epochs=1, min_samples=bad)
   # a record of a protocol without a minimum reads as it did before the field existed
-  assert "min_steps" not in get_protocol("dm").to_dict()
-  assert p.to_dict()["min_steps"] == 7
+  assert "min_samples" not in get_protocol("dm").to_dict()
+  assert p.to_dict()["min_samples"] == 20
 
 
-def test_the_trainer_trains_min_steps_on_a_small_set(getkey):
+def test_the_trainer_trains_min_samples_on_a_small_set(getkey):
   images, labels = separable(getkey())
   n = int(labels.shape[0])
-  p = FAST.replace(min_steps=FAST.num_epochs * FAST.steps_per_epoch(n) + 1)
+  p = FAST.replace(min_samples=FAST.num_epochs * n + 1)  # one image more than 12 epochs show
   _, metrics = train_fresh(getkey(), SynSet(images, labels), model=TINY, protocol=p)
   assert metrics.acc.shape == (FAST.num_epochs + 1,)  # one more epoch of the same set
   res = evaluate_synset(getkey(), SynSet(images, labels), Batch(images, labels), model=TINY,
