@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -68,6 +69,7 @@ from jaxdd import progress as progress_lib
 from jaxdd._src import io as io_lib
 from jaxdd._src import schema
 from jaxdd import config as config_lib
+from jaxdd import presets
 from jaxdd.cli import arguments
 from jaxdd.cli import flags as cli_flags
 from jaxdd.config import RunConfig, get_config
@@ -181,8 +183,11 @@ class Queue:
     self.on_distilled = None  # called when a DM cell's runs are distilled, before evaluating
 
   def base(self, cell: Cell) -> RunConfig:
-    return get_config(self.args.preset, dataset=cell.dataset, conflict_ratio=cell.ratio,
-                      ipc=cell.ipc, method=cell.method, **self.overrides)
+    config = get_config(self.args.preset, dataset=cell.dataset, conflict_ratio=cell.ratio,
+                        ipc=cell.ipc, method=cell.method, **self.overrides)
+    if tiny_preset(self.args):  # each dataset's offline default data, not the preset's
+      config = config.replace(source=None)
+    return config
 
   def run_data(self, config: RunConfig) -> runs.RunData:
     key = (config.dataset, config.conflict_ratio, config.source, config.severity)
@@ -465,8 +470,38 @@ UNIT_RECORD = schema.obj({"unit": schema.STR, "settings": schema.map_of(schema.A
                           "rows": schema.map_of(schema.list_of(_SEED_RECORD)),
                           "timings": schema.map_of(schema.NUM), "commit": schema.STR,
                           "machine": schema.STR, "date": schema.STR,
-                          "command": schema.STR},
+                          "command": schema.STR, "digest": schema.STR},
                          optional={"legs": schema.list_of(schema.map_of(schema.ANY))})
+
+
+def record_digest(rec: dict) -> str:
+  """The sha256 of a unit record's content (every field but ``digest``, as canonical JSON):
+  what the record carries in ``digest``, so that an edit after it was written is seen."""
+  body = {k: v for k, v in rec.items() if k != "digest"}
+  return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                   ensure_ascii=False).encode()).hexdigest()
+
+
+def check_record(rec: dict, unit: "Unit", path: str) -> None:
+  """Refuses a record that is not ``unit``'s own, as it was written: one whose content does
+  not match its digest (edited), or that names another unit, other rows or other seeds (a
+  copy under another unit's name)."""
+  if rec["digest"] != record_digest(rec):
+    raise ValueError(f"{path} does not match the digest it carries: it was changed after it "
+                     "was written; move it aside (its unit then runs again) or restore it")
+  if rec["unit"] != unit.name:
+    raise ValueError(f"{path} is the record of the unit {rec['unit']}, not of {unit.name} "
+                     "(a copy under another name?); move it aside and the unit runs again")
+  if sorted(rec["rows"]) != sorted(unit.rows):
+    raise ValueError(f"{path} holds the rows {', '.join(sorted(rec['rows']))}, but this unit "
+                     f"groups {', '.join(sorted(unit.rows))}: it was made with another "
+                     "grouping of the rows; give another --units-dir")
+  for name, recs in rec["rows"].items():
+    if sorted(r["seed"] for r in recs) != sorted(unit.seeds):
+      raise ValueError(f"{path} gives the row {name} the seeds "
+                       f"{','.join(str(r['seed']) for r in recs)}, but the unit {unit.name} is "
+                       f"seed(s) {','.join(map(str, unit.seeds))}; move it aside and the unit "
+                       "runs again")
 
 
 #: Overrides that change how the work is laid out, not what it computes (beyond float
@@ -481,6 +516,8 @@ def unit_settings(q: Queue) -> dict:
          **{k: q.overrides[k] for k in sorted(q.overrides) if k not in LAYOUT}}
   if q.args.rows_per_unit is not None:
     out["rows_per_unit"] = q.args.rows_per_unit
+  if tiny_preset(q.args):
+    out["tiny"] = True  # the preset's recipe at other sizes: never mixed with its units
   return out
 
 
@@ -499,8 +536,12 @@ def unit_records(q: Queue, cell: Cell) -> tuple[dict[str, list[dict]], list[dict
     for name, recs in rec["rows"].items():
       if u.part == "chosen":
         out[name] = recs  # the chosen candidate with its test split, every seed
-      else:
-        out.setdefault(name, []).extend(recs)
+        continue
+      have = {r["seed"] for r in out.get(name, [])}
+      if any(r["seed"] in have for r in recs):
+        raise ValueError(f"{u.path(q.args.units_dir)} gives the row {name} a seed another "
+                         "record of the cell gives it too; move the copy aside")
+      out.setdefault(name, []).extend(recs)
   order = {s: i for i, s in enumerate(q.seeds)}
   return ({n: sorted(v, key=lambda r: order.get(r["seed"], len(order))) for n, v in out.items()},
           found)
@@ -509,13 +550,11 @@ def unit_records(q: Queue, cell: Cell) -> tuple[dict[str, list[dict]], list[dict
 def read_unit(q: Queue, unit: Unit) -> dict | None:
   """A finished unit's record, or None; a record of other settings is refused in one line."""
   rec = _record(unit.path(q.args.units_dir), UNIT_RECORD)
+  if rec is not None:
+    check_record(rec, unit, unit.path(q.args.units_dir))
   if rec is not None and rec["settings"] != unit_settings(q):
     raise ValueError(f"{unit.path(q.args.units_dir)} was made with {rec['settings']}, not "
                      f"{unit_settings(q)}; give these settings another --units-dir")
-  if rec is not None and unit.chunk is not None and sorted(rec["rows"]) != sorted(unit.rows):
-    raise ValueError(f"{unit.path(q.args.units_dir)} holds the rows {', '.join(sorted(rec['rows']))}"
-                     f", but this unit groups {', '.join(sorted(unit.rows))}: it was made with "
-                     "another grouping of the rows; give another --units-dir")
   return rec
 
 
@@ -525,6 +564,10 @@ def check_units_dir(q: Queue) -> None:
   for root, _, names in os.walk(q.args.units_dir):
     for fn in sorted(names):
       rec = _record(os.path.join(root, fn), UNIT_RECORD) if fn.endswith(".json") else None
+      if rec is not None and rec["digest"] != record_digest(rec):
+        raise ValueError(f"{os.path.join(root, fn)} does not match the digest it carries: it "
+                         "was changed after it was written; move it aside (its unit then runs "
+                         "again) or restore it")
       if rec is not None and rec["settings"] != unit_settings(q):
         raise ValueError(f"{os.path.join(root, fn)} was made with {rec['settings']}, not "
                          f"{unit_settings(q)}; give these settings another --units-dir")
@@ -642,6 +685,7 @@ def run_unit(q: Queue, unit: Unit) -> dict:
             "command": recorded_command(q.args.argv)}
   if q.legs:  # the commands before this one, which the time budget stopped (a handover)
     record["legs"] = q.legs
+  record["digest"] = record_digest(record)
   os.makedirs(os.path.dirname(unit.path(q.args.units_dir)), exist_ok=True)
   synset.atomic_write_json(unit.path(q.args.units_dir), record)
   q.legs = []
@@ -938,8 +982,20 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--tiny", action="store_true", help=(
       "check the script in seconds: the smoke preset at 2 iterations, seeds 0,1, the cell "
-      "cmnist5-ipc10, rows vanilla and kde (flags given explicitly still apply)"))
+      "cmnist5-ipc10, rows vanilla and kde (flags given explicitly still apply); with "
+      "another --preset, that preset with the smoke preset's sizes (data, IPC, widths, "
+      "evaluation) in place of its own"))
   return p
+
+
+#: What --tiny puts in place of another preset's sizes: the smoke preset's (and each dataset's
+#: offline default data, :meth:`Queue.base`).
+TINY_SIZES = {k: v for k, v in presets.RUN["smoke"].items()
+              if k not in ("ipc", "iterations", "log_every", "checkpoint_every")}
+
+def tiny_preset(args: argparse.Namespace) -> bool:
+  """Whether the run is --tiny with a preset other than smoke (its recipe, smoke's sizes)."""
+  return bool(args.tiny) and args.preset != "smoke"
 
 
 #: The fields a cell sets; --set does not take them.
@@ -1027,6 +1083,8 @@ def main(argv=None) -> int:
                                  ("iterations", args.iterations),
                                  ("compute_dtype", args.compute_dtype),
                                  ("policy", args.policy)) if v is not None}
+  if tiny_preset(args):  # the preset's recipe at the smoke preset's sizes
+    overrides.update({k: v for k, v in TINY_SIZES.items() if k not in settings})
   overrides.update(settings)
   progress_lib.setup_logging(quiet=args.quiet)
   q = Queue(args, overrides)
@@ -1201,6 +1259,7 @@ def take_back(q: Queue, order: list[Cell]) -> int:
     if rec["settings"] != unit_settings(q):
       raise ValueError(f"{path} was made with {rec['settings']}, not {unit_settings(q)}; "
                        "give the flags it was run with")
+    check_record(rec, u, path)
     with open(path, "rb") as f:
       data = f.read()
     dst = u.path(args.units_dir)

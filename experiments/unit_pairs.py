@@ -71,7 +71,11 @@ def read_units(folder: str) -> list[dict]:
     for name in sorted(names):
       if name.endswith(".json"):
         path = os.path.join(base, name)
-        out.append(schema.read_json(path, spec, fix="take the unit again from its OUT folder"))
+        rec = schema.read_json(path, spec, fix="take the unit again from its OUT folder")
+        if rec["digest"] != _queue().record_digest(rec):
+          raise ValueError(f"{path} does not match the digest it carries: it was changed after "
+                           "it was written; take the unit again from its OUT folder")
+        out.append(rec)
   if not out:
     raise FileNotFoundError(f"{root}: no unit records; run experiments/paper_table.py "
                             "--next-unit (or next_unit.sh take) first")

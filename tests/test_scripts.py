@@ -808,6 +808,10 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   rec_file = changed / "unit-cmnist5-ipc10-s0.json"
   rec_file.write_text(rec_file.read_text().replace(rec["date"], "2000-01-01"))
   assert script.main(["--next-unit", "--take", str(changed)] + take) == 1
+  assert "does not match the digest it carries" in capfd.readouterr().err
+  edited = json.loads(rec_file.read_text())
+  rec_file.write_text(json.dumps(dict(edited, digest=script.record_digest(edited))))
+  assert script.main(["--next-unit", "--take", str(changed)] + take) == 1
   assert "exists and differs" in capfd.readouterr().err
   assert script.main(["--next-unit", "--take", str(out), "--tiny", "--workdir", str(work_b),
                       "--results", str(tmp_path / "rc")]) == 1
@@ -988,9 +992,10 @@ def test_take_refuses_what_it_cannot_take_in_one_line(tmp_path, capfd):
     assert len(err) == 1 and said in err[0], (argv, err)
   # a record of a unit this queue does not have
   (tmp_path / "odd").mkdir()
+  odd = {"unit": "cmnist5-ipc10/s9", "settings": {}, "rows": {}, "timings": {}, "commit": "c",
+         "machine": "m", "date": "d", "command": "c"}
   (tmp_path / "odd" / "unit-x-s0.json").write_text(json.dumps(
-      {"unit": "cmnist5-ipc10/s9", "settings": {}, "rows": {}, "timings": {}, "commit": "c",
-       "machine": "m", "date": "d", "command": "c"}))
+      dict(odd, digest=script.record_digest(odd))))
   assert script.main(["--next-unit", "--take", str(tmp_path / "odd")] + kw) == 1
   assert "not one of these --cells, --seeds and --rows" in capfd.readouterr().err
   assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
@@ -1155,10 +1160,11 @@ def test_paper_table_groups_the_rows_that_share_a_batch_first(tmp_path, capfd):
   assert "rows fairdd_batch, fairdd, oracle, kde_floor_init_is; seeds 0" in plan[3]
   old = ("vanilla", "kde", "kde_init", "kde_floor_init_is")  # rows0 of another grouping
   (units / "cmnist5-ipc50").mkdir(parents=True)
-  (units / "cmnist5-ipc50" / "s0-rows0.json").write_text(json.dumps({
-      "unit": "cmnist5-ipc50/s0-rows0", "rows": {n: [] for n in old}, "timings": {},
-      "settings": {"preset": "paper", "source": "full", "rows_per_unit": 4}, "commit": "x",
-      "machine": "x", "date": "x", "command": "x"}))
+  other = {"unit": "cmnist5-ipc50/s0-rows0", "rows": {n: [] for n in old}, "timings": {},
+           "settings": {"preset": "paper", "source": "full", "rows_per_unit": 4}, "commit": "x",
+           "machine": "x", "date": "x", "command": "x"}
+  (units / "cmnist5-ipc50" / "s0-rows0.json").write_text(json.dumps(
+      dict(other, digest=script.record_digest(other))))
   assert script.main(base) == 1
   err = capfd.readouterr().err
   assert "holds the rows kde, kde_floor_init_is, kde_init, vanilla, but this unit groups " \
@@ -1428,11 +1434,12 @@ def _unit_record(rows: dict, *, settings=None, unit="cmnist5-ipc50/s0", machine=
       out["test"] = {"overall": overall, "aligned": [1.0] * n, "conflicting": conflicting,
                      "worst_group": [0.0] * n, "deo_m": [1.0] * n, "deo_a": [0.5] * n}
     return out
-  return {"unit": unit, "settings": settings or {"preset": "paper"},
-          "rows": {row: [seed_record(s, *v) for s, v in seeds.items()]
-                   for row, seeds in rows.items()},
-          "timings": {"distill_s": 1.0, "eval_s": 1.0, "total_s": 2.0}, "commit": commit,
-          "machine": machine, "date": "2026-11-28", "command": "python experiments/..."}
+  rec = {"unit": unit, "settings": settings or {"preset": "paper"},
+         "rows": {row: [seed_record(s, *v) for s, v in seeds.items()]
+                  for row, seeds in rows.items()},
+         "timings": {"distill_s": 1.0, "eval_s": 1.0, "total_s": 2.0}, "commit": commit,
+         "machine": machine, "date": "2026-11-28", "command": "python experiments/..."}
+  return dict(rec, digest=load("experiments/paper_table.py").record_digest(rec))
 
 
 def _write_units(folder, *records) -> str:
@@ -1441,6 +1448,43 @@ def _write_units(folder, *records) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec))
   return str(folder)
+
+
+def test_paper_table_refuses_a_unit_record_copied_edited_or_given_twice(tmp_path, capfd):
+  script = load("experiments/paper_table.py")
+  res = tmp_path / "r"
+  settings = {"preset": "smoke", "iterations": 2}
+  s0 = _unit_record({r: {0: ([0.159, 0.2], [0.1, 0.1], [0.3, 0.3], "a")} for r in ("vanilla",
+                                                                                  "kde")},
+                    settings=settings, unit="cmnist5-ipc10/s0")
+  folder = res / "units" / "cmnist5-ipc10"
+  folder.mkdir(parents=True)
+  (folder / "s0.json").write_text(json.dumps(s0))
+  base = ["--tiny", "--next-unit", "--plan", "--results", str(res), "--workdir",
+          str(tmp_path / "w")]
+  assert script.main(base) == 0
+  assert "plan: unit cmnist5-ipc10/s1:" in capfd.readouterr().out  # s0 is finished
+  # a copy under seed 1's name: refused, not counted as seed 1
+  shutil.copy(folder / "s0.json", folder / "s1.json")
+  assert script.main(base) == 1
+  err = capfd.readouterr().err
+  assert err.count("\n") == 1 and "is the record of the unit cmnist5-ipc10/s0, not of " \
+      "cmnist5-ipc10/s1" in err
+  # renamed inside as well, with its digest made again: its seeds still say 0
+  renamed = dict(s0, unit="cmnist5-ipc10/s1")
+  (folder / "s1.json").write_text(json.dumps(dict(renamed, digest=script.record_digest(renamed))))
+  assert script.main(base) == 1
+  assert "gives the row vanilla the seeds 0, but the unit cmnist5-ipc10/s1 is seed(s) 1" in \
+      capfd.readouterr().err
+  (folder / "s1.json").unlink()
+  # a number edited by hand (15.9 % made 55.9 %)
+  edited = json.loads(json.dumps(s0))
+  edited["rows"]["kde"][0]["test"]["overall"][0] = 0.559
+  (folder / "s0.json").write_text(json.dumps(edited))
+  assert script.main(base) == 1
+  err = capfd.readouterr().err
+  assert err.count("\n") == 1 and "s0.json does not match the digest it carries" in err
+  assert not (tmp_path / "w").exists()
 
 
 @covers("experiments/unit_pairs.py")
