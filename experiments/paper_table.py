@@ -70,7 +70,7 @@ from jaxdd._src import io as io_lib
 from jaxdd._src import schema
 from jaxdd import config as config_lib
 from jaxdd import presets
-from jaxdd.cli import arguments
+from jaxdd.cli import app, arguments
 from jaxdd.cli import flags as cli_flags
 from jaxdd.config import RunConfig, get_config
 from jaxdd.runs import bundle, driver, profiling, selection, version
@@ -1116,10 +1116,11 @@ def queue_main(q: Queue, order: list[Cell]) -> int:
     except BudgetReached:
       left = [c.name for c in order[i:]]
       break
-    except KeyboardInterrupt:
-      print(f"paper_table: interrupted in {cell.name}; the run in flight is checkpointed; run "
+    except KeyboardInterrupt as e:
+      rc, word = app.stopped_by(e)
+      print(f"paper_table: {word} in {cell.name}; the run in flight is checkpointed; run "
             "the same command again to go on", file=sys.stderr)
-      return 130
+      return rc
     except (ValueError, OSError) as e:
       print(f"paper_table: error in {cell.name}: {e}", file=sys.stderr)
       return 1
@@ -1210,14 +1211,15 @@ def units_main(q: Queue, order: list[Cell]) -> int:
           "are checkpointed on this machine; run the same command again to go on",
           file=sys.stderr)
     return 0
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
+    rc, word = app.stopped_by(e)
     kept = (f"; its SynSets are handed over in {args.out}: add --resume-from <it> to evaluate "
             "them elsewhere" if args.out and os.path.isfile(os.path.join(args.out,
                                                                          bundle.HANDOVER))
             else "")
-    print(f"paper_table: interrupted; the unit in flight left no record{kept}; run the same "
+    print(f"paper_table: {word}; the unit in flight left no record{kept}; run the same "
           "command again to go on", file=sys.stderr)
-    return 130
+    return rc
   except (ValueError, OSError, schema.FileFormatError) as e:
     print(f"paper_table: error: {e}", file=sys.stderr)
     return 1
@@ -1335,4 +1337,4 @@ def render(data: dict) -> str:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run_script(main)  # SIGTERM as Ctrl-C; after either the process ends at once

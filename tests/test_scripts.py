@@ -17,8 +17,10 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import run_folders
@@ -1448,6 +1450,34 @@ def _write_units(folder, *records) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec))
   return str(folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,rc,word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                         (signal.SIGINT, 130, "interrupted")])
+def test_paper_table_stops_on_a_signal_in_one_line_and_releases_its_runs(tmp_path, sig, rc,
+                                                                          word):
+  # a unit distilling (many steps, so that the signal comes in the middle of them)
+  work = tmp_path / "w"
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, "experiments", "paper_table.py"), "--next-unit",
+       "--tiny", "--quiet", "--iterations", "100000", "--seeds", "0", "--workdir", str(work),
+       "--results", str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+  deadline = time.monotonic() + 300
+  while not list(work.glob("cmnist5-ipc10/*/s0/checkpoints")) and time.monotonic() < deadline:
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.5)
+  time.sleep(2)
+  proc.send_signal(sig)
+  t0 = time.monotonic()
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == rc, err
+  assert time.monotonic() - t0 < 60
+  lines = [line for line in err.splitlines() if line.startswith("paper_table")]
+  assert len(lines) == 1 and word in lines[0] and "left no record" in lines[0], err
+  assert not list(work.rglob(".lock"))  # every run of the unit released
+  assert not (tmp_path / "r" / "units").exists()
 
 
 def test_paper_table_refuses_a_unit_record_copied_edited_or_given_twice(tmp_path, capfd):

@@ -176,6 +176,46 @@ def main(argv: Sequence[str] | None = None) -> int:
       signal.signal(signal.SIGTERM, previous)
 
 
+def stopped_by(e: KeyboardInterrupt) -> tuple[int, str]:
+  """The exit status of a stop and the word for it: 143 and ``terminated (SIGTERM)`` when
+  SIGTERM raised it (:class:`Terminated`, or a distillation's :class:`Interrupted` after
+  SIGTERM), else 130 and ``interrupted``.
+
+  >>> stopped_by(Terminated()), stopped_by(KeyboardInterrupt())
+  ((143, 'terminated (SIGTERM)'), (130, 'interrupted'))
+  """
+  if isinstance(e, Terminated) or (isinstance(e, Interrupted) and e.signum == signal.SIGTERM):
+    return 143, "terminated (SIGTERM)"
+  return 130, "interrupted"
+
+
+def run_script(main_fn: Callable[[], int]) -> None:
+  """Runs an experiment script's ``main()`` as the jaxdd commands run, then ends the process
+  with its status: SIGTERM unwinds as Ctrl-C does (the script's handlers print their line and
+  release its runs' locks; :func:`stopped_by` tells the two apart), long XLA calls leave the
+  main thread free for the signal, and after 130 or 143 the process ends at once, as
+  :func:`entry` does, instead of tearing XLA's worker threads down half-way."""
+  previous = _on_sigterm()
+  try:
+    with interrupt.enabled():
+      rc = main_fn()
+  except KeyboardInterrupt as e:  # outside the script's own handlers: before its work began
+    rc, word = stopped_by(e)
+    print(f"{os.path.basename(sys.argv[0])}: {word} while starting; nothing was done",
+          file=sys.stderr)
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+  if rc in (130, 143):
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except (OSError, ValueError):
+        pass
+    os._exit(rc)
+  sys.exit(rc)
+
+
 def entry() -> None:
   """The ``jaxdd`` console script: :func:`main`, then the process exits with its status.
 
