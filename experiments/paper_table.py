@@ -56,6 +56,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 
@@ -73,7 +74,7 @@ from jaxdd import presets
 from jaxdd.cli import app, arguments
 from jaxdd.cli import flags as cli_flags
 from jaxdd.config import RunConfig, get_config
-from jaxdd.runs import bundle, driver, profiling, selection, version
+from jaxdd.runs import bundle, driver, profiling, rundir, selection, version
 from jaxdd.structs import SynSet
 
 
@@ -630,12 +631,46 @@ def unit_choice(recs: dict, pool: list[str]) -> dict:
   return selection.select(scores, pool[0], recs[pool[0]][0]["valid"]["num_conflicting"])
 
 
+def claim_dir(q: Queue, unit: Unit) -> str:
+  """Where a queue claims ``unit`` while it runs it: a lock (:func:`jaxdd.runs.rundir.
+  workdir_lock`, its process and host) in the units folder, so that another queue on the
+  same units folder takes the next unit instead of running this one too."""
+  return os.path.join(q.args.units_dir, ".claims", unit.name)
+
+
+def claimed_by(q: Queue, unit: Unit) -> str | None:
+  """The process that holds the claim of ``unit`` (``process P on HOST``), or None when no
+  living process on this host does (a claim of another host counts as held)."""
+  path = os.path.join(claim_dir(q, unit), ".lock")
+  try:
+    with open(path) as f:
+      holder = json.load(f)
+    pid, host = int(holder["pid"]), str(holder["host"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None  # none, or being written this moment: the lock itself decides
+  if pid == os.getpid() and host == socket.gethostname():
+    return None
+  if host == socket.gethostname():
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return None
+    except PermissionError:
+      pass
+  return f"process {pid} on {host}"
+
+
 def next_units(q: Queue, cells: list[Cell], count: int) -> list[Unit]:
-  """The first ``count`` unfinished units in queue order."""
+  """The first ``count`` unfinished units in queue order that no other queue has claimed."""
   todo = []
   for cell in cells:
     for u in cell_units(q, cell) + chosen_units(q, cell):
       if read_unit(q, u) is None:
+        holder = claimed_by(q, u)
+        if holder is not None:
+          print(f"[paper_table] unit {u.name} is claimed by {holder} (another queue on "
+                f"{q.args.units_dir}); the next unit", flush=True)
+          continue
         todo.append(u)
         if len(todo) == count:
           return todo
@@ -1172,7 +1207,20 @@ def units_main(q: Queue, order: list[Cell]) -> int:
         q.on_distilled = lambda: print(
             f"[paper_table] handed over before the evaluation in {args.out}: "
             f"{', '.join(hand_over(q, current, args.out))}", flush=True)
-      rec = run_unit(q, u)
+      try:
+        with rundir.workdir_lock(claim_dir(q, u)):
+          if read_unit(q, u) is not None:  # another queue finished it since the plan
+            print(f"[paper_table] unit {u.name} was finished by another queue", flush=True)
+            current = None
+            continue
+          rec = run_unit(q, u)
+      except ValueError:
+        if claimed_by(q, u) is None:
+          raise
+        print(f"[paper_table] unit {u.name} was claimed by another queue since the plan "
+              f"({claimed_by(q, u)}); not run", flush=True)
+        current = None
+        continue
       if args.out:
         bundle.remove_handover(args.out)
       current = None

@@ -1480,6 +1480,29 @@ def test_paper_table_stops_on_a_signal_in_one_line_and_releases_its_runs(tmp_pat
   assert not (tmp_path / "r" / "units").exists()
 
 
+def test_paper_table_queues_on_one_units_folder_take_different_units(tmp_path, capfd):
+  import socket
+  script = load("experiments/paper_table.py")
+  res = tmp_path / "r"
+  base = ["--tiny", "--next-unit", "--plan", "--results", str(res), "--workdir",
+          str(tmp_path / "w")]
+  claim = res / "units" / ".claims" / "cmnist5-ipc10" / "s0" / ".lock"
+  claim.parent.mkdir(parents=True)
+  other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:  # another queue, alive on this host, runs seed 0: this one plans seed 1
+    claim.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+    assert script.main(base) == 0
+    out = capfd.readouterr().out
+    assert f"unit cmnist5-ipc10/s0 is claimed by process {other.pid}" in out
+    assert "plan: unit cmnist5-ipc10/s1:" in out
+  finally:
+    other.kill()
+    other.wait()
+  # the claim of a queue that has exited holds nothing
+  assert script.main(base) == 0
+  assert "plan: unit cmnist5-ipc10/s0:" in capfd.readouterr().out
+
+
 def test_paper_table_refuses_a_unit_record_copied_edited_or_given_twice(tmp_path, capfd):
   script = load("experiments/paper_table.py")
   res = tmp_path / "r"
