@@ -330,8 +330,14 @@ def _record(path: str, spec) -> dict | None:
   try:
     return schema.read_json(path, spec, fix="it is computed again", working=True)
   except schema.FileFormatError as e:
-    print(f"[paper_table] {e}", file=sys.stderr, flush=True)
+    if str(e) not in _SAID:  # a file read by several steps of one command is said once
+      _SAID.add(str(e))
+      print(f"[paper_table] {e}", file=sys.stderr, flush=True)
     return None
+
+
+#: The damaged files this process has said so of.
+_SAID: set = set()
 
 
 def _evaluated(workdir: str, test: bool) -> bool:

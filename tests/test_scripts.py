@@ -1538,6 +1538,11 @@ def test_paper_table_refuses_a_unit_record_copied_edited_or_given_twice(tmp_path
   err = capfd.readouterr().err
   assert err.count("\n") == 1 and "s0.json does not match the digest it carries" in err
   assert not (tmp_path / "w").exists()
+  # a truncated record is said once (the plan reads it several times) and its unit runs again
+  (folder / "s0.json").write_text(json.dumps(s0)[:50])
+  assert load("experiments/paper_table.py").main(base) == 0
+  out, err = capfd.readouterr()
+  assert err.count("s0.json") == 1 and "plan: unit cmnist5-ipc10/s0:" in out
 
 
 @covers("experiments/unit_pairs.py")
