@@ -183,6 +183,121 @@ def grid_table(reference: dict, points: list[tuple[str, dict]]) -> dict:
   return {"columns": columns, "rows": table}
 
 
+def eval_table(reference: dict, records: list[dict]) -> dict:
+  """The results-table data of the evaluation grid: one row per (epochs, width, networks)
+  point, the test overall of each calibration row (its distance from the paper-scale
+  value), the order check and the largest distance, and the seconds it took."""
+  columns = (["evaluation of the paper-scale SynSets", "SGD steps / network"]
+             + [LABELS[r] for r in ROWS]
+             + ["order as paper scale: test · validation", "largest distance (row)",
+                "eval s (5 SynSets)"])
+  rows = [["`dm` protocol, width 128, 5 networks (reference)", "2,002"]
+          + [f"{reference[r][1]:.1f}" for r in ROWS] + ["yes · yes", "–", "–"]]
+  for rec in sorted(records, key=lambda x: (x["width"], x["epochs"], x["networks"])):
+    vals = {r: (100 * v["valid_conflicting"], 100 * v["test_overall"])
+            for r, v in rec["rows"].items()}
+    test = {r: vals[r][1] for r in ROWS}
+    dist = {r: test[r] - reference[r][1] for r in ROWS}
+    worst = max(ROWS, key=lambda r: abs(dist[r]))
+    rows.append([f"{rec['epochs'] + 1} epochs, width {rec['width']}, {rec['networks']} networks",
+                 f"{rec['sgd_steps']:,}"]
+                + [f"{test[r]:.1f} ({dist[r]:+.1f})" for r in ROWS]
+                + [("yes" if ordered(test) else "no") + " · "
+                   + ("yes" if ordered({r: vals[r][0] for r in ROWS}) else "no"),
+                   f"{abs(dist[worst]):.1f} ({LABELS[worst]})", f"{rec['eval_s']:.0f}"])
+  return {"columns": columns, "rows": rows}
+
+
+def _provenance(args: argparse.Namespace) -> dict:
+  return dict(notes=list(args.note), date=args.date or datetime.date.today().isoformat(),
+              commit=args.commit, machine=args.machine, command=list(args.command))
+
+
+def eval_table_main(args: argparse.Namespace) -> int:
+  try:
+    reference = reference_rows(args.reference)
+    with open(args.grid) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  except (OSError, ValueError, KeyError) as e:
+    print(f"calibration: {e}", file=sys.stderr)
+    return 2
+  out = eval_table(reference, records)
+  for row in out["rows"]:
+    print(" | ".join(row))
+  if args.out:
+    from jaxdd import synset
+    synset.atomic_write_json(args.out, dict(out, **_provenance(args)))
+  return 0
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _queue():
+  """experiments/paper_table.py, this script's sibling (its row labels)."""
+  if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+  import paper_table
+  return paper_table
+
+
+def compare_table(reference: dict, tables: list[tuple[str, dict]]) -> dict:
+  """The results-table data that sets the paper-scale rows beside cell tables of the paper
+  table's format (``tables``: a label and the cell JSON): each calibration row's test
+  overall in each, with its distance from paper scale, and whether each ranks the rows as
+  paper scale does."""
+  labels = {r: _queue().ROWS[r].label for r in ROWS}
+  columns = ["row", "paper scale (reference)"] + [label for label, _ in tables]
+  found = []
+  for _, data in tables:
+    i = data["columns"].index("test overall")
+    by_label = {row[0]: row for row in data["rows"]}
+    found.append({r: (by_label[labels[r]][i], by_label[labels[r]][2])
+                  for r in ROWS if labels[r] in by_label})
+  rows = []
+  for r in ROWS:
+    row = [LABELS[r], f"{reference[r][1]:.1f}"]
+    for vals in found:
+      if r not in vals:
+        row.append("–")
+        continue
+      text, seeds = vals[r]
+      mean = float(text.split("±")[0])
+      row.append(f"{text} ({mean - reference[r][1]:+.1f}; seeds {seeds})")
+    rows.append(row)
+  order = ["order as paper scale", "yes"]
+  for vals in found:
+    if len(vals) < len(ROWS):
+      order.append("–")
+    else:
+      order.append("yes" if ordered({r: float(vals[r][0].split("±")[0]) for r in ROWS})
+                   else "no")
+  rows.append(order)
+  return {"columns": columns, "rows": rows}
+
+
+def compare_main(args: argparse.Namespace) -> int:
+  try:
+    reference = reference_rows(args.reference)
+    tables = []
+    for item in args.table:
+      label, sep, path = item.rpartition("=")
+      if not sep:
+        raise ValueError(f"--table {item!r} is not LABEL=PATH")
+      with open(path) as f:
+        tables.append((label, json.load(f)))
+    out = compare_table(reference, tables)
+  except (OSError, ValueError, KeyError) as e:
+    print(f"calibration: {e}", file=sys.stderr)
+    return 2
+  for row in out["rows"]:
+    print(" | ".join(row))
+  if args.out:
+    from jaxdd import synset
+    synset.atomic_write_json(args.out, dict(out, **_provenance(args)))
+  return 0
+
+
 def table_main(args: argparse.Namespace) -> int:
   try:
     reference = reference_rows(args.reference)
@@ -200,9 +315,7 @@ def table_main(args: argparse.Namespace) -> int:
     print(" | ".join(row))
   if args.out:
     from jaxdd import synset
-    out.update(notes=list(args.note), date=args.date or datetime.date.today().isoformat(),
-               commit=args.commit, machine=args.machine, command=list(args.command))
-    synset.atomic_write_json(args.out, out)
+    synset.atomic_write_json(args.out, dict(out, **_provenance(args)))
   return 0
 
 
@@ -221,6 +334,15 @@ def main(argv=None) -> int:
   e.add_argument("--tiny", action="store_true", help=(
       "check the script in seconds: 1 epoch, width 8, 1 network (flags given explicitly "
       "still apply)"))
+  et = sub.add_parser("eval-table", help="the evaluation grid (eval's JSON lines) as a table")
+  et.add_argument("--reference", required=True,
+                  help="folder of the paper-scale records <row>-net<i>.json")
+  et.add_argument("--grid", required=True, help="the JSON lines eval wrote")
+  c = sub.add_parser("compare", help="paper scale beside cell tables of other presets")
+  c.add_argument("--reference", required=True,
+                 help="folder of the paper-scale records <row>-net<i>.json")
+  c.add_argument("--table", action="append", default=[], metavar="LABEL=PATH",
+                 help="a cell table of experiments/paper_table.py (repeatable)")
   t = sub.add_parser("table", help="the distillation grid against paper scale")
   t.add_argument("--reference", required=True,
                  help="folder of the paper-scale records <row>-net<i>.json")
@@ -228,18 +350,23 @@ def main(argv=None) -> int:
                  help="a grid point: its label and its paper_table.py --workdir (repeatable)")
   t.add_argument("--cell", default="cmnist5-ipc50")
   t.add_argument("--seed", type=int, default=0)
-  t.add_argument("--out", default=None, help="the results-table data file to write")
-  t.add_argument("--note", action="append", default=[])
-  t.add_argument("--date", default=None)
-  t.add_argument("--commit", default="")
-  t.add_argument("--machine", default="")
-  t.add_argument("--command", action="append", default=[])
+  for q in (t, et, c):
+    q.add_argument("--out", default=None, help="the results-table data file to write")
+    q.add_argument("--note", action="append", default=[])
+    q.add_argument("--date", default=None)
+    q.add_argument("--commit", default="")
+    q.add_argument("--machine", default="")
+    q.add_argument("--command", action="append", default=[])
   args = p.parse_args(argv)
   if args.cmd == "eval" and args.tiny:
     e.set_defaults(epochs="1", widths="8", networks=1)
     args = p.parse_args(argv)
   if args.cmd == "eval":
     return eval_main(args)
+  if args.cmd == "eval-table":
+    return eval_table_main(args)
+  if args.cmd == "compare":
+    return compare_main(args)
   return table_main(args)
 
 

@@ -691,6 +691,29 @@ def test_calibration_table_against_hand_computed_distances(tmp_path, capfd):
   capfd.readouterr()
   assert script.main(["table", "--reference", ref_dir, "--point", str(work)]) == 2
   assert "LABEL=WORKDIR" in capfd.readouterr().err
+  # the evaluation grid: one point 1 point over paper scale on every row
+  grid = tmp_path / "eval.jsonl"
+  grid.write_text(json.dumps({"epochs": 9, "width": 8, "networks": 2, "sgd_steps": 20,
+                              "eval_s": 3.0, "rows": {
+                                  r: {"valid_conflicting": ref[r][0] / 100,
+                                      "test_overall": (ref[r][1] + 1) / 100}
+                                  for r in script.ROWS}}) + "\n")
+  assert script.main(["eval-table", "--reference", ref_dir, "--grid", str(grid), "--out",
+                      str(tmp_path / "e.json")]) == 0
+  row = json.loads((tmp_path / "e.json").read_text())["rows"][1]
+  assert row[:3] == ["10 epochs, width 8, 2 networks", "20", f"{ref['vanilla'][1] + 1:.1f} (+1.0)"]
+  assert row[-3:] == ["yes · yes", f"1.0 ({script.LABELS[script.ROWS[0]]})", "3"]
+  # beside a cell table of the paper table's format (a row it lacks is a dash)
+  queue = load("experiments/paper_table.py")
+  cell = {"columns": ["row", "bias labels", "seeds", "valid conflicting", "test overall"],
+          "rows": [[queue.ROWS[r].label, "no", "0,1", "1.0", f"{ref[r][1] - 3:.1f} ± 0.5"]
+                   for r in script.ROWS if r != "fairdd"]}
+  (tmp_path / "cell.json").write_text(json.dumps(cell))
+  assert script.main(["compare", "--reference", ref_dir, "--table",
+                      f"x={tmp_path / 'cell.json'}", "--out", str(tmp_path / "c.json")]) == 0
+  rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+  assert rows[0][2] == f"{ref['vanilla'][1] - 3:.1f} ± 0.5 (-3.0; seeds 0,1)"
+  assert rows[4][2] == "–" and rows[-1] == ["order as paper scale", "yes", "–"]
 
 
 @pytest.mark.slow
