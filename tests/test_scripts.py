@@ -687,6 +687,14 @@ def test_calibration_table_against_hand_computed_distances(tmp_path, capfd):
   assert row[1] == f"{ref['vanilla'][1] - 2:.1f} (-2.0)"
   # FairDD with labels (96.6 - 6) falls under DM + KDE (96.0 - 2): the order breaks
   assert row[-2] == "no · yes" and row[-1] == "6.0 (FairDD, true labels)"
+  # a point of vanilla and kde only: the other rows are dashes, no order is claimed
+  for r in script.ROWS[1:]:
+    if r != "kde":
+      shutil.rmtree(work / "cmnist5-ipc50" / r)
+  assert script.main(["table", "--reference", ref_dir, "--point", f"two={work}", "--out",
+                      str(out)]) == 0
+  row = json.loads(out.read_text())["rows"][1]
+  assert row[2] == row[3] == row[5] == "–" and row[-2] == "–"
   assert set(table) >= {"columns", "rows", "date", "commit", "machine", "command"}
   capfd.readouterr()
   assert script.main(["table", "--reference", ref_dir, "--point", str(work)]) == 2
@@ -1501,6 +1509,30 @@ def test_paper_table_stops_on_a_signal_in_one_line_and_releases_its_runs(tmp_pat
   assert len(lines) == 1 and word in lines[0] and "left no record" in lines[0], err
   assert not list(work.rglob(".lock"))  # every run of the unit released
   assert not (tmp_path / "r" / "units").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.gate
+def test_paper_table_runs_the_cpu_paper_preset_as_units(tmp_path, capfd):
+  # the calibrated CPU preset through the same queue and records, at the smoke preset's sizes
+  from jaxdd import presets
+  res, work = tmp_path / "r", tmp_path / "w"
+  argv = ["--preset", "cpu-paper", "--tiny", "--next-unit", "--quiet", "--seeds", "0",
+          "--results", str(res), "--workdir", str(work)]
+  _, out = run("experiments/paper_table.py", argv, capfd)
+  assert "unit cmnist5-ipc10/s0 finished" in out
+  rec = json.loads((res / "units" / "cmnist5-ipc10" / "s0.json").read_text())
+  assert rec["settings"]["preset"] == "cpu-paper" and rec["settings"]["tiny"] is True
+  with open(work / "cmnist5-ipc10" / "kde" / "s0" / "config.json") as f:
+    config = json.load(f)["config"]
+  preset, smoke = presets.RUN["cpu-paper"], presets.RUN["smoke"]
+  assert config["preset"] == "cpu-paper" and config["lr_img"] == preset["lr_img"]
+  assert (config["width"], config["eval_model"]) == (smoke["width"], smoke["eval_model"])
+  assert config["source"] is None and config["iterations"] == 2
+  # its units never mix with the preset's own
+  assert load("experiments/paper_table.py").main(
+      ["--preset", "cpu-paper", "--next-unit", "--plan", "--results", str(res)]) == 1
+  assert "give these settings another --units-dir" in capfd.readouterr().err
 
 
 def test_paper_table_queues_on_one_units_folder_take_different_units(tmp_path, capfd):
