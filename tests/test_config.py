@@ -112,6 +112,30 @@ DIGESTS.update({
 REFUSED += tuple(f"{p}/{m}/fairdd_batch" for p in ("cpu", "paper", "proxy", "smoke")
                  for m in ("dsa", "dc", "mtt", "cfm"))
 
+# The calibrated CPU preset (added later still).
+DIGESTS.update({
+    "cpu-paper/dm/none": ("1b613244b1ddcba0", "582352f88b4c8c76"),
+    "cpu-paper/dm/kde": ("151725a11f0b91eb", "7762737d04ddd810"),
+    "cpu-paper/dm/oracle": ("4b2bfcef4ec71223", "07f47a64e9c6e907"),
+    "cpu-paper/dm/fairdd": ("cc02d613dbd4dd54", "682c732b66a3db83"),
+    "cpu-paper/dm/fairdd_pseudo": ("4bce9b20b410b0bf", "3981ebdfc8b7e481"),
+    "cpu-paper/dm/fairdd_batch": ("2f5d7c413d1f5273", "0423cbc93fde60a0"),
+    "cpu-paper/dsa/none": ("0b0056c823982f48", "4a4bcce157317afd"),
+    "cpu-paper/dsa/kde": ("ee222d9da5a6d789", "b29db581179ff153"),
+    "cpu-paper/dsa/oracle": ("6c4d3187a2eeac92", "bff9f1a864f523d2"),
+    "cpu-paper/dc/none": ("1b3ede8a8f1129e4", "56a5ef847e2329a5"),
+    "cpu-paper/dc/kde": ("6d24f6d9ff438702", "6f5f759f2b4a01fe"),
+    "cpu-paper/dc/oracle": ("3d656819a09b982a", "0132f38b33c38d37"),
+    "cpu-paper/mtt/none": ("34e8f61da99073df", "928cf4d5eddf98c5"),
+    "cpu-paper/mtt/kde": ("112d94285cc8099c", "401cfe33e03491b8"),
+    "cpu-paper/mtt/oracle": ("3077e1186bb8f305", "354fa1894c5f9678"),
+    "cpu-paper/cfm/none": ("52ad9142fd5036e6", "7b91bff16c9a91f5"),
+    "cpu-paper/cfm/kde": ("6d8a7615efdfe07e", "81748d130f83c04a"),
+    "cpu-paper/cfm/oracle": ("0b8b97edb887e876", "e7c77de61f614cfc"),
+})
+REFUSED += tuple(f"cpu-paper/{m}/{w}" for m in ("dsa", "dc", "mtt", "cfm")
+                 for w in ("fairdd", "fairdd_pseudo", "fairdd_batch"))
+
 
 def _combinations():
   for preset in sorted(PRESETS):
