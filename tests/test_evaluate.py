@@ -91,7 +91,7 @@ def test_protocol_registry_and_stamp_fields():
   assert get_protocol("dsa").augment == DSA_STRATEGY
   dc = get_protocol("dc")
   assert (dc.num_epochs, dc.decay_epoch, dc.augment) == (301, 151, None)
-  assert set(PROTOCOLS) == {"dm", "dsa", "dc", "cpu", "cpu100", "cpu300", "smoke"}
+  assert set(PROTOCOLS) == {"dm", "dsa", "dc", "cpu", "cpu100", "cpu300", "cpu-paper", "smoke"}
   assert dm.standard and not dm.replace(epochs=5).standard
   with pytest.raises(dataclasses.FrozenInstanceError):
     dm.epochs = 3
@@ -112,6 +112,10 @@ def test_min_samples_raises_the_epochs_of_a_small_set_only():
   d = Protocol("d", epochs=2, batch_size=4, drop_last=True, min_samples=20)
   assert (d.steps_per_epoch(6), d.sized(6).num_epochs) == (1, 5)
   # the registry entry sized for a set is still the standard protocol; an edit is not
+  paper = PROTOCOLS["cpu-paper"]  # 50,000 images: IPC 10 (100) 500 epochs, IPC 50 its 301
+  assert (paper.sized(100).num_epochs, paper.sized(500).num_epochs) == (500, 301)
+  assert paper.sized(100).standard and paper.sized(500) is paper
+  assert not paper.sized(100).replace(lr=0.02).standard
   assert not PROTOCOLS["smoke"].replace(min_samples=9).standard
   for bad in (-1, 2.5, True):
     with pytest.raises(ValueError, match="min_samples"):
