@@ -338,6 +338,50 @@ def test_a_workdir_inside_a_synset_or_checkpoints_is_refused(tmp_path, capsys, m
   assert _tree(run) == before and sorted(os.listdir(tmp_path)) == ["run"]
 
 
+def test_a_link_into_a_synset_or_checkpoints_is_refused_as_the_path_it_leads_to(
+    tmp_path, capsys, monkeypatch):
+  # a symbolic link does not move what a command writes: a path through a link into a run's
+  # checkpoints (or to the checkpoints folder itself, or into a SynSet) is refused as that
+  # path written out would be, for every flag the guard covers, and nothing is written
+  monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
+  run = tmp_path / "run"
+  (run / "synset").mkdir(parents=True)
+  (run / "checkpoints" / "500").mkdir(parents=True)
+  for rel in ("config.json", "synset/arrays.npz", "synset/manifest.json",
+              "checkpoints/500/state.npz"):
+    (run / rel).write_bytes(b"keep " + rel.encode())
+  links = tmp_path / "links"
+  links.mkdir()
+  for name, target in (("ckpt", run / "checkpoints" / "500"), ("root", run / "checkpoints"),
+                       ("syn", run / "synset")):
+    (links / name).symlink_to(target)
+  before = _tree(run)
+  cases = []
+  for link in ("ckpt", "root", "syn"):
+    lp = str(links / link)
+    cases += [(link,) + case for case in [(["distill"] + SMOKE + ["--workdir", lp], "--workdir"),
+              (["distill"] + SMOKE + ["--workdir", os.path.join(lp, "new")], "--workdir"),
+              (["reproduce"] + SMOKE + ["--workdir", lp], "--workdir"),
+              (["baselines", "--which", "random"] + SMOKE + ["--workdir", lp], "--workdir"),
+              (["evaluate", str(run / "synset"), "--quiet", "--out",
+                os.path.join(lp, "eval-new.json")], "--out"),
+              (["data", "cmnist", "--conflict-ratio", "0.05", "--quiet", "--save-card",
+                os.path.join(lp, "card.json")], "--save-card"),
+              (["buffers"] + SMOKE + ["--buffer-dir", os.path.join(lp, "buf")], "--buffer-dir"),
+              (["distill", "--method", "mtt"] + SMOKE + ["--workdir", str(tmp_path / "w"),
+                                                         "--buffer-dir", os.path.join(lp, "b")],
+               "--buffer-dir")]]
+  for link, argv, flag in cases:
+    code, err = _run(argv, capsys)
+    assert code == 2 and len(err) == 1, (argv, err)
+    assert f"{flag} " in err[0] and "give a path outside" in err[0], err
+    if link != "syn":  # a link to a SynSet is one itself; the others lead into a run's checkpoints
+      assert f"symbolic link into the checkpoints of the run in {run};" in err[0], err
+  assert _tree(run) == before
+  assert sorted(os.listdir(tmp_path)) == ["links", "run"]
+  assert sorted(os.listdir(links)) == ["ckpt", "root", "syn"]
+
+
 def test_a_card_never_replaces_a_file_jaxdd_owns(tmp_path, capsys):
   run = tmp_path / "run"
   (run / "synset").mkdir(parents=True)

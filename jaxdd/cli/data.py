@@ -100,6 +100,7 @@ def cmd_inspect(args) -> int:
 def _prepare_tfds(args) -> int:
   if importlib.util.find_spec("tensorflow_datasets") is None:
     raise ValueError("--tfds-dir needs TensorFlow Datasets: pip install 'jaxdd[tfds]'")
+  outputs.check_outside_jaxdd_files(args.tfds_dir, flag="--tfds-dir")
   checks.check_writable(args.tfds_dir)
   path = data.prepare_tfds(args.name, data_dir=args.tfds_dir, conflict_ratio=args.conflict_ratio,
                            severity=args.severity, seed=args.seed)

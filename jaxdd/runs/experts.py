@@ -12,7 +12,7 @@ from jaxdd import progress as progress_lib
 from jaxdd._src.io import cache_root
 from jaxdd.config import RunConfig, validate
 from jaxdd.distill import experts as mtt_lib
-from jaxdd.runs import checks, keys, rundata, rundir, surrogate_stage
+from jaxdd.runs import checks, keys, outputs, rundata, rundir, surrogate_stage
 from jaxdd.runs import weights as weights_lib
 
 #: Batch size of expert training (MTT's buffer.py).
@@ -121,6 +121,7 @@ def build_expert_buffer(config: RunConfig, *, buffer_dir: str | None = None,
     raise ValueError(f"expert buffers belong to trajectory matching; this run's method is "
                      f"{config.method!r}: use --method mtt")
   if buffer_dir is not None:
+    outputs.check_outside_jaxdd_files(buffer_dir, flag="--buffer-dir")
     mtt_lib.check_buffer_dir(buffer_dir, flag="--buffer-dir")
   checks.check_writable(buffer_dir if buffer_dir is not None else cache_root("buffers"))
   run_data = rundata.RunData(config)

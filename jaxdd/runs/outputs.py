@@ -64,15 +64,30 @@ def is_run_dir(folder: str) -> bool:
 
 
 def _inside_jaxdd_files(path: str, flag: str, given: str) -> None:
-  """Refuses ``path`` (``flag given``) inside a SynSet folder or a run's checkpoints."""
-  for anc_abs in _ancestors(path):
-    anc = anc_abs if os.path.isabs(given) else os.path.relpath(anc_abs)  # as the user wrote it
-    if is_synset_dir(anc_abs):
-      raise ValueError(f"{flag} {given} is inside the SynSet {anc}, whose files jaxdd wrote and "
-                       "checks; give a path outside it")
-    if os.path.basename(anc_abs) == "checkpoints" and is_run_dir(os.path.dirname(anc_abs)):
-      raise ValueError(f"{flag} {given} is inside the checkpoints of the run in "
-                       f"{os.path.dirname(anc)}; give a path outside them")
+  """Refuses ``path`` (``flag given``) inside a SynSet folder or a run's checkpoints, as
+  written and as its symbolic links resolve (a link into a run's ``checkpoints`` leads there)."""
+  real = os.path.realpath(path)
+  for resolved, start in ((False, path), (True, real)):
+    if resolved and real == path:
+      return
+    for anc_abs in _ancestors(start):
+      if resolved:
+        where, how = anc_abs, " leads through a symbolic link into"
+      else:  # as the user wrote it
+        where = anc_abs if os.path.isabs(given) else os.path.relpath(anc_abs)
+        how = " is inside"
+      if is_synset_dir(anc_abs):
+        raise ValueError(f"{flag} {given}{how} the SynSet {where}, whose files jaxdd wrote "
+                         "and checks; give a path outside it")
+      if os.path.basename(anc_abs) == "checkpoints" and is_run_dir(os.path.dirname(anc_abs)):
+        raise ValueError(f"{flag} {given}{how} the checkpoints of the run in "
+                         f"{os.path.dirname(where)}; give a path outside them")
+
+
+def check_outside_jaxdd_files(path: str, *, flag: str) -> None:
+  """Refuses ``path`` (a folder a command will write, given with ``flag``) inside a SynSet
+  folder or a run's ``checkpoints``, as written or through a symbolic link (reads only)."""
+  _inside_jaxdd_files(os.path.abspath(path), flag, path)
 
 
 def _ancestors(folder: str) -> Iterable[str]:
@@ -123,9 +138,12 @@ def check_output_file(out: str, *, what: str, owns: Callable[[str], bool],
   folder = os.path.dirname(path)
   _inside_jaxdd_files(folder, flag, out)
   name = os.path.basename(path)
-  # the run folder itself or one or two levels above (its plots/, a reproduce folder's runs)
-  run = next((a for a in list(_ancestors(folder))[:3] if is_run_dir(a)), None)
-  if run is not None and ((run == folder and name in RUN_NAMES)
+  # the run folder itself or one or two levels above (its plots/, a reproduce folder's runs),
+  # as written or as its links resolve
+  real = os.path.realpath(folder)
+  near = list(_ancestors(folder))[:3] + list(_ancestors(real))[:3]
+  run = next((a for a in near if is_run_dir(a)), None)
+  if run is not None and ((run in (folder, real) and name in RUN_NAMES)
                           or (os.path.lexists(path) and not owns(path))):
     shown = run if os.path.isabs(out) else os.path.relpath(run)  # as the user wrote it
     raise ValueError(f"{flag} {out} would replace a file of the run in {shown} ({name}, not "

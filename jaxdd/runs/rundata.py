@@ -9,7 +9,7 @@ from jaxdd import progress as progress_lib
 from jaxdd.data import own
 from jaxdd.distill import experts as mtt_lib
 from jaxdd.config import RunConfig
-from jaxdd.runs import checks
+from jaxdd.runs import checks, outputs
 from jaxdd.structs import Batch
 
 
@@ -216,6 +216,7 @@ def check_paths(config: RunConfig, workdir: str, *, buffer_dir: str | None = Non
   checks.device_count(config)
   checks.check_writable(workdir)
   if config.method == "mtt" and buffer_dir is not None:
+    outputs.check_outside_jaxdd_files(buffer_dir, flag="--buffer-dir")
     mtt_lib.check_buffer_dir(buffer_dir, flag="--buffer-dir")
     checks.check_writable(buffer_dir)
 
