@@ -45,6 +45,30 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_interrupted_run_with_a_linked_synset_is_refused_then_resumes_once_moved(
+    tmp_path, capsys):
+  work = str(tmp_path / "run")
+  assert runs.run(_cfg(), work, progress=False, stop_after=2) == {"stopped_at": 2}
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("precious")
+  os.symlink(tmp_path / "mine", os.path.join(work, "synset"))
+  before = sorted(os.listdir(os.path.join(work, "checkpoints")))
+  argv = ["distill", "--preset", "smoke", "--weighting", "none", "--iterations", "4",
+          "--checkpoint-every", "2", "--log-every", "1", "--quiet", "--workdir", work]
+  capsys.readouterr()
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "move" in err[0] and "rerun the same command" in err[0], err
+  # refused before any step: no checkpoint beyond the interrupted one, the link's folder as it was
+  assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == before
+  assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+  os.rename(os.path.join(work, "synset"), tmp_path / "moved")  # the fix the line names
+  assert cli.main(argv) == 0
+  assert synset.load(os.path.join(work, "synset"))[1]["ipc"] == 2
+  assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+
+
+@pytest.mark.slow
 def test_a_different_config_refuses_the_workdir(tmp_path):
   runs.run(_cfg(iterations=2), str(tmp_path / "r"), progress=False, stop_after=1)
   with pytest.raises(ValueError, match="different config"):

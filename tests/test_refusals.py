@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from jaxdd import cli
+from jaxdd.runs import outputs
 
 
 def _run(argv, capsys) -> tuple[int, list[str]]:
@@ -380,6 +381,45 @@ def test_a_link_into_a_synset_or_checkpoints_is_refused_as_the_path_it_leads_to(
   assert _tree(run) == before
   assert sorted(os.listdir(tmp_path)) == ["links", "run"]
   assert sorted(os.listdir(links)) == ["ckpt", "root", "syn"]
+
+
+def _interrupted_run_record(work) -> None:
+  """A run folder as a smoke distillation leaves it before its SynSet: its config.json."""
+  from jaxdd.config import get_config
+  from jaxdd.runs import version
+  cfg = get_config("smoke")
+  work.mkdir(parents=True)
+  (work / "config.json").write_text(json.dumps({
+      "config": cfg.to_dict(), "digest": cfg.digest(), "distill_digest": cfg.distill_digest(),
+      "code_version": version.code_version()}))
+
+
+@pytest.mark.parametrize("entry", ["link", "file", "folder"])
+def test_a_synset_the_run_cannot_replace_is_refused_before_any_work(entry, tmp_path, capsys):
+  # a run resumed over a synset/ it did not write (a link, a file, someone's folder): refused
+  # before the data are built or a step runs, naming a fix that is no flag of distill
+  work = tmp_path / "run"
+  _interrupted_run_record(work)
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  (elsewhere / "notes.txt").write_text("precious")
+  if entry == "link":
+    (work / "synset").symlink_to(elsewhere)
+  elif entry == "file":
+    (work / "synset").write_text("notes")
+  else:
+    (work / "synset").mkdir()
+    (work / "synset" / "notes.txt").write_text("notes")
+  before, outside = _tree(work), _tree(elsewhere)
+  code, err = _run(["distill"] + SMOKE + ["--workdir", str(work)], capsys)
+  assert code == 2 and len(err) == 1, err
+  assert f"move {work / 'synset'} away, then rerun the same command" in err[0], err
+  assert "synset.save" not in err[0] and " --" not in err[0].split("error: --workdir")[1], err
+  assert _tree(work) == before and _tree(elsewhere) == outside
+  assert not os.path.exists(tmp_path / "cache")  # no data were built
+  # the fix clears the guard: with it moved away the folder is the run's again
+  os.rename(work / "synset", tmp_path / "moved")
+  outputs.check_run_folder(str(work))
 
 
 def test_a_card_never_replaces_a_file_jaxdd_owns(tmp_path, capsys):

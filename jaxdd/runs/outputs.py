@@ -205,3 +205,24 @@ def check_run_folder(workdir: str, *, flag: str = "--workdir") -> None:
   anything else, so a folder without one that holds a ``synset/``, ``metrics.jsonl``, ...
   (:data:`RUN_WRITES`) holds files no run of jaxdd wrote there."""
   check_work_folder(workdir, record="config.json", writes=RUN_WRITES, what="a run", flag=flag)
+  check_run_synset(workdir, flag=flag)
+
+
+def check_run_synset(workdir: str, *, flag: str = "--workdir") -> None:
+  """Refuses a run folder whose ``synset`` the run could not replace when it finishes: a
+  symbolic link, a file, or a folder of files that are not a SynSet (reads only; the SynSet
+  is written last, so this comes before any work, not after the distillation)."""
+  syn = os.path.join(workdir, "synset")
+  if not os.path.lexists(syn):
+    return
+  if os.path.islink(syn):
+    kind = "a symbolic link"
+  elif not os.path.isdir(syn):
+    kind = "a file" if os.path.isfile(syn) else _io.file_kind(os.stat(syn).st_mode)
+  elif os.listdir(syn) and not is_synset_dir(syn):
+    kind = f"a folder of {_io.listed(sorted(os.listdir(syn)))}"
+  else:
+    return
+  named = f"{flag} {workdir}" if flag else workdir
+  raise ValueError(f"{named}: its synset is {kind}, not a SynSet jaxdd wrote, and the run would "
+                   f"replace it; move {syn} away, then rerun the same command")

@@ -48,7 +48,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
   validate(config)
   rundir.check_workdir(config, workdir, distill_only=True)
   syn_dir = os.path.join(workdir, "synset")
-  if os.path.exists(os.path.join(syn_dir, "manifest.json")):
+  if not os.path.islink(syn_dir) and os.path.exists(os.path.join(syn_dir, "manifest.json")):
     syn, _ = synset.load(syn_dir, working=working)  # the run's own artifact
     return SynSet(np.asarray(syn.images), np.asarray(syn.labels))
   outputs.check_run_folder(workdir)
