@@ -48,6 +48,19 @@ def test_cache_that_is_a_file_is_refused_before_work(tmp_path, capsys, monkeypat
   assert not work.exists()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_cache_that_cannot_be_created_is_a_fault_naming_the_fix(tmp_path, capsys, monkeypatch):
+  # $HOME under /proc: no folder can be made there, even by root, whatever access() says
+  monkeypatch.delenv("JAXDD_CACHE", raising=False)
+  monkeypatch.setenv("HOME", "/proc/nohome")
+  work = tmp_path / "w"
+  assert cli.main(["distill", "--preset", "smoke", "--workdir", str(work), "--quiet"]) == 1
+  line = _one_line(capsys.readouterr().err)
+  assert "/proc/nohome/.cache/jaxdd" in line and "set JAXDD_CACHE to a writable folder" in line
+  assert "[Errno" not in line
+  assert not work.exists() and os.listdir(tmp_path) == []
+
+
 def test_unwritable_path_names_the_fix(tmp_path, capsys, monkeypatch):
   # Root ignores file permissions, so the fault is injected where the run first writes.
   def deny(*a, **k):

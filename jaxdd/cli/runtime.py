@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import tempfile
 import threading
 import time
 
@@ -80,14 +81,23 @@ def restore(was: tuple[bool, bool]) -> None:
 
 
 def check_cache_root() -> None:
-  """$JAXDD_CACHE must be a writable directory (or creatable): checked before any work."""
-  probe = cache_root()
-  while not probe.exists() and probe.parent != probe:
+  """$JAXDD_CACHE (default ``~/.cache/jaxdd``) must be a writable directory or one that can be
+  created: checked before any work by creating and removing an empty folder in it or its
+  nearest existing ancestor (permissions alone do not say that, e.g. under ``/proc`` or on a
+  read-only file system). Raises an OSError of one line naming the fix (exit status 1)."""
+  root = cache_root()
+  fix = "set JAXDD_CACHE to a writable folder (e.g. JAXDD_CACHE=/tmp/jaxdd-cache)"
+  probe = root
+  while not os.path.lexists(probe) and probe.parent != probe:
     probe = probe.parent
   if not probe.is_dir():
-    raise NotADirectoryError(20, "the jaxdd cache ($JAXDD_CACHE) is not a directory", str(probe))
-  if not os.access(probe, os.W_OK | os.X_OK):
-    raise PermissionError(13, "the jaxdd cache ($JAXDD_CACHE) is not writable", str(probe))
+    raise OSError(f"the jaxdd cache {root} cannot be a directory: {probe} is a file; {fix}")
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".jaxdd-probe-", dir=probe))
+  except OSError as e:
+    why = e.strerror or str(e)
+    where = "written" if probe == root else f"created: {probe} takes no new folder"
+    raise OSError(f"the jaxdd cache {root} cannot be {where} ({why}); {fix}") from e
 
 
 #: ``--coordinator-timeout``'s default: seconds a process waits for every process to join.
