@@ -64,8 +64,16 @@ atomic_write_json = _io.atomic_write_json
 def _check_replaceable(path: str) -> None:
   """A SynSet replaces only a SynSet (a folder with ``manifest.json`` and ``arrays.npz``) or
   an empty folder: never a file, a link, or a folder of other files."""
+  if not os.fspath(path):
+    raise ValueError("synset.save: the path is empty; give a new folder, e.g. "
+                     "synset")
   if not os.path.lexists(path):
     return
+  real, here = os.path.realpath(path), os.path.realpath(os.getcwd())
+  if os.path.commonpath([real, here]) == real:
+    what = "the current folder" if real == here else "a folder that holds the current folder"
+    raise ValueError(f"synset.save: {path} is {what}, and a SynSet replaces its folder whole; "
+                     f"give a new folder, e.g. {os.path.join(path, 'synset')}")
   if os.path.islink(path) or not os.path.isdir(path):
     raise ValueError(f"synset.save: {path} exists and is not a folder; give the path of a new "
                      "folder, or of a SynSet to replace")
@@ -98,7 +106,11 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
   Nothing is changed without a word: images are stored as float32 and labels as int32, and
   images or labels those types would change (float64 values that float32 rounds, labels
   that are not integers or exceed int32) are refused in one line; ``mean`` and ``std`` are
-  stored exactly (float32 when they are float32 numbers, else float64).
+  stored exactly (float32 when they are float32 numbers, else float64). What :func:`load`
+  would refuse is refused here, before anything is written: malformed images, negative
+  labels, a mean or std that is not finite or a std that is not positive, a count that
+  ``meta``'s ``ipc`` and ``class_names`` contradict; and so is the current folder (or one
+  holding it), which cannot be replaced whole.
   """
   images = _exact(syn.images, np.float32, "syn.images")
   labels = _exact(syn.labels, np.int32, "syn.labels")
@@ -111,6 +123,10 @@ def save(path: str, syn: SynSet, meta: Mapping[str, Any], *, mean: Sequence[floa
   if mean.shape != (images.shape[-1],) or std.shape != (images.shape[-1],):
     raise ValueError(f"mean/std need one value per channel ({images.shape[-1]}), "
                      f"got {mean.shape} and {std.shape}")
+  refused = _arrays_problem(images, labels, mean, std) or _count_problem(images.shape[0], meta)
+  if refused is not None:  # save refuses what load would refuse
+    problem, fix = refused
+    raise ValueError(f"synset.save: {problem}, which synset.load refuses; {fix}")
   full_meta = dict(meta)
   full_meta.update(format_version=FORMAT_VERSION, num_images=int(images.shape[0]),
                    image_shape=list(images.shape[1:]), mean=mean.tolist(), std=std.tolist())
@@ -212,34 +228,57 @@ def _check_declared(blob: bytes, meta: dict, where: str) -> None:
       raise
     raise ValueError(f"{where} holds an array whose header cannot be read ({e}); re-create "
                      "the artifact") from e
-  n = meta.get("ipc") * len(meta["class_names"]) if (
-      isinstance(meta.get("ipc"), int) and meta.get("class_names")) else None
   for name in ("images", "labels"):
     got = shapes.get(name)
-    if got and n is not None and got[0] != n:
+    if got and _count_problem(got[0], meta) is not None:
+      n = meta["ipc"] * len(meta["class_names"])
       raise ValueError(f"{where} holds {got[0]} {name}, but meta.json says {n} (IPC "
                        f"{meta['ipc']} x {len(meta['class_names'])} classes); the artifact "
                        "was altered: re-create it")
 
 
-def _check_arrays(images, labels, mean, std, where: str) -> None:
-  """What every reader of a SynSet assumes of its arrays, checked before any model sees them."""
+def _arrays_problem(images, labels, mean, std) -> tuple[str, str] | None:
+  """What every reader of a SynSet assumes of its arrays: None when they hold it, else what
+  is wrong and what a caller of :func:`save` passes instead. :func:`load` checks it before any
+  model sees the arrays, :func:`save` before it writes (so it writes only what load takes)."""
   if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[0] == 0:
-    raise ValueError(f"{where}: images have shape {images.shape}, not (N, H, W, C) with C 1 or "
-                     "3; it is not a SynSet jaxdd wrote, re-create it")
+    return (f"images have shape {images.shape}, not (N, H, W, C) with N > 0 and C 1 or 3",
+            "pass NHWC images with 1 or 3 channels")
   if not np.issubdtype(images.dtype, np.floating):
-    raise ValueError(f"{where}: images are {images.dtype}, not floats; re-create the artifact")
+    return f"images are {images.dtype}, not floats", "pass float32 images"
   if not np.isfinite(images).all():
-    raise ValueError(f"{where}: images hold NaN or Inf; re-create the artifact")
+    return "images hold NaN or Inf", "pass finite images"
   if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer) \
       or (labels.size and labels.min() < 0):
-    raise ValueError(f"{where}: labels must be {images.shape[0]} non-negative integers, got "
-                     f"{labels.dtype} {labels.shape}; re-create the artifact")
+    return (f"labels must be {images.shape[0]} non-negative integers, got {labels.dtype} "
+            f"{labels.shape}" + (f" down to {labels.min()}" if labels.size and np.issubdtype(
+                labels.dtype, np.integer) and labels.min() < 0 else ""),
+            "pass class indices 0, 1, ...")
   c = images.shape[-1]
   if mean.shape != (c,) or std.shape != (c,) or not (np.isfinite(mean).all()
                                                      and np.isfinite(std).all() and (std > 0).all()):
-    raise ValueError(f"{where}: mean/std must be {c} finite values (std > 0), got {mean.shape} "
-                     f"and {std.shape}; re-create the artifact")
+    shown = (f"{mean.tolist()} and {std.tolist()}" if mean.size <= 8 and std.size <= 8
+             else f"{mean.shape} and {std.shape}")
+    return (f"mean/std must be {c} finite values (std > 0), got {shown}",
+            "pass the normalisation's per-channel mean and (positive) standard deviation")
+  return None
+
+
+def _count_problem(n: int, meta: Mapping[str, Any]) -> tuple[str, str] | None:
+  """Whether ``n`` images agree with the count ``meta`` implies (its ``ipc`` times its
+  ``class_names``, when it names both); else what is wrong and a caller's fix."""
+  ipc, names = meta.get("ipc"), meta.get("class_names")
+  if not (isinstance(ipc, int) and names) or n == ipc * len(names):
+    return None
+  return (f"{n} images, but meta says {ipc * len(names)} (IPC {ipc} x {len(names)} classes)",
+          "pass the meta of this set")
+
+
+def _check_arrays(images, labels, mean, std, where: str) -> None:
+  """:func:`_arrays_problem` for a SynSet read back: one line naming the file."""
+  refused = _arrays_problem(images, labels, mean, std)
+  if refused is not None:
+    raise ValueError(f"{where}: {refused[0]}; it is not a SynSet jaxdd wrote, re-create it")
 
 
 #: What :func:`load` requires of ``manifest.json``.

@@ -233,3 +233,86 @@ def test_save_replaces_a_synset_or_an_empty_folder_and_nothing_else(tmp_path):
     synset.save(str(tmp_path / "notes.txt"), syn, {"ipc": 1}, **kw)
   assert os.listdir(mine) == ["thesis.tex"] and (tmp_path / "notes.txt").read_text() == "y"
   assert sorted(os.listdir(tmp_path)) == ["empty", "my_results", "notes.txt", "syn"]
+
+
+#: Arrays a SynSet might be given (name -> (images, labels, mean, std)), some that load refuses.
+_CANDIDATES = {
+    "good": (np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1]), [0.0] * 3, [1.0] * 3),
+    "a zero std": (np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1]), [0.0] * 3, [0, 1, 1]),
+    "a negative std": (np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1]), [0.0] * 3,
+                       [1, -1, 1]),
+    "an infinite mean": (np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1]),
+                         [0.0, np.inf, 0.0], [1.0] * 3),
+    "a negative label": (np.zeros((2, 4, 4, 3), np.float32), np.array([0, -1]), [0.0] * 3,
+                         [1.0] * 3),
+    "two channels": (np.zeros((2, 4, 4, 2), np.float32), np.array([0, 1]), [0.0] * 2, [1.0] * 2),
+    "no image": (np.zeros((0, 4, 4, 3), np.float32), np.zeros(0, np.int32), [0.0] * 3, [1.0] * 3),
+}
+
+
+@pytest.mark.parametrize("case", list(_CANDIDATES))
+def test_save_refuses_exactly_the_arrays_load_refuses(case, tmp_path):
+  images, labels, mean, std = _CANDIDATES[case]
+  # what load says of these arrays, written into a good SynSet as a careless tool would
+  probe = _tiny(tmp_path, "probe")
+  _rewrite_arrays(probe, images=images, labels=labels, mean=np.asarray(mean, np.float32),
+                  std=np.asarray(std, np.float32))
+  try:
+    synset.load(probe)
+    load_takes = True
+  except ValueError:
+    load_takes = False
+  target = str(tmp_path / "syn")
+  if load_takes:
+    synset.load(synset.save(target, SynSet(images, labels), {}, mean=mean, std=std))
+  else:
+    with pytest.raises(ValueError, match="which synset.load refuses; pass") as e:
+      synset.save(target, SynSet(images, labels), {}, mean=mean, std=std)
+    assert "\n" not in str(e.value) and str(e.value).startswith("synset.save: ")
+    assert not os.path.exists(target)
+  assert (case == "good") == load_takes
+
+
+def test_save_refuses_a_count_its_meta_contradicts(tmp_path):
+  # load refuses a SynSet whose images are not IPC x classes of its meta; so does save
+  syn = SynSet(np.zeros((3, 4, 4, 3), np.float32), np.array([0, 1, 1]))
+  with pytest.raises(ValueError, match=r"3 images, but meta says 2 \(IPC 1 x 2 classes\)"):
+    synset.save(str(tmp_path / "s"), syn, {"ipc": 1, "class_names": ["a", "b"]}, mean=[0] * 3,
+                std=[1] * 3)
+  assert os.listdir(tmp_path) == []
+
+
+def test_save_into_the_current_folder_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+  syn = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1], np.int32))
+  here = tmp_path / "empty"
+  here.mkdir()
+  monkeypatch.chdir(here)
+  for path, said in ((".", "is the current folder"), ("", "the path is empty"),
+                     (str(here), "is the current folder"),
+                     ("..", "holds the current folder")):
+    with pytest.raises(ValueError, match=said) as e:
+      synset.save(path, syn, {}, mean=[0] * 3, std=[1] * 3)
+    assert "give a new folder, e.g." in str(e.value) and "\n" not in str(e.value)
+  assert os.listdir(tmp_path) == ["empty"] and os.listdir(here) == []
+  # the fix it names works
+  synset.load(synset.save(os.path.join(".", "synset"), syn, {}, mean=[0] * 3, std=[1] * 3))
+
+
+def test_a_replace_that_fails_puts_the_old_synset_back(tmp_path, monkeypatch):
+  syn = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1], np.int32))
+  target = str(tmp_path / "syn")
+  synset.save(target, syn, {"ipc": 1}, mean=[0] * 3, std=[1] * 3)
+  real_replace, calls = os.replace, []
+
+  def second_fails(src, dst):
+    calls.append(dst)
+    if len(calls) == 2:  # the new folder into place, after the old one was moved aside
+      raise OSError(16, "Device or resource busy", dst)
+    return real_replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", second_fails)
+  with pytest.raises(OSError):
+    synset.save(target, syn, {"ipc": 2}, mean=[0] * 3, std=[1] * 3)
+  monkeypatch.setattr(os, "replace", real_replace)
+  assert os.listdir(tmp_path) == ["syn"]  # no .old-* nor .tmp-* left
+  assert synset.load(target)[1]["ipc"] == 1

@@ -245,10 +245,20 @@ def atomic_directory(path: PathLike, *, prefix: str = ".tmp-") -> Iterator[str]:
     yield tmp
     if os.path.lexists(path):
       # Move the old version aside first: os.replace cannot overwrite a
-      # non-empty directory.
+      # non-empty directory. A move that fails leaves everything as it was.
       trash = tempfile.mkdtemp(dir=parent, prefix=".old-")
-      os.replace(path, os.path.join(trash, "old"))
-      os.replace(tmp, path)
+      old = os.path.join(trash, "old")
+      try:
+        os.replace(path, old)
+      except BaseException:
+        os.rmdir(trash)
+        raise
+      try:
+        os.replace(tmp, path)
+      except BaseException:
+        os.replace(old, path)  # should this fail too, the old version stays in trash
+        os.rmdir(trash)
+        raise
       shutil.rmtree(trash, ignore_errors=True)
     else:
       os.replace(tmp, path)
