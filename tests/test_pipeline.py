@@ -306,14 +306,56 @@ def test_a_group_of_runs_equals_the_runs_one_by_one(tmp_path):
 
 
 def test_chunks_end_at_checkpoints_and_bias_scores():
-  assert driver.chunks(0, 10, 4, (5, 0)) == [(0, 4), (4, 1), (5, 4), (9, 1)]
-  assert driver.chunks(3, 9, 1, (2,)) == [(i, 1) for i in range(3, 9)]
-  assert driver.chunks(0, 6, 50, (500, 2)) == [(0, 2), (2, 2), (4, 2)]
+  assert list(driver.chunks(0, 10, 4, (5, 0))) == [(0, 4), (4, 1), (5, 4), (9, 1)]
+  assert list(driver.chunks(3, 9, 1, (2,))) == [(i, 1) for i in range(3, 9)]
+  assert list(driver.chunks(0, 6, 50, (500, 2))) == [(0, 2), (2, 2), (4, 2)]
   with pytest.raises(ValueError, match="steps_per_call must be 'auto' or a positive count"):
     _cfg(steps_per_call="0")
   assert runs.steps_per_call(_cfg()) == 1  # the cpu policy's
   # not part of the digests: a run may resume with another value
   assert _cfg(steps_per_call="7").digest() == _cfg().digest()
+
+
+def test_the_chunk_plan_is_made_as_the_loop_asks_for_it():
+  # 10^18 steps (or 2^31 - 1, the most --iterations takes) cannot be listed: the first
+  # chunks of such a plan come at once, and the plan holds no list of them
+  import itertools
+  plan = driver.chunks(0, 10**18, 1, (2, 10**17))
+  assert list(itertools.islice(plan, 3)) == [(0, 1), (1, 1), (2, 1)]
+  assert next(driver.chunks(5, 2**31 - 1, 50, (100, 0))) == (5, 50)
+  assert not isinstance(driver.chunks(0, 10, 1, ()), (list, tuple))
+
+
+@pytest.mark.slow
+def test_a_run_of_the_most_iterations_steps_at_once_and_stops_on_ctrl_c(tmp_path):
+  # the first step of 2^31 - 1 iterations comes as it does for a short run (the loop does not
+  # plan every chunk first), and Ctrl-C then stops it with a checkpoint
+  import signal
+  import subprocess
+  import sys
+  import time
+  work = tmp_path / "huge"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "jaxdd", "distill", "--preset", "smoke", "--weighting", "none",
+       "--iterations", str(2**31 - 1), "--log-every", "1", "--checkpoint-every", "1000",
+       "--quiet", "--workdir", str(work)], stderr=subprocess.PIPE, text=True)
+  try:
+    metrics, stepped = work / "metrics.jsonl", False
+    for _ in range(600):  # the smoke run's set-up and compilation; never its 2^31 steps
+      if metrics.exists() and any('"loss"' in line for line in metrics.read_text().splitlines()):
+        stepped = True
+        break
+      assert proc.poll() is None, proc.stderr.read()
+      time.sleep(0.5)
+    assert stepped
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 130, err
+  assert "checkpoint saved" in err.strip().splitlines()[-1]
+  assert os.listdir(work / "checkpoints")
 
 
 @pytest.mark.slow
