@@ -43,6 +43,7 @@ import numpy as np
 
 from jaxdd._src import checks
 from jaxdd._src import io as _io
+from jaxdd._src import memory
 from jaxdd._src import schema
 from jaxdd.structs import SynSet
 
@@ -196,20 +197,45 @@ def _read(file: str, limit: int = _io.MAX_JSON_BYTES) -> bytes:
         from None
 
 
+def _size(n: int) -> str:
+  return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _check_memory(need: int, where: str, what: str) -> None:
+  """Refuses to hold ``need`` more bytes when the machine says it has less free
+  (:func:`jaxdd._src.memory.available_bytes`)."""
+  free = memory.available_bytes()
+  if free is not None and need > free:
+    raise ValueError(f"{where} {what} {_size(need)}, more than this machine can hold now "
+                     f"({_size(free)} free); load it where more memory is free, or re-create "
+                     "the artifact if it should be smaller")
+
+
 def _check_declared(blob: bytes, meta: dict, where: str) -> None:
   """Before any array is unpacked: each array's header (shape, dtype) agrees with the bytes
-  the archive holds for it, the images and labels with the count ``meta.json`` implies (its
-  ``ipc`` times its classes, when it names both), and nothing unpacks to more than
-  :data:`MAX_ARTIFACT_BYTES`; so a header that lies or an archive that unpacks to far more
-  than it says is refused in one line, before memory is allocated for it."""
+  the archive says it holds for it, no array holds more than ``meta.json`` says
+  (``num_images`` and ``image_shape``, and its ``ipc`` times its classes, when it names them),
+  and everything unpacks to at most :data:`MAX_ARTIFACT_BYTES` and to what this machine can
+  hold (twice over: the arrays and the checks of their values); so a header that lies or an archive that
+  unpacks to far more than it says (a zip bomb) is refused in one line, before memory is
+  allocated for it. The sizes come from the archive's central directory; unpacking stops at
+  them (:mod:`zipfile` cuts a member at its declared size and then fails its CRC), and a
+  member packed by any method but stored or deflate (whose decoders are not bounded while
+  they run) is refused."""
   try:
     with zipfile.ZipFile(io.BytesIO(blob)) as z:
-      shapes, total = {}, 0
-      for info in z.infolist():
-        total += info.file_size
-        if total > MAX_ARTIFACT_BYTES:
-          raise ValueError(f"{where} unpacks to more than {MAX_ARTIFACT_BYTES // 2**30} GiB; "
-                           "it is not a SynSet jaxdd wrote, re-create it")
+      infos = z.infolist()
+      odd = [i.filename for i in infos
+             if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)]
+      if odd:
+        raise ValueError(f"{where}: {odd[0]} is packed by a method jaxdd does not unpack "
+                         "(only stored or deflate); it is not a SynSet jaxdd wrote, re-create it")
+      total = sum(i.file_size for i in infos)
+      if total > MAX_ARTIFACT_BYTES:
+        raise ValueError(f"{where} unpacks to more than {MAX_ARTIFACT_BYTES // 2**30} GiB; "
+                         "it is not a SynSet jaxdd wrote, re-create it")
+      shapes = {}
+      for info in infos:
         with z.open(info) as f:
           version = np.lib.format.read_magic(f)
           shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
@@ -220,7 +246,7 @@ def _check_declared(blob: bytes, meta: dict, where: str) -> None:
           raise ValueError(f"{where}: {info.filename} declares shape {tuple(shape)} "
                            f"({size} bytes) but holds {info.file_size - header}; it is "
                            "damaged or not a SynSet jaxdd wrote, re-create it")
-        shapes[info.filename.removesuffix(".npy")] = tuple(shape)
+        shapes[info.filename.removesuffix(".npy")] = (tuple(shape), dtype.itemsize)
   except (zipfile.BadZipFile, OSError, EOFError) as e:
     raise ValueError(f"{where} is not a readable .npz ({e}); re-create the artifact") from e
   except ValueError as e:
@@ -229,12 +255,23 @@ def _check_declared(blob: bytes, meta: dict, where: str) -> None:
     raise ValueError(f"{where} holds an array whose header cannot be read ({e}); re-create "
                      "the artifact") from e
   for name in ("images", "labels"):
-    got = shapes.get(name)
+    got = shapes.get(name, ((), 0))[0]
     if got and _count_problem(got[0], meta) is not None:
       n = meta["ipc"] * len(meta["class_names"])
       raise ValueError(f"{where} holds {got[0]} {name}, but meta.json says {n} (IPC "
                        f"{meta['ipc']} x {len(meta['class_names'])} classes); the artifact "
                        "was altered: re-create it")
+  n, image_shape = meta.get("num_images"), meta.get("image_shape")
+  if isinstance(n, int) and image_shape:  # no array holds more values than meta.json says
+    most = {"images": n * int(np.prod(image_shape, dtype=np.int64)), "labels": n,
+            "mean": image_shape[-1], "std": image_shape[-1]}
+    for name, (shape, itemsize) in shapes.items():
+      count = int(np.prod(shape, dtype=np.int64))
+      if name in most and (count > most[name] or itemsize > 8):
+        raise ValueError(f"{where} holds {name} of shape {shape} ({itemsize}-byte values), more "
+                         f"than meta.json's {n} images of shape {tuple(image_shape)} allow; the "
+                         "artifact was altered: re-create it")
+  _check_memory(2 * total, where, "unpacks to twice")  # the arrays and the checks of them
 
 
 def _arrays_problem(images, labels, mean, std) -> tuple[str, str] | None:
@@ -289,7 +326,8 @@ META = schema.obj(optional={
                                     "ratio": schema.opt(schema.NUM),
                                     "severity": schema.opt(schema.INT), "seed": schema.INT}),
     "config": schema.map_of(schema.ANY), "method": schema.STR, "ipc": schema.INT,
-    "eval_protocol": schema.opt(schema.STR), "class_names": schema.list_of(schema.STR)})
+    "eval_protocol": schema.opt(schema.STR), "class_names": schema.list_of(schema.STR),
+    "num_images": schema.INT, "image_shape": schema.list_of(schema.INT)})
 
 
 def load(path: str, *, verify: Verifier | None = None,
@@ -336,6 +374,8 @@ def load(path: str, *, verify: Verifier | None = None,
   contents = {}
   for name in _FILES:
     file = os.path.join(path, name)
+    if name == "arrays.npz" and os.path.isfile(file):  # read whole: it must fit first
+      _check_memory(os.path.getsize(file), file, "is")
     contents[name] = _read(file, MAX_ARTIFACT_BYTES if name == "arrays.npz" else
                            _io.MAX_JSON_BYTES)
     digest = hashlib.sha256(contents[name]).hexdigest()

@@ -316,3 +316,120 @@ def test_a_replace_that_fails_puts_the_old_synset_back(tmp_path, monkeypatch):
   monkeypatch.setattr(os, "replace", real_replace)
   assert os.listdir(tmp_path) == ["syn"]  # no .old-* nor .tmp-* left
   assert synset.load(target)[1]["ipc"] == 1
+
+
+def _artifact(path, members: dict, meta: dict, *, method=None) -> None:
+  """A SynSet folder of raw .npz ``members`` (name -> bytes, or a callable writing to the
+  member) and ``meta``, its manifest's checksums agreeing: as a forger would make one."""
+  import hashlib
+  import zipfile
+  os.makedirs(path)
+  with zipfile.ZipFile(os.path.join(path, "arrays.npz"), "w",
+                       method or zipfile.ZIP_DEFLATED) as z:
+    for name, blob in members.items():
+      with z.open(name + ".npy", "w", force_zip64=True) as f:
+        blob(f) if callable(blob) else f.write(blob)
+  with open(os.path.join(path, "meta.json"), "w") as f:
+    json.dump(meta, f)
+  digest = lambda n: hashlib.sha256(open(os.path.join(path, n), "rb").read()).hexdigest()  # noqa: E731
+  with open(os.path.join(path, "manifest.json"), "w") as f:
+    json.dump({"files": {n: digest(n) for n in ("arrays.npz", "meta.json")}}, f)
+
+
+def _zeros_of(header: bytes, nbytes: int):
+  def write(f):
+    f.write(header)
+    chunk = bytes(2**22)
+    for start in range(0, nbytes, len(chunk)):
+      f.write(chunk[:min(len(chunk), nbytes - start)])
+  return write
+
+
+def _bomb(path, n: int, meta_n: int | None = None) -> int:
+  """A SynSet of ``n`` zero images of 4x4x3 (deflated to almost nothing) whose meta.json says
+  ``meta_n`` (default: agrees). Returns the bytes it unpacks to."""
+  header = _npy(np.zeros((0, 4, 4, 3), np.float32), shape=(n, 4, 4, 3))
+  m = n if meta_n is None else meta_n
+  _artifact(path, {"images": _zeros_of(header, n * 192), "labels": _npy(np.zeros(n, np.int32)),
+                   "mean": _npy(np.zeros(3, np.float32)), "std": _npy(np.ones(3, np.float32))},
+            {"ipc": m // 2, "class_names": ["a", "b"], "num_images": m,
+             "image_shape": [4, 4, 3]})
+  return n * 196 + 24
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc")
+def test_a_zip_bomb_its_meta_agrees_with_is_refused_by_what_the_process_can_hold(tmp_path):
+  # 3.2 million zero images (600 MiB unpacked, under a MiB packed) whose meta.json agrees:
+  # loaded in a process whose address space has 300 MiB left, it is one refusal line, not a
+  # MemoryError (nor, under a container's cap, a kill)
+  import subprocess
+  import sys
+  path = str(tmp_path / "bomb")
+  unpacked = _bomb(path, 2 * 1_600_000)
+  assert os.path.getsize(os.path.join(path, "arrays.npz")) < unpacked // 300
+  script = (
+      "import resource, sys\n"
+      "from jaxdd import synset\n"
+      "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+      "resource.setrlimit(resource.RLIMIT_AS, (size + 300 * 2**20, resource.RLIM_INFINITY))\n"
+      "try:\n"
+      "  synset.load(sys.argv[1])\n"
+      "except ValueError as e:\n"
+      "  print(e); sys.exit(3)\n")
+  done = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 3, done.stderr[-2000:]
+  line = done.stdout.strip()
+  assert "\n" not in line and "more than this machine can hold now" in line, line
+  assert "load it where more memory is free" in line
+  # where the memory is there, the same artifact loads (its refusal was the machine's)
+  from jaxdd._src import memory
+  if (memory.available_bytes() or 0) > 4 * unpacked:
+    assert synset.load(path)[0].images.shape == (3_200_000, 4, 4, 3)
+
+
+def test_an_archive_bigger_than_its_meta_or_packed_oddly_is_refused_before_unpacking(tmp_path):
+  # meta.json's num_images x image_shape bound every array (without ipc or class names too)
+  path = str(tmp_path / "more")
+  header = _npy(np.zeros((0, 4, 4, 3), np.float32), shape=(40_000, 4, 4, 3))
+  _artifact(path, {"images": _zeros_of(header, 40_000 * 192),
+                   "labels": _npy(np.zeros(40_000, np.int32)),
+                   "mean": _npy(np.zeros(3, np.float32)), "std": _npy(np.ones(3, np.float32))},
+            {"num_images": 4, "image_shape": [4, 4, 3]})
+  with pytest.raises(ValueError, match=r"holds images of shape \(40000, 4, 4, 3\).*more than "
+                                       r"meta.json's 4 images of shape \(4, 4, 3\) allow"):
+    synset.load(path)
+  # a method whose decoder runs unbounded (bzip2) is not unpacked at all
+  import zipfile
+  odd = str(tmp_path / "bz")
+  _artifact(odd, {"images": _npy(np.zeros((2, 4, 4, 3), np.float32)),
+                  "labels": _npy(np.zeros(2, np.int32)), "mean": _npy(np.zeros(3, np.float32)),
+                  "std": _npy(np.ones(3, np.float32))}, {}, method=zipfile.ZIP_BZIP2)
+  with pytest.raises(ValueError, match="packed by a method jaxdd does not unpack"):
+    synset.load(odd)
+
+
+def test_a_central_directory_that_understates_a_member_stops_the_unpacking(tmp_path):
+  # the directory says 768 bytes of images (and so does the .npy header) while the member
+  # inflates to 40 MB: unpacking stops at the 768 bytes said, and the CRC refuses the member
+  import hashlib
+  import struct
+  path = str(tmp_path / "liar")
+  header = _npy(np.zeros((0, 4, 4, 3), np.float32), shape=(4, 4, 4, 3))
+  big = 40 * 2**20
+  _artifact(path, {"images": _zeros_of(header, big), "labels": _npy(np.zeros(4, np.int32)),
+                   "mean": _npy(np.zeros(3, np.float32)), "std": _npy(np.ones(3, np.float32))},
+            {"ipc": 2, "class_names": ["a", "b"]})
+  npz = os.path.join(path, "arrays.npz")
+  blob = bytearray(open(npz, "rb").read())
+  entry = blob.index(b"PK\x01\x02")  # the first central-directory entry: images.npy
+  assert struct.unpack_from("<I", blob, entry + 24)[0] == len(header) + big  # as written
+  struct.pack_into("<I", blob, entry + 24, len(header) + 4 * 192)
+  with open(npz, "wb") as f:
+    f.write(blob)
+  manifest = json.load(open(os.path.join(path, "manifest.json")))
+  manifest["files"]["arrays.npz"] = hashlib.sha256(bytes(blob)).hexdigest()
+  json.dump(manifest, open(os.path.join(path, "manifest.json"), "w"))
+  with pytest.raises(ValueError, match="not a readable .npz.*CRC") as e:
+    synset.load(path)
+  assert "\n" not in str(e.value)

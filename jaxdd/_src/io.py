@@ -99,8 +99,15 @@ def read_bounded(path: PathLike, limit: int, *, fix: str) -> bytes:
     if st.st_size > limit:
       raise NotAFileError(f"{path} is {st.st_size} bytes, more than the {limit} such a file "
                           f"may hold; {fix}")
-    with os.fdopen(os.dup(fd), "rb") as f:
-      data = f.read(limit + 1)
+    with os.fdopen(os.dup(fd), "rb") as f:  # in pieces: f.read(n) reserves n bytes at once
+      parts, left = [], limit + 1
+      while left > 0:
+        part = f.read(min(left, 2**24))
+        if not part:
+          break
+        parts.append(part)
+        left -= len(part)
+      data = b"".join(parts)
   finally:
     os.close(fd)
   if len(data) > limit:
