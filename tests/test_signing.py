@@ -220,3 +220,24 @@ def test_cli_keys_sign_verify_and_evaluate_refusal(tmp_path, capsys):
   assert "changed after signing" in capsys.readouterr().err
   assert cli.main(["verify", str(work), "--quiet"]) == 2  # verify needs an anchor
   assert "needs a trust anchor" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o666, 0o640, 0o604, 0o620])
+def test_a_private_key_others_may_read_or_write_is_refused_naming_chmod(tmp_path, capsys, mode):
+  stem = str(tmp_path / "me")
+  assert cli.main(["keys", "new", stem, "--quiet"]) == 0
+  key = stem + ".key"
+  assert os.stat(key).st_mode & 0o777 == 0o600  # as keys new writes it
+  work = tmp_path / "work"
+  syn = _save(work / "synset")
+  os.chmod(key, mode)
+  capsys.readouterr()
+  assert cli.main(["sign", str(work), "--key", key, "--quiet"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and f"run `chmod 600 {key}`" in err[0] and f"{mode:04o}" in err[0], err
+  assert not os.path.exists(os.path.join(syn, signing.SIGNATURE_FILE))
+  with pytest.raises(ValueError, match="others may read or write"):
+    signing.load_private_key(key)
+  os.chmod(key, 0o600)  # the fix it names
+  assert cli.main(["sign", str(work), "--key", key, "--quiet"]) == 0
+  assert os.path.exists(os.path.join(syn, signing.SIGNATURE_FILE))

@@ -36,6 +36,7 @@ import dataclasses
 import glob
 import hashlib
 import os
+import shlex
 from typing import Iterable, Sequence
 
 from jaxdd import synset as synset_lib
@@ -142,10 +143,21 @@ def new_keys(path_stem: str, *, passphrase: bytes | None = None) -> tuple[str, s
 
 
 def load_private_key(path: str, *, passphrase: bytes | None = None):
-  """Reads an ed25519 private key written by :func:`new_keys` (clear errors otherwise)."""
+  """Reads an ed25519 private key written by :func:`new_keys` (clear errors otherwise).
+
+  As ssh does, a key file that others may read or write (any group or other permission, e.g.
+  mode 0644 or 0666) is refused, naming ``chmod 600 PATH``: a key others can read signs for
+  them too, one they can write is not yours.
+  """
   ed25519, serialization, _ = _crypto()
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no private key at {path}; create one with `jaxdd keys new NAME`")
+  mode = os.stat(path).st_mode & 0o777
+  if os.name == "posix" and mode & 0o077:
+    raise ValueError(f"{path} is a private key that others may read or write (mode "
+                     f"{mode:04o}); refusing it: "
+                     f"run `chmod 600 {shlex.quote(path)}` and sign again (if others could "
+                     "copy it, make a new key with `jaxdd keys new NAME`)")
   data = _io.read_bounded(path, _KEY_BYTES, fix="pass the .key file written by `jaxdd keys new`")
   try:
     key = serialization.load_pem_private_key(data, password=passphrase)
