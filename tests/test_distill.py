@@ -521,7 +521,7 @@ def test_the_start_of_the_synthetic_set_is_syn_init_and_init_is_its_deprecated_s
     old = distill.dm(init="noise", augment=None, **kw)
   a, b = new.init(jax.random.key(0), real), old.init(jax.random.key(0), real)
   np.testing.assert_array_equal(a.syn.images, b.syn.images)
-  with pytest.raises(TypeError, match="give syn_init= only"):
+  with pytest.raises(ValueError, match="give syn_init= only"):
     distill.dm(syn_init="noise", init="weighted", augment=None, **kw)
   for f in (distill.dm, distill.gm, distill.dsa, distill.dc, distill.mtt, distill.cfm):
     params = inspect.signature(f).parameters
@@ -532,3 +532,77 @@ def test_the_start_of_the_synthetic_set_is_syn_init_and_init_is_its_deprecated_s
     distill.dc(syn_init="real", outer_loop=1, inner_loop=1, **kw)
   with pytest.warns(DeprecationWarning, match=r"dc\(init"):
     distill.dc(init="real", outer_loop=1, inner_loop=1, **kw)
+
+
+@pytest.mark.parametrize("factory,extra", [
+    ("dm", {}), ("gm", {}), ("dsa", {}), ("dc", {}), ("mtt", {"num_epochs": 30}),
+    ("cfm", {"iterations": 2})])
+def test_syn_init_and_its_deprecated_spelling_together_are_refused(factory, extra):
+  # whatever the values, the default's included: init= had silently won over syn_init="real"
+  import warnings
+  f = getattr(distill, factory)
+  kw = dict(num_classes=2, ipc=1, **extra)
+  for syn_init, init in (("real", "noise"), ("noise", "noise"), ("weighted", "real")):
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")  # refused before the deprecation is even told
+      with pytest.raises(ValueError, match=rf"{factory}\(\) got syn_init={syn_init!r} and "
+                                           rf"init={init!r}; give syn_init= only") as e:
+        f(syn_init=syn_init, init=init, **kw)
+    assert "\n" not in str(e.value)
+  with pytest.warns(DeprecationWarning):  # init= alone still works, for one release
+    f(init="noise", **kw)
+
+
+def test_hparams_set_by_hand_as_python_numbers_do_not_retrace_the_step():
+  # state._replace(hparams={..., "lr": 5.0}) puts a weakly typed Python float where init put
+  # a float32 array; the distiller's compiled step takes it as that array: one trace
+  x, y = _toy()
+  real = distill.real_data(x, y, num_classes=3)
+  raw = _distiller(execution=distill.Execution(jit=False))
+  chex.clear_trace_counter()
+  step = distill.Execution().compile_step(("by-hand",), chex.assert_max_traces(raw.step, n=1))
+  state = raw.init(jax.random.key(0), real)
+  state, _ = step(state, real)
+  by_hand = state._replace(hparams={**state.hparams, "lr": 5.0})
+  ref = distill.with_hparams(state, lr=5.0)  # the documented way, for comparison
+  assert isinstance(by_hand.hparams["lr"], float)
+  a, _ = step(by_hand, real)
+  b, _ = step(ref, real)
+  np.testing.assert_array_equal(a.syn.images, b.syn.images)
+  assert float(a.hparams["lr"]) == 5.0 and a.hparams["lr"].dtype == jnp.float32
+  # the learning rate took effect: not the step of the old one
+  c, _ = step(state, real)
+  assert not np.array_equal(np.asarray(a.syn.images), np.asarray(c.syn.images))
+  # the default distiller's own step (compiled) takes it the same way
+  d = _distiller()
+  s0 = d.init(jax.random.key(0), real)
+  np.testing.assert_array_equal(
+      d.step(s0._replace(hparams={**s0.hparams, "lr": 5.0}), real)[0].syn.images,
+      d.step(distill.with_hparams(s0, lr=5.0), real)[0].syn.images)
+
+
+@pytest.mark.parametrize("impl", [None, "threefry2x32", "rbg", "unsafe_rbg"])
+def test_init_takes_typed_keys_of_every_implementation(impl):
+  x, y = _toy()
+  real = distill.real_data(x, y, num_classes=3)
+  d = _distiller()
+  key = (lambda seed: jax.random.key(seed)) if impl is None else (
+      lambda seed: jax.random.key(seed, impl=impl))
+  a, b, c = d.init(key(0), real), d.init(key(0), real), d.init(key(1), real)
+  # the state keeps raw key data of JAX's default implementation, whatever it was given
+  assert a.key.shape == jax.random.key_data(jax.random.key(0)).shape
+  np.testing.assert_array_equal(a.syn.images, b.syn.images)  # the same key, the same start
+  assert not np.array_equal(np.asarray(a.key), np.asarray(c.key))
+  for _ in range(2):
+    a, m = d.step(a, real)
+  assert np.isfinite(float(m["loss"])) and int(a.step) == 2
+  if impl in (None, "threefry2x32"):  # the default's own keys: as given
+    np.testing.assert_array_equal(a.run_key == d.init(key(0), real).run_key, True)
+
+
+def test_raw_key_data_of_another_implementation_is_refused_in_one_line():
+  x, y = _toy()
+  real = distill.real_data(x, y, num_classes=3)
+  rbg_data = jax.random.key_data(jax.random.key(0, impl="rbg"))
+  with pytest.raises(ValueError, match=r"raw key data of shape \(4,\).*jax.random.key\(seed\)"):
+    _distiller().init(rbg_data, real)

@@ -334,15 +334,25 @@ def real_batch(key: jax.Array, real: RealData, n: int, config: KDEConfig | None,
   return rows, mask, batch_weights(real, rows, mask, config)
 
 
-def syn_init_of(syn_init: str, init: str | None, default: str, factory: str) -> str:
+class DefaultStart(str):
+  """A factory's default ``syn_init``: equal to its string, yet told apart from the same string
+  passed by a caller, so that ``init=`` (its deprecated spelling) given beside an explicit
+  ``syn_init=`` is refused even when that equals the default."""
+
+
+#: The defaults of the factories' ``syn_init``.
+REAL, NOISE = DefaultStart("real"), DefaultStart("noise")
+
+
+def syn_init_of(syn_init: str, init: str | None, factory: str) -> str:
   """The start of the synthetic set a factory was given: ``syn_init``, or ``init``, its
   deprecated spelling (a :class:`Distiller`'s ``.init`` is its init function), with a
-  ``DeprecationWarning``; both with different values is a ``TypeError``."""
+  ``DeprecationWarning``; both given (whatever their values) is a ``ValueError``."""
   if init is None:
-    return syn_init
-  if syn_init != default and syn_init != init:
-    raise TypeError(f"{factory}() got syn_init={syn_init!r} and init={init!r}; give syn_init= "
-                    "only (init= is its deprecated spelling)")
+    return str(syn_init)
+  if not isinstance(syn_init, DefaultStart):
+    raise ValueError(f"{factory}() got syn_init={str(syn_init)!r} and init={init!r}; give "
+                     "syn_init= only (init= is its deprecated spelling)")
   warnings.warn(f"{factory}(init=...) is deprecated and will be removed in the next release; "
                 "use syn_init=... (a Distiller's .init is its init function)",
                 DeprecationWarning, stacklevel=3)
@@ -423,6 +433,46 @@ def _hparam_value(value):
       isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0):
     return jnp.asarray(value, jnp.float32)
   return value
+
+
+def hparams_as_arrays(state):
+  """``state`` (a :class:`DistillState`) with every number of its ``hparams`` a float32 array,
+  as ``init`` makes them: a Python float put there (``state._replace(hparams={..., "lr":
+  5.0})``) is weakly typed, and a compiled step given it would be traced and compiled again.
+  Arrays and tracers are left as they are; anything else passes through unchanged.
+
+  >>> import jax.numpy as jnp
+  >>> s = hparams_as_arrays(DistillState(None, None, 0, None, None, {"lr": 5.0}))
+  >>> s.hparams["lr"].dtype, s.hparams["lr"].weak_type
+  (dtype('float32'), False)
+  """
+  if not isinstance(state, DistillState) or not isinstance(state.hparams, dict):
+    return state
+  hp = {k: _hparam_value(v) if isinstance(v, (numbers.Real, np.number, np.ndarray))
+        and not isinstance(v, jax.core.Tracer) else v for k, v in state.hparams.items()}
+  return state._replace(hparams=hp)
+
+
+def default_key(key: jax.Array) -> jax.Array:
+  """``key`` as a typed key of JAX's default implementation (``jax_default_prng_impl``), the
+  one whose raw data a :class:`DistillState` keeps: a typed key of another implementation
+  (``jax.random.key(0, impl="rbg")``) becomes one by drawing its bits, the same for the same
+  key; raw key data of another shape is refused in one line.
+
+  >>> import jax
+  >>> default_key(jax.random.key(0, impl="rbg")).dtype == jax.random.key(0).dtype
+  True
+  """
+  default = jax.eval_shape(lambda: jax.random.key(0))
+  data_shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+  if jax.dtypes.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+    if jnp.result_type(key) == default.dtype:
+      return key
+    return jax.random.wrap_key_data(jax.random.bits(key, key.shape + data_shape, jnp.uint32))
+  if jnp.shape(key)[-1:] != data_shape[-1:]:
+    raise ValueError(f"init got raw key data of shape {jnp.shape(key)}, not JAX's default key "
+                     f"implementation's {data_shape}; pass a typed key, jax.random.key(seed)")
+  return _typed_key(key)
 
 
 def merge_hparams(defaults: dict, changes: dict | None) -> dict:
@@ -513,6 +563,7 @@ def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransfo
   def init_fn(key: jax.Array, real: RealData, syn: SynSet | None = None, *,
               hparams: dict | None = None) -> DistillState:
     hp = merge_hparams(defaults, hparams)
+    key = default_key(key)  # typed keys of any implementation; the state keeps the default's
     _check_counts(real.index.counts, ipc)
     if syn is not None and jnp.shape(syn.images)[0] != num_classes * ipc:
       raise ValueError(f"warm-start SynSet has {jnp.shape(syn.images)[0]} images, expected "

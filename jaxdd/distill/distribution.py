@@ -11,7 +11,8 @@ import optax
 
 from jaxdd import matching, parallel, weighting
 from jaxdd._src import winograd
-from jaxdd.distill.core import (syn_init_of, Distiller, DistillState, KDEConfig, RealData, _check_kde,
+from jaxdd.distill.core import REAL, syn_init_of
+from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
                                 _check_sampling, _state_init, all_finite, batch_weights,
                                 kde_hparams, kde_knobs, real_batch, sample_from,
                                 sample_per_class, step_key)
@@ -23,7 +24,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
        real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
        syn_tx: optax.GradientTransformation | None = None,
-       syn_init: Literal["real", "weighted", "noise"] = "real", kde_config: KDEConfig | None = None,
+       syn_init: Literal["real", "weighted", "noise"] = REAL, kde_config: KDEConfig | None = None,
        real_sampling: Literal["uniform", "weighted"] = "uniform",
        group_matching: int | None = None, batch_clusters: int | None = None,
        execution: Execution | None = None,
@@ -91,7 +92,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     ``finite`` (the loss, the gradient norm and the updated images are finite,
     :func:`jaxdd.distill.core.all_finite`).
   """
-  init = syn_init_of(syn_init, init, "real", "dm")
+  init = syn_init_of(syn_init, init, "dm")
   _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matching)
   _check_batch_clusters(batch_clusters, kde_config, group_matching)
   ex = Execution() if execution is None else execution

@@ -36,7 +36,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxdd import policy as policy_lib
 from jaxdd._src import checks
-from jaxdd.distill.core import Distiller, DistillState, RealData
+from jaxdd.distill.core import Distiller, DistillState, RealData, hparams_as_arrays
 from jaxdd.distill.steps import multi_step
 
 __all__ = ["Execution", "cell_row_groups", "cell_runs", "many_runs", "multi_step"]
@@ -175,7 +175,17 @@ class Execution:
       ``signature`` and ``execution``.
     """
     pinned = policy_lib.pinned(self.policy, step_fn)
-    step = jax.jit(pinned) if self.jit else pinned
+    if self.jit:
+      compiled = jax.jit(pinned)
+
+      def step(state, data):
+        # numbers put in the state's hparams by hand become the float32 arrays init makes,
+        # before the call: a weakly typed Python float would compile the step again
+        return compiled(hparams_as_arrays(state), data)
+
+      step.lower = lambda state, data: compiled.lower(hparams_as_arrays(state), data)
+    else:
+      step = pinned
     try:
       hash(signature)
     except TypeError:  # an unhashable setting (e.g. a custom augment object)

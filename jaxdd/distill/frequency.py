@@ -21,7 +21,8 @@ import numpy as np
 import optax
 
 from jaxdd import matching
-from jaxdd.distill.core import (syn_init_of, Distiller, DistillState, KDEConfig, RealData, _check_kde,
+from jaxdd.distill.core import REAL, syn_init_of
+from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
                                 _check_sampling, _state_init, all_finite, kde_hparams, kde_knobs,
                                 real_batch, step_key)
 from jaxdd.distill.execution import Execution
@@ -34,7 +35,7 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
         beta: float = 0.1, schedule: Literal["constant", "cos", "linear"] = "cos",
         curriculum: Literal["iterations", "slots"] = "iterations", beta_floor: float = 1e-3,
         filter: Literal["high", "low"] = "high",  # noqa: A002
-        normalize: bool = True, syn_init: Literal["real", "weighted", "noise"] = "real",
+        normalize: bool = True, syn_init: Literal["real", "weighted", "noise"] = REAL,
         kde_config: KDEConfig | None = None,
         real_sampling: Literal["uniform", "weighted"] = "uniform",
         variables: Any = None, execution: Execution | None = None,
@@ -83,7 +84,7 @@ def cfm(*, num_classes: int, ipc: int, iterations: int, model: nn.Module | None 
     (the loss, the gradient norm and the updated images are finite,
     :func:`jaxdd.distill.core.all_finite`).
   """
-  init = syn_init_of(syn_init, init, "real", "cfm")
+  init = syn_init_of(syn_init, init, "cfm")
   _check_cfm(ipc=ipc, iterations=iterations, real_per_class=real_per_class, beta=beta,
              beta_floor=beta_floor, curriculum=curriculum, schedule=schedule, filter=filter,
              init=init, kde_config=kde_config, real_sampling=real_sampling)

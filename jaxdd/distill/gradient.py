@@ -14,7 +14,8 @@ from jaxdd import augment as augment_lib
 from jaxdd import matching, parallel
 from jaxdd import train as train_lib
 from jaxdd._src import winograd
-from jaxdd.distill.core import (syn_init_of, Distiller, DistillState, KDEConfig, RealData, _check_kde,
+from jaxdd.distill.core import NOISE, REAL, syn_init_of
+from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
                                 _check_sampling, _state_init, all_finite, kde_hparams, kde_knobs,
                                 real_batch, sample_per_class, step_key)
 from jaxdd.distill.execution import Execution
@@ -56,7 +57,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        inner_loop: int | None = None, real_per_class: int = 256, lr: float = 0.1,
        momentum: float = 0.5, syn_tx: optax.GradientTransformation | None = None,
        lr_net: float = 0.01, net_batch_size: int = 256,
-       syn_init: Literal["real", "weighted", "noise"] = "real",
+       syn_init: Literal["real", "weighted", "noise"] = REAL,
        kde_config: KDEConfig | None = None,
        real_sampling: Literal["uniform", "weighted"] = "uniform",
        execution: Execution | None = None,
@@ -123,7 +124,7 @@ def gm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     round's loss and gradient norm and the updated images are finite,
     :func:`jaxdd.distill.core.all_finite`).
   """
-  init = syn_init_of(syn_init, init, "real", "gm")
+  init = syn_init_of(syn_init, init, "gm")
   if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
     raise ValueError(f"ipc must be an int >= 1, got {ipc!r}")
   if real_per_class < 1:
@@ -294,7 +295,7 @@ def dsa(*, num_classes: int, ipc: int, model: nn.Module | None = None,
         outer_loop: int | None = None, inner_loop: int | None = None,
         real_per_class: int = 256, lr: float = 0.1, momentum: float = 0.5,
         syn_tx: optax.GradientTransformation | None = None, lr_net: float = 0.01,
-        net_batch_size: int = 256, syn_init: Literal["real", "weighted", "noise"] = "real",
+        net_batch_size: int = 256, syn_init: Literal["real", "weighted", "noise"] = REAL,
         kde_config: KDEConfig | None = None,
         real_sampling: Literal["uniform", "weighted"] = "uniform",
         execution: Execution | None = None,
@@ -318,7 +319,7 @@ def dsa(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     >>> state.syn.images.shape, int(state.step)  # doctest: +SKIP
     ((4, 8, 8, 3), 1)
   """
-  init = syn_init_of(syn_init, init, "real", "dsa")
+  init = syn_init_of(syn_init, init, "dsa")
   if augment is None:
     augment = augment_lib.dsa(augment_lib.DEFAULT_STRATEGY)
   return gm(num_classes=num_classes, ipc=ipc, model=model, augment=augment,
@@ -332,7 +333,7 @@ def dc(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        outer_loop: int | None = None, inner_loop: int | None = None,
        real_per_class: int = 256, lr: float = 0.1, momentum: float = 0.5,
        syn_tx: optax.GradientTransformation | None = None, lr_net: float = 0.01,
-       net_batch_size: int = 256, syn_init: Literal["real", "weighted", "noise"] = "noise",
+       net_batch_size: int = 256, syn_init: Literal["real", "weighted", "noise"] = NOISE,
        kde_config: KDEConfig | None = None,
        real_sampling: Literal["uniform", "weighted"] = "uniform",
        execution: Execution | None = None,
@@ -343,7 +344,7 @@ def dc(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   the reference's default, noise initialisation. Every argument is :func:`gm`'s, with these
   defaults; for an augmentation use :func:`dsa`.
   """
-  init = syn_init_of(syn_init, init, "noise", "dc")
+  init = syn_init_of(syn_init, init, "dc")
   return gm(num_classes=num_classes, ipc=ipc, model=model, augment=None, net_augment=None,
             outer_loop=outer_loop, inner_loop=inner_loop, real_per_class=real_per_class,
             lr=lr, momentum=momentum, syn_tx=syn_tx, lr_net=lr_net,

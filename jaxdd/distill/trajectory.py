@@ -19,7 +19,8 @@ from jax.flatten_util import ravel_pytree
 from jaxdd import augment as augment_lib
 from jaxdd.distill import experts as experts_lib
 from jaxdd._src import checks
-from jaxdd.distill.core import (syn_init_of, Distiller, DistillState, KDEConfig, RealData, _check_kde,
+from jaxdd.distill.core import REAL, syn_init_of
+from jaxdd.distill.core import (Distiller, DistillState, KDEConfig, RealData, _check_kde,
                                 _state_init, all_finite, step_key)
 from jaxdd.distill.execution import Execution
 from jaxdd.models import ConvNet
@@ -31,7 +32,7 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
         lr_teacher: float = 0.01, momentum: float = 0.5,
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None | Literal["default"] = "default",
         mode: Literal["exact", "tesla"] = "exact",
-        syn_init: Literal["real", "weighted", "noise"] = "real",
+        syn_init: Literal["real", "weighted", "noise"] = REAL,
         kde_config: KDEConfig | None = None, execution: Execution | None = None,
         init: Literal["real", "weighted", "noise"] | None = None) -> Distiller:
   """MTT over a buffer of expert trajectories, optionally with TESLA's gradients.
@@ -82,7 +83,7 @@ def mtt(*, num_classes: int, ipc: int, num_epochs: int, model: nn.Module | None 
     ``start_epoch``, ``expert``, ``finite`` (the loss, the gradient norm, the
     updated images and ``syn_lr`` are finite, :func:`jaxdd.distill.core.all_finite`).
   """
-  init = syn_init_of(syn_init, init, "real", "mtt")
+  init = syn_init_of(syn_init, init, "mtt")
   _check_mtt(ipc=ipc, num_classes=num_classes, num_epochs=num_epochs,
              expert_epochs=expert_epochs, max_start_epoch=max_start_epoch, syn_steps=syn_steps,
              batch_syn=batch_syn, lr=lr, lr_lr=lr_lr, lr_teacher=lr_teacher, mode=mode,
