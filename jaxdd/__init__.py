@@ -7,7 +7,7 @@ module (``jaxdd.distill.dm`` is ``jaxdd.dm``).
 Example:
   >>> import jaxdd
   >>> sorted(jaxdd.PRESETS)
-  ['cpu', 'paper', 'proxy', 'smoke']
+  ['cpu', 'cpu-paper', 'paper', 'proxy', 'smoke']
 """
 from __future__ import annotations
 
