@@ -213,9 +213,16 @@ def eval_table(reference: dict, records: list[dict]) -> dict:
   return {"columns": columns, "rows": rows}
 
 
-def _provenance(args: argparse.Namespace) -> dict:
-  return dict(notes=list(args.note), date=args.date or datetime.date.today().isoformat(),
-              commit=args.commit, machine=args.machine, command=list(args.command))
+def _publish(args: argparse.Namespace, out: dict) -> int:
+  """Prints a table's rows and, with ``--out``, writes it with its provenance (atomically)."""
+  for row in out["rows"]:
+    print(" | ".join(row))
+  if args.out:
+    from jaxdd import synset
+    synset.atomic_write_json(args.out, dict(
+        out, notes=list(args.note), date=args.date or datetime.date.today().isoformat(),
+        commit=args.commit, machine=args.machine, command=list(args.command)))
+  return 0
 
 
 def eval_table_main(args: argparse.Namespace) -> int:
@@ -226,13 +233,7 @@ def eval_table_main(args: argparse.Namespace) -> int:
   except (OSError, ValueError, KeyError) as e:
     print(f"calibration: {e}", file=sys.stderr)
     return 2
-  out = eval_table(reference, records)
-  for row in out["rows"]:
-    print(" | ".join(row))
-  if args.out:
-    from jaxdd import synset
-    synset.atomic_write_json(args.out, dict(out, **_provenance(args)))
-  return 0
+  return _publish(args, eval_table(reference, records))
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -295,12 +296,7 @@ def compare_main(args: argparse.Namespace) -> int:
   except (OSError, ValueError, KeyError) as e:
     print(f"calibration: {e}", file=sys.stderr)
     return 2
-  for row in out["rows"]:
-    print(" | ".join(row))
-  if args.out:
-    from jaxdd import synset
-    synset.atomic_write_json(args.out, dict(out, **_provenance(args)))
-  return 0
+  return _publish(args, out)
 
 
 def table_main(args: argparse.Namespace) -> int:
@@ -315,13 +311,7 @@ def table_main(args: argparse.Namespace) -> int:
   except (OSError, ValueError, KeyError) as e:
     print(f"calibration: {e}", file=sys.stderr)
     return 2
-  out = grid_table(reference, points)
-  for row in out["rows"]:
-    print(" | ".join(row))
-  if args.out:
-    from jaxdd import synset
-    synset.atomic_write_json(args.out, dict(out, **_provenance(args)))
-  return 0
+  return _publish(args, grid_table(reference, points))
 
 
 def main(argv=None) -> int:

@@ -206,7 +206,13 @@ def run_script(main_fn: Callable[[], int]) -> None:
   finally:
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
-  if rc in (130, 143):
+  _exit(rc, at_once=rc in (130, 143))
+
+
+def _exit(rc: int, *, at_once: bool) -> None:
+  """Ends the process with ``rc``; ``at_once``: with ``os._exit`` once the output is flushed
+  (XLA's worker threads are not torn down half-way by the interpreter's shutdown)."""
+  if at_once:
     for stream in (sys.stdout, sys.stderr):
       try:
         stream.flush()
@@ -230,11 +236,4 @@ def entry() -> None:
   except KeyboardInterrupt:  # before the command began (parsing, set-up): nothing was done
     print(INTERRUPTED_STARTING, file=sys.stderr)
     rc = 130
-  if rc in (130, 143) or runtime.stranded():
-    for stream in (sys.stdout, sys.stderr):
-      try:
-        stream.flush()
-      except (OSError, ValueError):
-        pass
-    os._exit(rc)
-  sys.exit(rc)
+  _exit(rc, at_once=rc in (130, 143) or runtime.stranded())

@@ -25,7 +25,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxdd import parallel, weighting
-from jaxdd._src import checks
+from jaxdd._src import checks, rng
 from jaxdd.structs import SynSet
 
 class ClassIndex(NamedTuple):
@@ -453,28 +453,6 @@ def hparams_as_arrays(state):
   return state._replace(hparams=hp)
 
 
-def default_key(key: jax.Array) -> jax.Array:
-  """``key`` as a typed key of JAX's default implementation (``jax_default_prng_impl``), the
-  one whose raw data a :class:`DistillState` keeps: a typed key of another implementation
-  (``jax.random.key(0, impl="rbg")``) becomes one by drawing its bits, the same for the same
-  key; raw key data of another shape is refused in one line.
-
-  >>> import jax
-  >>> default_key(jax.random.key(0, impl="rbg")).dtype == jax.random.key(0).dtype
-  True
-  """
-  default = jax.eval_shape(lambda: jax.random.key(0))
-  data_shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
-  if jax.dtypes.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
-    if jnp.result_type(key) == default.dtype:
-      return key
-    return jax.random.wrap_key_data(jax.random.bits(key, key.shape + data_shape, jnp.uint32))
-  if jnp.shape(key)[-1:] != data_shape[-1:]:
-    raise ValueError(f"init got raw key data of shape {jnp.shape(key)}, not JAX's default key "
-                     f"implementation's {data_shape}; pass a typed key, jax.random.key(seed)")
-  return _typed_key(key)
-
-
 def merge_hparams(defaults: dict, changes: dict | None) -> dict:
   """``defaults`` with ``changes`` applied; a name ``defaults`` lacks is refused."""
   changes = {} if changes is None else dict(changes)
@@ -563,7 +541,7 @@ def _state_init(num_classes: int, ipc: int, init: str, tx: optax.GradientTransfo
   def init_fn(key: jax.Array, real: RealData, syn: SynSet | None = None, *,
               hparams: dict | None = None) -> DistillState:
     hp = merge_hparams(defaults, hparams)
-    key = default_key(key)  # typed keys of any implementation; the state keeps the default's
+    key = rng.default_key(key)  # typed keys of any implementation; the state keeps the default's
     _check_counts(real.index.counts, ipc)
     if syn is not None and jnp.shape(syn.images)[0] != num_classes * ipc:
       raise ValueError(f"warm-start SynSet has {jnp.shape(syn.images)[0]} images, expected "
