@@ -46,6 +46,10 @@ def cmd_distill(args) -> int:
   cfg = flags.resolve(args)
   if cfg is None:
     return 0
+  if cfg.weighting == "auto" and args.coordinator is not None:
+    raise ValueError("--weighting auto chooses on one process: run the same command without "
+                     "--coordinator first (it prints the chosen --weighting), then give that "
+                     "weighting to the multi-process run")
   workdir = args.workdir if args.coordinator is None else runtime.join_processes(
       args.workdir, args.coordinator, args.num_processes, args.process_id,
       args.coordinator_timeout)

@@ -386,11 +386,13 @@ class WeightingConfig(Part):
   'fairdd_pseudo' is FairDD without bias labels: its groups are ``fairdd_clusters`` k-means
   clusters of each class in the surrogate's embedding (DM only); 'fairdd_batch' is FairDD
   without bias labels as its appendix M describes it: each sampled real batch is clustered
-  with DBSCAN in the features the step matches, at most ``fairdd_clusters`` clusters (DM only).
-  ``kde_floor`` raises each class's whole-class densities to at least this quantile (0: none)."""
+  with DBSCAN in the features the step matches, at most ``fairdd_clusters`` clusters (DM only);
+  'auto' is the label-free weighting chosen on validation data before the run distils
+  (:mod:`jaxdd.runs.auto`). ``kde_floor`` raises each class's whole-class densities to at
+  least this quantile (0: none)."""
   TITLE: ClassVar[str] = "weighting"
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
-      "weighting": ("none", "kde", "oracle", "fairdd", "fairdd_pseudo", "fairdd_batch"),
+      "weighting": ("none", "kde", "oracle", "fairdd", "fairdd_pseudo", "fairdd_batch", "auto"),
       "kde_normalize": KDE_NORMALIZE, "kde_scope": KDE_SCOPES}
   weighting: str = "kde"
   kde_variance: float = 0.01

@@ -257,6 +257,10 @@ def validate(config: RunConfig) -> None:
       c.init, c.real_sampling):
     raise ValueError("init='weighted' and real_sampling='weighted' draw real images in proportion "
                      "to their weights; use them with --weighting kde or oracle")
+  if c.weighting == "auto" and ("weighted" in (c.init, c.real_sampling) or c.kde_floor):
+    raise ValueError("--weighting auto chooses where the synthetic images start, how real batches "
+                     "are drawn and the density floor among its candidates; leave --init, "
+                     "--real-sampling and --kde-floor at their defaults")
   if (c.weighting == "kde" and c.kde_scope == "batch" and c.real_sampling == "uniform"
       and c.real_per_class < 2):
     raise ValueError(f"KDE scope 'batch' estimates densities inside each real batch, which needs "

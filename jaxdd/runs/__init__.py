@@ -33,7 +33,9 @@ Which module holds what:
 * :mod:`~jaxdd.runs.checkpoints`, :mod:`~jaxdd.runs.metrics_log`: orbax checkpoints and
   ``metrics.jsonl``;
 * :mod:`~jaxdd.runs.driver`: the distillation loop (chunks, checkpoints, Ctrl-C);
-* :mod:`~jaxdd.runs.single`: one run (:func:`distill_stage`, :func:`run`);
+* :mod:`~jaxdd.runs.single`: one run (:func:`distill_stage`, :func:`jaxdd.runs.single.run`);
+  :mod:`~jaxdd.runs.auto`: ``--weighting auto``, the label-free weighting chosen on validation
+  data once per dataset, and :func:`run` (a run with that weighting resolved first);
 * :mod:`~jaxdd.runs.group`: runs that differ in hyperparameters, in one program;
 * :mod:`~jaxdd.runs.cell`: a results-table cell's DM rows x seeds, in one program;
 * :mod:`~jaxdd.runs.comparison`: :func:`reproduce`, vanilla vs KDE side by side;
@@ -84,7 +86,8 @@ from jaxdd.runs.metrics_log import MetricsLog
 from jaxdd.runs.rundata import RunData, check_models, num_bias_values
 from jaxdd.runs.rundir import locked, under_policy, workdir_lock
 from jaxdd.runs.selection import criterion_noise, format_selection, select, tune
-from jaxdd.runs.single import distill_stage, run
+from jaxdd.runs.auto import run
+from jaxdd.runs.single import distill_stage
 from jaxdd.runs.study_runs import bias_score_cached, distil_groups, evaluate_cached, run_dir
 from jaxdd.runs.surrogate_stage import surrogate_artifact, surrogate_embeddings
 from jaxdd.runs.tables import (

@@ -17,7 +17,7 @@ from jaxdd.config.run import BUILTIN_DATA_FIELDS, OWN_FIELDS
 from jaxdd.metrics import METRICS
 from jaxdd.runs.knobs import settings_from_selection
 
-__all__ = ["FileFormatError", "read_baselines", "read_bias_score", "read_buffer_record",
+__all__ = ["FileFormatError", "read_auto_choice", "read_baselines", "read_bias_score", "read_buffer_record",
            "read_comparison", "read_cross_arch", "read_eval", "read_eval_cache", "read_run_config", "read_selection", "read_table",
            "read_weights", "run_setting", "SETTING_FIELDS"]
 
@@ -48,6 +48,10 @@ WEIGHTS_JSON = obj(optional={
     "groups": list_of(obj({"min_share": NUM, "max_share": NUM, "balanced_share": NUM})),
     "bias_trajectory": list_of(obj({"step": INT, "bias_aligned_fraction": NUM}))})
 BUFFER_JSON = obj({"digest": STR})
+AUTO_CHOICE_JSON = obj({"version": INT, "chosen": STR, "overrides": map_of(ANY), "judged": schema.BOOL,
+                        "reason": STR}, optional={k: ANY for k in (
+                            "candidates", "left_out", "usable", "seeds", "criterion", "decision",
+                            "valid_conflicting_per_seed", "can_judge", "cannot_judge", "fix")})
 _SCALAR = schema.Spec("a string or a number",
                       lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool))
 SELECTION_JSON = obj({"chosen": map_of(map_of(_SCALAR))})
@@ -96,6 +100,14 @@ def read_buffer_record(path: str) -> dict:
   return schema.read_json(path, BUFFER_JSON, working=True,
                           fix=f"delete {os.path.dirname(path) or '.'} and rerun the same command "
                               "to distil that run again")
+
+
+def read_auto_choice(path: str) -> dict | None:
+  """``--weighting auto``'s stored decision (``choice.json`` in the cache), None when there is
+  none."""
+  return schema.read_json(path, AUTO_CHOICE_JSON, working=True, default=None,
+                          fix=f"delete {os.path.dirname(path) or '.'} and rerun the same command "
+                              "to choose again")
 
 
 def read_eval_cache(path: str) -> dict | None:

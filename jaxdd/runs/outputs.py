@@ -45,6 +45,7 @@ RUN_NAMES = artifacts.RUN_FILES + ("comparison.md", "metrics.jsonl", ".lock",
 #: What a run writes or replaces in its folder after its ``config.json``
 #: (:func:`check_run_folder`).
 RUN_WRITES = ("synset", "checkpoints", "metrics.jsonl", "eval.json", "weights.json", "buffer.json",
+              "auto.json",
               "bias_score.json", "eval-*.json", "paper-eval.json", "paper-timing.json",
               "plots/synset.png", "plots/weights.png", "tensorboard")
 #: The most bytes read of an existing output to tell whether the command wrote it.

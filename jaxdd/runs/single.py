@@ -28,6 +28,13 @@ from jaxdd.runs import (
 from jaxdd.structs import SynSet
 
 
+def _check_resolved(config: RunConfig) -> None:
+  if config.weighting == "auto":
+    raise ValueError("weighting 'auto' is chosen on validation data before a run distils: call "
+                     "jaxdd.runs.run (as the jaxdd command does), or jaxdd.runs.auto.resolve and "
+                     "pass the config it returns")
+
+
 @rundir.under_policy
 def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData | None = None,
                   progress: bool = True, stop_after: int | None = None,
@@ -46,6 +53,7 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
   checkpointed (:class:`jaxdd.runs.driver.Interrupted`).
   """
   validate(config)
+  _check_resolved(config)
   rundir.check_workdir(config, workdir, distill_only=True)
   syn_dir = os.path.join(workdir, "synset")
   if not os.path.islink(syn_dir) and os.path.exists(os.path.join(syn_dir, "manifest.json")):
@@ -145,6 +153,7 @@ def run(config: RunConfig, workdir: str, *, progress: bool = True,
   """
   show = progress if show is None else show
   validate(config)
+  _check_resolved(config)
   rundir.check_workdir(config, workdir)
   stored = None if reevaluate else rundir.stored_eval(config, workdir)
   if stored is not None and not reevaluate and stop_after is None:
