@@ -357,6 +357,7 @@ def _bomb(path, n: int, meta_n: int | None = None) -> int:
   return n * 196 + 24
 
 
+@pytest.mark.slow  # 600 MiB unpacked; the fast suite refuses an archive that exceeds its meta
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc")
 def test_a_zip_bomb_its_meta_agrees_with_is_refused_by_what_the_process_can_hold(tmp_path):
   # 3.2 million zero images (600 MiB unpacked, under a MiB packed) whose meta.json agrees:

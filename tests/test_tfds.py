@@ -189,6 +189,7 @@ def test_prepare_registered_config_default_source(tmp_path, ratio):
   assert data.prepare_tfds("cmnist", conflict_ratio=ratio, data_dir=tmp_path / "tfds") == ref
 
 
+@pytest.mark.slow  # the same registered-config path as the README's command above, via the CLI
 def test_cli_data_tfds_registered_config(tmp_path, capsys):
   from jaxdd import cli
   rc = cli.main(["data", "cmnist", "--conflict-ratio", "0.01", "--tfds-dir", str(tmp_path / "d")])
