@@ -21,6 +21,7 @@ from jaxdd.config import (
 )
 from jaxdd.config import run as run_module
 from jaxdd.runs import checks
+from jaxdd.weighting import batch_clusters as weighting_batch_clusters
 from jaxdd.weighting import kde as weighting_kde
 
 # (digest, distill_digest) of every preset x method x weighting the config accepts, computed
@@ -135,6 +136,16 @@ DIGESTS.update({
 })
 REFUSED += tuple(f"cpu-paper/{m}/{w}" for m in ("dsa", "dc", "mtt", "cfm")
                  for w in ("fairdd", "fairdd_pseudo", "fairdd_batch"))
+# FairDD with DBSCAN groups of whole classes (added later still).
+DIGESTS.update({
+    "cpu/dm/fairdd_dbscan": ("d4c7bd3d5107f2a1", "359d03b749a36a53"),
+    "cpu-paper/dm/fairdd_dbscan": ("26200e7660fa46ff", "212d204d5be017f5"),
+    "paper/dm/fairdd_dbscan": ("7cb5621d051ce04a", "cf61fd2a910d3906"),
+    "proxy/dm/fairdd_dbscan": ("d814f5dd0ca9ef1b", "18dc363a83cf68c2"),
+    "smoke/dm/fairdd_dbscan": ("014ea370c0ea5241", "1590277741772993"),
+})
+REFUSED += tuple(f"{p}/{m}/fairdd_dbscan" for p in ("cpu", "cpu-paper", "paper", "proxy", "smoke")
+                 for m in ("dsa", "dc", "mtt", "cfm"))
 
 
 def _combinations():
@@ -162,6 +173,7 @@ def test_the_literal_choices_equal_the_librarys_registries():
   assert parts.REAL_SAMPLING == distill.REAL_SAMPLING
   assert parts.GM_LOOP_IPCS == tuple(sorted(distill.GM_LOOPS))
   assert parts.KDE_NORMALIZE == weighting_kde._NORMALIZE and parts.KDE_SCOPES == weighting_kde.SCOPES
+  assert parts.FAIRDD_EPS == weighting_batch_clusters.EPS_RULES
   assert CHOICES["eval_protocol"] == tuple(protocols.PROTOCOLS)
   assert CHOICES["surrogate_preset"] == tuple(presets.SURROGATE)
   for name in CHOICES["surrogate_preset"]:

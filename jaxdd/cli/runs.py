@@ -13,7 +13,7 @@ from jaxdd.runs import artifacts, files
 
 #: RunConfig fields that ``jaxdd baselines`` does not use (it neither distils nor weighs).
 BASELINES_IGNORE = ("weighting", "kde_variance", "kde_temperature", "kde_normalize", "kde_scope",
-                    "kde_floor", "fairdd_clusters",
+                    "kde_floor", "fairdd_clusters", "fairdd_eps",
                     "iterations", "real_per_class", "lr_img", "momentum", "lr_net", "outer_loop",
                     "inner_loop", "init", "real_sampling", "dsa_strategy", "width", "depth",
                     "method", "log_every", "checkpoint_every")

@@ -28,7 +28,7 @@ from jaxdd._src import checks
 
 __all__ = ["CFMConfig", "DataConfig", "OwnDataConfig", "OWN_DATA_KINDS", "ALIGNED_RULES", "DistillConfig", "EvaluationConfig", "ExecutionConfig",
            "GradientMatchingConfig", "MTTConfig", "Part", "SurrogateStage", "WeightingConfig",
-           "DATASETS", "FAIRDD_CLUSTERS", "GM_LOOP_IPCS", "INITS", "KDE_NORMALIZE", "KDE_SCOPES", "REAL_SAMPLING"]
+           "DATASETS", "FAIRDD_CLUSTERS", "FAIRDD_EPS", "GM_LOOP_IPCS", "INITS", "KDE_NORMALIZE", "KDE_SCOPES", "REAL_SAMPLING"]
 
 #: Dataset -> (ratio semantics, severities, default severity) of :data:`jaxdd.data.DATASETS`.
 DATASETS: dict[str, tuple[str, tuple[int, ...], int | None]] = {
@@ -59,6 +59,9 @@ FAIRDD_CLUSTERS = 10
 #: The most pseudo-groups per class: a sampled batch holds a few hundred images of a class, and
 #: groups of one or two images carry no group statistics.
 MAX_FAIRDD_CLUSTERS = 64
+#: :data:`jaxdd.weighting.EPS_RULES`: how ``weighting='fairdd_batch'`` sets DBSCAN's radius
+#: in each batch (``fairdd_eps``).
+FAIRDD_EPS = ("median", "knee")
 
 
 #: A field's declared type -> (the values it takes, in words).
@@ -386,14 +389,19 @@ class WeightingConfig(Part):
   'fairdd_pseudo' is FairDD without bias labels: its groups are ``fairdd_clusters`` k-means
   clusters of each class in the surrogate's embedding (DM only); 'fairdd_batch' is FairDD
   without bias labels as its appendix M describes it: each sampled real batch is clustered
-  with DBSCAN in the features the step matches, at most ``fairdd_clusters`` clusters (DM only);
+  with DBSCAN in the features the step matches, at most ``fairdd_clusters`` clusters, its radius
+  by ``fairdd_eps`` ('median': the median 5-NN distance; 'knee': the knee of the batch's
+  k-distance curve) (DM only); 'fairdd_dbscan' is FairDD with the DBSCAN clusters of each WHOLE
+  class in the surrogate's embedding, each class's radius the knee of its k-distance curve, at
+  most ``fairdd_clusters`` clusters and the noise as one more group (DM only);
   'auto' is the label-free weighting chosen on validation data before the run distils
   (:mod:`jaxdd.runs.auto`). ``kde_floor`` raises each class's whole-class densities to at
   least this quantile (0: none)."""
   TITLE: ClassVar[str] = "weighting"
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
-      "weighting": ("none", "kde", "oracle", "fairdd", "fairdd_pseudo", "fairdd_batch", "auto"),
-      "kde_normalize": KDE_NORMALIZE, "kde_scope": KDE_SCOPES}
+      "weighting": ("none", "kde", "oracle", "fairdd", "fairdd_pseudo", "fairdd_batch",
+                    "fairdd_dbscan", "auto"),
+      "kde_normalize": KDE_NORMALIZE, "kde_scope": KDE_SCOPES, "fairdd_eps": FAIRDD_EPS}
   weighting: str = "kde"
   kde_variance: float = 0.01
   kde_temperature: float = 0.25
@@ -401,6 +409,7 @@ class WeightingConfig(Part):
   kde_scope: str = "batch"
   kde_floor: float = 0.0
   fairdd_clusters: int = FAIRDD_CLUSTERS
+  fairdd_eps: str = "median"
 
   def validate(self) -> None:
     self.check_choices()
@@ -423,12 +432,17 @@ class WeightingConfig(Part):
     if (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 2
         or k > MAX_FAIRDD_CLUSTERS):
       raise ValueError("fairdd_clusters (the pseudo-groups per class of --weighting "
-                       f"fairdd_pseudo and fairdd_batch) must be an integer in [2, "
+                       f"fairdd_pseudo, fairdd_batch and fairdd_dbscan) must be an integer in "
+                       f"[2, "
                        f"{MAX_FAIRDD_CLUSTERS}], e.g. {FAIRDD_CLUSTERS}; got {k!r}")
-    if k != FAIRDD_CLUSTERS and self.weighting not in ("fairdd_pseudo", "fairdd_batch"):
-      raise ValueError("--fairdd-clusters sets the pseudo-groups of --weighting fairdd_pseudo "
-                       "and fairdd_batch; "
+    if k != FAIRDD_CLUSTERS and self.weighting not in ("fairdd_pseudo", "fairdd_batch",
+                                                       "fairdd_dbscan"):
+      raise ValueError("--fairdd-clusters sets the pseudo-groups of --weighting fairdd_pseudo, "
+                       "fairdd_batch and fairdd_dbscan; "
                        f"use it with that weighting (or leave it at {FAIRDD_CLUSTERS})")
+    if self.fairdd_eps != "median" and self.weighting != "fairdd_batch":
+      raise ValueError("--fairdd-eps sets the DBSCAN radius in the batches of --weighting "
+                       "fairdd_batch; use it with that weighting (or leave it at median)")
 
 
 @dataclasses.dataclass(frozen=True)

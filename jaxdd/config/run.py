@@ -149,13 +149,14 @@ class RunConfig:
       d.pop("policy")
     d.pop("devices"), d.pop("steps_per_call")  # layout only
     for name, default in (("real_sampling", "uniform"), ("kde_floor", 0.0),
-                          ("cfm_curriculum", "iterations"), ("compute_dtype", "float32")):
+                          ("cfm_curriculum", "iterations"), ("compute_dtype", "float32"),
+                          ("fairdd_eps", "median")):
       if d[name] == default:  # the same: runs from before the field keep their digests
         d.pop(name)
     for name in OWN_FIELDS:  # None unless --data: built-in runs keep their digests
       if d[name] is None:
         d.pop(name)
-    if d["weighting"] not in ("fairdd_pseudo", "fairdd_batch"):  # only they read the field
+    if d["weighting"] not in ("fairdd_pseudo", "fairdd_batch", "fairdd_dbscan"):  # their field
       d.pop("fairdd_clusters")
     if d["method"] != "mtt":  # fields other methods ignore (and older runs never had)
       for name in MTT_FIELDS:
@@ -253,8 +254,8 @@ def validate(config: RunConfig) -> None:
     c.gm.validate(c.ipc)
   c.mtt.validate(c.method)
   c.cfm.validate(c.method)
-  if c.weighting in ("none", "fairdd", "fairdd_pseudo", "fairdd_batch") and "weighted" in (
-      c.init, c.real_sampling):
+  if c.weighting in ("none", "fairdd", "fairdd_pseudo", "fairdd_batch", "fairdd_dbscan") and (
+      "weighted" in (c.init, c.real_sampling)):
     raise ValueError("init='weighted' and real_sampling='weighted' draw real images in proportion "
                      "to their weights; use them with --weighting kde or oracle")
   if c.weighting == "auto" and ("weighted" in (c.init, c.real_sampling) or c.kde_floor):
@@ -273,7 +274,8 @@ def validate(config: RunConfig) -> None:
     _validate_mtt(c)
   if c.method == "cfm":
     _validate_cfm(c)
-  if c.weighting in ("fairdd", "fairdd_pseudo", "fairdd_batch") and c.method != "dm":
+  if c.weighting in ("fairdd", "fairdd_pseudo", "fairdd_batch", "fairdd_dbscan") and (
+      c.method != "dm"):
     raise ValueError(f"--weighting {c.weighting} (FairDD's synchronized matching) is implemented "
                      "for distribution matching only; use --method dm")
   if (c.kde_floor and c.kde_scope == "batch" and c.init != "weighted"

@@ -27,7 +27,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
        syn_init: Literal["real", "weighted", "noise"] = REAL, kde_config: KDEConfig | None = None,
        real_sampling: Literal["uniform", "weighted"] = "uniform",
        group_matching: int | None = None, batch_clusters: int | None = None,
-       execution: Execution | None = None,
+       batch_eps: Literal["median", "knee"] = "median", execution: Execution | None = None,
        init: Literal["real", "weighted", "noise"] | None = None) -> Distiller:
   """Distribution matching (Zhao & Bilen 2023), optionally KDE-reweighted (Cui et al. 2024).
 
@@ -69,11 +69,15 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     batch_clusters: None, or FairDD's synchronized matching WITHOUT bias labels
       as its appendix M describes it: inside the step, each class's sampled
       real batch is clustered with DBSCAN (:func:`jaxdd.weighting.dbscan`:
-      eps the median 5-nearest-neighbour distance, 3 samples per core point)
-      in the features the step matches (the fresh random network's, of the
-      unaugmented real images: one more forward pass of the real batch), at
-      most ``batch_clusters`` clusters, noise a group of its own; the cluster
-      ids are the groups. Excludes ``kde_config`` and ``group_matching``.
+      eps by ``batch_eps``, 3 samples per core point) in the features the
+      step matches (the fresh random network's, of the unaugmented real
+      images: one more forward pass of the real batch), at most
+      ``batch_clusters`` clusters, noise a group of its own; the cluster ids
+      are the groups. Excludes ``kde_config`` and ``group_matching``.
+    batch_eps: the DBSCAN radius rule of ``batch_clusters``, per class and
+      batch: ``"median"`` (the median 5-nearest-neighbour distance) or
+      ``"knee"`` (the knee of the batch's 2-distance curve,
+      :func:`jaxdd.weighting.knee_distance`); static, in the step's signature.
     execution: how the step runs (:class:`jaxdd.distill.Execution`): the
       layout policy, a mesh, ``real_chunk``/``syn_chunk`` (the real and
       synthetic images embedded this many at a time) and ``real_dtype`` (the
@@ -94,7 +98,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
   """
   init = syn_init_of(syn_init, init, "dm")
   _check_dm(ipc, real_per_class, init, real_sampling, kde_config, group_matching)
-  _check_batch_clusters(batch_clusters, kde_config, group_matching)
+  _check_batch_clusters(batch_clusters, kde_config, group_matching, batch_eps)
   ex = Execution() if execution is None else execution
   model = ConvNet(num_classes) if model is None else model
   _check_model(model)
@@ -119,7 +123,7 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
                                                               group_matching)
     if batch_clusters is not None:  # FairDD without labels: the batch's own clusters
       groups = weighting.batch_pseudo_groups(features(real.images[rows]), mask,
-                                             max_clusters=batch_clusters)
+                                             max_clusters=batch_clusters, eps_rule=batch_eps)
       weights, class_scale = weighting.group_balanced_weights(groups, mask, batch_clusters + 1)
     return rows, mask, weights, class_scale
 
@@ -127,9 +131,8 @@ def dm(*, num_classes: int, ipc: int, model: nn.Module | None = None,
                          ex)
   signature = ("dm", num_classes, ipc, model, augment, real_per_class, momentum, syn_tx,
                None if kde_config is None else (kde_config.normalize, kde_config.scope),
-               real_sampling, group_matching, batch_clusters, mesh, ex.class_axis, ex.batch_axis,
-               real_chunk,
-               syn_chunk, None if real_dtype is None else str(real_dtype),
+               real_sampling, group_matching, batch_clusters, batch_eps, mesh, ex.class_axis,
+               ex.batch_axis, real_chunk, syn_chunk, None if real_dtype is None else str(real_dtype),
                None if ex.syn_dtype is None else str(ex.syn_dtype), ex.policy)
   return Distiller(init_fn, ex.compile_step(signature, _dm_step(settings, batch_fn)))
 
@@ -139,6 +142,7 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
             real_per_class: int = 256, lr: float = 1.0, momentum: float = 0.5,
             kde_config: KDEConfig | None = None, num_groups: int | None = None,
             importance_sampling: bool = False, batch_clusters: int | None = None,
+            batch_eps: Literal["median", "knee"] = "median",
             execution: Execution | None = None) -> Distiller:
   """DM whose weighting is data: every DM row of a results table in one program.
 
@@ -187,6 +191,7 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       (:func:`jaxdd.distill.cell_runs`); on, every run's batch is its own.
     batch_clusters: None, or the most DBSCAN clusters per batch of the runs with
       ``batch_groups=1`` (:func:`dm`'s ``batch_clusters``).
+    batch_eps: their radius rule (:func:`dm`'s ``batch_eps``).
     execution: as :func:`dm` (one device; ``real_dtype`` and ``syn_dtype`` apply).
 
   Returns:
@@ -205,7 +210,7 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
     raise ValueError(f"num_groups must be None or an int >= 1, got {num_groups!r}")
   cfg = weighting.KDEConfig() if kde_config is None else kde_config
   tx = optax.sgd(1.0, momentum=momentum)
-  _check_batch_clusters(batch_clusters, None, None)
+  _check_batch_clusters(batch_clusters, None, None, batch_eps)
   hparams = {"lr": lr, **kde_hparams(cfg), "kde": 0.0, "groups": 0.0, "batch_groups": 0.0,
              "weighted_sampling": 0.0}
   init_fn = _state_init(num_classes, ipc, "real", tx, None, None, hparams)
@@ -234,7 +239,7 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
       weights, class_scale = jnp.where(on, w_g, weights), jnp.where(on, scale, 1.0)
     if batch_clusters is not None:
       groups = weighting.batch_pseudo_groups(features(real.images[rows]), mask,
-                                             max_clusters=batch_clusters)
+                                             max_clusters=batch_clusters, eps_rule=batch_eps)
       w_b, scale = weighting.group_balanced_weights(groups, mask, batch_clusters + 1)
       on = h["batch_groups"] > 0.5
       class_scale = jnp.ones_like(scale) if class_scale is None else class_scale
@@ -243,7 +248,7 @@ def dm_cell(*, num_classes: int, ipc: int, model: nn.Module | None = None,
 
   settings = _DMSettings(num_classes, ipc, model, augment, real_per_class, tx, True, ex)
   signature = ("dm_cell", num_classes, ipc, model, augment, real_per_class, momentum,
-               cfg.normalize, num_groups, bool(importance_sampling), batch_clusters,
+               cfg.normalize, num_groups, bool(importance_sampling), batch_clusters, batch_eps,
                ex.real_chunk, ex.syn_chunk,
                None if ex.real_dtype is None else str(ex.real_dtype),
                None if ex.syn_dtype is None else str(ex.syn_dtype), ex.policy)
@@ -313,8 +318,13 @@ def _dm_step(s: _DMSettings, batch_fn: Callable) -> Callable:
   return step_fn
 
 
-def _check_batch_clusters(batch_clusters, kde_config, group_matching) -> None:
+def _check_batch_clusters(batch_clusters, kde_config, group_matching, batch_eps) -> None:
+  if batch_eps not in weighting.EPS_RULES:
+    raise ValueError(f"batch_eps must be one of {weighting.EPS_RULES}, got {batch_eps!r}")
   if batch_clusters is None:
+    if batch_eps != "median":
+      raise ValueError("batch_eps sets the radius of batch_clusters' DBSCAN; pass "
+                       "batch_clusters= too (or leave batch_eps at 'median')")
     return
   if isinstance(batch_clusters, bool) or not isinstance(batch_clusters, int) \
       or batch_clusters < 1:

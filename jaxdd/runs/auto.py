@@ -60,7 +60,7 @@ INCUMBENT = "kde"
 SEEDS = (0, 1)
 #: Fields a candidate may set, and the run's fields that do not name the choice's data or
 #: settings (its seed, logging and layout).
-_FREE = tuple(KNOBS) + ("fairdd_clusters", "seed", "log_every", "checkpoint_every", "devices",
+_FREE = tuple(KNOBS) + ("fairdd_clusters", "fairdd_eps", "seed", "log_every", "checkpoint_every", "devices",
                         "steps_per_call", "policy")
 _VERSION = 1
 

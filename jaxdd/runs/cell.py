@@ -30,9 +30,10 @@ from jaxdd.structs import SynSet
 
 #: The RunConfig fields in which the rows of a cell may differ (with the seed across seeds).
 ROW_FIELDS = group.GROUP_KNOBS + ("weighting", "init", "real_sampling", "kde_scope",
-                                  "kde_floor", "fairdd_clusters")
+                                  "kde_floor", "fairdd_clusters", "fairdd_eps")
 #: The weightings a cell's rows may have.
-CELL_WEIGHTINGS = ("none", "kde", "oracle", "fairdd", "fairdd_pseudo", "fairdd_batch")
+CELL_WEIGHTINGS = ("none", "kde", "oracle", "fairdd", "fairdd_pseudo", "fairdd_batch",
+                   "fairdd_dbscan")
 
 
 def cell_key(config: RunConfig) -> str:
@@ -126,7 +127,7 @@ def _row_spec(config: RunConfig) -> dict:
   class_scope = (config.weighting == "oracle"
                  or (config.weighting == "kde" and config.kde_scope == "class" and not sampling))
   return {"kde": kde_batch, "class": class_scope, "sampling": sampling,
-          "groups": config.weighting in ("fairdd", "fairdd_pseudo"),
+          "groups": config.weighting in ("fairdd", "fairdd_pseudo", "fairdd_dbscan"),
           "batch_groups": config.weighting == "fairdd_batch"}
 
 
@@ -156,7 +157,9 @@ def _distiller(base: RunConfig, nc: int, sampling: list[bool], num_seeds: int, n
         augment=augment_lib.dsa(base.dsa_strategy) if base.dsa_strategy else None,
         real_per_class=base.real_per_class, lr=base.lr_img, momentum=base.momentum,
         kde_config=weighting.KDEConfig(normalize=base.kde_normalize), num_groups=num_groups,
-        importance_sampling=by_weight, batch_clusters=clusters,
+        importance_sampling=by_weight,
+        batch_clusters=None if clusters is None else clusters[0],
+        batch_eps="median" if clusters is None else clusters[1],
         execution=distiller.execution(base, nc, sharded=False))
     return distill.cell_runs(cell, num_seeds=num_seeds, num_rows=len(rows),
                              seed_fields=tuple(seed_fields), run_fields=tuple(run_fields))
@@ -208,10 +211,11 @@ def _program(configs, num_seeds: int, num_rows: int, run_data: rundata.RunData, 
                     "weighted_sampling": float(spec["sampling"])})
   num_groups = [weights.run_num_groups(c, run_data) for c in configs]
   num_groups = max((g for g in num_groups if g is not None), default=None)
-  clusters = {c.fairdd_clusters for c in configs if c.weighting == "fairdd_batch"}
+  clusters = {(c.fairdd_clusters, c.fairdd_eps) for c in configs
+              if c.weighting == "fairdd_batch"}
   if len(clusters) > 1:
-    raise ValueError("the fairdd_batch rows of a cell must share --fairdd-clusters; distil them "
-                     "row by row")
+    raise ValueError("the fairdd_batch rows of a cell must share --fairdd-clusters and "
+                     "--fairdd-eps; distil them row by row")
   seed_fields, run_fields = [], ["sample_weight"]
   real = shared._replace(sample_weight=jnp.asarray(np.stack(per_run["sample_weight"])))
   if any(e is not None for e in seed_emb):

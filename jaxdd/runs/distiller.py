@@ -45,8 +45,9 @@ def make_distiller(config: RunConfig, num_classes: int,
 
   ``real_dtype`` is DM's (:func:`jaxdd.distill.dm`); other methods refuse it.
   ``num_bias``: the number of group values, for ``weighting='fairdd'`` (the bias values)
-  and ``'fairdd_pseudo'`` (the pseudo-groups per class), DM's ``group_matching``;
-  ``'fairdd_batch'`` clusters each batch in the step (``config.fairdd_clusters`` at most). The step
+  and ``'fairdd_pseudo'`` / ``'fairdd_dbscan'`` (the pseudo-groups per class), DM's
+  ``group_matching``; ``'fairdd_batch'`` clusters each batch in the step
+  (``config.fairdd_clusters`` at most, the radius by ``config.fairdd_eps``). The step
   runs as :func:`execution` says. ``real_per_class``: the real batch per class a step
   draws, when not ``config.real_per_class`` (a run's, capped by its data:
   :func:`jaxdd.runs.rundata.real_batch`).
@@ -79,10 +80,11 @@ def make_distiller(config: RunConfig, num_classes: int,
   if config.method == "dm":
     aug = augment_lib.dsa(config.dsa_strategy) if config.dsa_strategy else None
     return distill.dm(augment=aug,
-                      group_matching=(num_bias if config.weighting in ("fairdd", "fairdd_pseudo")
-                                      else None),
+                      group_matching=(num_bias if config.weighting in (
+                          "fairdd", "fairdd_pseudo", "fairdd_dbscan") else None),
                       batch_clusters=(config.fairdd_clusters
                                       if config.weighting == "fairdd_batch" else None),
+                      batch_eps=config.fairdd_eps,
                       execution=ex, **common)
   strategy = config.dsa_strategy if config.method == "dsa" else None
   return distill.gm(augment=augment_lib.dsa(strategy) if strategy else None,

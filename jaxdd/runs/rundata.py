@@ -151,7 +151,7 @@ def check_models(config: RunConfig, run_data: RunData) -> None:
             "npz": "g_train, g_valid and g_test arrays in the file"}.get(kind, "--group-col")
     raise ValueError(f"--weighting {config.weighting} reads the training split's group labels, "
                      "and this data has none; use a label-free weighting (kde, fairdd_pseudo, "
-                     f"fairdd_batch) or give the groups ({give})")
+                     f"fairdd_batch, fairdd_dbscan) or give the groups ({give})")
 
 
 def real_batch(config: RunConfig, run_data: RunData) -> int:

@@ -2,7 +2,7 @@
 
 Which densities a run needs (:func:`run_log_density`), FairDD's groups and their number
 (:func:`run_groups`, :func:`run_num_groups`: the TRUE bias labels, or label-free
-pseudo-groups, :func:`run_pseudo_groups`), its whole-class weights (:func:`whole_class_weights`),
+pseudo-groups of whole classes, :func:`run_pseudo_groups`), its whole-class weights (:func:`whole_class_weights`),
 its per-image weights (:func:`run_weights`), what it writes to ``weights.json``
 (:func:`weight_diagnostics`) and the weights table of ``comparison.md``
 (:func:`format_weight_summary`).
@@ -55,18 +55,24 @@ def whole_class_weights(config: RunConfig, labels, log_density: np.ndarray | Non
 
 def needs_embeddings(config: RunConfig) -> bool:
   """Whether a run reads the SupCon surrogate's embeddings (KDE and label-free FairDD)."""
-  return config.weighting in ("kde", "fairdd_pseudo")
+  return config.weighting in ("kde", "fairdd_pseudo", "fairdd_dbscan")
 
 
 def run_pseudo_groups(config: RunConfig, labels, embeddings: np.ndarray | None,
                       num_classes: int) -> np.ndarray:
-  """(N,) label-free FairDD groups: ``config.fairdd_clusters`` k-means clusters of each class
-  of the surrogate's embeddings (:func:`jaxdd.weighting.pseudo_groups`), with the run's
-  :func:`jaxdd.runs.keys.pseudo_group_key`. Reads the class labels and the embeddings only,
-  never the bias labels."""
+  """(N,) label-free FairDD groups of each whole class of the surrogate's embeddings:
+  'fairdd_pseudo', ``config.fairdd_clusters`` k-means clusters
+  (:func:`jaxdd.weighting.pseudo_groups`) with the run's
+  :func:`jaxdd.runs.keys.pseudo_group_key`; 'fairdd_dbscan', the DBSCAN clusters with each
+  class's knee radius and 3 samples per core point, at most ``config.fairdd_clusters`` and the
+  noise the group ``config.fairdd_clusters`` (:func:`jaxdd.weighting.dbscan_pseudo_groups`).
+  Reads the class labels and the embeddings only, never the bias labels."""
   if embeddings is None:
-    raise ValueError("--weighting fairdd_pseudo clusters the surrogate's embeddings; none were "
-                     "computed for this run")
+    raise ValueError(f"--weighting {config.weighting} clusters the surrogate's embeddings; none "
+                     "were computed for this run")
+  if config.weighting == "fairdd_dbscan":
+    return weighting.dbscan_pseudo_groups(embeddings, labels, num_classes=num_classes,
+                                          max_clusters=config.fairdd_clusters)
   return weighting.pseudo_groups(keys.pseudo_group_key(config), embeddings, labels,
                                  num_classes=num_classes, num_clusters=config.fairdd_clusters)
 
@@ -74,21 +80,25 @@ def run_pseudo_groups(config: RunConfig, labels, embeddings: np.ndarray | None,
 def run_groups(config: RunConfig, run_data: rundata.RunData,
                embeddings: np.ndarray | None) -> np.ndarray | None:
   """(N,) groups of FairDD's synchronized matching, else None: the TRUE bias labels for
-  'fairdd', the pseudo-groups of :func:`run_pseudo_groups` for 'fairdd_pseudo'."""
+  'fairdd', the pseudo-groups of :func:`run_pseudo_groups` for 'fairdd_pseudo' and
+  'fairdd_dbscan'."""
   if config.weighting == "fairdd":
     return np.asarray(run_data.train.bias)
-  if config.weighting == "fairdd_pseudo":
+  if config.weighting in ("fairdd_pseudo", "fairdd_dbscan"):
     return run_pseudo_groups(config, run_data.train.labels, embeddings, run_data.num_classes)
   return None
 
 
 def run_num_groups(config: RunConfig, run_data: rundata.RunData) -> int | None:
   """The number of group values of :func:`run_groups` (DM's ``group_matching``), else None:
-  the bias values for 'fairdd', ``config.fairdd_clusters`` for 'fairdd_pseudo'."""
+  the bias values for 'fairdd', ``config.fairdd_clusters`` for 'fairdd_pseudo', one more (the
+  noise) for 'fairdd_dbscan'."""
   if config.weighting == "fairdd":
     return rundata.num_bias_values(run_data.train)
   if config.weighting == "fairdd_pseudo":
     return config.fairdd_clusters
+  if config.weighting == "fairdd_dbscan":
+    return config.fairdd_clusters + 1
   return None
 
 
@@ -111,7 +121,7 @@ def run_weights(config: RunConfig, run_data: rundata.RunData, embeddings: np.nda
         key, embeddings, train.labels, batch_size=n_per, variance=config.kde_variance,
         temperature=config.kde_temperature, normalize=config.kde_normalize, num_classes=nc,
         return_ess=True)
-  if config.weighting in ("fairdd", "fairdd_pseudo"):  # group-balanced inside each batch
+  if config.weighting in ("fairdd", "fairdd_pseudo", "fairdd_dbscan"):  # balanced per batch
     return weighting.fairdd_batch_weights(key, train.labels, groups, n_per, nc)
   if config.weighting == "fairdd_batch":  # groups found inside each batch, as the step does
     w, ess, _ = batch_cluster_weights(config, run_data, key)
@@ -136,7 +146,8 @@ def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings:
   of each bias group against the balanced share, and the whole-class effective
   sample size) and ``batch_ess`` (per class, the effective sample size of one
   sampled real batch of ``real_per_class``) use the TRUE bias labels: they are
-  diagnostics, never inputs. A 'fairdd_pseudo' run adds ``pseudo_groups``: the size of
+  diagnostics, never inputs. A 'fairdd_pseudo' or 'fairdd_dbscan' run adds
+  ``pseudo_groups``: the size of
   every pseudo-group and how well they recover the bias groups
   (:func:`jaxdd.weighting.group_recovery`, also a diagnostic from the TRUE bias labels,
   computed after the pseudo-groups); a 'fairdd_batch' run ``batch_clusters``: the clusters
@@ -160,9 +171,11 @@ def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings:
                          "floor": config.kde_floor,
                          "init": config.init, "real_sampling": config.real_sampling,
                          "real_per_class": config.real_per_class}
-  if config.weighting in ("fairdd_pseudo", "fairdd_batch"):
+  if config.weighting in ("fairdd_pseudo", "fairdd_batch", "fairdd_dbscan"):
     report["weighting"]["fairdd_clusters"] = config.fairdd_clusters
-  if config.weighting == "fairdd_pseudo" and train.bias is not None:
+  if config.weighting == "fairdd_batch":
+    report["weighting"]["fairdd_eps"] = config.fairdd_eps
+  if config.weighting in ("fairdd_pseudo", "fairdd_dbscan") and train.bias is not None:
     report["pseudo_groups"] = pseudo_group_report(config, run_data, groups)
   if clusters is not None:
     report["batch_clusters"] = clusters
@@ -190,7 +203,7 @@ def batch_cluster_weights(config: RunConfig, run_data: rundata.RunData, key: jax
                                      num_classes=nc, num_rounds=1)
   images = run_data.normalized(train)
   k = config.fairdd_clusters
-  groups_of = _batch_groups_program(nc, config.depth, config.width, k)
+  groups_of = _batch_groups_program(nc, config.depth, config.width, k, config.fairdd_eps)
   keys = jax.random.split(k_net, len(index))
   groups = np.concatenate([np.asarray(groups_of(keys[i:i + chunk], images[index[i:i + chunk]],
                                                 mask[i:i + chunk]))
@@ -217,7 +230,8 @@ def batch_cluster_weights(config: RunConfig, run_data: rundata.RunData, key: jax
 
 
 @functools.lru_cache(maxsize=8)
-def _batch_groups_program(num_classes: int, depth: int, width: int, max_clusters: int):
+def _batch_groups_program(num_classes: int, depth: int, width: int, max_clusters: int,
+                          eps_rule: str = "median"):
   """``groups_of(keys, images, mask)``: each batch's DBSCAN groups in the features of a fresh
   random ConvNet (one per key), compiled once per architecture (the runs of a cell share it)."""
   model = models.ConvNet(num_classes, depth=depth, width=width)
@@ -227,19 +241,21 @@ def _batch_groups_program(num_classes: int, depth: int, width: int, max_clusters
     return model.apply(v, xb, return_features=True)[0]
 
   return jax.jit(lambda keys, x, m: weighting.batch_pseudo_groups(
-      jax.vmap(feats)(keys, x), m, max_clusters=max_clusters))
+      jax.vmap(feats)(keys, x), m, max_clusters=max_clusters, eps_rule=eps_rule))
 
 
 def pseudo_group_report(config: RunConfig, run_data: rundata.RunData,
                         groups: np.ndarray) -> dict:
-  """``weights.json``'s ``pseudo_groups``: the clusters per class, each class's group sizes,
-  and the recovery of the TRUE bias groups, labelled as a diagnostic."""
+  """``weights.json``'s ``pseudo_groups``: the clusters per class, each class's group sizes
+  (for 'fairdd_dbscan' the last one is the noise), and the recovery of the TRUE bias groups,
+  labelled as a diagnostic."""
   train, nc = run_data.train, run_data.num_classes
   labels = np.asarray(train.labels)
-  sizes = [np.bincount(groups[labels == c], minlength=config.fairdd_clusters).tolist()
+  sizes = [np.bincount(groups[labels == c], minlength=run_num_groups(config, run_data)).tolist()
            for c in range(nc)]
   recovery = weighting.group_recovery(groups, labels, train.bias, train.aligned, num_classes=nc)
-  return {"num_clusters": config.fairdd_clusters, "sizes": sizes,
+  noise = {"noise_group": config.fairdd_clusters} if config.weighting == "fairdd_dbscan" else {}
+  return {"num_clusters": config.fairdd_clusters, **noise, "sizes": sizes,
           "recovery_diagnostic": {
               "note": "computed after the fact from the TRUE bias labels for this report only; "
                       "the pseudo-groups and the weights never read them",

@@ -16,7 +16,10 @@ Pure functions of arrays, one job per module:
   the surrogate's embedding (FairDD without bias labels);
 * :mod:`jaxdd.weighting.batch_clusters`: label-free pseudo-groups of one sampled batch, a
   pure-JAX DBSCAN with a fixed number of cluster ids (FairDD's appendix M), jittable and
-  vmappable inside a distillation step;
+  vmappable inside a distillation step, its radius the median k-NN distance or the knee of the
+  batch's k-distance curve;
+* :mod:`jaxdd.weighting.class_dbscan`: label-free pseudo-groups of whole classes, DBSCAN over
+  each class with the knee radius (blocked, for classes of thousands);
 * :mod:`jaxdd.weighting.diagnostics`: how weights fall on the bias groups (aligned vs
   conflicting, group shares, effective sample sizes, the report of ``weights.json``) and
   how well pseudo-groups recover the bias groups.
@@ -28,7 +31,9 @@ Example:
   >>> [round(float(s), 4) for s in (w[:4].sum(), w[4:].sum())]
   [1.0, 1.0]
 """
-from jaxdd.weighting.batch_clusters import batch_pseudo_groups, dbscan, median_knn_distance
+from jaxdd.weighting.batch_clusters import (EPS_RULES, batch_pseudo_groups, dbscan,
+                                            knee_distance, median_knn_distance)
+from jaxdd.weighting.class_dbscan import dbscan_pseudo_groups
 from jaxdd.weighting.clusters import KMeans, kmeans, kmeans_plus_plus, lloyd, pseudo_groups
 from jaxdd.weighting.density import (check_floor, class_log_density, floor_log_density,
                                      log_density, log_density_sharded)
@@ -43,6 +48,7 @@ from jaxdd.weighting.scopes import (batch_plan, batch_scope_weights, class_scope
                                     whole_class_weights)
 
 __all__ = [
+    "EPS_RULES",
     "KDEConfig",
     "KMeans",
     "SCOPES",
@@ -57,12 +63,14 @@ __all__ = [
     "class_scope_weights",
     "class_weights",
     "dbscan",
+    "dbscan_pseudo_groups",
     "fairdd_batch_weights",
     "floor_log_density",
     "group_balanced_weights",
     "group_recovery",
     "group_report",
     "kmeans",
+    "knee_distance",
     "kmeans_plus_plus",
     "lloyd",
     "log_density",
