@@ -44,6 +44,7 @@ DATASETS: dict[str, tuple[str, tuple[int, ...], int | None]] = {
     "cmnist_fg": ("lff", (), None),
     "corrupted_fmnist": ("lff", (1, 2, 3, 4), 4),
     "corrupted_fmnist_type1": ("lff", (1, 2, 3, 4), 4),
+    "textured_fmnist": ("lff", (), None),
 }
 #: :data:`jaxdd.distill.INITS` and :data:`jaxdd.distill.REAL_SAMPLING`.
 INITS = ("real", "weighted", "noise")

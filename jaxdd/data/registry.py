@@ -11,6 +11,7 @@ import dataclasses
 import numbers
 
 from jaxdd.data.injectors import _real
+from jaxdd.data.textures import FAMILIES as TEXTURE_NAMES
 
 #: Builder version, part of every cache key and of ``meta``.
 BUILDER_VERSION = "1"
@@ -58,7 +59,8 @@ class DatasetSpec:
   Attributes:
     name: registry name.
     base: base image family (``mnist``, ``fashion_mnist``, ``cifar10``, ``bffhq``).
-    injector: ``foreground``, ``background``, ``corruption`` or ``folder``.
+    injector: ``foreground``, ``background``, ``corruption``, ``fairdd_foreground``,
+      ``fairdd_background``, ``texture`` or ``folder``.
     semantics: ``lff`` (ratio = conflicting fraction), ``biased_dd`` (ratio =
       aligned fraction) or ``folder`` (ratio selects the folder).
     severities: allowed severities (empty: none).
@@ -137,6 +139,11 @@ DATASETS: dict[str, DatasetSpec] = {
                              None, MNIST_CLASSES, FAIRDD_COLOUR_NAMES, "mnist"),
     "cmnist_bg": DatasetSpec("cmnist_bg", "mnist", "fairdd_background", "lff", (), None, 0.1,
                              None, MNIST_CLASSES, FAIRDD_COLOUR_NAMES, "mnist"),
+    # Textured-FMNIST: garments on procedural textures, one family per class
+    # (jaxdd.data.textures); LfF's assignment and test split.
+    "textured_fmnist": DatasetSpec("textured_fmnist", "fashion_mnist", "texture", "lff", (), None,
+                                   0.1, None, FASHION_MNIST_CLASSES, TEXTURE_NAMES,
+                                   "fashion_mnist"),
 }
 
 

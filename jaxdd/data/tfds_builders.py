@@ -4,7 +4,8 @@ Data contract: each builder ``jaxdd_<name>``, one per dataset of
 :data:`jaxdd.data.registry.DATASETS` (``jaxdd_cmnist``, ``jaxdd_bg_fmnist``,
 ``jaxdd_cifar10c``, ``jaxdd_cifar10c_type1``, ``jaxdd_corrupted_fmnist``,
 ``jaxdd_corrupted_fmnist_type1``, ``jaxdd_bffhq``, ``jaxdd_cmnist_dd``,
-``jaxdd_ccifar10_dd``, ``jaxdd_cmnist_fg``, ``jaxdd_cmnist_bg``) writes the splits
+``jaxdd_ccifar10_dd``, ``jaxdd_cmnist_fg``, ``jaxdd_cmnist_bg``,
+``jaxdd_textured_fmnist``) writes the splits
 ``train``, ``valid`` and ``test`` of :func:`jaxdd.data.load` with the same
 arguments, in the same order (``disable_shuffling=True``), as examples::
 
