@@ -105,19 +105,13 @@ def _differences(args, a: str, b: str) -> dict:
 
 def _warm(args) -> None:
   """Trains (or finds cached) each seed's surrogate, as the queue's runs will ask for it."""
-  import importlib.util
-
   from jaxdd import runs
-  spec = importlib.util.spec_from_file_location("paper_table", QUEUE)
-  queue = importlib.util.module_from_spec(spec)
-  sys.modules["paper_table"] = queue  # its dataclasses look their module up there
-  spec.loader.exec_module(queue)
-  q = queue.Queue(queue._parser().parse_args(
-      ["--preset", args.preset, "--workdir", "-", "--results", "-"]),
-      {"source": "full"} if args.preset == "paper" else {})
-  cell = {c.name: c for c in queue.CELLS}[args.cell]
+  from jaxdd.runs import paper
+  q = paper.Queue(paper.Options(preset=args.preset, workdir="-", results="-"),
+                  {"source": "full"} if args.preset == "paper" else {})
+  cell = {c.name: c for c in paper.CELLS}[args.cell]
   for seed in args.seeds.split(","):
-    config = queue.row_config(q.base(cell), cell, "kde", int(seed))
+    config = paper.row_config(q.base(cell), cell, "kde", int(seed))
     runs.surrogate_artifact(config, q.run_data(config), runs.run_keys(config)[0],
                             progress=False)
 

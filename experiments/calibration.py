@@ -236,23 +236,13 @@ def eval_table_main(args: argparse.Namespace) -> int:
   return _publish(args, eval_table(reference, records))
 
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _queue():
-  """experiments/paper_table.py, this script's sibling (its row labels)."""
-  if HERE not in sys.path:
-    sys.path.insert(0, HERE)
-  import paper_table
-  return paper_table
-
-
 def compare_table(reference: dict, tables: list[tuple[str, dict]]) -> dict:
   """The results-table data that sets the paper-scale rows beside cell tables of the paper
   table's format (``tables``: a label and the cell JSON): each calibration row's test
   overall in each, with its distance from paper scale, and whether each ranks the rows as
   paper scale does."""
-  labels = {r: _queue().ROWS[r].label for r in ROWS}
+  from jaxdd.runs import paper  # the paper table's row labels
+  labels = {r: paper.ROWS[r].label for r in ROWS}
   columns = ["row", "paper scale (reference)"] + [label for label, _ in tables]
   found = []
   for _, data in tables:

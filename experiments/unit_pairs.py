@@ -31,22 +31,14 @@ import numpy as np
 
 from jaxdd import results, synset
 from jaxdd._src import schema
+from jaxdd.runs import paper
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 #: Settings two paired folders may differ in: the arithmetic and how rows are grouped.
 MAY_DIFFER = ("compute_dtype", "rows_per_unit")
 #: (split, metric, column) of each paired difference, in column order.
 DIFFERENCES = (("test", "overall", "overall"), ("test", "aligned", "aligned"),
                ("test", "conflicting", "conflicting"), ("test", "worst_group", "worst group"),
                ("valid", "conflicting", "valid conflicting"))
-
-
-def _queue():
-  """experiments/paper_table.py, this script's sibling (its record schema and row labels)."""
-  if HERE not in sys.path:
-    sys.path.insert(0, HERE)
-  import paper_table
-  return paper_table
 
 
 def units_dir(folder: str) -> str:
@@ -64,7 +56,7 @@ def read_units(folder: str) -> list[dict]:
   """Every unit record under ``folder`` (sorted by unit), each checked against the queue's
   schema."""
   root = units_dir(folder)
-  spec = _queue().UNIT_RECORD
+  spec = paper.UNIT_RECORD
   out = []
   for base, dirs, names in os.walk(root):
     dirs.sort()
@@ -72,7 +64,7 @@ def read_units(folder: str) -> list[dict]:
       if name.endswith(".json"):
         path = os.path.join(base, name)
         rec = schema.read_json(path, spec, fix="take the unit again from its OUT folder")
-        if rec["digest"] != _queue().record_digest(rec):
+        if rec["digest"] != paper.record_digest(rec):
           raise ValueError(f"{path} does not match the digest it carries: it was changed after "
                            "it was written; take the unit again from its OUT folder")
         out.append(rec)
@@ -160,7 +152,7 @@ def pairs(a: dict, b: dict) -> dict[tuple[str, str], dict]:
 
 
 def _row_order(row: str) -> int:
-  names = list(_queue().ROWS)
+  names = list(paper.ROWS)
   return names.index(row) if row in names else len(names)
 
 
@@ -178,9 +170,8 @@ def table(found: dict[tuple[str, str], dict], labels: tuple[str, str]) -> tuple[
               f"test overall: {labels[1]}"]
              + [f"{labels[1]} − {labels[0]}: {c}" for _, _, c in DIFFERENCES])
   rows = []
-  queue = _queue()
   for (cell, row), e in found.items():
-    label = queue.ROWS[row].label if row in queue.ROWS else row
+    label = paper.ROWS[row].label if row in paper.ROWS else row
     rows.append([cell, label, ", ".join(str(s) for s in e["seeds"]), str(e["networks"]),
                  summarise(e["a"]), summarise(e["b"])]
                 + [summarise(e["diff"][c], signed=True) for _, _, c in DIFFERENCES])

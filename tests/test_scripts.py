@@ -712,9 +712,9 @@ def test_calibration_table_against_hand_computed_distances(tmp_path, capfd):
   assert row[:3] == ["10 epochs, width 8, 2 networks", "20", f"{ref['vanilla'][1] + 1:.1f} (+1.0)"]
   assert row[-3:] == ["yes · yes", f"1.0 ({script.LABELS[script.ROWS[0]]})", "3"]
   # beside a cell table of the paper table's format (a row it lacks is a dash)
-  queue = load("experiments/paper_table.py")
+  from jaxdd.runs import paper
   cell = {"columns": ["row", "bias labels", "seeds", "valid conflicting", "test overall"],
-          "rows": [[queue.ROWS[r].label, "no", "0,1", "1.0", f"{ref[r][1] - 3:.1f} ± 0.5"]
+          "rows": [[paper.ROWS[r].label, "no", "0,1", "1.0", f"{ref[r][1] - 3:.1f} ± 0.5"]
                    for r in script.ROWS if r != "fairdd"]}
   (tmp_path / "cell.json").write_text(json.dumps(cell))
   assert script.main(["compare", "--reference", ref_dir, "--table",
@@ -749,6 +749,9 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   # the second command runs with an empty work folder (a fresh machine with only the
   # repository) and goes on with the next unit.
   import tarfile
+
+  from jaxdd.runs import paper
+  from jaxdd.runs.paper import cell_runs
   script = load("experiments/paper_table.py")
   res, out = tmp_path / "r", tmp_path / "out"
   base = ["--tiny", "--next-unit", "--quiet", "--results", str(res)]
@@ -757,15 +760,15 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   assert "plan: unit cmnist5-ipc10/s0: rows vanilla, kde; seeds 0" in plan
   assert "no estimate yet" in plan and not res.exists()
   # a unit stopped part-way (Ctrl-C in its distillation) leaves no record
-  real_program = script.cell_program
+  real_program = cell_runs.cell_program
 
   def stopped(*a, **k):
     raise KeyboardInterrupt
-  script.cell_program = stopped
+  cell_runs.cell_program = stopped
   assert script.main(base + ["--workdir", str(tmp_path / "w0")]) == 130
   assert "left no record" in capfd.readouterr().err
   assert not (res / "units").exists() or not list((res / "units").rglob("*.json"))
-  script.cell_program = real_program
+  cell_runs.cell_program = real_program
   # the first unit through the lent machine's one command, as it runs there (a subprocess)
   env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
              + os.environ.get("PATH", ""), JAXDD_CACHE=str(tmp_path / "cache"),
@@ -843,7 +846,7 @@ def test_paper_table_units_go_on_from_their_records_on_a_fresh_machine(tmp_path,
   assert script.main(["--next-unit", "--take", str(changed)] + take) == 1
   assert "does not match the digest it carries" in capfd.readouterr().err
   edited = json.loads(rec_file.read_text())
-  rec_file.write_text(json.dumps(dict(edited, digest=script.record_digest(edited))))
+  rec_file.write_text(json.dumps(dict(edited, digest=paper.record_digest(edited))))
   assert script.main(["--next-unit", "--take", str(changed)] + take) == 1
   assert "exists and differs" in capfd.readouterr().err
   assert script.main(["--next-unit", "--take", str(out), "--tiny", "--workdir", str(work_b),
@@ -889,7 +892,7 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
   import numpy as np
 
   from jaxdd import surrogate
-  from jaxdd.runs import driver
+  from jaxdd.runs import driver, paper
   script = load("experiments/paper_table.py")
   base = ["--tiny", "--next-unit", "--quiet", "--seeds", "0", "--iterations", "3"]
 
@@ -960,7 +963,7 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
   def killed(*a, **k):
     raise KeyboardInterrupt
   with monkeypatch.context() as m:
-    m.setattr(script.Queue, "evaluate_many", killed)
+    m.setattr(paper.Queue, "evaluate_many", killed)
     assert script.main(base + ["--workdir", str(tmp_path / "w2"), "--results", str(res),
                                "--out", str(hand2), "--resume-from", str(hand),
                                "--budget-minutes", "60"]) == 130
@@ -1011,6 +1014,7 @@ def test_a_unit_the_budget_stopped_goes_on_elsewhere_from_its_handover(tmp_path,
 
 
 def test_take_refuses_what_it_cannot_take_in_one_line(tmp_path, capfd):
+  from jaxdd.runs import paper
   script = load("experiments/paper_table.py")
   kw = ["--tiny", "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
   (tmp_path / "empty").mkdir()
@@ -1028,7 +1032,7 @@ def test_take_refuses_what_it_cannot_take_in_one_line(tmp_path, capfd):
   odd = {"unit": "cmnist5-ipc10/s9", "settings": {}, "rows": {}, "timings": {}, "commit": "c",
          "machine": "m", "date": "d", "command": "c"}
   (tmp_path / "odd" / "unit-x-s0.json").write_text(json.dumps(
-      dict(odd, digest=script.record_digest(odd))))
+      dict(odd, digest=paper.record_digest(odd))))
   assert script.main(["--next-unit", "--take", str(tmp_path / "odd")] + kw) == 1
   assert "not one of these --cells, --seeds and --rows" in capfd.readouterr().err
   assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
@@ -1177,8 +1181,9 @@ def test_paper_table_groups_the_rows_that_share_a_batch_first(tmp_path, capfd):
   # --rows-per-unit 4 on the paper's DM cell: the rows that share the uniform real batch first,
   # the importance-sampled row (a real forward of its own) last, so the first unit holds the
   # paper's two rows and is the cheapest; a record of another grouping is refused, not mixed
+  from jaxdd.runs import bundle, paper
   script = load("experiments/paper_table.py")
-  assert script.unit_order(("vanilla", "kde_floor_init_is", "kde", "fairdd")) == (
+  assert paper.unit_order(("vanilla", "kde_floor_init_is", "kde", "fairdd")) == (
       "vanilla", "kde", "fairdd", "kde_floor_init_is")
   units = tmp_path / "r" / "units"
   base = ["--preset", "paper", "--next-unit", "--plan", "--rows-per-unit", "4", "--units", "4",
@@ -1197,14 +1202,13 @@ def test_paper_table_groups_the_rows_that_share_a_batch_first(tmp_path, capfd):
            "settings": {"preset": "paper", "source": "full", "rows_per_unit": 4}, "commit": "x",
            "machine": "x", "date": "x", "command": "x"}
   (units / "cmnist5-ipc50" / "s0-rows0.json").write_text(json.dumps(
-      dict(other, digest=script.record_digest(other))))
+      dict(other, digest=paper.record_digest(other))))
   assert script.main(base) == 1
   err = capfd.readouterr().err
   assert "holds the rows kde, kde_floor_init_is, kde_init, vanilla, but this unit groups " \
       "fairdd_pseudo, kde, kde_init, vanilla" in err and "another --units-dir" in err
   # so is a handover of the other grouping's first unit, before anything is read or written
   (units / "cmnist5-ipc50" / "s0-rows0.json").unlink()
-  from jaxdd.runs import bundle
   manifest = {"unit": "cmnist5-ipc50/s0-rows0", "runs": [f"cmnist5-ipc50/{n}/s0" for n in old],
               "settings": {"preset": "paper", "source": "full", "rows_per_unit": 4},
               "surrogates": [], "legs": []}
@@ -1244,12 +1248,13 @@ def test_paper_table_units_of_fewer_rows_make_the_same_table(tmp_path, capfd):
 def test_paper_table_policy_is_a_layout_not_a_setting_of_the_units(capfd):
   # a policy variant gives the same values up to float rounding: units run under any policy
   # share one units folder; a policy jaxdd cannot resolve is refused in one line
+  from jaxdd.runs import paper
   script = load("experiments/paper_table.py")
   args = script._parser().parse_args(["--tiny", "--next-unit", "--rows-per-unit", "2",
                                       "--policy", "cpu+micro_batch=8"])
   plain = script._parser().parse_args(["--tiny", "--next-unit", "--rows-per-unit", "2"])
-  q = script.Queue(args, {"policy": args.policy, "iterations": 2})
-  assert script.unit_settings(q) == script.unit_settings(script.Queue(plain, {"iterations": 2}))
+  q = paper.Queue(args, {"policy": args.policy, "iterations": 2})
+  assert paper.unit_settings(q) == paper.unit_settings(paper.Queue(plain, {"iterations": 2}))
   assert script.main(["--tiny", "--next-unit", "--plan", "--policy", "cpu+speed=1"]) == 2
   err = capfd.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "--policy: not a Policy field to change: ['speed']" in err[0]
@@ -1262,14 +1267,15 @@ def test_paper_table_evaluates_under_the_runs_policy(monkeypatch, tmp_path):
 
   import numpy as np
 
-  from jaxdd import policy
+  from jaxdd import evaluate, policy
+  from jaxdd.runs import paper
   from jaxdd.synset import SynSet
   script = load("experiments/paper_table.py")
   args = script._parser().parse_args(["--tiny", "--policy", "cpu+micro_batch=8",
                                       "--workdir", str(tmp_path)])
-  q = script.Queue(args, {"policy": args.policy, "iterations": 2})
-  cell = script.CELLS[1]
-  config = script.row_config(q.base(cell), cell, "vanilla", 0)
+  q = paper.Queue(args, {"policy": args.policy, "iterations": 2})
+  cell = paper.CELLS[1]
+  config = paper.row_config(q.base(cell), cell, "vanilla", 0)
   seen = []
 
   class Stop(Exception):
@@ -1280,8 +1286,8 @@ def test_paper_table_evaluates_under_the_runs_policy(monkeypatch, tmp_path):
     raise Stop
   data = types.SimpleNamespace(num_classes=10, valid=None, test=None, batch=lambda split: None)
   monkeypatch.setattr(q, "run_data", lambda c: data)
-  monkeypatch.setattr(script.evaluate, "evaluate_synsets", stub)
-  monkeypatch.setattr(script.evaluate, "evaluate_synset", stub)
+  monkeypatch.setattr(evaluate, "evaluate_synsets", stub)
+  monkeypatch.setattr(evaluate, "evaluate_synset", stub)
   syn = SynSet(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1]))
   w = str(tmp_path / "run")
   with pytest.raises(Stop):
@@ -1332,6 +1338,8 @@ def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeyp
   # The cell logic on stub runs: validation scores decide (kde_init beats the paper's row on
   # every seed by far more than the noise of 10,000 samples); the chosen candidate (not a
   # reported row) is evaluated on test afterwards, the one not chosen never is.
+  from jaxdd.runs import paper
+  from jaxdd.runs.paper import cell_runs, table
   script = load("experiments/paper_table.py")
   calls = []
 
@@ -1347,13 +1355,13 @@ def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeyp
         r["test"] = {m: [0.5, 0.5] for m in ("overall", "aligned", "conflicting",
                                              "worst_group", "deo_m", "deo_a")}
     return out
-  monkeypatch.setattr(script, "run_row", stub_row)
-  monkeypatch.setattr(script, "cell_program", lambda q, cell, names: calls.append(tuple(names)))
+  monkeypatch.setattr(cell_runs, "run_row", stub_row)
+  monkeypatch.setattr(cell_runs, "cell_program", lambda q, cell, names: calls.append(tuple(names)))
   args = script._parser().parse_args(["--workdir", "w", "--results", "r", "--seeds", "0,1",
                                       "--rows", "vanilla,kde,kde_init,kde_floor_init_is,ceiling"])
   args.argv = []
-  q = script.Queue(args, {})
-  data = script.run_cell(q, script.CELLS[1])
+  q = paper.Queue(args, {})
+  data = paper.run_cell(q, paper.CELLS[1])
   # the DM rows but the ceiling (other data) in one program first, then row by row
   assert calls == [("vanilla", "kde", "kde_init", "kde_floor_init_is"),
                    ("vanilla", True), ("kde", True), ("kde_init", False),
@@ -1361,7 +1369,7 @@ def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeyp
   assert data["rows"][2][0] == "best label-free, chosen on validation: DM + KDE, init ∝ weight"
   assert data["rows"][2][3] == "90.0 ± 0.0" and data["choice"]["chosen"] == "kde_init"
   # a row with one seed has no spread over seeds to give: its value alone, not "± 0.0"
-  assert script._pm([0.5]) == "50.0" and script._pm([0.5, None]) == "50.0"
+  assert table._pm([0.5]) == "50.0" and table._pm([0.5, None]) == "50.0"
 
 
 @covers("experiments/score_synsets.py")
@@ -1472,7 +1480,8 @@ def _unit_record(rows: dict, *, settings=None, unit="cmnist5-ipc50/s0", machine=
                   for row, seeds in rows.items()},
          "timings": {"distill_s": 1.0, "eval_s": 1.0, "total_s": 2.0}, "commit": commit,
          "machine": machine, "date": "2026-11-28", "command": "python experiments/..."}
-  return dict(rec, digest=load("experiments/paper_table.py").record_digest(rec))
+  from jaxdd.runs import paper
+  return dict(rec, digest=paper.record_digest(rec))
 
 
 def _write_units(folder, *records) -> str:
@@ -1559,6 +1568,7 @@ def test_paper_table_queues_on_one_units_folder_take_different_units(tmp_path, c
 
 
 def test_paper_table_refuses_a_unit_record_copied_edited_or_given_twice(tmp_path, capfd):
+  from jaxdd.runs import paper
   script = load("experiments/paper_table.py")
   res = tmp_path / "r"
   settings = {"preset": "smoke", "iterations": 2}
@@ -1580,7 +1590,7 @@ def test_paper_table_refuses_a_unit_record_copied_edited_or_given_twice(tmp_path
       "cmnist5-ipc10/s1" in err
   # renamed inside as well, with its digest made again: its seeds still say 0
   renamed = dict(s0, unit="cmnist5-ipc10/s1")
-  (folder / "s1.json").write_text(json.dumps(dict(renamed, digest=script.record_digest(renamed))))
+  (folder / "s1.json").write_text(json.dumps(dict(renamed, digest=paper.record_digest(renamed))))
   assert script.main(base) == 1
   assert "gives the row vanilla the seeds 0, but the unit cmnist5-ipc10/s1 is seed(s) 1" in \
       capfd.readouterr().err

@@ -38,6 +38,9 @@ Which module holds what:
   data once per dataset, and :func:`run` (a run with that weighting resolved first);
 * :mod:`~jaxdd.runs.group`: runs that differ in hyperparameters, in one program;
 * :mod:`~jaxdd.runs.cell`: a results-table cell's DM rows x seeds, in one program;
+* :mod:`~jaxdd.runs.paper`: the paper table as a queue of units resumable across machines
+  (cells and rows, the units, their records and handovers, the cell tables), whose command line
+  is ``experiments/paper_table.py``;
 * :mod:`~jaxdd.runs.comparison`: :func:`reproduce`, vanilla vs KDE side by side;
   :mod:`~jaxdd.runs.baseline_runs`: the baselines under the same protocol;
 * :mod:`~jaxdd.runs.text`: method names and the text of stored results and comparisons;
