@@ -146,6 +146,34 @@ DIGESTS.update({
 })
 REFUSED += tuple(f"{p}/{m}/fairdd_dbscan" for p in ("cpu", "cpu-paper", "paper", "proxy", "smoke")
                  for m in ("dsa", "dc", "mtt", "cfm"))
+# --weighting auto (added later still): a config the run replaces by its chosen candidate's.
+DIGESTS.update({
+    "cpu/dm/auto": ("3ce6b0fa1ea26de8", "d7a6ce3cf224fd5a"),
+    "cpu/dsa/auto": ("7a46675971a4611e", "5bc2d49306171025"),
+    "cpu/dc/auto": ("18a82d6a448961a6", "9c5da3e286909893"),
+    "cpu/mtt/auto": ("3edb2ae550aec057", "8d026f9c6d10125a"),
+    "cpu/cfm/auto": ("d02f744b43e54a99", "89d41366245699f3"),
+    "cpu-paper/dm/auto": ("4246a5594b732d25", "4ad9e3f35f505944"),
+    "cpu-paper/dsa/auto": ("8751561176ca9190", "ae31594944d21f20"),
+    "cpu-paper/dc/auto": ("879743dc37b52feb", "1f6ecc32c054c6ad"),
+    "cpu-paper/mtt/auto": ("0bb76097e95896ae", "74c2fa1a096b3a75"),
+    "cpu-paper/cfm/auto": ("1dcae8d98f13ab83", "cfbffaf438af312c"),
+    "paper/dm/auto": ("b86b7c362d91981a", "553425b2ef1db5f2"),
+    "paper/dsa/auto": ("60254040fa4d0387", "df61e51ab916ef68"),
+    "paper/dc/auto": ("5e5078279b36676a", "5bf5b34fde6d105d"),
+    "paper/mtt/auto": ("9c48e54e98aafa2a", "dfcb8388216a0f6e"),
+    "paper/cfm/auto": ("ff140b179af1927a", "c15d98ddd481fee0"),
+    "proxy/dm/auto": ("b96b0b2f46abc578", "d399fa982e648c80"),
+    "proxy/dsa/auto": ("426fa2372d0a98bd", "cffb305b79cfeaf0"),
+    "proxy/dc/auto": ("4b6c696627d850e6", "683063b06541c78f"),
+    "proxy/mtt/auto": ("0ad67f24dc40f671", "1b23b20ddbf87994"),
+    "proxy/cfm/auto": ("d6f3f422de7aa270", "413f359eacf386d0"),
+    "smoke/dm/auto": ("11a2718f129b8d1d", "7976c1d851e2246c"),
+    "smoke/dsa/auto": ("160b09c13c75a437", "00b753a93ea044e9"),
+    "smoke/dc/auto": ("ea5d70b2c899d076", "04b1aa1ce386dbd8"),
+    "smoke/mtt/auto": ("6b4a3c3f4fdb31de", "c04c6fbf5407ebed"),
+    "smoke/cfm/auto": ("aba0073b0391302c", "213b1536b90c8843"),
+})
 
 
 def _combinations():
