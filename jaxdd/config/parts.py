@@ -28,7 +28,8 @@ from jaxdd._src import checks
 
 __all__ = ["CFMConfig", "DataConfig", "OwnDataConfig", "OWN_DATA_KINDS", "ALIGNED_RULES", "DistillConfig", "EvaluationConfig", "ExecutionConfig",
            "GradientMatchingConfig", "MTTConfig", "Part", "SurrogateStage", "WeightingConfig",
-           "DATASETS", "FAIRDD_CLUSTERS", "FAIRDD_EPS", "GM_LOOP_IPCS", "INITS", "KDE_NORMALIZE", "KDE_SCOPES", "REAL_SAMPLING"]
+           "DATASETS", "FAIRDD_CLUSTERS", "FAIRDD_EPS", "GM_LOOP_IPCS", "INITS", "KDE_NORMALIZE", "KDE_SCOPES", "REAL_SAMPLING",
+           "BiasedStage", "BIASED_NORMS", "GCE_FLOOR", "KDE_FEATURES"]
 
 #: Dataset -> (ratio semantics, severities, default severity) of :data:`jaxdd.data.DATASETS`.
 DATASETS: dict[str, tuple[str, tuple[int, ...], int | None]] = {
@@ -63,6 +64,14 @@ MAX_FAIRDD_CLUSTERS = 64
 #: :data:`jaxdd.weighting.EPS_RULES`: how ``weighting='fairdd_batch'`` sets DBSCAN's radius
 #: in each batch (``fairdd_eps``).
 FAIRDD_EPS = ("median", "knee")
+#: Where the KDE reads its features: the SupCon surrogate's embedding or the bias-amplified
+#: classifier's penultimate features.
+KDE_FEATURES = ("surrogate", "biased")
+#: :data:`jaxdd.weighting.DIFFICULTY_FLOOR`: each image's least share of its class's uniform
+#: weight under ``weighting='gce'``.
+GCE_FLOOR = 0.1
+#: :data:`jaxdd.debias.biased.NORMS`.
+BIASED_NORMS = ("instance", "none", "batch", "layer", "group")
 
 
 #: A field's declared type -> (the values it takes, in words).
@@ -397,12 +406,25 @@ class WeightingConfig(Part):
   most ``fairdd_clusters`` clusters and the noise as one more group (DM only);
   'auto' is the label-free weighting chosen on validation data before the run distils
   (:mod:`jaxdd.runs.auto`). ``kde_floor`` raises each class's whole-class densities to at
-  least this quantile (0: none)."""
+  least this quantile (0: none). Label-free too, from a bias-amplified classifier
+  (:class:`BiasedStage`): 'gce' weighs each image by that network's cross-entropy, each
+  keeping at least ``gce_floor`` of its class's uniform weight; 'jtt' up-weights its error set
+  (``jtt_up`` times, or by default half of each class's weight on it); ``kde_features='biased'``
+  runs the KDE in its penultimate features instead of the surrogate's embedding."""
   TITLE: ClassVar[str] = "weighting"
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
       "weighting": ("none", "kde", "oracle", "fairdd", "fairdd_pseudo", "fairdd_batch",
-                    "fairdd_dbscan", "auto"),
-      "kde_normalize": KDE_NORMALIZE, "kde_scope": KDE_SCOPES, "fairdd_eps": FAIRDD_EPS}
+                    "fairdd_dbscan", "auto",
+                    "gce", "jtt"),
+      "kde_normalize": KDE_NORMALIZE, "kde_scope": KDE_SCOPES, "fairdd_eps": FAIRDD_EPS, "kde_features": KDE_FEATURES}
+  HELP: ClassVar[dict[str, str]] = {
+      "kde_features": "the KDE's features: the SupCon surrogate's embedding, or the "
+                      "bias-amplified classifier's penultimate features (--weighting kde)",
+      "gce_floor": "--weighting gce: each image keeps at least this share of its class's "
+                   "uniform weight, in (0, 1]",
+      "jtt_up": "--weighting jtt: an error of the biased network weighs this many times a "
+                "correct image (JTT's lambda_up, >= 1); none: errors and the rest of a class "
+                "weigh half each"}
   weighting: str = "kde"
   kde_variance: float = 0.01
   kde_temperature: float = 0.25
@@ -411,6 +433,9 @@ class WeightingConfig(Part):
   kde_floor: float = 0.0
   fairdd_clusters: int = FAIRDD_CLUSTERS
   fairdd_eps: str = "median"
+  kde_features: str = "surrogate"
+  gce_floor: float = GCE_FLOOR
+  jtt_up: float | None = None
 
   def validate(self) -> None:
     self.check_choices()
@@ -444,6 +469,26 @@ class WeightingConfig(Part):
     if self.fairdd_eps != "median" and self.weighting != "fairdd_batch":
       raise ValueError("--fairdd-eps sets the DBSCAN radius in the batches of --weighting "
                        "fairdd_batch; use it with that weighting (or leave it at median)")
+    self._check_biased_weightings()
+
+  def _check_biased_weightings(self) -> None:
+    """The knobs of the weightings that read the bias-amplified classifier."""
+    f, up = self.gce_floor, self.jtt_up
+    if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0.0 < f <= 1.0:
+      raise ValueError(f"gce_floor must be a number in (0, 1], e.g. {GCE_FLOOR}; got {f!r}")
+    if f != GCE_FLOOR and self.weighting != "gce":
+      raise ValueError(f"--gce-floor shapes --weighting gce's weights; use it with that "
+                       f"weighting (or leave it at {GCE_FLOOR})")
+    if up is not None and (isinstance(up, bool) or not isinstance(up, numbers.Real)
+                           or not math.isfinite(up) or up < 1.0):
+      raise ValueError(f"jtt_up (JTT's lambda_up) must be a number >= 1, e.g. 6, or none for "
+                       f"the balance of errors and the rest; got {up!r}")
+    if up is not None and self.weighting != "jtt":
+      raise ValueError("--jtt-up up-weights the error set of --weighting jtt; use it with "
+                       "that weighting (or leave it unset)")
+    if self.kde_features != "surrogate" and self.weighting != "kde":
+      raise ValueError("--kde-features chooses the features of the KDE weights; use it with "
+                       "--weighting kde (or leave it at surrogate)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,6 +498,41 @@ class SurrogateStage(Part):
   CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
       "surrogate_preset": tuple(presets_lib.SURROGATE)}
   surrogate_preset: str = "paper"
+
+
+@dataclasses.dataclass(frozen=True)
+class BiasedStage(Part):
+  """The bias-amplified classifier that ``--weighting gce``, ``jtt`` and ``--kde-features
+  biased`` read (:class:`jaxdd.debias.BiasedConfig`): a ConvNet of the run's depth, this width
+  and normalisation, trained on the class labels alone with the generalized cross-entropy
+  (exponent ``biased_q``; 0: cross-entropy) for ``biased_steps`` SGD steps of ``biased_batch``
+  images at the constant learning rate ``biased_lr`` (momentum 0.9)."""
+  TITLE: ClassVar[str] = "bias-amplified classifier (--weighting gce, jtt; --kde-features biased)"
+  CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {"biased_norm": BIASED_NORMS}
+  HELP: ClassVar[dict[str, str]] = {
+      "biased_steps": "its SGD steps", "biased_batch": "its images per step",
+      "biased_width": "its ConvNet's width", "biased_norm": "its ConvNet's normalisation",
+      "biased_q": "its GCE exponent in [0, 1] (0: cross-entropy)",
+      "biased_lr": "its SGD learning rate"}
+  biased_steps: int = 200
+  biased_batch: int = 128
+  biased_width: int = 8
+  biased_norm: str = "instance"
+  biased_q: float = 0.7
+  biased_lr: float = 0.01
+
+  def validate(self) -> None:
+    self.check_choices()
+    checks.check_positive_int("biased_steps", self.biased_steps)
+    checks.check_positive_int("biased_width", self.biased_width)
+    _check_min(self, ("biased_batch",), 2)
+    _check_unit("biased_q", self.biased_q)
+    _check_positive("biased_lr", self.biased_lr)
+
+
+def _check_unit(name: str, v) -> None:
+  if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v <= 1.0:
+    raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,8 @@ from typing import Any
 from jaxdd import presets as presets_lib
 from jaxdd.config import parts as parts_lib
 
-__all__ = ["BUILTIN_DATA_FIELDS", "CFM_FIELDS", "CHOICES", "EVAL_FIELDS", "FIELDS", "METHODS",
-           "METHOD_PRESETS", "MTT_FIELDS", "OWN_FIELDS", "PARTS", "PRESETS", "RunConfig", "get_config", "validate"]
+__all__ = ["BIASED_FIELDS", "BUILTIN_DATA_FIELDS", "CFM_FIELDS", "CHOICES", "EVAL_FIELDS", "FIELDS", "METHODS",
+           "METHOD_PRESETS", "MTT_FIELDS", "OWN_FIELDS", "PARTS", "PRESETS", "RunConfig", "get_config", "reads_biased", "validate"]
 
 #: Part name (a RunConfig attribute) -> its class, in the order of the flat dict.
 PARTS: dict[str, type[parts_lib.Part]] = {
@@ -33,6 +33,7 @@ PARTS: dict[str, type[parts_lib.Part]] = {
     "mtt": parts_lib.MTTConfig,
     "cfm": parts_lib.CFMConfig,
     "embedding": parts_lib.SurrogateStage,
+    "biased": parts_lib.BiasedStage,
     "evaluation": parts_lib.EvaluationConfig,
     "execution": parts_lib.ExecutionConfig,
 }
@@ -76,6 +77,7 @@ class RunConfig:
   mtt: parts_lib.MTTConfig
   cfm: parts_lib.CFMConfig
   embedding: parts_lib.SurrogateStage
+  biased: parts_lib.BiasedStage
   evaluation: parts_lib.EvaluationConfig
   execution: parts_lib.ExecutionConfig
 
@@ -158,6 +160,7 @@ class RunConfig:
         d.pop(name)
     if d["weighting"] not in ("fairdd_pseudo", "fairdd_batch", "fairdd_dbscan"):  # their field
       d.pop("fairdd_clusters")
+    _pop_biased(d)
     if d["method"] != "mtt":  # fields other methods ignore (and older runs never had)
       for name in MTT_FIELDS:
         d.pop(name)
@@ -182,6 +185,34 @@ class RunConfig:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _pop_biased(d: dict[str, Any]) -> None:
+  """Drops from a hashed dict the bias-amplified classifier's fields where no weighting reads
+  them, and the KDE's features at their default: runs from before the fields keep their
+  digests."""
+  if d["kde_features"] == "surrogate":
+    d.pop("kde_features")
+  if d["weighting"] != "gce":
+    d.pop("gce_floor")
+  if d["weighting"] != "jtt":
+    d.pop("jtt_up")
+  if not reads_biased(d):
+    for name in BIASED_FIELDS:
+      d.pop(name)
+
+
+def reads_biased(config: "RunConfig | dict[str, Any]") -> bool:
+  """Whether a run reads the bias-amplified classifier: ``--weighting gce`` or ``jtt``, or the
+  KDE in its features (``--kde-features biased``).
+
+  Example:
+    >>> reads_biased({"weighting": "jtt", "kde_features": "surrogate"})
+    True
+  """
+  get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
+  return get("weighting") in ("gce", "jtt") or (get("weighting") == "kde"
+                                                and get("kde_features") == "biased")
+
+
 def _flat_property(key: str, name: str) -> property:
   return property(lambda self: getattr(getattr(self, key), name),
                   doc=f"``{key}.{name}`` (read-only; the flat name of config.json and the CLI)")
@@ -201,6 +232,10 @@ BUILTIN_DATA_FIELDS = ("dataset", "conflict_ratio", "severity", "source")
 
 #: RunConfig fields that describe a user's own dataset (``--data``).
 OWN_FIELDS = tuple(f.name for f in dataclasses.fields(parts_lib.OwnDataConfig))
+
+#: RunConfig fields of the bias-amplified classifier (``--weighting gce``, ``jtt``, ``--kde-features
+#: biased``).
+BIASED_FIELDS = tuple(f.name for f in dataclasses.fields(parts_lib.BiasedStage))
 
 #: RunConfig fields that only change how a SynSet is evaluated.
 EVAL_FIELDS = tuple(f.name for f in dataclasses.fields(parts_lib.EvaluationConfig))
@@ -270,6 +305,10 @@ def validate(config: RunConfig) -> None:
   if c.devices != "1" and c.method in ("mtt", "cfm"):
     raise ValueError(f"--devices shards DM and gradient matching; method {c.method!r} "
                      "runs on one device (use --devices 1)")
+  changed = [f for f in BIASED_FIELDS if getattr(c, f) != getattr(_BIASED_DEFAULT, f)]
+  if changed and not reads_biased(c):
+    raise ValueError(f"--{changed[0].replace('_', '-')} sets the bias-amplified classifier of "
+                     "--weighting gce, jtt and --kde-features biased; use it with one of them")
   if c.method == "mtt":
     _validate_mtt(c)
   if c.method == "cfm":
@@ -302,6 +341,8 @@ def _validate_cfm(config: RunConfig) -> None:
                      f"at least one iteration per slot: iterations {config.iterations} < ipc "
                      f"{config.ipc}; raise --iterations or use --cfm-curriculum iterations")
 
+
+_BIASED_DEFAULT = parts_lib.BiasedStage()
 
 #: RunConfig presets (:data:`jaxdd.presets.RUN`): ``paper``, ``cpu``, ``smoke``.
 PRESETS: dict[str, RunConfig] = {name: RunConfig(preset=name, **fields)

@@ -53,18 +53,27 @@ Data contract: as :mod:`jaxdd.evaluate` (NHWC float32 normalised images,
 integer labels; soft labels are refused because the per-sample EMAs and SelecMix's pairs
 need a class per row).
 
+The bias-amplified classifier (:mod:`~jaxdd.debias.biased`) is LfF's biased network on its own:
+trained with GCE on a biased training set, its per-sample difficulty, error set and features
+weigh the real images of a distillation (:mod:`jaxdd.weighting.difficulty`).
+
 Modules: :mod:`~jaxdd.debias.common` (GCE, loss EMAs, relative difficulty),
+:mod:`~jaxdd.debias.biased` and :mod:`~jaxdd.debias.biased_cache` (the bias-amplified classifier
+and its cache),
 :mod:`~jaxdd.debias.lff`, :mod:`~jaxdd.debias.dfa`, :mod:`~jaxdd.debias.selecmix` (the
 training tasks), :mod:`~jaxdd.debias.api` (training and evaluation on a SynSet).
 """
 from jaxdd.debias.api import METHODS, evaluate_debiased, train_dfa, train_lff, train_selecmix
-from jaxdd.debias.common import generalized_cross_entropy, relative_difficulty, update_ema
+from jaxdd.debias.biased import BiasedConfig, BiasedOutputs, biased_outputs, gce_task, train_biased
+from jaxdd.debias.common import (gce_loss, generalized_cross_entropy, relative_difficulty,
+                                 update_ema)
 from jaxdd.debias.dfa import dfa_predict, dfa_task
 from jaxdd.debias.lff import lff_task
 from jaxdd.debias.selecmix import (contradicting_partners, generalized_supcon_loss, mix_pairs,
                                    selecmix_task)
 
-__all__ = ["METHODS", "contradicting_partners", "dfa_predict", "dfa_task", "evaluate_debiased",
+__all__ = ["BiasedConfig", "BiasedOutputs", "METHODS", "biased_outputs", "contradicting_partners",
+           "dfa_predict", "dfa_task", "evaluate_debiased", "gce_loss", "gce_task",
            "generalized_cross_entropy", "generalized_supcon_loss", "lff_task", "mix_pairs",
-           "relative_difficulty", "selecmix_task", "train_dfa", "train_lff", "train_selecmix",
-           "update_ema"]
+           "relative_difficulty", "selecmix_task", "train_biased", "train_dfa", "train_lff",
+           "train_selecmix", "update_ema"]

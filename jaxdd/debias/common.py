@@ -31,6 +31,33 @@ def generalized_cross_entropy(logits: jax.Array, labels: jax.Array, q: float = 0
   return cross_entropy(logits, labels) * q * jax.lax.stop_gradient(p_y) ** q
 
 
+def gce_loss(logits: jax.Array, labels: jax.Array, q: float = 0.7) -> jax.Array:
+  """Per-sample generalized cross-entropy as Zhang & Sabuncu (2018) write it:
+  ``L_q = (1 - p_y^q) / q``; ``q = 0`` is its limit, the cross-entropy ``-log p_y``.
+
+  Computed from ``log p_y`` as ``-expm1(q log p_y) / q``, exact for small ``q`` and for
+  ``p_y`` near 1. Its gradient is ``p_y^q`` times the cross-entropy's;
+  :func:`generalized_cross_entropy` (LfF's code) has ``q`` times this gradient.
+
+  Args:
+    logits: (n, classes).
+    labels: (n,) integer labels.
+    q: the exponent in [0, 1] (LfF: 0.7; 1 gives ``1 - p_y``).
+
+  Returns:
+    (n,) losses.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> round(float(gce_loss(jnp.zeros((1, 2)), jnp.array([0]), 1.0)[0]), 4)  # 1 - 1/2
+    0.5
+  """
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], axis=-1)[:, 0]
+  q = jnp.asarray(q, logp.dtype)
+  safe = jnp.where(q > 0, q, 1.0)
+  return jnp.where(q > 0, -jnp.expm1(safe * logp) / safe, -logp)
+
+
 def update_ema(ema: jax.Array, updated: jax.Array, index: jax.Array, losses: jax.Array,
                alpha: float) -> tuple[jax.Array, jax.Array]:
   """LfF's per-sample loss EMA: ``e <- alpha * e + (1 - alpha * seen) * loss``.

@@ -27,6 +27,8 @@ Which module holds what:
 * :mod:`~jaxdd.runs.rundata`: the data of a run (:class:`RunData`) and its checks;
   :mod:`~jaxdd.runs.bias`: the bias-attribute classifier of the bias score;
 * :mod:`~jaxdd.runs.surrogate_stage`: the SupCon surrogate and its embeddings;
+* :mod:`~jaxdd.runs.biased_stage`: the bias-amplified classifier (``--weighting gce``, ``jtt``,
+  ``--kde-features biased``) and the embeddings a run's weighting reads;
 * :mod:`~jaxdd.runs.weights`: how a run weighs its real samples, and the diagnostics;
 * :mod:`~jaxdd.runs.experts`: trajectory matching's expert buffers;
 * :mod:`~jaxdd.runs.distiller`: the distiller of a run's method, and its device mesh;
@@ -61,6 +63,7 @@ Presets (docs/protocols.md): ``paper`` (published hyperparameters, for an accele
 from jaxdd.runs.baseline_runs import BASELINES, DEBIASED, run_baselines
 from jaxdd.runs.cell import cell_groupable, cell_key, distill_cell
 from jaxdd.runs.bias import bias_classifier
+from jaxdd.runs.biased_stage import biased_artifact, difficulty_weights, weighting_embeddings
 from jaxdd.runs.comparison import reproduce
 from jaxdd.runs.distiller import device_mesh, make_distiller
 from jaxdd.runs.driver import Interrupted, distill_run, steps_per_call, track_every
@@ -76,7 +79,8 @@ from jaxdd.runs.experts import (
 from jaxdd.runs.final_table import final
 from jaxdd.runs.group import (GROUP_KNOBS, distill_group, distill_seeds, group_key, groupable,
                               seed_groupable, seed_key)
-from jaxdd.runs.keys import baseline_keys, expert_key, pseudo_group_key, run_keys, seed_keys
+from jaxdd.runs.keys import (baseline_keys, biased_key, expert_key, pseudo_group_key, run_keys,
+                             seed_keys)
 from jaxdd.runs.knobs import (
                                 KNOBS,
                                 Setting,
@@ -106,6 +110,7 @@ from jaxdd.runs.text import format_comparison, format_stored, method_name
 from jaxdd.runs.version import code_version
 from jaxdd.runs.weights import (
                                 format_weight_summary,
+                                needs_biased,
                                 run_groups,
                                 run_log_density,
                                 run_num_groups,
@@ -122,9 +127,11 @@ __all__ = [
     "distill_cell", "cell_key", "cell_groupable",
     # the pieces of a run
     "RunData", "check_models", "num_bias_values", "bias_classifier",
-    "baseline_keys", "run_keys", "seed_keys", "expert_key", "pseudo_group_key", "code_version",
+    "baseline_keys", "run_keys", "seed_keys", "expert_key", "pseudo_group_key", "biased_key",
+    "code_version",
     "workdir_lock", "locked", "under_policy",
     "surrogate_artifact", "surrogate_embeddings",
+    "biased_artifact", "difficulty_weights", "weighting_embeddings", "needs_biased",
     "run_log_density", "run_groups", "run_num_groups", "run_pseudo_groups", "run_weights",
     "whole_class_weights", "weight_diagnostics",
     "format_weight_summary",

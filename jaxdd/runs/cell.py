@@ -24,16 +24,19 @@ from jaxdd import augment as augment_lib
 from jaxdd import policy as policy_lib
 from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig, validate
+from jaxdd.config.run import BIASED_FIELDS
 from jaxdd.runs import (distiller, driver, group, keys, rundata, rundir, stage_config,
                         weights)
 from jaxdd.structs import SynSet
 
 #: The RunConfig fields in which the rows of a cell may differ (with the seed across seeds).
 ROW_FIELDS = group.GROUP_KNOBS + ("weighting", "init", "real_sampling", "kde_scope",
-                                  "kde_floor", "fairdd_clusters", "fairdd_eps")
+                                  "kde_floor", "fairdd_clusters", "fairdd_eps", "gce_floor", "jtt_up"
+                                  ) + BIASED_FIELDS
 #: The weightings a cell's rows may have.
 CELL_WEIGHTINGS = ("none", "kde", "oracle", "fairdd", "fairdd_pseudo", "fairdd_batch",
-                   "fairdd_dbscan")
+                   "fairdd_dbscan",
+                   "gce", "jtt")
 
 
 def cell_key(config: RunConfig) -> str:
@@ -124,7 +127,7 @@ def _row_spec(config: RunConfig) -> dict:
   """How a row weighs and draws its real batch, as :func:`jaxdd.distill.dm_cell` flags."""
   sampling = config.real_sampling == "weighted"
   kde_batch = config.weighting == "kde" and config.kde_scope == "batch" and not sampling
-  class_scope = (config.weighting == "oracle"
+  class_scope = (config.weighting in ("oracle", "gce", "jtt")
                  or (config.weighting == "kde" and config.kde_scope == "class" and not sampling))
   return {"kde": kde_batch, "class": class_scope, "sampling": sampling,
           "groups": config.weighting in ("fairdd", "fairdd_pseudo", "fairdd_dbscan"),

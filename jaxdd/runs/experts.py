@@ -12,7 +12,7 @@ from jaxdd import progress as progress_lib
 from jaxdd._src.io import cache_root
 from jaxdd.config import RunConfig, validate
 from jaxdd.distill import experts as mtt_lib
-from jaxdd.runs import checks, keys, outputs, rundata, rundir, surrogate_stage
+from jaxdd.runs import biased_stage, checks, keys, outputs, rundata, rundir
 from jaxdd.runs import weights as weights_lib
 
 #: Batch size of expert training (MTT's buffer.py).
@@ -128,8 +128,8 @@ def build_expert_buffer(config: RunConfig, *, buffer_dir: str | None = None,
   rundata.check_models(config, run_data)
   embeddings = None
   if config.weighting == "kde":
-    embeddings = surrogate_stage.surrogate_embeddings(config, run_data, keys.run_keys(config)[0],
-                                                      progress=progress)
+    embeddings = biased_stage.weighting_embeddings(config, run_data, keys.run_keys(config)[0],
+                                                   progress=progress)
   log_density = weights_lib.run_log_density(config, run_data, embeddings)
   traj, _, path = expert_buffer(config, run_data, log_density, keys.expert_key(config),
                                 buffer_dir=buffer_dir, progress=progress)

@@ -30,3 +30,10 @@ def pseudo_group_key(config: RunConfig) -> jax.Array:
   """The key of a run's k-means pseudo-groups (``--weighting fairdd_pseudo``), folded from
   its surrogate key so that no other key of the run moves."""
   return jax.random.fold_in(run_keys(config)[0], 1)
+
+
+def biased_key(config: RunConfig) -> jax.Array:
+  """The key of a run's bias-amplified classifier (``--weighting gce``, ``jtt``,
+  ``--kde-features biased``), folded from its surrogate key as :func:`pseudo_group_key` is, so
+  that no other key of the run moves."""
+  return jax.random.fold_in(run_keys(config)[0], 2)

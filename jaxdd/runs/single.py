@@ -13,6 +13,7 @@ from jaxdd import progress as progress_lib
 from jaxdd.config import RunConfig, validate
 from jaxdd.runs import (
   bias,
+  biased_stage,
   driver,
   files,
   keys,
@@ -20,7 +21,6 @@ from jaxdd.runs import (
   outputs,
   rundata,
   rundir,
-  surrogate_stage,
   text,
   version,
   weights,
@@ -80,7 +80,8 @@ def distill_stage(config: RunConfig, workdir: str, *, run_data: rundata.RunData 
 
 def start_run(config: RunConfig, workdir: str, run_data: rundata.RunData, progress: bool):
   """A run's directory before distilling: config.json, the surrogate's embeddings (KDE and
-  label-free FairDD runs), weights.json. Returns ``(embeddings, report, bias classifier)``."""
+  label-free FairDD runs) or the bias-amplified classifier (gce, jtt, KDE in its features),
+  weights.json. Returns ``(embeddings, report, bias classifier)``."""
   rundata.check_models(config, run_data)
   os.makedirs(workdir, exist_ok=True)
   record = {"config": config.to_dict(), "digest": config.digest(),
@@ -91,7 +92,9 @@ def start_run(config: RunConfig, workdir: str, run_data: rundata.RunData, progre
   k_sur, _, _, k_diag = keys.run_keys(config)
   embeddings = None
   if weights.needs_embeddings(config):  # KDE densities, label-free FairDD's pseudo-groups
-    embeddings = surrogate_stage.surrogate_embeddings(config, run_data, k_sur, progress=progress)
+    embeddings = biased_stage.weighting_embeddings(config, run_data, k_sur, progress=progress)
+  elif weights.needs_biased(config):  # gce, jtt: trained once (cached), before their weights
+    biased_stage.biased_artifact(config, run_data, progress=progress)
   report = weights.weight_diagnostics(config, run_data, embeddings, k_diag, workdir=workdir)
   synset.atomic_write_json(os.path.join(workdir, "weights.json"), report)
   return embeddings, report, bias.bias_classifier(config, run_data)

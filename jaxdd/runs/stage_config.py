@@ -20,9 +20,10 @@ def kde_config(config: RunConfig) -> weighting.KDEConfig | None:
     >>> kde_config(get_config("cpu", weighting="none")) is None
     True
   """
-  if config.weighting == "oracle":
+  if config.weighting in ("oracle", "gce", "jtt"):
     # w = 1 / (size of the sample's (class, bias) group), normalised: f^(-1/T) with T = 1
-    # and f the group's share of its class (jaxdd.weighting.oracle_log_density).
+    # and f the group's share of its class (jaxdd.weighting.oracle_log_density); for gce and
+    # jtt f = 1 / w of their own weights (jaxdd.runs.weights.run_log_density).
     return weighting.KDEConfig(config.kde_variance, 1.0, "power", "class")
   if config.weighting != "kde":
     return None

@@ -1,6 +1,7 @@
 """How a run weighs its real samples: the glue from a RunConfig to :mod:`jaxdd.weighting`.
 
-Which densities a run needs (:func:`run_log_density`), FairDD's groups and their number
+Which densities a run needs (:func:`run_log_density`), whether it reads the bias-amplified
+classifier (:func:`needs_biased`), FairDD's groups and their number
 (:func:`run_groups`, :func:`run_num_groups`: the TRUE bias labels, or label-free
 pseudo-groups of whole classes, :func:`run_pseudo_groups`), its whole-class weights (:func:`whole_class_weights`),
 its per-image weights (:func:`run_weights`), what it writes to ``weights.json``
@@ -17,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import models, plots, weighting
-from jaxdd.config import RunConfig
-from jaxdd.runs import files, keys, rundata
+from jaxdd.config import RunConfig, reads_biased
+from jaxdd.runs import biased_stage, files, keys, rundata
 from jaxdd.runs.stage_config import kde_config
 
 
@@ -28,11 +29,15 @@ def run_log_density(config: RunConfig, run_data: rundata.RunData,
 
   KDE runs need them for scope 'class' and for weighted initialisation or
   sampling (which draw in proportion to whole-class weights); oracle runs
-  always (the group shares of :func:`jaxdd.weighting.oracle_log_density`).
+  always (the group shares of :func:`jaxdd.weighting.oracle_log_density`); 'gce' and 'jtt'
+  runs always: ``-log w`` of their weights (:func:`jaxdd.runs.biased_stage.difficulty_weights`),
+  which the oracle's normalisation (power, T = 1) turns back into ``w``.
   """
   train, nc = run_data.train, run_data.num_classes
   if config.weighting == "oracle":
     return weighting.oracle_log_density(train.labels, train.bias, num_classes=nc)
+  if config.weighting in ("gce", "jtt"):  # every weight > 0 (a floor; JTT's errors and rest)
+    return -np.log(biased_stage.difficulty_weights(config, run_data))
   if config.weighting == "kde" and (config.kde_scope == "class" or config.init == "weighted"
                                     or config.real_sampling == "weighted"):
     return np.asarray(weighting.class_log_density(embeddings, train.labels, num_classes=nc,
@@ -54,8 +59,16 @@ def whole_class_weights(config: RunConfig, labels, log_density: np.ndarray | Non
 
 
 def needs_embeddings(config: RunConfig) -> bool:
-  """Whether a run reads the SupCon surrogate's embeddings (KDE and label-free FairDD)."""
+  """Whether a run reads embeddings (KDE and label-free FairDD): the SupCon surrogate's, or
+  with ``--kde-features biased`` the bias-amplified classifier's
+  (:func:`jaxdd.runs.biased_stage.weighting_embeddings`)."""
   return config.weighting in ("kde", "fairdd_pseudo", "fairdd_dbscan")
+
+
+def needs_biased(config: RunConfig) -> bool:
+  """Whether a run reads the bias-amplified classifier (:mod:`jaxdd.runs.biased_stage`):
+  ``--weighting gce`` or ``jtt``, or ``--kde-features biased``."""
+  return reads_biased(config)
 
 
 def run_pseudo_groups(config: RunConfig, labels, embeddings: np.ndarray | None,
@@ -151,7 +164,9 @@ def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings:
   every pseudo-group and how well they recover the bias groups
   (:func:`jaxdd.weighting.group_recovery`, also a diagnostic from the TRUE bias labels,
   computed after the pseudo-groups); a 'fairdd_batch' run ``batch_clusters``: the clusters
-  DBSCAN finds per batch and their recovery of the bias groups (:func:`batch_cluster_weights`).
+  DBSCAN finds per batch and their recovery of the bias groups (:func:`batch_cluster_weights`);
+  a run that reads the bias-amplified classifier (:func:`needs_biased`) ``biased_network``
+  (:func:`jaxdd.runs.biased_stage.biased_report`).
   Writes ``plots/weights.png`` when ``workdir`` is given.
   """
   train, nc = run_data.train, run_data.num_classes
@@ -175,6 +190,10 @@ def weight_diagnostics(config: RunConfig, run_data: rundata.RunData, embeddings:
     report["weighting"]["fairdd_clusters"] = config.fairdd_clusters
   if config.weighting == "fairdd_batch":
     report["weighting"]["fairdd_eps"] = config.fairdd_eps
+  if needs_biased(config):
+    report["weighting"].update(kde_features=config.kde_features, gce_floor=config.gce_floor,
+                               jtt_up=config.jtt_up)
+    report["biased_network"] = biased_stage.biased_report(config, run_data)
   if config.weighting in ("fairdd_pseudo", "fairdd_dbscan") and train.bias is not None:
     report["pseudo_groups"] = pseudo_group_report(config, run_data, groups)
   if clusters is not None:

@@ -20,6 +20,8 @@ Pure functions of arrays, one job per module:
   batch's k-distance curve;
 * :mod:`jaxdd.weighting.class_dbscan`: label-free pseudo-groups of whole classes, DBSCAN over
   each class with the knee radius (blocked, for classes of thousands);
+* :mod:`jaxdd.weighting.difficulty`: label-free weights from a bias-amplified classifier
+  (:mod:`jaxdd.debias.biased`): its per-sample difficulty (GCE) and its error set (JTT);
 * :mod:`jaxdd.weighting.diagnostics`: how weights fall on the bias groups (aligned vs
   conflicting, group shares, effective sample sizes, the report of ``weights.json``) and
   how well pseudo-groups recover the bias groups.
@@ -39,6 +41,8 @@ from jaxdd.weighting.density import (check_floor, class_log_density, floor_log_d
                                      log_density, log_density_sharded)
 from jaxdd.weighting.diagnostics import (auroc, batch_ess, group_recovery, group_report,
                                          run_report, weight_report, weight_sweep)
+from jaxdd.weighting.difficulty import (DIFFICULTY_FLOOR, difficulty_weights,
+                                        error_set_weights, unit_rows)
 from jaxdd.weighting.groups import (fairdd_batch_weights, group_balanced_weights,
                                     oracle_log_density)
 from jaxdd.weighting.kde import (SCOPES, KDEConfig, batch_weights, class_weights, weights,
@@ -49,6 +53,7 @@ from jaxdd.weighting.scopes import (batch_plan, batch_scope_weights, class_scope
 
 __all__ = [
     "EPS_RULES",
+    "DIFFICULTY_FLOOR",
     "KDEConfig",
     "KMeans",
     "SCOPES",
@@ -64,6 +69,8 @@ __all__ = [
     "class_weights",
     "dbscan",
     "dbscan_pseudo_groups",
+    "difficulty_weights",
+    "error_set_weights",
     "fairdd_batch_weights",
     "floor_log_density",
     "group_balanced_weights",
@@ -82,6 +89,7 @@ __all__ = [
     "pseudo_groups",
     "run_report",
     "scope_weights",
+    "unit_rows",
     "weight_report",
     "weight_sweep",
     "weights",
