@@ -1401,6 +1401,26 @@ def test_weight_quality(tmp_path, capfd):
   assert rows[1].startswith("| 0.1 | 1 |") and "x NN²" in rows[2]
 
 
+@covers("experiments/biased_weights.py")
+@pytest.mark.slow
+def test_biased_weights(tmp_path, capfd):
+  out_file = tmp_path / "biased.json"
+  rows, _ = run("experiments/biased_weights.py", ["--out", str(out_file), "--tiny"], capfd)
+  assert [r["row"] for r in rows] == ["gce", "jtt", "kde", "kde_biased"]
+  assert all(0.0 <= r["auroc"] <= 1.0 and abs(r["uniform"] - 0.05) < 0.01 for r in rows)
+  rec = json.loads(out_file.read_text())
+  assert [r[-1] for r in rec["rows"]] == ["2", "2", "1", "2"]  # classifiers: seeds 0 and 1
+  assert all(rec[k] for k in ("date", "commit", "machine", "command"))
+  assert " ± " in rec["rows"][0][2] and " ± " not in rec["rows"][2][2]
+  # the validation table the classifier's settings were chosen on
+  rows, _ = run("experiments/biased_weights.py", ["--select", "--out", str(out_file), "--tiny"],
+                capfd)
+  assert [r["change"] for r in rows] == [{}, {"lr": 0.005}]
+  rec = json.loads(out_file.read_text())
+  assert [r[1] for r in rec["rows"]] == ["the defaults", "lr 0.005"]
+  assert all(0.0 <= float(r[2]) <= 1.0 for r in rec["rows"])
+
+
 @covers("experiments/backdoor.py")
 @pytest.mark.slow
 @pytest.mark.heavy
