@@ -52,6 +52,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
                           "kde_floor": 0.05},
     "fairdd_pseudo": {"weighting": "fairdd_pseudo"},
     "fairdd_batch": {"weighting": "fairdd_batch"},
+    "fairdd_batch_knee": {"weighting": "fairdd_batch", "fairdd_eps": "knee"},
+    "fairdd_dbscan": {"weighting": "fairdd_dbscan"},
+    "gce": {"weighting": "gce"},
+    "jtt": {"weighting": "jtt"},
+    "kde_biased": {"weighting": "kde", "kde_features": "biased"},
 }
 #: The candidate that stays unless another is better by the rule: the paper's KDE.
 INCUMBENT = "kde"
@@ -60,8 +65,8 @@ INCUMBENT = "kde"
 SEEDS = (0, 1)
 #: Fields a candidate may set, and the run's fields that do not name the choice's data or
 #: settings (its seed, logging and layout).
-_FREE = tuple(KNOBS) + ("fairdd_clusters", "fairdd_eps", "seed", "log_every", "checkpoint_every", "devices",
-                        "steps_per_call", "policy")
+_FREE = tuple(KNOBS) + ("fairdd_clusters", "fairdd_eps", "kde_features", "seed", "log_every",
+                        "checkpoint_every", "devices", "steps_per_call", "policy")
 _VERSION = 1
 
 
