@@ -1401,6 +1401,23 @@ def test_weight_quality(tmp_path, capfd):
   assert rows[1].startswith("| 0.1 | 1 |") and "x NN²" in rows[2]
 
 
+@covers("experiments/dbscan_radius.py")
+@pytest.mark.slow  # ~1 min of CPU: the smoke data's surrogate, batches and whole classes
+def test_dbscan_radius(tmp_path, capfd):
+  out_file = tmp_path / "radius.json"
+  run("experiments/dbscan_radius.py", ["--out", str(out_file), "--tiny"], capfd)
+  rec = json.loads(out_file.read_text())
+  assert all(rec[k] for k in ("date", "commit", "machine", "command"))
+  assert len(rec["columns"]) == 3 + 2 * 3 + 1  # batches 16 and 32, the whole class
+  rows = {r[1]: r for r in rec["rows"]}
+  assert len(rows) == 9 and all(r[0] == "cmnist 0.05" for r in rec["rows"])
+  uniform = rows["uniform weights (vanilla DM)"]
+  assert uniform[4::2][:3] == ["0.50 ± 0.00"] * 3  # uniform weights rank nothing
+  assert rows["true bias groups (FairDD with labels)"][7] == "90.0 ± 0.0"  # 9 of 10 colours
+  batch = [r for r in rec["rows"] if r[1].startswith("DBSCAN of each batch")]
+  assert all(r[7] == "–" for r in batch)  # no whole-class column for in-batch groups
+
+
 @covers("experiments/biased_weights.py")
 @pytest.mark.slow
 def test_biased_weights(tmp_path, capfd):

@@ -27,7 +27,9 @@ the largest class's size rounded up to a multiple of ``block``, so one program s
 classes. Measured on a shared 2-core x86-64 CPU, a class of 6,000 rows of 64 dimensions
 (block 256, padded to 6,144): 4 to 7 s a class after a compilation of about 8 s; XLA's
 temporary buffers 80 MB (two n x n booleans and the blocks), the process's peak memory
-0.23 GB above its resting size, compilation included. 128 dimensions: about 8 s a class.
+0.23 GB above its resting size, compilation included. 128 dimensions: about 8 s a class;
+full CMNIST's classes (5,400 rows, the 128-d surrogate embedding) took 10-15 s each on the
+same CPU under a load of about 10 (docs/results/fairdd-label-free.md).
 """
 from __future__ import annotations
 
