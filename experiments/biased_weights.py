@@ -181,8 +181,8 @@ def main(argv=None) -> int:
             f"{_pm([d['difficulty_auroc'] for d in diag], '.3f')}; its error set holds "
             f"{_pm([sum(net['errors_per_class']) for net in nets], '.0f')} images, precision "
             f"{_pm([d['error_set_precision'] for d in diag], '.2f')}, recall "
-            f"{_pm([d['error_set_recall'] for d in diag], '.2f')} (conflicting images); it "
-            f"trained in {_pm([net['seconds'] for net in nets], '.0f')} s.")
+            f"{_pm([d['error_set_recall'] for d in diag], '.2f')} (conflicting images); its "
+            f"training loop took {_pm([net['seconds'] for net in nets], '.0f')} s.")
   record = {
       "caption": (f"How the weights of a bias-amplified classifier find the bias-conflicting "
                   f"training images, beside the paper's KDE: preset `{args.preset}` (source "
