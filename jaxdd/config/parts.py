@@ -424,7 +424,9 @@ class WeightingConfig(Part):
                    "uniform weight, in (0, 1]",
       "jtt_up": "--weighting jtt: an error of the biased network weighs this many times a "
                 "correct image (JTT's lambda_up, >= 1); none: errors and the rest of a class "
-                "weigh half each"}
+                "weigh half each",
+      "fairdd_eps": "--weighting fairdd_batch: DBSCAN's radius in each batch, the median 5-NN "
+                    "distance or the knee of the batch's sorted 2-distance curve"}
   weighting: str = "kde"
   kde_variance: float = 0.01
   kde_temperature: float = 0.25
