@@ -63,7 +63,8 @@ def test_help_shows_the_selected_presets_defaults_and_choices(capsys):
     assert f"--eval-protocol {{dm,dsa,dc,cpu,cpu300,cpu100,cpu-paper,smoke}} default ({preset} preset): " \
            f"{cfg.eval_protocol}" in out
     assert "paper default" not in out
-  for flag, choices in (("--weighting", "{none,kde,oracle,fairdd,fairdd_pseudo,fairdd_batch}"),
+  for flag, choices in (("--weighting", "{none,kde,oracle,fairdd,fairdd_pseudo,fairdd_batch,fairdd_dbscan,auto,"
+                                         "gce,jtt}"),
                         ("--kde-normalize", "{softmax,power}"),
                         ("--kde-scope", "{batch,class}")):
     with pytest.raises(SystemExit):
