@@ -118,13 +118,14 @@ def test_without_group_labels_nothing_is_distilled_and_the_decision_says_why(stu
   assert "bias-conflicting" in choice["cannot_judge"]
 
 
-def test_the_choice_is_keyed_by_the_data_and_settings_not_the_seed_or_weighting_knobs():
+def test_the_choice_is_keyed_by_the_data_and_settings_not_the_seed():
   data = _fake_data()
   from jaxdd import protocols
   p = protocols.get_protocol("smoke")
   k = auto.choice_key(_cfg(), data, p)
   assert auto.choice_key(_cfg(seed=5), data, p) == k
-  assert auto.choice_key(_cfg(kde_variance=0.1), data, p) == k
+  assert auto.choice_key(_cfg(kde_variance=0.1), data, p) != k  # the candidates inherit it
+  assert auto.choice_key(_cfg(lr_img=3.0), data, p) != k
   assert auto.choice_key(_cfg(ipc=3), data, p) != k
   assert auto.choice_key(_cfg(conflict_ratio=0.1), data, p) != k
   assert auto.choice_key(_cfg(), data, protocols.get_protocol("cpu")) != k

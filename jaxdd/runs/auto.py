@@ -42,7 +42,6 @@ from jaxdd import protocols, synset
 from jaxdd.config import RunConfig, validate
 from jaxdd.data import cache as data_cache
 from jaxdd.runs import files, rundata, selection, single, study_runs
-from jaxdd.runs.knobs import KNOBS
 
 #: The label-free candidates: RunConfig overrides by name. The first is the incumbent.
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -65,8 +64,8 @@ INCUMBENT = "kde"
 SEEDS = (0, 1)
 #: Fields a candidate may set, and the run's fields that do not name the choice's data or
 #: settings (its seed, logging and layout).
-_FREE = tuple(KNOBS) + ("fairdd_clusters", "fairdd_eps", "kde_features", "seed", "log_every",
-                        "checkpoint_every", "devices", "steps_per_call", "policy")
+_FREE = tuple(sorted({k for o in CANDIDATES.values() for k in o})) + (
+    "seed", "log_every", "checkpoint_every", "devices", "steps_per_call", "policy")
 _VERSION = 1
 
 
