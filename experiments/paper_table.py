@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
       "SynSet evaluated alone) instead of the whole cell in one program: the same SynSets "
       "up to float rounding (which grows over the steps), for a device where the cell does "
       "not fit, or to time the two"))
+  p.add_argument("--test-every-row", action="store_true", help=(
+      "every row reads the test split, the label-free candidates too (for the table of "
+      "every candidate; the best label-free row is still chosen on validation alone)"))
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--tiny", action="store_true", help=(
       "check the script in seconds: the smoke preset at 2 iterations, seeds 0,1, the cell "

@@ -61,7 +61,7 @@ Presets (docs/protocols.md): ``paper`` (published hyperparameters, for an accele
 (seconds, for tests).
 """
 from jaxdd.runs.baseline_runs import BASELINES, DEBIASED, run_baselines
-from jaxdd.runs.cell import cell_groupable, cell_key, distill_cell
+from jaxdd.runs.cell import cell_groupable, cell_key, distill_cell, program_rows
 from jaxdd.runs.bias import bias_classifier
 from jaxdd.runs.biased_stage import biased_artifact, difficulty_weights, weighting_embeddings
 from jaxdd.runs.comparison import reproduce
@@ -124,7 +124,7 @@ __all__ = [
     # one run, its comparison and baselines
     "run", "distill_stage", "reproduce", "run_baselines", "BASELINES", "DEBIASED", "distill_group",
     "GROUP_KNOBS", "groupable", "group_key", "distill_seeds", "seed_groupable", "seed_key",
-    "distill_cell", "cell_key", "cell_groupable",
+    "distill_cell", "cell_key", "cell_groupable", "program_rows",
     # the pieces of a run
     "RunData", "check_models", "num_bias_values", "bias_classifier",
     "baseline_keys", "run_keys", "seed_keys", "expert_key", "pseudo_group_key", "biased_key",

@@ -54,6 +54,33 @@ def cell_groupable(config: RunConfig) -> bool:
           and config.weighting in CELL_WEIGHTINGS)
 
 
+def program_rows(configs) -> list[bool]:
+  """Which of one seed's row ``configs`` :func:`distill_cell` can take into one program: each
+  :func:`cell_groupable`, of the first such row's :func:`cell_key`, and of the first
+  in-batch-DBSCAN row's ``fairdd_clusters`` and ``fairdd_eps`` (a program has one). The rows
+  left out (the KDE in the biased classifier's features, a second DBSCAN radius, another
+  method) are distilled row by row.
+
+  >>> from jaxdd.config import get_config
+  >>> base = get_config("smoke")
+  >>> program_rows([base, base.replace(weighting="fairdd_batch"),
+  ...               base.replace(weighting="fairdd_batch", fairdd_eps="knee"),
+  ...               base.replace(weighting="kde", kde_features="biased")])
+  [True, True, False, False]
+  """
+  key, clusters, out = None, None, []
+  for c in configs:
+    ok = cell_groupable(c)
+    if ok:
+      key = cell_key(c) if key is None else key
+      ok = cell_key(c) == key
+    if ok and c.weighting == "fairdd_batch":
+      clusters = (c.fairdd_clusters, c.fairdd_eps) if clusters is None else clusters
+      ok = (c.fairdd_clusters, c.fairdd_eps) == clusters
+    out.append(ok)
+  return out
+
+
 def _check_cell(configs, num_rows: int) -> int:
   """The number of seeds of a seed-major list of ``configs`` (``configs[s * R + r]``); refuses
   what is not a cell."""

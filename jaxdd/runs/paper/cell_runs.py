@@ -18,11 +18,17 @@ import time
 
 import numpy as np
 
-from jaxdd import synset
+from jaxdd import runs, synset
 from jaxdd.runs import selection
 from jaxdd.runs.paper.cells import OWN_DATA, ROWS, Cell, cell_rows, choice_pool, row_config
 from jaxdd.runs.paper.queue import CELL_RECORD, Queue, bias_share
 from jaxdd.runs.paper.table import table_data, table_path, table_source
+
+
+def tested(q: Queue, name: str) -> bool:
+  """Whether the row ``name`` reads the test split when it runs: a reported row, or every row
+  with ``test_every_row``."""
+  return ROWS[name].reported or q.options.test_every_row
 
 
 def run_row(q: Queue, cell: Cell, name: str, test: bool) -> list[dict]:
@@ -51,13 +57,13 @@ def run_cell(q: Queue, cell: Cell) -> dict:
     cell_program(q, cell, in_cell)
   records = {}
   for name in names:
-    records[name] = run_row(q, cell, name, ROWS[name].reported)
+    records[name] = run_row(q, cell, name, tested(q, name))
   pool = choice_pool(cell, q.rows)
   scores = {n: np.asarray([r["valid"]["conflicting"] for r in records[n]]) for n in pool}
   n_valid = records[pool[0]][0]["valid"]["num_conflicting"]
   choice = selection.select(scores, pool[0], n_valid)
   chosen = choice["chosen"]
-  if not ROWS[chosen].reported:  # the chosen candidate's test split, read now and only now
+  if not tested(q, chosen):  # the chosen candidate's test split, read now and only now
     q.check_time()
     records[chosen] = run_row(q, cell, chosen, True)
   return table_data(q, cell, records, choice)
@@ -65,7 +71,13 @@ def run_cell(q: Queue, cell: Cell) -> dict:
 
 def cell_program(q: Queue, cell: Cell, names: list[str]) -> None:
   """The rows ``names`` x the seeds of a DM cell distilled in one program, then evaluated in
-  one program per split; :func:`run_row` then finds them finished and evaluated."""
+  one program per split; :func:`run_row` then finds them finished and evaluated. Rows that
+  cannot share the program (:func:`jaxdd.runs.program_rows`) are left to :func:`run_row`,
+  which distils them row by row."""
+  first = [row_config(q.base(cell), cell, n, q.seeds[0]) for n in names]
+  names = [n for n, ok in zip(names, runs.program_rows(first)) if ok]
+  if not names:
+    return
   q.distil_cell(cell, names)
   if q.on_distilled is not None:
     q.on_distilled()
@@ -74,7 +86,7 @@ def cell_program(q: Queue, cell: Cell, names: list[str]) -> None:
     for s in q.seeds:
       w = os.path.join(q.options.workdir, cell.name, n, f"s{s}")
       syn, _ = synset.load(os.path.join(w, "synset"))
-      items.append((row_config(q.base(cell), cell, n, s), w, syn, ROWS[n].reported))
+      items.append((row_config(q.base(cell), cell, n, s), w, syn, tested(q, n)))
   q.evaluate_many(items)
 
 

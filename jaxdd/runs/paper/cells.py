@@ -6,8 +6,9 @@ configuration of one row and seed of a cell from the cell's base configuration.
 
 >>> [c.name for c in CELLS][:2]
 ['cmnist5-ipc50', 'cmnist5-ipc10']
->>> cell_rows(CELLS[-1])  # a DSA cell: FairDD's rows are DM's only
-['vanilla', 'kde', 'kde_init', 'kde_floor_init_is', 'oracle', 'ceiling']
+>>> dsa = next(c for c in CELLS if c.method == "dsa")
+>>> cell_rows(dsa)  # FairDD's rows are DM's only
+['vanilla', 'kde', 'kde_init', 'kde_floor_init_is', 'gce', 'jtt', 'kde_biased', 'oracle', 'ceiling']
 >>> choice_pool(CELLS[1], ("vanilla", "kde", "fairdd_batch"))
 ['kde', 'fairdd_batch']
 """
@@ -42,10 +43,13 @@ CELLS = (
     Cell("fg5-ipc50", "cmnist_fg", 0.05, 50),
     Cell("bgfmnist5-ipc10", "bg_fmnist", 0.05, 10),
     Cell("cmnist5-ipc10-dsa", "cmnist", 0.05, 10, "dsa"),
+    # a natural-looking background bias: garments on textured backgrounds
+    Cell("textured5-ipc10", "textured_fmnist", 0.05, 10),
 )
 
 #: The conflicting fraction at which each dataset is unbiased (every bias value equally likely).
-UNBIASED = {"cmnist": 0.9, "bg_fmnist": 0.9, "cmnist_fg": 0.9, "cmnist_bg": 0.9}
+UNBIASED = {"cmnist": 0.9, "bg_fmnist": 0.9, "cmnist_fg": 0.9, "cmnist_bg": 0.9,
+            "textured_fmnist": 0.9}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +78,18 @@ ROWS: dict[str, Row] = {
     "fairdd_batch": Row(dict(weighting="fairdd_batch"),
                         "FairDD, pseudo-groups from DBSCAN of each batch (its appendix M)",
                         methods=("dm",)),
+    "fairdd_batch_knee": Row(dict(weighting="fairdd_batch", fairdd_eps="knee"),
+                             "FairDD, pseudo-groups from DBSCAN of each batch, the radius at "
+                             "the knee of the k-distance curve", methods=("dm",), reported=False),
+    "fairdd_dbscan": Row(dict(weighting="fairdd_dbscan"),
+                         "FairDD, pseudo-groups from DBSCAN of each whole class",
+                         methods=("dm",), reported=False),
+    "gce": Row(dict(weighting="gce"), "weights from a GCE-trained biased classifier's "
+               "difficulty", reported=False),
+    "jtt": Row(dict(weighting="jtt"), "weights up on the biased classifier's error set (JTT)",
+               reported=False),
+    "kde_biased": Row(dict(weighting="kde", kde_features="biased"),
+                      "DM + KDE in the biased classifier's features", reported=False),
     "fairdd": Row(dict(weighting="fairdd"), "FairDD synchronized matching (true bias labels)",
                   bias_labels=True, methods=("dm",)),
     "oracle": Row(dict(weighting="oracle"), "oracle group-balanced weights (true bias labels)",
@@ -81,8 +97,10 @@ ROWS: dict[str, Row] = {
     "ceiling": Row(dict(weighting="none"), "vanilla DM on unbiased data (the ceiling)"),
 }
 
-#: The label-free rows the best label-free setting is chosen from; the first is the incumbent.
-LABEL_FREE = ("kde", "kde_init", "kde_floor_init_is", "fairdd_pseudo", "fairdd_batch")
+#: The label-free rows the best label-free setting is chosen from, the candidates of
+#: ``--weighting auto`` (:data:`jaxdd.runs.auto.CANDIDATES`); the first is the incumbent.
+LABEL_FREE = ("kde", "kde_init", "kde_floor_init_is", "fairdd_pseudo", "fairdd_batch",
+              "fairdd_batch_knee", "fairdd_dbscan", "gce", "jtt", "kde_biased")
 #: Rows distilled on other data than the cell's (not in the cell's one program).
 OWN_DATA = ("ceiling",)
 #: The fields a cell sets; a queue's own settings do not take them.

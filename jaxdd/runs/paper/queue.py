@@ -49,7 +49,8 @@ class Options:
   cells' tables; ``units_dir``: the unit records (empty: ``<results>/units``);
   ``rows_per_unit``: at most this many rows in a unit; ``budget_minutes`` less
   ``reserve_minutes``: when distillation stops; ``row_by_row``: a DM cell row by row, not in
-  one program; ``tiny``: another preset at the smoke preset's sizes; ``out``,
+  one program; ``test_every_row``: every row's SynSets read the test split (the label-free
+  candidates too, for a table of them; the choice is still made on validation alone); ``tiny``: another preset at the smoke preset's sizes; ``out``,
   ``resume_from``, ``take`` and ``handover_dir``: the folders a lent machine leaves and takes
   back; ``argv``: the command's flags, as a record names them."""
   preset: str = "paper"
@@ -62,6 +63,7 @@ class Options:
   budget_minutes: float | None = None
   reserve_minutes: float = 4.0
   row_by_row: bool = False
+  test_every_row: bool = False
   quiet: bool = False
   tiny: bool = False
   out: str | None = None
@@ -387,8 +389,16 @@ def eval_record(res, valid, test: bool, eval_s: float) -> dict:
 
 
 def bias_share(workdir: str) -> dict:
-  """The share of synthetic images in their class's aligned bias, first and last logged."""
+  """The share of synthetic images in their class's aligned bias, first and last logged, and
+  how the run's weights find the bias-conflicting real images (``weights.json``'s overall
+  AUROC and the share of the weight on them; absent where the run has no bias labels)."""
   with open(os.path.join(workdir, "weights.json")) as f:
-    traj = json.load(f).get("bias_trajectory", [])
-  return {"bias_start": traj[0]["bias_aligned_fraction"] if traj else None,
-          "bias_end": traj[-1]["bias_aligned_fraction"] if traj else None}
+    report = json.load(f)
+  traj = report.get("bias_trajectory", [])
+  out = {"bias_start": traj[0]["bias_aligned_fraction"] if traj else None,
+         "bias_end": traj[-1]["bias_aligned_fraction"] if traj else None}
+  overall = report.get("overall") or {}
+  if "auroc" in overall:
+    out["weights_auroc"] = overall["auroc"]
+    out["weights_conflicting_share"] = overall["conflicting_fraction_weighted"]
+  return out

@@ -64,7 +64,9 @@ class Unit:
 SEED_RECORD = schema.obj({"seed": schema.INT, "distill_s": schema.NUM, "eval_s": schema.NUM,
                           "bias_start": schema.opt(schema.NUM),
                           "bias_end": schema.opt(schema.NUM), "valid": schema.ANY,
-                          "synset_sha256": schema.STR}, optional={"test": SCORES})
+                          "synset_sha256": schema.STR},
+                         optional={"test": SCORES, "weights_auroc": schema.NUM,
+                                   "weights_conflicting_share": schema.NUM})
 UNIT_RECORD = schema.obj({"unit": schema.STR, "settings": schema.map_of(schema.ANY),
                           "rows": schema.map_of(schema.list_of(SEED_RECORD)),
                           "timings": schema.map_of(schema.NUM), "commit": schema.STR,

@@ -17,7 +17,7 @@ import time
 from jaxdd import runs, surrogate, synset
 from jaxdd.runs import bundle, rundir, version
 from jaxdd.runs.paper import cell_runs
-from jaxdd.runs.paper.cells import ROWS, row_config
+from jaxdd.runs.paper.cells import row_config
 from jaxdd.runs.paper.queue import BudgetReached, Queue, recorded_command
 from jaxdd.runs.paper.records import Unit, read_unit, record_digest, unit_settings
 from jaxdd.runs.paper.table import render, write_table
@@ -34,7 +34,7 @@ def run_unit(q: Queue, unit: Unit) -> dict:
   try:
     if unit.part == "rows" and cell.method == "dm" and not q.options.row_by_row:
       cell_runs.cell_program(q, cell, list(unit.rows))
-    recs = {n: cell_runs.run_row(q, cell, n, ROWS[n].reported or unit.part == "chosen")
+    recs = {n: cell_runs.run_row(q, cell, n, cell_runs.tested(q, n) or unit.part == "chosen")
             for n in unit.rows}
   finally:
     q.seeds = queue_seeds

@@ -75,8 +75,8 @@ def chosen_units(q: Queue, cell: Cell) -> list[Unit]:
   if not pool or not recs:
     return []
   choice = unit_choice(recs, pool)
-  if ROWS[choice["chosen"]].reported:
-    return []
+  if ROWS[choice["chosen"]].reported or all("test" in r for r in recs[choice["chosen"]]):
+    return []  # its test split is in the seeds' records already (--test-every-row)
   return [Unit(cell, "chosen", tuple(q.seeds), (choice["chosen"],))]
 
 
