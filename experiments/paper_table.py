@@ -26,6 +26,7 @@ GPU; docs/reproducing.md).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -112,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--test-every-row", action="store_true", help=(
       "every row reads the test split, the label-free candidates too (for the table of "
       "every candidate; the best label-free row is still chosen on validation alone)"))
+  p.add_argument("--label-free-table", action="store_true", help=(
+      "with --next-unit: write the label-free tables of the cells from their unit records "
+      "(<results>/label-free/: every candidate, vanilla DM and FairDD with labels, and the "
+      "goal's check) and run nothing"))
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--tiny", action="store_true", help=(
       "check the script in seconds: the smoke preset at 2 iterations, seeds 0,1, the cell "
@@ -150,9 +155,10 @@ def main(argv=None) -> int:
     refusal = (f"--budget-minutes {args.budget_minutes:g} leaves nothing after "
                f"--reserve-minutes {args.reserve_minutes:g}; give a larger budget")
   if not args.next_unit and (args.out or args.plan or args.units != 1 or args.resume_from
-                             or args.rows_per_unit is not None or args.take):
-    refusal = ("--out, --plan, --units, --resume-from, --rows-per-unit and --take go with "
-               "--next-unit; add it")
+                             or args.rows_per_unit is not None or args.take
+                             or args.label_free_table):
+    refusal = ("--out, --plan, --units, --resume-from, --rows-per-unit, --take and "
+               "--label-free-table go with --next-unit; add it")
   elif args.take and (args.out or args.plan or args.units != 1 or args.resume_from
                       or args.budget_minutes is not None):
     refusal = ("--take runs nothing: give it without --out, --plan, --units, --resume-from "
@@ -178,7 +184,7 @@ def main(argv=None) -> int:
   q = paper.Queue(options, paper.queue_overrides(options, given, settings))
   order = [by_name[c] for c in cells]
   if args.next_unit:
-    return units_main(q, order, args.units, args.plan)
+    return units_main(q, order, args.units, args.plan, args.label_free_table)
   return queue_main(q, order)
 
 
@@ -220,7 +226,8 @@ def queue_main(q: paper.Queue, order: list[paper.Cell]) -> int:
   return 0
 
 
-def units_main(q: paper.Queue, order: list[paper.Cell], count: int, plan: bool) -> int:
+def units_main(q: paper.Queue, order: list[paper.Cell], count: int, plan: bool,
+               label_free: bool = False) -> int:
   """``--next-unit``: the next units, each recorded when finished, and the cells' tables."""
   opts = q.options
   try:
@@ -228,6 +235,15 @@ def units_main(q: paper.Queue, order: list[paper.Cell], count: int, plan: bool) 
     paper.check_tables(q, order)
     if opts.take:
       paper.take_back(q, order)
+      return 0
+    if label_free:
+      paths = paper.label_free.write_tables(q, order)
+      for path in paths:
+        with open(path) as f:
+          print(f"{path}\n{paper.render(json.load(f))}\n", flush=True)
+      if not paths:
+        print(f"[paper_table] no unit of {', '.join(c.name for c in order)} has vanilla DM and "
+              f"DM + KDE yet ({opts.units_dir}): no label-free table", flush=True)
       return 0
     todo = paper.next_units(q, order, count)
     if not todo:

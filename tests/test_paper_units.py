@@ -238,3 +238,37 @@ def test_options_from_the_commands_flags():
   assert options.units_dir == os.path.join("res", "units") and options.workdir == "runs/paper-table"
   assert paper.recorded_command(options.argv) == "python experiments/paper_table.py --tiny --out OUT"
   assert paper.tiny_preset(options) is False  # --tiny with the smoke preset is smoke itself
+
+
+def test_the_label_free_table_and_the_goals_check_from_hand_written_records(tmp_path):
+  rows = ("vanilla", "kde", "kde_init", "gce", "fairdd")
+  q = _queue(tmp_path, rows=rows, test_every_row=True)
+  # per seed: test overall on 2 networks, validation conflicting on 2 networks
+  test = {"vanilla": ([0.2, 0.3], [0.3, 0.4]), "kde": ([0.80, 0.82], [0.84, 0.86]),
+          "kde_init": ([0.70, 0.72], [0.74, 0.76]), "gce": ([0.90, 0.92], [0.94, 0.96]),
+          "fairdd": ([0.93, 0.95], [0.95, 0.97])}
+  # gce beats the incumbent kde on validation by far on both seeds: it is chosen
+  valid = {"vanilla": 0.1, "kde": 0.5, "kde_init": 0.45, "gce": 0.9, "fairdd": 0.95}
+  for s in (0, 1):
+    unit = paper.Unit(CELL, "rows", (s,), rows)
+    recs = {r: [dict(_seed(s, test[r][s], [valid[r]] * 2), weights_auroc=0.5 + 0.1 * s,
+                     weights_conflicting_share=0.25)] for r in rows}
+    _write(q, unit, _record(unit, recs))
+  data = paper.label_free.cell_data(q, CELL)
+  by_label = {r[0]: r for r in data["rows"]}
+  gce = by_label[paper.ROWS["gce"].label]
+  # test overall: the seeds' means 0.91 and 0.95 -> 93.0 ± std(0.91, 0.95) = 2.8 points
+  assert gce[4] == "93.0 ± 2.8"
+  assert gce[7] == "0.550" and gce[8] == "25.0"  # mean AUROC of 0.5 and 0.6; share 25 %
+  # FairDD: (0.94 + 0.96) / 2 = 0.95, so gce is 2.0 points under it
+  assert gce[9] == "-2.0"
+  auto = data["rows"][-1]
+  assert auto[0] == "auto: chosen on validation (gce)" and auto[1:] == gce[1:]
+  assert data["goal"]["chosen"] == "gce" and data["goal"]["within"] is True
+  assert abs(data["goal"]["auto_overall"] - 0.93) < 1e-12
+  assert [r[0] for r in data["rows"]][:2] == [paper.ROWS["vanilla"].label,
+                                              paper.ROWS["kde"].label]
+  summary = paper.label_free.summary_data([data])
+  assert summary["rows"] == [[CELL.name, "0,1", "gce", "93.0", "95.0", "-2.0", "yes"]]
+  paths = paper.label_free.write_tables(q, [CELL])
+  assert [os.path.basename(p) for p in paths] == [f"{CELL.name}.json", "summary.json"]

@@ -15,7 +15,10 @@
 * :mod:`~jaxdd.runs.paper.units`: a cell's units in queue order, claims, the next units, and
   a cell's table from whatever unit records exist;
 * :mod:`~jaxdd.runs.paper.unit_runs`: running units, and handing a unit the budget stopped
-  over to another machine; :mod:`~jaxdd.runs.paper.take`: what a lent machine left, taken back.
+  over to another machine; :mod:`~jaxdd.runs.paper.take`: what a lent machine left, taken back;
+* :mod:`~jaxdd.runs.paper.label_free`: every label-free candidate beside vanilla DM and FairDD
+  with true labels, per setting, and whether the one chosen on validation comes within 2
+  points of FairDD.
 
 Rows: vanilla DM; the paper's DM + KDE; the best label-free setting (chosen on validation);
 FairDD with pseudo-groups from clustering the surrogate's embeddings (label-free) and from
@@ -44,6 +47,7 @@ from jaxdd.runs.paper.units import (cell_units, check_tables, chosen_units, clai
                                     units_table)
 from jaxdd.runs.paper.unit_runs import hand_over, run_unit, run_units, take_over
 from jaxdd.runs.paper.take import take_back
+from jaxdd.runs.paper import label_free
 
 __all__ = [
     "CELLS", "ROWS", "UNBIASED", "LABEL_FREE", "OWN_DATA", "CELL_FIELDS", "Cell", "Row",
@@ -58,5 +62,5 @@ __all__ = [
     "own_batch", "unit_order", "cell_units", "chosen_units", "unit_choice", "unit_records",
     "units_table", "check_tables", "claim_dir", "claimed_by", "next_units", "estimate_minutes",
     "plan_line", "unit_dirs",
-    "run_unit", "run_units", "take_over", "hand_over", "take_back",
+    "run_unit", "run_units", "take_over", "hand_over", "take_back", "label_free",
 ]
