@@ -645,8 +645,8 @@ def test_the_fault_line_names_the_first_bad_step_what_turned_and_the_likely_caus
   dm, mtt = get_config("smoke", lr_img=2.0), get_config("smoke", method="mtt", lr_lr=1e-3)
 
   def line(config, step, kept=None, **m):
-    return str(driver.nonfinite_error(config, step, {"loss": ok, "grad_norm": ok, **m},
-                                      kept=kept))
+    return str(driver.nonfinite_error(driver.loop_plan(config), step,
+                                      {"loss": ok, "grad_norm": ok, **m}, kept=kept))
   # The first step's loss and gradient come from the initial set and the data alone.
   assert "step 1: the DM loss became non-finite (the data or its" in line(dm, 1, loss=nan)
   assert "check the dataset" in line(dm, 1, grad_norm=nan)
@@ -659,7 +659,7 @@ def test_the_fault_line_names_the_first_bad_step_what_turned_and_the_likely_caus
   assert "student learning rate (syn_lr) became non-finite (lr_lr 0.001 is likely too large)" in got
   assert "checkpoint (step 2) is kept" in got and "smaller --lr-lr in a new --workdir" in got
   # Chunks of steps: the first bad step of all pending chunks is named, its metrics read.
-  watch = driver.FiniteWatch(dm)
+  watch = driver.FiniteWatch(driver.loop_plan(dm))
   rows = lambda flags: lambda j: {"finite": np.array(flags[j]), "loss": np.float32(j)}  # noqa: E731
   watch.add(0, 2, rows([True, True]))
   watch.check(kept=None)

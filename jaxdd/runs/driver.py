@@ -25,9 +25,54 @@ from jaxdd.structs import SynSet
 from jaxdd.runs import stage_config
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopPlan:
+  """What the distillation loop reads of a run's configuration, resolved once
+  (:func:`loop_plan`): the loop, its logging, checkpoints and bias scores
+  (:func:`host_waits`, :func:`log_chunk`, :class:`FiniteWatch`, :func:`nonfinite_error`) take
+  the plan, not the :class:`~jaxdd.config.RunConfig`.
+
+  ``iterations``, ``checkpoint_every`` and ``log_every`` are the run's; ``track_every`` the
+  steps between two bias scores (:func:`track_every`); ``steps_per_call`` the steps per host
+  round trip (:func:`steps_per_call`, resolved under the active policy); ``method`` the
+  distillation method; ``bar`` the progress bar's label; ``lr_img`` and ``lr_lr`` the learning
+  rates a non-finite step's message names.
+  """
+  iterations: int
+  checkpoint_every: int
+  log_every: int
+  track_every: int
+  steps_per_call: int
+  method: str
+  bar: str
+  lr_img: float
+  lr_lr: float
+
+
+def loop_plan(config: RunConfig) -> LoopPlan:
+  """The :class:`LoopPlan` of a run, under the active policy (``steps_per_call='auto'`` takes
+  the policy's: :class:`jaxdd.policy.Policy`).
+
+  >>> from jaxdd.config import get_config
+  >>> plan = loop_plan(get_config("smoke", iterations=25, weighting="kde", steps_per_call="4"))
+  >>> plan.track_every, plan.steps_per_call, plan.bar
+  (2, 4, 'DM+KDE ipc=2')
+  """
+  calls = config.steps_per_call
+  return LoopPlan(iterations=config.iterations, checkpoint_every=config.checkpoint_every,
+                  log_every=config.log_every, track_every=max(1, config.iterations // 10),
+                  steps_per_call=(policy_lib.current().steps_per_call if calls == "auto"
+                                  else int(calls)),
+                  method=config.method,
+                  bar=f"{text.method_label(config.method, config.weighting).upper()} "
+                      f"ipc={config.ipc}",
+                  lr_img=config.lr_img, lr_lr=config.lr_lr)
+
+
 def track_every(config: RunConfig) -> int:
-  """Steps between two bias scores of the synthetic set: 10 % of the iterations."""
-  return max(1, config.iterations // 10)
+  """Steps between two bias scores of the synthetic set: 10 % of the iterations
+  (:func:`loop_plan`)."""
+  return loop_plan(config).track_every
 
 
 def distill_run(config: RunConfig, workdir: str, run_data: rundata.RunData,
@@ -54,43 +99,43 @@ def distill_run(config: RunConfig, workdir: str, run_data: rundata.RunData,
   mngr = checkpoints.checkpointer(workdir)
   state, start = _resume(mngr, fresh, workdir, mesh)
   log = metrics_log.MetricsLog(workdir, start)
-  every = track_every(config)
+  plan = loop_plan(config)
+  every = plan.track_every
 
   def track(step):
-    if classifier is not None and (step % every == 0 or step == config.iterations):
+    if classifier is not None and (step % every == 0 or step == plan.iterations):
       score = diagnostics.bias_score(classifier, parallel.host(state.syn.images),
                                      parallel.host(state.syn.labels))
       log.append({"step": step, "bias_aligned_fraction": score["aligned_fraction"]})
 
   if start == 0:
     track(0)
-  end = config.iterations if stop_after is None else min(config.iterations, start + stop_after)
-  bar = progress_lib.bar(config.iterations,
-                         f"{text.method_name(config).upper()} ipc={config.ipc}",
-                         unit="step", initial=start, disable=not progress)
+  end = plan.iterations if stop_after is None else min(plan.iterations, start + stop_after)
+  bar = progress_lib.bar(plan.iterations, plan.bar, unit="step", initial=start,
+                         disable=not progress)
   t0 = time.perf_counter()
   if start > 0:
-    progress_lib.logger.info("%s: resuming from step %d of %d", workdir, start, config.iterations)
+    progress_lib.logger.info("%s: resuming from step %d of %d", workdir, start, plan.iterations)
 
-  watch = FiniteWatch(config)
+  watch = FiniteWatch(plan)
 
   def check():  # stops at a non-finite step before its state is logged, scored or saved
     watch.check(kept=mngr.latest_step(),
-                log_before=lambda i, k, r: log_chunk(config, nc, i, k, r, log, t0))
+                log_before=lambda i, k, r: log_chunk(plan, nc, i, k, r, log, t0))
 
   def after(it, n, st, row):
     nonlocal state
     state = st
     watch.add(it, n, row)
-    if host_waits(config, it, n, end=end, tracking=classifier is not None):
+    if host_waits(plan, it, n, end=end, tracking=classifier is not None):
       check()
-    loss = log_chunk(config, nc, it, n, row, log, t0)
+    loss = log_chunk(plan, nc, it, n, row, log, t0)
     if loss is not None:
       bar.set_postfix(loss=f"{loss:.4f}")
     bar.update(n)
     step = it + n
     track(step)
-    if step % config.checkpoint_every == 0 or step == config.iterations:
+    if step % plan.checkpoint_every == 0 or step == plan.iterations:
       checkpoints.save(mngr, step, state)
 
   def save(step):
@@ -99,8 +144,8 @@ def distill_run(config: RunConfig, workdir: str, run_data: rundata.RunData,
       checkpoints.save(mngr, step, state, force=True)
 
   try:
-    drive(d, state, step_data, start, end, steps_per_call(config),
-          stops=(config.checkpoint_every, every if classifier is not None else 0),
+    drive(d, state, step_data, start, end, plan.steps_per_call,
+          stops=(plan.checkpoint_every, every if classifier is not None else 0),
           after=after, save=save, deadline=deadline)
   finally:
     bar.close()
@@ -174,10 +219,8 @@ def _resume(mngr, fresh: distill.DistillState, workdir: str,
 
 def steps_per_call(config: RunConfig) -> int:
   """Distillation steps per host round trip: ``config.steps_per_call``, or the active
-  policy's (:class:`jaxdd.policy.Policy`) when it is ``"auto"``."""
-  if config.steps_per_call == "auto":
-    return policy_lib.current().steps_per_call
-  return int(config.steps_per_call)
+  policy's (:class:`jaxdd.policy.Policy`) when it is ``"auto"`` (:func:`loop_plan`)."""
+  return loop_plan(config).steps_per_call
 
 
 def chunks(start: int, end: int, k: int, stops) -> Iterator[tuple[int, int]]:
@@ -310,14 +353,14 @@ def deferred_interrupt():
       signal.signal(s, h)
 
 
-def host_waits(config: RunConfig, it: int, n: int, *, end: int, tracking: bool) -> bool:
+def host_waits(plan: LoopPlan, it: int, n: int, *, end: int, tracking: bool) -> bool:
   """Whether the driver reads from the device after steps ``it+1 .. it+n`` anyway: a
   logged step among them, or a bias score (``tracking``), a checkpoint or the last step
-  (``end``) after them."""
+  (``end``) after them (``plan``: the run's :class:`LoopPlan`)."""
   step = it + n
-  return (step == end or step % config.checkpoint_every == 0
-          or (tracking and (step % track_every(config) == 0 or step == config.iterations))
-          or any(s % config.log_every == 0 or s == config.iterations
+  return (step == end or step % plan.checkpoint_every == 0
+          or (tracking and (step % plan.track_every == 0 or step == plan.iterations))
+          or any(s % plan.log_every == 0 or s == plan.iterations
                  for s in range(it + 1, step + 1)))
 
 
@@ -328,12 +371,13 @@ class FiniteWatch:
   (:func:`jaxdd.distill.core.all_finite`: the loss, the gradient norm, the updated
   synthetic set). The driver :meth:`add` s each chunk of steps and :meth:`check` s where it
   waits for the device anyway (:func:`host_waits`), so the flags ride with the metrics it
-  reads: no extra round trip per step. ``pick`` selects one run's metrics (a column of an
-  N-run group, whose directory ``name`` the error gives).
+  reads: no extra round trip per step. ``plan`` is the run's :class:`LoopPlan`; ``pick``
+  selects one run's metrics (a column of an N-run group, whose directory ``name`` the error
+  gives).
   """
 
-  def __init__(self, config: RunConfig, pick=lambda m: m, name: str | None = None):
-    self.config, self.pick, self.name, self.pending = config, pick, name, []
+  def __init__(self, plan: LoopPlan, pick=lambda m: m, name: str | None = None):
+    self.plan, self.pick, self.name, self.pending = plan, pick, name, []
 
   def add(self, it: int, n: int, row) -> None:
     """Steps ``it+1 .. it+n``, ``row(j)`` the metrics of the j-th (read when checked)."""
@@ -350,15 +394,15 @@ class FiniteWatch:
         if "finite" in m and not bool(parallel.host(m["finite"])):
           if log_before is not None:
             log_before(it, j, row)
-          raise nonfinite_error(self.config, it + j + 1, parallel.host(m), kept=kept,
+          raise nonfinite_error(self.plan, it + j + 1, parallel.host(m), kept=kept,
                                 name=self.name)
 
 
-def nonfinite_error(config: RunConfig, step: int, m: dict, *, kept: int | None,
+def nonfinite_error(plan: LoopPlan, step: int, m: dict, *, kept: int | None,
                     name: str | None = None) -> FloatingPointError:
-  """The one-line fault of a run whose step ``step`` (host metrics ``m``) turned
-  non-finite: what did, the likely cause and its fix, and the checkpoint kept (``kept``:
-  the newest step saved, None: none).
+  """The one-line fault of a run (its :class:`LoopPlan`) whose step ``step`` (host metrics
+  ``m``) turned non-finite: what did, the likely cause and its fix, and the checkpoint kept
+  (``kept``: the newest step saved, None: none).
 
   The same command would resume from that checkpoint and replay the same steps, so the fix
   goes with a new work directory. The first step's loss and gradient (gradient matching's:
@@ -366,14 +410,14 @@ def nonfinite_error(config: RunConfig, step: int, m: dict, *, kept: int | None,
   having acted yet, so there the data is named as the likely cause.
   """
   bad = lambda key: key in m and not np.isfinite(np.asarray(m[key], np.float64)).all()  # noqa: E731
-  flag, value = "--lr-img", config.lr_img
+  flag, value = "--lr-img", plan.lr_img
   if bad("loss"):
-    what, computed = f"the {config.method.upper()} loss", True
+    what, computed = f"the {plan.method.upper()} loss", True
   elif bad("grad_norm"):
     what, computed = "the gradient of the synthetic images", True
   elif bad("syn_lr"):
     what, computed = "the learned student learning rate (syn_lr)", False
-    flag, value = "--lr-lr", config.lr_lr
+    flag, value = "--lr-lr", plan.lr_lr
   else:
     what, computed = "the synthetic images", False
   if computed and step == 1 and ("loss_first" not in m or bad("loss_first")):
@@ -392,27 +436,28 @@ def nonfinite_error(config: RunConfig, step: int, m: dict, *, kept: int | None,
                             f"{fix} in a new --workdir")
 
 
-def log_chunk(config, nc: int, it: int, n: int, row, log, t0: float,
+def log_chunk(plan: LoopPlan, nc: int, it: int, n: int, row, log, t0: float,
               pick=lambda m: m, name: str | None = None) -> float | None:
-  """Appends the metrics lines of steps ``it+1 .. it+n`` that fall on ``log_every`` (or
-  the last step) and returns the last logged loss (None if none).
+  """Appends the metrics lines of steps ``it+1 .. it+n`` that fall on the run's (its
+  :class:`LoopPlan`'s) ``log_every`` (or the last step) and returns the last logged loss
+  (None if none).
 
   ``row(j)`` is the chunk's j-th step's metrics; ``pick`` selects one run's from them
   (a column of an N-run group, whose directory ``name`` the error message gives).
   """
   loss = None
   for step in range(it + 1, it + n + 1):
-    if step % config.log_every and step != config.iterations:
+    if step % plan.log_every and step != plan.iterations:
       continue
     m = pick(row(step - it - 1))
     # "loss" is the matching loss averaged over classes (the reference's printed
     # loss_avg), the number the progress bar shows; trajectory matching's loss is one
     # normalised parameter distance for the whole set.
-    loss = float(m["loss"]) / (1 if config.method == "mtt" else nc)
+    loss = float(m["loss"]) / (1 if plan.method == "mtt" else nc)
     if not np.isfinite(loss):
-      raise FloatingPointError(f"the {config.method.upper()} loss"
+      raise FloatingPointError(f"the {plan.method.upper()} loss"
                                f"{' of ' + name if name else ''} became {loss} at step {step}; "
-                               f"lower lr_img (now {config.lr_img}) or check the data "
+                               f"lower lr_img (now {plan.lr_img}) or check the data "
                                "normalisation")
     out = {"step": step, "loss": loss, "grad_norm": float(m["grad_norm"])}
     for key in ("max_weight", "syn_lr", "start_epoch", "beta"):

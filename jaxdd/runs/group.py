@@ -287,12 +287,14 @@ def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs
   """Steps the group from ``start`` to the end with the driver, logging, tracking the bias
   score and checkpointing every run as :func:`jaxdd.runs.driver.distill_run` does one."""
   base, nc = configs[0], run_data.num_classes
+  plans = [driver.loop_plan(c) for c in configs]  # each run logs and fails as its own
+  plan = plans[0]
   classifiers = [h[2] for h in heads]
   tracking = classifiers[0] is not None
-  every = driver.track_every(base)
+  every = plan.track_every
 
   def track(step):
-    if tracking and (step % every == 0 or step == base.iterations):
+    if tracking and (step % every == 0 or step == plan.iterations):
       for i, log in enumerate(logs):
         score = diagnostics.bias_score(classifiers[i], np.asarray(state.syn.images[i]),
                                        np.asarray(state.syn.labels[i]))
@@ -300,10 +302,10 @@ def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs
 
   if start == 0:
     track(0)
-  bar = progress_lib.bar(base.iterations, f"DM x{len(configs)} ipc={base.ipc}", unit="step",
+  bar = progress_lib.bar(plan.iterations, f"DM x{len(configs)} ipc={base.ipc}", unit="step",
                          initial=start, disable=not progress)
   t0, c0 = time.perf_counter(), profiling.compiled()
-  watches, check = _finite_watches(configs, workdirs, mngrs)
+  watches, check = _finite_watches(plans, workdirs, mngrs)
 
   def after(it, n, st, row):
     nonlocal state
@@ -314,15 +316,15 @@ def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs
                                time.perf_counter() - t0, profiling.compiling(c0))
     for watch in watches:
       watch.add(it, n, row)
-    if driver.host_waits(base, it, n, end=base.iterations, tracking=tracking):
+    if driver.host_waits(plan, it, n, end=plan.iterations, tracking=tracking):
       check()
-    for i, (c, log) in enumerate(zip(configs, logs)):
-      driver.log_chunk(c, nc, it, n, row, log, t0, pick=lambda m, i=i: jax.tree.map(
+    for i, (p, log) in enumerate(zip(plans, logs)):
+      driver.log_chunk(p, nc, it, n, row, log, t0, pick=lambda m, i=i: jax.tree.map(
           lambda a: a[i], m), name=workdirs[i])
     bar.update(n)
     step = it + n
     track(step)
-    if step % base.checkpoint_every == 0 or step == base.iterations:
+    if step % plan.checkpoint_every == 0 or step == plan.iterations:
       for i, mngr in enumerate(mngrs):
         checkpoints.save(mngr, step, _one(state, i, shared))
 
@@ -333,8 +335,8 @@ def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs
         checkpoints.save(mngr, step, _one(state, i, shared), force=True)
 
   try:
-    driver.drive(d, state, real, start, base.iterations, driver.steps_per_call(base),
-                 stops=(base.checkpoint_every, every if tracking else 0), after=after, save=save,
+    driver.drive(d, state, real, start, plan.iterations, plan.steps_per_call,
+                 stops=(plan.checkpoint_every, every if tracking else 0), after=after, save=save,
                  deadline=deadline)
   finally:
     bar.close()
@@ -343,12 +345,12 @@ def _loop(configs, workdirs, run_data, heads, d, real, state, start, logs, mngrs
 
 
 
-def _finite_watches(configs, workdirs, mngrs):
+def _finite_watches(plans, workdirs, mngrs):
   """One :class:`jaxdd.runs.driver.FiniteWatch` per run of a group (its column of the
-  metrics) and ``check()``, which reads them all: any run's first non-finite step stops
-  the group."""
-  watches = [driver.FiniteWatch(c, pick=lambda m, i=i: jax.tree.map(lambda a: a[i], m), name=w)
-             for i, (c, w) in enumerate(zip(configs, workdirs))]
+  metrics; ``plans``: the runs' :class:`jaxdd.runs.driver.LoopPlan`) and ``check()``, which
+  reads them all: any run's first non-finite step stops the group."""
+  watches = [driver.FiniteWatch(p, pick=lambda m, i=i: jax.tree.map(lambda a: a[i], m), name=w)
+             for i, (p, w) in enumerate(zip(plans, workdirs))]
 
   def check():
     for watch, mngr in zip(watches, mngrs):

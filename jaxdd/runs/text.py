@@ -8,8 +8,19 @@ from jaxdd.config import RunConfig
 
 
 def method_name(config: RunConfig) -> str:
-  """``dm``, ``dsa`` or ``dc``, with ``+kde`` (or ``+oracle``) for the reweighted variant."""
-  return config.method + ("" if config.weighting == "none" else f"+{config.weighting}")
+  """``dm``, ``dsa`` or ``dc``, with ``+kde`` (or ``+oracle``) for the reweighted variant
+  (:func:`method_label` of the run's method and weighting)."""
+  return method_label(config.method, config.weighting)
+
+
+def method_label(method: str, weighting: str) -> str:
+  """The name of a method under a weighting: the method, with ``+`` and the weighting unless
+  it is ``none``.
+
+  >>> method_label("dm", "kde"), method_label("mtt", "none")
+  ('dm+kde', 'mtt')
+  """
+  return method + ("" if weighting == "none" else f"+{weighting}")
 
 
 def format_stored(summary: dict) -> str:
