@@ -53,15 +53,16 @@ def test_devices_flag_shards_a_run_with_the_same_numbers(tmp_path):
   from jaxdd import runs
   assert jax.device_count() == 8
   cfg = get_config("smoke", weighting="none", iterations=3)
-  mesh = runs.device_mesh(cfg.replace(devices="8"), 10)
+  mesh_of = lambda c: runs.device_mesh(c.execution, 10, c.real_per_class)  # noqa: E731
+  mesh = mesh_of(cfg.replace(devices="8"))
   assert dict(mesh.shape) == {"cls": 2, "real": 4}
-  assert runs.device_mesh(cfg.replace(devices="all"), 10).size == 8
-  assert runs.device_mesh(cfg, 10) is None
+  assert mesh_of(cfg.replace(devices="all")).size == 8
+  assert mesh_of(cfg) is None
   assert cfg.replace(devices="8").digest() == cfg.digest()  # layout only
   with pytest.raises(ValueError, match="only 8 devices"):
-    runs.device_mesh(cfg.replace(devices="16"), 10)
+    mesh_of(cfg.replace(devices="16"))
   with pytest.raises(ValueError, match="multiple of 4"):
-    runs.device_mesh(cfg.replace(devices="8", real_per_class=6), 10)
+    mesh_of(cfg.replace(devices="8", real_per_class=6))
   with pytest.raises(ValueError, match="devices must be"):
     cfg.replace(devices="two")
   one = runs.distill_stage(cfg, str(tmp_path / "one"), progress=False)

@@ -190,7 +190,8 @@ def _distiller(base: RunConfig, nc: int, sampling: list[bool], num_seeds: int, n
         importance_sampling=by_weight,
         batch_clusters=None if clusters is None else clusters[0],
         batch_eps="median" if clusters is None else clusters[1],
-        execution=distiller.execution(base, nc, sharded=False))
+        execution=distiller.execution(base.execution, nc, base.real_per_class,
+                                      compute_dtype=base.compute_dtype, sharded=False))
     return distill.cell_runs(cell, num_seeds=num_seeds, num_rows=len(rows),
                              seed_fields=tuple(seed_fields), run_fields=tuple(run_fields))
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jaxdd import distill, models
-from jaxdd.config import RunConfig
+from jaxdd.config import ExecutionConfig, RunConfig
 
 
 def check_config(config: RunConfig) -> None:
@@ -35,16 +35,17 @@ def check_config(config: RunConfig) -> None:
     distill.gm_loops(config.ipc, config.outer_loop, config.inner_loop)
 
 
-def device_count(config: RunConfig) -> int:
-  """The devices ``config.devices`` names, refused (ValueError naming the fix) when they are
-  not visible or, across processes, not every process's; needs no data.
+def device_count(execution: ExecutionConfig) -> int:
+  """The devices ``execution.devices`` names (``execution``: a run's ``config.execution``),
+  refused (ValueError naming the fix) when they are not visible or, across processes, not
+  every process's; needs no data.
 
   >>> from jaxdd.config import get_config
-  >>> device_count(get_config("smoke"))
+  >>> device_count(get_config("smoke").execution)
   1
   """
   available = len(jax.devices())
-  n = available if config.devices == "all" else int(config.devices)
+  n = available if execution.devices == "all" else int(execution.devices)
   if n == 1:
     return 1
   if n > available:
@@ -56,25 +57,29 @@ def device_count(config: RunConfig) -> int:
   return n
 
 
-def mesh_shape(config: RunConfig, num_classes: int) -> tuple[int, int] | None:
-  """``(class shards, real-batch shards)`` of ``config.devices``; None for one device.
+def mesh_shape(execution: ExecutionConfig, num_classes: int,
+               real_per_class: int) -> tuple[int, int] | None:
+  """``(class shards, real-batch shards)`` of ``execution.devices`` (a run's
+  ``config.execution``); None for one device.
 
   The class axis takes the largest divisor of the device count that divides the class
-  count, the real-batch axis the rest, which must divide ``real_per_class``. Raises a
-  ValueError naming the fix when the devices are not visible or do not split the batch.
+  count, the real-batch axis the rest, which must divide ``real_per_class`` (the run's).
+  Raises a ValueError naming the fix when the devices are not visible or do not split the
+  batch.
 
   >>> from jaxdd.config import get_config
-  >>> mesh_shape(get_config("smoke"), 10) is None
+  >>> config = get_config("smoke")
+  >>> mesh_shape(config.execution, 10, config.real_per_class) is None
   True
   """
-  n = device_count(config)
+  n = device_count(execution)
   if n == 1:
     return None
   cls = max(d for d in range(1, n + 1) if n % d == 0 and num_classes % d == 0)
   real = n // cls
-  if config.real_per_class % real:
+  if real_per_class % real:
     raise ValueError(f"--devices {n} splits into {cls} class x {real} real-batch shards, and "
-                     f"real_per_class={config.real_per_class} is not a multiple of {real}; "
+                     f"real_per_class={real_per_class} is not a multiple of {real}; "
                      "change one of them")
   return cls, real
 

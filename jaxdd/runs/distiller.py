@@ -6,34 +6,37 @@ import jax
 from jaxdd import augment as augment_lib
 from jaxdd import distill, models, parallel
 from jaxdd import policy as policy_lib
-from jaxdd.config import RunConfig
+from jaxdd.config import ExecutionConfig, RunConfig
 from jaxdd.runs import checks, experts
 
 
-def device_mesh(config: RunConfig, num_classes: int):
-  """The mesh of ``config.devices`` (None for one device): classes x real batch.
+def device_mesh(execution: ExecutionConfig, num_classes: int, real_per_class: int):
+  """The mesh of ``execution.devices`` (``execution``: a run's ``config.execution``; None for
+  one device): classes x real batch.
 
   The class axis takes the largest divisor of the device count that divides the
   class count, the real-batch axis the rest, which must divide ``real_per_class``
   (:func:`jaxdd.runs.checks.mesh_shape`, which every run checks before its first write).
   """
-  shape = checks.mesh_shape(config, num_classes)
+  shape = checks.mesh_shape(execution, num_classes, real_per_class)
   if shape is None:
     return None
   cls, real = shape
   return parallel.make_mesh({"cls": cls, "real": real}, devices=jax.devices()[:cls * real])
 
 
-def execution(config: RunConfig, num_classes: int, *, real_dtype: str | None = None,
+def execution(layout: ExecutionConfig, num_classes: int, real_per_class: int, *,
+              compute_dtype: str, real_dtype: str | None = None,
               sharded: bool = True) -> distill.Execution:
-  """How the run's step runs: ``config.policy``, the mesh of ``config.devices``
-  (:func:`device_mesh`; ``sharded=False``: none), DM's ``real_dtype`` and
-  ``config.compute_dtype`` (DM's real and synthetic arithmetic)."""
-  mesh = device_mesh(config, num_classes)
+  """How the run's step runs: the ``policy`` of its execution part ``layout``
+  (``config.execution``), the mesh of its ``devices`` over ``real_per_class``
+  (:func:`device_mesh`; ``sharded=False``: none), DM's ``real_dtype`` and the run's
+  ``compute_dtype`` (DM's real and synthetic arithmetic)."""
+  mesh = device_mesh(layout, num_classes, real_per_class)
   axes = {} if mesh is None or not sharded else dict(mesh=mesh, class_axis="cls",
                                                       batch_axis="real")
-  low = None if config.compute_dtype == "float32" else config.compute_dtype
-  return distill.Execution(policy=policy_lib.resolve(config.policy),
+  low = None if compute_dtype == "float32" else compute_dtype
+  return distill.Execution(policy=policy_lib.resolve(layout.policy),
                            real_dtype=real_dtype or low, syn_dtype=low, **axes)
 
 
@@ -59,7 +62,8 @@ def make_distiller(config: RunConfig, num_classes: int,
                 real_sampling=config.real_sampling)
   if config.method != "dm" and real_dtype is not None:
     raise ValueError(f"real_dtype is a DM option; method {config.method!r} has none")
-  ex = execution(config, num_classes, real_dtype=real_dtype,
+  ex = execution(config.execution, num_classes, config.real_per_class,
+                 compute_dtype=config.compute_dtype, real_dtype=real_dtype,
                  sharded=config.method not in ("mtt", "cfm"))
   if config.method == "mtt":
     return distill.mtt(num_classes=num_classes, ipc=config.ipc,

@@ -160,7 +160,7 @@ def _distiller_and_data(config: RunConfig, workdir: str, run_data: rundata.RunDa
   """The run's distiller, its real data, what it steps over (the real data, or trajectory
   matching's expert buffer, recorded in ``buffer.json``) and the device mesh."""
   nc = run_data.num_classes
-  mesh = distiller.device_mesh(config, nc)
+  mesh = distiller.device_mesh(config.execution, nc, config.real_per_class)
   fields = real_fields(config, run_data, embeddings)
   real = distill.real_data(run_data.normalized(run_data.train), run_data.train.labels,
                            num_classes=nc, **fields, mesh=mesh)

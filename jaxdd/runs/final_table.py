@@ -72,7 +72,7 @@ def final(base: RunConfig, root: str, *, settings: dict[str, Setting],
               "settings": {k: [list(kv) for kv in v.overrides] for k, v in settings.items()},
               "with_random": bool(with_random), "full_models": int(full_models)}
   _refuse_other_table(root, identity)
-  checks.device_count(base)  # the devices and a writable root before the data are built
+  checks.device_count(base.execution)  # the devices and a writable root before the data are built
   outputs.check_work_folder(root, record="table.json", writes=("table.md",), what="a table")
   checks.check_writable(root)
   first = rundata.load(base.replace(seed=seeds[0]), root)  # every check before the first write

@@ -137,7 +137,8 @@ def check_models(config: RunConfig, run_data: RunData) -> None:
   (:func:`jaxdd.runs.checks.check_config`) and the device mesh
   (:func:`jaxdd.runs.checks.mesh_shape`) first."""
   checks.check_config(config)
-  checks.mesh_shape(config, run_data.num_classes)  # the devices are there and split the batch
+  # the devices are there and split the batch
+  checks.mesh_shape(config.execution, run_data.num_classes, config.real_per_class)
   shape = tuple(run_data.train.images.shape[1:])
   nc = run_data.num_classes
   models.check_fits(models.ConvNet(nc, depth=config.depth, width=config.width), shape)
@@ -166,7 +167,7 @@ def real_batch(config: RunConfig, run_data: RunData) -> int:
   if config.real_sampling != "uniform" or config.method not in ("dm", "dsa", "dc"):
     return config.real_per_class
   largest = int(np.bincount(np.asarray(run_data.train.labels)).max())
-  shape = checks.mesh_shape(config, run_data.num_classes)
+  shape = checks.mesh_shape(config.execution, run_data.num_classes, config.real_per_class)
   shards = 1 if shape is None else shape[1]
   return min(config.real_per_class, -(-largest // shards) * shards)
 
@@ -213,7 +214,7 @@ def check_paths(config: RunConfig, workdir: str, *, buffer_dir: str | None = Non
   trajectory matching, a writable ``buffer_dir`` that holds nothing but a buffer
   (:func:`jaxdd.distill.experts.check_buffer_dir`): checked before the data are loaded (which
   may build them into the cache)."""
-  checks.device_count(config)
+  checks.device_count(config.execution)
   checks.check_writable(workdir)
   if config.method == "mtt" and buffer_dir is not None:
     outputs.check_outside_jaxdd_files(buffer_dir, flag="--buffer-dir")

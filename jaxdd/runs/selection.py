@@ -89,7 +89,7 @@ def tune(base: RunConfig, root: str, *, seeds: Sequence[int] = (0, 1),
   for w, s in incumbents.items():
     if any(c.apply(base).weighting == w for c in candidates) and s not in candidates:
       candidates.append(s)
-  checks.device_count(base)  # the devices and a writable root before the data are built
+  checks.device_count(base.execution)  # the devices and a writable root before the data are built
   if os.path.lexists(os.path.join(root, "config.json")):  # its candidates would fill a run
     raise ValueError(f"--workdir {root} is a run's folder; give tune a folder of its own, e.g. "
                      "runs/tune")
