@@ -165,7 +165,7 @@ def _flat_class_weights(config: RunConfig, real: distill.RealData) -> np.ndarray
   """(N,) a run's whole-class weights (what ``init='weighted'``, ``real_sampling='weighted'``
   and the class scope use), each on its own row, the same floats as the (C, M) ones."""
   # one program (eagerly, each of its operations would be compiled on its own)
-  w = np.asarray(jax.jit(distill.class_weights)(real, stage_config.kde_config(config)))
+  w = np.asarray(jax.jit(distill.class_weights)(real, stage_config.kde_config(config.weights)))
   idx, counts = np.asarray(real.index.indices), np.asarray(real.index.counts)
   out = np.zeros(real.images.shape[0], np.float32)
   for c in range(len(counts)):
@@ -240,7 +240,7 @@ def _program(configs, num_seeds: int, num_rows: int, run_data: rundata.RunData, 
                     "temperature": c.kde_temperature, "kde": float(spec["kde"]),
                     "groups": float(spec["groups"]), "batch_groups": float(spec["batch_groups"]),
                     "weighted_sampling": float(spec["sampling"])})
-  num_groups = [weights.run_num_groups(c, run_data) for c in configs]
+  num_groups = [weights.run_num_groups(c.weights, run_data) for c in configs]
   num_groups = max((g for g in num_groups if g is not None), default=None)
   clusters = {(c.fairdd_clusters, c.fairdd_eps) for c in configs
               if c.weighting == "fairdd_batch"}

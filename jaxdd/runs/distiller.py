@@ -67,7 +67,7 @@ def make_distiller(config: RunConfig, num_classes: int,
                  sharded=config.method not in ("mtt", "cfm"))
   if config.method == "mtt":
     return distill.mtt(num_classes=num_classes, ipc=config.ipc,
-                       num_epochs=experts.expert_run_epochs(config),
+                       num_epochs=experts.expert_run_epochs(config.mtt),
                        model=common["model"], expert_epochs=config.expert_epochs,
                        max_start_epoch=config.max_start_epoch, syn_steps=config.syn_steps,
                        batch_syn=config.batch_syn, lr=config.lr_img, lr_lr=config.lr_lr,

@@ -193,8 +193,8 @@ def run_distiller(config: RunConfig, run_data: rundata.RunData, *,
   """The run's distiller (:func:`jaxdd.runs.distiller.make_distiller` with its KDE settings and,
   for FairDD, the number of group values)."""
   return distiller.make_distiller(config, run_data.num_classes,
-                                  stage_config.kde_config(config), real_dtype=real_dtype,
-                                  num_bias=weights.run_num_groups(config, run_data),
+                                  stage_config.kde_config(config.weights), real_dtype=real_dtype,
+                                  num_bias=weights.run_num_groups(config.weights, run_data),
                                   real_per_class=rundata.real_batch(config, run_data))
 
 

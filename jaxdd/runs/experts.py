@@ -10,7 +10,7 @@ import numpy as np
 from jaxdd import models
 from jaxdd import progress as progress_lib
 from jaxdd._src.io import cache_root
-from jaxdd.config import RunConfig, validate
+from jaxdd.config import MTTConfig, RunConfig, validate
 from jaxdd.distill import experts as mtt_lib
 from jaxdd.runs import biased_stage, checks, keys, outputs, rundata, rundir
 from jaxdd.runs import weights as weights_lib
@@ -19,9 +19,10 @@ from jaxdd.runs import weights as weights_lib
 EXPERT_BATCH = 256
 
 
-def expert_run_epochs(config: RunConfig) -> int:
-  """Epochs each expert records: ``max_start_epoch + expert_epochs``, the only ones MTT reads."""
-  return config.max_start_epoch + config.expert_epochs
+def expert_run_epochs(mtt: MTTConfig) -> int:
+  """Epochs each expert records: ``max_start_epoch + expert_epochs`` of the run's trajectory
+  matching part ``mtt`` (``config.mtt``; a whole RunConfig does too), the only ones MTT reads."""
+  return mtt.max_start_epoch + mtt.expert_epochs
 
 
 def expert_weights(config: RunConfig, run_data: rundata.RunData,
@@ -36,7 +37,7 @@ def expert_weights(config: RunConfig, run_data: rundata.RunData,
     return None
   labels = np.asarray(run_data.train.labels)
   counts = np.bincount(labels, minlength=run_data.num_classes)
-  w = weights_lib.whole_class_weights(config, labels, log_density, run_data.num_classes)
+  w = weights_lib.whole_class_weights(config.weights, labels, log_density, run_data.num_classes)
   return (w * counts[labels]).astype(np.float64)
 
 
@@ -62,7 +63,7 @@ def expert_spec(config: RunConfig, run_data: rundata.RunData,
                  "surrogate_preset": config.surrogate_preset,
                  "weights_sha256": hashlib.sha256(
                      np.ascontiguousarray(weights, np.float64).tobytes()).hexdigest()}
-  trainer = {"num_experts": config.num_experts, "epochs": expert_run_epochs(config),
+  trainer = {"num_experts": config.num_experts, "epochs": expert_run_epochs(config.mtt),
              "lr": config.expert_lr, "batch_size": EXPERT_BATCH,
              "augment": config.dsa_strategy or None}
   model = models.spec_of(models.ConvNet(nc, depth=config.depth, width=config.width))
@@ -95,11 +96,11 @@ def expert_buffer(config: RunConfig, run_data: rundata.RunData,
     progress_lib.logger.info("expert buffer: reusing %s", path)
   else:
     progress_lib.logger.info("expert buffer: training %d experts for %d epochs into %s",
-                             config.num_experts, expert_run_epochs(config), path)
+                             config.num_experts, expert_run_epochs(config.mtt), path)
   traj, meta = mtt_lib.build_buffer(
       path, spec, key, run_data.normalized(train), train.labels,
       model=models.ConvNet(nc, depth=config.depth, width=config.width),
-      num_experts=config.num_experts, epochs=expert_run_epochs(config), lr=config.expert_lr,
+      num_experts=config.num_experts, epochs=expert_run_epochs(config.mtt), lr=config.expert_lr,
       batch_size=EXPERT_BATCH, augment=config.dsa_strategy or None, weights=weights,
       weighting=config.expert_weighting, progress=progress)
   return traj, meta, path

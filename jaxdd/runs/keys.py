@@ -23,17 +23,17 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
 
 def expert_key(config: RunConfig) -> jax.Array:
   """The key of a run's expert trajectories (independent of its distillation's)."""
-  return jax.random.fold_in(run_keys(config)[1], 1)
+  return jax.random.fold_in(seed_keys(config.seed)[1], 1)
 
 
 def pseudo_group_key(config: RunConfig) -> jax.Array:
   """The key of a run's k-means pseudo-groups (``--weighting fairdd_pseudo``), folded from
   its surrogate key so that no other key of the run moves."""
-  return jax.random.fold_in(run_keys(config)[0], 1)
+  return jax.random.fold_in(seed_keys(config.seed)[0], 1)
 
 
 def biased_key(config: RunConfig) -> jax.Array:
   """The key of a run's bias-amplified classifier (``--weighting gce``, ``jtt``,
   ``--kde-features biased``), folded from its surrogate key as :func:`pseudo_group_key` is, so
   that no other key of the run moves."""
-  return jax.random.fold_in(run_keys(config)[0], 2)
+  return jax.random.fold_in(seed_keys(config.seed)[0], 2)

@@ -9,26 +9,28 @@ from __future__ import annotations
 import dataclasses
 
 from jaxdd import protocols, surrogate, weighting
-from jaxdd.config import RunConfig
+from jaxdd.config import RunConfig, WeightingConfig
 
 
-def kde_config(config: RunConfig) -> weighting.KDEConfig | None:
-  """The KDE weighting of a run (None for the vanilla method and FairDD).
+def kde_config(weights: WeightingConfig) -> weighting.KDEConfig | None:
+  """The KDE weighting of a run's weighting part ``weights`` (``config.weights``; a whole
+  :class:`~jaxdd.config.RunConfig`, whose flat fields read that part, does too): None for the
+  vanilla method and FairDD.
 
   Example:
     >>> from jaxdd.config import get_config
-    >>> kde_config(get_config("cpu", weighting="none")) is None
+    >>> kde_config(get_config("cpu", weighting="none").weights) is None
     True
   """
-  if config.weighting in ("oracle", "gce", "jtt"):
+  if weights.weighting in ("oracle", "gce", "jtt"):
     # w = 1 / (size of the sample's (class, bias) group), normalised: f^(-1/T) with T = 1
     # and f the group's share of its class (jaxdd.weighting.oracle_log_density); for gce and
     # jtt f = 1 / w of their own weights (jaxdd.runs.weights.run_log_density).
-    return weighting.KDEConfig(config.kde_variance, 1.0, "power", "class")
-  if config.weighting != "kde":
+    return weighting.KDEConfig(weights.kde_variance, 1.0, "power", "class")
+  if weights.weighting != "kde":
     return None
-  return weighting.KDEConfig(config.kde_variance, config.kde_temperature, config.kde_normalize,
-                             config.kde_scope)
+  return weighting.KDEConfig(weights.kde_variance, weights.kde_temperature,
+                             weights.kde_normalize, weights.kde_scope)
 
 
 def surrogate_config(config: RunConfig) -> surrogate.SurrogateConfig:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import models, plots, weighting
-from jaxdd.config import RunConfig, reads_biased
+from jaxdd.config import RunConfig, WeightingConfig, reads_biased
 from jaxdd.runs import biased_stage, files, keys, rundata
 from jaxdd.runs.stage_config import kde_config
 
@@ -46,16 +46,17 @@ def run_log_density(config: RunConfig, run_data: rundata.RunData,
   return None
 
 
-def whole_class_weights(config: RunConfig, labels, log_density: np.ndarray | None,
+def whole_class_weights(weights: WeightingConfig, labels, log_density: np.ndarray | None,
                         num_classes: int) -> np.ndarray:
   """(N,) per-image weights over whole classes, each class summing to 1.
 
   :func:`jaxdd.weighting.whole_class_weights` of the whole-class log densities
-  (:func:`run_log_density`) under the run's temperature and normalisation;
+  (:func:`run_log_density`) under the temperature and normalisation of the run's weighting
+  part ``weights`` (``config.weights``; a whole RunConfig does too);
   uniform within each class when ``log_density`` is None (the vanilla method).
   """
   return weighting.whole_class_weights(labels, log_density, num_classes,
-                                       None if log_density is None else kde_config(config))
+                                       None if log_density is None else kde_config(weights))
 
 
 def needs_embeddings(config: RunConfig) -> bool:
@@ -102,16 +103,17 @@ def run_groups(config: RunConfig, run_data: rundata.RunData,
   return None
 
 
-def run_num_groups(config: RunConfig, run_data: rundata.RunData) -> int | None:
+def run_num_groups(weights: WeightingConfig, run_data: rundata.RunData) -> int | None:
   """The number of group values of :func:`run_groups` (DM's ``group_matching``), else None:
-  the bias values for 'fairdd', ``config.fairdd_clusters`` for 'fairdd_pseudo', one more (the
-  noise) for 'fairdd_dbscan'."""
-  if config.weighting == "fairdd":
+  the bias values for 'fairdd', ``fairdd_clusters`` for 'fairdd_pseudo', one more (the
+  noise) for 'fairdd_dbscan' (``weights``: the run's weighting part, ``config.weights``; a
+  whole RunConfig does too)."""
+  if weights.weighting == "fairdd":
     return rundata.num_bias_values(run_data.train)
-  if config.weighting == "fairdd_pseudo":
-    return config.fairdd_clusters
-  if config.weighting == "fairdd_dbscan":
-    return config.fairdd_clusters + 1
+  if weights.weighting == "fairdd_pseudo":
+    return weights.fairdd_clusters
+  if weights.weighting == "fairdd_dbscan":
+    return weights.fairdd_clusters + 1
   return None
 
 
@@ -140,7 +142,7 @@ def run_weights(config: RunConfig, run_data: rundata.RunData, embeddings: np.nda
     w, ess, _ = batch_cluster_weights(config, run_data, key)
     return w, ess
   log_density = run_log_density(config, run_data, embeddings)
-  w = whole_class_weights(config, train.labels, log_density, nc)
+  w = whole_class_weights(config.weights, train.labels, log_density, nc)
   if config.method == "mtt":  # no real batch: the weights act on the experts' epochs
     ess = np.full(nc, np.nan)
   elif config.real_sampling == "weighted":  # i.i.d. draws with a plain mean
@@ -270,7 +272,7 @@ def pseudo_group_report(config: RunConfig, run_data: rundata.RunData,
   labelled as a diagnostic."""
   train, nc = run_data.train, run_data.num_classes
   labels = np.asarray(train.labels)
-  sizes = [np.bincount(groups[labels == c], minlength=run_num_groups(config, run_data)).tolist()
+  sizes = [np.bincount(groups[labels == c], minlength=run_num_groups(config.weights, run_data)).tolist()
            for c in range(nc)]
   recovery = weighting.group_recovery(groups, labels, train.bias, train.aligned, num_classes=nc)
   noise = {"noise_group": config.fairdd_clusters} if config.weighting == "fairdd_dbscan" else {}
