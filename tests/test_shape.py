@@ -3,8 +3,9 @@
 The layers themselves are checked by ``lint-imports`` (contracts in pyproject.toml); these
 tests measure what it does not: no module over 600 lines, no function body over 80 lines (its
 docstring not counted), at most 15 imports inside functions and each one commented, no import
-cycle between modules (also inside a layer), and how far a run's configuration travels before
-the compiled step (at most 5 modules).
+cycle between modules (also inside a layer), how far a run's configuration travels before
+the compiled step (at most 5 modules), and its walk through the distillation loop (at most 15
+functions hold it, at most 2 of them called back from below; docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -157,3 +158,67 @@ def test_run_config_reaches_the_compiled_step_through_at_most_5_modules(tmp_path
   path = _config_path(argv)
   assert path, "the method was never reached"
   assert len(path) <= 5, path
+
+
+def _config_walk(argv) -> dict[tuple[str, str], str | None]:
+  """The stays of a run's configuration: every jaxdd function outside ``jaxdd.config`` called
+  from the entry of ``jaxdd.runs.driver.distill_run`` to its return (itself included) with the
+  RunConfig among its arguments or the variables it closes over, once per function
+  (module, qualified name), each with the module of its nearest jaxdd caller (outside
+  ``jaxdd.config``; None: none)."""
+  from jaxdd import cli
+  from jaxdd.config import RunConfig
+  from jaxdd.runs import driver
+
+  inside, stays = [0], {}
+
+  def counted(name: str) -> bool:
+    return name.startswith("jaxdd.") and not name.startswith("jaxdd.config")
+
+  def profile(frame, event, arg):
+    if frame.f_code is driver.distill_run.__code__:
+      inside[0] += {"call": 1, "return": -1}.get(event, 0)
+    name = frame.f_globals.get("__name__", "")
+    if event != "call" or not inside[0] or not counted(name):
+      return
+    if any(isinstance(v, RunConfig) for v in frame.f_locals.values()):
+      caller = frame.f_back
+      while caller is not None and not counted(caller.f_globals.get("__name__", "")):
+        caller = caller.f_back
+      stays.setdefault((name, frame.f_code.co_qualname),
+                       None if caller is None else caller.f_globals["__name__"])
+
+  sys.setprofile(profile)
+  try:
+    assert cli.main(argv) == 0
+  finally:
+    sys.setprofile(None)
+  return stays
+
+
+def _imported_by(graph, mod: str) -> set[str]:
+  """The modules ``mod`` imports, directly or through others (module level)."""
+  seen, todo = set(), [mod]
+  while todo:
+    for dep in graph.get(todo.pop(), ()):
+      if dep not in seen:
+        seen.add(dep)
+        todo.append(dep)
+  return seen
+
+
+@pytest.mark.slow
+def test_a_runs_configuration_stays_in_at_most_15_functions_and_climbs_back_at_most_twice(
+    tmp_path):
+  # A climb: a stay whose nearest caller is in a module that the stay's module imports, so
+  # the configuration is handed back up the import graph (a callback).
+  argv = ["distill", "--preset", "smoke", "--weighting", "kde", "--workdir",
+          str(tmp_path / "run"), "--quiet"]
+  stays = _config_walk(argv)
+  assert ("jaxdd.runs.driver", "distill_run") in stays, "distill_run was never reached"
+  graph = _import_graph()
+  assert {"jaxdd.runs.weights", "jaxdd.config"} <= _imported_by(graph, "jaxdd.runs.experts")
+  climbs = [f"{mod}:{name} <- {caller}" for (mod, name), caller in stays.items()
+            if caller is not None and caller in _imported_by(graph, mod)]
+  assert len(stays) <= 15, sorted(stays)
+  assert len(climbs) <= 2, climbs
