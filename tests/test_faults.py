@@ -499,9 +499,15 @@ def test_ctrl_c_while_jaxdd_starts_is_one_line(tmp_path, after):
   import subprocess
   import sys
   import time
-  p = subprocess.Popen([sys.executable, "-m", "jaxdd", "distill", "--preset", "smoke",
+  # `python -m jaxdd`, which says when the interpreter has started and reaches jaxdd: a
+  # Ctrl-C before any of jaxdd's code runs (the interpreter still starting, which takes over
+  # 0.3 s on a loaded machine) is Python's own, which no package can catch
+  start = ("import os, runpy; os.write(2, b'@'); "
+           "runpy.run_module('jaxdd', run_name='__main__', alter_sys=True)")
+  p = subprocess.Popen([sys.executable, "-c", start, "distill", "--preset", "smoke",
                         "--quiet", "--workdir", str(tmp_path / "run")],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert p.stderr.read(1) == "@"
   time.sleep(after)
   p.send_signal(signal.SIGINT)
   out, err = p.communicate(timeout=120)
