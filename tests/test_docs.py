@@ -87,11 +87,13 @@ def _readme_example():
 @pytest.mark.slow
 @pytest.mark.gate  # the README's Python example, in the 15-minute gate too
 def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
-  """The README's example as written, with its sizes shrunk to the smoke preset's."""
+  """The README's example as written, with its sizes shrunk to the smoke preset's (its
+  surrogate, 2 steps, its evaluation protocol and its evaluation network's width 8)."""
   code = _readme_example()
   small = (code.replace('SurrogateConfig.preset("cpu")', 'SurrogateConfig.preset("smoke")')
-           .replace("range(300)", "range(2)").replace('protocol="cpu"', 'protocol="smoke"'))
-  assert small.count("smoke") == 2 and "range(2)" in small
+           .replace("range(300)", "range(2)").replace('protocol="cpu"', 'protocol="smoke"')
+           .replace("model=models.ConvNet(10),", "model=models.ConvNet(10, width=8),"))
+  assert small.count("smoke") == 2 and "range(2)" in small and "width=8" in small
   monkeypatch.setenv("JAXDD_CACHE", str(tmp_path / "cache"))
   monkeypatch.chdir(tmp_path)
   exec(compile(small, "README.md", "exec"), {})
