@@ -15,12 +15,13 @@ every candidate has.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 
 from jaxdd import synset
-from jaxdd.runs.paper.cells import ROWS, Cell, cell_rows, choice_pool
+from jaxdd.runs.paper.cells import CELLS, ROWS, Cell, cell_rows, choice_pool
 from jaxdd.runs.paper.queue import Queue
 from jaxdd.runs.paper.records import unit_settings
 from jaxdd.runs.paper.table import _pm
@@ -53,9 +54,27 @@ def _seed_mean(recs: list[dict], split: str, metric: str) -> float | None:
   return None if not values or any(v is None for v in values) else float(np.mean(values))
 
 
-def _row(label: str, name: str, recs: list[dict], fairdd: float | None) -> list[str]:
-  auroc = [r.get("weights_auroc") for r in recs]
-  share = [r.get("weights_conflicting_share") for r in recs]
+def _weights(q: Queue, cell: Cell, name: str, rec: dict) -> tuple:
+  """``(AUROC, share on conflicting)`` of a seed's weights: from its record, else (a record
+  written before records carried them) from its run folder's ``weights.json`` when that run's
+  SynSet is the one the record names; (None, None) when neither has them."""
+  if "weights_auroc" in rec:
+    return rec["weights_auroc"], rec["weights_conflicting_share"]
+  run = os.path.join(q.options.workdir, cell.name, name, f"s{rec['seed']}")
+  try:
+    with open(os.path.join(run, "synset", "manifest.json")) as f:
+      same = json.load(f)["files"]["arrays.npz"] == rec["synset_sha256"]
+    with open(os.path.join(run, "weights.json")) as f:
+      overall = json.load(f)["overall"] if same else {}
+    return overall["auroc"], overall["conflicting_fraction_weighted"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None, None
+
+
+def _row(label: str, name: str, recs: list[dict], fairdd: float | None,
+         weights: list[tuple]) -> list[str]:
+  auroc = [w[0] for w in weights]
+  share = [w[1] for w in weights]
   tested = all("test" in r for r in recs)
   test = (lambda m: _pm(_mean(recs, "test", m))) if tested else (lambda m: "–")  # noqa: E731
   return [label, "yes" if ROWS[name].bias_labels else "no",
@@ -80,8 +99,10 @@ def cell_data(q: Queue, cell: Cell) -> dict | None:
   rows = []
   for name in cell_rows(cell, q.rows):
     if name in records and (name in pool or name == "vanilla" or name in REFERENCES):
-      rows.append(_row(ROWS[name].label, name, records[name], fairdd))
-  rows.append(_row(f"auto: chosen on validation ({chosen})", chosen, records[chosen], fairdd))
+      rows.append(_row(ROWS[name].label, name, records[name], fairdd,
+                       [_weights(q, cell, name, r) for r in records[name]]))
+  rows.append(_row(f"auto: chosen on validation ({chosen})", chosen, records[chosen], fairdd,
+                   [_weights(q, cell, chosen, r) for r in records[chosen]]))
   auto = _seed_mean(records[chosen], "test", "overall")
   units = sorted(found, key=lambda r: r["unit"])
   n_models = len(records["vanilla"][0]["valid"]["conflicting"])
@@ -131,8 +152,9 @@ def summary_data(datas: list[dict]) -> dict:
 
 
 def write_tables(q: Queue, cells: list[Cell]) -> list[str]:
-  """Writes ``<results>/label-free/<cell>.json`` for each cell with units, and
-  ``summary.json`` over them (atomically); returns the paths written."""
+  """Writes ``<results>/label-free/<cell>.json`` for each of ``cells`` with units, then
+  ``summary.json`` over every cell table in that folder (atomically; a cell whose units hold
+  other rows gets its table from a command with those ``--rows``); returns the paths written."""
   out = os.path.join(q.options.results, "label-free")
   datas = [d for d in (cell_data(q, c) for c in cells) if d is not None]
   if not datas:
@@ -142,6 +164,12 @@ def write_tables(q: Queue, cells: list[Cell]) -> list[str]:
   for d in datas:
     paths.append(os.path.join(out, f"{d['cell']}.json"))
     synset.atomic_write_json(paths[-1], d)
+  every = []
+  for cell in CELLS:  # in the table's order
+    path = os.path.join(out, f"{cell.name}.json")
+    if os.path.isfile(path):
+      with open(path) as f:
+        every.append(json.load(f))
   paths.append(os.path.join(out, "summary.json"))
-  synset.atomic_write_json(paths[-1], summary_data(datas))
+  synset.atomic_write_json(paths[-1], summary_data(every))
   return paths
