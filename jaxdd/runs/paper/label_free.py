@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxdd import synset
 from jaxdd.runs.paper.cells import CELLS, ROWS, Cell, cell_rows, choice_pool
-from jaxdd.runs.paper.queue import Queue
+from jaxdd.runs.paper.queue import Queue, recorded_command
 from jaxdd.runs.paper.records import unit_settings
 from jaxdd.runs.paper.table import _pm
 from jaxdd.runs.paper.units import unit_choice, unit_records
@@ -127,7 +127,7 @@ def cell_data(q: Queue, cell: Cell) -> dict | None:
       "date": max(r["date"] for r in units),
       "commit": "; ".join(f"{r['unit']}: {r['commit'].split('+g')[-1][:7]}" for r in units),
       "machine": "; ".join(sorted({r["machine"] for r in units})),
-      "command": sorted({r["command"] for r in units}),
+      "command": sorted({r["command"] for r in units}) + [recorded_command(q.options.argv)],
       "units": {"dir": q.options.units_dir, "settings": unit_settings(q)}}
 
 
@@ -148,7 +148,7 @@ def summary_data(datas: list[dict]) -> dict:
           "date": max(d["date"] for d in datas),
           "commit": "; ".join(f"{d['cell']}: {d['commit']}" for d in datas),
           "machine": "; ".join(sorted({d["machine"] for d in datas})),
-          "command": sorted({c for d in datas for c in d["command"]})}
+          "command": list(dict.fromkeys(c for d in datas for c in d["command"]))}
 
 
 def write_tables(q: Queue, cells: list[Cell]) -> list[str]:
