@@ -64,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--cells", default=",".join(c.name for c in paper.CELLS),
                  help="the cells to run, in the queue's order")
-  p.add_argument("--rows", default=",".join(paper.ROWS),
-                 help="the rows to run (vanilla and kde are always needed)")
+  p.add_argument("--rows", default=",".join(paper.DEFAULT_ROWS), help=(
+      "the rows to run (vanilla and kde are always needed; default: the table's rows and its "
+      f"first label-free candidates; every row: {','.join(paper.ROWS)})"))
   p.add_argument("--workdir", default="runs/paper-table",
                  help="where the runs are kept (resumable on this machine; default "
                       "runs/paper-table)")

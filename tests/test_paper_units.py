@@ -19,7 +19,7 @@ import pytest
 
 from jaxdd.runs import paper, rundir
 
-CELL = paper.CELLS[1]  # cmnist5-ipc10, DM
+CELL = next(c for c in paper.CELLS if c.name == "cmnist5-ipc10")  # DM
 SETTINGS = {"preset": "smoke", "iterations": 2}
 METRICS = ("overall", "aligned", "conflicting", "worst_group", "deo_m", "deo_a")
 

@@ -1272,7 +1272,7 @@ def test_paper_table_evaluates_under_the_runs_policy(monkeypatch, tmp_path):
   args = script._parser().parse_args(["--tiny", "--policy", "cpu+micro_batch=8",
                                       "--workdir", str(tmp_path)])
   q = paper.Queue(args, {"policy": args.policy, "iterations": 2})
-  cell = paper.CELLS[1]
+  cell = next(c for c in paper.CELLS if c.name == "cmnist5-ipc10")
   config = paper.row_config(q.base(cell), cell, "vanilla", 0)
   seen = []
 
@@ -1359,7 +1359,7 @@ def test_paper_table_choice_reads_a_candidates_test_split_only_if_chosen(monkeyp
                                       "--rows", "vanilla,kde,kde_init,kde_floor_init_is,ceiling"])
   args.argv = []
   q = paper.Queue(args, {})
-  data = paper.run_cell(q, paper.CELLS[1])
+  data = paper.run_cell(q, next(c for c in paper.CELLS if c.name == "cmnist5-ipc10"))
   # the DM rows but the ceiling (other data) in one program first, then row by row
   assert calls == [("vanilla", "kde", "kde_init", "kde_floor_init_is"),
                    ("vanilla", True), ("kde", True), ("kde_init", False),

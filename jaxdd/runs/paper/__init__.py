@@ -30,7 +30,8 @@ reads), test overall, aligned, conflicting and worst group accuracy, DEO_M and D
 of synthetic images in their class's aligned bias at the start and end of distillation, and
 wall time per seed.
 """
-from jaxdd.runs.paper.cells import (CELL_FIELDS, CELLS, LABEL_FREE, OWN_DATA, ROWS, UNBIASED,
+from jaxdd.runs.paper.cells import (CELL_FIELDS, CELLS, DEFAULT_ROWS, LABEL_FREE, OWN_DATA, ROWS,
+                                    UNBIASED,
                                     Cell, Row, cell_rows, choice_pool, row_config)
 from jaxdd.runs.paper.queue import (CELL_RECORD, EVAL_RECORD, TIMING_RECORD, TINY_SIZES,
                                     BudgetReached, Options, Queue, queue_overrides,
@@ -50,7 +51,7 @@ from jaxdd.runs.paper.take import take_back
 from jaxdd.runs.paper import label_free
 
 __all__ = [
-    "CELLS", "ROWS", "UNBIASED", "LABEL_FREE", "OWN_DATA", "CELL_FIELDS", "Cell", "Row",
+    "CELLS", "ROWS", "DEFAULT_ROWS", "UNBIASED", "LABEL_FREE", "OWN_DATA", "CELL_FIELDS", "Cell", "Row",
     "cell_rows", "choice_pool", "row_config",
     "Queue", "Options", "BudgetReached", "TINY_SIZES", "tiny_preset", "set_overrides",
     "queue_overrides", "recorded_command", "EVAL_RECORD", "TIMING_RECORD", "CELL_RECORD",

@@ -28,7 +28,7 @@ from jaxdd import policy as policy_lib
 from jaxdd._src import schema
 from jaxdd.config import RunConfig, get_config
 from jaxdd.runs import driver, profiling
-from jaxdd.runs.paper.cells import CELL_FIELDS, ROWS, Cell, row_config
+from jaxdd.runs.paper.cells import CELL_FIELDS, DEFAULT_ROWS, Cell, row_config
 from jaxdd.structs import SynSet
 
 
@@ -55,7 +55,7 @@ class Options:
   back; ``argv``: the command's flags, as a record names them."""
   preset: str = "paper"
   seeds: tuple = (0, 1, 2)
-  rows: tuple = tuple(ROWS)
+  rows: tuple = DEFAULT_ROWS
   workdir: str = "runs/paper-table"
   results: str = "results/paper-table"
   units_dir: str = ""
