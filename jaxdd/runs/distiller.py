@@ -10,14 +10,20 @@ from jaxdd.config import ExecutionConfig, RunConfig
 from jaxdd.runs import checks, experts
 
 
-def device_mesh(execution: ExecutionConfig, num_classes: int, real_per_class: int):
+def device_mesh(execution: ExecutionConfig | RunConfig, num_classes: int,
+                real_per_class: int | None = None):
   """The mesh of ``execution.devices`` (``execution``: a run's ``config.execution``; None for
-  one device): classes x real batch.
+  one device): classes x real batch. A whole ``RunConfig`` also works (its execution part and
+  its ``real_per_class``).
 
   The class axis takes the largest divisor of the device count that divides the
   class count, the real-batch axis the rest, which must divide ``real_per_class``
   (:func:`jaxdd.runs.checks.mesh_shape`, which every run checks before its first write).
   """
+  if isinstance(execution, RunConfig):
+    execution, real_per_class = execution.execution, execution.real_per_class
+  if real_per_class is None:
+    raise TypeError("device_mesh needs real_per_class with an execution part")
   shape = checks.mesh_shape(execution, num_classes, real_per_class)
   if shape is None:
     return None
