@@ -417,3 +417,36 @@ def test_code_version_is_read_once_per_process(monkeypatch):
     raise AssertionError("code_version read the checkout again")
   monkeypatch.setattr("builtins.open", no_reading)
   assert runs.code_version() == first
+
+
+def test_the_commit_is_read_in_a_clone_and_in_a_git_worktree_loose_or_packed(tmp_path):
+  """What a run records as its commit, from the files alone, equals git's own answer in a
+  clone, in a work tree of ``git worktree add`` (``.git`` a file), on a branch whose ref is
+  packed, and on a detached HEAD; a folder that is no checkout has none."""
+  import subprocess
+
+  from jaxdd.runs import version
+
+  def git(*args, cwd):
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+  repo, tree = tmp_path / "repo", tmp_path / "tree"
+  repo.mkdir()
+  git("init", "-q", "-b", "main", cwd=repo)
+  (repo / "a").write_text("1")
+  git("add", "a", cwd=repo)
+  git("commit", "-q", "-m", "one", cwd=repo)
+  assert version.head_commit(str(repo)) == git("rev-parse", "HEAD", cwd=repo)
+  git("worktree", "add", "-q", "-b", "side", str(tree), cwd=repo)
+  (tree / "a").write_text("2")
+  git("commit", "-q", "-am", "two", cwd=tree)
+  assert (tree / ".git").is_file()
+  assert version.head_commit(str(tree)) == git("rev-parse", "HEAD", cwd=tree)
+  git("pack-refs", "--all", cwd=repo)  # the branches' refs now only in packed-refs
+  assert version.head_commit(str(tree)) == git("rev-parse", "HEAD", cwd=tree)
+  assert version.head_commit(str(repo)) == git("rev-parse", "main", cwd=repo)
+  git("checkout", "-q", "--detach", "main", cwd=tree)
+  assert version.head_commit(str(tree)) == git("rev-parse", "main", cwd=repo)
+  assert version.head_commit(str(tmp_path)) is None

@@ -24,17 +24,44 @@ def code_version() -> str:
     version = metadata.version("jaxdd")
   except metadata.PackageNotFoundError:  # a checkout run in place (not installed)
     version = _checkout_version()
-  head = os.path.join(_CHECKOUT, ".git", "HEAD")
+  commit = head_commit(_CHECKOUT) or os.environ.get("JAXDD_COMMIT", "").strip()
+  return f"{version}+g{commit[:10]}" if commit else version
+
+
+def head_commit(checkout: str) -> str | None:
+  """The commit checked out in the git work tree ``checkout``, read from its files (no git
+  program needed), or None when it is not one: a clone (``.git`` a folder) or a work tree
+  that ``git worktree add`` made (``.git`` a file naming its folder, whose branches live in
+  the main repository's), the branch's ref loose or packed."""
+  dotgit = os.path.join(checkout, ".git")
   try:
-    with open(head) as f:
+    if os.path.isfile(dotgit):
+      with open(dotgit) as f:
+        gitdir = f.read().strip().removeprefix("gitdir:").strip()
+      gitdir = os.path.join(checkout, gitdir)  # an absolute path stays as it is
+    else:
+      gitdir = dotgit
+    with open(os.path.join(gitdir, "HEAD")) as f:
       ref = f.read().strip()
-    if ref.startswith("ref: "):
-      with open(os.path.join(os.path.dirname(head), ref[5:])) as f:
-        ref = f.read().strip()
-    return f"{version}+g{ref[:10]}"
+    if not ref.startswith("ref: "):
+      return ref or None  # a detached HEAD names its commit
+    ref = ref[5:]
+    common = gitdir
+    if os.path.isfile(os.path.join(gitdir, "commondir")):
+      with open(os.path.join(gitdir, "commondir")) as f:
+        common = os.path.join(gitdir, f.read().strip())
+    for folder in dict.fromkeys((gitdir, common)):
+      if os.path.isfile(os.path.join(folder, ref)):
+        with open(os.path.join(folder, ref)) as f:
+          return f.read().strip() or None
+    with open(os.path.join(common, "packed-refs")) as f:
+      for line in f:
+        parts = line.split()
+        if len(parts) == 2 and parts[1] == ref:
+          return parts[0]
   except OSError:
-    commit = os.environ.get("JAXDD_COMMIT", "").strip()
-    return f"{version}+g{commit[:10]}" if commit else version
+    return None
+  return None
 
 
 def _checkout_version() -> str:
