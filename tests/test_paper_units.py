@@ -263,7 +263,7 @@ def test_the_label_free_table_and_the_goals_check_from_hand_written_records(tmp_
   # FairDD: (0.94 + 0.96) / 2 = 0.95, so gce is 2.0 points under it
   assert gce[9] == "-2.0"
   auto = data["rows"][-1]
-  assert auto[0] == "auto: chosen on validation (gce)" and auto[1:] == gce[1:]
+  assert auto[0] == "chosen on validation by auto's rule (gce)" and auto[1:] == gce[1:]
   assert data["goal"]["chosen"] == "gce" and data["goal"]["within"] is True
   assert abs(data["goal"]["auto_overall"] - 0.93) < 1e-12
   assert [r[0] for r in data["rows"]][:2] == [paper.ROWS["vanilla"].label,

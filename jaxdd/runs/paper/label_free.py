@@ -1,7 +1,8 @@
 """The label-free table: every label-free candidate beside vanilla DM and FairDD with true
 labels, per setting, from the unit records; and the goal's check, whether the candidate chosen
-on validation (what ``--weighting auto`` runs) comes within :data:`GOAL_POINTS` of FairDD with
-true labels in test overall accuracy.
+on validation by the rule of ``--weighting auto`` (on the queue's seeds; ``auto`` itself
+distils its candidates at seeds 0 and 1) comes within :data:`GOAL_POINTS` of FairDD with true
+labels in test overall accuracy.
 
 The units must have read every row's test split (``--test-every-row``); a row without it shows
 its validation score only. Each number is ``mean ± std`` over the row's seeds of each seed's
@@ -101,7 +102,8 @@ def cell_data(q: Queue, cell: Cell) -> dict | None:
     if name in records and (name in pool or name == "vanilla" or name in REFERENCES):
       rows.append(_row(ROWS[name].label, name, records[name], fairdd,
                        [_weights(q, cell, name, r) for r in records[name]]))
-  rows.append(_row(f"auto: chosen on validation ({chosen})", chosen, records[chosen], fairdd,
+  rows.append(_row(f"chosen on validation by auto's rule ({chosen})", chosen, records[chosen],
+                   fairdd,
                    [_weights(q, cell, chosen, r) for r in records[chosen]]))
   auto = _seed_mean(records[chosen], "test", "overall")
   units = sorted(found, key=lambda r: r["unit"])
@@ -118,7 +120,7 @@ def cell_data(q: Queue, cell: Cell) -> dict | None:
           "deviation over each row's distillation seeds of each seed's mean over "
           f"{n_models} evaluation networks; the last column is the row's test overall minus "
           "FairDD's with true labels, in points.",
-          f"auto: {choice['reason']} (criterion: validation conflicting accuracy, the seeds "
+          f"The choice, by the rule of --weighting auto: {choice['reason']} (criterion: validation conflicting accuracy, the seeds "
           f"{','.join(map(str, sorted(common)))}; candidates {', '.join(pool)}).",
           "weights AUROC: how well each run's weights rank the bias-conflicting real images "
           "above the aligned ones; weight on conflicting: their share of the weight (uniform: "
