@@ -21,7 +21,7 @@ set, the training accuracy and the seconds (training; then reading all training 
 
   python experiments/biased_weights.py --out results/weights/biased-classifier.json
   python experiments/biased_weights.py --select --out results/weights/biased-selection.json
-  python experiments/biased_weights.py --tiny --out /tmp/biased.json   # seconds
+  python experiments/biased_weights.py --tiny --out runs/biased-tiny.json   # seconds
 """
 from __future__ import annotations
 

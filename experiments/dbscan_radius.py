@@ -20,7 +20,7 @@ The column "whole class" balances the groups over each whole class at once. Ever
 3 samples per core point and at most ``--clusters`` clusters (noise one more group).
 
   python experiments/dbscan_radius.py                      # results/fairdd-label-free/dbscan-radius.json
-  python experiments/dbscan_radius.py --tiny --out /tmp/r.json   # the smoke preset, in a minute
+  python experiments/dbscan_radius.py --tiny --out runs/dbscan-tiny.json   # the smoke preset, in a minute
 """
 from __future__ import annotations
 

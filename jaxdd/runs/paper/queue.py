@@ -154,7 +154,7 @@ def recorded_command(argv) -> str:
   """The command a record names: the paper table's script and its flags, the folder given to
   ``--out`` written ``OUT`` (a lent machine's scratch folder, meaningless anywhere else).
 
-  >>> recorded_command(["--next-unit", "--out", "/tmp/x", "--tiny"])
+  >>> recorded_command(["--next-unit", "--out", "scratch/x", "--tiny"])
   'python experiments/paper_table.py --next-unit --out OUT --tiny'
   """
   words, out_next = ["python", "experiments/paper_table.py"], False
