@@ -12,6 +12,11 @@ one), then predicts a ``--test-size`` test set. Modes:
   convolutions of a vmapped ConvNet slowly).
 * ``sequential``: one compiled single-network trainer called once per model
   (the same keys), as the PyTorch reference loops.
+* ``cores``: :func:`jaxdd.train.train_models` with ``parallel="map"`` under the
+  policy's ``map_networks="cores"``: as many networks at once as there are
+  cores, each by a one-core program (:mod:`jaxdd.train.cores`); ``map`` pins
+  ``map_networks="program"``. The per-model cost of ``cores`` is a throughput:
+  the networks of a round train at the same time.
 
 A mode may name the convolution layout after a ``+`` (``vmap+xla``,
 ``map+loop_safe``): the :mod:`jaxdd.policy` ``conv`` field for that mode only
@@ -35,6 +40,7 @@ Usage:
       accelerator+norm_block=fused                            # or a variant of one
   python benchmarks/evaluate.py --no-tune-malloc              # glibc's allocator as shipped
   python benchmarks/evaluate.py --train-conv xla --micro-batch 10   # override policy fields
+  python benchmarks/evaluate.py --modes sequential cores --num-models 2   # side by side on cores
 
 Like the ``jaxdd`` CLI, the measured process keeps freed memory
 (:func:`jaxdd.cli.tune_allocator`, the setting of the allocator-tuned PyTorch
@@ -59,6 +65,8 @@ def _child(args) -> None:
       changes.update(forward_conv="xla", train_conv="xla")
   if args.micro_batch is not None:
     changes["micro_batch"] = args.micro_batch or None
+  if args.mode in ("map", "cores"):  # map: one program; cores: side by side (jaxdd.train.cores)
+    changes["map_networks"] = "cores" if args.mode == "cores" else "program"
   pol = policy.variant(args.policy, **changes)
   with policy.use(pol):
     _measure(args)
@@ -84,6 +92,8 @@ def _measure(args) -> None:
     protocol = protocol.replace(epochs=args.epochs)
   rng = np.random.default_rng(0)
   n = 10 * args.ipc
+  # The epochs the trainer runs: a protocol with min_samples raises them for a small set.
+  protocol = protocol.sized(n)
   images = jnp.asarray(rng.normal(size=(n, 28, 28, 3)), jnp.float32)
   labels = jnp.asarray(np.repeat(np.arange(10), args.ipc), jnp.int32)
   test_images = jnp.asarray(rng.normal(size=(args.test_size, 28, 28, 3)), jnp.float32)
@@ -94,7 +104,16 @@ def _measure(args) -> None:
   lr = jnp.asarray([protocol.lr], jnp.float32)
 
   t0 = time.perf_counter()
-  if args.mode == "sequential":
+  if args.mode == "cores":
+    from jaxdd.train import cores
+    width = cores.cores_to_use(args.num_models)
+    if width:  # what train_models compiles: the one-core program (and the ordinary one)
+      cores._train_one_core.lower(keys[0], lr[0], images, labels, task=task, protocol=protocol,
+                                  report=False, pol=policy.current()).compile()
+    if args.num_models % max(width, 1) or not width:
+      ev._train_single(task, protocol).lower(keys[0], lr[0], images, labels).compile()
+    predict = ev._predict_program(task, ev.predict_block(protocol, args.test_size, "map"), "map")
+  elif args.mode == "sequential":
     train = ev._train_single(task, protocol).lower(keys[0], lr[0], images, labels).compile()
     predict = ev._predict_program(task, ev.predict_block(protocol, args.test_size, "map"), "map")
   else:
@@ -105,7 +124,12 @@ def _measure(args) -> None:
   compile_train_s = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  if args.mode == "sequential":
+  if args.mode == "cores":
+    params, state, metrics = ev._train_many(key, images, labels, task=task, protocol=protocol,
+                                            num_models=args.num_models, lrs=lr, parallel="map")
+    params, state = jax.tree.map(lambda a: a[0], (params, state))
+    jax.block_until_ready(params)
+  elif args.mode == "sequential":
     outs = []
     for k in keys:
       params, state, metrics = train(k, lr[0], images, labels)
@@ -134,6 +158,7 @@ def _measure(args) -> None:
       "test_size": args.test_size, "policy": policy.current().name,
       "conv": policy.current().conv, "train_conv": policy.current().train_conv,
       "micro_batch": policy.current().micro_batch,
+      "map_networks": policy.current().map_networks, "cores": _cores(args),
       "malloc_tuned": malloc_tuned,
       "compile_train_s": round(compile_train_s, 3),
       "train_s": round(train_s, 3), "train_s_per_model": round(train_s / args.num_models, 3),
@@ -146,12 +171,18 @@ def _measure(args) -> None:
   }), flush=True)
 
 
+def _cores(args) -> int:
+  """Networks trained at once (``cores`` mode: the cores used side by side; else 1)."""
+  from jaxdd.train import cores
+  return max(cores.cores_to_use(args.num_models), 1) if args.mode == "cores" else 1
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
   p.add_argument("--protocol", nargs="+", default=["dm", "cpu"])
   p.add_argument("--modes", nargs="+", default=["vmap", "map", "sequential"],
-                 choices=[m + c for m in ("vmap", "map", "sequential")
+                 choices=[m + c for m in ("vmap", "map", "sequential", "cores")
                           for c in ("", "+loop_safe", "+xla")])
   p.add_argument("--num-models", type=int, default=5)
   p.add_argument("--epochs", type=int, default=None,

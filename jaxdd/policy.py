@@ -54,7 +54,8 @@ import jax
 _CHOICES = {"conv": ("loop_safe", "xla"), "parallel": ("map", "vmap"),
             "train_loop": ("step", "scan"), "forward_conv": ("winograd", "xla"),
             "train_conv": ("winograd", "xla"), "class_augment": ("map", "vmap"),
-            "input_grad": ("conv", "matmul"), "norm_block": ("layers", "fused")}
+            "input_grad": ("conv", "matmul"), "norm_block": ("layers", "fused"),
+            "map_networks": ("program", "cores")}
 _SIZES = ("micro_batch", "predict_block", "real_chunk", "syn_chunk")
 
 
@@ -114,6 +115,12 @@ class Policy:
       stores no normalised maps and takes the statistics in one pass
       (:func:`jaxdd._src.fused_norm.instance_norm_relu_avg_pool`; the same values up to float
       rounding).
+    map_networks: how networks trained one after another (``parallel="map"`` of
+      :func:`jaxdd.train.train_models` and :func:`jaxdd.train.train_synsets`) run on a CPU:
+      ``"program"``, a ``lax.map`` in one program that spreads each product over every core;
+      ``"cores"``, as many networks at once as there are cores, each by a program that keeps
+      to one core (:mod:`jaxdd.train.cores`; bit-identical values). Only on the CPU backend,
+      with at least 2 networks and 2 cores; otherwise ``"program"``.
   """
   name: str
   conv: Literal["loop_safe", "xla"]
@@ -129,6 +136,7 @@ class Policy:
   class_augment: Literal["map", "vmap"] = "map"
   input_grad: Literal["conv", "matmul"] = "conv"
   norm_block: Literal["layers", "fused"] = "layers"
+  map_networks: Literal["program", "cores"] = "program"
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -163,7 +171,7 @@ class Policy:
 POLICIES: dict[str, Policy] = {
     "cpu": Policy("cpu", conv="loop_safe", parallel="map", train_loop="step", micro_batch=12,
                   predict_block=32, real_chunk=32, syn_chunk=10, forward_conv="winograd",
-                  train_conv="winograd"),
+                  train_conv="winograd", map_networks="cores"),
     # parallel="map" on accelerators too: on one H100 (jax 0.11.2, CUDA 13), 5 evaluation
     # networks vmapped in one program ran at 0.91x (IPC 10) and 0.70x (IPC 50) the speed of
     # the same networks one after another (docs/results/speed-gpu.md, "Speed on GPU"): vmap over conv

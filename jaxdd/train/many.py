@@ -20,6 +20,7 @@ from jaxdd._src.bound import Bound, bound
 from jaxdd.protocols import Protocol, get_protocol
 from jaxdd.structs import SynSet
 from jaxdd.tasks import TrainMetrics, TrainTask, standard_task
+from jaxdd.train import cores
 from jaxdd.train.host import _auto_by_policy
 from jaxdd.train.single import _train
 
@@ -104,8 +105,22 @@ def train_synsets(net_keys: jax.Array, images: jax.Array, labels: jax.Array, *,
   protocol's learning rate; ``parallel`` (``"map"`` or ``"vmap"``) says how the SynSets and
   the networks share the program. Returns ``(params, state, metrics)`` with leading axes
   ``(S, 1, M)``, network ``(s, 0, m)`` being :func:`train_models`'s ``(0, m)`` of SynSet ``s``."""
+  num_synsets, num_models = net_keys.shape[:2]
+  width = cores.cores_to_use(num_synsets * num_models) if parallel == "map" else 0
+  if width:
+    lr = jnp.float32(protocol.lr)
+    jobs = [(net_keys[s, m], lr, images[s]) for s in range(num_synsets)
+            for m in range(num_models)]
+    return _stacked(cores.train_networks(jobs, labels, task=task, protocol=protocol,
+                                         report=False, ordinary=_train_single(task, protocol),
+                                         width=width), (num_synsets, 1, num_models))
   return _train_synset_grid(net_keys, images, labels, task=task, protocol=protocol,
                             parallel=parallel, pol=policy.current())
+
+
+def _stacked(outs: list, shape: tuple):
+  """The networks' ``(params, state, metrics)``, stacked with leading axes ``shape``."""
+  return jax.tree.map(lambda *a: jnp.stack(a).reshape(shape + a[0].shape), *outs)
 
 
 @functools.partial(jax.jit, static_argnames=("task", "protocol", "parallel", "pol"))
@@ -227,8 +242,18 @@ def _train_many(key, images, labels, *, task, protocol, num_models, lrs, paralle
                 progress: bool = False):
   progress = progress and not progress_lib.is_quiet()
   protocol = protocol.sized(len(labels))
-  many = _train_many_program(task, protocol, resolve_parallel(parallel), progress)
+  parallel = resolve_parallel(parallel)
   keys = jax.random.split(key, num_models)
+  width = cores.cores_to_use(len(lrs) * num_models) if parallel == "map" else 0
+  if width:  # one after another, as many at once as there are cores (jaxdd.train.cores)
+    def many(keys, lrs, images, labels):
+      jobs = [(keys[m], lr, images) for lr in lrs for m in range(num_models)]
+      return _stacked(cores.train_networks(jobs, labels, task=task, protocol=protocol,
+                                           report=progress,
+                                           ordinary=_train_single(task, protocol, progress),
+                                           width=width), (len(lrs), num_models))
+  else:
+    many = _train_many_program(task, protocol, parallel, progress)
   if not progress:
     return many(keys, jnp.asarray(lrs, jnp.float32), images, labels)
   # Every network reports each trained epoch (a host callback in the compiled
