@@ -23,7 +23,7 @@ CORES = policy.variant("cpu", map_networks="cores")
 
 def _syn(seed, ipc=2):
   rng = np.random.default_rng(seed)
-  return SynSet(jnp.asarray(rng.normal(size=(10 * ipc, 12, 12, 3)), jnp.float32),
+  return SynSet(jnp.asarray(rng.normal(size=(10 * ipc, 8, 8, 3)), jnp.float32),
                 jnp.repeat(jnp.arange(10), ipc))
 
 
@@ -44,7 +44,7 @@ def two_cores(monkeypatch):
 def test_train_models_side_by_side_equals_one_program(two_cores, num_models, lrs):
   # 3 networks on 2 cores: a round of 2 side by side and one with the ordinary program;
   # 2 x 2: two rounds, the lr grid in map's order (lr-major).
-  model = models.ConvNet(num_classes=10, width=8, depth=2)
+  model = models.ConvNet(num_classes=10, width=8, depth=1)
   kw = dict(model=model, protocol="smoke", num_models=num_models, lrs=lrs, parallel="map")
   with policy.use(CORES):
     assert cores.cores_to_use(num_models * len(lrs or [0])) == 2
@@ -56,7 +56,7 @@ def test_train_models_side_by_side_equals_one_program(two_cores, num_models, lrs
 
 
 def test_train_synsets_side_by_side_equals_one_program(two_cores):
-  model = models.ConvNet(num_classes=10, width=8, depth=2)
+  model = models.ConvNet(num_classes=10, width=8, depth=1)
   task = standard_task(model)
   protocol = protocols.get_protocol("smoke").sized(20)
   keys = jax.random.split(jax.random.key(5), 6).reshape(3, 2)
@@ -82,7 +82,7 @@ def test_side_by_side_with_progress_counts_every_epoch(two_cores, monkeypatch):
     return b
 
   monkeypatch.setattr(progress_lib, "bar", bar)
-  model = models.ConvNet(num_classes=10, width=8, depth=2)
+  model = models.ConvNet(num_classes=10, width=8, depth=1)
   with policy.use(CORES):
     got = train_models(jax.random.key(1), _syn(1), model=model, protocol="smoke", num_models=2,
                        parallel="map", progress=True)
