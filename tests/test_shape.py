@@ -120,11 +120,26 @@ def test_no_import_cycle():
   assert not real, f"import cycles: {real}"
 
 
+def _run_traced(argv, profile) -> None:
+  """``jaxdd`` with ``argv``, every Python call and return seen by ``profile`` (sys.setprofile)."""
+  from jaxdd import cli
+  sys.setprofile(profile)
+  try:
+    assert cli.main(argv) == 0
+  finally:
+    sys.setprofile(None)
+
+
+def _smoke_kde(tmp_path) -> list[str]:
+  """The traced run: the smoke preset's DM + KDE, quiet."""
+  return ["distill", "--preset", "smoke", "--weighting", "kde", "--workdir",
+          str(tmp_path / "run"), "--quiet"]
+
+
 def _config_path(argv) -> list[str]:
   """The jaxdd modules that carry the RunConfig to the method: on every entry into
   ``jaxdd.distill`` (building the distiller, stepping it), the modules of the calling frames
   that hold the RunConfig, the command line and ``jaxdd.config`` itself not counted."""
-  from jaxdd import cli
   from jaxdd.config import RunConfig
 
   path: list[str] = []
@@ -143,19 +158,13 @@ def _config_path(argv) -> list[str]:
         path.append(name)
       caller = caller.f_back
 
-  sys.setprofile(profile)
-  try:
-    assert cli.main(argv) == 0
-  finally:
-    sys.setprofile(None)
+  _run_traced(argv, profile)
   return path
 
 
 @pytest.mark.slow
 def test_run_config_reaches_the_compiled_step_through_at_most_5_modules(tmp_path):
-  argv = ["distill", "--preset", "smoke", "--weighting", "kde", "--workdir",
-          str(tmp_path / "run"), "--quiet"]
-  path = _config_path(argv)
+  path = _config_path(_smoke_kde(tmp_path))
   assert path, "the method was never reached"
   assert len(path) <= 5, path
 
@@ -166,7 +175,6 @@ def _config_walk(argv) -> dict[tuple[str, str], str | None]:
   RunConfig among its arguments or the variables it closes over, once per function
   (module, qualified name), each with the module of its nearest jaxdd caller (outside
   ``jaxdd.config``; None: none)."""
-  from jaxdd import cli
   from jaxdd.config import RunConfig
   from jaxdd.runs import driver
 
@@ -188,11 +196,7 @@ def _config_walk(argv) -> dict[tuple[str, str], str | None]:
       stays.setdefault((name, frame.f_code.co_qualname),
                        None if caller is None else caller.f_globals["__name__"])
 
-  sys.setprofile(profile)
-  try:
-    assert cli.main(argv) == 0
-  finally:
-    sys.setprofile(None)
+  _run_traced(argv, profile)
   return stays
 
 
@@ -212,9 +216,7 @@ def test_a_runs_configuration_stays_in_at_most_15_functions_and_climbs_back_at_m
     tmp_path):
   # A climb: a stay whose nearest caller is in a module that the stay's module imports, so
   # the configuration is handed back up the import graph (a callback).
-  argv = ["distill", "--preset", "smoke", "--weighting", "kde", "--workdir",
-          str(tmp_path / "run"), "--quiet"]
-  stays = _config_walk(argv)
+  stays = _config_walk(_smoke_kde(tmp_path))
   assert ("jaxdd.runs.driver", "distill_run") in stays, "distill_run was never reached"
   graph = _import_graph()
   assert {"jaxdd.runs.weights", "jaxdd.config"} <= _imported_by(graph, "jaxdd.runs.experts")
