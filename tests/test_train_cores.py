@@ -123,3 +123,37 @@ def test_map_networks_is_a_policy_choice():
   with pytest.raises(ValueError, match="map_networks"):
     policy.variant("cpu", map_networks="threads")
   assert policy.resolve("cpu+map_networks=program").map_networks == "program"
+
+
+def test_a_failing_network_stops_the_networks_not_yet_started(two_cores, monkeypatch):
+  import threading
+  import time
+  started, gate = [], threading.Event()
+
+  class Program:
+    def __call__(self, key, lr, images, labels):
+      i = int(lr)
+      started.append(i)
+      if i == 0:
+        gate.wait(5)  # network 0 still runs when network 1 fails
+        return i
+      if i == 1:
+        raise RuntimeError("network 1 failed")
+      time.sleep(2)  # a network's time: the failure is seen before the next one starts
+      return i
+
+  class Lowered:
+    def compile(self):
+      return Program()
+
+  monkeypatch.setattr(cores._train_one_core, "lower", lambda *a, **k: Lowered(), raising=False)
+  jobs = [(None, float(i), None) for i in range(6)]
+  with policy.use(CORES), pytest.raises(RuntimeError, match="network 1 failed"):
+    try:
+      cores.train_networks(jobs, None, task=None, protocol=None, report=False,
+                           ordinary=None, width=2)
+    finally:
+      gate.set()
+  # Networks 0 and 1 ran on the two workers; of the other four at most the one a worker took
+  # before the failure was seen started, never all.
+  assert {0, 1} <= set(started) and len(started) <= 3

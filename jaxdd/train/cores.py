@@ -91,10 +91,21 @@ def train_networks(jobs: Sequence[tuple], labels: jax.Array, *, task: TrainTask,
       k, r, im = jobs[i]
       return jax.block_until_ready(one_core(k, r, im, labels))
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=width,
-                                               thread_name_prefix="jaxdd-core") as pool:
-      for i, res in zip(range(together), pool.map(run, range(together))):
-        out[i] = res
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=width,
+                                                 thread_name_prefix="jaxdd-core")
+    try:
+      futures = [pool.submit(run, i) for i in range(together)]
+      done, _ = concurrent.futures.wait(futures,
+                                        return_when=concurrent.futures.FIRST_EXCEPTION)
+      for future in futures:  # a failure raises at once, not after the networks before it
+        if future in done and future.exception() is not None:
+          future.result()
+      for i, future in enumerate(futures):
+        out[i] = future.result()
+    finally:
+      # On an error or Ctrl-C the networks not started are dropped; those running (one per
+      # core) finish, as a compiled program cannot be stopped halfway.
+      pool.shutdown(wait=True, cancel_futures=True)
   for i in range(together, len(jobs)):
     k, r, im = jobs[i]
     out[i] = ordinary(k, r, im, labels)
