@@ -120,7 +120,7 @@ class Policy:
       ``"program"``, a ``lax.map`` in one program that spreads each product over every core;
       ``"cores"``, as many networks at once as there are cores, each by a program that keeps
       to one core (:mod:`jaxdd.train.cores`; bit-identical values). Only on the CPU backend,
-      with at least 2 networks and 2 cores; otherwise ``"program"``.
+      with at least 2 cores and at least as many networks as cores; otherwise ``"program"``.
   """
   name: str
   conv: Literal["loop_safe", "xla"]

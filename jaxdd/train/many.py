@@ -288,8 +288,9 @@ def train_models(key: jax.Array, syn: SynSet, *, model: nn.Module,
     parallel: how the networks share the program: ``"vmap"`` (batched, the
       fast choice on GPU/TPU), ``"map"`` (``lax.map``: one after another inside
       the program; faster on CPU, where XLA runs the grouped convolutions of
-      a vmapped ConvNet slowly, and lighter on memory) or ``"auto"`` (``map``
-      on CPU, else ``vmap``). Results agree up to float rounding.
+      a vmapped ConvNet slowly, and lighter on memory; on a CPU under the ``cpu``
+      policy, as many at once as there are cores, :mod:`jaxdd.train.cores`) or
+      ``"auto"`` (``map`` on CPU, else ``vmap``). Results agree up to float rounding.
     progress: report every trained epoch of every network (a tqdm bar or
       periodic log lines, see :mod:`jaxdd.progress`); the results are
       bit-identical with and without it.
