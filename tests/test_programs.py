@@ -108,18 +108,29 @@ def test_group_scores_are_one_program(compiled):
     assert float(got.conflicting[i]) == float(want.conflicting)
 
 
-def test_the_evaluations_bookkeeping_is_a_few_programs(compiled):
+# The training: one program of every network, or (networks side by side on the cores,
+# jaxdd.train.cores) one of their keys and sets, the one-core trainer and one stacking them.
+_TRAINING = {"program": {"_train_synset_grid"},
+             "cores": {"_network_jobs", "_train_one_core", "_stacked"}}
+
+
+@pytest.mark.parametrize("map_networks", ["program", "cores"])
+def test_the_evaluations_bookkeeping_is_a_few_programs(compiled, monkeypatch, map_networks):
+  from jaxdd import policy
+  from jaxdd.train import cores
+  monkeypatch.setattr(cores, "num_cores", lambda: 2)  # side by side on any machine
   x, y = _data(n_per=4, size=7)
   test = Batch(x, y, bias=(y + 2) % NC)
   model = models.ConvNet(num_classes=NC, width=3, depth=1)
   syns = [SynSet(jnp.asarray(x[i::4][:NC]), jnp.arange(NC, dtype=jnp.int32)) for i in range(2)]
   keys = [jax.random.key(5), jax.random.key(6)]
   compiled.clear()
-  out = evaluate.evaluate_synsets(keys, syns, test, model=model, protocol="smoke", num_models=2,
-                                  valid=test, test_for=[False, True])
+  with policy.use(policy.variant("cpu", map_networks=map_networks)):
+    out = evaluate.evaluate_synsets(keys, syns, test, model=model, protocol="smoke",
+                                    num_models=2, valid=test, test_for=[False, True])
   assert [r.num_test for r in out] == [0, len(y)]
   # one program each: the checks, the networks' keys, the SynSets stacked, the training, the
   # networks' layout, the predictions, the networks of the tested SynSet, the scores
-  allowed = {"_all_finite", "_min_max", "_network_keys", "stack", "_train_synset_grid",
-             "_first_lr_networks", "_predict_blocks", "_take_rows", "_scored"} | _PLUMBING
-  assert "_train_synset_grid" in compiled and set(compiled) <= allowed, compiled
+  allowed = {"_all_finite", "_min_max", "_network_keys", "stack", "_first_lr_networks",
+             "_predict_blocks", "_take_rows", "_scored"} | _TRAINING[map_networks] | _PLUMBING
+  assert _TRAINING[map_networks] <= set(compiled) <= allowed, compiled

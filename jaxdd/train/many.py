@@ -12,6 +12,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdd import policy
 from jaxdd import progress as progress_lib
@@ -109,7 +110,8 @@ def train_synsets(net_keys: jax.Array, images: jax.Array, labels: jax.Array, *,
   width = cores.cores_to_use(num_synsets * num_models) if parallel == "map" else 0
   if width:
     lr = jnp.float32(protocol.lr)
-    jobs = [(net_keys[s, m], lr, images[s]) for s in range(num_synsets)
+    keys, sets = _network_jobs(net_keys, images)
+    jobs = [(keys[s * num_models + m], lr, sets[s]) for s in range(num_synsets)
             for m in range(num_models)]
     return _stacked(cores.train_networks(jobs, labels, task=task, protocol=protocol,
                                          report=False, ordinary=_train_single(task, protocol),
@@ -118,8 +120,17 @@ def train_synsets(net_keys: jax.Array, images: jax.Array, labels: jax.Array, *,
                             parallel=parallel, pol=policy.current())
 
 
+@jax.jit
+def _network_jobs(net_keys, images):
+  """Each network's key (``(S, M)`` flattened) and each SynSet's images, in one program."""
+  flat = net_keys.reshape(-1)
+  return ([flat[i] for i in range(flat.shape[0])], [images[s] for s in range(images.shape[0])])
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
 def _stacked(outs: list, shape: tuple):
-  """The networks' ``(params, state, metrics)``, stacked with leading axes ``shape``."""
+  """The networks' ``(params, state, metrics)``, stacked with leading axes ``shape`` (one
+  program)."""
   return jax.tree.map(lambda *a: jnp.stack(a).reshape(shape + a[0].shape), *outs)
 
 
@@ -247,7 +258,10 @@ def _train_many(key, images, labels, *, task, protocol, num_models, lrs, paralle
   width = cores.cores_to_use(len(lrs) * num_models) if parallel == "map" else 0
   if width:  # one after another, as many at once as there are cores (jaxdd.train.cores)
     def many(keys, lrs, images, labels):
-      jobs = [(keys[m], lr, images) for lr in lrs for m in range(num_models)]
+      keys, _ = _network_jobs(keys, images[None])
+      # the lrs as host scalars: slicing a device array would compile a program per slice
+      jobs = [(keys[m], lr, images) for lr in np.asarray(lrs, np.float32)
+              for m in range(num_models)]
       return _stacked(cores.train_networks(jobs, labels, task=task, protocol=protocol,
                                            report=progress,
                                            ordinary=_train_single(task, protocol, progress),
