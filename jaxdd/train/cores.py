@@ -4,7 +4,7 @@ Why: XLA:CPU splits each matrix product and convolution of a program over all co
 networks jaxdd evaluates are small (ConvNet-3, batches of 256 in micro-batches of about 12),
 so on a few cores that split gains little: on 2 cores a width-32 network trained 1.2 times
 faster with both cores than with one. Two networks trained at once, each by a program that
-keeps to one core, finish in about half the time of the two one after another
+keeps to one core, finish in about 0.6 of the time of the two one after another
 (docs/results/speed-evaluation.md, "Networks side by side on the cores").
 
 What: :func:`train_networks` trains a list of networks with the one-network trainer compiled
@@ -12,7 +12,9 @@ with XLA's multi-threaded Eigen off (``xla_cpu_multi_thread_eigen``), as many at
 are cores, from a thread pool (a compiled program releases the GIL while it runs); networks
 left over when fewer remain than cores train one after another with the ordinary program. The
 arithmetic is the same: every network's parameters are bit-identical to those of the ordinary
-one-network program and of ``parallel="map"`` (tests/test_train_cores.py). Used by
+one-network program and of ``parallel="map"`` (tests/test_train_cores.py; a product with a side
+thinner than 8, which Eigen's pool may split over its inner dimension, would agree to float
+rounding only). Used by
 :func:`jaxdd.train.train_models` and :func:`jaxdd.train.train_synsets` when their networks run
 one after another (``parallel="map"``) on the CPU under a policy with
 ``map_networks="cores"`` (the ``cpu`` policy).
