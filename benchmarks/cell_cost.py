@@ -8,14 +8,18 @@ pseudo-groups, with in-batch DBSCAN, with the true groups, and the oracle's clas
 weights), on random data. For each ``--points`` entry ``PROGRAM:DTYPE`` (program
 ``single``: one program in which the importance-sampled row makes every row draw its own real
 batch, as before the split; ``split``: the uniform rows share one batch, the sampled row has
-its own program beside them; dtype ``float32``: the reference; ``bfloat16``:
+its own program beside them; ``cores``: the rows in two programs that run at once from two
+threads, each compiled for one core as :mod:`jaxdd.train.cores` compiles the evaluation's
+networks, the rows parted by :func:`halves`; dtype ``float32``: the reference; ``bfloat16``:
 ``compute_dtype='bfloat16'``, the real forward and the synthetic forward and backward in
 bfloat16 with float32 images; an optional third part holds options joined by ``+``:
 ``noaug`` drops the DSA augmentation, to see what share of a step's time it takes,
 ``vmapaug`` augments the classes all at once instead of one after another, the policy's
 ``class_augment="vmap"``, ``thingrad`` takes the first layer's input gradient as a matrix
-product, the policy's ``input_grad="matmul"``, and ``fusednorm`` runs each block's norm, ReLU
-and pooling as one operation, the policy's ``norm_block="fused"``) it prints one JSON line:
+product, the policy's ``input_grad="matmul"``, ``fusednorm`` runs each block's norm, ReLU
+and pooling as one operation, the policy's ``norm_block="fused"``, and ``onecore`` compiles
+the program with XLA's multi-threaded Eigen off, so that it keeps to one core) it prints one
+JSON line:
 XLA's cost analysis of the step as traced (``hlo_flops``, ``hlo_bytes_accessed``: in the
 program's own dtypes) and as compiled for this backend (``flops``, ``bytes_accessed``), the
 loops and branches of the step lowered for a CUDA GPU (``cuda_loops``, ``cuda_branches``;
@@ -40,6 +44,9 @@ XLA's GPU compiler decides the fusions, so the traffic counts are those of that 
   JAX_PLATFORMS=cpu python benchmarks/cell_cost.py --gpu-target benchmarks/gpu_targets/h200.txtpb \
       --rows vanilla,kde,kde_init,fairdd_pseudo --points single:float32,single:float32:fusednorm \
       --hlo-dir HLO                                    # an H200's program, compiled on a CPU
+  python benchmarks/cell_cost.py --policy cpu --width 32 --time 3 --repeats 3 \
+      --points split:float32,split:float32:onecore,cores:float32
+                                                       # a CPU's cores: cpu-paper's step
   python benchmarks/cell_cost.py --rows vanilla,kde,kde_init,fairdd_pseudo \
       --points single:float32,single:float32:vmapaug,single:bfloat16,single:float32:noaug \
       --time 30 --repeats 3
@@ -65,7 +72,11 @@ FLAGS = {"kde": ("kde",), "kde_init": ("kde",), "kde_floor_init_is": ("weighted_
 BIG_MB = 10
 
 #: The options a point may add after its dtype, joined by "+".
-OPTIONS = ("noaug", "vmapaug", "thingrad", "fusednorm")
+OPTIONS = ("noaug", "vmapaug", "thingrad", "fusednorm", "onecore")
+#: The programs a point may have.
+PROGRAMS = ("single", "split", "cores")
+#: XLA's options of a one-core program (as jaxdd.train.cores compiles the evaluation's).
+ONE_CORE = {"xla_cpu_multi_thread_eigen": False}
 #: The layout policy's fields each option sets.
 POLICY_OPTIONS = {"vmapaug": {"class_augment": "vmap"}, "thingrad": {"input_grad": "matmul"},
                   "fusednorm": {"norm_block": "fused"}}
@@ -77,19 +88,36 @@ def options(point: str) -> list[str]:
   return parts[2].split("+") if len(parts) > 2 and parts[2] else []
 
 
-def build(args, dtype: str, program: str, opts=()):
+def halves(rows: list[str]) -> tuple[list[str], list[str]]:
+  """The ``cores`` program's two parts of ``rows``: ``(U + 3) // 2`` of the U uniform rows in
+  the first, the other uniform rows and the sampled ones in the second (without a sampled
+  row, half each). Each part draws its own uniform real batch and the sampled row one more,
+  so the second part's extra batch is weighed as about a row and a half of work.
+
+  >>> halves(["vanilla", "kde", "kde_init", "kde_floor_init_is", "fairdd_pseudo",
+  ...         "fairdd_batch", "fairdd", "oracle"])[1]
+  ['fairdd', 'oracle', 'kde_floor_init_is']
+  """
+  sampled = [r for r in rows if "weighted_sampling" in FLAGS.get(r, ())]
+  uniform = [r for r in rows if r not in sampled]
+  first = (len(uniform) + 3) // 2 if sampled else (len(uniform) + 1) // 2
+  return uniform[:first], uniform[first:] + sampled
+
+
+def build(args, dtype: str, program: str, opts=(), rows=None):
   """The 8-row cell's step, state and real data for one seed: ``program`` ``single`` (one
   :func:`jaxdd.distill.cell_runs` whose importance-sampled row makes every row draw its own
   real batch) or ``split`` (the uniform rows share one batch in one program, the sampled row
   has its own beside it: :func:`jaxdd.distill.cell_row_groups`, as the runs layer builds it);
   ``opts``, the point's options (:data:`OPTIONS`): ``noaug``, the same step without the DSA
-  augmentation; the others, the policy fields of :data:`POLICY_OPTIONS`."""
+  augmentation; the others, the policy fields of :data:`POLICY_OPTIONS`; ``rows``: the row
+  names (default ``--rows``)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
 
   from jaxdd import augment, distill, models, policy
-  rows_ = args.rows.split(",")
+  rows_ = args.rows.split(",") if rows is None else list(rows)
   nc, R = 10, len(rows_)
   rng = np.random.default_rng(0)
   y = np.repeat(np.arange(nc), args.per_class)
@@ -179,12 +207,13 @@ def gpu_target_sharding(path: str):
   return NamedSharding(mesh, PartitionSpec())
 
 
-def cost(step, state, real, *, count: bool = True, sharding=None):
+def cost(step, state, real, *, count: bool = True, sharding=None, compiler_options=None):
   """XLA's cost analysis of the step as traced (``hlo_*``: before the backend's passes, so
   in the dtypes the program asks for) and as compiled for this backend; with ``count``, the
   loops and branches of the step lowered for a CUDA GPU (``cuda_loops``, ``cuda_branches``:
   its while and case operations, decided on the device at run time; -1 if it cannot be
-  lowered). Returns them and the compiled step (timed as it is: one compilation a point)."""
+  lowered). Returns them and the compiled step (timed as it is: one compilation a point),
+  compiled with XLA's ``compiler_options``."""
   if sharding is not None:  # compiled for that (absent) device: abstract arguments
     import jax
     state, real = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype,
@@ -198,7 +227,7 @@ def cost(step, state, real, *, count: bool = True, sharding=None):
                  cuda_branches=text.count("stablehlo.case"))
     except Exception:  # noqa: BLE001 (a jax that cannot lower for another platform)
       out.update(cuda_loops=-1, cuda_branches=-1)
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options)
   for prefix, analysis in (("hlo_", lowered.cost_analysis()), ("", compiled.cost_analysis())):
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
       analysis = analysis[0]
@@ -210,6 +239,48 @@ def cost(step, state, real, *, count: bool = True, sharding=None):
              big_read_gb=round(sum(k["read"] for k in kernels) / 1e9, 3),
              big_written_gb=round(sum(k["written"] for k in kernels) / 1e9, 3))
   return out, compiled
+
+
+class SideBySide:
+  """The ``cores`` program: two compiled one-core parts stepped at once from two threads (a
+  compiled program releases the GIL while it runs); state and data are pairs, one per part.
+  The step's metrics are the first part's; ``as_text`` is both parts' HLO."""
+
+  def __init__(self, parts):
+    import concurrent.futures
+    self.parts = parts
+    self.pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="cell-core")
+
+  def __call__(self, state, real):
+    import jax
+    futures = [self.pool.submit(lambda p, s, r: jax.block_until_ready(p(s, r)), p, s, r)
+               for p, s, r in zip(self.parts, state, real)]
+    (s0, m0), (s1, _) = [f.result() for f in futures]
+    return (s0, s1), m0
+
+  def as_text(self) -> str:
+    return "\n".join(p.as_text() for p in self.parts)
+
+
+def build_cores(args, dtype: str, opts=(), *, count: bool, sharding=None):
+  """The ``cores`` point: each part of :func:`halves` built as a ``split`` point of its rows
+  and compiled for one core. Returns the cost counts (each summed over the parts; the
+  CUDA counts are the first part's, as the program of one part), the stepper, its state
+  and data."""
+  parts, states, reals, counts = [], [], [], []
+  for rows in halves(args.rows.split(",")):
+    step, state, real = build(args, dtype, "split", opts, rows)
+    c, compiled = cost(step, state, real, count=count, sharding=sharding,
+                       compiler_options=ONE_CORE)
+    parts.append(compiled)
+    states.append(state)
+    reals.append(real)
+    counts.append(c)
+  total = {k: (counts[0][k] if k.startswith("cuda_") else
+               (round(counts[0][k] + counts[1][k], 3)
+                if isinstance(counts[0][k], float) else counts[0][k] + counts[1][k]))
+           for k in counts[0]}
+  return total, SideBySide(parts), tuple(states), tuple(reals)
 
 
 def _write_hlo(folder: str, point: str, text: str) -> None:
@@ -232,11 +303,13 @@ def _write_hlo(folder: str, point: str, text: str) -> None:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--points", default="single:float32,split:float32,split:bfloat16",
-                 help="PROGRAM:DTYPE[:OPTION+...] points (program single or split; dtype "
+                 help="PROGRAM:DTYPE[:OPTION+...] points (program single, split or cores, "
+                      "two one-core parts at once; dtype "
                       "float32 or bfloat16; options: noaug, without the DSA augmentation; "
                       "vmapaug, the classes augmented all at once; thingrad, the first layer's "
                       "input gradient as a matrix product; fusednorm, each block's norm, ReLU "
-                      "and pooling as one operation); the first is the baseline")
+                      "and pooling as one operation; onecore, compiled for one core); the "
+                      "first is the baseline")
   p.add_argument("--rows", default=",".join(ROWS), help="the cell's rows (default all 8)")
   p.add_argument("--policy", default="accelerator", help="the layout policy (default accelerator)")
   p.add_argument("--time", type=int, default=0, help="timed steps per point (0: cost only)")
@@ -268,11 +341,15 @@ def main(argv=None) -> int:
   dtypes = [d for d in args.points.split(",") if d]
   for d in dtypes:
     parts = d.split(":")
-    if (len(parts) not in (2, 3) or parts[0] not in ("single", "split")
+    if (len(parts) not in (2, 3) or parts[0] not in PROGRAMS
         or parts[1] not in ("float32", "bfloat16")
         or not set(options(d)) <= set(OPTIONS) or len(set(options(d))) != len(options(d))):
-      p.error(f"--points: {d!r} is not PROGRAM:DTYPE[:OPTION+...] with options from "
-              f"{', '.join(OPTIONS)} (e.g. split:float32 or single:bfloat16:vmapaug+thingrad)")
+      p.error(f"--points: {d!r} is not PROGRAM:DTYPE[:OPTION+...] with programs from "
+              f"{', '.join(PROGRAMS)} and options from {', '.join(OPTIONS)} (e.g. "
+              "split:float32 or single:bfloat16:vmapaug+thingrad)")
+    if parts[0] == "cores" and (args.gpu_target or "onecore" in options(d)):
+      p.error(f"--points: {d!r}: the cores program runs on this CPU's cores, already one "
+              "core a part; drop onecore, or --gpu-target")
   if args.budget_seconds is not None and not args.time:
     p.error("--budget-seconds goes with --time")
   import os
@@ -300,8 +377,13 @@ def main(argv=None) -> int:
       dtypes = dtypes[:i]
       break
     t1 = time.perf_counter()
-    step, state, real = build(args, d.split(":")[1], d.split(":")[0], options(d))
-    counts, compiled = cost(step, state, real, count=not args.time, sharding=sharding)
+    if d.split(":")[0] == "cores":
+      counts, compiled, state, real = build_cores(args, d.split(":")[1], options(d),
+                                                  count=not args.time)
+    else:
+      step, state, real = build(args, d.split(":")[1], d.split(":")[0], options(d))
+      counts, compiled = cost(step, state, real, count=not args.time, sharding=sharding,
+                              compiler_options=ONE_CORE if "onecore" in options(d) else None)
     if args.hlo_dir:
       _write_hlo(args.hlo_dir, d, compiled.as_text())
     out[d] = {"point": d, "rows": args.rows.split(","), "ipc": args.ipc, "width": args.width,

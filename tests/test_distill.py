@@ -579,6 +579,10 @@ def test_hparams_set_by_hand_as_python_numbers_do_not_retrace_the_step():
   np.testing.assert_array_equal(
       d.step(s0._replace(hparams={**s0.hparams, "lr": 5.0}), real)[0].syn.images,
       d.step(distill.with_hparams(s0, lr=5.0), real)[0].syn.images)
+  # its lower and trace are jit's, of those float32 arrays: the same program as the state
+  # made by init (benchmarks trace a step to lower it for another platform)
+  by_hand = s0._replace(hparams={**s0.hparams, "lr": 5.0})
+  assert d.step.trace(by_hand, real).lower().as_text() == d.step.lower(s0, real).as_text()
 
 
 @pytest.mark.parametrize("impl", [None, "threefry2x32", "rbg", "unsafe_rbg"])

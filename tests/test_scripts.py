@@ -378,6 +378,22 @@ def test_cell_cost_benchmark(capfd):
   assert [r["point"] for r in rows] == ["split:float32"] and rows[0]["step_s_median"] > 0
   assert ("not measured within --budget-seconds 0: split:bfloat16:vmapaug+thingrad"
           in printed.err)
+  # the rows in two one-core parts at once: the parts of halves(), each with its own uniform
+  # batch, so the cores program embeds one more real batch than split; a one-core program
+  # computes what the ordinary one does
+  assert script.halves(list(script.ROWS)) == (
+      ["vanilla", "kde", "kde_init", "fairdd_pseudo", "fairdd_batch"],
+      ["fairdd", "oracle", "kde_floor_init_is"])
+  assert script.halves(["vanilla", "kde", "fairdd"]) == (["vanilla", "kde"], ["fairdd"])
+  rows, _ = run("benchmarks/cell_cost.py", ["--tiny", "--policy", "cpu", "--points",
+                                            "split:float32,split:float32:onecore,cores:float32"],
+                capfd)
+  split, one, cores = rows
+  assert one["flops"] == split["flops"] and cores["point"] == "cores:float32"
+  assert cores["hlo_flops"] > split["hlo_flops"] and cores["step_s_median"] > 0
+  with pytest.raises(SystemExit):
+    script.main(["--tiny", "--points", "cores:float32:onecore"])
+  assert "already one core a part" in capfd.readouterr().err
   for bad in ("split:float16", "split:float32:vmapaug+fast", "split:float32:noaug+noaug"):
     with pytest.raises(SystemExit):
       script.main(["--tiny", "--points", bad])

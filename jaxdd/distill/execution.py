@@ -171,7 +171,8 @@ class Execution:
 
     Returns:
       ``step(state, data) -> (state, metrics)``: ``jax.jit(step_fn)`` (nothing
-      donated) or, with ``jit=False``, the raw function; with the attributes
+      donated; ``step.lower`` and ``step.trace`` as jit's) or, with ``jit=False``, the raw
+      function; with the attributes
       ``signature`` and ``execution``.
     """
     pinned = policy_lib.pinned(self.policy, step_fn)
@@ -184,6 +185,7 @@ class Execution:
         return compiled(hparams_as_arrays(state), data)
 
       step.lower = lambda state, data: compiled.lower(hparams_as_arrays(state), data)
+      step.trace = lambda state, data: compiled.trace(hparams_as_arrays(state), data)
     else:
       step = pinned
     try:
