@@ -190,6 +190,18 @@ def test_the_chosen_candidates_unit_comes_once_every_seeds_rows_are_in(tmp_path)
   row = paper.units_table(q, CELL)["rows"][2]
   assert row[0] == "best label-free, chosen on validation: DM + KDE, init ∝ weight"
   assert row[4] == "its test split is read by the unit cmnist5-ipc10/chosen-kde_init"
+  # a chosen record of seed 0 alone, left by a queue that asked for one seed: the chosen unit
+  # of both seeds still runs (its record will replace that one); a record of another seed
+  # set that is not a part of the unit's is refused as before
+  old = paper.Unit(CELL, "chosen", (0,), ("kde_init",))
+  path = _write(q, old, _record(old, {"kde_init": [_seed(0, [0.9], [0.9])]}))
+  assert paper.next_units(q, [CELL], 5) == [chosen]
+  assert paper.units_table(q, CELL)["rows"][2][4] == row[4]
+  other = paper.Unit(CELL, "chosen", (0, 1, 2), ("kde_init",))
+  _write(q, other, _record(other, {"kde_init": [_seed(s, [0.9], [0.9]) for s in (0, 1, 2)]}))
+  with pytest.raises(ValueError, match="move it aside and the unit runs again"):
+    paper.next_units(q, [CELL], 5)
+  os.remove(path)
 
 
 def test_a_cells_table_from_hand_written_unit_records(tmp_path):
