@@ -197,6 +197,9 @@ def test_the_chosen_candidates_unit_comes_once_every_seeds_rows_are_in(tmp_path)
   path = _write(q, old, _record(old, {"kde_init": [_seed(0, [0.9], [0.9])]}))
   assert paper.next_units(q, [CELL], 5) == [chosen]
   assert paper.units_table(q, CELL)["rows"][2][4] == row[4]
+  _write(q, old, _record(old, {"kde_init": [_seed(0, [0.9], [0.9])]}, dict(SETTINGS, x=1)))
+  with pytest.raises(ValueError, match="move it aside|another --units-dir"):
+    paper.next_units(q, [CELL], 5)  # of other settings: refused, not replaced
   other = paper.Unit(CELL, "chosen", (0, 1, 2), ("kde_init",))
   _write(q, other, _record(other, {"kde_init": [_seed(s, [0.9], [0.9]) for s in (0, 1, 2)]}))
   with pytest.raises(ValueError, match="move it aside and the unit runs again"):

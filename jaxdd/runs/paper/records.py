@@ -125,14 +125,15 @@ def unit_settings(q: Queue) -> dict:
 def read_unit(q: Queue, unit: Unit) -> dict | None:
   """A finished unit's record, or None; a record of other settings is refused in one line.
 
-  A chosen candidate's record of fewer seeds than the unit's (a queue that asked for fewer
-  seeds, now extended) is no record: the chosen unit runs again for every seed, and its
-  record replaces that one."""
+  A chosen candidate's record of these settings and fewer seeds than the unit's (a queue that
+  asked for fewer seeds, now extended) is no record: the chosen unit runs again for every
+  seed, and its record replaces that one."""
   path = unit.path(q.options.units_dir)
   rec = q.record(path, UNIT_RECORD)
-  if rec is not None and unit.part == "chosen" and rec["digest"] == record_digest(rec):
+  if (rec is not None and unit.part == "chosen" and rec["digest"] == record_digest(rec)
+      and rec["unit"] == unit.name and rec["settings"] == unit_settings(q)):
     have = {r["seed"] for recs in rec["rows"].values() for r in recs}
-    if rec["unit"] == unit.name and have < set(unit.seeds):
+    if have < set(unit.seeds):
       return None
   if rec is not None:
     check_record(rec, unit, path)
