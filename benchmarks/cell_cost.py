@@ -262,7 +262,7 @@ class SideBySide:
     return "\n".join(p.as_text() for p in self.parts)
 
 
-def build_cores(args, dtype: str, opts=(), *, count: bool, sharding=None):
+def build_cores(args, dtype: str, opts=(), *, count: bool):
   """The ``cores`` point: each part of :func:`halves` built as a ``split`` point of its rows
   and compiled for one core. Returns the cost counts (each summed over the parts; the
   CUDA counts are the first part's, as the program of one part), the stepper, its state
@@ -270,8 +270,7 @@ def build_cores(args, dtype: str, opts=(), *, count: bool, sharding=None):
   parts, states, reals, counts = [], [], [], []
   for rows in halves(args.rows.split(",")):
     step, state, real = build(args, dtype, "split", opts, rows)
-    c, compiled = cost(step, state, real, count=count, sharding=sharding,
-                       compiler_options=ONE_CORE)
+    c, compiled = cost(step, state, real, count=count, compiler_options=ONE_CORE)
     parts.append(compiled)
     states.append(state)
     reals.append(real)

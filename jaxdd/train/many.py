@@ -121,10 +121,12 @@ def train_synsets(net_keys: jax.Array, images: jax.Array, labels: jax.Array, *,
 
 
 @jax.jit
-def _network_jobs(net_keys, images):
-  """Each network's key (``(S, M)`` flattened) and each SynSet's images, in one program."""
+def _network_jobs(net_keys, images=None):
+  """Each network's key (``(S, M)`` flattened) and each SynSet's images (none without
+  ``images``), in one program."""
   flat = net_keys.reshape(-1)
-  return ([flat[i] for i in range(flat.shape[0])], [images[s] for s in range(images.shape[0])])
+  sets = [] if images is None else [images[s] for s in range(images.shape[0])]
+  return [flat[i] for i in range(flat.shape[0])], sets
 
 
 @functools.partial(jax.jit, static_argnames=("shape",))
@@ -258,7 +260,7 @@ def _train_many(key, images, labels, *, task, protocol, num_models, lrs, paralle
   width = cores.cores_to_use(len(lrs) * num_models) if parallel == "map" else 0
   if width:  # one after another, as many at once as there are cores (jaxdd.train.cores)
     def many(keys, lrs, images, labels):
-      keys, _ = _network_jobs(keys, images[None])
+      keys, _ = _network_jobs(keys)
       # the lrs as host scalars: slicing a device array would compile a program per slice
       jobs = [(keys[m], lr, images) for lr in np.asarray(lrs, np.float32)
               for m in range(num_models)]
